@@ -1,0 +1,121 @@
+"""Encoders: torchvision ResNets by name, and any ``nn.Module`` cut at a hidden layer."""
+
+from typing import Union
+
+import torch
+from torch import nn
+import torchvision
+from torchvision.models.feature_extraction import create_feature_extractor
+
+RESNETS = ("resnet18", "resnet34", "resnet50")
+
+
+def resnet(name: str = "resnet18", cifar_stem: bool = False, width: int = 64) -> nn.Module:
+    """A torchvision ResNet, randomly initialized, with its classifier intact.
+
+    Args:
+        name: one of ``resnet18``, ``resnet34``, ``resnet50``.
+        cifar_stem: a 3x3 stride-1 first convolution and no max-pool, for 32x32 images.
+        width: channels of the first stage (64 in torchvision); smaller is faster, for tests
+            and CPU runs.
+
+    Use it with ``hidden_layer="avgpool"`` so that BYOL trains the trunk; the state_dict keys
+    are those of the torchvision model, so the trained network loads into it.
+    """
+    if name not in RESNETS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+    net = getattr(torchvision.models, name)(weights=None) if width == 64 else _narrow_resnet(name, width)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+def _narrow_resnet(name: str, width: int) -> nn.Module:
+    """A ResNet whose stages have ``width, 2w, 4w, 8w`` channels instead of ``64, 128, 256, 512``."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    block, layers = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+                     "resnet50": (Bottleneck, [3, 4, 6, 3])}[name]
+    net = ResNet.__new__(ResNet)
+    nn.Module.__init__(net)
+    net._norm_layer = nn.BatchNorm2d
+    net.inplanes = width
+    net.dilation = 1
+    net.groups = 1
+    net.base_width = 64
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.relu = nn.ReLU(inplace=True)
+    net.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    net.layer1 = net._make_layer(block, width, layers[0])
+    net.layer2 = net._make_layer(block, width * 2, layers[1], stride=2)
+    net.layer3 = net._make_layer(block, width * 4, layers[2], stride=2)
+    net.layer4 = net._make_layer(block, width * 8, layers[3], stride=2)
+    net.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    net.fc = nn.Linear(width * 8 * block.expansion, 1000)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class HiddenLayer(nn.Module):
+    """The output of one named layer of ``net``, flattened to (B, D).
+
+    Built by symbolic tracing (torchvision's feature extractor), not forward hooks, so it
+    works under DDP and ``torch.compile``. It holds the same parameter objects as ``net``:
+    training it trains ``net``. Its state_dict keys are ``net``'s, less the unused layers.
+    """
+
+    def __init__(self, net: nn.Module, layer: str):
+        super().__init__()
+        self.layer = layer
+        try:
+            self.body = create_feature_extractor(net, return_nodes={layer: "out"})
+        except Exception as e:  # tracing fails on data-dependent control flow
+            raise ValueError(
+                f"could not cut the network at hidden_layer={layer!r} by symbolic tracing ({e}); "
+                "pass an encoder whose forward returns the representation and hidden_layer=None"
+            ) from e
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)["out"].flatten(1)
+
+
+def cut_at(net: nn.Module, hidden_layer: Union[str, int, None]) -> nn.Module:
+    """Return an encoder giving the representation at ``hidden_layer`` of ``net``.
+
+    ``None`` uses ``net``'s own output; a string names a module (e.g. ``"avgpool"``); an
+    integer indexes ``net``'s direct children as byol-pytorch does (``-2`` is ResNet's avgpool).
+    """
+    if hidden_layer is None:
+        return net
+    if isinstance(hidden_layer, int):
+        children = [name for name, _ in net.named_children()]
+        try:
+            hidden_layer = children[hidden_layer]
+        except IndexError:
+            raise ValueError(f"hidden_layer={hidden_layer} is out of range: the network has "
+                             f"{len(children)} children") from None
+    names = {name for name, _ in net.named_modules()}
+    if hidden_layer not in names:
+        raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network")
+    return HiddenLayer(net, hidden_layer)
+
+
+def feature_dim(encoder: nn.Module, image_size: int) -> int:
+    """The width of ``encoder``'s flattened output, found on the meta device (no real compute)."""
+    meta = {k: torch.empty_like(v, device="meta") for k, v in
+            [*encoder.named_parameters(), *encoder.named_buffers()]}
+    x = torch.empty(2, 3, image_size, image_size, device="meta")
+    was_training = encoder.training
+    encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
+    try:
+        out = torch.func.functional_call(encoder, meta, (x,))
+    finally:
+        encoder.train(was_training)
+    return out.flatten(1).shape[1]

@@ -1,0 +1,30 @@
+"""The target network: built once as a frozen deep copy, updated as an exponential moving average."""
+
+import copy
+
+import torch
+from torch import nn
+
+
+def build_target(online: nn.Module) -> nn.Module:
+    """Return a deep copy of ``online`` with gradients switched off."""
+    target = copy.deepcopy(online)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """In-place EMA step ``ξ ← τ ξ + (1 - τ) θ`` (paper, eq. 1); buffers are copied.
+
+    Buffers (BatchNorm running statistics) are copied rather than averaged, as in the
+    reference implementation, so the target's normalization follows the online network's.
+    """
+    target_params = [p for p in target.parameters()]
+    online_params = [p.detach() for p in online.parameters()]
+    if len(target_params) != len(online_params):
+        raise ValueError("target and online networks have different parameter lists")
+    if target_params:
+        torch._foreach_lerp_(target_params, online_params, 1.0 - float(tau))
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)

@@ -1,0 +1,221 @@
+"""Evaluation of a frozen encoder: feature extraction, weighted kNN, linear probe.
+
+Every function takes plain tensors and arguments, so it works without a config or a run
+directory: ``extract_features`` once per split, then ``knn_accuracy`` and ``linear_probe``
+on the cached features.
+"""
+
+import math
+from collections.abc import Iterable
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean: torch.Tensor,
+           std: torch.Tensor, size: Union[int, tuple[int, int], None],
+           amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """One batch of images (uint8, or float in [0, 1]) -> (B, D) float32 features on the CPU."""
+    x = images.to(device, non_blocking=True)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if size is not None:
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = (x - mean) / std
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = encoder(x)
+    # CPU output keeps dataset-sized feature banks (ImageNet: 1.28M x 2048) out of GPU memory.
+    return out.flatten(1).float().cpu()
+
+
+def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], batch_size: int = 512,
+                     device: Union[str, torch.device, None] = None,
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     size: Union[int, tuple[int, int], None] = None, amp_dtype: Optional[torch.dtype] = None,
+                     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Representations of ``images`` under ``encoder`` in eval mode, without gradients.
+
+    Args:
+        encoder: maps a normalized (B, 3, H, W) float batch to (B, ...) features.
+        images: a uint8 tensor (N, 3, H, W), processed ``batch_size`` at a time; or an iterable
+            (e.g. a DataLoader) of ``(images, labels, indices)`` batches.
+        batch_size: images per forward pass when ``images`` is a tensor.
+        device: where the encoder runs; default: the device of its parameters.
+        mean, std: per-channel normalization of images scaled to [0, 1]; must match pretraining.
+        size: resize to this size first (bilinear, antialiased), e.g. 96 for STL-10 at 64.
+        amp_dtype: autocast dtype (``torch.bfloat16``) or None for float32.
+
+    Returns:
+        For a tensor: features (N, D) float32 on the CPU, in input order. For batches:
+        ``(features, labels)`` sorted by the batch indices, so shuffled or sharded loaders give
+        the dataset order.
+
+    The encoder is moved to ``device`` if given; its train/eval mode is restored afterwards.
+    """
+    device = torch.device(device) if device is not None else _device_of(encoder)
+    encoder.to(device)
+    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        if isinstance(images, torch.Tensor):
+            chunks = [_embed(encoder, images[i:i + batch_size], device, mean_t, std_t, size, amp_dtype)
+                      for i in range(0, len(images), batch_size)]
+            return torch.cat(chunks) if chunks else torch.empty(0, 0)
+        feats, labels, indices = [], [], []
+        for x, y, idx in images:
+            feats.append(_embed(encoder, x, device, mean_t, std_t, size, amp_dtype))
+            labels.append(torch.as_tensor(y).cpu())
+            indices.append(torch.as_tensor(idx).cpu())
+    finally:
+        encoder.train(was_training)
+    if not feats:
+        raise ValueError("extract_features got an empty iterable of batches")
+    order = torch.cat(indices).argsort()
+    return torch.cat(feats)[order], torch.cat(labels)[order]
+
+
+def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: int, chunk_size: int,
+                device: Optional[torch.device]):
+    """Yield ``(start, sims, idx)``: cosine similarities (B, k) of each test row's top-k neighbours
+    in the train bank, and their train indices, ``chunk_size`` test rows at a time."""
+    device = device or train_features.device
+    bank = F.normalize(train_features.to(device, torch.float32), dim=1)  # (N_train, D)
+    k = min(k, len(bank))
+    for start in range(0, len(test_features), chunk_size):
+        q = F.normalize(test_features[start:start + chunk_size].to(device, torch.float32), dim=1)
+        sims, idx = (q @ bank.T).topk(k, dim=1)  # (B, N_train) -> (B, k), sorted descending
+        yield start, sims, idx
+
+
+def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
+          temperature: float) -> torch.Tensor:
+    """Class scores (B, C): each neighbour votes for its class with weight exp(sim / T)."""
+    scores = torch.zeros(len(sims), num_classes, device=sims.device)
+    return scores.scatter_add_(1, neighbour_labels, (sims / temperature).exp())
+
+
+def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 k: int = 200, temperature: float = 0.1, num_classes: Optional[int] = None,
+                 chunk_size: int = 1024, device: Union[str, torch.device, None] = None) -> torch.Tensor:
+    """Weighted k-nearest-neighbour class scores, the InstDisc / DINO / solo-learn protocol.
+
+    Both sides are L2-normalized; each test row takes its ``k`` most cosine-similar train rows,
+    and each of them votes for its label with weight ``exp(sim / temperature)`` (Wu et al. 2018).
+
+    Args:
+        train_features: (N_train, D) feature bank.
+        train_labels: (N_train,) integer labels.
+        test_features: (N_test, D) queries.
+        k: neighbours per query (capped at N_train).
+        temperature: sharpness of the vote weights; 0.1 as in InstDisc and DINO.
+        num_classes: C; default ``train_labels.max() + 1``.
+        chunk_size: test rows per similarity matrix, so memory is O(chunk_size * N_train).
+        device: where to compute; default the device of ``train_features``.
+
+    Returns:
+        Scores (N_test, C) float32 on ``device``; ``argmax(1)`` is the prediction.
+    """
+    device = torch.device(device) if device is not None else None
+    num_classes = num_classes or int(train_labels.max()) + 1
+    labels = train_labels.to(device or train_features.device).long()
+    out = []
+    for _, sims, idx in _knn_chunks(train_features, test_features, k, chunk_size, device):
+        out.append(_vote(sims, labels[idx], num_classes, temperature))
+    return torch.cat(out) if out else torch.empty(0, num_classes)
+
+
+def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, ks: Sequence[int] = (20, 200), temperature: float = 0.1,
+                 chunk_size: int = 1024, device: Union[str, torch.device, None] = None) -> dict[int, float]:
+    """Top-1 accuracy in percent of the weighted kNN classifier (``knn_classify``), for each k.
+
+    The top ``max(ks)`` neighbours are found once per chunk of test rows and reused for every
+    smaller k. Returns ``{k: accuracy}``.
+    """
+    device = torch.device(device) if device is not None else None
+    labels = train_labels.to(device or train_features.device).long()
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    correct = {k: 0 for k in ks}
+    for start, sims, idx in _knn_chunks(train_features, test_features, max(ks), chunk_size, device):
+        target = test_labels[start:start + len(sims)].to(sims.device).long()
+        for k in ks:  # topk is sorted, so the first k columns are the k nearest
+            scores = _vote(sims[:, :k], labels[idx[:, :k]], num_classes, temperature)
+            correct[k] += int((scores.argmax(1) == target).sum())
+    n = max(len(test_features), 1)
+    return {k: 100.0 * c / n for k, c in correct.items()}
+
+
+def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, epochs: int = 100, batch_size: int = 256, lr: float = 0.1,
+                 weight_decay: float = 5e-4, device: Union[str, torch.device, None] = None,
+                 seed: int = 0) -> dict[str, float]:
+    """Train a linear classifier on frozen, precomputed features; report test accuracy.
+
+    Features are standardized with the train split's per-dimension mean and std (a BatchNorm
+    without affine, as in MAE's linear probe), then a zero-initialized linear layer is trained
+    with cross-entropy and SGD (momentum 0.9, Nesterov) under a cosine learning-rate schedule.
+
+    Deviation from the paper (BYOL, Appendix C.1): it trains the classifier on random crops and
+    flips, passing each through the encoder; here features are computed once, without
+    augmentation, as is common for fast evaluation (kNN monitors, solo-learn's offline probe).
+    Expect numbers a little below the paper's protocol.
+
+    Args:
+        train_features, train_labels: (N, D) features and (N,) integer labels to fit on.
+        test_features, test_labels: the split to report on.
+        epochs, batch_size, lr, weight_decay: SGD settings (the defaults suit standardized
+            features of any width).
+        device: where to train; default the device of ``train_features``.
+        seed: seeds the shuffling; the result is deterministic for a seed on a given device.
+
+    Returns:
+        ``{"top1", "top5", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C))
+        and the mean cross-entropy of the last epoch.
+    """
+    device = torch.device(device) if device is not None else train_features.device
+    x_train = train_features.to(device, torch.float32)
+    y_train = train_labels.to(device).long()
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train = (x_train - mean) / std
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    head = nn.Linear(x_train.shape[1], num_classes).to(device)
+    nn.init.zeros_(head.weight)  # a convex problem: zero init is fine and needs no RNG
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_train), generator=gen).to(device)
+        total = torch.zeros((), device=device)
+        for i in range(0, len(x_train), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(head(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * len(idx)
+    with torch.no_grad():
+        logits = head((test_features.to(device, torch.float32) - mean) / std)
+        top = logits.topk(min(5, num_classes), dim=1).indices  # (N_test, 5)
+        hit = top == test_labels.to(device).long().view(-1, 1)
+    n = max(len(test_features), 1)
+    return {"top1": 100.0 * float(hit[:, 0].sum()) / n, "top5": 100.0 * float(hit.any(1).sum()) / n,
+            "train_loss": float(total) / len(x_train)}

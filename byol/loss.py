@@ -1,0 +1,30 @@
+"""The BYOL objective: normalized mean squared error between predictions and target projections."""
+
+import torch
+import torch.nn.functional as F
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``2 - 2 cos(p, z)``, the squared L2 distance of the normalized vectors.
+
+    Paper, eq. 2: ``||q̄ - z̄'||² = 2 - 2 <q, z'> / (||q|| ||z'||)``.
+
+    Args:
+        p: online predictions, (B, D).
+        z: target projections, (B, D); treated as constants (detached).
+
+    Returns:
+        (B,) loss per sample, in [0, 4].
+    """
+    p = F.normalize(p.float(), dim=-1)
+    z = F.normalize(z.detach().float(), dim=-1)
+    return 2 - 2 * (p * z).sum(dim=-1)
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Symmetrized BYOL loss, mean over the batch.
+
+    The prediction from view 1 regresses the target projection of view 2 and vice versa;
+    the two directions are summed (paper, eq. 2 and the "symmetrize" paragraph).
+    """
+    return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()

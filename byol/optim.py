@@ -1,0 +1,89 @@
+"""Optimizers: LARS as in the paper, SGD and AdamW, with the paper's parameter groups."""
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into two groups.
+
+    Biases and normalization parameters (every 1-D parameter) get no weight decay and no
+    LARS adaptation (paper, appendix C: "we exclude the biases and batch normalization
+    parameters from both LARS adaptation and weight decay").
+    """
+    regular, excluded = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (excluded if p.ndim <= 1 else regular).append(p)
+    return [
+        {"params": regular, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017), SGD with momentum underneath.
+
+    Per parameter ``w`` with gradient ``g``: ``g ← g + wd·w``; unless the group sets
+    ``lars_exclude``, ``g ← η ||w|| / ||g|| · g`` (η the trust coefficient, skipped when a norm
+    is zero); then ``v ← m v + g`` and ``w ← w - lr v``.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 0.001, eps: float = 1e-8):
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if not group["lars_exclude"]:
+                w_norms = torch._foreach_norm(params)
+                g_norms = torch._foreach_norm(grads)
+                scales = []
+                for wn, gn in zip(w_norms, g_norms):
+                    trust = group["trust_coefficient"] * wn / (gn + group["eps"])
+                    # No adaptation where either norm is zero (fresh zero-init weights, no signal).
+                    scales.append(torch.where((wn > 0) & (gn > 0), trust, torch.ones_like(trust)))
+                grads = torch._foreach_mul(grads, scales)
+            bufs = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
+                    momentum: float = 0.9, trust_coefficient: float = 0.001) -> torch.optim.Optimizer:
+    """Build ``lars``, ``sgd`` or ``adamw`` over :func:`param_groups` of ``model``."""
+    groups = param_groups(model, weight_decay)
+    name = name.lower()
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    trust_coefficient=trust_coefficient)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")

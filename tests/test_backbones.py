@@ -1,0 +1,57 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from byol.backbones import cut_at, feature_dim, resnet
+
+
+@pytest.mark.parametrize("name, width, dim", [("resnet18", 64, 512), ("resnet34", 16, 128), ("resnet50", 16, 512)])
+def test_feature_dim_is_found(name, width, dim):
+    net = resnet(name, cifar_stem=True, width=width)
+    assert feature_dim(cut_at(net, "avgpool"), 32) == dim
+
+
+def test_cifar_stem():
+    net = resnet("resnet18", cifar_stem=True)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)
+    assert isinstance(net.maxpool, nn.Identity)
+    encoder = cut_at(net, "avgpool")
+    assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    plain = resnet("resnet18")
+    assert plain.conv1.kernel_size == (7, 7) and isinstance(plain.maxpool, nn.MaxPool2d)
+
+
+def test_full_width_resnet_has_torchvision_keys():
+    ours = resnet("resnet50").state_dict()
+    theirs = torchvision.models.resnet50().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_hidden_layer_output_matches_manual_forward_and_shares_parameters():
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8).eval()
+    encoder = cut_at(net, "avgpool")
+    x = torch.randn(3, 3, 32, 32)
+    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
+                          net.layer4, net.avgpool, nn.Flatten(1))
+    torch.testing.assert_close(encoder(x), trunk(x))
+    own = {id(p) for p in net.parameters()}
+    assert all(id(p) in own for p in encoder.parameters())
+    # An index picks among the direct children as byol-pytorch does: -2 is avgpool.
+    torch.testing.assert_close(cut_at(net, -2)(x), trunk(x))
+
+
+def test_none_uses_the_network_itself():
+    net = nn.Linear(3, 2)
+    assert cut_at(net, None) is net
+
+
+def test_bad_hidden_layer_and_backbone_names():
+    net = resnet("resnet18", width=8)
+    with pytest.raises(ValueError, match="not a module"):
+        cut_at(net, "pool5")
+    with pytest.raises(ValueError, match="out of range"):
+        cut_at(net, 40)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        resnet("vgg16")

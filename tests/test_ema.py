@@ -1,0 +1,52 @@
+import torch
+from torch import nn
+
+from byol.ema import build_target, update_target
+
+
+def make_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def perturb(net):
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    net(torch.randn(16, 4))  # train-mode forward moves the BatchNorm running statistics
+
+
+def test_target_is_a_frozen_deep_copy():
+    online = make_net()
+    target = build_target(online)
+    assert all(not p.requires_grad for p in target.parameters())
+    assert all(p.requires_grad for p in online.parameters())
+    for po, pt in zip(online.parameters(), target.parameters()):
+        assert po.data_ptr() != pt.data_ptr()
+        torch.testing.assert_close(po, pt)
+
+
+def test_tau_zero_copies_and_tau_one_keeps():
+    online = make_net()
+    target = build_target(online)
+    before = [p.clone() for p in target.parameters()]
+    perturb(online)
+    update_target(target, online, tau=1.0)
+    for b, pt in zip(before, target.parameters()):
+        torch.testing.assert_close(pt, b, rtol=0, atol=0)
+    update_target(target, online, tau=0.0)
+    for po, pt in zip(online.parameters(), target.parameters()):
+        torch.testing.assert_close(pt, po, rtol=0, atol=0)
+
+
+def test_intermediate_tau_is_exact_and_buffers_follow():
+    online = make_net()
+    target = build_target(online)
+    perturb(online)
+    before = [p.clone() for p in target.parameters()]
+    update_target(target, online, tau=0.9)
+    for b, po, pt in zip(before, online.parameters(), target.parameters()):
+        torch.testing.assert_close(pt, 0.9 * b + 0.1 * po)
+    for bo, bt in zip(online.buffers(), target.buffers()):
+        torch.testing.assert_close(bt, bo, rtol=0, atol=0)
+    assert online[1].num_batches_tracked.item() == target[1].num_batches_tracked.item() == 1

@@ -1,0 +1,135 @@
+import pytest
+import torch
+from torch import nn
+
+from byol import BYOL, resnet
+from byol.schedules import tau_schedule
+
+
+def identity(x):
+    return x
+
+
+def small_byol(**kwargs):
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    kwargs.setdefault("augment_fn", identity)
+    kwargs.setdefault("augment_fn2", identity)
+    model = BYOL(net, image_size=32, hidden_layer="avgpool", projection_size=16,
+                 projection_hidden_size=32, **kwargs)
+    return net, model
+
+
+def views(seed=0, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g), torch.rand(n, 3, 32, 32, generator=g)
+
+
+def test_structure_after_init():
+    _, model = small_byol()
+    assert isinstance(model.online.projector[0], nn.Linear) and model.online.projector[0].in_features == 64
+    assert isinstance(model.online.projector[1], nn.BatchNorm1d)
+    assert model.predictor[0].in_features == 16 and model.predictor[-1].out_features == 16
+    online = dict(model.online.named_parameters())
+    target = dict(model.target.named_parameters())
+    assert online.keys() == target.keys()  # the target copies encoder and projector, not the predictor
+    assert all(not p.requires_grad for p in target.values())
+
+
+def test_target_gets_no_gradient_and_optimizer_leaves_it():
+    _, model = small_byol()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    target_before = [p.clone() for p in model.target.parameters()]
+    online_before = [p.clone() for p in model.online.parameters()]
+    v1, v2 = views()
+    for _ in range(2):
+        opt.zero_grad()
+        model(v1, v2).backward()
+        opt.step()
+    assert all(p.grad is None for p in model.target.parameters())
+    for b, p in zip(target_before, model.target.parameters()):
+        torch.testing.assert_close(p, b, rtol=0, atol=0)
+    assert any(not torch.equal(b, p) for b, p in zip(online_before, model.online.parameters()))
+
+
+def test_loss_is_symmetric_in_the_views():
+    _, model = small_byol()
+    v1, v2 = views()
+    torch.testing.assert_close(model(v1, v2), model(v2, v1))
+
+
+def test_concat_views_shares_batchnorm_statistics():
+    _, per_view = small_byol()
+    _, concat = small_byol(concat_views=True)
+    v1, v2 = views()
+    per_view.eval(), concat.eval()  # with running statistics both are the same function
+    torch.testing.assert_close(per_view(v1, v2), concat(v1, v2))
+    per_view.train(), concat.train()
+    a, b = per_view(v1, v2), concat(v1, v2)
+    assert torch.isfinite(a) and torch.isfinite(b)
+    assert not torch.allclose(a, b)  # different BatchNorm batches -> different outputs
+
+
+def test_update_target_through_the_model():
+    _, model = small_byol()
+    with torch.no_grad():
+        for p in model.online.parameters():
+            p.add_(1.0)
+    model.update_target(0.0)
+    for po, pt in zip(model.online.parameters(), model.target.parameters()):
+        torch.testing.assert_close(pt, po, rtol=0, atol=0)
+
+
+def test_update_moving_average_follows_schedule_or_constant():
+    _, model = small_byol(moving_average_decay=0.99, total_steps=10)
+    assert model.current_tau() == pytest.approx(0.99)
+    for _ in range(5):
+        model.update_moving_average()
+    assert model.ema_step == 5
+    assert model.current_tau() == pytest.approx(tau_schedule(5, 10, 0.99))
+    # The step count travels in the state_dict.
+    _, other = small_byol(moving_average_decay=0.99, total_steps=10)
+    other.load_state_dict(model.state_dict())
+    assert other.ema_step == 5
+    _, constant = small_byol(moving_average_decay=0.9)
+    constant.update_moving_average()
+    assert constant.current_tau() == 0.9
+
+
+def test_no_momentum_uses_online_network_as_target():
+    _, model = small_byol(use_momentum=False)
+    assert model.target is None
+    v1, v2 = views()
+    assert torch.isfinite(model(v1, v2))
+    model.update_moving_average()  # a no-op, not an error
+
+
+def test_return_embedding():
+    _, model = small_byol()
+    x = torch.rand(4, 3, 32, 32)
+    projection, embedding = model(x, return_embedding=True)
+    assert projection.shape == (4, 16) and embedding.shape == (4, 64)
+    assert model(x, return_embedding=True, return_projection=False).shape == (4, 64)
+
+
+def test_byol_pytorch_style_training_improves_the_network_passed_in(tmp_path):
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner = BYOL(net, image_size=32, hidden_layer="avgpool", projection_size=16, projection_hidden_size=32)
+    opt = torch.optim.Adam(learner.parameters(), lr=3e-4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    for _ in range(2):
+        loss = learner(images)  # both views drawn inside with the default augmentations
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        learner.update_moving_average()
+    after = net.state_dict()
+    changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
+    assert "conv1.weight" in changed and "layer4.1.conv2.weight" in changed
+    assert torch.equal(before["fc.weight"], after["fc.weight"])  # the classifier is not used
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    reloaded = resnet("resnet18", cifar_stem=True, width=8)
+    reloaded.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))
+    torch.testing.assert_close(reloaded.layer1[0].conv1.weight, learner.encoder.body.layer1.get_submodule("0").conv1.weight)

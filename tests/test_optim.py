@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torch import nn
+
+from byol.optim import LARS, build_optimizer, param_groups
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+
+
+def test_param_groups_exclude_biases_and_norms():
+    model = make_model()
+    regular, excluded = param_groups(model, weight_decay=0.1)
+    assert {id(p) for p in regular["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert {id(p) for p in excluded["params"]} == {
+        id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[2].bias)}
+    assert regular["weight_decay"] == 0.1 and not regular["lars_exclude"]
+    assert excluded["weight_decay"] == 0.0 and excluded["lars_exclude"]
+
+
+def test_param_groups_skip_frozen_parameters():
+    model = make_model()
+    model[0].requires_grad_(False)
+    ids = {id(p) for g in param_groups(model, 0.0) for p in g["params"]}
+    assert id(model[0].weight) not in ids and id(model[0].bias) not in ids
+
+
+def test_lars_step_matches_the_formula():
+    model = make_model()
+    lr, wd, eta, mom = 0.5, 0.01, 0.001, 0.9
+    opt = LARS(param_groups(model, wd), lr=lr, momentum=mom, weight_decay=wd, trust_coefficient=eta)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {}
+    for step in range(2):
+        opt.zero_grad()
+        model(torch.randn(8, 6)).pow(2).sum().backward()
+        grads[step] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+    # Recompute both steps by hand.
+    expected, bufs = dict(before), {}
+    for step in range(2):
+        for n in expected:
+            w, g = expected[n], grads[step][n]
+            if w.ndim > 1:  # regular: weight decay and the trust ratio
+                g = g + wd * w
+                g = eta * w.norm() / g.norm() * g
+            bufs[n] = g if step == 0 else mom * bufs[n] + g
+            expected[n] = w - lr * bufs[n]
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[n], rtol=1e-5, atol=1e-7)
+
+
+def test_lars_leaves_excluded_parameters_unadapted_and_undecayed():
+    # An excluded parameter with zero gradient must not move (no weight decay on it), while a
+    # regular one with zero gradient shrinks by weight decay.
+    model = make_model()
+    opt = LARS(param_groups(model, 0.1), lr=1.0, weight_decay=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    bias_before = model[0].bias.detach().clone()
+    weight_before = model[0].weight.detach().clone()
+    opt.step()
+    torch.testing.assert_close(model[0].bias.detach(), bias_before, rtol=0, atol=0)
+    assert not torch.allclose(model[0].weight.detach(), weight_before)
+    # An excluded parameter's step is plain SGD: lr * grad, however small the parameter.
+    model = make_model()
+    opt = LARS(param_groups(model, 0.1), lr=0.1, weight_decay=0.1)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    bn_before = model[1].weight.detach().clone()
+    opt.step()
+    torch.testing.assert_close(model[1].weight.detach(), bn_before - 0.1)
+
+
+@pytest.mark.parametrize("name, cls", [("lars", LARS), ("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_build_optimizer(name, cls):
+    opt = build_optimizer(name, make_model(), lr=0.1, weight_decay=1e-4)
+    assert isinstance(opt, cls)
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
+
+
+def test_build_optimizer_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer("adam-ish", make_model(), lr=0.1, weight_decay=0.0)

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+
+from byol.schedules import cosine_lr, tau_schedule
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 1.0 / 10),       # first warm-up step
+    (4, 5.0 / 10),
+    (9, 1.0),            # last warm-up step reaches the base
+    (10, 1.0),           # end of warm-up: start of the cosine
+    (55, 0.5),           # half-way through the cosine
+    (100, 0.0),          # last step
+    (150, 0.0),          # past the end stays at the final value
+])
+def test_cosine_lr_table(step, expected):
+    assert cosine_lr(step, total_steps=100, base_lr=1.0, warmup_steps=10) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cosine_lr_without_warmup_and_final_lr():
+    assert cosine_lr(0, 10, base_lr=2.0) == pytest.approx(2.0)
+    assert cosine_lr(10, 10, base_lr=2.0, final_lr=0.5) == pytest.approx(0.5)
+    assert cosine_lr(5, 10, base_lr=2.0, final_lr=0.0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 0.996),
+    (50, 0.998),
+    (100, 1.0),
+    (25, 1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2),
+])
+def test_tau_table(step, expected):
+    assert tau_schedule(step, total_steps=100, base_tau=0.996) == pytest.approx(expected, abs=1e-12)
+
+
+def test_tau_is_monotone():
+    taus = [tau_schedule(s, 1000) for s in range(1001)]
+    assert all(a <= b for a, b in zip(taus, taus[1:]))
