@@ -56,7 +56,8 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
         batch_size: images per forward pass when ``images`` is a tensor.
         device: where the encoder runs; default: the device of its parameters.
         mean, std: per-channel normalization of images scaled to [0, 1]; must match pretraining.
-        size: resize to this size first (bilinear, antialiased), e.g. 96 for STL-10 at 64.
+        size: resize to this size first (bilinear, antialiased), when the stored images differ
+            from the resolution the encoder was pretrained at.
         amp_dtype: autocast dtype (``torch.bfloat16``) or None for float32.
 
     Returns:
@@ -68,8 +69,8 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     """
     device = torch.device(device) if device is not None else _device_of(encoder)
     encoder.to(device)
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     was_training = encoder.training
     encoder.eval()
     try:
@@ -161,6 +162,31 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return {k: 100.0 * c / n for k, c in correct.items()}
 
 
+def _fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
+                lr: float, weight_decay: float, seed: int) -> tuple[nn.Linear, float]:
+    """SGD (Nesterov momentum 0.9, cosine lr) on cross-entropy; returns the head and the last
+    epoch's mean loss."""
+    head = nn.Linear(x.shape[1], num_classes).to(x.device)
+    nn.init.zeros_(head.weight)  # a convex problem: zero init is fine and needs no RNG
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(x) / batch_size))
+    gen = torch.Generator().manual_seed(seed)  # CPU generator: the same order on every device
+    total = torch.zeros((), device=x.device)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
+        total.zero_()
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.detach() * len(idx)  # no host sync per step
+    return head, float(total) / len(x)
+
+
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, epochs: int = 100, batch_size: int = 256, lr: float = 0.1,
                  weight_decay: float = 5e-4, device: Union[str, torch.device, None] = None,
@@ -171,10 +197,10 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     without affine, as in MAE's linear probe), then a zero-initialized linear layer is trained
     with cross-entropy and SGD (momentum 0.9, Nesterov) under a cosine learning-rate schedule.
 
-    Deviation from the paper (BYOL, Appendix C.1): it trains the classifier on random crops and
-    flips, passing each through the encoder; here features are computed once, without
-    augmentation, as is common for fast evaluation (kNN monitors, solo-learn's offline probe).
-    Expect numbers a little below the paper's protocol.
+    Deviation from the paper (BYOL, Appendix C): its linear evaluation trains the classifier on
+    random crops and flips, passing each through the frozen encoder; here features are computed
+    once, without augmentation, as is common for fast evaluation of self-supervised encoders.
+    Expect numbers a little below those of the paper's protocol.
 
     Args:
         train_features, train_labels: (N, D) features and (N,) integer labels to fit on.
@@ -190,32 +216,14 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     """
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.to(device, torch.float32)
-    y_train = train_labels.to(device).long()
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    x_train = (x_train - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    head = nn.Linear(x_train.shape[1], num_classes).to(device)
-    nn.init.zeros_(head.weight)  # a convex problem: zero init is fine and needs no RNG
-    nn.init.zeros_(head.bias)
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x_train), generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        for i in range(0, len(x_train), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(head(x_train[idx]), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)
+    head, train_loss = _fit_linear((x_train - mean) / std, train_labels.to(device).long(), num_classes,
+                                   epochs, batch_size, lr, weight_decay, seed)
     with torch.no_grad():
         logits = head((test_features.to(device, torch.float32) - mean) / std)
         top = logits.topk(min(5, num_classes), dim=1).indices  # (N_test, 5)
         hit = top == test_labels.to(device).long().view(-1, 1)
     n = max(len(test_features), 1)
     return {"top1": 100.0 * float(hit[:, 0].sum()) / n, "top5": 100.0 * float(hit.any(1).sum()) / n,
-            "train_loss": float(total) / len(x_train)}
+            "train_loss": train_loss}

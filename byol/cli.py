@@ -1,0 +1,121 @@
+"""The command line: ``byol pretrain | eval knn | eval linear | embed | export``."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+class UsageError(Exception):
+    """A command line that cannot be parsed."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
+                                "Any config key can be set as --section.key=value (e.g. --train.epochs=10).")
+    sub = p.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser("pretrain", help="pretrain an encoder with BYOL")
+    pre.add_argument("--config", default="cifar10", help="a preset name (cifar10, stl10, imagenet, ...) "
+                     "or a YAML file (default: cifar10)")
+    pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint")
+    pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
+    ev_sub = ev.add_subparsers(dest="protocol", required=True)
+    for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
+        e = ev_sub.add_parser(name, help=text)
+        e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
+        e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
+        if name == "knn":
+            e.add_argument("--k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
+            e.add_argument("--temperature", type=float, default=0.1)
+        else:
+            e.add_argument("--epochs", type=int, default=100)
+    em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths")
+    em.add_argument("checkpoint")
+    em.add_argument("--out", required=True, help="output file, .npy or .pt")
+    em.add_argument("--split", default="test", help="train | test | unlabeled (STL-10) | a sub-folder")
+    ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--out", required=True, help="output folder")
+    return p
+
+
+def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(title)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
+    path = Path(out) if out else default
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def run(argv: Optional[list[str]] = None) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
+    if bad:
+        raise UsageError(f"unrecognized argument {bad[0]!r}; config keys are set as --section.key=value")
+    from . import pipeline
+    if args.command == "pretrain":
+        from .config import load_config
+        from .train import pretrain
+        extra = ["--data.download=true"] if args.download else []
+        config = load_config(args.config, overrides + extra)
+        results = pretrain(config, resume=args.resume)
+        rows = [("steps", str(results["step"])), ("final loss", f"{results.get('loss', float('nan')):.4f}")]
+        k = config.train.knn_k
+        if "knn" in results:
+            rows.append((f"kNN top-1 (k={k})", f"{results['knn'][k]:.2f}%"))
+        if "knn_init" in results:
+            rows.append((f"kNN top-1 at random init", f"{results['knn_init'][k]:.2f}%"))
+        rows.append(("run directory", config.train.out_dir))
+        _print_table("pretraining done", rows)
+    elif args.command == "eval":
+        if args.protocol == "knn":
+            result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature)
+            rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
+        else:
+            result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs)
+            rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", f"{result['top5']:.2f}%")]
+        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}.json")
+        path = _write_json(result, args.out, default)
+        _print_table(f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images",
+                     rows + [("results", str(path))])
+    elif args.command == "embed":
+        path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides)
+        print(f"embeddings written to {path}")
+    elif args.command == "export":
+        info = pipeline.export(args.checkpoint, args.out)
+        _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    errors = (ConfigError, DataError, CheckpointError, UsageError, FileNotFoundError, PermissionError,
+              torch.OutOfMemoryError, FloatingPointError)
+    try:
+        return run(argv)
+    except torch.OutOfMemoryError:
+        print("byol: error: the batch does not fit in device memory; lower train.batch_size "
+              "(e.g. --train.batch_size=128)", file=sys.stderr)
+        return 2
+    except errors as e:
+        print(f"byol: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("byol: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

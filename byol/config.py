@@ -1,0 +1,198 @@
+"""Typed configuration: dataclass defaults, YAML presets over them, ``--section.key=value`` over those."""
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote is invalid; the message says which key and why."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"          # cifar10 | cifar100 | stl10 | folder
+    root: str = "data"                # folder holding the data set (or the images, for "folder")
+    download: bool = False            # fetch CIFAR / STL-10 when files are missing (needs internet)
+    train_split: str = "train"        # stl10: "unlabeled" or "train+unlabeled" for pretraining
+    image_size: int = 32              # side of the augmented views
+    load_size: Optional[int] = None   # folder: decode to this square before device crops (default 8/7 x image_size)
+    workers: int = 4                  # decoding processes for image folders
+    on_device: str = "auto"           # keep the set as one uint8 tensor on the device: auto | true | false
+    limit: Optional[int] = None       # use only the first N training images (quick runs, tests)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50
+    cifar_stem: bool = True           # 3x3 stride-1 first conv and no max-pool, for 32x32 images
+    width: int = 64                   # channels of the first stage (64 = torchvision)
+    projection_size: int = 256
+    projection_hidden_size: int = 4096
+    use_predictor: bool = True
+    concat_views: bool = False        # one BatchNorm batch for both views instead of one per view
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "cifar"             # paper | cifar (the paper's recipes, blur off at 32x32)
+    crop_min_scale: float = 0.08
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"                # lars | sgd | adamw
+    lr: float = 0.2                   # base learning rate for 256 images; used: lr x batch_size / 256
+    weight_decay: float = 1.5e-6
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001
+    warmup_epochs: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 512             # global batch: summed over all processes under torchrun
+    max_steps: Optional[int] = None   # stop after this many steps (the schedules still span all epochs)
+    tau_base: float = 0.996           # EMA rate at step 0, raised to 1 on a cosine
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    precision: str = "auto"           # auto (bf16 on GPUs that have it) | bf16 | fp32
+    compile: bool = False             # torch.compile the training step
+    out_dir: str = "runs/byol"
+    log_every: int = 20               # steps between metric reads (the only host syncs in the loop)
+    checkpoint_every: int = 10        # epochs between kept checkpoints (the last one is always kept)
+    knn_every: int = 10               # epochs between kNN evaluations (0: only at the end; -1: never)
+    knn_k: int = 200
+    knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs)
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped with the package."""
+    return sorted(p.name[:-5] for p in resources.files("byol.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_preset(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {name_or_path} does not exist")
+        text = path.read_text()
+    else:
+        preset = resources.files("byol.configs") / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            raise ConfigError(f"unknown preset {name_or_path!r}; choose one of {', '.join(preset_names())} "
+                              "or give a path to a YAML file")
+        text = preset.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {name_or_path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name_or_path} must be a mapping of sections")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's type, converting int -> float and strings from the command line."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if isinstance(value, str) and annotation is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        return value.lower() in ("true", "yes")
+    if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _set(config: Config, key: str, value: Any) -> None:
+    section_name, _, name = key.partition(".")
+    sections = {f.name: f for f in dataclasses.fields(config)}
+    if section_name not in sections or not name:
+        raise ConfigError(f"unknown config key {key!r}; keys look like section.key with section one of "
+                          f"{', '.join(sections)}")
+    section = getattr(config, section_name)
+    hints = typing.get_type_hints(type(section))
+    if name not in hints:
+        raise ConfigError(f"unknown config key {key!r}; {section_name} has {', '.join(hints)}")
+    setattr(section, name, _coerce(value, hints[name], key))
+
+
+def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Resolve a config: defaults, then the preset (a name from ``configs/`` or a YAML path), then overrides.
+
+    Args:
+        preset: e.g. ``"cifar10"`` or ``"my_run.yaml"``; ``None`` keeps the defaults.
+        overrides: strings ``"section.key=value"`` (a leading ``--`` is allowed).
+    """
+    config = Config()
+    if preset is not None:
+        for section, values in _read_preset(preset).items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a mapping of keys")
+            for name, value in values.items():
+                _set(config, f"{section}.{name}", value)
+    return apply_overrides(config, overrides or [])
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Set ``section.key=value`` strings (a leading ``--`` is allowed) on ``config``, in place."""
+    for item in overrides:
+        key, eq, value = item.removeprefix("--").partition("=")
+        if not eq:
+            raise ConfigError(f"override {item!r} must look like --section.key=value")
+        _set(config, key, value)
+    return config
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. from a checkpoint)."""
+    config = Config()
+    for section, values in data.items():
+        for name, value in values.items():
+            _set(config, f"{section}.{name}", value)
+    return config
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,555 @@
+"""Data sources -> uint8 images (+ labels), and the loaders that feed them to training.
+
+Every source gives RGB uint8 images, (N, 3, H, W) or (3, H, W), and int64 labels, -1 for an
+unlabeled image. Nothing is augmented here: augmentation runs batched on the device
+(``augment.py``), so the host only reads and decodes.
+
+* CIFAR-10/100 and STL-10 load into one :class:`ImageSet`; a small set is moved to the device
+  once and batched there by :class:`TensorBatches`.
+* A folder of image files is an :class:`ImageFolder`, decoded by DataLoader workers
+  (:func:`folder_loader`); a file that cannot be decoded is skipped and listed, never fatal.
+"""
+
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+DATASETS = ("cifar10", "cifar100", "stl10", "folder")
+
+
+class DataError(Exception):
+    """A data set that cannot be found or read; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class ImageSet:
+    """Images held in memory.
+
+    Attributes:
+        images: uint8 (N, 3, H, W), RGB.
+        labels: int64 (N,), -1 for an unlabeled image; or None.
+        classes: ``classes[label]`` is the class name; None when unknown or unlabeled.
+        indices: int64 (N,), where each image comes from in its source (for an
+            :class:`ImageFolder`, the index of its path, bad files being left out);
+            None means ``0 .. N-1``.
+    """
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    classes: Optional[list[str]] = None
+    indices: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: Union[str, torch.device]) -> "ImageSet":
+        """The same set with its tensors on ``device`` (for :class:`TensorBatches`)."""
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return ImageSet(move(self.images), move(self.labels), self.classes, move(self.indices))
+
+
+# ----------------------------------------------------------------------------------- files
+
+def _find_layout(root: Path, folder: str, files: list[str]) -> Optional[Path]:
+    """``root/folder`` or ``root`` itself, whichever holds all ``files``."""
+    for candidate in (root / folder, root):
+        if all((candidate / f).is_file() for f in files):
+            return candidate
+    return None
+
+
+def _describe(folder: str, files: list[str]) -> str:
+    return f"{folder}/{files[0]}" if len(files) == 1 else f"{folder}/{{{', '.join(files)}}}"
+
+
+def _download(url: str, root: Path, md5: str) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(url, download_root=str(root), md5=md5)
+    except Exception as e:  # offline, HTTP error, checksum, full disk: all fixable by the user
+        raise DataError(f"could not download {url} into {root} ({e}); download and unpack it there "
+                        f"on a machine that is online, or put the files there yourself") from e
+
+
+def _read_names(path: Path) -> Optional[list[str]]:
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _record_count(path: Path, record: int, what: str) -> int:
+    nbytes = path.stat().st_size
+    if nbytes == 0 or nbytes % record:
+        raise DataError(f"{path} is not a {what} file: its size, {nbytes} bytes, is not a multiple "
+                        f"of {record}-byte records; download it again")
+    return nbytes // record
+
+
+# ----------------------------------------------------------------------------------- CIFAR
+
+_CIFAR_BINARY = {  # layout folder, files per split, class-name file
+    "cifar10": ("cifar-10-batches-bin", {"train": [f"data_batch_{i}.bin" for i in range(1, 6)],
+                                         "test": ["test_batch.bin"]}, "batches.meta.txt"),
+    "cifar100": ("cifar-100-binary", {"train": ["train.bin"], "test": ["test.bin"]}, "fine_label_names.txt"),
+}
+_CIFAR_PICKLE = {  # layout folder, files per split, meta file, label key, class-names key
+    "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)],
+                                        "test": ["test_batch"]}, "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "meta",
+                 "fine_labels", "fine_label_names"),
+}
+_CIFAR_URL = {  # the official python archives, with their md5
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+
+
+def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "train",
+               download: bool = False) -> ImageSet:
+    """CIFAR-10 or CIFAR-100 (fine labels) as uint8 (N, 3, 32, 32).
+
+    Reads the binary layout (``cifar-10-batches-bin``, ``cifar-100-binary``) or the python
+    layout (``cifar-10-batches-py``, ``cifar-100-python``); ``root`` is the folder holding the
+    layout folder, or the layout folder itself. ``download`` fetches the official python
+    archive into ``root`` when the files are missing.
+    """
+    if name not in _CIFAR_URL:
+        raise DataError(f"unknown CIFAR data set {name!r}; choose cifar10 or cifar100")
+    if split not in ("train", "test"):
+        raise DataError(f"unknown {name} split {split!r}; choose train or test")
+    root = Path(root).expanduser()
+    found = _find_cifar(root, name, split)
+    if found is None and download:
+        url, md5 = _CIFAR_URL[name]
+        _download(url, root, md5)
+        found = _find_cifar(root, name, split)
+    if found is None:
+        (bin_dir, bin_files, _), (py_dir, py_files, *_) = _CIFAR_BINARY[name], _CIFAR_PICKLE[name]
+        raise DataError(f"{name} {split} files not found: expected {_describe(bin_dir, bin_files[split])} "
+                        f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}; put the "
+                        f"files there, or pass --download when online")
+    kind, folder = found
+    read = _read_cifar_binary if kind == "binary" else _read_cifar_pickle
+    return read(folder, name, split)
+
+
+def _find_cifar(root: Path, name: str, split: str) -> Optional[tuple[str, Path]]:
+    for kind, (folder, files, *_) in (("binary", _CIFAR_BINARY[name]), ("pickle", _CIFAR_PICKLE[name])):
+        found = _find_layout(root, folder, files[split])
+        if found is not None:
+            return kind, found
+    return None
+
+
+def _read_cifar_binary(folder: Path, name: str, split: str) -> ImageSet:
+    _, files, names_file = _CIFAR_BINARY[name]
+    n_label = 1 if name == "cifar10" else 2  # CIFAR-100 records start with coarse, fine
+    record = n_label + 3 * 32 * 32
+    counts = [_record_count(folder / f, record, f"{name} binary") for f in files[split]]
+    images = np.empty((sum(counts), 3, 32, 32), np.uint8)
+    labels = np.empty(sum(counts), np.int64)
+    start = 0
+    for f, n in zip(files[split], counts):
+        raw = np.memmap(folder / f, np.uint8, mode="r", shape=(n, record))  # one copy, into `images`
+        labels[start:start + n] = raw[:, n_label - 1]
+        images[start:start + n] = raw[:, n_label:].reshape(n, 3, 32, 32)
+        start += n
+        del raw
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), _read_names(folder / names_file))
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Loads numpy arrays and plain containers only, so a pickle from anywhere cannot run code."""
+
+    _NUMPY = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+
+    def find_class(self, module: str, name: str):
+        if ((module, name) in {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+                or (module in self._NUMPY and name in ("_reconstruct", "scalar", "_frombuffer"))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            # latin1: the official files are Python 2 pickles; keys are str there, bytes in Python 3 ones
+            entry = _NumpyUnpickler(f, encoding="latin1").load()
+        return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    except Exception as e:
+        raise DataError(f"{path} is not a readable CIFAR python file ({e}); download it again") from e
+
+
+def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
+    _, files, meta_file, label_key, names_key = _CIFAR_PICKLE[name]
+    parts = [_load_pickle(folder / f) for f in files[split]]
+    try:
+        images = np.concatenate([np.asarray(p["data"], np.uint8).reshape(-1, 3, 32, 32) for p in parts])
+        labels = np.concatenate([np.asarray(p[label_key], np.int64) for p in parts])
+    except (KeyError, ValueError) as e:
+        raise DataError(f"the {name} files in {folder} lack data or {label_key} ({e}); "
+                        f"download them again") from e
+    if len(images) != len(labels):
+        raise DataError(f"the {name} files in {folder} hold {len(images)} images but {len(labels)} labels")
+    classes = None
+    if (folder / meta_file).is_file():
+        raw = _load_pickle(folder / meta_file).get(names_key)
+        classes = None if raw is None else [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
+
+
+# ----------------------------------------------------------------------------------- STL-10
+
+_STL_DIR = "stl10_binary"
+_STL_SPLITS = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"],
+               "train+unlabeled": ["train", "unlabeled"]}
+_STL_URL = ("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb")
+
+
+def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool = False) -> ImageSet:
+    """STL-10 binary layout (``stl10_binary/``) as uint8 (N, 3, 96, 96); labels 0..9, -1 unlabeled.
+
+    ``root`` is the folder holding ``stl10_binary`` or that folder itself. The images are
+    read through a memory map and copied once, straight into the returned tensor (the
+    unlabeled split alone is 2.7 GB).
+    """
+    if split not in _STL_SPLITS:
+        raise DataError(f"unknown stl10 split {split!r}; choose one of {', '.join(_STL_SPLITS)}")
+    parts = _STL_SPLITS[split]
+    files = [f"{p}_X.bin" for p in parts] + [f"{p}_y.bin" for p in parts if p != "unlabeled"]
+    root = Path(root).expanduser()
+    folder = _find_layout(root, _STL_DIR, files)
+    if folder is None and download:
+        _download(_STL_URL[0], root, _STL_URL[1])
+        folder = _find_layout(root, _STL_DIR, files)
+    if folder is None:
+        raise DataError(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}; "
+                        f"put the files there, or pass --download when online")
+    counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "STL-10 image") for p in parts]
+    images = torch.empty((sum(counts), 3, 96, 96), dtype=torch.uint8)
+    labels = torch.full((sum(counts),), -1, dtype=torch.int64)
+    start = 0
+    for p, n in zip(parts, counts):
+        # mode "c" (copy-on-write, never written) gives a writable array torch accepts without copying
+        stored = torch.from_numpy(np.memmap(folder / f"{p}_X.bin", np.uint8, mode="c", shape=(n, 3, 96, 96)))
+        # STL-10 stores every plane column-major (written from MATLAB): swap H and W.
+        images[start:start + n].copy_(stored.transpose(2, 3))  # the one copy, multi-threaded
+        del stored
+        if p != "unlabeled":
+            y = np.fromfile(folder / f"{p}_y.bin", np.uint8)
+            if len(y) != n or y.min() < 1 or y.max() > 10:
+                raise DataError(f"{folder}/{p}_y.bin does not hold {n} labels in 1..10; download it again")
+            labels[start:start + n] = torch.from_numpy(y.astype(np.int64) - 1)
+        start += n
+    return ImageSet(images, labels, _read_names(folder / "class_names.txt"))
+
+
+# ----------------------------------------------------------------------------------- folders
+
+_NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}  # Pillow stubs or no pictures at all
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions of the formats Pillow can open, such as ``.jpg``, ``.png``, ``.webp``."""
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _NOT_PICTURES)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that could not be decoded; ``ImageFolder[i]`` returns it in place of a sample."""
+
+    index: int
+    path: str
+    reason: str
+
+
+class ImageFolder(Dataset):
+    """Image files under ``root``, at any depth, in any format Pillow opens, as square uint8 tensors.
+
+    ``dataset[i]`` is ``(image uint8 (3, size, size), label, i)``, or a :class:`Skipped` record
+    when the file cannot be decoded (truncated, empty, not an image, a decompression bomb per
+    ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`skip_collate` drops those, and the loaders below
+    collect them in ``bad_files``, in the main process, also with worker processes.
+
+    Each image is turned upright (EXIF orientation) and converted to RGB: alpha is composited
+    onto black (transparent pixels become black, whatever colour they hide), 16-bit gray is
+    scaled from 0..65535 (Pillow's own conversion would clip it at 255), CMYK goes through
+    Pillow's conversion. Its shorter side is resized to ``size`` and the center square cut
+    out: this square is all that training sees, the random resized crops being taken later,
+    on the device, from it.
+
+    Args:
+        root: the folder; hidden files and folders (name starting with ".") are ignored.
+        size: side of the returned square.
+        labeled: ``"auto"``: if every image sits inside a first-level subfolder, that
+            subfolder is its class (sorted names, as torchvision's ImageFolder), else all
+            labels are -1. ``True`` requires class subfolders, ``False`` gives -1 labels.
+    """
+
+    def __init__(self, root: Union[str, Path], size: int, labeled: Union[str, bool] = "auto"):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.size = int(size)
+        if labeled not in ("auto", True, False):
+            raise ValueError(f"labeled must be 'auto', True or False, not {labeled!r}")
+        if not os.path.isdir(self.root):
+            raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
+        rel_paths = _scan(self.root)
+        if not rel_paths:
+            raise DataError(f"no image files found in {self.root} or its subfolders (looked for .jpg, "
+                            f".jpeg, .png, .webp, .bmp, .tif and the other formats Pillow opens)")
+        top = [p.split(os.sep, 1)[0] if os.sep in p else None for p in rel_paths]
+        in_classes = all(t is not None for t in top)
+        if labeled is True and not in_classes:
+            loose = rel_paths[top.index(None)]
+            raise DataError(f"{os.path.join(self.root, loose)} is not inside a class subfolder of "
+                            f"{self.root}; move every image into a subfolder named after its class")
+        if labeled is True or (labeled == "auto" and in_classes):
+            self.classes: Optional[list[str]] = sorted(set(top))
+            to_label = {c: i for i, c in enumerate(self.classes)}
+            self.labels = torch.tensor([to_label[t] for t in top], dtype=torch.int64)
+        else:
+            self.classes = None
+            self.labels = torch.full((len(rel_paths),), -1, dtype=torch.int64)
+        # One numpy bytes array instead of a list of str: worker processes then read the paths
+        # without touching Python reference counts, which would copy the pages of a large list.
+        self._paths = np.array([os.fsencode(p) for p in rel_paths])
+        self.bad_files: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, os.fsdecode(self._paths[index]))
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path(i) for i in range(len(self))]
+
+    def __getitem__(self, index: int) -> Union[tuple[torch.Tensor, int, int], Skipped]:
+        path = self.path(index)
+        try:
+            image = decode_image(path, self.size)
+        except Exception as e:  # any file that cannot be decoded is skipped, never fatal
+            return Skipped(index, path, _reason(path, e))
+        return image, int(self.labels[index]), index
+
+    def write_skipped(self, path: Union[str, Path]) -> int:
+        """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
+        lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
+        Path(path).write_text(lines, encoding="utf-8", errors="surrogateescape")
+        return len(self.bad_files)
+
+
+def _scan(root: str) -> list[str]:
+    extensions = image_extensions()
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        rel = os.path.relpath(folder, root)
+        for f in sorted(files):
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions:
+                found.append(f if rel == "." else os.path.join(rel, f))
+    return found
+
+
+def _reason(path: str, error: Exception) -> str:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file"
+    return " ".join(f"{type(error).__name__}: {error}".split())  # one line, no tabs
+
+
+def decode_image(path: str, size: int) -> torch.Tensor:
+    """Decode one file to RGB uint8 (3, size, size): upright, shorter side ``size``, center square."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.draft(im.mode, (size, size))  # JPEG: decode at 1/2..1/8 scale when still >= size
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # malformed EXIF: keep the stored orientation rather than lose the image
+                pass
+            im = _to_rgb(im)
+            w, h = im.size
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            pixels = np.array(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit range, scaled rather than clipped
+        gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size)
+        out.paste(rgba, mask=rgba.getchannel("A"))  # = RGB * alpha: composited onto black
+        return out
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, F (clipped to 0..255)
+
+
+# ----------------------------------------------------------------------------------- loaders
+
+def skip_collate(items: list) -> tuple:
+    """Stack decoded samples and set :class:`Skipped` ones apart.
+
+    Returns ``(images (B, 3, S, S) or None when all were skipped, labels (B,), indices (B,),
+    skipped list)``.
+    """
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [it for it in items if isinstance(it, Skipped)]
+    images = torch.stack([g[0] for g in good]) if good else None
+    labels = torch.tensor([g[1] for g in good], dtype=torch.int64)
+    indices = torch.tensor([g[2] for g in good], dtype=torch.int64)
+    return images, labels, indices, skipped
+
+
+class _SkippingLoader(DataLoader):
+    """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
+
+    A batch keeps its good images only, so it can be shorter than ``batch_size``; a batch
+    whose files were all bad is not yielded at all.
+    """
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for images, labels, indices, skipped in super().__iter__():
+            for s in skipped:
+                self.dataset.bad_files[s.path] = s.reason
+            if images is not None:
+                yield images, labels, indices
+
+
+def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
+                  drop_last: bool = True, sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
+    """A DataLoader over an :class:`ImageFolder` yielding ``(images uint8 (B, 3, S, S), labels, indices)``.
+
+    Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
+    (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (e.g.
+    a DistributedSampler) replaces shuffling; ``seed`` fixes the shuffle order.
+    """
+    return _SkippingLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                           sampler=sampler, num_workers=workers, collate_fn=skip_collate,
+                           pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                           persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:
+    """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out.
+
+    ``indices`` in the result maps each row back to ``dataset.path(index)``.
+    """
+    n_all, s = len(dataset), dataset.size
+    images = torch.empty((n_all, 3, s, s), dtype=torch.uint8)
+    labels = torch.empty(n_all, dtype=torch.int64)
+    indices = torch.empty(n_all, dtype=torch.int64)
+    n = 0
+    for x, y, i in _SkippingLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                   collate_fn=skip_collate):
+        images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
+        n += len(i)
+    if n == 0:
+        path, reason = next(iter(dataset.bad_files.items()))
+        raise DataError(f"none of the {n_all} image files in {dataset.root} could be decoded "
+                        f"({path}: {reason}); check the files")
+    return ImageSet(images[:n], labels[:n], dataset.classes, indices[:n])
+
+
+class TensorBatches:
+    """Batches of an in-memory set already on the device: no DataLoader, no host sync.
+
+    Each epoch draws one permutation on the images' device, from ``seed + epoch``, the same on
+    every rank; rank ``r`` takes its own contiguous slice of it, so ranks get disjoint images
+    in equal numbers. With ``drop_last`` the ``n % world_size`` rest and the last incomplete
+    batch are dropped; without it, the permutation is padded by wrapping around (as
+    DistributedSampler does) and the last batch may be short. Call :meth:`set_epoch` before
+    each epoch, or every epoch repeats the same order.
+
+    Args:
+        images: uint8 (N, 3, H, W); labels: (N,) on the same device, or None.
+        batch_size: per process; the global batch is ``batch_size * world_size``.
+        generator: the seed, an int or a ``torch.Generator`` (its ``initial_seed()``); it must
+            be the same on every rank (not seed + rank), or the ranks' slices overlap.
+
+    Yields ``(images (B, 3, H, W), labels (B,) or None, indices (B,))``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], batch_size: int,
+                 shuffle: bool = True, drop_last: bool = True,
+                 generator: Union[torch.Generator, int, None] = None, rank: int = 0, world_size: int = 1):
+        if labels is not None and (labels.device != images.device or len(labels) != len(images)):
+            raise ValueError("labels must have one entry per image, on the images' device")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        is_generator = isinstance(generator, torch.Generator)
+        self.seed = generator.initial_seed() if is_generator else int(generator or 0)
+        n = len(images)
+        self.per_rank = n // world_size if drop_last else -(-n // world_size)
+        if len(self) == 0:
+            raise DataError(f"a batch of {batch_size} images per process x {world_size} processes does "
+                            f"not fit in the data set ({n} images); use a smaller batch size")
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.per_rank // self.batch_size
+        return -(-self.per_rank // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
+        n, device = len(self.images), self.images.device
+        if self.shuffle:
+            g = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g, device=device)
+        else:
+            order = torch.arange(n, device=device)
+        total = self.per_rank * self.world_size
+        if total > n:
+            order = order.repeat(-(-total // n))[:total]
+        mine = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        for b in range(len(self)):
+            idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
+            labels = None if self.labels is None else self.labels.index_select(0, idx)
+            yield self.images.index_select(0, idx), labels, idx
+
+
+def build_dataset(name: str, root: Union[str, Path], split: str, size: Optional[int],
+                  download: bool) -> Union[ImageSet, ImageFolder]:
+    """The data set ``name`` (one of :data:`DATASETS`) as an ImageSet, or an ImageFolder for "folder".
+
+    ``size`` is the square side of a folder's images; CIFAR and STL-10 keep their own
+    resolution. For "folder", ``root/split`` is used when it is a folder (an ImageNet-style
+    ``train/``, ``val/`` tree), else ``root`` itself; ``download`` does not apply.
+    """
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(root, name, split, download)
+    if name == "stl10":
+        return load_stl10(root, split, download)
+    if name == "folder":
+        if not size:
+            raise DataError("a folder data set needs an image size (the side of the square each "
+                            "image is resized and cropped to); set it, e.g. 224")
+        sub = Path(root).expanduser() / split if split else None
+        return ImageFolder(sub if sub is not None and sub.is_dir() else root, size)
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

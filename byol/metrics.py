@@ -1,0 +1,83 @@
+"""A run's metrics: JSON lines, TensorBoard events and PNG plots, written by one process."""
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+PLOTS = {  # file name -> (title, metric keys, y-axis label)
+    "loss.png": ("BYOL loss", ["train/loss"], "loss"),
+    "schedules.png": ("learning rate and EMA tau", ["train/lr", "train/tau"], "value"),
+    "knn.png": ("kNN top-1 on the held-out split", ["eval/knn_top1"], "accuracy (%)"),
+    "collapse.png": ("collapse monitor", ["monitor/z_std_ratio", "monitor/effective_rank_ratio"],
+                     "fraction of the healthy value"),
+}
+
+
+class MetricsLog:
+    """Appends ``{"step": s, key: value, ...}`` records to ``metrics.jsonl`` and TensorBoard.
+
+    Only rank 0 should create one. TensorBoard is skipped with a note if it is not installed.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                print("note: tensorboard is not installed; writing metrics.jsonl only")
+
+    def log(self, step: int, **values: float) -> None:
+        record = {"step": step, **{k: float(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (a torn last line from a crash is ignored)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Path]:
+    """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    out_dir = Path(out_dir or Path(metrics_path).parent)
+    written = []
+    for name, (title, keys, ylabel) in PLOTS.items():
+        series = {k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}
+        if not any(series.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+        for key, points in series.items():
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name)
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written

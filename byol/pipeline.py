@@ -1,0 +1,153 @@
+"""The user-facing steps after pretraining: load an encoder, kNN, linear probe, embed, export.
+
+Each is a plain function of paths and a config, shared by the command line and Python users.
+"""
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import yaml
+from torch import nn
+
+from .backbones import resnet
+from .checkpoint import CheckpointError, load_model_state, read_state
+from .config import Config, apply_overrides, config_from_dict, load_config
+from .data import DataError, ImageFolder, ImageSet, build_dataset, load_folder_tensor
+from .evaluate import extract_features, knn_accuracy, linear_probe
+from .train import autocast_dtype, build_model, resolve_device, views_of
+
+
+def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None) -> tuple[nn.Module, Config]:
+    """The online encoder (a torchvision ResNet trunk, classifier removed) from a checkpoint or an export.
+
+    A checkpoint carries its config; an exported ``encoder.pt`` takes it from the
+    ``config.yaml`` beside it. ``overrides`` (``section.key=value``) apply on top, e.g. a new
+    ``data.root``.
+    """
+    path = Path(path)
+    state = read_state(path)
+    if isinstance(state, dict) and "model" in state and "config" in state:  # a byol checkpoint
+        config = config_from_dict(state["config"])
+        byol = build_model(config)
+        load_model_state(byol, state["model"], str(path))
+        net = _net_of(byol, config)
+    else:  # an exported torchvision state_dict
+        beside = path.parent / "config.yaml"
+        config = load_config(str(beside)) if beside.is_file() else Config()
+        net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} is neither a byol checkpoint nor an encoder state_dict")
+        load_model_state(net, state, str(path))
+    apply_overrides(config, overrides or [])
+    net.fc = nn.Identity()  # the representation is the pooled trunk output
+    return net.eval(), config
+
+
+def _net_of(byol, config: Config) -> nn.Module:
+    """A full torchvision ResNet holding the trained online encoder (its classifier freshly initialized)."""
+    m = config.model
+    net = resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width)
+    trunk = byol.encoder.body.state_dict() if hasattr(byol.encoder, "body") else byol.encoder.state_dict()
+    missing, unexpected = net.load_state_dict(trunk, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise CheckpointError(f"the encoder does not match {m.backbone}: {missing or unexpected}")
+    return net
+
+
+def labeled_splits(config: Config) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) labeled splits of the config's data set for evaluation."""
+    d = config.data
+    size = d.load_size or d.image_size
+    if d.dataset == "folder":
+        root = Path(d.root)
+        test_name = "val" if (root / "val").is_dir() else "test"
+        sets = [build_dataset("folder", root, split, size, False) for split in ("train", test_name)]
+        if not all(isinstance(s, ImageFolder) and s.classes for s in sets) or \
+                not ((root / "train").is_dir() and (root / test_name).is_dir()):
+            raise DataError(f"evaluating on a folder needs {root}/train and {root}/val (or test), each with "
+                            "one sub-folder per class")
+        return tuple(load_folder_tensor(s, d.workers) for s in sets)
+    train = build_dataset(d.dataset, d.root, "train", size, d.download)
+    test = build_dataset(d.dataset, d.root, "test", size, d.download)
+    if train.labels is None:
+        raise DataError(f"{d.dataset} train split has no labels to evaluate with")
+    return train, test
+
+
+def features(net: nn.Module, config: Config, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    view1, _ = views_of(config)
+    return extract_features(net, images, batch_size=512, device=device, mean=view1.mean, std=view1.std,
+                            amp_dtype=autocast_dtype(config.train.precision, device))
+
+
+def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
+        temperature: float = 0.1) -> dict:
+    """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``."""
+    net, config = load_encoder(path, overrides)
+    device = resolve_device(config.train.device)
+    train, test = labeled_splits(config)
+    acc = knn_accuracy(features(net, config, train.images, device), train.labels,
+                       features(net, config, test.images, device), test.labels, ks=ks,
+                       temperature=temperature, device=device)
+    return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
+            "temperature": temperature, "n_train": len(train), "n_test": len(test)}
+
+
+def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100) -> dict:
+    """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint."""
+    net, config = load_encoder(path, overrides)
+    device = resolve_device(config.train.device)
+    train, test = labeled_splits(config)
+    result = linear_probe(features(net, config, train.images, device), train.labels,
+                          features(net, config, test.images, device), test.labels, epochs=epochs,
+                          device=device, seed=config.train.seed)
+    return {"dataset": config.data.dataset, **result, "n_train": len(train), "n_test": len(test)}
+
+
+def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
+          overrides: Optional[list[str]] = None) -> Path:
+    """Write the embeddings of a split with their labels (or file paths) to ``.npy`` or ``.pt``."""
+    net, config = load_encoder(path, overrides)
+    device = resolve_device(config.train.device)
+    d = config.data
+    source = build_dataset(d.dataset, d.root, split, d.load_size or d.image_size, d.download)
+    paths = None
+    if isinstance(source, ImageFolder):
+        folder = source
+        source = load_folder_tensor(folder, d.workers)
+        paths = [folder.path(int(i)) for i in source.indices]
+    emb = features(net, config, source.images, device)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels = source.labels if source.labels is not None else torch.full((len(emb),), -1)
+    if out.suffix == ".npy":
+        import numpy as np
+        np.save(out, emb.numpy())
+        np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
+        if paths is not None:
+            out.with_name(out.stem + "_paths.txt").write_text("\n".join(paths) + "\n")
+    elif out.suffix == ".pt":
+        torch.save({"embeddings": emb, "labels": labels, "paths": paths}, out)
+    else:
+        raise DataError(f"the output {out} must end in .npy or .pt")
+    return out
+
+
+def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
+    """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript."""
+    net, config = load_encoder(path)
+    full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+    state = {k: v for k, v in net.state_dict().items()}
+    state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out_dir / "encoder.pt")
+    scripted = torch.jit.script(net.eval())
+    scripted.save(str(out_dir / "encoder_torchscript.pt"))
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
+            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem}
+    (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+    return info

@@ -1,0 +1,312 @@
+"""Pretraining: the loop, as straight-line code, over the library's building blocks."""
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from . import distributed as dist
+from .augment import Augment, view_presets
+from .backbones import resnet
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
+from .config import Config, ConfigError, save_config
+from .data import DataError, ImageSet, TensorBatches, build_dataset, folder_loader, load_folder_tensor
+from .evaluate import extract_features, knn_accuracy
+from .metrics import MetricsLog, plot_metrics
+from .model import BYOL
+from .monitor import CollapseMonitor, effective_rank, normalized_std
+from .optim import build_optimizer
+from .schedules import cosine_lr, tau_schedule
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks this process's CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 on GPUs that support it (``auto``), or as asked; ``None`` means float32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("auto", "bf16"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            if precision == "bf16":
+                raise ConfigError("train.precision=bf16 but this GPU has no bfloat16; use fp32")
+            return None
+        return torch.bfloat16
+    raise ConfigError(f"train.precision={precision!r}; choose auto, bf16 or fp32")
+
+
+def build_model(config: Config) -> BYOL:
+    """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes."""
+    m = config.model
+    net = resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width)
+    view1, view2 = views_of(config)
+    return BYOL(net, image_size=config.data.image_size, hidden_layer="avgpool",
+                projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
+                augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
+                use_predictor=m.use_predictor, concat_views=m.concat_views)
+
+
+def views_of(config: Config):
+    """The two view recipes of a config."""
+    from dataclasses import replace
+    try:
+        view1, view2 = view_presets(config.augment.preset, config.data.image_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    scale = (config.augment.crop_min_scale, 1.0)
+    return replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
+
+
+@dataclass
+class TrainData:
+    """What the loop iterates over, and the labeled splits for the kNN monitor."""
+    batches: Union[TensorBatches, torch.utils.data.DataLoader]
+    size: int
+    knn_train: Optional[ImageSet] = None
+    knn_test: Optional[ImageSet] = None
+    folder: Optional[object] = None  # the ImageFolder, for its skipped files
+
+    def epoch(self, epoch: int) -> Iterator:
+        sampler = getattr(self.batches, "sampler", None)
+        for obj in (self.batches, sampler):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        return iter(self.batches)
+
+
+def load_data(config: Config, device: torch.device, rank: int, world: int) -> TrainData:
+    """The training split (on the device for small sets, streamed for folders) and kNN splits."""
+    d, t = config.data, config.train
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
+    per_rank = t.batch_size // world
+    size = d.load_size or (d.image_size if d.dataset != "folder" else round(d.image_size * 8 / 7))
+    source = build_dataset(d.dataset, d.root, d.train_split, size, d.download)
+    folder = None
+    if not isinstance(source, ImageSet):
+        folder = source
+        if d.on_device == "true":  # small folders: decode once, then train from device memory
+            source = load_folder_tensor(source, d.workers)
+    if isinstance(source, ImageSet):
+        if d.limit:
+            source = ImageSet(source.images[:d.limit], None if source.labels is None else source.labels[:d.limit],
+                              source.classes)
+        labels = source.labels.to(device) if source.labels is not None else None
+        batches = TensorBatches(source.images.to(device), labels, per_rank, generator=t.seed,
+                                rank=rank, world_size=world)
+        n = len(source)
+    else:
+        sampler = None
+        if world > 1:
+            sampler = torch.utils.data.DistributedSampler(source, world, rank, shuffle=True, seed=t.seed,
+                                                          drop_last=True)
+        batches = folder_loader(source, per_rank, d.workers, sampler=sampler, seed=t.seed)
+        n = len(source)
+        if len(batches) == 0:
+            raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} images of "
+                            f"{d.root}; use a smaller train.batch_size")
+    knn_train = knn_test = None
+    if t.knn_every >= 0 and d.dataset in ("cifar10", "cifar100", "stl10"):
+        knn_train = build_dataset(d.dataset, d.root, "train", size, False)
+        knn_test = build_dataset(d.dataset, d.root, "test", size, False)
+        if t.knn_limit:
+            knn_train, knn_test = (ImageSet(s.images[:t.knn_limit], s.labels[:t.knn_limit], s.classes)
+                                   for s in (knn_train, knn_test))
+    return TrainData(batches, n, knn_train, knn_test, folder)
+
+
+def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
+             amp: Optional[torch.dtype]) -> dict[int, float]:
+    """kNN top-1 of the online encoder on the held-out split."""
+    view1, _ = views_of(config)
+    kwargs = dict(batch_size=512, device=device, mean=view1.mean, std=view1.std, amp_dtype=amp)
+    train_f = extract_features(model.encoder, data.knn_train.images, **kwargs)
+    test_f = extract_features(model.encoder, data.knn_test.images, **kwargs)
+    ks = sorted({20, config.train.knn_k})
+    return knn_accuracy(train_f, data.knn_train.labels, test_f, data.knn_test.labels, ks=ks, device=device)
+
+
+def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               generator: torch.Generator, amp: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment both views on the device, forward, backward, optimizer step; returns (loss, z1)."""
+    view1 = byol.augment_fn(images, generator)
+    view2 = byol.augment_fn2(images, generator)
+    with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        loss, z1 = model(view1, view2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), z1
+
+
+class _ViewsForward(nn.Module):
+    """``forward_views`` as a module's forward, so DDP and torch.compile wrap the loss computation."""
+
+    def __init__(self, byol: BYOL):
+        super().__init__()
+        self.byol = byol
+
+    def forward(self, view1, view2):
+        return self.byol.forward_views(view1, view2)
+
+
+def pretrain(config: Config, resume: bool = False) -> dict:
+    """Pretrain with BYOL as ``config`` says; return the final metrics.
+
+    Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
+    ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots.
+    """
+    t, o = config.train, config.optim
+    rank, world = dist.init()
+    device = resolve_device(t.device)
+    amp = autocast_dtype(t.precision, device)
+    torch.manual_seed(t.seed + rank)
+    run_dir = Path(t.out_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if rank == 0:
+        _prepare_run_dir(run_dir, resume, ckpt_path)
+        save_config(config, run_dir / "config.yaml")
+    data = load_data(config, device, rank, world)
+    byol = build_model(config).to(device)
+    if world > 1:
+        byol = dist.convert_sync_batchnorm(byol)
+    optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
+                                weight_decay=o.weight_decay, momentum=o.momentum,
+                                trust_coefficient=o.trust_coefficient)
+    generator = torch.Generator(device=device).manual_seed(t.seed + rank)
+    steps_per_epoch = len(data.batches)
+    total_steps = t.epochs * steps_per_epoch
+    warmup_steps = round(o.warmup_epochs * steps_per_epoch)
+    lr = o.lr * t.batch_size / 256
+    step = 0
+    if resume:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        load_model_state(byol, state["model"], str(ckpt_path))
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], generator)
+        step = state["step"]
+    end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    forward = dist.wrap_ddp(_ViewsForward(byol), device) if world > 1 else _ViewsForward(byol)
+    if t.compile:
+        forward = torch.compile(forward)
+    log = MetricsLog(run_dir) if rank == 0 else None
+    monitor = CollapseMonitor()
+    results: dict = {}
+    if data.knn_train is not None and step == 0 and rank == 0:
+        results["knn_init"] = knn_eval(byol, data, config, device, amp)
+        log.log(0, **{f"eval/knn_top1_k{k}": v for k, v in results["knn_init"].items()},
+                **{"eval/knn_top1": results["knn_init"][t.knn_k]})
+    progress = _progress(t, rank, step, end_step, t.batch_size)
+    loss_sum = torch.zeros((), device=device)
+    std_sum = torch.zeros((), device=device)
+    n_logged, last_time, last_step = 0, time.perf_counter(), step
+    batches = None
+    while step < end_step:
+        epoch, index = divmod(step, steps_per_epoch)
+        if batches is None or index == 0:
+            batches = data.epoch(epoch)
+            for _ in range(index):  # resuming mid-epoch: the order is a function of the epoch
+                next(batches)
+        try:
+            images, _, _ = next(batches)
+        except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
+            batches = data.epoch(epoch)
+            images, _, _ = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, total_steps, lr, warmup_steps)
+        tau = tau_schedule(step, total_steps, t.tau_base)
+        loss, z1 = train_step(forward, byol, optimizer, images, generator, amp)
+        byol.update_target(tau)
+        step += 1
+        loss_sum += loss
+        std_sum += normalized_std(z1)
+        n_logged += 1
+        if progress is not None:
+            progress.update(t.batch_size)
+        if step % t.log_every == 0 or step == end_step:
+            now = time.perf_counter()
+            # The one host sync: means since the last log, and the effective rank of this batch
+            # (an SVD, which syncs on CUDA by itself, so it is computed here only).
+            mean_loss, z_std = torch.stack([loss_sum, std_sum]).div(n_logged).tolist()
+            eff_rank = effective_rank(z1).item()
+            record = {"train/loss": mean_loss, "train/lr": optimizer.param_groups[0]["lr"], "train/tau": tau,
+                      "train/images_per_s": (step - last_step) * t.batch_size / (now - last_time),
+                      "monitor/z_std": z_std, "monitor/effective_rank": eff_rank,
+                      "monitor/z_std_ratio": z_std * math.sqrt(z1.shape[1]),
+                      "monitor/effective_rank_ratio": eff_rank / min(z1.shape)}
+            if log is not None:
+                log.log(step, **record)
+            warning = monitor.check(z_std, eff_rank, z1.shape[1], step)
+            if warning and rank == 0:
+                _warn(warning, run_dir)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"the loss became {mean_loss} at step {step}; lower optim.lr "
+                                         "or use train.precision=fp32")
+            if progress is not None:
+                progress.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
+            loss_sum.zero_(), std_sum.zero_()
+            n_logged, last_time, last_step = 0, now, step
+            results["loss"] = mean_loss
+        epoch_done = step % steps_per_epoch == 0
+        if epoch_done or step == end_step:
+            done_epochs = step // steps_per_epoch
+            if data.knn_train is not None and rank == 0 and (
+                    step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
+                results["knn"] = knn_eval(byol, data, config, device, amp)
+                log.log(step, **{f"eval/knn_top1_k{k}": v for k, v in results["knn"].items()},
+                        **{"eval/knn_top1": results["knn"][t.knn_k]})
+            if rank == 0:
+                save_checkpoint(ckpt_path, byol, optimizer, step, config.to_dict(), generator)
+                if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0:
+                    save_checkpoint(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt", byol, optimizer,
+                                    step, config.to_dict(), generator)
+                plot_metrics(run_dir / "metrics.jsonl")
+    if progress is not None:
+        progress.close()
+    if rank == 0:
+        log.close()
+        if data.folder is not None:
+            data.folder.write_skipped(run_dir / "skipped_files.txt")
+    results["step"] = step
+    return results
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> None:
+    if resume and not ckpt_path.is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}; start without --resume")
+    if not resume and ckpt_path.is_file():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
+                          "another train.out_dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".write_test").touch()
+        (run_dir / ".write_test").unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
+                          "choose another train.out_dir") from None
+
+
+def _progress(t, rank: int, step: int, end_step: int, batch_size: int):
+    if not t.progress or rank != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
+                desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+
+
+def _warn(message: str, run_dir: Path) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+    with open(run_dir / "warnings.txt", "a") as f:
+        f.write(message + "\n")

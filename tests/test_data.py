@@ -1,0 +1,432 @@
+"""Tests for byol.data: CIFAR / STL-10 readers, the image folder with bad files, TensorBatches."""
+
+import io
+import os
+import pickle
+import struct
+import tarfile
+import urllib.error
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from byol.data import (DataError, ImageFolder, ImageSet, Skipped, TensorBatches, build_dataset,
+                       folder_loader, load_cifar, load_folder_tensor, load_stl10)
+
+SHARED = Path(__file__).parents[2] / "shared" / "data"
+CIFAR_BIN = SHARED / "cifar10" / "cifar-10-batches-bin"
+JPG_TAR = SHARED / "cifar10-jpg" / "test.tar"
+needs_cifar = pytest.mark.skipif(not CIFAR_BIN.is_dir(), reason=f"real CIFAR-10 not found in {CIFAR_BIN}")
+needs_jpg = pytest.mark.skipif(not JPG_TAR.is_file(), reason=f"CIFAR-10 JPEG set not found at {JPG_TAR}")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def cifar_train():
+    return load_cifar(SHARED / "cifar10", "cifar10", "train")
+
+
+@pytest.fixture(scope="module")
+def cifar_test():
+    return load_cifar(SHARED / "cifar10", "cifar10", "test")
+
+
+# ----------------------------------------------------------------------------------- CIFAR
+
+@needs_cifar
+def test_cifar10_binary_real(cifar_train, cifar_test):
+    for s, n in ((cifar_train, 50000), (cifar_test, 10000)):
+        assert s.images.shape == (n, 3, 32, 32) and s.images.dtype == torch.uint8
+        assert s.labels.shape == (n,) and s.labels.dtype == torch.int64
+        assert s.labels.bincount().tolist() == [n // 10] * 10
+        assert s.classes == CIFAR10_CLASSES
+    raw = np.fromfile(CIFAR_BIN / "data_batch_1.bin", np.uint8, count=2 * 3073)
+    for i in range(2):
+        record = raw[i * 3073:(i + 1) * 3073]
+        assert cifar_train.labels[i] == record[0]
+        assert np.array_equal(cifar_train.images[i].numpy(), record[1:].reshape(3, 32, 32))
+    last = np.fromfile(CIFAR_BIN / "test_batch.bin", np.uint8)[-3073:]
+    assert np.array_equal(cifar_test.images[-1].numpy(), last[1:].reshape(3, 32, 32))
+    # root may also be the layout folder itself
+    again = load_cifar(CIFAR_BIN, "cifar10", "test")
+    assert torch.equal(again.images, cifar_test.images) and torch.equal(again.labels, cifar_test.labels)
+
+
+def _write_pickle(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(obj, protocol=2))  # protocol 2, bytes keys: like the official files
+
+
+@needs_cifar
+def test_cifar10_pickle_layout_matches_binary(tmp_path, cifar_train, cifar_test):
+    folder = tmp_path / "cifar-10-batches-py"
+    rows = []
+    for b in range(5):
+        idx = np.arange(b * 10000, b * 10000 + 4)
+        rows.append(idx)
+        _write_pickle(folder / f"data_batch_{b + 1}", {b"data": cifar_train.images[idx].numpy().reshape(4, -1),
+                                                        b"labels": cifar_train.labels[idx].tolist()})
+    _write_pickle(folder / "test_batch", {b"data": cifar_test.images[:3].numpy().reshape(3, -1),
+                                          b"labels": cifar_test.labels[:3].tolist()})
+    _write_pickle(folder / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES]})
+    rows = np.concatenate(rows)
+    train = load_cifar(tmp_path, "cifar10", "train")
+    assert torch.equal(train.images, cifar_train.images[rows])
+    assert torch.equal(train.labels, cifar_train.labels[rows])
+    assert train.classes == CIFAR10_CLASSES
+    test = load_cifar(folder, "cifar10", "test")
+    assert torch.equal(test.images, cifar_test.images[:3]) and torch.equal(test.labels, cifar_test.labels[:3])
+
+
+def _synthetic_cifar100(n, seed):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    coarse = rng.integers(0, 20, n).astype(np.uint8)
+    fine = rng.integers(0, 100, n).astype(np.uint8)
+    return images, coarse, fine
+
+
+def test_cifar100_binary_and_pickle(tmp_path):
+    names = [f"class{i:02d}" for i in range(100)]
+    data = {"train": _synthetic_cifar100(7, seed=0), "test": _synthetic_cifar100(3, seed=1)}
+    binary, python = tmp_path / "bin" / "cifar-100-binary", tmp_path / "py" / "cifar-100-python"
+    binary.mkdir(parents=True)
+    (binary / "fine_label_names.txt").write_text("\n".join(names) + "\n")
+    for split, (images, coarse, fine) in data.items():
+        records = np.concatenate([coarse[:, None], fine[:, None], images.reshape(len(images), -1)], axis=1)
+        records.tofile(binary / f"{split}.bin")
+        _write_pickle(python / split, {b"data": images.reshape(len(images), -1),
+                                       b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()})
+    _write_pickle(python / "meta", {b"fine_label_names": [n.encode() for n in names]})
+    for root in (tmp_path / "bin", tmp_path / "py"):
+        for split, (images, coarse, fine) in data.items():
+            s = load_cifar(root, "cifar100", split)
+            assert np.array_equal(s.images.numpy(), images)
+            assert s.labels.tolist() == fine.tolist()  # fine, not coarse
+            assert s.classes == names
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "pwned"),)
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="refusing"):
+        load_cifar(tmp_path, "cifar10", "test")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_binary_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "test_batch.bin").write_bytes(bytes(3073 * 2 + 5))
+    with pytest.raises(DataError, match="multiple of 3073-byte records"):
+        load_cifar(tmp_path, "cifar10", "test")
+
+
+# ----------------------------------------------------------------------------------- STL-10
+
+def test_stl10_transpose_labels_and_splits(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    n = 3
+    y, x = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    truth = np.zeros((n, 3, 96, 96), np.uint8)  # image i: red = row, green = column, blue = 10 i
+    truth[:, 0], truth[:, 1] = y, x
+    truth[:, 2] = (10 * np.arange(n))[:, None, None]
+    truth.transpose(0, 1, 3, 2).tofile(folder / "train_X.bin")  # column-major planes, as STL-10 stores them
+    np.array([1, 10, 4], np.uint8).tofile(folder / "train_y.bin")
+    truth[:2][:, :, ::-1].transpose(0, 1, 3, 2).tofile(folder / "unlabeled_X.bin")
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+
+    train = load_stl10(tmp_path, "train")
+    assert train.images.shape == (n, 3, 96, 96) and train.images.dtype == torch.uint8
+    assert np.array_equal(train.images.numpy(), truth)
+    assert train.images[1, 0, 5, 90] == 5 and train.images[1, 1, 5, 90] == 90
+    assert train.labels.tolist() == [0, 9, 3] and train.classes == [f"c{i}" for i in range(10)]
+    unlabeled = load_stl10(folder, "unlabeled")
+    assert np.array_equal(unlabeled.images.numpy(), truth[:2][:, :, ::-1])
+    assert unlabeled.labels.tolist() == [-1, -1]
+    both = load_stl10(tmp_path, "train+unlabeled")
+    assert torch.equal(both.images, torch.cat([train.images, unlabeled.images]))
+    assert both.labels.tolist() == [0, 9, 3, -1, -1]
+    with pytest.raises(DataError, match="test_X.bin"):
+        load_stl10(tmp_path, "test")
+
+
+# ----------------------------------------------------------------------------------- missing / download
+
+def test_missing_files_say_what_and_where(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_cifar(tmp_path, "cifar10", "train")
+    msg = str(e.value)
+    assert "cifar-10-batches-bin/" in msg and "data_batch_5.bin" in msg and "cifar-10-batches-py/" in msg
+    assert str(tmp_path) in msg and "--download" in msg
+    with pytest.raises(DataError, match="cifar-100-binary/test.bin"):
+        load_cifar(tmp_path, "cifar100", "test")
+    with pytest.raises(DataError, match=r"stl10_binary/\{unlabeled_X.bin\}|stl10_binary/unlabeled_X.bin"):
+        load_stl10(tmp_path, "unlabeled")
+    with pytest.raises(DataError, match="choose train or test"):
+        load_cifar(tmp_path, "cifar10", "val")
+
+
+def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    calls = []
+
+    def offline(url, download_root, **kwargs):
+        calls.append((url, download_root))
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    with pytest.raises(DataError) as e:
+        load_cifar(tmp_path / "data", "cifar10", "train", download=True)
+    msg = str(e.value)
+    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(tmp_path / "data"))]
+    assert "could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
+    assert "name resolution" in msg and "Traceback" not in msg and "\n" not in msg
+    with pytest.raises(DataError, match="stl10_binary.tar.gz"):
+        load_stl10(tmp_path, "train", download=True)
+
+
+def test_download_then_load(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    def fake_download(url, download_root, **kwargs):  # what extracting the official archive leaves
+        folder = Path(download_root) / "cifar-10-batches-py"
+        _write_pickle(folder / "test_batch", {b"data": np.full((2, 3072), 7, np.uint8), b"labels": [3, 4]})
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
+    s = load_cifar(tmp_path, "cifar10", "test", download=True)
+    assert s.labels.tolist() == [3, 4] and int(s.images.sum()) == 7 * 2 * 3072 and s.classes is None
+
+
+# ----------------------------------------------------------------------------------- image folder
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG that declares w x h pixels and holds none: a decompression bomb as far as the header goes."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b"")
+
+
+def _odd_images(root: Path) -> tuple[dict, dict]:
+    """Write odd-mode images and bad files into class folders; return ({name: path}, {name: path})."""
+    odd, bad = {}, {}
+
+    def put(table, cls, name, image=None, data=None, **save):
+        path = root / cls / name
+        if image is not None:
+            image.save(path, **save)
+        else:
+            path.write_bytes(data)
+        table[name] = str(path)
+
+    put(odd, "airplane", "gray.png", Image.new("L", (40, 40), 100))
+    palette = Image.new("P", (40, 40), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.paste(1, (20, 0, 40, 40))
+    put(odd, "bird", "palette.png", palette, transparency=0)  # index 0 (red) transparent
+    put(odd, "cat", "rgba.png", Image.new("RGBA", (40, 40), (200, 100, 50, 128)))
+    put(odd, "deer", "la.png", Image.new("LA", (40, 40), (200, 64)))
+    put(odd, "dog", "cmyk.tif", Image.new("CMYK", (40, 40), (0, 255, 0, 0)))
+    gray16 = np.zeros((40, 40), np.uint16)
+    gray16[:, :20], gray16[:, 20:] = 65535, 32896
+    put(odd, "frog", "gray16.png", Image.fromarray(gray16))
+    wide = Image.new("RGB", (80, 40), (255, 0, 0))
+    wide.paste((0, 0, 255), (40, 0, 80, 40))  # left red, right blue; EXIF: rotate 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    put(odd, "horse", "rotated.jpg", wide, exif=exif, quality=95)
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    noise.save(buf, "JPEG")
+    put(bad, "ship", "truncated.jpg", data=buf.getvalue()[: len(buf.getvalue()) // 2])
+    garbage = np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes()
+    put(bad, "ship", "corrupt.jpg", data=b"\xff\xd8\xff\xe0" + garbage)  # a JPEG marker, then noise
+    put(bad, "ship", "text.jpg", data=b"this is not an image\n")
+    put(bad, "truck", "empty.png", data=b"")
+    put(bad, "truck", "bomb.png", data=_png_header(20000, 20000))  # > 2 x MAX_IMAGE_PIXELS: an error
+    put(bad, "truck", "bomb_warning.png", data=_png_header(10000, 10000))  # > MAX_IMAGE_PIXELS: a warning
+    for name in ("notes.txt", "README", ".hidden.png"):  # not images or hidden: never listed
+        Image.new("RGB", (8, 8)).save(root / "truck" / name, format="PNG")
+    return odd, bad
+
+
+@pytest.fixture(scope="module")
+def jpg_folder(tmp_path_factory):
+    if not JPG_TAR.is_file():
+        pytest.skip(f"CIFAR-10 JPEG set not found at {JPG_TAR}")
+    out = tmp_path_factory.mktemp("jpg")
+    with tarfile.open(JPG_TAR) as tar:  # 20 per class: test/<class>/0000.jpg .. 0019.jpg
+        members = [m for m in tar.getmembers() if m.isfile() and int(Path(m.name).stem) < 20]
+        tar.extractall(out, members=members, filter="data")
+    root = out / "test"
+    odd, bad = _odd_images(root)
+    return root, len(members), odd, bad
+
+
+def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path):
+    root, n_jpg, odd, bad = jpg_folder
+    ds = ImageFolder(root, size=32)
+    assert len(ds) == n_jpg + len(odd) + len(bad) == 200 + 7 + 6
+    assert ds.classes == CIFAR10_CLASSES
+    seen = {}
+    for images, labels, indices in folder_loader(ds, batch_size=16, workers=2, drop_last=False, seed=1):
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+        assert len(images) == len(labels) == len(indices)
+        for x, y, i in zip(images, labels.tolist(), indices.tolist()):
+            assert i not in seen and ds.classes[y] == Path(ds.path(i)).parent.name
+            seen[i] = x
+    by_path = {ds.path(i): x for i, x in seen.items()}
+    assert len(seen) == n_jpg + len(odd) and set(by_path) >= set(odd.values())
+    assert set(ds.bad_files) == set(bad.values()) and not set(bad.values()) & set(by_path)
+    reasons = {Path(p).name: r for p, r in ds.bad_files.items()}
+    assert reasons["empty.png"] == "empty file"
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "UnidentifiedImageError" in reasons["text.jpg"]
+    assert "DecompressionBombError" in reasons["bomb.png"]
+    assert "DecompressionBombWarning" in reasons["bomb_warning.png"]
+
+    # odd modes, converted to RGB
+    px = {name: by_path[path].permute(1, 2, 0).numpy().astype(int) for name, path in odd.items()}
+    assert (px["gray.png"] == 100).all()
+    assert (px["palette.png"][:, :15] == 0).all() and (px["palette.png"][:, 17:] == [0, 255, 0]).all()
+    assert np.abs(px["rgba.png"] - [100, 50, 25]).max() <= 1  # composited on black: RGB * 128 / 255
+    assert np.abs(px["la.png"] - 50).max() <= 1
+    assert (px["cmyk.tif"] == [255, 0, 255]).all()
+    assert (px["gray16.png"][:, :15] == 255).all() and (px["gray16.png"][:, 17:] == 128).all()
+    rotated = px["rotated.jpg"]  # upright: 40 x 80 portrait, red above blue; center crop keeps both halves
+    assert (rotated[2, :, 0] > 200).all() and (rotated[2, :, 2] < 60).all()
+    assert (rotated[29, :, 2] > 200).all() and (rotated[29, :, 0] < 60).all()
+
+    # a real JPEG at its own size comes out exactly as Pillow decodes it
+    jpg = str(root / "cat" / "0003.jpg")
+    assert np.array_equal(by_path[jpg].permute(1, 2, 0).numpy(), np.asarray(Image.open(jpg).convert("RGB")))
+
+    written = ds.write_skipped(tmp_path / "skipped_files.txt")
+    lines = (tmp_path / "skipped_files.txt").read_text().splitlines()
+    assert written == len(bad) == len(lines)
+    assert {line.split("\t")[0] for line in lines} == set(bad.values())
+    assert all(len(line.split("\t")) == 2 for line in lines)
+
+
+@needs_cifar
+def test_jpeg_folder_agrees_with_cifar_binary(jpg_folder, cifar_test):
+    root, *_ = jpg_folder
+    ds = ImageFolder(root, size=32)
+    s = load_folder_tensor(ds, workers=0)
+    assert len(s) == len(ds) - 6 and s.images.shape[1:] == (3, 32, 32) and s.classes == CIFAR10_CLASSES
+    assert torch.equal(s.indices, s.indices.sort().values)
+    assert len(ds.bad_files) == 6
+    rows = {ds.path(int(i)): r for r, i in enumerate(s.indices)}
+    for c, name in enumerate(CIFAR10_CLASSES):  # test/<class>/0000.jpg is that class's first test image
+        first = int((cifar_test.labels == c).nonzero()[0])
+        r = rows[str(root / name / "0000.jpg")]
+        assert s.labels[r] == c
+        diff = (s.images[r].float() - cifar_test.images[first].float()).abs().mean()
+        assert diff < 8, (name, diff)  # JPEG quality 75 of the same picture
+
+
+def test_image_folder_labels_and_errors(tmp_path):
+    def img(path, size=(10, 6)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (1, 2, 3)).save(path)
+
+    img(tmp_path / "nested" / "b" / "deep" / "x.png")
+    img(tmp_path / "nested" / "a" / "y.JPG")  # extension case does not matter
+    ds = ImageFolder(tmp_path / "nested", size=8)
+    assert ds.classes == ["a", "b"] and ds.labels.tolist() == [0, 1]
+    x, y, i = ds[0]
+    assert x.shape == (3, 8, 8) and x.dtype == torch.uint8 and (y, i) == (0, 0)
+
+    img(tmp_path / "nested" / "loose.png")  # one image outside a class folder: unlabeled
+    ds = ImageFolder(tmp_path / "nested", size=8)
+    assert ds.classes is None and ds.labels.tolist() == [-1, -1, -1]
+    with pytest.raises(DataError, match="not inside a class subfolder"):
+        ImageFolder(tmp_path / "nested", size=8, labeled=True)
+    assert ImageFolder(tmp_path / "nested" / "a", size=8, labeled=False).labels.tolist() == [-1]
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="no image files found"):
+        ImageFolder(tmp_path / "empty", size=8)
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolder(tmp_path / "missing", size=8)
+    (tmp_path / "nested" / "a" / "bad.png").write_bytes(b"")
+    bad = ImageFolder(tmp_path / "nested", size=8)[1]
+    assert isinstance(bad, Skipped) and bad.reason == "empty file" and bad.path.endswith("bad.png")
+
+
+# ----------------------------------------------------------------------------------- TensorBatches
+
+def _set(n=103):
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
+    return images, torch.arange(n) * 10
+
+
+def _epoch(batches, epoch):
+    batches.set_epoch(epoch)
+    out = list(batches)
+    assert len(out) == len(batches)
+    for x, y, idx in out:
+        assert torch.equal(x[:, 0, 0, 0].long(), idx) and torch.equal(y, idx * 10)
+    return torch.cat([idx for _, _, idx in out])
+
+
+def test_tensor_batches_epochs_are_seeded_permutations():
+    images, labels = _set()
+    b = TensorBatches(images, labels, batch_size=10, generator=3)
+    e0, e1 = _epoch(b, 0), _epoch(b, 1)
+    assert len(b) == 10 and len(e0) == 100 and len(set(e0.tolist())) == 100
+    assert not torch.equal(e0, e1)
+    seeded = torch.Generator().manual_seed(3)
+    assert torch.equal(e0, _epoch(TensorBatches(images, labels, 10, generator=seeded), 0))
+    assert not torch.equal(e0, _epoch(TensorBatches(images, labels, 10, generator=4), 0))
+    full = TensorBatches(images, labels, 10, drop_last=False, generator=3)
+    assert len(full) == 11 and sorted(_epoch(full, 0).tolist()) == list(range(103))
+    assert len(list(full)[-1][2]) == 3
+    plain = TensorBatches(images, None, 10, shuffle=False)
+    assert torch.equal(torch.cat([i for _, _, i in plain]), torch.arange(100))
+    assert all(y is None for _, y, _ in plain)
+    with pytest.raises(DataError, match="smaller batch size"):
+        TensorBatches(images, labels, 60, world_size=2)
+
+
+def test_tensor_batches_ranks_are_disjoint():
+    images, labels = _set()
+    r0, r1 = (TensorBatches(images, labels, 10, generator=5, rank=r, world_size=2) for r in (0, 1))
+    for epoch in (0, 1):
+        a, b = _epoch(r0, epoch), _epoch(r1, epoch)
+        assert len(r0) == len(r1) == 5 and len(a) == len(b) == 50
+        assert not set(a.tolist()) & set(b.tolist())
+    p0, p1 = (TensorBatches(images, labels, 10, drop_last=False, generator=5, rank=r, world_size=2)
+              for r in (0, 1))
+    a, b = _epoch(p0, 0), _epoch(p1, 0)
+    assert len(a) == len(b) == 52 and set(a.tolist()) | set(b.tolist()) == set(range(103))
+
+
+# ----------------------------------------------------------------------------------- build_dataset
+
+@needs_cifar
+def test_build_dataset(tmp_path):
+    s = build_dataset("cifar10", str(SHARED / "cifar10"), "test", None, False)
+    assert isinstance(s, ImageSet) and len(s) == 10000
+    (tmp_path / "train" / "cls").mkdir(parents=True)
+    Image.new("RGB", (5, 5)).save(tmp_path / "train" / "cls" / "a.png")
+    folder = build_dataset("folder", str(tmp_path), "train", 16, False)
+    assert isinstance(folder, ImageFolder) and folder.classes == ["cls"] and folder.size == 16
+    with pytest.raises(DataError, match="needs an image size"):
+        build_dataset("folder", str(tmp_path), "train", None, False)
+    with pytest.raises(DataError, match="cifar10, cifar100, stl10, folder"):
+        build_dataset("imagenet", str(tmp_path), "train", 224, False)

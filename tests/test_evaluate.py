@@ -1,0 +1,169 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byol.evaluate import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, extract_features,
+                           knn_accuracy, knn_classify, linear_probe)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: intra-op threads only contend (10x slower on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar-10-batches-bin"
+
+
+def unit(deg):
+    return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+# One class-0 point on the query, two class-1 points at cosine 0.5, one class-2 point opposite.
+TRAIN = torch.tensor([unit(0), unit(60), unit(-60), unit(180)])
+LABELS = torch.tensor([0, 1, 1, 2])
+QUERY = torch.tensor([[2.0, 0.0]])
+
+
+def test_knn_weights_votes_by_exp_similarity_over_temperature():
+    scores = knn_classify(TRAIN, LABELS, QUERY, k=3, temperature=0.1)
+    expected = torch.tensor([[math.exp(10), 2 * math.exp(5), 0.0]])  # class 2 is not among the 3 nearest
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=0)
+    assert scores.argmax(1).item() == 0  # weighted vote: the one close neighbour wins
+    flat = knn_classify(TRAIN, LABELS, QUERY, k=3, temperature=100.0)
+    assert flat.argmax(1).item() == 1  # near-uniform weights: the majority wins
+
+
+def test_knn_uses_cosine_similarity():
+    scale = torch.tensor([[0.01], [5.0], [3.0], [100.0]])
+    torch.testing.assert_close(knn_classify(TRAIN * scale, LABELS, QUERY * 7, k=3),
+                               knn_classify(TRAIN, LABELS, QUERY, k=3))
+
+
+def test_knn_k_is_capped_and_num_classes_respected():
+    scores = knn_classify(TRAIN, LABELS, QUERY, k=50, num_classes=5)
+    assert scores.shape == (1, 5) and scores[0, 2] > 0 and scores[0, 3:].sum() == 0
+
+
+def random_split(n_train=60, n_test=23, d=8, c=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n_train, d, generator=g), torch.randint(0, c, (n_train,), generator=g),
+            torch.randn(n_test, d, generator=g), torch.randint(0, c, (n_test,), generator=g))
+
+
+def test_knn_chunked_equals_unchunked():
+    x, y, q, _ = random_split()
+    one = knn_classify(x, y, q, k=10, chunk_size=1)
+    whole = knn_classify(x, y, q, k=10, chunk_size=10_000)
+    assert one.shape == (23, 4)
+    torch.testing.assert_close(one, whole)
+
+
+def test_knn_accuracy_matches_knn_classify_for_every_k():
+    x, y, q, qy = random_split()
+    acc = knn_accuracy(x, y, q, qy, ks=(1, 5, 20), chunk_size=7)
+    assert list(acc) == [1, 5, 20]
+    for k, value in acc.items():
+        pred = knn_classify(x, y, q, k=k, num_classes=4).argmax(1)
+        assert value == pytest.approx(100.0 * (pred == qy).float().mean().item())
+    assert knn_accuracy(x, y, x, y, ks=(1,))[1] == 100.0  # each point is its own nearest neighbour
+
+
+def separable(n, d=16, c=4, seed=0):
+    """Gaussian blobs whose centres are 8 standard deviations apart or more: linearly separable."""
+    centres = 8 * torch.eye(c, d) + 3  # (C, D), pairwise distance 8 * sqrt(2)
+    y = torch.arange(n) % c
+    return centres[y] + torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), y
+
+
+def test_linear_probe_separates_linearly_separable_data():
+    x, y = separable(1000)
+    xt, yt = separable(300, seed=1)
+    result = linear_probe(x, y, xt, yt, epochs=30, batch_size=64)
+    assert set(result) == {"top1", "top5", "train_loss"}
+    assert result["top1"] > 99 and result["train_loss"] < 0.05
+    assert result["top5"] == 100.0  # top-min(5, C) with C = 4
+
+
+def test_linear_probe_is_at_chance_on_random_labels_and_deterministic():
+    x, y, xt, yt = random_split(n_train=400, n_test=1000, d=32, c=4)
+    result = linear_probe(x, y, xt, yt, epochs=10, batch_size=64)
+    assert 25 - 6 < result["top1"] < 25 + 6  # 4 sigma for 1000 test points
+    assert linear_probe(x, y, xt, yt, epochs=10, batch_size=64) == result
+
+
+def encoder():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+
+
+def images(n=10, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_extract_features_matches_a_manual_forward_and_restores_train_mode():
+    net, x = encoder(), images()
+    net.train()
+    running = net[1].running_mean.clone()
+    feats = extract_features(net, x, batch_size=3, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    assert net.training and torch.equal(net[1].running_mean, running)
+    assert feats.shape == (10, 16) and feats.dtype == torch.float32
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        manual = net.eval()((x.float() / 255 - mean) / std).flatten(1)
+    torch.testing.assert_close(feats, manual)
+    extract_features(net, x)
+    assert not net.training  # eval stays eval
+
+
+def test_extract_features_under_autocast_returns_float32():
+    net, x = encoder(), images()
+    feats = extract_features(net, x, amp_dtype=torch.bfloat16)
+    assert feats.dtype == torch.float32 and not feats.is_inference()
+    torch.testing.assert_close(feats, extract_features(net, x), atol=0.03, rtol=0.03)
+
+
+def test_extract_features_resizes_first():
+    net, x = encoder(), images()
+    feats = extract_features(net, x, size=16)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    big = F.interpolate(x.float() / 255, size=16, mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net.eval()((big - mean) / std).flatten(1))
+
+
+def test_extract_features_from_shuffled_batches_returns_dataset_order():
+    net, x = encoder(), images(n=11)
+    labels = torch.arange(11) % 3
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(1))
+    batches = [(x[idx], labels[idx], idx) for idx in perm.split(4)]
+    feats, got_labels = extract_features(net, batches)
+    torch.testing.assert_close(feats, extract_features(net, x))
+    assert torch.equal(got_labels, labels)
+
+
+def load_cifar(name, n):
+    r = np.fromfile(CIFAR / name, np.uint8, count=n * 3073).reshape(-1, 3073)
+    images = torch.from_numpy(r[:, 1:].reshape(-1, 3, 32, 32).copy())  # (N, 3, 32, 32) uint8
+    return images, torch.from_numpy(r[:, 0].astype(np.int64))
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="real CIFAR-10 not found in ../shared/data")
+def test_real_cifar10_raw_pixels_are_well_above_chance():
+    (x, y), (xt, yt) = load_cifar("data_batch_1.bin", 2000), load_cifar("test_batch.bin", 1000)
+    pixels = nn.Flatten()
+    kwargs = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    f, ft = extract_features(pixels, x, **kwargs), extract_features(pixels, xt, **kwargs)
+    assert f.shape == (2000, 3072)
+    acc = knn_accuracy(f, y, ft, yt, ks=(20, 200))
+    assert acc[20] > 25 and acc[200] > 25, acc  # chance is 10
+    probe = linear_probe(f, y, ft, yt, epochs=20)
+    assert probe["top1"] > 22 and probe["top5"] > 65, probe

@@ -1,0 +1,104 @@
+import math
+
+import pytest
+import torch
+
+from byol.monitor import CollapseMonitor, effective_rank, normalized_std
+
+
+def gaussian(b=512, d=128, seed=0):
+    return torch.randn(b, d, generator=torch.Generator().manual_seed(seed))
+
+
+def rank_k(k, b=512, d=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(d, k, generator=g))  # (d, k) orthonormal columns
+    return torch.randn(b, k, generator=g) @ basis.T  # (b, d), rank k
+
+
+def collapsed(b=512, d=128, noise=1e-4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, d, generator=g).expand(b, d) + noise * torch.randn(b, d, generator=g)
+
+
+def test_normalized_std_is_one_over_sqrt_dim_when_spread():
+    for d in (64, 256):
+        assert normalized_std(gaussian(d=d)).item() == pytest.approx(1 / math.sqrt(d), rel=0.05)
+
+
+def test_normalized_std_vanishes_when_collapsed():
+    assert normalized_std(collapsed()).item() < 1e-3 / math.sqrt(128)
+
+
+def test_normalized_std_ignores_scale_and_returns_a_float32_scalar_tensor():
+    z = gaussian(d=32)
+    out = normalized_std(z.bfloat16())
+    assert isinstance(out, torch.Tensor) and out.ndim == 0 and out.dtype == torch.float32
+    scaled = z * torch.rand(len(z), 1, generator=torch.Generator().manual_seed(1)).add(0.1) * 100
+    assert normalized_std(scaled).item() == pytest.approx(normalized_std(z).item(), rel=1e-4)
+
+
+def test_effective_rank_is_high_for_gaussian_and_one_for_collapse():
+    assert effective_rank(gaussian()).item() > 0.8 * 128
+    assert effective_rank(collapsed()).item() == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_effective_rank_of_rank_k_data_is_about_k(k):
+    assert effective_rank(rank_k(k)).item() == pytest.approx(k, rel=0.1)
+
+
+def test_centering_measures_the_variation_only():
+    z = rank_k(5) + 20 * torch.randn(1, 128, generator=torch.Generator().manual_seed(3))  # large common mean
+    assert effective_rank(z).item() < 2.0  # the mean direction dominates
+    assert effective_rank(z, center=True).item() == pytest.approx(5, rel=0.1)
+
+
+def test_effective_rank_casts_low_precision_up():
+    z = gaussian(b=64, d=32)
+    out = effective_rank(z.bfloat16())
+    assert out.dtype == torch.float32 and out.ndim == 0
+    assert out.item() == pytest.approx(effective_rank(z).item(), rel=0.02)
+    assert effective_rank(torch.zeros(8, 4)).item() == pytest.approx(1.0)  # defined, not NaN
+
+
+def stats(z):
+    return normalized_std(z).item(), effective_rank(z).item(), z.shape[1]
+
+
+def test_monitor_is_silent_when_healthy_and_warns_when_collapsed():
+    monitor = CollapseMonitor()
+    for step, z in enumerate([gaussian(d=256), rank_k(20, d=256), gaussian(b=32, d=256)]):
+        assert monitor.check(*stats(z), step=step) is None
+    message = monitor.check(*stats(collapsed(d=256)), step=300)
+    assert message is not None and "collapse" in message and "step 300" in message
+    assert "0.0625" in message and "1/sqrt(256)" in message
+    assert "predictor" in message and "tau" in message and "learning rate" in message
+
+
+def test_monitor_warns_on_dimensional_collapse_with_a_healthy_std():
+    z = rank_k(1, d=256) + 1e-4 * gaussian(d=256)
+    std, rank, dim = stats(z)
+    assert std > 0.5 / math.sqrt(dim)  # the std alone would not see it
+    assert CollapseMonitor().check(std, rank, dim, step=1) is not None
+
+
+def test_monitor_warns_on_the_transition_only_unless_asked_to_repeat():
+    healthy, bad = (0.06, 100.0, 256), (0.001, 1.1, 256)
+    monitor = CollapseMonitor()
+    assert monitor.check(*bad, step=10) is not None
+    assert monitor.check(*bad, step=20) is None
+    assert monitor.check(*healthy, step=30) is None
+    assert monitor.check(*bad, step=40) is not None  # collapsed again after recovering
+    repeating = CollapseMonitor(repeat_every=100)
+    warned = [repeating.check(*bad, step=s) is not None for s in range(0, 301, 50)]
+    assert warned == [True, False, True, False, True, False, True]
+
+
+def test_monitor_thresholds_are_relative_to_the_healthy_std():
+    monitor = CollapseMonitor(std_fraction=0.1, min_rank=1.5)
+    for dim in (64, 2048):
+        healthy = 1 / math.sqrt(dim)
+        assert not monitor.is_collapsed(0.2 * healthy, 50.0, dim)
+        assert monitor.is_collapsed(0.05 * healthy, 50.0, dim)
+    assert monitor.is_collapsed(0.05, 1.2, 256)
