@@ -22,6 +22,7 @@ from .model import BYOL
 from .monitor import CollapseMonitor, effective_rank, normalized_std
 from .optim import build_optimizer
 from .schedules import cosine_lr, tau_schedule
+from .step import ViewsForward, train_step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,30 +139,6 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     return knn_accuracy(train_f, data.knn_train.labels, test_f, data.knn_test.labels, ks=ks, device=device)
 
 
-def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               generator: torch.Generator, amp: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment both views on the device, forward, backward, optimizer step; returns (loss, z1)."""
-    view1 = byol.augment_fn(images, generator)
-    view2 = byol.augment_fn2(images, generator)
-    with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        loss, z1 = model(view1, view2)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), z1
-
-
-class _ViewsForward(nn.Module):
-    """``forward_views`` as a module's forward, so DDP and torch.compile wrap the loss computation."""
-
-    def __init__(self, byol: BYOL):
-        super().__init__()
-        self.byol = byol
-
-    def forward(self, view1, view2):
-        return self.byol.forward_views(view1, view2)
-
-
 def pretrain(config: Config, resume: bool = False) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics.
 
@@ -198,7 +175,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         set_rng_state(state["rng"], generator)
         step = state["step"]
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
-    forward = dist.wrap_ddp(_ViewsForward(byol), device) if world > 1 else _ViewsForward(byol)
+    forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     if t.compile:
         forward = torch.compile(forward)
     log = MetricsLog(run_dir) if rank == 0 else None
