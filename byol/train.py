@@ -3,7 +3,7 @@
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -61,13 +61,12 @@ def build_model(config: Config) -> BYOL:
 
 def views_of(config: Config):
     """The two view recipes of a config."""
-    from dataclasses import replace
+    scale = (config.augment.crop_min_scale, 1.0)
     try:
         view1, view2 = view_presets(config.augment.preset, config.data.image_size)
+        return replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    scale = (config.augment.crop_min_scale, 1.0)
-    return replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
 
 
 @dataclass
