@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         e = ev_sub.add_parser(name, help=text)
         e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
         e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
+        e.add_argument("--limit", type=int, help="use only the first N images of each split (quick checks)")
         if name == "knn":
             e.add_argument("--k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
             e.add_argument("--temperature", type=float, default=0.1)
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("checkpoint")
     em.add_argument("--out", required=True, help="output file, .npy or .pt")
     em.add_argument("--split", default="test", help="train | test | unlabeled (STL-10) | a sub-folder")
+    em.add_argument("--limit", type=int, help="embed only the first N images")
     ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
     ex.add_argument("checkpoint")
     ex.add_argument("--out", required=True, help="output folder")
@@ -78,17 +80,19 @@ def run(argv: Optional[list[str]] = None) -> int:
         _print_table("pretraining done", rows)
     elif args.command == "eval":
         if args.protocol == "knn":
-            result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature)
+            result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
+                                  limit=args.limit)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
         else:
-            result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs)
+            result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit)
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", f"{result['top5']:.2f}%")]
         default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}.json")
         path = _write_json(result, args.out, default)
         _print_table(f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images",
                      rows + [("results", str(path))])
     elif args.command == "embed":
-        path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides)
+        path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
+                              limit=args.limit)
         print(f"embeddings written to {path}")
     elif args.command == "export":
         info = pipeline.export(args.checkpoint, args.out)

@@ -117,7 +117,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         args = typing.get_args(annotation)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none"))):
             return None
         errors = []
         for arg in args:

@@ -56,8 +56,20 @@ def _net_of(byol, config: Config) -> nn.Module:
     return net
 
 
-def labeled_splits(config: Config) -> tuple[ImageSet, ImageSet]:
-    """The (train, test) labeled splits of the config's data set for evaluation."""
+def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) labeled splits of the config's data set, or the first ``limit`` images of each."""
+    train, test = _labeled_splits(config)
+    if limit:
+        train, test = (_first(s, limit) for s in (train, test))
+    return train, test
+
+
+def _first(images: ImageSet, n: int) -> ImageSet:
+    return ImageSet(images.images[:n], None if images.labels is None else images.labels[:n], images.classes,
+                    None if images.indices is None else images.indices[:n])
+
+
+def _labeled_splits(config: Config) -> tuple[ImageSet, ImageSet]:
     d = config.data
     size = d.load_size or d.image_size
     if d.dataset == "folder":
@@ -83,11 +95,14 @@ def features(net: nn.Module, config: Config, images: torch.Tensor, device: torch
 
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
-        temperature: float = 0.1) -> dict:
-    """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``."""
+        temperature: float = 0.1, limit: Optional[int] = None) -> dict:
+    """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``.
+
+    ``limit`` evaluates on the first N images of each split only (quick checks).
+    """
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
-    train, test = labeled_splits(config)
+    train, test = labeled_splits(config, limit)
     acc = knn_accuracy(features(net, config, train.images, device), train.labels,
                        features(net, config, test.images, device), test.labels, ks=ks,
                        temperature=temperature, device=device)
@@ -95,11 +110,12 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
             "temperature": temperature, "n_train": len(train), "n_test": len(test)}
 
 
-def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100) -> dict:
+def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
+           limit: Optional[int] = None) -> dict:
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint."""
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
-    train, test = labeled_splits(config)
+    train, test = labeled_splits(config, limit)
     result = linear_probe(features(net, config, train.images, device), train.labels,
                           features(net, config, test.images, device), test.labels, epochs=epochs,
                           device=device, seed=config.train.seed)
@@ -107,7 +123,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
 
 
 def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
-          overrides: Optional[list[str]] = None) -> Path:
+          overrides: Optional[list[str]] = None, limit: Optional[int] = None) -> Path:
     """Write the embeddings of a split with their labels (or file paths) to ``.npy`` or ``.pt``."""
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
@@ -118,6 +134,9 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
         folder = source
         source = load_folder_tensor(folder, d.workers)
         paths = [folder.path(int(i)) for i in source.indices]
+    if limit:
+        source = _first(source, limit)
+        paths = paths[:limit] if paths is not None else None
     emb = features(net, config, source.images, device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

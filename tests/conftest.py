@@ -1,0 +1,51 @@
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# One thread per test process: the tiny models here gain little from a second thread, and
+# OpenMP threads that spin-wait for a busy core slow a loaded machine down by 10x or more.
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR10 = SHARED_DATA / "cifar10"
+CIFAR10_JPG_TAR = SHARED_DATA / "cifar10-jpg" / "test.tar"
+
+
+@pytest.fixture
+def cifar10_root() -> Path:
+    if not (CIFAR10 / "cifar-10-batches-bin" / "data_batch_1.bin").is_file():
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR10} (the repo's ../shared/data)")
+    return CIFAR10
+
+
+def tiny_overrides(out_dir, **extra) -> list[str]:
+    """Overrides for a seconds-long CPU run: a narrow network, small batches, few images."""
+    values = {
+        "model.width": 8, "model.projection_hidden_size": 64, "model.projection_size": 32,
+        "train.batch_size": 16, "train.epochs": 1, "train.knn_limit": 200, "train.log_every": 2,
+        "train.progress": False, "train.device": "cpu", "data.limit": 128, "train.out_dir": str(out_dir),
+    }
+    values.update(extra)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def extract_jpegs(dest: Path, per_class: int = 20) -> Path:
+    """The first ``per_class`` JPEGs of each class folder of the real CIFAR-10 JPEG test set."""
+    if not CIFAR10_JPG_TAR.is_file():
+        pytest.skip(f"{CIFAR10_JPG_TAR} not found")
+    counts: dict = {}
+    with tarfile.open(CIFAR10_JPG_TAR) as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.lower().endswith(".jpg"):
+                continue
+            cls = Path(member.name).parent.name
+            if counts.get(cls, 0) >= per_class:
+                continue
+            counts[cls] = counts.get(cls, 0) + 1
+            out = dest / cls / Path(member.name).name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    return dest

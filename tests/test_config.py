@@ -1,0 +1,61 @@
+import pytest
+import yaml
+
+from byol.config import Config, ConfigError, config_from_dict, load_config, preset_names, save_config
+
+
+def test_every_preset_loads_and_has_commented_keys():
+    assert {"cifar10", "stl10", "imagenet"} <= set(preset_names())
+    for name in preset_names():
+        config = load_config(name)
+        assert isinstance(config, Config)
+
+
+def test_imagenet_preset_is_the_paper_recipe():
+    c = load_config("imagenet")
+    assert (c.model.backbone, c.model.projection_hidden_size, c.model.projection_size) == ("resnet50", 4096, 256)
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.warmup_epochs) == ("lars", 0.2, 1.5e-6, 10)
+    assert (c.train.epochs, c.train.batch_size, c.train.tau_base) == (1000, 4096, 0.996)
+    assert c.augment.preset == "paper" and c.data.image_size == 224
+
+
+def test_overrides_are_typed():
+    c = load_config("cifar10", ["--train.epochs=3", "optim.lr=1", "--data.download=true",
+                                "--data.limit=100", "--data.limit=null", "--train.max_steps=7"])
+    assert c.train.epochs == 3 and isinstance(c.train.epochs, int)
+    assert c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+    assert c.data.download is True and c.data.limit is None and c.train.max_steps == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--train.epoch=3", "unknown config key 'train.epoch'"),
+    ("--trian.epochs=3", "unknown config key 'trian.epochs'"),
+    ("--train.epochs=ten", "train.epochs must be int"),
+    ("--data.download=maybe", "data.download must be bool"),
+    ("--optim.lr", "must look like --section.key=value"),
+])
+def test_bad_overrides_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cifar10", [override])
+
+
+def test_yaml_file_and_its_errors(tmp_path):
+    good = tmp_path / "run.yaml"
+    good.write_text("train:\n  epochs: 2\nmodel:\n  width: 8\n")
+    c = load_config(str(good))
+    assert c.train.epochs == 2 and c.model.width == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("cifar11")
+
+
+def test_saved_config_round_trips(tmp_path):
+    c = load_config("stl10", ["--train.seed=5"])
+    save_config(c, tmp_path / "config.yaml")
+    assert load_config(str(tmp_path / "config.yaml")) == c
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c

@@ -1,0 +1,42 @@
+"""Every shipped preset runs two real training steps (on small batches, with the preset's model)."""
+
+import numpy as np
+import pytest
+
+from byol.config import load_config, preset_names
+from byol.train import pretrain
+from conftest import CIFAR10, extract_jpegs
+
+
+def fake_stl10(root):
+    """A tiny STL-10 binary layout: 96x96 images, labels 1..10."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 16), ("unlabeled", 16)):
+        rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tofile(folder / f"{split}_X.bin")
+        if split != "unlabeled":
+            (np.arange(n) % 10 + 1).astype(np.uint8).tofile(folder / f"{split}_y.bin")
+    return root
+
+
+def data_root(preset, tmp_path):
+    dataset = load_config(preset).data.dataset
+    if dataset in ("cifar10", "cifar100"):
+        if not CIFAR10.is_dir() or dataset == "cifar100":
+            pytest.skip(f"no local {dataset}")
+        return CIFAR10
+    if dataset == "stl10":
+        return fake_stl10(tmp_path / "stl")
+    return extract_jpegs(tmp_path / "images", per_class=1)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_preset_runs_two_steps(preset, tmp_path):
+    config = load_config(preset, [
+        f"--data.root={data_root(preset, tmp_path)}", f"--train.out_dir={tmp_path / 'run'}",
+        "--train.batch_size=4", "--train.max_steps=2", "--train.knn_limit=16", "--train.progress=false",
+        "--train.device=cpu", "--data.workers=0", "--train.log_every=1"])
+    results = pretrain(config)
+    assert results["step"] == 2 and np.isfinite(results["loss"])
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from byol import BYOL, resnet
+from byol.augment import Augment, cifar_views
+from byol.checkpoint import load_checkpoint
+from byol.config import load_config
+from byol.optim import build_optimizer
+from byol.train import pretrain
+from conftest import tiny_overrides
+
+
+def test_twenty_steps_on_real_cifar_lower_the_loss(cifar10_root):
+    raw = np.fromfile(cifar10_root / "cifar-10-batches-bin" / "data_batch_1.bin", np.uint8, count=32 * 3073)
+    images = torch.from_numpy(raw.reshape(-1, 3073)[:, 1:].reshape(-1, 3, 32, 32).copy())
+    torch.manual_seed(0)
+    view1, view2 = cifar_views(32)
+    model = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                 projection_size=32, projection_hidden_size=128, augment_fn=Augment(view1),
+                 augment_fn2=Augment(view2), moving_average_decay=0.99)
+    opt = build_optimizer("lars", torch.nn.ModuleList([model.online, model.predictor]), lr=0.5,
+                          weight_decay=1e-5)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(20):
+        loss, _ = model.forward_views(model.augment_fn(images, g), model.augment_fn2(images, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_moving_average()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses))
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < first - 0.3, losses
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10_root):
+    common = [f"--data.root={cifar10_root}", "--train.knn_every=-1", "--optim.name=sgd"]
+    straight = load_config("cifar10", tiny_overrides(tmp_path / "a", **{"train.max_steps": 6}) + common)
+    pretrain(straight)
+    first = load_config("cifar10", tiny_overrides(tmp_path / "b", **{"train.max_steps": 3}) + common)
+    pretrain(first)
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 3
+    rest = load_config("cifar10", tiny_overrides(tmp_path / "b", **{"train.max_steps": 6}) + common)
+    pretrain(rest, resume=True)
+    a, b = _weights(tmp_path / "a/checkpoints/last.pt"), _weights(tmp_path / "b/checkpoints/last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key]), key
+    # The resumed run logged steps 4..6 after the first run's 1..3, with no step twice.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_run_directory_contents(tmp_path, cifar10_root):
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 4}) +
+                         [f"--data.root={cifar10_root}", "--train.knn_every=1"])
+    results = pretrain(config)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "loss.png", "schedules.png",
+                 "knn.png", "collapse.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    assert load_config(str(run / "config.yaml")) == config  # the resolved config, as given
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train_records] == [2, 4]
+    assert {"train/lr", "train/tau", "monitor/z_std", "monitor/effective_rank"} <= train_records[-1].keys()
+    assert any("eval/knn_top1" in r for r in records)
+    assert set(results["knn"]) == {20, 200} and set(results["knn_init"]) == {20, 200}
+    # The learning rate follows warm-up from the scaled base: lr x batch / 256.
+    lrs = [r["train/lr"] for r in records if "train/lr" in r]
+    assert max(lrs) <= config.optim.lr * 16 / 256 + 1e-12
