@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -70,6 +71,10 @@ def run(argv: Optional[list[str]] = None) -> int:
         extra = ["--data.download=true"] if args.download else []
         config = load_config(args.config, overrides + extra)
         results = pretrain(config, resume=args.resume)
+        if "stopped_by" in results:
+            print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
+                  f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
+            return 128 + int(getattr(signal, results["stopped_by"]))
         rows = [("steps", str(results["step"])), ("final loss", f"{results.get('loss', float('nan')):.4f}")]
         k = config.train.knn_k
         if "knn" in results:
@@ -100,22 +105,30 @@ def run(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+def _out_of_memory() -> int:
+    print("byol: error: the batch does not fit in memory; lower train.batch_size "
+          "(e.g. --train.batch_size=128)", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback."""
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     errors = (ConfigError, DataError, CheckpointError, UsageError, FileNotFoundError, PermissionError,
-              torch.OutOfMemoryError, FloatingPointError)
+              FloatingPointError)
     try:
         return run(argv)
-    except torch.OutOfMemoryError:
-        print("byol: error: the batch does not fit in device memory; lower train.batch_size "
-              "(e.g. --train.batch_size=128)", file=sys.stderr)
-        return 2
     except errors as e:
         print(f"byol: error: {e}", file=sys.stderr)
         return 2
+    except (torch.OutOfMemoryError, MemoryError):
+        return _out_of_memory()
+    except RuntimeError as e:  # the CPU allocator reports exhaustion as a plain RuntimeError
+        if "can't allocate memory" in str(e) or "out of memory" in str(e):
+            return _out_of_memory()
+        raise
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)
         return 130

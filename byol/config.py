@@ -72,6 +72,7 @@ class TrainConfig:
     knn_k: int = 200
     knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs)
     progress: bool = True
+    max_nonfinite: int = 10           # stop after this many NaN/inf losses in a row (each such step is undone)
 
 
 @dataclass
@@ -132,6 +133,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
+            pass
+    if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
             pass
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -1,6 +1,7 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save
 from .config import Config, ConfigError, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset, folder_loader, load_folder_tensor
 from .evaluate import extract_features, knn_accuracy
+from .faults import NonFiniteGuard, StopRequest
 from .metrics import MetricsLog, plot_metrics
 from .model import BYOL
 from .monitor import CollapseMonitor, effective_rank, normalized_std
@@ -138,11 +140,16 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     return knn_accuracy(train_f, data.knn_train.labels, test_f, data.knn_test.labels, ks=ks, device=device)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The loss stayed NaN or infinite for too many steps in a row."""
+
+
 def pretrain(config: Config, resume: bool = False) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics.
 
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
-    ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots.
+    ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
+    SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
     """
     t, o = config.train, config.optim
     rank, world = dist.init()
@@ -170,85 +177,85 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     if resume:
         state = load_checkpoint(ckpt_path, map_location=device)
         load_model_state(byol, state["model"], str(ckpt_path))
-        optimizer.load_state_dict(state["optimizer"])
+        saved_optim = state["config"].get("optim", {}).get("name")
+        if saved_optim != o.name:
+            raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
+                                  "same optimizer")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
         set_rng_state(state["rng"], generator)
         step = state["step"]
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     if t.compile:
         forward = torch.compile(forward)
+    save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator)  # noqa: E731
     log = MetricsLog(run_dir) if rank == 0 else None
-    monitor = CollapseMonitor()
     results: dict = {}
     if data.knn_train is not None and step == 0 and rank == 0:
-        results["knn_init"] = knn_eval(byol, data, config, device, amp)
-        log.log(0, **{f"eval/knn_top1_k{k}": v for k, v in results["knn_init"].items()},
-                **{"eval/knn_top1": results["knn_init"][t.knn_k]})
+        results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
-    loss_sum = torch.zeros((), device=device)
-    std_sum = torch.zeros((), device=device)
-    n_logged, last_time, last_step = 0, time.perf_counter(), step
+    meter = _Meter(device, step, CollapseMonitor())
+    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     batches = None
-    while step < end_step:
-        epoch, index = divmod(step, steps_per_epoch)
-        if batches is None or index == 0:
-            batches = data.epoch(epoch)
-            for _ in range(index):  # resuming mid-epoch: the order is a function of the epoch
-                next(batches)
-        try:
-            images, _, _ = next(batches)
-        except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
-            batches = data.epoch(epoch)
-            images, _, _ = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, total_steps, lr, warmup_steps)
-        tau = tau_schedule(step, total_steps, t.tau_base)
-        loss, z1 = train_step(forward, byol, optimizer, images, generator, amp)
-        byol.update_target(tau)
-        step += 1
-        loss_sum += loss
-        std_sum += normalized_std(z1)
-        n_logged += 1
-        if progress is not None:
-            progress.update(t.batch_size)
-        if step % t.log_every == 0 or step == end_step:
-            now = time.perf_counter()
-            # The one host sync: means since the last log, and the effective rank of this batch
-            # (an SVD, which syncs on CUDA by itself, so it is computed here only).
-            mean_loss, z_std = torch.stack([loss_sum, std_sum]).div(n_logged).tolist()
-            eff_rank = effective_rank(z1).item()
-            record = {"train/loss": mean_loss, "train/lr": optimizer.param_groups[0]["lr"], "train/tau": tau,
-                      "train/images_per_s": (step - last_step) * t.batch_size / (now - last_time),
-                      "monitor/z_std": z_std, "monitor/effective_rank": eff_rank,
-                      "monitor/z_std_ratio": z_std * math.sqrt(z1.shape[1]),
-                      "monitor/effective_rank_ratio": eff_rank / min(z1.shape)}
-            if log is not None:
-                log.log(step, **record)
-            warning = monitor.check(z_std, eff_rank, z1.shape[1], step)
-            if warning and rank == 0:
-                _warn(warning, run_dir)
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"the loss became {mean_loss} at step {step}; lower optim.lr "
-                                         "or use train.precision=fp32")
+    with StopRequest() as stop:
+        while step < end_step:
+            epoch, index = divmod(step, steps_per_epoch)
+            if batches is None or index == 0:
+                batches = data.epoch(epoch)
+                for _ in range(index):  # resuming mid-epoch: the order is a function of the epoch
+                    next(batches)
+            try:
+                images, _, _ = next(batches)
+            except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
+                batches = data.epoch(epoch)
+                images, _, _ = next(batches)
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, total_steps, lr, warmup_steps)
+            tau = tau_schedule(step, total_steps, t.tau_base)
+            guard.snapshot()
+            loss, z1 = train_step(forward, byol, optimizer, images, generator, amp)
+            ok = guard.settle(loss)
+            byol.update_target(tau)
+            step += 1
+            meter.add(loss, z1, ok)
             if progress is not None:
-                progress.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
-            loss_sum.zero_(), std_sum.zero_()
-            n_logged, last_time, last_step = 0, now, step
-            results["loss"] = mean_loss
-        epoch_done = step % steps_per_epoch == 0
-        if epoch_done or step == end_step:
-            done_epochs = step // steps_per_epoch
-            if data.knn_train is not None and rank == 0 and (
-                    step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
-                results["knn"] = knn_eval(byol, data, config, device, amp)
-                log.log(step, **{f"eval/knn_top1_k{k}": v for k, v in results["knn"].items()},
-                        **{"eval/knn_top1": results["knn"][t.knn_k]})
-            if rank == 0:
-                save_checkpoint(ckpt_path, byol, optimizer, step, config.to_dict(), generator)
-                if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0:
-                    save_checkpoint(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt", byol, optimizer,
-                                    step, config.to_dict(), generator)
-                plot_metrics(run_dir / "metrics.jsonl")
+                progress.update(t.batch_size)
+            stopping = stop.requested if world == 1 else False
+            if step % t.log_every == 0 or step == end_step:
+                record = meter.read(step, t.batch_size, z1, guard)
+                record.update({"train/lr": optimizer.param_groups[0]["lr"], "train/tau": tau})
+                if log is not None:
+                    log.log(step, **record)
+                warning = meter.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"],
+                                              z1.shape[1], step)
+                if warning and rank == 0:
+                    _warn(warning, run_dir)
+                if record["train/nonfinite_streak"] >= t.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"the loss was NaN or infinite for {t.max_nonfinite} steps in a row (by step {step}), so "
+                        f"the run stopped; the last good checkpoint is {ckpt_path}; lower optim.lr or use "
+                        "train.precision=fp32, then continue with --resume")
+                if progress is not None:
+                    progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=epoch)
+                results["loss"] = record["train/loss"]
+                stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
+            epoch_done = step % steps_per_epoch == 0
+            if epoch_done or step == end_step or stopping:
+                done_epochs = step // steps_per_epoch
+                if data.knn_train is not None and rank == 0 and not stopping and (
+                        step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
+                    results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
+                if rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint with
+                    save(ckpt_path)                                # weights that are giving NaN losses
+                    if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0:
+                        save(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt")
+                    plot_metrics(run_dir / "metrics.jsonl")
+            if stopping:
+                results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
+                break
     if progress is not None:
         progress.close()
     if rank == 0:
@@ -256,7 +263,43 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         if data.folder is not None:
             data.folder.write_skipped(run_dir / "skipped_files.txt")
     results["step"] = step
+    results["checkpoint"] = str(ckpt_path)
     return results
+
+
+class _Meter:
+    """Training metrics accumulated on the device and read every ``log_every`` steps."""
+
+    def __init__(self, device: torch.device, step: int, monitor: CollapseMonitor):
+        self.sums = torch.zeros(3, device=device)  # loss, z std, good steps
+        self.monitor = monitor
+        self.last_time, self.last_step = time.perf_counter(), step
+
+    def add(self, loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> None:
+        okf = ok.float()
+        self.sums += torch.stack([torch.where(ok, loss, 0.0), normalized_std(z1) * okf, okf])
+
+    def read(self, step: int, batch_size: int, z1: torch.Tensor, guard: NonFiniteGuard) -> dict:
+        """The one host sync: means since the last read, this batch's effective rank (an SVD,
+        which syncs on CUDA by itself, so it is computed here only) and the non-finite streak."""
+        now = time.perf_counter()
+        loss_sum, std_sum, good = self.sums.tolist()
+        eff_rank = effective_rank(z1).item() if torch.isfinite(z1).all() else float("nan")
+        mean = (lambda v: v / good) if good else (lambda v: float("nan"))
+        record = {"train/loss": mean(loss_sum), "monitor/z_std": mean(std_sum), "monitor/effective_rank": eff_rank,
+                  "train/images_per_s": (step - self.last_step) * batch_size / (now - self.last_time),
+                  "train/nonfinite_streak": guard.reset_max(), "train/skipped_steps": int(guard.skipped.item())}
+        record["monitor/z_std_ratio"] = record["monitor/z_std"] * math.sqrt(z1.shape[1])
+        record["monitor/effective_rank_ratio"] = eff_rank / min(z1.shape)
+        self.sums.zero_()
+        self.last_time, self.last_step = now, step
+        return record
+
+
+def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int) -> dict[int, float]:
+    if log is not None:
+        log.log(step, **{f"eval/knn_top1_k{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
+    return acc
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> None:

@@ -1,3 +1,4 @@
+import os
 import io
 import tarfile
 from pathlib import Path
@@ -49,3 +50,28 @@ def extract_jpegs(dest: Path, per_class: int = 20) -> Path:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(tar.extractfile(member).read())
     return dest
+
+
+_FAULT_ROWS: list = []
+
+
+@pytest.fixture
+def fault_table(request):
+    """Record a row of the faults table: (what was tried, what happened)."""
+    def add(fault: str, outcome: str) -> None:
+        _FAULT_ROWS.append((request.node.nodeid.split("::")[-1], fault, outcome))
+    return add
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("BYOL_FAULT_TABLE")
+    if not path or not _FAULT_ROWS:
+        return
+    lines = ["# Faults and bad inputs tried, and what happened", "",
+             "Written by the tests themselves (each row is an assertion that passed):", "",
+             "    BYOL_FAULT_TABLE=docs/faults.md python -m pytest tests/test_faults.py tests/test_data.py "
+             "-m 'slow or not slow'", "",
+             "| fault or bad input | what happened | test |", "| --- | --- | --- |"]
+    lines += [f"| {fault} | {outcome} | `{test}` |" for test, fault, outcome in _FAULT_ROWS]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,89 @@
+"""Surviving faults: non-finite steps rolled back on the device, and stopping cleanly on a signal."""
+
+import signal
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+
+class NonFiniteGuard:
+    """Skips training steps whose loss is not finite, without a host sync per step.
+
+    Before a step, :meth:`snapshot` copies the online parameters, BatchNorm buffers and
+    optimizer state; after it, :meth:`settle` puts the copies back where the loss was NaN or
+    infinite (``torch.where`` on the device, so nothing waits for the GPU). The streak of
+    consecutive bad steps is counted on the device too and read with the other metrics.
+    The copies cost one extra pass over the weights per step.
+    """
+
+    def __init__(self, modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer, device: torch.device):
+        self.modules = list(modules)
+        self.optimizer = optimizer
+        self.streak = torch.zeros((), dtype=torch.int64, device=device)
+        self.max_streak = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped = torch.zeros((), dtype=torch.int64, device=device)
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _tensors(self) -> list[torch.Tensor]:
+        tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
+        for state in self.optimizer.state.values():
+            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+        return tensors
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        self._saved = [(t, t.detach().clone()) for t in self._tensors()]
+
+    @torch.no_grad()
+    def settle(self, loss: torch.Tensor) -> torch.Tensor:
+        """Undo the step if ``loss`` is not finite; return the on-device flag ``ok``."""
+        ok = torch.isfinite(loss.detach())
+        for tensor, saved in self._saved:
+            tensor.copy_(torch.where(ok, tensor, saved))
+        self._saved = []
+        self.streak.copy_(torch.where(ok, torch.zeros_like(self.streak), self.streak + 1))
+        torch.maximum(self.max_streak, self.streak, out=self.max_streak)
+        self.skipped.add_((~ok).long())
+        return ok
+
+    def reset_max(self) -> int:
+        """The longest streak since the last call (a host read: call it only when logging)."""
+        value = int(self.max_streak.item())
+        self.max_streak.copy_(self.streak)
+        return value
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a flag that the loop checks after each step.
+
+    The loop then finishes the step, writes a checkpoint and exits; a second SIGINT
+    interrupts at once (KeyboardInterrupt). Handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: leave the signals alone
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None

@@ -1,0 +1,180 @@
+"""Faults and bad requests: each test adds a row to the table in docs/faults.md.
+
+Regenerate that table with: BYOL_FAULT_TABLE=docs/faults.md python -m pytest tests/test_faults.py tests/test_data.py -m "slow or not slow"
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from byol.checkpoint import load_checkpoint
+from byol.faults import NonFiniteGuard
+from conftest import CIFAR10, tiny_overrides
+from test_cli import assert_user_error, byol
+
+SLOW_RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.knn_every": -1, "optim.name": "sgd"}
+
+
+@pytest.fixture
+def cifar():
+    if not CIFAR10.is_dir():
+        pytest.skip("real CIFAR-10 not found")
+    return f"--data.root={CIFAR10}"
+
+
+def test_nonfinite_step_is_undone_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    for _ in range(2):  # a good step keeps its update
+        guard.snapshot()
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        opt.zero_grad(), loss.backward(), opt.step()
+        assert guard.settle(loss)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    momentum = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    guard.snapshot()
+    loss = model(torch.full((16, 4), float("nan"))).pow(2).mean()  # NaN through BatchNorm statistics too
+    opt.zero_grad(), loss.backward(), opt.step()
+    assert not guard.settle(loss)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for m, p in zip(momentum, model.parameters()):
+        assert torch.equal(opt.state[p]["momentum_buffer"], m)
+    assert guard.streak.item() == 1 and guard.skipped.item() == 1 and guard.reset_max() == 1
+
+
+def test_nonfinite_losses_stop_the_run_and_keep_the_good_checkpoint(tmp_path, cifar, fault_table):
+    run = tmp_path / "run"
+    byol("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 8, "train.knn_every": -1,
+                                                    "optim.name": "sgd"}))
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+    proc = byol("pretrain", "--resume", cifar, *tiny_overrides(run, **{
+        "train.epochs": 4, "train.knn_every": -1, "optim.name": "sgd", "optim.lr": 1e30,
+        "train.max_nonfinite": 3, "train.log_every": 1}), check=False)
+    assert_user_error(proc, "NaN or infinite for 3 steps in a row", "last good checkpoint")
+    assert (run / "checkpoints" / "last.pt").read_bytes() == good
+    fault_table("loss becomes NaN (learning rate 1e30)",
+                "steps undone on the device; stopped after 3 in a row, exit 2, last good checkpoint kept")
+
+
+def _popen(run, cifar, extra=()):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "byol", "pretrain", cifar, *tiny_overrides(run, **SLOW_RUN),
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _final_weights(run):
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        same = a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key])
+        assert same, key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    if not CIFAR10.is_dir():
+        pytest.skip("real CIFAR-10 not found")
+    run = tmp_path_factory.mktemp("faults") / "straight"
+    byol("pretrain", f"--data.root={CIFAR10}", *tiny_overrides(run, **SLOW_RUN))
+    return _final_weights(run)
+
+
+def _wait_for_step(run, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("train/loss") >= 1:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read())
+        time.sleep(0.05)
+    raise AssertionError("the run logged no step in time")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_step_saves_and_resumes_exactly(tmp_path, cifar, uninterrupted, signum, fault_table):
+    run = tmp_path / "run"
+    proc = _popen(run, cifar)
+    _wait_for_step(run, proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "continue with --resume" in err
+    stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert 0 < stopped_at < 24
+    byol("pretrain", "--resume", cifar, *tiny_overrides(run, **SLOW_RUN))
+    _assert_same_weights(_final_weights(run), uninterrupted)
+    fault_table(f"{signal.Signals(signum).name} during training",
+                f"step finished, checkpoint written, exit {128 + signum}; --resume gives bitwise the "
+                "weights of an uninterrupted run")
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, cifar, uninterrupted, fault_table):
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(12):
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        proc = _popen(run, cifar, ["--resume"] if resume else [])
+        if kills < 4:
+            _wait_for_step(run, proc) if not resume else time.sleep(1.0)
+            time.sleep(rng.uniform(0.0, 2.0))
+            if proc.poll() is None:
+                proc.kill()  # SIGKILL: no handler runs, the process dies wherever it is
+                kills += 1
+            proc.communicate()
+            continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        break
+    assert kills == 4
+    _assert_same_weights(_final_weights(run), uninterrupted)
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no torn temporaries
+    fault_table("kill -9 at 4 random moments",
+                "last checkpoint intact each time (temporary file + rename); --resume reaches bitwise the "
+                "weights of an uninterrupted run")
+
+
+def test_bad_requests(tmp_path, cifar, fault_table):
+    proc = byol("pretrain", cifar, *tiny_overrides(tmp_path / "r1", **{"data.limit": 8}), check=False)
+    assert_user_error(proc, "does not fit in the data set")
+    fault_table("data set smaller than one batch", "one sentence naming both sizes, exit 2")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = byol("pretrain", cifar, *tiny_overrides(blocker / "run"), check=False)
+    assert_user_error(proc, "cannot write to the output directory")
+    fault_table("output directory that cannot be created or written", "one sentence, exit 2")
+    proc = byol("pretrain", cifar, "--train.batch_sise=8", check=False)
+    assert_user_error(proc, "unknown config key 'train.batch_sise'")
+    fault_table("config key that does not exist", "one sentence listing the valid keys, exit 2")
+    proc = byol("pretrain", f"--data.root={tmp_path / 'missing'}", *tiny_overrides(tmp_path / "r2"), check=False)
+    assert_user_error(proc, "missing")
+    fault_table("data path that does not exist", "one sentence saying which files were expected where, exit 2")
+
+
+def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifar, fault_table):
+    import byol.train
+    from byol import cli
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+    monkeypatch.setattr(byol.train, "train_step", oom)
+    code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "run", **{"train.knn_every": -1})])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "byol: error: the batch does not fit in memory; lower train.batch_size (e.g. --train.batch_size=128)"]
+    fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2")
