@@ -93,7 +93,18 @@ def cifar_views(size: int = 32) -> tuple[ViewConfig, ViewConfig]:
     return ViewConfig(**common, solarize_p=0.0), ViewConfig(**common, solarize_p=0.2)
 
 
-_PRESETS = {"paper": paper_views, "cifar": cifar_views}
+def identity_views(size: int = 32) -> tuple[ViewConfig, ViewConfig]:
+    """No augmentation: the whole image at ``size``, normalized with the CIFAR statistics.
+
+    Not for training (BYOL needs two different views); for checks where the views must be a
+    known function of the images, such as the distributed-equivalence test.
+    """
+    view = ViewConfig(size=size, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0,
+                      grayscale_p=0.0, blur_p=0.0, solarize_p=0.0, mean=CIFAR_MEAN, std=CIFAR_STD)
+    return view, view
+
+
+_PRESETS = {"paper": paper_views, "cifar": cifar_views, "none": identity_views}
 
 
 def view_presets(name: str, size: int) -> tuple[ViewConfig, ViewConfig]:

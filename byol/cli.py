@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    if not _is_main_process():  # under torchrun, rank 0 reports
+        return
     width = max(len(k) for k, _ in rows)
     print(title)
     for k, v in rows:
@@ -55,7 +57,8 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     path = Path(out) if out else default
-    path.write_text(json.dumps(result, indent=2))
+    if _is_main_process():
+        path.write_text(json.dumps(result, indent=2))
     return path
 
 
@@ -103,6 +106,11 @@ def run(argv: Optional[list[str]] = None) -> int:
         info = pipeline.export(args.checkpoint, args.out)
         _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])
     return 0
+
+
+def _is_main_process() -> bool:
+    from .distributed import rank
+    return rank() == 0
 
 
 def _out_of_memory() -> int:

@@ -41,8 +41,8 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "cifar"             # paper | cifar (the paper's recipes, blur off at 32x32)
-    crop_min_scale: float = 0.08
+    preset: str = "cifar"             # paper | cifar (the paper's recipes, blur off at 32x32) | none
+    crop_min_scale: Optional[float] = None  # smallest crop area fraction; None keeps the preset's (0.08)
 
 
 @dataclass

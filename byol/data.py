@@ -476,8 +476,9 @@ class TensorBatches:
     """Batches of an in-memory set already on the device: no DataLoader, no host sync.
 
     Each epoch draws one permutation on the images' device, from ``seed + epoch``, the same on
-    every rank; rank ``r`` takes its own contiguous slice of it, so ranks get disjoint images
-    in equal numbers. With ``drop_last`` the ``n % world_size`` rest and the last incomplete
+    every rank, and cuts it into global batches of ``batch_size * world_size``; rank ``r`` takes
+    the ``r``-th share of each, so ranks get disjoint images in equal numbers and a step on N
+    ranks sees the same images as one process with the global batch. With ``drop_last`` the ``n % world_size`` rest and the last incomplete
     batch are dropped; without it, the permutation is padded by wrapping around (as
     DistributedSampler does) and the last batch may be short. Call :meth:`set_epoch` before
     each epoch, or every epoch repeats the same order.
@@ -527,9 +528,13 @@ class TensorBatches:
         total = self.per_rank * self.world_size
         if total > n:
             order = order.repeat(-(-total // n))[:total]
-        mine = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        step = self.batch_size * self.world_size
         for b in range(len(self)):
-            idx = mine[b * self.batch_size:(b + 1) * self.batch_size]
+            # Rank r takes its share of each global batch, so a step on N ranks sees exactly the
+            # images that one process would see with the global batch.
+            global_batch = order[b * step:min((b + 1) * step, total)]
+            share = len(global_batch) // self.world_size
+            idx = global_batch[self.rank * share:(self.rank + 1) * share]
             labels = None if self.labels is None else self.labels.index_select(0, idx)
             yield self.images.index_select(0, idx), labels, idx
 

@@ -23,13 +23,71 @@ def init() -> tuple[int, int]:
     return td.get_rank(), td.get_world_size()
 
 
+def rank() -> int:
+    """This process's global rank (0 without torchrun)."""
+    import torch.distributed as td
+    return td.get_rank() if td.is_available() and td.is_initialized() else 0
+
+
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """BatchNorm statistics over the global batch, as the paper computes them."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm statistics over the global batch, as the paper computes them.
+
+    PyTorch's SyncBatchNorm on the GPU; :class:`GlobalBatchNorm` on the CPU, where PyTorch's
+    refuses to run (gloo clusters and the CPU test of this equivalence).
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, GlobalBatchNorm.like(child))
+        else:
+            convert_sync_batchnorm(child, device)
+    return model
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalization with statistics summed over all ranks (differentiable all_reduce)."""
+
+    @classmethod
+    def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "GlobalBatchNorm":
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        new.load_state_dict(bn.state_dict())
+        if bn.affine:  # keep the parameter objects, so optimizers and the feature extractor see them
+            new.weight, new.bias = bn.weight, bn.bias
+        return new.train(bn.training)
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        c = self.num_features
+        stats = all_reduce(torch.cat([x.sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        shape = [1, c] + [1] * (x.dim() - 2)
+        # Two passes: E[(x - mean)^2], not E[x^2] - mean^2, which cancels catastrophically in
+        # float32 for channels whose mean is large next to their spread.
+        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+                self.num_batches_tracked.add_(1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
 
 
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
@@ -43,3 +101,36 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     td.all_reduce(t, op=td.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_rows(rows: torch.Tensor, indices: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Every rank's ``rows`` put at their ``indices`` of an (n, ...) tensor, on every rank (all_gather)."""
+    import torch.distributed as td
+    world = td.get_world_size()
+    size = -(-n // world)
+    padded = torch.zeros((size, *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[:len(rows)] = rows.to(device)
+    padded_idx = torch.full((size,), -1, dtype=torch.int64, device=device)
+    padded_idx[:len(indices)] = indices.to(device)
+    all_rows = [torch.empty_like(padded) for _ in range(world)]
+    all_idx = [torch.empty_like(padded_idx) for _ in range(world)]
+    td.all_gather(all_rows, padded)
+    td.all_gather(all_idx, padded_idx)
+    out = torch.empty((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    for r, i in zip(all_rows, all_idx):
+        keep = i >= 0
+        out[i[keep].to(rows.device)] = r[keep].to(rows.device)
+    return out
+
+
+def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+                             **kwargs) -> torch.Tensor:
+    """:func:`byol.evaluate.extract_features` with the images split across ranks and the
+    features gathered back in order (every rank gets all of them); one process: no split."""
+    from .evaluate import extract_features
+    import torch.distributed as td
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return extract_features(encoder, images, device=device, **kwargs)
+    indices = torch.arange(td.get_rank(), len(images), td.get_world_size())
+    features = extract_features(encoder, images[indices.to(images.device)], device=device, **kwargs)
+    return gather_rows(features, indices, len(images), device)

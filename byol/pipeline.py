@@ -15,7 +15,9 @@ from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .data import DataError, ImageFolder, ImageSet, build_dataset, load_folder_tensor
-from .evaluate import extract_features, knn_accuracy, linear_probe
+from . import distributed as dist
+from .distributed import extract_features_sharded
+from .evaluate import knn_accuracy, linear_probe
 from .train import autocast_dtype, build_model, resolve_device, views_of
 
 
@@ -26,6 +28,7 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None) 
     ``config.yaml`` beside it. ``overrides`` (``section.key=value``) apply on top, e.g. a new
     ``data.root``.
     """
+    dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)
     state = read_state(path)
     if isinstance(state, dict) and "model" in state and "config" in state:  # a byol checkpoint
@@ -90,8 +93,8 @@ def _labeled_splits(config: Config) -> tuple[ImageSet, ImageSet]:
 
 def features(net: nn.Module, config: Config, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     view1, _ = views_of(config)
-    return extract_features(net, images, batch_size=512, device=device, mean=view1.mean, std=view1.std,
-                            amp_dtype=autocast_dtype(config.train.precision, device))
+    return extract_features_sharded(net, images, device, batch_size=512, mean=view1.mean, std=view1.std,
+                                    amp_dtype=autocast_dtype(config.train.precision, device))
 
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
@@ -139,6 +142,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
         paths = paths[:limit] if paths is not None else None
     emb = features(net, config, source.images, device)
     out = Path(out)
+    if dist.rank() != 0:
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     labels = source.labels if source.labels is not None else torch.full((len(emb),), -1)
     if out.suffix == ".npy":

@@ -17,7 +17,7 @@ from .backbones import resnet
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset, folder_loader, load_folder_tensor
-from .evaluate import extract_features, knn_accuracy
+from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import MetricsLog, plot_metrics
 from .model import BYOL
@@ -63,10 +63,12 @@ def build_model(config: Config) -> BYOL:
 
 def views_of(config: Config):
     """The two view recipes of a config."""
-    scale = (config.augment.crop_min_scale, 1.0)
     try:
         view1, view2 = view_presets(config.augment.preset, config.data.image_size)
-        return replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
+        if config.augment.crop_min_scale is not None:
+            scale = (config.augment.crop_min_scale, 1.0)
+            view1, view2 = replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
+        return view1, view2
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -131,11 +133,12 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
              amp: Optional[torch.dtype]) -> dict[int, float]:
-    """kNN top-1 of the online encoder on the held-out split."""
+    """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
+    features are extracted on every rank's share and gathered with their indices)."""
     view1, _ = views_of(config)
-    kwargs = dict(batch_size=512, device=device, mean=view1.mean, std=view1.std, amp_dtype=amp)
-    train_f = extract_features(model.encoder, data.knn_train.images, **kwargs)
-    test_f = extract_features(model.encoder, data.knn_test.images, **kwargs)
+    kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp)
+    train_f = dist.extract_features_sharded(model.encoder, data.knn_train.images, device, **kwargs)
+    test_f = dist.extract_features_sharded(model.encoder, data.knn_test.images, device, **kwargs)
     ks = sorted({20, config.train.knn_k})
     return knn_accuracy(train_f, data.knn_train.labels, test_f, data.knn_test.labels, ks=ks, device=device)
 
@@ -164,7 +167,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     data = load_data(config, device, rank, world)
     byol = build_model(config).to(device)
     if world > 1:
-        byol = dist.convert_sync_batchnorm(byol)
+        byol = dist.convert_sync_batchnorm(byol, device)
     optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
                                 weight_decay=o.weight_decay, momentum=o.momentum,
                                 trust_coefficient=o.trust_coefficient)
@@ -194,7 +197,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator)  # noqa: E731
     log = MetricsLog(run_dir) if rank == 0 else None
     results: dict = {}
-    if data.knn_train is not None and step == 0 and rank == 0:
+    if data.knn_train is not None and step == 0:
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
     meter = _Meter(device, step, CollapseMonitor())
@@ -245,7 +248,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
             epoch_done = step % steps_per_epoch == 0
             if epoch_done or step == end_step or stopping:
                 done_epochs = step // steps_per_epoch
-                if data.knn_train is not None and rank == 0 and not stopping and (
+                if data.knn_train is not None and not stopping and (
                         step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
                     results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
                 if rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint with

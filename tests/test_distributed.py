@@ -1,0 +1,64 @@
+"""torchrun with 2 CPU processes (gloo): one DDP step with SyncBatchNorm equals one step on the
+full batch in one process."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from byol.checkpoint import load_checkpoint
+from conftest import CIFAR10, tiny_overrides
+from test_cli import byol
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "byol", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_ddp_step_with_syncbn_equals_one_process_step(tmp_path):
+    if not CIFAR10.is_dir():
+        pytest.skip("real CIFAR-10 not found")
+    # No augmentation, so the views are a known function of the images on any number of ranks.
+    common = [f"--data.root={CIFAR10}", "--augment.preset=none", "--train.knn_every=1", "--train.knn_limit=64",
+              "--optim.name=lars", "--data.limit=64"]
+    byol("pretrain", *tiny_overrides(tmp_path / "one", **{"train.max_steps": 1}), *common)
+    proc = torchrun(2, "pretrain", *tiny_overrides(tmp_path / "two", **{"train.max_steps": 1}), *common)
+    assert proc.stdout.count("pretraining done") == 1  # only rank 0 reports
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
+    assert one["model"].keys() == two["model"].keys()
+    compared = 0
+    for key, a in one["model"].items():  # includes the BatchNorm running statistics
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            torch.testing.assert_close(two["model"][key], a, rtol=1e-4, atol=1e-5, msg=key)
+            compared += 1
+    assert compared > 100
+    # The distributed kNN (features sharded, gathered with their indices) equals one process's.
+    knn = [json_last(tmp_path / name, "eval/knn_top1") for name in ("one", "two")]
+    assert knn[0] == knn[1]
+    # Only rank 0 wrote files: one metrics line per logged step.
+    steps = [r["step"] for r in read(tmp_path / "two") if "train/loss" in r]
+    assert steps == [1]
+
+
+def read(run):
+    import json
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def json_last(run, key):
+    return [r[key] for r in read(run) if key in r][-1]
