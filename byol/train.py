@@ -24,7 +24,7 @@ from .model import BYOL
 from .monitor import CollapseMonitor, effective_rank, normalized_std
 from .optim import build_optimizer
 from .schedules import cosine_lr, tau_schedule
-from .step import ViewsForward, train_step
+from .step import ViewsForward, compile_step, train_step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,8 +192,9 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         step = state["step"]
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
-    if t.compile:
-        forward = torch.compile(forward)
+    augment = None  # byol's own view recipes
+    if t.compile:  # forward+backward and both augmentations; eager where compiling fails
+        forward, augment = compile_step(forward, byol)
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator)  # noqa: E731
     log = MetricsLog(run_dir) if rank == 0 else None
     results: dict = {}
@@ -215,11 +216,12 @@ def pretrain(config: Config, resume: bool = False) -> dict:
             except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
                 batches = data.epoch(epoch)
                 images, _, _ = next(batches)
+            images = images.to(device, non_blocking=True)  # streamed folders: pinned CPU -> device
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, total_steps, lr, warmup_steps)
             tau = tau_schedule(step, total_steps, t.tau_base)
             guard.snapshot()
-            loss, z1 = train_step(forward, byol, optimizer, images, generator, amp)
+            loss, z1 = train_step(forward, byol, optimizer, images, generator, amp, augment)
             ok = guard.settle(loss)
             byol.update_target(tau)
             step += 1

@@ -265,8 +265,11 @@ def test_presets():
     assert (c1.blur_p, c2.blur_p, c1.solarize_p, c2.solarize_p) == (0.0, 0.0, 0.0, 0.2)
     assert (c1.mean, c1.std, c1.size, c1.kernel_size) == (CIFAR_MEAN, CIFAR_STD, 32, 3)
     assert view_presets("cifar", 32) == (c1, c2) and view_presets("paper", 96)[0].size == 96
-    with pytest.raises(ValueError, match="cifar, paper"):
+    with pytest.raises(ValueError, match="cifar, none, paper"):
         view_presets("imagenet", 224)
+    identity, same = view_presets("none", 32)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(Augment(identity)(x), normalize(x.float() / 255, CIFAR_MEAN, CIFAR_STD))
 
 
 @pytest.mark.parametrize("bad", [dict(flip_p=1.5), dict(crop_scale=(0.5, 0.1)), dict(blur_kernel=4), dict(hue=0.7)])
