@@ -20,11 +20,11 @@ def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     Buffers (BatchNorm running statistics) are copied rather than averaged, as in the
     reference implementation, so the target's normalization follows the online network's.
     """
-    target_params = [p for p in target.parameters()]
-    online_params = [p.detach() for p in online.parameters()]
+    target_params, online_params = list(target.parameters()), list(online.parameters())
     if len(target_params) != len(online_params):
         raise ValueError("target and online networks have different parameter lists")
     if target_params:
         torch._foreach_lerp_(target_params, online_params, 1.0 - float(tau))
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)
+    target_buffers, online_buffers = list(target.buffers()), list(online.buffers())
+    if target_buffers:  # one foreach copy, not a kernel per BatchNorm statistic
+        torch._foreach_copy_(target_buffers, online_buffers)

@@ -54,22 +54,26 @@ class LARS(torch.optim.Optimizer):
             if group["weight_decay"] != 0:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if not group["lars_exclude"]:
-                w_norms = torch._foreach_norm(params)
-                g_norms = torch._foreach_norm(grads)
-                scales = []
-                for wn, gn in zip(w_norms, g_norms):
-                    trust = group["trust_coefficient"] * wn / (gn + group["eps"])
-                    # No adaptation where either norm is zero (fresh zero-init weights, no signal).
-                    scales.append(torch.where((wn > 0) & (gn > 0), trust, torch.ones_like(trust)))
-                grads = torch._foreach_mul(grads, scales)
-            bufs = []
+                # All trust ratios at once, as one (n,) tensor: a handful of kernels per step
+                # instead of several per parameter (what bounds a small-image step on a GPU).
+                w_norms = torch.stack(torch._foreach_norm(params))
+                g_norms = torch.stack(torch._foreach_norm(grads))
+                trust = group["trust_coefficient"] * w_norms / (g_norms + group["eps"])
+                # No adaptation where either norm is zero (fresh zero-init weights, no signal).
+                scales = torch.where((w_norms > 0) & (g_norms > 0), trust, 1.0)
+                grads = torch._foreach_mul(grads, scales.unbind())
+            bufs, old_bufs, old_grads = [], [], []
             for p, g in zip(params, grads):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.clone(g).detach()
                 else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                    old_bufs.append(state["momentum_buffer"])
+                    old_grads.append(g)
                 bufs.append(state["momentum_buffer"])
+            if old_bufs:
+                torch._foreach_mul_(old_bufs, group["momentum"])
+                torch._foreach_add_(old_bufs, old_grads)
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
         return loss
 

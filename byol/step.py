@@ -1,18 +1,50 @@
-"""One BYOL training step: both views augmented on the device, forward, backward, optimizer step."""
+"""One BYOL training step: both views augmented on the device, forward, backward, optimizer step.
 
-from typing import Optional
+The loop (``train.py``) calls :func:`train_step` and then the EMA update once per step. What makes
+the step fast lives here:
+
+* the views and the convolution weights in channels_last (NHWC), the layout cuDNN's tensor-core
+  kernels and oneDNN's CPU kernels take without a reorder (``ViewsForward``);
+* bf16 autocast on the GPU (the caller's ``amp``);
+* ``torch.compile`` of the loss computation (forward and backward) and of each view's
+  augmentation, with a fallback to eager where compiling is unavailable or fails (:class:`Compiled`);
+* no host synchronization: the loss comes back as a device tensor, to be accumulated on the
+  device and read every N steps.
+"""
+
+import warnings
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .augment import Augment
 from .model import BYOL
+
+AugmentFn = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 
 
 def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               generator: torch.Generator, amp: Optional[torch.dtype]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment both views on the device, forward, backward, optimizer step; returns (loss, z1)."""
-    view1 = byol.augment_fn(images, generator)
-    view2 = byol.augment_fn2(images, generator)
+               generator: Optional[torch.Generator], amp: Optional[torch.dtype],
+               augment: Optional[Sequence[AugmentFn]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment both views on the device, forward, backward, optimizer step; returns (loss, z1).
+
+    Args:
+        model: computes ``(loss, z1)`` from two views: :class:`ViewsForward`, or it wrapped in
+            DDP and/or :class:`Compiled`.
+        byol: the model, for its view recipes when ``augment`` is not given.
+        images: (B, 3, H, W) uint8 batch on the device.
+        generator: the augmentation RNG, on the images' device (a CUDA generator draws without a sync).
+        amp: autocast dtype (bf16 on the GPU) or None for float32.
+        augment: the two views' augmentations, ``fn(images, generator)``; default byol's own
+            (``compiled_augment`` gives compiled ones).
+
+    Returns:
+        The loss (a detached 0-d device tensor: no host sync) and the online projections of view 1.
+    """
+    augment1, augment2 = augment if augment is not None else (byol.augment_fn, byol.augment_fn2)
+    view1 = augment1(images, generator)
+    view2 = augment2(images, generator)
     with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         loss, z1 = model(view1, view2)
     optimizer.zero_grad(set_to_none=True)
@@ -22,11 +54,88 @@ def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, i
 
 
 class ViewsForward(nn.Module):
-    """``forward_views`` as a module's forward, so DDP and torch.compile wrap the loss computation."""
+    """``forward_views`` as a module's forward, so DDP and torch.compile wrap the loss computation.
 
-    def __init__(self, byol: BYOL):
+    With ``channels_last`` (the default) it converts ``byol``'s parameters to channels_last in
+    place (the same parameter objects, so an optimizer built before keeps working) and feeds the
+    views in that layout: convolutions then run without layout reorders, on the GPU (cuDNN NHWC
+    tensor-core kernels) and on the CPU (oneDNN); see BENCHMARKS.md for the measurements.
+    """
+
+    def __init__(self, byol: BYOL, channels_last: bool = True):
         super().__init__()
         self.byol = byol
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            byol.to(memory_format=torch.channels_last)
 
-    def forward(self, view1, view2):
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        view1 = view1.contiguous(memory_format=self.memory_format)
+        view2 = view2.contiguous(memory_format=self.memory_format)
         return self.byol.forward_views(view1, view2)
+
+
+class Compiled:
+    """``torch.compile(fn)``, falling back to ``fn`` itself where compiling is unavailable or fails.
+
+    A failure (no C compiler, no Triton, an unsupported Python, an op that does not trace) is
+    reported once as a warning and the eager ``fn`` runs from then on; training goes on either way.
+    Errors of ``fn`` itself still raise: the eager retry raises them again.
+    """
+
+    def __init__(self, fn: Callable, **options):
+        self.fn = fn
+        self.error: Optional[BaseException] = None
+        self._compiled_once = False
+        try:
+            self.compiled = torch.compile(fn, **options)
+        except Exception as e:  # torch.compile refuses this platform outright
+            self._fall_back(e)
+
+    @property
+    def is_compiled(self) -> bool:
+        """True while the compiled version is in use (after a first successful call)."""
+        return self.error is None and self._compiled_once
+
+    def _fall_back(self, error: BaseException) -> None:
+        self.error = error
+        warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {error}); "
+                      "running the step eagerly", RuntimeWarning, stacklevel=3)
+
+    def __call__(self, *args, **kwargs):
+        if self.error is None:
+            try:
+                out = self.compiled(*args, **kwargs)
+                self._compiled_once = True
+                return out
+            except torch.OutOfMemoryError:  # the batch does not fit, compiled or not
+                raise
+            except torch._dynamo.exc.TorchDynamoException as e:  # a later recompilation failed
+                self._fall_back(e)
+            except Exception as e:
+                if self._compiled_once:  # compiling worked: this is an error of fn itself
+                    raise
+                self._fall_back(e)
+        return self.fn(*args, **kwargs)
+
+
+def compiled_augment(augment: Augment) -> AugmentFn:
+    """A view's augmentation with its pixel work (``Augment.apply``) compiled into a few kernels.
+
+    The random draw stays eager: a generator argument would break the graph there, and drawing
+    is one kernel anyway.
+    """
+    apply = Compiled(augment.apply, dynamic=False)
+
+    def run(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        b, _, height, width = images.shape
+        return apply(images, augment.sample_params(b, height, width, generator, images.device))
+
+    return run
+
+
+def compile_step(forward: nn.Module, byol: BYOL) -> tuple[Compiled, tuple[AugmentFn, AugmentFn]]:
+    """The compiled loss computation and the two compiled augmentations, for :func:`train_step`."""
+    augments = tuple(compiled_augment(a) if isinstance(a, Augment) else a
+                     for a in (byol.augment_fn, byol.augment_fn2))
+    return Compiled(forward), augments

@@ -46,7 +46,7 @@ def test_mismatch_is_a_clear_error(tmp_path):
         load_model_state(wrong, load_checkpoint(tmp_path / "a.pt")["model"])
 
 
-def test_truncated_and_garbage_files_are_clear_errors(tmp_path):
+def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):
     model, opt = make()
     save_checkpoint(tmp_path / "a.pt", model, opt, 0, {})
     data = (tmp_path / "a.pt").read_bytes()
@@ -61,6 +61,8 @@ def test_truncated_and_garbage_files_are_clear_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a byol checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    fault_table("checkpoint truncated to half its size, or empty", "CheckpointError: one sentence, nothing loaded")
+    fault_table("file that is not a byol checkpoint", "CheckpointError: one sentence, nothing loaded")
 
 
 class _WritesAFile:
@@ -73,7 +75,7 @@ class _WritesAFile:
         return (open, (str(self.path), "w"))
 
 
-def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
+def test_malicious_pickle_is_refused_and_never_executed(tmp_path, fault_table):
     marker = tmp_path / "pwned.txt"
     model, opt = make()
     state = {"model": model.state_dict(), "payload": _WritesAFile(marker)}
@@ -88,3 +90,5 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+    fault_table("checkpoint carrying a pickled payload that writes a file when unpickled",
+                "refused by weights_only=True with one sentence; the file is never written")

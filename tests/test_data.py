@@ -276,7 +276,7 @@ def jpg_folder(tmp_path_factory):
     return root, len(members), odd, bad
 
 
-def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path):
+def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_table):
     root, n_jpg, odd, bad = jpg_folder
     ds = ImageFolder(root, size=32)
     assert len(ds) == n_jpg + len(odd) + len(bad) == 200 + 7 + 6
@@ -319,6 +319,16 @@ def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path):
     assert written == len(bad) == len(lines)
     assert {line.split("\t")[0] for line in lines} == set(bad.values())
     assert all(len(line.split("\t")) == 2 for line in lines)
+    for name, what in [("truncated.jpg", "truncated JPEG"), ("corrupt.jpg", "JPEG marker followed by noise"),
+                       ("text.jpg", "text file named .jpg"), ("empty.png", "zero-byte file"),
+                       ("bomb.png", "decompression bomb (PNG declaring 20000 x 20000)"),
+                       ("bomb_warning.png", "decompression-bomb warning (PNG declaring 10000 x 10000)")]:
+        fault_table(f"image folder: {what}", f"skipped and listed in skipped_files.txt ({reasons[name]}); "
+                    "the other images load")
+    for name, what in [("gray.png", "grayscale (L)"), ("palette.png", "palette with transparency (P)"),
+                       ("rgba.png", "RGBA"), ("la.png", "gray + alpha (LA)"), ("cmyk.tif", "CMYK TIFF"),
+                       ("gray16.png", "16-bit grayscale"), ("rotated.jpg", "JPEG with EXIF rotation")]:
+        fault_table(f"image folder: {what}", "converted to 8-bit RGB (pixel values checked)")
 
 
 @needs_cifar

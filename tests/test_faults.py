@@ -1,6 +1,8 @@
 """Faults and bad requests: each test adds a row to the table in docs/faults.md.
 
-Regenerate that table with: BYOL_FAULT_TABLE=docs/faults.md python -m pytest tests/test_faults.py tests/test_data.py -m "slow or not slow"
+Regenerate that table with:
+    BYOL_FAULT_TABLE=docs/faults.md python -m pytest tests/test_faults.py tests/test_data.py \
+        tests/test_checkpoint.py -m "slow or not slow"
 """
 
 import os
