@@ -158,6 +158,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     rank, world = dist.init()
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
     torch.manual_seed(t.seed + rank)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"

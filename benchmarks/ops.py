@@ -1,0 +1,69 @@
+"""How many aten ops one eager step of this project dispatches, per phase: a noise-free proxy for
+kernel launches on the GPU (each op is about one launch; a foreach op is one launch per few dozen
+tensors), which bound a small-image step when the host cannot issue them as fast as the GPU runs.
+
+    python -m benchmarks.ops            # counts on the CPU; the same ops run on the GPU
+"""
+
+import argparse
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks import systems
+from byol.config import Config
+from byol.step import ViewsForward
+from byol.train import build_model
+
+
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
+    torch.manual_seed(0)
+    byol = build_model(Config())
+    optimizer = systems.make_optimizer(nn.ModuleList([byol.online, byol.predictor]), batch)
+    forward = ViewsForward(byol)
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    phases: dict[str, Counter] = {}
+    for step in range(2):  # the second step: the optimizer's state exists
+        modes = {name: Ops() for name in ("augment", "forward", "backward", "optimizer", "ema")}
+        with modes["augment"]:
+            view1, view2 = byol.augment_fn(images, generator), byol.augment_fn2(images, generator)
+        with modes["forward"]:
+            loss, _ = forward(view1, view2)
+        optimizer.zero_grad(set_to_none=True)
+        with modes["backward"]:
+            loss.backward()
+        with modes["optimizer"]:
+            optimizer.step()
+        with modes["ema"]:
+            byol.update_target(0.996)
+        phases = {name: m.counts for name, m in modes.items()}
+    return phases
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--top", type=int, default=5, help="most frequent ops shown per phase")
+    args = p.parse_args(argv)
+    phases = count()
+    print("| phase | aten ops | most frequent |\n| --- | ---: | --- |")
+    for name, c in phases.items():
+        common = ", ".join(f"{op} {n}" for op, n in c.most_common(args.top))
+        print(f"| {name} | {sum(c.values())} | {common} |")
+    print(f"| total | {sum(sum(c.values()) for c in phases.values())} | |")
+
+
+if __name__ == "__main__":
+    main()

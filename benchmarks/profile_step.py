@@ -1,0 +1,129 @@
+"""Where the time of one step of this project goes: augmentation, forward, backward, optimizer, EMA.
+
+    python -m benchmarks.profile_step --device cpu --batch 128 --steps 5
+    python -m benchmarks.profile_step --device cuda --steps 50 --compile on
+
+The phases are those of ``byol.step.train_step`` followed by the EMA update, run one by one with a
+device synchronization between them (so, unlike the real step, nothing overlaps; on the GPU the
+sum is a little above the step's time). ``--variants`` times several settings interleaved, step by
+step, so that a change of machine load hits them alike; the table gives the median per phase.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from benchmarks import systems
+from benchmarks.speed import load_average, load_images, machine, sync
+from byol.config import Config
+from byol.data import TensorBatches
+from byol.step import ViewsForward, compile_step
+from byol.train import build_model
+
+PHASES = ("augment", "forward", "backward", "optimizer", "ema")
+
+
+class Phased:
+    """Our step, cut into its phases."""
+
+    def __init__(self, images, batch, device, amp, compile: bool, channels_last: bool):
+        config = Config()
+        config.train.batch_size = batch
+        self.byol = build_model(config).to(device)
+        self.optimizer = systems.make_optimizer(nn.ModuleList([self.byol.online, self.byol.predictor]), batch)
+        self.forward = ViewsForward(self.byol, channels_last=channels_last)
+        self.augment = (self.byol.augment_fn, self.byol.augment_fn2)
+        if compile:
+            self.forward, self.augment = compile_step(self.forward, self.byol)
+        self.batches = systems.Cycle(TensorBatches(images, None, batch, generator=0))
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self.device, self.amp = device, amp
+        self.name = f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
+
+    def step(self) -> dict[str, float]:
+        times, device = {}, self.device
+        images = next(self.batches)
+        sync(device)
+        t = time.perf_counter()
+
+        def mark(phase):
+            nonlocal t
+            sync(device)
+            now = time.perf_counter()
+            times[phase] = now - t
+            t = now
+
+        view1 = self.augment[0](images, self.generator)
+        view2 = self.augment[1](images, self.generator)
+        mark("augment")
+        with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            loss, _ = self.forward(view1, view2)
+        mark("forward")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        mark("backward")
+        self.optimizer.step()
+        mark("optimizer")
+        self.byol.update_target(0.996)
+        mark("ema")
+        return times
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--warmup", type=int, default=None, help="steps before timing (cuda 15, cpu 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (cuda 50, cpu 5)")
+    p.add_argument("--variants", default="auto",
+                   help="comma-separated: compiled-cl, compiled-nchw, eager-cl, eager-nchw; "
+                        "auto = what benchmarks.speed runs")
+    p.add_argument("--data", default=str(systems_default_data()))
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
+    steps = args.steps if args.steps is not None else (50 if cuda else 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    variants = ("compiled-cl" if cuda else "eager-cl") if args.variants == "auto" else args.variants
+    images, source = load_images(args.data, device)
+    runs = [Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"))
+            for v in variants.split(",")]
+    for r in runs:
+        for _ in range(warmup):
+            r.step()
+    load_before = load_average()
+    samples = {r.name: [] for r in runs}
+    for _ in range(steps):
+        for r in runs:
+            samples[r.name].append(r.step())
+    print(f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {warmup}, {steps} steps interleaved, "
+          f"{'bf16 autocast' if amp else 'float32'}; load average before {load_before}, after {load_average()}\n"
+          f"python -m benchmarks.profile_step " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
+    print("| variant | " + " | ".join(PHASES) + " | sum | images/s |")
+    print("| --- |" + " ---: |" * (len(PHASES) + 2))
+    for name, rows in samples.items():
+        med = {ph: statistics.median(row[ph] for row in rows) for ph in PHASES}
+        total = statistics.median(sum(row.values()) for row in rows)
+        cells = " | ".join(f"{med[ph] * 1e3:,.1f} ms ({med[ph] / total:.0%})" for ph in PHASES)
+        print(f"| {name} | {cells} | {total * 1e3:,.1f} ms | {args.batch / total:,.1f} |")
+
+
+def systems_default_data():
+    from benchmarks.speed import DEFAULT_CIFAR
+
+    return DEFAULT_CIFAR
+
+
+if __name__ == "__main__":
+    main()

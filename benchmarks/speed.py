@@ -1,0 +1,189 @@
+"""Time one full BYOL step of this project, byol-pytorch and lightly, side by side.
+
+    bash benchmarks/setup_peers.sh                      # once: a venv with the peers (git-ignored)
+    benchmarks/.venv/bin/python -m benchmarks.speed --device cuda
+    benchmarks/.venv/bin/python -m benchmarks.speed --device cpu --batch 512 --warmup 1 --repeats 3
+
+The workload (the issue's): ResNet-18 with the CIFAR stem, CIFAR-10 32x32, batch 512, both views
+augmented, online forward and backward on both, target forward on both, optimizer step, EMA update.
+Each system first runs ``--warmup`` steps (compilation, allocator, cuDNN/oneDNN autotuning); then
+``--repeats`` rounds, each timing ``--steps`` steps of every system in turn (the order rotates from
+round to round, so a change of machine load hits all systems alike). The table gives the median
+round. Run with the venv's python to include the peers; without them only this project is timed.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import systems
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def load_images(data: str, device: torch.device) -> tuple[torch.Tensor, str]:
+    """CIFAR-10's 50,000 training images as one uint8 (N, 3, 32, 32) tensor on ``device``."""
+    if data != "random":
+        from byol.data import DataError, build_dataset
+
+        try:
+            images = build_dataset("cifar10", data, "train", 32, False).images
+            return images.to(device), f"CIFAR-10 train ({data})"
+        except DataError as e:
+            print(f"note: {e}; using random images of the same shape", file=sys.stderr)
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=g).to(device), "random uint8"
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        text = f"{torch.cuda.get_device_name(device)}; host {text}"
+    return text
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def build(names: list[str], images, args, device, amp) -> list:
+    built = []
+    for name in names:
+        try:
+            if name == "byol":
+                built.append(systems.Ours(images, args.batch, device, amp, compile=args.compile,
+                                          channels_last=not args.nchw))
+            elif name == "byol-eager":  # ablation: the same step without torch.compile
+                s = systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw)
+                s.name = "byol, eager"
+                built.append(s)
+            elif name == "byol-nchw":  # ablation: the same step in the default NCHW layout
+                s = systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False)
+                s.name = "byol, NCHW"
+                built.append(s)
+            elif name == "byol-pytorch":
+                built.append(systems.BYOLPytorch(images, args.batch, device, amp if args.peer_amp else None))
+            elif name == "lightly":
+                built.append(systems.Lightly(images, args.batch, device, amp if args.peer_amp else None,
+                                             args.workers))
+            else:
+                raise SystemExit(f"unknown system {name!r}")
+        except ImportError as e:
+            print(f"skipping {name}: {e} (run benchmarks/setup_peers.sh and use benchmarks/.venv/bin/python)",
+                  file=sys.stderr)
+    return built
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(built: list, args, device) -> dict[str, list[float]]:
+    """Warm up each system, then time interleaved rounds; images/s of every round, per system."""
+    for s in built:
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            s.step()
+        sync(device)
+        print(f"  warm-up {s.name}: {args.warmup} steps in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    rates: dict[str, list[float]] = {s.name: [] for s in built}
+    for r in range(args.repeats):
+        order = built[r % len(built):] + built[:r % len(built)]
+        for s in order:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                s.step()
+            sync(device)
+            rates[s.name].append(args.steps * args.batch / (time.perf_counter() - t0))
+        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
+              + f" images/s (load {load_average()})", file=sys.stderr)
+    return rates
+
+
+def table(built: list, rates: dict[str, list[float]]) -> str:
+    ours = statistics.median(rates[built[0].name]) if built else 1.0
+    lines = ["| system | images/s (median) | min-max over rounds | s/epoch (50k) | byol is x faster | "
+             "recipe and how it runs |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for s in built:
+        r = rates[s.name]
+        med = statistics.median(r)
+        lines.append(f"| {s.name} | {med:,.1f} | {min(r):,.1f}-{max(r):,.1f} | {systems.epoch_seconds(med):,.1f} | "
+                     f"{ours / med:.2f} | {s.notes} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--warmup", type=int, default=None, help="steps per system before timing (cuda 15, cpu 1)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (cuda 5, cpu 3)")
+    p.add_argument("--steps", type=int, default=None, help="steps per system per round (cuda 20, cpu 1)")
+    p.add_argument("--systems", default="byol,byol-pytorch,lightly",
+                   help="comma-separated: byol, byol-pytorch, lightly, and the ablations byol-eager, byol-nchw")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
+    p.add_argument("--nchw", action="store_true", help="run our step in NCHW instead of channels_last")
+    p.add_argument("--peer-amp", action="store_true",
+                   help="give the peers bf16 autocast too (their docs run float32)")
+    p.add_argument("--workers", type=int, default=systems.default_workers(), help="lightly's DataLoader workers")
+    p.add_argument("--data", default=str(DEFAULT_CIFAR), help="CIFAR-10 root, or 'random'")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    args.warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
+    args.repeats = args.repeats if args.repeats is not None else (5 if cuda else 3)
+    args.steps = args.steps if args.steps is not None else (20 if cuda else 1)
+    args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    images, source = load_images(args.data, device)
+    torch.manual_seed(0)
+    built = build(args.systems.split(","), images, args, device, amp)
+    load_before = load_average()
+    rates = measure(built, args, device)
+    command = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {args.warmup}, {args.repeats} rounds x "
+              f"{args.steps} steps, optimizer LARS for all, ours {'bf16 autocast' if amp else 'float32'}, "
+              f"peers {'bf16 autocast' if amp and args.peer_amp else 'float32'}"
+              f"{' (TF32 matmuls and convolutions on for all)' if cuda else ''}\n"
+              f"load average (1/5/15 min) before {load_before}, after {load_average()}\n{command}")
+    result = table(built, rates)
+    print(header + "\n\n" + result)
+    out = {"machine": machine(device), "args": vars(args), "rates": rates, "table": result,
+           "load_before": load_before, "load_after": load_average()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The training step: compiled and eager agree, channels_last changes nothing but speed, no host sync.
+
+Timing lives in benchmarks/ (BENCHMARKS.md), not here: these tests check what cannot be noisy.
+"""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from byol.augment import Augment, cifar_views
+from byol.backbones import resnet
+from byol.data import TensorBatches
+from byol.model import BYOL
+from byol.optim import build_optimizer
+from byol.step import Compiled, ViewsForward, compile_step, compiled_augment, train_step
+
+SIZE = 16
+
+
+def tiny_byol(seed: int = 0) -> BYOL:
+    torch.manual_seed(seed)
+    view1, view2 = cifar_views(SIZE)
+    return BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=SIZE, hidden_layer="avgpool",
+                projection_size=16, projection_hidden_size=32, augment_fn=Augment(view1), augment_fn2=Augment(view2))
+
+
+def optimizer_of(byol: BYOL) -> torch.optim.Optimizer:
+    return build_optimizer("lars", nn.ModuleList([byol.online, byol.predictor]), lr=0.1, weight_decay=1e-4)
+
+
+def images(n: int = 8, seed: int = 0, device="cpu") -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g).to(device)
+
+
+def run_steps(byol, forward, batch, steps=2, augment=None, device="cpu") -> list[torch.Tensor]:
+    """Losses of ``steps`` full steps (augment, forward, backward, LARS, EMA) on the same batch."""
+    optimizer = optimizer_of(byol)
+    generator = torch.Generator(device=device).manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        loss, _ = train_step(forward, byol, optimizer, batch, generator, None, augment)
+        byol.update_target(0.99)
+        losses.append(loss)
+    return losses
+
+
+def test_channels_last_gives_the_same_losses():
+    nchw = tiny_byol()
+    cl = copy.deepcopy(nchw)
+    batch = images()
+    losses_nchw = run_steps(nchw, ViewsForward(nchw, channels_last=False), batch, steps=2)
+    losses_cl = run_steps(cl, ViewsForward(cl), batch, steps=2)
+    conv = cl.online.encoder.body.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    # The second loss is computed with the weights after one backward, LARS and EMA step.
+    torch.testing.assert_close(torch.stack(losses_cl), torch.stack(losses_nchw), rtol=1e-4, atol=1e-5)
+
+
+def test_views_forward_converts_the_parameters_the_optimizer_holds():
+    byol = tiny_byol()
+    optimizer = optimizer_of(byol)
+    ViewsForward(byol)
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert held == {id(p) for p in byol.parameters() if p.requires_grad}
+    assert byol.online.encoder.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def small_cnn_byol(seed: int = 0) -> BYOL:
+    """BYOL over a 2-layer CNN: the same step, a graph small enough to compile in a minute on a CPU."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    view1, view2 = cifar_views(SIZE)
+    return BYOL(net, image_size=SIZE, projection_size=16, projection_hidden_size=32,
+                augment_fn=Augment(view1), augment_fn2=Augment(view2))
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_steps_give_the_same_loss():
+    eager = small_cnn_byol()
+    compiled = copy.deepcopy(eager)
+    batch = images()
+    losses_eager = run_steps(eager, ViewsForward(eager), batch)
+    forward, augment = compile_step(ViewsForward(compiled), compiled)
+    losses_compiled = run_steps(compiled, forward, batch, augment=augment)
+    assert forward.is_compiled, forward.error
+    torch.testing.assert_close(torch.stack(losses_compiled), torch.stack(losses_eager), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_augment_gives_the_same_views():
+    augment = Augment(cifar_views(SIZE)[1])
+    batch = images()
+    eager = augment(batch, torch.Generator().manual_seed(3))
+    compiled = compiled_augment(augment)(batch, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("no compiler here")
+
+
+def test_compile_falls_back_to_eager_with_a_warning():
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    forward = Compiled(module, backend=_failing_backend)
+    x = torch.randn(3, 4)
+    with pytest.warns(RuntimeWarning, match="running the step eagerly"):
+        out = forward(x)
+    assert not forward.is_compiled and isinstance(forward.error, Exception)
+    torch.testing.assert_close(out, module(x))
+    torch.testing.assert_close(forward(x), module(x))  # and stays eager, without warning again
+
+
+def test_compiled_reraises_errors_of_the_function_itself():
+    calls = []
+
+    def broken(x):
+        calls.append(1)
+        raise ValueError("a bug in the step")
+
+    fn = Compiled(broken, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="a bug in the step"):
+            fn(torch.ones(2))
+    assert len(calls) >= 2  # tried compiled, then eagerly, which raised
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Count the Tensor methods that copy a value to the host (a GPU sync when on CUDA)."""
+    counts: dict[str, int] = {}
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+def loop_steps(byol, forward, batches, generator, steps, device, augment=None):
+    """The body of train.py's loop: next batch, step, EMA, accumulate the loss on the device."""
+    optimizer = optimizer_of(byol)
+    loss_sum = torch.zeros((), device=device)
+    it = iter(batches)
+    for _ in range(steps):
+        batch, _, _ = next(it)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1
+        loss, z1 = train_step(forward, byol, optimizer, batch, generator, None, augment)
+        byol.update_target(0.99)
+        loss_sum += loss
+    return loss_sum
+
+
+def test_loop_step_reads_nothing_back_to_the_host(host_reads):
+    byol = tiny_byol()
+    batches = TensorBatches(images(64), None, 8, generator=0)
+    loss_sum = loop_steps(byol, ViewsForward(byol), batches, torch.Generator().manual_seed(0), 3, "cpu")
+    assert host_reads == {}
+    loss_sum.item()  # the counter does see a read
+    assert host_reads == {"item": 1}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True])
+def test_loop_step_makes_no_cuda_sync(compile):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    byol = tiny_byol().to(device)
+    forward, augment = ViewsForward(byol), None
+    if compile:
+        forward, augment = compile_step(forward, byol)
+    batches = TensorBatches(images(256, device=device), None, 8, generator=0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    loop_steps(byol, forward, batches, generator, 3, device, augment)  # warm-up: compile, allocator, cuDNN
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_sum = loop_steps(byol, forward, batches, generator, 3, device, augment)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss_sum)
