@@ -177,7 +177,24 @@ def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = N
                 raise ConfigError(f"config section {section!r} must be a mapping of keys")
             for name, value in values.items():
                 _set(config, f"{section}.{name}", value)
-    return apply_overrides(config, overrides or [])
+    return validate(apply_overrides(config, overrides or []))
+
+
+def validate(config: Config) -> Config:
+    """Reject values of the right type but outside their range, with the key and the rule."""
+    t = config.train
+    rules = [("train.epochs", t.epochs >= 1, ">= 1"), ("train.batch_size", t.batch_size >= 1, ">= 1"),
+             ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
+             ("train.knn_every", t.knn_every >= -1, ">= -1 (-1: never)"),
+             ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),
+             ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
+             ("data.on_device", config.data.on_device in ("auto", "true", "false"), "auto, true or false"),
+             ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
+             ("optim.lr", config.optim.lr >= 0, ">= 0")]
+    for key, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{key} must be {rule}")
+    return config
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

@@ -16,7 +16,8 @@ def init() -> tuple[int, int]:
         return 0, 1
     import torch.distributed as td
     if not td.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # gloo for CPU tensors (train.device=cpu, CPU-side collectives), NCCL for CUDA ones.
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
         td.init_process_group(backend)
@@ -134,3 +135,21 @@ def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: t
     indices = torch.arange(td.get_rank(), len(images), td.get_world_size())
     features = extract_features(encoder, images[indices.to(images.device)], device=device, **kwargs)
     return gather_rows(features, indices, len(images), device)
+
+
+def gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
+    """Every rank's generator state (CPU byte tensors), in rank order, on every rank."""
+    import torch.distributed as td
+    states: list = [None] * td.get_world_size()
+    td.all_gather_object(states, generator.get_state())
+    return [torch.as_tensor(s) for s in states]
+
+
+def all_ranks_ok(ok: torch.Tensor) -> torch.Tensor:
+    """``ok`` true on every rank (a device-side all_reduce MIN; no host sync)."""
+    import torch.distributed as td
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return ok
+    flag = ok.to(torch.int32)
+    td.all_reduce(flag, op=td.ReduceOp.MIN)
+    return flag.bool()

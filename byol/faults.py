@@ -25,11 +25,14 @@ class NonFiniteGuard:
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        # Only state on the device: a CPU-side step counter (plain AdamW on CUDA) would cost a
+        # host sync per tensor to restore.
+        return [v for state in self.optimizer.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor) and v.device == self.streak.device]
+
     def _tensors(self) -> list[torch.Tensor]:
-        tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())]
-        for state in self.optimizer.state.values():
-            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
-        return tensors
+        return [t for m in self.modules for t in (*m.parameters(), *m.buffers())] + self._optimizer_tensors()
 
     @torch.no_grad()
     def snapshot(self) -> None:
@@ -38,9 +41,16 @@ class NonFiniteGuard:
     @torch.no_grad()
     def settle(self, loss: torch.Tensor) -> torch.Tensor:
         """Undo the step if ``loss`` is not finite; return the on-device flag ``ok``."""
-        ok = torch.isfinite(loss.detach())
+        from .distributed import all_ranks_ok
+        # Under DDP a NaN on one rank reaches every rank's weights through the gradient
+        # all-reduce, so all ranks undo the step together.
+        ok = all_ranks_ok(torch.isfinite(loss.detach()))
         for tensor, saved in self._saved:
             tensor.copy_(torch.where(ok, tensor, saved))
+        known = {id(t) for t, _ in self._saved}
+        for tensor in self._optimizer_tensors():  # state the step created (momentum at step 0)
+            if id(tensor) not in known:
+                tensor.copy_(torch.where(ok, tensor, torch.zeros_like(tensor)))
         self._saved = []
         self.streak.copy_(torch.where(ok, torch.zeros_like(self.streak), self.streak + 1))
         torch.maximum(self.max_streak, self.streak, out=self.max_streak)

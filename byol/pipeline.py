@@ -128,6 +128,8 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
 def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
           overrides: Optional[list[str]] = None, limit: Optional[int] = None) -> Path:
     """Write the embeddings of a split with their labels (or file paths) to ``.npy`` or ``.pt``."""
+    if Path(out).suffix not in (".npy", ".pt"):
+        raise DataError(f"the output {out} must end in .npy or .pt")
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
     d = config.data

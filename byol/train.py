@@ -180,7 +180,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     lr = o.lr * t.batch_size / 256
     step = 0
     if resume:
-        state = load_checkpoint(ckpt_path, map_location=device)
+        state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
         load_model_state(byol, state["model"], str(ckpt_path))
         saved_optim = state["config"].get("optim", {}).get("name")
         if saved_optim != o.name:
@@ -191,13 +191,18 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
         set_rng_state(state["rng"], generator)
+        per_rank = state.get("extra", {}).get("generator_per_rank")
+        if world > 1 and per_rank is not None and len(per_rank) == world:
+            generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
         step = state["step"]
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     augment = None  # byol's own view recipes
     if t.compile:  # forward+backward and both augmentations; eager where compiling fails
         forward, augment = compile_step(forward, byol)
-    save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator)  # noqa: E731
+    extra: dict = {}
+    save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator,  # noqa: E731
+                                        extra=extra)
     log = MetricsLog(run_dir) if rank == 0 else None
     results: dict = {}
     if data.knn_train is not None and step == 0:
@@ -255,6 +260,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 if data.knn_train is not None and not stopping and (
                         step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
                     results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
+                if world > 1:  # a collective: every rank reaches this point at the same step
+                    extra["generator_per_rank"] = dist.gather_generator_states(generator)
                 if rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint with
                     save(ckpt_path)                                # weights that are giving NaN losses
                     if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0:

@@ -33,6 +33,9 @@ def test_overrides_are_typed():
     ("--train.epochs=ten", "train.epochs must be int"),
     ("--data.download=maybe", "data.download must be bool"),
     ("--optim.lr", "must look like --section.key=value"),
+    ("--train.log_every=0", "train.log_every must be >= 1"),
+    ("--train.batch_size=0", "train.batch_size must be >= 1"),
+    ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -180,3 +180,18 @@ def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifa
     assert code == 2 and err.strip().splitlines() == [
         "byol: error: the batch does not fit in memory; lower train.batch_size (e.g. --train.batch_size=128)"]
     fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2")
+
+
+def test_optimizer_state_created_by_a_nonfinite_first_step_is_cleared():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    guard.snapshot()
+    loss = model(torch.full((2, 4), float("inf"))).sum() * 0.0  # NaN: inf * 0
+    opt.zero_grad(), loss.backward(), opt.step()
+    assert not guard.settle(loss)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], torch.zeros_like(p)) for p in model.parameters())
