@@ -14,7 +14,8 @@ from torch import nn
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, apply_overrides, config_from_dict, load_config
-from .data import DataError, ImageFolder, ImageSet, build_dataset, load_folder_tensor
+from .data import DataError, ImageSet, build_dataset
+from .folder import ImageFolder, load_folder_tensor
 from . import distributed as dist
 from .distributed import extract_features_sharded
 from .evaluate import knn_accuracy, linear_probe

@@ -16,7 +16,8 @@ from .augment import Augment, view_presets
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, save_config
-from .data import DataError, ImageSet, TensorBatches, build_dataset, folder_loader, load_folder_tensor
+from .data import DataError, ImageSet, TensorBatches, build_dataset
+from .folder import folder_loader, load_folder_tensor
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import MetricsLog, plot_metrics

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.data import (DataError, ImageFolder, ImageSet, Skipped, TensorBatches, build_dataset,
-                       folder_loader, load_cifar, load_folder_tensor, load_stl10)
+from byol.data import DataError, ImageSet, TensorBatches, build_dataset, load_cifar, load_stl10
+from byol.folder import ImageFolder, Skipped, folder_loader, load_folder_tensor
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 CIFAR_BIN = SHARED / "cifar10" / "cifar-10-batches-bin"

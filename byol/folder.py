@@ -1,0 +1,230 @@
+"""Folders of image files: found at any depth, decoded and resized by DataLoader workers.
+
+A file that cannot be decoded (truncated, empty, not an image, a decompression bomb) is skipped
+and listed, never fatal. Small folders can be decoded once into an in-memory
+:class:`~byol.data.ImageSet` (:func:`load_folder_tensor`); large ones stream (:func:`folder_loader`).
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .data import DataError, ImageSet
+
+_NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}  # Pillow stubs or no pictures at all
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions of the formats Pillow can open, such as ``.jpg``, ``.png``, ``.webp``."""
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _NOT_PICTURES)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that could not be decoded; ``ImageFolder[i]`` returns it in place of a sample."""
+
+    index: int
+    path: str
+    reason: str
+
+
+class ImageFolder(Dataset):
+    """Image files under ``root``, at any depth, in any format Pillow opens, as square uint8 tensors.
+
+    ``dataset[i]`` is ``(image uint8 (3, size, size), label, i)``, or a :class:`Skipped` record
+    when the file cannot be decoded (truncated, empty, not an image, a decompression bomb per
+    ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`skip_collate` drops those, and the loaders below
+    collect them in ``bad_files``, in the main process, also with worker processes.
+
+    Each image is turned upright (EXIF orientation) and converted to RGB: alpha is composited
+    onto black (transparent pixels become black, whatever colour they hide), 16-bit gray is
+    scaled from 0..65535 (Pillow's own conversion would clip it at 255), CMYK goes through
+    Pillow's conversion. Its shorter side is resized to ``size`` and the center square cut
+    out: this square is all that training sees, the random resized crops being taken later,
+    on the device, from it.
+
+    Args:
+        root: the folder; hidden files and folders (name starting with ".") are ignored.
+        size: side of the returned square.
+        labeled: ``"auto"``: if every image sits inside a first-level subfolder, that
+            subfolder is its class (sorted names, as torchvision's ImageFolder), else all
+            labels are -1. ``True`` requires class subfolders, ``False`` gives -1 labels.
+    """
+
+    def __init__(self, root: Union[str, Path], size: int, labeled: Union[str, bool] = "auto"):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.size = int(size)
+        if labeled not in ("auto", True, False):
+            raise ValueError(f"labeled must be 'auto', True or False, not {labeled!r}")
+        if not os.path.isdir(self.root):
+            raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
+        rel_paths = _scan(self.root)
+        if not rel_paths:
+            raise DataError(f"no image files found in {self.root} or its subfolders (looked for .jpg, "
+                            f".jpeg, .png, .webp, .bmp, .tif and the other formats Pillow opens)")
+        top = [p.split(os.sep, 1)[0] if os.sep in p else None for p in rel_paths]
+        in_classes = all(t is not None for t in top)
+        if labeled is True and not in_classes:
+            loose = rel_paths[top.index(None)]
+            raise DataError(f"{os.path.join(self.root, loose)} is not inside a class subfolder of "
+                            f"{self.root}; move every image into a subfolder named after its class")
+        if labeled is True or (labeled == "auto" and in_classes):
+            self.classes: Optional[list[str]] = sorted(set(top))
+            to_label = {c: i for i, c in enumerate(self.classes)}
+            self.labels = torch.tensor([to_label[t] for t in top], dtype=torch.int64)
+        else:
+            self.classes = None
+            self.labels = torch.full((len(rel_paths),), -1, dtype=torch.int64)
+        # One numpy bytes array instead of a list of str: worker processes then read the paths
+        # without touching Python reference counts, which would copy the pages of a large list.
+        self._paths = np.array([os.fsencode(p) for p in rel_paths])
+        self.bad_files: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, os.fsdecode(self._paths[index]))
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path(i) for i in range(len(self))]
+
+    def __getitem__(self, index: int) -> Union[tuple[torch.Tensor, int, int], Skipped]:
+        path = self.path(index)
+        try:
+            image = decode_image(path, self.size)
+        except Exception as e:  # any file that cannot be decoded is skipped, never fatal
+            return Skipped(index, path, _reason(path, e))
+        return image, int(self.labels[index]), index
+
+    def write_skipped(self, path: Union[str, Path]) -> int:
+        """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
+        lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
+        Path(path).write_text(lines, encoding="utf-8", errors="surrogateescape")
+        return len(self.bad_files)
+
+
+def _scan(root: str) -> list[str]:
+    extensions = image_extensions()
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        rel = os.path.relpath(folder, root)
+        for f in sorted(files):
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions:
+                found.append(f if rel == "." else os.path.join(rel, f))
+    return found
+
+
+def _reason(path: str, error: Exception) -> str:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file"
+    return " ".join(f"{type(error).__name__}: {error}".split())  # one line, no tabs
+
+
+def decode_image(path: str, size: int) -> torch.Tensor:
+    """Decode one file to RGB uint8 (3, size, size): upright, shorter side ``size``, center square."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.draft(im.mode, (size, size))  # JPEG: decode at 1/2..1/8 scale when still >= size
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # malformed EXIF: keep the stored orientation rather than lose the image
+                pass
+            im = _to_rgb(im)
+            w, h = im.size
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            pixels = np.array(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit range, scaled rather than clipped
+        gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size)
+        out.paste(rgba, mask=rgba.getchannel("A"))  # = RGB * alpha: composited onto black
+        return out
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, F (clipped to 0..255)
+
+
+# ----------------------------------------------------------------------------------- loaders
+
+def skip_collate(items: list) -> tuple:
+    """Stack decoded samples and set :class:`Skipped` ones apart.
+
+    Returns ``(images (B, 3, S, S) or None when all were skipped, labels (B,), indices (B,),
+    skipped list)``.
+    """
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [it for it in items if isinstance(it, Skipped)]
+    images = torch.stack([g[0] for g in good]) if good else None
+    labels = torch.tensor([g[1] for g in good], dtype=torch.int64)
+    indices = torch.tensor([g[2] for g in good], dtype=torch.int64)
+    return images, labels, indices, skipped
+
+
+class _SkippingLoader(DataLoader):
+    """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
+
+    A batch keeps its good images only, so it can be shorter than ``batch_size``; a batch
+    whose files were all bad is not yielded at all.
+    """
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for images, labels, indices, skipped in super().__iter__():
+            for s in skipped:
+                self.dataset.bad_files[s.path] = s.reason
+            if images is not None:
+                yield images, labels, indices
+
+
+def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
+                  drop_last: bool = True, sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
+    """A DataLoader over an :class:`ImageFolder` yielding ``(images uint8 (B, 3, S, S), labels, indices)``.
+
+    Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
+    (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (e.g.
+    a DistributedSampler) replaces shuffling; ``seed`` fixes the shuffle order.
+    """
+    return _SkippingLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                           sampler=sampler, num_workers=workers, collate_fn=skip_collate,
+                           pin_memory=torch.cuda.is_available(), drop_last=drop_last,
+                           persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:
+    """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out.
+
+    ``indices`` in the result maps each row back to ``dataset.path(index)``.
+    """
+    n_all, s = len(dataset), dataset.size
+    images = torch.empty((n_all, 3, s, s), dtype=torch.uint8)
+    labels = torch.empty(n_all, dtype=torch.int64)
+    indices = torch.empty(n_all, dtype=torch.int64)
+    n = 0
+    for x, y, i in _SkippingLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                   collate_fn=skip_collate):
+        images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
+        n += len(i)
+    if n == 0:
+        path, reason = next(iter(dataset.bad_files.items()))
+        raise DataError(f"none of the {n_all} image files in {dataset.root} could be decoded "
+                        f"({path}: {reason}); check the files")
+    return ImageSet(images[:n], labels[:n], dataset.classes, indices[:n])
