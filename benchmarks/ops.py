@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks import systems
 from byol.config import Config
+from byol.faults import NonFiniteGuard
 from byol.step import ViewsForward
 from byol.train import build_model
 
@@ -35,9 +36,12 @@ def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
     forward = ViewsForward(byol)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
     generator = torch.Generator().manual_seed(0)
+    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, images.device)
     phases: dict[str, Counter] = {}
-    for step in range(2):  # the second step: the optimizer's state exists
-        modes = {name: Ops() for name in ("augment", "forward", "backward", "optimizer", "ema")}
+    for step in range(3):  # the third step: the optimizer state and the guard's buffers exist
+        modes = {name: Ops() for name in ("augment", "forward", "backward", "optimizer", "ema", "guard")}
+        with modes["guard"]:  # the non-finite guard's snapshot, counted with its restore below
+            guard.snapshot()
         with modes["augment"]:
             view1, view2 = byol.augment_fn(images, generator), byol.augment_fn2(images, generator)
         with modes["forward"]:
@@ -49,6 +53,8 @@ def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
             optimizer.step()
         with modes["ema"]:
             byol.update_target(0.996)
+        with modes["guard"]:
+            guard.settle(loss.detach())
         phases = {name: m.counts for name, m in modes.items()}
     return phases
 

@@ -14,7 +14,8 @@ class NonFiniteGuard:
     optimizer state; after it, :meth:`settle` puts the copies back where the loss was NaN or
     infinite (``torch.where`` on the device, so nothing waits for the GPU). The streak of
     consecutive bad steps is counted on the device too and read with the other metrics.
-    The copies cost one extra pass over the weights per step.
+    The copies cost one extra pass over the weights per step: the snapshot is one foreach copy
+    into buffers kept from step to step, the restore one ``where`` per tensor, written in place.
     """
 
     def __init__(self, modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer, device: torch.device):
@@ -23,7 +24,9 @@ class NonFiniteGuard:
         self.streak = torch.zeros((), dtype=torch.int64, device=device)
         self.max_streak = torch.zeros((), dtype=torch.int64, device=device)
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._tensors_now: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+        self._key: tuple = ()
 
     def _optimizer_tensors(self) -> list[torch.Tensor]:
         # Only state on the device: a CPU-side step counter (plain AdamW on CUDA) would cost a
@@ -36,7 +39,12 @@ class NonFiniteGuard:
 
     @torch.no_grad()
     def snapshot(self) -> None:
-        self._saved = [(t, t.detach().clone()) for t in self._tensors()]
+        tensors = self._tensors()
+        key = tuple((id(t), t.shape, t.dtype) for t in tensors)
+        if key != self._key:  # first step, or the optimizer created state: new buffers
+            self._key, self._saved = key, [torch.empty_like(t) for t in tensors]
+        torch._foreach_copy_(self._saved, tensors)
+        self._tensors_now = tensors
 
     @torch.no_grad()
     def settle(self, loss: torch.Tensor) -> torch.Tensor:
@@ -45,13 +53,13 @@ class NonFiniteGuard:
         # Under DDP a NaN on one rank reaches every rank's weights through the gradient
         # all-reduce, so all ranks undo the step together.
         ok = all_ranks_ok(torch.isfinite(loss.detach()))
-        for tensor, saved in self._saved:
-            tensor.copy_(torch.where(ok, tensor, saved))
-        known = {id(t) for t, _ in self._saved}
+        for tensor, saved in zip(self._tensors_now, self._saved):
+            torch.where(ok, tensor, saved, out=tensor)
+        known = {id(t) for t in self._tensors_now}
         for tensor in self._optimizer_tensors():  # state the step created (momentum at step 0)
             if id(tensor) not in known:
                 tensor.copy_(torch.where(ok, tensor, torch.zeros_like(tensor)))
-        self._saved = []
+        self._tensors_now = []
         self.streak.copy_(torch.where(ok, torch.zeros_like(self.streak), self.streak + 1))
         torch.maximum(self.max_streak, self.streak, out=self.max_streak)
         self.skipped.add_((~ok).long())
