@@ -145,6 +145,16 @@ def gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
     return [torch.as_tensor(s) for s in states]
 
 
+def merge_dicts(part: dict) -> dict:
+    """The union of every rank's ``part`` (e.g. the bad files each rank met), on every rank."""
+    import torch.distributed as td
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return dict(part)
+    parts: list = [None] * td.get_world_size()
+    td.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
 def all_ranks_ok(ok: torch.Tensor) -> torch.Tensor:
     """``ok`` true on every rank (a device-side all_reduce MIN; no host sync)."""
     import torch.distributed as td

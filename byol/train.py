@@ -273,6 +273,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 break
     if progress is not None:
         progress.close()
+    if data.folder is not None:  # streamed, each rank met only the bad files in its own share
+        data.folder.bad_files = dist.merge_dicts(data.folder.bad_files)
     if rank == 0:
         log.close()
         if data.folder is not None:

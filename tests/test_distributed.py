@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from byol.checkpoint import load_checkpoint
-from conftest import CIFAR10, tiny_overrides
+from conftest import CIFAR10, extract_jpegs, tiny_overrides
 from test_cli import byol
 
 
@@ -62,3 +62,19 @@ def read(run):
 
 def json_last(run, key):
     return [r[key] for r in read(run) if key in r][-1]
+
+
+def test_ddp_streamed_folder_lists_the_bad_files_of_every_rank(tmp_path):
+    # 30 JPEGs + 2 bad files = 32, so each of 2 ranks streams 16 of them in 2 batches of 8: every
+    # file is visited once, but each rank meets only the bad files that fell in its own share
+    # (with seed 1 the sampler gives one bad file to each rank; with seed 0 both go to rank 0).
+    root = extract_jpegs(tmp_path / "images", per_class=3)
+    (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "dog" / "empty.jpg").write_bytes(b"")
+    run = tmp_path / "run"
+    torchrun(2, "pretrain", "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+             "--data.workers=0", "--data.on_device=false",
+             *tiny_overrides(run, **{"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null",
+                                         "train.seed": 1}))
+    skipped = (run / "skipped_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
