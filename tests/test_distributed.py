@@ -1,5 +1,5 @@
 """torchrun with 2 CPU processes (gloo): one DDP step with SyncBatchNorm equals one step on the
-full batch in one process."""
+full batch in one process; a streamed folder lists the bad files that every rank met."""
 
 import os
 import socket
