@@ -4,6 +4,7 @@ Each is a plain function of paths and a config, shared by the command line and P
 """
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -171,7 +172,9 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(state, out_dir / "encoder.pt")
-    scripted = torch.jit.script(net.eval())
+    with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
+        scripted = torch.jit.script(net.eval())
     scripted.save(str(out_dir / "encoder_torchscript.pt"))
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
