@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
         e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
         e.add_argument("--limit", type=int, help="use only the first N images of each split (quick checks)")
+        e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
+                       "from (same architecture and seed, untrained): the baseline to beat")
         if name == "knn":
             e.add_argument("--k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
             e.add_argument("--temperature", type=float, default=0.1)
@@ -89,12 +91,15 @@ def run(argv: Optional[list[str]] = None) -> int:
     elif args.command == "eval":
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
-                                  limit=args.limit)
+                                  limit=args.limit, random_init=args.random_init)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
         else:
-            result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit)
+            result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
+                                     random_init=args.random_init)
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", f"{result['top5']:.2f}%")]
-        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}.json")
+        result["random_init"] = args.random_init
+        suffix = "_random_init" if args.random_init else ""
+        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json")
         path = _write_json(result, args.out, default)
         _print_table(f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images",
                      rows + [("results", str(path))])

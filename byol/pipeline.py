@@ -23,28 +23,38 @@ from .evaluate import knn_accuracy, linear_probe
 from .train import autocast_dtype, build_model, resolve_device, views_of
 
 
-def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None) -> tuple[nn.Module, Config]:
+def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
+                 random_init: bool = False) -> tuple[nn.Module, Config]:
     """The online encoder (a torchvision ResNet trunk, classifier removed) from a checkpoint or an export.
 
     A checkpoint carries its config; an exported ``encoder.pt`` takes it from the
     ``config.yaml`` beside it. ``overrides`` (``section.key=value``) apply on top, e.g. a new
-    ``data.root``.
+    ``data.root``. ``random_init`` gives the encoder the run started from instead of the trained
+    one: the same architecture initialized from ``train.seed`` as ``byol pretrain`` does (the
+    baseline that pretraining must beat).
     """
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)
     state = read_state(path)
     if isinstance(state, dict) and "model" in state and "config" in state:  # a byol checkpoint
         config = config_from_dict(state["config"])
+        if random_init:
+            torch.manual_seed(config.train.seed)  # as pretrain seeds rank 0 before building the model
         byol = build_model(config)
-        load_model_state(byol, state["model"], str(path))
+        if not random_init:
+            load_model_state(byol, state["model"], str(path))
         net = _net_of(byol, config)
     else:  # an exported torchvision state_dict
         beside = path.parent / "config.yaml"
         config = load_config(str(beside)) if beside.is_file() else Config()
-        net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} is neither a byol checkpoint nor an encoder state_dict")
-        load_model_state(net, state, str(path))
+        if random_init:
+            torch.manual_seed(config.train.seed)
+            net = _net_of(build_model(config), config)
+        else:
+            net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+            load_model_state(net, state, str(path))
     apply_overrides(config, overrides or [])
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     return net.eval(), config
@@ -100,12 +110,13 @@ def features(net: nn.Module, config: Config, images: torch.Tensor, device: torch
 
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
-        temperature: float = 0.1, limit: Optional[int] = None) -> dict:
+        temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False) -> dict:
     """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``.
 
-    ``limit`` evaluates on the first N images of each split only (quick checks).
+    ``limit`` evaluates on the first N images of each split only (quick checks); ``random_init``
+    evaluates the encoder the run started from (see :func:`load_encoder`).
     """
-    net, config = load_encoder(path, overrides)
+    net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
     acc = knn_accuracy(features(net, config, train.images, device), train.labels,
@@ -116,9 +127,10 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
 
 
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
-           limit: Optional[int] = None) -> dict:
-    """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint."""
-    net, config = load_encoder(path, overrides)
+           limit: Optional[int] = None, random_init: bool = False) -> dict:
+    """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
+    ``random_init``, of the encoder its run started from)."""
+    net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
     result = linear_probe(features(net, config, train.images, device), train.labels,

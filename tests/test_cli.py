@@ -63,6 +63,27 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
     assert 0 <= result["top1"] <= result["top5"] <= 100
 
 
+def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
+    from byol.pipeline import load_encoder
+    from conftest import CIFAR10
+    if not CIFAR10.is_dir():
+        pytest.skip("real CIFAR-10 not found in ../shared/data")
+    # With lr 0 a step leaves every weight where it started (only BatchNorm statistics move), so
+    # the trained and the random-init encoder must have equal parameters; with lr 0.5 they differ.
+    for lr, same in ((0.0, True), (0.5, False)):
+        run = tmp_path / f"lr{lr}"
+        byol("pretrain", "--config", "cifar10", f"--data.root={CIFAR10}", "--optim.name=sgd", f"--optim.lr={lr}",
+             "--train.seed=3", *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1}))
+        ckpt = run / "checkpoints" / "last.pt"
+        trained_net, _ = load_encoder(ckpt)
+        init_net, _ = load_encoder(ckpt, random_init=True)
+        pairs = list(zip(trained_net.parameters(), init_net.parameters()))
+        assert len(pairs) > 40
+        assert all(torch.equal(a, b) for a, b in pairs) == same, lr
+    proc = byol("eval", "knn", ckpt, "--limit", 100, "--random-init")
+    assert json.loads((run / "checkpoints" / "last_knn_random_init.json").read_text())["random_init"] is True
+
+
 def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     run, _ = trained
     byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
