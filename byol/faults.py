@@ -15,7 +15,8 @@ class NonFiniteGuard:
     infinite (``torch.where`` on the device, so nothing waits for the GPU). The streak of
     consecutive bad steps is counted on the device too and read with the other metrics.
     The copies cost one extra pass over the weights per step: the snapshot is one foreach copy
-    into buffers kept from step to step, the restore one ``where`` per tensor, written in place.
+    into buffers kept from step to step (so they hold memory the size of the model and optimizer
+    state for the whole run), the restore one ``where`` per tensor, written in place.
     """
 
     def __init__(self, modules: Iterable[nn.Module], optimizer: torch.optim.Optimizer, device: torch.device):
@@ -40,8 +41,9 @@ class NonFiniteGuard:
     @torch.no_grad()
     def snapshot(self) -> None:
         tensors = self._tensors()
-        key = tuple((id(t), t.shape, t.dtype) for t in tensors)
+        key = tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
         if key != self._key:  # first step, or the optimizer created state: new buffers
+            self._saved = []  # free the old ones first
             self._key, self._saved = key, [torch.empty_like(t) for t in tensors]
         torch._foreach_copy_(self._saved, tensors)
         self._tensors_now = tensors

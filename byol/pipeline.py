@@ -30,8 +30,10 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     A checkpoint carries its config; an exported ``encoder.pt`` takes it from the
     ``config.yaml`` beside it. ``overrides`` (``section.key=value``) apply on top, e.g. a new
     ``data.root``. ``random_init`` gives the encoder the run started from instead of the trained
-    one: the same architecture initialized from ``train.seed`` as ``byol pretrain`` does (the
-    baseline that pretraining must beat).
+    one: the same architecture initialized from the run's ``train.seed`` as ``byol pretrain``
+    does (the baseline that pretraining must beat; a ``train.seed`` override does not change it,
+    and an exported encoder without a ``config.yaml`` beside it uses the default seed). The
+    caller's random number generator is left as it was.
     """
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)
@@ -39,19 +41,18 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     if isinstance(state, dict) and "model" in state and "config" in state:  # a byol checkpoint
         config = config_from_dict(state["config"])
         if random_init:
-            torch.manual_seed(config.train.seed)  # as pretrain seeds rank 0 before building the model
-        byol = build_model(config)
-        if not random_init:
+            net = _initial_net(config)
+        else:
+            byol = build_model(config)
             load_model_state(byol, state["model"], str(path))
-        net = _net_of(byol, config)
+            net = _net_of(byol, config)
     else:  # an exported torchvision state_dict
         beside = path.parent / "config.yaml"
         config = load_config(str(beside)) if beside.is_file() else Config()
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} is neither a byol checkpoint nor an encoder state_dict")
         if random_init:
-            torch.manual_seed(config.train.seed)
-            net = _net_of(build_model(config), config)
+            net = _initial_net(config)
         else:
             net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
             load_model_state(net, state, str(path))
@@ -60,8 +61,16 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     return net.eval(), config
 
 
+def _initial_net(config: Config) -> nn.Module:
+    """The encoder a run with ``config`` starts from: ``pretrain`` seeds rank 0 with ``train.seed``
+    just before building the model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return _net_of(build_model(config), config)
+
+
 def _net_of(byol, config: Config) -> nn.Module:
-    """A full torchvision ResNet holding the trained online encoder (its classifier freshly initialized)."""
+    """A full torchvision ResNet holding the online encoder of ``byol`` (its classifier freshly initialized)."""
     m = config.model
     net = resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width)
     trunk = byol.encoder.body.state_dict() if hasattr(byol.encoder, "body") else byol.encoder.state_dict()

@@ -161,13 +161,15 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     amp = autocast_dtype(t.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
-    torch.manual_seed(t.seed + rank)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     if rank == 0:
         _prepare_run_dir(run_dir, resume, ckpt_path)
         save_config(config, run_dir / "config.yaml")
     data = load_data(config, device, rank, world)
+    # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
+    # `byol eval --random-init` rebuilds them.
+    torch.manual_seed(t.seed + rank)
     byol = build_model(config).to(device)
     if world > 1:
         byol = dist.convert_sync_batchnorm(byol, device)

@@ -70,16 +70,22 @@ def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
         pytest.skip("real CIFAR-10 not found in ../shared/data")
     # With lr 0 a step leaves every weight where it started (only BatchNorm statistics move), so
     # the trained and the random-init encoder must have equal parameters; with lr 0.5 they differ.
-    for lr, same in ((0.0, True), (0.5, False)):
-        run = tmp_path / f"lr{lr}"
-        byol("pretrain", "--config", "cifar10", f"--data.root={CIFAR10}", "--optim.name=sgd", f"--optim.lr={lr}",
-             "--train.seed=3", *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1}))
+    # A folder decoded into memory runs a DataLoader before the model is built (it draws from the
+    # global random stream), so the init must not depend on what loading drew.
+    images = extract_jpegs(tmp_path / "images", per_class=3)
+    folder = ["--data.dataset=folder", f"--data.root={images}", "--data.image_size=32", "--data.on_device=true",
+              "--data.workers=0"]
+    for lr, same, data in ((0.0, True, [f"--data.root={CIFAR10}"]), (0.0, True, folder),
+                           (0.5, False, [f"--data.root={CIFAR10}"])):
+        run = tmp_path / f"lr{lr}-{len(data)}"
+        byol("pretrain", "--config", "cifar10", *data, "--optim.name=sgd", f"--optim.lr={lr}", "--train.seed=3",
+             *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1, "train.batch_size": 8}))
         ckpt = run / "checkpoints" / "last.pt"
         trained_net, _ = load_encoder(ckpt)
         init_net, _ = load_encoder(ckpt, random_init=True)
         pairs = list(zip(trained_net.parameters(), init_net.parameters()))
         assert len(pairs) > 40
-        assert all(torch.equal(a, b) for a, b in pairs) == same, lr
+        assert all(torch.equal(a, b) for a, b in pairs) == same, (lr, data)
     proc = byol("eval", "knn", ckpt, "--limit", 100, "--random-init")
     assert json.loads((run / "checkpoints" / "last_knn_random_init.json").read_text())["random_init"] is True
 
