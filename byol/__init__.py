@@ -11,9 +11,10 @@ from .schedules import cosine_lr, tau_schedule
 from .config import Config, load_config
 from .train import pretrain
 from .pipeline import embed, export, knn, linear, load_encoder
+from .step import keep_freed_memory
 
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
     "cosine_lr", "tau_schedule", "build_optimizer", "param_groups", "resnet", "cut_at",
-    "Config", "load_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder",
+    "Config", "load_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder", "keep_freed_memory",
 ]

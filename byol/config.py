@@ -8,7 +8,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 import yaml
+
+from .backbones import RESNETS
 
 
 class ConfigError(ValueError):
@@ -65,12 +68,15 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto (bf16 on GPUs that have it) | bf16 | fp32
     compile: bool = False             # torch.compile the training step
+    keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
+                                      # the system (~1.2x faster at batch 512; the process keeps its peak)
     out_dir: str = "runs/byol"
     log_every: int = 20               # steps between metric reads (the only host syncs in the loop)
     checkpoint_every: int = 10        # epochs between kept checkpoints (the last one is always kept)
     knn_every: int = 10               # epochs between kNN evaluations (0: only at the end; -1: never)
     knn_k: int = 200
-    knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs)
+    knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs);
+                                      # a folder's are spread over its classes (default 10,000 for folders)
     progress: bool = True
     max_nonfinite: int = 10           # stop after this many NaN/inf losses in a row (each such step is undone)
 
@@ -190,11 +196,25 @@ def validate(config: Config) -> Config:
              ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
              ("data.on_device", config.data.on_device in ("auto", "true", "false"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
-             ("optim.lr", config.optim.lr >= 0, ">= 0")]
+             ("optim.lr", config.optim.lr >= 0, ">= 0"),
+             ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
+             ("optim.name", config.optim.name.lower() in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
+             ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+             ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N")]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} must be {rule}")
     return config
+
+
+def _is_device(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+        return True
+    except RuntimeError:
+        return False
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

@@ -5,6 +5,7 @@ and listed, never fatal. Small folders can be decoded once into an in-memory
 :class:`~byol.data.ImageSet` (:func:`load_folder_tensor`); large ones stream (:func:`folder_loader`).
 """
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -106,6 +107,18 @@ class ImageFolder(Dataset):
             return Skipped(index, path, _reason(path, e))
         return image, int(self.labels[index]), index
 
+    def subset(self, indices: torch.Tensor) -> "ImageFolder":
+        """The same folder (root, size, classes) restricted to the files at ``indices``."""
+        sub = copy.copy(self)
+        sub._paths, sub.labels, sub.bad_files = self._paths[indices.numpy()], self.labels[indices], {}
+        return sub
+
+    def spread(self, n: int) -> "ImageFolder":
+        """``n`` files evenly spread over the folder (so every class folder has its share), or all."""
+        if n >= len(self):
+            return self
+        return self.subset(torch.linspace(0, len(self) - 1, n).round().long())
+
     def write_skipped(self, path: Union[str, Path]) -> int:
         """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
         lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
@@ -195,18 +208,63 @@ class _SkippingLoader(DataLoader):
                 yield images, labels, indices
 
 
+class EpochShuffle(Sampler[int]):
+    """A shuffled order that is a function of ``(seed, epoch)`` alone, as DistributedSampler's is.
+
+    A DataLoader's own shuffling draws each epoch's order from one generator that moves on from
+    epoch to epoch, so a run resumed in epoch 3 would replay epoch 0's order; this one does not.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
                   drop_last: bool = True, sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
     """A DataLoader over an :class:`ImageFolder` yielding ``(images uint8 (B, 3, S, S), labels, indices)``.
 
     Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
     (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (e.g.
-    a DistributedSampler) replaces shuffling; ``seed`` fixes the shuffle order.
+    a DistributedSampler) replaces shuffling; otherwise the order is :class:`EpochShuffle`'s for
+    ``seed`` and the epoch set with ``loader.sampler.set_epoch``.
     """
-    return _SkippingLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                           sampler=sampler, num_workers=workers, collate_fn=skip_collate,
+    if sampler is None and shuffle:
+        sampler = EpochShuffle(len(dataset), seed)
+    return _SkippingLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=skip_collate,
                            pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                           persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+                           persistent_workers=workers > 0)
+
+
+def labeled_folder_splits(root: Union[str, Path], size: int, workers: int = 0,
+                          limit: Optional[int] = None) -> Optional[tuple[ImageSet, ImageSet]]:
+    """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``), decoded: the labeled splits of a folder.
+
+    Each needs one sub-folder per class, the same classes in both; ``root`` may be ROOT or
+    ``ROOT/train`` itself (what a run trained on). ``limit`` takes that many images of each split,
+    spread evenly over it. None when the folders are not laid out so.
+    """
+    root = Path(root)
+    if root.name == "train" and not (root / "train").is_dir():
+        root = root.parent
+    test_dir = root / "val" if (root / "val").is_dir() else root / "test"
+    if not ((root / "train").is_dir() and test_dir.is_dir()):
+        return None
+    train, test = ImageFolder(root / "train", size), ImageFolder(test_dir, size)
+    if not train.classes or train.classes != test.classes:
+        return None
+    if limit:
+        train, test = train.spread(limit), test.spread(limit)
+    return load_folder_tensor(train, workers), load_folder_tensor(test, workers)
 
 
 def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:

@@ -16,7 +16,7 @@ from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .data import DataError, ImageSet, build_dataset
-from .folder import ImageFolder, load_folder_tensor
+from .folder import ImageFolder, labeled_folder_splits, load_folder_tensor
 from . import distributed as dist
 from .distributed import extract_features_sharded
 from .evaluate import knn_accuracy, linear_probe
@@ -81,9 +81,10 @@ def _net_of(byol, config: Config) -> nn.Module:
 
 
 def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSet, ImageSet]:
-    """The (train, test) labeled splits of the config's data set, or the first ``limit`` images of each."""
-    train, test = _labeled_splits(config)
-    if limit:
+    """The (train, test) labeled splits of the config's data set, or ``limit`` images of each (the
+    first ones; for a folder, spread evenly over it, so that every class is in)."""
+    train, test = _labeled_splits(config, limit)
+    if limit:  # a folder's splits come limited (evenly spread over the classes), the others here
         train, test = (_first(s, limit) for s in (train, test))
     return train, test
 
@@ -93,18 +94,16 @@ def _first(images: ImageSet, n: int) -> ImageSet:
                     None if images.indices is None else images.indices[:n])
 
 
-def _labeled_splits(config: Config) -> tuple[ImageSet, ImageSet]:
+def _labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSet, ImageSet]:
     d = config.data
     size = d.load_size or d.image_size
     if d.dataset == "folder":
-        root = Path(d.root)
-        test_name = "val" if (root / "val").is_dir() else "test"
-        sets = [build_dataset("folder", root, split, size, False) for split in ("train", test_name)]
-        if not all(isinstance(s, ImageFolder) and s.classes for s in sets) or \
-                not ((root / "train").is_dir() and (root / test_name).is_dir()):
-            raise DataError(f"evaluating on a folder needs {root}/train and {root}/val (or test), each with "
-                            "one sub-folder per class")
-        return tuple(load_folder_tensor(s, d.workers) for s in sets)
+        splits = labeled_folder_splits(d.root, size, d.workers, limit)
+        if splits is None:
+            raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
+                            f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
+                            "ROOT/train of such a layout: point --data.root at it")
+        return splits
     train = build_dataset(d.dataset, d.root, "train", size, d.download)
     test = build_dataset(d.dataset, d.root, "test", size, d.download)
     if train.labels is None:

@@ -17,7 +17,7 @@ from .backbones import resnet
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset
-from .folder import folder_loader, load_folder_tensor
+from .folder import folder_loader, labeled_folder_splits, load_folder_tensor
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import MetricsLog, plot_metrics
@@ -25,7 +25,7 @@ from .model import BYOL
 from .monitor import CollapseMonitor, effective_rank, normalized_std
 from .optim import build_optimizer
 from .schedules import cosine_lr, tau_schedule
-from .step import ViewsForward, compile_step, train_step
+from .step import ViewsForward, compile_step, keep_freed_memory, train_step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +72,11 @@ def views_of(config: Config):
         return view1, view2
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+# The kNN monitor on a folder decodes this many images of each labeled split into memory unless
+# train.knn_limit says otherwise (10,000 at 256x256 is 2 GB; all of ImageNet's would be 250 GB).
+FOLDER_KNN_LIMIT = 10_000
 
 
 @dataclass
@@ -129,6 +134,10 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         if t.knn_limit:
             knn_train, knn_test = (ImageSet(s.images[:t.knn_limit], s.labels[:t.knn_limit], s.classes)
                                    for s in (knn_train, knn_test))
+    elif t.knn_every >= 0 and d.dataset == "folder":  # ROOT/train with ROOT/val beside it: monitor on both
+        splits = labeled_folder_splits(d.root, size, d.workers, t.knn_limit or FOLDER_KNN_LIMIT)
+        if splits is not None:
+            knn_train, knn_test = splits
     return TrainData(batches, n, knn_train, knn_test, folder)
 
 
@@ -161,6 +170,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     amp = autocast_dtype(t.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
+    elif t.keep_freed_memory:
+        keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     if rank == 0:
@@ -280,7 +291,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     if rank == 0:
         log.close()
         if data.folder is not None:
-            data.folder.write_skipped(run_dir / "skipped_files.txt")
+            results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results

@@ -102,16 +102,20 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     assert saved["embeddings"].shape == (20, 64)
 
 
-def test_export_loads_into_plain_torchvision_resnet(tmp_path):
+@pytest.mark.parametrize("cifar_stem", [False, True])
+def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     from conftest import CIFAR10
     if not CIFAR10.is_dir():
         pytest.skip("real CIFAR-10 not found")
     run = tmp_path / "run"
-    byol("pretrain", "--config", "cifar10", f"--data.root={CIFAR10}", "--model.cifar_stem=false",
+    byol("pretrain", "--config", "cifar10", f"--data.root={CIFAR10}", f"--model.cifar_stem={cifar_stem}",
          *tiny_overrides(run, **{"model.width": 64, "train.max_steps": 1, "train.batch_size": 8,
                                  "train.knn_every": -1}))
     byol("export", run / "checkpoints" / "last.pt", "--out", tmp_path / "export")
     net = torchvision.models.resnet18()
+    if cifar_stem:  # the README's two lines for the CIFAR stem
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
     net.load_state_dict(torch.load(tmp_path / "export" / "encoder.pt", weights_only=True), strict=True)
     # The trunk carries the trained weights, not torchvision's initialization.
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -134,11 +138,31 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path):
                 "--data.image_size=32", "--data.workers=2",
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1, "data.limit": "null"}))
     assert "pretraining done" in proc.stdout
+    assert "unreadable files skipped  2 (listed in skipped_files.txt)" in proc.stdout
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
     # 42 files in batches of 6 is one epoch of 7 steps that visits every file; the bad ones are
     # dropped from their batches and the run goes on.
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 7
+
+
+def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path):
+    """The ImageNet layout: pretrain on ROOT/train (as configs/imagenet.yaml); the kNN monitor and
+    ``byol eval`` use ROOT/train and ROOT/val, evenly spread over the classes when limited."""
+    train = extract_jpegs(tmp_path / "imagenet" / "train", per_class=3)
+    extract_jpegs(tmp_path / "imagenet" / "val", per_class=2)
+    run = tmp_path / "run"
+    proc = byol("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={train}",
+                "--data.image_size=32", "--data.workers=0",
+                *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
+                                        "train.max_steps": 2}))
+    assert "kNN top-1 at random init" in proc.stdout and "kNN top-1 (k=200)" in proc.stdout, proc.stdout
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5)
+    assert "30 train / 20 test images" in proc.stdout, proc.stdout
+    proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10)
+    assert "10 train / 10 test images" in proc.stdout, proc.stdout
 
 
 def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, trained):
@@ -147,6 +171,7 @@ def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, trained):
                            check=False), "nowhere")
     assert_user_error(byol("pretrain", "--train.epohcs=3", check=False), "unknown config key 'train.epohcs'")
     assert_user_error(byol("pretrain", "--config", "cifar11", check=False), "unknown preset")
+    assert_user_error(byol("pretrain", "--model.backbone=resnet101", check=False), "model.backbone must be one of")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     assert_user_error(byol("eval", "knn", bad, check=False), str(bad))

@@ -36,6 +36,10 @@ def test_overrides_are_typed():
     ("--train.log_every=0", "train.log_every must be >= 1"),
     ("--train.batch_size=0", "train.batch_size must be >= 1"),
     ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
+    ("--model.backbone=resnet101", "model.backbone must be one of resnet18, resnet34, resnet50"),
+    ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),
+    ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
+    ("--train.precision=fp16", "train.precision must be auto, bf16 or fp32"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, build_dataset, load_cifar, load_stl10
-from byol.folder import ImageFolder, Skipped, folder_loader, load_folder_tensor
+from byol.folder import ImageFolder, Skipped, folder_loader, labeled_folder_splits, load_folder_tensor
+from conftest import extract_jpegs
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 CIFAR_BIN = SHARED / "cifar10" / "cifar-10-batches-bin"
@@ -274,6 +275,34 @@ def jpg_folder(tmp_path_factory):
     root = out / "test"
     odd, bad = _odd_images(root)
     return root, len(members), odd, bad
+
+
+def test_folder_order_is_a_function_of_the_epoch(jpg_folder):
+    """A resumed run rebuilds its loader and must see the epoch's order the first run saw."""
+    root = jpg_folder[0]
+
+    def order(epoch, loader=None):
+        loader = loader or folder_loader(ImageFolder(root, size=8), batch_size=50, workers=0, seed=3, drop_last=False)
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([i for _, _, i in loader]).tolist()
+
+    first_run = folder_loader(ImageFolder(root, size=8), batch_size=50, workers=0, seed=3, drop_last=False)
+    epochs = [order(e, first_run) for e in range(3)]
+    assert order(2) == epochs[2]  # a fresh loader, as after --resume in epoch 2
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert sorted(epochs[0]) == sorted(epochs[1])
+
+
+def test_labeled_folder_splits_spread_a_limit_over_every_class(tmp_path):
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=6)
+    assert labeled_folder_splits(tmp_path / "set", size=8) is None  # no val/ or test/ yet
+    extract_jpegs(tmp_path / "set" / "test", per_class=4)
+    for root in (tmp_path / "set", train):  # ROOT, or ROOT/train as a run trained on
+        bank, queries = labeled_folder_splits(root, size=8, limit=20)
+        assert len(bank) == len(queries) == 20 and bank.images.shape[1:] == (3, 8, 8)
+        assert torch.bincount(bank.labels).tolist() == [2] * 10  # the first 20 would be 4 classes
+        assert torch.bincount(queries.labels).tolist() == [2] * 10
+    assert len(labeled_folder_splits(train, size=8)[0]) == 60
 
 
 def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_table):
