@@ -21,7 +21,7 @@ from benchmarks import systems
 from benchmarks.speed import load_average, load_images, machine, sync
 from byol.config import Config
 from byol.data import TensorBatches
-from byol.step import ViewsForward, compile_step
+from byol.step import ViewsForward, compile_step, keep_freed_memory
 from byol.train import build_model
 
 PHASES = ("augment", "forward", "backward", "optimizer", "ema")
@@ -84,6 +84,8 @@ def main(argv=None) -> None:
                         "auto = what benchmarks.speed runs")
     p.add_argument("--data", default=str(systems_default_data()))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-keep-memory", action="store_true",
+                   help="CPU: leave glibc's malloc as it is (byol.train keeps freed memory: train.keep_freed_memory)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -91,6 +93,7 @@ def main(argv=None) -> None:
     steps = args.steps if args.steps is not None else (50 if cuda else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = not cuda and not args.no_keep_memory and keep_freed_memory()
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -108,7 +111,7 @@ def main(argv=None) -> None:
         for r in runs:
             samples[r.name].append(r.step())
     print(f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {warmup}, {steps} steps interleaved, "
-          f"{'bf16 autocast' if amp else 'float32'}; load average before {load_before}, after {load_average()}\n"
+          f"{'bf16 autocast' if amp else 'float32'}{', freed memory kept' if kept else ''}; load average before {load_before}, after {load_average()}\n"
           f"python -m benchmarks.profile_step " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     print("| variant | " + " | ".join(PHASES) + " | sum | images/s |")
     print("| --- |" + " ---: |" * (len(PHASES) + 2))

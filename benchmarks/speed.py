@@ -6,20 +6,26 @@
 
 The workload (the issue's): ResNet-18 with the CIFAR stem, CIFAR-10 32x32, batch 512, both views
 augmented, online forward and backward on both, target forward on both, optimizer step, EMA update.
-Each system first runs ``--warmup`` steps (compilation, allocator, cuDNN/oneDNN autotuning); then
-``--repeats`` rounds, each timing ``--steps`` steps of every system in turn (the order rotates from
-round to round, so a change of machine load hits all systems alike). The table gives the median
-round. Run with the venv's python to include the peers; without them only this project is timed.
+Each system runs in a process of its own (what one does to its process, such as our allocator
+setting or lightly's DataLoader workers, touches no other). Each first runs ``--warmup`` steps
+(compilation, allocator, cuDNN/oneDNN autotuning); then ``--repeats`` rounds, each running every
+system in turn for ``--settle`` untimed and ``--steps`` timed steps (the order rotates from round
+to round, so a change of machine load hits all systems alike), after which the system's process
+hands its free memory back. The table gives the median round. Run with the venv's python to
+include the peers; without them only this project is timed.
 """
 
 import argparse
+import ctypes
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -58,6 +64,11 @@ def machine(device: torch.device) -> str:
     return text
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -65,57 +76,148 @@ def load_average() -> str:
         return "?"
 
 
-def build(names: list[str], images, args, device, amp) -> list:
+PEERS = ("byol-pytorch", "lightly")
+
+
+def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
+    """One system by its ``--systems`` name."""
+    if name == "byol":
+        return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw)
+    if name == "byol-eager":  # ablation: the same step without torch.compile
+        return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
+                            name="byol, eager")
+    if name == "byol-nchw":  # ablation: the same step in the default NCHW layout
+        return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False,
+                            name="byol, NCHW")
+    if name == "byol-nokeep":  # ablation: freed memory handed back to the system, glibc's default
+        return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw,
+                            keep_memory=False, name="byol, freed memory handed back")
+    if name == "byol-pytorch":
+        return systems.BYOLPytorch(images, args.batch, device, amp if args.peer_amp else None)
+    if name == "lightly":
+        return systems.Lightly(images, args.batch, device, amp if args.peer_amp else None, args.workers)
+    raise ValueError(f"unknown system {name!r}")
+
+
+def setup(args, device: torch.device) -> Optional[torch.dtype]:
+    """Threads and backend flags, the same in every process; returns our autocast dtype."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return None
+
+
+def serve(conn, name: str, args) -> None:
+    """A system's own process: build it, then time the steps the parent asks for, one batch at a time.
+
+    Each system runs in a process of its own, so that what one does to the process (our step keeps
+    freed memory in the C allocator, ``byol.step.keep_freed_memory``; lightly starts DataLoader
+    workers) touches no other system, as when each is run by a user.
+    """
+    device = torch.device(args.device)
+    amp = setup(args, device)
+    peer = name in PEERS
+    if args.peer_keep_memory and peer:
+        from byol.step import keep_freed_memory
+
+        keep_freed_memory()
+    images, source = load_images(args.data, device)
+    torch.manual_seed(0)
+    try:
+        system = make(name, images, args, device, amp)
+    except ImportError as e:
+        conn.send(("skip", f"{e} (run benchmarks/setup_peers.sh and use benchmarks/.venv/bin/python)"))
+        return
+    notes = system.notes + ("; our allocator setting (--peer-keep-memory)" if args.peer_keep_memory and peer else "")
+    conn.send(("ready", system.name, notes, source))
+    while (request := conn.recv()) is not None:
+        settle, steps = request
+        for _ in range(settle):
+            system.step()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            system.step()
+        sync(device)
+        seconds = time.perf_counter() - t0
+        release_memory()
+        conn.send(seconds)
+
+
+def release_memory() -> None:
+    """Hand this process's free heap memory back to the system (glibc's ``malloc_trim``).
+
+    Called after each round, outside the timing, in every system's process alike: an idle system
+    must not hold the memory of its last step while another one runs (our step keeps it by
+    design; at batch 512 that is ~7 GB of a 24 GB machine, enough to make the others' page faults
+    slower). The next round's settling steps bring the system back to its steady state.
+    """
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class Remote:
+    """The parent's handle on a system running in its own process (see :func:`serve`)."""
+
+    def __init__(self, name: str, args):
+        context = mp.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child, name, args))
+        self.process.start()
+        child.close()
+        reply = self._recv(name)
+        self.skipped = reply[1] if reply[0] == "skip" else None
+        self.name, self.notes, self.source = (name, "", "") if self.skipped else reply[1:]
+
+    def _recv(self, name: str):
+        try:
+            return self.conn.recv()
+        except EOFError:
+            raise SystemExit(f"the process timing {name} died (exit code {self.process.join() or self.process.exitcode})")
+
+    def seconds(self, steps: int, settle: int = 0) -> float:
+        """Run ``settle`` untimed steps there, then ``steps`` timed ones; their wall time, measured
+        there between device syncs."""
+        self.conn.send((settle, steps))
+        return self._recv(self.name)
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def build(names: list[str], args) -> list[Remote]:
     built = []
     for name in names:
-        try:
-            if name == "byol":
-                built.append(systems.Ours(images, args.batch, device, amp, compile=args.compile,
-                                          channels_last=not args.nchw))
-            elif name == "byol-eager":  # ablation: the same step without torch.compile
-                s = systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw)
-                s.name = "byol, eager"
-                built.append(s)
-            elif name == "byol-nchw":  # ablation: the same step in the default NCHW layout
-                s = systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False)
-                s.name = "byol, NCHW"
-                built.append(s)
-            elif name == "byol-pytorch":
-                built.append(systems.BYOLPytorch(images, args.batch, device, amp if args.peer_amp else None))
-            elif name == "lightly":
-                built.append(systems.Lightly(images, args.batch, device, amp if args.peer_amp else None,
-                                             args.workers))
-            else:
-                raise SystemExit(f"unknown system {name!r}")
-        except ImportError as e:
-            print(f"skipping {name}: {e} (run benchmarks/setup_peers.sh and use benchmarks/.venv/bin/python)",
-                  file=sys.stderr)
+        remote = Remote(name, args)
+        if remote.skipped:
+            print(f"skipping {name}: {remote.skipped}", file=sys.stderr)
+            remote.close()
+        else:
+            built.append(remote)
     return built
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(built: list, args, device) -> dict[str, list[float]]:
+def measure(built: list[Remote], args) -> dict[str, list[float]]:
     """Warm up each system, then time interleaved rounds; images/s of every round, per system."""
     for s in built:
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            s.step()
-        sync(device)
-        print(f"  warm-up {s.name}: {args.warmup} steps in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        seconds = s.seconds(args.warmup)
+        print(f"  warm-up {s.name}: {args.warmup} steps in {seconds:.1f} s", file=sys.stderr)
     rates: dict[str, list[float]] = {s.name: [] for s in built}
     for r in range(args.repeats):
         order = built[r % len(built):] + built[:r % len(built)]
         for s in order:
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                s.step()
-            sync(device)
-            rates[s.name].append(args.steps * args.batch / (time.perf_counter() - t0))
+            rates[s.name].append(args.steps * args.batch / s.seconds(args.steps, args.settle))
         print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
               + f" images/s (load {load_average()})", file=sys.stderr)
     return rates
@@ -140,13 +242,18 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=None, help="steps per system before timing (cuda 15, cpu 1)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (cuda 5, cpu 3)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per round (cuda 20, cpu 1)")
+    p.add_argument("--settle", type=int, default=None,
+                   help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
     p.add_argument("--systems", default="byol,byol-pytorch,lightly",
-                   help="comma-separated: byol, byol-pytorch, lightly, and the ablations byol-eager, byol-nchw")
+                   help="comma-separated: byol, byol-pytorch, lightly, and the ablations byol-eager, byol-nchw, "
+                        "byol-nokeep")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
     p.add_argument("--nchw", action="store_true", help="run our step in NCHW instead of channels_last")
     p.add_argument("--peer-amp", action="store_true",
                    help="give the peers bf16 autocast too (their docs run float32)")
+    p.add_argument("--peer-keep-memory", action="store_true",
+                   help="give the peers' processes our allocator setting too (byol.step.keep_freed_memory)")
     p.add_argument("--workers", type=int, default=systems.default_workers(), help="lightly's DataLoader workers")
     p.add_argument("--data", default=str(DEFAULT_CIFAR), help="CIFAR-10 root, or 'random'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -157,22 +264,21 @@ def main(argv=None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
     args.repeats = args.repeats if args.repeats is not None else (5 if cuda else 3)
     args.steps = args.steps if args.steps is not None else (20 if cuda else 1)
+    args.settle = args.settle if args.settle is not None else (0 if cuda else 1)
     args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-    images, source = load_images(args.data, device)
-    torch.manual_seed(0)
-    built = build(args.systems.split(","), images, args, device, amp)
+    amp = setup(args, device)
+    built = build(args.systems.split(","), args)
+    source = built[0].source if built else args.data
     load_before = load_average()
-    rates = measure(built, args, device)
+    try:
+        rates = measure(built, args)
+    finally:
+        for s in built:
+            s.close()
     command = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {args.warmup}, {args.repeats} rounds x "
-              f"{args.steps} steps, optimizer LARS for all, ours {'bf16 autocast' if amp else 'float32'}, "
+              f"({args.settle} untimed + {args.steps} timed) steps, each system in its own process, "
+              f"optimizer LARS for all, ours {'bf16 autocast' if amp else 'float32'}, "
               f"peers {'bf16 autocast' if amp and args.peer_amp else 'float32'}"
               f"{' (TF32 matmuls and convolutions on for all)' if cuda else ''}\n"
               f"load average (1/5/15 min) before {load_before}, after {load_average()}\n{command}")

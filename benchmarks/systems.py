@@ -21,7 +21,7 @@ from byol.config import Config
 from byol.data import TensorBatches
 from byol.optim import LARS, param_groups
 from byol.schedules import cosine_lr, tau_schedule
-from byol.step import ViewsForward, compile_step, train_step
+from byol.step import ViewsForward, compile_step, keep_freed_memory, train_step
 from byol.train import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
@@ -66,7 +66,11 @@ class Ours:
     name = "byol (this project)"
 
     def __init__(self, images: torch.Tensor, batch: int, device: torch.device, amp: Optional[torch.dtype],
-                 compile: bool, channels_last: bool = True, seed: int = 0):
+                 compile: bool, channels_last: bool = True, keep_memory: bool = True, seed: int = 0,
+                 name: Optional[str] = None):
+        if keep_memory and device.type == "cpu":  # as byol.train.pretrain does (train.keep_freed_memory)
+            keep_memory = keep_freed_memory()
+        self.name = name or self.name
         config = Config()
         config.train.batch_size = batch
         self.byol = build_model(config).to(device)
@@ -81,7 +85,8 @@ class Ours:
         self.loss_sum = torch.zeros((), device=device)  # read once at the end: no host sync per step
         self.notes = (f"per-image crops/jitter/grayscale/solarize, paper's T and T' (CIFAR: no blur); "
                       f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
-                      f"{', bf16' if amp else ''}")
+                      f"{', bf16' if amp else ''}"
+                      f"{', freed memory kept' if keep_memory and device.type == 'cpu' else ''}")
 
     def step(self) -> None:
         images = next(self.batches)
