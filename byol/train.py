@@ -106,6 +106,8 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     source = build_dataset(d.dataset, d.root, d.train_split, size, d.download)
     folder = None
     if not isinstance(source, ImageSet):
+        if d.limit:  # before decoding anything
+            source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source
         if d.on_device == "true":  # small folders: decode once, then train from device memory
             source = load_folder_tensor(source, d.workers)
