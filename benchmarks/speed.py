@@ -152,7 +152,7 @@ def release_memory() -> None:
     """Hand this process's free heap memory back to the system (glibc's ``malloc_trim``).
 
     Called after each round, outside the timing, in every system's process alike: an idle system
-    must not hold the memory of its last step while another one runs (our step keeps it by
+    must not hold the host memory of its last step while another one runs (our step keeps it by
     design; at batch 512 that is ~7 GB of a 24 GB machine, enough to make the others' page faults
     slower). The next round's settling steps bring the system back to its steady state.
     """
@@ -177,7 +177,8 @@ class Remote:
         try:
             return self.conn.recv()
         except EOFError:
-            raise SystemExit(f"the process timing {name} died (exit code {self.process.join() or self.process.exitcode})")
+            self.process.join(timeout=60)
+            raise SystemExit(f"the process timing {name} died (exit code {self.process.exitcode})") from None
 
     def seconds(self, steps: int, settle: int = 0) -> float:
         """Run ``settle`` untimed steps there, then ``steps`` timed ones; their wall time, measured
@@ -196,8 +197,9 @@ class Remote:
             self.process.kill()
 
 
-def build(names: list[str], args) -> list[Remote]:
-    built = []
+def build(names: list[str], args, built: list[Remote]) -> None:
+    """Start a process for each system, appending to ``built`` as they come up (so that the caller
+    can close those already started if a later one fails)."""
     for name in names:
         remote = Remote(name, args)
         if remote.skipped:
@@ -205,7 +207,8 @@ def build(names: list[str], args) -> list[Remote]:
             remote.close()
         else:
             built.append(remote)
-    return built
+    if not built:
+        raise SystemExit("no system to time")
 
 
 def measure(built: list[Remote], args) -> dict[str, list[float]]:
@@ -267,10 +270,11 @@ def main(argv=None) -> dict:
     args.settle = args.settle if args.settle is not None else (0 if cuda else 1)
     args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
     amp = setup(args, device)
-    built = build(args.systems.split(","), args)
-    source = built[0].source if built else args.data
-    load_before = load_average()
+    built: list[Remote] = []
     try:
+        build(args.systems.split(","), args, built)
+        source = built[0].source
+        load_before = load_average()
         rates = measure(built, args)
     finally:
         for s in built:

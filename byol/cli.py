@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         e = ev_sub.add_parser(name, help=text)
         e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
         e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
-        e.add_argument("--limit", type=int, help="use only the first N images of each split (quick checks)")
+        e.add_argument("--limit", type=int, help="use only N images of each split (the first N; for a folder, spread over its classes)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
                        "from (same architecture and seed, untrained): the baseline to beat")
         if name == "knn":

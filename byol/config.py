@@ -28,7 +28,8 @@ class DataConfig:
     load_size: Optional[int] = None   # folder: decode to this square before device crops (default 8/7 x image_size)
     workers: int = 4                  # decoding processes for image folders
     on_device: str = "auto"           # keep the set as one uint8 tensor on the device: auto | true | false
-    limit: Optional[int] = None       # use only the first N training images (quick runs, tests)
+    limit: Optional[int] = None       # use only the first N training images (quick runs, tests; a folder's
+                                      # first N files in sorted order)
 
 
 @dataclass
@@ -200,7 +201,9 @@ def validate(config: Config) -> Config:
              ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
              ("optim.name", config.optim.name.lower() in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
              ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
-             ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N")]
+             ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N"),
+             ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
+             ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null")]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} must be {rule}")
@@ -209,7 +212,7 @@ def validate(config: Config) -> Config:
 
 def _is_device(name: str) -> bool:
     if name == "auto":
-        return True
+        return True  # torch's own names (cpu, cuda, cuda:N, and mps, xpu, ...) pass below
     try:
         torch.device(name)
         return True

@@ -253,7 +253,7 @@ def labeled_folder_splits(root: Union[str, Path], size: int, workers: int = 0,
     ``ROOT/train`` itself (what a run trained on). ``limit`` takes that many images of each split,
     spread evenly over it. None when the folders are not laid out so.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     if root.name == "train" and not (root / "train").is_dir():
         root = root.parent
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"

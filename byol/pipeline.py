@@ -121,7 +121,8 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False) -> dict:
     """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``.
 
-    ``limit`` evaluates on the first N images of each split only (quick checks); ``random_init``
+    ``limit`` evaluates on N images of each split only (the first N; a folder's spread over its
+    classes); ``random_init``
     evaluates the encoder the run started from (see :func:`load_encoder`).
     """
     net, config = load_encoder(path, overrides, random_init)

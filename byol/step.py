@@ -73,8 +73,10 @@ def keep_freed_memory() -> bool:
     keeps what was freed, so each step reuses the previous step's memory, as PyTorch's caching
     allocator does on the GPU. The cost: the process holds on to its peak memory until it exits.
 
-    It changes the whole process, from now on. Returns False, changing nothing, where the C
-    library is not glibc (macOS, Windows, musl).
+    It changes the whole process, from now on, and cannot be undone (``byol.pretrain`` on a CPU
+    calls it unless ``train.keep_freed_memory`` is false). It covers the main thread's heap, where
+    the training step allocates; other threads' heaps still ``mmap`` blocks over 64 MiB. Returns
+    False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

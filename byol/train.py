@@ -74,8 +74,9 @@ def views_of(config: Config):
         raise ConfigError(str(e)) from None
 
 
-# The kNN monitor on a folder decodes this many images of each labeled split into memory unless
-# train.knn_limit says otherwise (10,000 at 256x256 is 2 GB; all of ImageNet's would be 250 GB).
+# The kNN monitor on a folder decodes this many images of each labeled split into memory, in every
+# process, unless train.knn_limit says otherwise (10,000 at 256x256 is 2 GB a split; all of
+# ImageNet's train split would be 250 GB).
 FOLDER_KNN_LIMIT = 10_000
 
 
@@ -140,6 +141,9 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         splits = labeled_folder_splits(d.root, size, d.workers, t.knn_limit or FOLDER_KNN_LIMIT)
         if splits is not None:
             knn_train, knn_test = splits
+        elif rank == 0:
+            print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) beside "
+                  "it, both with the same class sub-folders", file=sys.stderr)
     return TrainData(batches, n, knn_train, knn_test, folder)
 
 
@@ -161,6 +165,10 @@ class NonFiniteLossError(FloatingPointError):
 
 def pretrain(config: Config, resume: bool = False) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics.
+
+    On a CPU it first makes this process's C allocator keep freed memory
+    (:func:`~byol.step.keep_freed_memory`, for the rest of the process's life) unless
+    ``config.train.keep_freed_memory`` is false.
 
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
