@@ -56,6 +56,13 @@ class ImageSet:
 
         return ImageSet(move(self.images), move(self.labels), self.classes, move(self.indices))
 
+    def first(self, n: int) -> "ImageSet":
+        """The first ``n`` images (all of them when there are fewer)."""
+        def head(t):
+            return None if t is None else t[:n]
+
+        return ImageSet(self.images[:n], head(self.labels), self.classes, head(self.indices))
+
 
 # ----------------------------------------------------------------------------------- files
 

@@ -83,18 +83,6 @@ def _net_of(byol, config: Config) -> nn.Module:
 def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSet, ImageSet]:
     """The (train, test) labeled splits of the config's data set, or ``limit`` images of each (the
     first ones; for a folder, spread evenly over it, so that every class is in)."""
-    train, test = _labeled_splits(config, limit)
-    if limit:  # a folder's splits come limited (evenly spread over the classes), the others here
-        train, test = (_first(s, limit) for s in (train, test))
-    return train, test
-
-
-def _first(images: ImageSet, n: int) -> ImageSet:
-    return ImageSet(images.images[:n], None if images.labels is None else images.labels[:n], images.classes,
-                    None if images.indices is None else images.indices[:n])
-
-
-def _labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSet, ImageSet]:
     d = config.data
     size = d.load_size or d.image_size
     if d.dataset == "folder":
@@ -108,7 +96,7 @@ def _labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageS
     test = build_dataset(d.dataset, d.root, "test", size, d.download)
     if train.labels is None:
         raise DataError(f"{d.dataset} train split has no labels to evaluate with")
-    return train, test
+    return (train.first(limit), test.first(limit)) if limit else (train, test)
 
 
 def features(net: nn.Module, config: Config, images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -163,7 +151,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
         source = load_folder_tensor(folder, d.workers)
         paths = [folder.path(int(i)) for i in source.indices]
     if limit:
-        source = _first(source, limit)
+        source = source.first(limit)
         paths = paths[:limit] if paths is not None else None
     emb = features(net, config, source.images, device)
     out = Path(out)

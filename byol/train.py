@@ -114,8 +114,7 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
             source = load_folder_tensor(source, d.workers)
     if isinstance(source, ImageSet):
         if d.limit:
-            source = ImageSet(source.images[:d.limit], None if source.labels is None else source.labels[:d.limit],
-                              source.classes)
+            source = source.first(d.limit)
         labels = source.labels.to(device) if source.labels is not None else None
         batches = TensorBatches(source.images.to(device), labels, per_rank, generator=t.seed,
                                 rank=rank, world_size=world)
@@ -135,8 +134,7 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         knn_train = build_dataset(d.dataset, d.root, "train", size, False)
         knn_test = build_dataset(d.dataset, d.root, "test", size, False)
         if t.knn_limit:
-            knn_train, knn_test = (ImageSet(s.images[:t.knn_limit], s.labels[:t.knn_limit], s.classes)
-                                   for s in (knn_train, knn_test))
+            knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
     elif t.knn_every >= 0 and d.dataset == "folder":  # ROOT/train with ROOT/val beside it: monitor on both
         splits = labeled_folder_splits(d.root, size, d.workers, t.knn_limit or FOLDER_KNN_LIMIT)
         if splits is not None:
