@@ -67,11 +67,12 @@ def keep_freed_memory() -> bool:
     glibc serves each block over 32 MiB (at batch 512, every activation of a CIFAR ResNet's first
     stage) with a fresh ``mmap`` and unmaps it when the tensor is freed, and it trims the top of
     its heap the same way: the next step's tensors of the same sizes fault their pages in again,
-    each page zeroed by the kernel. On a 2-core CPU that is 1.4 million page faults and 2.4 of
-    9.3 seconds of a ResNet-18 forward and backward at batch 512 (BENCHMARKS.md). With ``mmap``
+    each page zeroed by the kernel. On a 2-core CPU that is 1.4 million page faults and about 2
+    of 8.7 seconds of a ResNet-18 forward and backward at batch 512 (BENCHMARKS.md). With ``mmap``
     off, large blocks come from the heap, and with the trim threshold at its maximum the heap
     keeps what was freed, so each step reuses the previous step's memory, as PyTorch's caching
-    allocator does on the GPU. The cost: the process holds on to its peak memory until it exits.
+    allocator does on the GPU. The cost: the process holds on to its peak memory, and the
+    fragmentation of its first steps, until it exits (3.3 -> 5.9 GB there).
 
     It changes the whole process, from now on, and cannot be undone (``byol.pretrain`` on a CPU
     calls it unless ``train.keep_freed_memory`` is false). It covers the main thread's heap, where
