@@ -1,12 +1,15 @@
-"""Where the time of one step of this project goes: augmentation, forward, backward, optimizer, EMA.
+"""Where the time of one step of this project goes: augmentation, forward, backward, optimizer, EMA,
+and the loop's non-finite guard and on-device metrics.
 
     python -m benchmarks.profile_step --device cpu --batch 128 --steps 5
-    python -m benchmarks.profile_step --device cuda --steps 50 --compile on
+    python -m benchmarks.profile_step --device cuda --variants compiled-cl,eager-cl,eager-nchw
 
-The phases are those of ``byol.step.train_step`` followed by the EMA update, run one by one with a
-device synchronization between them (so, unlike the real step, nothing overlaps; on the GPU the
-sum is a little above the step's time). ``--variants`` times several settings interleaved, step by
-step, so that a change of machine load hits them alike; the table gives the median per phase.
+The phases are those of ``byol.step.LoopStep`` (pretrain's loop body): ``train_step``, the EMA
+update, the guard's snapshot and settle (``byol.faults.NonFiniteGuard``, summed as "guard") and the
+metrics summed on the device, run one by one with a device synchronization between them (so,
+unlike the real step, nothing overlaps; on the GPU the sum is a little above the step's time).
+``--variants`` times several settings interleaved, step by step, so that a change of machine load
+hits them alike; the table gives the median per phase.
 """
 
 import argparse
@@ -21,10 +24,12 @@ from benchmarks import systems
 from benchmarks.speed import load_average, load_images, machine, sync
 from byol.config import Config
 from byol.data import TensorBatches
+from byol.faults import NonFiniteGuard
+from byol.monitor import normalized_std
 from byol.step import ViewsForward, compile_step, keep_freed_memory
 from byol.train import build_model
 
-PHASES = ("augment", "forward", "backward", "optimizer", "ema")
+PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metrics")
 
 
 class Phased:
@@ -41,6 +46,8 @@ class Phased:
             self.forward, self.augment = compile_step(self.forward, self.byol)
         self.batches = systems.Cycle(TensorBatches(images, None, batch, generator=0))
         self.generator = torch.Generator(device=device).manual_seed(0)
+        self.guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
+        self.sums = torch.zeros(3, device=device)
         self.device, self.amp = device, amp
         self.name = f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
 
@@ -54,22 +61,29 @@ class Phased:
             nonlocal t
             sync(device)
             now = time.perf_counter()
-            times[phase] = now - t
+            times[phase] = times.get(phase, 0.0) + now - t
             t = now
 
+        self.guard.snapshot()
+        mark("guard")
         view1 = self.augment[0](images, self.generator)
         view2 = self.augment[1](images, self.generator)
         mark("augment")
         with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            loss, _ = self.forward(view1, view2)
+            loss, z1 = self.forward(view1, view2)
         mark("forward")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         mark("backward")
         self.optimizer.step()
         mark("optimizer")
+        ok = self.guard.settle(loss.detach())
+        mark("guard")
         self.byol.update_target(0.996)
         mark("ema")
+        okf = ok.float()  # as LoopStep sums its metrics
+        self.sums += torch.stack([torch.where(ok, loss.detach(), 0.0), normalized_std(z1) * okf, okf])
+        mark("metrics")
         return times
 
 

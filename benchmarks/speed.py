@@ -89,6 +89,9 @@ def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
     if name == "byol-nchw":  # ablation: the same step in the default NCHW layout
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False,
                             name="byol, NCHW")
+    if name == "byol-fp32":  # ablation: the same step without bf16 autocast
+        return systems.Ours(images, args.batch, device, None, compile=args.compile, channels_last=not args.nchw,
+                            name="byol, float32")
     if name == "byol-nokeep":  # ablation: freed memory handed back to the system, glibc's default
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw,
                             keep_memory=False, name="byol, freed memory handed back")
@@ -145,7 +148,7 @@ def serve(conn, name: str, args) -> None:
         sync(device)
         seconds = time.perf_counter() - t0
         release_memory()
-        conn.send(seconds)
+        conn.send((seconds, getattr(system, "compile_status", lambda: None)()))
 
 
 def release_memory() -> None:
@@ -184,7 +187,10 @@ class Remote:
         """Run ``settle`` untimed steps there, then ``steps`` timed ones; their wall time, measured
         there between device syncs."""
         self.conn.send((settle, steps))
-        return self._recv(self.name)
+        seconds, compile_status = self._recv(self.name)
+        if compile_status and compile_status not in self.notes:
+            self.notes += f"; {compile_status}"
+        return seconds
 
     def close(self) -> None:
         if self.process.is_alive():
@@ -249,7 +255,7 @@ def main(argv=None) -> dict:
                    help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
     p.add_argument("--systems", default="byol,byol-pytorch,lightly",
                    help="comma-separated: byol, byol-pytorch, lightly, and the ablations byol-eager, byol-nchw, "
-                        "byol-nokeep")
+                        "byol-fp32, byol-nokeep")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
     p.add_argument("--nchw", action="store_true", help="run our step in NCHW instead of channels_last")

@@ -19,9 +19,9 @@ from torch import nn
 from byol.backbones import resnet
 from byol.config import Config
 from byol.data import TensorBatches
+from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
-from byol.schedules import cosine_lr, tau_schedule
-from byol.step import ViewsForward, compile_step, keep_freed_memory, train_step
+from byol.step import LoopStep, ViewsForward, compile_step, keep_freed_memory
 from byol.train import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
@@ -61,7 +61,8 @@ class Cycle:
 
 
 class Ours:
-    """This project: the loop body of ``byol.train.pretrain`` (less its logging)."""
+    """This project: the body of ``byol.train.pretrain``'s loop (``byol.step.LoopStep``: schedules,
+    non-finite guard, step, EMA, metrics summed on the device), less the reads every ``log_every`` steps."""
 
     name = "byol (this project)"
 
@@ -75,28 +76,33 @@ class Ours:
         config.train.batch_size = batch
         self.byol = build_model(config).to(device)
         self.optimizer = make_optimizer(nn.ModuleList([self.byol.online, self.byol.predictor]), batch)
-        self.forward = ViewsForward(self.byol, channels_last=channels_last)
-        self.augment = None
+        forward, augment = ViewsForward(self.byol, channels_last=channels_last), None
         if compile:
-            self.forward, self.augment = compile_step(self.forward, self.byol)
+            forward, augment = compile_step(forward, self.byol)
+        self.compiled_parts = [forward, *(a.compiled for a in augment)] if compile else []
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.amp, self.base_lr, self.steps = amp, OPTIMIZER["lr"] * batch / 256, 0
-        self.loss_sum = torch.zeros((), device=device)  # read once at the end: no host sync per step
+        generator = torch.Generator(device=device).manual_seed(seed)
+        guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
+        self.loop_step = LoopStep(forward, self.byol, self.optimizer, generator, amp, augment, guard,
+                                  lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
+                                  tau_base=0.996)
+        self.steps = 0
         self.notes = (f"per-image crops/jitter/grayscale/solarize, paper's T and T' (CIFAR: no blur); "
                       f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
                       f"{', bf16' if amp else ''}"
                       f"{', freed memory kept' if keep_memory and device.type == 'cpu' else ''}")
 
     def step(self) -> None:
-        images = next(self.batches)
-        for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(self.steps, TOTAL_STEPS, self.base_lr, 10 * 97)
-        tau = tau_schedule(self.steps, TOTAL_STEPS, 0.996)
-        loss, _ = train_step(self.forward, self.byol, self.optimizer, images, self.generator, self.amp, self.augment)
-        self.byol.update_target(tau)
-        self.loss_sum += loss
+        self.loop_step(self.steps, next(self.batches))
         self.steps += 1
+
+    def compile_status(self) -> Optional[str]:
+        """None when eager was asked for; else whether the compiled loss computation and augmentations
+        are in use, or which fell back to eager (and why): the table must not call an eager run compiled."""
+        failed = [part for part in self.compiled_parts if not part.is_compiled]
+        if not self.compiled_parts or not failed:
+            return None
+        return f"COMPILE FAILED for {len(failed)} of {len(self.compiled_parts)} parts, eager there ({failed[0].error!r:.200})"
 
 
 class BYOLPytorch:

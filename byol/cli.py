@@ -85,7 +85,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         if "knn" in results:
             rows.append((f"kNN top-1 (k={k})", f"{results['knn'][k]:.2f}%"))
         if "knn_init" in results:
-            rows.append((f"kNN top-1 at random init", f"{results['knn_init'][k]:.2f}%"))
+            rows.append(("kNN top-1 at random init", f"{results['knn_init'][k]:.2f}%"))
         if "skipped_files" in results:
             rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
         rows.append(("run directory", config.train.out_dir))

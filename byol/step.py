@@ -15,6 +15,7 @@ the step fast lives here:
 """
 
 import ctypes
+import math
 import platform
 import warnings
 from typing import Callable, Optional, Sequence
@@ -23,7 +24,10 @@ import torch
 from torch import nn
 
 from .augment import Augment
+from .faults import NonFiniteGuard
 from .model import BYOL
+from .monitor import effective_rank, normalized_std
+from .schedules import cosine_lr, tau_schedule
 
 AugmentFn = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 
@@ -55,6 +59,61 @@ def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, i
     loss.backward()
     optimizer.step()
     return loss.detach(), z1
+
+
+class LoopStep:
+    """One iteration of the pretraining loop, as ``byol.train.pretrain`` runs it and
+    ``benchmarks.speed`` times it: the schedules, the non-finite guard's snapshot,
+    :func:`train_step`, the guard's settle, the EMA update, and the metrics summed on the device.
+
+    Nothing in a call reads a value back to the host; :meth:`read` does, every ``log_every`` steps.
+
+    Args:
+        forward, byol, optimizer, generator, amp, augment: as for :func:`train_step`.
+        guard: the :class:`~byol.faults.NonFiniteGuard` over the online branch, predictor and optimizer.
+        lr: the peak learning rate (already scaled by the batch size).
+        warmup_steps, total_steps, tau_base: the schedules' (:mod:`byol.schedules`).
+    """
+
+    def __init__(self, forward: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer,
+                 generator: Optional[torch.Generator], amp: Optional[torch.dtype],
+                 augment: Optional[Sequence[AugmentFn]], guard: NonFiniteGuard, lr: float, warmup_steps: int,
+                 total_steps: int, tau_base: float):
+        self.forward, self.byol, self.optimizer, self.generator = forward, byol, optimizer, generator
+        self.amp, self.augment, self.guard = amp, augment, guard
+        self.lr, self.warmup_steps, self.total_steps, self.tau_base = lr, warmup_steps, total_steps, tau_base
+        self.sums = torch.zeros(3, device=guard.streak.device)  # loss, z std, good steps since the last read
+        self.tau = tau_base
+
+    def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on ``images`` (a uint8 batch on the device) as global step ``step``; returns (loss, z1)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(step, self.total_steps, self.lr, self.warmup_steps)
+        self.tau = tau_schedule(step, self.total_steps, self.tau_base)
+        self.guard.snapshot()
+        loss, z1 = train_step(self.forward, self.byol, self.optimizer, images, self.generator, self.amp,
+                              self.augment)
+        ok = self.guard.settle(loss)
+        self.byol.update_target(self.tau)
+        okf = ok.float()
+        self.sums += torch.stack([torch.where(ok, loss, 0.0), normalized_std(z1) * okf, okf])
+        return loss, z1
+
+    def read(self, z1: torch.Tensor) -> dict:
+        """The host sync: the means since the last read, the effective rank of ``z1`` (the last
+        batch's projections; an SVD, which syncs on CUDA by itself, so it is computed here only)
+        and the guard's counts."""
+        loss_sum, std_sum, good = self.sums.tolist()
+        self.sums.zero_()
+        eff_rank = effective_rank(z1).item() if torch.isfinite(z1).all() else float("nan")
+        mean = (lambda v: v / good) if good else (lambda v: float("nan"))
+        record = {"train/loss": mean(loss_sum), "monitor/z_std": mean(std_sum), "monitor/effective_rank": eff_rank,
+                  "train/nonfinite_streak": self.guard.reset_max(),
+                  "train/skipped_steps": int(self.guard.skipped.item()),
+                  "train/lr": self.optimizer.param_groups[0]["lr"], "train/tau": self.tau}
+        record["monitor/z_std_ratio"] = record["monitor/z_std"] * math.sqrt(z1.shape[1])
+        record["monitor/effective_rank_ratio"] = eff_rank / min(z1.shape)
+        return record
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -166,6 +225,7 @@ def compiled_augment(augment: Augment) -> AugmentFn:
         b, _, height, width = images.shape
         return apply(images, augment.sample_params(b, height, width, generator, images.device))
 
+    run.compiled = apply  # for a caller that reports whether compiling worked
     return run
 
 

@@ -1,6 +1,5 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
-import math
 import signal
 import sys
 import time
@@ -22,10 +21,9 @@ from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import MetricsLog, plot_metrics
 from .model import BYOL
-from .monitor import CollapseMonitor, effective_rank, normalized_std
+from .monitor import CollapseMonitor
 from .optim import build_optimizer
-from .schedules import cosine_lr, tau_schedule
-from .step import ViewsForward, compile_step, keep_freed_memory, train_step
+from .step import LoopStep, ViewsForward, compile_step, keep_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,8 +218,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     augment = None  # byol's own view recipes
-    if t.compile:  # forward+backward and both augmentations; eager where compiling fails
-        forward, augment = compile_step(forward, byol)
+    if t.compile is True or (t.compile == "auto" and device.type == "cuda"):
+        forward, augment = compile_step(forward, byol)  # loss and both augmentations; eager where that fails
     extra: dict = {}
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator,  # noqa: E731
                                         extra=extra)
@@ -230,8 +228,11 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     if data.knn_train is not None and step == 0:
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
-    meter = _Meter(device, step, CollapseMonitor())
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
+    loop_step = LoopStep(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
+                         t.tau_base)
+    monitor = CollapseMonitor()
+    last_time, last_step = time.perf_counter(), step
     batches = None
     with StopRequest() as stop:
         while step < end_step:
@@ -246,24 +247,19 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 batches = data.epoch(epoch)
                 images, _, _ = next(batches)
             images = images.to(device, non_blocking=True)  # streamed folders: pinned CPU -> device
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total_steps, lr, warmup_steps)
-            tau = tau_schedule(step, total_steps, t.tau_base)
-            guard.snapshot()
-            loss, z1 = train_step(forward, byol, optimizer, images, generator, amp, augment)
-            ok = guard.settle(loss)
-            byol.update_target(tau)
+            loss, z1 = loop_step(step, images)
             step += 1
-            meter.add(loss, z1, ok)
             if progress is not None:
                 progress.update(t.batch_size)
             stopping = stop.requested if world == 1 else False
             if step % t.log_every == 0 or step == end_step:
-                record = meter.read(step, t.batch_size, z1, guard)
-                record.update({"train/lr": optimizer.param_groups[0]["lr"], "train/tau": tau})
+                record = loop_step.read(z1)  # the host sync, once every log_every steps
+                now = time.perf_counter()
+                record["train/images_per_s"] = (step - last_step) * t.batch_size / (now - last_time)
+                last_time, last_step = now, step
                 if log is not None:
                     log.log(step, **record)
-                warning = meter.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"],
+                warning = monitor.check(record["monitor/z_std"], record["monitor/effective_rank"],
                                               z1.shape[1], step)
                 if warning and rank == 0:
                     _warn(warning, run_dir)
@@ -303,35 +299,6 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results
-
-
-class _Meter:
-    """Training metrics accumulated on the device and read every ``log_every`` steps."""
-
-    def __init__(self, device: torch.device, step: int, monitor: CollapseMonitor):
-        self.sums = torch.zeros(3, device=device)  # loss, z std, good steps
-        self.monitor = monitor
-        self.last_time, self.last_step = time.perf_counter(), step
-
-    def add(self, loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> None:
-        okf = ok.float()
-        self.sums += torch.stack([torch.where(ok, loss, 0.0), normalized_std(z1) * okf, okf])
-
-    def read(self, step: int, batch_size: int, z1: torch.Tensor, guard: NonFiniteGuard) -> dict:
-        """The one host sync: means since the last read, this batch's effective rank (an SVD,
-        which syncs on CUDA by itself, so it is computed here only) and the non-finite streak."""
-        now = time.perf_counter()
-        loss_sum, std_sum, good = self.sums.tolist()
-        eff_rank = effective_rank(z1).item() if torch.isfinite(z1).all() else float("nan")
-        mean = (lambda v: v / good) if good else (lambda v: float("nan"))
-        record = {"train/loss": mean(loss_sum), "monitor/z_std": mean(std_sum), "monitor/effective_rank": eff_rank,
-                  "train/images_per_s": (step - self.last_step) * batch_size / (now - self.last_time),
-                  "train/nonfinite_streak": guard.reset_max(), "train/skipped_steps": int(guard.skipped.item())}
-        record["monitor/z_std_ratio"] = record["monitor/z_std"] * math.sqrt(z1.shape[1])
-        record["monitor/effective_rank_ratio"] = eff_rank / min(z1.shape)
-        self.sums.zero_()
-        self.last_time, self.last_step = now, step
-        return record
 
 
 def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int) -> dict[int, float]:

@@ -1,5 +1,4 @@
 import os
-import io
 import tarfile
 from pathlib import Path
 

@@ -86,7 +86,7 @@ def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
         pairs = list(zip(trained_net.parameters(), init_net.parameters()))
         assert len(pairs) > 40
         assert all(torch.equal(a, b) for a, b in pairs) == same, (lr, data)
-    proc = byol("eval", "knn", ckpt, "--limit", 100, "--random-init")
+    byol("eval", "knn", ckpt, "--limit", 100, "--random-init")
     assert json.loads((run / "checkpoints" / "last_knn_random_init.json").read_text())["random_init"] is True
 
 

@@ -10,7 +10,6 @@ Without a predictor the loss then falls to ~0 in a few dozen steps: every image 
 import json
 import math
 
-import pytest
 
 from byol.cli import main
 from conftest import tiny_overrides

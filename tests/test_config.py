@@ -40,10 +40,17 @@ def test_overrides_are_typed():
     ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),
     ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
     ("--train.precision=fp16", "train.precision must be auto, bf16 or fp32"),
+    ("--train.compile=maybe", "train.compile must be true, false or auto"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cifar10", [override])
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
+def test_compile_is_auto_or_a_bool(value, expected):
+    assert Config().train.compile == "auto"  # on for a GPU, off for a CPU (train.pretrain)
+    assert load_config("cifar10", [f"--train.compile={value}"]).train.compile == expected
 
 
 def test_yaml_file_and_its_errors(tmp_path):
@@ -66,3 +73,15 @@ def test_saved_config_round_trips(tmp_path):
     save_config(c, tmp_path / "config.yaml")
     assert load_config(str(tmp_path / "config.yaml")) == c
     assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c
+
+
+def test_presets_are_found_in_a_source_checkout_that_is_not_installed(monkeypatch):
+    # On PYTHONPATH without `pip install`, the package byol.configs does not exist: configs/ is used.
+    import byol.config
+
+    def not_installed(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(byol.config.resources, "files", not_installed)
+    assert "cifar10" in preset_names()
+    assert load_config("cifar10").train.batch_size == 512

@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard
@@ -36,11 +37,13 @@ def test_nonfinite_step_is_undone_exactly():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     guard = NonFiniteGuard([model], opt, torch.device("cpu"))
-    for _ in range(2):  # a good step keeps its update
+    for _ in range(2):  # a good step keeps its update, bit for bit
         guard.snapshot()
         loss = model(torch.randn(16, 4)).pow(2).mean()
         opt.zero_grad(), loss.backward(), opt.step()
+        stepped = {k: v.clone() for k, v in model.state_dict().items()}
         assert guard.settle(loss)
+        assert all(torch.equal(v, stepped[k]) for k, v in model.state_dict().items())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     momentum = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
     guard.snapshot()
@@ -168,18 +171,72 @@ def test_bad_requests(tmp_path, cifar, fault_table):
 
 
 def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifar, fault_table):
-    import byol.train
+    import byol.step
     from byol import cli
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
 
-    monkeypatch.setattr(byol.train, "train_step", oom)
+    monkeypatch.setattr(byol.step, "train_step", oom)
     code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "run", **{"train.knn_every": -1})])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines() == [
         "byol: error: the batch does not fit in memory; lower train.batch_size (e.g. --train.batch_size=128)"]
     fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2")
+
+
+def test_nonfinite_step_is_undone_for_every_dtype():
+    # The restore works on the tensors' bits (integer views of their width): check each width, with
+    # values whose bit patterns are negative integers (negative floats), NaN and infinities; compared
+    # bit for bit (NaN too).
+    values = torch.tensor([-2.5, 0.0, 1.0, float("nan"), float("-inf"), -0.0])
+    model = nn.Module()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex128):
+        model.register_parameter("p_" + str(dtype).split(".")[1], nn.Parameter(values.to(dtype)))
+    model.register_buffer("count", torch.tensor(7, dtype=torch.int64))
+    model.register_buffer("flags", torch.tensor([True, False]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad in (True, False):
+        guard.snapshot()
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                t.copy_(torch.ones_like(t) * 3 if t.dtype != torch.bool else ~t)
+        stepped = {k: v.clone() for k, v in model.state_dict().items()}
+        ok = guard.settle(torch.tensor(float("nan") if bad else 1.0))
+        assert bool(ok) is not bad
+        expected = before if bad else stepped
+        for k, v in model.state_dict().items():
+            assert torch.equal(v.reshape(-1).view(torch.uint8), expected[k].reshape(-1).view(torch.uint8)), (k, bad)
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _settle_ops(layers: int) -> int:
+    model = nn.Sequential(*[m for _ in range(layers) for m in (nn.Linear(4, 4), nn.BatchNorm1d(4))])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    for _ in range(2):  # the second step has momentum to guard as well
+        guard.snapshot()
+        loss = model(torch.randn(8, 4)).sum()
+        opt.zero_grad(), loss.backward(), opt.step()
+        with _CountOps() as ops:
+            guard.settle(loss)
+    return ops.count
+
+
+def test_settle_dispatches_a_fixed_number_of_ops_whatever_the_model_size():
+    # On a GPU every op is a kernel launch: a few foreach ops for 10 or 400 tensors, not one each.
+    assert _settle_ops(2) == _settle_ops(40) < 30
 
 
 def test_optimizer_state_created_by_a_nonfinite_first_step_is_cleared():

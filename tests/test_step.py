@@ -18,7 +18,8 @@ from byol.backbones import resnet
 from byol.data import TensorBatches
 from byol.model import BYOL
 from byol.optim import build_optimizer
-from byol.step import Compiled, ViewsForward, compile_step, compiled_augment, train_step
+from byol.faults import NonFiniteGuard
+from byol.step import Compiled, LoopStep, ViewsForward, compile_step, compiled_augment, train_step
 
 SIZE = 16
 
@@ -95,6 +96,22 @@ def test_compiled_and_eager_steps_give_the_same_loss():
     torch.testing.assert_close(torch.stack(losses_compiled), torch.stack(losses_eager), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.gpu
+def test_compiled_and_eager_steps_give_the_same_loss_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    eager = tiny_byol().to(device)
+    compiled = copy.deepcopy(eager)
+    batch = images(16, device=device)
+    losses_eager = run_steps(eager, ViewsForward(eager), batch, steps=3, device=device)
+    forward, augment = compile_step(ViewsForward(compiled), compiled)
+    losses_compiled = run_steps(compiled, forward, batch, steps=3, augment=augment, device=device)
+    assert forward.is_compiled, forward.error
+    assert all(a.compiled.is_compiled for a in augment), [a.compiled.error for a in augment]
+    torch.testing.assert_close(torch.stack(losses_compiled), torch.stack(losses_eager), rtol=1e-3, atol=1e-3)
+
+
 def test_compiled_augment_gives_the_same_views():
     augment = Augment(cifar_views(SIZE)[1])
     batch = images()
@@ -152,27 +169,26 @@ def host_reads(monkeypatch):
 
 
 def loop_steps(byol, forward, batches, generator, steps, device, augment=None):
-    """The body of train.py's loop: next batch, step, EMA, accumulate the loss on the device."""
+    """Steps of pretrain's loop body (``LoopStep``: schedules, guard, step, EMA, metrics on the device)."""
     optimizer = optimizer_of(byol)
-    loss_sum = torch.zeros((), device=device)
+    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, torch.device(device))
+    loop_step = LoopStep(forward, byol, optimizer, generator, None, augment, guard, lr=0.1, warmup_steps=2,
+                         total_steps=100, tau_base=0.99)
     it = iter(batches)
-    for _ in range(steps):
+    for step in range(steps):
         batch, _, _ = next(it)
-        for group in optimizer.param_groups:
-            group["lr"] = 0.1
-        loss, z1 = train_step(forward, byol, optimizer, batch, generator, None, augment)
-        byol.update_target(0.99)
-        loss_sum += loss
-    return loss_sum
+        loop_step(step, batch)
+    return loop_step
 
 
 def test_loop_step_reads_nothing_back_to_the_host(host_reads):
     byol = tiny_byol()
     batches = TensorBatches(images(64), None, 8, generator=0)
-    loss_sum = loop_steps(byol, ViewsForward(byol), batches, torch.Generator().manual_seed(0), 3, "cpu")
+    loop_step = loop_steps(byol, ViewsForward(byol), batches, torch.Generator().manual_seed(0), 3, "cpu")
     assert host_reads == {}
-    loss_sum.item()  # the counter does see a read
-    assert host_reads == {"item": 1}
+    record = loop_step.read(torch.randn(8, 16))  # the counter does see the reads every log_every steps
+    assert host_reads.get("tolist") == 1 and host_reads.get("item", 0) >= 2
+    assert record["train/skipped_steps"] == 0 and record["train/loss"] > 0
 
 
 @pytest.mark.gpu
@@ -191,10 +207,10 @@ def test_loop_step_makes_no_cuda_sync(compile):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss_sum = loop_steps(byol, forward, batches, generator, 3, device, augment)
+        loop_step = loop_steps(byol, forward, batches, generator, 3, device, augment)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(loss_sum)
+    assert loop_step.read(torch.randn(8, 16, device=device))["train/skipped_steps"] == 0
 
 
 # "Steps" that each allocate and free tensors above glibc's largest mmap threshold (32 MiB), as a

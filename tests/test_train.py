@@ -1,4 +1,6 @@
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +80,35 @@ def test_run_directory_contents(tmp_path, cifar10_root):
     # The learning rate follows warm-up from the scaled base: lr x batch / 256.
     lrs = [r["train/lr"] for r in records if "train/lr" in r]
     assert max(lrs) <= config.optim.lr * 16 / 256 + 1e-12
+
+
+def fake_cifar10(root: Path, per_file: int = 64) -> Path:
+    """CIFAR-10's binary layout with ``per_file`` random records per file (for machines without the data)."""
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = rng.integers(0, 256, (per_file, 3073), dtype=np.uint8)
+        records[:, 0] %= 10  # the label byte
+        records.tofile(folder / name)
+    return root
+
+
+@pytest.mark.gpu
+def test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes(tmp_path):
+    """The real loop on a GPU as the cifar10 preset runs it there (compiled, bf16 autocast, data and
+    augmentation on the device), with the kNN monitor, a checkpoint, and a resume. GPU kernels are
+    not bitwise deterministic, so this checks that it runs and stays finite, not equality."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    root = fake_cifar10(tmp_path / "data")
+    cuda = {"train.device": "cuda", "train.compile": True, "train.knn_every": 0, "train.knn_limit": 64}
+    first = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **cuda, **{"train.max_steps": 3})
+                                 + [f"--data.root={root}"]))
+    assert first["step"] == 3 and math.isfinite(first["loss"]) and 0 <= first["knn"][200] <= 100
+    rest = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **cuda, **{"train.max_steps": 6})
+                                + [f"--data.root={root}"]), resume=True)
+    assert rest["step"] == 6 and math.isfinite(rest["loss"])
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point())

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Issue #5's GPU reproduction: `byol pretrain --config cifar10` (ResNet-18 with the CIFAR stem,
+# batch 512, 200 epochs) on the lent GPU machine, over several calls, then kNN and the linear probe.
+#
+# A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in three pieces.
+# Here, before each call (copies two or three of the files, and MD5SUMS, into .data/c10, git-ignored):
+#   bash benchmarks/gpu_cifar10.sh stage 1     # data_batch_1, data_batch_2
+#   bash benchmarks/gpu_cifar10.sh stage 2     # data_batch_3, data_batch_4
+#   bash benchmarks/gpu_cifar10.sh stage 3     # data_batch_5, test_batch, batches.meta.txt
+# There (device tool: carry [".data/c10"]; no carry once all are there), the same command each call:
+#   bash benchmarks/gpu_cifar10.sh run
+# Each run moves what was carried into ~/byol-cifar10 (it stays while the machine is warm: make the
+# calls back to back). Once all six files are there and match MD5SUMS it trains, resuming, for at
+# most TRAIN_SECONDS (default 480; a call may run 10 minutes) and stops cleanly with a checkpoint
+# (SIGTERM); once the 200 epochs are done it evaluates the online encoder and the same encoder at
+# random init: kNN (k = 20, 200) and the linear probe. It copies the log, metrics, config, plots
+# and results.json (with the summed wall clock of the training calls) to $OUT (or gpu-results/).
+# EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
+# the script itself on a small budget.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python="${PYTHON:-python3}"
+
+case "${1:-}" in
+stage)
+    shared="${SHARED:-../shared/data/cifar10}"
+    case "${2:-}" in
+        1) files="data_batch_1.bin data_batch_2.bin" ;;
+        2) files="data_batch_3.bin data_batch_4.bin" ;;
+        3) files="data_batch_5.bin test_batch.bin batches.meta.txt" ;;
+        *) echo "usage: $0 stage 1|2|3" >&2; exit 2 ;;
+    esac
+    rm -rf .data/c10 && mkdir -p .data/c10 || exit 1
+    for f in $files; do cp "$shared/cifar-10-batches-bin/$f" .data/c10/ || exit 1; done
+    cp "$shared/MD5SUMS" .data/c10/ || exit 1
+    du -sh .data/c10
+    exit 0 ;;
+run) ;;
+*) echo "usage: $0 stage 1|2|3 (here) | run (on the GPU machine)" >&2; exit 2 ;;
+esac
+
+out="${OUT:-gpu-results}"
+mkdir -p "$out"
+exec > >(tee -a "$out/gpu_cifar10.log") 2>&1
+export PYTHONUNBUFFERED=1
+home="${BYOL_CIFAR10_HOME:-$HOME/byol-cifar10}"
+data="$home/data/cifar-10-batches-bin"
+run_dir="$home/run"
+mkdir -p "$data"
+if compgen -G ".data/c10/*" > /dev/null; then  # what this call carried
+    mv .data/c10/MD5SUMS "$home/data/MD5SUMS"
+    mv .data/c10/* "$data/"
+fi
+needed="data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin test_batch.bin"
+missing=""
+for f in $needed; do [ -f "$data/$f" ] || missing="$missing $f"; done
+if [ -n "$missing" ]; then
+    echo "CIFAR-10 here so far: $(cd "$data" && ls | tr '\n' ' '); still to carry:$missing"
+    exit 0
+fi
+(cd "$home/data" && grep ' cifar-10-batches-bin/' MD5SUMS | md5sum --check --quiet) \
+    || { echo "CIFAR-10 files do not match MD5SUMS: stage and carry them again"; exit 1; }
+echo "CIFAR-10 complete in $data, MD5SUMS match"
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this project from the checkout, not installed
+device="${DEVICE:-cuda}"
+# shellcheck disable=SC2086  # EXTRA is a list of overrides
+common="--config cifar10 --data.root=$home/data --train.out_dir=$run_dir --train.device=$device ${EXTRA:-}"
+ckpt="$run_dir/checkpoints/last.pt"
+
+if [ ! -f "$home/train_done" ]; then
+    resume=""
+    [ -f "$ckpt" ] && resume="--resume"
+    echo "=== training, at most ${TRAIN_SECONDS:-480}s this call${resume:+, resuming}"
+    start=$(date +%s)
+    # shellcheck disable=SC2086
+    timeout -s TERM -k 120 "${TRAIN_SECONDS:-480}" "$python" -m byol pretrain $common $resume \
+        --train.progress=false
+    rc=$?
+    echo "$(( $(date +%s) - start ))" >> "$home/train_seconds.txt"
+    case $rc in
+        0) touch "$home/train_done"; echo "=== training complete" ;;
+        124|143) echo "=== stopped at this call's time budget, checkpoint saved: run this again to go on" ;;
+        *) echo "=== training failed (exit $rc)" ;;
+    esac
+fi
+if [ -f "$home/train_done" ]; then
+    for init in "" "--random-init"; do
+        tag="${init:+_random_init}"
+        # shellcheck disable=SC2086
+        [ -f "$run_dir/checkpoints/last_knn$tag.json" ] || "$python" -m byol eval knn "$ckpt" --k 20 200 $init \
+            --data.root="$home/data" --train.device="$device" ${EVAL_ARGS:-}
+        # shellcheck disable=SC2086
+        [ -f "$run_dir/checkpoints/last_linear$tag.json" ] || "$python" -m byol eval linear "$ckpt" $init \
+            --data.root="$home/data" --train.device="$device" ${EVAL_ARGS:-}
+    done
+fi
+
+"$python" - "$run_dir" "$home/train_seconds.txt" "$out/results.json" <<'PY'
+import json, sys
+from pathlib import Path
+run, seconds_file, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+results = {"train_calls_seconds": [int(x) for x in seconds_file.read_text().split()] if seconds_file.is_file() else []}
+results["train_wall_clock_s"] = sum(results["train_calls_seconds"])
+for name in ("knn", "linear", "knn_random_init", "linear_random_init"):
+    path = run / "checkpoints" / f"last_{name}.json"
+    if path.is_file():
+        results[name] = json.loads(path.read_text())
+metrics = run / "metrics.jsonl"
+if metrics.is_file():
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    results["last_step"] = rows[-1]["step"] if rows else 0
+    results["knn_monitor"] = [(r["step"], r["eval/knn_top1"]) for r in rows if "eval/knn_top1" in r]
+    rates = [r["train/images_per_s"] for r in rows if "train/images_per_s" in r]
+    results["images_per_s_median"] = sorted(rates)[len(rates) // 2] if rates else None
+out.write_text(json.dumps(results, indent=2))
+print(json.dumps({k: v for k, v in results.items() if k != "knn_monitor"}, indent=2))
+PY
+for f in metrics.jsonl config.yaml knn.png collapse.png loss.png; do
+    [ -f "$run_dir/$f" ] && cp "$run_dir/$f" "$out/"
+done
+exit 0

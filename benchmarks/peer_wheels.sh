@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The peers as wheels, for a GPU machine that reaches no package registry (benchmarks/gpu_speed.sh).
+#
+# Downloads byol-pytorch and lightly, and those of their requirements that the lent GPU machine's
+# image lacks (beartype, hydra-core, omegaconf, antlr4-python3-runtime; it has torch, torchvision,
+# einops, accelerate, pytorch-lightning, torchmetrics, numpy, tqdm), into .whl/ (git-ignored), for
+# Python 3.12 on x86-64 Linux. All of them are pure Python. Run it here, where pip reaches PyPI:
+#
+#   bash benchmarks/peer_wheels.sh [DIR]      (default: .whl in the repository root)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+dir="${1:-.whl}"
+mkdir -p "$dir"
+python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "${PYTHON_VERSION:-3.12}" \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$dir" \
+    "byol-pytorch==${BYOL_PYTORCH_VERSION:-0.9.1}" "lightly==${LIGHTLY_VERSION:-1.6.0}" \
+    beartype==0.23.1 hydra-core==1.3.8 omegaconf==2.3.1
+# hydra-core pins antlr4-python3-runtime 4.9.*, published as source only: build its wheel here.
+python3 -m pip wheel --quiet --no-deps -w "$dir" antlr4-python3-runtime==4.9.3
+ls -l "$dir"
