@@ -12,9 +12,10 @@
 # Each run moves what was carried into ~/byol-cifar10 (it stays while the machine is warm: make the
 # calls back to back). Once all six files are there and match MD5SUMS it trains, resuming, for at
 # most TRAIN_SECONDS (default 480; a call may run 10 minutes) and stops cleanly with a checkpoint
-# (SIGTERM); once the 200 epochs are done it evaluates the online encoder and the same encoder at
-# random init: kNN (k = 20, 200) and the linear probe. It copies the log, metrics, config, plots
-# and results.json (with the summed wall clock of the training calls) to $OUT (or gpu-results/).
+# (SIGTERM); once the 200 epochs are done it evaluates, as far as the call's BUDGET (default 560 s)
+# allows, the online encoder and the same encoder at random init: kNN (k = 20, 200) and the linear
+# probe. It copies the log, metrics, config, plots and results.json to $OUT (or gpu-results/); the
+# wall clock there is the sum of the training calls, each with its start-up and compile.
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
 set -uo pipefail
@@ -43,7 +44,8 @@ out="${OUT:-gpu-results}"
 mkdir -p "$out"
 exec > >(tee -a "$out/gpu_cifar10.log") 2>&1
 export PYTHONUNBUFFERED=1
-home="${BYOL_CIFAR10_HOME:-$HOME/byol-cifar10}"
+call_end=$(( $(date +%s) + ${BUDGET:-560} ))  # this call's end, under the device tool's 10 minutes
+home="${BYOL_CIFAR10_HOME:-${HOME:-/tmp}/byol-cifar10}"
 data="$home/data/cifar-10-batches-bin"
 run_dir="$home/run"
 mkdir -p "$data"
@@ -68,31 +70,41 @@ device="${DEVICE:-cuda}"
 common="--config cifar10 --data.root=$home/data --train.out_dir=$run_dir --train.device=$device ${EXTRA:-}"
 ckpt="$run_dir/checkpoints/last.pt"
 
+status=0
 if [ ! -f "$home/train_done" ]; then
     resume=""
     [ -f "$ckpt" ] && resume="--resume"
     echo "=== training, at most ${TRAIN_SECONDS:-480}s this call${resume:+, resuming}"
     start=$(date +%s)
+    # --foreground: the signal goes to byol alone (it finishes the step and writes the checkpoint),
+    # not to torch.compile's worker processes.
     # shellcheck disable=SC2086
-    timeout -s TERM -k 120 "${TRAIN_SECONDS:-480}" "$python" -m byol pretrain $common $resume \
+    timeout --foreground -s TERM -k 120 "${TRAIN_SECONDS:-480}" "$python" -m byol pretrain $common $resume \
         --train.progress=false
     rc=$?
     echo "$(( $(date +%s) - start ))" >> "$home/train_seconds.txt"
     case $rc in
         0) touch "$home/train_done"; echo "=== training complete" ;;
-        124|143) echo "=== stopped at this call's time budget, checkpoint saved: run this again to go on" ;;
-        *) echo "=== training failed (exit $rc)" ;;
+        124|143) echo "=== stopped at this call's time budget: run this again to go on from the last checkpoint" ;;
+        *) echo "=== training FAILED (exit $rc)"; status=$rc ;;
     esac
 fi
+evaluate() {  # evaluate PROTOCOL [--random-init]: once, and only if this call has time left for it
+    local tag="${2:+_random_init}"
+    [ -f "$run_dir/checkpoints/last_$1$tag.json" ] && return
+    if [ $(( call_end - $(date +%s) )) -lt 90 ]; then
+        echo "=== eval $1${2:+ $2}: no time left in this call; run this again"
+        return
+    fi
+    # shellcheck disable=SC2086
+    timeout -k 10 $(( call_end - $(date +%s) )) "$python" -m byol eval "$1" "$ckpt" ${2:-} \
+        $([ "$1" = knn ] && echo --k 20 200) --data.root="$home/data" --train.device="$device" ${EVAL_ARGS:-} \
+        || { echo "=== eval $1${2:+ $2} FAILED"; [ "$status" -ne 0 ] || status=1; }
+}
 if [ -f "$home/train_done" ]; then
-    for init in "" "--random-init"; do
-        tag="${init:+_random_init}"
-        # shellcheck disable=SC2086
-        [ -f "$run_dir/checkpoints/last_knn$tag.json" ] || "$python" -m byol eval knn "$ckpt" --k 20 200 $init \
-            --data.root="$home/data" --train.device="$device" ${EVAL_ARGS:-}
-        # shellcheck disable=SC2086
-        [ -f "$run_dir/checkpoints/last_linear$tag.json" ] || "$python" -m byol eval linear "$ckpt" $init \
-            --data.root="$home/data" --train.device="$device" ${EVAL_ARGS:-}
+    for init in "" --random-init; do
+        evaluate knn $init
+        evaluate linear $init
     done
 fi
 
@@ -119,4 +131,4 @@ PY
 for f in metrics.jsonl config.yaml knn.png collapse.png loss.png; do
     [ -f "$run_dir/$f" ] && cp "$run_dir/$f" "$out/"
 done
-exit 0
+exit "$status"

@@ -2,22 +2,30 @@
 # Issue #4's GPU measurements in one command, for the lent GPU machine (or any CUDA machine).
 #
 #   bash benchmarks/peer_wheels.sh      # here, once: the peers as wheels in .whl/ (git-ignored)
-#   bash benchmarks/gpu_speed.sh        # there (device tool: carry [".whl"]); about 8 minutes
+#   bash benchmarks/gpu_speed.sh        # there (device tool: carry [".whl"], timeout_s 600)
 #
-# Parts, most important first, each under its own time limit so that one that hangs leaves the
-# others their time: the speed table of all three systems with our ablations in the same run
-# (compile off, NCHW, float32), the GPU tests (`-m gpu`: no CUDA sync in the loop's step, eager
-# and compiled; compiled and eager losses equal), and the phase profile. What it prints also goes to
-# $OUT/gpu_speed.log (or gpu-results/), the table to $OUT/speed.json. DEVICE=cpu SPEED_ARGS=...
-# runs the same script on a CPU, to try the script itself.
+# Parts, most important first, each under its own time limit and all within BUDGET seconds
+# (default 560, under a call's 10 minutes), so that one that hangs or compiles for long leaves
+# the next its time:
+#   1. speed: the table of the three systems, with our eager ablation (one compile);
+#   2. gpu-tests: `pytest -m gpu` (no CUDA sync in the loop's step, eager and compiled; compiled
+#      and eager losses equal; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume;
+#      CUDA augmentations equal to the CPU's);
+#   3. ablations: our step without channels_last, without bf16 (two more compiles);
+#   4. profile: where a step's time goes, compiled and eager.
+# A part cut short keeps what it wrote (the speed JSONs are written after every round). On a warm
+# machine a second call is faster: torch.compile's caches stay in /tmp. Output: $OUT (or
+# gpu-results/): gpu_speed.log, speed.json, ablations.json. The exit code is that of the first
+# part that failed. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
-exec > >(tee -a "$out/gpu_speed.log") 2>&1
+exec > >(tee "$out/gpu_speed.log") 2>&1
 export PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 device="${DEVICE:-cuda}"
+deadline=$(( $(date +%s) + ${BUDGET:-560} ))
 
 # This project from the checkout (on PYTHONPATH, not installed), the peers from wheels into a folder
 # on PYTHONPATH beside it: that machine reaches no package registry.
@@ -37,21 +45,38 @@ print(", ".join(f"{n} {md.version(n) if n in {d.metadata['Name'] for d in md.dis
                 for n in names), f"| {os.cpu_count()} CPUs | cuda {torch.cuda.is_available()}")
 PY
 
-part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit and report how it ended
-    local name="$1" limit="$2" start rc
+status=0
+part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is left of BUDGET)
+    local name="$1" limit="$2" left start rc
     shift 2
+    left=$(( deadline - $(date +%s) - 15 ))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 30 ]; then
+        echo "=== $name: skipped, the budget is spent (run the script again on the warm machine)"
+        [ "$status" -ne 0 ] || status=3
+        return
+    fi
     echo "=== $name (limit ${limit}s): $*"
     start=$(date +%s)
     timeout -k 10 "$limit" "$@"
     rc=$?
-    echo "=== $name: exit $rc after $(( $(date +%s) - start ))s$([ $rc -eq 124 ] && echo ' (TIME LIMIT)')"
+    case $rc in
+        0) echo "=== $name: done in $(( $(date +%s) - start ))s" ;;
+        124|137) echo "=== $name: TIME LIMIT after $(( $(date +%s) - start ))s" ;;
+        *) echo "=== $name: FAILED with exit $rc after $(( $(date +%s) - start ))s" ;;
+    esac
+    [ "$status" -ne 0 ] || status=$rc
 }
 
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
-part speed "${SPEED_LIMIT:-330}" "$python" -m benchmarks.speed --device "$device" \
-    --systems byol,byol-pytorch,lightly,byol-eager,byol-nchw,byol-fp32 --json "$out/speed.json" ${SPEED_ARGS:-}
-part gpu-tests "${TESTS_LIMIT:-120}" "$python" -m pytest -q -p no:cacheprovider -m gpu tests/
+part speed 240 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-pytorch,lightly,byol-eager \
+    --json "$out/speed.json" ${SPEED_ARGS:-}
+part gpu-tests 150 "$python" -m pytest -q -p no:cacheprovider -m gpu tests/
 # shellcheck disable=SC2086
-part profile "${PROFILE_LIMIT:-120}" "$python" -m benchmarks.profile_step --device "$device" \
-    --variants compiled-cl,eager-cl ${PROFILE_ARGS:-}
-echo "=== done; results in $out"
+part ablations 200 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-nchw,byol-fp32 \
+    --json "$out/ablations.json" ${SPEED_ARGS:-}
+# shellcheck disable=SC2086
+part profile 120 "$python" -m benchmarks.profile_step --device "$device" --variants compiled-cl,eager-cl \
+    ${PROFILE_ARGS:-}
+echo "=== done (exit $status); results in $out"
+exit "$status"

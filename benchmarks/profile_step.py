@@ -44,6 +44,7 @@ class Phased:
         self.augment = (self.byol.augment_fn, self.byol.augment_fn2)
         if compile:
             self.forward, self.augment = compile_step(self.forward, self.byol)
+        self.compiled_parts = [self.forward, *(a.compiled for a in self.augment)] if compile else []
         self.batches = systems.Cycle(TensorBatches(images, None, batch, generator=0))
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
@@ -129,10 +130,13 @@ def main(argv=None) -> None:
           f"python -m benchmarks.profile_step " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     print("| variant | " + " | ".join(PHASES) + " | sum | images/s |")
     print("| --- |" + " ---: |" * (len(PHASES) + 2))
-    for name, rows in samples.items():
+    for r in runs:
+        rows = samples[r.name]
         med = {ph: statistics.median(row[ph] for row in rows) for ph in PHASES}
         total = statistics.median(sum(row.values()) for row in rows)
         cells = " | ".join(f"{med[ph] * 1e3:,.1f} ms ({med[ph] / total:.0%})" for ph in PHASES)
+        failed = [p for p in r.compiled_parts if not p.is_compiled]
+        name = r.name + (f" (COMPILE FAILED for {len(failed)} parts: eager there)" if failed else "")
         print(f"| {name} | {cells} | {total * 1e3:,.1f} ms | {args.batch / total:,.1f} |")
 
 

@@ -217,8 +217,9 @@ def build(names: list[str], args, built: list[Remote]) -> None:
         raise SystemExit("no system to time")
 
 
-def measure(built: list[Remote], args) -> dict[str, list[float]]:
-    """Warm up each system, then time interleaved rounds; images/s of every round, per system."""
+def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float]]:
+    """Warm up each system, then time interleaved rounds; images/s of every round, per system
+    (``after_round(rates)`` is called after each round)."""
     for s in built:
         seconds = s.seconds(args.warmup)
         print(f"  warm-up {s.name}: {args.warmup} steps in {seconds:.1f} s", file=sys.stderr)
@@ -229,6 +230,8 @@ def measure(built: list[Remote], args) -> dict[str, list[float]]:
             rates[s.name].append(args.steps * args.batch / s.seconds(args.steps, args.settle))
         print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
               + f" images/s (load {load_average()})", file=sys.stderr)
+        if after_round is not None:
+            after_round(rates)
     return rates
 
 
@@ -281,21 +284,33 @@ def main(argv=None) -> dict:
         build(args.systems.split(","), args, built)
         source = built[0].source
         load_before = load_average()
-        rates = measure(built, args)
+        # The JSON after every round too: a run cut short (a time limit) keeps the rounds it finished.
+        rates = measure(built, args, lambda rates: report(built, rates, args, source, amp, load_before, argv,
+                                                          final=False))
     finally:
         for s in built:
             s.close()
+    return report(built, rates, args, source, amp, load_before, argv, final=True)
+
+
+def report(built: list[Remote], rates: dict[str, list[float]], args, source: str, amp, load_before: str, argv,
+           final: bool) -> dict:
+    """The header and table (printed when ``final``) and the JSON (``--json``), from the rounds so far."""
+    device = torch.device(args.device)
+    rounds = min(len(r) for r in rates.values())
     command = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = (f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {args.warmup}, {args.repeats} rounds x "
+    header = (f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {args.warmup}, {rounds} rounds x "
               f"({args.settle} untimed + {args.steps} timed) steps, each system in its own process, "
               f"optimizer LARS for all, ours {'bf16 autocast' if amp else 'float32'}, "
               f"peers {'bf16 autocast' if amp and args.peer_amp else 'float32'}"
-              f"{' (TF32 matmuls and convolutions on for all)' if cuda else ''}\n"
+              f"{' (TF32 matmuls and convolutions on for all)' if device.type == 'cuda' else ''}\n"
               f"load average (1/5/15 min) before {load_before}, after {load_average()}\n{command}")
     result = table(built, rates)
-    print(header + "\n\n" + result)
-    out = {"machine": machine(device), "args": vars(args), "rates": rates, "table": result,
-           "load_before": load_before, "load_after": load_average()}
+    out = {"machine": machine(device), "args": vars(args), "rates": rates, "table": result, "header": header,
+           "load_before": load_before, "load_after": load_average(),
+           "complete": final, "rounds_done": rounds, "rounds_asked": args.repeats}
+    if final:
+        print(header + "\n\n" + result)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

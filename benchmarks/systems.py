@@ -79,7 +79,7 @@ class Ours:
         forward, augment = ViewsForward(self.byol, channels_last=channels_last), None
         if compile:
             forward, augment = compile_step(forward, self.byol)
-        self.compiled_parts = [forward, *(a.compiled for a in augment)] if compile else []
+        self.compiled_parts = [forward, *(a.compiled for a in augment if hasattr(a, "compiled"))] if compile else []
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
         generator = torch.Generator(device=device).manual_seed(seed)
         guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)

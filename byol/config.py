@@ -68,8 +68,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto (bf16 on GPUs that have it) | bf16 | fp32
-    compile: Union[bool, str] = "auto"  # torch.compile the training step: auto = on a GPU (on a CPU it
-                                      # does not pay for its compile time); eager where compiling fails
+    compile: Union[bool, str] = "auto"  # torch.compile the training step: auto = on for one GPU, off on a
+                                      # CPU (it does not pay there) and under torchrun (not tested there);
+                                      # eager where compiling fails
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak)
     out_dir: str = "runs/byol"

@@ -46,12 +46,16 @@ class NonFiniteGuard:
                 if isinstance(v, torch.Tensor) and v.device == self.streak.device]
 
     def _tensors(self) -> list[torch.Tensor]:
-        return [t for m in self.modules for t in (*m.parameters(), *m.buffers())] + self._optimizer_tensors()
+        # Each tensor once (a module passed twice, a shared parameter): the restore adds, so a
+        # tensor listed twice would come back doubled.
+        tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())] + self._optimizer_tensors()
+        return list({id(t): t for t in tensors}.values())
 
     @torch.no_grad()
     def snapshot(self) -> None:
         tensors = self._tensors()
-        key = tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
+        # The memory too: the integer views kept below must still be views of these tensors' storage.
+        key = tuple((id(t), t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors)
         if key != self._key:  # first step, or the optimizer created state: new buffers
             self._saved, self._bits = [], {}  # free the old ones first
             self._key, self._saved = key, [torch.empty_like(t) for t in tensors]

@@ -218,8 +218,12 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     augment = None  # byol's own view recipes
-    if t.compile is True or (t.compile == "auto" and device.type == "cuda"):
+    # auto: a single GPU (compiling does not pay on a CPU, and under torchrun it is yours to ask for)
+    if t.compile is True or (t.compile == "auto" and device.type == "cuda" and world == 1):
         forward, augment = compile_step(forward, byol)  # loss and both augmentations; eager where that fails
+        if rank == 0:
+            print("compiling the training step (torch.compile): the first steps take a minute or two",
+                  file=sys.stderr)
     extra: dict = {}
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator,  # noqa: E731
                                         extra=extra)
@@ -259,8 +263,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 last_time, last_step = now, step
                 if log is not None:
                     log.log(step, **record)
-                warning = monitor.check(record["monitor/z_std"], record["monitor/effective_rank"],
-                                              z1.shape[1], step)
+                warning = monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1],
+                                        step)
                 if warning and rank == 0:
                     _warn(warning, run_dir)
                 if record["train/nonfinite_streak"] >= t.max_nonfinite:
