@@ -16,7 +16,6 @@ include the peers; without them only this project is timed.
 """
 
 import argparse
-import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -30,6 +29,7 @@ from typing import Optional
 import torch
 
 from benchmarks import systems
+from byol.step import glibc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -159,8 +159,9 @@ def release_memory() -> None:
     design; at batch 512 that is ~7 GB of a 24 GB machine, enough to make the others' page faults
     slower). The next round's settling steps bring the system back to its steady state.
     """
-    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class Remote:

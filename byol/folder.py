@@ -122,8 +122,21 @@ class ImageFolder(Dataset):
     def write_skipped(self, path: Union[str, Path]) -> int:
         """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
         lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
-        Path(path).write_text(lines, encoding="utf-8", errors="surrogateescape")
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")  # then renamed: a crash never leaves half a list
+        partial.write_text(lines, encoding="utf-8", errors="surrogateescape")
+        os.replace(partial, path)
         return len(self.bad_files)
+
+    def read_skipped(self, path: Union[str, Path]) -> None:
+        """Add the files listed in ``path`` (as :meth:`write_skipped` writes it), if it exists, to
+        ``bad_files``: a resumed run keeps the list of the run before."""
+        path = Path(path)
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+                file, tab, reason = line.partition("\t")
+                if tab:
+                    self.bad_files.setdefault(file, reason)
 
 
 def _scan(root: str) -> list[str]:

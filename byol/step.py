@@ -138,13 +138,21 @@ def keep_freed_memory() -> bool:
     the training step allocates; other threads' heaps still ``mmap`` blocks over 64 MiB. Returns
     False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = glibc()
+    if libc is None:
         return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def glibc() -> Optional[ctypes.CDLL]:
+    """The C library when it is glibc (Linux), for its allocator's controls; None elsewhere."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 class ViewsForward(nn.Module):

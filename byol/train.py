@@ -184,6 +184,9 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         _prepare_run_dir(run_dir, resume, ckpt_path)
         save_config(config, run_dir / "config.yaml")
     data = load_data(config, device, rank, world)
+    skipped_path = run_dir / "skipped_files.txt"
+    if resume and rank == 0 and data.folder is not None:
+        data.folder.read_skipped(skipped_path)  # the files the run skipped before it stopped
     # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
     # `byol eval --random-init` rebuilds them.
     torch.manual_seed(t.seed + rank)
@@ -286,6 +289,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                     extra["generator_per_rank"] = dist.gather_generator_states(generator)
                 if rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint with
                     save(ckpt_path)                                # weights that are giving NaN losses
+                    if data.folder is not None:  # so far (this process's), kept if the run dies
+                        data.folder.write_skipped(skipped_path)
                     if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0:
                         save(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt")
                     plot_metrics(run_dir / "metrics.jsonl")
@@ -299,7 +304,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     if rank == 0:
         log.close()
         if data.folder is not None:
-            results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
+            results["skipped_files"] = data.folder.write_skipped(skipped_path)
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results

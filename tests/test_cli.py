@@ -144,6 +144,15 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path):
     # 42 files in batches of 6 is one epoch of 7 steps that visits every file; the bad ones are
     # dropped from their batches and the run goes on.
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 7
+    # A resumed run keeps the list of the run before it (here, a file since deleted).
+    with open(run / "skipped_files.txt", "a") as f:
+        f.write(f"{root / 'cat' / 'gone.jpg'}\tdeleted since\n")
+    byol("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+         "--data.workers=2", "--resume", *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1,
+                                                                 "data.limit": "null", "train.epochs": 2}))
+    skipped = (run / "skipped_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg",
+                                                                                  "gone.jpg"]
 
 
 def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path):

@@ -348,6 +348,9 @@ def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_t
     assert written == len(bad) == len(lines)
     assert {line.split("\t")[0] for line in lines} == set(bad.values())
     assert all(len(line.split("\t")) == 2 for line in lines)
+    listed, ds.bad_files = dict(ds.bad_files), {}
+    ds.read_skipped(tmp_path / "skipped_files.txt")  # as a resumed run starts its list
+    assert ds.bad_files == listed
     for name, what in [("truncated.jpg", "truncated JPEG"), ("corrupt.jpg", "JPEG marker followed by noise"),
                        ("text.jpg", "text file named .jpg"), ("empty.png", "zero-byte file"),
                        ("bomb.png", "decompression bomb (PNG declaring 20000 x 20000)"),
