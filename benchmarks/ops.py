@@ -18,8 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks import systems
 from byol.config import Config
 from byol.faults import NonFiniteGuard
-from byol.monitor import normalized_std
-from byol.step import ViewsForward
+from byol.step import ViewsForward, step_metrics
 from byol.train import build_model
 
 
@@ -61,8 +60,7 @@ def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
         with modes["guard"]:
             ok = guard.settle(loss.detach())
         with modes["metrics"]:  # as byol.step.LoopStep sums them on the device
-            okf = ok.float()
-            sums += torch.stack([torch.where(ok, loss.detach(), 0.0), normalized_std(z1) * okf, okf])
+            sums += step_metrics(loss.detach(), z1, ok)
         phases = {name: m.counts for name, m in modes.items()}
     return phases
 

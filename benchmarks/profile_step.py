@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from benchmarks import systems
-from benchmarks.speed import load_average, load_images, machine, sync
+from benchmarks.speed import load_average, load_images, machine, setup, sync
 from byol.config import Config
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
-from byol.monitor import normalized_std
-from byol.step import ViewsForward, compile_step, keep_freed_memory
+from byol.step import ViewsForward, compile_step, eager_fallbacks, keep_freed_memory, step_metrics
 from byol.train import build_model
 
 PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metrics")
@@ -44,7 +43,6 @@ class Phased:
         self.augment = (self.byol.augment_fn, self.byol.augment_fn2)
         if compile:
             self.forward, self.augment = compile_step(self.forward, self.byol)
-        self.compiled_parts = [self.forward, *(a.compiled for a in self.augment)] if compile else []
         self.batches = systems.Cycle(TensorBatches(images, None, batch, generator=0))
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
@@ -82,8 +80,7 @@ class Phased:
         mark("guard")
         self.byol.update_target(0.996)
         mark("ema")
-        okf = ok.float()  # as LoopStep sums its metrics
-        self.sums += torch.stack([torch.where(ok, loss.detach(), 0.0), normalized_std(z1) * okf, okf])
+        self.sums += step_metrics(loss.detach(), z1, ok)
         mark("metrics")
         return times
 
@@ -106,13 +103,8 @@ def main(argv=None) -> None:
     cuda = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
     steps = args.steps if args.steps is not None else (50 if cuda else 5)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    amp = setup(args, device)  # threads, cuDNN autotuning and TF32 as benchmarks.speed sets them
     kept = not cuda and not args.no_keep_memory and keep_freed_memory()
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
     variants = ("compiled-cl" if cuda else "eager-cl") if args.variants == "auto" else args.variants
     images, source = load_images(args.data, device)
     runs = [Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"))
@@ -135,7 +127,7 @@ def main(argv=None) -> None:
         med = {ph: statistics.median(row[ph] for row in rows) for ph in PHASES}
         total = statistics.median(sum(row.values()) for row in rows)
         cells = " | ".join(f"{med[ph] * 1e3:,.1f} ms ({med[ph] / total:.0%})" for ph in PHASES)
-        failed = [p for p in r.compiled_parts if not p.is_compiled]
+        failed = eager_fallbacks(r.forward, r.augment)
         name = r.name + (f" (COMPILE FAILED for {len(failed)} parts: eager there)" if failed else "")
         print(f"| {name} | {cells} | {total * 1e3:,.1f} ms | {args.batch / total:,.1f} |")
 

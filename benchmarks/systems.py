@@ -21,7 +21,7 @@ from byol.config import Config
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
-from byol.step import LoopStep, ViewsForward, compile_step, keep_freed_memory
+from byol.step import LoopStep, ViewsForward, compile_step, eager_fallbacks, keep_freed_memory
 from byol.train import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
@@ -79,7 +79,7 @@ class Ours:
         forward, augment = ViewsForward(self.byol, channels_last=channels_last), None
         if compile:
             forward, augment = compile_step(forward, self.byol)
-        self.compiled_parts = [forward, *(a.compiled for a in augment if hasattr(a, "compiled"))] if compile else []
+        self.forward, self.augment = forward, augment
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
         generator = torch.Generator(device=device).manual_seed(seed)
         guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
@@ -99,10 +99,10 @@ class Ours:
     def compile_status(self) -> Optional[str]:
         """None when eager was asked for; else whether the compiled loss computation and augmentations
         are in use, or which fell back to eager (and why): the table must not call an eager run compiled."""
-        failed = [part for part in self.compiled_parts if not part.is_compiled]
-        if not self.compiled_parts or not failed:
+        failed = eager_fallbacks(self.forward, self.augment)
+        if not failed:
             return None
-        return f"COMPILE FAILED for {len(failed)} of {len(self.compiled_parts)} parts, eager there ({failed[0].error!r:.200})"
+        return f"COMPILE FAILED for {len(failed)} parts, eager there ({failed[0].error!r:.200})"
 
 
 class BYOLPytorch:

@@ -95,8 +95,7 @@ class LoopStep:
                               self.augment)
         ok = self.guard.settle(loss)
         self.byol.update_target(self.tau)
-        okf = ok.float()
-        self.sums += torch.stack([torch.where(ok, loss, 0.0), normalized_std(z1) * okf, okf])
+        self.sums += step_metrics(loss, z1, ok)
         return loss, z1
 
     def read(self, z1: torch.Tensor) -> dict:
@@ -114,6 +113,13 @@ class LoopStep:
         record["monitor/z_std_ratio"] = record["monitor/z_std"] * math.sqrt(z1.shape[1])
         record["monitor/effective_rank_ratio"] = eff_rank / min(z1.shape)
         return record
+
+
+def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """A step's share of the sums :class:`LoopStep` reads: (loss, z std, 1), zeros for a step the
+    guard undid (``ok`` False). On the device, no host sync."""
+    okf = ok.float()
+    return torch.stack([torch.where(ok, loss, 0.0), normalized_std(z1) * okf, okf])
 
 
 # glibc's mallopt parameters (malloc.h)
@@ -235,6 +241,13 @@ def compiled_augment(augment: Augment) -> AugmentFn:
 
     run.compiled = apply  # for a caller that reports whether compiling worked
     return run
+
+
+def eager_fallbacks(forward: Callable, augment: Optional[Sequence[AugmentFn]]) -> list[Compiled]:
+    """The parts of a :func:`compile_step` result that have run and fell back to eager (an empty
+    list for an eager step): what a benchmark must report rather than call compiled."""
+    parts = [forward, *(getattr(a, "compiled", None) for a in augment or ())]
+    return [p for p in parts if isinstance(p, Compiled) and p.error is not None]
 
 
 def compile_step(forward: nn.Module, byol: BYOL) -> tuple[Compiled, tuple[AugmentFn, AugmentFn]]:

@@ -19,7 +19,8 @@ from byol.data import TensorBatches
 from byol.model import BYOL
 from byol.optim import build_optimizer
 from byol.faults import NonFiniteGuard
-from byol.step import Compiled, LoopStep, ViewsForward, compile_step, compiled_augment, train_step
+from byol.step import (Compiled, LoopStep, ViewsForward, compile_step, compiled_augment, eager_fallbacks,
+                       train_step)
 
 SIZE = 16
 
@@ -133,6 +134,17 @@ def test_compile_falls_back_to_eager_with_a_warning():
     assert not forward.is_compiled and isinstance(forward.error, Exception)
     torch.testing.assert_close(out, module(x))
     torch.testing.assert_close(forward(x), module(x))  # and stays eager, without warning again
+
+
+def test_eager_fallbacks_names_the_parts_that_did_not_compile():
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    assert eager_fallbacks(module, None) == []  # an eager step has nothing to report
+    failing, working = Compiled(module, backend=_failing_backend), Compiled(module, backend="eager")
+    with pytest.warns(RuntimeWarning):
+        failing(torch.randn(3, 4))
+    working(torch.randn(3, 4))
+    assert eager_fallbacks(working, None) == []
+    assert eager_fallbacks(failing, None) == [failing]
 
 
 def test_compiled_reraises_errors_of_the_function_itself():
