@@ -133,6 +133,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .data import DataError
     errors = (ConfigError, DataError, CheckpointError, UsageError, FileNotFoundError, PermissionError,
               FloatingPointError)
+    from .distributed import shutdown
     try:
         return run(argv)
     except errors as e:
@@ -147,6 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """torchrun-based distributed training: init from the environment, rank helpers, DDP wrapping."""
 
 import os
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -24,10 +25,24 @@ def init() -> tuple[int, int]:
     return td.get_rank(), td.get_world_size()
 
 
+def shutdown() -> None:
+    """Leave the process group, if one was joined. Without this, a torchrun process can abort at
+    exit ("terminate called without an active exception") while gloo's threads are torn down."""
+    import torch.distributed as td
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
+
+
 def rank() -> int:
     """This process's global rank (0 without torchrun)."""
     import torch.distributed as td
     return td.get_rank() if td.is_available() and td.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 without torchrun)."""
+    import torch.distributed as td
+    return td.get_world_size() if td.is_available() and td.is_initialized() else 1
 
 
 def local_rank() -> int:
@@ -117,7 +132,7 @@ def gather_rows(rows: torch.Tensor, indices: torch.Tensor, n: int, device: torch
     all_idx = [torch.empty_like(padded_idx) for _ in range(world)]
     td.all_gather(all_rows, padded)
     td.all_gather(all_idx, padded_idx)
-    out = torch.empty((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    out = torch.zeros((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)  # rows no rank had: 0
     for r, i in zip(all_rows, all_idx):
         keep = i >= 0
         out[i[keep].to(rows.device)] = r[keep].to(rows.device)
@@ -135,6 +150,27 @@ def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: t
     indices = torch.arange(td.get_rank(), len(images), td.get_world_size())
     features = extract_features(encoder, images[indices.to(images.device)], device=device, **kwargs)
     return gather_rows(features, indices, len(images), device)
+
+
+def extract_batches_sharded(encoder: nn.Module, loader_for: Callable[[range], Iterable], n: int,
+                            device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`byol.evaluate.extract_features` over a data set of ``n`` items that is read in
+    batches of ``(images, labels, indices)``: each rank reads its share (``loader_for(range)``),
+    streamed, and every rank gets ``(features, labels, indices)`` of all the items the loaders
+    yielded (a loader may leave some out, such as undecodable files), in data set order."""
+    from .evaluate import extract_features
+    share = range(rank(), n, world_size())
+    features, labels, indices = extract_features(encoder, loader_for(share), device=device, with_indices=True,
+                                                 **kwargs)
+    if world_size() == 1:
+        return features, labels, indices
+    import torch.distributed as td
+    dim = torch.tensor([features.shape[1]], device=device)  # a rank that yielded nothing has (0, 0)
+    td.all_reduce(dim, op=td.ReduceOp.MAX)
+    features = features.reshape(len(features), int(dim))
+    present = gather_rows(torch.ones(len(indices), dtype=torch.uint8), indices, n, device)
+    keep = present.nonzero().flatten()
+    return (gather_rows(features, indices, n, device)[keep], gather_rows(labels, indices, n, device)[keep], keep)
 
 
 def gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:

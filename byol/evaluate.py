@@ -46,7 +46,7 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
                      device: Union[str, torch.device, None] = None,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      size: Union[int, tuple[int, int], None] = None, amp_dtype: Optional[torch.dtype] = None,
-                     ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                     with_indices: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Representations of ``images`` under ``encoder`` in eval mode, without gradients.
 
     Args:
@@ -59,11 +59,14 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
         size: resize to this size first (bilinear, antialiased), when the stored images differ
             from the resolution the encoder was pretrained at.
         amp_dtype: autocast dtype (``torch.bfloat16``) or None for float32.
+        with_indices: for batches, also return the sorted indices (which rows of the dataset
+            the features are of, when a loader left some out or saw a shard only).
 
     Returns:
         For a tensor: features (N, D) float32 on the CPU, in input order. For batches:
         ``(features, labels)`` sorted by the batch indices, so shuffled or sharded loaders give
-        the dataset order.
+        the dataset order; ``(features, labels, indices)`` with ``with_indices``. Batches are
+        embedded as they come, so a loader over a large folder never holds it all in memory.
 
     The encoder is moved to ``device`` if given; its train/eval mode is restored afterwards.
     """
@@ -85,10 +88,13 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
             indices.append(torch.as_tensor(idx).cpu())
     finally:
         encoder.train(was_training)
-    if not feats:
-        raise ValueError("extract_features got an empty iterable of batches")
-    order = torch.cat(indices).argsort()
-    return torch.cat(feats)[order], torch.cat(labels)[order]
+    if not feats:  # e.g. a shard whose files were all undecodable
+        nothing = torch.empty(0, dtype=torch.int64)
+        return (torch.empty(0, 0), nothing, nothing) if with_indices else (torch.empty(0, 0), nothing)
+    indices_t = torch.cat(indices)
+    order = indices_t.argsort()
+    out = torch.cat(feats)[order], torch.cat(labels)[order]
+    return (*out, indices_t[order]) if with_indices else out
 
 
 def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: int, chunk_size: int,

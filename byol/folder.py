@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -243,12 +243,12 @@ class EpochShuffle(Sampler[int]):
 
 
 def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
-                  drop_last: bool = True, sampler: Optional[Sampler] = None, seed: int = 0) -> DataLoader:
+                  drop_last: bool = True, sampler: Optional[Iterable[int]] = None, seed: int = 0) -> DataLoader:
     """A DataLoader over an :class:`ImageFolder` yielding ``(images uint8 (B, 3, S, S), labels, indices)``.
 
     Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
-    (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (e.g.
-    a DistributedSampler) replaces shuffling; otherwise the order is :class:`EpochShuffle`'s for
+    (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (a
+    DistributedSampler, or any iterable of indices such as a rank's ``range``) replaces shuffling; otherwise the order is :class:`EpochShuffle`'s for
     ``seed`` and the epoch set with ``loader.sampler.set_epoch``.
     """
     if sampler is None and shuffle:
@@ -258,9 +258,9 @@ def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: 
                            persistent_workers=workers > 0)
 
 
-def labeled_folder_splits(root: Union[str, Path], size: int, workers: int = 0,
-                          limit: Optional[int] = None) -> Optional[tuple[ImageSet, ImageSet]]:
-    """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``), decoded: the labeled splits of a folder.
+def labeled_folders(root: Union[str, Path], size: int,
+                    limit: Optional[int] = None) -> Optional[tuple[ImageFolder, ImageFolder]]:
+    """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``): the labeled splits of a folder, not decoded.
 
     Each needs one sub-folder per class, the same classes in both; ``root`` may be ROOT or
     ``ROOT/train`` itself (what a run trained on). ``limit`` takes that many images of each split,
@@ -277,7 +277,14 @@ def labeled_folder_splits(root: Union[str, Path], size: int, workers: int = 0,
         return None
     if limit:
         train, test = train.spread(limit), test.spread(limit)
-    return load_folder_tensor(train, workers), load_folder_tensor(test, workers)
+    return train, test
+
+
+def labeled_folder_splits(root: Union[str, Path], size: int, workers: int = 0,
+                          limit: Optional[int] = None) -> Optional[tuple[ImageSet, ImageSet]]:
+    """:func:`labeled_folders`, decoded into memory (for a kNN monitor that reuses them)."""
+    splits = labeled_folders(root, size, limit)
+    return None if splits is None else (load_folder_tensor(splits[0], workers), load_folder_tensor(splits[1], workers))
 
 
 def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:

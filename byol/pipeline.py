@@ -16,9 +16,8 @@ from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .data import DataError, ImageSet, build_dataset
-from .folder import ImageFolder, labeled_folder_splits, load_folder_tensor
+from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
-from .distributed import extract_features_sharded
 from .evaluate import knn_accuracy, linear_probe
 from .train import autocast_dtype, build_model, resolve_device, views_of
 
@@ -80,13 +79,17 @@ def _net_of(byol, config: Config) -> nn.Module:
     return net
 
 
-def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSet, ImageSet]:
+Source = Union[ImageSet, ImageFolder]
+
+
+def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source, Source]:
     """The (train, test) labeled splits of the config's data set, or ``limit`` images of each (the
-    first ones; for a folder, spread evenly over it, so that every class is in)."""
+    first ones; for a folder, spread evenly over it, so that every class is in). A folder's
+    splits are not decoded here: :func:`features` streams them."""
     d = config.data
     size = d.load_size or d.image_size
     if d.dataset == "folder":
-        splits = labeled_folder_splits(d.root, size, d.workers, limit)
+        splits = labeled_folders(d.root, size, limit)
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
@@ -99,10 +102,34 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[ImageSe
     return (train.first(limit), test.first(limit)) if limit else (train, test)
 
 
-def features(net: nn.Module, config: Config, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+EVAL_BATCH = 512
+
+
+def features(net: nn.Module, config: Config, source: Source,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features, labels, indices)`` of ``source`` under ``net``; under torchrun each rank embeds
+    its share and every rank gets them all.
+
+    A folder is streamed through ``data.workers`` decoding processes, so it is never all in
+    memory; its undecodable files are left out (``indices`` says which files the rows are of).
+    """
     view1, _ = views_of(config)
-    return extract_features_sharded(net, images, device, batch_size=512, mean=view1.mean, std=view1.std,
-                                    amp_dtype=autocast_dtype(config.train.precision, device))
+    kwargs = dict(batch_size=EVAL_BATCH, mean=view1.mean, std=view1.std,
+                  amp_dtype=autocast_dtype(config.train.precision, device))
+    if isinstance(source, ImageSet):
+        labels = source.labels if source.labels is not None else torch.full((len(source),), -1)
+        return dist.extract_features_sharded(net, source.images, device, **kwargs), labels, torch.arange(len(source))
+    kwargs.pop("batch_size")
+
+    def loader_for(share: range):
+        return folder_loader(source, EVAL_BATCH, config.data.workers, shuffle=False, drop_last=False, sampler=share)
+
+    feats, labels, indices = dist.extract_batches_sharded(net, loader_for, len(source), device, **kwargs)
+    if len(indices) == 0:
+        example = "".join(f" ({p}: {r})" for p, r in list(source.bad_files.items())[:1])
+        raise DataError(f"none of the {len(source)} image files in {source.root} could be decoded{example}; "
+                        "check the files")
+    return feats, labels, indices
 
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
@@ -116,11 +143,10 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
-    acc = knn_accuracy(features(net, config, train.images, device), train.labels,
-                       features(net, config, test.images, device), test.labels, ks=ks,
-                       temperature=temperature, device=device)
+    (train_f, train_y, _), (test_f, test_y, _) = (features(net, config, s, device) for s in (train, test))
+    acc = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
-            "temperature": temperature, "n_train": len(train), "n_test": len(test)}
+            "temperature": temperature, "n_train": len(train_f), "n_test": len(test_f)}
 
 
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
@@ -130,10 +156,9 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
-    result = linear_probe(features(net, config, train.images, device), train.labels,
-                          features(net, config, test.images, device), test.labels, epochs=epochs,
-                          device=device, seed=config.train.seed)
-    return {"dataset": config.data.dataset, **result, "n_train": len(train), "n_test": len(test)}
+    (train_f, train_y, _), (test_f, test_y, _) = (features(net, config, s, device) for s in (train, test))
+    result = linear_probe(train_f, train_y, test_f, test_y, epochs=epochs, device=device, seed=config.train.seed)
+    return {"dataset": config.data.dataset, **result, "n_train": len(train_f), "n_test": len(test_f)}
 
 
 def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
@@ -145,20 +170,15 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
     device = resolve_device(config.train.device)
     d = config.data
     source = build_dataset(d.dataset, d.root, split, d.load_size or d.image_size, d.download)
-    paths = None
-    if isinstance(source, ImageFolder):
-        folder = source
-        source = load_folder_tensor(folder, d.workers)
-        paths = [folder.path(int(i)) for i in source.indices]
     if limit:
-        source = source.first(limit)
-        paths = paths[:limit] if paths is not None else None
-    emb = features(net, config, source.images, device)
+        source = source.subset(torch.arange(min(limit, len(source)))) if isinstance(source, ImageFolder) \
+            else source.first(limit)
+    emb, labels, indices = features(net, config, source, device)
+    paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
     out = Path(out)
     if dist.rank() != 0:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    labels = source.labels if source.labels is not None else torch.full((len(emb),), -1)
     if out.suffix == ".npy":
         import numpy as np
         np.save(out, emb.numpy())

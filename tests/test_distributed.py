@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo): one DDP step with SyncBatchNorm equals one step on the
-full batch in one process; a streamed folder lists the bad files that every rank met."""
+full batch in one process; a streamed folder lists the bad files that every rank met, and is
+embedded on 2 ranks as in one process."""
 
 import os
 import socket
@@ -64,7 +65,7 @@ def json_last(run, key):
     return [r[key] for r in read(run) if key in r][-1]
 
 
-def test_ddp_streamed_folder_lists_the_bad_files_of_every_rank(tmp_path):
+def test_ddp_streamed_folder_lists_the_bad_files_of_every_rank_and_embeds_it_as_one_process(tmp_path):
     # 30 JPEGs + 2 bad files = 32, so each of 2 ranks streams 16 of them in 2 batches of 8: every
     # file is visited once, but each rank meets only the bad files that fell in its own share
     # (with seed 1 the sampler gives one bad file to each rank; with seed 0 both go to rank 0).
@@ -78,3 +79,12 @@ def test_ddp_streamed_folder_lists_the_bad_files_of_every_rank(tmp_path):
                                          "train.seed": 1}))
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
+    # Embedding the folder on 2 ranks (each decodes its share, streamed) gives one process's
+    # embeddings, labels and paths, in folder order, without the bad files.
+    ckpt = run / "checkpoints" / "last.pt"
+    byol("embed", ckpt, "--out", tmp_path / "one.pt", "--train.device=cpu")
+    torchrun(2, "embed", ckpt, "--out", tmp_path / "two.pt", "--train.device=cpu")
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert len(one["paths"]) == 30 and not any(p.endswith(("corrupt.jpg", "empty.jpg")) for p in one["paths"])
+    assert two["paths"] == one["paths"] and torch.equal(two["labels"], one["labels"])
+    torch.testing.assert_close(two["embeddings"], one["embeddings"], rtol=1e-4, atol=1e-5)

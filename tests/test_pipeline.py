@@ -1,0 +1,50 @@
+"""The steps after pretraining on a folder: its images are embedded as they are decoded."""
+
+import torch
+from torch import nn
+
+import byol.folder
+from byol import pipeline
+from byol.config import Config
+from byol.evaluate import extract_features
+from byol.folder import ImageFolder, load_folder_tensor
+from conftest import extract_jpegs
+
+
+class Recorder(nn.Module):
+    """A small encoder that notes how many files had been decoded at each of its calls."""
+
+    def __init__(self, decoded: list):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.decoded, self.seen = decoded, []
+
+    def forward(self, x):
+        self.seen.append(len(self.decoded))
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_path, monkeypatch):
+    root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
+    (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    decoded: list = []
+    decode = byol.folder.decode_image
+    monkeypatch.setattr(byol.folder, "decode_image", lambda path, size: decoded.append(path) or decode(path, size))
+    monkeypatch.setattr(pipeline, "EVAL_BATCH", 8)
+    config = Config()
+    config.data.workers = 0
+    config.train.precision = "fp32"
+    folder = ImageFolder(root, size=32)
+    net = Recorder(decoded)
+    feats, labels, indices = pipeline.features(net, config, folder, torch.device("cpu"))
+    # The first batch went through the encoder after 8 files were decoded, not all 31.
+    assert net.seen == [8, 16, 24, 31]
+    # Every decodable file once, in folder order, with its label; the corrupt one left out.
+    bad = folder.paths.index(str(root / "cat" / "corrupt.jpg"))
+    assert indices.tolist() == [i for i in range(31) if i != bad]
+    assert torch.equal(labels, folder.labels[indices])
+    whole = load_folder_tensor(ImageFolder(root, size=32))  # the same files decoded into memory first
+    view1, _ = pipeline.views_of(config)
+    expected = extract_features(net, whole.images, mean=view1.mean, std=view1.std)
+    torch.testing.assert_close(feats, expected)
+    assert list(folder.bad_files) == [str(root / "cat" / "corrupt.jpg")]
