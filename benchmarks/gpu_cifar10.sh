@@ -2,15 +2,15 @@
 # Issue #5's GPU reproduction: `byol pretrain --config cifar10` (ResNet-18 with the CIFAR stem,
 # batch 512, 200 epochs) on the lent GPU machine, over several calls, then kNN and the linear probe.
 #
-# A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in three pieces.
-# Here, before each call (copies two or three of the files, and MD5SUMS, into .data/c10, git-ignored):
-#   bash benchmarks/gpu_cifar10.sh stage 1     # data_batch_1, data_batch_2
-#   bash benchmarks/gpu_cifar10.sh stage 2     # data_batch_3, data_batch_4
-#   bash benchmarks/gpu_cifar10.sh stage 3     # data_batch_5, test_batch, batches.meta.txt
+# A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in two pieces,
+# each 62 MiB compressed (xz with a delta filter: 70% of the raw size). Here, before each of the
+# first two calls (compresses three of the files, with MD5SUMS, into .data/c10, git-ignored; ~70 s):
+#   bash benchmarks/gpu_cifar10.sh stage 1     # data_batch_1, 2, 3
+#   bash benchmarks/gpu_cifar10.sh stage 2     # data_batch_4, 5, test_batch, batches.meta.txt
 # There (device tool: carry [".data/c10"]; no carry once all are there), the same command each call:
 #   bash benchmarks/gpu_cifar10.sh run
-# Each run moves what was carried into ~/byol-cifar10 (it stays while the machine is warm: make the
-# calls back to back). Once all six files are there and match MD5SUMS it trains, resuming, for at
+# Each run unpacks what was carried into ~/byol-cifar10 (it stays while the machine is warm, ~30 s
+# after a call: make the calls back to back). Once all six files are there and match MD5SUMS it trains, resuming, for at
 # most TRAIN_SECONDS (default 480; a call may run 10 minutes) and stops cleanly with a checkpoint
 # (SIGTERM); once the 200 epochs are done it evaluates, as far as the call's BUDGET (default 560 s)
 # allows, the online encoder and the same encoder at random init: kNN (k = 20, 200) and the linear
@@ -26,18 +26,25 @@ case "${1:-}" in
 stage)
     shared="${SHARED:-../shared/data/cifar10}"
     case "${2:-}" in
-        1) files="data_batch_1.bin data_batch_2.bin" ;;
-        2) files="data_batch_3.bin data_batch_4.bin" ;;
-        3) files="data_batch_5.bin test_batch.bin batches.meta.txt" ;;
-        *) echo "usage: $0 stage 1|2|3" >&2; exit 2 ;;
+        1) files="data_batch_1.bin data_batch_2.bin data_batch_3.bin" ;;
+        2) files="data_batch_4.bin data_batch_5.bin test_batch.bin batches.meta.txt" ;;
+        *) echo "usage: $0 stage 1|2" >&2; exit 2 ;;
     esac
     rm -rf .data/c10 && mkdir -p .data/c10 || exit 1
-    for f in $files; do cp "$shared/cifar-10-batches-bin/$f" .data/c10/ || exit 1; done
+    # shellcheck disable=SC2086  # files is a list
+    "$python" - "$shared/cifar-10-batches-bin" .data/c10 $files <<'PY' || exit 1
+import lzma, sys
+from pathlib import Path
+src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+filters = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
+for name in sys.argv[3:]:
+    (dest / (name + ".xz")).write_bytes(lzma.compress((src / name).read_bytes(), lzma.FORMAT_XZ, filters=filters))
+PY
     cp "$shared/MD5SUMS" .data/c10/ || exit 1
     du -sh .data/c10
     exit 0 ;;
 run) ;;
-*) echo "usage: $0 stage 1|2|3 (here) | run (on the GPU machine)" >&2; exit 2 ;;
+*) echo "usage: $0 stage 1|2 (here) | run (on the GPU machine)" >&2; exit 2 ;;
 esac
 
 out="${OUT:-gpu-results}"
@@ -51,7 +58,14 @@ run_dir="$home/run"
 mkdir -p "$data"
 if compgen -G ".data/c10/*" > /dev/null; then  # what this call carried
     mv .data/c10/MD5SUMS "$home/data/MD5SUMS"
-    mv .data/c10/* "$data/"
+    "$python" - .data/c10 "$data" <<'PY' || { echo "could not unpack the carried files"; exit 1; }
+import lzma, sys
+from pathlib import Path
+src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+for packed in sorted(src.glob("*.xz")):
+    (dest / packed.stem).write_bytes(lzma.decompress(packed.read_bytes()))
+    packed.unlink()
+PY
 fi
 needed="data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin test_batch.bin"
 missing=""

@@ -13,8 +13,9 @@
 #      CUDA augmentations equal to the CPU's);
 #   3. ablations: our step without channels_last, without bf16 (two more compiles);
 #   4. profile: where a step's time goes, compiled and eager.
-# A part cut short keeps what it wrote (the speed JSONs are written after every round). On a warm
-# machine a second call is faster: torch.compile's caches stay in /tmp. Output: $OUT (or
+# A part cut short keeps what it wrote (the speed JSONs are written after every round). A second
+# call while the machine is still warm (it goes back ~30 s after a call) is faster: torch.compile's
+# caches stay in /tmp. Output: $OUT (or
 # gpu-results/): gpu_speed.log, speed.json, ablations.json. The exit code is that of the first
 # part that failed. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it.
 set -uo pipefail
@@ -52,7 +53,7 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
     left=$(( deadline - $(date +%s) - 15 ))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 30 ]; then
-        echo "=== $name: skipped, the budget is spent (run the script again on the warm machine)"
+        echo "=== $name: skipped, the budget is spent (a second call within the machine's ~30 s warm time finds the compile caches)"
         [ "$status" -ne 0 ] || status=3
         return
     fi
@@ -71,7 +72,7 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
 part speed 240 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-pytorch,lightly,byol-eager \
     --json "$out/speed.json" ${SPEED_ARGS:-}
-part gpu-tests 150 "$python" -m pytest -q -p no:cacheprovider -m gpu tests/
+part gpu-tests 150 "$python" -m pytest -v -rA --durations=0 -p no:cacheprovider -m gpu tests/  # -v: a cut run shows what passed
 # shellcheck disable=SC2086
 part ablations 200 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-nchw,byol-fp32 \
     --json "$out/ablations.json" ${SPEED_ARGS:-}

@@ -135,20 +135,27 @@ def serve(conn, name: str, args) -> None:
     except ImportError as e:
         conn.send(("skip", f"{e} (run benchmarks/setup_peers.sh and use benchmarks/.venv/bin/python)"))
         return
+    except Exception as e:  # noqa: BLE001 - one system that cannot be built must not cost the others
+        conn.send(("skip", f"could not be built: {e!r}"))
+        return
     notes = system.notes + ("; our allocator setting (--peer-keep-memory)" if args.peer_keep_memory and peer else "")
     conn.send(("ready", system.name, notes, source))
     while (request := conn.recv()) is not None:
         settle, steps = request
-        for _ in range(settle):
-            system.step()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            system.step()
-        sync(device)
-        seconds = time.perf_counter() - t0
+        try:
+            for _ in range(settle):
+                system.step()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                system.step()
+            sync(device)
+            seconds = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: reported, the other systems go on
+            conn.send(("failed", f"{e!r}"[:300]))
+            return
         release_memory()
-        conn.send((seconds, getattr(system, "compile_status", lambda: None)()))
+        conn.send(("ok", seconds, getattr(system, "compile_status", lambda: None)()))
 
 
 def release_memory() -> None:
@@ -174,21 +181,27 @@ class Remote:
         self.process.start()
         child.close()
         reply = self._recv(name)
-        self.skipped = reply[1] if reply[0] == "skip" else None
+        self.skipped = reply[1] if reply[0] in ("skip", "failed") else None
+        self.failed: Optional[str] = None
         self.name, self.notes, self.source = (name, "", "") if self.skipped else reply[1:]
 
     def _recv(self, name: str):
         try:
             return self.conn.recv()
-        except EOFError:
+        except EOFError:  # e.g. killed for memory, or a crash in native code
             self.process.join(timeout=60)
-            raise SystemExit(f"the process timing {name} died (exit code {self.process.exitcode})") from None
+            return ("failed", f"the process timing {name} died (exit code {self.process.exitcode})")
 
-    def seconds(self, steps: int, settle: int = 0) -> float:
+    def seconds(self, steps: int, settle: int = 0) -> Optional[float]:
         """Run ``settle`` untimed steps there, then ``steps`` timed ones; their wall time, measured
-        there between device syncs."""
+        there between device syncs. None when the system failed (``failed`` says why); it is then
+        not timed again."""
         self.conn.send((settle, steps))
-        seconds, compile_status = self._recv(self.name)
+        reply = self._recv(self.name)
+        if reply[0] == "failed":
+            self.failed = reply[1]
+            return None
+        _, seconds, compile_status = reply
         if compile_status and compile_status not in self.notes:
             self.notes += f"; {compile_status}"
         return seconds
@@ -223,13 +236,16 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
     (``after_round(rates)`` is called after each round)."""
     for s in built:
         seconds = s.seconds(args.warmup)
-        print(f"  warm-up {s.name}: {args.warmup} steps in {seconds:.1f} s", file=sys.stderr)
+        print(f"  warm-up {s.name}: " + (f"{args.warmup} steps in {seconds:.1f} s" if seconds is not None
+                                         else f"FAILED: {s.failed}"), file=sys.stderr)
     rates: dict[str, list[float]] = {s.name: [] for s in built}
     for r in range(args.repeats):
         order = built[r % len(built):] + built[:r % len(built)]
         for s in order:
-            rates[s.name].append(args.steps * args.batch / s.seconds(args.steps, args.settle))
-        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
+            seconds = s.seconds(args.steps, args.settle) if s.failed is None else None
+            if seconds is not None:
+                rates[s.name].append(args.steps * args.batch / seconds)
+        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items() if v)
               + f" images/s (load {load_average()})", file=sys.stderr)
         if after_round is not None:
             after_round(rates)
@@ -237,14 +253,18 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
 
 
 def table(built: list, rates: dict[str, list[float]]) -> str:
-    ours = statistics.median(rates[built[0].name]) if built else 1.0
+    ours = statistics.median(rates[built[0].name]) if built and rates[built[0].name] else float("nan")
     lines = ["| system | images/s (median) | min-max over rounds | s/epoch (50k) | byol is x faster | "
              "recipe and how it runs |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for s in built:
         r = rates[s.name]
+        failed = f"FAILED: {s.failed}" if getattr(s, "failed", None) else ""
+        if not r:
+            lines.append(f"| {s.name} | - | - | - | - | {s.notes}{'; ' if s.notes else ''}{failed or 'no round'} |")
+            continue
         med = statistics.median(r)
         lines.append(f"| {s.name} | {med:,.1f} | {min(r):,.1f}-{max(r):,.1f} | {systems.epoch_seconds(med):,.1f} | "
-                     f"{ours / med:.2f} | {s.notes} |")
+                     f"{ours / med:.2f} | {s.notes}{'; ' + failed if failed else ''} |")
     return "\n".join(lines)
 
 
@@ -298,7 +318,7 @@ def report(built: list[Remote], rates: dict[str, list[float]], args, source: str
            final: bool) -> dict:
     """The header and table (printed when ``final``) and the JSON (``--json``), from the rounds so far."""
     device = torch.device(args.device)
-    rounds = min(len(r) for r in rates.values())
+    rounds = max((len(r) for r in rates.values()), default=0)
     command = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {args.warmup}, {rounds} rounds x "
               f"({args.settle} untimed + {args.steps} timed) steps, each system in its own process, "
