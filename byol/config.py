@@ -76,6 +76,9 @@ class TrainConfig:
     out_dir: str = "runs/byol"
     log_every: int = 20               # steps between metric reads (the only host syncs in the loop)
     checkpoint_every: int = 10        # epochs between kept checkpoints (the last one is always kept)
+    save_interval_s: float = 0.0      # write checkpoints/last.pt and the plots at an epoch's end only if this
+                                      # many seconds have passed since they were last written (0: every
+                                      # epoch); always at kept epochs, on a stop and at the end
     knn_every: int = 10               # epochs between kNN evaluations (0: only at the end; -1: never)
     knn_k: int = 200
     knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs);
@@ -205,6 +208,7 @@ def validate(config: Config) -> Config:
              ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
              ("train.knn_every", t.knn_every >= -1, ">= -1 (-1: never)"),
              ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),
+             ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch)"),
              ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
              ("data.on_device", config.data.on_device in ("auto", "true", "false"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),

@@ -219,6 +219,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
             generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
         step = state["step"]
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    batch_per_rank = t.batch_size // world
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     augment = None  # byol's own view recipes
     # auto: a single GPU (compiling does not pay on a CPU, and under torchrun it is yours to ask for)
@@ -240,6 +241,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                          t.tau_base)
     monitor = CollapseMonitor()
     last_time, last_step = time.perf_counter(), step
+    last_save = last_time
     batches = None
     with StopRequest() as stop:
         while step < end_step:
@@ -253,6 +255,10 @@ def pretrain(config: Config, resume: bool = False) -> dict:
             except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
                 batches = data.epoch(epoch)
                 images, _, _ = next(batches)
+            if len(images) < batch_per_rank:  # a streamed batch that lost undecodable files: filled up
+                # with repeats of its own images, so that every step has one shape (a compiled step
+                # would compile again for each new batch size)
+                images = images[torch.arange(batch_per_rank) % len(images)]
             images = images.to(device, non_blocking=True)  # streamed folders: pinned CPU -> device
             loss, z1 = loop_step(step, images)
             step += 1
@@ -285,15 +291,22 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 if data.knn_train is not None and not stopping and (
                         step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
                     results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
-                if world > 1:  # a collective: every rank reaches this point at the same step
-                    extra["generator_per_rank"] = dist.gather_generator_states(generator)
-                if rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint with
-                    save(ckpt_path)                                # weights that are giving NaN losses
+                keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
+                due = (keep or stopping or step == end_step
+                       or time.perf_counter() - last_save >= t.save_interval_s)
+                if world > 1:  # collectives: every rank reaches this point at the same step
+                    due = dist.any_rank(due, device)  # the clocks differ; one rank due is enough
+                    if due:
+                        extra["generator_per_rank"] = dist.gather_generator_states(generator)
+                if due and rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint
+                    save(ckpt_path)                                       # with weights giving NaN losses
                     if data.folder is not None:  # so far (this process's), kept if the run dies
                         data.folder.write_skipped(skipped_path)
-                    if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0:
+                    if keep:
                         save(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt")
                     plot_metrics(run_dir / "metrics.jsonl")
+                if due:
+                    last_save = time.perf_counter()
             if stopping:
                 results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
                 break

@@ -39,6 +39,48 @@ def test_twenty_steps_on_real_cifar_lower_the_loss(cifar10_root):
     assert last < first - 0.3, losses
 
 
+@pytest.mark.parametrize("interval, expected", [
+    (0, [("last.pt", 4), ("plots", 4), ("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12),
+         ("plots", 12)]),
+    (3600, [("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12), ("plots", 12)]),
+])
+def test_last_checkpoint_every_epoch_or_at_most_once_per_interval(tmp_path, cifar10_root, monkeypatch, interval,
+                                                                   expected):
+    """3 epochs of 4 steps, a kept checkpoint every 2: with an interval, last.pt and the plots are
+    written only at the kept epoch and at the end, not at every epoch's end."""
+    import byol.train
+    writes = []
+    save, plot = byol.train.save_checkpoint, byol.train.plot_metrics
+    monkeypatch.setattr(byol.train, "save_checkpoint",
+                        lambda path, *a, **k: writes.append((Path(path).name, a[2])) or save(path, *a, **k))
+    monkeypatch.setattr(byol.train, "plot_metrics", lambda path: writes.append(("plots", writes[-1][1])) or plot(path))
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": 64, "train.epochs": 3, "train.checkpoint_every": 2, "train.knn_every": -1,
+        "train.save_interval_s": interval}) + [f"--data.root={cifar10_root}"])
+    pretrain(config)
+    assert writes == expected
+
+
+def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
+    """Every step gets the same batch shape, also when undecodable files left a batch short (a
+    compiled step would otherwise compile again for each new size)."""
+    import byol.train
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (root / "cat" / name).write_bytes(b"not a jpeg")
+    sizes = []
+    call = byol.train.LoopStep.__call__
+    monkeypatch.setattr(byol.train.LoopStep, "__call__",
+                        lambda self, step, images: sizes.append(len(images)) or call(self, step, images))
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": "null", "train.batch_size": 11, "train.knn_every": -1, "data.workers": 0}) + [
+        "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32", "--data.on_device=false"])
+    results = pretrain(config)
+    assert results["skipped_files"] == 3
+    assert sizes == [11, 11, 11]  # 33 files in 3 batches of 11, one bad file in each (10 decoded)
+
+
 def _weights(path):
     return load_checkpoint(path)["model"]
 
