@@ -3,14 +3,16 @@
 # batch 512, 200 epochs) on the lent GPU machine, over several calls, then kNN and the linear probe.
 #
 # A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in two pieces,
-# each 62 MiB compressed (xz with a delta filter: 70% of the raw size). Here, before each of the
-# first two calls (compresses three of the files, with MD5SUMS, into .data/c10, git-ignored; ~70 s):
-#   bash benchmarks/gpu_cifar10.sh stage 1     # data_batch_1, 2, 3
-#   bash benchmarks/gpu_cifar10.sh stage 2     # data_batch_4, 5, test_batch, batches.meta.txt
-# There (device tool: carry [".data/c10"]; no carry once all are there), the same command each call:
-#   bash benchmarks/gpu_cifar10.sh run
+# each 62 MiB compressed (xz with a delta filter: 70% of the raw size). Here, once, before the
+# first call (~2.5 minutes; .data/ is git-ignored):
+#   bash benchmarks/gpu_cifar10.sh stage       # .data/c10-1: data_batch_1, 2, 3 (and MD5SUMS)
+#                                              # .data/c10-2: data_batch_4, 5, test_batch, batches.meta.txt
+# There, the same command every call, back to back (the machine keeps its files only while warm):
+#   bash benchmarks/gpu_cifar10.sh run         # call 1: carry [".data/c10-1"]; call 2: carry
+#                                              # [".data/c10-2"]; then no carry
+# A machine that went cold in between lost the first piece: the run says what is missing; carry it again.
 # Each run unpacks what was carried into ~/byol-cifar10 (it stays while the machine is warm, ~30 s
-# after a call: make the calls back to back). Once all six files are there and match MD5SUMS it trains, resuming, for at
+# after a call). Once all six files are there and match MD5SUMS it trains, resuming, for at
 # most TRAIN_SECONDS (default 480; a call may run 10 minutes) and stops cleanly with a checkpoint
 # (SIGTERM); once the 200 epochs are done it evaluates, as far as the call's BUDGET (default 560 s)
 # allows, the online encoder and the same encoder at random init: kNN (k = 20, 200) and the linear
@@ -25,26 +27,24 @@ python="${PYTHON:-python3}"
 case "${1:-}" in
 stage)
     shared="${SHARED:-../shared/data/cifar10}"
-    case "${2:-}" in
-        1) files="data_batch_1.bin data_batch_2.bin data_batch_3.bin" ;;
-        2) files="data_batch_4.bin data_batch_5.bin test_batch.bin batches.meta.txt" ;;
-        *) echo "usage: $0 stage 1|2" >&2; exit 2 ;;
-    esac
-    rm -rf .data/c10 && mkdir -p .data/c10 || exit 1
-    # shellcheck disable=SC2086  # files is a list
-    "$python" - "$shared/cifar-10-batches-bin" .data/c10 $files <<'PY' || exit 1
+    rm -rf .data/c10 .data/c10-1 .data/c10-2 && mkdir -p .data/c10-1 .data/c10-2 || exit 1
+    "$python" - "$shared/cifar-10-batches-bin" <<'PY' || exit 1
 import lzma, sys
 from pathlib import Path
-src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+src = Path(sys.argv[1])
 filters = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
-for name in sys.argv[3:]:
-    (dest / (name + ".xz")).write_bytes(lzma.compress((src / name).read_bytes(), lzma.FORMAT_XZ, filters=filters))
+pieces = {".data/c10-1": ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"],
+          ".data/c10-2": ["data_batch_4.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"]}
+for dest, names in pieces.items():
+    for name in names:
+        packed = lzma.compress((src / name).read_bytes(), lzma.FORMAT_XZ, filters=filters)
+        (Path(dest) / (name + ".xz")).write_bytes(packed)
 PY
-    cp "$shared/MD5SUMS" .data/c10/ || exit 1
-    du -sh .data/c10
+    cp "$shared/MD5SUMS" .data/c10-1/ && cp "$shared/MD5SUMS" .data/c10-2/ || exit 1
+    du -sh .data/c10-1 .data/c10-2
     exit 0 ;;
 run) ;;
-*) echo "usage: $0 stage 1|2 (here) | run (on the GPU machine)" >&2; exit 2 ;;
+*) echo "usage: $0 stage (here) | run (on the GPU machine)" >&2; exit 2 ;;
 esac
 
 out="${OUT:-gpu-results}"
@@ -56,13 +56,13 @@ home="${BYOL_CIFAR10_HOME:-${HOME:-/tmp}/byol-cifar10}"
 data="$home/data/cifar-10-batches-bin"
 run_dir="$home/run"
 mkdir -p "$data"
-if compgen -G ".data/c10/*" > /dev/null; then  # what this call carried
-    mv .data/c10/MD5SUMS "$home/data/MD5SUMS"
-    "$python" - .data/c10 "$data" <<'PY' || { echo "could not unpack the carried files"; exit 1; }
+if compgen -G ".data/c10-*/*" > /dev/null; then  # what this call carried
+    for piece in .data/c10-*/; do [ -f "$piece/MD5SUMS" ] && mv "$piece/MD5SUMS" "$home/data/MD5SUMS"; done
+    "$python" - "$data" <<'PY' || { echo "could not unpack the carried files"; exit 1; }
 import lzma, sys
 from pathlib import Path
-src, dest = Path(sys.argv[1]), Path(sys.argv[2])
-for packed in sorted(src.glob("*.xz")):
+dest = Path(sys.argv[1])
+for packed in sorted(Path(".data").glob("c10-*/*.xz")):
     (dest / packed.stem).write_bytes(lzma.decompress(packed.read_bytes()))
     packed.unlink()
 PY
@@ -71,7 +71,8 @@ needed="data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data
 missing=""
 for f in $needed; do [ -f "$data/$f" ] || missing="$missing $f"; done
 if [ -n "$missing" ]; then
-    echo "CIFAR-10 here so far: $(cd "$data" && ls | tr '\n' ' '); still to carry:$missing"
+    echo "CIFAR-10 here so far: $(cd "$data" && ls | tr '\n' ' '); still to carry:$missing" \
+        "(data_batch_1-3: .data/c10-1; the rest: .data/c10-2)"
     exit 0
 fi
 (cd "$home/data" && grep ' cifar-10-batches-bin/' MD5SUMS | md5sum --check --quiet) \

@@ -136,7 +136,7 @@ def serve(conn, name: str, args) -> None:
         conn.send(("skip", f"{e} (run benchmarks/setup_peers.sh and use benchmarks/.venv/bin/python)"))
         return
     except Exception as e:  # noqa: BLE001 - one system that cannot be built must not cost the others
-        conn.send(("skip", f"could not be built: {e!r}"))
+        conn.send(("failed", f"could not be built: {e!r}"[:300]))
         return
     notes = system.notes + ("; our allocator setting (--peer-keep-memory)" if args.peer_keep_memory and peer else "")
     conn.send(("ready", system.name, notes, source))
@@ -181,9 +181,10 @@ class Remote:
         self.process.start()
         child.close()
         reply = self._recv(name)
-        self.skipped = reply[1] if reply[0] in ("skip", "failed") else None
-        self.failed: Optional[str] = None
-        self.name, self.notes, self.source = (name, "", "") if self.skipped else reply[1:]
+        self.key = name  # as --systems names it
+        self.skipped = reply[1] if reply[0] == "skip" else None  # not installed: no row
+        self.failed: Optional[str] = reply[1] if reply[0] == "failed" else None  # a row that says why
+        self.name, self.notes, self.source = (name, "", "") if reply[0] != "ready" else reply[1:]
 
     def _recv(self, name: str):
         try:
@@ -196,6 +197,8 @@ class Remote:
         """Run ``settle`` untimed steps there, then ``steps`` timed ones; their wall time, measured
         there between device syncs. None when the system failed (``failed`` says why); it is then
         not timed again."""
+        if self.failed is not None:
+            return None
         self.conn.send((settle, steps))
         reply = self._recv(self.name)
         if reply[0] == "failed":
@@ -241,11 +244,13 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
     rates: dict[str, list[float]] = {s.name: [] for s in built}
     for r in range(args.repeats):
         order = built[r % len(built):] + built[:r % len(built)]
+        this_round = {}
         for s in order:
-            seconds = s.seconds(args.steps, args.settle) if s.failed is None else None
+            seconds = s.seconds(args.steps, args.settle)
             if seconds is not None:
-                rates[s.name].append(args.steps * args.batch / seconds)
-        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items() if v)
+                this_round[s.name] = args.steps * args.batch / seconds
+                rates[s.name].append(this_round[s.name])
+        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v:.1f}" for k, v in this_round.items())
               + f" images/s (load {load_average()})", file=sys.stderr)
         if after_round is not None:
             after_round(rates)
@@ -253,7 +258,10 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
 
 
 def table(built: list, rates: dict[str, list[float]]) -> str:
-    ours = statistics.median(rates[built[0].name]) if built and rates[built[0].name] else float("nan")
+    """The printed table; the ratio column is against ``byol`` (else the first system), NaN when
+    that one has no rounds."""
+    ref = next((s for s in built if getattr(s, "key", None) == "byol"), built[0] if built else None)
+    ours = statistics.median(rates[ref.name]) if ref is not None and rates[ref.name] else float("nan")
     lines = ["| system | images/s (median) | min-max over rounds | s/epoch (50k) | byol is x faster | "
              "recipe and how it runs |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for s in built:
@@ -303,7 +311,7 @@ def main(argv=None) -> dict:
     built: list[Remote] = []
     try:
         build(args.systems.split(","), args, built)
-        source = built[0].source
+        source = next((s.source for s in built if s.source), "no data: no system was built")
         load_before = load_average()
         # The JSON after every round too: a run cut short (a time limit) keeps the rounds it finished.
         rates = measure(built, args, lambda rates: report(built, rates, args, source, amp, load_before, argv,

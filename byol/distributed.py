@@ -162,10 +162,26 @@ def extract_batches_sharded(encoder: nn.Module, loader_for: Callable[[range], It
     share = range(rank(), n, world_size())
     features, labels, indices = extract_features(encoder, loader_for(share), device=device, with_indices=True,
                                                  **kwargs)
+    return _gather_present(features, labels, indices, n, device)
+
+
+def extract_share(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
+                  device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`byol.evaluate.extract_features` of the images this rank holds, the rows ``indices``
+    of a data set of ``n`` (e.g. its share of a folder, decoded by this rank alone); every rank
+    gets ``(features, labels, indices)`` of all ranks' rows, in data set order."""
+    from .evaluate import extract_features
+    features = extract_features(encoder, images, device=device, **kwargs)
+    return _gather_present(features, labels, indices, n, device)
+
+
+def _gather_present(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's rows, put in data set order, leaving out the indices no rank had."""
     if world_size() == 1:
         return features, labels, indices
     import torch.distributed as td
-    dim = torch.tensor([features.shape[1]], device=device)  # a rank that yielded nothing has (0, 0)
+    dim = torch.tensor([features.shape[1]], device=device)  # a rank that had nothing has (0, 0)
     td.all_reduce(dim, op=td.ReduceOp.MAX)
     features = features.reshape(len(features), int(dim))
     present = gather_rows(torch.ones(len(indices), dtype=torch.uint8), indices, n, device)

@@ -280,11 +280,23 @@ def labeled_folders(root: Union[str, Path], size: int,
     return train, test
 
 
-def labeled_folder_splits(root: Union[str, Path], size: int, workers: int = 0,
-                          limit: Optional[int] = None) -> Optional[tuple[ImageSet, ImageSet]]:
-    """:func:`labeled_folders`, decoded into memory (for a kNN monitor that reuses them)."""
-    splits = labeled_folders(root, size, limit)
-    return None if splits is None else (load_folder_tensor(splits[0], workers), load_folder_tensor(splits[1], workers))
+def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0) -> ImageSet:
+    """This process's share of ``dataset`` (the files at ``rank``, ``rank + world``, ...), decoded
+    into memory, bad files left out; ``indices`` are positions in ``dataset``. One process: all of
+    it, as :func:`load_folder_tensor`. Under torchrun a share may be empty (all its files bad)."""
+    positions = torch.arange(rank, len(dataset), world)
+    empty = ImageSet(torch.empty(0, 3, dataset.size, dataset.size, dtype=torch.uint8),
+                     torch.empty(0, dtype=torch.int64), dataset.classes, torch.empty(0, dtype=torch.int64))
+    if len(positions) == 0:  # fewer files than processes
+        return empty
+    try:
+        share = load_folder_tensor(dataset.subset(positions), workers)
+    except DataError:
+        if world == 1:
+            raise
+        return empty
+    share.indices = positions[share.indices]
+    return share
 
 
 def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:
@@ -302,7 +314,7 @@ def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int =
         images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
         n += len(i)
     if n == 0:
-        path, reason = next(iter(dataset.bad_files.items()))
-        raise DataError(f"none of the {n_all} image files in {dataset.root} could be decoded "
-                        f"({path}: {reason}); check the files")
+        example = "".join(f" ({p}: {r})" for p, r in list(dataset.bad_files.items())[:1])
+        raise DataError(f"none of the {n_all} image files in {dataset.root} could be decoded{example}; "
+                        "check the files")
     return ImageSet(images[:n], labels[:n], dataset.classes, indices[:n])

@@ -16,7 +16,7 @@ from .backbones import resnet
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset
-from .folder import folder_loader, labeled_folder_splits, load_folder_tensor
+from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import MetricsLog, plot_metrics
@@ -72,9 +72,9 @@ def views_of(config: Config):
         raise ConfigError(str(e)) from None
 
 
-# The kNN monitor on a folder decodes this many images of each labeled split into memory, in every
-# process, unless train.knn_limit says otherwise (10,000 at 256x256 is 2 GB a split; all of
-# ImageNet's train split would be 250 GB).
+# The kNN monitor on a folder decodes this many images of each labeled split into memory, shared
+# out over the processes, unless train.knn_limit says otherwise (10,000 at 256x256 is 2 GB a split;
+# all of ImageNet's train split would be 250 GB).
 FOLDER_KNN_LIMIT = 10_000
 
 
@@ -86,6 +86,7 @@ class TrainData:
     knn_train: Optional[ImageSet] = None
     knn_test: Optional[ImageSet] = None
     folder: Optional[object] = None  # the ImageFolder, for its skipped files
+    knn_sizes: Optional[tuple[int, int]] = None  # a folder's splits: each process holds its share of them
 
     def epoch(self, epoch: int) -> Iterator:
         sampler = getattr(self.batches, "sampler", None)
@@ -127,20 +128,29 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         if len(batches) == 0:
             raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} images of "
                             f"{d.root}; use a smaller train.batch_size")
-    knn_train = knn_test = None
+    knn_train = knn_test = knn_sizes = None
     if t.knn_every >= 0 and d.dataset in ("cifar10", "cifar100", "stl10"):
         knn_train = build_dataset(d.dataset, d.root, "train", size, False)
         knn_test = build_dataset(d.dataset, d.root, "test", size, False)
         if t.knn_limit:
             knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
     elif t.knn_every >= 0 and d.dataset == "folder":  # ROOT/train with ROOT/val beside it: monitor on both
-        splits = labeled_folder_splits(d.root, size, d.workers, t.knn_limit or FOLDER_KNN_LIMIT)
+        splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT)
         if splits is not None:
-            knn_train, knn_test = splits
+            knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
+            knn_sizes = len(splits[0]), len(splits[1])
+            decoded = torch.tensor([len(knn_train), len(knn_test)], device=device)
+            if world > 1:  # every rank learns now, not at the first evaluation, that a split has nothing
+                import torch.distributed as td
+                td.all_reduce(decoded)
+            if not decoded.all():
+                raise DataError(f"none of the image files of a kNN monitor split beside {d.root} (train, val or "
+                                "test) could be decoded; check the files, or turn the monitor off with "
+                                "train.knn_every=-1")
         elif rank == 0:
             print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) beside "
                   "it, both with the same class sub-folders", file=sys.stderr)
-    return TrainData(batches, n, knn_train, knn_test, folder)
+    return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
 
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
@@ -149,10 +159,16 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     features are extracted on every rank's share and gathered with their indices)."""
     view1, _ = views_of(config)
     kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp)
-    train_f = dist.extract_features_sharded(model.encoder, data.knn_train.images, device, **kwargs)
-    test_f = dist.extract_features_sharded(model.encoder, data.knn_test.images, device, **kwargs)
+    splits = (data.knn_train, data.knn_test)
+    if data.knn_sizes is not None:  # each process holds its share
+        (train_f, train_y, _), (test_f, test_y, _) = (
+            dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, **kwargs)
+            for s, n in zip(splits, data.knn_sizes))
+    else:
+        (train_f, train_y), (test_f, test_y) = (
+            (dist.extract_features_sharded(model.encoder, s.images, device, **kwargs), s.labels) for s in splits)
     ks = sorted({20, config.train.knn_k})
-    return knn_accuracy(train_f, data.knn_train.labels, test_f, data.knn_test.labels, ks=ks, device=device)
+    return knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, device=device)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -298,14 +314,16 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                     due = dist.any_rank(due, device)  # the clocks differ; one rank due is enough
                     if due:
                         extra["generator_per_rank"] = dist.gather_generator_states(generator)
-                if due and rank == 0 and int(guard.streak.item()) == 0:  # never overwrite a good checkpoint
-                    save(ckpt_path)                                       # with weights giving NaN losses
-                    if data.folder is not None:  # so far (this process's), kept if the run dies
-                        data.folder.write_skipped(skipped_path)
-                    if keep:
-                        save(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt")
-                    plot_metrics(run_dir / "metrics.jsonl")
-                if due:
+                # Never overwrite a good checkpoint with weights giving NaN losses (the streak is the
+                # same on every rank); the interval then runs from the last write, not from this step.
+                if due and int(guard.streak.item()) == 0:
+                    if rank == 0:
+                        save(ckpt_path)
+                        if data.folder is not None:  # so far (this process's), kept if the run dies
+                            data.folder.write_skipped(skipped_path)
+                        if keep:
+                            save(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt")
+                        plot_metrics(run_dir / "metrics.jsonl")
                     last_save = time.perf_counter()
             if stopping:
                 results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name

@@ -27,6 +27,7 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
         "model.width": 8, "model.projection_hidden_size": 64, "model.projection_size": 32,
         "train.batch_size": 16, "train.epochs": 1, "train.knn_limit": 200, "train.log_every": 2,
         "train.progress": False, "train.device": "cpu", "data.limit": 128, "train.out_dir": str(out_dir),
+        "train.save_interval_s": 0,  # last.pt at every epoch, as the fault tests kill and resume runs
     }
     values.update(extra)
     return [f"--{k}={v}" for k, v in values.items()]

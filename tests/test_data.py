@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, build_dataset, load_cifar, load_stl10
-from byol.folder import ImageFolder, Skipped, folder_loader, labeled_folder_splits, load_folder_tensor
+from byol.folder import (ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share,
+                         load_folder_tensor)
 from conftest import extract_jpegs
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
@@ -293,16 +294,34 @@ def test_folder_order_is_a_function_of_the_epoch(jpg_folder):
     assert sorted(epochs[0]) == sorted(epochs[1])
 
 
-def test_labeled_folder_splits_spread_a_limit_over_every_class(tmp_path):
+def test_labeled_folders_spread_a_limit_over_every_class_and_shares_split_them(tmp_path):
     train = extract_jpegs(tmp_path / "set" / "train", per_class=6)
-    assert labeled_folder_splits(tmp_path / "set", size=8) is None  # no val/ or test/ yet
+    assert labeled_folders(tmp_path / "set", size=8) is None  # no val/ or test/ yet
     extract_jpegs(tmp_path / "set" / "test", per_class=4)
     for root in (tmp_path / "set", train):  # ROOT, or ROOT/train as a run trained on
-        bank, queries = labeled_folder_splits(root, size=8, limit=20)
+        bank, queries = (load_folder_share(s) for s in labeled_folders(root, size=8, limit=20))
         assert len(bank) == len(queries) == 20 and bank.images.shape[1:] == (3, 8, 8)
         assert torch.bincount(bank.labels).tolist() == [2] * 10  # the first 20 would be 4 classes
         assert torch.bincount(queries.labels).tolist() == [2] * 10
-    assert len(labeled_folder_splits(train, size=8)[0]) == 60
+    folder = labeled_folders(train, size=8)[0]
+    assert len(folder) == 60
+    # Under torchrun each process decodes its share alone; the shares make up the whole.
+    whole = load_folder_share(folder)
+    Path(folder.path(7)).write_bytes(b"not a jpeg")  # one bad file, in rank 1's share
+    folder = labeled_folders(train, size=8)[0]
+    shares = [load_folder_share(folder, rank, 2) for rank in range(2)]
+    assert shares[0].indices.tolist() == list(range(0, 60, 2))
+    assert shares[1].indices.tolist() == [i for i in range(1, 60, 2) if i != 7]
+    for share in shares:
+        assert torch.equal(share.images, whole.images[share.indices])
+        assert torch.equal(share.labels, whole.labels[share.indices])
+    # Fewer files than processes, or a share of bad files only: an empty share, not an error
+    # (one process alone gets the error: nothing to monitor with).
+    assert [len(load_folder_share(folder.subset(torch.tensor([0])), rank, 2)) for rank in range(2)] == [1, 0]
+    bad_only = folder.subset(torch.tensor([7]))
+    assert len(load_folder_share(bad_only, 0, 2)) == 0
+    with pytest.raises(DataError, match="none of the 1 image files"):
+        load_folder_share(bad_only)
 
 
 def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_table):

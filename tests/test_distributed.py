@@ -88,3 +88,19 @@ def test_ddp_streamed_folder_lists_the_bad_files_of_every_rank_and_embeds_it_as_
     assert len(one["paths"]) == 30 and not any(p.endswith(("corrupt.jpg", "empty.jpg")) for p in one["paths"])
     assert two["paths"] == one["paths"] and torch.equal(two["labels"], one["labels"])
     torch.testing.assert_close(two["embeddings"], one["embeddings"], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_knn_monitor_on_a_folder_shares_the_decoding_and_equals_one_process(tmp_path):
+    # ROOT/train and ROOT/val: each rank decodes its share of both splits for the kNN monitor, and
+    # the gathered kNN (here at random init, the same weights on 1 and 2 processes) is one process's.
+    train = extract_jpegs(tmp_path / "imagenet" / "train", per_class=3)
+    extract_jpegs(tmp_path / "imagenet" / "val", per_class=2)
+    (train / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    common = ["--data.dataset=folder", f"--data.root={train}", "--data.image_size=32", "--data.workers=0",
+              "--data.on_device=false", "--train.knn_every=0", "--train.knn_limit=null", "--data.limit=16"]
+    byol("pretrain", *tiny_overrides(tmp_path / "one", **{"train.batch_size": 8, "train.max_steps": 1}), *common)
+    torchrun(2, "pretrain", *tiny_overrides(tmp_path / "two", **{"train.batch_size": 8, "train.max_steps": 1}),
+             *common)
+    first = [[r for r in read(tmp_path / name) if "eval/knn_top1" in r][0] for name in ("one", "two")]
+    assert first[0]["step"] == first[1]["step"] == 0
+    assert first[0] == first[1]

@@ -39,16 +39,26 @@ def test_twenty_steps_on_real_cifar_lower_the_loss(cifar10_root):
     assert last < first - 0.3, losses
 
 
-@pytest.mark.parametrize("interval, expected", [
-    (0, [("last.pt", 4), ("plots", 4), ("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12),
-         ("plots", 12)]),
-    (3600, [("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12), ("plots", 12)]),
+EVERY_EPOCH = [("last.pt", 4), ("plots", 4), ("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12),
+               ("plots", 12)]
+
+
+@pytest.mark.parametrize("interval, clock_step, max_steps, expected", [
+    (0, 0, None, EVERY_EPOCH),
+    (3600, 0, None, [("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12), ("plots", 12)]),
+    (3600, 10_000, None, EVERY_EPOCH),  # the interval passed by every epoch's end
+    (3600, 0, 6, [("last.pt", 6), ("plots", 6)]),  # the end, mid-epoch
 ])
 def test_last_checkpoint_every_epoch_or_at_most_once_per_interval(tmp_path, cifar10_root, monkeypatch, interval,
-                                                                   expected):
+                                                                   clock_step, max_steps, expected):
     """3 epochs of 4 steps, a kept checkpoint every 2: with an interval, last.pt and the plots are
-    written only at the kept epoch and at the end, not at every epoch's end."""
+    written only at the kept epoch, at the end and once the interval has passed, not at every
+    epoch's end."""
+    import types
     import byol.train
+    if clock_step:  # a clock on which every reading is clock_step seconds after the one before
+        ticks = iter(range(0, 10**9, clock_step))
+        monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     writes = []
     save, plot = byol.train.save_checkpoint, byol.train.plot_metrics
     monkeypatch.setattr(byol.train, "save_checkpoint",
@@ -56,7 +66,7 @@ def test_last_checkpoint_every_epoch_or_at_most_once_per_interval(tmp_path, cifa
     monkeypatch.setattr(byol.train, "plot_metrics", lambda path: writes.append(("plots", writes[-1][1])) or plot(path))
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": 64, "train.epochs": 3, "train.checkpoint_every": 2, "train.knn_every": -1,
-        "train.save_interval_s": interval}) + [f"--data.root={cifar10_root}"])
+        "train.save_interval_s": interval, "train.max_steps": max_steps or "null"}) + [f"--data.root={cifar10_root}"])
     pretrain(config)
     assert writes == expected
 
