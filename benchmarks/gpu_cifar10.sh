@@ -5,8 +5,8 @@
 # A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in two pieces,
 # each 62 MiB compressed (xz with a delta filter: 70% of the raw size). Here, once, before the
 # first call (~2.5 minutes; .data/ is git-ignored):
-#   bash benchmarks/gpu_cifar10.sh stage       # .data/c10-1: data_batch_1, 2, 3 (and MD5SUMS)
-#                                              # .data/c10-2: data_batch_4, 5, test_batch, batches.meta.txt
+#   bash benchmarks/gpu_cifar10.sh stage       # .data/c10-1: data_batch_1, 2, 3; .data/c10-2:
+#                                              # data_batch_4, 5, test_batch, batches.meta.txt; MD5SUMS in both
 # There, the same command every call, back to back (the machine keeps its files only while warm):
 #   bash benchmarks/gpu_cifar10.sh run         # call 1: carry [".data/c10-1"]; call 2: carry
 #                                              # [".data/c10-2"]; then no carry

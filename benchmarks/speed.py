@@ -266,7 +266,7 @@ def table(built: list, rates: dict[str, list[float]]) -> str:
              "recipe and how it runs |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for s in built:
         r = rates[s.name]
-        failed = f"FAILED: {s.failed}" if getattr(s, "failed", None) else ""
+        failed = f"FAILED: {s.failed}".replace("|", "/") if getattr(s, "failed", None) else ""  # no cell breaks
         if not r:
             lines.append(f"| {s.name} | - | - | - | - | {s.notes}{'; ' if s.notes else ''}{failed or 'no round'} |")
             continue

@@ -3,6 +3,8 @@ full batch in one process; a streamed folder lists the bad files that every rank
 embedded on 2 ranks as in one process."""
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,12 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(nproc, *args):
+def torchrun(nproc, *args, check=True, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "byol", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
     return proc
 
 
@@ -104,3 +106,32 @@ def test_ddp_knn_monitor_on_a_folder_shares_the_decoding_and_equals_one_process(
     first = [[r for r in read(tmp_path / name) if "eval/knn_top1" in r][0] for name in ("one", "two")]
     assert first[0]["step"] == first[1]["step"] == 0
     assert first[0] == first[1]
+
+
+def test_ddp_knn_monitor_with_an_empty_share_and_with_nothing_decodable(tmp_path):
+    # val/ holds one good file (rank 0's share) and one bad one (rank 1's): rank 1 has nothing to
+    # embed and still takes part, and the kNN equals one process's. With both bad, every rank
+    # stops at start-up with the same one-sentence error, none waits for the others.
+    src = extract_jpegs(tmp_path / "jpgs", per_class=4)
+    root = tmp_path / "set"
+    for cls in ("cat", "dog"):
+        files = sorted((src / cls).iterdir())
+        (root / "train" / cls).mkdir(parents=True)
+        (root / "val" / cls).mkdir(parents=True)
+        for f in files[:3]:
+            shutil.copy(f, root / "train" / cls / f.name)
+    shutil.copy(sorted((src / "cat").iterdir())[3], root / "val" / "cat" / "a.jpg")
+    (root / "val" / "dog" / "b.jpg").write_bytes(b"not a jpeg")
+    common = ["--data.dataset=folder", f"--data.root={root / 'train'}", "--data.image_size=32", "--data.workers=0",
+              "--data.on_device=false", "--train.knn_every=0", "--train.knn_limit=null", "--data.limit=null"]
+    byol("pretrain", *tiny_overrides(tmp_path / "one", **{"train.batch_size": 2, "train.max_steps": 1}), *common)
+    torchrun(2, "pretrain", *tiny_overrides(tmp_path / "two", **{"train.batch_size": 2, "train.max_steps": 1}),
+             *common)
+    first = [[r for r in read(tmp_path / name) if "eval/knn_top1" in r][0] for name in ("one", "two")]
+    assert first[0] == first[1]
+    (root / "val" / "cat" / "a.jpg").write_bytes(b"not a jpeg either")
+    proc = torchrun(2, "pretrain", *tiny_overrides(tmp_path / "three", **{"train.batch_size": 2}), *common,
+                    check=False, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("byol: error: none of the image files of a kNN monitor split") == 2, proc.stderr
+    assert not re.search(r'File ".*/byol/', proc.stderr)  # torchrun's own report of exit 2 aside, no traceback

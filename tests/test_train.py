@@ -71,6 +71,37 @@ def test_last_checkpoint_every_epoch_or_at_most_once_per_interval(tmp_path, cifa
     assert writes == expected
 
 
+def test_a_checkpoint_skipped_for_a_nan_loss_does_not_restart_the_interval(tmp_path, cifar10_root, monkeypatch):
+    """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: at step 16 a write is due
+    but the step's loss is NaN, so nothing is written; the interval still runs from the start, so
+    step 24 writes (restarting it at step 16 would have skipped that write too)."""
+    import types
+    import byol.step
+    import byol.train
+    steps = [0]
+    call, train_step = byol.train.LoopStep.__call__, byol.step.train_step
+
+    def counted(self, step, images):
+        steps[0] += 1
+        return call(self, step, images)
+
+    def nan_at_16(*args, **kwargs):
+        loss, z1 = train_step(*args, **kwargs)
+        return (loss * float("nan"), z1) if steps[0] == 16 else (loss, z1)
+
+    monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
+    monkeypatch.setattr(byol.step, "train_step", nan_at_16)
+    monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
+    writes = []
+    save = byol.train.save_checkpoint
+    monkeypatch.setattr(byol.train, "save_checkpoint",
+                        lambda path, *a, **k: writes.append((Path(path).name, a[2])) or save(path, *a, **k))
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,
+        "train.save_interval_s": 12}) + [f"--data.root={cifar10_root}"]))
+    assert writes == [("last.pt", 24), ("last.pt", 32)]
+
+
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
     """Every step gets the same batch shape, also when undecodable files left a batch short (a
     compiled step would otherwise compile again for each new size)."""
