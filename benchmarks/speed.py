@@ -260,13 +260,13 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
 def table(built: list, rates: dict[str, list[float]]) -> str:
     """The printed table; the ratio column is against ``byol`` (else the first system), NaN when
     that one has no rounds."""
-    ref = next((s for s in built if getattr(s, "key", None) == "byol"), built[0] if built else None)
+    ref = next((s for s in built if s.key == "byol"), built[0] if built else None)
     ours = statistics.median(rates[ref.name]) if ref is not None and rates[ref.name] else float("nan")
     lines = ["| system | images/s (median) | min-max over rounds | s/epoch (50k) | byol is x faster | "
              "recipe and how it runs |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for s in built:
         r = rates[s.name]
-        failed = f"FAILED: {s.failed}".replace("|", "/") if getattr(s, "failed", None) else ""  # no cell breaks
+        failed = f"FAILED: {s.failed}".replace("|", "/") if s.failed else ""  # no cell breaks
         if not r:
             lines.append(f"| {s.name} | - | - | - | - | {s.notes}{'; ' if s.notes else ''}{failed or 'no round'} |")
             continue

@@ -119,6 +119,12 @@ class ImageFolder(Dataset):
             return self
         return self.subset(torch.linspace(0, len(self) - 1, n).round().long())
 
+    def nothing_decoded(self) -> DataError:
+        """The error for a folder none of whose files could be decoded, with one file and why."""
+        example = "".join(f" ({p}: {r})" for p, r in list(self.bad_files.items())[:1])
+        return DataError(f"none of the {len(self)} image files in {self.root} could be decoded{example}; "
+                         "check the files")
+
     def write_skipped(self, path: Union[str, Path]) -> int:
         """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
         lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
@@ -314,7 +320,5 @@ def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int =
         images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
         n += len(i)
     if n == 0:
-        example = "".join(f" ({p}: {r})" for p, r in list(dataset.bad_files.items())[:1])
-        raise DataError(f"none of the {n_all} image files in {dataset.root} could be decoded{example}; "
-                        "check the files")
+        raise dataset.nothing_decoded()
     return ImageSet(images[:n], labels[:n], dataset.classes, indices[:n])

@@ -126,9 +126,7 @@ def features(net: nn.Module, config: Config, source: Source,
 
     feats, labels, indices = dist.extract_batches_sharded(net, loader_for, len(source), device, **kwargs)
     if len(indices) == 0:
-        example = "".join(f" ({p}: {r})" for p, r in list(source.bad_files.items())[:1])
-        raise DataError(f"none of the {len(source)} image files in {source.root} could be decoded{example}; "
-                        "check the files")
+        raise source.nothing_decoded()
     return feats, labels, indices
 
 

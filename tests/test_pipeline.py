@@ -1,11 +1,13 @@
 """The steps after pretraining on a folder: its images are embedded as they are decoded."""
 
+import pytest
 import torch
 from torch import nn
 
 import byol.folder
 from byol import pipeline
 from byol.config import Config
+from byol.data import DataError
 from byol.evaluate import extract_features
 from byol.folder import ImageFolder, load_folder_tensor
 from conftest import extract_jpegs
@@ -48,3 +50,12 @@ def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_p
     expected = extract_features(net, whole.images, mean=view1.mean, std=view1.std)
     torch.testing.assert_close(feats, expected)
     assert list(folder.bad_files) == [str(root / "cat" / "corrupt.jpg")]
+
+
+def test_a_folder_with_nothing_decodable_is_one_clear_error(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    config = Config()
+    config.data.workers = 0
+    with pytest.raises(DataError, match=r"none of the 1 image files in .* could be decoded \(.*corrupt.jpg: "):
+        pipeline.features(Recorder([]), config, ImageFolder(tmp_path, size=32), torch.device("cpu"))

@@ -1,11 +1,14 @@
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import byol.step
+import byol.train
 from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
@@ -39,6 +42,17 @@ def test_twenty_steps_on_real_cifar_lower_the_loss(cifar10_root):
     assert last < first - 0.3, losses
 
 
+def record_writes(monkeypatch) -> list:
+    """What ``pretrain`` writes, in order: ``(file name, step)`` for each checkpoint and
+    ``("plots", step)`` each time it draws the plots."""
+    writes = []
+    save, plot = byol.train.save_checkpoint, byol.train.plot_metrics
+    monkeypatch.setattr(byol.train, "save_checkpoint",
+                        lambda path, *a, **k: writes.append((Path(path).name, a[2])) or save(path, *a, **k))
+    monkeypatch.setattr(byol.train, "plot_metrics", lambda path: writes.append(("plots", writes[-1][1])) or plot(path))
+    return writes
+
+
 EVERY_EPOCH = [("last.pt", 4), ("plots", 4), ("last.pt", 8), ("epoch_0002.pt", 8), ("plots", 8), ("last.pt", 12),
                ("plots", 12)]
 
@@ -54,16 +68,10 @@ def test_last_checkpoint_every_epoch_or_at_most_once_per_interval(tmp_path, cifa
     """3 epochs of 4 steps, a kept checkpoint every 2: with an interval, last.pt and the plots are
     written only at the kept epoch, at the end and once the interval has passed, not at every
     epoch's end."""
-    import types
-    import byol.train
     if clock_step:  # a clock on which every reading is clock_step seconds after the one before
         ticks = iter(range(0, 10**9, clock_step))
         monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    writes = []
-    save, plot = byol.train.save_checkpoint, byol.train.plot_metrics
-    monkeypatch.setattr(byol.train, "save_checkpoint",
-                        lambda path, *a, **k: writes.append((Path(path).name, a[2])) or save(path, *a, **k))
-    monkeypatch.setattr(byol.train, "plot_metrics", lambda path: writes.append(("plots", writes[-1][1])) or plot(path))
+    writes = record_writes(monkeypatch)
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": 64, "train.epochs": 3, "train.checkpoint_every": 2, "train.knn_every": -1,
         "train.save_interval_s": interval, "train.max_steps": max_steps or "null"}) + [f"--data.root={cifar10_root}"])
@@ -75,9 +83,6 @@ def test_a_checkpoint_skipped_for_a_nan_loss_does_not_restart_the_interval(tmp_p
     """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: at step 16 a write is due
     but the step's loss is NaN, so nothing is written; the interval still runs from the start, so
     step 24 writes (restarting it at step 16 would have skipped that write too)."""
-    import types
-    import byol.step
-    import byol.train
     steps = [0]
     call, train_step = byol.train.LoopStep.__call__, byol.step.train_step
 
@@ -92,20 +97,16 @@ def test_a_checkpoint_skipped_for_a_nan_loss_does_not_restart_the_interval(tmp_p
     monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
     monkeypatch.setattr(byol.step, "train_step", nan_at_16)
     monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
-    writes = []
-    save = byol.train.save_checkpoint
-    monkeypatch.setattr(byol.train, "save_checkpoint",
-                        lambda path, *a, **k: writes.append((Path(path).name, a[2])) or save(path, *a, **k))
+    writes = record_writes(monkeypatch)
     pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,
         "train.save_interval_s": 12}) + [f"--data.root={cifar10_root}"]))
-    assert writes == [("last.pt", 24), ("last.pt", 32)]
+    assert writes == [("last.pt", 24), ("plots", 24), ("last.pt", 32), ("plots", 32)]
 
 
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
     """Every step gets the same batch shape, also when undecodable files left a batch short (a
     compiled step would otherwise compile again for each new size)."""
-    import byol.train
     from conftest import extract_jpegs
     root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
     for name in ("a.jpg", "b.jpg", "c.jpg"):
