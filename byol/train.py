@@ -314,12 +314,14 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                     due = dist.any_rank(due, device)  # the clocks differ; one rank due is enough
                     if due:
                         extra["generator_per_rank"] = dist.gather_generator_states(generator)
+                        if data.folder is not None:  # each rank met the bad files of its own share
+                            data.folder.bad_files = dist.merge_dicts(data.folder.bad_files)
                 # Never overwrite a good checkpoint with weights giving NaN losses (the streak is the
                 # same on every rank); the interval then runs from the last write, not from this step.
                 if due and int(guard.streak.item()) == 0:
                     if rank == 0:
                         save(ckpt_path)
-                        if data.folder is not None:  # so far (this process's), kept if the run dies
+                        if data.folder is not None:  # so far (every rank's), kept if the run dies
                             data.folder.write_skipped(skipped_path)
                         if keep:
                             save(run_dir / "checkpoints" / f"epoch_{done_epochs:04d}.pt")

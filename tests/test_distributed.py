@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -23,11 +24,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_command(nproc, *args):
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "byol", *map(str, args)]
+
+
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
 def torchrun(nproc, *args, check=True, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "byol", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, env=TORCHRUN_ENV,
+                          timeout=timeout)
     assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
     return proc
 
@@ -90,6 +97,38 @@ def test_ddp_streamed_folder_lists_the_bad_files_of_every_rank_and_embeds_it_as_
     assert len(one["paths"]) == 30 and not any(p.endswith(("corrupt.jpg", "empty.jpg")) for p in one["paths"])
     assert two["paths"] == one["paths"] and torch.equal(two["labels"], one["labels"])
     torch.testing.assert_close(two["embeddings"], one["embeddings"], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_checkpoint_lists_the_bad_files_of_every_rank_before_the_run_ends(tmp_path):
+    # The list written beside each checkpoint is what survives a run killed with -9 (and what
+    # --resume starts from), so it must hold every rank's bad files, not rank 0's alone. The same
+    # folder and seed as above give one bad file to each rank in the first epoch; the run is
+    # killed once the first epoch's list is there.
+    root = extract_jpegs(tmp_path / "images", per_class=3)
+    (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "dog" / "empty.jpg").write_bytes(b"")
+    run = tmp_path / "run"
+    cmd = torchrun_command(2, "pretrain", "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+                           "--data.workers=0", "--data.on_device=false",
+                           *tiny_overrides(run, **{"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null",
+                                                   "train.seed": 1, "train.epochs": 200}))
+    proc = subprocess.Popen(cmd, env=TORCHRUN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    listed = run / "skipped_files.txt"
+    try:
+        deadline = time.monotonic() + 300
+        while not listed.is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert listed.is_file(), proc.stderr.read().decode() if proc.poll() is not None else "timed out"
+        skipped = listed.read_text().splitlines()  # written whole, then renamed into place
+        assert proc.poll() is None  # read while the run goes on, not the list written at its end
+    finally:
+        proc.terminate()  # torchrun passes SIGTERM on to its workers (their own process groups)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
 
 
 def test_ddp_knn_monitor_on_a_folder_shares_the_decoding_and_equals_one_process(tmp_path):
