@@ -27,7 +27,9 @@ class DataConfig:
     image_size: int = 32              # side of the augmented views
     load_size: Optional[int] = None   # folder: decode to this square before device crops (default 8/7 x image_size)
     workers: int = 4                  # decoding processes for image folders
-    on_device: str = "auto"           # keep the set as one uint8 tensor on the device: auto | true | false
+    on_device: Union[bool, str] = "auto"  # keep the set as one uint8 tensor on the GPU: auto (CIFAR, STL-10: yes,
+                                      # unless it takes over a quarter of its memory; folders: no, streamed),
+                                      # true (a folder too: decoded once), false (host memory, batches copied over)
     limit: Optional[int] = None       # use only the first N training images (quick runs, tests; a folder's
                                       # first N files in sorted order)
 
@@ -210,7 +212,7 @@ def validate(config: Config) -> Config:
              ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),
              ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch)"),
              ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
-             ("data.on_device", config.data.on_device in ("auto", "true", "false"), "auto, true or false"),
+             ("data.on_device", config.data.on_device in (True, False, "auto"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
              ("optim.lr", config.optim.lr >= 0, ">= 0"),
              ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),

@@ -264,6 +264,25 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
     return ImageSet(images, labels, _read_names(folder / "class_names.txt"))
 
 
+def data_home(setting: Union[bool, str], nbytes: int, device: torch.device,
+              capacity: Optional[int] = None) -> torch.device:
+    """Where a data set held as one uint8 tensor of ``nbytes`` lives while training on ``device``.
+
+    ``setting`` is ``data.on_device``: ``True`` puts it on ``device`` (batches drawn there by
+    index, nothing copied per step); ``False`` keeps it in host memory (each batch copied over);
+    ``"auto"`` puts it on the device unless it would take more than a quarter of the device's
+    memory (``capacity``, in bytes; by default the CUDA device's total, unknown elsewhere).
+    """
+    cpu = torch.device("cpu")
+    if device.type == "cpu" or setting is False:
+        return cpu
+    if setting is True:
+        return device
+    if capacity is None and device.type == "cuda":
+        capacity = torch.cuda.get_device_properties(device).total_memory
+    return device if capacity is None or nbytes <= capacity // 4 else cpu
+
+
 class TensorBatches:
     """Batches of an in-memory set already on the device: no DataLoader, no host sync.
 

@@ -15,7 +15,7 @@ from .augment import Augment, view_presets
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, save_config
-from .data import DataError, ImageSet, TensorBatches, build_dataset
+from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
@@ -109,13 +109,19 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         if d.limit:  # before decoding anything
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source
-        if d.on_device == "true":  # small folders: decode once, then train from device memory
+        if d.on_device is True:  # small folders: decode once, then train from device memory
             source = load_folder_tensor(source, d.workers)
     if isinstance(source, ImageSet):
         if d.limit:
             source = source.first(d.limit)
-        labels = source.labels.to(device) if source.labels is not None else None
-        batches = TensorBatches(source.images.to(device), labels, per_rank, generator=t.seed,
+        home = data_home(d.on_device, source.images.nbytes, device)
+        if home != device and rank == 0:
+            print(f"note: the training set ({source.images.nbytes / 2**30:.1f} GiB) stays in host memory and "
+                  f"each batch is copied to {device}" + (" (data.on_device=auto: it would take more than a "
+                  "quarter of the device's memory; data.on_device=true puts it there)"
+                  if d.on_device == "auto" else ""), file=sys.stderr)
+        labels = source.labels.to(home) if source.labels is not None else None
+        batches = TensorBatches(source.images.to(home), labels, per_rank, generator=t.seed,
                                 rank=rank, world_size=world)
         n = len(source)
     else:
@@ -275,7 +281,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 # with repeats of its own images, so that every step has one shape (a compiled step
                 # would compile again for each new batch size)
                 images = images[torch.arange(batch_per_rank) % len(images)]
-            images = images.to(device, non_blocking=True)  # streamed folders: pinned CPU -> device
+            images = images.to(device, non_blocking=True)  # streamed folders (pinned) or a host-kept set
             loss, z1 = loop_step(step, images)
             step += 1
             if progress is not None:

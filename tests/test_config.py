@@ -53,6 +53,13 @@ def test_compile_is_auto_or_a_bool(value, expected):
     assert load_config("cifar10", [f"--train.compile={value}"]).train.compile == expected
 
 
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("False", False), ("no", False)])
+def test_on_device_is_auto_or_a_bool_also_in_a_yaml_file(tmp_path, value, expected):
+    assert load_config("cifar10", [f"--data.on_device={value}"]).data.on_device == expected
+    (tmp_path / "c.yaml").write_text(f"data:\n  on_device: {value}\n")  # YAML reads false, no, ... as a bool
+    assert load_config(str(tmp_path / "c.yaml")).data.on_device == expected
+
+
 def test_yaml_file_and_its_errors(tmp_path):
     good = tmp_path / "run.yaml"
     good.write_text("train:\n  epochs: 2\nmodel:\n  width: 8\n")

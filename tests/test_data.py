@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.data import DataError, ImageSet, TensorBatches, build_dataset, load_cifar, load_stl10
+from byol.data import DataError, ImageSet, TensorBatches, build_dataset, data_home, load_cifar, load_stl10
 from byol.folder import (ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share,
                          load_folder_tensor)
 from conftest import extract_jpegs
@@ -475,6 +475,18 @@ def test_tensor_batches_ranks_are_disjoint():
               for r in (0, 1))
     a, b = _epoch(p0, 0), _epoch(p1, 0)
     assert len(a) == len(b) == 52 and set(a.tolist()) | set(b.tolist()) == set(range(103))
+
+
+def test_data_home_follows_data_on_device():
+    # Where the training set's tensor lives: no GPU is needed to decide, only its memory size.
+    gpu, cpu, gib = torch.device("cuda", 0), torch.device("cpu"), 2 ** 30
+    assert data_home("auto", 3 * gib, gpu, capacity=80 * gib) == gpu    # CIFAR or STL-10 on any GPU
+    assert data_home("auto", 20 * gib, gpu, capacity=80 * gib) == gpu   # a quarter: still fits
+    assert data_home("auto", 21 * gib, gpu, capacity=80 * gib) == cpu   # more: host memory
+    assert data_home(True, 60 * gib, gpu, capacity=80 * gib) == gpu   # asked for: as asked
+    assert data_home(False, 1, gpu, capacity=80 * gib) == cpu
+    assert data_home("auto", 60 * gib, torch.device("mps"), capacity=None) == torch.device("mps")  # size unknown
+    assert all(data_home(s, 1, cpu) == cpu for s in ("auto", True, False))
 
 
 # ----------------------------------------------------------------------------------- build_dataset

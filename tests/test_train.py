@@ -196,3 +196,16 @@ def test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point())
+
+
+@pytest.mark.gpu
+def test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory(tmp_path, capsys):
+    """data.on_device=false: the set stays in host memory and each batch is copied to the GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    root = fake_cifar10(tmp_path / "data")
+    overrides = {"train.device": "cuda", "train.compile": False, "train.knn_every": -1, "train.max_steps": 2,
+                 "data.on_device": False}
+    results = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **overrides) + [f"--data.root={root}"]))
+    assert results["step"] == 2 and math.isfinite(results["loss"])
+    assert "stays in host memory and each batch is copied to cuda" in capsys.readouterr().err
