@@ -1,12 +1,14 @@
 """The method: online branch, predictor, target branch, and the loss over two views."""
 
 from collections import OrderedDict
+from itertools import chain
 from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from .backbones import cut_at, feature_dim as probe_feature_dim
+from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target, update_target
 from .loss import byol_loss
 from .schedules import tau_schedule
@@ -24,6 +26,63 @@ class MLP(nn.Sequential):
         )
 
 
+def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> int:
+    """The width of ``encoder``'s flattened output: found on the meta device (no real compute), or,
+    for a forward that reads values (data-dependent control flow), by running two blank images."""
+    try:
+        return probe_feature_dim(encoder, image_size)
+    except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
+        was_training = encoder.training
+        encoder.eval()  # eval so BatchNorm does not update its running statistics
+        try:
+            with torch.no_grad():
+                return encoder(torch.zeros(2, 3, image_size, image_size, device=device)).flatten(1).shape[1]
+        finally:
+            encoder.train(was_training)
+
+
+def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
+    """``mlp`` with BatchNorm statistics over all processes, for ``sync_batchnorm=True``.
+
+    PyTorch's SyncBatchNorm, as byol-pytorch uses (outside a process group it normalizes each
+    process's batch); on the CPU within a process group, where PyTorch's refuses to run,
+    :class:`~byol.distributed.GlobalBatchNorm`.
+    """
+    if world_size() > 1:
+        return convert_sync_batchnorm(mlp, device)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(mlp)
+
+
+def check_pixel_range(images: torch.Tensor) -> None:
+    """Refuse a float batch in 0..255: the augmentations take floats in [0, 1] (or uint8)."""
+    # 2, not 1: resizing with antialiasing or bicubic interpolation overshoots 1 a little.
+    if images.is_floating_point() and images.numel() and images.amax() > 2:
+        raise ValueError(f"float images must be in [0, 1], but this batch reaches {float(images.amax()):.4g}; "
+                         "divide it by 255, or pass the uint8 images as they are")
+
+
+class OnlineEncoder(nn.Module):
+    """byol-pytorch's ``learner.online_encoder``: the network passed in and the projector.
+
+    A view of the learner's own modules, nothing copied: ``.net`` is the network that training
+    updates, ``.projector`` the learner's projector, and calling it returns
+    ``(projection, representation)``, or the representation alone with ``return_projection=False``.
+    """
+
+    def __init__(self, net: nn.Module, encoder: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.net, self.projector = net, projector
+        # Unregistered: its parameters are net's, and the state_dict keys stay byol-pytorch's
+        # (net.*, projector.*).
+        object.__setattr__(self, "encoder", encoder)
+
+    def forward(self, x: torch.Tensor, return_projection: bool = True):
+        representation = self.encoder(x)  # (B, D)
+        if not return_projection:
+            return representation
+        return self.projector(representation), representation
+
+
 class BYOL(nn.Module):
     """Bootstrap Your Own Latent (Grill et al. 2020).
 
@@ -34,57 +93,82 @@ class BYOL(nn.Module):
 
     * ``loss = model(view1, view2)``: two augmented batches in, the symmetrized loss out.
     * ``loss = model(images)``: byol-pytorch style; both views are drawn here with
-      ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default).
+      ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default). With the default
+      augmentations, images are uint8 or float in [0, 1]; the first batch is checked (one host
+      sync, once) and a float batch in 0..255 is a ``ValueError``.
+
+    As in byol-pytorch, the projector and predictor are put on ``net``'s device, and
+    ``learner.net`` and ``learner.online_encoder`` (``.net``, ``.projector``) are there.
 
     Args:
         net: the encoder, any ``nn.Module`` taking (B, 3, H, W).
         image_size: side of the augmented views; also used to find the feature width.
-        hidden_layer: where the representation is taken: ``None`` for ``net``'s output, a
-            module name (``"avgpool"``) or an index into ``net``'s children (byol-pytorch's ``-2``).
-            Training updates ``net``'s own parameters either way.
+        hidden_layer: where the representation is taken, as in byol-pytorch: an index into
+            ``net``'s children (default ``-2``, a torchvision ResNet's avgpool), or a module
+            name (``"avgpool"``); ``-1`` (or ``None``) is ``net``'s own output, which needs no
+            tracing and so works for any network. Training updates ``net``'s own parameters.
         projection_size, projection_hidden_size: the MLPs' output and hidden widths.
-        augment_fn, augment_fn2: callables on a batch, for the one-argument call.
+        augment_fn, augment_fn2: callables on a batch, for the one-argument call;
+            ``augment_fn2`` defaults to ``augment_fn``, and both to the paper's two recipes.
         moving_average_decay: the EMA rate tau (its base value when ``total_steps`` is set).
+        use_momentum: ``False`` uses the online network itself (no gradient) as the target.
+        sync_batchnorm: BatchNorm statistics of the projector and predictor over all processes
+            (:func:`sync_norms`); ``None`` does so when a process group of more than one is up.
+            ``net``'s own BatchNorm layers are left as they are (convert them yourself).
         total_steps: if set, :meth:`update_moving_average` follows the paper's cosine schedule
             from ``moving_average_decay`` to 1 over this many calls; otherwise tau is constant.
-        use_momentum: ``False`` uses the online network itself (no gradient) as the target.
         use_predictor: ``False`` drops the predictor (an ablation that collapses; see paper, table 5).
         concat_views: run both views through the online branch as one batch (shared BatchNorm
             statistics) instead of one view at a time as the reference code does.
         feature_dim: the encoder's output width; found automatically when ``None``.
     """
 
-    def __init__(self, net: nn.Module, image_size: int = 224, hidden_layer: Union[str, int, None] = None,
+    def __init__(self, net: nn.Module, image_size: int = 224, hidden_layer: Union[str, int, None] = -2,
                  projection_size: int = 256, projection_hidden_size: int = 4096,
                  augment_fn: Optional[Callable] = None, augment_fn2: Optional[Callable] = None,
-                 moving_average_decay: float = 0.996, total_steps: Optional[int] = None,
-                 use_momentum: bool = True, use_predictor: bool = True, concat_views: bool = False,
-                 feature_dim: Optional[int] = None):
+                 moving_average_decay: float = 0.996, use_momentum: bool = True,
+                 sync_batchnorm: Optional[bool] = None, *, total_steps: Optional[int] = None,
+                 use_predictor: bool = True, concat_views: bool = False, feature_dim: Optional[int] = None):
         super().__init__()
-        encoder = cut_at(net, hidden_layer)
-        dim = feature_dim or probe_feature_dim(encoder, image_size)
-        self.online = nn.Sequential(OrderedDict(
-            encoder=encoder,
-            projector=MLP(dim, projection_hidden_size, projection_size),
-        ))
-        self.predictor = MLP(projection_size, projection_hidden_size, projection_size) if use_predictor \
-            else nn.Identity()
+        # Not a registered submodule: the encoder below holds its parameters, and the state_dict
+        # keeps one copy of each.
+        object.__setattr__(self, "net", net)
+        first = next(chain(net.parameters(), net.buffers()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        encoder = net if hidden_layer is None or hidden_layer == -1 else cut_at(net, hidden_layer)
+        dim = feature_dim or feature_width(encoder, image_size, device)
+        projector = MLP(dim, projection_hidden_size, projection_size)
+        predictor = MLP(projection_size, projection_hidden_size, projection_size) if use_predictor else nn.Identity()
+        if sync_batchnorm is None:  # byol-pytorch's default
+            sync_batchnorm = world_size() > 1
+        if sync_batchnorm:
+            projector, predictor = sync_norms(projector, device), sync_norms(predictor, device)
+        self.online = nn.Sequential(OrderedDict(encoder=encoder, projector=projector.to(device)))
+        self.predictor = predictor.to(device)
         self.target = build_target(self.online) if use_momentum else None
         self.concat_views = concat_views
         self.moving_average_decay = moving_average_decay
         self.total_steps = total_steps
         self.ema_step = 0
-        if augment_fn is None or augment_fn2 is None:
+        self.check_first_batch = augment_fn is None  # the paper's view 1, which takes uint8 or [0, 1]
+        if augment_fn is None:
             from .augment import Augment, paper_views  # lazily: augment is only needed for this call style
             view1, view2 = paper_views(image_size)
-            augment_fn = augment_fn or Augment(view1)
-            augment_fn2 = augment_fn2 or Augment(view2)
+            augment_fn = Augment(view1)
+            augment_fn2 = Augment(view2) if augment_fn2 is None else augment_fn2
+        elif augment_fn2 is None:
+            augment_fn2 = augment_fn  # as byol-pytorch: one augmentation for both views
         self.augment_fn, self.augment_fn2 = augment_fn, augment_fn2
 
     @property
     def encoder(self) -> nn.Module:
         """The online encoder: the network that is evaluated and exported."""
         return self.online.encoder
+
+    @property
+    def online_encoder(self) -> OnlineEncoder:
+        """byol-pytorch's ``online_encoder``: ``.net``, ``.projector``, ``(x) -> (projection, representation)``."""
+        return OnlineEncoder(self.net, self.online.encoder, self.online.projector)
 
     def forward(self, x: torch.Tensor, view2: Optional[torch.Tensor] = None,
                 return_embedding: bool = False, return_projection: bool = True):
@@ -94,9 +178,11 @@ class BYOL(nn.Module):
         instead, as byol-pytorch does (only the embedding if ``return_projection=False``).
         """
         if return_embedding:
-            embedding = self.online.encoder(x)
-            return (self.online.projector(embedding), embedding) if return_projection else embedding
+            return self.online_encoder(x, return_projection=return_projection)
         if view2 is None:
+            if self.check_first_batch:  # only the first: the check reads a value back to the host
+                check_pixel_range(x)
+                self.check_first_batch = False
             x, view2 = self.augment_fn(x), self.augment_fn2(x)
         return self.forward_views(x, view2)[0]
 

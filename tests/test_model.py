@@ -1,8 +1,13 @@
+from itertools import chain
+
 import pytest
 import torch
+import torchvision
 from torch import nn
 
+import byol.model
 from byol import BYOL, resnet
+from byol.distributed import GlobalBatchNorm
 from byol.schedules import tau_schedule
 
 
@@ -133,3 +138,119 @@ def test_byol_pytorch_style_training_improves_the_network_passed_in(tmp_path):
     reloaded = resnet("resnet18", cifar_stem=True, width=8)
     reloaded.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))
     torch.testing.assert_close(reloaded.layer1[0].conv1.weight, learner.encoder.body.layer1.get_submodule("0").conv1.weight)
+
+
+# byol-pytorch 0.9.1 compatibility: what its users write works the same way here.
+
+class Branchy(nn.Module):
+    """A network with data-dependent control flow, which symbolic tracing cannot cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.conv(x).mean((2, 3))
+        if h.sum() > 0:
+            h = h * 2
+        return self.fc(h)
+
+
+def test_projector_and_predictor_go_to_the_networks_device():
+    net = resnet("resnet18", cifar_stem=True, width=8).to("meta")
+    learner = BYOL(net, image_size=32, projection_size=16, projection_hidden_size=32)
+    tensors = dict(chain(learner.named_parameters(), learner.named_buffers()))
+    assert "online.projector.0.weight" in tensors and "predictor.0.weight" in tensors
+    assert {name: t.device.type for name, t in tensors.items() if t.device.type != "meta"} == {}
+
+
+def test_default_hidden_layer_is_the_penultimate_child():
+    net = torchvision.models.resnet18()
+    learner = BYOL(net, image_size=64, projection_size=16, projection_hidden_size=32)
+    assert learner.online.projector[0].in_features == 512  # avgpool's width, not fc's 1000
+    net = resnet("resnet18", cifar_stem=True, width=8).eval()
+    learner = BYOL(net, image_size=32, projection_size=16, projection_hidden_size=32).eval()
+    x = torch.rand(2, 3, 32, 32)
+    trunk = nn.Sequential(*list(net.children())[:-1])  # up to avgpool, without fc
+    torch.testing.assert_close(learner(x, return_embedding=True, return_projection=False), trunk(x).flatten(1))
+
+
+def test_hidden_layer_minus_one_is_the_networks_own_output_without_tracing():
+    torch.manual_seed(0)
+    net = Branchy()
+    learner = BYOL(net, image_size=16, hidden_layer=-1, projection_size=16, projection_hidden_size=32,
+                   augment_fn=identity)
+    x = torch.rand(4, 3, 16, 16)
+    torch.testing.assert_close(learner(x, return_embedding=True, return_projection=False), net(x))
+    learner(x).backward()
+    assert net.conv.weight.grad is not None
+
+
+def test_sync_batchnorm_applies_to_projector_and_predictor():
+    def norms(model):
+        return [type(model.online.projector[1]), type(model.predictor[1]), type(model.target.projector[1])]
+
+    _, plain = small_byol(sync_batchnorm=False)
+    _, synced = small_byol(sync_batchnorm=True)
+    assert norms(plain) == [nn.BatchNorm1d] * 3 and norms(synced) == [nn.SyncBatchNorm] * 3
+    assert type(synced.online.encoder.body.bn1) is nn.BatchNorm2d  # the network's own are left as they are
+    v1, v2 = views()
+    torch.testing.assert_close(synced(v1, v2), plain(v1, v2))  # one process: the same statistics
+    assert norms(small_byol()[1]) == [nn.BatchNorm1d] * 3  # None: no process group, no sync
+
+
+def test_sync_batchnorm_default_follows_the_process_group(monkeypatch):
+    monkeypatch.setattr(byol.model, "world_size", lambda: 2)
+    _, model = small_byol()  # None, in a process group of 2 (on the CPU: PyTorch's SyncBatchNorm refuses)
+    assert type(model.online.projector[1]) is GlobalBatchNorm and type(model.predictor[1]) is GlobalBatchNorm
+    assert type(small_byol(sync_batchnorm=False)[1].predictor[1]) is nn.BatchNorm1d
+
+
+def test_online_encoder_is_byol_pytorchs():
+    net, learner = small_byol()
+    online_encoder = learner.online_encoder
+    assert online_encoder.net is net and online_encoder.projector is learner.online.projector
+    x = torch.rand(4, 3, 32, 32)
+    projection, representation = online_encoder(x)
+    assert projection.shape == (4, 16) and representation.shape == (4, 64)
+    assert online_encoder(x, return_projection=False).shape == (4, 64)
+    expected = {f"net.{k}" for k in net.state_dict()} | \
+        {f"projector.{k}" for k in learner.online.projector.state_dict()}  # byol-pytorch's keys
+    assert set(online_encoder.state_dict()) == expected
+    assert {id(p) for p in online_encoder.parameters()} >= {id(p) for p in learner.online.parameters()}
+    assert not any(k.startswith("net.") for k in learner.state_dict())  # checkpoints keep their keys
+
+
+def test_augment_fn_alone_draws_both_views():
+    calls = []
+
+    def augment(x):
+        calls.append(x)
+        return x
+
+    _, model = small_byol(augment_fn=augment, augment_fn2=None)
+    assert model.augment_fn2 is augment
+    model(views()[0])
+    assert len(calls) == 2
+
+
+def test_float_images_in_0_255_are_refused_at_the_first_batch(monkeypatch):
+    _, model = small_byol(augment_fn=None, augment_fn2=None)  # the paper's views: uint8 or [0, 1]
+    images = torch.rand(4, 3, 32, 32)
+    with pytest.raises(ValueError, match="divide it by 255"):
+        model(images * 255)
+    checks = []
+    monkeypatch.setattr(byol.model, "check_pixel_range", checks.append)
+    model(images), model(images)
+    assert len(checks) == 1  # once: each check is a host sync
+    _, custom = small_byol()  # the user's own augmentations take whatever range they take
+    assert torch.isfinite(custom(images * 255))
+
+
+def test_positional_arguments_in_byol_pytorchs_order():
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner = BYOL(net, 32, "avgpool", 16, 32, identity, identity, 0.9, False, True)
+    assert learner.moving_average_decay == 0.9 and learner.target is None  # use_momentum=False
+    assert type(learner.predictor[1]) is nn.SyncBatchNorm  # sync_batchnorm=True
+    assert learner.total_steps is None  # ours are keyword-only
