@@ -3,6 +3,7 @@
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -87,8 +88,30 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not write_failed(e):
+            raise
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on that disk"
+        except OSError:
+            free = ""
+        kept = "; the previous one is kept" if path.is_file() else ""
+        raise CheckpointError(f"could not write the checkpoint {path} ({write_failure(e)}{free}){kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a failed write: an ``OSError``, or ``torch.save``'s zip writer reporting one
+    (a full disk is a RuntimeError "[enforce fail at inline_container.cc:...]" there)."""
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and "inline_container" in str(e))
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, in a few words (see :func:`write_failed`)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{str(e).splitlines()[0][:120]}; is the disk full?"
 
 
 def read_state(path: Path, map_location: Any = "cpu") -> Any:
@@ -98,8 +121,12 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
         CheckpointError: with one sentence saying what is wrong with the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give a checkpoint file in it (e.g. "
+                              f"{path / 'checkpoints' / 'last.pt'}, or an exported encoder.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_format(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -111,6 +138,26 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
                               f"({type(e).__name__}); use an earlier checkpoint") from None
     return state
+
+
+def _check_format(path: Path) -> None:
+    """Refuse, in one sentence, a file that ``torch.save`` did not write, or a TorchScript export."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return  # torch.load reports it as corrupt
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            raise CheckpointError(f"{path} is a TorchScript module (as `byol export` writes "
+                                  "encoder_torchscript.pt); load it with torch.jit.load, and give byol a run's "
+                                  "checkpoint or the exported encoder.pt")
+        return
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # A zip cut short (no central directory at its end) is left to torch.load: corrupt or truncated.
+    if head and not head.startswith((b"PK", b"\x80")):  # torch.save's legacy format: a pickle, protocol >= 2
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a file written by torch.save)")
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
@@ -125,7 +172,14 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
     """``load_state_dict(strict=True)`` that turns a mismatch into a :class:`CheckpointError`."""
     try:
         unwrap(model).load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()
+    except RuntimeError:
+        own = unwrap(model).state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                  if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != v.shape]
+        parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
+            (missing, "keys missing"), (unexpected, "keys it does not have"), (shapes, "of another shape"))
+            if found]
         raise CheckpointError(f"{source} does not match this model (different backbone, width or "
-                              f"projector sizes?): {' '.join(line.strip() for line in first[:2])}") from None
+                              f"projector sizes?): {'; '.join(parts) or 'the state does not load'}") from None

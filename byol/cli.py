@@ -14,14 +14,42 @@ class UsageError(Exception):
     """A command line that cannot be parsed."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are a :class:`UsageError` (one line from :func:`main`), not usage text."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
-                                "Any config key can be set as --section.key=value (e.g. --train.epochs=10).")
+    p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
+                "Any config key can be set as --section.key=value (e.g. --train.epochs=10).")
     sub = p.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("pretrain", help="pretrain an encoder with BYOL")
-    pre.add_argument("--config", default="cifar10", help="a preset name (cifar10, stl10, imagenet, ...) "
-                     "or a YAML file (default: cifar10)")
-    pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint")
+    pre.add_argument("--config", help="a preset name (cifar10, stl10, imagenet, ...) or a YAML file (default: "
+                     "cifar10); with --resume it only locates the run")
+    pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
+                     "with its saved config.yaml changed by the --section.key=value settings given here")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
@@ -29,19 +57,21 @@ def _parser() -> argparse.ArgumentParser:
         e = ev_sub.add_parser(name, help=text)
         e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
         e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
-        e.add_argument("--limit", type=int, help="use only N images of each split (the first N; for a folder, spread over its classes)")
+        e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
+                       "for a folder, spread over its classes)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
                        "from (same architecture and seed, untrained): the baseline to beat")
         if name == "knn":
-            e.add_argument("--k", type=int, nargs="+", default=[20, 200], help="numbers of neighbours")
-            e.add_argument("--temperature", type=float, default=0.1)
+            e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200], help="numbers of neighbours")
+            e.add_argument("--temperature", type=_positive_float, default=0.1)
         else:
-            e.add_argument("--epochs", type=int, default=100)
+            e.add_argument("--epochs", type=_positive_int, default=100)
     em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths")
     em.add_argument("checkpoint")
     em.add_argument("--out", required=True, help="output file, .npy or .pt")
-    em.add_argument("--split", default="test", help="train | test | unlabeled (STL-10) | a sub-folder")
-    em.add_argument("--limit", type=int, help="embed only the first N images")
+    em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
+                    "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
+    em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
     ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
     ex.add_argument("checkpoint")
     ex.add_argument("--out", required=True, help="output folder")
@@ -58,9 +88,12 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
+    from .pipeline import writing
     path = Path(out) if out else default
     if _is_main_process():
-        path.write_text(json.dumps(result, indent=2))
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2))
     return path
 
 
@@ -69,45 +102,59 @@ def run(argv: Optional[list[str]] = None) -> int:
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
     if bad:
         raise UsageError(f"unrecognized argument {bad[0]!r}; config keys are set as --section.key=value")
+    if args.command == "export" and overrides:
+        key = overrides[0].split("=")[0]
+        why = ("the model comes from the checkpoint and is exported as it was trained" if key.startswith("--model.")
+               else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
+        raise UsageError(f"byol export does not accept {key}: {why}")
     from . import pipeline
     if args.command == "pretrain":
-        from .config import load_config
+        from .config import load_config, resume_config
         from .train import pretrain
         extra = ["--data.download=true"] if args.download else []
-        config = load_config(args.config, overrides + extra)
+        if args.resume:
+            config = resume_config(args.config or "cifar10", overrides + extra, explicit=args.config is not None)
+        else:
+            config = load_config(args.config or "cifar10", overrides + extra)
         results = pretrain(config, resume=args.resume)
         if "stopped_by" in results:
             print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
                   f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
             return 128 + int(getattr(signal, results["stopped_by"]))
-        rows = [("steps", str(results["step"])), ("final loss", f"{results.get('loss', float('nan')):.4f}")]
+        rows = [("steps", str(results["step"]))]
+        if "loss" in results:  # not for a finished run resumed
+            rows.append(("final loss", f"{results['loss']:.4f}"))
         k = config.train.knn_k
         if "knn" in results:
             rows.append((f"kNN top-1 (k={k})", f"{results['knn'][k]:.2f}%"))
         if "knn_init" in results:
             rows.append(("kNN top-1 at random init", f"{results['knn_init'][k]:.2f}%"))
-        if "skipped_files" in results:
+        if results.get("skipped_files"):
             rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
         rows.append(("run directory", config.train.out_dir))
         _print_table("pretraining done", rows)
     elif args.command == "eval":
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
-                                  limit=args.limit, random_init=args.random_init)
+                                  limit=args.limit, random_init=args.random_init, progress=True)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
-                                     random_init=args.random_init)
+                                     random_init=args.random_init, progress=True)
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", f"{result['top5']:.2f}%")]
         result["random_init"] = args.random_init
         suffix = "_random_init" if args.random_init else ""
         default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json")
-        path = _write_json(result, args.out, default)
-        _print_table(f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images",
-                     rows + [("results", str(path))])
+        title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images"
+        try:
+            path = _write_json(result, args.out, default)
+        except pipeline.OutputError:
+            _print_table(title, rows)  # the finished evaluation's numbers are not lost
+            raise
+        _print_table(title, rows + [("results", str(path))])
     elif args.command == "embed":
         path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
-                              limit=args.limit)
+                              limit=args.limit, progress=True)
         print(f"embeddings written to {path}")
     elif args.command == "export":
         info = pipeline.export(args.checkpoint, args.out)
@@ -131,7 +178,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
-    errors = (ConfigError, DataError, CheckpointError, UsageError, FileNotFoundError, PermissionError,
+    from .pipeline import OutputError
+    errors = (ConfigError, DataError, CheckpointError, UsageError, OutputError, FileNotFoundError, PermissionError,
               FloatingPointError)
     from .distributed import shutdown
     try:

@@ -1,6 +1,8 @@
 """Typed configuration: dataclass defaults, YAML presets over them, ``--section.key=value`` over those."""
 
 import dataclasses
+import os
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -117,7 +119,7 @@ def preset_names() -> list[str]:
 
 def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # (a folder named like a preset is not a config)
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path} does not exist")
         text = path.read_text()
@@ -129,8 +131,11 @@ def _read_preset(name_or_path: str) -> dict:
         text = preset.read_text()
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {name_or_path} is not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: where, and the parser's problem
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {name_or_path} must be a mapping of sections")
     return data
@@ -203,6 +208,45 @@ def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = N
     return validate(apply_overrides(config, overrides or []))
 
 
+def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
+                  explicit: bool = False) -> Config:
+    """The config to continue a run with: the run's saved ``config.yaml``, then ``overrides``.
+
+    ``preset`` and ``overrides`` first resolve as :func:`load_config` does, to find the run (its
+    ``train.out_dir``, kept even if the run folder was moved); a run without a saved config
+    resumes with that resolution. An ``explicit`` preset's settings that differ from the run's
+    are named in a note: they do not change it (``--section.key=value`` does).
+    """
+    located = load_config(preset, overrides)
+    saved = Path(located.train.out_dir) / "config.yaml"
+    if not saved.is_file():
+        return located
+    if not _read_preset(str(saved)):
+        raise ConfigError(f"the run's saved config {saved} is empty; give the run's settings with --config and "
+                          "--section.key=value, or restore the file")
+    config = load_config(str(saved), overrides)
+    config.train.out_dir = located.train.out_dir
+    ignored = changed_settings(config.to_dict(), located.to_dict())
+    if explicit and ignored:
+        print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
+              f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
+              "to change the run", file=sys.stderr)
+    return config
+
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """``section.key old -> new`` for each setting that differs (a data root compared as an absolute path)."""
+    changed = []
+    for section, values in after.items():
+        for key, new in values.items():
+            old = before.get(section, {}).get(key, new)
+            if f"{section}.{key}" == "data.root":
+                old, new = os.path.abspath(old), os.path.abspath(new)
+            if old != new:
+                changed.append(f"{section}.{key} {old} -> {new}")
+    return changed
+
+
 def validate(config: Config) -> Config:
     """Reject values of the right type but outside their range, with the key and the rule."""
     t = config.train
@@ -221,7 +265,18 @@ def validate(config: Config) -> Config:
              ("train.compile", t.compile is True or t.compile is False or t.compile == "auto", "true, false or auto"),
              ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N"),
              ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
-             ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null")]
+             ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null"),
+             ("train.knn_k", t.knn_k >= 1, ">= 1"), ("train.tau_base", 0 <= t.tau_base <= 1, "between 0 and 1"),
+             ("train.out_dir", t.out_dir.strip() != "", "a directory (not empty)"),
+             ("data.root", config.data.root.strip() != "", "a directory (not empty)"),
+             ("data.image_size", config.data.image_size >= 8, ">= 8"),
+             ("data.load_size", config.data.load_size is None or config.data.load_size >= 8, ">= 8 or null"),
+             ("model.projection_size", config.model.projection_size >= 1, ">= 1"),
+             ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
+             ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),
+             ("optim.momentum", 0 <= config.optim.momentum < 1, ">= 0 and < 1"),
+             ("optim.trust_coefficient", config.optim.trust_coefficient > 0, "> 0"),
+             ("optim.warmup_epochs", config.optim.warmup_epochs >= 0, ">= 0")]
     for key, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} must be {rule}")
@@ -230,10 +285,9 @@ def validate(config: Config) -> Config:
 
 def _is_device(name: str) -> bool:
     if name == "auto":
-        return True  # torch's own names (cpu, cuda, cuda:N, and mps, xpu, ...) pass below
-    try:
-        torch.device(name)
         return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda")  # the devices the loop is built and tested for
     except RuntimeError:
         return False
 
@@ -258,5 +312,8 @@ def config_from_dict(data: dict) -> Config:
 
 
 def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, atomically (``--resume`` reads it back)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(partial, path)

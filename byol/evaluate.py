@@ -6,6 +6,7 @@ on the cached features.
 """
 
 import math
+import sys
 from collections.abc import Iterable
 from typing import Optional, Sequence, Union
 
@@ -24,6 +25,15 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 def _device_of(module: nn.Module) -> torch.device:
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
+    """A tqdm bar on stderr when ``progress`` is true (a string names it), else None."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+    name = progress if isinstance(progress, str) else default
+    return tqdm(total=total, unit=unit, desc=name, dynamic_ncols=True, leave=False, file=sys.stderr)
 
 
 @torch.inference_mode()
@@ -46,7 +56,8 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
                      device: Union[str, torch.device, None] = None,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      size: Union[int, tuple[int, int], None] = None, amp_dtype: Optional[torch.dtype] = None,
-                     with_indices: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
+                     with_indices: bool = False,
+                     progress: Union[bool, str] = False) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Representations of ``images`` under ``encoder`` in eval mode, without gradients.
 
     Args:
@@ -61,6 +72,8 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
         amp_dtype: autocast dtype (``torch.bfloat16``) or None for float32.
         with_indices: for batches, also return the sorted indices (which rows of the dataset
             the features are of, when a loader left some out or saw a shard only).
+        progress: show a progress bar (images/s, time left) on stderr; a string names it. A
+            loader's total is the length of its sampler, when it has one.
 
     Returns:
         For a tensor: features (N, D) float32 on the CPU, in input order. For batches:
@@ -76,18 +89,29 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     was_training = encoder.training
     encoder.eval()
+    is_tensor = isinstance(images, torch.Tensor)
+    sampler = getattr(images, "sampler", None)
+    total = len(images) if is_tensor else len(sampler) if hasattr(sampler, "__len__") else None
+    bar = _bar(progress, total, "img", "features")
     try:
-        if isinstance(images, torch.Tensor):
-            chunks = [_embed(encoder, images[i:i + batch_size], device, mean_t, std_t, size, amp_dtype)
-                      for i in range(0, len(images), batch_size)]
+        if is_tensor:
+            chunks = []
+            for i in range(0, len(images), batch_size):
+                chunks.append(_embed(encoder, images[i:i + batch_size], device, mean_t, std_t, size, amp_dtype))
+                if bar is not None:
+                    bar.update(len(chunks[-1]))  # a shape: no host sync beyond _embed's own copy
             return torch.cat(chunks) if chunks else torch.empty(0, 0)
         feats, labels, indices = [], [], []
         for x, y, idx in images:
             feats.append(_embed(encoder, x, device, mean_t, std_t, size, amp_dtype))
             labels.append(torch.as_tensor(y).cpu())
             indices.append(torch.as_tensor(idx).cpu())
+            if bar is not None:
+                bar.update(len(x))
     finally:
         encoder.train(was_training)
+        if bar is not None:
+            bar.close()
     if not feats:  # e.g. a shard whose files were all undecodable
         nothing = torch.empty(0, dtype=torch.int64)
         return (torch.empty(0, 0), nothing, nothing) if with_indices else (torch.empty(0, 0), nothing)
@@ -155,6 +179,9 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     The top ``max(ks)`` neighbours are found once per chunk of test rows and reused for every
     smaller k. Returns ``{k: accuracy}``.
     """
+    if not ks or min(ks) < 1 or not temperature > 0:
+        raise ValueError(f"every k must be >= 1 and the temperature > 0, got ks={tuple(ks)}, "
+                         f"temperature={temperature}")
     device = torch.device(device) if device is not None else None
     labels = train_labels.to(device or train_features.device).long()
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -169,7 +196,8 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
 
 def _fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, batch_size: int,
-                lr: float, weight_decay: float, seed: int) -> tuple[nn.Linear, float]:
+                lr: float, weight_decay: float, seed: int,
+                progress: Union[bool, str] = False) -> tuple[nn.Linear, float]:
     """SGD (Nesterov momentum 0.9, cosine lr) on cross-entropy; returns the head and the last
     epoch's mean loss."""
     head = nn.Linear(x.shape[1], num_classes).to(x.device)
@@ -179,6 +207,7 @@ def _fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int,
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(x) / batch_size))
     gen = torch.Generator().manual_seed(seed)  # CPU generator: the same order on every device
     total = torch.zeros((), device=x.device)
+    bar = _bar(progress, epochs, "epoch", "linear probe")
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen).to(x.device)
         total.zero_()
@@ -190,13 +219,17 @@ def _fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int,
             opt.step()
             sched.step()
             total += loss.detach() * len(idx)  # no host sync per step
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
     return head, float(total) / len(x)
 
 
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, epochs: int = 100, batch_size: int = 256, lr: float = 0.1,
                  weight_decay: float = 5e-4, device: Union[str, torch.device, None] = None,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, progress: Union[bool, str] = False) -> dict[str, float]:
     """Train a linear classifier on frozen, precomputed features; report test accuracy.
 
     Features are standardized with the train split's per-dimension mean and std (a BatchNorm
@@ -215,17 +248,20 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             features of any width).
         device: where to train; default the device of ``train_features``.
         seed: seeds the shuffling; the result is deterministic for a seed on a given device.
+        progress: show a progress bar of the epochs on stderr; a string names it.
 
     Returns:
         ``{"top1", "top5", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C))
         and the mean cross-entropy of the last epoch.
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.to(device, torch.float32)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     head, train_loss = _fit_linear((x_train - mean) / std, train_labels.to(device).long(), num_classes,
-                                   epochs, batch_size, lr, weight_decay, seed)
+                                   epochs, batch_size, lr, weight_decay, seed, progress)
     with torch.no_grad():
         logits = head((test_features.to(device, torch.float32) - mean) / std)
         top = logits.topk(min(5, num_classes), dim=1).indices  # (N_test, 5)

@@ -216,8 +216,13 @@ class _SkippingLoader(DataLoader):
     """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
 
     A batch keeps its good images only, so it can be shorter than ``batch_size``; a batch
-    whose files were all bad is not yielded at all.
+    whose files were all bad is not yielded at all. It starts at most one decoding process per
+    usable core: more only add switching (and torch's warning about them).
     """
+
+    def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        super().__init__(dataset, num_workers=min(num_workers, cores), **kwargs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for images, labels, indices, skipped in super().__iter__():

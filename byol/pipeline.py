@@ -4,7 +4,9 @@ Each is a plain function of paths and a config, shared by the command line and P
 """
 
 import json
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,13 +15,34 @@ import yaml
 from torch import nn
 
 from .backbones import resnet
-from .checkpoint import CheckpointError, load_model_state, read_state
-from .config import Config, apply_overrides, config_from_dict, load_config
+from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from .data import DataError, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
 from .train import autocast_dtype, build_model, resolve_device, views_of
+
+
+class OutputError(Exception):
+    """An output that cannot be written (a read-only place, a folder where a file goes, ...)."""
+
+
+@contextmanager
+def writing(path: Union[str, Path]):
+    """Turn an ``OSError`` while writing ``path`` into an :class:`OutputError` naming the file and why."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not write_failed(e):
+            raise
+        where = getattr(e, "filename", None) or path
+        raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
+
+
+def _note(message: str) -> None:
+    if dist.rank() == 0:
+        print(f"note: {message}", file=sys.stderr)
 
 
 def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
@@ -32,8 +55,16 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     one: the same architecture initialized from the run's ``train.seed`` as ``byol pretrain``
     does (the baseline that pretraining must beat; a ``train.seed`` override does not change it,
     and an exported encoder without a ``config.yaml`` beside it uses the default seed). The
-    caller's random number generator is left as it was.
+    caller's random number generator is left as it was. ``model.*`` overrides are refused: the
+    model is the checkpoint's. A relative ``data.root`` (older runs stored it as typed) that is
+    not found from here is looked up from the directory the run was started in, when the
+    checkpoint's place in its run directory tells which.
     """
+    model_keys = [o.removeprefix("--").split("=")[0] for o in overrides or []
+                  if o.removeprefix("--").startswith("model.")]
+    if model_keys:
+        raise ConfigError(f"--{model_keys[0]} cannot be set here: the model (backbone, width, projector) comes "
+                          f"from the checkpoint {path}; only settings such as --data.root or --train.device apply")
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)
     state = read_state(path)
@@ -56,8 +87,27 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
             net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
             load_model_state(net, state, str(path))
     apply_overrides(config, overrides or [])
+    if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
+        _find_relative_root(config, path)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     return net.eval(), config
+
+
+def _find_relative_root(config: Config, checkpoint: Path) -> None:
+    """A relative ``data.root`` missing from here, for a checkpoint at ``BASE/out_dir/checkpoints/``
+    of a run with a relative ``train.out_dir``: ``BASE/data.root``, where ``byol pretrain`` ran."""
+    root, out_dir = Path(config.data.root).expanduser(), Path(config.train.out_dir)
+    if root.is_absolute() or root.exists() or out_dir.is_absolute() or ".." in out_dir.parts:
+        return
+    run_dir = checkpoint.resolve().parent.parent
+    n = len(out_dir.parts)
+    if n == 0 or run_dir.parts[-n:] != out_dir.parts:
+        return
+    found = Path(*run_dir.parts[:-n]) / root
+    if found.exists():
+        _note(f"data.root {config.data.root} is relative and not found here; using {found.resolve()}, "
+              f"from the directory the run was started in")
+        config.data.root = str(found.resolve())
 
 
 def _initial_net(config: Config) -> nn.Module:
@@ -95,27 +145,76 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
                             "ROOT/train of such a layout: point --data.root at it")
         return splits
-    train = build_dataset(d.dataset, d.root, "train", size, d.download)
-    test = build_dataset(d.dataset, d.root, "test", size, d.download)
+    train, test = (_load_split(config, split) for split in ("train", "test"))
     if train.labels is None:
         raise DataError(f"{d.dataset} train split has no labels to evaluate with")
     return (train.first(limit), test.first(limit)) if limit else (train, test)
 
 
+def _load_split(config: Config, split: str) -> ImageSet:
+    """A split of a CIFAR / STL-10 data set; files not found point to ``--data.root``."""
+    d = config.data
+    try:
+        return build_dataset(d.dataset, d.root, split, None, d.download)
+    except DataError as e:
+        what = str(e).split("; ")[0]  # "<name> <split> files not found: expected ... in ROOT"
+        if d.download or "not found" not in what:
+            raise
+        relative = "" if Path(d.root).is_absolute() else ", relative to the current directory"
+        raise DataError(f"{what}; point --data.root=... at the folder that holds them (data.root is "
+                        f"{d.root}{relative})") from None
+
+
+def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
+    """The folder to embed for ``split`` of a run trained on the folder ``root``.
+
+    ``root`` may be ROOT of an ImageNet-style layout or ``ROOT/train`` (as :func:`labeled_folders`).
+    ``train`` is the folder the run trained on; ``val`` and ``test`` are ``ROOT/val`` or
+    ``ROOT/test`` (the one named first); None, the held-out split, is either, and for a plain
+    folder of images with neither beside it, the training folder itself (with a note).
+    Another name is a sub-folder of ROOT.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"the image folder {root} (data.root) does not exist; point --data.root=... at it")
+    base = root.parent if root.name == "train" and not (root / "train").is_dir() else root
+    trained_on = root / train_split if (root / train_split).is_dir() else root
+    if split == "train":
+        return ImageFolder(trained_on, size)
+    if split in (None, "val", "test"):
+        names = ("test", "val") if split == "test" else ("val", "test")
+        for name in names:
+            if (base / name).is_dir():
+                if split is not None and name != split:
+                    _note(f"{base} has no {split}/ folder; embedding {base / name}")
+                return ImageFolder(base / name, size)
+        if split is not None:
+            raise DataError(f"there is no {split} split: {base} has no val/ or test/ folder; use --split train, "
+                            "or lay the images out as ROOT/train and ROOT/val")
+        _note(f"{base} has no val/ or test/ folder, so the images the run trained on ({trained_on}) are embedded")
+        return ImageFolder(trained_on, size)
+    if (base / split).is_dir():
+        return ImageFolder(base / split, size)
+    raise DataError(f"unknown split {split!r}: {base} has no sub-folder {split}; choose train, val or test "
+                    "(or a sub-folder of it)")
+
+
 EVAL_BATCH = 512
 
 
-def features(net: nn.Module, config: Config, source: Source,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def features(net: nn.Module, config: Config, source: Source, device: torch.device,
+             progress: Union[bool, str] = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(features, labels, indices)`` of ``source`` under ``net``; under torchrun each rank embeds
     its share and every rank gets them all.
 
     A folder is streamed through ``data.workers`` decoding processes, so it is never all in
     memory; its undecodable files are left out (``indices`` says which files the rows are of).
+    ``progress`` shows a bar on stderr (rank 0 only; a string names it).
     """
     view1, _ = views_of(config)
     kwargs = dict(batch_size=EVAL_BATCH, mean=view1.mean, std=view1.std,
-                  amp_dtype=autocast_dtype(config.train.precision, device))
+                  amp_dtype=autocast_dtype(config.train.precision, device),
+                  progress=progress if dist.rank() == 0 else False)
     if isinstance(source, ImageSet):
         labels = source.labels if source.labels is not None else torch.full((len(source),), -1)
         return dist.extract_features_sharded(net, source.images, device, **kwargs), labels, torch.arange(len(source))
@@ -131,62 +230,72 @@ def features(net: nn.Module, config: Config, source: Source,
 
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
-        temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False) -> dict:
+        temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
+        progress: bool = False) -> dict:
     """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``.
 
     ``limit`` evaluates on N images of each split only (the first N; a folder's spread over its
-    classes); ``random_init``
-    evaluates the encoder the run started from (see :func:`load_encoder`).
+    classes); ``random_init`` evaluates the encoder the run started from (see :func:`load_encoder`);
+    ``progress`` shows progress bars on stderr.
     """
     net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
-    (train_f, train_y, _), (test_f, test_y, _) = (features(net, config, s, device) for s in (train, test))
+    train_f, train_y, _ = features(net, config, train, device, progress and "train features")
+    test_f, test_y, _ = features(net, config, test, device, progress and "test features")
     acc = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
             "temperature": temperature, "n_train": len(train_f), "n_test": len(test_f)}
 
 
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
-           limit: Optional[int] = None, random_init: bool = False) -> dict:
+           limit: Optional[int] = None, random_init: bool = False, progress: bool = False) -> dict:
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
-    ``random_init``, of the encoder its run started from)."""
+    ``random_init``, of the encoder its run started from); ``progress`` shows progress bars on stderr."""
     net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
-    (train_f, train_y, _), (test_f, test_y, _) = (features(net, config, s, device) for s in (train, test))
-    result = linear_probe(train_f, train_y, test_f, test_y, epochs=epochs, device=device, seed=config.train.seed)
+    train_f, train_y, _ = features(net, config, train, device, progress and "train features")
+    test_f, test_y, _ = features(net, config, test, device, progress and "test features")
+    result = linear_probe(train_f, train_y, test_f, test_y, epochs=epochs, device=device, seed=config.train.seed,
+                          progress=progress if dist.rank() == 0 else False)
     return {"dataset": config.data.dataset, **result, "n_train": len(train_f), "n_test": len(test_f)}
 
 
-def embed(path: Union[str, Path], out: Union[str, Path], split: str = "test",
-          overrides: Optional[list[str]] = None, limit: Optional[int] = None) -> Path:
-    """Write the embeddings of a split with their labels (or file paths) to ``.npy`` or ``.pt``."""
+def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
+          overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False) -> Path:
+    """Write the embeddings of a split with their labels (or file paths) to ``.npy`` or ``.pt``.
+
+    ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
+    (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
+    """
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
     d = config.data
-    source = build_dataset(d.dataset, d.root, split, d.load_size or d.image_size, d.download)
+    if d.dataset == "folder":
+        source = _folder_split(d.root, split, d.load_size or d.image_size, d.train_split)
+    else:
+        source = _load_split(config, split or "test")
     if limit:
         source = source.subset(torch.arange(min(limit, len(source)))) if isinstance(source, ImageFolder) \
             else source.first(limit)
-    emb, labels, indices = features(net, config, source, device)
+    emb, labels, indices = features(net, config, source, device, progress and "embeddings")
     paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
     out = Path(out)
     if dist.rank() != 0:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        import numpy as np
-        np.save(out, emb.numpy())
-        np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
-        if paths is not None:
-            out.with_name(out.stem + "_paths.txt").write_text("\n".join(paths) + "\n")
-    elif out.suffix == ".pt":
-        torch.save({"embeddings": emb, "labels": labels, "paths": paths}, out)
-    else:
-        raise DataError(f"the output {out} must end in .npy or .pt")
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".npy":
+            import numpy as np
+            np.save(out, emb.numpy())
+            np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
+            if paths is not None:
+                out.with_name(out.stem + "_paths.txt").write_text("\n".join(paths) + "\n")
+        else:
+            torch.save({"embeddings": emb, "labels": labels, "paths": paths}, out)
     return out
 
 
@@ -197,14 +306,15 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     state = {k: v for k, v in net.state_dict().items()}
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out_dir / "encoder.pt")
     with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
         warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
         scripted = torch.jit.script(net.eval())
-    scripted.save(str(out_dir / "encoder_torchscript.pt"))
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
             "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem}
-    (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(state, out_dir / "encoder.pt")
+        scripted.save(str(out_dir / "encoder_torchscript.pt"))
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (out_dir / "export.json").write_text(json.dumps(info, indent=2))
     return info

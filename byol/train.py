@@ -1,5 +1,7 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
+import copy
+import os
 import signal
 import sys
 import time
@@ -14,7 +16,7 @@ from . import distributed as dist
 from .augment import Augment, view_presets
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, save_config
+from .config import Config, ConfigError, changed_settings, config_from_dict, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
 from .evaluate import knn_accuracy
@@ -57,7 +59,8 @@ def build_model(config: Config) -> BYOL:
     return BYOL(net, image_size=config.data.image_size, hidden_layer="avgpool",
                 projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
                 augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
-                use_predictor=m.use_predictor, concat_views=m.concat_views)
+                use_predictor=m.use_predictor, concat_views=m.concat_views,
+                sync_batchnorm=False)  # under torchrun the loop converts the whole model (dist.convert_sync_batchnorm)
 
 
 def views_of(config: Config):
@@ -177,6 +180,56 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     return knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, device=device)
 
 
+def _build(config: Config, device: torch.device, rank: int, world: int):
+    """The model, its optimizer and this process's augmentation generator, seeded by ``train.seed``."""
+    t, o = config.train, config.optim
+    # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
+    # `byol eval --random-init` rebuilds them.
+    torch.manual_seed(t.seed + rank)
+    byol = build_model(config).to(device)
+    if world > 1:
+        byol = dist.convert_sync_batchnorm(byol, device)
+    optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
+                                weight_decay=o.weight_decay, momentum=o.momentum,
+                                trust_coefficient=o.trust_coefficient)
+    generator = torch.Generator(device=device).manual_seed(t.seed + rank)
+    return byol, optimizer, generator
+
+
+def _restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, rank: int, world: int) -> int:
+    """Load the run's last checkpoint into the model, optimizer and generators; return its step."""
+    state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
+    load_model_state(byol, state["model"], str(ckpt_path))
+    saved_optim = state["config"].get("optim", {}).get("name")
+    if saved_optim != config.optim.name:
+        raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
+                              "same optimizer")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
+    set_rng_state(state["rng"], generator)
+    per_rank = state.get("extra", {}).get("generator_per_rank")
+    if world > 1 and per_rank is not None and len(per_rank) == world:
+        generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
+    try:  # the saved values read as a config would be (e.g. an older file's on_device "false" is False)
+        saved = config_from_dict(state["config"]).to_dict()
+    except ConfigError:  # a key this version no longer has
+        saved = state["config"]
+    changed = changed_settings(saved, config.to_dict())
+    if changed and rank == 0:
+        print(f"note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}",
+              file=sys.stderr)
+    return state["step"]
+
+
+def _with_absolute_root(config: Config) -> Config:
+    config = copy.deepcopy(config)
+    config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
+    return config
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss stayed NaN or infinite for too many steps in a row."""
 
@@ -192,6 +245,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
     SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
     """
+    config = _with_absolute_root(config)  # so the saved config finds the data from any directory
     t, o = config.train, config.optim
     rank, world = dist.init()
     device = resolve_device(t.device)
@@ -202,45 +256,31 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
-    if rank == 0:
-        _prepare_run_dir(run_dir, resume, ckpt_path)
-        save_config(config, run_dir / "config.yaml")
-    data = load_data(config, device, rank, world)
-    skipped_path = run_dir / "skipped_files.txt"
-    if resume and rank == 0 and data.folder is not None:
-        data.folder.read_skipped(skipped_path)  # the files the run skipped before it stopped
-    # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
-    # `byol eval --random-init` rebuilds them.
-    torch.manual_seed(t.seed + rank)
-    byol = build_model(config).to(device)
-    if world > 1:
-        byol = dist.convert_sync_batchnorm(byol, device)
-    optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
-                                weight_decay=o.weight_decay, momentum=o.momentum,
-                                trust_coefficient=o.trust_coefficient)
-    generator = torch.Generator(device=device).manual_seed(t.seed + rank)
+    created = _prepare_run_dir(run_dir, resume, ckpt_path) if rank == 0 else None
+    try:  # until the run starts, a failure writes nothing: no empty run folder, a resumed run's config kept
+        data = load_data(config, device, rank, world)
+        byol, optimizer, generator = _build(config, device, rank, world)
+        step = _restore(ckpt_path, config, byol, optimizer, generator, rank, world) if resume else 0
+    except BaseException:
+        if created is not None:
+            _remove_empty(run_dir, created)
+        raise
     steps_per_epoch = len(data.batches)
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = round(o.warmup_epochs * steps_per_epoch)
     lr = o.lr * t.batch_size / 256
-    step = 0
-    if resume:
-        state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-        load_model_state(byol, state["model"], str(ckpt_path))
-        saved_optim = state["config"].get("optim", {}).get("name")
-        if saved_optim != o.name:
-            raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
-                                  "same optimizer")
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
-        set_rng_state(state["rng"], generator)
-        per_rank = state.get("extra", {}).get("generator_per_rank")
-        if world > 1 and per_rank is not None and len(per_rank) == world:
-            generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
-        step = state["step"]
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
+        if rank == 0:
+            limit = f"train.max_steps={t.max_steps}" if end_step < total_steps else f"train.epochs={t.epochs}"
+            print(f"note: the run in {run_dir} is finished: step {step}, and {limit} ends it; to train on, resume "
+                  "with a larger value", file=sys.stderr)
+        return {"step": step, "checkpoint": str(ckpt_path)}
+    if rank == 0:
+        save_config(config, run_dir / "config.yaml")
+    skipped_path = run_dir / "skipped_files.txt"
+    if resume and rank == 0 and data.folder is not None:
+        data.folder.read_skipped(skipped_path)  # the files the run skipped before it stopped
     batch_per_rank = t.batch_size // world
     forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
     augment = None  # byol's own view recipes
@@ -276,7 +316,9 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 images, _, _ = next(batches)
             except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
                 batches = data.epoch(epoch)
-                images, _, _ = next(batches)
+                images, _, _ = next(batches, (None, None, None))
+                if images is None:  # not one file of this process's share could be decoded
+                    raise data.folder.nothing_decoded()
             if len(images) < batch_per_rank:  # a streamed batch that lost undecodable files: filled up
                 # with repeats of its own images, so that every step has one shape (a compiled step
                 # would compile again for each new batch size)
@@ -299,10 +341,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                 if warning and rank == 0:
                     _warn(warning, run_dir)
                 if record["train/nonfinite_streak"] >= t.max_nonfinite:
-                    raise NonFiniteLossError(
-                        f"the loss was NaN or infinite for {t.max_nonfinite} steps in a row (by step {step}), so "
-                        f"the run stopped; the last good checkpoint is {ckpt_path}; lower optim.lr or use "
-                        "train.precision=fp32, then continue with --resume")
+                    raise _nonfinite(record["train/nonfinite_streak"], step, "so the run stopped", ckpt_path)
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=epoch)
                 results["loss"] = record["train/loss"]
@@ -334,7 +373,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                         plot_metrics(run_dir / "metrics.jsonl")
                     last_save = time.perf_counter()
             if stopping:
-                results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
+                if step < end_step:  # a signal in the last step: the run is complete all the same
+                    results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
                 break
     if progress is not None:
         progress.close()
@@ -344,9 +384,22 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         log.close()
         if data.folder is not None:
             results["skipped_files"] = data.folder.write_skipped(skipped_path)
+    streak = int(guard.streak.item())
+    if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
+        raise _nonfinite(streak, step, "up to the run's end, which was not saved", ckpt_path)
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results
+
+
+def _nonfinite(streak: int, step: int, what: str, ckpt_path: Path) -> NonFiniteLossError:
+    if ckpt_path.is_file():
+        then = (f"the last good checkpoint is {ckpt_path}; lower optim.lr or use train.precision=fp32, then continue "
+                "with --resume")
+    else:
+        then = "no checkpoint was written; lower optim.lr or use train.precision=fp32 and start again"
+    return NonFiniteLossError(f"the loss was NaN or infinite for {streak} steps in a row (by step {step}), {what}; "
+                              f"{then}")
 
 
 def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int) -> dict[int, float]:
@@ -355,7 +408,11 @@ def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int
     return acc
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> None:
+def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> Optional[Path]:
+    """Check that the run can start in ``run_dir`` and create it; return the topmost folder this
+    created (None if ``run_dir`` was there), for :func:`_remove_empty` should the start fail."""
+    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    created = missing[-1] if missing else None
     if resume and not ckpt_path.is_file():
         raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}; start without --resume")
     if not resume and ckpt_path.is_file():
@@ -368,6 +425,18 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> None:
     except OSError as e:
         raise ConfigError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
                           "choose another train.out_dir") from None
+    return created
+
+
+def _remove_empty(run_dir: Path, top: Path) -> None:
+    """Remove ``run_dir`` and its parents up to ``top`` while they are empty."""
+    for folder in (run_dir, *run_dir.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
 
 
 def _progress(t, rank: int, step: int, end_step: int, batch_size: int):

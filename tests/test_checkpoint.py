@@ -1,5 +1,6 @@
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,9 +42,60 @@ def test_unwrap_removes_compile_wrapper_prefixes():
 def test_mismatch_is_a_clear_error(tmp_path):
     model, opt = make()
     save_checkpoint(tmp_path / "a.pt", model, opt, 0, {})
-    wrong = nn.Sequential(nn.Linear(3, 5))
-    with pytest.raises(CheckpointError, match="does not match this model"):
+    wrong = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 5))
+    with pytest.raises(CheckpointError) as e:
         load_model_state(wrong, load_checkpoint(tmp_path / "a.pt")["model"])
+    # Counted, with two examples each, not every key spelled out.
+    assert str(e.value) == ("checkpoint does not match this model (different backbone, width or projector sizes?): "
+                            "4 keys missing (e.g. 2.weight, 2.bias); 3 keys it does not have (e.g. 1.running_mean, "
+                            "1.running_var); 4 of another shape (e.g. 0.weight (4, 3) vs (5, 3), 0.bias (4,) vs (5,))")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, fault_table):
+    with pytest.raises(CheckpointError, match=f"{tmp_path} is a directory; give a checkpoint file in it"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.pt").write_text("train:\n  epochs: 2\n")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "config.pt")
+    torch.jit.script(nn.Linear(3, 4)).save(str(tmp_path / "encoder_torchscript.pt"))
+    with pytest.raises(CheckpointError, match="is a TorchScript module .* load it with torch.jit.load"):
+        load_checkpoint(tmp_path / "encoder_torchscript.pt")
+    fault_table("a folder, a text file or a TorchScript export given as the checkpoint",
+                "CheckpointError: one sentence saying what it is and what to give instead")
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")])
+def test_a_checkpoint_that_cannot_be_written_is_one_sentence_and_keeps_the_previous(tmp_path, monkeypatch, failure,
+                                                                                   fault_table):
+    model, opt = make()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model, opt, 1, {})
+    before = path.read_bytes()
+
+    def full_disk(state, f):  # what torch.save meets on a full disk: a partial file, then an error
+        Path(f).write_bytes(b"PK partial")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint .*last\.pt \(.*MiB free on that "
+                                              r"disk\); the previous one is kept"):
+        save_checkpoint(path, model, opt, 2, {})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]  # no partial file left
+    fault_table(f"checkpoint write fails ({type(failure).__name__}: {failure}, simulated)",
+                "CheckpointError: one sentence with the free space; the previous checkpoint kept, no partial file")
+
+
+def test_an_error_that_is_not_a_failed_write_is_not_called_one(tmp_path, monkeypatch):
+    model, opt = make()
+
+    def broken(state, f):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        save_checkpoint(tmp_path / "last.pt", model, opt, 1, {})
 
 
 def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):

@@ -26,10 +26,24 @@ def byol(*args, check=True):
 def assert_user_error(proc, *fragments):
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("byol: error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def main_error(capsys, *args, after_progress=False) -> tuple[str, str]:
+    """Run ``byol ARGS`` in this process, expecting a user error; returns (stdout, the error line).
+
+    ``after_progress``: progress bars may precede the error on stderr (it is then the last line)."""
+    from byol.cli import main
+    assert main([str(a) for a in args]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()  # a bar redraws with carriage returns: each is a line here
+    assert lines and (after_progress or len(lines) == 1), err
+    assert lines[-1].startswith("byol: error: "), err
+    return out, lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +143,7 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     assert "kNN top-1 (k=200)" in proc.stdout
 
 
-def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path):
+def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     root = extract_jpegs(tmp_path / "images", per_class=4)
     (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (root / "dog" / "empty.jpg").write_bytes(b"")
@@ -153,9 +167,19 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path):
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg",
                                                                                   "gone.jpg"]
+    # A plain folder has no held-out split: embed takes the training images, and says so.
+    from byol.cli import main
+    capsys.readouterr()
+    assert main(["embed", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "emb.npy")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {root} has no val/ or test/ folder" in err, err
+    assert np.load(tmp_path / "emb.npy").shape[0] == 40  # the 42 files but the two unreadable ones
+    _, line = main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "v.npy",
+                         "--split", "val")
+    assert "no val/ or test/ folder" in line
 
 
-def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path):
+def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path, capsys):
     """The ImageNet layout: pretrain on ROOT/train (as configs/imagenet.yaml); the kNN monitor and
     ``byol eval`` use ROOT/train and ROOT/val, evenly spread over the classes when limited."""
     train = extract_jpegs(tmp_path / "imagenet" / "train", per_class=3)
@@ -166,12 +190,22 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
                                         "data.limit": 12}))  # 12 of the 30 files: one epoch of 2 steps
     assert "kNN top-1 at random init" in proc.stdout and "kNN top-1 (k=200)" in proc.stdout, proc.stdout
+    assert "unreadable files skipped" not in proc.stdout  # none were
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5)
     assert "30 train / 20 test images" in proc.stdout, proc.stdout
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10)
     assert "10 train / 10 test images" in proc.stdout, proc.stdout
+    # byol embed finds ROOT/val as eval does; --split train is the folder the run trained on.
+    from byol.pipeline import embed
+    for split, folder, n in ((None, "val", 20), ("val", "val", 20), ("test", "val", 20), ("train", "train", 30)):
+        out = embed(run / "checkpoints" / "last.pt", tmp_path / f"{split}.npy", split=split)
+        paths = (tmp_path / f"{split}_paths.txt").read_text().splitlines()
+        assert np.load(out).shape[0] == n and {p.split("/")[-3] for p in paths} == {folder}, (split, paths[:2])
+        noted = "has no test/ folder; embedding" in capsys.readouterr().err
+        assert noted == (split == "test")  # the one stand-in is said
+    main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "x.npy", "--split", "nonsense")
 
 
 def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, trained):
@@ -199,3 +233,105 @@ def test_resume_without_checkpoint_and_occupied_run_dir(tmp_path, trained):
     before = (run / "checkpoints" / "last.pt").read_bytes()
     assert_user_error(byol("pretrain", f"--train.out_dir={run}", check=False), "--resume")
     assert (run / "checkpoints" / "last.pt").read_bytes() == before  # nothing already written is lost
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["eval", "knn", "x.pt", "--k", "-3"], "argument --k: must be >= 1, got -3"),
+    (["eval", "knn", "x.pt", "--k", "20", "0"], "argument --k: must be >= 1, got 0"),
+    (["eval", "knn", "x.pt", "--temperature", "0"], "argument --temperature: must be a finite number > 0"),
+    (["eval", "knn", "x.pt", "--limit", "0"], "argument --limit: must be >= 1, got 0"),
+    (["eval", "linear", "x.pt", "--limit", "-5"], "argument --limit: must be >= 1, got -5"),
+    (["eval", "linear", "x.pt", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["eval", "linear", "x.pt", "--epochs", "-2"], "argument --epochs: must be >= 1, got -2"),
+    (["eval", "linear", "x.pt", "--epochs", "ten"], "argument --epochs: must be a whole number >= 1, got 'ten'"),
+    (["embed", "x.pt", "--out", "e.npy", "--limit", "-3"], "argument --limit: must be >= 1, got -3"),
+    (["eval", "knn"], "the following arguments are required: checkpoint"),  # argparse's own, on one line
+])
+def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
+    _, line = main_error(capsys, *args)
+    assert fragment in line, line
+
+
+def test_model_settings_are_refused_where_the_model_comes_from_the_checkpoint(capsys, trained, tmp_path):
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    for args in (["eval", "knn", ckpt], ["embed", ckpt, "--out", tmp_path / "e.npy"]):
+        _, line = main_error(capsys, *args, "--model.width=16", "--train.device=cpu")
+        assert "--model.width cannot be set here" in line and "comes from the checkpoint" in line, line
+    _, line = main_error(capsys, "export", ckpt, "--out", tmp_path / "x", "--model.width=16")
+    assert "--model.width" in line and "comes from the checkpoint" in line, line
+    assert not (tmp_path / "x").exists()
+
+
+def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(capsys, trained, tmp_path,
+                                                                             monkeypatch):
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    # eval --out a directory: the table still reaches the user, then the error.
+    out, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", tmp_path, after_progress=True)
+    assert "kNN top-1 (k=200)" in out and "results" not in out, out
+    assert line == f"byol: error: cannot write {tmp_path}: Is a directory; choose another --out"
+    # export --out an existing file: refused, the file left as it was.
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    _, line = main_error(capsys, "export", ckpt, "--out", taken)
+    assert line == f"byol: error: cannot write {taken}: File exists; choose another --out"
+    assert taken.read_text() == "keep me"
+    _, line = main_error(capsys, "embed", ckpt, "--out", taken / "e.npy", "--limit", 8, after_progress=True)
+    assert f"cannot write {taken}" in line
+    # A read-only place (as root, permissions do not stop writes: the error is made here).
+    import errno
+    import pathlib
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", read_only)
+    out, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", tmp_path / "r.json",
+                           after_progress=True)
+    assert "kNN top-1 (k=20)" in out
+    assert line == f"byol: error: cannot write {tmp_path / 'r.json'}: Read-only file system; choose another --out"
+    # A full disk under torch.save: its zip writer's RuntimeError, not an OSError.
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    _, line = main_error(capsys, "embed", ckpt, "--out", tmp_path / "e.pt", "--limit", 8, after_progress=True)
+    assert line.startswith(f"byol: error: cannot write {tmp_path / 'e.pt'}: [enforce fail") and "disk full?" in line
+
+
+def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, monkeypatch):
+    from byol.pipeline import knn
+    from conftest import CIFAR10
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    (tmp_path / "empty").mkdir()
+    for args in (["eval", "linear", ckpt], ["embed", ckpt, "--out", tmp_path / "e.npy"]):
+        _, line = main_error(capsys, *args, f"--data.root={tmp_path / 'empty'}")
+        assert "cifar10" in line and "point --data.root=" in line and "--download" not in line, line
+    # A run from before data.root was stored absolute: relative to where pretrain ran, found from its
+    # checkpoint's place in the run directory (BASE/out_dir/checkpoints/last.pt).
+    state = torch.load(ckpt, weights_only=True)
+    base = tmp_path / "project"
+    state["config"]["data"]["root"] = os.path.relpath(CIFAR10, base)
+    state["config"]["train"]["out_dir"] = "runs/old"
+    old = base / "runs" / "old" / "checkpoints" / "last.pt"
+    old.parent.mkdir(parents=True)
+    torch.save(state, old)
+    elsewhere = tmp_path / "a" / "b" / "c"  # not base's depth: the relative path leads nowhere from here
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    assert knn(old, limit=30)["n_test"] == 30
+    assert f"using {CIFAR10.resolve()}" in capsys.readouterr().err
+
+
+def test_eval_and_embed_show_progress_on_the_command_line_only(capsys, trained, tmp_path):
+    from byol.cli import main
+    from byol.pipeline import linear
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    assert main(["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--out", str(tmp_path / "l.json"),
+                 "--train.device=cpu"]) == 0
+    err = capsys.readouterr().err
+    for bar in ("train features", "test features", "/40 [", "img/s", "linear probe", "/2 [", "epoch/s"):
+        assert bar in err, err
+    assert main(["embed", str(ckpt), "--out", str(tmp_path / "e.npy"), "--limit", "8"]) == 0
+    assert "embeddings" in capsys.readouterr().err
+    linear(ckpt, limit=40, epochs=2)  # the library is quiet unless asked
+    assert capsys.readouterr().err == ""

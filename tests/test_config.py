@@ -41,6 +41,19 @@ def test_overrides_are_typed():
     ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
     ("--train.precision=fp16", "train.precision must be auto, bf16 or fp32"),
     ("--train.compile=maybe", "train.compile must be true, false or auto"),
+    ("--train.device=meta", "train.device must be auto, cpu, cuda or cuda:N"),  # torch's, but not ours
+    ("--data.image_size=0", "data.image_size must be >= 8"),
+    ("--data.load_size=4", "data.load_size must be >= 8 or null"),
+    ("--model.projection_size=0", "model.projection_size must be >= 1"),
+    ("--model.projection_hidden_size=0", "model.projection_hidden_size must be >= 1"),
+    ("--train.tau_base=2", "train.tau_base must be between 0 and 1"),
+    ("--train.knn_k=0", "train.knn_k must be >= 1"),
+    ("--optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+    ("--optim.warmup_epochs=-1", "optim.warmup_epochs must be >= 0"),
+    ("--optim.momentum=1", "optim.momentum must be >= 0 and < 1"),
+    ("--optim.trust_coefficient=0", "optim.trust_coefficient must be > 0"),
+    ("--train.out_dir=", "train.out_dir must be a directory"),
+    ("--data.root= ", "data.root must be a directory"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -71,6 +84,10 @@ def test_yaml_file_and_its_errors(tmp_path):
         load_config(str(bad))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+    bad.write_text("train:\n  epochs: [2\n")  # the parser's message is several lines; ours is one
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert "\n" not in str(e.value) and f"config {bad} is not valid YAML at line 3, column 1:" in str(e.value)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("cifar11")
 

@@ -477,6 +477,13 @@ def test_tensor_batches_ranks_are_disjoint():
     assert len(a) == len(b) == 52 and set(a.tolist()) | set(b.tolist()) == set(range(103))
 
 
+def test_folder_loaders_start_at_most_one_decoding_process_per_core(jpg_folder):
+    ds = ImageFolder(jpg_folder[0], size=32)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert folder_loader(ds, 4, workers=cores + 5).num_workers == cores  # torch warns above that
+    assert folder_loader(ds, 4, workers=0).num_workers == 0
+
+
 def test_data_home_follows_data_on_device():
     # Where the training set's tensor lives: no GPU is needed to decide, only its memory size.
     gpu, cpu, gib = torch.device("cuda", 0), torch.device("cpu"), 2 ** 30

@@ -167,3 +167,27 @@ def test_real_cifar10_raw_pixels_are_well_above_chance():
     assert acc[20] > 25 and acc[200] > 25, acc  # chance is 10
     probe = linear_probe(f, y, ft, yt, epochs=20)
     assert probe["top1"] > 22 and probe["top5"] > 65, probe
+
+
+def test_settings_that_mean_nothing_are_errors():
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    for bad in (dict(ks=(0,)), dict(ks=(20, -3)), dict(ks=()), dict(temperature=0.0)):
+        with pytest.raises(ValueError):
+            knn_accuracy(x, y, x, y, **bad)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        linear_probe(x, y, x, y, epochs=0)
+
+
+def test_progress_bars_on_stderr_only_when_asked(capsys):
+    net = nn.Conv2d(3, 2, 3)
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    quiet = extract_features(net, images, batch_size=4)
+    assert capsys.readouterr().err == ""
+    shown = extract_features(net, images, batch_size=4, progress="train features")
+    err = capsys.readouterr().err
+    assert "train features" in err and "/10 [" in err and "img/s" in err, err  # N/10: timing decides N
+    torch.testing.assert_close(shown, quiet)
+    x, y = torch.randn(16, 4), torch.arange(16) % 2
+    assert linear_probe(x, y, x, y, epochs=3, progress=True) == linear_probe(x, y, x, y, epochs=3)
+    err = capsys.readouterr().err
+    assert "linear probe" in err and "/3 [" in err and "epoch/s" in err, err

@@ -7,6 +7,7 @@ Regenerate that table with:
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_good_checkpoint(tmp_path, ci
     good = (run / "checkpoints" / "last.pt").read_bytes()
     proc = byol("pretrain", "--resume", cifar, *tiny_overrides(run, **{
         "train.epochs": 4, "train.knn_every": -1, "optim.name": "sgd", "optim.lr": 1e30,
-        "train.max_nonfinite": 3, "train.log_every": 1}), check=False)
+        "train.max_nonfinite": 3, "train.log_every": 1, "train.max_steps": "null"}), check=False)
     assert_user_error(proc, "NaN or infinite for 3 steps in a row", "last good checkpoint")
     assert (run / "checkpoints" / "last.pt").read_bytes() == good
     fault_table("loss becomes NaN (learning rate 1e30)",
@@ -165,9 +166,71 @@ def test_bad_requests(tmp_path, cifar, fault_table):
     proc = byol("pretrain", cifar, "--train.batch_sise=8", check=False)
     assert_user_error(proc, "unknown config key 'train.batch_sise'")
     fault_table("config key that does not exist", "one sentence listing the valid keys, exit 2")
-    proc = byol("pretrain", f"--data.root={tmp_path / 'missing'}", *tiny_overrides(tmp_path / "r2"), check=False)
+    proc = byol("pretrain", f"--data.root={tmp_path / 'missing'}", *tiny_overrides(tmp_path / "new" / "r2"),
+                check=False)
     assert_user_error(proc, "missing")
-    fault_table("data path that does not exist", "one sentence saying which files were expected where, exit 2")
+    assert not (tmp_path / "new").exists()  # the run folder it made (and its parent) is gone again
+    fault_table("data path that does not exist", "one sentence saying which files were expected where, exit 2; "
+                "no empty run folder left behind")
+
+
+def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(tmp_path, cifar, fault_table):
+    run = tmp_path / "run"
+    byol("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1, "optim.name": "sgd"}))
+    saved = (run / "config.yaml").read_bytes()
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", f"--data.root={tmp_path / 'moved'}", check=False)
+    assert_user_error(proc, "cifar10 train files not found")
+    assert (run / "config.yaml").read_bytes() == saved  # not rewritten by a resume that failed
+    # The run's own settings (width 8, batch 16, 128 images, SGD), not the cifar10 preset's: the
+    # preset's width 64 would not even load.
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
+    assert "note: resuming with settings that differ from the checkpoint's: train.max_steps 2 -> 4" in proc.stderr
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and state["config"]["model"]["width"] == 8 and state["config"]["optim"]["name"] == "sgd"
+    # A finished run: nothing to do, said in a note, exit 0, and the settings given are not kept.
+    saved = (run / "config.yaml").read_bytes()
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7")
+    assert f"note: the run in {run} is finished: step 4, and train.max_steps=4 ends it" in proc.stderr
+    assert (run / "config.yaml").read_bytes() == saved and "final loss" not in proc.stdout
+    # A run folder moved elsewhere resumes there, not into the folder its config.yaml names.
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(run, moved)
+    byol("pretrain", "--resume", f"--train.out_dir={moved}", "--train.max_steps=5")
+    assert load_checkpoint(moved / "checkpoints" / "last.pt")["step"] == 5
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    # --config with --resume only locates the run; what it would change is named, not used.
+    proc = byol("pretrain", "--resume", "--config", "cifar10-cpu", f"--train.out_dir={moved}",
+                "--train.max_steps=6")
+    assert "these settings of cifar10-cpu differ from it and are not used" in proc.stderr, proc.stderr
+    assert load_checkpoint(moved / "checkpoints" / "last.pt")["config"]["model"]["width"] == 8
+    (moved / "config.yaml").write_text("")
+    assert_user_error(byol("pretrain", "--resume", f"--train.out_dir={moved}", check=False),
+                      f"the run's saved config {moved / 'config.yaml'} is empty")
+    fault_table("--resume with only the run folder; with the data moved; of a finished run; of a moved run folder",
+                "continues with the run's own config.yaml (a note lists settings changed with it) in the folder "
+                "given; a failed resume leaves config.yaml as it was; a finished run is a note, exit 0")
+
+
+def test_a_run_that_ends_on_nan_losses_fails_and_says_what_was_saved(tmp_path, cifar, fault_table):
+    # Fewer NaN steps than train.max_nonfinite, up to the run's end: that end is not saved, so
+    # the run must not report success (it did, with exit 0 and no checkpoint at all).
+    nan = {"train.knn_every": -1, "optim.name": "adamw", "optim.lr": 1e30, "train.max_steps": 4}
+    proc = byol("pretrain", cifar, *tiny_overrides(tmp_path / "run", **nan), check=False)
+    assert_user_error(proc, "NaN or infinite for 3 steps in a row (by step 4), up to the run's end, which was not "
+                      "saved; no checkpoint was written")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    fault_table("loss NaN up to the run's end (fewer steps than train.max_nonfinite)",
+                "exit 2, one sentence: the end was not saved, and which checkpoint is the last good one (or none)")
+
+
+def test_a_folder_with_no_decodable_image_is_one_sentence(tmp_path, fault_table):
+    for i in range(5):
+        (tmp_path / "images" / f"{i}.jpg").parent.mkdir(exist_ok=True)
+        (tmp_path / "images" / f"{i}.jpg").write_text("not an image")
+    proc = byol("pretrain", "--data.dataset=folder", f"--data.root={tmp_path / 'images'}", "--data.workers=0",
+                *tiny_overrides(tmp_path / "run", **{"train.batch_size": 2, "train.knn_every": -1}), check=False)
+    assert_user_error(proc, f"none of the 5 image files in {tmp_path / 'images'} could be decoded")
+    fault_table("image folder in which no file can be decoded", "one sentence with one file and why, exit 2")
 
 
 def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifar, fault_table):

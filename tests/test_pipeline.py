@@ -7,7 +7,7 @@ from torch import nn
 import byol.folder
 from byol import pipeline
 from byol.config import Config
-from byol.data import DataError
+from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
 from byol.folder import ImageFolder, load_folder_tensor
 from conftest import extract_jpegs
@@ -59,3 +59,13 @@ def test_a_folder_with_nothing_decodable_is_one_clear_error(tmp_path):
     config.data.workers = 0
     with pytest.raises(DataError, match=r"none of the 1 image files in .* could be decoded \(.*corrupt.jpg: "):
         pipeline.features(Recorder([]), config, ImageFolder(tmp_path, size=32), torch.device("cpu"))
+
+
+def test_features_show_progress_on_rank_0_only(monkeypatch, capsys):
+    config = Config()
+    config.train.precision = "fp32"
+    images = ImageSet(torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8), None)
+    for rank, shown in ((1, False), (0, True)):
+        monkeypatch.setattr(pipeline.dist, "rank", lambda: rank)
+        pipeline.features(Recorder([]), config, images, torch.device("cpu"), progress="train features")
+        assert ("train features" in capsys.readouterr().err) == shown

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import types
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import byol.train
 from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
-from byol.config import load_config
+from byol.config import Config, load_config
 from byol.optim import build_optimizer
-from byol.train import pretrain
+from byol.train import changed_settings, pretrain
 from conftest import tiny_overrides
 
 
@@ -143,6 +144,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10
     # The resumed run logged steps 4..6 after the first run's 1..3, with no step twice.
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_root, monkeypatch):
+    monkeypatch.chdir(cifar10_root.parent)  # data.root given relative to here
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root.name}"])
+    pretrain(config)
+    saved = load_config(str(tmp_path / "run" / "config.yaml"))
+    assert saved.data.root == str(cifar10_root) and config.data.root == cifar10_root.name  # the caller's untouched
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["config"]["data"]["root"] == str(cifar10_root)
+
+
+def test_changed_settings_on_resume():
+    saved = Config().to_dict()
+    assert changed_settings(saved, Config().to_dict()) == []
+    now = Config()
+    now.train.epochs, now.data.root = 300, os.path.abspath(saved["data"]["root"])  # the same root, made absolute
+    assert changed_settings(saved, now.to_dict()) == ["train.epochs 100 -> 300"]
 
 
 def test_run_directory_contents(tmp_path, cifar10_root):
