@@ -89,10 +89,11 @@ class HiddenLayer(nn.Module):
 def cut_at(net: nn.Module, hidden_layer: Union[str, int, None]) -> nn.Module:
     """Return an encoder giving the representation at ``hidden_layer`` of ``net``.
 
-    ``None`` uses ``net``'s own output; a string names a module (e.g. ``"avgpool"``); an
-    integer indexes ``net``'s direct children as byol-pytorch does (``-2`` is ResNet's avgpool).
+    ``None`` or ``-1`` uses ``net``'s own output (byol-pytorch's ``-1``: no cutting, so any
+    network); a string names a module (e.g. ``"avgpool"``); another integer indexes ``net``'s
+    direct children as byol-pytorch does (``-2`` is ResNet's avgpool).
     """
-    if hidden_layer is None:
+    if hidden_layer is None or hidden_layer == -1:
         return net
     if isinstance(hidden_layer, int):
         children = [name for name, _ in net.named_children()]

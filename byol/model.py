@@ -135,7 +135,7 @@ class BYOL(nn.Module):
         object.__setattr__(self, "net", net)
         first = next(chain(net.parameters(), net.buffers()), None)
         device = first.device if first is not None else torch.device("cpu")
-        encoder = net if hidden_layer is None or hidden_layer == -1 else cut_at(net, hidden_layer)
+        encoder = cut_at(net, hidden_layer)
         dim = feature_dim or feature_width(encoder, image_size, device)
         projector = MLP(dim, projection_hidden_size, projection_size)
         predictor = MLP(projection_size, projection_hidden_size, projection_size) if use_predictor else nn.Identity()

@@ -44,7 +44,7 @@ def test_hidden_layer_output_matches_manual_forward_and_shares_parameters():
 
 def test_none_uses_the_network_itself():
     net = nn.Linear(3, 2)
-    assert cut_at(net, None) is net
+    assert cut_at(net, None) is net and cut_at(net, -1) is net  # byol-pytorch's -1: the network's output
 
 
 def test_bad_hidden_layer_and_backbone_names():

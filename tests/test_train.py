@@ -152,9 +152,11 @@ def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_ro
                          + [f"--data.root={cifar10_root.name}"])
     pretrain(config)
     saved = load_config(str(tmp_path / "run" / "config.yaml"))
-    assert saved.data.root == str(cifar10_root) and config.data.root == cifar10_root.name  # the caller's untouched
+    # Absolute (compared resolved: the working directory is reported without symbolic links).
+    assert Path(saved.data.root).is_absolute() and Path(saved.data.root).resolve() == cifar10_root.resolve()
+    assert config.data.root == cifar10_root.name  # the caller's config untouched
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["config"]["data"]["root"] == str(cifar10_root)
+    assert state["config"]["data"]["root"] == saved.data.root
 
 
 def test_changed_settings_on_resume():
