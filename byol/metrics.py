@@ -45,9 +45,13 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (a torn last line from a crash is ignored)."""
+    """The records of a ``metrics.jsonl`` file (a torn last line from a crash is ignored; none
+    before the run's first record, when the file is not there yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

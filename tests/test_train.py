@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import types
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import byol.faults
 import byol.step
 import byol.train
 from byol import BYOL, resnet
@@ -157,6 +159,21 @@ def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_ro
     assert config.data.root == cifar10_root.name  # the caller's config untouched
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["config"]["data"]["root"] == saved.data.root
+
+
+@pytest.mark.parametrize("max_steps, stopped", [(1, False), (2, True)])
+def test_a_signal_in_the_last_step_is_a_complete_run(tmp_path, cifar10_root, monkeypatch, max_steps, stopped):
+    # SIGTERM arriving during step 1: with 1 step the run is complete (no "continue with --resume",
+    # whose resume would only find a finished run); with 2 it stopped early.
+    class SignalledAtOnce(byol.faults.StopRequest):
+        def __enter__(self):
+            self.signum = signal.SIGTERM
+            return self
+
+    monkeypatch.setattr(byol.train, "StopRequest", SignalledAtOnce)
+    results = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "train.max_steps": max_steps, "train.knn_every": -1}) + [f"--data.root={cifar10_root}"]))
+    assert results["step"] == 1 and ("stopped_by" in results) == stopped
 
 
 def test_changed_settings_on_resume():
