@@ -101,6 +101,15 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
+    """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
+    file or the new one, never half of one."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8", errors=errors)
+    os.replace(partial, path)
+
+
 def write_failed(e: BaseException) -> bool:
     """Whether ``e`` is a failed write: an ``OSError``, or ``torch.save``'s zip writer reporting one
     (a full disk is a RuntimeError "[enforce fail at inline_container.cc:...]" there)."""

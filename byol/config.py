@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from .backbones import RESNETS
+from .checkpoint import write_text_atomically
 
 
 class ConfigError(ValueError):
@@ -226,8 +227,8 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
                           "--section.key=value, or restore the file")
     config = load_config(str(saved), overrides)
     config.train.out_dir = located.train.out_dir
-    ignored = changed_settings(config.to_dict(), located.to_dict())
-    if explicit and ignored:
+    ignored = changed_settings(config.to_dict(), located.to_dict()) if explicit else []
+    if ignored:
         print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
               f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
               "to change the run", file=sys.stderr)
@@ -313,7 +314,4 @@ def config_from_dict(data: dict) -> Config:
 
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML, atomically (``--resume`` reads it back)."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(partial, path)
+    write_text_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -28,6 +28,15 @@ class DataError(Exception):
     """A data set that cannot be found or read; the message says what is wrong and how to fix it."""
 
 
+class FilesNotFound(DataError):
+    """A data set's files are not where ``data.root`` says: ``what`` names them and the folder, and
+    the message adds how to fix it (a caller with other advice uses ``what``)."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}; put the files there, or pass --download when online")
+        self.what = what
+
+
 @dataclass
 class ImageSet:
     """Images held in memory.
@@ -145,9 +154,8 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
         found = _find_cifar(root, name, split)
     if found is None:
         (bin_dir, bin_files, _), (py_dir, py_files, *_) = _CIFAR_BINARY[name], _CIFAR_PICKLE[name]
-        raise DataError(f"{name} {split} files not found: expected {_describe(bin_dir, bin_files[split])} "
-                        f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}; put the "
-                        f"files there, or pass --download when online")
+        raise FilesNotFound(f"{name} {split} files not found: expected {_describe(bin_dir, bin_files[split])} "
+                            f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}")
     kind, folder = found
     read = _read_cifar_binary if kind == "binary" else _read_cifar_pickle
     return read(folder, name, split)
@@ -243,8 +251,7 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
         _download(_STL_URL[0], root, _STL_URL[1])
         folder = _find_layout(root, _STL_DIR, files)
     if folder is None:
-        raise DataError(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}; "
-                        f"put the files there, or pass --download when online")
+        raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}")
     counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "STL-10 image") for p in parts]
     images = torch.empty((sum(counts), 3, 96, 96), dtype=torch.uint8)
     labels = torch.full((sum(counts),), -1, dtype=torch.int64)

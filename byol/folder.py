@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .checkpoint import write_text_atomically
 from .data import DataError, ImageSet
 
 _NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}  # Pillow stubs or no pictures at all
@@ -128,10 +129,7 @@ class ImageFolder(Dataset):
     def write_skipped(self, path: Union[str, Path]) -> int:
         """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
         lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")  # then renamed: a crash never leaves half a list
-        partial.write_text(lines, encoding="utf-8", errors="surrogateescape")
-        os.replace(partial, path)
+        write_text_atomically(path, lines, errors="surrogateescape")  # a crash never leaves half a list
         return len(self.bad_files)
 
     def read_skipped(self, path: Union[str, Path]) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from .data import DataError, ImageSet, build_dataset
+from .data import DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
@@ -156,12 +156,11 @@ def _load_split(config: Config, split: str) -> ImageSet:
     d = config.data
     try:
         return build_dataset(d.dataset, d.root, split, None, d.download)
-    except DataError as e:
-        what = str(e).split("; ")[0]  # "<name> <split> files not found: expected ... in ROOT"
-        if d.download or "not found" not in what:
+    except FilesNotFound as e:
+        if d.download:
             raise
         relative = "" if Path(d.root).is_absolute() else ", relative to the current directory"
-        raise DataError(f"{what}; point --data.root=... at the folder that holds them (data.root is "
+        raise DataError(f"{e.what}; point --data.root=... at the folder that holds them (data.root is "
                         f"{d.root}{relative})") from None
 
 

@@ -94,8 +94,9 @@ def test_an_error_that_is_not_a_failed_write_is_not_called_one(tmp_path, monkeyp
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(RuntimeError, match="illegal memory access"):
+    with pytest.raises(RuntimeError, match="illegal memory access") as e:
         save_checkpoint(tmp_path / "last.pt", model, opt, 1, {})
+    assert type(e.value) is RuntimeError  # itself, not a CheckpointError (a RuntimeError too) about writing
 
 
 def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from byol.config import Config, ConfigError, config_from_dict, load_config, preset_names, save_config
+from byol.config import Config, ConfigError, config_from_dict, load_config, preset_names, resume_config, save_config
 
 
 def test_every_preset_loads_and_has_commented_keys():
@@ -90,6 +90,19 @@ def test_yaml_file_and_its_errors(tmp_path):
     assert "\n" not in str(e.value) and f"config {bad} is not valid YAML at line 3, column 1:" in str(e.value)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("cifar11")
+
+
+def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
+    # A run folder copied to where a preset's train.out_dir points: its config.yaml still names the
+    # folder it was made in, and the resume must go on here, not there.
+    run = tmp_path / "copy"
+    run.mkdir()
+    save_config(load_config("cifar10", [f"--train.out_dir={tmp_path / 'original'}", "--train.epochs=7"]),
+                run / "config.yaml")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(f"train:\n  out_dir: {run}\n")
+    config = resume_config(str(preset))
+    assert config.train.out_dir == str(run) and config.train.epochs == 7
 
 
 def test_saved_config_round_trips(tmp_path):
