@@ -82,7 +82,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         "versions": {"byol": __version__, "torch": str(torch.__version__)},
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temporary(path)
     try:
         torch.save(state, tmp)
         with open(tmp, "rb") as f:
@@ -105,9 +105,44 @@ def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None
     """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
     file or the new one, never half of one."""
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8", errors=errors)
-    os.replace(partial, path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text, encoding="utf-8", errors=errors)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    """The temporary file that :func:`save_checkpoint` and :func:`write_text_atomically` write
+    before renaming it over ``path``: hidden, beside it, named after the writing process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_torn_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` that a killed writer left (``kill -9`` or a power
+    loss in the middle of a write: no ``finally`` ran); return them.
+
+    A temporary is torn when the process named in it is no longer running on this machine; one
+    whose writer is alive is kept.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def write_failed(e: BaseException) -> bool:

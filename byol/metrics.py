@@ -5,6 +5,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .checkpoint import write_text_atomically
+
 PLOTS = {  # file name -> (title, metric keys, y-axis label)
     "loss.png": ("BYOL loss", ["train/loss"], "loss"),
     "schedules.png": ("learning rate and EMA tau", ["train/lr", "train/tau"], "value"),
@@ -18,16 +20,25 @@ class MetricsLog:
     """Appends ``{"step": s, key: value, ...}`` records to ``metrics.jsonl`` and TensorBoard.
 
     Only rank 0 should create one. TensorBoard is skipped with a note if it is not installed.
+
+    A run resumed from its checkpoint at step ``resume_step`` may have logged steps after it before
+    it died (a kill, a crash, a lost node): they are trained and logged again, so the records after
+    ``resume_step`` (and a torn last line) are dropped from ``metrics.jsonl``, and TensorBoard is told
+    to purge its events after that step. A new run (``resume_step=None``) starts both afresh.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: Optional[int] = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
+        if self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if resume_step is not None and r["step"] <= resume_step]
+            write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+                purge = 0 if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
             except ImportError:
                 print("note: tensorboard is not installed; writing metrics.jsonl only")
 

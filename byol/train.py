@@ -15,7 +15,8 @@ from torch import nn
 from . import distributed as dist
 from .augment import Augment, view_presets
 from .backbones import resnet
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, load_checkpoint, load_model_state, remove_torn_temporaries, save_checkpoint,
+                         set_rng_state)
 from .config import Config, ConfigError, changed_settings, config_from_dict, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
@@ -293,7 +294,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     extra: dict = {}
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator,  # noqa: E731
                                         extra=extra)
-    log = MetricsLog(run_dir) if rank == 0 else None
+    log = MetricsLog(run_dir, resume_step=step if resume else None) if rank == 0 else None
     results: dict = {}
     if data.knn_train is not None and step == 0:
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
@@ -425,6 +426,8 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> Optional[P
     except OSError as e:
         raise ConfigError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
                           "choose another train.out_dir") from None
+    for folder in (run_dir, ckpt_path.parent):  # a run killed while writing left half a file there
+        remove_torn_temporaries(folder)
     return created
 
 

@@ -1,12 +1,15 @@
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from byol.checkpoint import (CheckpointError, load_checkpoint, load_model_state, save_checkpoint, unwrap)
+from byol.checkpoint import (CheckpointError, load_checkpoint, load_model_state, remove_torn_temporaries,
+                             save_checkpoint, unwrap, write_text_atomically)
 
 
 def make():
@@ -30,6 +33,20 @@ def test_save_is_complete_and_atomic(tmp_path):
     load_model_state(other, state["model"])
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_torn_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    write_text_atomically(tmp_path / "config.yaml", "a: 1\n")
+    assert os.listdir(tmp_path) == ["config.yaml"]
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    torn = [tmp_path / f".last.pt.tmp{finished.pid}", tmp_path / f".config.yaml.tmp{finished.pid}"]
+    kept = [tmp_path / f".last.pt.tmp{os.getpid()}", tmp_path / f".x.tmp{os.getppid()}", tmp_path / ".x.tmpnotapid"]
+    for path in (*torn, *kept):
+        path.write_text("half")
+    assert sorted(remove_torn_temporaries(tmp_path)) == sorted(torn)
+    assert sorted(os.listdir(tmp_path)) == sorted(["config.yaml", *(p.name for p in kept)])
+    assert remove_torn_temporaries(tmp_path / "missing") == []
 
 
 def test_unwrap_removes_compile_wrapper_prefixes():
