@@ -1,18 +1,26 @@
 """Checkpoints: complete (everything needed to resume exactly), atomic, and loaded strictly and safely."""
 
+import fnmatch
 import os
 import pickle
 import random
+import re
 import shutil
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
+
+try:
+    import fcntl  # file locks, to tell a temporary being written from one a killed writer left
+except ImportError:  # Windows
+    fcntl = None
 
 
 class CheckpointError(RuntimeError):
@@ -82,12 +90,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         "versions": {"byol": __version__, "torch": str(torch.__version__)},
         "extra": extra or {},
     }
-    tmp = _temporary(path)
     try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _temporary(path) as tmp:
+            torch.save(state, tmp)
     except (OSError, RuntimeError) as e:
         if not write_failed(e):
             raise
@@ -97,52 +102,78 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             free = ""
         kept = "; the previous one is kept" if path.is_file() else ""
         raise CheckpointError(f"could not write the checkpoint {path} ({write_failure(e)}{free}){kept}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
     """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
     file or the new one, never half of one."""
-    path = Path(path)
-    tmp = _temporary(path)
+    with _temporary(Path(path)) as tmp:
+        tmp.write_bytes(text.encode("utf-8", errors=errors))
+
+
+@contextmanager
+def _temporary(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, synced to disk and renamed over ``path`` at the end
+    of the ``with`` (removed instead on an error).
+
+    It is hidden and named after its writer (``.last.pt.tmp<pid>``), and locked while it is
+    written, so that :func:`remove_torn_temporaries` can tell one that a killed process left.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8", errors=errors)
-        os.replace(tmp, path)
+        with open(tmp, "wb") as held:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX)
+                except OSError:  # a file system without locks: the writer's pid tells instead
+                    pass
+            yield tmp  # written through its path (torch.save's own writer), the same file as `held`
+            held.flush()
+            os.fsync(held.fileno())
+            os.replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _temporary(path: Path) -> Path:
-    """The temporary file that :func:`save_checkpoint` and :func:`write_text_atomically` write
-    before renaming it over ``path``: hidden, beside it, named after the writing process."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+_TORN = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]{1,10})", re.ASCII)
 
 
-def remove_torn_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files in ``folder`` that a killed writer left (``kill -9`` or a power
-    loss in the middle of a write: no ``finally`` ran); return them.
+def remove_torn_temporaries(folder: Path, *names: str) -> list[Path]:
+    """Remove the temporary files of ``names`` (file names or glob patterns) in ``folder`` that a
+    killed writer left (``kill -9``, a lost node, a power cut in the middle of a write); return them.
 
-    A temporary is torn when the process named in it is no longer running on this machine; one
-    whose writer is alive is kept.
+    A temporary whose writer still holds its lock (on this machine or, where the file system shares
+    locks, another) is kept. Where locks are not available, one is torn when the process named in it
+    is not running on this machine or is this process (which is not writing one now).
     """
     removed = []
-    for tmp in Path(folder).glob(".*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+    for tmp in sorted(Path(folder).glob(".*.tmp*")):
+        match = _TORN.fullmatch(tmp.name)
+        if match and any(fnmatch.fnmatchcase(match["name"], name) for name in names) and _torn(tmp, int(match["pid"])):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
 
-def _running(pid: int) -> bool:
+def _torn(tmp: Path, pid: int) -> bool:
+    if fcntl is not None:
+        try:
+            with open(tmp, "r+b") as f:  # for writing: NFS emulates flock with write locks
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True  # nobody holds it (our lock goes with the file's closing)
+        except BlockingIOError:
+            return False  # its writer is at work
+        except OSError:
+            pass  # no locks on this file system (or the file went): ask whether its writer runs
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+        return True
+    except (OSError, OverflowError):
+        return False  # another user's process, or no such pid here: not ours to judge
+    return False
 
 
 def write_failed(e: BaseException) -> bool:

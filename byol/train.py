@@ -426,8 +426,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> Optional[P
     except OSError as e:
         raise ConfigError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
                           "choose another train.out_dir") from None
-    for folder in (run_dir, ckpt_path.parent):  # a run killed while writing left half a file there
-        remove_torn_temporaries(folder)
+    # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
+    remove_torn_temporaries(run_dir, "config.yaml", "metrics.jsonl", "skipped_files.txt")
+    remove_torn_temporaries(ckpt_path.parent, "*.pt")
     return created
 
 

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -31,6 +33,13 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"--{k}={v}" for k, v in values.items()]
+
+
+def finished_pid() -> int:
+    """The process id of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def extract_jpegs(dest: Path, per_class: int = 20) -> Path:

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from byol import checkpoint
 from byol.checkpoint import (CheckpointError, load_checkpoint, load_model_state, remove_torn_temporaries,
                              save_checkpoint, unwrap, write_text_atomically)
+from conftest import finished_pid
 
 
 def make():
@@ -35,18 +37,42 @@ def test_save_is_complete_and_atomic(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_torn_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+@pytest.mark.skipif(checkpoint.fcntl is None, reason="no file locks here")
+def test_torn_temporaries_are_removed_and_those_being_written_kept(tmp_path):
     write_text_atomically(tmp_path / "config.yaml", "a: 1\n")
     assert os.listdir(tmp_path) == ["config.yaml"]
-    finished = subprocess.Popen([sys.executable, "-c", "pass"])
-    finished.wait()
-    torn = [tmp_path / f".last.pt.tmp{finished.pid}", tmp_path / f".config.yaml.tmp{finished.pid}"]
-    kept = [tmp_path / f".last.pt.tmp{os.getpid()}", tmp_path / f".x.tmp{os.getppid()}", tmp_path / ".x.tmpnotapid"]
+    dead = finished_pid()
+    writing = tmp_path / f".epoch_0003.pt.tmp{dead}"  # named after a dead process, yet locked by a live one
+    writing.write_text("half")
+    writer = subprocess.Popen([sys.executable, "-c", f"import fcntl, sys, time\nf = open({str(writing)!r}, 'r+b')\n"
+                               "fcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "locked\n"
+        torn = [tmp_path / f".last.pt.tmp{dead}", tmp_path / f".config.yaml.tmp{os.getpid()}",  # a container's
+                tmp_path / f".epoch_0002.pt.tmp{os.getppid()}"]  # pid again; a pid now another process's
+        kept = [writing, tmp_path / ".notes.tmp1", tmp_path / ".last.pt.tmpnotapid", tmp_path / ".last.pt.tmp\u00b2"]
+        for path in (*torn, *kept[1:]):
+            path.write_text("half")
+        assert sorted(remove_torn_temporaries(tmp_path, "*.pt", "config.yaml")) == sorted(torn)
+        assert sorted(os.listdir(tmp_path)) == sorted(["config.yaml", *(p.name for p in kept)])
+    finally:
+        writer.kill()
+        writer.wait()
+    assert remove_torn_temporaries(tmp_path, "*.pt") == [writing]  # its writer is gone
+    assert remove_torn_temporaries(tmp_path / "missing", "*.pt") == []
+
+
+def test_without_file_locks_the_writers_pid_tells(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "fcntl", None)
+    save_checkpoint(tmp_path / "last.pt", *make(), step=1, config={})
+    assert os.listdir(tmp_path) == ["last.pt"]
+    torn = [tmp_path / f".last.pt.tmp{finished_pid()}", tmp_path / f".last.pt.tmp{os.getpid()}"]
+    kept = [tmp_path / f".epoch_0001.pt.tmp{os.getppid()}", tmp_path / ".last.pt.tmp9999999999"]
     for path in (*torn, *kept):
         path.write_text("half")
-    assert sorted(remove_torn_temporaries(tmp_path)) == sorted(torn)
-    assert sorted(os.listdir(tmp_path)) == sorted(["config.yaml", *(p.name for p in kept)])
-    assert remove_torn_temporaries(tmp_path / "missing") == []
+    assert sorted(remove_torn_temporaries(tmp_path, "*.pt")) == sorted(torn)
+    assert sorted(os.listdir(tmp_path)) == sorted(["last.pt", *(p.name for p in kept)])
 
 
 def test_unwrap_removes_compile_wrapper_prefixes():
