@@ -62,10 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
                        "from (same architecture and seed, untrained): the baseline to beat")
         if name == "knn":
-            e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200], help="numbers of neighbours")
-            e.add_argument("--temperature", type=_positive_float, default=0.1)
+            e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200],
+                           help="numbers of neighbours (default: 20 200)")
+            e.add_argument("--temperature", type=_positive_float, default=0.1,
+                           help="of the neighbours' similarity weights (default: 0.1)")
         else:
-            e.add_argument("--epochs", type=_positive_int, default=100)
+            e.add_argument("--epochs", type=_positive_int, default=100,
+                           help="of the linear probe's training (default: 100)")
     em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths")
     em.add_argument("checkpoint")
     em.add_argument("--out", required=True, help="output file, .npy or .pt")
@@ -155,7 +158,8 @@ def run(argv: Optional[list[str]] = None) -> int:
     elif args.command == "embed":
         path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
                               limit=args.limit, progress=True)
-        print(f"embeddings written to {path}")
+        side = f" (labels in {path.stem}_labels.npy; for a folder, file paths in {path.stem}_paths.txt)"
+        print(f"embeddings written to {path}" + (side if path.suffix == ".npy" else ""))
     elif args.command == "export":
         info = pipeline.export(args.checkpoint, args.out)
         _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])

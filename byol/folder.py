@@ -54,7 +54,8 @@ class ImageFolder(Dataset):
     on the device, from it.
 
     Args:
-        root: the folder; hidden files and folders (name starting with ".") are ignored.
+        root: the folder; hidden files and folders (name starting with ".") are ignored;
+            symbolic links are followed, and a folder reached twice through them is read once.
         size: side of the returned square.
         labeled: ``"auto"``: if every image sits inside a first-level subfolder, that
             subfolder is its class (sorted names, as torchvision's ImageFolder), else all
@@ -146,7 +147,14 @@ class ImageFolder(Dataset):
 def _scan(root: str) -> list[str]:
     extensions = image_extensions()
     found = []
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
+    for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in walked:
+            subfolders[:] = []
+            continue
+        if stat.st_ino:  # 0: a file system without inode numbers, which cannot tell
+            walked.add((stat.st_dev, stat.st_ino))
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         rel = os.path.relpath(folder, root)
         for f in sorted(files):
@@ -273,7 +281,11 @@ def labeled_folders(root: Union[str, Path], size: int,
 
     Each needs one sub-folder per class, the same classes in both; ``root`` may be ROOT or
     ``ROOT/train`` itself (what a run trained on). ``limit`` takes that many images of each split,
-    spread evenly over it. None when the folders are not laid out so.
+    spread evenly over it. None when there is no ``ROOT/train`` with ``ROOT/val`` (or test) beside it.
+
+    Raises:
+        DataError: the two folders are there, but an image is not in a class sub-folder, one has
+            no images, or their classes differ; the message says which.
     """
     root = Path(root).expanduser()
     if root.name == "train" and not (root / "train").is_dir():
@@ -281,9 +293,12 @@ def labeled_folders(root: Union[str, Path], size: int,
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"
     if not ((root / "train").is_dir() and test_dir.is_dir()):
         return None
-    train, test = ImageFolder(root / "train", size), ImageFolder(test_dir, size)
-    if not train.classes or train.classes != test.classes:
-        return None
+    train, test = ImageFolder(root / "train", size, labeled=True), ImageFolder(test_dir, size, labeled=True)
+    if train.classes != test.classes:
+        only = [f"only in {a.root}: {', '.join(sorted(set(a.classes) - set(b.classes))[:5])}"
+                for a, b in ((train, test), (test, train)) if set(a.classes) - set(b.classes)]
+        raise DataError(f"the class sub-folders of {train.root} and {test_dir} differ ({'; '.join(only)}); "
+                        "both need the same classes")
     if limit:
         train, test = train.spread(limit), test.spread(limit)
     return train, test

@@ -139,7 +139,7 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
     d = config.data
     size = d.load_size or d.image_size
     if d.dataset == "folder":
-        splits = labeled_folders(d.root, size, limit)
+        splits = labeled_folders(d.root, size, limit)  # or one sentence on what is wrong with them
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
@@ -176,26 +176,32 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"the image folder {root} (data.root) does not exist; point --data.root=... at it")
-    base = root.parent if root.name == "train" and not (root / "train").is_dir() else root
-    trained_on = root / train_split if (root / train_split).is_dir() else root
+    if (root / train_split).is_dir():
+        trained_on, base = root / train_split, root
+    elif root.name == "train":  # as labeled_folders, which eval uses
+        trained_on, base = root, root.parent
+    else:  # a plain folder of images: its sub-folders (a `test/` too) are classes, not splits
+        trained_on, base = root, None
     if split == "train":
         return ImageFolder(trained_on, size)
     if split in (None, "val", "test"):
         names = ("test", "val") if split == "test" else ("val", "test")
-        for name in names:
+        for name in names if base is not None else ():
             if (base / name).is_dir():
                 if split is not None and name != split:
                     _note(f"{base} has no {split}/ folder; embedding {base / name}")
                 return ImageFolder(base / name, size)
+        where = f"{base} has no val/ or test/ folder" if base is not None else \
+            f"the run trained on all of {root}, not on a {train_split}/ folder of it"
         if split is not None:
-            raise DataError(f"there is no {split} split: {base} has no val/ or test/ folder; use --split train, "
-                            "or lay the images out as ROOT/train and ROOT/val")
-        _note(f"{base} has no val/ or test/ folder, so the images the run trained on ({trained_on}) are embedded")
+            raise DataError(f"there is no {split} split: {where}; use --split train, or lay the images out "
+                            f"as ROOT/{train_split} and ROOT/val")
+        _note(f"{where}, so the images the run trained on ({trained_on}) are embedded")
         return ImageFolder(trained_on, size)
-    if (base / split).is_dir():
-        return ImageFolder(base / split, size)
-    raise DataError(f"unknown split {split!r}: {base} has no sub-folder {split}; choose train, val or test "
-                    "(or a sub-folder of it)")
+    if ((base or root) / split).is_dir():
+        return ImageFolder((base or root) / split, size)
+    raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
+                    "test (or a sub-folder of it)")
 
 
 EVAL_BATCH = 512
@@ -289,13 +295,23 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".npy":
             import numpy as np
+            listed = _path_lines(paths) if paths is not None else None  # before any file: none half written
             np.save(out, emb.numpy())
             np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
-            if paths is not None:
-                out.with_name(out.stem + "_paths.txt").write_text("\n".join(paths) + "\n")
+            if listed is not None:
+                out.with_name(out.stem + "_paths.txt").write_bytes(listed)
         else:
-            torch.save({"embeddings": emb, "labels": labels, "paths": paths}, out)
+            # Copies: a --limit'ed slice would otherwise save the whole tensor behind it.
+            torch.save({"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths}, out)
     return out
+
+
+def _path_lines(paths: list[str]) -> bytes:
+    """``paths`` one per line, as the file system spells them (bytes that are not UTF-8 kept as they
+    are), so that line i is row i: a backslash in a name is written as two, a line break as
+    backslash-n (-r)."""
+    escaped = (p.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r") for p in paths)
+    return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in escaped)
 
 
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
@@ -309,7 +325,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
         scripted = torch.jit.script(net.eval())
     info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
-            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem}
+            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width}
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, out_dir / "encoder.pt")

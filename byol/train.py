@@ -15,8 +15,7 @@ from torch import nn
 from . import distributed as dist
 from .augment import Augment, view_presets
 from .backbones import resnet
-from .checkpoint import (CheckpointError, load_checkpoint, load_model_state, remove_torn_temporaries, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, changed_settings, config_from_dict, save_config
 from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
@@ -26,6 +25,7 @@ from .metrics import MetricsLog, plot_metrics
 from .model import BYOL
 from .monitor import CollapseMonitor
 from .optim import build_optimizer
+from .run_folder import RunFolder
 from .step import LoopStep, ViewsForward, compile_step, keep_freed_memory
 
 
@@ -136,8 +136,8 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         batches = folder_loader(source, per_rank, d.workers, sampler=sampler, seed=t.seed)
         n = len(source)
         if len(batches) == 0:
-            raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} images of "
-                            f"{d.root}; use a smaller train.batch_size")
+            raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} images of {d.root}; "
+                            + ("use a smaller train.batch_size" if n >= 2 else "training needs two at least"))
     knn_train = knn_test = knn_sizes = None
     if t.knn_every >= 0 and d.dataset in ("cifar10", "cifar100", "stl10"):
         knn_train = build_dataset(d.dataset, d.root, "train", size, False)
@@ -145,7 +145,16 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
         if t.knn_limit:
             knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
     elif t.knn_every >= 0 and d.dataset == "folder":  # ROOT/train with ROOT/val beside it: monitor on both
-        splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT)
+        try:
+            splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT)
+        except DataError as e:
+            splits = None
+            if rank == 0:
+                print(f"note: no kNN monitor: {e}", file=sys.stderr)
+        else:
+            if splits is None and rank == 0:
+                print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
+                      "beside it", file=sys.stderr)
         if splits is not None:
             knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
             knn_sizes = len(splits[0]), len(splits[1])
@@ -157,9 +166,6 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
                 raise DataError(f"none of the image files of a kNN monitor split beside {d.root} (train, val or "
                                 "test) could be decoded; check the files, or turn the monitor off with "
                                 "train.knn_every=-1")
-        elif rank == 0:
-            print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) beside "
-                  "it, both with the same class sub-folders", file=sys.stderr)
     return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
 
 
@@ -245,10 +251,21 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
     SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
+    A start that fails before its first step has finished leaves the folder as it found it.
     """
     config = _with_absolute_root(config)  # so the saved config finds the data from any directory
-    t, o = config.train, config.optim
     rank, world = dist.init()
+    folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
+    try:
+        return _pretrain(config, resume, rank, world, folder)
+    except BaseException:
+        if folder is not None:
+            folder.undo()  # only while no step has finished
+        raise
+
+
+def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
+    t, o = config.train, config.optim
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
     if device.type == "cuda":
@@ -257,15 +274,9 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
-    created = _prepare_run_dir(run_dir, resume, ckpt_path) if rank == 0 else None
-    try:  # until the run starts, a failure writes nothing: no empty run folder, a resumed run's config kept
-        data = load_data(config, device, rank, world)
-        byol, optimizer, generator = _build(config, device, rank, world)
-        step = _restore(ckpt_path, config, byol, optimizer, generator, rank, world) if resume else 0
-    except BaseException:
-        if created is not None:
-            _remove_empty(run_dir, created)
-        raise
+    data = load_data(config, device, rank, world)
+    byol, optimizer, generator = _build(config, device, rank, world)
+    step = _restore(ckpt_path, config, byol, optimizer, generator, rank, world) if resume else 0
     steps_per_epoch = len(data.batches)
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = round(o.warmup_epochs * steps_per_epoch)
@@ -294,7 +305,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     extra: dict = {}
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator,  # noqa: E731
                                         extra=extra)
-    log = MetricsLog(run_dir, resume_step=step if resume else None) if rank == 0 else None
+    log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = {}
     if data.knn_train is not None and step == 0:
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
@@ -327,6 +338,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
             images = images.to(device, non_blocking=True)  # streamed folders (pinned) or a host-kept set
             loss, z1 = loop_step(step, images)
             step += 1
+            if folder is not None:
+                folder.started = True  # from here on, what this start wrote stays
             if progress is not None:
                 progress.update(t.batch_size)
             stopping = stop.requested if world == 1 else False
@@ -339,8 +352,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
                     log.log(step, **record)
                 warning = monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1],
                                         step)
-                if warning and rank == 0:
-                    _warn(warning, run_dir)
+                if warning and folder is not None:
+                    folder.warn(warning)
                 if record["train/nonfinite_streak"] >= t.max_nonfinite:
                     raise _nonfinite(record["train/nonfinite_streak"], step, "so the run stopped", ckpt_path)
                 if progress is not None:
@@ -409,49 +422,9 @@ def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int
     return acc
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, ckpt_path: Path) -> Optional[Path]:
-    """Check that the run can start in ``run_dir`` and create it; return the topmost folder this
-    created (None if ``run_dir`` was there), for :func:`_remove_empty` should the start fail."""
-    missing = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
-    created = missing[-1] if missing else None
-    if resume and not ckpt_path.is_file():
-        raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}; start without --resume")
-    if not resume and ckpt_path.is_file():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
-                          "another train.out_dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ".write_test").touch()
-        (run_dir / ".write_test").unlink()
-    except OSError as e:
-        raise ConfigError(f"cannot write to the output directory {run_dir} ({e.strerror}); "
-                          "choose another train.out_dir") from None
-    # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
-    remove_torn_temporaries(run_dir, "config.yaml", "metrics.jsonl", "skipped_files.txt")
-    remove_torn_temporaries(ckpt_path.parent, "*.pt")
-    return created
-
-
-def _remove_empty(run_dir: Path, top: Path) -> None:
-    """Remove ``run_dir`` and its parents up to ``top`` while they are empty."""
-    for folder in (run_dir, *run_dir.parents):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == top:
-            return
-
-
 def _progress(t, rank: int, step: int, end_step: int, batch_size: int):
     if not t.progress or rank != 0:
         return None
     from tqdm import tqdm
     return tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
                 desc="pretrain", dynamic_ncols=True, file=sys.stderr)
-
-
-def _warn(message: str, run_dir: Path) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-    with open(run_dir / "warnings.txt", "a") as f:
-        f.write(message + "\n")

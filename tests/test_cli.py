@@ -106,7 +106,8 @@ def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
 
 def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     run, _ = trained
-    byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
+    proc = byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
+    assert "labels in emb_labels.npy" in proc.stdout
     emb = np.load(tmp_path / "emb.npy")
     labels = np.load(tmp_path / "emb_labels.npy")
     assert emb.shape == (50, 64) and np.isfinite(emb).all()
@@ -114,6 +115,8 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.pt", "--limit", 20, "--split", "train")
     saved = torch.load(tmp_path / "emb.pt", weights_only=True)
     assert saved["embeddings"].shape == (20, 64)
+    # 20 rows saved, not the whole split behind them (a slice saves its whole storage)
+    assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
 
 
 @pytest.mark.parametrize("cifar_stem", [False, True])
@@ -126,6 +129,8 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
          *tiny_overrides(run, **{"model.width": 64, "train.max_steps": 1, "train.batch_size": 8,
                                  "train.knn_every": -1}))
     byol("export", run / "checkpoints" / "last.pt", "--out", tmp_path / "export")
+    info = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert (info["backbone"], info["cifar_stem"], info["width"]) == ("resnet18", cifar_stem, 64)
     net = torchvision.models.resnet18()
     if cifar_stem:  # the README's two lines for the CIFAR stem
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -167,16 +172,24 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg",
                                                                                   "gone.jpg"]
-    # A plain folder has no held-out split: embed takes the training images, and says so.
+    # A plain folder has no held-out split: embed takes the training images, and says so. Names
+    # that are not UTF-8 or hold a line break are written one line each, as the file system has them.
     from byol.cli import main
+    jpeg = next((root / "cat").glob("*.jpg")).read_bytes()
+    (root / "cat" / "new\nline.jpg").write_bytes(jpeg)
+    with open(os.fsencode(root / "cat") + b"/bad\xff.jpg", "wb") as f:
+        f.write(jpeg)
     capsys.readouterr()
     assert main(["embed", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "emb.npy")]) == 0
     err = capsys.readouterr().err
-    assert f"note: {root} has no val/ or test/ folder" in err, err
-    assert np.load(tmp_path / "emb.npy").shape[0] == 40  # the 42 files but the two unreadable ones
+    assert f"note: the run trained on all of {root}" in err, err
+    assert np.load(tmp_path / "emb.npy").shape[0] == 42  # the 44 files but the two unreadable ones
+    lines = (tmp_path / "emb_paths.txt").read_bytes().splitlines()
+    assert len(lines) == 42 and os.fsencode(root / "cat" / "bad") + b"\xff.jpg" in lines
+    assert os.fsencode(root / "cat") + b"/new\\nline.jpg" in lines
     _, line = main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "v.npy",
                          "--split", "val")
-    assert "no val/ or test/ folder" in line
+    assert "there is no val split: the run trained on all of" in line
 
 
 def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path, capsys):

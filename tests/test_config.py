@@ -34,7 +34,7 @@ def test_overrides_are_typed():
     ("--data.download=maybe", "data.download must be bool"),
     ("--optim.lr", "must look like --section.key=value"),
     ("--train.log_every=0", "train.log_every must be >= 1"),
-    ("--train.batch_size=0", "train.batch_size must be >= 1"),
+    ("--train.batch_size=1", "train.batch_size must be >= 2"),
     ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
     ("--model.backbone=resnet101", "model.backbone must be one of resnet18, resnet34, resnet50"),
     ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),

@@ -324,6 +324,28 @@ def test_labeled_folders_spread_a_limit_over_every_class_and_shares_split_them(t
         load_folder_share(bad_only)
 
 
+def test_labeled_folders_say_what_is_wrong_with_their_layout(tmp_path):
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=1)
+    val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    (val / "cat").rename(val / "kitten")
+    with pytest.raises(DataError, match=r"class sub-folders of .*train and .*val differ \(only in .*train: cat; "
+                                        r"only in .*val: kitten\); both need the same classes"):
+        labeled_folders(train, size=8)
+    (val / "kitten").rename(val / "cat")
+    (val / "cat" / next(iter(os.listdir(val / "cat")))).rename(val / "stray.jpg")
+    with pytest.raises(DataError, match=r"stray\.jpg is not inside a class subfolder"):
+        labeled_folders(train, size=8)
+
+
+def test_a_folder_reached_twice_through_symbolic_links_is_read_once(tmp_path):
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files in 10 class folders
+    (root / "cat" / "up").symlink_to("..")  # a loop: cat/up/cat/up/...
+    (root / "dog" / "cats").symlink_to(root / "cat")  # the same folder under another name
+    (root / "linked.jpg").symlink_to(root / "dog" / os.listdir(root / "dog")[0])  # a file: read, as itself
+    ds = ImageFolder(root, size=8)
+    assert len(ds) == 21 and len(set(map(os.path.realpath, ds.paths))) == 20
+
+
 def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_table):
     root, n_jpg, odd, bad = jpg_folder
     ds = ImageFolder(root, size=32)

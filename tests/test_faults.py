@@ -267,7 +267,9 @@ def test_a_folder_with_no_decodable_image_is_one_sentence(tmp_path, fault_table)
     proc = byol("pretrain", "--data.dataset=folder", f"--data.root={tmp_path / 'images'}", "--data.workers=0",
                 *tiny_overrides(tmp_path / "run", **{"train.batch_size": 2, "train.knn_every": -1}), check=False)
     assert_user_error(proc, f"none of the 5 image files in {tmp_path / 'images'} could be decoded")
-    fault_table("image folder in which no file can be decoded", "one sentence with one file and why, exit 2")
+    assert not (tmp_path / "run").exists()  # found at the first step: the start leaves nothing behind
+    fault_table("image folder in which no file can be decoded", "one sentence with one file and why, exit 2; "
+                "no run folder left")
 
 
 def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifar, fault_table):
@@ -278,11 +280,30 @@ def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifa
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
 
     monkeypatch.setattr(byol.step, "train_step", oom)
-    code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "run", **{"train.knn_every": -1})])
+    code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run", **{"train.knn_every": -1})])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines() == [
         "byol: error: the batch does not fit in memory; lower train.batch_size (e.g. --train.batch_size=128)"]
-    fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2")
+    assert not (tmp_path / "runs").exists()  # the folders this start made are gone with it
+    # A resume that fails at its first step leaves the run as it was: config.yaml (which it rewrote
+    # with the new setting), metrics.jsonl (which it cut back to the checkpoint) and TensorBoard's
+    # events (a purge marker in a new file).
+    run = tmp_path / "run"
+    monkeypatch.undo()
+    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 4, "train.log_every": 1,
+                                                               "train.knn_every": -1})]) == 0
+    shutil.copy(run / "checkpoints" / "last.pt", run / "kept.pt")
+    assert cli.main(["pretrain", "--resume", cifar, *tiny_overrides(run, **{"train.max_steps": 6, "train.log_every": 1,
+                                                                           "train.knn_every": -1})]) == 0
+    shutil.copy(run / "kept.pt", run / "checkpoints" / "last.pt")  # as if killed after step 4's checkpoint
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    monkeypatch.setattr(byol.step, "train_step", oom)
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--resume", cifar, *tiny_overrides(run, **{"train.max_steps": 8})]) == 2
+    assert "does not fit in memory" in capsys.readouterr().err
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2; a new "
+                "run's folder is removed, a resumed run's files are left as they were")
 
 
 def test_nonfinite_step_is_undone_for_every_dtype():

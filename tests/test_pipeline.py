@@ -69,3 +69,20 @@ def test_features_show_progress_on_rank_0_only(monkeypatch, capsys):
         monkeypatch.setattr(pipeline.dist, "rank", lambda: rank)
         pipeline.features(Recorder([]), config, images, torch.device("cpu"), progress="train features")
         assert ("train features" in capsys.readouterr().err) == shown
+
+
+def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, capsys):
+    root = extract_jpegs(tmp_path / "photos", per_class=1)
+    (root / "cat").rename(root / "test")  # a class named like a split
+    folder = pipeline._folder_split(root, None, 8, "train")
+    assert folder.root == str(root) and len(folder) == 10
+    assert "the run trained on all of" in capsys.readouterr().err
+    for split in ("val", "test"):  # a split, not the class test/
+        with pytest.raises(DataError, match=f"there is no {split} split: the run trained on all of"):
+            pipeline._folder_split(root, split, 8, "train")
+    assert pipeline._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
+
+
+def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
+    names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg"]  # \udcff: byte 0xff
+    assert pipeline._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"

@@ -1,0 +1,110 @@
+"""A run's folder as one start of pretraining finds it, and leaves it should that start fail."""
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .checkpoint import CheckpointError, remove_torn_temporaries, write_text_atomically
+from .config import ConfigError
+from .metrics import MetricsLog
+
+_KEPT = ("config.yaml", "metrics.jsonl")  # the files a start rewrites before its first step
+
+
+class RunFolder:
+    """The folder of a run (``train.out_dir``), opened by the process that writes it (rank 0).
+
+    Opening checks that the run can start there (a new run in a folder without a checkpoint, a
+    resumed one in a folder with one), creates the folder and removes the half-written temporary
+    files a killed run left. Until :attr:`started` is set (the first step has finished),
+    :meth:`undo` puts the folder back as this start found it: a start that fails on its data, its
+    checkpoint, a batch too big for memory or compiling leaves no run folder behind, and a resumed
+    run's ``config.yaml``, ``metrics.jsonl`` and TensorBoard events as they were.
+    """
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = Path(path)
+        self.checkpoint = self.path / "checkpoints" / "last.pt"
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self.created: Optional[Path] = missing[-1] if missing else None  # the topmost folder made here
+        if resume and not self.checkpoint.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}; start without --resume")
+        if not resume and self.checkpoint.is_file():
+            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose "
+                              "another train.out_dir")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / ".write_test").touch()
+            (self.path / ".write_test").unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to the output directory {self.path} ({e.strerror}); "
+                              "choose another train.out_dir") from None
+        # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
+        remove_torn_temporaries(self.path, *_KEPT, "skipped_files.txt")
+        remove_torn_temporaries(self.checkpoint.parent, "*.pt")
+        self._before = {name: _read(self.path / name) for name in _KEPT}
+        self._events_before = _listing(self.path / "tensorboard")
+        self._folders_before = {f for f in ("tensorboard", "checkpoints") if (self.path / f).is_dir()}
+        self._log: Optional[MetricsLog] = None
+        self.started = False
+
+    def metrics_log(self, resume_step: Optional[int]) -> MetricsLog:
+        """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``)."""
+        self._log = MetricsLog(self.path, resume_step=resume_step)
+        return self._log
+
+    def undo(self) -> None:
+        """Put back what this start wrote before its first step (best effort: it runs while
+        another error is on its way out, which it must not hide)."""
+        if self.started:
+            return
+        if self._log is not None:
+            self._log.close()  # its event file, open until now
+        events = self.path / "tensorboard"
+        for name in _listing(events) - self._events_before:
+            _quietly((events / name).unlink, missing_ok=True)
+        for name, text in self._before.items():
+            if text is None:
+                _quietly((self.path / name).unlink, missing_ok=True)
+            elif _read(self.path / name) != text:
+                _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
+        for name in {"tensorboard", "checkpoints"} - self._folders_before:
+            _quietly((self.path / name).rmdir)  # when empty
+        if self.created is not None:
+            _remove_empty(self.path, self.created)
+
+    def warn(self, message: str) -> None:
+        """Say ``message`` on stderr and append it to ``warnings.txt``."""
+        print(f"warning: {message}", file=sys.stderr)
+        with open(self.path / "warnings.txt", "a") as f:
+            f.write(message + "\n")
+
+
+def _quietly(action, *args, **kwargs) -> None:
+    try:
+        action(*args, **kwargs)
+    except OSError:  # a full disk, say: the rest is still undone, and the error that failed the start told
+        pass
+
+
+def _read(path: Path) -> Optional[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:  # not there (or unreadable: then it is left as it is)
+        return None
+
+
+def _listing(folder: Path) -> set[str]:
+    return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
+def _remove_empty(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` while they are empty."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return

@@ -1,0 +1,47 @@
+"""A start of pretraining that fails before its first step leaves the run folder as it found it."""
+
+import pytest
+
+from byol.checkpoint import CheckpointError
+from byol.config import ConfigError
+from byol.run_folder import RunFolder
+
+
+def test_a_failed_start_removes_what_it_made_and_keeps_what_was_there(tmp_path):
+    folder = RunFolder(tmp_path / "runs" / "new" / "run", resume=False)
+    assert folder.created == tmp_path / "runs"
+    (folder.path / "config.yaml").write_text("train: {}\n")
+    folder.metrics_log(resume_step=None).log(1, loss=0.5)
+    (folder.path / "checkpoints").mkdir()
+    folder.undo()
+    assert list(tmp_path.iterdir()) == []
+
+    run = tmp_path / "existing"  # a folder with the user's own things, and empty folders of ours
+    for name in ("checkpoints", "tensorboard"):
+        (run / name).mkdir(parents=True)
+    (run / "config.yaml").write_text("mine\n")
+    (run / "notes.txt").write_text("keep me\n")
+    folder = RunFolder(run, resume=False)
+    assert folder.created is None
+    (run / "config.yaml").write_text("train: {}\n")
+    folder.metrics_log(resume_step=None).log(1, loss=0.5)
+    folder.undo()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "notes.txt", "tensorboard"]
+    assert (run / "config.yaml").read_text() == "mine\n" and not any((run / "tensorboard").iterdir())
+
+
+def test_a_started_run_keeps_what_it_wrote(tmp_path):
+    folder = RunFolder(tmp_path / "run", resume=False)
+    (folder.path / "config.yaml").write_text("train: {}\n")
+    folder.started = True
+    folder.undo()
+    assert (folder.path / "config.yaml").read_text() == "train: {}\n"
+
+
+def test_a_run_starts_only_where_it_can(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot resume: no checkpoint at"):
+        RunFolder(tmp_path / "run", resume=True)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        RunFolder(tmp_path / "run", resume=False)
