@@ -90,10 +90,16 @@ def _describe(folder: str, files: list[str]) -> str:
 def _download(url: str, root: Path, md5: str) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
+    made = [p for p in (root, *root.parents) if not p.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(url, download_root=str(root), md5=md5)
     except Exception as e:  # offline, HTTP error, checksum, full disk: all fixable by the user
+        for folder in made:  # the folders made for it, when the download left nothing in them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise DataError(f"could not download {url} into {root} ({e}); download and unpack it there "
                         f"on a machine that is online, or put the files there yourself") from e
 

@@ -195,8 +195,10 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(tmp_path / "data"))]
     assert "could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
     assert "name resolution" in msg and "Traceback" not in msg and "\n" not in msg
+    assert not (tmp_path / "data").exists()  # the folder made for the download is gone with it
     with pytest.raises(DataError, match="stl10_binary.tar.gz"):
         load_stl10(tmp_path, "train", download=True)
+    assert tmp_path.is_dir()  # one that was there stays
 
 
 def test_download_then_load(tmp_path, monkeypatch):

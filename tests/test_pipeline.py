@@ -26,7 +26,7 @@ class Recorder(nn.Module):
         return self.conv(x).mean((2, 3))
 
 
-def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_path, monkeypatch):
+def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_path, monkeypatch, capsys):
     root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
     (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     decoded: list = []
@@ -50,6 +50,8 @@ def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_p
     expected = extract_features(net, whole.images, mean=view1.mean, std=view1.std)
     torch.testing.assert_close(feats, expected)
     assert list(folder.bad_files) == [str(root / "cat" / "corrupt.jpg")]
+    assert f"note: 1 of the 31 image files in {root} could not be decoded and are left out (e.g. " \
+        f"{root / 'cat' / 'corrupt.jpg'}: " in capsys.readouterr().err
 
 
 def test_a_folder_with_nothing_decodable_is_one_clear_error(tmp_path):
