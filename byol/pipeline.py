@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-import yaml
 from torch import nn
 
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, save_config
 from .data import DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
@@ -334,6 +333,6 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, out_dir / "encoder.pt")
         scripted.save(str(out_dir / "encoder_torchscript.pt"))
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        save_config(config, out_dir / "config.yaml")
         (out_dir / "export.json").write_text(json.dumps(info, indent=2))
     return info
