@@ -16,10 +16,12 @@ include the peers; without them only this project is timed.
 """
 
 import argparse
+import faulthandler
 import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -121,6 +123,10 @@ def serve(conn, name: str, args) -> None:
     freed memory in the C allocator, ``byol.step.keep_freed_memory``; lightly starts DataLoader
     workers) touches no other system, as when each is run by a user.
     """
+    # Stacks on request (the parent's time limit for a step) and when killed by a time limit
+    # outside (`timeout` signals the process group): where a first compile that never ends waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     device = torch.device(args.device)
     amp = setup(args, device)
     peer = name in PEERS
@@ -140,8 +146,11 @@ def serve(conn, name: str, args) -> None:
         return
     notes = system.notes + ("; our allocator setting (--peer-keep-memory)" if args.peer_keep_memory and peer else "")
     conn.send(("ready", system.name, notes, source))
+    compile_reported = False
     while (request := conn.recv()) is not None:
         settle, steps = request
+        if args.stacks_after and system_is_compiled(system):  # a first compile that seems to hang shows where
+            faulthandler.dump_traceback_later(args.stacks_after, repeat=True, file=sys.stderr)
         try:
             for _ in range(settle):
                 system.step()
@@ -154,8 +163,31 @@ def serve(conn, name: str, args) -> None:
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: reported, the other systems go on
             conn.send(("failed", f"{e!r}"[:300]))
             return
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        if system_is_compiled(system) and not compile_reported:  # once: where the first compile's time went
+            compile_reported = True
+            print(f"  {system.name}: torch.compile's timers after its first request (seconds, nested, summed)\n"
+                  f"{compile_phases()}", file=sys.stderr)
         release_memory()
         conn.send(("ok", seconds, getattr(system, "compile_status", lambda: None)()))
+
+
+def system_is_compiled(system) -> bool:
+    return getattr(system, "compiled", False)
+
+
+def compile_phases(top: int = 12) -> str:
+    """torch.compile's own timers for this process (dynamo, AOT autograd, inductor, the kernel
+    compiles), largest first: what a long first step spent its time on."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        names, values = compile_times(repr="csv", aggregate=True)
+        rows = sorted(((float(v), n) for n, v in zip(names, values)), reverse=True)[:top]
+    except Exception as e:  # noqa: BLE001 - a private API of torch: a report, never a failure
+        return f"    (not available: {e!r:.200})"
+    return "\n".join(f"    {name}: {value:.1f}" for value, name in rows)
 
 
 def release_memory() -> None:
@@ -193,13 +225,21 @@ class Remote:
             self.process.join(timeout=60)
             return ("failed", f"the process timing {name} died (exit code {self.process.exitcode})")
 
-    def seconds(self, steps: int, settle: int = 0) -> Optional[float]:
+    def seconds(self, steps: int, settle: int = 0, limit: Optional[float] = None) -> Optional[float]:
         """Run ``settle`` untimed steps there, then ``steps`` timed ones; their wall time, measured
         there between device syncs. None when the system failed (``failed`` says why); it is then
-        not timed again."""
+        not timed again. A request still running after ``limit`` seconds counts as failed: the
+        process prints its stacks (SIGUSR1, :func:`serve`) and is killed, and the others go on."""
         if self.failed is not None:
             return None
         self.conn.send((settle, steps))
+        if limit is not None and not self.conn.poll(limit):
+            os.kill(self.process.pid, signal.SIGUSR1)
+            self.process.join(timeout=5)  # time to print the stacks
+            self.process.kill()
+            self.process.join(timeout=60)
+            self.failed = f"{steps} step(s) did not finish within {limit:.0f} s (its stacks are in the log above)"
+            return None
         reply = self._recv(self.name)
         if reply[0] == "failed":
             self.failed = reply[1]
@@ -237,10 +277,14 @@ def build(names: list[str], args, built: list[Remote]) -> None:
 def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float]]:
     """Warm up each system, then time interleaved rounds; images/s of every round, per system
     (``after_round(rates)`` is called after each round)."""
-    for s in built:
-        seconds = s.seconds(args.warmup)
-        print(f"  warm-up {s.name}: " + (f"{args.warmup} steps in {seconds:.1f} s" if seconds is not None
-                                         else f"FAILED: {s.failed}"), file=sys.stderr)
+    for s in built:  # the first step alone: it holds the compile, cuDNN's autotuning, the allocator's growth
+        first = s.seconds(1, limit=args.first_step_limit)
+        rest = s.seconds(args.warmup - 1) if first is not None and args.warmup > 1 else None
+        if first is None or (rest is None and s.failed):
+            print(f"  warm-up {s.name}: FAILED: {s.failed}", file=sys.stderr)
+        else:
+            print(f"  warm-up {s.name}: first step {first:.1f} s"
+                  + (f", then {args.warmup - 1} steps in {rest:.1f} s" if rest is not None else ""), file=sys.stderr)
     rates: dict[str, list[float]] = {s.name: [] for s in built}
     for r in range(args.repeats):
         order = built[r % len(built):] + built[:r % len(built)]
@@ -280,7 +324,6 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--warmup", type=int, default=None, help="steps per system before timing (cuda 15, cpu 1)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (cuda 5, cpu 3)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per round (cuda 20, cpu 1)")
     p.add_argument("--settle", type=int, default=None,
@@ -299,10 +342,19 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=str(DEFAULT_CIFAR), help="CIFAR-10 root, or 'random'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--stacks-after", type=float, default=None, metavar="SECONDS",
+                   help="print a compiled system's stacks every SECONDS while a request runs (a compile that hangs)")
+    p.add_argument("--first-step-limit", type=float, default=None, metavar="SECONDS",
+                   help="a system whose first step (compile included) takes longer fails, with its stacks printed, "
+                        "and the others are timed")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="steps per system before timing, the first timed apart (cuda 15, cpu 1)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (its first step is timed apart)")
     args.repeats = args.repeats if args.repeats is not None else (5 if cuda else 3)
     args.steps = args.steps if args.steps is not None else (20 if cuda else 1)
     args.settle = args.settle if args.settle is not None else (0 if cuda else 1)

@@ -87,6 +87,7 @@ class Ours:
                                   lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
                                   tau_base=0.996)
         self.steps = 0
+        self.compiled = compile  # asked for: speed.py reports where its first compile's time went
         self.notes = (f"per-image crops/jitter/grayscale/solarize, paper's T and T' (CIFAR: no blur); "
                       f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
                       f"{', bf16' if amp else ''}"

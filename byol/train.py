@@ -300,8 +300,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     if t.compile is True or (t.compile == "auto" and device.type == "cuda" and world == 1):
         forward, augment = compile_step(forward, byol)  # loss and both augmentations; eager where that fails
         if rank == 0:
-            print("compiling the training step (torch.compile): the first steps take a minute or two",
-                  file=sys.stderr)
+            print("compiling the training step (torch.compile): the first steps can take several minutes "
+                  "(train.compile=false runs eager from the start)", file=sys.stderr)
     extra: dict = {}
     save = lambda path: save_checkpoint(path, byol, optimizer, step, config.to_dict(), generator,  # noqa: E731
                                         extra=extra)
