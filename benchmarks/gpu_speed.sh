@@ -59,6 +59,16 @@ import importlib.metadata as md, os, torch
 names = ("torch", "torchvision", "triton", "byol-pytorch", "lightly")
 print(", ".join(f"{n} {md.version(n) if n in {d.metadata['Name'] for d in md.distributions()} else '-'}"
                 for n in names), f"| {os.cpu_count()} CPUs | cuda {torch.cuda.is_available()}")
+# What sets the speed of a first compile: inductor's parallel compile workers (it may take fewer where
+# memory looks short, and this machine's memory grows as it is used) and the memory available now.
+try:
+    import torch._inductor.config as inductor
+    print(f"inductor: compile_threads {inductor.compile_threads}, "
+          f"worker_start_method {getattr(inductor, 'worker_start_method', '?')}")
+except Exception as e:  # a report only
+    print(f"inductor: {e!r}")
+meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo") if ":" in line)
+print("memory:", ", ".join(f"{k} {meminfo[k].strip()}" for k in ("MemTotal", "MemAvailable") if k in meminfo))
 PY
 
 status=0
