@@ -17,7 +17,8 @@
 # (SIGTERM); once the 200 epochs are done it evaluates, as far as the call's BUDGET (default 560 s)
 # allows, the online encoder and the same encoder at random init: kNN (k = 20, 200) and the linear
 # probe. It copies the log, metrics, config, plots and results.json to $OUT (or gpu-results/); the
-# wall clock there is the sum of the training calls, each with its start-up and compile.
+# wall clock there is the sum of the training calls, each with its start-up (and its compile with
+# EXTRA=--train.compile=true; train.compile's auto is eager until compiling is verified on a GPU).
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
 set -uo pipefail

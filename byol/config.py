@@ -73,9 +73,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto (bf16 on GPUs that have it) | bf16 | fp32
-    compile: Union[bool, str] = "auto"  # torch.compile the training step: auto = on for one GPU, off on a
-                                      # CPU (it does not pay there) and under torchrun (not tested there);
-                                      # eager where compiling fails
+    compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):
+                                      # auto = off for now, until the compiled step is verified on a GPU
+                                      # (BENCHMARKS.md, "GPU"); true to ask for it
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak)
     out_dir: str = "runs/byol"

@@ -62,7 +62,7 @@ def test_bad_overrides_are_clear_errors(override, message):
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
 def test_compile_is_auto_or_a_bool(value, expected):
-    assert Config().train.compile == "auto"  # on for a GPU, off for a CPU (train.pretrain)
+    assert Config().train.compile == "auto"  # off for now, until compiling is verified on a GPU (train.pretrain)
     assert load_config("cifar10", [f"--train.compile={value}"]).train.compile == expected
 
 
