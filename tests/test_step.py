@@ -216,6 +216,8 @@ def test_loop_step_makes_no_cuda_sync(compile):
     batches = TensorBatches(images(256, device=device), None, 16, generator=0)  # batch 16, as the test above: its compiled graphs serve
     generator = torch.Generator(device=device).manual_seed(0)
     loop_steps(byol, forward, batches, generator, 3, device, augment)  # warm-up: compile, allocator, cuDNN
+    if compile:  # else this would time the eager fallback again and pass for the compiled step
+        assert forward.is_compiled, forward.error
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
