@@ -13,7 +13,8 @@
 # First call:
 #   1. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
 #      with the traceback if not (seen failing once, its reason lost when its part was killed);
-#   2. speed: the table of the three systems, with our compiled step and our eager ablation. Each
+#   2. speed: the table of the three systems, with our compiled step, our eager ablation and the
+#      experiment byol-graphed (the eager step's augment, forward and backward in a CUDA graph). Each
 #      system's first step is timed apart; one whose first step (the compile) takes over 220 s
 #      fails with its stacks printed and the others are timed, so the table always comes back.
 #      The compiled system prints torch.compile's timers, and its stacks every 100 s meanwhile.
@@ -104,7 +105,7 @@ fi
 if [ "$call" = first ]; then
     part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
-    part speed 600 "$python" -m benchmarks.speed --device "$device" --systems byol-eager,byol-pytorch,lightly,byol \
+    part speed 600 "$python" -m benchmarks.speed --device "$device" --systems byol-eager,byol-pytorch,lightly,byol-graphed,byol \
         --first-step-limit 220 --stacks-after 100 --json "$out/speed.json" ${SPEED_ARGS:-}
 else
     part gpu-tests 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \

@@ -88,6 +88,9 @@ def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
     if name == "byol-eager":  # ablation: the same step without torch.compile
         return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
                             name="byol, eager")
+    if name == "byol-graphed":  # experiment: the eager step's augment, forward and backward in a CUDA graph
+        return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
+                            graphed=True, name="byol, CUDA graph")
     if name == "byol-nchw":  # ablation: the same step in the default NCHW layout
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False,
                             name="byol, NCHW")
@@ -329,8 +332,8 @@ def main(argv=None) -> dict:
     p.add_argument("--settle", type=int, default=None,
                    help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
     p.add_argument("--systems", default="byol,byol-pytorch,lightly",
-                   help="comma-separated: byol, byol-pytorch, lightly, and the ablations byol-eager, byol-nchw, "
-                        "byol-fp32, byol-nokeep")
+                   help="comma-separated: byol, byol-pytorch, lightly, the ablations byol-eager, byol-nchw, "
+                        "byol-fp32, byol-nokeep, and the experiment byol-graphed (CUDA only)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
     p.add_argument("--nchw", action="store_true", help="run our step in NCHW instead of channels_last")

@@ -21,7 +21,7 @@ from byol.config import Config
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
-from byol.step import LoopStep, ViewsForward, compile_step, eager_fallbacks, keep_freed_memory
+from byol.step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, eager_fallbacks, keep_freed_memory
 from byol.train import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
@@ -68,7 +68,7 @@ class Ours:
 
     def __init__(self, images: torch.Tensor, batch: int, device: torch.device, amp: Optional[torch.dtype],
                  compile: bool, channels_last: bool = True, keep_memory: bool = True, seed: int = 0,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, graphed: bool = False):
         if keep_memory and device.type == "cpu":  # as byol.train.pretrain does (train.keep_freed_memory)
             keep_memory = keep_freed_memory()
         self.name = name or self.name
@@ -83,13 +83,15 @@ class Ours:
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
         generator = torch.Generator(device=device).manual_seed(seed)
         guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
-        self.loop_step = LoopStep(forward, self.byol, self.optimizer, generator, amp, augment, guard,
+        step_class = GraphedLoopStep if graphed else LoopStep  # graphed: experimental (byol.step)
+        self.loop_step = step_class(forward, self.byol, self.optimizer, generator, amp, augment, guard,
                                   lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
                                   tau_base=0.996)
         self.steps = 0
         self.compiled = compile  # asked for: speed.py reports where its first compile's time went
         self.notes = (f"per-image crops/jitter/grayscale/solarize, paper's T and T' (CIFAR: no blur); "
-                      f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
+                      f"{'compiled' if compile else 'eager'}{', CUDA graph (experimental)' if graphed else ''}, "
+                      f"{'channels_last' if channels_last else 'NCHW'}"
                       f"{', bf16' if amp else ''}"
                       f"{', freed memory kept' if keep_memory and device.type == 'cpu' else ''}")
 

@@ -87,12 +87,19 @@ class LoopStep:
 
     def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on ``images`` (a uint8 batch on the device) as global step ``step``; returns (loss, z1)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(step, self.total_steps, self.lr, self.warmup_steps)
-        self.tau = tau_schedule(step, self.total_steps, self.tau_base)
+        self._schedules(step)
         self.guard.snapshot()
         loss, z1 = train_step(self.forward, self.byol, self.optimizer, images, self.generator, self.amp,
                               self.augment)
+        return self._finish(loss, z1)
+
+    def _schedules(self, step: int) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(step, self.total_steps, self.lr, self.warmup_steps)
+        self.tau = tau_schedule(step, self.total_steps, self.tau_base)
+
+    def _finish(self, loss: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """After the optimizer step: the guard's settle, the EMA update, the metrics' sums."""
         ok = self.guard.settle(loss)
         self.byol.update_target(self.tau)
         self.sums += step_metrics(loss, z1, ok)
@@ -113,6 +120,76 @@ class LoopStep:
         record["monitor/z_std_ratio"] = record["monitor/z_std"] * math.sqrt(z1.shape[1])
         record["monitor/effective_rank_ratio"] = eff_rank / min(z1.shape)
         return record
+
+
+class GraphedLoopStep(LoopStep):
+    """:class:`LoopStep` with both views' augmentation, the forward and the backward captured once
+    in a CUDA graph and replayed each step: some 1,800 kernel launches from one call. Our eager step
+    on an H200 ran no faster than peers in float32, a sign that launching its kernels one by one
+    from Python bounds it (BENCHMARKS.md, "GPU"). The optimizer step, the guard, the EMA and the
+    metrics stay eager: a few dozen foreach kernels, and the learning rate and tau, Python numbers,
+    change every step.
+
+    **Experimental, not yet run on a GPU**: the benchmark's ``byol-graphed`` and a GPU test try it;
+    ``byol pretrain`` does not use it. For one CUDA process, eager modules (not ``compile_step``'s),
+    batches of one shape. The first ``eager_steps`` calls run the eager step on a side stream, as
+    CUDA graphs need (cuDNN's autotuning, the gradients and the optimizer state allocated); the next
+    captures, and every call from then on copies its batch in and replays.
+    """
+
+    def __init__(self, *args, eager_steps: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.guard.streak.device.type != "cuda":
+            raise ValueError("GraphedLoopStep needs a CUDA device (CUDA graphs)")
+        if self.generator is not None and self.generator.device.type != "cuda":
+            raise ValueError("GraphedLoopStep draws with a CUDA generator (a CPU one copies to the device)")
+        if isinstance(self.forward, Compiled):
+            raise ValueError("GraphedLoopStep captures eager modules, not compile_step's")
+        self.eager_steps = eager_steps
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.calls = 0
+
+    def _forward_backward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        augment1, augment2 = self.augment if self.augment is not None else (self.byol.augment_fn,
+                                                                             self.byol.augment_fn2)
+        view1, view2 = augment1(images, self.generator), augment2(images, self.generator)
+        # No autocast cache: its bf16 weight copies would be made, and freed, inside the capture.
+        with torch.autocast("cuda", dtype=self.amp or torch.float32, enabled=self.amp is not None,
+                            cache_enabled=False):
+            loss, z1 = self.forward(view1, view2)
+        loss.backward()
+        return loss.detach(), z1
+
+    def _capture(self, images: torch.Tensor) -> None:
+        self.static_images = images.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:  # the augmentations' draws, advanced on every replay
+            self.graph.register_generator_state(self.generator)
+        with torch.cuda.graph(self.graph):
+            self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
+            self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+
+    def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._schedules(step)
+        self.guard.snapshot()
+        if self.graph is None and self.calls < self.eager_steps:
+            main = torch.cuda.current_stream(images.device)
+            side = torch.cuda.Stream(images.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self.optimizer.zero_grad(set_to_none=False)
+                loss, z1 = self._forward_backward(images)
+                self.optimizer.step()
+            main.wait_stream(side)
+        else:
+            if self.graph is None:
+                self._capture(images)
+            self.static_images.copy_(images)
+            self.graph.replay()
+            loss, z1 = self.static_loss, self.static_z1
+            self.optimizer.step()
+        self.calls += 1
+        return self._finish(loss, z1)
 
 
 def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from byol.data import TensorBatches
 from byol.model import BYOL
 from byol.optim import build_optimizer
 from byol.faults import NonFiniteGuard
-from byol.step import (Compiled, LoopStep, ViewsForward, compile_step, compiled_augment, eager_fallbacks,
+from byol.step import (Compiled, GraphedLoopStep, LoopStep, ViewsForward, compile_step, compiled_augment, eager_fallbacks,
                        train_step)
 
 SIZE = 16
@@ -225,6 +225,48 @@ def test_loop_step_makes_no_cuda_sync(compile):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert loop_step.read(torch.randn(8, 16, device=device))["train/skipped_steps"] == 0
+
+
+def _loop_step(step_class, byol, generator_seed=0, device="cpu"):
+    optimizer = optimizer_of(byol)
+    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, torch.device(device))
+    generator = torch.Generator(device=device).manual_seed(generator_seed)
+    return step_class(ViewsForward(byol), byol, optimizer, generator, None, None, guard, lr=0.1, warmup_steps=2,
+                      total_steps=100, tau_base=0.99)
+
+
+def test_graphed_loop_step_refuses_a_cpu():
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        _loop_step(GraphedLoopStep, tiny_byol())
+
+
+@pytest.mark.gpu
+def test_graphed_loop_step_matches_the_eager_one_on_cuda():
+    """The CUDA graph replays what the eager step runs: the same losses step by step (the graph's
+    draws continue the same generator), each replay without a host sync."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    eager_byol = tiny_byol().to(device)
+    graphed_byol = copy.deepcopy(eager_byol)
+    data = images(256, device=device)
+    losses = {}
+    for name, step_class, byol in (("eager", LoopStep, eager_byol), ("graphed", GraphedLoopStep, graphed_byol)):
+        loop_step = _loop_step(step_class, byol, device=device)
+        batches = iter(TensorBatches(data, None, 16, generator=0))
+        losses[name] = []
+        try:
+            for step in range(7):  # graphed: 3 eager steps, the capture and its replay, 2 replays
+                if name == "graphed" and step == 5:  # the replays after the capture: no host sync
+                    torch.cuda.synchronize()
+                    torch.cuda.set_sync_debug_mode("error")
+                loss, _ = loop_step(step, next(batches)[0])
+                losses[name].append(loss.clone())
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        if name == "graphed":
+            assert loop_step.graph is not None
+    torch.testing.assert_close(torch.stack(losses["graphed"]), torch.stack(losses["eager"]), rtol=1e-3, atol=1e-3)
 
 
 # "Steps" that each allocate and free tensors above glibc's largest mmap threshold (32 MiB), as a
