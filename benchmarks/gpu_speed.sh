@@ -11,6 +11,8 @@
 # for the second: with the machine's start, about 14 of a task's 15 minutes of device time), so
 # that one that hangs or compiles for long leaves the next its time.
 # First call:
+#   0. graphed-test: the experimental CUDA-graph step (byol.step.GraphedLoopStep) alone, seconds:
+#      its refusals, and the same losses as the eager step with no host sync in a replay;
 #   1. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
 #      with the traceback if not (seen failing once, its reason lost when its part was killed);
 #   2. speed: the table of the three systems, with our compiled step, our eager ablation and the
@@ -97,12 +99,14 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
 
 # pytest-timeout, where installed (the GPU machine's image has it): a test that hangs fails with its
 # stacks, and the others still run and report.
-timeout_opt=() first_timeout_opt=()
+timeout_opt=() first_timeout_opt=() graphed_timeout_opt=()
 if "$python" -c "import pytest_timeout" 2>/dev/null; then
-    timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") first_timeout_opt=(--timeout 70)
+    timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") first_timeout_opt=(--timeout 70) graphed_timeout_opt=(--timeout 40)
 fi
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
 if [ "$call" = first ]; then
+    part graphed-test 60 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
+        -k graphed tests/test_step.py
     part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     part speed 600 "$python" -m benchmarks.speed --device "$device" --systems byol-eager,byol-pytorch,lightly,byol-graphed,byol \

@@ -25,6 +25,7 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -164,6 +165,7 @@ def serve(conn, name: str, args) -> None:
             sync(device)
             seconds = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: reported, the other systems go on
+            traceback.print_exc()  # the whole of it in the log; the table's row gets the start
             conn.send(("failed", f"{e!r}"[:300]))
             return
         finally:
@@ -282,7 +284,8 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
     (``after_round(rates)`` is called after each round)."""
     for s in built:  # the first step alone: it holds the compile, cuDNN's autotuning, the allocator's growth
         first = s.seconds(1, limit=args.first_step_limit)
-        rest = s.seconds(args.warmup - 1) if first is not None and args.warmup > 1 else None
+        more = first is not None and args.warmup > 1
+        rest = s.seconds(args.warmup - 1, limit=args.first_step_limit) if more else None
         if first is None or (rest is None and s.failed):
             print(f"  warm-up {s.name}: FAILED: {s.failed}", file=sys.stderr)
         else:
@@ -348,8 +351,8 @@ def main(argv=None) -> dict:
     p.add_argument("--stacks-after", type=float, default=None, metavar="SECONDS",
                    help="print a compiled system's stacks every SECONDS while a request runs (a compile that hangs)")
     p.add_argument("--first-step-limit", type=float, default=None, metavar="SECONDS",
-                   help="a system whose first step (compile included) takes longer fails, with its stacks printed, "
-                        "and the others are timed")
+                   help="a system whose first step (compile included), or the rest of its warm-up, takes longer "
+                        "fails, with its stacks printed, and the others are timed")
     p.add_argument("--warmup", type=int, default=None,
                    help="steps per system before timing, the first timed apart (cuda 15, cpu 1)")
     args = p.parse_args(argv)

@@ -139,15 +139,22 @@ class GraphedLoopStep(LoopStep):
 
     def __init__(self, *args, eager_steps: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
+        from .distributed import world_size
+
         if self.guard.streak.device.type != "cuda":
             raise ValueError("GraphedLoopStep needs a CUDA device (CUDA graphs)")
         if self.generator is not None and self.generator.device.type != "cuda":
             raise ValueError("GraphedLoopStep draws with a CUDA generator (a CPU one copies to the device)")
-        if isinstance(self.forward, Compiled):
-            raise ValueError("GraphedLoopStep captures eager modules, not compile_step's")
+        if isinstance(self.forward, Compiled) or any(hasattr(a, "compiled") for a in self.augment or ()):
+            raise ValueError("GraphedLoopStep captures eager modules and augmentations, not compile_step's")
+        if world_size() > 1:
+            raise ValueError("GraphedLoopStep runs in one process (no collectives in the graph)")
+        if eager_steps < 1:
+            raise ValueError("GraphedLoopStep needs at least one eager step before the capture")
         self.eager_steps = eager_steps
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.calls = 0
+        self._side: Optional[torch.cuda.Stream] = None
 
     def _forward_backward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         augment1, augment2 = self.augment if self.augment is not None else (self.byol.augment_fn,
@@ -162,19 +169,20 @@ class GraphedLoopStep(LoopStep):
 
     def _capture(self, images: torch.Tensor) -> None:
         self.static_images = images.clone()
-        self.graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph()
         if self.generator is not None:  # the augmentations' draws, advanced on every replay
-            self.graph.register_generator_state(self.generator)
-        with torch.cuda.graph(self.graph):
+            graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph):
             self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
             self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+        self.graph = graph  # only once captured: a failed capture is not replayed
 
     def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._schedules(step)
         self.guard.snapshot()
         if self.graph is None and self.calls < self.eager_steps:
             main = torch.cuda.current_stream(images.device)
-            side = torch.cuda.Stream(images.device)
+            side = self._side = self._side or torch.cuda.Stream(images.device)
             side.wait_stream(main)
             with torch.cuda.stream(side):
                 self.optimizer.zero_grad(set_to_none=False)
@@ -184,9 +192,13 @@ class GraphedLoopStep(LoopStep):
         else:
             if self.graph is None:
                 self._capture(images)
+            elif images.shape != self.static_images.shape or images.dtype != self.static_images.dtype:
+                raise ValueError(f"GraphedLoopStep was captured for batches of {tuple(self.static_images.shape)} "
+                                 f"{self.static_images.dtype}, not {tuple(images.shape)} {images.dtype}")
             self.static_images.copy_(images)
             self.graph.replay()
-            loss, z1 = self.static_loss, self.static_z1
+            # Copies: the graph's outputs are overwritten by the next replay.
+            loss, z1 = self.static_loss.clone(), self.static_z1.clone()
             self.optimizer.step()
         self.calls += 1
         return self._finish(loss, z1)

@@ -19,8 +19,8 @@ from byol.data import TensorBatches
 from byol.model import BYOL
 from byol.optim import build_optimizer
 from byol.faults import NonFiniteGuard
-from byol.step import (Compiled, GraphedLoopStep, LoopStep, ViewsForward, compile_step, compiled_augment, eager_fallbacks,
-                       train_step)
+from byol.step import (Compiled, GraphedLoopStep, LoopStep, ViewsForward, compile_step, compiled_augment,
+                       eager_fallbacks, train_step)
 
 SIZE = 16
 
@@ -241,6 +241,28 @@ def test_graphed_loop_step_refuses_a_cpu():
 
 
 @pytest.mark.gpu
+def test_graphed_loop_step_refuses_what_it_cannot_capture():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    byol = tiny_byol().to(device)
+    optimizer = optimizer_of(byol)
+    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
+    kwargs = dict(lr=0.1, warmup_steps=2, total_steps=100, tau_base=0.99)
+    cuda_generator = torch.Generator(device=device)
+    with pytest.raises(ValueError, match="CUDA generator"):
+        GraphedLoopStep(ViewsForward(byol), byol, optimizer, torch.Generator(), None, None, guard, **kwargs)
+    forward, augment = compile_step(ViewsForward(byol), byol)  # refused before anything compiles
+    with pytest.raises(ValueError, match="not compile_step's"):
+        GraphedLoopStep(forward, byol, optimizer, cuda_generator, None, None, guard, **kwargs)
+    with pytest.raises(ValueError, match="not compile_step's"):
+        GraphedLoopStep(ViewsForward(byol), byol, optimizer, cuda_generator, None, augment, guard, **kwargs)
+    with pytest.raises(ValueError, match="at least one eager step"):
+        GraphedLoopStep(ViewsForward(byol), byol, optimizer, cuda_generator, None, None, guard, eager_steps=0,
+                        **kwargs)
+
+
+@pytest.mark.gpu
 def test_graphed_loop_step_matches_the_eager_one_on_cuda():
     """The CUDA graph replays what the eager step runs: the same losses step by step (the graph's
     draws continue the same generator), each replay without a host sync."""
@@ -256,16 +278,16 @@ def test_graphed_loop_step_matches_the_eager_one_on_cuda():
         batches = iter(TensorBatches(data, None, 16, generator=0))
         losses[name] = []
         try:
-            for step in range(7):  # graphed: 3 eager steps, the capture and its replay, 2 replays
-                if name == "graphed" and step == 5:  # the replays after the capture: no host sync
+            for step in range(7):  # graphed: 3 eager steps, the capture and its replay, 3 replays
+                if name == "graphed" and step == 4:  # the replays after the capture: no host sync
                     torch.cuda.synchronize()
                     torch.cuda.set_sync_debug_mode("error")
                 loss, _ = loop_step(step, next(batches)[0])
-                losses[name].append(loss.clone())
+                losses[name].append(loss)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         if name == "graphed":
-            assert loop_step.graph is not None
+            assert loop_step.graph is not None and loop_step.calls == 7
     torch.testing.assert_close(torch.stack(losses["graphed"]), torch.stack(losses["eager"]), rtol=1e-3, atol=1e-3)
 
 
