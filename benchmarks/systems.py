@@ -21,7 +21,8 @@ from byol.config import Config
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
-from byol.step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, eager_fallbacks, keep_freed_memory
+from byol.step import (Compiled, GraphedLoopStep, LoopStep, ViewsForward, compile_step, eager_fallbacks,
+                       keep_freed_memory)
 from byol.train import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
@@ -88,12 +89,16 @@ class Ours:
                                   lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
                                   tau_base=0.996)
         self.steps = 0
-        self.compiled = compile  # asked for: speed.py reports where its first compile's time went
         self.notes = (f"per-image crops/jitter/grayscale/solarize, paper's T and T' (CIFAR: no blur); "
                       f"{'compiled' if compile else 'eager'}{', CUDA graph (experimental)' if graphed else ''}, "
                       f"{'channels_last' if channels_last else 'NCHW'}"
                       f"{', bf16' if amp else ''}"
                       f"{', freed memory kept' if keep_memory and device.type == 'cpu' else ''}")
+
+    @property
+    def compiled(self) -> bool:
+        """Compiling asked for (speed.py reports where its first compile's time went)."""
+        return isinstance(self.forward, Compiled)
 
     def step(self) -> None:
         self.loop_step(self.steps, next(self.batches))

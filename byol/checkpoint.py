@@ -135,6 +135,24 @@ def _temporary(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def topmost_missing(path: Path) -> Optional[Path]:
+    """The topmost of ``path`` and its parents that does not exist (None when ``path`` does): the
+    first folder that creating ``path`` makes, for :func:`remove_empty_folders` to undo it."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    return missing[-1] if missing else None
+
+
+def remove_empty_folders(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` while they are empty."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+
+
 _TORN = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]{1,10})", re.ASCII)
 
 

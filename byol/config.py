@@ -251,7 +251,8 @@ def changed_settings(before: dict, after: dict) -> list[str]:
 def validate(config: Config) -> Config:
     """Reject values of the right type but outside their range, with the key and the rule."""
     t = config.train
-    rules = [("train.epochs", t.epochs >= 1, ">= 1"), ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
+    rules = [("train.epochs", t.epochs >= 1, ">= 1"),
+             ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
              ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
              ("train.knn_every", t.knn_every >= -1, ">= -1 (-1: never)"),
              ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),

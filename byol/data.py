@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from .checkpoint import remove_empty_folders, topmost_missing
+
 if TYPE_CHECKING:
     from .folder import ImageFolder
 
@@ -90,16 +92,13 @@ def _describe(folder: str, files: list[str]) -> str:
 def _download(url: str, root: Path, md5: str) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
-    made = [p for p in (root, *root.parents) if not p.exists()]
+    made = topmost_missing(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(url, download_root=str(root), md5=md5)
     except Exception as e:  # offline, HTTP error, checksum, full disk: all fixable by the user
-        for folder in made:  # the folders made for it, when the download left nothing in them
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        if made is not None:  # the folders made for it, when the download left nothing in them
+            remove_empty_folders(root, made)
         raise DataError(f"could not download {url} into {root} ({e}); download and unpack it there "
                         f"on a machine that is online, or put the files there yourself") from e
 

@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import CheckpointError, remove_torn_temporaries, write_text_atomically
+from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temporaries, topmost_missing,
+                         write_text_atomically)
 from .config import ConfigError
 from .metrics import MetricsLog
 
@@ -26,8 +27,7 @@ class RunFolder:
     def __init__(self, path: Path, resume: bool):
         self.path = Path(path)
         self.checkpoint = self.path / "checkpoints" / "last.pt"
-        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        self.created: Optional[Path] = missing[-1] if missing else None  # the topmost folder made here
+        self.created = topmost_missing(self.path)  # the topmost folder made here
         if resume and not self.checkpoint.is_file():
             raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}; start without --resume")
         if not resume and self.checkpoint.is_file():
@@ -72,7 +72,7 @@ class RunFolder:
         for name in {"tensorboard", "checkpoints"} - self._folders_before:
             _quietly((self.path / name).rmdir)  # when empty
         if self.created is not None:
-            _remove_empty(self.path, self.created)
+            remove_empty_folders(self.path, self.created)
 
     def warn(self, message: str) -> None:
         """Say ``message`` on stderr and append it to ``warnings.txt``."""
@@ -97,14 +97,3 @@ def _read(path: Path) -> Optional[str]:
 
 def _listing(folder: Path) -> set[str]:
     return set(os.listdir(folder)) if folder.is_dir() else set()
-
-
-def _remove_empty(path: Path, top: Path) -> None:
-    """Remove ``path`` and its parents up to ``top`` while they are empty."""
-    for folder in (path, *path.parents):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == top:
-            return

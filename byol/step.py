@@ -50,15 +50,24 @@ def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, i
     Returns:
         The loss (a detached 0-d device tensor: no host sync) and the online projections of view 1.
     """
-    augment1, augment2 = augment if augment is not None else (byol.augment_fn, byol.augment_fn2)
-    view1 = augment1(images, generator)
-    view2 = augment2(images, generator)
-    with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        loss, z1 = model(view1, view2)
+    loss, z1 = views_loss(model, byol, images, generator, amp, augment)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach(), z1
+
+
+def views_loss(model: nn.Module, byol: BYOL, images: torch.Tensor, generator: Optional[torch.Generator],
+               amp: Optional[torch.dtype], augment: Optional[Sequence[AugmentFn]] = None,
+               autocast_cache: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both views augmented, then ``model``'s (loss, z1) under autocast: :func:`train_step`'s
+    forward (arguments as there). ``autocast_cache=False`` for a CUDA graph's capture (None: torch's setting)."""
+    augment1, augment2 = augment if augment is not None else (byol.augment_fn, byol.augment_fn2)
+    view1 = augment1(images, generator)
+    view2 = augment2(images, generator)
+    with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None,
+                        cache_enabled=autocast_cache):
+        return model(view1, view2)
 
 
 class LoopStep:
@@ -157,13 +166,9 @@ class GraphedLoopStep(LoopStep):
         self._side: Optional[torch.cuda.Stream] = None
 
     def _forward_backward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        augment1, augment2 = self.augment if self.augment is not None else (self.byol.augment_fn,
-                                                                             self.byol.augment_fn2)
-        view1, view2 = augment1(images, self.generator), augment2(images, self.generator)
         # No autocast cache: its bf16 weight copies would be made, and freed, inside the capture.
-        with torch.autocast("cuda", dtype=self.amp or torch.float32, enabled=self.amp is not None,
-                            cache_enabled=False):
-            loss, z1 = self.forward(view1, view2)
+        loss, z1 = views_loss(self.forward, self.byol, images, self.generator, self.amp, self.augment,
+                              autocast_cache=False)
         loss.backward()
         return loss.detach(), z1
 

@@ -180,12 +180,20 @@ def host_reads(monkeypatch):
     return counts
 
 
-def loop_steps(byol, forward, batches, generator, steps, device, augment=None):
-    """Steps of pretrain's loop body (``LoopStep``: schedules, guard, step, EMA, metrics on the device)."""
+def make_loop_step(byol, forward=None, generator=None, augment=None, device="cpu", step_class=LoopStep, **kwargs):
+    """pretrain's loop body (``LoopStep``: schedules, guard, step, EMA, metrics on the device) over
+    ``byol``; by default eager (``ViewsForward``) with a generator seeded 0."""
     optimizer = optimizer_of(byol)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, torch.device(device))
-    loop_step = LoopStep(forward, byol, optimizer, generator, None, augment, guard, lr=0.1, warmup_steps=2,
-                         total_steps=100, tau_base=0.99)
+    forward = forward if forward is not None else ViewsForward(byol)
+    generator = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
+    return step_class(forward, byol, optimizer, generator, None, augment, guard, lr=0.1, warmup_steps=2,
+                      total_steps=100, tau_base=0.99, **kwargs)
+
+
+def loop_steps(byol, forward, batches, generator, steps, device, augment=None):
+    """Steps of pretrain's loop body (:func:`make_loop_step`)."""
+    loop_step = make_loop_step(byol, forward, generator, augment, device)
     it = iter(batches)
     for step in range(steps):
         batch, _, _ = next(it)
@@ -227,17 +235,9 @@ def test_loop_step_makes_no_cuda_sync(compile):
     assert loop_step.read(torch.randn(8, 16, device=device))["train/skipped_steps"] == 0
 
 
-def _loop_step(step_class, byol, generator_seed=0, device="cpu"):
-    optimizer = optimizer_of(byol)
-    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, torch.device(device))
-    generator = torch.Generator(device=device).manual_seed(generator_seed)
-    return step_class(ViewsForward(byol), byol, optimizer, generator, None, None, guard, lr=0.1, warmup_steps=2,
-                      total_steps=100, tau_base=0.99)
-
-
 def test_graphed_loop_step_refuses_a_cpu():
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        _loop_step(GraphedLoopStep, tiny_byol())
+        make_loop_step(tiny_byol(), step_class=GraphedLoopStep)
 
 
 @pytest.mark.gpu
@@ -246,20 +246,16 @@ def test_graphed_loop_step_refuses_what_it_cannot_capture():
         pytest.skip("needs a CUDA GPU")
     device = torch.device("cuda")
     byol = tiny_byol().to(device)
-    optimizer = optimizer_of(byol)
-    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
-    kwargs = dict(lr=0.1, warmup_steps=2, total_steps=100, tau_base=0.99)
-    cuda_generator = torch.Generator(device=device)
+    graphed = dict(device=device, step_class=GraphedLoopStep)
     with pytest.raises(ValueError, match="CUDA generator"):
-        GraphedLoopStep(ViewsForward(byol), byol, optimizer, torch.Generator(), None, None, guard, **kwargs)
+        make_loop_step(byol, generator=torch.Generator(), **graphed)
     forward, augment = compile_step(ViewsForward(byol), byol)  # refused before anything compiles
     with pytest.raises(ValueError, match="not compile_step's"):
-        GraphedLoopStep(forward, byol, optimizer, cuda_generator, None, None, guard, **kwargs)
+        make_loop_step(byol, forward=forward, **graphed)
     with pytest.raises(ValueError, match="not compile_step's"):
-        GraphedLoopStep(ViewsForward(byol), byol, optimizer, cuda_generator, None, augment, guard, **kwargs)
+        make_loop_step(byol, augment=augment, **graphed)
     with pytest.raises(ValueError, match="at least one eager step"):
-        GraphedLoopStep(ViewsForward(byol), byol, optimizer, cuda_generator, None, None, guard, eager_steps=0,
-                        **kwargs)
+        make_loop_step(byol, eager_steps=0, **graphed)
 
 
 @pytest.mark.gpu
@@ -274,7 +270,7 @@ def test_graphed_loop_step_matches_the_eager_one_on_cuda():
     data = images(256, device=device)
     losses = {}
     for name, step_class, byol in (("eager", LoopStep, eager_byol), ("graphed", GraphedLoopStep, graphed_byol)):
-        loop_step = _loop_step(step_class, byol, device=device)
+        loop_step = make_loop_step(byol, device=device, step_class=step_class)
         batches = iter(TensorBatches(data, None, 16, generator=0))
         losses[name] = []
         try:

@@ -220,8 +220,9 @@ def fake_cifar10(root: Path, per_file: int = 64) -> Path:
 @pytest.mark.gpu
 def test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes(tmp_path):
     """The real loop on a GPU as the cifar10 preset runs it there with train.compile=true (compiled,
-    bf16 autocast, data and augmentation on the device), with the kNN monitor, a checkpoint, and a resume. GPU kernels are
-    not bitwise deterministic, so this checks that it runs and stays finite, not equality."""
+    bf16 autocast, data and augmentation on the device), with the kNN monitor, a checkpoint, and a
+    resume. GPU kernels are not bitwise deterministic, so this checks that it runs and stays finite,
+    not equality."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     root = fake_cifar10(tmp_path / "data")
