@@ -21,15 +21,19 @@
 #      fails with its stacks printed and the others are timed, so the table always comes back.
 #      The compiled system prints torch.compile's timers, and its stacks every 100 s meanwhile.
 # Second call (`more`):
-#   3. gpu-tests: `pytest -m gpu` (no CUDA sync in the loop's step, eager and compiled; compiled
-#      and eager losses equal; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume;
+#   3. host-floor: the same three systems (and byol-graphed) at ResNet-18 width 8, heads 64, batch 2:
+#      the same ops with negligible arithmetic, so the time of a step is the host's cost of issuing
+#      its ops, the floor under an eager step of the reference workload on this machine (on the CPU
+#      machine of the CPU table: ours 30 ms, byol-pytorch 23 ms; BENCHMARKS.md, "The host floor");
+#   4. gpu-tests: `pytest -m gpu` but the first call's (no CUDA sync in the loop's step, eager and
+#      compiled; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume;
 #      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
 #      each test under pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
-#   4. profile: where a step's time goes, eager and compiled;
-#   5. ablations: our step without channels_last, without bf16 (two more compiles: what time is left).
+#   5. profile: where a step's time goes, eager and compiled;
+#   6. ablations: our step without channels_last, without bf16 (two more compiles: what time is left).
 # A part cut short keeps what it wrote (the speed JSONs are written after every round), and a
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
-# gpu_speed.log or gpu_speed_more.log, speed.json, ablations.json. The exit code is that of the
+# gpu_speed.log or gpu_speed_more.log, speed.json, host_floor.json, ablations.json. The exit code is that of the
 # first part that failed. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -112,8 +116,12 @@ if [ "$call" = first ]; then
     part speed 600 "$python" -m benchmarks.speed --device "$device" --systems byol-eager,byol-pytorch,lightly,byol-graphed,byol \
         --first-step-limit 220 --stacks-after 100 --json "$out/speed.json" ${SPEED_ARGS:-}
 else
+    part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
+        --head-width 64 --systems byol-eager,byol-pytorch,lightly,byol-graphed --warmup 5 --repeats 3 --steps 20 \
+        --settle 2 --json "$out/host_floor.json"
     part gpu-tests 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
-        "${timeout_opt[@]}" tests/  # -v: a cut run shows what passed
+        -k "not graphed and not test_compiled_and_eager_steps" "${timeout_opt[@]}" tests/
+    # (-k: the first call ran those; -v: a cut run shows what passed)
     part profile 70 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl,compiled-cl \
         ${PROFILE_ARGS:-}
     part ablations 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-nchw,byol-fp32 \

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from benchmarks import systems
-from benchmarks.speed import load_average, load_images, machine, setup, sync
+from benchmarks.speed import load_average, load_images, machine, setup, sync, widths
 from byol.config import Config
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
@@ -34,9 +34,11 @@ PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metric
 class Phased:
     """Our step, cut into its phases."""
 
-    def __init__(self, images, batch, device, amp, compile: bool, channels_last: bool):
+    def __init__(self, images, batch, device, amp, compile: bool, channels_last: bool, width: int = systems.WIDTH,
+                 head_width: int = systems.HEAD_WIDTH):
         config = Config()
         config.train.batch_size = batch
+        config.model.width, config.model.projection_hidden_size = width, head_width
         self.byol = build_model(config).to(device)
         self.optimizer = systems.make_optimizer(nn.ModuleList([self.byol.online, self.byol.predictor]), batch)
         self.forward = ViewsForward(self.byol, channels_last=channels_last)
@@ -96,6 +98,9 @@ def main(argv=None) -> None:
                         "auto = what benchmarks.speed runs")
     p.add_argument("--data", default=str(systems_default_data()))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--width", type=int, default=systems.WIDTH, help="ResNet-18's first-stage channels (64)")
+    p.add_argument("--head-width", type=int, default=systems.HEAD_WIDTH,
+                   help="projector and predictor hidden width (4096); --width 8 --head-width 64: the host's cost")
     p.add_argument("--no-keep-memory", action="store_true",
                    help="CPU: leave glibc's malloc as it is (byol.train keeps freed memory: train.keep_freed_memory)")
     args = p.parse_args(argv)
@@ -107,7 +112,8 @@ def main(argv=None) -> None:
     kept = not cuda and not args.no_keep_memory and keep_freed_memory()
     variants = ("compiled-cl" if cuda else "eager-cl") if args.variants == "auto" else args.variants
     images, source = load_images(args.data, device)
-    runs = [Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"))
+    runs = [Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"),
+                   width=args.width, head_width=args.head_width)
             for v in variants.split(",")]
     for r in runs:
         for _ in range(warmup):
@@ -118,7 +124,7 @@ def main(argv=None) -> None:
         for r in runs:
             samples[r.name].append(r.step())
     print(f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {warmup}, {steps} steps interleaved, "
-          f"{'bf16 autocast' if amp else 'float32'}{', freed memory kept' if kept else ''}; load average before {load_before}, after {load_average()}\n"
+          f"{'bf16 autocast' if amp else 'float32'}{', freed memory kept' if kept else ''}{widths(args)}; load average before {load_before}, after {load_average()}\n"
           f"python -m benchmarks.profile_step " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     print("| variant | " + " | ".join(PHASES) + " | sum | images/s |")
     print("| --- |" + " ---: |" * (len(PHASES) + 2))

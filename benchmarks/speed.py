@@ -84,27 +84,29 @@ PEERS = ("byol-pytorch", "lightly")
 
 def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
     """One system by its ``--systems`` name."""
+    shape = dict(width=args.width, head_width=args.head_width)
     if name == "byol":
-        return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw)
+        return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw,
+                            **shape)
     if name == "byol-eager":  # ablation: the same step without torch.compile
         return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
-                            name="byol, eager")
+                            name="byol, eager", **shape)
     if name == "byol-graphed":  # experiment: the eager step's augment, forward and backward in a CUDA graph
         return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
-                            graphed=True, name="byol, CUDA graph")
+                            graphed=True, name="byol, CUDA graph", **shape)
     if name == "byol-nchw":  # ablation: the same step in the default NCHW layout
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False,
-                            name="byol, NCHW")
+                            name="byol, NCHW", **shape)
     if name == "byol-fp32":  # ablation: the same step without bf16 autocast
         return systems.Ours(images, args.batch, device, None, compile=args.compile, channels_last=not args.nchw,
-                            name="byol, float32")
+                            name="byol, float32", **shape)
     if name == "byol-nokeep":  # ablation: freed memory handed back to the system, glibc's default
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw,
-                            keep_memory=False, name="byol, freed memory handed back")
+                            keep_memory=False, name="byol, freed memory handed back", **shape)
     if name == "byol-pytorch":
-        return systems.BYOLPytorch(images, args.batch, device, amp if args.peer_amp else None)
+        return systems.BYOLPytorch(images, args.batch, device, amp if args.peer_amp else None, **shape)
     if name == "lightly":
-        return systems.Lightly(images, args.batch, device, amp if args.peer_amp else None, args.workers)
+        return systems.Lightly(images, args.batch, device, amp if args.peer_amp else None, args.workers, **shape)
     raise ValueError(f"unknown system {name!r}")
 
 
@@ -347,6 +349,11 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=systems.default_workers(), help="lightly's DataLoader workers")
     p.add_argument("--data", default=str(DEFAULT_CIFAR), help="CIFAR-10 root, or 'random'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--width", type=int, default=systems.WIDTH,
+                   help="channels of ResNet-18's first stage for every system (64: the reference workload)")
+    p.add_argument("--head-width", type=int, default=systems.HEAD_WIDTH,
+                   help="projector and predictor hidden width (4096); with --width 8 --head-width 64 the "
+                        "arithmetic is negligible and what is timed is the host issuing the ops")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--stacks-after", type=float, default=None, metavar="SECONDS",
                    help="print a compiled system's stacks every SECONDS while a request runs (a compile that hangs)")
@@ -380,6 +387,14 @@ def main(argv=None) -> dict:
     return report(built, rates, args, source, amp, load_before, argv, final=True)
 
 
+def widths(args) -> str:
+    """What the header says of widths other than the reference workload's."""
+    if (args.width, args.head_width) == (systems.WIDTH, systems.HEAD_WIDTH):
+        return ""
+    return (f"; NOT the reference workload: ResNet-18 width {args.width}, heads {args.head_width} wide "
+            "(the same ops, little arithmetic: the host's cost of issuing them)")
+
+
 def report(built: list[Remote], rates: dict[str, list[float]], args, source: str, amp, load_before: str, argv,
            final: bool) -> dict:
     """The header and table (printed when ``final``) and the JSON (``--json``), from the rounds so far."""
@@ -390,7 +405,8 @@ def report(built: list[Remote], rates: dict[str, list[float]], args, source: str
               f"({args.settle} untimed + {args.steps} timed) steps, each system in its own process, "
               f"optimizer LARS for all, ours {'bf16 autocast' if amp else 'float32'}, "
               f"peers {'bf16 autocast' if amp and args.peer_amp else 'float32'}"
-              f"{' (TF32 matmuls and convolutions on for all)' if device.type == 'cuda' else ''}\n"
+              f"{' (TF32 matmuls and convolutions on for all)' if device.type == 'cuda' else ''}"
+              f"{widths(args)}\n"
               f"load average (1/5/15 min) before {load_before}, after {load_average()}\n{command}")
     result = table(built, rates)
     out = {"machine": machine(device), "args": vars(args), "rates": rates, "table": result, "header": header,

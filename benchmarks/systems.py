@@ -32,6 +32,10 @@ from byol.train import build_model
 OPTIMIZER = dict(lr=0.2, weight_decay=1.5e-6, momentum=0.9, trust_coefficient=0.001)
 TOTAL_STEPS = 100 * 97  # schedules as in a 100-epoch CIFAR-10 run at batch 512
 PROJECTION_HIDDEN, PROJECTION = 4096, 256
+# The reference workload's widths. Narrower ones (``--width 8 --head-width 64`` in benchmarks.speed)
+# keep every op of a step but make its arithmetic negligible: what is left is the host's cost of
+# issuing the ops, the floor of an eager step on any device.
+WIDTH, HEAD_WIDTH = 64, PROJECTION_HIDDEN
 
 
 def make_optimizer(model: nn.Module, batch: int) -> LARS:
@@ -40,9 +44,10 @@ def make_optimizer(model: nn.Module, batch: int) -> LARS:
                 weight_decay=o["weight_decay"], trust_coefficient=o["trust_coefficient"])
 
 
-def cifar_resnet18() -> nn.Module:
-    """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv1, no max-pool)."""
-    return resnet("resnet18", cifar_stem=True)
+def cifar_resnet18(width: int = WIDTH) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv1, no max-pool); ``width``
+    channels in its first stage (64: torchvision's)."""
+    return resnet("resnet18", cifar_stem=True, width=width)
 
 
 class Cycle:
@@ -69,12 +74,14 @@ class Ours:
 
     def __init__(self, images: torch.Tensor, batch: int, device: torch.device, amp: Optional[torch.dtype],
                  compile: bool, channels_last: bool = True, keep_memory: bool = True, seed: int = 0,
-                 name: Optional[str] = None, graphed: bool = False):
+                 name: Optional[str] = None, graphed: bool = False, width: int = WIDTH,
+                 head_width: int = HEAD_WIDTH):
         if keep_memory and device.type == "cpu":  # as byol.train.pretrain does (train.keep_freed_memory)
             keep_memory = keep_freed_memory()
         self.name = name or self.name
         config = Config()
         config.train.batch_size = batch
+        config.model.width, config.model.projection_hidden_size = width, head_width
         self.byol = build_model(config).to(device)
         self.optimizer = make_optimizer(nn.ModuleList([self.byol.online, self.byol.predictor]), batch)
         forward, augment = ViewsForward(self.byol, channels_last=channels_last), None
@@ -124,12 +131,12 @@ class BYOLPytorch:
     name = "byol-pytorch"
 
     def __init__(self, images: torch.Tensor, batch: int, device: torch.device, amp: Optional[torch.dtype],
-                 seed: int = 0):
+                 seed: int = 0, width: int = WIDTH, head_width: int = HEAD_WIDTH):
         from byol_pytorch import BYOL
         import byol_pytorch
 
-        self.learner = BYOL(cifar_resnet18().to(device), image_size=32, hidden_layer="avgpool",
-                            projection_size=PROJECTION, projection_hidden_size=PROJECTION_HIDDEN)
+        self.learner = BYOL(cifar_resnet18(width).to(device), image_size=32, hidden_layer="avgpool",
+                            projection_size=PROJECTION, projection_hidden_size=head_width)
         self.optimizer = make_optimizer(self.learner, batch)
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
         self.amp = amp
@@ -151,14 +158,14 @@ class BYOLPytorch:
 class _LightlyBYOL(nn.Module):
     """The model of lightly's BYOL example (examples/pytorch/byol.py), from lightly's building blocks."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, features: int = 512, head_width: int = HEAD_WIDTH):
         from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
         super().__init__()
         self.backbone = backbone
-        self.projection_head = BYOLProjectionHead(512, PROJECTION_HIDDEN, PROJECTION)
-        self.prediction_head = BYOLPredictionHead(PROJECTION, PROJECTION_HIDDEN, PROJECTION)
+        self.projection_head = BYOLProjectionHead(features, head_width, PROJECTION)
+        self.prediction_head = BYOLPredictionHead(PROJECTION, head_width, PROJECTION)
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)
@@ -201,13 +208,13 @@ class Lightly:
     name = "lightly"
 
     def __init__(self, images: torch.Tensor, batch: int, device: torch.device, amp: Optional[torch.dtype],
-                 workers: int, seed: int = 0):
+                 workers: int, seed: int = 0, width: int = WIDTH, head_width: int = HEAD_WIDTH):
         from lightly.loss import NegativeCosineSimilarity
         from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
-        resnet18 = cifar_resnet18()
+        resnet18 = cifar_resnet18(width)
         backbone = nn.Sequential(*list(resnet18.children())[:-1])  # as the example: drop the classifier
-        self.model = _LightlyBYOL(backbone).to(device)
+        self.model = _LightlyBYOL(backbone, resnet18.fc.in_features, head_width).to(device)
         self.criterion = NegativeCosineSimilarity()
         self.optimizer = make_optimizer(self.model, batch)
         transform = BYOLTransform(view_1_transform=BYOLView1Transform(input_size=32, gaussian_blur=0.0),
