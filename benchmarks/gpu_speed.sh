@@ -15,25 +15,29 @@
 #      its refusals, and the same losses as the eager step with no host sync in a replay;
 #   1. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
 #      with the traceback if not (seen failing once, its reason lost when its part was killed);
-#   2. speed: the table of the three systems, with our compiled step, our eager ablation and the
-#      experiment byol-graphed (the eager step's augment, forward and backward in a CUDA graph). Each
-#      system's first step is timed apart; one whose first step (the compile) takes over 220 s
-#      fails with its stacks printed and the others are timed, so the table always comes back.
-#      The compiled system prints torch.compile's timers, and its stacks every 100 s meanwhile.
+#   2. speed-eager: the table of the three systems, ours eager, with the experiment byol-graphed (the
+#      eager step's augment, forward and backward in a CUDA graph): nothing to compile, so it comes
+#      back whatever the compile does (the first session's table, with the compiled system in it, did
+#      not: its compile outlasted the part);
+#   3. speed-compiled: our compiled step against our eager one. Its first step (the compile) is timed
+#      apart and may take all that is left of the budget but 60 s for the rounds; past that it is
+#      stopped with its stacks printed. It prints torch.compile's timers, and its stacks every 100 s
+#      while it compiles.
 # Second call (`more`):
-#   3. host-floor: the same three systems (and byol-graphed) at ResNet-18 width 8, heads 64, batch 2:
+#   4. host-floor: the same three systems (and byol-graphed) at ResNet-18 width 8, heads 64, batch 2:
 #      the same ops with negligible arithmetic, so the time of a step is the host's cost of issuing
 #      its ops, the floor under an eager step of the reference workload on this machine (on the CPU
 #      machine of the CPU table: ours 30 ms, byol-pytorch 23 ms; BENCHMARKS.md, "The host floor");
-#   4. gpu-tests: `pytest -m gpu` but the first call's (no CUDA sync in the loop's step, eager and
+#   5. gpu-tests: `pytest -m gpu` but the first call's (no CUDA sync in the loop's step, eager and
 #      compiled; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume;
 #      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
 #      each test under pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
-#   5. profile: where a step's time goes, eager and compiled;
-#   6. ablations: our step without channels_last, without bf16 (two more compiles: what time is left).
+#   6. profile: where a step's time goes, eager and compiled;
+#   7. ablations: our step without channels_last, without bf16 (two more compiles: what time is left).
 # A part cut short keeps what it wrote (the speed JSONs are written after every round), and a
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
-# gpu_speed.log or gpu_speed_more.log, speed.json, host_floor.json, ablations.json. The exit code is that of the
+# gpu_speed.log or gpu_speed_more.log, speed.json,
+# speed_compiled.json, host_floor.json, ablations.json. The exit code is that of the
 # first part that failed. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -113,8 +117,14 @@ if [ "$call" = first ]; then
         -k graphed tests/test_step.py
     part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
-    part speed 600 "$python" -m benchmarks.speed --device "$device" --systems byol-eager,byol-pytorch,lightly,byol-graphed,byol \
-        --first-step-limit 220 --stacks-after 100 --json "$out/speed.json" ${SPEED_ARGS:-}
+    part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
+        --systems byol-eager,byol-pytorch,lightly,byol-graphed --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
+    # The compiled step gets what is left: its first step (the compile) may take up to all of it but the
+    # last 60 s, which are for the rounds (against our eager step again, for the ratio).
+    first_limit=$(( deadline - $(date +%s) - 15 - 60 ))
+    [ "$first_limit" -gt 30 ] || first_limit=30
+    part speed-compiled 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-eager \
+        --first-step-limit "$first_limit" --stacks-after 100 --json "$out/speed_compiled.json" ${SPEED_ARGS:-}
 else
     part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
         --head-width 64 --systems byol-eager,byol-pytorch,lightly,byol-graphed --warmup 5 --repeats 3 --steps 20 \
