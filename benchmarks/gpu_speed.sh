@@ -12,7 +12,8 @@
 # that one that hangs or compiles for long leaves the next its time.
 # First call:
 #   0. graphed-test: the experimental CUDA-graph step (byol.step.GraphedLoopStep) alone, seconds:
-#      its refusals, and the same losses as the eager step with no host sync in a replay;
+#      its refusals, the same losses as the eager step with no host sync in a replay, and
+#      `byol pretrain --train.cuda_graph=true` against the eager loop, through a resume;
 #   1. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
 #      with the traceback if not (seen failing once, its reason lost when its part was killed);
 #   2. speed-eager: the table of the three systems, ours eager, with the experiment byol-graphed (the
@@ -109,12 +110,12 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
 # stacks, and the others still run and report.
 timeout_opt=() first_timeout_opt=() graphed_timeout_opt=()
 if "$python" -c "import pytest_timeout" 2>/dev/null; then
-    timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") first_timeout_opt=(--timeout 70) graphed_timeout_opt=(--timeout 40)
+    timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") first_timeout_opt=(--timeout 70) graphed_timeout_opt=(--timeout 60)
 fi
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
 if [ "$call" = first ]; then
-    part graphed-test 60 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
-        -k graphed tests/test_step.py
+    part graphed-test 90 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
+        -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
     part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
@@ -130,7 +131,7 @@ else
         --head-width 64 --systems byol-eager,byol-pytorch,lightly,byol-graphed --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
     part gpu-tests 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
-        -k "not graphed and not test_compiled_and_eager_steps" "${timeout_opt[@]}" tests/
+        -k "not graphed and not cuda_graph and not test_compiled_and_eager_steps" "${timeout_opt[@]}" tests/
     # (-k: the first call ran those; -v: a cut run shows what passed)
     part profile 70 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl,compiled-cl \
         ${PROFILE_ARGS:-}

@@ -124,7 +124,8 @@ def main(argv=None) -> None:
         for r in runs:
             samples[r.name].append(r.step())
     print(f"{machine(device)}\nbatch {args.batch}, {source}, warm-up {warmup}, {steps} steps interleaved, "
-          f"{'bf16 autocast' if amp else 'float32'}{', freed memory kept' if kept else ''}{widths(args)}; load average before {load_before}, after {load_average()}\n"
+          f"{'bf16 autocast' if amp else 'float32'}{', freed memory kept' if kept else ''}{widths(args)}; "
+          f"load average before {load_before}, after {load_average()}\n"
           f"python -m benchmarks.profile_step " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
     print("| variant | " + " | ".join(PHASES) + " | sum | images/s |")
     print("| --- |" + " ---: |" * (len(PHASES) + 2))

@@ -76,6 +76,9 @@ class TrainConfig:
     compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):
                                       # auto = off for now, until the compiled step is verified on a GPU
                                       # (BENCHMARKS.md, "GPU"); true to ask for it
+    cuda_graph: bool = False          # EXPERIMENTAL, not yet verified on a GPU: replay each step's augmentation,
+                                      # forward and backward from one CUDA graph (byol.step.GraphedLoopStep);
+                                      # one CUDA GPU, eager (not with train.compile=true)
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak)
     out_dir: str = "runs/byol"
@@ -266,6 +269,8 @@ def validate(config: Config) -> Config:
              ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
              ("train.compile", t.compile is True or t.compile is False or t.compile == "auto", "true, false or auto"),
              ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N"),
+             ("train.cuda_graph", not (t.cuda_graph and t.compile is True),
+              "false with train.compile=true (the CUDA graph captures the eager step)"),
              ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
              ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null"),
              ("train.knn_k", t.knn_k >= 1, ">= 1"), ("train.tau_base", 0 <= t.tau_base <= 1, "between 0 and 1"),

@@ -1,5 +1,6 @@
 """A run's folder as one start of pretraining finds it, and leaves it should that start fail."""
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temp
 from .config import ConfigError
 from .metrics import MetricsLog
 
-_KEPT = ("config.yaml", "metrics.jsonl")  # the files a start rewrites before its first step
+_KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt")  # the files a start rewrites before its first step
 
 
 class RunFolder:
@@ -21,7 +22,7 @@ class RunFolder:
     files a killed run left. Until :attr:`started` is set (the first step has finished),
     :meth:`undo` puts the folder back as this start found it: a start that fails on its data, its
     checkpoint, a batch too big for memory or compiling leaves no run folder behind, and a resumed
-    run's ``config.yaml``, ``metrics.jsonl`` and TensorBoard events as they were.
+    run's ``config.yaml``, ``metrics.jsonl``, ``warnings.txt`` and TensorBoard events as they were.
     """
 
     def __init__(self, path: Path, resume: bool):
@@ -50,8 +51,19 @@ class RunFolder:
         self.started = False
 
     def metrics_log(self, resume_step: Optional[int]) -> MetricsLog:
-        """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``)."""
+        """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``); ``warnings.txt``
+        is trimmed the same way: a resumed run keeps the warnings of the steps up to its checkpoint (the
+        later ones are trained, and warned about, again), a new run starts without."""
         self._log = MetricsLog(self.path, resume_step=resume_step)
+        warnings_path = self.path / "warnings.txt"
+        text = _read(warnings_path)
+        if text is not None:
+            kept = [line for line in text.splitlines(keepends=True)
+                    if resume_step is not None and _warning_step(line) <= resume_step]
+            if kept:
+                write_text_atomically(warnings_path, "".join(kept), errors="surrogateescape")
+            else:
+                warnings_path.unlink()
         return self._log
 
     def undo(self) -> None:
@@ -74,11 +86,18 @@ class RunFolder:
         if self.created is not None:
             remove_empty_folders(self.path, self.created)
 
-    def warn(self, message: str) -> None:
-        """Say ``message`` on stderr and append it to ``warnings.txt``."""
+    def warn(self, message: str, step: int) -> None:
+        """Say ``message`` on stderr and append it to ``warnings.txt`` as ``step N: message``."""
         print(f"warning: {message}", file=sys.stderr)
         with open(self.path / "warnings.txt", "a") as f:
-            f.write(message + "\n")
+            f.write(f"step {step}: {message}\n")
+
+
+def _warning_step(line: str) -> float:
+    """The step of a ``warnings.txt`` line; -inf for a line without one (kept on every resume)."""
+    head, sep, _ = line.partition(": ")
+    number = head.removeprefix("step ")
+    return int(number) if sep and head.startswith("step ") and number.isdigit() else -math.inf
 
 
 def _quietly(action, *args, **kwargs) -> None:

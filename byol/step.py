@@ -139,8 +139,8 @@ class GraphedLoopStep(LoopStep):
     metrics stay eager: a few dozen foreach kernels, and the learning rate and tau, Python numbers,
     change every step.
 
-    **Experimental, not yet run on a GPU**: the benchmark's ``byol-graphed`` and a GPU test try it;
-    ``byol pretrain`` does not use it. For one CUDA process, eager modules (not ``compile_step``'s),
+    **Experimental, not yet run on a GPU**: the benchmark's ``byol-graphed`` and GPU tests try it;
+    ``byol pretrain`` runs it with ``train.cuda_graph=true`` (off by default). For one CUDA process, eager modules (not ``compile_step``'s),
     batches of one shape. The first ``eager_steps`` calls run the eager step on a side stream, as
     CUDA graphs need (cuDNN's autotuning, the gradients and the optimizer state allocated); the next
     captures, and every call from then on copies its batch in and replays.

@@ -26,7 +26,7 @@ from .model import BYOL
 from .monitor import CollapseMonitor
 from .optim import build_optimizer
 from .run_folder import RunFolder
-from .step import LoopStep, ViewsForward, compile_step, keep_freed_memory
+from .step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, keep_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -268,6 +268,12 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     t, o = config.train, config.optim
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
+    if t.cuda_graph and device.type != "cuda":
+        raise ConfigError(f"train.cuda_graph=true needs a CUDA GPU (it replays the step from a CUDA graph), and this "
+                          f"run is on {device}; use train.cuda_graph=false")
+    if t.cuda_graph and world > 1:
+        raise ConfigError(f"train.cuda_graph=true runs in one process, not {world} (the graph holds no "
+                          "collectives); use train.cuda_graph=false")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
     elif t.keep_freed_memory:
@@ -298,7 +304,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     augment = None  # byol's own view recipes
     # auto is eager for now: the compiled step is not yet verified on a GPU (BENCHMARKS.md, "GPU": on the
     # first one lent, its first steps did not end within 4 minutes and its CUDA loss test failed).
-    # Once it is, auto should compile on a single GPU (on a CPU it does not pay).
+    # Once it is, auto should compile on a single GPU (on a CPU it does not pay), and not with train.cuda_graph.
     if t.compile is True:
         forward, augment = compile_step(forward, byol)  # loss and both augmentations; eager where that fails
         if rank == 0:
@@ -313,8 +319,13 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
-    loop_step = LoopStep(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
-                         t.tau_base)
+    step_class = GraphedLoopStep if t.cuda_graph else LoopStep
+    loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
+                           t.tau_base)
+    if t.cuda_graph and rank == 0:
+        print("note: train.cuda_graph=true is experimental (not yet verified on a GPU): after "
+              f"{loop_step.eager_steps} eager steps, each step's augmentation, forward and backward are replayed "
+              "from one CUDA graph", file=sys.stderr)
     monitor = CollapseMonitor()
     last_time, last_step = time.perf_counter(), step
     last_save = last_time
@@ -355,7 +366,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 warning = monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1],
                                         step)
                 if warning and folder is not None:
-                    folder.warn(warning)
+                    folder.warn(warning, step)
                 if record["train/nonfinite_streak"] >= t.max_nonfinite:
                     raise _nonfinite(record["train/nonfinite_streak"], step, "so the run stopped", ckpt_path)
                 if progress is not None:

@@ -23,6 +23,17 @@ def cifar10_root() -> Path:
     return CIFAR10
 
 
+@pytest.fixture
+def full_fp32():
+    """CUDA convolutions and matmuls in full float32 (TF32 off) for the test: TF32 rounds to ~1e-3,
+    differently for different kernels (a compiled graph's, cuDNN's autotuned choice), which would hide
+    or fake a difference between two ways of computing the same step."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def tiny_overrides(out_dir, **extra) -> list[str]:
     """Overrides for a seconds-long CPU run: a narrow network, small batches, few images."""
     values = {

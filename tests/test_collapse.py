@@ -42,7 +42,9 @@ def test_no_predictor_and_tau_zero_collapses_and_the_monitor_warns(cifar10_root,
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1, err  # warned once, on entering collapse
     assert "representation collapse at step" in warnings[0] and "predictor" in warnings[0]
-    assert (run / "warnings.txt").read_text().strip() == warnings[0].removeprefix("warning: ")
+    message = warnings[0].removeprefix("warning: ")
+    step = int(message.split("at step ")[1].split(":")[0])
+    assert (run / "warnings.txt").read_text() == f"step {step}: {message}\n"
 
 
 def test_healthy_run_does_not_warn(cifar10_root, tmp_path, capsys):

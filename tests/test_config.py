@@ -60,6 +60,12 @@ def test_bad_overrides_are_clear_errors(override, message):
         load_config("cifar10", [override])
 
 
+def test_cuda_graph_and_compile_exclude_each_other():
+    with pytest.raises(ConfigError, match="train.cuda_graph must be false with train.compile=true"):
+        load_config("cifar10", ["--train.cuda_graph=true", "--train.compile=true"])
+    assert load_config("cifar10", ["--train.cuda_graph=true"]).train.cuda_graph is True  # compile auto: eager
+
+
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", True), ("false", False)])
 def test_compile_is_auto_or_a_bool(value, expected):
     assert Config().train.compile == "auto"  # off for now, until compiling is verified on a GPU (train.pretrain)

@@ -45,3 +45,30 @@ def test_a_run_starts_only_where_it_can(tmp_path):
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         RunFolder(tmp_path / "run", resume=False)
+
+
+def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    before = "step 5: collapse\nstep 10: collapse again\nstep 15: after the checkpoint\nan older run's line\n"
+    (run / "warnings.txt").write_text(before)
+    folder = RunFolder(run, resume=True)
+    folder.metrics_log(resume_step=10)
+    # Steps 11-15 are trained again, and warned about again if they collapse again.
+    assert (run / "warnings.txt").read_text() == "step 5: collapse\nstep 10: collapse again\nan older run's line\n"
+    folder.undo()  # a start that fails before its first step puts the file back
+    assert (run / "warnings.txt").read_text() == before
+
+    folder = RunFolder(run, resume=True)
+    folder.metrics_log(resume_step=10)
+    folder.started = True
+    folder.warn("collapse at step 12", 12)
+    assert (run / "warnings.txt").read_text().splitlines()[-1] == "step 12: collapse at step 12"
+
+
+def test_a_new_run_starts_without_the_warnings_of_one_that_left_no_checkpoint(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "warnings.txt").write_text("step 3: collapse\n")
+    RunFolder(tmp_path / "run", resume=False).metrics_log(resume_step=None)
+    assert not (tmp_path / "run" / "warnings.txt").exists()

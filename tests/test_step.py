@@ -97,17 +97,6 @@ def test_compiled_and_eager_steps_give_the_same_loss():
     torch.testing.assert_close(torch.stack(losses_compiled), torch.stack(losses_eager), rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture
-def full_fp32():
-    """CUDA convolutions and matmuls in full float32 (TF32 off) for the test: TF32 rounds to ~1e-3,
-    differently for different kernels (a compiled graph's, cuDNN's autotuned choice), which would hide
-    or fake a difference between two ways of computing the same step."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 @pytest.mark.gpu
 def test_compiled_and_eager_steps_give_the_same_loss_on_cuda(full_fp32):
     if not torch.cuda.is_available():

@@ -15,7 +15,7 @@ import byol.train
 from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
-from byol.config import Config, load_config
+from byol.config import Config, ConfigError, load_config
 from byol.optim import build_optimizer
 from byol.train import changed_settings, pretrain
 from conftest import tiny_overrides
@@ -236,6 +236,41 @@ def test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 6
     assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v) and v.is_floating_point())
+
+
+def test_cuda_graph_on_a_cpu_is_one_sentence_and_leaves_nothing(tmp_path):
+    root = fake_cifar10(tmp_path / "data")
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.cuda_graph": True})
+                         + [f"--data.root={root}"])
+    with pytest.raises(ConfigError, match="train.cuda_graph=true needs a CUDA GPU .* this run is on cpu"):
+        pretrain(config)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_pretrain_with_cuda_graph_trains_as_the_eager_loop_and_resumes(tmp_path, capsys, full_fp32):
+    """train.cuda_graph=true (experimental): the same losses, step by step, as the eager loop (float32
+    and TF32 off, so that both run the same arithmetic), through the capture after 3 eager steps, a
+    kNN evaluation after them, a checkpoint and a resume (which warms up and captures again)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    root = fake_cifar10(tmp_path / "data")
+    losses = {}
+    for graphed in (False, True):
+        run = tmp_path / f"run-{graphed}"
+        settings = {"train.device": "cuda", "train.precision": "fp32", "train.cuda_graph": graphed,
+                    "train.epochs": 2, "train.log_every": 1, "train.knn_every": 0, "train.knn_limit": 64}
+        # 5 steps: 3 eager, the capture and its replay, 1 replay; and again after the resume
+        first = pretrain(load_config("cifar10", tiny_overrides(run, **settings, **{"train.max_steps": 5})
+                                     + [f"--data.root={root}"]))
+        rest = pretrain(load_config("cifar10", tiny_overrides(run, **settings, **{"train.max_steps": 10})
+                                    + [f"--data.root={root}"]), resume=True)
+        assert (first["step"], rest["step"]) == (5, 10)
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[graphed] = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    assert [s for s, _ in losses[True]] == list(range(1, 11))
+    assert "train.cuda_graph=true is experimental" in capsys.readouterr().err
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.gpu
