@@ -5,41 +5,44 @@
 #   bash benchmarks/gpu_speed.sh        # there (device tool: carry [".whl"], timeout_s 600)
 #
 # Two calls, back to back (the second finds the first's compile caches in /tmp while the machine
-# is warm, ~30 s after a call): `bash benchmarks/gpu_speed.sh` (device tool timeout_s 540), then at
-# once `bash benchmarks/gpu_speed.sh more` (timeout_s 300). Each call's parts run most important
-# first, each under its own time limit and all within BUDGET seconds (480 for the first call, 240
-# for the second: with the machine's start, about 14 of a task's 15 minutes of device time), so
-# that one that hangs or compiles for long leaves the next its time.
+# is warm, ~30 s after a call): `bash benchmarks/gpu_speed.sh` (device tool timeout_s 600), then at
+# once `bash benchmarks/gpu_speed.sh more` (timeout_s 200). Each call's parts run most important
+# first, each under its own time limit and all within BUDGET seconds (560 for the first call, 180
+# for the second: with the machine's start, about the whole of a task's 15 minutes of device
+# time), so that one that hangs or compiles for long leaves the next its time.
 # First call:
-#   0. graphed-test: the experimental CUDA-graph step (byol.step.GraphedLoopStep) alone, seconds:
-#      its refusals, the same losses as the eager step with no host sync in a replay, and
-#      `byol pretrain --train.cuda_graph=true` against the eager loop, through a resume;
-#   1. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
+#   0. graphed-test: the experimental CUDA-graph step (byol.step.GraphedLoopStep) alone: its
+#      refusals, the same losses as the eager step with no host sync in a replay, and
+#      `byol pretrain --train.cuda_graph=true` against the eager loop, through a kNN evaluation, a
+#      checkpoint and a resume;
+#   1. speed-eager: the table of the three systems, ours eager, with the experiment byol-graphed:
+#      nothing to compile, so it comes back whatever the compile does (the first session's table,
+#      with the compiled system in it, did not: its compile outlasted the part);
+#   2. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
 #      with the traceback if not (seen failing once, its reason lost when its part was killed);
-#   2. speed-eager: the table of the three systems, ours eager, with the experiment byol-graphed (the
-#      eager step's augment, forward and backward in a CUDA graph): nothing to compile, so it comes
-#      back whatever the compile does (the first session's table, with the compiled system in it, did
-#      not: its compile outlasted the part);
 #   3. speed-compiled: our compiled step against our eager one. Its first step (the compile) is timed
-#      apart and may take all that is left of the budget but 60 s for the rounds; past that it is
-#      stopped with its stacks printed. It prints torch.compile's timers, and its stacks every 100 s
-#      while it compiles.
+#      apart and may take all that is left of the budget but 60 s for the rounds (about 275 s if the
+#      parts before take some 40, 90 and 80 s; the first session's compile did not end within the
+#      240 s of its part); past that it is stopped with its stacks printed. It prints torch.compile's
+#      timers, and its stacks every 100 s while it compiles.
 # Second call (`more`):
-#   4. host-floor: the same three systems (and byol-graphed) at ResNet-18 width 8, heads 64, batch 2:
-#      the same ops with negligible arithmetic, so the time of a step is the host's cost of issuing
-#      its ops, the floor under an eager step of the reference workload on this machine (on the CPU
-#      machine of the CPU table: ours 30 ms, byol-pytorch 23 ms; BENCHMARKS.md, "The host floor");
-#   5. gpu-tests: `pytest -m gpu` but the first call's (no CUDA sync in the loop's step, eager and
-#      compiled; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume;
-#      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
-#      each test under pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
-#   6. profile: where a step's time goes, eager and compiled;
-#   7. ablations: our step without channels_last, without bf16 (two more compiles: what time is left).
+#   4. host-floor: the same three systems, ours eager, and byol-graphed at ResNet-18 width 8, heads
+#      64, batch 2: the same ops with negligible arithmetic, so the time of a step is the host's cost
+#      of issuing its ops, the floor under an eager step of the reference workload on this machine
+#      (on the CPU machine of the CPU table: ours 30 ms, byol-pytorch 22; BENCHMARKS.md, "The host
+#      floor");
+#   5. profile-eager: where an eager step's time goes, phase by phase;
+#   6. gpu-tests: `pytest -m gpu` but the first call's (no CUDA sync in the loop's step, eager and
+#      compiled; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume; pretrain on CUDA
+#      from a training set in host memory; CUDA augmentations equal to the CPU's), each test under
+#      pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
+#   7. profile-compiled, then ablations (our step without channels_last, without bf16): as far as
+#      the time goes.
 # A part cut short keeps what it wrote (the speed JSONs are written after every round), and a
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
-# gpu_speed.log or gpu_speed_more.log, speed.json,
-# speed_compiled.json, host_floor.json, ablations.json. The exit code is that of the
-# first part that failed. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it.
+# gpu_speed.log or gpu_speed_more.log, speed.json, speed_compiled.json, host_floor.json,
+# ablations.json. The exit code is that of the first part that failed. DEVICE=cpu SPEED_ARGS=...
+# PROFILE_ARGS=... run the script on a CPU, to try it.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-gpu-results}"
@@ -52,7 +55,7 @@ exec > >(tee "$out/gpu_speed$suffix.log") 2>&1
 export PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 device="${DEVICE:-cuda}"
-budget="${BUDGET:-$([ "$call" = more ] && echo 240 || echo 480)}"
+budget="${BUDGET:-$([ "$call" = more ] && echo 180 || echo 560)}"
 deadline=$(( $(date +%s) + budget ))
 
 # This project from the checkout (on PYTHONPATH, not installed), the peers from wheels into a folder
@@ -110,16 +113,16 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
 # stacks, and the others still run and report.
 timeout_opt=() first_timeout_opt=() graphed_timeout_opt=()
 if "$python" -c "import pytest_timeout" 2>/dev/null; then
-    timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") first_timeout_opt=(--timeout 70) graphed_timeout_opt=(--timeout 60)
+    timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") first_timeout_opt=(--timeout 70) graphed_timeout_opt=(--timeout 90)
 fi
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
 if [ "$call" = first ]; then
-    part graphed-test 90 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
+    part graphed-test 120 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
         -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
-    part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
-        "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
         --systems byol-eager,byol-pytorch,lightly,byol-graphed --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
+    part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
+        "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     # The compiled step gets what is left: its first step (the compile) may take up to all of it but the
     # last 60 s, which are for the rounds (against our eager step again, for the ratio).
     first_limit=$(( deadline - $(date +%s) - 15 - 60 ))
@@ -127,13 +130,14 @@ if [ "$call" = first ]; then
     part speed-compiled 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-eager \
         --first-step-limit "$first_limit" --stacks-after 100 --json "$out/speed_compiled.json" ${SPEED_ARGS:-}
 else
-    part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
+    part host-floor 90 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
         --head-width 64 --systems byol-eager,byol-pytorch,lightly,byol-graphed --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
+    part profile-eager 60 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl ${PROFILE_ARGS:-}
     part gpu-tests 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
         -k "not graphed and not cuda_graph and not test_compiled_and_eager_steps" "${timeout_opt[@]}" tests/
     # (-k: the first call ran those; -v: a cut run shows what passed)
-    part profile 70 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl,compiled-cl \
+    part profile-compiled 70 "$python" -m benchmarks.profile_step --device "$device" --variants compiled-cl \
         ${PROFILE_ARGS:-}
     part ablations 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-nchw,byol-fp32 \
         --first-step-limit 100 --json "$out/ablations.json" ${SPEED_ARGS:-}

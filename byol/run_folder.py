@@ -97,7 +97,7 @@ def _warning_step(line: str) -> float:
     """The step of a ``warnings.txt`` line; -inf for a line without one (kept on every resume)."""
     head, sep, _ = line.partition(": ")
     number = head.removeprefix("step ")
-    return int(number) if sep and head.startswith("step ") and number.isdigit() else -math.inf
+    return int(number) if sep and head.startswith("step ") and number.isascii() and number.isdigit() else -math.inf
 
 
 def _quietly(action, *args, **kwargs) -> None:

@@ -133,17 +133,18 @@ class LoopStep:
 
 class GraphedLoopStep(LoopStep):
     """:class:`LoopStep` with both views' augmentation, the forward and the backward captured once
-    in a CUDA graph and replayed each step: some 1,800 kernel launches from one call. Our eager step
-    on an H200 ran no faster than peers in float32, a sign that launching its kernels one by one
-    from Python bounds it (BENCHMARKS.md, "GPU"). The optimizer step, the guard, the EMA and the
-    metrics stay eager: a few dozen foreach kernels, and the learning rate and tau, Python numbers,
-    change every step.
+    in a CUDA graph and replayed each step: some 1,800 kernel launches from one call. Issuing an
+    eager step's ops costs the host ~30 ms on a CPU core (BENCHMARKS.md, "The host floor"), a cap
+    of ~17,000 images/s at batch 512 on a GPU fed by such a core; a replay leaves ~5 ms of it. The optimizer
+    step, the guard, the EMA and the metrics stay eager: a few dozen foreach kernels, and the
+    learning rate and tau, Python numbers, change every step.
 
     **Experimental, not yet run on a GPU**: the benchmark's ``byol-graphed`` and GPU tests try it;
-    ``byol pretrain`` runs it with ``train.cuda_graph=true`` (off by default). For one CUDA process, eager modules (not ``compile_step``'s),
-    batches of one shape. The first ``eager_steps`` calls run the eager step on a side stream, as
-    CUDA graphs need (cuDNN's autotuning, the gradients and the optimizer state allocated); the next
-    captures, and every call from then on copies its batch in and replays.
+    ``byol pretrain`` runs it with ``train.cuda_graph=true`` (off by default). For one CUDA
+    process, eager modules (not ``compile_step``'s), batches of one shape. The first
+    ``eager_steps`` calls run the eager step on a side stream, as CUDA graphs need (cuDNN's
+    autotuning, the gradients and the optimizer state allocated); the next captures, and every
+    call from then on copies its batch in and replays.
     """
 
     def __init__(self, *args, eager_steps: int = 3, **kwargs):
@@ -177,7 +178,10 @@ class GraphedLoopStep(LoopStep):
         graph = torch.cuda.CUDAGraph()
         if self.generator is not None:  # the augmentations' draws, advanced on every replay
             graph.register_generator_state(self.generator)
-        with torch.cuda.graph(graph):
+        # On the images' device (torch.cuda.graph would capture on the current one, cuda:0 unless set) and
+        # its side stream; thread_local: a DataLoader's pinning thread may call CUDA meanwhile.
+        with torch.cuda.device(images.device), \
+                torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
             self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
             self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
         self.graph = graph  # only once captured: a failed capture is not replayed

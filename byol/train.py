@@ -264,16 +264,24 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         raise
 
 
+def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:
+    """LoopStep, or with ``train.cuda_graph`` the experimental GraphedLoopStep where it can run."""
+    if not cuda_graph:
+        return LoopStep
+    if device.type != "cuda":
+        raise ConfigError(f"train.cuda_graph=true needs a CUDA GPU (it replays the step from a CUDA graph), and this "
+                          f"run is on {device}; use train.cuda_graph=false")
+    if world > 1:
+        raise ConfigError(f"train.cuda_graph=true runs in one process, not {world} (the graph holds no "
+                          "collectives); use train.cuda_graph=false")
+    return GraphedLoopStep
+
+
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
     t, o = config.train, config.optim
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
-    if t.cuda_graph and device.type != "cuda":
-        raise ConfigError(f"train.cuda_graph=true needs a CUDA GPU (it replays the step from a CUDA graph), and this "
-                          f"run is on {device}; use train.cuda_graph=false")
-    if t.cuda_graph and world > 1:
-        raise ConfigError(f"train.cuda_graph=true runs in one process, not {world} (the graph holds no "
-                          "collectives); use train.cuda_graph=false")
+    step_class = _loop_step_class(t.cuda_graph, device, world)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
     elif t.keep_freed_memory:
@@ -319,7 +327,6 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
-    step_class = GraphedLoopStep if t.cuda_graph else LoopStep
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
                            t.tau_base)
     if t.cuda_graph and rank == 0:

@@ -247,28 +247,47 @@ def test_cuda_graph_on_a_cpu_is_one_sentence_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_cuda_graph_runs_in_one_process_only():
+    with pytest.raises(ConfigError, match="train.cuda_graph=true runs in one process, not 2"):
+        byol.train._loop_step_class(True, torch.device("cuda"), 2)
+    assert byol.train._loop_step_class(True, torch.device("cuda"), 1) is byol.step.GraphedLoopStep
+    assert byol.train._loop_step_class(False, torch.device("cpu"), 4) is byol.step.LoopStep
+
+
 @pytest.mark.gpu
-def test_pretrain_with_cuda_graph_trains_as_the_eager_loop_and_resumes(tmp_path, capsys, full_fp32):
+def test_pretrain_with_cuda_graph_trains_as_the_eager_loop_and_resumes(tmp_path, capsys, monkeypatch, full_fp32):
     """train.cuda_graph=true (experimental): the same losses, step by step, as the eager loop (float32
-    and TF32 off, so that both run the same arithmetic), through the capture after 3 eager steps, a
-    kNN evaluation after them, a checkpoint and a resume (which warms up and captures again)."""
+    and TF32 off, so that both run the same arithmetic), with a kNN evaluation and a checkpoint between
+    replays (at the end of epoch 1, step 8) and a resume, which warms up and captures again."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    root = fake_cifar10(tmp_path / "data")
+    counts = {"capture": 0, "replay": 0}
+    capture, replay = byol.step.GraphedLoopStep._capture, torch.cuda.CUDAGraph.replay
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(byol.step.GraphedLoopStep, "_capture", counted("capture", capture))
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted("replay", replay))
+    root = fake_cifar10(tmp_path / "data")  # 128 images: 8 steps an epoch
     losses = {}
     for graphed in (False, True):
         run = tmp_path / f"run-{graphed}"
         settings = {"train.device": "cuda", "train.precision": "fp32", "train.cuda_graph": graphed,
-                    "train.epochs": 2, "train.log_every": 1, "train.knn_every": 0, "train.knn_limit": 64}
-        # 5 steps: 3 eager, the capture and its replay, 1 replay; and again after the resume
-        first = pretrain(load_config("cifar10", tiny_overrides(run, **settings, **{"train.max_steps": 5})
+                    "train.epochs": 2, "train.log_every": 1, "train.knn_every": 1, "train.knn_limit": 64}
+        first = pretrain(load_config("cifar10", tiny_overrides(run, **settings, **{"train.max_steps": 10})
                                      + [f"--data.root={root}"]))
-        rest = pretrain(load_config("cifar10", tiny_overrides(run, **settings, **{"train.max_steps": 10})
+        rest = pretrain(load_config("cifar10", tiny_overrides(run, **settings, **{"train.max_steps": 16})
                                     + [f"--data.root={root}"]), resume=True)
-        assert (first["step"], rest["step"]) == (5, 10)
+        assert (first["step"], rest["step"]) == (10, 16)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         losses[graphed] = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
-    assert [s for s, _ in losses[True]] == list(range(1, 11))
+    # Steps 1-3 eager, 4 captured and replayed, 5-10 replayed; after the resume 11-13 eager, 14-16 replayed.
+    assert counts == {"capture": 2, "replay": 10}
+    assert [s for s, _ in losses[True]] == list(range(1, 17))
     assert "train.cuda_graph=true is experimental" in capsys.readouterr().err
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-3)
 
