@@ -21,6 +21,16 @@
 # EXTRA=--train.compile=true; train.compile's auto is eager until compiling is verified on a GPU).
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
+#
+# A run longer than one task's device time goes on in a later task. Right after the last training
+# call of a task (the machine still warm), `bash benchmarks/gpu_cifar10.sh save`, as many calls as it
+# asks for: each brings back up to 4 parts of 16 MB of the run's state (checkpoints/last.pt, metrics,
+# TensorBoard events, config, the wall clock so far; not the kept epoch_N.pt), with a MANIFEST: 3
+# calls for the ~190 MB of the cifar10 preset. Here, `bash benchmarks/gpu_cifar10.sh stage-state
+# FOLDER...` (the folders those calls' files came back in) checks the parts against the MANIFEST and
+# lays them out as .data/state-1, -2, ... (4 parts each, under a call's 64 MiB). In the later task,
+# carry each with a `run` call, then the CIFAR-10 pieces: nothing trains until the state is whole,
+# and a carried state never overwrites a run the machine already has.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python="${PYTHON:-python3}"
@@ -44,8 +54,47 @@ PY
     cp "$shared/MD5SUMS" .data/c10-1/ && cp "$shared/MD5SUMS" .data/c10-2/ || exit 1
     du -sh .data/c10-1 .data/c10-2
     exit 0 ;;
-run) ;;
-*) echo "usage: $0 stage (here) | run (on the GPU machine)" >&2; exit 2 ;;
+stage-state)  # here: the parts that `save` calls brought back (their folders), laid out for carrying
+    shift
+    [ $# -gt 0 ] || { echo "usage: $0 stage-state FOLDER [FOLDER ...] (where the save calls' files came back)" >&2; exit 2; }
+    "$python" - "$@" <<'PY'
+import hashlib, json, shutil, sys
+from pathlib import Path
+found, manifest = {}, None
+for folder in map(Path, sys.argv[1:]):
+    for path in folder.rglob("*"):
+        if path.name == "MANIFEST":
+            manifest = json.loads(path.read_text())
+        elif path.name.startswith("state.part"):
+            found[path.name] = path
+if manifest is None:
+    sys.exit("no MANIFEST in " + " ".join(sys.argv[1:]) + ": the first save call writes it")
+missing = [name for name in manifest["parts"] if name not in found]
+if missing:
+    sys.exit(f"{len(missing)} of {len(manifest['parts'])} parts not here ({', '.join(missing)}): run save there again")
+md5, size = hashlib.md5(), 0
+for name in manifest["parts"]:
+    data = found[name].read_bytes()
+    md5.update(data)
+    size += len(data)
+if (md5.hexdigest(), size) != (manifest["md5"], manifest["bytes"]):
+    sys.exit("the parts do not add up to what MANIFEST says (md5 or size): save them again")
+for old in Path(".data").glob("state-*"):
+    shutil.rmtree(old)
+parts = manifest["parts"]
+for k in range(0, len(parts), PER_CALL := 4):  # 4 x 16 MB and the working tree: under a call's 64 MiB
+    dest = Path(".data") / f"state-{k // PER_CALL + 1}"
+    dest.mkdir(parents=True)
+    for name in parts[k:k + PER_CALL]:
+        shutil.copyfile(found[name], dest / name)
+    (dest / "MANIFEST").write_text(json.dumps(manifest))
+folders = sorted(str(p) for p in Path(".data").glob("state-*"))
+print(f"run state of step {manifest.get('step', '?')} ({size:,} bytes, md5 ok) in {', '.join(folders)}: "
+      "carry each with one `run` call, the first ones of a new task")
+PY
+    exit ;;
+run|save) ;;
+*) echo "usage: $0 stage | stage-state FOLDER... (here) | run | save (on the GPU machine)" >&2; exit 2 ;;
 esac
 
 out="${OUT:-gpu-results}"
@@ -57,6 +106,88 @@ home="${BYOL_CIFAR10_HOME:-${HOME:-/tmp}/byol-cifar10}"
 data="$home/data/cifar-10-batches-bin"
 run_dir="$home/run"
 mkdir -p "$data"
+
+if [ "$1" = save ]; then  # there, right after a run call: the run's state into $OUT, 4 parts a call
+    "$python" - "$home" "$out" <<'PY'
+import hashlib, json, os, shutil, sys, tarfile
+from pathlib import Path
+home, out = Path(sys.argv[1]), Path(sys.argv[2])
+state, run = home / "state-out", home / "run"
+if not (state / "MANIFEST").is_file():
+    if not (run / "checkpoints" / "last.pt").is_file():
+        sys.exit(f"no checkpoint in {run} to save: this machine has no run (it went cold?)")
+    state.mkdir(parents=True, exist_ok=True)
+    tar_path = state / "state.tar"
+    with tarfile.open(tar_path, "w") as tar:  # what a resume needs: not the kept epoch_N.pt, not temporaries
+        for path in sorted(run.rglob("*")):
+            if path.is_file() and not path.name.startswith(".") and not (
+                    path.parent.name == "checkpoints" and path.name.startswith("epoch_")):
+                tar.add(path, arcname=str(path.relative_to(home)))
+        for name in ("train_seconds.txt", "train_done"):
+            if (home / name).is_file():
+                tar.add(home / name, arcname=name)
+    data = tar_path.read_bytes()
+    tar_path.unlink()
+    size = int(os.environ.get("STATE_PART_BYTES", 16_000_000))  # a file that comes back: under 16 MiB
+    parts = [f"state.part{i:02d}" for i in range(-(-len(data) // size))]
+    for i, name in enumerate(parts):
+        (state / name).write_bytes(data[i * size:(i + 1) * size])
+    metrics = run / "metrics.jsonl"
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.strip()] \
+        if metrics.is_file() else []
+    manifest = {"parts": parts, "bytes": len(data), "md5": hashlib.md5(data).hexdigest(),
+                "step": steps[-1] if steps else None}
+    (state / "MANIFEST").write_text(json.dumps(manifest))
+manifest = json.loads((state / "MANIFEST").read_text())
+sent_file = state / "sent"
+sent = sent_file.read_text().split() if sent_file.is_file() else []
+batch = [name for name in manifest["parts"] if name not in sent][:4]  # 4 x 16 MB: a call's 64 MiB back
+for name in batch:
+    shutil.copyfile(state / name, out / name)
+shutil.copyfile(state / "MANIFEST", out / "MANIFEST")
+sent_file.write_text(" ".join(sent + batch))
+left = len(manifest["parts"]) - len(sent) - len(batch)
+print(f"run state of step {manifest['step']}: parts {', '.join(batch) or 'none'} in this call's files; "
+      + (f"{left} left: run save again at once" if left else "all sent: `stage-state` them here"))
+PY
+    exit
+fi
+
+if compgen -G ".data/state-*/*" > /dev/null; then  # a run's state carried from an earlier task
+    mkdir -p "$home/state-in" && mv .data/state-*/* "$home/state-in/" || exit 1
+fi
+if [ -f "$home/state-in/MANIFEST" ]; then
+    "$python" - "$home" <<'PY' || exit 1
+import hashlib, json, shutil, sys, tarfile
+from pathlib import Path
+home = Path(sys.argv[1])
+state = home / "state-in"
+manifest = json.loads((state / "MANIFEST").read_text())
+missing = [name for name in manifest["parts"] if not (state / name).is_file()]
+if missing:
+    print(f"run state of step {manifest['step']}: {len(missing)} of {len(manifest['parts'])} parts still to carry "
+          f"(the next .data/state-N)")
+    sys.exit(0)
+md5 = hashlib.md5()
+for name in manifest["parts"]:
+    md5.update((state / name).read_bytes())
+if md5.hexdigest() != manifest["md5"]:
+    sys.exit("the carried run state does not match its MANIFEST: stage-state and carry it again")
+if (home / "run").exists():
+    sys.exit(f"{home / 'run'} exists already: a carried state would overwrite a run of this machine")
+with open(state / "state.tar", "wb") as tar_file:
+    for name in manifest["parts"]:
+        tar_file.write((state / name).read_bytes())
+with tarfile.open(state / "state.tar") as tar:
+    tar.extractall(home, filter="data")
+shutil.rmtree(state)
+print(f"run state of step {manifest['step']} unpacked into {home / 'run'}: training resumes from it")
+PY
+    if [ -d "$home/state-in" ]; then
+        echo "waiting for the rest of the run's state: nothing trains before it is all here"
+        exit 0
+    fi
+fi
 if compgen -G ".data/c10-*/*" > /dev/null; then  # what this call carried
     for piece in .data/c10-*/; do [ -f "$piece/MD5SUMS" ] && mv "$piece/MD5SUMS" "$home/data/MD5SUMS"; done
     "$python" - "$data" <<'PY' || { echo "could not unpack the carried files"; exit 1; }
