@@ -12,14 +12,11 @@ import time
 from collections import Counter
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks import systems
-from byol.config import Config
 from byol.faults import NonFiniteGuard
 from byol.step import ViewsForward, step_metrics
-from byol.train import build_model
 
 
 class Ops(TorchDispatchMode):
@@ -34,8 +31,7 @@ class Ops(TorchDispatchMode):
 
 def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
     torch.manual_seed(0)
-    byol = build_model(Config())
-    optimizer = systems.make_optimizer(nn.ModuleList([byol.online, byol.predictor]), batch)
+    byol, optimizer = systems.our_model(batch, torch.device("cpu"))
     forward = ViewsForward(byol)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
     generator = torch.Generator().manual_seed(0)
@@ -71,8 +67,7 @@ def time_guard(repeats: int) -> str:
     same work either way)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    byol = build_model(Config())
-    optimizer = systems.make_optimizer(nn.ModuleList([byol.online, byol.predictor]), 8)
+    byol, optimizer = systems.our_model(8, torch.device("cpu"))
     forward = ViewsForward(byol)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     loss, _ = forward(byol.augment_fn(images), byol.augment_fn2(images))

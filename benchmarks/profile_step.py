@@ -18,15 +18,12 @@ import sys
 import time
 
 import torch
-from torch import nn
 
 from benchmarks import systems
 from benchmarks.speed import load_average, load_images, machine, setup, sync, widths
-from byol.config import Config
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.step import ViewsForward, compile_step, eager_fallbacks, keep_freed_memory, step_metrics
-from byol.train import build_model
 
 PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metrics")
 
@@ -36,11 +33,7 @@ class Phased:
 
     def __init__(self, images, batch, device, amp, compile: bool, channels_last: bool, width: int = systems.WIDTH,
                  head_width: int = systems.HEAD_WIDTH):
-        config = Config()
-        config.train.batch_size = batch
-        config.model.width, config.model.projection_hidden_size = width, head_width
-        self.byol = build_model(config).to(device)
-        self.optimizer = systems.make_optimizer(nn.ModuleList([self.byol.online, self.byol.predictor]), batch)
+        self.byol, self.optimizer = systems.our_model(batch, device, width, head_width)
         self.forward = ViewsForward(self.byol, channels_last=channels_last)
         self.augment = (self.byol.augment_fn, self.byol.augment_fn2)
         if compile:

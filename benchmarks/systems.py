@@ -44,6 +44,16 @@ def make_optimizer(model: nn.Module, batch: int) -> LARS:
                 weight_decay=o["weight_decay"], trust_coefficient=o["trust_coefficient"])
 
 
+def our_model(batch: int, device: torch.device, width: int = WIDTH,
+              head_width: int = HEAD_WIDTH) -> tuple[nn.Module, LARS]:
+    """This project's model as ``byol pretrain`` builds it from the default config, and its optimizer."""
+    config = Config()
+    config.train.batch_size = batch
+    config.model.width, config.model.projection_hidden_size = width, head_width
+    byol = build_model(config).to(device)
+    return byol, make_optimizer(nn.ModuleList([byol.online, byol.predictor]), batch)
+
+
 def cifar_resnet18(width: int = WIDTH) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv1, no max-pool); ``width``
     channels in its first stage (64: torchvision's)."""
@@ -79,11 +89,7 @@ class Ours:
         if keep_memory and device.type == "cpu":  # as byol.train.pretrain does (train.keep_freed_memory)
             keep_memory = keep_freed_memory()
         self.name = name or self.name
-        config = Config()
-        config.train.batch_size = batch
-        config.model.width, config.model.projection_hidden_size = width, head_width
-        self.byol = build_model(config).to(device)
-        self.optimizer = make_optimizer(nn.ModuleList([self.byol.online, self.byol.predictor]), batch)
+        self.byol, self.optimizer = our_model(batch, device, width, head_width)
         forward, augment = ViewsForward(self.byol, channels_last=channels_last), None
         if compile:
             forward, augment = compile_step(forward, self.byol)

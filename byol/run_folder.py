@@ -56,7 +56,7 @@ class RunFolder:
         later ones are trained, and warned about, again), a new run starts without."""
         self._log = MetricsLog(self.path, resume_step=resume_step)
         warnings_path = self.path / "warnings.txt"
-        text = _read(warnings_path)
+        text = self._before["warnings.txt"]  # as this start found it (read by __init__)
         if text is not None:
             kept = [line for line in text.splitlines(keepends=True)
                     if resume_step is not None and _warning_step(line) <= resume_step]

@@ -135,9 +135,9 @@ class GraphedLoopStep(LoopStep):
     """:class:`LoopStep` with both views' augmentation, the forward and the backward captured once
     in a CUDA graph and replayed each step: some 1,800 kernel launches from one call. Issuing an
     eager step's ops costs the host ~30 ms on a CPU core (BENCHMARKS.md, "The host floor"), a cap
-    of ~17,000 images/s at batch 512 on a GPU fed by such a core; a replay leaves ~5 ms of it. The optimizer
-    step, the guard, the EMA and the metrics stay eager: a few dozen foreach kernels, and the
-    learning rate and tau, Python numbers, change every step.
+    of ~17,000 images/s at batch 512 on a GPU fed by such a core; a replay leaves ~5 ms of it.
+    The optimizer step, the guard, the EMA and the metrics stay eager: a few dozen foreach kernels,
+    and the learning rate and tau, Python numbers, change every step.
 
     **Experimental, not yet run on a GPU**: the benchmark's ``byol-graphed`` and GPU tests try it;
     ``byol pretrain`` runs it with ``train.cuda_graph=true`` (off by default). For one CUDA
