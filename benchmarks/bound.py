@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from byol.config import Config
-from byol.train import build_model
+from byol.build import build_model
 
 SCALE_BATCH = 8
 HEAVY = ("convolution", "mm", "addmm", "bmm", "matmul")

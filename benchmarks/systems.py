@@ -23,7 +23,7 @@ from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
 from byol.step import (Compiled, GraphedLoopStep, LoopStep, ViewsForward, compile_step, eager_fallbacks,
                        keep_freed_memory)
-from byol.train import build_model
+from byol.build import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
 # (no weight decay / LARS adaptation on biases and norms). byol-pytorch's README uses Adam and

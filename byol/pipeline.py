@@ -20,7 +20,7 @@ from .data import DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
-from .train import autocast_dtype, build_model, resolve_device, views_of
+from .build import autocast_dtype, build_model, resolve_device, views_of
 
 
 class OutputError(Exception):

@@ -1,0 +1,182 @@
+"""From a config to what a run is made of: the device and precision, the model with its view
+recipes, and the data (the training split and the kNN monitor's labeled splits).
+
+Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
+"""
+
+import sys
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional, Union
+
+import torch
+
+from .augment import Augment, view_presets
+from .backbones import resnet
+from .config import Config, ConfigError
+from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
+from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
+from .model import BYOL
+from . import distributed as dist
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks this process's CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16 on GPUs that support it (``auto``), or as asked; ``None`` means float32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("auto", "bf16"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            if precision == "bf16":
+                raise ConfigError("train.precision=bf16 but this GPU has no bfloat16; use fp32")
+            return None
+        return torch.bfloat16
+    raise ConfigError(f"train.precision={precision!r}; choose auto, bf16 or fp32")
+
+
+def build_model(config: Config) -> BYOL:
+    """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes."""
+    m = config.model
+    net = resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width)
+    view1, view2 = views_of(config)
+    return BYOL(net, image_size=config.data.image_size, hidden_layer="avgpool",
+                projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
+                augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
+                use_predictor=m.use_predictor, concat_views=m.concat_views,
+                sync_batchnorm=False)  # under torchrun the loop converts the whole model (dist.convert_sync_batchnorm)
+
+
+def views_of(config: Config):
+    """The two view recipes of a config."""
+    try:
+        view1, view2 = view_presets(config.augment.preset, config.data.image_size)
+        if config.augment.crop_min_scale is not None:
+            scale = (config.augment.crop_min_scale, 1.0)
+            view1, view2 = replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
+        return view1, view2
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# The kNN monitor on a folder decodes this many images of each labeled split into memory, shared
+# out over the processes, unless train.knn_limit says otherwise (10,000 at 256x256 is 2 GB a split;
+# all of ImageNet's train split would be 250 GB).
+FOLDER_KNN_LIMIT = 10_000
+
+
+@dataclass
+class TrainData:
+    """What the loop iterates over, and the labeled splits for the kNN monitor."""
+    batches: Union[TensorBatches, torch.utils.data.DataLoader]
+    size: int
+    knn_train: Optional[ImageSet] = None
+    knn_test: Optional[ImageSet] = None
+    folder: Optional[object] = None  # the ImageFolder, for its skipped files
+    knn_sizes: Optional[tuple[int, int]] = None  # a folder's splits: each process holds its share of them
+
+    def epoch(self, epoch: int) -> Iterator:
+        sampler = getattr(self.batches, "sampler", None)
+        for obj in (self.batches, sampler):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        return iter(self.batches)
+
+
+def load_size(config: Config) -> int:
+    """The size images are decoded at: ``data.load_size``, else the training size (a folder's 8/7 of
+    it, room for the crops)."""
+    d = config.data
+    return d.load_size or (d.image_size if d.dataset != "folder" else round(d.image_size * 8 / 7))
+
+
+def load_data(config: Config, device: torch.device, rank: int, world: int) -> TrainData:
+    """The training split (on the device for small sets, streamed for folders) and kNN splits."""
+    t = config.train
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
+    batches, n, folder = _training_split(config, device, rank, world)
+    knn_train = knn_test = knn_sizes = None
+    if t.knn_every >= 0:
+        knn_train, knn_test, knn_sizes = _knn_splits(config, device, rank, world)
+    return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
+
+
+def _training_split(config: Config, device: torch.device, rank: int, world: int):
+    """This process's batches of the training split, its size, and the folder it streams from (or None)."""
+    d, t = config.data, config.train
+    per_rank = t.batch_size // world
+    source = build_dataset(d.dataset, d.root, d.train_split, load_size(config), d.download)
+    folder = None
+    if not isinstance(source, ImageSet):
+        if d.limit:  # before decoding anything
+            source = source.subset(torch.arange(min(d.limit, len(source))))
+        folder = source
+        if d.on_device is True:  # small folders: decode once, then train from device memory
+            source = load_folder_tensor(source, d.workers)
+    if isinstance(source, ImageSet):
+        if d.limit:
+            source = source.first(d.limit)
+        home = data_home(d.on_device, source.images.nbytes, device)
+        if home != device and rank == 0:
+            print(f"note: the training set ({source.images.nbytes / 2**30:.1f} GiB) stays in host memory and "
+                  f"each batch is copied to {device}" + (" (data.on_device=auto: it would take more than a "
+                  "quarter of the device's memory; data.on_device=true puts it there)"
+                  if d.on_device == "auto" else ""), file=sys.stderr)
+        labels = source.labels.to(home) if source.labels is not None else None
+        batches = TensorBatches(source.images.to(home), labels, per_rank, generator=t.seed,
+                                rank=rank, world_size=world)
+        return batches, len(source), folder
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(source, world, rank, shuffle=True, seed=t.seed,
+                                                      drop_last=True)
+    batches = folder_loader(source, per_rank, d.workers, sampler=sampler, seed=t.seed)
+    n = len(source)
+    if len(batches) == 0:
+        raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} images of {d.root}; "
+                        + ("use a smaller train.batch_size" if n >= 2 else "training needs two at least"))
+    return batches, n, folder
+
+
+def _knn_splits(config: Config, device: torch.device, rank: int, world: int):
+    """The kNN monitor's (train, test) splits and, for a folder, their full sizes (each process holds
+    its share); Nones where the data set has no labeled splits."""
+    d, t = config.data, config.train
+    size = load_size(config)
+    if d.dataset in ("cifar10", "cifar100", "stl10"):
+        knn_train = build_dataset(d.dataset, d.root, "train", size, False)
+        knn_test = build_dataset(d.dataset, d.root, "test", size, False)
+        if t.knn_limit:
+            knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
+        return knn_train, knn_test, None
+    if d.dataset != "folder":
+        return None, None, None
+    try:  # ROOT/train with ROOT/val beside it: monitor on both
+        splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT)
+    except DataError as e:
+        if rank == 0:
+            print(f"note: no kNN monitor: {e}", file=sys.stderr)
+        return None, None, None
+    if splits is None:
+        if rank == 0:
+            print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
+                  "beside it", file=sys.stderr)
+        return None, None, None
+    knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
+    decoded = torch.tensor([len(knn_train), len(knn_test)], device=device)
+    if world > 1:  # every rank learns now, not at the first evaluation, that a split has nothing
+        import torch.distributed as td
+        td.all_reduce(decoded)
+    if not decoded.all():
+        raise DataError(f"none of the image files of a kNN monitor split beside {d.root} (train, val or "
+                        "test) could be decoded; check the files, or turn the monitor off with "
+                        "train.knn_every=-1")
+    return knn_train, knn_test, (len(splits[0]), len(splits[1]))
