@@ -1,5 +1,6 @@
 """Checkpoints: complete (everything needed to resume exactly), atomic, and loaded strictly and safely."""
 
+import errno
 import fnmatch
 import os
 import pickle
@@ -202,6 +203,10 @@ def write_failed(e: BaseException) -> bool:
 
 def write_failure(e: BaseException) -> str:
     """Why a write failed, in a few words (see :func:`write_failed`)."""
+    if isinstance(e, FileExistsError) or (isinstance(e, OSError) and e.errno == errno.ENOTDIR):
+        return "a file is in the way where a folder is needed"
+    if isinstance(e, IsADirectoryError):
+        return "a folder is in the way where a file is needed"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return f"{str(e).splitlines()[0][:120]}; is the disk full?"
@@ -228,8 +233,10 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data, which "
             f"could run code when unpickled ({reason.split(' was not')[0] or 'unsafe pickle'})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
-                              f"({type(e).__name__}); use an earlier checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated and cannot be read ({type(e).__name__}); use an earlier "
+            "one (a run keeps checkpoints/epoch_NNNN.pt when train.checkpoint_every > 0; to resume from one, "
+            "copy it over checkpoints/last.pt)") from None
     return state
 
 

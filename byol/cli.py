@@ -45,9 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
                 "Any config key can be set as --section.key=value (e.g. --train.epochs=10).")
     sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("pretrain", help="pretrain an encoder with BYOL")
-    pre.add_argument("--config", help="a preset name (cifar10, stl10, imagenet, ...) or a YAML file (default: "
-                     "cifar10); with --resume it only locates the run")
+    pre = sub.add_parser(
+        "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
+        "the keys, each commented, are in the presets (byol/configs/*.yaml).",
+        epilog="examples:\n"
+        "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
+        "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
+        "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
+        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
+    pre.add_argument("--config", help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a YAML file "
+                     "(default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
                      "with its saved config.yaml changed by the --section.key=value settings given here")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
@@ -96,7 +104,7 @@ def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     if _is_main_process():
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=2))
+            path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
 
@@ -137,6 +145,10 @@ def run(argv: Optional[list[str]] = None) -> int:
         rows.append(("run directory", config.train.out_dir))
         _print_table("pretraining done", rows)
     elif args.command == "eval":
+        suffix = "_random_init" if args.random_init else ""
+        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json")
+        if _is_main_process():  # before the evaluation, which can take long
+            pipeline.check_writable(args.out or default)
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
                                   limit=args.limit, random_init=args.random_init, progress=True)
@@ -146,8 +158,6 @@ def run(argv: Optional[list[str]] = None) -> int:
                                      random_init=args.random_init, progress=True)
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", f"{result['top5']:.2f}%")]
         result["random_init"] = args.random_init
-        suffix = "_random_init" if args.random_init else ""
-        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json")
         title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images"
         try:
             path = _write_json(result, args.out, default)

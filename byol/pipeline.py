@@ -39,6 +39,25 @@ def writing(path: Union[str, Path]):
         raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
 
 
+def check_writable(path: Union[str, Path]) -> None:
+    """Fail before the work, not after it, where the file ``path`` cannot be written: a folder in
+    its place, a file where a folder of its path goes, or a place that takes no new files (probed
+    with a temporary file in the nearest folder that exists; nothing is created for good)."""
+    import errno
+    import tempfile
+    path = Path(path).absolute()
+    with writing(path):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        place = path.parent
+        while not place.exists():
+            place = place.parent
+        if not place.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(place))
+        with tempfile.TemporaryFile(dir=place):
+            pass
+
+
 def _note(message: str) -> None:
     if dist.rank() == 0:
         print(f"note: {message}", file=sys.stderr)
@@ -55,19 +74,23 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     does (the baseline that pretraining must beat; a ``train.seed`` override does not change it,
     and an exported encoder without a ``config.yaml`` beside it uses the default seed). The
     caller's random number generator is left as it was. ``model.*`` overrides are refused: the
-    model is the checkpoint's. A relative ``data.root`` (older runs stored it as typed) that is
-    not found from here is looked up from the directory the run was started in, when the
-    checkpoint's place in its run directory tells which.
+    model is the checkpoint's (but for a bare state_dict with no ``config.yaml`` beside it, whose
+    architecture they describe: e.g. a torchvision model's, ``model.cifar_stem=false``). A relative
+    ``data.root`` (older runs stored it as typed) that is not found from here is looked up from
+    the directory the run was started in, when the checkpoint's place in its run directory tells which.
     """
     model_keys = [o.removeprefix("--").split("=")[0] for o in overrides or []
                   if o.removeprefix("--").startswith("model.")]
-    if model_keys:
-        raise ConfigError(f"--{model_keys[0]} cannot be set here: the model (backbone, width, projector) comes "
-                          f"from the checkpoint {path}; only settings such as --data.root or --train.device apply")
+    refuse = ConfigError(f"--{model_keys[0]} cannot be set here: the model (backbone, width, projector) comes "
+                         f"from the checkpoint {path}; only settings such as --data.root or --train.device apply"
+                         ) if model_keys else None
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)
     state = read_state(path)
-    if isinstance(state, dict) and "model" in state and "config" in state:  # a byol checkpoint
+    bare = not (isinstance(state, dict) and "model" in state and "config" in state)
+    if refuse and not (bare and not (path.parent / "config.yaml").is_file()):
+        raise refuse
+    if not bare:  # a byol checkpoint
         config = config_from_dict(state["config"])
         if random_init:
             net = _initial_net(config)
@@ -80,11 +103,17 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
         config = load_config(str(beside)) if beside.is_file() else Config()
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} is neither a byol checkpoint nor an encoder state_dict")
+        if not beside.is_file():  # nothing says which architecture: the defaults, or model.* as given
+            apply_overrides(config, [o for o in overrides or [] if o.removeprefix("--").startswith("model.")])
         if random_init:
             net = _initial_net(config)
         else:
             net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
-            load_model_state(net, state, str(path))
+            what = str(path) if beside.is_file() else (
+                f"{path} (no config.yaml beside it: read as model.backbone={config.model.backbone}, "
+                f"model.cifar_stem={str(config.model.cifar_stem).lower()}, model.width={config.model.width}; "
+                "set those that differ, e.g. --model.cifar_stem=false for a torchvision model)")
+            load_model_state(net, state, what)
     apply_overrides(config, overrides or [])
     if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
         _find_relative_root(config, path)
@@ -279,6 +308,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     """
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
+    if dist.rank() == 0:
+        check_writable(out)
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
     d = config.data
@@ -334,5 +365,5 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         torch.save(state, out_dir / "encoder.pt")
         scripted.save(str(out_dir / "encoder_torchscript.pt"))
         save_config(config, out_dir / "config.yaml")
-        (out_dir / "export.json").write_text(json.dumps(info, indent=2))
+        (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

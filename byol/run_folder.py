@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temporaries, topmost_missing,
-                         write_text_atomically)
+                         write_text_atomically, write_failure)
 from .config import ConfigError
 from .metrics import MetricsLog
 
@@ -39,7 +39,7 @@ class RunFolder:
             (self.path / ".write_test").touch()
             (self.path / ".write_test").unlink()
         except OSError as e:
-            raise ConfigError(f"cannot write to the output directory {self.path} ({e.strerror}); "
+            raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); "
                               "choose another train.out_dir") from None
         # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
         remove_torn_temporaries(self.path, *_KEPT, "skipped_files.txt")

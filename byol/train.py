@@ -176,31 +176,35 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     report = _Report(loop_step, log, folder, progress, t.batch_size, t.max_nonfinite, ckpt_path, step)
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data.folder, run_dir, rank, world, device)
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
-    with StopRequest() as stop:
-        while step < end_step:
-            _, z1 = loop_step(step, next(stream))
-            step += 1
-            if folder is not None:
-                folder.started = True  # from here on, what this start wrote stays
-            if progress is not None:
-                progress.update(t.batch_size)
-            stopping = stop.requested if world == 1 else False
-            if step % t.log_every == 0 or step == end_step:
-                results["loss"] = report(step, z1, epoch=(step - 1) // steps_per_epoch)
-                stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
-            epoch_done = step % steps_per_epoch == 0
-            if epoch_done or step == end_step or stopping:
-                done_epochs = step // steps_per_epoch
-                if data.knn_train is not None and not stopping and (
-                        step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
-                    results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
-                keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
-                checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step)
-            if stopping:
-                if step < end_step:  # a signal in the last step: the run is complete all the same
-                    results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
-                break
-    return _finish(results, step, data, guard, progress, log, run_dir, rank)
+    try:
+        with StopRequest() as stop:
+            while step < end_step:
+                _, z1 = loop_step(step, next(stream))
+                step += 1
+                if folder is not None:
+                    folder.started = True  # from here on, what this start wrote stays
+                if progress is not None:
+                    progress.update(t.batch_size)
+                stopping = stop.requested if world == 1 else False
+                if step % t.log_every == 0 or step == end_step:
+                    results["loss"] = report(step, z1, epoch=(step - 1) // steps_per_epoch)
+                    stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
+                epoch_done = step % steps_per_epoch == 0
+                if epoch_done or step == end_step or stopping:
+                    done_epochs = step // steps_per_epoch
+                    if data.knn_train is not None and not stopping and (
+                            step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
+                        results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
+                    keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
+                    checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step)
+                if stopping:
+                    if step < end_step:  # a signal in the last step: the run is complete all the same
+                        results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
+                    break
+    finally:  # before any error is printed: it must not land on the bar's line
+        if progress is not None:
+            progress.close()
+    return _finish(results, step, data, guard, log, run_dir, rank)
 
 
 def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int):
@@ -314,11 +318,9 @@ class _Checkpoints:
         self.last_save = time.perf_counter()
 
 
-def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, progress, log: Optional[MetricsLog],
+def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, log: Optional[MetricsLog],
             run_dir: Path, rank: int) -> dict:
-    """After the loop: the progress bar and the log closed, the skipped files (every rank's) written."""
-    if progress is not None:
-        progress.close()
+    """After the loop: the log closed, the skipped files (every rank's) written."""
     if data.folder is not None:  # streamed, each rank met only the bad files in its own share
         data.folder.bad_files = dist.merge_dicts(data.folder.bad_files)
     if rank == 0:

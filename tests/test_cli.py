@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from byol.config import load_config
 from conftest import extract_jpegs, tiny_overrides
 
 
@@ -278,19 +280,25 @@ def test_model_settings_are_refused_where_the_model_comes_from_the_checkpoint(ca
 def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(capsys, trained, tmp_path,
                                                                              monkeypatch):
     ckpt = trained[0] / "checkpoints" / "last.pt"
-    # eval --out a directory: the table still reaches the user, then the error.
-    out, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", tmp_path, after_progress=True)
-    assert "kNN top-1 (k=200)" in out and "results" not in out, out
-    assert line == f"byol: error: cannot write {tmp_path}: Is a directory; choose another --out"
+    # eval --out a directory: refused before the evaluation (no bar, no table: nothing was computed).
+    out, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", tmp_path)
+    assert out == "", out
+    assert line == (f"byol: error: cannot write {tmp_path}: a folder is in the way where a file is needed; "
+                    "choose another --out")
     # export --out an existing file: refused, the file left as it was.
     taken = tmp_path / "taken"
     taken.write_text("keep me")
     _, line = main_error(capsys, "export", ckpt, "--out", taken)
-    assert line == f"byol: error: cannot write {taken}: File exists; choose another --out"
+    assert line == (f"byol: error: cannot write {taken}: a file is in the way where a folder is needed; "
+                    "choose another --out")
     assert taken.read_text() == "keep me"
-    _, line = main_error(capsys, "embed", ckpt, "--out", taken / "e.npy", "--limit", 8, after_progress=True)
-    assert f"cannot write {taken}" in line
-    # A read-only place (as root, permissions do not stop writes: the error is made here).
+    _, line = main_error(capsys, "embed", ckpt, "--out", taken / "e.npy", "--limit", 8)  # before extracting: no bar
+    assert f"cannot write {taken}" in line and "a file is in the way where a folder is needed" in line, line
+    # A place that takes no files, found before the work by a probe (as root, permissions do not stop it).
+    _, line = main_error(capsys, "embed", ckpt, "--out", "/proc/e.npy", "--limit", 8)
+    assert line.startswith("byol: error: cannot write /proc"), line
+    assert not list(tmp_path.glob("*.npy"))
+    # Read-only once the work is done (the probe passed; the error is made here): eval's table comes first.
     import errno
     import pathlib
 
@@ -348,3 +356,33 @@ def test_eval_and_embed_show_progress_on_the_command_line_only(capsys, trained, 
     assert "embeddings" in capsys.readouterr().err
     linear(ckpt, limit=40, epochs=2)  # the library is quiet unless asked
     assert capsys.readouterr().err == ""
+
+
+def test_pretrain_help_shows_examples_with_real_presets(capsys):
+    from byol.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--section.key=value" in text and "examples:" in text
+    presets = re.findall(r"byol pretrain --config (\S+)", text)
+    assert {"cifar10-cpu", "cifar10"} <= set(presets), text
+    for name in presets:  # each example's preset loads, with the example's settings
+        line = next(line for line in text.splitlines() if f"--config {name} " in line)
+        load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
+
+
+def test_a_bare_torchvision_state_dict_is_evaluated_with_the_model_settings_given(capsys, tmp_path, cifar10_root):
+    """No config travels with a plain torchvision state_dict: its architecture is the defaults (CIFAR
+    stem) unless --model.* says otherwise, and a mismatch says which settings to give."""
+    torch.manual_seed(0)
+    path = tmp_path / "tv_r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    common = ("--limit", 40, "--k", 5, f"--data.root={cifar10_root}", "--train.device=cpu",
+              "--out", tmp_path / "r.json")
+    _, line = main_error(capsys, "eval", "knn", path, *common)
+    assert "no config.yaml beside it" in line and "--model.cifar_stem=false" in line, line
+    from byol.cli import main
+    assert main(["eval", "knn", str(path), *map(str, common), "--model.cifar_stem=false"]) == 0
+    assert "kNN top-1 (k=5)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["knn_top1"]

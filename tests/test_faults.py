@@ -199,6 +199,7 @@ def test_bad_requests(tmp_path, cifar, fault_table):
     blocker.write_text("")
     proc = byol("pretrain", cifar, *tiny_overrides(blocker / "run"), check=False)
     assert_user_error(proc, "cannot write to the output directory")
+    assert "a file is in the way where a folder is needed" in proc.stderr, proc.stderr
     fault_table("output directory that cannot be created or written", "one sentence, exit 2")
     proc = byol("pretrain", cifar, "--train.batch_sise=8", check=False)
     assert_user_error(proc, "unknown config key 'train.batch_sise'")
@@ -268,6 +269,12 @@ def test_a_folder_with_no_decodable_image_is_one_sentence(tmp_path, fault_table)
                 *tiny_overrides(tmp_path / "run", **{"train.batch_size": 2, "train.knn_every": -1}), check=False)
     assert_user_error(proc, f"none of the 5 image files in {tmp_path / 'images'} could be decoded")
     assert not (tmp_path / "run").exists()  # found at the first step: the start leaves nothing behind
+    proc = byol("pretrain", "--data.dataset=folder", f"--data.root={tmp_path / 'images'}", "--data.workers=0",
+                *tiny_overrides(tmp_path / "run", **{"train.batch_size": 2, "train.knn_every": -1,
+                                                     "train.progress": True}), check=False)
+    assert proc.returncode == 2 and "pretrain:" in proc.stderr, proc.stderr  # the bar was drawn
+    # The bar is closed first: the error starts a line of its own instead of landing on the bar's.
+    assert any(line.startswith("byol: error: none of the 5") for line in proc.stderr.split("\n")), proc.stderr
     fault_table("image folder in which no file can be decoded", "one sentence with one file and why, exit 2; "
                 "no run folder left")
 
