@@ -7,12 +7,13 @@ from typing import Optional
 
 from .checkpoint import write_text_atomically
 
-PLOTS = {  # file name -> (title, metric keys, y-axis label)
-    "loss.png": ("BYOL loss", ["train/loss"], "loss"),
-    "schedules.png": ("learning rate and EMA tau", ["train/lr", "train/tau"], "value"),
-    "knn.png": ("kNN top-1 on the held-out split", ["eval/knn_top1"], "accuracy (%)"),
-    "collapse.png": ("collapse monitor", ["monitor/z_std_ratio", "monitor/effective_rank_ratio"],
-                     "fraction of the healthy value"),
+PLOTS = {  # file name -> (title, panels: (metric keys, y-axis label), one above the other)
+    "loss.png": ("BYOL loss", [(["train/loss"], "loss")]),
+    # Two panels: the learning rate (~0.01) on tau's axis (~0.99) would be a flat line at 0.
+    "schedules.png": ("learning rate and EMA tau", [(["train/lr"], "learning rate"), (["train/tau"], "EMA tau")]),
+    "knn.png": ("kNN top-1 on the held-out split", [(["eval/knn_top1"], "accuracy (%)")]),
+    "collapse.png": ("collapse monitor", [(["monitor/z_std_ratio", "monitor/effective_rank_ratio"],
+                                           "fraction of the healthy value")]),
 }
 
 
@@ -75,22 +76,31 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = read_metrics(metrics_path)
     out_dir = Path(out_dir or Path(metrics_path).parent)
     written = []
-    for name, (title, keys, ylabel) in PLOTS.items():
-        series = {k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}
-        if not any(series.values()):
+    for name, (title, panels) in PLOTS.items():
+        panels = [({k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}, ylabel)
+                  for keys, ylabel in panels]
+        panels = [(series, ylabel) for series, ylabel in panels if any(series.values())]
+        if not panels:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-        for key, points in series.items():
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
-        ax.set(title=title, xlabel="step", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
+        fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                                 figsize=(6, 1.5 + 2 * len(panels)), dpi=110)
+        for ax, (series, ylabel) in zip(axes[:, 0], panels):
+            for key, points in series.items():
+                if points:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+            ax.set(ylabel=ylabel)
+            ax.grid(alpha=0.3)
+            if len(series) > 1:
+                ax.legend()
+        axes[0, 0].set_title(title)
+        axes[-1, 0].set_xlabel("step")
+        axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run: no step 2.5
         fig.tight_layout()
         fig.savefig(out_dir / name)
         plt.close(fig)

@@ -61,6 +61,20 @@ def check_pixel_range(images: torch.Tensor) -> None:
                          "divide it by 255, or pass the uint8 images as they are")
 
 
+def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:
+    """Refuse anything but a (B, C, H, W) batch of at least ``min_batch`` images (3 channels if ``rgb``).
+
+    Shape checks only: no host sync, no kernel, so it runs on every call.
+    """
+    shape = tuple(images.shape)
+    if len(shape) == 4 and shape[0] >= min_batch and (shape[1] == 3 or not rgb):
+        return
+    need = f"(B, {3 if rgb else 'C'}, H, W)"
+    if min_batch > 1:
+        need += f" with B >= {min_batch} in training mode (BatchNorm needs two images per batch)"
+    raise ValueError(f"BYOL takes a batch of images shaped {need}, but got shape {shape}")
+
+
 class OnlineEncoder(nn.Module):
     """byol-pytorch's ``learner.online_encoder``: the network passed in and the projector.
 
@@ -96,6 +110,9 @@ class BYOL(nn.Module):
       ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default). With the default
       augmentations, images are uint8 or float in [0, 1]; the first batch is checked (one host
       sync, once) and a float batch in 0..255 is a ``ValueError``.
+
+    Inputs are (B, 3, H, W) batches, with B >= 2 in training mode (the projector's and predictor's
+    BatchNorm need two images per batch); another shape is a ``ValueError``.
 
     As in byol-pytorch, the projector and predictor are put on ``net``'s device, and
     ``learner.net`` and ``learner.online_encoder`` (``.net``, ``.projector``) are there.
@@ -151,6 +168,9 @@ class BYOL(nn.Module):
         self.total_steps = total_steps
         self.ema_step = 0
         self.check_first_batch = augment_fn is None  # the paper's view 1, which takes uint8 or [0, 1]
+        self.rgb_input = augment_fn is None  # the paper's views take 3 channels
+        # In training the projector's BatchNorm needs two rows: per process, unless synchronized.
+        self.min_train_batch = 1 if sync_batchnorm and world_size() > 1 else 2
         if augment_fn is None:
             from .augment import Augment, paper_views  # lazily: augment is only needed for this call style
             view1, view2 = paper_views(image_size)
@@ -177,9 +197,16 @@ class BYOL(nn.Module):
         With ``return_embedding=True`` it returns the online (projection, embedding) of ``x``
         instead, as byol-pytorch does (only the embedding if ``return_projection=False``).
         """
+        # The projector's BatchNorm batch statistics need two rows; the encoder alone, or eval
+        # mode (running statistics), takes one image.
+        needs_batch_stats = self.training and (return_projection or not return_embedding)
+        min_batch = self.min_train_batch if needs_batch_stats else 1
+        check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
         if return_embedding:
             return self.online_encoder(x, return_projection=return_projection)
-        if view2 is None:
+        if view2 is not None:
+            check_batch_shape(view2, min_batch)
+        else:
             if self.check_first_batch:  # only the first: the check reads a value back to the host
                 check_pixel_range(x)
                 self.check_first_batch = False

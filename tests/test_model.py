@@ -254,3 +254,44 @@ def test_positional_arguments_in_byol_pytorchs_order():
     assert learner.moving_average_decay == 0.9 and learner.target is None  # use_momentum=False
     assert type(learner.predictor[1]) is nn.SyncBatchNorm  # sync_batchnorm=True
     assert learner.total_steps is None  # ours are keyword-only
+
+
+def test_a_batch_of_the_wrong_shape_is_a_clear_error():
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner = BYOL(net, image_size=32, hidden_layer="avgpool", projection_size=16, projection_hidden_size=32)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"B >= 2 in training mode.*got shape \(1, 3, 32, 32\)"):
+        learner(images[:1])  # the projector's BatchNorm needs two images
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*got shape \(3, 32, 32\)"):
+        learner(images[0])  # one image without its batch dimension
+    with pytest.raises(ValueError, match=r"got shape \(4, 32, 32, 3\)"):
+        learner(images.permute(0, 2, 3, 1))  # channels last
+    with pytest.raises(ValueError, match=r"got shape \(1, 3, 32, 32\)"):
+        learner(images[:1].float() / 255, images[:1].float() / 255)  # two views of one image each
+    learner.eval()  # running statistics: one image is fine
+    assert torch.isfinite(learner(images[:1]))
+    assert learner(images[:1].float() / 255, return_embedding=True)[1].shape == (1, 64)
+    with pytest.raises(ValueError, match=r"got shape \(3, 32, 32\)"):
+        learner(images[0])
+
+
+def test_one_image_in_training_where_batchnorm_does_not_need_two():
+    _, model = small_byol()
+    x = torch.rand(1, 3, 32, 32)
+    assert model(x, return_embedding=True, return_projection=False).shape == (1, 64)  # the encoder alone
+    with pytest.raises(ValueError, match="B >= 2"):
+        model(x, return_embedding=True)  # the projector needs two
+    net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    gray = BYOL(net, image_size=32, hidden_layer=-1, projection_size=16, projection_hidden_size=32,
+                augment_fn=identity, feature_dim=8)
+    assert torch.isfinite(gray(torch.rand(4, 1, 32, 32)))  # the user's own augmentations: any channels
+
+
+def test_one_image_per_process_when_batchnorm_is_synchronized(monkeypatch):
+    import torch.distributed.nn.functional
+    monkeypatch.setattr(byol.model, "world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed.nn.functional, "all_reduce", lambda t: t * 2)  # two equal processes
+    _, model = small_byol()
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.isfinite(model(x, x))  # statistics over 2 images, one per process

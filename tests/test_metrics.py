@@ -1,0 +1,54 @@
+import json
+
+import matplotlib.figure
+import pytest
+
+from byol.metrics import plot_metrics
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures ``plot_metrics`` saves, by file name."""
+    figures = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        figures[path.name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    return figures
+
+
+def write_metrics(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_schedules_have_a_panel_each_on_integer_steps(tmp_path, drawn):
+    lrs, taus = [0.002, 0.004, 0.006], [0.996, 0.997, 0.999]
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "train/loss": 1.0 / s, "train/lr": lr, "train/tau": tau}
+                                               for s, lr, tau in zip([1, 2, 3], lrs, taus)])
+    written = plot_metrics(tmp_path / "metrics.jsonl")
+    assert sorted(p.name for p in written) == ["loss.png", "schedules.png"] and all(p.is_file() for p in written)
+    lr_ax, tau_ax = drawn["schedules.png"].axes  # two panels, not one shared linear axis
+    for ax, values in [(lr_ax, lrs), (tau_ax, taus)]:
+        (line,) = ax.get_lines()
+        assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == values
+        low, high = ax.get_ylim()
+        assert low < min(values) and max(values) < high and high - low < 0.1  # the curve fills its panel
+    assert lr_ax.get_shared_x_axes().joined(lr_ax, tau_ax)
+    assert lr_ax.get_ylabel() == "learning rate" and tau_ax.get_ylabel() == "EMA tau"
+    low, high = tau_ax.get_xlim()
+    ticks = [t for t in tau_ax.get_xticks() if low <= t <= high]
+    assert len(ticks) >= 2 and all(t == int(t) for t in ticks)  # three steps: no tick at step 1.5
+    assert len(drawn["loss.png"].axes) == 1
+
+
+def test_a_metric_without_finite_values_draws_no_panel(tmp_path, drawn):
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "train/lr": 0.1, "train/tau": float("nan")},
+                                               {"step": 2, "eval/knn_top1": 12.5}])
+    written = plot_metrics(tmp_path / "metrics.jsonl")
+    assert sorted(p.name for p in written) == ["knn.png", "schedules.png"]
+    (ax,) = drawn["schedules.png"].axes
+    assert ax.get_ylabel() == "learning rate"
+    assert plot_metrics(tmp_path / "missing.jsonl") == []
