@@ -76,7 +76,8 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
     proc = byol("eval", "linear", ckpt, "--limit", 300, "--epochs", 3)
     assert "linear top-1" in proc.stdout and "linear top-5" in proc.stdout
     result = json.loads((run / "checkpoints" / "last_linear.json").read_text())
-    assert 0 <= result["top1"] <= result["top5"] <= 100
+    assert 0 <= result["top1"] <= result["top5"] <= 100 and result["epochs"] == 3
+    assert (run / "checkpoints" / "last_linear.json").read_text().endswith("}\n")  # a text file's last line
 
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
