@@ -146,8 +146,9 @@ def run(argv: Optional[list[str]] = None) -> int:
         _print_table("pretraining done", rows)
     elif args.command == "eval":
         suffix = "_random_init" if args.random_init else ""
-        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json")
-        if _is_main_process():  # before the evaluation, which can take long
+        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
+            if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
+        if args.out or default:  # before the evaluation, which can take long
             pipeline.check_writable(args.out or default)
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,

@@ -62,17 +62,18 @@ def check_pixel_range(images: torch.Tensor) -> None:
 
 
 def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:
-    """Refuse anything but a (B, C, H, W) batch of at least ``min_batch`` images (3 channels if ``rgb``).
+    """Refuse a batch of fewer than ``min_batch`` inputs, or with ``rgb`` (the paper's views) anything
+    but a (B, 3, H, W) batch; other networks' inputs (``augment_fn`` given) may have any shape (B, ...).
 
     Shape checks only: no host sync, no kernel, so it runs on every call.
     """
     shape = tuple(images.shape)
-    if len(shape) == 4 and shape[0] >= min_batch and (shape[1] == 3 or not rgb):
-        return
-    need = f"(B, {3 if rgb else 'C'}, H, W)"
-    if min_batch > 1:
-        need += f" with B >= {min_batch} in training mode (BatchNorm needs two images per batch)"
-    raise ValueError(f"BYOL takes a batch of images shaped {need}, but got shape {shape}")
+    if rgb and (len(shape) != 4 or shape[1] != 3):
+        raise ValueError(f"BYOL's default augmentations take a batch of images shaped (B, 3, H, W), but got "
+                         f"shape {shape}")
+    if len(shape) < 1 or shape[0] < min_batch:
+        raise ValueError(f"BYOL takes a batch of at least {min_batch} inputs in training mode (the projector's "
+                         f"BatchNorm needs two rows), but got shape {shape}")
 
 
 class OnlineEncoder(nn.Module):
@@ -199,7 +200,8 @@ class BYOL(nn.Module):
         """
         # The projector's BatchNorm batch statistics need two rows; the encoder alone, or eval
         # mode (running statistics), takes one image.
-        needs_batch_stats = self.training and (return_projection or not return_embedding)
+        needs_batch_stats = self.training and (return_projection or not return_embedding) and not (
+            self.concat_views and isinstance(self.predictor, nn.Identity) and not return_embedding)  # 2B rows
         min_batch = self.min_train_batch if needs_batch_stats else 1
         check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
         if return_embedding:

@@ -41,14 +41,22 @@ def writing(path: Union[str, Path]):
 
 def check_writable(path: Union[str, Path]) -> None:
     """Fail before the work, not after it, where the file ``path`` cannot be written: a folder in
-    its place, a file where a folder of its path goes, or a place that takes no new files (probed
-    with a temporary file in the nearest folder that exists; nothing is created for good)."""
+    its place, a file where a folder of its path goes, a file that cannot be opened for writing, or
+    a place that takes no new files (probed with a temporary file in the nearest folder that
+    exists; nothing is created for good). Only in the process that writes: rank 0 under torchrun
+    (told by ``RANK``, as the process group may not exist yet)."""
     import errno
+    import os
     import tempfile
+    if os.environ.get("RANK", "0") != "0":
+        return
     path = Path(path).absolute()
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if path.exists():  # a file (or /dev/null): opened to append, nothing written, nothing changed
+            with open(path, "ab"):
+                return
         place = path.parent
         while not place.exists():
             place = place.parent
@@ -308,8 +316,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     """
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
-    if dist.rank() == 0:
-        check_writable(out)
+    check_writable(out)
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
     d = config.data

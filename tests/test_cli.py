@@ -387,3 +387,8 @@ def test_a_bare_torchvision_state_dict_is_evaluated_with_the_model_settings_give
     assert main(["eval", "knn", str(path), *map(str, common), "--model.cifar_stem=false"]) == 0
     assert "kNN top-1 (k=5)" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["knn_top1"]
+
+
+def test_eval_of_a_folder_path_with_no_name_is_one_sentence(capsys):
+    _, line = main_error(capsys, "eval", "knn", ".")
+    assert "is a directory; give a checkpoint file in it" in line, line

@@ -261,7 +261,7 @@ def test_a_batch_of_the_wrong_shape_is_a_clear_error():
     net = resnet("resnet18", cifar_stem=True, width=8)
     learner = BYOL(net, image_size=32, hidden_layer="avgpool", projection_size=16, projection_hidden_size=32)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    with pytest.raises(ValueError, match=r"B >= 2 in training mode.*got shape \(1, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"at least 2 inputs in training mode.*got shape \(1, 3, 32, 32\)"):
         learner(images[:1])  # the projector's BatchNorm needs two images
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\).*got shape \(3, 32, 32\)"):
         learner(images[0])  # one image without its batch dimension
@@ -280,12 +280,20 @@ def test_one_image_in_training_where_batchnorm_does_not_need_two():
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
     assert model(x, return_embedding=True, return_projection=False).shape == (1, 64)  # the encoder alone
-    with pytest.raises(ValueError, match="B >= 2"):
+    with pytest.raises(ValueError, match="at least 2 inputs"):
         model(x, return_embedding=True)  # the projector needs two
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     gray = BYOL(net, image_size=32, hidden_layer=-1, projection_size=16, projection_hidden_size=32,
                 augment_fn=identity, feature_dim=8)
     assert torch.isfinite(gray(torch.rand(4, 1, 32, 32)))  # the user's own augmentations: any channels
+    mlp = BYOL(nn.Sequential(nn.Linear(10, 16), nn.ReLU()), hidden_layer=-1, feature_dim=16, augment_fn=identity,
+               projection_size=8, projection_hidden_size=16)
+    x = torch.randn(4, 10)  # not images at all: any shape (B, ...) with the user's own augmentations
+    assert torch.isfinite(mlp(x)) and torch.isfinite(mlp(x, x)) and mlp(x, return_embedding=True)[1].shape == (4, 16)
+    concat = BYOL(net, image_size=32, hidden_layer=-1, projection_size=16, projection_hidden_size=32,
+                  augment_fn=identity, feature_dim=8, concat_views=True, use_predictor=False)
+    one = torch.rand(1, 1, 32, 32)
+    assert torch.isfinite(concat(one, one))  # views concatenated, no predictor: every BatchNorm sees two rows
 
 
 def test_one_image_per_process_when_batchnorm_is_synchronized(monkeypatch):

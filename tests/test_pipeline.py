@@ -88,3 +88,30 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
 def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
     names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg"]  # \udcff: byte 0xff
     assert pipeline._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
+
+
+def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch):
+    existing = tmp_path / "r.json"
+    existing.write_text("keep")
+    pipeline.check_writable(existing)  # an existing file: opened to append, left as it was
+    assert existing.read_text() == "keep"
+    pipeline.check_writable("/dev/null")
+    pipeline.check_writable(tmp_path / "new" / "deeper" / "e.npy")  # folders to be made: nothing made now
+    assert not (tmp_path / "new").exists() and sorted(tmp_path.iterdir()) == [existing]
+    with pytest.raises(pipeline.OutputError, match="a folder is in the way"):
+        pipeline.check_writable(tmp_path)
+    with pytest.raises(pipeline.OutputError, match="a file is in the way"):
+        pipeline.check_writable(existing / "e.npy")
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 writes, so only it probes
+    pipeline.check_writable(existing / "e.npy")
+    monkeypatch.setenv("RANK", "0")
+    import errno
+    import tempfile
+
+    def no_new_files(*args, **kwargs):  # a folder that takes no new files (as root, permissions do not stop it)
+        raise PermissionError(errno.EACCES, "Permission denied", str(kwargs.get("dir")))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_new_files)
+    with pytest.raises(pipeline.OutputError, match="Permission denied"):
+        pipeline.check_writable(tmp_path / "other.json")
+    pipeline.check_writable(existing)  # but a file there that can be written is fine
