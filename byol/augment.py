@@ -5,6 +5,7 @@ crops, flips, colour jitter, grayscale, blur and solarization (byol-pytorch appl
 transforms to a whole batch tensor, which gives every image the same crop). Each transform is a
 few batched tensor ops, with no loop over images and no data-dependent Python control flow, so it
 runs on the GPU and under torch.compile. Each op matches torchvision.transforms.v2 image by image.
+The per-pixel ops (colour jitter, grayscale, solarize, normalize) are in color.py.
 
 Paper, section 3.3: "a random patch of the image is selected and resized to 224 x 224 with a
 random horizontal flip, followed by a color distortion, consisting of a random sequence of
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .color import color_jitter, normalize, per_image, rgb_to_grayscale, solarize, to_float
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
-_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 _CROP_TRIES = 10  # torchvision's RandomResizedCrop.get_params
 _CROP_UNIFORMS = 2 * _CROP_TRIES + 2  # area and log-ratio per try, then top and left
 
@@ -115,18 +117,9 @@ def view_presets(name: str, size: int) -> tuple[ViewConfig, ViewConfig]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Functional ops: (B, 3, H, W) images, uint8 in [0, 255] or float in [0, 1]; per-image parameters
-# as (B,) tensors. Each returns float32 in [0, 1] and equals torchvision.transforms.v2.functional
-# applied image by image.
-
-
-def to_float(images: Tensor) -> Tensor:
-    """uint8 in [0, 255] or float in [0, 1] -> float32 in [0, 1]."""
-    return images.float().div(255) if images.dtype == torch.uint8 else images.float()
-
-
-def _per_image(v: Tensor) -> Tensor:
-    return v.view(-1, 1, 1, 1)
+# Geometric ops and blur: (B, 3, H, W) images, uint8 in [0, 255] or float in [0, 1]; per-image
+# parameters as (B,) tensors. Each returns float32 in [0, 1] and equals
+# torchvision.transforms.v2.functional applied image by image. The per-pixel ops are in color.py.
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
@@ -227,105 +220,7 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int, antialias: bool = Tru
 def hflip(images: Tensor, mask: Tensor) -> Tensor:
     """Flip left-right the images where the (B,) bool mask is True."""
     x = to_float(images)
-    return torch.where(_per_image(mask), x.flip(-1), x)
-
-
-def _gray(x: Tensor) -> Tensor:
-    r, g, b = x.unbind(dim=1)
-    return (r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]).unsqueeze(1)  # (B, 1, H, W)
-
-
-def rgb_to_grayscale(images: Tensor, mask: Tensor) -> Tensor:
-    """Replace the images where mask is True by their luma (0.2989 R + 0.587 G + 0.114 B) in 3 channels."""
-    x = to_float(images)
-    return torch.where(_per_image(mask), _gray(x).expand_as(x), x)
-
-
-def _blend(x: Tensor, ref: Tensor, factors: Tensor) -> Tensor:
-    # torchvision's _blend, x*f + ref*(1-f) clamped; lerp is the same in one pass (exact at f = 1).
-    return torch.lerp(ref.expand_as(x), x, _per_image(factors)).clamp_(0, 1)
-
-
-def adjust_brightness(images: Tensor, factors: Tensor) -> Tensor:
-    """Multiply image b by factors[b], clamped to [0, 1]."""
-    return (to_float(images) * _per_image(factors)).clamp(0, 1)
-
-
-def adjust_contrast(images: Tensor, factors: Tensor) -> Tensor:
-    """Blend image b with the mean of its grayscale image by factors[b], clamped to [0, 1]."""
-    x = to_float(images)
-    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factors)
-
-
-def adjust_saturation(images: Tensor, factors: Tensor) -> Tensor:
-    """Blend image b with its grayscale image by factors[b], clamped to [0, 1]."""
-    x = to_float(images)
-    return _blend(x, _gray(x), factors)
-
-
-def _rgb_to_hsv(x: Tensor) -> Tensor:
-    # torchvision's _rgb_to_hsv with fewer passes: (max-b)/c - (max-g)/c there is (g-b)/c here.
-    r, g, b = x.unbind(dim=1)
-    minc, maxc = torch.aminmax(x, dim=1)
-    chroma = maxc - minc
-    flat = chroma == 0  # gray pixels: hue and saturation 0, and no division by zero
-    s = chroma / torch.where(flat, 1.0, maxc)
-    max_r, max_g = maxc == r, maxc == g
-    h = torch.where(max_r, g - b, torch.where(max_g, b - r, r - g)) / torch.where(flat, 1.0, chroma)
-    h = h + torch.where(max_r, 0.0, torch.where(max_g, 2.0, 4.0))
-    h = (h * (1.0 / 6.0) + 1.0).fmod(1.0)
-    return torch.stack((h, s, maxc), dim=1)
-
-
-def _hsv_to_rgb(x: Tensor) -> Tensor:
-    # The closed form r, g, b = v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6 and
-    # n = 5, 3, 1: torchvision's six-sector table (v, p, q, t) in a few batched ops.
-    h, s, v = x.unbind(dim=1)
-    n = (5 - 2 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)  # 5, 3, 1 (no host copy)
-    k = (n + (h * 6).unsqueeze(1)).remainder_(6)  # (B, 3, H, W)
-    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return v.unsqueeze(1) - ramp.mul_((v * s).unsqueeze(1))
-
-
-def adjust_hue(images: Tensor, factors: Tensor) -> Tensor:
-    """Rotate the hue of image b by factors[b] (in [-0.5, 0.5], fractions of a turn) via HSV."""
-    h, s, v = _rgb_to_hsv(to_float(images)).unbind(dim=1)
-    h = (h + factors.view(-1, 1, 1)).remainder(1.0)
-    return _hsv_to_rgb(torch.stack((h, s, v), dim=1))
-
-
-def _blend_slots(x: Tensor, ops: Tensor, factors: Tensor, active: Tensor) -> Tensor:
-    for k in range(ops.shape[1]):
-        op = ops[:, k]  # (B,) 0 brightness, 1 contrast, 2 saturation
-        f = torch.where(active[:, k], factors.gather(1, op.unsqueeze(1)).squeeze(1), 1.0)
-        gray = _gray(x)
-        ref = torch.where(_per_image(op == 2), gray, gray.mean(dim=(1, 2, 3), keepdim=True))
-        x = _blend(x, torch.where(_per_image(op == 0), 0.0, ref), f)
-    return x
-
-
-def color_jitter(images: Tensor, factors: Tensor, order: Tensor, hue: bool = True) -> Tensor:
-    """torchvision's ColorJitter with per-image factors and a per-image order of the four ops.
-
-    Args:
-        images: (B, 3, H, W).
-        factors: (B, 4) brightness, contrast, saturation and hue factors (identity: 1, 1, 1, 0).
-        order: (B, 4) a permutation of 0..3 per image (0 brightness, 1 contrast, 2 saturation,
-            3 hue): the order torchvision's ColorJitter draws with randperm(4) on every call.
-        hue: False skips the hue op, as torchvision does when ColorJitter's hue is 0.
-    """
-    x = to_float(images)
-    # Brightness, contrast and saturation are all blends x*f + ref*(1-f) (ref: 0, mean gray, gray),
-    # so one masked blend per slot serves every image; hue is the one op that is not. Each image runs
-    # its blends that precede hue in 3 slots, hue, then the rest in 3 more slots; an idle slot has
-    # f = 1, an exact identity. That is 6 cheap blends + 1 hue instead of 4 masked passes of each.
-    rank = order.argsort(dim=1)  # (B, 4) position of each op in the image's order
-    blends = rank[:, :3].argsort(dim=1)  # (B, 3) the three blend ops in the image's order
-    before_hue = torch.arange(3, device=x.device) < rank[:, 3:]  # (B, 3)
-    x = _blend_slots(x, blends, factors, before_hue)
-    if hue:
-        x = adjust_hue(x, factors[:, 3])
-    return _blend_slots(x, blends, factors, ~before_hue)
+    return torch.where(per_image(mask), x.flip(-1), x)
 
 
 def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
@@ -347,19 +242,6 @@ def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
     x = F.conv2d(x, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
     x = F.conv2d(x, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
     return x.view(b, c, height, width)
-
-
-def solarize(images: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
-    """Where mask is True, invert the pixels >= threshold (x -> 1 - x); paper, appendix B."""
-    x = to_float(images)
-    return torch.where(_per_image(mask) & (x >= threshold), 1.0 - x, x)
-
-
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(x - mean) / std per channel."""
-    x = to_float(images)
-    # Python scalars per channel: a (3,) tensor would be a blocking host-to-GPU copy on every call.
-    return torch.stack([(x[:, c] - m) / s for c, (m, s) in enumerate(zip(mean, std))], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,11 +301,11 @@ class Augment(nn.Module):
                 x = hflip(x, params["flip"])
             if cfg.jitter_p > 0:
                 jittered = color_jitter(x, params["factors"], params["order"], hue=cfg.hue > 0)
-                x = torch.where(_per_image(params["jitter"]), jittered, x)
+                x = torch.where(per_image(params["jitter"]), jittered, x)
             if cfg.grayscale_p > 0:
                 x = rgb_to_grayscale(x, params["grayscale"])
             if cfg.blur_p > 0:
-                x = torch.where(_per_image(params["blur"]), gaussian_blur(x, params["sigma"], cfg.kernel_size), x)
+                x = torch.where(per_image(params["blur"]), gaussian_blur(x, params["sigma"], cfg.kernel_size), x)
             if cfg.solarize_p > 0:
                 x = solarize(x, params["solarize"])
             return normalize(x, cfg.mean, cfg.std).to(self.out_dtype)

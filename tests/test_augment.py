@@ -1,4 +1,4 @@
-"""Tests for byol.augment: per-image randomness, torchvision equivalence, ranges, reproducibility."""
+"""Tests for byol.augment and byol.color: per-image randomness, torchvision equivalence, ranges, reproducibility."""
 
 import math
 
@@ -8,9 +8,12 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
 from byol.augment import (
-    CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, Augment, ViewConfig, adjust_brightness,
-    adjust_contrast, adjust_hue, adjust_saturation, cifar_views, color_jitter, gaussian_blur, hflip,
-    normalize, paper_views, resized_crop, rgb_to_grayscale, sample_crop_boxes, solarize, view_presets,
+    CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, Augment, ViewConfig, cifar_views, gaussian_blur, hflip,
+    paper_views, resized_crop, sample_crop_boxes, view_presets,
+)
+from byol.color import (
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, color_jitter, normalize, rgb_to_grayscale,
+    solarize,
 )
 
 # Float ops reproduce torchvision's arithmetic up to summation order and fused multiply-adds:
