@@ -14,7 +14,7 @@ from torch import nn
 from . import distributed as dist
 from .build import TrainData, autocast_dtype, build_model, load_data, resolve_device, views_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, changed_settings, config_from_dict, save_config
+from .config import Config, ConfigError, TrainConfig, changed_settings, config_from_dict, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .folder import ImageFolder
@@ -135,13 +135,8 @@ def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type
 
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
     t, o = config.train, config.optim
-    device = resolve_device(t.device)
-    amp = autocast_dtype(t.precision, device)
+    device, amp = _prepare_device(t)
     step_class = _loop_step_class(t.cuda_graph, device, world)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
-    elif t.keep_freed_memory:
-        keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     data = load_data(config, device, rank, world)
@@ -152,9 +147,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
         if rank == 0:
-            limit = f"train.max_steps={t.max_steps}" if end_step < total_steps else f"train.epochs={t.epochs}"
-            print(f"note: the run in {run_dir} is finished: step {step}, and {limit} ends it; to train on, resume "
-                  "with a larger value", file=sys.stderr)
+            _note_finished(t, run_dir, step, end_step < total_steps)
         return {"step": step, "checkpoint": str(ckpt_path)}
     if rank == 0:
         save_config(config, run_dir / "config.yaml")
@@ -170,9 +163,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, o.lr * t.batch_size / 256,
                            round(o.warmup_epochs * steps_per_epoch), total_steps, t.tau_base)
     if t.cuda_graph and rank == 0:
-        print("note: train.cuda_graph=true is experimental (not yet verified on a GPU): after "
-              f"{loop_step.eager_steps} eager steps, each step's augmentation, forward and backward are replayed "
-              "from one CUDA graph", file=sys.stderr)
+        _note_cuda_graph(loop_step.eager_steps)
     report = _Report(loop_step, log, folder, progress, t.batch_size, t.max_nonfinite, ckpt_path, step)
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data.folder, run_dir, rank, world, device)
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
@@ -205,6 +196,28 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if progress is not None:
             progress.close()
     return _finish(results, step, data, guard, log, run_dir, rank)
+
+
+def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:
+    """The training device and autocast dtype, with the process set up for fast steps on it."""
+    device = resolve_device(t.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
+    elif t.keep_freed_memory:
+        keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
+    return device, autocast_dtype(t.precision, device)
+
+
+def _note_finished(t: TrainConfig, run_dir: Path, step: int, by_max_steps: bool) -> None:
+    limit = f"train.max_steps={t.max_steps}" if by_max_steps else f"train.epochs={t.epochs}"
+    print(f"note: the run in {run_dir} is finished: step {step}, and {limit} ends it; to train on, resume "
+          "with a larger value", file=sys.stderr)
+
+
+def _note_cuda_graph(eager_steps: int) -> None:
+    print("note: train.cuda_graph=true is experimental (not yet verified on a GPU): after "
+          f"{eager_steps} eager steps, each step's augmentation, forward and backward are replayed "
+          "from one CUDA graph", file=sys.stderr)
 
 
 def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int):
