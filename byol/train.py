@@ -26,19 +26,22 @@ from .run_folder import RunFolder
 from .step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, keep_freed_memory
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
-             amp: Optional[torch.dtype]) -> dict[int, float]:
+             amp: Optional[torch.dtype], progress: bool = False) -> dict[int, float]:
     """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
-    features are extracted on every rank's share and gathered with their indices)."""
+    features are extracted on every rank's share and gathered with their indices); ``progress``
+    shows a bar for each split's features on stderr."""
     view1, _ = views_of(config)
     kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp)
     splits = (data.knn_train, data.knn_test)
+    bars = ("kNN: train features", "kNN: test features") if progress else (False, False)
     if data.knn_sizes is not None:  # each process holds its share
         (train_f, train_y, _), (test_f, test_y, _) = (
-            dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, **kwargs)
-            for s, n in zip(splits, data.knn_sizes))
+            dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, progress=bar, **kwargs)
+            for s, n, bar in zip(splits, data.knn_sizes, bars))
     else:
         (train_f, train_y), (test_f, test_y) = (
-            (dist.extract_features_sharded(model.encoder, s.images, device, **kwargs), s.labels) for s in splits)
+            (dist.extract_features_sharded(model.encoder, s.images, device, progress=bar, **kwargs), s.labels)
+            for s, bar in zip(splits, bars))
     ks = sorted({20, config.train.knn_k})
     return knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, device=device)
 
@@ -135,7 +138,7 @@ def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type
 
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
     t, o = config.train, config.optim
-    device, amp = _prepare_device(t)
+    device, amp = _prepare_device(config, rank)
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -156,8 +159,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     forward, augment = _step_forward(byol, t.compile, device, world, rank)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = {}
+    bars = t.progress and rank == 0  # the kNN features' bars
     if data.knn_train is not None and step == 0:
-        results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp), t.knn_k)
+        results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp, bars), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, o.lr * t.batch_size / 256,
@@ -185,7 +189,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                     done_epochs = step // steps_per_epoch
                     if data.knn_train is not None and not stopping and (
                             step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
-                        results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp), t.knn_k)
+                        results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp, bars), t.knn_k)
                     keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
                     checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step)
                 if stopping:
@@ -198,13 +202,18 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 
-def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:
+def _prepare_device(config: Config, rank: int) -> tuple[torch.device, Optional[torch.dtype]]:
     """The training device and autocast dtype, with the process set up for fast steps on it."""
+    t = config.train
     device = resolve_device(t.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
     elif t.keep_freed_memory:
         keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
+    if device.type == "cpu" and t.device == "auto" and config.model.width >= 64 and rank == 0:
+        # The GPU presets (the default one included) on a machine without one: hours an epoch, said up front.
+        print("note: no GPU found, so this full-width encoder trains on the CPU, slowly (the progress bar's ETA "
+              "says how slowly); --config cifar10-cpu is a narrow encoder sized for a CPU", file=sys.stderr)
     return device, autocast_dtype(t.precision, device)
 
 

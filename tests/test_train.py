@@ -303,3 +303,23 @@ def test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory(tmp_path, caps
     results = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **overrides) + [f"--data.root={root}"]))
     assert results["step"] == 2 and math.isfinite(results["loss"])
     assert "stays in host memory and each batch is copied to cuda" in capsys.readouterr().err
+
+
+def test_knn_features_show_progress_bars_when_training_does(tmp_path, cifar10_root, capsys):
+    """The kNN of the encoder at initialization extracts features before the training bar appears
+    (on a CPU with a full ResNet-18, minutes): it shows its own bars; with progress off, none."""
+    for progress in (True, False):
+        config = load_config("cifar10", tiny_overrides(tmp_path / f"run{progress}", **{
+            "train.max_steps": 2, "train.progress": progress}) + [f"--data.root={cifar10_root}"])
+        pretrain(config)
+        err = capsys.readouterr().err
+        assert ("kNN: train features" in err and "kNN: test features" in err and "pretrain" in err) is progress, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="where train.device=auto finds a GPU there is no note")
+@pytest.mark.parametrize("settings, noted", [({}, True), ({"model.width": 8}, False), ({"train.device": "cpu"}, False)])
+def test_a_full_width_encoder_trained_on_the_cpu_by_default_gets_a_note(capsys, settings, noted):
+    config = load_config("cifar10", [f"--{k}={v}" for k, v in settings.items()])
+    device, _ = byol.train._prepare_device(config, rank=0)
+    assert device.type == "cpu"
+    assert ("--config cifar10-cpu" in capsys.readouterr().err) is noted
