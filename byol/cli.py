@@ -1,6 +1,7 @@
 """The command line: ``byol pretrain | eval knn | eval linear | embed | export``."""
 
 import argparse
+import itertools
 import json
 import signal
 import sys
@@ -99,11 +100,17 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
+    """Write the result to ``out``, else to ``default``, where an earlier result (another run of
+    the same evaluation, perhaps with other settings) is moved aside to NAME.1.json, NAME.2.json, ..."""
     from .pipeline import writing
     path = Path(out) if out else default
     if _is_main_process():
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not out and path.is_file():
+                earlier = next(p for n in itertools.count(1) if not (p := path.with_suffix(f".{n}.json")).exists())
+                path.rename(earlier)
+                print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
             path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +80,23 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
     assert 0 <= result["top1"] <= result["top5"] <= 100 and result["epochs"] == 3
     assert (run / "checkpoints" / "last_linear.json").read_text().endswith("}\n")  # a text file's last line
 
+
+
+def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys):
+    """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
+    contents move to NAME.1.json, NAME.2.json, ...; an explicit --out is overwritten as asked."""
+    from byol.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    ckpt = run / "checkpoints" / "last.pt"
+    for limit in (300, 200, 100):
+        assert main(["eval", "knn", str(ckpt), "--limit", str(limit), "--k", "5"]) == 0
+    kept = {p.name: json.loads(p.read_text())["n_test"] for p in ckpt.parent.glob("last_knn*.json")}
+    assert kept == {"last_knn.json": 100, "last_knn.1.json": 300, "last_knn.2.json": 200}, kept
+    assert "the earlier result in last_knn.json is kept as last_knn.2.json" in capsys.readouterr().err
+    for limit in (300, 100):
+        assert main(["eval", "knn", str(ckpt), "--limit", str(limit), "--k", "5", "--out", str(tmp_path / "k.json")]) == 0
+    assert json.loads((tmp_path / "k.json").read_text())["n_test"] == 100 and not list(tmp_path.glob("k.*.json"))
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
     from byol.pipeline import load_encoder
