@@ -161,6 +161,9 @@ def run(argv: Optional[list[str]] = None) -> int:
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
                                   limit=args.limit, random_init=args.random_init, progress=True)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
+            if max(args.k) > result["n_train"]:
+                print(f"note: k={max(args.k)} is more than the {result['n_train']} training images, so it votes with "
+                      f"all {result['n_train']} of them", file=sys.stderr)
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
                                      random_init=args.random_init, progress=True)

@@ -84,7 +84,8 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
 
 def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys):
     """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
-    contents move to NAME.1.json, NAME.2.json, ...; an explicit --out is overwritten as asked."""
+    contents move to NAME.1.json, NAME.2.json, ...; an explicit --out is overwritten as asked. A k
+    above the number of training images (--limit) is said to vote with all of them."""
     from byol.cli import main
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
@@ -97,6 +98,9 @@ def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_pat
     for limit in (300, 100):
         assert main(["eval", "knn", str(ckpt), "--limit", str(limit), "--k", "5", "--out", str(tmp_path / "k.json")]) == 0
     assert json.loads((tmp_path / "k.json").read_text())["n_test"] == 100 and not list(tmp_path.glob("k.*.json"))
+    assert "note: k=" not in capsys.readouterr().err  # k=5 of 100 or more
+    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", "200", "--out", str(tmp_path / "k.json")]) == 0
+    assert "note: k=200 is more than the 20 training images, so it votes with all 20 of them" in capsys.readouterr().err
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
     from byol.pipeline import load_encoder
