@@ -1,20 +1,48 @@
-"""byol: Bootstrap Your Own Latent, fast and faithful self-supervised pretraining of image encoders."""
+"""byol: Bootstrap Your Own Latent, fast and faithful self-supervised pretraining of image encoders.
 
-__version__ = "0.1.0"  # before the imports: checkpoint.py reads it
+The public names below are imported on first use (PEP 562), so ``byol --help`` and a command
+line's usage errors answer without loading torch and torchvision (seconds).
+"""
 
-from .backbones import cut_at, resnet
-from .ema import build_target, update_target
-from .loss import byol_loss, regression_loss
-from .model import BYOL, MLP
-from .optim import LARS, build_optimizer, param_groups
-from .schedules import cosine_lr, tau_schedule
-from .config import Config, load_config
-from .train import pretrain
-from .pipeline import embed, export, knn, linear, load_encoder
-from .step import keep_freed_memory
+import importlib
+from typing import TYPE_CHECKING
 
+__version__ = "0.1.0"  # checkpoint.py reads it
+
+_EXPORTS = {  # public name -> the module that defines it
+    "BYOL": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim", "param_groups": "optim",
+    "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
+    "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
+    "Config": "config", "load_config": "config", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
+    "embed": "pipeline", "export": "pipeline", "load_encoder": "pipeline", "keep_freed_memory": "step",
+}
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
     "cosine_lr", "tau_schedule", "build_optimizer", "param_groups", "resnet", "cut_at",
     "Config", "load_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder", "keep_freed_memory",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
+    from .backbones import cut_at, resnet
+    from .config import Config, load_config
+    from .ema import build_target, update_target
+    from .loss import byol_loss, regression_loss
+    from .model import BYOL, MLP
+    from .optim import LARS, build_optimizer, param_groups
+    from .pipeline import embed, export, knn, linear, load_encoder
+    from .schedules import cosine_lr, tau_schedule
+    from .step import keep_freed_memory
+    from .train import pretrain

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 
 class UsageError(Exception):
     """A command line that cannot be parsed."""
@@ -198,31 +196,43 @@ def _out_of_memory() -> int:
     return 2
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback."""
+def _user_errors() -> tuple[type, ...]:
+    # Imported only once an error is raised: `byol --help` and usage errors never load torch.
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     from .pipeline import OutputError
-    errors = (ConfigError, DataError, CheckpointError, UsageError, OutputError, FileNotFoundError, PermissionError,
-              FloatingPointError)
-    from .distributed import shutdown
+    return ConfigError, DataError, CheckpointError, OutputError, FileNotFoundError, PermissionError, FloatingPointError
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # an error from torch's work: torch is loaded
+    if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError)):
+        return True
+    # the CPU allocator reports exhaustion as a plain RuntimeError
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback."""
     try:
         return run(argv)
-    except errors as e:
+    except UsageError as e:
         print(f"byol: error: {e}", file=sys.stderr)
         return 2
-    except (torch.OutOfMemoryError, MemoryError):
-        return _out_of_memory()
-    except RuntimeError as e:  # the CPU allocator reports exhaustion as a plain RuntimeError
-        if "can't allocate memory" in str(e) or "out of memory" in str(e):
-            return _out_of_memory()
-        raise
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            print(f"byol: error: {e}", file=sys.stderr)
+            return 2
+        if _is_out_of_memory(e):
+            return _out_of_memory()
+        raise
     finally:
-        shutdown()
+        if "byol.distributed" in sys.modules:  # else no process group was started
+            sys.modules["byol.distributed"].shutdown()
 
 
 if __name__ == "__main__":

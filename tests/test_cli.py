@@ -395,6 +395,22 @@ def test_pretrain_help_shows_examples_with_real_presets(capsys):
         load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
 
 
+
+def test_help_and_usage_errors_answer_without_loading_torch():
+    """``byol --help`` and a mistyped command answer at once: importing torch and torchvision alone
+    takes seconds. In a fresh interpreter, as the ``byol`` command runs."""
+    script = ("import sys\nfrom byol.cli import main\nfor argv in (['pretrain', '--help'], ['--help']):\n"
+              "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
+              "assert main(['eval', 'knn']) == 2 and main(['pretrain', 'x']) == 2\n"
+              "print('torch' in sys.modules, 'torchvision' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout
+    assert proc.stderr.count("byol: error: ") == 2 and "Traceback" not in proc.stderr, proc.stderr
+    import byol  # the public names are still there, loaded on first use
+    assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
+    assert all(getattr(byol, name) is not None for name in byol.__all__)
+
 def test_a_bare_torchvision_state_dict_is_evaluated_with_the_model_settings_given(capsys, tmp_path, cifar10_root):
     """No config travels with a plain torchvision state_dict: its architecture is the defaults (CIFAR
     stem) unless --model.* says otherwise, and a mismatch says which settings to give."""
