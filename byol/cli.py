@@ -3,6 +3,7 @@
 import argparse
 import itertools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -99,18 +100,45 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     """Write the result to ``out``, else to ``default``, where an earlier result (another run of
-    the same evaluation, perhaps with other settings) is moved aside to NAME.1.json, NAME.2.json, ..."""
+    the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ..."""
     from .pipeline import writing
     path = Path(out) if out else default
     if _is_main_process():
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             if not out and path.is_file():
-                earlier = next(p for n in itertools.count(1) if not (p := path.with_suffix(f".{n}.json")).exists())
-                path.rename(earlier)
+                earlier = _keep_earlier(path)
                 print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
             path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def _keep_earlier(path: Path) -> Path:
+    """Move ``path`` to the first free NAME.N.json. A hard link claims the name atomically: two
+    evaluations that end together cannot both take NAME.1.json (a rename would replace it)."""
+    for n in itertools.count(1):
+        earlier = path.with_suffix(f".{n}.json")
+        try:
+            os.link(path, earlier)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: a rename, not race-free
+            if earlier.exists():
+                continue
+            path.rename(earlier)
+            return earlier
+        path.unlink()
+        return earlier
+
+
+def _kept_name_writable(path: Path) -> None:
+    """Before an evaluation: where ``path`` exists, keeping it takes a new file beside it."""
+    from .pipeline import check_writable
+    if path.is_file():
+        n = 1
+        while path.with_suffix(f".{n}.json").exists():
+            n += 1
+        check_writable(path.with_suffix(f".{n}.json"))  # a new file: probes that its folder takes one
 
 
 def run(argv: Optional[list[str]] = None) -> int:
@@ -155,13 +183,17 @@ def run(argv: Optional[list[str]] = None) -> int:
             if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
         if args.out or default:  # before the evaluation, which can take long
             pipeline.check_writable(args.out or default)
+            if not args.out:
+                _kept_name_writable(default)
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
                                   limit=args.limit, random_init=args.random_init, progress=True)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
-            if max(args.k) > result["n_train"]:
-                print(f"note: k={max(args.k)} is more than the {result['n_train']} training images, so it votes with "
-                      f"all {result['n_train']} of them", file=sys.stderr)
+            over = [str(k) for k in args.k if k > result["n_train"]]
+            if over and _is_main_process():
+                print(f"note: k={', '.join(over)} {'is' if len(over) == 1 else 'are'} more than the {result['n_train']} "
+                      f"training images, so {'it votes' if len(over) == 1 else 'each votes'} with all of them",
+                      file=sys.stderr)
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
                                      random_init=args.random_init, progress=True)

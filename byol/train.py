@@ -25,6 +25,7 @@ from .optim import build_optimizer
 from .run_folder import RunFolder
 from .step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, keep_freed_memory
 
+
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
              amp: Optional[torch.dtype], progress: bool = False) -> dict[int, float]:
     """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
@@ -138,7 +139,7 @@ def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type
 
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
     t, o = config.train, config.optim
-    device, amp = _prepare_device(config, rank)
+    device, amp = _prepare_device(t)
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -154,6 +155,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         return {"step": step, "checkpoint": str(ckpt_path)}
     if rank == 0:
         save_config(config, run_dir / "config.yaml")
+        _note_cpu(config, device)
     if resume and rank == 0 and data.folder is not None:
         data.folder.read_skipped(run_dir / "skipped_files.txt")  # the files the run skipped before it stopped
     forward, augment = _step_forward(byol, t.compile, device, world, rank)
@@ -202,19 +204,22 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 
-def _prepare_device(config: Config, rank: int) -> tuple[torch.device, Optional[torch.dtype]]:
+def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:
     """The training device and autocast dtype, with the process set up for fast steps on it."""
-    t = config.train
     device = resolve_device(t.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
     elif t.keep_freed_memory:
         keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
-    if device.type == "cpu" and t.device == "auto" and config.model.width >= 64 and rank == 0:
-        # The GPU presets (the default one included) on a machine without one: hours an epoch, said up front.
-        print("note: no GPU found, so this full-width encoder trains on the CPU, slowly (the progress bar's ETA "
-              "says how slowly); --config cifar10-cpu is a narrow encoder sized for a CPU", file=sys.stderr)
     return device, autocast_dtype(t.precision, device)
+
+
+def _note_cpu(config: Config, device: torch.device) -> None:
+    """The GPU presets (the default one included) where torch finds no GPU: hours an epoch, said up front."""
+    if device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64:
+        print("note: torch finds no GPU here, so this full-width encoder trains on the CPU, slowly (the progress "
+              "bar's ETA says how slowly); a narrow one (--model.width=8, as in --config cifar10-cpu) suits a CPU",
+              file=sys.stderr)
 
 
 def _note_finished(t: TrainConfig, run_dir: Path, step: int, by_max_steps: bool) -> None:

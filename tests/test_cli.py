@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,12 +82,15 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
     assert (run / "checkpoints" / "last_linear.json").read_text().endswith("}\n")  # a text file's last line
 
 
-
-def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys):
+def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys, monkeypatch):
     """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
-    contents move to NAME.1.json, NAME.2.json, ...; an explicit --out is overwritten as asked. A k
-    above the number of training images (--limit) is said to vote with all of them."""
+    contents move to NAME.1.json, NAME.2.json, ... (the free name is probed before the evaluation,
+    as keeping takes a new file); an explicit --out is overwritten as asked."""
+    import byol.pipeline
     from byol.cli import main
+    probed = []
+    probe = byol.pipeline.check_writable
+    monkeypatch.setattr(byol.pipeline, "check_writable", lambda path: probed.append(Path(path).name) or probe(path))
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
     ckpt = run / "checkpoints" / "last.pt"
@@ -95,12 +99,23 @@ def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_pat
     kept = {p.name: json.loads(p.read_text())["n_test"] for p in ckpt.parent.glob("last_knn*.json")}
     assert kept == {"last_knn.json": 100, "last_knn.1.json": 300, "last_knn.2.json": 200}, kept
     assert "the earlier result in last_knn.json is kept as last_knn.2.json" in capsys.readouterr().err
+    assert probed == ["last_knn.json", "last_knn.json", "last_knn.1.json", "last_knn.json", "last_knn.2.json"]
     for limit in (300, 100):
         assert main(["eval", "knn", str(ckpt), "--limit", str(limit), "--k", "5", "--out", str(tmp_path / "k.json")]) == 0
     assert json.loads((tmp_path / "k.json").read_text())["n_test"] == 100 and not list(tmp_path.glob("k.*.json"))
-    assert "note: k=" not in capsys.readouterr().err  # k=5 of 100 or more
-    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", "200", "--out", str(tmp_path / "k.json")]) == 0
-    assert "note: k=200 is more than the 20 training images, so it votes with all 20 of them" in capsys.readouterr().err
+
+
+def test_eval_knn_says_when_k_is_above_the_training_images(trained, tmp_path, capsys):
+    from byol.cli import main
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    out = ["--out", str(tmp_path / "k.json")]
+    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", *out]) == 0
+    assert "note: k=" not in capsys.readouterr().err
+    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", "200", *out]) == 0
+    assert "note: k=200 is more than the 20 training images, so it votes with all of them" in capsys.readouterr().err
+    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "50", "200", *out]) == 0
+    assert "note: k=50, 200 are more than the 20 training images, so each votes" in capsys.readouterr().err
+
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
     from byol.pipeline import load_encoder
@@ -395,7 +410,6 @@ def test_pretrain_help_shows_examples_with_real_presets(capsys):
         load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
 
 
-
 def test_help_and_usage_errors_answer_without_loading_torch():
     """``byol --help`` and a mistyped command answer at once: importing torch and torchvision alone
     takes seconds. In a fresh interpreter, as the ``byol`` command runs."""
@@ -409,7 +423,7 @@ def test_help_and_usage_errors_answer_without_loading_torch():
     assert proc.stderr.count("byol: error: ") == 2 and "Traceback" not in proc.stderr, proc.stderr
     import byol  # the public names are still there, loaded on first use
     assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
-    assert all(getattr(byol, name) is not None for name in byol.__all__)
+    assert set(byol.__all__) == set(byol._EXPORTS) and all(getattr(byol, name) is not None for name in byol.__all__)
 
 def test_a_bare_torchvision_state_dict_is_evaluated_with_the_model_settings_given(capsys, tmp_path, cifar10_root):
     """No config travels with a plain torchvision state_dict: its architecture is the defaults (CIFAR

@@ -313,13 +313,27 @@ def test_knn_features_show_progress_bars_when_training_does(tmp_path, cifar10_ro
             "train.max_steps": 2, "train.progress": progress}) + [f"--data.root={cifar10_root}"])
         pretrain(config)
         err = capsys.readouterr().err
-        assert ("kNN: train features" in err and "kNN: test features" in err and "pretrain" in err) is progress, err
+        for bar in ("kNN: train features", "kNN: test features", "pretrain:"):
+            assert (bar in err) is progress, (bar, err)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="where train.device=auto finds a GPU there is no note")
-@pytest.mark.parametrize("settings, noted", [({}, True), ({"model.width": 8}, False), ({"train.device": "cpu"}, False)])
-def test_a_full_width_encoder_trained_on_the_cpu_by_default_gets_a_note(capsys, settings, noted):
+@pytest.mark.parametrize("settings, device, noted", [
+    ({}, "cpu", True), ({"model.width": 8}, "cpu", False), ({"train.device": "cpu"}, "cpu", False),
+    ({}, "cuda", False)])
+def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, settings, device, noted):
     config = load_config("cifar10", [f"--{k}={v}" for k, v in settings.items()])
-    device, _ = byol.train._prepare_device(config, rank=0)
-    assert device.type == "cpu"
-    assert ("--config cifar10-cpu" in capsys.readouterr().err) is noted
+    byol.train._note_cpu(config, torch.device(device))
+    assert ("--model.width=8" in capsys.readouterr().err) is noted
+
+
+def test_a_finished_run_resumed_on_the_cpu_gets_no_cpu_note(tmp_path, cifar10_root, capsys):
+    """It trains nothing: only the finished-run note."""
+    if torch.cuda.is_available():
+        pytest.skip("train.device=auto finds a GPU here")
+    settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": -1, "model.width": 64,
+                                                   "train.device": "auto"}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings))
+    assert "--model.width=8" in capsys.readouterr().err  # it trained on the CPU
+    pretrain(load_config("cifar10", settings), resume=True)
+    err = capsys.readouterr().err
+    assert "is finished" in err and "--model.width=8" not in err, err
