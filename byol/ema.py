@@ -10,6 +10,8 @@ def build_target(online: nn.Module) -> nn.Module:
     """Return a deep copy of ``online`` with gradients switched off."""
     target = copy.deepcopy(online)
     target.requires_grad_(False)
+    for copied, original in zip(target.modules(), online.modules()):
+        copied.training = original.training  # a deep copy of an fx GraphModule is in training mode
     return target
 
 

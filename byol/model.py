@@ -1,5 +1,6 @@
 """The method: online branch, predictor, target branch, and the loss over two views."""
 
+import warnings
 from collections import OrderedDict
 from itertools import chain
 from typing import Callable, Optional, Union
@@ -54,11 +55,20 @@ def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
 
 
 def check_pixel_range(images: torch.Tensor) -> None:
-    """Refuse a float batch in 0..255: the augmentations take floats in [0, 1] (or uint8)."""
-    # 2, not 1: resizing with antialiasing or bicubic interpolation overshoots 1 a little.
-    if images.is_floating_point() and images.numel() and images.amax() > 2:
-        raise ValueError(f"float images must be in [0, 1], but this batch reaches {float(images.amax()):.4g}; "
+    """Refuse a float batch in 0..255, and warn of one with negative values (normalized, or random
+    like byol-pytorch's README example): the augmentations take floats in [0, 1] (or uint8)."""
+    if not (images.is_floating_point() and images.numel()):
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))  # one host sync
+    # -0.5 and 2, not 0 and 1: resizing with antialiasing or bicubic interpolation overshoots a little.
+    if low >= -0.5 and high > 2:
+        raise ValueError(f"float images must be in [0, 1], but this batch reaches {high:.4g}; "
                          "divide it by 255, or pass the uint8 images as they are")
+    if low < -0.5:
+        warnings.warn(f"float images should be in [0, 1], but this batch spans {low:.3g} to {high:.3g} (normalized?): "
+                      "the default augmentations clip colours to [0, 1] and normalize the views themselves, so give "
+                      "the images before Normalize (ToTensor() alone gives [0, 1]), or pass your own augment_fn",
+                      stacklevel=3)
 
 
 def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:
@@ -110,7 +120,7 @@ class BYOL(nn.Module):
     * ``loss = model(images)``: byol-pytorch style; both views are drawn here with
       ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default). With the default
       augmentations, images are uint8 or float in [0, 1]; the first batch is checked (one host
-      sync, once) and a float batch in 0..255 is a ``ValueError``.
+      sync, once): a float batch in 0..255 is a ``ValueError``, one below 0 (normalized) a warning.
 
     Inputs are (B, 3, H, W) batches, with B >= 2 in training mode (the projector's and predictor's
     BatchNorm need two images per batch); another shape is a ``ValueError``.
@@ -192,12 +202,17 @@ class BYOL(nn.Module):
         return OnlineEncoder(self.net, self.online.encoder, self.online.projector)
 
     def forward(self, x: torch.Tensor, view2: Optional[torch.Tensor] = None,
-                return_embedding: bool = False, return_projection: bool = True):
+                return_embedding: Optional[bool] = None, return_projection: bool = True):
         """The loss for two views, or for one batch of images augmented here.
 
         With ``return_embedding=True`` it returns the online (projection, embedding) of ``x``
-        instead, as byol-pytorch does (only the embedding if ``return_projection=False``).
+        instead, as byol-pytorch does (only the embedding if ``return_projection=False``);
+        byol-pytorch's positional ``learner(x, True)`` and ``learner(x, True, False)`` mean the same.
         """
+        if isinstance(view2, bool):  # byol-pytorch's order: forward(x, return_embedding, return_projection)
+            view2, return_embedding, return_projection = None, view2, (
+                True if return_embedding is None else return_embedding)
+        return_embedding = bool(return_embedding)
         # The projector's BatchNorm batch statistics need two rows; the encoder alone, or eval
         # mode (running statistics), takes one image.
         needs_batch_stats = self.training and (return_projection or not return_embedding) and not (
@@ -245,6 +260,46 @@ class BYOL(nn.Module):
         """byol-pytorch's name for the EMA step, with the tau schedule built in."""
         self.update_target(self.current_tau())
         self.ema_step += 1
+
+    def _apply(self, fn, *args, **kwargs):
+        # net is not a submodule (the encoder holds its parameters), but the parts of it the encoder
+        # leaves out (a ResNet's fc) go along with .to(), .cuda() and .half(), as in byol-pytorch.
+        self.net._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True) -> "BYOL":
+        self.net.train(mode)  # learner.eval() puts all of net in eval mode, as in byol-pytorch
+        return super().train(mode)
+
+    # byol-pytorch's names for the same parts, so that its users' scripts run unchanged.
+    @property
+    def online_predictor(self) -> nn.Module:
+        return self.predictor
+
+    @property
+    def target_encoder(self) -> Optional[OnlineEncoder]:
+        """The target branch as byol-pytorch's ``target_encoder``: ``(x) -> (projection, representation)``
+        (``.net`` is the target's copy of the encoder, up to ``hidden_layer``); None without momentum."""
+        if self.target is None:
+            return None
+        return OnlineEncoder(self.target.encoder, self.target.encoder, self.target.projector)
+
+    @property
+    def use_momentum(self) -> bool:
+        return self.target is not None
+
+    @property
+    def augment1(self) -> Callable:
+        return self.augment_fn
+
+    @property
+    def augment2(self) -> Callable:
+        return self.augment_fn2
+
+    def reset_moving_average(self) -> None:
+        """A new target, a copy of the online branch as it is now (byol-pytorch's reset)."""
+        if self.target is not None:
+            self.target = build_target(self.online)
 
     def get_extra_state(self) -> dict:
         return {"ema_step": self.ema_step}

@@ -50,3 +50,16 @@ def test_intermediate_tau_is_exact_and_buffers_follow():
     for bo, bt in zip(online.buffers(), target.buffers()):
         torch.testing.assert_close(bt, bo, rtol=0, atol=0)
     assert online[1].num_batches_tracked.item() == target[1].num_batches_tracked.item() == 1
+
+
+def test_target_keeps_each_modules_mode():
+    """A deep copy of an fx GraphModule (an encoder cut at hidden_layer) comes back in training mode;
+    the target must not: in eval mode its BatchNorm uses running statistics like the online one."""
+    from byol.backbones import cut_at, resnet
+    online = cut_at(resnet("resnet18", cifar_stem=True, width=8), "avgpool").eval()
+    online.body.layer1.train()  # modes may differ module by module
+    target = build_target(online)
+    assert [m.training for m in target.modules()] == [m.training for m in online.modules()]
+    x = torch.rand(2, 3, 32, 32)
+    online.eval(), target.eval()
+    torch.testing.assert_close(target(x), online(x))

@@ -248,6 +248,57 @@ def test_float_images_in_0_255_are_refused_at_the_first_batch(monkeypatch):
     assert torch.isfinite(custom(images * 255))
 
 
+def test_normalized_or_random_float_images_warn_once_and_train(recwarn):
+    """byol-pytorch's README trains on torch.randn images, and a ToTensor()+Normalize loader gives
+    values below 0: both run, with a warning that says what the default augmentations expect."""
+    torch.manual_seed(0)
+    for images in (torch.randn(4, 3, 32, 32), (torch.rand(4, 3, 32, 32) - 0.485) / 0.229):
+        _, model = small_byol(augment_fn=None, augment_fn2=None)
+        with pytest.warns(UserWarning, match="normalized"):
+            loss = model(images)
+        assert torch.isfinite(loss)
+        model(images)  # the second batch is not checked
+    _, model = small_byol(augment_fn=None, augment_fn2=None)
+    recwarn.clear()
+    model(torch.rand(4, 3, 32, 32))
+    assert not [w for w in recwarn if "normalized" in str(w.message)]
+
+
+def test_learner_to_and_eval_reach_all_of_the_network_passed_in():
+    """The network is not a submodule (the encoder holds its parameters), yet .to() and .eval() reach
+    the parts the encoder leaves out (a ResNet's fc), as byol-pytorch's registered net does."""
+    net, learner = small_byol()
+    learner.to(torch.float64)
+    assert net.fc.weight.dtype == torch.float64 and net.conv1.weight.dtype == torch.float64
+    assert net(torch.rand(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    assert learner.online.encoder.body.conv1.weight is net.conv1.weight  # still one set of weights
+    learner.eval()
+    assert not any(m.training for m in net.modules())
+    learner.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_byol_pytorchs_positional_return_embedding_and_attribute_names():
+    net, learner = small_byol()
+    x = torch.rand(4, 3, 32, 32)
+    projection, embedding = learner(x, True)  # byol-pytorch: forward(x, return_embedding, return_projection)
+    assert projection.shape == (4, 16) and embedding.shape == (4, 64)
+    torch.testing.assert_close(learner(x, True, False), embedding)
+    assert learner.online_predictor is learner.predictor and learner.use_momentum
+    assert learner.augment1 is learner.augment_fn and learner.augment2 is learner.augment_fn2
+    learner.eval()
+    target_projection, target_embedding = learner.target_encoder(x)
+    torch.testing.assert_close(target_projection, learner.target(x))
+    assert target_embedding.shape == (4, 64)
+    with torch.no_grad():
+        learner.online.projector[0].weight.add_(1.0)
+    learner.reset_moving_average()  # the target becomes a copy of the online branch as it is now
+    torch.testing.assert_close(learner.target(x), learner.online(x))
+    assert not learner.target.projector[0].weight.requires_grad
+    assert BYOL(resnet("resnet18", cifar_stem=True, width=8), 32, "avgpool", 16, 32, use_momentum=False
+                ).target_encoder is None
+
+
 def test_positional_arguments_in_byol_pytorchs_order():
     net = resnet("resnet18", cifar_stem=True, width=8)
     learner = BYOL(net, 32, "avgpool", 16, 32, identity, identity, 0.9, False, True)
