@@ -13,15 +13,15 @@ from torch import nn
 
 from . import distributed as dist
 from .build import TrainData, autocast_dtype, build_model, load_data, resolve_device, views_of
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, TrainConfig, changed_settings, config_from_dict, save_config
+from .checkpoint import save_checkpoint
+from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
-from .folder import ImageFolder
 from .metrics import MetricsLog, plot_metrics
 from .model import BYOL
 from .monitor import CollapseMonitor
 from .optim import build_optimizer
+from .resume import restore
 from .run_folder import RunFolder
 from .step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, keep_freed_memory
 
@@ -61,34 +61,6 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
                                 trust_coefficient=o.trust_coefficient)
     generator = torch.Generator(device=device).manual_seed(t.seed + rank)
     return byol, optimizer, generator
-
-
-def _restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, rank: int, world: int) -> int:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step."""
-    state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-    load_model_state(byol, state["model"], str(ckpt_path))
-    saved_optim = state["config"].get("optim", {}).get("name")
-    if saved_optim != config.optim.name:
-        raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
-                              "same optimizer")
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
-    set_rng_state(state["rng"], generator)
-    per_rank = state.get("extra", {}).get("generator_per_rank")
-    if world > 1 and per_rank is not None and len(per_rank) == world:
-        generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
-    try:  # the saved values read as a config would be (e.g. an older file's on_device "false" is False)
-        saved = config_from_dict(state["config"]).to_dict()
-    except ConfigError:  # a key this version no longer has
-        saved = state["config"]
-    changed = changed_settings(saved, config.to_dict())
-    if changed and rank == 0:
-        print(f"note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}",
-              file=sys.stderr)
-    return state["step"]
 
 
 def _with_absolute_root(config: Config) -> Config:
@@ -145,8 +117,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     data = load_data(config, device, rank, world)
     byol, optimizer, generator = _build(config, device, rank, world)
-    step = _restore(ckpt_path, config, byol, optimizer, generator, rank, world) if resume else 0
     steps_per_epoch = len(data.batches)
+    step = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch) if resume else 0
     total_steps = t.epochs * steps_per_epoch
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
@@ -171,7 +143,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     if t.cuda_graph and rank == 0:
         _note_cuda_graph(loop_step.eager_steps)
     report = _Report(loop_step, log, folder, progress, t.batch_size, t.max_nonfinite, ckpt_path, step)
-    checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data.folder, run_dir, rank, world, device)
+    checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device)
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
     try:
         with StopRequest() as stop:
@@ -308,12 +280,11 @@ class _Checkpoints:
     over a good checkpoint with weights giving NaN losses."""
 
     def __init__(self, byol: BYOL, optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Config,
-                 guard: NonFiniteGuard, folder: Optional[ImageFolder], run_dir: Path, rank: int, world: int,
-                 device: torch.device):
+                 guard: NonFiniteGuard, data: TrainData, run_dir: Path, rank: int, world: int, device: torch.device):
         self.byol, self.optimizer, self.generator, self.config = byol, optimizer, generator, config
-        self.guard, self.folder, self.run_dir = guard, folder, run_dir
+        self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
         self.rank, self.world, self.device = rank, world, device
-        self.extra: dict = {}
+        self.extra: dict = {"steps_per_epoch": len(data.batches)}
         self.last_save = time.perf_counter()
 
     def _write(self, name: str, step: int) -> None:

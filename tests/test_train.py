@@ -15,9 +15,9 @@ import byol.train
 from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
-from byol.config import Config, ConfigError, load_config
+from byol.config import Config, ConfigError, changed_settings, load_config
 from byol.optim import build_optimizer
-from byol.train import changed_settings, pretrain
+from byol.train import pretrain
 from conftest import tiny_overrides
 
 
@@ -337,3 +337,26 @@ def test_a_finished_run_resumed_on_the_cpu_gets_no_cpu_note(tmp_path, cifar10_ro
     pretrain(load_config("cifar10", settings), resume=True)
     err = capsys.readouterr().err
     assert "is finished" in err and "--model.width=8" not in err, err
+
+
+def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_the_schedules(
+        tmp_path, cifar10_root, capsys):
+    """A checkpoint's step count, schedules and place in the data are in steps of its batch: a resume
+    with another batch size would train the wrong number of epochs, so it is refused. A longer run
+    stretches the cosine schedules (the learning rate rises again), and fewer images make shorter
+    epochs: both are said."""
+    from byol.checkpoint import CheckpointError
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1, "train.epochs": 1, "optim.lr": 0.2,
+                                                   "optim.warmup_epochs": 0}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings))  # 128 images, batch 16: 8 steps an epoch
+    capsys.readouterr()
+    with pytest.raises(CheckpointError, match="train.batch_size=16.*resume with --train.batch_size=16"):
+        pretrain(load_config("cifar10", settings + ["--train.batch_size=32"]), resume=True)
+    pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--train.max_steps=9"]), resume=True)
+    err = capsys.readouterr().err
+    assert "train.epochs 1 -> 2" in err and "note: the schedules follow the new settings from step 8 on" in err, err
+    assert f"learning rate 0 -> {0.2 * 16 / 256 / 2:.4g}" in err, err  # the cosine's end, then its middle
+    assert "steps an epoch" not in err
+    pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--data.limit=64"]), resume=True)
+    err = capsys.readouterr().err
+    assert "the data now makes 4 steps an epoch, the checkpoint's run 8" in err, err
