@@ -365,8 +365,12 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
         warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
         scripted = torch.jit.script(net.eval())
+    view1, _ = views_of(config)
     info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
-            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width}
+            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
+            # What the encoder was trained on and is evaluated with; neither file normalizes its input.
+            "input": {"image_size": config.data.image_size, "pixels": "RGB float in [0, 1], then (x - mean) / std",
+                      "mean": list(view1.mean), "std": list(view1.std)}}
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, out_dir / "encoder.pt")
