@@ -10,6 +10,7 @@ unlabeled image. Nothing is augmented here: augmentation runs batched on the dev
   DataLoader workers; a file that cannot be decoded is skipped and listed, never fatal.
 """
 
+import itertools
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,26 @@ class FilesNotFound(DataError):
     """A data set's files are not where ``data.root`` says: ``what`` names them and the folder, and
     the message adds how to fix it (a caller with other advice uses ``what``)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, root: Optional[Path] = None):
+        if root is not None and holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
+            what += "; it holds image files: for a folder of your own images, set --data.dataset=folder"
         super().__init__(f"{what}; put the files there, or pass --download when online")
         self.what = what
+
+
+def holds_images(root: Path, limit: int = 100) -> bool:
+    """Whether ``root`` or one of its sub-folders has image files among its first ``limit`` entries."""
+    from .folder import image_extensions  # folder.py imports this module
+    extensions = image_extensions()
+    try:
+        entries = list(itertools.islice(root.iterdir(), limit))
+        for sub in [root] + [e for e in entries if e.is_dir()]:
+            files = entries if sub == root else itertools.islice(sub.iterdir(), limit)
+            if any(f.suffix.lower() in extensions for f in files):
+                return True
+    except OSError:  # not a folder, or not readable
+        pass
+    return False
 
 
 @dataclass
@@ -160,7 +178,7 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
     if found is None:
         (bin_dir, bin_files, _), (py_dir, py_files, *_) = _CIFAR_BINARY[name], _CIFAR_PICKLE[name]
         raise FilesNotFound(f"{name} {split} files not found: expected {_describe(bin_dir, bin_files[split])} "
-                            f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}")
+                            f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}", root)
     kind, folder = found
     read = _read_cifar_binary if kind == "binary" else _read_cifar_pickle
     return read(folder, name, split)
@@ -256,7 +274,7 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
         _download(_STL_URL[0], root, _STL_URL[1])
         folder = _find_layout(root, _STL_DIR, files)
     if folder is None:
-        raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}")
+        raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}", root)
     counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "STL-10 image") for p in parts]
     images = torch.empty((sum(counts), 3, 96, 96), dtype=torch.uint8)
     labels = torch.full((sum(counts),), -1, dtype=torch.int64)

@@ -534,3 +534,17 @@ def test_build_dataset(tmp_path):
         build_dataset("folder", str(tmp_path), "train", None, False)
     with pytest.raises(DataError, match="cifar10, cifar100, stl10, folder"):
         build_dataset("imagenet", str(tmp_path), "train", 224, False)
+
+
+def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
+    """The default data set is CIFAR-10: a folder of one's own images given as data.root is told
+    to set data.dataset=folder; a folder without images is not."""
+    (tmp_path / "images" / "cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "cats" / "a.png")
+    (tmp_path / "empty").mkdir()
+    for load in (lambda root: load_cifar(root, "cifar10", "train"), lambda root: load_stl10(root, "train")):
+        with pytest.raises(DataError, match="it holds image files: .* set --data.dataset=folder"):
+            load(tmp_path / "images")
+        with pytest.raises(DataError) as error:
+            load(tmp_path / "empty")
+        assert "dataset=folder" not in str(error.value)
