@@ -1,6 +1,7 @@
 """Encoders: torchvision ResNets by name, and any ``nn.Module`` cut at a hidden layer."""
 
-from typing import Union
+import contextlib
+from typing import Iterator, Union
 
 import torch
 from torch import nn
@@ -63,6 +64,18 @@ def _narrow_resnet(name: str, width: int) -> nn.Module:
     return net
 
 
+@contextlib.contextmanager
+def keep_modes(module: nn.Module) -> Iterator[None]:
+    """Restore the train/eval mode of each of ``module``'s modules on exit: they may differ (a
+    network given with some BatchNorm layers frozen), and ``module.train(mode)`` sets them all."""
+    modes = [(m, m.training) for m in module.modules()]  # parents before their children
+    try:
+        yield
+    finally:
+        for m, training in modes:  # train(), not the flag: torchvision's traced modules swap graphs on it
+            m.train(training)
+
+
 class HiddenLayer(nn.Module):
     """The output of one named layer of ``net``, flattened to (B, D).
 
@@ -75,7 +88,8 @@ class HiddenLayer(nn.Module):
         super().__init__()
         self.layer = layer
         try:
-            self.body = create_feature_extractor(net, return_nodes={layer: "out"})
+            with keep_modes(net):  # tracing sets the whole network to net's own mode, module by module
+                self.body = create_feature_extractor(net, return_nodes={layer: "out"})
         except Exception as e:  # tracing fails on data-dependent control flow
             raise ValueError(
                 f"could not cut the network at hidden_layer={layer!r} by symbolic tracing ({e}); "
@@ -113,10 +127,7 @@ def feature_dim(encoder: nn.Module, image_size: int) -> int:
     meta = {k: torch.empty_like(v, device="meta") for k, v in
             [*encoder.named_parameters(), *encoder.named_buffers()]}
     x = torch.empty(2, 3, image_size, image_size, device="meta")
-    was_training = encoder.training
-    encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
-    try:
+    with keep_modes(encoder):
+        encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
         out = torch.func.functional_call(encoder, meta, (x,))
-    finally:
-        encoder.train(was_training)
     return out.flatten(1).shape[1]

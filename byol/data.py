@@ -11,6 +11,7 @@ unlabeled image. Nothing is augmented here: augmentation runs batched on the dev
 """
 
 import itertools
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +44,21 @@ class FilesNotFound(DataError):
 
 
 def holds_images(root: Path, limit: int = 100) -> bool:
-    """Whether ``root`` or one of its sub-folders has image files among its first ``limit`` entries."""
+    """Whether ``root`` or one of its sub-folders has image files among its first ``limit`` entries
+    (a quick look: entries are read one at a time, never a whole large folder)."""
     from .folder import image_extensions  # folder.py imports this module
     extensions = image_extensions()
-    try:
-        entries = list(itertools.islice(root.iterdir(), limit))
-        for sub in [root] + [e for e in entries if e.is_dir()]:
-            files = entries if sub == root else itertools.islice(sub.iterdir(), limit)
-            if any(f.suffix.lower() in extensions for f in files):
-                return True
-    except OSError:  # not a folder, or not readable
-        pass
+    folders = [root]
+    for folder in folders:  # root, then the sub-folders found in it
+        try:
+            with os.scandir(folder) as entries:
+                for entry in itertools.islice(entries, limit):
+                    if Path(entry.name).suffix.lower() in extensions:
+                        return True
+                    if folder == root and entry.is_dir():
+                        folders.append(entry.path)
+        except OSError:  # not a folder, or not readable: the next one
+            continue
     return False
 
 

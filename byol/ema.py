@@ -10,8 +10,11 @@ def build_target(online: nn.Module) -> nn.Module:
     """Return a deep copy of ``online`` with gradients switched off."""
     target = copy.deepcopy(online)
     target.requires_grad_(False)
+    # A deep copy of an fx GraphModule is in training mode. train(), not the flag alone: a module may
+    # act on the switch (torchvision's dual train/eval graphs); parents come first, so each module's
+    # own mode is set last.
     for copied, original in zip(target.modules(), online.modules()):
-        copied.training = original.training  # a deep copy of an fx GraphModule is in training mode
+        copied.train(original.training)
     return target
 
 

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from .backbones import cut_at, feature_dim as probe_feature_dim
+from .backbones import cut_at, feature_dim as probe_feature_dim, keep_modes
 from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target, update_target
 from .loss import byol_loss
@@ -33,13 +33,9 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> 
     try:
         return probe_feature_dim(encoder, image_size)
     except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
-        was_training = encoder.training
-        encoder.eval()  # eval so BatchNorm does not update its running statistics
-        try:
-            with torch.no_grad():
-                return encoder(torch.zeros(2, 3, image_size, image_size, device=device)).flatten(1).shape[1]
-        finally:
-            encoder.train(was_training)
+        with keep_modes(encoder), torch.no_grad():
+            encoder.eval()  # eval so BatchNorm does not update its running statistics
+            return encoder(torch.zeros(2, 3, image_size, image_size, device=device)).flatten(1).shape[1]
 
 
 def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
@@ -68,7 +64,7 @@ def check_pixel_range(images: torch.Tensor) -> None:
         warnings.warn(f"float images should be in [0, 1], but this batch spans {low:.3g} to {high:.3g} (normalized?): "
                       "the default augmentations clip colours to [0, 1] and normalize the views themselves, so give "
                       "the images before Normalize (ToTensor() alone gives [0, 1]), or pass your own augment_fn",
-                      stacklevel=3)
+                      stacklevel=5)  # the caller's learner(x): forward, Module._call_impl, _wrapped_call_impl
 
 
 def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:
@@ -210,8 +206,9 @@ class BYOL(nn.Module):
         byol-pytorch's positional ``learner(x, True)`` and ``learner(x, True, False)`` mean the same.
         """
         if isinstance(view2, bool):  # byol-pytorch's order: forward(x, return_embedding, return_projection)
-            view2, return_embedding, return_projection = None, view2, (
-                True if return_embedding is None else return_embedding)
+            if return_embedding is not None:  # the third positional argument is its return_projection
+                return_projection = return_embedding
+            view2, return_embedding = None, view2
         return_embedding = bool(return_embedding)
         # The projector's BatchNorm batch statistics need two rows; the encoder alone, or eval
         # mode (running statistics), takes one image.

@@ -355,6 +355,21 @@ def _path_lines(paths: list[str]) -> bytes:
     return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in escaped)
 
 
+_NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}
+
+
+def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
+    d = config.data
+    if d.dataset == "folder":
+        size = d.load_size or d.image_size
+        images = "each image's shorter side resized to image_size, then its center square"
+    else:
+        size, images = _NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
+    return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
+            "mean": list(mean), "std": list(std), "training_views": d.image_size}
+
+
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript."""
     net, config = load_encoder(path)
@@ -368,9 +383,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     view1, _ = views_of(config)
     info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
             "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
-            # What the encoder was trained on and is evaluated with; neither file normalizes its input.
-            "input": {"image_size": config.data.image_size, "pixels": "RGB float in [0, 1], then (x - mean) / std",
-                      "mean": list(view1.mean), "std": list(view1.std)}}
+            "input": _eval_input(config, view1.mean, view1.std)}
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, out_dir / "encoder.pt")

@@ -57,7 +57,8 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:
     if saved is None:
         return
     step = state["step"]
-    (lr0, tau0), (lr1, tau1) = (_schedules_at(c, step, steps_per_epoch) for c in (saved, config))
+    lr0, tau0 = _schedules_at(saved, step, saved_epoch)
+    lr1, tau1 = _schedules_at(config, step, steps_per_epoch)
     if not (math.isclose(lr0, lr1, rel_tol=1e-3) and math.isclose(tau0, tau1, rel_tol=1e-6)):
         print(f"note: the schedules follow the new settings from step {step} on: learning rate {lr0:.4g} -> "
               f"{lr1:.4g}, tau {tau0:.6g} -> {tau1:.6g} (a longer run's cosine schedules are stretched to its "

@@ -63,3 +63,24 @@ def test_target_keeps_each_modules_mode():
     x = torch.rand(2, 3, 32, 32)
     online.eval(), target.eval()
     torch.testing.assert_close(target(x), online(x))
+
+
+
+def test_target_of_a_traced_encoder_runs_the_graph_of_its_mode():
+    """torchvision's traced encoder holds a training and an eval graph and swaps them in train():
+    the target must be switched with train(), not by its flag alone, or it runs dropout in eval mode."""
+    import torch.nn.functional as F
+    from byol.backbones import cut_at
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.mid, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.mid(F.dropout(self.fc(x), 0.5, self.training)))
+
+    online = cut_at(Net(), "mid").eval()
+    target = build_target(online)
+    x = torch.rand(16, 4)
+    torch.testing.assert_close(target(x), online(x))

@@ -254,8 +254,9 @@ def test_normalized_or_random_float_images_warn_once_and_train(recwarn):
     torch.manual_seed(0)
     for images in (torch.randn(4, 3, 32, 32), (torch.rand(4, 3, 32, 32) - 0.485) / 0.229):
         _, model = small_byol(augment_fn=None, augment_fn2=None)
-        with pytest.warns(UserWarning, match="normalized"):
+        with pytest.warns(UserWarning, match="normalized") as caught:
             loss = model(images)
+        assert caught[0].filename == __file__  # it points at the caller's line
         assert torch.isfinite(loss)
         model(images)  # the second batch is not checked
     _, model = small_byol(augment_fn=None, augment_fn2=None)
@@ -276,6 +277,11 @@ def test_learner_to_and_eval_reach_all_of_the_network_passed_in():
     assert not any(m.training for m in net.modules())
     learner.train()
     assert all(m.training for m in net.modules())
+    # Wrapping leaves each module's mode as given (tracing and the width probe set them all, then).
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    net.layer1.eval()
+    BYOL(net, image_size=32, hidden_layer="avgpool", projection_size=16, projection_hidden_size=32)
+    assert net.training and net.layer2.training and not any(m.training for m in net.layer1.modules())
 
 
 def test_byol_pytorchs_positional_return_embedding_and_attribute_names():
@@ -284,6 +290,7 @@ def test_byol_pytorchs_positional_return_embedding_and_attribute_names():
     projection, embedding = learner(x, True)  # byol-pytorch: forward(x, return_embedding, return_projection)
     assert projection.shape == (4, 16) and embedding.shape == (4, 64)
     torch.testing.assert_close(learner(x, True, False), embedding)
+    torch.testing.assert_close(learner(x, True, return_projection=False), embedding)
     assert learner.online_predictor is learner.predictor and learner.use_momentum
     assert learner.augment1 is learner.augment_fn and learner.augment2 is learner.augment_fn2
     learner.eval()

@@ -115,3 +115,14 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
     with pytest.raises(pipeline.OutputError, match="Permission denied"):
         pipeline.check_writable(tmp_path / "other.json")
     pipeline.check_writable(existing)  # but a file there that can be written is fine
+
+
+
+@pytest.mark.parametrize("preset, size, views, images", [
+    ("cifar10-cpu", 32, 24, "not resized"), ("imagenet", 256, 224, "center square")])
+def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(preset, size, views, images):
+    from byol.config import load_config
+    from byol.pipeline import _eval_input
+    info = _eval_input(load_config(preset), (0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+    assert (info["image_size"], info["training_views"]) == (size, views) and images in info["images"]
+    assert info["mean"] == [0.1, 0.2, 0.3]  # the run's own: checked end to end in test_cli's export test

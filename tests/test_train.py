@@ -360,3 +360,4 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--data.limit=64"]), resume=True)
     err = capsys.readouterr().err
     assert "the data now makes 4 steps an epoch, the checkpoint's run 8" in err, err
+    assert "the schedules follow the new settings from step 9 on" in err, err  # shorter epochs: further on
