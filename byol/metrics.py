@@ -2,16 +2,17 @@
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
 from .checkpoint import write_text_atomically
 
-PLOTS = {  # file name -> (title, panels: (metric keys, y-axis label), one above the other)
+PLOTS = {  # file name -> (title, panels: (metric keys, y-axis label), one above the other); "x*": keys x...
     "loss.png": ("BYOL loss", [(["train/loss"], "loss")]),
     # Two panels: the learning rate (~0.01) on tau's axis (~0.99) would be a flat line at 0.
     "schedules.png": ("learning rate and EMA tau", [(["train/lr"], "learning rate"), (["train/tau"], "EMA tau")]),
-    "knn.png": ("kNN top-1 on the held-out split", [(["eval/knn_top1"], "accuracy (%)")]),
+    "knn.png": ("kNN top-1 on the held-out split", [(["eval/knn_top1_k*"], "accuracy (%)")]),  # a line per k
     "collapse.png": ("collapse monitor", [(["monitor/z_std_ratio", "monitor/effective_rank_ratio"],
                                            "fraction of the healthy value")]),
 }
@@ -71,6 +72,11 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def _natural(key: str) -> tuple:
+    """Sort key that orders embedded numbers by value: knn_top1_k20 before knn_top1_k200 before k1000."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key))
+
+
 def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Path]:
     """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths."""
     import matplotlib
@@ -81,7 +87,10 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     records = read_metrics(metrics_path)
     out_dir = Path(out_dir or Path(metrics_path).parent)
     written = []
+    logged = sorted({k for r in records for k in r}, key=_natural)
     for name, (title, panels) in PLOTS.items():
+        panels = [([k for key in keys for k in logged if k == key or key.endswith("*") and k.startswith(key[:-1])],
+                   ylabel) for keys, ylabel in panels]
         panels = [({k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}, ylabel)
                   for keys, ylabel in panels]
         panels = [(series, ylabel) for series, ylabel in panels if any(series.values())]

@@ -46,9 +46,20 @@ def test_schedules_have_a_panel_each_on_integer_steps(tmp_path, drawn):
 
 def test_a_metric_without_finite_values_draws_no_panel(tmp_path, drawn):
     write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "train/lr": 0.1, "train/tau": float("nan")},
-                                               {"step": 2, "eval/knn_top1": 12.5}])
+                                               {"step": 2, "eval/knn_top1_k200": 12.5}])
     written = plot_metrics(tmp_path / "metrics.jsonl")
     assert sorted(p.name for p in written) == ["knn.png", "schedules.png"]
     (ax,) = drawn["schedules.png"].axes
     assert ax.get_ylabel() == "learning rate"
     assert plot_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "eval/knn_top1": a200, "eval/knn_top1_k200": a200, "eval/knn_top1_k20": a20}
+        for s, a20, a200 in [(0, 30.0, 31.0), (10, 40.0, 42.0)]])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (ax,) = drawn["knn.png"].axes
+    assert [line.get_label() for line in ax.get_lines()] == ["knn_top1_k20", "knn_top1_k200"]
+    assert [list(line.get_ydata()) for line in ax.get_lines()] == [[30.0, 40.0], [31.0, 42.0]]
+    assert ax.get_legend() is not None  # which line is which k
