@@ -197,7 +197,9 @@ def run(argv: Optional[list[str]] = None) -> int:
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
                                      random_init=args.random_init, progress=True)
-            rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", f"{result['top5']:.2f}%")]
+            top5 = f"{result['top5']:.2f}%" + (f" (of {result['classes']} classes: always 100)"
+                                                 if result["classes"] <= 5 else "")
+            rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
         result["random_init"] = args.random_init
         title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images"
         try:

@@ -78,7 +78,8 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
     proc = byol("eval", "linear", ckpt, "--limit", 300, "--epochs", 3)
     assert "linear top-1" in proc.stdout and "linear top-5" in proc.stdout
     result = json.loads((run / "checkpoints" / "last_linear.json").read_text())
-    assert 0 <= result["top1"] <= result["top5"] <= 100 and result["epochs"] == 3
+    assert 0 <= result["top1"] <= result["top5"] <= 100 and result["epochs"] == 3 and result["classes"] == 10
+    assert "always 100" not in proc.stdout
     assert (run / "checkpoints" / "last_linear.json").read_text().endswith("}\n")  # a text file's last line
 
 
@@ -115,6 +116,16 @@ def test_eval_knn_says_when_k_is_above_the_training_images(trained, tmp_path, ca
     assert "note: k=200 is more than the 20 training images, so it votes with all of them" in capsys.readouterr().err
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "50", "200", *out]) == 0
     assert "note: k=50, 200 are more than the 20 training images, so each votes" in capsys.readouterr().err
+
+
+def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch, capsys, tmp_path):
+    import byol.pipeline
+    from byol.cli import main
+    fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
+            "n_test": 20, "classes": 4}
+    monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
+    assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
+    assert "100.00% (of 4 classes: always 100)" in capsys.readouterr().out
 
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
