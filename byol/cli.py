@@ -171,7 +171,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         k = config.train.knn_k
         if "knn" in results:
             rows.append((f"kNN top-1 (k={k})", f"{results['knn'][k]:.2f}%"))
-        if "knn_init" in results:
+        if k in results.get("knn_init", {}):  # a resume may ask for another k
             rows.append(("kNN top-1 at random init", f"{results['knn_init'][k]:.2f}%"))
         if results.get("skipped_files"):
             rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))

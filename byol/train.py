@@ -17,7 +17,7 @@ from .checkpoint import save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
-from .metrics import MetricsLog, plot_metrics
+from .metrics import MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
 from .monitor import CollapseMonitor
 from .optim import build_optimizer
@@ -325,6 +325,11 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
         log.close()
         if data.folder is not None:
             results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
+        if "knn_init" not in results:  # a resumed run: its start's kNN, as logged then
+            start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
+            init = {int(k.rsplit("_k", 1)[1]): v for r in start for k, v in r.items() if k.startswith("eval/knn_top1_k")}
+            if init:
+                results["knn_init"] = init
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     streak = int(guard.streak.item())
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved

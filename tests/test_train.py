@@ -361,3 +361,12 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     err = capsys.readouterr().err
     assert "the data now makes 4 steps an epoch, the checkpoint's run 8" in err, err
     assert "the schedules follow the new settings from step 9 on" in err, err  # shorter epochs: further on
+
+
+
+def test_a_resumed_run_reports_the_knn_at_initialization_it_logged(tmp_path, cifar10_root):
+    settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_limit": 64}) + [
+        f"--data.root={cifar10_root}"]
+    first = pretrain(load_config("cifar10", settings))
+    resumed = pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]), resume=True)
+    assert resumed["step"] == 4 and resumed["knn_init"] == first["knn_init"] and set(first["knn_init"]) == {20, 200}
