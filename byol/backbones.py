@@ -87,17 +87,35 @@ class HiddenLayer(nn.Module):
     def __init__(self, net: nn.Module, layer: str):
         super().__init__()
         self.layer = layer
-        try:
-            with keep_modes(net):  # tracing sets the whole network to net's own mode, module by module
-                self.body = create_feature_extractor(net, return_nodes={layer: "out"})
-        except Exception as e:  # tracing fails on data-dependent control flow
-            raise ValueError(
-                f"could not cut the network at hidden_layer={layer!r} by symbolic tracing ({e}); "
-                "pass an encoder whose forward returns the representation and hidden_layer=None"
-            ) from e
+        with keep_modes(net):  # tracing sets the whole network to net's own mode, module by module
+            self.body = create_feature_extractor(net, return_nodes={layer: "out"})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)["out"].flatten(1)
+
+
+class HookedLayer(nn.Module):
+    """The output of one named layer of ``net``, flattened to (B, D), taken by a forward hook while
+    all of ``net`` runs, as byol-pytorch does: for networks that symbolic tracing cannot cut (a
+    forward with data-dependent control flow). The layers after it run too, unused, and their
+    parameters get no gradient (under DDP: ``find_unused_parameters=True``).
+    """
+
+    def __init__(self, net: nn.Module, layer: str):
+        super().__init__()
+        self.net, self.layer = net, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taken: list[torch.Tensor] = []
+        hook = self.net.get_submodule(self.layer).register_forward_hook(
+            lambda module, inputs, output: taken.append(output) if not taken else None)  # its first call
+        try:
+            self.net(x)
+        finally:
+            hook.remove()
+        if not taken:
+            raise ValueError(f"hidden_layer={self.layer!r} did not run in the network's forward")
+        return taken[0].flatten(1)
 
 
 def cut_at(net: nn.Module, hidden_layer: Union[str, int, None]) -> nn.Module:
@@ -119,7 +137,10 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None]) -> nn.Module:
     names = {name for name, _ in net.named_modules()}
     if hidden_layer not in names:
         raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network")
-    return HiddenLayer(net, hidden_layer)
+    try:
+        return HiddenLayer(net, hidden_layer)
+    except Exception:  # tracing fails on data-dependent control flow: byol-pytorch's forward hook
+        return HookedLayer(net, hidden_layer)
 
 
 def feature_dim(encoder: nn.Module, image_size: int) -> int:

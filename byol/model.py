@@ -129,8 +129,9 @@ class BYOL(nn.Module):
         image_size: side of the augmented views; also used to find the feature width.
         hidden_layer: where the representation is taken, as in byol-pytorch: an index into
             ``net``'s children (default ``-2``, a torchvision ResNet's avgpool), or a module
-            name (``"avgpool"``); ``-1`` (or ``None``) is ``net``'s own output, which needs no
-            tracing and so works for any network. Training updates ``net``'s own parameters.
+            name (``"avgpool"``); ``-1`` (or ``None``) is ``net``'s own output. A layer is cut out
+            by symbolic tracing, or, where that fails, taken by a forward hook while all of ``net``
+            runs (:class:`~byol.backbones.HookedLayer`). Training updates ``net``'s own parameters.
         projection_size, projection_hidden_size: the MLPs' output and hidden widths.
         augment_fn, augment_fn2: callables on a batch, for the one-argument call;
             ``augment_fn2`` defaults to ``augment_fn``, and both to the paper's two recipes.

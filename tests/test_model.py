@@ -187,6 +187,22 @@ def test_hidden_layer_minus_one_is_the_networks_own_output_without_tracing():
     assert net.conv.weight.grad is not None
 
 
+def test_a_network_tracing_cannot_cut_is_cut_by_a_forward_hook_as_byol_pytorch_does():
+    """Branchy's forward branches on a value, so symbolic tracing fails: its default hidden layer
+    (-2, the conv) is taken by a forward hook while the whole network runs, and training reaches it."""
+    torch.manual_seed(0)
+    net = Branchy()
+    learner = BYOL(net, image_size=16, projection_size=16, projection_hidden_size=32, augment_fn=identity)
+    assert type(learner.encoder).__name__ == "HookedLayer"
+    x = torch.rand(4, 3, 16, 16)
+    torch.testing.assert_close(learner(x, return_embedding=True, return_projection=False), net.conv(x).flatten(1))
+    learner(x).backward()
+    assert net.conv.weight.grad is not None and net.fc.weight.grad is None  # fc runs, unused
+    target = learner.target.encoder  # the target's copy hooks its own copy of the layer
+    torch.testing.assert_close(target(x), target.net.conv(x).flatten(1))
+    assert not any(m._forward_hooks for m in chain(net.modules(), target.modules()))  # removed after each call
+
+
 def test_sync_batchnorm_applies_to_projector_and_predictor():
     def norms(model):
         return [type(model.online.projector[1]), type(model.predictor[1]), type(model.target.projector[1])]
