@@ -1,6 +1,7 @@
 """Encoders: torchvision ResNets by name, and any ``nn.Module`` cut at a hidden layer."""
 
 import contextlib
+import warnings
 from typing import Iterator, Union
 
 import torch
@@ -107,8 +108,9 @@ class HookedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taken: list[torch.Tensor] = []
+        # Its first call's output, copied: an in-place layer after it (ReLU(inplace=True)) would change it.
         hook = self.net.get_submodule(self.layer).register_forward_hook(
-            lambda module, inputs, output: taken.append(output) if not taken else None)  # its first call
+            lambda module, inputs, output: taken.append(output.clone()) if not taken else None)
         try:
             self.net(x)
         finally:
@@ -118,12 +120,14 @@ class HookedLayer(nn.Module):
         return taken[0].flatten(1)
 
 
-def cut_at(net: nn.Module, hidden_layer: Union[str, int, None]) -> nn.Module:
+def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: bool = True) -> nn.Module:
     """Return an encoder giving the representation at ``hidden_layer`` of ``net``.
 
     ``None`` or ``-1`` uses ``net``'s own output (byol-pytorch's ``-1``: no cutting, so any
     network); a string names a module (e.g. ``"avgpool"``); another integer indexes ``net``'s
-    direct children as byol-pytorch does (``-2`` is ResNet's avgpool).
+    direct children as byol-pytorch does (``-2`` is ResNet's avgpool). The network is cut by
+    symbolic tracing (:class:`HiddenLayer`); where that fails, with ``hook_fallback`` the layer's
+    output is taken by a forward hook (:class:`HookedLayer`, with a warning), else it is an error.
     """
     if hidden_layer is None or hidden_layer == -1:
         return net
@@ -139,8 +143,13 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None]) -> nn.Module:
         raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network")
     try:
         return HiddenLayer(net, hidden_layer)
-    except Exception:  # tracing fails on data-dependent control flow: byol-pytorch's forward hook
-        return HookedLayer(net, hidden_layer)
+    except Exception as e:  # tracing fails on data-dependent control flow, among others
+        why = f"symbolic tracing could not cut the network at hidden_layer={hidden_layer!r} ({type(e).__name__}: {e})"
+        if not hook_fallback:
+            raise ValueError(why) from e
+    warnings.warn(f"{why}; its output is taken with a forward hook while the whole network runs, as byol-pytorch "
+                  "does (under DDP, the layers after it need find_unused_parameters=True)", stacklevel=3)
+    return HookedLayer(net, hidden_layer)
 
 
 def feature_dim(encoder: nn.Module, image_size: int) -> int:

@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Union
 import torch
 
 from .augment import Augment, view_presets
-from .backbones import resnet
+from .backbones import cut_at, resnet
 from .config import Config, ConfigError
 from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
@@ -45,9 +45,11 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
 def build_model(config: Config) -> BYOL:
     """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes."""
     m = config.model
-    net = resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width)
+    # Cut here, not by BYOL: these ResNets trace, and a failure must not fall back to a hook (other
+    # checkpoint keys, no TorchScript export, DDP's unused parameters).
+    encoder = cut_at(resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width), "avgpool", hook_fallback=False)
     view1, view2 = views_of(config)
-    return BYOL(net, image_size=config.data.image_size, hidden_layer="avgpool",
+    return BYOL(encoder, image_size=config.data.image_size, hidden_layer=None,
                 projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
                 augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
                 use_predictor=m.use_predictor, concat_views=m.concat_views,

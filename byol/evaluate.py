@@ -251,8 +251,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         progress: show a progress bar of the epochs on stderr; a string names it.
 
     Returns:
-        ``{"top1", "top5", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C))
-        and the mean cross-entropy of the last epoch.
+        ``{"top1", "top5", "classes", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C)),
+        the number of classes C, and the mean cross-entropy of the last epoch.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -268,4 +268,4 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         hit = top == test_labels.to(device).long().view(-1, 1)
     n = max(len(test_features), 1)
     return {"top1": 100.0 * float(hit[:, 0].sum()) / n, "top5": 100.0 * float(hit.any(1).sum()) / n,
-            "train_loss": train_loss}
+            "classes": num_classes, "train_loss": train_loss}

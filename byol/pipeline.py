@@ -304,9 +304,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     test_f, test_y, _ = features(net, config, test, device, progress and "test features")
     result = linear_probe(train_f, train_y, test_f, test_y, epochs=epochs, device=device, seed=config.train.seed,
                           progress=progress if dist.rank() == 0 else False)
-    classes = int(max(train_y.max(), test_y.max())) + 1 if len(train_y) else 0
-    return {"dataset": config.data.dataset, **result, "epochs": epochs, "n_train": len(train_f), "n_test": len(test_f),
-            "classes": classes}
+    return {"dataset": config.data.dataset, **result, "epochs": epochs, "n_train": len(train_f), "n_test": len(test_f)}
 
 
 def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,

@@ -325,7 +325,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
         log.close()
         if data.folder is not None:
             results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
-        if "knn_init" not in results:  # a resumed run: its start's kNN, as logged then
+        if "knn_init" not in results and data.knn_train is not None:  # a resumed run: its start's, as logged
             start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
             init = {int(k.rsplit("_k", 1)[1]): v for r in start for k, v in r.items() if k.startswith("eval/knn_top1_k")}
             if init:

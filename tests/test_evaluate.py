@@ -87,9 +87,9 @@ def test_linear_probe_separates_linearly_separable_data():
     x, y = separable(1000)
     xt, yt = separable(300, seed=1)
     result = linear_probe(x, y, xt, yt, epochs=30, batch_size=64)
-    assert set(result) == {"top1", "top5", "train_loss"}
+    assert set(result) == {"top1", "top5", "classes", "train_loss"}
     assert result["top1"] > 99 and result["train_loss"] < 0.05
-    assert result["top5"] == 100.0  # top-min(5, C) with C = 4
+    assert result["top5"] == 100.0 and result["classes"] == 4  # top-min(5, C) with C = 4
 
 
 def test_linear_probe_is_at_chance_on_random_labels_and_deterministic():

@@ -7,6 +7,7 @@ from torch import nn
 
 import byol.model
 from byol import BYOL, resnet
+from byol.backbones import HookedLayer, cut_at
 from byol.distributed import GlobalBatchNorm
 from byol.schedules import tau_schedule
 
@@ -192,7 +193,8 @@ def test_a_network_tracing_cannot_cut_is_cut_by_a_forward_hook_as_byol_pytorch_d
     (-2, the conv) is taken by a forward hook while the whole network runs, and training reaches it."""
     torch.manual_seed(0)
     net = Branchy()
-    learner = BYOL(net, image_size=16, projection_size=16, projection_hidden_size=32, augment_fn=identity)
+    with pytest.warns(UserWarning, match="could not cut the network at hidden_layer='conv' .*forward hook"):
+        learner = BYOL(net, image_size=16, projection_size=16, projection_hidden_size=32, augment_fn=identity)
     assert type(learner.encoder).__name__ == "HookedLayer"
     x = torch.rand(4, 3, 16, 16)
     torch.testing.assert_close(learner(x, return_embedding=True, return_projection=False), net.conv(x).flatten(1))
@@ -201,6 +203,17 @@ def test_a_network_tracing_cannot_cut_is_cut_by_a_forward_hook_as_byol_pytorch_d
     target = learner.target.encoder  # the target's copy hooks its own copy of the layer
     torch.testing.assert_close(target(x), target.net.conv(x).flatten(1))
     assert not any(m._forward_hooks for m in chain(net.modules(), target.modules()))  # removed after each call
+    with pytest.raises(ValueError, match="could not cut the network at hidden_layer='conv'"):
+        cut_at(Branchy(), "conv", hook_fallback=False)  # what the config's models ask for: no silent hook
+
+
+def test_a_hooked_layer_is_its_own_output_even_with_an_in_place_layer_after_it():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten())
+    encoder = HookedLayer(net, "1")  # the BatchNorm, whose output the ReLU then changes in place
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(encoder(x), net[1](net[0](x)).flatten(1))
+    assert float(encoder(x).detach().min()) < 0  # not the ReLU's output
 
 
 def test_sync_batchnorm_applies_to_projector_and_predictor():
