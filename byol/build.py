@@ -56,6 +56,13 @@ def build_model(config: Config) -> BYOL:
                 sync_batchnorm=False)  # under torchrun the loop converts the whole model (dist.convert_sync_batchnorm)
 
 
+def schedule_of(config: Config, steps_per_epoch: int) -> tuple[float, int, int]:
+    """The training loop's base learning rate (``optim.lr`` per 256 images, scaled to the batch),
+    warm-up steps and total steps."""
+    t, o = config.train, config.optim
+    return o.lr * t.batch_size / 256, round(o.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch
+
+
 def views_of(config: Config):
     """The two view recipes of a config."""
     try:

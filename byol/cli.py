@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 
 class UsageError(Exception):
@@ -113,11 +113,15 @@ def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     return path
 
 
+def _kept_names(path: Path) -> Iterator[Path]:
+    """NAME.1.json, NAME.2.json, ...: where an earlier result of ``path`` is kept."""
+    return (path.with_suffix(f".{n}.json") for n in itertools.count(1))
+
+
 def _keep_earlier(path: Path) -> Path:
     """Move ``path`` to the first free NAME.N.json. A hard link claims the name atomically: two
     evaluations that end together cannot both take NAME.1.json (a rename would replace it)."""
-    for n in itertools.count(1):
-        earlier = path.with_suffix(f".{n}.json")
+    for earlier in _kept_names(path):
         try:
             os.link(path, earlier)
         except FileExistsError:
@@ -134,11 +138,8 @@ def _keep_earlier(path: Path) -> Path:
 def _kept_name_writable(path: Path) -> None:
     """Before an evaluation: where ``path`` exists, keeping it takes a new file beside it."""
     from .pipeline import check_writable
-    if path.is_file():
-        n = 1
-        while path.with_suffix(f".{n}.json").exists():
-            n += 1
-        check_writable(path.with_suffix(f".{n}.json"))  # a new file: probes that its folder takes one
+    if path.is_file():  # the first free name is a new file: the probe checks that its folder takes one
+        check_writable(next(p for p in _kept_names(path) if not p.exists()))
 
 
 def run(argv: Optional[list[str]] = None) -> int:
@@ -191,9 +192,9 @@ def run(argv: Optional[list[str]] = None) -> int:
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
             over = [str(k) for k in args.k if k > result["n_train"]]
             if over and _is_main_process():
-                print(f"note: k={', '.join(over)} {'is' if len(over) == 1 else 'are'} more than the {result['n_train']} "
-                      f"training images, so {'it votes' if len(over) == 1 else 'each votes'} with all of them",
-                      file=sys.stderr)
+                one = len(over) == 1
+                print(f"note: k={', '.join(over)} {'is' if one else 'are'} more than the {result['n_train']} training "
+                      f"images, so {'it votes' if one else 'each votes'} with all of them", file=sys.stderr)
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
                                      random_init=args.random_init, progress=True)

@@ -8,11 +8,13 @@ from typing import Optional
 
 from .checkpoint import write_text_atomically
 
+KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
+
 PLOTS = {  # file name -> (title, panels: (metric keys, y-axis label), one above the other); "x*": keys x...
     "loss.png": ("BYOL loss", [(["train/loss"], "loss")]),
     # Two panels: the learning rate (~0.01) on tau's axis (~0.99) would be a flat line at 0.
     "schedules.png": ("learning rate and EMA tau", [(["train/lr"], "learning rate"), (["train/tau"], "EMA tau")]),
-    "knn.png": ("kNN top-1 on the held-out split", [(["eval/knn_top1_k*"], "accuracy (%)")]),  # a line per k
+    "knn.png": ("kNN top-1 on the held-out split", [([KNN_PREFIX + "*"], "accuracy (%)")]),  # a line per k
     "collapse.png": ("collapse monitor", [(["monitor/z_std_ratio", "monitor/effective_rank_ratio"],
                                            "fraction of the healthy value")]),
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .build import schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import Config, ConfigError, changed_settings, config_from_dict
 from .model import BYOL
@@ -67,7 +68,5 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:
 
 def _schedules_at(config: Config, step: int, steps_per_epoch: int) -> tuple[float, float]:
     """The learning rate and tau that ``config`` gives at ``step``, as the loop computes them."""
-    t, o = config.train, config.optim
-    total = t.epochs * steps_per_epoch
-    return (cosine_lr(step, total, o.lr * t.batch_size / 256, round(o.warmup_epochs * steps_per_epoch)),
-            tau_schedule(step, total, t.tau_base))
+    lr, warmup, total = schedule_of(config, steps_per_epoch)
+    return cosine_lr(step, total, lr, warmup), tau_schedule(step, total, config.train.tau_base)

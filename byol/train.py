@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .build import TrainData, autocast_dtype, build_model, load_data, resolve_device, views_of
+from .build import TrainData, autocast_dtype, build_model, load_data, resolve_device, schedule_of, views_of
 from .checkpoint import save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
-from .metrics import MetricsLog, plot_metrics, read_metrics
+from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
 from .monitor import CollapseMonitor
 from .optim import build_optimizer
@@ -110,7 +110,7 @@ def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type
 
 
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
-    t, o = config.train, config.optim
+    t = config.train
     device, amp = _prepare_device(t)
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
@@ -119,7 +119,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
     step = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch) if resume else 0
-    total_steps = t.epochs * steps_per_epoch
+    lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
         if rank == 0:
@@ -138,8 +138,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp, bars), t.knn_k)
     progress = _progress(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
-    loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, o.lr * t.batch_size / 256,
-                           round(o.warmup_epochs * steps_per_epoch), total_steps, t.tau_base)
+    loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
+                           t.tau_base)
     if t.cuda_graph and rank == 0:
         _note_cuda_graph(loop_step.eager_steps)
     report = _Report(loop_step, log, folder, progress, t.batch_size, t.max_nonfinite, ckpt_path, step)
@@ -327,7 +327,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
             results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
         if "knn_init" not in results and data.knn_train is not None:  # a resumed run: its start's, as logged
             start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
-            init = {int(k.rsplit("_k", 1)[1]): v for r in start for k, v in r.items() if k.startswith("eval/knn_top1_k")}
+            init = {int(k.removeprefix(KNN_PREFIX)): v for r in start for k, v in r.items() if k.startswith(KNN_PREFIX)}
             if init:
                 results["knn_init"] = init
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -351,7 +351,7 @@ def _nonfinite(streak: int, step: int, what: str, ckpt_path: Path) -> NonFiniteL
 
 def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int) -> dict[int, float]:
     if log is not None:
-        log.log(step, **{f"eval/knn_top1_k{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
+        log.log(step, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
     return acc
 
 
