@@ -114,7 +114,7 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     batches, n, folder = _training_split(config, device, rank, world)
     knn_train = knn_test = knn_sizes = None
     if t.knn_every >= 0:
-        knn_train, knn_test, knn_sizes = _knn_splits(config, device, rank, world)
+        knn_train, knn_test, knn_sizes = _knn_splits(config, device, rank, world, folder)
     return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
 
 
@@ -155,9 +155,10 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     return batches, n, folder
 
 
-def _knn_splits(config: Config, device: torch.device, rank: int, world: int):
+def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object]):
     """The kNN monitor's (train, test) splits and, for a folder, their full sizes (each process holds
-    its share); Nones where the data set has no labeled splits."""
+    its share); Nones where the data set has no labeled splits. A folder's files that cannot be
+    decoded go with the training ``folder``'s, into the run's skipped_files.txt."""
     d, t = config.data, config.train
     size = load_size(config)
     if d.dataset in ("cifar10", "cifar100", "stl10"):
@@ -179,7 +180,11 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int):
             print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
                   "beside it", file=sys.stderr)
         return None, None, None
-    knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
+    try:
+        knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
+    finally:  # what was met before an error too
+        for s in splits:
+            folder.bad_files.update(s.bad_files)
     decoded = torch.tensor([len(knn_train), len(knn_test)], device=device)
     if world > 1:  # every rank learns now, not at the first evaluation, that a split has nothing
         import torch.distributed as td

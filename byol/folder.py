@@ -194,12 +194,17 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit range, scaled rather than clipped
         gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
         return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if im.mode == "F":  # 32-bit float (TIFF): [0, 1], as most tools write it, is scaled; more is clipped
+        value = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if value.max(initial=0.0) <= 1.0:
+            value = value * 255
+        return Image.fromarray((np.clip(value, 0, 255) + 0.5).astype(np.uint8)).convert("RGB")
     if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         out = Image.new("RGB", im.size)
         out.paste(rgba, mask=rgba.getchannel("A"))  # = RGB * alpha: composited onto black
         return out
-    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, F (clipped to 0..255)
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr
 
 
 # ----------------------------------------------------------------------------------- loaders
@@ -306,19 +311,23 @@ def labeled_folders(root: Union[str, Path], size: int,
 
 def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0) -> ImageSet:
     """This process's share of ``dataset`` (the files at ``rank``, ``rank + world``, ...), decoded
-    into memory, bad files left out; ``indices`` are positions in ``dataset``. One process: all of
-    it, as :func:`load_folder_tensor`. Under torchrun a share may be empty (all its files bad)."""
+    into memory, bad files left out (and added to ``dataset.bad_files``); ``indices`` are positions
+    in ``dataset``. One process: all of it, as :func:`load_folder_tensor`. Under torchrun a share
+    may be empty (all its files bad)."""
     positions = torch.arange(rank, len(dataset), world)
     empty = ImageSet(torch.empty(0, 3, dataset.size, dataset.size, dtype=torch.uint8),
                      torch.empty(0, dtype=torch.int64), dataset.classes, torch.empty(0, dtype=torch.int64))
     if len(positions) == 0:  # fewer files than processes
         return empty
+    share_files = dataset.subset(positions)
     try:
-        share = load_folder_tensor(dataset.subset(positions), workers)
+        share = load_folder_tensor(share_files, workers)
     except DataError:
         if world == 1:
             raise
         return empty
+    finally:
+        dataset.bad_files.update(share_files.bad_files)
     share.indices = positions[share.indices]
     return share
 

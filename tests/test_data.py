@@ -16,7 +16,7 @@ from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, build_dataset, data_home, load_cifar, load_stl10
 from byol.folder import (ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share,
-                         load_folder_tensor)
+                         decode_image, load_folder_tensor)
 from conftest import extract_jpegs
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
@@ -451,6 +451,20 @@ def test_image_folder_labels_and_errors(tmp_path):
     (tmp_path / "nested" / "a" / "bad.png").write_bytes(b"")
     bad = ImageFolder(tmp_path / "nested", size=8)[1]
     assert isinstance(bad, Skipped) and bad.reason == "empty file" and bad.path.endswith("bad.png")
+
+
+def test_float_images_in_0_1_are_scaled_and_others_clipped(tmp_path, fault_table):
+    """A 32-bit float TIFF (mode F) in [0, 1] is not decoded black; one in 0..255 keeps its values."""
+    ramp = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))
+    ramp[0, 0] = np.nan
+    Image.fromarray(ramp).save(tmp_path / "unit.tif")
+    Image.fromarray(ramp * 300 - 20).save(tmp_path / "wide.tif")  # -20 .. 280
+    unit, wide = (decode_image(str(tmp_path / name), 16) for name in ("unit.tif", "wide.tif"))
+    expected = np.round(np.nan_to_num(ramp) * 255)
+    assert torch.equal(unit[0], torch.from_numpy(expected).to(torch.uint8)) and torch.equal(unit[0], unit[2])
+    assert wide[0, 1, 0] == 0 and wide[0, 1, -1] == 255 and wide[0, 1, 8] == round(8 / 15 * 300 - 20)
+    fault_table("image folder: 32-bit float TIFF (F) in [0, 1], with a NaN; one in -20..280",
+                "[0, 1] scaled to 0..255 (NaN as 0); the other clipped to 0..255 (pixel values checked)")
 
 
 # ----------------------------------------------------------------------------------- TensorBatches

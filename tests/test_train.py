@@ -126,6 +126,23 @@ def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp
     assert sizes == [11, 11, 11]  # 33 files in 3 batches of 11, one bad file in each (10 decoded)
 
 
+def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones(tmp_path):
+    """A bad file of ROOT/val, which only the kNN monitor reads, is in skipped_files.txt too."""
+    from conftest import extract_jpegs
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=2)
+    val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    (train / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
+    (val / "dog" / "bad.jpg").write_bytes(b"")
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": "null", "train.batch_size": 7, "train.knn_every": 0, "train.knn_k": 3,
+        "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={train}", "--data.image_size=32"])
+    results = pretrain(config)
+    assert results["skipped_files"] == 2
+    listed = sorted(line.split("\t") for line in (tmp_path / "run" / "skipped_files.txt").read_text().splitlines())
+    assert listed == [[str(train / "cat" / "bad.jpg"), "UnidentifiedImageError: cannot identify image file "
+                       f"'{train / 'cat' / 'bad.jpg'}'"], [str(val / "dog" / "bad.jpg"), "empty file"]]
+
+
 def _weights(path):
     return load_checkpoint(path)["model"]
 
