@@ -202,7 +202,7 @@ def run(argv: Optional[list[str]] = None) -> int:
                                                  if result["classes"] <= 5 else "")
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
         result["random_init"] = args.random_init
-        title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} test images"
+        title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
         try:
             path = _write_json(result, args.out, default)
         except pipeline.OutputError:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .folder import ImageFolder
 
 DATASETS = ("cifar10", "cifar100", "stl10", "folder")
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}  # the side of each data set's own images
 
 
 class DataError(Exception):

@@ -16,7 +16,7 @@ from torch import nn
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, save_config
-from .data import DataError, FilesNotFound, ImageSet, build_dataset
+from .data import NATIVE_SIZE, DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
@@ -283,28 +283,35 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     classes); ``random_init`` evaluates the encoder the run started from (see :func:`load_encoder`);
     ``progress`` shows progress bars on stderr.
     """
-    net, config = load_encoder(path, overrides, random_init)
-    device = resolve_device(config.train.device)
-    train, test = labeled_splits(config, limit)
-    train_f, train_y, _ = features(net, config, train, device, progress and "train features")
-    test_f, test_y, _ = features(net, config, test, device, progress and "test features")
-    acc = knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, temperature=temperature, device=device)
+    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress)
+    acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
-            "temperature": temperature, "n_train": len(train_f), "n_test": len(test_f)}
+            "temperature": temperature, **info}
 
 
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
            limit: Optional[int] = None, random_init: bool = False, progress: bool = False) -> dict:
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
     ``random_init``, of the encoder its run started from); ``progress`` shows progress bars on stderr."""
+    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress)
+    result = linear_probe(*splits, epochs=epochs, device=device, seed=config.train.seed,
+                          progress=progress if dist.rank() == 0 else False)
+    return {"dataset": config.data.dataset, **result, "epochs": epochs, **info}
+
+
+def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
+                      limit: Optional[int], progress: bool):
+    """``(config, device, (train features, labels, held-out features, labels), info)`` for a
+    checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
+    a folder's val)."""
     net, config = load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
+    held_out = Path(test.root).name if isinstance(test, ImageFolder) else "test"
     train_f, train_y, _ = features(net, config, train, device, progress and "train features")
-    test_f, test_y, _ = features(net, config, test, device, progress and "test features")
-    result = linear_probe(train_f, train_y, test_f, test_y, epochs=epochs, device=device, seed=config.train.seed,
-                          progress=progress if dist.rank() == 0 else False)
-    return {"dataset": config.data.dataset, **result, "epochs": epochs, "n_train": len(train_f), "n_test": len(test_f)}
+    test_f, test_y, _ = features(net, config, test, device, progress and f"{held_out} features")
+    return config, device, (train_f, train_y, test_f, test_y), {
+        "n_train": len(train_f), "n_test": len(test_f), "test_split": held_out}
 
 
 def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
@@ -355,9 +362,6 @@ def _path_lines(paths: list[str]) -> bytes:
     return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in escaped)
 
 
-_NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}
-
-
 def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
     """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
     d = config.data
@@ -365,7 +369,7 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
         size = d.load_size or d.image_size
         images = "each image's shorter side resized to image_size, then its center square"
     else:
-        size, images = _NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
+        size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
     return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
             "mean": list(mean), "std": list(std), "training_views": d.image_size}
 

@@ -122,10 +122,11 @@ def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch,
     import byol.pipeline
     from byol.cli import main
     fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
-            "n_test": 20, "classes": 4}
+            "n_test": 20, "test_split": "val", "classes": 4}
     monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
     assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
-    assert "100.00% (of 4 classes: always 100)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "100.00% (of 4 classes: always 100)" in out and "40 train / 20 val images" in out
 
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
@@ -267,9 +268,9 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5)
-    assert "30 train / 20 test images" in proc.stdout, proc.stdout
+    assert "30 train / 20 val images" in proc.stdout, proc.stdout
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10)
-    assert "10 train / 10 test images" in proc.stdout, proc.stdout
+    assert "10 train / 10 val images" in proc.stdout, proc.stdout
     # byol embed finds ROOT/val as eval does; --split train is the folder the run trained on.
     from byol.pipeline import embed
     for split, folder, n in ((None, "val", 20), ("val", "val", 20), ("test", "val", 20), ("train", "train", 30)):
