@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
-        "the keys, each commented, are in the presets (byol/configs/*.yaml).",
+        "every key, with its default and meaning, is in byol/config.py; the presets are configs/*.yaml.",
         epilog="examples:\n"
         "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
@@ -212,8 +212,10 @@ def run(argv: Optional[list[str]] = None) -> int:
     elif args.command == "embed":
         path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
                               limit=args.limit, progress=True)
-        side = f" (labels in {path.stem}_labels.npy; for a folder, file paths in {path.stem}_paths.txt)"
-        print(f"embeddings written to {path}" + (side if path.suffix == ".npy" else ""))
+        side = [f"{what} in {f}" for what, f in (("labels", path.with_name(f"{path.stem}_labels.npy")),
+                                                 ("file paths", path.with_name(f"{path.stem}_paths.txt")))
+                if path.suffix == ".npy" and f.is_file()]
+        print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     elif args.command == "export":
         info = pipeline.export(args.checkpoint, args.out)
         _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])

@@ -26,7 +26,7 @@ class DataConfig:
     dataset: str = "cifar10"          # cifar10 | cifar100 | stl10 | folder
     root: str = "data"                # folder holding the data set (or the images, for "folder")
     download: bool = False            # fetch CIFAR / STL-10 when files are missing (needs internet)
-    train_split: str = "train"        # stl10: "unlabeled" or "train+unlabeled" for pretraining
+    train_split: str = "train"        # stl10: "unlabeled", "train+unlabeled"; folder: ROOT/<this> if there
     image_size: int = 32              # side of the augmented views
     load_size: Optional[int] = None   # folder: decode to this square before device crops (default 8/7 x image_size)
     workers: int = 4                  # decoding processes for image folders
@@ -87,12 +87,13 @@ class TrainConfig:
     save_interval_s: float = 0.0      # write checkpoints/last.pt and the plots at an epoch's end only if this
                                       # many seconds have passed since they were last written (0: every
                                       # epoch); always at kept epochs, on a stop and at the end
-    knn_every: int = 10               # epochs between kNN evaluations (0: only at the end; -1: never)
+    knn_every: int = 10               # epochs between kNN evals, plus start and end (0: those only; -1: never)
     knn_k: int = 200
     knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs);
                                       # a folder's are spread over its classes (default 10,000 for folders)
     progress: bool = True
-    max_nonfinite: int = 10           # stop after this many NaN/inf losses in a row (each such step is undone)
+    max_nonfinite: int = 10           # stop when a metric read (every log_every steps) finds at least this many
+    #                                   NaN/inf losses in a row (each such step is undone)
 
 
 @dataclass

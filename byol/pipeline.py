@@ -20,7 +20,7 @@ from .data import NATIVE_SIZE, DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
-from .build import autocast_dtype, build_model, resolve_device, views_of
+from .build import autocast_dtype, build_model, load_size, resolve_device, views_of
 
 
 class OutputError(Exception):
@@ -62,8 +62,11 @@ def check_writable(path: Union[str, Path]) -> None:
             place = place.parent
         if not place.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(place))
-        with tempfile.TemporaryFile(dir=place):
-            pass
+        try:
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        except OSError as e:  # named as the file asked for, not as the probe's random name
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def _note(message: str) -> None:
@@ -173,7 +176,7 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
     first ones; for a folder, spread evenly over it, so that every class is in). A folder's
     splits are not decoded here: :func:`features` streams them."""
     d = config.data
-    size = d.load_size or d.image_size
+    size = load_size(config)
     if d.dataset == "folder":
         splits = labeled_folders(d.root, size, limit)  # or one sentence on what is wrong with them
         if splits is None:
@@ -328,7 +331,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     device = resolve_device(config.train.device)
     d = config.data
     if d.dataset == "folder":
-        source = _folder_split(d.root, split, d.load_size or d.image_size, d.train_split)
+        source = _folder_split(d.root, split, load_size(config), d.train_split)
     else:
         source = _load_split(config, split or "test")
     if limit:
@@ -366,7 +369,7 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
     """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
     d = config.data
     if d.dataset == "folder":
-        size = d.load_size or d.image_size
+        size = load_size(config)
         images = "each image's shorter side resized to image_size, then its center square"
     else:
         size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"

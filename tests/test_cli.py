@@ -159,7 +159,7 @@ def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
 def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     run, _ = trained
     proc = byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
-    assert "labels in emb_labels.npy" in proc.stdout
+    assert f"(labels in {tmp_path / 'emb_labels.npy'})" in proc.stdout  # CIFAR: no file paths, none said
     emb = np.load(tmp_path / "emb.npy")
     labels = np.load(tmp_path / "emb_labels.npy")
     assert emb.shape == (50, 64) and np.isfinite(emb).all()
@@ -242,8 +242,9 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
         f.write(jpeg)
     capsys.readouterr()
     assert main(["embed", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "emb.npy")]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"note: the run trained on all of {root}" in err, err
+    assert f"file paths in {tmp_path / 'emb_paths.txt'}" in out, out
     assert np.load(tmp_path / "emb.npy").shape[0] == 42  # the 44 files but the two unreadable ones
     lines = (tmp_path / "emb_paths.txt").read_bytes().splitlines()
     assert len(lines) == 42 and os.fsencode(root / "cat" / "bad") + b"\xff.jpg" in lines

@@ -112,8 +112,8 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
         raise PermissionError(errno.EACCES, "Permission denied", str(kwargs.get("dir")))
 
     monkeypatch.setattr(tempfile, "TemporaryFile", no_new_files)
-    with pytest.raises(pipeline.OutputError, match="Permission denied"):
-        pipeline.check_writable(tmp_path / "other.json")
+    with pytest.raises(pipeline.OutputError, match="other.json: Permission denied"):
+        pipeline.check_writable(tmp_path / "other.json")  # named so, not as the probe's temporary file
     pipeline.check_writable(existing)  # but a file there that can be written is fine
 
 
@@ -126,3 +126,18 @@ def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(pres
     info = _eval_input(load_config(preset), (0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
     assert (info["image_size"], info["training_views"]) == (size, views) and images in info["images"]
     assert info["mean"] == [0.1, 0.2, 0.3]  # the run's own: checked end to end in test_cli's export test
+
+
+def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
+    """Without data.load_size, a folder run decodes at 8/7 of image_size for training and its kNN
+    monitor; eval, embed and export.json use that size too, so eval reproduces the monitor."""
+    from byol.build import load_size
+    from byol.config import load_config
+    from byol.pipeline import _eval_input, labeled_splits
+    extract_jpegs(tmp_path / "set" / "train", per_class=1)
+    extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}",
+                                     "--data.image_size=32", "--data.load_size=null"])
+    assert load_size(config) == 37
+    assert [s.size for s in labeled_splits(config)] == [37, 37]
+    assert _eval_input(config, (0.5,) * 3, (1.0,) * 3)["image_size"] == 37
