@@ -259,6 +259,18 @@ def glibc() -> Optional[ctypes.CDLL]:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+def channels_last_crashes(byol: BYOL, batch: int, device: torch.device) -> bool:
+    """Whether channels_last would crash this step: on a CPU, torch 2.14's oneDNN corrupts the heap
+    (abort or segfault) in the weight gradient of a 1x1 stride-2 convolution with fewer than 16
+    input channels (a ResNet narrower than 16, as ``model.width=8``) at an odd batch. Measured with
+    one such convolution, batch 13 (7 and 15 too): 4, 8 and 12 input channels crash; 16, 20, 24, 32,
+    48 and 64 do not; NCHW does not; batch 12 does not."""
+    per_pass = batch * (2 if byol.concat_views else 1)
+    return device.type == "cpu" and per_pass % 2 == 1 and any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 16
+        for m in byol.online.modules())
+
+
 class ViewsForward(nn.Module):
     """``forward_views`` as a module's forward, so DDP and torch.compile wrap the loss computation.
 

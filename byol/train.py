@@ -23,7 +23,7 @@ from .monitor import CollapseMonitor
 from .optim import build_optimizer
 from .resume import restore
 from .run_folder import RunFolder
-from .step import GraphedLoopStep, LoopStep, ViewsForward, compile_step, keep_freed_memory
+from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
 
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
@@ -130,7 +130,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         _note_cpu(config, device)
     if resume and rank == 0 and data.folder is not None:
         data.folder.read_skipped(run_dir / "skipped_files.txt")  # the files the run skipped before it stopped
-    forward, augment = _step_forward(byol, t.compile, device, world, rank)
+    forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = {}
     bars = t.progress and rank == 0  # the kNN features' bars
@@ -206,10 +206,17 @@ def _note_cuda_graph(eager_steps: int) -> None:
           "from one CUDA graph", file=sys.stderr)
 
 
-def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int):
-    """The step's (loss computation, augmentations): DDP-wrapped under torchrun, compiled with
-    ``train.compile=true``; augmentations None for byol's own view recipes."""
-    forward = dist.wrap_ddp(ViewsForward(byol), device) if world > 1 else ViewsForward(byol)
+def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int):
+    """The step's (loss computation, augmentations): channels_last where that does not crash,
+    DDP-wrapped under torchrun, compiled with ``train.compile=true``; augmentations None for byol's
+    own view recipes."""
+    nchw = channels_last_crashes(byol, batch, device)
+    if nchw and rank == 0:
+        print(f"note: at an odd batch ({batch}) this narrow encoder trains in NCHW, not channels_last, on the CPU: "
+              "channels_last crashes torch's convolution there",
+              file=sys.stderr)
+    views = ViewsForward(byol, channels_last=not nchw)
+    forward = dist.wrap_ddp(views, device) if world > 1 else views
     # auto is eager for now: the compiled step is not yet verified on a GPU (BENCHMARKS.md, "GPU": on the
     # first one lent, its first steps did not end within 4 minutes and its CUDA loss test failed).
     # Once it is, auto should compile on a single GPU (on a CPU it does not pay), and not with train.cuda_graph.

@@ -466,3 +466,31 @@ def test_a_bare_torchvision_state_dict_is_evaluated_with_the_model_settings_give
 def test_eval_of_a_folder_path_with_no_name_is_one_sentence(capsys):
     _, line = main_error(capsys, "eval", "knn", ".")
     assert "is a directory; give a checkpoint file in it" in line, line
+
+
+def test_a_narrow_encoder_at_an_odd_batch_trains_on_the_cpu(tmp_path, cifar10_root):
+    """torch 2.14's oneDNN corrupts the heap (abort or segfault) in channels_last at an odd batch
+    with a ResNet narrower than 16 (step.channels_last_crashes); such a run trains in NCHW, and says so."""
+    args = ["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}", *tiny_overrides(
+        tmp_path / "run", **{"train.batch_size": 13, "data.limit": 260, "train.knn_every": -1})]  # 20 steps
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # the crash needs two threads (not the byol helper's one)
+    proc = subprocess.run([sys.executable, "-m", "byol", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert "pretraining done" in proc.stdout and "trains in NCHW" in proc.stderr
+
+
+def test_channels_last_is_given_up_only_where_it_crashes():
+    from byol.backbones import resnet
+    from byol.model import BYOL
+    from byol.step import channels_last_crashes
+    cpu = torch.device("cpu")
+
+    def learner(width, concat=False):
+        return BYOL(resnet("resnet18", cifar_stem=True, width=width), image_size=16, projection_size=8,
+                    projection_hidden_size=16, concat_views=concat)
+
+    assert channels_last_crashes(learner(8), 13, cpu) and channels_last_crashes(learner(8), 1, cpu)
+    assert not channels_last_crashes(learner(8), 12, cpu)
+    assert not channels_last_crashes(learner(8, concat=True), 13, cpu)  # both views in one batch of 26
+    assert not channels_last_crashes(learner(16), 13, cpu)
+    assert not channels_last_crashes(learner(8), 13, torch.device("cuda"))  # cuDNN: not this bug
