@@ -215,7 +215,8 @@ def run(argv: Optional[list[str]] = None) -> int:
         side = [f"{what} in {f}" for what, f in (("labels", path.with_name(f"{path.stem}_labels.npy")),
                                                  ("file paths", path.with_name(f"{path.stem}_paths.txt")))
                 if path.suffix == ".npy" and f.is_file()]
-        print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
+        if _is_main_process():  # under torchrun, once
+            print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     elif args.command == "export":
         info = pipeline.export(args.checkpoint, args.out)
         _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])

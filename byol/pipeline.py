@@ -178,6 +178,8 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
     d = config.data
     size = load_size(config)
     if d.dataset == "folder":
+        if not Path(d.root).expanduser().is_dir():
+            raise DataError(f"the image folder {d.root} (data.root) does not exist; point --data.root=... at it")
         splits = labeled_folders(d.root, size, limit)  # or one sentence on what is wrong with them
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "

@@ -272,6 +272,11 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
     assert "30 train / 20 val images" in proc.stdout, proc.stdout
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10)
     assert "10 train / 10 val images" in proc.stdout, proc.stdout
+    moved = tmp_path / "imagenet-moved"
+    (tmp_path / "imagenet").rename(moved)  # the data moved since: said so, not blamed on the layout
+    assert_user_error(byol("eval", "knn", run / "checkpoints" / "last.pt", check=False),
+                      f"the image folder {train} (data.root) does not exist")
+    moved.rename(tmp_path / "imagenet")
     # byol embed finds ROOT/val as eval does; --split train is the folder the run trained on.
     from byol.pipeline import embed
     for split, folder, n in ((None, "val", 20), ("val", "val", 20), ("test", "val", 20), ("train", "train", 30)):
