@@ -180,11 +180,9 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
             print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
                   "beside it", file=sys.stderr)
         return None, None, None
-    try:
-        knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
-    finally:  # what was met before an error too
-        for s in splits:
-            folder.bad_files.update(s.bad_files)
+    knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
+    for s in splits:
+        folder.bad_files.update(s.bad_files)
     decoded = torch.tensor([len(knn_train), len(knn_test)], device=device)
     if world > 1:  # every rank learns now, not at the first evaluation, that a split has nothing
         import torch.distributed as td

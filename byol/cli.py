@@ -212,10 +212,10 @@ def run(argv: Optional[list[str]] = None) -> int:
     elif args.command == "embed":
         path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
                               limit=args.limit, progress=True)
-        side = [f"{what} in {f}" for what, f in (("labels", path.with_name(f"{path.stem}_labels.npy")),
-                                                 ("file paths", path.with_name(f"{path.stem}_paths.txt")))
-                if path.suffix == ".npy" and f.is_file()]
         if _is_main_process():  # under torchrun, once
+            side = [f"{what} in {f}" for what, f in (("labels", path.with_name(f"{path.stem}_labels.npy")),
+                                                     ("file paths", path.with_name(f"{path.stem}_paths.txt")))
+                    if path.suffix == ".npy" and f.is_file()]
             print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     elif args.command == "export":
         info = pipeline.export(args.checkpoint, args.out)

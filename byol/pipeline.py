@@ -178,9 +178,7 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
     d = config.data
     size = load_size(config)
     if d.dataset == "folder":
-        if not Path(d.root).expanduser().is_dir():
-            raise DataError(f"the image folder {d.root} (data.root) does not exist; point --data.root=... at it")
-        splits = labeled_folders(d.root, size, limit)  # or one sentence on what is wrong with them
+        splits = labeled_folders(_image_root(d.root), size, limit)  # or one sentence on what is wrong with them
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
@@ -205,6 +203,14 @@ def _load_split(config: Config, split: str) -> ImageSet:
                         f"{d.root}{relative})") from None
 
 
+def _image_root(root: Union[str, Path]) -> Path:
+    """A folder run's ``data.root``, or one sentence saying that it is not there (moved since?)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"the image folder {root} (data.root) does not exist; point --data.root=... at it")
+    return root
+
+
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
     """The folder to embed for ``split`` of a run trained on the folder ``root``.
 
@@ -214,9 +220,7 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
     folder of images with neither beside it, the training folder itself (with a note).
     Another name is a sub-folder of ROOT.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"the image folder {root} (data.root) does not exist; point --data.root=... at it")
+    root = _image_root(root)
     if (root / train_split).is_dir():
         trained_on, base = root / train_split, root
     elif root.name == "train":  # as labeled_folders, which eval uses
