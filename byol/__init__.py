@@ -14,7 +14,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
-    "embed": "pipeline", "export": "pipeline", "load_encoder": "pipeline", "keep_freed_memory": "step",
+    "embed": "exports", "export": "exports", "load_encoder": "pipeline", "keep_freed_memory": "step",
 }
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
@@ -39,10 +39,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .backbones import cut_at, resnet
     from .config import Config, load_config
     from .ema import build_target, update_target
+    from .exports import embed, export
     from .loss import byol_loss, regression_loss
     from .model import BYOL, MLP
     from .optim import LARS, build_optimizer, param_groups
-    from .pipeline import embed, export, knn, linear, load_encoder
+    from .pipeline import knn, linear, load_encoder
     from .schedules import cosine_lr, tau_schedule
     from .step import keep_freed_memory
     from .train import pretrain

@@ -152,7 +152,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         why = ("the model comes from the checkpoint and is exported as it was trained" if key.startswith("--model.")
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
-    from . import pipeline
+    from . import exports, pipeline
     if args.command == "pretrain":
         from .config import load_config, resume_config
         from .train import pretrain
@@ -210,15 +210,16 @@ def run(argv: Optional[list[str]] = None) -> int:
             raise
         _print_table(title, rows + [("results", str(path))])
     elif args.command == "embed":
-        path = pipeline.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
+        path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
                               limit=args.limit, progress=True)
         if _is_main_process():  # under torchrun, once
-            side = [f"{what} in {f}" for what, f in (("labels", path.with_name(f"{path.stem}_labels.npy")),
-                                                     ("file paths", path.with_name(f"{path.stem}_paths.txt")))
-                    if path.suffix == ".npy" and f.is_file()]
+            side = [f"{what} in {path.with_name(path.stem + name)}"
+                    for what, name in (("labels", "_labels.npy"), ("class names", "_classes.txt"),
+                                       ("file paths", "_paths.txt"))
+                    if path.suffix == ".npy" and path.with_name(path.stem + name).is_file()]
             print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     elif args.command == "export":
-        info = pipeline.export(args.checkpoint, args.out)
+        info = exports.export(args.checkpoint, args.out)
         _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])
     return 0
 

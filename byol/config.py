@@ -279,6 +279,8 @@ def validate(config: Config) -> Config:
              ("data.root", config.data.root.strip() != "", "a directory (not empty)"),
              ("data.image_size", config.data.image_size >= 8, ">= 8"),
              ("data.load_size", config.data.load_size is None or config.data.load_size >= 8, ">= 8 or null"),
+             ("augment.crop_min_scale", config.augment.crop_min_scale is None or 0 < config.augment.crop_min_scale
+              <= 1, "above 0 and at most 1 (a fraction of the image's area), or null"),
              ("model.projection_size", config.model.projection_size >= 1, ">= 1"),
              ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
              ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),

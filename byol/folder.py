@@ -115,6 +115,15 @@ class ImageFolder(Dataset):
         sub._paths, sub.labels, sub.bad_files = self._paths[indices.numpy()], self.labels[indices], {}
         return sub
 
+    def numbered_as(self, classes: list[str]) -> tuple["ImageFolder", list[str]]:
+        """The same files with labels numbered by ``classes`` (another split's class list), and
+        the names of this folder's classes not in it, whose files are labeled -1."""
+        # One entry per old label, and a last -1 that an unlabeled file's -1 picks.
+        renumber = torch.tensor([classes.index(c) if c in classes else -1 for c in self.classes or []] + [-1])
+        sub = copy.copy(self)
+        sub.classes, sub.labels, sub.bad_files = list(classes), renumber[self.labels], {}
+        return sub, [c for c in self.classes or [] if c not in classes]
+
     def spread(self, n: int) -> "ImageFolder":
         """``n`` files evenly spread over the folder (so every class folder has its share), or all."""
         if n >= len(self):

@@ -1,11 +1,10 @@
-"""The user-facing steps after pretraining: load an encoder, kNN, linear probe, embed, export.
+"""The user-facing steps after pretraining: load an encoder, its features, kNN, linear probe
+(``exports`` writes embeddings and the exported encoder).
 
 Each is a plain function of paths and a config, shared by the command line and Python users.
 """
 
-import json
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
@@ -15,8 +14,8 @@ from torch import nn
 
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, save_config
-from .data import NATIVE_SIZE, DataError, FilesNotFound, ImageSet, build_dataset
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from .data import DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
@@ -69,7 +68,7 @@ def check_writable(path: Union[str, Path]) -> None:
             raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def _note(message: str) -> None:
+def note(message: str) -> None:
     if dist.rank() == 0:
         print(f"note: {message}", file=sys.stderr)
 
@@ -144,8 +143,8 @@ def _find_relative_root(config: Config, checkpoint: Path) -> None:
         return
     found = Path(*run_dir.parts[:-n]) / root
     if found.exists():
-        _note(f"data.root {config.data.root} is relative and not found here; using {found.resolve()}, "
-              f"from the directory the run was started in")
+        note(f"data.root {config.data.root} is relative and not found here; using {found.resolve()}, "
+             f"from the directory the run was started in")
         config.data.root = str(found.resolve())
 
 
@@ -178,19 +177,19 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
     d = config.data
     size = load_size(config)
     if d.dataset == "folder":
-        splits = labeled_folders(_image_root(d.root), size, limit)  # or one sentence on what is wrong with them
+        splits = labeled_folders(image_root(d.root), size, limit)  # or one sentence on what is wrong with them
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
                             "ROOT/train of such a layout: point --data.root at it")
         return splits
-    train, test = (_load_split(config, split) for split in ("train", "test"))
+    train, test = (load_split(config, split) for split in ("train", "test"))
     if train.labels is None:
         raise DataError(f"{d.dataset} train split has no labels to evaluate with")
     return (train.first(limit), test.first(limit)) if limit else (train, test)
 
 
-def _load_split(config: Config, split: str) -> ImageSet:
+def load_split(config: Config, split: str) -> ImageSet:
     """A split of a CIFAR / STL-10 data set; files not found point to ``--data.root``."""
     d = config.data
     try:
@@ -203,50 +202,12 @@ def _load_split(config: Config, split: str) -> ImageSet:
                         f"{d.root}{relative})") from None
 
 
-def _image_root(root: Union[str, Path]) -> Path:
+def image_root(root: Union[str, Path]) -> Path:
     """A folder run's ``data.root``, or one sentence saying that it is not there (moved since?)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"the image folder {root} (data.root) does not exist; point --data.root=... at it")
     return root
-
-
-def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
-    """The folder to embed for ``split`` of a run trained on the folder ``root``.
-
-    ``root`` may be ROOT of an ImageNet-style layout or ``ROOT/train`` (as :func:`labeled_folders`).
-    ``train`` is the folder the run trained on; ``val`` and ``test`` are ``ROOT/val`` or
-    ``ROOT/test`` (the one named first); None, the held-out split, is either, and for a plain
-    folder of images with neither beside it, the training folder itself (with a note).
-    Another name is a sub-folder of ROOT.
-    """
-    root = _image_root(root)
-    if (root / train_split).is_dir():
-        trained_on, base = root / train_split, root
-    elif root.name == "train":  # as labeled_folders, which eval uses
-        trained_on, base = root, root.parent
-    else:  # a plain folder of images: its sub-folders (a `test/` too) are classes, not splits
-        trained_on, base = root, None
-    if split == "train":
-        return ImageFolder(trained_on, size)
-    if split in (None, "val", "test"):
-        names = ("test", "val") if split == "test" else ("val", "test")
-        for name in names if base is not None else ():
-            if (base / name).is_dir():
-                if split is not None and name != split:
-                    _note(f"{base} has no {split}/ folder; embedding {base / name}")
-                return ImageFolder(base / name, size)
-        where = f"{base} has no val/ or test/ folder" if base is not None else \
-            f"the run trained on all of {root}, not on a {train_split}/ folder of it"
-        if split is not None:
-            raise DataError(f"there is no {split} split: {where}; use --split train, or lay the images out "
-                            f"as ROOT/{train_split} and ROOT/val")
-        _note(f"{where}, so the images the run trained on ({trained_on}) are embedded")
-        return ImageFolder(trained_on, size)
-    if ((base or root) / split).is_dir():
-        return ImageFolder((base or root) / split, size)
-    raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
-                    "test (or a sub-folder of it)")
 
 
 EVAL_BATCH = 512
@@ -278,8 +239,8 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
         raise source.nothing_decoded()
     if len(indices) < len(source):  # under torchrun, rank 0 knows the reasons of its own share only
         example = "".join(f" (e.g. {p}: {r})" for p, r in list(source.bad_files.items())[:1])
-        _note(f"{len(source) - len(indices)} of the {len(source)} image files in {source.root} could not be decoded "
-              f"and are left out{example}")
+        note(f"{len(source) - len(indices)} of the {len(source)} image files in {source.root} could not be decoded "
+             f"and are left out{example}")
     return feats, labels, indices
 
 
@@ -321,86 +282,3 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held_out} features")
     return config, device, (train_f, train_y, test_f, test_y), {
         "n_train": len(train_f), "n_test": len(test_f), "test_split": held_out}
-
-
-def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
-          overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False) -> Path:
-    """Write the embeddings of a split with their labels (or file paths) to ``.npy`` or ``.pt``.
-
-    ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
-    (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
-    """
-    if Path(out).suffix not in (".npy", ".pt"):
-        raise DataError(f"the output {out} must end in .npy or .pt")
-    check_writable(out)
-    net, config = load_encoder(path, overrides)
-    device = resolve_device(config.train.device)
-    d = config.data
-    if d.dataset == "folder":
-        source = _folder_split(d.root, split, load_size(config), d.train_split)
-    else:
-        source = _load_split(config, split or "test")
-    if limit:
-        source = source.subset(torch.arange(min(limit, len(source)))) if isinstance(source, ImageFolder) \
-            else source.first(limit)
-    emb, labels, indices = features(net, config, source, device, progress and "embeddings")
-    paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
-    out = Path(out)
-    if dist.rank() != 0:
-        return out
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".npy":
-            import numpy as np
-            listed = _path_lines(paths) if paths is not None else None  # before any file: none half written
-            np.save(out, emb.numpy())
-            np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
-            if listed is not None:
-                out.with_name(out.stem + "_paths.txt").write_bytes(listed)
-        else:
-            # Copies: a --limit'ed slice would otherwise save the whole tensor behind it.
-            torch.save({"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths}, out)
-    return out
-
-
-def _path_lines(paths: list[str]) -> bytes:
-    """``paths`` one per line, as the file system spells them (bytes that are not UTF-8 kept as they
-    are), so that line i is row i: a backslash in a name is written as two, a line break as
-    backslash-n (-r)."""
-    escaped = (p.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r") for p in paths)
-    return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in escaped)
-
-
-def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
-    """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
-    d = config.data
-    if d.dataset == "folder":
-        size = load_size(config)
-        images = "each image's shorter side resized to image_size, then its center square"
-    else:
-        size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
-    return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
-            "mean": list(mean), "std": list(std), "training_views": d.image_size}
-
-
-def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
-    """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript."""
-    net, config = load_encoder(path)
-    full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
-    state = {k: v for k, v in net.state_dict().items()}
-    state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
-    out_dir = Path(out_dir)
-    with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
-        warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
-        scripted = torch.jit.script(net.eval())
-    view1, _ = views_of(config)
-    info = {"state_dict": str(out_dir / "encoder.pt"), "torchscript": str(out_dir / "encoder_torchscript.pt"),
-            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
-            "input": _eval_input(config, view1.mean, view1.std)}
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state, out_dir / "encoder.pt")
-        scripted.save(str(out_dir / "encoder_torchscript.pt"))
-        save_config(config, out_dir / "config.yaml")
-        (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
-    return info

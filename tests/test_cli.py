@@ -158,15 +158,21 @@ def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
 
 def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     run, _ = trained
+    (tmp_path / "emb_paths.txt").write_text("an earlier emb.npy's, not this one's\n")
     proc = byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
-    assert f"(labels in {tmp_path / 'emb_labels.npy'})" in proc.stdout  # CIFAR: no file paths, none said
+    # CIFAR: no file paths, none said, and an earlier emb's removed
+    assert f"(labels in {tmp_path / 'emb_labels.npy'}; class names in {tmp_path / 'emb_classes.txt'})" \
+        in proc.stdout, proc.stdout
+    assert not (tmp_path / "emb_paths.txt").exists()
+    assert (tmp_path / "emb_classes.txt").read_text().split() == ["airplane", "automobile", "bird", "cat", "deer",
+                                                                  "dog", "frog", "horse", "ship", "truck"]
     emb = np.load(tmp_path / "emb.npy")
     labels = np.load(tmp_path / "emb_labels.npy")
     assert emb.shape == (50, 64) and np.isfinite(emb).all()
     assert labels.shape == (50,) and set(labels) <= set(range(10))
     byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.pt", "--limit", 20, "--split", "train")
     saved = torch.load(tmp_path / "emb.pt", weights_only=True)
-    assert saved["embeddings"].shape == (20, 64)
+    assert saved["embeddings"].shape == (20, 64) and saved["classes"][0] == "airplane"
     # 20 rows saved, not the whole split behind them (a slice saves its whole storage)
     assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
 
@@ -183,6 +189,8 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     byol("export", run / "checkpoints" / "last.pt", "--out", tmp_path / "export")
     info = json.loads((tmp_path / "export" / "export.json").read_text())
     assert (info["backbone"], info["cifar_stem"], info["width"]) == ("resnet18", cifar_stem, 64)
+    # The files by their names in the folder, which can then be moved: not by paths from the cwd of the export.
+    assert (info["state_dict"], info["torchscript"]) == ("encoder.pt", "encoder_torchscript.pt")
     net = torchvision.models.resnet18()
     if cifar_stem:  # the README's two lines for the CIFAR stem
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -278,13 +286,28 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
                       f"the image folder {train} (data.root) does not exist")
     moved.rename(tmp_path / "imagenet")
     # byol embed finds ROOT/val as eval does; --split train is the folder the run trained on.
-    from byol.pipeline import embed
+    from byol.exports import embed
     for split, folder, n in ((None, "val", 20), ("val", "val", 20), ("test", "val", 20), ("train", "train", 30)):
         out = embed(run / "checkpoints" / "last.pt", tmp_path / f"{split}.npy", split=split)
         paths = (tmp_path / f"{split}_paths.txt").read_text().splitlines()
         assert np.load(out).shape[0] == n and {p.split("/")[-3] for p in paths} == {folder}, (split, paths[:2])
         noted = "has no test/ folder; embedding" in capsys.readouterr().err
         assert noted == (split == "test")  # the one stand-in is said
+    # Label i is one class in every split, the training folder's i-th, whatever val holds: here val
+    # lacks a class and has one train has not.
+    classes = (tmp_path / "train_classes.txt").read_text().splitlines()
+    assert len(classes) == 10 and classes == sorted(classes)
+    val = tmp_path / "imagenet" / "val"
+    (val / classes[0]).rename(val / "zebra")
+    shutil.rmtree(val / classes[1])
+    embed(run / "checkpoints" / "last.pt", tmp_path / "odd.npy", split="val")
+    assert f"{val} has class folders that {train} has not (zebra); their images are labeled -1" \
+        in capsys.readouterr().err
+    assert (tmp_path / "odd_classes.txt").read_text().splitlines() == classes
+    labels = np.load(tmp_path / "odd_labels.npy")
+    folders = [p.split("/")[-2] for p in (tmp_path / "odd_paths.txt").read_text().splitlines()]
+    assert [classes[y] if y >= 0 else "?" for y in labels] == [c if c != "zebra" else "?" for c in folders]
+    assert 0 not in labels and 1 not in labels and (labels == -1).sum() == 2
     main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "x.npy", "--split", "nonsense")
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import byol.folder
-from byol import pipeline
+from byol import exports, pipeline
 from byol.config import Config
 from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
@@ -76,18 +76,18 @@ def test_features_show_progress_on_rank_0_only(monkeypatch, capsys):
 def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, capsys):
     root = extract_jpegs(tmp_path / "photos", per_class=1)
     (root / "cat").rename(root / "test")  # a class named like a split
-    folder = pipeline._folder_split(root, None, 8, "train")
+    folder = exports._folder_split(root, None, 8, "train")
     assert folder.root == str(root) and len(folder) == 10
     assert "the run trained on all of" in capsys.readouterr().err
     for split in ("val", "test"):  # a split, not the class test/
         with pytest.raises(DataError, match=f"there is no {split} split: the run trained on all of"):
-            pipeline._folder_split(root, split, 8, "train")
-    assert pipeline._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
+            exports._folder_split(root, split, 8, "train")
+    assert exports._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
 
 
 def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
     names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg"]  # \udcff: byte 0xff
-    assert pipeline._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
+    assert exports._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
 
 
 def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch):
@@ -122,7 +122,7 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
     ("cifar10-cpu", 32, 24, "not resized"), ("imagenet", 256, 224, "center square")])
 def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(preset, size, views, images):
     from byol.config import load_config
-    from byol.pipeline import _eval_input
+    from byol.exports import _eval_input
     info = _eval_input(load_config(preset), (0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
     assert (info["image_size"], info["training_views"]) == (size, views) and images in info["images"]
     assert info["mean"] == [0.1, 0.2, 0.3]  # the run's own: checked end to end in test_cli's export test
@@ -133,7 +133,8 @@ def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
     monitor; eval, embed and export.json use that size too, so eval reproduces the monitor."""
     from byol.build import load_size
     from byol.config import load_config
-    from byol.pipeline import _eval_input, labeled_splits
+    from byol.exports import _eval_input
+    from byol.pipeline import labeled_splits
     extract_jpegs(tmp_path / "set" / "train", per_class=1)
     extract_jpegs(tmp_path / "set" / "val", per_class=1)
     config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}",

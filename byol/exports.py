@@ -1,0 +1,175 @@
+"""Taking the encoder or its embeddings to your own task: ``byol embed`` and ``byol export``."""
+
+import json
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .backbones import resnet
+from .build import load_size, resolve_device, views_of
+from .config import Config, save_config
+from .data import NATIVE_SIZE, DataError
+from .folder import ImageFolder
+from . import distributed as dist
+from .pipeline import check_writable, features, image_root, load_encoder, load_split, note, writing
+
+
+def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
+    """The folder to embed for ``split`` of a run trained on the folder ``root``.
+
+    ``root`` may be ROOT of an ImageNet-style layout or ``ROOT/train`` (as :func:`labeled_folders`).
+    ``train`` is the folder the run trained on; ``val`` and ``test`` are ``ROOT/val`` or
+    ``ROOT/test`` (the one named first); None, the held-out split, is either, and for a plain
+    folder of images with neither beside it, the training folder itself (with a note).
+    Another name is a sub-folder of ROOT.
+    """
+    root = image_root(root)
+    if (root / train_split).is_dir():
+        trained_on, base = root / train_split, root
+    elif root.name == "train":  # as labeled_folders, which eval uses
+        trained_on, base = root, root.parent
+    else:  # a plain folder of images: its sub-folders (a `test/` too) are classes, not splits
+        trained_on, base = root, None
+    if split == "train":
+        return ImageFolder(trained_on, size)
+    if split in (None, "val", "test"):
+        names = ("test", "val") if split == "test" else ("val", "test")
+        for name in names if base is not None else ():
+            if (base / name).is_dir():
+                if split is not None and name != split:
+                    note(f"{base} has no {split}/ folder; embedding {base / name}")
+                return _numbered_as(ImageFolder(base / name, size), trained_on)
+        where = f"{base} has no val/ or test/ folder" if base is not None else \
+            f"the run trained on all of {root}, not on a {train_split}/ folder of it"
+        if split is not None:
+            raise DataError(f"there is no {split} split: {where}; use --split train, or lay the images out "
+                            f"as ROOT/{train_split} and ROOT/val")
+        note(f"{where}, so the images the run trained on ({trained_on}) are embedded")
+        return ImageFolder(trained_on, size)
+    if ((base or root) / split).is_dir():
+        return _numbered_as(ImageFolder((base or root) / split, size), trained_on if base else None)
+    raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
+                    "test (or a sub-folder of it)")
+
+
+def _numbered_as(folder: ImageFolder, trained_on: Optional[Path]) -> ImageFolder:
+    """``folder`` with its labels numbered by the classes of the folder the run trained on, so that
+    label i is the same class in every split's embeddings (a class only here is labeled -1, with a
+    note)."""
+    if folder.classes is None or trained_on is None:
+        return folder
+    classes = ImageFolder(trained_on, folder.size).classes
+    if classes is None or classes == folder.classes:
+        return folder
+    folder, unknown = folder.numbered_as(classes)
+    if unknown:
+        note(f"{folder.root} has class folders that {trained_on} has not ({', '.join(unknown[:5])}"
+             f"{', ...' if len(unknown) > 5 else ''}); their images are labeled -1")
+    return folder
+
+
+def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
+          overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False) -> Path:
+    """Write the embeddings of a split, with their labels, class names and file paths, to ``.npy`` or ``.pt``.
+
+    With ``NAME.npy``: ``NAME_labels.npy``, and where known ``NAME_classes.txt`` (line i: the name
+    of label i) and for a folder ``NAME_paths.txt`` (line i: the file of row i). ``NAME.pt``
+    holds all of them under ``embeddings``, ``labels``, ``classes`` and ``paths`` (None: unknown).
+    A folder split's labels are numbered by the classes of the folder the run trained on.
+
+    ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
+    (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
+    """
+    if Path(out).suffix not in (".npy", ".pt"):
+        raise DataError(f"the output {out} must end in .npy or .pt")
+    check_writable(out)
+    net, config = load_encoder(path, overrides)
+    device = resolve_device(config.train.device)
+    d = config.data
+    if d.dataset == "folder":
+        source = _folder_split(d.root, split, load_size(config), d.train_split)
+    else:
+        source = load_split(config, split or "test")
+    if limit:
+        source = source.subset(torch.arange(min(limit, len(source)))) if isinstance(source, ImageFolder) \
+            else source.first(limit)
+    emb, labels, indices = features(net, config, source, device, progress and "embeddings")
+    paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
+    classes = source.classes if (labels >= 0).any() else None  # classes[label] names label's class
+    out = Path(out)
+    if dist.rank() == 0:
+        _save_embeddings(out, emb, labels, paths, classes)
+    return out
+
+
+def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: Optional[list[str]],
+                     classes: Optional[list[str]]) -> None:
+    """:func:`embed`'s files (as it says); an earlier ``NAME.npy``'s side files that this one has
+    not are removed, so that every file called NAME belongs to this output."""
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".pt":
+            # Copies: a --limit'ed slice would otherwise save the whole tensor behind it.
+            torch.save({"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths, "classes": classes},
+                       out)
+            return
+        import numpy as np
+        # The text files made before any file is written: none is left half written.
+        texts = {name: _path_lines(lines) for name, lines in (("_paths.txt", paths), ("_classes.txt", classes))
+                 if lines is not None}
+        np.save(out, emb.numpy())
+        np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
+        for name in ("_paths.txt", "_classes.txt"):
+            side = out.with_name(out.stem + name)
+            if name in texts:
+                side.write_bytes(texts[name])
+            else:
+                side.unlink(missing_ok=True)
+
+
+def _path_lines(paths: list[str]) -> bytes:
+    """``paths`` one per line, as the file system spells them (bytes that are not UTF-8 kept as they
+    are), so that line i is row i: a backslash in a name is written as two, a line break as
+    backslash-n (-r)."""
+    escaped = (p.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r") for p in paths)
+    return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in escaped)
+
+
+def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
+    d = config.data
+    if d.dataset == "folder":
+        size = load_size(config)
+        images = "each image's shorter side resized to image_size, then its center square"
+    else:
+        size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
+    return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
+            "mean": list(mean), "std": list(std), "training_views": d.image_size}
+
+
+def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
+    """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
+    ``export.json`` (what to feed it; the files by their names in ``out_dir``) and the run's config.
+    Returns export.json's contents, the two files as paths under ``out_dir``."""
+    net, config = load_encoder(path)
+    full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+    state = {k: v for k, v in net.state_dict().items()}
+    state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
+    out_dir = Path(out_dir)
+    with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
+        scripted = torch.jit.script(net.eval())
+    view1, _ = views_of(config)
+    # export.json names the files beside it, so that the folder can be moved or copied whole.
+    info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt",
+            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
+            "input": _eval_input(config, view1.mean, view1.std)}
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(state, out_dir / info["state_dict"])
+        scripted.save(str(out_dir / info["torchscript"]))
+        save_config(config, out_dir / "config.yaml")
+        (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return {**info, "state_dict": str(out_dir / info["state_dict"]), "torchscript": str(out_dir / info["torchscript"])}
