@@ -21,6 +21,7 @@ import torch
 
 from benchmarks import systems
 from benchmarks.speed import load_average, load_images, machine, setup, sync, widths
+from byol.build import autocast_dtype
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.step import ViewsForward, compile_step, eager_fallbacks, keep_freed_memory, step_metrics
@@ -94,6 +95,8 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=systems.WIDTH, help="ResNet-18's first-stage channels (64)")
     p.add_argument("--head-width", type=int, default=systems.HEAD_WIDTH,
                    help="projector and predictor hidden width (4096); --width 8 --head-width 64: the host's cost")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="our step's, as train.precision (auto: bf16 where the device has it natively)")
     p.add_argument("--no-keep-memory", action="store_true",
                    help="CPU: leave glibc's malloc as it is (byol.train keeps freed memory: train.keep_freed_memory)")
     args = p.parse_args(argv)
@@ -101,7 +104,8 @@ def main(argv=None) -> None:
     cuda = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (15 if cuda else 1)
     steps = args.steps if args.steps is not None else (50 if cuda else 5)
-    amp = setup(args, device)  # threads, cuDNN autotuning and TF32 as benchmarks.speed sets them
+    setup(args, device)  # threads, cuDNN autotuning and TF32 as benchmarks.speed sets them
+    amp = autocast_dtype(args.precision, device)
     kept = not cuda and not args.no_keep_memory and keep_freed_memory()
     variants = ("compiled-cl" if cuda else "eager-cl") if args.variants == "auto" else args.variants
     images, source = load_images(args.data, device)

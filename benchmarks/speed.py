@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 
 from benchmarks import systems
+from byol.build import autocast_dtype
 from byol.step import glibc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,9 @@ def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
     if name == "byol-fp32":  # ablation: the same step without bf16 autocast
         return systems.Ours(images, args.batch, device, None, compile=args.compile, channels_last=not args.nchw,
                             name="byol, float32", **shape)
+    if name == "byol-bf16":  # ablation: the same step with bf16 autocast on any device (the CPU's default is float32)
+        return systems.Ours(images, args.batch, device, torch.bfloat16, compile=args.compile,
+                            channels_last=not args.nchw, name="byol, bf16 autocast", **shape)
     if name == "byol-nokeep":  # ablation: freed memory handed back to the system, glibc's default
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=not args.nchw,
                             keep_memory=False, name="byol, freed memory handed back", **shape)
@@ -111,15 +115,15 @@ def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
 
 
 def setup(args, device: torch.device) -> Optional[torch.dtype]:
-    """Threads and backend flags, the same in every process; returns our autocast dtype."""
+    """Threads and backend flags, the same in every process; returns our autocast dtype
+    (``train.precision=auto``'s)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return None
+    return autocast_dtype("auto", device)  # as byol pretrain: bf16 where the device has it natively
 
 
 def serve(conn, name: str, args) -> None:
@@ -338,7 +342,7 @@ def main(argv=None) -> dict:
                    help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
     p.add_argument("--systems", default="byol,byol-pytorch,lightly",
                    help="comma-separated: byol, byol-pytorch, lightly, the ablations byol-eager, byol-nchw, "
-                        "byol-fp32, byol-nokeep, and the experiment byol-graphed (CUDA only)")
+                        "byol-fp32, byol-bf16, byol-nokeep, and the experiment byol-graphed (CUDA only)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
     p.add_argument("--nchw", action="store_true", help="run our step in NCHW instead of channels_last")

@@ -72,7 +72,7 @@ class TrainConfig:
     tau_base: float = 0.996           # EMA rate at step 0, raised to 1 on a cosine
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N
-    precision: str = "auto"           # auto (bf16 on GPUs that have it) | bf16 | fp32
+    precision: str = "auto"           # auto (bf16 where native: GPUs, CPUs with AVX-512-BF16 or AMX) | bf16 | fp32
     compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):
                                       # auto = off for now, until the compiled step is verified on a GPU
                                       # (BENCHMARKS.md, "GPU"); true to ask for it

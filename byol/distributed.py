@@ -65,6 +65,31 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """The sum of a tensor over all ranks, differentiable: each rank's output depends on every rank's
+    input, so the gradient of an input is the sum of the output gradients over ranks. (torch's own,
+    ``torch.distributed.nn.functional.all_reduce``, is deprecated and warns on every call.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as td
+        x = x.clone()
+        td.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as td
+        grad = grad.clone()
+        td.all_reduce(grad)
+        return grad
+
+
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over all ranks, differentiably (:class:`_SumOverRanks`)."""
+    return _SumOverRanks.apply(x)
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch normalization with statistics summed over all ranks (differentiable all_reduce)."""
 
@@ -83,17 +108,19 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        # In float32 whatever the input (bf16 under autocast): sums and counts in bf16 lose digits,
+        # and the running statistics are float32. The output has the input's dtype, as BatchNorm's.
+        dtype, x = x.dtype, x.float()
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         c = self.num_features
-        stats = all_reduce(torch.cat([x.sum(dims), count]))
+        stats = sum_over_ranks(torch.cat([x.sum(dims), count]))
         n = stats[-1]
         mean = stats[:c] / n
         shape = [1, c] + [1] * (x.dim() - 2)
         # Two passes: E[(x - mean)^2], not E[x^2] - mean^2, which cancels catastrophically in
         # float32 for channels whose mean is large next to their spread.
-        var = all_reduce((x - mean.view(shape)).pow(2).sum(dims)) / n
+        var = sum_over_ranks((x - mean.view(shape)).pow(2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
@@ -103,7 +130,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:

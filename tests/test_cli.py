@@ -207,8 +207,9 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     proc = byol("eval", "knn", tmp_path / "export" / "encoder.pt", "--limit", 100)
     assert "kNN top-1 (k=200)" in proc.stdout
     # export.json says how to feed it: the run's own embeddings of CIFAR-10's first test images are the
-    # TorchScript encoder's on those images in [0, 1], normalized with its mean and std.
-    byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "e.npy", "--limit", 4)
+    # TorchScript encoder's on those images in [0, 1], normalized with its mean and std (in float32 both:
+    # embed follows train.precision, bf16 where the machine has it).
+    byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "e.npy", "--limit", 4, "--train.precision=fp32")
     raw = np.fromfile(CIFAR10 / "cifar-10-batches-bin" / "test_batch.bin", np.uint8, count=4 * 3073)
     images = torch.from_numpy(raw.reshape(4, 3073)[:, 1:].reshape(4, 3, 32, 32).copy()).float() / 255
     mean, std = (torch.tensor(info["input"][k]).view(1, 3, 1, 1) for k in ("mean", "std"))

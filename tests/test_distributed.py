@@ -42,9 +42,10 @@ def torchrun(nproc, *args, check=True, timeout=600):
 def test_ddp_step_with_syncbn_equals_one_process_step(tmp_path):
     if not CIFAR10.is_dir():
         pytest.skip("real CIFAR-10 not found")
-    # No augmentation, so the views are a known function of the images on any number of ranks.
+    # No augmentation, so the views are a known function of the images on any number of ranks; float32,
+    # whose sums agree to the tolerance below however the batch is split (bf16's do not).
     common = [f"--data.root={CIFAR10}", "--augment.preset=none", "--train.knn_every=1", "--train.knn_limit=64",
-              "--optim.name=lars", "--data.limit=64"]
+              "--optim.name=lars", "--data.limit=64", "--train.precision=fp32"]
     byol("pretrain", *tiny_overrides(tmp_path / "one", **{"train.max_steps": 1}), *common)
     proc = torchrun(2, "pretrain", *tiny_overrides(tmp_path / "two", **{"train.max_steps": 1}), *common)
     assert proc.stdout.count("pretraining done") == 1  # only rank 0 reports

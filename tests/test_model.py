@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
+import byol.distributed
 import byol.model
 from byol import BYOL, resnet
 from byol.backbones import HookedLayer, cut_at
@@ -384,9 +385,24 @@ def test_one_image_in_training_where_batchnorm_does_not_need_two():
 
 
 def test_one_image_per_process_when_batchnorm_is_synchronized(monkeypatch):
-    import torch.distributed.nn.functional
     monkeypatch.setattr(byol.model, "world_size", lambda: 2)
-    monkeypatch.setattr(torch.distributed.nn.functional, "all_reduce", lambda t: t * 2)  # two equal processes
+    monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t * 2)  # two equal processes
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
     assert torch.isfinite(model(x, x))  # statistics over 2 images, one per process
+
+
+def test_synchronized_batchnorm_under_bf16_autocast_as_batchnorm(monkeypatch):
+    """bf16 in, bf16 out, statistics in float32 (a torchrun on a CPU with bf16, where the running
+    statistics' update failed on the dtype): as the CPU's own BatchNorm on the same bf16 input."""
+    monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t)  # one process
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(4)
+    synced = GlobalBatchNorm.like(ref)  # its own running statistics, ref's weight and bias
+    x = (torch.randn(6, 4, 5, 5) * 3 + 50).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, expected = synced(x), ref(x)
+    assert y.dtype == expected.dtype == torch.bfloat16 and synced.running_mean.dtype == torch.float32
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(synced.running_mean, ref.running_mean)
+    torch.testing.assert_close(synced.running_var, ref.running_var)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import byol.build
 import byol.faults
 import byol.step
 import byol.train
@@ -341,6 +342,19 @@ def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, sett
     config = load_config("cifar10", [f"--{k}={v}" for k, v in settings.items()])
     byol.train._note_cpu(config, torch.device(device))
     assert ("--model.width=8" in capsys.readouterr().err) is noted
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, auto", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                                    (False, False, None), ("absent", "absent", None)])
+def test_auto_precision_is_bf16_on_a_cpu_with_bf16_arithmetic_only(monkeypatch, avx512_bf16, amx, auto):
+    for probe, has in (("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)):
+        if has == "absent":  # a torch without the probe
+            monkeypatch.delattr(torch.cpu, probe)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda has=has: has)
+    cpu = torch.device("cpu")
+    assert byol.build.autocast_dtype("auto", cpu) is auto
+    assert byol.build.autocast_dtype("fp32", cpu) is None and byol.build.autocast_dtype("bf16", cpu) is torch.bfloat16
 
 
 def test_a_finished_run_resumed_on_the_cpu_gets_no_cpu_note(tmp_path, cifar10_root, capsys):
