@@ -74,7 +74,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def pretrain(config: Config, resume: bool = False) -> dict:
-    """Pretrain with BYOL as ``config`` says; return the final metrics.
+    """Pretrain with BYOL as ``config`` says; return the final metrics (``step``, ``loss``, ``knn``,
+    ``knn_init``, ...) and what the run ran on (``device``, and ``precision``: ``"bf16 autocast"`` or
+    ``"float32"``, what ``train.precision`` resolved to there).
 
     On a CPU it first makes this process's C allocator keep freed memory
     (:func:`~byol.step.keep_freed_memory`, for the rest of the process's life) unless
@@ -132,7 +134,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         data.folder.read_skipped(run_dir / "skipped_files.txt")  # the files the run skipped before it stopped
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
-    results: dict = {}
+    results: dict = {"device": str(device), "precision": "bf16 autocast" if amp else "float32"}
     bars = t.progress and rank == 0  # the kNN features' bars
     if data.knn_train is not None and step == 0:
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp, bars), t.knn_k)

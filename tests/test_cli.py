@@ -63,6 +63,10 @@ def trained(tmp_path_factory):
 
 def test_pretrain_prints_knn_against_random_init(trained):
     run, proc = trained
+    # and what it ran in: bf16 where this CPU has bf16 arithmetic (train.precision=auto), else float32
+    from byol.build import native_bf16
+    assert re.search(rf"device +cpu, {'bf16 autocast' if native_bf16(torch.device('cpu')) else 'float32'}\n",
+                     proc.stdout), proc.stdout
     assert "kNN top-1 (k=200)" in proc.stdout and "kNN top-1 at random init" in proc.stdout
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.yaml").is_file()
 
