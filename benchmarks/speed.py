@@ -101,7 +101,7 @@ def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
     if name == "byol-fp32":  # ablation: the same step without bf16 autocast
         return systems.Ours(images, args.batch, device, None, compile=args.compile, channels_last=not args.nchw,
                             name="byol, float32", **shape)
-    if name == "byol-bf16":  # ablation: the same step with bf16 autocast on any device (the CPU's default is float32)
+    if name == "byol-bf16":  # ablation: the same step with bf16 autocast on any device (auto's is float32 on some)
         return systems.Ours(images, args.batch, device, torch.bfloat16, compile=args.compile,
                             channels_last=not args.nchw, name="byol, bf16 autocast", **shape)
     if name == "byol-nokeep":  # ablation: freed memory handed back to the system, glibc's default

@@ -168,7 +168,8 @@ def run(argv: Optional[list[str]] = None) -> int:
             return 128 + int(getattr(signal, results["stopped_by"]))
         rows = [("steps", str(results["step"]))]
         if "loss" in results:  # not for a finished run resumed
-            rows += [("final loss", f"{results['loss']:.4f}"), ("device", f"{results['device']}, {results['precision']}")]
+            rows += [("final loss", f"{results['loss']:.4f}"),
+                     ("device", f"{results['device']}, {results['precision']}")]
         k = config.train.knn_k
         if "knn" in results:
             rows.append((f"kNN top-1 (k={k})", f"{results['knn'][k]:.2f}%"))

@@ -60,7 +60,12 @@ def _numbered_as(folder: ImageFolder, trained_on: Optional[Path]) -> ImageFolder
     note)."""
     if folder.classes is None or trained_on is None:
         return folder
-    classes = ImageFolder(trained_on, folder.size).classes
+    try:  # a scan of the training folder's files, as eval's: a class is a sub-folder that holds images
+        classes = ImageFolder(trained_on, folder.size).classes
+    except DataError as e:  # moved or emptied since the run
+        note(f"{folder.root}'s labels are numbered by its own class folders: the folder the run trained on "
+             f"cannot be read for its classes ({e})")
+        return folder
     if classes is None or classes == folder.classes:
         return folder
     folder, unknown = folder.numbered_as(classes)

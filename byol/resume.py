@@ -4,6 +4,7 @@ what the settings given now change about it said up front."""
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -15,8 +16,10 @@ from .schedules import cosine_lr, tau_schedule
 
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, rank: int, world: int, steps_per_epoch: int) -> int:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step."""
+             generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
+             amp: Optional[torch.dtype] = None) -> int:
+    """Load the run's last checkpoint into the model, optimizer and generators; return its step.
+    ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     saved_batch = state["config"].get("train", {}).get("batch_size")
     if saved_batch != config.train.batch_size:
@@ -38,7 +41,17 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
     if rank == 0:
         _note_changes(state, config, steps_per_epoch)
+        _note_precision(state.get("extra", {}).get("precision"), "bf16 autocast" if amp else "float32", config)
     return state["step"]
+
+
+def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
+    """``train.precision=auto`` resolves by machine (bf16 where it has bf16 arithmetic): say when a
+    resumed run goes on in another precision than its checkpoint's steps ran in."""
+    if saved is not None and saved != now:
+        keep = "bf16" if saved.startswith("bf16") else "fp32"
+        print(f"note: the checkpoint's steps ran in {saved}, and this run goes on in {now} (train.precision="
+              f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
 
 
 def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:

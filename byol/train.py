@@ -120,7 +120,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     data = load_data(config, device, rank, world)
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
-    step = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch) if resume else 0
+    step = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp) if resume else 0
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
@@ -145,7 +145,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     if t.cuda_graph and rank == 0:
         _note_cuda_graph(loop_step.eager_steps)
     report = _Report(loop_step, log, folder, progress, t.batch_size, t.max_nonfinite, ckpt_path, step)
-    checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device)
+    checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
+                               results["precision"])
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
     try:
         with StopRequest() as stop:
@@ -277,7 +278,8 @@ class _Report:
         if warning and self.folder is not None:
             self.folder.warn(warning, step)
         if record["train/nonfinite_streak"] >= self.max_nonfinite:
-            raise _nonfinite(record["train/nonfinite_streak"], step, "so the run stopped", self.ckpt_path)
+            raise _nonfinite(record["train/nonfinite_streak"], step, "so the run stopped", self.ckpt_path,
+                             self.loop_step.amp is not None)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=epoch)
         return record["train/loss"]
@@ -289,11 +291,12 @@ class _Checkpoints:
     over a good checkpoint with weights giving NaN losses."""
 
     def __init__(self, byol: BYOL, optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Config,
-                 guard: NonFiniteGuard, data: TrainData, run_dir: Path, rank: int, world: int, device: torch.device):
+                 guard: NonFiniteGuard, data: TrainData, run_dir: Path, rank: int, world: int, device: torch.device,
+                 precision: str):
         self.byol, self.optimizer, self.generator, self.config = byol, optimizer, generator, config
         self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
         self.rank, self.world, self.device = rank, world, device
-        self.extra: dict = {"steps_per_epoch": len(data.batches)}
+        self.extra: dict = {"steps_per_epoch": len(data.batches), "precision": precision}  # what auto resolved to
         self.last_save = time.perf_counter()
 
     def _write(self, name: str, step: int) -> None:
@@ -342,18 +345,19 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     streak = int(guard.streak.item())
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
-        raise _nonfinite(streak, step, "up to the run's end, which was not saved", ckpt_path)
+        raise _nonfinite(streak, step, "up to the run's end, which was not saved", ckpt_path,
+                         results["precision"] != "float32")
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results
 
 
-def _nonfinite(streak: int, step: int, what: str, ckpt_path: Path) -> NonFiniteLossError:
+def _nonfinite(streak: int, step: int, what: str, ckpt_path: Path, amp: bool) -> NonFiniteLossError:
+    remedy = "lower optim.lr or use train.precision=fp32" if amp else "lower optim.lr"  # fp32 only if it was not
     if ckpt_path.is_file():
-        then = (f"the last good checkpoint is {ckpt_path}; lower optim.lr or use train.precision=fp32, then continue "
-                "with --resume")
+        then = f"the last good checkpoint is {ckpt_path}; {remedy}, then continue with --resume"
     else:
-        then = "no checkpoint was written; lower optim.lr or use train.precision=fp32 and start again"
+        then = f"no checkpoint was written; {remedy} and start again"
     return NonFiniteLossError(f"the loss was NaN or infinite for {streak} steps in a row (by step {step}), {what}; "
                               f"{then}")
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from byol.build import native_bf16
 from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard
 from byol.metrics import read_metrics
@@ -249,6 +250,14 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
                 "given; a failed resume leaves config.yaml as it was; a finished run is a note, exit 0")
 
 
+def test_float32_is_suggested_for_nan_losses_only_to_a_run_in_bf16(tmp_path):
+    from byol.train import _nonfinite
+    for amp in (True, False):
+        message = str(_nonfinite(3, 4, "so the run stopped", tmp_path / "last.pt", amp))
+        assert ("lower optim.lr or use train.precision=fp32 and start again" in message) is amp, message
+        assert message.endswith("lower optim.lr and start again") is not amp, message
+
+
 def test_a_run_that_ends_on_nan_losses_fails_and_says_what_was_saved(tmp_path, cifar, fault_table):
     # Fewer NaN steps than train.max_nonfinite, up to the run's end: that end is not saved, so
     # the run must not report success (it did, with exit 0 and no checkpoint at all).
@@ -256,6 +265,8 @@ def test_a_run_that_ends_on_nan_losses_fails_and_says_what_was_saved(tmp_path, c
     proc = byol("pretrain", cifar, *tiny_overrides(tmp_path / "run", **nan), check=False)
     assert_user_error(proc, "NaN or infinite for 3 steps in a row (by step 4), up to the run's end, which was not "
                       "saved; no checkpoint was written")
+    # float32 is suggested only to a run that was not in it
+    assert ("train.precision=fp32" in proc.stderr) is native_bf16(torch.device("cpu")), proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
     fault_table("loss NaN up to the run's end (fewer steps than train.max_nonfinite)",
                 "exit 2, one sentence: the end was not saved, and which checkpoint is the last good one (or none)")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import byol.folder
-from byol import exports, pipeline
+from byol import pipeline
 from byol.config import Config
 from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
@@ -73,23 +73,6 @@ def test_features_show_progress_on_rank_0_only(monkeypatch, capsys):
         assert ("train features" in capsys.readouterr().err) == shown
 
 
-def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, capsys):
-    root = extract_jpegs(tmp_path / "photos", per_class=1)
-    (root / "cat").rename(root / "test")  # a class named like a split
-    folder = exports._folder_split(root, None, 8, "train")
-    assert folder.root == str(root) and len(folder) == 10
-    assert "the run trained on all of" in capsys.readouterr().err
-    for split in ("val", "test"):  # a split, not the class test/
-        with pytest.raises(DataError, match=f"there is no {split} split: the run trained on all of"):
-            exports._folder_split(root, split, 8, "train")
-    assert exports._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
-
-
-def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
-    names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg"]  # \udcff: byte 0xff
-    assert exports._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
-
-
 def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch):
     existing = tmp_path / "r.json"
     existing.write_text("keep")
@@ -115,17 +98,6 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
     with pytest.raises(pipeline.OutputError, match="other.json: Permission denied"):
         pipeline.check_writable(tmp_path / "other.json")  # named so, not as the probe's temporary file
     pipeline.check_writable(existing)  # but a file there that can be written is fine
-
-
-
-@pytest.mark.parametrize("preset, size, views, images", [
-    ("cifar10-cpu", 32, 24, "not resized"), ("imagenet", 256, 224, "center square")])
-def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(preset, size, views, images):
-    from byol.config import load_config
-    from byol.exports import _eval_input
-    info = _eval_input(load_config(preset), (0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
-    assert (info["image_size"], info["training_views"]) == (size, views) and images in info["images"]
-    assert info["mean"] == [0.1, 0.2, 0.3]  # the run's own: checked end to end in test_cli's export test
 
 
 def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):

@@ -1,0 +1,53 @@
+"""embed and export: which folder a split is, how its labels are numbered, the files written."""
+
+import pytest
+
+from byol import exports
+from byol.data import DataError
+from byol.folder import ImageFolder
+from conftest import extract_jpegs
+
+
+def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, capsys):
+    root = extract_jpegs(tmp_path / "photos", per_class=1)
+    (root / "cat").rename(root / "test")  # a class named like a split
+    folder = exports._folder_split(root, None, 8, "train")
+    assert folder.root == str(root) and len(folder) == 10
+    assert "the run trained on all of" in capsys.readouterr().err
+    for split in ("val", "test"):  # a split, not the class test/
+        with pytest.raises(DataError, match=f"there is no {split} split: the run trained on all of"):
+            exports._folder_split(root, split, 8, "train")
+    assert exports._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
+
+
+def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
+    names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg"]  # \udcff: byte 0xff
+    assert exports._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
+
+
+@pytest.mark.parametrize("preset, size, views, images", [
+    ("cifar10-cpu", 32, 24, "not resized"), ("imagenet", 256, 224, "center square")])
+def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(preset, size, views, images):
+    from byol.config import load_config
+    from byol.exports import _eval_input
+    info = _eval_input(load_config(preset), (0.1, 0.2, 0.3), (1.0, 1.0, 1.0))
+    assert (info["image_size"], info["training_views"]) == (size, views) and images in info["images"]
+    assert info["mean"] == [0.1, 0.2, 0.3]  # the run's own: checked end to end in test_cli's export test
+
+
+def test_a_split_is_numbered_by_the_training_folders_classes(tmp_path, capsys):
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=1)
+    val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    classes = ImageFolder(train, 8).classes
+    (val / classes[0]).rename(val / "zebra")  # val: classes 1-9 and one train has not
+    own = ImageFolder(val, 8)
+    numbered, unknown = own.numbered_as(classes)
+    assert unknown == ["zebra"] and numbered.classes == classes
+    names = [p.split("/")[-2] for p in numbered.paths]
+    assert [classes[y] if y >= 0 else "zebra" for y in numbered.labels.tolist()] == names
+    assert own.labels.tolist() == list(range(10))  # the folder itself unchanged
+    # The training folder unreadable (emptied since): its own numbering, said so.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert exports._numbered_as(own, empty) is own
+    assert f"{own.root}'s labels are numbered by its own class folders" in capsys.readouterr().err
