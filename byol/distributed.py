@@ -110,8 +110,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         # In float32 whatever the input (bf16 under autocast): sums and counts in bf16 lose digits,
         # and the running statistics are float32. The output has the input's dtype, as BatchNorm's.
-        # (Under bf16 the float32 copy is what autograd keeps: twice the input's memory, in the heads'
-        # few BatchNorms, the only ones converted.)
+        # (Under bf16 autograd keeps this float32 copy: twice a bf16 input's memory, for every BatchNorm
+        # that torchrun's conversion made one of this, the encoder's too.)
         dtype, x = x.dtype, x.float()
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
