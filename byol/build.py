@@ -36,10 +36,15 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     if precision == "auto":
         return torch.bfloat16 if native_bf16(device) else None
     if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and not native_bf16(device):
             raise ConfigError("train.precision=bf16 but this GPU has no bfloat16; use fp32")
         return torch.bfloat16
     raise ConfigError(f"train.precision={precision!r}; choose auto, bf16 or fp32")
+
+
+def precision_name(amp: Optional[torch.dtype]) -> str:
+    """How a run's autocast dtype is said: in the closing table, in checkpoints, on resume."""
+    return "bf16 autocast" if amp is not None else "float32"
 
 
 def native_bf16(device: torch.device) -> bool:

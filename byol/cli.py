@@ -214,10 +214,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
                               limit=args.limit, progress=True)
         if _is_main_process():  # under torchrun, once
-            side = [f"{what} in {path.with_name(path.stem + name)}"
-                    for what, name in (("labels", "_labels.npy"), ("class names", "_classes.txt"),
-                                       ("file paths", "_paths.txt"))
-                    if path.suffix == ".npy" and path.with_name(path.stem + name).is_file()]
+            side = [f"{what} in {file}" for what, file in exports.side_files(path)]
             print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     elif args.command == "export":
         info = exports.export(args.checkpoint, args.out)

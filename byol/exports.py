@@ -134,6 +134,14 @@ def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: 
                 side.unlink(missing_ok=True)
 
 
+def side_files(out: Path) -> list[tuple[str, Path]]:
+    """What :func:`embed` wrote beside ``out``: ``(what, path)``, e.g. ``("labels", NAME_labels.npy)``
+    (only ``.npy`` has side files; an earlier output's that this one has not were removed)."""
+    named = (("labels", "_labels.npy"), ("class names", "_classes.txt"), ("file paths", "_paths.txt"))
+    return [(what, out.with_name(out.stem + name)) for what, name in named
+            if out.suffix == ".npy" and out.with_name(out.stem + name).is_file()]
+
+
 def _path_lines(paths: list[str]) -> bytes:
     """``paths`` one per line, as the file system spells them (bytes that are not UTF-8 kept as they
     are), so that line i is row i: a backslash in a name is written as two, a line break as

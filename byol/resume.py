@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .build import schedule_of
+from .build import precision_name, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import Config, ConfigError, changed_settings, config_from_dict
 from .model import BYOL
@@ -41,7 +41,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
     if rank == 0:
         _note_changes(state, config, steps_per_epoch)
-        _note_precision(state.get("extra", {}).get("precision"), "bf16 autocast" if amp else "float32", config)
+        _note_precision(state.get("extra", {}).get("precision"), precision_name(amp), config)
     return state["step"]
 
 

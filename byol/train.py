@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .build import TrainData, autocast_dtype, build_model, load_data, resolve_device, schedule_of, views_of
+from .build import (TrainData, autocast_dtype, build_model, load_data, precision_name, resolve_device, schedule_of,
+                    views_of)
 from .checkpoint import save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
@@ -134,7 +135,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         data.folder.read_skipped(run_dir / "skipped_files.txt")  # the files the run skipped before it stopped
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
-    results: dict = {"device": str(device), "precision": "bf16 autocast" if amp else "float32"}
+    results: dict = {"device": str(device), "precision": precision_name(amp)}
     bars = t.progress and rank == 0  # the kNN features' bars
     if data.knn_train is not None and step == 0:
         results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp, bars), t.knn_k)
@@ -346,7 +347,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
     streak = int(guard.streak.item())
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
         raise _nonfinite(streak, step, "up to the run's end, which was not saved", ckpt_path,
-                         results["precision"] != "float32")
+                         results["precision"] != precision_name(None))
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results
