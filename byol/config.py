@@ -60,7 +60,8 @@ class OptimConfig:
     lr: float = 0.2                   # base learning rate for 256 images; used: lr x batch_size / 256
     weight_decay: float = 1.5e-6
     momentum: float = 0.9
-    trust_coefficient: float = 0.001
+    trust_coefficient: float = 0.001  # LARS's eta (paper: 0.001)
+    lars_clip: bool = False           # cap LARS's step at plain SGD's (solo-learn's CIFAR recipe; not the paper)
     warmup_epochs: float = 10.0
 
 

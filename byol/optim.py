@@ -29,15 +29,17 @@ class LARS(torch.optim.Optimizer):
 
     Per parameter ``w`` with gradient ``g``: ``g ← g + wd·w``; unless the group sets
     ``lars_exclude``, ``g ← η ||w|| / ||g|| · g`` (η the trust coefficient, skipped when a norm
-    is zero); then ``v ← m v + g`` and ``w ← w - lr v``.
+    is zero); then ``v ← m v + g`` and ``w ← w - lr v``. With ``clip`` the trust ratio is capped
+    so that a layer's step is at most plain SGD's: ``g ← min(η ||w|| / ||g|| / lr, 1) · g`` (LARC's
+    clipping, as solo-learn's CIFAR recipes use it with η = 0.02; the paper does not clip).
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8):
+                 trust_coefficient: float = 0.001, eps: float = 1e-8, clip: bool = False):
         if lr < 0:
             raise ValueError(f"invalid learning rate {lr}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, eps=eps, lars_exclude=False)
+                        trust_coefficient=trust_coefficient, eps=eps, clip=clip, lars_exclude=False)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -59,6 +61,8 @@ class LARS(torch.optim.Optimizer):
                 w_norms = torch.stack(torch._foreach_norm(params))
                 g_norms = torch.stack(torch._foreach_norm(grads))
                 trust = group["trust_coefficient"] * w_norms / (g_norms + group["eps"])
+                if group["clip"]:  # lr 0 (a schedule's end) gives inf, clamped to 1
+                    trust = (trust / group["lr"]).clamp_(max=1.0)
                 # No adaptation where either norm is zero (fresh zero-init weights, no signal).
                 scales = torch.where((w_norms > 0) & (g_norms > 0), trust, 1.0)
                 grads = torch._foreach_mul(grads, scales.unbind())
@@ -79,13 +83,14 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
-                    momentum: float = 0.9, trust_coefficient: float = 0.001) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, trust_coefficient: float = 0.001,
+                    lars_clip: bool = False) -> torch.optim.Optimizer:
     """Build ``lars``, ``sgd`` or ``adamw`` over :func:`param_groups` of ``model``."""
     groups = param_groups(model, weight_decay)
     name = name.lower()
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                    trust_coefficient=trust_coefficient)
+                    trust_coefficient=trust_coefficient, clip=lars_clip)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":

@@ -52,6 +52,31 @@ def test_lars_step_matches_the_formula():
         torch.testing.assert_close(p.detach(), expected[n], rtol=1e-5, atol=1e-7)
 
 
+def test_clipped_lars_steps_at_most_as_far_as_sgd():
+    # solo-learn's CIFAR recipe: eta 0.02 with LARC clipping, a layer's step min(eta ||w|| / ||g||, lr) g.
+    # With lr 0.0015 the first Linear's trust step (0.0018) is above lr and the second's (0.0012)
+    # below it: the clip binds on one layer only.
+    model = make_model()
+    lr, eta = 0.0015, 0.02
+    opt = LARS(param_groups(model, 0.0), lr=lr, momentum=0.9, trust_coefficient=eta, clip=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randn(8, 6)).pow(2).sum().backward()
+    opt.step()
+    bound = []
+    for n, p in model.named_parameters():
+        g = p.grad
+        step = min(eta * before[n].norm() / g.norm(), lr) if p.ndim > 1 else lr
+        if p.ndim > 1:
+            bound.append(bool(eta * before[n].norm() / g.norm() > lr))
+        torch.testing.assert_close(p.detach(), before[n] - step * g, rtol=1e-5, atol=1e-7)
+    assert bound == [True, False]
+    # lr 0, a cosine schedule's last step: no step and no NaN.
+    opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = 0.0
+    still = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), still))
+
+
 def test_lars_leaves_excluded_parameters_unadapted_and_undecayed():
     # An excluded parameter with zero gradient must not move (no weight decay on it), while a
     # regular one with zero gradient shrinks by weight decay.
