@@ -22,8 +22,10 @@ def build_target(online: nn.Module) -> nn.Module:
 def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     """In-place EMA step ``ξ ← τ ξ + (1 - τ) θ`` (paper, eq. 1); buffers are copied.
 
-    Buffers (BatchNorm running statistics) are copied rather than averaged, as in the
-    reference implementation, so the target's normalization follows the online network's.
+    Buffers (BatchNorm running statistics) are copied from the online network, not averaged.
+    The reference implementation instead keeps the target's own statistics from its forward
+    passes. Training never uses them (the target runs in training mode, on batch statistics),
+    and eval and export take the online encoder.
     """
     target_params, online_params = list(target.parameters()), list(online.parameters())
     if len(target_params) != len(online_params):
