@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import remove_empty_folders, topmost_missing
+from .images import image_extensions
 
 if TYPE_CHECKING:
     from .folder import ImageFolder
@@ -47,7 +48,6 @@ class FilesNotFound(DataError):
 def holds_images(root: Path, limit: int = 100) -> bool:
     """Whether ``root`` or one of its sub-folders has image files among its first ``limit`` entries
     (a quick look: entries are read one at a time, never a whole large folder)."""
-    from .folder import image_extensions  # folder.py imports this module
     extensions = image_extensions()
     folders = [root]
     for folder in folders:  # root, then the sub-folders found in it

@@ -11,12 +11,22 @@ from .backbones import resnet
 from .build import load_size, resolve_device, views_of
 from .config import Config, save_config
 from .data import NATIVE_SIZE, DataError
-from .folder import ImageFolder
+from .folder import ImageFolder, escape_name
 from . import distributed as dist
 from .pipeline import check_writable, features, image_root, load_encoder, load_split, note, writing
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
+    """The folder to embed for ``split`` of a run trained on the folder ``root`` (:func:`_find_split`),
+    with a note where a file outside its class sub-folders leaves it unlabeled."""
+    folder = _find_split(root, split, size, train_split)
+    if folder.loose is not None:
+        note(f"the images of {folder.root} are labeled -1: {folder.loose} is not inside a class sub-folder "
+             "(for labels, every image must be)")
+    return folder
+
+
+def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
     """The folder to embed for ``split`` of a run trained on the folder ``root``.
 
     ``root`` may be ROOT of an ImageNet-style layout or ``ROOT/train`` (as :func:`labeled_folders`).
@@ -145,9 +155,8 @@ def side_files(out: Path) -> list[tuple[str, Path]]:
 def _path_lines(paths: list[str]) -> bytes:
     """``paths`` one per line, as the file system spells them (bytes that are not UTF-8 kept as they
     are), so that line i is row i: a backslash in a name is written as two, a line break as
-    backslash-n (-r)."""
-    escaped = (p.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r") for p in paths)
-    return b"".join(p.encode("utf-8", "surrogateescape") + b"\n" for p in escaped)
+    backslash-n (-r), a tab as backslash-t (:func:`~byol.folder.escape_name`)."""
+    return b"".join(escape_name(p).encode("utf-8", "surrogateescape") + b"\n" for p in paths)
 
 
 def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:

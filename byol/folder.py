@@ -7,26 +7,18 @@ and listed, never fatal. Small folders can be decoded once into an in-memory
 
 import copy
 import os
-import warnings
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import write_text_atomically
 from .data import DataError, ImageSet
-
-_NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}  # Pillow stubs or no pictures at all
-
-
-def image_extensions() -> frozenset[str]:
-    """Lower-case file extensions of the formats Pillow can open, such as ``.jpg``, ``.png``, ``.webp``."""
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                     if fmt in Image.OPEN and fmt not in _NOT_PICTURES)
+from .images import decode_image, image_extensions, reason
 
 
 @dataclass(frozen=True)
@@ -42,13 +34,15 @@ class ImageFolder(Dataset):
     """Image files under ``root``, at any depth, in any format Pillow opens, as square uint8 tensors.
 
     ``dataset[i]`` is ``(image uint8 (3, size, size), label, i)``, or a :class:`Skipped` record
-    when the file cannot be decoded (truncated, empty, not an image, a decompression bomb per
-    ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`skip_collate` drops those, and the loaders below
+    when the file cannot be decoded (truncated, empty, not an image or not a regular file, a
+    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`skip_collate` drops those, and the loaders below
     collect them in ``bad_files``, in the main process, also with worker processes.
 
     Each image is turned upright (EXIF orientation) and converted to RGB: alpha is composited
     onto black (transparent pixels become black, whatever colour they hide), 16-bit gray is
-    scaled from 0..65535 (Pillow's own conversion would clip it at 255), CMYK goes through
+    scaled from 0..65535 (Pillow's own conversion would clip it at 255), 32-bit integer and float
+    gray from the smallest of 0..255 and 0..65535 (float: 0..1 and 0..255) that holds its values,
+    else from 0 to its maximum, CMYK goes through
     Pillow's conversion. Its shorter side is resized to ``size`` and the center square cut
     out: this square is all that training sees, the random resized crops being taken later,
     on the device, from it.
@@ -86,6 +80,9 @@ class ImageFolder(Dataset):
         else:
             self.classes = None
             self.labels = torch.full((len(rel_paths),), -1, dtype=torch.int64)
+        # Why a folder with some class sub-folders is unlabeled: a file outside them (None: no such file).
+        self.loose = os.path.join(self.root, rel_paths[top.index(None)]) \
+            if self.classes is None and labeled == "auto" and any(t is not None for t in top) else None
         # One numpy bytes array instead of a list of str: worker processes then read the paths
         # without touching Python reference counts, which would copy the pages of a large list.
         self._paths = np.array([os.fsencode(p) for p in rel_paths])
@@ -106,7 +103,7 @@ class ImageFolder(Dataset):
         try:
             image = decode_image(path, self.size)
         except Exception as e:  # any file that cannot be decoded is skipped, never fatal
-            return Skipped(index, path, _reason(path, e))
+            return Skipped(index, path, reason(path, e))
         return image, int(self.labels[index]), index
 
     def subset(self, indices: torch.Tensor) -> "ImageFolder":
@@ -137,8 +134,9 @@ class ImageFolder(Dataset):
                          "check the files")
 
     def write_skipped(self, path: Union[str, Path]) -> int:
-        """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line; returns their number."""
-        lines = "".join(f"{p}\t{r}\n" for p, r in sorted(self.bad_files.items()))
+        """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line (the name as :func:`escape_name`
+        writes it); returns their number."""
+        lines = "".join(f"{escape_name(p)}\t{r}\n" for p, r in sorted(self.bad_files.items()))
         write_text_atomically(path, lines, errors="surrogateescape")  # a crash never leaves half a list
         return len(self.bad_files)
 
@@ -150,21 +148,23 @@ class ImageFolder(Dataset):
             for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
                 file, tab, reason = line.partition("\t")
                 if tab:
-                    self.bad_files.setdefault(file, reason)
+                    self.bad_files.setdefault(unescape_name(file), reason)
 
 
 def _scan(root: str) -> list[str]:
     extensions = image_extensions()
+    real_root = os.path.realpath(root)
     found = []
     walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
     for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
-        stat = os.stat(folder)
-        if (stat.st_dev, stat.st_ino) in walked:
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in walked:
             subfolders[:] = []
             continue
-        if stat.st_ino:  # 0: a file system without inode numbers, which cannot tell
-            walked.add((stat.st_dev, stat.st_ino))
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if info.st_ino:  # 0: a file system without inode numbers, which cannot tell
+            walked.add((info.st_dev, info.st_ino))
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and not _links_within(os.path.join(folder, d), real_root))
         rel = os.path.relpath(folder, root)
         for f in sorted(files):
             if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions:
@@ -172,48 +172,28 @@ def _scan(root: str) -> list[str]:
     return found
 
 
-def _reason(path: str, error: Exception) -> str:
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return "empty file"
-    return " ".join(f"{type(error).__name__}: {error}".split())  # one line, no tabs
+def _links_within(path: str, real_root: str) -> bool:
+    """Whether ``path`` is a symbolic link to a folder the scan reads in its own place under the root
+    (its images then keep their own class: ``a/link_to_b`` read first would file ``b``'s under ``a``)."""
+    if not os.path.islink(path):
+        return False
+    rel = os.path.relpath(os.path.realpath(path), real_root)
+    return rel == "." or not (rel == os.pardir or rel.startswith(os.pardir + os.sep)
+                              or any(part.startswith(".") for part in rel.split(os.sep)))
 
 
-def decode_image(path: str, size: int) -> torch.Tensor:
-    """Decode one file to RGB uint8 (3, size, size): upright, shorter side ``size``, center square."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.draft(im.mode, (size, size))  # JPEG: decode at 1/2..1/8 scale when still >= size
-            im.load()
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # malformed EXIF: keep the stored orientation rather than lose the image
-                pass
-            im = _to_rgb(im)
-            w, h = im.size
-            side = min(w, h)
-            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-            pixels = np.array(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+def escape_name(name: str) -> str:
+    """A file name on one line of a list: a backslash written as two, a line break as backslash-n
+    (-r), a tab as backslash-t. :func:`unescape_name` reverses it."""
+    return name.translate(_ESCAPES)
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I"):  # "I;16", "I;16B", "I": 16-bit range, scaled rather than clipped
-        gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-        return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
-    if im.mode == "F":  # 32-bit float (TIFF): [0, 1], as most tools write it, is scaled; more is clipped
-        value = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        if value.max(initial=0.0) <= 1.0:
-            value = value * 255
-        return Image.fromarray((np.clip(value, 0, 255) + 0.5).astype(np.uint8)).convert("RGB")
-    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", im.size)
-        out.paste(rgba, mask=rgba.getchannel("A"))  # = RGB * alpha: composited onto black
-        return out
-    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr
+def unescape_name(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(0)), text)
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
 
 
 # ----------------------------------------------------------------------------------- loaders

@@ -5,6 +5,7 @@ import os
 import pickle
 import struct
 import tarfile
+import threading
 import urllib.error
 import zlib
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, build_dataset, data_home, load_cifar, load_stl10
-from byol.folder import (ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share,
-                         decode_image, load_folder_tensor)
+from byol.folder import ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share, load_folder_tensor
+from byol.images import decode_image
 from conftest import extract_jpegs
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
@@ -261,7 +262,7 @@ def _odd_images(root: Path) -> tuple[dict, dict]:
     put(bad, "ship", "text.jpg", data=b"this is not an image\n")
     put(bad, "truck", "empty.png", data=b"")
     put(bad, "truck", "bomb.png", data=_png_header(20000, 20000))  # > 2 x MAX_IMAGE_PIXELS: an error
-    put(bad, "truck", "bomb_warning.png", data=_png_header(10000, 10000))  # > MAX_IMAGE_PIXELS: a warning
+    put(bad, "truck", "bomb_warning.png", data=_png_header(10000, 10000))  # > MAX_IMAGE_PIXELS, no pixels
     for name in ("notes.txt", "README", ".hidden.png"):  # not images or hidden: never listed
         Image.new("RGB", (8, 8)).save(root / "truck" / name, format="PNG")
     return odd, bad
@@ -368,7 +369,7 @@ def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_t
     assert "truncated" in reasons["truncated.jpg"]
     assert "UnidentifiedImageError" in reasons["text.jpg"]
     assert "DecompressionBombError" in reasons["bomb.png"]
-    assert "DecompressionBombWarning" in reasons["bomb_warning.png"]
+    assert reasons["bomb_warning.png"] == "OSError: cannot load this image"  # read, not refused for its size
 
     # odd modes, converted to RGB
     px = {name: by_path[path].permute(1, 2, 0).numpy().astype(int) for name, path in odd.items()}
@@ -394,10 +395,17 @@ def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_t
     listed, ds.bad_files = dict(ds.bad_files), {}
     ds.read_skipped(tmp_path / "skipped_files.txt")  # as a resumed run starts its list
     assert ds.bad_files == listed
+    odd_names = {"/x/tab\there.jpg": "r1", "/x/new\nline.jpg": "r2", "/x/back\\t.jpg": "r3"}
+    ds.bad_files = dict(odd_names)  # a tab or line break in a name neither splits nor adds a line
+    assert ds.write_skipped(tmp_path / "odd.txt") == 3 == len((tmp_path / "odd.txt").read_text().splitlines())
+    ds.bad_files = {}
+    ds.read_skipped(tmp_path / "odd.txt")
+    assert ds.bad_files == odd_names
     for name, what in [("truncated.jpg", "truncated JPEG"), ("corrupt.jpg", "JPEG marker followed by noise"),
                        ("text.jpg", "text file named .jpg"), ("empty.png", "zero-byte file"),
                        ("bomb.png", "decompression bomb (PNG declaring 20000 x 20000)"),
-                       ("bomb_warning.png", "decompression-bomb warning (PNG declaring 10000 x 10000)")]:
+                       ("bomb_warning.png", "PNG declaring 10000 x 10000 (over Pillow's decompression-bomb "
+                                            "warning, not its error) with no pixel data")]:
         fault_table(f"image folder: {what}", f"skipped and listed in skipped_files.txt ({reasons[name]}); "
                     "the other images load")
     for name, what in [("gray.png", "grayscale (L)"), ("palette.png", "palette with transparency (P)"),
@@ -423,11 +431,12 @@ def test_jpeg_folder_agrees_with_cifar_binary(jpg_folder, cifar_test):
         assert diff < 8, (name, diff)  # JPEG quality 75 of the same picture
 
 
-def test_image_folder_labels_and_errors(tmp_path):
-    def img(path, size=(10, 6)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", size, (1, 2, 3)).save(path)
+def img(path, size=(10, 6)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (1, 2, 3)).save(path)
 
+
+def test_image_folder_labels_and_errors(tmp_path):
     img(tmp_path / "nested" / "b" / "deep" / "x.png")
     img(tmp_path / "nested" / "a" / "y.JPG")  # extension case does not matter
     ds = ImageFolder(tmp_path / "nested", size=8)
@@ -438,6 +447,8 @@ def test_image_folder_labels_and_errors(tmp_path):
     img(tmp_path / "nested" / "loose.png")  # one image outside a class folder: unlabeled
     ds = ImageFolder(tmp_path / "nested", size=8)
     assert ds.classes is None and ds.labels.tolist() == [-1, -1, -1]
+    assert ds.loose == str(tmp_path / "nested" / "loose.png")  # why, for embed's note
+    assert ImageFolder(tmp_path / "nested" / "a", size=8).loose is None  # no sub-folders: nothing to say
     with pytest.raises(DataError, match="not inside a class subfolder"):
         ImageFolder(tmp_path / "nested", size=8, labeled=True)
     assert ImageFolder(tmp_path / "nested" / "a", size=8, labeled=False).labels.tolist() == [-1]
@@ -453,18 +464,68 @@ def test_image_folder_labels_and_errors(tmp_path):
     assert isinstance(bad, Skipped) and bad.reason == "empty file" and bad.path.endswith("bad.png")
 
 
-def test_float_images_in_0_1_are_scaled_and_others_clipped(tmp_path, fault_table):
-    """A 32-bit float TIFF (mode F) in [0, 1] is not decoded black; one in 0..255 keeps its values."""
-    ramp = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))
-    ramp[0, 0] = np.nan
-    Image.fromarray(ramp).save(tmp_path / "unit.tif")
-    Image.fromarray(ramp * 300 - 20).save(tmp_path / "wide.tif")  # -20 .. 280
-    unit, wide = (decode_image(str(tmp_path / name), 16) for name in ("unit.tif", "wide.tif"))
-    expected = np.round(np.nan_to_num(ramp) * 255)
-    assert torch.equal(unit[0], torch.from_numpy(expected).to(torch.uint8)) and torch.equal(unit[0], unit[2])
-    assert wide[0, 1, 0] == 0 and wide[0, 1, -1] == 255 and wide[0, 1, 8] == round(8 / 15 * 300 - 20)
-    fault_table("image folder: 32-bit float TIFF (F) in [0, 1], with a NaN; one in -20..280",
-                "[0, 1] scaled to 0..255 (NaN as 0); the other clipped to 0..255 (pixel values checked)")
+def test_32_bit_gray_is_scaled_from_the_smallest_usual_range_that_holds_it(tmp_path, fault_table):
+    """32-bit float (F) and integer (I) TIFFs keep their picture: [0, 1] and 0..255 floats, 0..255 and
+    0..65535 integers as such; beyond those, from 0 to the image's maximum (not clipped to a flat image)."""
+    ramp = np.tile(np.linspace(0, 1, 16), (16, 1))
+    cases = {"unit.tif": ramp.astype(np.float32), "wide.tif": (ramp * 300 - 20).astype(np.float32),
+             "int8.tif": np.round(ramp * 255).astype(np.int32), "int16.tif": np.round(ramp * 65535).astype(np.int32),
+             "int31.tif": np.round(ramp * (2**31 - 1)).astype(np.int32)}
+    cases["unit.tif"][0, 0] = np.nan
+    for name, values in cases.items():
+        Image.fromarray(values).save(tmp_path / name)
+    got = {name: decode_image(str(tmp_path / name), 16)[0].numpy().astype(int) for name in cases}
+    expected = np.round(ramp * 255)
+    for name in ("int8.tif", "int16.tif", "int31.tif"):
+        assert np.abs(got[name] - expected).max() <= 1, name
+    assert got["unit.tif"][0, 0] == 0 and np.array_equal(got["unit.tif"][1:], expected[1:])  # NaN as black
+    wide = cases["wide.tif"][1].astype(np.float64)  # -20 .. 280: black below 0, 280 the white
+    assert np.array_equal(got["wide.tif"][1], np.clip(np.round(wide * 255 / 280), 0, 255))
+    fault_table("image folder: 32-bit float TIFF (F) in [0, 1] with a NaN, one in -20..280; 32-bit integer "
+                "TIFF (I) in 0..255, 0..65535, 0..2^31-1",
+                "scaled from [0, 1] (NaN as 0), from 0..280, from 0..255, 0..65535, 0..2^31-1 (pixel values checked)")
+
+
+def test_images_over_pillows_bomb_warning_decode_and_over_its_error_are_skipped(tmp_path, monkeypatch):
+    """A 100-megapixel photo is over Pillow's decompression-bomb warning (89 million pixels) but not
+    its error (twice that): it decodes. Checked with the limit lowered to 1,000 pixels."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / "warned.png")  # 1,600 pixels: a warning
+    Image.new("RGB", (50, 50)).save(tmp_path / "refused.png")  # 2,500: over twice the limit
+    assert decode_image(str(tmp_path / "warned.png"), 8)[:, 0, 0].tolist() == [10, 20, 30]
+    with pytest.raises(Image.DecompressionBombError):
+        decode_image(str(tmp_path / "refused.png"), 8)
+
+
+def test_a_link_to_a_class_folder_inside_the_root_leaves_its_images_their_class(tmp_path, fault_table):
+    """a/link_to_b -> b: b's images are read once, in b (walked first through the link, they had been
+    filed under a, and class b had gone)."""
+    for name in ("a/0.png", "b/0.png", "b/1.png"):
+        img(tmp_path / "set" / name)
+    (tmp_path / "set" / "a" / "link_to_b").symlink_to(tmp_path / "set" / "b")
+    (tmp_path / "outside").mkdir()
+    img(tmp_path / "outside" / "2.png")
+    (tmp_path / "set" / "a" / "link_out").symlink_to(tmp_path / "outside")  # outside the root: followed
+    ds = ImageFolder(tmp_path / "set", size=8)
+    names = [os.path.relpath(p, ds.root) for p in ds.paths]
+    assert ds.classes == ["a", "b"] and names == ["a/0.png", "a/link_out/2.png", "b/0.png", "b/1.png"]
+    assert ds.labels.tolist() == [0, 0, 1, 1]
+    fault_table("image folder: a symbolic link in class folder a to class folder b, and one to a folder outside",
+                "b's images read once, in b, with b's label; the outside folder's read as a's")
+
+
+def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path, fault_table):
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    # Without the check, decoding would open the pipe and wait for a writer: this one writes junk and
+    # closes, so that a broken check fails the test (a decode error) instead of hanging it.
+    writer = threading.Thread(target=lambda: pipe.write_bytes(b"not a picture"), daemon=True)
+    writer.start()
+    with pytest.raises(OSError, match="not a regular file"):
+        decode_image(str(pipe), 8)
+    os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
+    writer.join(timeout=5)
+    fault_table("image folder: a named pipe called pipe.jpg", "skipped as not a regular file; not opened, so no wait")
 
 
 # ----------------------------------------------------------------------------------- TensorBatches

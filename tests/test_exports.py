@@ -20,9 +20,18 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
     assert exports._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
 
 
+def test_a_file_outside_the_class_folders_is_named_when_it_leaves_a_split_unlabeled(tmp_path, capsys):
+    root = extract_jpegs(tmp_path / "photos", per_class=2)
+    next((root / "cat").iterdir()).rename(root / "cover.jpg")
+    folder = exports._folder_split(root, "train", 8, "train")
+    assert folder.classes is None and (folder.labels == -1).all()
+    assert f"labeled -1: {root / 'cover.jpg'} is not inside a class sub-folder" in capsys.readouterr().err
+
+
 def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
-    names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg"]  # \udcff: byte 0xff
-    assert exports._path_lines(names) == b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
+    names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg", "e/tab\t.jpg"]
+    assert exports._path_lines(names) == (b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
+                                          b"e/tab\\t.jpg\n")  # \udcff: the byte 0xff
 
 
 @pytest.mark.parametrize("preset, size, views, images", [

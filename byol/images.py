@@ -1,0 +1,69 @@
+"""Decoding one image file, in any format Pillow opens, to a square RGB uint8 tensor."""
+
+import os
+import stat
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+_NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}  # Pillow stubs or no pictures at all
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions of the formats Pillow can open, such as ``.jpg``, ``.png``, ``.webp``."""
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN and fmt not in _NOT_PICTURES)
+
+
+def reason(path: str, error: Exception) -> str:
+    """Why ``path`` could not be decoded, on one line."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "empty file"
+    return " ".join(f"{type(error).__name__}: {error}".split())  # one line, no tabs
+
+
+def decode_image(path: str, size: int) -> torch.Tensor:
+    """Decode one file to RGB uint8 (3, size, size): upright, shorter side ``size``, center square."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block its reader for ever
+        raise OSError("not a regular file")
+    with warnings.catch_warnings():
+        # Up to Pillow's error, twice MAX_IMAGE_PIXELS (179 million pixels by default): its warning
+        # at half that would skip a 100-megapixel camera's photos.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.draft(im.mode, (size, size))  # JPEG: decode at 1/2..1/8 scale when still >= size
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # malformed EXIF: keep the stored orientation rather than lose the image
+                pass
+            im = _to_rgb(im)
+            w, h = im.size
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            pixels = np.array(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16"):  # 16-bit gray: scaled from 0..65535 (Pillow's conversion would clip at 255)
+        gray = np.asarray(im).astype(np.int64)
+        return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if im.mode in ("I", "F"):  # 32-bit integer or float gray (TIFF): the smallest usual range that holds it
+        value = np.asarray(im, dtype=np.float64)
+        finite = np.isfinite(value)
+        top = value[finite].max(initial=0.0)
+        value = np.where(finite, value, np.where(value > 0, top, 0.0))  # NaN and -inf black, +inf the top
+        ranges = (1.0, 255.0) if im.mode == "F" else (255.0, 65535.0)
+        scale = next((r for r in ranges if top <= r), top)  # beyond them: the image's own maximum
+        return Image.fromarray(np.clip(np.round(value * (255 / scale)), 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size)
+        out.paste(rgba, mask=rgba.getchannel("A"))  # = RGB * alpha: composited onto black
+        return out
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr
