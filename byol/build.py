@@ -136,6 +136,14 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
 
 
+def _others(counts: dict[str, int]) -> str:
+    """``{".heic": 3, ".txt": 1}`` as "4 files (.heic 3, .txt 1)", the most common first."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{ext} {n}" for ext, n in ranked[:6]) + (", ..." if len(ranked) > 6 else "")
+    total = sum(counts.values())
+    return f"{total} file{'s' if total > 1 else ''} ({listed})"
+
+
 def _training_split(config: Config, device: torch.device, rank: int, world: int):
     """This process's batches of the training split, its size, and the folder it streams from (or None)."""
     d, t = config.data, config.train
@@ -143,6 +151,9 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     source = build_dataset(d.dataset, d.root, d.train_split, load_size(config), d.download)
     folder = None
     if not isinstance(source, ImageSet):
+        if source.others and rank == 0:
+            print(f"note: {_others(source.others)} in {source.root} are not in a format Pillow opens; "
+                  "they are left out", file=sys.stderr)
         if d.limit:  # before decoding anything
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source

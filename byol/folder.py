@@ -63,7 +63,7 @@ class ImageFolder(Dataset):
             raise ValueError(f"labeled must be 'auto', True or False, not {labeled!r}")
         if not os.path.isdir(self.root):
             raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
-        rel_paths = _scan(self.root)
+        rel_paths, self.others = _scan(self.root)  # others: files left out, by extension (".heic": 3)
         if not rel_paths:
             raise DataError(f"no image files found in {self.root} or its subfolders (looked for .jpg, "
                             f".jpeg, .png, .webp, .bmp, .tif and the other formats Pillow opens)")
@@ -151,10 +151,11 @@ class ImageFolder(Dataset):
                     self.bad_files.setdefault(unescape_name(file), reason)
 
 
-def _scan(root: str) -> list[str]:
+def _scan(root: str) -> tuple[list[str], dict[str, int]]:
+    """The image files under ``root`` (relative paths), and how many other files each extension has."""
     extensions = image_extensions()
     real_root = os.path.realpath(root)
-    found = []
+    found, others = [], {}
     walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
     for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
         info = os.stat(folder)
@@ -167,9 +168,14 @@ def _scan(root: str) -> list[str]:
                                and not _links_within(os.path.join(folder, d), real_root))
         rel = os.path.relpath(folder, root)
         for f in sorted(files):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions:
+            ext = os.path.splitext(f)[1].lower()
+            if f.startswith("."):
+                continue
+            if ext in extensions:
                 found.append(f if rel == "." else os.path.join(rel, f))
-    return found
+            else:
+                others[ext or "no extension"] = others.get(ext or "no extension", 0) + 1
+    return found, others
 
 
 def _links_within(path: str, real_root: str) -> bool:

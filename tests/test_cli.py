@@ -226,11 +226,15 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     root = extract_jpegs(tmp_path / "images", per_class=4)
     (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (root / "dog" / "empty.jpg").write_bytes(b"")
+    for name in ("IMG_1.heic", "IMG_2.HEIC", "notes.txt", "README"):  # not images Pillow opens: said, not silent
+        (root / "dog" / name).write_bytes(b"...")
     run = tmp_path / "run"
     proc = byol("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={root}",
                 "--data.image_size=32", "--data.workers=2",
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1, "data.limit": "null"}))
     assert "pretraining done" in proc.stdout
+    assert (f"note: 4 files (.heic 2, .txt 1, no extension 1) in {root} are not in a format Pillow opens; "
+            "they are left out") in proc.stderr
     assert "unreadable files skipped  2 (listed in skipped_files.txt)" in proc.stdout
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
