@@ -41,23 +41,26 @@ class FilesNotFound(DataError):
     def __init__(self, what: str, root: Optional[Path] = None):
         if root is not None and holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
             what += "; it holds image files: for a folder of your own images, set --data.dataset=folder"
-        super().__init__(f"{what}; put the files there, or pass --download when online")
+            super().__init__(what)
+        else:
+            super().__init__(f"{what}; put the files there, or pass --download when online")
         self.what = what
 
 
-def holds_images(root: Path, limit: int = 100) -> bool:
-    """Whether ``root`` or one of its sub-folders has image files among its first ``limit`` entries
-    (a quick look: entries are read one at a time, never a whole large folder)."""
+def holds_images(root: Path, limit: int = 100, max_folders: int = 50) -> bool:
+    """Whether ``root`` or a folder up to two levels below it (``ROOT/train/<class>``) has image files
+    among its first ``limit`` entries (a quick look: entries are read one at a time, never a whole
+    large folder, and at most ``max_folders`` folders)."""
     extensions = image_extensions()
-    folders = [root]
-    for folder in folders:  # root, then the sub-folders found in it
+    folders = [(root, 0)]
+    for folder, depth in itertools.islice(folders, max_folders):  # root, then the sub-folders found, by level
         try:
             with os.scandir(folder) as entries:
                 for entry in itertools.islice(entries, limit):
                     if Path(entry.name).suffix.lower() in extensions:
                         return True
-                    if folder == root and entry.is_dir():
-                        folders.append(entry.path)
+                    if depth < 2 and entry.is_dir():
+                        folders.append((entry.path, depth + 1))
         except OSError:  # not a folder, or not readable: the next one
             continue
     return False

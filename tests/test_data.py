@@ -616,10 +616,13 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
     to set data.dataset=folder; a folder without images is not."""
     (tmp_path / "images" / "cats").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "cats" / "a.png")
+    (tmp_path / "layout" / "train" / "cats").mkdir(parents=True)  # ROOT/train/<class>: two levels down
+    Image.new("RGB", (8, 8)).save(tmp_path / "layout" / "train" / "cats" / "a.png")
     (tmp_path / "empty").mkdir()
     for load in (lambda root: load_cifar(root, "cifar10", "train"), lambda root: load_stl10(root, "train")):
-        with pytest.raises(DataError, match="it holds image files: .* set --data.dataset=folder"):
-            load(tmp_path / "images")
+        for images in ("images", "layout"):
+            with pytest.raises(DataError, match="it holds image files: .* set --data.dataset=folder$"):
+                load(tmp_path / images)  # and nothing after it: no advice to put CIFAR's files there
         with pytest.raises(DataError) as error:
             load(tmp_path / "empty")
-        assert "dataset=folder" not in str(error.value)
+        assert "dataset=folder" not in str(error.value) and "put the files there" in str(error.value)
