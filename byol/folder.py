@@ -167,10 +167,8 @@ def _scan(root: str) -> tuple[list[str], dict[str, int]]:
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
                                and not _links_within(os.path.join(folder, d), real_root))
         rel = os.path.relpath(folder, root)
-        for f in sorted(files):
+        for f in sorted(f for f in files if not f.startswith(".")):
             ext = os.path.splitext(f)[1].lower()
-            if f.startswith("."):
-                continue
             if ext in extensions:
                 found.append(f if rel == "." else os.path.join(rel, f))
             else:
