@@ -8,7 +8,7 @@ import random
 import re
 import shutil
 import zipfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -108,8 +108,15 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
     """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
     file or the new one, never half of one."""
-    with _temporary(Path(path)) as tmp:
-        tmp.write_bytes(text.encode("utf-8", errors=errors))
+    write_files_atomically({Path(path): text.encode("utf-8", errors=errors)})
+
+
+def write_files_atomically(files: dict[Path, bytes]) -> None:
+    """Write each of ``files`` beside its path, and only once all are written (and synced) rename
+    them over their paths: a failure on any (a full disk) leaves every old file as it was."""
+    with ExitStack() as stack:
+        for path, data in files.items():
+            stack.enter_context(_temporary(Path(path))).write_bytes(data)
 
 
 @contextmanager

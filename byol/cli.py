@@ -184,7 +184,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
             if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
         if args.out or default:  # before the evaluation, which can take long
-            pipeline.check_writable(args.out or default)
+            pipeline.check_writable(args.out or default, source=args.checkpoint)
             if not args.out:
                 _kept_name_writable(default)
         if args.protocol == "knn":
@@ -228,8 +228,8 @@ def _is_main_process() -> bool:
 
 
 def _out_of_memory() -> int:
-    print("byol: error: the batch does not fit in memory; lower train.batch_size "
-          "(e.g. --train.batch_size=128)", file=sys.stderr)
+    print("byol: error: the batch does not fit in memory; lower train.batch_size (to half, say), or "
+          "data.image_size or the model's size (model.width, model.projection_hidden_size)", file=sys.stderr)
     return 2
 
 

@@ -125,10 +125,15 @@ def preset_names() -> list[str]:
 
 def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
+    if path.is_dir() and (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
+        raise ConfigError(f"config {name_or_path} is a folder, not a YAML file")
     if path.suffix in (".yaml", ".yml") or path.is_file():  # (a folder named like a preset is not a config)
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {name_or_path} is not a YAML text file (not UTF-8)") from None
     else:
         preset = _presets() / f"{name_or_path}.yaml"
         if not preset.is_file():
@@ -275,6 +280,7 @@ def validate(config: Config) -> Config:
               "false with train.compile=true (the CUDA graph captures the eager step)"),
              ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
              ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null"),
+             ("train.seed", -2**63 <= t.seed < 2**63, "between -2**63 and 2**63 - 1"),
              ("train.knn_k", t.knn_k >= 1, ">= 1"), ("train.tau_base", 0 <= t.tau_base <= 1, "between 0 and 1"),
              ("train.out_dir", t.out_dir.strip() != "", "a directory (not empty)"),
              ("data.root", config.data.root.strip() != "", "a directory (not empty)"),
@@ -322,6 +328,11 @@ def config_from_dict(data: dict) -> Config:
     return config
 
 
+def config_text(config: Config) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML, atomically (``--resume`` reads it back)."""
-    write_text_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomically(path, config_text(config))

@@ -190,7 +190,12 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
                             f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}", root)
     kind, folder = found
     read = _read_cifar_binary if kind == "binary" else _read_cifar_pickle
-    return read(folder, name, split)
+    data = read(folder, name, split)
+    classes = 10 if name == "cifar10" else 100
+    if len(data.labels) and not 0 <= int(data.labels.min()) <= int(data.labels.max()) < classes:
+        raise DataError(f"the {name} {split} files in {folder} have labels outside 0..{classes - 1}: they are "
+                        "damaged or not CIFAR's; download them again")
+    return data
 
 
 def _find_cifar(root: Path, name: str, split: str) -> Optional[tuple[str, Path]]:

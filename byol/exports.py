@@ -1,5 +1,6 @@
 """Taking the encoder or its embeddings to your own task: ``byol embed`` and ``byol export``."""
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -9,11 +10,12 @@ import torch
 
 from .backbones import resnet
 from .build import load_size, resolve_device, views_of
-from .config import Config, save_config
+from .checkpoint import write_files_atomically
+from .config import Config, config_text
 from .data import NATIVE_SIZE, DataError
 from .folder import ImageFolder, escape_name
 from . import distributed as dist
-from .pipeline import check_writable, features, image_root, load_encoder, load_split, note, writing
+from .pipeline import OutputError, check_writable, features, image_root, load_encoder, load_split, note, writing
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
@@ -99,7 +101,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     """
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
-    check_writable(out)
+    for name in ("", "_labels.npy", "_classes.txt", "_paths.txt")[:1 if Path(out).suffix == ".pt" else 4]:
+        check_writable(Path(out).with_name(Path(out).stem + name) if name else out, source=path)
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
     d = config.data
@@ -123,25 +126,28 @@ def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: 
                      classes: Optional[list[str]]) -> None:
     """:func:`embed`'s files (as it says); an earlier ``NAME.npy``'s side files that this one has
     not are removed, so that every file called NAME belongs to this output."""
+    if out.suffix == ".pt":  # copies: a --limit'ed slice would otherwise save the whole tensor behind it
+        saved = {"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths, "classes": classes}
+        files = {out: _bytes(lambda f: torch.save(saved, f))}
+    else:
+        import numpy as np
+        files = {out: _bytes(lambda f: np.save(f, emb.numpy())),
+                 out.with_name(out.stem + "_labels.npy"): _bytes(lambda f: np.save(f, labels.numpy()))}
+        files.update({out.with_name(out.stem + name): _path_lines(lines)
+                      for name, lines in (("_paths.txt", paths), ("_classes.txt", classes)) if lines is not None})
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".pt":
-            # Copies: a --limit'ed slice would otherwise save the whole tensor behind it.
-            torch.save({"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths, "classes": classes},
-                       out)
-            return
-        import numpy as np
-        # The text files made before any file is written: none is left half written.
-        texts = {name: _path_lines(lines) for name, lines in (("_paths.txt", paths), ("_classes.txt", classes))
-                 if lines is not None}
-        np.save(out, emb.numpy())
-        np.save(out.with_name(out.stem + "_labels.npy"), labels.numpy())
-        for name in ("_paths.txt", "_classes.txt"):
-            side = out.with_name(out.stem + name)
-            if name in texts:
-                side.write_bytes(texts[name])
-            else:
-                side.unlink(missing_ok=True)
+        write_files_atomically(files)  # all or none: a full disk leaves an earlier output's files whole
+        for _, side in side_files(out):
+            if side not in files:  # an earlier output's, which this one has not
+                side.unlink()
+
+
+def _bytes(write) -> bytes:
+    """What ``write(file)`` (a torch.save or np.save into ``file``) writes."""
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
 
 
 def side_files(out: Path) -> list[tuple[str, Path]]:
@@ -175,11 +181,16 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
     ``export.json`` (what to feed it; the files by their names in ``out_dir``) and the run's config.
     Returns export.json's contents, the two files as paths under ``out_dir``."""
+    out_dir = Path(out_dir)
+    if (out_dir / "checkpoints").is_dir():  # its config.yaml is what --resume reads
+        raise OutputError(f"{out_dir} is a run directory (it holds checkpoints/); export into a folder of its own, "
+                          f"such as {out_dir / 'export'}")
+    for name in ("encoder.pt", "encoder_torchscript.pt", "config.yaml", "export.json"):
+        check_writable(out_dir / name, source=path)
     net, config = load_encoder(path)
     full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     state = {k: v for k, v in net.state_dict().items()}
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
-    out_dir = Path(out_dir)
     with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
         warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
         scripted = torch.jit.script(net.eval())
@@ -188,10 +199,11 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt",
             "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
             "input": _eval_input(config, view1.mean, view1.std)}
+    files = {out_dir / info["state_dict"]: _bytes(lambda f: torch.save(state, f)),
+             out_dir / info["torchscript"]: scripted.save_to_buffer(),
+             out_dir / "config.yaml": config_text(config).encode(),
+             out_dir / "export.json": (json.dumps(info, indent=2) + "\n").encode()}
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state, out_dir / info["state_dict"])
-        scripted.save(str(out_dir / info["torchscript"]))
-        save_config(config, out_dir / "config.yaml")
-        (out_dir / "export.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_files_atomically(files)  # in memory first: torch's own writer aborts the process on a full disk
     return {**info, "state_dict": str(out_dir / info["state_dict"]), "torchscript": str(out_dir / info["torchscript"])}

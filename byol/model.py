@@ -52,7 +52,11 @@ def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
 
 def check_pixel_range(images: torch.Tensor) -> None:
     """Refuse a float batch in 0..255, and warn of one with negative values (normalized, or random
-    like byol-pytorch's README example): the augmentations take floats in [0, 1] (or uint8)."""
+    like byol-pytorch's README example), and integers other than uint8: the augmentations take
+    floats in [0, 1] (or uint8)."""
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise ValueError(f"images of dtype {images.dtype} are neither uint8 (0..255) nor float in [0, 1]; "
+                         "convert them, e.g. images.to(torch.uint8) for 8-bit pixels")
     if not (images.is_floating_point() and images.numel()):
         return
     low, high = (float(v) for v in torch.aminmax(images.detach()))  # one host sync

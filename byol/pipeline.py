@@ -38,18 +38,20 @@ def writing(path: Union[str, Path]):
         raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
 
 
-def check_writable(path: Union[str, Path]) -> None:
+def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None) -> None:
     """Fail before the work, not after it, where the file ``path`` cannot be written: a folder in
     its place, a file where a folder of its path goes, a file that cannot be opened for writing, or
     a place that takes no new files (probed with a temporary file in the nearest folder that
-    exists; nothing is created for good). Only in the process that writes: rank 0 under torchrun
-    (told by ``RANK``, as the process group may not exist yet)."""
+    exists; nothing is created for good), or the file ``source`` that the work reads. Only in the
+    process that writes: rank 0 under torchrun (told by ``RANK``, as the process group may not exist yet)."""
     import errno
     import os
     import tempfile
     if os.environ.get("RANK", "0") != "0":
         return
     path = Path(path).absolute()
+    if source is not None and path.is_file() and Path(source).is_file() and path.samefile(source):
+        raise OutputError(f"{path} is the checkpoint being read; choose another --out")
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))

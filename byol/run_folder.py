@@ -31,9 +31,10 @@ class RunFolder:
         self.created = topmost_missing(self.path)  # the topmost folder made here
         if resume and not self.checkpoint.is_file():
             raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}; start without --resume")
-        if not resume and self.checkpoint.is_file():
-            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose "
-                              "another train.out_dir")
+        kept = sorted(self.checkpoint.parent.glob("*.pt")) if self.checkpoint.parent.is_dir() else []
+        if not resume and kept:  # last.pt, or kept epochs of a run whose last.pt is gone
+            raise ConfigError(f"{self.path} already holds a run ({kept[-1].relative_to(self.path)}); pass --resume "
+                              "to continue it (from checkpoints/last.pt) or choose another train.out_dir")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / ".write_test").touch()

@@ -407,13 +407,38 @@ def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(ca
                            after_progress=True)
     assert "kNN top-1 (k=20)" in out
     assert line == f"byol: error: cannot write {tmp_path / 'r.json'}: Read-only file system; choose another --out"
-    # A full disk under torch.save: its zip writer's RuntimeError, not an OSError.
-    def full_disk(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    # A disk that fills up while embed writes its second file: the earlier output's files are all kept
+    # as they were (each new file is written beside its old one, and renamed only once all are written).
+    monkeypatch.undo()
+    from byol.cli import main
+    assert main(["embed", str(ckpt), "--out", str(tmp_path / "e.npy"), "--limit", "8"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("e*")}
+    write_bytes = pathlib.Path.write_bytes
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    _, line = main_error(capsys, "embed", ckpt, "--out", tmp_path / "e.pt", "--limit", 8, after_progress=True)
-    assert line.startswith(f"byol: error: cannot write {tmp_path / 'e.pt'}: [enforce fail") and "disk full?" in line
+    def full_disk(path, data):
+        if "_labels" in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
+    capsys.readouterr()
+    _, line = main_error(capsys, "embed", ckpt, "--out", tmp_path / "e.npy", "--limit", 16, after_progress=True)
+    assert line == f"byol: error: cannot write {tmp_path / 'e.npy'}: No space left on device; choose another --out"
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*") if p.name.startswith(("e", ".e"))} == before
+
+
+def test_outputs_that_would_replace_what_is_read_are_refused(capsys, trained, tmp_path):
+    run = trained[0]
+    ckpt = run / "checkpoints" / "last.pt"
+    state = ckpt.read_bytes()
+    for args in (("eval", "knn", ckpt, "--limit", 40), ("embed", ckpt, "--limit", 8)):
+        _, line = main_error(capsys, *args, "--out", ckpt)  # before: the checkpoint became the JSON
+        assert line == f"byol: error: {ckpt} is the checkpoint being read; choose another --out"
+    config = (run / "config.yaml").read_bytes()
+    _, line = main_error(capsys, "export", ckpt, "--out", run)  # before: the run's config.yaml was replaced
+    assert line == (f"byol: error: {run} is a run directory (it holds checkpoints/); export into a folder of its "
+                    f"own, such as {run / 'export'}")
+    assert ckpt.read_bytes() == state and (run / "config.yaml").read_bytes() == config
 
 
 def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, monkeypatch):

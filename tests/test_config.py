@@ -50,6 +50,7 @@ def test_overrides_are_typed():
     ("--model.projection_hidden_size=0", "model.projection_hidden_size must be >= 1"),
     ("--train.tau_base=2", "train.tau_base must be between 0 and 1"),
     ("--train.knn_k=0", "train.knn_k must be >= 1"),
+    ("--train.seed=99999999999999999999999", "train.seed must be between -2\\*\\*63 and 2\\*\\*63 - 1"),
     ("--optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
     ("--optim.warmup_epochs=-1", "optim.warmup_epochs must be >= 0"),
     ("--optim.momentum=1", "optim.momentum must be >= 0 and < 1"),
@@ -98,6 +99,13 @@ def test_yaml_file_and_its_errors(tmp_path):
     assert "\n" not in str(e.value) and f"config {bad} is not valid YAML at line 3, column 1:" in str(e.value)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("cifar11")
+    bad.write_bytes(b"\x00\xff\xfe garbage")  # before: a UnicodeDecodeError's traceback
+    with pytest.raises(ConfigError, match="is not a YAML text file \\(not UTF-8\\)"):
+        load_config(str(bad))
+    (tmp_path / "dir.yaml").mkdir()
+    for folder in (tmp_path / "dir.yaml", tmp_path):
+        with pytest.raises(ConfigError, match=f"config {folder} is a folder, not a YAML file"):
+            load_config(str(folder))
 
 
 def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):

@@ -112,6 +112,11 @@ def test_cifar100_binary_and_pickle(tmp_path):
             assert np.array_equal(s.images.numpy(), images)
             assert s.labels.tolist() == fine.tolist()  # fine, not coarse
             assert s.classes == names
+    # A file of the right size holding other bytes (labels of 100 and more): refused, not trained on
+    records = np.full((2, 2 + 3 * 32 * 32), 200, np.uint8)
+    records.tofile(binary / "test.bin")
+    with pytest.raises(DataError, match=r"cifar100 test files in .* have labels outside 0..99: they are damaged"):
+        load_cifar(tmp_path / "bin", "cifar100", "test")
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path):

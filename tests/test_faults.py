@@ -301,7 +301,8 @@ def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifa
     code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run", **{"train.knn_every": -1})])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines() == [
-        "byol: error: the batch does not fit in memory; lower train.batch_size (e.g. --train.batch_size=128)"]
+        "byol: error: the batch does not fit in memory; lower train.batch_size (to half, say), or data.image_size "
+        "or the model's size (model.width, model.projection_hidden_size)"]
     assert not (tmp_path / "runs").exists()  # the folders this start made are gone with it
     # A resume that fails at its first step leaves the run as it was: config.yaml (which it rewrote
     # with the new setting), metrics.jsonl (which it cut back to the checkpoint) and TensorBoard's

@@ -270,6 +270,8 @@ def test_float_images_in_0_255_are_refused_at_the_first_batch(monkeypatch):
     images = torch.rand(4, 3, 32, 32)
     with pytest.raises(ValueError, match="divide it by 255"):
         model(images * 255)
+    with pytest.raises(ValueError, match="images of dtype torch.int64 are neither uint8"):
+        model((images * 255).long())  # before: taken as floats in [0, 1], views all but white
     checks = []
     monkeypatch.setattr(byol.model, "check_pixel_range", checks.append)
     model(images), model(images)

@@ -42,8 +42,11 @@ def test_a_run_starts_only_where_it_can(tmp_path):
     with pytest.raises(CheckpointError, match="cannot resume: no checkpoint at"):
         RunFolder(tmp_path / "run", resume=True)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # a kept epoch, no last.pt
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001.pt\); pass --resume"):
+        RunFolder(tmp_path / "run", resume=False)
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
-    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/last.pt\); pass --resume"):
         RunFolder(tmp_path / "run", resume=False)
 
 
