@@ -101,8 +101,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     """
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
-    for name in ("", "_labels.npy", "_classes.txt", "_paths.txt")[:1 if Path(out).suffix == ".pt" else 4]:
-        check_writable(Path(out).with_name(Path(out).stem + name) if name else out, source=path)
+    for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
+        check_writable(target, source=path)
     net, config = load_encoder(path, overrides)
     device = resolve_device(config.train.device)
     d = config.data
@@ -131,16 +131,17 @@ def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: 
         files = {out: _bytes(lambda f: torch.save(saved, f))}
     else:
         import numpy as np
+        side = _side_names(out)
         files = {out: _bytes(lambda f: np.save(f, emb.numpy())),
-                 out.with_name(out.stem + "_labels.npy"): _bytes(lambda f: np.save(f, labels.numpy()))}
-        files.update({out.with_name(out.stem + name): _path_lines(lines)
-                      for name, lines in (("_paths.txt", paths), ("_classes.txt", classes)) if lines is not None})
+                 side["labels"]: _bytes(lambda f: np.save(f, labels.numpy()))}
+        files.update({side[what]: _path_lines(lines)
+                      for what, lines in (("file paths", paths), ("class names", classes)) if lines is not None})
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         write_files_atomically(files)  # all or none: a full disk leaves an earlier output's files whole
-        for _, side in side_files(out):
-            if side not in files:  # an earlier output's, which this one has not
-                side.unlink()
+        for _, earlier in side_files(out):
+            if earlier not in files:  # an earlier output's, which this one has not
+                earlier.unlink()
 
 
 def _bytes(write) -> bytes:
@@ -153,9 +154,13 @@ def _bytes(write) -> bytes:
 def side_files(out: Path) -> list[tuple[str, Path]]:
     """What :func:`embed` wrote beside ``out``: ``(what, path)``, e.g. ``("labels", NAME_labels.npy)``
     (only ``.npy`` has side files; an earlier output's that this one has not were removed)."""
-    named = (("labels", "_labels.npy"), ("class names", "_classes.txt"), ("file paths", "_paths.txt"))
-    return [(what, out.with_name(out.stem + name)) for what, name in named
-            if out.suffix == ".npy" and out.with_name(out.stem + name).is_file()]
+    return [(what, path) for what, path in _side_names(out).items() if path.is_file()]
+
+
+def _side_names(out: Path) -> dict[str, Path]:
+    """The files :func:`embed` may write beside ``NAME.npy`` (none beside ``.pt``), by what they hold."""
+    named = {"labels": "_labels.npy", "class names": "_classes.txt", "file paths": "_paths.txt"}
+    return {what: out.with_name(out.stem + name) for what, name in named.items()} if out.suffix == ".npy" else {}
 
 
 def _path_lines(paths: list[str]) -> bytes:
