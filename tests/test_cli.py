@@ -95,7 +95,8 @@ def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_pat
     from byol.cli import main
     probed = []
     probe = byol.pipeline.check_writable
-    monkeypatch.setattr(byol.pipeline, "check_writable", lambda path: probed.append(Path(path).name) or probe(path))
+    monkeypatch.setattr(byol.pipeline, "check_writable",
+                        lambda path, **kw: probed.append(Path(path).name) or probe(path, **kw))
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)
     ckpt = run / "checkpoints" / "last.pt"
