@@ -8,6 +8,7 @@ and listed, never fatal. Small folders can be decoded once into an in-memory
 import copy
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
@@ -155,7 +156,7 @@ def _scan(root: str) -> tuple[list[str], dict[str, int]]:
     """The image files under ``root`` (relative paths), and how many other files each extension has."""
     extensions = image_extensions()
     real_root = os.path.realpath(root)
-    found, others = [], {}
+    found, others = [], Counter()
     walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
     for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
         info = os.stat(folder)
@@ -172,8 +173,8 @@ def _scan(root: str) -> tuple[list[str], dict[str, int]]:
             if ext in extensions:
                 found.append(f if rel == "." else os.path.join(rel, f))
             else:
-                others[ext or "no extension"] = others.get(ext or "no extension", 0) + 1
-    return found, others
+                others[ext or "no extension"] += 1
+    return found, dict(others)
 
 
 def _links_within(path: str, real_root: str) -> bool:
