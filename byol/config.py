@@ -199,7 +199,33 @@ def _set(config: Config, key: str, value: Any) -> None:
     hints = typing.get_type_hints(type(section))
     if name not in hints:
         raise ConfigError(f"unknown config key {key!r}; {section_name} has {', '.join(hints)}")
+    if _is_empty(value, hints[name]):
+        default = next(f.default for f in dataclasses.fields(section) if f.name == name)
+        raise ConfigError(f"{key} is empty; give {_kind(hints[name])} (the default is {_yaml_word(default)})")
     setattr(section, name, _coerce(value, hints[name], key))
+
+
+def _is_empty(value: Any, annotation: Any) -> bool:
+    """``epochs:`` in a YAML file (None where null is not allowed) or ``--train.epochs=`` (a blank
+    string where the type is not a string): a value left out, not one of the wrong type."""
+    args = typing.get_args(annotation) or (annotation,)
+    if value is None:
+        return type(None) not in args
+    return isinstance(value, str) and not value.strip() and str not in args
+
+
+def _kind(annotation: Any) -> str:
+    """What a value of the field's type is, in words: ``a whole number or null``."""
+    args = typing.get_args(annotation) or (annotation,)
+    kinds = [a for a in args if a is not type(None)]
+    kind = {int: "a whole number", float: "a number", bool: "true or false"}.get(kinds[0], "a value") \
+        if len(kinds) == 1 else "a value"
+    return kind + (" or null" if len(kinds) < len(args) else "")
+
+
+def _yaml_word(value: Any) -> str:
+    """``value`` as it is written in YAML and on the command line."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -61,6 +63,22 @@ def test_overrides_are_typed():
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cifar10", [override])
+
+
+def test_an_empty_value_says_so_not_got_none(tmp_path):
+    """``--train.epochs=`` and ``epochs:`` in a YAML file leave the value out: that is said, with
+    what to give (it said "train.epochs must be int, got None")."""
+    for override, message in (("--train.epochs=", "train.epochs is empty; give a whole number (the default is 100)"),
+                              ("--optim.lr= ", "optim.lr is empty; give a number (the default is 0.2)"),
+                              ("--model.cifar_stem=", "model.cifar_stem is empty; give true or false"),
+                              ("--train.max_steps=", "train.max_steps is empty; give a whole number or null")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            load_config("cifar10", [override])
+    (tmp_path / "c.yaml").write_text("train:\n  epochs:\n")
+    with pytest.raises(ConfigError, match="^train.epochs is empty; give a whole number"):
+        load_config(str(tmp_path / "c.yaml"))
+    (tmp_path / "c.yaml").write_text("train:\n  max_steps:\n")  # YAML's null, where null is allowed
+    assert load_config(str(tmp_path / "c.yaml")).train.max_steps is None
 
 
 def test_cuda_graph_and_compile_exclude_each_other():
