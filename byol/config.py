@@ -123,6 +123,28 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in _presets().iterdir() if p.name.endswith(".yaml"))
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping of a YAML file."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: a merge, whose keys may be overridden
+                continue
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):  # a list: refused by the base constructor
+                continue
+            if key in lines:
+                where = f"lines {lines[key]} and {line}" if lines[key] != line else f"line {line}"
+                raise _DuplicateKey(f"gives {key} twice ({where}); keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if path.is_dir() and (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
@@ -141,7 +163,9 @@ def _read_preset(name_or_path: str) -> dict:
                               "or give a path to a YAML file")
         text = preset.read_text()
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as e:
+        raise ConfigError(f"config {name_or_path} {e}") from None
     except yaml.YAMLError as e:  # one line: where, and the parser's problem
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -126,6 +126,21 @@ def test_yaml_file_and_its_errors(tmp_path):
             load_config(str(folder))
 
 
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys, silently: a section or a setting given twice is an error."""
+    path = tmp_path / "twice.yaml"
+    for text, message in (("train:\n  epochs: 3\nmodel:\n  width: 8\ntrain:\n  seed: 1\n",
+                           "train twice (lines 1 and 5)"),
+                          ("train:\n  epochs: 3\n  seed: 1\n  epochs: 4\n", "epochs twice (lines 2 and 4)"),
+                          ("{train: {epochs: 3, epochs: 4}}\n", "epochs twice (line 1)")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))} gives {re.escape(message)}; keep one$"):
+            load_config(str(path))
+    path.write_text("base: &base\n  epochs: 3\ntrain:\n  <<: *base\n  epochs: 4\n")  # a merge's key overridden
+    with pytest.raises(ConfigError, match="unknown config key 'base.epochs'"):  # not a key given twice
+        load_config(str(path))
+
+
 def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     # A run folder copied to where a preset's train.out_dir points: its config.yaml still names the
     # folder it was made in, and the resume must go on here, not there.
