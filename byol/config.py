@@ -308,8 +308,9 @@ def changed_settings(before: dict, after: dict) -> list[str]:
     return changed
 
 
-def validate(config: Config) -> Config:
-    """Reject values of the right type but outside their range, with the key and the rule."""
+def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
+    """Reject values of the right type but outside their range, with the key and the rule; only
+    those of ``keys`` (``section.key``) when given."""
     t = config.train
     rules = [("train.epochs", t.epochs >= 1, ">= 1"),
              ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
@@ -345,7 +346,7 @@ def validate(config: Config) -> Config:
              ("optim.trust_coefficient", config.optim.trust_coefficient > 0, "> 0"),
              ("optim.warmup_epochs", config.optim.warmup_epochs >= 0, ">= 0")]
     for key, ok, rule in rules:
-        if not ok:
+        if not ok and (keys is None or key in keys):
             raise ConfigError(f"{key} must be {rule}")
     return config
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from .backbones import resnet
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, validate
 from .data import DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
@@ -102,6 +102,8 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     bare = not (isinstance(state, dict) and "model" in state and "config" in state)
     if refuse and not (bare and not (path.parent / "config.yaml").is_file()):
         raise refuse
+    given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
+    validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
     if not bare:  # a byol checkpoint
         config = config_from_dict(state["config"])
         if random_init:

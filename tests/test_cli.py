@@ -375,6 +375,20 @@ def test_model_settings_are_refused_where_the_model_comes_from_the_checkpoint(ca
     assert not (tmp_path / "x").exists()
 
 
+def test_settings_given_to_eval_and_embed_are_checked_as_pretrain_checks_them(capsys, tmp_path):
+    """An existing run's config is not checked again, but the settings given on top of it are (eval
+    took --data.limit=0 and --data.image_size=0 without a word)."""
+    from byol.backbones import resnet
+    path = tmp_path / "encoder.pt"
+    torch.save(resnet("resnet18", cifar_stem=True, width=8).state_dict(), path)
+    for args, message in ((["eval", "knn", path, "--data.limit=0"], "data.limit must be >= 1 or null"),
+                          (["eval", "linear", path, "--data.image_size=0"], "data.image_size must be >= 8"),
+                          (["embed", path, "--out", tmp_path / "e.npy", "--data.limit=0"],
+                           "data.limit must be >= 1 or null")):
+        _, line = main_error(capsys, *args, "--model.width=8", "--train.device=cpu")
+        assert line == f"byol: error: {message}", line
+
+
 def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(capsys, trained, tmp_path,
                                                                              monkeypatch):
     ckpt = trained[0] / "checkpoints" / "last.pt"
