@@ -1,5 +1,6 @@
 """The method: online branch, predictor, target branch, and the loss over two views."""
 
+import numbers
 import warnings
 from collections import OrderedDict
 from itertools import chain
@@ -35,7 +36,26 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> 
     except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
         with keep_modes(encoder), torch.no_grad():
             encoder.eval()  # eval so BatchNorm does not update its running statistics
-            return encoder(torch.zeros(2, 3, image_size, image_size, device=device)).flatten(1).shape[1]
+            try:
+                return encoder(torch.zeros(2, 3, image_size, image_size, device=device)).flatten(1).shape[1]
+            except RuntimeError as e:  # torch's shape errors: say which input it was
+                raise ValueError(f"net does not run on {image_size}x{image_size} images (image_size="
+                                 f"{image_size}): {str(e).splitlines()[0]}") from e
+
+
+def check_arguments(net: object, image_size: object, default_views: bool) -> None:
+    """Refuse a ``net`` or ``image_size`` that would fail deep inside torch, in one sentence."""
+    if not isinstance(net, nn.Module):
+        hint = "; for a ResNet by name, use byol.resnet('resnet50')" if isinstance(net, str) else ""
+        raise TypeError(f"net must be a torch.nn.Module, such as torchvision.models.resnet50(), but got "
+                        f"{type(net).__name__} {net!r:.60}{hint}")
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+        raise TypeError(f"image_size must be a whole number, the side of the augmented views (e.g. 224), but "
+                        f"got {type(image_size).__name__} {image_size!r:.60}")
+    low = 2 if default_views else 1  # the paper's views blur with reflect padding of 1: 2 pixels at least
+    if image_size < low:
+        raise ValueError(f"image_size must be >= {low}, the side of the augmented views (e.g. 224), but got "
+                         f"{image_size}")
 
 
 def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
@@ -159,6 +179,7 @@ class BYOL(nn.Module):
                  sync_batchnorm: Optional[bool] = None, *, total_steps: Optional[int] = None,
                  use_predictor: bool = True, concat_views: bool = False, feature_dim: Optional[int] = None):
         super().__init__()
+        check_arguments(net, image_size, default_views=augment_fn is None)
         # Not a registered submodule: the encoder below holds its parameters, and the state_dict
         # keeps one copy of each.
         object.__setattr__(self, "net", net)

@@ -366,6 +366,24 @@ def test_a_batch_of_the_wrong_shape_is_a_clear_error():
         learner(images[0])
 
 
+def test_a_wrong_net_or_image_size_is_a_clear_error_at_construction():
+    """They failed deep inside torch (a kernel larger than the input, "'str' object has no attribute
+    'parameters'"): now one sentence naming the argument."""
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    with pytest.raises(TypeError, match=r"^net must be a torch.nn.Module, .* but got str 'resnet'; for a ResNet by "
+                                        r"name, use byol.resnet\('resnet50'\)$"):
+        BYOL("resnet", image_size=32)
+    for size in (0, 1, -3):  # the paper's view 1 blurs with reflect padding: 2 pixels at least
+        with pytest.raises(ValueError, match=f"^image_size must be >= 2, the side of the augmented views .* {size}$"):
+            BYOL(net, image_size=size)
+    for size in (32.0, "32", True):
+        with pytest.raises(TypeError, match="^image_size must be a whole number"):
+            BYOL(net, image_size=size)
+    BYOL(net, image_size=2, projection_size=8, projection_hidden_size=16)(torch.zeros(2, 3, 8, 8))  # the least
+    with pytest.raises(ValueError, match=r"^net does not run on 4x4 images \(image_size=4\): .*Kernel size"):
+        BYOL(nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten()), image_size=4, hidden_layer=-1)
+
+
 def test_one_image_in_training_where_batchnorm_does_not_need_two():
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
