@@ -2,7 +2,7 @@
 
 import contextlib
 import warnings
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -31,6 +31,23 @@ def resnet(name: str = "resnet18", cifar_stem: bool = False, width: int = 64) ->
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     return net
+
+
+def resnet_settings(state: dict) -> Optional[dict]:
+    """``{"backbone", "cifar_stem", "width"}`` of the :func:`resnet` whose ``state_dict`` ``state`` is,
+    read from its keys and shapes (blocks per stage, bottlenecks, the first convolution); None where
+    they are not those of one (another depth, another first convolution)."""
+    conv1 = state.get("conv1.weight")
+    if not (torch.is_tensor(conv1) and conv1.dim() == 4 and conv1.shape[-1] in (3, 7)):
+        return None
+    blocks = tuple(len({k.split(".")[1] for k in state if isinstance(k, str) and k.startswith(f"layer{i}.")})
+                   for i in range(1, 5))
+    kinds = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50"}
+    name = kinds.get((blocks, "layer1.0.conv3.weight" in state))  # conv3: a bottleneck block's
+    inner = state.get("layer1.0.conv1.weight")  # twice as wide in wide_resnet50_2 and resnext50_32x4d
+    if name is None or not torch.is_tensor(inner) or tuple(inner.shape[:2]) != (conv1.shape[0],) * 2:
+        return None
+    return {"backbone": name, "cifar_stem": conv1.shape[-1] == 3, "width": conv1.shape[0]}
 
 
 def _narrow_resnet(name: str, width: int) -> nn.Module:

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .backbones import resnet
+from .backbones import RESNETS, resnet, resnet_settings
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, validate
 from .data import DataError, FilesNotFound, ImageSet, build_dataset
@@ -113,26 +113,54 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
             load_model_state(byol, state["model"], str(path))
             net = _net_of(byol, config)
     else:  # an exported torchvision state_dict
-        beside = path.parent / "config.yaml"
-        config = load_config(str(beside)) if beside.is_file() else Config()
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} is neither a byol checkpoint nor an encoder state_dict")
-        if not beside.is_file():  # nothing says which architecture: the defaults, or model.* as given
-            apply_overrides(config, [o for o in overrides or [] if o.removeprefix("--").startswith("model.")])
-        if random_init:
-            net = _initial_net(config)
-        else:
-            net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
-            what = str(path) if beside.is_file() else (
-                f"{path} (no config.yaml beside it: read as model.backbone={config.model.backbone}, "
-                f"model.cifar_stem={str(config.model.cifar_stem).lower()}, model.width={config.model.width}; "
-                "set those that differ, e.g. --model.cifar_stem=false for a torchvision model)")
-            load_model_state(net, state, what)
+        net, config = _state_dict_encoder(path, state, overrides or [], random_init)
     apply_overrides(config, overrides or [])
     if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
         _find_relative_root(config, path)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     return net.eval(), config
+
+
+def _state_dict_encoder(path: Path, state: object, overrides: list[str],
+                        random_init: bool) -> tuple[nn.Module, Config]:
+    """The encoder of a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision
+    model's) and its config: the ``config.yaml`` beside it, else the architecture that its keys and
+    shapes say, with ``model.*`` overrides over it."""
+    if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
+        raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})")
+    beside = path.parent / "config.yaml"
+    if beside.is_file():
+        config, what = load_config(str(beside)), str(path)
+    else:
+        config, found = Config(), resnet_settings(state)
+        for key, value in (found or {}).items():
+            setattr(config.model, key, value)
+        said = _settings(config)
+        apply_overrides(config, [o for o in overrides if o.removeprefix("--").startswith("model.")])
+        used = _settings(config)
+        if found is None:
+            how = f"its keys and shapes are not those of a ResNet byol builds ({', '.join(RESNETS)}): read as {used}"
+        else:
+            how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
+        what = f"{path} (no config.yaml beside it; {how})"
+    if random_init:
+        return _initial_net(config), config
+    net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+    load_model_state(net, state, what)
+    return net, config
+
+
+def _settings(config: Config) -> str:
+    m = config.model
+    return f"model.backbone={m.backbone}, model.cifar_stem={str(m.cifar_stem).lower()}, model.width={m.width}"
+
+
+def _contents(state: object) -> str:
+    """What a file that is no checkpoint holds, in a few words."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    keys = ", ".join(str(k) for k in list(state)[:3]) + (", ..." if len(state) > 3 else "")
+    return f"its keys: {keys}" if state else "it holds an empty dict"
 
 
 def _find_relative_root(config: Config, checkpoint: Path) -> None:

@@ -3,7 +3,7 @@ import torch
 import torchvision
 from torch import nn
 
-from byol.backbones import cut_at, feature_dim, resnet
+from byol.backbones import RESNETS, cut_at, feature_dim, resnet, resnet_settings
 
 
 @pytest.mark.parametrize("name, width, dim", [("resnet18", 64, 512), ("resnet34", 16, 128), ("resnet50", 16, 512)])
@@ -55,3 +55,18 @@ def test_bad_hidden_layer_and_backbone_names():
         cut_at(net, 40)
     with pytest.raises(ValueError, match="unknown backbone"):
         resnet("vgg16")
+
+
+def test_the_resnet_of_a_state_dict_is_read_from_its_keys_and_shapes():
+    """What a bare state_dict (no config beside it) is loaded as: each ResNet byol builds, and
+    torchvision's own, read back as built; other ResNets are none of them."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        for name in RESNETS:
+            for cifar_stem, width in ((True, 8), (False, 16), (True, 64)):
+                state = resnet(name, cifar_stem=cifar_stem, width=width).state_dict()
+                assert resnet_settings(state) == {"backbone": name, "cifar_stem": cifar_stem, "width": width}
+            state = getattr(torchvision.models, name)().state_dict()
+            assert resnet_settings(state) == {"backbone": name, "cifar_stem": False, "width": 64}
+        for other in ("resnet101", "wide_resnet50_2", "resnext50_32x4d"):
+            assert resnet_settings(getattr(torchvision.models, other)().state_dict()) is None, other
+    assert resnet_settings({"a": 1}) is None

@@ -524,20 +524,22 @@ def test_help_and_usage_errors_answer_without_loading_torch():
     assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
     assert set(byol.__all__) == set(byol._EXPORTS) and all(getattr(byol, name) is not None for name in byol.__all__)
 
-def test_a_bare_torchvision_state_dict_is_evaluated_with_the_model_settings_given(capsys, tmp_path, cifar10_root):
-    """No config travels with a plain torchvision state_dict: its architecture is the defaults (CIFAR
-    stem) unless --model.* says otherwise, and a mismatch says which settings to give."""
+def test_a_bare_torchvision_state_dict_is_evaluated_as_the_architecture_its_keys_say(capsys, tmp_path,
+                                                                                       cifar10_root):
+    """No config travels with a plain torchvision state_dict: its architecture is read from its keys
+    and shapes (a torchvision stem here); --model.* given over it that does not match says both."""
     torch.manual_seed(0)
     path = tmp_path / "tv_r18.pt"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     common = ("--limit", 40, "--k", 5, f"--data.root={cifar10_root}", "--train.device=cpu",
               "--out", tmp_path / "r.json")
-    _, line = main_error(capsys, "eval", "knn", path, *common)
-    assert "no config.yaml beside it" in line and "--model.cifar_stem=false" in line, line
     from byol.cli import main
-    assert main(["eval", "knn", str(path), *map(str, common), "--model.cifar_stem=false"]) == 0
+    assert main(["eval", "knn", str(path), *map(str, common)]) == 0
     assert "kNN top-1 (k=5)" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["knn_top1"]
+    _, line = main_error(capsys, "eval", "knn", path, *common, "--model.cifar_stem=true")
+    assert "no config.yaml beside it; its keys say model.backbone=resnet18, model.cifar_stem=false, model.width=64, " \
+        "read as model.backbone=resnet18, model.cifar_stem=true, model.width=64 as given" in line, line
 
 
 def test_eval_of_a_folder_path_with_no_name_is_one_sentence(capsys):

@@ -114,3 +114,21 @@ def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
     assert load_size(config) == 37
     assert [s.size for s in labeled_splits(config)] == [37, 37]
     assert _eval_input(config, (0.5,) * 3, (1.0,) * 3)["image_size"] == 37
+
+
+def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_else_is_one_sentence(tmp_path):
+    """Without a config.yaml beside it, a torchvision resnet50's state_dict was read as the default
+    resnet18 with a CIFAR stem (a long key mismatch); a file holding no state_dict said the same."""
+    import torchvision
+    from byol.checkpoint import CheckpointError
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50()
+    torch.save(tv.state_dict(), tmp_path / "r50.pt")
+    net, config = pipeline.load_encoder(tmp_path / "r50.pt")
+    m = config.model
+    assert (m.backbone, m.cifar_stem, m.width) == ("resnet50", False, 64)
+    assert torch.equal(net.layer4[2].conv3.weight, tv.layer4[2].conv3.weight)
+    torch.save({"a": 1}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match=r"^\S*x.pt holds neither a byol checkpoint nor an encoder state_dict "
+                                              r"\(its keys: a\)$"):
+        pipeline.load_encoder(tmp_path / "x.pt")
