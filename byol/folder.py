@@ -136,7 +136,10 @@ class ImageFolder(Dataset):
 
     def write_skipped(self, path: Union[str, Path]) -> int:
         """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line (the name as :func:`escape_name`
-        writes it); returns their number."""
+        writes it); returns their number. With none, no file: an empty one that older versions wrote is removed."""
+        if not self.bad_files:
+            Path(path).unlink(missing_ok=True)
+            return 0
         lines = "".join(f"{escape_name(p)}\t{r}\n" for p, r in sorted(self.bad_files.items()))
         write_text_atomically(path, lines, errors="surrogateescape")  # a crash never leaves half a list
         return len(self.bad_files)

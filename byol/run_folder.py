@@ -11,7 +11,8 @@ from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temp
 from .config import ConfigError
 from .metrics import MetricsLog
 
-_KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt")  # the files a start rewrites before its first step
+# The files a start rewrites, or removes, before its first step.
+_KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
 
 
 class RunFolder:
@@ -43,7 +44,7 @@ class RunFolder:
             raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); "
                               "choose another train.out_dir") from None
         # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
-        remove_torn_temporaries(self.path, *_KEPT, "skipped_files.txt")
+        remove_torn_temporaries(self.path, *_KEPT)
         remove_torn_temporaries(self.checkpoint.parent, "*.pt")
         self._before = {name: _read(self.path / name) for name in _KEPT}
         self._events_before = _listing(self.path / "tensorboard")
@@ -54,8 +55,11 @@ class RunFolder:
     def metrics_log(self, resume_step: Optional[int]) -> MetricsLog:
         """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``); ``warnings.txt``
         is trimmed the same way: a resumed run keeps the warnings of the steps up to its checkpoint (the
-        later ones are trained, and warned about, again), a new run starts without."""
+        later ones are trained, and warned about, again), a new run starts without. A new run starts
+        without ``skipped_files.txt`` too; a resumed one keeps it (pretrain reads it back)."""
         self._log = MetricsLog(self.path, resume_step=resume_step)
+        if resume_step is None and self._before["skipped_files.txt"] is not None:
+            (self.path / "skipped_files.txt").unlink()
         warnings_path = self.path / "warnings.txt"
         text = self._before["warnings.txt"]  # as this start found it (read by __init__)
         if text is not None:

@@ -283,7 +283,7 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
                                         "data.limit": 12}))  # 12 of the 30 files: one epoch of 2 steps
     assert "kNN top-1 at random init" in proc.stdout and "kNN top-1 (k=200)" in proc.stdout, proc.stdout
-    assert "unreadable files skipped" not in proc.stdout  # none were
+    assert "unreadable files skipped" not in proc.stdout and not (run / "skipped_files.txt").exists()  # none were
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5)

@@ -492,6 +492,20 @@ def test_32_bit_gray_is_scaled_from_the_smallest_usual_range_that_holds_it(tmp_p
                 "scaled from [0, 1] (NaN as 0), from 0..280, from 0..255, 0..65535, 0..2^31-1 (pixel values checked)")
 
 
+def test_skipped_files_txt_is_written_only_when_a_file_was_skipped(tmp_path):
+    """No file for a run that skipped nothing (it wrote an empty one), and an empty one that an earlier
+    version left is removed; a list is written whole."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    ds = ImageFolder(tmp_path / "images", size=8)
+    listed = tmp_path / "skipped_files.txt"
+    assert ds.write_skipped(listed) == 0 and not listed.exists()
+    listed.write_text("")
+    assert ds.write_skipped(listed) == 0 and not listed.exists()
+    ds.bad_files = {"/x/bad.jpg": "empty file"}
+    assert ds.write_skipped(listed) == 1 and listed.read_text() == "/x/bad.jpg\tempty file\n"
+
+
 def test_images_over_pillows_bomb_warning_decode_and_over_its_error_are_skipped(tmp_path, monkeypatch):
     """A 100-megapixel photo is over Pillow's decompression-bomb warning (89 million pixels) but not
     its error (twice that): it decodes. Checked with the limit lowered to 1,000 pixels."""

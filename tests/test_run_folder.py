@@ -75,3 +75,20 @@ def test_a_new_run_starts_without_the_warnings_of_one_that_left_no_checkpoint(tm
     (tmp_path / "run" / "warnings.txt").write_text("step 3: collapse\n")
     RunFolder(tmp_path / "run", resume=False).metrics_log(resume_step=None)
     assert not (tmp_path / "run" / "warnings.txt").exists()
+
+
+def test_a_new_run_starts_without_the_skipped_files_of_one_that_left_no_checkpoint(tmp_path):
+    """skipped_files.txt as warnings.txt: a new run drops an earlier start's list (put back if it fails
+    before its first step), a resumed run keeps it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "skipped_files.txt").write_text("/x/bad.jpg\tempty file\n")
+    folder = RunFolder(run, resume=False)
+    folder.metrics_log(resume_step=None)
+    assert not (run / "skipped_files.txt").exists()
+    folder.undo()
+    assert (run / "skipped_files.txt").read_text() == "/x/bad.jpg\tempty file\n"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    RunFolder(run, resume=True).metrics_log(resume_step=4)
+    assert (run / "skipped_files.txt").read_text() == "/x/bad.jpg\tempty file\n"
