@@ -160,7 +160,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                     progress.update(t.batch_size)
                 stopping = stop.requested if world == 1 else False
                 if step % t.log_every == 0 or step == end_step:
-                    results["loss"] = report(step, z1, epoch=(step - 1) // steps_per_epoch)
+                    results["loss"] = report(step, z1, epoch=(step - 1) // steps_per_epoch, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done or step == end_step or stopping:
@@ -267,8 +267,9 @@ class _Report:
         self.monitor = CollapseMonitor()
         self.last_time, self.last_step = time.perf_counter(), step
 
-    def __call__(self, step: int, z1: torch.Tensor, epoch: int) -> float:
-        """Report at ``step`` (``z1``: the last batch's online projections); returns the mean loss."""
+    def __call__(self, step: int, z1: torch.Tensor, epoch: int, last: bool = False) -> float:
+        """Report at ``step`` (``z1``: the last batch's online projections; ``last``: the run's last
+        step); returns the mean loss."""
         record = self.loop_step.read(z1)
         now = time.perf_counter()
         record["train/images_per_s"] = (step - self.last_step) * self.batch_size / (now - self.last_time)
@@ -279,7 +280,8 @@ class _Report:
         if warning and self.folder is not None:
             self.folder.warn(warning, step)
         if record["train/nonfinite_streak"] >= self.max_nonfinite:
-            raise _nonfinite(record["train/nonfinite_streak"], step, "so the run stopped", self.ckpt_path,
+            what = "up to the run's end, which was not saved" if last else "so the run stopped"
+            raise _nonfinite(record["train/nonfinite_streak"], step, what, self.ckpt_path,
                              self.loop_step.amp is not None)
         if self.progress is not None:
             self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=epoch)
@@ -346,7 +348,8 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     streak = int(guard.streak.item())
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
-        raise _nonfinite(streak, step, "up to the run's end, which was not saved", ckpt_path,
+        end = f"its stop by {results['stopped_by']}" if "stopped_by" in results else "the run's end"
+        raise _nonfinite(streak, step, f"up to {end}, which was not saved", ckpt_path,
                          results["precision"] != precision_name(None))
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)

@@ -8,6 +8,7 @@ Regenerate that table with:
 import fcntl
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -256,6 +257,29 @@ def test_float32_is_suggested_for_nan_losses_only_to_a_run_in_bf16(tmp_path):
         message = str(_nonfinite(3, 4, "so the run stopped", tmp_path / "last.pt", amp))
         assert ("lower optim.lr or use train.precision=fp32 and start again" in message) is amp, message
         assert message.endswith("lower optim.lr and start again") is not amp, message
+
+
+def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path):
+    """Reached at the run's last step (or at a stop by a signal), the NaN limit does not stop the run:
+    its end is not saved (it said "so the run stopped" at the last step too)."""
+    from types import SimpleNamespace
+    from byol.build import precision_name
+    from byol.train import NonFiniteLossError, _finish, _Report
+    record = {"train/loss": float("nan"), "monitor/z_std": 0.0, "monitor/effective_rank": 1.0,
+              "train/nonfinite_streak": 3}
+    loop_step = SimpleNamespace(read=lambda z1: dict(record), amp=None)
+    for last, what in ((False, "(by step 4), so the run stopped; "),
+                       (True, "(by step 4), up to the run's end, which was not saved; ")):
+        report = _Report(loop_step, None, None, None, 16, 3, tmp_path / "last.pt", 0)
+        with pytest.raises(NonFiniteLossError, match=re.escape(f"3 steps in a row {what}no checkpoint was written")):
+            report(4, torch.zeros(16, 8), epoch=0, last=last)
+    data = SimpleNamespace(folder=None, knn_train=None)
+    guard = SimpleNamespace(streak=torch.tensor(2))
+    log = SimpleNamespace(close=lambda: None)
+    for results, what in (({}, "the run's end"), ({"stopped_by": "SIGTERM"}, "its stop by SIGTERM")):
+        message = f"2 steps in a row (by step 4), up to {what}, which was not saved; no checkpoint was written"
+        with pytest.raises(NonFiniteLossError, match=re.escape(message)):
+            _finish({"precision": precision_name(None), **results}, 4, data, guard, log, tmp_path, rank=0)
 
 
 def test_a_run_that_ends_on_nan_losses_fails_and_says_what_was_saved(tmp_path, cifar, fault_table):
