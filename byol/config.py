@@ -379,9 +379,13 @@ def config_from_dict(data: dict) -> Config:
     return config
 
 
+# The first line of every config.yaml byol writes: a new run replaces only a config of its own kind.
+CONFIG_HEADER = "# written by byol: the resolved config, every setting included\n"
+
+
 def config_text(config: Config) -> str:
-    """The resolved config as YAML."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    """The resolved config as YAML, under :data:`CONFIG_HEADER`."""
+    return CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def save_config(config: Config, path: Path) -> None:

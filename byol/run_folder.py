@@ -8,7 +8,7 @@ from typing import Optional
 
 from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
-from .config import ConfigError
+from .config import CONFIG_HEADER, ConfigError
 from .metrics import MetricsLog
 
 # The files a start rewrites, or removes, before its first step.
@@ -36,6 +36,8 @@ class RunFolder:
         if not resume and kept:  # last.pt, or kept epochs of a run whose last.pt is gone
             raise ConfigError(f"{self.path} already holds a run ({kept[-1].relative_to(self.path)}); pass --resume "
                               "to continue it (from checkpoints/last.pt) or choose another train.out_dir")
+        if not resume:
+            _check_replaceable(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / ".write_test").touch()
@@ -96,6 +98,22 @@ class RunFolder:
         print(f"warning: {message}", file=sys.stderr)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"step {step}: {message}\n")
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to start a new run over files that no earlier start of a run wrote: a new run replaces
+    the ``config.yaml``, ``metrics.jsonl`` and ``warnings.txt`` of a run that stopped before its first
+    checkpoint, but not a config written by hand (the ``--config`` file itself, say) or another tool's log."""
+    config = _read(path / "config.yaml")
+    if config is not None and config.startswith(CONFIG_HEADER):
+        return  # an earlier start's files
+    found = [name for name in _KEPT if (path / name).exists()]
+    if not found:
+        return
+    why = ("was not written by byol (its first line is not byol's)" if found[0] == "config.yaml" else
+           "has no config.yaml of byol's beside it")
+    raise ConfigError(f"{path / found[0]} {why}, and a new run writes its own {found[0]} there; "
+                      "move it, or choose another train.out_dir")
 
 
 def _warning_step(line: str) -> float:

@@ -348,6 +348,16 @@ def test_resume_without_checkpoint_and_occupied_run_dir(tmp_path, trained):
     assert (run / "checkpoints" / "last.pt").read_bytes() == before  # nothing already written is lost
 
 
+def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    mine = f"train:\n  out_dir: {run}\n  epochs: 1  # mine\n"
+    (run / "config.yaml").write_text(mine)
+    _, line = main_error(capsys, "pretrain", "--config", run / "config.yaml", "--train.epochs=2")
+    assert f"{run / 'config.yaml'} was not written by byol" in line and "choose another train.out_dir" in line, line
+    assert (run / "config.yaml").read_text() == mine  # before: replaced by the resolved config, epochs 2
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["eval", "knn", "x.pt", "--k", "-3"], "argument --k: must be >= 1, got -3"),
     (["eval", "knn", "x.pt", "--k", "20", "0"], "argument --k: must be >= 1, got 0"),

@@ -3,7 +3,7 @@
 import pytest
 
 from byol.checkpoint import CheckpointError
-from byol.config import ConfigError
+from byol.config import CONFIG_HEADER, ConfigError
 from byol.run_folder import RunFolder
 
 
@@ -16,10 +16,11 @@ def test_a_failed_start_removes_what_it_made_and_keeps_what_was_there(tmp_path):
     folder.undo()
     assert list(tmp_path.iterdir()) == []
 
-    run = tmp_path / "existing"  # a folder with the user's own things, and empty folders of ours
+    run = tmp_path / "existing"  # the user's own things, and what an earlier start left before its first checkpoint
     for name in ("checkpoints", "tensorboard"):
         (run / name).mkdir(parents=True)
-    (run / "config.yaml").write_text("mine\n")
+    earlier = CONFIG_HEADER + "train: {epochs: 3}\n"
+    (run / "config.yaml").write_text(earlier)
     (run / "notes.txt").write_text("keep me\n")
     folder = RunFolder(run, resume=False)
     assert folder.created is None
@@ -27,7 +28,7 @@ def test_a_failed_start_removes_what_it_made_and_keeps_what_was_there(tmp_path):
     folder.metrics_log(resume_step=None).log(1, loss=0.5)
     folder.undo()
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "notes.txt", "tensorboard"]
-    assert (run / "config.yaml").read_text() == "mine\n" and not any((run / "tensorboard").iterdir())
+    assert (run / "config.yaml").read_text() == earlier and not any((run / "tensorboard").iterdir())
 
 
 def test_a_started_run_keeps_what_it_wrote(tmp_path):
@@ -48,6 +49,20 @@ def test_a_run_starts_only_where_it_can(tmp_path):
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/last.pt\); pass --resume"):
         RunFolder(tmp_path / "run", resume=False)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "warnings.txt"])
+def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("train: {epochs: 3}  # by hand\n")  # the --config file, say, or another tool's log
+    with pytest.raises(ConfigError, match=f"{name} (was not written by byol|has no config.yaml of byol's beside it)"
+                                          f".*, and a new run writes its own {name} there; move it"):
+        RunFolder(run, resume=False)
+    assert sorted(p.name for p in run.iterdir()) == [name]
+    if name != "config.yaml":  # beside an earlier start's config, it is that start's
+        (run / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
+        RunFolder(run, resume=False)
 
 
 def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):
@@ -73,6 +88,7 @@ def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):
 def test_a_new_run_starts_without_the_warnings_of_one_that_left_no_checkpoint(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "warnings.txt").write_text("step 3: collapse\n")
+    (tmp_path / "run" / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
     RunFolder(tmp_path / "run", resume=False).metrics_log(resume_step=None)
     assert not (tmp_path / "run" / "warnings.txt").exists()
 
