@@ -17,6 +17,7 @@ from .build import (TrainData, autocast_dtype, build_model, load_data, precision
 from .checkpoint import save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
+from .memory import check_step_fits
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
@@ -128,6 +129,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if rank == 0:
             _note_finished(t, run_dir, step, end_step < total_steps)
         return {"step": step, "checkpoint": str(ckpt_path)}
+    if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
+        check_step_fits(byol, t.batch_size, config.data.image_size, amp)
     if rank == 0:
         save_config(config, run_dir / "config.yaml")
         _note_cpu(config, device)

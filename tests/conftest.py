@@ -90,7 +90,7 @@ def pytest_sessionfinish(session, exitstatus):
     lines = ["# Faults and bad inputs tried, and what happened", "",
              "Written by the tests themselves (each row is an assertion that passed):", "",
              "    BYOL_FAULT_TABLE=docs/faults.md python -m pytest tests/test_faults.py tests/test_data.py "
-             "tests/test_checkpoint.py -m 'slow or not slow'", "",
+             "tests/test_checkpoint.py tests/test_memory.py tests/test_run_folder.py -m 'slow or not slow'", "",
              "| fault or bad input | what happened | test |", "| --- | --- | --- |"]
     lines += [f"| {fault} | {outcome} | `{test}` |" for test, fault, outcome in _FAULT_ROWS]
     Path(path).parent.mkdir(parents=True, exist_ok=True)

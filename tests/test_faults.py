@@ -2,7 +2,7 @@
 
 Regenerate that table with:
     BYOL_FAULT_TABLE=docs/faults.md python -m pytest tests/test_faults.py tests/test_data.py \
-        tests/test_checkpoint.py -m "slow or not slow"
+        tests/test_checkpoint.py tests/test_memory.py tests/test_run_folder.py -m "slow or not slow"
 """
 
 import fcntl

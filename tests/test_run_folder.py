@@ -52,7 +52,7 @@ def test_a_run_starts_only_where_it_can(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "warnings.txt"])
-def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, name):
+def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, name, fault_table):
     run = tmp_path / "run"
     run.mkdir()
     (run / name).write_text("train: {epochs: 3}  # by hand\n")  # the --config file, say, or another tool's log
@@ -63,6 +63,10 @@ def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, 
     if name != "config.yaml":  # beside an earlier start's config, it is that start's
         (run / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
         RunFolder(run, resume=False)
+    fault_table(f"a new run in a folder with no checkpoint and a {name} byol did not write"
+                + (" (the --config file itself, say)" if name == "config.yaml" else ""),
+                "one sentence, nothing written, the file kept" + ("" if name == "config.yaml" else
+                "; beside a config.yaml of byol's (a start that left no checkpoint) the run starts"))
 
 
 def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):

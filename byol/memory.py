@@ -1,0 +1,86 @@
+"""Whether a training step can fit in this machine's memory, checked before the first step.
+
+On a GPU, a batch too big raises torch's out-of-memory error, which the command line turns into
+one sentence. On a CPU under Linux, the kernel kills the process instead (exit 137, no word said),
+so a CPU run checks first: the tensors a step keeps for its backward pass are a lower bound of its
+memory, and they are measured, not guessed, on a copy of the model at a small batch and image size.
+"""
+
+import copy
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import ConfigError
+from .model import BYOL
+
+GiB = 2 ** 30
+_PROBE_SIZE = 64  # the largest probe image side: the activations of larger ones grow with their area
+# A step's peak memory over what it saves for backward: 1.22 to 1.68 for ResNet-18 (CIFAR stem) on a CPU,
+# float32 and bf16, 32 and 64 pixels (the rise of maxrss over two steps).
+_PEAK_OVER_SAVED = 1.2
+
+
+def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype]) -> float:
+    """The bytes one image's two views keep for the backward pass of a step (online branch and predictor),
+    measured at batches 2 and 4 of a copy of ``byol`` (the model itself, and its BatchNorm statistics, are
+    not touched) and scaled from an image side of at most ``_PROBE_SIZE`` to ``image_size``."""
+    probe = copy.deepcopy(byol).cpu()
+    size = min(image_size, _PROBE_SIZE)
+
+    def saved(batch: int) -> int:
+        storages: dict[int, int] = {}
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        views = torch.zeros(batch, 3, size, size)
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
+                torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            probe.forward_views(views, views.clone())
+        return sum(storages.values())  # the weights, saved at either batch, cancel out below
+
+    return (saved(4) - saved(2)) / 2 * (image_size / size) ** 2
+
+
+def free_memory() -> Optional[int]:
+    """The bytes this process can still allocate: MemAvailable, or less under a cgroup's (a container's)
+    limit; None where neither can be read (not Linux)."""
+    free = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch.dtype]) -> None:
+    """Refuse, in one sentence, a CPU step whose saved activations alone exceed the free memory."""
+    free = free_memory()
+    if free is None:
+        return
+    need = saved_bytes_per_image(byol, image_size, amp) * batch
+    what = (f"a training step at train.batch_size={batch} and data.image_size={image_size} keeps at least "
+            f"{_size(need)} for its backward pass")
+    if need > free:
+        raise ConfigError(f"{what}, and this machine has {_size(free)} free; lower train.batch_size or "
+                          "data.image_size (or model.width)")
+    if need * _PEAK_OVER_SAVED > free:
+        print(f"note: {what}, of the {_size(free)} free, and its peak is higher (1.2 to 1.7 times as "
+              "much, measured): the system may kill the run for memory; a smaller train.batch_size is safer",
+              file=sys.stderr)
+
+
+def _size(n: float) -> str:
+    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 2 ** 20:.0f} MiB"

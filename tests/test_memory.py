@@ -1,0 +1,68 @@
+"""A CPU step too big for memory is refused in one sentence before it starts (the kernel would kill it)."""
+
+import torch
+
+from byol import memory
+from byol.build import build_model
+from byol.config import load_config
+from byol.step import ViewsForward
+from conftest import tiny_overrides
+
+
+def _model(image_size: int):
+    config = load_config("cifar10-cpu", [f"--data.image_size={image_size}", "--model.projection_hidden_size=64"])
+    torch.manual_seed(0)
+    return build_model(config)
+
+
+def _saved_by_a_step(byol, batch: int, image_size: int) -> int:
+    """The bytes a real step's forward (augmentations, channels_last) keeps for backward, weights left out."""
+    storages: dict[int, int] = {}
+
+    def keep(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    weights = {p.untyped_storage().data_ptr() for p in byol.parameters()}
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    forward = ViewsForward(byol)
+    view1, view2 = byol.augment_fn(images, None), byol.augment_fn2(images, None)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        forward(view1, view2)
+    return sum(n for ptr, n in storages.items() if ptr not in weights)
+
+
+def test_the_probe_measures_what_a_step_keeps_and_leaves_the_model_as_it_was():
+    for image_size in (32, 96):  # 96: measured at 64 pixels and scaled by the area
+        byol = _model(image_size)
+        state = {k: v.clone() for k, v in byol.state_dict().items() if torch.is_tensor(v)}
+        rng = torch.get_rng_state()
+        estimate = memory.saved_bytes_per_image(byol, image_size, None) * 8
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert all(torch.equal(v, byol.state_dict()[k]) for k, v in state.items())  # BatchNorm statistics too
+        actual = _saved_by_a_step(byol, 8, image_size)
+        assert 0.9 * actual < estimate < 1.1 * actual, (image_size, estimate, actual)
+
+
+def test_a_step_that_cannot_fit_is_one_sentence_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch,
+                                                                         cifar10_root, fault_table):
+    from byol.cli import main
+    size = load_config("cifar10-cpu").data.image_size
+    need = memory.saved_bytes_per_image(_model(size), size, None) * 16  # tiny_overrides' batch, float32
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need / 2))
+    run = tmp_path / "run"
+    args = ["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}", "--train.precision=fp32",
+            *tiny_overrides(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("byol: error: a training step at train.batch_size=16 and "
+                                               f"data.image_size={size} keeps at least"), err
+    assert "lower train.batch_size" in err[0] and not run.exists()
+
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need * 1.1))  # fits, but with less room than a peak needs
+    assert main([*args, "--train.max_steps=1"]) == 0
+    assert "note: a training step at train.batch_size=16" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.pt").is_file()
+    fault_table("a CPU step whose saved activations exceed the free memory (free memory simulated; the kernel "
+                "would kill the run)", "one sentence before the first step, exit 2, no run folder; with less room "
+                "than a step's peak, a note and the run goes on")
