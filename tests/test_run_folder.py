@@ -103,6 +103,7 @@ def test_a_new_run_starts_without_the_skipped_files_of_one_that_left_no_checkpoi
     run = tmp_path / "run"
     run.mkdir()
     (run / "skipped_files.txt").write_text("/x/bad.jpg\tempty file\n")
+    (run / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")  # the earlier start's
     folder = RunFolder(run, resume=False)
     folder.metrics_log(resume_step=None)
     assert not (run / "skipped_files.txt").exists()
