@@ -5,6 +5,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -148,7 +149,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                            t.tau_base)
     if t.cuda_graph and rank == 0:
         _note_cuda_graph(loop_step.eager_steps)
-    report = _Report(loop_step, log, folder, progress, t.batch_size, t.max_nonfinite, ckpt_path, step)
+    clock = _Clock(device, progress)
+    report = _Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step)
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"])
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
@@ -168,11 +170,13 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done or step == end_step or stopping:
                     done_epochs = step // steps_per_epoch
-                    if data.knn_train is not None and not stopping and (
-                            step == end_step or (t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
-                        results["knn"] = _log_knn(log, step, knn_eval(byol, data, config, device, amp, bars), t.knn_k)
-                    keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
-                    checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step)
+                    with clock.paused():
+                        if data.knn_train is not None and not stopping and (step == end_step or (
+                                t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
+                            acc = knn_eval(byol, data, config, device, amp, bars)
+                            results["knn"] = _log_knn(log, step, acc, t.knn_k)
+                        keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
+                        checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step)
                 if stopping:
                     if step < end_step:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -259,24 +263,54 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int,
         epoch, index = epoch + 1, 0
 
 
+class _Clock:
+    """The training time between reports, for the throughput logged: what runs between steps
+    :meth:`paused` (the kNN monitor's evaluations, checkpoint writes, plots) is left out of it, and
+    out of the progress bar's rate and elapsed time."""
+
+    def __init__(self, device: torch.device, progress):
+        self.device, self.progress = device, progress
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        """The training seconds since the last lap (the first: since the clock was made)."""
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.device.type == "cuda":  # the steps still queued on the GPU finish on the training clock
+            torch.cuda.synchronize(self.device)  # (once an epoch, where this is used: no per-step sync)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.last += spent
+            if self.progress is not None:  # as tqdm's unpause(), which would also drop the steps since its last print
+                self.progress.start_t += spent
+                self.progress.last_print_t += spent
+
+
 class _Report:
     """Every ``log_every`` steps: the loop step's metrics read (the host sync), the throughput, the
     metrics log, the collapse monitor's warnings, the non-finite streak's limit and the progress bar."""
 
     def __init__(self, loop_step: LoopStep, log: Optional[MetricsLog], folder: Optional[RunFolder], progress,
-                 batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int):
-        self.loop_step, self.log, self.folder, self.progress = loop_step, log, folder, progress
+                 clock: _Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int):
+        self.loop_step, self.log, self.folder, self.progress, self.clock = loop_step, log, folder, progress, clock
         self.batch_size, self.max_nonfinite, self.ckpt_path = batch_size, max_nonfinite, ckpt_path
         self.monitor = CollapseMonitor()
-        self.last_time, self.last_step = time.perf_counter(), step
+        self.last_step = step
 
     def __call__(self, step: int, z1: torch.Tensor, epoch: int, last: bool = False) -> float:
         """Report at ``step`` (``z1``: the last batch's online projections; ``last``: the run's last
         step); returns the mean loss."""
         record = self.loop_step.read(z1)
-        now = time.perf_counter()
-        record["train/images_per_s"] = (step - self.last_step) * self.batch_size / (now - self.last_time)
-        self.last_time, self.last_step = now, step
+        # Training throughput: the interval leaves out the kNN evaluations, checkpoints and plots in it.
+        record["train/images_per_s"] = (step - self.last_step) * self.batch_size / self.clock.lap()
+        self.last_step = step
         if self.log is not None:
             self.log.log(step, **record)
         warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)

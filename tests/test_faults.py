@@ -264,13 +264,14 @@ def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path
     its end is not saved (it said "so the run stopped" at the last step too)."""
     from types import SimpleNamespace
     from byol.build import precision_name
-    from byol.train import NonFiniteLossError, _finish, _Report
+    from byol.train import NonFiniteLossError, _Clock, _finish, _Report
     record = {"train/loss": float("nan"), "monitor/z_std": 0.0, "monitor/effective_rank": 1.0,
               "train/nonfinite_streak": 3}
     loop_step = SimpleNamespace(read=lambda z1: dict(record), amp=None)
     for last, what in ((False, "(by step 4), so the run stopped; "),
                        (True, "(by step 4), up to the run's end, which was not saved; ")):
-        report = _Report(loop_step, None, None, None, 16, 3, tmp_path / "last.pt", 0)
+        clock = _Clock(torch.device("cpu"), None)
+        report = _Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0)
         with pytest.raises(NonFiniteLossError, match=re.escape(f"3 steps in a row {what}no checkpoint was written")):
             report(4, torch.zeros(16, 8), epoch=0, last=last)
     data = SimpleNamespace(folder=None, knn_train=None)

@@ -16,6 +16,7 @@ from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
 from byol.config import Config, ConfigError, changed_settings, load_config
+from byol.metrics import read_metrics
 from byol.optim import build_optimizer
 from byol.train import pretrain
 from conftest import tiny_overrides
@@ -105,6 +106,60 @@ def test_a_checkpoint_skipped_for_a_nan_loss_does_not_restart_the_interval(tmp_p
         "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,
         "train.save_interval_s": 12}) + [f"--data.root={cifar10_root}"]))
     assert writes == [("last.pt", 24), ("plots", 24), ("last.pt", 32), ("plots", 32)]
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it (``now``), for byol.train and tqdm."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def taking(self, seconds: float, fn):
+        """``fn``, taking ``seconds`` on this clock."""
+        def timed(*args, **kwargs):
+            self.now += seconds
+            return fn(*args, **kwargs)
+        return timed
+
+
+def run_on_a_fake_clock(monkeypatch, tmp_path, cifar10_root, **settings) -> tuple[FakeClock, list]:
+    """``pretrain`` with a progress bar, where a step takes 1 s, a kNN evaluation 100 s, a checkpoint
+    write 10 s and the plots 1000 s; returns the clock and the pretraining progress bar (in a list; its
+    ``rates``: the rate it showed at each report)."""
+    import tqdm.std
+    clock = FakeClock()
+    monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(tqdm.std, "time", clock)
+    monkeypatch.setattr(byol.train.LoopStep, "__call__", clock.taking(1, byol.train.LoopStep.__call__))
+    for name, seconds in (("knn_eval", 100), ("save_checkpoint", 10), ("plot_metrics", 1000)):
+        monkeypatch.setattr(byol.train, name, clock.taking(seconds, getattr(byol.train, name)))
+    bars, make_bar = [], byol.train._progress
+
+    def progress(*args):  # the bar, its rate recorded at each report
+        bar = make_bar(*args)
+        bar.rates, set_postfix = [], bar.set_postfix
+        bar.set_postfix = lambda **kw: bar.rates.append(bar.format_dict["rate"]) or set_postfix(**kw)
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(byol.train, "_progress", progress)
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": 64, "train.epochs": 2, "train.log_every": 1, "train.knn_every": 1, "train.knn_limit": 64,
+        "train.progress": True, **settings}) + [f"--data.root={cifar10_root}"]))
+    return clock, bars
+
+
+def test_images_per_s_and_the_progress_bar_count_training_time_only(tmp_path, cifar10_root, monkeypatch):
+    """2 epochs of 4 steps, each 1 s of 16 images, with a kNN evaluation, a checkpoint and the plots
+    at each epoch's end: every step logs 16 images/s (the step after an epoch's end logged 16 / 1111 s),
+    and the bar's rate and elapsed time leave that work out too."""
+    _, (bar,) = run_on_a_fake_clock(monkeypatch, tmp_path, cifar10_root)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["train/images_per_s"] for r in records if "train/loss" in r] == [16.0] * 8
+    assert bar.rates == pytest.approx([16.0] * 8) and bar.format_dict["elapsed"] == 8.0
 
 
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
