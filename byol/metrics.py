@@ -21,7 +21,8 @@ PLOTS = {  # file name -> (title, panels: (metric keys, y-axis label), one above
 
 
 class MetricsLog:
-    """Appends ``{"step": s, key: value, ...}`` records to ``metrics.jsonl`` and TensorBoard.
+    """Appends ``{"step": s, "epoch": e, "time_s": t, key: value, ...}`` records to ``metrics.jsonl``
+    and the values (not ``epoch`` and ``time_s``) to TensorBoard (docs/metrics.md lists them).
 
     Only rank 0 should create one. TensorBoard is skipped with a note if it is not installed.
 
@@ -46,8 +47,12 @@ class MetricsLog:
             except ImportError:
                 print("note: tensorboard is not installed; writing metrics.jsonl only")
 
-    def log(self, step: int, **values: float) -> None:
-        record = {"step": step, **{k: float(v) for k, v in values.items()}}
+    def log(self, step: int, epoch: Optional[float] = None, time_s: Optional[float] = None, **values: float) -> None:
+        """One record: ``epoch`` and ``time_s`` go to ``metrics.jsonl`` only (TensorBoard's events have
+        the step and their own wall time); counts (ints) stay ints, other values are floats."""
+        place = {"epoch": epoch, "time_s": time_s}
+        record = {"step": step, **{k: v for k, v in place.items() if v is not None},
+                  **{k: v if isinstance(v, int) else float(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:

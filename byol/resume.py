@@ -17,8 +17,9 @@ from .schedules import cosine_lr, tau_schedule
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None) -> int:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step.
+             amp: Optional[torch.dtype] = None) -> tuple[int, float]:
+    """Load the run's last checkpoint into the model, optimizer and generators; return its step and
+    the seconds the run had run when it was written (``time_s``; 0 for a checkpoint that does not say).
     ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     saved_batch = state["config"].get("train", {}).get("batch_size")
@@ -42,7 +43,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     if rank == 0:
         _note_changes(state, config, steps_per_epoch)
         _note_precision(state.get("extra", {}).get("precision"), precision_name(amp), config)
-    return state["step"]
+    return state["step"], float(state.get("extra", {}).get("time_s", 0.0))
 
 
 def _note_precision(saved: Optional[str], now: str, config: Config) -> None:

@@ -123,7 +123,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     data = load_data(config, device, rank, world)
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
-    step = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp) if resume else 0
+    step, resumed_s = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,
+                              amp) if resume else (0, 0.0)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
@@ -142,15 +143,17 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     results: dict = {"device": str(device), "precision": precision_name(amp)}
     bars = t.progress and rank == 0  # the kNN features' bars
     if data.knn_train is not None and step == 0:
-        results["knn_init"] = _log_knn(log, 0, knn_eval(byol, data, config, device, amp, bars), t.knn_k)
+        acc = knn_eval(byol, data, config, device, amp, bars)
+        results["knn_init"] = _log_knn(log, 0, acc, t.knn_k, {"epoch": 0.0, "time_s": 0.0})
     progress = _progress(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
                            t.tau_base)
     if t.cuda_graph and rank == 0:
         _note_cuda_graph(loop_step.eager_steps)
-    clock = _Clock(device, progress)
-    report = _Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step)
+    clock = _Clock(device, progress, resumed_s)
+    report = _Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
+                     steps_per_epoch)
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"])
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
@@ -174,9 +177,10 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                         if data.knn_train is not None and not stopping and (step == end_step or (
                                 t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
                             acc = knn_eval(byol, data, config, device, amp, bars)
-                            results["knn"] = _log_knn(log, step, acc, t.knn_k)
+                            results["knn"] = _log_knn(log, step, acc, t.knn_k, report.when(step))
                         keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
-                        checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step)
+                        checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step,
+                                         time_s=clock.time_s())
                 if stopping:
                     if step < end_step:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -264,13 +268,19 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int,
 
 
 class _Clock:
-    """The training time between reports, for the throughput logged: what runs between steps
-    :meth:`paused` (the kNN monitor's evaluations, checkpoint writes, plots) is left out of it, and
-    out of the progress bar's rate and elapsed time."""
+    """The run's wall-clock time (:meth:`time_s`), and the training time between reports, for the
+    throughput logged: what runs between steps :meth:`paused` (the kNN monitor's evaluations,
+    checkpoint writes, plots) is left out of that, and out of the progress bar's rate and elapsed time."""
 
-    def __init__(self, device: torch.device, progress):
-        self.device, self.progress = device, progress
-        self.last = time.perf_counter()
+    def __init__(self, device: torch.device, progress, resumed_s: float = 0.0):
+        self.device, self.progress, self.resumed_s = device, progress, resumed_s
+        self.start = self.last = time.perf_counter()
+
+    def time_s(self) -> float:
+        """Seconds since this start's first step, plus those the checkpoint it resumed from had run:
+        the setup of each start (data, model, the kNN at initialization) and the steps trained again
+        after a kill are not counted."""
+        return round(self.resumed_s + time.perf_counter() - self.start, 3)
 
     def lap(self) -> float:
         """The training seconds since the last lap (the first: since the clock was made)."""
@@ -298,11 +308,15 @@ class _Report:
     metrics log, the collapse monitor's warnings, the non-finite streak's limit and the progress bar."""
 
     def __init__(self, loop_step: LoopStep, log: Optional[MetricsLog], folder: Optional[RunFolder], progress,
-                 clock: _Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int):
+                 clock: _Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int, steps_per_epoch: int):
         self.loop_step, self.log, self.folder, self.progress, self.clock = loop_step, log, folder, progress, clock
         self.batch_size, self.max_nonfinite, self.ckpt_path = batch_size, max_nonfinite, ckpt_path
         self.monitor = CollapseMonitor()
-        self.last_step = step
+        self.last_step, self.steps_per_epoch = step, steps_per_epoch
+
+    def when(self, step: int) -> dict:
+        """A record's place in the run: ``epoch`` (1.0 at the end of the first) and ``time_s`` (now)."""
+        return {"epoch": step / self.steps_per_epoch, "time_s": self.clock.time_s()}
 
     def __call__(self, step: int, z1: torch.Tensor, epoch: int, last: bool = False) -> float:
         """Report at ``step`` (``z1``: the last batch's online projections; ``last``: the run's last
@@ -312,7 +326,7 @@ class _Report:
         record["train/images_per_s"] = (step - self.last_step) * self.batch_size / self.clock.lap()
         self.last_step = step
         if self.log is not None:
-            self.log.log(step, **record)
+            self.log.log(step, **self.when(step), **record)
         warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
         if warning and self.folder is not None:
             self.folder.warn(warning, step)
@@ -343,9 +357,10 @@ class _Checkpoints:
         save_checkpoint(self.run_dir / "checkpoints" / name, self.byol, self.optimizer, step, self.config.to_dict(),
                         self.generator, extra=self.extra)
 
-    def save(self, step: int, keep_epoch: Optional[int], final: bool) -> None:
+    def save(self, step: int, keep_epoch: Optional[int], final: bool, time_s: float) -> None:
         """At an epoch's end or the run's (``final``, also a stop): write if due; ``keep_epoch``: keep
-        this epoch's checkpoint too."""
+        this epoch's checkpoint too; ``time_s``: the run's time so far, saved for a resumed run's."""
+        self.extra["time_s"] = time_s
         interval = self.config.train.save_interval_s
         due = keep_epoch is not None or final or time.perf_counter() - self.last_save >= interval
         folder = self.folder
@@ -403,9 +418,9 @@ def _nonfinite(streak: int, step: int, what: str, ckpt_path: Path, amp: bool) ->
                               f"{then}")
 
 
-def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int) -> dict[int, float]:
+def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:
     if log is not None:
-        log.log(step, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
+        log.log(step, **when, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
     return acc
 
 

@@ -153,9 +153,9 @@ def test_a_run_killed_after_its_checkpoint_logs_each_step_once(tmp_path, cifar, 
         f.write('{"step": 24, "train/lo')
     byol("pretrain", "--resume", cifar, *settings)
     again = read_metrics(run / "metrics.jsonl")
-    speed = "train/images_per_s"  # a measurement, not a result of the training
-    assert [{k: v for k, v in r.items() if k != speed} for r in again] == \
-        [{k: v for k, v in r.items() if k != speed} for r in whole]  # each step once, kNN records too
+    measured = ("train/images_per_s", "time_s")  # measurements, not results of the training
+    assert [{k: v for k, v in r.items() if k not in measured} for r in again] == \
+        [{k: v for k, v in r.items() if k not in measured} for r in whole]  # each step once, kNN records too
     assert len({r["step"] for r in again if "eval/knn_top1" in r}) == 4  # at init and after each epoch
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
@@ -271,7 +271,7 @@ def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path
     for last, what in ((False, "(by step 4), so the run stopped; "),
                        (True, "(by step 4), up to the run's end, which was not saved; ")):
         clock = _Clock(torch.device("cpu"), None)
-        report = _Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0)
+        report = _Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0, 4)
         with pytest.raises(NonFiniteLossError, match=re.escape(f"3 steps in a row {what}no checkpoint was written")):
             report(4, torch.zeros(16, 8), epoch=0, last=last)
     data = SimpleNamespace(folder=None, knn_train=None)

@@ -125,10 +125,10 @@ class FakeClock:
         return timed
 
 
-def run_on_a_fake_clock(monkeypatch, tmp_path, cifar10_root, **settings) -> tuple[FakeClock, list]:
-    """``pretrain`` with a progress bar, where a step takes 1 s, a kNN evaluation 100 s, a checkpoint
-    write 10 s and the plots 1000 s; returns the clock and the pretraining progress bar (in a list; its
-    ``rates``: the rate it showed at each report)."""
+def on_a_fake_clock(monkeypatch) -> list:
+    """``pretrain`` on a :class:`FakeClock` where a step takes 1 s, a kNN evaluation 100 s, a
+    checkpoint write 10 s and the plots 1000 s; returns the list its progress bars will be in (each
+    with ``rates``: the rate it showed at each report)."""
     import tqdm.std
     clock = FakeClock()
     monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=clock))
@@ -138,7 +138,7 @@ def run_on_a_fake_clock(monkeypatch, tmp_path, cifar10_root, **settings) -> tupl
         monkeypatch.setattr(byol.train, name, clock.taking(seconds, getattr(byol.train, name)))
     bars, make_bar = [], byol.train._progress
 
-    def progress(*args):  # the bar, its rate recorded at each report
+    def progress(*args):
         bar = make_bar(*args)
         bar.rates, set_postfix = [], bar.set_postfix
         bar.set_postfix = lambda **kw: bar.rates.append(bar.format_dict["rate"]) or set_postfix(**kw)
@@ -146,20 +146,43 @@ def run_on_a_fake_clock(monkeypatch, tmp_path, cifar10_root, **settings) -> tupl
         return bar
 
     monkeypatch.setattr(byol.train, "_progress", progress)
-    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+    return bars
+
+
+def two_epochs_of_four_steps(run: Path, cifar10_root: Path, *settings: str) -> Config:
+    """Steps of 16 images, logged each, a kNN evaluation (of 64 images) at each epoch's end."""
+    return load_config("cifar10", tiny_overrides(run, **{
         "data.limit": 64, "train.epochs": 2, "train.log_every": 1, "train.knn_every": 1, "train.knn_limit": 64,
-        "train.progress": True, **settings}) + [f"--data.root={cifar10_root}"]))
-    return clock, bars
+        "train.progress": True}) + [f"--data.root={cifar10_root}", *settings])
 
 
 def test_images_per_s_and_the_progress_bar_count_training_time_only(tmp_path, cifar10_root, monkeypatch):
-    """2 epochs of 4 steps, each 1 s of 16 images, with a kNN evaluation, a checkpoint and the plots
-    at each epoch's end: every step logs 16 images/s (the step after an epoch's end logged 16 / 1111 s),
-    and the bar's rate and elapsed time leave that work out too."""
-    _, (bar,) = run_on_a_fake_clock(monkeypatch, tmp_path, cifar10_root)
+    """Each step 1 s, and 1110 s of kNN, checkpoint and plots at each epoch's end: every step logs
+    16 images/s (the step after an epoch's end logged 16 / 1111 s), and the bar's rate and elapsed
+    time leave that work out too."""
+    bars = on_a_fake_clock(monkeypatch)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root))
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["train/images_per_s"] for r in records if "train/loss" in r] == [16.0] * 8
+    (bar,) = bars
     assert bar.rates == pytest.approx([16.0] * 8) and bar.format_dict["elapsed"] == 8.0
+
+
+def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_from(tmp_path, cifar10_root,
+                                                                                      monkeypatch):
+    """Every record (kNN ones too) says its epoch (1.0: the first one's end) and the run's seconds
+    (each step 1 s, a kNN evaluation 100 s, a checkpoint write 10 s, the plots 1000 s); a resumed run
+    goes on from the time its checkpoint was written at (it started from 0 again, or had no time)."""
+    on_a_fake_clock(monkeypatch)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.max_steps=6"))
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root), resume=True)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [(r["step"], r["epoch"], r["time_s"], "eval/knn_top1" in r) for r in records] == [
+        (0, 0.0, 0.0, True), (1, 0.25, 1.0, False), (2, 0.5, 2.0, False), (3, 0.75, 3.0, False), (4, 1.0, 4.0, False),
+        (4, 1.0, 104.0, True), (5, 1.25, 1115.0, False), (6, 1.5, 1116.0, False), (6, 1.5, 1216.0, True),
+        (7, 1.75, 1217.0, False), (8, 2.0, 1218.0, False), (8, 2.0, 1318.0, True)]
+    counts = [(r["train/skipped_steps"], r["train/nonfinite_streak"]) for r in records if "train/loss" in r]
+    assert all(type(n) is int for pair in counts for n in pair), counts  # counts, not 0.0
 
 
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
