@@ -1,6 +1,7 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
 import copy
+import math
 import os
 import signal
 import sys
@@ -153,7 +154,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         _note_cuda_graph(loop_step.eager_steps)
     clock = _Clock(device, progress, resumed_s)
     report = _Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
-                     steps_per_epoch)
+                     steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"])
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
@@ -168,7 +169,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                     progress.update(t.batch_size)
                 stopping = stop.requested if world == 1 else False
                 if step % t.log_every == 0 or step == end_step:
-                    results["loss"] = report(step, z1, epoch=(step - 1) // steps_per_epoch, last=step == end_step)
+                    results["loss"] = report(step, z1, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done or step == end_step or stopping:
@@ -308,17 +309,18 @@ class _Report:
     metrics log, the collapse monitor's warnings, the non-finite streak's limit and the progress bar."""
 
     def __init__(self, loop_step: LoopStep, log: Optional[MetricsLog], folder: Optional[RunFolder], progress,
-                 clock: _Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int, steps_per_epoch: int):
+                 clock: _Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int, steps_per_epoch: int,
+                 epochs: int):
         self.loop_step, self.log, self.folder, self.progress, self.clock = loop_step, log, folder, progress, clock
         self.batch_size, self.max_nonfinite, self.ckpt_path = batch_size, max_nonfinite, ckpt_path
         self.monitor = CollapseMonitor()
-        self.last_step, self.steps_per_epoch = step, steps_per_epoch
+        self.last_step, self.steps_per_epoch, self.epochs = step, steps_per_epoch, epochs
 
     def when(self, step: int) -> dict:
         """A record's place in the run: ``epoch`` (1.0 at the end of the first) and ``time_s`` (now)."""
         return {"epoch": step / self.steps_per_epoch, "time_s": self.clock.time_s()}
 
-    def __call__(self, step: int, z1: torch.Tensor, epoch: int, last: bool = False) -> float:
+    def __call__(self, step: int, z1: torch.Tensor, last: bool = False) -> float:
         """Report at ``step`` (``z1``: the last batch's online projections; ``last``: the run's last
         step); returns the mean loss."""
         record = self.loop_step.read(z1)
@@ -335,7 +337,8 @@ class _Report:
             raise _nonfinite(record["train/nonfinite_streak"], step, what, self.ckpt_path,
                              self.loop_step.amp is not None)
         if self.progress is not None:
-            self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=epoch)
+            epoch = (step - 1) // self.steps_per_epoch + 1  # the one this step was in, counted from 1 as epoch_0001.pt
+            self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=f"{epoch}/{self.epochs}")
         return record["train/loss"]
 
 

@@ -271,9 +271,9 @@ def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path
     for last, what in ((False, "(by step 4), so the run stopped; "),
                        (True, "(by step 4), up to the run's end, which was not saved; ")):
         clock = _Clock(torch.device("cpu"), None)
-        report = _Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0, 4)
+        report = _Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0, 4, epochs=1)
         with pytest.raises(NonFiniteLossError, match=re.escape(f"3 steps in a row {what}no checkpoint was written")):
-            report(4, torch.zeros(16, 8), epoch=0, last=last)
+            report(4, torch.zeros(16, 8), last=last)
     data = SimpleNamespace(folder=None, knn_train=None)
     guard = SimpleNamespace(streak=torch.tensor(2))
     log = SimpleNamespace(close=lambda: None)

@@ -185,6 +185,22 @@ def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_
     assert all(type(n) is int for pair in counts for n in pair), counts  # counts, not 0.0
 
 
+def test_the_progress_bar_shows_the_epoch_counted_from_1_of_the_run_s_epochs(tmp_path, monkeypatch):
+    """As the checkpoints count them (epoch_0001.pt): the bar said epoch=0 through the first epoch."""
+    from byol.train import _Clock, _Report
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    record = {"train/loss": 1.0, "monitor/z_std": 0.3, "monitor/effective_rank": 8.0, "train/nonfinite_streak": 0}
+    shown = []
+    bar = types.SimpleNamespace(set_postfix=lambda **kw: shown.append(kw["epoch"]))
+    loop_step = types.SimpleNamespace(read=lambda z1: dict(record), amp=None)
+    report = _Report(loop_step, None, None, bar, _Clock(torch.device("cpu"), bar), 16, 3, tmp_path / "last.pt", 0,
+                     steps_per_epoch=4, epochs=2)
+    for step in range(1, 9):
+        report(step, torch.zeros(16, 8))
+    assert shown == ["1/2"] * 4 + ["2/2"] * 4
+
+
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
     """Every step gets the same batch shape, also when undecodable files left a batch short (a
     compiled step would otherwise compile again for each new size)."""
