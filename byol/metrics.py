@@ -4,19 +4,50 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 from .checkpoint import write_text_atomically
+from .monitor import MIN_RANK, STD_FRACTION
 
 KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
 
-PLOTS = {  # file name -> (title, panels: (metric keys, y-axis label), one above the other); "x*": keys x...
-    "loss.png": ("BYOL loss", [(["train/loss"], "loss")]),
+
+class Panel(NamedTuple):
+    """One panel of a plot: its metric keys (``"x*"``: the keys starting with x), y-axis label,
+    scale, and where a warning fires: ``warn(records)`` gives ``(value, label)`` of a dashed line, or None."""
+    keys: list[str]
+    ylabel: str
+    log: bool = False
+    warn: Optional[Callable[[list[dict]], Optional[tuple[float, str]]]] = None
+
+
+def _std_warning(records: list[dict]) -> tuple[float, str]:
+    return STD_FRACTION, f"collapse warning below {STD_FRACTION:g}"
+
+
+def _rank_warning(records: list[dict]) -> Optional[tuple[float, str]]:
+    """The rank's threshold as a ratio: ``MIN_RANK / min(B, d)``, ``min(B, d)`` read off the records
+    (effective_rank / effective_rank_ratio), which do not log it."""
+    for r in reversed(records):
+        rank, ratio = r.get("monitor/effective_rank"), r.get("monitor/effective_rank_ratio")
+        if rank is not None and ratio and math.isfinite(rank) and math.isfinite(ratio):
+            most = round(rank / ratio)
+            return MIN_RANK / most, f"collapse warning below rank {MIN_RANK:g} (of at most min(B, d) = {most})"
+    return None
+
+
+PLOTS = {  # file name -> (title, panels one above the other)
+    "loss.png": ("BYOL loss", [Panel(["train/loss"], "loss")]),
     # Two panels: the learning rate (~0.01) on tau's axis (~0.99) would be a flat line at 0.
-    "schedules.png": ("learning rate and EMA tau", [(["train/lr"], "learning rate"), (["train/tau"], "EMA tau")]),
-    "knn.png": ("kNN top-1 on the held-out split", [([KNN_PREFIX + "*"], "accuracy (%)")]),  # a line per k
-    "collapse.png": ("collapse monitor", [(["monitor/z_std_ratio", "monitor/effective_rank_ratio"],
-                                           "fraction of the healthy value")]),
+    "schedules.png": ("learning rate and EMA tau", [Panel(["train/lr"], "learning rate"),
+                                                    Panel(["train/tau"], "EMA tau")]),
+    "knn.png": ("kNN top-1 on the held-out split", [Panel([KNN_PREFIX + "*"], "accuracy (%)")]),  # a line per k
+    # A panel each, on log axes: the two thresholds are an order of magnitude and more apart, and a
+    # collapsing run falls by orders of magnitude.
+    "collapse.png": ("collapse monitor (dashed: where its warning fires)", [
+        Panel(["monitor/z_std_ratio"], "std of normalized z × √d\n(1: spread over the sphere)", True, _std_warning),
+        Panel(["monitor/effective_rank_ratio"], "effective rank / min(B, d)\n(1: the largest possible)", True,
+              _rank_warning)]),
 }
 
 
@@ -89,36 +120,71 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     records = read_metrics(metrics_path)
     out_dir = Path(out_dir or Path(metrics_path).parent)
     written = []
     logged = sorted({k for r in records for k in r}, key=_natural)
     for name, (title, panels) in PLOTS.items():
-        panels = [([k for key in keys for k in logged if k == key or key.endswith("*") and k.startswith(key[:-1])],
-                   ylabel) for keys, ylabel in panels]
-        panels = [({k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}, ylabel)
-                  for keys, ylabel in panels]
-        panels = [(series, ylabel) for series, ylabel in panels if any(series.values())]
-        if not panels:
-            continue
-        fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
-                                 figsize=(6, 1.5 + 2 * len(panels)), dpi=110)
-        for ax, (series, ylabel) in zip(axes[:, 0], panels):
-            for key, points in series.items():
-                if points:
-                    steps, values = zip(*points)
-                    ax.plot(steps, values, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
-            ax.set(ylabel=ylabel)
-            ax.grid(alpha=0.3)
-            if len(series) > 1:
-                ax.legend()
-        axes[0, 0].set_title(title)
-        axes[-1, 0].set_xlabel("step")
-        axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run: no step 2.5
-        fig.tight_layout()
-        fig.savefig(out_dir / name)
-        plt.close(fig)
-        written.append(out_dir / name)
+        drawn = []
+        for panel in panels:
+            keys = [k for key in panel.keys for k in logged if k == key or key.endswith("*") and k.startswith(key[:-1])]
+            series = {k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}
+            if any(series.values()):
+                drawn.append((panel, series))
+        if drawn:
+            fig = _figure(plt, title, drawn, records)
+            fig.savefig(out_dir / name)
+            plt.close(fig)
+            written.append(out_dir / name)
     return written
+
+
+def _figure(plt, title: str, drawn: list[tuple[Panel, dict]], records: list[dict]):
+    """The panels one above the other on one step axis; each panel's series, and its warning line."""
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(len(drawn), 1, sharex=True, squeeze=False, figsize=(6, 1.5 + 2 * len(drawn)), dpi=110)
+    steps = set()
+    for ax, (panel, series) in zip(axes[:, 0], drawn):
+        values = []
+        for key, points in series.items():
+            if points:
+                x, y = zip(*points)
+                steps.update(x)
+                values += y
+                ax.plot(x, y, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+        warn = panel.warn(records) if panel.warn else None
+        if warn is not None:
+            ax.axhline(warn[0], color="tab:red", linestyle="--", linewidth=1, label=warn[1])
+            values.append(warn[0])
+        if panel.log:
+            _log_axis(ax, values, warn)
+        ax.set(ylabel=panel.ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1 or warn is not None:
+            ax.legend(fontsize="small")
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("step")
+    if len(steps) == 1:  # one step: that step as the only tick, not 3.8 ... 4.2 around it
+        axes[-1, 0].set_xticks(list(steps))
+    else:
+        axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))  # a short run: no step 2.5
+    fig.tight_layout()
+    return fig
+
+
+def _log_axis(ax, values: list[float], warn: Optional[tuple[float, str]]) -> None:
+    """A log y axis from half the smallest value (or threshold) to twice the largest, in plain
+    numbers (0.2, 0.5, 1), the region below the threshold shaded."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    ax.set_yscale("log", nonpositive="clip")  # a std of exactly 0 at the bottom edge
+    positive = [v for v in values if v > 0]
+    if positive:
+        low, high = min(positive) / 2, max(positive) * 2
+        ax.set_ylim(low, high)
+        if warn is not None:
+            ax.axhspan(low, warn[0], color="tab:red", alpha=0.07, linewidth=0)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+    ax.yaxis.set_minor_formatter(plain)

@@ -11,6 +11,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+# The collapse warning's thresholds (CollapseMonitor's defaults, reasoned there): the normalized
+# std below this fraction of 1/sqrt(dim), or the effective rank below this.
+STD_FRACTION = 0.1
+MIN_RANK = 1.5
+
 
 def normalized_std(z: torch.Tensor) -> torch.Tensor:
     """Mean over dimensions of the per-dimension std, across the batch, of L2-normalized ``z``.
@@ -70,7 +75,7 @@ class CollapseMonitor:
     while they stay there (0: only on the transition).
     """
 
-    def __init__(self, std_fraction: float = 0.1, min_rank: float = 1.5, repeat_every: int = 0):
+    def __init__(self, std_fraction: float = STD_FRACTION, min_rank: float = MIN_RANK, repeat_every: int = 0):
         self.std_fraction = std_fraction
         self.min_rank = min_rank
         self.repeat_every = repeat_every

@@ -1,4 +1,5 @@
 import json
+import math
 
 import matplotlib.figure
 import pytest
@@ -63,3 +64,36 @@ def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
     assert [line.get_label() for line in ax.get_lines()] == ["knn_top1_k20", "knn_top1_k200"]
     assert [list(line.get_ydata()) for line in ax.get_lines()] == [[30.0, 40.0], [31.0, 42.0]]
     assert ax.get_legend() is not None  # which line is which k
+
+
+def test_collapse_plot_labels_each_ratio_and_draws_where_the_warning_fires(tmp_path, drawn):
+    """z_std_ratio is the std over its healthy 1/sqrt(d), but effective_rank_ratio is the rank over
+    min(B, d), its largest possible value: a panel each, rightly labelled (one axis said "fraction of
+    the healthy value" for both), with the collapse monitor's thresholds as dashed lines."""
+    from byol.monitor import CollapseMonitor
+    monitor = CollapseMonitor()
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "monitor/z_std_ratio": std, "monitor/effective_rank": rank,
+         "monitor/effective_rank_ratio": rank / 32}
+        for s, std, rank in [(1, 0.8, 20.0), (2, 0.5, 12.0), (3, 0.3, 6.0)]])  # B = 32 < d = 256
+    plot_metrics(tmp_path / "metrics.jsonl")
+    std_ax, rank_ax = drawn["collapse.png"].axes
+    assert "√d" in std_ax.get_ylabel() and "min(B, d)" in rank_ax.get_ylabel()
+    assert all("healthy" not in ax.get_ylabel() for ax in (std_ax, rank_ax))
+    for ax, threshold in ((std_ax, monitor.std_fraction), (rank_ax, monitor.min_rank / 32)):
+        (warn,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert list(warn.get_ydata()) == [threshold, threshold], warn.get_ydata()
+        low, high = ax.get_ylim()
+        assert low < threshold < high and ax.get_yscale() == "log"
+        assert "warning" in warn.get_label() and warn.get_label() in [t.get_text() for t in ax.get_legend().texts]
+    # the std's warning, by the monitor's own rule, is where the line is
+    assert monitor.is_collapsed(0.099 / math.sqrt(256), 20.0, 256) and not monitor.is_collapsed(0.101 / 16, 20.0, 256)
+
+
+def test_a_plot_of_one_step_has_that_step_as_its_only_tick(tmp_path, drawn):
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 4, "train/loss": 1.5, "train/lr": 0.1, "train/tau": 0.99}])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    for name in ("loss.png", "schedules.png"):
+        ax = drawn[name].axes[-1]
+        drawn[name].canvas.draw()
+        assert list(ax.get_xticks()) == [4] and [t.get_text() for t in ax.get_xticklabels()] == ["4"], name
