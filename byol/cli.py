@@ -98,6 +98,17 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
+def _encoder_rows(result: dict) -> list[tuple[str, str]]:
+    """What an evaluation's numbers are of: the features' width and precision, the weights' step."""
+    rows = [("features", f"{result['feature_dim']}-d, {result['precision']} on {result['device']}")]
+    if result["random_init"]:
+        rows.append(("weights", "at random initialization (--random-init), step 0"))
+    elif result["step"] is not None:
+        epoch = f" (epoch {result['epoch']:.2f})" if result["epoch"] is not None else ""
+        rows.append(("weights", f"step {result['step']}{epoch}"))
+    return rows
+
+
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     """Write the result to ``out``, else to ``default``, where an earlier result (another run of
     the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ..."""
@@ -202,7 +213,7 @@ def run(argv: Optional[list[str]] = None) -> int:
             top5 = f"{result['top5']:.2f}%" + (f" (of {result['classes']} classes: always 100)"
                                                  if result["classes"] <= 5 else "")
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
-        result["random_init"] = args.random_init
+        rows += _encoder_rows(result)
         title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
         try:
             path = _write_json(result, args.out, default)

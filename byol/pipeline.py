@@ -19,7 +19,7 @@ from .data import DataError, FilesNotFound, ImageSet, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe
-from .build import autocast_dtype, build_model, load_size, resolve_device, views_of
+from .build import autocast_dtype, build_model, load_size, precision_name, resolve_device, views_of
 
 
 class OutputError(Exception):
@@ -91,6 +91,15 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     ``data.root`` (older runs stored it as typed) that is not found from here is looked up from
     the directory the run was started in, when the checkpoint's place in its run directory tells which.
     """
+    net, config, _ = _load_encoder(path, overrides, random_init)
+    return net, config
+
+
+def _load_encoder(path: Union[str, Path], overrides: Optional[list[str]],
+                  random_init: bool) -> tuple[nn.Module, Config, dict]:
+    """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
+    (an absolute path), its training ``step`` and ``epoch`` (None where the file does not say: an
+    exported encoder; 0 with ``random_init``)."""
     model_keys = [o.removeprefix("--").split("=")[0] for o in overrides or []
                   if o.removeprefix("--").startswith("model.")]
     refuse = ConfigError(f"--{model_keys[0]} cannot be set here: the model (backbone, width, projector) comes "
@@ -104,8 +113,10 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
         raise refuse
     given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
     validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
+    origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
     if not bare:  # a byol checkpoint
         config = config_from_dict(state["config"])
+        origin.update(_trained(state))
         if random_init:
             net = _initial_net(config)
         else:
@@ -118,7 +129,16 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
         _find_relative_root(config, path)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
-    return net.eval(), config
+    if random_init:
+        origin.update(step=0, epoch=0.0)
+    return net.eval(), config, origin
+
+
+def _trained(state: dict) -> dict:
+    """A checkpoint's training ``step`` and ``epoch`` (step / its steps an epoch, where it says)."""
+    step = state.get("step")
+    per_epoch = state.get("extra", {}).get("steps_per_epoch")
+    return {"step": step, "epoch": step / per_epoch if isinstance(step, int) and per_epoch else None}
 
 
 def _state_dict_encoder(path: Path, state: object, overrides: list[str],
@@ -283,34 +303,48 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
 
     ``limit`` evaluates on N images of each split only (the first N; a folder's spread over its
     classes); ``random_init`` evaluates the encoder the run started from (see :func:`load_encoder`);
-    ``progress`` shows progress bars on stderr.
+    ``progress`` shows progress bars on stderr. The result also says what it is of (the checkpoint,
+    its step, the features' width and precision: docs/metrics.md lists its fields).
     """
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress)
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
-            "temperature": temperature, **info}
+            "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
+
+
+# The linear probe's settings (``evaluate.linear_probe``'s defaults), stated here so that its results record them.
+LINEAR_PROBE = {"batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
+                "optimizer": "SGD, Nesterov momentum 0.9, cosine learning rate to 0, zero-initialized head",
+                "features": "computed once, no augmentation, standardized (the train split's per-dimension "
+                            "mean and std)"}
 
 
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
            limit: Optional[int] = None, random_init: bool = False, progress: bool = False) -> dict:
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
-    ``random_init``, of the encoder its run started from); ``progress`` shows progress bars on stderr."""
+    ``random_init``, of the encoder its run started from), with its settings (:data:`LINEAR_PROBE`,
+    ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr."""
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress)
-    result = linear_probe(*splits, epochs=epochs, device=device, seed=config.train.seed,
-                          progress=progress if dist.rank() == 0 else False)
-    return {"dataset": config.data.dataset, **result, "epochs": epochs, **info}
+    settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
+                "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}
+    result = linear_probe(*splits, **settings, device=device, progress=progress if dist.rank() == 0 else False)
+    return {"dataset": config.data.dataset, **result, **settings, "optimizer": LINEAR_PROBE["optimizer"],
+            "features": LINEAR_PROBE["features"], **info}
 
 
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                       limit: Optional[int], progress: bool):
     """``(config, device, (train features, labels, held-out features, labels), info)`` for a
     checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
-    a folder's val)."""
-    net, config = load_encoder(path, overrides, random_init)
+    a folder's val), where the weights come from (:func:`_load_encoder`) and how the features were
+    computed (their width, the device and precision: what ``train.precision`` resolves to there)."""
+    net, config, origin = _load_encoder(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
     held_out = Path(test.root).name if isinstance(test, ImageFolder) else "test"
     train_f, train_y, _ = features(net, config, train, device, progress and "train features")
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held_out} features")
     return config, device, (train_f, train_y, test_f, test_y), {
-        "n_train": len(train_f), "n_test": len(test_f), "test_split": held_out}
+        "n_train": len(train_f), "n_test": len(test_f), "test_split": held_out, **origin,
+        "random_init": random_init, "feature_dim": train_f.shape[1], "device": str(device),
+        "precision": precision_name(autocast_dtype(config.train.precision, device))}

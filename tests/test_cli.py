@@ -87,6 +87,45 @@ def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
     assert (run / "checkpoints" / "last_linear.json").read_text().endswith("}\n")  # a text file's last line
 
 
+def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
+    """The JSON (and the table) of an evaluation name the checkpoint, its step and epoch, the features'
+    width and precision, and the linear probe's settings: they said none, so two results could not
+    be told apart or traced."""
+    from byol.backbones import resnet
+    from byol.build import native_bf16
+    from byol.cli import main
+    from conftest import CIFAR10
+    ckpt = trained[0] / "checkpoints" / "last.pt"  # step 4 of 8 an epoch (128 images, batch 16)
+    precision = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"  # train.precision=auto
+    origin = {"checkpoint": str(ckpt), "step": 4, "epoch": 0.5, "random_init": False, "feature_dim": 64,
+              "device": "cpu", "precision": precision}
+    assert main(["eval", "knn", str(ckpt), "--limit", "40", "--out", str(tmp_path / "k.json")]) == 0
+    knn = json.loads((tmp_path / "k.json").read_text())
+    assert {k: knn[k] for k in origin} == origin and "no augmentation" in knn["features"]
+    out = capsys.readouterr().out
+    assert re.search(rf"features +64-d, {precision} on cpu\n", out), out
+    assert re.search(r"weights +step 4 \(epoch 0.50\)\n", out), out
+    assert main(["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--out", str(tmp_path / "l.json")]) \
+        == 0
+    linear = json.loads((tmp_path / "l.json").read_text())
+    assert {k: linear[k] for k in origin} == origin
+    assert {k: linear[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed")} == {
+        "epochs": 2, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4, "seed": 0}
+    assert "no augmentation, standardized" in linear["features"] and "Nesterov" in linear["optimizer"]
+    assert main(["eval", "knn", str(ckpt), "--limit", "40", "--random-init", "--out", str(tmp_path / "r.json")]) == 0
+    init = json.loads((tmp_path / "r.json").read_text())
+    assert (init["step"], init["epoch"], init["random_init"]) == (0, 0.0, True)
+    assert re.search(r"weights +at random initialization \(--random-init\), step 0\n", capsys.readouterr().out)
+    exported = tmp_path / "encoder.pt"  # a state_dict: no step to say
+    torch.save(resnet("resnet18", cifar_stem=True, width=8).state_dict(), exported)
+    assert main(["eval", "knn", str(exported), "--limit", "40", "--out", str(tmp_path / "e.json"),
+                 "--model.width=8", f"--data.root={CIFAR10}", "--train.device=cpu", "--train.precision=fp32"]) == 0
+    bare = json.loads((tmp_path / "e.json").read_text())
+    assert (bare["checkpoint"], bare["step"], bare["epoch"], bare["precision"]) == (str(exported), None, None,
+                                                                                    "float32")
+    assert "weights" not in capsys.readouterr().out
+
+
 def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys, monkeypatch):
     """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
     contents move to NAME.1.json, NAME.2.json, ... (the free name is probed before the evaluation,
@@ -127,7 +166,8 @@ def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch,
     import byol.pipeline
     from byol.cli import main
     fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
-            "n_test": 20, "test_split": "val", "classes": 4}
+            "n_test": 20, "test_split": "val", "classes": 4, "feature_dim": 64, "precision": "float32",
+            "device": "cpu", "random_init": False, "step": None, "epoch": None}
     monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
     assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
     out = capsys.readouterr().out
