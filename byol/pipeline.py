@@ -100,8 +100,11 @@ def _load_encoder(path: Union[str, Path], overrides: Optional[list[str]],
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
     (an absolute path), its training ``step`` and ``epoch`` (None where the file does not say: an
     exported encoder; 0 with ``random_init``)."""
-    model_keys = [o.removeprefix("--").split("=")[0] for o in overrides or []
-                  if o.removeprefix("--").startswith("model.")]
+    given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
+    if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
+        raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
+                          "trains on); use --limit N (limit=N from Python) for the first N images of each split")
+    model_keys = [key for key in given if key.startswith("model.")]
     refuse = ConfigError(f"--{model_keys[0]} cannot be set here: the model (backbone, width, projector) comes "
                          f"from the checkpoint {path}; only settings such as --data.root or --train.device apply"
                          ) if model_keys else None
@@ -111,7 +114,6 @@ def _load_encoder(path: Union[str, Path], overrides: Optional[list[str]],
     bare = not (isinstance(state, dict) and "model" in state and "config" in state)
     if refuse and not (bare and not (path.parent / "config.yaml").is_file()):
         raise refuse
-    given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
     validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
     origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
     if not bare:  # a byol checkpoint

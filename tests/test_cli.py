@@ -431,12 +431,24 @@ def test_settings_given_to_eval_and_embed_are_checked_as_pretrain_checks_them(ca
     from byol.backbones import resnet
     path = tmp_path / "encoder.pt"
     torch.save(resnet("resnet18", cifar_stem=True, width=8).state_dict(), path)
-    for args, message in ((["eval", "knn", path, "--data.limit=0"], "data.limit must be >= 1 or null"),
+    for args, message in ((["eval", "knn", path, "--data.workers=-1"], "data.workers must be >= 0"),
                           (["eval", "linear", path, "--data.image_size=0"], "data.image_size must be >= 8"),
-                          (["embed", path, "--out", tmp_path / "e.npy", "--data.limit=0"],
-                           "data.limit must be >= 1 or null")):
+                          (["embed", path, "--out", tmp_path / "e.npy", "--data.load_size=0"],
+                           "data.load_size must be >= 8 or null")):
         _, line = main_error(capsys, *args, "--model.width=8", "--train.device=cpu")
         assert line == f"byol: error: {message}", line
+
+
+def test_data_limit_is_refused_by_eval_and_embed_which_take_limit(capsys, tmp_path):
+    """--data.limit (how many images pretraining trains on) was taken by eval and embed and did
+    nothing: now one sentence pointing at --limit, before the checkpoint is read."""
+    missing = tmp_path / "nothing_here.pt"
+    for args in (["eval", "knn", missing], ["eval", "linear", missing],
+                 ["embed", missing, "--out", tmp_path / "e.npy"]):
+        _, line = main_error(capsys, *args, "--data.limit=100")
+        assert line == "byol: error: --data.limit does not apply to byol eval or embed (it is how many images " \
+                       "pretraining trains on); use --limit N (limit=N from Python) for the first N images of each " \
+                       "split", line
 
 
 def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(capsys, trained, tmp_path,
