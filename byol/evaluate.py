@@ -144,17 +144,20 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  k: int = 200, temperature: float = 0.1, num_classes: Optional[int] = None,
                  chunk_size: int = 1024, device: Union[str, torch.device, None] = None) -> torch.Tensor:
-    """Weighted k-nearest-neighbour class scores, the InstDisc / DINO / solo-learn protocol.
+    """Weighted k-nearest-neighbour class scores: the weighted vote of InstDisc (Wu et al. 2018).
 
     Both sides are L2-normalized; each test row takes its ``k`` most cosine-similar train rows,
-    and each of them votes for its label with weight ``exp(sim / temperature)`` (Wu et al. 2018).
+    and each of them votes for its label with weight ``exp(sim / temperature)``. The defaults, k 200
+    and temperature 0.1, are lightly's ``knn_predict`` (after MoCo's CIFAR-10 demo);
+    :func:`knn_accuracy` reports k 20 beside it. InstDisc used k 200 and 0.07, DINO k 20 and 0.07, and
+    solo-learn's ``WeightedKNNClassifier`` defaults to k 20 and 0.07: their numbers are not ours.
 
     Args:
         train_features: (N_train, D) feature bank.
         train_labels: (N_train,) integer labels.
         test_features: (N_test, D) queries.
         k: neighbours per query (capped at N_train).
-        temperature: sharpness of the vote weights; 0.1 as lightly's kNN (InstDisc and DINO: 0.07).
+        temperature: sharpness of the vote weights; 0.1 as lightly's kNN (InstDisc, DINO, solo-learn: 0.07).
         num_classes: C; default ``train_labels.max() + 1``.
         chunk_size: test rows per similarity matrix, so memory is O(chunk_size * N_train).
         device: where to compute; default the device of ``train_features``.
