@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -23,9 +22,9 @@ from .memory import check_step_fits
 from .faults import NonFiniteGuard, StopRequest
 from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
-from .monitor import CollapseMonitor
 from .optim import build_optimizer
 from .resume import restore
+from .reporting import Clock, Report, log_knn, nonfinite_error, progress_bar
 from .run_folder import RunFolder
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
 
@@ -71,10 +70,6 @@ def _with_absolute_root(config: Config) -> Config:
     config = copy.deepcopy(config)
     config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
     return config
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss stayed NaN or infinite for too many steps in a row."""
 
 
 def pretrain(config: Config, resume: bool = False) -> dict:
@@ -132,28 +127,22 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if rank == 0:
             _note_finished(t, run_dir, step, end_step < total_steps)
         return {"step": step, "checkpoint": str(ckpt_path)}
-    if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
-        check_step_fits(byol, t.batch_size, config.data.image_size, amp)
-    if rank == 0:
-        save_config(config, run_dir / "config.yaml")
-        _note_cpu(config, device)
-    if resume and rank == 0 and data.folder is not None:
-        data.folder.read_skipped(run_dir / "skipped_files.txt")  # the files the run skipped before it stopped
+    _before_first_step(config, byol, data, device, amp, resume, rank, world)
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = {"device": str(device), "precision": precision_name(amp)}
     bars = t.progress and rank == 0  # the kNN features' bars
     if data.knn_train is not None and step == 0:
         acc = knn_eval(byol, data, config, device, amp, bars)
-        results["knn_init"] = _log_knn(log, 0, acc, t.knn_k, {"epoch": 0.0, "time_s": 0.0})
-    progress = _progress(t, rank, step, end_step, t.batch_size)
+        results["knn_init"] = log_knn(log, 0, acc, t.knn_k, {"epoch": 0.0, "time_s": 0.0})
+    progress = progress_bar(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
                            t.tau_base)
     if t.cuda_graph and rank == 0:
         _note_cuda_graph(loop_step.eager_steps)
-    clock = _Clock(device, progress, resumed_s)
-    report = _Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
+    clock = Clock(device, progress, resumed_s)
+    report = Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
                      steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"])
@@ -178,7 +167,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                         if data.knn_train is not None and not stopping and (step == end_step or (
                                 t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
                             acc = knn_eval(byol, data, config, device, amp, bars)
-                            results["knn"] = _log_knn(log, step, acc, t.knn_k, report.when(step))
+                            results["knn"] = log_knn(log, step, acc, t.knn_k, report.when(step))
                         keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
                         checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step,
                                          time_s=clock.time_s())
@@ -190,6 +179,20 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if progress is not None:
             progress.close()
     return _finish(results, step, data, guard, log, run_dir, rank)
+
+
+def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch.device,
+                       amp: Optional[torch.dtype], resume: bool, rank: int, world: int) -> None:
+    """A CPU step checked against the free memory, the config saved, the notes, and for a resumed
+    run the files it skipped before it stopped."""
+    t, run_dir = config.train, Path(config.train.out_dir)
+    if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
+        check_step_fits(byol, t.batch_size, config.data.image_size, amp)
+    if rank == 0:
+        save_config(config, run_dir / "config.yaml")
+        _note_cpu(config, device)
+    if resume and rank == 0 and data.folder is not None:
+        data.folder.read_skipped(run_dir / "skipped_files.txt")
 
 
 def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:
@@ -268,80 +271,6 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int,
         epoch, index = epoch + 1, 0
 
 
-class _Clock:
-    """The run's wall-clock time (:meth:`time_s`), and the training time between reports, for the
-    throughput logged: what runs between steps :meth:`paused` (the kNN monitor's evaluations,
-    checkpoint writes, plots) is left out of that, and out of the progress bar's rate and elapsed time."""
-
-    def __init__(self, device: torch.device, progress, resumed_s: float = 0.0):
-        self.device, self.progress, self.resumed_s = device, progress, resumed_s
-        self.start = self.last = time.perf_counter()
-
-    def time_s(self) -> float:
-        """Seconds since this start's first step, plus those the checkpoint it resumed from had run:
-        the setup of each start (data, model, the kNN at initialization) and the steps trained again
-        after a kill are not counted."""
-        return round(self.resumed_s + time.perf_counter() - self.start, 3)
-
-    def lap(self) -> float:
-        """The training seconds since the last lap (the first: since the clock was made)."""
-        now = time.perf_counter()
-        seconds, self.last = now - self.last, now
-        return seconds
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        if self.device.type == "cuda":  # the steps still queued on the GPU finish on the training clock
-            torch.cuda.synchronize(self.device)  # (once an epoch, where this is used: no per-step sync)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            spent = time.perf_counter() - start
-            self.last += spent
-            if self.progress is not None:  # as tqdm's unpause(), which would also drop the steps since its last print
-                self.progress.start_t += spent
-                self.progress.last_print_t += spent
-
-
-class _Report:
-    """Every ``log_every`` steps: the loop step's metrics read (the host sync), the throughput, the
-    metrics log, the collapse monitor's warnings, the non-finite streak's limit and the progress bar."""
-
-    def __init__(self, loop_step: LoopStep, log: Optional[MetricsLog], folder: Optional[RunFolder], progress,
-                 clock: _Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int, steps_per_epoch: int,
-                 epochs: int):
-        self.loop_step, self.log, self.folder, self.progress, self.clock = loop_step, log, folder, progress, clock
-        self.batch_size, self.max_nonfinite, self.ckpt_path = batch_size, max_nonfinite, ckpt_path
-        self.monitor = CollapseMonitor()
-        self.last_step, self.steps_per_epoch, self.epochs = step, steps_per_epoch, epochs
-
-    def when(self, step: int) -> dict:
-        """A record's place in the run: ``epoch`` (1.0 at the end of the first) and ``time_s`` (now)."""
-        return {"epoch": step / self.steps_per_epoch, "time_s": self.clock.time_s()}
-
-    def __call__(self, step: int, z1: torch.Tensor, last: bool = False) -> float:
-        """Report at ``step`` (``z1``: the last batch's online projections; ``last``: the run's last
-        step); returns the mean loss."""
-        record = self.loop_step.read(z1)
-        # Training throughput: the interval leaves out the kNN evaluations, checkpoints and plots in it.
-        record["train/images_per_s"] = (step - self.last_step) * self.batch_size / self.clock.lap()
-        self.last_step = step
-        if self.log is not None:
-            self.log.log(step, **self.when(step), **record)
-        warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
-        if warning and self.folder is not None:
-            self.folder.warn(warning, step)
-        if record["train/nonfinite_streak"] >= self.max_nonfinite:
-            what = "up to the run's end, which was not saved" if last else "so the run stopped"
-            raise _nonfinite(record["train/nonfinite_streak"], step, what, self.ckpt_path,
-                             self.loop_step.amp is not None)
-        if self.progress is not None:
-            epoch = (step - 1) // self.steps_per_epoch + 1  # the one this step was in, counted from 1 as epoch_0001.pt
-            self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=f"{epoch}/{self.epochs}")
-        return record["train/loss"]
-
-
 class _Checkpoints:
     """``checkpoints/last.pt`` at every epoch's end, or at most once per ``save_interval_s``, and at
     the end; ``epoch_N.pt`` kept when asked; the plots and the skipped files with each write. Never
@@ -404,32 +333,8 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
     streak = int(guard.streak.item())
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
         end = f"its stop by {results['stopped_by']}" if "stopped_by" in results else "the run's end"
-        raise _nonfinite(streak, step, f"up to {end}, which was not saved", ckpt_path,
+        raise nonfinite_error(streak, step, f"up to {end}, which was not saved", ckpt_path,
                          results["precision"] != precision_name(None))
     results["step"] = step
     results["checkpoint"] = str(ckpt_path)
     return results
-
-
-def _nonfinite(streak: int, step: int, what: str, ckpt_path: Path, amp: bool) -> NonFiniteLossError:
-    remedy = "lower optim.lr or use train.precision=fp32" if amp else "lower optim.lr"  # fp32 only if it was not
-    if ckpt_path.is_file():
-        then = f"the last good checkpoint is {ckpt_path}; {remedy}, then continue with --resume"
-    else:
-        then = f"no checkpoint was written; {remedy} and start again"
-    return NonFiniteLossError(f"the loss was NaN or infinite for {streak} steps in a row (by step {step}), {what}; "
-                              f"{then}")
-
-
-def _log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:
-    if log is not None:
-        log.log(step, **when, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
-    return acc
-
-
-def _progress(t, rank: int, step: int, end_step: int, batch_size: int):
-    if not t.progress or rank != 0:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
-                desc="pretrain", dynamic_ncols=True, file=sys.stderr)

@@ -252,9 +252,9 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
 
 
 def test_float32_is_suggested_for_nan_losses_only_to_a_run_in_bf16(tmp_path):
-    from byol.train import _nonfinite
+    from byol.reporting import nonfinite_error
     for amp in (True, False):
-        message = str(_nonfinite(3, 4, "so the run stopped", tmp_path / "last.pt", amp))
+        message = str(nonfinite_error(3, 4, "so the run stopped", tmp_path / "last.pt", amp))
         assert ("lower optim.lr or use train.precision=fp32 and start again" in message) is amp, message
         assert message.endswith("lower optim.lr and start again") is not amp, message
 
@@ -264,14 +264,15 @@ def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path
     its end is not saved (it said "so the run stopped" at the last step too)."""
     from types import SimpleNamespace
     from byol.build import precision_name
-    from byol.train import NonFiniteLossError, _Clock, _finish, _Report
+    from byol.reporting import Clock, NonFiniteLossError, Report
+    from byol.train import _finish
     record = {"train/loss": float("nan"), "monitor/z_std": 0.0, "monitor/effective_rank": 1.0,
               "train/nonfinite_streak": 3}
     loop_step = SimpleNamespace(read=lambda z1: dict(record), amp=None)
     for last, what in ((False, "(by step 4), so the run stopped; "),
                        (True, "(by step 4), up to the run's end, which was not saved; ")):
-        clock = _Clock(torch.device("cpu"), None)
-        report = _Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0, 4, epochs=1)
+        clock = Clock(torch.device("cpu"), None)
+        report = Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0, 4, epochs=1)
         with pytest.raises(NonFiniteLossError, match=re.escape(f"3 steps in a row {what}no checkpoint was written")):
             report(4, torch.zeros(16, 8), last=last)
     data = SimpleNamespace(folder=None, knn_train=None)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import byol.faults
+import byol.reporting
 import byol.step
 import byol.train
 from byol import BYOL, resnet
@@ -131,12 +132,13 @@ def on_a_fake_clock(monkeypatch) -> list:
     with ``rates``: the rate it showed at each report)."""
     import tqdm.std
     clock = FakeClock()
-    monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=clock))
+    for module in (byol.train, byol.reporting):  # the checkpoints' interval, the run's clock
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=clock))
     monkeypatch.setattr(tqdm.std, "time", clock)
     monkeypatch.setattr(byol.train.LoopStep, "__call__", clock.taking(1, byol.train.LoopStep.__call__))
     for name, seconds in (("knn_eval", 100), ("save_checkpoint", 10), ("plot_metrics", 1000)):
         monkeypatch.setattr(byol.train, name, clock.taking(seconds, getattr(byol.train, name)))
-    bars, make_bar = [], byol.train._progress
+    bars, make_bar = [], byol.train.progress_bar
 
     def progress(*args):
         bar = make_bar(*args)
@@ -145,7 +147,7 @@ def on_a_fake_clock(monkeypatch) -> list:
         bars.append(bar)
         return bar
 
-    monkeypatch.setattr(byol.train, "_progress", progress)
+    monkeypatch.setattr(byol.train, "progress_bar", progress)
     return bars
 
 
@@ -187,14 +189,14 @@ def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_
 
 def test_the_progress_bar_shows_the_epoch_counted_from_1_of_the_run_s_epochs(tmp_path, monkeypatch):
     """As the checkpoints count them (epoch_0001.pt): the bar said epoch=0 through the first epoch."""
-    from byol.train import _Clock, _Report
+    from byol.reporting import Clock, Report
     ticks = iter(range(10**6))
-    monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(byol.reporting, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     record = {"train/loss": 1.0, "monitor/z_std": 0.3, "monitor/effective_rank": 8.0, "train/nonfinite_streak": 0}
     shown = []
     bar = types.SimpleNamespace(set_postfix=lambda **kw: shown.append(kw["epoch"]))
     loop_step = types.SimpleNamespace(read=lambda z1: dict(record), amp=None)
-    report = _Report(loop_step, None, None, bar, _Clock(torch.device("cpu"), bar), 16, 3, tmp_path / "last.pt", 0,
+    report = Report(loop_step, None, None, bar, Clock(torch.device("cpu"), bar), 16, 3, tmp_path / "last.pt", 0,
                      steps_per_epoch=4, epochs=2)
     for step in range(1, 9):
         report(step, torch.zeros(16, 8))

@@ -1,0 +1,117 @@
+"""What a pretraining run says while it trains: the throughput and the run's clock, the metrics
+records, the progress bar, the collapse monitor's warnings and the stop on non-finite losses."""
+
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from .metrics import KNN_PREFIX, MetricsLog
+from .monitor import CollapseMonitor
+from .run_folder import RunFolder
+from .step import LoopStep
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss stayed NaN or infinite for too many steps in a row."""
+
+
+def nonfinite_error(streak: int, step: int, what: str, ckpt_path: Path, amp: bool) -> NonFiniteLossError:
+    remedy = "lower optim.lr or use train.precision=fp32" if amp else "lower optim.lr"  # fp32 only if it was not
+    if ckpt_path.is_file():
+        then = f"the last good checkpoint is {ckpt_path}; {remedy}, then continue with --resume"
+    else:
+        then = f"no checkpoint was written; {remedy} and start again"
+    return NonFiniteLossError(f"the loss was NaN or infinite for {streak} steps in a row (by step {step}), {what}; "
+                              f"{then}")
+
+
+class Clock:
+    """The run's wall-clock time (:meth:`time_s`), and the training time between reports, for the
+    throughput logged: what runs between steps :meth:`paused` (the kNN monitor's evaluations,
+    checkpoint writes, plots) is left out of that, and out of the progress bar's rate and elapsed time."""
+
+    def __init__(self, device: torch.device, progress, resumed_s: float = 0.0):
+        self.device, self.progress, self.resumed_s = device, progress, resumed_s
+        self.start = self.last = time.perf_counter()
+
+    def time_s(self) -> float:
+        """Seconds since this start's first step, plus those the checkpoint it resumed from had run:
+        the setup of each start (data, model, the kNN at initialization) and the steps trained again
+        after a kill are not counted."""
+        return round(self.resumed_s + time.perf_counter() - self.start, 3)
+
+    def lap(self) -> float:
+        """The training seconds since the last lap (the first: since the clock was made)."""
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.device.type == "cuda":  # the steps still queued on the GPU finish on the training clock
+            torch.cuda.synchronize(self.device)  # (once an epoch, where this is used: no per-step sync)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.last += spent
+            if self.progress is not None:  # as tqdm's unpause(), which would also drop the steps since its last print
+                self.progress.start_t += spent
+                self.progress.last_print_t += spent
+
+
+class Report:
+    """Every ``log_every`` steps: the loop step's metrics read (the host sync), the throughput, the
+    metrics log, the collapse monitor's warnings, the non-finite streak's limit and the progress bar."""
+
+    def __init__(self, loop_step: LoopStep, log: Optional[MetricsLog], folder: Optional[RunFolder], progress,
+                 clock: Clock, batch_size: int, max_nonfinite: int, ckpt_path: Path, step: int, steps_per_epoch: int,
+                 epochs: int):
+        self.loop_step, self.log, self.folder, self.progress, self.clock = loop_step, log, folder, progress, clock
+        self.batch_size, self.max_nonfinite, self.ckpt_path = batch_size, max_nonfinite, ckpt_path
+        self.monitor = CollapseMonitor()
+        self.last_step, self.steps_per_epoch, self.epochs = step, steps_per_epoch, epochs
+
+    def when(self, step: int) -> dict:
+        """A record's place in the run: ``epoch`` (1.0 at the end of the first) and ``time_s`` (now)."""
+        return {"epoch": step / self.steps_per_epoch, "time_s": self.clock.time_s()}
+
+    def __call__(self, step: int, z1: torch.Tensor, last: bool = False) -> float:
+        """Report at ``step`` (``z1``: the last batch's online projections; ``last``: the run's last
+        step); returns the mean loss."""
+        record = self.loop_step.read(z1)
+        # Training throughput: the interval leaves out the kNN evaluations, checkpoints and plots in it.
+        record["train/images_per_s"] = (step - self.last_step) * self.batch_size / self.clock.lap()
+        self.last_step = step
+        if self.log is not None:
+            self.log.log(step, **self.when(step), **record)
+        warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
+        if warning and self.folder is not None:
+            self.folder.warn(warning, step)
+        if record["train/nonfinite_streak"] >= self.max_nonfinite:
+            what = "up to the run's end, which was not saved" if last else "so the run stopped"
+            raise nonfinite_error(record["train/nonfinite_streak"], step, what, self.ckpt_path,
+                             self.loop_step.amp is not None)
+        if self.progress is not None:
+            epoch = (step - 1) // self.steps_per_epoch + 1  # the one this step was in, counted from 1 as epoch_0001.pt
+            self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=f"{epoch}/{self.epochs}")
+        return record["train/loss"]
+
+
+def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:
+    if log is not None:
+        log.log(step, **when, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
+    return acc
+
+
+def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
+    if not t.progress or rank != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
+                desc="pretrain", dynamic_ncols=True, file=sys.stderr)
