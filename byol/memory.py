@@ -9,7 +9,7 @@ memory, and they are measured, not guessed, on a copy of the model at a small ba
 import copy
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -46,23 +46,64 @@ def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype
     return (saved(4) - saved(2)) / 2 * (image_size / size) ** 2
 
 
-def free_memory() -> Optional[int]:
-    """The bytes this process can still allocate: MemAvailable, or less under a cgroup's (a container's)
-    limit; None where neither can be read (not Linux)."""
+def free_memory(root: Path = Path("/")) -> Optional[int]:
+    """The bytes this process can still allocate: MemAvailable, or less under the memory limit of its
+    cgroup or of one above it (a container's, a Slurm job's; cgroup v2 or v1), where the page cache
+    that can be reclaimed (inactive files) counts as free; None where nothing can be read (not Linux).
+    ``root``: where ``/proc`` and ``/sys`` are (a test's fake)."""
     free = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in (root / "proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 free.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            free.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
+    for folder, names in _cgroup_folders(root):
+        room = _cgroup_room(folder, *names)
+        if room is not None:
+            free.append(room)
     return min(free) if free else None
+
+
+_V2 = ("memory.max", "memory.current", "inactive_file")
+_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def _cgroup_folders(root: Path) -> Iterator[tuple[Path, tuple[str, str, str]]]:
+    """This process's memory cgroup folder and those above it, each with its files' names."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:
+            mount, names = root / "sys/fs/cgroup", _V2
+        elif "memory" in controllers.split(","):
+            mount, names = root / "sys/fs/cgroup/memory", _V1
+        else:
+            continue
+        folder = mount / path.strip("/")
+        if not folder.is_dir():  # a cgroup namespace: the mount is this process's own cgroup
+            folder = mount
+        while True:
+            yield folder, names
+            if folder == mount:
+                break
+            folder = folder.parent
+
+
+def _cgroup_room(folder: Path, limit_name: str, usage_name: str, inactive_key: str) -> Optional[int]:
+    """``limit - usage + reclaimable cache`` of one cgroup folder; None where it has no limit."""
+    try:
+        limit = (folder / limit_name).read_text().strip()
+        if limit == "max" or int(limit) >= 2 ** 60:  # v1 writes "no limit" as a huge number
+            return None
+        usage = int((folder / usage_name).read_text())
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+        return int(limit) - usage + int(stat.get(inactive_key, 0))
+    except (OSError, ValueError):
+        return None
 
 
 def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch.dtype]) -> None:

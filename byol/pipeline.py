@@ -148,6 +148,7 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     """The encoder of a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision
     model's) and its config: the ``config.yaml`` beside it, else the architecture that its keys and
     shapes say, with ``model.*`` overrides over it."""
+    state = _unwrapped(state)
     if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
         raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})")
     beside = path.parent / "config.yaml"
@@ -168,8 +169,18 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     if random_init:
         return _initial_net(config), config
     net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
-    load_model_state(net, state, what)
+    # The classifier is not the encoder (eval drops it): one of another width, or none (fc = Identity), loads too.
+    trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what)
     return net, config
+
+
+def _unwrapped(state: object) -> object:
+    """A state_dict saved from a DDP- or torch.compile-wrapped model without its key prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        while isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def _settings(config: Config) -> str:

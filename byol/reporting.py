@@ -20,6 +20,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def nonfinite_error(streak: int, step: int, what: str, ckpt_path: Path, amp: bool) -> NonFiniteLossError:
+    """The sentence for ``streak`` non-finite steps by ``step``: ``what`` it did to the run, and what to do."""
     remedy = "lower optim.lr or use train.precision=fp32" if amp else "lower optim.lr"  # fp32 only if it was not
     if ckpt_path.is_file():
         then = f"the last good checkpoint is {ckpt_path}; {remedy}, then continue with --resume"
@@ -104,14 +105,18 @@ class Report:
 
 
 def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:
+    """A kNN record (``acc``: top-1 by k; ``when``: :meth:`Report.when`'s fields); returns ``acc``."""
     if log is not None:
         log.log(step, **when, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
     return acc
 
 
 def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
+    """The pretraining bar (``t``: the train config), on rank 0; None without one (also where the
+    environment disables tqdm, TQDM_DISABLE=1: such a bar has no clock for :meth:`Clock.paused` to move)."""
     if not t.progress or rank != 0:
         return None
     from tqdm import tqdm
-    return tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
-                desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
+               desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+    return None if bar.disable else bar

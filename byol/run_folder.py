@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
-from .config import CONFIG_HEADER, ConfigError
+from .config import CONFIG_HEADER, Config, ConfigError
 from .metrics import MetricsLog
 
 # The files a start rewrites, or removes, before its first step.
@@ -104,8 +106,11 @@ def _check_replaceable(path: Path) -> None:
     """Refuse to start a new run over files that no earlier start of a run wrote: a new run replaces
     the ``config.yaml``, ``metrics.jsonl`` and ``warnings.txt`` of a run that stopped before its first
     checkpoint, but not a config written by hand (the ``--config`` file itself, say) or another tool's log."""
+    if (path / "export.json").is_file():  # byol export's folder: its config.yaml says what encoder.pt is
+        raise ConfigError(f"{path} holds an exported encoder (export.json), whose config.yaml a new run would "
+                          "replace; choose another train.out_dir")
     config = _read(path / "config.yaml")
-    if config is not None and config.startswith(CONFIG_HEADER):
+    if config is not None and _written_by_byol(config):
         return  # an earlier start's files
     found = [name for name in _KEPT if (path / name).exists()]
     if not found:
@@ -114,6 +119,26 @@ def _check_replaceable(path: Path) -> None:
            "has no config.yaml of byol's beside it")
     raise ConfigError(f"{path / found[0]} {why}, and a new run writes its own {found[0]} there; "
                       "move it, or choose another train.out_dir")
+
+
+def _written_by_byol(text: str) -> bool:
+    """Whether a ``config.yaml`` is one byol wrote: it starts as byol's do, or (written before they
+    did) it is a whole config: every section, only known settings, and all but those added since
+    (at most ``_ADDED_SINCE``), where one written by hand gives a few."""
+    if text.startswith(CONFIG_HEADER.split(":")[0]):
+        return True
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    full = Config().to_dict()
+    if not (isinstance(data, dict) and data.keys() == full.keys() and all(
+            isinstance(data[k], dict) and data[k].keys() <= full[k].keys() for k in full)):
+        return False
+    return sum(len(full[k]) - len(data[k]) for k in full) <= _ADDED_SINCE
+
+
+_ADDED_SINCE = 5  # an older byol's config.yaml lacks the settings added after it (such as optim.lars_clip)
 
 
 def _warning_step(line: str) -> float:

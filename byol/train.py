@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -18,13 +19,13 @@ from .build import (TrainData, autocast_dtype, build_model, load_data, precision
 from .checkpoint import save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
-from .memory import check_step_fits
 from .faults import NonFiniteGuard, StopRequest
+from .memory import check_step_fits
 from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
-from .resume import restore
 from .reporting import Clock, Report, log_knn, nonfinite_error, progress_bar
+from .resume import restore
 from .run_folder import RunFolder
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
 
@@ -163,14 +164,16 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done or step == end_step or stopping:
                     done_epochs = step // steps_per_epoch
-                    with clock.paused():
-                        if data.knn_train is not None and not stopping and (step == end_step or (
-                                t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0)):
+                    knn_due = data.knn_train is not None and not stopping and (step == end_step or (
+                        t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0))
+                    keep = done_epochs if epoch_done and t.checkpoint_every > 0 and \
+                        done_epochs % t.checkpoint_every == 0 else None
+                    final = stopping or step == end_step
+                    with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
+                        if knn_due:
                             acc = knn_eval(byol, data, config, device, amp, bars)
                             results["knn"] = log_knn(log, step, acc, t.knn_k, report.when(step))
-                        keep = epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0
-                        checkpoints.save(step, done_epochs if keep else None, final=stopping or step == end_step,
-                                         time_s=clock.time_s())
+                        checkpoints.save(step, keep, final=final, time_s=clock.time_s())
                 if stopping:
                     if step < end_step:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -289,12 +292,19 @@ class _Checkpoints:
         save_checkpoint(self.run_dir / "checkpoints" / name, self.byol, self.optimizer, step, self.config.to_dict(),
                         self.generator, extra=self.extra)
 
+    def _due(self, keep_epoch: Optional[int], final: bool) -> bool:
+        interval = self.config.train.save_interval_s
+        return keep_epoch is not None or final or time.perf_counter() - self.last_save >= interval
+
+    def may_write(self, keep_epoch: Optional[int], final: bool) -> bool:
+        """Whether :meth:`save` may write (under torchrun another rank's clock may say so: always)."""
+        return self.world > 1 or self._due(keep_epoch, final)
+
     def save(self, step: int, keep_epoch: Optional[int], final: bool, time_s: float) -> None:
         """At an epoch's end or the run's (``final``, also a stop): write if due; ``keep_epoch``: keep
         this epoch's checkpoint too; ``time_s``: the run's time so far, saved for a resumed run's."""
         self.extra["time_s"] = time_s
-        interval = self.config.train.save_interval_s
-        due = keep_epoch is not None or final or time.perf_counter() - self.last_save >= interval
+        due = self.may_write(keep_epoch, final) if self.world == 1 else self._due(keep_epoch, final)
         folder = self.folder
         if self.world > 1:  # collectives: every rank reaches this point at the same step
             due = dist.any_rank(due, self.device)  # the clocks differ; one rank due is enough

@@ -66,3 +66,33 @@ def test_a_step_that_cannot_fit_is_one_sentence_and_leaves_no_run_folder(tmp_pat
     fault_table("a CPU step whose saved activations exceed the free memory (free memory simulated; the kernel "
                 "would kill the run)", "one sentence before the first step, exit 2, no run folder; with less room "
                 "than a step's peak, a note and the run goes on")
+
+
+def _fake_system(root, cgroup: str, files: dict) -> None:
+    (root / "proc" / "self").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text("MemTotal: 100000000 kB\nMemAvailable: 50000000 kB\n")
+    (root / "proc" / "self" / "cgroup").write_text(cgroup)
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+
+
+def test_free_memory_is_the_least_room_of_the_machine_and_of_this_process_s_cgroups(tmp_path):
+    gib = 2 ** 30
+    v2 = tmp_path / "v2"  # a job's cgroup inside a limited slice (Slurm, systemd): the slice's limit counts
+    _fake_system(v2, "0::/slice/job\n", {
+        "sys/fs/cgroup/slice/job/memory.max": "max\n",
+        "sys/fs/cgroup/slice/memory.max": f"{16 * gib}\n", "sys/fs/cgroup/slice/memory.current": f"{15 * gib}\n",
+        "sys/fs/cgroup/slice/memory.stat": f"anon 1\ninactive_file {4 * gib}\n"})  # the data set's page cache
+    assert memory.free_memory(v2) == 5 * gib
+    v1 = tmp_path / "v1"
+    _fake_system(v1, "4:memory:/docker/abc\n0::/\n", {
+        "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": f"{8 * gib}\n",
+        "sys/fs/cgroup/memory/docker/abc/memory.usage_in_bytes": f"{6 * gib}\n",
+        "sys/fs/cgroup/memory/docker/abc/memory.stat": f"total_inactive_file {gib}\n",
+        "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"})  # v1's "no limit"
+    assert memory.free_memory(v1) == 3 * gib
+    namespaced = tmp_path / "ns"  # the process sees its own cgroup as the mount's root
+    _fake_system(namespaced, "0::/\n", {"sys/fs/cgroup/memory.max": "max\n"})
+    assert memory.free_memory(namespaced) == 50000000 * 1024  # MemAvailable alone
+    assert memory.free_memory(tmp_path / "nothing") is None

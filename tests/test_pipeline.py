@@ -128,6 +128,14 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
     m = config.model
     assert (m.backbone, m.cifar_stem, m.width) == ("resnet50", False, 64)
     assert torch.equal(net.layer4[2].conv3.weight, tv.layer4[2].conv3.weight)
+    small = torchvision.models.resnet18(num_classes=10)  # a classifier of its own: not the encoder, not loaded
+    wrapped = {f"module.{k}": v for k, v in small.state_dict().items()}  # saved from DDP
+    headless = {k: v for k, v in small.state_dict().items() if not k.startswith("fc.")}  # fc = Identity
+    for i, state in enumerate((small.state_dict(), wrapped, headless)):
+        torch.save(state, tmp_path / f"r18_{i}.pt")
+        net, config = pipeline.load_encoder(tmp_path / f"r18_{i}.pt")
+        assert config.model.backbone == "resnet18" and torch.equal(net.layer4[1].conv2.weight,
+                                                                     small.layer4[1].conv2.weight)
     torch.save({"a": 1}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match=r"^\S*x.pt holds neither a byol checkpoint nor an encoder state_dict "
                                               r"\(its keys: a\)$"):

@@ -69,6 +69,24 @@ def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, 
                 "; beside a config.yaml of byol's (a start that left no checkpoint) the run starts"))
 
 
+def test_a_run_folder_of_an_older_byol_is_taken_as_its_and_an_export_folder_is_refused(tmp_path):
+    import yaml
+    from byol.config import Config
+    older = Config().to_dict()
+    del older["optim"]["lars_clip"]  # a setting added since
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(older))  # before config.yaml had its first line
+    (run / "metrics.jsonl").write_text('{"step": 20, "train/loss": 3.1}\n')
+    RunFolder(run, resume=False)
+    exported = tmp_path / "export"
+    exported.mkdir()
+    (exported / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
+    (exported / "export.json").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"holds an exported encoder \(export.json\), whose config.yaml a new run"):
+        RunFolder(exported, resume=False)
+
+
 def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -187,6 +187,20 @@ def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_
     assert all(type(n) is int for pair in counts for n in pair), counts  # counts, not 0.0
 
 
+def test_a_run_trains_without_its_bar_where_the_environment_disables_tqdm(tmp_path, cifar10_root):
+    """TQDM_DISABLE=1 gives a bar with no clock: the run paused it at the first epoch's end and crashed.
+    (tqdm reads the variable when it is imported: a process of its own.)"""
+    import subprocess
+    import sys
+    run = tmp_path / "run"
+    args = tiny_overrides(run, **{"data.limit": 64, "train.epochs": 2, "train.knn_every": 0, "train.progress": True})
+    proc = subprocess.run([sys.executable, "-m", "byol", "pretrain", "--config", "cifar10",
+                           f"--data.root={cifar10_root}", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+
+
 def test_the_progress_bar_shows_the_epoch_counted_from_1_of_the_run_s_epochs(tmp_path, monkeypatch):
     """As the checkpoints count them (epoch_0001.pt): the bar said epoch=0 through the first epoch."""
     from byol.reporting import Clock, Report
