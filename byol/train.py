@@ -304,7 +304,7 @@ class _Checkpoints:
         """At an epoch's end or the run's (``final``, also a stop): write if due; ``keep_epoch``: keep
         this epoch's checkpoint too; ``time_s``: the run's time so far, saved for a resumed run's."""
         self.extra["time_s"] = time_s
-        due = self.may_write(keep_epoch, final) if self.world == 1 else self._due(keep_epoch, final)
+        due = self._due(keep_epoch, final)  # this rank's; under torchrun, any rank's below
         folder = self.folder
         if self.world > 1:  # collectives: every rank reaches this point at the same step
             due = dist.any_rank(due, self.device)  # the clocks differ; one rank due is enough
