@@ -18,8 +18,8 @@ from .model import BYOL
 
 GiB = 2 ** 30
 _PROBE_SIZE = 64  # the largest probe image side: the activations of larger ones grow with their area
-# A step's peak memory over what it saves for backward: 1.22 to 1.68 for ResNet-18 (CIFAR stem) on a CPU,
-# float32 and bf16, 32 and 64 pixels (the rise of maxrss over two steps).
+# A step's peak memory over what it saves for backward: 1.22 to 1.65 for ResNet-18 (CIFAR stem) on a CPU,
+# float32 and bf16, 32 and 64 pixels (the rise of maxrss over two steps: python -m benchmarks.step_memory).
 _PEAK_OVER_SAVED = 1.2
 
 
