@@ -184,6 +184,16 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     return batches, n, folder
 
 
+def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet]:
+    """``train`` as (memory bank, queries) for ``train.knn_holdout``: ``n`` images drawn once with a fixed
+    seed (the same for every run and ``train.seed``), each part in the split's order."""
+    if n >= len(train):
+        raise DataError(f"train.knn_holdout={n} leaves no memory bank: the train split has {len(train)} "
+                        f"images; hold out fewer")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    return train.take(order[n:].sort().values), train.take(order[:n].sort().values)
+
+
 def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object]):
     """The kNN monitor's (train, test) splits and, for a folder, their full sizes (each process holds
     its share); Nones where the data set has no labeled splits. A folder's files that cannot be
@@ -192,7 +202,10 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
     size = load_size(config)
     if d.dataset in ("cifar10", "cifar100", "stl10"):
         knn_train = build_dataset(d.dataset, d.root, "train", size, False)
-        knn_test = build_dataset(d.dataset, d.root, "test", size, False)
+        if t.knn_holdout:
+            knn_train, knn_test = held_out(knn_train, t.knn_holdout)
+        else:
+            knn_test = build_dataset(d.dataset, d.root, "test", size, False)
         if t.knn_limit:
             knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
         return knn_train, knn_test, None

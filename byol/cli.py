@@ -181,11 +181,12 @@ def run(argv: Optional[list[str]] = None) -> int:
         if "loss" in results:  # not for a finished run resumed
             rows += [("final loss", f"{results['loss']:.4f}"),
                      ("device", f"{results['device']}, {results['precision']}")]
-        k = config.train.knn_k
+        k, held = config.train.knn_k, config.train.knn_holdout
+        on = f", on {held:,} held-out train images" if held else ""
         if "knn" in results:
-            rows.append((f"kNN top-1 (k={k})", f"{results['knn'][k]:.2f}%"))
+            rows.append((f"kNN top-1 (k={k}{on})", f"{results['knn'][k]:.2f}%"))
         if k in results.get("knn_init", {}):  # a resume may ask for another k
-            rows.append(("kNN top-1 at random init", f"{results['knn_init'][k]:.2f}%"))
+            rows.append((f"kNN top-1 at random init{on}", f"{results['knn_init'][k]:.2f}%"))
         if results.get("skipped_files"):
             rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
         rows.append(("run directory", config.train.out_dir))

@@ -92,6 +92,9 @@ class TrainConfig:
     knn_k: int = 200
     knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs);
                                       # a folder's are spread over its classes (default 10,000 for folders)
+    knn_holdout: int = 0              # CIFAR/STL-10: monitor on N training images held out of the memory bank
+                                      # (a fixed draw, the same for every seed), not on the test split, so
+                                      # settings can be chosen without it; pretraining still sees them
     progress: bool = True
     max_nonfinite: int = 10           # stop when a metric read (every log_every steps) finds at least this many
     #                                   NaN/inf losses in a row (each such step is undone)
@@ -331,6 +334,9 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
               "false with train.compile=true (the CUDA graph captures the eager step)"),
              ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
              ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null"),
+             ("train.knn_holdout", t.knn_holdout >= 0, ">= 0 (0: the monitor's queries are the test split)"),
+             ("train.knn_holdout", t.knn_holdout == 0 or config.data.dataset != "folder",
+              "0 for a folder (its monitor's queries are ROOT/val or ROOT/test, not the test split)"),
              ("train.seed", -2**63 <= t.seed < 2**63, "between -2**63 and 2**63 - 1"),
              ("train.knn_k", t.knn_k >= 1, ">= 1"), ("train.tau_base", 0 <= t.tau_base <= 1, "between 0 and 1"),
              ("train.out_dir", t.out_dir.strip() != "", "a directory (not empty)"),

@@ -101,6 +101,12 @@ class ImageSet:
 
         return ImageSet(self.images[:n], head(self.labels), self.classes, head(self.indices))
 
+    def take(self, index: torch.Tensor) -> "ImageSet":
+        """The images at ``index`` (int64), in its order; ``indices`` still say where each comes from."""
+        where = torch.arange(len(self)) if self.indices is None else self.indices
+        return ImageSet(self.images[index], None if self.labels is None else self.labels[index], self.classes,
+                        where[index])
+
 
 # ----------------------------------------------------------------------------------- files
 

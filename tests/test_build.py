@@ -17,3 +17,37 @@ def test_auto_precision_is_bf16_on_a_cpu_with_bf16_arithmetic_only(monkeypatch, 
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is auto
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_reads_the_test_split(
+        monkeypatch, cifar10_root):
+    """train.knn_holdout=N: the monitor's queries are N training images, the same for every seed,
+    disjoint from its memory bank, which holds all the others; the test split is not read at all."""
+    import byol.build as build
+    from byol.config import load_config
+    from byol.data import DataError, build_dataset
+
+    read = []
+
+    def recording(dataset, root, split, *args):
+        read.append(split)
+        return build_dataset(dataset, root, split, *args)
+
+    monkeypatch.setattr(build, "build_dataset", recording)
+    splits = {}
+    for seed in (0, 1):
+        config = load_config("cifar10", [f"--data.root={cifar10_root}", "--train.knn_holdout=5000",
+                                         f"--train.seed={seed}"])
+        splits[seed] = build._knn_splits(config, torch.device("cpu"), 0, 1, None)[:2]
+    assert read == ["train", "train"]
+    bank, queries = splits[0]
+    assert (len(bank), len(queries)) == (45000, 5000)
+    assert torch.equal(queries.indices, splits[1][1].indices)  # a fixed draw, whatever the seed
+    assert not set(bank.indices.tolist()) & set(queries.indices.tolist())
+    train = build_dataset("cifar10", cifar10_root, "train", 32, False)
+    for part in (bank, queries):  # each image is the training image its index says, with its label
+        assert torch.equal(part.images, train.images[part.indices])
+        assert torch.equal(part.labels, train.labels[part.indices])
+    assert torch.bincount(queries.labels).min() > 400  # a draw over the split, not its last classes
+    with pytest.raises(DataError, match="train.knn_holdout=50000 leaves no memory bank"):
+        build.held_out(train, 50000)

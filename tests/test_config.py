@@ -52,6 +52,7 @@ def test_overrides_are_typed():
     ("--model.projection_hidden_size=0", "model.projection_hidden_size must be >= 1"),
     ("--train.tau_base=2", "train.tau_base must be between 0 and 1"),
     ("--train.knn_k=0", "train.knn_k must be >= 1"),
+    ("--train.knn_holdout=-1", "train.knn_holdout must be >= 0"),
     ("--train.seed=99999999999999999999999", "train.seed must be between -2\\*\\*63 and 2\\*\\*63 - 1"),
     ("--optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
     ("--optim.warmup_epochs=-1", "optim.warmup_epochs must be >= 0"),
@@ -63,6 +64,12 @@ def test_overrides_are_typed():
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("cifar10", [override])
+
+
+def test_a_folder_has_no_held_out_knn_monitor():
+    """A folder's kNN monitor asks ROOT/val or ROOT/test; train.knn_holdout would silently do nothing."""
+    with pytest.raises(ConfigError, match="train.knn_holdout must be 0 for a folder"):
+        load_config("cifar10", ["--data.dataset=folder", "--train.knn_holdout=100"])
 
 
 def test_an_empty_value_says_so_not_got_none(tmp_path):
