@@ -42,7 +42,8 @@ DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 def load_images(data: str, device: torch.device) -> tuple[torch.Tensor, str]:
     """CIFAR-10's 50,000 training images as one uint8 (N, 3, 32, 32) tensor on ``device``."""
     if data != "random":
-        from byol.data import DataError, build_dataset
+        from byol.data import DataError
+        from byol.datasets import build_dataset
 
         try:
             images = build_dataset("cifar10", data, "train", 32, False).images

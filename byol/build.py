@@ -13,7 +13,8 @@ import torch
 from .augment import Augment, view_presets
 from .backbones import cut_at, resnet
 from .config import Config, ConfigError
-from .data import DataError, ImageSet, TensorBatches, build_dataset, data_home
+from .data import DataError, ImageSet, TensorBatches, data_home
+from .datasets import build_dataset
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
 from .model import BYOL
 from . import distributed as dist

@@ -12,7 +12,8 @@ from .backbones import resnet
 from .build import load_size, resolve_device, views_of
 from .checkpoint import write_files_atomically
 from .config import Config, config_text
-from .data import NATIVE_SIZE, DataError
+from .data import DataError
+from .datasets import NATIVE_SIZE
 from .folder import ImageFolder, escape_name
 from . import distributed as dist
 from .pipeline import OutputError, check_writable, features, image_root, load_encoder, load_split, note, writing

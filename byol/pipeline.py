@@ -15,7 +15,8 @@ from torch import nn
 from .backbones import RESNETS, resnet, resnet_settings
 from .checkpoint import CheckpointError, load_model_state, read_state, write_failed, write_failure
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, validate
-from .data import DataError, FilesNotFound, ImageSet, build_dataset
+from .data import DataError, ImageSet
+from .datasets import FilesNotFound, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
 from . import distributed as dist
 from .evaluate import knn_accuracy, linear_probe

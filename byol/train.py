@@ -161,19 +161,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 if step % t.log_every == 0 or step == end_step:
                     results["loss"] = report(step, z1, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
-                epoch_done = step % steps_per_epoch == 0
-                if epoch_done or step == end_step or stopping:
-                    done_epochs = step // steps_per_epoch
-                    knn_due = data.knn_train is not None and not stopping and (step == end_step or (
-                        t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0))
-                    keep = done_epochs if epoch_done and t.checkpoint_every > 0 and \
-                        done_epochs % t.checkpoint_every == 0 else None
-                    final = stopping or step == end_step
-                    with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
-                        if knn_due:
-                            acc = knn_eval(byol, data, config, device, amp, bars)
-                            results["knn"] = log_knn(log, step, acc, t.knn_k, report.when(step))
-                        checkpoints.save(step, keep, final=final, time_s=clock.time_s())
+                if step % steps_per_epoch == 0 or step == end_step or stopping:
+                    _epoch_end(step, end_step, stopping, config, byol, data, device, amp, bars, report, checkpoints,
+                               results)
                 if stopping:
                     if step < end_step:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
@@ -323,6 +313,27 @@ class _Checkpoints:
                 self._write(f"epoch_{keep_epoch:04d}.pt", step)
             plot_metrics(self.run_dir / "metrics.jsonl")
         self.last_save = time.perf_counter()
+
+
+def _epoch_end(step: int, end_step: int, stopping: bool, config: Config, byol: BYOL, data: TrainData,
+               device: torch.device, amp: Optional[torch.dtype], bars: bool, report: Report,
+               checkpoints: _Checkpoints, results: dict) -> None:
+    """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation when due (every
+    ``train.knn_every`` epochs and at the end, not at a stop), its accuracies in ``results["knn"]``,
+    then the checkpoint (:meth:`_Checkpoints.save`; ``epoch_N.pt`` kept every ``train.checkpoint_every``
+    epochs); training's clock (``report.clock``) paused while either may run."""
+    t, steps_per_epoch, clock = config.train, report.steps_per_epoch, report.clock
+    epoch_done = step % steps_per_epoch == 0
+    done_epochs = step // steps_per_epoch
+    knn_due = data.knn_train is not None and not stopping and (step == end_step or (
+        t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0))
+    keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
+    final = stopping or step == end_step
+    with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
+        if knn_due:
+            acc = knn_eval(byol, data, config, device, amp, bars)
+            results["knn"] = log_knn(report.log, step, acc, t.knn_k, report.when(step))
+        checkpoints.save(step, keep, final=final, time_s=clock.time_s())
 
 
 def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, log: Optional[MetricsLog],

@@ -1,4 +1,4 @@
-"""Tests for byol.data: CIFAR / STL-10 readers, the image folder with bad files, TensorBatches."""
+"""Tests for byol.data and byol.datasets: CIFAR / STL-10 readers, the image folder with bad files, TensorBatches."""
 
 import contextlib
 import io
@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.data import DataError, ImageSet, TensorBatches, build_dataset, data_home, load_cifar, load_stl10
+from byol.data import DataError, ImageSet, TensorBatches, data_home
+from byol.datasets import build_dataset, load_cifar, load_stl10
 from byol.folder import ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share, load_folder_tensor
 from byol.images import decode_image
 from conftest import extract_jpegs
