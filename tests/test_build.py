@@ -25,7 +25,8 @@ def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_
     disjoint from its memory bank, which holds all the others; the test split is not read at all."""
     import byol.build as build
     from byol.config import load_config
-    from byol.data import DataError, build_dataset
+    from byol.data import DataError
+    from byol.datasets import build_dataset
 
     read = []
 
