@@ -16,7 +16,8 @@ from .data import DataError
 from .datasets import NATIVE_SIZE
 from .folder import ImageFolder, escape_name
 from . import distributed as dist
-from .pipeline import OutputError, check_writable, features, image_root, load_encoder, load_split, note, writing
+from .pipeline import (OutputError, check_writable, features, image_root, load_encoder, load_encoder_with_origin,
+                       load_split, note, writing)
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
@@ -185,7 +186,8 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
 
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
-    ``export.json`` (what to feed it; the files by their names in ``out_dir``) and the run's config.
+    ``export.json`` (what to feed it; the files by their names in ``out_dir``; the checkpoint's
+    training ``step`` and ``epoch``, which ``byol eval`` of ``encoder.pt`` reports) and the run's config.
     Returns export.json's contents, the two files as paths under ``out_dir``."""
     out_dir = Path(out_dir)
     if (out_dir / "checkpoints").is_dir():  # its config.yaml is what --resume reads
@@ -193,7 +195,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
                           f"such as {out_dir / 'export'}")
     for name in ("encoder.pt", "encoder_torchscript.pt", "config.yaml", "export.json"):
         check_writable(out_dir / name, source=path)
-    net, config = load_encoder(path)
+    net, config, origin = load_encoder_with_origin(path, None, random_init=False)
     full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     state = {k: v for k, v in net.state_dict().items()}
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
@@ -204,7 +206,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     # export.json names the files beside it, so that the folder can be moved or copied whole.
     info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt",
             "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
-            "input": _eval_input(config, view1.mean, view1.std)}
+            "step": origin["step"], "epoch": origin["epoch"], "input": _eval_input(config, view1.mean, view1.std)}
     files = {out_dir / info["state_dict"]: _bytes(lambda f: torch.save(state, f)),
              out_dir / info["torchscript"]: scripted.save_to_buffer(),
              out_dir / "config.yaml": config_text(config).encode(),

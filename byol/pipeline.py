@@ -4,6 +4,7 @@
 Each is a plain function of paths and a config, shared by the command line and Python users.
 """
 
+import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,15 +93,16 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     ``data.root`` (older runs stored it as typed) that is not found from here is looked up from
     the directory the run was started in, when the checkpoint's place in its run directory tells which.
     """
-    net, config, _ = _load_encoder(path, overrides, random_init)
+    net, config, _ = load_encoder_with_origin(path, overrides, random_init)
     return net, config
 
 
-def _load_encoder(path: Union[str, Path], overrides: Optional[list[str]],
-                  random_init: bool) -> tuple[nn.Module, Config, dict]:
+def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
+                             random_init: bool) -> tuple[nn.Module, Config, dict]:
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
-    (an absolute path), its training ``step`` and ``epoch`` (None where the file does not say: an
-    exported encoder; 0 with ``random_init``)."""
+    (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
+    ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
+    written before export.json recorded them; 0 with ``random_init``)."""
     given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
     if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
         raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
@@ -128,6 +130,7 @@ def _load_encoder(path: Union[str, Path], overrides: Optional[list[str]],
             net = _net_of(byol, config)
     else:  # an exported torchvision state_dict
         net, config = _state_dict_encoder(path, state, overrides or [], random_init)
+        origin.update(_exported(path))
     apply_overrides(config, overrides or [])
     if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
         _find_relative_root(config, path)
@@ -142,6 +145,20 @@ def _trained(state: dict) -> dict:
     step = state.get("step")
     per_epoch = state.get("extra", {}).get("steps_per_epoch")
     return {"step": step, "epoch": step / per_epoch if isinstance(step, int) and per_epoch else None}
+
+
+def _exported(path: Path) -> dict:
+    """The ``step`` and ``epoch`` that ``byol export`` recorded in the ``export.json`` beside the
+    ``encoder.pt`` at ``path`` (none where it names another file, or says neither)."""
+    try:
+        info = json.loads((path.parent / "export.json").read_text())
+    except (OSError, ValueError):  # none beside it, or not JSON: not byol's
+        return {}
+    if not isinstance(info, dict) or info.get("state_dict") != path.name:
+        return {}
+    step, epoch = info.get("step"), info.get("epoch")
+    return {"step": step if type(step) is int else None,
+            "epoch": epoch if type(epoch) in (int, float) else None}
 
 
 def _state_dict_encoder(path: Path, state: object, overrides: list[str],
@@ -350,9 +367,10 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
                       limit: Optional[int], progress: bool):
     """``(config, device, (train features, labels, held-out features, labels), info)`` for a
     checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
-    a folder's val), where the weights come from (:func:`_load_encoder`) and how the features were
-    computed (their width, the device and precision: what ``train.precision`` resolves to there)."""
-    net, config, origin = _load_encoder(path, overrides, random_init)
+    a folder's val), where the weights come from (:func:`load_encoder_with_origin`) and how the
+    features were computed (their width, the device and precision: what ``train.precision``
+    resolves to there)."""
+    net, config, origin = load_encoder_with_origin(path, overrides, random_init)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
     held_out = Path(test.root).name if isinstance(test, ImageFolder) else "test"

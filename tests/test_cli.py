@@ -126,6 +126,27 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
     assert "weights" not in capsys.readouterr().out
 
 
+def test_eval_of_an_exported_encoder_reports_the_step_its_export_recorded(trained, tmp_path, capsys):
+    """export.json records the checkpoint's step and epoch, and eval of its encoder.pt reports them
+    (they were null: the export said nothing of them); an export.json from before says neither: null."""
+    from byol.cli import main
+    export = tmp_path / "export"
+    assert main(["export", str(trained[0] / "checkpoints" / "last.pt"), "--out", str(export)]) == 0
+    info = json.loads((export / "export.json").read_text())
+    assert (info["step"], info["epoch"]) == (4, 0.5)  # step 4 of 8 an epoch
+    out = ["--limit", "20", "--k", "5", "--out", str(tmp_path / "e.json")]
+    assert main(["eval", "knn", str(export / "encoder.pt"), *out]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert (result["checkpoint"], result["step"], result["epoch"]) == (str(export / "encoder.pt"), 4, 0.5)
+    assert re.search(r"weights +step 4 \(epoch 0.50\)\n", capsys.readouterr().out)
+    for key in ("step", "epoch"):
+        del info[key]
+    (export / "export.json").write_text(json.dumps(info))
+    assert main(["eval", "knn", str(export / "encoder.pt"), *out]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert (result["step"], result["epoch"]) == (None, None) and "weights" not in capsys.readouterr().out
+
+
 def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys, monkeypatch):
     """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
     contents move to NAME.1.json, NAME.2.json, ... (the free name is probed before the evaluation,
