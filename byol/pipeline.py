@@ -4,6 +4,7 @@
 Each is a plain function of paths and a config, shared by the command line and Python users.
 """
 
+import inspect
 import json
 import sys
 from contextlib import contextmanager
@@ -343,8 +344,10 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
             "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
 
 
-# The linear probe's settings (``evaluate.linear_probe``'s defaults), stated here so that its results record them.
-LINEAR_PROBE = {"batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
+# The linear probe's settings, so that its results record them: ``evaluate.linear_probe``'s defaults,
+# read from its signature (set there only), and how it trains and uses the features.
+LINEAR_PROBE = {**{name: inspect.signature(linear_probe).parameters[name].default
+                   for name in ("batch_size", "lr", "weight_decay")},
                 "optimizer": "SGD, Nesterov momentum 0.9, cosine learning rate to 0, zero-initialized head",
                 "features": "computed once, no augmentation, standardized (the train split's per-dimension "
                             "mean and std)"}
