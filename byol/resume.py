@@ -48,8 +48,13 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
 
 def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
     """``train.precision=auto`` resolves by machine (bf16 where it has bf16 arithmetic): say when a
-    resumed run goes on in another precision than its checkpoint's steps ran in."""
-    if saved is not None and saved != now:
+    resumed run goes on in another precision than its checkpoint's steps ran in, or in one that the
+    checkpoint cannot be compared with (written before checkpoints recorded it)."""
+    if saved is None:
+        print(f"note: the checkpoint does not say which precision its steps ran in (an older byol wrote it); "
+              f"this run goes on in {now} (train.precision={config.train.precision} here); choose with "
+              "--train.precision=bf16 or --train.precision=fp32", file=sys.stderr)
+    elif saved != now:
         keep = "bf16" if saved.startswith("bf16") else "fp32"
         print(f"note: the checkpoint's steps ran in {saved}, and this run goes on in {now} (train.precision="
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)

@@ -496,6 +496,26 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
 
 
 
+def test_resuming_a_checkpoint_that_does_not_say_its_precision_says_which_the_run_goes_on_in(
+        tmp_path, cifar10_root, capsys):
+    """Checkpoints before they recorded their precision: the resume went on in what train.precision
+    resolves to now (auto: bf16 on a CPU with bf16 arithmetic) without a word."""
+    settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_every": -1}) + [
+        f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings + ["--train.precision=fp32"]))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["extra"]["precision"]  # as an older byol wrote it
+    torch.save(state, last)
+    capsys.readouterr()
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=3"]), resume=True)  # train.precision=auto
+    from byol.build import native_bf16
+    now = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"
+    assert f"note: the checkpoint does not say which precision its steps ran in (an older byol wrote it); this " \
+        f"run goes on in {now} (train.precision=auto here); choose with --train.precision=bf16 or " \
+        "--train.precision=fp32\n" in capsys.readouterr().err
+
+
 def test_a_resumed_run_reports_the_knn_at_initialization_it_logged(tmp_path, cifar10_root):
     settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_limit": 64}) + [
         f"--data.root={cifar10_root}"]
