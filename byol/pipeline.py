@@ -78,6 +78,25 @@ def note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
 
+# What byol eval and embed read of a config besides the model (the checkpoint's): the data, where and in what
+# precision the features are computed, the view recipe's normalization (augment.preset's mean and std), and
+# for the linear probe its shuffling seed; a folder split to embed is found by data.train_split.
+_READ_AFTER_PRETRAINING = ("data.dataset", "data.root", "data.download", "data.image_size", "data.load_size",
+                           "data.workers", "augment.preset", "train.device", "train.precision")
+SETTINGS_READ = {"eval knn": _READ_AFTER_PRETRAINING, "eval linear": _READ_AFTER_PRETRAINING + ("train.seed",),
+                 "embed": _READ_AFTER_PRETRAINING + ("data.train_split",)}
+
+
+def unused_settings(overrides: list[str], command: str) -> list[str]:
+    """The config keys set in ``overrides`` (``--section.key=value``) that ``byol COMMAND`` (a key of
+    :data:`SETTINGS_READ`) does not read: pretraining's. Not ``model.*`` (refused, or for a bare
+    state_dict read), ``data.limit`` (refused) nor keys that are no config key (refused too)."""
+    known = Config().to_dict()
+    keys = dict.fromkeys(o.removeprefix("--").split("=")[0] for o in overrides)
+    return [key for key in keys if key.partition(".")[2] in known.get(key.partition(".")[0], {})
+            and not key.startswith("model.") and key != "data.limit" and key not in SETTINGS_READ[command]]
+
+
 def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
                  random_init: bool = False) -> tuple[nn.Module, Config]:
     """The online encoder (a torchvision ResNet trunk, classifier removed) from a checkpoint or an export.

@@ -147,6 +147,22 @@ def test_eval_of_an_exported_encoder_reports_the_step_its_export_recorded(traine
     assert (result["step"], result["epoch"]) == (None, None) and "weights" not in capsys.readouterr().out
 
 
+def test_eval_and_embed_name_the_pretraining_settings_given_to_them(trained, tmp_path, capsys):
+    """--optim.*, --augment.crop_min_scale and most --train.* were taken and did nothing, without a word."""
+    from byol.cli import main
+    ckpt = str(trained[0] / "checkpoints" / "last.pt")
+    out = ["--limit", "20", "--k", "5", "--out", str(tmp_path / "k.json")]
+    assert main(["eval", "knn", ckpt, *out, "--train.precision=fp32", "--data.workers=0"]) == 0
+    assert "does not use" not in capsys.readouterr().err  # the checkpoint's own config is not noted
+    assert main(["eval", "knn", ckpt, *out, "--optim.lr=0.5", "--augment.crop_min_scale=0.2",
+                 "--train.precision=fp32"]) == 0
+    assert "note: byol eval knn does not use optim.lr, augment.crop_min_scale (pretraining settings); they are " \
+        "ignored\n" in capsys.readouterr().err
+    assert main(["embed", ckpt, "--out", str(tmp_path / "e.npy"), "--limit", "4", "--train.epochs=3"]) == 0
+    assert "note: byol embed does not use train.epochs (pretraining settings); it is ignored\n" in \
+        capsys.readouterr().err
+
+
 def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_path, capsys, monkeypatch):
     """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
     contents move to NAME.1.json, NAME.2.json, ... (the free name is probed before the evaluation,

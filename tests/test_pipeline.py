@@ -140,3 +140,17 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
     with pytest.raises(CheckpointError, match=r"^\S*x.pt holds neither a byol checkpoint nor an encoder state_dict "
                                               r"\(its keys: a\)$"):
         pipeline.load_encoder(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("command, given, unused", [
+    ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
+     ["optim.lr", "augment.crop_min_scale", "train.epochs"]),
+    ("eval knn", ["--data.root=x", "--data.workers=0", "--augment.preset=paper", "--train.device=cpu",
+                  "--train.precision=fp32", "--model.width=8"], []),
+    ("eval knn", ["--train.seed=1", "--train.seed=2", "--data.train_split=x"], ["train.seed", "data.train_split"]),
+    ("eval linear", ["--train.seed=1", "--train.progress=false"], ["train.progress"]),
+    ("embed", ["--train.seed=1", "--data.train_split=x", "--data.on_device=true"], ["train.seed", "data.on_device"]),
+    ("embed", ["--data.limit=4", "--no.such=1", "--train.nope=1"], []),  # refused, not noted
+])
+def test_the_settings_eval_and_embed_do_not_read_are_named(command, given, unused):
+    assert pipeline.unused_settings(given, command) == unused
