@@ -79,7 +79,8 @@ def note(message: str) -> None:
 
 
 # What byol eval and embed read of a config besides the model (the checkpoint's): the data, where and in what
-# precision the features are computed, the view recipe's normalization (augment.preset's mean and std), and
+# precision the features are computed, the view recipe's normalization (augment.preset's mean and std: given
+# for a bare state_dict only, a checkpoint's is its own), and
 # for the linear probe its shuffling seed; a folder split to embed is found by data.train_split.
 _READ_AFTER_PRETRAINING = ("data.dataset", "data.root", "data.download", "data.image_size", "data.load_size",
                            "data.workers", "augment.preset", "train.device", "train.precision")
@@ -127,10 +128,7 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
         raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
                           "trains on); use --limit N (limit=N from Python) for the first N images of each split")
-    model_keys = [key for key in given if key.startswith("model.")]
-    refuse = ConfigError(f"--{model_keys[0]} cannot be set here: the model (backbone, width, projector) comes "
-                         f"from the checkpoint {path}; only settings such as --data.root or --train.device apply"
-                         ) if model_keys else None
+    refuse = _run_setting_given(given, path)
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)
     state = read_state(path)
@@ -158,6 +156,18 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     if random_init:
         origin.update(step=0, epoch=0.0)
     return net.eval(), config, origin
+
+
+def _run_setting_given(given: list[str], path: Union[str, Path]) -> Optional[ConfigError]:
+    """The error for a setting among ``given`` that the checkpoint decides: its model, and the preset
+    whose mean and std normalized every image it trained on (a bare state_dict takes them)."""
+    for key in given:
+        if key.startswith("model.") or key == "augment.preset":
+            what = ("the model (backbone, width, projector)" if key.startswith("model.") else
+                    "the encoder's input normalization (its preset's mean and std)")
+            return ConfigError(f"--{key} cannot be set here: {what} comes from the checkpoint {path}; only "
+                               "settings such as --data.root or --train.device apply")
+    return None
 
 
 def _trained(state: dict) -> dict:

@@ -457,6 +457,8 @@ def test_model_settings_are_refused_where_the_model_comes_from_the_checkpoint(ca
     for args in (["eval", "knn", ckpt], ["embed", ckpt, "--out", tmp_path / "e.npy"]):
         _, line = main_error(capsys, *args, "--model.width=16", "--train.device=cpu")
         assert "--model.width cannot be set here" in line and "comes from the checkpoint" in line, line
+        _, line = main_error(capsys, *args, "--augment.preset=paper")  # another mean and std: other features
+        assert "--augment.preset cannot be set here: the encoder's input normalization" in line, line
     _, line = main_error(capsys, "export", ckpt, "--out", tmp_path / "x", "--model.width=16")
     assert "--model.width" in line and "comes from the checkpoint" in line, line
     assert not (tmp_path / "x").exists()

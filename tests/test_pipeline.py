@@ -145,7 +145,7 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
 @pytest.mark.parametrize("command, given, unused", [
     ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
      ["optim.lr", "augment.crop_min_scale", "train.epochs"]),
-    ("eval knn", ["--data.root=x", "--data.workers=0", "--augment.preset=paper", "--train.device=cpu",
+    ("eval knn", ["--data.root=x", "--data.workers=0", "--augment.preset=none", "--train.device=cpu",
                   "--train.precision=fp32", "--model.width=8"], []),
     ("eval knn", ["--train.seed=1", "--train.seed=2", "--data.train_split=x"], ["train.seed", "data.train_split"]),
     ("eval linear", ["--train.seed=1", "--train.progress=false"], ["train.progress"]),
