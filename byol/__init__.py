@@ -14,7 +14,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
-    "embed": "exports", "export": "exports", "load_encoder": "pipeline", "keep_freed_memory": "step",
+    "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "step",
 }
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .loss import byol_loss, regression_loss
     from .model import BYOL, MLP
     from .optim import LARS, build_optimizer, param_groups
-    from .pipeline import knn, linear, load_encoder
+    from .encoders import load_encoder
+    from .pipeline import knn, linear
     from .schedules import cosine_lr, tau_schedule
     from .step import keep_freed_memory
     from .train import pretrain

@@ -1,6 +1,7 @@
 """torchrun-based distributed training: init from the environment, rank helpers, DDP wrapping."""
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 
 import torch
@@ -37,6 +38,12 @@ def rank() -> int:
     """This process's global rank (0 without torchrun)."""
     import torch.distributed as td
     return td.get_rank() if td.is_available() and td.is_initialized() else 0
+
+
+def note(message: str) -> None:
+    """``note: message`` on stderr, once: from rank 0 (every process of a torchrun job runs the same code)."""
+    if rank() == 0:
+        print(f"note: {message}", file=sys.stderr)
 
 
 def world_size() -> int:

@@ -16,8 +16,9 @@ from .data import DataError
 from .datasets import NATIVE_SIZE
 from .folder import ImageFolder, escape_name
 from . import distributed as dist
-from .pipeline import (OutputError, check_writable, features, image_root, load_encoder, load_encoder_with_origin,
-                       load_split, note, writing)
+from .distributed import note
+from .encoders import load_encoder, load_encoder_with_origin
+from .pipeline import OutputError, check_writable, features, image_root, load_split, writing
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:

@@ -212,7 +212,7 @@ def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch,
 
 
 def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
-    from byol.pipeline import load_encoder
+    from byol.encoders import load_encoder
     from conftest import CIFAR10
     if not CIFAR10.is_dir():
         pytest.skip("real CIFAR-10 not found in ../shared/data")

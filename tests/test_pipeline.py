@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import byol.folder
-from byol import pipeline
+from byol import encoders, pipeline
 from byol.config import Config
 from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
@@ -124,7 +124,7 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
     torch.manual_seed(0)
     tv = torchvision.models.resnet50()
     torch.save(tv.state_dict(), tmp_path / "r50.pt")
-    net, config = pipeline.load_encoder(tmp_path / "r50.pt")
+    net, config = encoders.load_encoder(tmp_path / "r50.pt")
     m = config.model
     assert (m.backbone, m.cifar_stem, m.width) == ("resnet50", False, 64)
     assert torch.equal(net.layer4[2].conv3.weight, tv.layer4[2].conv3.weight)
@@ -133,13 +133,13 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
     headless = {k: v for k, v in small.state_dict().items() if not k.startswith("fc.")}  # fc = Identity
     for i, state in enumerate((small.state_dict(), wrapped, headless)):
         torch.save(state, tmp_path / f"r18_{i}.pt")
-        net, config = pipeline.load_encoder(tmp_path / f"r18_{i}.pt")
+        net, config = encoders.load_encoder(tmp_path / f"r18_{i}.pt")
         assert config.model.backbone == "resnet18" and torch.equal(net.layer4[1].conv2.weight,
                                                                      small.layer4[1].conv2.weight)
     torch.save({"a": 1}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match=r"^\S*x.pt holds neither a byol checkpoint nor an encoder state_dict "
                                               r"\(its keys: a\)$"):
-        pipeline.load_encoder(tmp_path / "x.pt")
+        encoders.load_encoder(tmp_path / "x.pt")
 
 
 @pytest.mark.parametrize("command, given, unused", [

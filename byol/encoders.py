@@ -1,0 +1,199 @@
+"""An encoder to evaluate, embed with or export: the online encoder of a byol checkpoint (or the one its
+run started from), or a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision model's),
+with the config it goes with and where its weights come from."""
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .backbones import RESNETS, resnet, resnet_settings
+from .build import build_model
+from .checkpoint import CheckpointError, load_model_state, read_state
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, validate
+from . import distributed as dist
+from .distributed import note
+
+
+def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
+                 random_init: bool = False) -> tuple[nn.Module, Config]:
+    """The online encoder (a torchvision ResNet trunk, classifier removed) from a checkpoint or an export.
+
+    A checkpoint carries its config; an exported ``encoder.pt`` takes it from the
+    ``config.yaml`` beside it. ``overrides`` (``section.key=value``) apply on top, e.g. a new
+    ``data.root``. ``random_init`` gives the encoder the run started from instead of the trained
+    one: the same architecture initialized from the run's ``train.seed`` as ``byol pretrain``
+    does (the baseline that pretraining must beat; a ``train.seed`` override does not change it,
+    and an exported encoder without a ``config.yaml`` beside it uses the default seed). The
+    caller's random number generator is left as it was. ``model.*`` overrides are refused: the
+    model is the checkpoint's (but for a bare state_dict with no ``config.yaml`` beside it, whose
+    architecture they describe: e.g. a torchvision model's, ``model.cifar_stem=false``). A relative
+    ``data.root`` (older runs stored it as typed) that is not found from here is looked up from
+    the directory the run was started in, when the checkpoint's place in its run directory tells which.
+    """
+    net, config, _ = load_encoder_with_origin(path, overrides, random_init)
+    return net, config
+
+
+def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
+                             random_init: bool) -> tuple[nn.Module, Config, dict]:
+    """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
+    (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
+    ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
+    written before export.json recorded them; 0 with ``random_init``)."""
+    given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
+    if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
+        raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
+                          "trains on); use --limit N (limit=N from Python) for the first N images of each split")
+    refuse = _run_setting_given(given, path)
+    dist.init()  # under torchrun: features are extracted on every rank's share and gathered
+    path = Path(path)
+    state = read_state(path)
+    bare = not (isinstance(state, dict) and "model" in state and "config" in state)
+    if refuse and not (bare and not (path.parent / "config.yaml").is_file()):
+        raise refuse
+    validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
+    origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
+    if not bare:  # a byol checkpoint
+        config = config_from_dict(state["config"])
+        origin.update(_trained(state))
+        if random_init:
+            net = _initial_net(config)
+        else:
+            byol = build_model(config)
+            load_model_state(byol, state["model"], str(path))
+            net = _net_of(byol, config)
+    else:  # an exported torchvision state_dict
+        net, config = _state_dict_encoder(path, state, overrides or [], random_init)
+        origin.update(_exported(path))
+    apply_overrides(config, overrides or [])
+    if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
+        _find_relative_root(config, path)
+    net.fc = nn.Identity()  # the representation is the pooled trunk output
+    if random_init:
+        origin.update(step=0, epoch=0.0)
+    return net.eval(), config, origin
+
+
+def _run_setting_given(given: list[str], path: Union[str, Path]) -> Optional[ConfigError]:
+    """The error for a setting among ``given`` that the checkpoint decides: its model, and the preset
+    whose mean and std normalized every image it trained on (a bare state_dict takes them)."""
+    for key in given:
+        if key.startswith("model.") or key == "augment.preset":
+            what = ("the model (backbone, width, projector)" if key.startswith("model.") else
+                    "the encoder's input normalization (its preset's mean and std)")
+            return ConfigError(f"--{key} cannot be set here: {what} comes from the checkpoint {path}; only "
+                               "settings such as --data.root or --train.device apply")
+    return None
+
+
+def _trained(state: dict) -> dict:
+    """A checkpoint's training ``step`` and ``epoch`` (step / its steps an epoch, where it says)."""
+    step = state.get("step")
+    per_epoch = state.get("extra", {}).get("steps_per_epoch")
+    return {"step": step, "epoch": step / per_epoch if isinstance(step, int) and per_epoch else None}
+
+
+def _exported(path: Path) -> dict:
+    """The ``step`` and ``epoch`` that ``byol export`` recorded in the ``export.json`` beside the
+    ``encoder.pt`` at ``path`` (none where it names another file, or says neither)."""
+    try:
+        info = json.loads((path.parent / "export.json").read_text())
+    except (OSError, ValueError):  # none beside it, or not JSON: not byol's
+        return {}
+    if not isinstance(info, dict) or info.get("state_dict") != path.name:
+        return {}
+    step, epoch = info.get("step"), info.get("epoch")
+    return {"step": step if type(step) is int else None,
+            "epoch": epoch if type(epoch) in (int, float) else None}
+
+
+def _state_dict_encoder(path: Path, state: object, overrides: list[str],
+                        random_init: bool) -> tuple[nn.Module, Config]:
+    """The encoder of a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision
+    model's) and its config: the ``config.yaml`` beside it, else the architecture that its keys and
+    shapes say, with ``model.*`` overrides over it."""
+    state = _unwrapped(state)
+    if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
+        raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})")
+    beside = path.parent / "config.yaml"
+    if beside.is_file():
+        config, what = load_config(str(beside)), str(path)
+    else:
+        config, found = Config(), resnet_settings(state)
+        for key, value in (found or {}).items():
+            setattr(config.model, key, value)
+        said = _settings(config)
+        apply_overrides(config, [o for o in overrides if o.removeprefix("--").startswith("model.")])
+        used = _settings(config)
+        if found is None:
+            how = f"its keys and shapes are not those of a ResNet byol builds ({', '.join(RESNETS)}): read as {used}"
+        else:
+            how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
+        what = f"{path} (no config.yaml beside it; {how})"
+    if random_init:
+        return _initial_net(config), config
+    net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+    # The classifier is not the encoder (eval drops it): one of another width, or none (fc = Identity), loads too.
+    trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what)
+    return net, config
+
+
+def _unwrapped(state: object) -> object:
+    """A state_dict saved from a DDP- or torch.compile-wrapped model without its key prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        while isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _settings(config: Config) -> str:
+    m = config.model
+    return f"model.backbone={m.backbone}, model.cifar_stem={str(m.cifar_stem).lower()}, model.width={m.width}"
+
+
+def _contents(state: object) -> str:
+    """What a file that is no checkpoint holds, in a few words."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    keys = ", ".join(str(k) for k in list(state)[:3]) + (", ..." if len(state) > 3 else "")
+    return f"its keys: {keys}" if state else "it holds an empty dict"
+
+
+def _find_relative_root(config: Config, checkpoint: Path) -> None:
+    """A relative ``data.root`` missing from here, for a checkpoint at ``BASE/out_dir/checkpoints/``
+    of a run with a relative ``train.out_dir``: ``BASE/data.root``, where ``byol pretrain`` ran."""
+    root, out_dir = Path(config.data.root).expanduser(), Path(config.train.out_dir)
+    if root.is_absolute() or root.exists() or out_dir.is_absolute() or ".." in out_dir.parts:
+        return
+    run_dir = checkpoint.resolve().parent.parent
+    n = len(out_dir.parts)
+    if n == 0 or run_dir.parts[-n:] != out_dir.parts:
+        return
+    found = Path(*run_dir.parts[:-n]) / root
+    if found.exists():
+        note(f"data.root {config.data.root} is relative and not found here; using {found.resolve()}, "
+             f"from the directory the run was started in")
+        config.data.root = str(found.resolve())
+
+
+def _initial_net(config: Config) -> nn.Module:
+    """The encoder a run with ``config`` starts from: ``pretrain`` seeds rank 0 with ``train.seed``
+    just before building the model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        return _net_of(build_model(config), config)
+
+
+def _net_of(byol, config: Config) -> nn.Module:
+    """A full torchvision ResNet holding the online encoder of ``byol`` (its classifier freshly initialized)."""
+    m = config.model
+    net = resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width)
+    trunk = byol.encoder.body.state_dict() if hasattr(byol.encoder, "body") else byol.encoder.state_dict()
+    missing, unexpected = net.load_state_dict(trunk, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise CheckpointError(f"the encoder does not match {m.backbone}: {missing or unexpected}")
+    return net
