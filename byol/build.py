@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Union
 
+import numpy as np
 import torch
 
 from .augment import Augment, view_presets
@@ -187,11 +188,12 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
 
 def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet]:
     """``train`` as (memory bank, queries) for ``train.knn_holdout``: ``n`` images drawn once with a fixed
-    seed (the same for every run and ``train.seed``), each part in the split's order."""
+    seed (the same for every run and ``train.seed``), each part in the split's order. The draw is NumPy's
+    legacy ``RandomState``, whose stream NumPy keeps fixed across versions (torch's is not promised)."""
     if n >= len(train):
         raise DataError(f"train.knn_holdout={n} leaves no memory bank: the train split has {len(train)} "
                         f"images; hold out fewer")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    order = torch.from_numpy(np.random.RandomState(0).permutation(len(train)))
     return train.take(order[n:].sort().values), train.take(order[:n].sort().values)
 
 

@@ -163,8 +163,6 @@ def run(argv: Optional[list[str]] = None) -> int:
         why = ("the model comes from the checkpoint and is exported as it was trained" if key.startswith("--model.")
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
-    if args.command in ("eval", "embed"):  # before their work
-        _note_unused(overrides, "embed" if args.command == "embed" else f"eval {args.protocol}")
     from . import exports, pipeline
     if args.command == "pretrain":
         from .config import load_config, resume_config
@@ -183,7 +181,8 @@ def run(argv: Optional[list[str]] = None) -> int:
         if "loss" in results:  # not for a finished run resumed
             rows += [("final loss", f"{results['loss']:.4f}"),
                      ("device", f"{results['device']}, {results['precision']}")]
-        k, held = config.train.knn_k, config.train.knn_holdout
+        k, t = config.train.knn_k, config.train
+        held = min(t.knn_holdout, t.knn_limit or t.knn_holdout)
         on = f", on {held:,} held-out train images" if held else ""
         if "knn" in results:
             rows.append((f"kNN top-1 (k={k}{on})", f"{results['knn'][k]:.2f}%"))
@@ -234,15 +233,6 @@ def run(argv: Optional[list[str]] = None) -> int:
         info = exports.export(args.checkpoint, args.out)
         _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])
     return 0
-
-
-def _note_unused(overrides: list[str], command: str) -> None:
-    """Name the settings given that ``byol COMMAND`` does not read (pretraining's), before its work."""
-    from .pipeline import unused_settings
-    unused = unused_settings(overrides, command)
-    if unused and os.environ.get("RANK", "0") == "0":  # once under torchrun, whose process group is not up yet
-        print(f"note: byol {command} does not use {', '.join(unused)} (pretraining settings); "
-              f"{'it is' if len(unused) == 1 else 'they are'} ignored", file=sys.stderr)
 
 
 def _is_main_process() -> bool:

@@ -18,7 +18,7 @@ from .folder import ImageFolder, escape_name
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
-from .pipeline import OutputError, check_writable, features, image_root, load_split, writing
+from .pipeline import OutputError, check_writable, features, image_root, load_split, note_unused, writing
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
@@ -107,6 +107,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
         check_writable(target, source=path)
     net, config = load_encoder(path, overrides)
+    note_unused(overrides, "embed", config)
     device = resolve_device(config.train.device)
     d = config.data
     if d.dataset == "folder":

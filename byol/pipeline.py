@@ -82,14 +82,27 @@ SETTINGS_READ = {"eval knn": _READ_AFTER_PRETRAINING, "eval linear": _READ_AFTER
                  "embed": _READ_AFTER_PRETRAINING + ("data.train_split",)}
 
 
-def unused_settings(overrides: list[str], command: str) -> list[str]:
+# What only a folder is read with: CIFAR and STL-10 are evaluated at their own size, decoded in this process.
+_FOLDER_ONLY = ("data.image_size", "data.load_size", "data.workers", "data.train_split")
+
+
+def unused_settings(overrides: list[str], command: str, dataset: str = "folder") -> list[str]:
     """The config keys set in ``overrides`` (``--section.key=value``) that ``byol COMMAND`` (a key of
-    :data:`SETTINGS_READ`) does not read: pretraining's. Not ``model.*`` (refused, or for a bare
-    state_dict read), ``data.limit`` (refused) nor keys that are no config key (refused too)."""
+    :data:`SETTINGS_READ`) does not read on ``dataset``: pretraining's. Not ``model.*`` (refused, or
+    for a bare state_dict read), ``data.limit`` (refused) nor keys that are no config key (refused too)."""
     known = Config().to_dict()
     keys = dict.fromkeys(o.removeprefix("--").split("=")[0] for o in overrides)
     return [key for key in keys if key.partition(".")[2] in known.get(key.partition(".")[0], {})
-            and not key.startswith("model.") and key != "data.limit" and key not in SETTINGS_READ[command]]
+            and not key.startswith("model.") and key != "data.limit" and (
+                key not in SETTINGS_READ[command] or (dataset != "folder" and key in _FOLDER_ONLY))]
+
+
+def note_unused(overrides: Optional[list[str]], command: str, config: Config) -> None:
+    """Name the settings given that ``byol COMMAND`` does not read (once its checks have passed)."""
+    unused = unused_settings(overrides or [], command, config.data.dataset)
+    if unused:
+        note(f"byol {command} does not use {', '.join(unused)} (pretraining settings); "
+             f"{'it is' if len(unused) == 1 else 'they are'} ignored")
 
 
 
@@ -181,7 +194,7 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     ``progress`` shows progress bars on stderr. The result also says what it is of (the checkpoint,
     its step, the features' width and precision: docs/metrics.md lists its fields).
     """
-    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress)
+    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn")
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
             "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
@@ -201,7 +214,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
     ``random_init``, of the encoder its run started from), with its settings (:data:`LINEAR_PROBE`,
     ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr."""
-    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress)
+    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear")
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}
     result = linear_probe(*splits, **settings, device=device, progress=progress if dist.rank() == 0 else False)
@@ -210,13 +223,14 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
 
 
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
-                      limit: Optional[int], progress: bool):
+                      limit: Optional[int], progress: bool, command: str):
     """``(config, device, (train features, labels, held-out features, labels), info)`` for a
     checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
     a folder's val), where the weights come from (:func:`load_encoder_with_origin`) and how the
     features were computed (their width, the device and precision: what ``train.precision``
-    resolves to there)."""
+    resolves to there); the settings given that ``command`` does not read are noted."""
     net, config, origin = load_encoder_with_origin(path, overrides, random_init)
+    note_unused(overrides, command, config)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit)
     held_out = Path(test.root).name if isinstance(test, ImageFolder) else "test"

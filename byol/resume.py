@@ -27,6 +27,11 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         raise CheckpointError(f"{ckpt_path} was trained with train.batch_size={saved_batch}, and its step count, "
                               "schedules and place in the data are in steps of that many images; resume with "
                               f"--train.batch_size={saved_batch}, or start a new run for another batch size")
+    saved_holdout = state["config"].get("train", {}).get("knn_holdout", 0)
+    if saved_holdout != config.train.knn_holdout:
+        raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_holdout={saved_holdout} held-out "
+                              "train images (0: the test split); another value would change its queries mid-run, "
+                              f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
     load_model_state(byol, state["model"], str(ckpt_path))
     saved_optim = state["config"].get("optim", {}).get("name")
     if saved_optim != config.optim.name:
@@ -40,18 +45,29 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     per_rank = state.get("extra", {}).get("generator_per_rank")
     if world > 1 and per_rank is not None and len(per_rank) == world:
         generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
+    _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:
         _note_changes(state, config, steps_per_epoch)
-        _note_precision(state.get("extra", {}).get("precision"), precision_name(amp), config)
+        if state["step"] < min(total, config.train.max_steps or total):  # a finished run goes on in none
+            _note_precision(_precision_of(state), precision_name(amp), config)
     return state["step"], float(state.get("extra", {}).get("time_s", 0.0))
+
+
+def _precision_of(state: dict) -> Optional[str]:
+    """The precision a checkpoint's steps ran in: as it records it, else (an older byol's) as its config
+    names it, fp32 or bf16; None for ``auto``, which resolved by machine."""
+    recorded = state.get("extra", {}).get("precision")
+    named = {"fp32": "float32", "bf16": "bf16 autocast"}.get(state["config"].get("train", {}).get("precision"))
+    return recorded or named
 
 
 def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
     """``train.precision=auto`` resolves by machine (bf16 where it has bf16 arithmetic): say when a
     resumed run goes on in another precision than its checkpoint's steps ran in, or in one that the
-    checkpoint cannot be compared with (written before checkpoints recorded it)."""
+    checkpoint cannot be compared with (an older byol's, run with ``auto``)."""
     if saved is None:
-        print(f"note: the checkpoint does not say which precision its steps ran in (an older byol wrote it); "
+        print(f"note: the checkpoint does not say which precision its steps ran in (an older byol, with "
+              f"train.precision=auto); "
               f"this run goes on in {now} (train.precision={config.train.precision} here); choose with "
               "--train.precision=bf16 or --train.precision=fp32", file=sys.stderr)
     elif saved != now:

@@ -38,7 +38,8 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     view1, _ = views_of(config)
     kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp)
     splits = (data.knn_train, data.knn_test)
-    bars = ("kNN: train features", "kNN: test features") if progress else (False, False)
+    names = ("bank", "held-out") if config.train.knn_holdout else ("train", "test")
+    bars = tuple(f"kNN: {name} features" for name in names) if progress else (False, False)
     if data.knn_sizes is not None:  # each process holds its share
         (train_f, train_y, _), (test_f, test_y, _) = (
             dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, progress=bar, **kwargs)

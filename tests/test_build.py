@@ -44,6 +44,7 @@ def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_
     bank, queries = splits[0]
     assert (len(bank), len(queries)) == (45000, 5000)
     assert torch.equal(queries.indices, splits[1][1].indices)  # a fixed draw, whatever the seed
+    assert queries.indices[:6].tolist() == [14, 22, 24, 28, 64, 76]  # and whatever the version: NumPy's fixed stream
     assert not set(bank.indices.tolist()) & set(queries.indices.tolist())
     train = build_dataset("cifar10", cifar10_root, "train", 32, False)
     for part in (bank, queries):  # each image is the training image its index says, with its label

@@ -148,12 +148,19 @@ def test_eval_of_an_exported_encoder_reports_the_step_its_export_recorded(traine
 
 
 def test_eval_and_embed_name_the_pretraining_settings_given_to_them(trained, tmp_path, capsys):
-    """--optim.*, --augment.crop_min_scale and most --train.* were taken and did nothing, without a word."""
+    """--optim.*, --augment.crop_min_scale and most --train.* were taken and did nothing, without a word;
+    so were a folder's data.workers and data.image_size on CIFAR. A setting refused is not noted first,
+    and Python callers get the note too."""
     from byol.cli import main
     ckpt = str(trained[0] / "checkpoints" / "last.pt")
     out = ["--limit", "20", "--k", "5", "--out", str(tmp_path / "k.json")]
-    assert main(["eval", "knn", ckpt, *out, "--train.precision=fp32", "--data.workers=0"]) == 0
+    assert main(["eval", "knn", ckpt, *out, "--train.precision=fp32", "--train.device=cpu"]) == 0
     assert "does not use" not in capsys.readouterr().err  # the checkpoint's own config is not noted
+    main_error(capsys, "eval", "knn", ckpt, *out, "--optim.lr=-1")  # its one line: the error alone
+    import byol
+    byol.knn(ckpt, ["--data.workers=0", "--data.image_size=64"], ks=(5,), limit=20)
+    assert "note: byol eval knn does not use data.workers, data.image_size (pretraining settings); they are " \
+        "ignored\n" in capsys.readouterr().err
     assert main(["eval", "knn", ckpt, *out, "--optim.lr=0.5", "--augment.crop_min_scale=0.2",
                  "--train.precision=fp32"]) == 0
     assert "note: byol eval knn does not use optim.lr, augment.crop_min_scale (pretraining settings); they are " \
@@ -674,3 +681,14 @@ def test_channels_last_is_given_up_only_where_it_crashes():
     assert not channels_last_crashes(learner(8, concat=True), 13, cpu)  # both views in one batch of 26
     assert not channels_last_crashes(learner(16), 13, cpu)
     assert not channels_last_crashes(learner(8), 13, torch.device("cuda"))  # cuDNN: not this bug
+
+
+def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored(capsys, tmp_path, cifar10_root):
+    """train.knn_holdout: the closing table names the held-out train images, as many as knn_limit leaves."""
+    from byol.cli import main
+    args = ["pretrain", "--config", "cifar10", f"--data.root={cifar10_root}",
+            *tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_holdout": 1000, "train.knn_limit": 64})]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "kNN top-1 (k=200, on 64 held-out train images)" in out, out
+    assert "kNN top-1 at random init, on 64 held-out train images" in out, out

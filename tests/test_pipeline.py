@@ -153,4 +153,12 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
     ("embed", ["--data.limit=4", "--no.such=1", "--train.nope=1"], []),  # refused, not noted
 ])
 def test_the_settings_eval_and_embed_do_not_read_are_named(command, given, unused):
-    assert pipeline.unused_settings(given, command) == unused
+    assert pipeline.unused_settings(given, command) == unused  # on a folder
+
+
+def test_cifar_and_stl10_are_read_without_a_folders_settings():
+    given = ["--data.image_size=64", "--data.load_size=72", "--data.workers=2", "--data.train_split=x",
+             "--data.root=r", "--train.device=cpu"]
+    for dataset in ("cifar10", "stl10"):
+        assert pipeline.unused_settings(given, "embed", dataset) == [k[2:].split("=")[0] for k in given[:4]]
+    assert pipeline.unused_settings(given, "embed", "folder") == []

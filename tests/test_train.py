@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import types
 from pathlib import Path
@@ -480,13 +481,16 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     capsys.readouterr()
     with pytest.raises(CheckpointError, match="train.batch_size=16.*resume with --train.batch_size=16"):
         pretrain(load_config("cifar10", settings + ["--train.batch_size=32"]), resume=True)
+    with pytest.raises(CheckpointError, match="train.knn_holdout=0 held-out train images .* the same names in the "
+                                              "logs: resume with --train.knn_holdout=0"):  # the kNN records' queries
+        pretrain(load_config("cifar10", settings + ["--train.knn_holdout=100"]), resume=True)
     pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--train.max_steps=9"]), resume=True)
     err = capsys.readouterr().err
     assert "train.epochs 1 -> 2" in err and "note: the schedules follow the new settings from step 8 on" in err, err
     assert f"learning rate 0 -> {0.2 * 16 / 256 / 2:.4g}" in err, err  # the cosine's end, then its middle
     assert "steps an epoch" not in err and "steps ran in" not in err
-    pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--data.limit=64", "--train.precision=bf16"]),
-             resume=True)
+    pretrain(load_config("cifar10", settings + ["--train.epochs=3", "--data.limit=64", "--train.precision=bf16"]),
+             resume=True)  # 12 steps: three more
     err = capsys.readouterr().err
     assert "the data now makes 4 steps an epoch, the checkpoint's run 8" in err, err
     # auto resolves by machine, so a change of precision is said in what it resolved to
@@ -499,21 +503,25 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
 def test_resuming_a_checkpoint_that_does_not_say_its_precision_says_which_the_run_goes_on_in(
         tmp_path, cifar10_root, capsys):
     """Checkpoints before they recorded their precision: the resume went on in what train.precision
-    resolves to now (auto: bf16 on a CPU with bf16 arithmetic) without a word."""
+    resolves to now (auto: bf16 on a CPU with bf16 arithmetic) without a word. Where the run's config
+    named fp32 or bf16, that is what its steps ran in; only auto is unknown. A finished run gets no note."""
     settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_every": -1}) + [
         f"--data.root={cifar10_root}"]
-    pretrain(load_config("cifar10", settings + ["--train.precision=fp32"]))
     last = tmp_path / "run" / "checkpoints" / "last.pt"
-    state = torch.load(last, weights_only=True)
-    del state["extra"]["precision"]  # as an older byol wrote it
-    torch.save(state, last)
-    capsys.readouterr()
-    pretrain(load_config("cifar10", settings + ["--train.max_steps=3"]), resume=True)  # train.precision=auto
-    from byol.build import native_bf16
-    now = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"
-    assert f"note: the checkpoint does not say which precision its steps ran in (an older byol wrote it); this " \
-        f"run goes on in {now} (train.precision=auto here); choose with --train.precision=bf16 or " \
-        "--train.precision=fp32\n" in capsys.readouterr().err
+    for given, said in (("auto", "the checkpoint does not say which precision its steps ran in"),
+                        ("bf16", "the checkpoint's steps ran in bf16 autocast")):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        pretrain(load_config("cifar10", settings + [f"--train.precision={given}"]))
+        state = torch.load(last, weights_only=True)
+        del state["extra"]["precision"]  # as an older byol wrote it
+        torch.save(state, last)
+        capsys.readouterr()
+        pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]), resume=True)  # finished
+        err = capsys.readouterr().err
+        assert "is finished" in err and "ran in" not in err and "does not say" not in err, err
+        pretrain(load_config("cifar10", settings + ["--train.max_steps=3", "--train.precision=fp32"]), resume=True)
+        err = capsys.readouterr().err
+        assert f"note: {said}" in err and "this run goes on in float32 (train.precision=fp32 here)" in err, err
 
 
 def test_a_resumed_run_reports_the_knn_at_initialization_it_logged(tmp_path, cifar10_root):
