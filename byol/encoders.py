@@ -2,6 +2,7 @@
 run started from), or a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision model's),
 with the config it goes with and where its weights come from."""
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Union
@@ -98,12 +99,18 @@ def _trained(state: dict) -> dict:
 
 def _exported(path: Path) -> dict:
     """The ``step`` and ``epoch`` that ``byol export`` recorded in the ``export.json`` beside the
-    ``encoder.pt`` at ``path`` (none where it names another file, or says neither)."""
+    ``encoder.pt`` at ``path`` (none where it names another file, says neither, or records another
+    file's SHA-256: the file was replaced since)."""
     try:
         info = json.loads((path.parent / "export.json").read_text())
     except (OSError, ValueError):  # none beside it, or not JSON: not byol's
         return {}
     if not isinstance(info, dict) or info.get("state_dict") != path.name:
+        return {}
+    digest = info.get("state_dict_sha256")  # an export.json before it said none
+    if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        note(f"{path} is not the file that byol export wrote beside {path.parent / 'export.json'} (it has changed "
+             "since): its training step is not known")
         return {}
     step, epoch = info.get("step"), info.get("epoch")
     return {"step": step if type(step) is int else None,

@@ -1,5 +1,6 @@
 """Taking the encoder or its embeddings to your own task: ``byol embed`` and ``byol export``."""
 
+import hashlib
 import io
 import json
 import warnings
@@ -209,7 +210,9 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt",
             "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
             "step": origin["step"], "epoch": origin["epoch"], "input": _eval_input(config, view1.mean, view1.std)}
-    files = {out_dir / info["state_dict"]: _bytes(lambda f: torch.save(state, f)),
+    encoder_bytes = _bytes(lambda f: torch.save(state, f))
+    info["state_dict_sha256"] = hashlib.sha256(encoder_bytes).hexdigest()  # eval's step is this file's only
+    files = {out_dir / info["state_dict"]: encoder_bytes,
              out_dir / info["torchscript"]: scripted.save_to_buffer(),
              out_dir / "config.yaml": config_text(config).encode(),
              out_dir / "export.json": (json.dumps(info, indent=2) + "\n").encode()}

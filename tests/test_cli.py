@@ -139,6 +139,12 @@ def test_eval_of_an_exported_encoder_reports_the_step_its_export_recorded(traine
     result = json.loads((tmp_path / "e.json").read_text())
     assert (result["checkpoint"], result["step"], result["epoch"]) == (str(export / "encoder.pt"), 4, 0.5)
     assert re.search(r"weights +step 4 \(epoch 0.50\)\n", capsys.readouterr().out)
+    state = torch.load(export / "encoder.pt", weights_only=True)
+    state["conv1.weight"] += 1  # fine-tuned, say, and saved over the export's file: not step 4's weights
+    torch.save(state, export / "encoder.pt")
+    assert main(["eval", "knn", str(export / "encoder.pt"), *out]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["step"] is None
+    assert "encoder.pt is not the file that byol export wrote beside" in capsys.readouterr().err
     for key in ("step", "epoch"):
         del info[key]
     (export / "export.json").write_text(json.dumps(info))
