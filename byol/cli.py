@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
                        "for a folder, spread over its classes)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
                        "from (same architecture and seed, untrained): the baseline to beat")
+        e.add_argument("--holdout", type=_positive_int, default=0, metavar="N",
+                       help="CIFAR / STL-10: score on N training images held out of the train split (the draw "
+                       "of train.knn_holdout), not on the test split: for choosing settings")
         if name == "knn":
             e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200],
                            help="numbers of neighbours (default: 20 200)")
@@ -193,7 +196,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         rows.append(("run directory", config.train.out_dir))
         _print_table("pretraining done", rows)
     elif args.command == "eval":
-        suffix = "_random_init" if args.random_init else ""
+        suffix = ("_random_init" if args.random_init else "") + ("_holdout" if args.holdout else "")
         default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
             if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
         if args.out or default:  # before the evaluation, which can take long
@@ -202,7 +205,8 @@ def run(argv: Optional[list[str]] = None) -> int:
                 _kept_name_writable(default)
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
-                                  limit=args.limit, random_init=args.random_init, progress=True)
+                                  limit=args.limit, random_init=args.random_init, progress=True,
+                                  holdout=args.holdout)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
             over = [str(k) for k in args.k if k > result["n_train"]]
             if over and _is_main_process():
@@ -211,7 +215,7 @@ def run(argv: Optional[list[str]] = None) -> int:
                       f"images, so {'it votes' if one else 'each votes'} with all of them", file=sys.stderr)
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
-                                     random_init=args.random_init, progress=True)
+                                     random_init=args.random_init, progress=True, holdout=args.holdout)
             top5 = f"{result['top5']:.2f}%" + (f" (of {result['classes']} classes: always 100)"
                                                  if result["classes"] <= 5 else "")
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]

@@ -21,7 +21,7 @@ from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
 from .evaluate import knn_accuracy, linear_probe
-from .build import autocast_dtype, load_size, precision_name, resolve_device, views_of
+from .build import autocast_dtype, held_out, load_size, precision_name, resolve_device, views_of
 
 
 class OutputError(Exception):
@@ -105,17 +105,19 @@ def note_unused(overrides: Optional[list[str]], command: str, config: Config) ->
              f"{'it is' if len(unused) == 1 else 'they are'} ignored")
 
 
-
-
 Source = Union[ImageSet, ImageFolder]
 
 
-def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source, Source]:
+def labeled_splits(config: Config, limit: Optional[int] = None, holdout: int = 0) -> tuple[Source, Source]:
     """The (train, test) labeled splits of the config's data set, or ``limit`` images of each (the
     first ones; for a folder, spread evenly over it, so that every class is in). A folder's
-    splits are not decoded here: :func:`features` streams them."""
+    splits are not decoded here: :func:`features` streams them. ``holdout`` N (CIFAR, STL-10): the
+    train split without N images and those N in place of test, drawn as ``train.knn_holdout`` draws."""
     d = config.data
     size = load_size(config)
+    if holdout and d.dataset == "folder":
+        raise DataError("--holdout is for CIFAR-10/100 and STL-10, which have no validation split; a folder's "
+                        "held-out split is ROOT/val, which eval uses")
     if d.dataset == "folder":
         splits = labeled_folders(image_root(d.root), size, limit)  # or one sentence on what is wrong with them
         if splits is None:
@@ -123,7 +125,8 @@ def labeled_splits(config: Config, limit: Optional[int] = None) -> tuple[Source,
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
                             "ROOT/train of such a layout: point --data.root at it")
         return splits
-    train, test = (load_split(config, split) for split in ("train", "test"))
+    train, test = held_out(load_split(config, "train"), holdout) if holdout else (
+        load_split(config, split) for split in ("train", "test"))
     if train.labels is None:
         raise DataError(f"{d.dataset} train split has no labels to evaluate with")
     return (train.first(limit), test.first(limit)) if limit else (train, test)
@@ -186,15 +189,16 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
-        progress: bool = False) -> dict:
+        progress: bool = False, holdout: int = 0) -> dict:
     """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``.
 
     ``limit`` evaluates on N images of each split only (the first N; a folder's spread over its
     classes); ``random_init`` evaluates the encoder the run started from (see :func:`byol.encoders.load_encoder`);
-    ``progress`` shows progress bars on stderr. The result also says what it is of (the checkpoint,
+    ``progress`` shows progress bars on stderr; ``holdout`` N scores N training images held out of
+    the bank instead of the test split (CIFAR, STL-10: for tuning). The result also says what it is of (the checkpoint,
     its step, the features' width and precision: docs/metrics.md lists its fields).
     """
-    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn")
+    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn", holdout)
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
             "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
@@ -210,11 +214,13 @@ LINEAR_PROBE = {**{name: inspect.signature(linear_probe).parameters[name].defaul
 
 
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
-           limit: Optional[int] = None, random_init: bool = False, progress: bool = False) -> dict:
+           limit: Optional[int] = None, random_init: bool = False, progress: bool = False,
+           holdout: int = 0) -> dict:
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
     ``random_init``, of the encoder its run started from), with its settings (:data:`LINEAR_PROBE`,
-    ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr."""
-    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear")
+    ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr; ``holdout``
+    as for :func:`knn`: trained on the rest of the train split, scored on those held out."""
+    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear", holdout)
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}
     result = linear_probe(*splits, **settings, device=device, progress=progress if dist.rank() == 0 else False)
@@ -223,7 +229,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
 
 
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
-                      limit: Optional[int], progress: bool, command: str):
+                      limit: Optional[int], progress: bool, command: str, holdout: int = 0):
     """``(config, device, (train features, labels, held-out features, labels), info)`` for a
     checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
     a folder's val), where the weights come from (:func:`load_encoder_with_origin`) and how the
@@ -232,11 +238,11 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     net, config, origin = load_encoder_with_origin(path, overrides, random_init)
     note_unused(overrides, command, config)
     device = resolve_device(config.train.device)
-    train, test = labeled_splits(config, limit)
-    held_out = Path(test.root).name if isinstance(test, ImageFolder) else "test"
+    train, test = labeled_splits(config, limit, holdout)
+    held = Path(test.root).name if isinstance(test, ImageFolder) else "held-out train" if holdout else "test"
     train_f, train_y, _ = features(net, config, train, device, progress and "train features")
-    test_f, test_y, _ = features(net, config, test, device, progress and f"{held_out} features")
+    test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
     return config, device, (train_f, train_y, test_f, test_y), {
-        "n_train": len(train_f), "n_test": len(test_f), "test_split": held_out, **origin,
+        "n_train": len(train_f), "n_test": len(test_f), "test_split": held, **origin,
         "random_init": random_init, "feature_dim": train_f.shape[1], "device": str(device),
         "precision": precision_name(autocast_dtype(config.train.precision, device))}

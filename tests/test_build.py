@@ -51,5 +51,5 @@ def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_
         assert torch.equal(part.images, train.images[part.indices])
         assert torch.equal(part.labels, train.labels[part.indices])
     assert torch.bincount(queries.labels).min() > 400  # a draw over the split, not its last classes
-    with pytest.raises(DataError, match="train.knn_holdout=50000 leaves no memory bank"):
+    with pytest.raises(DataError, match="holding out 50000 images leaves no memory bank: the train split has 50000"):
         build.held_out(train, 50000)

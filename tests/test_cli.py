@@ -698,3 +698,8 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
     out = capsys.readouterr().out
     assert "kNN top-1 (k=200, on 64 held-out train images)" in out, out
     assert "kNN top-1 at random init, on 64 held-out train images" in out, out
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"  # eval of the same held-out images, written apart from test's
+    assert main(["eval", "knn", str(ckpt), "--holdout", "1000", "--limit", "40", "--k", "5"]) == 0
+    result = json.loads((ckpt.parent / "last_knn_holdout.json").read_text())
+    assert (result["test_split"], result["n_train"], result["n_test"]) == ("held-out train", 40, 40)
+    assert "40 train / 40 held-out train images" in capsys.readouterr().out

@@ -162,3 +162,22 @@ def test_cifar_and_stl10_are_read_without_a_folders_settings():
     for dataset in ("cifar10", "stl10"):
         assert pipeline.unused_settings(given, "embed", dataset) == [k[2:].split("=")[0] for k in given[:4]]
     assert pipeline.unused_settings(given, "embed", "folder") == []
+
+
+def test_eval_holdout_scores_the_training_images_the_knn_monitor_holds_out(cifar10_root):
+    """``byol eval --holdout N``: the train split without N images as the bank (or the probe's
+    training set), those N as the queries, drawn as train.knn_holdout draws them; the test split is
+    not the one scored. A folder has ROOT/val for that."""
+    from byol.build import held_out
+    from byol.config import load_config
+    from byol.datasets import build_dataset
+    config = load_config("cifar10", [f"--data.root={cifar10_root}"])
+    bank, queries = pipeline.labeled_splits(config, None, 1000)
+    _, monitored = held_out(build_dataset("cifar10", cifar10_root, "train", 32, False), 1000)
+    assert (len(bank), len(queries)) == (49000, 1000) and torch.equal(queries.indices, monitored.indices)
+    assert not set(bank.indices.tolist()) & set(queries.indices.tolist())
+    bank, queries = pipeline.labeled_splits(config, 40, 1000)
+    assert len(bank) == len(queries) == 40 and torch.equal(queries.indices, monitored.indices[:40])
+    folder = load_config("cifar10", ["--data.dataset=folder", "--data.root=x"])
+    with pytest.raises(DataError, match="--holdout is for CIFAR-10/100 and STL-10"):
+        pipeline.labeled_splits(folder, None, 1000)
