@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .build import precision_name, schedule_of
+from .build import autocast_dtype, precision_name, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import Config, ConfigError, changed_settings, config_from_dict
 from .model import BYOL
@@ -57,8 +57,10 @@ def _precision_of(state: dict) -> Optional[str]:
     """The precision a checkpoint's steps ran in: as it records it, else (an older byol's) as its config
     names it, fp32 or bf16; None for ``auto``, which resolved by machine."""
     recorded = state.get("extra", {}).get("precision")
-    named = {"fp32": "float32", "bf16": "bf16 autocast"}.get(state["config"].get("train", {}).get("precision"))
-    return recorded or named
+    named = state["config"].get("train", {}).get("precision")
+    if recorded or named not in ("fp32", "bf16"):
+        return recorded
+    return precision_name(autocast_dtype(named, torch.device("cpu")))  # fp32 and bf16 name one dtype anywhere
 
 
 def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
