@@ -69,9 +69,9 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     else:  # an exported torchvision state_dict
         net, config = _state_dict_encoder(path, state, overrides or [], random_init)
         origin.update(_exported(path))
-    apply_overrides(config, overrides or [])
-    if not any(o.removeprefix("--").startswith("data.root=") for o in overrides or []):
+    if "data.root" not in given:  # from the run's own out_dir: a --train.out_dir given here changes nothing
         _find_relative_root(config, path)
+    apply_overrides(config, overrides or [])
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     if random_init:
         origin.update(step=0, epoch=0.0)

@@ -592,6 +592,10 @@ def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, m
     monkeypatch.chdir(elsewhere)
     assert knn(old, limit=30)["n_test"] == 30
     assert f"using {CIFAR10.resolve()}" in capsys.readouterr().err
+    # --train.out_dir is a pretraining setting, named as ignored: it does not move that search either
+    assert knn(old, ["--train.out_dir=other/place"], limit=30)["n_test"] == 30
+    err = capsys.readouterr().err
+    assert f"using {CIFAR10.resolve()}" in err and "train.out_dir" in err and "ignored" in err, err
 
 
 def test_eval_and_embed_show_progress_on_the_command_line_only(capsys, trained, tmp_path):
