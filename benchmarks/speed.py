@@ -33,7 +33,7 @@ import torch
 
 from benchmarks import systems
 from byol.build import autocast_dtype
-from byol.step import glibc
+from byol.step import eager_fallbacks, glibc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -181,6 +181,8 @@ def serve(conn, name: str, args) -> None:
             compile_reported = True
             print(f"  {system.name}: torch.compile's timers after its first request (seconds, nested, summed)\n"
                   f"{compile_phases()}", file=sys.stderr)
+            for part in eager_fallbacks(system.forward, system.augment):  # why compiling failed, whole
+                print(f"  {system.name}: a part fell back to eager:\n{part.trace}", file=sys.stderr)
         release_memory()
         conn.send(("ok", seconds, getattr(system, "compile_status", lambda: None)()))
 

@@ -17,6 +17,7 @@ the step fast lives here:
 import ctypes
 import math
 import platform
+import traceback
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -50,9 +51,26 @@ def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, i
     Returns:
         The loss (a detached 0-d device tensor: no host sync) and the online projections of view 1.
     """
+    # torch compiles the backward at the first backward through a compiled forward: where that
+    # fails, the step is done again eagerly, from the same draws (the weights are not touched yet).
+    probe = model if isinstance(model, Compiled) and model.backward_unproven else None
+    drawn = generator.get_state() if probe is not None and generator is not None else None
     loss, z1 = views_loss(model, byol, images, generator, amp, augment)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    failed = False
+    try:
+        loss.backward()
+    except Exception as e:
+        if probe is None or not probe.backward_failed(e):
+            raise
+        failed = True
+    if failed:  # redone eagerly (BatchNorm's running statistics take this batch twice), out of the
+        del loss, z1  # except block and with the failed graph freed first
+        if drawn is not None:
+            generator.set_state(drawn)
+        return train_step(model, byol, optimizer, images, generator, amp, augment)
+    if probe is not None:
+        probe.backward_unproven = False
     optimizer.step()
     return loss.detach(), z1
 
@@ -298,13 +316,17 @@ class Compiled:
 
     A failure (no C compiler, no Triton, an unsupported Python, an op that does not trace) is
     reported once as a warning and the eager ``fn`` runs from then on; training goes on either way.
-    Errors of ``fn`` itself still raise: the eager retry raises them again.
+    Errors of ``fn`` itself still raise: the eager retry raises them again. The backward is
+    compiled at the first backward through the compiled forward, outside this call: :func:`train_step`
+    reports a failure there (:meth:`backward_failed`) and does the step again.
     """
 
     def __init__(self, fn: Callable, **options):
         self.fn = fn
         self.error: Optional[BaseException] = None
         self._compiled_once = False
+        self.backward_unproven = True  # until a backward through the compiled forward has finished
+        self.trace: Optional[str] = None  # the failure's traceback, formatted
         try:
             self.compiled = torch.compile(fn, **options)
         except Exception as e:  # torch.compile refuses this platform outright
@@ -316,9 +338,21 @@ class Compiled:
         return self.error is None and self._compiled_once
 
     def _fall_back(self, error: BaseException) -> None:
-        self.error = error
+        # The traceback as text (a benchmark prints it), not the frames: they would keep alive what
+        # the failed call held, such as a failed backward's saved activations.
+        self.trace = "".join(traceback.format_exception(error))
+        self.error = error.with_traceback(None)
         warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {error}); "
                       "running the step eagerly", RuntimeWarning, stacklevel=3)
+
+    def backward_failed(self, error: BaseException) -> bool:
+        """The first backward through the compiled forward raised ``error``: fall back to eager
+        (True), unless it is an out-of-memory error or the forward was not compiled (False: raise it)."""
+        if self.error is not None or not self._compiled_once or isinstance(error, torch.OutOfMemoryError):
+            return False
+        self._fall_back(error)
+        self.backward_unproven = False
+        return True
 
     def __call__(self, *args, **kwargs):
         if self.error is None:
