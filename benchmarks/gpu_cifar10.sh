@@ -132,11 +132,9 @@ if not (state / "MANIFEST").is_file():
     parts = [f"state.part{i:02d}" for i in range(-(-len(data) // size))]
     for i, name in enumerate(parts):
         (state / name).write_bytes(data[i * size:(i + 1) * size])
-    metrics = run / "metrics.jsonl"
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.strip()] \
-        if metrics.is_file() else []
-    manifest = {"parts": parts, "bytes": len(data), "md5": hashlib.md5(data).hexdigest(),
-                "step": steps[-1] if steps else None}
+    import torch  # the checkpoint's own step (metrics.jsonl's last is the last logged one)
+    step = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True).get("step")
+    manifest = {"parts": parts, "bytes": len(data), "md5": hashlib.md5(data).hexdigest(), "step": step}
     (state / "MANIFEST").write_text(json.dumps(manifest))
 manifest = json.loads((state / "MANIFEST").read_text())
 sent_file = state / "sent"
@@ -221,6 +219,7 @@ status=0
 if [ ! -f "$home/train_done" ]; then
     resume=""
     [ -f "$ckpt" ] && resume="--resume"
+    rm -rf "$home/state-out"  # an earlier save's parts: a save after this call packs the state anew
     echo "=== training, at most ${TRAIN_SECONDS:-480}s this call${resume:+, resuming}"
     start=$(date +%s)
     # --foreground: the signal goes to byol alone (it finishes the step and writes the checkpoint),

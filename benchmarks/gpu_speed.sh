@@ -26,18 +26,18 @@
 #      240 s of its part); past that it is stopped with its stacks printed. It prints torch.compile's
 #      timers, and its stacks every 100 s while it compiles.
 # Second call (`more`):
-#   4. host-floor: the same three systems, ours eager, and byol-graphed at ResNet-18 width 8, heads
+#   4. gpu-tests-eager: the GPU tests that compile nothing (no CUDA sync in the eager loop step;
+#      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
+#      each under pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
+#   5. host-floor: the same three systems, ours eager, and byol-graphed at ResNet-18 width 8, heads
 #      64, batch 2: the same ops with negligible arithmetic, so the time of a step is the host's cost
 #      of issuing its ops, the floor under an eager step of the reference workload on this machine
 #      (on the CPU machine of the CPU table: ours 30 ms, byol-pytorch 22; BENCHMARKS.md, "The host
 #      floor");
-#   5. profile-eager: where an eager step's time goes, phase by phase;
-#   6. gpu-tests: `pytest -m gpu` but the first call's (no CUDA sync in the loop's step, eager and
-#      compiled; pretrain on CUDA compiled in bf16 with kNN, checkpoint and resume; pretrain on CUDA
-#      from a training set in host memory; CUDA augmentations equal to the CPU's), each test under
-#      pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
-#   7. profile-compiled, then ablations (our step without channels_last, without bf16): as far as
-#      the time goes.
+#   6. profile-eager: where an eager step's time goes, phase by phase;
+#   7. gpu-tests-compiled: no CUDA sync in the compiled loop step; pretrain on CUDA compiled in bf16
+#      with kNN, checkpoint and resume; then profile-compiled and the ablations (our step without
+#      channels_last, without bf16): as far as the time goes.
 # A part cut short keeps what it wrote (the speed JSONs are written after every round), and a
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
 # gpu_speed.log or gpu_speed_more.log, speed.json, speed_compiled.json, host_floor.json,
@@ -130,13 +130,18 @@ if [ "$call" = first ]; then
     part speed-compiled 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-eager \
         --first-step-limit "$first_limit" --stacks-after 100 --json "$out/speed_compiled.json" ${SPEED_ARGS:-}
 else
-    part host-floor 90 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
+    part gpu-tests-eager 60 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
+        "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[False]" \
+        tests/test_train.py::test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory \
+        tests/test_augment.py::test_cuda_with_cpu_generator_matches_cpu
+    part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
         --head-width 64 --systems byol-eager,byol-pytorch,lightly,byol-graphed --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
-    part profile-eager 60 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl ${PROFILE_ARGS:-}
-    part gpu-tests 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
-        -k "not graphed and not cuda_graph and not test_compiled_and_eager_steps" "${timeout_opt[@]}" tests/
-    # (-k: the first call ran those; -v: a cut run shows what passed)
+    part profile-eager 45 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl ${PROFILE_ARGS:-}
+    part gpu-tests-compiled 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
+        "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[True]" \
+        tests/test_train.py::test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes
+    # (the other GPU tests ran in the first call; -v: a cut run shows what passed)
     part profile-compiled 70 "$python" -m benchmarks.profile_step --device "$device" --variants compiled-cl \
         ${PROFILE_ARGS:-}
     part ablations 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-nchw,byol-fp32 \

@@ -27,11 +27,14 @@ def cifar10_root() -> Path:
 def full_fp32():
     """CUDA convolutions and matmuls in full float32 (TF32 off) for the test: TF32 rounds to ~1e-3,
     differently for different kernels (a compiled graph's, cuDNN's autotuned choice), which would hide
-    or fake a difference between two ways of computing the same step."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    or fake a difference between two ways of computing the same step. And cuDNN's deterministic
+    kernels: its fastest weight gradients may sum in a different order on each run."""
+    b = torch.backends
+    saved = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic
+    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    b.cudnn.deterministic = True
     yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic = saved
 
 
 def tiny_overrides(out_dir, **extra) -> list[str]:
