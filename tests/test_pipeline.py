@@ -114,6 +114,9 @@ def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
     assert load_size(config) == 37
     assert [s.size for s in labeled_splits(config)] == [37, 37]
     assert _eval_input(config, (0.5,) * 3, (1.0,) * 3)["image_size"] == 37
+    # The imagenet preset decodes at 256 for its 224 crops, and at 8/7 of an image_size given instead
+    assert load_size(load_config("imagenet")) == 256
+    assert load_size(load_config("imagenet", ["--data.image_size=32"])) == 37
 
 
 def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_else_is_one_sentence(tmp_path):
