@@ -27,6 +27,11 @@ class MLP(nn.Sequential):
             nn.Linear(hidden_dim, out_dim),
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Flattened first, as byol-pytorch does: a network's own output (hidden_layer=-1) may be
+        # (B, C, 1, 1), as from a pooling layer. A view, nothing copied, for (B, D).
+        return super().forward(x.flatten(1))
+
 
 def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> int:
     """The width of ``encoder``'s flattened output: found on the meta device (no real compute), or,
@@ -122,7 +127,7 @@ class OnlineEncoder(nn.Module):
         object.__setattr__(self, "encoder", encoder)
 
     def forward(self, x: torch.Tensor, return_projection: bool = True):
-        representation = self.encoder(x)  # (B, D)
+        representation = self.encoder(x).flatten(1)  # (B, D), as byol-pytorch's
         if not return_projection:
             return representation
         return self.projector(representation), representation

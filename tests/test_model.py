@@ -189,6 +189,20 @@ def test_hidden_layer_minus_one_is_the_networks_own_output_without_tracing():
     assert net.conv.weight.grad is not None
 
 
+def test_a_networks_own_output_of_more_than_two_dimensions_is_flattened_as_byol_pytorch_does():
+    """hidden_layer=-1 on a network ending in a pooling layer, (B, C, 1, 1): the projector takes it
+    flattened, and the embedding is (B, C)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    learner = BYOL(net, image_size=16, hidden_layer=-1, projection_size=16, projection_hidden_size=32)
+    x = torch.rand(4, 3, 16, 16)
+    learner(x).backward()
+    assert net[0].weight.grad is not None
+    projection, embedding = learner(x, return_embedding=True)
+    assert projection.shape == (4, 16)
+    torch.testing.assert_close(embedding, net(x).flatten(1))
+
+
 def test_a_network_tracing_cannot_cut_is_cut_by_a_forward_hook_as_byol_pytorch_does():
     """Branchy's forward branches on a value, so symbolic tracing fails: its default hidden layer
     (-2, the conv) is taken by a forward hook while the whole network runs, and training reaches it."""
