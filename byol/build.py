@@ -154,8 +154,10 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     folder = None
     if not isinstance(source, ImageSet):
         if source.others and rank == 0:
-            print(f"note: {_others(source.others)} in {source.root} are not in a format Pillow opens; "
-                  "they are left out", file=sys.stderr)
+            one = sum(source.others.values()) == 1
+            print(f"note: {_others(source.others)} in {source.root} {'is' if one else 'are'} left out: "
+                  f"{'its name does' if one else 'their names do'} not end in the extension of an image format "
+                  "Pillow opens (.jpg, .png, .webp, ...)", file=sys.stderr)
         if d.limit:  # before decoding anything
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source

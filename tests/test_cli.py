@@ -324,8 +324,8 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
                 "--data.image_size=32", "--data.workers=2",
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1, "data.limit": "null"}))
     assert "pretraining done" in proc.stdout
-    assert (f"note: 4 files (.heic 2, .txt 1, no extension 1) in {root} are not in a format Pillow opens; "
-            "they are left out") in proc.stderr
+    assert (f"note: 4 files (.heic 2, .txt 1, no extension 1) in {root} are left out: their names do not end "
+            "in the extension of an image format Pillow opens (.jpg, .png, .webp, ...)") in proc.stderr
     assert "unreadable files skipped  2 (listed in skipped_files.txt)" in proc.stdout
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
