@@ -103,7 +103,8 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def _encoder_rows(result: dict) -> list[tuple[str, str]]:
     """What an evaluation's numbers are of: the features' width and precision, the weights' step."""
-    rows = [("features", f"{result['feature_dim']}-d, {result['precision']} on {result['device']}")]
+    rows = [("features", f"{result['feature_dim']}-d, of {result['image_size']}x{result['image_size']} images, "
+                         f"{result['precision']} on {result['device']}")]
     if result["random_init"]:
         rows.append(("weights", "at random initialization (--random-init), step 0"))
     elif result["step"] is not None:

@@ -228,12 +228,17 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
             "features": LINEAR_PROBE["features"], **info}
 
 
+def _input_size(source: Source) -> int:
+    """The side of the square images the encoder is given: a folder's decode size, else the data set's own."""
+    return source.size if isinstance(source, ImageFolder) else int(source.images.shape[-1])
+
+
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                       limit: Optional[int], progress: bool, command: str, holdout: int = 0):
     """``(config, device, (train features, labels, held-out features, labels), info)`` for a
     checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
     a folder's val), where the weights come from (:func:`load_encoder_with_origin`) and how the
-    features were computed (their width, the device and precision: what ``train.precision``
+    features were computed (their width, the input's size, the device and precision: what ``train.precision``
     resolves to there); the settings given that ``command`` does not read are noted."""
     net, config, origin = load_encoder_with_origin(path, overrides, random_init)
     note_unused(overrides, command, config)
@@ -244,5 +249,6 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
     return config, device, (train_f, train_y, test_f, test_y), {
         "n_train": len(train_f), "n_test": len(test_f), "test_split": held, **origin,
-        "random_init": random_init, "feature_dim": train_f.shape[1], "device": str(device),
+        "random_init": random_init, "feature_dim": train_f.shape[1], "image_size": _input_size(test),
+        "device": str(device),
         "precision": precision_name(autocast_dtype(config.train.precision, device))}

@@ -98,12 +98,12 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
     ckpt = trained[0] / "checkpoints" / "last.pt"  # step 4 of 8 an epoch (128 images, batch 16)
     precision = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"  # train.precision=auto
     origin = {"checkpoint": str(ckpt), "step": 4, "epoch": 0.5, "random_init": False, "feature_dim": 64,
-              "device": "cpu", "precision": precision}
+              "image_size": 32, "device": "cpu", "precision": precision}
     assert main(["eval", "knn", str(ckpt), "--limit", "40", "--out", str(tmp_path / "k.json")]) == 0
     knn = json.loads((tmp_path / "k.json").read_text())
     assert {k: knn[k] for k in origin} == origin and "no augmentation" in knn["features"]
     out = capsys.readouterr().out
-    assert re.search(rf"features +64-d, {precision} on cpu\n", out), out
+    assert re.search(rf"features +64-d, of 32x32 images, {precision} on cpu\n", out), out
     assert re.search(r"weights +step 4 \(epoch 0.50\)\n", out), out
     assert main(["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--out", str(tmp_path / "l.json")]) \
         == 0
@@ -216,7 +216,7 @@ def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch,
     import byol.pipeline
     from byol.cli import main
     fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
-            "n_test": 20, "test_split": "val", "classes": 4, "feature_dim": 64, "precision": "float32",
+            "n_test": 20, "test_split": "val", "classes": 4, "feature_dim": 64, "image_size": 37, "precision": "float32",
             "device": "cpu", "random_init": False, "step": None, "epoch": None}
     monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
     assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
@@ -378,8 +378,10 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
     assert [r["step"] for r in evals] == [0, 2]
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5)
     assert "30 train / 20 val images" in proc.stdout, proc.stdout
-    proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10)
+    proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10, "--data.image_size=48")
     assert "10 train / 10 val images" in proc.stdout, proc.stdout
+    assert "of 55x55 images" in proc.stdout, proc.stdout  # a folder at 8/7 of the image_size given, said
+    assert json.loads((run / "checkpoints" / "last_knn.json").read_text())["image_size"] == 55
     moved = tmp_path / "imagenet-moved"
     (tmp_path / "imagenet").rename(moved)  # the data moved since: said so, not blamed on the layout
     assert_user_error(byol("eval", "knn", run / "checkpoints" / "last.pt", check=False),
