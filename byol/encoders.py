@@ -39,11 +39,12 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
 
 
 def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
-                             random_init: bool) -> tuple[nn.Module, Config, dict]:
+                             random_init: bool, for_export: bool = False) -> tuple[nn.Module, Config, dict]:
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
     (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
-    written before export.json recorded them; 0 with ``random_init``)."""
+    written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
+    config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
     given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
     if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
         raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
@@ -67,11 +68,17 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
             load_model_state(byol, state["model"], str(path))
             net = _net_of(byol, config)
     else:  # an exported torchvision state_dict
+        if for_export and not (path.parent / "config.yaml").is_file():
+            raise CheckpointError(f"{path} is a bare state_dict with no config.yaml beside it, so nothing says what "
+                                  "its encoder was trained on (the input size and normalization export.json records); "
+                                  "byol export takes a byol run's checkpoint, such as RUN/checkpoints/last.pt")
         net, config = _state_dict_encoder(path, state, overrides or [], random_init)
         origin.update(_exported(path))
     if "data.root" not in given:  # from the run's own out_dir: a --train.out_dir given here changes nothing
         _find_relative_root(config, path)
     apply_overrides(config, overrides or [])
+    if bare and not (path.parent / "config.yaml").is_file():
+        _note_assumed_input(path, config, given)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     if random_init:
         origin.update(step=0, epoch=0.0)
@@ -155,6 +162,17 @@ def _unwrapped(state: object) -> object:
         while isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:
+    """A bare state_dict that nothing says the training input of (a torchvision model's): the input
+    size (a folder's; CIFAR and STL-10 are read at their own) and normalization assumed, unless given."""
+    keys = ("data.image_size",) * (config.data.dataset == "folder") + ("augment.preset",)
+    assumed = [k for k in keys if k not in given]
+    if assumed:
+        values = ", ".join(f"{k}={getattr(getattr(config, k.split('.')[0]), k.split('.')[1])}" for k in assumed)
+        note(f"{path} has no config.yaml beside it, so nothing says what its encoder was trained on: its input is "
+             f"taken to be the default, {values}; give {' and '.join('--' + k for k in assumed)} if it was not")
 
 
 def _settings(config: Config) -> str:

@@ -198,7 +198,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
                           f"such as {out_dir / 'export'}")
     for name in ("encoder.pt", "encoder_torchscript.pt", "config.yaml", "export.json"):
         check_writable(out_dir / name, source=path)
-    net, config, origin = load_encoder_with_origin(path, None, random_init=False)
+    net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)
     full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     state = {k: v for k, v in net.state_dict().items()}
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})

@@ -655,8 +655,18 @@ def test_a_bare_torchvision_state_dict_is_evaluated_as_the_architecture_its_keys
               "--out", tmp_path / "r.json")
     from byol.cli import main
     assert main(["eval", "knn", str(path), *map(str, common)]) == 0
-    assert "kNN top-1 (k=5)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "kNN top-1 (k=5)" in out
     assert json.loads((tmp_path / "r.json").read_text())["knn_top1"]
+    # The input it is fed is the defaults', said (CIFAR: its normalization; a folder's size too), unless given
+    assert f"note: {path} has no config.yaml beside it, so nothing says what its encoder was trained on: its " \
+        "input is taken to be the default, augment.preset=cifar; give --augment.preset if it was not" in err, err
+    assert main(["eval", "knn", str(path), *map(str, common), "--augment.preset=paper"]) == 0
+    assert "no config.yaml" not in capsys.readouterr().err
+    # export would write that guess into export.json as what to feed the encoder: refused
+    _, line = main_error(capsys, "export", path, "--out", tmp_path / "exported")
+    assert "is a bare state_dict with no config.yaml beside it, so nothing says what its encoder was trained on" \
+        in line and not (tmp_path / "exported").exists(), line
     _, line = main_error(capsys, "eval", "knn", path, *common, "--model.cifar_stem=true")
     assert "no config.yaml beside it; its keys say model.backbone=resnet18, model.cifar_stem=false, model.width=64, " \
         "read as model.backbone=resnet18, model.cifar_stem=true, model.width=64 as given" in line, line
