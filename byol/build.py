@@ -158,6 +158,8 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
             print(f"note: {_others(source.others)} in {source.root} {'is' if one else 'are'} left out: "
                   f"{'its name does' if one else 'their names do'} not end in the extension of an image format "
                   "Pillow opens (.jpg, .png, .webp, ...)", file=sys.stderr)
+        if source.runs and rank == 0:
+            print(f"note: {source.runs_note()}", file=sys.stderr)
         if d.limit:  # before decoding anything
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source

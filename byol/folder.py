@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .checkpoint import write_text_atomically
+from .config import CONFIG_HEADER
 from .data import DataError, ImageSet
 from .images import decode_image, image_extensions, reason
 
@@ -49,8 +50,9 @@ class ImageFolder(Dataset):
     on the device, from it.
 
     Args:
-        root: the folder; hidden files and folders (name starting with ".") are ignored;
-            symbolic links are followed, and a folder reached twice through them is read once.
+        root: the folder; hidden files and folders (name starting with ".") are ignored, and so
+            are the folders of byol runs in it (listed in ``runs``: a run's plots are not training
+            images); symbolic links are followed, and a folder reached twice through them is read once.
         size: side of the returned square.
         labeled: ``"auto"``: if every image sits inside a first-level subfolder, that
             subfolder is its class (sorted names, as torchvision's ImageFolder), else all
@@ -64,7 +66,8 @@ class ImageFolder(Dataset):
             raise ValueError(f"labeled must be 'auto', True or False, not {labeled!r}")
         if not os.path.isdir(self.root):
             raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
-        rel_paths, self.others = _scan(self.root)  # others: files left out, by extension (".heic": 3)
+        # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
+        rel_paths, self.others, self.runs = _scan(self.root)
         if not rel_paths:
             raise DataError(f"no image files found in {self.root} or its subfolders (looked for .jpg, "
                             f".jpeg, .png, .webp, .bmp, .tif and the other formats Pillow opens)")
@@ -128,6 +131,15 @@ class ImageFolder(Dataset):
             return self
         return self.subset(torch.linspace(0, len(self) - 1, n).round().long())
 
+    def runs_note(self) -> Optional[str]:
+        """The note that names the byol run folders left out of this folder (None: there were none)."""
+        if not self.runs:
+            return None
+        named = ", ".join(os.path.join(self.root, r) for r in self.runs[:3]) + (", ..." if len(self.runs) > 3 else "")
+        if len(self.runs) == 1:
+            return f"left out {named}: a byol run's folder (its plots are not training images)"
+        return f"left out {named}: byol runs' folders (their plots are not training images)"
+
     def nothing_decoded(self) -> DataError:
         """The error for a folder none of whose files could be decoded, with one file and why."""
         example = "".join(f" ({p}: {r})" for p, r in list(self.bad_files.items())[:1])
@@ -155,11 +167,12 @@ class ImageFolder(Dataset):
                     self.bad_files.setdefault(unescape_name(file), reason)
 
 
-def _scan(root: str) -> tuple[list[str], dict[str, int]]:
-    """The image files under ``root`` (relative paths), and how many other files each extension has."""
+def _scan(root: str) -> tuple[list[str], dict[str, int], list[str]]:
+    """The image files under ``root`` (relative paths), how many other files each extension has, and
+    the folders left out as byol runs' (relative paths)."""
     extensions = image_extensions()
     real_root = os.path.realpath(root)
-    found, others = [], Counter()
+    found, others, runs = [], Counter(), []
     walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
     for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
         info = os.stat(folder)
@@ -168,16 +181,37 @@ def _scan(root: str) -> tuple[list[str], dict[str, int]]:
             continue
         if info.st_ino:  # 0: a file system without inode numbers, which cannot tell
             walked.add((info.st_dev, info.st_ino))
+        rel = os.path.relpath(folder, root)
+        if rel != "." and _holds_a_run(folder, files, subfolders):
+            runs.append(rel)
+            subfolders[:] = []
+            continue
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
                                and not _links_within(os.path.join(folder, d), real_root))
-        rel = os.path.relpath(folder, root)
         for f in sorted(f for f in files if not f.startswith(".")):
             ext = os.path.splitext(f)[1].lower()
             if ext in extensions:
                 found.append(f if rel == "." else os.path.join(rel, f))
             else:
                 others[ext or "no extension"] += 1
-    return found, dict(others)
+    return found, dict(others), sorted(runs)
+
+
+def _holds_a_run(folder: str, files: list[str], subfolders: list[str]) -> bool:
+    """Whether ``folder`` is a byol run's (a ``train.out_dir``), by the signs a new run looks for there
+    (run_folder.py): a ``config.yaml`` that byol wrote, or checkpoints (``checkpoints/*.pt``). Its own
+    outputs are then never read as images, and a resumed run lists the same files as its first start."""
+    header = CONFIG_HEADER.split(":")[0].encode()  # "# written by byol", as run_folder.py checks it
+    try:
+        checkpoints = os.path.join(folder, "checkpoints")
+        if "checkpoints" in subfolders and any(f.endswith(".pt") for f in os.listdir(checkpoints)):
+            return True
+        if "config.yaml" in files:
+            with open(os.path.join(folder, "config.yaml"), "rb") as f:
+                return f.read(len(header)) == header
+    except OSError:  # unreadable: not known to be a run's, so its images are read (and their errors said)
+        pass
+    return False
 
 
 def _links_within(path: str, real_root: str) -> bool:

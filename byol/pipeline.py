@@ -124,6 +124,9 @@ def labeled_splits(config: Config, limit: Optional[int] = None, holdout: int = 0
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
                             "ROOT/train of such a layout: point --data.root at it")
+        for split in splits:
+            if split.runs:
+                note(split.runs_note())
         return splits
     train, test = held_out(load_split(config, "train"), holdout) if holdout else (
         load_split(config, split) for split in ("train", "test"))

@@ -413,6 +413,34 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
     main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "x.npy", "--split", "nonsense")
 
 
+def test_a_run_folder_inside_the_data_root_is_not_read_as_images(tmp_path, capsys):
+    """A run whose train.out_dir lies inside its data.root (the default runs/byol, started from the
+    data folder) writes its plots there: --resume, eval and embed leave its folder out, with a note,
+    and see the 30 images and 10 classes its first start saw (not the plots, nor a class "runs")."""
+    train = extract_jpegs(tmp_path / "data" / "train", per_class=3)
+    extract_jpegs(tmp_path / "data" / "val", per_class=2)
+    run = train / "runs" / "r"
+    pretrain = ["pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={train}",
+                "--data.image_size=32", "--data.workers=0"]
+    settings = {"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null"}  # 3 steps an epoch
+    byol(*pretrain, *tiny_overrides(run, **settings))
+    assert (run / "loss.png").is_file()  # what a scan of train/ would find
+    left_out = f"note: left out {run}: a byol run's folder (its plots are not training images)"
+    proc = byol(*pretrain, "--resume", *tiny_overrides(run, **settings, **{"train.epochs": 2}))
+    assert proc.stderr.count(left_out) == 1 and "the data now makes" not in proc.stderr, proc.stderr
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+    from byol.cli import main
+    assert main(["eval", "knn", str(run / "checkpoints" / "last.pt"), "--k", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert "30 train / 20 val images" in out and err.count(left_out) == 1, err
+    assert main(["embed", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "emb.npy"),
+                 "--split", "train"]) == 0
+    assert capsys.readouterr().err.count(left_out) == 1
+    paths = (tmp_path / "emb_paths.txt").read_text().splitlines()
+    assert len(paths) == 30 and not [p for p in paths if "runs" in p]
+    assert (tmp_path / "emb_classes.txt").read_text().splitlines() == sorted(os.listdir(tmp_path / "data" / "val"))
+
+
 def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, trained):
     assert_user_error(byol("pretrain", "--data.root", tmp_path / "nowhere", check=False))  # not key=value
     assert_user_error(byol("pretrain", f"--data.root={tmp_path / 'nowhere'}", *tiny_overrides(tmp_path / "r1"),

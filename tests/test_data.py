@@ -535,6 +535,32 @@ def test_a_link_to_a_class_folder_inside_the_root_leaves_its_images_their_class(
                 "b's images read once, in b, with b's label; the outside folder's read as a's")
 
 
+def test_the_folders_of_byol_runs_inside_the_root_are_left_out(tmp_path, fault_table):
+    """A run whose train.out_dir lies in its data.root writes plots there (loss.png, ...): a folder that
+    a new run would take for a run's (byol's config.yaml, or checkpoints/*.pt) is left out at any depth,
+    so no class "runs" appears and a resumed run lists what its first start listed."""
+    from byol.config import Config, config_text
+    root = tmp_path / "set"
+    for name in ("a/0.png", "b/0.png", "runs/new/loss.png", "a/old/loss.png", "b/hand/loss.png"):
+        img(root / name)
+    (root / "runs" / "new" / "config.yaml").write_text(config_text(Config()))
+    (root / "a" / "old" / "checkpoints").mkdir()
+    (root / "a" / "old" / "checkpoints" / "last.pt").write_bytes(b"")  # a run from before config.yaml's header
+    (root / "b" / "hand" / "config.yaml").write_text("model:\n  width: 8\n")  # written by hand: not a run's
+    ds = ImageFolder(root, size=8)
+    names = [os.path.relpath(p, ds.root) for p in ds.paths]
+    assert ds.classes == ["a", "b"] and names == ["a/0.png", "b/0.png", "b/hand/loss.png"]
+    assert ds.runs == ["a/old", "runs/new"] and ds.others == {".yaml": 1}  # the runs' files not counted either
+    assert ds.runs_note() == (f"left out {root / 'a' / 'old'}, {root / 'runs' / 'new'}: byol runs' folders "
+                              "(their plots are not training images)")
+    assert ImageFolder(root / "a", size=8).runs_note() == \
+        f"left out {root / 'a' / 'old'}: a byol run's folder (its plots are not training images)"
+    assert ImageFolder(root / "runs" / "new", size=8).runs == []  # a run's folder named as the root is read
+    fault_table("image folder: byol run folders inside the root (byol's config.yaml; checkpoints/*.pt) beside "
+                "one with a config.yaml written by hand",
+                "the runs' folders left out, with a note naming them; the other read")
+
+
 def test_a_named_pipe_among_the_images_is_skipped_not_waited_on(tmp_path, fault_table):
     pipe = tmp_path / "pipe.jpg"
     os.mkfifo(pipe)
