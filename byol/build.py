@@ -160,6 +160,10 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
                   "Pillow opens (.jpg, .png, .webp, ...)", file=sys.stderr)
         if source.runs and rank == 0:
             print(f"note: {source.runs_note()}", file=sys.stderr)
+        if d.load_size and d.load_size < d.image_size and rank == 0:
+            print(f"note: data.load_size={d.load_size} is below data.image_size={d.image_size}: each image is decoded "
+                  f"to {d.load_size}x{d.load_size} and its crops are scaled up to {d.image_size}x{d.image_size}",
+                  file=sys.stderr)
         if d.limit:  # before decoding anything
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source

@@ -53,3 +53,18 @@ def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_
     assert torch.bincount(queries.labels).min() > 400  # a draw over the split, not its last classes
     with pytest.raises(DataError, match="holding out 50000 images leaves no memory bank: the train split has 50000"):
         build.held_out(train, 50000)
+
+
+def test_a_folder_decoded_below_the_training_size_is_said(tmp_path, capsys):
+    """data.load_size below data.image_size scales every crop up: legal, but said."""
+    import byol.build as build
+    from byol.config import load_config
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "set", per_class=1)
+    for load, said in ((16, True), (40, False)):
+        config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+                                         f"--data.load_size={load}", "--train.batch_size=2", "--data.workers=0"])
+        build._training_split(config, torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert ("note: data.load_size=16 is below data.image_size=32: each image is decoded to 16x16 and its crops "
+                "are scaled up to 32x32" in err) == said, err
