@@ -170,6 +170,7 @@ def run(argv: Optional[list[str]] = None) -> int:
     from . import exports, pipeline
     if args.command == "pretrain":
         from .config import load_config, resume_config
+        from .run_folder import warnings_summary
         from .train import pretrain
         extra = ["--data.download=true"] if args.download else []
         if args.resume:
@@ -185,6 +186,10 @@ def run(argv: Optional[list[str]] = None) -> int:
         if "loss" in results:  # not for a finished run resumed
             rows += [("final loss", f"{results['loss']:.4f}"),
                      ("device", f"{results['device']}, {results['precision']}")]
+        if results.get("warnings"):  # next to the loss, which a collapsed run brings near 0
+            where = Path(config.train.out_dir) / "warnings.txt"
+            rows.append(("warnings", f"{len(results['warnings'])} ({warnings_summary(results['warnings'])}; "
+                                     f"see {where})"))
         k, t = config.train.knn_k, config.train
         held = min(t.knn_holdout, t.knn_limit or t.knn_holdout)
         on = f", on {held:,} held-out train images" if held else ""

@@ -93,7 +93,8 @@ class CollapseMonitor:
             std: ``normalized_std`` of the online projections, read to the host.
             rank: their ``effective_rank``.
             dim: projection width (256 in the paper).
-            step: global training step, for the message.
+            step: global training step, for ``repeat_every`` (the message leaves it out: the
+                warning's line in ``warnings.txt`` starts with it).
 
         Returns:
             The warning, on entering collapse (and every ``repeat_every`` steps in it); else None.
@@ -107,7 +108,7 @@ class CollapseMonitor:
             return None
         self._last_warned = step
         healthy = 1 / math.sqrt(dim)
-        return (f"representation collapse at step {step}: the std of the L2-normalized online projections "
+        return ("representation collapse: the std of the L2-normalized online projections "
                 f"is {std:.4g} (healthy is about {healthy:.4g} = 1/sqrt({dim})) and their effective rank is "
                 f"{rank:.3g} (healthy is tens or more); the network maps every image to nearly the same "
                 "vector, and the falling loss means nothing. Check that the predictor is used and trained "

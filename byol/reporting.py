@@ -93,7 +93,7 @@ class Report:
             self.log.log(step, **self.when(step), **record)
         warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
         if warning and self.folder is not None:
-            self.folder.warn(warning, step)
+            self.folder.warn(warning, step, self.progress)
         if record["train/nonfinite_streak"] >= self.max_nonfinite:
             what = "up to the run's end, which was not saved" if last else "so the run stopped"
             raise nonfinite_error(record["train/nonfinite_streak"], step, what, self.ckpt_path,

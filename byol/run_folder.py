@@ -95,11 +95,16 @@ class RunFolder:
         if self.created is not None:
             remove_empty_folders(self.path, self.created)
 
-    def warn(self, message: str, step: int) -> None:
-        """Say ``message`` on stderr and append it to ``warnings.txt`` as ``step N: message``."""
-        print(f"warning: {message}", file=sys.stderr)
+    def warn(self, message: str, step: int, progress=None) -> None:
+        """Append ``message`` to ``warnings.txt`` as ``step N: message`` and say that line on stderr, on a
+        line of its own: ``progress``, the run's tqdm bar, is cleared for it and drawn again below it."""
+        line = f"step {step}: {message}"
+        if progress is not None:
+            progress.write(f"warning: {line}", file=sys.stderr)
+        else:
+            print(f"warning: {line}", file=sys.stderr)
         with open(self.path / "warnings.txt", "a") as f:
-            f.write(f"step {step}: {message}\n")
+            f.write(f"{line}\n")
 
 
 def _check_replaceable(path: Path) -> None:
@@ -139,6 +144,31 @@ def _written_by_byol(text: str) -> bool:
 
 
 _ADDED_SINCE = 5  # an older byol's config.yaml lacks the settings added after it (such as optim.lars_clip)
+
+
+def read_warnings(path: Path) -> list[str]:
+    """The lines of the run's ``warnings.txt`` in the folder ``path`` (none without one): every warning
+    of the run, those of a resumed run's earlier starts too."""
+    text = _read(Path(path) / "warnings.txt")
+    return text.splitlines() if text is not None else []
+
+
+def warnings_summary(lines: list[str]) -> str:
+    """What the ``warnings.txt`` ``lines`` warn of, in short: ``representation collapse at step 10``, or
+    ``... at steps 10, 60`` (of an older byol's lines too, which said ``at step N`` twice)."""
+    steps: dict[str, list[str]] = {}
+    for line in lines:
+        step = _warning_step(line)
+        message = line.partition(": ")[2] if step > -math.inf else line
+        what = message.split(":")[0].partition(" at step ")[0]  # the warning's name: "representation collapse"
+        steps.setdefault(what, [])
+        if step > -math.inf:
+            steps[what].append(str(step))
+    parts = []
+    for what, at in steps.items():
+        shown = ", ".join(at[:3]) + (", ..." if len(at) > 3 else "")
+        parts.append(what + (f" at step{'s' if len(at) > 1 else ''} {shown}" if at else ""))
+    return "; ".join(parts)
 
 
 def _warning_step(line: str) -> float:

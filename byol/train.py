@@ -26,7 +26,7 @@ from .model import BYOL
 from .optim import build_optimizer
 from .reporting import Clock, Report, log_knn, nonfinite_error, progress_bar
 from .resume import restore
-from .run_folder import RunFolder
+from .run_folder import RunFolder, read_warnings
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
 
 
@@ -77,7 +77,9 @@ def _with_absolute_root(config: Config) -> Config:
 def pretrain(config: Config, resume: bool = False) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics (``step``, ``loss``, ``knn``,
     ``knn_init``, ...) and what the run ran on (``device``, and ``precision``: ``"bf16 autocast"`` or
-    ``"float32"``, what ``train.precision`` resolved to there).
+    ``"float32"``, what ``train.precision`` resolved to there). On rank 0 also ``warnings``: the lines
+    of the run's ``warnings.txt`` (the collapse monitor's, ``step N: ...``; empty when it never warned),
+    and for an image folder ``skipped_files``: how many files could not be decoded.
 
     On a CPU it first makes this process's C allocator keep freed memory
     (:func:`~byol.step.keep_freed_memory`, for the rest of the process's life) unless
@@ -126,9 +128,11 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
+        results = {"step": step, "checkpoint": str(ckpt_path)}
         if rank == 0:
             _note_finished(t, run_dir, step, end_step < total_steps)
-        return {"step": step, "checkpoint": str(ckpt_path)}
+            results["warnings"] = read_warnings(run_dir)
+        return results
     _before_first_step(config, byol, data, device, amp, resume, rank, world)
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
@@ -346,6 +350,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
         log.close()
         if data.folder is not None:
             results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
+        results["warnings"] = read_warnings(run_dir)  # the whole run's: a resumed run keeps its earlier ones
         if "knn_init" not in results and data.knn_train is not None:  # a resumed run: its start's, as logged
             start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
             init = {int(k.removeprefix(KNN_PREFIX)): v for r in start for k, v in r.items() if k.startswith(KNN_PREFIX)}

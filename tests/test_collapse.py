@@ -10,8 +10,9 @@ Without a predictor the loss then falls to ~0 in a few dozen steps: every image 
 import json
 import math
 
-
+import byol
 from byol.cli import main
+from byol.config import resume_config
 from conftest import tiny_overrides
 
 STEPS = 40
@@ -19,7 +20,7 @@ DIM = 64  # projection width: a healthy normalized std is about 1/sqrt(64) = 0.1
 
 
 def pretrain(cifar10_root, out_dir, capsys, **extra):
-    """Run ``byol pretrain`` in this process; return (stderr, metrics records of the training steps)."""
+    """Run ``byol pretrain`` in this process; return (stdout, stderr, metrics records of the training steps)."""
     values = {"model.projection_hidden_size": 256, "model.projection_size": DIM, "train.batch_size": 64,
               "data.limit": 640, "train.epochs": 100, "train.max_steps": STEPS, "train.log_every": 5,
               "train.knn_every": -1, "optim.warmup_epochs": 0, **extra}
@@ -28,33 +29,57 @@ def pretrain(cifar10_root, out_dir, capsys, **extra):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return captured.err, [r for r in records if "monitor/z_std" in r]
+    return captured.out, captured.err, [r for r in records if "monitor/z_std" in r]
+
+
+def shown_lines(err: str) -> list[str]:
+    """The lines a terminal shows of ``err``: of each line, what follows its last carriage return (the
+    progress bar redraws itself after one)."""
+    return [line.split("\r")[-1] for line in err.split("\n")]
+
+
+def summary_rows(out: str, name: str) -> list[str]:
+    """The values of the rows called ``name`` in the summary table that ``byol pretrain`` prints."""
+    return [line.strip().removeprefix(name).strip() for line in out.splitlines() if line.startswith(f"  {name}  ")]
 
 
 def test_no_predictor_and_tau_zero_collapses_and_the_monitor_warns(cifar10_root, tmp_path, capsys):
     run = tmp_path / "collapse"
-    err, records = pretrain(cifar10_root, run, capsys, **{"model.use_predictor": False, "train.tau_base": 0.0})
+    out, err, records = pretrain(cifar10_root, run, capsys, **{"model.use_predictor": False, "train.tau_base": 0.0,
+                                                               "train.progress": True})
     assert max(r["train/tau"] for r in records) < 0.01  # the target really is the online network
     last = records[-1]
     # Really collapsed, not just near a threshold: the std is far below healthy (~1/sqrt(DIM)).
     assert last["monitor/z_std"] < 0.05 / math.sqrt(DIM), last
     assert last["train/loss"] < 0.05, last  # the trivial solution: a falling loss that means nothing
-    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1, err  # warned once, on entering collapse
-    assert "representation collapse at step" in warnings[0] and "predictor" in warnings[0]
-    message = warnings[0].removeprefix("warning: ")
-    step = int(message.split("at step ")[1].split(":")[0])
-    assert (run / "warnings.txt").read_text() == f"step {step}: {message}\n"
+    # Warned once, on entering collapse, on a line of its own (not at the end of the progress bar's).
+    warnings = [line for line in shown_lines(err) if "warning: " in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: step "), err
+    line = warnings[0].removeprefix("warning: ")
+    step = int(line.removeprefix("step ").split(":")[0])
+    assert line.startswith(f"step {step}: representation collapse: the std") and "predictor" in line
+    assert (run / "warnings.txt").read_text() == f"{line}\n"  # the step said once
+    # The summary says so beside the final loss, which looks excellent.
+    assert summary_rows(out, "warnings") == [f"1 (representation collapse at step {step}; see {run}/warnings.txt)"]
+
+    # Resumed, the run reports the warnings of all of it: the earlier start's, and its own (the
+    # monitor starts afresh and finds the projections still collapsed).
+    results = byol.pretrain(resume_config(None, [f"--train.out_dir={run}", f"--train.max_steps={STEPS + 10}"]),
+                            resume=True)
+    capsys.readouterr()
+    assert results["warnings"] == (run / "warnings.txt").read_text().splitlines()
+    assert [w.split(":")[0] for w in results["warnings"]] == [f"step {step}", f"step {STEPS + 5}"]
 
 
 def test_healthy_run_does_not_warn(cifar10_root, tmp_path, capsys):
     run = tmp_path / "healthy"
     # No warm-up here, so LARS as the paper has it (eta 0.001, unclipped): the cifar10 preset's solo-learn
     # settings need their warm-up, and without one all but collapse (docs/cifar10_preset.md).
-    err, records = pretrain(cifar10_root, run, capsys, **{"train.tau_base": 0.99, "optim.trust_coefficient": 0.001,
-                                                           "optim.lars_clip": "false"})
+    out, err, records = pretrain(cifar10_root, run, capsys, **{"train.tau_base": 0.99, "optim.trust_coefficient": 0.001,
+                                                                "optim.lars_clip": "false"})
     assert records[-1]["step"] == STEPS
     assert "warning" not in err, err
     assert not (run / "warnings.txt").exists()
+    assert summary_rows(out, "final loss") and not summary_rows(out, "warnings"), out
     assert min(r["monitor/z_std"] for r in records) > 0.5 / math.sqrt(DIM), records
     assert min(r["monitor/effective_rank"] for r in records) > 5, records

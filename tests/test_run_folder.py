@@ -4,7 +4,7 @@ import pytest
 
 from byol.checkpoint import CheckpointError
 from byol.config import CONFIG_HEADER, ConfigError
-from byol.run_folder import RunFolder
+from byol.run_folder import RunFolder, read_warnings, warnings_summary
 
 
 def test_a_failed_start_removes_what_it_made_and_keeps_what_was_there(tmp_path):
@@ -103,8 +103,20 @@ def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):
     folder = RunFolder(run, resume=True)
     folder.metrics_log(resume_step=10)
     folder.started = True
-    folder.warn("collapse at step 12", 12)
-    assert (run / "warnings.txt").read_text().splitlines()[-1] == "step 12: collapse at step 12"
+    folder.warn("collapse", 12)
+    assert (run / "warnings.txt").read_text().splitlines()[-1] == "step 12: collapse"
+    assert read_warnings(run) == ["step 5: collapse", "step 10: collapse again", "an older run's line",
+                                  "step 12: collapse"]
+
+
+def test_the_summary_of_warnings_names_each_kind_once_with_its_steps(tmp_path):
+    assert warnings_summary(["step 10: representation collapse: the std ..."]) == "representation collapse at step 10"
+    lines = ["step 10: representation collapse at step 10: the std ...",  # an older byol's line
+             "step 60: representation collapse: the std ...", "step 70: loss spike: ...",
+             "step 80: representation collapse: ...", "step 90: representation collapse: ...", "a line of its own"]
+    assert warnings_summary(lines) == ("representation collapse at steps 10, 60, 80, ...; loss spike at step 70; "
+                                       "a line of its own")
+    assert read_warnings(tmp_path) == []  # a run that never warned
 
 
 def test_a_new_run_starts_without_the_warnings_of_one_that_left_no_checkpoint(tmp_path):
