@@ -95,7 +95,7 @@ class TrainConfig:
     knn_holdout: int = 0              # CIFAR/STL-10: monitor on N training images held out of the memory bank
                                       # (a fixed draw, the same for every seed), not on the test split, so
                                       # settings can be chosen without it; pretraining still sees them
-    progress: bool = True
+    progress: bool = True             # the progress bar on stderr; false: a line an epoch instead (for a log file)
     max_nonfinite: int = 10           # stop when a metric read (every log_every steps) finds at least this many
     #                                   NaN/inf losses in a row (each such step is undone)
 

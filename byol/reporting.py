@@ -1,6 +1,7 @@
 """What a pretraining run says while it trains: the throughput and the run's clock, the metrics
 records, the progress bar, the collapse monitor's warnings and the stop on non-finite losses."""
 
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -38,12 +39,17 @@ class Clock:
     def __init__(self, device: torch.device, progress, resumed_s: float = 0.0):
         self.device, self.progress, self.resumed_s = device, progress, resumed_s
         self.start = self.last = time.perf_counter()
+        self.paused_s = 0.0  # of this start's
 
     def time_s(self) -> float:
         """Seconds since this start's first step, plus those the checkpoint it resumed from had run:
         the setup of each start (data, model, the kNN at initialization) and the steps trained again
         after a kill are not counted."""
         return round(self.resumed_s + time.perf_counter() - self.start, 3)
+
+    def training_s(self) -> float:
+        """Seconds of training since this start's first step: without what ran :meth:`paused`."""
+        return time.perf_counter() - self.start - self.paused_s
 
     def lap(self) -> float:
         """The training seconds since the last lap (the first: since the clock was made)."""
@@ -61,6 +67,7 @@ class Clock:
         finally:
             spent = time.perf_counter() - start
             self.last += spent
+            self.paused_s += spent
             if self.progress is not None:  # as tqdm's unpause(), which would also drop the steps since its last print
                 self.progress.start_t += spent
                 self.progress.last_print_t += spent
@@ -102,6 +109,24 @@ class Report:
             epoch = (step - 1) // self.steps_per_epoch + 1  # the one this step was in, counted from 1 as epoch_0001.pt
             self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=f"{epoch}/{self.epochs}")
         return record["train/loss"]
+
+
+def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batch_size: int,
+               loss: Optional[float]) -> str:
+    """Where a run without a progress bar (``train.progress=false``, a log file) stands at an epoch's
+    end: the epoch, the step, the last loss read, this start's training throughput and the time left."""
+    epoch, epochs = math.ceil(step / report.steps_per_epoch), report.epochs
+    elapsed = report.clock.training_s()
+    rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
+    left = f", about {_duration((end_step - step) / rate)} left" if rate and step < end_step else ""
+    shown = f", loss {loss:.4f}" if loss is not None else ""
+    return (f"epoch {epoch}/{epochs} (step {step}/{end_step}){shown}, {rate * batch_size:,.1f} img/s{left}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:

@@ -24,7 +24,7 @@ from .memory import check_step_fits
 from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
-from .reporting import Clock, Report, log_knn, nonfinite_error, progress_bar
+from .reporting import Clock, Report, epoch_line, log_knn, nonfinite_error, progress_bar
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
@@ -153,6 +153,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"])
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
+    first_step = step
     try:
         with StopRequest() as stop:
             while step < end_step:
@@ -169,6 +170,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     _epoch_end(step, end_step, stopping, config, byol, data, device, amp, bars, report, checkpoints,
                                results)
+                    if progress is None and rank == 0 and not stopping:  # no bar: a line an epoch, for a log
+                        print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),
+                              file=sys.stderr)
                 if stopping:
                     if step < end_step:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
