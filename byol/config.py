@@ -62,7 +62,7 @@ class OptimConfig:
     momentum: float = 0.9
     trust_coefficient: float = 0.001  # LARS's eta (paper: 0.001)
     lars_clip: bool = False           # cap LARS's step at plain SGD's (solo-learn's CIFAR recipe; not the paper)
-    warmup_epochs: float = 10.0
+    warmup_epochs: float = 10.0       # linear warm-up (paper: 10 of 300 epochs); shorter than train.epochs
 
 
 @dataclass

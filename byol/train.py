@@ -193,6 +193,7 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
     if rank == 0:
         save_config(config, run_dir / "config.yaml")
         _note_cpu(config, device)
+        _note_warmup(config, len(data.batches))
     if resume and rank == 0 and data.folder is not None:
         data.folder.read_skipped(run_dir / "skipped_files.txt")
 
@@ -213,6 +214,26 @@ def _note_cpu(config: Config, device: torch.device) -> None:
         print("note: torch finds no GPU here, so this full-width encoder trains on the CPU, slowly (the progress "
               "bar's ETA says how slowly); a narrow one (--model.width=8, as in --config cifar10-cpu) suits a CPU",
               file=sys.stderr)
+
+
+def _note_warmup(config: Config, steps_per_epoch: int) -> None:
+    """A warm-up as long as the run (its epochs, or ``train.max_steps``): legal, but the learning rate
+    then only climbs (to its peak at the last step at best) and never decays, which is almost surely
+    not what was meant."""
+    t, warmup_epochs = config.train, config.optim.warmup_epochs
+    _, warmup, total = schedule_of(config, steps_per_epoch)
+    end = min(total, t.max_steps) if t.max_steps else total
+    if warmup < end:
+        return
+    if warmup >= total:  # the schedule itself, whatever part of it train.max_steps runs
+        run, below = f"{warmup_epochs:g} is not shorter than train.epochs={t.epochs}", "below train.epochs"
+    else:  # train.max_steps ends the run within it
+        run = f"{warmup_epochs:g} ({warmup} steps) is not shorter than train.max_steps={t.max_steps}"
+        below = f"below the {end / steps_per_epoch:.3g} epochs of train.max_steps"
+    # The last step's learning rate as a share of the peak (schedules.cosine_lr warms up by step + 1 of warmup).
+    reached = "reaching its peak only at the last step" if end == warmup else f"to {end / warmup:.2g} of its peak"
+    print(f"note: optim.warmup_epochs={run}, so the learning rate only warms up, {reached}, and never decays; "
+          f"set --optim.warmup_epochs {below} (the paper warms up 10 of 300 epochs)", file=sys.stderr)
 
 
 def _note_finished(t: TrainConfig, run_dir: Path, step: int, by_max_steps: bool) -> None:

@@ -467,6 +467,42 @@ def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, sett
     assert ("--model.width=8" in capsys.readouterr().err) is noted
 
 
+@pytest.mark.parametrize("preset, settings, noted", [
+    ("imagenet", {"train.epochs": 5}, "note: optim.warmup_epochs=10 is not shorter than train.epochs=5, so the "
+     "learning rate only warms up, to 0.5 of its peak, and never decays; set --optim.warmup_epochs below train.epochs"),
+    ("stl10", {"train.epochs": 10}, "reaching its peak only at the last step, and never decays"),
+    ("stl10", {"train.epochs": 11}, None),
+    ("cifar10", {"train.max_steps": 970}, "optim.warmup_epochs=10 (970 steps) is not shorter than train.max_steps=970"),
+    ("cifar10", {"train.max_steps": 50}, "to 0.052 of its peak, and never decays; set --optim.warmup_epochs below "
+     "the 0.515 epochs of train.max_steps"),
+    ("cifar10", {"train.max_steps": 971}, None),
+    ("stl10", {"train.epochs": 5, "train.max_steps": 100}, "optim.warmup_epochs=10 is not shorter than train.epochs=5, "
+     "so the learning rate only warms up, to 0.1 of its peak"),  # the epochs are the cause, not train.max_steps
+    ("cifar10-cpu", {}, None),  # its 0.1-epoch warm-up
+    ("cifar10", {"train.epochs": 1, "optim.warmup_epochs": 0}, None)])
+def test_a_warm_up_as_long_as_the_run_gets_a_note(capsys, preset, settings, noted):
+    """Compared in steps (here 97 an epoch): the warm-up's against the run's, train.max_steps included."""
+    byol.train._note_warmup(load_config(preset, [f"--{k}={v}" for k, v in settings.items()]), 97)
+    err = capsys.readouterr().err
+    assert (noted in err) if noted else err == "", err
+
+
+def test_pretrain_notes_at_its_start_a_warm_up_that_covers_the_whole_run(tmp_path, cifar10_root, capsys):
+    """A YAML config that leaves the default 10-epoch warm-up with one epoch: the run goes on (it is legal),
+    the note says so once, and the logged learning rate indeed only climbs."""
+    from byol.cli import main
+    yaml = tmp_path / "short.yaml"
+    yaml.write_text("train:\n  epochs: 1\n")
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", str(yaml), f"--data.root={cifar10_root}",
+                 *tiny_overrides(run, **{"train.knn_every": -1, "train.log_every": 1})]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: optim.warmup_epochs=10 is not shorter than train.epochs=1, so the learning rate only "
+                     "warms up, to 0.1 of its peak") == 1, err  # 8 steps of 80
+    lrs = [r["train/lr"] for r in read_metrics(run / "metrics.jsonl") if "train/lr" in r]
+    assert len(lrs) == 8 and lrs == sorted(lrs) and lrs[-1] < 0.5 * load_config("cifar10").optim.lr * 16 / 256
+
+
 def test_a_finished_run_resumed_on_the_cpu_gets_no_cpu_note(tmp_path, cifar10_root, capsys):
     """It trains nothing: only the finished-run note."""
     if torch.cuda.is_available():
