@@ -47,8 +47,9 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:
-        _note_changes(state, config, steps_per_epoch)
-        if state["step"] < min(total, config.train.max_steps or total):  # a finished run goes on in none
+        goes_on = state["step"] < min(total, config.train.max_steps or total)  # a finished run says so itself
+        _note_changes(state, config, steps_per_epoch, goes_on)
+        if goes_on:
             _note_precision(_precision_of(state), precision_name(amp), config)
     return state["step"], float(state.get("extra", {}).get("time_s", 0.0))
 
@@ -78,29 +79,50 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
 
 
-def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:
-    """Name the settings that differ from the checkpoint's, and what they do to the schedules."""
+def _note_changes(state: dict, config: Config, steps_per_epoch: int, goes_on: bool) -> None:
+    """Say where the run goes on from (``goes_on``: it has steps left), name the settings that differ
+    from the checkpoint's, and say what they do to the schedules."""
     try:  # the saved values read as a config would be (e.g. an older file's on_device "false" is False)
         saved = config_from_dict(state["config"])
     except ConfigError:  # a key this version no longer has
         saved = None
     changed = changed_settings(saved.to_dict() if saved else state["config"], config.to_dict())
+    step = state["step"]
+    said = [f"{config.train.out_dir} from step {step} (epoch {step / steps_per_epoch:.4g} of "
+            f"{config.train.epochs})"] if goes_on else []
     if changed:
-        print(f"note: resuming with settings that differ from the checkpoint's: {', '.join(changed)}",
-              file=sys.stderr)
+        said.append(f"with settings that differ from the checkpoint's: {', '.join(changed)}")
+    if said:  # one line: where the run goes on from, and with what
+        print(f"note: resuming {', '.join(said)}", file=sys.stderr)
     saved_epoch = state.get("extra", {}).get("steps_per_epoch", steps_per_epoch)
     if saved_epoch != steps_per_epoch:
         print(f"note: the data now makes {steps_per_epoch} steps an epoch, the checkpoint's run {saved_epoch}: "
               "its epochs are counted anew from here", file=sys.stderr)
     if saved is None:
         return
-    step = state["step"]
     lr0, tau0 = _schedules_at(saved, step, saved_epoch)
     lr1, tau1 = _schedules_at(config, step, steps_per_epoch)
     if not (math.isclose(lr0, lr1, rel_tol=1e-3) and math.isclose(tau0, tau1, rel_tol=1e-6)):
+        length = _length_change(schedule_of(saved, saved_epoch)[2], schedule_of(config, steps_per_epoch)[2],
+                                (lr0, lr1), (tau0, tau1))
         print(f"note: the schedules follow the new settings from step {step} on: learning rate {lr0:.4g} -> "
-              f"{lr1:.4g}, tau {tau0:.6g} -> {tau1:.6g} (a longer run's cosine schedules are stretched to its "
-              "length, so they rise again)", file=sys.stderr)
+              f"{lr1:.4g}, tau {tau0:.6g} -> {tau1:.6g}{length}", file=sys.stderr)
+
+
+def _length_change(total0: int, total1: int, lr: tuple[float, float], tau: tuple[float, float]) -> str:
+    """What a new run length (in steps) does to the cosine schedules, as the values (before, after) at
+    the step show it: stretched for a longer run (the learning rate rises again, tau falls back),
+    compressed for a shorter one (the learning rate drops, tau rises); '' for the same length."""
+    if total1 == total0:
+        return ""
+    longer = total1 > total0
+    how, lr_said, tau_said = (("a longer run's cosine schedules are stretched", "the learning rate rises again",
+                               "tau falls back") if longer else
+                              ("a shorter run's cosine schedules are compressed", "the learning rate drops", "tau rises"))
+    # Said only where the values show it (not within the warm-up, say, nor against a new optim.lr's pull).
+    moves = [said for said, (before, after), tol, up in ((lr_said, lr, 1e-3, longer), (tau_said, tau, 1e-6, not longer))
+             if not math.isclose(before, after, rel_tol=tol) and (after > before) == up]
+    return f" ({how} to its length{', so ' + ' and '.join(moves) if moves else ''})"
 
 
 def _schedules_at(config: Config, step: int, steps_per_epoch: int) -> tuple[float, float]:

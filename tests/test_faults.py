@@ -224,7 +224,8 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     # The run's own settings (width 8, batch 16, 128 images, SGD), not the cifar10 preset's: the
     # preset's width 64 would not even load.
     proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
-    assert "note: resuming with settings that differ from the checkpoint's: train.max_steps 2 -> 4" in proc.stderr
+    assert (f"note: resuming {run} from step 2 (epoch 0.25 of 1), with settings that differ from the checkpoint's: "
+            "train.max_steps 2 -> 4") in proc.stderr, proc.stderr  # where it goes on from, and with what: one line
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and state["config"]["model"]["width"] == 8 and state["config"]["optim"]["name"] == "sgd"
     # A finished run: nothing to do, said in a note, exit 0, and the settings given are not kept.
@@ -247,7 +248,8 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     assert_user_error(byol("pretrain", "--resume", f"--train.out_dir={moved}", check=False),
                       f"the run's saved config {moved / 'config.yaml'} is empty")
     fault_table("--resume with only the run folder; with the data moved; of a finished run; of a moved run folder",
-                "continues with the run's own config.yaml (a note lists settings changed with it) in the folder "
+                "continues with the run's own config.yaml (a note says the step it goes on from and lists settings "
+                "changed with it) in the folder "
                 "given; a failed resume leaves config.yaml as it was; a finished run is a note, exit 0")
 
 

@@ -12,6 +12,7 @@ import torch
 
 import byol.faults
 import byol.reporting
+import byol.resume
 import byol.step
 import byol.train
 from byol import BYOL, resnet
@@ -20,6 +21,7 @@ from byol.checkpoint import load_checkpoint
 from byol.config import Config, ConfigError, changed_settings, load_config
 from byol.metrics import read_metrics
 from byol.optim import build_optimizer
+from byol.schedules import cosine_lr
 from byol.train import pretrain
 from conftest import tiny_overrides
 
@@ -537,6 +539,9 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     err = capsys.readouterr().err
     assert "train.epochs 1 -> 2" in err and "note: the schedules follow the new settings from step 8 on" in err, err
     assert f"learning rate 0 -> {0.2 * 16 / 256 / 2:.4g}" in err, err  # the cosine's end, then its middle
+    assert "(a longer run's cosine schedules are stretched to its length, so the learning rate rises again and tau " \
+        "falls back)" in err, err
+    assert f"note: resuming {tmp_path / 'run'} from step 8 (epoch 1 of 2), with settings that differ" in err, err
     assert "steps an epoch" not in err and "steps ran in" not in err
     pretrain(load_config("cifar10", settings + ["--train.epochs=3", "--data.limit=64", "--train.precision=bf16"]),
              resume=True)  # 12 steps: three more
@@ -546,6 +551,66 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     assert "the checkpoint's steps ran in float32, and this run goes on in bf16 autocast (train.precision=bf16 " \
         "here); --train.precision=fp32 keeps float32" in err, err
     assert "the schedules follow the new settings from step 9 on" in err, err  # shorter epochs: further on
+    # 3 epochs of 4 steps are shorter than the checkpoint's 2 of 8: the cosines are compressed, not stretched.
+    assert "(a shorter run's cosine schedules are compressed to its length, so the learning rate drops and tau " \
+        "rises)" in err and "stretched" not in err, err
+
+
+def test_resuming_a_shorter_run_says_its_schedules_are_compressed_and_the_learning_rate_drops(
+        tmp_path, cifar10_root, capsys):
+    """`--resume --train.epochs=2` on a 4-epoch run at step 10 (8 steps an epoch): the cosines now end
+    at step 16, not 32, so at step 10 the learning rate is lower and tau higher than the run's own."""
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1, "train.epochs": 4, "optim.lr": 0.2,
+                                                   "optim.warmup_epochs": 0, "train.max_steps": 10}) + [
+        f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings))
+    capsys.readouterr()
+    pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--train.max_steps=12"]), resume=True)
+    err = capsys.readouterr().err
+    lr0, lr1 = (cosine_lr(10, total, 0.2 * 16 / 256) for total in (32, 16))
+    assert f"note: resuming {tmp_path / 'run'} from step 10 (epoch 1.25 of 2), with settings that differ from the " \
+        "checkpoint's: train.epochs 4 -> 2, train.max_steps 10 -> 12" in err, err
+    assert f"note: the schedules follow the new settings from step 10 on: learning rate {lr0:.4g} -> {lr1:.4g}" in err
+    assert "(a shorter run's cosine schedules are compressed to its length, so the learning rate drops and tau " \
+        "rises)" in err and "stretched" not in err and err.count("note: resuming") == 1, err
+
+
+@pytest.mark.parametrize("totals, lr, tau, said", [
+    ((8, 8), (0.1, 0.2), (0.99, 0.99), ""),  # a new optim.lr: the same length, nothing stretched
+    ((32, 16), (0.01, 0.001), (0.99, 0.995), " (a shorter run's cosine schedules are compressed to its length, so "
+     "the learning rate drops and tau rises)"),
+    ((16, 32), (0.05, 0.05), (0.995, 0.99), " (a longer run's cosine schedules are stretched to its length, so tau "
+     "falls back)"),  # within the warm-up: the learning rate as it was
+    ((16, 32), (0.05, 0.01), (0.995, 0.99), " (a longer run's cosine schedules are stretched to its length, so tau "
+     "falls back)")],  # a lower optim.lr with it: the learning rate does not rise
+    ids=["same length", "shorter", "longer, in the warm-up", "longer, with a lower lr"])
+def test_what_a_new_length_does_to_the_schedules_is_said_as_their_values_show_it(totals, lr, tau, said):
+    assert byol.resume._length_change(*totals, lr, tau) == said
+
+
+def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, capsys, monkeypatch):
+    """`byol pretrain --resume --train.out_dir=DIR` with no other setting: one line names the run, its
+    step and epoch; a finished run's note says its step instead."""
+    from byol.cli import main
+
+    class SignalledAtOnce(byol.faults.StopRequest):  # SIGTERM during step 1: stopped after it
+        def __enter__(self):
+            self.signum = signal.SIGTERM
+            return self
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(byol.train, "StopRequest", SignalledAtOnce)
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 3, "train.knn_every": -1,
+                                                          "optim.warmup_epochs": 0.1}) + [f"--data.root={cifar10_root}"]))
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", f"--train.out_dir={run}"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("note: ")] == [
+        f"note: resuming {run} from step 1 (epoch 0.125 of 1)"], err
+    assert main(["pretrain", "--resume", f"--train.out_dir={run}"]) == 0
+    err = capsys.readouterr().err
+    assert "is finished: step 3" in err and "note: resuming" not in err, err
 
 
 
