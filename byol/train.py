@@ -170,7 +170,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     _epoch_end(step, end_step, stopping, config, byol, data, device, amp, bars, report, checkpoints,
                                results)
-                    if progress is None and rank == 0 and not stopping:  # no bar: a line an epoch, for a log
+                    if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
+                        # an epoch, for a log (the last one's is the closing table)
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),
                               file=sys.stderr)
                 if stopping:
