@@ -19,7 +19,7 @@ from .folder import ImageFolder, escape_name
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
-from .pipeline import OutputError, check_writable, features, image_root, load_split, note_unused, writing
+from .pipeline import OutputError, check_counts, check_writable, features, image_root, load_split, note_unused, writing
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
@@ -106,6 +106,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
     (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
     """
+    check_counts(limit=limit)
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work

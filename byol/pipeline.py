@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .checkpoint import write_failed, write_failure
-from .config import Config
+from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
 from .folder import ImageFolder, folder_loader, labeled_folders
@@ -190,10 +190,28 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
     return feats, labels, indices
 
 
+def check_counts(**counts) -> None:
+    """The Python callers' counts, checked as the command line checks its options: ``limit`` a whole
+    number >= 1 or None, ``holdout`` >= 0, ``epochs`` and each of ``ks`` >= 1, ``temperature`` > 0."""
+    least = {"limit": 1, "holdout": 0, "epochs": 1, "ks": 1}
+    for name, value in counts.items():
+        if name == "temperature":
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"temperature must be a number > 0, got {value!r}")
+            continue
+        for v in (value if name == "ks" else [value]):
+            if v is None and name == "limit":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < least[name]:
+                raise ConfigError(f"{name} must be a whole number >= {least[name]}"
+                                  f"{' or None' if name == 'limit' else ''}, got {value!r}")
+
+
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
         progress: bool = False, holdout: int = 0) -> dict:
-    """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``.
+    """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``
+    (``k`` an int; the JSON that ``byol eval knn`` writes has it as a string).
 
     ``limit`` evaluates on N images of each split only (the first N; a folder's spread over its
     classes); ``random_init`` evaluates the encoder the run started from (see :func:`byol.encoders.load_encoder`);
@@ -201,9 +219,10 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     the bank instead of the test split (CIFAR, STL-10: for tuning). The result also says what it is of (the checkpoint,
     its step, the features' width and precision: docs/metrics.md lists its fields).
     """
+    check_counts(ks=list(ks), temperature=temperature, limit=limit, holdout=holdout)
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn", holdout)
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
-    return {"dataset": config.data.dataset, "knn_top1": {str(k): v for k, v in acc.items()},
+    return {"dataset": config.data.dataset, "knn_top1": dict(acc),
             "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
 
 
@@ -223,6 +242,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     ``random_init``, of the encoder its run started from), with its settings (:data:`LINEAR_PROBE`,
     ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr; ``holdout``
     as for :func:`knn`: trained on the rest of the train split, scored on those held out."""
+    check_counts(epochs=epochs, limit=limit, holdout=holdout)
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear", holdout)
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}

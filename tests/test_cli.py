@@ -620,7 +620,8 @@ def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, m
     elsewhere = tmp_path / "a" / "b" / "c"  # not base's depth: the relative path leads nowhere from here
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(elsewhere)
-    assert knn(old, limit=30)["n_test"] == 30
+    result = knn(old, limit=30)
+    assert result["n_test"] == 30 and set(result["knn_top1"]) == {20, 200}  # ints from Python (JSON: strings)
     assert f"using {CIFAR10.resolve()}" in capsys.readouterr().err
     # --train.out_dir is a pretraining setting, named as ignored: it does not move that search either
     assert knn(old, ["--train.out_dir=other/place"], limit=30)["n_test"] == 30

@@ -184,3 +184,21 @@ def test_eval_holdout_scores_the_training_images_the_knn_monitor_holds_out(cifar
     folder = load_config("cifar10", ["--data.dataset=folder", "--data.root=x"])
     with pytest.raises(DataError, match="--holdout is for CIFAR-10/100 and STL-10"):
         pipeline.labeled_splits(folder, None, 1000)
+
+
+def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(tmp_path):
+    """limit=0 evaluated everything, limit=-1 embedded all but the last image (a slice), holdout=-3
+    scored the test split: each is one sentence now, before anything is read."""
+    from byol.config import ConfigError
+    from byol.exports import embed
+    from byol.pipeline import knn, linear
+    missing = tmp_path / "never_read.pt"
+    for call, match in ((lambda: knn(missing, limit=0), "limit must be a whole number >= 1 or None, got 0"),
+                        (lambda: embed(missing, tmp_path / "e.npy", limit=-1), "limit must be .* got -1"),
+                        (lambda: linear(missing, limit=2.5), "limit must be .* got 2.5"),
+                        (lambda: knn(missing, holdout=-3), "holdout must be a whole number >= 0, got -3"),
+                        (lambda: knn(missing, ks=(20, 0)), r"ks must be a whole number >= 1, got \[20, 0\]"),
+                        (lambda: knn(missing, temperature=0), "temperature must be a number > 0, got 0"),
+                        (lambda: linear(missing, epochs=0), "epochs must be a whole number >= 1, got 0")):
+        with pytest.raises(ConfigError, match=match):
+            call()
