@@ -203,7 +203,9 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     for name in ("encoder.pt", "encoder_torchscript.pt", "config.yaml", "export.json"):
         check_writable(out_dir / name, source=path)
     net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)
-    full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
+    with torch.random.fork_rng(devices=[]):  # the same export, byte for byte, of the same checkpoint
+        torch.manual_seed(0)  # (its classifier is a fresh one, untrained: only its shape matters)
+        full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     state = {k: v for k, v in net.state_dict().items()}
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
     with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated

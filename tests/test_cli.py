@@ -134,6 +134,11 @@ def test_eval_of_an_exported_encoder_reports_the_step_its_export_recorded(traine
     assert main(["export", str(trained[0] / "checkpoints" / "last.pt"), "--out", str(export)]) == 0
     info = json.loads((export / "export.json").read_text())
     assert (info["step"], info["epoch"]) == (4, 0.5)  # step 4 of 8 an epoch
+    torch.manual_seed(1)  # the same checkpoint exports to the same bytes, whatever the random stream
+    assert main(["export", str(trained[0] / "checkpoints" / "last.pt"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "export.json").read_text())
+    assert again["state_dict_sha256"] == info["state_dict_sha256"]
+    assert (tmp_path / "again" / "encoder.pt").read_bytes() == (export / "encoder.pt").read_bytes()
     out = ["--limit", "20", "--k", "5", "--out", str(tmp_path / "e.json")]
     assert main(["eval", "knn", str(export / "encoder.pt"), *out]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
