@@ -152,7 +152,9 @@ def _read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if path.is_dir() and (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
         raise ConfigError(f"config {name_or_path} is a folder, not a YAML file")
-    if path.suffix in (".yaml", ".yml") or path.is_file():  # (a folder named like a preset is not a config)
+    # A path (not a preset's name) when it looks like one: "./cifar10-cpu" is a missing file, not the preset.
+    looks_like_a_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
+    if looks_like_a_path or path.is_file():  # (a folder named like a preset is not a config)
         if not path.is_file():
             raise ConfigError(f"config file {name_or_path} does not exist")
         try:

@@ -118,6 +118,9 @@ def test_yaml_file_and_its_errors(tmp_path):
         load_config(str(bad))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+    for path in ("./cifar10-cpu", str(tmp_path / "cifar10")):  # paths, not the presets they end like
+        with pytest.raises(ConfigError, match=f"config file {path} does not exist"):
+            load_config(path)
     bad.write_text("train:\n  epochs: [2\n")  # the parser's message is several lines; ours is one
     with pytest.raises(ConfigError) as e:
         load_config(str(bad))
