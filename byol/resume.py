@@ -45,6 +45,11 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     per_rank = state.get("extra", {}).get("generator_per_rank")
     if world > 1 and per_rank is not None and len(per_rank) == world:
         generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
+    saved_world = len(per_rank) if per_rank is not None else 1
+    if saved_world != world and rank == 0:
+        print(f"note: {ckpt_path} was written by a run of {saved_world} process{'es' if saved_world > 1 else ''}, "
+              f"this one has {world}: it goes on from the same weights and optimizer state, but its batches' "
+              "shares and augmentation draws are not those the run would have had", file=sys.stderr)
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:
         goes_on = state["step"] < min(total, config.train.max_steps or total)  # a finished run says so itself

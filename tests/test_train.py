@@ -613,6 +613,24 @@ def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, 
     assert "is finished: step 3" in err and "note: resuming" not in err, err
 
 
+def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
+        tmp_path, cifar10_root, capsys):
+    """A checkpoint of a 2-process run (it saved both ranks' augmentation streams) resumed in one
+    process: the same weights, but not the batches' shares and draws of the run, said in a note."""
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    state["extra"]["generator_per_rank"] = [generator.get_state(), generator.get_state()]
+    torch.save(state, last)
+    capsys.readouterr()
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=3"]), resume=True)
+    assert f"note: {last} was written by a run of 2 processes, this one has 1: it goes on from the same weights " \
+        "and optimizer state, but its batches' shares and augmentation draws are not those the run would have " \
+        "had" in capsys.readouterr().err
+
+
 
 def test_resuming_a_checkpoint_that_does_not_say_its_precision_says_which_the_run_goes_on_in(
         tmp_path, cifar10_root, capsys):
