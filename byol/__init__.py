@@ -13,13 +13,13 @@ _EXPORTS = {  # public name -> the module that defines it
     "BYOL": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim", "param_groups": "optim",
     "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
-    "Config": "config", "load_config": "config", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
+    "Config": "config", "load_config": "config", "resume_config": "config", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
     "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "step",
 }
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
     "cosine_lr", "tau_schedule", "build_optimizer", "param_groups", "resnet", "cut_at",
-    "Config", "load_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder", "keep_freed_memory",
+    "Config", "load_config", "resume_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder", "keep_freed_memory",
 ]
 
 

@@ -89,6 +89,11 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
     SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
     A start that fails before its first step has finished leaves the folder as it found it.
+
+    ``resume=True`` continues the run in ``config.train.out_dir`` from its ``checkpoints/last.pt``
+    with ``config`` as given (a note names what differs from the checkpoint's). To continue with the
+    run's own saved settings, as ``byol pretrain --resume`` does, pass
+    ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
     """
     config = _with_absolute_root(config)  # so the saved config finds the data from any directory
     rank, world = dist.init()

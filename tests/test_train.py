@@ -588,9 +588,12 @@ def test_what_a_new_length_does_to_the_schedules_is_said_as_their_values_show_it
     assert byol.resume._length_change(*totals, lr, tau) == said
 
 
-def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, capsys, monkeypatch):
-    """`byol pretrain --resume --train.out_dir=DIR` with no other setting: one line names the run, its
-    step and epoch; a finished run's note says its step instead."""
+@pytest.mark.parametrize("how", ["command line", "python"])
+def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, capsys, monkeypatch, how):
+    """`byol pretrain --resume --train.out_dir=DIR` with no other setting, or from Python
+    byol.pretrain(byol.resume_config(None, ["--train.out_dir=DIR"]), resume=True), the same: one line
+    names the run, its step and epoch; a finished run's note says its step instead."""
+    import byol as api
     from byol.cli import main
 
     class SignalledAtOnce(byol.faults.StopRequest):  # SIGTERM during step 1: stopped after it
@@ -604,7 +607,10 @@ def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, 
                                                           "optim.warmup_epochs": 0.1}) + [f"--data.root={cifar10_root}"]))
     monkeypatch.undo()
     capsys.readouterr()
-    assert main(["pretrain", "--resume", f"--train.out_dir={run}"]) == 0
+    if how == "python":  # the run's own config.yaml (data.root, widths, ...), as the command line resumes
+        assert api.pretrain(api.resume_config(None, [f"--train.out_dir={run}"]), resume=True)["step"] == 3
+    else:
+        assert main(["pretrain", "--resume", f"--train.out_dir={run}"]) == 0
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("note: ")] == [
         f"note: resuming {run} from step 1 (epoch 0.125 of 1)"], err
