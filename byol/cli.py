@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
-        e = ev_sub.add_parser(name, help=text)
+        e = ev_sub.add_parser(name, help=text, epilog=_SETTINGS_READ_HELP)
         e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
         e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
         e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
@@ -80,16 +80,25 @@ def _parser() -> argparse.ArgumentParser:
         else:
             e.add_argument("--epochs", type=_positive_int, default=100,
                            help="of the linear probe's training (default: 100)")
-    em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths")
-    em.add_argument("checkpoint")
+    em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
+                        epilog=_SETTINGS_READ_HELP)
+    em.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
     em.add_argument("--out", required=True, help="output file, .npy or .pt")
     em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
                     "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
     em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
     ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
-    ex.add_argument("checkpoint")
+    ex.add_argument("checkpoint", help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
     ex.add_argument("--out", required=True, help="output folder")
     return p
+
+
+_SETTINGS_READ_HELP = (
+    "Also takes --section.key=value settings over the checkpoint's: --data.root=DIR (where the data is now), "
+    "--data.dataset, --data.download, and for a folder --data.image_size, --data.load_size, --data.workers "
+    "(embed: --data.train_split); --train.device, "
+    "--train.precision=fp32; --train.seed (eval linear: the probe's shuffling); --augment.preset and --model.* "
+    "for a bare state_dict only. Pretraining's others are noted as ignored.")
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:

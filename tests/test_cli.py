@@ -663,6 +663,16 @@ def test_pretrain_help_shows_examples_with_real_presets(capsys):
         load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
 
 
+def test_eval_and_embed_help_name_every_setting_they_read(capsys):
+    from byol.cli import main
+    from byol.pipeline import SETTINGS_READ
+    for command in SETTINGS_READ:
+        with pytest.raises(SystemExit):
+            main([*command.split(), "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # unwrapped
+        assert all(f"--{key}" in text for key in SETTINGS_READ[command]), (command, text)
+
+
 def test_help_and_usage_errors_answer_without_loading_torch():
     """``byol --help`` and a mistyped command answer at once: importing torch and torchvision alone
     takes seconds. In a fresh interpreter, as the ``byol`` command runs."""
