@@ -188,8 +188,9 @@ def run(argv: Optional[list[str]] = None) -> int:
             config = load_config(args.config or "cifar10", overrides + extra)
         results = pretrain(config, resume=args.resume)
         if "stopped_by" in results:
-            print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
-                  f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
+            if _is_main_process():
+                print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
+                      f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
             return 128 + int(getattr(signal, results["stopped_by"]))
         rows = [("steps", str(results["step"]))]
         if "loss" in results:  # not for a finished run resumed
@@ -259,6 +260,26 @@ def _is_main_process() -> bool:
     return rank() == 0
 
 
+def _launch_rank() -> int:
+    """This process's rank under torchrun, from its RANK variable (set before any process group is
+    up, as when the config is read); 0 without torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _say_error(e: BaseException, everywhere: bool) -> None:
+    """The error's one sentence, once under torchrun: rank 0's. A usage or config error is every
+    process's alike; another (data, a checkpoint) may be one process's own, so the others say theirs
+    too, named by rank."""
+    rank = _launch_rank()
+    if rank == 0:
+        print(f"byol: error: {e}", file=sys.stderr)
+    elif everywhere:
+        print(f"byol: error (rank {rank}): {e}", file=sys.stderr)
+
+
 def _out_of_memory() -> int:
     print("byol: error: the batch does not fit in memory; lower train.batch_size (to half, say), or "
           "data.image_size or the model's size (model.width, model.projection_hidden_size)", file=sys.stderr)
@@ -287,14 +308,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return run(argv)
     except UsageError as e:
-        print(f"byol: error: {e}", file=sys.stderr)
+        _say_error(e, everywhere=False)
         return 2
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if isinstance(e, _user_errors()):
-            print(f"byol: error: {e}", file=sys.stderr)
+            from .config import ConfigError
+            _say_error(e, everywhere=not isinstance(e, ConfigError))
             return 2
         if _is_out_of_memory(e):
             return _out_of_memory()

@@ -663,6 +663,20 @@ def test_pretrain_help_shows_examples_with_real_presets(capsys):
         load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
 
 
+def test_under_torchrun_an_error_is_said_once_or_by_rank(capsys, monkeypatch, tmp_path):
+    """Every process of a torchrun job meets a config error alike: rank 0 alone says it (each said
+    it). Another error may be one process's own: the others say theirs too, named by rank."""
+    from byol.cli import main
+    for rank, said in (("0", "byol: error: unknown config key 'train.bogus'"), ("1", None)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["pretrain", "--train.bogus=1"]) == 2
+        err = capsys.readouterr().err
+        assert (said in err) if said else err == "", err
+    monkeypatch.setenv("RANK", "1")
+    assert main(["eval", "knn", str(tmp_path / "nope.pt")]) == 2
+    assert capsys.readouterr().err.startswith("byol: error (rank 1): ")
+
+
 def test_eval_and_embed_help_name_every_setting_they_read(capsys):
     from byol.cli import main
     from byol.pipeline import SETTINGS_READ
