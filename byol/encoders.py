@@ -54,7 +54,8 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     path = Path(path)
     state = read_state(path)
     bare = not (isinstance(state, dict) and "model" in state and "config" in state)
-    if refuse and not (bare and not (path.parent / "config.yaml").is_file()):
+    unknown_input = bare and not (path.parent / "config.yaml").is_file()  # nothing says what it trained on
+    if refuse and not unknown_input:
         raise refuse
     validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
     origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
@@ -68,7 +69,7 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
             load_model_state(byol, state["model"], str(path))
             net = _net_of(byol, config)
     else:  # an exported torchvision state_dict
-        if for_export and not (path.parent / "config.yaml").is_file():
+        if for_export and unknown_input:
             raise CheckpointError(f"{path} is a bare state_dict with no config.yaml beside it, so nothing says what "
                                   "its encoder was trained on (the input size and normalization export.json records); "
                                   "byol export takes a byol run's checkpoint, such as RUN/checkpoints/last.pt")
@@ -77,7 +78,7 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     if "data.root" not in given:  # from the run's own out_dir: a --train.out_dir given here changes nothing
         _find_relative_root(config, path)
     apply_overrides(config, overrides or [])
-    if bare and not (path.parent / "config.yaml").is_file():
+    if unknown_input:
         _note_assumed_input(path, config, given)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     if random_init:
