@@ -83,6 +83,11 @@ def schedule_of(config: Config, steps_per_epoch: int) -> tuple[float, int, int]:
     return o.lr * t.batch_size / 256, round(o.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch
 
 
+def end_step_of(config: Config, total_steps: int) -> int:
+    """The step a run ends at: its schedules' ``total_steps``, or ``train.max_steps`` where that is sooner."""
+    return min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
+
+
 def views_of(config: Config):
     """The two view recipes of a config."""
     try:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .build import autocast_dtype, precision_name, schedule_of
+from .build import autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import Config, ConfigError, changed_settings, config_from_dict
 from .model import BYOL
@@ -52,7 +52,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
               "shares and augmentation draws are not those the run would have had", file=sys.stderr)
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:
-        goes_on = state["step"] < min(total, config.train.max_steps or total)  # a finished run says so itself
+        goes_on = state["step"] < end_step_of(config, total)  # a finished run says so itself
         _note_changes(state, config, steps_per_epoch, goes_on)
         if goes_on:
             _note_precision(_precision_of(state), precision_name(amp), config)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .build import (TrainData, autocast_dtype, build_model, load_data, precision_name, resolve_device, schedule_of,
-                    views_of)
+from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
+                    schedule_of, views_of)
 from .checkpoint import save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
@@ -131,7 +131,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step, resumed_s = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,
                               amp) if resume else (0, 0.0)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
-    end_step = min(total_steps, t.max_steps) if t.max_steps else total_steps
+    end_step = end_step_of(config, total_steps)
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
         results = {"step": step, "checkpoint": str(ckpt_path)}
         if rank == 0:
@@ -228,7 +228,7 @@ def _note_warmup(config: Config, steps_per_epoch: int) -> None:
     not what was meant."""
     t, warmup_epochs = config.train, config.optim.warmup_epochs
     _, warmup, total = schedule_of(config, steps_per_epoch)
-    end = min(total, t.max_steps) if t.max_steps else total
+    end = end_step_of(config, total)
     if warmup < end:
         return
     if warmup >= total:  # the schedule itself, whatever part of it train.max_steps runs
