@@ -37,7 +37,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .backbones import cut_at, resnet
-    from .config import Config, load_config
+    from .config import Config, load_config, resume_config
     from .ema import build_target, update_target
     from .exports import embed, export
     from .loss import byol_loss, regression_loss
