@@ -292,7 +292,7 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     # The files by their names in the folder, which can then be moved: not by paths from the cwd of the export.
     assert (info["state_dict"], info["torchscript"]) == ("encoder.pt", "encoder_torchscript.pt")
     net = torchvision.models.resnet18()
-    if cifar_stem:  # the README's two lines for the CIFAR stem
+    if cifar_stem:  # docs/python_api.md's two lines for the CIFAR stem
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     net.load_state_dict(torch.load(tmp_path / "export" / "encoder.pt", weights_only=True), strict=True)
