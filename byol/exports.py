@@ -184,7 +184,9 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
     d = config.data
     if d.dataset == "folder":
         size = load_size(config)
-        images = "each image's shorter side resized to image_size, then its center square"
+        images = ("each image turned upright by its EXIF orientation, in RGB, its center square resized to "
+                  "image_size with Pillow's bilinear filter (a JPEG first decoded by Pillow's draft at the "
+                  "smallest scale still at least image_size)")
     else:
         size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
     return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
