@@ -35,7 +35,8 @@ def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
 
 
 @pytest.mark.parametrize("preset, size, views, images", [
-    ("cifar10-cpu", 32, 24, "not resized"), ("imagenet", 256, 224, "center square resized to image_size with Pillow's bilinear filter")])
+    ("cifar10-cpu", 32, 24, "not resized"),
+    ("imagenet", 256, 224, "center square resized to image_size with Pillow's bilinear filter")])
 def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(preset, size, views, images):
     from byol.config import load_config
     from byol.exports import _eval_input
