@@ -198,11 +198,26 @@ def _load_pickle(path: Path) -> dict:
         raise DataError(f"{path} is not a readable CIFAR python file ({e}); download it again") from e
 
 
+def _pickle_images(data: object, path: Path) -> np.ndarray:
+    """A python-layout ``data`` array as uint8 (N, 3, 32, 32): it must be as the official files have
+    it, one row of 3072 values 0..255 per image (1024 red, 1024 green, 1024 blue, each row-major).
+    Anything else (images as (N, 32, 32, 3), floats in [0, 1]) would be read as scrambled or black
+    pixels without a word."""
+    array = np.asarray(data)
+    if array.ndim != 2 or array.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path} holds data of shape {array.shape}, not CIFAR's (N, 3072) rows (1024 red, "
+                        "1024 green, then 1024 blue values per image); write it in that layout")
+    if array.dtype != np.uint8 and (array.dtype.kind not in "iu" or array.size and
+                                    not 0 <= int(array.min()) <= int(array.max()) <= 255):
+        raise DataError(f"{path} holds {array.dtype} data, not CIFAR's whole numbers 0..255; write it as uint8")
+    return array.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+
+
 def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
     _, files, meta_file, label_key, names_key = _CIFAR_PICKLE[name]
     parts = [_load_pickle(folder / f) for f in files[split]]
     try:
-        images = np.concatenate([np.asarray(p["data"], np.uint8).reshape(-1, 3, 32, 32) for p in parts])
+        images = np.concatenate([_pickle_images(p["data"], folder / f) for p, f in zip(parts, files[split])])
         labels = np.concatenate([np.asarray(p[label_key], np.int64) for p in parts])
     except (KeyError, ValueError) as e:
         raise DataError(f"the {name} files in {folder} lack data or {label_key} ({e}); "

@@ -133,6 +133,20 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("data, says", [
+    (np.zeros((2, 32, 32, 3), np.uint8), r"shape \(2, 32, 32, 3\), not CIFAR's \(N, 3072\) rows"),  # torchvision's .data
+    (np.full((2, 3072), 0.5, np.float32), "float32 data, not CIFAR's whole numbers 0..255"),
+    (np.full((2, 3072), 256, np.int64), "int64 data, not CIFAR's whole numbers 0..255"),
+])
+def test_python_layout_data_not_in_cifars_rows_of_bytes_is_refused_not_read_scrambled(tmp_path, data, says):
+    _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": data, b"labels": [0, 1]})
+    with pytest.raises(DataError, match=says):
+        load_cifar(tmp_path, "cifar10", "test")
+    rows = np.arange(2 * 3072).reshape(2, 3072) % 256  # int64 rows of 0..255, as a list-built file has: read
+    _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": rows, b"labels": [0, 1]})
+    assert np.array_equal(load_cifar(tmp_path, "cifar10", "test").images.numpy(), rows.reshape(2, 3, 32, 32))
+
+
 def test_truncated_binary_file(tmp_path):
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
