@@ -143,14 +143,6 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
 
 
-def _others(counts: dict[str, int]) -> str:
-    """``{".heic": 3, ".txt": 1}`` as "4 files (.heic 3, .txt 1)", the most common first."""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    listed = ", ".join(f"{ext} {n}" for ext, n in ranked[:6]) + (", ..." if len(ranked) > 6 else "")
-    total = sum(counts.values())
-    return f"{total} file{'s' if total > 1 else ''} ({listed})"
-
-
 def _training_split(config: Config, device: torch.device, rank: int, world: int):
     """This process's batches of the training split, its size, and the folder it streams from (or None)."""
     d, t = config.data, config.train
@@ -159,10 +151,7 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     folder = None
     if not isinstance(source, ImageSet):
         if source.others and rank == 0:
-            one = sum(source.others.values()) == 1
-            print(f"note: {_others(source.others)} in {source.root} {'is' if one else 'are'} left out: "
-                  f"{'its name does' if one else 'their names do'} not end in the extension of an image format "
-                  "Pillow opens (.jpg, .png, .webp, ...)", file=sys.stderr)
+            print(f"note: {source.others_note()}", file=sys.stderr)
         if source.runs and rank == 0:
             print(f"note: {source.runs_note()}", file=sys.stderr)
         if d.load_size and d.load_size < d.image_size and rank == 0:

@@ -24,11 +24,12 @@ from .pipeline import OutputError, check_counts, check_writable, features, image
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
     """The folder to embed for ``split`` of a run trained on the folder ``root`` (:func:`_find_split`),
-    with a note where a file outside its class sub-folders leaves it unlabeled, and one naming the byol
-    run folders inside it, left out."""
+    with a note where a file outside its class sub-folders leaves it unlabeled, one naming the byol
+    run folders inside it, left out, and one counting the files left out as no image format's (HEIC, say)."""
     folder = _find_split(root, split, size, train_split)
-    if folder.runs:
-        note(folder.runs_note())
+    for said in (folder.runs_note(), folder.others_note()):
+        if said is not None:
+            note(said)
     if folder.loose is not None:
         note(f"the images of {folder.root} are labeled -1: {folder.loose} is not inside a class sub-folder "
              "(for labels, every image must be)")

@@ -140,6 +140,20 @@ class ImageFolder(Dataset):
             return f"left out {named}: a byol run's folder (its plots are not training images)"
         return f"left out {named}: byol runs' folders (their plots are not training images)"
 
+    def others_note(self) -> Optional[str]:
+        """The note that counts the files left out as no image format's, by extension ("4 files (.heic 3,
+        .txt 1) in ROOT are left out: ..."), the most common first (None: there were none)."""
+        if not self.others:
+            return None
+        ranked = sorted(self.others.items(), key=lambda kv: (-kv[1], kv[0]))
+        listed = ", ".join(f"{ext} {n}" for ext, n in ranked[:6]) + (", ..." if len(ranked) > 6 else "")
+        total = sum(self.others.values())
+        if total == 1:
+            return (f"1 file ({listed}) in {self.root} is left out: its name does not end in the extension of an "
+                    "image format Pillow opens (.jpg, .png, .webp, ...)")
+        return (f"{total} files ({listed}) in {self.root} are left out: their names do not end in the extension "
+                "of an image format Pillow opens (.jpg, .png, .webp, ...)")
+
     def nothing_decoded(self) -> DataError:
         """The error for a folder none of whose files could be decoded, with one file and why."""
         example = "".join(f" ({p}: {r})" for p, r in list(self.bad_files.items())[:1])

@@ -61,3 +61,20 @@ def test_a_split_is_numbered_by_the_training_folders_classes(tmp_path, capsys):
     empty.mkdir()
     assert exports._numbered_as(own, empty) is own
     assert f"{own.root}'s labels are numbered by its own class folders" in capsys.readouterr().err
+
+
+def test_files_of_no_image_format_left_out_of_a_split_are_counted_in_a_note(tmp_path, capsys):
+    from PIL import Image
+    from byol.config import load_config
+    from byol.pipeline import labeled_splits
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "a.png")
+    for name in ("IMG_1.heic", "IMG_2.HEIC", "notes.txt"):  # a phone's photos: not embedded, and said so
+        (tmp_path / "val" / "cat" / name).write_bytes(b"")
+    said = (f"3 files (.heic 2, .txt 1) in {tmp_path / 'val'} are left out: their names do not end in the "
+            "extension of an image format Pillow opens")
+    assert len(exports._folder_split(tmp_path, None, 8, "train")) == 1
+    assert said in capsys.readouterr().err
+    labeled_splits(load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / 'train'}"]))
+    assert said in capsys.readouterr().err  # eval's splits too
