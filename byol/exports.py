@@ -40,10 +40,12 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
     """The folder to embed for ``split`` of a run trained on the folder ``root``.
 
     ``root`` may be ROOT of an ImageNet-style layout or ``ROOT/train`` (as :func:`labeled_folders`).
-    ``train`` is the folder the run trained on; ``val`` and ``test`` are ``ROOT/val`` or
-    ``ROOT/test`` (the one named first); None, the held-out split, is either, and for a plain
-    folder of images with neither beside it, the training folder itself (with a note).
-    Another name is a sub-folder of ROOT.
+    ``train`` is ``ROOT/train``, the labeled training split that eval's bank is (the folder the run
+    trained on where there is none: a run may have trained on ``ROOT/unlabeled``, its
+    ``data.train_split``); ``val`` and ``test`` are ``ROOT/val`` or ``ROOT/test`` (the one named
+    first); None, the held-out split, is either, and for a plain folder of images with neither
+    beside it, the training folder itself (with a note). Another name is a sub-folder of ROOT.
+    Every split's labels are numbered by the classes of the ``train`` split, as eval numbers them.
     """
     root = image_root(root)
     if (root / train_split).is_dir():
@@ -52,15 +54,16 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         trained_on, base = root, root.parent
     else:  # a plain folder of images: its sub-folders (a `test/` too) are classes, not splits
         trained_on, base = root, None
+    train = base / "train" if base is not None and (base / "train").is_dir() else trained_on
     if split == "train":
-        return ImageFolder(trained_on, size)
+        return ImageFolder(train, size)
     if split in (None, "val", "test"):
         names = ("test", "val") if split == "test" else ("val", "test")
         for name in names if base is not None else ():
             if (base / name).is_dir():
                 if split is not None and name != split:
                     note(f"{base} has no {split}/ folder; embedding {base / name}")
-                return _numbered_as(ImageFolder(base / name, size), trained_on)
+                return _numbered_as(ImageFolder(base / name, size), train)
         where = f"{base} has no val/ or test/ folder" if base is not None else \
             f"the run trained on all of {root}, not on a {train_split}/ folder of it"
         if split is not None:
@@ -69,28 +72,28 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         note(f"{where}, so the images the run trained on ({trained_on}) are embedded")
         return ImageFolder(trained_on, size)
     if ((base or root) / split).is_dir():
-        return _numbered_as(ImageFolder((base or root) / split, size), trained_on if base else None)
+        return _numbered_as(ImageFolder((base or root) / split, size), train if base else None)
     raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
                     "test (or a sub-folder of it)")
 
 
-def _numbered_as(folder: ImageFolder, trained_on: Optional[Path]) -> ImageFolder:
-    """``folder`` with its labels numbered by the classes of the folder the run trained on, so that
-    label i is the same class in every split's embeddings (a class only here is labeled -1, with a
-    note)."""
-    if folder.classes is None or trained_on is None:
+def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
+    """``folder`` with its labels numbered by the classes of the training split ``train`` (ROOT/train, as
+    eval's bank, or the folder the run trained on), so that label i is the same class in every split's
+    embeddings (a class only here is labeled -1, with a note)."""
+    if folder.classes is None or train is None:
         return folder
     try:  # a scan of the training folder's files, as eval's: a class is a sub-folder that holds images
-        classes = ImageFolder(trained_on, folder.size).classes
+        classes = ImageFolder(train, folder.size).classes
     except DataError as e:  # moved or emptied since the run
-        note(f"{folder.root}'s labels are numbered by its own class folders: the folder the run trained on "
+        note(f"{folder.root}'s labels are numbered by its own class folders: the training split {train} "
              f"cannot be read for its classes ({e})")
         return folder
     if classes is None or classes == folder.classes:
         return folder
     folder, unknown = folder.numbered_as(classes)
     if unknown:
-        note(f"{folder.root} has class folders that {trained_on} has not ({', '.join(unknown[:5])}"
+        note(f"{folder.root} has class folders that {train} has not ({', '.join(unknown[:5])}"
              f"{', ...' if len(unknown) > 5 else ''}); their images are labeled -1")
     return folder
 
@@ -102,7 +105,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     With ``NAME.npy``: ``NAME_labels.npy``, and where known ``NAME_classes.txt`` (line i: the name
     of label i) and for a folder ``NAME_paths.txt`` (line i: the file of row i). ``NAME.pt``
     holds all of them under ``embeddings``, ``labels``, ``classes`` and ``paths`` (None: unknown).
-    A folder split's labels are numbered by the classes of the folder the run trained on.
+    A folder split's labels are numbered by the classes of its training split (ROOT/train, as eval's).
 
     ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
     (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.

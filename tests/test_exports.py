@@ -78,3 +78,17 @@ def test_files_of_no_image_format_left_out_of_a_split_are_counted_in_a_note(tmp_
     assert said in capsys.readouterr().err
     labeled_splits(load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / 'train'}"]))
     assert said in capsys.readouterr().err  # eval's splits too
+
+
+def test_a_run_on_another_folder_of_root_embeds_root_train_as_train_and_numbers_splits_by_its_classes(tmp_path):
+    from PIL import Image
+    for path in ("train/cat/0.png", "train/dog/0.png", "val/cat/0.png", "val/dog/0.png",
+                 "unlabeled/part1/0.png", "unlabeled/part1/1.png"):  # trained on ROOT/unlabeled (data.train_split)
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    train = exports._folder_split(tmp_path, "train", 8, "unlabeled")
+    assert train.root == str(tmp_path / "train") and train.classes == ["cat", "dog"]  # as eval's bank
+    for split in (None, "val"):  # numbered as eval numbers them, not by ROOT/unlabeled's part1/
+        val = exports._folder_split(tmp_path, split, 8, "unlabeled")
+        assert val.root == str(tmp_path / "val") and val.classes == ["cat", "dog"] and val.labels.tolist() == [0, 1]
+    assert len(exports._folder_split(tmp_path, "unlabeled", 8, "unlabeled")) == 2
