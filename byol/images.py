@@ -3,12 +3,16 @@
 import os
 import stat
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 _NOT_PICTURES = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}  # Pillow stubs or no pictures at all
+# Formats of 16 bits at most whose gray Pillow opens as 32-bit "I": PGM always, PNG before Pillow 10.3.
+# Their values are 0..65535 whatever the image's own maximum (a dark one's may be under 256).
+_SIXTEEN_BIT_AS_I = {"PNG", "PPM"}
 
 
 def image_extensions() -> frozenset[str]:
@@ -35,11 +39,12 @@ def decode_image(path: str, size: int) -> torch.Tensor:
         with Image.open(path) as im:
             im.draft(im.mode, (size, size))  # JPEG: decode at 1/2..1/8 scale when still >= size
             im.load()
+            stored_as = im.format  # the transposed copy below has none
             try:
                 im = ImageOps.exif_transpose(im)
             except Exception:  # malformed EXIF: keep the stored orientation rather than lose the image
                 pass
-            im = _to_rgb(im)
+            im = _to_rgb(im, stored_as)
             w, h = im.size
             side = min(w, h)
             box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
@@ -47,10 +52,12 @@ def decode_image(path: str, size: int) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def _to_rgb(im: Image.Image, stored_as: Optional[str] = None) -> Image.Image:
+    """``im`` as RGB; ``stored_as`` is the file's format (``im.format``), which tells 16-bit gray opened as "I"."""
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I;16"):  # 16-bit gray: scaled from 0..65535 (Pillow's conversion would clip at 255)
+    if im.mode.startswith("I;16") or (im.mode == "I" and stored_as in _SIXTEEN_BIT_AS_I):
+        # 16-bit gray: scaled from 0..65535 (Pillow's conversion would clip at 255)
         gray = np.asarray(im).astype(np.int64)
         return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
     if im.mode in ("I", "F"):  # 32-bit integer or float gray (TIFF): the smallest usual range that holds it

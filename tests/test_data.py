@@ -507,6 +507,20 @@ def test_32_bit_gray_is_scaled_from_the_smallest_usual_range_that_holds_it(tmp_p
                 "scaled from [0, 1] (NaN as 0), from 0..280, from 0..255, 0..65535, 0..2^31-1 (pixel values checked)")
 
 
+def test_dark_16_bit_gray_is_scaled_from_0_to_65535_in_every_format_that_stores_it(tmp_path):
+    """A 16-bit file's values are 0..65535 even where its own are all under 256: PGM (and PNG before
+    Pillow 10.3) open as 32-bit "I", which the 0..255 guess for I TIFFs would make 257 times brighter."""
+    from byol.images import _to_rgb
+    dark = np.tile(np.arange(0, 256, 16, dtype=np.uint16), (16, 1))  # 0..240 of 65535: all but black
+    for name in ("dark.pgm", "dark.png", "dark.tif"):
+        path = tmp_path / name
+        Image.fromarray(dark).save(path)
+        assert decode_image(str(path), 16).max() == 1, name  # 240 * 255 / 65535, rounded
+    as_old_pillow_opens_png = Image.fromarray(dark.astype(np.int32))  # mode "I"
+    assert np.asarray(_to_rgb(as_old_pillow_opens_png, "PNG")).max() == 1
+    assert np.asarray(_to_rgb(as_old_pillow_opens_png, "TIFF")).max() == 240  # a 32-bit TIFF: 0..255 it is
+
+
 def test_skipped_files_txt_is_written_only_when_a_file_was_skipped(tmp_path):
     """No file for a run that skipped nothing (it wrote an empty one), and an empty one that an earlier
     version left is removed; a list is written whole."""
