@@ -15,7 +15,7 @@ from .augment import Augment, view_presets
 from .backbones import cut_at, resnet
 from .config import Config, ConfigError
 from .data import DataError, ImageSet, TensorBatches, data_home
-from .datasets import build_dataset
+from .datasets import NATIVE_SIZE, build_dataset
 from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
 from .model import BYOL
 from . import distributed as dist
@@ -148,6 +148,10 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     d, t = config.data, config.train
     per_rank = t.batch_size // world
     source = build_dataset(d.dataset, d.root, d.train_split, load_size(config), d.download)
+    if d.load_size and d.dataset in NATIVE_SIZE and rank == 0:
+        side = NATIVE_SIZE[d.dataset]
+        print(f"note: data.load_size={d.load_size} is not used: {d.dataset} is read at its own {side}x{side} "
+              f"(data.image_size={d.image_size} is the size of its views)", file=sys.stderr)
     folder = None
     if not isinstance(source, ImageSet):
         if source.others and rank == 0:

@@ -68,3 +68,18 @@ def test_a_folder_decoded_below_the_training_size_is_said(tmp_path, capsys):
         err = capsys.readouterr().err
         assert ("note: data.load_size=16 is below data.image_size=32: each image is decoded to 16x16 and its crops "
                 "are scaled up to 32x32" in err) == said, err
+
+
+def test_a_load_size_given_for_cifar_or_stl10_which_are_read_at_their_own_size_is_said(tmp_path, capsys):
+    import numpy as np
+    import byol.build as build
+    from byol.config import load_config
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
+    for load, said in ((64, True), (None, False)):
+        config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2"]
+                             + [f"--data.load_size={load}"] * (load is not None))
+        build._training_split(config, torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert ("note: data.load_size=64 is not used: cifar10 is read at its own 32x32 (data.image_size=32 is the "
+                "size of its views)" in err) == said, err
