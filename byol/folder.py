@@ -347,8 +347,8 @@ def labeled_folders(root: Union[str, Path], size: int,
     if train.classes != test.classes:
         only = [f"only in {a.root}: {', '.join(sorted(set(a.classes) - set(b.classes))[:5])}"
                 for a, b in ((train, test), (test, train)) if set(a.classes) - set(b.classes)]
-        raise DataError(f"the class sub-folders of {train.root} and {test_dir} differ ({'; '.join(only)}); "
-                        "both need the same classes")
+        raise DataError(f"the class sub-folders of {train.root} and {test.root} differ ({'; '.join(only)}); "
+                        "both need the same classes (a class is a sub-folder that holds images)")
     if limit:
         train, test = train.spread(limit), test.spread(limit)
     return train, test

@@ -361,6 +361,20 @@ def test_labeled_folders_say_what_is_wrong_with_their_layout(tmp_path):
         labeled_folders(train, size=8)
 
 
+def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_class_folder_is_no_class(
+        tmp_path, monkeypatch):
+    for path in ("set/train/a/0.png", "set/train/b/0.png", "set/val/a/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    (tmp_path / "set" / "val" / "b").mkdir()  # there, but empty: val has no class b
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        labeled_folders("set", size=8)
+    assert str(e.value) == (f"the class sub-folders of {tmp_path / 'set' / 'train'} and {tmp_path / 'set' / 'val'} "
+                            f"differ (only in {tmp_path / 'set' / 'train'}: b); both need the same classes (a class "
+                            "is a sub-folder that holds images)")
+
+
 def test_a_folder_reached_twice_through_symbolic_links_is_read_once(tmp_path):
     root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files in 10 class folders
     (root / "cat" / "up").symlink_to("..")  # a loop: cat/up/cat/up/...
