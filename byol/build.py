@@ -16,7 +16,8 @@ from .backbones import cut_at, resnet
 from .config import Config, ConfigError
 from .data import DataError, ImageSet, TensorBatches, data_home
 from .datasets import NATIVE_SIZE, build_dataset
-from .folder import folder_loader, labeled_folders, load_folder_share, load_folder_tensor
+from .folder import labeled_folders
+from .loaders import folder_loader, load_folder_share, load_folder_tensor
 from .model import BYOL
 from . import distributed as dist
 

@@ -1,8 +1,8 @@
 """Folders of image files: found at any depth, decoded and resized by DataLoader workers.
 
 A file that cannot be decoded (truncated, empty, not an image, a decompression bomb) is skipped
-and listed, never fatal. Small folders can be decoded once into an in-memory
-:class:`~byol.data.ImageSet` (:func:`load_folder_tensor`); large ones stream (:func:`folder_loader`).
+and listed, never fatal. A root's labeled splits: :func:`labeled_folders`. Batches of them:
+:mod:`byol.loaders`.
 """
 
 import copy
@@ -11,15 +11,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .checkpoint import write_text_atomically
 from .config import CONFIG_HEADER
-from .data import DataError, ImageSet
+from .data import DataError
 from .images import decode_image, image_extensions, reason
 
 
@@ -252,79 +252,6 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
 
 
-# ----------------------------------------------------------------------------------- loaders
-
-def skip_collate(items: list) -> tuple:
-    """Stack decoded samples and set :class:`Skipped` ones apart.
-
-    Returns ``(images (B, 3, S, S) or None when all were skipped, labels (B,), indices (B,),
-    skipped list)``.
-    """
-    good = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [it for it in items if isinstance(it, Skipped)]
-    images = torch.stack([g[0] for g in good]) if good else None
-    labels = torch.tensor([g[1] for g in good], dtype=torch.int64)
-    indices = torch.tensor([g[2] for g in good], dtype=torch.int64)
-    return images, labels, indices, skipped
-
-
-class _SkippingLoader(DataLoader):
-    """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
-
-    A batch keeps its good images only, so it can be shorter than ``batch_size``; a batch
-    whose files were all bad is not yielded at all. It starts at most one decoding process per
-    usable core: more only add switching (and torch's warning about them).
-    """
-
-    def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        super().__init__(dataset, num_workers=min(num_workers, cores), **kwargs)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for images, labels, indices, skipped in super().__iter__():
-            for s in skipped:
-                self.dataset.bad_files[s.path] = s.reason
-            if images is not None:
-                yield images, labels, indices
-
-
-class EpochShuffle(Sampler[int]):
-    """A shuffled order that is a function of ``(seed, epoch)`` alone, as DistributedSampler's is.
-
-    A DataLoader's own shuffling draws each epoch's order from one generator that moves on from
-    epoch to epoch, so a run resumed in epoch 3 would replay epoch 0's order; this one does not.
-    """
-
-    def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-
-def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
-                  drop_last: bool = True, sampler: Optional[Iterable[int]] = None, seed: int = 0) -> DataLoader:
-    """A DataLoader over an :class:`ImageFolder` yielding ``(images uint8 (B, 3, S, S), labels, indices)``.
-
-    Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
-    (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (a
-    DistributedSampler, or any iterable of indices such as a rank's ``range``) replaces shuffling; otherwise the order is :class:`EpochShuffle`'s for
-    ``seed`` and the epoch set with ``loader.sampler.set_epoch``.
-    """
-    if sampler is None and shuffle:
-        sampler = EpochShuffle(len(dataset), seed)
-    return _SkippingLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=skip_collate,
-                           pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                           persistent_workers=workers > 0)
-
-
 def labeled_folders(root: Union[str, Path], size: int,
                     limit: Optional[int] = None) -> Optional[tuple[ImageFolder, ImageFolder]]:
     """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``): the labeled splits of a folder, not decoded.
@@ -352,45 +279,3 @@ def labeled_folders(root: Union[str, Path], size: int,
     if limit:
         train, test = train.spread(limit), test.spread(limit)
     return train, test
-
-
-def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0) -> ImageSet:
-    """This process's share of ``dataset`` (the files at ``rank``, ``rank + world``, ...), decoded
-    into memory, bad files left out (and added to ``dataset.bad_files``); ``indices`` are positions
-    in ``dataset``. One process: all of it, as :func:`load_folder_tensor`. Under torchrun a share
-    may be empty (all its files bad)."""
-    positions = torch.arange(rank, len(dataset), world)
-    empty = ImageSet(torch.empty(0, 3, dataset.size, dataset.size, dtype=torch.uint8),
-                     torch.empty(0, dtype=torch.int64), dataset.classes, torch.empty(0, dtype=torch.int64))
-    if len(positions) == 0:  # fewer files than processes
-        return empty
-    share_files = dataset.subset(positions)
-    try:
-        share = load_folder_tensor(share_files, workers)
-    except DataError:
-        if world == 1:
-            raise
-        return empty
-    finally:
-        dataset.bad_files.update(share_files.bad_files)
-    share.indices = positions[share.indices]
-    return share
-
-
-def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:
-    """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out.
-
-    ``indices`` in the result maps each row back to ``dataset.path(index)``.
-    """
-    n_all, s = len(dataset), dataset.size
-    images = torch.empty((n_all, 3, s, s), dtype=torch.uint8)
-    labels = torch.empty(n_all, dtype=torch.int64)
-    indices = torch.empty(n_all, dtype=torch.int64)
-    n = 0
-    for x, y, i in _SkippingLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                   collate_fn=skip_collate):
-        images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
-        n += len(i)
-    if n == 0:
-        raise dataset.nothing_decoded()
-    return ImageSet(images[:n], labels[:n], dataset.classes, indices[:n])

@@ -16,7 +16,8 @@ from .checkpoint import write_failed, write_failure
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
-from .folder import ImageFolder, folder_loader, labeled_folders
+from .folder import ImageFolder, labeled_folders
+from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin

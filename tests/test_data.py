@@ -18,7 +18,8 @@ from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.datasets import build_dataset, load_cifar, load_stl10
-from byol.folder import ImageFolder, Skipped, folder_loader, labeled_folders, load_folder_share, load_folder_tensor
+from byol.folder import ImageFolder, Skipped, labeled_folders
+from byol.loaders import folder_loader, load_folder_share, load_folder_tensor
 from byol.images import decode_image
 from conftest import extract_jpegs
 

@@ -9,7 +9,8 @@ from byol import encoders, pipeline
 from byol.config import Config
 from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
-from byol.folder import ImageFolder, load_folder_tensor
+from byol.folder import ImageFolder
+from byol.loaders import load_folder_tensor
 from conftest import extract_jpegs
 
 
