@@ -6,6 +6,7 @@ Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import numpy as np
@@ -159,6 +160,10 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
             print(f"note: {source.others_note()}", file=sys.stderr)
         if source.runs and rank == 0:
             print(f"note: {source.runs_note()}", file=sys.stderr)
+        sub = Path(d.root).expanduser() / d.train_split
+        if source.root != str(sub.absolute()) and sub.is_dir() and rank == 0:  # split_folder's reading: one class of many
+            print(f"note: {sub} is read as a class of {d.root}, as its other sub-folders are, not as its "
+                  f"{d.train_split}/ split: a split has val/ or test/ beside it", file=sys.stderr)
         if d.load_size and d.load_size < d.image_size and rank == 0:
             print(f"note: data.load_size={d.load_size} is below data.image_size={d.image_size}: each image is decoded "
                   f"to {d.load_size}x{d.load_size} and its crops are scaled up to {d.image_size}x{d.image_size}",

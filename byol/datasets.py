@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import remove_empty_folders, topmost_missing
 from .data import DataError, ImageSet
-from .folder import ImageFolder
+from .folder import ImageFolder, split_folder
 from .images import image_extensions
 
 DATASETS = ("cifar10", "cifar100", "stl10", "folder")
@@ -281,8 +281,9 @@ def build_dataset(name: str, root: Union[str, Path], split: str, size: Optional[
     """The data set ``name`` (one of :data:`DATASETS`) as an ImageSet, or an ImageFolder for "folder".
 
     ``size`` is the square side of a folder's images; CIFAR and STL-10 keep their own
-    resolution. For "folder", ``root/split`` is used when it is a folder (an ImageNet-style
-    ``train/``, ``val/`` tree), else ``root`` itself; ``download`` does not apply.
+    resolution. For "folder", ``root/split`` is used when it is a split of an ImageNet-style
+    ``train/``, ``val/`` tree (:func:`~byol.folder.split_folder`: not a class of a plain folder of
+    classes), else ``root`` itself; ``download`` does not apply.
     """
     if name in ("cifar10", "cifar100"):
         return load_cifar(root, name, split, download)
@@ -292,6 +293,5 @@ def build_dataset(name: str, root: Union[str, Path], split: str, size: Optional[
         if not size:
             raise DataError("a folder data set needs an image size (the side of the square each "
                             "image is resized and cropped to); set it, e.g. 224")
-        sub = Path(root).expanduser() / split if split else None
-        return ImageFolder(sub if sub is not None and sub.is_dir() else root, size)
+        return ImageFolder((split_folder(root, split) if split else None) or root, size)
     raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

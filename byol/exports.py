@@ -15,7 +15,7 @@ from .checkpoint import write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE
-from .folder import ImageFolder, escape_name
+from .folder import ImageFolder, escape_name, split_folder
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
@@ -48,7 +48,7 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
     Every split's labels are numbered by the classes of the ``train`` split, as eval numbers them.
     """
     root = image_root(root)
-    if (root / train_split).is_dir():
+    if split_folder(root, train_split) is not None:  # as pretraining found it
         trained_on, base = root / train_split, root
     elif root.name == "train":  # as labeled_folders, which eval uses
         trained_on, base = root, root.parent

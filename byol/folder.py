@@ -1,8 +1,8 @@
 """Folders of image files: found at any depth, decoded and resized by DataLoader workers.
 
 A file that cannot be decoded (truncated, empty, not an image, a decompression bomb) is skipped
-and listed, never fatal. A root's labeled splits: :func:`labeled_folders`. Batches of them:
-:mod:`byol.loaders`.
+and listed, never fatal. A root's splits (``ROOT/train``, ``ROOT/val``) are told from its classes
+(:func:`split_folder`, :func:`labeled_folders`). Batches of them: :mod:`byol.loaders`.
 """
 
 import copy
@@ -252,6 +252,32 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
 
 
+SPLITS = ("train", "val", "test", "unlabeled")  # sub-folders of an ImageNet-style ROOT that are not classes
+
+
+def split_folder(root: Union[str, Path], name: str) -> Optional[Path]:
+    """``root/name`` where it is a split of an ImageNet-style layout, not a class of a plain folder:
+    there is a ``val/`` or ``test/`` beside it, or no sub-folder but splits (hidden ones and byol runs
+    aside). So in a folder of vehicles, ``bus/ car/ train/``, ``train/`` is a class. None otherwise."""
+    root = Path(root).expanduser()
+    if not (root / name).is_dir():
+        return None
+    if (root / "val").is_dir() or (root / "test").is_dir():
+        return root / name
+    with os.scandir(root) as entries:
+        classes = [e.name for e in entries if e.is_dir() and e.name not in SPLITS and e.name != name
+                   and not e.name.startswith(".") and not _is_a_run(e.path)]
+    return None if classes else root / name
+
+
+def _is_a_run(folder: str) -> bool:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return _holds_a_run(folder, names, names)
+
+
 def labeled_folders(root: Union[str, Path], size: int,
                     limit: Optional[int] = None) -> Optional[tuple[ImageFolder, ImageFolder]]:
     """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``): the labeled splits of a folder, not decoded.
@@ -265,7 +291,7 @@ def labeled_folders(root: Union[str, Path], size: int,
             no images, or their classes differ; the message says which.
     """
     root = Path(root).expanduser()
-    if root.name == "train" and not (root / "train").is_dir():
+    if root.name == "train" and split_folder(root, "train") is None:
         root = root.parent
     test_dir = root / "val" if (root / "val").is_dir() else root / "test"
     if not ((root / "train").is_dir() and test_dir.is_dir()):

@@ -83,3 +83,22 @@ def test_a_load_size_given_for_cifar_or_stl10_which_are_read_at_their_own_size_i
         err = capsys.readouterr().err
         assert ("note: data.load_size=64 is not used: cifar10 is read at its own 32x32 (data.image_size=32 is the "
                 "size of its views)" in err) == said, err
+
+
+def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(tmp_path, capsys):
+    """bus/ car/ train/: train/ is a class there (byol.folder.split_folder), which a note says; the
+    train/ of a train/ + val/ layout is the split, without a note."""
+    import byol.build as build
+    from byol.config import load_config
+    from PIL import Image
+    for path in ("plain/bus/0.png", "plain/train/0.png", "layout/train/bus/0.png", "layout/train/bus/1.png",
+                 "layout/val/bus/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    for root, said in (("plain", True), ("layout", False)):
+        config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / root}",
+                                         "--data.image_size=8", "--train.batch_size=2", "--data.workers=0"])
+        build._training_split(config, torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert (f"note: {tmp_path / root / 'train'} is read as a class of {tmp_path / root}, as its other sub-folders "
+                "are, not as its train/ split: a split has val/ or test/ beside it" in err) == said, err

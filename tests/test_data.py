@@ -376,6 +376,36 @@ def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_cla
                             "is a sub-folder that holds images)")
 
 
+def test_a_class_folder_named_train_is_a_class_not_the_train_split(tmp_path):
+    """veh/{train,val}/{bus,car,train}/ trained on veh/train, as the README has an ImageNet-style layout
+    trained: every class is read (veh/train/train alone was, unlabeled), eval's splits are veh/train and
+    veh/val, and embed's train split is veh/train. Where train/ is beside val/, it is still the split."""
+    from byol.datasets import build_dataset
+    from byol.config import CONFIG_HEADER
+    from byol.exports import _find_split
+    veh = tmp_path / "veh"
+    for split in ("train", "val"):
+        for c in ("bus", "car", "train"):
+            (veh / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(veh / split / c / "0.png")
+    (veh / "train" / ".cache").mkdir()  # hidden: not a class that would make train/ one
+    trained = build_dataset("folder", veh / "train", "train", 8, False)
+    assert (Path(trained.root), trained.classes, len(trained)) == (veh / "train", ["bus", "car", "train"], 3)
+    bank, queries = labeled_folders(veh / "train", size=8)
+    assert (Path(bank.root), Path(queries.root), bank.classes) == (veh / "train", veh / "val", ["bus", "car", "train"])
+    assert Path(_find_split(veh / "train", "train", 8, "train").root) == veh / "train"
+    assert Path(_find_split(veh / "train", None, 8, "train").root) == veh / "val"
+    plain = build_dataset("folder", veh / "val", "train", 8, False)  # a plain folder of classes, one of them train
+    assert (Path(plain.root), plain.classes) == (veh / "val", ["bus", "car", "train"])
+    assert Path(build_dataset("folder", veh, "train", 8, False).root) == veh / "train"  # the layout's split
+    (veh / "val").rename(tmp_path / "val")  # no val/ beside train/: a split only where no class is
+    (veh / "runs").mkdir()  # a byol run's folder is none of the data
+    (veh / "runs" / "config.yaml").write_text(CONFIG_HEADER + "\n")
+    assert Path(build_dataset("folder", veh, "train", 8, False).root) == veh / "train"
+    (veh / "boat").mkdir()
+    assert Path(build_dataset("folder", veh, "train", 8, False).root) == veh  # boat/ and train/ are classes
+
+
 def test_a_folder_reached_twice_through_symbolic_links_is_read_once(tmp_path):
     root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files in 10 class folders
     (root / "cat" / "up").symlink_to("..")  # a loop: cat/up/cat/up/...
