@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +12,9 @@ def test_every_preset_loads_and_has_commented_keys():
     for name in preset_names():
         config = load_config(name)
         assert isinstance(config, Config)
+        text = (Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml").read_text()
+        settings = [line for line in text.splitlines() if re.match(r"\s+\w+:\s*[^\s#]", line)]  # key: value
+        assert settings and [line for line in settings if "#" not in line] == [], name
 
 
 def test_imagenet_preset_is_the_paper_recipe():
