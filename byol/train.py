@@ -311,7 +311,8 @@ class _Checkpoints:
         self.byol, self.optimizer, self.generator, self.config = byol, optimizer, generator, config
         self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
         self.rank, self.world, self.device = rank, world, device
-        self.extra: dict = {"steps_per_epoch": len(data.batches), "precision": precision}  # what auto resolved to
+        self.extra: dict = {"steps_per_epoch": len(data.batches), "device": str(device),
+                            "precision": precision}  # what auto resolved to (config.yaml keeps auto)
         self.last_save = time.perf_counter()
 
     def _write(self, name: str, step: int) -> None:

@@ -337,6 +337,9 @@ def test_run_directory_contents(tmp_path, cifar10_root):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     assert load_config(str(run / "config.yaml")) == config  # the resolved config, as given
+    # config.yaml keeps train.device and train.precision at auto; the checkpoint records what they resolved to
+    extra = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["extra"]
+    assert (extra.get("device"), extra.get("precision")) == (results["device"], results["precision"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == [2, 4]
