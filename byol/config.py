@@ -42,9 +42,9 @@ class ModelConfig:
     backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50
     cifar_stem: bool = True           # 3x3 stride-1 first conv and no max-pool, for 32x32 images
     width: int = 64                   # channels of the first stage (64 = torchvision)
-    projection_size: int = 256
-    projection_hidden_size: int = 4096
-    use_predictor: bool = True
+    projection_size: int = 256        # width of the projections z and predictions p (paper: 256)
+    projection_hidden_size: int = 4096  # hidden layer of the projector and predictor MLPs (paper: 4096)
+    use_predictor: bool = True        # false drops the predictor: an ablation that collapses (paper, table 5)
     concat_views: bool = False        # one BatchNorm batch for both views instead of one per view
 
 
@@ -58,8 +58,8 @@ class AugmentConfig:
 class OptimConfig:
     name: str = "lars"                # lars | sgd | adamw
     lr: float = 0.2                   # base learning rate for 256 images; used: lr x batch_size / 256
-    weight_decay: float = 1.5e-6
-    momentum: float = 0.9
+    weight_decay: float = 1.5e-6      # paper (LARS, ImageNet); none on biases and norms
+    momentum: float = 0.9             # of lars and sgd (paper: 0.9); adamw does not use it
     trust_coefficient: float = 0.001  # LARS's eta (paper: 0.001)
     lars_clip: bool = False           # cap LARS's step at plain SGD's (solo-learn's CIFAR recipe; not the paper)
     warmup_epochs: float = 10.0       # linear warm-up (paper: 10 of 300 epochs); shorter than train.epochs
@@ -67,11 +67,11 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
+    epochs: int = 100                 # the learning-rate and tau schedules span them
     batch_size: int = 512             # global batch: summed over all processes under torchrun
     max_steps: Optional[int] = None   # stop after this many steps (the schedules still span all epochs)
     tau_base: float = 0.996           # EMA rate at step 0, raised to 1 on a cosine
-    seed: int = 0
+    seed: int = 0                     # initial weights and augmentations (seed + rank under torchrun)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto (bf16 where native: GPUs, CPUs with AVX-512-BF16 or AMX) | bf16 | fp32
     compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):
@@ -82,14 +82,14 @@ class TrainConfig:
                                       # one CUDA GPU, eager (not with train.compile=true)
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak)
-    out_dir: str = "runs/byol"
+    out_dir: str = "runs/byol"         # the run directory: config.yaml, checkpoints/, metrics, plots
     log_every: int = 20               # steps between metric reads (the only host syncs in the loop)
     checkpoint_every: int = 10        # epochs between kept checkpoints (the last one is always kept)
     save_interval_s: float = 0.0      # write checkpoints/last.pt and the plots at an epoch's end only if this
                                       # many seconds have passed since they were last written (0: every
                                       # epoch); always at kept epochs, on a stop and at the end
     knn_every: int = 10               # epochs between kNN evals, plus start and end (0: those only; -1: never)
-    knn_k: int = 200
+    knn_k: int = 200                  # the kNN monitor's k (k=20 is logged too), the closing table's
     knn_limit: Optional[int] = None   # kNN monitor on the first N images of each labeled split (quick runs);
                                       # a folder's are spread over its classes (default 10,000 for folders)
     knn_holdout: int = 0              # CIFAR/STL-10: monitor on N training images held out of the memory bank

@@ -17,6 +17,17 @@ def test_every_preset_loads_and_has_commented_keys():
         assert settings and [line for line in settings if "#" not in line] == [], name
 
 
+def test_every_config_key_has_its_meaning_beside_its_default():
+    """`byol pretrain --help` sends readers to byol/config.py for every key's default and meaning."""
+    import dataclasses
+    import inspect
+    for section in dataclasses.fields(Config):
+        lines = inspect.getsource(section.default_factory).splitlines()
+        for key in dataclasses.fields(section.default_factory):
+            line = next(line for line in lines if re.match(rf"\s+{key.name}: ", line))
+            assert "#" in line, f"{section.name}.{key.name}"
+
+
 def test_imagenet_preset_is_the_paper_recipe():
     c = load_config("imagenet")
     assert (c.model.backbone, c.model.projection_hidden_size, c.model.projection_size) == ("resnet50", 4096, 256)
