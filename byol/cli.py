@@ -43,7 +43,8 @@ def _positive_float(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
-                "Any config key can be set as --section.key=value (e.g. --train.epochs=10).")
+                "pretrain takes any config key as --section.key=value (e.g. --train.epochs=10); eval and embed "
+                "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
     sub = p.add_subparsers(dest="command", required=True)
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
