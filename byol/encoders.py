@@ -158,10 +158,15 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
 
 
 def _unwrapped(state: object) -> object:
-    """A state_dict saved from a DDP- or torch.compile-wrapped model without its key prefixes."""
-    for prefix in ("module.", "_orig_mod."):
-        while isinstance(state, dict) and state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    """A state_dict saved from a DDP- or torch.compile-wrapped model without its key prefixes, in
+    either order (``module._orig_mod.``: DDP of a compiled model; ``_orig_mod.module.``: the reverse)."""
+    def prefix_of(state: object) -> Optional[str]:
+        if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+            return None
+        return next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state)), None)
+
+    while (prefix := prefix_of(state)) is not None:
+        state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
