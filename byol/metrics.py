@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -76,7 +77,7 @@ class MetricsLog:
                 purge = 0 if resume_step is None else resume_step + 1
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
             except ImportError:
-                print("note: tensorboard is not installed; writing metrics.jsonl only")
+                print("note: tensorboard is not installed; writing metrics.jsonl only", file=sys.stderr)
 
     def log(self, step: int, epoch: Optional[float] = None, time_s: Optional[float] = None, **values: float) -> None:
         """One record: ``epoch`` and ``time_s`` go to ``metrics.jsonl`` only (TensorBoard's events have

@@ -97,3 +97,17 @@ def test_a_plot_of_one_step_has_that_step_as_its_only_tick(tmp_path, drawn):
         ax = drawn[name].axes[-1]
         drawn[name].canvas.draw()
         assert list(ax.get_xticks()) == [4] and [t.get_text() for t in ax.get_xticklabels()] == ["4"], name
+
+
+def test_without_tensorboard_the_log_says_so_on_stderr_as_every_note(tmp_path, monkeypatch, capsys):
+    """stdout carries the closing table alone, which scripts read; a note goes to stderr."""
+    import sys
+
+    from byol.metrics import MetricsLog
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails: not installed
+    log = MetricsLog(tmp_path)
+    log.log(1, epoch=0.5, time_s=0.1, **{"train/loss": 3.0})
+    log.close()
+    out, err = capsys.readouterr()
+    assert out == "" and "note: tensorboard is not installed; writing metrics.jsonl only" in err, (out, err)
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 3.0
