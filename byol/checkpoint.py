@@ -72,6 +72,17 @@ def set_rng_state(state: dict, generator: Optional[torch.Generator] = None) -> N
         generator.set_state(state["generator"])
 
 
+@contextmanager
+def rng_state_kept() -> Iterator[None]:
+    """Put every generator :func:`rng_state` saves back as it was on exit (a run seeds them, and a
+    resumed run sets them to its checkpoint's: its caller's draws after it are not the run's)."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
                     config: dict, generator: Optional[torch.Generator] = None,
                     scaler: Optional[Any] = None, extra: Optional[dict] = None) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
                     schedule_of, views_of)
-from .checkpoint import save_checkpoint
+from .checkpoint import rng_state_kept, save_checkpoint
 from .config import Config, ConfigError, TrainConfig, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
@@ -88,7 +88,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
     SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
-    A start that fails before its first step has finished leaves the folder as it found it.
+    A start that fails before its first step has finished leaves the folder as it found it. The
+    caller's random number generators (torch's, CUDA's, NumPy's, Python's) are left as they were.
 
     ``resume=True`` continues the run in ``config.train.out_dir`` from its ``checkpoints/last.pt``
     with ``config`` as given (a note names what differs from the checkpoint's). To continue with the
@@ -99,7 +100,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     try:
-        return _pretrain(config, resume, rank, world, folder)
+        with rng_state_kept():  # the caller's torch, CUDA, NumPy and Python generators, as they were
+            return _pretrain(config, resume, rank, world, folder)
     except BaseException:
         if folder is not None:
             folder.undo()  # only while no step has finished

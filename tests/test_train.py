@@ -291,6 +291,33 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+def _draws() -> tuple:
+    """A draw from each global generator a caller may have seeded: torch's, NumPy's and Python's."""
+    import random
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+
+def _seed_all(seed: int) -> None:
+    import random
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def test_pretrain_and_its_resume_leave_the_caller_s_random_number_generators_as_they_were(tmp_path, cifar10_root):
+    """A run seeds torch's generator with train.seed, and a resumed one sets every generator to its
+    checkpoint's: a notebook's draws after it go on from its own seeds, not from the run's."""
+    overrides = [f"--data.root={cifar10_root}", "--train.knn_every=-1"]
+    _seed_all(1234)
+    expected = _draws()
+    _seed_all(1234)
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 1}) + overrides))
+    assert _draws() == expected
+    _seed_all(1234)
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 2}) + overrides), resume=True)
+    assert _draws() == expected
+
+
 def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_root, monkeypatch):
     monkeypatch.chdir(cifar10_root.parent)  # data.root given relative to here
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": -1})
