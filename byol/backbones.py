@@ -94,6 +94,16 @@ def keep_modes(module: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
+def flat_representation(out: object, where: str) -> torch.Tensor:
+    """``out`` flattened to (B, D); a TypeError naming ``where`` if it is not one tensor (a dict, a tuple)."""
+    if not torch.is_tensor(out):
+        what = f"a dict with keys {list(out)}" if isinstance(out, dict) else f"a {type(out).__name__}"
+        raise TypeError(f"{where} is {what}, not a tensor: BYOL's representation is one tensor; set hidden_layer "
+                        "to a module that outputs one (such as the backbone's name), or wrap the network so that "
+                        "it returns one")
+    return out.flatten(1)
+
+
 class HiddenLayer(nn.Module):
     """The output of one named layer of ``net``, flattened to (B, D).
 
@@ -109,7 +119,7 @@ class HiddenLayer(nn.Module):
             self.body = create_feature_extractor(net, return_nodes={layer: "out"})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)["out"].flatten(1)
+        return flat_representation(self.body(x)["out"], f"the output of hidden_layer={self.layer!r}")
 
 
 class HookedLayer(nn.Module):
@@ -127,14 +137,15 @@ class HookedLayer(nn.Module):
         taken: list[torch.Tensor] = []
         # Its first call's output, copied: an in-place layer after it (ReLU(inplace=True)) would change it.
         hook = self.net.get_submodule(self.layer).register_forward_hook(
-            lambda module, inputs, output: taken.append(output.clone()) if not taken else None)
+            lambda module, inputs, output: taken.append(output.clone() if torch.is_tensor(output) else output)
+            if not taken else None)
         try:
             self.net(x)
         finally:
             hook.remove()
         if not taken:
             raise ValueError(f"hidden_layer={self.layer!r} did not run in the network's forward")
-        return taken[0].flatten(1)
+        return flat_representation(taken[0], f"the output of hidden_layer={self.layer!r}")
 
 
 def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: bool = True) -> nn.Module:

@@ -9,7 +9,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from .backbones import cut_at, feature_dim as probe_feature_dim, keep_modes
+from .backbones import cut_at, feature_dim as probe_feature_dim, flat_representation, keep_modes
 from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target, update_target
 from .loss import byol_loss
@@ -42,10 +42,12 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> 
         with keep_modes(encoder), torch.no_grad():
             encoder.eval()  # eval so BatchNorm does not update its running statistics
             try:
-                return encoder(torch.zeros(2, 3, image_size, image_size, device=device)).flatten(1).shape[1]
+                out = encoder(torch.zeros(2, 3, image_size, image_size, device=device))
             except RuntimeError as e:  # torch's shape errors: say which input it was
                 raise ValueError(f"net does not run on {image_size}x{image_size} images (image_size="
                                  f"{image_size}): {str(e).splitlines()[0]}") from e
+    # A cut layer's output is checked where it is taken; this is the network's own.
+    return flat_representation(out, "the network's own output (hidden_layer=-1)").shape[1]
 
 
 def check_arguments(net: object, image_size: object, default_views: bool) -> None:

@@ -398,6 +398,49 @@ def test_a_wrong_net_or_image_size_is_a_clear_error_at_construction():
         BYOL(nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten()), image_size=4, hidden_layer=-1)
 
 
+class DictOutput(nn.Module):
+    """A detection- or multi-head-style network: its forward returns a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        features = self.backbone(x).flatten(1)
+        return {"features": features, "logits": self.head(features)}
+
+
+class TupleLayer(nn.Module):
+    def forward(self, x):
+        return x, x.mean()
+
+
+class BranchyTuple(nn.Module):
+    """A layer giving a tuple, in a forward that symbolic tracing cannot cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair, self.conv = TupleLayer(), nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        h, m = self.pair(x)
+        return self.conv(h * 2 if m > 0 else h)
+
+
+def test_a_representation_that_is_not_one_tensor_is_a_clear_error_at_construction():
+    """A dict or tuple output failed with "'dict' object has no attribute 'flatten'"; a hidden layer
+    giving one is named. A layer that gives a tensor trains."""
+    with pytest.raises(TypeError, match=r"^the network's own output \(hidden_layer=-1\) is a dict with keys "
+                                        r"\['features', 'logits'\], not a tensor: .* set hidden_layer"):
+        BYOL(DictOutput(), image_size=8, hidden_layer=-1)
+    with pytest.warns(UserWarning, match="forward hook"):  # tracing fails on the branch
+        with pytest.raises(TypeError, match=r"^the output of hidden_layer='pair' is a tuple, not a tensor"):
+            BYOL(BranchyTuple(), image_size=8, hidden_layer="pair")
+    learner = BYOL(DictOutput(), image_size=8, hidden_layer="backbone", projection_size=8, projection_hidden_size=16)
+    learner(torch.rand(2, 3, 8, 8)).backward()
+
+
 def test_one_image_in_training_where_batchnorm_does_not_need_two():
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
