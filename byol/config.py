@@ -368,9 +368,17 @@ def _is_device(name: str) -> bool:
         return False
 
 
+def override_list(overrides: Optional[list[str]]) -> list[str]:
+    """``overrides`` as a list (None: none); one string is refused (taken character by character, it
+    failed on its first: "override '-' must look like --section.key=value")."""
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of strings, such as [{overrides!r}], not one string")
+    return list(overrides or [])
+
+
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Set ``section.key=value`` strings (a leading ``--`` is allowed) on ``config``, in place."""
-    for item in overrides:
+    for item in override_list(overrides):
         key, eq, value = item.removeprefix("--").partition("=")
         if not eq:
             raise ConfigError(f"override {item!r} must look like --section.key=value")

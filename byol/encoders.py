@@ -13,7 +13,7 @@ from torch import nn
 from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model
 from .checkpoint import CheckpointError, load_model_state, read_state
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, validate
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
 from . import distributed as dist
 from .distributed import note
 
@@ -45,7 +45,8 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
     config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
-    given = [o.removeprefix("--").split("=")[0] for o in overrides or []]
+    overrides = override_list(overrides)  # before anything is read
+    given = [o.removeprefix("--").split("=")[0] for o in overrides]
     if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
         raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
                           "trains on); use --limit N (limit=N from Python) for the first N images of each split")

@@ -81,6 +81,16 @@ def test_bad_overrides_are_clear_errors(override, message):
         load_config("cifar10", [override])
 
 
+def test_overrides_given_as_one_string_are_a_clear_error(tmp_path):
+    """A string was taken character by character: "override '-' must look like --section.key=value"."""
+    from byol.pipeline import knn
+    with pytest.raises(ConfigError, match=r"^overrides must be a list of strings, such as \['--train.epochs=3'\], "
+                                          "not one string$"):
+        load_config("cifar10", "--train.epochs=3")
+    with pytest.raises(ConfigError, match=r"^overrides must be a list of strings, such as \['--train.device=cpu'\]"):
+        knn(tmp_path / "never_read.pt", "--train.device=cpu")
+
+
 def test_a_folder_has_no_held_out_knn_monitor():
     """A folder's kNN monitor asks ROOT/val or ROOT/test; train.knn_holdout would silently do nothing."""
     with pytest.raises(ConfigError, match="train.knn_holdout must be 0 for a folder"):
