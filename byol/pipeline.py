@@ -201,6 +201,8 @@ def check_counts(**counts) -> None:
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise ConfigError(f"temperature must be a number > 0, got {value!r}")
             continue
+        if name == "ks" and not isinstance(value, (list, tuple)):  # ks=20 failed: "'int' object is not iterable"
+            raise ConfigError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {value!r}")
         for v in (value if name == "ks" else [value]):
             if v is None and name == "limit":
                 continue
@@ -221,7 +223,7 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     the bank instead of the test split (CIFAR, STL-10: for tuning). The result also says what it is of (the checkpoint,
     its step, the features' width and precision: docs/metrics.md lists its fields).
     """
-    check_counts(ks=list(ks), temperature=temperature, limit=limit, holdout=holdout)
+    check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn", holdout)
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": dict(acc),

@@ -198,7 +198,9 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
                         (lambda: embed(missing, tmp_path / "e.npy", limit=-1), "limit must be .* got -1"),
                         (lambda: linear(missing, limit=2.5), "limit must be .* got 2.5"),
                         (lambda: knn(missing, holdout=-3), "holdout must be a whole number >= 0, got -3"),
-                        (lambda: knn(missing, ks=(20, 0)), r"ks must be a whole number >= 1, got \[20, 0\]"),
+                        (lambda: knn(missing, ks=(20, 0)), r"ks must be a whole number >= 1, got \(20, 0\)"),
+                        (lambda: knn(missing, ks=20), r"ks must be a list or tuple of whole numbers >= 1, such as "
+                                                      r"\(20, 200\), got 20"),
                         (lambda: knn(missing, temperature=0), "temperature must be a number > 0, got 0"),
                         (lambda: linear(missing, epochs=0), "epochs must be a whole number >= 1, got 0")):
         with pytest.raises(ConfigError, match=match):
