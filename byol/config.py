@@ -211,8 +211,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return float(value)
     if annotation is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         return value.lower() in ("true", "yes")
-    if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    if annotation is str and isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)  # a pathlib.Path from Python
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {annotation.__name__}, got {value!r}")
     return value

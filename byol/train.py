@@ -1,6 +1,5 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
-import copy
 import math
 import os
 import signal
@@ -17,7 +16,7 @@ from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
                     schedule_of, views_of)
 from .checkpoint import rng_state_kept, save_checkpoint
-from .config import Config, ConfigError, TrainConfig, save_config
+from .config import Config, ConfigError, TrainConfig, config_from_dict, save_config, validate
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .memory import check_step_fits
@@ -68,8 +67,13 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
     return byol, optimizer, generator
 
 
-def _with_absolute_root(config: Config) -> Config:
-    config = copy.deepcopy(config)
+def _checked(config: Config) -> Config:
+    """``config`` checked as ``load_config`` checks one (a notebook may have set fields since), as a copy
+    whose ``data.root`` is absolute: the saved config finds the data from any directory."""
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a byol.Config, such as byol.load_config('cifar10') gives, not "
+                        f"{type(config).__name__}")
+    config = validate(config_from_dict(config.to_dict()))
     config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
     return config
 
@@ -96,7 +100,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     run's own saved settings, as ``byol pretrain --resume`` does, pass
     ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
     """
-    config = _with_absolute_root(config)  # so the saved config finds the data from any directory
+    config = _checked(config)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     try:

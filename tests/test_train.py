@@ -318,6 +318,35 @@ def test_pretrain_and_its_resume_leave_the_caller_s_random_number_generators_as_
     assert _draws() == expected
 
 
+@pytest.mark.parametrize("section, key, value, error", [
+    ("train", "batch_size", 1, "^train.batch_size must be >= 2"),  # was BatchNorm's "Expected more than 1 value"
+    ("train", "epochs", 0, "^train.epochs must be >= 1"),  # was a run "finished" at step 0
+    ("train", "device", "gpu", "^train.device must be auto, cpu, cuda or cuda:N"),
+    ("optim", "lr", "fast", "^optim.lr must be float, got 'fast'"),  # was "'<' not supported between ..."
+])
+def test_a_setting_changed_on_a_loaded_config_is_checked_as_load_config_checks_it(tmp_path, section, key, value,
+                                                                                  error):
+    """A notebook sets fields on the Config that load_config returned: pretrain checks them too, before
+    anything is written."""
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 1}))
+    setattr(getattr(config, section), key, value)
+    with pytest.raises(ConfigError, match=error):
+        pretrain(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_takes_paths_for_its_folders_and_refuses_what_is_not_a_config(tmp_path, cifar10_root):
+    """A pathlib.Path out_dir failed writing config.yaml ("cannot represent an object"); a dict was
+    "'dict' object has no attribute 'data'"."""
+    config = load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 1, "train.knn_every": -1}))
+    config.train.out_dir, config.data.root = tmp_path / "run", cifar10_root
+    assert pretrain(config)["step"] == 1
+    assert load_config(str(tmp_path / "run" / "config.yaml")).train.out_dir == str(tmp_path / "run")
+    with pytest.raises(TypeError, match=r"^config must be a byol.Config, such as byol.load_config\('cifar10'\) "
+                                        "gives, not dict"):
+        pretrain(config.to_dict())
+
+
 def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_root, monkeypatch):
     monkeypatch.chdir(cifar10_root.parent)  # data.root given relative to here
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": -1})
