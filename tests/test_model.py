@@ -441,6 +441,22 @@ def test_a_representation_that_is_not_one_tensor_is_a_clear_error_at_constructio
     learner(torch.rand(2, 3, 8, 8)).backward()
 
 
+def test_inputs_that_are_not_images_are_a_clear_error_without_feature_dim():
+    """The width found on (2, 3, H, W) images was wrong for a network on vectors (a Linear applied
+    to the last axis gave 384, not 8): the first call failed with "mat1 and mat2 shapes cannot be
+    multiplied"; now it says to give feature_dim, with which it trains."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    noise = lambda x: x + 0.1 * torch.randn_like(x)  # noqa: E731
+    learner = BYOL(net, image_size=16, hidden_layer=-1, augment_fn=noise, projection_hidden_size=32)
+    with pytest.raises(ValueError, match=r"takes 384 features, but its input has 8 \(shape \(4, 8\)\); .* give "
+                                         r"BYOL\(\.\.\., feature_dim=D\)"):
+        learner(torch.rand(4, 16))
+    learner = BYOL(net, image_size=16, hidden_layer=-1, augment_fn=noise, projection_hidden_size=32, feature_dim=8)
+    learner(torch.rand(4, 16)).backward()
+    assert net[0].weight.grad is not None
+
+
 def test_one_image_in_training_where_batchnorm_does_not_need_two():
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
