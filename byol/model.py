@@ -264,6 +264,9 @@ class BYOL(nn.Module):
                 check_pixel_range(x)
                 self.check_first_batch = False
             x, view2 = self.augment_fn(x), self.augment_fn2(x)
+            if self.rgb_input:  # float32 views, for a network that learner.to(dtype) may have converted
+                dtype = next((p.dtype for p in self.online.parameters() if p.is_floating_point()), x.dtype)
+                x, view2 = x.to(dtype), view2.to(dtype)
         return self.forward_views(x, view2)[0]
 
     def forward_views(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -457,6 +457,17 @@ def test_inputs_that_are_not_images_are_a_clear_error_without_feature_dim():
     assert net[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_learner_converted_to_another_dtype_trains_on_its_default_views(dtype):
+    """learner.to(dtype) reaches the network, but the default views came out float32: "Input type
+    (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the same"."""
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner = BYOL(net, image_size=16, projection_size=8, projection_hidden_size=16).to(dtype)
+    learner(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)).backward()
+    assert net.conv1.weight.grad.dtype == dtype
+
+
 def test_one_image_in_training_where_batchnorm_does_not_need_two():
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
