@@ -30,7 +30,7 @@ class MLP(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Flattened first, as byol-pytorch does: a network's own output (hidden_layer=-1) may be
         # (B, C, 1, 1), as from a pooling layer. A view, nothing copied, for (B, D).
-        x = x.flatten(1)
+        x = flat_representation(x, "the projector's input, the representation at hidden_layer,")
         if x.shape[1] != self[0].in_features:  # a shape, no sync: else "mat1 and mat2 shapes cannot be multiplied"
             raise ValueError(f"the MLP takes {self[0].in_features} features, but its input has {x.shape[1]} (shape "
                              f"{tuple(x.shape)}); BYOL's projector is as wide as the representation of (2, 3, "

@@ -428,7 +428,7 @@ class BranchyTuple(nn.Module):
         return self.conv(h * 2 if m > 0 else h)
 
 
-def test_a_representation_that_is_not_one_tensor_is_a_clear_error_at_construction():
+def test_a_representation_that_is_not_one_tensor_is_a_clear_error_naming_hidden_layer():
     """A dict or tuple output failed with "'dict' object has no attribute 'flatten'"; a hidden layer
     giving one is named. A layer that gives a tensor trains."""
     with pytest.raises(TypeError, match=r"^the network's own output \(hidden_layer=-1\) is a dict with keys "
@@ -439,6 +439,12 @@ def test_a_representation_that_is_not_one_tensor_is_a_clear_error_at_constructio
             BYOL(BranchyTuple(), image_size=8, hidden_layer="pair")
     learner = BYOL(DictOutput(), image_size=8, hidden_layer="backbone", projection_size=8, projection_hidden_size=16)
     learner(torch.rand(2, 3, 8, 8)).backward()
+    # A tensor in eval mode, where the width is found, and a namedtuple in training mode (GoogLeNet's aux outputs).
+    googlenet = torchvision.models.googlenet(aux_logits=True, init_weights=True)
+    learner = BYOL(googlenet, image_size=32, hidden_layer=-1, projection_size=8, projection_hidden_size=16)
+    with pytest.raises(TypeError, match=r"^the projector's input, the representation at hidden_layer, is a "
+                                        r"GoogLeNetOutputs, not a tensor"):
+        learner(torch.rand(2, 3, 32, 32))
 
 
 def test_inputs_that_are_not_images_are_a_clear_error_without_feature_dim():
