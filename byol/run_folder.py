@@ -77,11 +77,12 @@ class RunFolder:
 
     def undo(self) -> None:
         """Put back what this start wrote before its first step (best effort: it runs while
-        another error is on its way out, which it must not hide)."""
+        another error is on its way out, which it must not hide). The metrics log is closed either
+        way: TensorBoard's writer thread would run on in the caller's process (a notebook's)."""
+        if self._log is not None:
+            _quietly(self._log.close)  # its event file, open until now
         if self.started:
             return
-        if self._log is not None:
-            self._log.close()  # its event file, open until now
         events = self.path / "tensorboard"
         for name in _listing(events) - self._events_before:
             _quietly((events / name).unlink, missing_ok=True)

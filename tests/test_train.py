@@ -347,6 +347,21 @@ def test_pretrain_takes_paths_for_its_folders_and_refuses_what_is_not_a_config(t
         pretrain(config.to_dict())
 
 
+def test_a_run_that_fails_after_its_first_step_closes_its_tensorboard_writer(tmp_path, cifar10_root):
+    """Its writer thread ran on after the error, one more for each failed run in a notebook's process
+    (and the events of its last steps waited for the writer's next flush)."""
+    import threading
+    from byol.reporting import NonFiniteLossError
+    overrides = tiny_overrides(tmp_path / "run", **{"train.max_steps": 8, "train.knn_every": -1, "optim.name": "sgd",
+                                                    "optim.lr": 1e30, "train.max_nonfinite": 1, "train.log_every": 1,
+                                                    "train.precision": "fp32"})
+    threads = threading.active_count()
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite"):
+        pretrain(load_config("cifar10", overrides + [f"--data.root={cifar10_root}"]))
+    assert threading.active_count() == threads
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()  # the steps it took stay logged
+
+
 def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_root, monkeypatch):
     monkeypatch.chdir(cifar10_root.parent)  # data.root given relative to here
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": -1})
