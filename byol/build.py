@@ -125,6 +125,14 @@ class TrainData:
                 obj.set_epoch(epoch)
         return iter(self.batches)
 
+    def close(self) -> None:
+        """Stop a streamed folder's decoding processes (kept from epoch to epoch) now, not when the
+        loader is collected: a failed run's traceback, which a notebook keeps, holds it."""
+        workers = getattr(self.batches, "_iterator", None)  # DataLoader's, with persistent_workers
+        if workers is not None and hasattr(workers, "_shutdown_workers"):
+            workers._shutdown_workers()
+            self.batches._iterator = None
+
 
 def load_size(config: Config) -> int:
     """The size images are decoded at: ``data.load_size``, else the training size (a folder's 8/7 of

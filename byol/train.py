@@ -192,6 +192,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     finally:  # before any error is printed: it must not land on the bar's line
         if progress is not None:
             progress.close()
+        data.close()
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 

@@ -252,6 +252,23 @@ def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp
     assert sizes == [11, 11, 11]  # 33 files in 3 batches of 11, one bad file in each (10 decoded)
 
 
+def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
+    """They are kept from epoch to epoch; a failed run's traceback, which a notebook keeps
+    (sys.last_traceback), held the loader, so they lived on after the error."""
+    import multiprocessing
+    from conftest import extract_jpegs
+    from byol.reporting import NonFiniteLossError
+    root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": "null", "train.batch_size": 8, "train.knn_every": -1, "data.workers": 2, "optim.name": "sgd",
+        "optim.lr": 1e30, "train.max_nonfinite": 1, "train.log_every": 1, "train.precision": "fp32"}) + [
+        "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32", "--data.on_device=false"])
+    with pytest.raises(NonFiniteLossError) as failed:
+        pretrain(config)
+    assert failed.traceback  # held, as a notebook holds it
+    assert multiprocessing.active_children() == []
+
+
 def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones(tmp_path):
     """A bad file of ROOT/val, which only the kNN monitor reads, is in skipped_files.txt too."""
     from conftest import extract_jpegs
