@@ -5,6 +5,7 @@ line's usage errors answer without loading torch and torchvision (seconds).
 """
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"  # checkpoint.py reads it
@@ -25,6 +26,10 @@ __all__ = [
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
+        # A module of the package, such as byol.schedules after a bare `import byol` (importing it
+        # makes it a plain attribute); not __main__, which would run the command line.
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value  # the next lookup is a plain attribute

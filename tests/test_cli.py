@@ -702,6 +702,21 @@ def test_help_and_usage_errors_answer_without_loading_torch():
     assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
     assert set(byol.__all__) == set(byol._EXPORTS) and all(getattr(byol, name) is not None for name in byol.__all__)
 
+def test_the_building_blocks_are_attributes_of_a_bare_import_byol():
+    """README: "The building blocks are usable on their own: byol.augment, ..., byol.optim.LARS,
+    byol.evaluate": after ``import byol`` alone, byol.schedules was an AttributeError, and byol.augment
+    one until something else had imported it. In a fresh interpreter, as a notebook starts."""
+    script = ("import byol\nprint(byol.schedules.cosine_lr(0, 10, 1.0), byol.augment.paper_views(32)[0].size,\n"
+              "      byol.loss.byol_loss, byol.ema.update_target, byol.optim.LARS, byol.evaluate.knn_accuracy,\n"
+              "      byol.color.solarize, sep='|')\n"
+              "try:\n    byol.nonexistent\nexcept AttributeError as e:\n    print(e)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("1.0|32|<function byol_loss"), lines
+    assert lines[1] == "module 'byol' has no attribute 'nonexistent'"
+
+
 def test_a_bare_torchvision_state_dict_is_evaluated_as_the_architecture_its_keys_say(capsys, tmp_path,
                                                                                        cifar10_root):
     """No config travels with a plain torchvision state_dict: its architecture is read from its keys
