@@ -237,7 +237,10 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
         CheckpointError: with one sentence saying what is wrong with the file.
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir():  # a run's folder, its checkpoints/ or an export's folder: the file it holds
+        held = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt", path / "encoder.pt") if p.is_file()]
+        if held:
+            raise CheckpointError(f"{path} is a directory; give a checkpoint file in it, such as {held[0]}")
         raise CheckpointError(f"{path} is a directory; give a checkpoint file in it (e.g. "
                               f"{path / 'checkpoints' / 'last.pt'}, or an exported encoder.pt)")
     if not path.is_file():

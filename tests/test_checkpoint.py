@@ -94,6 +94,23 @@ def test_mismatch_is_a_clear_error(tmp_path):
                             "1.running_var); 4 of another shape (e.g. 0.weight (4, 3) vs (5, 3), 0.bias (4,) vs (5,))")
 
 
+def test_a_folder_given_as_the_checkpoint_names_the_checkpoint_in_it(tmp_path):
+    """Given a run's checkpoints/ folder, the message suggested checkpoints/checkpoints/last.pt."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "encoder.pt").write_bytes(b"")
+    last = run / "checkpoints" / "last.pt"
+    for folder, named in ((run, last), (run / "checkpoints", last), (tmp_path / "export", tmp_path / "export" / "encoder.pt")):
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(folder)
+        assert str(e.value) == f"{folder} is a directory; give a checkpoint file in it, such as {named}"
+    with pytest.raises(CheckpointError, match=r"is a directory; give a checkpoint file in it \(e.g. .*last.pt, or an "
+                                              r"exported encoder.pt\)$"):
+        load_checkpoint(tmp_path / "export" / "..")  # none in it
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, fault_table):
     with pytest.raises(CheckpointError, match=f"{tmp_path} is a directory; give a checkpoint file in it"):
