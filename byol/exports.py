@@ -110,7 +110,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
     (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
     """
-    check_counts(limit=limit)
+    limit, = check_counts(limit=limit)
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work

@@ -5,6 +5,7 @@ Each is a plain function of paths and a config, shared by the command line and P
 """
 
 import inspect
+import numbers
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
@@ -192,23 +193,29 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
     return feats, labels, indices
 
 
-def check_counts(**counts) -> None:
+def check_counts(**counts) -> tuple:
     """The Python callers' counts, checked as the command line checks its options: ``limit`` a whole
-    number >= 1 or None, ``holdout`` >= 0, ``epochs`` and each of ``ks`` >= 1, ``temperature`` > 0."""
+    number >= 1 or None, ``holdout`` >= 0, ``epochs`` and each of ``ks`` >= 1, ``temperature`` > 0.
+    Returns them in the order given, as Python's ints and floats (NumPy's are taken: ``(y == 3).sum()``
+    is one), ``ks`` as a tuple."""
     least = {"limit": 1, "holdout": 0, "epochs": 1, "ks": 1}
+    checked = []
     for name, value in counts.items():
         if name == "temperature":
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0):
                 raise ConfigError(f"temperature must be a number > 0, got {value!r}")
+            checked.append(float(value))
             continue
         if name == "ks" and not isinstance(value, (list, tuple)):  # ks=20 failed: "'int' object is not iterable"
             raise ConfigError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {value!r}")
         for v in (value if name == "ks" else [value]):
             if v is None and name == "limit":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < least[name]:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least[name]:
                 raise ConfigError(f"{name} must be a whole number >= {least[name]}"
                                   f"{' or None' if name == 'limit' else ''}, got {value!r}")
+        checked.append(tuple(int(k) for k in value) if name == "ks" else None if value is None else int(value))
+    return tuple(checked)
 
 
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
@@ -223,7 +230,7 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     the bank instead of the test split (CIFAR, STL-10: for tuning). The result also says what it is of (the checkpoint,
     its step, the features' width and precision: docs/metrics.md lists its fields).
     """
-    check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
+    ks, temperature, limit, holdout = check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn", holdout)
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": dict(acc),
@@ -246,7 +253,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     ``random_init``, of the encoder its run started from), with its settings (:data:`LINEAR_PROBE`,
     ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr; ``holdout``
     as for :func:`knn`: trained on the rest of the train split, scored on those held out."""
-    check_counts(epochs=epochs, limit=limit, holdout=holdout)
+    epochs, limit, holdout = check_counts(epochs=epochs, limit=limit, holdout=holdout)
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear", holdout)
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}

@@ -205,3 +205,16 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
                         (lambda: linear(missing, epochs=0), "epochs must be a whole number >= 1, got 0")):
         with pytest.raises(ConfigError, match=match):
             call()
+
+
+def test_numpy_counts_are_taken_as_python_s(tmp_path):
+    """limit=np.int64(100) (a count computed with NumPy) was "limit must be a whole number >= 1 or
+    None, got 100"; now it is checked as 100 is, and passed on as Python's int."""
+    import numpy as np
+    from byol.checkpoint import CheckpointError
+    from byol.pipeline import check_counts, knn
+    assert check_counts(ks=[np.int64(20)], temperature=np.float32(0.5), limit=np.int64(100), holdout=np.int32(0)) \
+        == ((20,), 0.5, 100, 0)
+    assert all(type(v) in (tuple, float, int) for v in check_counts(ks=(20,), temperature=0.1, limit=5, holdout=0))
+    with pytest.raises(CheckpointError, match="does not exist"):  # past the checks, to the checkpoint
+        knn(tmp_path / "missing.pt", limit=np.int64(100), ks=(np.int64(20),))
