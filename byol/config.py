@@ -1,6 +1,7 @@
 """Typed configuration: dataclass defaults, YAML presets over them, ``--section.key=value`` over those."""
 
 import dataclasses
+import numbers
 import os
 import sys
 import types
@@ -207,8 +208,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if annotation in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if annotation is float or isinstance(value, numbers.Integral):  # NumPy's numbers too, as Python's
+            return annotation(value)
     if annotation is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         return value.lower() in ("true", "yes")
     if annotation is str and isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):

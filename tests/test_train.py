@@ -353,12 +353,14 @@ def test_a_setting_changed_on_a_loaded_config_is_checked_as_load_config_checks_i
 
 
 def test_pretrain_takes_paths_for_its_folders_and_refuses_what_is_not_a_config(tmp_path, cifar10_root):
-    """A pathlib.Path out_dir failed writing config.yaml ("cannot represent an object"); a dict was
-    "'dict' object has no attribute 'data'"."""
-    config = load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 1, "train.knn_every": -1}))
+    """A pathlib.Path out_dir failed writing config.yaml ("cannot represent an object"), and so did
+    NumPy's numbers; a dict was "'dict' object has no attribute 'data'"."""
+    config = load_config("cifar10", tiny_overrides(tmp_path, **{"train.knn_every": -1}))
     config.train.out_dir, config.data.root = tmp_path / "run", cifar10_root
+    config.train.max_steps, config.optim.lr = np.int64(1), np.float32(0.25)
     assert pretrain(config)["step"] == 1
-    assert load_config(str(tmp_path / "run" / "config.yaml")).train.out_dir == str(tmp_path / "run")
+    saved = load_config(str(tmp_path / "run" / "config.yaml"))
+    assert (saved.train.out_dir, saved.train.max_steps, saved.optim.lr) == (str(tmp_path / "run"), 1, 0.25)
     with pytest.raises(TypeError, match=r"^config must be a byol.Config, such as byol.load_config\('cifar10'\) "
                                         "gives, not dict"):
         pretrain(config.to_dict())
