@@ -70,19 +70,22 @@ class EpochShuffle(Sampler[int]):
 
 
 def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
-                  drop_last: bool = True, sampler: Optional[Iterable[int]] = None, seed: int = 0) -> DataLoader:
+                  drop_last: bool = True, sampler: Optional[Iterable[int]] = None, seed: int = 0,
+                  persistent: bool = True) -> DataLoader:
     """A DataLoader over an :class:`ImageFolder` yielding ``(images uint8 (B, 3, S, S), labels, indices)``.
 
     Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
     (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (a
     DistributedSampler, or any iterable of indices such as a rank's ``range``) replaces shuffling; otherwise the order is :class:`EpochShuffle`'s for
-    ``seed`` and the epoch set with ``loader.sampler.set_epoch``.
+    ``seed`` and the epoch set with ``loader.sampler.set_epoch``. ``persistent`` keeps the decoding
+    processes from one pass to the next (training's epochs); a single pass's end with its iterator,
+    also when it is interrupted (a notebook keeps the traceback, and a loader's kept processes with it).
     """
     if sampler is None and shuffle:
         sampler = EpochShuffle(len(dataset), seed)
     return _SkippingLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=skip_collate,
                            pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                           persistent_workers=workers > 0)
+                           persistent_workers=persistent and workers > 0)
 
 
 def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0) -> ImageSet:

@@ -181,7 +181,8 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
     kwargs.pop("batch_size")
 
     def loader_for(share: range):
-        return folder_loader(source, EVAL_BATCH, config.data.workers, shuffle=False, drop_last=False, sampler=share)
+        return folder_loader(source, EVAL_BATCH, config.data.workers, shuffle=False, drop_last=False, sampler=share,
+                             persistent=False)  # one pass
 
     feats, labels, indices = dist.extract_batches_sharded(net, loader_for, len(source), device, **kwargs)
     if len(indices) == 0:

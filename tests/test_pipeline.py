@@ -55,6 +55,33 @@ def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_p
         f"{root / 'cat' / 'corrupt.jpg'}: " in capsys.readouterr().err
 
 
+class Interrupted(nn.Module):
+    """An encoder whose second batch is interrupted, as Ctrl-C in a notebook interrupts a slow embed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(3, 4, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.conv(x).mean((2, 3))
+
+
+def test_an_interrupted_folder_embedding_leaves_no_decoding_processes(tmp_path, monkeypatch):
+    """They were kept for another pass that never comes, and the traceback a notebook keeps held them."""
+    import multiprocessing
+    root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
+    monkeypatch.setattr(pipeline, "EVAL_BATCH", 8)
+    config = Config()
+    config.data.workers, config.train.precision = 2, "fp32"
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        pipeline.features(Interrupted(), config, ImageFolder(root, size=32), torch.device("cpu"))
+    assert interrupted.traceback  # held, as a notebook holds it
+    assert multiprocessing.active_children() == []
+
+
 def test_a_folder_with_nothing_decodable_is_one_clear_error(tmp_path):
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
