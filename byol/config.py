@@ -361,6 +361,23 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
     return config
 
 
+def checked(config: Config) -> Config:
+    """A copy of ``config`` checked as :func:`load_config` checks one, for a ``Config`` whose fields
+    were set in Python since (a notebook's): each value's type and range, and no attribute that is
+    not a setting (``config.train.max_step = 3`` for ``max_steps`` would do nothing)."""
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a byol.Config, such as byol.load_config('cifar10') gives, not "
+                        f"{type(config).__name__}")
+    sections = [f.name for f in dataclasses.fields(config)]
+    for name in sorted(set(vars(config)) - set(sections)):
+        raise ConfigError(f"unknown config section {name!r}; the sections are {', '.join(sections)}")
+    for section in sections:
+        known = {f.name for f in dataclasses.fields(getattr(config, section))}
+        for name in sorted(set(vars(getattr(config, section))) - known):
+            _set(Config(), f"{section}.{name}", None)  # raises: unknown config key, and the section's keys
+    return validate(config_from_dict(config.to_dict()))
+
+
 def _is_device(name: str) -> bool:
     if name == "auto":
         return True

@@ -16,7 +16,7 @@ from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
                     schedule_of, views_of)
 from .checkpoint import rng_state_kept, save_checkpoint
-from .config import Config, ConfigError, TrainConfig, config_from_dict, save_config, validate
+from .config import Config, ConfigError, TrainConfig, checked, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .memory import check_step_fits
@@ -68,12 +68,9 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
 
 
 def _checked(config: Config) -> Config:
-    """``config`` checked as ``load_config`` checks one (a notebook may have set fields since), as a copy
+    """``config`` checked (:func:`~byol.config.checked`: a notebook may have set fields since), as a copy
     whose ``data.root`` is absolute: the saved config finds the data from any directory."""
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be a byol.Config, such as byol.load_config('cifar10') gives, not "
-                        f"{type(config).__name__}")
-    config = validate(config_from_dict(config.to_dict()))
+    config = checked(config)
     config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
     return config
 

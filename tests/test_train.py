@@ -352,6 +352,19 @@ def test_a_setting_changed_on_a_loaded_config_is_checked_as_load_config_checks_i
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("section, key, error", [
+    ("train", "max_step", r"^unknown config key 'train.max_step'; train has epochs, batch_size, max_steps, "),
+    (None, "trian", r"^unknown config section 'trian'; the sections are data, model, augment, optim, train$"),
+])
+def test_a_mistyped_setting_on_a_loaded_config_is_an_error_not_ignored(tmp_path, section, key, error):
+    """cfg.train.max_step = 3 (for max_steps) was ignored: the run went on for all its epochs."""
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run"))
+    setattr(getattr(config, section) if section else config, key, 3)
+    with pytest.raises(ConfigError, match=error):
+        pretrain(config)
+    assert not (tmp_path / "run").exists()
+
+
 def test_pretrain_takes_paths_for_its_folders_and_refuses_what_is_not_a_config(tmp_path, cifar10_root):
     """A pathlib.Path out_dir failed writing config.yaml ("cannot represent an object"), and so did
     NumPy's numbers; a dict was "'dict' object has no attribute 'data'"."""
