@@ -14,7 +14,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "BYOL": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim", "param_groups": "optim",
     "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
-    "Config": "config", "load_config": "config", "resume_config": "config", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
+    "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
     "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "step",
 }
 __all__ = [
@@ -42,7 +42,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .backbones import cut_at, resnet
-    from .config import Config, load_config, resume_config
+    from .config import Config, load_config
     from .ema import build_target, update_target
     from .exports import embed, export
     from .loss import byol_loss, regression_loss
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .optim import LARS, build_optimizer, param_groups
     from .encoders import load_encoder
     from .pipeline import knn, linear
+    from .resume import resume_config
     from .schedules import cosine_lr, tau_schedule
     from .step import keep_freed_memory
     from .train import pretrain

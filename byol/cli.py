@@ -179,7 +179,8 @@ def run(argv: Optional[list[str]] = None) -> int:
         raise UsageError(f"byol export does not accept {key}: {why}")
     from . import exports, pipeline
     if args.command == "pretrain":
-        from .config import load_config, resume_config
+        from .config import load_config
+        from .resume import resume_config
         from .run_folder import warnings_summary
         from .train import pretrain
         extra = ["--data.download=true"] if args.download else []

@@ -3,7 +3,6 @@
 import dataclasses
 import numbers
 import os
-import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -149,7 +148,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_preset(name_or_path: str) -> dict:
+def read_preset(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if path.is_dir() and (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
         raise ConfigError(f"config {name_or_path} is a folder, not a YAML file")
@@ -268,51 +267,12 @@ def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = N
     """
     config = Config()
     if preset is not None:
-        for section, values in _read_preset(preset).items():
+        for section, values in read_preset(preset).items():
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {section!r} must be a mapping of keys")
             for name, value in values.items():
                 _set(config, f"{section}.{name}", value)
     return validate(apply_overrides(config, overrides or []))
-
-
-def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
-                  explicit: bool = False) -> Config:
-    """The config to continue a run with: the run's saved ``config.yaml``, then ``overrides``.
-
-    ``preset`` and ``overrides`` first resolve as :func:`load_config` does, to find the run (its
-    ``train.out_dir``, kept even if the run folder was moved); a run without a saved config
-    resumes with that resolution. An ``explicit`` preset's settings that differ from the run's
-    are named in a note: they do not change it (``--section.key=value`` does).
-    """
-    located = load_config(preset, overrides)
-    saved = Path(located.train.out_dir) / "config.yaml"
-    if not saved.is_file():
-        return located
-    if not _read_preset(str(saved)):
-        raise ConfigError(f"the run's saved config {saved} is empty; give the run's settings with --config and "
-                          "--section.key=value, or restore the file")
-    config = load_config(str(saved), overrides)
-    config.train.out_dir = located.train.out_dir
-    ignored = changed_settings(config.to_dict(), located.to_dict()) if explicit else []
-    if ignored:
-        print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
-              f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
-              "to change the run", file=sys.stderr)
-    return config
-
-
-def changed_settings(before: dict, after: dict) -> list[str]:
-    """``section.key old -> new`` for each setting that differs (a data root compared as an absolute path)."""
-    changed = []
-    for section, values in after.items():
-        for key, new in values.items():
-            old = before.get(section, {}).get(key, new)
-            if f"{section}.{key}" == "data.root":
-                old, new = os.path.abspath(old), os.path.abspath(new)
-            if old != new:
-                changed.append(f"{section}.{key} {old} -> {new}")
-    return changed
 
 
 def validate(config: Config, keys: Optional[list[str]] = None) -> Config:

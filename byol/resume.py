@@ -1,7 +1,9 @@
-"""Continuing a run: its last checkpoint restored into the model, optimizer and generators, and
-what the settings given now change about it said up front."""
+"""Continuing a run: its config (the run's own ``config.yaml``, then the settings given), its last
+checkpoint restored into the model, optimizer and generators, and what the settings given now change
+about it said up front."""
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,9 +12,48 @@ import torch
 
 from .build import autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
-from .config import Config, ConfigError, changed_settings, config_from_dict
+from .config import Config, ConfigError, config_from_dict, load_config, read_preset
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
+
+
+def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
+                  explicit: bool = False) -> Config:
+    """The config to continue a run with: the run's saved ``config.yaml``, then ``overrides``.
+
+    ``preset`` and ``overrides`` first resolve as :func:`load_config` does, to find the run (its
+    ``train.out_dir``, kept even if the run folder was moved); a run without a saved config
+    resumes with that resolution. An ``explicit`` preset's settings that differ from the run's
+    are named in a note: they do not change it (``--section.key=value`` does).
+    """
+    located = load_config(preset, overrides)
+    saved = Path(located.train.out_dir) / "config.yaml"
+    if not saved.is_file():
+        return located
+    if not read_preset(str(saved)):
+        raise ConfigError(f"the run's saved config {saved} is empty; give the run's settings with --config and "
+                          "--section.key=value, or restore the file")
+    config = load_config(str(saved), overrides)
+    config.train.out_dir = located.train.out_dir
+    ignored = changed_settings(config.to_dict(), located.to_dict()) if explicit else []
+    if ignored:
+        print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
+              f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
+              "to change the run", file=sys.stderr)
+    return config
+
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """``section.key old -> new`` for each setting that differs (a data root compared as an absolute path)."""
+    changed = []
+    for section, values in after.items():
+        for key, new in values.items():
+            old = before.get(section, {}).get(key, new)
+            if f"{section}.{key}" == "data.root":
+                old, new = os.path.abspath(old), os.path.abspath(new)
+            if old != new:
+                changed.append(f"{section}.{key} {old} -> {new}")
+    return changed
 
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,

@@ -12,7 +12,7 @@ import math
 
 import byol
 from byol.cli import main
-from byol.config import resume_config
+from byol.resume import resume_config
 from conftest import tiny_overrides
 
 STEPS = 40

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from byol.config import Config, ConfigError, config_from_dict, load_config, preset_names, resume_config, save_config
+from byol.config import Config, ConfigError, config_from_dict, load_config, preset_names, save_config
+from byol.resume import resume_config
 
 
 def test_every_preset_loads_and_has_commented_keys():

@@ -18,7 +18,8 @@ import byol.train
 from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
-from byol.config import Config, ConfigError, changed_settings, load_config
+from byol.config import Config, ConfigError, load_config
+from byol.resume import changed_settings
 from byol.metrics import read_metrics
 from byol.optim import build_optimizer
 from byol.schedules import cosine_lr
