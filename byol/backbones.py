@@ -1,6 +1,7 @@
 """Encoders: torchvision ResNets by name, and any ``nn.Module`` cut at a hidden layer."""
 
 import contextlib
+import numbers
 import warnings
 from typing import Iterator, Optional, Union
 
@@ -26,6 +27,8 @@ def resnet(name: str = "resnet18", cifar_stem: bool = False, width: int = 64) ->
     """
     if name not in RESNETS:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(RESNETS)}")
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+        raise ValueError(f"width must be a whole number of channels >= 1, not {width!r}")
     net = getattr(torchvision.models, name)(weights=None) if width == 64 else _narrow_resnet(name, width)
     if cifar_stem:
         net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)

@@ -22,6 +22,15 @@ def test_cifar_stem():
     assert plain.conv1.kernel_size == (7, 7) and isinstance(plain.maxpool, nn.MaxPool2d)
 
 
+@pytest.mark.parametrize("width", [0, -8, 2.5, True])
+def test_a_width_that_is_not_a_number_of_channels_is_refused(width):
+    """resnet(width=0) built a network of empty convolutions without a word."""
+    with pytest.raises(ValueError, match=f"width must be a whole number of channels >= 1, not {width!r}"):
+        resnet("resnet18", width=width)
+    import numpy as np
+    assert resnet("resnet18", width=np.int64(4)).conv1.out_channels == 4
+
+
 def test_full_width_resnet_has_torchvision_keys():
     ours = resnet("resnet50").state_dict()
     theirs = torchvision.models.resnet50().state_dict()
