@@ -45,6 +45,12 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
     config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
+    with torch.random.fork_rng(devices=[]):  # the modules the weights are loaded into draw their initialization
+        return _load_encoder_with_origin(path, overrides, random_init, for_export)
+
+
+def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
+                              random_init: bool, for_export: bool) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
     given = [o.removeprefix("--").split("=")[0] for o in overrides]
     if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing

@@ -173,6 +173,18 @@ def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_els
         encoders.load_encoder(tmp_path / "x.pt")
 
 
+def test_loading_an_encoder_leaves_the_caller_s_random_number_generator_as_it_was(tmp_path):
+    """The network the weights are loaded into is initialized first, which drew from torch's generator:
+    a notebook's draws after byol.knn, linear, embed or export were not its own seed's."""
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    encoders.load_encoder(tmp_path / "r18.pt")
+    assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("command, given, unused", [
     ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
      ["optim.lr", "augment.crop_min_scale", "train.epochs"]),
