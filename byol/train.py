@@ -76,9 +76,10 @@ def _checked(config: Config) -> Config:
 
 
 def pretrain(config: Config, resume: bool = False) -> dict:
-    """Pretrain with BYOL as ``config`` says; return the final metrics (``step``, ``loss``, ``knn``,
-    ``knn_init``, ...) and what the run ran on (``device``, and ``precision``: ``"bf16 autocast"`` or
-    ``"float32"``, what ``train.precision`` resolved to there). On rank 0 also ``warnings``: the lines
+    """Pretrain with BYOL as ``config`` says; return the final metrics (``step``; ``loss`` once a
+    train record was logged; ``knn``, ``knn_init``, ... where measured) and what the run ran on
+    (``device``, and ``precision``: ``"bf16 autocast"`` or ``"float32"``, what ``train.precision``
+    resolved to there). On rank 0 also ``warnings``: the lines
     of the run's ``warnings.txt`` (the collapse monitor's, ``step N: ...``; empty when it never warned),
     and for an image folder ``skipped_files``: how many files could not be decoded.
 
@@ -90,7 +91,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
     SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
     A start that fails before its first step has finished leaves the folder as it found it. The
-    caller's random number generators (torch's, CUDA's, NumPy's, Python's) are left as they were.
+    caller's random number generators (torch's, CUDA's, NumPy's, Python's) and cuDNN's benchmark
+    flag are left as they were.
 
     ``resume=True`` continues the run in ``config.train.out_dir`` from its ``checkpoints/last.pt``
     with ``config`` as given (a note names what differs from the checkpoint's). To continue with the
@@ -100,6 +102,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     config = _checked(config)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
+    benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
     try:
         with rng_state_kept():  # the caller's torch, CUDA, NumPy and Python generators, as they were
             return _pretrain(config, resume, rank, world, folder)
@@ -107,6 +110,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         if folder is not None:
             folder.undo()  # only while no step has finished
         raise
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:
@@ -136,7 +141,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
-        results = {"step": step, "checkpoint": str(ckpt_path)}
+        results = {"step": step, "checkpoint": str(ckpt_path), "device": str(device), "precision": precision_name(amp)}
         if rank == 0:
             _note_finished(t, run_dir, step, end_step < total_steps)
             results["warnings"] = read_warnings(run_dir)

@@ -620,9 +620,26 @@ def test_a_finished_run_resumed_on_the_cpu_gets_no_cpu_note(tmp_path, cifar10_ro
                                                    "train.device": "auto"}) + [f"--data.root={cifar10_root}"]
     pretrain(load_config("cifar10", settings))
     assert "--model.width=8" in capsys.readouterr().err  # it trained on the CPU
-    pretrain(load_config("cifar10", settings), resume=True)
+    results = pretrain(load_config("cifar10", settings), resume=True)
     err = capsys.readouterr().err
     assert "is finished" in err and "--model.width=8" not in err, err
+    assert results["device"] == "cpu" and results["precision"] in ("bf16 autocast", "float32")  # as pretrain says
+
+
+def test_pretrain_leaves_cudnn_s_benchmark_flag_as_it_was(tmp_path, cifar10_root, monkeypatch):
+    """On a GPU a run turns cuDNN's benchmark on for its fixed shapes; the caller's flag is put back after
+    it (the CUDA branch of _prepare_device stood in for here)."""
+    import byol.train as train
+    prepare = train._prepare_device
+
+    def on_a_gpu(t):
+        torch.backends.cudnn.benchmark = True
+        return prepare(t)
+    monkeypatch.setattr(train, "_prepare_device", on_a_gpu)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 1, "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root}"]))
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_the_schedules(
