@@ -84,7 +84,7 @@ def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
 
 
 def check_pixel_range(images: torch.Tensor) -> None:
-    """Refuse a float batch in 0..255, and warn of one with negative values (normalized, or random
+    """Refuse a float batch in 0..255, and warn of one with values below -0.5 (normalized, or random
     like byol-pytorch's README example), and integers other than uint8: the augmentations take
     floats in [0, 1] (or uint8)."""
     if not images.is_floating_point() and images.dtype != torch.uint8:
@@ -153,7 +153,7 @@ class BYOL(nn.Module):
     * ``loss = model(images)``: byol-pytorch style; both views are drawn here with
       ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default). With the default
       augmentations, images are uint8 or float in [0, 1]; the first batch is checked (one host
-      sync, once): a float batch in 0..255 is a ``ValueError``, one below 0 (normalized) a warning.
+      sync, once): a float batch in 0..255 is a ``ValueError``, one below -0.5 (normalized) a warning.
 
     Inputs are (B, 3, H, W) batches, with B >= 2 in training mode (the projector's and predictor's
     BatchNorm need two images per batch); another shape is a ``ValueError``.
