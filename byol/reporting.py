@@ -1,5 +1,6 @@
 """What a pretraining run says while it trains: the throughput and the run's clock, the metrics
-records, the progress bar, the collapse monitor's warnings and the stop on non-finite losses."""
+records, the progress bar, the collapse monitor's warnings and the stop on non-finite losses, and
+its notes at the start (a GPU preset on the CPU, a warm-up as long as the run, a finished run)."""
 
 import math
 import sys
@@ -10,6 +11,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from .build import end_step_of, schedule_of
+from .config import Config, TrainConfig
 from .metrics import KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
 from .run_folder import RunFolder
@@ -145,3 +148,43 @@ def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
     bar = tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
                desc="pretrain", dynamic_ncols=True, file=sys.stderr)
     return None if bar.disable else bar
+
+
+def note_cpu(config: Config, device: torch.device) -> None:
+    """The GPU presets (the default one included) where torch finds no GPU: hours an epoch, said up front."""
+    if device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64:
+        print("note: torch finds no GPU here, so this full-width encoder trains on the CPU, slowly (the progress "
+              "bar's ETA says how slowly); a narrow one (--model.width=8, as in --config cifar10-cpu) suits a CPU",
+              file=sys.stderr)
+
+
+def note_warmup(config: Config, steps_per_epoch: int) -> None:
+    """A warm-up as long as the run (its epochs, or ``train.max_steps``): legal, but the learning rate
+    then only climbs (to its peak at the last step at best) and never decays, which is almost surely
+    not what was meant."""
+    t, warmup_epochs = config.train, config.optim.warmup_epochs
+    _, warmup, total = schedule_of(config, steps_per_epoch)
+    end = end_step_of(config, total)
+    if warmup < end:
+        return
+    if warmup >= total:  # the schedule itself, whatever part of it train.max_steps runs
+        run, below = f"{warmup_epochs:g} is not shorter than train.epochs={t.epochs}", "below train.epochs"
+    else:  # train.max_steps ends the run within it
+        run = f"{warmup_epochs:g} ({warmup} steps) is not shorter than train.max_steps={t.max_steps}"
+        below = f"below the {end / steps_per_epoch:.3g} epochs of train.max_steps"
+    # The last step's learning rate as a share of the peak (schedules.cosine_lr warms up by step + 1 of warmup).
+    reached = "reaching its peak only at the last step" if end == warmup else f"to {end / warmup:.2g} of its peak"
+    print(f"note: optim.warmup_epochs={run}, so the learning rate only warms up, {reached}, and never decays; "
+          f"set --optim.warmup_epochs {below} (the paper warms up 10 of 300 epochs)", file=sys.stderr)
+
+
+def note_finished(t: TrainConfig, run_dir: Path, step: int, by_max_steps: bool) -> None:
+    limit = f"train.max_steps={t.max_steps}" if by_max_steps else f"train.epochs={t.epochs}"
+    print(f"note: the run in {run_dir} is finished: step {step}, and {limit} ends it; to train on, resume "
+          "with a larger value", file=sys.stderr)
+
+
+def note_cuda_graph(eager_steps: int) -> None:
+    print("note: train.cuda_graph=true is experimental (not yet verified on a GPU): after "
+          f"{eager_steps} eager steps, each step's augmentation, forward and backward are replayed "
+          "from one CUDA graph", file=sys.stderr)

@@ -23,7 +23,8 @@ from .memory import check_step_fits
 from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
-from .reporting import Clock, Report, epoch_line, log_knn, nonfinite_error, progress_bar
+from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
+                        note_warmup, progress_bar)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
@@ -143,7 +144,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
         results = {"step": step, "checkpoint": str(ckpt_path), "device": str(device), "precision": precision_name(amp)}
         if rank == 0:
-            _note_finished(t, run_dir, step, end_step < total_steps)
+            note_finished(t, run_dir, step, end_step < total_steps)
             results["warnings"] = read_warnings(run_dir)
         return results
     _before_first_step(config, byol, data, device, amp, resume, rank, world)
@@ -159,7 +160,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
                            t.tau_base)
     if t.cuda_graph and rank == 0:
-        _note_cuda_graph(loop_step.eager_steps)
+        note_cuda_graph(loop_step.eager_steps)
     clock = Clock(device, progress, resumed_s)
     report = Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
                      steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
@@ -207,8 +208,8 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         check_step_fits(byol, t.batch_size, config.data.image_size, amp)
     if rank == 0:
         save_config(config, run_dir / "config.yaml")
-        _note_cpu(config, device)
-        _note_warmup(config, len(data.batches))
+        note_cpu(config, device)
+        note_warmup(config, len(data.batches))
     if resume and rank == 0 and data.folder is not None:
         data.folder.read_skipped(run_dir / "skipped_files.txt")
 
@@ -221,46 +222,6 @@ def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]
     elif t.keep_freed_memory:
         keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
     return device, autocast_dtype(t.precision, device)
-
-
-def _note_cpu(config: Config, device: torch.device) -> None:
-    """The GPU presets (the default one included) where torch finds no GPU: hours an epoch, said up front."""
-    if device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64:
-        print("note: torch finds no GPU here, so this full-width encoder trains on the CPU, slowly (the progress "
-              "bar's ETA says how slowly); a narrow one (--model.width=8, as in --config cifar10-cpu) suits a CPU",
-              file=sys.stderr)
-
-
-def _note_warmup(config: Config, steps_per_epoch: int) -> None:
-    """A warm-up as long as the run (its epochs, or ``train.max_steps``): legal, but the learning rate
-    then only climbs (to its peak at the last step at best) and never decays, which is almost surely
-    not what was meant."""
-    t, warmup_epochs = config.train, config.optim.warmup_epochs
-    _, warmup, total = schedule_of(config, steps_per_epoch)
-    end = end_step_of(config, total)
-    if warmup < end:
-        return
-    if warmup >= total:  # the schedule itself, whatever part of it train.max_steps runs
-        run, below = f"{warmup_epochs:g} is not shorter than train.epochs={t.epochs}", "below train.epochs"
-    else:  # train.max_steps ends the run within it
-        run = f"{warmup_epochs:g} ({warmup} steps) is not shorter than train.max_steps={t.max_steps}"
-        below = f"below the {end / steps_per_epoch:.3g} epochs of train.max_steps"
-    # The last step's learning rate as a share of the peak (schedules.cosine_lr warms up by step + 1 of warmup).
-    reached = "reaching its peak only at the last step" if end == warmup else f"to {end / warmup:.2g} of its peak"
-    print(f"note: optim.warmup_epochs={run}, so the learning rate only warms up, {reached}, and never decays; "
-          f"set --optim.warmup_epochs {below} (the paper warms up 10 of 300 epochs)", file=sys.stderr)
-
-
-def _note_finished(t: TrainConfig, run_dir: Path, step: int, by_max_steps: bool) -> None:
-    limit = f"train.max_steps={t.max_steps}" if by_max_steps else f"train.epochs={t.epochs}"
-    print(f"note: the run in {run_dir} is finished: step {step}, and {limit} ends it; to train on, resume "
-          "with a larger value", file=sys.stderr)
-
-
-def _note_cuda_graph(eager_steps: int) -> None:
-    print("note: train.cuda_graph=true is experimental (not yet verified on a GPU): after "
-          f"{eager_steps} eager steps, each step's augmentation, forward and backward are replayed "
-          "from one CUDA graph", file=sys.stderr)
 
 
 def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int):

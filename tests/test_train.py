@@ -572,7 +572,7 @@ def test_knn_features_show_progress_bars_when_training_does(tmp_path, cifar10_ro
     ({}, "cuda", False)])
 def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, settings, device, noted):
     config = load_config("cifar10", [f"--{k}={v}" for k, v in settings.items()])
-    byol.train._note_cpu(config, torch.device(device))
+    byol.reporting.note_cpu(config, torch.device(device))
     assert ("--model.width=8" in capsys.readouterr().err) is noted
 
 
@@ -591,7 +591,7 @@ def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, sett
     ("cifar10", {"train.epochs": 1, "optim.warmup_epochs": 0}, None)])
 def test_a_warm_up_as_long_as_the_run_gets_a_note(capsys, preset, settings, noted):
     """Compared in steps (here 97 an epoch): the warm-up's against the run's, train.max_steps included."""
-    byol.train._note_warmup(load_config(preset, [f"--{k}={v}" for k, v in settings.items()]), 97)
+    byol.reporting.note_warmup(load_config(preset, [f"--{k}={v}" for k, v in settings.items()]), 97)
     err = capsys.readouterr().err
     assert (noted in err) if noted else err == "", err
 
