@@ -8,7 +8,7 @@ import inspect
 import numbers
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import torch
 from torch import nn
@@ -207,15 +207,17 @@ def check_counts(**counts) -> tuple:
                 raise ConfigError(f"temperature must be a number > 0, got {value!r}")
             checked.append(float(value))
             continue
-        if name == "ks" and not isinstance(value, (list, tuple)):  # ks=20 failed: "'int' object is not iterable"
+        if name == "ks" and (isinstance(value, (str, bytes)) or not isinstance(value, Iterable)):
+            # ks=20 failed: "'int' object is not iterable"
             raise ConfigError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {value!r}")
-        for v in (value if name == "ks" else [value]):
+        values = list(value) if name == "ks" else [value]  # once: an iterator is read once
+        for v in values:
             if v is None and name == "limit":
                 continue
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least[name]:
                 raise ConfigError(f"{name} must be a whole number >= {least[name]}"
                                   f"{' or None' if name == 'limit' else ''}, got {value!r}")
-        checked.append(tuple(int(k) for k in value) if name == "ks" else None if value is None else int(value))
+        checked.append(tuple(int(k) for k in values) if name == "ks" else None if value is None else int(value))
     return tuple(checked)
 
 

@@ -252,8 +252,9 @@ def test_numpy_counts_are_taken_as_python_s(tmp_path):
     import numpy as np
     from byol.checkpoint import CheckpointError
     from byol.pipeline import check_counts, knn
-    assert check_counts(ks=[np.int64(20)], temperature=np.float32(0.5), limit=np.int64(100), holdout=np.int32(0)) \
-        == ((20,), 0.5, 100, 0)
-    assert all(type(v) in (tuple, float, int) for v in check_counts(ks=(20,), temperature=0.1, limit=5, holdout=0))
+    taken = check_counts(ks=np.array([20, 200]), temperature=np.float32(0.5), limit=np.int64(100), holdout=np.int32(0))
+    assert taken == ((20, 200), 0.5, 100, 0)
+    assert [type(v) for v in taken] == [tuple, float, int, int] and [type(k) for k in taken[0]] == [int, int]
+    assert check_counts(ks=range(20, 201, 180)) == check_counts(ks=iter([20, 200])) == ((20, 200),)  # as before
     with pytest.raises(CheckpointError, match="does not exist"):  # past the checks, to the checkpoint
         knn(tmp_path / "missing.pt", limit=np.int64(100), ks=(np.int64(20),))
