@@ -33,9 +33,9 @@ class MLP(nn.Sequential):
         x = flat_representation(x, "the projector's input, the representation at hidden_layer,")
         if x.shape[1] != self[0].in_features:  # a shape, no sync: else "mat1 and mat2 shapes cannot be multiplied"
             raise ValueError(f"the MLP takes {self[0].in_features} features, but its input has {x.shape[1]} (shape "
-                             f"{tuple(x.shape)}); BYOL's projector is as wide as the representation of (2, 3, "
-                             "image_size, image_size) images, found at construction: for inputs of another shape, "
-                             "give BYOL(..., feature_dim=D)")
+                             f"{tuple(x.shape)}); a BYOL projector is as wide as its feature_dim, or, where none "
+                             "is given, as the representation of (2, 3, image_size, image_size) images: for inputs "
+                             "of another shape, give BYOL(..., feature_dim=D) with D their representation's width")
         return super().forward(x)
 
 
