@@ -17,7 +17,7 @@ from .backbones import cut_at, resnet
 from .config import Config, ConfigError
 from .data import DataError, ImageSet, TensorBatches, data_home
 from .datasets import NATIVE_SIZE, build_dataset
-from .folder import labeled_folders
+from .folder import labeled_folders, split_folder
 from .loaders import folder_loader, load_folder_share, load_folder_tensor
 from .model import BYOL
 from . import distributed as dist
@@ -164,12 +164,10 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
               f"(data.image_size={d.image_size} is the size of its views)", file=sys.stderr)
     folder = None
     if not isinstance(source, ImageSet):
-        if source.others and rank == 0:
-            print(f"note: {source.others_note()}", file=sys.stderr)
-        if source.runs and rank == 0:
-            print(f"note: {source.runs_note()}", file=sys.stderr)
+        for said in source.notes() if rank == 0 else []:
+            print(f"note: {said}", file=sys.stderr)
         sub = Path(d.root).expanduser() / d.train_split
-        if source.root != str(sub.absolute()) and sub.is_dir() and rank == 0:  # split_folder's reading: one class of many
+        if sub.is_dir() and split_folder(d.root, d.train_split) is None and rank == 0:  # one class of many
             print(f"note: {sub} is read as a class of {d.root}, as its other sub-folders are, not as its "
                   f"{d.train_split}/ split: a split has val/ or test/ beside it", file=sys.stderr)
         if d.load_size and d.load_size < d.image_size and rank == 0:

@@ -27,9 +27,8 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
     with a note where a file outside its class sub-folders leaves it unlabeled, one naming the byol
     run folders inside it, left out, and one counting the files left out as no image format's (HEIC, say)."""
     folder = _find_split(root, split, size, train_split)
-    for said in (folder.runs_note(), folder.others_note()):
-        if said is not None:
-            note(said)
+    for said in folder.notes():
+        note(said)
     if folder.loose is not None:
         note(f"the images of {folder.root} are labeled -1: {folder.loose} is not inside a class sub-folder "
              "(for labels, every image must be)")

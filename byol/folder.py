@@ -37,8 +37,9 @@ class ImageFolder(Dataset):
 
     ``dataset[i]`` is ``(image uint8 (3, size, size), label, i)``, or a :class:`Skipped` record
     when the file cannot be decoded (truncated, empty, not an image or not a regular file, a
-    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`skip_collate` drops those, and the loaders below
-    collect them in ``bad_files``, in the main process, also with worker processes.
+    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`~byol.loaders.skip_collate` drops
+    those, and the loaders of :mod:`byol.loaders` collect them in ``bad_files``, in the main process, also
+    with worker processes.
 
     Each image is turned upright (EXIF orientation) and converted to RGB: alpha is composited
     onto black (transparent pixels become black, whatever colour they hide), 16-bit gray is
@@ -130,6 +131,10 @@ class ImageFolder(Dataset):
         if n >= len(self):
             return self
         return self.subset(torch.linspace(0, len(self) - 1, n).round().long())
+
+    def notes(self) -> list[str]:
+        """What the scan left out, to say: the byol run folders inside, the files of no image format."""
+        return [said for said in (self.runs_note(), self.others_note()) if said is not None]
 
     def runs_note(self) -> Optional[str]:
         """The note that names the byol run folders left out of this folder (None: there were none)."""
@@ -265,9 +270,9 @@ def split_folder(root: Union[str, Path], name: str) -> Optional[Path]:
     if (root / "val").is_dir() or (root / "test").is_dir():
         return root / name
     with os.scandir(root) as entries:
-        classes = [e.name for e in entries if e.is_dir() and e.name not in SPLITS and e.name != name
-                   and not e.name.startswith(".") and not _is_a_run(e.path)]
-    return None if classes else root / name
+        a_class = any(e.is_dir() and e.name not in SPLITS and e.name != name and not e.name.startswith(".")
+                      and not _is_a_run(e.path) for e in entries)
+    return None if a_class else root / name
 
 
 def _is_a_run(folder: str) -> bool:

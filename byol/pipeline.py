@@ -127,9 +127,8 @@ def labeled_splits(config: Config, limit: Optional[int] = None, holdout: int = 0
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
                             "ROOT/train of such a layout: point --data.root at it")
         for split in splits:
-            for said in (split.runs_note(), split.others_note()):
-                if said is not None:
-                    note(said)
+            for said in split.notes():
+                note(said)
         return splits
     train, test = held_out(load_split(config, "train"), holdout) if holdout else (
         load_split(config, split) for split in ("train", "test"))
