@@ -228,11 +228,16 @@ def _set(config: Config, key: str, value: Any) -> None:
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
     if name not in hints:
-        raise ConfigError(f"unknown config key {key!r}; {section_name} has {', '.join(hints)}")
+        raise _unknown_key(key, section)
     if _is_empty(value, hints[name]):
         default = next(f.default for f in dataclasses.fields(section) if f.name == name)
         raise ConfigError(f"{key} is empty; give {_kind(hints[name])} (the default is {_yaml_word(default)})")
     setattr(section, name, _coerce(value, hints[name], key))
+
+
+def _unknown_key(key: str, section: Any) -> ConfigError:
+    return ConfigError(f"unknown config key {key!r}; {key.partition('.')[0]} has "
+                       f"{', '.join(f.name for f in dataclasses.fields(section))}")
 
 
 def _is_empty(value: Any, annotation: Any) -> bool:
@@ -329,12 +334,14 @@ def checked(config: Config) -> Config:
         raise TypeError(f"config must be a byol.Config, such as byol.load_config('cifar10') gives, not "
                         f"{type(config).__name__}")
     sections = [f.name for f in dataclasses.fields(config)]
-    for name in sorted(set(vars(config)) - set(sections)):
-        raise ConfigError(f"unknown config section {name!r}; the sections are {', '.join(sections)}")
-    for section in sections:
-        known = {f.name for f in dataclasses.fields(getattr(config, section))}
-        for name in sorted(set(vars(getattr(config, section))) - known):
-            _set(Config(), f"{section}.{name}", None)  # raises: unknown config key, and the section's keys
+    unknown = sorted(set(vars(config)) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r}; the sections are {', '.join(sections)}")
+    for name in sections:
+        section = getattr(config, name)
+        unknown = sorted(set(vars(section)) - {f.name for f in dataclasses.fields(section)})
+        if unknown:
+            raise _unknown_key(f"{name}.{unknown[0]}", section)
     return validate(config_from_dict(config.to_dict()))
 
 
