@@ -102,7 +102,8 @@ def test_a_folder_given_as_the_checkpoint_names_the_checkpoint_in_it(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "encoder.pt").write_bytes(b"")
     last = run / "checkpoints" / "last.pt"
-    for folder, named in ((run, last), (run / "checkpoints", last), (tmp_path / "export", tmp_path / "export" / "encoder.pt")):
+    export = tmp_path / "export"
+    for folder, named in ((run, last), (run / "checkpoints", last), (export, export / "encoder.pt")):
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(folder)
         assert str(e.value) == f"{folder} is a directory; give a checkpoint file in it, such as {named}"

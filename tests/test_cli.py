@@ -694,25 +694,30 @@ def test_help_and_usage_errors_answer_without_loading_torch():
               "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
               "assert main(['eval', 'knn']) == 2 and main(['pretrain', 'x']) == 2\n"
               "print('torch' in sys.modules, 'torchvision' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    proc = _fresh_python(script)
     assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout
     assert proc.stderr.count("byol: error: ") == 2 and "Traceback" not in proc.stderr, proc.stderr
     import byol  # the public names are still there, loaded on first use
     assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
     assert set(byol.__all__) == set(byol._EXPORTS) and all(getattr(byol, name) is not None for name in byol.__all__)
 
+
+def _fresh_python(script: str) -> subprocess.CompletedProcess:
+    """``script`` run in a fresh interpreter, as the ``byol`` command or a notebook starts; it must exit 0."""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_the_building_blocks_are_attributes_of_a_bare_import_byol():
-    """README: "The building blocks are usable on their own: byol.augment, ..., byol.optim.LARS,
-    byol.evaluate": after ``import byol`` alone, byol.schedules was an AttributeError, and byol.augment
+    """docs/python_api.md: "The building blocks ... byol.augment, ..., byol.optim.LARS, byol.evaluate":
+    after ``import byol`` alone, byol.schedules was an AttributeError, and byol.augment
     one until something else had imported it. In a fresh interpreter, as a notebook starts."""
     script = ("import byol\nprint(byol.schedules.cosine_lr(0, 10, 1.0), byol.augment.paper_views(32)[0].size,\n"
               "      byol.loss.byol_loss, byol.ema.update_target, byol.optim.LARS, byol.evaluate.knn_accuracy,\n"
               "      byol.color.solarize, sep='|')\n"
               "try:\n    byol.nonexistent\nexcept AttributeError as e:\n    print(e)")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.strip().splitlines()
+    lines = _fresh_python(script).stdout.strip().splitlines()
     assert lines[0].startswith("1.0|32|<function byol_loss"), lines
     assert lines[1] == "module 'byol' has no attribute 'nonexistent'"
 
