@@ -76,10 +76,11 @@ def test_an_interrupted_folder_embedding_leaves_no_decoding_processes(tmp_path, 
     monkeypatch.setattr(pipeline, "EVAL_BATCH", 8)
     config = Config()
     config.data.workers, config.train.precision = 2, "fp32"
+    before = set(multiprocessing.active_children())  # another test's, if any: not this one's to judge
     with pytest.raises(KeyboardInterrupt) as interrupted:
         pipeline.features(Interrupted(), config, ImageFolder(root, size=32), torch.device("cpu"))
     assert interrupted.traceback  # held, as a notebook holds it
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_a_folder_with_nothing_decodable_is_one_clear_error(tmp_path):

@@ -264,10 +264,11 @@ def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
         "data.limit": "null", "train.batch_size": 8, "train.knn_every": -1, "data.workers": 2, "optim.name": "sgd",
         "optim.lr": 1e30, "train.max_nonfinite": 1, "train.log_every": 1, "train.precision": "fp32"}) + [
         "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32", "--data.on_device=false"])
+    before = set(multiprocessing.active_children())  # another test's, if any: not this one's to judge
     with pytest.raises(NonFiniteLossError) as failed:
         pretrain(config)
     assert failed.traceback  # held, as a notebook holds it
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones(tmp_path):
