@@ -82,7 +82,7 @@ class TrainConfig:
                                       # one CUDA GPU, eager (not with train.compile=true)
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak)
-    out_dir: str = "runs/byol"         # the run directory: config.yaml, checkpoints/, metrics, plots
+    out_dir: str = "runs/byol"        # the run directory: config.yaml, checkpoints/, metrics, plots
     log_every: int = 20               # steps between metric reads (the only host syncs in the loop)
     checkpoint_every: int = 10        # epochs between kept checkpoints (the last one is always kept)
     save_interval_s: float = 0.0      # write checkpoints/last.pt and the plots at an epoch's end only if this

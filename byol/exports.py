@@ -47,8 +47,9 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
     Every split's labels are numbered by the classes of the ``train`` split, as eval numbers them.
     """
     root = image_root(root)
-    if split_folder(root, train_split) is not None:  # as pretraining found it
-        trained_on, base = root / train_split, root
+    sub = split_folder(root, train_split)  # as pretraining found it
+    if sub is not None:
+        trained_on, base = sub, root
     elif root.name == "train":  # as labeled_folders, which eval uses
         trained_on, base = root, root.parent
     else:  # a plain folder of images: its sub-folders (a `test/` too) are classes, not splits

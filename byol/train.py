@@ -141,8 +141,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                               amp) if resume else (0, 0.0)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
+    ran_on = {"device": str(device), "precision": precision_name(amp)}
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
-        results = {"step": step, "checkpoint": str(ckpt_path), "device": str(device), "precision": precision_name(amp)}
+        results = {"step": step, "checkpoint": str(ckpt_path), **ran_on}
         if rank == 0:
             note_finished(t, run_dir, step, end_step < total_steps)
             results["warnings"] = read_warnings(run_dir)
@@ -150,7 +151,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     _before_first_step(config, byol, data, device, amp, resume, rank, world)
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
-    results: dict = {"device": str(device), "precision": precision_name(amp)}
+    results: dict = dict(ran_on)
     bars = t.progress and rank == 0  # the kNN features' bars
     if data.knn_train is not None and step == 0:
         acc = knn_eval(byol, data, config, device, amp, bars)
