@@ -24,7 +24,8 @@ from benchmarks.speed import load_average, load_images, machine, setup, sync, wi
 from byol.build import autocast_dtype
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
-from byol.step import ViewsForward, compile_step, eager_fallbacks, keep_freed_memory, step_metrics
+from byol.compiling import compile_step, eager_fallbacks
+from byol.step import ViewsForward, keep_freed_memory, step_metrics
 
 PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metrics")
 

@@ -33,7 +33,8 @@ import torch
 
 from benchmarks import systems
 from byol.build import autocast_dtype
-from byol.step import eager_fallbacks, glibc
+from byol.compiling import eager_fallbacks
+from byol.step import glibc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"

@@ -16,6 +16,7 @@ from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
                     schedule_of, views_of)
 from .checkpoint import rng_state_kept, save_checkpoint
+from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked, save_config
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
@@ -27,7 +28,7 @@ from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, not
                         note_warmup, progress_bar)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
-from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, compile_step, keep_freed_memory
+from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, keep_freed_memory
 
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
