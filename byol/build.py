@@ -14,7 +14,7 @@ import torch
 
 from .augment import Augment, view_presets
 from .backbones import cut_at, resnet
-from .config import Config, ConfigError
+from .config import Config, ConfigError, DataConfig
 from .data import DataError, ImageSet, TensorBatches, data_home
 from .datasets import NATIVE_SIZE, build_dataset
 from .folder import labeled_folders, split_folder
@@ -162,6 +162,9 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
         side = NATIVE_SIZE[d.dataset]
         print(f"note: data.load_size={d.load_size} is not used: {d.dataset} is read at its own {side}x{side} "
               f"(data.image_size={d.image_size} is the size of its views)", file=sys.stderr)
+    if d.workers != DataConfig.workers and d.dataset in NATIVE_SIZE and rank == 0:
+        print(f"note: data.workers={d.workers} is not used: {d.dataset} is held in memory and batched by index, "
+              "with no decoding processes", file=sys.stderr)
     folder = None
     if not isinstance(source, ImageSet):
         for said in source.notes() if rank == 0 else []:

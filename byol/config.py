@@ -29,7 +29,7 @@ class DataConfig:
     train_split: str = "train"        # stl10: "unlabeled", "train+unlabeled"; folder: ROOT/<this> if there
     image_size: int = 32              # side of the augmented views
     load_size: Optional[int] = None   # folder: decode to this square before device crops (default 8/7 x image_size)
-    workers: int = 4                  # decoding processes for image folders
+    workers: int = 4                  # decoding processes for image folders (CIFAR, STL-10: none, held in memory)
     on_device: Union[bool, str] = "auto"  # keep the set as one uint8 tensor on the GPU: auto (CIFAR, STL-10: yes,
                                       # unless it takes over a quarter of its memory; folders: no, streamed),
                                       # true (a folder too: decoded once), false (host memory, batches copied over)
