@@ -312,5 +312,7 @@ class Augment(nn.Module):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 3, H, W) uint8 in [0, 255] or float in [0, 1] -> (B, 3, size, size) normalized views."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"Augment takes a batch of RGB images, (B, 3, H, W), got shape {tuple(images.shape)}")
         b, _, height, width = images.shape
         return self.apply(images, self.sample_params(b, height, width, generator, images.device))

@@ -33,5 +33,7 @@ def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     if target_params:
         torch._foreach_lerp_(target_params, online_params, 1.0 - float(tau))
     target_buffers, online_buffers = list(target.buffers()), list(online.buffers())
+    if len(target_buffers) != len(online_buffers):
+        raise ValueError("target and online networks have different buffer lists")
     if target_buffers:  # one foreach copy, not a kernel per BatchNorm statistic
         torch._foreach_copy_(target_buffers, online_buffers)

@@ -1,8 +1,8 @@
 """Evaluation of a frozen encoder: feature extraction, weighted kNN, linear probe.
 
-Every function takes plain tensors and arguments, so it works without a config or a run
-directory: ``extract_features`` once per split, then ``knn_accuracy`` and ``linear_probe``
-on the cached features.
+Every function takes plain tensors (the kNN and the probe NumPy arrays too, as ``byol embed``
+writes them) and arguments, so it works without a config or a run directory:
+``extract_features`` once per split, then ``knn_accuracy`` and ``linear_probe`` on the cached features.
 """
 
 import math
@@ -121,6 +121,31 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     return (*out, indices_t[order]) if with_indices else out
 
 
+def _splits(train_features, train_labels, test_features, test_labels=None) -> tuple:
+    """The train and test features (N, D) and labels (N,) as tensors, from NumPy arrays (as
+    ``byol embed`` writes them) or lists too, checked: one label per row, class indices 0, 1, ...,
+    the same width D on both sides. ``test_labels`` None stays None."""
+    out = []
+    for which, features, labels in (("train", train_features, train_labels), ("test", test_features, test_labels)):
+        features = torch.as_tensor(features)
+        if features.dim() != 2:
+            raise ValueError(f"the {which} features must be a matrix (N, D), got shape {tuple(features.shape)}")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != features.shape[:1]:
+                raise ValueError(f"the {which} labels must be one per row of its features, shape ({len(features)},), "
+                                 f"got {tuple(labels.shape)}")
+            if labels.numel() and (labels.min() < 0 or (labels.is_floating_point()
+                                                        and not torch.equal(labels, labels.round()))):
+                raise ValueError(f"the {which} labels must be class indices 0, 1, ... (byol embed writes -1 for an "
+                                 "image without a label)")
+            labels = labels.long()
+        out += [features, labels]
+    if out[0].shape[1] != out[2].shape[1]:
+        raise ValueError(f"the train and test features differ in width: {out[0].shape[1]} and {out[2].shape[1]}")
+    return tuple(out)
+
+
 def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: int, chunk_size: int,
                 device: Optional[torch.device]):
     """Yield ``(start, sims, idx)``: cosine similarities (B, k) of each test row's top-k neighbours
@@ -165,6 +190,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     Returns:
         Scores (N_test, C) float32 on ``device``; ``argmax(1)`` is the prediction.
     """
+    train_features, train_labels, test_features, _ = _splits(train_features, train_labels, test_features)
     device = torch.device(device) if device is not None else None
     num_classes = num_classes or int(train_labels.max()) + 1
     labels = train_labels.to(device or train_features.device).long()
@@ -185,9 +211,11 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     if not ks or min(ks) < 1 or not temperature > 0:
         raise ValueError(f"every k must be >= 1 and the temperature > 0, got ks={tuple(ks)}, "
                          f"temperature={temperature}")
+    train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
+                                                                       test_labels)
     device = torch.device(device) if device is not None else None
     labels = train_labels.to(device or train_features.device).long()
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    num_classes = int(torch.cat([train_labels, test_labels.to(train_labels.device)]).max()) + 1
     correct = {k: 0 for k in ks}
     for start, sims, idx in _knn_chunks(train_features, test_features, max(ks), chunk_size, device):
         target = test_labels[start:start + len(sims)].to(sims.device).long()
@@ -257,12 +285,15 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         ``{"top1", "top5", "classes", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C)),
         the number of classes C, and the mean cross-entropy of the last epoch.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
+                                                                       test_labels)
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.to(device, torch.float32)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    num_classes = int(torch.cat([train_labels, test_labels.to(train_labels.device)]).max()) + 1
     head, train_loss = _fit_linear((x_train - mean) / std, train_labels.to(device).long(), num_classes,
                                    epochs, batch_size, lr, weight_decay, seed, progress)
     with torch.no_grad():

@@ -281,6 +281,12 @@ def test_invalid_config_is_a_clear_error(bad):
         ViewConfig(**bad)
 
 
+@pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (2, 32, 32, 3)])
+def test_what_is_not_a_batch_of_rgb_images_is_a_clear_error(shape):
+    with pytest.raises(ValueError, match=r"Augment takes a batch of RGB images, \(B, 3, H, W\), got shape"):
+        Augment(cifar_views(32)[0])(torch.zeros(shape, dtype=torch.uint8))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_with_cpu_generator_matches_cpu():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -84,3 +85,11 @@ def test_target_of_a_traced_encoder_runs_the_graph_of_its_mode():
     target = build_target(online)
     x = torch.rand(16, 4)
     torch.testing.assert_close(target(x), online(x))
+
+
+def test_networks_that_do_not_match_are_a_clear_error():
+    online = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    for other, said in ((nn.Sequential(nn.Linear(4, 4)), "different parameter lists"),
+                        (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "different buffer lists")):
+        with pytest.raises(ValueError, match=said):
+            update_target(build_target(other), online, 0.99)

@@ -176,6 +176,35 @@ def test_settings_that_mean_nothing_are_errors():
             knn_accuracy(x, y, x, y, **bad)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         linear_probe(x, y, x, y, epochs=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        linear_probe(x, y, x, y, batch_size=0)
+
+
+def test_numpy_features_and_labels_as_embed_writes_them_give_what_tensors_give(tmp_path):
+    x, y, xt, yt = random_split(n_train=40, n_test=20, d=8, c=3)
+    for name, array in (("x", x), ("y", y), ("xt", xt), ("yt", yt)):
+        np.save(tmp_path / f"{name}.npy", array.numpy())
+    x_np, y_np, xt_np, yt_np = (np.load(tmp_path / f"{name}.npy") for name in ("x", "y", "xt", "yt"))
+    assert knn_accuracy(x_np, y_np, xt_np, yt_np) == knn_accuracy(x, y, xt, yt)
+    assert torch.equal(knn_classify(x_np, y_np, xt_np), knn_classify(x, y, xt))
+    assert linear_probe(x_np, y_np, xt_np, yt_np, epochs=2) == linear_probe(x, y, xt, yt, epochs=2)
+    assert knn_accuracy(x, y.tolist(), xt, yt.double().numpy()) == knn_accuracy(x, y, xt, yt)  # integral floats
+
+
+def test_features_and_labels_that_do_not_fit_are_one_sentence():
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    for args, said in (((x[:, 0], y, x, y), r"the train features must be a matrix \(N, D\), got shape \(8,\)"),
+                       ((x, y[:5], x, y), r"the train labels must be one per row of its features, shape \(8,\), got \(5,\)"),
+                       ((x, y, x, y[:, None]), r"the test labels must be one per row"),
+                       ((x, y - 1, x, y), r"the train labels must be class indices 0, 1, ... \(byol embed writes -1"),
+                       ((x, y + 0.5, x, y), r"the train labels must be class indices"),
+                       ((x, y, x[:, :3], y), r"the train and test features differ in width: 4 and 3")):
+        for fn in (knn_accuracy, linear_probe):
+            with pytest.raises(ValueError, match=said):
+                fn(*args)
+    with pytest.raises(ValueError, match="the train labels must be class indices"):
+        knn_classify(x, y - 1, x)
+    assert knn_accuracy(x, y, x[:0], y[:0]) == {20: 0.0, 200: 0.0}  # no test rows: nothing right
 
 
 def test_progress_bars_on_stderr_only_when_asked(capsys):
