@@ -6,8 +6,9 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -153,10 +154,11 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = dict(ran_on)
-    bars = t.progress and rank == 0  # the kNN features' bars
-    if data.knn_train is not None and step == 0:
-        acc = knn_eval(byol, data, config, device, amp, bars)
-        results["knn_init"] = log_knn(log, 0, acc, t.knn_k, {"epoch": 0.0, "time_s": 0.0})
+    # The kNN monitor: the online encoder's accuracies when called (None: no monitor), bars on rank 0.
+    knn = (partial(knn_eval, byol, data, config, device, amp, t.progress and rank == 0)
+           if data.knn_train is not None else None)
+    if knn is not None and step == 0:
+        results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
     progress = progress_bar(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
@@ -184,8 +186,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                     results["loss"] = report(step, z1, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
-                    _epoch_end(step, end_step, stopping, config, byol, data, device, amp, bars, report, checkpoints,
-                               results)
+                    _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results)
                     if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
                         # an epoch, for a log (the last one's is the closing table)
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),
@@ -324,24 +325,23 @@ class _Checkpoints:
         self.last_save = time.perf_counter()
 
 
-def _epoch_end(step: int, end_step: int, stopping: bool, config: Config, byol: BYOL, data: TrainData,
-               device: torch.device, amp: Optional[torch.dtype], bars: bool, report: Report,
-               checkpoints: _Checkpoints, results: dict) -> None:
-    """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation when due (every
-    ``train.knn_every`` epochs and at the end, not at a stop), its accuracies in ``results["knn"]``,
-    then the checkpoint (:meth:`_Checkpoints.save`; ``epoch_N.pt`` kept every ``train.checkpoint_every``
-    epochs); training's clock (``report.clock``) paused while either may run."""
-    t, steps_per_epoch, clock = config.train, report.steps_per_epoch, report.clock
+def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
+               report: Report, checkpoints: _Checkpoints, results: dict) -> None:
+    """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
+    no kNN monitor) when due (every ``train.knn_every`` epochs and at the end, not at a stop), its
+    accuracies in ``results["knn"]``, then the checkpoint (:meth:`_Checkpoints.save`; ``epoch_N.pt``
+    kept every ``train.checkpoint_every`` epochs); training's clock (``report.clock``) paused while
+    either may run."""
+    steps_per_epoch, clock = report.steps_per_epoch, report.clock
     epoch_done = step % steps_per_epoch == 0
     done_epochs = step // steps_per_epoch
-    knn_due = data.knn_train is not None and not stopping and (step == end_step or (
+    knn_due = knn is not None and not stopping and (step == end_step or (
         t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0))
     keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
     final = stopping or step == end_step
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
         if knn_due:
-            acc = knn_eval(byol, data, config, device, amp, bars)
-            results["knn"] = log_knn(report.log, step, acc, t.knn_k, report.when(step))
+            results["knn"] = log_knn(report.log, step, knn(), t.knn_k, report.when(step))
         checkpoints.save(step, keep, final=final, time_s=clock.time_s())
 
 
