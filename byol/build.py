@@ -141,6 +141,15 @@ def load_size(config: Config) -> int:
     return d.load_size or (d.image_size if d.dataset != "folder" else round(d.image_size * 8 / 7))
 
 
+def eval_crop(config: Config) -> Optional[int]:
+    """The center crop that evaluation (the kNN monitor, ``byol eval`` and ``embed``) takes of a
+    folder's decoded square: ``data.image_size`` where the square is larger, as the paper's test
+    protocol does (shorter side resized to 256, the center 224: Grill et al. 2020, appendix C);
+    None, the whole image, for CIFAR and STL-10 and for a square no larger than the views."""
+    d = config.data
+    return d.image_size if d.dataset == "folder" and load_size(config) > d.image_size else None
+
+
 def load_data(config: Config, device: torch.device, rank: int, world: int) -> TrainData:
     """The training split (on the device for small sets, streamed for folders) and kNN splits."""
     t = config.train

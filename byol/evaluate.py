@@ -39,9 +39,11 @@ def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: s
 @torch.inference_mode()
 def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean: torch.Tensor,
            std: torch.Tensor, size: Union[int, tuple[int, int], None],
-           amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
+           amp_dtype: Optional[torch.dtype], crop: Optional[int] = None) -> torch.Tensor:
     """One batch of images (uint8, or float in [0, 1]) -> (B, D) float32 features on the CPU."""
     x = images.to(device, non_blocking=True)
+    if crop is not None:
+        x = center_crop(x, crop)
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
     if size is not None:
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -52,12 +54,22 @@ def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean:
     return out.flatten(1).float().cpu()
 
 
+def center_crop(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The center ``side`` x ``side`` of a batch (B, C, H, W), as torchvision's ``CenterCrop`` cuts
+    it (the offset rounded as there); images no larger than ``side`` are returned whole."""
+    height, width = images.shape[-2:]
+    if height <= side and width <= side:
+        return images
+    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+    return images[..., max(top, 0):max(top, 0) + side, max(left, 0):max(left, 0) + side]
+
+
 def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], batch_size: int = 512,
                      device: Union[str, torch.device, None] = None,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      size: Union[int, tuple[int, int], None] = None, amp_dtype: Optional[torch.dtype] = None,
-                     with_indices: bool = False,
-                     progress: Union[bool, str] = False) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
+                     with_indices: bool = False, progress: Union[bool, str] = False,
+                     crop: Optional[int] = None) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Representations of ``images`` under ``encoder`` in eval mode, without gradients.
 
     Args:
@@ -69,6 +81,8 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
         mean, std: per-channel normalization of images scaled to [0, 1]; must match pretraining.
         size: resize to this size first (bilinear, antialiased), when the stored images differ
             from the resolution the encoder was pretrained at.
+        crop: cut the center ``crop`` x ``crop`` of each image first (before ``size``), as the
+            usual test protocol does (resize to 256, center 224: Grill et al. 2020, appendix C).
         amp_dtype: autocast dtype (``torch.bfloat16``) or None for float32.
         with_indices: for batches, also return the sorted indices (which rows of the dataset
             the features are of, when a loader left some out or saw a shard only).
@@ -97,13 +111,14 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
         if is_tensor:
             chunks = []
             for i in range(0, len(images), batch_size):
-                chunks.append(_embed(encoder, images[i:i + batch_size], device, mean_t, std_t, size, amp_dtype))
+                chunks.append(_embed(encoder, images[i:i + batch_size], device, mean_t, std_t, size, amp_dtype,
+                                     crop))
                 if bar is not None:
                     bar.update(len(chunks[-1]))  # a shape: no host sync beyond _embed's own copy
             return torch.cat(chunks) if chunks else torch.empty(0, 0)
         feats, labels, indices = [], [], []
         for x, y, idx in images:
-            feats.append(_embed(encoder, x, device, mean_t, std_t, size, amp_dtype))
+            feats.append(_embed(encoder, x, device, mean_t, std_t, size, amp_dtype, crop))
             labels.append(torch.as_tensor(y).cpu())
             indices.append(torch.as_tensor(idx).cpu())
             if bar is not None:

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import torch
 
 from .backbones import resnet
-from .build import load_size, resolve_device, views_of
+from .build import eval_crop, load_size, resolve_device, views_of
 from .checkpoint import write_files_atomically
 from .config import Config, config_text
 from .data import DataError
@@ -187,10 +187,12 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
     """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
     d = config.data
     if d.dataset == "folder":
-        size = load_size(config)
+        size, crop = load_size(config), eval_crop(config)
         images = ("each image turned upright by its EXIF orientation, in RGB, its center square resized to "
-                  "image_size with Pillow's bilinear filter (a JPEG first decoded by Pillow's draft at the "
-                  "smallest scale still at least image_size)")
+                  f"{size}x{size} with Pillow's bilinear filter (a JPEG first decoded by Pillow's draft at the "
+                  f"smallest scale still at least that size)" + (f", then its center {crop}x{crop} cut out (the "
+                  "paper's test protocol: 256, then the center 224)" if crop else ""))
+        size = crop or size
     else:
         size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
     return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",

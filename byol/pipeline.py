@@ -23,7 +23,7 @@ from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
 from .evaluate import knn_accuracy, linear_probe
-from .build import autocast_dtype, held_out, load_size, precision_name, resolve_device, views_of
+from .build import autocast_dtype, eval_crop, held_out, load_size, precision_name, resolve_device, views_of
 
 
 class OutputError(Exception):
@@ -168,10 +168,11 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
 
     A folder is streamed through ``data.workers`` decoding processes, so it is never all in
     memory; its undecodable files are left out (``indices`` says which files the rows are of).
+    Its images are cut to their center ``data.image_size`` (:func:`~byol.build.eval_crop`).
     ``progress`` shows a bar on stderr (rank 0 only; a string names it).
     """
     view1, _ = views_of(config)
-    kwargs = dict(batch_size=EVAL_BATCH, mean=view1.mean, std=view1.std,
+    kwargs = dict(batch_size=EVAL_BATCH, mean=view1.mean, std=view1.std, crop=eval_crop(config),
                   amp_dtype=autocast_dtype(config.train.precision, device),
                   progress=progress if dist.rank() == 0 else False)
     if isinstance(source, ImageSet):
@@ -264,9 +265,10 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
             "features": LINEAR_PROBE["features"], **info}
 
 
-def _input_size(source: Source) -> int:
-    """The side of the square images the encoder is given: a folder's decode size, else the data set's own."""
-    return source.size if isinstance(source, ImageFolder) else int(source.images.shape[-1])
+def _input_size(source: Source, crop: Optional[int]) -> int:
+    """The side of the square images the encoder is given: the center crop, else a folder's decode
+    size, else the data set's own."""
+    return crop or (source.size if isinstance(source, ImageFolder) else int(source.images.shape[-1]))
 
 
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
@@ -285,6 +287,6 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
     return config, device, (train_f, train_y, test_f, test_y), {
         "n_train": len(train_f), "n_test": len(test_f), "test_split": held, **origin,
-        "random_init": random_init, "feature_dim": train_f.shape[1], "image_size": _input_size(test),
+        "random_init": random_init, "feature_dim": train_f.shape[1], "image_size": _input_size(test, eval_crop(config)),
         "device": str(device),
         "precision": precision_name(autocast_dtype(config.train.precision, device))}

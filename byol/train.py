@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
-                    schedule_of, views_of)
+from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_crop, load_data, precision_name,
+                    resolve_device, schedule_of, views_of)
 from .checkpoint import rng_state_kept, save_checkpoint
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked, save_config
@@ -36,9 +36,10 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
              amp: Optional[torch.dtype], progress: bool = False) -> dict[int, float]:
     """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
     features are extracted on every rank's share and gathered with their indices); ``progress``
-    shows a bar for each split's features on stderr."""
+    shows a bar for each split's features on stderr. A folder's images are cut to their center
+    ``data.image_size`` (:func:`~byol.build.eval_crop`), as ``byol eval`` cuts them."""
     view1, _ = views_of(config)
-    kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp)
+    kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp, crop=eval_crop(config))
     splits = (data.knn_train, data.knn_test)
     names = ("bank", "held-out") if config.train.knn_holdout else ("train", "test")
     bars = tuple(f"kNN: {name} features" for name in names) if progress else (False, False)

@@ -381,12 +381,15 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
     assert "unreadable files skipped" not in proc.stdout and not (run / "skipped_files.txt").exists()  # none were
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
-    proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5)
-    assert "30 train / 20 val images" in proc.stdout, proc.stdout
+    proc = byol("eval", "knn", run / "checkpoints" / "last.pt")
+    assert "30 train / 20 val images" in proc.stdout and "of 32x32 images" in proc.stdout, proc.stdout
+    # eval gives the monitor's last number: the same images, the same center crop of them
+    assert json.loads((run / "checkpoints" / "last_knn.json").read_text())["knn_top1"]["200"] == \
+        evals[-1]["eval/knn_top1_k200"]
     proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10, "--data.image_size=48")
     assert "10 train / 10 val images" in proc.stdout, proc.stdout
-    assert "of 55x55 images" in proc.stdout, proc.stdout  # a folder at 8/7 of the image_size given, said
-    assert json.loads((run / "checkpoints" / "last_knn.json").read_text())["image_size"] == 55
+    assert "of 48x48 images" in proc.stdout, proc.stdout  # the center 48 of a folder decoded at 8/7 of it, said
+    assert json.loads((run / "checkpoints" / "last_knn.json").read_text())["image_size"] == 48
     moved = tmp_path / "imagenet-moved"
     (tmp_path / "imagenet").rename(moved)  # the data moved since: said so, not blamed on the layout
     assert_user_error(byol("eval", "knn", run / "checkpoints" / "last.pt", check=False),

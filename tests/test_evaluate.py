@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from byol.evaluate import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, extract_features,
+from byol.evaluate import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, center_crop, extract_features,
                            knn_accuracy, knn_classify, linear_probe)
 
 @pytest.fixture(autouse=True)
@@ -138,6 +138,26 @@ def test_extract_features_resizes_first():
     big = F.interpolate(x.float() / 255, size=16, mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         torch.testing.assert_close(feats, net.eval()((big - mean) / std).flatten(1))
+
+
+@pytest.mark.parametrize("side, crop", [(37, 32), (256, 224), (9, 4), (8, 8), (6, 8)])
+def test_center_crop_cuts_what_torchvisions_center_crop_cuts(side, crop):
+    from torchvision.transforms.v2.functional import center_crop as torchvision_center_crop
+    x = images(n=2, size=side)
+    expected = torchvision_center_crop(x, [crop, crop]) if side >= crop else x  # smaller: whole, not padded
+    assert torch.equal(center_crop(x, crop), expected)
+
+
+def test_extract_features_crops_the_center_first():
+    net, x = encoder(), images(size=12)
+    feats = extract_features(net, x, crop=8, size=16)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    big = F.interpolate(x[:, :, 2:10, 2:10].float() / 255, size=16, mode="bilinear", antialias=True,
+                        align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net.eval()((big - mean) / std).flatten(1))
+    batches = [(x[:5], torch.zeros(5), torch.arange(5)), (x[5:], torch.zeros(5), torch.arange(5, 10))]
+    torch.testing.assert_close(extract_features(net, batches, crop=8, size=16)[0], feats)
 
 
 def test_extract_features_from_shuffled_batches_returns_dataset_order():

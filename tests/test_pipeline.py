@@ -131,8 +131,9 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
 
 def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
     """Without data.load_size, a folder run decodes at 8/7 of image_size for training and its kNN
-    monitor; eval, embed and export.json use that size too, so eval reproduces the monitor."""
-    from byol.build import load_size
+    monitor; eval, embed and export.json use that size too, so eval reproduces the monitor, and all
+    of them feed the encoder the center image_size of it (the paper's test protocol)."""
+    from byol.build import eval_crop, load_size
     from byol.config import load_config
     from byol.exports import _eval_input
     from byol.pipeline import labeled_splits
@@ -142,7 +143,7 @@ def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
                                      "--data.image_size=32", "--data.load_size=null"])
     assert load_size(config) == 37
     assert [s.size for s in labeled_splits(config)] == [37, 37]
-    assert _eval_input(config, (0.5,) * 3, (1.0,) * 3)["image_size"] == 37
+    assert eval_crop(config) == 32 and _eval_input(config, (0.5,) * 3, (1.0,) * 3)["image_size"] == 32
     # The imagenet preset decodes at 256 for its 224 crops, and at 8/7 of an image_size given instead
     assert load_size(load_config("imagenet")) == 256
     assert load_size(load_config("imagenet", ["--data.image_size=32"])) == 37
