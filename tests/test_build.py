@@ -70,37 +70,25 @@ def test_a_folder_decoded_below_the_training_size_is_said(tmp_path, capsys):
                 "are scaled up to 32x32" in err) == said, err
 
 
-def four_black_cifar_images(root) -> None:
-    """A CIFAR-10 binary test split of four black images under ``root``."""
+@pytest.mark.parametrize("given, said", [
+    ("--data.load_size=64", "note: data.load_size=64 is not used: cifar10 is read at its own 32x32 "
+                            "(data.image_size=32 is the size of its views)"),
+    ("--data.workers=8", "note: data.workers=8 is not used: cifar10 is held in memory and batched by index, "
+                         "with no decoding processes")])
+def test_folder_settings_given_for_cifar_or_stl10_are_said_not_to_be_used(tmp_path, capsys, given, said):
+    """CIFAR and STL-10 are read at their own size, into memory: a load_size or a number of decoding
+    processes given for them is said to be unused; without one, nothing is said."""
     import numpy as np
-    (root / "cifar-10-batches-bin").mkdir()
-    np.zeros((4, 3073), np.uint8).tofile(root / "cifar-10-batches-bin" / "test_batch.bin")
-
-
-def test_a_load_size_given_for_cifar_or_stl10_which_are_read_at_their_own_size_is_said(tmp_path, capsys):
     import byol.build as build
     from byol.config import load_config
-    four_black_cifar_images(tmp_path)
-    for load, said in ((64, True), (None, False)):
-        config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2"]
-                             + [f"--data.load_size={load}"] * (load is not None))
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
+    for overrides, expected in (([given], True), ([], False)):
+        config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2",
+                                         *overrides])
         build._training_split(config, torch.device("cpu"), 0, 1)
         err = capsys.readouterr().err
-        assert ("note: data.load_size=64 is not used: cifar10 is read at its own 32x32 (data.image_size=32 is the "
-                "size of its views)" in err) == said, err
-
-
-def test_workers_given_for_cifar_which_has_no_decoding_processes_is_said(tmp_path, capsys):
-    import byol.build as build
-    from byol.config import load_config
-    four_black_cifar_images(tmp_path)
-    for workers, said in ((8, True), (None, False)):
-        config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2"]
-                             + [f"--data.workers={workers}"] * (workers is not None))
-        build._training_split(config, torch.device("cpu"), 0, 1)
-        err = capsys.readouterr().err
-        assert ("note: data.workers=8 is not used: cifar10 is held in memory and batched by index, with no "
-                "decoding processes" in err) == said, err
+        assert (said in err) == expected and ("is not used" in err) == expected, err
 
 
 def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(tmp_path, capsys):
