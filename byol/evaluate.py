@@ -56,12 +56,9 @@ def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean:
 
 def center_crop(images: torch.Tensor, side: int) -> torch.Tensor:
     """The center ``side`` x ``side`` of a batch (B, C, H, W), as torchvision's ``CenterCrop`` cuts
-    it (the offset rounded as there); images no larger than ``side`` are returned whole."""
-    height, width = images.shape[-2:]
-    if height <= side and width <= side:
-        return images
-    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
-    return images[..., max(top, 0):max(top, 0) + side, max(left, 0):max(left, 0) + side]
+    it (the offset rounded as there); a side no longer than ``side`` is kept whole, not padded."""
+    top, left = (max(0, int(round((n - side) / 2.0))) for n in images.shape[-2:])
+    return images[..., top:top + side, left:left + side]
 
 
 def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], batch_size: int = 512,

@@ -287,6 +287,7 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
     return config, device, (train_f, train_y, test_f, test_y), {
         "n_train": len(train_f), "n_test": len(test_f), "test_split": held, **origin,
-        "random_init": random_init, "feature_dim": train_f.shape[1], "image_size": _input_size(test, eval_crop(config)),
+        "random_init": random_init, "feature_dim": train_f.shape[1],
+        "image_size": _input_size(test, eval_crop(config)),
         "device": str(device),
         "precision": precision_name(autocast_dtype(config.train.precision, device))}

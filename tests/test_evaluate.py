@@ -214,7 +214,8 @@ def test_numpy_features_and_labels_as_embed_writes_them_give_what_tensors_give(t
 def test_features_and_labels_that_do_not_fit_are_one_sentence():
     x, y = torch.randn(8, 4), torch.arange(8) % 2
     for args, said in (((x[:, 0], y, x, y), r"the train features must be a matrix \(N, D\), got shape \(8,\)"),
-                       ((x, y[:5], x, y), r"the train labels must be one per row of its features, shape \(8,\), got \(5,\)"),
+                       ((x, y[:5], x, y),
+                        r"the train labels must be one per row of its features, shape \(8,\), got \(5,\)"),
                        ((x, y, x, y[:, None]), r"the test labels must be one per row"),
                        ((x, y - 1, x, y), r"the train labels must be class indices 0, 1, ... \(byol embed writes -1"),
                        ((x, y + 0.5, x, y), r"the train labels must be class indices"),
