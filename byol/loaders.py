@@ -28,6 +28,12 @@ def skip_collate(items: list) -> tuple:
     return images, labels, indices, skipped
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as under a scheduler), the most decoding
+    processes worth starting."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class _SkippingLoader(DataLoader):
     """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
 
@@ -37,8 +43,7 @@ class _SkippingLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        super().__init__(dataset, num_workers=min(num_workers, cores), **kwargs)
+        super().__init__(dataset, num_workers=min(num_workers, usable_cores()), **kwargs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for images, labels, indices, skipped in super().__iter__():

@@ -11,6 +11,7 @@ from .checkpoint import write_text_atomically
 from .monitor import MIN_RANK, STD_FRACTION
 
 KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
+DATA_WAIT = 0.3  # the share of training time spent waiting for batches that a run's note points out
 
 
 class Panel(NamedTuple):
@@ -37,12 +38,19 @@ def _rank_warning(records: list[dict]) -> Optional[tuple[float, str]]:
     return None
 
 
+def _wait_note(records: list[dict]) -> tuple[float, str]:
+    return DATA_WAIT, f"a note at {DATA_WAIT:g} and above"
+
+
 PLOTS = {  # file name -> (title, panels one above the other)
     "loss.png": ("BYOL loss", [Panel(["train/loss"], "loss")]),
     # Two panels: the learning rate (~0.01) on tau's axis (~0.99) would be a flat line at 0.
     "schedules.png": ("learning rate and EMA tau", [Panel(["train/lr"], "learning rate"),
                                                     Panel(["train/tau"], "EMA tau")]),
     "knn.png": ("kNN top-1 on the held-out split", [Panel([KNN_PREFIX + "*"], "accuracy (%)")]),  # a line per k
+    "speed.png": ("training speed (kNN, checkpoints and plots left out)", [
+        Panel(["train/images_per_s"], "images / s"),
+        Panel(["train/data_wait"], "share of the time spent\nwaiting for batches", warn=_wait_note)]),
     # A panel each, on log axes: the two thresholds are an order of magnitude and more apart, and a
     # collapsing run falls by orders of magnitude.
     "collapse.png": ("collapse monitor (dashed: where its warning fires)", [

@@ -13,7 +13,8 @@ import torch
 
 from .build import end_step_of, schedule_of
 from .config import Config, TrainConfig
-from .metrics import KNN_PREFIX, MetricsLog
+from .loaders import usable_cores
+from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
 from .run_folder import RunFolder
 from .step import LoopStep
@@ -37,12 +38,14 @@ def nonfinite_error(streak: int, step: int, what: str, ckpt_path: Path, amp: boo
 class Clock:
     """The run's wall-clock time (:meth:`time_s`), and the training time between reports, for the
     throughput logged: what runs between steps :meth:`paused` (the kNN monitor's evaluations,
-    checkpoint writes, plots) is left out of that, and out of the progress bar's rate and elapsed time."""
+    checkpoint writes, plots) is left out of that, and out of the progress bar's rate and elapsed time.
+    The part of it the loop waited for its batches (:meth:`next_batch`) is counted too."""
 
     def __init__(self, device: torch.device, progress, resumed_s: float = 0.0):
         self.device, self.progress, self.resumed_s = device, progress, resumed_s
         self.start = self.last = time.perf_counter()
         self.paused_s = 0.0  # of this start's
+        self.waited_s = 0.0  # since the last lap
 
     def time_s(self) -> float:
         """Seconds since this start's first step, plus those the checkpoint it resumed from had run:
@@ -54,11 +57,20 @@ class Clock:
         """Seconds of training since this start's first step: without what ran :meth:`paused`."""
         return time.perf_counter() - self.start - self.paused_s
 
-    def lap(self) -> float:
-        """The training seconds since the last lap (the first: since the clock was made)."""
+    def next_batch(self, batches: Iterator[torch.Tensor]) -> torch.Tensor:
+        """``next(batches)``, the time it took counted as waiting for data (:meth:`lap`)."""
+        start = time.perf_counter()
+        try:
+            return next(batches)
+        finally:
+            self.waited_s += time.perf_counter() - start
+
+    def lap(self) -> tuple[float, float]:
+        """The training seconds since the last lap (the first: since the clock was made), and the
+        seconds of them the loop waited for its batches."""
         now = time.perf_counter()
-        seconds, self.last = now - self.last, now
-        return seconds
+        seconds, waited, self.last, self.waited_s = now - self.last, self.waited_s, now, 0.0
+        return seconds, waited
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -87,6 +99,8 @@ class Report:
         self.batch_size, self.max_nonfinite, self.ckpt_path = batch_size, max_nonfinite, ckpt_path
         self.monitor = CollapseMonitor()
         self.last_step, self.steps_per_epoch, self.epochs = step, steps_per_epoch, epochs
+        self.laps, self.said_data_wait = 0, False
+        self.trained_s = self.waited_s = 0.0  # this start's, after its first lap (the loaders' start-up)
 
     def when(self, step: int) -> dict:
         """A record's place in the run: ``epoch`` (1.0 at the end of the first) and ``time_s`` (now)."""
@@ -97,8 +111,12 @@ class Report:
         step); returns the mean loss."""
         record = self.loop_step.read(z1)
         # Training throughput: the interval leaves out the kNN evaluations, checkpoints and plots in it.
-        record["train/images_per_s"] = (step - self.last_step) * self.batch_size / self.clock.lap()
-        self.last_step = step
+        seconds, waited = self.clock.lap()
+        record["train/images_per_s"] = (step - self.last_step) * self.batch_size / seconds
+        record["train/data_wait"] = waited / seconds
+        if self.laps:
+            self.trained_s, self.waited_s = self.trained_s + seconds, self.waited_s + waited
+        self.last_step, self.laps = step, self.laps + 1
         if self.log is not None:
             self.log.log(step, **self.when(step), **record)
         warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
@@ -112,6 +130,28 @@ class Report:
             epoch = (step - 1) // self.steps_per_epoch + 1  # the one this step was in, counted from 1 as epoch_0001.pt
             self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=f"{epoch}/{self.epochs}")
         return record["train/loss"]
+
+
+    def note_data_wait(self, config: Config) -> None:
+        """Once a start: where the loop has waited for its batches :data:`DATA_WAIT` or more of its
+        training time since its first report (a GPU left idle that long), a note of what would feed
+        it faster. Without a second report, nothing."""
+        if self.said_data_wait or not self.trained_s or self.waited_s / self.trained_s < DATA_WAIT:
+            return
+        self.said_data_wait = True
+        d, cores, faster = config.data, usable_cores(), ""
+        if d.dataset == "folder" and d.on_device is not True:
+            faster = (f"more decoding processes (data.workers={d.workers}, of {cores} CPU cores here)"
+                      if d.workers < cores else f"decoding on more CPU cores (all {cores} here are in use)")
+            faster += ", a smaller data.load_size, or data.on_device=true for a folder that fits in the device's memory"
+        elif d.on_device is not True and self.clock.device.type != "cpu":  # on a CPU it is in memory already
+            faster = "data.on_device=true (the training set held in the device's memory, where it fits)"
+        line = (f"note: training waited for its images {self.waited_s / self.trained_s:.0%} of the time "
+                f"(train/data_wait in metrics.jsonl)" + (f"; {faster} would feed it faster" if faster else ""))
+        if self.progress is not None:
+            self.progress.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
 
 
 def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batch_size: int,

@@ -176,7 +176,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     try:
         with StopRequest() as stop:
             while step < end_step:
-                _, z1 = loop_step(step, next(stream))
+                _, z1 = loop_step(step, clock.next_batch(stream))
                 step += 1
                 if folder is not None:
                     folder.started = True  # from here on, what this start wrote stays
@@ -188,6 +188,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results)
+                    if rank == 0:
+                        report.note_data_wait(config)
                     if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
                         # an epoch, for a log (the last one's is the closing table)
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),

@@ -153,7 +153,7 @@ def test_a_run_killed_after_its_checkpoint_logs_each_step_once(tmp_path, cifar, 
         f.write('{"step": 24, "train/lo')
     byol("pretrain", "--resume", cifar, *settings)
     again = read_metrics(run / "metrics.jsonl")
-    measured = ("train/images_per_s", "time_s")  # measurements, not results of the training
+    measured = ("train/images_per_s", "train/data_wait", "time_s")  # measurements, not results of the training
     assert [{k: v for k, v in r.items() if k not in measured} for r in again] == \
         [{k: v for k, v in r.items() if k not in measured} for r in whole]  # each step once, kNN records too
     assert len({r["step"] for r in again if "eval/knn_top1" in r}) == 4  # at init and after each epoch

@@ -90,6 +90,19 @@ def test_collapse_plot_labels_each_ratio_and_draws_where_the_warning_fires(tmp_p
     assert monitor.is_collapsed(0.099 / math.sqrt(256), 20.0, 256) and not monitor.is_collapsed(0.101 / 16, 20.0, 256)
 
 
+def test_speed_has_a_panel_for_the_throughput_and_one_for_the_wait_with_where_its_note_fires(tmp_path, drawn):
+    from byol.metrics import DATA_WAIT
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "train/images_per_s": rate, "train/data_wait": wait}
+                                               for s, rate, wait in [(1, 100.0, 0.5), (2, 300.0, 0.1)]])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    rate_ax, wait_ax = drawn["speed.png"].axes
+    assert [list(line.get_ydata()) for line in rate_ax.get_lines()] == [[100.0, 300.0]]
+    assert rate_ax.get_ylabel() == "images / s" and "waiting for batches" in wait_ax.get_ylabel()
+    wait, note = wait_ax.get_lines()
+    assert list(wait.get_ydata()) == [0.5, 0.1] and list(note.get_ydata()) == [DATA_WAIT, DATA_WAIT]
+    assert note.get_linestyle() == "--" and note.get_label() == "a note at 0.3 and above"
+
+
 def test_a_plot_of_one_step_has_that_step_as_its_only_tick(tmp_path, drawn):
     write_metrics(tmp_path / "metrics.jsonl", [{"step": 4, "train/loss": 1.5, "train/lr": 0.1, "train/tau": 0.99}])
     plot_metrics(tmp_path / "metrics.jsonl")

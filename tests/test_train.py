@@ -174,6 +174,37 @@ def test_images_per_s_and_the_progress_bar_count_training_time_only(tmp_path, ci
     assert bar.rates == pytest.approx([16.0] * 8) and bar.format_dict["elapsed"] == 8.0
 
 
+@pytest.mark.parametrize("data", ["cifar10", "folder"])
+def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_path, cifar10_root, monkeypatch,
+                                                                          capsys, data):
+    """Each step 1 s on the fake clock: batches that take 3 s to come make every train record say
+    data_wait 0.75 and one note say so, with, for a folder, what would feed it faster; batches that
+    come at once, 0.0 and no note."""
+    from conftest import extract_jpegs
+    on_a_fake_clock(monkeypatch)
+    monkeypatch.setattr(byol.reporting, "usable_cores", lambda: 2)  # as CI's machine, whatever this one has
+    clock, step_images = byol.reporting.time.perf_counter, byol.train._step_images
+
+    def slow(*args):
+        for images in step_images(*args):
+            clock.now += 3
+            yield images
+
+    folder = ["--data.dataset=folder", f"--data.root={extract_jpegs(tmp_path / 'jpegs', per_class=7)}",
+              "--data.workers=1"] if data == "folder" else []
+    for wait, run in ((3, "slow"), (0, "fast")):
+        monkeypatch.setattr(byol.train, "_step_images", slow if wait else step_images)
+        pretrain(two_epochs_of_four_steps(tmp_path / run, cifar10_root, *folder))
+        waits = [r["train/data_wait"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "train/loss" in r]
+        assert waits == [wait / (wait + 1)] * 8
+        notes = [line for line in capsys.readouterr().err.splitlines() if "waited for its images" in line]
+        assert notes == ([] if not wait else [
+            "note: training waited for its images 75% of the time (train/data_wait in metrics.jsonl)" + (
+                "; more decoding processes (data.workers=1, of 2 CPU cores here), a smaller data.load_size, or "
+                "data.on_device=true for a folder that fits in the device's memory would feed it faster"
+                if data == "folder" else "")])
+
+
 def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cifar10_root, monkeypatch, capsys):
     """train.progress=false (a log file): each epoch's end prints its epoch, step, last loss, this
     start's training throughput (kNN, checkpoints and plots left out) and the time left."""
@@ -438,8 +469,10 @@ def test_run_directory_contents(tmp_path, cifar10_root):
     results = pretrain(config)
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "loss.png", "schedules.png",
-                 "knn.png", "collapse.png"):
+                 "knn.png", "collapse.png", "speed.png"):
         assert (run / name).is_file(), name
+    waits = [r["train/data_wait"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r]
+    assert waits and all(0 <= w < 1 for w in waits)  # a share of the time, measured
     assert any((run / "tensorboard").iterdir())
     assert load_config(str(run / "config.yaml")) == config  # the resolved config, as given
     # config.yaml keeps train.device and train.precision at auto; the checkpoint records what they resolved to
