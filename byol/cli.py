@@ -21,14 +21,19 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
     return value
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0 (0: off)."""
+    return _positive_int(text, least=0)
 
 
 def _positive_float(text: str) -> float:
@@ -70,9 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                        "for a folder, spread over its classes)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
                        "from (same architecture and seed, untrained): the baseline to beat")
-        e.add_argument("--holdout", type=_positive_int, default=0, metavar="N",
+        e.add_argument("--holdout", type=_count, default=0, metavar="N",
                        help="CIFAR / STL-10: score on N training images held out of the train split (the draw "
-                       "of train.knn_holdout), not on the test split: for choosing settings")
+                       "of train.knn_holdout), not on the test split: for choosing settings (0: off, the default)")
         if name == "knn":
             e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200],
                            help="numbers of neighbours (default: 20 200)")

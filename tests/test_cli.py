@@ -496,6 +496,7 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["eval", "linear", "x.pt", "--epochs", "-2"], "argument --epochs: must be >= 1, got -2"),
     (["eval", "linear", "x.pt", "--epochs", "ten"], "argument --epochs: must be a whole number >= 1, got 'ten'"),
     (["embed", "x.pt", "--out", "e.npy", "--limit", "-3"], "argument --limit: must be >= 1, got -3"),
+    (["eval", "knn", "x.pt", "--holdout", "-1"], "argument --holdout: must be >= 0, got -1"),
     (["eval", "knn"], "the following arguments are required: checkpoint"),  # argparse's own, on one line
 ])
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
@@ -800,3 +801,5 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
     result = json.loads((ckpt.parent / "last_knn_holdout.json").read_text())
     assert (result["test_split"], result["n_train"], result["n_test"]) == ("held-out train", 40, 40)
     assert "40 train / 40 held-out train images" in capsys.readouterr().out
+    assert main(["eval", "knn", str(ckpt), "--holdout", "0", "--limit", "40", "--k", "5"]) == 0  # 0: off, as in Python
+    assert "40 train / 40 test images" in capsys.readouterr().out
