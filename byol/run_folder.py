@@ -2,11 +2,17 @@
 
 import math
 import os
+import socket
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 import yaml
+
+try:
+    import fcntl  # the run's lock: one start at a time in a folder
+except ImportError:  # not POSIX (Windows): no lock
+    fcntl = None
 
 from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
@@ -15,14 +21,17 @@ from .metrics import MetricsLog
 
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
+LOCK = ".byol.lock"  # held by the start writing the folder; names its process
 
 
 class RunFolder:
     """The folder of a run (``train.out_dir``), opened by the process that writes it (rank 0).
 
-    Opening checks that the run can start there (a new run in a folder without a checkpoint, a
-    resumed one in a folder with one), creates the folder and removes the half-written temporary
-    files a killed run left. Until :attr:`started` is set (the first step has finished),
+    Opening takes the folder's lock (``.byol.lock``: no other start of a run, new or resumed, on this
+    machine or another that shares file locks, may write there until :meth:`release`), checks that
+    the run can start there (a new run in a folder without a checkpoint, a resumed one in a folder
+    with one), creates the folder and removes the half-written temporary files a killed run left.
+    Until :attr:`started` is set (the first step has finished),
     :meth:`undo` puts the folder back as this start found it: a start that fails on its data, its
     checkpoint, a batch too big for memory or compiling leaves no run folder behind, and a resumed
     run's ``config.yaml``, ``metrics.jsonl``, ``warnings.txt`` and TensorBoard events as they were.
@@ -32,14 +41,7 @@ class RunFolder:
         self.path = Path(path)
         self.checkpoint = self.path / "checkpoints" / "last.pt"
         self.created = topmost_missing(self.path)  # the topmost folder made here
-        if resume and not self.checkpoint.is_file():
-            raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}; start without --resume")
-        kept = sorted(self.checkpoint.parent.glob("*.pt")) if self.checkpoint.parent.is_dir() else []
-        if not resume and kept:  # last.pt, or kept epochs of a run whose last.pt is gone
-            raise ConfigError(f"{self.path} already holds a run ({kept[-1].relative_to(self.path)}); pass --resume "
-                              "to continue it (from checkpoints/last.pt) or choose another train.out_dir")
-        if not resume:
-            _check_replaceable(self.path)
+        self._check(resume)  # before anything is made: a start refused here writes nothing
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / ".write_test").touch()
@@ -47,6 +49,13 @@ class RunFolder:
         except OSError as e:
             raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); "
                               "choose another train.out_dir") from None
+        self._lock_made = not (self.path / LOCK).exists()
+        self._lock = _hold_lock(self.path)  # another start's folder, if refused: nothing is removed
+        try:
+            self._check(resume)  # again under the lock: a start that got in first may have written a run
+        except BaseException:
+            self._leave()
+            raise
         # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
         remove_torn_temporaries(self.path, *_KEPT)
         remove_torn_temporaries(self.checkpoint.parent, "*.pt")
@@ -55,6 +64,32 @@ class RunFolder:
         self._folders_before = {f for f in ("tensorboard", "checkpoints") if (self.path / f).is_dir()}
         self._log: Optional[MetricsLog] = None
         self.started = False
+
+    def _check(self, resume: bool) -> None:
+        """A resumed run needs a checkpoint; a new one a folder without one, and without files it
+        would replace that no byol run wrote."""
+        if resume and not self.checkpoint.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}; start without --resume")
+        kept = sorted(self.checkpoint.parent.glob("*.pt")) if self.checkpoint.parent.is_dir() else []
+        if not resume and kept:  # last.pt, or kept epochs of a run whose last.pt is gone
+            raise ConfigError(f"{self.path} already holds a run ({kept[-1].relative_to(self.path)}); pass --resume "
+                              "to continue it (from checkpoints/last.pt) or choose another train.out_dir")
+        if not resume:
+            _check_replaceable(self.path)
+
+    def release(self) -> None:
+        """Let the next start in: the lock goes (its file stays, once a step has finished)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _leave(self) -> None:
+        """A start that did not begin: its lock file and the folders it made removed, the lock released."""
+        if self._lock_made:
+            _quietly((self.path / LOCK).unlink, missing_ok=True)
+        self.release()
+        if self.created is not None:
+            remove_empty_folders(self.path, self.created)
 
     def metrics_log(self, resume_step: Optional[int]) -> MetricsLog:
         """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``); ``warnings.txt``
@@ -93,8 +128,7 @@ class RunFolder:
                 _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
         for name in {"tensorboard", "checkpoints"} - self._folders_before:
             _quietly((self.path / name).rmdir)  # when empty
-        if self.created is not None:
-            remove_empty_folders(self.path, self.created)
+        self._leave()
 
     def warn(self, message: str, step: int, progress=None) -> None:
         """Append ``message`` to ``warnings.txt`` as ``step N: message`` and say that line on stderr, on a
@@ -106,6 +140,30 @@ class RunFolder:
             print(f"warning: {line}", file=sys.stderr)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
+
+
+def _hold_lock(folder: Path) -> Optional[IO[str]]:
+    """The open lock file of ``folder``, locked; None where the file system has no locks (the run goes
+    on without one). Raises ConfigError, naming the holder, while another process holds it."""
+    if fcntl is None:
+        return None
+    lock = open(folder / LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        raise ConfigError(f"another byol run{f' ({holder})' if holder else ''} is writing to {folder} now; wait "
+                          "for it to end, or choose another train.out_dir") from None
+    except OSError:  # no locks on this file system
+        lock.close()
+        return None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock
 
 
 def _check_replaceable(path: Path) -> None:

@@ -116,6 +116,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
         raise
     finally:
         torch.backends.cudnn.benchmark = benchmark
+        if folder is not None:
+            folder.release()  # the next start may write the folder
 
 
 def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:

@@ -504,6 +504,19 @@ def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragm
     assert fragment in line, line
 
 
+def test_a_run_into_a_folder_another_run_is_writing_is_one_sentence_and_writes_nothing(tmp_path, capsys):
+    import fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".byol.lock", "a+") as held:  # as a run on another node holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242 on node7\n")
+        held.flush()
+        _, line = main_error(capsys, "pretrain", *tiny_overrides(run))
+        assert f"another byol run (pid 4242 on node7) is writing to {run} now" in line, line
+    assert [p.name for p in run.iterdir()] == [".byol.lock"]
+
+
 def test_model_settings_are_refused_where_the_model_comes_from_the_checkpoint(capsys, trained, tmp_path):
     ckpt = trained[0] / "checkpoints" / "last.pt"
     for args in (["eval", "knn", ckpt], ["embed", ckpt, "--out", tmp_path / "e.npy"]):

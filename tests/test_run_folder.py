@@ -1,4 +1,9 @@
-"""A start of pretraining that fails before its first step leaves the run folder as it found it."""
+"""A start of pretraining that fails before its first step leaves the run folder as it found it,
+and one start at a time writes a folder."""
+
+import os
+import re
+import socket
 
 import pytest
 
@@ -37,6 +42,33 @@ def test_a_started_run_keeps_what_it_wrote(tmp_path):
     folder.started = True
     folder.undo()
     assert (folder.path / "config.yaml").read_text() == "train: {}\n"
+
+
+def test_one_start_at_a_time_writes_a_folder(tmp_path, fault_table):
+    """A start holds the folder's lock until it releases it: another start there, new (two jobs of an
+    array given one folder) or resumed (a second --resume), is refused in one sentence that names the
+    holder, and changes nothing; after the release, over the lock file left behind, a start goes ahead."""
+    first = RunFolder(tmp_path / "run", resume=False)
+    (first.path / "config.yaml").write_text(CONFIG_HEADER + "train: {}\n")
+    holder = re.escape(f"(pid {os.getpid()} on {socket.gethostname()})")
+    refused = rf"another byol run {holder} is writing to {re.escape(str(first.path))} now; wait for it to end"
+    for resume in (False, True):
+        if resume:  # as the first start leaves it at its first epoch's end
+            (first.path / "checkpoints").mkdir()
+            (first.path / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+        listing = sorted(p.name for p in first.path.rglob("*"))
+        with pytest.raises(ConfigError, match=refused):
+            RunFolder(first.path, resume=resume)
+        assert sorted(p.name for p in first.path.rglob("*")) == listing
+        assert (first.path / "config.yaml").read_text() == CONFIG_HEADER + "train: {}\n"
+    first.started = True
+    first.release()
+    again = RunFolder(first.path, resume=True)
+    again.release()
+    assert (first.path / ".byol.lock").is_file()  # left, unlocked, by a run that has begun
+    fault_table("two starts in one output folder (a job array given one train.out_dir; a second --resume while "
+                "the run goes on)", "the second is refused in one sentence naming the first's process and host, "
+                "and changes nothing; once the first has ended, a start goes ahead")
 
 
 def test_a_run_starts_only_where_it_can(tmp_path):
