@@ -16,7 +16,7 @@ from torch import nn
 from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_crop, load_data, precision_name,
                     resolve_device, schedule_of, views_of)
-from .checkpoint import rng_state_kept, save_checkpoint
+from .checkpoint import rng_state_kept, save_checkpoint, write_failure
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked, save_config
 from .evaluate import knn_accuracy
@@ -292,6 +292,7 @@ class _Checkpoints:
         self.extra: dict = {"steps_per_epoch": len(data.batches), "device": str(device),
                             "precision": precision}  # what auto resolved to (config.yaml keeps auto)
         self.last_save = time.perf_counter()
+        self.plots_failed = False  # said once
 
     def _write(self, name: str, step: int) -> None:
         save_checkpoint(self.run_dir / "checkpoints" / name, self.byol, self.optimizer, step, self.config.to_dict(),
@@ -326,8 +327,19 @@ class _Checkpoints:
                 folder.write_skipped(self.run_dir / "skipped_files.txt")
             if keep_epoch is not None:
                 self._write(f"epoch_{keep_epoch:04d}.pt", step)
-            plot_metrics(self.run_dir / "metrics.jsonl")
+            self._plot()
         self.last_save = time.perf_counter()
+
+    def _plot(self) -> None:
+        """The plots, drawn again from metrics.jsonl; where they cannot be written (a full disk), a note
+        once, and the run goes on: they are drawn from the records, which are all kept."""
+        try:
+            plot_metrics(self.run_dir / "metrics.jsonl")
+        except OSError as e:
+            if not self.plots_failed:
+                self.plots_failed = True
+                print(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
+                      "on, and they are drawn again at each checkpoint", file=sys.stderr)
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

@@ -421,3 +421,24 @@ def test_optimizer_state_created_by_a_nonfinite_first_step_is_cleared():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(torch.equal(opt.state[p]["momentum_buffer"], torch.zeros_like(p)) for p in model.parameters())
+
+
+def test_plots_that_cannot_be_written_are_a_note_and_the_run_goes_on(monkeypatch, capsys, tmp_path, cifar, fault_table):
+    """A full disk when the plots are drawn (after the checkpoint was written): a note once, the run
+    finishes (a user test saw a 58-line traceback, exit 1, and the final kNN lost)."""
+    import errno
+    import byol.train
+    from byol import cli
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(byol.train, "plot_metrics", full)
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.epochs": 2, "train.knn_every": -1})]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "plots" in line]
+    assert notes == [f"note: the plots in {run} could not be written (No space left on device); training goes on, "
+                     "and they are drawn again at each checkpoint"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 16  # both epochs' checkpoints written
+    fault_table("disk full when the plots are drawn (simulated)", "a note, once; the run finishes, its checkpoints "
+                "written, exit 0")
