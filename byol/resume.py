@@ -27,7 +27,7 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
     are named in a note: they do not change it (``--section.key=value`` does).
     """
     located = load_config(preset, overrides)
-    saved = Path(located.train.out_dir) / "config.yaml"
+    saved = Path(located.train.out_dir).expanduser() / "config.yaml"
     if not saved.is_file():
         return located
     if not read_preset(str(saved)):

@@ -73,9 +73,11 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
 
 def _checked(config: Config) -> Config:
     """``config`` checked (:func:`~byol.config.checked`: a notebook may have set fields since), as a copy
-    whose ``data.root`` is absolute: the saved config finds the data from any directory."""
+    whose ``data.root`` is absolute (the saved config finds the data from any directory) and whose
+    ``train.out_dir`` starts at the home folder where it says ``~`` (a shell leaves ``--x=~/runs`` so)."""
     config = checked(config)
     config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
+    config.train.out_dir = os.path.expanduser(config.train.out_dir)
     return config
 
 

@@ -816,3 +816,17 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
     assert "40 train / 40 held-out train images" in capsys.readouterr().out
     assert main(["eval", "knn", str(ckpt), "--holdout", "0", "--limit", "40", "--k", "5"]) == 0  # 0: off, as in Python
     assert "40 train / 40 test images" in capsys.readouterr().out
+
+
+def test_an_out_dir_that_starts_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch, cifar10_root):
+    """``--train.out_dir=~/runs/t``: the shell leaves the ~ after =, and a folder named ~ was made in
+    the working directory (a user test); it is the home folder's, for a new run and a resumed one."""
+    from byol.checkpoint import load_checkpoint
+    from byol.cli import main
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    settings = [f"--data.root={cifar10_root}", *tiny_overrides("~/runs/t", **{"train.max_steps": 2})]
+    assert main(["pretrain", "--config", "cifar10", *settings]) == 0
+    assert main(["pretrain", "--resume", *settings, "--train.max_steps=4"]) == 0
+    assert load_checkpoint(tmp_path / "home" / "runs" / "t" / "checkpoints" / "last.pt")["step"] == 4
+    assert not (tmp_path / "~").exists()
