@@ -28,6 +28,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{dist.local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
+    if device.type == "cpu":  # one CPU device: cpu:0 is cpu (a note compared them and said a copy was made)
+        return torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu")
     return device

@@ -1,5 +1,6 @@
 """What a config builds on a machine: the autocast dtype that train.precision resolves to."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,16 @@ def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(t
         err = capsys.readouterr().err
         assert (f"note: {tmp_path / root / 'train'} is read as a class of {tmp_path / root}, as its other sub-folders "
                 "are, not as its train/ split: a split has val/ or test/ beside it" in err) == said, err
+
+
+def test_cpu_0_is_the_cpu(tmp_path, capsys):
+    """``--train.device=cpu:0`` trains where ``cpu`` does, without a note that the set stays in host
+    memory and each batch is copied to cpu:0 (a user test saw that one)."""
+    import byol.build as build
+    from byol.config import load_config
+    assert build.resolve_device("cpu:0") == torch.device("cpu") == build.resolve_device("cpu")
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
+    config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2"])
+    build._training_split(config, build.resolve_device("cpu:0"), 0, 1)
+    assert "host memory" not in capsys.readouterr().err
