@@ -68,12 +68,16 @@ class RunFolder:
     def _check(self, resume: bool) -> None:
         """A resumed run needs a checkpoint; a new one a folder without one, and without files it
         would replace that no byol run wrote."""
-        if resume and not self.checkpoint.is_file():
-            raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}; start without --resume")
         kept = sorted(self.checkpoint.parent.glob("*.pt")) if self.checkpoint.parent.is_dir() else []
-        if not resume and kept:  # last.pt, or kept epochs of a run whose last.pt is gone
+        # kept epochs of a run whose last.pt is gone: resumed from once one is copied to last.pt
+        copy = (f"; to resume from {kept[-1].relative_to(self.path)}, copy it to checkpoints/last.pt first"
+                if kept and not self.checkpoint.is_file() else "")
+        if resume and not self.checkpoint.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}" +
+                                  (copy or "; start without --resume"))
+        if not resume and kept:
             raise ConfigError(f"{self.path} already holds a run ({kept[-1].relative_to(self.path)}); pass --resume "
-                              "to continue it (from checkpoints/last.pt) or choose another train.out_dir")
+                              "to continue it (from checkpoints/last.pt) or choose another train.out_dir" + copy)
         if not resume:
             _check_replaceable(self.path)
 

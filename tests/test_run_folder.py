@@ -76,8 +76,12 @@ def test_a_run_starts_only_where_it_can(tmp_path):
         RunFolder(tmp_path / "run", resume=True)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # a kept epoch, no last.pt
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001.pt\); pass --resume"):
+    copy = "; to resume from checkpoints/epoch_0001.pt, copy it to checkpoints/last.pt first"
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001.pt\); pass --resume"
+                                          rf".*another train.out_dir{re.escape(copy)}$"):
         RunFolder(tmp_path / "run", resume=False)
+    with pytest.raises(CheckpointError, match=rf"cannot resume: no checkpoint at .*last.pt{re.escape(copy)}$"):
+        RunFolder(tmp_path / "run", resume=True)  # each message pointed at the other (a user test)
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/last.pt\); pass --resume"):
         RunFolder(tmp_path / "run", resume=False)
