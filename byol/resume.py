@@ -56,6 +56,11 @@ def changed_settings(before: dict, after: dict) -> list[str]:
     return changed
 
 
+def _yaml(value) -> str:
+    """A setting as it is written on the command line (None: null)."""
+    return "null" if value is None else str(value)
+
+
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
              amp: Optional[torch.dtype] = None) -> tuple[int, float]:
@@ -73,6 +78,12 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_holdout={saved_holdout} held-out "
                               "train images (0: the test split); another value would change its queries mid-run, "
                               f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
+    saved_limit = state["config"].get("train", {}).get("knn_limit", config.train.knn_limit)
+    if saved_limit != config.train.knn_limit:  # the same: the closing table would set one against the other
+        raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_limit={_yaml(saved_limit)} images of each "
+                              "split; another number would change its bank and queries mid-run, under the same names "
+                              "in the logs and against its accuracy at random init: resume with "
+                              f"--train.knn_limit={_yaml(saved_limit)}")
     load_model_state(byol, state["model"], str(ckpt_path))
     saved_optim = state["config"].get("optim", {}).get("name")
     if saved_optim != config.optim.name:

@@ -693,6 +693,9 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     with pytest.raises(CheckpointError, match="train.knn_holdout=0 held-out train images .* the same names in the "
                                               "logs: resume with --train.knn_holdout=0"):  # the kNN records' queries
         pretrain(load_config("cifar10", settings + ["--train.knn_holdout=100"]), resume=True)
+    with pytest.raises(CheckpointError, match="train.knn_limit=200 images of each split; another number .* against "
+                                              "its accuracy at random init: resume with --train.knn_limit=200"):
+        pretrain(load_config("cifar10", settings + ["--train.knn_limit=100"]), resume=True)  # a user test's: 500 -> 200
     pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--train.max_steps=9"]), resume=True)
     err = capsys.readouterr().err
     assert "train.epochs 1 -> 2" in err and "note: the schedules follow the new settings from step 8 on" in err, err
