@@ -6,6 +6,7 @@ writes them) and arguments, so it works without a config or a run directory:
 """
 
 import math
+import numbers
 import sys
 from collections.abc import Iterable
 from typing import Optional, Sequence, Union
@@ -41,6 +42,9 @@ def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean:
            std: torch.Tensor, size: Union[int, tuple[int, int], None],
            amp_dtype: Optional[torch.dtype], crop: Optional[int] = None) -> torch.Tensor:
     """One batch of images (uint8, or float in [0, 1]) -> (B, D) float32 features on the CPU."""
+    if images.dim() != 4 or images.shape[1] != mean.shape[1]:
+        raise ValueError(f"images must be a batch (N, C, H, W) with C = {mean.shape[1]}, the channels of mean and "
+                         f"std, got shape {tuple(images.shape)}")
     x = images.to(device, non_blocking=True)
     if crop is not None:
         x = center_crop(x, crop)
@@ -94,6 +98,10 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
 
     The encoder is moved to ``device`` if given; its train/eval mode is restored afterwards.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hasattr(images, "__array__") and not isinstance(images, torch.Tensor):  # a NumPy array
+        images = torch.as_tensor(images)
     device = torch.device(device) if device is not None else _device_of(encoder)
     encoder.to(device)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -133,15 +141,23 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     return (*out, indices_t[order]) if with_indices else out
 
 
-def _splits(train_features, train_labels, test_features, test_labels=None) -> tuple:
+def _splits(train_features, train_labels, test_features, test_labels=None, scored: bool = True,
+            least: int = 1) -> tuple:
     """The train and test features (N, D) and labels (N,) as tensors, from NumPy arrays (as
-    ``byol embed`` writes them) or lists too, checked: one label per row, class indices 0, 1, ...,
-    the same width D on both sides. ``test_labels`` None stays None."""
+    ``byol embed`` writes them) or lists too, checked: finite features, at least ``least`` train rows,
+    one label per row, class indices 0, 1, ..., the same width D on both sides, test labels where the
+    test split is ``scored`` (else ``test_labels`` None stays None)."""
+    if scored and test_labels is None:
+        raise ValueError("the test labels are needed to score the test split")
     out = []
     for which, features, labels in (("train", train_features, train_labels), ("test", test_features, test_labels)):
         features = torch.as_tensor(features)
         if features.dim() != 2:
             raise ValueError(f"the {which} features must be a matrix (N, D), got shape {tuple(features.shape)}")
+        if which == "train" and len(features) < least:
+            raise ValueError(f"the train split needs at least {least} row{'s' * (least > 1)}, got {len(features)}")
+        if features.is_floating_point() and not torch.isfinite(features).all():
+            raise ValueError(f"the {which} features hold NaN or infinite values (an encoder that diverged?)")
         if labels is not None:
             labels = torch.as_tensor(labels)
             if labels.shape != features.shape[:1]:
@@ -178,6 +194,11 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
     return scores.scatter_add_(1, neighbour_labels, (sims / temperature).exp())
 
 
+def _check_knn(ks: tuple, temperature: float) -> None:
+    if not ks or min(ks) < 1 or not temperature > 0:
+        raise ValueError(f"every k must be >= 1 and the temperature > 0, got ks={ks}, temperature={temperature}")
+
+
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  k: int = 200, temperature: float = 0.1, num_classes: Optional[int] = None,
                  chunk_size: int = 1024, device: Union[str, torch.device, None] = None) -> torch.Tensor:
@@ -202,8 +223,12 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     Returns:
         Scores (N_test, C) float32 on ``device``; ``argmax(1)`` is the prediction.
     """
-    train_features, train_labels, test_features, _ = _splits(train_features, train_labels, test_features)
+    _check_knn((k,), temperature)
+    train_features, train_labels, test_features, _ = _splits(train_features, train_labels, test_features,
+                                                             scored=False)
     device = torch.device(device) if device is not None else None
+    if num_classes is not None and num_classes <= int(train_labels.max()):
+        raise ValueError(f"num_classes={num_classes}, but the train labels go up to {int(train_labels.max())}")
     num_classes = num_classes or int(train_labels.max()) + 1
     labels = train_labels.to(device or train_features.device).long()
     out = []
@@ -220,9 +245,8 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     The top ``max(ks)`` neighbours are found once per chunk of test rows and reused for every
     smaller k. Returns ``{k: accuracy}``.
     """
-    if not ks or min(ks) < 1 or not temperature > 0:
-        raise ValueError(f"every k must be >= 1 and the temperature > 0, got ks={tuple(ks)}, "
-                         f"temperature={temperature}")
+    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    _check_knn(ks, temperature)
     train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
                                                                        test_labels)
     device = torch.device(device) if device is not None else None
@@ -298,10 +322,13 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         the number of classes C, and the mean cross-entropy of the last epoch.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    # Two rows at least: the features are standardized with the train split's std.
     train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
-                                                                       test_labels)
+                                                                       test_labels, least=2)
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.to(device, torch.float32)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6

@@ -52,6 +52,8 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
             (dist.extract_features_sharded(model.encoder, s.images, device, progress=bar, **kwargs), s.labels)
             for s, bar in zip(splits, bars))
     ks = sorted({20, config.train.knn_k})
+    if not (torch.isfinite(train_f).all() and torch.isfinite(test_f).all()):  # a diverging encoder's: NaN, not
+        return {k: float("nan") for k in ks}  # an error (knn_accuracy refuses them) that would end the run
     return knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, device=device)
 
 

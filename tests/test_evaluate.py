@@ -148,6 +148,17 @@ def test_center_crop_cuts_what_torchvisions_center_crop_cuts(side, crop):
     assert torch.equal(center_crop(x, crop), expected)
 
 
+def test_extract_features_takes_numpy_and_says_what_it_cannot_take():
+    net, x = encoder(), images()
+    torch.testing.assert_close(extract_features(net, x.numpy()), extract_features(net, x))
+    for bad, said in (((net, x.permute(0, 2, 3, 1)), r"images must be a batch \(N, C, H, W\) with C = 3, the "
+                                                     r"channels of mean and std, got shape \(10, 8, 8, 3\)"),
+                      ((net, [(x[:, :1], torch.zeros(10), torch.arange(10))]), "images must be a batch"),
+                      ((net, x, 0), "batch_size must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=said):
+            extract_features(*bad)
+
+
 def test_extract_features_crops_the_center_first():
     net, x = encoder(), images(size=12)
     feats = extract_features(net, x, crop=8, size=16)
@@ -225,6 +236,23 @@ def test_features_and_labels_that_do_not_fit_are_one_sentence():
                 fn(*args)
     with pytest.raises(ValueError, match="the train labels must be class indices"):
         knn_classify(x, y - 1, x)
+    for args, said in (((x, y, x, None), "the test labels are needed to score the test split"),
+                       ((x[:0], y[:0], x, y), r"the train split needs at least \d rows?, got 0"),
+                       ((x * math.nan, y, x, y), "the train features hold NaN or infinite values"),
+                       ((x, y, x / 0, y), "the test features hold NaN or infinite values")):
+        for fn in (knn_accuracy, linear_probe):
+            with pytest.raises(ValueError, match=said):
+                fn(*args)
+    with pytest.raises(ValueError, match="the train split needs at least 2 rows, got 1"):  # its std
+        linear_probe(x[:1], y[:1], x, y)
+    with pytest.raises(ValueError, match="epochs must be a whole number, got 1.5"):
+        linear_probe(x, y, x, y, epochs=1.5)
+    for bad in (dict(k=0), dict(temperature=0.0)):
+        with pytest.raises(ValueError, match="every k must be >= 1 and the temperature > 0"):
+            knn_classify(x, y, x, **bad)
+    with pytest.raises(ValueError, match="num_classes=1, but the train labels go up to 1"):
+        knn_classify(x, y, x, num_classes=1)
+    assert knn_accuracy(x, y, x, y, ks=5) == knn_accuracy(x, y, x, y, ks=(5,))  # one k as a number
     assert knn_accuracy(x, y, x[:0], y[:0]) == {20: 0.0, 200: 0.0}  # no test rows: nothing right
 
 

@@ -174,6 +174,17 @@ def test_images_per_s_and_the_progress_bar_count_training_time_only(tmp_path, ci
     assert bar.rates == pytest.approx([16.0] * 8) and bar.format_dict["elapsed"] == 8.0
 
 
+def test_a_knn_monitor_on_features_that_are_not_finite_logs_nan_and_the_run_goes_on(tmp_path, cifar10_root,
+                                                                                     monkeypatch):
+    """knn_accuracy refuses NaN features (one sentence, for a user's own call); the monitor of a run
+    whose encoder gives them logs NaN accuracies instead of ending the run."""
+    extract = byol.train.dist.extract_features_sharded
+    monkeypatch.setattr(byol.train.dist, "extract_features_sharded", lambda *a, **k: extract(*a, **k) * math.nan)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false"))
+    knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/knn_top1" in r]
+    assert len(knn) == 3 and all(math.isnan(v) for v in knn)
+
+
 @pytest.mark.parametrize("data", ["cifar10", "folder"])
 def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_path, cifar10_root, monkeypatch,
                                                                           capsys, data):
