@@ -188,15 +188,19 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
     d = config.data
     if d.dataset == "folder":
         size, crop = load_size(config), eval_crop(config)
-        images = ("each image turned upright by its EXIF orientation, in RGB, its center square resized to "
+        images = ("each image turned upright by its EXIF orientation, in RGB (transparent pixels composited onto "
+                  "black, 16- and 32-bit gray scaled to 8 bits, not clipped), its center square resized to "
                   f"{size}x{size} with Pillow's bilinear filter (a JPEG first decoded by Pillow's draft at the "
                   f"smallest scale still at least that size)" + (f", then its center {crop}x{crop} cut out (the "
                   "paper's test protocol: 256, then the center 224)" if crop else ""))
         size = crop or size
     else:
         size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
+    precision = {"fp32": "float32", "bf16": "bf16 autocast"}.get(
+        config.train.precision, "bf16 autocast where the device computes bf16 natively (CUDA GPUs, CPUs with "
+        "AVX-512-BF16 or AMX), else float32 (train.precision=auto)")
     return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
-            "mean": list(mean), "std": list(std), "training_views": d.image_size}
+            "mean": list(mean), "std": list(std), "training_views": d.image_size, "precision": precision}
 
 
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:

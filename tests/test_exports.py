@@ -49,6 +49,18 @@ def test_export_records_the_size_eval_and_embed_feed_not_the_training_views(pres
     assert info["mean"] == [0.1, 0.2, 0.3]  # the run's own: checked end to end in test_cli's export test
 
 
+def test_export_says_how_eval_and_embed_read_pixels_and_in_which_precision_they_compute_features():
+    """What a user recomputing the features needs (a user test matched embed's to bf16's rounding only
+    with bf16 autocast, which export.json did not name; and read an RGBA PNG as PIL's convert would)."""
+    from byol.config import load_config
+    from byol.exports import _eval_input
+    for precision, said in (("auto", "bf16 autocast where the device computes bf16 natively"), ("fp32", "float32"),
+                            ("bf16", "bf16 autocast")):
+        info = _eval_input(load_config("imagenet", [f"--train.precision={precision}"]), (0.5,) * 3, (1.0,) * 3)
+        assert info["precision"].startswith(said), info["precision"]
+    assert "transparent pixels composited onto black, 16- and 32-bit gray scaled to 8 bits" in info["images"]
+
+
 def test_a_split_is_numbered_by_the_training_folders_classes(tmp_path, capsys):
     train = extract_jpegs(tmp_path / "set" / "train", per_class=1)
     val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
