@@ -299,8 +299,16 @@ class _Checkpoints:
         self.plots_failed = False  # said once
 
     def _write(self, name: str, step: int) -> None:
-        save_checkpoint(self.run_dir / "checkpoints" / name, self.byol, self.optimizer, step, self.config.to_dict(),
-                        self.generator, extra=self.extra)
+        path = self.run_dir / "checkpoints" / name
+        if name != "last.pt" and path.is_file():  # a kept epoch of an earlier start, counted in other epochs
+            earlier = _saved_step(path)  # (a resume whose data gives another number of steps an epoch)
+            if earlier is not None and earlier != step:
+                kept = path.with_name(f"{path.stem}_step{earlier}.pt")
+                os.replace(path, kept)
+                print(f"note: {path} was of step {earlier}, an earlier start's epoch of another length; it is kept as "
+                      f"{kept.name}, and {path.name} is this start's epoch (step {step})", file=sys.stderr)
+        save_checkpoint(path, self.byol, self.optimizer, step, self.config.to_dict(), self.generator,
+                        extra=self.extra)
 
     def _due(self, keep_epoch: Optional[int], final: bool) -> bool:
         interval = self.config.train.save_interval_s
@@ -344,6 +352,14 @@ class _Checkpoints:
                 self.plots_failed = True
                 print(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
                       "on, and they are drawn again at each checkpoint", file=sys.stderr)
+
+
+def _saved_step(path: Path) -> Optional[int]:
+    """The step a checkpoint was written at, read without loading its tensors (None: not readable)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # not a checkpoint of ours, or torn: nothing worth keeping apart
+        return None
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

@@ -728,6 +728,22 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
         "rises)" in err and "stretched" not in err, err
 
 
+def test_a_kept_epoch_of_an_earlier_start_with_longer_epochs_is_kept_apart_not_replaced(tmp_path, cifar10_root,
+                                                                                       capsys):
+    """Two epochs of 4 steps kept (epoch_0002.pt: step 8), then a resume on twice the images (8 steps an
+    epoch): its epoch 2 ends at step 16, and the earlier epoch_0002.pt is kept as epoch_0002_step8.pt
+    with a note, where a user test saw it replaced without a word."""
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1, "train.checkpoint_every": 1,
+                                                   "data.limit": 64}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings + ["--train.epochs=2"]))
+    pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--data.limit=128"]), resume=True)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    steps = {p.name: load_checkpoint(p)["step"] for p in checkpoints.glob("epoch_*.pt")}
+    assert steps == {"epoch_0001.pt": 4, "epoch_0002.pt": 16, "epoch_0002_step8.pt": 8}, steps
+    assert (f"note: {checkpoints / 'epoch_0002.pt'} was of step 8, an earlier start's epoch of another length; it is "
+            "kept as epoch_0002_step8.pt, and epoch_0002.pt is this start's epoch (step 16)") in capsys.readouterr().err
+
+
 def test_resuming_a_shorter_run_says_its_schedules_are_compressed_and_the_learning_rate_drops(
         tmp_path, cifar10_root, capsys):
     """`--resume --train.epochs=2` on a 4-epoch run at step 10 (8 steps an epoch): the cosines now end
