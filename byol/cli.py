@@ -310,8 +310,29 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a scheduler's cancel or preemption) outside the training loop, whose own handler
+    finishes the step and saves: a BaseException, as KeyboardInterrupt, so that what a start wrote
+    is undone on its way out (:class:`~byol.run_folder.RunFolder`)."""
+
+
+def _terminated_handler(main_pid: int):
+    def handle(signum, frame):
+        if os.getpid() != main_pid:  # a decoding process forked with this handler: it ends as it would have
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise _Terminated
+    return handle
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback."""
+    """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback;
+    SIGINT and SIGTERM a line and exit codes 130 and 143."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated_handler(os.getpid()))
+    except ValueError:  # not the main thread: signals are left alone
+        previous = None
     try:
         return run(argv)
     except UsageError as e:
@@ -320,6 +341,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("byol: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as e:
         if isinstance(e, _user_errors()):
             from .config import ConfigError
@@ -331,6 +355,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if "byol.distributed" in sys.modules:  # else no process group was started
             sys.modules["byol.distributed"].shutdown()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -442,3 +442,23 @@ def test_plots_that_cannot_be_written_are_a_note_and_the_run_goes_on(monkeypatch
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 16  # both epochs' checkpoints written
     fault_table("disk full when the plots are drawn (simulated)", "a note, once; the run finishes, its checkpoints "
                 "written, exit 0")
+
+
+def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatch, capsys, tmp_path, cifar,
+                                                                      fault_table):
+    """A scheduler's SIGTERM while a start loads its data (a user test: exit -15, nothing said, a
+    folder left behind): one line, exit 143, the folder made by the start removed, as Ctrl-C does."""
+    import byol.train
+    from byol import cli
+    load, before = byol.train.load_data, signal.getsignal(signal.SIGTERM)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(byol.train, "load_data", signalled)
+    code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run")])
+    assert code == 143 and capsys.readouterr().err.strip().splitlines()[-1] == "byol: terminated (SIGTERM)"
+    assert not (tmp_path / "runs").exists() and signal.getsignal(signal.SIGTERM) is before
+    fault_table("SIGTERM before the first step (while the data loads)", "one line, exit 143; the folder the start "
+                "made is removed")
