@@ -95,7 +95,8 @@ class TrainConfig:
     knn_holdout: int = 0              # CIFAR/STL-10: monitor on N training images held out of the memory bank
                                       # (a fixed draw, the same for every seed), not on the test split, so
                                       # settings can be chosen without it; pretraining still sees them
-    progress: bool = True             # the progress bar on stderr; false: a line an epoch instead (for a log file)
+    progress: Union[bool, str] = "auto"  # the progress bar on stderr: auto (where stderr is a terminal), true, or
+                                      # false: a line an epoch instead (what auto does for a log file)
     max_nonfinite: int = 10           # stop when a metric read (every log_every steps) finds at least this many
     #                                   NaN/inf losses in a row (each such step is undone)
 
@@ -292,6 +293,7 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
              ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch)"),
              ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
              ("data.on_device", config.data.on_device in (True, False, "auto"), "auto, true or false"),
+             ("train.progress", t.progress in (True, False, "auto"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
              ("optim.lr", config.optim.lr >= 0, ">= 0"),
              ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),

@@ -179,10 +179,16 @@ def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int,
     return acc
 
 
+def shows_bars(progress) -> bool:
+    """Whether ``train.progress`` draws bars: true, or auto where stderr is a terminal (a log file gets
+    a line an epoch instead: a bar would fill it with its redrawings)."""
+    return progress is True or (progress == "auto" and sys.stderr.isatty())
+
+
 def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
     """The pretraining bar (``t``: the train config), on rank 0; None without one (also where the
     environment disables tqdm, TQDM_DISABLE=1: such a bar has no clock for :meth:`Clock.paused` to move)."""
-    if not t.progress or rank != 0:
+    if not shows_bars(t.progress) or rank != 0:
         return None
     from tqdm import tqdm
     bar = tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,

@@ -26,7 +26,7 @@ from .metrics import KNN_PREFIX, MetricsLog, plot_metrics, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_warmup, progress_bar)
+                        note_warmup, progress_bar, shows_bars)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, keep_freed_memory
@@ -162,7 +162,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = dict(ran_on)
     # The kNN monitor: the online encoder's accuracies when called (None: no monitor), bars on rank 0.
-    knn = (partial(knn_eval, byol, data, config, device, amp, t.progress and rank == 0)
+    knn = (partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)
            if data.knn_train is not None else None)
     if knn is not None and step == 0:
         results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})

@@ -54,6 +54,7 @@ def test_overrides_are_typed():
     ("--train.log_every=0", "train.log_every must be >= 1"),
     ("--train.batch_size=1", "train.batch_size must be >= 2"),
     ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
+    ("--train.progress=sometimes", "train.progress must be auto, true or false"),
     ("--model.backbone=resnet101", "model.backbone must be one of resnet18, resnet34, resnet50"),
     ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),
     ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),

@@ -185,6 +185,17 @@ def test_a_knn_monitor_on_features_that_are_not_finite_logs_nan_and_the_run_goes
     assert len(knn) == 3 and all(math.isnan(v) for v in knn)
 
 
+def test_progress_auto_draws_the_bar_on_a_terminal_and_a_line_an_epoch_into_a_log_file(monkeypatch):
+    """A cluster job's log got the bar's redrawings and no line an epoch (a user test); train.progress
+    is now auto by default: the bar where stderr is a terminal only."""
+    import sys
+    from byol.reporting import shows_bars
+    assert Config().train.progress == "auto"
+    for terminal in (True, False):
+        monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(isatty=lambda: terminal))
+        assert (shows_bars("auto"), shows_bars(True), shows_bars(False)) == (terminal, True, False)
+
+
 @pytest.mark.parametrize("data", ["cifar10", "folder"])
 def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_path, cifar10_root, monkeypatch,
                                                                           capsys, data):
