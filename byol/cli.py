@@ -258,7 +258,9 @@ def run(argv: Optional[list[str]] = None) -> int:
             print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     elif args.command == "export":
         info = exports.export(args.checkpoint, args.out)
-        _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"])])
+        out = Path(info["state_dict"]).parent
+        _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"]),
+                                  ("how to feed it", str(out / "export.json")), ("run's config", str(out / "config.yaml"))])
     return 0
 
 
