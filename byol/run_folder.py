@@ -9,12 +9,8 @@ from typing import IO, Optional
 
 import yaml
 
-try:
-    import fcntl  # the run's lock: one start at a time in a folder
-except ImportError:  # not POSIX (Windows): no lock
-    fcntl = None
 
-from .checkpoint import (CheckpointError, remove_empty_folders, remove_torn_temporaries, topmost_missing,
+from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
 from .config import CONFIG_HEADER, Config, ConfigError
 from .metrics import MetricsLog
@@ -53,15 +49,15 @@ class RunFolder:
         self._lock = _hold_lock(self.path)  # another start's folder, if refused: nothing is removed
         try:
             self._check(resume)  # again under the lock: a start that got in first may have written a run
+            # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
+            remove_torn_temporaries(self.path, *_KEPT)
+            remove_torn_temporaries(self.checkpoint.parent, "*.pt")
+            self._before = {name: _read(self.path / name) for name in _KEPT}
+            self._events_before = _listing(self.path / "tensorboard")
+            self._folders_before = {f for f in ("tensorboard", "checkpoints") if (self.path / f).is_dir()}
         except BaseException:
             self._leave()
             raise
-        # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
-        remove_torn_temporaries(self.path, *_KEPT)
-        remove_torn_temporaries(self.checkpoint.parent, "*.pt")
-        self._before = {name: _read(self.path / name) for name in _KEPT}
-        self._events_before = _listing(self.path / "tensorboard")
-        self._folders_before = {f for f in ("tensorboard", "checkpoints") if (self.path / f).is_dir()}
         self._log: Optional[MetricsLog] = None
         self.started = False
 
@@ -69,9 +65,11 @@ class RunFolder:
         """A resumed run needs a checkpoint; a new one a folder without one, and without files it
         would replace that no byol run wrote."""
         kept = sorted(self.checkpoint.parent.glob("*.pt")) if self.checkpoint.parent.is_dir() else []
-        # kept epochs of a run whose last.pt is gone: resumed from once one is copied to last.pt
-        copy = (f"; to resume from {kept[-1].relative_to(self.path)}, copy it to checkpoints/last.pt first"
-                if kept and not self.checkpoint.is_file() else "")
+        # kept epochs of a run whose last.pt is gone: resumed from once the newest is copied to last.pt
+        # (not an earlier start's epoch kept apart as epoch_N_stepS.pt, of a step before its epoch_N.pt)
+        epochs = [p for p in kept if "_step" not in p.stem]
+        copy = (f"; to resume from {epochs[-1].relative_to(self.path)}, copy it to checkpoints/last.pt first"
+                if epochs and not self.checkpoint.is_file() else "")
         if resume and not self.checkpoint.is_file():
             raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}" +
                                   (copy or "; start without --resume"))
@@ -82,8 +80,10 @@ class RunFolder:
             _check_replaceable(self.path)
 
     def release(self) -> None:
-        """Let the next start in: the lock goes (its file stays, once a step has finished)."""
+        """Let the next start in: the lock goes (its file stays, once a step has finished), also while a
+        process forked since (a decoding process a failed start's traceback keeps alive) holds the file open."""
         if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
 
@@ -151,7 +151,10 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     on without one). Raises ConfigError, naming the holder, while another process holds it."""
     if fcntl is None:
         return None
-    lock = open(folder / LOCK, "a+")
+    try:
+        lock = open(folder / LOCK, "a+")
+    except OSError:  # another user's lock file in a shared folder: the run goes on without a lock
+        return None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -71,13 +71,43 @@ def test_one_start_at_a_time_writes_a_folder(tmp_path, fault_table):
                 "and changes nothing; once the first has ended, a start goes ahead")
 
 
+def test_a_released_lock_is_free_while_a_process_forked_before_the_release_runs_on(tmp_path, monkeypatch):
+    """A decoding process forked by a start shares its open lock file; a failed start's traceback (a
+    notebook's) can keep such a process alive after the start released the lock. The next start
+    goes ahead all the same; and a start that fails while it opens the folder lets the lock go."""
+    import signal
+    import time
+    import byol.run_folder
+    first = RunFolder(tmp_path / "run", resume=False)
+    child = os.fork()
+    if child == 0:  # holds the lock file open, as a DataLoader worker would
+        time.sleep(30)
+        os._exit(0)
+    try:
+        first.release()
+        RunFolder(first.path, resume=False).release()  # refused, naming this process, without LOCK_UN
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+    def torn(*args):
+        raise OSError("an I/O error")
+
+    monkeypatch.setattr(byol.run_folder, "remove_torn_temporaries", torn)
+    with pytest.raises(OSError, match="an I/O error"):
+        RunFolder(first.path, resume=False)
+    monkeypatch.undo()
+    RunFolder(first.path, resume=False).release()  # the failed opening let the lock go
+
+
 def test_a_run_starts_only_where_it_can(tmp_path):
     with pytest.raises(CheckpointError, match="cannot resume: no checkpoint at"):
         RunFolder(tmp_path / "run", resume=True)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # a kept epoch, no last.pt
+    (tmp_path / "run" / "checkpoints" / "epoch_0001_step4.pt").write_bytes(b"")  # an earlier start's, kept apart
     copy = "; to resume from checkpoints/epoch_0001.pt, copy it to checkpoints/last.pt first"
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001.pt\); pass --resume"
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001_step4.pt\); pass --resume"
                                           rf".*another train.out_dir{re.escape(copy)}$"):
         RunFolder(tmp_path / "run", resume=False)
     with pytest.raises(CheckpointError, match=rf"cannot resume: no checkpoint at .*last.pt{re.escape(copy)}$"):
