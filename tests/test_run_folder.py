@@ -94,10 +94,11 @@ def test_a_released_lock_is_free_while_a_process_forked_before_the_release_runs_
         raise OSError("an I/O error")
 
     monkeypatch.setattr(byol.run_folder, "remove_torn_temporaries", torn)
-    with pytest.raises(OSError, match="an I/O error"):
+    with pytest.raises(OSError, match="an I/O error") as failed:  # its traceback kept, as a notebook keeps it
         RunFolder(first.path, resume=False)
     monkeypatch.undo()
     RunFolder(first.path, resume=False).release()  # the failed opening let the lock go
+    assert failed.tb is not None
 
 
 def test_a_run_starts_only_where_it_can(tmp_path):
