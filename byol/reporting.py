@@ -132,10 +132,11 @@ class Report:
         return record["train/loss"]
 
 
-    def note_data_wait(self, config: Config) -> None:
+    def note_data_wait(self, config: Config, host_kept: bool) -> None:
         """Once a start: where the loop has waited for its batches :data:`DATA_WAIT` or more of its
         training time since its first report (a GPU left idle that long), a note of what would feed
-        it faster. Without a second report, nothing."""
+        it faster (``host_kept``: the training set is held in host memory, not on the device). Without
+        a second report, nothing."""
         if self.said_data_wait or not self.trained_s or self.waited_s / self.trained_s < DATA_WAIT:
             return
         self.said_data_wait = True
@@ -144,7 +145,7 @@ class Report:
             faster = (f"more decoding processes (data.workers={d.workers}, of {cores} CPU cores here)"
                       if d.workers < cores else f"decoding on more CPU cores (all {cores} here are in use)")
             faster += ", a smaller data.load_size, or data.on_device=true for a folder that fits in the device's memory"
-        elif d.on_device is not True and self.clock.device.type != "cpu":  # on a CPU it is in memory already
+        elif host_kept and self.clock.device.type != "cpu":  # on a CPU it is in memory already
             faster = "data.on_device=true (the training set held in the device's memory, where it fits)"
         line = (f"note: training waited for its images {self.waited_s / self.trained_s:.0%} of the time "
                 f"(train/data_wait in metrics.jsonl)" + (f"; {faster} would feed it faster" if faster else ""))

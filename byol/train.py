@@ -177,12 +177,15 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                      steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
     checkpoints = _Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"])
-    stream = _step_images(data, step, steps_per_epoch, t.batch_size // world, device)
+    stream = _step_images(data, step, steps_per_epoch, t.batch_size // world)
+    host_kept = data.folder is None and data.batches.images.device != device  # data.on_device's resolution
     first_step = step
     try:
         with StopRequest() as stop:
             while step < end_step:
-                _, z1 = loop_step(step, clock.next_batch(stream))
+                # Streamed folders (pinned) or a host-kept set: copied outside the wait for the batch,
+                # which a copy from pageable memory would stretch by the device's work queued before it.
+                _, z1 = loop_step(step, clock.next_batch(stream).to(device, non_blocking=True))
                 step += 1
                 if folder is not None:
                     folder.started = True  # from here on, what this start wrote stays
@@ -195,7 +198,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results)
                     if rank == 0:
-                        report.note_data_wait(config)
+                        report.note_data_wait(config, host_kept)
                     if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
                         # an epoch, for a log (the last one's is the closing table)
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),
@@ -258,9 +261,9 @@ def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int,
     return compile_step(forward, byol)  # loss and both augmentations; eager where that fails
 
 
-def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int,
-                 device: torch.device) -> Iterator[torch.Tensor]:
-    """The batches of global steps ``step``, ``step + 1``, ...: each ``batch`` images, on ``device``."""
+def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int) -> Iterator[torch.Tensor]:
+    """The batches of global steps ``step``, ``step + 1``, ...: each ``batch`` images, where the data
+    is (the device, or host memory for a set kept there and a streamed folder)."""
     epoch, index = divmod(step, steps_per_epoch)
     while True:
         batches = data.epoch(epoch)
@@ -278,7 +281,7 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int,
                 # repeats of its own images, so that every step has one shape (a compiled step would
                 # compile again for each new batch size)
                 images = images[torch.arange(batch) % len(images)]
-            yield images.to(device, non_blocking=True)  # streamed folders (pinned) or a host-kept set
+            yield images
         epoch, index = epoch + 1, 0
 
 
