@@ -195,8 +195,10 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
 
 
 def _check_knn(ks: tuple, temperature: float) -> None:
-    if not ks or min(ks) < 1 or not temperature > 0:
-        raise ValueError(f"every k must be >= 1 and the temperature > 0, got ks={ks}, temperature={temperature}")
+    if not ks or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in ks) \
+            or not temperature > 0:
+        raise ValueError(f"every k must be a whole number >= 1 and the temperature > 0, got ks={ks}, "
+                         f"temperature={temperature}")
 
 
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
@@ -245,7 +247,9 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     The top ``max(ks)`` neighbours are found once per chunk of test rows and reused for every
     smaller k. Returns ``{k: accuracy}``.
     """
-    ks = (ks,) if isinstance(ks, int) else tuple(ks)
+    if isinstance(ks, (numbers.Number, str, bytes)):  # ks=20 failed: "'int' object is not iterable"
+        raise ValueError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {ks!r}")
+    ks = tuple(int(k) if isinstance(k, numbers.Integral) else k for k in ks)
     _check_knn(ks, temperature)
     train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
                                                                        test_labels)

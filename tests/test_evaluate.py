@@ -248,11 +248,15 @@ def test_features_and_labels_that_do_not_fit_are_one_sentence():
     with pytest.raises(ValueError, match="epochs must be a whole number, got 1.5"):
         linear_probe(x, y, x, y, epochs=1.5)
     for bad in (dict(k=0), dict(temperature=0.0)):
-        with pytest.raises(ValueError, match="every k must be >= 1 and the temperature > 0"):
+        with pytest.raises(ValueError, match="every k must be a whole number >= 1 and the temperature > 0"):
             knn_classify(x, y, x, **bad)
     with pytest.raises(ValueError, match="num_classes=1, but the train labels go up to 1"):
         knn_classify(x, y, x, num_classes=1)
-    assert knn_accuracy(x, y, x, y, ks=5) == knn_accuracy(x, y, x, y, ks=(5,))  # one k as a number
+    with pytest.raises(ValueError, match=r"ks must be a list or tuple of whole numbers >= 1, such as \(20, 200\)"):
+        knn_accuracy(x, y, x, y, ks=5)  # as byol.knn says (pipeline.check_counts)
+    with pytest.raises(ValueError, match="every k must be a whole number >= 1"):
+        knn_accuracy(x, y, x, y, ks=[2.5])
+    assert knn_accuracy(x, y, x, y, ks=np.array([5])) == knn_accuracy(x, y, x, y, ks=(5,))  # NumPy's whole numbers
     assert knn_accuracy(x, y, x[:0], y[:0]) == {20: 0.0, 200: 0.0}  # no test rows: nothing right
 
 
