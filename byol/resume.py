@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .build import autocast_dtype, precision_name, end_step_of, schedule_of
+from .build import FOLDER_KNN_LIMIT, autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import Config, ConfigError, config_from_dict, load_config, read_preset
 from .model import BYOL
@@ -56,6 +56,11 @@ def changed_settings(before: dict, after: dict) -> list[str]:
     return changed
 
 
+def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
+    """The images of each split the kNN monitor scores with ``train.knn_limit=limit`` (None: all)."""
+    return limit or (FOLDER_KNN_LIMIT if config.data.dataset == "folder" else None)
+
+
 def _yaml(value) -> str:
     """A setting as it is written on the command line (None: null)."""
     return "null" if value is None else str(value)
@@ -78,8 +83,11 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_holdout={saved_holdout} held-out "
                               "train images (0: the test split); another value would change its queries mid-run, "
                               f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
-    saved_limit = state["config"].get("train", {}).get("knn_limit", config.train.knn_limit)
-    if saved_limit != config.train.knn_limit:  # the same: the closing table would set one against the other
+    saved_train = state["config"].get("train", {})
+    saved_limit = saved_train.get("knn_limit", config.train.knn_limit)
+    monitored = saved_train.get("knn_every", 0) >= 0 and config.train.knn_every >= 0  # before and after
+    if monitored and _knn_images(saved_limit, config) != _knn_images(config.train.knn_limit, config):
+        # the same: and the closing table would set its last accuracy against its first
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_limit={_yaml(saved_limit)} images of each "
                               "split; another number would change its bank and queries mid-run, under the same names "
                               "in the logs and against its accuracy at random init: resume with "
