@@ -320,10 +320,11 @@ class _Terminated(BaseException):
 
 def _terminated_handler(main_pid: int):
     def handle(signum, frame):
-        if os.getpid() != main_pid:  # a decoding process forked with this handler: it ends as it would have
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != main_pid:  # another process forked with this handler (torch's decoding processes
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # install their own): it ends as it would have
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut short the undoing
         raise _Terminated
     return handle
 
@@ -333,8 +334,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     SIGINT and SIGTERM a line and exit codes 130 and 143."""
     try:
         previous = signal.signal(signal.SIGTERM, _terminated_handler(os.getpid()))
+        installed = True
     except ValueError:  # not the main thread: signals are left alone
-        previous = None
+        installed = False
     try:
         return run(argv)
     except UsageError as e:
@@ -357,8 +359,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if "byol.distributed" in sys.modules:  # else no process group was started
             sys.modules["byol.distributed"].shutdown()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if installed:  # None: a handler set from C, which Python cannot put back; the default instead
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
