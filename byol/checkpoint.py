@@ -281,6 +281,15 @@ def _check_format(path: Path) -> None:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a file written by torch.save)")
 
 
+def saved_step(path: Path) -> Optional[int]:
+    """The step a checkpoint was written at, read without loading its tensors (mmap); None where the
+    file is not a readable checkpoint."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # not a checkpoint of ours, or torn
+        return None
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """Read a byol checkpoint safely (see :func:`read_state`) and check that it is one."""
     state = read_state(path, map_location)

@@ -16,7 +16,7 @@ from torch import nn
 from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_crop, load_data, precision_name,
                     resolve_device, schedule_of, views_of)
-from .checkpoint import rng_state_kept, save_checkpoint, write_failure
+from .checkpoint import rng_state_kept, save_checkpoint, saved_step, write_failure
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked, save_config
 from .evaluate import knn_accuracy
@@ -304,7 +304,7 @@ class _Checkpoints:
     def _write(self, name: str, step: int) -> None:
         path = self.run_dir / "checkpoints" / name
         if name != "last.pt" and path.is_file():  # a kept epoch of an earlier start, counted in other epochs
-            earlier = _saved_step(path)  # (a resume whose data gives another number of steps an epoch)
+            earlier = saved_step(path)  # (a resume whose data gives another number of steps an epoch)
             if earlier is not None and earlier != step:
                 kept = path.with_name(f"{path.stem}_step{earlier}.pt")
                 os.replace(path, kept)
@@ -355,14 +355,6 @@ class _Checkpoints:
                 self.plots_failed = True
                 print(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
                       "on, and they are drawn again at each checkpoint", file=sys.stderr)
-
-
-def _saved_step(path: Path) -> Optional[int]:
-    """The step a checkpoint was written at, read without loading its tensors (None: not readable)."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
-    except Exception:  # not a checkpoint of ours, or torn: nothing worth keeping apart
-        return None
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
