@@ -185,15 +185,25 @@ def test_a_knn_monitor_on_features_that_are_not_finite_logs_nan_and_the_run_goes
     assert len(knn) == 3 and all(math.isnan(v) for v in knn)
 
 
-def test_progress_auto_draws_the_bar_on_a_terminal_and_a_line_an_epoch_into_a_log_file(monkeypatch):
+def test_progress_auto_draws_the_bar_on_a_terminal_and_a_line_an_epoch_into_a_log_file(monkeypatch, tmp_path,
+                                                                                        cifar10_root):
     """A cluster job's log got the bar's redrawings and no line an epoch (a user test); train.progress
     is now auto by default: the bar where stderr is a terminal only."""
     import sys
     from byol.reporting import shows_bars
     assert Config().train.progress == "auto"
-    for terminal in (True, False):
-        monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(isatty=lambda: terminal))
-        assert (shows_bars("auto"), shows_bars(True), shows_bars(False)) == (terminal, True, False)
+    with monkeypatch.context() as patched:
+        for terminal in (True, False):
+            patched.setattr(sys, "stderr", types.SimpleNamespace(isatty=lambda: terminal))
+            assert (shows_bars("auto"), shows_bars(True), shows_bars(False)) == (terminal, True, False)
+    # A run whose stderr is a file (pytest's capture here): lines, no bar
+    run = tmp_path / "run"
+    with open(tmp_path / "stderr.log", "w") as log:
+        monkeypatch.setattr(sys, "stderr", log)
+        pretrain(load_config("cifar10", tiny_overrides(run, **{"train.progress": "auto", "train.epochs": 2,
+                                                               "train.knn_every": -1}) + [f"--data.root={cifar10_root}"]))
+    written = (tmp_path / "stderr.log").read_text()
+    assert "epoch 1/2 (step 8/16)" in written and "\r" not in written and "img/s]" not in written, written
 
 
 @pytest.mark.parametrize("data", ["cifar10", "folder"])
