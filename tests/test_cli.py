@@ -403,6 +403,18 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
         assert np.load(out).shape[0] == n and {p.split("/")[-3] for p in paths} == {folder}, (split, paths[:2])
         noted = "has no test/ folder; embedding" in capsys.readouterr().err
         assert noted == (split == "test")  # the one stand-in is said
+    # Its rows are the encoder's features of the center 32 of each image decoded at 37 (not of all 37)
+    from byol import load_encoder
+    from byol.build import autocast_dtype, views_of
+    from byol.evaluate import extract_features
+    from byol.images import decode_image
+    net, config = load_encoder(run / "checkpoints" / "last.pt")
+    squares = torch.stack([decode_image(p, 37) for p in (tmp_path / "val_paths.txt").read_text().splitlines()])
+    mean, std = views_of(config)[0].mean, views_of(config)[0].std
+    amp = autocast_dtype(config.train.precision, torch.device("cpu"))
+    own = {crop: extract_features(net, squares, mean=mean, std=std, amp_dtype=amp, crop=crop) for crop in (32, None)}
+    embedded = torch.from_numpy(np.load(tmp_path / "val.npy"))
+    assert torch.equal(embedded, own[32]) and not torch.allclose(embedded, own[None], atol=1e-3)
     # Label i is one class in every split, the training folder's i-th, whatever val holds: here val
     # lacks a class and has one train has not.
     classes = (tmp_path / "train_classes.txt").read_text().splitlines()
