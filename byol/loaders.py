@@ -5,6 +5,7 @@ epoch (:class:`EpochShuffle`), and a folder, or a process's share of it, decoded
 """
 
 import os
+import signal
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -34,6 +35,16 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _leave_stops_to_the_main_process(worker_id: int) -> None:
+    """A decoding process ignores SIGTERM and SIGINT: a scheduler's cancel (SIGTERM) and a terminal's
+    Ctrl-C (SIGINT) go to every process of the job, and a decoding process that died of one failed the
+    main process ("DataLoader worker ... is killed by signal") before it could finish its step and save.
+    The main process stops the run and then ends its decoding processes; should it die, torch's
+    watchdog in each ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _SkippingLoader(DataLoader):
     """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
 
@@ -43,6 +54,7 @@ class _SkippingLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs):
+        kwargs.setdefault("worker_init_fn", _leave_stops_to_the_main_process)
         super().__init__(dataset, num_workers=min(num_workers, usable_cores()), **kwargs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

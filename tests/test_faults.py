@@ -462,3 +462,28 @@ def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatc
     assert not (tmp_path / "runs").exists() and signal.getsignal(signal.SIGTERM) is before
     fault_table("SIGTERM before the first step (while the data loads)", "one line, exit 143; the folder the start "
                 "made is removed")
+
+
+def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_process(tmp_path, fault_table):
+    """A scheduler's cancel (SIGTERM) reaches every process of the job, the decoding processes too: one
+    that died of it made the run fail with a traceback ("DataLoader worker ... is killed by signal:
+    Terminated", a user test) before it could save. They leave it to the main process, which finishes
+    its step, saves and exits. (Ctrl-C's SIGINT to the group was handled before: torch's decoding
+    processes take it quietly.)"""
+    signum = signal.SIGTERM
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "jpegs", per_class=20)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", "--data.dataset=folder", f"--data.root={root}",
+                             "--data.image_size=32", *tiny_overrides(run, **{**SLOW_RUN, "train.epochs": 50,
+                                                                            "data.workers": 2})],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # a process group of its own: the job
+    _wait_for_step(run, proc)
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum and "Traceback" not in err and "continue with --resume" in err, err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] > 0
+    fault_table(f"{signal.Signals(signum).name} to every process of a folder run (its decoding processes too)",
+                f"as to the main process alone: step finished, checkpoint written, exit {128 + signum}")
