@@ -16,7 +16,7 @@ from .config import Config, TrainConfig
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
-from .run_folder import RunFolder
+from .run_folder import RunFolder, say
 from .step import LoopStep
 
 
@@ -149,10 +149,7 @@ class Report:
             faster = "data.on_device=true (the training set held in the device's memory, where it fits)"
         line = (f"note: training waited for its images {self.waited_s / self.trained_s:.0%} of the time "
                 f"(train/data_wait in metrics.jsonl)" + (f"; {faster} would feed it faster" if faster else ""))
-        if self.progress is not None:
-            self.progress.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr)
+        say(line, self.progress)
 
 
 def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batch_size: int,

@@ -9,7 +9,6 @@ from typing import IO, Optional
 
 import yaml
 
-
 from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
 from .config import CONFIG_HEADER, Config, ConfigError
@@ -138,12 +137,18 @@ class RunFolder:
         """Append ``message`` to ``warnings.txt`` as ``step N: message`` and say that line on stderr, on a
         line of its own: ``progress``, the run's tqdm bar, is cleared for it and drawn again below it."""
         line = f"step {step}: {message}"
-        if progress is not None:
-            progress.write(f"warning: {line}", file=sys.stderr)
-        else:
-            print(f"warning: {line}", file=sys.stderr)
+        say(f"warning: {line}", progress)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
+
+
+def say(line: str, progress=None) -> None:
+    """``line`` on stderr, on a line of its own: ``progress``, a run's tqdm bar, is cleared for it and
+    drawn again below it."""
+    if progress is not None:
+        progress.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 def _hold_lock(folder: Path) -> Optional[IO[str]]:
