@@ -132,6 +132,9 @@ def test_eval_of_an_exported_encoder_reports_the_step_its_export_recorded(traine
     from byol.cli import main
     export = tmp_path / "export"
     assert main(["export", str(trained[0] / "checkpoints" / "last.pt"), "--out", str(export)]) == 0
+    said = capsys.readouterr().out  # each file it wrote, by its path
+    assert all(str(export / name) in said for name in ("encoder.pt", "encoder_torchscript.pt", "export.json",
+                                                         "config.yaml")), said
     info = json.loads((export / "export.json").read_text())
     assert (info["step"], info["epoch"]) == (4, 0.5)  # step 4 of 8 an epoch
     torch.manual_seed(1)  # the same checkpoint exports to the same bytes, whatever the random stream
@@ -514,6 +517,28 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
     _, line = main_error(capsys, *args)
     assert fragment in line, line
+
+
+def test_a_sigterm_handler_set_from_c_is_followed_by_the_default_not_an_error(capsys, monkeypatch):
+    """main() puts back the SIGTERM handler it found; one set from C (an embedding program's, or a
+    library's) reads as None, which signal.signal refuses: the default takes its place."""
+    import signal
+    from byol import cli
+    real, found = signal.signal, []
+
+    def from_c(signum, handler):
+        previous = real(signum, handler)
+        if signum == signal.SIGTERM and not found:
+            found.append(previous)
+            return None  # as signal.signal answers for a handler it did not set
+        return previous
+
+    monkeypatch.setattr(cli.signal, "signal", from_c)
+    try:
+        main_error(capsys, "eval", "knn")  # any command: the handler is set and put back around each
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        real(signal.SIGTERM, found[0] if found and found[0] is not None else signal.SIG_DFL)
 
 
 def test_a_run_into_a_folder_another_run_is_writing_is_one_sentence_and_writes_nothing(tmp_path, capsys):

@@ -464,6 +464,29 @@ def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatc
                 "made is removed")
 
 
+def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short(monkeypatch, capsys, tmp_path, cifar):
+    """A scheduler that repeats its SIGTERM (or sends it to the process and then its group) while
+    the first one's undoing runs: that one is ignored, and the start is undone all the same."""
+    import byol.run_folder
+    import byol.train
+    from byol import cli
+    load, undo = byol.train.load_data, byol.run_folder.RunFolder.undo
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(*args, **kwargs)
+
+    def signalled_again(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        undo(self)
+
+    monkeypatch.setattr(byol.train, "load_data", signalled)
+    monkeypatch.setattr(byol.run_folder.RunFolder, "undo", signalled_again)
+    code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run")])
+    assert code == 143 and capsys.readouterr().err.strip().splitlines()[-1] == "byol: terminated (SIGTERM)"
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_process(tmp_path, fault_table):
     """A scheduler's cancel (SIGTERM) reaches every process of the job, the decoding processes too: one
     that died of it made the run fail with a traceback ("DataLoader worker ... is killed by signal:
