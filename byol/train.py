@@ -28,7 +28,7 @@ from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
                         note_warmup, progress_bar, shows_bars)
 from .resume import restore
-from .run_folder import RunFolder, read_warnings
+from .run_folder import RunFolder, read_warnings, say
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, keep_freed_memory
 
 
@@ -301,15 +301,15 @@ class _Checkpoints:
         self.last_save = time.perf_counter()
         self.plots_failed = False  # said once
 
-    def _write(self, name: str, step: int) -> None:
+    def _write(self, name: str, step: int, progress) -> None:
         path = self.run_dir / "checkpoints" / name
         if name != "last.pt" and path.is_file():  # a kept epoch of an earlier start, counted in other epochs
             earlier = saved_step(path)  # (a resume whose data gives another number of steps an epoch)
             if earlier is not None and earlier != step:
                 kept = path.with_name(f"{path.stem}_step{earlier}.pt")
                 os.replace(path, kept)
-                print(f"note: {path} was of step {earlier}, an earlier start's epoch of another length; it is kept as "
-                      f"{kept.name}, and {path.name} is this start's epoch (step {step})", file=sys.stderr)
+                say(f"note: {path} was of step {earlier}, an earlier start's epoch of another length; it is kept as "
+                    f"{kept.name}, and {path.name} is this start's epoch (step {step})", progress)
         save_checkpoint(path, self.byol, self.optimizer, step, self.config.to_dict(), self.generator,
                         extra=self.extra)
 
@@ -321,9 +321,10 @@ class _Checkpoints:
         """Whether :meth:`save` may write (under torchrun another rank's clock may say so: always)."""
         return self.world > 1 or self._due(keep_epoch, final)
 
-    def save(self, step: int, keep_epoch: Optional[int], final: bool, time_s: float) -> None:
+    def save(self, step: int, keep_epoch: Optional[int], final: bool, time_s: float, progress=None) -> None:
         """At an epoch's end or the run's (``final``, also a stop): write if due; ``keep_epoch``: keep
-        this epoch's checkpoint too; ``time_s``: the run's time so far, saved for a resumed run's."""
+        this epoch's checkpoint too; ``time_s``: the run's time so far, saved for a resumed run's;
+        ``progress``: the run's bar, which its notes are written beside."""
         self.extra["time_s"] = time_s
         due = self._due(keep_epoch, final)  # this rank's; under torchrun, any rank's below
         folder = self.folder
@@ -337,15 +338,15 @@ class _Checkpoints:
         if not due or int(self.guard.streak.item()) != 0:
             return
         if self.rank == 0:
-            self._write("last.pt", step)
+            self._write("last.pt", step, progress)
             if folder is not None:  # so far (every rank's), kept if the run dies
                 folder.write_skipped(self.run_dir / "skipped_files.txt")
             if keep_epoch is not None:
-                self._write(f"epoch_{keep_epoch:04d}.pt", step)
-            self._plot()
+                self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
+            self._plot(progress)
         self.last_save = time.perf_counter()
 
-    def _plot(self) -> None:
+    def _plot(self, progress) -> None:
         """The plots, drawn again from metrics.jsonl; where they cannot be written (a full disk), a note
         once, and the run goes on: they are drawn from the records, which are all kept."""
         try:
@@ -353,8 +354,8 @@ class _Checkpoints:
         except OSError as e:
             if not self.plots_failed:
                 self.plots_failed = True
-                print(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
-                      "on, and they are drawn again at each checkpoint", file=sys.stderr)
+                say(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
+                    "on, and they are drawn again at each checkpoint", progress)
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
@@ -374,7 +375,7 @@ def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Op
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
         if knn_due:
             results["knn"] = log_knn(report.log, step, knn(), t.knn_k, report.when(step))
-        checkpoints.save(step, keep, final=final, time_s=clock.time_s())
+        checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
 
 
 def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, log: Optional[MetricsLog],

@@ -49,6 +49,12 @@ def tiny_overrides(out_dir, **extra) -> list[str]:
     return [f"--{k}={v}" for k, v in values.items()]
 
 
+def shown_lines(err: str) -> list[str]:
+    """The lines a terminal shows of ``err``: of each line, what follows its last carriage return (the
+    progress bar redraws itself after one)."""
+    return [line.split("\r")[-1] for line in err.split("\n")]
+
+
 def finished_pid() -> int:
     """The process id of a process that has ended (and been reaped)."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

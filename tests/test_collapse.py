@@ -13,7 +13,7 @@ import math
 import byol
 from byol.cli import main
 from byol.resume import resume_config
-from conftest import tiny_overrides
+from conftest import shown_lines, tiny_overrides
 
 STEPS = 40
 DIM = 64  # projection width: a healthy normalized std is about 1/sqrt(64) = 0.125
@@ -30,12 +30,6 @@ def pretrain(cifar10_root, out_dir, capsys, **extra):
     assert code == 0, captured.err
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return captured.out, captured.err, [r for r in records if "monitor/z_std" in r]
-
-
-def shown_lines(err: str) -> list[str]:
-    """The lines a terminal shows of ``err``: of each line, what follows its last carriage return (the
-    progress bar redraws itself after one)."""
-    return [line.split("\r")[-1] for line in err.split("\n")]
 
 
 def summary_rows(out: str, name: str) -> list[str]:

@@ -24,7 +24,7 @@ from byol.build import native_bf16
 from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard
 from byol.metrics import read_metrics
-from conftest import CIFAR10, finished_pid, tiny_overrides
+from conftest import CIFAR10, finished_pid, shown_lines, tiny_overrides
 from test_cli import assert_user_error, byol
 
 SLOW_RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.knn_every": -1, "optim.name": "sgd"}
@@ -435,8 +435,9 @@ def test_plots_that_cannot_be_written_are_a_note_and_the_run_goes_on(monkeypatch
 
     monkeypatch.setattr(byol.train, "plot_metrics", full)
     run = tmp_path / "run"
-    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.epochs": 2, "train.knn_every": -1})]) == 0
-    notes = [line for line in capsys.readouterr().err.splitlines() if "plots" in line]
+    settings = {"train.epochs": 2, "train.knn_every": -1, "train.progress": True}
+    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **settings)]) == 0
+    notes = [line for line in shown_lines(capsys.readouterr().err) if "plots" in line]  # on a line of their own
     assert notes == [f"note: the plots in {run} could not be written (No space left on device); training goes on, "
                      "and they are drawn again at each checkpoint"]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 16  # both epochs' checkpoints written
