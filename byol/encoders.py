@@ -184,8 +184,11 @@ def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:
     assumed = [k for k in keys if k not in given]
     if assumed:
         values = ", ".join(f"{k}={getattr(getattr(config, k.split('.')[0]), k.split('.')[1])}" for k in assumed)
-        note(f"{path} has no config.yaml beside it, so nothing says what its encoder was trained on: its input is "
-             f"taken to be the default, {values}; give {' and '.join('--' + k for k in assumed)} if it was not")
+        exported = (path.parent / "export.json").is_file()  # an export folder copied without its config.yaml
+        why = (", which byol export wrote beside export.json (it says what the encoder was trained on: copy it "
+               "there too)" if exported else ", so nothing says what its encoder was trained on")
+        note(f"{path} has no config.yaml beside it{why}: its input is taken to be the default, {values}; give "
+             f"{' and '.join('--' + k for k in assumed)} if it was not")
 
 
 def _settings(config: Config) -> str:

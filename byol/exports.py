@@ -9,8 +9,8 @@ from typing import Optional, Union
 
 import torch
 
-from .backbones import resnet
-from .build import eval_crop, load_size, resolve_device, views_of
+from .backbones import feature_dim, resnet
+from .build import autocast_dtype, eval_crop, load_size, precision_name, resolve_device, views_of
 from .checkpoint import write_files_atomically
 from .config import Config, config_text
 from .data import DataError
@@ -65,11 +65,12 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
                     note(f"{base} has no {split}/ folder; embedding {base / name}")
                 return _numbered_as(ImageFolder(base / name, size), train)
         where = f"{base} has no val/ or test/ folder" if base is not None else \
-            f"the run trained on all of {root}, not on a {train_split}/ folder of it"
+            f"{root} is a plain folder of images (no {train_split}/ in it: its sub-folders are classes, not splits)"
         if split is not None:
             raise DataError(f"there is no {split} split: {where}; use --split train, or lay the images out "
                             f"as ROOT/{train_split} and ROOT/val")
-        note(f"{where}, so the images the run trained on ({trained_on}) are embedded")
+        note(f"{where}, so " + ("all of its images are embedded, as a run on it trains on them" if base is None
+                                else f"the images of {trained_on} are embedded"))
         return ImageFolder(trained_on, size)
     if ((base or root) / split).is_dir():
         return _numbered_as(ImageFolder((base or root) / split, size), train if base else None)
@@ -104,7 +105,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
 
     With ``NAME.npy``: ``NAME_labels.npy``, and where known ``NAME_classes.txt`` (line i: the name
     of label i) and for a folder ``NAME_paths.txt`` (line i: the file of row i). ``NAME.pt``
-    holds all of them under ``embeddings``, ``labels``, ``classes`` and ``paths`` (None: unknown).
+    holds all of them under ``embeddings``, ``labels``, ``classes`` and ``paths`` (None: unknown), and
+    the ``precision`` they were computed in (``train.precision=auto``'s bf16 is said in a note).
     A folder split's labels are numbered by the classes of its training split (ROOT/train, as eval's).
 
     ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
@@ -126,21 +128,26 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     if limit:
         source = source.subset(torch.arange(min(limit, len(source)))) if isinstance(source, ImageFolder) \
             else source.first(limit)
+    precision = precision_name(autocast_dtype(config.train.precision, device))
+    if config.train.precision == "auto" and precision != "float32":  # (a user test could not tell)
+        note(f"the embeddings are computed in {precision} (train.precision=auto, and {device} computes bf16 "
+             "natively), which differ slightly from float32's; --train.precision=fp32 for those")
     emb, labels, indices = features(net, config, source, device, progress and "embeddings")
     paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
     classes = source.classes if (labels >= 0).any() else None  # classes[label] names label's class
     out = Path(out)
     if dist.rank() == 0:
-        _save_embeddings(out, emb, labels, paths, classes)
+        _save_embeddings(out, emb, labels, paths, classes, precision)
     return out
 
 
 def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: Optional[list[str]],
-                     classes: Optional[list[str]]) -> None:
+                     classes: Optional[list[str]], precision: str) -> None:
     """:func:`embed`'s files (as it says); an earlier ``NAME.npy``'s side files that this one has
     not are removed, so that every file called NAME belongs to this output."""
     if out.suffix == ".pt":  # copies: a --limit'ed slice would otherwise save the whole tensor behind it
-        saved = {"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths, "classes": classes}
+        saved = {"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths, "classes": classes,
+                 "precision": precision}
         files = {out: _bytes(lambda f: torch.save(saved, f))}
     else:
         import numpy as np
@@ -183,24 +190,53 @@ def _path_lines(paths: list[str]) -> bytes:
     return b"".join(escape_name(p).encode("utf-8", "surrogateescape") + b"\n" for p in paths)
 
 
+def _decoding(size: int) -> str:
+    """How :func:`~byol.images.decode_image` makes a file's pixels at ``size``, for someone who
+    reproduces it without byol."""
+    return (f"each file opened with Pillow; a JPEG decoded by Pillow's draft(mode, ({size}, {size})) at the smallest "
+            f"scale still at least {size}; turned upright by its EXIF orientation (ImageOps.exif_transpose); made RGB: "
+            "transparent pixels composited onto black (each channel times alpha / 255, rounded), 16-bit gray (Pillow's "
+            "I;16 modes, and I read from a PNG or PGM) as round(v / 257), 32-bit integer gray (I) divided by 1 where "
+            "its largest value is at most 255, else by "
+            "257 where at most 65535, else by largest / 255, float gray (F) multiplied by 255 where its largest value "
+            "is at most 1, else as it is where at most 255, else by 255 / largest (then rounded, half to even, and "
+            "clipped to 0..255; NaN and -inf black, +inf the largest finite value), any other mode by Pillow's "
+            "convert('RGB'); then the center square of side s = min(w, h), the box ((w - s) / 2, (h - s) / 2, "
+            f"(w + s) / 2, (h + s) / 2) at fractional offsets, resized to {size} x {size} by "
+            f"Image.resize(({size}, {size}), Image.Resampling.BILINEAR, box=box)")
+
+
 def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
     """What the encoder is evaluated on (``byol eval`` and ``embed``); neither exported file normalizes."""
     d = config.data
     if d.dataset == "folder":
         size, crop = load_size(config), eval_crop(config)
-        images = ("each image turned upright by its EXIF orientation, in RGB (transparent pixels composited onto "
-                  "black, 16- and 32-bit gray scaled to 8 bits, not clipped), its center square resized to "
-                  f"{size}x{size} with Pillow's bilinear filter (a JPEG first decoded by Pillow's draft at the "
-                  f"smallest scale still at least that size)" + (f", then its center {crop}x{crop} cut out (the "
-                  "paper's test protocol: 256, then the center 224)" if crop else ""))
-        size = crop or size
+        images = _decoding(size)
+        if crop:
+            images += (f"; then its center {crop} x {crop} cut out at offset round(({size} - {crop}) / 2) on each "
+                       "axis, rounded half to even, as torchvision's CenterCrop does (the paper's test protocol: "
+                       "256, then the center 224)")
+        sizes = {"image_size": crop or size, "load_size": size, "crop": crop}
     else:
-        size, images = NATIVE_SIZE[d.dataset], f"{d.dataset}'s own images, not resized"
+        sizes, images = {"image_size": NATIVE_SIZE[d.dataset]}, f"{d.dataset}'s own images, not resized"
     precision = {"fp32": "float32", "bf16": "bf16 autocast"}.get(
         config.train.precision, "bf16 autocast where the device computes bf16 natively (CUDA GPUs, CPUs with "
         "AVX-512-BF16 or AMX), else float32 (train.precision=auto)")
-    return {"image_size": size, "images": images, "pixels": "RGB float in [0, 1], then (x - mean) / std",
+    return {**sizes, "images": images, "pixels": "RGB float in [0, 1] (uint8 / 255), then (x - mean) / std",
             "mean": list(mean), "std": list(std), "training_views": d.image_size, "precision": precision}
+
+
+def _architecture(config: Config) -> str:
+    """How to build the network ``encoder.pt`` loads into, without byol."""
+    m = config.model
+    stem = (" with the CIFAR stem: conv1 = Conv2d(3, {w}, kernel_size=3, stride=1, padding=1, bias=False), "
+            "maxpool = Identity()").format(w=m.width) if m.cifar_stem else ""
+    if m.width == 64:
+        return f"torchvision.models.{m.backbone}(){stem}"
+    return (f"torchvision.models.{m.backbone}'s ResNet with stages of {m.width}, {2 * m.width}, {4 * m.width} and "
+            f"{8 * m.width} channels instead of 64, 128, 256 and 512 (torchvision builds none: "
+            f"byol.resnet({m.backbone!r}, cifar_stem={m.cifar_stem}, width={m.width}), or encoder_torchscript.pt)"
+            f"{stem.replace(' with', ', with')}")
 
 
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
@@ -225,9 +261,13 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         scripted = torch.jit.script(net.eval())
     view1, _ = views_of(config)
     # export.json names the files beside it, so that the folder can be moved or copied whole.
-    info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt",
+    inputs = _eval_input(config, view1.mean, view1.std)
+    info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "config": "config.yaml",
             "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
-            "step": origin["step"], "epoch": origin["epoch"], "input": _eval_input(config, view1.mean, view1.std)}
+            "architecture": _architecture(config), "step": origin["step"], "epoch": origin["epoch"], "input": inputs,
+            "output": {"features": feature_dim(net, inputs["image_size"]),
+                       "layer": "the flattened global average pool (avgpool); fc is not part of the encoder "
+                                "(encoder_torchscript.pt ends without it; in encoder.pt it is a fresh, untrained one)"}}
     encoder_bytes = _bytes(lambda f: torch.save(state, f))
     info["state_dict_sha256"] = hashlib.sha256(encoder_bytes).hexdigest()  # eval's step is this file's only
     files = {out_dir / info["state_dict"]: encoder_bytes,

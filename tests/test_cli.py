@@ -273,8 +273,16 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     labels = np.load(tmp_path / "emb_labels.npy")
     assert emb.shape == (50, 64) and np.isfinite(emb).all()
     assert labels.shape == (50,) and set(labels) <= set(range(10))
-    byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.pt", "--limit", 20, "--split", "train")
-    saved = torch.load(tmp_path / "emb.pt", weights_only=True)
+    # bf16 autocast that train.precision=auto chose is said (a user test could not tell), and .pt records it
+    from byol.build import native_bf16
+    bf16 = native_bf16(torch.device("cpu"))
+    assert ("note: the embeddings are computed in bf16 autocast (train.precision=auto" in proc.stderr) == bf16
+    for precision, said in (("auto", "bf16 autocast" if bf16 else "float32"), ("fp32", "float32")):
+        proc = byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.pt", "--limit", 20, "--split",
+                    "train", f"--train.precision={precision}")
+        saved = torch.load(tmp_path / "emb.pt", weights_only=True)
+        noted = "note: the embeddings are computed" in proc.stderr
+        assert saved["precision"] == said and noted == (said != "float32")
     assert saved["embeddings"].shape == (20, 64) and saved["classes"][0] == "airplane"
     # 20 rows saved, not the whole split behind them (a slice saves its whole storage)
     assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
@@ -306,6 +314,20 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     scripted = torch.jit.load(str(tmp_path / "export" / "encoder_torchscript.pt"))
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(scripted(x), net.eval()(x))
+    # What to build without byol, what comes out, and the config a moved copy needs, named
+    stem = ("Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False), maxpool = Identity()"
+            if cifar_stem else "")
+    assert info["architecture"].startswith("torchvision.models.resnet18()") and info["architecture"].endswith(stem)
+    assert info["output"]["features"] == scripted(x).shape[1] == 512 and "avgpool" in info["output"]["layer"]
+    assert info["config"] == "config.yaml" and (tmp_path / "export" / info["config"]).is_file()
+    moved = tmp_path / "moved"  # copied without it (a user test): the note points at it
+    moved.mkdir()
+    for name in ("encoder.pt", "export.json"):
+        shutil.copy(tmp_path / "export" / name, moved / name)
+    proc = byol("eval", "knn", moved / "encoder.pt", "--limit", 20, "--k", 5, "--out", tmp_path / "m.json",
+                f"--data.root={CIFAR10}")
+    assert f"{moved / 'encoder.pt'} has no config.yaml beside it, which byol export wrote beside export.json" \
+        in proc.stderr, proc.stderr
     # An exported encoder can itself be evaluated.
     proc = byol("eval", "knn", tmp_path / "export" / "encoder.pt", "--limit", 100)
     assert "kNN top-1 (k=200)" in proc.stdout
@@ -359,7 +381,8 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     capsys.readouterr()
     assert main(["embed", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "emb.npy")]) == 0
     out, err = capsys.readouterr()
-    assert f"note: the run trained on all of {root}" in err, err
+    assert f"note: {root} is a plain folder of images (no train/ in it: its sub-folders are classes, not splits), so " \
+        "all of its images are embedded" in err, err
     assert f"file paths in {tmp_path / 'emb_paths.txt'}" in out, out
     assert np.load(tmp_path / "emb.npy").shape[0] == 42  # the 44 files but the two unreadable ones
     lines = (tmp_path / "emb_paths.txt").read_bytes().splitlines()
@@ -367,7 +390,7 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     assert os.fsencode(root / "cat") + b"/new\\nline.jpg" in lines
     _, line = main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "v.npy",
                          "--split", "val")
-    assert "there is no val split: the run trained on all of" in line
+    assert f"there is no val split: {root} is a plain folder of images" in line
 
 
 def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path, capsys):
