@@ -4,6 +4,7 @@ recipes, and the data (the training split and the kNN monitor's labeled splits).
 Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 """
 
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -164,10 +165,28 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes)
 
 
+def _check_train_split(config: Config) -> None:
+    """A folder's ``data.train_split`` other than the default names a sub-folder that is there: a
+    misspelt one would train on the whole folder, its val/ too (a user test)."""
+    d = config.data
+    root = Path(d.root).expanduser()
+    if d.dataset != "folder" or d.train_split == DataConfig.train_split or not root.is_dir():
+        return  # (a missing root is the data set's own error)
+    if not (root / d.train_split).is_dir():
+        with os.scandir(root) as entries:
+            subs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        there = f"its sub-folders are {', '.join(subs[:8])}{', ...' if len(subs) > 8 else ''}" if subs else \
+            "it has no sub-folders"
+        raise DataError(f"data.train_split={d.train_split}, but {root} has no folder {d.train_split} ({there}); "
+                        f"leave data.train_split at {DataConfig.train_split} to train on {root / 'train'} or, "
+                        f"where there is none, all of {root}")
+
+
 def _training_split(config: Config, device: torch.device, rank: int, world: int):
     """This process's batches of the training split, its size, and the folder it streams from (or None)."""
     d, t = config.data, config.train
     per_rank = t.batch_size // world
+    _check_train_split(config)
     source = build_dataset(d.dataset, d.root, d.train_split, load_size(config), d.download)
     if d.load_size and d.dataset in NATIVE_SIZE and rank == 0:
         side = NATIVE_SIZE[d.dataset]

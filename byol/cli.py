@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
         "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
-    pre.add_argument("--config", help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a YAML file "
-                     "(default: cifar10, the GPU preset); with --resume it only locates the run")
+    pre.add_argument("--config", action=_Once, help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a "
+                     "YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
                      "with its saved config.yaml changed by the --section.key=value settings given here")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
@@ -172,11 +172,34 @@ def _kept_name_writable(path: Path) -> None:
         check_writable(next(p for p in _kept_names(path) if not p.exists()))
 
 
-def run(argv: Optional[list[str]] = None) -> int:
-    args, overrides = _parser().parse_known_args(argv)
+class _Once(argparse.Action):
+    """``--config``, given once: ``--config a.yaml --config b.yaml`` took b alone, where a merge may
+    have been meant."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            raise UsageError(f"{option_string} is given twice ({getattr(namespace, self.dest)} and {values}), and "
+                             "configs are not merged: give one, and what changes it as --section.key=value")
+        setattr(namespace, self.dest, values)
+
+
+def _check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Each ``--section.key=value`` well formed (one given twice: the last wins, as a script that adds
+    to common settings expects); ``--download`` not contradicted."""
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
     if bad:
-        raise UsageError(f"unrecognized argument {bad[0]!r}; config keys are set as --section.key=value")
+        option = bad[0].startswith("--") and "." not in bad[0].split("=")[0]
+        raise UsageError(f"unrecognized {'option' if option else 'argument'} {bad[0]!r}; "
+                         + (f"see byol {args.command} --help; " if option else "") +
+                         "config keys are set as --section.key=value")
+    given = [o.split("=", 1)[0] for o in overrides]
+    if getattr(args, "download", False) and "--data.download" in given:
+        raise UsageError("--download and --data.download are both given; keep one")
+
+
+def run(argv: Optional[list[str]] = None) -> int:
+    args, overrides = _parser().parse_known_args(argv)
+    _check_overrides(args, overrides)
     if args.command == "export" and overrides:
         key = overrides[0].split("=")[0]
         why = ("the model comes from the checkpoint and is exported as it was trained" if key.startswith("--model.")
@@ -189,10 +212,11 @@ def run(argv: Optional[list[str]] = None) -> int:
         from .run_folder import warnings_summary
         from .train import pretrain
         extra = ["--data.download=true"] if args.download else []
+        preset = "cifar10" if args.config is None else args.config  # --config= is refused, not the default
         if args.resume:
-            config = resume_config(args.config or "cifar10", overrides + extra, explicit=args.config is not None)
+            config = resume_config(preset, overrides + extra, explicit=args.config is not None)
         else:
-            config = load_config(args.config or "cifar10", overrides + extra)
+            config = load_config(preset, overrides + extra)
         results = pretrain(config, resume=args.resume)
         if "stopped_by" in results:
             if _is_main_process():

@@ -1,12 +1,12 @@
 """Typed configuration: dataclass defaults, YAML presets over them, ``--section.key=value`` over those."""
 
 import dataclasses
+import math
 import numbers
 import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -15,10 +15,7 @@ import yaml
 
 from .backbones import RESNETS
 from .checkpoint import write_text_atomically
-
-
-class ConfigError(ValueError):
-    """A configuration the user wrote is invalid; the message says which key and why."""
+from .config_files import ConfigError, parse_value, read_preset, surprising_number, WrittenFloat, WrittenInt
 
 
 @dataclass
@@ -26,7 +23,8 @@ class DataConfig:
     dataset: str = "cifar10"          # cifar10 | cifar100 | stl10 | folder
     root: str = "data"                # folder holding the data set (or the images, for "folder")
     download: bool = False            # fetch CIFAR / STL-10 when files are missing (needs internet)
-    train_split: str = "train"        # stl10: "unlabeled", "train+unlabeled"; folder: ROOT/<this> if there
+    train_split: str = "train"        # stl10: "unlabeled", "train+unlabeled"; folder: ROOT/<this> (must be there;
+                                      # train: all of ROOT where there is no ROOT/train)
     image_size: int = 32              # side of the augmented views
     load_size: Optional[int] = None   # folder: decode to this square before device crops (default 8/7 x image_size)
     workers: int = 4                  # decoding processes for image folders (CIFAR, STL-10: none, held in memory)
@@ -113,81 +111,13 @@ class Config:
         return asdict(self)
 
 
-def _presets():
-    """The folder of the shipped presets: the package's ``byol.configs``, or, in a source checkout
-    used without installing (on ``PYTHONPATH``), ``configs/`` beside the package."""
-    try:
-        return resources.files("byol.configs")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "configs"
-
-
-def preset_names() -> list[str]:
-    """Names of the YAML presets shipped with the package."""
-    return sorted(p.name[:-5] for p in _presets().iterdir() if p.name.endswith(".yaml"))
-
-
-class _DuplicateKey(yaml.YAMLError):
-    """A key given twice in one mapping of a YAML file."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last, silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        lines: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: a merge, whose keys may be overridden
-                continue
-            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
-            if not isinstance(key, typing.Hashable):  # a list: refused by the base constructor
-                continue
-            if key in lines:
-                where = f"lines {lines[key]} and {line}" if lines[key] != line else f"line {line}"
-                raise _DuplicateKey(f"gives {key} twice ({where}); keep one")
-            lines[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_preset(name_or_path: str) -> dict:
-    path = Path(name_or_path)
-    if path.is_dir() and (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
-        raise ConfigError(f"config {name_or_path} is a folder, not a YAML file")
-    # A path (not a preset's name) when it looks like one: "./cifar10-cpu" is a missing file, not the preset.
-    looks_like_a_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
-    if looks_like_a_path or path.is_file():  # (a folder named like a preset is not a config)
-        if not path.is_file():
-            raise ConfigError(f"config file {name_or_path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"config {name_or_path} is not a YAML text file (not UTF-8)") from None
-    else:
-        preset = _presets() / f"{name_or_path}.yaml"
-        if not preset.is_file():
-            raise ConfigError(f"unknown preset {name_or_path!r}; choose one of {', '.join(preset_names())} "
-                              "or give a path to a YAML file")
-        text = preset.read_text()
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
-    except _DuplicateKey as e:
-        raise ConfigError(f"config {name_or_path} {e}") from None
-    except yaml.YAMLError as e:  # one line: where, and the parser's problem
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {name_or_path} must be a mapping of sections")
-    return data
-
-
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field's type, converting int -> float and strings from the command line."""
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         args = typing.get_args(annotation)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none"))):
+        nulls = ("null", "none", "~")
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in nulls)):
             return None
         errors = []
         for arg in args:
@@ -198,17 +128,21 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if annotation is str and isinstance(value, (WrittenInt, WrittenFloat)):
+        return value.written  # out_dir: 010 is the folder 010
     if isinstance(value, str) and annotation is not str:
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            pass
+        value = parse_value(value)
+    if annotation in (int, float) and surprising_number(value):
+        raise ConfigError(f"{key}: {value.written} reads as {value} in YAML (a leading 0 makes it octal, a colon "
+                          "base 60); write the number without them")
     if annotation is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if annotation in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if annotation is float and not math.isfinite(value):  # inf would pass the range checks
+            raise ConfigError(f"{key} must be a finite number, got {value}")
         if annotation is float or isinstance(value, numbers.Integral):  # NumPy's numbers too, as Python's
             return annotation(value)
     if annotation is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
@@ -232,7 +166,7 @@ def _set(config: Config, key: str, value: Any) -> None:
         raise _unknown_key(key, section)
     if _is_empty(value, hints[name]):
         default = next(f.default for f in dataclasses.fields(section) if f.name == name)
-        raise ConfigError(f"{key} is empty; give {_kind(hints[name])} (the default is {_yaml_word(default)})")
+        raise ConfigError(f"{key} is empty; give {_kind(hints[name])} (the default is {yaml_word(default)})")
     setattr(section, name, _coerce(value, hints[name], key))
 
 
@@ -259,12 +193,12 @@ def _kind(annotation: Any) -> str:
     return kind + (" or null" if len(kinds) < len(args) else "")
 
 
-def _yaml_word(value: Any) -> str:
+def yaml_word(value: Any) -> str:
     """``value`` as it is written in YAML and on the command line."""
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optional[list[str]] = None) -> Config:
     """Resolve a config: defaults, then the preset (a name from ``configs/`` or a YAML path), then overrides.
 
     Args:
@@ -273,12 +207,26 @@ def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = N
     """
     config = Config()
     if preset is not None:
-        for section, values in read_preset(preset).items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        sections = read_preset(preset)
+        if not sections:
+            raise ConfigError(f"config {os.fspath(preset)} holds no settings; give a preset or a file that sets some")
+        for section, values in sections.items():
+            _check_section(config, section, values)
             for name, value in values.items():
                 _set(config, f"{section}.{name}", value)
     return validate(apply_overrides(config, overrides or []))
+
+
+def _check_section(config: Config, section: Any, values: Any) -> None:
+    """A YAML file's top-level ``section``: one of the config's, holding a mapping of keys."""
+    names = [f.name for f in dataclasses.fields(config)]
+    if section not in names:
+        head, dot, _ = str(section).partition(".")
+        hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else
+                "; a file's settings go over the defaults, not over a preset (start from a copy of configs/NAME.yaml)")
+        raise ConfigError(f"unknown config section {section!r}; the sections are {', '.join(names)}{hint}")
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {section!r} must be a mapping of keys")
 
 
 def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
@@ -297,7 +245,7 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
              ("optim.lr", config.optim.lr >= 0, ">= 0"),
              ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
-             ("optim.name", config.optim.name.lower() in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
+             ("optim.name", config.optim.name in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
              ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
              ("train.compile", t.compile is True or t.compile is False or t.compile == "auto", "true, false or auto"),
              ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N"),

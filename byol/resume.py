@@ -12,7 +12,8 @@ import torch
 
 from .build import FOLDER_KNN_LIMIT, autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
-from .config import Config, ConfigError, config_from_dict, load_config, read_preset
+from .config import Config, ConfigError, config_from_dict, load_config, yaml_word
+from .config_files import read_preset
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
 
@@ -52,18 +53,13 @@ def changed_settings(before: dict, after: dict) -> list[str]:
             if f"{section}.{key}" == "data.root":
                 old, new = os.path.abspath(old), os.path.abspath(new)
             if old != new:
-                changed.append(f"{section}.{key} {old} -> {new}")
+                changed.append(f"{section}.{key} {yaml_word(old)} -> {yaml_word(new)}")
     return changed
 
 
 def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
     """The images of each split the kNN monitor scores with ``train.knn_limit=limit`` (None: all)."""
     return limit or (FOLDER_KNN_LIMIT if config.data.dataset == "folder" else None)
-
-
-def _yaml(value) -> str:
-    """A setting as it is written on the command line (None: null)."""
-    return "null" if value is None else str(value)
 
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
@@ -88,10 +84,10 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     monitored = saved_train.get("knn_every", 0) >= 0 and config.train.knn_every >= 0  # before and after
     if monitored and _knn_images(saved_limit, config) != _knn_images(config.train.knn_limit, config):
         # the same: and the closing table would set its last accuracy against its first
-        raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_limit={_yaml(saved_limit)} images of each "
-                              "split; another number would change its bank and queries mid-run, under the same names "
-                              "in the logs and against its accuracy at random init: resume with "
-                              f"--train.knn_limit={_yaml(saved_limit)}")
+        raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_limit={yaml_word(saved_limit)} images of "
+                              "each split; another number would change its bank and queries mid-run, under the "
+                              "same names in the logs and against its accuracy at random init: resume with "
+                              f"--train.knn_limit={yaml_word(saved_limit)}")
     load_model_state(byol, state["model"], str(ckpt_path))
     saved_optim = state["config"].get("optim", {}).get("name")
     if saved_optim != config.optim.name:

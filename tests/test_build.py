@@ -111,6 +111,29 @@ def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(t
                 "are, not as its train/ split: a split has val/ or test/ beside it" in err) == said, err
 
 
+def test_a_train_split_that_is_not_there_is_refused_not_read_as_the_whole_folder(tmp_path):
+    """A user test: --data.train_split=trian trained on all of ROOT, its val/ too (which the kNN
+    monitor then scored), exit 0. A split given that is not there is an error naming the folders;
+    the default, train, still falls back to the whole of a plain folder."""
+    import byol.build as build
+    from byol.config import load_config
+    from byol.data import DataError
+    from PIL import Image
+    for path in ("train/bus/0.png", "train/bus/1.png", "val/bus/0.png", "plain/bus/0.png", "plain/car/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+
+    def split(root, *more):
+        config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={root}", "--data.image_size=8",
+                                         "--train.batch_size=2", "--data.workers=0", *more])
+        return build._training_split(config, torch.device("cpu"), 0, 1)
+
+    with pytest.raises(DataError, match=f"data.train_split=trian, but {tmp_path} has no folder trian \\(its "
+                                        "sub-folders are plain, train, val\\); leave data.train_split at train"):
+        split(tmp_path, "--data.train_split=trian")
+    assert split(tmp_path)[1] == 2 and split(tmp_path / "plain")[1] == 2  # ROOT/train; all of a plain folder
+
+
 def test_cpu_0_is_the_cpu(tmp_path, capsys):
     """``--train.device=cpu:0`` trains where ``cpu`` does, without a note that the set stays in host
     memory and each batch is copied to cpu:0 (a user test saw that one)."""

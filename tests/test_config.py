@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from byol.config import Config, ConfigError, config_from_dict, load_config, preset_names, save_config
+from byol.config import Config, ConfigError, config_from_dict, load_config, save_config
+from byol.config_files import preset_names
 from byol.resume import resume_config
 
 
@@ -57,6 +58,12 @@ def test_overrides_are_typed():
     ("--train.progress=sometimes", "train.progress must be auto, true or false"),
     ("--model.backbone=resnet101", "model.backbone must be one of resnet18, resnet34, resnet50"),
     ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),
+    ("--optim.name=SGD", "optim.name must be lars, sgd or adamw"),  # as every choice: resume compares them as written
+    ("--optim.lr=inf", "optim.lr must be a finite number, got inf"),  # it passed >= 0, and trained to NaN
+    ("--train.save_interval_s=inf", "train.save_interval_s must be a finite number"),
+    ("--optim.warmup_epochs=.inf", "optim.warmup_epochs must be a finite number"),
+    ("--train.epochs=010", "train.epochs: 010 reads as 8 in YAML \\(a leading 0 makes it octal"),
+    ("--train.epochs=1:30", "train.epochs: 1:30 reads as 90 in YAML"),
     ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
     ("--train.precision=fp16", "train.precision must be auto, bf16 or fp32"),
     ("--train.compile=maybe", "train.compile must be true, false or auto"),
@@ -174,7 +181,7 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
         with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))} gives {re.escape(message)}; keep one$"):
             load_config(str(path))
     path.write_text("base: &base\n  epochs: 3\ntrain:\n  <<: *base\n  epochs: 4\n")  # a merge's key overridden
-    with pytest.raises(ConfigError, match="unknown config key 'base.epochs'"):  # not a key given twice
+    with pytest.raises(ConfigError, match="unknown config section 'base'"):  # not a key given twice
         load_config(str(path))
 
 
@@ -200,11 +207,73 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_presets_are_found_in_a_source_checkout_that_is_not_installed(monkeypatch):
     # On PYTHONPATH without `pip install`, the package byol.configs does not exist: configs/ is used.
-    import byol.config
+    import byol.config_files
 
     def not_installed(name):
         raise ModuleNotFoundError(f"No module named {name!r}")
 
-    monkeypatch.setattr(byol.config.resources, "files", not_installed)
+    monkeypatch.setattr(byol.config_files.resources, "files", not_installed)
     assert "cifar10" in preset_names()
     assert load_config("cifar10").train.batch_size == 512
+
+
+def test_yaml_numbers_are_taken_as_written(tmp_path):
+    """A user test: ``out_dir: 010`` made a folder named 8, ``epochs: 010`` trained 8 epochs (YAML 1.1's
+    octal; ``1:30`` is its base 60). A text setting keeps what was written; a number setting refuses
+    those two forms, and takes the others (1_000, 0x10, 1e-3) as YAML does."""
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {root: 0.10, train_split: '1:30'}\ntrain: {out_dir: 010, epochs: 1_000, seed: 0x10}\n"
+                    "optim: {lr: 1e-3, weight_decay: 0}\n")
+    c = load_config(path)  # a Path too
+    assert (c.data.root, c.data.train_split, c.train.out_dir) == ("0.10", "1:30", "010")
+    assert (c.train.epochs, c.train.seed, c.optim.lr, c.optim.weight_decay) == (1000, 16, 0.001, 0.0)
+    assert type(c.train.epochs) is int and type(c.optim.lr) is float  # saved as plain numbers
+    assert load_config(path).to_dict() == yaml.safe_load(yaml.safe_dump(c.to_dict()))
+    for text, said in (("train: {epochs: 010}", "train.epochs: 010 reads as 8"),
+                       ("train: {epochs: 1:30}", "train.epochs: 1:30 reads as 90"),
+                       ("optim: {lr: .inf}", "optim.lr must be a finite number")):
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_config(str(path))
+    assert load_config("cifar10", ["--train.out_dir=010", "--data.limit=~"]).train.out_dir == "010"
+    assert load_config("cifar10", ["--data.limit=~"]).data.limit is None  # ~ is null, as in YAML
+
+
+@pytest.mark.parametrize("text, said", [
+    ("", "holds no settings"), ("# only a comment\n", "holds no settings"),
+    ("base: cifar10-cpu\ntrain: {epochs: 3}\n", "unknown config section 'base'; the sections are data, model, "
+     "augment, optim, train; a file's settings go over the defaults, not over a preset"),
+    ("optim.lr: 0.1\n", "unknown config section 'optim.lr'; the sections are data, model, augment, optim, train; "
+     "write optim.lr as optim: with the key under it")])
+def test_a_file_without_settings_or_with_an_unknown_section_is_one_sentence(tmp_path, text, said):
+    """A user test: an empty file silently gave the code's defaults (no preset), and ``base:`` was
+    said to be 'a section that must be a mapping of keys'."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config(str(path))
+
+
+def test_an_empty_config_name_is_refused_and_a_pipe_is_read(tmp_path):
+    import os
+    import threading
+    with pytest.raises(ConfigError, match="the config is empty; give a preset name"):
+        load_config("")
+    fifo = tmp_path / "pipe"  # as --config /dev/stdin or <(...): not a regular file, but read as one
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "w") as f:
+            f.write("train: {epochs: 3}\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert load_config(str(fifo)).train.epochs == 3
+    writer.join(timeout=10)
+
+
+def test_resume_notes_write_settings_as_the_command_line_does():
+    from byol.resume import changed_settings
+    assert changed_settings({"train": {"max_steps": 3, "progress": True}},
+                            {"train": {"max_steps": None, "progress": False}}) == [
+        "train.max_steps 3 -> null", "train.progress true -> false"]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from byol.config import load_config, preset_names
+from byol.config import load_config
+from byol.config_files import preset_names
 from byol.train import pretrain
 from conftest import CIFAR10, extract_jpegs
 

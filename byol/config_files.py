@@ -1,0 +1,143 @@
+"""The YAML a config is read from: the shipped presets, a user's file, and the values given as
+``--section.key=value``, with unquoted numbers kept as they were written."""
+
+import os
+import re
+import stat
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user wrote is invalid; the message says which key and why."""
+
+
+class WrittenInt(int):
+    """An unquoted YAML whole number, with the text it was written as: a text setting keeps that text
+    (``out_dir: 010`` is the folder 010, not 8), and a number setting refuses YAML 1.1's octal and
+    base-60 forms (:func:`surprising_number`)."""
+    written: str
+
+
+class WrittenFloat(float):
+    """An unquoted YAML number with a point or an exponent, with the text it was written as (see
+    :class:`WrittenInt`): ``root: 0.10`` is the folder 0.10, not 0.1."""
+    written: str
+
+
+def _as_written(kind: type, construct):
+    def constructor(loader, node):
+        value = kind(construct(loader, node))
+        value.written = node.value
+        return value
+    return constructor
+
+
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping of a YAML file."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last, silently),
+    and keeping the text of unquoted numbers (:class:`WrittenInt`, :class:`WrittenFloat`)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: a merge, whose keys may be overridden
+                continue
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):  # a list: refused by the base constructor
+                continue
+            if key in lines:
+                where = f"lines {lines[key]} and {line}" if lines[key] != line else f"line {line}"
+                raise _DuplicateKey(f"gives {key} twice ({where}); keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _as_written(WrittenInt, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float", _as_written(WrittenFloat, yaml.SafeLoader.construct_yaml_float))
+
+
+def surprising_number(value: Any) -> bool:
+    """Whether ``value`` is an unquoted YAML number written in a form only YAML 1.1 reads as one, and
+    not as it looks: ``010`` (octal: 8) or ``1:30`` (base 60: 90)."""
+    written = getattr(value, "written", None)
+    return written is not None and (":" in written or re.fullmatch(r"[-+]?0[0-9_]+", written) is not None)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--section.key=value`` value as YAML reads it (``true``, ``3``, ``null``), numbers kept as
+    written; the text itself where it is no YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def _presets():
+    """The folder of the shipped presets: the package's ``byol.configs``, or, in a source checkout
+    used without installing (on ``PYTHONPATH``), ``configs/`` beside the package."""
+    try:
+        return resources.files("byol.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """Names of the YAML presets shipped with the package."""
+    return sorted(p.name[:-5] for p in _presets().iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
+    """The sections of a preset (its name) or of a YAML file (its path); {} for an empty file."""
+    name_or_path = os.fspath(name_or_path)
+    if not name_or_path.strip():
+        raise ConfigError("the config is empty; give a preset name (" + ", ".join(preset_names()) + ") or a YAML "
+                          "file")
+    path = Path(name_or_path)
+    if path.is_dir() and (path.suffix in (".yaml", ".yml") or os.sep in name_or_path):
+        raise ConfigError(f"config {name_or_path} is a folder, not a YAML file")
+    # A path (not a preset's name) when it looks like one: "./cifar10-cpu" is a missing file, not the preset.
+    looks_like_a_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
+    if looks_like_a_path or path.is_file():  # (a folder named like a preset is not a config)
+        if not _readable_file(path):
+            raise ConfigError(f"config file {name_or_path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config {name_or_path} is not a YAML text file (not UTF-8)") from None
+    else:
+        preset = _presets() / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            raise ConfigError(f"unknown preset {name_or_path!r}; choose one of {', '.join(preset_names())} "
+                              "or give a path to a YAML file")
+        text = preset.read_text()
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except _DuplicateKey as e:
+        raise ConfigError(f"config {name_or_path} {e}") from None
+    except yaml.YAMLError as e:  # one line: where, and the parser's problem
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name_or_path} must be a mapping of sections")
+    return data
+
+
+def _readable_file(path: Path) -> bool:
+    """A file, or what reads as one: a pipe such as ``--config /dev/stdin`` or ``<(...)``; not a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
