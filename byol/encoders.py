@@ -12,7 +12,7 @@ from torch import nn
 
 from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model
-from .checkpoint import CheckpointError, load_model_state, read_state
+from .checkpoint import CheckpointError, load_model_state, read_state, usual_torch_defaults
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
 from . import distributed as dist
 from .distributed import note
@@ -38,6 +38,7 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     return net, config
 
 
+@usual_torch_defaults()
 def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
                              random_init: bool, for_export: bool = False) -> tuple[nn.Module, Config, dict]:
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint

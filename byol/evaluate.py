@@ -271,8 +271,8 @@ def _fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int,
                 progress: Union[bool, str] = False) -> tuple[nn.Linear, float]:
     """SGD (Nesterov momentum 0.9, cosine lr) on cross-entropy; returns the head and the last
     epoch's mean loss."""
-    head = nn.Linear(x.shape[1], num_classes).to(x.device)
-    nn.init.zeros_(head.weight)  # a convex problem: zero init is fine and needs no RNG
+    head = torch.nn.utils.skip_init(nn.Linear, x.shape[1], num_classes, device=x.device)  # draws nothing: the
+    nn.init.zeros_(head.weight)  # caller's generator is left as it was; a convex problem: zero init is fine
     nn.init.zeros_(head.bias)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(x) / batch_size))

@@ -11,7 +11,7 @@ import torch
 
 from .backbones import feature_dim, resnet
 from .build import autocast_dtype, eval_crop, load_size, precision_name, resolve_device, views_of
-from .checkpoint import write_files_atomically
+from .checkpoint import usual_torch_defaults, write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE
@@ -99,6 +99,7 @@ def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
     return folder
 
 
+@usual_torch_defaults()
 def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
           overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False) -> Path:
     """Write the embeddings of a split, with their labels, class names and file paths, to ``.npy`` or ``.pt``.
@@ -239,6 +240,7 @@ def _architecture(config: Config) -> str:
             f"{stem.replace(' with', ', with')}")
 
 
+@usual_torch_defaults()
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
     ``export.json`` (what to feed it; the files by their names in ``out_dir``; the checkpoint's

@@ -102,7 +102,14 @@ def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: 
         sampler = EpochShuffle(len(dataset), seed)
     return _SkippingLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=skip_collate,
                            pin_memory=torch.cuda.is_available(), drop_last=drop_last,
-                           persistent_workers=persistent and workers > 0)
+                           persistent_workers=persistent and workers > 0, generator=_own_generator(seed))
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """The generator a DataLoader draws its processes' base seed from at each pass, which is the
+    caller's global one otherwise (a notebook's later draws would move with each pass over a folder).
+    Decoding draws nothing random, so any seed does."""
+    return torch.Generator().manual_seed(seed)
 
 
 def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0) -> ImageSet:
@@ -139,7 +146,7 @@ def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int =
     indices = torch.empty(n_all, dtype=torch.int64)
     n = 0
     for x, y, i in _SkippingLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                   collate_fn=skip_collate):
+                                   collate_fn=skip_collate, generator=_own_generator(0)):
         images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
         n += len(i)
     if n == 0:

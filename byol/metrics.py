@@ -125,11 +125,8 @@ def _natural(key: str) -> tuple:
 
 
 def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Path]:
-    """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths. Drawn on
+    figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is."""
     records = read_metrics(metrics_path)
     out_dir = Path(out_dir or Path(metrics_path).parent)
     written = []
@@ -142,17 +139,19 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
             if any(series.values()):
                 drawn.append((panel, series))
         if drawn:
-            fig = _figure(plt, title, drawn, records)
-            fig.savefig(out_dir / name)
-            plt.close(fig)
+            _figure(title, drawn, records).savefig(out_dir / name)
             written.append(out_dir / name)
     return written
 
 
-def _figure(plt, title: str, drawn: list[tuple[Panel, dict]], records: list[dict]):
+def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict]):
     """The panels one above the other on one step axis; each panel's series, and its warning line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(len(drawn), 1, sharex=True, squeeze=False, figsize=(6, 1.5 + 2 * len(drawn)), dpi=110)
+    fig = Figure(figsize=(6, 1.5 + 2 * len(drawn)), dpi=110)
+    FigureCanvasAgg(fig)  # drawn by Agg whatever pyplot's backend
+    axes = fig.subplots(len(drawn), 1, sharex=True, squeeze=False)
     steps = set()
     for ax, (panel, series) in zip(axes[:, 0], drawn):
         values = []

@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import write_failed, write_failure
+from .checkpoint import usual_torch_defaults, write_failed, write_failure
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
@@ -221,6 +221,7 @@ def check_counts(**counts) -> tuple:
     return tuple(checked)
 
 
+@usual_torch_defaults()
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
         progress: bool = False, holdout: int = 0) -> dict:
@@ -249,6 +250,7 @@ LINEAR_PROBE = {**{name: inspect.signature(linear_probe).parameters[name].defaul
                             "mean and std)"}
 
 
+@usual_torch_defaults()
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
            limit: Optional[int] = None, random_init: bool = False, progress: bool = False,
            holdout: int = 0) -> dict:

@@ -11,8 +11,9 @@ import yaml
 
 from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
-from .config import CONFIG_HEADER, Config, ConfigError
+from .config import CONFIG_HEADER, Config, ConfigError, save_config
 from .metrics import MetricsLog
+from .resume import changed_settings
 
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
@@ -58,6 +59,7 @@ class RunFolder:
             self._leave()
             raise
         self._log: Optional[MetricsLog] = None
+        self._configs_kept: list[Path] = []  # written by this start (save_config)
         self.started = False
 
     def _check(self, resume: bool) -> None:
@@ -113,6 +115,19 @@ class RunFolder:
                 warnings_path.unlink()
         return self._log
 
+    def save_config(self, config: Config, resume_step: Optional[int]) -> None:
+        """``config.yaml``: this start's settings. A start that resumes at step ``resume_step`` with
+        settings that differ (but a moved folder's ``train.out_dir``) keeps those that ran the steps up
+        to it as ``config_until_stepS.yaml``; where one is there already (a start from S whose later
+        steps were lost), it is what ran up to S, and stays."""
+        before = self._before["config.yaml"]
+        if resume_step is not None and before is not None and _differ(before, config):
+            kept = self.path / f"config_until_step{resume_step}.yaml"
+            if not kept.exists():
+                write_text_atomically(kept, before, errors="surrogateescape")
+                self._configs_kept.append(kept)
+        save_config(config, self.path / "config.yaml")
+
     def undo(self) -> None:
         """Put back what this start wrote before its first step (best effort: it runs while
         another error is on its way out, which it must not hide). The metrics log is closed either
@@ -129,6 +144,8 @@ class RunFolder:
                 _quietly((self.path / name).unlink, missing_ok=True)
             elif _read(self.path / name) != text:
                 _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
+        for kept in self._configs_kept:
+            _quietly(kept.unlink, missing_ok=True)
         for name in {"tensorboard", "checkpoints"} - self._folders_before:
             _quietly((self.path / name).rmdir)  # when empty
         self._leave()
@@ -140,6 +157,19 @@ class RunFolder:
         say(f"warning: {line}", progress)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
+
+
+def _differ(saved: str, config: Config) -> bool:
+    """Whether a saved config.yaml's settings differ from ``config``'s, but for ``train.out_dir`` (a
+    moved run's folder) and a relative ``data.root`` that is the same folder."""
+    try:
+        before = yaml.safe_load(saved)
+    except yaml.YAMLError:
+        return True
+    now = config.to_dict()
+    if not isinstance(before, dict):
+        return True
+    return any(not c.startswith("train.out_dir ") for c in changed_settings(before, now))
 
 
 def say(line: str, progress=None) -> None:

@@ -16,9 +16,9 @@ from torch import nn
 from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_crop, load_data, precision_name,
                     resolve_device, schedule_of, views_of)
-from .checkpoint import rng_state_kept, save_checkpoint, saved_step, write_failure
+from .checkpoint import rng_state_kept, save_checkpoint, saved_step, usual_torch_defaults, write_failure
 from .compiling import compile_step
-from .config import Config, ConfigError, TrainConfig, checked, save_config
+from .config import Config, ConfigError, TrainConfig, checked
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .memory import check_step_fits
@@ -112,8 +112,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
     try:
-        with rng_state_kept():  # the caller's torch, CUDA, NumPy and Python generators, as they were
-            return _pretrain(config, resume, rank, world, folder)
+        with rng_state_kept(), usual_torch_defaults():  # the caller's generators (torch's, CUDA's, NumPy's,
+            return _pretrain(config, resume, rank, world, folder)  # Python's) and defaults, as they were
     except BaseException:
         if folder is not None:
             folder.undo()  # only while no step has finished
@@ -157,7 +157,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
             note_finished(t, run_dir, step, end_step < total_steps)
             results["warnings"] = read_warnings(run_dir)
         return results
-    _before_first_step(config, byol, data, device, amp, resume, rank, world)
+    _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     results: dict = dict(ran_on)
@@ -215,18 +215,20 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
 
 
 def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch.device,
-                       amp: Optional[torch.dtype], resume: bool, rank: int, world: int) -> None:
-    """A CPU step checked against the free memory, the config saved, the notes, and for a resumed
-    run the files it skipped before it stopped."""
+                       amp: Optional[torch.dtype], folder: Optional[RunFolder], resume_step: Optional[int],
+                       world: int) -> None:
+    """A CPU step checked against the free memory, the config saved (in ``folder``: rank 0's; the
+    settings a resumed run's earlier steps ran with kept where they differ), the notes, and for a
+    resumed run the files it skipped before it stopped."""
     t, run_dir = config.train, Path(config.train.out_dir)
     if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
         check_step_fits(byol, t.batch_size, config.data.image_size, amp)
-    if rank == 0:
-        save_config(config, run_dir / "config.yaml")
+    if folder is not None:
+        folder.save_config(config, resume_step)
         note_cpu(config, device)
         note_warmup(config, len(data.batches))
-    if resume and rank == 0 and data.folder is not None:
-        data.folder.read_skipped(run_dir / "skipped_files.txt")
+        if resume_step is not None and data.folder is not None:
+            data.folder.read_skipped(run_dir / "skipped_files.txt")
 
 
 def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:

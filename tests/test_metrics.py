@@ -124,3 +124,15 @@ def test_without_tensorboard_the_log_says_so_on_stderr_as_every_note(tmp_path, m
     out, err = capsys.readouterr()
     assert out == "" and "note: tensorboard is not installed; writing metrics.jsonl only" in err, (out, err)
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 3.0
+
+
+def test_plots_leave_the_processs_matplotlib_backend_as_it_was(tmp_path):
+    """A user test: drawing the plots switched a notebook's inline backend to Agg for good, and its
+    own plt.show() then showed nothing. In a process of its own, as the backend is process-wide."""
+    import subprocess
+    import sys
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 0.5}])
+    code = ("import matplotlib; matplotlib.use('svg'); from byol.metrics import plot_metrics; "
+            f"assert plot_metrics({str(tmp_path / 'metrics.jsonl')!r}); print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg" and (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")

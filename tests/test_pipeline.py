@@ -187,6 +187,25 @@ def test_loading_an_encoder_leaves_the_caller_s_random_number_generator_as_it_wa
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_eval_and_embed_of_a_folder_leave_the_caller_s_random_number_generator_as_it_was(tmp_path):
+    """A user test: byol.linear moved a notebook's generator (the probe's head was initialized, then
+    zeroed), and so did knn and embed of a folder (each pass's DataLoader drew its processes' seed)."""
+    import torchvision
+    from byol import embed, knn, linear
+    extract_jpegs(tmp_path / "set" / "train", per_class=2)
+    extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=1",
+             "--train.device=cpu"]
+    for call in (lambda: knn(tmp_path / "r18.pt", given, ks=(3,)), lambda: linear(tmp_path / "r18.pt", given, epochs=2),
+                 lambda: embed(tmp_path / "r18.pt", tmp_path / "e.npy", overrides=given)):
+        torch.manual_seed(7)
+        expected = torch.rand(3)
+        torch.manual_seed(7)
+        call()
+        assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("command, given, unused", [
     ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
      ["optim.lr", "augment.crop_min_scale", "train.epochs"]),

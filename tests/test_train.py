@@ -894,3 +894,60 @@ def test_a_resumed_run_reports_the_knn_at_initialization_it_logged(tmp_path, cif
     first = pretrain(load_config("cifar10", settings))
     resumed = pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]), resume=True)
     assert resumed["step"] == 4 and resumed["knn_init"] == first["knn_init"] and set(first["knn_init"]) == {20, 200}
+
+
+def test_pretrain_and_eval_run_whatever_grad_mode_and_default_dtype_the_caller_set(tmp_path, cifar10_root):
+    """A user test: pretrain inside torch.no_grad() failed deep in autograd ("element 0 of tensors does
+    not require grad"), and after torch.set_default_dtype(torch.float64) pretrain and knn failed on
+    mixed dtypes. They run in float32 with gradients on, and put the caller's settings back."""
+    import byol
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"data.limit": 32, "train.max_steps": 2,
+                                                                         "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root}"])
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            assert pretrain(config)["step"] == 2
+            assert not torch.is_grad_enabled()
+        assert torch.get_default_dtype() == torch.float64
+        with torch.inference_mode():
+            result = byol.knn(tmp_path / "run" / "checkpoints" / "last.pt", ks=(5,), limit=20)
+        assert result["knn_top1"][5] >= 0 and torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_resume_with_other_settings_keeps_those_its_earlier_steps_ran_with(tmp_path, cifar10_root, monkeypatch):
+    """config.yaml holds the settings of the run's last start; a user test found that after a resume
+    with another learning rate nothing in the folder said what the first steps ran with. Those are
+    kept as config_until_stepS.yaml: only where they differ, never replaced, and removed with a start
+    that fails before its first step."""
+    from byol.resume import resume_config
+    run = tmp_path / "run"
+    settings = tiny_overrides(run, **{"data.limit": 32, "train.epochs": 4, "train.knn_every": -1}) + [
+        f"--data.root={cifar10_root}"]
+
+    def resume(*overrides):
+        return pretrain(resume_config(None, [f"--train.out_dir={run}", *overrides]), resume=True)
+
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]))
+    first = (run / "config.yaml").read_text()
+    shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "step2.pt")
+    resume("--train.max_steps=4")
+    assert (run / "config_until_step2.yaml").read_text() == first
+    assert "max_steps: 4" in (run / "config.yaml").read_text()
+    second = (run / "config.yaml").read_text()
+    shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "step4.pt")
+    with monkeypatch.context() as patched:  # a start that fails before its first step: undone
+        patched.setattr(byol.train, "_step_forward", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            resume("--train.max_steps=6")
+    assert not (run / "config_until_step4.yaml").exists() and (run / "config.yaml").read_text() == second
+    # Steps 3 and 4 lost (last.pt of step 2 again): what ran up to step 2 stays, not replaced by what ran since
+    shutil.copy(tmp_path / "step2.pt", run / "checkpoints" / "last.pt")
+    assert resume("--train.max_steps=6")["step"] == 6
+    assert (run / "config_until_step2.yaml").read_text() == first
+    # From step 4 with the settings config.yaml has: nothing kept
+    shutil.copy(tmp_path / "step4.pt", run / "checkpoints" / "last.pt")
+    assert resume()["step"] == 6
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml", "config_until_step2.yaml"]
