@@ -214,6 +214,27 @@ def test_bad_requests(tmp_path, cifar, fault_table):
                 "no empty run folder left behind")
 
 
+@pytest.mark.parametrize("text, said, fault", [
+    ("train: {epochs: 010}", "train.epochs: 010 reads as 8 in YAML", "a YAML number in a form only YAML 1.1 reads "
+     "(epochs: 010, octal 8)"),
+    ("optim: {lr: .inf}", "optim.lr must be a finite number, got inf", "an infinite learning rate"),
+    ("# nothing but a comment", "holds no settings", "a YAML config with no settings"),
+    ("base: cifar10-cpu", "unknown config section 'base'", "a YAML config that names a preset to inherit from"),
+    ("data: {dataset: folder, train_split: trian, image_size: 8}", "data.train_split=trian, but",
+     "a folder's data.train_split that is not there (a typo)")])
+def test_bad_config_files_are_one_sentence_and_write_nothing(tmp_path, capsys, text, said, fault, fault_table):
+    from byol import cli
+    (tmp_path / "images" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "run.yaml").write_text(text + "\n")
+    args = ["pretrain", "--config", str(tmp_path / "run.yaml"), f"--data.root={tmp_path / 'images'}",
+            f"--train.out_dir={tmp_path / 'run'}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and said in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "run").exists()
+    fault_table(fault, "one sentence saying what to write, exit 2; nothing written")
+
+
 def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(tmp_path, cifar, fault_table):
     run = tmp_path / "run"
     byol("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1, "optim.name": "sgd"}))
