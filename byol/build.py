@@ -6,6 +6,7 @@ Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -34,6 +35,24 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu")
     return device
+
+
+@contextmanager
+def usual_torch_defaults() -> Iterator[None]:
+    """float32 as torch's default dtype and gradients on, whatever the caller set (a notebook's
+    ``torch.set_default_dtype(torch.float64)``, a call inside ``torch.no_grad()``: a user test saw
+    pretraining fail deep in autograd and eval on mixed dtypes); the caller's put back on exit.
+    Also a decorator. The default dtype is the process's: where the caller set another, its other
+    threads see float32 meanwhile (grad mode is each thread's own)."""
+    dtype = torch.get_default_dtype()
+    if dtype != torch.float32:
+        torch.set_default_dtype(torch.float32)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        if dtype != torch.float32:
+            torch.set_default_dtype(dtype)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:

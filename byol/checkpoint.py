@@ -83,21 +83,6 @@ def rng_state_kept() -> Iterator[None]:
         set_rng_state(saved)
 
 
-@contextmanager
-def usual_torch_defaults() -> Iterator[None]:
-    """float32 as torch's default dtype and gradients on, whatever the caller set (a notebook's
-    ``torch.set_default_dtype(torch.float64)``, a call inside ``torch.no_grad()``: a user test saw
-    pretraining fail deep in autograd and eval on mixed dtypes); the caller's put back on exit.
-    Also a decorator."""
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        torch.set_default_dtype(dtype)
-
-
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
                     config: dict, generator: Optional[torch.Generator] = None,
                     scaler: Optional[Any] = None, extra: Optional[dict] = None) -> None:

@@ -141,8 +141,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         except ValueError:
             pass
     if annotation in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if annotation is float and not math.isfinite(value):  # inf would pass the range checks
-            raise ConfigError(f"{key} must be a finite number, got {value}")
         if annotation is float or isinstance(value, numbers.Integral):  # NumPy's numbers too, as Python's
             return annotation(value)
     if annotation is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
@@ -167,7 +165,8 @@ def _set(config: Config, key: str, value: Any) -> None:
     if _is_empty(value, hints[name]):
         default = next(f.default for f in dataclasses.fields(section) if f.name == name)
         raise ConfigError(f"{key} is empty; give {_kind(hints[name])} (the default is {yaml_word(default)})")
-    setattr(section, name, _coerce(value, hints[name], key))
+    value = _coerce(value, hints[name], key)
+    setattr(section, name, value.lower() if key == "optim.name" else value)  # as build_optimizer always read it
 
 
 def _unknown_key(key: str, section: Any) -> ConfigError:
@@ -238,12 +237,13 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
              ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
              ("train.knn_every", t.knn_every >= -1, ">= -1 (-1: never)"),
              ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),
-             ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch)"),
+             ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch; inf: only at kept epochs, a "
+              "stop and the end)"),
              ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
              ("data.on_device", config.data.on_device in (True, False, "auto"), "auto, true or false"),
              ("train.progress", t.progress in (True, False, "auto"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
-             ("optim.lr", config.optim.lr >= 0, ">= 0"),
+             ("optim.lr", _finite(config.optim.lr) >= 0, "a finite number >= 0"),
              ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
              ("optim.name", config.optim.name in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
              ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
@@ -266,14 +266,33 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
               <= 1, "above 0 and at most 1 (a fraction of the image's area), or null"),
              ("model.projection_size", config.model.projection_size >= 1, ">= 1"),
              ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
-             ("optim.weight_decay", config.optim.weight_decay >= 0, ">= 0"),
+             ("optim.weight_decay", _finite(config.optim.weight_decay) >= 0, "a finite number >= 0"),
              ("optim.momentum", 0 <= config.optim.momentum < 1, ">= 0 and < 1"),
-             ("optim.trust_coefficient", config.optim.trust_coefficient > 0, "> 0"),
-             ("optim.warmup_epochs", config.optim.warmup_epochs >= 0, ">= 0")]
+             ("optim.trust_coefficient", _finite(config.optim.trust_coefficient) > 0, "a finite number > 0"),
+             ("optim.warmup_epochs", _finite(config.optim.warmup_epochs) >= 0, "a finite number >= 0")]
     for key, ok, rule in rules:
         if not ok and (keys is None or key in keys):
             raise ConfigError(f"{key} must be {rule}")
     return config
+
+
+def _finite(value: float) -> float:
+    """``value``, or NaN (which no range check passes) for an infinite one: lr=inf passed >= 0 and
+    trained to NaN. (Refused here, not as the file is read: a saved run's inf elsewhere stays readable.)"""
+    return value if math.isfinite(value) else math.nan
+
+
+def changed_settings(before: dict, after: dict) -> list[str]:
+    """``section.key old -> new`` for each setting that differs (a data root compared as an absolute path)."""
+    changed = []
+    for section, values in after.items():
+        for key, new in values.items():
+            old = before.get(section, {}).get(key, new)
+            if f"{section}.{key}" == "data.root":
+                old, new = os.path.abspath(old), os.path.abspath(new)
+            if old != new:
+                changed.append(f"{section}.{key} {yaml_word(old)} -> {yaml_word(new)}")
+    return changed
 
 
 def checked(config: Config) -> Config:

@@ -10,8 +10,9 @@ from typing import Optional, Union
 import torch
 
 from .backbones import feature_dim, resnet
-from .build import autocast_dtype, eval_crop, load_size, precision_name, resolve_device, views_of
-from .checkpoint import usual_torch_defaults, write_files_atomically
+from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
+                    views_of)
+from .checkpoint import write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE
@@ -195,15 +196,16 @@ def _decoding(size: int) -> str:
     """How :func:`~byol.images.decode_image` makes a file's pixels at ``size``, for someone who
     reproduces it without byol."""
     return (f"each file opened with Pillow; a JPEG decoded by Pillow's draft(mode, ({size}, {size})) at the smallest "
-            f"scale still at least {size}; turned upright by its EXIF orientation (ImageOps.exif_transpose); made RGB: "
-            "transparent pixels composited onto black (each channel times alpha / 255, rounded), 16-bit gray (Pillow's "
-            "I;16 modes, and I read from a PNG or PGM) as round(v / 257), 32-bit integer gray (I) divided by 1 where "
-            "its largest value is at most 255, else by "
-            "257 where at most 65535, else by largest / 255, float gray (F) multiplied by 255 where its largest value "
-            "is at most 1, else as it is where at most 255, else by 255 / largest (then rounded, half to even, and "
-            "clipped to 0..255; NaN and -inf black, +inf the largest finite value), any other mode by Pillow's "
-            "convert('RGB'); then the center square of side s = min(w, h), the box ((w - s) / 2, (h - s) / 2, "
-            f"(w + s) / 2, (h + s) / 2) at fractional offsets, resized to {size} x {size} by "
+            f"scale still at least {size}; turned upright by its EXIF orientation (ImageOps.exif_transpose; a "
+            "malformed EXIF: as stored); made RGB: 16-bit gray (Pillow's I;16 modes, and I read from a PNG or PGM) as "
+            "round(v / 257), its transparent value if any not applied, 32-bit integer gray (I) divided by 1 where its "
+            "largest value is at most 255, else by 257 where at most 65535, else by largest / 255, float gray (F) "
+            "multiplied by 255 where its largest value is at most 1, else as it is where at most 255, else by 255 / "
+            "largest (then rounded, half to even, and clipped to 0..255; NaN and -inf black, +inf the largest finite "
+            "value), transparent pixels (an alpha channel, a transparent colour or palette entry: Pillow's "
+            "convert('RGBA')) composited onto black (each channel times alpha / 255, rounded), any other mode by "
+            "Pillow's convert('RGB'); then the center square of side s = min(w, h), the box ((w - s) / 2, "
+            f"(h - s) / 2, (w + s) / 2, (h + s) / 2) at fractional offsets, resized to {size} x {size} by "
             f"Image.resize(({size}, {size}), Image.Resampling.BILINEAR, box=box)")
 
 

@@ -41,8 +41,9 @@ class ImageFolder(Dataset):
     those, and the loaders of :mod:`byol.loaders` collect them in ``bad_files``, in the main process, also
     with worker processes.
 
-    Each image is turned upright (EXIF orientation) and converted to RGB: alpha is composited
-    onto black (transparent pixels become black, whatever colour they hide), 16-bit gray is
+    Each image is turned upright (EXIF orientation) and converted to RGB: alpha (or a PNG's
+    transparent colour) is composited onto black (transparent pixels become black, whatever colour
+    they hide), 16-bit gray is
     scaled from 0..65535 (Pillow's own conversion would clip it at 255), 32-bit integer and float
     gray from the smallest of 0..255 and 0..65535 (float: 0..1 and 0..255) that holds its values,
     else from 0 to its maximum, CMYK goes through

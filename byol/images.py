@@ -54,7 +54,7 @@ def decode_image(path: str, size: int) -> torch.Tensor:
 
 def _to_rgb(im: Image.Image, stored_as: Optional[str] = None) -> Image.Image:
     """``im`` as RGB; ``stored_as`` is the file's format (``im.format``), which tells 16-bit gray opened as "I"."""
-    if im.mode == "RGB":
+    if im.mode == "RGB" and "transparency" not in im.info:  # (a PNG's transparent colour: composited below)
         return im
     if im.mode.startswith("I;16") or (im.mode == "I" and stored_as in _SIXTEEN_BIT_AS_I):
         # 16-bit gray: scaled from 0..65535 (Pillow's conversion would clip at 255)

@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import usual_torch_defaults, write_failed, write_failure
+from .checkpoint import write_failed, write_failure
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
@@ -23,7 +23,8 @@ from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
 from .evaluate import knn_accuracy, linear_probe
-from .build import autocast_dtype, eval_crop, held_out, load_size, precision_name, resolve_device, views_of
+from .build import (autocast_dtype, eval_crop, held_out, load_size, precision_name, resolve_device,
+                    usual_torch_defaults, views_of)
 
 
 class OutputError(Exception):

@@ -3,7 +3,6 @@ checkpoint restored into the model, optimizer and generators, and what the setti
 about it said up front."""
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,7 +11,7 @@ import torch
 
 from .build import FOLDER_KNN_LIMIT, autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
-from .config import Config, ConfigError, config_from_dict, load_config, yaml_word
+from .config import Config, ConfigError, changed_settings, config_from_dict, load_config, yaml_word
 from .config_files import read_preset
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
@@ -42,19 +41,6 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
               f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
               "to change the run", file=sys.stderr)
     return config
-
-
-def changed_settings(before: dict, after: dict) -> list[str]:
-    """``section.key old -> new`` for each setting that differs (a data root compared as an absolute path)."""
-    changed = []
-    for section, values in after.items():
-        for key, new in values.items():
-            old = before.get(section, {}).get(key, new)
-            if f"{section}.{key}" == "data.root":
-                old, new = os.path.abspath(old), os.path.abspath(new)
-            if old != new:
-                changed.append(f"{section}.{key} {yaml_word(old)} -> {yaml_word(new)}")
-    return changed
 
 
 def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
@@ -90,7 +76,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
                               f"--train.knn_limit={yaml_word(saved_limit)}")
     load_model_state(byol, state["model"], str(ckpt_path))
     saved_optim = state["config"].get("optim", {}).get("name")
-    if saved_optim != config.optim.name:
+    if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
         raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
                               "same optimizer")
     try:

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -11,9 +12,8 @@ import yaml
 
 from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
-from .config import CONFIG_HEADER, Config, ConfigError, save_config
+from .config import CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, save_config
 from .metrics import MetricsLog
-from .resume import changed_settings
 
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
@@ -53,13 +53,13 @@ class RunFolder:
             remove_torn_temporaries(self.path, *_KEPT)
             remove_torn_temporaries(self.checkpoint.parent, "*.pt")
             self._before = {name: _read(self.path / name) for name in _KEPT}
+            self._configs_before = {path.name: _read(path) for path in _configs_kept(self.path).values()}
             self._events_before = _listing(self.path / "tensorboard")
             self._folders_before = {f for f in ("tensorboard", "checkpoints") if (self.path / f).is_dir()}
         except BaseException:
             self._leave()
             raise
         self._log: Optional[MetricsLog] = None
-        self._configs_kept: list[Path] = []  # written by this start (save_config)
         self.started = False
 
     def _check(self, resume: bool) -> None:
@@ -116,16 +116,17 @@ class RunFolder:
         return self._log
 
     def save_config(self, config: Config, resume_step: Optional[int]) -> None:
-        """``config.yaml``: this start's settings. A start that resumes at step ``resume_step`` with
-        settings that differ (but a moved folder's ``train.out_dir``) keeps those that ran the steps up
-        to it as ``config_until_stepS.yaml``; where one is there already (a start from S whose later
-        steps were lost), it is what ran up to S, and stays."""
-        before = self._before["config.yaml"]
-        if resume_step is not None and before is not None and _differ(before, config):
-            kept = self.path / f"config_until_step{resume_step}.yaml"
-            if not kept.exists():
-                write_text_atomically(kept, before, errors="surrogateescape")
-                self._configs_kept.append(kept)
+        """``config.yaml``: this start's settings. Where a start resumes at step S with settings that
+        differ from those that ran step S (but for a moved folder's ``train.out_dir``), those are kept
+        as ``config_until_stepS.yaml``. Such files of steps after S (a resume from an earlier
+        checkpoint, whose later steps are trained again) go, as do all of them for a new run."""
+        kept = _configs_kept(self.path)
+        later = {step: path for step, path in kept.items() if resume_step is None or step > resume_step}
+        ran = _read(later[min(later)]) if later and resume_step is not None else self._before["config.yaml"]
+        for path in later.values():
+            path.unlink()
+        if resume_step is not None and ran is not None and resume_step not in kept and _differ(ran, config):
+            write_text_atomically(self.path / f"config_until_step{resume_step}.yaml", ran, errors="surrogateescape")
         save_config(config, self.path / "config.yaml")
 
     def undo(self) -> None:
@@ -144,8 +145,12 @@ class RunFolder:
                 _quietly((self.path / name).unlink, missing_ok=True)
             elif _read(self.path / name) != text:
                 _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
-        for kept in self._configs_kept:
-            _quietly(kept.unlink, missing_ok=True)
+        for path in _configs_kept(self.path).values():  # as this start found them
+            if path.name not in self._configs_before:
+                _quietly(path.unlink, missing_ok=True)
+        for name, text in self._configs_before.items():
+            if _read(self.path / name) != text:
+                _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
         for name in {"tensorboard", "checkpoints"} - self._folders_before:
             _quietly((self.path / name).rmdir)  # when empty
         self._leave()
@@ -159,17 +164,24 @@ class RunFolder:
             f.write(f"{line}\n")
 
 
+def _configs_kept(folder: Path) -> dict[int, Path]:
+    """The ``config_until_stepS.yaml`` files in ``folder``, by S."""
+    kept = {}
+    for path in folder.glob("config_until_step*.yaml"):
+        match = re.fullmatch(r"config_until_step(\d+)\.yaml", path.name)
+        if match:
+            kept[int(match.group(1))] = path
+    return kept
+
+
 def _differ(saved: str, config: Config) -> bool:
-    """Whether a saved config.yaml's settings differ from ``config``'s, but for ``train.out_dir`` (a
-    moved run's folder) and a relative ``data.root`` that is the same folder."""
+    """Whether a saved config.yaml's settings, read as a run reads them, differ from ``config``'s, but
+    for ``train.out_dir`` (a moved run's folder)."""
     try:
-        before = yaml.safe_load(saved)
-    except yaml.YAMLError:
+        before = config_from_dict(yaml.safe_load(saved)).to_dict()
+    except (yaml.YAMLError, ConfigError, AttributeError, TypeError):
         return True
-    now = config.to_dict()
-    if not isinstance(before, dict):
-        return True
-    return any(not c.startswith("train.out_dir ") for c in changed_settings(before, now))
+    return any(not c.startswith("train.out_dir ") for c in changed_settings(before, config.to_dict()))
 
 
 def say(line: str, progress=None) -> None:

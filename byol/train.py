@@ -15,8 +15,8 @@ from torch import nn
 
 from . import distributed as dist
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_crop, load_data, precision_name,
-                    resolve_device, schedule_of, views_of)
-from .checkpoint import rng_state_kept, save_checkpoint, saved_step, usual_torch_defaults, write_failure
+                    resolve_device, schedule_of, usual_torch_defaults, views_of)
+from .checkpoint import rng_state_kept, save_checkpoint, saved_step, write_failure
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked
 from .evaluate import knn_accuracy

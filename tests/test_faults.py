@@ -217,7 +217,7 @@ def test_bad_requests(tmp_path, cifar, fault_table):
 @pytest.mark.parametrize("text, said, fault", [
     ("train: {epochs: 010}", "train.epochs: 010 reads as 8 in YAML", "a YAML number in a form only YAML 1.1 reads "
      "(epochs: 010, octal 8)"),
-    ("optim: {lr: .inf}", "optim.lr must be a finite number, got inf", "an infinite learning rate"),
+    ("optim: {lr: .inf}", "optim.lr must be a finite number >= 0", "an infinite learning rate"),
     ("# nothing but a comment", "holds no settings", "a YAML config with no settings"),
     ("base: cifar10-cpu", "unknown config section 'base'", "a YAML config that names a preset to inherit from"),
     ("data: {dataset: folder, train_split: trian, image_size: 8}", "data.train_split=trian, but",

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from byol.checkpoint import CheckpointError
-from byol.config import CONFIG_HEADER, ConfigError
+from byol.config import CONFIG_HEADER, Config, ConfigError
 from byol.run_folder import RunFolder, read_warnings, warnings_summary
 
 
@@ -210,3 +210,17 @@ def test_a_new_run_starts_without_the_skipped_files_of_one_that_left_no_checkpoi
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     RunFolder(run, resume=True).metrics_log(resume_step=4)
     assert (run / "skipped_files.txt").read_text() == "/x/bad.jpg\tempty file\n"
+
+
+def test_a_saved_config_is_compared_as_a_run_reads_it_not_as_text():
+    """An older byol's config.yaml wrote on_device as the text 'false', which a run reads as false:
+    a resume with it unchanged is no change, and keeps no config_until_stepS.yaml (a review)."""
+    import yaml
+    from byol.run_folder import _differ
+    config = Config()
+    config.data.on_device = False
+    saved = config.to_dict()
+    saved["data"]["on_device"] = "false"
+    assert not _differ(yaml.safe_dump(saved), config)
+    config.optim.lr = 0.1
+    assert _differ(yaml.safe_dump(saved), config)

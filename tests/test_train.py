@@ -910,9 +910,18 @@ def test_pretrain_and_eval_run_whatever_grad_mode_and_default_dtype_the_caller_s
             assert pretrain(config)["step"] == 2
             assert not torch.is_grad_enabled()
         assert torch.get_default_dtype() == torch.float64
+        ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
         with torch.inference_mode():
-            result = byol.knn(tmp_path / "run" / "checkpoints" / "last.pt", ks=(5,), limit=20)
+            result = byol.knn(ckpt, ks=(5,), limit=20)
         assert result["knn_top1"][5] >= 0 and torch.get_default_dtype() == torch.float64
+        with torch.no_grad():  # each of the Python steps (linear failed on mixed dtypes: mat1 and mat2)
+            assert 0 <= byol.linear(ckpt, epochs=1, limit=20)["top1"] <= 100
+            byol.embed(ckpt, tmp_path / "e.npy", limit=8)
+            byol.export(ckpt, tmp_path / "export")
+            net, _ = byol.load_encoder(tmp_path / "export" / "encoder.pt")
+        assert next(net.parameters()).dtype == torch.float32 and torch.get_default_dtype() == torch.float64
+        exported = torch.load(tmp_path / "export" / "encoder.pt", weights_only=True)
+        assert {v.dtype for v in exported.values() if v.is_floating_point()} == {torch.float32}  # fc too
     finally:
         torch.set_default_dtype(torch.float32)
 
@@ -948,6 +957,40 @@ def test_a_resume_with_other_settings_keeps_those_its_earlier_steps_ran_with(tmp
     assert resume("--train.max_steps=6")["step"] == 6
     assert (run / "config_until_step2.yaml").read_text() == first
     # From step 4 with the settings config.yaml has: nothing kept
+    third = (run / "config.yaml").read_text()
     shutil.copy(tmp_path / "step4.pt", run / "checkpoints" / "last.pt")
     assert resume()["step"] == 6
     assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml", "config_until_step2.yaml"]
+    # From step 4 with another lr, then back to step 2 (the newest epoch checkpoint copied to last.pt,
+    # as the docs advise where last.pt is lost): the file of step 4, whose steps are trained again, goes
+    shutil.copy(tmp_path / "step4.pt", run / "checkpoints" / "last.pt")
+    resume("--optim.lr=0.1")
+    assert (run / "config_until_step4.yaml").read_text() == third
+    shutil.copy(tmp_path / "step2.pt", run / "checkpoints" / "last.pt")
+    resume()
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml", "config_until_step2.yaml"]
+    assert (run / "config_until_step2.yaml").read_text() == first
+    # A new run in the folder (its checkpoints removed): none of them, once its first step is done
+    shutil.rmtree(run / "checkpoints")
+    with monkeypatch.context() as patched:
+        patched.setattr(byol.train, "_step_forward", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]))
+    assert (run / "config_until_step2.yaml").read_text() == first  # put back with the failed start
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]))
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"]
+
+
+def test_a_run_an_older_byol_saved_with_optim_name_sgd_in_capitals_resumes(tmp_path, cifar10_root):
+    """An older byol took optim.name SGD and saved it so, in config.yaml and the checkpoint: such a run
+    resumes (a review: comparing names as written had made it unusable)."""
+    from byol.resume import resume_config
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"data.limit": 32, "train.max_steps": 2, "train.epochs": 2,
+                                                           "train.knn_every": -1, "optim.name": "sgd"})
+                         + [f"--data.root={cifar10_root}"]))
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("name: sgd", "name: SGD"))
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state["config"]["optim"]["name"] = "SGD"
+    torch.save(state, run / "checkpoints" / "last.pt")
+    assert pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=4"]), resume=True)["step"] == 4
