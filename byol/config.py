@@ -15,7 +15,7 @@ import yaml
 
 from .backbones import RESNETS
 from .checkpoint import write_text_atomically
-from .config_files import ConfigError, parse_value, read_preset, surprising_number, WrittenFloat, WrittenInt
+from .config_files import ConfigError, parse_value, read_preset, surprising_number
 
 
 @dataclass
@@ -128,8 +128,6 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
-    if annotation is str and isinstance(value, (WrittenInt, WrittenFloat)):
-        return value.written  # out_dir: 010 is the folder 010
     if isinstance(value, str) and annotation is not str:
         value = parse_value(value)
     if annotation in (int, float) and surprising_number(value):
@@ -146,7 +144,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
         return value.lower() in ("true", "yes")
     if annotation is str and isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):
-        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)  # a pathlib.Path from Python
+        if isinstance(value, os.PathLike):  # a pathlib.Path from Python
+            return os.fspath(value)
+        return getattr(value, "written", str(value))  # as YAML's text has it: out_dir: 010 is the folder 010
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {annotation.__name__}, got {value!r}")
     return value

@@ -232,14 +232,14 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
 def _architecture(config: Config) -> str:
     """How to build the network ``encoder.pt`` loads into, without byol."""
     m = config.model
-    stem = (" with the CIFAR stem: conv1 = Conv2d(3, {w}, kernel_size=3, stride=1, padding=1, bias=False), "
-            "maxpool = Identity()").format(w=m.width) if m.cifar_stem else ""
+    stem = (f" with the CIFAR stem: conv1 = Conv2d(3, {m.width}, kernel_size=3, stride=1, padding=1, bias=False), "
+            "maxpool = Identity()") if m.cifar_stem else ""
     if m.width == 64:
         return f"torchvision.models.{m.backbone}(){stem}"
     return (f"torchvision.models.{m.backbone}'s ResNet with stages of {m.width}, {2 * m.width}, {4 * m.width} and "
             f"{8 * m.width} channels instead of 64, 128, 256 and 512 (torchvision builds none: "
             f"byol.resnet({m.backbone!r}, cifar_stem={m.cifar_stem}, width={m.width}), or encoder_torchscript.pt)"
-            f"{stem.replace(' with', ', with')}")
+            + (f",{stem}" if stem else ""))
 
 
 @usual_torch_defaults()
@@ -276,7 +276,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     info["state_dict_sha256"] = hashlib.sha256(encoder_bytes).hexdigest()  # eval's step is this file's only
     files = {out_dir / info["state_dict"]: encoder_bytes,
              out_dir / info["torchscript"]: scripted.save_to_buffer(),
-             out_dir / "config.yaml": config_text(config).encode(),
+             out_dir / info["config"]: config_text(config).encode(),
              out_dir / "export.json": (json.dumps(info, indent=2) + "\n").encode()}
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)

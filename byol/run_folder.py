@@ -52,8 +52,8 @@ class RunFolder:
             # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
             remove_torn_temporaries(self.path, *_KEPT)
             remove_torn_temporaries(self.checkpoint.parent, "*.pt")
-            self._before = {name: _read(self.path / name) for name in _KEPT}
-            self._configs_before = {path.name: _read(path) for path in _configs_kept(self.path).values()}
+            kept = (path.name for path in _configs_kept(self.path).values())
+            self._before = {name: _read(self.path / name) for name in (*_KEPT, *kept)}
             self._events_before = _listing(self.path / "tensorboard")
             self._folders_before = {f for f in ("tensorboard", "checkpoints") if (self.path / f).is_dir()}
         except BaseException:
@@ -140,16 +140,12 @@ class RunFolder:
         events = self.path / "tensorboard"
         for name in _listing(events) - self._events_before:
             _quietly((events / name).unlink, missing_ok=True)
+        for path in _configs_kept(self.path).values():  # one this start wrote: not there before
+            self._before.setdefault(path.name, None)
         for name, text in self._before.items():
             if text is None:
                 _quietly((self.path / name).unlink, missing_ok=True)
             elif _read(self.path / name) != text:
-                _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
-        for path in _configs_kept(self.path).values():  # as this start found them
-            if path.name not in self._configs_before:
-                _quietly(path.unlink, missing_ok=True)
-        for name, text in self._configs_before.items():
-            if _read(self.path / name) != text:
                 _quietly(write_text_atomically, self.path / name, text, errors="surrogateescape")
         for name in {"tensorboard", "checkpoints"} - self._folders_before:
             _quietly((self.path / name).rmdir)  # when empty
