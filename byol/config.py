@@ -1,6 +1,7 @@
 """Typed configuration: dataclass defaults, YAML presets over them, ``--section.key=value`` over those."""
 
 import dataclasses
+import difflib
 import math
 import numbers
 import os
@@ -156,8 +157,8 @@ def _set(config: Config, key: str, value: Any) -> None:
     section_name, _, name = key.partition(".")
     sections = {f.name: f for f in dataclasses.fields(config)}
     if section_name not in sections or not name:
-        raise ConfigError(f"unknown config key {key!r}; keys look like section.key with section one of "
-                          f"{', '.join(sections)}")
+        raise ConfigError(f"unknown config key {key!r}{_did_you_mean(key)}; keys look like section.key with "
+                          f"section one of {', '.join(sections)}")
     section = getattr(config, section_name)
     hints = typing.get_type_hints(type(section))
     if name not in hints:
@@ -170,8 +171,25 @@ def _set(config: Config, key: str, value: Any) -> None:
 
 
 def _unknown_key(key: str, section: Any) -> ConfigError:
-    return ConfigError(f"unknown config key {key!r}; {key.partition('.')[0]} has "
+    return ConfigError(f"unknown config key {key!r}{_did_you_mean(key)}; {key.partition('.')[0]} has "
                        f"{', '.join(f.name for f in dataclasses.fields(section))}")
+
+
+def _did_you_mean(key: str) -> str:
+    """The setting a mistyped ``key`` most likely meant: the same name in another section
+    (``train.lr``: optim.lr), else the closest spelling (``optim.lrr``, ``trian.lr``); none if
+    nothing is close."""
+    config = Config()
+    keys = [f"{s.name}.{f.name}" for s in dataclasses.fields(config)
+            for f in dataclasses.fields(getattr(config, s.name))]
+    name = str(key).rpartition(".")[2]
+    moved = [k for k in keys if k.rpartition(".")[2] == name]
+    return f" (did you mean {moved[0]}?)" if len(moved) == 1 else _closest(key, keys)
+
+
+def _closest(word: Any, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _is_empty(value: Any, annotation: Any) -> bool:
@@ -221,9 +239,10 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
     names = [f.name for f in dataclasses.fields(config)]
     if section not in names:
         head, dot, _ = str(section).partition(".")
-        hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else
+        guess = _closest(section, names)
+        hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else "" if guess else
                 "; a file's settings go over the defaults, not over a preset (start from a copy of configs/NAME.yaml)")
-        raise ConfigError(f"unknown config section {section!r}; the sections are {', '.join(names)}{hint}")
+        raise ConfigError(f"unknown config section {section!r}{guess}; the sections are {', '.join(names)}{hint}")
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping of keys")
 
@@ -305,7 +324,8 @@ def checked(config: Config) -> Config:
     sections = [f.name for f in dataclasses.fields(config)]
     unknown = sorted(set(vars(config)) - set(sections))
     if unknown:
-        raise ConfigError(f"unknown config section {unknown[0]!r}; the sections are {', '.join(sections)}")
+        raise ConfigError(f"unknown config section {unknown[0]!r}{_closest(unknown[0], sections)}; the sections are "
+                          f"{', '.join(sections)}")
     for name in sections:
         section = getattr(config, name)
         unknown = sorted(set(vars(section)) - {f.name for f in dataclasses.fields(section)})

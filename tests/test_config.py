@@ -47,8 +47,10 @@ def test_overrides_are_typed():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--train.epoch=3", "unknown config key 'train.epoch'"),
-    ("--trian.epochs=3", "unknown config key 'trian.epochs'"),
+    ("--train.epoch=3", r"^unknown config key 'train.epoch' \(did you mean train.epochs\?\); train has epochs, "),
+    ("--trian.epochs=3", r"^unknown config key 'trian.epochs' \(did you mean train.epochs\?\); keys look like "),
+    ("--train.lr=0.1", r"^unknown config key 'train.lr' \(did you mean optim.lr\?\); train has epochs, "),
+    ("--train.bogus=3", r"^unknown config key 'train.bogus'; train has epochs, "),  # nothing close: no guess
     ("--train.epochs=ten", "train.epochs must be int"),
     ("--data.download=maybe", "data.download must be bool"),
     ("--optim.lr", "must look like --section.key=value"),
@@ -244,13 +246,16 @@ def test_yaml_numbers_are_taken_as_written(tmp_path):
     ("base: cifar10-cpu\ntrain: {epochs: 3}\n", "unknown config section 'base'; the sections are data, model, "
      "augment, optim, train; a file's settings go over the defaults, not over a preset"),
     ("optim.lr: 0.1\n", "unknown config section 'optim.lr'; the sections are data, model, augment, optim, train; "
-     "write optim.lr as optim: with the key under it")])
+     "write optim.lr as optim: with the key under it"),
+    ("trian: {epochs: 3}\n", "unknown config section 'trian' (did you mean train?); the sections are data, model, "
+     "augment, optim, train"),  # a misspelling, not a preset: no word on presets
+    ("train: {epoch: 3}\n", "unknown config key 'train.epoch' (did you mean train.epochs?); train has epochs")])
 def test_a_file_without_settings_or_with_an_unknown_section_is_one_sentence(tmp_path, text, said):
     """A user test: an empty file silently gave the code's defaults (no preset), and ``base:`` was
     said to be 'a section that must be a mapping of keys'."""
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=re.escape(said)):
+    with pytest.raises(ConfigError, match=re.escape(said) + ("$" if "trian" in text else "")):
         load_config(str(path))
 
 

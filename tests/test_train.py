@@ -418,8 +418,9 @@ def test_a_setting_changed_on_a_loaded_config_is_checked_as_load_config_checks_i
 
 
 @pytest.mark.parametrize("section, key, error", [
-    ("train", "max_step", r"^unknown config key 'train.max_step'; train has epochs, batch_size, max_steps, "),
-    (None, "trian", r"^unknown config section 'trian'; the sections are data, model, augment, optim, train$"),
+    ("train", "max_step", r"^unknown config key 'train.max_step' \(did you mean train.max_steps\?\); train has "),
+    (None, "trian", r"^unknown config section 'trian' \(did you mean train\?\); the sections are data, model, augment, "
+                    r"optim, train$"),
 ])
 def test_a_mistyped_setting_on_a_loaded_config_is_an_error_not_ignored(tmp_path, section, key, error):
     """cfg.train.max_step = 3 (for max_steps) was ignored: the run went on for all its epochs."""
