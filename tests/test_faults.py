@@ -448,13 +448,13 @@ def test_plots_that_cannot_be_written_are_a_note_and_the_run_goes_on(monkeypatch
     """A full disk when the plots are drawn (after the checkpoint was written): a note once, the run
     finishes (a user test saw a 58-line traceback, exit 1, and the final kNN lost)."""
     import errno
-    import byol.train
+    import byol.saving
     from byol import cli
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(byol.train, "plot_metrics", full)
+    monkeypatch.setattr(byol.saving, "plot_metrics", full)
     run = tmp_path / "run"
     settings = {"train.epochs": 2, "train.knn_every": -1, "train.progress": True}
     assert cli.main(["pretrain", cifar, *tiny_overrides(run, **settings)]) == 0

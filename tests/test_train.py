@@ -13,6 +13,7 @@ import torch
 import byol.faults
 import byol.reporting
 import byol.resume
+import byol.saving
 import byol.step
 import byol.train
 from byol import BYOL, resnet
@@ -55,10 +56,10 @@ def record_writes(monkeypatch) -> list:
     """What ``pretrain`` writes, in order: ``(file name, step)`` for each checkpoint and
     ``("plots", step)`` each time it draws the plots."""
     writes = []
-    save, plot = byol.train.save_checkpoint, byol.train.plot_metrics
-    monkeypatch.setattr(byol.train, "save_checkpoint",
+    save, plot = byol.saving.save_checkpoint, byol.saving.plot_metrics
+    monkeypatch.setattr(byol.saving, "save_checkpoint",
                         lambda path, *a, **k: writes.append((Path(path).name, a[2])) or save(path, *a, **k))
-    monkeypatch.setattr(byol.train, "plot_metrics", lambda path: writes.append(("plots", writes[-1][1])) or plot(path))
+    monkeypatch.setattr(byol.saving, "plot_metrics", lambda path: writes.append(("plots", writes[-1][1])) or plot(path))
     return writes
 
 
@@ -79,7 +80,7 @@ def test_last_checkpoint_every_epoch_or_at_most_once_per_interval(tmp_path, cifa
     epoch's end."""
     if clock_step:  # a clock on which every reading is clock_step seconds after the one before
         ticks = iter(range(0, 10**9, clock_step))
-        monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+        monkeypatch.setattr(byol.saving, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     writes = record_writes(monkeypatch)
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": 64, "train.epochs": 3, "train.checkpoint_every": 2, "train.knn_every": -1,
@@ -105,7 +106,7 @@ def test_a_checkpoint_skipped_for_a_nan_loss_does_not_restart_the_interval(tmp_p
 
     monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
     monkeypatch.setattr(byol.step, "train_step", nan_at_16)
-    monkeypatch.setattr(byol.train, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
+    monkeypatch.setattr(byol.saving, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
     writes = record_writes(monkeypatch)
     pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,

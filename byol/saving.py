@@ -1,0 +1,90 @@
+"""A pretraining run's checkpoints: when to write them, under which names, and the plots with them."""
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import distributed as dist
+from .build import TrainData
+from .checkpoint import save_checkpoint, saved_step, write_failure
+from .config import Config
+from .faults import NonFiniteGuard
+from .metrics import plot_metrics
+from .model import BYOL
+from .run_folder import say
+
+
+class Checkpoints:
+    """``checkpoints/last.pt`` at every epoch's end, or at most once per ``save_interval_s``, and at
+    the end; ``epoch_N.pt`` kept when asked; the plots and the skipped files with each write. Never
+    over a good checkpoint with weights giving NaN losses."""
+
+    def __init__(self, byol: BYOL, optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Config,
+                 guard: NonFiniteGuard, data: TrainData, run_dir: Path, rank: int, world: int, device: torch.device,
+                 precision: str):
+        self.byol, self.optimizer, self.generator, self.config = byol, optimizer, generator, config
+        self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
+        self.rank, self.world, self.device = rank, world, device
+        self.extra: dict = {"steps_per_epoch": len(data.batches), "device": str(device),
+                            "precision": precision}  # what auto resolved to (config.yaml keeps auto)
+        self.last_save = time.perf_counter()
+        self.plots_failed = False  # said once
+
+    def _write(self, name: str, step: int, progress) -> None:
+        path = self.run_dir / "checkpoints" / name
+        if name != "last.pt" and path.is_file():  # a kept epoch of an earlier start, counted in other epochs
+            earlier = saved_step(path)  # (a resume whose data gives another number of steps an epoch)
+            if earlier is not None and earlier != step:
+                kept = path.with_name(f"{path.stem}_step{earlier}.pt")
+                os.replace(path, kept)
+                say(f"note: {path} was of step {earlier}, an earlier start's epoch of another length; it is kept as "
+                    f"{kept.name}, and {path.name} is this start's epoch (step {step})", progress)
+        save_checkpoint(path, self.byol, self.optimizer, step, self.config.to_dict(), self.generator,
+                        extra=self.extra)
+
+    def _due(self, keep_epoch: Optional[int], final: bool) -> bool:
+        interval = self.config.train.save_interval_s
+        return keep_epoch is not None or final or time.perf_counter() - self.last_save >= interval
+
+    def may_write(self, keep_epoch: Optional[int], final: bool) -> bool:
+        """Whether :meth:`save` may write (under torchrun another rank's clock may say so: always)."""
+        return self.world > 1 or self._due(keep_epoch, final)
+
+    def save(self, step: int, keep_epoch: Optional[int], final: bool, time_s: float, progress=None) -> None:
+        """At an epoch's end or the run's (``final``, also a stop): write if due; ``keep_epoch``: keep
+        this epoch's checkpoint too; ``time_s``: the run's time so far, saved for a resumed run's;
+        ``progress``: the run's bar, which its notes are written beside."""
+        self.extra["time_s"] = time_s
+        due = self._due(keep_epoch, final)  # this rank's; under torchrun, any rank's below
+        folder = self.folder
+        if self.world > 1:  # collectives: every rank reaches this point at the same step
+            due = dist.any_rank(due, self.device)  # the clocks differ; one rank due is enough
+            if due:
+                self.extra["generator_per_rank"] = dist.gather_generator_states(self.generator)
+                if folder is not None:  # each rank met the bad files of its own share
+                    folder.bad_files = dist.merge_dicts(folder.bad_files)
+        # The streak is the same on every rank; the interval then runs from the last write, not from this step.
+        if not due or int(self.guard.streak.item()) != 0:
+            return
+        if self.rank == 0:
+            self._write("last.pt", step, progress)
+            if folder is not None:  # so far (every rank's), kept if the run dies
+                folder.write_skipped(self.run_dir / "skipped_files.txt")
+            if keep_epoch is not None:
+                self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
+            self._plot(progress)
+        self.last_save = time.perf_counter()
+
+    def _plot(self, progress) -> None:
+        """The plots, drawn again from metrics.jsonl; where they cannot be written (a full disk), a note
+        once, and the run goes on: they are drawn from the records, which are all kept."""
+        try:
+            plot_metrics(self.run_dir / "metrics.jsonl")
+        except OSError as e:
+            if not self.plots_failed:
+                self.plots_failed = True
+                say(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
+                    "on, and they are drawn again at each checkpoint", progress)
