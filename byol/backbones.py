@@ -2,13 +2,14 @@
 
 import contextlib
 import numbers
+import re
 import warnings
 from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
 import torchvision
-from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 
@@ -118,11 +119,29 @@ class HiddenLayer(nn.Module):
     def __init__(self, net: nn.Module, layer: str):
         super().__init__()
         self.layer = layer
-        with keep_modes(net):  # tracing sets the whole network to net's own mode, module by module
-            self.body = create_feature_extractor(net, return_nodes={layer: "out"})
+        with keep_modes(net), warnings.catch_warnings():  # tracing sets net's own mode, module by module
+            # torchvision's note when the train and eval graphs differ (googlenet's auxiliary heads):
+            # the node taken is in both.
+            warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
+            self.body = create_feature_extractor(net, return_nodes={_last_call(net, layer): "out"})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return flat_representation(self.body(x)["out"], f"the output of hidden_layer={self.layer!r}")
+
+
+def _last_call(net: nn.Module, layer: str) -> str:
+    """The traced node of ``layer``'s last call: a layer may run more than once (a torchvision
+    BasicBlock's ``relu`` twice), and byol-pytorch's hook keeps the last output; the graph names
+    the calls ``layer``, ``layer_1``, ... A layer with children names its last node already."""
+    if next(net.get_submodule(layer).children(), None) is not None:
+        return layer
+    with keep_modes(net), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")  # as HiddenLayer does
+        train_nodes, eval_nodes = get_graph_node_names(net)
+    modules = {name for name, _ in net.named_modules()}
+    calls = [n for n in train_nodes if n in eval_nodes and (
+        n == layer or (n not in modules and re.fullmatch(re.escape(layer) + r"_\d+", n)))]
+    return calls[-1] if calls else layer
 
 
 class HookedLayer(nn.Module):
@@ -138,10 +157,12 @@ class HookedLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taken: list[torch.Tensor] = []
-        # Its first call's output, copied: an in-place layer after it (ReLU(inplace=True)) would change it.
-        hook = self.net.get_submodule(self.layer).register_forward_hook(
-            lambda module, inputs, output: taken.append(output.clone() if torch.is_tensor(output) else output)
-            if not taken else None)
+        # Its last call's output, as byol-pytorch's hook keeps (a layer may run more than once),
+        # copied: an in-place layer after it (ReLU(inplace=True)) would change it.
+        def keep(module: nn.Module, inputs: object, output: object) -> None:
+            taken[:] = [output.clone() if torch.is_tensor(output) else output]
+
+        hook = self.net.get_submodule(self.layer).register_forward_hook(keep)
         try:
             self.net(x)
         finally:
@@ -151,7 +172,8 @@ class HookedLayer(nn.Module):
         return flat_representation(taken[0], f"the output of hidden_layer={self.layer!r}")
 
 
-def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: bool = True) -> nn.Module:
+def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: bool = True,
+           trace: bool = True) -> nn.Module:
     """Return an encoder giving the representation at ``hidden_layer`` of ``net``.
 
     ``None`` or ``-1`` uses ``net``'s own output (byol-pytorch's ``-1``: no cutting, so any
@@ -159,6 +181,7 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
     direct children as byol-pytorch does (``-2`` is ResNet's avgpool). The network is cut by
     symbolic tracing (:class:`HiddenLayer`); where that fails, with ``hook_fallback`` the layer's
     output is taken by a forward hook (:class:`HookedLayer`, with a warning), else it is an error.
+    ``trace=False`` takes the hook at once, for a network whose forward changes after this call.
     """
     if hidden_layer is None or hidden_layer == -1:
         return net
@@ -172,6 +195,8 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
     names = {name for name, _ in net.named_modules()}
     if hidden_layer not in names:
         raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network")
+    if not trace:
+        return HookedLayer(net, hidden_layer)
     try:
         return HiddenLayer(net, hidden_layer)
     except Exception as e:  # tracing fails on data-dependent control flow, among others

@@ -1,5 +1,6 @@
 """The method: online branch, predictor, target branch, and the loss over two views."""
 
+import copy
 import numbers
 import warnings
 from collections import OrderedDict
@@ -51,7 +52,9 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> 
                 out = encoder(torch.zeros(2, 3, image_size, image_size, device=device))
             except RuntimeError as e:  # torch's shape errors: say which input it was
                 raise ValueError(f"net does not run on {image_size}x{image_size} images (image_size="
-                                 f"{image_size}): {str(e).splitlines()[0]}") from e
+                                 f"{image_size}): {str(e).splitlines()[0]}; the representation's width is found "
+                                 "on (2, 3, image_size, image_size) images: for a network taking other inputs "
+                                 "(another number of channels), give BYOL(..., feature_dim=D)") from e
     # A cut layer's output is checked where it is taken; this is the network's own.
     return flat_representation(out, "the network's own output (hidden_layer=-1)").shape[1]
 
@@ -183,22 +186,34 @@ class BYOL(nn.Module):
         concat_views: run both views through the online branch as one batch (shared BatchNorm
             statistics) instead of one view at a time as the reference code does.
         feature_dim: the encoder's output width; found automatically when ``None``.
+        trace: ``False`` takes ``hidden_layer`` with a forward hook while all of ``net`` runs, as
+            byol-pytorch does, so that what ``net`` does at each call counts: forward hooks on
+            ``net`` or its containers, modules replaced and attributes changed after construction.
+            Tracing (the default) fixes ``net``'s forward as it was at construction, and runs no
+            layer after ``hidden_layer``.
+        use_simplicial_embeddings, sem_*: byol-pytorch's; ``False`` (the paper's BYOL) is accepted,
+            ``True`` is a ``ValueError``.
     """
 
     def __init__(self, net: nn.Module, image_size: int = 224, hidden_layer: Union[str, int, None] = -2,
                  projection_size: int = 256, projection_hidden_size: int = 4096,
                  augment_fn: Optional[Callable] = None, augment_fn2: Optional[Callable] = None,
                  moving_average_decay: float = 0.996, use_momentum: bool = True,
-                 sync_batchnorm: Optional[bool] = None, *, total_steps: Optional[int] = None,
-                 use_predictor: bool = True, concat_views: bool = False, feature_dim: Optional[int] = None):
+                 sync_batchnorm: Optional[bool] = None, use_simplicial_embeddings: bool = False,
+                 sem_num_simplices: int = 32, sem_simplex_dim: int = 8, sem_temperature: float = 0.1, *,
+                 total_steps: Optional[int] = None, use_predictor: bool = True, concat_views: bool = False,
+                 feature_dim: Optional[int] = None, trace: bool = True):
         super().__init__()
         check_arguments(net, image_size, default_views=augment_fn is None)
+        if use_simplicial_embeddings:  # its sem_* settings are ignored without it, as byol-pytorch does
+            raise ValueError("use_simplicial_embeddings=True: byol-pytorch's simplicial embedding (its default, "
+                             "not in the BYOL paper) is not in byol; leave it out or pass False")
         # Not a registered submodule: the encoder below holds its parameters, and the state_dict
         # keeps one copy of each.
         object.__setattr__(self, "net", net)
         first = next(chain(net.parameters(), net.buffers()), None)
         device = first.device if first is not None else torch.device("cpu")
-        encoder = cut_at(net, hidden_layer)
+        encoder = cut_at(net, hidden_layer, trace=trace)
         dim = feature_dim or feature_width(encoder, image_size, device)
         projector = MLP(dim, projection_hidden_size, projection_size)
         predictor = MLP(projection_size, projection_hidden_size, projection_size) if use_predictor else nn.Identity()
@@ -225,6 +240,9 @@ class BYOL(nn.Module):
         elif augment_fn2 is None:
             augment_fn2 = augment_fn  # as byol-pytorch: one augmentation for both views
         self.augment_fn, self.augment_fn2 = augment_fn, augment_fn2
+        # One object, as byol-pytorch's attribute is: what is set on it stays. Unregistered: its
+        # modules are the learner's own.
+        object.__setattr__(self, "_online_view", OnlineEncoder(net, self.online.encoder, self.online.projector))
 
     @property
     def encoder(self) -> nn.Module:
@@ -234,7 +252,7 @@ class BYOL(nn.Module):
     @property
     def online_encoder(self) -> OnlineEncoder:
         """byol-pytorch's ``online_encoder``: ``.net``, ``.projector``, ``(x) -> (projection, representation)``."""
-        return OnlineEncoder(self.net, self.online.encoder, self.online.projector)
+        return self._online_view
 
     def forward(self, x: torch.Tensor, view2: Optional[torch.Tensor] = None,
                 return_embedding: Optional[bool] = None, return_projection: bool = True):
@@ -244,6 +262,11 @@ class BYOL(nn.Module):
         instead, as byol-pytorch does (only the embedding if ``return_projection=False``);
         byol-pytorch's positional ``learner(x, True)`` and ``learner(x, True, False)`` mean the same.
         """
+        if view2 is not None and not torch.is_tensor(view2):
+            if not isinstance(view2, numbers.Integral):  # bool and int, as byol-pytorch takes any truthy value
+                raise TypeError(f"the second argument must be a tensor (the second view) or, as in byol-pytorch, "
+                                f"return_embedding (True or False), not {type(view2).__name__}")
+            view2 = bool(view2)
         if isinstance(view2, bool):  # byol-pytorch's order: forward(x, return_embedding, return_projection)
             if return_embedding is not None:  # the third positional argument is its return_projection
                 return_projection = return_embedding
@@ -317,11 +340,29 @@ class BYOL(nn.Module):
 
     @property
     def target_encoder(self) -> Optional[OnlineEncoder]:
-        """The target branch as byol-pytorch's ``target_encoder``: ``(x) -> (projection, representation)``
-        (``.net`` is the target's copy of the encoder, up to ``hidden_layer``); None without momentum."""
+        """The target branch as byol-pytorch's ``target_encoder``: ``(x) -> (projection, representation)``,
+        and ``.net`` the target's copy of ``net`` (:meth:`target_net`); None without momentum."""
         if self.target is None:
             return None
-        return OnlineEncoder(self.target.encoder, self.target.encoder, self.target.projector)
+        return OnlineEncoder(self.target_net(), self.target.encoder, self.target.projector)
+
+    def target_net(self) -> nn.Module:
+        """The target's ``net``, with ``net``'s keys (it loads into the network passed in): the target
+        encoder's tensors themselves, and copies of ``net``'s own for the layers after
+        ``hidden_layer``, which neither branch runs (a ResNet's ``fc``)."""
+        if self.target is None:
+            raise ValueError("use_momentum=False: the target is the online network itself, learner.net")
+        online = chain(self.online.encoder.named_parameters(), self.online.encoder.named_buffers())
+        target = dict(chain(self.target.encoder.named_parameters(), self.target.encoder.named_buffers()))
+        return copy.deepcopy(self.net, {id(tensor): target[name] for name, tensor in online})
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if any(str(key).startswith("online_encoder.net.") for key in state_dict):
+            raise ValueError("this is a byol-pytorch learner's state_dict, whose keys are not byol's: load its "
+                             "network into yours, net.load_state_dict({k.removeprefix('online_encoder.net.'): v "
+                             "for k, v in state.items() if k.startswith('online_encoder.net.')}), then build the "
+                             "learner on net (the projector and predictor start afresh)")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def use_momentum(self) -> bool:

@@ -1,0 +1,156 @@
+"""byol-pytorch's scripts, run unchanged: what a user test of the drop-in found different."""
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from byol import BYOL, resnet
+
+
+def identity(x):
+    return x
+
+
+def learner_on(net, **kwargs):
+    kwargs.setdefault("hidden_layer", "avgpool")
+    return BYOL(net, image_size=32, projection_size=16, projection_hidden_size=32, augment_fn=identity, **kwargs)
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_a_layer_that_runs_twice_gives_its_last_output_as_byol_pytorch_hook_does(trace):
+    """A BasicBlock's relu runs twice; byol-pytorch's hook keeps the last output, and ours took the
+    first (4.66 apart on the same weights, no warning)."""
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8).eval()
+    x = torch.rand(2, 3, 32, 32)
+    outputs = []
+    hook = net.layer4[1].relu.register_forward_hook(lambda module, inputs, output: outputs.append(output.clone()))
+    net(x)
+    hook.remove()
+    assert len(outputs) == 2 and not torch.allclose(outputs[0], outputs[1])
+    learner = learner_on(net, hidden_layer="layer4.1.relu", trace=trace).eval()
+    _, embedding = learner(x, return_embedding=True)
+    torch.testing.assert_close(embedding, outputs[-1].flatten(1), rtol=0, atol=0)
+
+
+def test_trace_false_follows_what_the_net_does_at_each_call():
+    """Tracing fixes the network at construction: a hook on a container, a module replaced and an
+    attribute read in forward were all ignored; with trace=False, as in byol-pytorch, they count."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = 1.0
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.pool(self.body(x) * self.scale).flatten(1))
+
+    x = torch.rand(2, 3, 32, 32)
+    for trace, follows in ((True, False), (False, True)):
+        torch.manual_seed(0)
+        net = Scaled()
+        learner = learner_on(net, hidden_layer="pool", trace=trace).eval()
+        before = learner(x, return_embedding=True)[1]
+        fired = []
+        net.body.register_forward_hook(lambda module, inputs, output: fired.append(1))
+        net.scale = 0.0
+        after = learner(x, return_embedding=True)[1]
+        assert bool(fired) is follows and torch.equal(after, torch.zeros_like(after)) is follows
+        assert not torch.equal(before, torch.zeros_like(before))
+
+
+def test_byol_pytorch_simplicial_embedding_off_is_accepted_and_on_is_a_clear_error():
+    """byol-pytorch 0.9 users who want the paper's BYOL pass use_simplicial_embeddings=False: a TypeError here."""
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner_on(net, use_simplicial_embeddings=False, sem_num_simplices=16, sem_simplex_dim=4, sem_temperature=0.2)
+    with pytest.raises(ValueError, match=r"^use_simplicial_embeddings=True: byol-pytorch's simplicial embedding"):
+        learner_on(net, use_simplicial_embeddings=True)
+
+
+def test_return_embedding_given_positionally_as_any_truthy_number():
+    """byol-pytorch's learner(x, 1): ours took 1 for a second view ("'int' object has no attribute 'shape'")."""
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    x = torch.rand(4, 3, 32, 32)
+    projection, embedding = learner(x, 1)
+    assert projection.shape == (4, 16) and embedding.shape == (4, 64)
+    assert learner(x, 1, False).shape == (4, 64)
+    assert learner(x, 0).ndim == 0  # the loss
+    with pytest.raises(TypeError, match=r"^the second argument must be a tensor \(the second view\) or"):
+        learner(x, "yes")
+
+
+def test_target_encoder_net_loads_into_the_network_and_is_the_target():
+    """byol-pytorch's target_encoder.net is a copy of the whole net; ours had the traced encoder's
+    keys (body.*, no fc), so saving it for the plain ResNet failed with 222 key errors."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    learner = learner_on(net)
+    opt = torch.optim.SGD(learner.parameters(), lr=0.1)
+    x = torch.rand(4, 3, 32, 32)
+    learner(x).backward()
+    opt.step()
+    learner.update_moving_average()
+    target_net = learner.target_encoder.net
+    plain = torchvision.models.resnet18()
+    plain.load_state_dict(target_net.state_dict())  # strict
+    plain.fc = nn.Identity()
+    learner.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), learner.target.encoder(x), rtol=0, atol=0)
+        assert not torch.equal(plain(x), learner.encoder(x))  # the target, not the online net
+    target = {t.data_ptr() for t in learner.target.parameters()}
+    assert all(p.data_ptr() in target for name, p in target_net.named_parameters() if not name.startswith("fc"))
+    assert {k.partition(".")[0] for k in learner.target_encoder.state_dict()} == {"net", "projector"}
+
+
+def test_online_encoder_is_one_object_as_byol_pytorch_attribute_is():
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    assert learner.online_encoder is learner.online_encoder and learner.online_encoder.net is learner.net
+
+
+def test_a_byol_pytorch_learner_state_dict_is_one_sentence():
+    """Loading one gave torch's list of 400 missing and unexpected keys."""
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    theirs = {f"online_encoder.net.{k}": v for k, v in learner.net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^this is a byol-pytorch learner's state_dict, whose keys are not byol's"):
+        learner.load_state_dict(theirs)
+    learner.load_state_dict(learner.state_dict())  # ours still loads
+
+
+def test_a_network_of_other_inputs_is_told_about_feature_dim():
+    """A one-channel network: the error blamed the image size and never said feature_dim=D, which works."""
+    class Gray(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(1, 8, 3), nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            return self.pool(self.conv(x))
+
+    with pytest.raises(ValueError, match=r"^net does not run on 16x16 images .*give BYOL\(\.\.\., feature_dim=D\)$"):
+        BYOL(Gray(), image_size=16, hidden_layer="pool", augment_fn=identity)
+    learner = BYOL(Gray(), image_size=16, hidden_layer="pool", augment_fn=identity, feature_dim=8,
+                   projection_hidden_size=16)
+    assert learner(torch.rand(4, 1, 16, 16)).ndim == 0
+
+
+def test_no_torchvision_note_when_the_train_and_eval_graphs_differ():
+    """googlenet (auxiliary heads in training) printed torchvision's NOTE on tracing at every construction."""
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.aux = nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.pool(self.conv(x)).flatten(1)
+            return self.aux(x) if self.training else x
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner_on(Branches(), hidden_layer="pool")
+    assert not [w for w in caught if "NOTE" in str(w.message)], [str(w.message) for w in caught]
