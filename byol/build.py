@@ -55,8 +55,9 @@ def usual_torch_defaults() -> Iterator[None]:
             torch.set_default_dtype(dtype)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str, device: Union[torch.device, str]) -> Optional[torch.dtype]:
     """bf16 where the device computes it natively (``auto``), or as asked; ``None`` means float32."""
+    device = torch.device(device)  # "cpu" too, as extract_features takes it
     if precision == "fp32":
         return None
     if precision == "auto":

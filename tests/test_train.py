@@ -137,12 +137,13 @@ def on_a_fake_clock(monkeypatch) -> list:
     with ``rates``: the rate it showed at each report)."""
     import tqdm.std
     clock = FakeClock()
-    for module in (byol.train, byol.reporting):  # the checkpoints' interval, the run's clock
+    for module in (byol.saving, byol.reporting):  # the checkpoints' interval, the run's clock
         monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=clock))
     monkeypatch.setattr(tqdm.std, "time", clock)
     monkeypatch.setattr(byol.train.LoopStep, "__call__", clock.taking(1, byol.train.LoopStep.__call__))
-    for name, seconds in (("knn_eval", 100), ("save_checkpoint", 10), ("plot_metrics", 1000)):
-        monkeypatch.setattr(byol.train, name, clock.taking(seconds, getattr(byol.train, name)))
+    for module, name, seconds in ((byol.train, "knn_eval", 100), (byol.saving, "save_checkpoint", 10),
+                                  (byol.saving, "plot_metrics", 1000)):
+        monkeypatch.setattr(module, name, clock.taking(seconds, getattr(module, name)))
     bars, make_bar = [], byol.train.progress_bar
 
     def progress(*args):
