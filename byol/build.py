@@ -252,8 +252,9 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     batches = folder_loader(source, per_rank, d.workers, sampler=sampler, seed=t.seed)
     n = len(source)
     if len(batches) == 0:
-        raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} images of {d.root}; "
-                        + ("use a smaller train.batch_size" if n >= 2 else "training needs two at least"))
+        raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} image{'s' * (n != 1)} of "
+                        f"{d.root}; " + ("use a smaller train.batch_size" if n >= 2 else
+                                         "training needs at least two, for a batch of two"))
     return batches, n, folder
 
 

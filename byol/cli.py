@@ -206,6 +206,8 @@ def run(argv: Optional[list[str]] = None) -> int:
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
     from . import exports, pipeline
+    from .reporting import shows_bars
+    bars = shows_bars("auto")  # on a terminal: a log file would fill with the bars' redrawings
     if args.command == "pretrain":
         from .config import load_config
         from .resume import resume_config
@@ -252,7 +254,7 @@ def run(argv: Optional[list[str]] = None) -> int:
                 _kept_name_writable(default)
         if args.protocol == "knn":
             result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
-                                  limit=args.limit, random_init=args.random_init, progress=True,
+                                  limit=args.limit, random_init=args.random_init, progress=bars,
                                   holdout=args.holdout)
             rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
             over = [str(k) for k in args.k if k > result["n_train"]]
@@ -262,7 +264,7 @@ def run(argv: Optional[list[str]] = None) -> int:
                       f"images, so {'it votes' if one else 'each votes'} with all of them", file=sys.stderr)
         else:
             result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
-                                     random_init=args.random_init, progress=True, holdout=args.holdout)
+                                     random_init=args.random_init, progress=bars, holdout=args.holdout)
             top5 = f"{result['top5']:.2f}%" + (f" (of {result['classes']} classes: always 100)"
                                                  if result["classes"] <= 5 else "")
             rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
@@ -276,7 +278,7 @@ def run(argv: Optional[list[str]] = None) -> int:
         _print_table(title, rows + [("results", str(path))])
     elif args.command == "embed":
         path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
-                              limit=args.limit, progress=True)
+                              limit=args.limit, progress=bars)
         if _is_main_process():  # under torchrun, once
             side = [f"{what} in {file}" for what, file in exports.side_files(path)]
             print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))

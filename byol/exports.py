@@ -25,14 +25,17 @@ from .pipeline import OutputError, check_counts, check_writable, features, image
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
     """The folder to embed for ``split`` of a run trained on the folder ``root`` (:func:`_find_split`),
-    with a note where a file outside its class sub-folders leaves it unlabeled, one naming the byol
-    run folders inside it, left out, and one counting the files left out as no image format's (HEIC, say)."""
+    with a note where files outside its class sub-folders are labeled -1, one naming the byol run
+    folders inside it, left out, and one counting the files left out as no image format's (HEIC, say)."""
     folder = _find_split(root, split, size, train_split)
     for said in folder.notes():
         note(said)
     if folder.loose is not None:
-        note(f"the images of {folder.root} are labeled -1: {folder.loose} is not inside a class sub-folder "
-             "(for labels, every image must be)")
+        n = folder.loose_count
+        note(f"{n} image{'s' * (n != 1)} of {folder.root} {'are' if n != 1 else 'is'} labeled -1, outside its class "
+             f"sub-folders ({folder.loose}{', ...' if n > 1 else ''}); the others have their class")
+    elif folder.classes is None:
+        note(f"the images of {folder.root} are labeled -1: it has no class sub-folders")
     return folder
 
 
@@ -57,14 +60,14 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         trained_on, base = root, None
     train = base / "train" if base is not None and (base / "train").is_dir() else trained_on
     if split == "train":
-        return ImageFolder(train, size)
+        return ImageFolder(train, size, "partial")
     if split in (None, "val", "test"):
         names = ("test", "val") if split == "test" else ("val", "test")
         for name in names if base is not None else ():
             if (base / name).is_dir():
                 if split is not None and name != split:
                     note(f"{base} has no {split}/ folder; embedding {base / name}")
-                return _numbered_as(ImageFolder(base / name, size), train)
+                return _numbered_as(ImageFolder(base / name, size, "partial"), train)
         where = f"{base} has no val/ or test/ folder" if base is not None else \
             f"{root} is a plain folder of images (no {train_split}/ in it: its sub-folders are classes, not splits)"
         if split is not None:
@@ -72,9 +75,11 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
                             f"as ROOT/{train_split} and ROOT/val")
         note(f"{where}, so " + ("all of its images are embedded, as a run on it trains on them" if base is None
                                 else f"the images of {trained_on} are embedded"))
-        return ImageFolder(trained_on, size)
-    if ((base or root) / split).is_dir():
-        return _numbered_as(ImageFolder((base or root) / split, size), train if base else None)
+        return ImageFolder(trained_on, size, "partial")
+    if base is None and (root / split).is_dir():  # one of a plain folder's classes, labeled as the run's
+        return ImageFolder(root, size, "partial").inside(split)
+    if base is not None and (base / split).is_dir():
+        return _numbered_as(ImageFolder(base / split, size, "partial"), train)
     raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
                     "test (or a sub-folder of it)")
 
@@ -86,7 +91,7 @@ def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
     if folder.classes is None or train is None:
         return folder
     try:  # a scan of the training folder's files, as eval's: a class is a sub-folder that holds images
-        classes = ImageFolder(train, folder.size).classes
+        classes = ImageFolder(train, folder.size, "partial").classes
     except DataError as e:  # moved or emptied since the run
         note(f"{folder.root}'s labels are numbered by its own class folders: the training split {train} "
              f"cannot be read for its classes ({e})")

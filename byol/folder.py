@@ -58,14 +58,16 @@ class ImageFolder(Dataset):
         size: side of the returned square.
         labeled: ``"auto"``: if every image sits inside a first-level subfolder, that
             subfolder is its class (sorted names, as torchvision's ImageFolder), else all
-            labels are -1. ``True`` requires class subfolders, ``False`` gives -1 labels.
+            labels are -1. ``"partial"``: the images inside first-level subfolders get their
+            class, the others -1 (counted in ``loose_count``). ``True`` requires class
+            subfolders, ``False`` gives -1 labels.
     """
 
     def __init__(self, root: Union[str, Path], size: int, labeled: Union[str, bool] = "auto"):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.size = int(size)
-        if labeled not in ("auto", True, False):
-            raise ValueError(f"labeled must be 'auto', True or False, not {labeled!r}")
+        if labeled not in ("auto", "partial", True, False):
+            raise ValueError(f"labeled must be 'auto', 'partial', True or False, not {labeled!r}")
         if not os.path.isdir(self.root):
             raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
         # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
@@ -79,16 +81,19 @@ class ImageFolder(Dataset):
             loose = rel_paths[top.index(None)]
             raise DataError(f"{os.path.join(self.root, loose)} is not inside a class subfolder of "
                             f"{self.root}; move every image into a subfolder named after its class")
-        if labeled is True or (labeled == "auto" and in_classes):
-            self.classes: Optional[list[str]] = sorted(set(top))
+        some_in_classes = any(t is not None for t in top)
+        if labeled is True or (labeled == "auto" and in_classes) or (labeled == "partial" and some_in_classes):
+            self.classes: Optional[list[str]] = sorted({t for t in top if t is not None})
             to_label = {c: i for i, c in enumerate(self.classes)}
-            self.labels = torch.tensor([to_label[t] for t in top], dtype=torch.int64)
+            self.labels = torch.tensor([to_label.get(t, -1) for t in top], dtype=torch.int64)
         else:
             self.classes = None
             self.labels = torch.full((len(rel_paths),), -1, dtype=torch.int64)
-        # Why a folder with some class sub-folders is unlabeled: a file outside them (None: no such file).
+        # A file outside the class sub-folders where some files are inside them (None: no such file):
+        # why an "auto" folder is unlabeled; a "partial" one's first file labeled -1, of loose_count.
         self.loose = os.path.join(self.root, rel_paths[top.index(None)]) \
-            if self.classes is None and labeled == "auto" and any(t is not None for t in top) else None
+            if labeled in ("auto", "partial") and some_in_classes and not in_classes else None
+        self.loose_count = top.count(None) if self.loose is not None else 0
         # One numpy bytes array instead of a list of str: worker processes then read the paths
         # without touching Python reference counts, which would copy the pages of a large list.
         self._paths = np.array([os.fsencode(p) for p in rel_paths])
@@ -126,6 +131,14 @@ class ImageFolder(Dataset):
         sub = copy.copy(self)
         sub.classes, sub.labels, sub.bad_files = list(classes), renumber[self.labels], {}
         return sub, [c for c in self.classes or [] if c not in classes]
+
+    def inside(self, name: str) -> "ImageFolder":
+        """The files inside the first-level sub-folder ``name``, labeled as in this folder."""
+        prefix = os.fsencode(name + os.sep)
+        keep = [i for i, p in enumerate(self._paths) if p.startswith(prefix)]
+        if not keep:
+            raise DataError(f"no image files found in {os.path.join(self.root, name)} or its subfolders")
+        return self.subset(torch.tensor(keep))
 
     def spread(self, n: int) -> "ImageFolder":
         """``n`` files evenly spread over the folder (so every class folder has its share), or all."""

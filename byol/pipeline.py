@@ -155,7 +155,8 @@ def image_root(root: Union[str, Path]) -> Path:
     """A folder run's ``data.root``, or one sentence saying that it is not there (moved since?)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"the image folder {root} (data.root) does not exist; point --data.root=... at it")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"the image folder {root} (data.root) {what}; point --data.root=... at it")
     return root
 
 

@@ -189,7 +189,8 @@ def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
     if not shows_bars(t.progress) or rank != 0:
         return None
     from tqdm import tqdm
-    bar = tqdm(total=end_step * batch_size, initial=step * batch_size, unit="img", unit_scale=True,
+    total = end_step * batch_size  # counts as 1.28M where they are long; 32/192, not 32.0/192, where not
+    bar = tqdm(total=total, initial=step * batch_size, unit="img", unit_scale=total >= 100_000,
                desc="pretrain", dynamic_ncols=True, file=sys.stderr)
     return None if bar.disable else bar
 
@@ -219,7 +220,7 @@ def note_warmup(config: Config, steps_per_epoch: int) -> None:
     # The last step's learning rate as a share of the peak (schedules.cosine_lr warms up by step + 1 of warmup).
     reached = "reaching its peak only at the last step" if end == warmup else f"to {end / warmup:.2g} of its peak"
     print(f"note: optim.warmup_epochs={run}, so the learning rate only warms up, {reached}, and never decays; "
-          f"set --optim.warmup_epochs {below} (the paper warms up 10 of 300 epochs)", file=sys.stderr)
+          f"set --optim.warmup_epochs {below} (the paper warms up 10 epochs of 300 or 1000)", file=sys.stderr)
 
 
 def note_finished(t: TrainConfig, run_dir: Path, step: int, by_max_steps: bool) -> None:

@@ -18,6 +18,7 @@ from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_cr
 from .checkpoint import rng_state_kept
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked
+from .data import DataError
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
 from .memory import check_step_fits
@@ -143,7 +144,13 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
-    data = load_data(config, device, rank, world)
+    try:
+        data = load_data(config, device, rank, world)
+    except DataError as e:  # a run's data moved since: say how to resume it from the new place
+        if not resume or "--data.root" in str(e) or Path(config.data.root).expanduser().is_dir():
+            raise
+        said = str(e).removesuffix("; check the path")
+        raise DataError(f"{said}; where the data moved since the run, resume with --data.root=NEW") from None
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
     step, resumed_s = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,

@@ -717,17 +717,22 @@ def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, m
     assert f"using {CIFAR10.resolve()}" in err and "train.out_dir" in err and "ignored" in err, err
 
 
-def test_eval_and_embed_show_progress_on_the_command_line_only(capsys, trained, tmp_path):
+def test_eval_and_embed_show_progress_on_a_terminal_only(capsys, trained, tmp_path, monkeypatch):
+    """As pretrain's train.progress=auto: a log file (stderr not a terminal) filled with the bars'
+    redrawings, \r by \r, on a large folder."""
+    import sys
     from byol.cli import main
     from byol.pipeline import linear
     ckpt = trained[0] / "checkpoints" / "last.pt"
-    assert main(["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--out", str(tmp_path / "l.json"),
-                 "--train.device=cpu"]) == 0
-    err = capsys.readouterr().err
-    for bar in ("train features", "test features", "/40 [", "img/s", "linear probe", "/2 [", "epoch/s"):
-        assert bar in err, err
-    assert main(["embed", str(ckpt), "--out", str(tmp_path / "e.npy"), "--limit", "8"]) == 0
-    assert "embeddings" in capsys.readouterr().err
+    linear_args = ["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--train.device=cpu"]
+    for terminal in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+        assert main([*linear_args, "--out", str(tmp_path / f"l{terminal}.json")]) == 0
+        err = capsys.readouterr().err
+        for bar in ("train features", "test features", "/40 [", "img/s", "linear probe", "/2 [", "epoch/s"):
+            assert (bar in err) is terminal, err
+        assert main(["embed", str(ckpt), "--out", str(tmp_path / f"e{terminal}.npy"), "--limit", "8"]) == 0
+        assert ("embeddings:" in capsys.readouterr().err) is terminal
     linear(ckpt, limit=40, epochs=2)  # the library is quiet unless asked
     assert capsys.readouterr().err == ""
 

@@ -750,3 +750,29 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
         with pytest.raises(DataError) as error:
             load(tmp_path / "empty")
         assert "dataset=folder" not in str(error.value) and "put the files there" in str(error.value)
+
+
+def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says_what_to_do(tmp_path):
+    """A user test: a resume after the data folder moved said "check the path" (not --data.root), a
+    data.root that is a file "does not exist", and a folder of one image "the 1 images"."""
+    from byol.config import load_config
+    from byol.pipeline import image_root
+    from byol.resume import resume_config
+    from byol.train import pretrain
+    from conftest import tiny_overrides
+    root = extract_jpegs(tmp_path / "photos", per_class=2)
+    run = tmp_path / "run"
+    folder_run = [f"--data.root={root}", "--data.dataset=folder", "--train.knn_every=-1", "--train.max_steps=1"]
+    pretrain(load_config("cifar10-cpu", tiny_overrides(run, **{"data.limit": "null"}) + folder_run))
+    root.rename(tmp_path / "moved")
+    with pytest.raises(DataError, match=rf"^image folder {root} does not exist or is not a folder; where the data "
+                                        r"moved since the run, resume with --data.root=NEW$"):
+        pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=2"]), resume=True)
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    next((tmp_path / "moved" / "cat").iterdir()).rename(one / "cat" / "only.jpg")
+    with pytest.raises(DataError, match=r"^a batch of 16 images does not fit in the 1 image of .*; training needs "
+                                        r"at least two, for a batch of two$"):
+        pretrain(load_config("cifar10-cpu", tiny_overrides(tmp_path / "run1", **{"data.root": one}) + folder_run[1:]))
+    with pytest.raises(DataError, match=r"^the image folder .*only\.jpg \(data\.root\) is a file, not a folder; "):
+        image_root(one / "cat" / "only.jpg")

@@ -18,15 +18,26 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
     for split in ("val", "test"):  # a split, not the class test/
         with pytest.raises(DataError, match=f"there is no {split} split: {root} is a plain folder"):
             exports._folder_split(root, split, 8, "train")
-    assert exports._folder_split(root, "dog", 8, "train").root == str(root / "dog")  # a class, asked by name
+    capsys.readouterr()
+    dog = exports._folder_split(root, "dog", 8, "train")  # a class, asked by name: labeled as the run's
+    run_classes = ImageFolder(root, 8).classes
+    assert dog.classes == run_classes and dog.labels.tolist() == [run_classes.index("dog")]
+    assert [p.split("/")[-2] for p in dog.paths] == ["dog"] and "labeled -1" not in capsys.readouterr().err
 
 
-def test_a_file_outside_the_class_folders_is_named_when_it_leaves_a_split_unlabeled(tmp_path, capsys):
+def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):
+    """One stray file at the top of a split dropped the labels of all the others (a user test)."""
     root = extract_jpegs(tmp_path / "photos", per_class=2)
     next((root / "cat").iterdir()).rename(root / "cover.jpg")
     folder = exports._folder_split(root, "train", 8, "train")
-    assert folder.classes is None and (folder.labels == -1).all()
-    assert f"labeled -1: {root / 'cover.jpg'} is not inside a class sub-folder" in capsys.readouterr().err
+    whole = ImageFolder(root / "dog", 8)  # (its images: unlabeled, loose in dog/)
+    assert folder.classes is not None and "cat" in folder.classes and len(folder.classes) == 10
+    loose = [p for p, label in zip(folder.paths, folder.labels.tolist()) if label == -1]
+    assert loose == [str(root / "cover.jpg")] and whole.classes is None
+    assert (f"1 image of {root} is labeled -1, outside its class sub-folders ({root / 'cover.jpg'}); the others "
+            "have their class") in capsys.readouterr().err
+    exports._folder_split(root / "dog", "train", 8, "train")  # no class folders at all
+    assert f"the images of {root / 'dog'} are labeled -1: it has no class sub-folders" in capsys.readouterr().err
 
 
 def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
