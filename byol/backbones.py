@@ -2,14 +2,19 @@
 
 import contextlib
 import numbers
-import re
 import warnings
 from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
 import torchvision
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
+
+try:  # the tracer settings create_feature_extractor traces with (torchvision.ops' modules as leaves)
+    from torchvision.models.feature_extraction import _set_default_tracer_kwargs
+    _TRACER_KWARGS = _set_default_tracer_kwargs(None)
+except ImportError:  # a torchvision without it: plain tracing
+    _TRACER_KWARGS = {}
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 
@@ -130,18 +135,23 @@ class HiddenLayer(nn.Module):
 
 
 def _last_call(net: nn.Module, layer: str) -> str:
-    """The traced node of ``layer``'s last call: a layer may run more than once (a torchvision
-    BasicBlock's ``relu`` twice), and byol-pytorch's hook keeps the last output; the graph names
-    the calls ``layer``, ``layer_1``, ... A layer with children names its last node already."""
-    if next(net.get_submodule(layer).children(), None) is not None:
-        return layer
-    with keep_modes(net), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")  # as HiddenLayer does
-        train_nodes, eval_nodes = get_graph_node_names(net)
-    modules = {name for name, _ in net.named_modules()}
-    calls = [n for n in train_nodes if n in eval_nodes and (
-        n == layer or (n not in modules and re.fullmatch(re.escape(layer) + r"_\d+", n)))]
-    return calls[-1] if calls else layer
+    """The traced node of ``layer``'s last call, as byol-pytorch's hook keeps its last output: a
+    layer may run more than once (a torchvision BasicBlock's ``relu`` twice). Found by what each
+    node calls, not by its name: torchvision names a later call ``relu_1``, but also a functional
+    ``F.relu`` after a module ``relu``, and a module ``act_1`` ``act`` where none is named ``act``."""
+    def calls(training: bool) -> list[str]:
+        net.train(training)
+        tracer = NodePathTracer(**_TRACER_KWARGS)
+        graph = tracer.trace(net)
+        return [tracer.node_to_qualname[n] for n in graph.nodes if n.op == "call_module" and n.target == layer]
+
+    with keep_modes(net):
+        in_train = calls(True)
+        if len(in_train) <= 1:  # the usual case: one trace, not two
+            return in_train[0] if in_train else layer
+        in_eval = calls(False)
+    both = [name for name in in_train if name in in_eval]  # create_feature_extractor takes it in both modes
+    return both[-1] if both else layer
 
 
 class HookedLayer(nn.Module):

@@ -21,6 +21,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _shows_bars(overrides: list[str]) -> bool:
+    """Whether eval and embed draw progress bars: as ``--train.progress`` says, by default (auto) where
+    stderr is a terminal (a log file would fill with their redrawings). A bad value is the config's error."""
+    from .config_files import parse_value
+    from .reporting import shows_bars
+    given = [o.partition("=")[2] for o in overrides if o.removeprefix("--").partition("=")[0] == "train.progress"]
+    value = parse_value(given[-1]) if given else "auto"
+    return shows_bars(value.lower() if isinstance(value, str) else value)
+
+
 def _positive_int(text: str, least: int = 1) -> int:
     try:
         value = int(text)
@@ -206,8 +216,7 @@ def run(argv: Optional[list[str]] = None) -> int:
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
     from . import exports, pipeline
-    from .reporting import shows_bars
-    bars = shows_bars("auto")  # on a terminal: a log file would fill with the bars' redrawings
+    bars = _shows_bars(overrides)
     if args.command == "pretrain":
         from .config import load_config
         from .resume import resume_config

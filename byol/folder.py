@@ -133,12 +133,18 @@ class ImageFolder(Dataset):
         return sub, [c for c in self.classes or [] if c not in classes]
 
     def inside(self, name: str) -> "ImageFolder":
-        """The files inside the first-level sub-folder ``name``, labeled as in this folder."""
-        prefix = os.fsencode(name + os.sep)
+        """The files inside the first-level sub-folder ``name`` (``dog``, ``dog/``, ``./dog``), labeled
+        as in this folder; what the scan left out elsewhere is not its to say."""
+        clean = os.path.normpath(name)
+        if clean in (os.curdir, os.pardir) or os.sep in clean or (os.altsep and os.altsep in clean):
+            raise DataError(f"{name!r} is not a sub-folder of {self.root}: give one of its folders by name")
+        prefix = os.fsencode(clean + os.sep)
         keep = [i for i, p in enumerate(self._paths) if p.startswith(prefix)]
         if not keep:
-            raise DataError(f"no image files found in {os.path.join(self.root, name)} or its subfolders")
-        return self.subset(torch.tensor(keep))
+            raise DataError(f"no image files found in {os.path.join(self.root, clean)} or its subfolders")
+        sub = self.subset(torch.tensor(keep))
+        sub.loose, sub.loose_count, sub.runs, sub.others = None, 0, [], {}
+        return sub
 
     def spread(self, n: int) -> "ImageFolder":
         """``n`` files evenly spread over the folder (so every class folder has its share), or all."""

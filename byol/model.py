@@ -5,8 +5,9 @@ import numbers
 import warnings
 from collections import OrderedDict
 from itertools import chain
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -192,22 +193,27 @@ class BYOL(nn.Module):
             Tracing (the default) fixes ``net``'s forward as it was at construction, and runs no
             layer after ``hidden_layer``.
         use_simplicial_embeddings, sem_*: byol-pytorch's; ``False`` (the paper's BYOL) is accepted,
-            ``True`` is a ``ValueError``.
+            with ``sem_*`` ignored as there; ``True``, or ``sem_*`` alone (byol-pytorch's default
+            would use them), is a ``ValueError``.
     """
 
     def __init__(self, net: nn.Module, image_size: int = 224, hidden_layer: Union[str, int, None] = -2,
                  projection_size: int = 256, projection_hidden_size: int = 4096,
                  augment_fn: Optional[Callable] = None, augment_fn2: Optional[Callable] = None,
                  moving_average_decay: float = 0.996, use_momentum: bool = True,
-                 sync_batchnorm: Optional[bool] = None, use_simplicial_embeddings: bool = False,
-                 sem_num_simplices: int = 32, sem_simplex_dim: int = 8, sem_temperature: float = 0.1, *,
+                 sync_batchnorm: Optional[bool] = None, use_simplicial_embeddings: Optional[bool] = None,
+                 sem_num_simplices: Optional[int] = None, sem_simplex_dim: Optional[int] = None,
+                 sem_temperature: Optional[float] = None, *,
                  total_steps: Optional[int] = None, use_predictor: bool = True, concat_views: bool = False,
                  feature_dim: Optional[int] = None, trace: bool = True):
         super().__init__()
         check_arguments(net, image_size, default_views=augment_fn is None)
-        if use_simplicial_embeddings:  # its sem_* settings are ignored without it, as byol-pytorch does
-            raise ValueError("use_simplicial_embeddings=True: byol-pytorch's simplicial embedding (its default, "
-                             "not in the BYOL paper) is not in byol; leave it out or pass False")
+        sem = (sem_num_simplices, sem_simplex_dim, sem_temperature)
+        if use_simplicial_embeddings or (use_simplicial_embeddings is None and any(v is not None for v in sem)):
+            # (sem_* alone: byol-pytorch's default turns it on; with False it ignores them, as here)
+            raise ValueError("byol-pytorch's simplicial embedding (use_simplicial_embeddings, its default, and "
+                             "sem_*; not in the BYOL paper) is not in byol; leave them out or pass "
+                             "use_simplicial_embeddings=False")
         # Not a registered submodule: the encoder below holds its parameters, and the state_dict
         # keeps one copy of each.
         object.__setattr__(self, "net", net)
@@ -240,9 +246,6 @@ class BYOL(nn.Module):
         elif augment_fn2 is None:
             augment_fn2 = augment_fn  # as byol-pytorch: one augmentation for both views
         self.augment_fn, self.augment_fn2 = augment_fn, augment_fn2
-        # One object, as byol-pytorch's attribute is: what is set on it stays. Unregistered: its
-        # modules are the learner's own.
-        object.__setattr__(self, "_online_view", OnlineEncoder(net, self.online.encoder, self.online.projector))
 
     @property
     def encoder(self) -> nn.Module:
@@ -251,8 +254,18 @@ class BYOL(nn.Module):
 
     @property
     def online_encoder(self) -> OnlineEncoder:
-        """byol-pytorch's ``online_encoder``: ``.net``, ``.projector``, ``(x) -> (projection, representation)``."""
-        return self._online_view
+        """byol-pytorch's ``online_encoder``: ``.net``, ``.projector``, ``(x) -> (projection, representation)``;
+        one object, as byol-pytorch's attribute is."""
+        return self._view("_online_view", lambda: OnlineEncoder(self.net, self.online.encoder, self.online.projector))
+
+    def _view(self, name: str, build: Callable[[], "OnlineEncoder"]) -> "OnlineEncoder":
+        """The byol-pytorch view ``name``, built once (and again after :meth:`_apply` or a new target).
+        Unregistered: its modules are the learner's own, and the state_dict keeps its keys."""
+        view = self.__dict__.get(name)  # absent from a learner pickled before the views were kept
+        if view is None:
+            view = build()
+            object.__setattr__(self, name, view)
+        return view
 
     def forward(self, x: torch.Tensor, view2: Optional[torch.Tensor] = None,
                 return_embedding: Optional[bool] = None, return_projection: bool = True):
@@ -262,8 +275,9 @@ class BYOL(nn.Module):
         instead, as byol-pytorch does (only the embedding if ``return_projection=False``);
         byol-pytorch's positional ``learner(x, True)`` and ``learner(x, True, False)`` mean the same.
         """
-        if view2 is not None and not torch.is_tensor(view2):
-            if not isinstance(view2, numbers.Integral):  # bool and int, as byol-pytorch takes any truthy value
+        if view2 is not None and (not torch.is_tensor(view2) or view2.dim() == 0):
+            # byol-pytorch's return_embedding, which takes any truthy value: bool, int, NumPy's, a 0-dim tensor
+            if not isinstance(view2, (numbers.Number, np.bool_, torch.Tensor)):
                 raise TypeError(f"the second argument must be a tensor (the second view) or, as in byol-pytorch, "
                                 f"return_embedding (True or False), not {type(view2).__name__}")
             view2 = bool(view2)
@@ -325,8 +339,10 @@ class BYOL(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         # net is not a submodule (the encoder holds its parameters), but the parts of it the encoder
-        # leaves out (a ResNet's fc) go along with .to(), .cuda() and .half(), as in byol-pytorch.
+        # leaves out (a ResNet's fc) go along with .to(), .cuda() and .half(), as in byol-pytorch;
+        # target_encoder.net's copies of them are made again.
         self.net._apply(fn, *args, **kwargs)
+        self.__dict__.pop("_target_view", None)
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True) -> "BYOL":
@@ -344,19 +360,22 @@ class BYOL(nn.Module):
         and ``.net`` the target's copy of ``net`` (:meth:`target_net`); None without momentum."""
         if self.target is None:
             return None
-        return OnlineEncoder(self.target_net(), self.target.encoder, self.target.projector)
+        return self._view("_target_view", lambda: OnlineEncoder(self.target_net(), self.target.encoder,
+                                                                self.target.projector))
 
     def target_net(self) -> nn.Module:
         """The target's ``net``, with ``net``'s keys (it loads into the network passed in): the target
         encoder's tensors themselves, and copies of ``net``'s own for the layers after
-        ``hidden_layer``, which neither branch runs (a ResNet's ``fc``)."""
+        ``hidden_layer``, which neither branch runs (a ResNet's ``fc``). A new copy at each call;
+        ``target_encoder.net`` keeps one."""
         if self.target is None:
             raise ValueError("use_momentum=False: the target is the online network itself, learner.net")
         online = chain(self.online.encoder.named_parameters(), self.online.encoder.named_buffers())
         target = dict(chain(self.target.encoder.named_parameters(), self.target.encoder.named_buffers()))
         return copy.deepcopy(self.net, {id(tensor): target[name] for name, tensor in online})
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """torch's, with one sentence for byol-pytorch's keys (``online_encoder.net.*``), which are not ours."""
         if any(str(key).startswith("online_encoder.net.") for key in state_dict):
             raise ValueError("this is a byol-pytorch learner's state_dict, whose keys are not byol's: load its "
                              "network into yours, net.load_state_dict({k.removeprefix('online_encoder.net.'): v "
@@ -380,6 +399,7 @@ class BYOL(nn.Module):
         """A new target, a copy of the online branch as it is now (byol-pytorch's reset)."""
         if self.target is not None:
             self.target = build_target(self.online)
+            self.__dict__.pop("_target_view", None)
 
     def get_extra_state(self) -> dict:
         return {"ema_step": self.ema_step}

@@ -78,9 +78,10 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
 # What byol eval and embed read of a config besides the model (the checkpoint's): the data, where and in what
 # precision the features are computed, the view recipe's normalization (augment.preset's mean and std: given
 # for a bare state_dict only, a checkpoint's is its own), and
-# for the linear probe its shuffling seed; a folder split to embed is found by data.train_split.
+# for the linear probe its shuffling seed; a folder split to embed is found by data.train_split; the command
+# line's progress bars by train.progress (the functions' own by their progress argument).
 _READ_AFTER_PRETRAINING = ("data.dataset", "data.root", "data.download", "data.image_size", "data.load_size",
-                           "data.workers", "augment.preset", "train.device", "train.precision")
+                           "data.workers", "augment.preset", "train.device", "train.precision", "train.progress")
 SETTINGS_READ = {"eval knn": _READ_AFTER_PRETRAINING, "eval linear": _READ_AFTER_PRETRAINING + ("train.seed",),
                  "embed": _READ_AFTER_PRETRAINING + ("data.train_split",)}
 

@@ -718,21 +718,24 @@ def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, m
 
 
 def test_eval_and_embed_show_progress_on_a_terminal_only(capsys, trained, tmp_path, monkeypatch):
-    """As pretrain's train.progress=auto: a log file (stderr not a terminal) filled with the bars'
-    redrawings, \r by \r, on a large folder."""
+    """As pretrain's train.progress: auto by default (a log file, stderr not a terminal, filled with the
+    bars' redrawings, \r by \r, on a large folder), true for a | tee or a notebook, false."""
     import sys
     from byol.cli import main
     from byol.pipeline import linear
     ckpt = trained[0] / "checkpoints" / "last.pt"
     linear_args = ["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--train.device=cpu"]
-    for terminal in (True, False):
+    for terminal, given, shown in ((True, [], True), (False, [], False), (False, ["--train.progress=true"], True),
+                                   (True, ["--train.progress=false"], False)):
         monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
-        assert main([*linear_args, "--out", str(tmp_path / f"l{terminal}.json")]) == 0
+        assert main([*linear_args, *given, "--out", str(tmp_path / f"l{terminal}{given}.json")]) == 0
         err = capsys.readouterr().err
         for bar in ("train features", "test features", "/40 [", "img/s", "linear probe", "/2 [", "epoch/s"):
-            assert (bar in err) is terminal, err
-        assert main(["embed", str(ckpt), "--out", str(tmp_path / f"e{terminal}.npy"), "--limit", "8"]) == 0
-        assert ("embeddings:" in capsys.readouterr().err) is terminal
+            assert (bar in err) is shown, err
+        assert "ignored" not in err  # train.progress is read here, not a pretraining setting
+        assert main(["embed", str(ckpt), *given, "--out", str(tmp_path / f"e{terminal}{given}.npy"), "--limit",
+                     "8"]) == 0
+        assert ("embeddings:" in capsys.readouterr().err) is shown
     linear(ckpt, limit=40, epochs=2)  # the library is quiet unless asked
     assert capsys.readouterr().err == ""
 

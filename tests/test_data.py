@@ -752,7 +752,7 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
         assert "dataset=folder" not in str(error.value) and "put the files there" in str(error.value)
 
 
-def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says_what_to_do(tmp_path):
+def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says_what_to_do(tmp_path, fault_table):
     """A user test: a resume after the data folder moved said "check the path" (not --data.root), a
     data.root that is a file "does not exist", and a folder of one image "the 1 images"."""
     from byol.config import load_config
@@ -768,6 +768,7 @@ def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says
     with pytest.raises(DataError, match=rf"^image folder {root} does not exist or is not a folder; where the data "
                                         r"moved since the run, resume with --data.root=NEW$"):
         pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=2"]), resume=True)
+    fault_table("image folder moved before --resume", "one sentence saying to resume with --data.root=NEW")
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)
     next((tmp_path / "moved" / "cat").iterdir()).rename(one / "cat" / "only.jpg")
@@ -776,3 +777,5 @@ def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says
         pretrain(load_config("cifar10-cpu", tiny_overrides(tmp_path / "run1", **{"data.root": one}) + folder_run[1:]))
     with pytest.raises(DataError, match=r"^the image folder .*only\.jpg \(data\.root\) is a file, not a folder; "):
         image_root(one / "cat" / "only.jpg")
+    fault_table("image folder of one image", "one sentence: a batch does not fit in the 1 image, training needs two")
+    fault_table("data.root naming a file, not a folder (eval, embed)", "one sentence saying it is a file")

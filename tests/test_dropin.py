@@ -2,12 +2,14 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from byol import BYOL, resnet
+from byol.backbones import HiddenLayer
 
 
 def identity(x):
@@ -34,6 +36,37 @@ def test_a_layer_that_runs_twice_gives_its_last_output_as_byol_pytorch_hook_does
     learner = learner_on(net, hidden_layer="layer4.1.relu", trace=trace).eval()
     _, embedding = learner(x, return_embedding=True)
     torch.testing.assert_close(embedding, outputs[-1].flatten(1), rtol=0, atol=0)
+
+
+class ModuleThenFunction(nn.Module):
+    """A module ``relu`` once, then ``F.relu``; a module ``add`` then ``+``; modules ``act_1``, ``act_2``
+    and no ``act``: torchvision's node names (``relu_1``, ``add_1``, ``act``) are not the modules'."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.conv2 = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)
+        self.add, self.act_1, self.act_2 = nn.Identity(), nn.Sigmoid(), nn.Tanh()
+
+    def forward(self, x):
+        x = nn.functional.relu(self.conv2(self.relu(self.conv(x)) - 0.5))
+        x = self.add(x) + 1
+        return self.act_2(self.act_1(x) - 0.5).mean((2, 3))
+
+
+@pytest.mark.parametrize("layer", ["relu", "add", "act_1", "act_2"])
+def test_the_layer_taken_is_the_module_named_not_a_node_named_like_it(layer):
+    """A review: picking calls by name took F.relu's node for hidden_layer='relu' (64 features for 144)
+    and the '+' after a module 'add'; 'act_1' took act_2's output, before this change too."""
+    torch.manual_seed(0)
+    net = ModuleThenFunction().eval()
+    x = torch.rand(2, 3, 16, 16)
+    outputs = []
+    getattr(net, layer).register_forward_hook(lambda module, inputs, output: outputs.append(output.clone()))
+    net(x)
+    expected = outputs[-1].flatten(1)
+    traced = BYOL(net, image_size=16, hidden_layer=layer, augment_fn=identity, projection_hidden_size=8).eval()
+    assert isinstance(traced.encoder, HiddenLayer)  # cut by tracing, not by the hook fallback
+    torch.testing.assert_close(traced(x, return_embedding=True)[1], expected, rtol=0, atol=0)
 
 
 def test_trace_false_follows_what_the_net_does_at_each_call():
@@ -68,8 +101,9 @@ def test_byol_pytorch_simplicial_embedding_off_is_accepted_and_on_is_a_clear_err
     """byol-pytorch 0.9 users who want the paper's BYOL pass use_simplicial_embeddings=False: a TypeError here."""
     net = resnet("resnet18", cifar_stem=True, width=8)
     learner_on(net, use_simplicial_embeddings=False, sem_num_simplices=16, sem_simplex_dim=4, sem_temperature=0.2)
-    with pytest.raises(ValueError, match=r"^use_simplicial_embeddings=True: byol-pytorch's simplicial embedding"):
-        learner_on(net, use_simplicial_embeddings=True)
+    for asked in ({"use_simplicial_embeddings": True}, {"sem_temperature": 0.2}):  # alone: byol-pytorch's default on
+        with pytest.raises(ValueError, match=r"^byol-pytorch's simplicial embedding \(use_simplicial_embeddings"):
+            learner_on(net, **asked)
 
 
 def test_return_embedding_given_positionally_as_any_truthy_number():
@@ -80,6 +114,8 @@ def test_return_embedding_given_positionally_as_any_truthy_number():
     assert projection.shape == (4, 16) and embedding.shape == (4, 64)
     assert learner(x, 1, False).shape == (4, 64)
     assert learner(x, 0).ndim == 0  # the loss
+    for flag in (np.True_, torch.tensor(True), torch.tensor(1), 1.0):  # NumPy's, a 0-dim tensor, a float
+        assert isinstance(learner(x, flag), tuple)
     with pytest.raises(TypeError, match=r"^the second argument must be a tensor \(the second view\) or"):
         learner(x, "yes")
 
@@ -108,9 +144,20 @@ def test_target_encoder_net_loads_into_the_network_and_is_the_target():
     assert {k.partition(".")[0] for k in learner.target_encoder.state_dict()} == {"net", "projector"}
 
 
-def test_online_encoder_is_one_object_as_byol_pytorch_attribute_is():
+def test_online_and_target_encoder_are_one_object_each_as_byol_pytorch_attributes_are():
+    """A new object at each access: learner.target_encoder.eval() or an attribute set on it was lost."""
     learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
     assert learner.online_encoder is learner.online_encoder and learner.online_encoder.net is learner.net
+    target = learner.target_encoder
+    assert learner.target_encoder is target
+    learner.to(torch.float64)  # its copies of the layers no branch runs follow the learner
+    assert learner.target_encoder is not target and learner.target_encoder.net.fc.weight.dtype == torch.float64
+    target = learner.target_encoder
+    learner.reset_moving_average()  # a new target: a new view of it
+    assert learner.target_encoder is not target
+    assert next(learner.target_encoder.net.parameters()) is next(learner.target.encoder.parameters())
+    del learner.__dict__["_online_view"]  # a learner pickled before the views were kept
+    assert learner.online_encoder.net is learner.net
 
 
 def test_a_byol_pytorch_learner_state_dict_is_one_sentence():

@@ -18,11 +18,15 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
     for split in ("val", "test"):  # a split, not the class test/
         with pytest.raises(DataError, match=f"there is no {split} split: {root} is a plain folder"):
             exports._folder_split(root, split, 8, "train")
+    next((root / "test").iterdir()).rename(root / "cover.jpg")  # a loose file elsewhere: not dog's to say
+    run_classes = sorted(f.name for f in root.iterdir() if f.is_dir() and any(f.iterdir()))  # (test/ is empty)
     capsys.readouterr()
-    dog = exports._folder_split(root, "dog", 8, "train")  # a class, asked by name: labeled as the run's
-    run_classes = ImageFolder(root, 8).classes
-    assert dog.classes == run_classes and dog.labels.tolist() == [run_classes.index("dog")]
-    assert [p.split("/")[-2] for p in dog.paths] == ["dog"] and "labeled -1" not in capsys.readouterr().err
+    for name in ("dog", "dog/", "./dog"):  # a class, asked by name (tab completion adds the slash)
+        dog = exports._folder_split(root, name, 8, "train")
+        assert dog.classes == run_classes and dog.labels.tolist() == [run_classes.index("dog")]
+        assert [p.split("/")[-2] for p in dog.paths] == ["dog"] and "labeled -1" not in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"^'dog/\.\.' is not a sub-folder of "):
+        exports._folder_split(root, "dog/..", 8, "train")
 
 
 def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):

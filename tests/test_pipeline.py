@@ -212,7 +212,7 @@ def test_eval_and_embed_of_a_folder_leave_the_caller_s_random_number_generator_a
     ("eval knn", ["--data.root=x", "--data.workers=0", "--augment.preset=none", "--train.device=cpu",
                   "--train.precision=fp32", "--model.width=8"], []),
     ("eval knn", ["--train.seed=1", "--train.seed=2", "--data.train_split=x"], ["train.seed", "data.train_split"]),
-    ("eval linear", ["--train.seed=1", "--train.progress=false"], ["train.progress"]),
+    ("eval linear", ["--train.seed=1", "--train.progress=false", "--train.log_every=3"], ["train.log_every"]),
     ("embed", ["--train.seed=1", "--data.train_split=x", "--data.on_device=true"], ["train.seed", "data.on_device"]),
     ("embed", ["--data.limit=4", "--no.such=1", "--train.nope=1"], []),  # refused, not noted
 ])
