@@ -381,6 +381,7 @@ class BYOL(nn.Module):
                              "network into yours, net.load_state_dict({k.removeprefix('online_encoder.net.'): v "
                              "for k, v in state.items() if k.startswith('online_encoder.net.')}), then build the "
                              "learner on net (the projector and predictor start afresh)")
+        self.__dict__.pop("_target_view", None)  # assign=True puts new tensors in the target
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property

@@ -156,6 +156,8 @@ def test_online_and_target_encoder_are_one_object_each_as_byol_pytorch_attribute
     learner.reset_moving_average()  # a new target: a new view of it
     assert learner.target_encoder is not target
     assert next(learner.target_encoder.net.parameters()) is next(learner.target.encoder.parameters())
+    learner.load_state_dict(learner.state_dict(), assign=True)  # new tensors in the target: a new view
+    assert next(learner.target_encoder.net.parameters()) is next(learner.target.encoder.parameters())
     del learner.__dict__["_online_view"]  # a learner pickled before the views were kept
     assert learner.online_encoder.net is learner.net
 
