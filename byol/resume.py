@@ -135,8 +135,10 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, goes_on: bo
         saved = None
     changed = changed_settings(saved.to_dict() if saved else state["config"], config.to_dict())
     step = state["step"]
-    said = [f"{config.train.out_dir} from step {step} (epoch {step / steps_per_epoch:.4g} of "
-            f"{config.train.epochs})"] if goes_on else []
+    total = config.train.epochs * steps_per_epoch
+    end = end_step_of(config, total)
+    of = f"{config.train.epochs}" if end == total else f"{config.train.epochs}; train.max_steps ends it at step {end}"
+    said = [f"{config.train.out_dir} from step {step} (epoch {step / steps_per_epoch:.4g} of {of})"] if goes_on else []
     if changed:
         said.append(f"with settings that differ from the checkpoint's: {', '.join(changed)}")
     if said:  # one line: where the run goes on from, and with what
