@@ -1,6 +1,5 @@
 """The command line: ``byol pretrain | eval knn | eval linear | embed | export``."""
 
-import argparse
 import itertools
 import json
 import os
@@ -9,113 +8,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-
-class UsageError(Exception):
-    """A command line that cannot be parsed."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are a :class:`UsageError` (one line from :func:`main`), not usage text."""
-
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def _shows_bars(overrides: list[str]) -> bool:
-    """Whether eval and embed draw progress bars: as ``--train.progress`` says, by default (auto) where
-    stderr is a terminal (a log file would fill with their redrawings). A bad value is the config's error."""
-    from .config_files import parse_value
-    from .reporting import shows_bars
-    given = [o.partition("=")[2] for o in overrides if o.removeprefix("--").partition("=")[0] == "train.progress"]
-    value = parse_value(given[-1]) if given else "auto"
-    return shows_bars(value.lower() if isinstance(value, str) else value)
-
-
-def _positive_int(text: str, least: int = 1) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    """A whole number >= 0 (0: off)."""
-    return _positive_int(text, least=0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
-                "pretrain takes any config key as --section.key=value (e.g. --train.epochs=10); eval and embed "
-                "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
-    sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser(
-        "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
-        "every key, with its default and meaning, is in byol/config.py; the presets are configs/*.yaml.",
-        epilog="examples:\n"
-        "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
-        "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
-        "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
-        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
-    pre.add_argument("--config", action=_Once, help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a "
-                     "YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
-    pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
-                     "with its saved config.yaml changed by the --section.key=value settings given here")
-    pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
-    ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
-    ev_sub = ev.add_subparsers(dest="protocol", required=True)
-    for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
-        e = ev_sub.add_parser(name, help=text, epilog=_SETTINGS_READ_HELP)
-        e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
-        e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
-        e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
-                       "for a folder, spread over its classes)")
-        e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
-                       "from (same architecture and seed, untrained): the baseline to beat")
-        e.add_argument("--holdout", type=_count, default=0, metavar="N",
-                       help="CIFAR / STL-10: score on N training images held out of the train split (the draw "
-                       "of train.knn_holdout), not on the test split: for choosing settings (0: off, the default)")
-        if name == "knn":
-            e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200],
-                           help="numbers of neighbours (default: 20 200)")
-            e.add_argument("--temperature", type=_positive_float, default=0.1,
-                           help="of the neighbours' similarity weights (default: 0.1)")
-        else:
-            e.add_argument("--epochs", type=_positive_int, default=100,
-                           help="of the linear probe's training (default: 100)")
-    em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
-                        epilog=_SETTINGS_READ_HELP)
-    em.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
-    em.add_argument("--out", required=True, help="output file, .npy or .pt")
-    em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
-                    "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
-    em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
-    ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
-    ex.add_argument("checkpoint", help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
-    ex.add_argument("--out", required=True, help="output folder")
-    return p
-
-
-_SETTINGS_READ_HELP = (
-    "Also takes --section.key=value settings over the checkpoint's: --data.root=DIR (where the data is now), "
-    "--data.dataset, --data.download, and for a folder --data.image_size, --data.load_size, --data.workers "
-    "(embed: --data.train_split); --train.device, "
-    "--train.precision=fp32, --train.progress (the bars: auto, true, false); --train.seed (eval linear: the "
-    "probe's shuffling); --augment.preset and --model.* for a bare state_dict only. Pretraining's others are noted "
-    "as ignored.")
+from .arguments import UsageError, check_overrides, parser, shows_bars_given
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -183,120 +76,119 @@ def _kept_name_writable(path: Path) -> None:
         check_writable(next(p for p in _kept_names(path) if not p.exists()))
 
 
-class _Once(argparse.Action):
-    """``--config``, given once: ``--config a.yaml --config b.yaml`` took b alone, where a merge may
-    have been meant."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest) is not None:
-            raise UsageError(f"{option_string} is given twice ({getattr(namespace, self.dest)} and {values}), and "
-                             "configs are not merged: give one, and what changes it as --section.key=value")
-        setattr(namespace, self.dest, values)
-
-
-def _check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
-    """Each ``--section.key=value`` well formed (one given twice: the last wins, as a script that adds
-    to common settings expects); ``--download`` not contradicted."""
-    bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
-    if bad:
-        option = bad[0].startswith("--") and "." not in bad[0].split("=")[0]
-        raise UsageError(f"unrecognized {'option' if option else 'argument'} {bad[0]!r}; "
-                         + (f"see byol {args.command} --help; " if option else "") +
-                         "config keys are set as --section.key=value")
-    given = [o.split("=", 1)[0] for o in overrides]
-    if getattr(args, "download", False) and "--data.download" in given:
-        raise UsageError("--download and --data.download are both given; keep one")
-
-
 def run(argv: Optional[list[str]] = None) -> int:
-    args, overrides = _parser().parse_known_args(argv)
-    _check_overrides(args, overrides)
+    args, overrides = parser().parse_known_args(argv)
+    check_overrides(args, overrides)
     if args.command == "export" and overrides:
         key = overrides[0].split("=")[0]
         why = ("the model comes from the checkpoint and is exported as it was trained" if key.startswith("--model.")
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
-    from . import exports, pipeline
-    bars = _shows_bars(overrides)
-    if args.command == "pretrain":
-        from .config import load_config
-        from .resume import resume_config
-        from .run_folder import warnings_summary
-        from .train import pretrain
-        extra = ["--data.download=true"] if args.download else []
-        preset = "cifar10" if args.config is None else args.config  # --config= is refused, not the default
-        if args.resume:
-            config = resume_config(preset, overrides + extra, explicit=args.config is not None)
-        else:
-            config = load_config(preset, overrides + extra)
-        results = pretrain(config, resume=args.resume)
-        if "stopped_by" in results:
-            if _is_main_process():
-                print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
-                      f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
-            return 128 + int(getattr(signal, results["stopped_by"]))
-        rows = [("steps", str(results["step"]))]
-        if "loss" in results:  # not for a finished run resumed
-            rows += [("final loss", f"{results['loss']:.4f}"),
-                     ("device", f"{results['device']}, {results['precision']}")]
-        if results.get("warnings"):  # next to the loss, which a collapsed run brings near 0
-            where = Path(config.train.out_dir) / "warnings.txt"
-            rows.append(("warnings", f"{len(results['warnings'])} ({warnings_summary(results['warnings'])}; "
-                                     f"see {where})"))
-        k, t = config.train.knn_k, config.train
-        held = min(t.knn_holdout, t.knn_limit or t.knn_holdout)
-        on = f", on {held:,} held-out train images" if held else ""
-        if "knn" in results:
-            rows.append((f"kNN top-1 (k={k}{on})", f"{results['knn'][k]:.2f}%"))
-        if k in results.get("knn_init", {}):  # a resume may ask for another k
-            rows.append((f"kNN top-1 at random init{on}", f"{results['knn_init'][k]:.2f}%"))
-        if results.get("skipped_files"):
-            rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
-        rows.append(("run directory", config.train.out_dir))
-        _print_table("pretraining done", rows)
-    elif args.command == "eval":
-        suffix = ("_random_init" if args.random_init else "") + ("_holdout" if args.holdout else "")
-        default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
-            if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
-        if args.out or default:  # before the evaluation, which can take long
-            pipeline.check_writable(args.out or default, source=args.checkpoint)
-            if not args.out:
-                _kept_name_writable(default)
-        if args.protocol == "knn":
-            result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
-                                  limit=args.limit, random_init=args.random_init, progress=bars,
-                                  holdout=args.holdout)
-            rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
-            over = [str(k) for k in args.k if k > result["n_train"]]
-            if over and _is_main_process():
-                one = len(over) == 1
-                print(f"note: k={', '.join(over)} {'is' if one else 'are'} more than the {result['n_train']} training "
-                      f"images, so {'it votes' if one else 'each votes'} with all of them", file=sys.stderr)
-        else:
-            result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
-                                     random_init=args.random_init, progress=bars, holdout=args.holdout)
-            top5 = f"{result['top5']:.2f}%" + (f" (of {result['classes']} classes: always 100)"
-                                                 if result["classes"] <= 5 else "")
-            rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
-        rows += _encoder_rows(result)
-        title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
-        try:
-            path = _write_json(result, args.out, default)
-        except pipeline.OutputError:
-            _print_table(title, rows)  # the finished evaluation's numbers are not lost
-            raise
-        _print_table(title, rows + [("results", str(path))])
-    elif args.command == "embed":
-        path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
-                              limit=args.limit, progress=bars)
-        if _is_main_process():  # under torchrun, once
-            side = [f"{what} in {file}" for what, file in exports.side_files(path)]
-            print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
-    elif args.command == "export":
-        info = exports.export(args.checkpoint, args.out)
-        out = Path(info["state_dict"]).parent
-        _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"]),
-                                  ("how to feed it", str(out / "export.json")), ("run's config", str(out / "config.yaml"))])
+    command = {"pretrain": _pretrain, "eval": _evaluate, "embed": _embed, "export": _export}[args.command]
+    return command(args, overrides)
+
+
+def _pretrain(args, overrides: list[str]) -> int:
+    from .config import load_config
+    from .resume import resume_config
+    from .train import pretrain
+    extra = ["--data.download=true"] if args.download else []
+    preset = "cifar10" if args.config is None else args.config  # --config= is refused, not the default
+    if args.resume:
+        config = resume_config(preset, overrides + extra, explicit=args.config is not None)
+    else:
+        config = load_config(preset, overrides + extra)
+    results = pretrain(config, resume=args.resume)
+    if "stopped_by" in results:
+        if _is_main_process():
+            print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
+                  f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
+        return 128 + int(getattr(signal, results["stopped_by"]))
+    _print_table("pretraining done", _pretrain_rows(config, results))
+    return 0
+
+
+def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
+    """The closing table of a run: its steps, loss, warnings, kNN against random init, folder."""
+    from .run_folder import warnings_summary
+    rows = [("steps", str(results["step"]))]
+    if "loss" in results:  # not for a finished run resumed
+        rows += [("final loss", f"{results['loss']:.4f}"),
+                 ("device", f"{results['device']}, {results['precision']}")]
+    if results.get("warnings"):  # next to the loss, which a collapsed run brings near 0
+        where = Path(config.train.out_dir) / "warnings.txt"
+        rows.append(("warnings", f"{len(results['warnings'])} ({warnings_summary(results['warnings'])}; "
+                                 f"see {where})"))
+    k, t = config.train.knn_k, config.train
+    held = min(t.knn_holdout, t.knn_limit or t.knn_holdout)
+    on = f", on {held:,} held-out train images" if held else ""
+    knn, init = results.get("knn", {}), results.get("knn_init", {})
+    if knn:
+        rows.append((f"kNN top-1 (k={k}{on})", f"{knn[k]:.2f}%"))
+    if k in init:
+        rows.append((f"kNN top-1 at random init{on}", f"{init[k]:.2f}%"))
+    elif set(init) & set(knn):  # a resume asked for another k: the pair at a k measured both times (20)
+        both = min(set(init) & set(knn))
+        rows += [(f"kNN top-1 (k={both}{on})", f"{knn[both]:.2f}%"),
+                 (f"kNN top-1 at random init (k={both}{on})", f"{init[both]:.2f}%")]
+    if results.get("skipped_files"):
+        rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
+    rows.append(("run directory", config.train.out_dir))
+    return rows
+
+
+def _evaluate(args, overrides: list[str]) -> int:
+    from . import pipeline
+    suffix = ("_random_init" if args.random_init else "") + ("_holdout" if args.holdout else "")
+    default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
+        if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
+    if args.out or default:  # before the evaluation, which can take long
+        pipeline.check_writable(args.out or default, source=args.checkpoint)
+        if not args.out:
+            _kept_name_writable(default)
+    bars = shows_bars_given(overrides)
+    if args.protocol == "knn":
+        result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
+                              limit=args.limit, random_init=args.random_init, progress=bars, holdout=args.holdout)
+        rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
+        over = [str(k) for k in args.k if k > result["n_train"]]
+        if over and _is_main_process():
+            one = len(over) == 1
+            print(f"note: k={', '.join(over)} {'is' if one else 'are'} more than the {result['n_train']} training "
+                  f"images, so {'it votes' if one else 'each votes'} with all of them", file=sys.stderr)
+    else:
+        result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
+                                 random_init=args.random_init, progress=bars, holdout=args.holdout)
+        top5 = f"{result['top5']:.2f}%" + (f" (of {result['classes']} classes: always 100)"
+                                             if result["classes"] <= 5 else "")
+        rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
+    rows += _encoder_rows(result)
+    title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
+    try:
+        path = _write_json(result, args.out, default)
+    except pipeline.OutputError:
+        _print_table(title, rows)  # the finished evaluation's numbers are not lost
+        raise
+    _print_table(title, rows + [("results", str(path))])
+    return 0
+
+
+def _embed(args, overrides: list[str]) -> int:
+    from . import exports
+    path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
+                         limit=args.limit, progress=shows_bars_given(overrides))
+    if _is_main_process():  # under torchrun, once
+        side = [f"{what} in {file}" for what, file in exports.side_files(path)]
+        print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
+    return 0
+
+
+def _export(args, overrides: list[str]) -> int:
+    from . import exports
+    info = exports.export(args.checkpoint, args.out)
+    out = Path(info["state_dict"]).parent
+    _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"]),
+                              ("how to feed it", str(out / "export.json")), ("run's config", str(out / "config.yaml"))])
     return 0
 
 

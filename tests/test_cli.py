@@ -904,3 +904,23 @@ def test_an_out_dir_that_starts_with_a_tilde_is_in_the_home_folder(tmp_path, mon
     assert main(["pretrain", "--resume", *settings, "--train.max_steps=4"]) == 0
     assert load_checkpoint(tmp_path / "home" / "runs" / "t" / "checkpoints" / "last.pt")["step"] == 4
     assert not (tmp_path / "~").exists()
+
+
+def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_at_a_k_measured_both_times(
+        capsys, tmp_path, cifar10_root):
+    """The random-init record has k=20 and the run's k; a resume with a new train.knn_k has no random-init
+    accuracy at it, so the closing table adds the pair at k=20, which both records hold."""
+    from byol.cli import main
+    args = ["pretrain", "--config", "cifar10", f"--data.root={cifar10_root}",
+            *tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": 0, "train.knn_limit": 64})]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", f"--train.out_dir={tmp_path / 'run'}", "--train.max_steps=2",
+                 "--train.knn_k=50"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"kNN top-1 \(k=50\) +\d+\.\d\d%", out), out
+    pairs = [re.search(rf"kNN top-1 {what}\(k=20\) +(\d+\.\d\d)%", out) for what in ("", "at random init ")]
+    assert all(pairs), out
+    init = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["step"] == 0 and "eval/knn_top1_k20" in r]
+    assert f"{init[0]['eval/knn_top1_k20']:.2f}" == pairs[1].group(1)  # the run's start, as logged

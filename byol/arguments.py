@@ -1,0 +1,138 @@
+"""The command line's arguments: the parser of ``byol pretrain | eval | embed | export``, and the checks
+on what it leaves to the config (``--section.key=value``). Loads no torch: ``byol --help`` and a usage
+error stay quick."""
+
+import argparse
+
+
+class UsageError(Exception):
+    """A command line that cannot be parsed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are a :class:`UsageError` (one line from :func:`byol.cli.main`), not usage text."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def shows_bars_given(overrides: list[str]) -> bool:
+    """Whether eval and embed draw progress bars: as ``--train.progress`` says, by default (auto) where
+    stderr is a terminal (a log file would fill with their redrawings). A bad value is the config's error."""
+    from .config_files import parse_value
+    from .reporting import shows_bars
+    given = [o.partition("=")[2] for o in overrides if o.removeprefix("--").partition("=")[0] == "train.progress"]
+    value = parse_value(given[-1]) if given else "auto"
+    return shows_bars(value.lower() if isinstance(value, str) else value)
+
+
+def _positive_int(text: str, least: int = 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0 (0: off)."""
+    return _positive_int(text, least=0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
+                "pretrain takes any config key as --section.key=value (e.g. --train.epochs=10); eval and embed "
+                "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pre = sub.add_parser(
+        "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
+        "every key, with its default and meaning, is in byol/config.py; the presets are configs/*.yaml.",
+        epilog="examples:\n"
+        "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
+        "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
+        "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
+        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
+    pre.add_argument("--config", action=_Once, help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a "
+                     "YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
+    pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
+                     "with its saved config.yaml changed by the --section.key=value settings given here")
+    pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
+    ev_sub = ev.add_subparsers(dest="protocol", required=True)
+    for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
+        e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
+        e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
+        e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
+        e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
+                       "for a folder, spread over its classes)")
+        e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
+                       "from (same architecture and seed, untrained): the baseline to beat")
+        e.add_argument("--holdout", type=_count, default=0, metavar="N",
+                       help="CIFAR / STL-10: score on N training images held out of the train split (the draw "
+                       "of train.knn_holdout), not on the test split: for choosing settings (0: off, the default)")
+        if name == "knn":
+            e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200],
+                           help="numbers of neighbours (default: 20 200)")
+            e.add_argument("--temperature", type=_positive_float, default=0.1,
+                           help="of the neighbours' similarity weights (default: 0.1)")
+        else:
+            e.add_argument("--epochs", type=_positive_int, default=100,
+                           help="of the linear probe's training (default: 100)")
+    em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
+                        epilog=SETTINGS_READ_HELP)
+    em.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
+    em.add_argument("--out", required=True, help="output file, .npy or .pt")
+    em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
+                    "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
+    em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
+    ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
+    ex.add_argument("checkpoint", help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
+    ex.add_argument("--out", required=True, help="output folder")
+    return p
+
+
+SETTINGS_READ_HELP = (
+    "Also takes --section.key=value settings over the checkpoint's: --data.root=DIR (where the data is now), "
+    "--data.dataset, --data.download, and for a folder --data.image_size, --data.load_size, --data.workers "
+    "(embed: --data.train_split); --train.device, "
+    "--train.precision=fp32, --train.progress (the bars: auto, true, false); --train.seed (eval linear: the "
+    "probe's shuffling); --augment.preset and --model.* for a bare state_dict only. Pretraining's others are noted "
+    "as ignored.")
+
+
+class _Once(argparse.Action):
+    """``--config``, given once: ``--config a.yaml --config b.yaml`` took b alone, where a merge may
+    have been meant."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            raise UsageError(f"{option_string} is given twice ({getattr(namespace, self.dest)} and {values}), and "
+                             "configs are not merged: give one, and what changes it as --section.key=value")
+        setattr(namespace, self.dest, values)
+
+
+def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Each ``--section.key=value`` well formed (one given twice: the last wins, as a script that adds
+    to common settings expects); ``--download`` not contradicted."""
+    bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
+    if bad:
+        option = bad[0].startswith("--") and "." not in bad[0].split("=")[0]
+        raise UsageError(f"unrecognized {'option' if option else 'argument'} {bad[0]!r}; "
+                         + (f"see byol {args.command} --help; " if option else "") +
+                         "config keys are set as --section.key=value")
+    given = [o.split("=", 1)[0] for o in overrides]
+    if getattr(args, "download", False) and "--data.download" in given:
+        raise UsageError("--download and --data.download are both given; keep one")
