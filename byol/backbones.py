@@ -227,3 +227,22 @@ def feature_dim(encoder: nn.Module, image_size: int) -> int:
         encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
         out = torch.func.functional_call(encoder, meta, (x,))
     return out.flatten(1).shape[1]
+
+
+def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> int:
+    """The width of ``encoder``'s flattened output: found on the meta device (no real compute), or,
+    for a forward that reads values (data-dependent control flow), by running two blank images."""
+    try:
+        return feature_dim(encoder, image_size)
+    except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
+        with keep_modes(encoder), torch.no_grad():
+            encoder.eval()  # eval so BatchNorm does not update its running statistics
+            try:
+                out = encoder(torch.zeros(2, 3, image_size, image_size, device=device))
+            except RuntimeError as e:  # torch's shape errors: say which input it was
+                raise ValueError(f"net does not run on {image_size}x{image_size} images (image_size="
+                                 f"{image_size}): {str(e).splitlines()[0]}; the representation's width is found "
+                                 "on (2, 3, image_size, image_size) images: for a network taking other inputs "
+                                 "(another number of channels), give BYOL(..., feature_dim=D)") from e
+    # A cut layer's output is checked where it is taken; this is the network's own.
+    return flat_representation(out, "the network's own output (hidden_layer=-1)").shape[1]

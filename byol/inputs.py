@@ -1,0 +1,59 @@
+"""What the learner is given, checked where torch would fail deep inside or go on silently wrong:
+its arguments and each batch, in one sentence."""
+
+import numbers
+import warnings
+
+import torch
+from torch import nn
+
+
+def check_arguments(net: object, image_size: object, default_views: bool) -> None:
+    """Refuse a ``net`` or ``image_size`` that would fail deep inside torch, in one sentence."""
+    if not isinstance(net, nn.Module):
+        hint = "; for a ResNet by name, use byol.resnet('resnet50')" if isinstance(net, str) else ""
+        raise TypeError(f"net must be a torch.nn.Module, such as torchvision.models.resnet50(), but got "
+                        f"{type(net).__name__} {net!r:.60}{hint}")
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
+        raise TypeError(f"image_size must be a whole number, the side of the augmented views (e.g. 224), but "
+                        f"got {type(image_size).__name__} {image_size!r:.60}")
+    low = 2 if default_views else 1  # the paper's views blur with reflect padding of 1: 2 pixels at least
+    if image_size < low:
+        raise ValueError(f"image_size must be >= {low}, the side of the augmented views (e.g. 224), but got "
+                         f"{image_size}")
+
+
+def check_pixel_range(images: torch.Tensor) -> None:
+    """Refuse a float batch in 0..255, and warn of one with values below -0.5 (normalized, or random
+    like byol-pytorch's README example), and integers other than uint8: the augmentations take
+    floats in [0, 1] (or uint8)."""
+    if not images.is_floating_point() and images.dtype != torch.uint8:
+        raise ValueError(f"images of dtype {images.dtype} are neither uint8 (0..255) nor float in [0, 1]; "
+                         "convert them, e.g. images.to(torch.uint8) for 8-bit pixels")
+    if not (images.is_floating_point() and images.numel()):
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))  # one host sync
+    # -0.5 and 2, not 0 and 1: resizing with antialiasing or bicubic interpolation overshoots a little.
+    if low >= -0.5 and high > 2:
+        raise ValueError(f"float images must be in [0, 1], but this batch reaches {high:.4g}; "
+                         "divide it by 255, or pass the uint8 images as they are")
+    if low < -0.5:
+        warnings.warn(f"float images should be in [0, 1], but this batch spans {low:.3g} to {high:.3g} (normalized?): "
+                      "the default augmentations clip colours to [0, 1] and normalize the views themselves, so give "
+                      "the images before Normalize (ToTensor() alone gives [0, 1]), or pass your own augment_fn",
+                      stacklevel=5)  # the caller's learner(x): forward, Module._call_impl, _wrapped_call_impl
+
+
+def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:
+    """Refuse a batch of fewer than ``min_batch`` inputs, or with ``rgb`` (the paper's views) anything
+    but a (B, 3, H, W) batch; other networks' inputs (``augment_fn`` given) may have any shape (B, ...).
+
+    Shape checks only: no host sync, no kernel, so it runs on every call.
+    """
+    shape = tuple(images.shape)
+    if rgb and (len(shape) != 4 or shape[1] != 3):
+        raise ValueError(f"BYOL's default augmentations take a batch of images shaped (B, 3, H, W), but got "
+                         f"shape {shape}")
+    if len(shape) < 1 or shape[0] < min_batch:
+        raise ValueError(f"BYOL takes a batch of at least {min_batch} inputs in training mode (the projector's "
+                         f"BatchNorm needs two rows), but got shape {shape}")
