@@ -18,6 +18,7 @@ from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_cr
 from .checkpoint import rng_state_kept
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked
+from .config_files import read_preset
 from .data import DataError
 from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
@@ -56,6 +57,28 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     if not (torch.isfinite(train_f).all() and torch.isfinite(test_f).all()):  # a diverging encoder's: NaN, not
         return {k: float("nan") for k in ks}  # an error (knn_accuracy refuses them) that would end the run
     return knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, device=device)
+
+
+def _load_data(config: Config, device: torch.device, rank: int, world: int, resume: bool) -> TrainData:
+    """:func:`~byol.build.load_data`; where a resumed run's own data is gone, the error says how to
+    resume it from where the data moved (not where a new ``--data.root`` was given)."""
+    try:
+        return load_data(config, device, rank, world)
+    except DataError as e:
+        root, saved = Path(config.data.root).expanduser(), _saved_root(config)
+        if not resume or "--data.root" in str(e) or root.is_dir() or (saved is not None and root != saved):
+            raise
+        said = str(e).removesuffix("; check the path")
+        raise DataError(f"{said}; where the data moved since the run, resume with --data.root=NEW") from None
+
+
+def _saved_root(config: Config) -> Optional[Path]:
+    """The data.root of the run's saved config.yaml (None where it has none)."""
+    try:
+        root = read_preset(Path(config.train.out_dir).expanduser() / "config.yaml").get("data", {}).get("root")
+    except (ConfigError, OSError, AttributeError):
+        return None
+    return Path(str(root)).expanduser() if root is not None else None
 
 
 def _build(config: Config, device: torch.device, rank: int, world: int):
@@ -144,13 +167,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
-    try:
-        data = load_data(config, device, rank, world)
-    except DataError as e:  # a run's data moved since: say how to resume it from the new place
-        if not resume or "--data.root" in str(e) or Path(config.data.root).expanduser().is_dir():
-            raise
-        said = str(e).removesuffix("; check the path")
-        raise DataError(f"{said}; where the data moved since the run, resume with --data.root=NEW") from None
+    data = _load_data(config, device, rank, world, resume)
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
     step, resumed_s = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,

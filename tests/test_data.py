@@ -769,6 +769,9 @@ def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says
                                         r"moved since the run, resume with --data.root=NEW$"):
         pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=2"]), resume=True)
     fault_table("image folder moved before --resume", "one sentence saying to resume with --data.root=NEW")
+    with pytest.raises(DataError, match=rf"^image folder {tmp_path / 'nowhere'} does not exist or is not a folder; "
+                                        "check the path$"):  # a new root given, and wrong: not told to give one
+        pretrain(resume_config(None, [f"--train.out_dir={run}", f"--data.root={tmp_path / 'nowhere'}"]), resume=True)
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)
     next((tmp_path / "moved" / "cat").iterdir()).rename(one / "cat" / "only.jpg")
