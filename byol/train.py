@@ -1,5 +1,6 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
+import itertools
 import math
 import os
 import signal
@@ -292,23 +293,27 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int) -
     is (the device, or host memory for a set kept there and a streamed folder)."""
     epoch, index = divmod(step, steps_per_epoch)
     while True:
-        batches = data.epoch(epoch)
-        for _ in range(index):  # resuming mid-epoch: the order is a function of the epoch
-            next(batches, None)
-        for _ in range(index, steps_per_epoch):
-            try:
-                images, _, _ = next(batches)
-            except StopIteration:  # a folder epoch came up short (whole batches of undecodable files)
-                batches = data.epoch(epoch)
-                images, _, _ = next(batches, (None, None, None))
-                if images is None:  # not one file of this process's share could be decoded
-                    raise data.folder.nothing_decoded()
+        # resuming mid-epoch: the order is a function of the epoch, so the skipped batches are those
+        # the run took, the epoch's restarts included
+        for images, _, _ in itertools.islice(_epoch_batches(data, epoch), index, steps_per_epoch):
             if len(images) < batch:  # a streamed batch that lost undecodable files: filled up with
                 # repeats of its own images, so that every step has one shape (a compiled step would
                 # compile again for each new batch size)
                 images = images[torch.arange(batch) % len(images)]
             yield images
         epoch, index = epoch + 1, 0
+
+
+def _epoch_batches(data: TrainData, epoch: int) -> Iterator[tuple]:
+    """The batches of ``epoch``, begun again each time they run out: a folder epoch comes up short
+    where whole batches of its files could not be decoded."""
+    while True:
+        batches = data.epoch(epoch)
+        first = next(batches, None)
+        if first is None:  # not one file of this process's share could be decoded
+            raise data.folder.nothing_decoded()
+        yield first
+        yield from batches
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

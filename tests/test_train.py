@@ -318,6 +318,37 @@ def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp
     assert sizes == [11, 11, 11]  # 33 files in 3 batches of 11, one bad file in each (10 decoded)
 
 
+def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninterrupted_run_did(tmp_path):
+    """A user test: where whole batches of a streamed folder are undecodable, an epoch runs out early
+    and is begun again. A resume in such an epoch skipped its batches on the run-out iterator and took
+    the restart's first batch where the run had taken a later one: other weights."""
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, and 40 that cannot be decoded
+    for n in range(40):
+        (root / "cat" / f"junk{n:02d}.jpg").write_bytes(b"not a jpeg")
+
+    def config(run, steps):
+        return load_config("cifar10", tiny_overrides(tmp_path / run, **{
+            "data.limit": "null", "train.batch_size": 4, "train.knn_every": -1, "data.workers": 0,
+            "train.epochs": 2, "optim.name": "sgd", "train.max_steps": steps}) + [
+            "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32", "--data.on_device=false"])
+    taken = []
+    call = byol.train.LoopStep.__call__
+
+    def record(self, step, images):
+        taken.append((step, images.sum().item()))
+        return call(self, step, images)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(byol.train.LoopStep, "__call__", record)
+        pretrain(config("a", 30))  # 15 steps an epoch
+        straight, taken[:] = dict(taken), []
+        pretrain(config("b", 13))
+        pretrain(config("b", 30), resume=True)
+    assert dict(taken) == straight  # each step the same images
+    a, b = _weights(tmp_path / "a/checkpoints/last.pt"), _weights(tmp_path / "b/checkpoints/last.pt")
+    assert all(a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key]) for key in a)
+
+
 def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
     """They are kept from epoch to epoch; a failed run's traceback, which a notebook keeps
     (sys.last_traceback), held the loader, so they lived on after the error."""
