@@ -323,8 +323,8 @@ def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninter
     and is begun again. A resume in such an epoch skipped its batches on the run-out iterator and took
     the restart's first batch where the run had taken a later one: other weights."""
     from conftest import extract_jpegs
-    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, and 40 that cannot be decoded
-    for n in range(40):
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, and 60 that cannot be decoded
+    for n in range(60):
         (root / "cat" / f"junk{n:02d}.jpg").write_bytes(b"not a jpeg")
 
     def config(run, steps):
@@ -340,10 +340,10 @@ def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninter
         return call(self, step, images)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(byol.train.LoopStep, "__call__", record)
-        pretrain(config("a", 30))  # 15 steps an epoch
+        pretrain(config("a", 24))  # 20 steps an epoch, of which 15 batches come: begun again at step 15
         straight, taken[:] = dict(taken), []
-        pretrain(config("b", 13))
-        pretrain(config("b", 30), resume=True)
+        pretrain(config("b", 17))  # stopped at the restart's third batch
+        pretrain(config("b", 24), resume=True)
     assert dict(taken) == straight  # each step the same images
     a, b = _weights(tmp_path / "a/checkpoints/last.pt"), _weights(tmp_path / "b/checkpoints/last.pt")
     assert all(a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key]) for key in a)
