@@ -232,7 +232,8 @@ def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torc
     """A step's share of the sums :class:`LoopStep` reads: (loss, z std, 1), zeros for a step the
     guard undid (``ok`` False). On the device, no host sync."""
     okf = ok.float()
-    return torch.stack([torch.where(ok, loss, 0.0), normalized_std(z1) * okf, okf])
+    # where, not a product: an undone step's NaN times 0 is NaN, which blanked its whole record's std
+    return torch.stack([torch.where(ok, loss, 0.0), torch.where(ok, normalized_std(z1), 0.0), okf])
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -255,6 +255,16 @@ def test_loop_step_reads_nothing_back_to_the_host(host_reads):
     assert record["train/skipped_steps"] == 0 and record["train/loss"] > 0
 
 
+def test_a_step_the_guard_undid_adds_nothing_to_the_sums_not_even_its_nan():
+    """A user test: the undone step's z std entered as NaN * 0, NaN, so its whole record's
+    monitor/z_std was NaN (off the collapse plot, past the collapse warning) where the loss was not."""
+    from byol.step import step_metrics
+    nan = torch.tensor(float("nan"))
+    assert step_metrics(nan, torch.full((4, 8), float("nan")), torch.tensor(False)).tolist() == [0.0, 0.0, 0.0]
+    kept = step_metrics(torch.tensor(1.5), torch.randn(4, 8), torch.tensor(True))
+    assert kept[0] == 1.5 and 0 < kept[1] < 1 and kept[2] == 1.0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_loop_step_makes_no_cuda_sync(compile):
