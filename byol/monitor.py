@@ -115,6 +115,6 @@ class CollapseMonitor:
                 f"is {std:.4g} (healthy is about {healthy:.4g} = 1/sqrt({dim})) and their effective rank is "
                 f"{rank:.3g} (1 when every row is the same vector; healthy runs keep more, from a few up); the "
                 "network maps every image to nearly the same vector, and the falling loss means nothing. "
-                "Check that the predictor is used and trained (BYOL collapses without it), that the target EMA rate tau is close to 1 (0.99-0.996, "
-                "rising to 1) rather than 0, and that the learning rate is not too high (warmup, lr "
-                "scaled by batch size/256).")
+                "Check that the predictor is used and trained (BYOL collapses without it), that the target EMA "
+                "rate tau is close to 1 (0.99-0.996, rising to 1) rather than 0, and that the learning rate is not "
+                "too high (warmup, lr scaled by batch size/256).")
