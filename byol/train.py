@@ -319,14 +319,15 @@ def _epoch_batches(data: TrainData, epoch: int) -> Iterator[tuple]:
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
                report: Report, checkpoints: Checkpoints, results: dict) -> None:
     """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
-    no kNN monitor) when due (every ``train.knn_every`` epochs and at the end, not at a stop), its
+    no kNN monitor) when due (every ``train.knn_every`` epochs, not at a stop, and at the end, also where
+    a stop came in the last step: the run is complete and is not resumed), its
     accuracies in ``results["knn"]``, then the checkpoint (:meth:`Checkpoints.save`; ``epoch_N.pt``
     kept every ``train.checkpoint_every`` epochs); training's clock (``report.clock``) paused while
     either may run."""
     steps_per_epoch, clock = report.steps_per_epoch, report.clock
     epoch_done = step % steps_per_epoch == 0
     done_epochs = step // steps_per_epoch
-    knn_due = knn is not None and not stopping and (step == end_step or (
+    knn_due = knn is not None and (step == end_step or not stopping and (  # a stop in the last step: complete
         t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0))
     keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
     final = stopping or step == end_step

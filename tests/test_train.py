@@ -880,6 +880,24 @@ def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, 
     assert "is finished: step 3" in err and "note: resuming" not in err, err
 
 
+def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10_root, monkeypatch):
+    """A user test: SIGTERM in the last step completed the run but skipped its final kNN (which a
+    resume of the finished run never makes up), and the closing table showed an earlier epoch's."""
+    class SignalledAtOnce(byol.faults.StopRequest):  # SIGTERM during step 1 of 1
+        def __enter__(self):
+            self.signum = signal.SIGTERM
+            return self
+
+    monkeypatch.setattr(byol.train, "StopRequest", SignalledAtOnce)
+    run = tmp_path / "run"
+    results = pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": 0,
+                                                                     "train.knn_limit": 64}) +
+                                   [f"--data.root={cifar10_root}"]))
+    assert "stopped_by" not in results and results["step"] == 1
+    scored = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
+    assert scored == [0, 1] and results["knn"][200] == read_metrics(run / "metrics.jsonl")[-1]["eval/knn_top1"]
+
+
 def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
         tmp_path, cifar10_root, capsys):
     """A checkpoint of a 2-process run (it saved both ranks' augmentation streams) resumed in one
