@@ -70,11 +70,11 @@ class Checkpoints:
         if not due or int(self.guard.streak.item()) != 0:
             return
         if self.rank == 0:
+            if keep_epoch is not None:  # before last.pt: a run that dies between them resumes before this
+                self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)  # epoch's end and writes it again
             self._write("last.pt", step, progress)
             if folder is not None:  # so far (every rank's), kept if the run dies
                 folder.write_skipped(self.run_dir / "skipped_files.txt")
-            if keep_epoch is not None:
-                self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
             self._plot(progress)
         self.last_save = time.perf_counter()
 

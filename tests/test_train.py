@@ -898,6 +898,27 @@ def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10
     assert scored == [0, 1] and results["knn"][200] == read_metrics(run / "metrics.jsonl")[-1]["eval/knn_top1"]
 
 
+def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp_path, cifar10_root, monkeypatch):
+    """A user test: Ctrl-C twice (or a kill, a full disk) after last.pt and before epoch_0001.pt were
+    written left a run that resumed after that epoch's end, so epoch_0001.pt was never written."""
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1, "train.epochs": 2,
+                                                   "train.checkpoint_every": 1}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]))
+    write = byol.saving.save_checkpoint
+
+    def interrupted(path, *args, **kwargs):
+        if Path(path).name == "epoch_0001.pt":
+            raise KeyboardInterrupt
+        return write(path, *args, **kwargs)
+    monkeypatch.setattr(byol.saving, "save_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(load_config("cifar10", settings + ["--train.max_steps=16"]), resume=True)
+    monkeypatch.undo()
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=16"]), resume=True)
+    kept = {p.name: load_checkpoint(p)["step"] for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.pt")}
+    assert kept == {"epoch_0001.pt": 8, "epoch_0002.pt": 16}
+
+
 def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
         tmp_path, cifar10_root, capsys):
     """A checkpoint of a 2-process run (it saved both ranks' augmentation streams) resumed in one
