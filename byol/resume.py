@@ -94,9 +94,9 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
               "shares and augmentation draws are not those the run would have had", file=sys.stderr)
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:
-        goes_on = state["step"] < end_step_of(config, total)  # a finished run says so itself
-        _note_changes(state, config, steps_per_epoch, goes_on)
-        if goes_on:
+        # A finished run says so itself, and trains nothing: the settings given change nothing.
+        if state["step"] < end_step_of(config, total):
+            _note_changes(state, config, steps_per_epoch)
             _note_precision(_precision_of(state), precision_name(amp), config)
     return state["step"], float(state.get("extra", {}).get("time_s", 0.0))
 
@@ -126,9 +126,9 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
 
 
-def _note_changes(state: dict, config: Config, steps_per_epoch: int, goes_on: bool) -> None:
-    """Say where the run goes on from (``goes_on``: it has steps left), name the settings that differ
-    from the checkpoint's, and say what they do to the schedules."""
+def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:
+    """Say where the run goes on from, name the settings that differ from the checkpoint's, and say
+    what they do to the schedules."""
     try:  # the saved values read as a config would be (e.g. an older file's on_device "false" is False)
         saved = config_from_dict(state["config"])
     except ConfigError:  # a key this version no longer has
@@ -138,11 +138,10 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, goes_on: bo
     total = config.train.epochs * steps_per_epoch
     end = end_step_of(config, total)
     of = f"{config.train.epochs}" if end == total else f"{config.train.epochs}; train.max_steps ends it at step {end}"
-    said = [f"{config.train.out_dir} from step {step} (epoch {step / steps_per_epoch:.4g} of {of})"] if goes_on else []
+    said = [f"{config.train.out_dir} from step {step} (epoch {step / steps_per_epoch:.4g} of {of})"]
     if changed:
         said.append(f"with settings that differ from the checkpoint's: {', '.join(changed)}")
-    if said:  # one line: where the run goes on from, and with what
-        print(f"note: resuming {', '.join(said)}", file=sys.stderr)
+    print(f"note: resuming {', '.join(said)}", file=sys.stderr)  # one line: where from, and with what
     saved_epoch = state.get("extra", {}).get("steps_per_epoch", steps_per_epoch)
     if saved_epoch != steps_per_epoch:
         print(f"note: the data now makes {steps_per_epoch} steps an epoch, the checkpoint's run {saved_epoch}: "

@@ -251,8 +251,12 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     assert state["step"] == 4 and state["config"]["model"]["width"] == 8 and state["config"]["optim"]["name"] == "sgd"
     # A finished run: nothing to do, said in a note, exit 0, and the settings given are not kept.
     saved = (run / "config.yaml").read_bytes()
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7")
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7", "--data.limit=256")
     assert f"note: the run in {run} is finished: step 4, and train.max_steps=4 ends it" in proc.stderr
+    # and that alone: no notes of what the settings given would change (a user test)
+    assert [line for line in proc.stderr.splitlines() if line.startswith("note: ")] == [
+        f"note: the run in {run} is finished: step 4, and train.max_steps=4 ends it; to train on, resume with a "
+        "larger value"], proc.stderr
     assert (run / "config.yaml").read_bytes() == saved and "final loss" not in proc.stdout
     # A run folder moved elsewhere resumes there, not into the folder its config.yaml names.
     moved = tmp_path / "elsewhere"
