@@ -30,17 +30,30 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
     saved = Path(located.train.out_dir).expanduser() / "config.yaml"
     if not saved.is_file():
         return located
-    if not read_preset(str(saved)):
+    sections = read_preset(str(saved))
+    if not sections:
         raise ConfigError(f"the run's saved config {saved} is empty; give the run's settings with --config and "
                           "--section.key=value, or restore the file")
     config = load_config(str(saved), overrides)
-    config.train.out_dir = located.train.out_dir
+    train = sections.get("train")
+    own = train.get("out_dir") if isinstance(train, dict) else None
+    # Where the run is now (its folder may have moved), in the run's own spelling where that names the
+    # same folder (not runs/x/ or a path relative to another folder, then saved as a changed setting).
+    config.train.out_dir = str(own) if own is not None and _same_folder(str(own), located.train.out_dir) \
+        else located.train.out_dir
     ignored = changed_settings(config.to_dict(), located.to_dict()) if explicit else []
     if ignored:
         print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
               f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
               "to change the run", file=sys.stderr)
     return config
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
 
 
 def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:

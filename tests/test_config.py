@@ -200,6 +200,17 @@ def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     assert config.train.out_dir == str(run) and config.train.epochs == 7
 
 
+def test_resume_config_keeps_the_runs_own_spelling_of_its_folder(tmp_path, monkeypatch):
+    """A user test: --train.out_dir=copy/ from the folder above, for a run made as /abs/copy, was a
+    setting that differed (/abs/copy -> copy/), and the relative spelling was saved."""
+    run = tmp_path / "copy"
+    run.mkdir()
+    save_config(load_config("cifar10", [f"--train.out_dir={run}"]), run / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert resume_config(None, ["--train.out_dir=copy/"]).train.out_dir == str(run)
+    assert resume_config(None, ["--train.out_dir=./copy"]).train.out_dir == str(run)
+
+
 def test_saved_config_round_trips(tmp_path):
     c = load_config("stl10", ["--train.seed=5"])
     save_config(c, tmp_path / "config.yaml")
