@@ -119,18 +119,18 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
         where = Path(config.train.out_dir) / "warnings.txt"
         rows.append(("warnings", f"{len(results['warnings'])} ({warnings_summary(results['warnings'])}; "
                                  f"see {where})"))
-    k, t = config.train.knn_k, config.train
-    held = min(t.knn_holdout, t.knn_limit or t.knn_holdout)
-    on = f", on {held:,} held-out train images" if held else ""
+    k = config.train.knn_k
+    bank, queries, split = results.get("knn_images", (0, 0, ""))  # train.knn_limit's, say, not eval's all
+    on = f"{bank:,} train / {queries:,} {split} images"
     knn, init = results.get("knn", {}), results.get("knn_init", {})
     if knn:
-        rows.append((f"kNN top-1 (k={k}{on})", f"{knn[k]:.2f}%"))
+        rows.append((f"kNN top-1 (k={k}, {on})", f"{knn[k]:.2f}%"))
     if k in init:
-        rows.append((f"kNN top-1 at random init{on}", f"{init[k]:.2f}%"))
+        rows.append((f"kNN top-1 at random init ({on})", f"{init[k]:.2f}%"))
     elif set(init) & set(knn):  # a resume asked for another k: the pair at a k measured both times (20)
         both = min(set(init) & set(knn))
-        rows += [(f"kNN top-1 (k={both}{on})", f"{knn[both]:.2f}%"),
-                 (f"kNN top-1 at random init (k={both}{on})", f"{init[both]:.2f}%")]
+        rows += [(f"kNN top-1 (k={both}, {on})", f"{knn[both]:.2f}%"),
+                 (f"kNN top-1 at random init (k={both}, {on})", f"{init[both]:.2f}%")]
     if results.get("skipped_files"):
         rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
     rows.append(("run directory", config.train.out_dir))

@@ -189,6 +189,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     # The kNN monitor: the online encoder's accuracies when called (None: no monitor), bars on rank 0.
     knn = (partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)
            if data.knn_train is not None else None)
+    if knn is not None:  # what its accuracies are of, for the closing table
+        results["knn_images"] = (*data.knn_images, data.knn_query)
     if knn is not None and step == 0:
         results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
     progress = progress_bar(t, rank, step, end_step, t.batch_size)

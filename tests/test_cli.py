@@ -67,7 +67,9 @@ def test_pretrain_prints_knn_against_random_init(trained):
     from byol.build import native_bf16
     assert re.search(rf"device +cpu, {'bf16 autocast' if native_bf16(torch.device('cpu')) else 'float32'}\n",
                      proc.stdout), proc.stdout
-    assert "kNN top-1 (k=200)" in proc.stdout and "kNN top-1 at random init" in proc.stdout
+    # of the images the monitor scored (train.knn_limit=200 here), which eval's (all of them) differ from
+    assert "kNN top-1 (k=200, 200 train / 200 test images)" in proc.stdout, proc.stdout
+    assert "kNN top-1 at random init (200 train / 200 test images)" in proc.stdout, proc.stdout
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.yaml").is_file()
 
 
@@ -403,7 +405,8 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
                 "--data.image_size=32", "--data.workers=0",
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
                                         "data.limit": 12}))  # 12 of the 30 files: one epoch of 2 steps
-    assert "kNN top-1 at random init" in proc.stdout and "kNN top-1 (k=200)" in proc.stdout, proc.stdout
+    assert "kNN top-1 at random init (30 train / 20 val images)" in proc.stdout, proc.stdout
+    assert "kNN top-1 (k=200, 30 train / 20 val images)" in proc.stdout, proc.stdout
     assert "unreadable files skipped" not in proc.stdout and not (run / "skipped_files.txt").exists()  # none were
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
@@ -881,8 +884,8 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
             *tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_holdout": 1000, "train.knn_limit": 64})]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "kNN top-1 (k=200, on 64 held-out train images)" in out, out
-    assert "kNN top-1 at random init, on 64 held-out train images" in out, out
+    assert "kNN top-1 (k=200, 64 train / 64 held-out train images)" in out, out
+    assert "kNN top-1 at random init (64 train / 64 held-out train images)" in out, out
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"  # eval of the same held-out images, written apart from test's
     assert main(["eval", "knn", str(ckpt), "--holdout", "1000", "--limit", "40", "--k", "5"]) == 0
     result = json.loads((ckpt.parent / "last_knn_holdout.json").read_text())
@@ -918,8 +921,9 @@ def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_
     assert main(["pretrain", "--resume", f"--train.out_dir={tmp_path / 'run'}", "--train.max_steps=2",
                  "--train.knn_k=50"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"kNN top-1 \(k=50\) +\d+\.\d\d%", out), out
-    pairs = [re.search(rf"kNN top-1 {what}\(k=20\) +(\d+\.\d\d)%", out) for what in ("", "at random init ")]
+    assert re.search(r"kNN top-1 \(k=50, 64 train / 64 test images\) +\d+\.\d\d%", out), out
+    pairs = [re.search(rf"kNN top-1 {what}\(k=20, 64 train / 64 test images\) +(\d+\.\d\d)%", out)
+             for what in ("", "at random init ")]
     assert all(pairs), out
     init = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if r["step"] == 0 and "eval/knn_top1_k20" in r]
