@@ -13,6 +13,7 @@ from .build import FOLDER_KNN_LIMIT, autocast_dtype, precision_name, end_step_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import Config, ConfigError, changed_settings, config_from_dict, load_config, yaml_word
 from .config_files import read_preset
+from .metrics import read_metrics
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
 
@@ -80,7 +81,11 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
                               f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
     saved_train = state["config"].get("train", {})
     saved_limit = saved_train.get("knn_limit", config.train.knn_limit)
-    monitored = saved_train.get("knn_every", 0) >= 0 and config.train.knn_every >= 0  # before and after
+    # Where the run has kNN records (its checkpoint's start monitored, or an earlier start did), they
+    # are of this many images, also past a start with the monitor off, which would otherwise carry a
+    # new number on to a later start that monitors again.
+    monitored = saved_train.get("knn_every", 0) >= 0 or any(
+        "eval/knn_top1" in r for r in read_metrics(ckpt_path.parent.parent / "metrics.jsonl"))
     if monitored and _knn_images(saved_limit, config) != _knn_images(config.train.knn_limit, config):
         # the same: and the closing table would set its last accuracy against its first
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_limit={yaml_word(saved_limit)} images of "

@@ -800,7 +800,8 @@ def test_a_kept_epoch_of_an_earlier_start_with_longer_epochs_is_kept_apart_not_r
 def test_a_resume_keeps_the_images_the_knn_monitor_scores(tmp_path, cifar10_root):
     """A user test resumed a run monitored on 500 images with train.knn_limit=200: the closing table set
     11.0% against 12.6% at random init, a loss where eval measured a gain. Another knn_limit is refused
-    where the monitor ran before and runs on; where it did not run, there is nothing to compare."""
+    where the monitor ran before, also past a start with it off (a second user test went round the
+    refusal that way); where it never ran, there is nothing to compare."""
     from byol.checkpoint import CheckpointError
     settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": 0, "train.max_steps": 2}) + [
         f"--data.root={cifar10_root}"]
@@ -808,8 +809,11 @@ def test_a_resume_keeps_the_images_the_knn_monitor_scores(tmp_path, cifar10_root
     with pytest.raises(CheckpointError, match="train.knn_limit=200 images of each split; another number .* against "
                                               "its accuracy at random init: resume with --train.knn_limit=200"):
         pretrain(load_config("cifar10", settings + ["--train.knn_limit=100", "--train.max_steps=3"]), resume=True)
-    pretrain(load_config("cifar10", settings + ["--train.knn_limit=100", "--train.max_steps=3", "--train.knn_every=-1"]),
-             resume=True)  # no monitor from here: nothing set against the first
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=3", "--train.knn_every=-1"]), resume=True)
+    for monitor in ("0", "-1"):  # the records of the first start are of 200 images
+        with pytest.raises(CheckpointError, match="resume with --train.knn_limit=200"):
+            pretrain(load_config("cifar10", settings + ["--train.knn_limit=100", "--train.max_steps=4",
+                                                        f"--train.knn_every={monitor}"]), resume=True)
     unmonitored = tiny_overrides(tmp_path / "quiet", **{"train.knn_every": -1, "train.max_steps": 2}) + [
         f"--data.root={cifar10_root}"]
     pretrain(load_config("cifar10", unmonitored))
