@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import IO, Optional
 
@@ -203,9 +204,10 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     except BlockingIOError:
         lock.seek(0)
         holder = lock.read().strip()
-        lock.close()
-        raise ConfigError(f"another byol run{f' ({holder})' if holder else ''} is writing to {folder} now; wait "
-                          "for it to end, or choose another train.out_dir") from None
+        if not _outwait_orphans(lock, holder, folder):
+            lock.close()
+            raise ConfigError(f"another byol run{f' ({holder})' if holder else ''} is writing to {folder} now; "
+                              "wait for it to end, or choose another train.out_dir") from None
     except OSError:  # no locks on this file system
         lock.close()
         return None
@@ -214,6 +216,41 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
     return lock
+
+
+def _outwait_orphans(lock: IO[str], holder: str, folder: Path, seconds: float = 20.0) -> bool:
+    """Whether the lock, held though its run (``holder``: "pid N on HOST") has ended, came free
+    within ``seconds`` (False: its run goes on; a ConfigError where it did not come free). A run
+    killed (kill -9, out of memory) leaves the processes it forked, its image decoding, holding the
+    lock file open until they see their parent gone (every 5 s for PyTorch's loader workers): a
+    resume at once was refused."""
+    match = re.fullmatch(r"pid (\d+) on (.+)", holder)
+    if match is None or match[2] != socket.gethostname() or _alive(int(match[1])):
+        return False
+    print(f"note: the run that held {folder} (pid {match[1]}) has ended; waiting for the processes it started "
+          "to let go of its lock", file=sys.stderr)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            continue
+    lock.close()
+    raise ConfigError(f"the run that held {folder} (pid {match[1]}) has ended, but processes it started still hold "
+                      f"its lock file open after {seconds:g} s; end them (fuser -k {folder / LOCK}), then start "
+                      "again")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _check_replaceable(path: Path) -> None:

@@ -71,6 +71,37 @@ def test_one_start_at_a_time_writes_a_folder(tmp_path, fault_table):
                 "and changes nothing; once the first has ended, a start goes ahead")
 
 
+def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_path, capsys):
+    """A user test: kill -9 of a run decoding a folder with workers left them holding the lock file
+    (until they saw their parent gone, 5 s later), and an immediate --resume was refused, naming the
+    dead run as writing there. Now a start waits for them, and says so."""
+    import subprocess
+    import sys
+    import time
+    run = tmp_path / "run"
+    run.mkdir()
+    script = (  # a run that locks the folder, forks a decoding process and dies at once
+        "import fcntl, os, socket, sys, time\n"
+        f"lock = open({str(run / '.byol.lock')!r}, 'a+')\n"
+        "fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "lock.seek(0); lock.truncate(); lock.write(f'pid {os.getpid()} on {socket.gethostname()}\\n'); lock.flush()\n"
+        "if os.fork() == 0:\n    time.sleep(1.5); os._exit(0)\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    start = time.monotonic()
+    RunFolder(run, resume=False).release()
+    assert 0.5 < time.monotonic() - start < 10
+    assert f"note: the run that held {run} (pid " in capsys.readouterr().err
+    # Processes that do not end: one sentence that says what to do, after the wait.
+    import byol.run_folder
+    subprocess.run([sys.executable, "-c", script.replace("time.sleep(1.5)", "time.sleep(6)")], check=True)
+    lock = open(run / ".byol.lock", "r")
+    with pytest.raises(ConfigError, match=r"\(pid \d+\) has ended, but processes it started still hold its lock "
+                                          r"file open after 0.5 s; end them \(fuser -k .*\), then start again"):
+        byol.run_folder._outwait_orphans(lock, lock.read().strip(), run, seconds=0.5)
+    assert lock.closed
+
+
 def test_a_released_lock_is_free_while_a_process_forked_before_the_release_runs_on(tmp_path, monkeypatch):
     """A decoding process forked by a start shares its open lock file; a failed start's traceback (a
     notebook's) can keep such a process alive after the start released the lock. The next start
