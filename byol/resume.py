@@ -11,7 +11,8 @@ import torch
 
 from .build import FOLDER_KNN_LIMIT, autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
-from .config import Config, ConfigError, changed_settings, config_from_dict, load_config, yaml_word
+from .config import (Config, ConfigError, apply_overrides, changed_settings, config_from_dict, load_config,
+                     override_list, validate, yaml_word)
 from .config_files import read_preset
 from .metrics import read_metrics
 from .model import BYOL
@@ -23,14 +24,15 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
     """The config to continue a run with: the run's saved ``config.yaml``, then ``overrides``.
 
     ``preset`` and ``overrides`` first resolve as :func:`load_config` does, to find the run (its
-    ``train.out_dir``, kept even if the run folder was moved); a run without a saved config
-    resumes with that resolution. An ``explicit`` preset's settings that differ from the run's
+    ``train.out_dir``, kept even if the run folder was moved); a run whose ``config.yaml`` is gone
+    resumes with the settings its last checkpoint holds (said in a note), and one without either
+    with that resolution. An ``explicit`` preset's settings that differ from the run's
     are named in a note: they do not change it (``--section.key=value`` does).
     """
     located = load_config(preset, overrides)
     saved = Path(located.train.out_dir).expanduser() / "config.yaml"
     if not saved.is_file():
-        return located
+        return _checkpoint_config(saved, located, overrides)
     sections = read_preset(str(saved))
     if not sections:
         raise ConfigError(f"the run's saved config {saved} is empty; give the run's settings with --config and "
@@ -47,6 +49,23 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
         print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
               f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
               "to change the run", file=sys.stderr)
+    return config
+
+
+def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[str]]) -> Config:
+    """For a run folder whose ``config.yaml`` is gone: the settings its last checkpoint holds, then
+    ``overrides``, said in a note (else the preset's would each be refused by the checkpoint, one
+    resume at a time); ``located`` where there is no readable checkpoint either."""
+    ckpt = saved.parent / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        return located
+    try:
+        config = validate(apply_overrides(config_from_dict(load_checkpoint(ckpt, map_location="cpu")["config"]),
+                                          override_list(overrides)))
+    except (CheckpointError, ConfigError, KeyError, AttributeError):
+        return located  # the resume says what is wrong with the checkpoint
+    config.train.out_dir = located.train.out_dir
+    print(f"note: {saved} is missing; the run goes on with the settings saved in {ckpt}", file=sys.stderr)
     return config
 
 

@@ -923,6 +923,22 @@ def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp
     assert kept == {"epoch_0001.pt": 8, "epoch_0002.pt": 16}
 
 
+def test_a_run_whose_config_yaml_is_gone_resumes_with_its_checkpoint_s_settings(tmp_path, cifar10_root, capsys):
+    """A user test: with config.yaml deleted, --resume took the cifar10 preset's settings, and the
+    checkpoint refused them one resume at a time (data.root, then the batch size, then knn_limit)."""
+    from byol.resume import resume_config
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1}) +
+                         [f"--data.root={cifar10_root}"]))
+    (run / "config.yaml").unlink()
+    capsys.readouterr()
+    config = resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=3"])
+    assert f"note: {run / 'config.yaml'} is missing; the run goes on with the settings saved in " \
+        f"{run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().err
+    assert (config.model.width, config.train.batch_size, config.train.max_steps) == (8, 16, 3)
+    assert pretrain(config, resume=True)["step"] == 3 and (run / "config.yaml").is_file()
+
+
 def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
         tmp_path, cifar10_root, capsys):
     """A checkpoint of a 2-process run (it saved both ranks' augmentation streams) resumed in one
