@@ -83,10 +83,11 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None) -> tuple[int, float]:
+             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, float]:
     """Load the run's last checkpoint into the model, optimizer and generators; return its step and
     the seconds the run had run when it was written (``time_s``; 0 for a checkpoint that does not say).
-    ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'."""
+    ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
+    the training images now, said when they differ from the checkpoint's run's."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     saved_batch = state["config"].get("train", {}).get("batch_size")
     if saved_batch != config.train.batch_size:
@@ -133,7 +134,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     if rank == 0:
         # A finished run says so itself, and trains nothing: the settings given change nothing.
         if state["step"] < end_step_of(config, total):
-            _note_changes(state, config, steps_per_epoch)
+            _note_changes(state, config, steps_per_epoch, images)
             _note_precision(_precision_of(state), precision_name(amp), config)
     return state["step"], float(state.get("extra", {}).get("time_s", 0.0))
 
@@ -163,7 +164,7 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
 
 
-def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:
+def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Optional[int] = None) -> None:
     """Say where the run goes on from, name the settings that differ from the checkpoint's, and say
     what they do to the schedules."""
     try:  # the saved values read as a config would be (e.g. an older file's on_device "false" is False)
@@ -183,6 +184,12 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int) -> None:
     if saved_epoch != steps_per_epoch:
         print(f"note: the data now makes {steps_per_epoch} steps an epoch, the checkpoint's run {saved_epoch}: "
               "its epochs are counted anew from here", file=sys.stderr)
+    else:  # where no setting says why (files added to a folder, say), the count of images does
+        saved_images = state.get("extra", {}).get("images")
+        if images is not None and saved_images not in (None, images) and \
+                not any(c.startswith("data.") for c in changed):
+            print(f"note: the data now holds {images:,} images, the checkpoint's run {saved_images:,}: the batches "
+                  "from here are not those the run would have had", file=sys.stderr)
     if saved is None:
         return
     lr0, tau0 = _schedules_at(saved, step, saved_epoch)

@@ -28,7 +28,7 @@ class Checkpoints:
         self.byol, self.optimizer, self.generator, self.config = byol, optimizer, generator, config
         self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
         self.rank, self.world, self.device = rank, world, device
-        self.extra: dict = {"steps_per_epoch": len(data.batches), "device": str(device),
+        self.extra: dict = {"steps_per_epoch": len(data.batches), "images": data.size, "device": str(device),
                             "precision": precision}  # what auto resolved to (config.yaml keeps auto)
         self.last_save = time.perf_counter()
         self.plots_failed = False  # said once

@@ -172,7 +172,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
     step, resumed_s = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,
-                              amp) if resume else (0, 0.0)
+                              amp, data.size) if resume else (0, 0.0)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
     ran_on = {"device": str(device), "precision": precision_name(amp)}

@@ -752,6 +752,28 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
         assert "dataset=folder" not in str(error.value) and "put the files there" in str(error.value)
 
 
+def test_a_resume_on_a_folder_that_gained_an_image_says_so(tmp_path, capsys):
+    """A user test: an image added to the folder between a stop and the resume gave other weights,
+    and nothing said why (only another number of steps an epoch was said)."""
+    import shutil
+    from byol.config import load_config
+    from byol.resume import resume_config
+    from byol.train import pretrain
+    from conftest import tiny_overrides
+    root = extract_jpegs(tmp_path / "photos", per_class=2)  # 20 images: 5 steps of 4 an epoch
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10-cpu", tiny_overrides(run, **{"data.limit": "null", "train.batch_size": 4}) + [
+        f"--data.root={root}", "--data.dataset=folder", "--train.knn_every=-1", "--train.max_steps=1"]))
+    shutil.copy(next((root / "cat").iterdir()), root / "cat" / "added.jpg")  # 21: still 5 steps an epoch
+    capsys.readouterr()
+    pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=2"]), resume=True)
+    err = capsys.readouterr().err
+    assert "note: the data now holds 21 images, the checkpoint's run 20: the batches from here are not those the " \
+        "run would have had" in err, err
+    pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=3"]), resume=True)
+    assert "the data now holds" not in capsys.readouterr().err  # the same images as the last start's
+
+
 def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says_what_to_do(tmp_path, fault_table):
     """A user test: a resume after the data folder moved said "check the path" (not --data.root), a
     data.root that is a file "does not exist", and a folder of one image "the 1 images"."""
