@@ -83,9 +83,10 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, float]:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step and
-    the seconds the run had run when it was written (``time_s``; 0 for a checkpoint that does not say).
+             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, float, list]:
+    """Load the run's last checkpoint into the model, optimizer and generators; return its step, the
+    seconds the run had run when it was written (``time_s``; 0 for a checkpoint that does not say)
+    and the sums of the metrics of its steps since the last record (``LoopStep.sums``; [] for none).
     ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
     the training images now, said when they differ from the checkpoint's run's."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
@@ -136,7 +137,8 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         if state["step"] < end_step_of(config, total):
             _note_changes(state, config, steps_per_epoch, images)
             _note_precision(_precision_of(state), precision_name(amp), config)
-    return state["step"], float(state.get("extra", {}).get("time_s", 0.0))
+    extra = state.get("extra", {})
+    return state["step"], float(extra.get("time_s", 0.0)), list(extra.get("metric_sums", []))
 
 
 def _precision_of(state: dict) -> Optional[str]:

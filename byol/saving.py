@@ -24,12 +24,13 @@ class Checkpoints:
 
     def __init__(self, byol: BYOL, optimizer: torch.optim.Optimizer, generator: torch.Generator, config: Config,
                  guard: NonFiniteGuard, data: TrainData, run_dir: Path, rank: int, world: int, device: torch.device,
-                 precision: str):
+                 precision: str, sums: Optional[torch.Tensor] = None):
         self.byol, self.optimizer, self.generator, self.config = byol, optimizer, generator, config
         self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
         self.rank, self.world, self.device = rank, world, device
         self.extra: dict = {"steps_per_epoch": len(data.batches), "images": data.size, "device": str(device),
                             "precision": precision}  # what auto resolved to (config.yaml keeps auto)
+        self.sums = sums  # the metrics' sums since the last record (LoopStep.sums), saved for a resume's
         self.last_save = time.perf_counter()
         self.plots_failed = False  # said once
 
@@ -70,13 +71,27 @@ class Checkpoints:
         if not due or int(self.guard.streak.item()) != 0:
             return
         if self.rank == 0:
-            if keep_epoch is not None:  # before last.pt: a run that dies between them resumes before this
-                self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)  # epoch's end and writes it again
+            if self.sums is not None:  # so that the record after a stop averages all of its steps
+                self.extra["metric_sums"] = self.sums.tolist()
             self._write("last.pt", step, progress)
             if folder is not None:  # so far (every rank's), kept if the run dies
                 folder.write_skipped(self.run_dir / "skipped_files.txt")
+            if keep_epoch is not None:  # (a run that dies before it: see write_missing_epoch)
+                self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
             self._plot(progress)
         self.last_save = time.perf_counter()
+
+    def write_missing_epoch(self, step: int, time_s: float) -> None:
+        """On a resume at a kept epoch's end (the model as restored from last.pt): its ``epoch_N.pt``
+        where the run died after last.pt and before it (Ctrl-C twice, a kill, a full disk)."""
+        every, steps_per_epoch = self.config.train.checkpoint_every, self.extra["steps_per_epoch"]
+        epoch, rest = divmod(step, steps_per_epoch)
+        if self.rank != 0 or rest or every <= 0 or epoch == 0 or epoch % every:
+            return
+        name = f"epoch_{epoch:04d}.pt"
+        if not (self.run_dir / "checkpoints" / name).exists():
+            self.extra["time_s"] = time_s
+            self._write(name, step, None)
 
     def _plot(self, progress) -> None:
         """The plots, drawn again from metrics.jsonl; where they cannot be written (a full disk), a note

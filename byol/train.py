@@ -171,8 +171,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     data = _load_data(config, device, rank, world, resume)
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
-    step, resumed_s = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,
-                              amp, data.size) if resume else (0, 0.0)
+    step, resumed_s, sums = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,
+                                    amp, data.size) if resume else (0, 0.0, [])
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
     ran_on = {"device": str(device), "precision": precision_name(amp)}
@@ -197,13 +197,17 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
                            t.tau_base)
+    if sums:  # a resumed run's steps since its last record, which its next record averages over too
+        loop_step.sums.copy_(torch.tensor(sums))
     if t.cuda_graph and rank == 0:
         note_cuda_graph(loop_step.eager_steps)
     clock = Clock(device, progress, resumed_s)
     report = Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
                      steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
     checkpoints = Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
-                               results["precision"])
+                               results["precision"], loop_step.sums)
+    if resume:
+        checkpoints.write_missing_epoch(step, resumed_s)
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world)
     host_kept = data.folder is None and data.batches.images.device != device  # data.on_device's resolution
     first_step = step

@@ -406,6 +406,30 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+def test_the_record_after_a_stop_and_resume_averages_the_steps_the_uninterrupted_run_s_does(tmp_path, cifar10_root,
+                                                                                          monkeypatch):
+    """A user test: a stop between two records lost the sums of its steps since the last one, so the
+    first record after the resume averaged the resumed steps alone (train/loss 1.984 for 1.813)."""
+    class StopAfterStep3(byol.faults.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):  # read once after each step
+            StopAfterStep3.checks += 1
+            return StopAfterStep3.checks == 3
+
+    common = [f"--data.root={cifar10_root}", "--train.knn_every=-1", "--optim.name=sgd", "--train.log_every=2"]
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "a", **{"train.max_steps": 6}) + common))
+    monkeypatch.setattr(byol.train, "StopRequest", StopAfterStep3)
+    stopped = load_config("cifar10", tiny_overrides(tmp_path / "b", **{"train.max_steps": 6}) + common)
+    assert pretrain(stopped)["step"] == 3
+    monkeypatch.undo()
+    pretrain(stopped, resume=True)
+    records = [[{k: v for k, v in r.items() if k in ("step", "train/loss", "monitor/z_std")}
+                for r in read_metrics(tmp_path / run / "metrics.jsonl") if "train/loss" in r] for run in "ab"]
+    assert [r["step"] for r in records[1]] == [2, 4, 6] and records[0] == records[1]
+
+
 def _draws() -> tuple:
     """A draw from each global generator a caller may have seeded: torch's, NumPy's and Python's."""
     import random
