@@ -83,10 +83,10 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, float, list]:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step, the
-    seconds the run had run when it was written (``time_s``; 0 for a checkpoint that does not say)
-    and the sums of the metrics of its steps since the last record (``LoopStep.sums``; [] for none).
+             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, dict]:
+    """Load the run's last checkpoint into the model, optimizer and generators; return its step and
+    what the run saved beside them (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``,
+    the metrics' sums since the last record; ``knn_due``, a kNN evaluation a stop skipped; ...).
     ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
     the training images now, said when they differ from the checkpoint's run's."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
@@ -137,8 +137,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         if state["step"] < end_step_of(config, total):
             _note_changes(state, config, steps_per_epoch, images)
             _note_precision(_precision_of(state), precision_name(amp), config)
-    extra = state.get("extra", {})
-    return state["step"], float(extra.get("time_s", 0.0)), list(extra.get("metric_sums", []))
+    return state["step"], dict(state.get("extra", {}))
 
 
 def _precision_of(state: dict) -> Optional[str]:

@@ -171,8 +171,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     data = _load_data(config, device, rank, world, resume)
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
-    step, resumed_s, sums = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch,
-                                    amp, data.size) if resume else (0, 0.0, [])
+    step, saved = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp,
+                          data.size) if resume else (0, {})
+    resumed_s = float(saved.get("time_s", 0.0))
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
     ran_on = {"device": str(device), "precision": precision_name(amp)}
@@ -193,12 +194,14 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         results["knn_images"] = (*data.knn_images, data.knn_query)
     if knn is not None and step == 0:
         results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
+    elif knn is not None and saved.get("knn_due"):  # an epoch's, which the stop that ended the last start skipped
+        results["knn"] = log_knn(log, step, knn(), t.knn_k, {"epoch": step / steps_per_epoch, "time_s": resumed_s})
     progress = progress_bar(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
                            t.tau_base)
-    if sums:  # a resumed run's steps since its last record, which its next record averages over too
-        loop_step.sums.copy_(torch.tensor(sums))
+    if saved.get("metric_sums"):  # a resumed run's steps since its last record, which its next one averages too
+        loop_step.sums.copy_(torch.tensor(saved["metric_sums"]))
     if t.cuda_graph and rank == 0:
         note_cuda_graph(loop_step.eager_steps)
     clock = Clock(device, progress, resumed_s)
@@ -325,16 +328,17 @@ def _epoch_batches(data: TrainData, epoch: int) -> Iterator[tuple]:
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
                report: Report, checkpoints: Checkpoints, results: dict) -> None:
     """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
-    no kNN monitor) when due (every ``train.knn_every`` epochs, not at a stop, and at the end, also where
-    a stop came in the last step: the run is complete and is not resumed), its
-    accuracies in ``results["knn"]``, then the checkpoint (:meth:`Checkpoints.save`; ``epoch_N.pt``
+    no kNN monitor) when due (every ``train.knn_every`` epochs, but at a stop, which leaves it to the
+    resume; and at the end, also where a stop came in the last step: the run is complete and is not
+    resumed), its accuracies in ``results["knn"]``, then the checkpoint (:meth:`Checkpoints.save`; ``epoch_N.pt``
     kept every ``train.checkpoint_every`` epochs); training's clock (``report.clock``) paused while
     either may run."""
     steps_per_epoch, clock = report.steps_per_epoch, report.clock
     epoch_done = step % steps_per_epoch == 0
     done_epochs = step // steps_per_epoch
-    knn_due = knn is not None and (step == end_step or not stopping and (  # a stop in the last step: complete
-        t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0))
+    every = knn is not None and t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0
+    knn_due = knn is not None and step == end_step or every and not stopping  # a stop in the last step: complete
+    checkpoints.extra["knn_due"] = every and not knn_due  # skipped by a stop: scored when the run resumes
     keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
     final = stopping or step == end_step
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():

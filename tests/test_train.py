@@ -430,6 +430,30 @@ def test_the_record_after_a_stop_and_resume_averages_the_steps_the_uninterrupted
     assert [r["step"] for r in records[1]] == [2, 4, 6] and records[0] == records[1]
 
 
+def test_a_knn_evaluation_a_stop_skipped_is_scored_when_the_run_resumes(tmp_path, cifar10_root, monkeypatch):
+    """A user test: a stop at an epoch's end skips that epoch's kNN (it could take long), and the
+    resume never scored it: the log had no record of that epoch."""
+    class StopAfterStep8(byol.faults.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):  # read once after each step
+            StopAfterStep8.checks += 1
+            return StopAfterStep8.checks == 8
+
+    settings = tiny_overrides(tmp_path / "b", **{"train.epochs": 2, "train.knn_every": 1, "train.knn_limit": 64}) + [
+        f"--data.root={cifar10_root}", "--optim.name=sgd"]
+    pretrain(load_config("cifar10", settings + [f"--train.out_dir={tmp_path / 'a'}"]))
+    monkeypatch.setattr(byol.train, "StopRequest", StopAfterStep8)
+    assert pretrain(load_config("cifar10", settings))["stopped_by"] == "SIGTERM"
+    monkeypatch.undo()
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "eval/knn_top1" in r] == [0]
+    pretrain(load_config("cifar10", settings), resume=True)
+    knn = [[(r["step"], r["eval/knn_top1"]) for r in read_metrics(tmp_path / run / "metrics.jsonl")
+            if "eval/knn_top1" in r] for run in "ab"]
+    assert [step for step, _ in knn[1]] == [0, 8, 16] and knn[0] == knn[1]
+
+
 def _draws() -> tuple:
     """A draw from each global generator a caller may have seeded: torch's, NumPy's and Python's."""
     import random
