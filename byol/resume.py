@@ -176,8 +176,12 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Opt
     step = state["step"]
     total = config.train.epochs * steps_per_epoch
     end = end_step_of(config, total)
-    of = f"{config.train.epochs}" if end == total else f"{config.train.epochs}; train.max_steps ends it at step {end}"
-    said = [f"{config.train.out_dir} from step {step} (epoch {step / steps_per_epoch:.4g} of {of})"]
+    # Epochs done, as the epoch lines count them from 1 (epoch 2/4 follows 1.2 of 4 done).
+    ends = "" if end == total else \
+        f"; train.max_steps ends it at step {end}, in epoch {math.ceil(end / steps_per_epoch)}"
+    epochs = config.train.epochs
+    said = [f"{config.train.out_dir} from step {step} ({step / steps_per_epoch:.4g} of {epochs} "
+            f"epoch{'s' if epochs != 1 else ''} done{ends})"]
     if changed:
         said.append(f"with settings that differ from the checkpoint's: {', '.join(changed)}")
     print(f"note: resuming {', '.join(said)}", file=sys.stderr)  # one line: where from, and with what

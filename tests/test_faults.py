@@ -245,8 +245,8 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     # The run's own settings (width 8, batch 16, 128 images, SGD), not the cifar10 preset's: the
     # preset's width 64 would not even load.
     proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
-    assert (f"note: resuming {run} from step 2 (epoch 0.25 of 1; train.max_steps ends it at step 4), with settings "
-            "that differ from the checkpoint's: train.max_steps 2 -> 4") in proc.stderr, proc.stderr  # one line
+    assert (f"note: resuming {run} from step 2 (0.25 of 1 epoch done; train.max_steps ends it at step 4, in epoch 1), "
+            "with settings that differ from the checkpoint's: train.max_steps 2 -> 4") in proc.stderr, proc.stderr
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and state["config"]["model"]["width"] == 8 and state["config"]["optim"]["name"] == "sgd"
     # A finished run: nothing to do, said in a note, exit 0, and the settings given are not kept.

@@ -813,8 +813,8 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     assert f"learning rate 0 -> {0.2 * 16 / 256 / 2:.4g}" in err, err  # the cosine's end, then its middle
     assert "(a longer run's cosine schedules are stretched to its length, so the learning rate rises again and tau " \
         "falls back)" in err, err
-    assert f"note: resuming {tmp_path / 'run'} from step 8 (epoch 1 of 2; train.max_steps ends it at step 9), with " \
-        "settings that differ" in err, err
+    assert f"note: resuming {tmp_path / 'run'} from step 8 (1 of 2 epochs done; train.max_steps ends it at step 9, " \
+        "in epoch 2), with settings that differ" in err, err
     assert "steps an epoch" not in err and "steps ran in" not in err
     pretrain(load_config("cifar10", settings + ["--train.epochs=3", "--data.limit=64", "--train.precision=bf16"]),
              resume=True)  # 12 steps: three more
@@ -881,8 +881,9 @@ def test_resuming_a_shorter_run_says_its_schedules_are_compressed_and_the_learni
     pretrain(load_config("cifar10", settings + ["--train.epochs=2", "--train.max_steps=12"]), resume=True)
     err = capsys.readouterr().err
     lr0, lr1 = (cosine_lr(10, total, 0.2 * 16 / 256) for total in (32, 16))
-    assert f"note: resuming {tmp_path / 'run'} from step 10 (epoch 1.25 of 2; train.max_steps ends it at step 12), " \
-        "with settings that differ from the checkpoint's: train.epochs 4 -> 2, train.max_steps 10 -> 12" in err, err
+    assert f"note: resuming {tmp_path / 'run'} from step 10 (1.25 of 2 epochs done; train.max_steps ends it at " \
+        "step 12, in epoch 2), with settings that differ from the checkpoint's: train.epochs 4 -> 2, " \
+        "train.max_steps 10 -> 12" in err, err
     assert f"note: the schedules follow the new settings from step 10 on: learning rate {lr0:.4g} -> {lr1:.4g}" in err
     assert "(a shorter run's cosine schedules are compressed to its length, so the learning rate drops and tau " \
         "rises)" in err and "stretched" not in err and err.count("note: resuming") == 1, err
@@ -925,8 +926,9 @@ def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, 
     else:
         assert main(["pretrain", "--resume", f"--train.out_dir={run}"]) == 0
     err = capsys.readouterr().err
-    assert [line for line in err.splitlines() if line.startswith("note: ")] == [
-        f"note: resuming {run} from step 1 (epoch 0.125 of 1; train.max_steps ends it at step 3)"], err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: resuming {run} from step 1 (0.125 of 1 epoch done; train.max_steps ends it at step 3, "
+                     "in epoch 1)"], err
     assert main(["pretrain", "--resume", f"--train.out_dir={run}"]) == 0
     err = capsys.readouterr().err
     assert "is finished: step 3" in err and "note: resuming" not in err, err
