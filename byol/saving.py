@@ -93,6 +93,14 @@ class Checkpoints:
             self.extra["time_s"] = time_s
             self._write(name, step, None)
 
+    def plot_quietly(self) -> None:
+        """The plots of what a failed run logged, where they can be drawn (the run's error is what is said)."""
+        if self.rank == 0:
+            try:
+                plot_metrics(self.run_dir / "metrics.jsonl")
+            except Exception:  # noqa: BLE001 - not over the error that ended the run
+                pass
+
     def _plot(self, progress) -> None:
         """The plots, drawn again from metrics.jsonl; where they cannot be written (a full disk), a note
         once, and the run goes on: they are drawn from the records, which are all kept."""

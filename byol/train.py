@@ -241,6 +241,10 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                     if step < end_step:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
                     break
+    except BaseException:  # the plots of what it logged (a diverged run, say, before its first checkpoint)
+        if folder is not None and folder.started:  # (else the start's files are undone)
+            checkpoints.plot_quietly()
+        raise
     finally:  # before any error is printed: it must not land on the bar's line
         if progress is not None:
             progress.close()

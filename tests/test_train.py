@@ -367,6 +367,20 @@ def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
     assert set(multiprocessing.active_children()) <= before
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_still_gets_its_plots(tmp_path, cifar10_root):
+    """A user test: a diverged run left metrics.jsonl and TensorBoard but no plots, which are drawn
+    with each checkpoint: when one most wants to look."""
+    from byol.reporting import NonFiniteLossError
+    run = tmp_path / "run"
+    config = load_config("cifar10", tiny_overrides(run, **{
+        "train.knn_every": -1, "optim.name": "sgd", "optim.lr": 1e30, "train.max_nonfinite": 1, "train.log_every": 1,
+        "train.precision": "fp32"}) + [f"--data.root={cifar10_root}"])
+    with pytest.raises(NonFiniteLossError):
+        pretrain(config)
+    assert not (run / "checkpoints" / "last.pt").exists()
+    assert (run / "loss.png").is_file() and (run / "collapse.png").is_file()
+
+
 def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones(tmp_path):
     """A bad file of ROOT/val, which only the kNN monitor reads, is in skipped_files.txt too."""
     from conftest import extract_jpegs
