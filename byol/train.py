@@ -235,7 +235,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                         report.note_data_wait(config, host_kept)
                     if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
                         # an epoch, for a log (the last one's is the closing table)
-                        print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),
+                        scored = results["knn"][t.knn_k] if results.get("knn_step") == step else None
+                        print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss"), scored),
                               file=sys.stderr)
                 if stopping:
                     if step < end_step:  # a signal in the last step: the run is complete all the same
@@ -348,6 +349,7 @@ def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Op
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
         if knn_due:
             results["knn"] = log_knn(report.log, step, knn(), t.knn_k, report.when(step))
+            results["knn_step"] = step
         checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
 
 

@@ -240,16 +240,19 @@ def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_pa
 
 
 def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cifar10_root, monkeypatch, capsys):
-    """train.progress=false (a log file): each epoch's end prints its epoch, step, last loss, this
-    start's training throughput (kNN, checkpoints and plots left out) and the time left."""
+    """train.progress=false (a log file): each epoch's end prints its epoch, step, last loss, the kNN
+    top-1 scored there (a user test: only the closing table said one), this start's training
+    throughput (kNN, checkpoints and plots left out) and the time left."""
     on_a_fake_clock(monkeypatch)
     monkeypatch.setattr(byol.train, "progress_bar", lambda *args: None)
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false"))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] in (4, 8)
               and "train/loss" in r]
-    assert lines == [f"epoch 1/2 (step 4/8), loss {losses[0]:.4f}, 16.0 img/s, about 0:00:04 left"]  # the
-    # last epoch's is the closing table's (and an error's, when the run ends on one: one sentence)
+    knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] == 4
+           and "eval/knn_top1" in r]
+    assert lines == [f"epoch 1/2 (step 4/8), loss {losses[0]:.4f}, kNN {knn[0]:.2f}%, 16.0 img/s, about 0:00:04 left"]
+    # the last epoch's is the closing table's (and an error's, when the run ends on one: one sentence)
 
 
 def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_from(tmp_path, cifar10_root,
