@@ -110,11 +110,15 @@ def _pretrain(args, overrides: list[str]) -> int:
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     """The closing table of a run: its steps, loss, warnings, kNN against random init, folder."""
+    from .reporting import duration
     from .run_folder import warnings_summary
     rows = [("steps", str(results["step"]))]
     if "loss" in results:  # not for a finished run resumed
         rows += [("final loss", f"{results['loss']:.4f}"),
                  ("device", f"{results['device']}, {results['precision']}")]
+    if "time_s" in results:  # for comparing runs from their logs (a user test)
+        speed = f", {results['images_per_s']:,.1f} img/s training (this start)" if "images_per_s" in results else ""
+        rows.append(("time", f"{duration(results['time_s'])} since the first step{speed}"))
     if results.get("warnings"):  # next to the loss, which a collapsed run brings near 0
         where = Path(config.train.out_dir) / "warnings.txt"
         rows.append(("warnings", f"{len(results['warnings'])} ({warnings_summary(results['warnings'])}; "

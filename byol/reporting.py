@@ -160,12 +160,13 @@ def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batc
     epoch, epochs = math.ceil(step / report.steps_per_epoch), report.epochs
     elapsed = report.clock.training_s()
     rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
-    left = f", about {_duration((end_step - step) / rate)} left" if rate and step < end_step else ""
+    left = f", about {duration((end_step - step) / rate)} left" if rate and step < end_step else ""
     shown = (f", loss {loss:.4f}" if loss is not None else "") + (f", kNN {knn:.2f}%" if knn is not None else "")
     return (f"epoch {epoch}/{epochs} (step {step}/{end_step}){shown}, {rate * batch_size:,.1f} img/s{left}")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``seconds`` as h:mm:ss."""
     minutes, s = divmod(round(seconds), 60)
     h, m = divmod(minutes, 60)
     return f"{h}:{m:02d}:{s:02d}"

@@ -110,7 +110,8 @@ def _checked(config: Config) -> Config:
 
 def pretrain(config: Config, resume: bool = False) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics (``step``; ``loss`` once a
-    train record was logged; ``knn``, ``knn_init``, ... where measured) and what the run ran on
+    train record was logged; ``knn``, ``knn_init``, ... where measured; ``time_s``, the run's seconds
+    since its first step, and ``images_per_s``, this start's training throughput) and what the run ran on
     (``device``, and ``precision``: ``"bf16 autocast"`` or ``"float32"``, what ``train.precision``
     resolved to there). On rank 0 also ``warnings``: the lines
     of the run's ``warnings.txt`` (the collapse monitor's, ``step N: ...``; empty when it never warned),
@@ -250,6 +251,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if progress is not None:
             progress.close()
         data.close()
+    results["time_s"] = clock.time_s()  # the run's, its earlier starts' included; the throughput this start's
+    if step > first_step and clock.training_s() > 0:
+        results["images_per_s"] = (step - first_step) * t.batch_size / clock.training_s()
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 
