@@ -128,7 +128,9 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths. Drawn on
     figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is."""
     records = read_metrics(metrics_path)
-    out_dir = Path(out_dir or Path(metrics_path).parent)
+    run = Path(metrics_path).parent
+    out_dir = Path(out_dir or run)
+    collapsed = _collapse_steps(run / "warnings.txt")
     written = []
     logged = sorted({k for r in records for k in r}, key=_natural)
     for name, (title, panels) in PLOTS.items():
@@ -138,14 +140,26 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
             series = {k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}
             if any(series.values()):
                 drawn.append((panel, series))
-        if drawn:
-            _figure(title, drawn, records).savefig(out_dir / name)
+        if drawn:  # named by the run's folder: plots of several runs side by side are told apart
+            _figure(f"{title}: {run.resolve().name}", drawn, records, collapsed).savefig(out_dir / name)
             written.append(out_dir / name)
     return written
 
 
-def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict]):
-    """The panels one above the other on one step axis; each panel's series, and its warning line."""
+def _collapse_steps(warnings_path: Path) -> list[int]:
+    """The steps at which the run's ``warnings.txt`` says the collapse monitor warned (``step N: ...``)."""
+    try:
+        lines = Path(warnings_path).read_text(errors="replace").splitlines()
+    except OSError:  # none: it never warned
+        return []
+    return sorted({int(m[1]) for m in (re.match(r"step (\d+): representation collapse", line) for line in lines)
+                   if m})
+
+
+def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], collapsed: list[int]):
+    """The panels one above the other on one step axis; each panel's series, its warning line, and a
+    line at each step where the collapse monitor warned (where the loss and kNN mean little: a user
+    test found a collapsed run's loss.png and knn.png looking healthy)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -165,11 +179,14 @@ def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict]):
         if warn is not None:
             ax.axhline(warn[0], color="tab:red", linestyle="--", linewidth=1, label=warn[1])
             values.append(warn[0])
+        for i, step in enumerate(collapsed):
+            ax.axvline(step, color="tab:red", linestyle=":", linewidth=1.5,
+                       label="collapse warned here" if i == 0 else None)
         if panel.log:
             _log_axis(ax, values, warn)
         ax.set(ylabel=panel.ylabel)
         ax.grid(alpha=0.3)
-        if len(series) > 1 or warn is not None:
+        if len(series) > 1 or warn is not None or collapsed:
             ax.legend(fontsize="small")
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel("step")

@@ -90,6 +90,26 @@ def test_collapse_plot_labels_each_ratio_and_draws_where_the_warning_fires(tmp_p
     assert monitor.is_collapsed(0.099 / math.sqrt(256), 20.0, 256) and not monitor.is_collapsed(0.101 / 16, 20.0, 256)
 
 
+def test_every_plot_names_its_run_and_marks_where_the_collapse_monitor_warned(tmp_path, drawn):
+    """A user test: a collapsed run's loss.png (a clean fall towards 0) and knn.png looked healthy,
+    and plots of several runs side by side could not be told apart."""
+    run = tmp_path / "runA"
+    run.mkdir()
+    write_metrics(run / "metrics.jsonl", [{"step": s, "train/loss": loss, "eval/knn_top1_k200": 20.0 + s}
+                                          for s, loss in [(5, 1.0), (10, 0.1), (15, 0.01)]])
+    (run / "warnings.txt").write_text("step 10: representation collapse: the std of ...\nstep 12: something else\n")
+    plot_metrics(run / "metrics.jsonl")
+    for name in ("loss.png", "knn.png"):
+        (ax,) = drawn[name].axes
+        assert ax.get_title().endswith(": runA"), ax.get_title()
+        marks = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert [list(line.get_xdata()) for line in marks] == [[10, 10]]
+        assert "collapse warned here" in [t.get_text() for t in ax.get_legend().texts]
+    (run / "warnings.txt").unlink()  # a run that never warned: no mark
+    plot_metrics(run / "metrics.jsonl")
+    assert not [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_linestyle() == ":"]
+
+
 def test_speed_has_a_panel_for_the_throughput_and_one_for_the_wait_with_where_its_note_fires(tmp_path, drawn):
     from byol.metrics import DATA_WAIT
     write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "train/images_per_s": rate, "train/data_wait": wait}
