@@ -423,21 +423,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+def stop_after_step(n: int) -> type:
+    """A StopRequest as if SIGTERM came during step ``n`` of a start (the loop asks once a step)."""
+    class StopAfterStep(byol.faults.StopRequest):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfterStep.checks += 1
+            return StopAfterStep.checks == n
+    return StopAfterStep
+
+
 def test_the_record_after_a_stop_and_resume_averages_the_steps_the_uninterrupted_run_s_does(tmp_path, cifar10_root,
                                                                                           monkeypatch):
     """A user test: a stop between two records lost the sums of its steps since the last one, so the
     first record after the resume averaged the resumed steps alone (train/loss 1.984 for 1.813)."""
-    class StopAfterStep3(byol.faults.StopRequest):
-        checks = 0
-
-        @property
-        def requested(self):  # read once after each step
-            StopAfterStep3.checks += 1
-            return StopAfterStep3.checks == 3
-
     common = [f"--data.root={cifar10_root}", "--train.knn_every=-1", "--optim.name=sgd", "--train.log_every=2"]
     pretrain(load_config("cifar10", tiny_overrides(tmp_path / "a", **{"train.max_steps": 6}) + common))
-    monkeypatch.setattr(byol.train, "StopRequest", StopAfterStep3)
+    monkeypatch.setattr(byol.train, "StopRequest", stop_after_step(3))
     stopped = load_config("cifar10", tiny_overrides(tmp_path / "b", **{"train.max_steps": 6}) + common)
     assert pretrain(stopped)["step"] == 3
     monkeypatch.undo()
@@ -450,18 +454,10 @@ def test_the_record_after_a_stop_and_resume_averages_the_steps_the_uninterrupted
 def test_a_knn_evaluation_a_stop_skipped_is_scored_when_the_run_resumes(tmp_path, cifar10_root, monkeypatch):
     """A user test: a stop at an epoch's end skips that epoch's kNN (it could take long), and the
     resume never scored it: the log had no record of that epoch."""
-    class StopAfterStep8(byol.faults.StopRequest):
-        checks = 0
-
-        @property
-        def requested(self):  # read once after each step
-            StopAfterStep8.checks += 1
-            return StopAfterStep8.checks == 8
-
     settings = tiny_overrides(tmp_path / "b", **{"train.epochs": 2, "train.knn_every": 1, "train.knn_limit": 64}) + [
         f"--data.root={cifar10_root}", "--optim.name=sgd"]
     pretrain(load_config("cifar10", settings + [f"--train.out_dir={tmp_path / 'a'}"]))
-    monkeypatch.setattr(byol.train, "StopRequest", StopAfterStep8)
+    monkeypatch.setattr(byol.train, "StopRequest", stop_after_step(8))
     assert pretrain(load_config("cifar10", settings))["stopped_by"] == "SIGTERM"
     monkeypatch.undo()
     assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "eval/knn_top1" in r] == [0]
