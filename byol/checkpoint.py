@@ -116,6 +116,17 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         raise CheckpointError(f"could not write the checkpoint {path} ({write_failure(e)}{free}){kept}") from None
 
 
+def copy_atomically(source: Path, path: Path) -> None:
+    """``source``'s bytes at ``path``, written as a checkpoint is (a temporary file, then renamed)."""
+    try:
+        with _temporary(path) as tmp:
+            shutil.copyfile(source, tmp)
+    except OSError as e:
+        if not write_failed(e):
+            raise
+        raise CheckpointError(f"could not write the checkpoint {path} ({write_failure(e)})") from None
+
+
 def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
     """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
     file or the new one, never half of one."""

@@ -44,6 +44,7 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
     # same folder (not runs/x/ or a path relative to another folder, then saved as a changed setting).
     config.train.out_dir = str(own) if own is not None and _same_folder(str(own), located.train.out_dir) \
         else located.train.out_dir
+    located.train.out_dir = config.train.out_dir  # (the note below compares the rest)
     ignored = changed_settings(config.to_dict(), located.to_dict()) if explicit else []
     if ignored:
         print(f"note: --resume continues with the run's own {saved}; these settings of {preset} differ from it "
@@ -62,8 +63,12 @@ def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[st
     try:
         config = validate(apply_overrides(config_from_dict(load_checkpoint(ckpt, map_location="cpu")["config"]),
                                           override_list(overrides)))
-    except (CheckpointError, ConfigError, KeyError, AttributeError):
+    except (CheckpointError, KeyError, AttributeError):
         return located  # the resume says what is wrong with the checkpoint
+    except ConfigError as e:  # (an older byol's key, say): the preset's, said
+        print(f"note: {saved} is missing, and the settings saved in {ckpt} do not load ({e}); the run goes on "
+              "with those given, over the preset's", file=sys.stderr)
+        return located
     config.train.out_dir = located.train.out_dir
     print(f"note: {saved} is missing; the run goes on with the settings saved in {ckpt}", file=sys.stderr)
     return config
@@ -102,12 +107,13 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
                               f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
     saved_train = state["config"].get("train", {})
     saved_limit = saved_train.get("knn_limit", config.train.knn_limit)
-    # Where the run has kNN records (its checkpoint's start monitored, or an earlier start did), they
-    # are of this many images, also past a start with the monitor off, which would otherwise carry a
-    # new number on to a later start that monitors again.
-    monitored = saved_train.get("knn_every", 0) >= 0 or any(
-        "eval/knn_top1" in r for r in read_metrics(ckpt_path.parent.parent / "metrics.jsonl"))
-    if monitored and _knn_images(saved_limit, config) != _knn_images(config.train.knn_limit, config):
+    # The steps of the run's kNN records up to the checkpoint's (later ones are of steps trained again).
+    scored = {r.get("step") for r in read_metrics(ckpt_path.parent.parent / "metrics.jsonl")
+              if "eval/knn_top1" in r and r.get("step", math.inf) <= state["step"]}
+    # Where the run has kNN records (whichever start scored them), they are of this many images, also
+    # past a start with the monitor off, which would otherwise carry a new number on to a later start
+    # that monitors again.
+    if scored and _knn_images(saved_limit, config) != _knn_images(config.train.knn_limit, config):
         # the same: and the closing table would set its last accuracy against its first
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_limit={yaml_word(saved_limit)} images of "
                               "each split; another number would change its bank and queries mid-run, under the "
@@ -137,7 +143,10 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         if state["step"] < end_step_of(config, total):
             _note_changes(state, config, steps_per_epoch, images)
             _note_precision(_precision_of(state), precision_name(amp), config)
-    return state["step"], dict(state.get("extra", {}))
+    extra = dict(state.get("extra", {}))
+    if state["step"] in scored:  # a kNN a stop skipped, scored by a start that died before its next checkpoint
+        extra["knn_due"] = False
+    return state["step"], extra
 
 
 def _precision_of(state: dict) -> Optional[str]:
@@ -191,8 +200,8 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Opt
               "its epochs are counted anew from here", file=sys.stderr)
     else:  # where no setting says why (files added to a folder, say), the count of images does
         saved_images = state.get("extra", {}).get("images")
-        if images is not None and saved_images not in (None, images) and \
-                not any(c.startswith("data.") for c in changed):
+        moved = ("data.root ", "data.dataset ", "data.limit ", "data.train_split ")  # settings that say why
+        if images is not None and saved_images not in (None, images) and not any(c.startswith(moved) for c in changed):
             print(f"note: the data now holds {images:,} images, the checkpoint's run {saved_images:,}: the batches "
                   "from here are not those the run would have had", file=sys.stderr)
     if saved is None:

@@ -9,7 +9,7 @@ import torch
 
 from . import distributed as dist
 from .build import TrainData
-from .checkpoint import save_checkpoint, saved_step, write_failure
+from .checkpoint import copy_atomically, save_checkpoint, saved_step, write_failure
 from .config import Config
 from .faults import NonFiniteGuard
 from .metrics import plot_metrics
@@ -81,17 +81,17 @@ class Checkpoints:
             self._plot(progress)
         self.last_save = time.perf_counter()
 
-    def write_missing_epoch(self, step: int, time_s: float) -> None:
-        """On a resume at a kept epoch's end (the model as restored from last.pt): its ``epoch_N.pt``
-        where the run died after last.pt and before it (Ctrl-C twice, a kill, a full disk)."""
+    def write_missing_epoch(self, step: int) -> None:
+        """On a resume from last.pt at a kept epoch's end: that epoch's ``epoch_N.pt``, a copy of
+        last.pt, where the run died after writing last.pt and before it (Ctrl-C twice, a kill, a
+        full disk)."""
         every, steps_per_epoch = self.config.train.checkpoint_every, self.extra["steps_per_epoch"]
         epoch, rest = divmod(step, steps_per_epoch)
         if self.rank != 0 or rest or every <= 0 or epoch == 0 or epoch % every:
             return
-        name = f"epoch_{epoch:04d}.pt"
-        if not (self.run_dir / "checkpoints" / name).exists():
-            self.extra["time_s"] = time_s
-            self._write(name, step, None)
+        folder = self.run_dir / "checkpoints"
+        if not (folder / f"epoch_{epoch:04d}.pt").exists():
+            copy_atomically(folder / "last.pt", folder / f"epoch_{epoch:04d}.pt")
 
     def plot_quietly(self) -> None:
         """The plots of what a failed run logged, where they can be drawn (the run's error is what is said)."""

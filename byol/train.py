@@ -211,7 +211,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     checkpoints = Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"], loop_step.sums)
     if resume:
-        checkpoints.write_missing_epoch(step, resumed_s)
+        checkpoints.write_missing_epoch(step)
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world)
     host_kept = data.folder is None and data.batches.images.device != device  # data.on_device's resolution
     first_step = step
@@ -339,9 +339,9 @@ def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Op
     """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
     no kNN monitor) when due (every ``train.knn_every`` epochs, but at a stop, which leaves it to the
     resume; and at the end, also where a stop came in the last step: the run is complete and is not
-    resumed), its accuracies in ``results["knn"]``, then the checkpoint (:meth:`Checkpoints.save`; ``epoch_N.pt``
-    kept every ``train.checkpoint_every`` epochs); training's clock (``report.clock``) paused while
-    either may run."""
+    resumed), its accuracies in ``results["knn"]``, and the checkpoint (:meth:`Checkpoints.save`;
+    ``epoch_N.pt`` kept every ``train.checkpoint_every`` epochs; at a stop, before the kNN); training's
+    clock (``report.clock``) paused while either may run."""
     steps_per_epoch, clock = report.steps_per_epoch, report.clock
     epoch_done = step % steps_per_epoch == 0
     done_epochs = step // steps_per_epoch
@@ -351,10 +351,13 @@ def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Op
     keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
     final = stopping or step == end_step
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
+        if stopping:  # the checkpoint first, which a second signal or the scheduler's kill must not cost
+            checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
         if knn_due:
             results["knn"] = log_knn(report.log, step, knn(), t.knn_k, report.when(step))
             results["knn_step"] = step
-        checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
+        if not stopping:
+            checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
 
 
 def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, log: Optional[MetricsLog],

@@ -200,7 +200,7 @@ def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     assert config.train.out_dir == str(run) and config.train.epochs == 7
 
 
-def test_resume_config_keeps_the_runs_own_spelling_of_its_folder(tmp_path, monkeypatch):
+def test_resume_config_keeps_the_runs_own_spelling_of_its_folder(tmp_path, monkeypatch, capsys):
     """A user test: --train.out_dir=copy/ from the folder above, for a run made as /abs/copy, was a
     setting that differed (/abs/copy -> copy/), and the relative spelling was saved."""
     run = tmp_path / "copy"
@@ -209,6 +209,9 @@ def test_resume_config_keeps_the_runs_own_spelling_of_its_folder(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert resume_config(None, ["--train.out_dir=copy/"]).train.out_dir == str(run)
     assert resume_config(None, ["--train.out_dir=./copy"]).train.out_dir == str(run)
+    capsys.readouterr()  # and --config cifar10, the run's own preset, has no settings that go unused (a review)
+    assert resume_config("cifar10", ["--train.out_dir=copy/"], explicit=True).train.out_dir == str(run)
+    assert "not used" not in capsys.readouterr().err
 
 
 def test_saved_config_round_trips(tmp_path):

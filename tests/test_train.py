@@ -461,7 +461,17 @@ def test_a_knn_evaluation_a_stop_skipped_is_scored_when_the_run_resumes(tmp_path
     assert pretrain(load_config("cifar10", settings))["stopped_by"] == "SIGTERM"
     monkeypatch.undo()
     assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "eval/knn_top1" in r] == [0]
-    pretrain(load_config("cifar10", settings), resume=True)
+    call = byol.train.LoopStep.__call__
+
+    def crash_at_step_10(self, step, images):  # after the pending kNN, before another checkpoint
+        if step == 9:
+            raise RuntimeError("a crash")
+        return call(self, step, images)
+    monkeypatch.setattr(byol.train.LoopStep, "__call__", crash_at_step_10)
+    with pytest.raises(RuntimeError, match="a crash"):
+        pretrain(load_config("cifar10", settings), resume=True)
+    monkeypatch.undo()
+    pretrain(load_config("cifar10", settings), resume=True)  # scored already: not again (a review)
     knn = [[(r["step"], r["eval/knn_top1"]) for r in read_metrics(tmp_path / run / "metrics.jsonl")
             if "eval/knn_top1" in r] for run in "ab"]
     assert [step for step, _ in knn[1]] == [0, 8, 16] and knn[0] == knn[1]
@@ -875,6 +885,11 @@ def test_a_resume_keeps_the_images_the_knn_monitor_scores(tmp_path, cifar10_root
         with pytest.raises(CheckpointError, match="resume with --train.knn_limit=200"):
             pretrain(load_config("cifar10", settings + ["--train.knn_limit=100", "--train.max_steps=4",
                                                         f"--train.knn_every={monitor}"]), resume=True)
+    from conftest import extract_jpegs  # a folder with no val/ beside it: a monitor asked for, but none ran
+    no_val = tiny_overrides(tmp_path / "no_val", **{"train.knn_every": 0, "train.max_steps": 1, "data.limit": "null"})
+    no_val += [f"--data.root={extract_jpegs(tmp_path / 'photos', per_class=2)}", "--data.dataset=folder"]
+    pretrain(load_config("cifar10-cpu", no_val))
+    pretrain(load_config("cifar10-cpu", no_val + ["--train.knn_limit=8", "--train.max_steps=2"]), resume=True)
     unmonitored = tiny_overrides(tmp_path / "quiet", **{"train.knn_every": -1, "train.max_steps": 2}) + [
         f"--data.root={cifar10_root}"]
     pretrain(load_config("cifar10", unmonitored))
@@ -956,6 +971,10 @@ def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10
             return self
 
     monkeypatch.setattr(byol.train, "StopRequest", SignalledAtOnce)
+    done = []  # the checkpoint before that kNN, which could take minutes: a second signal must not cost it
+    knn, save = byol.train.knn_eval, byol.saving.save_checkpoint
+    monkeypatch.setattr(byol.train, "knn_eval", lambda *a, **k: done.append("kNN") or knn(*a, **k))
+    monkeypatch.setattr(byol.saving, "save_checkpoint", lambda *a, **k: done.append("last.pt") or save(*a, **k))
     run = tmp_path / "run"
     results = pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": 0,
                                                                      "train.knn_limit": 64}) +
@@ -963,6 +982,7 @@ def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10
     assert "stopped_by" not in results and results["step"] == 1
     scored = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
     assert scored == [0, 1] and results["knn"][200] == read_metrics(run / "metrics.jsonl")[-1]["eval/knn_top1"]
+    assert done == ["kNN", "last.pt", "kNN"]  # at random init, then the stop's checkpoint, then the last kNN
 
 
 def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp_path, cifar10_root, monkeypatch):
@@ -981,9 +1001,12 @@ def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp
     with pytest.raises(KeyboardInterrupt):
         pretrain(load_config("cifar10", settings + ["--train.max_steps=16"]), resume=True)
     monkeypatch.undo()
+    last = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()  # of step 8
     pretrain(load_config("cifar10", settings + ["--train.max_steps=16"]), resume=True)
     kept = {p.name: load_checkpoint(p)["step"] for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.pt")}
     assert kept == {"epoch_0001.pt": 8, "epoch_0002.pt": 16}
+    # the run's own: a copy of its last.pt (its settings, device, generators), not the resumed start's
+    assert (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").read_bytes() == last
 
 
 def test_a_run_whose_config_yaml_is_gone_resumes_with_its_checkpoint_s_settings(tmp_path, cifar10_root, capsys):
