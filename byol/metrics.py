@@ -141,7 +141,7 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
             if any(series.values()):
                 drawn.append((panel, series))
         if drawn:  # named by the run's folder: plots of several runs side by side are told apart
-            _figure(f"{title}: {run.resolve().name}", drawn, records, collapsed).savefig(out_dir / name)
+            _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed).savefig(out_dir / name)
             written.append(out_dir / name)
     return written
 

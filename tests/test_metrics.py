@@ -101,7 +101,7 @@ def test_every_plot_names_its_run_and_marks_where_the_collapse_monitor_warned(tm
     plot_metrics(run / "metrics.jsonl")
     for name in ("loss.png", "knn.png"):
         (ax,) = drawn[name].axes
-        assert ax.get_title().endswith(": runA"), ax.get_title()
+        assert ax.get_title().endswith("\nrun: runA"), ax.get_title()
         marks = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
         assert [list(line.get_xdata()) for line in marks] == [[10, 10]]
         assert "collapse warned here" in [t.get_text() for t in ax.get_legend().texts]
