@@ -99,6 +99,11 @@ class MetricsLog:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
+    def text(self, step: int, tag: str, text: str) -> None:
+        """``text`` in TensorBoard's Text tab under ``tag`` at ``step`` (``metrics.jsonl`` has numbers only)."""
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -122,6 +122,8 @@ class Report:
         warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
         if warning and self.folder is not None:
             self.folder.warn(warning, step, self.progress)
+        if warning and self.log is not None:  # beside the curves it is about (a user test)
+            self.log.text(step, "warnings", warning)
         if record["train/nonfinite_streak"] >= self.max_nonfinite:
             what = "up to the run's end, which was not saved" if last else "so the run stopped"
             raise nonfinite_error(record["train/nonfinite_streak"], step, what, self.ckpt_path,

@@ -55,6 +55,11 @@ def test_no_predictor_and_tau_zero_collapses_and_the_monitor_warns(cifar10_root,
     assert (run / "warnings.txt").read_text() == f"{line}\n"  # the step said once
     # The summary says so beside the final loss, which looks excellent.
     assert summary_rows(out, "warnings") == [f"1 (representation collapse at step {step}; see {run}/warnings.txt)"]
+    # and TensorBoard's Text tab, beside the curves (a user test found nothing there)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    (said,) = events.Tensors("warnings/text_summary")
+    assert said.step == step and said.tensor_proto.string_val[0].decode().startswith("representation collapse: ")
 
     # Resumed, the run reports the warnings of all of it: the earlier start's, and its own (the
     # monitor starts afresh and finds the projections still collapsed).
