@@ -151,14 +151,21 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     return written
 
 
+def warning_step(line: str) -> float:
+    """The step of a ``warnings.txt`` line (``step N: ...``); -inf for a line without one (kept on every resume)."""
+    head, sep, _ = line.partition(": ")
+    number = head.removeprefix("step ")
+    return int(number) if sep and head.startswith("step ") and number.isascii() and number.isdigit() else -math.inf
+
+
 def _collapse_steps(warnings_path: Path) -> list[int]:
-    """The steps at which the run's ``warnings.txt`` says the collapse monitor warned (``step N: ...``)."""
+    """The steps at which the run's ``warnings.txt`` says the collapse monitor warned."""
     try:
         lines = Path(warnings_path).read_text(errors="replace").splitlines()
     except OSError:  # none: it never warned
         return []
-    return sorted({int(m[1]) for m in (re.match(r"step (\d+): representation collapse", line) for line in lines)
-                   if m})
+    steps = {warning_step(line) for line in lines if line.partition(": ")[2].startswith("representation collapse")}
+    return sorted(int(step) for step in steps if math.isfinite(step))
 
 
 def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], collapsed: list[int]):

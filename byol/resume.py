@@ -183,7 +183,7 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Opt
         saved = None
     changed = changed_settings(saved.to_dict() if saved else state["config"], config.to_dict())
     step = state["step"]
-    total = config.train.epochs * steps_per_epoch
+    _, _, total = schedule_of(config, steps_per_epoch)
     end = end_step_of(config, total)
     # Epochs done, as the epoch lines count them from 1 (epoch 2/4 follows 1.2 of 4 done).
     ends = "" if end == total else \

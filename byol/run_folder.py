@@ -14,7 +14,7 @@ import yaml
 from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
 from .config import CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, save_config
-from .metrics import MetricsLog
+from .metrics import MetricsLog, warning_step
 
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
@@ -109,7 +109,7 @@ class RunFolder:
         text = self._before["warnings.txt"]  # as this start found it (read by __init__)
         if text is not None:
             kept = [line for line in text.splitlines(keepends=True)
-                    if resume_step is not None and _warning_step(line) <= resume_step]
+                    if resume_step is not None and warning_step(line) <= resume_step]
             if kept:
                 write_text_atomically(warnings_path, "".join(kept), errors="surrogateescape")
             else:
@@ -304,7 +304,7 @@ def warnings_summary(lines: list[str]) -> str:
     ``... at steps 10, 60`` (of an older byol's lines too, which said ``at step N`` twice)."""
     steps: dict[str, list[str]] = {}
     for line in lines:
-        step = _warning_step(line)
+        step = warning_step(line)
         message = line.partition(": ")[2] if step > -math.inf else line
         what = message.split(":")[0].partition(" at step ")[0]  # the warning's name: "representation collapse"
         steps.setdefault(what, [])
@@ -315,13 +315,6 @@ def warnings_summary(lines: list[str]) -> str:
         shown = ", ".join(at[:3]) + (", ..." if len(at) > 3 else "")
         parts.append(what + (f" at step{'s' if len(at) > 1 else ''} {shown}" if at else ""))
     return "; ".join(parts)
-
-
-def _warning_step(line: str) -> float:
-    """The step of a ``warnings.txt`` line; -inf for a line without one (kept on every resume)."""
-    head, sep, _ = line.partition(": ")
-    number = head.removeprefix("step ")
-    return int(number) if sep and head.startswith("step ") and number.isascii() and number.isdigit() else -math.inf
 
 
 def _quietly(action, *args, **kwargs) -> None:

@@ -252,8 +252,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
             progress.close()
         data.close()
     results["time_s"] = clock.time_s()  # the run's, its earlier starts' included; the throughput this start's
-    if step > first_step and clock.training_s() > 0:
-        results["images_per_s"] = (step - first_step) * t.batch_size / clock.training_s()
+    trained_s = clock.training_s()
+    if step > first_step and trained_s > 0:
+        results["images_per_s"] = (step - first_step) * t.batch_size / trained_s
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 
