@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from .checkpoint import write_text_atomically
+from .config import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 
 KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
@@ -59,6 +60,15 @@ PLOTS = {  # file name -> (title, panels one above the other)
               _rank_warning)]),
 }
 
+# What TensorBoard's HParams tab shows beside each run's settings: their last values.
+SETTINGS_METRICS = ("eval/knn_top1", "train/loss")
+
+
+def _hparam(value) -> object:
+    """A setting as TensorBoard's HParams tab takes it: a number, or a word as YAML writes it (``true``,
+    ``null``, ``[20, 200]``; a bool would be a number there)."""
+    return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else yaml_word(value)
+
 
 class MetricsLog:
     """Appends ``{"step": s, "epoch": e, "time_s": t, key: value, ...}`` records to ``metrics.jsonl``
@@ -103,6 +113,17 @@ class MetricsLog:
         """``text`` in TensorBoard's Text tab under ``tag`` at ``step`` (``metrics.jsonl`` has numbers only)."""
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
+
+    def settings(self, config: dict) -> None:
+        """The run's settings (``{section: {key: value}}``) in TensorBoard's HParams tab, as
+        ``section.key``, beside the run's kNN and loss: runs side by side, each with what it ran with."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+        flat = {f"{section}.{key}": _hparam(value)
+                for section, values in config.items() for key, value in values.items()}
+        for summary in hparams(flat, dict.fromkeys(SETTINGS_METRICS, 0.0)):  # the metrics' values unused
+            self.writer.file_writer.add_summary(summary)
 
     def close(self) -> None:
         if self.writer is not None:

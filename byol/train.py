@@ -187,6 +187,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
+    if log is not None and not resume:  # (TensorBoard shows a run's first settings: a resume's would not show)
+        log.settings(config.to_dict())
     results: dict = dict(ran_on)
     # The kNN monitor: the online encoder's accuracies when called (None: no monitor), bars on rank 0.
     knn = (partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)

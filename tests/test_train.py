@@ -19,7 +19,7 @@ import byol.train
 from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
-from byol.config import Config, ConfigError, load_config
+from byol.config import Config, ConfigError, load_config, yaml_word
 from byol.resume import changed_settings
 from byol.metrics import read_metrics
 from byol.optim import build_optimizer
@@ -610,8 +610,20 @@ def test_run_directory_contents(tmp_path, cifar10_root):
         assert (run / name).is_file(), name
     waits = [r["train/data_wait"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r]
     assert waits and all(0 <= w < 1 for w in waits)  # a share of the time, measured
-    assert any((run / "tensorboard").iterdir())
     assert load_config(str(run / "config.yaml")) == config  # the resolved config, as given
+    # and in TensorBoard's HParams tab, every setting as section.key, beside the metrics it lists
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    hparams = EventAccumulator(str(run / "tensorboard")).Reload().PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["eval/knn_top1", "train/loss"]
+    shown = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"]).session_start_info.hparams
+    flat = {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+    assert set(shown) == set(flat)
+    assert shown["train.batch_size"].number_value == config.train.batch_size == 16
+    assert shown["train.out_dir"].string_value == str(run)
+    assert shown["data.download"].string_value == "false"  # a word, as in config.yaml (a bool would be 0)
+    assert shown["train.compile"].string_value == yaml_word(config.train.compile)
     # config.yaml keeps train.device and train.precision at auto; the checkpoint records what they resolved to
     extra = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["extra"]
     assert (extra.get("device"), extra.get("precision")) == (results["device"], results["precision"])
