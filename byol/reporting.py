@@ -207,6 +207,15 @@ def note_cpu(config: Config, device: torch.device) -> None:
               file=sys.stderr)
 
 
+def note_stl10_split(config: Config) -> None:
+    """STL-10 pretrained on its 5,000 labeled images alone (the default ``data.train_split``, which
+    suits CIFAR), where the field (and ``--config stl10``) takes train+unlabeled, 105,000 images."""
+    if config.data.dataset == "stl10" and config.data.train_split == "train":
+        print("note: this run pretrains on STL-10's 5,000 labeled train images alone; STL-10 is usually "
+              "pretrained on train+unlabeled, 105,000 images, as --config stl10 does "
+              "(--data.train_split=train+unlabeled)", file=sys.stderr)
+
+
 def note_warmup(config: Config, steps_per_epoch: int) -> None:
     """A warm-up as long as the run (its epochs, or ``train.max_steps``): legal, but the learning rate
     then only climbs (to its peak at the last step at best) and never decays, which is almost surely

@@ -28,7 +28,7 @@ from .metrics import KNN_PREFIX, MetricsLog, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_warmup, progress_bar, shows_bars)
+                        note_stl10_split, note_warmup, progress_bar, shows_bars)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
@@ -273,6 +273,8 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         folder.save_config(config, resume_step)
         note_cpu(config, device)
         note_warmup(config, len(data.batches))
+        if resume_step is None:
+            note_stl10_split(config)
         if resume_step is not None and data.folder is not None:
             data.folder.read_skipped(run_dir / "skipped_files.txt")
 

@@ -32,12 +32,22 @@ def data_root(preset, tmp_path):
     return extract_jpegs(tmp_path / "images", per_class=1)
 
 
-@pytest.mark.parametrize("preset", preset_names())
-def test_preset_runs_two_steps(preset, tmp_path):
-    config = load_config(preset, [
+def two_steps(preset, tmp_path, *overrides):
+    return load_config(preset, [
         f"--data.root={data_root(preset, tmp_path)}", f"--train.out_dir={tmp_path / 'run'}",
         "--train.batch_size=4", "--train.max_steps=2", "--train.knn_limit=16", "--train.progress=false",
-        "--train.device=cpu", "--data.workers=0", "--train.log_every=1"])
-    results = pretrain(config)
+        "--train.device=cpu", "--data.workers=0", "--train.log_every=1", *overrides])
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_preset_runs_two_steps(preset, tmp_path, capsys):
+    results = pretrain(two_steps(preset, tmp_path))
     assert results["step"] == 2 and np.isfinite(results["loss"])
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert "STL-10 is usually" not in capsys.readouterr().err  # the stl10 preset takes train+unlabeled
+
+
+def test_stl10_pretrained_on_its_labeled_images_alone_gets_a_note(tmp_path, capsys):
+    """A user test found --data.dataset=stl10 without the preset training on 5,000 of its 105,000 images, unsaid."""
+    pretrain(two_steps("stl10", tmp_path, "--data.train_split=train"))
+    assert "note: this run pretrains on STL-10's 5,000 labeled train images alone" in capsys.readouterr().err
