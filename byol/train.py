@@ -190,15 +190,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     if log is not None and not resume:  # (TensorBoard shows a run's first settings: a resume's would not show)
         log.settings(config.to_dict())
     results: dict = dict(ran_on)
-    # The kNN monitor: the online encoder's accuracies when called (None: no monitor), bars on rank 0.
-    knn = (partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)
-           if data.knn_train is not None else None)
-    if knn is not None:  # what its accuracies are of, for the closing table
-        results["knn_images"] = (*data.knn_images, data.knn_query)
-    if knn is not None and step == 0:
-        results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
-    elif knn is not None and saved.get("knn_due"):  # an epoch's, which the stop that ended the last start skipped
-        results["knn"] = log_knn(log, step, knn(), t.knn_k, {"epoch": step / steps_per_epoch, "time_s": resumed_s})
+    knn = _knn_monitor(config, byol, data, device, amp, rank, log, step, saved, steps_per_epoch, results)
     progress = progress_bar(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
@@ -337,6 +329,26 @@ def _epoch_batches(data: TrainData, epoch: int) -> Iterator[tuple]:
             raise data.folder.nothing_decoded()
         yield first
         yield from batches
+
+
+def _knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.device, amp: Optional[torch.dtype],
+                 rank: int, log: Optional[MetricsLog], step: int, saved: dict, steps_per_epoch: int,
+                 results: dict) -> Optional[Callable[[], dict]]:
+    """The kNN monitor: the online encoder's accuracies when called (None: the data has no labeled
+    splits), bars on rank 0. Scored here: a new run's encoder at random initialization, and for a
+    resumed run the epoch's that the stop which ended its last start skipped (``saved``: the
+    checkpoint's extra). ``results`` gets what it scores, and what its accuracies are of."""
+    if data.knn_train is None:
+        return None
+    t = config.train
+    knn = partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)
+    results["knn_images"] = (*data.knn_images, data.knn_query)  # for the closing table
+    if step == 0:
+        results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
+    elif saved.get("knn_due"):
+        when = {"epoch": step / steps_per_epoch, "time_s": float(saved.get("time_s", 0.0))}
+        results["knn"] = log_knn(log, step, knn(), t.knn_k, when)
+    return knn
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
