@@ -3,6 +3,7 @@ on what it leaves to the config (``--section.key=value``). Loads no torch: ``byo
 error stay quick."""
 
 import argparse
+import os
 
 
 class UsageError(Exception):
@@ -51,10 +52,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """A path, ``~`` expanded: the shell leaves it in ``--out=~/x`` (after ``=``), as in a preset name."""
+    return os.path.expanduser(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
                 "pretrain takes any config key as --section.key=value (e.g. --train.epochs=10); eval and embed "
                 "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
+    from . import __version__
+    p.add_argument("-V", "--version", action="version", version=f"byol {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -65,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
         "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
-    pre.add_argument("--config", action=_Once, help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a "
+    pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a "
                      "YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
                      "with its saved config.yaml changed by the --section.key=value settings given here")
@@ -74,8 +82,8 @@ def parser() -> argparse.ArgumentParser:
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
         e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
-        e.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
-        e.add_argument("--out", help="write the results as JSON here (default: beside the checkpoint)")
+        e.add_argument("checkpoint", type=_path, help="a checkpoint (.pt from a run) or an exported encoder.pt")
+        e.add_argument("--out", type=_path, help="write the results as JSON here (default: beside the checkpoint)")
         e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
                        "for a folder, spread over its classes)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
@@ -93,14 +101,14 @@ def parser() -> argparse.ArgumentParser:
                            help="of the linear probe's training (default: 100)")
     em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
                         epilog=SETTINGS_READ_HELP)
-    em.add_argument("checkpoint", help="a checkpoint (.pt from a run) or an exported encoder.pt")
-    em.add_argument("--out", required=True, help="output file, .npy or .pt")
+    em.add_argument("checkpoint", type=_path, help="a checkpoint (.pt from a run) or an exported encoder.pt")
+    em.add_argument("--out", type=_path, required=True, help="output file, .npy or .pt")
     em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
                     "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
     em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
     ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
-    ex.add_argument("checkpoint", help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
-    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("checkpoint", type=_path, help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
+    ex.add_argument("--out", type=_path, required=True, help="output folder")
     return p
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .arguments import UsageError, check_overrides, parser, shows_bars_given
+from .streams import losable_streams
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -245,30 +246,52 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 class _Terminated(BaseException):
-    """SIGTERM (a scheduler's cancel or preemption) outside the training loop, whose own handler
-    finishes the step and saves: a BaseException, as KeyboardInterrupt, so that what a start wrote
-    is undone on its way out (:class:`~byol.run_folder.RunFolder`)."""
+    """SIGTERM (a scheduler's cancel or preemption) or SIGHUP (the terminal closed) outside the training
+    loop, whose own handler finishes the step and saves: a BaseException, as KeyboardInterrupt, so that
+    what a start wrote is undone on its way out (:class:`~byol.run_folder.RunFolder`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# What ends a command with a line and 128 + its number; SIGINT is Python's KeyboardInterrupt.
+_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _terminated_handler(main_pid: int):
     def handle(signum, frame):
         if os.getpid() != main_pid:  # another process forked with this handler (torch's decoding processes
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # install their own): it ends as it would have
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.signal(signum, signal.SIG_DFL)  # install their own): it ends as it would have
+            os.kill(os.getpid(), signum)
             return
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut short the undoing
-        raise _Terminated
+        for s in _ENDING_SIGNALS:  # a second one must not cut short the undoing
+            signal.signal(s, signal.SIG_IGN)
+        raise _Terminated(signum)
     return handle
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback;
-    SIGINT and SIGTERM a line and exit codes 130 and 143."""
+    SIGINT, SIGTERM and SIGHUP a line and exit codes 130, 143 and 129. What is printed may go
+    nowhere (a closed pipe or terminal: :mod:`byol.streams`), which does not stop the command."""
+    previous = {}
+    for s in _ENDING_SIGNALS:
+        try:
+            previous[s] = signal.signal(s, _terminated_handler(os.getpid()))
+        except ValueError:  # not the main thread: signals are left alone
+            break
     try:
-        previous = signal.signal(signal.SIGTERM, _terminated_handler(os.getpid()))
-        installed = True
-    except ValueError:  # not the main thread: signals are left alone
-        installed = False
+        with losable_streams():
+            return _main(argv)
+    finally:
+        if "byol.distributed" in sys.modules:  # else no process group was started
+            sys.modules["byol.distributed"].shutdown()
+        for s, handler in previous.items():  # None: a handler set from C, which Python cannot put back
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main(argv: Optional[list[str]]) -> int:
     try:
         return run(argv)
     except UsageError as e:
@@ -277,9 +300,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)
         return 130
-    except _Terminated:
-        print("byol: terminated (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except _Terminated as e:
+        print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+        return 128 + e.signum
     except Exception as e:
         if isinstance(e, _user_errors()):
             from .config import ConfigError
@@ -288,11 +311,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         if _is_out_of_memory(e):
             return _out_of_memory()
         raise
-    finally:
-        if "byol.distributed" in sys.modules:  # else no process group was started
-            sys.modules["byol.distributed"].shutdown()
-        if installed:  # None: a handler set from C, which Python cannot put back; the default instead
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

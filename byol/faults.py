@@ -101,13 +101,14 @@ class NonFiniteGuard:
 
 
 class StopRequest:
-    """Turns SIGTERM and SIGINT into a flag that the loop checks after each step.
+    """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal or ssh session) into a flag that the loop
+    checks after each step.
 
     The loop then finishes the step, writes a checkpoint and exits; a second SIGINT
     interrupts at once (KeyboardInterrupt). Handlers are restored on exit.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
         self.signum: Optional[int] = None

@@ -36,13 +36,14 @@ def usable_cores() -> int:
 
 
 def _leave_stops_to_the_main_process(worker_id: int) -> None:
-    """A decoding process ignores SIGTERM and SIGINT: a scheduler's cancel (SIGTERM) and a terminal's
-    Ctrl-C (SIGINT) go to every process of the job, and a decoding process that died of one failed the
-    main process ("DataLoader worker ... is killed by signal") before it could finish its step and save.
-    The main process stops the run and then ends its decoding processes; should it die, torch's
-    watchdog in each ends it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A decoding process ignores SIGTERM, SIGINT and SIGHUP: a scheduler's cancel (SIGTERM), a terminal's
+    Ctrl-C (SIGINT) and its closing (SIGHUP) go to every process of the job, and a decoding process that
+    died of one failed the main process ("DataLoader worker ... is killed by signal") before it could
+    finish its step and save. The main process stops the run and then ends its decoding processes;
+    should it die, torch's watchdog in each ends it."""
+    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class _SkippingLoader(DataLoader):

@@ -931,3 +931,50 @@ def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_
     init = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
             if r["step"] == 0 and "eval/knn_top1_k20" in r]
     assert f"{init[0]['eval/knn_top1_k20']:.2f}" == pairs[1].group(1)  # the run's start, as logged
+
+
+def _with_stdout_gone(*args, stderr_gone=False) -> subprocess.CompletedProcess:
+    """``byol ARGS`` whose stdout (and with ``stderr_gone`` its stderr) is a pipe whose reader has ended."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    try:
+        return subprocess.run([sys.executable, "-m", "byol", *map(str, args)], stdout=write,
+                              stderr=write if stderr_gone else subprocess.PIPE, text=True, env=env, timeout=600)
+    finally:
+        os.close(write)
+
+
+def test_a_command_whose_output_pipe_is_gone_does_its_work_and_exits_0(trained, tmp_path):
+    """A user test: `byol export ... | true` (or `| head`) wrote its files, then ended in a BrokenPipeError
+    traceback and exit 1 at its table; with stderr gone too (`2>&1 | ...`), at its first note."""
+    checkpoint = trained[0] / "checkpoints" / "last.pt"
+    proc = _with_stdout_gone("export", checkpoint, "--out", tmp_path / "export")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "export" / "export.json").is_file()
+    proc = _with_stdout_gone("eval", "knn", checkpoint, "--limit", "20", "--k", "5", "--out", tmp_path / "knn.json",
+                             stderr_gone=True)
+    assert proc.returncode == 0 and set(json.loads((tmp_path / "knn.json").read_text())["knn_top1"]) == {"5"}
+    assert _with_stdout_gone("pretrain", "--help").returncode == 0
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """The shell leaves `~` in `--out=~/x` (it expands it only at a word's start): `--out=~/k.json` wrote
+    into a folder named `~` (a user test); `--data.root=~/x` and `--train.out_dir=~/x` were expanded."""
+    from byol.cli import main
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for args, said in ((["eval", "knn", "--out=~/k.json", "~/run/last.pt"], "checkpoint "),
+                       (["pretrain", "--config=~/c.yaml"], "config file ")):
+        assert main(args) == 2
+        assert f"byol: error: {said}{tmp_path / 'home'}" in capsys.readouterr().err
+    assert not (tmp_path / "~").exists()
+
+
+def test_version(capsys):
+    from byol import __version__
+    from byol.cli import main
+    for flag in ("--version", "-V"):
+        with pytest.raises(SystemExit) as e:
+            main([flag])
+        assert e.value.code == 0 and capsys.readouterr().out == f"byol {__version__}\n"

@@ -140,6 +140,35 @@ def test_signal_finishes_the_step_saves_and_resumes_exactly(tmp_path, cifar, uni
                 "weights of an uninterrupted run; half-written files of a killed run are removed")
 
 
+def test_a_run_whose_log_reader_is_gone_trains_on_and_a_hangup_stops_it_as_sigterm_does(tmp_path, cifar,
+                                                                                         fault_table):
+    """A user test: `nohup byol pretrain ... 2>&1 | tee log` died at its next epoch line once tee ended
+    (a logout), with no message and the epoch's training lost; SIGHUP (the terminal closed) killed a run
+    at once, with no checkpoint."""
+    run = tmp_path / "run"
+    read, write = os.pipe()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", cifar, *tiny_overrides(run, **SLOW_RUN)],
+                            stdout=write, stderr=write, env=env)
+    os.close(write)
+    os.close(read)  # the reader gone: every line the run prints meets a closed pipe
+    deadline = time.time() + 120
+    # past the end of epoch 1, whose line (no bar: not a terminal) went to the closed pipe
+    while time.time() < deadline and max([r["step"] for r in _records(run)] or [0]) <= 8:
+        assert proc.poll() is None, proc.returncode
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    assert 8 < load_checkpoint(run / "checkpoints" / "last.pt")["step"] < 24  # the step finished, saved
+    fault_table("stdout and stderr a pipe whose reader ended (`| tee` closed at a logout), then SIGHUP",
+                f"training goes on, its lines dropped; at SIGHUP (a closed terminal) step finished, checkpoint "
+                f"written, exit {128 + signal.SIGHUP}, as at SIGTERM")
+
+
+def _records(run):
+    return read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+
+
 def test_a_run_killed_after_its_checkpoint_logs_each_step_once(tmp_path, cifar, fault_table):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run = tmp_path / "run"
@@ -470,24 +499,27 @@ def test_plots_that_cannot_be_written_are_a_note_and_the_run_goes_on(monkeypatch
                 "written, exit 0")
 
 
-def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatch, capsys, tmp_path, cifar,
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatch, capsys, tmp_path, cifar, signum,
                                                                       fault_table):
     """A scheduler's SIGTERM while a start loads its data (a user test: exit -15, nothing said, a
-    folder left behind): one line, exit 143, the folder made by the start removed, as Ctrl-C does."""
+    folder left behind): one line, exit 143, the folder made by the start removed, as Ctrl-C does.
+    SIGHUP (the terminal closed) likewise, exit 129 (a user test: it killed the process at once)."""
     import byol.train
     from byol import cli
-    load, before = byol.train.load_data, signal.getsignal(signal.SIGTERM)
+    load, before = byol.train.load_data, signal.getsignal(signum)
 
     def signalled(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         return load(*args, **kwargs)
 
     monkeypatch.setattr(byol.train, "load_data", signalled)
     code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run")])
-    assert code == 143 and capsys.readouterr().err.strip().splitlines()[-1] == "byol: terminated (SIGTERM)"
-    assert not (tmp_path / "runs").exists() and signal.getsignal(signal.SIGTERM) is before
-    fault_table("SIGTERM before the first step (while the data loads)", "one line, exit 143; the folder the start "
-                "made is removed")
+    name = signal.Signals(signum).name
+    assert code == 128 + signum and capsys.readouterr().err.strip().splitlines()[-1] == f"byol: terminated ({name})"
+    assert not (tmp_path / "runs").exists() and signal.getsignal(signum) is before
+    fault_table(f"{name} before the first step (while the data loads)", f"one line, exit {128 + signum}; the folder "
+                "the start made is removed")
 
 
 def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short(monkeypatch, capsys, tmp_path, cifar):

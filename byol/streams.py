@@ -1,0 +1,57 @@
+"""stdout and stderr that may go away while a command runs: what it says is not worth its work.
+
+A pipe's reader ends (``| head -1``; ``| tee log`` closed by a logout's SIGHUP), a descriptor is
+closed (``2>&-``), a terminal hangs up: Python then raises ``BrokenPipeError`` or ``OSError`` at
+the next ``print``, which would end hours of training (before its checkpoint) for a progress line.
+From the first write that fails, a guarded stream writes nowhere, and the command goes on.
+"""
+
+import contextlib
+import os
+import sys
+from typing import Iterator, TextIO
+
+
+class LosableStream:
+    """``stream``, whose writes and flushes that fail (the reader gone) send it and its file
+    descriptor to ``os.devnull`` from then on: what was said already stays said, the rest is dropped,
+    and Python's own flush at exit finds nothing to complain of. Everything else is ``stream``'s."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: a stream closed under us
+            self._lose()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())  # also what the stream still buffers goes there at exit
+            os.close(null)
+        self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def losable_streams() -> Iterator[None]:
+    """``sys.stdout`` and ``sys.stderr`` as :class:`LosableStream` while the block runs (a command)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = LosableStream(sys.stdout), LosableStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
