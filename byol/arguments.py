@@ -73,8 +73,8 @@ def parser() -> argparse.ArgumentParser:
         "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
         "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
-    pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, imagenet) or a "
-                     "YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
+    pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, "
+                     "imagenet) or a YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
                      "with its saved config.yaml changed by the --section.key=value settings given here")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
