@@ -103,7 +103,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         "extra": extra or {},
     }
     try:
-        with _temporary(path) as tmp:
+        with temporary_beside(path) as tmp:
             torch.save(state, tmp)
     except (OSError, RuntimeError) as e:
         if not write_failed(e):
@@ -119,7 +119,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 def copy_atomically(source: Path, path: Path) -> None:
     """``source``'s bytes at ``path``, written as a checkpoint is (a temporary file, then renamed)."""
     try:
-        with _temporary(path) as tmp:
+        with temporary_beside(path) as tmp:
             shutil.copyfile(source, tmp)
     except OSError as e:
         if not write_failed(e):
@@ -138,11 +138,11 @@ def write_files_atomically(files: dict[Path, bytes]) -> None:
     them over their paths: a failure on any (a full disk) leaves every old file as it was."""
     with ExitStack() as stack:
         for path, data in files.items():
-            stack.enter_context(_temporary(Path(path))).write_bytes(data)
+            stack.enter_context(temporary_beside(Path(path))).write_bytes(data)
 
 
 @contextmanager
-def _temporary(path: Path) -> Iterator[Path]:
+def temporary_beside(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write, synced to disk and renamed over ``path`` at the end
     of the ``with`` (removed instead on an error).
 
@@ -238,7 +238,17 @@ def write_failure(e: BaseException) -> str:
         return "a folder is in the way where a file is needed"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return f"{str(e).splitlines()[0][:120]}; is the disk full?"
+    return f"{str(e).splitlines()[0][:120]}; is the disk full{_file_size_limit()}?"
+
+
+def _file_size_limit() -> str:
+    """``ulimit -f``'s limit where there is one (torch.save's writer says neither it nor a full disk)."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return ""
+    return "" if limit == resource.RLIM_INFINITY else f", or this process's file-size limit ({limit:,} bytes) reached"
 
 
 def read_state(path: Path, map_location: Any = "cpu") -> Any:

@@ -1,10 +1,12 @@
 """The command line: ``byol pretrain | eval knn | eval linear | embed | export``."""
 
+import errno
 import itertools
 import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -36,6 +38,7 @@ def _encoder_rows(result: dict) -> list[tuple[str, str]]:
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     """Write the result to ``out``, else to ``default``, where an earlier result (another run of
     the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ..."""
+    from .checkpoint import write_text_atomically
     from .pipeline import writing
     path = Path(out) if out else default
     if _is_main_process():
@@ -44,7 +47,7 @@ def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
             if not out and path.is_file():
                 earlier = _keep_earlier(path)
                 print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
-            path.write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomically(path, json.dumps(result, indent=2) + "\n")  # a full disk leaves no empty file
     return path
 
 
@@ -228,6 +231,28 @@ def _out_of_memory() -> int:
     return 2
 
 
+# A write the storage refused wherever it came (a full disk mid-run, under metrics.jsonl or TensorBoard's
+# events; a quota; a file-size limit; a folder made read-only): said in one sentence, not a traceback.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _quiet_storage_errors_of_threads(hook):
+    """``threading.excepthook``, but for a storage error in a thread (TensorBoard's writer, at a full
+    disk): its writer raises it again in the main thread, where it is said in one sentence."""
+    def quiet(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in _STORAGE_ERRORS):
+            hook(args)
+    return quiet
+
+
+def _storage_error(e: OSError) -> int:
+    where = f"write {e.filename}" if e.filename else "write to the disk"
+    print(f"byol: error: could not {where} ({e.strerror}); what was written before is kept: make room, or "
+          "choose a writable place, and run the command again (a pretraining run goes on from its last "
+          "checkpoint with --resume)", file=sys.stderr)
+    return 2
+
+
 def _user_errors() -> tuple[type, ...]:
     # Imported only once an error is raised: `byol --help` and usage errors never load torch.
     from .checkpoint import CheckpointError
@@ -281,10 +306,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             previous[s] = signal.signal(s, _terminated_handler(os.getpid()))
         except ValueError:  # not the main thread: signals are left alone
             break
+    hook = threading.excepthook
+    threading.excepthook = _quiet_storage_errors_of_threads(hook)
     try:
         with losable_streams():
             return _main(argv)
     finally:
+        threading.excepthook = hook
         if "byol.distributed" in sys.modules:  # else no process group was started
             sys.modules["byol.distributed"].shutdown()
         for s, handler in previous.items():  # None: a handler set from C, which Python cannot put back
@@ -310,6 +338,8 @@ def _main(argv: Optional[list[str]]) -> int:
             return 2
         if _is_out_of_memory(e):
             return _out_of_memory()
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:
+            return _storage_error(e)
         raise
 
 

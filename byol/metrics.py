@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from .checkpoint import write_text_atomically
+from .checkpoint import temporary_beside, write_text_atomically
 from .config import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 
@@ -167,7 +167,9 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
             if any(series.values()):
                 drawn.append((panel, series))
         if drawn:  # named by the run's folder: plots of several runs side by side are told apart
-            _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed).savefig(out_dir / name)
+            figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed)
+            with temporary_beside(out_dir / name) as tmp:  # a full disk leaves the last plot, not an empty file
+                figure.savefig(tmp, format="png")
             written.append(out_dir / name)
     return written
 

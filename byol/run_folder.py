@@ -211,10 +211,11 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     except OSError:  # no locks on this file system
         lock.close()
         return None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    lock.flush()
+    try:  # who holds it, for a start refused while it does; unbuffered: nothing left to fail at close
+        os.ftruncate(lock.fileno(), 0)
+        os.write(lock.fileno(), f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    except OSError:  # a full disk: the lock holds all the same, and the start's first write says why
+        pass
     return lock
 
 

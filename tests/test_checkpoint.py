@@ -206,3 +206,15 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path, fault_table):
     assert not marker.exists()
     fault_table("checkpoint carrying a pickled payload that writes a file when unpickled",
                 "refused by weights_only=True with one sentence; the file is never written")
+
+
+def test_a_failed_checkpoint_write_names_a_file_size_limit_where_the_process_has_one(monkeypatch):
+    """A user test under `prlimit --fsize`: torch.save's writer failed as on a full disk, and only that was said."""
+    import resource
+    from byol.checkpoint import write_failure
+    torn = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 499904 vs 499792")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert write_failure(torn).endswith("; is the disk full?")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (500_000, resource.RLIM_INFINITY))
+    assert write_failure(torn).endswith("; is the disk full, or this process's file-size limit (500,000 bytes) "
+                                        "reached?")

@@ -945,6 +945,25 @@ def _with_stdout_gone(*args, stderr_gone=False) -> subprocess.CompletedProcess:
         os.close(write)
 
 
+def test_an_evaluation_whose_result_cannot_be_written_leaves_no_empty_file(trained, tmp_path, capsys, monkeypatch):
+    """A user test on a full disk: eval left a 0-byte last_knn.json, which the next eval kept as an earlier result."""
+    import errno
+    from byol.cli import main
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    ckpt = run / "checkpoints" / "last.pt"
+    assert main(["eval", "knn", str(ckpt), "--limit", "50", "--k", "5"]) == 0
+    earlier = (ckpt.parent / "last_knn.json").read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # where a full disk shows, at the latest
+    assert main(["eval", "knn", str(ckpt), "--limit", "50", "--k", "5"]) == 2
+    assert "No space left on device; choose another --out" in capsys.readouterr().err
+    assert not (ckpt.parent / "last_knn.json").exists() and (ckpt.parent / "last_knn.1.json").read_text() == earlier
+
+
 def test_a_command_whose_output_pipe_is_gone_does_its_work_and_exits_0(trained, tmp_path):
     """A user test: `byol export ... | true` (or `| head`) wrote its files, then ended in a BrokenPipeError
     traceback and exit 1 at its table; with stderr gone too (`2>&1 | ...`), at its first note."""

@@ -5,6 +5,7 @@ Regenerate that table with:
         tests/test_checkpoint.py tests/test_memory.py tests/test_run_folder.py -m "slow or not slow"
 """
 
+import errno
 import fcntl
 import os
 import random
@@ -163,6 +164,42 @@ def test_a_run_whose_log_reader_is_gone_trains_on_and_a_hangup_stops_it_as_sigte
     fault_table("stdout and stderr a pipe whose reader ended (`| tee` closed at a logout), then SIGHUP",
                 f"training goes on, its lines dropped; at SIGHUP (a closed terminal) step finished, checkpoint "
                 f"written, exit {128 + signal.SIGHUP}, as at SIGTERM")
+
+
+def test_a_full_disk_under_the_logs_mid_run_is_one_sentence_and_the_run_resumes(tmp_path, cifar, monkeypatch,
+                                                                                 capsys, fault_table):
+    """A user test filled the disk between two checkpoints: metrics.jsonl's append (or TensorBoard's
+    writer, in its thread and then in the run's) ended the run in tracebacks, exit 1."""
+    import threading
+    import byol.metrics
+    from byol import cli
+    run, settings = tmp_path / "run", tiny_overrides(tmp_path / "run", **SLOW_RUN)
+    log = byol.metrics.MetricsLog.log
+
+    def full_after_epoch_1(self, step, *args, **kwargs):
+        if step > 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return log(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(byol.metrics.MetricsLog, "log", full_after_epoch_1)
+    assert cli.main(["pretrain", cifar, *settings]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "byol: error: could not write to the disk (No space left on device); what was written before is kept: "
+        "make room, or choose a writable place, and run the command again (a pretraining run goes on from its "
+        "last checkpoint with --resume)")
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    monkeypatch.setattr(byol.metrics.MetricsLog, "log", log)  # room made
+    assert cli.main(["pretrain", "--resume", *settings]) == 0
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r] == list(range(2, 25, 2))
+    # TensorBoard's writer thread meets it first: it is said once, by the run, not as the thread's traceback
+    said = []
+    quiet = cli._quiet_storage_errors_of_threads(said.append)
+    for error in (OSError(errno.ENOSPC, "No space left on device"), ValueError("a bug")):
+        quiet(threading.ExceptHookArgs((type(error), error, None, None)))
+    assert [type(args.exc_value) for args in said] == [ValueError]
+    fault_table("disk full between two checkpoints (metrics.jsonl's or TensorBoard's write)",
+                "one sentence, exit 2; the last checkpoint kept, and --resume goes on from it, each step logged once")
 
 
 def _records(run):

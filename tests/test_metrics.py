@@ -14,7 +14,7 @@ def drawn(monkeypatch):
     save = matplotlib.figure.Figure.savefig
 
     def record(fig, path, *args, **kwargs):
-        figures[path.name] = fig
+        figures[path.name.removeprefix(".").rsplit(".tmp", 1)[0]] = fig  # written beside, then renamed
         return save(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
