@@ -4,7 +4,10 @@ epoch (:class:`EpochShuffle`), and a folder, or a process's share of it, decoded
 (:func:`load_folder_tensor`, :func:`load_folder_share`).
 """
 
+import errno
+import multiprocessing
 import os
+import shutil
 import signal
 from typing import Iterable, Iterator, Optional
 
@@ -59,11 +62,56 @@ class _SkippingLoader(DataLoader):
         super().__init__(dataset, num_workers=min(num_workers, usable_cores()), **kwargs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for images, labels, indices, skipped in super().__iter__():
+        before = set(multiprocessing.active_children())
+        try:
+            batches = super().__iter__()  # starts the decoding processes (or takes the kept ones)
+        except OSError as e:
+            end_processes(set(multiprocessing.active_children()) - before)  # those it started before it failed
+            _disarm(e)
+            raise DataError(_not_started(self.num_workers, e)) from None
+        for images, labels, indices, skipped in batches:
             for s in skipped:
                 self.dataset.bad_files[s.path] = s.reason
             if images is not None:
                 yield images, labels, indices
+
+
+def _not_started(workers: int, e: OSError) -> str:
+    """Why ``workers`` decoding processes could not be started: shared memory (/dev/shm, where they
+    pass their batches: Docker gives 64 MB) or file descriptors ran out, say."""
+    hint = ""
+    if e.errno == errno.ENOSPC:
+        try:
+            free = f" ({shutil.disk_usage('/dev/shm').free / 2**20:.1f} MiB free)"
+        except OSError:
+            free = ""
+        hint = f"; shared memory, /dev/shm{free}, is full: give it more (docker run --shm-size=8g) or"
+    elif e.errno == errno.EMFILE:
+        hint = "; raise the limit on open files (ulimit -n 4096) or"
+    return (f"the {workers} image decoding processes (data.workers) could not be started ({e.strerror}){hint} "
+            "lower data.workers (0: decode in this process)")
+
+
+def _disarm(e: BaseException) -> None:
+    """The half-built iterator that torch's failed start left in ``e``'s frames, marked shut down: its
+    ``__del__`` would fail over the fields it never set, with a traceback ("Exception ignored in")."""
+    tb = e.__traceback__
+    while tb is not None:
+        built = tb.tb_frame.f_locals.get("self")
+        if type(built).__name__ == "_MultiProcessingDataLoaderIter":
+            built._shutdown = True
+        tb = tb.tb_next
+
+
+def end_processes(processes: Iterable[multiprocessing.Process]) -> None:
+    """End ``processes`` now, decoding processes left running: they ignore SIGTERM (see
+    :func:`_leave_stops_to_the_main_process`), so terminate() does not end them, and Python's exit,
+    which joins them, would wait for ever."""
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=5)
 
 
 class EpochShuffle(Sampler[int]):

@@ -804,3 +804,41 @@ def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says
         image_root(one / "cat" / "only.jpg")
     fault_table("image folder of one image", "one sentence: a batch does not fit in the 1 image, training needs two")
     fault_table("data.root naming a file, not a folder (eval, embed)", "one sentence saying it is a file")
+
+
+def test_decoding_processes_that_cannot_start_are_one_sentence_and_leave_no_process(tmp_path, monkeypatch,
+                                                                                   fault_table):
+    """A user test in a container whose /dev/shm was full: the second decoding process's queue could not
+    be made, and the run printed a traceback and then waited for ever on the first one, which ignores
+    SIGTERM (as a job's decoding processes must) and so outlived Python's exit."""
+    import errno
+    import gc
+    import multiprocessing
+    import re
+    import sys
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
+    made = []
+    queue = torch.multiprocessing.Queue
+
+    def shm_full_at_the_second(*args, **kwargs):  # the results' queue, the first process's (started), ...
+        made.append(1)
+        if len(made) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return queue(*args, **kwargs)
+
+    monkeypatch.setattr(torch.multiprocessing, "Queue", shm_full_at_the_second)
+    ignored = []  # what Python would print as "Exception ignored in" (the half-built iterator's __del__)
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    try:
+        next(iter(folder_loader(folder, batch_size=4, workers=2)))
+    except DataError as e:
+        said = str(e)
+    gc.collect()  # the error, its traceback and what it held are gone
+    assert re.fullmatch(r"the 2 image decoding processes \(data.workers\) could not be started \(No space left on "
+                        r"device\); shared memory, /dev/shm .*, is full: give it more \(docker run --shm-size=8g\) "
+                        r"or lower data.workers \(0: decode in this process\)", said), said
+    assert multiprocessing.active_children() == []
+    assert ignored == [], [str(u.exc_value) for u in ignored]
+    fault_table("shared memory (/dev/shm) full when the decoding processes start",
+                "one sentence naming /dev/shm and data.workers; the processes already started are ended, "
+                "no hang at exit")
