@@ -7,6 +7,7 @@ writes them) and arguments, so it works without a config or a run directory:
 
 import math
 import numbers
+import os
 import sys
 from collections.abc import Iterable
 from typing import Optional, Sequence, Union
@@ -34,7 +35,20 @@ def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: s
         return None
     from tqdm import tqdm
     name = progress if isinstance(progress, str) else default
-    return tqdm(total=total, unit=unit, desc=name, dynamic_ncols=True, leave=False, file=sys.stderr)
+    return tqdm(total=total, unit=unit, desc=name, leave=False, file=sys.stderr, **bar_shape())
+
+
+def bar_shape() -> dict:
+    """tqdm's size arguments for a bar on stderr: the terminal's width, followed as it changes; but a
+    terminal that says it has no rows or columns (a pseudo-terminal whose size was never set:
+    ``script``, ``ssh -tt``, some CI runners) would have tqdm hide every bar, so there a fixed size."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # not a terminal (no bar is drawn there by default)
+        return {"dynamic_ncols": True}
+    if size.lines > 0 and size.columns > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": size.columns or 80, "nrows": 24}
 
 
 @torch.inference_mode()

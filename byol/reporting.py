@@ -13,6 +13,7 @@ import torch
 
 from .build import end_step_of, schedule_of
 from .config import Config, TrainConfig
+from .evaluate import bar_shape
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
@@ -195,7 +196,7 @@ def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
     from tqdm import tqdm
     total = end_step * batch_size  # counts as 1.28M where they are long; 32/192, not 32.0/192, where not
     bar = tqdm(total=total, initial=step * batch_size, unit="img", unit_scale=total >= 100_000,
-               desc="pretrain", dynamic_ncols=True, file=sys.stderr)
+               desc="pretrain", file=sys.stderr, **bar_shape())
     return None if bar.disable else bar
 
 

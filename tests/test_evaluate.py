@@ -1,4 +1,6 @@
 import math
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +275,23 @@ def test_progress_bars_on_stderr_only_when_asked(capsys):
     assert linear_probe(x, y, x, y, epochs=3, progress=True) == linear_probe(x, y, x, y, epochs=3)
     err = capsys.readouterr().err
     assert "linear probe" in err and "/3 [" in err and "epoch/s" in err, err
+
+
+def test_bars_are_drawn_on_a_terminal_that_says_it_has_no_rows(monkeypatch):
+    """A user test under `script` (a pseudo-terminal whose size was never set: 0 rows): tqdm hid every bar,
+    so a run showed nothing until its closing table."""
+    import io
+    import os
+    from tqdm import tqdm
+    from byol.evaluate import bar_shape
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 0)))
+    monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(fileno=lambda: 2))
+    assert bar_shape() == {"ncols": 100, "nrows": 24}
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert bar_shape() == {"ncols": 80, "nrows": 24}
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 40)))
+    assert bar_shape() == {"dynamic_ncols": True}
+    shown = io.StringIO()
+    with tqdm(total=3, file=shown, ncols=100, nrows=24, mininterval=0) as bar:
+        bar.update(3)
+    assert "3/3" in shown.getvalue()
