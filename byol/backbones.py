@@ -131,7 +131,9 @@ class HiddenLayer(nn.Module):
             self.body = create_feature_extractor(net, return_nodes={_last_call(net, layer): "out"})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return flat_representation(self.body(x)["out"], f"the output of hidden_layer={self.layer!r}")
+        # Its forward, not its call: torch.fx's call prints the traceback of an error in the traced code
+        # to stderr (24 lines before "the batch does not fit in memory"); the body has no hooks of its own.
+        return flat_representation(self.body.forward(x)["out"], f"the output of hidden_layer={self.layer!r}")
 
 
 def _last_call(net: nn.Module, layer: str) -> str:

@@ -79,3 +79,24 @@ def test_the_resnet_of_a_state_dict_is_read_from_its_keys_and_shapes():
         for other in ("resnet101", "wide_resnet50_2", "resnext50_32x4d"):
             assert resnet_settings(getattr(torchvision.models, other)().state_dict()) is None, other
     assert resnet_settings({"a": 1}) is None
+
+
+def test_an_error_inside_a_traced_hidden_layer_is_raised_without_torch_fx_printing_it(capsys):
+    """A user test that ran out of memory: torch.fx's call printed 24 lines of traceback to stderr before
+    the one sentence of `byol: error: the batch does not fit in memory`."""
+    from byol.backbones import HiddenLayer
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            x = x.view(x.shape[0], 3, 8, 8)  # in the traced code itself, where torch.fx's call reports errors
+            return self.pool(self.conv(x))
+
+    hidden = HiddenLayer(Net(), "pool")
+    assert hidden(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(RuntimeError, match="shape"):
+        hidden(torch.zeros(2, 3, 4, 4))
+    assert capsys.readouterr().err == ""
