@@ -302,6 +302,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     nowhere (a closed pipe or terminal: :mod:`byol.streams`), which does not stop the command."""
     previous = {}
     for s in _ENDING_SIGNALS:
+        if s != signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:  # nohup's: the terminal may go
+            continue
         try:
             previous[s] = signal.signal(s, _terminated_handler(os.getpid()))
         except ValueError:  # not the main thread: signals are left alone

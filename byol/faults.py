@@ -101,8 +101,8 @@ class NonFiniteGuard:
 
 
 class StopRequest:
-    """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal or ssh session) into a flag that the loop
-    checks after each step.
+    """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal or ssh session; not where it is ignored, as
+    under nohup) into a flag that the loop checks after each step.
 
     The loop then finishes the step, writes a checkpoint and exits; a second SIGINT
     interrupts at once (KeyboardInterrupt). Handlers are restored on exit.
@@ -122,6 +122,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         try:
             for s in self.SIGNALS:
+                if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # nohup's: the run goes on when its terminal closes
                 self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: leave the signals alone
             self._previous = {}

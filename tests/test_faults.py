@@ -559,6 +559,29 @@ def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatc
                 "the start made is removed")
 
 
+def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar):
+    """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal."""
+    import byol.train
+    from byol import cli
+    from byol.faults import StopRequest
+    load = byol.train.load_data
+
+    def hung_up(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return load(*args, **kwargs)
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert not stop.requested and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        monkeypatch.setattr(byol.train, "load_data", hung_up)
+        assert cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "run", **{"train.max_steps": 2})]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short(monkeypatch, capsys, tmp_path, cifar):
     """A scheduler that repeats its SIGTERM (or sends it to the process and then its group) while
     the first one's undoing runs: that one is ignored, and the start is undone all the same."""
