@@ -47,7 +47,11 @@ def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
             if not out and path.is_file():
                 earlier = _keep_earlier(path)
                 print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
-            write_text_atomically(path, json.dumps(result, indent=2) + "\n")  # a full disk leaves no empty file
+            text = json.dumps(result, indent=2) + "\n"
+            if path.is_symlink() or (path.exists() and not path.is_file()):  # --out /dev/stdout, a link, a pipe
+                path.write_text(text)  # written through, not replaced
+            else:
+                write_text_atomically(path, text)  # a full disk leaves the old file or the new, never an empty one
     return path
 
 
@@ -247,9 +251,8 @@ def _quiet_storage_errors_of_threads(hook):
 
 def _storage_error(e: OSError) -> int:
     where = f"write {e.filename}" if e.filename else "write to the disk"
-    print(f"byol: error: could not {where} ({e.strerror}); what was written before is kept: make room, or "
-          "choose a writable place, and run the command again (a pretraining run goes on from its last "
-          "checkpoint with --resume)", file=sys.stderr)
+    print(f"byol: error: could not {where} ({e.strerror}); make room, or choose a writable place, and run the "
+          "command again (a pretraining run that wrote a checkpoint goes on from it with --resume)", file=sys.stderr)
     return 2
 
 

@@ -84,6 +84,7 @@ class TrainConfig:
     out_dir: str = "runs/byol"        # the run directory: config.yaml, checkpoints/, metrics, plots
     log_every: int = 20               # steps between metric reads (the only host syncs in the loop)
     checkpoint_every: int = 10        # epochs between kept checkpoints (the last one is always kept)
+    keep_checkpoints: int = 0         # of the kept epoch_NNNN.pt, only the newest N stay (0: all of them)
     save_interval_s: float = 0.0      # write checkpoints/last.pt and the plots at an epoch's end only if this
                                       # many seconds have passed since they were last written (0: every
                                       # epoch); always at kept epochs, on a stop and at the end
@@ -256,6 +257,7 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
              ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
              ("train.knn_every", t.knn_every >= -1, ">= -1 (-1: never)"),
              ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),
+             ("train.keep_checkpoints", t.keep_checkpoints >= 0, ">= 0 (0: all of them)"),
              ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch; inf: only at kept epochs, a "
               "stop and the end)"),
              ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),

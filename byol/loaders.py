@@ -88,8 +88,8 @@ def _not_started(workers: int, e: OSError) -> str:
         hint = f"; shared memory, /dev/shm{free}, is full: give it more (docker run --shm-size=8g) or"
     elif e.errno == errno.EMFILE:
         hint = "; raise the limit on open files (ulimit -n 4096) or"
-    return (f"the {workers} image decoding processes (data.workers) could not be started ({e.strerror}){hint} "
-            "lower data.workers (0: decode in this process)")
+    return (f"the {workers} image decoding processes (data.workers) could not be started ({e.strerror})"
+            f"{hint or ':'} lower data.workers (0: decode in this process)")
 
 
 def _disarm(e: BaseException) -> None:
@@ -107,6 +107,7 @@ def end_processes(processes: Iterable[multiprocessing.Process]) -> None:
     """End ``processes`` now, decoding processes left running: they ignore SIGTERM (see
     :func:`_leave_stops_to_the_main_process`), so terminate() does not end them, and Python's exit,
     which joins them, would wait for ever."""
+    processes = list(processes)
     for process in processes:
         if process.is_alive():
             process.kill()

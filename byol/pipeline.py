@@ -5,6 +5,7 @@ Each is a plain function of paths and a config, shared by the command line and P
 """
 
 import inspect
+import re
 import numbers
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ def writing(path: Union[str, Path]):
         if not write_failed(e):
             raise
         where = getattr(e, "filename", None) or path
+        where = re.sub(r"(^|/)\.([^/]+)\.tmp\d+$", r"\1\2", str(where))  # a temporary beside it: its name
         raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
 
 

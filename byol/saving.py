@@ -1,6 +1,7 @@
 """A pretraining run's checkpoints: when to write them, under which names, and the plots with them."""
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -78,8 +79,20 @@ class Checkpoints:
                 folder.write_skipped(self.run_dir / "skipped_files.txt")
             if keep_epoch is not None:  # (a run that dies before it: see write_missing_epoch)
                 self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
+                self._drop_older_epochs(keep_epoch)
             self._plot(progress)
         self.last_save = time.perf_counter()
+
+    def _drop_older_epochs(self, epoch: int) -> None:
+        """With ``train.keep_checkpoints=N``: the kept epochs before ``epoch`` (``epoch_NNNN.pt``, this
+        run's names only) but the newest N - 1, removed: N stay, ``epoch``'s included."""
+        keep = self.config.train.keep_checkpoints
+        if keep <= 0:
+            return
+        earlier = sorted(int(m[1]) for path in (self.run_dir / "checkpoints").iterdir()
+                         if (m := re.fullmatch(r"epoch_(\d{4,})\.pt", path.name)) and int(m[1]) < epoch)
+        for old in earlier[:max(len(earlier) - (keep - 1), 0)]:
+            (self.run_dir / "checkpoints" / f"epoch_{old:04d}.pt").unlink(missing_ok=True)
 
     def write_missing_epoch(self, step: int) -> None:
         """On a resume from last.pt at a kept epoch's end: that epoch's ``epoch_N.pt``, a copy of

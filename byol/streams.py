@@ -7,9 +7,14 @@ From the first write that fails, a guarded stream writes nowhere, and the comman
 """
 
 import contextlib
+import errno
 import os
 import sys
 from typing import Iterator, TextIO
+
+
+# What says the reader has gone: a pipe's reader ended, a hung-up terminal, a closed descriptor.
+_GONE = {errno.EPIPE, errno.EIO, errno.EBADF, errno.ECONNRESET, errno.ENXIO}
 
 
 class LosableStream:
@@ -24,15 +29,23 @@ class LosableStream:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except (OSError, ValueError):  # ValueError: a stream closed under us
-            self._lose()
+        except (OSError, ValueError) as e:
+            self._lose_on(e)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except (OSError, ValueError):
-            self._lose()
+        except (OSError, ValueError) as e:
+            self._lose_on(e)
+
+    def _lose_on(self, e: Exception) -> None:
+        """Lose the stream where ``e`` says its reader is gone; else (a character the stream cannot
+        encode, a full non-blocking pipe) ``e`` is raised, as by the stream itself."""
+        gone = e.errno in _GONE if isinstance(e, OSError) else getattr(self._stream, "closed", False)
+        if not gone or isinstance(e, BlockingIOError):
+            raise e
+        self._lose()
 
     def _lose(self) -> None:
         self.lost = True

@@ -1,5 +1,6 @@
 """The real command line, end to end, on real data (../shared/data), in subprocesses."""
 
+import io
 import json
 import os
 import re
@@ -656,6 +657,7 @@ def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(ca
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(pathlib.Path, "write_text", read_only)
+    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)  # (written beside, then renamed)
     out, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", tmp_path / "r.json",
                            after_progress=True)
     assert "kNN top-1 (k=20)" in out
@@ -997,3 +999,65 @@ def test_version(capsys):
         with pytest.raises(SystemExit) as e:
             main([flag])
         assert e.value.code == 0 and capsys.readouterr().out == f"byol {__version__}\n"
+
+
+def test_a_storage_error_in_a_thread_is_said_once_by_the_command_not_as_the_thread_s_traceback(monkeypatch, capsys):
+    """TensorBoard's writer thread meets a full disk first: its traceback came before the run's own."""
+    import errno
+    import threading
+    from byol import cli
+    said = []  # what the threads' hook is given to print
+    monkeypatch.setattr(threading, "excepthook", said.append)
+    hook = threading.excepthook
+
+    def full_disk(argv):
+        def write():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join()
+        raise OSError(errno.ENOSPC, "No space left on device")  # as the writer raises it again in the run
+
+    monkeypatch.setattr(cli, "run", full_disk)
+    assert cli.main(["export", "x.pt", "--out", "y"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("byol: error: could not write to the disk (No space left on device); ") and \
+        "Exception in thread" not in err and "Traceback" not in err, err
+    assert said == [] and threading.excepthook is hook
+
+
+def test_results_written_to_a_link_or_a_device_go_through_it(trained, tmp_path):
+    """`--out /dev/stdout | jq`, or a link to a shared results file: written through, not replaced by a file."""
+    from byol.cli import _write_json
+    target = tmp_path / "shared" / "results.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    _write_json({"top1": 50.0}, str(link), tmp_path / "default.json")
+    assert link.is_symlink() and json.loads(target.read_text()) == {"top1": 50.0}
+
+
+def test_only_a_reader_that_is_gone_silences_a_stream():
+    """A character the stream cannot encode, or a full non-blocking pipe, is an error as before; a closed
+    pipe or terminal is not (a review found the first silencing all later output)."""
+    import errno
+    from byol.streams import LosableStream
+
+    class Failing(io.StringIO):
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def write(self, text):
+            raise self.error
+
+    for error in (UnicodeEncodeError("ascii", "é", 0, 1, "ordinal not in range"),
+                  BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")):
+        stream = LosableStream(Failing(error))
+        with pytest.raises(type(error)):
+            stream.write("é")
+        assert not stream.lost
+    stream = LosableStream(Failing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert stream.write("lost") == 4 and stream.lost
+    stream.write("and the rest goes nowhere")

@@ -185,9 +185,8 @@ def test_a_full_disk_under_the_logs_mid_run_is_one_sentence_and_the_run_resumes(
     assert cli.main(["pretrain", cifar, *settings]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        "byol: error: could not write to the disk (No space left on device); what was written before is kept: "
-        "make room, or choose a writable place, and run the command again (a pretraining run goes on from its "
-        "last checkpoint with --resume)")
+        "byol: error: could not write to the disk (No space left on device); make room, or choose a writable "
+        "place, and run the command again (a pretraining run that wrote a checkpoint goes on from it with --resume)")
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
     monkeypatch.setattr(byol.metrics.MetricsLog, "log", log)  # room made
     assert cli.main(["pretrain", "--resume", *settings]) == 0

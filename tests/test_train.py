@@ -1186,3 +1186,20 @@ def test_a_run_an_older_byol_saved_with_optim_name_sgd_in_capitals_resumes(tmp_p
     state["config"]["optim"]["name"] = "SGD"
     torch.save(state, run / "checkpoints" / "last.pt")
     assert pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=4"]), resume=True)["step"] == 4
+
+
+def test_keep_checkpoints_keeps_the_newest_kept_epochs_only(tmp_path, cifar10_root):
+    """A user test's 1,000-epoch run kept 1,001 files (the imagenet preset keeps 100 of ResNet-50's)."""
+    run = tmp_path / "run"
+    config = load_config("cifar10-cpu", tiny_overrides(run, **{"train.epochs": 4, "train.checkpoint_every": 1,
+                                                                "train.keep_checkpoints": 2, "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root}"])
+    pretrain(config)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt", "last.pt"]
+    other = run / "checkpoints" / "epoch_0001_step5.pt"  # an earlier start's epoch of another length, say
+    other.write_bytes(b"not one of the kept epochs")
+    pretrain(byol.resume.resume_config(None, [f"--train.out_dir={run}", "--train.epochs=5"]), resume=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_0001_step5.pt", "epoch_0004.pt", "epoch_0005.pt", "last.pt"]
+    with pytest.raises(ConfigError, match="train.keep_checkpoints"):
+        load_config("cifar10-cpu", ["--train.keep_checkpoints=-1"])
