@@ -150,7 +150,8 @@ def test_a_run_whose_log_reader_is_gone_trains_on_and_a_hangup_stops_it_as_sigte
     read, write = os.pipe()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", cifar, *tiny_overrides(run, **SLOW_RUN)],
-                            stdout=write, stderr=write, env=env)
+                            stdout=write, stderr=write, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # (a test under nohup)
     os.close(write)
     os.close(read)  # the reader gone: every line the run prints meets a closed pipe
     deadline = time.time() + 120
@@ -535,9 +536,18 @@ def test_plots_that_cannot_be_written_are_a_note_and_the_run_goes_on(monkeypatch
                 "written, exit 0")
 
 
+@pytest.fixture
+def hangups_not_ignored():
+    """SIGHUP at its default for the test, as in a terminal: a test run under nohup inherits it ignored,
+    which byol then leaves alone."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, before)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatch, capsys, tmp_path, cifar, signum,
-                                                                      fault_table):
+                                                                      fault_table, hangups_not_ignored):
     """A scheduler's SIGTERM while a start loads its data (a user test: exit -15, nothing said, a
     folder left behind): one line, exit 143, the folder made by the start removed, as Ctrl-C does.
     SIGHUP (the terminal closed) likewise, exit 129 (a user test: it killed the process at once)."""
