@@ -10,7 +10,7 @@ import shutil
 import zipfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -201,6 +201,13 @@ def remove_torn_temporaries(folder: Path, *names: str) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def written_for(path: Union[str, Path]) -> str:
+    """The file that ``path`` is written for, where it is a temporary beside it (``.last.pt.tmp123``:
+    ``last.pt``, in the same folder); else ``path`` itself."""
+    match = _TORN.fullmatch(Path(path).name)
+    return str(Path(path).with_name(match["name"])) if match else str(path)
 
 
 def _torn(tmp: Path, pid: int) -> bool:

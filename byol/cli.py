@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .arguments import UsageError, check_overrides, parser, shows_bars_given
-from .streams import losable_streams
+from .streams import hangup_ignored, losable_streams
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -305,7 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     nowhere (a closed pipe or terminal: :mod:`byol.streams`), which does not stop the command."""
     previous = {}
     for s in _ENDING_SIGNALS:
-        if s != signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:  # nohup's: the terminal may go
+        if hangup_ignored(s):
             continue
         try:
             previous[s] = signal.signal(s, _terminated_handler(os.getpid()))

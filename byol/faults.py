@@ -6,6 +6,8 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from .streams import hangup_ignored
+
 
 # Integer dtypes by element size: a tensor's bits, viewed without copying (NonFiniteGuard.settle).
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -122,8 +124,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         try:
             for s in self.SIGNALS:
-                if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN:
-                    continue  # nohup's: the run goes on when its terminal closes
+                if hangup_ignored(s):
+                    continue
                 self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: leave the signals alone
             self._previous = {}

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import DataError, ImageSet
+from .faults import StopRequest
 from .folder import ImageFolder, Skipped
 
 
@@ -44,9 +45,8 @@ def _leave_stops_to_the_main_process(worker_id: int) -> None:
     died of one failed the main process ("DataLoader worker ... is killed by signal") before it could
     finish its step and save. The main process stops the run and then ends its decoding processes;
     should it die, torch's watchdog in each ends it."""
-    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for s in StopRequest.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class _SkippingLoader(DataLoader):

@@ -5,7 +5,6 @@ Each is a plain function of paths and a config, shared by the command line and P
 """
 
 import inspect
-import re
 import numbers
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .checkpoint import write_failed, write_failure
+from .checkpoint import write_failed, write_failure, written_for
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
@@ -40,8 +39,7 @@ def writing(path: Union[str, Path]):
     except (OSError, RuntimeError) as e:
         if not write_failed(e):
             raise
-        where = getattr(e, "filename", None) or path
-        where = re.sub(r"(^|/)\.([^/]+)\.tmp\d+$", r"\1\2", str(where))  # a temporary beside it: its name
+        where = written_for(getattr(e, "filename", None) or path)  # not the temporary beside it
         raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
 
 

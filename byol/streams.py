@@ -9,6 +9,7 @@ From the first write that fails, a guarded stream writes nowhere, and the comman
 import contextlib
 import errno
 import os
+import signal
 import sys
 from typing import Iterator, TextIO
 
@@ -57,6 +58,12 @@ class LosableStream:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+def hangup_ignored(signum: int) -> bool:
+    """Whether ``signum`` is SIGHUP and ignored, as under nohup: left so, a command goes on when its
+    terminal closes (elsewhere SIGHUP stops a run as SIGTERM does)."""
+    return signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) is signal.SIG_IGN
 
 
 @contextlib.contextmanager
