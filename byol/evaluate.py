@@ -9,7 +9,8 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Optional, Sequence, Union
 
 import torch
@@ -126,33 +127,46 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     sampler = getattr(images, "sampler", None)
     total = len(images) if is_tensor else len(sampler) if hasattr(sampler, "__len__") else None
     bar = _bar(progress, total, "img", "features")
+    embed = partial(_embed, encoder, device=device, mean=mean_t, std=std_t, size=size, amp_dtype=amp_dtype, crop=crop)
     try:
         if is_tensor:
-            chunks = []
-            for i in range(0, len(images), batch_size):
-                chunks.append(_embed(encoder, images[i:i + batch_size], device, mean_t, std_t, size, amp_dtype,
-                                     crop))
-                if bar is not None:
-                    bar.update(len(chunks[-1]))  # a shape: no host sync beyond _embed's own copy
-            return torch.cat(chunks) if chunks else torch.empty(0, 0)
-        feats, labels, indices = [], [], []
-        for x, y, idx in images:
-            feats.append(_embed(encoder, x, device, mean_t, std_t, size, amp_dtype, crop))
-            labels.append(torch.as_tensor(y).cpu())
-            indices.append(torch.as_tensor(idx).cpu())
-            if bar is not None:
-                bar.update(len(x))
+            return _tensor_features(embed, images, batch_size, bar)
+        out = _batch_features(embed, images, bar)
     finally:
         encoder.train(was_training)
         if bar is not None:
             bar.close()
+    return out if with_indices else out[:2]
+
+
+def _tensor_features(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
+                     bar) -> torch.Tensor:
+    """``embed`` over ``images`` ``batch_size`` at a time: (N, D), in input order."""
+    chunks = []
+    for i in range(0, len(images), batch_size):
+        chunks.append(embed(images[i:i + batch_size]))
+        if bar is not None:
+            bar.update(len(chunks[-1]))  # a shape: no host sync beyond _embed's own copy
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
+def _batch_features(embed: Callable[[torch.Tensor], torch.Tensor], batches: Batches,
+                    bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``embed`` over ``(images, labels, indices)`` batches: features, labels and indices sorted by
+    the indices."""
+    feats, labels, indices = [], [], []
+    for x, y, idx in batches:
+        feats.append(embed(x))
+        labels.append(torch.as_tensor(y).cpu())
+        indices.append(torch.as_tensor(idx).cpu())
+        if bar is not None:
+            bar.update(len(x))
     if not feats:  # e.g. a shard whose files were all undecodable
         nothing = torch.empty(0, dtype=torch.int64)
-        return (torch.empty(0, 0), nothing, nothing) if with_indices else (torch.empty(0, 0), nothing)
+        return torch.empty(0, 0), nothing, nothing
     indices_t = torch.cat(indices)
     order = indices_t.argsort()
-    out = torch.cat(feats)[order], torch.cat(labels)[order]
-    return (*out, indices_t[order]) if with_indices else out
+    return torch.cat(feats)[order], torch.cat(labels)[order], indices_t[order]
 
 
 def _splits(train_features, train_labels, test_features, test_labels=None, scored: bool = True,

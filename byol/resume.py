@@ -86,26 +86,20 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
     return limit or (FOLDER_KNN_LIMIT if config.data.dataset == "folder" else None)
 
 
-def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, dict]:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step and
-    what the run saved beside them (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``,
-    the metrics' sums since the last record; ``knn_due``, a kNN evaluation a stop skipped; ...).
-    ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
-    the training images now, said when they differ from the checkpoint's run's."""
-    state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-    saved_batch = state["config"].get("train", {}).get("batch_size")
+def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> set:
+    """Refuse settings a resume cannot change (the batch size, and the kNN monitor's queries and bank
+    where it has scored); return the steps of the run's kNN records up to the checkpoint's."""
+    saved_train = state["config"].get("train", {})
+    saved_batch = saved_train.get("batch_size")
     if saved_batch != config.train.batch_size:
         raise CheckpointError(f"{ckpt_path} was trained with train.batch_size={saved_batch}, and its step count, "
                               "schedules and place in the data are in steps of that many images; resume with "
                               f"--train.batch_size={saved_batch}, or start a new run for another batch size")
-    saved_holdout = state["config"].get("train", {}).get("knn_holdout", 0)
+    saved_holdout = saved_train.get("knn_holdout", 0)
     if saved_holdout != config.train.knn_holdout:
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_holdout={saved_holdout} held-out "
                               "train images (0: the test split); another value would change its queries mid-run, "
                               f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
-    saved_train = state["config"].get("train", {})
     saved_limit = saved_train.get("knn_limit", config.train.knn_limit)
     # The steps of the run's kNN records up to the checkpoint's (later ones are of steps trained again).
     scored = {r.get("step") for r in read_metrics(ckpt_path.parent.parent / "metrics.jsonl")
@@ -119,15 +113,12 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
                               "each split; another number would change its bank and queries mid-run, under the "
                               "same names in the logs and against its accuracy at random init: resume with "
                               f"--train.knn_limit={yaml_word(saved_limit)}")
-    load_model_state(byol, state["model"], str(ckpt_path))
-    saved_optim = state["config"].get("optim", {}).get("name")
-    if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
-        raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
-                              "same optimizer")
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
+    return scored
+
+
+def _restore_generators(state: dict, generator: torch.Generator, rank: int, world: int, ckpt_path: Path) -> None:
+    """The random number generators as the checkpoint saved them: this process's augmentation
+    ``generator`` its own rank's where the run had as many processes (a note where it had not)."""
     set_rng_state(state["rng"], generator)
     per_rank = state.get("extra", {}).get("generator_per_rank")
     if world > 1 and per_rank is not None and len(per_rank) == world:
@@ -137,6 +128,28 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         print(f"note: {ckpt_path} was written by a run of {saved_world} process{'es' if saved_world > 1 else ''}, "
               f"this one has {world}: it goes on from the same weights and optimizer state, but its batches' "
               "shares and augmentation draws are not those the run would have had", file=sys.stderr)
+
+
+def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
+             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, dict]:
+    """Load the run's last checkpoint into the model, optimizer and generators; return its step and
+    what the run saved beside them (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``,
+    the metrics' sums since the last record; ``knn_due``, a kNN evaluation a stop skipped; ...).
+    ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
+    the training images now, said when they differ from the checkpoint's run's."""
+    state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
+    scored = _refuse_changed_settings(state, config, ckpt_path)
+    load_model_state(byol, state["model"], str(ckpt_path))
+    saved_optim = state["config"].get("optim", {}).get("name")
+    if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
+        raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
+                              "same optimizer")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
+    _restore_generators(state, generator, rank, world, ckpt_path)
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:
         # A finished run says so itself, and trains nothing: the settings given change nothing.

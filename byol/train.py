@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -14,50 +13,25 @@ import torch
 from torch import nn
 
 from . import distributed as dist
-from .build import (TrainData, autocast_dtype, build_model, end_step_of, eval_crop, load_data, precision_name,
-                    resolve_device, schedule_of, usual_torch_defaults, views_of)
+from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
+                    schedule_of, usual_torch_defaults)
 from .checkpoint import rng_state_kept
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
-from .evaluate import knn_accuracy
 from .faults import NonFiniteGuard, StopRequest
+from .knn_monitor import knn_monitor
 from .memory import check_step_fits
 from .metrics import KNN_PREFIX, MetricsLog, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_stl10_split, note_warmup, progress_bar, shows_bars)
+                        note_stl10_split, note_warmup, progress_bar)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, keep_freed_memory
-
-
-def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
-             amp: Optional[torch.dtype], progress: bool = False) -> dict[int, float]:
-    """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
-    features are extracted on every rank's share and gathered with their indices); ``progress``
-    shows a bar for each split's features on stderr. A folder's images are cut to their center
-    ``data.image_size`` (:func:`~byol.build.eval_crop`), as ``byol eval`` cuts them."""
-    view1, _ = views_of(config)
-    kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp, crop=eval_crop(config))
-    splits = (data.knn_train, data.knn_test)
-    names = ("bank", "held-out") if config.train.knn_holdout else ("train", "test")
-    bars = tuple(f"kNN: {name} features" for name in names) if progress else (False, False)
-    if data.knn_sizes is not None:  # each process holds its share
-        (train_f, train_y, _), (test_f, test_y, _) = (
-            dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, progress=bar, **kwargs)
-            for s, n, bar in zip(splits, data.knn_sizes, bars))
-    else:
-        (train_f, train_y), (test_f, test_y) = (
-            (dist.extract_features_sharded(model.encoder, s.images, device, progress=bar, **kwargs), s.labels)
-            for s, bar in zip(splits, bars))
-    ks = sorted({20, config.train.knn_k})
-    if not (torch.isfinite(train_f).all() and torch.isfinite(test_f).all()):  # a diverging encoder's: NaN, not
-        return {k: float("nan") for k in ks}  # an error (knn_accuracy refuses them) that would end the run
-    return knn_accuracy(train_f, train_y, test_f, test_y, ks=ks, device=device)
 
 
 def _load_data(config: Config, device: torch.device, rank: int, world: int, resume: bool) -> TrainData:
@@ -190,7 +164,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     if log is not None and not resume:  # (TensorBoard shows a run's first settings: a resume's would not show)
         log.settings(config.to_dict())
     results: dict = dict(ran_on)
-    knn = _knn_monitor(config, byol, data, device, amp, rank, log, step, saved, steps_per_epoch, results)
+    knn = knn_monitor(config, byol, data, device, amp, rank, log, step, saved, steps_per_epoch, results)
     progress = progress_bar(t, rank, step, end_step, t.batch_size)
     guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
@@ -206,9 +180,27 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                                results["precision"], loop_step.sums)
     if resume:
         checkpoints.write_missing_epoch(step)
+    first_step = step
+    step = _train_steps(config, data, loop_step, report, checkpoints, knn, folder, results, step, end_step, device,
+                        rank, world)
+    results["time_s"] = clock.time_s()  # the run's, its earlier starts' included; the throughput this start's
+    trained_s = clock.training_s()
+    if step > first_step and trained_s > 0:
+        results["images_per_s"] = (step - first_step) * t.batch_size / trained_s
+    return _finish(results, step, data, guard, log, run_dir, rank)
+
+
+def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: Report, checkpoints: Checkpoints,
+                 knn: Optional[Callable[[], dict]], folder: Optional[RunFolder], results: dict, step: int,
+                 end_step: int, device: torch.device, rank: int, world: int) -> int:
+    """Train from ``step`` to ``end_step`` or a stop (SIGINT, SIGTERM, SIGHUP: ``results["stopped_by"]``),
+    each epoch's end (:func:`_epoch_end`) after its last step; return the step reached. The bar and the
+    data's loaders are closed on the way out, and an error after a step has finished draws the plots
+    of what was logged first."""
+    t, clock, progress, steps_per_epoch = config.train, report.clock, report.progress, report.steps_per_epoch
+    first_step = step
     stream = _step_images(data, step, steps_per_epoch, t.batch_size // world)
     host_kept = data.folder is None and data.batches.images.device != device  # data.on_device's resolution
-    first_step = step
     try:
         with StopRequest() as stop:
             while step < end_step:
@@ -245,11 +237,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if progress is not None:
             progress.close()
         data.close()
-    results["time_s"] = clock.time_s()  # the run's, its earlier starts' included; the throughput this start's
-    trained_s = clock.training_s()
-    if step > first_step and trained_s > 0:
-        results["images_per_s"] = (step - first_step) * t.batch_size / trained_s
-    return _finish(results, step, data, guard, log, run_dir, rank)
+    return step
 
 
 def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch.device,
@@ -329,26 +317,6 @@ def _epoch_batches(data: TrainData, epoch: int) -> Iterator[tuple]:
             raise data.folder.nothing_decoded()
         yield first
         yield from batches
-
-
-def _knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.device, amp: Optional[torch.dtype],
-                 rank: int, log: Optional[MetricsLog], step: int, saved: dict, steps_per_epoch: int,
-                 results: dict) -> Optional[Callable[[], dict]]:
-    """The kNN monitor: the online encoder's accuracies when called (None: the data has no labeled
-    splits), bars on rank 0. Scored here: a new run's encoder at random initialization, and for a
-    resumed run the epoch's that the stop which ended its last start skipped (``saved``: the
-    checkpoint's extra). ``results`` gets what it scores, and what its accuracies are of."""
-    if data.knn_train is None:
-        return None
-    t = config.train
-    knn = partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)
-    results["knn_images"] = (*data.knn_images, data.knn_query)  # for the closing table
-    if step == 0:
-        results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
-    elif saved.get("knn_due"):
-        when = {"epoch": step / steps_per_epoch, "time_s": float(saved.get("time_s", 0.0))}
-        results["knn"] = log_knn(log, step, knn(), t.knn_k, when)
-    return knn
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

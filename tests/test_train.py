@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import byol.faults
+import byol.knn_monitor
 import byol.reporting
 import byol.resume
 import byol.saving
@@ -141,7 +142,7 @@ def on_a_fake_clock(monkeypatch) -> list:
         monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=clock))
     monkeypatch.setattr(tqdm.std, "time", clock)
     monkeypatch.setattr(byol.train.LoopStep, "__call__", clock.taking(1, byol.train.LoopStep.__call__))
-    for module, name, seconds in ((byol.train, "knn_eval", 100), (byol.saving, "save_checkpoint", 10),
+    for module, name, seconds in ((byol.knn_monitor, "knn_eval", 100), (byol.saving, "save_checkpoint", 10),
                                   (byol.saving, "plot_metrics", 1000)):
         monkeypatch.setattr(module, name, clock.taking(seconds, getattr(module, name)))
     bars, make_bar = [], byol.train.progress_bar
@@ -984,8 +985,8 @@ def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10
 
     monkeypatch.setattr(byol.train, "StopRequest", SignalledAtOnce)
     done = []  # the checkpoint before that kNN, which could take minutes: a second signal must not cost it
-    knn, save = byol.train.knn_eval, byol.saving.save_checkpoint
-    monkeypatch.setattr(byol.train, "knn_eval", lambda *a, **k: done.append("kNN") or knn(*a, **k))
+    knn, save = byol.knn_monitor.knn_eval, byol.saving.save_checkpoint
+    monkeypatch.setattr(byol.knn_monitor, "knn_eval", lambda *a, **k: done.append("kNN") or knn(*a, **k))
     monkeypatch.setattr(byol.saving, "save_checkpoint", lambda *a, **k: done.append("last.pt") or save(*a, **k))
     run = tmp_path / "run"
     results = pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": 0,
