@@ -275,14 +275,16 @@ def glibc() -> Optional[ctypes.CDLL]:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-def channels_last_crashes(byol: BYOL, batch: int, device: torch.device) -> bool:
+def channels_last_crashes(byol: BYOL, batch: int, device: torch.device, image_size: Optional[int] = None) -> bool:
     """Whether channels_last would crash this step: on a CPU, torch 2.14's oneDNN corrupts the heap
     (abort or segfault) in the weight gradient of a 1x1 stride-2 convolution with fewer than 16
-    input channels (a ResNet narrower than 16, as ``model.width=8``) at an odd batch. Measured with
-    one such convolution, batch 13 (7 and 15 too): 4, 8 and 12 input channels crash; 16, 20, 24, 32,
-    48 and 64 do not; NCHW does not; batch 12 does not."""
+    input channels (a ResNet narrower than 16, as ``model.width=8``) at an odd batch, or at views
+    larger than 32x32 (``image_size``). Measured with one such convolution, batch 13 (7 and 15 too):
+    4, 8 and 12 input channels crash; 16, 20, 24, 32, 48 and 64 do not; NCHW does not; batch 12 does
+    not. With the width-8 CIFAR-stem ResNet-18 at batch 16: 56, 64, 128 and 224 px crash (96 did
+    once); 24, 32, 40 and 48 do not, nor 24 and 32 px at batches 8, 64 and 256; NCHW does not."""
     per_pass = batch * (2 if byol.concat_views else 1)
-    return device.type == "cpu" and per_pass % 2 == 1 and any(
+    return device.type == "cpu" and (per_pass % 2 == 1 or (image_size or 0) > 32) and any(
         isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 16
         for m in byol.online.modules())
 

@@ -159,7 +159,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
             results["warnings"] = read_warnings(run_dir)
         return results
     _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
-    forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world)
+    forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
+                                     config.data.image_size)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     if log is not None and not resume:  # (TensorBoard shows a run's first settings: a resume's would not show)
         log.settings(config.to_dict())
@@ -269,13 +270,16 @@ def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]
     return device, autocast_dtype(t.precision, device)
 
 
-def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int):
+def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int,
+                  image_size: int):
     """The step's (loss computation, augmentations): channels_last where that does not crash,
     DDP-wrapped under torchrun, compiled with ``train.compile=true``; augmentations None for byol's
     own view recipes."""
-    nchw = channels_last_crashes(byol, batch, device)
+    nchw = channels_last_crashes(byol, batch, device, image_size)
     if nchw and rank == 0:
-        print(f"note: at an odd batch ({batch}) this narrow encoder trains in NCHW, not channels_last, on the CPU: "
+        odd = batch % 2 and not byol.concat_views
+        where = f"an odd batch ({batch})" if odd else f"views of {image_size}x{image_size}"
+        print(f"note: at {where} this narrow encoder trains in NCHW, not channels_last, on the CPU: "
               "channels_last crashes torch's convolution there",
               file=sys.stderr)
     views = ViewsForward(byol, channels_last=not nchw)

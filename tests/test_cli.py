@@ -865,6 +865,17 @@ def test_a_narrow_encoder_at_an_odd_batch_trains_on_the_cpu(tmp_path, cifar10_ro
     assert "pretraining done" in proc.stdout and "trains in NCHW" in proc.stderr
 
 
+def test_a_narrow_encoder_at_larger_views_trains_on_the_cpu(tmp_path, cifar10_root):
+    """The same heap corruption at an even batch with views larger than 32x32 (a user test's
+    cifar10-cpu at --data.image_size=224 aborted in its first backward, and at 128): NCHW, said."""
+    args = ["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}", *tiny_overrides(
+        tmp_path / "run", **{"train.batch_size": 16, "data.image_size": 128, "data.limit": 32, "train.knn_every": -1})]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "byol", *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert "pretraining done" in proc.stdout and "at views of 128x128 this narrow encoder trains in NCHW" in proc.stderr
+
+
 def test_channels_last_is_given_up_only_where_it_crashes():
     from byol.backbones import resnet
     from byol.model import BYOL
@@ -880,6 +891,11 @@ def test_channels_last_is_given_up_only_where_it_crashes():
     assert not channels_last_crashes(learner(8, concat=True), 13, cpu)  # both views in one batch of 26
     assert not channels_last_crashes(learner(16), 13, cpu)
     assert not channels_last_crashes(learner(8), 13, torch.device("cuda"))  # cuDNN: not this bug
+    assert channels_last_crashes(learner(8), 16, cpu, image_size=64)  # even batches crash at larger views
+    assert channels_last_crashes(learner(8, concat=True), 13, cpu, image_size=33)
+    assert not channels_last_crashes(learner(8), 256, cpu, image_size=32)  # the cifar10-cpu preset's 24 keeps it
+    assert not channels_last_crashes(learner(16), 16, cpu, image_size=224)
+    assert not channels_last_crashes(learner(8), 16, torch.device("cuda"), image_size=224)
 
 
 def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored(capsys, tmp_path, cifar10_root):
