@@ -14,7 +14,7 @@ import yaml
 from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
                          write_text_atomically, write_failure)
 from .config import CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, save_config
-from .metrics import MetricsLog, warning_step
+from .metrics import PLOTS, MetricsLog, warning_step
 
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
@@ -51,7 +51,7 @@ class RunFolder:
         try:
             self._check(resume)  # again under the lock: a start that got in first may have written a run
             # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
-            remove_torn_temporaries(self.path, *_KEPT)
+            remove_torn_temporaries(self.path, *_KEPT, *PLOTS, "config_until_step*.yaml")
             remove_torn_temporaries(self.checkpoint.parent, "*.pt")
             kept = (path.name for path in _configs_kept(self.path).values())
             self._before = {name: _read(self.path / name) for name in (*_KEPT, *kept)}

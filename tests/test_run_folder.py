@@ -8,8 +8,10 @@ import socket
 import pytest
 
 from byol.checkpoint import CheckpointError
+from byol.metrics import PLOTS
 from byol.config import CONFIG_HEADER, Config, ConfigError
-from byol.run_folder import RunFolder, read_warnings, warnings_summary
+from byol.run_folder import _KEPT, RunFolder, read_warnings, warnings_summary
+from conftest import finished_pid
 
 
 def test_a_failed_start_removes_what_it_made_and_keeps_what_was_there(tmp_path):
@@ -130,6 +132,22 @@ def test_a_released_lock_is_free_while_a_process_forked_before_the_release_runs_
     monkeypatch.undo()
     RunFolder(first.path, resume=False).release()  # the failed opening let the lock go
     assert failed.tb is not None
+
+
+def test_a_start_removes_the_torn_temporaries_of_every_file_a_run_writes_and_no_others(tmp_path):
+    """``kill -9`` in the middle of any write of a run (its checkpoints, config, logs, plots) leaves
+    a temporary beside the file; the next start removes it. A temporary of the user's is kept."""
+    run, dead = tmp_path / "run", finished_pid()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    names = [*_KEPT, *PLOTS, "config_until_step3.yaml"]
+    torn = [run / f".{name}.tmp{dead}" for name in names] + [run / "checkpoints" / f".epoch_0002.pt.tmp{dead}"]
+    kept = [run / f".notes.txt.tmp{dead}", run / f".config_until_step3.yaml.bak.tmp{dead}"]
+    for path in (*torn, *kept):
+        path.write_bytes(b"half")
+    RunFolder(run, resume=True).release()
+    assert [path for path in torn if path.exists()] == []
+    assert all(path.exists() for path in kept)
 
 
 def test_a_run_starts_only_where_it_can(tmp_path):
