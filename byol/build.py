@@ -20,7 +20,7 @@ from .config import Config, ConfigError, DataConfig
 from .data import DataError, ImageSet, TensorBatches, data_home
 from .datasets import NATIVE_SIZE, build_dataset
 from .folder import labeled_folders, split_folder
-from .loaders import folder_loader, load_folder_share, load_folder_tensor
+from .loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from .model import BYOL
 from . import distributed as dist
 
@@ -150,11 +150,23 @@ class TrainData:
         return self.knn_sizes or (len(self.knn_train), len(self.knn_test))
 
     def epoch(self, epoch: int) -> Iterator:
+        self._set_epoch(epoch)
+        return iter(self.batches)
+
+    def start_at(self, epoch: int, index: int) -> int:
+        """Have the next pass of ``epoch`` start at its ``index``-th batch where that needs no
+        decoding of the batches before (a streamed folder's); return how many batches that skips
+        (``index``, or 0: the caller skips them on the pass)."""
+        if not index or self.folder is None or not isinstance(self.batches, torch.utils.data.DataLoader):
+            return 0
+        self._set_epoch(epoch)
+        return index if start_pass_at(self.batches, index) else 0
+
+    def _set_epoch(self, epoch: int) -> None:
         sampler = getattr(self.batches, "sampler", None)
         for obj in (self.batches, sampler):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
-        return iter(self.batches)
 
     def close(self) -> None:
         """Stop a streamed folder's decoding processes (kept from epoch to epoch) now, not when the

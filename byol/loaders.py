@@ -1,10 +1,12 @@
 """A folder's images in batches: a DataLoader whose workers decode the files and that skips the
 ones that cannot be (:func:`folder_loader`), an epoch's order as a function of the seed and the
-epoch (:class:`EpochShuffle`), and a folder, or a process's share of it, decoded into memory
+epoch (:class:`EpochShuffle`) that a resumed run can start in the middle of without decoding the
+batches before (:func:`start_pass_at`), and a folder, or a process's share of it, decoded into memory
 (:func:`load_folder_tensor`, :func:`load_folder_share`).
 """
 
 import errno
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -136,6 +138,50 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class _Resumable(Sampler[int]):
+    """``sampler``'s order (an :class:`EpochShuffle`'s, a DistributedSampler's), whose next pass may
+    start at a later position (:func:`start_pass_at`); the passes after it are whole."""
+
+    def __init__(self, sampler: Iterable[int]):
+        self.sampler, self.start = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        return itertools.islice(iter(self.sampler), start, None)
+
+
+def start_pass_at(loader: DataLoader, index: int) -> bool:
+    """Have the next pass of ``loader`` (a :func:`folder_loader`'s, its epoch set) yield what the
+    passes of its epoch yield from their ``index``-th batch on (an epoch whose undecodable batches
+    ran it out early is begun again: see :class:`_SkippingLoader`), without decoding the batches
+    before it. False where it cannot (no batch of the epoch decodes): the caller skips them itself.
+
+    A batch whose files are all in the folder's ``bad_files`` yields nothing. A run resumed at
+    ``index`` took the batches before it, so it met and listed (skipped_files.txt, which a resumed
+    run reads) every bad file of them; files found bad later only move the start to a batch
+    between the ``index - 1``-th yielded one and the ``index``-th, which yields the same.
+    """
+    sampler, size, folder = loader.sampler, loader.batch_size, loader.dataset
+    if not isinstance(sampler, _Resumable) or not loader.drop_last:
+        return False
+    order = list(sampler.sampler)
+    batches = range(len(order) // size)
+    bad = folder.bad_files
+    if bad:
+        batches = [b for b in batches if not all(folder.path(i) in bad for i in order[b * size:(b + 1) * size])]
+    if not batches:
+        return False
+    sampler.start = batches[index % len(batches)] * size
+    return True
+
+
 def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: bool = True,
                   drop_last: bool = True, sampler: Optional[Iterable[int]] = None, seed: int = 0,
                   persistent: bool = True) -> DataLoader:
@@ -143,13 +189,17 @@ def folder_loader(dataset: ImageFolder, batch_size: int, workers: int, shuffle: 
 
     Undecodable files are dropped from their batch and recorded in ``dataset.bad_files``
     (per process: with a DistributedSampler each rank sees its own share). ``sampler`` (a
-    DistributedSampler, or any iterable of indices such as a rank's ``range``) replaces shuffling; otherwise the order is :class:`EpochShuffle`'s for
-    ``seed`` and the epoch set with ``loader.sampler.set_epoch``. ``persistent`` keeps the decoding
-    processes from one pass to the next (training's epochs); a single pass's end with its iterator,
-    also when it is interrupted (a notebook keeps the traceback, and a loader's kept processes with it).
+    DistributedSampler, or any iterable of indices such as a rank's ``range``) replaces shuffling;
+    otherwise the order is :class:`EpochShuffle`'s for ``seed`` and the epoch set with
+    ``loader.sampler.set_epoch``; either can start a pass later (:func:`start_pass_at`). ``persistent``
+    keeps the decoding processes from one pass to the next (training's epochs); a single pass's end
+    with its iterator, also when it is interrupted (a notebook keeps the traceback, and a loader's
+    kept processes with it).
     """
     if sampler is None and shuffle:
         sampler = EpochShuffle(len(dataset), seed)
+    if sampler is not None:
+        sampler = _Resumable(sampler)
     return _SkippingLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=skip_collate,
                            pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                            persistent_workers=persistent and workers > 0, generator=_own_generator(seed))

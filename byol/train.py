@@ -301,8 +301,9 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int) -
     epoch, index = divmod(step, steps_per_epoch)
     while True:
         # resuming mid-epoch: the order is a function of the epoch, so the skipped batches are those
-        # the run took, the epoch's restarts included
-        for images, _, _ in itertools.islice(_epoch_batches(data, epoch), index, steps_per_epoch):
+        # the run took, the epoch's restarts included; a streamed folder's in its order, not decoded
+        skipped = data.start_at(epoch, index)
+        for images, _, _ in itertools.islice(_epoch_batches(data, epoch), index - skipped, steps_per_epoch - skipped):
             if len(images) < batch:  # a streamed batch that lost undecodable files: filled up with
                 # repeats of its own images, so that every step has one shape (a compiled step would
                 # compile again for each new batch size)

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import itertools
 import os
 import pickle
 import struct
@@ -19,7 +20,7 @@ from PIL import Image
 from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.datasets import build_dataset, load_cifar, load_stl10
 from byol.folder import ImageFolder, Skipped, labeled_folders
-from byol.loaders import folder_loader, load_folder_share, load_folder_tensor
+from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image
 from conftest import extract_jpegs
 
@@ -317,6 +318,39 @@ def test_folder_order_is_a_function_of_the_epoch(jpg_folder):
     assert order(2) == epochs[2]  # a fresh loader, as after --resume in epoch 2
     assert epochs[0] != epochs[1] != epochs[2]
     assert sorted(epochs[0]) == sorted(epochs[1])
+
+
+def _passes(loader, epoch):
+    """The indices of the batches of ``epoch``, begun again where they run out, as training takes them."""
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from (i.tolist() for _, _, i in loader)
+
+
+@pytest.mark.parametrize("world, workers", [(1, 0), (2, 0), (1, 2)])
+def test_a_pass_started_at_a_batch_yields_what_the_epoch_yields_from_it(tmp_path, world, workers):
+    """A resumed run starts its epoch at its batch without decoding those before (start_pass_at),
+    also where whole batches cannot be decoded and the epoch is begun again, knowing only the bad
+    files of the batches the run before it took."""
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, and 30 that cannot be decoded
+    for n in range(30):
+        (root / "cat" / f"junk{n:02d}.jpg").write_bytes(b"")
+
+    def loader():
+        folder = ImageFolder(root, size=8)
+        sampler = torch.utils.data.DistributedSampler(folder, world, 1, seed=3, drop_last=True) if world > 1 else None
+        return folder_loader(folder, batch_size=3, workers=workers, seed=3, sampler=sampler)
+    expected = list(itertools.islice(_passes(loader(), 1), 40))
+    steps = len(loader())  # 16 batches an epoch (8 for each of two processes), some all undecodable
+    assert len({tuple(b) for b in expected[:steps]}) < steps  # begun again within the epoch
+    for index in range(1, steps, 1 if workers == 0 else 5):
+        run = loader()
+        list(itertools.islice(_passes(run, 1), index))  # the run before the resume: what it knows is bad
+        resumed = loader()
+        resumed.dataset.bad_files.update(run.dataset.bad_files)
+        resumed.sampler.set_epoch(1)
+        assert start_pass_at(resumed, index)
+        assert list(itertools.islice(_passes(resumed, 1), 12)) == expected[index:index + 12]
 
 
 def test_labeled_folders_spread_a_limit_over_every_class_and_shares_split_them(tmp_path):

@@ -353,6 +353,34 @@ def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninter
     assert all(a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key]) for key in a)
 
 
+def test_a_resume_in_the_middle_of_a_folder_epoch_decodes_only_the_batches_it_trains_on(tmp_path, monkeypatch):
+    """A user test at ImageNet scale: a run resumed at step 8,000 of an epoch decoded the 8,000
+    batches before it, only to skip them (99 s before its first step; a new run's took 8 s). It
+    starts at its batch in the epoch's order instead, and trains on what the uninterrupted run did."""
+    from conftest import extract_jpegs
+    from byol.folder import ImageFolder
+    root = extract_jpegs(tmp_path / "images", per_class=4)  # 40 files, and one that cannot be decoded
+    (root / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
+
+    def config(run, steps):
+        return load_config("cifar10", tiny_overrides(tmp_path / run, **{
+            "data.limit": "null", "train.batch_size": 4, "train.knn_every": -1, "data.workers": 0,
+            "train.epochs": 1, "optim.name": "sgd", "train.max_steps": steps}) + [
+            "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32", "--data.on_device=false"])
+    taken, decoded = [], []
+    call, decode = byol.train.LoopStep.__call__, ImageFolder.__getitem__
+    monkeypatch.setattr(byol.train.LoopStep, "__call__",
+                        lambda self, step, x: taken.append((step, x.sum().item())) or call(self, step, x))
+    monkeypatch.setattr(ImageFolder, "__getitem__", lambda self, index: decoded.append(index) or decode(self, index))
+    pretrain(config("a", 10))  # an epoch: 10 batches of 4
+    straight, taken[:] = dict(taken), []
+    pretrain(config("b", 6))
+    taken.clear(), decoded.clear()
+    pretrain(config("b", 10), resume=True)
+    assert len(decoded) == 4 * 4  # the 4 batches of steps 6 to 9, not the 6 before them too
+    assert dict(taken) == {step: straight[step] for step in range(6, 10)}
+
+
 def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
     """They are kept from epoch to epoch; a failed run's traceback, which a notebook keeps
     (sys.last_traceback), held the loader, so they lived on after the error."""
