@@ -202,13 +202,20 @@ def _splits(train_features, train_labels, test_features, test_labels=None, score
     return tuple(out)
 
 
-def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: int, chunk_size: int,
+# The similarity matrix of a chunk of queries against the bank has at most this many entries (256 MiB
+# in fp32), unless chunk_size says otherwise: 1,024 rows of a 1.3-million bank took 5.3 GB.
+KNN_CHUNK_ENTRIES = 2**26
+
+
+def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: int, chunk_size: Optional[int],
                 device: Optional[torch.device]):
     """Yield ``(start, sims, idx)``: cosine similarities (B, k) of each test row's top-k neighbours
-    in the train bank, and their train indices, ``chunk_size`` test rows at a time."""
+    in the train bank, and their train indices, ``chunk_size`` test rows at a time (None: 1,024, or
+    fewer where the bank is so large that their similarities would pass :data:`KNN_CHUNK_ENTRIES`)."""
     device = device or train_features.device
     bank = F.normalize(train_features.to(device, torch.float32), dim=1)  # (N_train, D)
     k = min(k, len(bank))
+    chunk_size = chunk_size or max(1, min(1024, KNN_CHUNK_ENTRIES // max(len(bank), 1)))
     for start in range(0, len(test_features), chunk_size):
         q = F.normalize(test_features[start:start + chunk_size].to(device, torch.float32), dim=1)
         sims, idx = (q @ bank.T).topk(k, dim=1)  # (B, N_train) -> (B, k), sorted descending
@@ -231,7 +238,7 @@ def _check_knn(ks: tuple, temperature: float) -> None:
 
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  k: int = 200, temperature: float = 0.1, num_classes: Optional[int] = None,
-                 chunk_size: int = 1024, device: Union[str, torch.device, None] = None) -> torch.Tensor:
+                 chunk_size: Optional[int] = None, device: Union[str, torch.device, None] = None) -> torch.Tensor:
     """Weighted k-nearest-neighbour class scores: the weighted vote of InstDisc (Wu et al. 2018).
 
     Both sides are L2-normalized; each test row takes its ``k`` most cosine-similar train rows,
@@ -247,7 +254,8 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         k: neighbours per query (capped at N_train).
         temperature: sharpness of the vote weights; 0.1 as lightly's kNN (InstDisc, DINO, solo-learn: 0.07).
         num_classes: C; default ``train_labels.max() + 1``.
-        chunk_size: test rows per similarity matrix, so memory is O(chunk_size * N_train).
+        chunk_size: test rows per similarity matrix, so memory is O(chunk_size * N_train); by default
+            1,024, fewer where the matrix would pass 2**26 entries (256 MiB: a bank over 65,536 rows).
         device: where to compute; default the device of ``train_features``.
 
     Returns:
@@ -269,7 +277,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, ks: Sequence[int] = (20, 200), temperature: float = 0.1,
-                 chunk_size: int = 1024, device: Union[str, torch.device, None] = None) -> dict[int, float]:
+                 chunk_size: Optional[int] = None, device: Union[str, torch.device, None] = None) -> dict[int, float]:
     """Top-1 accuracy in percent of the weighted kNN classifier (``knn_classify``), for each k.
 
     The top ``max(ks)`` neighbours are found once per chunk of test rows and reused for every

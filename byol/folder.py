@@ -1,4 +1,4 @@
-"""Folders of image files: found at any depth, decoded and resized by DataLoader workers.
+"""Folders of image files: found at any depth (:mod:`byol.scan`), decoded and resized by DataLoader workers.
 
 A file that cannot be decoded (truncated, empty, not an image, a decompression bomb) is skipped
 and listed, never fatal. A root's splits (``ROOT/train``, ``ROOT/val``) are told from its classes
@@ -8,19 +8,17 @@ and listed, never fatal. A root's splits (``ROOT/train``, ``ROOT/val``) are told
 import copy
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .checkpoint import write_text_atomically
-from .config import CONFIG_HEADER
 from .data import DataError
-from .images import decode_image, image_extensions, reason
+from .images import decode_image, reason
+from .scan import PackedNames, holds_a_run, scan
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,8 @@ class ImageFolder(Dataset):
     Args:
         root: the folder; hidden files and folders (name starting with ".") are ignored, and so
             are the folders of byol runs in it (listed in ``runs``: a run's plots are not training
-            images); symbolic links are followed, and a folder reached twice through them is read once.
+            images); symbolic links are followed (those out of ``root`` named in :meth:`notes`), and a
+            folder reached twice through them is read once.
         size: side of the returned square.
         labeled: ``"auto"``: if every image sits inside a first-level subfolder, that
             subfolder is its class (sorted names, as torchvision's ImageFolder), else all
@@ -71,7 +70,7 @@ class ImageFolder(Dataset):
         if not os.path.isdir(self.root):
             raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
         # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
-        rel_paths, self.others, self.runs = _scan(self.root)
+        rel_paths, self.others, self.runs, self.links_out = scan(self.root)
         if not rel_paths:
             raise DataError(f"no image files found in {self.root} or its subfolders (looked for .jpg, "
                             f".jpeg, .png, .webp, .bmp, .tif and the other formats Pillow opens)")
@@ -94,9 +93,7 @@ class ImageFolder(Dataset):
         self.loose = os.path.join(self.root, rel_paths[top.index(None)]) \
             if labeled in ("auto", "partial") and some_in_classes and not in_classes else None
         self.loose_count = top.count(None) if self.loose is not None else 0
-        # One numpy bytes array instead of a list of str: worker processes then read the paths
-        # without touching Python reference counts, which would copy the pages of a large list.
-        self._paths = np.array([os.fsencode(p) for p in rel_paths])
+        self._paths = PackedNames(rel_paths)
         self.bad_files: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -120,7 +117,7 @@ class ImageFolder(Dataset):
     def subset(self, indices: torch.Tensor) -> "ImageFolder":
         """The same folder (root, size, classes) restricted to the files at ``indices``."""
         sub = copy.copy(self)
-        sub._paths, sub.labels, sub.bad_files = self._paths[indices.numpy()], self.labels[indices], {}
+        sub._paths, sub.labels, sub.bad_files = self._paths.take(indices.numpy()), self.labels[indices], {}
         return sub
 
     def numbered_as(self, classes: list[str]) -> tuple["ImageFolder", list[str]]:
@@ -139,11 +136,11 @@ class ImageFolder(Dataset):
         if clean in (os.curdir, os.pardir) or os.sep in clean or (os.altsep and os.altsep in clean):
             raise DataError(f"{name!r} is not a sub-folder of {self.root}: give one of its folders by name")
         prefix = os.fsencode(clean + os.sep)
-        keep = [i for i, p in enumerate(self._paths) if p.startswith(prefix)]
+        keep = [i for i in range(len(self)) if self._paths[i].startswith(prefix)]
         if not keep:
             raise DataError(f"no image files found in {os.path.join(self.root, clean)} or its subfolders")
         sub = self.subset(torch.tensor(keep))
-        sub.loose, sub.loose_count, sub.runs, sub.others = None, 0, [], {}
+        sub.loose, sub.loose_count, sub.runs, sub.others, sub.links_out = None, 0, [], {}, []
         return sub
 
     def spread(self, n: int) -> "ImageFolder":
@@ -153,8 +150,19 @@ class ImageFolder(Dataset):
         return self.subset(torch.linspace(0, len(self) - 1, n).round().long())
 
     def notes(self) -> list[str]:
-        """What the scan left out, to say: the byol run folders inside, the files of no image format."""
-        return [said for said in (self.runs_note(), self.others_note()) if said is not None]
+        """What the scan left out, to say: the byol run folders inside, the files of no image format;
+        and the folders outside the root it read through symbolic links."""
+        return [said for said in (self.runs_note(), self.others_note(), self.links_note()) if said is not None]
+
+    def links_note(self) -> Optional[str]:
+        """The note that names the symbolic links under the root that the scan followed out of it
+        (None: there were none): a link to / would read every image on the machine."""
+        if not self.links_out:
+            return None
+        named = ", ".join(f"{os.path.join(self.root, link)} -> {os.path.realpath(os.path.join(self.root, link))}"
+                          for link in self.links_out[:3]) + (", ..." if len(self.links_out) > 3 else "")
+        count = f"{len(self.links_out):,} symbolic link" + ("s" if len(self.links_out) > 1 else "")
+        return f"the images of {count} out of {self.root} are read as its own: {named}"
 
     def runs_note(self) -> Optional[str]:
         """The note that names the byol run folders left out of this folder (None: there were none)."""
@@ -206,63 +214,6 @@ class ImageFolder(Dataset):
                     self.bad_files.setdefault(unescape_name(file), reason)
 
 
-def _scan(root: str) -> tuple[list[str], dict[str, int], list[str]]:
-    """The image files under ``root`` (relative paths), how many other files each extension has, and
-    the folders left out as byol runs' (relative paths)."""
-    extensions = image_extensions()
-    real_root = os.path.realpath(root)
-    found, others, runs = [], Counter(), []
-    walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
-    for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
-        info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in walked:
-            subfolders[:] = []
-            continue
-        if info.st_ino:  # 0: a file system without inode numbers, which cannot tell
-            walked.add((info.st_dev, info.st_ino))
-        rel = os.path.relpath(folder, root)
-        if rel != "." and _holds_a_run(folder, files, subfolders):
-            runs.append(rel)
-            subfolders[:] = []
-            continue
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
-                               and not _links_within(os.path.join(folder, d), real_root))
-        for f in sorted(f for f in files if not f.startswith(".")):
-            ext = os.path.splitext(f)[1].lower()
-            if ext in extensions:
-                found.append(f if rel == "." else os.path.join(rel, f))
-            else:
-                others[ext or "no extension"] += 1
-    return found, dict(others), sorted(runs)
-
-
-def _holds_a_run(folder: str, files: list[str], subfolders: list[str]) -> bool:
-    """Whether ``folder`` is a byol run's (a ``train.out_dir``), by the signs a new run looks for there
-    (run_folder.py): a ``config.yaml`` that byol wrote, or checkpoints (``checkpoints/*.pt``). Its own
-    outputs are then never read as images, and a resumed run lists the same files as its first start."""
-    header = CONFIG_HEADER.split(":")[0].encode()  # "# written by byol", as run_folder.py checks it
-    try:
-        checkpoints = os.path.join(folder, "checkpoints")
-        if "checkpoints" in subfolders and any(f.endswith(".pt") for f in os.listdir(checkpoints)):
-            return True
-        if "config.yaml" in files:
-            with open(os.path.join(folder, "config.yaml"), "rb") as f:
-                return f.read(len(header)) == header
-    except OSError:  # unreadable: not known to be a run's, so its images are read (and their errors said)
-        pass
-    return False
-
-
-def _links_within(path: str, real_root: str) -> bool:
-    """Whether ``path`` is a symbolic link to a folder the scan reads in its own place under the root
-    (its images then keep their own class: ``a/link_to_b`` read first would file ``b``'s under ``a``)."""
-    if not os.path.islink(path):
-        return False
-    rel = os.path.relpath(os.path.realpath(path), real_root)
-    return rel == "." or not (rel == os.pardir or rel.startswith(os.pardir + os.sep)
-                              or any(part.startswith(".") for part in rel.split(os.sep)))
-
-
 def escape_name(name: str) -> str:
     """A file name on one line of a list: a backslash written as two, a line break as backslash-n
     (-r), a tab as backslash-t. :func:`unescape_name` reverses it."""
@@ -300,7 +251,7 @@ def _is_a_run(folder: str) -> bool:
         names = os.listdir(folder)
     except OSError:
         return False
-    return _holds_a_run(folder, names, names)
+    return holds_a_run(folder, names, names)
 
 
 def labeled_folders(root: Union[str, Path], size: int,

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .data import DataError, ImageSet
 from .faults import StopRequest
 from .folder import ImageFolder, Skipped
+from .step import give_back_freed_memory
 
 
 def skip_collate(items: list) -> tuple:
@@ -41,14 +42,16 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _leave_stops_to_the_main_process(worker_id: int) -> None:
+def _start_decoding_process(worker_id: int) -> None:
     """A decoding process ignores SIGTERM, SIGINT and SIGHUP: a scheduler's cancel (SIGTERM), a terminal's
     Ctrl-C (SIGINT) and its closing (SIGHUP) go to every process of the job, and a decoding process that
     died of one failed the main process ("DataLoader worker ... is killed by signal") before it could
     finish its step and save. The main process stops the run and then ends its decoding processes;
-    should it die, torch's watchdog in each ends it."""
+    should it die, torch's watchdog in each ends it. And it hands freed memory back to the system,
+    which the training process forked from keeps (:func:`~byol.step.give_back_freed_memory`)."""
     for s in StopRequest.SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    give_back_freed_memory()
 
 
 class _SkippingLoader(DataLoader):
@@ -60,7 +63,7 @@ class _SkippingLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, num_workers: int = 0, **kwargs):
-        kwargs.setdefault("worker_init_fn", _leave_stops_to_the_main_process)
+        kwargs.setdefault("worker_init_fn", _start_decoding_process)
         super().__init__(dataset, num_workers=min(num_workers, usable_cores()), **kwargs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -107,7 +110,7 @@ def _disarm(e: BaseException) -> None:
 
 def end_processes(processes: Iterable[multiprocessing.Process]) -> None:
     """End ``processes`` now, decoding processes left running: they ignore SIGTERM (see
-    :func:`_leave_stops_to_the_main_process`), so terminate() does not end them, and Python's exit,
+    :func:`_start_decoding_process`), so terminate() does not end them, and Python's exit,
     which joins them, would wait for ever."""
     processes = list(processes)
     for process in processes:

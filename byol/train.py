@@ -246,7 +246,7 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
                        world: int) -> None:
     """A CPU step checked against the free memory, the config saved (in ``folder``: rank 0's; the
     settings a resumed run's earlier steps ran with kept where they differ), the notes, and for a
-    resumed run the files it skipped before it stopped."""
+    resumed run the files it skipped before it stopped (on every rank)."""
     t, run_dir = config.train, Path(config.train.out_dir)
     if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
         check_step_fits(byol, t.batch_size, config.data.image_size, amp)
@@ -256,8 +256,8 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         note_warmup(config, len(data.batches))
         if resume_step is None:
             note_stl10_split(config)
-        if resume_step is not None and data.folder is not None:
-            data.folder.read_skipped(run_dir / "skipped_files.txt")
+    if resume_step is not None and data.folder is not None:  # every rank's: its resumed epoch starts after
+        data.folder.read_skipped(run_dir / "skipped_files.txt")  # the batches it skips (TrainData.start_at)
 
 
 def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:

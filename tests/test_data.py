@@ -5,7 +5,9 @@ import io
 import itertools
 import os
 import pickle
+import re
 import struct
+import sys
 import tarfile
 import threading
 import urllib.error
@@ -22,6 +24,7 @@ from byol.datasets import build_dataset, load_cifar, load_stl10
 from byol.folder import ImageFolder, Skipped, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image
+from byol.scan import PackedNames
 from conftest import extract_jpegs
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
@@ -302,6 +305,57 @@ def jpg_folder(tmp_path_factory):
     root = out / "test"
     odd, bad = _odd_images(root)
     return root, len(members), odd, bad
+
+
+def test_file_names_take_their_own_length_not_that_of_the_longest():
+    """A user test at ImageNet scale: a folder's names were a fixed-width NumPy bytes array, each as
+    long as the longest; one name of 3,834 bytes among 1.3 million files took 4.75 GB."""
+    names = ["x" * 3834] + [f"n{i % 1000:08d}/{i}.JPEG" for i in range(100_000)] + ["\udcff\u00e9.png"]
+    packed = PackedNames(names)
+    assert packed.nbytes < 4 * sum(map(len, names))  # 3.8 MB (fixed width: 384 MB)
+    assert [packed[i] for i in (0, 1, 100_001)] == [os.fsencode(names[i]) for i in (0, 1, 100_001)]
+    taken = packed.take(np.array([100_001, 7, 0]))
+    assert len(taken) == 3 and [taken[i] for i in range(3)] == [os.fsencode(names[i]) for i in (100_001, 7, 0)]
+
+
+def test_a_long_scan_says_what_it_has_found_and_a_short_one_says_nothing(tmp_path, monkeypatch, capsys):
+    """A user test at ImageNet scale: 1.3 million files took 13 s to list, 89 s on a slow file
+    system, and nothing was said meanwhile: as if the run hung."""
+    import byol.scan
+    root = extract_jpegs(tmp_path / "images", per_class=2)
+    ImageFolder(root, size=8)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(byol.scan, "SCAN_NOTES", (0.0, 3600.0))  # at once, then not again
+    ImageFolder(root, size=8)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"note: scanning {root} for image files: 0 found so far, ")
+    assert re.fullmatch(rf"note: found 20 image files in {re.escape(str(root))} in \d+ s", lines[1])
+    monkeypatch.setenv("RANK", "1")  # under torchrun, rank 0 says it
+    ImageFolder(root, size=8)
+    assert capsys.readouterr().err == ""
+
+
+def test_folders_nested_too_deep_to_scan_are_one_sentence(tmp_path):
+    """A user test: 1,000 nested folders ended the scan in a RecursionError's traceback (Python
+    before 3.12 walks by recursion; 3.12's walk reads them)."""
+    folders = [tmp_path / "images" / "d"]
+    while len(folders) < 1100:  # one at a time: pathlib's mkdir(parents=True) recurses too
+        folders.append(folders[-1] / "d")
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folders[-1] / "a.png")
+        if sys.version_info < (3, 12):
+            with pytest.raises(DataError, match=r"the folders under .* nest too deep to read \(over about \d+ "
+                                                r"levels\); move the images into shallower folders"):
+                ImageFolder(tmp_path / "images", size=8)
+        else:
+            assert len(ImageFolder(tmp_path / "images", size=8)) == 1
+    finally:  # pytest's removal of old temporary folders recurses too, and would fail on these
+        (folders[-1] / "a.png").unlink(missing_ok=True)
+        for folder in reversed(folders):
+            if folder.is_dir():
+                folder.rmdir()
 
 
 def test_folder_order_is_a_function_of_the_epoch(jpg_folder):
@@ -638,8 +692,11 @@ def test_a_link_to_a_class_folder_inside_the_root_leaves_its_images_their_class(
     names = [os.path.relpath(p, ds.root) for p in ds.paths]
     assert ds.classes == ["a", "b"] and names == ["a/0.png", "a/link_out/2.png", "b/0.png", "b/1.png"]
     assert ds.labels.tolist() == [0, 0, 1, 1]
+    # said, as a user test at ImageNet scale met a link to / that read 4 million files without a word
+    assert ds.notes() == [f"the images of 1 symbolic link out of {ds.root} are read as its own: "
+                          f"{ds.root}/a/link_out -> {os.path.realpath(tmp_path / 'outside')}"]
     fault_table("image folder: a symbolic link in class folder a to class folder b, and one to a folder outside",
-                "b's images read once, in b, with b's label; the outside folder's read as a's")
+                "b's images read once, in b, with b's label; the outside folder's read as a's, and said")
 
 
 def test_the_folders_of_byol_runs_inside_the_root_are_left_out(tmp_path, fault_table):

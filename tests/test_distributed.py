@@ -132,6 +132,26 @@ def test_ddp_checkpoint_lists_the_bad_files_of_every_rank_before_the_run_ends(tm
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
 
 
+@pytest.mark.slow
+def test_ddp_resume_in_a_folder_epoch_with_undecodable_batches_trains_as_the_uninterrupted_run(tmp_path):
+    """Each rank starts its resumed epoch at its batch without decoding those before; where whole
+    batches of its share cannot be decoded, it knows them from skipped_files.txt (every rank's)."""
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, and 60 that cannot be decoded
+    for n in range(60):
+        (root / "cat" / f"junk{n:02d}.jpg").write_bytes(b"not a jpeg")
+
+    def pretrain(run, steps, *resume):
+        torchrun(2, "pretrain", *resume, "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+                 "--data.workers=0", "--data.on_device=false",
+                 *tiny_overrides(tmp_path / run, **{"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null",
+                                                    "train.epochs": 2, "optim.name": "sgd", "train.max_steps": steps}))
+        return load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"]
+    straight = pretrain("a", 14)  # 10 steps an epoch, each rank 4 images a step
+    pretrain("b", 7)
+    resumed = pretrain("b", 14, "--resume")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight if isinstance(straight[k], torch.Tensor))
+
+
 def test_ddp_knn_monitor_on_a_folder_shares_the_decoding_and_equals_one_process(tmp_path):
     # ROOT/train and ROOT/val: each rank decodes its share of both splits for the kNN monitor, and
     # the gathered kNN (here at random init, the same weights on 1 and 2 processes) is one process's.

@@ -68,6 +68,23 @@ def test_knn_chunked_equals_unchunked():
     torch.testing.assert_close(one, whole)
 
 
+def test_knn_chunks_hold_the_similarities_to_a_bound_a_large_bank_sets(monkeypatch):
+    """A user test at ImageNet scale: 1,024 queries at a time against a bank of 1.3 million took
+    5.3 GB. By default a chunk has 1,024 rows, fewer where the bank is large; the scores are the same."""
+    import byol.evaluate
+    x, y, q, qy = random_split(n_train=600, n_test=50)
+
+    def sizes():
+        return [len(sims) for _, sims, _ in byol.evaluate._knn_chunks(x, q, 5, None, None)]
+    assert sizes() == [50]  # one chunk: 1,024 rows of 600 are far below the bound
+    expected = knn_accuracy(x, y, q, qy, ks=(1, 5))
+    monkeypatch.setattr(byol.evaluate, "KNN_CHUNK_ENTRIES", 6_000)  # 10 rows of 600
+    assert sizes() == [10] * 5
+    assert knn_accuracy(x, y, q, qy, ks=(1, 5)) == expected
+    monkeypatch.setattr(byol.evaluate, "KNN_CHUNK_ENTRIES", 100)  # less than a row: one row at a time
+    assert sizes() == [1] * 50
+
+
 def test_knn_accuracy_matches_knn_classify_for_every_k():
     x, y, q, qy = random_split()
     acc = knn_accuracy(x, y, q, qy, ks=(1, 5, 20), chunk_size=7)
