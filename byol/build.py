@@ -284,7 +284,7 @@ def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet]:
     seed (the same for every run and ``train.seed``), each part in the split's order. The draw is NumPy's
     legacy ``RandomState``, whose stream NumPy keeps fixed across versions (torch's is not promised)."""
     if n >= len(train):
-        raise DataError(f"holding out {n} images leaves no memory bank: the train split has {len(train)}; "
+        raise DataError(f"holding out {n:,} images leaves no memory bank: the train split has {len(train):,}; "
                         "hold out fewer (train.knn_holdout, or eval's --holdout)")
     order = torch.from_numpy(np.random.RandomState(0).permutation(len(train)))
     return train.take(order[n:].sort().values), train.take(order[:n].sort().values)

@@ -109,11 +109,18 @@ def _pretrain(args, overrides: list[str]) -> int:
     results = pretrain(config, resume=args.resume)
     if "stopped_by" in results:
         if _is_main_process():
-            print(f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
-                  f"{results['checkpoint']}; continue with --resume", file=sys.stderr)
+            print(stop_line(results), file=sys.stderr)
         return 128 + int(getattr(signal, results["stopped_by"]))
     _print_table("pretraining done", _pretrain_rows(config, results))
     return 0
+
+
+def stop_line(results: dict) -> str:
+    """What a run stopped by a signal says: where, its checkpoint, the files it skipped so far."""
+    n = results.get("skipped_files", 0)
+    skipped = f"; {n:,} unreadable file{'s' * (n != 1)} skipped so far (listed in skipped_files.txt)" if n else ""
+    return (f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
+            f"{results['checkpoint']}{skipped}; continue with --resume")
 
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
@@ -144,7 +151,7 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
         rows += [(f"kNN top-1 (k={both}, {on})", f"{knn[both]:.2f}%"),
                  (f"kNN top-1 at random init (k={both}, {on})", f"{init[both]:.2f}%")]
     if results.get("skipped_files"):
-        rows.append(("unreadable files skipped", f"{results['skipped_files']} (listed in skipped_files.txt)"))
+        rows.append(("unreadable files skipped", f"{results['skipped_files']:,} (listed in skipped_files.txt)"))
     rows.append(("run directory", config.train.out_dir))
     return rows
 

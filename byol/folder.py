@@ -184,13 +184,13 @@ class ImageFolder(Dataset):
         if total == 1:
             return (f"1 file ({listed}) in {self.root} is left out: its name does not end in the extension of an "
                     "image format Pillow opens (.jpg, .png, .webp, ...)")
-        return (f"{total} files ({listed}) in {self.root} are left out: their names do not end in the extension "
+        return (f"{total:,} files ({listed}) in {self.root} are left out: their names do not end in the extension "
                 "of an image format Pillow opens (.jpg, .png, .webp, ...)")
 
     def nothing_decoded(self) -> DataError:
         """The error for a folder none of whose files could be decoded, with one file and why."""
         example = "".join(f" ({p}: {r})" for p, r in list(self.bad_files.items())[:1])
-        return DataError(f"none of the {len(self)} image files in {self.root} could be decoded{example}; "
+        return DataError(f"none of the {len(self):,} image files in {self.root} could be decoded{example}; "
                          "check the files")
 
     def write_skipped(self, path: Union[str, Path]) -> int:

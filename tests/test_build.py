@@ -52,7 +52,7 @@ def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_
         assert torch.equal(part.images, train.images[part.indices])
         assert torch.equal(part.labels, train.labels[part.indices])
     assert torch.bincount(queries.labels).min() > 400  # a draw over the split, not its last classes
-    with pytest.raises(DataError, match="holding out 50000 images leaves no memory bank: the train split has 50000"):
+    with pytest.raises(DataError, match="holding out 50,000 images leaves no memory bank: the train split has 50,000"):
         build.held_out(train, 50000)
 
 

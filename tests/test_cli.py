@@ -1077,3 +1077,16 @@ def test_only_a_reader_that_is_gone_silences_a_stream():
     stream = LosableStream(Failing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
     assert stream.write("lost") == 4 and stream.lost
     stream.write("and the rest goes nowhere")
+
+
+def test_a_stopped_run_says_where_it_stopped_its_checkpoint_and_the_files_it_skipped():
+    """A user test at ImageNet scale: the closing table counts the skipped files, and the line of a
+    run stopped by a signal (a scheduler's cancel), which has no table, did not."""
+    from byol.cli import stop_line
+    results = {"stopped_by": "SIGTERM", "step": 1200, "checkpoint": "run/checkpoints/last.pt"}
+    start = "stopped by SIGTERM at step 1200; checkpoint saved to run/checkpoints/last.pt"
+    assert stop_line(results) == start + "; continue with --resume"
+    assert stop_line({**results, "skipped_files": 1}) == (
+        start + "; 1 unreadable file skipped so far (listed in skipped_files.txt); continue with --resume")
+    assert stop_line({**results, "skipped_files": 12_345}).endswith(
+        "; 12,345 unreadable files skipped so far (listed in skipped_files.txt); continue with --resume")
