@@ -141,6 +141,8 @@ class TrainData:
     folder: Optional[object] = None  # the ImageFolder, for its skipped files
     knn_sizes: Optional[tuple[int, int]] = None  # a folder's splits: each process holds its share of them
     knn_query: str = "test"  # what the kNN monitor's queries are: test, held-out train, or a folder's val
+    # a resumed folder run's: how many of its files the checkpoint's skipped_files.txt named (None: unknown)
+    skipped_at_checkpoint: Optional[int] = None
 
     @property
     def knn_images(self) -> Optional[tuple[int, int]]:
@@ -156,8 +158,12 @@ class TrainData:
     def start_at(self, epoch: int, index: int) -> int:
         """Have the next pass of ``epoch`` start at its ``index``-th batch where that needs no
         decoding of the batches before (a streamed folder's); return how many batches that skips
-        (``index``, or 0: the caller skips them on the pass)."""
+        (``index``, or 0: the caller skips them on the pass, decoding them). Only where the list of
+        undecodable files read back names as many under the root as the checkpoint's did: a list
+        deleted, or of a folder since moved (its paths under the old root), would start elsewhere."""
         if not index or self.folder is None or not isinstance(self.batches, torch.utils.data.DataLoader):
+            return 0
+        if self.skipped_at_checkpoint is None or self.folder.skipped_inside() < self.skipped_at_checkpoint:
             return 0
         self._set_epoch(epoch)
         return index if start_pass_at(self.batches, index) else 0

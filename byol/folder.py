@@ -193,6 +193,11 @@ class ImageFolder(Dataset):
         return DataError(f"none of the {len(self):,} image files in {self.root} could be decoded{example}; "
                          "check the files")
 
+    def skipped_inside(self) -> int:
+        """How many files of ``bad_files`` lie under ``root`` (others are a kNN split's, say)."""
+        inside = os.path.join(self.root, "")
+        return sum(path.startswith(inside) for path in self.bad_files)
+
     def write_skipped(self, path: Union[str, Path]) -> int:
         """Write ``bad_files`` to ``path``, one ``file<TAB>reason`` a line (the name as :func:`escape_name`
         writes it); returns their number. With none, no file: an empty one that older versions wrote is removed."""

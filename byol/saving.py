@@ -74,9 +74,10 @@ class Checkpoints:
         if self.rank == 0:
             if self.sums is not None:  # so that the record after a stop averages all of its steps
                 self.extra["metric_sums"] = self.sums.tolist()
+            if folder is not None:  # so far (every rank's), kept if the run dies; before last.pt, whose resume
+                folder.write_skipped(self.run_dir / "skipped_files.txt")  # counts on it (TrainData.start_at)
+                self.extra["skipped_inside"] = folder.skipped_inside()
             self._write("last.pt", step, progress)
-            if folder is not None:  # so far (every rank's), kept if the run dies
-                folder.write_skipped(self.run_dir / "skipped_files.txt")
             if keep_epoch is not None:  # (a run that dies before it: see write_missing_epoch)
                 self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
                 self._drop_older_epochs(keep_epoch)

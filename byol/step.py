@@ -271,8 +271,8 @@ def keep_freed_memory() -> bool:
 def give_back_freed_memory() -> None:
     """Undo :func:`keep_freed_memory` in a process forked from one that called it (a decoding process
     of a folder's DataLoader), which would otherwise hold its peak too (a user test at ImageNet scale,
-    224x224 views: about 1 GB each, 160 MB without). glibc's defaults again, and what it holds now
-    handed back."""
+    224x224 views: about 1 GB each, 160 MB without). glibc's default thresholds again (fixed now: any
+    mallopt ends glibc's sliding mmap threshold), and what it holds now handed back."""
     global _kept
     libc = glibc()
     if _kept and libc is not None:

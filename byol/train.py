@@ -149,6 +149,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step, saved = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp,
                           data.size) if resume else (0, {})
     resumed_s = float(saved.get("time_s", 0.0))
+    data.skipped_at_checkpoint = saved.get("skipped_inside")  # (older checkpoints: None, decoded to skip)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
     ran_on = {"device": str(device), "precision": precision_name(amp)}
@@ -303,7 +304,8 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int) -
         # resuming mid-epoch: the order is a function of the epoch, so the skipped batches are those
         # the run took, the epoch's restarts included; a streamed folder's in its order, not decoded
         skipped = data.start_at(epoch, index)
-        for images, _, _ in itertools.islice(_epoch_batches(data, epoch), index - skipped, steps_per_epoch - skipped):
+        batches = _epoch_batches(data, epoch, started_later=skipped > 0)
+        for images, _, _ in itertools.islice(batches, index - skipped, steps_per_epoch - skipped):
             if len(images) < batch:  # a streamed batch that lost undecodable files: filled up with
                 # repeats of its own images, so that every step has one shape (a compiled step would
                 # compile again for each new batch size)
@@ -312,16 +314,19 @@ def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int) -
         epoch, index = epoch + 1, 0
 
 
-def _epoch_batches(data: TrainData, epoch: int) -> Iterator[tuple]:
+def _epoch_batches(data: TrainData, epoch: int, started_later: bool = False) -> Iterator[tuple]:
     """The batches of ``epoch``, begun again each time they run out: a folder epoch comes up short
-    where whole batches of its files could not be decoded."""
+    where whole batches of its files could not be decoded. ``started_later``: the first pass starts
+    after the epoch's first batch (:meth:`TrainData.start_at`), and may hold none that decodes."""
     while True:
         batches = data.epoch(epoch)
         first = next(batches, None)
-        if first is None:  # not one file of this process's share could be decoded
+        if first is None and not started_later:  # not one file of this process's share could be decoded
             raise data.folder.nothing_decoded()
-        yield first
-        yield from batches
+        started_later = False
+        if first is not None:
+            yield first
+            yield from batches
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

@@ -322,19 +322,33 @@ def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp
     assert sizes == [11, 11, 11]  # 33 files in 3 batches of 11, one bad file in each (10 decoded)
 
 
-def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninterrupted_run_did(tmp_path):
+@pytest.mark.parametrize("stop, listed", [(17, True), ("restart", True), (17, False)])
+def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninterrupted_run_did(tmp_path, stop, listed):
     """A user test: where whole batches of a streamed folder are undecodable, an epoch runs out early
     and is begun again. A resume in such an epoch skipped its batches on the run-out iterator and took
-    the restart's first batch where the run had taken a later one: other weights."""
+    the restart's first batch where the run had taken a later one: other weights. The same at the
+    restart itself (stopped after the last batch that decodes, before the undecodable ones after it,
+    which the run had not met), and where skipped_files.txt is gone (the batches before are decoded)."""
     from conftest import extract_jpegs
+    from byol.folder import ImageFolder
+    from byol.loaders import EpochShuffle
     root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, and 60 that cannot be decoded
     for n in range(60):
         (root / "cat" / f"junk{n:02d}.jpg").write_bytes(b"not a jpeg")
+    folder, seed = ImageFolder(root, size=32), 0
+    while True:  # a seed whose first epoch ends in an undecodable batch
+        order = list(EpochShuffle(len(folder), seed))
+        batches = [[folder.path(i) for i in order[b:b + 4]] for b in range(0, len(order), 4)]
+        decodes = [not all("junk" in path for path in batch) for batch in batches]
+        if not decodes[-1]:
+            break
+        seed += 1
+    stop = sum(decodes) if stop == "restart" else stop  # 20 steps an epoch, of which 15 or so batches come
 
     def config(run, steps):
         return load_config("cifar10", tiny_overrides(tmp_path / run, **{
             "data.limit": "null", "train.batch_size": 4, "train.knn_every": -1, "data.workers": 0,
-            "train.epochs": 2, "optim.name": "sgd", "train.max_steps": steps}) + [
+            "train.epochs": 2, "optim.name": "sgd", "train.max_steps": steps, "train.seed": seed}) + [
             "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32", "--data.on_device=false"])
     taken = []
     call = byol.train.LoopStep.__call__
@@ -344,9 +358,11 @@ def test_a_resume_takes_the_batches_of_a_folder_epoch_begun_again_as_the_uninter
         return call(self, step, images)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(byol.train.LoopStep, "__call__", record)
-        pretrain(config("a", 24))  # 20 steps an epoch, of which 15 batches come: begun again at step 15
+        pretrain(config("a", 24))  # begun again within the first epoch
         straight, taken[:] = dict(taken), []
-        pretrain(config("b", 17))  # stopped at the restart's third batch
+        pretrain(config("b", stop))  # 17: stopped at the restart's third batch
+        if not listed:
+            (tmp_path / "b" / "skipped_files.txt").unlink()
         pretrain(config("b", 24), resume=True)
     assert dict(taken) == straight  # each step the same images
     a, b = _weights(tmp_path / "a/checkpoints/last.pt"), _weights(tmp_path / "b/checkpoints/last.pt")
