@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections import Counter
+from typing import Optional
 
 import numpy as np
 
@@ -71,9 +72,9 @@ def scan(root: str) -> tuple[list[str], dict[str, int], list[str], list[str]]:
                 runs.append(rel)
                 subfolders[:] = []
                 continue
-            subfolders[:] = [d for d in sorted(subfolders) if not d.startswith(".")
-                             and not _links_within(os.path.join(folder, d), real_root)]
-            outside += [os.path.join(rel, d) for d in subfolders if _leads_out(os.path.join(folder, d), real_root)]
+            targets = {d: _link_target(os.path.join(folder, d), real_root) for d in subfolders if not d.startswith(".")}
+            subfolders[:] = [d for d in sorted(targets) if not _read_in_its_place(targets[d])]
+            outside += [os.path.join(rel, d) for d in subfolders if targets[d] is not None and _out_of(targets[d])]
             for f in sorted(f for f in files if not f.startswith(".")):
                 ext = os.path.splitext(f)[1].lower()
                 if ext in extensions:
@@ -130,19 +131,18 @@ def holds_a_run(folder: str, files: list[str], subfolders: list[str]) -> bool:
     return False
 
 
-def _leads_out(path: str, real_root: str) -> bool:
-    """Whether ``path`` is a symbolic link to a folder outside the root."""
-    if not os.path.islink(path):
-        return False
-    rel = os.path.relpath(os.path.realpath(path), real_root)
-    return rel == os.pardir or rel.startswith(os.pardir + os.sep)
+def _link_target(path: str, real_root: str) -> Optional[str]:
+    """Where the symbolic link ``path`` leads, relative to the root; None where ``path`` is no link."""
+    return os.path.relpath(os.path.realpath(path), real_root) if os.path.islink(path) else None
 
 
-def _links_within(path: str, real_root: str) -> bool:
-    """Whether ``path`` is a symbolic link to a folder the scan reads in its own place under the root
+def _out_of(target: str) -> bool:
+    """Whether ``target`` (relative to the root) lies outside it."""
+    return target == os.pardir or target.startswith(os.pardir + os.sep)
+
+
+def _read_in_its_place(target: Optional[str]) -> bool:
+    """Whether a link to ``target`` leads to a folder the scan reads in its own place under the root
     (its images then keep their own class: ``a/link_to_b`` read first would file ``b``'s under ``a``)."""
-    if not os.path.islink(path):
-        return False
-    rel = os.path.relpath(os.path.realpath(path), real_root)
-    return rel == "." or not (rel == os.pardir or rel.startswith(os.pardir + os.sep)
-                              or any(part.startswith(".") for part in rel.split(os.sep)))
+    return target is not None and (target == "." or not (
+        _out_of(target) or any(part.startswith(".") for part in target.split(os.sep))))
