@@ -1,7 +1,7 @@
 """The backbone alone: ResNet-18 (CIFAR stem) forward and backward, its time, page faults and memory.
 
     python -m benchmarks.backbone --batch 512                   # glibc's default allocator
-    python -m benchmarks.backbone --batch 512 --keep-memory     # byol.step.keep_freed_memory first
+    python -m benchmarks.backbone --batch 512 --keep-memory     # byol.allocator.keep_freed_memory first
     python -m benchmarks.backbone --batch 256 --keep-memory --profile   # where the time goes, by aten op
 
 Each setting of the allocator is a process-wide change, so compare two runs, not two settings in
@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.speed import load_average, machine
 from byol.backbones import resnet
-from byol.step import keep_freed_memory
+from byol.allocator import keep_freed_memory
 
 
 def minor_faults() -> int:
@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--steps", type=int, default=4, help="timed steps, after one warm-up step")
-    p.add_argument("--keep-memory", action="store_true", help="call byol.step.keep_freed_memory() first")
+    p.add_argument("--keep-memory", action="store_true", help="call byol.allocator.keep_freed_memory() first")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's table for one more step")
     args = p.parse_args(argv)
     kept = args.keep_memory and keep_freed_memory()

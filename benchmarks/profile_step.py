@@ -25,7 +25,8 @@ from byol.build import autocast_dtype
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.compiling import compile_step, eager_fallbacks
-from byol.step import ViewsForward, keep_freed_memory, step_metrics
+from byol.allocator import keep_freed_memory
+from byol.step import ViewsForward, step_metrics
 
 PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metrics")
 

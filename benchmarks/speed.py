@@ -34,7 +34,7 @@ import torch
 from benchmarks import systems
 from byol.build import autocast_dtype
 from byol.compiling import eager_fallbacks
-from byol.step import glibc
+from byol.allocator import glibc
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -132,7 +132,7 @@ def serve(conn, name: str, args) -> None:
     """A system's own process: build it, then time the steps the parent asks for, one batch at a time.
 
     Each system runs in a process of its own, so that what one does to the process (our step keeps
-    freed memory in the C allocator, ``byol.step.keep_freed_memory``; lightly starts DataLoader
+    freed memory in the C allocator, ``byol.allocator.keep_freed_memory``; lightly starts DataLoader
     workers) touches no other system, as when each is run by a user.
     """
     # Stacks on request (the parent's time limit for a step) and when killed by a time limit
@@ -143,7 +143,7 @@ def serve(conn, name: str, args) -> None:
     amp = setup(args, device)
     peer = name in PEERS
     if args.peer_keep_memory and peer:
-        from byol.step import keep_freed_memory
+        from byol.allocator import keep_freed_memory
 
         keep_freed_memory()
     images, source = load_images(args.data, device)
@@ -353,7 +353,7 @@ def main(argv=None) -> dict:
     p.add_argument("--peer-amp", action="store_true",
                    help="give the peers bf16 autocast too (their docs run float32)")
     p.add_argument("--peer-keep-memory", action="store_true",
-                   help="give the peers' processes our allocator setting too (byol.step.keep_freed_memory)")
+                   help="give the peers' processes our allocator setting too (byol.allocator.keep_freed_memory)")
     p.add_argument("--workers", type=int, default=systems.default_workers(), help="lightly's DataLoader workers")
     p.add_argument("--data", default=str(DEFAULT_CIFAR), help="CIFAR-10 root, or 'random'")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

@@ -22,7 +22,8 @@ from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
 from byol.compiling import Compiled, compile_step, eager_fallbacks
-from byol.step import GraphedLoopStep, LoopStep, ViewsForward, keep_freed_memory
+from byol.allocator import keep_freed_memory
+from byol.step import GraphedLoopStep, LoopStep, ViewsForward
 from byol.build import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups

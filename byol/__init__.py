@@ -15,7 +15,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
-    "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "step",
+    "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
 }
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
@@ -52,5 +52,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .pipeline import knn, linear
     from .resume import resume_config
     from .schedules import cosine_lr, tau_schedule
-    from .step import keep_freed_memory
+    from .allocator import keep_freed_memory
     from .train import pretrain

@@ -218,7 +218,8 @@ def _is_main_process() -> bool:
 
 def _launch_rank() -> int:
     """This process's rank under torchrun, from its RANK variable (set before any process group is
-    up, as when the config is read); 0 without torchrun."""
+    up, as when the config is read); 0 without torchrun. :func:`byol.distributed.launch_rank`'s, here
+    without importing torch: a usage error is said at once."""
     try:
         return int(os.environ.get("RANK", "0"))
     except ValueError:

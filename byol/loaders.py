@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .data import DataError, ImageSet
 from .faults import StopRequest
 from .folder import ImageFolder, Skipped
-from .step import give_back_freed_memory
+from .allocator import give_back_freed_memory
 
 
 def skip_collate(items: list) -> tuple:
@@ -48,7 +48,7 @@ def _start_decoding_process(worker_id: int) -> None:
     died of one failed the main process ("DataLoader worker ... is killed by signal") before it could
     finish its step and save. The main process stops the run and then ends its decoding processes;
     should it die, torch's watchdog in each ends it. And it hands freed memory back to the system,
-    which the training process forked from keeps (:func:`~byol.step.give_back_freed_memory`)."""
+    which the training process forked from keeps (:func:`~byol.allocator.give_back_freed_memory`)."""
     for s in StopRequest.SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     give_back_freed_memory()

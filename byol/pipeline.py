@@ -50,9 +50,8 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
     exists; nothing is created for good), or the file ``source`` that the work reads. Only in the
     process that writes: rank 0 under torchrun (told by ``RANK``, as the process group may not exist yet)."""
     import errno
-    import os
     import tempfile
-    if os.environ.get("RANK", "0") != "0":
+    if dist.launch_rank() != 0:
         return
     path = Path(path).absolute()
     if source is not None and path.is_file() and Path(source).is_file() and path.samefile(source):

@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import CONFIG_HEADER
 from .data import DataError
+from .distributed import launch_rank
 from .images import image_extensions
 
 
@@ -95,7 +96,7 @@ class _ScanNotes:
 
     def __init__(self, root: str):
         self.root, self.start, self.next, self.said = root, time.monotonic(), SCAN_NOTES[0], False
-        self.quiet = os.environ.get("RANK", "0") != "0"
+        self.quiet = launch_rank() != 0
 
     def now(self, found: int) -> None:
         elapsed = time.monotonic() - self.start

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist
+from .allocator import keep_freed_memory
 from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
                     schedule_of, usual_torch_defaults)
 from .checkpoint import rng_state_kept
@@ -31,7 +32,7 @@ from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, not
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
-from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes, keep_freed_memory
+from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes
 
 
 def _load_data(config: Config, device: torch.device, rank: int, world: int, resume: bool) -> TrainData:
@@ -92,7 +93,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     and for an image folder ``skipped_files``: how many files could not be decoded.
 
     On a CPU it first makes this process's C allocator keep freed memory
-    (:func:`~byol.step.keep_freed_memory`, for the rest of the process's life) unless
+    (:func:`~byol.allocator.keep_freed_memory`, for the rest of the process's life) unless
     ``config.train.keep_freed_memory`` is false.
 
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,

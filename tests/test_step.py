@@ -347,7 +347,7 @@ def test_graphed_loop_step_matches_the_eager_one_on_cuda(full_fp32):
 # batch-512 step does with its activations; prints the page faults of the last 16 of 24.
 _PAGE_FAULTS = """
 import resource, sys, torch
-from byol.step import keep_freed_memory
+from byol.allocator import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -381,7 +381,7 @@ _HELD_IN_WORKER = """
 import resource, sys, torch
 from torch.utils.data import DataLoader, Dataset
 from byol.loaders import _start_decoding_process
-from byol.step import keep_freed_memory
+from byol.allocator import keep_freed_memory
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
 class Frees(Dataset):
