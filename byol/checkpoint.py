@@ -2,6 +2,7 @@
 
 import errno
 import fnmatch
+import glob
 import os
 import pickle
 import random
@@ -10,7 +11,7 @@ import shutil
 import zipfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -133,12 +134,23 @@ def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None
     write_files_atomically({Path(path): text.encode("utf-8", errors=errors)})
 
 
-def write_files_atomically(files: dict[Path, bytes]) -> None:
+def write_files_atomically(files: dict[Path, Union[bytes, Callable[[Path], None]]]) -> None:
     """Write each of ``files`` beside its path, and only once all are written (and synced) rename
-    them over their paths: a failure on any (a full disk) leaves every old file as it was."""
+    them over their paths: a failure on any (a full disk) leaves every old file as it was. A file's
+    content is its bytes, or a function that writes it into the path it is given (the temporary).
+    What killed writers of these files left beside them is removed first."""
+    by_folder: dict[Path, list[str]] = {}
+    for path in map(Path, files):
+        by_folder.setdefault(path.parent, []).append(glob.escape(path.name))
+    for folder, names in by_folder.items():
+        remove_torn_temporaries(folder, *names)
     with ExitStack() as stack:
         for path, data in files.items():
-            stack.enter_context(temporary_beside(Path(path))).write_bytes(data)
+            tmp = stack.enter_context(temporary_beside(Path(path)))
+            if callable(data):
+                data(tmp)
+            else:
+                tmp.write_bytes(data)
 
 
 @contextmanager

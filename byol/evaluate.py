@@ -131,7 +131,7 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     try:
         if is_tensor:
             return _tensor_features(embed, images, batch_size, bar)
-        out = _batch_features(embed, images, bar)
+        out = _batch_features(embed, images, total, bar)
     finally:
         encoder.train(was_training)
         if bar is not None:
@@ -141,32 +141,67 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
 
 def _tensor_features(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
                      bar) -> torch.Tensor:
-    """``embed`` over ``images`` ``batch_size`` at a time: (N, D), in input order."""
-    chunks = []
+    """``embed`` over ``images`` ``batch_size`` at a time: (N, D), in input order, each batch's rows
+    written into the one (N, D) tensor (no list of them to concatenate: twice the memory at the end)."""
+    out = torch.empty(0, 0)
     for i in range(0, len(images), batch_size):
-        chunks.append(embed(images[i:i + batch_size]))
+        rows = embed(images[i:i + batch_size])
+        if i == 0:
+            out = rows.new_empty((len(images), *rows.shape[1:]))
+        out[i:i + len(rows)] = rows
         if bar is not None:
-            bar.update(len(chunks[-1]))  # a shape: no host sync beyond _embed's own copy
-    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+            bar.update(len(rows))  # a shape: no host sync beyond _embed's own copy
+    return out
 
 
-def _batch_features(embed: Callable[[torch.Tensor], torch.Tensor], batches: Batches,
+def _batch_features(embed: Callable[[torch.Tensor], torch.Tensor], batches: Batches, total: Optional[int],
                     bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``embed`` over ``(images, labels, indices)`` batches: features, labels and indices sorted by
-    the indices."""
-    feats, labels, indices = [], [], []
+    the indices. With ``total``, the number of items the batches hold at most, the rows are written
+    into one tensor of ``total`` rows as they come, and put in order only where they came out of it:
+    a folder's embeddings take their own size once, not three times (a list, its concatenation and
+    its reordering)."""
+    feats, labels, indices = _Rows(total), _Rows(total), _Rows(total)
     for x, y, idx in batches:
-        feats.append(embed(x))
-        labels.append(torch.as_tensor(y).cpu())
-        indices.append(torch.as_tensor(idx).cpu())
+        feats.add(embed(x))
+        labels.add(torch.as_tensor(y).cpu())
+        indices.add(torch.as_tensor(idx).cpu())
         if bar is not None:
             bar.update(len(x))
-    if not feats:  # e.g. a shard whose files were all undecodable
+    if not indices.count:  # e.g. a shard whose files were all undecodable
         nothing = torch.empty(0, dtype=torch.int64)
         return torch.empty(0, 0), nothing, nothing
-    indices_t = torch.cat(indices)
+    feats_t, labels_t, indices_t = feats.all(), labels.all(), indices.all()
+    if bool((indices_t[1:] >= indices_t[:-1]).all()):  # in order already, as a sequential loader gives them
+        return feats_t, labels_t, indices_t
     order = indices_t.argsort()
-    return torch.cat(feats)[order], torch.cat(labels)[order], indices_t[order]
+    return feats_t[order], labels_t[order], indices_t[order]
+
+
+class _Rows:
+    """Rows (B, ...) added batch by batch: written into one tensor of ``total`` rows where the total is
+    known (:meth:`all` is a view of its first rows: a loader may leave items out), else listed and
+    concatenated at the end. Nothing of a batch is kept: a worker's label tensors kept batch by batch
+    (or copies of them) left each batch's freed memory unusable, 1 GB for 50,000 images (glibc)."""
+
+    def __init__(self, total: Optional[int]):
+        self.total, self.count = total, 0
+        self.out: Optional[torch.Tensor] = None
+        self.listed: list[torch.Tensor] = []
+
+    def add(self, rows: torch.Tensor) -> None:
+        if self.out is None and self.total is not None and not self.listed:
+            self.out = rows.new_empty((self.total, *rows.shape[1:]))
+        if self.out is not None and self.count + len(rows) <= len(self.out):
+            self.out[self.count:self.count + len(rows)] = rows
+        else:  # no total, or more rows than it said: listed from here on
+            if self.out is not None:
+                self.listed, self.out = [self.out[:self.count]], None
+            self.listed.append(rows)
+        self.count += len(rows)
+
+    def all(self) -> torch.Tensor:
+        return self.out[:self.count] if self.out is not None else torch.cat(self.listed)
 
 
 def _splits(train_features, train_labels, test_features, test_labels=None, scored: bool = True,

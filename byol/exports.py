@@ -16,7 +16,7 @@ from .checkpoint import write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE
-from .folder import ImageFolder, escape_name, split_folder
+from .folder import ImageFolder, class_names, escape_name, split_folder
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
@@ -90,8 +90,8 @@ def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
     embeddings (a class only here is labeled -1, with a note)."""
     if folder.classes is None or train is None:
         return folder
-    try:  # a scan of the training folder's files, as eval's: a class is a sub-folder that holds images
-        classes = ImageFolder(train, folder.size, "partial").classes
+    try:  # as eval's bank has them: a class is a sub-folder that holds images
+        classes = class_names(train)
     except DataError as e:  # moved or emptied since the run
         note(f"{folder.root}'s labels are numbered by its own class folders: the training split {train} "
              f"cannot be read for its classes ({e})")
@@ -152,14 +152,15 @@ def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: 
                      classes: Optional[list[str]], precision: str) -> None:
     """:func:`embed`'s files (as it says); an earlier ``NAME.npy``'s side files that this one has
     not are removed, so that every file called NAME belongs to this output."""
-    if out.suffix == ".pt":  # copies: a --limit'ed slice would otherwise save the whole tensor behind it
-        saved = {"embeddings": emb.clone(), "labels": labels.clone(), "paths": paths, "classes": classes,
+    # The embeddings are written straight into their file, not into memory first (as large as they).
+    if out.suffix == ".pt":
+        saved = {"embeddings": _compact(emb), "labels": _compact(labels), "paths": paths, "classes": classes,
                  "precision": precision}
-        files = {out: _bytes(lambda f: torch.save(saved, f))}
+        files = {out: lambda tmp: torch.save(saved, tmp)}
     else:
         import numpy as np
         side = _side_names(out)
-        files = {out: _bytes(lambda f: np.save(f, emb.numpy())),
+        files = {out: lambda tmp: _write_with(tmp, lambda f: np.save(f, emb.numpy())),
                  side["labels"]: _bytes(lambda f: np.save(f, labels.numpy()))}
         files.update({side[what]: _path_lines(lines)
                       for what, lines in (("file paths", paths), ("class names", classes)) if lines is not None})
@@ -169,6 +170,18 @@ def _save_embeddings(out: Path, emb: torch.Tensor, labels: torch.Tensor, paths: 
         for _, earlier in side_files(out):
             if earlier not in files:  # an earlier output's, which this one has not
                 earlier.unlink()
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied where it is a part of a larger tensor (torch.save would save the whole of it)."""
+    whole = t.storage_offset() == 0 and t.is_contiguous() and t.untyped_storage().nbytes() == t.nbytes
+    return t if whole else t.clone()
+
+
+def _write_with(path: Path, write) -> None:
+    """``write(file)`` (an np.save) into the file ``path`` (np.save given a path adds ``.npy`` to it)."""
+    with open(path, "wb") as f:
+        write(f)
 
 
 def _bytes(write) -> bytes:

@@ -63,17 +63,14 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: Union[str, Path], size: int, labeled: Union[str, bool] = "auto"):
-        self.root = os.path.abspath(os.path.expanduser(root))
         self.size = int(size)
         if labeled not in ("auto", "partial", True, False):
             raise ValueError(f"labeled must be 'auto', 'partial', True or False, not {labeled!r}")
-        if not os.path.isdir(self.root):
-            raise DataError(f"image folder {self.root} does not exist or is not a folder; check the path")
+        self.root = _image_root(root)
         # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
         rel_paths, self.others, self.runs, self.links_out = scan(self.root)
         if not rel_paths:
-            raise DataError(f"no image files found in {self.root} or its subfolders (looked for .jpg, "
-                            f".jpeg, .png, .webp, .bmp, .tif and the other formats Pillow opens)")
+            raise _no_image_files(self.root)
         top = [p.split(os.sep, 1)[0] if os.sep in p else None for p in rel_paths]
         in_classes = all(t is not None for t in top)
         if labeled is True and not in_classes:
@@ -217,6 +214,33 @@ class ImageFolder(Dataset):
                 file, tab, reason = line.partition("\t")
                 if tab:
                     self.bad_files.setdefault(unescape_name(file), reason)
+
+
+def class_names(root: Union[str, Path]) -> Optional[list[str]]:
+    """The classes of ``ImageFolder(root, size, "partial")`` (None: it has none), from a scan that stops
+    looking at a class folder's files once it has found an image among them: embed numbers a val
+    split's labels by the training split's classes, without listing all of its files.
+
+    Raises:
+        DataError: as ImageFolder's, where ``root`` is no folder or has no image files."""
+    root = _image_root(root)
+    found = scan(root, one_per_class=True)[0]
+    if not found:
+        raise _no_image_files(root)
+    return sorted({p.split(os.sep, 1)[0] for p in found if os.sep in p}) or None
+
+
+def _image_root(root: Union[str, Path]) -> str:
+    """``root`` as an absolute path, checked to be a folder."""
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise DataError(f"image folder {root} does not exist or is not a folder; check the path")
+    return root
+
+
+def _no_image_files(root: str) -> DataError:
+    return DataError(f"no image files found in {root} or its subfolders (looked for .jpg, .jpeg, .png, .webp, "
+                     ".bmp, .tif and the other formats Pillow opens)")
 
 
 def escape_name(name: str) -> str:

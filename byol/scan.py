@@ -51,17 +51,22 @@ class PackedNames:
         return self._buffer.nbytes + self._starts.nbytes + self._ends.nbytes
 
 
-def scan(root: str) -> tuple[list[str], dict[str, int], list[str], list[str]]:
+def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, int], list[str], list[str]]:
     """The image files under ``root`` (relative paths), how many other files each extension has, the
-    folders left out as byol runs' and the symbolic links read that lead out of ``root`` (relative paths)."""
+    folders left out as byol runs' and the symbolic links read that lead out of ``root`` (relative paths).
+
+    ``one_per_class``: the first image file found in each first-level sub-folder (a class) only, what
+    the classes are: every folder is walked as by a full scan (a folder linked twice is read where the
+    full scan reads it), but the files of a class with one found are not looked at, nor counted."""
     extensions = image_extensions()
     real_root = os.path.realpath(root)
     found, others, runs, outside = [], Counter(), [], []
     walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
-    said = _ScanNotes(root)
+    classes_found = set()  # with one_per_class
+    said = _ScanNotes(root, "class folders" if one_per_class else "image files")
     try:
         for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
-            said.now(len(found))
+            said.now(len(classes_found) if one_per_class else len(found))
             info = os.stat(folder)
             if (info.st_dev, info.st_ino) in walked:
                 subfolders[:] = []
@@ -76,16 +81,20 @@ def scan(root: str) -> tuple[list[str], dict[str, int], list[str], list[str]]:
             targets = {d: _link_target(os.path.join(folder, d), real_root) for d in subfolders if not d.startswith(".")}
             subfolders[:] = [d for d in sorted(targets) if not _read_in_its_place(targets[d])]
             outside += [os.path.join(rel, d) for d in subfolders if targets[d] is not None and _out_of(targets[d])]
-            for f in sorted(f for f in files if not f.startswith(".")):
+            top = rel.split(os.sep, 1)[0] if one_per_class and rel != "." else None
+            for f in sorted(f for f in files if not f.startswith(".")) if top not in classes_found else ():
                 ext = os.path.splitext(f)[1].lower()
                 if ext in extensions:
                     found.append(f if rel == "." else os.path.join(rel, f))
+                    if top is not None:
+                        classes_found.add(top)
+                        break
                 else:
                     others[ext or "no extension"] += 1
     except RecursionError:  # Python before 3.12 walks a folder's sub-folders by recursion
         raise DataError(f"the folders under {root} nest too deep to read (over about {sys.getrecursionlimit()} "
                         "levels); move the images into shallower folders") from None
-    said.done(len(found))
+    said.done(len(classes_found) if one_per_class else len(found))
     return found, dict(others), sorted(runs), [os.path.normpath(link) for link in outside]
 
 
@@ -94,20 +103,20 @@ class _ScanNotes:
     found so far, on stderr: after :data:`SCAN_NOTES` seconds, then every so often, and at its end.
     Rank 0's alone under torchrun (``RANK``: the process group may not be up yet)."""
 
-    def __init__(self, root: str):
-        self.root, self.start, self.next, self.said = root, time.monotonic(), SCAN_NOTES[0], False
+    def __init__(self, root: str, what: str):
+        self.root, self.what, self.start, self.next, self.said = root, what, time.monotonic(), SCAN_NOTES[0], False
         self.quiet = launch_rank() != 0
 
     def now(self, found: int) -> None:
         elapsed = time.monotonic() - self.start
         if elapsed >= self.next and not self.quiet:
-            print(f"note: scanning {self.root} for image files: {found:,} found so far, {elapsed:.0f} s",
+            print(f"note: scanning {self.root} for {self.what}: {found:,} found so far, {elapsed:.0f} s",
                   file=sys.stderr, flush=True)
             self.next, self.said = elapsed + SCAN_NOTES[1], True
 
     def done(self, found: int) -> None:
         if self.said:
-            print(f"note: found {found:,} image files in {self.root} in {time.monotonic() - self.start:.0f} s",
+            print(f"note: found {found:,} {self.what} in {self.root} in {time.monotonic() - self.start:.0f} s",
                   file=sys.stderr, flush=True)
 
 

@@ -63,6 +63,21 @@ def test_torn_temporaries_are_removed_and_those_being_written_kept(tmp_path):
     assert remove_torn_temporaries(tmp_path / "missing", "*.pt") == []
 
 
+def test_a_later_write_of_a_file_removes_what_a_killed_writer_of_it_left(tmp_path):
+    """A user test: a kill -9 in the middle of byol eval's JSON left .NAME.json.tmpPID, and a later eval
+    did not remove it (a new run removes its own files' only). Any file written whole does now."""
+    from byol.checkpoint import write_files_atomically
+    dead = finished_pid()
+    torn = [tmp_path / f".r[1].json.tmp{dead}", tmp_path / f".e.npy.tmp{dead}"]
+    kept = [tmp_path / f".r1.json.tmp{dead}", tmp_path / f".other.json.tmp{dead}"]  # another file's
+    for path in (*torn, *kept):
+        path.write_text("half")
+    write_text_atomically(tmp_path / "r[1].json", "{}\n")  # a name that is a glob pattern, read as a name
+    (tmp_path / "sub").mkdir()
+    write_files_atomically({tmp_path / "e.npy": lambda tmp: tmp.write_bytes(b"x"), tmp_path / "sub" / "f": b"y"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r[1].json", "e.npy", "sub", *(p.name for p in kept)])
+
+
 def test_without_file_locks_the_writers_pid_tells(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "fcntl", None)
     save_checkpoint(tmp_path / "last.pt", *make(), step=1, config={})

@@ -503,6 +503,38 @@ def test_a_folder_reached_twice_through_symbolic_links_is_read_once(tmp_path):
     assert len(ds) == 21 and len(set(map(os.path.realpath, ds.paths))) == 20
 
 
+def test_class_names_are_the_classes_a_full_scan_finds_without_looking_at_all_files(tmp_path):
+    """embed of a val split numbers its labels by train's classes: a user test at ImageNet scale scanned
+    all 1.3M files of train for them. class_names stops at a class folder's first image, and agrees."""
+    from byol.config import CONFIG_HEADER
+    from byol.folder import class_names
+    from byol.scan import scan
+    root = tmp_path / "train"
+    for name in ("a/x/y/0.png", "c/0.png", "c/1.png", "c/sub/2.png", "loose.png", ".hidden/0.png", "run/0.png",
+                 "twice/0.png", "outside/0.png", "shared/0.png"):
+        img((root if not name.startswith(("outside", "shared")) else tmp_path) / name)
+    (root / "b").mkdir()
+    (root / "b" / "notes.txt").write_text("no image")
+    (root / "run" / "config.yaml").write_text(CONFIG_HEADER + "\n")  # a byol run's folder: none of the data
+    (root / "d").symlink_to(root / "a")  # read in its own place: no class d
+    (root / "e").symlink_to(tmp_path / "outside")  # out of the root: followed, class e
+    for holder in ("f", "g"):  # one folder linked from two: read under f, the first (g has no class)
+        (root / holder).mkdir()
+        (root / holder / "link").symlink_to(tmp_path / "shared")
+    (root / "f" / "0.png").write_bytes(b"")  # f has one already: the link's folder is still walked there
+    full = ImageFolder(root, 8, "partial").classes
+    assert full == ["a", "c", "e", "f", "twice"]
+    assert class_names(root) == full
+    assert sorted(scan(str(root), one_per_class=True)[0]) == ["a/x/y/0.png", "c/0.png", "e/0.png", "f/0.png",
+                                                             "loose.png", "twice/0.png"]
+    for bad in (tmp_path / "missing", root / "b"):  # the same sentences as ImageFolder's
+        with pytest.raises(DataError) as full_said:
+            ImageFolder(bad, 8, "partial")
+        with pytest.raises(DataError) as said:
+            class_names(bad)
+        assert str(said.value) == str(full_said.value)
+
+
 def test_image_folder_skips_bad_files_with_workers(jpg_folder, tmp_path, fault_table):
     root, n_jpg, odd, bad = jpg_folder
     ds = ImageFolder(root, size=32)

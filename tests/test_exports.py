@@ -203,3 +203,37 @@ def test_a_run_on_another_folder_of_root_embeds_root_train_as_train_and_numbers_
         val = exports._folder_split(tmp_path, split, 8, "unlabeled")
         assert val.root == str(tmp_path / "val") and val.classes == ["cat", "dog"] and val.labels.tolist() == [0, 1]
     assert len(exports._folder_split(tmp_path, "unlabeled", 8, "unlabeled")) == 2
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_embeddings_are_written_straight_into_their_file_and_a_full_disk_there_keeps_the_earlier_output(
+        tmp_path, monkeypatch, suffix):
+    """The embeddings go from the tensor into the file (no copy of them in memory first: a .pt took 3x
+    their size); a disk that fills up in the middle leaves an earlier output's files as they were."""
+    import errno
+    import torch
+    from byol.pipeline import OutputError
+    out, rows = tmp_path / f"e{suffix}", torch.arange(40.0).view(10, 4)
+    exports._save_embeddings(out, rows, torch.arange(10), ["a.png"] * 10, ["cat"], "float32")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    saved = torch.load(out, weights_only=True)["embeddings"] if suffix == ".pt" else torch.from_numpy(np.load(out))
+    assert torch.equal(saved, rows)
+    real = {".npy": (np, "save"), ".pt": (torch, "save")}[suffix]
+    write = getattr(*real)
+
+    def full_disk(*args, **kwargs):  # np.save(file, array), torch.save(obj, file)
+        result = write(*args, **kwargs)
+        if not hasattr(args[0 if suffix == ".npy" else 1], "getvalue"):  # a file on disk, not bytes in memory
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return result
+
+    monkeypatch.setattr(*real, full_disk)
+    with pytest.raises(OutputError, match=f"cannot write {out}: No space left on device"):
+        exports._save_embeddings(out, rows[:5], torch.arange(5), None, None, "float32")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary left either
+    monkeypatch.undo()
+    if suffix == ".pt":  # 5 rows saved, not the 10 of the tensor they are a part of
+        exports._save_embeddings(out, rows[:5], torch.arange(10)[:5], None, None, "float32")
+        saved = torch.load(out, weights_only=True)
+        assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
+        assert torch.equal(saved["embeddings"], rows[:5])
