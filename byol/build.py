@@ -151,6 +151,11 @@ class TrainData:
             return None
         return self.knn_sizes or (len(self.knn_train), len(self.knn_test))
 
+    @property
+    def names_digest(self) -> Optional[str]:
+        """A folder's file names, digested (None for a data set of tensors), for a resume to compare."""
+        return self.folder.names_digest() if self.folder is not None else None
+
     def epoch(self, epoch: int) -> Iterator:
         self._set_epoch(epoch)
         return iter(self.batches)

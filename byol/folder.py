@@ -111,6 +111,10 @@ class ImageFolder(Dataset):
             return Skipped(index, path, reason(path, e))
         return image, int(self.labels[index]), index
 
+    def names_digest(self) -> str:
+        """A digest of the file names in their order (:meth:`PackedNames.digest`)."""
+        return self._paths.digest()
+
     def subset(self, indices: torch.Tensor) -> "ImageFolder":
         """The same folder (root, size, classes) restricted to the files at ``indices``."""
         sub = copy.copy(self)

@@ -132,12 +132,14 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
 
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None, images: Optional[int] = None) -> tuple[int, dict]:
+             amp: Optional[torch.dtype] = None, images: Optional[int] = None,
+             files: Optional[str] = None) -> tuple[int, dict]:
     """Load the run's last checkpoint into the model, optimizer and generators; return its step and
     what the run saved beside them (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``,
     the metrics' sums since the last record; ``knn_due``, a kNN evaluation a stop skipped; ...).
     ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
-    the training images now, said when they differ from the checkpoint's run's."""
+    the training images now, and ``files`` a digest of a folder's names, said when they differ from the
+    checkpoint's run's."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     scored = _refuse_changed_settings(state, config, ckpt_path)
     load_model_state(byol, state["model"], str(ckpt_path))
@@ -154,8 +156,10 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     if rank == 0:
         # A finished run says so itself, and trains nothing: the settings given change nothing.
         if state["step"] < end_step_of(config, total):
-            _note_changes(state, config, steps_per_epoch, images)
+            _note_changes(state, config, steps_per_epoch, images, files)
             _note_precision(_precision_of(state), precision_name(amp), config)
+        else:
+            _note_ended_by_data(state, config, steps_per_epoch)
     extra = dict(state.get("extra", {}))
     if state["step"] in scored:  # a kNN a stop skipped, scored by a start that died before its next checkpoint
         extra["knn_due"] = False
@@ -187,7 +191,8 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
 
 
-def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Optional[int] = None) -> None:
+def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Optional[int] = None,
+                  files: Optional[str] = None) -> None:
     """Say where the run goes on from, name the settings that differ from the checkpoint's, and say
     what they do to the schedules."""
     try:  # the saved values read as a config would be (e.g. an older file's on_device "false" is False)
@@ -211,12 +216,19 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Opt
     if saved_epoch != steps_per_epoch:
         print(f"note: the data now makes {steps_per_epoch} steps an epoch, the checkpoint's run {saved_epoch}: "
               "its epochs are counted anew from here", file=sys.stderr)
-    else:  # where no setting says why (files added to a folder, say), the count of images does
-        saved_images = state.get("extra", {}).get("images")
+    else:  # where no setting says why (files added to a folder, say), the count of images does, or their names
+        extra = state.get("extra", {})
         moved = ("data.root ", "data.dataset ", "data.limit ", "data.train_split ")  # settings that say why
-        if images is not None and saved_images not in (None, images) and not any(c.startswith(moved) for c in changed):
-            print(f"note: the data now holds {images:,} images, the checkpoint's run {saved_images:,}: the batches "
-                  "from here are not those the run would have had", file=sys.stderr)
+        other = None
+        if any(c.startswith(moved) for c in changed):
+            pass
+        elif images is not None and extra.get("images") not in (None, images):
+            other = f"{images:,} images, the checkpoint's run {extra['images']:,}"
+        elif files is not None and extra.get("files_digest") not in (None, files):  # (older checkpoints: None)
+            other = f"other files than the checkpoint's run (as many, {images:,}, with other names)"
+        if other:
+            print(f"note: the data now holds {other}: the batches from here are not those the run would have had",
+                  file=sys.stderr)
     if saved is None:
         return
     lr0, tau0 = _schedules_at(saved, step, saved_epoch)
@@ -226,6 +238,17 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Opt
                                 (lr0, lr1), (tau0, tau1))
         print(f"note: the schedules follow the new settings from step {step} on: learning rate {lr0:.4g} -> "
               f"{lr1:.4g}, tau {tau0:.6g} -> {tau1:.6g}{length}", file=sys.stderr)
+
+
+def _note_ended_by_data(state: dict, config: Config, steps_per_epoch: int) -> None:
+    """Where a run resumed is finished only because its data now makes fewer steps an epoch (files
+    taken out of a folder), say so: the note that it is finished names the setting, not the data."""
+    saved_epoch = state.get("extra", {}).get("steps_per_epoch", steps_per_epoch)
+    if saved_epoch != steps_per_epoch and state["step"] < end_step_of(config, schedule_of(config, saved_epoch)[2]):
+        end = end_step_of(config, schedule_of(config, steps_per_epoch)[2])
+        print(f"note: the data now makes {steps_per_epoch} steps an epoch, the checkpoint's run {saved_epoch}: its "
+              f"{config.train.epochs} epochs now end at step {end}, before the checkpoint's step {state['step']}",
+              file=sys.stderr)
 
 
 def _length_change(total0: int, total1: int, lr: tuple[float, float], tau: tuple[float, float]) -> str:

@@ -30,7 +30,8 @@ class Checkpoints:
         self.guard, self.folder, self.run_dir = guard, data.folder, run_dir
         self.rank, self.world, self.device = rank, world, device
         self.extra: dict = {"steps_per_epoch": len(data.batches), "images": data.size, "device": str(device),
-                            "precision": precision}  # what auto resolved to (config.yaml keeps auto)
+                            "precision": precision,  # what auto resolved to (config.yaml keeps auto)
+                            "files_digest": data.names_digest}
         self.sums = sums  # the metrics' sums since the last record (LoopStep.sums), saved for a resume's
         self.last_save = time.perf_counter()
         self.plots_failed = False  # said once

@@ -2,6 +2,7 @@
 :class:`~byol.folder.ImageFolder` keeps (:class:`PackedNames`)."""
 
 import copy
+import hashlib
 import os
 import sys
 import time
@@ -45,6 +46,20 @@ class PackedNames:
         sub = copy.copy(self)
         sub._starts, sub._ends = self._starts[indices], self._ends[indices]
         return sub
+
+    def digest(self) -> str:
+        """A digest of the names in their order (the same names, in the same order: the same digest),
+        with which a resumed run tells a folder whose files changed but not their count."""
+        lengths = (self._ends - self._starts).astype(np.int64)
+        if len(self) and self._starts[0] == 0 and self._ends[-1] == len(self._buffer) and \
+                bool((self._starts[1:] == self._ends[:-1]).all()):  # one after another, as a scan packed them
+            names = self._buffer
+        else:  # a subset (take): its names gathered, byte by byte
+            first = np.repeat(self._starts.astype(np.int64) - (np.cumsum(lengths) - lengths), lengths)
+            names = self._buffer[np.arange(int(lengths.sum())) + first]
+        digest = hashlib.blake2b(lengths.tobytes(), digest_size=16)
+        digest.update(memoryview(np.ascontiguousarray(names)))
+        return digest.hexdigest()
 
     @property
     def nbytes(self) -> int:

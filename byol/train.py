@@ -148,7 +148,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
     step, saved = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp,
-                          data.size) if resume else (0, {})
+                          data.size, data.names_digest) if resume else (0, {})
     resumed_s = float(saved.get("time_s", 0.0))
     data.skipped_at_checkpoint = saved.get("skipped_inside")  # (older checkpoints: None, decoded to skip)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)

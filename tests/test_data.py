@@ -875,9 +875,10 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
         assert "dataset=folder" not in str(error.value) and "put the files there" in str(error.value)
 
 
-def test_a_resume_on_a_folder_that_gained_an_image_says_so(tmp_path, capsys):
+def test_a_resume_on_a_folder_whose_files_changed_says_so(tmp_path, capsys):
     """A user test: an image added to the folder between a stop and the resume gave other weights,
-    and nothing said why (only another number of steps an epoch was said)."""
+    and nothing said why (only another number of steps an epoch was said). One renamed, the count the
+    same, and files taken out so that the run was finished at once, were not said either."""
     import shutil
     from byol.config import load_config
     from byol.resume import resume_config
@@ -895,6 +896,21 @@ def test_a_resume_on_a_folder_that_gained_an_image_says_so(tmp_path, capsys):
         "run would have had" in err, err
     pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=3"]), resume=True)
     assert "the data now holds" not in capsys.readouterr().err  # the same images as the last start's
+    # Another file in place of one, the count the same: that was silent (the ImageNet-scale user test).
+    (root / "cat" / "added.jpg").rename(root / "cat" / "renamed.jpg")
+    pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=4"]), resume=True)
+    assert "note: the data now holds other files than the checkpoint's run (as many, 21, with other names): the " \
+        "batches from here are not those the run would have had" in capsys.readouterr().err
+    # Files taken out, so that the run's epochs end before its step: said as the reason it is finished.
+    pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=null", "--train.epochs=1"]),
+             resume=True)  # step 5 of 5: finished
+    for c in ("dog", "frog", "horse", "ship", "truck"):
+        shutil.rmtree(root / c)  # 11 images: 2 steps an epoch
+    capsys.readouterr()
+    pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.epochs=2"]), resume=True)
+    err = capsys.readouterr().err
+    assert "note: the data now makes 2 steps an epoch, the checkpoint's run 5: its 2 epochs now end at step 4, " \
+        "before the checkpoint's step 5" in err and "is finished: step 5, and train.epochs=2 ends it" in err, err
 
 
 def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says_what_to_do(tmp_path, fault_table):
