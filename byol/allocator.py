@@ -26,9 +26,10 @@ def keep_freed_memory() -> bool:
     fragmentation of its first steps, until it exits (3.3 -> 5.9 GB there).
 
     It changes the whole process, from now on, and cannot be undone (``byol.pretrain`` on a CPU
-    calls it unless ``train.keep_freed_memory`` is false). It covers the main thread's heap, where
-    the training step allocates; other threads' heaps still ``mmap`` blocks over 64 MiB. Returns
-    False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
+    calls it, and so do eval and embed, unless ``train.keep_freed_memory`` is false). It covers the
+    main thread's heap, where the training step allocates; other threads' heaps still ``mmap``
+    blocks over 64 MiB. Returns False, changing nothing, where the C library is not glibc (macOS,
+    Windows, musl).
     """
     global _kept
     libc = glibc()

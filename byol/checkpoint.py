@@ -163,18 +163,34 @@ def temporary_beside(path: Path) -> Iterator[Path]:
     """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as held:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(held, fcntl.LOCK_EX)
-                except OSError:  # a file system without locks: the writer's pid tells instead
-                    pass
+        with _locked_new(tmp) as held:
             yield tmp  # written through its path (torch.save's own writer), the same file as `held`
             held.flush()
             os.fsync(held.fileno())
             os.replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked_new(tmp: Path) -> Iterator:
+    """``tmp`` created empty and open for writing, under its lock where the file system has locks. A
+    cleaner that took the lock between the file's creation and ours removed it as torn: made again."""
+    for _ in range(5):
+        with open(tmp, "wb") as held:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX)
+                except OSError:  # a file system without locks: the writer's pid tells instead
+                    pass
+            try:
+                ours = os.path.samestat(os.fstat(held.fileno()), os.stat(tmp))
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                yield held
+                return
+    raise OSError(errno.EBUSY, "removed as a torn temporary again and again while it was written", str(tmp))
 
 
 def topmost_missing(path: Path) -> Optional[Path]:
@@ -209,8 +225,8 @@ def remove_torn_temporaries(folder: Path, *names: str) -> list[Path]:
     removed = []
     for tmp in sorted(Path(folder).glob(".*.tmp*")):
         match = _TORN.fullmatch(tmp.name)
-        if match and any(fnmatch.fnmatchcase(match["name"], name) for name in names) and _torn(tmp, int(match["pid"])):
-            tmp.unlink(missing_ok=True)
+        if match and any(fnmatch.fnmatchcase(match["name"], name) for name in names) and \
+                _remove_if_torn(tmp, int(match["pid"])):
             removed.append(tmp)
     return removed
 
@@ -222,31 +238,47 @@ def written_for(path: Union[str, Path]) -> str:
     return str(Path(path).with_name(match["name"])) if match else str(path)
 
 
-def _torn(tmp: Path, pid: int) -> bool:
+def _remove_if_torn(tmp: Path, pid: int) -> bool:
+    """Remove ``tmp`` where it is torn; whether it was. Under its lock, which a writer takes before it
+    writes, so that a writer that opened it a moment before finds it gone (:func:`temporary_beside`).
+    One that cannot be removed (another user's, in a shared folder) is left: it keeps no write from
+    going on."""
     if fcntl is not None:
         try:
             with open(tmp, "r+b") as f:  # for writing: NFS emulates flock with write locks
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True  # nobody holds it (our lock goes with the file's closing)
+                return _removed(tmp)  # nobody held it; our lock goes with the file's closing
         except BlockingIOError:
             return False  # its writer is at work
         except OSError:
             pass  # no locks on this file system (or the file went): ask whether its writer runs
     if pid == os.getpid():
-        return True
+        return _removed(tmp)
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
-        return True
+        return _removed(tmp)
     except (OSError, OverflowError):
         return False  # another user's process, or no such pid here: not ours to judge
     return False
 
 
+def _removed(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def write_failed(e: BaseException) -> bool:
     """Whether ``e`` is a failed write: an ``OSError``, or ``torch.save``'s zip writer reporting one
-    (a full disk is a RuntimeError "[enforce fail at inline_container.cc:...]" there)."""
-    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and "inline_container" in str(e))
+    (a full disk is a RuntimeError "[enforce fail at inline_container.cc:...]" there, or, where it meets
+    it in its last bytes, "basic_ios::clear: iostream error")."""
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and any(
+        said in str(e) for said in ("inline_container", "iostream error")))
 
 
 def write_failure(e: BaseException) -> str:

@@ -124,8 +124,7 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     was_training = encoder.training
     encoder.eval()
     is_tensor = isinstance(images, torch.Tensor)
-    sampler = getattr(images, "sampler", None)
-    total = len(images) if is_tensor else len(sampler) if hasattr(sampler, "__len__") else None
+    total = len(images) if is_tensor else _items_of(images)
     bar = _bar(progress, total, "img", "features")
     embed = partial(_embed, encoder, device=device, mean=mean_t, std=std_t, size=size, amp_dtype=amp_dtype, crop=crop)
     try:
@@ -137,6 +136,15 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
         if bar is not None:
             bar.close()
     return out if with_indices else out[:2]
+
+
+def _items_of(loader) -> Optional[int]:
+    """How many items a loader's batches hold: its sampler's length where it batches that sampler (not
+    where a batch_sampler of its own picks the items: its ``sampler`` is then the whole data set's)."""
+    sampler, batches = getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)
+    if not hasattr(sampler, "__len__") or (batches is not None and getattr(batches, "sampler", None) is not sampler):
+        return None
+    return len(sampler)
 
 
 def _tensor_features(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
@@ -192,9 +200,9 @@ class _Rows:
     def add(self, rows: torch.Tensor) -> None:
         if self.out is None and self.total is not None and not self.listed:
             self.out = rows.new_empty((self.total, *rows.shape[1:]))
-        if self.out is not None and self.count + len(rows) <= len(self.out):
+        if self.out is not None and self.count + len(rows) <= len(self.out) and rows.dtype == self.out.dtype:
             self.out[self.count:self.count + len(rows)] = rows
-        else:  # no total, or more rows than it said: listed from here on
+        else:  # no total, more rows than it said, or another dtype (cat promotes): listed from here on
             if self.out is not None:
                 self.listed, self.out = [self.out[:self.count]], None
             self.listed.append(rows)

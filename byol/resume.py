@@ -220,13 +220,11 @@ def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Opt
         extra = state.get("extra", {})
         moved = ("data.root ", "data.dataset ", "data.limit ", "data.train_split ")  # settings that say why
         other = None
-        if any(c.startswith(moved) for c in changed):
-            pass
-        elif images is not None and extra.get("images") not in (None, images):
+        if images is not None and extra.get("images") not in (None, images):
             other = f"{images:,} images, the checkpoint's run {extra['images']:,}"
         elif files is not None and extra.get("files_digest") not in (None, files):  # (older checkpoints: None)
             other = f"other files than the checkpoint's run (as many, {images:,}, with other names)"
-        if other:
+        if other and not any(c.startswith(moved) for c in changed):
             print(f"note: the data now holds {other}: the batches from here are not those the run would have had",
                   file=sys.stderr)
     if saved is None:
@@ -246,8 +244,9 @@ def _note_ended_by_data(state: dict, config: Config, steps_per_epoch: int) -> No
     saved_epoch = state.get("extra", {}).get("steps_per_epoch", steps_per_epoch)
     if saved_epoch != steps_per_epoch and state["step"] < end_step_of(config, schedule_of(config, saved_epoch)[2]):
         end = end_step_of(config, schedule_of(config, steps_per_epoch)[2])
+        where = "before" if end < state["step"] else "at"
         print(f"note: the data now makes {steps_per_epoch} steps an epoch, the checkpoint's run {saved_epoch}: its "
-              f"{config.train.epochs} epochs now end at step {end}, before the checkpoint's step {state['step']}",
+              f"{config.train.epochs} epochs now end at step {end}, {where} the checkpoint's step {state['step']}",
               file=sys.stderr)
 
 

@@ -51,19 +51,23 @@ class PackedNames:
         """A digest of the names in their order (the same names, in the same order: the same digest),
         with which a resumed run tells a folder whose files changed but not their count."""
         lengths = (self._ends - self._starts).astype(np.int64)
-        if len(self) and self._starts[0] == 0 and self._ends[-1] == len(self._buffer) and \
-                bool((self._starts[1:] == self._ends[:-1]).all()):  # one after another, as a scan packed them
-            names = self._buffer
-        else:  # a subset (take): its names gathered, byte by byte
-            first = np.repeat(self._starts.astype(np.int64) - (np.cumsum(lengths) - lengths), lengths)
-            names = self._buffer[np.arange(int(lengths.sum())) + first]
         digest = hashlib.blake2b(lengths.tobytes(), digest_size=16)
-        digest.update(memoryview(np.ascontiguousarray(names)))
+        if len(self) and bool((self._starts[1:] == self._ends[:-1]).all()):  # one after another (a scan's, a first N)
+            digest.update(memoryview(self._buffer[self._starts[0]:self._ends[-1]]))
+            return digest.hexdigest()
+        for i in range(0, len(self), _GATHERED):  # a subset's names gathered, a few at a time
+            starts, some = self._starts[i:i + _GATHERED].astype(np.int64), lengths[i:i + _GATHERED]
+            first = np.repeat(starts - (np.cumsum(some) - some), some)
+            digest.update(self._buffer[np.arange(int(some.sum())) + first].tobytes())
         return digest.hexdigest()
 
     @property
     def nbytes(self) -> int:
         return self._buffer.nbytes + self._starts.nbytes + self._ends.nbytes
+
+
+# Names gathered at a time by PackedNames.digest (its index arrays: 8 bytes for each byte of the names).
+_GATHERED = 65536
 
 
 def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, int], list[str], list[str]]:

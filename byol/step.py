@@ -12,7 +12,7 @@ the step fast lives here:
 * no host synchronization: the loss comes back as a device tensor, to be accumulated on the
   device and read every N steps;
 * on the CPU, freed memory kept for the next step instead of being handed back to the operating
-  system and faulted in again (:func:`keep_freed_memory`).
+  system and faulted in again (:func:`byol.allocator.keep_freed_memory`).
 """
 
 import math

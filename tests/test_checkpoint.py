@@ -1,3 +1,4 @@
+import errno
 import os
 import pickle
 import subprocess
@@ -10,7 +11,7 @@ from torch import nn
 
 from byol import checkpoint
 from byol.checkpoint import (CheckpointError, load_checkpoint, load_model_state, remove_torn_temporaries,
-                             save_checkpoint, unwrap, write_text_atomically)
+                             save_checkpoint, unwrap, write_files_atomically, write_text_atomically)
 from conftest import finished_pid
 
 
@@ -66,7 +67,6 @@ def test_torn_temporaries_are_removed_and_those_being_written_kept(tmp_path):
 def test_a_later_write_of_a_file_removes_what_a_killed_writer_of_it_left(tmp_path):
     """A user test: a kill -9 in the middle of byol eval's JSON left .NAME.json.tmpPID, and a later eval
     did not remove it (a new run removes its own files' only). Any file written whole does now."""
-    from byol.checkpoint import write_files_atomically
     dead = finished_pid()
     torn = [tmp_path / f".r[1].json.tmp{dead}", tmp_path / f".e.npy.tmp{dead}"]
     kept = [tmp_path / f".r1.json.tmp{dead}", tmp_path / f".other.json.tmp{dead}"]  # another file's
@@ -76,6 +76,58 @@ def test_a_later_write_of_a_file_removes_what_a_killed_writer_of_it_left(tmp_pat
     (tmp_path / "sub").mkdir()
     write_files_atomically({tmp_path / "e.npy": lambda tmp: tmp.write_bytes(b"x"), tmp_path / "sub" / "f": b"y"})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r[1].json", "e.npy", "sub", *(p.name for p in kept)])
+
+
+@pytest.mark.skipif(checkpoint.fcntl is None, reason="no file locks here")
+def test_a_temporary_removed_as_torn_before_its_writer_locked_it_is_made_again(tmp_path, monkeypatch):
+    """From a review: a cleaner that took a new temporary's lock in the moment between its creation and
+    its writer's lock removed it; written through its path, it was made anew, unlocked, for the next
+    cleaner to remove. The writer now makes it again, and locks that."""
+    real, cleaned = checkpoint.fcntl.flock, []
+
+    class Flock:  # fcntl, with another start's cleaner at work just before the writer's lock
+        LOCK_EX, LOCK_NB = real.__self__.LOCK_EX, real.__self__.LOCK_NB
+
+        @staticmethod
+        def flock(f, how):
+            if how == Flock.LOCK_EX and not cleaned:
+                cleaned.extend(remove_torn_temporaries(tmp_path, "r.json"))
+            return real(f, how)
+
+    def write(tmp):  # through its path, as torch.save; and a cleaner at work again, which must keep it
+        tmp.write_text("{}\n")
+        assert remove_torn_temporaries(tmp_path, "r.json") == []  # before: the file the path made anew, unlocked
+
+    monkeypatch.setattr(checkpoint, "fcntl", Flock)
+    write_files_atomically({tmp_path / "r.json": write})
+    assert cleaned == [tmp_path / f".r.json.tmp{os.getpid()}"]
+    assert os.listdir(tmp_path) == ["r.json"] and (tmp_path / "r.json").read_text() == "{}\n"
+
+
+def test_a_torn_temporary_that_cannot_be_removed_keeps_no_write_from_going_on(tmp_path, monkeypatch):
+    """From a review: another user's torn temporary in a shared folder made every later write of that
+    file fail, once each write removed its own file's torn temporaries first."""
+    stuck = tmp_path / f".r.json.tmp{finished_pid()}"
+    stuck.write_text("half")
+    unlink = Path.unlink
+
+    def not_ours(path, missing_ok=False):
+        if path == stuck:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", not_ours)
+    assert remove_torn_temporaries(tmp_path, "r.json") == []
+    write_text_atomically(tmp_path / "r.json", "{}\n")
+    assert sorted(os.listdir(tmp_path)) == sorted(["r.json", stuck.name])
+
+
+def test_torch_saves_iostream_error_at_the_end_of_a_full_disk_is_a_failed_write():
+    """From a review: torch.save's writer meeting a full disk in its last bytes says "basic_ios::clear:
+    iostream error", which eval and embed then showed as a traceback."""
+    from byol.checkpoint import write_failed
+    assert write_failed(RuntimeError("basic_ios::clear: iostream error"))
+    assert not write_failed(RuntimeError("a bug"))
 
 
 def test_without_file_locks_the_writers_pid_tells(tmp_path, monkeypatch):

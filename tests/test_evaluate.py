@@ -231,6 +231,19 @@ def test_batches_are_written_into_one_tensor_of_their_total_and_come_out_in_data
         assert feats.untyped_storage().nbytes() == 11 * feats.shape[1] * 4
 
 
+def test_a_loader_whose_own_batch_sampler_picks_the_items_is_not_sized_by_its_whole_data_set():
+    """From a review: a DataLoader given a batch_sampler has the whole data set as its sampler, and the
+    features of its 32 items were written into a tensor of all 100,000 rows (kept alive by the result)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    data = TensorDataset(images(n=12), torch.zeros(12, dtype=torch.int64), torch.arange(12))
+    net = encoder()
+    feats, _ = extract_features(net, DataLoader(data, batch_sampler=[[3, 4, 5], [7]]))
+    assert feats.untyped_storage().nbytes() == 4 * feats.shape[1] * 4
+    torch.testing.assert_close(feats, extract_features(net, data.tensors[0])[[3, 4, 5, 7]])
+    feats, _ = extract_features(net, DataLoader(data, batch_size=5, sampler=range(2, 9)))  # its sampler: 7 rows
+    assert feats.untyped_storage().nbytes() == 7 * feats.shape[1] * 4
+
+
 def load_cifar(name, n):
     r = np.fromfile(CIFAR / name, np.uint8, count=n * 3073).reshape(-1, 3073)
     images = torch.from_numpy(r[:, 1:].reshape(-1, 3, 32, 32).copy())  # (N, 3, 32, 32) uint8
