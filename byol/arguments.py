@@ -116,7 +116,8 @@ SETTINGS_READ_HELP = (
     "Also takes --section.key=value settings over the checkpoint's: --data.root=DIR (where the data is now), "
     "--data.dataset, --data.download, and for a folder --data.image_size, --data.load_size, --data.workers "
     "(embed: --data.train_split); --train.device, "
-    "--train.precision=fp32, --train.progress (the bars: auto, true, false); --train.seed (eval linear: the "
+    "--train.precision=fp32, --train.progress (the bars: auto, true, false), --train.keep_freed_memory=false "
+    "(a CPU process hands freed memory back); --train.seed (eval linear: the "
     "probe's shuffling); --augment.preset and --model.* for a bare state_dict only. Pretraining's others are noted "
     "as ignored.")
 
