@@ -8,6 +8,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -151,9 +152,10 @@ class TrainData:
             return None
         return self.knn_sizes or (len(self.knn_train), len(self.knn_test))
 
-    @property
+    @cached_property
     def names_digest(self) -> Optional[str]:
-        """A folder's file names, digested (None for a data set of tensors), for a resume to compare."""
+        """A folder's file names, digested (None for a data set of tensors), for a resume to compare and
+        the checkpoints to record: once a run (0.05 s for 1.3M names)."""
         return self.folder.names_digest() if self.folder is not None else None
 
     def epoch(self, epoch: int) -> Iterator:

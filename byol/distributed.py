@@ -186,9 +186,9 @@ def gather_rows(rows: torch.Tensor, indices: torch.Tensor, n: int, device: torch
 
 def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: torch.device,
                              **kwargs) -> torch.Tensor:
-    """:func:`byol.evaluate.extract_features` with the images split across ranks and the
+    """:func:`byol.features.extract_features` with the images split across ranks and the
     features gathered back in order (every rank gets all of them); one process: no split."""
-    from .evaluate import extract_features
+    from .features import extract_features
     import torch.distributed as td
     if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
         return extract_features(encoder, images, device=device, **kwargs)
@@ -199,11 +199,11 @@ def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: t
 
 def extract_batches_sharded(encoder: nn.Module, loader_for: Callable[[range], Iterable], n: int,
                             device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`byol.evaluate.extract_features` over a data set of ``n`` items that is read in
+    """:func:`byol.features.extract_features` over a data set of ``n`` items that is read in
     batches of ``(images, labels, indices)``: each rank reads its share (``loader_for(range)``),
     streamed, and every rank gets ``(features, labels, indices)`` of all the items the loaders
     yielded (a loader may leave some out, such as undecodable files), in data set order."""
-    from .evaluate import extract_features
+    from .features import extract_features
     share = range(rank(), n, world_size())
     features, labels, indices = extract_features(encoder, loader_for(share), device=device, with_indices=True,
                                                  **kwargs)
@@ -212,10 +212,10 @@ def extract_batches_sharded(encoder: nn.Module, loader_for: Callable[[range], It
 
 def extract_share(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
                   device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`byol.evaluate.extract_features` of the images this rank holds, the rows ``indices``
+    """:func:`byol.features.extract_features` of the images this rank holds, the rows ``indices``
     of a data set of ``n`` (e.g. its share of a folder, decoded by this rank alone); every rank
     gets ``(features, labels, indices)`` of all ranks' rows, in data set order."""
-    from .evaluate import extract_features
+    from .features import extract_features
     features = extract_features(encoder, images, device=device, **kwargs)
     return _gather_present(features, labels, indices, n, device)
 

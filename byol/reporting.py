@@ -13,7 +13,7 @@ import torch
 
 from .build import end_step_of, schedule_of
 from .config import Config, TrainConfig
-from .evaluate import bar_shape
+from .features import bar_shape
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor

@@ -1,7 +1,6 @@
 """Finding a folder's image files (:func:`scan`), and the packed list of their names that an
 :class:`~byol.folder.ImageFolder` keeps (:class:`PackedNames`)."""
 
-import copy
 import hashlib
 import os
 import sys
@@ -42,9 +41,9 @@ class PackedNames:
         return self._buffer[self._starts[index]:self._ends[index]].tobytes()
 
     def take(self, indices: np.ndarray) -> "PackedNames":
-        """The names at ``indices``, in their order."""
-        sub = copy.copy(self)
-        sub._starts, sub._ends = self._starts[indices], self._ends[indices]
+        """The names at ``indices``, in their order, sharing this buffer (copied only to be pickled)."""
+        sub = object.__new__(PackedNames)  # not copy.copy, which would take __getstate__'s copy
+        sub._buffer, sub._starts, sub._ends = self._buffer, self._starts[indices], self._ends[indices]
         return sub
 
     def digest(self) -> str:
@@ -52,14 +51,32 @@ class PackedNames:
         with which a resumed run tells a folder whose files changed but not their count."""
         lengths = (self._ends - self._starts).astype(np.int64)
         digest = hashlib.blake2b(lengths.tobytes(), digest_size=16)
-        if len(self) and bool((self._starts[1:] == self._ends[:-1]).all()):  # one after another (a scan's, a first N)
-            digest.update(memoryview(self._buffer[self._starts[0]:self._ends[-1]]))
-            return digest.hexdigest()
-        for i in range(0, len(self), _GATHERED):  # a subset's names gathered, a few at a time
-            starts, some = self._starts[i:i + _GATHERED].astype(np.int64), lengths[i:i + _GATHERED]
-            first = np.repeat(starts - (np.cumsum(some) - some), some)
-            digest.update(self._buffer[np.arange(int(some.sum())) + first].tobytes())
+        for names in self._joined():
+            digest.update(memoryview(names))
         return digest.hexdigest()
+
+    def _joined(self):
+        """The names' bytes one after another, in pieces: a slice of the buffer where they lie so (a
+        scan's, a first N), else gathered :data:`_GATHERED` names at a time (a subset's)."""
+        if len(self) and bool((self._starts[1:] == self._ends[:-1]).all()):
+            yield self._buffer[self._starts[0]:self._ends[-1]]
+            return
+        for i in range(0, len(self), _GATHERED):
+            starts, ends = self._starts[i:i + _GATHERED].astype(np.int64), self._ends[i:i + _GATHERED]
+            some = ends - starts
+            first = np.repeat(starts - (np.cumsum(some) - some), some)
+            yield self._buffer[np.arange(int(some.sum())) + first]
+
+    def __getstate__(self) -> dict:
+        """Pickled (to worker processes that are spawned, not forked), a subset takes its own names
+        only, not the whole folder's buffer (ImageNet's train split: some 40 MB, in each worker)."""
+        state = dict(self.__dict__)
+        lengths = (self._ends - self._starts).astype(np.int64)
+        if self._buffer.nbytes > 2 * int(lengths.sum()) + 4096:
+            ends = np.cumsum(lengths).astype(self._ends.dtype)
+            state["_buffer"] = np.concatenate([np.empty(0, np.uint8), *self._joined()])
+            state["_starts"], state["_ends"] = ends - lengths.astype(ends.dtype), ends
+        return state
 
     @property
     def nbytes(self) -> int:

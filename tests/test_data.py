@@ -332,6 +332,27 @@ def test_the_digest_of_file_names_is_that_of_the_names_in_their_order(monkeypatc
     assert PackedNames(["ab", "c"]).digest() != PackedNames(["a", "bc"]).digest()
 
 
+def test_a_subset_of_file_names_pickled_for_a_spawned_worker_takes_its_own_names_only(monkeypatch):
+    """Worker processes that are spawned (macOS's, Windows's) get the data set pickled: a kNN split of
+    10,000 names took the whole folder's buffer with it (ImageNet's train split: some 40 MB, to each worker)."""
+    import pickle
+    import byol.scan
+    names = [f"n{i % 100:04d}/{i}.JPEG" for i in range(20_000)] + ["\udcff\u00e9.png"]
+    packed = PackedNames(names)
+    monkeypatch.setattr(byol.scan, "_GATHERED", 7)
+    for idx in (np.array([20_000, 3, 19_999, 3]), np.arange(0, 20_001, 1000), np.arange(5, 12), np.arange(0)):
+        taken = packed.take(idx)
+        back = pickle.loads(pickle.dumps(taken))
+        assert [back[i] for i in range(len(back))] == [os.fsencode(names[i]) for i in idx], idx[:4]
+        assert back.nbytes < 64 * len(idx) + 8192 and back.digest() == taken.digest()
+        again = back.take(np.arange(len(back))[::-1])  # a subset of the copy: its own offsets
+        assert [again[i] for i in range(len(again))] == [os.fsencode(names[i]) for i in idx[::-1]]
+    whole = pickle.loads(pickle.dumps(packed))
+    assert whole._buffer.nbytes == packed._buffer.nbytes and whole.digest() == packed.digest()
+    sub = packed.take(np.arange(100, 103))  # take itself shares the buffer, a subset's too
+    assert sub.take(np.array([2, 0]))._buffer is packed._buffer
+    assert [sub.take(np.array([2, 0]))[i] for i in range(2)] == [os.fsencode(names[i]) for i in (102, 100)]
+
 def test_a_long_scan_says_what_it_has_found_and_a_short_one_says_nothing(tmp_path, monkeypatch, capsys):
     """A user test at ImageNet scale: 1.3 million files took 13 s to list, 89 s on a slow file
     system, and nothing was said meanwhile: as if the run hung."""
@@ -889,11 +910,14 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
         assert "dataset=folder" not in str(error.value) and "put the files there" in str(error.value)
 
 
-def test_a_resume_on_a_folder_whose_files_changed_says_so(tmp_path, capsys):
+def test_a_resume_on_a_folder_whose_files_changed_says_so(tmp_path, capsys, monkeypatch):
     """A user test: an image added to the folder between a stop and the resume gave other weights,
     and nothing said why (only another number of steps an epoch was said). One renamed, the count the
     same, and files taken out so that the run was finished at once, were not said either."""
     import shutil
+    from byol.folder import ImageFolder
+    digests, digest = [], ImageFolder.names_digest
+    monkeypatch.setattr(ImageFolder, "names_digest", lambda self: digests.append(1) or digest(self))
     from byol.config import load_config
     from byol.resume import resume_config
     from byol.train import pretrain
@@ -904,7 +928,9 @@ def test_a_resume_on_a_folder_whose_files_changed_says_so(tmp_path, capsys):
         f"--data.root={root}", "--data.dataset=folder", "--train.knn_every=-1", "--train.max_steps=1"]))
     shutil.copy(next((root / "cat").iterdir()), root / "cat" / "added.jpg")  # 21: still 5 steps an epoch
     capsys.readouterr()
+    digests.clear()
     pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=2"]), resume=True)
+    assert len(digests) == 1  # the resume's comparison and the checkpoint's record: one digest of the names
     err = capsys.readouterr().err
     assert "note: the data now holds 21 images, the checkpoint's run 20: the batches from here are not those the " \
         "run would have had" in err, err
@@ -926,6 +952,18 @@ def test_a_resume_on_a_folder_whose_files_changed_says_so(tmp_path, capsys):
     assert "note: the data now makes 2 steps an epoch, the checkpoint's run 5: its 2 epochs now end at step 4, " \
         "before the checkpoint's step 5" in err and "is finished: step 5, and train.epochs=2 ends it" in err, err
 
+
+def test_a_finished_run_whose_data_now_ends_its_epochs_at_its_checkpoint_says_at_not_before(capsys):
+    """From a review: the note said "before the checkpoint's step 4" of epochs that now end at step 4."""
+    from byol.config import load_config
+    from byol.resume import _note_ended_by_data
+    config = load_config("cifar10-cpu", ["--train.epochs=2"])
+    for step, where in ((4, "at"), (5, "before")):  # 2 epochs of 5 steps ran 10; of 2 steps they end at 4
+        _note_ended_by_data({"step": step, "extra": {"steps_per_epoch": 5}}, config, 2)
+        assert capsys.readouterr().err == (f"note: the data now makes 2 steps an epoch, the checkpoint's run 5: its 2 "
+                                           f"epochs now end at step 4, {where} the checkpoint's step {step}\n")
+    _note_ended_by_data({"step": 10, "extra": {"steps_per_epoch": 5}}, config, 2)  # finished with its own data
+    assert capsys.readouterr().err == ""
 
 def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says_what_to_do(tmp_path, fault_table):
     """A user test: a resume after the data folder moved said "check the path" (not --data.root), a

@@ -1,0 +1,211 @@
+"""Features of a frozen encoder: ``extract_features`` over a tensor of images or a loader's batches.
+
+What :mod:`byol.evaluate` scores (kNN, linear probe) and ``byol embed`` writes. Batches are embedded as
+they come, their rows written into one tensor, so a loader over a large folder never holds it all in
+memory, nor its embeddings more than once.
+"""
+
+import os
+import sys
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
+    """A tqdm bar on stderr when ``progress`` is true (a string names it), else None."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+    name = progress if isinstance(progress, str) else default
+    return tqdm(total=total, unit=unit, desc=name, leave=False, file=sys.stderr, **bar_shape())
+
+
+def bar_shape() -> dict:
+    """tqdm's size arguments for a bar on stderr: the terminal's width, followed as it changes; but a
+    terminal that says it has no rows or columns (a pseudo-terminal whose size was never set:
+    ``script``, ``ssh -tt``, some CI runners) would have tqdm hide every bar, so there a fixed size."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # not a terminal (no bar is drawn there by default)
+        return {"dynamic_ncols": True}
+    if size.lines > 0 and size.columns > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": size.columns or 80, "nrows": 24}
+
+
+@torch.inference_mode()
+def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean: torch.Tensor,
+           std: torch.Tensor, size: Union[int, tuple[int, int], None],
+           amp_dtype: Optional[torch.dtype], crop: Optional[int] = None) -> torch.Tensor:
+    """One batch of images (uint8, or float in [0, 1]) -> (B, D) float32 features on the CPU."""
+    if images.dim() != 4 or images.shape[1] != mean.shape[1]:
+        raise ValueError(f"images must be a batch (N, C, H, W) with C = {mean.shape[1]}, the channels of mean and "
+                         f"std, got shape {tuple(images.shape)}")
+    x = images.to(device, non_blocking=True)
+    if crop is not None:
+        x = center_crop(x, crop)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if size is not None:
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = (x - mean) / std
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = encoder(x)
+    # CPU output keeps dataset-sized feature banks (ImageNet: 1.28M x 2048) out of GPU memory.
+    return out.flatten(1).float().cpu()
+
+
+def center_crop(images: torch.Tensor, side: int) -> torch.Tensor:
+    """The center ``side`` x ``side`` of a batch (B, C, H, W), as torchvision's ``CenterCrop`` cuts
+    it (the offset rounded as there); a side no longer than ``side`` is kept whole, not padded."""
+    top, left = (max(0, int(round((n - side) / 2.0))) for n in images.shape[-2:])
+    return images[..., top:top + side, left:left + side]
+
+
+def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], batch_size: int = 512,
+                     device: Union[str, torch.device, None] = None,
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     size: Union[int, tuple[int, int], None] = None, amp_dtype: Optional[torch.dtype] = None,
+                     with_indices: bool = False, progress: Union[bool, str] = False,
+                     crop: Optional[int] = None) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Representations of ``images`` under ``encoder`` in eval mode, without gradients.
+
+    Args:
+        encoder: maps a normalized (B, 3, H, W) float batch to (B, ...) features.
+        images: a uint8 tensor (N, 3, H, W), processed ``batch_size`` at a time; or an iterable
+            (e.g. a DataLoader) of ``(images, labels, indices)`` batches.
+        batch_size: images per forward pass when ``images`` is a tensor.
+        device: where the encoder runs; default: the device of its parameters.
+        mean, std: per-channel normalization of images scaled to [0, 1]; must match pretraining.
+        size: resize to this size first (bilinear, antialiased), when the stored images differ
+            from the resolution the encoder was pretrained at.
+        crop: cut the center ``crop`` x ``crop`` of each image first (before ``size``), as the
+            usual test protocol does (resize to 256, center 224: Grill et al. 2020, appendix C).
+        amp_dtype: autocast dtype (``torch.bfloat16``) or None for float32.
+        with_indices: for batches, also return the sorted indices (which rows of the dataset
+            the features are of, when a loader left some out or saw a shard only).
+        progress: show a progress bar (images/s, time left) on stderr; a string names it. A
+            loader's total is the length of its sampler, when it has one.
+
+    Returns:
+        For a tensor: features (N, D) float32 on the CPU, in input order. For batches:
+        ``(features, labels)`` sorted by the batch indices, so shuffled or sharded loaders give
+        the dataset order; ``(features, labels, indices)`` with ``with_indices``. Batches are
+        embedded as they come, so a loader over a large folder never holds it all in memory.
+
+    The encoder is moved to ``device`` if given; its train/eval mode is restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hasattr(images, "__array__") and not isinstance(images, torch.Tensor):  # a NumPy array
+        images = torch.as_tensor(images)
+    device = torch.device(device) if device is not None else _device_of(encoder)
+    encoder.to(device)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    was_training = encoder.training
+    encoder.eval()
+    is_tensor = isinstance(images, torch.Tensor)
+    total = len(images) if is_tensor else _items_of(images)
+    bar = _bar(progress, total, "img", "features")
+    embed = partial(_embed, encoder, device=device, mean=mean_t, std=std_t, size=size, amp_dtype=amp_dtype, crop=crop)
+    try:
+        if is_tensor:
+            return _tensor_features(embed, images, batch_size, bar)
+        out = _batch_features(embed, images, total, bar)
+    finally:
+        encoder.train(was_training)
+        if bar is not None:
+            bar.close()
+    return out if with_indices else out[:2]
+
+
+def _items_of(loader) -> Optional[int]:
+    """How many items a loader's batches hold: its sampler's length where it batches that sampler (not
+    where a batch_sampler of its own picks the items: its ``sampler`` is then the whole data set's)."""
+    sampler, batches = getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)
+    if not hasattr(sampler, "__len__") or (batches is not None and getattr(batches, "sampler", None) is not sampler):
+        return None
+    return len(sampler)
+
+
+def _tensor_features(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
+                     bar) -> torch.Tensor:
+    """``embed`` over ``images`` ``batch_size`` at a time: (N, D), in input order, each batch's rows
+    written into the one (N, D) tensor (no list of them to concatenate: twice the memory at the end)."""
+    out = torch.empty(0, 0)
+    for i in range(0, len(images), batch_size):
+        rows = embed(images[i:i + batch_size])
+        if i == 0:
+            out = rows.new_empty((len(images), *rows.shape[1:]))
+        out[i:i + len(rows)] = rows
+        if bar is not None:
+            bar.update(len(rows))  # a shape: no host sync beyond _embed's own copy
+    return out
+
+
+def _batch_features(embed: Callable[[torch.Tensor], torch.Tensor], batches: Batches, total: Optional[int],
+                    bar) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``embed`` over ``(images, labels, indices)`` batches: features, labels and indices sorted by
+    the indices. With ``total``, the number of items the batches hold at most, the rows are written
+    into one tensor of ``total`` rows as they come, and put in order only where they came out of it:
+    a folder's embeddings take their own size once, not three times (a list, its concatenation and
+    its reordering)."""
+    feats, labels, indices = _Rows(total), _Rows(total), _Rows(total)
+    for x, y, idx in batches:
+        feats.add(embed(x))
+        labels.add(torch.as_tensor(y).cpu())
+        indices.add(torch.as_tensor(idx).cpu())
+        if bar is not None:
+            bar.update(len(x))
+    if not indices.count:  # e.g. a shard whose files were all undecodable
+        nothing = torch.empty(0, dtype=torch.int64)
+        return torch.empty(0, 0), nothing, nothing
+    feats_t, labels_t, indices_t = feats.all(), labels.all(), indices.all()
+    if bool((indices_t[1:] >= indices_t[:-1]).all()):  # in order already, as a sequential loader gives them
+        return feats_t, labels_t, indices_t
+    order = indices_t.argsort()
+    return feats_t[order], labels_t[order], indices_t[order]
+
+
+class _Rows:
+    """Rows (B, ...) added batch by batch: written into one tensor of ``total`` rows where the total is
+    known (:meth:`all` is a view of its first rows: a loader may leave items out), else listed and
+    concatenated at the end. Nothing of a batch is kept past its copy: small tensors kept batch by batch
+    (labels, indices) lie scattered through the heap and keep glibc from handing back the memory freed
+    around them."""
+
+    def __init__(self, total: Optional[int]):
+        self.total, self.count = total, 0
+        self.out: Optional[torch.Tensor] = None
+        self.listed: list[torch.Tensor] = []
+
+    def add(self, rows: torch.Tensor) -> None:
+        if self.out is None and self.total is not None and not self.listed:
+            self.out = rows.new_empty((self.total, *rows.shape[1:]))
+        if self.out is not None and self.count + len(rows) <= len(self.out) and rows.dtype == self.out.dtype:
+            self.out[self.count:self.count + len(rows)] = rows
+        else:  # no total, more rows than it said, or another dtype (cat promotes): listed from here on
+            if self.out is not None:
+                self.listed, self.out = [self.out[:self.count]], None
+            self.listed.append(rows)
+        self.count += len(rows)
+
+    def all(self) -> torch.Tensor:
+        return self.out[:self.count] if self.out is not None else torch.cat(self.listed)

@@ -1,0 +1,164 @@
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from byol.features import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, _Rows, center_crop, extract_features
+
+
+def encoder():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+
+
+def images(n=10, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_extract_features_matches_a_manual_forward_and_restores_train_mode():
+    net, x = encoder(), images()
+    net.train()
+    running = net[1].running_mean.clone()
+    feats = extract_features(net, x, batch_size=3, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    assert net.training and torch.equal(net[1].running_mean, running)
+    assert feats.shape == (10, 16) and feats.dtype == torch.float32
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        manual = net.eval()((x.float() / 255 - mean) / std).flatten(1)
+    torch.testing.assert_close(feats, manual)
+    extract_features(net, x)
+    assert not net.training  # eval stays eval
+
+
+def test_extract_features_under_autocast_returns_float32():
+    net, x = encoder(), images()
+    feats = extract_features(net, x, amp_dtype=torch.bfloat16)
+    assert feats.dtype == torch.float32 and not feats.is_inference()
+    torch.testing.assert_close(feats, extract_features(net, x), atol=0.03, rtol=0.03)
+
+
+def test_extract_features_resizes_first():
+    net, x = encoder(), images()
+    feats = extract_features(net, x, size=16)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    big = F.interpolate(x.float() / 255, size=16, mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net.eval()((big - mean) / std).flatten(1))
+
+
+@pytest.mark.parametrize("side, crop", [(37, 32), (256, 224), (9, 4), (8, 8), (6, 8)])
+def test_center_crop_cuts_what_torchvisions_center_crop_cuts(side, crop):
+    from torchvision.transforms.v2.functional import center_crop as torchvision_center_crop
+    x = images(n=2, size=side)
+    expected = torchvision_center_crop(x, [crop, crop]) if side >= crop else x  # smaller: whole, not padded
+    assert torch.equal(center_crop(x, crop), expected)
+
+
+def test_extract_features_takes_numpy_and_says_what_it_cannot_take():
+    net, x = encoder(), images()
+    torch.testing.assert_close(extract_features(net, x.numpy()), extract_features(net, x))
+    for bad, said in (((net, x.permute(0, 2, 3, 1)), r"images must be a batch \(N, C, H, W\) with C = 3, the "
+                                                     r"channels of mean and std, got shape \(10, 8, 8, 3\)"),
+                      ((net, [(x[:, :1], torch.zeros(10), torch.arange(10))]), "images must be a batch"),
+                      ((net, x, 0), "batch_size must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=said):
+            extract_features(*bad)
+
+
+def test_extract_features_crops_the_center_first():
+    net, x = encoder(), images(size=12)
+    feats = extract_features(net, x, crop=8, size=16)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    big = F.interpolate(x[:, :, 2:10, 2:10].float() / 255, size=16, mode="bilinear", antialias=True,
+                        align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net.eval()((big - mean) / std).flatten(1))
+    batches = [(x[:5], torch.zeros(5), torch.arange(5)), (x[5:], torch.zeros(5), torch.arange(5, 10))]
+    torch.testing.assert_close(extract_features(net, batches, crop=8, size=16)[0], feats)
+
+
+def test_extract_features_from_shuffled_batches_returns_dataset_order():
+    net, x = encoder(), images(n=11)
+    labels = torch.arange(11) % 3
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(1))
+    batches = [(x[idx], labels[idx], idx) for idx in perm.split(4)]
+    feats, got_labels = extract_features(net, batches)
+    torch.testing.assert_close(feats, extract_features(net, x))
+    assert torch.equal(got_labels, labels)
+
+
+class Batches:
+    """A loader's stand-in: ``(images, labels, indices)`` batches, and a sampler whose length is the total."""
+
+    def __init__(self, batches, total):
+        self.batches, self.sampler = batches, range(total)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("case", ["in order", "shuffled", "some left out", "more than the total"])
+def test_batches_are_written_into_one_tensor_of_their_total_and_come_out_in_dataset_order(case, monkeypatch):
+    """A folder's embeddings take their own size once: the rows are written into one tensor of the
+    loader's total as they come, not listed, concatenated and reordered (3x their size at 1.3M images)."""
+    net, x = encoder(), images(n=11)
+    cat, joined = torch.cat, []
+    monkeypatch.setattr(torch, "cat", lambda parts, *a, **k: joined.append(parts[0].dtype) or cat(parts, *a, **k))
+    labels, expected = torch.arange(11) % 3, extract_features(net, x)
+    idx = {"in order": torch.arange(11), "shuffled": torch.randperm(11, generator=torch.Generator().manual_seed(1)),
+           "some left out": torch.tensor([0, 1, 2, 4, 5, 9, 10]), "more than the total": torch.arange(11)}[case]
+    total = 9 if case == "more than the total" else 11  # a sampler that said too few: listed from there on
+    loader = Batches([(x[i], labels[i], i) for i in idx.split(4)], total)
+    feats, got_labels, got_idx = extract_features(net, loader, with_indices=True)
+    present = idx.sort().values
+    torch.testing.assert_close(feats, expected[present])
+    assert torch.equal(got_labels, labels[present]) and torch.equal(got_idx, present)
+    assert (torch.float32 in joined) == (case == "more than the total")  # features concatenated there only
+    if case in ("in order", "some left out"):  # the one tensor itself, of the total's rows: not reordered
+        assert feats.untyped_storage().nbytes() == 11 * feats.shape[1] * 4
+
+
+def test_a_loader_whose_own_batch_sampler_picks_the_items_is_not_sized_by_its_whole_data_set():
+    """From a review: a DataLoader given a batch_sampler has the whole data set as its sampler, and the
+    features of its 32 items were written into a tensor of all 100,000 rows (kept alive by the result)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    data = TensorDataset(images(n=12), torch.zeros(12, dtype=torch.int64), torch.arange(12))
+    net = encoder()
+    feats, _ = extract_features(net, DataLoader(data, batch_sampler=[[3, 4, 5], [7]]))
+    assert feats.untyped_storage().nbytes() == 4 * feats.shape[1] * 4
+    torch.testing.assert_close(feats, extract_features(net, data.tensors[0])[[3, 4, 5, 7]])
+    feats, _ = extract_features(net, DataLoader(data, batch_size=5, sampler=range(2, 9)))  # its sampler: 7 rows
+    assert feats.untyped_storage().nbytes() == 7 * feats.shape[1] * 4
+
+
+def test_rows_of_another_dtype_than_the_first_batch_s_are_listed_and_promoted_not_truncated():
+    """From a review: a later batch of another dtype was copied into the first batch's (0.5 became 0)."""
+    for total in (4, None):
+        rows = _Rows(total)
+        rows.add(torch.tensor([1, 2]))
+        rows.add(torch.tensor([0.5, 1.5]))
+        assert torch.equal(rows.all(), torch.tensor([1.0, 2.0, 0.5, 1.5])), total
+
+
+def test_bars_are_drawn_on_a_terminal_that_says_it_has_no_rows(monkeypatch):
+    """A user test under `script` (a pseudo-terminal whose size was never set: 0 rows): tqdm hid every bar,
+    so a run showed nothing until its closing table."""
+    import io
+    import os
+    from tqdm import tqdm
+    from byol.features import bar_shape
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 0)))
+    monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(fileno=lambda: 2))
+    assert bar_shape() == {"ncols": 100, "nrows": 24}
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert bar_shape() == {"ncols": 80, "nrows": 24}
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 40)))
+    assert bar_shape() == {"dynamic_ncols": True}
+    shown = io.StringIO()
+    with tqdm(total=3, file=shown, ncols=100, nrows=24, mininterval=0) as bar:
+        bar.update(3)
+    assert "3/3" in shown.getvalue()
