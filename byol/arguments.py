@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
                 "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
     from . import __version__
     p.add_argument("-V", "--version", action="version", version=f"byol {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    # The metavars name the choices where argparse says one is missing ("required: command" named nothing).
+    sub = p.add_subparsers(dest="command", required=True, metavar="{pretrain,eval,embed,export}")
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
@@ -79,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
                      "with its saved config.yaml changed by the --section.key=value settings given here")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
-    ev_sub = ev.add_subparsers(dest="protocol", required=True)
+    ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="{knn,linear}")
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
         e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
         e.add_argument("checkpoint", type=_path, help="a checkpoint (.pt from a run) or an exported encoder.pt")

@@ -144,13 +144,14 @@ class TrainData:
     knn_query: str = "test"  # what the kNN monitor's queries are: test, held-out train, or a folder's val
     # a resumed folder run's: how many of its files the checkpoint's skipped_files.txt named (None: unknown)
     skipped_at_checkpoint: Optional[int] = None
+    knn_decoded: Optional[tuple[int, int]] = None  # a folder's splits: the images decoded, all processes'
 
     @property
     def knn_images(self) -> Optional[tuple[int, int]]:
-        """The images of the kNN monitor's bank and queries (all processes'); None: no monitor."""
+        """The images of the kNN monitor's bank and queries (all processes', decoded); None: no monitor."""
         if self.knn_train is None:
             return None
-        return self.knn_sizes or (len(self.knn_train), len(self.knn_test))
+        return self.knn_decoded or (len(self.knn_train), len(self.knn_test))
 
     @cached_property
     def names_digest(self) -> Optional[str]:
@@ -212,11 +213,11 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
     batches, n, folder = _training_split(config, device, rank, world)
-    knn_train = knn_test = knn_sizes = None
+    knn_train = knn_test = knn_sizes = decoded = None
     query = "test"
     if t.knn_every >= 0:
-        knn_train, knn_test, knn_sizes, query = _knn_splits(config, device, rank, world, folder)
-    return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes, query)
+        knn_train, knn_test, knn_sizes, query, decoded = _knn_splits(config, device, rank, world, folder)
+    return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes, query, knn_decoded=decoded)
 
 
 def _check_train_split(config: Config) -> None:
@@ -304,10 +305,10 @@ def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet]:
 
 
 def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object]):
-    """The kNN monitor's (train, test) splits, for a folder their full sizes (each process holds its
-    share), and what the queries are (test, held-out train, val); Nones where the data set has no
-    labeled splits. A folder's files that cannot be
-    decoded go with the training ``folder``'s, into the run's skipped_files.txt."""
+    """The kNN monitor's (train, test) splits, for a folder their full sizes in files (each process holds
+    its share), what the queries are (test, held-out train, val), and for a folder how many images of
+    each split were decoded (all processes'); Nones where the data set has no labeled splits. A folder's
+    files that cannot be decoded go with the training ``folder``'s, into the run's skipped_files.txt."""
     d, t = config.data, config.train
     size = load_size(config)
     if d.dataset in ("cifar10", "cifar100", "stl10"):
@@ -318,20 +319,20 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
             knn_test = build_dataset(d.dataset, d.root, "test", size, False)
         if t.knn_limit:
             knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
-        return knn_train, knn_test, None, "held-out train" if t.knn_holdout else "test"
+        return knn_train, knn_test, None, "held-out train" if t.knn_holdout else "test", None
     if d.dataset != "folder":
-        return None, None, None, "test"
+        return None, None, None, "test", None
     try:  # ROOT/train with ROOT/val beside it: monitor on both
         splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT)
     except DataError as e:
         if rank == 0:
             print(f"note: no kNN monitor: {e}", file=sys.stderr)
-        return None, None, None, "test"
+        return None, None, None, "test", None
     if splits is None:
         if rank == 0:
             print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
                   "beside it", file=sys.stderr)
-        return None, None, None, "test"
+        return None, None, None, "test", None
     knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
     for s in splits:
         folder.bad_files.update(s.bad_files)
@@ -343,4 +344,5 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
         raise DataError(f"none of the image files of a kNN monitor split beside {d.root} (train, val or "
                         "test) could be decoded; check the files, or turn the monitor off with "
                         "train.knn_every=-1")
-    return knn_train, knn_test, (len(splits[0]), len(splits[1])), Path(splits[1].root).name
+    return (knn_train, knn_test, (len(splits[0]), len(splits[1])), Path(splits[1].root).name,
+            tuple(int(n) for n in decoded.tolist()))

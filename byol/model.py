@@ -302,7 +302,8 @@ class BYOL(nn.Module):
             raise ValueError("use_momentum=False: the target is the online network itself, learner.net")
         online = chain(self.online.encoder.named_parameters(), self.online.encoder.named_buffers())
         target = dict(chain(self.target.encoder.named_parameters(), self.target.encoder.named_buffers()))
-        return copy.deepcopy(self.net, {id(tensor): target[name] for name, tensor in online})
+        # frozen as the target is, the copies of net's own layers too (a user test found fc's trainable)
+        return copy.deepcopy(self.net, {id(tensor): target[name] for name, tensor in online}).requires_grad_(False)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """torch's, with one sentence for byol-pytorch's keys (``online_encoder.net.*``), which are not ours."""

@@ -129,7 +129,8 @@ def labeled_splits(config: Config, limit: Optional[int] = None, holdout: int = 0
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
                             f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
-                            "ROOT/train of such a layout: point --data.root at it")
+                            "ROOT/train of such a layout: point --data.root at the ROOT, the folder that holds "
+                            "train/ and val/")
         for split in splits:
             for said in split.notes():
                 note(said)

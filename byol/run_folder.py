@@ -38,7 +38,11 @@ class RunFolder:
         self.path = Path(path)
         self.checkpoint = self.path / "checkpoints" / "last.pt"
         self.created = topmost_missing(self.path)  # the topmost folder made here
-        self._check(resume)  # before anything is made: a start refused here writes nothing
+        try:
+            self._check(resume)  # before anything is made: a start refused here writes nothing
+        except (ConfigError, CheckpointError):
+            _refuse_if_held(self.path)  # a run going on there is what to say first (a user test: a start
+            raise  # told to pass --resume, which was then refused as the run was live)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / ".write_test").touch()
@@ -206,8 +210,7 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
         holder = lock.read().strip()
         if not _outwait_orphans(lock, holder, folder):
             lock.close()
-            raise ConfigError(f"another byol run{f' ({holder})' if holder else ''} is writing to {folder} now; "
-                              "wait for it to end, or choose another train.out_dir") from None
+            raise ConfigError(_held(holder, folder)) from None
     except OSError:  # no locks on this file system
         lock.close()
         return None
@@ -219,15 +222,44 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     return lock
 
 
+def _refuse_if_held(folder: Path) -> None:
+    """Refuse as :func:`_hold_lock` does where a live run holds ``folder``'s lock; a probe that
+    writes nothing (a start refused for another reason says this first)."""
+    if fcntl is None or not (folder / LOCK).is_file():
+        return
+    try:
+        with open(folder / LOCK) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = lock.read().strip()
+                if _holder_lives(holder):
+                    raise ConfigError(_held(holder, folder)) from None
+    except OSError:  # unreadable, or no locks on this file system: the other refusal stands
+        return
+
+
+def _held(holder: str, folder: Path) -> str:
+    return (f"another byol run{f' ({holder})' if holder else ''} is writing to {folder} now; wait for it to end, "
+            "or choose another train.out_dir")
+
+
+def _holder_lives(holder: str) -> bool:
+    """Whether the process a lock file names ("pid N on HOST") may still run: one of another host's, or
+    of a form not ours, is taken to."""
+    match = re.fullmatch(r"pid (\d+) on (.+)", holder)
+    return match is None or match[2] != socket.gethostname() or _alive(int(match[1]))
+
+
 def _outwait_orphans(lock: IO[str], holder: str, folder: Path, seconds: float = 20.0) -> bool:
     """Whether the lock, held though its run (``holder``: "pid N on HOST") has ended, came free
     within ``seconds`` (False: its run goes on; a ConfigError where it did not come free). A run
     killed (kill -9, out of memory) leaves the processes it forked, its image decoding, holding the
     lock file open until they see their parent gone (every 5 s for PyTorch's loader workers): a
     resume at once was refused."""
-    match = re.fullmatch(r"pid (\d+) on (.+)", holder)
-    if match is None or match[2] != socket.gethostname() or _alive(int(match[1])):
+    if _holder_lives(holder):
         return False
+    match = re.fullmatch(r"pid (\d+) on (.+)", holder)
     print(f"note: the run that held {folder} (pid {match[1]}) has ended; waiting for the processes it started "
           "to let go of its lock", file=sys.stderr)
     deadline = time.monotonic() + seconds

@@ -3,12 +3,14 @@
 import itertools
 import math
 import os
+import random
 import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,8 +63,12 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
     """The model, its optimizer and this process's augmentation generator, seeded by ``train.seed``."""
     t, o = config.train, config.optim
     # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
-    # `byol eval --random-init` rebuilds them.
+    # `byol eval --random-init` rebuilds them. NumPy's and Python's too, which byol does not draw from but
+    # code given to it may: a run resumed goes on with them as the uninterrupted run would (restored by
+    # the checkpoint), where a new process's own seeds made them differ. The caller's are put back after.
     torch.manual_seed(t.seed + rank)
+    np.random.seed((t.seed + rank) % 2**32)  # NumPy's takes 0 to 2**32 - 1
+    random.seed(t.seed + rank)
     byol = build_model(config).to(device)
     if world > 1:
         byol = dist.convert_sync_batchnorm(byol, device)

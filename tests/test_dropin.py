@@ -142,6 +142,7 @@ def test_target_encoder_net_loads_into_the_network_and_is_the_target():
     target = {t.data_ptr() for t in learner.target.parameters()}
     assert all(p.data_ptr() in target for name, p in target_net.named_parameters() if not name.startswith("fc"))
     assert {k.partition(".")[0] for k in learner.target_encoder.state_dict()} == {"net", "projector"}
+    assert not any(p.requires_grad for p in learner.target_encoder.parameters())  # its fc too (a user test)
 
 
 def test_online_and_target_encoder_are_one_object_each_as_byol_pytorch_attributes_are():

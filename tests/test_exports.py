@@ -189,6 +189,9 @@ def test_files_of_no_image_format_left_out_of_a_split_are_counted_in_a_note(tmp_
     assert said in capsys.readouterr().err
     labeled_splits(load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / 'train'}"]))
     assert said in capsys.readouterr().err  # eval's splits too
+    with pytest.raises(DataError, match=r"is neither ROOT nor ROOT/train of such a layout: point --data.root at the "
+                                        r"ROOT, the folder that holds train/ and val/$"):  # a user test: "at it"
+        labeled_splits(load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / 'val'}"]))
 
 
 def test_a_run_on_another_folder_of_root_embeds_root_train_as_train_and_numbers_splits_by_its_classes(tmp_path):

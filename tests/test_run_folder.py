@@ -54,10 +54,11 @@ def test_one_start_at_a_time_writes_a_folder(tmp_path, fault_table):
     (first.path / "config.yaml").write_text(CONFIG_HEADER + "train: {}\n")
     holder = re.escape(f"(pid {os.getpid()} on {socket.gethostname()})")
     refused = rf"another byol run {holder} is writing to {re.escape(str(first.path))} now; wait for it to end"
-    for resume in (False, True):
-        if resume:  # as the first start leaves it at its first epoch's end
+    for resume, checkpoint in ((False, False), (True, False), (True, True), (False, True)):
+        if checkpoint and resume:  # as the first start leaves it at its first epoch's end
             (first.path / "checkpoints").mkdir()
             (first.path / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+        # The live run is said first, not "no checkpoint" nor "pass --resume", which would be refused (a user test).
         listing = sorted(p.name for p in first.path.rglob("*"))
         with pytest.raises(ConfigError, match=refused):
             RunFolder(first.path, resume=resume)

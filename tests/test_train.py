@@ -441,6 +441,7 @@ def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones
         "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={train}", "--data.image_size=32"])
     results = pretrain(config)
     assert results["skipped_files"] == 2
+    assert results["knn_images"] == (20, 10, "val")  # the images decoded: not 21 and 11 files (a user test)
     listed = sorted(line.split("\t") for line in (tmp_path / "run" / "skipped_files.txt").read_text().splitlines())
     assert listed == [[str(train / "cat" / "bad.jpg"), "UnidentifiedImageError: cannot identify image file "
                        f"'{train / 'cat' / 'bad.jpg'}'"], [str(val / "dog" / "bad.jpg"), "empty file"]]
@@ -451,10 +452,13 @@ def _weights(path):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10_root):
+    import random
     common = [f"--data.root={cifar10_root}", "--train.knn_every=-1", "--optim.name=sgd"]
     straight = load_config("cifar10", tiny_overrides(tmp_path / "a", **{"train.max_steps": 6}) + common)
+    np.random.seed(1), random.seed(1)  # as unlike as two new processes' (a user test: their checkpoints' differed)
     pretrain(straight)
     first = load_config("cifar10", tiny_overrides(tmp_path / "b", **{"train.max_steps": 3}) + common)
+    np.random.seed(2), random.seed(2)
     pretrain(first)
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 3
     rest = load_config("cifar10", tiny_overrides(tmp_path / "b", **{"train.max_steps": 6}) + common)
@@ -463,6 +467,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key]), key
+    rng_a, rng_b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["rng"] for run in "ab")
+    for name in ("numpy", "python"):  # every generator, NumPy's and Python's too, as the uninterrupted run's
+        assert all(torch.equal(v, rng_b[name][k]) if isinstance(v, torch.Tensor) else v == rng_b[name][k]
+                   for k, v in rng_a[name].items()), name
     # The resumed run logged steps 4..6 after the first run's 1..3, with no step twice.
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 6
