@@ -14,6 +14,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors are a :class:`UsageError` (one line from :func:`byol.cli.main`), not usage text."""
 
     def error(self, message: str):
+        for action in self._actions:  # argparse names a missing sub-command by its dest, which --help does not show
+            if isinstance(action, argparse._SubParsersAction) and \
+                    message == f"the following arguments are required: {action.dest}":
+                message = f"give one of {', '.join(action.choices)} (see {self.prog} --help)"
         raise UsageError(message)
 
 
@@ -63,8 +67,7 @@ def parser() -> argparse.ArgumentParser:
                 "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
     from . import __version__
     p.add_argument("-V", "--version", action="version", version=f"byol {__version__}")
-    # The metavars name the choices where argparse says one is missing ("required: command" named nothing).
-    sub = p.add_subparsers(dest="command", required=True, metavar="{pretrain,eval,embed,export}")
+    sub = p.add_subparsers(dest="command", required=True)
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
@@ -80,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
                      "with its saved config.yaml changed by the --section.key=value settings given here")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
-    ev_sub = ev.add_subparsers(dest="protocol", required=True, metavar="{knn,linear}")
+    ev_sub = ev.add_subparsers(dest="protocol", required=True)
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
         e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
         e.add_argument("checkpoint", type=_path, help="a checkpoint (.pt from a run) or an exported encoder.pt")

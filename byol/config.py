@@ -70,7 +70,7 @@ class TrainConfig:
     batch_size: int = 512             # global batch: summed over all processes under torchrun
     max_steps: Optional[int] = None   # stop after this many steps (the schedules still span all epochs)
     tau_base: float = 0.996           # EMA rate at step 0, raised to 1 on a cosine
-    seed: int = 0                     # initial weights and augmentations (seed + rank under torchrun)
+    seed: int = 0                     # initial weights, augmentations, NumPy's and Python's generators (+ rank)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto (bf16 where native: GPUs, CPUs with AVX-512-BF16 or AMX) | bf16 | fp32
     compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):

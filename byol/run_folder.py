@@ -204,7 +204,7 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     except OSError:  # another user's lock file in a shared folder: the run goes on without a lock
         return None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_soon(lock)
     except BlockingIOError:
         lock.seek(0)
         holder = lock.read().strip()
@@ -220,6 +220,19 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
     except OSError:  # a full disk: the lock holds all the same, and the start's first write says why
         pass
     return lock
+
+
+def _lock_soon(lock: IO[str], tries: int = 10) -> None:
+    """``lock`` locked, tried a few times 10 ms apart: a start refused for another reason holds it for a
+    moment (:func:`_refuse_if_held`), and a start at that moment is not to be refused for it."""
+    for left in range(tries - 1, -1, -1):
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not left:
+                raise
+            time.sleep(0.01)
 
 
 def _refuse_if_held(folder: Path) -> None:

@@ -74,6 +74,20 @@ def test_one_start_at_a_time_writes_a_folder(tmp_path, fault_table):
                 "and changes nothing; once the first has ended, a start goes ahead")
 
 
+def test_a_start_is_not_refused_for_the_moment_a_refused_start_probes_the_lock(tmp_path, monkeypatch):
+    """From a review: a start refused for another reason probes the lock (a shared lock, for a moment);
+    a start at that moment read the lock file's line of a run long ended (on another host) as live."""
+    import fcntl
+    import types
+    import byol.run_folder
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".byol.lock").write_text("pid 4242 on some-other-node\n")
+    probe = open(run / ".byol.lock")
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as _refuse_if_held holds it
+    monkeypatch.setattr(byol.run_folder, "time", types.SimpleNamespace(sleep=lambda s: probe.close()))
+    RunFolder(run, resume=False).release()  # the probe ends before its next try
+
 def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_path, capsys):
     """A user test: kill -9 of a run decoding a folder with workers left them holding the lock file
     (until they saw their parent gone, 5 s later), and an immediate --resume was refused, naming the
