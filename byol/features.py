@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+from .augment import CIFAR_MEAN as CIFAR10_MEAN, CIFAR_STD as CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD  # the views'
+
+__all__ = ["extract_features", "center_crop", "bar_shape", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
+           "CIFAR10_STD"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 

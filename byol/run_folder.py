@@ -246,7 +246,7 @@ def _refuse_if_held(folder: Path) -> None:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = lock.read().strip()
-                if _holder_lives(holder):
+                if _ended_pid(holder) is None:
                     raise ConfigError(_held(holder, folder)) from None
     except OSError:  # unreadable, or no locks on this file system: the other refusal stands
         return
@@ -257,11 +257,13 @@ def _held(holder: str, folder: Path) -> str:
             "or choose another train.out_dir")
 
 
-def _holder_lives(holder: str) -> bool:
-    """Whether the process a lock file names ("pid N on HOST") may still run: one of another host's, or
-    of a form not ours, is taken to."""
+def _ended_pid(holder: str) -> Optional[int]:
+    """The pid of the process a lock file names ("pid N on HOST") where it has ended; None where it may
+    still run (one of another host's, or a line of a form not ours, is taken to)."""
     match = re.fullmatch(r"pid (\d+) on (.+)", holder)
-    return match is None or match[2] != socket.gethostname() or _alive(int(match[1]))
+    if match is None or match[2] != socket.gethostname() or _alive(int(match[1])):
+        return None
+    return int(match[1])
 
 
 def _outwait_orphans(lock: IO[str], holder: str, folder: Path, seconds: float = 20.0) -> bool:
@@ -270,10 +272,10 @@ def _outwait_orphans(lock: IO[str], holder: str, folder: Path, seconds: float = 
     killed (kill -9, out of memory) leaves the processes it forked, its image decoding, holding the
     lock file open until they see their parent gone (every 5 s for PyTorch's loader workers): a
     resume at once was refused."""
-    if _holder_lives(holder):
+    pid = _ended_pid(holder)
+    if pid is None:
         return False
-    match = re.fullmatch(r"pid (\d+) on (.+)", holder)
-    print(f"note: the run that held {folder} (pid {match[1]}) has ended; waiting for the processes it started "
+    print(f"note: the run that held {folder} (pid {pid}) has ended; waiting for the processes it started "
           "to let go of its lock", file=sys.stderr)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -284,7 +286,7 @@ def _outwait_orphans(lock: IO[str], holder: str, folder: Path, seconds: float = 
         except BlockingIOError:
             continue
     lock.close()
-    raise ConfigError(f"the run that held {folder} (pid {match[1]}) has ended, but processes it started still hold "
+    raise ConfigError(f"the run that held {folder} (pid {pid}) has ended, but processes it started still hold "
                       f"its lock file open after {seconds:g} s; end them (fuser -k {folder / LOCK}), then start "
                       "again")
 
