@@ -77,9 +77,11 @@ def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: in
 
 def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
           temperature: float) -> torch.Tensor:
-    """Class scores (B, C): each neighbour votes for its class with weight exp(sim / T)."""
+    """Class scores (B, C): each neighbour votes for its class with weight exp(sim / T), taken over
+    each row's exp(max sim / T) (``sims`` are sorted: column 0 is the largest), which would overflow
+    float32 at a temperature of about 0.011 and below; the row's ratios, and its argmax, are the same."""
     scores = torch.zeros(len(sims), num_classes, device=sims.device)
-    return scores.scatter_add_(1, neighbour_labels, (sims / temperature).exp())
+    return scores.scatter_add_(1, neighbour_labels, ((sims - sims[:, :1]) / temperature).exp())
 
 
 def _check_knn(ks: tuple, temperature: float) -> None:
@@ -112,7 +114,9 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         device: where to compute; default the device of ``train_features``.
 
     Returns:
-        Scores (N_test, C) float32 on ``device``; ``argmax(1)`` is the prediction.
+        Scores (N_test, C) float32 on ``device``; ``argmax(1)`` is the prediction. Each row is scaled so
+        that its nearest neighbour weighs 1 (its weights taken over exp(its largest sim / temperature)),
+        so that a small temperature does not overflow; the ratios within a row are the vote's.
     """
     _check_knn((k,), temperature)
     train_features, train_labels, test_features, _ = _splits(train_features, train_labels, test_features,

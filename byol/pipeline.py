@@ -6,6 +6,7 @@ Each is a plain function of paths and a config, shared by the command line and P
 
 import inspect
 import numbers
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .checkpoint import write_failed, write_failure, written_for
+from .checkpoint import saved_step, write_failed, write_failure, written_for
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
@@ -24,6 +25,7 @@ from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
 from .evaluate import knn_accuracy, linear_probe
+from .run_folder import RUN_FILES
 from .build import (autocast_dtype, eval_crop, held_out, load_size, precision_name, resolve_device,
                     usual_torch_defaults, views_of)
 
@@ -57,6 +59,8 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
     path = Path(path).absolute()
     if source is not None and path.is_file() and Path(source).is_file() and path.samefile(source):
         raise OutputError(f"{path} is the checkpoint being read; choose another --out")
+    if path.is_file():
+        _refuse_a_runs_file(path)
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
@@ -73,6 +77,15 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
                 pass
         except OSError as e:  # named as the file asked for, not as the probe's random name
             raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _refuse_a_runs_file(path: Path) -> None:
+    """Refuse to replace what a pretraining run wrote: a training checkpoint, wherever it lies, or a
+    run folder's own files (its config, logs and plots, beside its ``checkpoints/``)."""
+    if path.name in RUN_FILES and (path.parent / "checkpoints").is_dir():
+        raise OutputError(f"{path} is a run's {path.name}, which this would replace; choose another --out")
+    if zipfile.is_zipfile(path) and saved_step(path) is not None:
+        raise OutputError(f"{path} is a training checkpoint, which this would replace; choose another --out")
 
 
 # What byol eval and embed read of a config besides the model (the checkpoint's): the data, where and in what
@@ -268,6 +281,9 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     as for :func:`knn`: trained on the rest of the train split, scored on those held out."""
     epochs, limit, holdout = check_counts(epochs=epochs, limit=limit, holdout=holdout)
     config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear", holdout)
+    if info["n_train"] < 2:  # linear_probe's own ValueError is for Python callers of it, not a data error
+        raise DataError(f"the linear probe needs at least 2 train images (it standardizes the features by their "
+                        f"spread), got {info['n_train']}; raise --limit, or lower --holdout")
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}
     result = linear_probe(*splits, **settings, device=device, progress=progress if dist.rank() == 0 else False)

@@ -19,6 +19,7 @@ from .metrics import PLOTS, MetricsLog, warning_step
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
 LOCK = ".byol.lock"  # held by the start writing the folder; names its process
+RUN_FILES = (*_KEPT, *PLOTS, LOCK)  # a run's own files: eval, embed and export replace none of them
 
 
 class RunFolder:

@@ -696,6 +696,31 @@ def test_outputs_that_would_replace_what_is_read_are_refused(capsys, trained, tm
     assert line == (f"byol: error: {run} is a run directory (it holds checkpoints/); export into a folder of its "
                     f"own, such as {run / 'export'}")
     assert ckpt.read_bytes() == state and (run / "config.yaml").read_bytes() == config
+    # Nor what another checkpoint of a run, or a run's own files, hold (a user test: eval and embed replaced
+    # an epoch_N.pt and a run's config.yaml, which then could not be resumed).
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "epoch_0001.pt").write_bytes(state)
+    for name in ("config.yaml", "metrics.jsonl"):
+        (other / name).write_bytes((run / name).read_bytes())
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    kept = other / "checkpoints" / "epoch_0001.pt"
+    for args in (("eval", "knn", ckpt, "--limit", 40), ("embed", ckpt, "--limit", 8)):
+        _, line = main_error(capsys, *args, "--out", kept)
+        assert line == f"byol: error: {kept} is a training checkpoint, which this would replace; choose another --out"
+    for name in ("config.yaml", "metrics.jsonl"):
+        _, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", other / name)
+        assert line == (f"byol: error: {other / name} is a run's {name}, which this would replace; "
+                        "choose another --out")
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+
+
+def test_a_linear_probe_with_one_train_image_is_one_sentence(capsys, trained):
+    """A user test: --limit 1 (or a --holdout of all but one) ended in a traceback from linear_probe."""
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    _, line = main_error(capsys, "eval", "linear", ckpt, "--limit", 1, "--epochs", 1)
+    assert line == ("byol: error: the linear probe needs at least 2 train images (it standardizes the "
+                    "features by their spread), got 1; raise --limit, or lower --holdout")
 
 
 def test_data_not_found_on_eval_points_to_data_root(capsys, trained, tmp_path, monkeypatch):

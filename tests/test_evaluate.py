@@ -33,11 +33,23 @@ QUERY = torch.tensor([[2.0, 0.0]])
 
 def test_knn_weights_votes_by_exp_similarity_over_temperature():
     scores = knn_classify(TRAIN, LABELS, QUERY, k=3, temperature=0.1)
-    expected = torch.tensor([[math.exp(10), 2 * math.exp(5), 0.0]])  # class 2 is not among the 3 nearest
+    # exp(sim / T) per neighbour, over exp(max sim / T): exp(10) and 2 exp(5), each over exp(10)
+    expected = torch.tensor([[1.0, 2 * math.exp(-5), 0.0]])  # class 2 is not among the 3 nearest
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=0)
     assert scores.argmax(1).item() == 0  # weighted vote: the one close neighbour wins
     flat = knn_classify(TRAIN, LABELS, QUERY, k=3, temperature=100.0)
     assert flat.argmax(1).item() == 1  # near-uniform weights: the majority wins
+
+
+def test_a_small_temperature_does_not_overflow_the_vote():
+    """A user test: at T 0.01, exp(sim / T) was inf in float32 for both classes here, and the vote went
+    to class 0 (the first of the tie), where exp(1 / T) > 2 exp(0.99 / T) makes it class 1's."""
+    train = torch.tensor([unit(0), unit(math.degrees(math.acos(0.99))), unit(-math.degrees(math.acos(0.99)))])
+    scores = knn_classify(train, torch.tensor([1, 0, 0]), QUERY, k=3, temperature=0.01)
+    assert torch.isfinite(scores).all() and scores.argmax(1).item() == 1
+    torch.testing.assert_close(scores, torch.tensor([[2 * math.exp(-1), 1.0]]), rtol=1e-3, atol=0)
+    x, y, q, qy = random_split()
+    assert knn_accuracy(x, y, q, qy, ks=(5,), temperature=1e-4)[5] == knn_accuracy(x, y, q, qy, ks=(1,))[1]  # 1-NN's
 
 
 def test_knn_uses_cosine_similarity():
