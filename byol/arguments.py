@@ -143,9 +143,37 @@ def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
     if bad:
         option = bad[0].startswith("--") and "." not in bad[0].split("=")[0]
-        raise UsageError(f"unrecognized {'option' if option else 'argument'} {bad[0]!r}; "
-                         + (f"see byol {args.command} --help; " if option else "") +
-                         "config keys are set as --section.key=value")
+        command = " ".join(filter(None, (args.command, getattr(args, "protocol", None))))
+        hint = _where_it_belongs(bad[0].split("=")[0], command) if option else ""
+        raise UsageError(f"unrecognized {'option' if option else 'argument'} {bad[0]!r}{hint}"
+                         + (f"; see byol {command} --help" if option else "")
+                         + ("" if "--" in hint else "; config keys are set as --section.key=value"))
     given = [o.split("=", 1)[0] for o in overrides]
     if getattr(args, "download", False) and "--data.download" in given:
         raise UsageError("--download and --data.download are both given; keep one")
+
+
+def _where_it_belongs(option: str, command: str) -> str:
+    """Where a misplaced ``option`` belongs: another command's (``, an option of byol eval linear``)
+    or a config key's (`` (did you mean --train.epochs=...?)``: pretraining takes no others, so
+    there the key comes first); "" for neither."""
+    from .config import meant_key  # (imports torch: on this error's path alone)
+
+    name = option[2:].replace("-", "_")
+    key = meant_key(name)
+    key = f" (did you mean --{key}=...?)" if key is not None and key.rpartition(".")[2] == name else ""
+    owners = _commands_taking(option)
+    elsewhere = f", an option of byol {' and byol '.join(owners)}" if owners else ""
+    return (key or elsewhere) if command == "pretrain" else (elsewhere or key)
+
+
+def _commands_taking(option: str, root: argparse.ArgumentParser = None, prefix: str = "") -> list[str]:
+    """The commands (``"eval linear"``) whose parser takes ``option``: to say where a misplaced one belongs."""
+    found = []
+    for action in (root or parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                command = f"{prefix} {name}".strip()
+                found += [command] if option in sub._option_string_actions else []
+                found += _commands_taking(option, sub, command)
+    return found

@@ -178,15 +178,21 @@ def _unknown_key(key: str, section: Any) -> ConfigError:
 
 
 def _did_you_mean(key: str) -> str:
+    meant = meant_key(key)
+    return f" (did you mean {meant}?)" if meant else ""
+
+
+def meant_key(key: str) -> Optional[str]:
     """The setting a mistyped ``key`` most likely meant: the same name in another section
-    (``train.lr``: optim.lr), else the closest spelling (``optim.lrr``, ``trian.lr``); none if
-    nothing is close."""
+    (``train.lr``: optim.lr; ``epochs``: train.epochs), else the closest spelling (``optim.lrr``,
+    ``trian.lr``); None if nothing is close."""
     config = Config()
     keys = [f"{s.name}.{f.name}" for s in dataclasses.fields(config)
             for f in dataclasses.fields(getattr(config, s.name))]
     name = str(key).rpartition(".")[2]
     moved = [k for k in keys if k.rpartition(".")[2] == name]
-    return f" (did you mean {moved[0]}?)" if len(moved) == 1 else _closest(key, keys)
+    close = moved if len(moved) == 1 else difflib.get_close_matches(str(key), keys, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _closest(word: Any, choices: list[str]) -> str:

@@ -115,7 +115,8 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
     else:
         preset = _presets() / f"{name_or_path}.yaml"
         if not preset.is_file():
-            raise ConfigError(f"unknown preset {name_or_path!r}; choose one of {', '.join(preset_names())} "
+            folder = f" ({name_or_path} here is a folder)" if path.is_dir() else ""
+            raise ConfigError(f"unknown preset {name_or_path!r}{folder}; choose one of {', '.join(preset_names())} "
                               "or give a path to a YAML file")
         text = preset.read_text()
     try:

@@ -551,6 +551,15 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["pretrain", "--download", "--data.download=false"], "--download and --data.download are both given; keep one"),
     (["pretrain", "--config="], "the config is empty; give a preset name"),  # it was the cifar10 preset
     (["pretrain", "--confg", "x.yaml"], "unrecognized option '--confg'; see byol pretrain --help; config keys are"),
+    # where a misplaced option belongs (a user test: all said "see byol eval --help")
+    (["pretrain", "--epochs", "3"], "unrecognized option '--epochs' (did you mean --train.epochs=...?); see byol "
+     "pretrain --help"),
+    (["pretrain", "--batch-size=8"], "(did you mean --train.batch_size=...?)"),
+    (["eval", "knn", "x.pt", "--epochs", "3"], "unrecognized option '--epochs', an option of byol eval linear; see "
+     "byol eval knn --help"),
+    (["embed", "x.pt", "--out", "e.npy", "--holdout", "3"], "'--holdout', an option of byol eval knn and byol eval "
+     "linear; see byol embed --help"),
+    (["eval", "knn", "x.pt", "--seed", "3"], "(did you mean --train.seed=...?); see byol eval knn --help"),
 ])
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
     _, line = main_error(capsys, *args)

@@ -143,7 +143,7 @@ def test_on_device_is_auto_or_a_bool_also_in_a_yaml_file(tmp_path, value, expect
     assert load_config(str(tmp_path / "c.yaml")).data.on_device == expected
 
 
-def test_yaml_file_and_its_errors(tmp_path):
+def test_yaml_file_and_its_errors(tmp_path, monkeypatch):
     good = tmp_path / "run.yaml"
     good.write_text("train:\n  epochs: 2\nmodel:\n  width: 8\n")
     c = load_config(str(good))
@@ -163,6 +163,10 @@ def test_yaml_file_and_its_errors(tmp_path):
     assert "\n" not in str(e.value) and f"config {bad} is not valid YAML at line 3, column 1:" in str(e.value)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config("cifar11")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()  # a folder given as --config cfg: named so, as a YAML file's path is
+    with pytest.raises(ConfigError, match="unknown preset 'cfg' \\(cfg here is a folder\\); choose"):
+        load_config("cfg")
     bad.write_bytes(b"\x00\xff\xfe garbage")  # before: a UnicodeDecodeError's traceback
     with pytest.raises(ConfigError, match="is not a YAML text file \\(not UTF-8\\)"):
         load_config(str(bad))
