@@ -191,13 +191,17 @@ def meant_key(key: str) -> Optional[str]:
             for f in dataclasses.fields(getattr(config, s.name))]
     name = str(key).rpartition(".")[2]
     moved = [k for k in keys if k.rpartition(".")[2] == name]
-    close = moved if len(moved) == 1 else difflib.get_close_matches(str(key), keys, n=1, cutoff=0.8)
-    return close[0] if close else None
+    return moved[0] if len(moved) == 1 else _nearest(key, keys)
 
 
 def _closest(word: Any, choices: list[str]) -> str:
+    close = _nearest(word, choices)
+    return f" (did you mean {close}?)" if close else ""
+
+
+def _nearest(word: Any, choices: list[str]) -> Optional[str]:
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.8)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return close[0] if close else None
 
 
 def _is_empty(value: Any, annotation: Any) -> bool:
