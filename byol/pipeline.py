@@ -6,7 +6,6 @@ Each is a plain function of paths and a config, shared by the command line and P
 
 import inspect
 import numbers
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -84,7 +83,7 @@ def _refuse_a_runs_file(path: Path) -> None:
     run folder's own files (its config, logs and plots, beside its ``checkpoints/``)."""
     if path.name in RUN_FILES and (path.parent / "checkpoints").is_dir():
         raise OutputError(f"{path} is a run's {path.name}, which this would replace; choose another --out")
-    if zipfile.is_zipfile(path) and saved_step(path) is not None:
+    if saved_step(path) is not None:  # (None at once for a file torch.save did not write: no zip to map)
         raise OutputError(f"{path} is a training checkpoint, which this would replace; choose another --out")
 
 
