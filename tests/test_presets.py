@@ -51,3 +51,11 @@ def test_stl10_pretrained_on_its_labeled_images_alone_gets_a_note(tmp_path, caps
     """A user test found --data.dataset=stl10 without the preset training on 5,000 of its 105,000 images, unsaid."""
     pretrain(two_steps("stl10", tmp_path, "--data.train_split=train"))
     assert "note: this run pretrains on STL-10's 5,000 labeled train images alone" in capsys.readouterr().err
+
+
+def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
+    """--data.train_split=test trains on the images the kNN monitor and byol eval score on: said, not silent."""
+    pretrain(two_steps("stl10", tmp_path, "--data.train_split=test"))
+    assert "note: this run pretrains on stl10's test split" in capsys.readouterr().err
+    pretrain(two_steps("stl10", tmp_path / "again", "--data.train_split=train+unlabeled"))
+    assert "test split" not in capsys.readouterr().err
