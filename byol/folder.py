@@ -190,7 +190,7 @@ class ImageFolder(Dataset):
 
     def nothing_decoded(self) -> DataError:
         """The error for a folder none of whose files could be decoded, with one file and why."""
-        example = "".join(f" ({p}: {r})" for p, r in list(self.bad_files.items())[:1])
+        example = "".join(f" ({escape_name(p)}: {r})" for p, r in list(self.bad_files.items())[:1])
         return DataError(f"none of the {len(self):,} image files in {self.root} could be decoded{example}; "
                          "check the files")
 

@@ -18,7 +18,7 @@ from .checkpoint import saved_step, write_failed, write_failure, written_for
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
-from .folder import ImageFolder, labeled_folders
+from .folder import ImageFolder, escape_name, labeled_folders
 from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note
@@ -208,7 +208,7 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
     if len(indices) == 0:
         raise source.nothing_decoded()
     if len(indices) < len(source):  # under torchrun, rank 0 knows the reasons of its own share only
-        example = "".join(f" (e.g. {p}: {r})" for p, r in list(source.bad_files.items())[:1])
+        example = "".join(f" (e.g. {escape_name(p)}: {r})" for p, r in list(source.bad_files.items())[:1])
         note(f"{len(source) - len(indices):,} of the {len(source):,} image files in {source.root} could not be decoded "
              f"and are left out{example}")
     return feats, labels, indices

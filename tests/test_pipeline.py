@@ -55,6 +55,23 @@ def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_p
         f"{root / 'cat' / 'corrupt.jpg'}: " in capsys.readouterr().err
 
 
+def test_a_bad_file_whose_name_has_a_line_break_is_named_on_one_line(tmp_path, capsys):
+    """A file name may hold a line break: the note and the error name it as skipped_files.txt does, on one line."""
+    root = extract_jpegs(tmp_path / "images", per_class=1)
+    (root / "cat" / "two\nlines.jpg").write_bytes(b"not a jpeg")
+    config = Config()
+    config.data.workers, config.train.precision = 0, "fp32"
+    pipeline.features(Recorder([]), config, ImageFolder(root, size=32), torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert "could not be decoded" in err and "two\\nlines.jpg: " in err and err.count("\n") == 1
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "two\nlines.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"two\\nlines\.jpg: ") as caught:
+        pipeline.features(Recorder([]), config, ImageFolder(alone, size=32), torch.device("cpu"))
+    assert "\n" not in str(caught.value)
+
+
 class Interrupted(nn.Module):
     """An encoder whose second batch is interrupted, as Ctrl-C in a notebook interrupts a slow embed."""
 
