@@ -294,6 +294,7 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load. is deprecated:FutureWarning")  # python_api.md says so
 @pytest.mark.parametrize("cifar_stem", [False, True])
 def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     from conftest import CIFAR10
