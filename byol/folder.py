@@ -135,7 +135,8 @@ class ImageFolder(Dataset):
         as in this folder; what the scan left out elsewhere is not its to say."""
         clean = os.path.normpath(name)
         if clean in (os.curdir, os.pardir) or os.sep in clean or (os.altsep and os.altsep in clean):
-            raise DataError(f"{name!r} is not a sub-folder of {self.root}: give one of its folders by name")
+            raise DataError(f"{name!r} is not a folder directly inside {self.root}: give one of its own folders "
+                            f"by name (a folder deeper down is part of one of them)")
         prefix = os.fsencode(clean + os.sep)
         keep = [i for i in range(len(self)) if self._paths[i].startswith(prefix)]
         if not keep:

@@ -25,8 +25,10 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
         dog = exports._folder_split(root, name, 8, "train")
         assert dog.classes == run_classes and dog.labels.tolist() == [run_classes.index("dog")]
         assert [p.split("/")[-2] for p in dog.paths] == ["dog"] and "labeled -1" not in capsys.readouterr().err
-    with pytest.raises(DataError, match=r"^'dog/\.\.' is not a sub-folder of "):
-        exports._folder_split(root, "dog/..", 8, "train")
+    (root / "dog" / "puppies").mkdir()
+    for name in ("dog/..", "dog/puppies"):  # (a user test: the deeper one was said to be no sub-folder at all)
+        with pytest.raises(DataError, match=f"^'{name}' is not a folder directly inside {root}: "):
+            exports._folder_split(root, name, 8, "train")
 
 
 def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):
