@@ -119,8 +119,13 @@ def stop_line(results: dict) -> str:
     """What a run stopped by a signal says: where, its checkpoint, the files it skipped so far."""
     n = results.get("skipped_files", 0)
     skipped = f"; {n:,} unreadable file{'s' * (n != 1)} skipped so far (listed in skipped_files.txt)" if n else ""
-    return (f"stopped by {results['stopped_by']} at step {results['step']}; checkpoint saved to "
-            f"{results['checkpoint']}{skipped}; continue with --resume")
+    at, ckpt = f"by {results['stopped_by']} at step {results['step']}", results["checkpoint"]
+    cut = results.get("knn_cut")
+    if cut == "end":  # the run is complete: nothing to resume
+        return (f"stopped {at}, the run's last, in its kNN evaluation; checkpoint saved to {ckpt}{skipped}; "
+                f"byol eval knn {ckpt} scores it")
+    during = " (in its kNN evaluation, which the resume scores first)" if cut is not None else ""
+    return f"stopped {at}{during}; checkpoint saved to {ckpt}{skipped}; continue with --resume"
 
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """Surviving faults: non-finite steps rolled back on the device, and stopping cleanly on a signal."""
 
 import signal
-from typing import Iterable, Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -102,12 +103,18 @@ class NonFiniteGuard:
         return value
 
 
+class Stopped(BaseException):
+    """A signal that cut short what :meth:`StopRequest.interrupting` wraps (a BaseException, as
+    KeyboardInterrupt is: no ``except Exception`` on the way, such as a decoder's, takes it for a failure)."""
+
+
 class StopRequest:
     """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal or ssh session; not where it is ignored, as
     under nohup) into a flag that the loop checks after each step.
 
     The loop then finishes the step, writes a checkpoint and exits; a second SIGINT
-    interrupts at once (KeyboardInterrupt). Handlers are restored on exit.
+    interrupts at once (KeyboardInterrupt). Within :meth:`interrupting`, a signal raises
+    :class:`Stopped` at once instead. Handlers are restored on exit.
     """
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
@@ -115,11 +122,27 @@ class StopRequest:
     def __init__(self):
         self.signum: Optional[int] = None
         self._previous: dict = {}
+        self._raising = False
 
     def _handle(self, signum, frame):
+        if self._raising:  # once: what handles Stopped is not cut short by the next signal but by a SIGINT's
+            self._raising = False
+            self.signum = self.signum or signum
+            raise Stopped
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+
+    @contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Work better cut short at a signal than finished (the kNN evaluation at an epoch's end, which
+        may take minutes, while a scheduler waits for the run to end): a signal that comes while it
+        runs raises :class:`Stopped` (one that came before it does not; :attr:`requested` says so)."""
+        self._raising = bool(self._previous)  # (not the main thread: no handlers, nothing comes)
+        try:
+            yield
+        finally:
+            self._raising = False
 
     def __enter__(self) -> "StopRequest":
         try:

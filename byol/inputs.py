@@ -1,6 +1,7 @@
 """What the learner is given, checked where torch would fail deep inside or go on silently wrong:
 its arguments and each batch, in one sentence."""
 
+import math
 import numbers
 import warnings
 
@@ -23,16 +24,40 @@ def check_arguments(net: object, image_size: object, default_views: bool) -> Non
                          f"{image_size}")
 
 
-def check_pixel_range(images: torch.Tensor) -> None:
-    """Refuse a float batch in 0..255, and warn of one with values below -0.5 (normalized, or random
-    like byol-pytorch's README example), and integers other than uint8: the augmentations take
-    floats in [0, 1] (or uint8)."""
+def check_settings(**settings) -> None:
+    """Refuse the learner's numbers that would build a broken model or drift silently: widths
+    (``projection_size``, ``projection_hidden_size``) whole numbers >= 1, ``moving_average_decay`` in
+    [0, 1] (above 1 the target moves away from the online network), ``total_steps`` None or >= 1."""
+    for name in ("projection_size", "projection_hidden_size", "total_steps"):
+        value = settings[name]
+        if value is None and name == "total_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, but got {value!r:.60}")
+    tau = settings["moving_average_decay"]
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau <= 1:
+        raise ValueError(f"moving_average_decay (the EMA rate tau) must be a number in [0, 1] (the paper's 0.996), "
+                         f"but got {tau!r:.60}")
+
+
+def check_pixel_type(images: torch.Tensor) -> None:
+    """Refuse integers other than uint8 (and bool): the default augmentations take uint8 or floats in
+    [0, 1]. The dtype alone, no host sync: it runs on every call."""
     if not images.is_floating_point() and images.dtype != torch.uint8:
         raise ValueError(f"images of dtype {images.dtype} are neither uint8 (0..255) nor float in [0, 1]; "
                          "convert them, e.g. images.to(torch.uint8) for 8-bit pixels")
+
+
+def check_pixel_range(images: torch.Tensor) -> None:
+    """Refuse a float batch in 0..255 or holding NaN, and warn of one with values below -0.5
+    (normalized, or random like byol-pytorch's README example): the augmentations take floats in
+    [0, 1] (or uint8). One host sync: the learner asks it of its first batch."""
+    check_pixel_type(images)
     if not (images.is_floating_point() and images.numel()):
         return
     low, high = (float(v) for v in torch.aminmax(images.detach()))  # one host sync
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError("this batch of images holds NaN; the augmentations take floats in [0, 1] (or uint8)")
     # -0.5 and 2, not 0 and 1: resizing with antialiasing or bicubic interpolation overshoots a little.
     if low >= -0.5 and high > 2:
         raise ValueError(f"float images must be in [0, 1], but this batch reaches {high:.4g}; "
@@ -42,6 +67,16 @@ def check_pixel_range(images: torch.Tensor) -> None:
                       "the default augmentations clip colours to [0, 1] and normalize the views themselves, so give "
                       "the images before Normalize (ToTensor() alone gives [0, 1]), or pass your own augment_fn",
                       stacklevel=5)  # the caller's learner(x): forward, Module._call_impl, _wrapped_call_impl
+
+
+def check_embedding_input(images: torch.Tensor) -> None:
+    """``learner(x, return_embedding=True)`` feeds ``x`` to the network as it is, as byol-pytorch does:
+    uint8 pixels, which the default views take, would fail deep inside the first convolution."""
+    if not images.is_floating_point():
+        raise ValueError(f"return_embedding feeds the images to the network as they are (as byol-pytorch does), "
+                         f"not through the views' scaling, so {images.dtype} cannot go in; give floats as the views "
+                         f"are, normalized with learner.augment1.config.mean and .std, or use byol.features."
+                         f"extract_features(learner.encoder, images, mean=..., std=...), which takes uint8")
 
 
 def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:

@@ -10,6 +10,7 @@ from . import distributed as dist
 from .build import TrainData, eval_crop, views_of
 from .config import Config
 from .evaluate import knn_accuracy
+from .faults import StopRequest, Stopped
 from .metrics import MetricsLog
 from .model import BYOL
 from .reporting import log_knn, shows_bars
@@ -58,3 +59,18 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
         when = {"epoch": step / steps_per_epoch, "time_s": float(saved.get("time_s", 0.0))}
         results["knn"] = log_knn(log, step, knn(), t.knn_k, when)
     return knn
+
+
+def score_unless_stopped(knn: Callable[[], dict], stop: StopRequest, stopping: bool, world: int) -> Optional[dict]:
+    """``knn()``, or None where a signal came while it ran or since the loop last asked (``stopping``:
+    what it found then, a signal in the last step, leaves the run's final kNN to run). In one process;
+    under torchrun it runs to its end: its collectives would need every rank to stop at the same point."""
+    if world > 1:
+        return knn()
+    if stop.requested and not stopping:  # came while the step was logged or saved
+        return None
+    try:
+        with stop.interrupting():
+            return knn()
+    except Stopped:
+        return None

@@ -13,7 +13,8 @@ from torch import nn
 from .backbones import cut_at, feature_width, flat_representation
 from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target, update_target
-from .inputs import check_arguments, check_batch_shape, check_pixel_range
+from .inputs import (check_arguments, check_batch_shape, check_embedding_input, check_pixel_range, check_pixel_type,
+                     check_settings)
 from .loss import byol_loss
 from .schedules import tau_schedule
 
@@ -86,8 +87,9 @@ class BYOL(nn.Module):
     * ``loss = model(view1, view2)``: two augmented batches in, the symmetrized loss out.
     * ``loss = model(images)``: byol-pytorch style; both views are drawn here with
       ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default). With the default
-      augmentations, images are uint8 or float in [0, 1]; the first batch is checked (one host
-      sync, once): a float batch in 0..255 is a ``ValueError``, one below -0.5 (normalized) a warning.
+      augmentations, images are uint8 or float in [0, 1]; each batch's dtype is checked, and the
+      first batch's values (one host sync, once): a float batch in 0..255 or holding NaN is a
+      ``ValueError``, one below -0.5 (normalized) a warning.
 
     Inputs are (B, 3, H, W) batches, with B >= 2 in training mode (the projector's and predictor's
     BatchNorm need two images per batch); another shape is a ``ValueError``.
@@ -138,6 +140,8 @@ class BYOL(nn.Module):
                  feature_dim: Optional[int] = None, trace: bool = True):
         super().__init__()
         check_arguments(net, image_size, default_views=augment_fn is None)
+        check_settings(projection_size=projection_size, projection_hidden_size=projection_hidden_size,
+                       moving_average_decay=moving_average_decay, total_steps=total_steps)
         sem = (sem_num_simplices, sem_simplex_dim, sem_temperature)
         if use_simplicial_embeddings or (use_simplicial_embeddings is None and any(v is not None for v in sem)):
             # (sem_* alone: byol-pytorch's default turns it on; with False it ignores them, as here)
@@ -202,7 +206,8 @@ class BYOL(nn.Module):
         """The loss for two views, or for one batch of images augmented here.
 
         With ``return_embedding=True`` it returns the online (projection, embedding) of ``x``
-        instead, as byol-pytorch does (only the embedding if ``return_projection=False``);
+        instead, as byol-pytorch does (only the embedding if ``return_projection=False``), ``x``
+        fed to the network as it is (with the default views, a float batch: uint8 is a ``ValueError``);
         byol-pytorch's positional ``learner(x, True)`` and ``learner(x, True, False)`` mean the same.
         """
         if view2 is not None and (not torch.is_tensor(view2) or view2.dim() == 0):
@@ -223,13 +228,17 @@ class BYOL(nn.Module):
         min_batch = self.min_train_batch if needs_batch_stats else 1
         check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
         if return_embedding:
+            if self.rgb_input:
+                check_embedding_input(x)
             return self.online_encoder(x, return_projection=return_projection)
         if view2 is not None:
             check_batch_shape(view2, min_batch)
         else:
-            if self.check_first_batch:  # only the first: the check reads a value back to the host
+            if self.check_first_batch:  # the range of the first alone: the check reads a value back to the host
                 check_pixel_range(x)
                 self.check_first_batch = False
+            elif self.rgb_input:
+                check_pixel_type(x)
             x, view2 = self.augment_fn(x), self.augment_fn2(x)
             if self.rgb_input:  # float32 views, for a network that learner.to(dtype) may have converted
                 dtype = next((p.dtype for p in self.online.parameters() if p.is_floating_point()), x.dtype)

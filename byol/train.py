@@ -24,7 +24,7 @@ from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
 from .faults import NonFiniteGuard, StopRequest
-from .knn_monitor import knn_monitor
+from .knn_monitor import knn_monitor, score_unless_stopped
 from .memory import check_step_fits
 from .metrics import KNN_PREFIX, MetricsLog, read_metrics
 from .model import BYOL
@@ -104,7 +104,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
 
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
-    SIGINT finishes the current step, writes the checkpoint and returns (``results["stopped_by"]``).
+    SIGINT finishes the current step (or cuts a kNN evaluation short: ``results["knn_cut"]``, ``"epoch"``
+    or ``"end"``), writes the checkpoint and returns (``results["stopped_by"]``).
     A start that fails before its first step has finished leaves the folder as it found it. The
     caller's random number generators (torch's, CUDA's, NumPy's, Python's) and cuDNN's benchmark
     flag are left as they were.
@@ -225,8 +226,10 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                 if step % t.log_every == 0 or step == end_step:
                     results["loss"] = report(step, z1, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
+                cut = False
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
-                    _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results)
+                    cut = _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results, stop)
+                    stopping = stopping or cut
                     if rank == 0:
                         report.note_data_wait(config, host_kept)
                     if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
@@ -235,8 +238,10 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss"), scored),
                               file=sys.stderr)
                 if stopping:
-                    if step < end_step:  # a signal in the last step: the run is complete all the same
+                    if step < end_step or cut:  # a signal in the last step: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
+                    if cut:  # the kNN evaluation of the run's end, or of an epoch's (scored when it resumes)
+                        results["knn_cut"] = "end" if step == end_step else "epoch"
                     break
     except BaseException:  # the plots of what it logged (a diverged run, say, before its first checkpoint)
         if folder is not None and folder.started:  # (else the start's files are undone)
@@ -337,29 +342,39 @@ def _epoch_batches(data: TrainData, epoch: int, started_later: bool = False) -> 
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
-               report: Report, checkpoints: Checkpoints, results: dict) -> None:
+               report: Report, checkpoints: Checkpoints, results: dict, stop: StopRequest) -> bool:
     """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
     no kNN monitor) when due (every ``train.knn_every`` epochs, but at a stop, which leaves it to the
     resume; and at the end, also where a stop came in the last step: the run is complete and is not
     resumed), its accuracies in ``results["knn"]``, and the checkpoint (:meth:`Checkpoints.save`;
-    ``epoch_N.pt`` kept every ``train.checkpoint_every`` epochs; at a stop, before the kNN); training's
-    clock (``report.clock``) paused while either may run."""
+    ``epoch_N.pt`` kept every ``train.checkpoint_every`` epochs; at a stop or the end, also before the
+    kNN); training's clock (``report.clock``) paused while either may run. Returns whether a signal
+    came during the kNN evaluation (in one process: it is then cut short, the run stops there and the
+    checkpoint says it is due)."""
     steps_per_epoch, clock = report.steps_per_epoch, report.clock
     epoch_done = step % steps_per_epoch == 0
     done_epochs = step // steps_per_epoch
     every = knn is not None and t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0
     knn_due = knn is not None and step == end_step or every and not stopping  # a stop in the last step: complete
-    checkpoints.extra["knn_due"] = every and not knn_due  # skipped by a stop: scored when the run resumes
     keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
-    final = stopping or step == end_step
+    final, cut = stopping or step == end_step, False
+
+    def save(due_knn: bool, final: bool) -> None:  # due_knn: a kNN evaluation left to the resume (knn_monitor)
+        checkpoints.extra["knn_due"] = due_knn
+        checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
+
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
-        if stopping:  # the checkpoint first, which a second signal or the scheduler's kill must not cost
-            checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
+        if final:  # the checkpoint first, which a second signal, the scheduler's kill or a failing kNN must not cost
+            save(every or knn_due, final=True)
         if knn_due:
-            results["knn"] = log_knn(report.log, step, knn(), t.knn_k, report.when(step))
-            results["knn_step"] = step
-        if not stopping:
-            checkpoints.save(step, keep, final=final, time_s=clock.time_s(), progress=report.progress)
+            scored = score_unless_stopped(knn, stop, stopping, checkpoints.world)
+            cut = scored is None
+            if not cut:
+                results["knn"] = log_knn(report.log, step, scored, t.knn_k, report.when(step))
+                results["knn_step"] = step
+        if not final or knn_due and not cut:  # (at the end: again, the kNN scored)
+            save(cut, final=final or cut)
+    return cut
 
 
 def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, log: Optional[MetricsLog],

@@ -141,6 +141,114 @@ def test_signal_finishes_the_step_saves_and_resumes_exactly(tmp_path, cifar, uni
                 "weights of an uninterrupted run; half-written files of a killed run are removed")
 
 
+def _signal_in_knn(monkeypatch, signum: int, call: int) -> list:
+    """The kNN monitor's evaluation sends ``signum`` to this process on its ``call``-th call (0: the one
+    at random initialization) and would then work for 10 s more; returns the list that such a call
+    appends to if it outlives its signal."""
+    import byol.knn_monitor
+    knn, calls, outlived = byol.knn_monitor.knn_eval, [], []
+
+    def signalled(*args, **kwargs):
+        calls.append(len(calls))
+        if calls[-1] == call:
+            os.kill(os.getpid(), signum)
+            time.sleep(10)  # a long evaluation (a large memory bank), which the signal must cut short
+            outlived.append(call)
+        return knn(*args, **kwargs)
+    monkeypatch.setattr(byol.knn_monitor, "knn_eval", signalled)
+    return outlived
+
+
+def _knn_records(run) -> list:
+    return [(r["step"], r["eval/knn_top1"]) for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
+
+
+def test_a_signal_during_an_epoch_s_knn_cuts_it_short_and_the_resume_scores_it(tmp_path, cifar, monkeypatch, capsys,
+                                                                               fault_table):
+    """A user test: SIGINT during an epoch's kNN evaluation was acted on 15 s later, after the evaluation
+    and one more training step; a scheduler's kill in that time would have cost the epoch."""
+    from byol.cli import main
+    settings = [cifar, *tiny_overrides(tmp_path / "b", **{"train.epochs": 2, "train.knn_every": 1,
+                                                          "train.knn_limit": 64, "optim.name": "sgd"})]
+    assert main(["pretrain", *settings, f"--train.out_dir={tmp_path / 'a'}"]) == 0  # uninterrupted
+    outlived = _signal_in_knn(monkeypatch, signal.SIGTERM, 1)  # the kNN at epoch 1's end, step 8
+    capsys.readouterr()
+    assert main(["pretrain", *settings]) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at step 8 (in its kNN evaluation, which the resume scores first); checkpoint " \
+           "saved to" in err and err.rstrip().endswith("continue with --resume"), err
+    assert outlived == [] and load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 8
+    assert [step for step, _ in _knn_records(tmp_path / "b")] == [0]
+    monkeypatch.undo()
+    assert main(["pretrain", "--resume", *settings]) == 0
+    assert [step for step, _ in _knn_records(tmp_path / "b")] == [0, 8, 16]
+    assert _knn_records(tmp_path / "b") == _knn_records(tmp_path / "a")
+    fault_table("SIGTERM during an epoch's kNN evaluation",
+                "the evaluation cut short at once, checkpoint written, exit 143; --resume scores it first: "
+                "the kNN records of an uninterrupted run")
+
+
+def test_a_signal_during_the_final_knn_cuts_it_short_and_keeps_the_last_checkpoint(tmp_path, cifar, monkeypatch,
+                                                                                    capsys, fault_table):
+    """A user test: SIGTERM during the kNN evaluation after the last step was not acted on (exit 0 once
+    it ended), and a second Ctrl-C in it lost the run: last.pt was written after it."""
+    from byol.cli import main
+    run = tmp_path / "run"
+    settings = [cifar, *tiny_overrides(run, **{"train.max_steps": 4, "train.knn_every": 0, "train.knn_limit": 64})]
+    outlived = _signal_in_knn(monkeypatch, signal.SIGINT, 1)
+    capsys.readouterr()
+    assert main(["pretrain", *settings]) == 130
+    err = capsys.readouterr().err
+    ckpt = run / "checkpoints" / "last.pt"
+    assert f"stopped by SIGINT at step 4, the run's last, in its kNN evaluation; checkpoint saved to {ckpt}; " \
+           f"byol eval knn {ckpt} scores it" in err, err
+    assert outlived == [] and load_checkpoint(ckpt)["step"] == 4 and [s for s, _ in _knn_records(run)] == [0]
+    monkeypatch.undo()
+    assert main(["pretrain", "--resume", *settings]) == 0 and "is finished" in capsys.readouterr().err
+    fault_table("SIGINT (Ctrl-C) during the kNN evaluation after the run's last step",
+                "the last step's checkpoint written before it; the evaluation cut short at once, exit 130, a line "
+                "saying that byol eval knn scores it")
+
+
+def test_a_signal_while_the_last_step_is_saved_skips_the_final_knn(tmp_path, cifar, monkeypatch, capsys):
+    """A signal after the loop's last look at the flag (while the step was logged or saved) and before the
+    kNN evaluation: found at its start, not after it (the run's end has no next step to find it)."""
+    import byol.knn_monitor
+    import byol.saving
+    from byol.cli import main
+    knn, save, calls = byol.knn_monitor.knn_eval, byol.saving.save_checkpoint, []
+    monkeypatch.setattr(byol.knn_monitor, "knn_eval", lambda *a, **k: calls.append("kNN") or knn(*a, **k))
+    signalled = lambda *a, **k: calls.append("last.pt") or os.kill(os.getpid(), signal.SIGTERM) or save(*a, **k)
+    monkeypatch.setattr(byol.saving, "save_checkpoint", signalled)
+    run = tmp_path / "run"
+    assert main(["pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 4, "train.knn_every": 0,
+                                                            "train.knn_limit": 64})]) == 143
+    assert calls == ["kNN", "last.pt"] and "the run's last, in its kNN evaluation" in capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_an_error_in_the_final_knn_keeps_the_last_checkpoint(tmp_path, cifar, monkeypatch, fault_table):
+    import byol.knn_monitor
+    from byol.config import load_config
+    from byol.train import pretrain
+    knn = byol.knn_monitor.knn_eval
+    calls = []
+
+    def out_of_memory_at_the_end(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (as a memory bank too large for the GPU)")
+        return knn(*args, **kwargs)
+    monkeypatch.setattr(byol.knn_monitor, "knn_eval", out_of_memory_at_the_end)
+    run = tmp_path / "run"
+    config = load_config("cifar10", [cifar, *tiny_overrides(run, **{"train.max_steps": 4, "train.knn_every": 0})])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pretrain(config)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    fault_table("an error (out of memory) in the kNN evaluation after the run's last step",
+                "the error raised; the last step's checkpoint was written before the evaluation")
+
+
 def test_a_run_whose_log_reader_is_gone_trains_on_and_a_hangup_stops_it_as_sigterm_does(tmp_path, cifar,
                                                                                          fault_table):
     """A user test: `nohup byol pretrain ... 2>&1 | tee log` died at its next epoch line once tee ended

@@ -294,6 +294,48 @@ def test_float_images_in_0_255_are_refused_at_the_first_batch(monkeypatch):
     assert torch.isfinite(custom(images * 255))
 
 
+def test_every_batch_s_dtype_is_checked_and_the_first_s_nan(monkeypatch):
+    """A user test: a learner first called with torch.rand trained on later int64 or bool batches as
+    floats, its views all but white; a NaN first batch trained on, poisoning BatchNorm's statistics."""
+    _, model = small_byol(augment_fn=None, augment_fn2=None)
+    images = torch.rand(4, 3, 32, 32)
+    model(images)  # the first batch: its range checked
+    for later in ((images * 255).long(), images > 0.5):
+        with pytest.raises(ValueError, match=f"images of dtype {later.dtype} are neither uint8"):
+            model(later)
+    assert torch.isfinite(model((images * 255).to(torch.uint8)))
+    _, fresh = small_byol(augment_fn=None, augment_fn2=None)
+    with pytest.raises(ValueError, match="holds NaN"):
+        fresh(torch.full((4, 3, 32, 32), float("nan")))
+
+
+def test_return_embedding_refuses_pixels_it_would_feed_the_network_as_they_are():
+    """A user test: README says feed uint8 or floats in [0, 1], but learner(uint8, return_embedding=True)
+    failed inside the first convolution ("expected scalar type Byte but found Float")."""
+    _, model = small_byol(augment_fn=None, augment_fn2=None)
+    model.eval()
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="return_embedding feeds the images to the network as they are .* "
+                                         "torch.uint8 cannot go in"):
+        model(pixels, return_embedding=True)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.augment1.config.mean, model.augment1.config.std))
+    x = (pixels / 255 - mean) / std  # as the message says: normalized as the views are
+    torch.testing.assert_close(model(x, return_embedding=True, return_projection=False), model.encoder(x).flatten(1))
+    _, custom = small_byol()  # the user's own augmentations: whatever the network takes, unchecked
+    custom.eval()
+    assert custom(torch.rand(2, 3, 32, 32), return_embedding=True)[1].shape == (2, 64)
+
+
+@pytest.mark.parametrize("setting, value", [("moving_average_decay", 1.5), ("moving_average_decay", -1),
+                                            ("moving_average_decay", "0.99"), ("projection_size", 0),
+                                            ("projection_hidden_size", 2.5), ("total_steps", 0)])
+def test_settings_that_build_a_broken_learner_fail_at_construction(setting, value):
+    """A user test: tau 1.5 extrapolated the target away from the online network, and projection_size=0
+    built empty layers, both silently."""
+    with pytest.raises(ValueError, match=f"{setting}.* but got {value!r}"):
+        BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, feature_dim=64, **{setting: value})
+
+
 def test_normalized_or_random_float_images_warn_once_and_train(recwarn):
     """byol-pytorch's README trains on torch.randn images, and a ToTensor()+Normalize loader gives
     values below 0: both run, with a warning that says what the default augmentations expect."""

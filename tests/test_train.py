@@ -1047,7 +1047,7 @@ def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10
     assert "stopped_by" not in results and results["step"] == 1
     scored = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
     assert scored == [0, 1] and results["knn"][200] == read_metrics(run / "metrics.jsonl")[-1]["eval/knn_top1"]
-    assert done == ["kNN", "last.pt", "kNN"]  # at random init, then the stop's checkpoint, then the last kNN
+    assert done == ["kNN", "last.pt", "kNN", "last.pt"]  # at random init, the stop's checkpoint, the last kNN, again
 
 
 def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp_path, cifar10_root, monkeypatch):
