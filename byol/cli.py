@@ -119,13 +119,9 @@ def stop_line(results: dict) -> str:
     """What a run stopped by a signal says: where, its checkpoint, the files it skipped so far."""
     n = results.get("skipped_files", 0)
     skipped = f"; {n:,} unreadable file{'s' * (n != 1)} skipped so far (listed in skipped_files.txt)" if n else ""
-    at, ckpt = f"by {results['stopped_by']} at step {results['step']}", results["checkpoint"]
-    cut = results.get("knn_cut")
-    if cut == "end":  # the run is complete: nothing to resume
-        return (f"stopped {at}, the run's last, in its kNN evaluation; checkpoint saved to {ckpt}{skipped}; "
-                f"byol eval knn {ckpt} scores it")
-    during = " (in its kNN evaluation, which the resume scores first)" if cut is not None else ""
-    return f"stopped {at}{during}; checkpoint saved to {ckpt}{skipped}; continue with --resume"
+    during = " (in its kNN evaluation, which the resume scores first)" if results.get("knn_cut") else ""
+    return (f"stopped by {results['stopped_by']} at step {results['step']}{during}; checkpoint saved to "
+            f"{results['checkpoint']}{skipped}; continue with --resume")
 
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
@@ -147,6 +143,11 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     bank, queries, split = results.get("knn_images", (0, 0, ""))  # train.knn_limit's, say, not eval's all
     on = f"{bank:,} train / {queries:,} {split} images"
     knn, init = results.get("knn", {}), results.get("knn_init", {})
+    if results.get("knn_cut") == "end":  # a signal from the last step on: an earlier epoch's kNN is not the run's
+        holdout = f" --holdout {config.train.knn_holdout}" if config.train.knn_holdout else ""
+        knn = {}
+        rows.append((f"kNN top-1 (k={k}, {on})", f"not scored: a signal came at the run's end; "
+                                                 f"byol eval knn {results['checkpoint']}{holdout} scores it"))
     if knn:
         rows.append((f"kNN top-1 (k={k}, {on})", f"{knn[k]:.2f}%"))
     if k in init:

@@ -125,7 +125,7 @@ class StopRequest:
         self._raising = False
 
     def _handle(self, signum, frame):
-        if self._raising:  # once: what handles Stopped is not cut short by the next signal but by a SIGINT's
+        if self._raising:  # once: a further signal, while Stopped is handled, is one outside interrupting()
             self._raising = False
             self.signum = self.signum or signum
             raise Stopped
@@ -135,9 +135,9 @@ class StopRequest:
 
     @contextmanager
     def interrupting(self) -> Iterator[None]:
-        """Work better cut short at a signal than finished (the kNN evaluation at an epoch's end, which
-        may take minutes, while a scheduler waits for the run to end): a signal that comes while it
-        runs raises :class:`Stopped` (one that came before it does not; :attr:`requested` says so)."""
+        """Within, a signal raises :class:`Stopped` at once, for work that a stop should cut short rather
+        than wait for (the kNN evaluation, which may take minutes while a scheduler waits for the run to
+        end). A signal that came before it raises nothing: :attr:`requested` says so."""
         self._raising = bool(self._previous)  # (not the main thread: no handlers, nothing comes)
         try:
             yield

@@ -73,9 +73,9 @@ def check_embedding_input(images: torch.Tensor) -> None:
     """``learner(x, return_embedding=True)`` feeds ``x`` to the network as it is, as byol-pytorch does:
     uint8 pixels, which the default views take, would fail deep inside the first convolution."""
     if not images.is_floating_point():
-        raise ValueError(f"return_embedding feeds the images to the network as they are (as byol-pytorch does), "
-                         f"not through the views' scaling, so {images.dtype} cannot go in; give floats as the views "
-                         f"are, normalized with learner.augment1.config.mean and .std, or use byol.features."
+        raise ValueError(f"return_embedding feeds the images to the network as they are, as byol-pytorch does, so "
+                         f"{images.dtype} cannot go in: scale them to [0, 1] and normalize them with "
+                         f"learner.augment1.config.mean and .std, as the views are, or embed them with byol.features."
                          f"extract_features(learner.encoder, images, mean=..., std=...), which takes uint8")
 
 

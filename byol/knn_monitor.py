@@ -61,13 +61,14 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
     return knn
 
 
-def score_unless_stopped(knn: Callable[[], dict], stop: StopRequest, stopping: bool, world: int) -> Optional[dict]:
-    """``knn()``, or None where a signal came while it ran or since the loop last asked (``stopping``:
-    what it found then, a signal in the last step, leaves the run's final kNN to run). In one process;
-    under torchrun it runs to its end: its collectives would need every rank to stop at the same point."""
+def score_unless_stopped(knn: Callable[[], dict], stop: StopRequest, world: int) -> Optional[dict]:
+    """``knn()``, or None where a signal has come (in one process; under torchrun it runs to its end:
+    its collectives would need every rank to stop at the same point). A signal that came before it
+    (while the step was logged or saved; in the run's last step) skips it, one while it runs cuts it
+    short."""
     if world > 1:
         return knn()
-    if stop.requested and not stopping:  # came while the step was logged or saved
+    if stop.requested:
         return None
     try:
         with stop.interrupting():

@@ -211,17 +211,18 @@ def note_cpu(config: Config, device: torch.device) -> None:
 def note_train_split(config: Config) -> None:
     """STL-10 pretrained on its 5,000 labeled images alone (the default ``data.train_split``, which
     suits CIFAR), where the field (and ``--config stl10``) takes train+unlabeled, 105,000 images; and
-    CIFAR or STL-10 pretrained on its test split, the images that the kNN monitor and ``byol eval``
-    score on."""
+    CIFAR or STL-10 pretrained on its test split, the images that ``byol eval`` scores on (and the kNN
+    monitor, but with ``train.knn_holdout``)."""
     d = config.data
     if d.dataset == "stl10" and d.train_split == "train":
         print("note: this run pretrains on STL-10's 5,000 labeled train images alone; STL-10 is usually "
               "pretrained on train+unlabeled, 105,000 images, as --config stl10 does "
               "(--data.train_split=train+unlabeled)", file=sys.stderr)
     elif d.dataset != "folder" and d.train_split == "test":
-        print(f"note: this run pretrains on {d.dataset}'s test split, the images that the kNN monitor and byol eval "
-              f"score on, so their accuracies will not measure images the encoder has not seen (the default "
-              f"--data.train_split is train)", file=sys.stderr)
+        who = "byol eval scores" if config.train.knn_holdout else "the kNN monitor and byol eval score"
+        print(f"note: this run pretrains on {d.dataset}'s test split, the images that {who} on, so their "
+              f"accuracies will not measure images the encoder has not seen (the default --data.train_split is "
+              f"train)", file=sys.stderr)
 
 
 def note_warmup(config: Config, steps_per_epoch: int) -> None:

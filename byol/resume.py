@@ -86,9 +86,10 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
     return limit or (FOLDER_KNN_LIMIT if config.data.dataset == "folder" else None)
 
 
-def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> set:
+def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> dict[int, float]:
     """Refuse settings a resume cannot change (the batch size, and the kNN monitor's queries and bank
-    where it has scored); return the steps of the run's kNN records up to the checkpoint's."""
+    where it has scored); return the steps of the run's kNN records up to the checkpoint's, with the
+    run's time (``time_s``) each was logged at."""
     saved_train = state["config"].get("train", {})
     saved_batch = saved_train.get("batch_size")
     if saved_batch != config.train.batch_size:
@@ -102,7 +103,8 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> se
                               f"under the same names in the logs: resume with --train.knn_holdout={saved_holdout}")
     saved_limit = saved_train.get("knn_limit", config.train.knn_limit)
     # The steps of the run's kNN records up to the checkpoint's (later ones are of steps trained again).
-    scored = {r.get("step") for r in read_metrics(ckpt_path.parent.parent / "metrics.jsonl")
+    records = read_metrics(ckpt_path.parent.parent / "metrics.jsonl")
+    scored = {r.get("step"): float(r.get("time_s", 0.0)) for r in records
               if "eval/knn_top1" in r and r.get("step", math.inf) <= state["step"]}
     # Where the run has kNN records (whichever start scored them), they are of this many images, also
     # past a start with the monitor off, which would otherwise carry a new number on to a later start
@@ -161,8 +163,9 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         else:
             _note_ended_by_data(state, config, steps_per_epoch)
     extra = dict(state.get("extra", {}))
-    if state["step"] in scored:  # a kNN a stop skipped, scored by a start that died before its next checkpoint
-        extra["knn_due"] = False
+    if state["step"] in scored:  # scored after the checkpoint was written: the run's end's, or one a stop skipped,
+        extra["knn_due"] = False  # scored by a start that died before its next checkpoint; its time goes on from it
+        extra["time_s"] = max(float(extra.get("time_s", 0.0)), scored[state["step"]])
     return state["step"], extra
 
 

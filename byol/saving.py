@@ -108,6 +108,11 @@ class Checkpoints:
         if not (folder / f"epoch_{epoch:04d}.pt").exists():
             copy_atomically(folder / "last.pt", folder / f"epoch_{epoch:04d}.pt")
 
+    def replot(self, progress=None) -> None:
+        """The plots drawn again (rank 0), with what was logged since the last :meth:`save`."""
+        if self.rank == 0:
+            self._plot(progress)
+
     def plot_quietly(self) -> None:
         """The plots of what a failed run logged, where they can be drawn (the run's error is what is said)."""
         if self.rank == 0:

@@ -238,9 +238,9 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss"), scored),
                               file=sys.stderr)
                 if stopping:
-                    if step < end_step or cut:  # a signal in the last step: the run is complete all the same
+                    if step < end_step:  # a signal from the last step on: the run is complete all the same
                         results["stopped_by"] = signal.Signals(stop.signum or signal.SIGTERM).name
-                    if cut:  # the kNN evaluation of the run's end, or of an epoch's (scored when it resumes)
+                    if cut:  # the kNN evaluation of the run's end (byol eval's), or of an epoch's (the resume's)
                         results["knn_cut"] = "end" if step == end_step else "epoch"
                     break
     except BaseException:  # the plots of what it logged (a diverged run, say, before its first checkpoint)
@@ -344,18 +344,17 @@ def _epoch_batches(data: TrainData, epoch: int, started_later: bool = False) -> 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],
                report: Report, checkpoints: Checkpoints, results: dict, stop: StopRequest) -> bool:
     """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
-    no kNN monitor) when due (every ``train.knn_every`` epochs, but at a stop, which leaves it to the
-    resume; and at the end, also where a stop came in the last step: the run is complete and is not
-    resumed), its accuracies in ``results["knn"]``, and the checkpoint (:meth:`Checkpoints.save`;
-    ``epoch_N.pt`` kept every ``train.checkpoint_every`` epochs; at a stop or the end, also before the
-    kNN); training's clock (``report.clock``) paused while either may run. Returns whether a signal
-    came during the kNN evaluation (in one process: it is then cut short, the run stops there and the
-    checkpoint says it is due)."""
+    no kNN monitor) when due (every ``train.knn_every`` epochs and at the run's end; not after a
+    signal, in one process: one at an epoch's end leaves it to the resume, one from the last step on
+    to ``byol eval knn``, and one while it runs cuts it short), its accuracies in ``results["knn"]``,
+    and the checkpoint (:meth:`Checkpoints.save`; ``epoch_N.pt`` kept every ``train.checkpoint_every``
+    epochs; at a stop or the run's end, before the kNN); training's clock (``report.clock``) paused
+    while either may run. Returns whether a signal left a due kNN evaluation unscored."""
     steps_per_epoch, clock = report.steps_per_epoch, report.clock
     epoch_done = step % steps_per_epoch == 0
     done_epochs = step // steps_per_epoch
     every = knn is not None and t.knn_every > 0 and epoch_done and done_epochs % t.knn_every == 0
-    knn_due = knn is not None and step == end_step or every and not stopping  # a stop in the last step: complete
+    knn_due = knn is not None and step == end_step or every and not stopping
     keep = done_epochs if epoch_done and t.checkpoint_every > 0 and done_epochs % t.checkpoint_every == 0 else None
     final, cut = stopping or step == end_step, False
 
@@ -365,15 +364,17 @@ def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Op
 
     with clock.paused() if knn_due or checkpoints.may_write(keep, final) else nullcontext():
         if final:  # the checkpoint first, which a second signal, the scheduler's kill or a failing kNN must not cost
-            save(every or knn_due, final=True)
+            save(every or knn_due, final=True)  # (a resume finds a kNN record logged at its step: not due)
         if knn_due:
-            scored = score_unless_stopped(knn, stop, stopping, checkpoints.world)
+            scored = score_unless_stopped(knn, stop, checkpoints.world)
             cut = scored is None
             if not cut:
                 results["knn"] = log_knn(report.log, step, scored, t.knn_k, report.when(step))
                 results["knn_step"] = step
-        if not final or knn_due and not cut:  # (at the end: again, the kNN scored)
-            save(cut, final=final or cut)
+                if final:
+                    checkpoints.replot(report.progress)  # the plots with this kNN's point
+        if not final:
+            save(cut, final=cut)
     return cut
 
 

@@ -57,5 +57,7 @@ def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
     """--data.train_split=test trains on the images the kNN monitor and byol eval score on: said, not silent."""
     pretrain(two_steps("stl10", tmp_path, "--data.train_split=test"))
     assert "note: this run pretrains on stl10's test split" in capsys.readouterr().err
+    pretrain(two_steps("stl10", tmp_path / "held", "--data.train_split=test", "--train.knn_holdout=4"))
+    assert "the images that byol eval scores on" in capsys.readouterr().err  # the monitor's are train images
     pretrain(two_steps("stl10", tmp_path / "again", "--data.train_split=train+unlabeled"))
     assert "test split" not in capsys.readouterr().err

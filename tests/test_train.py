@@ -260,15 +260,17 @@ def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_
                                                                                       monkeypatch):
     """Every record (kNN ones too) says its epoch (1.0: the first one's end) and the run's seconds
     (each step 1 s, a kNN evaluation 100 s, a checkpoint write 10 s, the plots 1000 s); a resumed run
-    goes on from the time its checkpoint was written at (it started from 0 again, or had no time)."""
+    goes on from the time its checkpoint was written at (it started from 0 again, or had no time), or
+    from its kNN record's at that step, logged after it (the run's end writes its checkpoint first)."""
     on_a_fake_clock(monkeypatch)
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.max_steps=6"))
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root), resume=True)
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [(r["step"], r["epoch"], r["time_s"], "eval/knn_top1" in r) for r in records] == [
         (0, 0.0, 0.0, True), (1, 0.25, 1.0, False), (2, 0.5, 2.0, False), (3, 0.75, 3.0, False), (4, 1.0, 4.0, False),
-        (4, 1.0, 104.0, True), (5, 1.25, 1115.0, False), (6, 1.5, 1116.0, False), (6, 1.5, 1216.0, True),
-        (7, 1.75, 1217.0, False), (8, 2.0, 1218.0, False), (8, 2.0, 1318.0, True)]
+        (4, 1.0, 104.0, True), (5, 1.25, 1115.0, False), (6, 1.5, 1116.0, False),
+        # the first start's end: its checkpoint and plots (1010 s), its kNN; the resume goes on from 2226 s, not 1116
+        (6, 1.5, 2226.0, True), (7, 1.75, 2227.0, False), (8, 2.0, 2228.0, False), (8, 2.0, 3338.0, True)]
     counts = [(r["train/skipped_steps"], r["train/nonfinite_streak"]) for r in records if "train/loss" in r]
     assert all(type(n) is int for pair in counts for n in pair), counts  # counts, not 0.0
 
@@ -1027,16 +1029,18 @@ def test_a_plain_resume_says_where_it_goes_on_from_once(tmp_path, cifar10_root, 
     assert "is finished: step 3" in err and "note: resuming" not in err, err
 
 
-def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10_root, monkeypatch):
-    """A user test: SIGTERM in the last step completed the run but skipped its final kNN (which a
-    resume of the finished run never makes up), and the closing table showed an earlier epoch's."""
+def test_a_stop_in_the_last_step_completes_the_run_and_leaves_its_final_knn_to_eval(tmp_path, cifar10_root,
+                                                                                   monkeypatch):
+    """SIGTERM in the last step: the run is complete (a resume would find it finished), its checkpoint
+    written, and the final kNN, which could take minutes, is not run but said to be unscored (a user
+    test found the closing table showing an earlier epoch's kNN as the run's)."""
     class SignalledAtOnce(byol.faults.StopRequest):  # SIGTERM during step 1 of 1
         def __enter__(self):
             self.signum = signal.SIGTERM
             return self
 
     monkeypatch.setattr(byol.train, "StopRequest", SignalledAtOnce)
-    done = []  # the checkpoint before that kNN, which could take minutes: a second signal must not cost it
+    done = []
     knn, save = byol.knn_monitor.knn_eval, byol.saving.save_checkpoint
     monkeypatch.setattr(byol.knn_monitor, "knn_eval", lambda *a, **k: done.append("kNN") or knn(*a, **k))
     monkeypatch.setattr(byol.saving, "save_checkpoint", lambda *a, **k: done.append("last.pt") or save(*a, **k))
@@ -1044,10 +1048,29 @@ def test_a_stop_in_the_last_step_still_scores_the_finished_run(tmp_path, cifar10
     results = pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": 0,
                                                                      "train.knn_limit": 64}) +
                                    [f"--data.root={cifar10_root}"]))
-    assert "stopped_by" not in results and results["step"] == 1
-    scored = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
-    assert scored == [0, 1] and results["knn"][200] == read_metrics(run / "metrics.jsonl")[-1]["eval/knn_top1"]
-    assert done == ["kNN", "last.pt", "kNN", "last.pt"]  # at random init, the stop's checkpoint, the last kNN, again
+    assert "stopped_by" not in results and results["step"] == 1 and results["knn_cut"] == "end"
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r] == [0]
+    assert done == ["kNN", "last.pt"]  # at random init, then the checkpoint
+
+
+def test_the_final_knn_is_scored_after_the_last_checkpoint_and_a_longer_resume_does_not_score_it_again(
+        tmp_path, cifar10_root, monkeypatch):
+    """The run's last checkpoint is written before its final kNN (which says it is due: the record
+    logged after it tells a resume that it is not), and the plots are drawn again with its point."""
+    run = tmp_path / "run"
+    settings = tiny_overrides(run, **{"train.knn_every": 0, "train.knn_limit": 64}) + [f"--data.root={cifar10_root}"]
+    plot, plotted = byol.saving.plot_metrics, []
+
+    def plot_and_note(path, *args, **kwargs):  # the kNN steps each drawing of the plots had
+        plotted.append([r["step"] for r in read_metrics(path) if "eval/knn_top1" in r])
+        return plot(path, *args, **kwargs)
+    monkeypatch.setattr(byol.saving, "plot_metrics", plot_and_note)
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]))
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r] == [0, 4]
+    assert plotted[-1] == [0, 4]
+    monkeypatch.undo()
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=6"]), resume=True)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r] == [0, 4, 6]
 
 
 def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp_path, cifar10_root, monkeypatch):
