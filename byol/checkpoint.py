@@ -357,6 +357,7 @@ def saved_step(path: Path) -> Optional[int]:
     """The step a checkpoint was written at, read without loading its tensors (mmap); None where the
     file is not a readable checkpoint."""
     try:
+        _check_format(path)  # (torch.load of a TorchScript export warns, then loads the module)
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
     except Exception:  # not a checkpoint of ours, or torn
         return None

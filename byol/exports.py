@@ -260,18 +260,41 @@ def _architecture(config: Config) -> str:
             + (f",{stem}" if stem else ""))
 
 
+_NAMED = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "config": "config.yaml"}
+_EXPORT_FILES = (*_NAMED.values(), "export.json")  # export.json names the other three
+
+
+def _check_export_folder(out_dir: Path, source: Union[str, Path]) -> None:
+    """Refuse, before the work, a folder whose files an export would replace unless an earlier export
+    wrote them (its export.json beside them says so): a run directory's config.yaml, or a user's own."""
+    own = f"export into a folder of its own, such as {out_dir / 'export'}"
+    if (out_dir / "checkpoints").is_dir():  # its config.yaml is what --resume reads
+        raise OutputError(f"{out_dir} is a run directory (it holds checkpoints/); {own}")
+    for name in _EXPORT_FILES:
+        check_writable(out_dir / name, source=source)
+    held = [name for name in _EXPORT_FILES if (out_dir / name).exists()]
+    if held and not _is_an_export(out_dir / "export.json"):
+        raise OutputError(f"{out_dir} holds a {held[0]} that no byol export wrote (no export.json of one is "
+                          f"beside it), which this would replace; {own}")
+
+
+def _is_an_export(info: Path) -> bool:
+    try:
+        written = json.loads(info.read_text())
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(written, dict) and all(written.get(key) == name for key, name in _NAMED.items())
+
+
 @usual_torch_defaults()
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
     ``export.json`` (what to feed it; the files by their names in ``out_dir``; the checkpoint's
     training ``step`` and ``epoch``, which ``byol eval`` of ``encoder.pt`` reports) and the run's config.
-    Returns export.json's contents, the two files as paths under ``out_dir``."""
+    Returns export.json's contents, the two files as paths under ``out_dir``. An earlier export's files there
+    are replaced; a run directory, or a folder holding such a file that no export wrote, is refused."""
     out_dir = Path(out_dir)
-    if (out_dir / "checkpoints").is_dir():  # its config.yaml is what --resume reads
-        raise OutputError(f"{out_dir} is a run directory (it holds checkpoints/); export into a folder of its own, "
-                          f"such as {out_dir / 'export'}")
-    for name in ("encoder.pt", "encoder_torchscript.pt", "config.yaml", "export.json"):
-        check_writable(out_dir / name, source=path)
+    _check_export_folder(out_dir, path)
     net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)
     with torch.random.fork_rng(devices=[]):  # the same export, byte for byte, of the same checkpoint
         torch.manual_seed(0)  # (its classifier is a fresh one, untrained: only its shape matters)
@@ -284,9 +307,8 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     view1, _ = views_of(config)
     # export.json names the files beside it, so that the folder can be moved or copied whole.
     inputs = _eval_input(config, view1.mean, view1.std)
-    info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "config": "config.yaml",
-            "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem, "width": config.model.width,
-            "architecture": _architecture(config), "step": origin["step"], "epoch": origin["epoch"], "input": inputs,
+    info = {**_NAMED, "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem,
+            "width": config.model.width, "architecture": _architecture(config), "step": origin["step"], "epoch": origin["epoch"], "input": inputs,
             "output": {"features": feature_dim(net, inputs["image_size"]),
                        "layer": "the flattened global average pool (avgpool); fc is not part of the encoder "
                                 "(encoder_torchscript.pt ends without it; in encoder.pt it is a fresh, untrained one)"}}

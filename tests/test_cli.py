@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -723,6 +724,31 @@ def test_outputs_that_would_replace_what_is_read_are_refused(capsys, trained, tm
         assert line == (f"byol: error: {other / name} is a run's {name}, which this would replace; "
                         "choose another --out")
     assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+
+
+def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, trained, tmp_path):
+    """A folder holding a config.yaml (or an export.json, encoder.pt) that no export wrote is refused; before, an
+    export into it replaced that file."""
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    for name, text in (("config.yaml", "lr: 3\n"), ("export.json", '{"mine": 1}\n'), ("encoder.pt", "weights")):
+        mine = tmp_path / name.replace(".", "_")
+        mine.mkdir()
+        (mine / name).write_text(text)
+        _, line = main_error(capsys, "export", ckpt, "--out", mine)
+        assert line == (f"byol: error: {mine} holds a {name} that no byol export wrote (no export.json of one is "
+                        f"beside it), which this would replace; export into a folder of its own, such as "
+                        f"{mine / 'export'}")
+        assert [p.name for p in mine.iterdir()] == [name] and (mine / name).read_text() == text
+    from byol.cli import main
+    out = tmp_path / "exported"
+    assert main(["export", str(ckpt), "--out", str(out)]) == 0
+    first = (out / "encoder.pt").read_bytes()
+    (out / "encoder.pt").write_bytes(b"stale")
+    with warnings.catch_warnings(record=True) as caught:  # it warned of torch.load reading the TorchScript file
+        warnings.simplefilter("always")
+        assert main(["export", str(ckpt), "--out", str(out)]) == 0  # an earlier export's files are replaced
+    assert [str(w.message) for w in caught] == []
+    assert (out / "encoder.pt").read_bytes() == first
 
 
 def test_a_linear_probe_with_one_train_image_is_one_sentence(capsys, trained):
