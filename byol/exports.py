@@ -308,7 +308,8 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     # export.json names the files beside it, so that the folder can be moved or copied whole.
     inputs = _eval_input(config, view1.mean, view1.std)
     info = {**_NAMED, "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem,
-            "width": config.model.width, "architecture": _architecture(config), "step": origin["step"], "epoch": origin["epoch"], "input": inputs,
+            "width": config.model.width, "architecture": _architecture(config), "step": origin["step"],
+            "epoch": origin["epoch"], "input": inputs,
             "output": {"features": feature_dim(net, inputs["image_size"]),
                        "layer": "the flattened global average pool (avgpool); fc is not part of the encoder "
                                 "(encoder_torchscript.pt ends without it; in encoder.pt it is a fresh, untrained one)"}}
