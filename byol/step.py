@@ -234,18 +234,28 @@ def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torc
     return torch.stack([torch.where(ok, loss, 0.0), torch.where(ok, normalized_std(z1), 0.0), okf])
 
 
-def channels_last_crashes(byol: BYOL, batch: int, device: torch.device, image_size: Optional[int] = None) -> bool:
-    """Whether channels_last would crash this step: on a CPU, torch 2.14's oneDNN corrupts the heap
-    (abort or segfault) in the weight gradient of a 1x1 stride-2 convolution with fewer than 16
-    input channels (a ResNet narrower than 16, as ``model.width=8``) at an odd batch, or at views
-    larger than 32x32 (``image_size``). Measured with one such convolution, batch 13 (7 and 15 too):
-    4, 8 and 12 input channels crash; 16, 20, 24, 32, 48 and 64 do not; NCHW does not; batch 12 does
-    not. With the width-8 CIFAR-stem ResNet-18 at batch 16: 56, 64, 128 and 224 px crash (96 did
-    once); 24, 32, 40 and 48 do not, nor 24 and 32 px at batches 8, 64 and 256; NCHW does not."""
-    per_pass = batch * (2 if byol.concat_views else 1)
-    return device.type == "cpu" and (per_pass % 2 == 1 or (image_size or 0) > 32) and any(
-        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 16
-        for m in byol.online.modules())
+def channels_last_crash(byol: BYOL, batch: int, device: torch.device, image_size: Optional[int] = None
+                        ) -> Optional[str]:
+    """Where channels_last would crash this step, why (for a note); None where it would not. On a
+    CPU, torch 2.14's oneDNN corrupts the heap
+    (abort, segfault, or with more threads a hang) in the weight gradient of a 1x1 stride-2
+    convolution with 2 to 7 input channels at any batch (a ResNet narrower than 8, as
+    ``model.width=4``), and with 8 to 15 (as ``model.width=8``) at an odd batch, or at views larger
+    than 32x32 (``image_size``). Measured with one such convolution, 10 steps, one thread: 2 to 7
+    input channels crash at batches 16, 32 and 64 and at 8 to 32 px (7 passed at 8 px); 1, 8 to 16 do
+    not there; at batch 13 (7 and 15 too) 4, 8 and 12 crash, 16 to 64 do not. 3x3 and 1x1 stride-1
+    convolutions with 2 to 12 do not; NCHW does not. With the width-8 CIFAR-stem ResNet-18 at batch 16:
+    56, 64, 128 and 224 px crash (96 did once); 24, 32, 40 and 48 do not, nor 24 and 32 px at batches
+    8, 64 and 256."""
+    narrow = [m.in_channels for m in byol.online.modules()
+              if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 16]
+    if device.type != "cpu" or not narrow:
+        return None
+    if min(narrow) < 8:
+        return "a strided 1x1 convolution narrower than 8 channels"
+    if batch * (2 if byol.concat_views else 1) % 2 == 1:
+        return f"an odd batch of {batch}"
+    return f"views of {image_size}x{image_size}" if (image_size or 0) > 32 else None
 
 
 class ViewsForward(nn.Module):

@@ -34,7 +34,7 @@ from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, not
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
-from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crashes
+from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crash
 
 
 def _load_data(config: Config, device: torch.device, rank: int, world: int, resume: bool) -> TrainData:
@@ -288,14 +288,11 @@ def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int,
     """The step's (loss computation, augmentations): channels_last where that does not crash,
     DDP-wrapped under torchrun, compiled with ``train.compile=true``; augmentations None for byol's
     own view recipes."""
-    nchw = channels_last_crashes(byol, batch, device, image_size)
-    if nchw and rank == 0:
-        odd = batch % 2 and not byol.concat_views
-        where = f"an odd batch ({batch})" if odd else f"views of {image_size}x{image_size}"
-        print(f"note: at {where} this narrow encoder trains in NCHW, not channels_last, on the CPU: "
-              "channels_last crashes torch's convolution there",
-              file=sys.stderr)
-    views = ViewsForward(byol, channels_last=not nchw)
+    crash = channels_last_crash(byol, batch, device, image_size)
+    if crash and rank == 0:
+        print(f"note: this narrow encoder trains in NCHW, not channels_last, on the CPU ({crash}): "
+              "channels_last crashes torch's convolution there", file=sys.stderr)
+    views = ViewsForward(byol, channels_last=crash is None)
     forward = dist.wrap_ddp(views, device) if world > 1 else views
     # auto is eager for now: the compiled step is not yet verified on a GPU (BENCHMARKS.md, "GPU": on the
     # first one lent, its first steps did not end within 4 minutes and its CUDA loss test failed).
