@@ -318,19 +318,45 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     _check_format(path)
+    _check_crc(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
+        if not reason:  # (another UnpicklingError, as 'Unsupported operand 0': damaged bytes)
+            raise _corrupt(path, type(e).__name__) from None
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data, which "
-            f"could run code when unpickled ({reason.split(' was not')[0] or 'unsafe pickle'})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated and cannot be read ({type(e).__name__}); use an earlier "
-            "one (a run keeps checkpoints/epoch_NNNN.pt when train.checkpoint_every > 0; to resume from one, "
-            "copy it over checkpoints/last.pt)") from None
+            f"could run code when unpickled ({reason.split(' was not')[0]})") from None
+    except Exception as e:  # damaged bytes fail in many ways: UnicodeDecodeError, KeyError, EOFError, ...
+        raise _corrupt(path, type(e).__name__) from None
     return state
+
+
+def _corrupt(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or truncated and cannot be read ({why}); use an earlier one (a run keeps "
+        "checkpoints/epoch_NNNN.pt when train.checkpoint_every > 0; to resume from one, copy it over "
+        "checkpoints/last.pt)")
+
+
+def _check_crc(path: Path) -> None:
+    """Refuse a checkpoint whose bytes no longer match the CRC-32 that torch.save wrote with each of its
+    records: torch.load does not check them, and loaded a flipped byte in a tensor silently."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            for record in z.infolist():
+                if record.CRC:  # (0: written without one, as torch.save with compute_crc32 off)
+                    with z.open(record) as f:
+                        while f.read(1 << 24):  # the check is made at the record's end
+                            pass
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise _corrupt(path, "its bytes do not match their CRC-32" if "CRC" in str(e) else type(e).__name__) \
+            from None
+    except (OSError, NotImplementedError, RuntimeError):  # left to torch.load
+        return
 
 
 def _check_format(path: Path) -> None:

@@ -1,6 +1,7 @@
 import errno
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +245,46 @@ def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):
         load_checkpoint(tmp_path / "other.pt")
     fault_table("checkpoint truncated to half its size, or empty", "CheckpointError: one sentence, nothing loaded")
     fault_table("file that is not a byol checkpoint", "CheckpointError: one sentence, nothing loaded")
+
+
+def _damaged(path: Path, out: Path, find: bytes) -> Path:
+    """A copy of ``path`` with the first byte of ``find`` in it flipped to one that is no UTF-8's first byte."""
+    data = bytearray(path.read_bytes())
+    data[data.index(find)] ^= 0xF0
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_damaged_byte_is_a_corrupt_checkpoint_not_a_traceback_nor_a_silent_load(tmp_path, fault_table):
+    """A user test flipped single bytes of a checkpoint: in its pickle, a UnicodeDecodeError traceback or 'holds objects
+    other than tensors' (an 'Unsupported operand'); in a tensor, a silent load of the wrong weights."""
+    model, opt = make()
+    with torch.no_grad():
+        model[0].weight.fill_(1234.5)
+    save_checkpoint(tmp_path / "a.pt", model, opt, 0, {})
+    marker = torch.tensor(1234.5).numpy().tobytes() * 4
+    crc = "corrupt or truncated and cannot be read (its bytes do not match their CRC-32)"
+    for find in (marker, b"weight"):  # a tensor's bytes, a string in the pickle
+        with pytest.raises(CheckpointError, match=re.escape(crc)):
+            load_checkpoint(_damaged(tmp_path / "a.pt", tmp_path / "bad.pt", find))
+    # Without CRC-32s (torch.save with them off), the pickle's failures are still named as corruption.
+    torch.serialization.set_crc32_options(False)
+    try:
+        save_checkpoint(tmp_path / "plain.pt", model, opt, 0, {})
+    finally:
+        torch.serialization.set_crc32_options(True)
+    load_checkpoint(tmp_path / "plain.pt")  # (its records' CRC-32s are 0: not checked)
+    undecodable = "corrupt or truncated and cannot be read (UnicodeDecodeError)"
+    with pytest.raises(CheckpointError, match=re.escape(undecodable)):
+        load_checkpoint(_damaged(tmp_path / "plain.pt", tmp_path / "bad.pt", b"weight"))
+    data = bytearray((tmp_path / "plain.pt").read_bytes())
+    at = data.index(b"data.pkl") + 200  # past the record's name and header: inside the pickle's opcodes
+    data[at:at + 50] = bytes(50)
+    (tmp_path / "zeros.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or truncated and cannot be read"):
+        load_checkpoint(tmp_path / "zeros.pt")
+    fault_table("checkpoint with one byte flipped (in a tensor, or in its pickle), or 50 bytes of its pickle zeroed",
+                "CheckpointError: one sentence, corrupt (CRC-32 mismatch), nothing loaded")
 
 
 class _WritesAFile:
