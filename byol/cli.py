@@ -142,14 +142,15 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     k = config.train.knn_k
     bank, queries, split = results.get("knn_images", (0, 0, ""))  # train.knn_limit's, say, not eval's all
     on = f"{bank:,} train / {queries:,} {split} images"
+    at_k = f"k={k}" + (f" > {bank:,}: all vote" if 0 < bank < k else "")  # as eval's note says
     knn, init = results.get("knn", {}), results.get("knn_init", {})
     if results.get("knn_cut") == "end":  # a signal from the last step on: an earlier epoch's kNN is not the run's
         holdout = f" --holdout {config.train.knn_holdout}" if config.train.knn_holdout else ""
         knn = {}
-        rows.append((f"kNN top-1 (k={k}, {on})", f"not scored: a signal came at the run's end; "
+        rows.append((f"kNN top-1 ({at_k}, {on})", f"not scored: a signal came at the run's end; "
                                                  f"byol eval knn {results['checkpoint']}{holdout} scores it"))
     if knn:
-        rows.append((f"kNN top-1 (k={k}, {on})", f"{knn[k]:.2f}%"))
+        rows.append((f"kNN top-1 ({at_k}, {on})", f"{knn[k]:.2f}%"))
     if k in init:
         rows.append((f"kNN top-1 at random init ({on})", f"{init[k]:.2f}%"))
     elif set(init) & set(knn):  # a resume asked for another k: the pair at a k measured both times (20)

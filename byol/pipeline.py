@@ -209,8 +209,9 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
         raise source.nothing_decoded()
     if len(indices) < len(source):  # under torchrun, rank 0 knows the reasons of its own share only
         example = "".join(f" (e.g. {escape_name(p)}: {r})" for p, r in list(source.bad_files.items())[:1])
-        note(f"{len(source) - len(indices):,} of the {len(source):,} image files in {source.root} could not be decoded "
-             f"and are left out{example}")
+        bad = len(source) - len(indices)
+        note(f"{bad:,} of the {len(source):,} image files in {source.root} could not be decoded and "
+             f"{'is' if bad == 1 else 'are'} left out{example}")
     return feats, labels, indices
 
 

@@ -215,8 +215,8 @@ def note_train_split(config: Config) -> None:
     monitor, but with ``train.knn_holdout``)."""
     d = config.data
     if d.dataset == "stl10" and d.train_split == "train":
-        print("note: this run pretrains on STL-10's 5,000 labeled train images alone; STL-10 is usually "
-              "pretrained on train+unlabeled, 105,000 images, as --config stl10 does "
+        print("note: this run pretrains on STL-10's labeled train split alone; STL-10 is usually pretrained on "
+              "train+unlabeled (in the full set 5,000 + 100,000 images), as --config stl10 does "
               "(--data.train_split=train+unlabeled)", file=sys.stderr)
     elif d.dataset != "folder" and d.train_split == "test":
         who = "byol eval scores" if config.train.knn_holdout else "the kNN monitor and byol eval score"

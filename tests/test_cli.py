@@ -412,7 +412,7 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
                 *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
                                         "data.limit": 12}))  # 12 of the 30 files: one epoch of 2 steps
     assert "kNN top-1 at random init (30 train / 20 val images)" in proc.stdout, proc.stdout
-    assert "kNN top-1 (k=200, 30 train / 20 val images)" in proc.stdout, proc.stdout
+    assert "kNN top-1 (k=200 > 30: all vote, 30 train / 20 val images)" in proc.stdout, proc.stdout
     assert "unreadable files skipped" not in proc.stdout and not (run / "skipped_files.txt").exists()  # none were
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
@@ -985,7 +985,7 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
             *tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_holdout": 1000, "train.knn_limit": 64})]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "kNN top-1 (k=200, 64 train / 64 held-out train images)" in out, out
+    assert "kNN top-1 (k=200 > 64: all vote, 64 train / 64 held-out train images)" in out, out
     assert "kNN top-1 at random init (64 train / 64 held-out train images)" in out, out
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"  # eval of the same held-out images, written apart from test's
     assert main(["eval", "knn", str(ckpt), "--holdout", "1000", "--limit", "40", "--k", "5"]) == 0

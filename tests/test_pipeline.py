@@ -51,7 +51,7 @@ def test_a_folder_is_embedded_as_it_streams_in_order_without_its_bad_files(tmp_p
     expected = extract_features(net, whole.images, mean=view1.mean, std=view1.std)
     torch.testing.assert_close(feats, expected)
     assert list(folder.bad_files) == [str(root / "cat" / "corrupt.jpg")]
-    assert f"note: 1 of the 31 image files in {root} could not be decoded and are left out (e.g. " \
+    assert f"note: 1 of the 31 image files in {root} could not be decoded and is left out (e.g. " \
         f"{root / 'cat' / 'corrupt.jpg'}: " in capsys.readouterr().err
 
 
