@@ -284,7 +284,8 @@ def test_a_damaged_byte_is_a_corrupt_checkpoint_not_a_traceback_nor_a_silent_loa
     with pytest.raises(CheckpointError, match="corrupt or truncated and cannot be read"):
         load_checkpoint(tmp_path / "zeros.pt")
     fault_table("checkpoint with one byte flipped (in a tensor, or in its pickle), or 50 bytes of its pickle zeroed",
-                "CheckpointError: one sentence, corrupt (CRC-32 mismatch), nothing loaded")
+                "CheckpointError: one sentence saying it is corrupt (a CRC-32 mismatch, where torch.save stored them), "
+                "nothing loaded")
 
 
 class _WritesAFile:
