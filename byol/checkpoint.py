@@ -322,7 +322,8 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), "")
+        reason = next((line.strip() for line in str(e).splitlines()  # ('unsupported GLOBAL posix.system whose
+                       if "unsupported global" in line.lower()), "")  # module posix is blocked', too)
         if not reason:  # (another UnpicklingError, as 'Unsupported operand 0': damaged bytes)
             raise _corrupt(path, type(e).__name__) from None
         raise CheckpointError(

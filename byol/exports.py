@@ -274,7 +274,7 @@ def _check_export_folder(out_dir: Path, source: Union[str, Path]) -> None:
         check_writable(out_dir / name, source=source)
     held = [name for name in _EXPORT_FILES if (out_dir / name).exists()]
     if held and not _is_an_export(out_dir / "export.json"):
-        raise OutputError(f"{out_dir} holds a {held[0]} that no byol export wrote (no export.json of one is "
+        raise OutputError(f"{out_dir} holds {held[0]}, which no byol export wrote (no export.json of one is "
                           f"beside it), which this would replace; {own}")
 
 

@@ -298,6 +298,13 @@ class _WritesAFile:
         return (open, (str(self.path), "w"))
 
 
+class _RunsACommand:
+    """Unpickling this calls ``os.system``: torch names such a global in lower case ('unsupported GLOBAL')."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 def test_malicious_pickle_is_refused_and_never_executed(tmp_path, fault_table):
     marker = tmp_path / "pwned.txt"
     model, opt = make()
@@ -313,6 +320,9 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path, fault_table):
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+    torch.save({"model": model.state_dict(), "payload": _RunsACommand()}, tmp_path / "system.pt")
+    with pytest.raises(CheckpointError, match="refused: it holds objects other than tensors"):  # not 'corrupt'
+        load_checkpoint(tmp_path / "system.pt")
     fault_table("checkpoint carrying a pickled payload that writes a file when unpickled",
                 "refused by weights_only=True with one sentence; the file is never written")
 

@@ -735,7 +735,7 @@ def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, t
         mine.mkdir()
         (mine / name).write_text(text)
         _, line = main_error(capsys, "export", ckpt, "--out", mine)
-        assert line == (f"byol: error: {mine} holds a {name} that no byol export wrote (no export.json of one is "
+        assert line == (f"byol: error: {mine} holds {name}, which no byol export wrote (no export.json of one is "
                         f"beside it), which this would replace; export into a folder of its own, such as "
                         f"{mine / 'export'}")
         assert [p.name for p in mine.iterdir()] == [name] and (mine / name).read_text() == text
