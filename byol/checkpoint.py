@@ -354,8 +354,8 @@ def _check_crc(path: Path) -> None:
                         while f.read(1 << 24):  # the check is made at the record's end
                             pass
     except (zipfile.BadZipFile, EOFError) as e:
-        raise _corrupt(path, "its bytes do not match their CRC-32" if "CRC" in str(e) else type(e).__name__) \
-            from None
+        why = "its bytes do not match their CRC-32" if "CRC" in str(e) else type(e).__name__
+        raise _corrupt(path, why) from None
     except (OSError, NotImplementedError, RuntimeError):  # left to torch.load
         return
 

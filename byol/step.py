@@ -237,11 +237,10 @@ def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torc
 def channels_last_crash(byol: BYOL, batch: int, device: torch.device, image_size: Optional[int] = None
                         ) -> Optional[str]:
     """Where channels_last would crash this step, why (for a note); None where it would not. On a
-    CPU, torch 2.14's oneDNN corrupts the heap
-    (abort, segfault, or with more threads a hang) in the weight gradient of a 1x1 stride-2
-    convolution with 2 to 7 input channels at any batch (a ResNet narrower than 8, as
-    ``model.width=4``), and with 8 to 15 (as ``model.width=8``) at an odd batch, or at views larger
-    than 32x32 (``image_size``). Measured with one such convolution, 10 steps, one thread: 2 to 7
+    CPU, torch 2.14's oneDNN corrupts the heap (abort, segfault, or with more threads a hang) in the
+    weight gradient of a 1x1 stride-2 convolution with 2 to 7 input channels at any batch (a ResNet
+    narrower than 8, as ``model.width=4``), and with 8 to 15 (as ``model.width=8``) at an odd batch,
+    or at views larger than 32x32 (``image_size``). Measured with one such convolution, 10 steps, one thread: 2 to 7
     input channels crash at batches 16, 32 and 64 and at 8 to 32 px (7 passed at 8 px); 1, 8 to 16 do
     not there; at batch 13 (7 and 15 too) 4, 8 and 12 crash, 16 to 64 do not. 3x3 and 1x1 stride-1
     convolutions with 2 to 12 do not; NCHW does not. With the width-8 CIFAR-stem ResNet-18 at batch 16:
