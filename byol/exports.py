@@ -286,6 +286,23 @@ def _is_an_export(info: Path) -> bool:
     return isinstance(written, dict) and all(written.get(key) == name for key, name in _NAMED.items())
 
 
+def _script(net: torch.nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(net)``, first dropping any entry of TorchScript's table of builtin functions that
+    bears the id() of one of ``net``'s attributes that is no function. The table is keyed by id(), and torch
+    keeps the ids of functions it has since freed (``torch.library`` drops an op's function when it defines
+    another overload of it); an attribute given such an object's memory (a Conv2d's padding list, say) was
+    then taken for that builtin: 'builtin cannot be used as a value', at random, in a process that had done
+    other work (CI). A live object that is no function cannot be a builtin, so its entry is a stale one."""
+    table = getattr(torch.jit._builtins, "_get_builtin_table", dict)()  # (private: a torch without it drops none)
+    for module in net.modules():
+        for value in vars(module).values():
+            if not callable(value):
+                table.pop(id(value), None)
+    with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
+        return torch.jit.script(net)
+
+
 @usual_torch_defaults()
 def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
@@ -301,9 +318,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     state = {k: v for k, v in net.state_dict().items()}
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
-    with warnings.catch_warnings():  # TorchScript is what was asked for; torch >= 2.10 calls it deprecated
-        warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=FutureWarning)
-        scripted = torch.jit.script(net.eval())
+    scripted = _script(net.eval())
     view1, _ = views_of(config)
     # export.json names the files beside it, so that the folder can be moved or copied whole.
     inputs = _eval_input(config, view1.mean, view1.std)
