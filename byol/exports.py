@@ -274,16 +274,21 @@ def _check_export_folder(out_dir: Path, source: Union[str, Path]) -> None:
         check_writable(out_dir / name, source=source)
     held = [name for name in _EXPORT_FILES if (out_dir / name).exists()]
     if held and not _is_an_export(out_dir / "export.json"):
-        raise OutputError(f"{out_dir} holds {held[0]}, which no byol export wrote (no export.json of one is "
-                          f"beside it), which this would replace; {own}")
+        raise OutputError(f"{out_dir} holds {held[0]}, which this would replace, and no byol export wrote it "
+                          f"(no export.json of one is beside it); {own}")
 
 
 def _is_an_export(info: Path) -> bool:
+    """Whether ``info`` is an export.json that byol wrote: one naming the files beside it as they are named
+    now, or as exports before 1 December 2026 named them (by their paths, and config.yaml not at all)."""
     try:
         written = json.loads(info.read_text())
     except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
         return False
-    return isinstance(written, dict) and all(written.get(key) == name for key, name in _NAMED.items())
+    if not isinstance(written, dict) or written.get("config", _NAMED["config"]) != _NAMED["config"]:
+        return False
+    return "backbone" in written and all(isinstance(written.get(key), str) and Path(written[key]).name == name
+                                         for key, name in _NAMED.items() if key != "config")
 
 
 def _script(net: torch.nn.Module) -> torch.jit.ScriptModule:

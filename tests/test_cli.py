@@ -735,8 +735,8 @@ def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, t
         mine.mkdir()
         (mine / name).write_text(text)
         _, line = main_error(capsys, "export", ckpt, "--out", mine)
-        assert line == (f"byol: error: {mine} holds {name}, which no byol export wrote (no export.json of one is "
-                        f"beside it), which this would replace; export into a folder of its own, such as "
+        assert line == (f"byol: error: {mine} holds {name}, which this would replace, and no byol export wrote it "
+                        f"(no export.json of one is beside it); export into a folder of its own, such as "
                         f"{mine / 'export'}")
         assert [p.name for p in mine.iterdir()] == [name] and (mine / name).read_text() == text
     from byol.cli import main
@@ -749,6 +749,11 @@ def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, t
         assert main(["export", str(ckpt), "--out", str(out)]) == 0  # an earlier export's files are replaced
     assert [str(w.message) for w in caught] == []
     assert (out / "encoder.pt").read_bytes() == first
+    written = (out / "export.json").read_text()
+    old = {"state_dict": str(out / "encoder.pt"), "torchscript": str(out / "encoder_torchscript.pt"),
+           "backbone": "resnet18", "cifar_stem": True, "width": 8, "input": {}}  # as exports before 1 Dec wrote it
+    (out / "export.json").write_text(json.dumps(old))  # (they were refused: 'no byol export wrote')
+    assert main(["export", str(ckpt), "--out", str(out)]) == 0 and (out / "export.json").read_text() == written
 
 
 def test_a_linear_probe_with_one_train_image_is_one_sentence(capsys, trained):
