@@ -293,11 +293,13 @@ def _is_an_export(info: Path) -> bool:
 
 def _script(net: torch.nn.Module) -> torch.jit.ScriptModule:
     """``torch.jit.script(net)``, first dropping any entry of TorchScript's table of builtin functions that
-    bears the id() of one of ``net``'s attributes that is no function. The table is keyed by id(), and torch
-    keeps the ids of functions it has since freed (``torch.library`` drops an op's function when it defines
-    another overload of it); an attribute given such an object's memory (a Conv2d's padding list, say) was
-    then taken for that builtin: 'builtin cannot be used as a value', at random, in a process that had done
-    other work (CI). A live object that is no function cannot be a builtin, so its entry is a stale one."""
+    bears the id() of an attribute, of ``net`` or of any of its submodules, that is not callable."""
+    # The table is keyed by id() and keeps the ids of functions torch has since freed (torch.library frees
+    # an op's function when it defines another overload of it, or removes a library's ops). An attribute
+    # given such a function's memory (a Conv2d's _reversed_padding_repeated_twice, say) was taken for that
+    # builtin: 'builtin cannot be used as a value', at random (CI). Every builtin is callable, so an entry
+    # bearing the id of a live object that is not callable is a stale one. (Globals and closure values that
+    # scripted code reads are looked up the same way; the exported ResNet reads none.)
     table = getattr(torch.jit._builtins, "_get_builtin_table", dict)()  # (private: a torch without it drops none)
     for module in net.modules():
         for value in vars(module).values():
@@ -318,7 +320,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     out_dir = Path(out_dir)
     _check_export_folder(out_dir, path)
     net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)
-    with torch.random.fork_rng(devices=[]):  # the same export, byte for byte, of the same checkpoint
+    with torch.random.fork_rng(devices=[]):  # the same encoder.pt, byte for byte, of the same checkpoint
         torch.manual_seed(0)  # (its classifier is a fresh one, untrained: only its shape matters)
         full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     state = {k: v for k, v in net.state_dict().items()}

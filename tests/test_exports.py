@@ -245,15 +245,16 @@ def test_embeddings_are_written_straight_into_their_file_and_a_full_disk_there_k
 
 
 def test_export_scripts_a_layer_whose_attribute_has_the_id_of_a_function_torch_has_freed():
-    """CI: export failed at random ('builtin cannot be used as a value', at a Conv2d's padding list) in a
-    process that had done other work: TorchScript's table of builtins is keyed by id() and keeps those of
-    functions torch.library has since freed, which a new object can be given. Here one is, on purpose."""
+    """CI: export failed at random ('builtin cannot be used as a value', at a Conv2d's
+    ``_reversed_padding_repeated_twice``) in a process that had done other work: TorchScript's table of
+    builtins is keyed by id() and keeps those of functions torch.library has since freed, which a new object
+    can be given. Here one is, on purpose."""
     import torch
     from byol.backbones import resnet
     net = resnet("resnet18", cifar_stem=True, width=8).eval()
     table = torch.jit._builtins._get_builtin_table()
     padding = net.layer2[0].conv1._reversed_padding_repeated_twice
-    table[id(padding)] = "aten::freed_long_ago"  # as if a freed op had lived where this list now lives
+    table[id(padding)] = "aten::freed_long_ago"  # as if a freed op had lived where this tuple now lives
     try:
         scripted = exports._script(net)
     finally:
