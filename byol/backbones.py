@@ -220,30 +220,33 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
     return HookedLayer(net, hidden_layer)
 
 
-def feature_dim(encoder: nn.Module, image_size: int) -> int:
+def feature_dim(encoder: nn.Module, image_size: int, dtype: torch.dtype = torch.float32) -> int:
     """The width of ``encoder``'s flattened output, found on the meta device (no real compute)."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in
             [*encoder.named_parameters(), *encoder.named_buffers()]}
-    x = torch.empty(2, 3, image_size, image_size, device="meta")
+    x = torch.empty(2, 3, image_size, image_size, device="meta", dtype=dtype)
     with keep_modes(encoder):
         encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
         out = torch.func.functional_call(encoder, meta, (x,))
     return out.flatten(1).shape[1]
 
 
-def feature_width(encoder: nn.Module, image_size: int, device: torch.device) -> int:
-    """The width of ``encoder``'s flattened output: found on the meta device (no real compute), or,
-    for a forward that reads values (data-dependent control flow), by running two blank images."""
+def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> int:
+    """The width of ``encoder``'s flattened output for (2, 3, image_size, image_size) images of ``dtype``:
+    found on the meta device (no real compute), or, for a forward that reads values (data-dependent
+    control flow), by running two blank images. A network that does not run on them is a ValueError."""
     try:
-        return feature_dim(encoder, image_size)
+        return feature_dim(encoder, image_size, dtype)
     except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
         with keep_modes(encoder), torch.no_grad():
             encoder.eval()  # eval so BatchNorm does not update its running statistics
             try:
-                out = encoder(torch.zeros(2, 3, image_size, image_size, device=device))
-            except RuntimeError as e:  # torch's shape errors: say which input it was
+                out = encoder(torch.zeros(2, 3, image_size, image_size, device=device, dtype=dtype))
+            except (RuntimeError, AssertionError) as e:  # torch's shape errors; torch._assert's (torchvision's ViT)
+                why = (str(e).splitlines() or [""])[0] or type(e).__name__
                 raise ValueError(f"net does not run on {image_size}x{image_size} images (image_size="
-                                 f"{image_size}): {str(e).splitlines()[0]}; the representation's width is found "
+                                 f"{image_size}): {why}; the representation's width is found "
                                  "on (2, 3, image_size, image_size) images: for a network taking other inputs "
                                  "(another number of channels), give BYOL(..., feature_dim=D)") from e
     # A cut layer's output is checked where it is taken; this is the network's own.

@@ -69,14 +69,20 @@ def check_pixel_range(images: torch.Tensor) -> None:
                       stacklevel=5)  # the caller's learner(x): forward, Module._call_impl, _wrapped_call_impl
 
 
-def check_embedding_input(images: torch.Tensor) -> None:
-    """``learner(x, return_embedding=True)`` feeds ``x`` to the network as it is, as byol-pytorch does:
-    uint8 pixels, which the default views take, would fail deep inside the first convolution."""
-    if not images.is_floating_point():
-        raise ValueError(f"return_embedding feeds the images to the network as they are, as byol-pytorch does, so "
-                         f"{images.dtype} cannot go in: scale them to [0, 1] and normalize them with "
-                         f"learner.augment1.config.mean and .std, as the views are, or embed them with byol.features."
-                         f"extract_features(learner.encoder, images, mean=..., std=...), which takes uint8")
+def check_network_input(images: torch.Tensor, views: bool = False) -> None:
+    """``learner(x, return_embedding=True)`` feeds ``x`` to the network as it is, as byol-pytorch does,
+    and ``learner(view1, view2)`` its views: uint8 pixels, which the default views take, would fail
+    deep inside the first convolution ("expected scalar type Byte but found Float")."""
+    if images.is_floating_point():
+        return
+    if views:
+        raise ValueError(f"learner(view1, view2) feeds the views to the network as they are, so {images.dtype} "
+                         "cannot go in: scale them to [0, 1] and normalize them as your network expects, or pass "
+                         "the images alone, learner(images), which draws the paper's two views (uint8 or [0, 1])")
+    raise ValueError(f"return_embedding feeds the images to the network as they are, as byol-pytorch does, so "
+                     f"{images.dtype} cannot go in: scale them to [0, 1] and normalize them with "
+                     f"learner.augment1.config.mean and .std, as the views are, or embed them with byol.features."
+                     f"extract_features(learner.encoder, images, mean=..., std=...), which takes uint8")
 
 
 def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:

@@ -13,10 +13,13 @@ from torch import nn
 from .backbones import cut_at, feature_width, flat_representation
 from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target, update_target
-from .inputs import (check_arguments, check_batch_shape, check_embedding_input, check_pixel_range, check_pixel_type,
+from .inputs import (check_arguments, check_batch_shape, check_network_input, check_pixel_range, check_pixel_type,
                      check_settings)
 from .loss import byol_loss
 from .schedules import tau_schedule
+
+
+_eager_pixel_range = torch.compiler.disable(check_pixel_range)
 
 
 class MLP(nn.Sequential):
@@ -84,7 +87,8 @@ class BYOL(nn.Module):
 
     Two ways to call it:
 
-    * ``loss = model(view1, view2)``: two augmented batches in, the symmetrized loss out.
+    * ``loss = model(view1, view2)``: two augmented batches in, the symmetrized loss out; they go
+      into the network as they are (with the default augmentations, uint8 is a ``ValueError``).
     * ``loss = model(images)``: byol-pytorch style; both views are drawn here with
       ``augment_fn`` / ``augment_fn2`` (the paper's two recipes by default). With the default
       augmentations, images are uint8 or float in [0, 1]; each batch's dtype is checked, and the
@@ -98,7 +102,8 @@ class BYOL(nn.Module):
     ``learner.net`` and ``learner.online_encoder`` (``.net``, ``.projector``) are there.
 
     Args:
-        net: the encoder, any ``nn.Module`` taking (B, 3, H, W).
+        net: the encoder, any ``nn.Module`` taking (B, 3, H, W); the projector and predictor are
+            built in its dtype.
         image_size: side of the augmented views; also used to find the feature width.
         hidden_layer: where the representation is taken, as in byol-pytorch: an index into
             ``net``'s children (default ``-2``, a torchvision ResNet's avgpool), or a module
@@ -151,12 +156,15 @@ class BYOL(nn.Module):
         # Not a registered submodule: the encoder below holds its parameters, and the state_dict
         # keeps one copy of each.
         object.__setattr__(self, "net", net)
-        first = next(chain(net.parameters(), net.buffers()), None)
-        device = first.device if first is not None else torch.device("cpu")
+        tensors = list(chain(net.parameters(), net.buffers()))
+        device = tensors[0].device if tensors else torch.device("cpu")
+        # The probe's and MLPs' dtype is net's (net.double() before the learner, as learner.double() after)
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
         encoder = cut_at(net, hidden_layer, trace=trace)
-        dim = feature_dim or feature_width(encoder, image_size, device)
-        projector = MLP(dim, projection_hidden_size, projection_size)
+        dim = feature_dim or feature_width(encoder, image_size, device, dtype)
+        projector = MLP(dim, projection_hidden_size, projection_size).to(dtype)
         predictor = MLP(projection_size, projection_hidden_size, projection_size) if use_predictor else nn.Identity()
+        predictor = predictor.to(dtype)
         if sync_batchnorm is None:  # byol-pytorch's default
             sync_batchnorm = world_size() > 1
         if sync_batchnorm:
@@ -229,13 +237,17 @@ class BYOL(nn.Module):
         check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
         if return_embedding:
             if self.rgb_input:
-                check_embedding_input(x)
+                check_network_input(x)
             return self.online_encoder(x, return_projection=return_projection)
         if view2 is not None:
             check_batch_shape(view2, min_batch)
+            if self.rgb_input:  # an image network; with augment_fn given, its views may be anything (tokens)
+                check_network_input(x, views=True)
+                check_network_input(view2, views=True)
         else:
             if self.check_first_batch:  # the range of the first alone: the check reads a value back to the host
-                check_pixel_range(x)
+                # Under torch.compile(learner), run as it is: a break in the graph, not torch's warning of one
+                (_eager_pixel_range if torch.compiler.is_compiling() else check_pixel_range)(x)
                 self.check_first_batch = False
             elif self.rgb_input:
                 check_pixel_type(x)

@@ -326,6 +326,21 @@ def test_return_embedding_refuses_pixels_it_would_feed_the_network_as_they_are()
     assert custom(torch.rand(2, 3, 32, 32), return_embedding=True)[1].shape == (2, 64)
 
 
+def test_two_views_are_refused_as_pixels_the_network_would_take_as_they_are():
+    """A user test: learner(view1, view2) with uint8 views failed inside the first convolution
+    ("expected scalar type Byte but found Float"); the docs did not say they go in as they are."""
+    _, model = small_byol(augment_fn=None, augment_fn2=None)
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    for view1, view2 in ((pixels, pixels / 255), (pixels / 255, pixels)):
+        with pytest.raises(ValueError, match=r"^learner\(view1, view2\) feeds the views to the network as they "
+                                             r"are, so torch.uint8 cannot go in: .* learner\(images\), which"):
+            model(view1, view2)
+    assert torch.isfinite(model(pixels / 255, pixels / 255))
+    _, custom = small_byol()  # the user's own augmentations: whatever the network takes, unchecked
+    with pytest.raises(RuntimeError, match="Byte"):
+        custom(pixels, pixels)
+
+
 @pytest.mark.parametrize("setting, value", [("moving_average_decay", 1.5), ("moving_average_decay", -1),
                                             ("moving_average_decay", "0.99"), ("projection_size", 0),
                                             ("projection_hidden_size", 2.5), ("total_steps", 0)])
@@ -438,6 +453,48 @@ def test_a_wrong_net_or_image_size_is_a_clear_error_at_construction():
     BYOL(net, image_size=2, projection_size=8, projection_hidden_size=16)(torch.zeros(2, 3, 8, 8))  # the least
     with pytest.raises(ValueError, match=r"^net does not run on 4x4 images \(image_size=4\): .*Kernel size"):
         BYOL(nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten()), image_size=4, hidden_layer=-1)
+
+
+class FixedSize(nn.Module):
+    """A network that checks its input's size as a bare ``assert`` does (which pytest would rewrite here,
+    giving it a message), in a way symbolic tracing cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            raise AssertionError
+        return self.pool(self.conv(x))
+
+
+def test_a_network_that_asserts_its_input_size_is_a_clear_error_at_construction():
+    """A user test: torchvision's ViT at another image_size raised a bare AssertionError ("Wrong image
+    height! ..."), where the docs promise a ValueError naming image_size; so did a bare ``assert``."""
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1,
+                                              hidden_dim=8, mlp_dim=8)
+    with pytest.raises(ValueError, match=r"^net does not run on 16x16 images \(image_size=16\): Wrong image "
+                                         r"height! Expected 32 .*feature_dim=D\)$"):
+        BYOL(vit, image_size=16, hidden_layer="encoder")
+    assert BYOL(vit, image_size=32, hidden_layer="encoder", projection_hidden_size=16).online.projector[0].in_features
+    with pytest.warns(UserWarning, match="symbolic tracing could not cut"), pytest.raises(
+            ValueError, match=r"^net does not run on 16x16 images \(image_size=16\): AssertionError; "):
+        BYOL(FixedSize(), image_size=16, hidden_layer="pool")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_a_network_converted_before_the_learner_is_built_trains_in_its_dtype(dtype):
+    """A user test: BYOL(net.double(), ...) failed with "net does not run on 32x32 images ... Input type
+    (float) and bias type (double)": the width was probed, and the MLPs built, in float32."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 10)).to(dtype)
+    learner = BYOL(net, image_size=16, projection_size=8, projection_hidden_size=16)
+    loss = learner(torch.rand(4, 3, 16, 16))
+    loss.backward()
+    assert net[0].weight.grad.dtype == dtype  # (the loss is float32: byol_loss computes it so)
+    assert {p.dtype for p in learner.parameters()} == {dtype}
 
 
 class DictOutput(nn.Module):
@@ -558,3 +615,20 @@ def test_synchronized_batchnorm_under_bf16_autocast_as_batchnorm(monkeypatch):
     torch.testing.assert_close(y, expected)
     torch.testing.assert_close(synced.running_mean, ref.running_mean)
     torch.testing.assert_close(synced.running_var, ref.running_var)
+
+
+def test_torch_compile_of_the_learner_checks_the_first_batch_without_a_warning_of_a_graph_break(capfd):
+    """A user test: torch.compile(learner) trained, but its first call printed torch's 14-line warning of a
+    graph break (Tensor.item() in the first batch's range check)."""
+    torch._dynamo.reset()
+    _, model = small_byol(augment_fn=None, augment_fn2=None)
+    compiled = torch.compile(model, backend="eager")
+    images = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(1)
+    first, second = compiled(images), compiled(images)
+    assert "Graph break" not in capfd.readouterr().err
+    _, eager = small_byol(augment_fn=None, augment_fn2=None)
+    torch.manual_seed(1)
+    torch.testing.assert_close((first, second), (eager(images), eager(images)))
+    with pytest.raises(ValueError, match="reaches 255"):  # the check still runs
+        torch.compile(small_byol(augment_fn=None, augment_fn2=None)[1], backend="eager")(images * 255)
