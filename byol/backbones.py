@@ -2,6 +2,7 @@
 
 import contextlib
 import numbers
+import re
 import warnings
 from typing import Iterator, Optional, Union
 
@@ -220,24 +221,30 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
     return HookedLayer(net, hidden_layer)
 
 
-def feature_dim(encoder: nn.Module, image_size: int, dtype: torch.dtype = torch.float32) -> int:
-    """The width of ``encoder``'s flattened output, found on the meta device (no real compute)."""
+def _meta_output(encoder: nn.Module, image_size: int, dtype: torch.dtype):
+    """``encoder``'s output for (2, 3, image_size, image_size) images, on the meta device (no real compute)."""
     meta = {k: torch.empty_like(v, device="meta") for k, v in
             [*encoder.named_parameters(), *encoder.named_buffers()]}
     x = torch.empty(2, 3, image_size, image_size, device="meta", dtype=dtype)
     with keep_modes(encoder):
         encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
-        out = torch.func.functional_call(encoder, meta, (x,))
-    return out.flatten(1).shape[1]
+        return torch.func.functional_call(encoder, meta, (x,))
+
+
+def feature_dim(encoder: nn.Module, image_size: int, dtype: torch.dtype = torch.float32) -> int:
+    """The width of ``encoder``'s flattened output, found on the meta device (no real compute)."""
+    return _meta_output(encoder, image_size, dtype).flatten(1).shape[1]
 
 
 def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
-                  dtype: torch.dtype = torch.float32) -> int:
-    """The width of ``encoder``'s flattened output for (2, 3, image_size, image_size) images of ``dtype``:
-    found on the meta device (no real compute), or, for a forward that reads values (data-dependent
-    control flow), by running two blank images. A network that does not run on them is a ValueError."""
+                  dtype: torch.dtype = torch.float32) -> tuple[int, torch.dtype]:
+    """The width and dtype of ``encoder``'s flattened output for (2, 3, image_size, image_size) images of
+    ``dtype``: found on the meta device (no real compute), or, for a forward that reads values
+    (data-dependent control flow), by running two blank images. A network that raises a RuntimeError
+    or an AssertionError on them (torch's shape errors, torch._assert) is a ValueError."""
     try:
-        return feature_dim(encoder, image_size, dtype)
+        out = _meta_output(encoder, image_size, dtype).flatten(1)
+        return out.shape[1], out.dtype
     except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
         with keep_modes(encoder), torch.no_grad():
             encoder.eval()  # eval so BatchNorm does not update its running statistics
@@ -245,9 +252,12 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
                 out = encoder(torch.zeros(2, 3, image_size, image_size, device=device, dtype=dtype))
             except (RuntimeError, AssertionError) as e:  # torch's shape errors; torch._assert's (torchvision's ViT)
                 why = (str(e).splitlines() or [""])[0] or type(e).__name__
-                raise ValueError(f"net does not run on {image_size}x{image_size} images (image_size="
+                # A traced torch._assert's message was formatted at tracing: "but got Proxy(getitem_2)!"
+                why = re.sub(r"Proxy\(\w*\)", "another", why)
+                raise ValueError(f"net does not run on two blank {image_size}x{image_size} images (image_size="
                                  f"{image_size}): {why}; the representation's width is found "
                                  "on (2, 3, image_size, image_size) images: for a network taking other inputs "
                                  "(another number of channels), give BYOL(..., feature_dim=D)") from e
     # A cut layer's output is checked where it is taken; this is the network's own.
-    return flat_representation(out, "the network's own output (hidden_layer=-1)").shape[1]
+    out = flat_representation(out, "the network's own output (hidden_layer=-1)")
+    return out.shape[1], out.dtype

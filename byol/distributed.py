@@ -111,7 +111,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     @classmethod
     def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "GlobalBatchNorm":
-        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        like = next((t for t in (bn.running_mean, bn.weight) if t is not None), None)  # its device and dtype
+        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **factory)
         new.load_state_dict(bn.state_dict())
         if bn.affine:  # keep the parameter objects, so optimizers and the feature extractor see them
             new.weight, new.bias = bn.weight, bn.bias
@@ -124,11 +126,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        # In float32 whatever the input (bf16 under autocast): sums and counts in bf16 lose digits,
+        # In float32 at least (float64 stays so): sums and counts in bf16 (under autocast) lose digits,
         # and the running statistics are float32. The output has the input's dtype, as BatchNorm's.
         # (Under bf16 autograd keeps this float32 copy: twice a bf16 input's memory, for every BatchNorm
         # that torchrun's conversion made one of this, the encoder's too.)
-        dtype, x = x.dtype, x.float()
+        dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         c = self.num_features

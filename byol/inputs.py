@@ -70,9 +70,12 @@ def check_pixel_range(images: torch.Tensor) -> None:
 
 
 def check_network_input(images: torch.Tensor, views: bool = False) -> None:
-    """``learner(x, return_embedding=True)`` feeds ``x`` to the network as it is, as byol-pytorch does,
-    and ``learner(view1, view2)`` its views: uint8 pixels, which the default views take, would fail
-    deep inside the first convolution ("expected scalar type Byte but found Float")."""
+    """Refuse non-float ``images`` that the learner feeds to an image network as they are:
+    ``learner(x, return_embedding=True)``'s ``x`` (as byol-pytorch does), or, with ``views``,
+    ``learner(view1, view2)``'s views. uint8 pixels, which the default views take, would fail deep
+    inside the first convolution ("expected scalar type Byte but found Float"). Called only where
+    the learner draws the paper's views (no ``augment_fn``), so a network that takes uint8 itself
+    is refused too, knowingly: its views are float, as this learner makes them."""
     if images.is_floating_point():
         return
     if views:

@@ -22,6 +22,17 @@ from .schedules import tau_schedule
 _eager_pixel_range = torch.compiler.disable(check_pixel_range)
 
 
+def _compiling() -> bool:
+    """Whether torch.compile is tracing the call: torch.compiler.is_compiling from torch 2.3, torch._dynamo's
+    before."""
+    return (getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling)()
+
+
+def _float_dtype(tensors, default: torch.dtype) -> torch.dtype:
+    """The dtype of the first floating-point tensor of ``tensors``, or ``default`` where there is none."""
+    return next((t.dtype for t in tensors if t.is_floating_point()), default)
+
+
 class MLP(nn.Sequential):
     """Linear -> BatchNorm -> ReLU -> Linear, the paper's projector and predictor (4096 -> 256)."""
 
@@ -158,10 +169,14 @@ class BYOL(nn.Module):
         object.__setattr__(self, "net", net)
         tensors = list(chain(net.parameters(), net.buffers()))
         device = tensors[0].device if tensors else torch.device("cpu")
-        # The probe's and MLPs' dtype is net's (net.double() before the learner, as learner.double() after)
-        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+        # The probe's dtype is net's (net.double() before the learner, as learner.double() after); the
+        # MLPs', its representation's (float32 from a bfloat16 trunk that converts its output)
+        dtype = _float_dtype(tensors, torch.float32)
         encoder = cut_at(net, hidden_layer, trace=trace)
-        dim = feature_dim or feature_width(encoder, image_size, device, dtype)
+        dim, out_dtype = feature_dim, dtype
+        if not feature_dim:
+            dim, out_dtype = feature_width(encoder, image_size, device, dtype)
+        dtype = out_dtype if out_dtype.is_floating_point else dtype
         projector = MLP(dim, projection_hidden_size, projection_size).to(dtype)
         predictor = MLP(projection_size, projection_hidden_size, projection_size) if use_predictor else nn.Identity()
         predictor = predictor.to(dtype)
@@ -247,13 +262,13 @@ class BYOL(nn.Module):
         else:
             if self.check_first_batch:  # the range of the first alone: the check reads a value back to the host
                 # Under torch.compile(learner), run as it is: a break in the graph, not torch's warning of one
-                (_eager_pixel_range if torch.compiler.is_compiling() else check_pixel_range)(x)
+                (_eager_pixel_range if _compiling() else check_pixel_range)(x)
                 self.check_first_batch = False
             elif self.rgb_input:
                 check_pixel_type(x)
             x, view2 = self.augment_fn(x), self.augment_fn2(x)
             if self.rgb_input:  # float32 views, for a network that learner.to(dtype) may have converted
-                dtype = next((p.dtype for p in self.online.parameters() if p.is_floating_point()), x.dtype)
+                dtype = _float_dtype(self.online.parameters(), x.dtype)
                 x, view2 = x.to(dtype), view2.to(dtype)
         return self.forward_views(x, view2)[0]
 

@@ -451,7 +451,8 @@ def test_a_wrong_net_or_image_size_is_a_clear_error_at_construction():
         with pytest.raises(TypeError, match="^image_size must be a whole number"):
             BYOL(net, image_size=size)
     BYOL(net, image_size=2, projection_size=8, projection_hidden_size=16)(torch.zeros(2, 3, 8, 8))  # the least
-    with pytest.raises(ValueError, match=r"^net does not run on 4x4 images \(image_size=4\): .*Kernel size"):
+    with pytest.raises(ValueError, match=r"^net does not run on two blank 4x4 images \(image_size=4\): "
+                                         r".*Kernel size"):
         BYOL(nn.Sequential(nn.Conv2d(3, 4, 7), nn.Flatten()), image_size=4, hidden_layer=-1)
 
 
@@ -474,12 +475,13 @@ def test_a_network_that_asserts_its_input_size_is_a_clear_error_at_construction(
     height! ..."), where the docs promise a ValueError naming image_size; so did a bare ``assert``."""
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1,
                                               hidden_dim=8, mlp_dim=8)
-    with pytest.raises(ValueError, match=r"^net does not run on 16x16 images \(image_size=16\): Wrong image "
-                                         r"height! Expected 32 .*feature_dim=D\)$"):
-        BYOL(vit, image_size=16, hidden_layer="encoder")
-    assert BYOL(vit, image_size=32, hidden_layer="encoder", projection_hidden_size=16).online.projector[0].in_features
+    with pytest.raises(ValueError, match=r"^net does not run on two blank 16x16 images \(image_size=16\): "
+                                         r"Wrong image height! Expected 32 but got another!; .*feature_dim=D\)$"):
+        BYOL(vit, image_size=16, hidden_layer="encoder")  # (not torch.fx's "but got Proxy(getitem_2)!")
+    learner = BYOL(vit, image_size=32, hidden_layer="encoder", projection_hidden_size=16)
+    assert learner.online.projector[0].in_features == 5 * 8  # (class token and 4 patches) x hidden_dim
     with pytest.warns(UserWarning, match="symbolic tracing could not cut"), pytest.raises(
-            ValueError, match=r"^net does not run on 16x16 images \(image_size=16\): AssertionError; "):
+            ValueError, match=r"^net does not run on two blank 16x16 images \(image_size=16\): AssertionError; "):
         BYOL(FixedSize(), image_size=16, hidden_layer="pool")
 
 
@@ -495,6 +497,25 @@ def test_a_network_converted_before_the_learner_is_built_trains_in_its_dtype(dty
     loss.backward()
     assert net[0].weight.grad.dtype == dtype  # (the loss is float32: byol_loss computes it so)
     assert {p.dtype for p in learner.parameters()} == {dtype}
+
+
+def test_a_bfloat16_trunk_that_returns_float32_gets_float32_mlps():
+    """From a review: the MLPs were built in the network's dtype, not in that of the representation
+    it returns, and a bfloat16 trunk that converts its output to float32 failed at its first call."""
+    class Trunk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).bfloat16()
+
+        def forward(self, x):
+            return self.body(x).float()
+
+    torch.manual_seed(0)
+    net = Trunk()
+    learner = BYOL(net, image_size=16, hidden_layer=-1, projection_size=8, projection_hidden_size=16)
+    assert learner.online.projector[0].weight.dtype == torch.float32
+    learner(torch.rand(4, 3, 16, 16)).backward()
+    assert net.body[0].weight.grad.dtype == torch.bfloat16 and net.body[0].weight.grad.abs().sum() > 0
 
 
 class DictOutput(nn.Module):
@@ -617,6 +638,20 @@ def test_synchronized_batchnorm_under_bf16_autocast_as_batchnorm(monkeypatch):
     torch.testing.assert_close(synced.running_var, ref.running_var)
 
 
+def test_synchronized_batchnorm_of_a_float64_projector_stays_float64(monkeypatch):
+    """From a review: BYOL(net.double(), sync_batchnorm=True) on the CPU (gloo) built float32 running
+    statistics and normalized in float32."""
+    monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t)  # one process
+    torch.manual_seed(0)
+    ref = nn.BatchNorm1d(4).double()
+    synced = GlobalBatchNorm.like(ref)
+    x = torch.randn(6, 4, dtype=torch.float64) * 3 + 50
+    y, expected = synced(x), ref(x)
+    assert synced.running_mean.dtype == synced.running_var.dtype == y.dtype == torch.float64
+    torch.testing.assert_close(y, expected)  # float64's tolerance: float32 arithmetic misses it
+    torch.testing.assert_close((synced.running_mean, synced.running_var), (ref.running_mean, ref.running_var))
+
+
 def test_torch_compile_of_the_learner_checks_the_first_batch_without_a_warning_of_a_graph_break(capfd):
     """A user test: torch.compile(learner) trained, but its first call printed torch's 14-line warning of a
     graph break (Tensor.item() in the first batch's range check)."""
@@ -625,10 +660,24 @@ def test_torch_compile_of_the_learner_checks_the_first_batch_without_a_warning_o
     compiled = torch.compile(model, backend="eager")
     images = torch.rand(4, 3, 32, 32)
     torch.manual_seed(1)
+    from torch._dynamo.utils import counters
+    counters.clear()
     first, second = compiled(images), compiled(images)
-    assert "Graph break" not in capfd.readouterr().err
+    assert "Graph break" not in capfd.readouterr().err  # (torch warns once a process: the counters below)
+    breaks = list(counters["graph_break"])
+    assert len(breaks) == 1 and "torch.compiler.disable" in breaks[0], breaks
     _, eager = small_byol(augment_fn=None, augment_fn2=None)
     torch.manual_seed(1)
     torch.testing.assert_close((first, second), (eager(images), eager(images)))
     with pytest.raises(ValueError, match="reaches 255"):  # the check still runs
         torch.compile(small_byol(augment_fn=None, augment_fn2=None)[1], backend="eager")(images * 255)
+
+
+def test_the_compile_check_takes_torch_2_2_s_is_compiling(monkeypatch):
+    """From a review: torch.compiler.is_compiling came in torch 2.3, and pyproject allows torch 2.2,
+    where torch._dynamo.is_compiling is the one (in later torch it calls the other, so it is stood in for)."""
+    assert byol.model._compiling() is False
+    monkeypatch.delattr(torch.compiler, "is_compiling")
+    monkeypatch.setattr(torch._dynamo, "is_compiling", lambda: "torch._dynamo's")
+    assert byol.model._compiling() == "torch._dynamo's"
+
