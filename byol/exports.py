@@ -30,10 +30,11 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
     folder = _find_split(root, split, size, train_split)
     for said in folder.notes():
         note(said)
-    if folder.loose is not None:
+    if folder.loose is not None:  # (files: some may not decode, and are said to be left out)
         n = folder.loose_count
-        note(f"{n} image{'s' * (n != 1)} of {folder.root} {'are' if n != 1 else 'is'} labeled -1, outside its class "
-             f"sub-folders ({folder.loose}{', ...' if n > 1 else ''}); the others have their class")
+        others = "; the others have their class" if bool((folder.labels >= 0).any()) else ""
+        note(f"{n} image file{'s' * (n != 1)} of {folder.root} {'are' if n != 1 else 'is'} labeled -1, outside its "
+             f"class sub-folders ({folder.loose}{', ...' if n > 1 else ''}){others}")
     elif folder.classes is None:
         note(f"the images of {folder.root} are labeled -1: it has no class sub-folders")
     return folder

@@ -67,6 +67,7 @@ class ImageFolder(Dataset):
         if labeled not in ("auto", "partial", True, False):
             raise ValueError(f"labeled must be 'auto', 'partial', True or False, not {labeled!r}")
         self.root = _image_root(root)
+        self.where = self.root  # the folder its files are of, to name (inside(): a sub-folder of root)
         # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
         rel_paths, self.others, self.runs, self.links_out = scan(self.root)
         if not rel_paths:
@@ -143,6 +144,7 @@ class ImageFolder(Dataset):
             raise DataError(f"no image files found in {os.path.join(self.root, clean)} or its subfolders")
         sub = self.subset(torch.tensor(keep))
         sub.loose, sub.loose_count, sub.runs, sub.others, sub.links_out = None, 0, [], {}, []
+        sub.where = os.path.join(self.root, clean)
         return sub
 
     def spread(self, n: int) -> "ImageFolder":
@@ -192,7 +194,7 @@ class ImageFolder(Dataset):
     def nothing_decoded(self) -> DataError:
         """The error for a folder none of whose files could be decoded, with one file and why."""
         example = "".join(f" ({escape_name(p)}: {r})" for p, r in list(self.bad_files.items())[:1])
-        return DataError(f"none of the {len(self):,} image files in {self.root} could be decoded{example}; "
+        return DataError(f"none of the {len(self):,} image files in {self.where} could be decoded{example}; "
                          "check the files")
 
     def skipped_inside(self) -> int:

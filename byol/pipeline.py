@@ -210,7 +210,7 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
     if len(indices) < len(source):  # under torchrun, rank 0 knows the reasons of its own share only
         example = "".join(f" (e.g. {escape_name(p)}: {r})" for p, r in list(source.bad_files.items())[:1])
         bad = len(source) - len(indices)
-        note(f"{bad:,} of the {len(source):,} image files in {source.root} could not be decoded and "
+        note(f"{bad:,} of the {len(source):,} image files in {source.where} could not be decoded and "
              f"{'is' if bad == 1 else 'are'} left out{example}")
     return feats, labels, indices
 

@@ -40,10 +40,23 @@ def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp
     assert folder.classes is not None and "cat" in folder.classes and len(folder.classes) == 10
     loose = [p for p, label in zip(folder.paths, folder.labels.tolist()) if label == -1]
     assert loose == [str(root / "cover.jpg")] and whole.classes is None
-    assert (f"1 image of {root} is labeled -1, outside its class sub-folders ({root / 'cover.jpg'}); the others "
-            "have their class") in capsys.readouterr().err
+    assert (f"1 image file of {root} is labeled -1, outside its class sub-folders ({root / 'cover.jpg'}); the "
+            "others have their class") in capsys.readouterr().err
     exports._folder_split(root / "dog", "train", 8, "train")  # no class folders at all
     assert f"the images of {root / 'dog'} are labeled -1: it has no class sub-folders" in capsys.readouterr().err
+
+
+def test_a_split_with_no_class_of_the_run_s_does_not_say_the_others_have_their_class(tmp_path, capsys):
+    """A user test: ``--split unlabeled``, whose sub-folders are none of train's classes, said of its loose
+    files 'the others have their class', where every image is labeled -1."""
+    root = extract_jpegs(tmp_path / "photos" / "train", per_class=1).parent
+    extract_jpegs(root / "unlabeled" / "misc", per_class=1)  # unlabeled/misc/: a class folder train has not
+    next((root / "unlabeled" / "misc" / "cat").iterdir()).rename(root / "unlabeled" / "loose.jpg")
+    folder = exports._folder_split(root, "unlabeled", 8, "train")
+    err = capsys.readouterr().err
+    assert set(folder.labels.tolist()) == {-1} and "has class folders that" in err
+    assert f"1 image file of {root / 'unlabeled'} is labeled -1, outside its class sub-folders (" in err
+    assert "the others have their class" not in err
 
 
 def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():

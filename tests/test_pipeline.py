@@ -109,6 +109,20 @@ def test_a_folder_with_nothing_decodable_is_one_clear_error(tmp_path):
         pipeline.features(Recorder([]), config, ImageFolder(tmp_path, size=32), torch.device("cpu"))
 
 
+def test_the_notes_of_a_class_embedded_alone_name_its_folder(tmp_path, capsys):
+    """A user test: ``byol embed --split cat`` of a plain folder said its bad files were of the whole folder."""
+    root = extract_jpegs(tmp_path / "images", per_class=1)
+    (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    config = Config()
+    config.data.workers = 0
+    cat = ImageFolder(root, size=32).inside("cat")
+    pipeline.features(Recorder([]), config, cat, torch.device("cpu"))
+    assert f"note: 1 of the 2 image files in {root / 'cat'} could not be decoded" in capsys.readouterr().err
+    next(p for p in (root / "cat").iterdir() if p.name != "corrupt.jpg").write_bytes(b"no jpeg")
+    with pytest.raises(DataError, match=f"^none of the 2 image files in {root / 'cat'} could be decoded"):
+        pipeline.features(Recorder([]), config, ImageFolder(root, size=32).inside("cat"), torch.device("cpu"))
+
+
 def test_features_show_progress_on_rank_0_only(monkeypatch, capsys):
     config = Config()
     config.train.precision = "fp32"
