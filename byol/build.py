@@ -333,6 +333,9 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
             print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
                   "beside it", file=sys.stderr)
         return None, None, None, "test", None
+    for split in splits if rank == 0 else ():  # what their scans left out (the training folder's: said)
+        for said in split.notes() if split.root != folder.root else ():
+            print(f"note: {said}", file=sys.stderr)
     knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
     for s in splits:
         folder.bad_files.update(s.bad_files)

@@ -158,7 +158,10 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
         rows += [(f"kNN top-1 (k={both}, {on})", f"{knn[both]:.2f}%"),
                  (f"kNN top-1 at random init (k={both}, {on})", f"{init[both]:.2f}%")]
     if results.get("skipped_files"):
-        rows.append(("unreadable files skipped", f"{results['skipped_files']:,} (listed in skipped_files.txt)"))
+        m = results.get("skipped_monitor_files", 0)
+        monitor = f"{m:,} of them the kNN monitor's, outside the training split; " if m else ""
+        rows.append(("unreadable files skipped",
+                     f"{results['skipped_files']:,} ({monitor}listed in skipped_files.txt)"))
     rows.append(("run directory", config.train.out_dir))
     return rows
 

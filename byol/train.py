@@ -96,7 +96,8 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     (``device``, and ``precision``: ``"bf16 autocast"`` or ``"float32"``, what ``train.precision``
     resolved to there). On rank 0 also ``warnings``: the lines
     of the run's ``warnings.txt`` (the collapse monitor's, ``step N: ...``; empty when it never warned),
-    and for an image folder ``skipped_files``: how many files could not be decoded.
+    and for an image folder ``skipped_files``: how many files could not be decoded, and of them
+    ``skipped_monitor_files``: the kNN monitor's, outside the training folder (ROOT/val's, say).
 
     On a CPU it first makes this process's C allocator keep freed memory
     (:func:`~byol.allocator.keep_freed_memory`, for the rest of the process's life) unless
@@ -384,6 +385,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
         log.close()
         if data.folder is not None:
             results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
+            results["skipped_monitor_files"] = results["skipped_files"] - data.folder.skipped_inside()  # val's
         results["warnings"] = read_warnings(run_dir)  # the whole run's: a resumed run keeps its earlier ones
         if "knn_init" not in results and data.knn_train is not None:  # a resumed run: its start's, as logged
             start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]

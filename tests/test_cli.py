@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from byol.config import load_config
+from byol.config import Config, load_config
 from conftest import extract_jpegs, tiny_overrides
 
 
@@ -1175,6 +1175,16 @@ def test_a_stopped_run_says_where_it_stopped_its_checkpoint_and_the_files_it_ski
         start + "; 1 unreadable file skipped so far (listed in skipped_files.txt); continue with --resume")
     assert stop_line({**results, "skipped_files": 12_345}).endswith(
         "; 12,345 unreadable files skipped so far (listed in skipped_files.txt); continue with --resume")
+
+
+def test_the_closing_table_counts_the_knn_monitor_s_skipped_files_apart():
+    """A user test: a run whose val split had bad files counted them as skipped, as if training images."""
+    from byol.cli import _pretrain_rows
+    rows = dict(_pretrain_rows(Config(), {"step": 10, "skipped_files": 7, "skipped_monitor_files": 2}))
+    assert rows["unreadable files skipped"] == ("7 (2 of them the kNN monitor's, outside the training split; "
+                                                "listed in skipped_files.txt)")
+    rows = dict(_pretrain_rows(Config(), {"step": 10, "skipped_files": 7, "skipped_monitor_files": 0}))
+    assert rows["unreadable files skipped"] == "7 (listed in skipped_files.txt)"
 
 
 def test_eval_and_embed_keep_freed_memory_on_a_cpu_as_pretrain_does_unless_told_not_to(trained, tmp_path,

@@ -431,18 +431,21 @@ def test_a_run_that_fails_before_its_first_checkpoint_still_gets_its_plots(tmp_p
     assert (run / "loss.png").is_file() and (run / "collapse.png").is_file()
 
 
-def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones(tmp_path):
-    """A bad file of ROOT/val, which only the kNN monitor reads, is in skipped_files.txt too."""
+def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones(tmp_path, capsys):
+    """A bad file of ROOT/val, which only the kNN monitor reads, is in skipped_files.txt too, counted apart
+    (a user test: the closing table's count was said of the training images); val's left-out files are said."""
     from conftest import extract_jpegs
     train = extract_jpegs(tmp_path / "set" / "train", per_class=2)
     val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
     (train / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
     (val / "dog" / "bad.jpg").write_bytes(b"")
+    (val / "dog" / "phone.heic").write_bytes(b"")
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": "null", "train.batch_size": 7, "train.knn_every": 0, "train.knn_k": 3,
         "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={train}", "--data.image_size=32"])
     results = pretrain(config)
-    assert results["skipped_files"] == 2
+    assert results["skipped_files"] == 2 and results["skipped_monitor_files"] == 1
+    assert f"note: 1 file (.heic 1) in {val} is left out" in capsys.readouterr().err
     assert results["knn_images"] == (20, 10, "val")  # the images decoded: not 21 and 11 files (a user test)
     listed = sorted(line.split("\t") for line in (tmp_path / "run" / "skipped_files.txt").read_text().splitlines())
     assert listed == [[str(train / "cat" / "bad.jpg"), "UnidentifiedImageError: cannot identify image file "
