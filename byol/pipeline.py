@@ -301,9 +301,10 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
                       limit: Optional[int], progress: bool, command: str, holdout: int = 0):
     """``(config, device, (train features, labels, held-out features, labels), info)`` for a
     checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
-    a folder's val), where the weights come from (:func:`load_encoder_with_origin`) and how the
-    features were computed (their width, the input's size, the device and precision: what ``train.precision``
-    resolves to there); the settings given that ``command`` does not read are noted."""
+    a folder's val), the data root they were read from, where the weights come from
+    (:func:`load_encoder_with_origin`) and how the features were computed (their width, the input's
+    size, the device and precision: what ``train.precision`` resolves to there); the settings given
+    that ``command`` does not read are noted."""
     net, config, origin = load_encoder_with_origin(path, overrides, random_init)
     note_unused(overrides, command, config)
     device = resolve_device(config.train.device)
@@ -312,7 +313,8 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     train_f, train_y, _ = features(net, config, train, device, progress and "train features")
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
     return config, device, (train_f, train_y, test_f, test_y), {
-        "n_train": len(train_f), "n_test": len(test_f), "test_split": held, **origin,
+        "n_train": len(train_f), "n_test": len(test_f), "test_split": held,
+        "data_root": str(Path(config.data.root).expanduser().absolute()), **origin,
         "random_init": random_init, "feature_dim": train_f.shape[1],
         "image_size": _input_size(test, eval_crop(config)),
         "device": str(device),

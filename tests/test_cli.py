@@ -996,6 +996,7 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
     assert main(["eval", "knn", str(ckpt), "--holdout", "1000", "--limit", "40", "--k", "5"]) == 0
     result = json.loads((ckpt.parent / "last_knn_holdout.json").read_text())
     assert (result["test_split"], result["n_train"], result["n_test"]) == ("held-out train", 40, 40)
+    assert result["data_root"] == str(cifar10_root.absolute())  # (a user test: the JSON did not say which data)
     assert "40 train / 40 held-out train images" in capsys.readouterr().out
     assert main(["eval", "knn", str(ckpt), "--holdout", "0", "--limit", "40", "--k", "5"]) == 0  # 0: off, as in Python
     assert "40 train / 40 test images" in capsys.readouterr().out
