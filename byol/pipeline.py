@@ -312,6 +312,7 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     held = Path(test.root).name if isinstance(test, ImageFolder) else "held-out train" if holdout else "test"
     train_f, train_y, _ = features(net, config, train, device, progress and "train features")
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
+    _note_classes_missing(train, train_y, test_y, held)
     return config, device, (train_f, train_y, test_f, test_y), {
         "n_train": len(train_f), "n_test": len(test_f), "test_split": held,
         "data_root": str(Path(config.data.root).expanduser().absolute()), **origin,
@@ -319,3 +320,18 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
         "image_size": _input_size(test, eval_crop(config)),
         "device": str(device),
         "precision": precision_name(autocast_dtype(config.train.precision, device))}
+
+
+def _note_classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor, held: str) -> None:
+    """Note the classes of the held-out split's images that no train image has: none of theirs can be
+    classified right (a class folder whose files all failed to decode, say, caps the accuracy silently)."""
+    missing = sorted(set(test_y.tolist()) - set(train_y.tolist()) - {-1})
+    if not missing:
+        return
+    names = [train.classes[i] if isinstance(train, ImageFolder) and train.classes else str(i) for i in missing]
+    n = int(torch.isin(test_y, torch.tensor(missing)).sum())
+    one = len(missing) == 1
+    note(f"{'class' if one else 'classes'} {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} "
+         f"{'has' if one else 'have'} no image among the train features (the files could not be decoded, or "
+         f"--limit left them out), so none of the {n:,} {held} images of {'it' if one else 'them'} can be "
+         "classified right")

@@ -237,6 +237,28 @@ def test_eval_and_embed_of_a_folder_leave_the_caller_s_random_number_generator_a
         assert torch.equal(torch.rand(3), expected)
 
 
+def test_eval_of_a_folder_says_which_classes_no_train_image_has(tmp_path, capsys):
+    """A user test: a train class folder none of whose files decoded capped the kNN accuracy silently
+    (its val images could never be right), where a class with no image files at all is refused."""
+    import torchvision
+    from byol import knn
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=2)
+    extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    for path in (train / "cat").iterdir():
+        path.write_bytes(b"not a jpeg")
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=0",
+             "--train.device=cpu"]
+    assert knn(tmp_path / "r18.pt", given, ks=(3,))["n_train"] == 18
+    assert ("note: class cat has no image among the train features (the files could not be decoded, or --limit "
+            "left them out), so none of the 1 val images of it can be classified right") in capsys.readouterr().err
+    knn(tmp_path / "r18.pt", given, ks=(3,), limit=5)  # 5 files of 10 classes' in each split
+    assert "no image among the train features" in capsys.readouterr().err
+    extract_jpegs(tmp_path / "set" / "train", per_class=3)  # (cat's files written again, whole)
+    knn(tmp_path / "r18.pt", given, ks=(3,))
+    assert "no image among the train features" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command, given, unused", [
     ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
      ["optim.lr", "augment.crop_min_scale", "train.epochs"]),
