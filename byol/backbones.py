@@ -246,7 +246,10 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
         out = _meta_output(encoder, image_size, dtype).flatten(1)
         return out.shape[1], out.dtype
     except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
-        with keep_modes(encoder), torch.no_grad():
+        # Not under the caller's autocast: the dtype found is the one the MLPs are built in
+        no_autocast = torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") \
+            else contextlib.nullcontext()
+        with keep_modes(encoder), torch.no_grad(), no_autocast:
             encoder.eval()  # eval so BatchNorm does not update its running statistics
             try:
                 out = encoder(torch.zeros(2, 3, image_size, image_size, device=device, dtype=dtype))

@@ -111,8 +111,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     @classmethod
     def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "GlobalBatchNorm":
-        like = next((t for t in (bn.running_mean, bn.weight) if t is not None), None)  # its device and dtype
-        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
+        source = next((t for t in (bn.running_mean, bn.weight) if t is not None), None)  # its device and dtype
+        factory = {} if source is None else {"device": source.device, "dtype": source.dtype}
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **factory)
         new.load_state_dict(bn.state_dict())
         if bn.affine:  # keep the parameter objects, so optimizers and the feature extractor see them
@@ -126,8 +126,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        # In float32 at least (float64 stays so): sums and counts in bf16 (under autocast) lose digits,
-        # and the running statistics are float32. The output has the input's dtype, as BatchNorm's.
+        # In float32 at least (float64 stays so): sums and counts in bf16 (under autocast, or of a
+        # bfloat16 network) lose digits. The running statistics keep their own dtype (float32 under
+        # autocast, the network's where it was converted), and the output has the input's, as BatchNorm's.
         # (Under bf16 autograd keeps this float32 copy: twice a bf16 input's memory, for every BatchNorm
         # that torchrun's conversion made one of this, the encoder's too.)
         dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
@@ -144,8 +145,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
+                self.running_var.lerp_((var.detach() * n / (n - 1)).to(self.running_var.dtype), m)
                 self.num_batches_tracked.add_(1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:

@@ -114,7 +114,7 @@ class BYOL(nn.Module):
 
     Args:
         net: the encoder, any ``nn.Module`` taking (B, 3, H, W); the projector and predictor are
-            built in its dtype.
+            built in the dtype of the representation it returns (with ``feature_dim`` given, its own).
         image_size: side of the augmented views; also used to find the feature width.
         hidden_layer: where the representation is taken, as in byol-pytorch: an index into
             ``net``'s children (default ``-2``, a torchvision ResNet's avgpool), or a module
