@@ -247,8 +247,10 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
         return out.shape[1], out.dtype
     except Exception:  # e.g. "Tensor.item() cannot be called on meta tensors"; a real error raises below
         # Not under the caller's autocast: the dtype found is the one the MLPs are built in
-        no_autocast = torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") \
-            else contextlib.nullcontext()
+        try:
+            no_autocast = torch.autocast(device.type, enabled=False)
+        except (RuntimeError, ValueError):  # a device type this torch has no autocast for: none to turn off
+            no_autocast = contextlib.nullcontext()
         with keep_modes(encoder), torch.no_grad(), no_autocast:
             encoder.eval()  # eval so BatchNorm does not update its running statistics
             try:

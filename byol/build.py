@@ -20,7 +20,7 @@ from .backbones import cut_at, resnet
 from .config import Config, ConfigError, DataConfig
 from .data import DataError, ImageSet, TensorBatches, data_home
 from .datasets import NATIVE_SIZE, build_dataset
-from .folder import labeled_folders, split_folder
+from .folder import ImageFolder, labeled_folders, split_folder
 from .loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from .model import BYOL
 from . import distributed as dist
@@ -304,6 +304,15 @@ def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet]:
     return train.take(order[n:].sort().values), train.take(order[:n].sort().values)
 
 
+def _note_scans(splits: tuple, folder: ImageFolder) -> None:
+    """Say what the scans of the kNN monitor's splits left out (HEIC files, run folders, links out of
+    them), for each split but the training folder, whose notes were said with it."""
+    for split in splits:
+        if split.root != folder.root:
+            for said in split.notes():
+                print(f"note: {said}", file=sys.stderr)
+
+
 def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object]):
     """The kNN monitor's (train, test) splits, for a folder their full sizes in files (each process holds
     its share), what the queries are (test, held-out train, val), and for a folder how many images of
@@ -333,9 +342,8 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
             print(f"note: no kNN monitor: {d.root} is not ROOT/train of a folder with ROOT/val (or test) "
                   "beside it", file=sys.stderr)
         return None, None, None, "test", None
-    for split in splits if rank == 0 else ():  # what their scans left out (the training folder's: said)
-        for said in split.notes() if split.root != folder.root else ():
-            print(f"note: {said}", file=sys.stderr)
+    if rank == 0:
+        _note_scans(splits, folder)
     knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
     for s in splits:
         folder.bad_files.update(s.bad_files)

@@ -159,7 +159,8 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
                  (f"kNN top-1 at random init (k={both}, {on})", f"{init[both]:.2f}%")]
     if results.get("skipped_files"):
         m = results.get("skipped_monitor_files", 0)
-        monitor = f"{m:,} of them the kNN monitor's, outside the training split; " if m else ""
+        which = "all" if m == results["skipped_files"] else f"{m:,}"
+        monitor = f"{which} of them the kNN monitor's, outside the training split; " if m else ""
         rows.append(("unreadable files skipped",
                      f"{results['skipped_files']:,} ({monitor}listed in skipped_files.txt)"))
     rows.append(("run directory", config.train.out_dir))

@@ -174,8 +174,8 @@ class ImageFolder(Dataset):
             return None
         named = ", ".join(os.path.join(self.root, r) for r in self.runs[:3]) + (", ..." if len(self.runs) > 3 else "")
         if len(self.runs) == 1:
-            return f"left out {named}: a byol run's folder (its plots are not training images)"
-        return f"left out {named}: byol runs' folders (their plots are not training images)"
+            return f"left out {named}: a byol run's folder (its plots are not data)"
+        return f"left out {named}: byol runs' folders (their plots are not data)"
 
     def others_note(self) -> Optional[str]:
         """The note that counts the files left out as no image format's, by extension ("4 files (.heic 3,

@@ -6,6 +6,7 @@ Each is a plain function of paths and a config, shared by the command line and P
 
 import inspect
 import numbers
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -315,7 +316,7 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     _note_classes_missing(train, train_y, test_y, held)
     return config, device, (train_f, train_y, test_f, test_y), {
         "n_train": len(train_f), "n_test": len(test_f), "test_split": held,
-        "data_root": str(Path(config.data.root).expanduser().absolute()), **origin,
+        "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
         "random_init": random_init, "feature_dim": train_f.shape[1],
         "image_size": _input_size(test, eval_crop(config)),
         "device": str(device),
@@ -328,10 +329,12 @@ def _note_classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Te
     missing = sorted(set(test_y.tolist()) - set(train_y.tolist()) - {-1})
     if not missing:
         return
-    names = [train.classes[i] if isinstance(train, ImageFolder) and train.classes else str(i) for i in missing]
+    classes = getattr(train, "classes", None)
+    names = [classes[i] if classes else str(i) for i in missing]
     n = int(torch.isin(test_y, torch.tensor(missing)).sum())
     one = len(missing) == 1
+    why = "its files could not be decoded, or --limit left them out" if isinstance(train, ImageFolder) else \
+        "--limit or --holdout left them out"
     note(f"{'class' if one else 'classes'} {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} "
-         f"{'has' if one else 'have'} no image among the train features (the files could not be decoded, or "
-         f"--limit left them out), so none of the {n:,} {held} images of {'it' if one else 'them'} can be "
-         "classified right")
+         f"{'has' if one else 'have'} no image among the train features ({why}), so none of the {n:,} {held} "
+         f"image{'s' * (n != 1)} of {'it' if one else 'them'} can be classified right")

@@ -480,7 +480,7 @@ def test_a_run_folder_inside_the_data_root_is_not_read_as_images(tmp_path, capsy
     settings = {"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null"}  # 3 steps an epoch
     byol(*pretrain, *tiny_overrides(run, **settings))
     assert (run / "loss.png").is_file()  # what a scan of train/ would find
-    left_out = f"note: left out {run}: a byol run's folder (its plots are not training images)"
+    left_out = f"note: left out {run}: a byol run's folder (its plots are not data)"
     proc = byol(*pretrain, "--resume", *tiny_overrides(run, **settings, **{"train.epochs": 2}))
     assert proc.stderr.count(left_out) == 1 and "the data now makes" not in proc.stderr, proc.stderr
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
@@ -996,7 +996,7 @@ def test_a_run_with_a_held_out_knn_monitor_says_so_and_how_many_images_it_scored
     assert main(["eval", "knn", str(ckpt), "--holdout", "1000", "--limit", "40", "--k", "5"]) == 0
     result = json.loads((ckpt.parent / "last_knn_holdout.json").read_text())
     assert (result["test_split"], result["n_train"], result["n_test"]) == ("held-out train", 40, 40)
-    assert result["data_root"] == str(cifar10_root.absolute())  # (a user test: the JSON did not say which data)
+    assert result["data_root"] == os.path.abspath(cifar10_root)  # (a user test: the JSON did not say which data)
     assert "40 train / 40 held-out train images" in capsys.readouterr().out
     assert main(["eval", "knn", str(ckpt), "--holdout", "0", "--limit", "40", "--k", "5"]) == 0  # 0: off, as in Python
     assert "40 train / 40 test images" in capsys.readouterr().out
@@ -1186,6 +1186,9 @@ def test_the_closing_table_counts_the_knn_monitor_s_skipped_files_apart():
                                                 "listed in skipped_files.txt)")
     rows = dict(_pretrain_rows(Config(), {"step": 10, "skipped_files": 7, "skipped_monitor_files": 0}))
     assert rows["unreadable files skipped"] == "7 (listed in skipped_files.txt)"
+    rows = dict(_pretrain_rows(Config(), {"step": 10, "skipped_files": 2, "skipped_monitor_files": 2}))
+    assert rows["unreadable files skipped"] == ("2 (all of them the kNN monitor's, outside the training split; "
+                                                "listed in skipped_files.txt)")
 
 
 def test_eval_and_embed_keep_freed_memory_on_a_cpu_as_pretrain_does_unless_told_not_to(trained, tmp_path,

@@ -783,9 +783,9 @@ def test_the_folders_of_byol_runs_inside_the_root_are_left_out(tmp_path, fault_t
     assert ds.classes == ["a", "b"] and names == ["a/0.png", "b/0.png", "b/hand/loss.png"]
     assert ds.runs == ["a/old", "runs/new"] and ds.others == {".yaml": 1}  # the runs' files not counted either
     assert ds.runs_note() == (f"left out {root / 'a' / 'old'}, {root / 'runs' / 'new'}: byol runs' folders "
-                              "(their plots are not training images)")
+                              "(their plots are not data)")
     assert ImageFolder(root / "a", size=8).runs_note() == \
-        f"left out {root / 'a' / 'old'}: a byol run's folder (its plots are not training images)"
+        f"left out {root / 'a' / 'old'}: a byol run's folder (its plots are not data)"
     assert ImageFolder(root / "runs" / "new", size=8).runs == []  # a run's folder named as the root is read
     fault_table("image folder: byol run folders inside the root (byol's config.yaml; checkpoints/*.pt) beside "
                 "one with a config.yaml written by hand",

@@ -668,7 +668,7 @@ def test_synchronized_batchnorm_of_a_converted_projector_keeps_its_dtype(monkeyp
     ref(x)  # (its running statistics; its bfloat16 output is 10x further from the exact one than this)
     assert synced.running_mean.dtype == synced.running_var.dtype == y.dtype == dtype
     exact = nn.BatchNorm1d(4).double()(x.double()).to(dtype)
-    torch.testing.assert_close(y, exact)  # float64's tolerance: float32 arithmetic misses it
+    torch.testing.assert_close(y, exact)  # (float64's tolerance, which float32 arithmetic misses)
     torch.testing.assert_close((synced.running_mean, synced.running_var), (ref.running_mean, ref.running_var))
     torch.testing.assert_close(synced.eval()(x), ref.eval()(x))
 

@@ -253,13 +253,17 @@ def test_eval_of_a_folder_says_which_classes_no_train_image_has(tmp_path, capsys
     given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=0",
              "--train.device=cpu"]
     assert knn(tmp_path / "r18.pt", given, ks=(3,))["n_train"] == 18
-    assert ("note: class cat has no image among the train features (the files could not be decoded, or --limit "
-            "left them out), so none of the 1 val images of it can be classified right") in capsys.readouterr().err
+    assert ("note: class cat has no image among the train features (its files could not be decoded, or --limit "
+            "left them out), so none of the 1 val image of it can be classified right") in capsys.readouterr().err
     knn(tmp_path / "r18.pt", given, ks=(3,), limit=5)  # 5 files of 10 classes' in each split
     assert "no image among the train features" in capsys.readouterr().err
     extract_jpegs(tmp_path / "set" / "train", per_class=3)  # (cat's files written again, whole)
     knn(tmp_path / "r18.pt", given, ks=(3,))
     assert "no image among the train features" not in capsys.readouterr().err
+    train_set = ImageSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["plane", "car", "bird"])
+    pipeline._note_classes_missing(train_set, train_set.labels, torch.tensor([2, 1, 2]), "test")
+    assert ("note: class bird has no image among the train features (--limit or --holdout left them out), so "
+            "none of the 2 test images of it can be classified right") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, given, unused", [
