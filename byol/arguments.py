@@ -41,6 +41,21 @@ def _positive_int(text: str, least: int = 1) -> int:
     return value
 
 
+def _neighbours(text: str) -> int:
+    """One of --k's values; a checkpoint given after them is taken for one, and the message says so."""
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError as e:
+        try:
+            float(text)  # a number that is no k (0, 2.5): the message as it is
+        except ValueError:
+            pass
+        else:
+            raise
+        raise argparse.ArgumentTypeError(f"{e}: --k takes every value after it, so give the checkpoint "
+                                         f"before --k (byol eval knn CHECKPOINT --k 20 200)") from None
+
+
 def _count(text: str) -> int:
     """A whole number >= 0 (0: off)."""
     return _positive_int(text, least=0)
@@ -96,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
                        help="CIFAR / STL-10: score on N training images held out of the train split (the draw "
                        "of train.knn_holdout), not on the test split: for choosing settings (0: off, the default)")
         if name == "knn":
-            e.add_argument("--k", type=_positive_int, nargs="+", default=[20, 200],
+            e.add_argument("--k", type=_neighbours, nargs="+", default=[20, 200],
                            help="numbers of neighbours (default: 20 200)")
             e.add_argument("--temperature", type=_positive_float, default=0.1,
                            help="of the neighbours' similarity weights (default: 0.1)")

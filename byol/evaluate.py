@@ -144,6 +144,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         raise ValueError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {ks!r}")
     ks = tuple(int(k) if isinstance(k, numbers.Integral) else k for k in ks)
     _check_knn(ks, temperature)
+    ks = tuple(dict.fromkeys(ks))  # a k given twice is scored once (its hits were counted twice, past 100%)
     train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
                                                                        test_labels)
     device = torch.device(device) if device is not None else None

@@ -225,6 +225,9 @@ def test_eval_knn_says_when_k_is_above_the_training_images(trained, tmp_path, ca
     assert "note: k=200 is more than the 20 training images, so it votes with all of them" in capsys.readouterr().err
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "50", "200", *out]) == 0
     assert "note: k=50, 200 are more than the 20 training images, so each votes" in capsys.readouterr().err
+    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "200", "200", *out]) == 0  # scored once
+    assert "note: k=200 is more than the 20 training images, so it votes" in capsys.readouterr().err
+    assert list(json.loads((tmp_path / "k.json").read_text())["knn_top1"]) == ["200"]
 
 
 def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch, capsys, tmp_path):
@@ -536,6 +539,10 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
 @pytest.mark.parametrize("args, fragment", [
     (["eval", "knn", "x.pt", "--k", "-3"], "argument --k: must be >= 1, got -3"),
     (["eval", "knn", "x.pt", "--k", "20", "0"], "argument --k: must be >= 1, got 0"),
+    # (a user test: the checkpoint after --k's values was taken for one, and the message did not say so)
+    (["eval", "knn", "--k", "20", "200", "runs/x.pt"], "argument --k: must be a whole number >= 1, got 'runs/x.pt': "
+     "--k takes every value after it, so give the checkpoint before --k (byol eval knn CHECKPOINT --k 20 200)"),
+    (["eval", "knn", "x.pt", "--k", "2.5"], "argument --k: must be a whole number >= 1, got '2.5'"),
     (["eval", "knn", "x.pt", "--temperature", "0"], "argument --temperature: must be a finite number > 0"),
     (["eval", "knn", "x.pt", "--limit", "0"], "argument --limit: must be >= 1, got 0"),
     (["eval", "linear", "x.pt", "--limit", "-5"], "argument --limit: must be >= 1, got -5"),

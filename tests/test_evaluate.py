@@ -102,6 +102,8 @@ def test_knn_accuracy_matches_knn_classify_for_every_k():
         pred = knn_classify(x, y, q, k=k, num_classes=4).argmax(1)
         assert value == pytest.approx(100.0 * (pred == qy).float().mean().item())
     assert knn_accuracy(x, y, x, y, ks=(1,))[1] == 100.0  # each point is its own nearest neighbour
+    # A k given twice is scored once (a user test: --k 10 10 gave twice the accuracy of --k 10)
+    assert knn_accuracy(x, y, q, qy, ks=(5, 1, 5, 5)) == {5: acc[5], 1: acc[1]}
 
 
 def separable(n, d=16, c=4, seed=0):
