@@ -73,7 +73,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_good_checkpoint(tmp_path, ci
         "train.max_nonfinite": 3, "train.log_every": 1, "train.max_steps": "null"}), check=False)
     assert_user_error(proc, "NaN or infinite for 3 steps in a row", "last good checkpoint")
     assert (run / "checkpoints" / "last.pt").read_bytes() == good
-    fault_table("loss becomes NaN (learning rate 1e30)",
+    fault_table("loss becomes NaN (learning rate 1e30; train.max_nonfinite=3, 10 by default)",
                 "steps undone on the device; stopped after 3 in a row, exit 2, last good checkpoint kept")
 
 

@@ -825,6 +825,7 @@ def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, sett
     ("cifar10", {"train.max_steps": 970}, "optim.warmup_epochs=10 (970 steps) is not shorter than train.max_steps=970"),
     ("cifar10", {"train.max_steps": 50}, "to 0.052 of its peak, and never decays; set --optim.warmup_epochs below "
      "the 0.515 epochs of train.max_steps"),
+    ("cifar10", {"train.max_steps": 97}, "below the 1 epoch of train.max_steps"),  # (a user test: "1 epochs")
     ("cifar10", {"train.max_steps": 971}, None),
     ("stl10", {"train.epochs": 5, "train.max_steps": 100}, "optim.warmup_epochs=10 is not shorter than train.epochs=5, "
      "so the learning rate only warms up, to 0.1 of its peak"),  # the epochs are the cause, not train.max_steps
