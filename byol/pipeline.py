@@ -257,7 +257,10 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
     its step, the features' width and precision: docs/metrics.md lists its fields).
     """
     ks, temperature, limit, holdout = check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
-    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval knn", holdout)
+    config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
+                                                              "eval knn", holdout)
+    if missing:
+        note(missing)
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": dict(acc),
             "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
@@ -281,10 +284,13 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr; ``holdout``
     as for :func:`knn`: trained on the rest of the train split, scored on those held out."""
     epochs, limit, holdout = check_counts(epochs=epochs, limit=limit, holdout=holdout)
-    config, device, splits, info = _labeled_features(path, overrides, random_init, limit, progress, "eval linear", holdout)
+    config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
+                                                              "eval linear", holdout)
     if info["n_train"] < 2:  # linear_probe's own ValueError is for Python callers of it, not a data error
         raise DataError(f"the linear probe needs at least 2 train images (it standardizes the features by their "
                         f"spread), got {info['n_train']}; raise --limit, or lower --holdout")
+    if missing:  # (after the error: an error is one sentence)
+        note(missing)
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}
     result = linear_probe(*splits, **settings, device=device, progress=progress if dist.rank() == 0 else False)
@@ -300,12 +306,12 @@ def _input_size(source: Source, crop: Optional[int]) -> int:
 
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                       limit: Optional[int], progress: bool, command: str, holdout: int = 0):
-    """``(config, device, (train features, labels, held-out features, labels), info)`` for a
-    checkpoint's online encoder; ``info``: the splits' sizes and the held-out one's name (test, or
-    a folder's val), the data root they were read from, where the weights come from
-    (:func:`load_encoder_with_origin`) and how the features were computed (their width, the input's
-    size, the device and precision: what ``train.precision`` resolves to there); the settings given
-    that ``command`` does not read are noted."""
+    """``(config, device, (train features, labels, held-out features, labels), info, missing)`` for a
+    checkpoint's online encoder; ``missing``: the note of :func:`_classes_missing`, or None; ``info``:
+    the splits' sizes and the held-out one's name (test, or a folder's val), the data root they were
+    read from, where the weights come from (:func:`load_encoder_with_origin`) and how the features
+    were computed (their width, the input's size, the device and precision: what ``train.precision``
+    resolves to there); the settings given that ``command`` does not read are noted."""
     net, config, origin = load_encoder_with_origin(path, overrides, random_init)
     note_unused(overrides, command, config)
     device = resolve_device(config.train.device)
@@ -313,28 +319,28 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     held = Path(test.root).name if isinstance(test, ImageFolder) else "held-out train" if holdout else "test"
     train_f, train_y, _ = features(net, config, train, device, progress and "train features")
     test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
-    _note_classes_missing(train, train_y, test_y, held)
-    return config, device, (train_f, train_y, test_f, test_y), {
-        "n_train": len(train_f), "n_test": len(test_f), "test_split": held,
-        "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
-        "random_init": random_init, "feature_dim": train_f.shape[1],
-        "image_size": _input_size(test, eval_crop(config)),
-        "device": str(device),
-        "precision": precision_name(autocast_dtype(config.train.precision, device))}
+    info = {"n_train": len(train_f), "n_test": len(test_f), "test_split": held,
+            "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
+            "random_init": random_init, "feature_dim": train_f.shape[1],
+            "image_size": _input_size(test, eval_crop(config)),
+            "device": str(device),
+            "precision": precision_name(autocast_dtype(config.train.precision, device))}
+    return config, device, (train_f, train_y, test_f, test_y), info, _classes_missing(train, train_y, test_y, held)
 
 
-def _note_classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor, held: str) -> None:
-    """Note the classes of the held-out split's images that no train image has: none of theirs can be
-    classified right (a class folder whose files all failed to decode, say, caps the accuracy silently)."""
+def _classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor, held: str) -> Optional[str]:
+    """The note naming the classes of the held-out split's images that no train image has (None: there are
+    none): none of theirs can be classified right (a class folder whose files all failed to decode, say,
+    caps the accuracy silently)."""
     missing = sorted(set(test_y.tolist()) - set(train_y.tolist()) - {-1})
     if not missing:
-        return
+        return None
     classes = getattr(train, "classes", None)
     names = [classes[i] if classes else str(i) for i in missing]
     n = int(torch.isin(test_y, torch.tensor(missing)).sum())
     one = len(missing) == 1
     why = "its files could not be decoded, or --limit left them out" if isinstance(train, ImageFolder) else \
         "--limit or --holdout left them out"
-    note(f"{'class' if one else 'classes'} {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} "
-         f"{'has' if one else 'have'} no image among the train features ({why}), so none of the {n:,} {held} "
-         f"image{'s' * (n != 1)} of {'it' if one else 'them'} can be classified right")
+    return (f"{'class' if one else 'classes'} {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} "
+            f"{'has' if one else 'have'} no image among the train features ({why}), so none of the {n:,} {held} "
+            f"image{'s' * (n != 1)} of {'it' if one else 'them'} can be classified right")

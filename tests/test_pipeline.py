@@ -261,9 +261,9 @@ def test_eval_of_a_folder_says_which_classes_no_train_image_has(tmp_path, capsys
     knn(tmp_path / "r18.pt", given, ks=(3,))
     assert "no image among the train features" not in capsys.readouterr().err
     train_set = ImageSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["plane", "car", "bird"])
-    pipeline._note_classes_missing(train_set, train_set.labels, torch.tensor([2, 1, 2]), "test")
-    assert ("note: class bird has no image among the train features (--limit or --holdout left them out), so "
-            "none of the 2 test images of it can be classified right") in capsys.readouterr().err
+    said = pipeline._classes_missing(train_set, train_set.labels, torch.tensor([2, 1, 2]), "test")
+    assert said == ("class bird has no image among the train features (--limit or --holdout left them out), so "
+                    "none of the 2 test images of it can be classified right")
 
 
 @pytest.mark.parametrize("command, given, unused", [
