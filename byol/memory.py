@@ -31,16 +31,21 @@ def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype
     size = min(image_size, _PROBE_SIZE)
 
     def saved(batch: int) -> int:
-        storages: dict[int, int] = {}
+        held: list[torch.Tensor] = []
 
-        def keep(t: torch.Tensor) -> torch.Tensor:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
+        def keep(t: torch.Tensor) -> int:
+            # Its index, not t: a tensor that an op saves from its own output, packed as itself, holds its own
+            # graph, a loop Python's collector cannot see (the probe, its copy of the model, was never freed).
+            # Held here until counted, so that no storage is freed and its address reused meanwhile.
+            held.append(t)
+            return len(held) - 1
 
         views = torch.zeros(batch, 3, size, size)
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
+        with torch.autograd.graph.saved_tensors_hooks(keep, held.__getitem__), \
                 torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
             probe.forward_views(views, views.clone())
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}
+        held.clear()
         return sum(storages.values())  # the weights, saved at either batch, cancel out below
 
     return (saved(4) - saved(2)) / 2 * (image_size / size) ** 2

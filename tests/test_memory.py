@@ -17,18 +17,14 @@ def _model(image_size: int):
 
 def _saved_by_a_step(byol, batch: int, image_size: int) -> int:
     """The bytes a real step's forward (augmentations, channels_last) keeps for backward, weights left out."""
-    storages: dict[int, int] = {}
-
-    def keep(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
+    held = []  # (indices packed, not the tensors: as the probe, so that nothing is kept after the test)
     weights = {p.untyped_storage().data_ptr() for p in byol.parameters()}
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
     forward = ViewsForward(byol)
     view1, view2 = byol.augment_fn(images, None), byol.augment_fn2(images, None)
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or len(held) - 1, held.__getitem__):
         forward(view1, view2)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}
     return sum(n for ptr, n in storages.items() if ptr not in weights)
 
 
@@ -42,6 +38,21 @@ def test_the_probe_measures_what_a_step_keeps_and_leaves_the_model_as_it_was():
         assert all(torch.equal(v, byol.state_dict()[k]) for k, v in state.items())  # BatchNorm statistics too
         actual = _saved_by_a_step(byol, 8, image_size)
         assert 0.9 * actual < estimate < 1.1 * actual, (image_size, estimate, actual)
+
+
+def test_the_probe_leaves_nothing_behind(monkeypatch):
+    """A user test (a notebook's repeated pretrains): the probe's copy of the model and its activations
+    were never freed, held by a loop through the autograd graph that Python's collector cannot see."""
+    import copy
+    import gc
+    import types
+    import weakref
+    copies = []
+    monkeypatch.setattr(memory, "copy", types.SimpleNamespace(
+        deepcopy=lambda m: copies.extend(map(weakref.ref, (r := copy.deepcopy(m)).parameters())) or r))
+    memory.saved_bytes_per_image(_model(32), 32, None)
+    gc.collect()
+    assert copies and all(p() is None for p in copies)  # the probe copy's parameters
 
 
 def test_a_step_that_cannot_fit_is_one_sentence_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch,
