@@ -6,7 +6,7 @@ Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -40,16 +40,20 @@ def resolve_device(name: str) -> torch.device:
 
 @contextmanager
 def usual_torch_defaults() -> Iterator[None]:
-    """float32 as torch's default dtype and gradients on, whatever the caller set (a notebook's
-    ``torch.set_default_dtype(torch.float64)``, a call inside ``torch.no_grad()``: a user test saw
-    pretraining fail deep in autograd and eval on mixed dtypes); the caller's put back on exit.
-    Also a decorator. The default dtype is the process's: where the caller set another, its other
-    threads see float32 meanwhile (grad mode is each thread's own)."""
+    """float32 as torch's default dtype, gradients on and autocast off, whatever the caller set (a
+    notebook's ``torch.set_default_dtype(torch.float64)``, a call inside ``torch.no_grad()`` or
+    ``torch.autocast``: user tests saw pretraining fail deep in autograd, eval on mixed dtypes, kNN on
+    its votes' dtype, and results change while they said float32; ``train.precision`` is what sets
+    autocast); the caller's put back on exit. Also a decorator. The default dtype is the process's:
+    where the caller set another, its other threads see float32 meanwhile (grad mode and autocast are
+    each thread's own)."""
     dtype = torch.get_default_dtype()
     if dtype != torch.float32:
         torch.set_default_dtype(torch.float32)
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
+            for device_type in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
             yield
     finally:
         if dtype != torch.float32:

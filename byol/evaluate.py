@@ -80,6 +80,7 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
     """Class scores (B, C): each neighbour votes for its class with weight exp(sim / T), taken over
     each row's exp(max sim / T) (``sims`` are sorted: column 0 is the largest), which would overflow
     float32 at a temperature of about 0.011 and below; the row's ratios, and its argmax, are the same."""
+    sims = sims.float()  # (bf16 under a caller's autocast, which the votes' float32 scores would not take)
     scores = torch.zeros(len(sims), num_classes, device=sims.device)
     return scores.scatter_add_(1, neighbour_labels, ((sims - sims[:, :1]) / temperature).exp())
 

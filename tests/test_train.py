@@ -1198,6 +1198,32 @@ def test_pretrain_and_eval_run_whatever_grad_mode_and_default_dtype_the_caller_s
         torch.set_default_dtype(torch.float32)
 
 
+def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root):
+    """A user test (a notebook): under the caller's torch.autocast, kNN failed ("scatter(): Expected self.dtype
+    to be equal to src.dtype"), the linear probe's top-1 and pretraining's loss changed, while the results
+    said float32. The caller's autocast is off inside, as its default dtype and grad mode are overridden."""
+    import byol
+    from byol.evaluate import knn_accuracy
+    runs = []
+    for name, autocast in (("plain", False), ("autocast", True)):
+        config = load_config("cifar10", tiny_overrides(tmp_path / name, **{
+            "data.limit": 32, "train.max_steps": 2, "train.knn_every": -1, "train.precision": "fp32"})
+            + [f"--data.root={cifar10_root}"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            result = pretrain(config)
+            ckpt = tmp_path / name / "checkpoints" / "last.pt"
+            runs.append((result["loss"], byol.knn(ckpt, ks=(5,), limit=20)["knn_top1"],
+                         byol.linear(ckpt, epochs=1, limit=20)["top1"],
+                         byol.load_encoder(ckpt)[0].state_dict()))
+            assert torch.is_autocast_enabled("cpu") is autocast  # the caller's, put back
+    (loss, knn, top1, weights), (loss_a, knn_a, top1_a, weights_a) = runs
+    assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
+    assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
+    x, y = torch.randn(20, 8), torch.arange(20) % 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a building block alone runs too
+        assert 0 <= knn_accuracy(x, y, x, y, ks=(3,))[3] <= 100
+
+
 def test_a_resume_with_other_settings_keeps_those_its_earlier_steps_ran_with(tmp_path, cifar10_root, monkeypatch):
     """config.yaml holds the settings of the run's last start; a user test found that after a resume
     with another learning rate nothing in the folder said what the first steps ran with. Those are
