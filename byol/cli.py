@@ -349,8 +349,8 @@ def _main(argv: Optional[list[str]]) -> int:
     except UsageError as e:
         _say_error(e, everywhere=False)
         return 2
-    except KeyboardInterrupt:
-        print("byol: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # (a second Ctrl-C's says what it cost)
+        print(f"byol: interrupted{': ' if str(e) else ''}{e}", file=sys.stderr)
         return 130
     except _Terminated as e:
         print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)

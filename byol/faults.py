@@ -103,6 +103,11 @@ class NonFiniteGuard:
         return value
 
 
+# What a second Ctrl-C's KeyboardInterrupt says (a notebook shows it; byol's command line prints it).
+SECOND_INTERRUPT = ("a second Ctrl-C stops at once, without the checkpoint the first asked for: the steps since "
+                    "the run's last checkpoint, if it wrote one, are lost")
+
+
 class Stopped(BaseException):
     """A signal that cut short what :meth:`StopRequest.interrupting` wraps (a BaseException, as
     KeyboardInterrupt is: no ``except Exception`` on the way, such as a decoder's, takes it for a failure)."""
@@ -129,8 +134,8 @@ class StopRequest:
             self._raising = False
             self.signum = self.signum or signum
             raise Stopped
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None and signum == signal.SIGINT:  # said, not printed here: a handler's print
+            raise KeyboardInterrupt(SECOND_INTERRUPT)  # could come inside another (the bar's): a reentrant write
         self.signum = signum
 
     @contextmanager

@@ -675,6 +675,21 @@ def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatc
                 "the start made is removed")
 
 
+def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):
+    """A user test (a notebook): a second Ctrl-C stopped at once, as documented, but nothing said that the
+    steps since the last checkpoint were lost."""
+    from byol import cli
+    from byol.faults import SECOND_INTERRUPT, StopRequest
+    with pytest.raises(KeyboardInterrupt, match="^a second Ctrl-C stops at once, without the checkpoint"):
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(cli, "run", lambda argv: stop._handle(signal.SIGINT, None))
+    assert cli.main(["pretrain"]) == 130
+    assert capsys.readouterr().err == f"byol: interrupted: {SECOND_INTERRUPT}\n"
+
+
 def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar):
     """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal."""
     import byol.train
