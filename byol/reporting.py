@@ -158,13 +158,15 @@ class Report:
 def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batch_size: int,
                loss: Optional[float], knn: Optional[float] = None) -> str:
     """Where a run without a progress bar (``train.progress=false``, a log file) stands at an epoch's
-    end: the epoch, the step, the last loss read, the kNN top-1 scored at this step (None: none),
+    end: the epoch, the step, the last loss read (with its step, where that is an earlier one: read every
+    ``train.log_every`` steps), the kNN top-1 scored at this step (None: none),
     this start's training throughput and the time left."""
     epoch, epochs = math.ceil(step / report.steps_per_epoch), report.epochs
     elapsed = report.clock.training_s()
     rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
     left = f", about {duration((end_step - step) / rate)} left" if rate and step < end_step else ""
-    shown = (f", loss {loss:.4f}" if loss is not None else "") + (f", kNN {knn:.2f}%" if knn is not None else "")
+    at = f" (step {report.last_step})" if report.last_step != step else ""
+    shown = (f", loss {loss:.4f}{at}" if loss is not None else "") + (f", kNN {knn:.2f}%" if knn is not None else "")
     return (f"epoch {epoch}/{epochs} (step {step}/{end_step}){shown}, {rate * batch_size:,.1f} img/s{left}")
 
 

@@ -253,6 +253,10 @@ def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cif
     knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] == 4
            and "eval/knn_top1" in r]
     assert lines == [f"epoch 1/2 (step 4/8), loss {losses[0]:.4f}, kNN {knn[0]:.2f}%, 16.0 img/s, about 0:00:04 left"]
+    pretrain(two_epochs_of_four_steps(tmp_path / "run3", cifar10_root, "--train.progress=false", "--train.log_every=3"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    loss = [r["train/loss"] for r in read_metrics(tmp_path / "run3" / "metrics.jsonl") if "train/loss" in r][0]
+    assert lines[0].startswith(f"epoch 1/2 (step 4/8), loss {loss:.4f} (step 3), kNN ")  # (a user test: unsaid)
     # the last epoch's is the closing table's (and an error's, when the run ends on one: one sentence)
 
 
