@@ -46,11 +46,7 @@ def _neighbours(text: str) -> int:
     try:
         return _positive_int(text)
     except argparse.ArgumentTypeError as e:
-        try:
-            float(text)  # a number that is no k (0, 2.5): the message as it is
-        except ValueError:
-            pass
-        else:
+        if not (os.sep in text or text.endswith((".pt", ".pth")) or os.path.exists(text)):  # no checkpoint: as it is
             raise
         raise argparse.ArgumentTypeError(f"{e}: --k takes every value after it, so give the checkpoint "
                                          f"before --k (byol eval knn CHECKPOINT --k 20 200)") from None

@@ -296,8 +296,7 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
              ("data.load_size", config.data.load_size is None or config.data.load_size >= 8, ">= 8 or null"),
              ("augment.crop_min_scale", config.augment.crop_min_scale is None or 0 < config.augment.crop_min_scale
               <= 1, "above 0 and at most 1 (a fraction of the image's area), or null"),
-             ("model.projection_size", config.model.projection_size >= 2,  # 1: the collapse monitor's std misleads
-              ">= 2 (the loss compares the projections' directions, and one number has only its sign)"),
+             ("model.projection_size", config.model.projection_size >= 1, ">= 1"),  # (a new run: >= 2, in pretrain)
              ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
              ("optim.weight_decay", _finite(config.optim.weight_decay) >= 0, "a finite number >= 0"),
              ("optim.momentum", 0 <= config.optim.momentum < 1, ">= 0 and < 1"),

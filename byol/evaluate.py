@@ -71,7 +71,8 @@ def _knn_chunks(train_features: torch.Tensor, test_features: torch.Tensor, k: in
     chunk_size = chunk_size or max(1, min(1024, KNN_CHUNK_ENTRIES // max(len(bank), 1)))
     for start in range(0, len(test_features), chunk_size):
         q = F.normalize(test_features[start:start + chunk_size].to(device, torch.float32), dim=1)
-        sims, idx = (q @ bank.T).topk(k, dim=1)  # (B, N_train) -> (B, k), sorted descending
+        with torch.autocast(device.type, enabled=False):  # a caller's would pick other neighbours, in bf16
+            sims, idx = (q @ bank.T).topk(k, dim=1)  # (B, N_train) -> (B, k), sorted descending
         yield start, sims, idx
 
 
@@ -80,7 +81,6 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
     """Class scores (B, C): each neighbour votes for its class with weight exp(sim / T), taken over
     each row's exp(max sim / T) (``sims`` are sorted: column 0 is the largest), which would overflow
     float32 at a temperature of about 0.011 and below; the row's ratios, and its argmax, are the same."""
-    sims = sims.float()  # (bf16 under a caller's autocast, which the votes' float32 scores would not take)
     scores = torch.zeros(len(sims), num_classes, device=sims.device)
     return scores.scatter_add_(1, neighbour_labels, ((sims - sims[:, :1]) / temperature).exp())
 

@@ -104,8 +104,8 @@ class NonFiniteGuard:
 
 
 # What a second Ctrl-C's KeyboardInterrupt says (a notebook shows it; byol's command line prints it).
-SECOND_INTERRUPT = ("a second Ctrl-C stops at once, without the checkpoint the first asked for: the steps since "
-                    "the run's last checkpoint, if it wrote one, are lost")
+SECOND_INTERRUPT = ("a Ctrl-C while the run was stopping ends it at once, without the checkpoint it was to write: "
+                    "the steps since the run's last checkpoint, if it wrote one, are lost")
 
 
 class Stopped(BaseException):

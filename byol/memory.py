@@ -41,11 +41,13 @@ def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype
             return len(held) - 1
 
         views = torch.zeros(batch, 3, size, size)
-        with torch.autograd.graph.saved_tensors_hooks(keep, held.__getitem__), \
-                torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-            probe.forward_views(views, views.clone())
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}
-        held.clear()
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(keep, held.__getitem__), \
+                    torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                probe.forward_views(views, views.clone())
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}
+        finally:  # (an error in the forward too: the graph it left holds the hook, and the hook held)
+            held.clear()
         return sum(storages.values())  # the weights, saved at either batch, cancel out below
 
     return (saved(4) - saved(2)) / 2 * (image_size / size) ** 2

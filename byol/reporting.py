@@ -240,8 +240,8 @@ def note_warmup(config: Config, steps_per_epoch: int) -> None:
         run, below = f"{warmup_epochs:g} is not shorter than train.epochs={t.epochs}", "below train.epochs"
     else:  # train.max_steps ends the run within it
         run = f"{warmup_epochs:g} ({warmup} steps) is not shorter than train.max_steps={t.max_steps}"
-        epochs = end / steps_per_epoch
-        below = f"below the {epochs:.3g} epoch{'s' * (epochs != 1)} of train.max_steps"
+        epochs = f"{end / steps_per_epoch:.3g}"
+        below = f"below the {epochs} epoch{'s' * (epochs != '1')} of train.max_steps"
     # The last step's learning rate as a share of the peak (schedules.cosine_lr warms up by step + 1 of warmup).
     reached = "reaching its peak only at the last step" if end == warmup else f"to {end / warmup:.2g} of its peak"
     print(f"note: optim.warmup_epochs={run}, so the learning rate only warms up, {reached}, and never decays; "

@@ -79,11 +79,16 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
     return byol, optimizer, generator
 
 
-def _checked(config: Config) -> Config:
+def _checked(config: Config, resume: bool) -> Config:
     """``config`` checked (:func:`~byol.config.checked`: a notebook may have set fields since), as a copy
     whose ``data.root`` is absolute (the saved config finds the data from any directory) and whose
-    ``train.out_dir`` starts at the home folder where it says ``~`` (a shell leaves ``--x=~/runs`` so)."""
+    ``train.out_dir`` starts at the home folder where it says ``~`` (a shell leaves ``--x=~/runs`` so).
+    A new run's projections are at least 2 wide (the loss compares directions, and one number has only
+    its sign; the collapse monitor's std misread it as healthy); a run of 1 from before is read, and resumed."""
     config = checked(config)
+    if config.model.projection_size < 2 and not resume:
+        raise ConfigError(f"model.projection_size must be >= 2 for a new run (the loss compares the projections' "
+                          f"directions, and one number has only its sign), got {config.model.projection_size}")
     config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
     config.train.out_dir = os.path.expanduser(config.train.out_dir)
     return config
@@ -116,7 +121,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     run's own saved settings, as ``byol pretrain --resume`` does, pass
     ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
     """
-    config = _checked(config)
+    config = _checked(config, resume)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only

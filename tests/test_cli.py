@@ -575,6 +575,12 @@ def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragm
     assert fragment in line, line
 
 
+def test_a_bad_k_after_the_checkpoint_is_not_told_to_move_the_checkpoint(capsys):
+    for k in ("2OO", "2.5", "twenty"):  # (a review: the hint came for any value that is no number)
+        _, line = main_error(capsys, "eval", "knn", "x.pt", "--k", "20", k)
+        assert line.endswith(f"argument --k: must be a whole number >= 1, got '{k}'"), line
+
+
 def test_a_sigterm_handler_set_from_c_is_followed_by_the_default_not_an_error(capsys, monkeypatch):
     """main() puts back the SIGTERM handler it found; one set from C (an embedding program's, or a
     library's) reads as None, which signal.signal refuses: the default takes its place."""

@@ -680,7 +680,7 @@ def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):
     steps since the last checkpoint were lost."""
     from byol import cli
     from byol.faults import SECOND_INTERRUPT, StopRequest
-    with pytest.raises(KeyboardInterrupt, match="^a second Ctrl-C stops at once, without the checkpoint"):
+    with pytest.raises(KeyboardInterrupt, match="^a Ctrl-C while the run was stopping ends it at once, without the "):
         with StopRequest() as stop:
             os.kill(os.getpid(), signal.SIGINT)
             assert stop.requested

@@ -1,10 +1,12 @@
 """A CPU step too big for memory is refused in one sentence before it starts (the kernel would kill it)."""
 
+import pytest
 import torch
 
 from byol import memory
 from byol.build import build_model
 from byol.config import load_config
+from byol.model import BYOL
 from byol.step import ViewsForward
 from conftest import tiny_overrides
 
@@ -25,6 +27,7 @@ def _saved_by_a_step(byol, batch: int, image_size: int) -> int:
     with torch.autograd.graph.saved_tensors_hooks(lambda t: held.append(t) or len(held) - 1, held.__getitem__):
         forward(view1, view2)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}
+    held.clear()
     return sum(n for ptr, n in storages.items() if ptr not in weights)
 
 
@@ -53,6 +56,18 @@ def test_the_probe_leaves_nothing_behind(monkeypatch):
     memory.saved_bytes_per_image(_model(32), 32, None)
     gc.collect()
     assert copies and all(p() is None for p in copies)  # the probe copy's parameters
+    forward_views = BYOL.forward_views
+
+    def failing(self, *views):  # an error after the graph was built: a memory error, say
+        forward_views(self, *views)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(BYOL, "forward_views", failing)
+    copies.clear()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        memory.saved_bytes_per_image(_model(32), 32, None)
+    gc.collect()
+    assert copies and all(p() is None for p in copies)
 
 
 def test_a_step_that_cannot_fit_is_one_sentence_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch,

@@ -1202,12 +1202,22 @@ def test_pretrain_and_eval_run_whatever_grad_mode_and_default_dtype_the_caller_s
         torch.set_default_dtype(torch.float32)
 
 
+def test_a_new_run_with_projections_one_wide_is_refused_before_anything_is_written(tmp_path):
+    """A user test: model.projection_size=1 trained (its loss compares signs), and the collapse monitor called a
+    std of 1.014 healthy. An earlier run's config.yaml of 1 still loads (its exports, evaluations, resume)."""
+    from byol.config import ConfigError
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run") + ["--model.projection_size=1"])
+    with pytest.raises(ConfigError, match=r"^model.projection_size must be >= 2 for a new run \(the loss"):
+        pretrain(config)
+    assert not (tmp_path / "run").exists()
+
+
 def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root):
     """A user test (a notebook): under the caller's torch.autocast, kNN failed ("scatter(): Expected self.dtype
     to be equal to src.dtype"), the linear probe's top-1 and pretraining's loss changed, while the results
     said float32. The caller's autocast is off inside, as its default dtype and grad mode are overridden."""
     import byol
-    from byol.evaluate import knn_accuracy
+    from byol.evaluate import knn_accuracy, knn_classify
     runs = []
     for name, autocast in (("plain", False), ("autocast", True)):
         config = load_config("cifar10", tiny_overrides(tmp_path / name, **{
@@ -1223,9 +1233,12 @@ def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root):
     (loss, knn, top1, weights), (loss_a, knn_a, top1_a, weights_a) = runs
     assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
     assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
-    x, y = torch.randn(20, 8), torch.arange(20) % 4
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # a building block alone runs too
-        assert 0 <= knn_accuracy(x, y, x, y, ks=(3,))[3] <= 100
+    bank, labels, queries = torch.randn(1000, 64), torch.arange(1000) % 10, torch.randn(1000, 64)
+    expected = knn_classify(bank, labels, queries, k=20), knn_accuracy(bank, labels, queries, labels, ks=(20,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a building block alone: the same neighbours (not bf16's)
+        scores, accuracy = knn_classify(bank, labels, queries, k=20), knn_accuracy(bank, labels, queries, labels,
+                                                                                  ks=(20,))
+    assert torch.equal(scores, expected[0]) and accuracy == expected[1]
 
 
 def test_a_resume_with_other_settings_keeps_those_its_earlier_steps_ran_with(tmp_path, cifar10_root, monkeypatch):
