@@ -6,7 +6,7 @@ Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 
 import os
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -51,13 +51,51 @@ def usual_torch_defaults() -> Iterator[None]:
     if dtype != torch.float32:
         torch.set_default_dtype(torch.float32)
     try:
-        with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
-            for device_type in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
+        with torch.inference_mode(False), torch.enable_grad(), _outside_autocast():
             yield
     finally:
         if dtype != torch.float32:
             torch.set_default_dtype(dtype)
+
+
+@contextmanager
+def _outside_autocast() -> Iterator[None]:
+    """Within, as outside any ``torch.autocast`` the caller entered: autocast off, and no enclosing context.
+    Not off alone: an autocast inside another (the step's) keeps its bf16 copies of the weights until the
+    outermost one ends, so that a run inside the caller's context, even one with ``enabled=False``,
+    trained on the first step's copies (the cache is emptied where the nesting falls to 0)."""
+    depth = torch.autocast_increment_nesting() - 1  # the caller's contexts (this thread's)
+    torch.autocast_decrement_nesting()
+    if depth == 0:  # the usual case: nothing to undo
+        yield
+        return
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    enabled = {d: _autocast_enabled(d) for d in devices}
+    for _ in range(depth):
+        torch.autocast_decrement_nesting()
+    try:
+        for d in devices:
+            _autocast_enabled(d, False)
+        yield
+    finally:
+        for d in devices:
+            _autocast_enabled(d, enabled[d])
+        for _ in range(depth):
+            torch.autocast_increment_nesting()
+
+
+def _autocast_enabled(device_type: str, set_to: Optional[bool] = None) -> bool:
+    """Whether autocast is on for ``device_type`` (``set_to``: turned on or off first); the per-device
+    calls came in torch 2.4, the CPU's and CUDA's own before."""
+    try:
+        if set_to is not None:
+            torch.set_autocast_enabled(device_type, set_to)
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        cpu = device_type == "cpu"
+        if set_to is not None:
+            (torch.set_autocast_cpu_enabled if cpu else torch.set_autocast_enabled)(set_to)
+        return torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
 
 
 def autocast_dtype(precision: str, device: Union[torch.device, str]) -> Optional[torch.dtype]:

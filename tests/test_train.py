@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import os
@@ -1212,27 +1213,32 @@ def test_a_new_run_with_projections_one_wide_is_refused_before_anything_is_writt
     assert not (tmp_path / "run").exists()
 
 
-def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root, precision):
     """A user test (a notebook): under the caller's torch.autocast, kNN failed ("scatter(): Expected self.dtype
     to be equal to src.dtype"), the linear probe's top-1 and pretraining's loss changed, while the results
-    said float32. The caller's autocast is off inside, as its default dtype and grad mode are overridden."""
+    said float32. The caller's autocast is off inside, as its default dtype and grad mode are overridden, and
+    its cache too (an outer autocast kept the step's bf16 copies of the weights: stale after the first step)."""
     import byol
     from byol.evaluate import knn_accuracy, knn_classify
     runs = []
-    for name, autocast in (("plain", False), ("autocast", True)):
+    for name, autocast in (("plain", None), ("off", False), ("on", True)):  # (None: no context at all)
         config = load_config("cifar10", tiny_overrides(tmp_path / name, **{
-            "data.limit": 32, "train.max_steps": 2, "train.knn_every": -1, "train.precision": "fp32"})
+            "data.limit": 32, "train.max_steps": 3, "train.knn_every": -1, "train.precision": precision})
             + [f"--data.root={cifar10_root}"])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        context = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast) if autocast is not None else \
+            contextlib.nullcontext()
+        with context:
             result = pretrain(config)
             ckpt = tmp_path / name / "checkpoints" / "last.pt"
             runs.append((result["loss"], byol.knn(ckpt, ks=(5,), limit=20)["knn_top1"],
                          byol.linear(ckpt, epochs=1, limit=20)["top1"],
                          byol.load_encoder(ckpt)[0].state_dict()))
-            assert torch.is_autocast_enabled("cpu") is autocast  # the caller's, put back
-    (loss, knn, top1, weights), (loss_a, knn_a, top1_a, weights_a) = runs
-    assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
-    assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
+            assert torch.is_autocast_enabled("cpu") is bool(autocast)  # the caller's, put back
+    (loss, knn, top1, weights) = runs[0]
+    for loss_a, knn_a, top1_a, weights_a in runs[1:]:
+        assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
+        assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
     bank, labels, queries = torch.randn(1000, 64), torch.arange(1000) % 10, torch.randn(1000, 64)
     expected = knn_classify(bank, labels, queries, k=20), knn_accuracy(bank, labels, queries, labels, ks=(20,))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a building block alone: the same neighbours (not bf16's)
