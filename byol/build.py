@@ -60,27 +60,30 @@ def usual_torch_defaults() -> Iterator[None]:
 
 @contextmanager
 def _outside_autocast() -> Iterator[None]:
-    """Within, as outside any ``torch.autocast`` the caller entered: autocast off, and no enclosing context.
-    Not off alone: an autocast inside another (the step's) keeps its bf16 copies of the weights until the
-    outermost one ends, so that a run inside the caller's context, even one with ``enabled=False``,
-    trained on the first step's copies (the cache is emptied where the nesting falls to 0)."""
-    depth = torch.autocast_increment_nesting() - 1  # the caller's contexts (this thread's)
-    torch.autocast_decrement_nesting()
-    if depth == 0:  # the usual case: nothing to undo
-        yield
-        return
+    """Within, as outside any ``torch.autocast`` the caller entered or turned on: autocast off, and no
+    enclosing context. Not off alone: an autocast inside another (the step's) keeps its bf16 copies of the
+    weights until the outermost one ends, so that a run inside the caller's context, even one with
+    ``enabled=False``, trained on the first step's copies. The caller's are emptied; all else is put back."""
     devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     enabled = {d: _autocast_enabled(d) for d in devices}
-    for _ in range(depth):
-        torch.autocast_decrement_nesting()
+    depth = torch.autocast_increment_nesting() - 1  # the caller's contexts (this thread's)
+    torch.autocast_decrement_nesting()
+    if depth == 0 and not any(enabled.values()):  # the usual case: nothing to undo
+        yield
+        return
+    undone = 0
     try:
+        while undone < depth:
+            torch.autocast_decrement_nesting()
+            undone += 1
+        torch.clear_autocast_cache()
         for d in devices:
             _autocast_enabled(d, False)
         yield
     finally:
         for d in devices:
             _autocast_enabled(d, enabled[d])
-        for _ in range(depth):
+        for _ in range(undone):
             torch.autocast_increment_nesting()
 
 

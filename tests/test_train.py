@@ -1239,6 +1239,14 @@ def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root, 
     for loss_a, knn_a, top1_a, weights_a in runs[1:]:
         assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
         assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
+    from byol.build import usual_torch_defaults
+    torch.set_autocast_enabled("cpu", True)  # on without a context (a review: 'nothing entered' was taken for off)
+    try:
+        with usual_torch_defaults():
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+        assert torch.is_autocast_enabled("cpu")
+    finally:
+        torch.set_autocast_enabled("cpu", False)
     bank, labels, queries = torch.randn(1000, 64), torch.arange(1000) % 10, torch.randn(1000, 64)
     expected = knn_classify(bank, labels, queries, k=20), knn_accuracy(bank, labels, queries, labels, ks=(20,))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a building block alone: the same neighbours (not bf16's)
