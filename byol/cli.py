@@ -38,7 +38,7 @@ def _encoder_rows(result: dict) -> list[tuple[str, str]]:
 def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     """Write the result to ``out``, else to ``default``, where an earlier result (another run of
     the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ..."""
-    from .checkpoint import write_text_atomically
+    from .files import write_text_atomically
     from .pipeline import writing
     path = Path(out) if out else default
     if _is_main_process():

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from .backbones import RESNETS
-from .checkpoint import write_text_atomically
+from .files import write_text_atomically
 from .config_files import ConfigError, parse_value, read_preset, surprising_number
 
 

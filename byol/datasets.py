@@ -14,7 +14,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .checkpoint import remove_empty_folders, topmost_missing
+from .files import remove_empty_folders, topmost_missing
 from .data import DataError, ImageSet
 from .folder import ImageFolder, split_folder
 from .images import image_extensions

@@ -12,7 +12,7 @@ import torch
 from .backbones import feature_dim, resnet
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
-from .checkpoint import write_files_atomically
+from .files import write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 from torch.utils.data import Dataset
 
-from .checkpoint import write_text_atomically
+from .files import write_text_atomically
 from .data import DataError
 from .images import decode_image, reason
 from .scan import PackedNames, holds_a_run, scan

@@ -7,13 +7,14 @@ from typing import Callable, Optional
 import torch
 
 from . import distributed as dist
-from .build import TrainData, eval_crop, views_of
+from .build import eval_crop, views_of
 from .config import Config
 from .evaluate import knn_accuracy
 from .faults import StopRequest, Stopped
 from .metrics import MetricsLog
 from .model import BYOL
 from .reporting import log_knn, shows_bars
+from .train_data import TrainData
 
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,

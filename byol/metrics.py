@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from .checkpoint import temporary_beside, write_text_atomically
+from .files import temporary_beside, write_text_atomically
 from .config import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 

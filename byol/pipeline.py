@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .checkpoint import saved_step, write_failed, write_failure, written_for
+from .checkpoint import saved_step
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
+from .files import write_failed, write_failure, written_for
 from .folder import ImageFolder, escape_name, labeled_folders
 from .loaders import folder_loader
 from . import distributed as dist
@@ -26,8 +27,9 @@ from .distributed import note
 from .encoders import load_encoder_with_origin
 from .evaluate import knn_accuracy, linear_probe
 from .run_folder import RUN_FILES
-from .build import (autocast_dtype, eval_crop, held_out, load_size, precision_name, resolve_device,
-                    usual_torch_defaults, views_of)
+from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
+                    views_of)
+from .train_data import held_out
 
 
 class OutputError(Exception):

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .build import FOLDER_KNN_LIMIT, autocast_dtype, precision_name, end_step_of, schedule_of
+from .build import autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from .config import (Config, ConfigError, apply_overrides, changed_settings, config_from_dict, load_config,
                      override_list, validate, yaml_word)
@@ -17,6 +17,7 @@ from .config_files import read_preset
 from .metrics import read_metrics
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
+from .train_data import FOLDER_KNN_LIMIT
 
 
 def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,

@@ -11,9 +11,9 @@ from typing import IO, Optional
 
 import yaml
 
-from .checkpoint import (CheckpointError, fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing,
-                         write_text_atomically, write_failure)
+from .checkpoint import CheckpointError
 from .config import CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, save_config
+from .files import fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure, write_text_atomically
 from .metrics import PLOTS, MetricsLog, warning_step
 
 # The files a start rewrites, or removes, before its first step.

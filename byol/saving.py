@@ -9,13 +9,14 @@ from typing import Optional
 import torch
 
 from . import distributed as dist
-from .build import TrainData
-from .checkpoint import copy_atomically, save_checkpoint, saved_step, write_failure
+from .checkpoint import copy_atomically, save_checkpoint, saved_step
 from .config import Config
 from .faults import NonFiniteGuard
+from .files import write_failure
 from .metrics import plot_metrics
 from .model import BYOL
 from .run_folder import say
+from .train_data import TrainData
 
 
 class Checkpoints:

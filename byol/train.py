@@ -1,6 +1,5 @@
 """Pretraining: the loop, as straight-line code, over the library's building blocks."""
 
-import itertools
 import math
 import os
 import random
@@ -8,7 +7,7 @@ import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -16,8 +15,8 @@ from torch import nn
 
 from . import distributed as dist
 from .allocator import keep_freed_memory
-from .build import (TrainData, autocast_dtype, build_model, end_step_of, load_data, precision_name, resolve_device,
-                    schedule_of, usual_torch_defaults)
+from .build import (autocast_dtype, build_model, end_step_of, precision_name, resolve_device, schedule_of,
+                    usual_torch_defaults)
 from .checkpoint import rng_state_kept
 from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked
@@ -35,10 +34,11 @@ from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crash
+from .train_data import TrainData, load_data, step_images
 
 
 def _load_data(config: Config, device: torch.device, rank: int, world: int, resume: bool) -> TrainData:
-    """:func:`~byol.build.load_data`; where a resumed run's own data is gone, the error says how to
+    """:func:`~byol.train_data.load_data`; where a resumed run's own data is gone, the error says how to
     resume it from where the data moved (not where a new ``--data.root`` was given)."""
     try:
         return load_data(config, device, rank, world)
@@ -215,7 +215,7 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
     of what was logged first."""
     t, clock, progress, steps_per_epoch = config.train, report.clock, report.progress, report.steps_per_epoch
     first_step = step
-    stream = _step_images(data, step, steps_per_epoch, t.batch_size // world)
+    stream = step_images(data, step, steps_per_epoch, t.batch_size // world)
     host_kept = data.folder is None and data.batches.images.device != device  # data.on_device's resolution
     try:
         with StopRequest() as stop:
@@ -309,39 +309,6 @@ def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int,
         print("compiling the training step (torch.compile): the first steps can take several minutes",
               file=sys.stderr)
     return compile_step(forward, byol)  # loss and both augmentations; eager where that fails
-
-
-def _step_images(data: TrainData, step: int, steps_per_epoch: int, batch: int) -> Iterator[torch.Tensor]:
-    """The batches of global steps ``step``, ``step + 1``, ...: each ``batch`` images, where the data
-    is (the device, or host memory for a set kept there and a streamed folder)."""
-    epoch, index = divmod(step, steps_per_epoch)
-    while True:
-        # resuming mid-epoch: the order is a function of the epoch, so the skipped batches are those
-        # the run took, the epoch's restarts included; a streamed folder's in its order, not decoded
-        skipped = data.start_at(epoch, index)
-        batches = _epoch_batches(data, epoch, started_later=skipped > 0)
-        for images, _, _ in itertools.islice(batches, index - skipped, steps_per_epoch - skipped):
-            if len(images) < batch:  # a streamed batch that lost undecodable files: filled up with
-                # repeats of its own images, so that every step has one shape (a compiled step would
-                # compile again for each new batch size)
-                images = images[torch.arange(batch) % len(images)]
-            yield images
-        epoch, index = epoch + 1, 0
-
-
-def _epoch_batches(data: TrainData, epoch: int, started_later: bool = False) -> Iterator[tuple]:
-    """The batches of ``epoch``, begun again each time they run out: a folder epoch comes up short
-    where whole batches of its files could not be decoded. ``started_later``: the first pass starts
-    after the epoch's first batch (:meth:`TrainData.start_at`), and may hold none that decodes."""
-    while True:
-        batches = data.epoch(epoch)
-        first = next(batches, None)
-        if first is None and not started_later:  # not one file of this process's share could be decoded
-            raise data.folder.nothing_decoded()
-        started_later = False
-        if first is not None:
-            yield first
-            yield from batches
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

@@ -1,19 +1,13 @@
-import errno
 import os
 import pickle
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from byol import checkpoint
-from byol.checkpoint import (CheckpointError, load_checkpoint, load_model_state, remove_torn_temporaries,
-                             save_checkpoint, unwrap, write_files_atomically, write_text_atomically)
-from conftest import finished_pid
+from byol.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, unwrap
 
 
 def make():
@@ -37,110 +31,6 @@ def test_save_is_complete_and_atomic(tmp_path):
     load_model_state(other, state["model"])
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
-
-
-@pytest.mark.skipif(checkpoint.fcntl is None, reason="no file locks here")
-def test_torn_temporaries_are_removed_and_those_being_written_kept(tmp_path):
-    write_text_atomically(tmp_path / "config.yaml", "a: 1\n")
-    assert os.listdir(tmp_path) == ["config.yaml"]
-    dead = finished_pid()
-    writing = tmp_path / f".epoch_0003.pt.tmp{dead}"  # named after a dead process, yet locked by a live one
-    writing.write_text("half")
-    writer = subprocess.Popen([sys.executable, "-c", f"import fcntl, sys, time\nf = open({str(writing)!r}, 'r+b')\n"
-                               "fcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline() == "locked\n"
-        torn = [tmp_path / f".last.pt.tmp{dead}", tmp_path / f".config.yaml.tmp{os.getpid()}",  # a container's
-                tmp_path / f".epoch_0002.pt.tmp{os.getppid()}"]  # pid again; a pid now another process's
-        kept = [writing, tmp_path / ".notes.tmp1", tmp_path / ".last.pt.tmpnotapid", tmp_path / ".last.pt.tmp\u00b2"]
-        for path in (*torn, *kept[1:]):
-            path.write_text("half")
-        assert sorted(remove_torn_temporaries(tmp_path, "*.pt", "config.yaml")) == sorted(torn)
-        assert sorted(os.listdir(tmp_path)) == sorted(["config.yaml", *(p.name for p in kept)])
-    finally:
-        writer.kill()
-        writer.wait()
-    assert remove_torn_temporaries(tmp_path, "*.pt") == [writing]  # its writer is gone
-    assert remove_torn_temporaries(tmp_path / "missing", "*.pt") == []
-
-
-def test_a_later_write_of_a_file_removes_what_a_killed_writer_of_it_left(tmp_path):
-    """A user test: a kill -9 in the middle of byol eval's JSON left .NAME.json.tmpPID, and a later eval
-    did not remove it (a new run removes its own files' only). Any file written whole does now."""
-    dead = finished_pid()
-    torn = [tmp_path / f".r[1].json.tmp{dead}", tmp_path / f".e.npy.tmp{dead}"]
-    kept = [tmp_path / f".r1.json.tmp{dead}", tmp_path / f".other.json.tmp{dead}"]  # another file's
-    for path in (*torn, *kept):
-        path.write_text("half")
-    write_text_atomically(tmp_path / "r[1].json", "{}\n")  # a name that is a glob pattern, read as a name
-    (tmp_path / "sub").mkdir()
-    write_files_atomically({tmp_path / "e.npy": lambda tmp: tmp.write_bytes(b"x"), tmp_path / "sub" / "f": b"y"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r[1].json", "e.npy", "sub", *(p.name for p in kept)])
-
-
-@pytest.mark.skipif(checkpoint.fcntl is None, reason="no file locks here")
-def test_a_temporary_removed_as_torn_before_its_writer_locked_it_is_made_again(tmp_path, monkeypatch):
-    """From a review: a cleaner that took a new temporary's lock in the moment between its creation and
-    its writer's lock removed it; written through its path, it was made anew, unlocked, for the next
-    cleaner to remove. The writer now makes it again, and locks that."""
-    real, cleaned = checkpoint.fcntl.flock, []
-
-    class Flock:  # fcntl, with another start's cleaner at work just before the writer's lock
-        LOCK_EX, LOCK_NB = real.__self__.LOCK_EX, real.__self__.LOCK_NB
-
-        @staticmethod
-        def flock(f, how):
-            if how == Flock.LOCK_EX and not cleaned:
-                cleaned.extend(remove_torn_temporaries(tmp_path, "r.json"))
-            return real(f, how)
-
-    def write(tmp):  # through its path, as torch.save; and a cleaner at work again, which must keep it
-        tmp.write_text("{}\n")
-        assert remove_torn_temporaries(tmp_path, "r.json") == []  # before: the file the path made anew, unlocked
-
-    monkeypatch.setattr(checkpoint, "fcntl", Flock)
-    write_files_atomically({tmp_path / "r.json": write})
-    assert cleaned == [tmp_path / f".r.json.tmp{os.getpid()}"]
-    assert os.listdir(tmp_path) == ["r.json"] and (tmp_path / "r.json").read_text() == "{}\n"
-
-
-def test_a_torn_temporary_that_cannot_be_removed_keeps_no_write_from_going_on(tmp_path, monkeypatch):
-    """From a review: another user's torn temporary in a shared folder made every later write of that
-    file fail, once each write removed its own file's torn temporaries first."""
-    stuck = tmp_path / f".r.json.tmp{finished_pid()}"
-    stuck.write_text("half")
-    unlink = Path.unlink
-
-    def not_ours(path, missing_ok=False):
-        if path == stuck:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
-        return unlink(path, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", not_ours)
-    assert remove_torn_temporaries(tmp_path, "r.json") == []
-    write_text_atomically(tmp_path / "r.json", "{}\n")
-    assert sorted(os.listdir(tmp_path)) == sorted(["r.json", stuck.name])
-
-
-def test_torch_saves_iostream_error_at_the_end_of_a_full_disk_is_a_failed_write():
-    """From a review: torch.save's writer meeting a full disk in its last bytes says "basic_ios::clear:
-    iostream error", which eval and embed then showed as a traceback."""
-    from byol.checkpoint import write_failed
-    assert write_failed(RuntimeError("basic_ios::clear: iostream error"))
-    assert not write_failed(RuntimeError("a bug"))
-
-
-def test_without_file_locks_the_writers_pid_tells(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "fcntl", None)
-    save_checkpoint(tmp_path / "last.pt", *make(), step=1, config={})
-    assert os.listdir(tmp_path) == ["last.pt"]
-    torn = [tmp_path / f".last.pt.tmp{finished_pid()}", tmp_path / f".last.pt.tmp{os.getpid()}"]
-    kept = [tmp_path / f".epoch_0001.pt.tmp{os.getppid()}", tmp_path / ".last.pt.tmp9999999999"]
-    for path in (*torn, *kept):
-        path.write_text("half")
-    assert sorted(remove_torn_temporaries(tmp_path, "*.pt")) == sorted(torn)
-    assert sorted(os.listdir(tmp_path)) == sorted(["last.pt", *(p.name for p in kept)])
 
 
 def test_unwrap_removes_compile_wrapper_prefixes():
@@ -325,15 +215,3 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path, fault_table):
         load_checkpoint(tmp_path / "system.pt")
     fault_table("checkpoint carrying a pickled payload that writes a file when unpickled",
                 "refused by weights_only=True with one sentence; the file is never written")
-
-
-def test_a_failed_checkpoint_write_names_a_file_size_limit_where_the_process_has_one(monkeypatch):
-    """A user test under `prlimit --fsize`: torch.save's writer failed as on a full disk, and only that was said."""
-    import resource
-    from byol.checkpoint import write_failure
-    torn = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 499904 vs 499792")
-    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert write_failure(torn).endswith("; is the disk full?")
-    monkeypatch.setattr(resource, "getrlimit", lambda which: (500_000, resource.RLIM_INFINITY))
-    assert write_failure(torn).endswith("; is the disk full, or this process's file-size limit (500,000 bytes) "
-                                        "reached?")

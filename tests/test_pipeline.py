@@ -292,7 +292,7 @@ def test_eval_holdout_scores_the_training_images_the_knn_monitor_holds_out(cifar
     """``byol eval --holdout N``: the train split without N images as the bank (or the probe's
     training set), those N as the queries, drawn as train.knn_holdout draws them; the test split is
     not the one scored. A folder has ROOT/val for that."""
-    from byol.build import held_out
+    from byol.train_data import held_out
     from byol.config import load_config
     from byol.datasets import build_dataset
     config = load_config("cifar10", [f"--data.root={cifar10_root}"])

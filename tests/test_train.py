@@ -219,7 +219,7 @@ def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_pa
     from conftest import extract_jpegs
     on_a_fake_clock(monkeypatch)
     monkeypatch.setattr(byol.reporting, "usable_cores", lambda: 2)  # as CI's machine, whatever this one has
-    clock, step_images = byol.reporting.time.perf_counter, byol.train._step_images
+    clock, step_images = byol.reporting.time.perf_counter, byol.train.step_images
 
     def slow(*args):
         for images in step_images(*args):
@@ -229,7 +229,7 @@ def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_pa
     folder = ["--data.dataset=folder", f"--data.root={extract_jpegs(tmp_path / 'jpegs', per_class=7)}",
               "--data.workers=1"] if data == "folder" else []
     for wait, run in ((3, "slow"), (0, "fast")):
-        monkeypatch.setattr(byol.train, "_step_images", slow if wait else step_images)
+        monkeypatch.setattr(byol.train, "step_images", slow if wait else step_images)
         pretrain(two_epochs_of_four_steps(tmp_path / run, cifar10_root, *folder))
         waits = [r["train/data_wait"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "train/loss" in r]
         assert waits == [wait / (wait + 1)] * 8

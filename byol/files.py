@@ -1,0 +1,190 @@
+"""Files written whole or not at all: a temporary beside the file, synced, then renamed over it; what
+killed writers left removed; what a failed write says, in a few words."""
+
+import errno
+import fnmatch
+import glob
+import os
+import re
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+try:
+    import fcntl  # file locks, to tell a temporary being written from one a killed writer left
+except ImportError:  # Windows
+    fcntl = None
+
+
+def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
+    """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
+    file or the new one, never half of one."""
+    write_files_atomically({Path(path): text.encode("utf-8", errors=errors)})
+
+
+def write_files_atomically(files: dict[Path, Union[bytes, Callable[[Path], None]]]) -> None:
+    """Write each of ``files`` beside its path, and only once all are written (and synced) rename
+    them over their paths: a failure on any (a full disk) leaves every old file as it was. A file's
+    content is its bytes, or a function that writes it into the path it is given (the temporary).
+    What killed writers of these files left beside them is removed first."""
+    by_folder: dict[Path, list[str]] = {}
+    for path in map(Path, files):
+        by_folder.setdefault(path.parent, []).append(glob.escape(path.name))
+    for folder, names in by_folder.items():
+        remove_torn_temporaries(folder, *names)
+    with ExitStack() as stack:
+        for path, data in files.items():
+            tmp = stack.enter_context(temporary_beside(Path(path)))
+            if callable(data):
+                data(tmp)
+            else:
+                tmp.write_bytes(data)
+
+
+@contextmanager
+def temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, synced to disk and renamed over ``path`` at the end
+    of the ``with`` (removed instead on an error).
+
+    It is hidden and named after its writer (``.last.pt.tmp<pid>``), and locked while it is
+    written, so that :func:`remove_torn_temporaries` can tell one that a killed process left.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with _locked_new(tmp) as held:
+            yield tmp  # written through its path (torch.save's own writer), the same file as `held`
+            held.flush()
+            os.fsync(held.fileno())
+            os.replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked_new(tmp: Path) -> Iterator:
+    """``tmp`` created empty and open for writing, under its lock where the file system has locks. A
+    cleaner that took the lock between the file's creation and ours removed it as torn: made again."""
+    for _ in range(5):
+        with open(tmp, "wb") as held:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX)
+                except OSError:  # a file system without locks: the writer's pid tells instead
+                    pass
+            try:
+                ours = os.path.samestat(os.fstat(held.fileno()), os.stat(tmp))
+            except FileNotFoundError:
+                ours = False
+            if ours:
+                yield held
+                return
+    raise OSError(errno.EBUSY, "removed as a torn temporary again and again while it was written", str(tmp))
+
+
+def topmost_missing(path: Path) -> Optional[Path]:
+    """The topmost of ``path`` and its parents that does not exist (None when ``path`` does): the
+    first folder that creating ``path`` makes, for :func:`remove_empty_folders` to undo it."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    return missing[-1] if missing else None
+
+
+def remove_empty_folders(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` while they are empty."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+
+
+_TORN = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]{1,10})", re.ASCII)
+
+
+def remove_torn_temporaries(folder: Path, *names: str) -> list[Path]:
+    """Remove the temporary files of ``names`` (file names or glob patterns) in ``folder`` that a
+    killed writer left (``kill -9``, a lost node, a power cut in the middle of a write); return them.
+
+    A temporary whose writer still holds its lock (on this machine or, where the file system shares
+    locks, another) is kept. Where locks are not available, one is torn when the process named in it
+    is not running on this machine or is this process (which is not writing one now).
+    """
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.tmp*")):
+        match = _TORN.fullmatch(tmp.name)
+        if match and any(fnmatch.fnmatchcase(match["name"], name) for name in names) and \
+                _remove_if_torn(tmp, int(match["pid"])):
+            removed.append(tmp)
+    return removed
+
+
+def written_for(path: Union[str, Path]) -> str:
+    """The file that ``path`` is written for, where it is a temporary beside it (``.last.pt.tmp123``:
+    ``last.pt``, in the same folder); else ``path`` itself."""
+    match = _TORN.fullmatch(Path(path).name)
+    return str(Path(path).with_name(match["name"])) if match else str(path)
+
+
+def _remove_if_torn(tmp: Path, pid: int) -> bool:
+    """Remove ``tmp`` where it is torn; whether it was. Under its lock, which a writer takes before it
+    writes, so that a writer that opened it a moment before finds it gone (:func:`temporary_beside`).
+    One that cannot be removed (another user's, in a shared folder) is left: it keeps no write from
+    going on."""
+    if fcntl is not None:
+        try:
+            with open(tmp, "r+b") as f:  # for writing: NFS emulates flock with write locks
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return _removed(tmp)  # nobody held it; our lock goes with the file's closing
+        except BlockingIOError:
+            return False  # its writer is at work
+        except OSError:
+            pass  # no locks on this file system (or the file went): ask whether its writer runs
+    if pid == os.getpid():
+        return _removed(tmp)
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return _removed(tmp)
+    except (OSError, OverflowError):
+        return False  # another user's process, or no such pid here: not ours to judge
+    return False
+
+
+def _removed(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def write_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a failed write: an ``OSError``, or ``torch.save``'s zip writer reporting one
+    (a full disk is a RuntimeError "[enforce fail at inline_container.cc:...]" there, or, where it meets
+    it in its last bytes, "basic_ios::clear: iostream error")."""
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and any(
+        said in str(e) for said in ("inline_container", "iostream error")))
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, in a few words (see :func:`write_failed`)."""
+    if isinstance(e, FileExistsError) or (isinstance(e, OSError) and e.errno == errno.ENOTDIR):
+        return "a file is in the way where a folder is needed"
+    if isinstance(e, IsADirectoryError):
+        return "a folder is in the way where a file is needed"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{str(e).splitlines()[0][:120]}; is the disk full{_file_size_limit()}?"
+
+
+def _file_size_limit() -> str:
+    """``ulimit -f``'s limit where there is one (torch.save's writer says neither it nor a full disk)."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return ""
+    return "" if limit == resource.RLIM_INFINITY else f", or this process's file-size limit ({limit:,} bytes) reached"

@@ -1,0 +1,129 @@
+"""The data a run trains on and its kNN monitor's splits, from a config."""
+
+import numpy as np
+import pytest
+import torch
+
+from byol import train_data
+from byol.build import resolve_device
+
+
+def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_reads_the_test_split(
+        monkeypatch, cifar10_root):
+    """train.knn_holdout=N: the monitor's queries are N training images, the same for every seed,
+    disjoint from its memory bank, which holds all the others; the test split is not read at all."""
+    from byol.config import load_config
+    from byol.data import DataError
+    from byol.datasets import build_dataset
+
+    read = []
+
+    def recording(dataset, root, split, *args):
+        read.append(split)
+        return build_dataset(dataset, root, split, *args)
+
+    monkeypatch.setattr(train_data, "build_dataset", recording)
+    splits = {}
+    for seed in (0, 1):
+        config = load_config("cifar10", [f"--data.root={cifar10_root}", "--train.knn_holdout=5000",
+                                         f"--train.seed={seed}"])
+        splits[seed] = train_data._knn_splits(config, torch.device("cpu"), 0, 1, None)[:2]
+    assert read == ["train", "train"]
+    bank, queries = splits[0]
+    assert (len(bank), len(queries)) == (45000, 5000)
+    assert torch.equal(queries.indices, splits[1][1].indices)  # a fixed draw, whatever the seed
+    assert queries.indices[:6].tolist() == [14, 22, 24, 28, 64, 76]  # and whatever the version: NumPy's fixed stream
+    assert not set(bank.indices.tolist()) & set(queries.indices.tolist())
+    train = build_dataset("cifar10", cifar10_root, "train", 32, False)
+    for part in (bank, queries):  # each image is the training image its index says, with its label
+        assert torch.equal(part.images, train.images[part.indices])
+        assert torch.equal(part.labels, train.labels[part.indices])
+    assert torch.bincount(queries.labels).min() > 400  # a draw over the split, not its last classes
+    with pytest.raises(DataError, match="holding out 50,000 images leaves no memory bank: the train split has 50,000"):
+        train_data.held_out(train, 50000)
+
+
+def test_a_folder_decoded_below_the_training_size_is_said(tmp_path, capsys):
+    """data.load_size below data.image_size scales every crop up: legal, but said."""
+    from byol.config import load_config
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "set", per_class=1)
+    for load, said in ((16, True), (40, False)):
+        config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+                                         f"--data.load_size={load}", "--train.batch_size=2", "--data.workers=0"])
+        train_data._training_split(config, torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert ("note: data.load_size=16 is below data.image_size=32: each image is decoded to 16x16 and its crops "
+                "are scaled up to 32x32" in err) == said, err
+
+
+@pytest.mark.parametrize("given, said", [
+    ("--data.load_size=64", "note: data.load_size=64 is not used: cifar10 is read at its own 32x32 "
+                            "(data.image_size=32 is the size of its views)"),
+    ("--data.workers=8", "note: data.workers=8 is not used: cifar10 is held in memory and batched by index, "
+                         "with no decoding processes")])
+def test_folder_settings_given_for_cifar_or_stl10_are_said_not_to_be_used(tmp_path, capsys, given, said):
+    """CIFAR and STL-10 are read at their own size, into memory: a load_size or a number of decoding
+    processes given for them is said to be unused; without one, nothing is said."""
+    import numpy as np
+    from byol.config import load_config
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
+    for overrides, expected in (([given], True), ([], False)):
+        config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2",
+                                         *overrides])
+        train_data._training_split(config, torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert (said in err) == expected and ("is not used" in err) == expected, err
+
+
+def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(tmp_path, capsys):
+    """bus/ car/ train/: train/ is a class there (byol.folder.split_folder), which a note says; the
+    train/ of a train/ + val/ layout is the split, without a note."""
+    from byol.config import load_config
+    from PIL import Image
+    for path in ("plain/bus/0.png", "plain/train/0.png", "layout/train/bus/0.png", "layout/train/bus/1.png",
+                 "layout/val/bus/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    for root, said in (("plain", True), ("layout", False)):
+        config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path / root}",
+                                         "--data.image_size=8", "--train.batch_size=2", "--data.workers=0"])
+        train_data._training_split(config, torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert (f"note: {tmp_path / root / 'train'} is read as a class of {tmp_path / root}, as its other sub-folders "
+                "are, not as its train/ split: a split has val/ or test/ beside it" in err) == said, err
+
+
+def test_a_train_split_that_is_not_there_is_refused_not_read_as_the_whole_folder(tmp_path):
+    """A user test: --data.train_split=trian trained on all of ROOT, its val/ too (which the kNN
+    monitor then scored), exit 0. A split given that is not there is an error naming the folders;
+    the default, train, still falls back to the whole of a plain folder."""
+    from byol.config import load_config
+    from byol.data import DataError
+    from PIL import Image
+    for path in ("train/bus/0.png", "train/bus/1.png", "val/bus/0.png", "plain/bus/0.png", "plain/car/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+
+    def split(root, *more):
+        config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={root}", "--data.image_size=8",
+                                         "--train.batch_size=2", "--data.workers=0", *more])
+        return train_data._training_split(config, torch.device("cpu"), 0, 1)
+
+    with pytest.raises(DataError, match=f"data.train_split=trian, but {tmp_path} has no folder trian \\(its "
+                                        "sub-folders are plain, train, val\\); leave data.train_split at train"):
+        split(tmp_path, "--data.train_split=trian")
+    assert split(tmp_path)[1] == 2 and split(tmp_path / "plain")[1] == 2  # ROOT/train; all of a plain folder
+
+
+def test_cpu_0_is_the_cpu(tmp_path, capsys):
+    """``--train.device=cpu:0`` trains where ``cpu`` does, without a note that the set stays in host
+    memory and each batch is copied to cpu:0 (a user test saw that one)."""
+    from byol.config import load_config
+    assert resolve_device("cpu:0") == torch.device("cpu") == resolve_device("cpu")
+    (tmp_path / "cifar-10-batches-bin").mkdir()
+    np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
+    config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2"])
+    train_data._training_split(config, resolve_device("cpu:0"), 0, 1)
+    assert "host memory" not in capsys.readouterr().err
