@@ -739,6 +739,31 @@ def test_outputs_that_would_replace_what_is_read_are_refused(capsys, trained, tm
     assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
 
 
+def test_eval_and_embed_replace_no_model_file_but_an_earlier_embeds(capsys, trained, tmp_path):
+    """A user test: `byol embed CKPT --out EXPORT/encoder.pt` replaced the exported encoder with 4 KB of
+    embeddings (and the TorchScript file, a user's own state_dict the same way): refused now, as a
+    checkpoint is; an earlier embed's .pt is replaced as before."""
+    from byol.cli import main
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    exported = tmp_path / "exported"
+    assert main(["export", str(ckpt), "--out", str(exported)]) == 0
+    weights = tmp_path / "improved-net.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), weights)
+    held = {exported / "encoder.pt": "a model's weights (written by torch.save)",
+            exported / "encoder_torchscript.pt": "a TorchScript module",
+            weights: "a model's weights (written by torch.save)"}
+    before = {path: path.read_bytes() for path in held}
+    for path, what in held.items():
+        for args in (("eval", "knn", ckpt, "--limit", 40), ("embed", ckpt, "--limit", 8)):
+            _, line = main_error(capsys, *args, "--out", path)
+            assert line == f"byol: error: {path} holds {what}, which this would replace; choose another --out"
+    assert {path: path.read_bytes() for path in held} == before
+    emb = tmp_path / "emb.pt"
+    for limit in (8, 4):  # the second replaces the first
+        assert main(["embed", str(ckpt), "--out", str(emb), "--limit", str(limit)]) == 0
+    assert len(torch.load(emb, weights_only=True)["embeddings"]) == 4
+
+
 def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, trained, tmp_path):
     """A folder holding a config.yaml (or an export.json, encoder.pt) that no export wrote is refused; before, an
     export into it replaced that file."""
