@@ -88,7 +88,7 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
 
 
 def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> dict[int, float]:
-    """Refuse settings a resume cannot change (the batch size, and the kNN monitor's queries and bank
+    """Refuse settings a resume cannot change (the batch size, the seed, and the kNN monitor's queries and bank
     where it has scored); return the steps of the run's kNN records up to the checkpoint's, with the
     run's time (``time_s``) each was logged at."""
     saved_train = state["config"].get("train", {})
@@ -97,6 +97,11 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> di
         raise CheckpointError(f"{ckpt_path} was trained with train.batch_size={saved_batch}, and its step count, "
                               "schedules and place in the data are in steps of that many images; resume with "
                               f"--train.batch_size={saved_batch}, or start a new run for another batch size")
+    saved_seed = saved_train.get("seed", config.train.seed)
+    if saved_seed != config.train.seed:  # (a user test: eval --random-init then built another network)
+        raise CheckpointError(f"{ckpt_path}'s run started from train.seed={saved_seed}: its initial weights, which "
+                              "eval --random-init rebuilds as the baseline, and its data's order come from it; resume "
+                              f"with --train.seed={saved_seed}, or start a new run for another seed")
     saved_holdout = saved_train.get("knn_holdout", 0)
     if saved_holdout != config.train.knn_holdout:
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_holdout={saved_holdout} held-out "

@@ -415,6 +415,13 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     proc = byol("pretrain", "--resume", f"--train.out_dir={run}", f"--data.root={tmp_path / 'moved'}", check=False)
     assert_user_error(proc, "cifar10 train files not found")
     assert (run / "config.yaml").read_bytes() == saved  # not rewritten by a resume that failed
+    # Nor another seed (a user test: eval --random-init of the resumed run's checkpoint then built another
+    # network than the one the run started from, and its kNN at random init was not the run's).
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7", "--train.max_steps=4", check=False)
+    assert_user_error(proc, f"{run / 'checkpoints' / 'last.pt'}'s run started from train.seed=0: its initial weights, "
+                            "which eval --random-init rebuilds as the baseline, and its data's order come from it; "
+                            "resume with --train.seed=0, or start a new run for another seed")
+    assert (run / "config.yaml").read_bytes() == saved and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
     # The run's own settings (width 8, batch 16, 128 images, SGD), not the cifar10 preset's: the
     # preset's width 64 would not even load.
     proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
@@ -424,7 +431,7 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     assert state["step"] == 4 and state["config"]["model"]["width"] == 8 and state["config"]["optim"]["name"] == "sgd"
     # A finished run: nothing to do, said in a note, exit 0, and the settings given are not kept.
     saved = (run / "config.yaml").read_bytes()
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7", "--data.limit=256")
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--optim.lr=0.5", "--data.limit=256")
     assert f"note: the run in {run} is finished: step 4, and train.max_steps=4 ends it" in proc.stderr
     # and that alone: no notes of what the settings given would change (a user test)
     assert [line for line in proc.stderr.splitlines() if line.startswith("note: ")] == [
