@@ -207,6 +207,17 @@ def saved_step(path: Path) -> Optional[int]:
         return None
 
 
+def saved_config(path: Path) -> dict:
+    """The settings a checkpoint holds, read as :func:`saved_step` reads its step; {} where the file is
+    not a readable checkpoint."""
+    try:
+        _check_format(path)
+        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+    except Exception:  # not a checkpoint of ours, or torn
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     """Read a byol checkpoint safely (see :func:`read_state`) and check that it is one."""
     state = read_state(path, map_location)

@@ -35,9 +35,8 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
     if not saved.is_file():
         return _checkpoint_config(saved, located, overrides)
     sections = read_preset(str(saved))
-    if not sections:
-        raise ConfigError(f"the run's saved config {saved} is empty; give the run's settings with --config and "
-                          "--section.key=value, or restore the file")
+    if not sections:  # (a user test: the error's advice, --config, only locates the run)
+        return _checkpoint_config(saved, located, overrides, "is empty")
     config = load_config(str(saved), overrides)
     train = sections.get("train")
     own = train.get("out_dir") if isinstance(train, dict) else None
@@ -54,8 +53,9 @@ def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
     return config
 
 
-def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[str]]) -> Config:
-    """For a run folder whose ``config.yaml`` is gone: the settings its last checkpoint holds, then
+def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[str]],
+                       state: str = "is missing") -> Config:
+    """For a run folder whose ``config.yaml`` is gone (or empty): the settings its last checkpoint holds, then
     ``overrides``, said in a note (else the preset's would each be refused by the checkpoint, one
     resume at a time); ``located`` where there is no readable checkpoint either."""
     ckpt = saved.parent / "checkpoints" / "last.pt"
@@ -67,11 +67,11 @@ def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[st
     except (CheckpointError, KeyError, AttributeError):
         return located  # the resume says what is wrong with the checkpoint
     except ConfigError as e:  # (an older byol's key, say): the preset's, said
-        print(f"note: {saved} is missing, and the settings saved in {ckpt} do not load ({e}); the run goes on "
+        print(f"note: {saved} {state}, and the settings saved in {ckpt} do not load ({e}); the run goes on "
               "with those given, over the preset's", file=sys.stderr)
         return located
     config.train.out_dir = located.train.out_dir
-    print(f"note: {saved} is missing; the run goes on with the settings saved in {ckpt}", file=sys.stderr)
+    print(f"note: {saved} {state}; the run goes on with the settings saved in {ckpt}", file=sys.stderr)
     return config
 
 

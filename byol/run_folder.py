@@ -11,9 +11,11 @@ from typing import IO, Optional
 
 import yaml
 
-from .checkpoint import CheckpointError
-from .config import CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, save_config
-from .files import fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure, write_text_atomically
+from .checkpoint import CheckpointError, saved_config
+from .config import (CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, config_text,
+                     save_config)
+from .files import (fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure,
+                    write_text_atomically)
 from .metrics import PLOTS, MetricsLog, warning_step
 
 # The files a start rewrites, or removes, before its first step.
@@ -129,6 +131,8 @@ class RunFolder:
         kept = _configs_kept(self.path)
         later = {step: path for step, path in kept.items() if resume_step is None or step > resume_step}
         ran = _read(later[min(later)]) if later and resume_step is not None else self._before["config.yaml"]
+        if resume_step is not None and not (ran or "").strip():  # config.yaml gone or emptied: the checkpoint's
+            ran = _checkpoint_config_text(self.path / "checkpoints" / "last.pt")
         for path in later.values():
             path.unlink()
         if resume_step is not None and ran is not None and resume_step not in kept and _differ(ran, config):
@@ -174,6 +178,15 @@ def _configs_kept(folder: Path) -> dict[int, Path]:
         if match:
             kept[int(match.group(1))] = path
     return kept
+
+
+def _checkpoint_config_text(path: Path) -> Optional[str]:
+    """The settings the checkpoint ``path`` holds, as ``config.yaml`` would hold them; None where they
+    do not load."""
+    try:
+        return config_text(config_from_dict(saved_config(path)))
+    except (ConfigError, AttributeError, TypeError, KeyError):
+        return None
 
 
 def _differ(saved: str, config: Config) -> bool:

@@ -449,9 +449,14 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
                 "--train.max_steps=6")
     assert "these settings of cifar10-cpu differ from it and are not used" in proc.stderr, proc.stderr
     assert load_checkpoint(moved / "checkpoints" / "last.pt")["config"]["model"]["width"] == 8
+    # An emptied config.yaml is taken as a missing one: the checkpoint's settings (a user test: the error
+    # there was said to advise --config, which only locates the run).
     (moved / "config.yaml").write_text("")
-    assert_user_error(byol("pretrain", "--resume", f"--train.out_dir={moved}", check=False),
-                      f"the run's saved config {moved / 'config.yaml'} is empty")
+    proc = byol("pretrain", "--resume", f"--train.out_dir={moved}", "--train.max_steps=7")
+    assert (f"note: {moved / 'config.yaml'} is empty; the run goes on with the settings saved in "
+            f"{moved / 'checkpoints' / 'last.pt'}") in proc.stderr, proc.stderr
+    state = load_checkpoint(moved / "checkpoints" / "last.pt")
+    assert state["step"] == 7 and state["config"]["model"]["width"] == 8
     fault_table("--resume with only the run folder; with the data moved; of a finished run; of a moved run folder",
                 "continues with the run's own config.yaml (a note says the step it goes on from and lists settings "
                 "changed with it) in the folder "

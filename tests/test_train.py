@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import byol.faults
 import byol.knn_monitor
@@ -1120,6 +1121,11 @@ def test_a_run_whose_config_yaml_is_gone_resumes_with_its_checkpoint_s_settings(
         f"{run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().err
     assert (config.model.width, config.train.batch_size, config.train.max_steps) == (8, 16, 3)
     assert pretrain(config, resume=True)["step"] == 3 and (run / "config.yaml").is_file()
+    # The settings that ran the steps up to the checkpoint are kept, as where config.yaml is there (a user
+    # test: the changed train.max_steps left no config_until_step2.yaml, those settings only in a checkpoint)
+    kept = yaml.safe_load((run / "config_until_step2.yaml").read_text())
+    assert kept["train"]["max_steps"] == 2 and kept["model"]["width"] == 8
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 3
 
 
 def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
