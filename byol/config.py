@@ -235,15 +235,28 @@ def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optiona
         overrides: strings ``"section.key=value"`` (a leading ``--`` is allowed).
     """
     config = Config()
+    from_file: set[str] = set()
     if preset is not None:
         sections = read_preset(preset)
         if not sections:
             raise ConfigError(f"config {os.fspath(preset)} holds no settings; give a preset or a file that sets some")
-        for section, values in sections.items():
-            _check_section(config, section, values)
-            for name, value in values.items():
-                _set(config, f"{section}.{name}", value)
-    return validate(apply_overrides(config, overrides or []))
+        try:  # (a user test: "train.epochs must be >= 1" for a hand-edited config.yaml named no file)
+            for section, values in sections.items():
+                _check_section(config, section, values)
+                for name, value in values.items():
+                    _set(config, f"{section}.{name}", value)
+                    from_file.add(f"{section}.{name}")
+        except ConfigError as e:
+            raise ConfigError(f"config {os.fspath(preset)}: {e}") from None
+    given = override_list(overrides)
+    apply_overrides(config, given)
+    try:
+        return validate(config)
+    except ConfigError as e:
+        key = str(e).partition(" ")[0]
+        if key in from_file and key not in {item.removeprefix("--").partition("=")[0] for item in given}:
+            raise ConfigError(f"config {os.fspath(preset)}: {e}") from None
+        raise
 
 
 def _check_section(config: Config, section: Any, values: Any) -> None:
@@ -358,10 +371,15 @@ def _is_device(name: str) -> bool:
 
 def override_list(overrides: Optional[list[str]]) -> list[str]:
     """``overrides`` as a list (None: none); one string is refused (taken character by character, it
-    failed on its first: "override '-' must look like --section.key=value")."""
+    failed on its first: "override '-' must look like --section.key=value"), as is an item not a string."""
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of strings, such as [{overrides!r}], not one string")
-    return list(overrides or [])
+    items = list(overrides or [])
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides must be strings such as '--train.epochs=5', but one is "
+                              f"{type(item).__name__} {item!r:.60}")
+    return items
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:

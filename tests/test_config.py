@@ -118,10 +118,30 @@ def test_an_empty_value_says_so_not_got_none(tmp_path):
         with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
             load_config("cifar10", [override])
     (tmp_path / "c.yaml").write_text("train:\n  epochs:\n")
-    with pytest.raises(ConfigError, match="^train.epochs is empty; give a whole number"):
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(tmp_path / 'c.yaml'))}: train.epochs is empty; "
+                                          "give a whole number"):
         load_config(str(tmp_path / "c.yaml"))
     (tmp_path / "c.yaml").write_text("train:\n  max_steps:\n")  # YAML's null, where null is allowed
     assert load_config(str(tmp_path / "c.yaml")).train.max_steps is None
+
+
+def test_a_bad_value_of_a_file_names_the_file_unless_the_command_line_gave_it(tmp_path):
+    """A user test: "train.epochs must be >= 1" for a hand-edited config.yaml named no file (the user had
+    given no train.epochs); an unknown key of a file named none either."""
+    path = tmp_path / "my.yaml"
+    path.write_text("train:\n  epochs: 0\n  epochz: 1\n")
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))}: unknown config key 'train.epochz' "
+                                          r"\(did you mean train.epochs\?\)"):
+        load_config(str(path))
+    path.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))}: train.epochs must be >= 1$"):
+        load_config(str(path))
+    assert load_config(str(path), ["--train.epochs=3"]).train.epochs == 3  # the command line mends it
+    path.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match="^train.epochs must be >= 1$"):  # the command line's own
+        load_config(str(path), ["--train.epochs=0"])
+    with pytest.raises(ConfigError, match="^overrides must be strings such as '--train.epochs=5', but one is int 3$"):
+        load_config(str(path), ["--train.log_every=2", 3])  # (was an AttributeError)
 
 
 def test_cuda_graph_and_compile_exclude_each_other():
