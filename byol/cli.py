@@ -275,6 +275,15 @@ def _storage_error(e: OSError) -> int:
     return 2
 
 
+def _file_error(e: OSError) -> str:
+    """An error the system gave for a path, in one sentence: the file a temporary is written for, rather
+    than the temporary (``.metrics.jsonl.tmp123``), and why."""
+    from .files import write_failure, written_for
+    path, other = written_for(e.filename), e.filename2
+    onto = f" (onto {other})" if other is not None and str(other) != path else ""
+    return f"{path}{onto}: {write_failure(e)}"
+
+
 def _user_errors() -> tuple[type, ...]:
     # Imported only once an error is raised: `byol --help` and usage errors never load torch.
     from .checkpoint import CheckpointError
@@ -356,14 +365,17 @@ def _main(argv: Optional[list[str]]) -> int:
         print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:
+            return _storage_error(e)
+        if isinstance(e, OSError) and e.filename is not None:  # a path the system refused: too long, a file in
+            _say_error(_file_error(e), everywhere=True)  # the way, a link loop, no permission, ... (a user test)
+            return 2
         if isinstance(e, _user_errors()):
             from .config import ConfigError
             _say_error(e, everywhere=not isinstance(e, ConfigError))
             return 2
         if _is_out_of_memory(e):
             return _out_of_memory()
-        if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:
-            return _storage_error(e)
         raise
 
 

@@ -12,7 +12,7 @@ import torch
 from .backbones import feature_dim, resnet
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
-from .files import write_files_atomically
+from .files import remove_empty_folders, topmost_missing, write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE
@@ -342,7 +342,13 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
              out_dir / info["torchscript"]: scripted.save_to_buffer(),
              out_dir / info["config"]: config_text(config).encode(),
              out_dir / "export.json": (json.dumps(info, indent=2) + "\n").encode()}
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_files_atomically(files)  # in memory first: torch's own writer aborts the process on a full disk
+    made = topmost_missing(out_dir.absolute())
+    try:
+        with writing(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_files_atomically(files)  # in memory first: torch's own writer aborts the process on a full disk
+    except BaseException:  # the folders made for it go too (a user test: an empty one was left on a full disk)
+        if made is not None:
+            remove_empty_folders(out_dir.absolute(), made)
+        raise
     return {**info, "state_dict": str(out_dir / info["state_dict"]), "torchscript": str(out_dir / info["torchscript"])}

@@ -177,7 +177,9 @@ def write_failure(e: BaseException) -> str:
         return "a folder is in the way where a file is needed"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return f"{str(e).splitlines()[0][:120]}; is the disk full{_file_size_limit()}?"
+    # torch.save's own words are its C++ internals ("[enforce fail at inline_container.cc:672] ...")
+    what = "torch.save's writer failed" if isinstance(e, RuntimeError) else (str(e).splitlines() or [repr(e)])[0][:120]
+    return f"{what}; is the disk full{_file_size_limit()}?"
 
 
 def _file_size_limit() -> str:

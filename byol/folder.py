@@ -69,7 +69,7 @@ class ImageFolder(Dataset):
         self.root = _image_root(root)
         self.where = self.root  # the folder its files are of, to name (inside(): a sub-folder of root)
         # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
-        rel_paths, self.others, self.runs, self.links_out = scan(self.root)
+        rel_paths, self.others, self.runs, self.links_out, self.unreadable = scan(self.root)
         if not rel_paths:
             raise _no_image_files(self.root)
         top = [p.split(os.sep, 1)[0] if os.sep in p else None for p in rel_paths]
@@ -140,10 +140,13 @@ class ImageFolder(Dataset):
                             f"by name (a folder deeper down is part of one of them)")
         prefix = os.fsencode(clean + os.sep)
         keep = [i for i in range(len(self)) if self._paths[i].startswith(prefix)]
+        if not keep and clean in self.unreadable:
+            raise DataError(f"cannot read the folder {os.path.join(self.root, clean)} ({self.unreadable[clean]})")
         if not keep:
             raise DataError(f"no image files found in {os.path.join(self.root, clean)} or its subfolders")
         sub = self.subset(torch.tensor(keep))
         sub.loose, sub.loose_count, sub.runs, sub.others, sub.links_out = None, 0, [], {}, []
+        sub.unreadable = {r: why for r, why in self.unreadable.items() if r.startswith(clean + os.sep)}
         sub.where = os.path.join(self.root, clean)
         return sub
 
@@ -156,7 +159,20 @@ class ImageFolder(Dataset):
     def notes(self) -> list[str]:
         """What the scan left out, to say: the byol run folders inside, the files of no image format;
         and the folders outside the root it read through symbolic links."""
-        return [said for said in (self.runs_note(), self.others_note(), self.links_note()) if said is not None]
+        return [said for said in (self.unreadable_note(), self.runs_note(), self.others_note(), self.links_note())
+                if said is not None]
+
+    def unreadable_note(self) -> Optional[str]:
+        """The note that names the folders under the root that could not be listed, and so were left
+        out with every image in them (None: there were none)."""
+        if not self.unreadable:
+            return None
+        ranked = sorted(self.unreadable.items())
+        named = ", ".join(f"{os.path.join(self.root, r)} ({why})" for r, why in ranked[:3]) + \
+            (", ..." if len(ranked) > 3 else "")
+        count = "1 folder" if len(ranked) == 1 else f"{len(ranked):,} folders"
+        return (f"{count} under {self.root} could not be read and {'is' if len(ranked) == 1 else 'are'} left out, "
+                f"with every image in {'it' if len(ranked) == 1 else 'them'}: {named}")
 
     def links_note(self) -> Optional[str]:
         """The note that names the symbolic links under the root that the scan followed out of it
@@ -272,8 +288,12 @@ def split_folder(root: Union[str, Path], name: str) -> Optional[Path]:
     there is a ``val/`` or ``test/`` beside it, or no sub-folder but splits (hidden ones and byol runs
     aside). So in a folder of vehicles, ``bus/ car/ train/``, ``train/`` is a class. None otherwise."""
     root = Path(root).expanduser()
-    if not (root / name).is_dir():
-        return None
+    try:
+        if not (root / name).is_dir():
+            return None
+    except PermissionError as e:  # (a user test: "[Errno 13] Permission denied: ROOT/train", which was not there)
+        raise DataError(f"cannot read the folder {root} ({e.strerror}); make it readable, or point data.root "
+                        "elsewhere") from None
     if (root / "val").is_dir() or (root / "test").is_dir():
         return root / name
     with os.scandir(root) as entries:

@@ -73,17 +73,25 @@ class RunFolder:
     def _check(self, resume: bool) -> None:
         """A resumed run needs a checkpoint; a new one a folder without one, and without files it
         would replace that no byol run wrote."""
-        kept = sorted(self.checkpoint.parent.glob("*.pt")) if self.checkpoint.parent.is_dir() else []
+        for name in ("checkpoints", "tensorboard"):  # (a user test: a traceback once the first epoch had run)
+            if (self.path / name).exists() and not (self.path / name).is_dir():
+                raise ConfigError(f"{self.path / name} is a file where the run keeps its {name}/ folder; move it "
+                                  "away, or choose another train.out_dir")
+        folder = self.checkpoint.parent
+        kept = sorted(p for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
         # kept epochs of a run whose last.pt is gone: resumed from once the newest is copied to last.pt
-        # (not an earlier start's epoch kept apart as epoch_N_stepS.pt, of a step before its epoch_N.pt)
-        epochs = [p for p in kept if "_step" not in p.stem]
+        # (not an earlier start's epoch kept apart as epoch_N_stepS.pt, of a step before its epoch_N.pt,
+        # nor another .pt put there)
+        epochs = sorted((p for p in kept if re.fullmatch(r"epoch_[0-9]+\.pt", p.name, re.ASCII)),
+                        key=lambda p: int(p.stem.removeprefix("epoch_")))
         copy = (f"; to resume from {epochs[-1].relative_to(self.path)}, copy it to checkpoints/last.pt first"
                 if epochs and not self.checkpoint.is_file() else "")
         if resume and not self.checkpoint.is_file():
             raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}" +
                                   (copy or "; start without --resume"))
         if not resume and kept:
-            raise ConfigError(f"{self.path} already holds a run ({kept[-1].relative_to(self.path)}); pass --resume "
+            shown = self.checkpoint if self.checkpoint in kept else (epochs or kept)[-1]
+            raise ConfigError(f"{self.path} already holds a run ({shown.relative_to(self.path)}); pass --resume "
                               "to continue it (from checkpoints/last.pt) or choose another train.out_dir" + copy)
         if not resume:
             _check_replaceable(self.path)

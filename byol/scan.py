@@ -87,9 +87,12 @@ class PackedNames:
 _GATHERED = 65536
 
 
-def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, int], list[str], list[str]]:
+def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, int], list[str], list[str],
+                                                          dict[str, str]]:
     """The image files under ``root`` (relative paths), how many other files each extension has, the
-    folders left out as byol runs' and the symbolic links read that lead out of ``root`` (relative paths).
+    folders left out as byol runs' and the symbolic links read that lead out of ``root`` (relative paths),
+    and the folders that could not be read, with why (relative paths; a user test lost a whole class
+    folder that its permissions kept from being listed, without a word).
 
     ``one_per_class``: the first image file found in each first-level sub-folder (a class) only, what
     the classes are: every folder is walked as by a full scan (a folder linked twice is read where the
@@ -97,11 +100,12 @@ def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, i
     extensions = image_extensions()
     real_root = os.path.realpath(root)
     found, others, runs, outside = [], Counter(), [], []
-    walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder
+    walked = set()  # (device, inode) of each folder read: a symbolic link back up, or to a folder read already
+    unreadable: list[OSError] = []  # the folders os.walk could not list (it goes on without them)
     classes_found = set()  # with one_per_class
     said = _ScanNotes(root, "class folders" if one_per_class else "image files")
     try:
-        for folder, subfolders, files in os.walk(root, followlinks=True):  # read already, is not read again
+        for folder, subfolders, files in os.walk(root, followlinks=True, onerror=unreadable.append):
             said.now(len(classes_found) if one_per_class else len(found))
             info = os.stat(folder)
             if (info.st_dev, info.st_ino) in walked:
@@ -131,7 +135,11 @@ def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, i
         raise DataError(f"the folders under {root} nest too deep to read (over about {sys.getrecursionlimit()} "
                         "levels); move the images into shallower folders") from None
     said.done(len(classes_found) if one_per_class else len(found))
-    return found, dict(others), sorted(runs), [os.path.normpath(link) for link in outside]
+    failed = {os.path.relpath(e.filename, root): e.strerror or type(e).__name__ for e in unreadable if e.filename}
+    if "." in failed:
+        raise DataError(f"cannot read the folder {root} ({failed['.']}); make it readable, or point data.root "
+                        "elsewhere")
+    return found, dict(others), sorted(runs), [os.path.normpath(link) for link in outside], failed
 
 
 class _ScanNotes:

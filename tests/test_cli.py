@@ -764,6 +764,37 @@ def test_eval_and_embed_replace_no_model_file_but_an_earlier_embeds(capsys, trai
     assert len(torch.load(emb, weights_only=True)["embeddings"]) == 4
 
 
+def test_a_path_the_system_refuses_is_one_sentence(capsys, trained, tmp_path):
+    """A user test: a name over 255 bytes (a sweep's out_dir, say) was a traceback in every command; a rename
+    refused named the temporary (.metrics.jsonl.tmp123), not the file."""
+    from byol.cli import _file_error
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    long = tmp_path / ("x" * 300)
+    for args in (("eval", "knn", ckpt, "--limit", 8, "--out", f"{long}.json"),
+                 ("embed", ckpt, "--limit", 8, "--out", f"{long}.npy"),
+                 ("pretrain", "--config", "cifar10-cpu", f"--train.out_dir={long}")):
+        _, line = main_error(capsys, *args)
+        assert line.startswith(f"byol: error: {long}") and line.endswith(": File name too long"), line
+    assert not any(tmp_path.iterdir())
+    refused = PermissionError(1, "Operation not permitted", str(tmp_path / ".metrics.jsonl.tmp5"), None,
+                              str(tmp_path / "metrics.jsonl"))
+    assert _file_error(refused) == f"{tmp_path / 'metrics.jsonl'}: Operation not permitted"
+
+
+def test_an_export_that_cannot_be_written_leaves_no_folder_it_made(capsys, trained, tmp_path, monkeypatch):
+    """A user test on a full disk: `byol export` said so in one sentence, but left its new folder, empty."""
+    import errno
+    import byol.exports
+
+    def full_disk(files):
+        raise OSError(errno.ENOSPC, "No space left on device", str(next(iter(files))))
+    monkeypatch.setattr(byol.exports, "write_files_atomically", full_disk)
+    out = tmp_path / "new" / "export"
+    _, line = main_error(capsys, "export", trained[0] / "checkpoints" / "last.pt", "--out", out)
+    assert line == f"byol: error: cannot write {out / 'encoder.pt'}: No space left on device; choose another --out"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, trained, tmp_path):
     """A folder holding a config.yaml (or an export.json, encoder.pt) that no export wrote is refused; before, an
     export into it replaced that file."""

@@ -1033,3 +1033,36 @@ def test_decoding_processes_that_cannot_start_are_one_sentence_and_leave_no_proc
     fault_table("shared memory (/dev/shm) full when the decoding processes start",
                 "one sentence naming /dev/shm and data.workers; the processes already started are ended, "
                 "no hang at exit")
+
+
+def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, monkeypatch):
+    """A user test: a class folder its permissions kept from being listed (chmod 000, as a user other than
+    root) was left out with all its images and without a word, by pretrain, eval and embed: it is named
+    in a note now; a root that cannot be listed is one sentence. (Root reads such folders anyway: the
+    refusal is made here by os.scandir, which os.walk lists each folder with.)"""
+    from byol.folder import split_folder
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8)).save(tmp_path / c / f"{i}.png")
+    scandir, refused = os.scandir, set()
+
+    def listing(path="."):
+        if os.path.realpath(path) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+    monkeypatch.setattr(os, "scandir", listing)
+    refused.add(str(tmp_path / "b"))
+    folder = ImageFolder(tmp_path, 8)
+    assert len(folder) == 2 and folder.classes == ["a"]
+    assert folder.notes()[0] == (f"1 folder under {tmp_path} could not be read and is left out, with every image in "
+                                 f"it: {tmp_path / 'b'} (Permission denied)")
+    with pytest.raises(DataError, match=re.escape(f"cannot read the folder {tmp_path / 'b'} (Permission denied)")):
+        folder.inside("b")
+    refused.add(str(tmp_path))
+    with pytest.raises(DataError, match=re.escape(f"cannot read the folder {tmp_path} (Permission denied); make it "
+                                                  "readable, or point data.root elsewhere")):
+        ImageFolder(tmp_path, 8)
+    monkeypatch.setattr(Path, "is_dir", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(DataError, match=re.escape(f"cannot read the folder {tmp_path} (Permission denied)")):
+        split_folder(tmp_path, "train")  # (it said "[Errno 13] Permission denied: ROOT/train", not there)

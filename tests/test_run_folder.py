@@ -3,6 +3,7 @@ and one start at a time writes a folder."""
 
 import os
 import re
+import shutil
 import socket
 
 import pytest
@@ -172,14 +173,40 @@ def test_a_run_starts_only_where_it_can(tmp_path):
     (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # a kept epoch, no last.pt
     (tmp_path / "run" / "checkpoints" / "epoch_0001_step4.pt").write_bytes(b"")  # an earlier start's, kept apart
     copy = "; to resume from checkpoints/epoch_0001.pt, copy it to checkpoints/last.pt first"
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001_step4.pt\); pass --resume"
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_0001.pt\); pass --resume"
                                           rf".*another train.out_dir{re.escape(copy)}$"):
         RunFolder(tmp_path / "run", resume=False)
     with pytest.raises(CheckpointError, match=rf"cannot resume: no checkpoint at .*last.pt{re.escape(copy)}$"):
         RunFolder(tmp_path / "run", resume=True)  # each message pointed at the other (a user test)
+    # The newest epoch by its number, not another .pt that sorts after it (a user test: w4_baseline.pt), nor a
+    # folder named last.pt
+    for name in ("epoch_0010.pt", "epoch_0009.pt", "w4_baseline.pt", "last.pt/"):
+        path = tmp_path / "run" / "checkpoints" / name.rstrip("/")
+        path.mkdir() if name.endswith("/") else path.write_bytes(b"")
+    copy = "; to resume from checkpoints/epoch_0010.pt, copy it to checkpoints/last.pt first"
+    with pytest.raises(CheckpointError, match=rf"cannot resume: no checkpoint at .*last.pt{re.escape(copy)}$"):
+        RunFolder(tmp_path / "run", resume=True)
+    (tmp_path / "run" / "checkpoints" / "last.pt").rmdir()
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/last.pt\); pass --resume"):
         RunFolder(tmp_path / "run", resume=False)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("name", ["checkpoints", "tensorboard"])
+def test_a_file_where_a_runs_folder_goes_is_refused_before_the_run(tmp_path, name, resume):
+    """A user test: a file named checkpoints in train.out_dir was a traceback once the first epoch had trained
+    (its checkpoint could not be written, and the epoch was lost); tensorboard, a traceback at the start."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    if name == "checkpoints":
+        shutil.rmtree(run / "checkpoints")
+    (run / name).write_text("x\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(run / name))} is a file where the run keeps its {name}/ "
+                                          "folder; move it away, or choose another train.out_dir$"):
+        RunFolder(run, resume=resume)
+    assert (run / name).read_text() == "x\n"
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "warnings.txt"])
