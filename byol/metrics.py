@@ -122,12 +122,31 @@ class MetricsLog:
         from torch.utils.tensorboard.summary import hparams
         flat = {f"{section}.{key}": _hparam(value)
                 for section, values in config.items() for key, value in values.items()}
-        for summary in hparams(flat, dict.fromkeys(SETTINGS_METRICS, 0.0)):  # the metrics' values unused
+        # The experiment and the session's start; its end (torch's third, which says success) at close()
+        # (a user test: every run, killed, diverged or running, showed as a success in the HParams tab).
+        for summary in hparams(flat, dict.fromkeys(SETTINGS_METRICS, 0.0))[:2]:  # the metrics' values unused
             self.writer.file_writer.add_summary(summary)
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Close the event file; ``finished``: the run trained to its end, a success in TensorBoard's HParams
+        tab. Nothing else is said there (its status then unknown): TensorBoard keeps a tag's first content
+        only, so a stopped or failed start's end would stand for the run after a resume that finished it."""
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None  # closed once: a failure after a close closes it again
+            if finished:
+                writer.file_writer.add_summary(_session_end())
+            writer.close()
+
+
+def _session_end():
+    """TensorBoard's HParams summary of a session's successful end, as torch's ``hparams`` writes one."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    content = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS")),
+        version=metadata.PLUGIN_DATA_VERSION)
+    data = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=data))])
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -157,6 +176,8 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     run = Path(metrics_path).parent
     out_dir = Path(out_dir or run)
     collapsed = _collapse_steps(run / "warnings.txt")
+    # where the loss was NaN or infinite (a user test: a diverged run's loss.png showed one healthy point)
+    diverged = [r["step"] for r in records if not math.isfinite(r.get("train/loss", 0.0))]
     written = []
     logged = sorted({k for r in records for k in r}, key=_natural)
     for name, (title, panels) in PLOTS.items():
@@ -164,10 +185,10 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
         for panel in panels:
             keys = [k for key in panel.keys for k in logged if k == key or key.endswith("*") and k.startswith(key[:-1])]
             series = {k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}
-            if any(series.values()):
+            if any(series.values()) or keys and diverged and name != "knn.png":  # also a panel of NaN alone
                 drawn.append((panel, series))
         if drawn:  # named by the run's folder: plots of several runs side by side are told apart
-            figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed)
+            figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed, diverged)
             with temporary_beside(out_dir / name) as tmp:  # a full disk leaves the last plot, not an empty file
                 figure.savefig(tmp, format="png")
             written.append(out_dir / name)
@@ -191,10 +212,12 @@ def _collapse_steps(warnings_path: Path) -> list[int]:
     return sorted(int(step) for step in steps if math.isfinite(step))
 
 
-def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], collapsed: list[int]):
-    """The panels one above the other on one step axis; each panel's series, its warning line, and a
-    line at each step where the collapse monitor warned (where the loss and kNN mean little: a user
-    test found a collapsed run's loss.png and knn.png looking healthy)."""
+def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], collapsed: list[int],
+            diverged: list[int]):
+    """The panels one above the other on one step axis; each panel's series, its warning line, a line
+    at each step where the collapse monitor warned (where the loss and kNN mean little: a user test
+    found a collapsed run's loss.png and knn.png looking healthy), and a mark at each record whose loss
+    was NaN or infinite."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -217,11 +240,15 @@ def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], co
         for i, step in enumerate(collapsed):
             ax.axvline(step, color="tab:red", linestyle=":", linewidth=1.5,
                        label="collapse warned here" if i == 0 else None)
+        for i, step in enumerate(diverged):
+            ax.axvline(step, color="tab:purple", linestyle="--", linewidth=1.5,
+                       label="loss NaN or infinite here" if i == 0 else None)
+        steps.update(diverged)
         if panel.log:
             _log_axis(ax, values, warn)
         ax.set(ylabel=panel.ylabel)
         ax.grid(alpha=0.3)
-        if len(series) > 1 or warn is not None or collapsed:
+        if len(series) > 1 or warn is not None or collapsed or diverged:
             ax.legend(fontsize="small")
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel("step")

@@ -353,8 +353,9 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
     """After the loop: the log closed, the skipped files (every rank's) written."""
     if data.folder is not None:  # streamed, each rank met only the bad files in its own share
         data.folder.bad_files = dist.merge_dicts(data.folder.bad_files)
+    streak = int(guard.streak.item())
     if rank == 0:
-        log.close()
+        log.close(finished=not streak and "stopped_by" not in results)
         if data.folder is not None:
             results["skipped_files"] = data.folder.write_skipped(run_dir / "skipped_files.txt")
             results["skipped_monitor_files"] = results["skipped_files"] - data.folder.skipped_inside()  # val's
@@ -365,7 +366,6 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
             if init:
                 results["knn_init"] = init
     ckpt_path = run_dir / "checkpoints" / "last.pt"
-    streak = int(guard.streak.item())
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
         end = f"its stop by {results['stopped_by']}" if "stopped_by" in results else "the run's end"
         raise nonfinite_error(streak, step, f"up to {end}, which was not saved", ckpt_path,

@@ -62,6 +62,17 @@ def finished_pid() -> int:
     return proc.pid
 
 
+def session_status(run: Path) -> str:
+    """The run's status in TensorBoard's HParams tab (STATUS_SUCCESS, ...; "none" where no end was written)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    content = EventAccumulator(str(run / "tensorboard")).Reload().PluginTagToContent("hparams")
+    if "_hparams_/session_end_info" not in content:
+        return "none"
+    return Status.Name(HParamsPluginData.FromString(content["_hparams_/session_end_info"]).session_end_info.status)
+
+
 def extract_jpegs(dest: Path, per_class: int = 20) -> Path:
     """The first ``per_class`` JPEGs of each class folder of the real CIFAR-10 JPEG test set."""
     if not CIFAR10_JPG_TAR.is_file():

@@ -25,7 +25,7 @@ from byol.build import native_bf16
 from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard
 from byol.metrics import read_metrics
-from conftest import CIFAR10, finished_pid, shown_lines, tiny_overrides
+from conftest import CIFAR10, finished_pid, session_status, shown_lines, tiny_overrides
 from test_cli import assert_user_error, byol
 
 SLOW_RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.knn_every": -1, "optim.name": "sgd"}
@@ -489,11 +489,13 @@ def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path
             report(4, torch.zeros(16, 8), last=last)
     data = SimpleNamespace(folder=None, knn_train=None)
     guard = SimpleNamespace(streak=torch.tensor(2))
-    log = SimpleNamespace(close=lambda: None)
+    closed = []
+    log = SimpleNamespace(close=lambda finished: closed.append(finished))
     for results, what in (({}, "the run's end"), ({"stopped_by": "SIGTERM"}, "its stop by SIGTERM")):
         message = f"2 steps in a row (by step 4), up to {what}, which was not saved; no checkpoint was written"
         with pytest.raises(NonFiniteLossError, match=re.escape(message)):
             _finish({"precision": precision_name(None), **results}, 4, data, guard, log, tmp_path, rank=0)
+    assert closed == [False, False]  # not a success in TensorBoard's HParams tab
 
 
 def test_a_run_that_ends_on_nan_losses_fails_and_says_what_was_saved(tmp_path, cifar, fault_table):
@@ -506,6 +508,7 @@ def test_a_run_that_ends_on_nan_losses_fails_and_says_what_was_saved(tmp_path, c
     # float32 is suggested only to a run that was not in it
     assert ("train.precision=fp32" in proc.stderr) is native_bf16(torch.device("cpu")), proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+    assert session_status(tmp_path / "run") == "none"  # TensorBoard's HParams tab: unknown (it said success)
     fault_table("loss NaN up to the run's end (fewer steps than train.max_nonfinite)",
                 "exit 2, one sentence: the end was not saved, and which checkpoint is the last good one (or none)")
 

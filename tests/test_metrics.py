@@ -4,7 +4,7 @@ import math
 import matplotlib.figure
 import pytest
 
-from byol.metrics import plot_metrics
+from byol.metrics import MetricsLog, plot_metrics
 
 
 @pytest.fixture
@@ -53,6 +53,29 @@ def test_a_metric_without_finite_values_draws_no_panel(tmp_path, drawn):
     (ax,) = drawn["schedules.png"].axes
     assert ax.get_ylabel() == "learning rate"
     assert plot_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_a_diverged_run_marks_where_its_loss_was_not_finite_on_every_plot(tmp_path, drawn):
+    """A user test: a run whose loss went NaN drew loss.png as one healthy point on an axis ending at its
+    last finite record, and collapse.png without its effective-rank panel (NaN at every record)."""
+    nan = float("nan")
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": 2, "train/loss": 4.0, "train/lr": 0.1, "monitor/z_std_ratio": 0.8, "monitor/effective_rank_ratio": nan},
+        *({"step": s, "train/loss": nan, "train/lr": 0.2, "monitor/z_std_ratio": nan,
+           "monitor/effective_rank_ratio": nan} for s in (4, 6))])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    assert len(drawn["collapse.png"].axes) == 2
+    for name in ("loss.png", "schedules.png", "collapse.png"):
+        for ax in drawn[name].axes:
+            marks = [line for line in ax.get_lines() if line.get_label() == "loss NaN or infinite here" or
+                     line.get_color() == "tab:purple"]
+            assert sorted(line.get_xdata()[0] for line in marks) == [4, 6], name
+            assert ax.get_xlim()[1] >= 6
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 2, "train/loss": 4.0, "monitor/effective_rank_ratio": nan}])
+    drawn.clear()
+    plot_metrics(tmp_path / "metrics.jsonl")  # a healthy run's NaN rank alone draws no panel, no mark
+    assert not [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_color() == "tab:purple"]
+    assert "collapse.png" not in drawn
 
 
 def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
@@ -156,3 +179,19 @@ def test_plots_leave_the_processs_matplotlib_backend_as_it_was(tmp_path):
             f"assert plot_metrics({str(tmp_path / 'metrics.jsonl')!r}); print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "svg" and (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+
+def test_only_a_finished_run_is_a_success_in_tensorboard(tmp_path):
+    """TensorBoard keeps a tag's first content only, so the HParams status is written once, by the start
+    that finishes the run: a stopped (or failed) start writes none, which the one that finishes would not
+    have replaced. (Every run was a success there, from its start on, a user test found.)"""
+    from conftest import session_status
+    first = MetricsLog(tmp_path)
+    first.settings({"train": {"epochs": 1}})
+    first.close(finished=False)
+    assert session_status(tmp_path) == "none"
+    resumed = MetricsLog(tmp_path, resume_step=3)
+    resumed.close(finished=True)
+    assert session_status(tmp_path) == "STATUS_SUCCESS"
+    resumed.close(finished=True)  # closed once: a second close is nothing

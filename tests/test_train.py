@@ -28,7 +28,7 @@ from byol.metrics import read_metrics
 from byol.optim import build_optimizer
 from byol.schedules import cosine_lr
 from byol.train import pretrain
-from conftest import tiny_overrides
+from conftest import session_status, tiny_overrides
 
 
 def test_twenty_steps_on_real_cifar_lower_the_loss(cifar10_root):
@@ -654,6 +654,14 @@ def test_a_signal_in_the_last_step_is_a_complete_run(tmp_path, cifar10_root, mon
     results = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "train.max_steps": max_steps, "train.knn_every": -1}) + [f"--data.root={cifar10_root}"]))
     assert results["step"] == 1 and ("stopped_by" in results) == stopped
+    # TensorBoard's HParams tab: a finished run's end is a success, a stopped one's unknown (a user test: every
+    # run showed as a success there, from its start on, killed or diverged too), until a resume finishes it
+    assert session_status(tmp_path / "run") == ("none" if stopped else "STATUS_SUCCESS")
+    if stopped:
+        monkeypatch.undo()
+        pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+            "train.max_steps": max_steps, "train.knn_every": -1}) + [f"--data.root={cifar10_root}"]), resume=True)
+        assert session_status(tmp_path / "run") == "STATUS_SUCCESS"
 
 
 def test_changed_settings_on_resume():
