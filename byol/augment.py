@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .color import color_jitter, normalize, per_image, rgb_to_grayscale, solarize, to_float
+from .inputs import check_pixel_type
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -314,5 +315,6 @@ class Augment(nn.Module):
         """(B, 3, H, W) uint8 in [0, 255] or float in [0, 1] -> (B, 3, size, size) normalized views."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Augment takes a batch of RGB images, (B, 3, H, W), got shape {tuple(images.shape)}")
+        check_pixel_type(images)  # int64 pixels were taken as floats in [0, 1] (a user test); the dtype only: no sync
         b, _, height, width = images.shape
         return self.apply(images, self.sample_params(b, height, width, generator, images.device))

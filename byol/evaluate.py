@@ -37,6 +37,8 @@ def _splits(train_features, train_labels, test_features, test_labels=None, score
             raise ValueError(f"the {which} features must be a matrix (N, D), got shape {tuple(features.shape)}")
         if which == "train" and len(features) < least:
             raise ValueError(f"the train split needs at least {least} row{'s' * (least > 1)}, got {len(features)}")
+        if which == "test" and scored and not len(features):  # (it scored 0.0%, as if measured: a user test)
+            raise ValueError("the test split is empty: there is nothing to score")
         if features.is_floating_point() and not torch.isfinite(features).all():
             raise ValueError(f"the {which} features hold NaN or infinite values (an encoder that diverged?)")
         if labels is not None:
@@ -143,7 +145,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     """
     if isinstance(ks, (numbers.Number, str, bytes)):  # ks=20 failed: "'int' object is not iterable"
         raise ValueError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {ks!r}")
-    ks = tuple(int(k) if isinstance(k, numbers.Integral) else k for k in ks)
+    ks = tuple(int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k for k in ks)  # True: no k
     _check_knn(ks, temperature)
     ks = tuple(dict.fromkeys(ks))  # a k given twice is scored once (its hits were counted twice, past 100%)
     train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import CIFAR_MEAN as CIFAR10_MEAN, CIFAR_STD as CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD  # the views'
+from .inputs import check_pixel_range
 
 __all__ = ["extract_features", "center_crop", "bar_shape", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
            "CIFAR10_STD"]
@@ -55,9 +56,14 @@ def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean:
            std: torch.Tensor, size: Union[int, tuple[int, int], None],
            amp_dtype: Optional[torch.dtype], crop: Optional[int] = None) -> torch.Tensor:
     """One batch of images (uint8, or float in [0, 1]) -> (B, D) float32 features on the CPU."""
+    if not isinstance(images, torch.Tensor):  # (a loader's batch of PIL images, say)
+        raise TypeError(f"images must be tensors (N, C, H, W), uint8 or float in [0, 1], got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != mean.shape[1]:
         raise ValueError(f"images must be a batch (N, C, H, W) with C = {mean.shape[1]}, the channels of mean and "
                          f"std, got shape {tuple(images.shape)}")
+    # int64 pixels or floats in 0..255 gave features of nonsense, without a word (a user test)
+    check_pixel_range(images, normalized="extract_features scales and normalizes the images itself (mean, std): give "
+                      "them before Normalize, uint8 or in [0, 1]", stacklevel=6)
     x = images.to(device, non_blocking=True)
     if crop is not None:
         x = center_crop(x, crop)
@@ -145,6 +151,13 @@ def _items_of(loader) -> Optional[int]:
     return len(sampler)
 
 
+def _described(batch) -> str:
+    """A batch's kind in a few words: a tuple of 2, a Tensor (B, 3, 32, 32), ..."""
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {len(batch)}"
+    return f"a {type(batch).__name__}" + (f" {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else "")
+
+
 def _tensor_features(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int,
                      bar) -> torch.Tensor:
     """``embed`` over ``images`` ``batch_size`` at a time: (N, D), in input order, each batch's rows
@@ -168,7 +181,11 @@ def _batch_features(embed: Callable[[torch.Tensor], torch.Tensor], batches: Batc
     a folder's embeddings take their own size once, not three times (a list, its concatenation and
     its reordering)."""
     feats, labels, indices = _Rows(total), _Rows(total), _Rows(total)
-    for x, y, idx in batches:
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 3:  # (images, labels) pairs, say (a user test)
+            raise ValueError("batches must be (images, labels, indices) triples, the indices saying which item of the "
+                             f"data set each row is, got {_described(batch)}; for a tensor of images, pass it alone")
+        x, y, idx = batch
         feats.add(embed(x))
         labels.add(torch.as_tensor(y).cpu())
         indices.add(torch.as_tensor(idx).cpu())

@@ -299,3 +299,10 @@ def test_cuda_with_cpu_generator_matches_cpu():
     torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-2, rtol=0)
     cuda_gen = torch.Generator(device="cuda").manual_seed(5)
     assert torch.isfinite(aug(x.cuda(), cuda_gen)).all()
+
+
+def test_integer_pixels_other_than_uint8_are_refused():
+    """A user test: int64 pixels were taken as floats in [0, 1], and the views were of nonsense (mean 128)."""
+    x = torch.randint(0, 256, (2, 3, 16, 16))
+    with pytest.raises(ValueError, match="images of dtype torch.int64 are neither uint8 \\(0..255\\) nor float"):
+        Augment(cifar_views(8)[0])(x)

@@ -205,7 +205,11 @@ def test_features_and_labels_that_do_not_fit_are_one_sentence():
     with pytest.raises(ValueError, match="every k must be a whole number >= 1"):
         knn_accuracy(x, y, x, y, ks=[2.5])
     assert knn_accuracy(x, y, x, y, ks=np.array([5])) == knn_accuracy(x, y, x, y, ks=(5,))  # NumPy's whole numbers
-    assert knn_accuracy(x, y, x[:0], y[:0]) == {20: 0.0, 200: 0.0}  # no test rows: nothing right
+    for fn in (knn_accuracy, linear_probe):  # (a user test: 0.0%, as if measured)
+        with pytest.raises(ValueError, match="^the test split is empty: there is nothing to score$"):
+            fn(x, y, x[:0], y[:0])
+    with pytest.raises(ValueError, match="every k must be a whole number >= 1"):
+        knn_accuracy(x, y, x, y, ks=(True,))  # (it was k=1)
 
 
 def test_progress_bars_on_stderr_only_when_asked(capsys):
@@ -221,3 +225,21 @@ def test_progress_bars_on_stderr_only_when_asked(capsys):
     assert linear_probe(x, y, x, y, epochs=3, progress=True) == linear_probe(x, y, x, y, epochs=3)
     err = capsys.readouterr().err
     assert "linear probe" in err and "/3 [" in err and "epoch/s" in err, err
+
+
+def test_extract_features_refuses_pixels_it_would_misread():
+    """A user test: int64 pixels, or floats in 0..255, gave features of nonsense without a word (the learner
+    refused both); (images, labels) batches failed on 'not enough values to unpack'."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    u8 = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="images of dtype torch.int64 are neither uint8"):
+        extract_features(net, u8.long())
+    with pytest.raises(ValueError, match="float images must be in \\[0, 1\\], but this batch reaches 255; divide it"):
+        extract_features(net, u8.float())
+    with pytest.warns(UserWarning, match="extract_features scales and normalizes the images itself") as caught:
+        extract_features(net, (u8.float() / 255 - 0.5) / 0.1)
+    assert caught[0].filename == __file__  # said where the caller gave them
+    torch.testing.assert_close(extract_features(net, u8.float() / 255), extract_features(net, u8))
+    pairs = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(u8, torch.zeros(6)), batch_size=3)
+    with pytest.raises(ValueError, match=r"^batches must be \(images, labels, indices\) triples, .* got a list of 2;"):
+        extract_features(net, pairs)
