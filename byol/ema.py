@@ -27,11 +27,14 @@ def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     passes. Training never uses them (the target runs in training mode, on batch statistics),
     and eval and export take the online encoder.
     """
+    rate = float(tau)
+    if not 0 <= rate <= 1:  # above 1 the target moves away from the online network, below 0 past it
+        raise ValueError(f"tau must be in [0, 1] (the paper's 0.996 rising to 1), got {tau}")
     target_params, online_params = list(target.parameters()), list(online.parameters())
     if len(target_params) != len(online_params):
         raise ValueError("target and online networks have different parameter lists")
     if target_params:
-        torch._foreach_lerp_(target_params, online_params, 1.0 - float(tau))
+        torch._foreach_lerp_(target_params, online_params, 1.0 - rate)
     target_buffers, online_buffers = list(target.buffers()), list(online.buffers())
     if len(target_buffers) != len(online_buffers):
         raise ValueError("target and online networks have different buffer lists")

@@ -16,6 +16,11 @@ def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Returns:
         (B,) loss per sample, in [0, 4].
     """
+    if not (isinstance(p, torch.Tensor) and isinstance(z, torch.Tensor)):
+        raise TypeError(f"p and z must be tensors, got {type(p).__name__} and {type(z).__name__}")
+    if p.shape != z.shape:
+        raise ValueError(f"each prediction regresses the other view's projection, so they must have one shape, "
+                         f"got {tuple(p.shape)} and {tuple(z.shape)}")
     p = F.normalize(p.float(), dim=-1)
     z = F.normalize(z.detach().float(), dim=-1)
     return 2 - 2 * (p * z).sum(dim=-1)

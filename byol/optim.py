@@ -13,6 +13,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     LARS adaptation (paper, appendix C: "we exclude the biases and batch normalization
     parameters from both LARS adaptation and weight decay").
     """
+    if not isinstance(model, nn.Module):  # model.parameters() failed on "no attribute 'parameters'"
+        raise TypeError(f"param_groups takes the model (an nn.Module), not {type(model).__name__}: it tells biases and "
+                        "norm layers from weights by the parameters' shapes, param_groups(model, weight_decay)")
     regular, excluded = [], []
     for p in model.parameters():
         if not p.requires_grad:
@@ -36,8 +39,11 @@ class LARS(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001, eps: float = 1e-8, clip: bool = False):
-        if lr < 0:
-            raise ValueError(f"invalid learning rate {lr}")
+        for name, value in (("learning rate", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if not value >= 0:  # (as torch's SGD; a negative one was taken)
+                raise ValueError(f"invalid {name} {value}: it must be >= 0")
+        if not trust_coefficient > 0:
+            raise ValueError(f"invalid trust_coefficient {trust_coefficient}: it must be > 0 (the paper's 0.001)")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps, clip=clip, lars_exclude=False)
         super().__init__(params, defaults)

@@ -93,3 +93,13 @@ def test_networks_that_do_not_match_are_a_clear_error():
                         (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "different buffer lists")):
         with pytest.raises(ValueError, match=said):
             update_target(build_target(other), online, 0.99)
+
+
+@pytest.mark.parametrize("tau", [-0.1, 1.5, float("nan")])
+def test_a_tau_outside_0_and_1_is_refused(tau):
+    """A user test: update_target(target, online, 2.0) extrapolated the target away from the online network."""
+    target, online = nn.Linear(3, 3), nn.Linear(3, 3)
+    before = target.weight.clone()
+    with pytest.raises(ValueError, match=r"tau must be in \[0, 1\]"):
+        update_target(target, online, tau)
+    assert torch.equal(target.weight, before)

@@ -37,3 +37,15 @@ def test_no_gradient_flows_into_target_projections():
     byol_loss(p, p, z, z).backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
     assert z.grad is None
+
+
+def test_what_is_not_a_pair_of_like_tensors_is_one_sentence():
+    """A user test: NumPy arrays failed on "'numpy.ndarray' object has no attribute 'float'", and mismatched
+    widths on torch's broadcasting message."""
+    import numpy as np
+    import pytest
+    p = torch.randn(4, 8)
+    with pytest.raises(TypeError, match="p and z must be tensors, got ndarray and Tensor"):
+        regression_loss(np.zeros((4, 8)), p)
+    with pytest.raises(ValueError, match=r"must have one shape, got \(4, 8\) and \(4, 16\)"):
+        byol_loss(p, p, torch.randn(4, 16), torch.randn(4, 16))

@@ -109,3 +109,16 @@ def test_build_optimizer(name, cls):
 def test_build_optimizer_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("adam-ish", make_model(), lr=0.1, weight_decay=0.0)
+
+
+def test_settings_that_mean_nothing_are_refused_in_one_sentence():
+    """A user test: param_groups(model.parameters(), ...) failed on "'generator' object has no attribute
+    'parameters'", and LARS took a negative momentum or weight decay (torch's SGD refuses them)."""
+    model = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"param_groups takes the model \(an nn.Module\), not generator"):
+        param_groups(model.parameters(), 0.0)
+    for bad, said in ((dict(momentum=-1), "invalid momentum -1"), (dict(weight_decay=-1), "invalid weight_decay -1"),
+                      (dict(lr=-0.1), "invalid learning rate -0.1"),
+                      (dict(trust_coefficient=0.0), "invalid trust_coefficient 0.0")):
+        with pytest.raises(ValueError, match=said):
+            LARS(param_groups(model, 0.0), **{"lr": 0.1, **bad})

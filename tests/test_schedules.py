@@ -37,3 +37,14 @@ def test_tau_table(step, expected):
 def test_tau_is_monotone():
     taus = [tau_schedule(s, 1000) for s in range(1001)]
     assert all(a <= b for a, b in zip(taus, taus[1:]))
+
+
+def test_a_step_before_0_or_a_tau_outside_0_and_1_is_refused():
+    """A user test: cosine_lr(-5, ...) gave 0.99 and tau_schedule(0, 100, 1.5) gave 1.5, without a word."""
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        cosine_lr(-5, 100, 1.0)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        tau_schedule(-1, 100)
+    with pytest.raises(ValueError, match=r"base_tau and final_tau must be in \[0, 1\]"):
+        tau_schedule(0, 100, 1.5)
+    assert tau_schedule(0, 100, 0.0) == 0.0 and tau_schedule(100, 100) == 1.0
