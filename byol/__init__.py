@@ -16,11 +16,14 @@ _EXPORTS = {  # public name -> the module that defines it
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
     "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
+    "ByolError": "errors", "ConfigError": "config_files", "DataError": "data", "CheckpointError": "checkpoint",
+    "OutputError": "pipeline",
 }
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
     "cosine_lr", "tau_schedule", "build_optimizer", "param_groups", "resnet", "cut_at",
     "Config", "load_config", "resume_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder", "keep_freed_memory",
+    "ByolError", "ConfigError", "DataError", "CheckpointError", "OutputError",
 ]
 
 
@@ -42,6 +45,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .backbones import cut_at, resnet
+    from .checkpoint import CheckpointError
+    from .config_files import ConfigError
+    from .data import DataError
+    from .errors import ByolError
+    from .pipeline import OutputError
     from .config import Config, load_config
     from .ema import build_target, update_target
     from .exports import embed, export

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import ByolError
 from .files import temporary_beside, write_failed, write_failure
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ByolError, RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or does not match the model."""
 
 

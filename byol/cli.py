@@ -286,11 +286,8 @@ def _file_error(e: OSError) -> str:
 
 def _user_errors() -> tuple[type, ...]:
     # Imported only once an error is raised: `byol --help` and usage errors never load torch.
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .pipeline import OutputError
-    return ConfigError, DataError, CheckpointError, OutputError, FileNotFoundError, PermissionError, FloatingPointError
+    from .errors import ByolError
+    return ByolError, FileNotFoundError, PermissionError, FloatingPointError
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

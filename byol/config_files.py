@@ -11,8 +11,10 @@ from typing import Any, Union
 
 import yaml
 
+from .errors import ByolError
 
-class ConfigError(ValueError):
+
+class ConfigError(ByolError, ValueError):
     """A configuration the user wrote is invalid; the message says which key and why."""
 
 

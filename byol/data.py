@@ -15,8 +15,10 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from .errors import ByolError
 
-class DataError(Exception):
+
+class DataError(ByolError):
     """A data set that cannot be found or read; the message says what is wrong and how to fix it."""
 
 

@@ -121,6 +121,9 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
     """
     limit, = check_counts(limit=limit)
+    if split is not None and not isinstance(split, str):  # (a user test gave the overrides second, as to knn)
+        raise TypeError(f"split must be the name of a split, such as 'test', got {type(split).__name__} {split!r:.60}; "
+                        "give the overrides by name: embed(path, out, overrides=[...])")
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
@@ -316,8 +319,8 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     """Write the online encoder as a torchvision state_dict (``encoder.pt``) and TorchScript, with
     ``export.json`` (what to feed it; the files by their names in ``out_dir``; the checkpoint's
     training ``step`` and ``epoch``, which ``byol eval`` of ``encoder.pt`` reports) and the run's config.
-    Returns export.json's contents, the two files as paths under ``out_dir``. An earlier export's files there
-    are replaced; a run directory, or a folder holding such a file that no export wrote, is refused."""
+    Returns export.json's contents, the three files it names as paths under ``out_dir``. An earlier export's
+    files there are replaced; a run directory, or a folder holding such a file that no export wrote, is refused."""
     out_dir = Path(out_dir)
     _check_export_folder(out_dir, path)
     net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)
@@ -351,4 +354,4 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         if made is not None:
             remove_empty_folders(out_dir.absolute(), made)
         raise
-    return {**info, "state_dict": str(out_dir / info["state_dict"]), "torchscript": str(out_dir / info["torchscript"])}
+    return {**info, **{key: str(out_dir / info[key]) for key in _NAMED}}  # config too (it was "config.yaml")

@@ -18,6 +18,7 @@ from .allocator import keep_freed_memory
 from .checkpoint import saved_step
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
+from .errors import ByolError
 from .datasets import FilesNotFound, build_dataset
 from .files import write_failed, write_failure, written_for
 from .folder import ImageFolder, escape_name, labeled_folders
@@ -32,7 +33,7 @@ from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolv
 from .train_data import held_out
 
 
-class OutputError(Exception):
+class OutputError(ByolError):
     """An output that cannot be written (a read-only place, a folder where a file goes, ...)."""
 
 

@@ -795,6 +795,26 @@ def test_an_export_that_cannot_be_written_leaves_no_folder_it_made(capsys, train
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_functions_say_bad_input_as_byol_errors_and_return_usable_paths(trained, tmp_path):
+    """A user test of the Python API: its errors shared no base and none was importable from byol; export
+    returned its config as a bare name; embed(path, out, [overrides]) read the overrides as the split."""
+    import byol
+    from conftest import CIFAR10
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    for name in ("ConfigError", "DataError", "CheckpointError", "OutputError"):
+        assert issubclass(getattr(byol, name), byol.ByolError)
+    for call in (lambda: byol.embed(ckpt, tmp_path / "e.txt"), lambda: byol.knn(tmp_path / "none.pt"),
+                 lambda: byol.knn(ckpt, ["--train.epochz=3"]), lambda: byol.export(ckpt, trained[0])):
+        with pytest.raises(byol.ByolError):
+            call()
+    with pytest.raises(TypeError, match=r"split must be the name of a split, such as 'test', got list \['--data"):
+        byol.embed(ckpt, tmp_path / "e.npy", [f"--data.root={CIFAR10}"])
+    info = byol.export(ckpt, tmp_path / "export")
+    for key, name in (("state_dict", "encoder.pt"), ("torchscript", "encoder_torchscript.pt"),
+                      ("config", "config.yaml")):
+        assert info[key] == str(tmp_path / "export" / name) and Path(info[key]).is_file()
+
+
 def test_export_replaces_an_earlier_export_but_not_a_folders_own_files(capsys, trained, tmp_path):
     """A folder holding a config.yaml (or an export.json, encoder.pt) that no export wrote is refused; before, an
     export into it replaced that file."""
