@@ -109,7 +109,9 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
     looks_like_a_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
     if looks_like_a_path or path.is_file():  # (a folder named like a preset is not a config)
         if not _readable_file(path):
-            raise ConfigError(f"config file {name_or_path} does not exist")
+            preset = path.stem if path.stem in preset_names() and path.parent == Path(".") else None
+            raise ConfigError(f"config file {name_or_path} does not exist" +
+                              (f"; the preset is named {preset}, without .yaml: --config {preset}" if preset else ""))
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:

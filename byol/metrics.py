@@ -171,14 +171,16 @@ def _natural(key: str) -> tuple:
 
 def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Path]:
     """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths. Drawn on
-    figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is."""
+    figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is.
+    One that cannot be written (a folder in its place, a full disk) keeps none of the others from
+    being written; the first such error is raised after them."""
     records = read_metrics(metrics_path)
     run = Path(metrics_path).parent
     out_dir = Path(out_dir or run)
     collapsed = _collapse_steps(run / "warnings.txt")
     # where the loss was NaN or infinite (a user test: a diverged run's loss.png showed one healthy point)
     diverged = [r["step"] for r in records if not math.isfinite(r.get("train/loss", 0.0))]
-    written = []
+    written, failed = [], []
     logged = sorted({k for r in records for k in r}, key=_natural)
     for name, (title, panels) in PLOTS.items():
         drawn = []
@@ -189,9 +191,15 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
                 drawn.append((panel, series))
         if drawn:  # named by the run's folder: plots of several runs side by side are told apart
             figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed, diverged)
-            with temporary_beside(out_dir / name) as tmp:  # a full disk leaves the last plot, not an empty file
-                figure.savefig(tmp, format="png")
+            try:
+                with temporary_beside(out_dir / name) as tmp:  # a full disk leaves the last plot, not an empty file
+                    figure.savefig(tmp, format="png")
+            except OSError as e:
+                failed.append(e)
+                continue
             written.append(out_dir / name)
+    if failed:
+        raise failed[0]
     return written
 
 

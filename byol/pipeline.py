@@ -153,8 +153,10 @@ def note_unused(overrides: Optional[list[str]], command: str, config: Config) ->
     """Name the settings given that ``byol COMMAND`` does not read (once its checks have passed)."""
     unused = unused_settings(overrides or [], command, config.data.dataset)
     if unused:
+        # (a user test: --train.knn_k=5 given to eval knn, which was said to be ignored, and nothing more)
+        instead = "; the number of neighbours here is --k" if command == "eval knn" and "train.knn_k" in unused else ""
         note(f"byol {command} does not use {', '.join(unused)} (pretraining settings); "
-             f"{'it is' if len(unused) == 1 else 'they are'} ignored")
+             f"{'it is' if len(unused) == 1 else 'they are'} ignored{instead}")
 
 
 Source = Union[ImageSet, ImageFolder]

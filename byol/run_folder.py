@@ -223,6 +223,9 @@ def _hold_lock(folder: Path) -> Optional[IO[str]]:
         return None
     try:
         lock = open(folder / LOCK, "a+")
+    except IsADirectoryError:  # (a user test: the run went on without a lock, and two could share the folder)
+        raise ConfigError(f"{folder / LOCK} is a folder where the run keeps its lock file; remove it, or choose "
+                          "another train.out_dir") from None
     except OSError:  # another user's lock file in a shared folder: the run goes on without a lock
         return None
     try:
@@ -336,7 +339,8 @@ def _check_replaceable(path: Path) -> None:
     found = [name for name in _KEPT if (path / name).exists()]
     if not found:
         return
-    why = ("was not written by byol (its first line is not byol's)" if found[0] == "config.yaml" else
+    why = ("is a folder" if (path / found[0]).is_dir() else  # (a user test: "its first line is not byol's")
+           "was not written by byol (its first line is not byol's)" if found[0] == "config.yaml" else
            "has no config.yaml of byol's beside it")
     raise ConfigError(f"{path / found[0]} {why}, and a new run writes its own {found[0]} there; "
                       "move it, or choose another train.out_dir")

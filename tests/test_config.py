@@ -330,3 +330,14 @@ def test_an_optimizer_name_is_read_in_any_case_and_kept_in_lower_case_and_save_i
     assert config.optim.name == "sgd" and config.train.save_interval_s == float("inf")
     save_config(config, tmp_path / "config.yaml")
     assert load_config(str(tmp_path / "config.yaml")) == config
+
+
+def test_a_preset_named_as_a_file_says_the_presets_name(tmp_path, monkeypatch):
+    """A user test: --config cifar10-cpu.yaml said only that the file does not exist."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="^config file cifar10-cpu.yaml does not exist; the preset is named "
+                                          "cifar10-cpu, without .yaml: --config cifar10-cpu$"):
+        load_config("cifar10-cpu.yaml")
+    with pytest.raises(ConfigError, match="^config file mine.yaml does not exist$"):
+        load_config("mine.yaml")
+

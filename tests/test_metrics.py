@@ -195,3 +195,12 @@ def test_only_a_finished_run_is_a_success_in_tensorboard(tmp_path):
     resumed.close(finished=True)
     assert session_status(tmp_path) == "STATUS_SUCCESS"
     resumed.close(finished=True)  # closed once: a second close is nothing
+
+
+def test_a_plot_that_cannot_be_written_keeps_none_of_the_others_from_being_written(tmp_path):
+    """A user test: a folder loss.png in the run folder kept every other plot from being drawn."""
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 1, "train/loss": 1.0, "train/lr": 0.1}])
+    (tmp_path / "loss.png").mkdir()
+    with pytest.raises(IsADirectoryError):
+        plot_metrics(tmp_path / "metrics.jsonl")
+    assert (tmp_path / "schedules.png").is_file()

@@ -339,3 +339,13 @@ def test_numpy_counts_are_taken_as_python_s(tmp_path):
     assert check_counts(ks=range(20, 201, 180)) == check_counts(ks=iter([20, 200])) == ((20, 200),)  # as before
     with pytest.raises(CheckpointError, match="does not exist"):  # past the checks, to the checkpoint
         knn(tmp_path / "missing.pt", limit=np.int64(100), ks=(np.int64(20),))
+
+
+def test_knn_k_given_to_eval_knn_points_to_k(capsys):
+    """A user test: --train.knn_k=5 given to eval knn was said to be ignored, and nothing more."""
+    from byol.config import Config
+    pipeline.note_unused(["--train.knn_k=5"], "eval knn", Config())
+    assert capsys.readouterr().err == ("note: byol eval knn does not use train.knn_k (pretraining settings); it is "
+                                       "ignored; the number of neighbours here is --k\n")
+    pipeline.note_unused(["--train.knn_k=5"], "embed", Config())
+    assert capsys.readouterr().err.endswith("it is ignored\n")

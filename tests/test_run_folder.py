@@ -315,3 +315,16 @@ def test_a_saved_config_is_compared_as_a_run_reads_it_not_as_text():
     assert not _differ(yaml.safe_dump(saved), config)
     config.optim.lr = 0.1
     assert _differ(yaml.safe_dump(saved), config)
+
+
+def test_a_folder_where_the_lock_file_or_config_goes_is_said_as_a_folder(tmp_path):
+    """A user test: a folder .byol.lock let the run go on without a lock (two runs could share the folder), and a
+    folder config.yaml was said to be a file 'not written by byol (its first line is not byol's)'."""
+    (tmp_path / "a" / ".byol.lock").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'a' / '.byol.lock'))} is a folder where the "
+                                          "run keeps its lock file; remove it, or choose another train.out_dir$"):
+        RunFolder(tmp_path / "a", resume=False)
+    (tmp_path / "b" / "config.yaml").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'b' / 'config.yaml'))} is a folder, and a "
+                                          "new run writes its own config.yaml there"):
+        RunFolder(tmp_path / "b", resume=False)
