@@ -97,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
         e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
-        e.add_argument("checkpoint", type=_path, help="a checkpoint (.pt from a run) or an exported encoder.pt")
+        e.add_argument("checkpoint", type=_path,
+                       help="a checkpoint (.pt from a run), an exported encoder.pt, or a ResNet state_dict")
         e.add_argument("--out", type=_path, help="write the results as JSON here (default: beside the checkpoint)")
         e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
                        "for a folder, spread over its classes)")
@@ -116,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
                            help="of the linear probe's training (default: 100)")
     em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
                         epilog=SETTINGS_READ_HELP)
-    em.add_argument("checkpoint", type=_path, help="a checkpoint (.pt from a run) or an exported encoder.pt")
+    em.add_argument("checkpoint", type=_path,
+                    help="a checkpoint (.pt from a run), an exported encoder.pt, or a ResNet state_dict")
     em.add_argument("--out", type=_path, required=True, help="output file, .npy or .pt")
     em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
                     "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")

@@ -275,13 +275,24 @@ def _storage_error(e: OSError) -> int:
     return 2
 
 
-def _file_error(e: OSError) -> str:
+# What the system says of a path a command was given, or told to write under: said as one sentence (the
+# others, EBADF or EXDEV say, would be a bug of byol's, and keep their traceback).
+_PATH_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                errno.EEXIST, errno.ENOENT}
+
+
+def _file_error(e: OSError) -> Optional[str]:
     """An error the system gave for a path, in one sentence: the file a temporary is written for, rather
-    than the temporary (``.metrics.jsonl.tmp123``), and why."""
+    than the temporary (``.metrics.jsonl.tmp123``), and why; None for another error, or one without a path."""
     from .files import write_failure, written_for
-    path, other = written_for(e.filename), e.filename2
-    onto = f" (onto {other})" if other is not None and str(other) != path else ""
-    return f"{path}{onto}: {write_failure(e)}"
+    if e.errno not in _PATH_ERRORS or not isinstance(e.filename, (str, bytes, os.PathLike)):
+        return None  # (a file descriptor's number, say)
+    path, other = written_for(os.fsdecode(e.filename)), e.filename2
+    onto = f" (onto {os.fsdecode(other)})" if isinstance(other, (str, bytes, os.PathLike)) and \
+        os.fsdecode(other) != path else ""
+    advice = "a name in it is too long; choose a shorter path" if e.errno == errno.ENAMETOOLONG else \
+        "check the path and its permissions, or choose another"
+    return f"{path}{onto}: {write_failure(e)}; {advice}"
 
 
 def _user_errors() -> tuple[type, ...]:
@@ -364,8 +375,9 @@ def _main(argv: Optional[list[str]]) -> int:
     except Exception as e:
         if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:
             return _storage_error(e)
-        if isinstance(e, OSError) and e.filename is not None:  # a path the system refused: too long, a file in
-            _say_error(_file_error(e), everywhere=True)  # the way, a link loop, no permission, ... (a user test)
+        said = _file_error(e) if isinstance(e, OSError) else None
+        if said is not None:  # a path the system refused: too long, a file in the way, ... (a user test)
+            _say_error(said, everywhere=True)
             return 2
         if isinstance(e, _user_errors()):
             from .config import ConfigError

@@ -5,6 +5,7 @@ import difflib
 import math
 import numbers
 import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -252,9 +253,10 @@ def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optiona
     apply_overrides(config, given)
     try:
         return validate(config)
-    except ConfigError as e:
-        key = str(e).partition(" ")[0]
-        if key in from_file and key not in {item.removeprefix("--").partition("=")[0] for item in given}:
+    except ConfigError as e:  # the file's, unless the command line gave a setting the rule names (two, some)
+        named = set(re.findall(r"\b[a-z_]+\.[a-z_]+\b", str(e)))
+        if str(e).partition(" ")[0] in from_file and not named & {item.removeprefix("--").partition("=")[0]
+                                                                 for item in given}:
             raise ConfigError(f"config {os.fspath(preset)}: {e}") from None
         raise
 

@@ -275,7 +275,7 @@ def _check_export_folder(out_dir: Path, source: Union[str, Path]) -> None:
     if (out_dir / "checkpoints").is_dir():  # its config.yaml is what --resume reads
         raise OutputError(f"{out_dir} is a run directory (it holds checkpoints/); {own}")
     for name in _EXPORT_FILES:
-        check_writable(out_dir / name, source=source, models=True)  # an earlier export's: checked below
+        check_writable(out_dir / name, source=source, replace_models=True)  # an earlier export's: checked below
     held = [name for name in _EXPORT_FILES if (out_dir / name).exists()]
     if held and not _is_an_export(out_dir / "export.json"):
         raise OutputError(f"{out_dir} holds {held[0]}, which this would replace, and no byol export wrote it "

@@ -62,7 +62,7 @@ def _embed(encoder: nn.Module, images: torch.Tensor, device: torch.device, mean:
         raise ValueError(f"images must be a batch (N, C, H, W) with C = {mean.shape[1]}, the channels of mean and "
                          f"std, got shape {tuple(images.shape)}")
     # int64 pixels or floats in 0..255 gave features of nonsense, without a word (a user test)
-    check_pixel_range(images, normalized="extract_features scales and normalizes the images itself (mean, std): give "
+    check_pixel_range(images, advice="extract_features scales and normalizes the images itself (mean, std): give "
                       "them before Normalize, uint8 or in [0, 1]", stacklevel=6)
     x = images.to(device, non_blocking=True)
     if crop is not None:

@@ -49,11 +49,12 @@ def check_pixel_type(images: torch.Tensor) -> None:
                          "convert them, e.g. images.to(torch.uint8) for 8-bit pixels")
 
 
-def check_pixel_range(images: torch.Tensor, normalized: Optional[str] = None, stacklevel: int = 5) -> None:
+def check_pixel_range(images: torch.Tensor, advice: Optional[str] = None, stacklevel: int = 5) -> None:
     """Refuse a float batch in 0..255 or holding NaN, and warn of one with values below -0.5
     (normalized, or random like byol-pytorch's README example): the augmentations take floats in
-    [0, 1] (or uint8). One host sync: the learner asks it of its first batch. ``normalized``: what the
-    warning says to do instead (the learner's advice by default), ``stacklevel`` where it points."""
+    [0, 1] (or uint8). One host sync: the learner asks it of its first batch. ``advice``: what the
+    warning says to do instead (the learner's by default); ``stacklevel``: where it points (by default,
+    the learner's caller: forward, Module._call_impl, _wrapped_call_impl)."""
     check_pixel_type(images)
     if not (images.is_floating_point() and images.numel()):
         return
@@ -66,10 +67,10 @@ def check_pixel_range(images: torch.Tensor, normalized: Optional[str] = None, st
                          "divide it by 255, or pass the uint8 images as they are")
     if low < -0.5:
         warnings.warn(f"float images should be in [0, 1], but this batch spans {low:.3g} to {high:.3g} (normalized?): "
-                      + (normalized or "the default augmentations clip colours to [0, 1] and normalize the views "
+                      + (advice or "the default augmentations clip colours to [0, 1] and normalize the views "
                          "themselves, so give the images before Normalize (ToTensor() alone gives [0, 1]), or pass "
                          "your own augment_fn"),
-                      stacklevel=stacklevel)  # the learner's caller: forward, Module._call_impl, _wrapped_call_impl
+                      stacklevel=stacklevel)
 
 
 def check_network_input(images: torch.Tensor, views: bool = False) -> None:

@@ -178,8 +178,7 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     run = Path(metrics_path).parent
     out_dir = Path(out_dir or run)
     collapsed = _collapse_steps(run / "warnings.txt")
-    # where the loss was NaN or infinite (a user test: a diverged run's loss.png showed one healthy point)
-    diverged = [r["step"] for r in records if not math.isfinite(r.get("train/loss", 0.0))]
+    diverged = _nonfinite_spans(records)
     written, failed = [], []
     logged = sorted({k for r in records for k in r}, key=_natural)
     for name, (title, panels) in PLOTS.items():
@@ -203,6 +202,23 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
     return written
 
 
+def _nonfinite_spans(records: list[dict]) -> list[tuple[int, int]]:
+    """The (first, last) steps of each run of consecutive records whose loss was NaN or infinite (a user test:
+    a diverged run's loss.png showed one healthy point); a run of them is one span, not a mark a record."""
+    spans: list[list[int]] = []
+    previous_bad = False
+    for r in records:
+        if "train/loss" not in r:
+            continue
+        bad = not math.isfinite(r["train/loss"])
+        if bad and previous_bad:
+            spans[-1][1] = r["step"]
+        elif bad:
+            spans.append([r["step"], r["step"]])
+        previous_bad = bad
+    return [(first, last) for first, last in spans]
+
+
 def warning_step(line: str) -> float:
     """The step of a ``warnings.txt`` line (``step N: ...``); -inf for a line without one (kept on every resume)."""
     head, sep, _ = line.partition(": ")
@@ -221,11 +237,11 @@ def _collapse_steps(warnings_path: Path) -> list[int]:
 
 
 def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], collapsed: list[int],
-            diverged: list[int]):
+            diverged: list[tuple[int, int]]):
     """The panels one above the other on one step axis; each panel's series, its warning line, a line
     at each step where the collapse monitor warned (where the loss and kNN mean little: a user test
-    found a collapsed run's loss.png and knn.png looking healthy), and a mark at each record whose loss
-    was NaN or infinite."""
+    found a collapsed run's loss.png and knn.png looking healthy), and a mark where the loss was NaN or
+    infinite (a line at one record, a band over several in a row)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -248,10 +264,14 @@ def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], co
         for i, step in enumerate(collapsed):
             ax.axvline(step, color="tab:red", linestyle=":", linewidth=1.5,
                        label="collapse warned here" if i == 0 else None)
-        for i, step in enumerate(diverged):
-            ax.axvline(step, color="tab:purple", linestyle="--", linewidth=1.5,
-                       label="loss NaN or infinite here" if i == 0 else None)
-        steps.update(diverged)
+        for i, (first, last) in enumerate(diverged):
+            label = "loss NaN or infinite here" if i == 0 else None
+            if first == last:
+                ax.axvline(first, color="tab:purple", linestyle="--", linewidth=1.5, label=label)
+            else:
+                ax.axvspan(first, last, facecolor="tab:purple", alpha=0.2, edgecolor="tab:purple", linestyle="--",
+                           label=label)
+            steps.update((first, last))
         if panel.log:
             _log_axis(ax, values, warn)
         ax.set(ylabel=panel.ylabel)

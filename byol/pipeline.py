@@ -49,12 +49,13 @@ def writing(path: Union[str, Path]):
         raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
 
 
-def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None, models: bool = False) -> None:
+def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None,
+                   replace_models: bool = False) -> None:
     """Fail before the work, not after it, where the file ``path`` cannot be written: a folder in
     its place, a file where a folder of its path goes, a file that cannot be opened for writing, or
     a place that takes no new files (probed with a temporary file in the nearest folder that
     exists; nothing is created for good), or the file ``source`` that the work reads; or where it would
-    replace a run's file or a checkpoint, or, unless ``models`` (export, which checks its folder itself),
+    replace a run's file or a checkpoint, or, unless ``replace_models`` (export, which checks its folder itself),
     a model's weights. Only in the process that writes: rank 0 under torchrun (told by ``RANK``, as the
     process group may not exist yet)."""
     import errno
@@ -65,7 +66,7 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
     if source is not None and path.is_file() and Path(source).is_file() and path.samefile(source):
         raise OutputError(f"{path} is the checkpoint being read; choose another --out")
     if path.is_file():
-        _refuse_a_runs_file(path, models)
+        _refuse_a_runs_file(path, replace_models)
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
@@ -84,15 +85,15 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
             raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def _refuse_a_runs_file(path: Path, models: bool = False) -> None:
+def _refuse_a_runs_file(path: Path, replace_models: bool = False) -> None:
     """Refuse to replace what a pretraining run wrote: a training checkpoint, wherever it lies, or a
     run folder's own files (its config, logs and plots, beside its ``checkpoints/``); and, unless
-    ``models``, a model's weights or a TorchScript module (:func:`_model_in`)."""
+    ``replace_models``, a model's weights or a TorchScript module (:func:`_model_in`)."""
     if path.name in RUN_FILES and (path.parent / "checkpoints").is_dir():
         raise OutputError(f"{path} is a run's {path.name}, which this would replace; choose another --out")
     if saved_step(path) is not None:  # (None at once for a file torch.save did not write: no zip to map)
         raise OutputError(f"{path} is a training checkpoint, which this would replace; choose another --out")
-    held = None if models else _model_in(path)
+    held = None if replace_models else _model_in(path)
     if held is not None:
         raise OutputError(f"{path} holds {held}, which this would replace; choose another --out")
 

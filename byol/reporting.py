@@ -13,6 +13,7 @@ import torch
 
 from .build import end_step_of, schedule_of
 from .config import Config, TrainConfig
+from .errors import ByolError
 from .features import bar_shape
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
@@ -21,8 +22,9 @@ from .run_folder import RunFolder, say
 from .step import LoopStep
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss stayed NaN or infinite for too many steps in a row."""
+class NonFiniteLossError(ByolError, FloatingPointError):
+    """The loss stayed NaN or infinite for too many steps in a row (a setting's fault, most often the
+    learning rate's: a :class:`~byol.errors.ByolError`, as a sweep over settings catches it)."""
 
 
 def nonfinite_error(streak: int, step: int, what: str, ckpt_path: Path, amp: bool) -> NonFiniteLossError:

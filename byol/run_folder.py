@@ -3,11 +3,9 @@
 import math
 import os
 import re
-import socket
 import sys
-import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import Optional
 
 import yaml
 
@@ -17,10 +15,10 @@ from .config import (CONFIG_HEADER, Config, ConfigError, changed_settings, confi
 from .files import (fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure,
                     write_text_atomically)
 from .metrics import PLOTS, MetricsLog, warning_step
+from .run_lock import LOCK, hold_lock, refuse_if_held
 
 # The files a start rewrites, or removes, before its first step.
 _KEPT = ("config.yaml", "metrics.jsonl", "warnings.txt", "skipped_files.txt")
-LOCK = ".byol.lock"  # held by the start writing the folder; names its process
 RUN_FILES = (*_KEPT, *PLOTS, LOCK)  # a run's own files: eval, embed and export replace none of them
 
 
@@ -44,7 +42,7 @@ class RunFolder:
         try:
             self._check(resume)  # before anything is made: a start refused here writes nothing
         except (ConfigError, CheckpointError):
-            _refuse_if_held(self.path)  # a run going on there is what to say first (a user test: a start
+            refuse_if_held(self.path)  # a run going on there is what to say first (a user test: a start
             raise  # told to pass --resume, which was then refused as the run was live)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -54,7 +52,7 @@ class RunFolder:
             raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); "
                               "choose another train.out_dir") from None
         self._lock_made = not (self.path / LOCK).exists()
-        self._lock = _hold_lock(self.path)  # another start's folder, if refused: nothing is removed
+        self._lock = hold_lock(self.path)  # another start's folder, if refused: nothing is removed
         try:
             self._check(resume)  # again under the lock: a start that got in first may have written a run
             # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
@@ -68,7 +66,21 @@ class RunFolder:
             self._leave()
             raise
         self._log: Optional[MetricsLog] = None
-        self.started = False
+        self._started = False
+        self._set_aside: dict[Path, Path] = {}  # an earlier start's TensorBoard events, until this one's first step
+
+    @property
+    def started(self) -> bool:
+        """Whether this start's first step has finished: from then on, what it wrote stays (set by the loop)."""
+        return self._started
+
+    @started.setter
+    def started(self, value: bool) -> None:
+        self._started = value
+        if value:
+            for kept in self._set_aside:
+                _quietly(kept.unlink, missing_ok=True)
+            self._set_aside = {}
 
     def _check(self, resume: bool) -> None:
         """A resumed run needs a checkpoint; a new one a folder without one, and without files it
@@ -116,7 +128,15 @@ class RunFolder:
         """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``); ``warnings.txt``
         is trimmed the same way: a resumed run keeps the warnings of the steps up to its checkpoint (the
         later ones are trained, and warned about, again), a new run starts without. A new run starts
-        without ``skipped_files.txt`` too; a resumed one keeps it (pretrain reads it back)."""
+        without ``skipped_files.txt`` too; a resumed one keeps it (pretrain reads it back), and without an
+        earlier start's TensorBoard events: TensorBoard keeps the first settings and status it reads, which
+        would stand for the new run's (they are set aside, put back if this start fails before its first step)."""
+        events = self.path / "tensorboard"
+        if resume_step is None:
+            for name in sorted(self._events_before):
+                if "tfevents" in name:  # what TensorBoard reads as an event file
+                    self._set_aside[events / f".set_aside.{os.getpid()}.{len(self._set_aside)}"] = events / name
+                    os.replace(events / name, next(reversed(self._set_aside)))
         self._log = MetricsLog(self.path, resume_step=resume_step)
         if resume_step is None and self._before["skipped_files.txt"] is not None:
             (self.path / "skipped_files.txt").unlink()
@@ -139,7 +159,7 @@ class RunFolder:
         kept = _configs_kept(self.path)
         later = {step: path for step, path in kept.items() if resume_step is None or step > resume_step}
         ran = _read(later[min(later)]) if later and resume_step is not None else self._before["config.yaml"]
-        if resume_step is not None and not (ran or "").strip():  # config.yaml gone or emptied: the checkpoint's
+        if resume_step is not None and _no_settings(ran):  # config.yaml gone or emptied: the checkpoint's
             ran = _checkpoint_config_text(self.path / "checkpoints" / "last.pt")
         for path in later.values():
             path.unlink()
@@ -156,6 +176,8 @@ class RunFolder:
         if self.started:
             return
         events = self.path / "tensorboard"
+        for kept, name in self._set_aside.items():
+            _quietly(os.replace, kept, name)
         for name in _listing(events) - self._events_before:
             _quietly((events / name).unlink, missing_ok=True)
         for path in _configs_kept(self.path).values():  # one this start wrote: not there before
@@ -188,6 +210,15 @@ def _configs_kept(folder: Path) -> dict[int, Path]:
     return kept
 
 
+def _no_settings(text: Optional[str]) -> bool:
+    """Whether a config.yaml's ``text`` holds no settings (none, empty, comments alone), as a resume reads
+    it (:func:`~byol.resume.resume_config` then takes the checkpoint's)."""
+    try:
+        return not yaml.safe_load(text or "")
+    except yaml.YAMLError:
+        return False
+
+
 def _checkpoint_config_text(path: Path) -> Optional[str]:
     """The settings the checkpoint ``path`` holds, as ``config.yaml`` would hold them; None where they
     do not load."""
@@ -214,116 +245,6 @@ def say(line: str, progress=None) -> None:
         progress.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr)
-
-
-def _hold_lock(folder: Path) -> Optional[IO[str]]:
-    """The open lock file of ``folder``, locked; None where the file system has no locks (the run goes
-    on without one). Raises ConfigError, naming the holder, while another process holds it."""
-    if fcntl is None:
-        return None
-    try:
-        lock = open(folder / LOCK, "a+")
-    except IsADirectoryError:  # (a user test: the run went on without a lock, and two could share the folder)
-        raise ConfigError(f"{folder / LOCK} is a folder where the run keeps its lock file; remove it, or choose "
-                          "another train.out_dir") from None
-    except OSError:  # another user's lock file in a shared folder: the run goes on without a lock
-        return None
-    try:
-        _lock_soon(lock)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip()
-        if not _outwait_orphans(lock, holder, folder):
-            lock.close()
-            raise ConfigError(_held(holder, folder)) from None
-    except OSError:  # no locks on this file system
-        lock.close()
-        return None
-    try:  # who holds it, for a start refused while it does; unbuffered: nothing left to fail at close
-        os.ftruncate(lock.fileno(), 0)
-        os.write(lock.fileno(), f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    except OSError:  # a full disk: the lock holds all the same, and the start's first write says why
-        pass
-    return lock
-
-
-def _lock_soon(lock: IO[str], tries: int = 10) -> None:
-    """``lock`` locked, tried a few times 10 ms apart: a start refused for another reason holds it for a
-    moment (:func:`_refuse_if_held`), and a start at that moment is not to be refused for it."""
-    for left in range(tries - 1, -1, -1):
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if not left:
-                raise
-            time.sleep(0.01)
-
-
-def _refuse_if_held(folder: Path) -> None:
-    """Refuse as :func:`_hold_lock` does where a live run holds ``folder``'s lock; a probe that
-    writes nothing (a start refused for another reason says this first)."""
-    if fcntl is None or not (folder / LOCK).is_file():
-        return
-    try:
-        with open(folder / LOCK) as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = lock.read().strip()
-                if _ended_pid(holder) is None:
-                    raise ConfigError(_held(holder, folder)) from None
-    except OSError:  # unreadable, or no locks on this file system: the other refusal stands
-        return
-
-
-def _held(holder: str, folder: Path) -> str:
-    return (f"another byol run{f' ({holder})' if holder else ''} is writing to {folder} now; wait for it to end, "
-            "or choose another train.out_dir")
-
-
-def _ended_pid(holder: str) -> Optional[int]:
-    """The pid of the process a lock file names ("pid N on HOST") where it has ended; None where it may
-    still run (one of another host's, or a line of a form not ours, is taken to)."""
-    match = re.fullmatch(r"pid (\d+) on (.+)", holder)
-    if match is None or match[2] != socket.gethostname() or _alive(int(match[1])):
-        return None
-    return int(match[1])
-
-
-def _outwait_orphans(lock: IO[str], holder: str, folder: Path, seconds: float = 20.0) -> bool:
-    """Whether the lock, held though its run (``holder``: "pid N on HOST") has ended, came free
-    within ``seconds`` (False: its run goes on; a ConfigError where it did not come free). A run
-    killed (kill -9, out of memory) leaves the processes it forked, its image decoding, holding the
-    lock file open until they see their parent gone (every 5 s for PyTorch's loader workers): a
-    resume at once was refused."""
-    pid = _ended_pid(holder)
-    if pid is None:
-        return False
-    print(f"note: the run that held {folder} (pid {pid}) has ended; waiting for the processes it started "
-          "to let go of its lock", file=sys.stderr)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            continue
-    lock.close()
-    raise ConfigError(f"the run that held {folder} (pid {pid}) has ended, but processes it started still hold "
-                      f"its lock file open after {seconds:g} s; end them (fuser -k {folder / LOCK}), then start "
-                      "again")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def _check_replaceable(path: Path) -> None:

@@ -135,7 +135,8 @@ def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, i
         raise DataError(f"the folders under {root} nest too deep to read (over about {sys.getrecursionlimit()} "
                         "levels); move the images into shallower folders") from None
     said.done(len(classes_found) if one_per_class else len(found))
-    failed = {os.path.relpath(e.filename, root): e.strerror or type(e).__name__ for e in unreadable if e.filename}
+    failed = {os.path.relpath(e.filename, root): e.strerror or type(e).__name__ for e in unreadable if e.filename
+              and os.path.basename(e.filename) != "lost+found"}  # a file system's own, root's alone: no note
     if "." in failed:
         raise DataError(f"cannot read the folder {root} ({failed['.']}); make it readable, or point data.root "
                         "elsewhere")

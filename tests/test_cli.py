@@ -774,11 +774,20 @@ def test_a_path_the_system_refuses_is_one_sentence(capsys, trained, tmp_path):
                  ("embed", ckpt, "--limit", 8, "--out", f"{long}.npy"),
                  ("pretrain", "--config", "cifar10-cpu", f"--train.out_dir={long}")):
         _, line = main_error(capsys, *args)
-        assert line.startswith(f"byol: error: {long}") and line.endswith(": File name too long"), line
+        assert line.startswith(f"byol: error: {long}") and \
+            line.endswith(": File name too long; a name in it is too long; choose a shorter path"), line
     assert not any(tmp_path.iterdir())
     refused = PermissionError(1, "Operation not permitted", str(tmp_path / ".metrics.jsonl.tmp5"), None,
                               str(tmp_path / "metrics.jsonl"))
-    assert _file_error(refused) == f"{tmp_path / 'metrics.jsonl'}: Operation not permitted"
+    assert _file_error(refused) == (f"{tmp_path / 'metrics.jsonl'}: Operation not permitted; check the path and its "
+                                    "permissions, or choose another")
+    # a path as bytes or a file descriptor's number (from a review: the handler itself failed on them), and an
+    # error that is byol's own bug (EXDEV, EBADF), which keeps its traceback
+    import errno
+    assert _file_error(FileNotFoundError(errno.ENOENT, "No such file or directory", b"/x/y")) == \
+        "/x/y: No such file or directory; check the path and its permissions, or choose another"
+    assert _file_error(OSError(errno.EBADF, "Bad file descriptor", 99999)) is None
+    assert _file_error(OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")) is None
 
 
 def test_an_export_that_cannot_be_written_leaves_no_folder_it_made(capsys, trained, tmp_path, monkeypatch):

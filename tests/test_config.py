@@ -140,6 +140,12 @@ def test_a_bad_value_of_a_file_names_the_file_unless_the_command_line_gave_it(tm
     path.write_text("train:\n  epochs: 2\n")
     with pytest.raises(ConfigError, match="^train.epochs must be >= 1$"):  # the command line's own
         load_config(str(path), ["--train.epochs=0"])
+    path.write_text("train:\n  cuda_graph: true\n")  # a rule of two settings, one of them the command line's
+    with pytest.raises(ConfigError, match="^train.cuda_graph must be false with train.compile=true"):
+        load_config(str(path), ["--train.compile=true"])
+    path.write_text("train:\n  cuda_graph: true\n  compile: true\n")
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))}: train.cuda_graph must be false"):
+        load_config(str(path))
     with pytest.raises(ConfigError, match="^overrides must be strings such as '--train.epochs=5', but one is int 3$"):
         load_config(str(path), ["--train.log_every=2", 3])  # (was an AttributeError)
 

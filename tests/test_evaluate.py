@@ -232,6 +232,7 @@ def test_extract_features_refuses_pixels_it_would_misread():
     refused both); (images, labels) batches failed on 'not enough values to unpack'."""
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     u8 = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    u8[0, 0, 0, 0] = 255  # (its maximum, whatever the generator drew)
     with pytest.raises(ValueError, match="images of dtype torch.int64 are neither uint8"):
         extract_features(net, u8.long())
     with pytest.raises(ValueError, match="float images must be in \\[0, 1\\], but this batch reaches 255; divide it"):

@@ -57,25 +57,38 @@ def test_a_metric_without_finite_values_draws_no_panel(tmp_path, drawn):
 
 def test_a_diverged_run_marks_where_its_loss_was_not_finite_on_every_plot(tmp_path, drawn):
     """A user test: a run whose loss went NaN drew loss.png as one healthy point on an axis ending at its
-    last finite record, and collapse.png without its effective-rank panel (NaN at every record)."""
+    last finite record, and collapse.png without its effective-rank panel (NaN at every record). A run of
+    such records is one band (from a review: a line a record took 8 s to draw for 2,000 of them)."""
     nan = float("nan")
     write_metrics(tmp_path / "metrics.jsonl", [
-        {"step": 2, "train/loss": 4.0, "train/lr": 0.1, "monitor/z_std_ratio": 0.8, "monitor/effective_rank_ratio": nan},
+        {"step": 2, "train/loss": 4.0, "train/lr": 0.1, "monitor/z_std_ratio": 0.8, "monitor/effective_rank_ratio": nan,
+         "eval/knn_top1_k20": 10.0},
         *({"step": s, "train/loss": nan, "train/lr": 0.2, "monitor/z_std_ratio": nan,
-           "monitor/effective_rank_ratio": nan} for s in (4, 6))])
+           "monitor/effective_rank_ratio": nan} for s in range(4, 204, 2)),
+        {"step": 204, "train/loss": 3.0, "train/lr": 0.2},
+        {"step": 206, "train/loss": float("inf"), "train/lr": 0.2}])
     plot_metrics(tmp_path / "metrics.jsonl")
     assert len(drawn["collapse.png"].axes) == 2
-    for name in ("loss.png", "schedules.png", "collapse.png"):
+    for name in ("loss.png", "schedules.png", "collapse.png", "knn.png"):
         for ax in drawn[name].axes:
-            marks = [line for line in ax.get_lines() if line.get_label() == "loss NaN or infinite here" or
-                     line.get_color() == "tab:purple"]
-            assert sorted(line.get_xdata()[0] for line in marks) == [4, 6], name
-            assert ax.get_xlim()[1] >= 6
+            bands = [patch for patch in ax.patches if patch.get_label() == "loss NaN or infinite here"]
+            lines = [line for line in ax.get_lines() if line.get_color() == "tab:purple"]
+            assert [_x_span(patch) for patch in bands] == [(4, 202)], name
+            assert [line.get_xdata()[0] for line in lines] == [206], name
+            assert ax.get_xlim()[1] >= 206
     write_metrics(tmp_path / "metrics.jsonl", [{"step": 2, "train/loss": 4.0, "monitor/effective_rank_ratio": nan}])
     drawn.clear()
     plot_metrics(tmp_path / "metrics.jsonl")  # a healthy run's NaN rank alone draws no panel, no mark
     assert not [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_color() == "tab:purple"]
     assert "collapse.png" not in drawn
+
+
+def _x_span(patch) -> tuple:
+    """An axvspan's (x0, x1): a Rectangle since matplotlib 3.9, a Polygon before."""
+    if hasattr(patch, "get_width"):
+        return patch.get_x(), patch.get_x() + patch.get_width()
+    xs = [x for x, _ in patch.get_xy()]
+    return min(xs), max(xs)
 
 
 def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
@@ -179,7 +192,6 @@ def test_plots_leave_the_processs_matplotlib_backend_as_it_was(tmp_path):
             f"assert plot_metrics({str(tmp_path / 'metrics.jsonl')!r}); print(matplotlib.get_backend())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "svg" and (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
-
 
 
 def test_only_a_finished_run_is_a_success_in_tensorboard(tmp_path):

@@ -80,13 +80,13 @@ def test_a_start_is_not_refused_for_the_moment_a_refused_start_probes_the_lock(t
     a start at that moment read the lock file's line of a run long ended (on another host) as live."""
     import fcntl
     import types
-    import byol.run_folder
+    import byol.run_lock
     run = tmp_path / "run"
     run.mkdir()
     (run / ".byol.lock").write_text("pid 4242 on some-other-node\n")
     probe = open(run / ".byol.lock")
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as _refuse_if_held holds it
-    monkeypatch.setattr(byol.run_folder, "time", types.SimpleNamespace(sleep=lambda s: probe.close()))
+    monkeypatch.setattr(byol.run_lock, "time", types.SimpleNamespace(sleep=lambda s: probe.close()))
     RunFolder(run, resume=False).release()  # the probe ends before its next try
 
 def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_path, capsys):
@@ -111,12 +111,12 @@ def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_
     assert 0.5 < time.monotonic() - start < 10
     assert f"note: the run that held {run} (pid " in capsys.readouterr().err
     # Processes that do not end: one sentence that says what to do, after the wait.
-    import byol.run_folder
+    import byol.run_lock
     subprocess.run([sys.executable, "-c", script.replace("time.sleep(1.5)", "time.sleep(6)")], check=True)
     lock = open(run / ".byol.lock", "r")
     with pytest.raises(ConfigError, match=r"\(pid \d+\) has ended, but processes it started still hold its lock "
                                           r"file open after 0.5 s; end them \(fuser -k .*\), then start again"):
-        byol.run_folder._outwait_orphans(lock, lock.read().strip(), run, seconds=0.5)
+        byol.run_lock._outwait_orphans(lock, lock.read().strip(), run, seconds=0.5)
     assert lock.closed
 
 
@@ -328,3 +328,28 @@ def test_a_folder_where_the_lock_file_or_config_goes_is_said_as_a_folder(tmp_pat
     with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'b' / 'config.yaml'))} is a folder, and a "
                                           "new run writes its own config.yaml there"):
         RunFolder(tmp_path / "b", resume=False)
+
+
+def test_a_new_run_sets_an_earlier_starts_events_aside_and_puts_them_back_if_it_fails(tmp_path):
+    """From a review: TensorBoard keeps the first settings and status it reads, so an earlier start's events
+    (a finished run whose checkpoints were deleted, a start killed before its first checkpoint) stood for a
+    new run in the folder: its settings, and a success it never had."""
+    from byol.metrics import MetricsLog
+    from conftest import session_status
+    run = tmp_path / "run"
+    earlier = MetricsLog(run)
+    earlier.settings({"train": {"epochs": 1}})
+    earlier.close(finished=True)
+    before = {p.name: p.read_bytes() for p in (run / "tensorboard").iterdir()}
+    folder = RunFolder(run, resume=False)
+    folder.metrics_log(resume_step=None).settings({"train": {"epochs": 5}})
+    folder.undo()  # a start that failed before its first step: the earlier events as they were
+    assert {p.name: p.read_bytes() for p in (run / "tensorboard").iterdir()} == before
+    folder = RunFolder(run, resume=False)
+    log = folder.metrics_log(resume_step=None)
+    log.settings({"train": {"epochs": 5}})
+    folder.started = True
+    log.close(finished=False)
+    folder.release()
+    assert not set(before) & {p.name for p in (run / "tensorboard").iterdir()}
+    assert session_status(run) == "none"  # not the earlier run's success

@@ -1134,6 +1134,11 @@ def test_a_run_whose_config_yaml_is_gone_resumes_with_its_checkpoint_s_settings(
     kept = yaml.safe_load((run / "config_until_step2.yaml").read_text())
     assert kept["train"]["max_steps"] == 2 and kept["model"]["width"] == 8
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 3
+    # and where it holds byol's first line alone (from a review: that one was kept as config_until_stepS.yaml)
+    from byol.config import CONFIG_HEADER
+    (run / "config.yaml").write_text(CONFIG_HEADER)
+    assert pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=4"]), resume=True)["step"] == 4
+    assert yaml.safe_load((run / "config_until_step3.yaml").read_text())["train"]["max_steps"] == 3
 
 
 def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
