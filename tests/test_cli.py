@@ -812,6 +812,7 @@ def test_the_functions_say_bad_input_as_byol_errors_and_return_usable_paths(trai
     ckpt = trained[0] / "checkpoints" / "last.pt"
     for name in ("ConfigError", "DataError", "CheckpointError", "OutputError"):
         assert issubclass(getattr(byol, name), byol.ByolError)
+    assert issubclass(byol.reporting.NonFiniteLossError, byol.ByolError)  # a setting's fault too (the lr's)
     for call in (lambda: byol.embed(ckpt, tmp_path / "e.txt"), lambda: byol.knn(tmp_path / "none.pt"),
                  lambda: byol.knn(ckpt, ["--train.epochz=3"]), lambda: byol.export(ckpt, trained[0])):
         with pytest.raises(byol.ByolError):

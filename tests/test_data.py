@@ -1035,7 +1035,7 @@ def test_decoding_processes_that_cannot_start_are_one_sentence_and_leave_no_proc
                 "no hang at exit")
 
 
-def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, monkeypatch):
+def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, monkeypatch, fault_table):
     """A user test: a class folder its permissions kept from being listed (chmod 000, as a user other than
     root) was left out with all its images and without a word, by pretrain, eval and embed: it is named
     in a note now; a root that cannot be listed is one sentence. (Root reads such folders anyway: the
@@ -1068,3 +1068,6 @@ def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, 
     monkeypatch.setattr(Path, "is_dir", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
     with pytest.raises(DataError, match=re.escape(f"cannot read the folder {tmp_path} (Permission denied)")):
         split_folder(tmp_path, "train")  # (it said "[Errno 13] Permission denied: ROOT/train", not there)
+    fault_table("a class folder that cannot be listed (its permissions); a data root that cannot be listed",
+                "the folder is left out with its images and a note names it (an unreadable lost+found gets none); "
+                "the root: one sentence")

@@ -194,7 +194,7 @@ def test_a_run_starts_only_where_it_can(tmp_path):
 
 @pytest.mark.parametrize("resume", [False, True])
 @pytest.mark.parametrize("name", ["checkpoints", "tensorboard"])
-def test_a_file_where_a_runs_folder_goes_is_refused_before_the_run(tmp_path, name, resume):
+def test_a_file_where_a_runs_folder_goes_is_refused_before_the_run(tmp_path, name, resume, fault_table):
     """A user test: a file named checkpoints in train.out_dir was a traceback once the first epoch had trained
     (its checkpoint could not be written, and the epoch was lost); tensorboard, a traceback at the start."""
     run = tmp_path / "run"
@@ -207,6 +207,8 @@ def test_a_file_where_a_runs_folder_goes_is_refused_before_the_run(tmp_path, nam
                                           "folder; move it away, or choose another train.out_dir$"):
         RunFolder(run, resume=resume)
     assert (run / name).read_text() == "x\n"
+    fault_table(f"a file named {name} in train.out_dir ({'--resume' if resume else 'a new run'})",
+                "one sentence before anything is trained or written; the file kept")
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "warnings.txt"])
@@ -317,7 +319,7 @@ def test_a_saved_config_is_compared_as_a_run_reads_it_not_as_text():
     assert _differ(yaml.safe_dump(saved), config)
 
 
-def test_a_folder_where_the_lock_file_or_config_goes_is_said_as_a_folder(tmp_path):
+def test_a_folder_where_the_lock_file_or_config_goes_is_said_as_a_folder(tmp_path, fault_table):
     """A user test: a folder .byol.lock let the run go on without a lock (two runs could share the folder), and a
     folder config.yaml was said to be a file 'not written by byol (its first line is not byol's)'."""
     (tmp_path / "a" / ".byol.lock").mkdir(parents=True)
@@ -328,6 +330,8 @@ def test_a_folder_where_the_lock_file_or_config_goes_is_said_as_a_folder(tmp_pat
     with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / 'b' / 'config.yaml'))} is a folder, and a "
                                           "new run writes its own config.yaml there"):
         RunFolder(tmp_path / "b", resume=False)
+    fault_table("a folder named .byol.lock or config.yaml in train.out_dir",
+                "one sentence saying it is a folder; nothing written (a run went on without its lock before)")
 
 
 def test_a_new_run_sets_an_earlier_starts_events_aside_and_puts_them_back_if_it_fails(tmp_path):
