@@ -275,22 +275,21 @@ def _storage_error(e: OSError) -> int:
     return 2
 
 
-# What the system says of a path a command was given, or told to write under: said as one sentence (the
-# others, EBADF or EXDEV say, would be a bug of byol's, and keep their traceback).
-_PATH_ERRORS = {errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                errno.EEXIST, errno.ENOENT}
+# What the system says of a path is said as one sentence, but for these, which would be a bug of byol's
+# (a descriptor used after its close, a rename across file systems) and keep their traceback.
+_BUG_ERRORS = {errno.EBADF, errno.EXDEV, errno.EFAULT}
 
 
 def _file_error(e: OSError) -> Optional[str]:
     """An error the system gave for a path, in one sentence: the file a temporary is written for, rather
     than the temporary (``.metrics.jsonl.tmp123``), and why; None for another error, or one without a path."""
     from .files import write_failure, written_for
-    if e.errno not in _PATH_ERRORS or not isinstance(e.filename, (str, bytes, os.PathLike)):
+    if e.errno in _BUG_ERRORS or not isinstance(e.filename, (str, bytes, os.PathLike)):
         return None  # (a file descriptor's number, say)
     path, other = written_for(os.fsdecode(e.filename)), e.filename2
     onto = f" (onto {os.fsdecode(other)})" if isinstance(other, (str, bytes, os.PathLike)) and \
         os.fsdecode(other) != path else ""
-    advice = "a name in it is too long; choose a shorter path" if e.errno == errno.ENAMETOOLONG else \
+    advice = "choose a shorter path" if e.errno == errno.ENAMETOOLONG else \
         "check the path and its permissions, or choose another"
     return f"{path}{onto}: {write_failure(e)}; {advice}"
 

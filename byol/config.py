@@ -302,7 +302,7 @@ def validate(config: Config, keys: Optional[list[str]] = None) -> Config:
              ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null"),
              ("train.knn_holdout", t.knn_holdout >= 0, ">= 0 (0: the monitor's queries are the test split)"),
              ("train.knn_holdout", t.knn_holdout == 0 or config.data.dataset != "folder",
-              "0 for a folder (its monitor's queries are ROOT/val or ROOT/test, not the test split)"),
+              "0 with data.dataset=folder (its monitor's queries are ROOT/val or ROOT/test, not the test split)"),
              ("train.seed", -2**63 <= t.seed < 2**63, "between -2**63 and 2**63 - 1"),
              ("train.knn_k", t.knn_k >= 1, ">= 1"), ("train.tau_base", 0 <= t.tau_base <= 1, "between 0 and 1"),
              ("train.out_dir", t.out_dir.strip() != "", "a directory (not empty)"),

@@ -66,21 +66,7 @@ class RunFolder:
             self._leave()
             raise
         self._log: Optional[MetricsLog] = None
-        self._started = False
-        self._set_aside: dict[Path, Path] = {}  # an earlier start's TensorBoard events, until this one's first step
-
-    @property
-    def started(self) -> bool:
-        """Whether this start's first step has finished: from then on, what it wrote stays (set by the loop)."""
-        return self._started
-
-    @started.setter
-    def started(self, value: bool) -> None:
-        self._started = value
-        if value:
-            for kept in self._set_aside:
-                _quietly(kept.unlink, missing_ok=True)
-            self._set_aside = {}
+        self.started = False
 
     def _check(self, resume: bool) -> None:
         """A resumed run needs a checkpoint; a new one a folder without one, and without files it
@@ -128,15 +114,13 @@ class RunFolder:
         """The run's :class:`~byol.metrics.MetricsLog` (see there for ``resume_step``); ``warnings.txt``
         is trimmed the same way: a resumed run keeps the warnings of the steps up to its checkpoint (the
         later ones are trained, and warned about, again), a new run starts without. A new run starts
-        without ``skipped_files.txt`` too; a resumed one keeps it (pretrain reads it back), and without an
-        earlier start's TensorBoard events: TensorBoard keeps the first settings and status it reads, which
-        would stand for the new run's (they are set aside, put back if this start fails before its first step)."""
-        events = self.path / "tensorboard"
-        if resume_step is None:
-            for name in sorted(self._events_before):
-                if "tfevents" in name:  # what TensorBoard reads as an event file
-                    self._set_aside[events / f".set_aside.{os.getpid()}.{len(self._set_aside)}"] = events / name
-                    os.replace(events / name, next(reversed(self._set_aside)))
+        without ``skipped_files.txt`` too; a resumed one keeps it (pretrain reads it back). An earlier
+        start's TensorBoard events stay, said in a note: TensorBoard shows the settings and status it read
+        first, theirs (a review: a finished run's success stood for a new run in its folder)."""
+        if resume_step is None and any("tfevents" in name for name in self._events_before):
+            say(f"note: {self.path / 'tensorboard'} holds an earlier start's events, whose settings (and status) "
+                "TensorBoard's HParams tab shows for this run, as it keeps the first it reads; remove the folder's "
+                "tensorboard/ before a new run there to see this one's")
         self._log = MetricsLog(self.path, resume_step=resume_step)
         if resume_step is None and self._before["skipped_files.txt"] is not None:
             (self.path / "skipped_files.txt").unlink()
@@ -176,8 +160,6 @@ class RunFolder:
         if self.started:
             return
         events = self.path / "tensorboard"
-        for kept, name in self._set_aside.items():
-            _quietly(os.replace, kept, name)
         for name in _listing(events) - self._events_before:
             _quietly((events / name).unlink, missing_ok=True)
         for path in _configs_kept(self.path).values():  # one this start wrote: not there before

@@ -136,7 +136,7 @@ def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, i
                         "levels); move the images into shallower folders") from None
     said.done(len(classes_found) if one_per_class else len(found))
     failed = {os.path.relpath(e.filename, root): e.strerror or type(e).__name__ for e in unreadable if e.filename
-              and os.path.basename(e.filename) != "lost+found"}  # a file system's own, root's alone: no note
+              and os.path.relpath(e.filename, root) != "lost+found"}  # a mounted file system's own, root's: no note
     if "." in failed:
         raise DataError(f"cannot read the folder {root} ({failed['.']}); make it readable, or point data.root "
                         "elsewhere")
