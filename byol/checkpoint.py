@@ -178,6 +178,12 @@ def _check_crc(path: Path) -> None:
         return
 
 
+def is_torchscript(names: list[str]) -> bool:
+    """Whether a zip holding the files ``names`` is a TorchScript module (``torch.jit.save``'s), not
+    what ``torch.save`` wrote: its code and constants are in it."""
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
 def _check_format(path: Path) -> None:
     """Refuse, in one sentence, a file that ``torch.save`` did not write, or a TorchScript export."""
     if zipfile.is_zipfile(path):
@@ -186,7 +192,7 @@ def _check_format(path: Path) -> None:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError):
             return  # torch.load reports it as corrupt
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        if is_torchscript(names):
             raise CheckpointError(f"{path} is a TorchScript module (as `byol export` writes "
                                   "encoder_torchscript.pt); load it with torch.jit.load, and give byol a run's "
                                   "checkpoint or the exported encoder.pt")
@@ -202,8 +208,7 @@ def saved_step(path: Path) -> Optional[int]:
     """The step a checkpoint was written at, read without loading its tensors (mmap); None where the
     file is not a readable checkpoint."""
     try:
-        _check_format(path)  # (torch.load of a TorchScript export warns, then loads the module)
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        return int(_peek(path)["step"])
     except Exception:  # not a checkpoint of ours, or torn
         return None
 
@@ -212,11 +217,16 @@ def saved_config(path: Path) -> dict:
     """The settings a checkpoint holds, read as :func:`saved_step` reads its step; {} where the file is
     not a readable checkpoint."""
     try:
-        _check_format(path)
-        config = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+        config = _peek(path)["config"]
     except Exception:  # not a checkpoint of ours, or torn
         return {}
     return config if isinstance(config, dict) else {}
+
+
+def _peek(path: Path) -> Any:
+    """What ``torch.save`` wrote in ``path``, its tensors mapped, not read (raises where it is not such a file)."""
+    _check_format(path)  # (torch.load of a TorchScript export warns, then loads the module)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:

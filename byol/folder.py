@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .files import write_text_atomically
 from .data import DataError
 from .images import decode_image, reason
-from .scan import PackedNames, holds_a_run, scan
+from .scan import PackedNames, holds_a_run, scan, unreadable_root
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,7 @@ def split_folder(root: Union[str, Path], name: str) -> Optional[Path]:
         if not (root / name).is_dir():
             return None
     except PermissionError as e:  # (a user test: "[Errno 13] Permission denied: ROOT/train", which was not there)
-        raise DataError(f"cannot read the folder {root} ({e.strerror}); make it readable, or point data.root "
-                        "elsewhere") from None
+        raise unreadable_root(str(root), e.strerror) from None
     if (root / "val").is_dir() or (root / "test").is_dir():
         return root / name
     with os.scandir(root) as entries:

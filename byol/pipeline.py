@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .checkpoint import saved_step
+from .checkpoint import is_torchscript, saved_step
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .errors import ByolError
@@ -109,7 +109,7 @@ def _model_in(path: Path) -> Optional[str]:
             names = z.namelist()
     except (zipfile.BadZipFile, OSError):
         return None
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+    if is_torchscript(names):
         return "a TorchScript module"
     if not any(n.endswith("/data.pkl") for n in names):
         return None  # a zip of something else

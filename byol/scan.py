@@ -138,9 +138,13 @@ def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, i
     failed = {os.path.relpath(e.filename, root): e.strerror or type(e).__name__ for e in unreadable if e.filename
               and os.path.relpath(e.filename, root) != "lost+found"}  # a mounted file system's own, root's: no note
     if "." in failed:
-        raise DataError(f"cannot read the folder {root} ({failed['.']}); make it readable, or point data.root "
-                        "elsewhere")
+        raise unreadable_root(root, failed["."])
     return found, dict(others), sorted(runs), [os.path.normpath(link) for link in outside], failed
+
+
+def unreadable_root(root: str, why: str) -> DataError:
+    """The error for a data root that cannot be listed (its permissions), with ``why``."""
+    return DataError(f"cannot read the folder {root} ({why}); make it readable, or point data.root elsewhere")
 
 
 class _ScanNotes:
