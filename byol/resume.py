@@ -155,10 +155,15 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
         raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
                               "same optimizer")
+    # load_state_dict takes each group's settings from the checkpoint too: this run's (momentum, weight
+    # decay, LARS's trust coefficient and clip, ...) are put back, as the resume note says they change.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
+    for group, setting in zip(optimizer.param_groups, settings):
+        group.update(setting)
     _restore_generators(state, generator, rank, world, ckpt_path)
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:

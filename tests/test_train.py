@@ -982,6 +982,36 @@ def test_a_resume_keeps_the_images_the_knn_monitor_scores(tmp_path, cifar10_root
                                                    "--train.max_steps=3"]), resume=True)
 
 
+@pytest.mark.parametrize("optim, changes", [
+    ("lars", {"optim.trust_coefficient": (0.001, 0.02), "optim.lars_clip": (False, True),
+              "optim.weight_decay": (1.5e-6, 1e-4)}),
+    ("sgd", {"optim.weight_decay": (5e-4, 0.01), "optim.momentum": (0.9, 0.5)}),
+])
+def test_a_resume_trains_with_the_optimizer_settings_it_gives(tmp_path, cifar10_root, optim, changes, monkeypatch):
+    """The optimizer's state comes from the checkpoint, its settings from this start: torch's
+    load_state_dict would put the checkpoint's back (the note said they changed; the steps did not)."""
+    group_key = {"optim.trust_coefficient": "trust_coefficient", "optim.lars_clip": "clip",
+                 "optim.weight_decay": "weight_decay", "optim.momentum": "momentum"}
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1, "train.max_steps": 2, "optim.name": optim,
+                                                   **{k: yaml_word(old) for k, (old, _) in changes.items()}}) + [
+        f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings))
+    seen, step = [], byol.step.LoopStep.__call__
+
+    def call(self, *args):  # the groups each step of the resumed start trains with
+        seen.append([dict(g) for g in self.optimizer.param_groups])
+        return step(self, *args)
+
+    monkeypatch.setattr(byol.step.LoopStep, "__call__", call)
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=3"] + [
+        f"--{k}={yaml_word(new)}" for k, (_, new) in changes.items()]), resume=True)
+    assert len(seen) == 1, seen
+    regular, excluded = seen[0]
+    for key, (_, new) in changes.items():
+        assert regular[group_key[key]] == new, (key, regular)
+    assert excluded["weight_decay"] == 0.0 and regular["lr"] == excluded["lr"] > 0  # the schedule's, as before
+
+
 def test_resuming_a_shorter_run_says_its_schedules_are_compressed_and_the_learning_rate_drops(
         tmp_path, cifar10_root, capsys):
     """`--resume --train.epochs=2` on a 4-epoch run at step 10 (8 steps an epoch): the cosines now end
