@@ -35,7 +35,7 @@ def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
     forward = ViewsForward(byol)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
     generator = torch.Generator().manual_seed(0)
-    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, images.device)
+    guard = NonFiniteGuard([byol], optimizer, images.device)
     sums = torch.zeros(3)
     phases: dict[str, Counter] = {}
     for step in range(3):  # the third step: the optimizer state and the guard's buffers exist
@@ -51,7 +51,7 @@ def count(batch: int = 8, top: int = 0) -> dict[str, Counter]:
             loss.backward()
         with modes["optimizer"]:
             optimizer.step()
-        with modes["ema"]:
+        with modes["ema"]:  # before the settle, as in byol.step.LoopStep: an undone step's EMA is undone too
             byol.update_target(0.996)
         with modes["guard"]:
             ok = guard.settle(loss.detach())
@@ -73,7 +73,7 @@ def time_guard(repeats: int) -> str:
     loss, _ = forward(byol.augment_fn(images), byol.augment_fn2(images))
     loss.backward()
     optimizer.step()  # the momentum buffers exist from here on
-    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, images.device)
+    guard = NonFiniteGuard([byol], optimizer, images.device)
     tensors = guard._tensors()
     times = []
     for _ in range(repeats + 1):  # the first builds the kept buffers

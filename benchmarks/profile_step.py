@@ -43,7 +43,7 @@ class Phased:
             self.forward, self.augment = compile_step(self.forward, self.byol)
         self.batches = systems.Cycle(TensorBatches(images, None, batch, generator=0))
         self.generator = torch.Generator(device=device).manual_seed(0)
-        self.guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
+        self.guard = NonFiniteGuard([self.byol], self.optimizer, device)
         self.sums = torch.zeros(3, device=device)
         self.device, self.amp = device, amp
         self.name = f"{'compiled' if compile else 'eager'}, {'channels_last' if channels_last else 'NCHW'}"
@@ -74,10 +74,10 @@ class Phased:
         mark("backward")
         self.optimizer.step()
         mark("optimizer")
+        self.byol.update_target(0.996)  # before the settle, as in byol.step.LoopStep
+        mark("ema")
         ok = self.guard.settle(loss.detach())
         mark("guard")
-        self.byol.update_target(0.996)
-        mark("ema")
         self.sums += step_metrics(loss.detach(), z1, ok)
         mark("metrics")
         return times

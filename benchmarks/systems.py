@@ -19,7 +19,6 @@ from torch import nn
 from byol.backbones import resnet
 from byol.config import Config
 from byol.data import TensorBatches
-from byol.faults import NonFiniteGuard
 from byol.optim import LARS, param_groups
 from byol.compiling import Compiled, compile_step, eager_fallbacks
 from byol.allocator import keep_freed_memory
@@ -97,9 +96,8 @@ class Ours:
         self.forward, self.augment = forward, augment
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
         generator = torch.Generator(device=device).manual_seed(seed)
-        guard = NonFiniteGuard([self.byol.online, self.byol.predictor], self.optimizer, device)
         step_class = GraphedLoopStep if graphed else LoopStep  # graphed: experimental (byol.step)
-        self.loop_step = step_class(forward, self.byol, self.optimizer, generator, amp, augment, guard,
+        self.loop_step = step_class(forward, self.byol, self.optimizer, generator, amp, augment,
                                   lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
                                   tau_base=0.996)
         self.steps = 0

@@ -17,10 +17,11 @@ _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 class NonFiniteGuard:
     """Skips training steps whose loss is not finite, without a host sync per step.
 
-    Before a step, :meth:`snapshot` copies the online parameters, BatchNorm buffers and
-    optimizer state; after it, :meth:`settle` puts the copies back where the loss was NaN or
-    infinite, on the device, so nothing waits for the GPU. The streak of consecutive bad steps is
-    counted on the device too and read with the other metrics. The snapshot is one foreach copy
+    Before a step, :meth:`snapshot` copies the modules' parameters and buffers (the learner's:
+    online, predictor and target) and the optimizer state; after the step and its EMA update,
+    :meth:`settle` puts the copies back where the loss was NaN or infinite, on the device, so
+    nothing waits for the GPU. The streak of consecutive bad steps is counted on the device too
+    and read with the other metrics. The snapshot is one foreach copy
     into buffers kept from step to step (so they hold memory the size of the model and optimizer
     state for the whole run).
 

@@ -86,25 +86,26 @@ def views_loss(model: nn.Module, byol: BYOL, images: torch.Tensor, generator: Op
 class LoopStep:
     """One iteration of the pretraining loop, as ``byol.train.pretrain`` runs it and
     ``benchmarks.speed`` times it: the schedules, the non-finite guard's snapshot,
-    :func:`train_step`, the guard's settle, the EMA update, and the metrics summed on the device.
+    :func:`train_step`, the EMA update, the guard's settle, and the metrics summed on the device.
 
     Nothing in a call reads a value back to the host; :meth:`read` does, every ``log_every`` steps.
 
     Args:
         forward, byol, optimizer, generator, amp, augment: as for :func:`train_step`.
-        guard: the :class:`~byol.faults.NonFiniteGuard` over the online branch, predictor and optimizer.
         lr: the peak learning rate (already scaled by the batch size).
         warmup_steps, total_steps, tau_base: the schedules' (:mod:`byol.schedules`).
     """
 
     def __init__(self, forward: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer,
                  generator: Optional[torch.Generator], amp: Optional[torch.dtype],
-                 augment: Optional[Sequence[AugmentFn]], guard: NonFiniteGuard, lr: float, warmup_steps: int,
-                 total_steps: int, tau_base: float):
+                 augment: Optional[Sequence[AugmentFn]], lr: float, warmup_steps: int, total_steps: int,
+                 tau_base: float):
         self.forward, self.byol, self.optimizer, self.generator = forward, byol, optimizer, generator
-        self.amp, self.augment, self.guard = amp, augment, guard
+        self.amp, self.augment = amp, augment
+        # Over the whole learner, target included: the EMA update runs before the settle (_finish).
+        self.guard = NonFiniteGuard([byol], optimizer, next(byol.parameters()).device)
         self.lr, self.warmup_steps, self.total_steps, self.tau_base = lr, warmup_steps, total_steps, tau_base
-        self.sums = torch.zeros(3, device=guard.streak.device)  # loss, z std, good steps since the last read
+        self.sums = torch.zeros(3, device=self.guard.streak.device)  # loss, z std, good steps since the last read
         self.tau = tau_base
 
     def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,9 +122,10 @@ class LoopStep:
         self.tau = tau_schedule(step, self.total_steps, self.tau_base)
 
     def _finish(self, loss: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """After the optimizer step: the guard's settle, the EMA update, the metrics' sums."""
-        ok = self.guard.settle(loss)
+        """After the optimizer step: the EMA update, the guard's settle (a step it undoes moved the
+        target too), the metrics' sums."""
         self.byol.update_target(self.tau)
+        ok = self.guard.settle(loss)
         self.sums += step_metrics(loss, z1, ok)
         return loss, z1
 

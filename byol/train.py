@@ -182,9 +182,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     results: dict = dict(ran_on)
     knn = knn_monitor(config, byol, data, device, amp, rank, log, step, saved, steps_per_epoch, results)
     progress = progress_bar(t, rank, step, end_step, t.batch_size)
-    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, device)
-    loop_step = step_class(forward, byol, optimizer, generator, amp, augment, guard, lr, warmup_steps, total_steps,
-                           t.tau_base)
+    loop_step = step_class(forward, byol, optimizer, generator, amp, augment, lr, warmup_steps, total_steps, t.tau_base)
+    guard = loop_step.guard
     if saved.get("metric_sums"):  # a resumed run's steps since its last record, which its next one averages too
         loop_step.sums.copy_(torch.tensor(saved["metric_sums"]))
     if t.cuda_graph and rank == 0:

@@ -5,6 +5,7 @@ Timing lives in benchmarks/ (BENCHMARKS.md), not here: these tests check what ca
 
 import copy
 import platform
+from itertools import chain
 import subprocess
 import sys
 import warnings
@@ -18,7 +19,6 @@ from byol.backbones import resnet
 from byol.data import TensorBatches
 from byol.model import BYOL
 from byol.optim import build_optimizer
-from byol.faults import NonFiniteGuard
 from byol.compiling import Compiled, compile_step, compiled_augment, eager_fallbacks
 from byol.step import GraphedLoopStep, LoopStep, ViewsForward, train_step
 
@@ -228,10 +228,9 @@ def make_loop_step(byol, forward=None, generator=None, augment=None, device="cpu
     """pretrain's loop body (``LoopStep``: schedules, guard, step, EMA, metrics on the device) over
     ``byol``; by default eager (``ViewsForward``) with a generator seeded 0."""
     optimizer = optimizer_of(byol, lr)
-    guard = NonFiniteGuard([byol.online, byol.predictor], optimizer, torch.device(device))
     forward = forward if forward is not None else ViewsForward(byol)
     generator = generator if generator is not None else torch.Generator(device=device).manual_seed(0)
-    return step_class(forward, byol, optimizer, generator, None, augment, guard, lr=lr, warmup_steps=2,
+    return step_class(forward, byol, optimizer, generator, None, augment, lr=lr, warmup_steps=2,
                       total_steps=100, tau_base=0.99, **kwargs)
 
 
@@ -263,6 +262,35 @@ def test_a_step_the_guard_undid_adds_nothing_to_the_sums_not_even_its_nan():
     assert step_metrics(nan, torch.full((4, 8), float("nan")), torch.tensor(False)).tolist() == [0.0, 0.0, 0.0]
     kept = step_metrics(torch.tensor(1.5), torch.randn(4, 8), torch.tensor(True))
     assert kept[0] == 1.5 and 0 < kept[1] < 1 and kept[2] == 1.0
+
+
+def test_a_step_the_guard_undid_left_the_target_as_it_was():
+    """A user test: the guard put the online branch and the optimizer back, but the EMA update after
+    it still moved the target (toward the restored online weights): an EMA step for each undone step."""
+    byol = tiny_byol()
+    forward = ViewsForward(byol)
+    poison = {"on": False}
+
+    def tensors():
+        return dict(chain(byol.named_parameters(), byol.named_buffers()))
+
+    def maybe_nan(view1, view2):
+        loss, z1 = forward(view1, view2)
+        return (loss * float("nan") if poison["on"] else loss), z1
+
+    loop_step = make_loop_step(byol, forward=maybe_nan)
+    loop_step(0, images())  # a good step: the target moves, the optimizer state exists
+    before = {k: v.clone() for k, v in tensors().items()}
+    poison["on"] = True
+    loop_step(1, images(seed=1))
+    assert loop_step.guard.skipped.item() == 1
+    assert any(k.startswith("target.") for k in before)
+    for k, v in tensors().items():
+        assert torch.equal(v, before[k]), k
+    poison["on"] = False
+    loop_step(2, images(seed=2))
+    key = "target.encoder.body.conv1.weight"  # the next good step moves it again
+    assert not torch.equal(tensors()[key], before[key])
 
 
 @pytest.mark.gpu
