@@ -181,11 +181,6 @@ def _evaluate(args, overrides: list[str]) -> int:
         result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
                               limit=args.limit, random_init=args.random_init, progress=bars, holdout=args.holdout)
         rows = [(f"kNN top-1 (k={k})", f"{v:.2f}%") for k, v in result["knn_top1"].items()]
-        over = [str(k) for k in dict.fromkeys(args.k) if k > result["n_train"]]
-        if over and _is_main_process():
-            one = len(over) == 1
-            print(f"note: k={', '.join(over)} {'is' if one else 'are'} more than the {result['n_train']} training "
-                  f"images, so {'it votes' if one else 'each votes'} with all of them", file=sys.stderr)
     else:
         result = pipeline.linear(args.checkpoint, overrides, epochs=args.epochs, limit=args.limit,
                                  random_init=args.random_init, progress=bars, holdout=args.holdout)

@@ -143,7 +143,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     if config.train.precision == "auto" and precision != "float32":  # (a user test could not tell)
         note(f"the embeddings are computed in {precision} (train.precision=auto, and {device} computes bf16 "
              "natively), which differ slightly from float32's; --train.precision=fp32 for those")
-    emb, labels, indices = features(net, config, source, device, progress and "embeddings")
+    emb, labels, indices = features(net, config, source, device, progress and "embeddings", f"the encoder of {path}")
     paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
     classes = source.classes if (labels >= 0).any() else None  # classes[label] names label's class
     out = Path(out)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .checkpoint import is_torchscript, saved_step
+from .checkpoint import CheckpointError, is_torchscript, saved_step
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .errors import ByolError
@@ -217,9 +217,11 @@ EVAL_BATCH = 512
 
 
 def features(net: nn.Module, config: Config, source: Source, device: torch.device,
-             progress: Union[bool, str] = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             progress: Union[bool, str] = False,
+             weights: str = "the encoder") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(features, labels, indices)`` of ``source`` under ``net``; under torchrun each rank embeds
-    its share and every rank gets them all.
+    its share and every rank gets them all. Features that are not all finite are a
+    :class:`~byol.checkpoint.CheckpointError` naming ``weights`` (where ``net``'s come from).
 
     A folder is streamed through ``data.workers`` decoding processes, so it is never all in
     memory; its undecodable files are left out (``indices`` says which files the rows are of).
@@ -234,7 +236,8 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
                   progress=progress if dist.rank() == 0 else False)
     if isinstance(source, ImageSet):
         labels = source.labels if source.labels is not None else torch.full((len(source),), -1)
-        return dist.extract_features_sharded(net, source.images, device, **kwargs), labels, torch.arange(len(source))
+        feats = dist.extract_features_sharded(net, source.images, device, **kwargs)
+        return _finite(feats, weights), labels, torch.arange(len(source))
     kwargs.pop("batch_size")
 
     def loader_for(share: range):
@@ -249,7 +252,18 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
         bad = len(source) - len(indices)
         note(f"{bad:,} of the {len(source):,} image files in {source.where} could not be decoded and "
              f"{'is' if bad == 1 else 'are'} left out{example}")
-    return feats, labels, indices
+    return _finite(feats, weights), labels, indices
+
+
+def _finite(feats: torch.Tensor, weights: str) -> torch.Tensor:
+    """``feats``, if all finite: else the encoder is broken (a diverged run's checkpoint, or a state_dict
+    with NaN in it), which no evaluation or embedding of it should hide."""
+    bad = int((~torch.isfinite(feats)).any(dim=1).sum()) if feats.numel() else 0
+    if bad:
+        raise CheckpointError(f"{weights} gives NaN or infinite features for {bad:,} of the {len(feats):,} images "
+                              "(its weights or BatchNorm statistics are not all finite, as after a run that "
+                              "diverged); evaluate or embed an earlier checkpoint")
+    return feats
 
 
 def check_counts(**counts) -> tuple:
@@ -297,6 +311,11 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple
                                                               "eval knn", holdout)
     if missing:
         note(missing)
+    over = [str(k) for k in dict.fromkeys(ks) if k > info["n_train"]]
+    if over:  # (from Python too: a sweep's k=200 of 50 images votes with 50)
+        one = len(over) == 1
+        note(f"k={', '.join(over)} {'is' if one else 'are'} more than the {info['n_train']} training images, so "
+             f"{'it votes' if one else 'each votes'} with all of them")
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": dict(acc),
             "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
@@ -353,8 +372,9 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit, holdout)
     held = Path(test.root).name if isinstance(test, ImageFolder) else "held-out train" if holdout else "test"
-    train_f, train_y, _ = features(net, config, train, device, progress and "train features")
-    test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features")
+    weights = f"the {'random-init ' if random_init else ''}encoder of {path}"
+    train_f, train_y, _ = features(net, config, train, device, progress and "train features", weights)
+    test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features", weights)
     info = {"n_train": len(train_f), "n_test": len(test_f), "test_split": held,
             "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
             "random_init": random_init, "feature_dim": train_f.shape[1],

@@ -228,6 +228,9 @@ def test_eval_knn_says_when_k_is_above_the_training_images(trained, tmp_path, ca
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "200", "200", *out]) == 0  # scored once
     assert "note: k=200 is more than the 20 training images, so it votes" in capsys.readouterr().err
     assert list(json.loads((tmp_path / "k.json").read_text())["knn_top1"]) == ["200"]
+    import byol  # from Python too (a user test: only the command line said it)
+    assert list(byol.knn(ckpt, ks=(200,), limit=20)["knn_top1"]) == [200]
+    assert "note: k=200 is more than the 20 training images, so it votes" in capsys.readouterr().err
 
 
 def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch, capsys, tmp_path):
@@ -640,6 +643,25 @@ def test_settings_given_to_eval_and_embed_are_checked_as_pretrain_checks_them(ca
                            "data.load_size must be >= 8 or null")):
         _, line = main_error(capsys, *args, "--model.width=8", "--train.device=cpu")
         assert line == f"byol: error: {message}", line
+
+
+def test_an_encoder_with_nan_in_it_is_one_sentence_in_eval_and_embed_and_writes_nothing(capsys, tmp_path,
+                                                                                        cifar10_root):
+    """A user test: eval of a state_dict with one NaN BatchNorm variance was a traceback (the building
+    block's ValueError), and embed wrote all-NaN embeddings, said they were written and exited 0."""
+    from byol.backbones import resnet
+    state = resnet("resnet18", cifar_stem=True, width=8).state_dict()
+    state["layer4.1.bn2.running_var"][0] = float("nan")
+    path = tmp_path / "encoder.pt"
+    torch.save(state, path)
+    for args in (["eval", "knn", path], ["eval", "linear", path, "--epochs=1"],
+                 ["embed", path, "--out", tmp_path / "e.npy"]):
+        _, line = main_error(capsys, *args, "--limit=8", "--model.width=8", "--train.device=cpu",
+                             f"--data.root={cifar10_root}", after_progress=True)  # after the no-config.yaml note
+        assert line == f"byol: error: the encoder of {path} gives NaN or infinite features for 8 of the 8 images (its " \
+            "weights or BatchNorm statistics are not all finite, as after a run that diverged); evaluate or embed an " \
+            "earlier checkpoint", line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.pt"]
 
 
 def test_data_limit_is_refused_by_eval_and_embed_which_take_limit(capsys, tmp_path):
