@@ -248,7 +248,7 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
         shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                   if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != v.shape]
         parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
-            (missing, "keys missing"), (unexpected, "keys it does not have"), (shapes, "of another shape"))
-            if found]
-        raise CheckpointError(f"{source} does not match this model (different backbone, width or "
-                              f"projector sizes?): {'; '.join(parts) or 'the state does not load'}") from None
+            (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
+            (shapes, "of another shape")) if found]
+        raise CheckpointError(f"{source} does not match this model (different backbone, width, projector sizes "
+                              f"or predictor?): {'; '.join(parts) or 'the state does not load'}") from None

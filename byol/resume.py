@@ -87,9 +87,13 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
     return limit or (FOLDER_KNN_LIMIT if config.data.dataset == "folder" else None)
 
 
+# The model settings that make the network's parameters (model.concat_views only batches the views).
+NETWORK_KEYS = ("backbone", "cifar_stem", "width", "projection_size", "projection_hidden_size", "use_predictor")
+
+
 def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> dict[int, float]:
-    """Refuse settings a resume cannot change (the batch size, the seed, and the kNN monitor's queries and bank
-    where it has scored); return the steps of the run's kNN records up to the checkpoint's, with the
+    """Refuse settings a resume cannot change (the batch size, the seed, the network, and the kNN monitor's
+    queries and bank where it has scored); return the steps of the run's kNN records up to the checkpoint's, with the
     run's time (``time_s``) each was logged at."""
     saved_train = state["config"].get("train", {})
     saved_batch = saved_train.get("batch_size")
@@ -102,6 +106,13 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> di
         raise CheckpointError(f"{ckpt_path}'s run started from train.seed={saved_seed}: its initial weights, which "
                               "eval --random-init rebuilds as the baseline, and its data's order come from it; resume "
                               f"with --train.seed={saved_seed}, or start a new run for another seed")
+    saved_model = state["config"].get("model", {})
+    for key in NETWORK_KEYS:  # (a user test: --model.use_predictor=false was blamed on the backbone or width)
+        saved = saved_model.get(key, getattr(config.model, key))
+        if saved != getattr(config.model, key):
+            raise CheckpointError(f"{ckpt_path} holds the network of model.{key}={yaml_word(saved)}, and a resume "
+                                  f"trains that network on: resume with --model.{key}={yaml_word(saved)}, or start "
+                                  "a new run for another")
     saved_holdout = saved_train.get("knn_holdout", 0)
     if saved_holdout != config.train.knn_holdout:
         raise CheckpointError(f"{ckpt_path}'s kNN monitor scored train.knn_holdout={saved_holdout} held-out "

@@ -422,6 +422,11 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
                             "which eval --random-init rebuilds as the baseline, and its data's order come from it; "
                             "resume with --train.seed=0, or start a new run for another seed")
     assert (run / "config.yaml").read_bytes() == saved and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--model.use_predictor=false", check=False)
+    assert_user_error(proc, f"{run / 'checkpoints' / 'last.pt'} holds the network of model.use_predictor=true, and a "
+                            "resume trains that network on: resume with --model.use_predictor=true, or start a new run "
+                            "for another")  # (a user test: a traceback's terms, blaming the backbone or width)
+    assert (run / "config.yaml").read_bytes() == saved
     # The run's own settings (width 8, batch 16, 128 images, SGD), not the cifar10 preset's: the
     # preset's width 64 would not even load.
     proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
