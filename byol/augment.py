@@ -4,8 +4,9 @@ Every random parameter has a batch dimension: two identical images in one batch 
 crops, flips, colour jitter, grayscale, blur and solarization (byol-pytorch applies torchvision
 transforms to a whole batch tensor, which gives every image the same crop). Each transform is a
 few batched tensor ops, with no loop over images and no data-dependent Python control flow, so it
-runs on the GPU and under torch.compile. Each op matches torchvision.transforms.v2 image by image.
-The per-pixel ops (colour jitter, grayscale, solarize, normalize) are in color.py.
+runs on the GPU and under torch.compile. Each op matches torchvision.transforms.v2 image by image
+(on float images: on uint8 ones torchvision rounds after each op). The per-pixel ops (colour
+jitter, grayscale, solarize, normalize) are in color.py.
 
 Paper, section 3.3: "a random patch of the image is selected and resized to 224 x 224 with a
 random horizontal flip, followed by a color distortion, consisting of a random sequence of
@@ -14,6 +15,7 @@ Gaussian blur and solarization are applied to the patches." Parameters: appendix
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,11 @@ class ViewConfig:
             raise ValueError("ViewConfig brightness, contrast and saturation must be >= 0, and hue in [0, 0.5]")
         if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
             raise ValueError(f"ViewConfig.blur_kernel={self.blur_kernel} must be a positive odd integer")
+        if isinstance(self.size, bool) or not isinstance(self.size, numbers.Integral) or self.size < 1:
+            raise ValueError(f"ViewConfig.size={self.size!r} must be a whole number of pixels >= 1")
+        if self.blur_p > 0 and self.kernel_size // 2 >= self.size:  # reflection pads by less than the side
+            raise ValueError(f"ViewConfig.blur_kernel={self.kernel_size} is too large for views of {self.size} "
+                             f"pixels: it must be below {2 * self.size} (its half below the side)")
 
     @property
     def kernel_size(self) -> int:
@@ -315,6 +322,8 @@ class Augment(nn.Module):
         """(B, 3, H, W) uint8 in [0, 255] or float in [0, 1] -> (B, 3, size, size) normalized views."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Augment takes a batch of RGB images, (B, 3, H, W), got shape {tuple(images.shape)}")
+        if not images.numel():  # (the blur's grouped convolution failed on it: "non-positive groups")
+            raise ValueError(f"Augment takes a batch of at least one image, got shape {tuple(images.shape)}")
         check_pixel_type(images)  # int64 pixels were taken as floats in [0, 1] (a user test); the dtype only: no sync
         b, _, height, width = images.shape
         return self.apply(images, self.sample_params(b, height, width, generator, images.device))

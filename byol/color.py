@@ -2,8 +2,9 @@
 
 Images are (B, 3, H, W), uint8 in [0, 255] or float in [0, 1]; per-image parameters are (B,) or
 (B, k) tensors. Each op returns float32 in [0, 1] (normalize: standardized) and equals
-torchvision.transforms.v2.functional applied image by image. The view recipes that use them are in
-augment.py.
+torchvision.transforms.v2.functional applied image by image to float images (on uint8 ones
+torchvision rounds to uint8 after each op, and differs by up to about 1/255 an op). The view
+recipes that use them are in augment.py.
 """
 
 import torch

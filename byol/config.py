@@ -50,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "cifar"             # paper | cifar (the paper's recipes, blur off at 32x32) | none
+    preset: str = "cifar"             # paper | cifar (the paper's, blur off, CIFAR-10's mean/std) | none (an ablation)
     crop_min_scale: Optional[float] = None  # smallest crop area fraction; None keeps the preset's (0.08)
 
 

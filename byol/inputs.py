@@ -67,9 +67,9 @@ def check_pixel_range(images: torch.Tensor, advice: Optional[str] = None, stackl
                          "divide it by 255, or pass the uint8 images as they are")
     if low < -0.5:
         warnings.warn(f"float images should be in [0, 1], but this batch spans {low:.3g} to {high:.3g} (normalized?): "
-                      + (advice or "the default augmentations clip colours to [0, 1] and normalize the views "
-                         "themselves, so give the images before Normalize (ToTensor() alone gives [0, 1]), or pass "
-                         "your own augment_fn"),
+                      + (advice or "the default augmentations take [0, 1] (colour jitter clips to it, solarize "
+                         "inverts above 0.5) and normalize the views themselves, so give the images before "
+                         "Normalize (ToTensor() alone gives [0, 1]), or pass your own augment_fn"),
                       stacklevel=stacklevel)
 
 

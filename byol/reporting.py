@@ -229,6 +229,21 @@ def note_train_split(config: Config) -> None:
               f"train)", file=sys.stderr)
 
 
+def note_no_augmentation(config: Config) -> None:
+    """``augment.preset=none``: both views the same image, from which BYOL has nothing to learn (a user
+    test trained on it without a word); an ablation, so said, not refused."""
+    if config.augment.preset != "none":
+        return
+    scale = config.augment.crop_min_scale
+    if scale is None:
+        views = "gives both views the same whole image, from which BYOL has nothing to learn"
+    else:
+        views = (f"with augment.crop_min_scale={scale:g} gives views that differ only by their square crops, of "
+                 f"{scale:g} to all of the image (no flip, colour change or blur)")
+    print(f"note: augment.preset=none {views}: an ablation; BYOL's recipes are --augment.preset=paper or cifar",
+          file=sys.stderr)
+
+
 def note_warmup(config: Config, steps_per_epoch: int) -> None:
     """A warm-up as long as the run (its epochs, or ``train.max_steps``): legal, but the learning rate
     then only climbs (to its peak at the last step at best) and never decays, which is almost surely

@@ -29,7 +29,7 @@ from .metrics import KNN_PREFIX, MetricsLog, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_train_split, note_warmup, progress_bar)
+                        note_no_augmentation, note_train_split, note_warmup, progress_bar)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
@@ -274,6 +274,7 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         note_warmup(config, len(data.batches))
         if resume_step is None:
             note_train_split(config)
+            note_no_augmentation(config)
     if resume_step is not None and data.folder is not None:  # every rank's: its resumed epoch starts after
         data.folder.read_skipped(run_dir / "skipped_files.txt")  # the batches it skips (TrainData.start_at)
 

@@ -275,10 +275,19 @@ def test_presets():
     torch.testing.assert_close(Augment(identity)(x), normalize(x.float() / 255, CIFAR_MEAN, CIFAR_STD))
 
 
-@pytest.mark.parametrize("bad", [dict(flip_p=1.5), dict(crop_scale=(0.5, 0.1)), dict(blur_kernel=4), dict(hue=0.7)])
+@pytest.mark.parametrize("bad", [dict(flip_p=1.5), dict(crop_scale=(0.5, 0.1)), dict(blur_kernel=4), dict(hue=0.7),
+                                 dict(size=0), dict(size=-5), dict(size=8.5), dict(size=8, blur_kernel=23)])
 def test_invalid_config_is_a_clear_error(bad):
+    """(A user test: size 0 was taken, size -5 and a kernel wider than the views failed in their first call,
+    in torch's words.)"""
     with pytest.raises(ValueError, match="ViewConfig"):
         ViewConfig(**bad)
+    ViewConfig(size=8, blur_kernel=23, blur_p=0.0)  # no blur: no kernel to fit
+
+
+def test_an_empty_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Augment takes a batch of at least one image, got shape \(0, 3, 32, 32\)"):
+        Augment(paper_views(32)[0])(torch.zeros((0, 3, 32, 32), dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (2, 1, 32, 32), (2, 32, 32, 3)])

@@ -53,6 +53,19 @@ def test_stl10_pretrained_on_its_labeled_images_alone_gets_a_note(tmp_path, caps
     assert "note: this run pretrains on STL-10's labeled train split alone" in capsys.readouterr().err
 
 
+def test_pretraining_with_no_augmentation_gets_a_note(tmp_path, capsys):
+    """A user test: --augment.preset=none trained BYOL on two identical views without a word."""
+    pretrain(two_steps("cifar10-cpu", tmp_path, "--augment.preset=none", "--train.knn_every=-1"))
+    assert "note: augment.preset=none with augment.crop_min_scale=0.2 gives views that differ only by their square " \
+        "crops, of 0.2 to all of the image (no flip, colour change or blur): an ablation; BYOL's recipes are " \
+        "--augment.preset=paper or cifar" in capsys.readouterr().err
+    pretrain(two_steps("cifar10", tmp_path / "whole", "--augment.preset=none", "--train.knn_every=-1"))
+    assert "note: augment.preset=none gives both views the same whole image, from which BYOL has nothing to learn: " \
+        "an ablation" in capsys.readouterr().err
+    pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1"))
+    assert "augment.preset=none" not in capsys.readouterr().err
+
+
 def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
     """--data.train_split=test trains on the images the kNN monitor and byol eval score on: said, not silent."""
     pretrain(two_steps("stl10", tmp_path, "--data.train_split=test"))
