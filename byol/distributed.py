@@ -13,7 +13,7 @@ def init() -> tuple[int, int]:
 
     Without torchrun (no ``WORLD_SIZE``) this is a single process: (0, 1).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_count("WORLD_SIZE", 1)
     if world == 1:
         return 0, 1
     import torch.distributed as td
@@ -22,7 +22,13 @@ def init() -> tuple[int, int]:
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank())
-        td.init_process_group(backend)
+        try:
+            td.init_process_group(backend)
+        except ValueError as e:  # torchrun's other variables missing or wrong (RANK, MASTER_ADDR, ...)
+            from .config import ConfigError
+            raise ConfigError(f"WORLD_SIZE={world} asks for {world} processes, but the process group could not be "
+                              f"joined ({e}); start byol with torchrun, which sets that and the rest, or unset "
+                              "WORLD_SIZE to run as one process") from None
     return td.get_rank(), td.get_world_size()
 
 
@@ -53,7 +59,19 @@ def world_size() -> int:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return _env_count("LOCAL_RANK", 0)
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number torchrun sets in the environment (``default`` where it is not set); anything else
+    is a :class:`~byol.config.ConfigError` (a traceback said it: a user's own launcher set it wrong)."""
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        from .config import ConfigError
+        raise ConfigError(f"the environment variable {name} is {value!r:.40}, not a whole number: torchrun sets it "
+                          f"for each process; unset it to run as one process") from None
 
 
 def launch_rank() -> int:

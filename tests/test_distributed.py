@@ -196,3 +196,19 @@ def test_ddp_knn_monitor_with_an_empty_share_and_with_nothing_decodable(tmp_path
     for said in ("byol: error: ", "byol: error (rank 1): "):  # each rank's own, rank 1's named as such
         assert proc.stderr.count(f"{said}none of the image files of a kNN monitor split") == 1, proc.stderr
     assert not re.search(r'File ".*/byol/', proc.stderr)  # torchrun's own report of exit 2 aside, no traceback
+
+
+@pytest.mark.parametrize("world, said", [
+    ("two", re.escape("the environment variable WORLD_SIZE is 'two', not a whole number: torchrun sets it for each "
+                      "process; unset it to run as one process")),
+    ("2", r"WORLD_SIZE=2 asks for 2 processes, but the process group could not be joined \(.*RANK.*\); start byol "
+          r"with torchrun, which sets that and the rest, or unset WORLD_SIZE to run as one process")])
+def test_a_torchrun_environment_that_is_not_whole_is_one_sentence(tmp_path, capsys, monkeypatch, world, said):
+    """WORLD_SIZE set by something else than torchrun (not a number; or without RANK) was a traceback."""
+    from test_cli import main_error
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.delenv("RANK", raising=False)
+    _, line = main_error(capsys, "pretrain", "--config", "cifar10-cpu", f"--data.root={CIFAR10}",
+                         *tiny_overrides(tmp_path / "run"))
+    assert re.fullmatch(f"byol: error: {said}", line), line  # (torch's own words, in the brackets, may change)
+    assert not (tmp_path / "run").exists()
