@@ -12,7 +12,8 @@ setting or lightly's DataLoader workers, touches no other). Each first runs ``--
 system in turn for ``--settle`` untimed and ``--steps`` timed steps (the order rotates from round
 to round, so a change of machine load hits all systems alike), after which the system's process
 hands its free memory back. The table gives the median round. Run with the venv's python to
-include the peers; without them only this project is timed.
+include the peers; without them only this project is timed. The exit code is 4 when a system asked
+for has no timed round (after the table and the JSON).
 """
 
 import argparse
@@ -419,7 +420,8 @@ def report(built: list[Remote], rates: dict[str, list[float]], args, source: str
     result = table(built, rates)
     out = {"machine": machine(device), "args": vars(args), "rates": rates, "table": result, "header": header,
            "load_before": load_before, "load_after": load_average(),
-           "complete": final, "rounds_done": rounds, "rounds_asked": args.repeats}
+           "complete": final, "rounds_done": rounds, "rounds_asked": args.repeats,
+           "no_rounds": [s.name for s in built if not rates[s.name]]}
     if final:
         print(header + "\n\n" + result)
     if args.json:
@@ -428,4 +430,6 @@ def report(built: list[Remote], rates: dict[str, list[float]], args, source: str
 
 
 if __name__ == "__main__":
-    main()
+    if failed := main()["no_rounds"]:  # after the table and the JSON: a caller (gpu_speed.sh) sees it
+        print(f"no timed round for {', '.join(failed)} (the reasons are in the table): exit 4", file=sys.stderr)
+        sys.exit(4)
