@@ -42,8 +42,10 @@
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
 # gpu_speed.log or gpu_speed_more.log, speed.json, speed_compiled.json, host_floor.json,
 # ablations.json. The exit code is that of the first part that failed (a speed part fails, exit 4,
-# when a system it asked for got no timed round). DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the
-# script on a CPU, to try it (there byol-graphed, CUDA only, is left out).
+# when a system it asked for got no timed round). On CUDA the script first checks that the peers
+# import (from .whl/) and stops at once, exit 1, if they do not: PEERS=0 times our rows alone, on
+# purpose. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it (there the
+# peers are timed if they import, and byol-graphed, CUDA only, is left out).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-gpu-results}"
@@ -65,12 +67,24 @@ site="${TMPDIR:-/tmp}/byol-peers"
 if compgen -G ".whl/*.whl" > /dev/null; then
     "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$site" .whl/*.whl || { echo "could not install the wheels in .whl/"; exit 1; }
-else
-    echo "note: no .whl/ (bash benchmarks/peer_wheels.sh here, then carry .whl): the peers are skipped"
 fi
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
-graphed=",byol-graphed"
+# The systems of the tables: the peers are what this script is for (issue #4: the three systems in
+# one run), so on CUDA it stops here, before spending the budget, if they do not import.
+peers=",byol-pytorch,lightly" graphed=",byol-graphed"
 case "$device" in cuda*) ;; *) graphed="" ;; esac  # the CUDA-graph experiment needs CUDA
+if [ "${PEERS:-1}" = 0 ]; then
+    peers=""
+    echo "note: PEERS=0: the peers are not timed"
+elif ! why=$(timeout 120 "$python" -c "import byol_pytorch, lightly" 2>&1); then
+    why="$(printf '%s' "$why" | tail -n 1)"; why="${why:-no message, exit or time limit}"
+    case "$device" in
+    cuda*) echo "the peers do not import ($why): bash benchmarks/peer_wheels.sh here, then carry .whl;" \
+            "or PEERS=0 to time this project alone"
+        exit 1 ;;
+    *) peers=""; echo "note: the peers do not import ($why): on $device they are not timed" ;;
+    esac
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
 "$python" - <<'PY'
 import importlib.metadata as md, os, torch
@@ -96,7 +110,8 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
     left=$(( deadline - $(date +%s) - 15 ))
     [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 30 ]; then
-        echo "=== $name: skipped, the budget is spent (a second call within the machine's ~30 s warm time finds the compile caches)"
+        echo "=== $name: skipped, the budget is spent" \
+            "(a second call within the machine's ~30 s warm time finds the compile caches)"
         [ "$status" -ne 0 ] || status=3
         return
     fi
@@ -123,7 +138,7 @@ if [ "$call" = first ]; then
     part graphed-test 120 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
         -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
     part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
-        --systems "byol-eager,byol-pytorch,lightly$graphed" --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
+        --systems "byol-eager$peers$graphed" --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
     part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     # The compiled step gets what is left: its first step (the compile) may take up to all of it but the
@@ -138,7 +153,7 @@ else
         tests/test_train.py::test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory \
         tests/test_augment.py::test_cuda_with_cpu_generator_matches_cpu
     part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
-        --head-width 64 --systems "byol-eager,byol-pytorch,lightly$graphed" --warmup 5 --repeats 3 --steps 20 \
+        --head-width 64 --systems "byol-eager$peers$graphed" --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
     part profile-eager 45 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl ${PROFILE_ARGS:-}
     part gpu-tests-compiled 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \

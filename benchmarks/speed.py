@@ -12,8 +12,9 @@ setting or lightly's DataLoader workers, touches no other). Each first runs ``--
 system in turn for ``--settle`` untimed and ``--steps`` timed steps (the order rotates from round
 to round, so a change of machine load hits all systems alike), after which the system's process
 hands its free memory back. The table gives the median round. Run with the venv's python to
-include the peers; without them only this project is timed. The exit code is 4 when a system asked
-for has no timed round (after the table and the JSON).
+include the peers; without them (and without ``--systems``) only this project is timed. A peer named in
+``--systems`` that cannot be imported gets a FAILED row. The exit code is 4 when a system asked for
+has no timed round (after the table and the JSON).
 """
 
 import argparse
@@ -84,6 +85,9 @@ def load_average() -> str:
 
 
 PEERS = ("byol-pytorch", "lightly")
+DEFAULT_SYSTEMS = "byol,byol-pytorch,lightly"
+PEER_ADVICE = ("bash benchmarks/setup_peers.sh, then benchmarks/.venv/bin/python; on a machine without a package "
+               "registry: benchmarks/peer_wheels.sh where there is one, carry .whl, run benchmarks/gpu_speed.sh")
 
 
 def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
@@ -152,7 +156,10 @@ def serve(conn, name: str, args) -> None:
     try:
         system = make(name, images, args, device, amp)
     except ImportError as e:
-        conn.send(("skip", f"{e} (run benchmarks/setup_peers.sh and use benchmarks/.venv/bin/python)"))
+        if peer:  # a peer not installed: the parent decides whether that is a skip or a failure
+            conn.send(("skip", f"{e} ({PEER_ADVICE})"))
+        else:
+            conn.send(("failed", f"could not be built: {e!r}"[:300]))
         return
     except Exception as e:  # noqa: BLE001 - one system that cannot be built must not cost the others
         conn.send(("failed", f"could not be built: {e!r}"[:300]))
@@ -276,16 +283,19 @@ class Remote:
             self.process.kill()
 
 
-def build(names: list[str], args, built: list[Remote]) -> None:
+def build(names: list[str], args, built: list[Remote], optional: frozenset = frozenset()) -> None:
     """Start a process for each system, appending to ``built`` as they come up (so that the caller
-    can close those already started if a later one fails)."""
+    can close those already started if a later one fails). A peer that is not installed is skipped
+    if it is in ``optional`` (not named by the user), else it gets a FAILED row."""
     for name in names:
         remote = Remote(name, args)
-        if remote.skipped:
+        if remote.skipped and name in optional:
             print(f"skipping {name}: {remote.skipped}", file=sys.stderr)
             remote.close()
-        else:
-            built.append(remote)
+            continue
+        if remote.skipped:
+            remote.failed, remote.skipped = f"could not be imported: {remote.skipped}"[:400], None
+        built.append(remote)
     if not built:
         raise SystemExit("no system to time")
 
@@ -345,9 +355,10 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="steps per system per round (cuda 20, cpu 1)")
     p.add_argument("--settle", type=int, default=None,
                    help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
-    p.add_argument("--systems", default="byol,byol-pytorch,lightly",
+    p.add_argument("--systems", default=None,
                    help="comma-separated: byol, byol-pytorch, lightly, the ablations byol-eager, byol-nchw, "
-                        "byol-fp32, byol-bf16, byol-nokeep, and the experiment byol-graphed (CUDA only)")
+                        "byol-fp32, byol-bf16, byol-nokeep, and the experiment byol-graphed (CUDA only); "
+                        f"default {DEFAULT_SYSTEMS}, skipping a peer that is not installed (named here: a FAILED row)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
     p.add_argument("--nchw", action="store_true", help="run our step in NCHW instead of channels_last")
@@ -381,10 +392,12 @@ def main(argv=None) -> dict:
     args.steps = args.steps if args.steps is not None else (20 if cuda else 1)
     args.settle = args.settle if args.settle is not None else (0 if cuda else 1)
     args.compile = args.compile == "on" or (args.compile == "auto" and cuda)
+    optional = frozenset(PEERS) if args.systems is None else frozenset()
+    args.systems = args.systems or DEFAULT_SYSTEMS
     amp = setup(args, device)
     built: list[Remote] = []
     try:
-        build(args.systems.split(","), args, built)
+        build(args.systems.split(","), args, built, optional)
         source = next((s.source for s in built if s.source), "no data: no system was built")
         load_before = load_average()
         # The JSON after every round too: a run cut short (a time limit) keeps the rounds it finished.
