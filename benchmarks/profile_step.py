@@ -13,6 +13,8 @@ hits them alike; the table gives the median per phase.
 """
 
 import argparse
+import faulthandler
+import signal
 import statistics
 import sys
 import time
@@ -84,6 +86,8 @@ class Phased:
 
 
 def main(argv=None) -> None:
+    # Stacks when killed by a time limit outside (gpu_speed.sh's `timeout`): where a compile that never ends waits.
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=512)
