@@ -19,9 +19,14 @@
 # probe, their features in float32 as the peers compute theirs (train.precision's auto would take
 # bf16 on the GPU: a few tenths of a point of noise on a kNN, an audit measured on the CPU). results.json
 # also has the kNN monitor's best accuracy and its step: lightly's 86.8% is such a best over its
-# epochs, picked on the test split; ours to set beside it is the final one. It copies the log, metrics, config, plots and results.json to $OUT (or gpu-results/); the
-# wall clock there is the sum of the training calls, each with its start-up (and its compile with
+# epochs, picked on the test split; ours to set beside it is the final one. It copies the log,
+# metrics, config, plots and results.json to $OUT (or gpu-results/); the wall clock there is the sum
+# of the training calls that trained (done, stopped at the limit, or failed after writing a
+# checkpoint; not a start that failed), each with its start-up (and its compile with
 # EXTRA=--train.compile=true; train.compile's auto is eager until compiling is verified on a GPU).
+# Training stops in time for the rest of the call: at
+# min(TRAIN_SECONDS, what is left of BUDGET but 90 s); a call killed anyway is counted by the next
+# call, from its start to the run's last write.
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
 #
@@ -29,11 +34,13 @@
 # call of a task (the machine still warm), `bash benchmarks/gpu_cifar10.sh save`, as many calls as it
 # asks for: each brings back up to 4 parts of 16 MB of the run's state (checkpoints/last.pt, metrics,
 # TensorBoard events, config, the wall clock so far; not the kept epoch_N.pt), with a MANIFEST: 3
-# calls for the ~190 MB of the cifar10 preset. Here, `bash benchmarks/gpu_cifar10.sh stage-state
-# FOLDER...` (the folders those calls' files came back in) checks the parts against the MANIFEST and
-# lays them out as .data/state-1, -2, ... (4 parts each, under a call's 64 MiB). In the later task,
-# carry each with a `run` call, then the CIFAR-10 pieces: nothing trains until the state is whole,
-# and a carried state never overwrites a run the machine already has.
+# calls for the ~190 MB of the cifar10 preset. A call whose files did not come back: `save PART...`
+# sends those parts again (4 a call), `save --again` starts the sending over. Here,
+# `bash benchmarks/gpu_cifar10.sh stage-state FOLDER...` (the folders those calls' files came back
+# in) checks the parts against the MANIFEST, names the save command for any part missing, and lays
+# them out as .data/state-1, -2, ... (4 parts each, under a call's 64 MiB). In the later task, carry
+# each with a `run` call, then the CIFAR-10 pieces: nothing trains until the state is whole, and a
+# carried state never overwrites a run the machine already has.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python="${PYTHON:-python3}"
@@ -41,25 +48,38 @@ python="${PYTHON:-python3}"
 case "${1:-}" in
 stage)
     shared="${SHARED:-../shared/data/cifar10}"
-    rm -rf .data/c10 .data/c10-1 .data/c10-2 && mkdir -p .data/c10-1 .data/c10-2 || exit 1
+    for f in MD5SUMS cifar-10-batches-bin/{data_batch_{1,2,3,4,5},test_batch}.bin cifar-10-batches-bin/batches.meta.txt
+    do
+        [ -f "$shared/$f" ] || { echo "no $shared/$f: set SHARED to the folder that holds" \
+            "cifar-10-batches-bin and MD5SUMS (.data/c10-1 and -2 are left as they were)" >&2; exit 1; }
+    done
+    # Written beside the pieces under names that `run` does not take, renamed into place at the end:
+    # a stage that fails leaves the pieces of an earlier one whole.
+    rm -rf .data/.stage-c10-1 .data/.stage-c10-2 && mkdir -p .data/.stage-c10-1 .data/.stage-c10-2 || exit 1
     "$python" - "$shared/cifar-10-batches-bin" <<'PY' || exit 1
 import lzma, sys
 from pathlib import Path
 src = Path(sys.argv[1])
 filters = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
-pieces = {".data/c10-1": ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"],
-          ".data/c10-2": ["data_batch_4.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"]}
-for dest, names in pieces.items():
-    for name in names:
-        packed = lzma.compress((src / name).read_bytes(), lzma.FORMAT_XZ, filters=filters)
-        (Path(dest) / (name + ".xz")).write_bytes(packed)
+pieces = {".data/.stage-c10-1": ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"],
+          ".data/.stage-c10-2": ["data_batch_4.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"]}
+try:
+    for dest, names in pieces.items():
+        for name in names:
+            packed = lzma.compress((src / name).read_bytes(), lzma.FORMAT_XZ, filters=filters)
+            (Path(dest) / (name + ".xz")).write_bytes(packed)
+except OSError as e:
+    sys.exit(f"could not stage CIFAR-10: {e} (.data/c10-1 and -2 are left as they were)")
 PY
-    cp "$shared/MD5SUMS" .data/c10-1/ && cp "$shared/MD5SUMS" .data/c10-2/ || exit 1
+    cp "$shared/MD5SUMS" .data/.stage-c10-1/ && cp "$shared/MD5SUMS" .data/.stage-c10-2/ || exit 1
+    rm -rf .data/c10 .data/c10-1 .data/c10-2 && mv .data/.stage-c10-1 .data/c10-1 && mv .data/.stage-c10-2 .data/c10-2 \
+        || exit 1
     du -sh .data/c10-1 .data/c10-2
     exit 0 ;;
 stage-state)  # here: the parts that `save` calls brought back (their folders), laid out for carrying
     shift
-    [ $# -gt 0 ] || { echo "usage: $0 stage-state FOLDER [FOLDER ...] (where the save calls' files came back)" >&2; exit 2; }
+    [ $# -gt 0 ] || { echo "usage: $0 stage-state FOLDER [FOLDER ...] (where the save calls' files came back)" >&2
+                      exit 2; }
     "$python" - "$@" <<'PY'
 import hashlib, json, shutil, sys
 from pathlib import Path
@@ -73,15 +93,19 @@ for folder in map(Path, sys.argv[1:]):
 if manifest is None:
     sys.exit("no MANIFEST in " + " ".join(sys.argv[1:]) + ": the first save call writes it")
 missing = [name for name in manifest["parts"] if name not in found]
-if missing:
-    sys.exit(f"{len(missing)} of {len(manifest['parts'])} parts not here ({', '.join(missing)}): run save there again")
+if missing:  # a save call whose files did not come back: the exact commands that send those parts again
+    again = "; ".join("bash benchmarks/gpu_cifar10.sh save " + " ".join(missing[k:k + 4])
+                      for k in range(0, len(missing), 4))
+    sys.exit(f"{len(missing)} of {len(manifest['parts'])} parts not here ({', '.join(missing)}): there, while the "
+             f"machine still has the run, one call each: {again}; then stage-state with their folders too")
 md5, size = hashlib.md5(), 0
 for name in manifest["parts"]:
     data = found[name].read_bytes()
     md5.update(data)
     size += len(data)
 if (md5.hexdigest(), size) != (manifest["md5"], manifest["bytes"]):
-    sys.exit("the parts do not add up to what MANIFEST says (md5 or size): save them again")
+    sys.exit("the parts do not add up to what MANIFEST says (md5 or size): there, "
+             "`bash benchmarks/gpu_cifar10.sh save --again`, as many calls as it asks for, then stage-state those")
 for old in Path(".data").glob("state-*"):
     shutil.rmtree(old)
 parts = manifest["parts"]
@@ -97,7 +121,8 @@ print(f"run state of step {manifest.get('step', '?')} ({size:,} bytes, md5 ok) i
 PY
     exit ;;
 run|save) ;;
-*) echo "usage: $0 stage | stage-state FOLDER... (here) | run | save (on the GPU machine)" >&2; exit 2 ;;
+*) echo "usage: $0 stage | stage-state FOLDER... (here) | run | save [--again | PART...] (on the GPU machine)" >&2
+   exit 2 ;;
 esac
 
 out="${OUT:-gpu-results}"
@@ -109,12 +134,29 @@ home="${BYOL_CIFAR10_HOME:-${HOME:-/tmp}/byol-cifar10}"
 data="$home/data/cifar-10-batches-bin"
 run_dir="$home/run"
 mkdir -p "$data"
+started="$home/train_started"  # there while a training call runs: its start, for a call killed before it counted
+
+count_killed_call() {  # a training call killed before it counted its time: its start to the run's last write
+    [ -f "$started" ] || return 0
+    local began last
+    began=$(stat -c %Y "$started")
+    last=$(find "$run_dir" -type f -newer "$started" -printf '%T@\n' 2>/dev/null | sort -n | tail -n 1)
+    if [ -n "$last" ]; then
+        echo "$(( ${last%.*} - began ))" >> "$home/train_seconds.txt"
+        echo "note: a training call was killed before it counted its time: $(( ${last%.*} - began ))s counted" \
+            "(from its start to the run's last write)"
+    fi
+    rm -f "$started"
+}
+count_killed_call
 
 if [ "$1" = save ]; then  # there, right after a run call: the run's state into $OUT, 4 parts a call
-    "$python" - "$home" "$out" <<'PY'
+    shift
+    "$python" - "$home" "$out" "$@" <<'PY'
 import hashlib, json, os, shutil, sys, tarfile
 from pathlib import Path
 home, out = Path(sys.argv[1]), Path(sys.argv[2])
+again, named = "--again" in sys.argv[3:], [a for a in sys.argv[3:] if a != "--again"]
 state, run = home / "state-out", home / "run"
 if not (state / "MANIFEST").is_file():
     if not (run / "checkpoints" / "last.pt").is_file():
@@ -140,16 +182,21 @@ if not (state / "MANIFEST").is_file():
     manifest = {"parts": parts, "bytes": len(data), "md5": hashlib.md5(data).hexdigest(), "step": step}
     (state / "MANIFEST").write_text(json.dumps(manifest))
 manifest = json.loads((state / "MANIFEST").read_text())
+if unknown := [name for name in named if name not in manifest["parts"]]:
+    sys.exit(f"no part {', '.join(unknown)} in this run's state: its parts are {', '.join(manifest['parts'])}")
+# "sent" is what was put in a call's files, not what arrived: `save PART...` or `save --again` sends again.
 sent_file = state / "sent"
-sent = sent_file.read_text().split() if sent_file.is_file() else []
-batch = [name for name in manifest["parts"] if name not in sent][:4]  # 4 x 16 MB: a call's 64 MiB back
+sent = [] if again else sent_file.read_text().split() if sent_file.is_file() else []
+batch = (named or [name for name in manifest["parts"] if name not in sent])[:4]  # 4 x 16 MB: a call's 64 MiB back
 for name in batch:
     shutil.copyfile(state / name, out / name)
 shutil.copyfile(state / "MANIFEST", out / "MANIFEST")
-sent_file.write_text(" ".join(sent + batch))
-left = len(manifest["parts"]) - len(sent) - len(batch)
+sent += [name for name in batch if name not in sent]
+sent_file.write_text(" ".join(sent))
+left = [name for name in (named or manifest["parts"]) if name not in sent]
 print(f"run state of step {manifest['step']}: parts {', '.join(batch) or 'none'} in this call's files; "
-      + (f"{left} left: run save again at once" if left else "all sent: `stage-state` them here"))
+      + (f"{len(left)} left: run the same save again at once" if left else
+         "all sent: `stage-state` them here (it names any part that did not come back)"))
 PY
     exit
 fi
@@ -219,19 +266,37 @@ common="--config cifar10 --data.root=$home/data --train.out_dir=$run_dir --train
 ckpt="$run_dir/checkpoints/last.pt"
 
 status=0
-if [ ! -f "$home/train_done" ]; then
+# Training's limit leaves this call the time for a SIGTERM's stop (at most the 60 s of -k) and for
+# what comes after it (results.json, the copies into $OUT): 90 s before the call's end.
+limit=$(( call_end - $(date +%s) - 90 ))
+[ "$limit" -le "${TRAIN_SECONDS:-480}" ] || limit="${TRAIN_SECONDS:-480}"
+if [ ! -f "$home/train_done" ] && [ "$limit" -lt 30 ]; then
+    echo "=== training: ${limit}s left for it in this call's budget (BUDGET, ${BUDGET:-560}s)," \
+        "too little: run this again"
+elif [ ! -f "$home/train_done" ]; then
     resume=""
     [ -f "$ckpt" ] && resume="--resume"
     rm -rf "$home/state-out"  # an earlier save's parts: a save after this call packs the state anew
-    echo "=== training, at most ${TRAIN_SECONDS:-480}s this call${resume:+, resuming}"
+    echo "=== training, at most ${limit}s this call${resume:+, resuming}"
+    touch "$started"
     start=$(date +%s)
     # --foreground: the signal goes to byol alone (it finishes the step and writes the checkpoint),
     # not to torch.compile's worker processes.
     # shellcheck disable=SC2086
-    timeout --foreground -s TERM -k 120 "${TRAIN_SECONDS:-480}" "$python" -m byol pretrain $common $resume \
-        --train.progress=false
+    timeout --foreground -s TERM -k 60 "$limit" "$python" -m byol pretrain $common $resume --train.progress=false
     rc=$?
-    echo "$(( $(date +%s) - start ))" >> "$home/train_seconds.txt"
+    # The wall clock counts calls that trained: stopped at the limit (124, 143; 137 killed after -k's
+    # grace), done (0), or failed after writing a checkpoint; not a start that failed (a config error).
+    case $rc in
+        0|124|137|143) counted=1 ;;
+        *) counted=0; [ "$ckpt" -nt "$started" ] && counted=1 ;;
+    esac
+    if [ "$counted" = 1 ]; then
+        echo "$(( $(date +%s) - start ))" >> "$home/train_seconds.txt"
+    else
+        echo "=== this call's $(( $(date +%s) - start ))s are not counted in the wall clock: it trained nothing"
+    fi
+    rm -f "$started"
     case $rc in
         0) touch "$home/train_done"; echo "=== training complete" ;;
         124|143) echo "=== stopped at this call's time budget: run this again to go on from the last checkpoint" ;;
