@@ -104,7 +104,8 @@ print("memory:", ", ".join(f"{k} {meminfo[k].strip()}" for k in ("MemTotal", "Me
 PY
 
 status=0
-part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is left of BUDGET)
+part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is left of BUDGET), stopped by
+    # PART_SIGNAL (TERM; test_part's ABRT, on which pytest's faulthandler prints every thread's stack)
     local name="$1" limit="$2" left start rc
     shift 2
     left=$(( deadline - $(date +%s) - 15 ))
@@ -117,7 +118,7 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
     fi
     echo "=== $name (limit ${limit}s): $*"
     start=$(date +%s)
-    timeout -k 10 "$limit" "$@"
+    timeout -s "${PART_SIGNAL:-TERM}" -k 10 "$limit" "$@"
     rc=$?
     case $rc in
         0) echo "=== $name: done in $(( $(date +%s) - start ))s" ;;
@@ -126,6 +127,7 @@ part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is lef
     esac
     [ "$status" -ne 0 ] || status=$rc
 }
+test_part() { PART_SIGNAL=ABRT part "$@"; }  # a pytest part
 
 # pytest-timeout, where installed (the GPU machine's image has it): a test that hangs fails with its
 # stacks, and the others still run and report.
@@ -135,11 +137,13 @@ if "$python" -c "import pytest_timeout" 2>/dev/null; then
 fi
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
 if [ "$call" = first ]; then
-    part graphed-test 120 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${graphed_timeout_opt[@]}" \
+    test_part graphed-test 120 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu \
+        "${graphed_timeout_opt[@]}" \
         -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
     part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
         --systems "byol-eager$peers$graphed" --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
-    part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu "${first_timeout_opt[@]}" \
+    test_part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -m gpu \
+        "${first_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     # The compiled step gets what is left: its first step (the compile) may take up to all of it but the
     # last 60 s, which are for the rounds (against our eager step again, for the ratio).
@@ -148,7 +152,7 @@ if [ "$call" = first ]; then
     part speed-compiled 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-eager \
         --first-step-limit "$first_limit" --stacks-after 100 --json "$out/speed_compiled.json" ${SPEED_ARGS:-}
 else
-    part gpu-tests-eager 60 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
+    test_part gpu-tests-eager 60 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
         "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[False]" \
         tests/test_train.py::test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory \
         tests/test_augment.py::test_cuda_with_cpu_generator_matches_cpu
@@ -156,7 +160,7 @@ else
         --head-width 64 --systems "byol-eager$peers$graphed" --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
     part profile-eager 45 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl ${PROFILE_ARGS:-}
-    part gpu-tests-compiled 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
+    test_part gpu-tests-compiled 150 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -m gpu \
         "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[True]" \
         tests/test_train.py::test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes
     # (the other GPU tests ran in the first call; -v: a cut run shows what passed)
