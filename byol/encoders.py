@@ -89,9 +89,22 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
     if unknown_input:
         _note_assumed_input(path, config, given)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
+    _refuse_nonfinite(net, path)
     if random_init:
         origin.update(step=0, epoch=0.0)
     return net.eval(), config, origin
+
+
+def _refuse_nonfinite(net: nn.Module, path: Path) -> None:
+    """A :class:`CheckpointError` where the encoder's weights or BatchNorm statistics are not all finite
+    (a diverged run's checkpoint, or a state_dict with NaN in it): eval, embed and export of it gave
+    NaN, a traceback or, exported, a broken encoder without a word (user tests)."""
+    bad = [name for name, t in (*net.named_parameters(), *net.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"the encoder of {path} holds NaN or infinite values in {len(bad)} of its tensors "
+                              f"(e.g. {', '.join(bad[:2])}), as after a run that diverged; evaluate, embed or export "
+                              "an earlier checkpoint")
 
 
 def _run_setting_given(given: list[str], path: Union[str, Path]) -> Optional[ConfigError]:

@@ -256,13 +256,14 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
 
 
 def _finite(feats: torch.Tensor, weights: str) -> torch.Tensor:
-    """``feats``, if all finite: else the encoder is broken (a diverged run's checkpoint, or a state_dict
-    with NaN in it), which no evaluation or embedding of it should hide."""
-    bad = int((~torch.isfinite(feats)).any(dim=1).sum()) if feats.numel() else 0
+    """``feats``, if all finite: else the encoder overflows on these images (its weights, checked finite
+    when loaded, are too large: a run on its way to diverging), which no evaluation or embedding of it
+    should hide. In chunks: a whole-size mask of an ImageNet train split's features would be gigabytes."""
+    bad = sum(int((~torch.isfinite(chunk)).any(dim=1).sum()) for chunk in feats.split(1 << 14))
     if bad:
         raise CheckpointError(f"{weights} gives NaN or infinite features for {bad:,} of the {len(feats):,} images "
-                              "(its weights or BatchNorm statistics are not all finite, as after a run that "
-                              "diverged); evaluate or embed an earlier checkpoint")
+                              "(its activations overflow, as in a run about to diverge); evaluate or embed an "
+                              "earlier checkpoint")
     return feats
 
 

@@ -231,11 +231,11 @@ def note_train_split(config: Config) -> None:
 
 def note_no_augmentation(config: Config) -> None:
     """``augment.preset=none``: both views the same image, from which BYOL has nothing to learn (a user
-    test trained on it without a word); an ablation, so said, not refused."""
+    test trained on it without a word); an ablation, so said (at every start), not refused."""
     if config.augment.preset != "none":
         return
     scale = config.augment.crop_min_scale
-    if scale is None:
+    if scale is None or scale >= 1:  # (crops of all of the image: the same whole image)
         views = "gives both views the same whole image, from which BYOL has nothing to learn"
     else:
         views = (f"with augment.crop_min_scale={scale:g} gives views that differ only by their square crops, of "

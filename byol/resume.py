@@ -4,6 +4,7 @@ about it said up front."""
 
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -11,8 +12,8 @@ import torch
 
 from .build import autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
-from .config import (Config, ConfigError, apply_overrides, changed_settings, config_from_dict, load_config,
-                     override_list, validate, yaml_word)
+from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_settings, config_from_dict,
+                     load_config, override_list, validate, yaml_word)
 from .config_files import read_preset
 from .metrics import read_metrics
 from .model import BYOL
@@ -87,8 +88,9 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
     return limit or (FOLDER_KNN_LIMIT if config.data.dataset == "folder" else None)
 
 
-# The model settings that make the network's parameters (model.concat_views only batches the views).
-NETWORK_KEYS = ("backbone", "cifar_stem", "width", "projection_size", "projection_hidden_size", "use_predictor")
+# The model settings that make the network's parameters: all but model.concat_views, which only batches
+# the views (a setting added later is refused on resume unless it is named here too).
+NETWORK_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("concat_views",))
 
 
 def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> dict[int, float]:

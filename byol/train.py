@@ -272,9 +272,9 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         folder.save_config(config, resume_step)
         note_cpu(config, device)
         note_warmup(config, len(data.batches))
+        note_no_augmentation(config)  # (a resume may have changed the preset to none)
         if resume_step is None:
             note_train_split(config)
-            note_no_augmentation(config)
     if resume_step is not None and data.folder is not None:  # every rank's: its resumed epoch starts after
         data.folder.read_skipped(run_dir / "skipped_files.txt")  # the batches it skips (TrainData.start_at)
 

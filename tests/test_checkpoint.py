@@ -49,7 +49,8 @@ def test_mismatch_is_a_clear_error(tmp_path):
     # Counted, with two examples each, not every key spelled out.
     assert str(e.value) == ("checkpoint does not match this model (different backbone, width, projector sizes or "
                             "predictor?): 4 of the model's keys missing there (e.g. 2.weight, 2.bias); 3 keys the "
-                            "model does not have (e.g. 1.running_mean, 1.running_var); 4 of another shape (e.g. 0.weight (4, 3) vs (5, 3), 0.bias (4,) vs (5,))")
+                            "model does not have (e.g. 1.running_mean, 1.running_var); 4 of another shape (e.g. "
+                            "0.weight (4, 3) vs (5, 3), 0.bias (4,) vs (5,))")
 
 
 def test_a_folder_given_as_the_checkpoint_names_the_checkpoint_in_it(tmp_path):

@@ -64,6 +64,9 @@ def test_pretraining_with_no_augmentation_gets_a_note(tmp_path, capsys):
         "an ablation" in capsys.readouterr().err
     pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1"))
     assert "augment.preset=none" not in capsys.readouterr().err
+    pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", "--train.max_steps=3",
+                       "--augment.preset=none", "--augment.crop_min_scale=1"), resume=True)  # (a review)
+    assert "note: augment.preset=none gives both views the same whole image" in capsys.readouterr().err
 
 
 def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
