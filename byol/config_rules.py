@@ -1,0 +1,77 @@
+"""The settings' ranges: :func:`validate`, each ``section.key`` with its rule, as ``--section.key=value``,
+a YAML file and a ``Config`` set in Python are checked (their types are :mod:`byol.config`'s)."""
+
+import math
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from .backbones import RESNETS
+from .config_files import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
+    """Reject values of the right type but outside their range, with the key and the rule; only
+    those of ``keys`` (``section.key``) when given."""
+    t = config.train
+    rules = [("train.epochs", t.epochs >= 1, ">= 1"),
+             ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
+             ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
+             ("train.knn_every", t.knn_every >= -1, ">= -1 (-1: never)"),
+             ("train.checkpoint_every", t.checkpoint_every >= 0, ">= 0 (0: only the last)"),
+             ("train.keep_checkpoints", t.keep_checkpoints >= 0, ">= 0 (0: all of them)"),
+             ("train.save_interval_s", t.save_interval_s >= 0, ">= 0 (0: every epoch; inf: only at kept epochs, a "
+              "stop and the end)"),
+             ("train.max_steps", t.max_steps is None or t.max_steps >= 1, ">= 1 or null"),
+             ("data.on_device", config.data.on_device in (True, False, "auto"), "auto, true or false"),
+             ("train.progress", t.progress in (True, False, "auto"), "auto, true or false"),
+             ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
+             ("optim.lr", _finite(config.optim.lr) >= 0, "a finite number >= 0"),
+             ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
+             ("optim.name", config.optim.name in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
+             ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
+             ("train.compile", t.compile is True or t.compile is False or t.compile == "auto", "true, false or auto"),
+             ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N"),
+             ("train.cuda_graph", not (t.cuda_graph and t.compile is True),
+              "false with train.compile=true (the CUDA graph captures the eager step)"),
+             ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
+             ("train.knn_limit", t.knn_limit is None or t.knn_limit >= 1, ">= 1 or null"),
+             ("train.knn_holdout", t.knn_holdout >= 0, ">= 0 (0: the monitor's queries are the test split)"),
+             ("train.knn_holdout", t.knn_holdout == 0 or config.data.dataset != "folder",
+              "0 with data.dataset=folder (its monitor's queries are ROOT/val or ROOT/test, not the test split)"),
+             ("train.seed", -2**63 <= t.seed < 2**63, "between -2**63 and 2**63 - 1"),
+             ("train.knn_k", t.knn_k >= 1, ">= 1"), ("train.tau_base", 0 <= t.tau_base <= 1, "between 0 and 1"),
+             ("train.out_dir", t.out_dir.strip() != "", "a directory (not empty)"),
+             ("data.root", config.data.root.strip() != "", "a directory (not empty)"),
+             ("data.image_size", config.data.image_size >= 8, ">= 8"),
+             ("data.load_size", config.data.load_size is None or config.data.load_size >= 8, ">= 8 or null"),
+             ("augment.crop_min_scale", config.augment.crop_min_scale is None or 0 < config.augment.crop_min_scale
+              <= 1, "above 0 and at most 1 (a fraction of the image's area), or null"),
+             ("model.projection_size", config.model.projection_size >= 1, ">= 1"),  # (a new run: >= 2, in pretrain)
+             ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
+             ("optim.weight_decay", _finite(config.optim.weight_decay) >= 0, "a finite number >= 0"),
+             ("optim.momentum", 0 <= config.optim.momentum < 1, ">= 0 and < 1"),
+             ("optim.trust_coefficient", _finite(config.optim.trust_coefficient) > 0, "a finite number > 0"),
+             ("optim.warmup_epochs", _finite(config.optim.warmup_epochs) >= 0, "a finite number >= 0")]
+    for key, ok, rule in rules:
+        if not ok and (keys is None or key in keys):
+            raise ConfigError(f"{key} must be {rule}")
+    return config
+
+
+def _finite(value: float) -> float:
+    """``value``, or NaN (which no range check passes) for an infinite one: lr=inf passed >= 0 and
+    trained to NaN. (Refused here, not as the file is read: a saved run's inf elsewhere stays readable.)"""
+    return value if math.isfinite(value) else math.nan
+
+
+def _is_device(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        return torch.device(name).type in ("cpu", "cuda")  # the devices the loop is built and tested for
+    except RuntimeError:
+        return False
