@@ -111,6 +111,9 @@ def flat_representation(out: object, where: str) -> torch.Tensor:
         raise TypeError(f"{where} is {what}, not a tensor: BYOL's representation is one tensor; set hidden_layer "
                         "to a module that outputs one (such as the backbone's name), or wrap the network so that "
                         "it returns one")
+    if out.dim() < 2:  # (a user test: a net ending in .squeeze(1) failed in torch's words)
+        raise ValueError(f"{where} has shape {tuple(out.shape)}: BYOL's representation is a batch of vectors, (B, D) "
+                         "or more dimensions flattened to it; set hidden_layer to a layer before it")
     return out.flatten(1)
 
 
@@ -125,11 +128,12 @@ class HiddenLayer(nn.Module):
     def __init__(self, net: nn.Module, layer: str):
         super().__init__()
         self.layer = layer
-        with keep_modes(net), warnings.catch_warnings():  # tracing sets net's own mode, module by module
-            # torchvision's note when the train and eval graphs differ (googlenet's auxiliary heads):
-            # the node taken is in both.
+        with keep_modes(net), warnings.catch_warnings(), _traced_whole(net, layer) as tracer_kwargs:
+            # (tracing sets net's own mode, module by module.) torchvision's note when the train and eval
+            # graphs differ (googlenet's auxiliary heads): the node taken is in both.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
-            self.body = create_feature_extractor(net, return_nodes={_last_call(net, layer): "out"})
+            self.body = create_feature_extractor(net, return_nodes={_last_call(net, layer, tracer_kwargs): "out"},
+                                                 tracer_kwargs=tracer_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Its forward, not its call: torch.fx's call prints the traceback of an error in the traced code
@@ -137,14 +141,34 @@ class HiddenLayer(nn.Module):
         return flat_representation(self.body.forward(x)["out"], f"the output of hidden_layer={self.layer!r}")
 
 
-def _last_call(net: nn.Module, layer: str) -> str:
+@contextlib.contextmanager
+def _traced_whole(net: nn.Module, layer: str) -> Iterator[dict]:
+    """The tracer settings under which ``layer`` is traced as one call, what it returns, not inlined:
+    a module with children inlined was cut at the last value computed inside it (a user test: a block
+    that kept a side output, ``self.aux_out = self.aux(out)``, gave that, not its ``out``). Its class is
+    swapped, while tracing, for a subclass of its own that the tracer keeps whole (the tracer takes
+    leaves by type, and the same type may hold it: nn.Sequential in nn.Sequential)."""
+    module = net.get_submodule(layer)
+    if not any(True for _ in module.children()) or "leaf_modules" not in _TRACER_KWARGS:
+        yield _TRACER_KWARGS  # a leaf already (or an old torchvision's tracer: inlined, as before)
+        return
+    own = type(module)
+    whole = type(own.__name__, (own,), {"__module__": own.__module__})
+    module.__class__ = whole
+    try:
+        yield {**_TRACER_KWARGS, "leaf_modules": [*_TRACER_KWARGS["leaf_modules"], whole]}
+    finally:
+        module.__class__ = own
+
+
+def _last_call(net: nn.Module, layer: str, tracer_kwargs: dict) -> str:
     """The traced node of ``layer``'s last call, as byol-pytorch's hook keeps its last output: a
     layer may run more than once (a torchvision BasicBlock's ``relu`` twice). Found by what each
     node calls, not by its name: torchvision names a later call ``relu_1``, but also a functional
     ``F.relu`` after a module ``relu``, and a module ``act_1`` ``act`` where none is named ``act``."""
     def calls(training: bool) -> list[str]:
         net.train(training)
-        tracer = NodePathTracer(**_TRACER_KWARGS)
+        tracer = NodePathTracer(**tracer_kwargs)
         graph = tracer.trace(net)
         return [tracer.node_to_qualname[n] for n in graph.nodes if n.op == "call_module" and n.target == layer]
 
@@ -196,9 +220,17 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
     output is taken by a forward hook (:class:`HookedLayer`, with a warning), else it is an error.
     ``trace=False`` takes the hook at once, for a network whose forward changes after this call.
     """
+    if hidden_layer is not None and (isinstance(hidden_layer, bool)
+                                     or not isinstance(hidden_layer, (str, numbers.Integral))):
+        named = next((name for name, m in net.named_modules() if m is hidden_layer), None)
+        hint = f"; for this module, hidden_layer={named!r}" if named else ""
+        raise TypeError(f"hidden_layer must be a module's name (such as 'avgpool'), a child's index (such as -2) or "
+                        f"None, not {type(hidden_layer).__name__} {hidden_layer!r:.60}{hint}")
     if hidden_layer is None or hidden_layer == -1:
         return net
-    if isinstance(hidden_layer, int):
+    if hidden_layer == "":  # (the root's name: it was hooked, with tracing's warning)
+        raise ValueError("hidden_layer='' names no layer; None (or -1) takes the network's own output")
+    if isinstance(hidden_layer, numbers.Integral):
         children = [name for name, _ in net.named_children()]
         try:
             hidden_layer = children[hidden_layer]

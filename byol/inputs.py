@@ -28,10 +28,11 @@ def check_arguments(net: object, image_size: object, default_views: bool) -> Non
 def check_settings(**settings) -> None:
     """Refuse the learner's numbers that would build a broken model or drift silently: widths
     (``projection_size``, ``projection_hidden_size``) whole numbers >= 1, ``moving_average_decay`` in
-    [0, 1] (above 1 the target moves away from the online network), ``total_steps`` None or >= 1."""
-    for name in ("projection_size", "projection_hidden_size", "total_steps"):
-        value = settings[name]
-        if value is None and name == "total_steps":
+    [0, 1] (above 1 the target moves away from the online network), ``total_steps`` and ``feature_dim``
+    None or >= 1 (a user test: feature_dim=0 was taken as None, True as 1, -5 failed in torch's words)."""
+    for name in ("projection_size", "projection_hidden_size", "total_steps", "feature_dim"):
+        value = settings.get(name)
+        if value is None and name in ("total_steps", "feature_dim"):
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, but got {value!r:.60}")

@@ -157,7 +157,7 @@ class BYOL(nn.Module):
         super().__init__()
         check_arguments(net, image_size, default_views=augment_fn is None)
         check_settings(projection_size=projection_size, projection_hidden_size=projection_hidden_size,
-                       moving_average_decay=moving_average_decay, total_steps=total_steps)
+                       moving_average_decay=moving_average_decay, total_steps=total_steps, feature_dim=feature_dim)
         sem = (sem_num_simplices, sem_simplex_dim, sem_temperature)
         if use_simplicial_embeddings or (use_simplicial_embeddings is None and any(v is not None for v in sem)):
             # (sem_* alone: byol-pytorch's default turns it on; with False it ignores them, as here)
@@ -174,7 +174,7 @@ class BYOL(nn.Module):
         dtype = _float_dtype(tensors, torch.float32)
         encoder = cut_at(net, hidden_layer, trace=trace)
         dim, out_dtype = feature_dim, dtype
-        if not feature_dim:
+        if feature_dim is None:
             dim, out_dtype = feature_width(encoder, image_size, device, dtype)
         dtype = out_dtype if out_dtype.is_floating_point else dtype
         projector = MLP(dim, projection_hidden_size, projection_size).to(dtype)

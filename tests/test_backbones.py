@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -64,6 +65,56 @@ def test_bad_hidden_layer_and_backbone_names():
         cut_at(net, 40)
     with pytest.raises(ValueError, match="unknown backbone"):
         resnet("vgg16")
+    # (a user test: the module itself was "not a module of the network", a list a bare TypeError, True child 1)
+    with pytest.raises(TypeError, match="hidden_layer must be a module's name .* not AdaptiveAvgPool2d .*; for this "
+                                        "module, hidden_layer='avgpool'"):
+        cut_at(net, net.avgpool)
+    for bad in (["avgpool"], True, 2.0):
+        with pytest.raises(TypeError, match="hidden_layer must be a module's name"):
+            cut_at(net, bad)
+    with pytest.raises(ValueError, match="hidden_layer='' names no layer"):
+        cut_at(net, "")
+    assert cut_at(net, np.int64(-2))(torch.rand(2, 3, 32, 32)).shape == (2, 64)  # NumPy's ints index too
+
+
+class _Block(nn.Module):
+    """A block that keeps a side output (deep supervision), computed after what it returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.aux = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        out = torch.relu(self.conv(x))
+        self.aux_out = self.aux(out)
+        return out
+
+
+class _Net(nn.Module):
+    def __init__(self, last=nn.Identity()):
+        super().__init__()
+        self.block, self.pool, self.fc, self.last = _Block(), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10), last
+
+    def forward(self, x):
+        return self.last(self.fc(self.pool(self.block(x)).flatten(1)))
+
+
+def test_a_block_cut_by_tracing_gives_what_it_returns_not_the_last_value_computed_in_it():
+    """A user test: a module with children was traced inline and cut at its last node, the side
+    output here (B, 2, 32, 32) where the block returns (B, 8, 32, 32), without a word."""
+    net, x = _Net(), torch.rand(2, 3, 32, 32)
+    traced = cut_at(net, "block")
+    assert type(traced).__name__ == "HiddenLayer" and type(net.block) is _Block  # its class is back
+    torch.testing.assert_close(traced(x), net.block(x).flatten(1))
+    torch.testing.assert_close(cut_at(net, "block", trace=False)(x), net.block(x).flatten(1))
+    seq = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.Flatten())  # a Sequential in a Sequential
+    torch.testing.assert_close(cut_at(seq, "0")(x), seq[0](x).flatten(1))
+
+
+def test_a_representation_that_is_not_a_batch_of_vectors_is_one_sentence():
+    net = _Net(last=nn.Flatten(0))  # (B * 10,): no batch dimension left
+    with pytest.raises(ValueError, match=r"has shape \(20,\): BYOL's representation is a batch of vectors"):
+        cut_at(net, "last")(torch.rand(2, 3, 32, 32))
 
 
 def test_the_resnet_of_a_state_dict_is_read_from_its_keys_and_shapes():

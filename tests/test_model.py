@@ -343,12 +343,14 @@ def test_two_views_are_refused_as_pixels_the_network_would_take_as_they_are():
 
 @pytest.mark.parametrize("setting, value", [("moving_average_decay", 1.5), ("moving_average_decay", -1),
                                             ("moving_average_decay", "0.99"), ("projection_size", 0),
-                                            ("projection_hidden_size", 2.5), ("total_steps", 0)])
+                                            ("projection_hidden_size", 2.5), ("total_steps", 0), ("feature_dim", 0),
+                                            ("feature_dim", True), ("feature_dim", -5), ("feature_dim", "576")])
 def test_settings_that_build_a_broken_learner_fail_at_construction(setting, value):
     """A user test: tau 1.5 extrapolated the target away from the online network, and projection_size=0
-    built empty layers, both silently."""
+    built empty layers, both silently; feature_dim=0 was taken as None and True as 1 (another one)."""
+    settings = {"feature_dim": 64, setting: value}
     with pytest.raises(ValueError, match=f"{setting}.* but got {value!r}"):
-        BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, feature_dim=64, **{setting: value})
+        BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, **settings)
 
 
 def test_normalized_or_random_float_images_warn_once_and_train(recwarn):
