@@ -310,11 +310,13 @@ elif [ ! -f "$home/train_done" ]; then
     # shellcheck disable=SC2086
     timeout --foreground -s TERM -k 60 "$limit" "$python" -m byol pretrain $common $resume --train.progress=false
     rc=$?
-    # The wall clock counts calls that trained: stopped at the limit (124, 143; 137 killed after -k's
-    # grace), done (0), or failed after writing a checkpoint; not a start that failed (a config error).
+    # The wall clock counts calls that trained: stopped at the limit (124, 143), done (0), or ended
+    # otherwise after writing a checkpoint or at the limit (137: killed after -k's grace, or by the
+    # kernel, out of memory, maybe before a step); not a start that failed (a config error).
     case $rc in
-        0|124|137|143) counted=1 ;;
-        *) counted=0; [ "$ckpt" -nt "$started" ] && counted=1 ;;
+        0|124|143) counted=1 ;;
+        *) counted=0
+           if [ "$ckpt" -nt "$started" ] || [ $(( $(date +%s) - start )) -ge "$limit" ]; then counted=1; fi ;;
     esac
     if [ "$counted" = 1 ]; then
         echo "$(( $(date +%s) - start ))" >> "$home/train_seconds.txt"

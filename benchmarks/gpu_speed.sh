@@ -47,6 +47,7 @@
 # purpose. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it (there the
 # peers are timed if they import, and byol-graphed, CUDA only, is left out).
 set -uo pipefail
+ulimit -c 0  # test_part's SIGABRT reaches pytest's children too (compile workers): no core files
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-gpu-results}"
 mkdir -p "$out"

@@ -25,5 +25,6 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "
 # hydra-core pins antlr4-python3-runtime 4.9.*, published as source only: build its wheel here.
 python3 -m pip wheel --quiet --no-deps -w "$tmp" antlr4-python3-runtime==4.9.3 || fail "pip wheel antlr4"
 rm -f "$dir"/*.whl  # one version of each: two stop the install there
-mv "$tmp"/*.whl "$dir"/
+mv "$tmp"/*.whl "$dir"/ || { echo "could not move the downloaded wheels into $dir (it may be empty now):" \
+    "run this again" >&2; exit 1; }
 ls -l "$dir"

@@ -155,14 +155,11 @@ def serve(conn, name: str, args) -> None:
     torch.manual_seed(0)
     try:
         system = make(name, images, args, device, amp)
-    except ImportError as e:
-        if peer:  # a peer not installed: the parent decides whether that is a skip or a failure
+    except Exception as e:  # noqa: BLE001 - one system that cannot be built must not cost the others
+        if peer and isinstance(e, ImportError):  # not installed: the parent decides if that is a skip or a failure
             conn.send(("skip", f"{e} ({PEER_ADVICE})"))
         else:
             conn.send(("failed", f"could not be built: {e!r}"[:300]))
-        return
-    except Exception as e:  # noqa: BLE001 - one system that cannot be built must not cost the others
-        conn.send(("failed", f"could not be built: {e!r}"[:300]))
         return
     notes = system.notes + ("; our allocator setting (--peer-keep-memory)" if args.peer_keep_memory and peer else "")
     conn.send(("ready", system.name, notes, source))

@@ -128,9 +128,10 @@ class HiddenLayer(nn.Module):
     def __init__(self, net: nn.Module, layer: str):
         super().__init__()
         self.layer = layer
-        with keep_modes(net), warnings.catch_warnings(), _traced_whole(net, layer) as tracer_kwargs:
-            # (tracing sets net's own mode, module by module.) torchvision's note when the train and eval
-            # graphs differ (googlenet's auxiliary heads): the node taken is in both.
+        tracer_kwargs = _tracer_kwargs(net, layer)
+        with keep_modes(net), warnings.catch_warnings():  # tracing sets net's own mode, module by module
+            # torchvision's note when the train and eval graphs differ (googlenet's auxiliary heads):
+            # the node taken is in both.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
             self.body = create_feature_extractor(net, return_nodes={_last_call(net, layer, tracer_kwargs): "out"},
                                                  tracer_kwargs=tracer_kwargs)
@@ -141,24 +142,24 @@ class HiddenLayer(nn.Module):
         return flat_representation(self.body.forward(x)["out"], f"the output of hidden_layer={self.layer!r}")
 
 
-@contextlib.contextmanager
-def _traced_whole(net: nn.Module, layer: str) -> Iterator[dict]:
+class _OneModule(type):
+    """A class whose ``isinstance`` holds for one module object alone (``cls.module``): the tracer's
+    ``leaf_modules`` takes types, and the same type may hold it (nn.Sequential in nn.Sequential)."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return obj is cls.module
+
+
+def _tracer_kwargs(net: nn.Module, layer: str) -> dict:
     """The tracer settings under which ``layer`` is traced as one call, what it returns, not inlined:
     a module with children inlined was cut at the last value computed inside it (a user test: a block
-    that kept a side output, ``self.aux_out = self.aux(out)``, gave that, not its ``out``). Its class is
-    swapped, while tracing, for a subclass of its own that the tracer keeps whole (the tracer takes
-    leaves by type, and the same type may hold it: nn.Sequential in nn.Sequential)."""
+    that kept a side output, ``self.aux_out = self.aux(out)``, gave that, not its ``out``). So it runs
+    as a module at each call: its own hooks fire, and its submodules are those it holds then."""
     module = net.get_submodule(layer)
     if not any(True for _ in module.children()) or "leaf_modules" not in _TRACER_KWARGS:
-        yield _TRACER_KWARGS  # a leaf already (or an old torchvision's tracer: inlined, as before)
-        return
-    own = type(module)
-    whole = type(own.__name__, (own,), {"__module__": own.__module__})
-    module.__class__ = whole
-    try:
-        yield {**_TRACER_KWARGS, "leaf_modules": [*_TRACER_KWARGS["leaf_modules"], whole]}
-    finally:
-        module.__class__ = own
+        return dict(_TRACER_KWARGS)  # a leaf already (or an old torchvision's tracer: inlined, as before)
+    whole = _OneModule("Whole", (), {"module": module})
+    return {**_TRACER_KWARGS, "leaf_modules": [*_TRACER_KWARGS["leaf_modules"], whole]}
 
 
 def _last_call(net: nn.Module, layer: str, tracer_kwargs: dict) -> str:

@@ -13,7 +13,7 @@ def init() -> tuple[int, int]:
 
     Without torchrun (no ``WORLD_SIZE``) this is a single process: (0, 1).
     """
-    world = _env_count("WORLD_SIZE", 1)
+    world = _env_count("WORLD_SIZE", 1, least=1)
     if world == 1:
         return 0, 1
     import torch.distributed as td
@@ -59,19 +59,23 @@ def world_size() -> int:
 
 
 def local_rank() -> int:
-    return _env_count("LOCAL_RANK", 0)
+    return _env_count("LOCAL_RANK", 0, least=0)
 
 
-def _env_count(name: str, default: int) -> int:
-    """A whole number torchrun sets in the environment (``default`` where it is not set); anything else
-    is a :class:`~byol.config.ConfigError` (a traceback said it: a user's own launcher set it wrong)."""
+def _env_count(name: str, default: int, least: int) -> int:
+    """A whole number >= ``least`` torchrun sets in the environment (``default`` where it is not set);
+    anything else is a :class:`~byol.config.ConfigError` (a traceback said it: a user's own launcher
+    set it wrong)."""
     value = os.environ.get(name, str(default))
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
+        number = None
+    if number is None or number < least:
         from .config import ConfigError
-        raise ConfigError(f"the environment variable {name} is {value!r:.40}, not a whole number: torchrun sets it "
-                          f"for each process; unset it to run as one process") from None
+        raise ConfigError(f"the environment variable {name} is {value!r:.40}, not a whole number >= {least}: "
+                          "torchrun sets it for each process; unset it to run as one process")
+    return number
 
 
 def launch_rank() -> int:

@@ -33,6 +33,8 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     architecture they describe: e.g. a torchvision model's, ``model.cifar_stem=false``). A relative
     ``data.root`` (older runs stored it as typed) that is not found from here is looked up from
     the directory the run was started in, when the checkpoint's place in its run directory tells which.
+    An encoder whose weights or BatchNorm statistics are not all finite (a diverged run's) is a
+    :class:`~byol.checkpoint.CheckpointError`.
     """
     net, config, _ = load_encoder_with_origin(path, overrides, random_init)
     return net, config

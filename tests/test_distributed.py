@@ -199,8 +199,10 @@ def test_ddp_knn_monitor_with_an_empty_share_and_with_nothing_decodable(tmp_path
 
 
 @pytest.mark.parametrize("world, said", [
-    ("two", re.escape("the environment variable WORLD_SIZE is 'two', not a whole number: torchrun sets it for each "
-                      "process; unset it to run as one process")),
+    ("two", re.escape("the environment variable WORLD_SIZE is 'two', not a whole number >= 1: torchrun sets it for "
+                      "each process; unset it to run as one process")),
+    ("0", re.escape("the environment variable WORLD_SIZE is '0', not a whole number >= 1: torchrun sets it for "
+                    "each process; unset it to run as one process")),
     ("2", r"WORLD_SIZE=2 asks for 2 processes, but the process group could not be joined \(.*RANK.*\); start byol "
           r"with torchrun, which sets that and the rest, or unset WORLD_SIZE to run as one process")])
 def test_a_torchrun_environment_that_is_not_whole_is_one_sentence(tmp_path, capsys, monkeypatch, world, said):
