@@ -26,7 +26,7 @@ from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
-from .evaluate import knn_accuracy, linear_probe
+from .evaluate import knn_accuracy, linear_probe, nonfinite_rows
 from .run_folder import RUN_FILES
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
@@ -258,8 +258,8 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
 def _finite(feats: torch.Tensor, weights: str) -> torch.Tensor:
     """``feats``, if all finite: else the encoder overflows on these images (its weights, checked finite
     when loaded, are too large: a run on its way to diverging), which no evaluation or embedding of it
-    should hide. In chunks: a whole-size mask of an ImageNet train split's features would be gigabytes."""
-    bad = sum(int((~torch.isfinite(chunk)).any(dim=1).sum()) for chunk in feats.split(1 << 14))
+    should hide."""
+    bad = nonfinite_rows(feats)
     if bad:
         raise CheckpointError(f"{weights} gives NaN or infinite features for {bad:,} of the {len(feats):,} images "
                               "(its activations overflow, as in a run about to diverge); evaluate or embed an "

@@ -5,10 +5,10 @@ Timing lives in benchmarks/ (BENCHMARKS.md), not here: these tests check what ca
 
 import copy
 import platform
-from itertools import chain
 import subprocess
 import sys
 import warnings
+from itertools import chain
 
 import pytest
 import torch
