@@ -1,0 +1,50 @@
+"""The speed harness's contract with its callers (gpu_speed.sh, BENCHMARKS.md), on a tiny CPU workload.
+
+Timing itself is not checked here (it is noise on a shared 2-core machine): what is checked is what a
+caller reads, the table, the JSON and the exit code, when a system asked for cannot be timed.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--device", "cpu", "--batch", "8", "--warmup", "1", "--repeats", "1", "--steps", "1", "--settle", "0",
+        "--width", "8", "--head-width", "64", "--data", "random", "--threads", "1"]
+
+
+def _speed(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", *TINY, "--json", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc, json.loads(out.read_text())
+
+
+def _rows(table: str) -> dict[str, list[str]]:
+    cells = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    return {row[0].strip(): [c.strip() for c in row[1:]] for row in cells}
+
+
+def test_a_system_asked_for_that_cannot_be_timed_fails_its_row_and_the_exit_code(tmp_path):
+    proc, result = _speed(tmp_path, "--systems", "byol,no-such-system")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    rows = _rows(result["table"])
+    assert float(rows["byol (this project)"][0]) > 0  # the others are still timed
+    assert rows["no-such-system"][0] == "-" and "FAILED" in rows["no-such-system"][-1]
+    assert result["no_rounds"] == ["no-such-system"] and result["complete"]
+    assert result["table"] in proc.stdout  # the table is printed before the exit
+    assert "no timed round for no-such-system" in proc.stderr
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(p) for p in ("lightly", "byol_pytorch")),
+                    reason="a peer is installed: the default run would time it")
+def test_peers_not_named_and_not_installed_are_left_out_without_failing(tmp_path):
+    proc, result = _speed(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(_rows(result["table"])) == ["byol (this project)"] and result["no_rounds"] == []
