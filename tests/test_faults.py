@@ -26,7 +26,7 @@ from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard
 from byol.metrics import read_metrics
 from conftest import CIFAR10, finished_pid, session_status, shown_lines, tiny_overrides
-from test_cli import assert_user_error, byol
+from test_cli import assert_user_error, byol, main_error
 
 SLOW_RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.knn_every": -1, "optim.name": "sgd"}
 
@@ -779,3 +779,43 @@ def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_proces
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] > 0
     fault_table(f"{signal.Signals(signum).name} to every process of a folder run (its decoding processes too)",
                 f"as to the main process alone: step finished, checkpoint written, exit {128 + signum}")
+
+
+def test_an_encoder_with_nan_in_it_is_one_sentence_in_eval_embed_and_export_and_writes_nothing(capsys, tmp_path,
+                                                                                               cifar10_root, fault_table):
+    """A user test: eval of a state_dict with one NaN BatchNorm variance was a traceback (the building
+    block's ValueError), embed wrote all-NaN embeddings, said they were written and exited 0, and (a
+    review) export wrote the broken encoder. Finite weights whose activations overflow: the features."""
+    from byol.backbones import resnet
+    state = resnet("resnet18", cifar_stem=True, width=8).state_dict()
+    state["layer4.1.bn2.running_var"][0] = float("nan")
+    (tmp_path / "nan").mkdir()
+    (tmp_path / "huge").mkdir()
+    nan, huge = tmp_path / "nan" / "encoder.pt", tmp_path / "huge" / "encoder.pt"
+    torch.save(state, nan)
+    state["layer4.1.bn2.running_var"][0] = 1.0
+    state["conv1.weight"] *= 1e38  # finite, but its activations overflow to inf, and inf - inf is NaN
+    torch.save(state, huge)
+    usage = ["--limit=8", "--model.width=8", "--train.device=cpu", "--train.precision=fp32",
+             f"--data.root={cifar10_root}"]
+    for command in (["eval", "knn"], ["eval", "linear", "--epochs=1"], ["embed", "--out", tmp_path / "e.npy"]):
+        _, line = main_error(capsys, *command, nan, *usage, after_progress=True)  # after the no-config.yaml note
+        assert line == f"byol: error: the encoder of {nan} holds NaN or infinite values in 1 of its tensors (e.g. " \
+            "layer4.1.bn2.running_var), as after a run that diverged; evaluate, embed or export an earlier " \
+            "checkpoint", line
+        _, line = main_error(capsys, *command, huge, *usage, after_progress=True)
+        assert line == f"byol: error: the encoder of {huge} gives NaN or infinite features for 8 of the 8 images " \
+            "(its activations overflow, as in a run about to diverge); evaluate or embed an earlier checkpoint", line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge", "nan"]
+    run = tmp_path / "run"  # export takes a run's checkpoint
+    byol("pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}",
+         *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1}))
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    ckpt["model"]["online.encoder.body.bn1.running_var"][0] = float("inf")
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    _, line = main_error(capsys, "export", run / "checkpoints" / "last.pt", "--out", tmp_path / "export")
+    assert "holds NaN or infinite values in 1 of its tensors (e.g. bn1.running_var)" in line, line
+    assert not (tmp_path / "export").exists()
+    fault_table("an encoder with a NaN BatchNorm variance; one whose weights are finite but whose activations "
+                "overflow (x 1e38)", "byol eval knn / linear, embed and export: one sentence naming a bad tensor or "
+                "how many images gave non-finite features, exit 2, nothing written")
