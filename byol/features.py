@@ -5,6 +5,7 @@ they come, their rows written into one tensor, so a loader over a large folder n
 memory, nor its embeddings more than once.
 """
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -33,9 +34,23 @@ def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: s
     """A tqdm bar on stderr when ``progress`` is true (a string names it), else None."""
     if not progress:
         return None
-    from tqdm import tqdm
-    name = progress if isinstance(progress, str) else default
-    return tqdm(total=total, unit=unit, desc=name, leave=False, file=sys.stderr, **bar_shape())
+    return tqdm_bar(total=total, unit=unit, desc=progress if isinstance(progress, str) else default, leave=False)
+
+
+def tqdm_bar(**kwargs):
+    """A tqdm bar on stderr (``kwargs``: tqdm's), sized by :func:`bar_shape`; None, with a note the first
+    time, where tqdm cannot be imported (a broken install: a bar is not worth a traceback)."""
+    try:
+        from tqdm import tqdm
+    except Exception as e:  # noqa: BLE001 - a broken package fails to import in its own ways
+        _no_bars(f"{type(e).__name__}: {e}")
+        return None
+    return tqdm(file=sys.stderr, **bar_shape(), **kwargs)
+
+
+@functools.cache
+def _no_bars(reason: str) -> None:
+    print(f"note: tqdm cannot be imported ({reason:.200}); no progress bars are drawn", file=sys.stderr)
 
 
 def bar_shape() -> dict:

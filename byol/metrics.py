@@ -92,10 +92,12 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+            except Exception as e:  # noqa: BLE001 - not installed, or broken (a protobuf of another version)
+                print(f"note: tensorboard cannot be imported ({type(e).__name__}: {str(e):.200}); writing metrics.jsonl "
+                      "only", file=sys.stderr)
+            else:
                 purge = 0 if resume_step is None else resume_step + 1
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
-            except ImportError:
-                print("note: tensorboard is not installed; writing metrics.jsonl only", file=sys.stderr)
 
     def log(self, step: int, epoch: Optional[float] = None, time_s: Optional[float] = None, **values: float) -> None:
         """One record: ``epoch`` and ``time_s`` go to ``metrics.jsonl`` only (TensorBoard's events have

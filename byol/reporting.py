@@ -14,7 +14,7 @@ import torch
 from .build import end_step_of, schedule_of
 from .config import Config, TrainConfig
 from .errors import ByolError
-from .features import bar_shape
+from .features import tqdm_bar
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
@@ -194,14 +194,13 @@ def shows_bars(progress) -> bool:
 
 def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
     """The pretraining bar (``t``: the train config), on rank 0; None without one (also where the
-    environment disables tqdm, TQDM_DISABLE=1: such a bar has no clock for :meth:`Clock.paused` to move)."""
+    environment disables tqdm, TQDM_DISABLE=1: such a bar has no clock for :meth:`Clock.paused` to move;
+    and where tqdm cannot be imported). Without one, a line an epoch."""
     if not shows_bars(t.progress) or rank != 0:
         return None
-    from tqdm import tqdm
     total = end_step * batch_size  # counts as 1.28M where they are long; 32/192, not 32.0/192, where not
-    bar = tqdm(total=total, initial=step * batch_size, unit="img", unit_scale=total >= 100_000,
-               desc="pretrain", file=sys.stderr, **bar_shape())
-    return None if bar.disable else bar
+    bar = tqdm_bar(total=total, initial=step * batch_size, unit="img", unit_scale=total >= 100_000, desc="pretrain")
+    return None if bar is None or bar.disable else bar
 
 
 def note_cpu(config: Config, device: torch.device) -> None:

@@ -132,3 +132,8 @@ class Checkpoints:
                 self.plots_failed = True
                 say(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
                     "on, and they are drawn again at each checkpoint", progress)
+        except ImportError as e:  # a broken install; matplotlib is a dependency
+            if not self.plots_failed:
+                self.plots_failed = True
+                say(f"note: matplotlib cannot be imported ({type(e).__name__}: {e}); no plots are drawn, and training goes on (the "
+                    "records are in metrics.jsonl)", progress)

@@ -645,6 +645,24 @@ def test_settings_given_to_eval_and_embed_are_checked_as_pretrain_checks_them(ca
         assert line == f"byol: error: {message}", line
 
 
+def test_a_broken_tqdm_or_matplotlib_is_a_note_and_the_run_completes(monkeypatch, capsys, tmp_path, cifar10_root):
+    """A packaging test: with tqdm or matplotlib that cannot be imported (dependencies, but an install can
+    break), pretrain ended in a traceback at its bar or at its first checkpoint's plots."""
+    from byol.cli import main
+    for name in ("tqdm", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}",
+                 *tiny_overrides(run, **{"train.progress": True, "train.knn_every": -1})]) == 0
+    err = capsys.readouterr().err
+    assert "note: tqdm cannot be imported (ModuleNotFoundError: import of tqdm halted; None in sys.modules); no " \
+        "progress bars are drawn" in err, err
+    assert err.count("note: matplotlib cannot be imported (ModuleNotFoundError: import of matplotlib.backends."
+                     "backend_agg halted") == 1, err
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
+    assert not list(run.rglob("*.png"))
+
+
 def test_data_limit_is_refused_by_eval_and_embed_which_take_limit(capsys, tmp_path):
     """--data.limit (how many images pretraining trains on) was taken by eval and embed and did
     nothing: now one sentence pointing at --limit, before the checkpoint is read."""

@@ -1,5 +1,7 @@
 import json
 import math
+import sys
+import types
 
 import matplotlib.figure
 import pytest
@@ -168,17 +170,23 @@ def test_a_plot_of_one_step_has_that_step_as_its_only_tick(tmp_path, drawn):
         assert list(ax.get_xticks()) == [4] and [t.get_text() for t in ax.get_xticklabels()] == ["4"], name
 
 
-def test_without_tensorboard_the_log_says_so_on_stderr_as_every_note(tmp_path, monkeypatch, capsys):
-    """stdout carries the closing table alone, which scripts read; a note goes to stderr."""
-    import sys
+class _BrokenModule(types.ModuleType):
+    def __getattr__(self, name):  # as a tensorboard built against another protobuf fails at its import
+        raise TypeError("Descriptors cannot be created directly")
 
-    from byol.metrics import MetricsLog
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails: not installed
+
+@pytest.mark.parametrize("module, reason", [(None, "ModuleNotFoundError: import of torch.utils.tensorboard halted"),
+                                            (_BrokenModule("tb"), "TypeError: Descriptors cannot be created")])
+def test_without_tensorboard_the_log_says_so_on_stderr_as_every_note(tmp_path, monkeypatch, capsys, module, reason):
+    """stdout carries the closing table alone, which scripts read; a note goes to stderr. A tensorboard
+    that is installed but broken (a packaging test: a TypeError) was a traceback before the first step."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)  # None: import fails, not installed
     log = MetricsLog(tmp_path)
     log.log(1, epoch=0.5, time_s=0.1, **{"train/loss": 3.0})
     log.close()
     out, err = capsys.readouterr()
-    assert out == "" and "note: tensorboard is not installed; writing metrics.jsonl only" in err, (out, err)
+    assert out == "" and f"note: tensorboard cannot be imported ({reason}" in err, (out, err)
+    assert err.rstrip().endswith("); writing metrics.jsonl only"), err
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 3.0
 
 
