@@ -93,8 +93,8 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except Exception as e:  # noqa: BLE001 - not installed, or broken (a protobuf of another version)
-                print(f"note: tensorboard cannot be imported ({type(e).__name__}: {str(e):.200}); writing metrics.jsonl "
-                      "only", file=sys.stderr)
+                print(f"note: tensorboard cannot be imported ({type(e).__name__}: {str(e):.200}); writing "
+                      "metrics.jsonl only", file=sys.stderr)
             else:
                 purge = 0 if resume_step is None else resume_step + 1
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)

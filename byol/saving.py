@@ -135,5 +135,5 @@ class Checkpoints:
         except ImportError as e:  # a broken install; matplotlib is a dependency
             if not self.plots_failed:
                 self.plots_failed = True
-                say(f"note: matplotlib cannot be imported ({type(e).__name__}: {e}); no plots are drawn, and training goes on (the "
-                    "records are in metrics.jsonl)", progress)
+                say(f"note: matplotlib cannot be imported ({type(e).__name__}: {e}); no plots are drawn, and "
+                    "training goes on (the records are in metrics.jsonl)", progress)
