@@ -181,20 +181,20 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         log.settings(config.to_dict())
     results: dict = dict(ran_on)
     knn = knn_monitor(config, byol, data, device, amp, rank, log, step, saved, steps_per_epoch, results)
-    progress = progress_bar(t, rank, step, end_step, t.batch_size)
     loop_step = step_class(forward, byol, optimizer, generator, amp, augment, lr, warmup_steps, total_steps, t.tau_base)
     guard = loop_step.guard
     if saved.get("metric_sums"):  # a resumed run's steps since its last record, which its next one averages too
         loop_step.sums.copy_(torch.tensor(saved["metric_sums"]))
     if t.cuda_graph and rank == 0:
         note_cuda_graph(loop_step.eager_steps)
+    checkpoints = Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
+                               results["precision"], loop_step.sums)
+    if resume:  # setup, before the clock and the bar (copying a checkpoint is no training)
+        checkpoints.write_missing_epoch(step)
+    progress = progress_bar(t, rank, step, end_step, t.batch_size)
     clock = Clock(device, progress, resumed_s)
     report = Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
                      steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
-    checkpoints = Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
-                               results["precision"], loop_step.sums)
-    if resume:
-        checkpoints.write_missing_epoch(step)
     first_step = step
     step = _train_steps(config, data, loop_step, report, checkpoints, knn, folder, results, step, end_step, device,
                         rank, world)

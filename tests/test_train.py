@@ -1138,9 +1138,13 @@ def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp
         pretrain(load_config("cifar10", settings + ["--train.max_steps=16"]), resume=True)
     monkeypatch.undo()
     last = (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes()  # of step 8
+    events, copy, clock = [], byol.saving.copy_atomically, byol.train.Clock
+    monkeypatch.setattr(byol.saving, "copy_atomically", lambda *a: (events.append("copy"), copy(*a))[1])
+    monkeypatch.setattr(byol.train, "Clock", lambda *a: (events.append("clock"), clock(*a))[1])
     pretrain(load_config("cifar10", settings + ["--train.max_steps=16"]), resume=True)
     kept = {p.name: load_checkpoint(p)["step"] for p in (tmp_path / "run" / "checkpoints").glob("epoch_*.pt")}
     assert kept == {"epoch_0001.pt": 8, "epoch_0002.pt": 16}
+    assert events[:2] == ["copy", "clock"]  # (a code read) the copy is setup: its seconds were timed as training
     # the run's own: a copy of its last.pt (its settings, device, generators), not the resumed start's
     assert (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").read_bytes() == last
 
