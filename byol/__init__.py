@@ -1,7 +1,9 @@
 """byol: Bootstrap Your Own Latent, fast and faithful self-supervised pretraining of image encoders.
 
-The public names below are imported on first use (PEP 562), so ``byol --help`` and a command
-line's usage errors answer without loading torch and torchvision (seconds).
+The public names below are imported on first use (PEP 562), so ``byol --help``, a command line's
+usage errors and pretrain's unknown settings, presets and values of the wrong type answer without
+loading torch and torchvision (seconds); a value out of range, or a checkpoint's path, is checked
+with them loaded.
 """
 
 import importlib

@@ -170,7 +170,7 @@ def _where_it_belongs(option: str, command: str) -> str:
     """Where a misplaced ``option`` belongs: another command's (``, an option of byol eval linear``)
     or a config key's (`` (did you mean --train.epochs=...?)``: pretraining takes no others, so
     there the key comes first); "" for neither."""
-    from .config import meant_key  # (imports torch: on this error's path alone)
+    from .config import meant_key
 
     name = option[2:].replace("-", "_")
     key = meant_key(name)

@@ -4,9 +4,6 @@ a YAML file and a ``Config`` set in Python are checked (their types are :mod:`by
 import math
 from typing import TYPE_CHECKING, Optional
 
-import torch
-
-from .backbones import RESNETS
 from .config_files import ConfigError
 
 if TYPE_CHECKING:
@@ -16,6 +13,7 @@ if TYPE_CHECKING:
 def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     """Reject values of the right type but outside their range, with the key and the rule; only
     those of ``keys`` (``section.key``) when given."""
+    from .backbones import RESNETS  # (torch and torchvision: an unknown key or a wrong type is said without them)
     t = config.train
     rules = [("train.epochs", t.epochs >= 1, ">= 1"),
              ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
@@ -71,6 +69,7 @@ def _finite(value: float) -> float:
 def _is_device(name: str) -> bool:
     if name == "auto":
         return True
+    import torch
     try:
         return torch.device(name).type in ("cpu", "cuda")  # the devices the loop is built and tested for
     except RuntimeError:

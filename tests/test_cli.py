@@ -979,15 +979,19 @@ def test_eval_and_embed_help_name_every_setting_they_read(capsys):
 
 
 def test_help_and_usage_errors_answer_without_loading_torch():
-    """``byol --help`` and a mistyped command answer at once: importing torch and torchvision alone
-    takes seconds. In a fresh interpreter, as the ``byol`` command runs."""
+    """``byol --help``, a mistyped command and (a packaging test: 3-6 s here) pretrain's unknown setting,
+    preset or a value of the wrong type answer at once: importing torch and torchvision alone takes
+    seconds. In a fresh interpreter, as the ``byol`` command runs."""
     script = ("import sys\nfrom byol.cli import main\nfor argv in (['pretrain', '--help'], ['--help']):\n"
               "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
               "assert main(['eval', 'knn']) == 2 and main(['pretrain', 'x']) == 2\n"
+              "for argv in (['--train.bogus=1'], ['--config', 'nosuch'], ['--train.epochs=abc'],\n"
+              "             ['--train.epoch=3']):\n"
+              "    assert main(['pretrain', *argv]) == 2\n"
               "print('torch' in sys.modules, 'torchvision' in sys.modules)")
     proc = _fresh_python(script)
     assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout
-    assert proc.stderr.count("byol: error: ") == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("byol: error: ") == 6 and "Traceback" not in proc.stderr, proc.stderr
     import byol  # the public names are still there, loaded on first use
     assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
     assert set(byol.__all__) == set(byol._EXPORTS) and all(getattr(byol, name) is not None for name in byol.__all__)
