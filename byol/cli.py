@@ -297,7 +297,8 @@ def _user_errors() -> tuple[type, ...]:
 
 def _is_out_of_memory(e: BaseException) -> bool:
     torch = sys.modules.get("torch")  # an error from torch's work: torch is loaded
-    if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError)):
+    # torch.cuda's name for it is torch's oldest (torch.OutOfMemoryError, the same class, came in 2.5)
+    if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)):
         return True
     # the CPU allocator reports exhaustion as a plain RuntimeError
     return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))

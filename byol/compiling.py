@@ -57,7 +57,7 @@ class Compiled:
     def backward_failed(self, error: BaseException) -> bool:
         """The first backward through the compiled forward raised ``error``: fall back to eager
         (True), unless it is an out-of-memory error or the forward was not compiled (False: raise it)."""
-        if self.error is not None or not self._compiled_once or isinstance(error, torch.OutOfMemoryError):
+        if self.error is not None or not self._compiled_once or isinstance(error, torch.cuda.OutOfMemoryError):
             return False
         self._fall_back(error)
         self.backward_unproven = False
@@ -69,7 +69,7 @@ class Compiled:
                 out = self.compiled(*args, **kwargs)
                 self._compiled_once = True
                 return out
-            except torch.OutOfMemoryError:  # the batch does not fit, compiled or not
+            except torch.cuda.OutOfMemoryError:  # the batch does not fit, compiled or not
                 raise
             except torch._dynamo.exc.TorchDynamoException as e:  # a later recompilation failed
                 self._fall_back(e)
