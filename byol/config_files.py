@@ -83,12 +83,14 @@ def parse_value(text: str) -> Any:
 
 
 def _presets():
-    """The folder of the shipped presets: the package's ``byol.configs``, or, in a source checkout
-    used without installing (on ``PYTHONPATH``), ``configs/`` beside the package."""
-    try:
-        return resources.files("byol.configs")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "configs"
+    """The folder of the shipped presets: ``byol/configs`` where byol is installed, ``configs/`` beside
+    the package in a source checkout (this checkout's, also where another one is installed editable,
+    whose ``byol.configs`` maps to its own); ``byol.configs`` as importlib finds it otherwise."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "configs", here.parent / "configs"):
+        if (folder / "__init__.py").is_file():
+            return folder
+    return resources.files("byol.configs")
 
 
 def preset_names() -> list[str]:

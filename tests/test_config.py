@@ -1,4 +1,8 @@
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,16 +258,18 @@ def test_saved_config_round_trips(tmp_path):
     assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c
 
 
-def test_presets_are_found_in_a_source_checkout_that_is_not_installed(monkeypatch):
-    # On PYTHONPATH without `pip install`, the package byol.configs does not exist: configs/ is used.
-    import byol.config_files
-
-    def not_installed(name):
-        raise ModuleNotFoundError(f"No module named {name!r}")
-
-    monkeypatch.setattr(byol.config_files.resources, "files", not_installed)
-    assert "cifar10" in preset_names()
-    assert load_config("cifar10").train.batch_size == 512
+def test_presets_are_the_checkouts_own_also_where_another_checkout_is_installed(tmp_path):
+    """On PYTHONPATH without ``pip install``, configs/ beside the package is used; a packaging test: where
+    another checkout was installed editable (as this one is, in CI), its byol.configs mapped to that
+    checkout's configs/, so this one's presets (and edits to them) were not read. In a fresh interpreter."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "byol", tmp_path / "byol", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    (tmp_path / "configs" / "only-here.yaml").write_text("train: {epochs: 7}\n")
+    script = "from byol.config import load_config\nprint(load_config('only-here').train.epochs)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stdout.split() == ["7"], proc.stderr[-2000:]
 
 
 def test_yaml_numbers_are_taken_as_written(tmp_path):
