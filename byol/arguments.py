@@ -4,6 +4,7 @@ error stay quick."""
 
 import argparse
 import os
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -78,11 +79,13 @@ def parser() -> argparse.ArgumentParser:
                 "take the data's and the device's over the checkpoint's (see their --help); export takes none.")
     from . import __version__
     p.add_argument("-V", "--version", action="version", version=f"byol {__version__}")
+    from .config_files import presets_folder
     sub = p.add_subparsers(dest="command", required=True)
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
-        "every key, with its default and meaning, is in byol/config.py; the presets are configs/*.yaml.",
+        f"every key, with its default and meaning, is in {Path(__file__).parent / 'config.py'};\n"
+        f"the presets, every key they set commented, are {presets_folder()}/*.yaml.",
         epilog="examples:\n"
         "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"

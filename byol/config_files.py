@@ -82,7 +82,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _presets():
+def presets_folder():
     """The folder of the shipped presets: ``byol/configs`` where byol is installed, ``configs/`` beside
     the package in a source checkout (this checkout's, also where another one is installed editable,
     whose ``byol.configs`` maps to its own); ``byol.configs`` as importlib finds it otherwise."""
@@ -95,7 +95,7 @@ def _presets():
 
 def preset_names() -> list[str]:
     """Names of the YAML presets shipped with the package."""
-    return sorted(p.name[:-5] for p in _presets().iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in presets_folder().iterdir() if p.name.endswith(".yaml"))
 
 
 def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
@@ -119,7 +119,7 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
         except UnicodeDecodeError:
             raise ConfigError(f"config {name_or_path} is not a YAML text file (not UTF-8)") from None
     else:
-        preset = _presets() / f"{name_or_path}.yaml"
+        preset = presets_folder() / f"{name_or_path}.yaml"
         if not preset.is_file():
             folder = f" ({name_or_path} here is a folder)" if path.is_dir() else ""
             raise ConfigError(f"unknown preset {name_or_path!r}{folder}; choose one of {', '.join(preset_names())} "
