@@ -13,6 +13,7 @@ import torch
 from .augment import Augment, view_presets
 from .backbones import cut_at, resnet
 from .config import Config, ConfigError
+from .datasets import NATIVE_SIZE
 from .model import BYOL
 from . import distributed as dist
 
@@ -163,10 +164,13 @@ def views_of(config: Config):
 
 
 def load_size(config: Config) -> int:
-    """The size images are decoded at: ``data.load_size``, else the training size (a folder's 8/7 of
-    it, room for the crops)."""
+    """The size images are decoded at: a folder's ``data.load_size``, by default 8/7 of ``data.image_size``
+    (room for the crops); CIFAR's and STL-10's own (32, 96), at which they are stored and read, and at
+    which eval and embed of a folder feed an encoder trained on them."""
     d = config.data
-    return d.load_size or (d.image_size if d.dataset != "folder" else round(d.image_size * 8 / 7))
+    if d.dataset != "folder":
+        return NATIVE_SIZE.get(d.dataset, d.image_size)  # (an unknown data set: refused where it is read)
+    return d.load_size or round(d.image_size * 8 / 7)
 
 
 def eval_crop(config: Config) -> Optional[int]:

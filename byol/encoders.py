@@ -13,6 +13,7 @@ from torch import nn
 from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model, usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
+from .datasets import NATIVE_SIZE
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
 from . import distributed as dist
 from .distributed import note
@@ -87,9 +88,12 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         origin.update(_exported(path))
     if "data.root" not in given:  # from the run's own out_dir: a --train.out_dir given here changes nothing
         _find_relative_root(config, path)
+    trained_on = config.data.dataset
     apply_overrides(config, overrides or [])
     if unknown_input:
         _note_assumed_input(path, config, given)
+    elif trained_on in NATIVE_SIZE and config.data.dataset == "folder":
+        _folder_at_native_size(config, trained_on, given)
     net.fc = nn.Identity()  # the representation is the pooled trunk output
     _refuse_nonfinite(net, path)
     if random_init:
@@ -191,6 +195,20 @@ def _unwrapped(state: object) -> object:
     while (prefix := prefix_of(state)) is not None:
         state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _folder_at_native_size(config: Config, trained_on: str, given: list[str]) -> None:
+    """An encoder trained on CIFAR or STL-10, evaluated or embedded on a folder: each image's center
+    square resized to the data set's own size (32, 96), whole, as that data set is fed, unless a size is
+    given. (A user test: a folder's default for the run's 24-pixel views, the center 24 of 27, gave an
+    image features 0.907 cosine (median) from its CIFAR twin's, 0.984 at 32; export.json said 32.)"""
+    if "data.image_size" in given or "data.load_size" in given:
+        return
+    side = NATIVE_SIZE[trained_on]
+    config.data.image_size = config.data.load_size = side
+    note(f"the encoder was trained on {trained_on}, which eval and embed feed whole at {side}x{side}: this folder's "
+         f"images are fed alike, each one's center square resized to {side}x{side} (--data.image_size and "
+         "--data.load_size give another size)")
 
 
 def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:

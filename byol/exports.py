@@ -243,7 +243,9 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
                        "256, then the center 224)")
         sizes = {"image_size": crop or size, "load_size": size, "crop": crop}
     else:
-        sizes, images = {"image_size": NATIVE_SIZE[d.dataset]}, f"{d.dataset}'s own images, not resized"
+        side = NATIVE_SIZE[d.dataset]
+        sizes = {"image_size": side, "load_size": side, "crop": None}
+        images = f"{d.dataset}'s own images, not resized; other images (a folder's) alike: {_decoding(side)}"
     precision = {"fp32": "float32", "bf16": "bf16 autocast"}.get(
         config.train.precision, "bf16 autocast where the device computes bf16 natively (CUDA GPUs, CPUs with "
         "AVX-512-BF16 or AMX), else float32 (train.precision=auto)")

@@ -301,6 +301,44 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
 
 
+def test_a_cifar_encoder_embeds_a_folder_of_cifar_s_images_as_it_embeds_them_and_as_documented(trained, tmp_path):
+    """A user test: a CIFAR-trained encoder embedded a folder at the folder default for its views (the
+    center 32 of 37 here; of 27 for cifar10-cpu's 24), export.json said CIFAR's 32 whole, and the Python
+    recipe (decode_image at build.load_size(config)) a third size: the same image's features were 0.907
+    cosine (median) from its CIFAR twin's. Now all three are the image whole at 32: lossless PNGs of
+    CIFAR's test images embed as the binary files do."""
+    from PIL import Image
+
+    from byol import load_encoder
+    from byol.build import eval_crop, load_size, views_of
+    from byol.datasets import load_cifar
+    from byol.features import extract_features
+    from byol.images import decode_image
+    from conftest import CIFAR10
+    run, _ = trained
+    ckpt = run / "checkpoints" / "last.pt"
+    test = load_cifar(CIFAR10, "cifar10", "test")
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / "pngs" / "val" / f"c{test.labels[i]}" / f"{i}.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(paths[-1])
+    byol("embed", ckpt, "--out", tmp_path / "bin.pt", "--limit", 6, "--train.precision=fp32")
+    proc = byol("embed", ckpt, "--out", tmp_path / "folder.pt", "--data.dataset=folder",
+                f"--data.root={tmp_path / 'pngs'}", "--train.precision=fp32")
+    assert "note: the encoder was trained on cifar10, which eval and embed feed whole at 32x32: this folder's " \
+        "images are fed alike, each one's center square resized to 32x32" in proc.stderr, proc.stderr
+    binary, folder = (torch.load(tmp_path / f, weights_only=True) for f in ("bin.pt", "folder.pt"))
+    rows = [binary["embeddings"][int(Path(p).stem)] for p in folder["paths"]]
+    torch.testing.assert_close(folder["embeddings"], torch.stack(rows), atol=1e-5, rtol=1e-5)
+    net, config = load_encoder(ckpt)  # the Python recipe of docs/python_api.md, for your own images
+    assert (load_size(config), eval_crop(config)) == (32, None)
+    images = torch.stack([decode_image(p, load_size(config)) for p in folder["paths"]])
+    view = views_of(config)[0]
+    features = extract_features(net, images, mean=view.mean, std=view.std, crop=eval_crop(config))
+    torch.testing.assert_close(features, folder["embeddings"], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load. is deprecated:FutureWarning")  # python_api.md says so
 @pytest.mark.parametrize("cifar_stem", [False, True])
 def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
