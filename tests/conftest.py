@@ -16,6 +16,15 @@ CIFAR10 = SHARED_DATA / "cifar10"
 CIFAR10_JPG_TAR = SHARED_DATA / "cifar10-jpg" / "test.tar"
 
 
+def pytest_configure(config):
+    """With BYOL_REQUIRE_DATA=1 (CI sets it), real data that is missing stops the run: the tests that need
+    it would otherwise skip, and a green run would have checked nothing on real data (a mutation audit)."""
+    missing = [p for p in (CIFAR10 / "cifar-10-batches-bin" / "data_batch_1.bin", CIFAR10_JPG_TAR) if not p.is_file()]
+    if os.environ.get("BYOL_REQUIRE_DATA") == "1" and missing:
+        pytest.exit(f"BYOL_REQUIRE_DATA=1, but {missing[0]} is missing: the real data sets are expected in "
+                    f"{SHARED_DATA} (../shared/data beside the repository)", returncode=4)
+
+
 @pytest.fixture
 def cifar10_root() -> Path:
     if not (CIFAR10 / "cifar-10-batches-bin" / "data_batch_1.bin").is_file():
