@@ -796,6 +796,14 @@ def test_outputs_that_would_replace_what_is_read_are_refused(capsys, trained, tm
         assert line == (f"byol: error: {other / name} is a run's {name}, which this would replace; "
                         "choose another --out")
     assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    # Nor the labels beside an earlier embed's rows (a user test: replaced by a (N, 64) array, without a word)
+    from byol.cli import main
+    assert main(["embed", str(ckpt), "--limit", "8", "--out", str(tmp_path / "emb.npy")]) == 0
+    labels, _ = (tmp_path / "emb_labels.npy").read_bytes(), capsys.readouterr()
+    _, line = main_error(capsys, "embed", ckpt, "--limit", 8, "--out", tmp_path / "emb_labels.npy")
+    assert line == (f"byol: error: {tmp_path / 'emb_labels.npy'} holds the labels of emb.npy, an earlier byol embed's "
+                    "rows, which this would replace; choose another --out")
+    assert (tmp_path / "emb_labels.npy").read_bytes() == labels
 
 
 def test_eval_and_embed_replace_no_model_file_but_an_earlier_embeds(capsys, trained, tmp_path):
