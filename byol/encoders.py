@@ -13,8 +13,8 @@ from torch import nn
 from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model, usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
-from .datasets import NATIVE_SIZE
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
+from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
 
