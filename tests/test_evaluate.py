@@ -244,3 +244,34 @@ def test_extract_features_refuses_pixels_it_would_misread():
     pairs = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(u8, torch.zeros(6)), batch_size=3)
     with pytest.raises(ValueError, match=r"^batches must be \(images, labels, indices\) triples, .* got a list of 2;"):
         extract_features(net, pairs)
+
+
+def test_linear_probe_standardizes_the_test_rows_with_the_train_splits_statistics_each_on_its_own():
+    """A mutation audit: standardizing the test split with its own mean and std survived every test. The
+    probe is a fixed function of a row, learned on the train split: a test split shifted along the class
+    axis must land on the class it is shifted into, and a row must score as it does among others."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    xt = torch.randn(200, 8, generator=g)
+    xt[:, 0] += 2.0  # 98% of it on the class-1 side
+    yt = (xt[:, 0] > 0).long()
+    result = linear_probe(x, y, xt, yt, epochs=10)
+    assert result["top1"] > 90  # recentred on itself, half of it would be called class 0
+    rows = range(0, 200, 20)
+    alone = [linear_probe(x, y, xt[i:i + 1], yt[i:i + 1], epochs=10)["top1"] for i in rows]
+    assert sum(alone) / len(alone) == linear_probe(x, y, xt[0:200:20], yt[0:200:20], epochs=10)["top1"]
+
+
+def test_linear_probe_is_the_same_for_features_of_any_scale_and_offset():
+    """A mutation audit: a probe without the standardization survived every test. Features are standardized
+    with the train split's mean and std (MAE's BatchNorm without affine), so the default lr suits any
+    encoder: features scaled by 1e-3 to 1e3 per dimension and offset by 7 give the same probe."""
+    x, y, xt, yt = random_split(n_train=200, n_test=100, d=8, c=2)
+    y, yt = (x[:, 0] + x[:, 1] > 0).long(), (xt[:, 0] + xt[:, 1] > 0).long()
+    ref = linear_probe(x, y, xt, yt, epochs=5)
+    scale = torch.logspace(-3, 3, 8)
+    other = linear_probe(x * scale + 7, y, xt * scale + 7, yt, epochs=5)
+    assert ref["top1"] > 90
+    assert other["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-3)
+    assert abs(other["top1"] - ref["top1"]) <= 1  # a row, at most, on the boundary

@@ -8,6 +8,7 @@ from torch import nn
 import byol.distributed
 import byol.model
 from byol import BYOL, resnet
+from byol.augment import paper_views
 from byol.backbones import HookedLayer, cut_at
 from byol.distributed import GlobalBatchNorm
 from byol.schedules import tau_schedule
@@ -704,3 +705,70 @@ def test_the_compile_check_takes_torch_2_2_s_is_compiling(monkeypatch):
     monkeypatch.setattr(torch._dynamo, "is_compiling", lambda: "torch._dynamo's")
     assert byol.model._compiling() == "torch._dynamo's"
 
+
+def test_the_loss_is_each_views_prediction_regressing_the_other_views_target_projection():
+    """A mutation audit: the loss against the same view's target, against the online network as the target,
+    and without the predictor each survived every test. Paper, eq. 2 symmetrized: q(z1) regresses z'2 of the
+    target, q(z2) regresses z'1, each as 2 - 2 cos."""
+    _, model = small_byol()
+    with torch.no_grad():  # a target that has moved away from the online branch, as after training
+        for p in model.target.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    v1, v2 = views()
+    loss = model(v1, v2)
+    with torch.no_grad():  # training mode, as there: each view's own BatchNorm statistics
+        p1, p2 = model.predictor(model.online(v1)), model.predictor(model.online(v2))
+        t1, t2 = model.target(v1), model.target(v2)
+
+    def regression(p, z):
+        return (2 - 2 * torch.cosine_similarity(p, z, dim=1)).mean()
+
+    torch.testing.assert_close(loss, regression(p1, t2) + regression(p2, t1))
+
+
+def test_forward_views_also_returns_the_online_projection_of_view_1_detached():
+    """A mutation audit: returning the prediction p1 in its place survived every test. The collapse monitor
+    reads it (the std and effective rank of the projections z, SimSiam's and RankMe's statistic)."""
+    _, model = small_byol()
+    v1, v2 = views()
+    _, z1 = model.forward_views(v1, v2)
+    assert not z1.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(z1, model.online(v1))
+
+
+def test_the_default_views_are_the_papers_two_recipes_in_order():
+    """A mutation audit: drawing both views with the first recipe survived every test. The paper's T and
+    T' differ (blur 1.0 and 0.1, solarize 0 and 0.2: appendix B, table 6)."""
+    torch.manual_seed(0)
+    model = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                 projection_size=16, projection_hidden_size=32)
+    assert (model.augment_fn.config, model.augment_fn2.config) == paper_views(32)
+
+
+def test_the_first_moving_average_step_uses_the_schedules_tau_at_step_0():
+    """A mutation audit: counting the step before the update (tau of step 1 at the first call) survived
+    every test. With total_steps=2 and tau_base 0.9 the schedule gives 0.9, then 0.95."""
+    _, model = small_byol(moving_average_decay=0.9, total_steps=2)
+    with torch.no_grad():
+        for p in model.online.parameters():
+            p.add_(1.0)
+    for tau in (0.9, 0.95):
+        assert tau == pytest.approx(tau_schedule(model.ema_step, 2, 0.9))
+        before = [p.clone() for p in model.target.parameters()]
+        model.update_moving_average()
+        for b, po, pt in zip(before, model.online.parameters(), model.target.parameters()):
+            torch.testing.assert_close(pt, tau * b + (1 - tau) * po)
+
+
+def test_the_predictor_has_the_projectors_architecture():
+    """A mutation audit: a predictor whose hidden layer was projection_size wide survived every test.
+    Paper, section 3.3: "The predictor q uses the same architecture as g" (4096 hidden, 256 out)."""
+    _, model = small_byol()  # projection_size=16, projection_hidden_size=32
+    projector, predictor = model.online.projector, model.predictor
+
+    def shapes(mlp):
+        return [(type(m), tuple(p.shape for p in m.parameters())) for m in list(mlp)[1:]]
+
+    assert predictor[0].in_features == 16 and predictor[0].out_features == 32
+    assert shapes(predictor) == shapes(projector)

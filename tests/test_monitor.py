@@ -102,3 +102,13 @@ def test_monitor_thresholds_are_relative_to_the_healthy_std():
         assert not monitor.is_collapsed(0.2 * healthy, 50.0, dim)
         assert monitor.is_collapsed(0.05 * healthy, 50.0, dim)
     assert monitor.is_collapsed(0.05, 1.2, 256)
+
+
+def test_effective_rank_weighs_each_direction_by_its_singular_value():
+    """A mutation audit: weighing by the squared singular values (the variances) survived every test. Roy &
+    Vetterli's effective rank (RankMe's) normalizes the singular values themselves: (3, 1) gives p = (3/4, 1/4),
+    exp(H(p)) = 1.7548; squared ones would give (0.9, 0.1), 1.384."""
+    z = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert expected == pytest.approx(1.7548, abs=1e-4)
+    assert effective_rank(z).item() == pytest.approx(expected, rel=1e-5)

@@ -88,7 +88,9 @@ def test_lars_leaves_excluded_parameters_unadapted_and_undecayed():
     weight_before = model[0].weight.detach().clone()
     opt.step()
     torch.testing.assert_close(model[0].bias.detach(), bias_before, rtol=0, atol=0)
-    assert not torch.allclose(model[0].weight.detach(), weight_before)
+    # the regular weight's update is its decay, wd w, adapted: trust eta ||w|| / ||wd w|| (eps 1e-8) = eta / wd
+    trust = 0.001 * weight_before.norm() / (0.1 * weight_before.norm() + 1e-8)
+    torch.testing.assert_close(model[0].weight.detach(), weight_before - 1.0 * trust * 0.1 * weight_before)
     # An excluded parameter's step is plain SGD: lr * grad, however small the parameter.
     model = make_model()
     opt = LARS(param_groups(model, 0.1), lr=0.1, weight_decay=0.1)
@@ -122,3 +124,37 @@ def test_settings_that_mean_nothing_are_refused_in_one_sentence():
                       (dict(trust_coefficient=0.0), "invalid trust_coefficient 0.0")):
         with pytest.raises(ValueError, match=said):
             LARS(param_groups(model, 0.0), **{"lr": 0.1, **bad})
+
+
+def test_lars_trust_ratio_is_of_the_gradient_with_weight_decay():
+    """A mutation audit: the trust ratio over the norm of the raw gradient survived every test. LARS adapts
+    the update it takes, g + wd w (You et al. 2017): with a zero raw gradient that is wd w, its trust ratio
+    eta ||w|| / ||wd w|| = eta / wd, and the step lr eta w (the raw gradient's norm, 0, would skip the
+    adaptation: a step of lr wd w, 500 times as large here)."""
+    lin = nn.Linear(4, 3, bias=False)
+    wd, eta, lr = 0.5, 0.001, 1.0
+    opt = LARS(param_groups(lin, wd), lr=lr, weight_decay=wd, trust_coefficient=eta)
+    w = lin.weight.detach().clone()
+    lin.weight.grad = torch.zeros_like(w)
+    opt.step()
+    torch.testing.assert_close(lin.weight.detach(), w - lr * eta * w)
+
+
+def test_lars_steps_a_zero_weight_as_sgd_does():
+    """A mutation audit: applying the trust ratio where a norm is zero survived every test. A zero-initialized
+    weight has trust ratio 0 (eta ||w|| / ||g||), which would freeze it for good: where either norm is zero,
+    LARS skips the adaptation (as its docstring says), and the step is plain SGD's."""
+    lin = nn.Linear(4, 3, bias=False)
+    nn.init.zeros_(lin.weight)
+    opt = LARS(param_groups(lin, 0.0), lr=0.1, trust_coefficient=0.001)
+    g = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    lin.weight.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(lin.weight.detach(), -0.1 * g)
+    # and a weight with no gradient (nor weight decay) stays where it is, not NaN
+    lin = nn.Linear(4, 3, bias=False)
+    w = lin.weight.detach().clone()
+    opt = LARS(param_groups(lin, 0.0), lr=0.1, trust_coefficient=0.001)
+    lin.weight.grad = torch.zeros_like(w)
+    opt.step()
+    assert torch.equal(lin.weight.detach(), w)

@@ -4,6 +4,7 @@ Timing lives in benchmarks/ (BENCHMARKS.md), not here: these tests check what ca
 """
 
 import copy
+import math
 import platform
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from byol.backbones import resnet
 from byol.data import TensorBatches
 from byol.model import BYOL
 from byol.optim import build_optimizer
+from byol.schedules import cosine_lr, tau_schedule
 from byol.compiling import Compiled, compile_step, compiled_augment, eager_fallbacks
-from byol.step import GraphedLoopStep, LoopStep, ViewsForward, train_step
+from byol.step import GraphedLoopStep, LoopStep, ViewsForward, train_step, views_loss
 
 SIZE = 16
 
@@ -440,3 +442,54 @@ def test_a_decoding_process_hands_back_the_memory_it_frees_which_its_training_pr
 
     assert held("none") >= 60  # torch's own start of a worker: the 64 MiB stay resident
     assert held("byol") <= 16  # measured: 5
+
+
+def test_loop_step_sets_the_scheduled_lr_and_moves_the_target_by_the_scheduled_tau():
+    """A mutation audit: the EMA with 1 - tau, tau of the next step, and the cosine without its warm-up each
+    survived every test. Step 1 of 8 with 4 warm-up steps: lr is 2/4 of the peak (warm-up), and the target
+    is tau(1) of itself plus 1 - tau(1) of the online branch after the optimizer step (paper, eq. 1)."""
+    byol = tiny_byol()
+    with torch.no_grad():  # a target away from the online branch, so that tau shows
+        for p in byol.target.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    optimizer = optimizer_of(byol)
+    loop_step = LoopStep(ViewsForward(byol, channels_last=False), byol, optimizer, torch.Generator().manual_seed(0),
+                         None, None, lr=0.4, warmup_steps=4, total_steps=8, tau_base=0.9)
+    before = [p.clone() for p in byol.target.parameters()]
+    loop_step(1, images())
+    assert cosine_lr(1, 8, 0.4, 4) == pytest.approx(0.2)
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.2)] * 2
+    tau = tau_schedule(1, 8, 0.9)  # 0.9038 (step 2's: 0.9146)
+    for b, po, pt in zip(before, byol.online.parameters(), byol.target.parameters()):
+        torch.testing.assert_close(pt, tau * b + (1 - tau) * po)
+
+
+def test_the_second_view_is_drawn_with_the_second_recipe():
+    """A mutation audit: drawing view 2 with view 1's augmentation survived every test. The paper's two
+    recipes differ (view 2 solarizes, view 1 always blurs), and the loss is asymmetric in them."""
+    byol = tiny_byol()
+    batch = images()
+
+    def first(x, generator):
+        return x.float() / 255
+
+    def second(x, generator):
+        return 1 - x.float() / 255
+
+    view1, view2 = views_loss(lambda v1, v2: (v1, v2), byol, batch, None, None, augment=(first, second))
+    assert torch.equal(view1, first(batch, None)) and torch.equal(view2, second(batch, None))
+    # byol's own recipes by default, from one generator: view 1's draws first
+    view1, view2 = views_loss(lambda v1, v2: (v1, v2), byol, batch, torch.Generator().manual_seed(0), None)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(view1, byol.augment_fn(batch, g)) and torch.equal(view2, byol.augment_fn2(batch, g))
+
+
+def test_the_logged_z_std_ratio_is_the_std_over_the_healthy_one_over_sqrt_of_the_width():
+    """A mutation audit: the ratio over 1/sqrt(batch size) instead of 1/sqrt(projection width) survived every
+    test. Spread projections have a normalized std of about 1/sqrt(width) (SimSiam, Sec. 4.1): a ratio of 1."""
+    byol = tiny_byol()  # projections 16 wide, batches of 8
+    loop_step = make_loop_step(byol)
+    _, z1 = loop_step(0, images())
+    record = loop_step.read(z1)
+    assert z1.shape == (8, 16)
+    assert record["monitor/z_std_ratio"] == pytest.approx(record["monitor/z_std"] * math.sqrt(16))

@@ -311,6 +311,57 @@ def test_the_progress_bar_shows_the_epoch_counted_from_1_of_the_run_s_epochs(tmp
     assert shown == ["1/2"] * 4 + ["2/2"] * 4
 
 
+def test_the_collapse_warning_compares_the_std_with_one_over_sqrt_of_the_projection_width(tmp_path):
+    """A mutation audit: the batch size passed as the width survived every test (test_collapse's batch of 64
+    is as wide as its projections). A normalized std of 0.01 is collapse for projections 16 wide (healthy
+    about 1/sqrt(16) = 0.25) and not for 256 wide ones (0.0625), whatever the batch."""
+    from byol.reporting import Clock, Report
+
+    def warnings_of(batch, width):
+        record = {"train/loss": 1.0, "monitor/z_std": 0.01, "monitor/effective_rank": 8.0,
+                  "train/nonfinite_streak": 0}
+        texts = []
+        log = types.SimpleNamespace(log=lambda *a, **k: None, text=lambda step, name, text: texts.append(name))
+        loop_step = types.SimpleNamespace(read=lambda z1: dict(record), amp=None)
+        report = Report(loop_step, log, None, None, Clock(torch.device("cpu"), None), batch, 3, tmp_path / "last.pt",
+                        0, steps_per_epoch=4, epochs=1)
+        report(1, torch.zeros(batch, width))
+        return texts
+
+    assert warnings_of(batch=256, width=16) == ["warnings"]
+    assert warnings_of(batch=16, width=256) == []
+
+
+@pytest.mark.parametrize("folder", [False, True])
+def test_the_knn_monitor_scores_the_online_encoder(folder):
+    """A mutation audit: scoring the target's encoder survived every test. The online encoder is the one that
+    is evaluated and exported (the paper's: "we only keep the encoder f_theta"); here a target zeroed out, whose
+    features are all 0, would score no better than a guess, while the online one tells the 4 colours apart."""
+    from byol.data import ImageSet
+    from byol.knn_monitor import knn_eval
+    from byol.train_data import TrainData
+    torch.manual_seed(0)
+    model = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                 projection_size=16, projection_hidden_size=32, augment_fn=lambda x: x)
+    with torch.no_grad():
+        for p in model.target.parameters():
+            p.zero_()
+    g = torch.Generator().manual_seed(0)
+
+    colours = torch.tensor([[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]])
+
+    def split(n):  # class c: images of colour c, with noise
+        labels = torch.arange(n) % 4
+        noise = torch.randint(-20, 21, (n, 3, 32, 32), generator=g)
+        return ImageSet((colours[labels].view(n, 3, 1, 1) + noise).clamp(0, 255).to(torch.uint8), labels)
+
+    train, test = split(40), split(20)
+    data = TrainData(None, 0, knn_train=train, knn_test=test, knn_sizes=(40, 20) if folder else None)
+    config = Config()
+    config.train.knn_k = 5
+    assert knn_eval(model, data, config, torch.device("cpu"), None) == {5: 100.0, 20: 100.0}
+
+
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
     """Every step gets the same batch shape, also when undecodable files left a batch short (a
     compiled step would otherwise compile again for each new size)."""
@@ -705,9 +756,12 @@ def test_run_directory_contents(tmp_path, cifar10_root):
     assert {"train/lr", "train/tau", "monitor/z_std", "monitor/effective_rank"} <= train_records[-1].keys()
     assert any("eval/knn_top1" in r for r in records)
     assert set(results["knn"]) == {20, 200} and set(results["knn_init"]) == {20, 200}
-    # The learning rate follows warm-up from the scaled base: lr x batch / 256.
+    # The learning rate follows the schedule from the scaled base, lr x batch / 256: a record's is its last step's
+    from byol.build import schedule_of
+    base, warmup, total = schedule_of(config, round(train_records[-1]["step"] / train_records[-1]["epoch"]))
+    assert base == config.optim.lr * 16 / 256
     lrs = [r["train/lr"] for r in records if "train/lr" in r]
-    assert max(lrs) <= config.optim.lr * 16 / 256 + 1e-12
+    assert lrs == [pytest.approx(cosine_lr(r["step"] - 1, total, base, warmup)) for r in train_records]
 
 
 def fake_cifar10(root: Path, per_file: int = 64) -> Path:
