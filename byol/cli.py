@@ -4,6 +4,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -249,6 +250,22 @@ def _out_of_memory() -> int:
     return 2
 
 
+def _decoding_process_died(e: BaseException) -> Optional[str]:
+    """The sentence for torch's error where a decoding process (data.workers) died; None for another (a
+    user test: the out-of-memory killer's SIGKILL to one was a traceback). torch's SIGCHLD handler raises
+    it in the main process wherever that then is: in the step, say, not only where batches are drawn."""
+    died = re.search(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([^.]*)|exited "
+                     "unexpectedly)", str(e)) if isinstance(e, RuntimeError) else None
+    if died is None:
+        return None
+    signal_name = died.group(2)
+    how = "ended unexpectedly" if signal_name is None else f"was killed ({signal_name})"
+    memory = ", often the system's out-of-memory killer's doing" if signal_name in (None, "Killed") else ""
+    return (f"an image decoding process (data.workers; pid {died.group(1).strip()}) {how}{memory}; lower "
+            "data.workers (0: decode in this process) or data.load_size; a pretraining run goes on from its last "
+            "checkpoint with --resume")
+
+
 # A write the storage refused wherever it came (a full disk mid-run, under metrics.jsonl or TensorBoard's
 # events; a quota; a file-size limit; a folder made read-only): said in one sentence, not a traceback.
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
@@ -380,6 +397,10 @@ def _main(argv: Optional[list[str]]) -> int:
             return 2
         if _is_out_of_memory(e):
             return _out_of_memory()
+        said = _decoding_process_died(e)
+        if said is not None:
+            _say_error(said, everywhere=True)
+            return 2
         raise
 
 

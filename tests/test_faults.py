@@ -781,6 +781,35 @@ def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_proces
                 f"as to the main process alone: step finished, checkpoint written, exit {128 + signum}")
 
 
+def test_a_decoding_process_killed_by_the_system_is_one_sentence(tmp_path, fault_table):
+    """A user test: the out-of-memory killer's SIGKILL to a decoding process (one decoding a huge PNG) ended
+    pretrain and embed with torch's traceback, raised by its SIGCHLD handler wherever the main process was."""
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "jpegs", per_class=20)
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", "--data.dataset=folder", f"--data.root={root}",
+                             "--data.image_size=32", *tiny_overrides(run, **{**SLOW_RUN, "train.epochs": 50,
+                                                                            "data.workers": 2})],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for_step(run, proc)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no decoding process found"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("note: ")]
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    # (torch says "is killed by signal: Killed" from its SIGCHLD handler, "exited unexpectedly" where it
+    # finds the process gone while it waits for a batch: whichever comes first)
+    how = "(was killed \\(Killed\\)|ended unexpectedly)"
+    assert re.fullmatch(f"byol: error: an image decoding process \\(data.workers; pid {workers[0]}\\) {how}, often "
+                        "the system's out-of-memory killer's doing; lower data.workers \\(0: decode in this process\\) "
+                        "or data.load_size; a pretraining run goes on from its last checkpoint with --resume",
+                        lines[-1]), err
+    fault_table("a decoding process of a folder run killed (SIGKILL, as the out-of-memory killer sends)",
+                "one sentence (which process, what to lower, --resume), exit 2")
+
+
 def test_an_encoder_with_nan_in_it_is_one_sentence_in_eval_embed_and_export_and_writes_nothing(capsys, tmp_path,
                                                                                                cifar10_root, fault_table):
     """A user test: eval of a state_dict with one NaN BatchNorm variance was a traceback (the building
