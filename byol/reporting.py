@@ -215,8 +215,16 @@ def note_train_split(config: Config) -> None:
     """STL-10 pretrained on its 5,000 labeled images alone (the default ``data.train_split``, which
     suits CIFAR), where the field (and ``--config stl10``) takes train+unlabeled, 105,000 images; and
     CIFAR or STL-10 pretrained on its test split, the images that ``byol eval`` scores on (and the kNN
-    monitor, but with ``train.knn_holdout``)."""
+    monitor, but with ``train.knn_holdout``); a folder's too, pretrained on its held-out split."""
     d = config.data
+    if d.dataset == "folder":
+        root = Path(d.root).expanduser()
+        held = "val" if (root / "val").is_dir() else "test"  # as byol.folder.labeled_folders takes it
+        if d.train_split == held and (root / "train").is_dir():  # (a user test: not said, as for CIFAR)
+            print(f"note: this run pretrains on {root / held}, the held-out split the kNN monitor and byol eval "
+                  "score on, so their accuracies will not measure images the encoder has not seen (the default "
+                  "--data.train_split is train)", file=sys.stderr)
+        return
     if d.dataset == "stl10" and d.train_split == "train":
         print("note: this run pretrains on STL-10's labeled train split alone; STL-10 is usually pretrained on "
               "train+unlabeled (in the full set 5,000 + 100,000 images), as --config stl10 does "

@@ -77,3 +77,19 @@ def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
     assert "the images that byol eval scores on" in capsys.readouterr().err  # the monitor's are train images
     pretrain(two_steps("stl10", tmp_path / "again", "--data.train_split=train+unlabeled"))
     assert "test split" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("splits, train_split, said", [
+    (("train", "val"), "val", True), (("train", "test"), "test", True), (("train", "val", "test"), "test", False),
+    (("train", "val"), "train", False), (("val",), "val", False)])
+def test_pretraining_a_folder_on_its_held_out_split_gets_a_note(tmp_path, capsys, splits, train_split, said):
+    """A user test: a folder pretrained on ROOT/val, which its kNN monitor and eval score on, got no note, as
+    CIFAR's test split did. Held out: ROOT/val, else ROOT/test, beside ROOT/train (byol.folder.labeled_folders)."""
+    from byol.reporting import note_train_split
+    for split in splits:
+        (tmp_path / split / "a").mkdir(parents=True)
+    note_train_split(load_config("imagenet", [f"--data.root={tmp_path}", f"--data.train_split={train_split}"]))
+    note = (f"note: this run pretrains on {tmp_path / train_split}, the held-out split the kNN monitor and byol "
+            "eval score on, so their accuracies will not measure images the encoder has not seen (the default "
+            "--data.train_split is train)\n")
+    assert capsys.readouterr().err == (note if said else "")
