@@ -126,6 +126,10 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
                         "give the overrides by name: embed(path, out, overrides=[...])")
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
+    rows = Path(out).with_name(Path(out).name.removesuffix("_labels.npy") + ".npy")
+    if Path(out).name.endswith("_labels.npy") and rows.is_file():  # (a user test: replaced without a word)
+        raise OutputError(f"{out} holds the labels of {rows.name}, an earlier byol embed's rows, which this would "
+                          "replace; choose another --out")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
         check_writable(target, source=path)
     net, config = load_encoder(path, overrides)

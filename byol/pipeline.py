@@ -88,8 +88,7 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
 def _refuse_a_runs_file(path: Path, replace_models: bool = False) -> None:
     """Refuse to replace what a pretraining run wrote: a training checkpoint, wherever it lies, or a
     run folder's own files (its config, logs and plots, beside its ``checkpoints/``); and, unless
-    ``replace_models``, a model's weights or a TorchScript module (:func:`_model_in`), or the labels
-    beside an earlier ``embed``'s ``NAME.npy``."""
+    ``replace_models``, a model's weights or a TorchScript module (:func:`_model_in`)."""
     if path.name in RUN_FILES and (path.parent / "checkpoints").is_dir():
         raise OutputError(f"{path} is a run's {path.name}, which this would replace; choose another --out")
     if saved_step(path) is not None:  # (None at once for a file torch.save did not write: no zip to map)
@@ -97,10 +96,6 @@ def _refuse_a_runs_file(path: Path, replace_models: bool = False) -> None:
     held = None if replace_models else _model_in(path)
     if held is not None:
         raise OutputError(f"{path} holds {held}, which this would replace; choose another --out")
-    embeddings = path.with_name(path.name.removesuffix("_labels.npy") + ".npy")
-    if path.name.endswith("_labels.npy") and embeddings.is_file():  # (a user test: replaced without a word)
-        raise OutputError(f"{path} holds the labels of {embeddings.name}, an earlier byol embed's rows, which this "
-                          "would replace; choose another --out")
 
 
 def _model_in(path: Path) -> Optional[str]:
