@@ -199,16 +199,19 @@ def _unwrapped(state: object) -> object:
 
 def _folder_at_native_size(config: Config, trained_on: str, given: list[str]) -> None:
     """An encoder trained on CIFAR or STL-10, evaluated or embedded on a folder: each image's center
-    square resized to the data set's own size (32, 96), whole, as that data set is fed, unless a size is
-    given. (A user test: a folder's default for the run's 24-pixel views, the center 24 of 27, gave an
-    image features 0.907 cosine (median) from its CIFAR twin's, 0.984 at 32; export.json said 32.)"""
-    if "data.image_size" in given or "data.load_size" in given:
-        return
-    side = NATIVE_SIZE[trained_on]
-    config.data.image_size = config.data.load_size = side
-    note(f"the encoder was trained on {trained_on}, which eval and embed feed whole at {side}x{side}: this folder's "
-         f"images are fed alike, each one's center square resized to {side}x{side} (--data.image_size and "
-         "--data.load_size give another size)")
+    square resized to the data set's own size (32, 96), whole, as that data set is fed; a size given is
+    taken, the square whole at ``data.image_size`` where no ``data.load_size`` is. (A user test: a
+    folder's default for the run's 24-pixel views, the center 24 of 27, gave an image features 0.907
+    cosine (median) from its CIFAR twin's, 0.984 at 32; export.json said 32.)"""
+    d, side = config.data, NATIVE_SIZE[trained_on]
+    if "data.image_size" not in given:
+        d.image_size = side
+    if "data.load_size" not in given:
+        d.load_size = d.image_size
+    if "data.image_size" not in given and "data.load_size" not in given:
+        note(f"the encoder was trained on {trained_on}, which eval and embed feed whole at {side}x{side}: this "
+             f"folder's images are fed alike, each one's center square resized to {side}x{side} "
+             "(--data.image_size and --data.load_size give another size)")
 
 
 def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:

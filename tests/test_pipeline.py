@@ -181,6 +181,23 @@ def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
     # The imagenet preset decodes at 256 for its 224 crops, and at 8/7 of an image_size given instead
     assert load_size(load_config("imagenet")) == 256
     assert load_size(load_config("imagenet", ["--data.image_size=32"])) == 37
+    # CIFAR and STL-10 at their own size, whatever their views' (the Python recipe for files of your own)
+    assert load_size(load_config("cifar10-cpu")) == 32 and load_config("cifar10-cpu").data.image_size == 24
+    assert load_size(load_config("stl10", ["--data.image_size=64"])) == 96
+
+
+@pytest.mark.parametrize("given, sizes", [([], (32, None)), (["--data.image_size=32"], (32, None)),
+                                          (["--data.image_size=24"], (24, None)), (["--data.load_size=40"], (40, 32)),
+                                          (["--data.image_size=24", "--data.load_size=40"], (40, 24))])
+def test_a_cifar_encoder_on_a_folder_takes_each_image_whole_at_32_but_for_sizes_given(given, sizes):
+    """A cifar10-cpu run (24-pixel views) evaluated on a folder: (load_size, crop). A review: giving the
+    image_size the note names, 32, gave the center 32 of 37, and a load_size alone the center 24 of it."""
+    from byol.build import eval_crop, load_size
+    from byol.config import apply_overrides, load_config
+    from byol.encoders import _folder_at_native_size
+    config = apply_overrides(load_config("cifar10-cpu"), ["--data.dataset=folder", *given])
+    _folder_at_native_size(config, "cifar10", [g.removeprefix("--").split("=")[0] for g in given])
+    assert (load_size(config), eval_crop(config)) == sizes
 
 
 def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_else_is_one_sentence(tmp_path):
