@@ -255,15 +255,26 @@ def _decoding_process_died(e: BaseException) -> Optional[str]:
     user test: the out-of-memory killer's SIGKILL to one was a traceback). torch's SIGCHLD handler raises
     it in the main process wherever that then is: in the step, say, not only where batches are drawn."""
     died = re.search(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([^.]*)|exited "
-                     "unexpectedly)", str(e)) if isinstance(e, RuntimeError) else None
+                     r"unexpectedly(?: with exit code (-?\d+))?)", str(e)) if isinstance(e, RuntimeError) else None
     if died is None:
         return None
-    signal_name = died.group(2)
-    how = "ended unexpectedly" if signal_name is None else f"was killed ({signal_name})"
-    memory = ", often the system's out-of-memory killer's doing" if signal_name in (None, "Killed") else ""
-    return (f"an image decoding process (data.workers; pid {died.group(1).strip()}) {how}{memory}; lower "
-            "data.workers (0: decode in this process) or data.load_size; a pretraining run goes on from its last "
-            "checkpoint with --resume")
+    pids, signal_name, code = died.groups()
+    pids = pids.strip(", ")
+    who, was = ((f"the image decoding processes (data.workers) {pids}", "were") if "," in pids else
+                (f"an image decoding process (data.workers; pid {pids})", "was"))
+    lower = "lower data.workers (0: decode in this process) or data.load_size"
+    if signal_name == "Bus error":  # torch: "out of shared memory"
+        what = (f"{who} {was} killed by a bus error, as where shared memory (/dev/shm, which they pass their batches "
+                "through) is full: give it more (docker run --shm-size=8g) or lower data.workers (0: decode in this "
+                "process)")
+    elif code is not None:
+        what = f"{who} ended with exit code {code}; with data.workers=0 the images are decoded in this process"
+    elif signal_name not in (None, "Killed"):
+        what = f"{who} {was} killed ({signal_name}); {lower}"
+    else:  # SIGKILL; or found gone, its signal not known
+        how = f"{was} killed" if signal_name else "ended unexpectedly"
+        what = f"{who} {how}, often the system's out-of-memory killer's doing; {lower}"
+    return f"{what}; a pretraining run that wrote a checkpoint goes on from it with --resume"
 
 
 # A write the storage refused wherever it came (a full disk mid-run, under metrics.jsonl or TensorBoard's
