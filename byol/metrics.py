@@ -1,5 +1,6 @@
 """A run's metrics: JSON lines, TensorBoard events and PNG plots, written by one process."""
 
+import importlib
 import json
 import math
 import re
@@ -171,11 +172,21 @@ def _natural(key: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key))
 
 
+class PlotsUnavailable(Exception):
+    """matplotlib cannot be imported (a dependency, but an install can break): no plots are drawn."""
+
+
 def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Path]:
     """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths. Drawn on
     figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is.
     One that cannot be written (a folder in its place, a full disk) keeps none of the others from
-    being written; the first such error is raised after them."""
+    being written; the first such error is raised after them. :class:`PlotsUnavailable` where
+    matplotlib cannot be imported."""
+    try:
+        for module in ("matplotlib.backends.backend_agg", "matplotlib.figure", "matplotlib.ticker"):  # the plots'
+            importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - a broken package fails to import in its own ways
+        raise PlotsUnavailable(f"matplotlib cannot be imported ({type(e).__name__}: {str(e):.200})") from None
     records = read_metrics(metrics_path)
     run = Path(metrics_path).parent
     out_dir = Path(out_dir or run)

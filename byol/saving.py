@@ -13,7 +13,7 @@ from .checkpoint import copy_atomically, save_checkpoint, saved_step
 from .config import Config
 from .faults import NonFiniteGuard
 from .files import write_failure
-from .metrics import plot_metrics
+from .metrics import PlotsUnavailable, plot_metrics
 from .model import BYOL
 from .run_folder import say
 from .train_data import TrainData
@@ -132,8 +132,8 @@ class Checkpoints:
                 self.plots_failed = True
                 say(f"note: the plots in {self.run_dir} could not be written ({write_failure(e)}); training goes "
                     "on, and they are drawn again at each checkpoint", progress)
-        except ImportError as e:  # a broken install; matplotlib is a dependency
+        except PlotsUnavailable as e:
             if not self.plots_failed:
                 self.plots_failed = True
-                say(f"note: matplotlib cannot be imported ({type(e).__name__}: {e}); no plots are drawn, and "
-                    "training goes on (the records are in metrics.jsonl)", progress)
+                say(f"note: {e}; no plots are drawn, and training goes on (the records are in metrics.jsonl)",
+                    progress)
