@@ -309,6 +309,13 @@ def _is_a_run(folder: str) -> bool:
     return holds_a_run(folder, names, names)
 
 
+def held_out_folder(root: Path) -> Optional[Path]:
+    """A folder's held-out split, which its kNN monitor and ``byol eval`` score on: ``ROOT/val``, else
+    ``ROOT/test``, beside ``ROOT/train``; None without both."""
+    held = root / "val" if (root / "val").is_dir() else root / "test"
+    return held if (root / "train").is_dir() and held.is_dir() else None
+
+
 def labeled_folders(root: Union[str, Path], size: int,
                     limit: Optional[int] = None) -> Optional[tuple[ImageFolder, ImageFolder]]:
     """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``): the labeled splits of a folder, not decoded.
@@ -324,8 +331,8 @@ def labeled_folders(root: Union[str, Path], size: int,
     root = Path(root).expanduser()
     if root.name == "train" and split_folder(root, "train") is None:
         root = root.parent
-    test_dir = root / "val" if (root / "val").is_dir() else root / "test"
-    if not ((root / "train").is_dir() and test_dir.is_dir()):
+    test_dir = held_out_folder(root)
+    if test_dir is None:
         return None
     train, test = ImageFolder(root / "train", size, labeled=True), ImageFolder(test_dir, size, labeled=True)
     if train.classes != test.classes:

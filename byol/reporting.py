@@ -15,6 +15,7 @@ from .build import end_step_of, schedule_of
 from .config import Config, TrainConfig
 from .errors import ByolError
 from .features import tqdm_bar
+from .folder import held_out_folder
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
@@ -218,18 +219,16 @@ def note_train_split(config: Config) -> None:
     monitor, but with ``train.knn_holdout``); a folder's too, pretrained on its held-out split."""
     d = config.data
     if d.dataset == "folder":
-        root = Path(d.root).expanduser()
-        held = "val" if (root / "val").is_dir() else "test"  # as byol.folder.labeled_folders takes it
-        if d.train_split == held and (root / "train").is_dir():  # (a user test: not said, as for CIFAR)
-            print(f"note: this run pretrains on {root / held}, the held-out split the kNN monitor and byol eval "
-                  "score on, so their accuracies will not measure images the encoder has not seen (the default "
+        held = held_out_folder(Path(d.root).expanduser())
+        if held is not None and d.train_split == held.name:  # (a user test: not said, as for CIFAR)
+            print(f"note: this run pretrains on {held}, the held-out split the kNN monitor and byol eval score on, "
+                  "so their accuracies will not measure images the encoder has not seen (the default "
                   "--data.train_split is train)", file=sys.stderr)
-        return
-    if d.dataset == "stl10" and d.train_split == "train":
+    elif d.dataset == "stl10" and d.train_split == "train":
         print("note: this run pretrains on STL-10's labeled train split alone; STL-10 is usually pretrained on "
               "train+unlabeled (in the full set 5,000 + 100,000 images), as --config stl10 does "
               "(--data.train_split=train+unlabeled)", file=sys.stderr)
-    elif d.dataset != "folder" and d.train_split == "test":
+    elif d.train_split == "test":
         who = "byol eval scores" if config.train.knn_holdout else "the kNN monitor and byol eval score"
         print(f"note: this run pretrains on {d.dataset}'s test split, the images that {who} on, so their "
               f"accuracies will not measure images the encoder has not seen (the default --data.train_split is "
