@@ -25,11 +25,9 @@ from byol.folder import ImageFolder, Skipped, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image
 from byol.scan import PackedNames
-from conftest import extract_jpegs
+from conftest import CIFAR10_JPG_TAR as JPG_TAR, SHARED_DATA as SHARED, extract_jpegs
 
-SHARED = Path(__file__).parents[2] / "shared" / "data"
 CIFAR_BIN = SHARED / "cifar10" / "cifar-10-batches-bin"
-JPG_TAR = SHARED / "cifar10-jpg" / "test.tar"
 needs_cifar = pytest.mark.skipif(not CIFAR_BIN.is_dir(), reason=f"real CIFAR-10 not found in {CIFAR_BIN}")
 needs_jpg = pytest.mark.skipif(not JPG_TAR.is_file(), reason=f"CIFAR-10 JPEG set not found at {JPG_TAR}")
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ import torch
 from torch import nn
 
 from byol.evaluate import CIFAR10_MEAN, CIFAR10_STD, extract_features, knn_accuracy, knn_classify, linear_probe
+from conftest import CIFAR10
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +18,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar-10-batches-bin"
+CIFAR = CIFAR10 / "cifar-10-batches-bin"
 
 
 def unit(deg):
