@@ -53,6 +53,19 @@ def test_mismatch_is_a_clear_error(tmp_path):
                             "0.weight (4, 3) vs (5, 3), 0.bias (4,) vs (5,))")
 
 
+def test_a_state_missing_keys_or_with_extra_ones_but_no_other_shape_is_refused(tmp_path):
+    """A mutation audit: loading with strict=False survived every test (each mismatch tested had a shape
+    differing too, which non-strict loading also refuses); a checkpoint without the predictor would have
+    left the model's own random one in place, without a word."""
+    model, opt = make()
+    state = model.state_dict()
+    fewer = {k: v for k, v in state.items() if k != "1.running_var"}
+    with pytest.raises(CheckpointError, match=r"1 of the model's keys missing there \(e.g. 1.running_var\)$"):
+        load_model_state(make()[0], fewer)
+    with pytest.raises(CheckpointError, match=r"1 keys the model does not have \(e.g. 2.weight\)$"):
+        load_model_state(make()[0], {**state, "2.weight": torch.ones(1)})
+
+
 def test_a_folder_given_as_the_checkpoint_names_the_checkpoint_in_it(tmp_path):
     """Given a run's checkpoints/ folder, the message suggested checkpoints/checkpoints/last.pt."""
     run = tmp_path / "run"

@@ -497,6 +497,48 @@ def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_cla
                             "is a sub-folder that holds images)")
 
 
+def test_train_beside_test_alone_is_the_split_also_beside_other_folders_and_val_is_preferred_to_test(tmp_path):
+    """A mutation audit: telling a split by a val/ beside it only (not a test/), and taking test/ before
+    val/ for the held-out split, each survived every test: ROOT/{train,test,extra}/ would have trained on
+    all of ROOT, its test images included, and a ROOT with both would have monitored (and tuned) on test/."""
+    for path in ("set/train/a/0.png", "set/train/b/0.png", "set/test/a/0.png", "set/test/b/0.png", "set/extra/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    root = tmp_path / "set"
+    assert Path(build_dataset("folder", root, "train", 8, False).root) == root / "train"
+    assert Path(labeled_folders(root, size=8)[1].root) == root / "test"
+    for path in ("set/val/a/0.png", "set/val/b/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    assert Path(labeled_folders(root, size=8)[1].root) == root / "val"
+
+
+def test_a_class_folder_taken_alone_holds_its_own_files_not_those_of_a_folder_whose_name_it_begins(tmp_path):
+    """A mutation audit: matching a class folder by the start of the files' names (dog/ and dogs/ alike)
+    survived every test; embed --split dog of a plain folder would have embedded dogs/ too."""
+    for path in ("dog/0.png", "dogs/1.png", "dogs/2.png", "dog_x.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    dog = ImageFolder(tmp_path, size=8, labeled="partial").inside("dog")
+    assert [os.path.relpath(p, tmp_path) for p in dog.paths] == [os.path.join("dog", "0.png")]
+    assert dog.labels.tolist() == [0]
+
+
+def test_the_list_of_skipped_files_a_resume_reads_back_names_the_files_written_to_it(tmp_path):
+    """A mutation audit: reading skipped_files.txt without undoing its escapes survived every test; a resumed
+    run would have held 'a\\nb.png' (backslash, n) for the file a<line break>b.png, so not known it bad,
+    and listed it twice, the second time escaped twice."""
+    (tmp_path / "images").mkdir()
+    for name in ("ok.png", "a\nb.png", "back\\slash.png", "tab\t.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+    folder = ImageFolder(tmp_path / "images", size=8)
+    folder.bad_files = {p: "UnidentifiedImageError: cannot identify image file" for p in folder.paths if "ok" not in p}
+    assert folder.write_skipped(tmp_path / "skipped_files.txt") == 3
+    resumed = ImageFolder(tmp_path / "images", size=8)
+    resumed.read_skipped(tmp_path / "skipped_files.txt")
+    assert resumed.bad_files == folder.bad_files and set(resumed.bad_files) <= set(resumed.paths)
+
+
 def test_a_class_folder_named_train_is_a_class_not_the_train_split(tmp_path):
     """veh/{train,val}/{bus,car,train}/ trained on veh/train, as the README has an ImageNet-style layout
     trained: every class is read (veh/train/train alone was, unlabeled), eval's splits are veh/train and

@@ -274,3 +274,42 @@ def test_export_scripts_a_layer_whose_attribute_has_the_id_of_a_function_torch_h
         table.pop(id(padding), None)
     images = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(scripted(images), net(images))
+
+
+def test_the_paths_of_an_embedded_folder_with_an_undecodable_file_are_those_of_its_rows(tmp_path):
+    """A mutation audit: naming row i by the folder's i-th file (not by the file the row is of) survived
+    every test, none of which embedded a folder with a file that does not decode: from the bad file on,
+    every row was named by the file before it."""
+    import torch
+    import torchvision
+    from PIL import Image
+    for i, (cls, shade) in enumerate([("a", 0), ("a", 60), ("b", 120), ("b", 180), ("b", 240)]):
+        (tmp_path / "images" / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 12), (shade, 255 - shade, shade // 2)).save(tmp_path / "images" / cls / f"{i}.png")
+    (tmp_path / "images" / "a" / "00_bad.png").write_bytes(b"not a png")  # the folder's second file
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    exports.embed(tmp_path / "r18.pt", tmp_path / "e.pt", overrides=[
+        "--data.dataset=folder", f"--data.root={tmp_path / 'images'}", "--data.image_size=8", "--data.workers=0",
+        "--train.precision=fp32"])
+    saved = torch.load(tmp_path / "e.pt", weights_only=True)
+    assert [p.removeprefix(str(tmp_path / "images") + "/") for p in saved["paths"]] == [
+        "a/0.png", "a/1.png", "b/2.png", "b/3.png", "b/4.png"]
+    assert saved["labels"].tolist() == [0, 0, 1, 1, 1]
+    alone = exports.embed(tmp_path / "r18.pt", tmp_path / "one.pt", overrides=[
+        "--data.dataset=folder", f"--data.root={tmp_path / 'images' / 'b'}", "--data.image_size=8",
+        "--data.workers=0", "--train.precision=fp32"])
+    # rows 2.. are b's files, as the paths say: b embedded alone gives them
+    torch.testing.assert_close(torch.load(alone, weights_only=True)["embeddings"], saved["embeddings"][2:])
+
+
+def test_split_test_of_a_root_with_val_and_test_is_test(tmp_path, capsys):
+    """A mutation audit: looking for val/ first whatever split was asked for survived every test; embed
+    --split test of ROOT/{train,val,test} would have embedded val/, with a note that there is no test/."""
+    from PIL import Image
+    for split in ("train", "val", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "cat" / "0.png")
+    for split in ("test", "val", None):
+        assert exports._find_split(tmp_path, split, 8, "train").root == str(tmp_path / (split or "val"))
+    assert "no test/ folder" not in capsys.readouterr().err

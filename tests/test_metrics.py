@@ -224,3 +224,21 @@ def test_a_plot_that_cannot_be_written_keeps_none_of_the_others_from_being_writt
     with pytest.raises(IsADirectoryError):
         plot_metrics(tmp_path / "metrics.jsonl")
     assert (tmp_path / "schedules.png").is_file()
+
+
+def test_a_resume_keeps_the_checkpoint_step_s_record_in_tensorboard_as_in_metrics_jsonl(tmp_path):
+    """A mutation audit: purging TensorBoard's events from the checkpoint's step on (not from the step
+    after it) survived every test: the record logged at the step a run resumed from was kept in
+    metrics.jsonl and dropped from TensorBoard's plots."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = MetricsLog(tmp_path)
+    for step in (2, 4, 6):  # a run that logged step 6 after its checkpoint at step 4, then died
+        first.log(step, loss=float(step))
+    first.close()
+    resumed = MetricsLog(tmp_path, resume_step=4)
+    resumed.log(6, loss=60.0)
+    resumed.close()
+    assert [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] \
+        == [(2, 2.0), (4, 4.0), (6, 60.0)]
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Scalars("loss")
+    assert [(e.step, e.value) for e in events] == [(2, 2.0), (4, 4.0), (6, 60.0)]

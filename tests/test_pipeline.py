@@ -200,6 +200,37 @@ def test_a_cifar_encoder_on_a_folder_takes_each_image_whole_at_32_but_for_sizes_
     assert (load_size(config), eval_crop(config)) == sizes
 
 
+def test_a_folder_s_features_are_of_the_center_crop_of_its_decoded_squares(tmp_path):
+    """A mutation audit: features of a folder computed on the whole decoded square (no eval crop) survived
+    every test, which checked the crop's size only (eval_crop, export.json), not what the encoder is fed."""
+    import numpy as np
+    from PIL import Image
+    from byol.config import load_config
+    from byol.features import center_crop
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path}", "--data.image_size=8",
+                                     "--data.load_size=12", "--data.workers=0", "--train.precision=fp32"])
+    folder = ImageFolder(tmp_path, size=12)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten())  # its width says the input's size: 2 x 6 x 6 for 8 x 8
+    feats, _, _ = pipeline.features(net, config, folder, torch.device("cpu"))
+    view1, _ = pipeline.views_of(config)
+    whole = load_folder_tensor(folder).images
+    torch.testing.assert_close(feats, extract_features(net, center_crop(whole, 8), mean=view1.mean, std=view1.std))
+
+
+def test_eval_limit_takes_as_many_images_of_the_held_out_split_as_of_the_train_split(cifar10_root):
+    """A mutation audit: --limit applied to the train split only survived every test; eval --limit 40 would
+    have scored all 10,000 test images (slowly), and said so."""
+    from byol.config import load_config
+    config = load_config("cifar10", [f"--data.root={cifar10_root}"])
+    for holdout in (0, 100):
+        train, test = pipeline.labeled_splits(config, limit=40, holdout=holdout)
+        assert (len(train), len(test)) == (40, 40)
+
+
 def test_a_bare_state_dict_is_loaded_as_the_resnet_its_keys_say_and_anything_else_is_one_sentence(tmp_path):
     """Without a config.yaml beside it, a torchvision resnet50's state_dict was read as the default
     resnet18 with a CIFAR stem (a long key mismatch); a file holding no state_dict said the same."""

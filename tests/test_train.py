@@ -1447,3 +1447,18 @@ def test_keep_checkpoints_keeps_the_newest_kept_epochs_only(tmp_path, cifar10_ro
         "epoch_0001_step5.pt", "epoch_0004.pt", "epoch_0005.pt", "last.pt"]
     with pytest.raises(ConfigError, match="train.keep_checkpoints"):
         load_config("cifar10-cpu", ["--train.keep_checkpoints=-1"])
+
+
+def test_a_resume_writes_a_missing_kept_epoch_only_from_a_last_pt_of_that_epoch_s_end(tmp_path):
+    """A mutation audit: writing the missing epoch_N.pt from a last.pt of any step of the epoch after N
+    (a stop mid-epoch) survived every test; it would have kept a checkpoint of a later step as epoch N's."""
+    config = load_config(None, ["--train.checkpoint_every=2", f"--train.out_dir={tmp_path}"])
+    data = types.SimpleNamespace(batches=range(4), size=64, folder=None, names_digest=None)  # 4 steps an epoch
+    saving = byol.saving.Checkpoints(None, None, None, config, None, data, tmp_path, 0, 1, torch.device("cpu"), "fp32")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"step")
+    for step in (0, 4, 9, 11, 12):  # epoch 0, epoch 1 (not kept), in epoch 2 (after 2's end), end of epoch 3
+        saving.write_missing_epoch(step)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
+    saving.write_missing_epoch(8)  # the end of epoch 2, a kept one
+    assert (tmp_path / "checkpoints" / "epoch_0002.pt").read_bytes() == b"step"
