@@ -757,13 +757,8 @@ def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_process(tmp_path, fault_table):
-    """A scheduler's cancel (SIGTERM) reaches every process of the job, the decoding processes too: one
-    that died of it made the run fail with a traceback ("DataLoader worker ... is killed by signal:
-    Terminated", a user test) before it could save. They leave it to the main process, which finishes
-    its step, saves and exits. (Ctrl-C's SIGINT to the group was handled before: torch's decoding
-    processes take it quietly.)"""
-    signum = signal.SIGTERM
+def _folder_run(tmp_path, **popen) -> tuple:
+    """(run folder, process) of a long folder run with two decoding processes, once it has logged a step."""
     from conftest import extract_jpegs
     root = extract_jpegs(tmp_path / "jpegs", per_class=20)
     run = tmp_path / "run"
@@ -771,9 +766,19 @@ def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_proces
     proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", "--data.dataset=folder", f"--data.root={root}",
                              "--data.image_size=32", *tiny_overrides(run, **{**SLOW_RUN, "train.epochs": 50,
                                                                             "data.workers": 2})],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # a process group of its own: the job
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
     _wait_for_step(run, proc)
+    return run, proc
+
+
+def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_process(tmp_path, fault_table):
+    """A scheduler's cancel (SIGTERM) reaches every process of the job, the decoding processes too: one
+    that died of it made the run fail with a traceback ("DataLoader worker ... is killed by signal:
+    Terminated", a user test) before it could save. They leave it to the main process, which finishes
+    its step, saves and exits. (Ctrl-C's SIGINT to the group was handled before: torch's decoding
+    processes take it quietly.)"""
+    signum = signal.SIGTERM
+    run, proc = _folder_run(tmp_path, start_new_session=True)  # a process group of its own: the job
     os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum and "Traceback" not in err and "continue with --resume" in err, err
@@ -785,15 +790,7 @@ def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_proces
 def test_a_decoding_process_killed_by_the_system_is_one_sentence(tmp_path, fault_table):
     """A user test: the out-of-memory killer's SIGKILL to a decoding process (one decoding a huge PNG) ended
     pretrain and embed with torch's traceback, raised by its SIGCHLD handler wherever the main process was."""
-    from conftest import extract_jpegs
-    root = extract_jpegs(tmp_path / "jpegs", per_class=20)
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", "--data.dataset=folder", f"--data.root={root}",
-                             "--data.image_size=32", *tiny_overrides(run, **{**SLOW_RUN, "train.epochs": 50,
-                                                                            "data.workers": 2})],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    _wait_for_step(run, proc)
+    _, proc = _folder_run(tmp_path)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()  # the decoding processes
     assert workers, "no decoding process found"
     os.kill(int(workers[0]), signal.SIGKILL)
