@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # about 45 s of subprocesses on a 2-core machine: in CI's second run, with -m slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--batch", "8", "--warmup", "1", "--repeats", "1", "--steps", "1", "--settle", "0",
         "--width", "8", "--head-width", "64", "--data", "random", "--threads", "1"]
