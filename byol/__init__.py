@@ -19,7 +19,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
     "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
     "ByolError": "errors", "ConfigError": "config_files", "DataError": "data", "CheckpointError": "checkpoint",
-    "OutputError": "pipeline",
+    "OutputError": "outputs",
 }
 __all__ = [
     "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .config_files import ConfigError
     from .data import DataError
     from .errors import ByolError
-    from .pipeline import OutputError
+    from .outputs import OutputError
     from .config import Config, load_config
     from .ema import build_target, update_target
     from .exports import embed, export

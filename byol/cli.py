@@ -40,7 +40,7 @@ def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
     """Write the result to ``out``, else to ``default``, where an earlier result (another run of
     the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ..."""
     from .files import write_text_atomically
-    from .pipeline import writing
+    from .outputs import writing
     path = Path(out) if out else default
     if _is_main_process():
         with writing(path):
@@ -80,7 +80,7 @@ def _keep_earlier(path: Path) -> Path:
 
 def _kept_name_writable(path: Path) -> None:
     """Before an evaluation: where ``path`` exists, keeping it takes a new file beside it."""
-    from .pipeline import check_writable
+    from .outputs import check_writable
     if path.is_file():  # the first free name is a new file: the probe checks that its folder takes one
         check_writable(next(p for p in _kept_names(path) if not p.exists()))
 
@@ -169,12 +169,12 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
 
 
 def _evaluate(args, overrides: list[str]) -> int:
-    from . import pipeline
+    from . import outputs, pipeline
     suffix = ("_random_init" if args.random_init else "") + ("_holdout" if args.holdout else "")
     default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
         if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
     if args.out or default:  # before the evaluation, which can take long
-        pipeline.check_writable(args.out or default, source=args.checkpoint)
+        outputs.check_writable(args.out or default, source=args.checkpoint)
         if not args.out:
             _kept_name_writable(default)
     bars = shows_bars_given(overrides)
@@ -192,7 +192,7 @@ def _evaluate(args, overrides: list[str]) -> int:
     title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
     try:
         path = _write_json(result, args.out, default)
-    except pipeline.OutputError:
+    except outputs.OutputError:
         _print_table(title, rows)  # the finished evaluation's numbers are not lost
         raise
     _print_table(title, rows + [("results", str(path))])

@@ -1,6 +1,6 @@
 """What byol raises for what it is given: a setting (:class:`~byol.config_files.ConfigError`), data
 (:class:`~byol.data.DataError`), a checkpoint (:class:`~byol.checkpoint.CheckpointError`) or an output
-(:class:`~byol.pipeline.OutputError`), each with one sentence saying what is wrong and what to do.
+(:class:`~byol.outputs.OutputError`), each with one sentence saying what is wrong and what to do.
 
 They share :class:`ByolError`, so that a loop over runs or checkpoints can tell bad input from a bug
 with one ``except byol.ByolError`` (the command line prints the sentence and exits with 2). Misuse of

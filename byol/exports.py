@@ -20,7 +20,8 @@ from .folder import ImageFolder, class_names, escape_name, split_folder
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
-from .pipeline import OutputError, check_counts, check_writable, features, image_root, load_split, note_unused, writing
+from .outputs import OutputError, check_writable, writing
+from .pipeline import check_counts, features, image_root, load_split, note_unused
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:

@@ -195,11 +195,11 @@ def test_eval_again_keeps_the_earlier_result_beside_the_new_one(trained, tmp_pat
     """A quick re-run (--limit) must not overwrite an hour's evaluation: the default JSON's earlier
     contents move to NAME.1.json, NAME.2.json, ... (the free name is probed before the evaluation,
     as keeping takes a new file); an explicit --out is overwritten as asked."""
-    import byol.pipeline
+    import byol.outputs
     from byol.cli import main
     probed = []
-    probe = byol.pipeline.check_writable
-    monkeypatch.setattr(byol.pipeline, "check_writable",
+    probe = byol.outputs.check_writable
+    monkeypatch.setattr(byol.outputs, "check_writable",
                         lambda path, **kw: probed.append(Path(path).name) or probe(path, **kw))
     run = tmp_path / "run"
     shutil.copytree(trained[0], run)

@@ -230,7 +230,7 @@ def test_embeddings_are_written_straight_into_their_file_and_a_full_disk_there_k
     their size); a disk that fills up in the middle leaves an earlier output's files as they were."""
     import errno
     import torch
-    from byol.pipeline import OutputError
+    from byol.outputs import OutputError
     out, rows = tmp_path / f"e{suffix}", torch.arange(40.0).view(10, 4)
     exports._save_embeddings(out, rows, torch.arange(10), ["a.png"] * 10, ["cat"], "float32")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}

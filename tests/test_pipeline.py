@@ -136,33 +136,6 @@ def test_features_show_progress_on_rank_0_only(monkeypatch, capsys):
         assert ("train features" in capsys.readouterr().err) == shown
 
 
-def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch):
-    existing = tmp_path / "r.json"
-    existing.write_text("keep")
-    pipeline.check_writable(existing)  # an existing file: opened to append, left as it was
-    assert existing.read_text() == "keep"
-    pipeline.check_writable("/dev/null")
-    pipeline.check_writable(tmp_path / "new" / "deeper" / "e.npy")  # folders to be made: nothing made now
-    assert not (tmp_path / "new").exists() and sorted(tmp_path.iterdir()) == [existing]
-    with pytest.raises(pipeline.OutputError, match="a folder is in the way"):
-        pipeline.check_writable(tmp_path)
-    with pytest.raises(pipeline.OutputError, match="a file is in the way"):
-        pipeline.check_writable(existing / "e.npy")
-    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 writes, so only it probes
-    pipeline.check_writable(existing / "e.npy")
-    monkeypatch.setenv("RANK", "0")
-    import errno
-    import tempfile
-
-    def no_new_files(*args, **kwargs):  # a folder that takes no new files (as root, permissions do not stop it)
-        raise PermissionError(errno.EACCES, "Permission denied", str(kwargs.get("dir")))
-
-    monkeypatch.setattr(tempfile, "TemporaryFile", no_new_files)
-    with pytest.raises(pipeline.OutputError, match="other.json: Permission denied"):
-        pipeline.check_writable(tmp_path / "other.json")  # named so, not as the probe's temporary file
-    pipeline.check_writable(existing)  # but a file there that can be written is fine
-
-
 def test_a_folder_is_evaluated_at_the_size_training_decoded_it_at(tmp_path):
     """Without data.load_size, a folder run decodes at 8/7 of image_size for training and its kNN
     monitor; eval, embed and export.json use that size too, so eval reproduces the monitor, and all

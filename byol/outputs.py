@@ -1,0 +1,104 @@
+"""Where a command writes its results: refused before the work where the file cannot be written or
+would replace what a run or an export wrote, and one sentence (:class:`OutputError`) where a write fails.
+"""
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from . import distributed as dist
+from .checkpoint import is_torchscript, saved_step
+from .errors import ByolError
+from .files import write_failed, write_failure, written_for
+from .run_folder import RUN_FILES
+
+
+class OutputError(ByolError):
+    """An output that cannot be written (a read-only place, a folder where a file goes, ...)."""
+
+
+@contextmanager
+def writing(path: Union[str, Path]):
+    """Turn an ``OSError`` while writing ``path`` into an :class:`OutputError` naming the file and why."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not write_failed(e):
+            raise
+        where = written_for(getattr(e, "filename", None) or path)  # not the temporary beside it
+        raise OutputError(f"cannot write {where}: {write_failure(e)}; choose another --out") from None
+
+
+def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None,
+                   replace_models: bool = False) -> None:
+    """Fail before the work, not after it, where the file ``path`` cannot be written: a folder in
+    its place, a file where a folder of its path goes, a file that cannot be opened for writing, or
+    a place that takes no new files (probed with a temporary file in the nearest folder that
+    exists; nothing is created for good), or the file ``source`` that the work reads; or where it would
+    replace a run's file or a checkpoint, or, unless ``replace_models`` (export, which checks its folder itself),
+    a model's weights. Only in the process that writes: rank 0 under torchrun (told by ``RANK``, as the
+    process group may not exist yet)."""
+    import errno
+    import tempfile
+    if dist.launch_rank() != 0:
+        return
+    path = Path(path).absolute()
+    if source is not None and path.is_file() and Path(source).is_file() and path.samefile(source):
+        raise OutputError(f"{path} is the checkpoint being read; choose another --out")
+    if path.is_file():
+        _refuse_a_runs_file(path, replace_models)
+    with writing(path):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if path.exists():  # a file (or /dev/null): opened to append, nothing written, nothing changed
+            with open(path, "ab"):
+                return
+        place = path.parent
+        while not place.exists():
+            place = place.parent
+        if not place.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(place))
+        try:
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        except OSError as e:  # named as the file asked for, not as the probe's random name
+            raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _refuse_a_runs_file(path: Path, replace_models: bool = False) -> None:
+    """Refuse to replace what a pretraining run wrote: a training checkpoint, wherever it lies, or a
+    run folder's own files (its config, logs and plots, beside its ``checkpoints/``); and, unless
+    ``replace_models``, a model's weights or a TorchScript module (:func:`_model_in`)."""
+    if path.name in RUN_FILES and (path.parent / "checkpoints").is_dir():
+        raise OutputError(f"{path} is a run's {path.name}, which this would replace; choose another --out")
+    if saved_step(path) is not None:  # (None at once for a file torch.save did not write: no zip to map)
+        raise OutputError(f"{path} is a training checkpoint, which this would replace; choose another --out")
+    held = None if replace_models else _model_in(path)
+    if held is not None:
+        raise OutputError(f"{path} holds {held}, which this would replace; choose another --out")
+
+
+def _model_in(path: Path) -> Optional[str]:
+    """What ``path`` holds where torch wrote it: a TorchScript module, or a ``state_dict`` (an exported
+    encoder.pt, a user's own weights) or anything else ``torch.save`` wrote; None for other files and for
+    an earlier ``embed``'s ``.pt``, which a new one may replace (a user test lost an exported encoder to
+    ``byol embed --out DIR/encoder.pt``). torch.save's legacy format (before torch 1.6) is not told apart."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if is_torchscript(names):
+        return "a TorchScript module"
+    if not any(n.endswith("/data.pkl") for n in names):
+        return None  # a zip of something else
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a whole pickled model (not loadable as weights alone), or torn
+        return "what torch.save wrote"
+    if isinstance(saved, dict) and "embeddings" in saved:
+        return None
+    return "a model's weights (written by torch.save)" if isinstance(saved, dict) else "what torch.save wrote"
