@@ -5,6 +5,7 @@ own resolution; "folder" is an :class:`~byol.folder.ImageFolder` (``folder.py``)
 :func:`build_dataset` picks one by its name in :data:`DATASETS`.
 """
 
+import functools
 import itertools
 import os
 import pickle
@@ -16,11 +17,17 @@ import torch
 
 from .files import remove_empty_folders, topmost_missing
 from .data import DataError, ImageSet
+from .distributed import note
 from .folder import ImageFolder, split_folder
 from .images import image_extensions
 
 DATASETS = ("cifar10", "cifar100", "stl10", "folder")
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}  # the side of each data set's own images
+CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
+# the images of each split in the official files (CIFAR-10's train split: 5 files of 10,000)
+OFFICIAL_SIZE = {("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000, ("cifar100", "train"): 50_000,
+                 ("cifar100", "test"): 10_000, ("stl10", "train"): 5_000, ("stl10", "test"): 8_000,
+                 ("stl10", "unlabeled"): 100_000}
 
 
 class FilesNotFound(DataError):
@@ -89,12 +96,41 @@ def _read_names(path: Path) -> Optional[list[str]]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def _checked_names(names: Optional[list[str]], path: Path, name: str) -> Optional[list[str]]:
+    """``names``, read from ``path``, where they are as many as ``name``'s classes: another list (CIFAR-100's
+    20 coarse names, another data set's) would name the labels wrongly in embed's classes file, unsaid."""
+    if names is not None and len(names) != CLASSES[name]:
+        raise DataError(f"{path} names {len(names)} classes, not {name}'s {CLASSES[name]}: it is not this data "
+                        f"set's list of class names; put the official file there, or remove it (the classes "
+                        f"then go unnamed)")
+    return names
+
+
 def _record_count(path: Path, record: int, what: str) -> int:
     nbytes = path.stat().st_size
     if nbytes == 0 or nbytes % record:
         raise DataError(f"{path} is not a {what} file: its size, {nbytes} bytes, is not a multiple "
                         f"of {record}-byte records; download it again")
     return nbytes // record
+
+
+def _note_short_files(name: str, split: str, folder: Path, files: list[str], counts: list[int]) -> None:
+    """Say which of a split's files hold another number of images than the official ones: one cut short
+    at a whole record (a copy or an unpacking stopped there) loses the images after it without an error."""
+    official = OFFICIAL_SIZE[name, split] // len(files)
+    other = [f"{f} holds {n:,}" for f, n in zip(files, counts) if n != official]
+    if other:
+        each = "s hold" if len(files) > 1 else " holds"
+        _note_once(f"in {folder}, {', '.join(other)} images, where the official {name} {split} file{each} "
+                   f"{official:,}{' each' * (len(files) > 1)}: a file cut short at a whole image (an interrupted "
+                   f"download, copy or unpacking) loses the images after it without an error; download {name} "
+                   "again, unless these are files you made")
+
+
+@functools.lru_cache(maxsize=None)
+def _note_once(message: str) -> None:
+    """A note said once a process: a run reads its training split twice (to train, and as the kNN bank)."""
+    note(message)
 
 
 # ----------------------------------------------------------------------------------- CIFAR
@@ -164,6 +200,8 @@ def _read_cifar_binary(folder: Path, name: str, split: str) -> ImageSet:
     n_label = 1 if name == "cifar10" else 2  # CIFAR-100 records start with coarse, fine
     record = n_label + 3 * 32 * 32
     counts = [_record_count(folder / f, record, f"{name} binary") for f in files[split]]
+    _note_short_files(name, split, folder, files[split], counts)
+    classes = _checked_names(_read_names(folder / names_file), folder / names_file, name)
     images = np.empty((sum(counts), 3, 32, 32), np.uint8)
     labels = np.empty(sum(counts), np.int64)
     start = 0
@@ -173,7 +211,7 @@ def _read_cifar_binary(folder: Path, name: str, split: str) -> ImageSet:
         images[start:start + n] = raw[:, n_label:].reshape(n, 3, 32, 32)
         start += n
         del raw
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), _read_names(folder / names_file))
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
 
 
 class _NumpyUnpickler(pickle.Unpickler):
@@ -217,17 +255,23 @@ def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
     _, files, meta_file, label_key, names_key = _CIFAR_PICKLE[name]
     parts = [_load_pickle(folder / f) for f in files[split]]
     try:
-        images = np.concatenate([_pickle_images(p["data"], folder / f) for p, f in zip(parts, files[split])])
+        arrays = [_pickle_images(p["data"], folder / f) for p, f in zip(parts, files[split])]
+        images = np.concatenate(arrays)
         labels = np.concatenate([np.asarray(p[label_key], np.int64) for p in parts])
     except (KeyError, ValueError) as e:
         raise DataError(f"the {name} files in {folder} lack data or {label_key} ({e}); "
                         f"download them again") from e
     if len(images) != len(labels):
         raise DataError(f"the {name} files in {folder} hold {len(images)} images but {len(labels)} labels")
+    _note_short_files(name, split, folder, files[split], [len(a) for a in arrays])
     classes = None
     if (folder / meta_file).is_file():
         raw = _load_pickle(folder / meta_file).get(names_key)
-        classes = None if raw is None else [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+        if raw is None:
+            raise DataError(f"{folder / meta_file} has no {names_key}: it is not {name}'s {meta_file} file; put the "
+                            "official one there, or remove it (the classes then go unnamed)")
+        classes = _checked_names([n.decode() if isinstance(n, bytes) else str(n) for n in raw],
+                                 folder / meta_file, name)
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
 
 
@@ -258,6 +302,8 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
     if folder is None:
         raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}", root)
     counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "STL-10 image") for p in parts]
+    for p, n in zip(parts, counts):
+        _note_short_files("stl10", p, folder, [f"{p}_X.bin"], [n])
     images = torch.empty((sum(counts), 3, 96, 96), dtype=torch.uint8)
     labels = torch.full((sum(counts),), -1, dtype=torch.int64)
     start = 0
@@ -269,11 +315,15 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
         del stored
         if p != "unlabeled":
             y = np.fromfile(folder / f"{p}_y.bin", np.uint8)
-            if len(y) != n or y.min() < 1 or y.max() > 10:
-                raise DataError(f"{folder}/{p}_y.bin does not hold {n} labels in 1..10; download it again")
+            if len(y) != n:  # either file may be the one cut short
+                raise DataError(f"{folder}/{p}_X.bin holds {n:,} images but {p}_y.bin {len(y):,} labels: one of "
+                                "them is cut short or not STL-10's; download it again")
+            if y.min() < 1 or y.max() > 10:
+                raise DataError(f"{folder}/{p}_y.bin holds labels outside 1..10, not STL-10's; download it again")
             labels[start:start + n] = torch.from_numpy(y.astype(np.int64) - 1)
         start += n
-    return ImageSet(images, labels, _read_names(folder / "class_names.txt"))
+    return ImageSet(images, labels, _checked_names(_read_names(folder / "class_names.txt"),
+                                                   folder / "class_names.txt", "stl10"))
 
 
 def build_dataset(name: str, root: Union[str, Path], split: str, size: Optional[int],

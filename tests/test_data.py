@@ -158,6 +158,78 @@ def test_truncated_binary_file(tmp_path):
         load_cifar(tmp_path, "cifar10", "test")
 
 
+def _cifar100_binary(folder: Path, n: int) -> np.ndarray:
+    """A CIFAR-100 binary train.bin and test.bin of ``n`` records each (coarse, fine, 3072 pixels); the records."""
+    images, coarse, fine = _synthetic_cifar100(n, seed=0)
+    records = np.concatenate([coarse[:, None], fine[:, None], images.reshape(n, -1)], axis=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        records.tofile(folder / f"{split}.bin")
+    return records
+
+
+def test_a_file_cut_short_at_a_whole_image_is_said_not_read_as_a_smaller_set(tmp_path, monkeypatch, capsys):
+    """A user test: a CIFAR-100 train.bin cut after 49 of its 50 records (a copy or an unpacking stopped at a
+    record's end) trained on 49 images without a word; only a cut inside a record was an error. The files'
+    sizes are compared with the official ones' (here made 50 a file, as writing 50,000 records would take long)."""
+    import byol.datasets
+    for split in ("train", "test"):
+        monkeypatch.setitem(byol.datasets.OFFICIAL_SIZE, ("cifar100", split), 50)
+    monkeypatch.setitem(byol.datasets.OFFICIAL_SIZE, ("cifar10", "train"), 5 * 10)
+    monkeypatch.setitem(byol.datasets.OFFICIAL_SIZE, ("stl10", "unlabeled"), 30)
+    folder = tmp_path / "cifar-100-binary"
+    records = _cifar100_binary(folder, 50)
+    assert len(load_cifar(tmp_path, "cifar100", "train")) == 50 and capsys.readouterr().err == ""  # whole: quiet
+    records[:49].tofile(folder / "train.bin")
+    for _ in range(2):  # a run reads its training split twice (to train, and as the kNN bank): said once
+        assert len(load_cifar(tmp_path, "cifar100", "train")) == 49
+    err = capsys.readouterr().err
+    assert err.count("note: ") == 1 and f"note: in {folder}, train.bin holds 49 images, where the official cifar100 " \
+        "train file holds 50: a file cut short at a whole image" in err, err
+    assert len(load_cifar(tmp_path, "cifar100", "test")) == 50 and capsys.readouterr().err == ""
+    python = tmp_path / "cifar-10-batches-py"  # the python layout: the file that is short is named
+    for b in range(1, 6):
+        _write_pickle(python / f"data_batch_{b}", {b"data": np.zeros((9 if b == 3 else 10, 3072), np.uint8),
+                                                   b"labels": [0] * (9 if b == 3 else 10)})
+    assert len(load_cifar(tmp_path, "cifar10", "train")) == 49
+    assert f"note: in {python}, data_batch_3 holds 9 images, where the official cifar10 train files hold 10 each" \
+        in capsys.readouterr().err
+    stl = tmp_path / "stl10_binary"
+    stl.mkdir()
+    np.zeros((29, 3, 96, 96), np.uint8).tofile(stl / "unlabeled_X.bin")
+    assert len(load_stl10(tmp_path, "unlabeled")) == 29
+    assert f"note: in {stl}, unlabeled_X.bin holds 29 images, where the official stl10 unlabeled file holds 30" \
+        in capsys.readouterr().err
+
+
+def test_class_names_that_are_not_the_data_sets_are_refused_not_written_beside_its_labels(tmp_path):
+    """A user test: CIFAR-100's 20 coarse names in fine_label_names.txt, CIFAR-10's batches.meta as
+    CIFAR-100's meta, an STL-10 class_names.txt of 9 lines: all loaded, and embed wrote a classes file
+    whose line i was not label i's name (or none, unsaid)."""
+    folder = tmp_path / "bin" / "cifar-100-binary"
+    _cifar100_binary(folder, 3)
+    assert load_cifar(folder, "cifar100", "test").classes is None  # no names file: no names
+    (folder / "fine_label_names.txt").write_text("\n".join(f"coarse{i}" for i in range(20)) + "\n")
+    with pytest.raises(DataError, match=r"fine_label_names.txt names 20 classes, not cifar100's 100: it is not"):
+        load_cifar(folder, "cifar100", "test")
+    python = tmp_path / "py" / "cifar-100-python"
+    _write_pickle(python / "test", {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 99],
+                                    b"coarse_labels": [0, 19]})
+    _write_pickle(python / "meta", {b"label_names": [b"airplane"] * 10})  # CIFAR-10's batches.meta
+    with pytest.raises(DataError, match=r"cifar-100-python/meta has no fine_label_names: it is not cifar100's meta"):
+        load_cifar(python, "cifar100", "test")
+    _write_pickle(python / "meta", {b"fine_label_names": [b"apple"] * 99})
+    with pytest.raises(DataError, match="meta names 99 classes, not cifar100's 100"):
+        load_cifar(python, "cifar100", "test")
+    stl = tmp_path / "stl10_binary"
+    stl.mkdir()
+    np.zeros((2, 3, 96, 96), np.uint8).tofile(stl / "train_X.bin")
+    np.array([1, 10], np.uint8).tofile(stl / "train_y.bin")
+    (stl / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(9)) + "\n")
+    with pytest.raises(DataError, match="class_names.txt names 9 classes, not stl10's 10"):
+        load_stl10(tmp_path, "train")
+
+
 # ----------------------------------------------------------------------------------- STL-10
 
 def test_stl10_transpose_labels_and_splits(tmp_path):
@@ -186,6 +258,20 @@ def test_stl10_transpose_labels_and_splits(tmp_path):
     assert both.labels.tolist() == [0, 9, 3, -1, -1]
     with pytest.raises(DataError, match="test_X.bin"):
         load_stl10(tmp_path, "test")
+
+
+def test_stl10_images_and_labels_of_different_counts_name_both_files(tmp_path):
+    """A user test: train_X.bin cut after 19 of 20 images was said as "train_y.bin does not hold 19
+    labels in 1..10": the file named was the whole one, the labels were in 1..10."""
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    np.zeros((2, 3, 96, 96), np.uint8).tofile(folder / "train_X.bin")
+    np.array([1, 2, 3], np.uint8).tofile(folder / "train_y.bin")
+    with pytest.raises(DataError, match=r"train_X.bin holds 2 images but train_y.bin 3 labels: one of them is cut"):
+        load_stl10(tmp_path, "train")
+    np.array([0, 2], np.uint8).tofile(folder / "train_y.bin")  # 0..9, as some conversions write them
+    with pytest.raises(DataError, match=r"train_y.bin holds labels outside 1..10, not STL-10's"):
+        load_stl10(tmp_path, "train")
 
 
 # ----------------------------------------------------------------------------------- missing / download
