@@ -9,6 +9,7 @@ import functools
 import itertools
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,13 +35,37 @@ class FilesNotFound(DataError):
     """A data set's files are not where ``data.root`` says: ``what`` names them and the folder, and
     the message adds how to fix it (a caller with other advice uses ``what``)."""
 
-    def __init__(self, what: str, root: Optional[Path] = None):
-        if root is not None and holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
-            what += "; it holds image files: for a folder of your own images, set --data.dataset=folder"
+    def __init__(self, what: str, root: Optional[Path] = None, name: Optional[str] = None):
+        said = None if root is None else _what_is_there(root, name)
+        if said is not None:  # why they are not there, and what to do instead
+            what += f"; {said}"
             super().__init__(what)
         else:
             super().__init__(f"{what}; put the files there, or pass --download when online")
         self.what = what
+
+
+def _what_is_there(root: Path, name: Optional[str]) -> Optional[str]:
+    """What in ``root`` explains why data set ``name``'s files are not found there (a user test: each was
+    said only as the files expected): no such folder; another data set's files, for which ``--download``
+    would fetch the wrong one; its archive, not unpacked; a folder of one's own images. None for none."""
+    if not root.exists():
+        return f"{root} does not exist: check the path, or pass --download when online to fetch the files there"
+    layouts = {folder: other for table in (_CIFAR_BINARY, _CIFAR_PICKLE) for other, (folder, *_) in table.items()}
+    layouts[_STL_DIR] = "stl10"
+    for folder, other in layouts.items():
+        if other != name and (root.name == folder or (root / folder).is_dir()):
+            return f"it holds {folder}, {other}'s files: for them, set --data.dataset={other}"
+    try:
+        archives = sorted(p.name for p in root.iterdir() if p.is_file() and ARCHIVE.fullmatch(p.name.lower()))
+    except OSError:
+        archives = []
+    if archives:
+        return (f"it holds {', '.join(archives)}, not unpacked: unpack it there (tar -xzf {archives[0]}, in "
+                f"{root}), and run the command again")
+    if holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
+        return "it holds image files: for a folder of your own images, set --data.dataset=folder"
+    return None
 
 
 def holds_images(root: Path, limit: int = 100, max_folders: int = 50) -> bool:
@@ -63,6 +88,9 @@ def holds_images(root: Path, limit: int = 100, max_folders: int = 50) -> bool:
 
 
 # ----------------------------------------------------------------------------------- files
+
+# the official archives' names (and a copy's: cifar-10-python (1).tar.gz), as found beside where they unpack
+ARCHIVE = re.compile(r"(cifar-10|cifar-100|stl10)[-_](python|binary)\b.*\.(tar\.gz|tgz|tar)")
 
 def _find_layout(root: Path, folder: str, files: list[str]) -> Optional[Path]:
     """``root/folder`` or ``root`` itself, whichever holds all ``files``."""
@@ -176,11 +204,11 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
     if found is None:
         (bin_dir, bin_files, _), (py_dir, py_files, *_) = _CIFAR_BINARY[name], _CIFAR_PICKLE[name]
         raise FilesNotFound(f"{name} {split} files not found: expected {_describe(bin_dir, bin_files[split])} "
-                            f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}", root)
+                            f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}", root, name)
     kind, folder = found
     read = _read_cifar_binary if kind == "binary" else _read_cifar_pickle
     data = read(folder, name, split)
-    classes = 10 if name == "cifar10" else 100
+    classes = CLASSES[name]
     if len(data.labels) and not 0 <= int(data.labels.min()) <= int(data.labels.max()) < classes:
         raise DataError(f"the {name} {split} files in {folder} have labels outside 0..{classes - 1}: they are "
                         "damaged or not CIFAR's; download them again")
@@ -300,7 +328,8 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
         _download(_STL_URL[0], root, _STL_URL[1])
         folder = _find_layout(root, _STL_DIR, files)
     if folder is None:
-        raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}", root)
+        raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}", root,
+                            "stl10")
     counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "STL-10 image") for p in parts]
     for p, n in zip(parts, counts):
         _note_short_files("stl10", p, folder, [f"{p}_X.bin"], [n])

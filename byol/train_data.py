@@ -15,7 +15,7 @@ import torch
 from .build import load_size
 from .config import Config, ConfigError, DataConfig
 from .data import DataError, ImageSet, TensorBatches, data_home
-from .datasets import NATIVE_SIZE, build_dataset
+from .datasets import NATIVE_SIZE, FilesNotFound, build_dataset
 from .folder import ImageFolder, labeled_folders, split_folder
 from .loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 
@@ -199,11 +199,15 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
     d, t = config.data, config.train
     size = load_size(config)
     if d.dataset in ("cifar10", "cifar100", "stl10"):
-        knn_train = build_dataset(d.dataset, d.root, "train", size, False)
-        if t.knn_holdout:
-            knn_train, knn_test = held_out(knn_train, t.knn_holdout)
-        else:
-            knn_test = build_dataset(d.dataset, d.root, "test", size, False)
+        try:
+            knn_train = build_dataset(d.dataset, d.root, "train", size, False)
+            if t.knn_holdout:
+                knn_train, knn_test = held_out(knn_train, t.knn_holdout)
+            else:
+                knn_test = build_dataset(d.dataset, d.root, "test", size, False)
+        except FilesNotFound as e:  # (pretraining on STL-10's unlabeled split alone, say: a user test)
+            raise DataError(f"{e.what}; the kNN monitor scores the labeled train and test splits: put them there, "
+                            "or turn the monitor off with --train.knn_every=-1") from None
         if t.knn_limit:
             knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
         return knn_train, knn_test, None, "held-out train" if t.knn_holdout else "test", None

@@ -290,6 +290,29 @@ def test_missing_files_say_what_and_where(tmp_path):
         load_cifar(tmp_path, "cifar10", "val")
 
 
+def test_files_not_found_say_what_is_there_instead(tmp_path):
+    """A user test: each of these was said only as the files expected where, and for another data set's
+    files with advice (--download) that would fetch the wrong one."""
+    with pytest.raises(DataError, match=f"in {tmp_path / 'nope'}; {tmp_path / 'nope'} does not exist: check the path"):
+        load_cifar(tmp_path / "nope", "cifar10", "train")
+    _cifar100_binary(tmp_path / "cifar-100-binary", 2)
+    for root in (tmp_path, tmp_path / "cifar-100-binary"):  # the folder holding the layout, or the layout
+        with pytest.raises(DataError, match="it holds cifar-100-binary, cifar100's files: for them, set "
+                                            "--data.dataset=cifar100$"):
+            load_cifar(root, "cifar10", "test")
+    with pytest.raises(DataError, match="it holds cifar-100-binary, cifar100's files: .*=cifar100$"):
+        load_stl10(tmp_path, "train")
+    (tmp_path / "cifar-100-binary" / "test.bin").unlink()  # its own files, one missing: nothing else to say
+    with pytest.raises(DataError, match=r"cifar-100-python/test \(python\) in \S+; put the files there, or pass"):
+        load_cifar(tmp_path, "cifar100", "test")
+    archive = tmp_path / "packed"
+    archive.mkdir()
+    (archive / "stl10_binary.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(DataError, match=r"it holds stl10_binary.tar.gz, not unpacked: unpack it there \(tar -xzf "
+                                        r"stl10_binary.tar.gz, in \S+packed\)"):
+        load_stl10(archive, "unlabeled")
+
+
 def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tvu
 

@@ -146,3 +146,18 @@ def test_cpu_0_is_the_cpu(tmp_path, capsys):
     config = load_config("cifar10", [f"--data.root={tmp_path}", "--data.train_split=test", "--train.batch_size=2"])
     train_data._training_split(config, resolve_device("cpu:0"), 0, 1)
     assert "host memory" not in capsys.readouterr().err
+
+
+def test_a_kNN_monitor_without_the_labeled_splits_says_how_to_turn_it_off(tmp_path):
+    """A user test: pretraining on STL-10's unlabeled split alone, where the labeled ones are not, failed
+    with "stl10 train files not found" and no word of the kNN monitor, which is what read them."""
+    from byol.config import load_config
+    from byol.data import DataError
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    np.zeros((2, 3, 96, 96), np.uint8).tofile(folder / "unlabeled_X.bin")
+    config = load_config("stl10", [f"--data.root={tmp_path}", "--data.train_split=unlabeled"])
+    with pytest.raises(DataError, match=r"stl10 train files not found: .*; the kNN monitor scores the labeled train "
+                                        r"and test splits: put them there, or turn the monitor off with "
+                                        r"--train.knn_every=-1$"):
+        train_data._knn_splits(config, torch.device("cpu"), 0, 1, None)
