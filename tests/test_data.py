@@ -64,9 +64,28 @@ def test_cifar10_binary_real(cifar_train, cifar_test):
     assert torch.equal(again.images, cifar_test.images) and torch.equal(again.labels, cifar_test.labels)
 
 
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes and str as Python 2's str (SHORT_BINSTRING, BINSTRING), as the official files' cPickle
+    did, keys and the arrays' data alike (Python 3's protocol 2 writes bytes through _codecs.encode)."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_str(self, obj):
+        b = obj.encode("latin1") if isinstance(obj, str) else obj
+        self.write(pickle.SHORT_BINSTRING + bytes([len(b)]) if len(b) < 256 else
+                   pickle.BINSTRING + len(b).to_bytes(4, "little"))
+        self.write(b)
+        self.memoize(obj)
+
+    dispatch[bytes] = dispatch[str] = save_python2_str
+
+
 def _write_pickle(path: Path, obj) -> None:
+    """``obj`` pickled as the official CIFAR python files are: protocol 2, by Python 2."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(obj, protocol=2))  # protocol 2, bytes keys: like the official files
+    f = io.BytesIO()
+    _Python2Pickler(f, protocol=2).dump(obj)
+    assert b"_codecs" not in f.getvalue()
+    path.write_bytes(f.getvalue())
 
 
 @needs_cifar
