@@ -333,9 +333,10 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 class _Terminated(BaseException):
-    """SIGTERM (a scheduler's cancel or preemption) or SIGHUP (the terminal closed) outside the training
-    loop, whose own handler finishes the step and saves: a BaseException, as KeyboardInterrupt, so that
-    what a start wrote is undone on its way out (:class:`~byol.run_folder.RunFolder`)."""
+    """SIGTERM (a scheduler's cancel or preemption), SIGHUP (the terminal closed), or SIGUSR1 or SIGUSR2 (a
+    scheduler's warning of the time limit: Slurm's ``--signal``) outside the training loop, whose own
+    handler finishes the step and saves: a BaseException, as KeyboardInterrupt, so that what a start wrote
+    is undone on its way out (:class:`~byol.run_folder.RunFolder`)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -343,7 +344,8 @@ class _Terminated(BaseException):
 
 
 # What ends a command with a line and 128 + its number; SIGINT is Python's KeyboardInterrupt.
-_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                        if hasattr(signal, name))
 
 
 def _terminated_handler(main_pid: int):
@@ -360,8 +362,9 @@ def _terminated_handler(main_pid: int):
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: user mistakes become one sentence on stderr and exit code 2, never a traceback;
-    SIGINT, SIGTERM and SIGHUP a line and exit codes 130, 143 and 129. What is printed may go
-    nowhere (a closed pipe or terminal: :mod:`byol.streams`), which does not stop the command."""
+    SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 a line and exit codes 130, 143, 129, 138 and 140 (on
+    Linux: 128 + the signal's number). What is printed may go nowhere (a closed pipe or terminal:
+    :mod:`byol.streams`), which does not stop the command."""
     previous = {}
     for s in _ENDING_SIGNALS:
         if hangup_ignored(s):

@@ -115,15 +115,18 @@ class Stopped(BaseException):
 
 
 class StopRequest:
-    """Turns SIGTERM, SIGINT and SIGHUP (a closed terminal or ssh session; not where it is ignored, as
-    under nohup) into a flag that the loop checks after each step.
+    """Turns SIGTERM, SIGINT, SIGHUP (a closed terminal or ssh session; not where it is ignored, as
+    under nohup), SIGUSR1 and SIGUSR2 (a scheduler's warning that the time limit is near: Slurm's
+    ``--signal=USR1@60``, which would otherwise end the process at once, unsaved) into a flag that the
+    loop checks after each step.
 
     The loop then finishes the step, writes a checkpoint and exits; a second SIGINT
     interrupts at once (KeyboardInterrupt). Within :meth:`interrupting`, a signal raises
     :class:`Stopped` at once instead. Handlers are restored on exit.
     """
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                    if hasattr(signal, name))
 
     def __init__(self):
         self.signum: Optional[int] = None

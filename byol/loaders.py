@@ -43,12 +43,13 @@ def usable_cores() -> int:
 
 
 def _start_decoding_process(worker_id: int) -> None:
-    """A decoding process ignores SIGTERM, SIGINT and SIGHUP: a scheduler's cancel (SIGTERM), a terminal's
-    Ctrl-C (SIGINT) and its closing (SIGHUP) go to every process of the job, and a decoding process that
-    died of one failed the main process ("DataLoader worker ... is killed by signal") before it could
-    finish its step and save. The main process stops the run and then ends its decoding processes;
-    should it die, torch's watchdog in each ends it. And it hands freed memory back to the system,
-    which the training process forked from keeps (:func:`~byol.allocator.give_back_freed_memory`)."""
+    """A decoding process ignores SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2: a scheduler's cancel (SIGTERM)
+    or warning of its time limit (SIGUSR1, SIGUSR2), a terminal's Ctrl-C (SIGINT) and its closing (SIGHUP) go
+    to every process of the job, and a decoding process that died of one failed the main process
+    ("DataLoader worker ... is killed by signal") before it could finish its step and save. The main process
+    stops the run and then ends its decoding processes; should it die, torch's watchdog in each ends it.
+    And it hands freed memory back to the system, which the training process forked from keeps
+    (:func:`~byol.allocator.give_back_freed_memory`)."""
     for s in StopRequest.SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     give_back_freed_memory()

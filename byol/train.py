@@ -208,10 +208,10 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
 def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: Report, checkpoints: Checkpoints,
                  knn: Optional[Callable[[], dict]], folder: Optional[RunFolder], results: dict, step: int,
                  end_step: int, device: torch.device, rank: int, world: int) -> int:
-    """Train from ``step`` to ``end_step`` or a stop (SIGINT, SIGTERM, SIGHUP: ``results["stopped_by"]``),
-    each epoch's end (:func:`_epoch_end`) after its last step; return the step reached. The bar and the
-    data's loaders are closed on the way out, and an error after a step has finished draws the plots
-    of what was logged first."""
+    """Train from ``step`` to ``end_step`` or a stop (SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2:
+    ``results["stopped_by"]``), each epoch's end (:func:`_epoch_end`) after its last step; return the step
+    reached. The bar and the data's loaders are closed on the way out, and an error after a step has
+    finished draws the plots of what was logged first."""
     t, clock, progress, steps_per_epoch = config.train, report.clock, report.progress, report.steps_per_epoch
     first_step = step
     stream = step_images(data, step, steps_per_epoch, t.batch_size // world)

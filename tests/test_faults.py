@@ -696,6 +696,56 @@ def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatc
                 "the start made is removed")
 
 
+@pytest.fixture
+def survived(request):
+    """The signal given as ``request.param`` caught by a handler of the test's, which records it: where byol
+    leaves it alone, it would otherwise end the test process (Python's default, as for SIGUSR1)."""
+    caught: list = []
+    before = signal.signal(request.param, lambda signum, frame: caught.append(signum))
+    yield request.param, caught
+    signal.signal(request.param, before)
+
+
+@pytest.mark.parametrize("survived", [signal.SIGUSR1, signal.SIGUSR2], indirect=True)
+def test_a_schedulers_warning_of_its_time_limit_stops_a_run_as_sigterm_does(monkeypatch, capsys, tmp_path, cifar,
+                                                                            survived, fault_table):
+    """A user test (a Slurm job with --signal=USR1@60, the time limit's warning): SIGUSR1 ended the run at
+    once, as Python's default does, with nothing said and the steps since the last checkpoint lost, the
+    first epoch's all of them. It now finishes the step, saves and exits 138 (SIGUSR2: 140), as SIGTERM
+    does with 143; before the first step it is a line and the start is undone."""
+    import byol.step
+    import byol.train
+    from byol import cli
+    signum, caught = survived
+    name = signal.Signals(signum).name
+    train_step, calls = byol.step.train_step, []
+
+    def signalled(*args, **kwargs):  # in the third step
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(byol.step, "train_step", signalled)
+    run = tmp_path / "run"
+    settings = ["pretrain", cifar, *tiny_overrides(run, **{"train.knn_every": -1})]
+    assert cli.main(settings) == 128 + signum and caught == []
+    ckpt = run / "checkpoints" / "last.pt"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by {name} at step 3; checkpoint saved to "
+                                                                 f"{ckpt}; continue with --resume")
+    assert load_checkpoint(ckpt)["step"] == 3
+    load = byol.train.load_data
+    monkeypatch.setattr(byol.train, "load_data", lambda *a, **k: os.kill(os.getpid(), signum) or load(*a, **k))
+    assert cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "new")]) == 128 + signum
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"byol: terminated ({name})" and caught == []
+    assert not (tmp_path / "runs").exists()
+    os.kill(os.getpid(), signum)  # the handler the run found, put back
+    assert caught == [signum]
+    fault_table(f"{name} during training, and before the first step (a scheduler's warning of the time limit: "
+                "Slurm's --signal)", f"as SIGTERM: step finished, checkpoint written, exit {128 + signum}; before the "
+                "first step one line, and the folder the start made is removed")
+
+
 def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):
     """A user test (a notebook): a second Ctrl-C stopped at once, as documented, but nothing said that the
     steps since the last checkpoint were lost."""
@@ -771,13 +821,14 @@ def _folder_run(tmp_path, **popen) -> tuple:
     return run, proc
 
 
-def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_process(tmp_path, fault_table):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_sigterm_to_the_whole_job_stops_a_folder_run_as_one_to_its_main_process(tmp_path, signum, fault_table):
     """A scheduler's cancel (SIGTERM) reaches every process of the job, the decoding processes too: one
     that died of it made the run fail with a traceback ("DataLoader worker ... is killed by signal:
     Terminated", a user test) before it could save. They leave it to the main process, which finishes
     its step, saves and exits. (Ctrl-C's SIGINT to the group was handled before: torch's decoding
-    processes take it quietly.)"""
-    signum = signal.SIGTERM
+    processes take it quietly.) So does Slurm's warning of the time limit (--signal=USR1@60), which
+    reaches every process of the job step too."""
     run, proc = _folder_run(tmp_path, start_new_session=True)  # a process group of its own: the job
     os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
