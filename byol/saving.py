@@ -35,6 +35,7 @@ class Checkpoints:
                             "files_digest": data.names_digest}
         self.sums = sums  # the metrics' sums since the last record (LoopStep.sums), saved for a resume's
         self.last_save = time.perf_counter()
+        self.written_step: Optional[int] = None  # the step of the last checkpoint written
         self.plots_failed = False  # said once
 
     def _write(self, name: str, step: int, progress) -> None:
@@ -84,6 +85,7 @@ class Checkpoints:
                 self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
                 self._drop_older_epochs(keep_epoch)
             self._plot(progress)
+        self.written_step = step
         self.last_save = time.perf_counter()
 
     def _drop_older_epochs(self, epoch: int) -> None:

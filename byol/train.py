@@ -234,7 +234,9 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                 cut = False
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     cut = _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results, stop)
-                    stopping = stopping or cut
+                    # a signal while the epoch's checkpoint was written: that checkpoint is the stop's (not a
+                    # step more and a second write, in the grace a scheduler gives before its kill)
+                    stopping = stopping or cut or (world == 1 and stop.requested and checkpoints.written_step == step)
                     if rank == 0:
                         report.note_data_wait(config, host_kept)
                     if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line

@@ -746,6 +746,29 @@ def test_a_schedulers_warning_of_its_time_limit_stops_a_run_as_sigterm_does(monk
                 "first step one line, and the folder the start made is removed")
 
 
+def test_a_signal_while_an_epoch_s_checkpoint_is_written_stops_with_that_checkpoint(monkeypatch, capsys, tmp_path,
+                                                                                     cifar):
+    """A user test (a cluster job): a SIGTERM while the epoch's checkpoint was being written trained one step
+    more and wrote a second checkpoint before it stopped, time taken from the grace a scheduler gives
+    before its kill (seconds for a large model on slow storage). The checkpoint just written is the stop's."""
+    import byol.saving
+    from byol import cli
+    save, written = byol.saving.save_checkpoint, []
+
+    def signalled(path, byol_, optimizer, step, *args, **kwargs):
+        written.append((path.name, step))
+        if len(written) == 1:  # the first epoch's end (8 steps an epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return save(path, byol_, optimizer, step, *args, **kwargs)
+
+    monkeypatch.setattr(byol.saving, "save_checkpoint", signalled)
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.epochs": 2, "train.knn_every": -1})]) == 143
+    assert written == [("last.pt", 8)]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM at step 8; checkpoint saved to {run / 'checkpoints' / 'last.pt'}; continue with --resume")
+
+
 def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):
     """A user test (a notebook): a second Ctrl-C stopped at once, as documented, but nothing said that the
     steps since the last checkpoint were lost."""
