@@ -343,7 +343,9 @@ CONFIG_HEADER = "# written by byol: the resolved config, every setting included\
 
 def config_text(config: Config) -> str:
     """The resolved config as YAML, under :data:`CONFIG_HEADER`."""
-    return CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    # allow_unicode: a path such as runs/ünï as written, not "runs/\xFCn\xEF" (a user test); one with bytes
+    # that are not UTF-8 (surrogates) is escaped all the same
+    return CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 def save_config(config: Config, path: Path) -> None:

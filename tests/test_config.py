@@ -259,6 +259,17 @@ def test_saved_config_round_trips(tmp_path):
     assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c
 
 
+def test_a_saved_config_writes_a_non_ascii_path_as_it_is(tmp_path):
+    """A user test: runs/dir with spaces/ünï run was saved as "runs/dir with spaces/\\xFCn\\xEF run"; read
+    back alike, but not what a person reads. A name that is not UTF-8 (surrogates) is still escaped."""
+    for out_dir, shown in (("runs/dir with spaces/ünïcødé run", "out_dir: runs/dir with spaces/ünïcødé run"),
+                           ("runs/caf\udce9", 'out_dir: "runs/caf\\uDCE9"')):
+        c = load_config("cifar10-cpu", [f"--train.out_dir={out_dir}"])
+        save_config(c, tmp_path / "config.yaml")
+        assert shown in [line.strip() for line in (tmp_path / "config.yaml").read_text(encoding="utf-8").splitlines()]
+        assert load_config(str(tmp_path / "config.yaml")) == c
+
+
 def test_presets_are_the_checkouts_own_also_where_another_checkout_is_installed(tmp_path):
     """On PYTHONPATH without ``pip install``, configs/ beside the package is used; a packaging test: where
     another checkout was installed editable (as this one is, in CI), its byol.configs mapped to that
