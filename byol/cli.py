@@ -1,16 +1,15 @@
 """The command line: ``byol pretrain | eval knn | eval linear | embed | export``."""
 
-import errno
 import itertools
 import json
 import os
-import re
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
+from . import error_lines
 from .arguments import UsageError, check_overrides, parser, shows_bars_given
 from .streams import hangup_ignored, losable_streams
 
@@ -223,115 +222,6 @@ def _is_main_process() -> bool:
     return rank() == 0
 
 
-def _launch_rank() -> int:
-    """This process's rank under torchrun, from its RANK variable (set before any process group is
-    up, as when the config is read); 0 without torchrun. :func:`byol.distributed.launch_rank`'s, here
-    without importing torch: a usage error is said at once."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def _say_error(e: BaseException, everywhere: bool) -> None:
-    """The error's one sentence, once under torchrun: rank 0's. A usage or config error is every
-    process's alike; another (data, a checkpoint) may be one process's own, so the others say theirs
-    too, named by rank."""
-    rank = _launch_rank()
-    if rank == 0:
-        print(f"byol: error: {e}", file=sys.stderr)
-    elif everywhere:
-        print(f"byol: error (rank {rank}): {e}", file=sys.stderr)
-
-
-def _out_of_memory() -> int:
-    print("byol: error: the batch does not fit in memory; lower train.batch_size (to half, say), or "
-          "data.image_size or the model's size (model.width, model.projection_hidden_size)", file=sys.stderr)
-    return 2
-
-
-def _decoding_process_died(e: BaseException) -> Optional[str]:
-    """The sentence for torch's error where a decoding process (data.workers) died; None for another (a
-    user test: the out-of-memory killer's SIGKILL to one was a traceback). torch's SIGCHLD handler raises
-    it in the main process wherever that then is: in the step, say, not only where batches are drawn."""
-    died = re.search(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([^.]*)|exited "
-                     r"unexpectedly(?: with exit code (-?\d+))?)", str(e)) if isinstance(e, RuntimeError) else None
-    if died is None:
-        return None
-    pids, signal_name, code = died.groups()
-    pids = pids.strip(", ")
-    who, was = ((f"the image decoding processes (data.workers) {pids}", "were") if "," in pids else
-                (f"an image decoding process (data.workers; pid {pids})", "was"))
-    lower = "lower data.workers (0: decode in this process) or data.load_size"
-    if signal_name == "Bus error":  # torch: "out of shared memory"
-        what = (f"{who} {was} killed by a bus error, as where shared memory (/dev/shm, which they pass their batches "
-                "through) is full: give it more (docker run --shm-size=8g) or lower data.workers (0: decode in this "
-                "process)")
-    elif code is not None:
-        what = f"{who} ended with exit code {code}; with data.workers=0 the images are decoded in this process"
-    elif signal_name not in (None, "Killed"):
-        what = f"{who} {was} killed ({signal_name}); {lower}"
-    else:  # SIGKILL; or found gone, its signal not known
-        how = f"{was} killed" if signal_name else "ended unexpectedly"
-        what = f"{who} {how}, often the system's out-of-memory killer's doing; {lower}"
-    return f"{what}; a pretraining run that wrote a checkpoint goes on from it with --resume"
-
-
-# A write the storage refused wherever it came (a full disk mid-run, under metrics.jsonl or TensorBoard's
-# events; a quota; a file-size limit; a folder made read-only): said in one sentence, not a traceback.
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
-
-
-def _quiet_storage_errors_of_threads(hook):
-    """``threading.excepthook``, but for a storage error in a thread (TensorBoard's writer, at a full
-    disk): its writer raises it again in the main thread, where it is said in one sentence."""
-    def quiet(args) -> None:
-        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in _STORAGE_ERRORS):
-            hook(args)
-    return quiet
-
-
-def _storage_error(e: OSError) -> int:
-    where = f"write {e.filename}" if e.filename else "write to the disk"
-    print(f"byol: error: could not {where} ({e.strerror}); make room, or choose a writable place, and run the "
-          "command again (a pretraining run that wrote a checkpoint goes on from it with --resume)", file=sys.stderr)
-    return 2
-
-
-# What the system says of a path is said as one sentence, but for these, which would be a bug of byol's
-# (a descriptor used after its close, a rename across file systems) and keep their traceback.
-_BUG_ERRORS = {errno.EBADF, errno.EXDEV, errno.EFAULT}
-
-
-def _file_error(e: OSError) -> Optional[str]:
-    """An error the system gave for a path, in one sentence: the file a temporary is written for, rather
-    than the temporary (``.metrics.jsonl.tmp123``), and why; None for another error, or one without a path."""
-    from .files import write_failure, written_for
-    if e.errno in _BUG_ERRORS or not isinstance(e.filename, (str, bytes, os.PathLike)):
-        return None  # (a file descriptor's number, say)
-    path, other = written_for(os.fsdecode(e.filename)), e.filename2
-    onto = f" (onto {os.fsdecode(other)})" if isinstance(other, (str, bytes, os.PathLike)) and \
-        os.fsdecode(other) != path else ""
-    advice = "choose a shorter path" if e.errno == errno.ENAMETOOLONG else \
-        "check the path and its permissions, or choose another"
-    return f"{path}{onto}: {write_failure(e)}; {advice}"
-
-
-def _user_errors() -> tuple[type, ...]:
-    # Imported only once an error is raised: `byol --help` and usage errors never load torch.
-    from .errors import ByolError
-    return ByolError, FileNotFoundError, PermissionError, FloatingPointError
-
-
-def _is_out_of_memory(e: BaseException) -> bool:
-    torch = sys.modules.get("torch")  # an error from torch's work: torch is loaded
-    # torch.cuda's name for it is torch's oldest (torch.OutOfMemoryError, the same class, came in 2.5)
-    if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)):
-        return True
-    # the CPU allocator reports exhaustion as a plain RuntimeError
-    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
-
-
 class _Terminated(BaseException):
     """SIGTERM (a scheduler's cancel or preemption), SIGHUP (the terminal closed), or SIGUSR1 or SIGUSR2 (a
     scheduler's warning of the time limit: Slurm's ``--signal``) outside the training loop, whose own
@@ -374,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ValueError:  # not the main thread: signals are left alone
             break
     hook = threading.excepthook
-    threading.excepthook = _quiet_storage_errors_of_threads(hook)
+    threading.excepthook = error_lines.quiet_storage_errors_of_threads(hook)
     try:
         with losable_streams():
             return _main(argv)
@@ -390,7 +280,7 @@ def _main(argv: Optional[list[str]]) -> int:
     try:
         return run(argv)
     except UsageError as e:
-        _say_error(e, everywhere=False)
+        error_lines.say_error(e, everywhere=False)
         return 2
     except KeyboardInterrupt as e:  # (a second Ctrl-C's says what it cost)
         print(f"byol: interrupted{': ' if str(e) else ''}{e}", file=sys.stderr)
@@ -399,23 +289,10 @@ def _main(argv: Optional[list[str]]) -> int:
         print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
-        if isinstance(e, OSError) and e.errno in _STORAGE_ERRORS:
-            return _storage_error(e)
-        said = _file_error(e) if isinstance(e, OSError) else None
-        if said is not None:  # a path the system refused: too long, a file in the way, ... (a user test)
-            _say_error(said, everywhere=True)
-            return 2
-        if isinstance(e, _user_errors()):
-            from .config import ConfigError
-            _say_error(e, everywhere=not isinstance(e, ConfigError))
-            return 2
-        if _is_out_of_memory(e):
-            return _out_of_memory()
-        said = _decoding_process_died(e)
-        if said is not None:
-            _say_error(said, everywhere=True)
-            return 2
-        raise
+        code = error_lines.say(e)
+        if code is None:  # a bug of byol's: its traceback
+            raise
+        return code
 
 
 if __name__ == "__main__":

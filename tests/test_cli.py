@@ -715,7 +715,7 @@ def test_a_broken_tqdm_or_matplotlib_is_a_note_and_the_run_completes(monkeypatch
 def test_each_way_torch_says_a_decoding_process_died_is_one_sentence(torch_says, said):
     """torch's words (torch/utils/data/dataloader.py, its SIGCHLD handler) for a decoding process that died;
     a review: a bus error (/dev/shm full) or an exit code was said to be the out-of-memory killer's doing."""
-    from byol.cli import _decoding_process_died
+    from byol.error_lines import _decoding_process_died
     resume = "; a pretraining run that wrote a checkpoint goes on from it with --resume"
     assert _decoding_process_died(RuntimeError(f"DataLoader worker (pid 7) {torch_says}")) == said + resume
     assert _decoding_process_died(RuntimeError("DataLoader worker (pid(s) 7, 8) exited unexpectedly")) == (
@@ -858,7 +858,7 @@ def test_eval_and_embed_replace_no_model_file_but_an_earlier_embeds(capsys, trai
 def test_a_path_the_system_refuses_is_one_sentence(capsys, trained, tmp_path):
     """A user test: a name over 255 bytes (a sweep's out_dir, say) was a traceback in every command; a rename
     refused named the temporary (.metrics.jsonl.tmp123), not the file."""
-    from byol.cli import _file_error
+    from byol.error_lines import _file_error
     ckpt = trained[0] / "checkpoints" / "last.pt"
     long = tmp_path / ("x" * 300)
     for args in (("eval", "knn", ckpt, "--limit", 8, "--out", f"{long}.json"),

@@ -281,7 +281,7 @@ def test_a_full_disk_under_the_logs_mid_run_is_one_sentence_and_the_run_resumes(
     writer, in its thread and then in the run's) ended the run in tracebacks, exit 1."""
     import threading
     import byol.metrics
-    from byol import cli
+    from byol import cli, error_lines
     run, settings = tmp_path / "run", tiny_overrides(tmp_path / "run", **SLOW_RUN)
     log = byol.metrics.MetricsLog.log
 
@@ -302,7 +302,7 @@ def test_a_full_disk_under_the_logs_mid_run_is_one_sentence_and_the_run_resumes(
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r] == list(range(2, 25, 2))
     # TensorBoard's writer thread meets it first: it is said once, by the run, not as the thread's traceback
     said = []
-    quiet = cli._quiet_storage_errors_of_threads(said.append)
+    quiet = error_lines.quiet_storage_errors_of_threads(said.append)
     for error in (OSError(errno.ENOSPC, "No space left on device"), ValueError("a bug")):
         quiet(threading.ExceptHookArgs((type(error), error, None, None)))
     assert [type(args.exc_value) for args in said] == [ValueError]
