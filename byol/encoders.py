@@ -71,7 +71,7 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
     validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
     origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
     if not bare:  # a byol checkpoint
-        config = config_from_dict(state["config"])
+        config = _saved_config(state, path)
         origin.update(_trained(state))
         if random_init:
             net = _initial_net(config)
@@ -99,6 +99,16 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
     if random_init:
         origin.update(step=0, epoch=0.0)
     return net.eval(), config, origin
+
+
+def _saved_config(state: dict, path: Path) -> Config:
+    """The settings a byol checkpoint holds; where they do not load here, a :class:`CheckpointError` naming
+    the checkpoint (a bare "unknown config key" read as a mistake in the settings given)."""
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"the settings saved in {path} do not load in this version of byol ({e}); it was "
+                              "written by another version (or edited): use the byol that wrote it") from None
 
 
 def _refuse_nonfinite(net: nn.Module, path: Path) -> None:
