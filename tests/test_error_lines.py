@@ -1,0 +1,27 @@
+"""What the command line says of an error (its end-to-end cases are in test_cli.py and test_faults.py)."""
+
+import pytest
+
+from byol.error_lines import _decoding_process_died
+
+
+@pytest.mark.parametrize("torch_says, said", [
+    ("is killed by signal: Killed. ", "an image decoding process (data.workers; pid 7) was killed, often the system's "
+     "out-of-memory killer's doing; lower data.workers (0: decode in this process) or data.load_size"),
+    ("is killed by signal: Bus error. It is possible that dataloader's workers are out of shared memory. Please try "
+     "to raise your shared memory limit.", "an image decoding process (data.workers; pid 7) was killed by a bus error, "
+     "as where shared memory (/dev/shm, which they pass their batches through) is full: give it more (docker run "
+     "--shm-size=8g) or lower data.workers (0: decode in this process)"),
+    ("exited unexpectedly with exit code 1. Details are lost due to multiprocessing.", "an image decoding process "
+     "(data.workers; pid 7) ended with exit code 1; with data.workers=0 the images are decoded in this process"),
+    ("is killed by signal: Segmentation fault. ", "an image decoding process (data.workers; pid 7) was killed "
+     "(Segmentation fault); lower data.workers (0: decode in this process) or data.load_size")])
+def test_each_way_torch_says_a_decoding_process_died_is_one_sentence(torch_says, said):
+    """torch's words (torch/utils/data/dataloader.py, its SIGCHLD handler) for a decoding process that died;
+    a review: a bus error (/dev/shm full) or an exit code was said to be the out-of-memory killer's doing."""
+    resume = "; a pretraining run that wrote a checkpoint goes on from it with --resume"
+    assert _decoding_process_died(RuntimeError(f"DataLoader worker (pid 7) {torch_says}")) == said + resume
+    assert _decoding_process_died(RuntimeError("DataLoader worker (pid(s) 7, 8) exited unexpectedly")) == (
+        "the image decoding processes (data.workers) 7, 8 ended unexpectedly, often the system's out-of-memory "
+        "killer's doing; lower data.workers (0: decode in this process) or data.load_size" + resume)
+    assert _decoding_process_died(RuntimeError("DataLoader worker died")) is None
