@@ -136,7 +136,7 @@ def test_cifar100_binary_and_pickle(tmp_path):
             assert s.labels.tolist() == fine.tolist()  # fine, not coarse
             assert s.classes == names
     # A file of the right size holding other bytes (labels of 100 and more): refused, not trained on
-    records = np.full((2, 2 + 3 * 32 * 32), 200, np.uint8)
+    records = np.full((2, 2 + 3 * 32 * 32), 100, np.uint8)  # 100, the first label past 0..99 (a mutation audit)
     records.tofile(binary / "test.bin")
     with pytest.raises(DataError, match=r"cifar100 test files in .* have labels outside 0..99: they are damaged"):
         load_cifar(tmp_path / "bin", "cifar100", "test")
@@ -169,11 +169,24 @@ def test_python_layout_data_not_in_cifars_rows_of_bytes_is_refused_not_read_scra
     assert np.array_equal(load_cifar(tmp_path, "cifar10", "test").images.numpy(), rows.reshape(2, 3, 32, 32))
 
 
+def test_python_layout_labels_that_do_not_match_the_images_are_refused(tmp_path):
+    """A mutation audit: 2 images with 3 labels loaded as they were, the labels out of line with the images,
+    survived every test."""
+    _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": np.zeros((2, 3072), np.uint8),
+                                                                    b"labels": [0, 1, 2]})
+    with pytest.raises(DataError, match="hold 2 images but 3 labels"):
+        load_cifar(tmp_path, "cifar10", "test")
+
+
 def test_truncated_binary_file(tmp_path):
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
     (folder / "test_batch.bin").write_bytes(bytes(3073 * 2 + 5))
     with pytest.raises(DataError, match="multiple of 3073-byte records"):
+        load_cifar(tmp_path, "cifar10", "test")
+    # An empty file (a copy that failed): one sentence too (a mutation audit: np.memmap's ValueError otherwise)
+    (folder / "test_batch.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="its size, 0 bytes, is not a multiple of 3073-byte records"):
         load_cifar(tmp_path, "cifar10", "test")
 
 

@@ -784,6 +784,32 @@ def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):
     assert capsys.readouterr().err == f"byol: interrupted: {SECOND_INTERRUPT}\n"
 
 
+@pytest.mark.parametrize("first", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_sigterm_while_the_run_stops_is_not_a_second_ctrl_c(first):
+    """A mutation audit: a second signal of any kind raising the second Ctrl-C's KeyboardInterrupt survived every
+    test. Only a second Ctrl-C stops at once (docs/runs.md): Slurm's SIGTERM at the time limit after its SIGUSR1
+    warning (--signal=USR1@120), or a kill sent twice, must not cost the checkpoint the stop is writing."""
+    from byol.faults import StopRequest
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), first)
+            os.kill(os.getpid(), signal.SIGTERM)
+    except KeyboardInterrupt as e:  # caught: pytest would take it for a Ctrl-C of its own and end the session
+        pytest.fail(f"a SIGTERM after {signal.Signals(first).name} raised KeyboardInterrupt({e})")
+    assert stop.requested
+
+
+def test_a_stop_request_gives_back_the_signal_handlers_it_replaced():
+    """A mutation audit: StopRequest leaving its handlers in place survived every test (the command line puts
+    SIGTERM's and SIGHUP's back itself). After byol.pretrain in a notebook, a Ctrl-C then set a flag that no
+    loop reads, and the next one raised the second Ctrl-C's KeyboardInterrupt."""
+    from byol.faults import StopRequest
+    before = {s: signal.getsignal(s) for s in StopRequest.SIGNALS}
+    with StopRequest():
+        assert signal.getsignal(signal.SIGINT) != before[signal.SIGINT]
+    assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
+
+
 def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar):
     """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal."""
     import byol.train

@@ -68,6 +68,9 @@ def test_one_start_at_a_time_writes_a_folder(tmp_path, fault_table):
     first.started = True
     first.release()
     again = RunFolder(first.path, resume=True)
+    # its own line only, not after the ended run's (a mutation audit: appended, two lines named no holder a
+    # refused start could tell had ended)
+    assert (first.path / ".byol.lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
     again.release()
     assert (first.path / ".byol.lock").is_file()  # left, unlocked, by a run that has begun
     fault_table("two starts in one output folder (a job array given one train.out_dir; a second --resume while "
@@ -88,6 +91,36 @@ def test_a_start_is_not_refused_for_the_moment_a_refused_start_probes_the_lock(t
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as refuse_if_held holds it
     monkeypatch.setattr(byol.run_lock, "time", types.SimpleNamespace(sleep=lambda s: probe.close()))
     RunFolder(run, resume=False).release()  # the probe ends before its next try
+
+
+def test_a_lock_held_on_another_host_is_a_live_run_whatever_processes_this_host_has(tmp_path):
+    """A mutation audit: the lock file's pid looked up on this host, whatever host it names, survived every test: a
+    run on another node, its pid no process here, was taken as ended; a start waited 20 s for its decoding
+    processes, then said to end them. It is refused at once, naming the run and its host."""
+    import fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = f"pid {finished_pid()} on some-other-node"
+    (run / ".byol.lock").write_text(f"{holder}\n")
+    with open(run / ".byol.lock") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as that node's run holds it
+        with pytest.raises(ConfigError, match=rf"^another byol run \({holder}\) is writing to "):
+            RunFolder(run, resume=False)
+
+
+def test_a_start_refused_for_another_reason_says_it_where_the_lock_s_run_has_ended(tmp_path):
+    """A mutation audit: a refused start's probe of the lock taking any holder as live survived every test. A run
+    of this host that has ended, whose decoding processes still hold its lock, is not said to write there: the
+    reason the start was refused is."""
+    import fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".byol.lock").write_text(f"pid {finished_pid()} on {socket.gethostname()}\n")
+    with open(run / ".byol.lock") as orphan:
+        fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the ended run's decoding process holds it
+        with pytest.raises(CheckpointError, match="cannot resume: no checkpoint at "):
+            RunFolder(run, resume=True)
+
 
 def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_path, capsys):
     """A user test: kill -9 of a run decoding a folder with workers left them holding the lock file

@@ -28,6 +28,7 @@ def test_cosine_lr_without_warmup_and_final_lr():
     (0, 0.996),
     (50, 0.998),
     (100, 1.0),
+    (150, 1.0),          # past the end stays at 1 (BYOL(total_steps=N) stepped on past N)
     (25, 1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2),
 ])
 def test_tau_table(step, expected):
@@ -47,4 +48,12 @@ def test_a_step_before_0_or_a_tau_outside_0_and_1_is_refused():
         tau_schedule(-1, 100)
     with pytest.raises(ValueError, match=r"base_tau and final_tau must be in \[0, 1\]"):
         tau_schedule(0, 100, 1.5)
+    with pytest.raises(ValueError, match=r"base_tau and final_tau must be in \[0, 1\]"):
+        tau_schedule(0, 100, 0.996, final_tau=1.5)
     assert tau_schedule(0, 100, 0.0) == 0.0 and tau_schedule(100, 100) == 1.0
+
+
+def test_tau_rises_from_base_tau_to_final_tau():
+    """A mutation audit: tau_schedule rising to 1 whatever final_tau it was given survived every test."""
+    assert [tau_schedule(s, 100, base_tau=0.99, final_tau=0.999) for s in (0, 50, 100)] == pytest.approx(
+        [0.99, 0.9945, 0.999], abs=1e-12)

@@ -493,3 +493,26 @@ def test_the_logged_z_std_ratio_is_the_std_over_the_healthy_one_over_sqrt_of_the
     record = loop_step.read(z1)
     assert z1.shape == (8, 16)
     assert record["monitor/z_std_ratio"] == pytest.approx(record["monitor/z_std"] * math.sqrt(16))
+
+
+def test_the_logged_effective_rank_ratio_is_over_the_smaller_of_batch_and_width():
+    """A mutation audit: the ratio over the projection width alone survived every test. The effective rank of a
+    batch of 8 projections 16 wide is at most 8: the ratio is over min(B, d) (docs/metrics.md)."""
+    byol = tiny_byol()
+    loop_step = make_loop_step(byol)
+    _, z1 = loop_step(0, images())
+    record = loop_step.read(z1)
+    assert z1.shape == (8, 16)
+    assert record["monitor/effective_rank_ratio"] == pytest.approx(record["monitor/effective_rank"] / 8)
+
+
+def test_the_logged_loss_and_std_are_the_means_of_the_steps_since_the_last_read():
+    """A mutation audit: another divisor than the steps summed since the last read survived every test."""
+    from byol.monitor import normalized_std
+    loop_step = make_loop_step(tiny_byol())
+    steps = [loop_step(step, images(seed=step)) for step in range(2)]
+    record = loop_step.read(steps[-1][1])
+    assert record["train/loss"] == pytest.approx(sum(loss.item() for loss, _ in steps) / 2)
+    assert record["monitor/z_std"] == pytest.approx(sum(normalized_std(z1).item() for _, z1 in steps) / 2)
+    loss, z1 = loop_step(2, images(seed=2))  # the sums start again after a read
+    assert loop_step.read(z1)["train/loss"] == pytest.approx(loss.item())

@@ -362,6 +362,31 @@ def test_the_knn_monitor_scores_the_online_encoder(folder):
     assert knn_eval(model, data, config, torch.device("cpu"), None) == {5: 100.0, 20: 100.0}
 
 
+@pytest.mark.parametrize("split", [0, 1])
+def test_the_knn_monitor_scores_nan_where_either_split_s_features_are_not_finite(monkeypatch, split):
+    """A mutation audit: NaN only where both splits' features were not finite survived every test. Where only
+    the bank's (0) or the queries' (1) are, knn_accuracy refuses them, and that error would end the run."""
+    from byol.data import ImageSet
+    from byol.knn_monitor import knn_eval
+    from byol.train_data import TrainData
+    torch.manual_seed(0)
+    model = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                 projection_size=16, projection_hidden_size=32, augment_fn=lambda x: x)
+    extract, calls = byol.knn_monitor.dist.extract_features_sharded, []
+
+    def one_split_nan(*args, **kwargs):
+        calls.append(None)
+        features = extract(*args, **kwargs)
+        return features * math.nan if len(calls) - 1 == split else features
+
+    monkeypatch.setattr(byol.knn_monitor.dist, "extract_features_sharded", one_split_nan)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labeled = ImageSet(images, torch.arange(8) % 2)
+    data = TrainData(None, 0, knn_train=labeled, knn_test=labeled)
+    accuracy = knn_eval(model, data, Config(), torch.device("cpu"), None)
+    assert len(calls) == 2 and list(accuracy) == [20, 200] and all(math.isnan(v) for v in accuracy.values())
+
+
 def test_a_streamed_batch_that_lost_bad_files_is_filled_up_to_the_full_batch(tmp_path, monkeypatch):
     """Every step gets the same batch shape, also when undecodable files left a batch short (a
     compiled step would otherwise compile again for each new size)."""
@@ -989,6 +1014,19 @@ def test_resume_refuses_another_batch_size_and_names_what_other_settings_do_to_t
     # 3 epochs of 4 steps are shorter than the checkpoint's 2 of 8: the cosines are compressed, not stretched.
     assert "(a shorter run's cosine schedules are compressed to its length, so the learning rate drops and tau " \
         "rises)" in err and "stretched" not in err, err
+
+
+def test_a_resume_may_change_how_the_views_are_batched_but_not_the_network(tmp_path):
+    """A mutation audit: refusing a new model.concat_views on resume survived every test. It only batches the two
+    views together (docs/runs.md: a resume can change it); the network's settings, model.width say, it cannot."""
+    from byol.checkpoint import CheckpointError
+    settings = tiny_overrides(tmp_path / "run")
+    state = {"config": load_config("cifar10", settings).to_dict(), "step": 8}
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert byol.resume._refuse_changed_settings(state, load_config("cifar10", settings + [
+        "--model.concat_views=true"]), ckpt) == {}
+    with pytest.raises(CheckpointError, match="holds the network of model.width=8, .* resume with --model.width=8"):
+        byol.resume._refuse_changed_settings(state, load_config("cifar10", settings + ["--model.width=16"]), ckpt)
 
 
 def test_a_kept_epoch_of_an_earlier_start_with_longer_epochs_is_kept_apart_not_replaced(tmp_path, cifar10_root,
