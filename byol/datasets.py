@@ -10,6 +10,7 @@ import itertools
 import os
 import pickle
 import re
+import shlex
 from pathlib import Path
 from typing import Optional, Union
 
@@ -47,22 +48,28 @@ class FilesNotFound(DataError):
 
 def _what_is_there(root: Path, name: Optional[str]) -> Optional[str]:
     """What in ``root`` explains why data set ``name``'s files are not found there (a user test: each was
-    said only as the files expected): no such folder; another data set's files, for which ``--download``
-    would fetch the wrong one; its archive, not unpacked; a folder of one's own images. None for none."""
+    said only as the files expected): no such folder; another data set's files (not its own: their files
+    are said), the advice to ``--download`` kept where ``root`` holds them, not is them; its archive, not
+    unpacked; a folder of one's own images. None for none."""
     if not root.exists():
         return f"{root} does not exist: check the path, or pass --download when online to fetch the files there"
     layouts = {folder: other for table in (_CIFAR_BINARY, _CIFAR_PICKLE) for other, (folder, *_) in table.items()}
     layouts[_STL_DIR] = "stl10"
-    for folder, other in layouts.items():
-        if other != name and (root.name == folder or (root / folder).is_dir()):
+    present = [(folder, other) for folder, other in layouts.items() if root.name == folder or (root / folder).is_dir()]
+    if present and all(other != name for _, other in present):  # (its own there, a file missing: nothing to add)
+        folder, other = present[0]
+        if root.name == folder:
             return f"it holds {folder}, {other}'s files: for them, set --data.dataset={other}"
-    try:
-        archives = sorted(p.name for p in root.iterdir() if p.is_file() and ARCHIVE.fullmatch(p.name.lower()))
+        return (f"it holds {folder}, {other}'s files (for them, set --data.dataset={other}); for {name}'s, put "
+                "them there, or pass --download when online")  # a folder of data sets, this one not yet among them
+    try:  # (the name first: no stat of each entry of a large folder)
+        archives = sorted(p.name for p in root.iterdir() if (m := ARCHIVE.fullmatch(p.name.lower()))
+                          and m[1].replace("-", "") == name and p.is_file())
     except OSError:
         archives = []
-    if archives:
-        return (f"it holds {', '.join(archives)}, not unpacked: unpack it there (tar -xzf {archives[0]}, in "
-                f"{root}), and run the command again")
+    if archives:  # (tar -xf: a .tar saved unzipped too, where -xzf fails)
+        return (f"it holds {', '.join(archives)}, not unpacked: unpack it there (tar -xf {shlex.quote(archives[0])}, "
+                f"in {root}), and run the command again")
     if holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
         return "it holds image files: for a folder of your own images, set --data.dataset=folder"
     return None
@@ -149,10 +156,11 @@ def _note_short_files(name: str, split: str, folder: Path, files: list[str], cou
     other = [f"{f} holds {n:,}" for f, n in zip(files, counts) if n != official]
     if other:
         each = "s hold" if len(files) > 1 else " holds"
+        why = ("a file cut short at a whole image (an interrupted download, copy or unpacking) loses the images "
+               f"after it without an error; download {name} again, unless these are files you made"
+               if min(counts) < official else "these are not the official files")  # (more: made by someone)
         _note_once(f"in {folder}, {', '.join(other)} images, where the official {name} {split} file{each} "
-                   f"{official:,}{' each' * (len(files) > 1)}: a file cut short at a whole image (an interrupted "
-                   f"download, copy or unpacking) loses the images after it without an error; download {name} "
-                   "again, unless these are files you made")
+                   f"{official:,}{' each' * (len(files) > 1)}: {why}")
 
 
 @functools.lru_cache(maxsize=None)
