@@ -344,8 +344,13 @@ CONFIG_HEADER = "# written by byol: the resolved config, every setting included\
 def config_text(config: Config) -> str:
     """The resolved config as YAML, under :data:`CONFIG_HEADER`."""
     # allow_unicode: a path such as runs/ünï as written, not "runs/\xFCn\xEF" (a user test); one with bytes
-    # that are not UTF-8 (surrogates) is escaped all the same
-    return CONFIG_HEADER + yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+    # that are not UTF-8 (surrogates) is escaped all the same. PyYAML then writes U+0085 (NEL) as a line
+    # break, read back as a space: escaped where the text does not read back.
+    data = config.to_dict()
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    if yaml.safe_load(text) != data:
+        text = yaml.safe_dump(data, sort_keys=False)
+    return CONFIG_HEADER + text
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -263,7 +263,8 @@ def test_a_saved_config_writes_a_non_ascii_path_as_it_is(tmp_path):
     """A user test: runs/dir with spaces/ünï run was saved as "runs/dir with spaces/\\xFCn\\xEF run"; read
     back alike, but not what a person reads. A name that is not UTF-8 (surrogates) is still escaped."""
     for out_dir, shown in (("runs/dir with spaces/ünïcødé run", "out_dir: runs/dir with spaces/ünïcødé run"),
-                           ("runs/caf\udce9", 'out_dir: "runs/caf\\uDCE9"')):
+                           ("runs/caf\udce9", 'out_dir: "runs/caf\\uDCE9"'),
+                           ("runs/a\x85b", 'out_dir: "runs/a\\Nb"')):  # NEL: PyYAML writes it as a line break
         c = load_config("cifar10-cpu", [f"--train.out_dir={out_dir}"])
         save_config(c, tmp_path / "config.yaml")
         assert shown in [line.strip() for line in (tmp_path / "config.yaml").read_text(encoding="utf-8").splitlines()]
