@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 from . import error_lines
 from .arguments import UsageError, check_overrides, parser, shows_bars_given
-from .streams import hangup_ignored, losable_streams
+from .streams import left_ignored, losable_streams
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -257,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     :mod:`byol.streams`), which does not stop the command."""
     previous = {}
     for s in _ENDING_SIGNALS:
-        if hangup_ignored(s):
+        if left_ignored(s):
             continue
         try:
             previous[s] = signal.signal(s, _terminated_handler(os.getpid()))

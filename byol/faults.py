@@ -7,7 +7,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 from torch import nn
 
-from .streams import hangup_ignored
+from .streams import left_ignored
 
 
 # Integer dtypes by element size: a tensor's bits, viewed without copying (NonFiniteGuard.settle).
@@ -156,7 +156,7 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         try:
             for s in self.SIGNALS:
-                if hangup_ignored(s):
+                if left_ignored(s):
                     continue
                 self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: leave the signals alone

@@ -60,10 +60,12 @@ class LosableStream:
         return getattr(self._stream, name)
 
 
-def hangup_ignored(signum: int) -> bool:
-    """Whether ``signum`` is SIGHUP and ignored, as under nohup: left so, a command goes on when its
-    terminal closes (elsewhere SIGHUP stops a run as SIGTERM does)."""
-    return signum == getattr(signal, "SIGHUP", None) and signal.getsignal(signum) is signal.SIG_IGN
+def left_ignored(signum: int) -> bool:
+    """Whether ``signum`` is SIGHUP, SIGUSR1 or SIGUSR2 and ignored, as under nohup or after a job script's
+    ``trap '' USR1``: left so, a command goes on when its terminal closes or the signal comes (elsewhere
+    each stops a run as SIGTERM does)."""
+    chosen = tuple(getattr(signal, name, None) for name in ("SIGHUP", "SIGUSR1", "SIGUSR2"))
+    return signum in chosen and signal.getsignal(signum) is signal.SIG_IGN
 
 
 @contextlib.contextmanager

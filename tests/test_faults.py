@@ -810,27 +810,29 @@ def test_a_stop_request_gives_back_the_signal_handlers_it_replaced():
     assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
 
 
-def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar):
-    """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal."""
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
+def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar, signum):
+    """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal. So
+    do SIGUSR1 and SIGUSR2, but not where a job script ignores them (trap '' USR1; a review)."""
     import byol.train
     from byol import cli
     from byol.faults import StopRequest
     load = byol.train.load_data
 
     def hung_up(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signum)
         return load(*args, **kwargs)
 
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    before = signal.signal(signum, signal.SIG_IGN)
     try:
         with StopRequest() as stop:
-            os.kill(os.getpid(), signal.SIGHUP)
-            assert not stop.requested and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signum)
+            assert not stop.requested and signal.getsignal(signum) is signal.SIG_IGN
         monkeypatch.setattr(byol.train, "load_data", hung_up)
         assert cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "run", **{"train.max_steps": 2})]) == 0
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signum) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGHUP, before)
+        signal.signal(signum, before)
 
 
 def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short(monkeypatch, capsys, tmp_path, cifar):
