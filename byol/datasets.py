@@ -149,9 +149,10 @@ def _record_count(path: Path, record: int, what: str) -> int:
     return nbytes // record
 
 
-def _note_short_files(name: str, split: str, folder: Path, files: list[str], counts: list[int]) -> None:
+def _note_other_counts(name: str, split: str, folder: Path, files: list[str], counts: list[int]) -> None:
     """Say which of a split's files hold another number of images than the official ones: one cut short
-    at a whole record (a copy or an unpacking stopped there) loses the images after it without an error."""
+    at a whole record (a copy or an unpacking stopped there) loses the images after it without an error;
+    one with more is not the official file."""
     official = OFFICIAL_SIZE[name, split] // len(files)
     other = [f"{f} holds {n:,}" for f, n in zip(files, counts) if n != official]
     if other:
@@ -236,7 +237,7 @@ def _read_cifar_binary(folder: Path, name: str, split: str) -> ImageSet:
     n_label = 1 if name == "cifar10" else 2  # CIFAR-100 records start with coarse, fine
     record = n_label + 3 * 32 * 32
     counts = [_record_count(folder / f, record, f"{name} binary") for f in files[split]]
-    _note_short_files(name, split, folder, files[split], counts)
+    _note_other_counts(name, split, folder, files[split], counts)
     classes = _checked_names(_read_names(folder / names_file), folder / names_file, name)
     images = np.empty((sum(counts), 3, 32, 32), np.uint8)
     labels = np.empty(sum(counts), np.int64)
@@ -299,7 +300,7 @@ def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
                         f"download them again") from e
     if len(images) != len(labels):
         raise DataError(f"the {name} files in {folder} hold {len(images)} images but {len(labels)} labels")
-    _note_short_files(name, split, folder, files[split], [len(a) for a in arrays])
+    _note_other_counts(name, split, folder, files[split], [len(a) for a in arrays])
     classes = None
     if (folder / meta_file).is_file():
         raw = _load_pickle(folder / meta_file).get(names_key)
@@ -340,7 +341,7 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
                             "stl10")
     counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "STL-10 image") for p in parts]
     for p, n in zip(parts, counts):
-        _note_short_files("stl10", p, folder, [f"{p}_X.bin"], [n])
+        _note_other_counts("stl10", p, folder, [f"{p}_X.bin"], [n])
     images = torch.empty((sum(counts), 3, 96, 96), dtype=torch.uint8)
     labels = torch.full((sum(counts),), -1, dtype=torch.int64)
     start = 0
