@@ -71,15 +71,22 @@ class _SkippingLoader(DataLoader):
         before = set(multiprocessing.active_children())
         try:
             batches = super().__iter__()  # starts the decoding processes (or takes the kept ones)
-        except OSError as e:
-            end_processes(set(multiprocessing.active_children()) - before)  # those it started before it failed
+        except BaseException as e:  # also a Ctrl-C while they start: torch's half-built iterator ends none of them
             _disarm(e)
+            end_processes(set(multiprocessing.active_children()) - before)  # those it started before it failed
+            if not isinstance(e, OSError):
+                raise
             raise DataError(_not_started(self.num_workers, e)) from None
-        for images, labels, indices, skipped in batches:
-            for s in skipped:
-                self.dataset.bad_files[s.path] = s.reason
-            if images is not None:
-                yield images, labels, indices
+        try:
+            for images, labels, indices, skipped in batches:
+                for s in skipped:
+                    self.dataset.bad_files[s.path] = s.reason
+                if images is not None:
+                    yield images, labels, indices
+        except BaseException:  # a Ctrl-C while a batch was awaited: the traceback (a notebook keeps it) holds them
+            if not self.persistent_workers:  # a kept pass's are its owner's to end (TrainData.close)
+                getattr(batches, "_shutdown_workers", lambda: None)()
+            raise
 
 
 def _not_started(workers: int, e: OSError) -> str:
@@ -100,11 +107,16 @@ def _not_started(workers: int, e: OSError) -> str:
 
 def _disarm(e: BaseException) -> None:
     """The half-built iterator that torch's failed start left in ``e``'s frames, marked shut down: its
-    ``__del__`` would fail over the fields it never set, with a traceback ("Exception ignored in")."""
+    ``__del__`` would fail over the fields it never set, with a traceback ("Exception ignored in"). Its
+    processes' pids, where torch has them, are taken back first: ended, they would fail this process
+    ("DataLoader worker ... is killed by signal")."""
     tb = e.__traceback__
     while tb is not None:
         built = tb.tb_frame.f_locals.get("self")
         if type(built).__name__ == "_MultiProcessingDataLoaderIter":
+            if getattr(built, "_worker_pids_set", False):
+                torch.utils.data._utils.signal_handling._remove_worker_pids(id(built))
+                built._worker_pids_set = False
             built._shutdown = True
         tb = tb.tb_next
 

@@ -1233,6 +1233,60 @@ def test_decoding_processes_that_cannot_start_are_one_sentence_and_leave_no_proc
                 "no hang at exit")
 
 
+def _interrupt_at(where: str, monkeypatch) -> None:
+    """A Ctrl-C (KeyboardInterrupt) as a folder's decoding processes start, or while a batch is awaited."""
+    import multiprocessing.process
+    from torch.utils.data import dataloader
+    if where == "a process just started":  # forked, not yet in torch's list of its processes
+        start = multiprocessing.process.BaseProcess.start
+
+        def started_then_interrupted(self):
+            start(self)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", started_then_interrupted)
+        return
+    method = "_reset" if where == "the first indices sent" else "_try_get_data"
+    real = getattr(dataloader._MultiProcessingDataLoaderIter, method)
+
+    def then_interrupted(self, *args, **kwargs):
+        if where == "the first indices sent":
+            real(self, *args, **kwargs)  # torch has the processes' pids: ended by a signal, they fail this one
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, method, then_interrupted)
+
+
+@pytest.mark.parametrize("where", ["a process just started", "the first indices sent", "a batch awaited"])
+def test_a_ctrl_c_while_a_folder_is_decoded_leaves_no_decoding_process(tmp_path, monkeypatch, where, fault_table):
+    """A user test of the Python API in one process (a notebook, a sweep): a Ctrl-C during pretrain's kNN
+    images of a folder left, where it came as the decoding processes started, one that nothing ended (it
+    ignores SIGTERM), so that the process hung at its exit, joining it; or, while a batch was awaited, all
+    of them as long as the notebook kept the traceback."""
+    import gc
+    import multiprocessing
+    import sys
+    import time
+    from byol.loaders import end_processes
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
+    ignored = []  # what Python would print as "Exception ignored in" (the half-built iterator's __del__)
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    before = set(multiprocessing.active_children())  # another test's, if any: not this one's to judge
+    try:
+        with pytest.MonkeyPatch.context() as interrupting, pytest.raises(KeyboardInterrupt) as interrupted:
+            _interrupt_at(where, interrupting)
+            load_folder_tensor(folder, workers=2)
+        assert interrupted.traceback  # held, as a notebook holds it
+        time.sleep(0.2)  # (a process ended by a signal torch still watched would fail this one by now)
+        assert set(multiprocessing.active_children()) <= before
+        del interrupted
+        gc.collect()
+        assert ignored == [], [str(u.exc_value) for u in ignored]
+    finally:
+        end_processes(set(multiprocessing.active_children()) - before)  # (without the fix: no hang at exit)
+    fault_table(f"Ctrl-C in Python (KeyboardInterrupt) while a folder is decoded: {where}",
+                "KeyboardInterrupt; every decoding process started is ended at once, also while the traceback is "
+                "kept (a notebook keeps it); no hang at exit")
+
+
 def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, monkeypatch, fault_table):
     """A user test: a class folder its permissions kept from being listed (chmod 000, as a user other than
     root) was left out with all its images and without a word, by pretrain, eval and embed: it is named
