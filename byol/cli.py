@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 
 from . import error_lines
 from .arguments import UsageError, check_overrides, parser, shows_bars_given
-from .streams import left_ignored, losable_streams
+from .streams import STOP_SIGNALS, left_ignored, losable_streams
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -234,8 +234,7 @@ class _Terminated(BaseException):
 
 
 # What ends a command with a line and 128 + its number; SIGINT is Python's KeyboardInterrupt.
-_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
-                        if hasattr(signal, name))
+_ENDING_SIGNALS = tuple(s for s in STOP_SIGNALS if s != signal.SIGINT)
 
 
 def _terminated_handler(main_pid: int):

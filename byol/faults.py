@@ -7,7 +7,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 from torch import nn
 
-from .streams import left_ignored
+from .streams import STOP_SIGNALS, left_ignored
 
 
 # Integer dtypes by element size: a tensor's bits, viewed without copying (NonFiniteGuard.settle).
@@ -125,8 +125,7 @@ class StopRequest:
     :class:`Stopped` at once instead. Handlers are restored on exit.
     """
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
-                    if hasattr(signal, name))
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.signum: Optional[int] = None

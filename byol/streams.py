@@ -60,6 +60,12 @@ class LosableStream:
         return getattr(self._stream, name)
 
 
+# What stops a run (faults.StopRequest: the step finished, a checkpoint written) and, but for SIGINT (Python's
+# KeyboardInterrupt), ends a command with a line (cli): one list, here, where the command line reads it torch-free.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                     if hasattr(signal, name))
+
+
 def left_ignored(signum: int) -> bool:
     """Whether ``signum`` is SIGHUP, SIGUSR1 or SIGUSR2 and ignored, as under nohup or after a job script's
     ``trap '' USR1``: left so, a command goes on when its terminal closes or the signal comes (elsewhere
