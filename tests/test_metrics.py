@@ -242,3 +242,21 @@ def test_a_resume_keeps_the_checkpoint_step_s_record_in_tensorboard_as_in_metric
         == [(2, 2.0), (4, 4.0), (6, 60.0)]
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Scalars("loss")
     assert [(e.step, e.value) for e in events] == [(2, 2.0), (4, 4.0), (6, 60.0)]
+
+
+def test_the_step_labels_of_a_long_run_do_not_run_into_one_another(tmp_path, drawn):
+    """A user test: 1,000 ImageNet epochs (312,000 steps, a record every 20) drew collapse.png's step axis
+    as one string of digits, 1200001600002000002400002800003200000: past 10,000 steps count in thousands."""
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "train/loss": 1.0, "train/lr": 0.1, "train/tau": 0.99, "monitor/z_std_ratio": 0.9,
+         "monitor/effective_rank_ratio": 0.5, "monitor/effective_rank": 120.0} for s in range(20, 312_001, 20)])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    for name, figure in drawn.items():
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        low, high = figure.axes[-1].get_xlim()
+        labels = [t for t in figure.axes[-1].get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+        spans = sorted((box.x0, box.x1) for box in (t.get_window_extent(renderer) for t in labels))
+        assert len(spans) >= 3 and all(a[1] < b[0] for a, b in zip(spans, spans[1:])), (name, labels)
+    shown = [t.get_text() for t in drawn["loss.png"].axes[-1].get_xticklabels() if t.get_text()]
+    assert "0" in shown and all(label == "0" or label.endswith("0k") for label in shown), shown
