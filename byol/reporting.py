@@ -105,6 +105,7 @@ class Report:
         self.last_step, self.steps_per_epoch, self.epochs = step, steps_per_epoch, epochs
         self.laps, self.said_data_wait = 0, False
         self.trained_s = self.waited_s = 0.0  # this start's, after its first lap (the loaders' start-up)
+        self.line_at = time.perf_counter()  # when a run without a bar last printed where it stands
 
     def when(self, step: int) -> dict:
         """A record's place in the run: ``epoch`` (1.0 at the end of the first) and ``time_s`` (now)."""
@@ -137,6 +138,15 @@ class Report:
             self.progress.set_postfix(loss=f"{record['train/loss']:.4f}", epoch=f"{epoch}/{self.epochs}")
         return record["train/loss"]
 
+    def line_due(self, epoch_end: bool = False) -> bool:
+        """Whether a run without a bar (a log file) says where it stands now: at an epoch's end, and within
+        an epoch once :data:`LINE_EVERY_S` have passed since its last line (a user test: an ImageNet epoch,
+        an hour on one GPU and days on a CPU, left the log silent that long)."""
+        now = time.perf_counter()
+        if epoch_end or now - self.line_at >= LINE_EVERY_S:
+            self.line_at = now
+            return True
+        return False
 
     def note_data_wait(self, config: Config, host_kept: bool) -> None:
         """Once a start: where the loop has waited for its batches :data:`DATA_WAIT` or more of its
@@ -158,12 +168,16 @@ class Report:
         say(line, self.progress)
 
 
+# Seconds within an epoch after which a run without a bar prints where it stands again (Report.line_due).
+LINE_EVERY_S = 300.0
+
+
 def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batch_size: int,
                loss: Optional[float], knn: Optional[float] = None) -> str:
     """Where a run without a progress bar (``train.progress=false``, a log file) stands at an epoch's
-    end: the epoch, the step, the last loss read (with its step, where that is an earlier one: read every
-    ``train.log_every`` steps), the kNN top-1 scored at this step (None: none),
-    this start's training throughput and the time left."""
+    end, or within a long one (:meth:`Report.line_due`): the epoch, the step, the last loss read (with its
+    step, where that is an earlier one: read every ``train.log_every`` steps), the kNN top-1 scored at this
+    step (None: none), this start's training throughput and the time left."""
     epoch, epochs = math.ceil(step / report.steps_per_epoch), report.epochs
     elapsed = report.clock.training_s()
     rate = (step - first_step) / elapsed if elapsed > 0 else 0.0

@@ -231,6 +231,10 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                 if step % t.log_every == 0 or step == end_step:
                     results["loss"] = report(step, z1, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
+                    if progress is None and rank == 0 and not stopping and step % steps_per_epoch and step < end_step \
+                            and report.line_due():  # within a long epoch, in a log
+                        print(epoch_line(step, end_step, report, first_step, t.batch_size, results["loss"]),
+                              file=sys.stderr)
                 cut = False
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     cut = _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results, stop)
@@ -239,8 +243,9 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                     stopping = stopping or cut or (world == 1 and stop.requested and checkpoints.written_step == step)
                     if rank == 0:
                         report.note_data_wait(config, host_kept)
-                    if progress is None and rank == 0 and not stopping and step < end_step:  # no bar: a line
-                        # an epoch, for a log (the last one's is the closing table)
+                    if progress is None and rank == 0 and not stopping and step < end_step \
+                            and report.line_due(epoch_end=True):  # no bar: a line an epoch, for a log (the last
+                        # one's is the closing table)
                         scored = results["knn"][t.knn_k] if results.get("knn_step") == step else None
                         print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss"), scored),
                               file=sys.stderr)

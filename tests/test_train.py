@@ -1500,3 +1500,20 @@ def test_a_resume_writes_a_missing_kept_epoch_only_from_a_last_pt_of_that_epoch_
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
     saving.write_missing_epoch(8)  # the end of epoch 2, a kept one
     assert (tmp_path / "checkpoints" / "epoch_0002.pt").read_bytes() == b"step"
+
+
+def test_without_the_bar_a_long_epoch_says_where_the_run_stands_within_it(tmp_path, cifar10_root, monkeypatch,
+                                                                           capsys):
+    """A user test at ImageNet scale: an epoch takes an hour on one GPU (days on a CPU), and a log file got
+    its first line at its end. Within an epoch, a metrics read LINE_EVERY_S after the last line prints one
+    (each step takes 1 s here, and a line is due every 2)."""
+    on_a_fake_clock(monkeypatch)
+    monkeypatch.setattr(byol.train, "progress_bar", lambda *args: None)
+    monkeypatch.setattr(byol.reporting, "LINE_EVERY_S", 2.0, raising=False)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    losses = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r}
+    steps = [int(line.split("(step ")[1].split("/")[0]) for line in lines]
+    assert steps == [2, 4, 6], lines  # the epoch's end (4) starts the count again; 8 is the closing table's
+    assert lines[0] == f"epoch 1/2 (step 2/8), loss {losses[2]:.4f}, 16.0 img/s, about 0:00:06 left"
+    assert lines[2] == f"epoch 2/2 (step 6/8), loss {losses[6]:.4f}, 16.0 img/s, about 0:00:02 left"
