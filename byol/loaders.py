@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .data import DataError, ImageSet
 from .faults import StopRequest
 from .folder import ImageFolder, Skipped
+from .scan import SlowNotes
 from .allocator import give_back_freed_memory
 
 
@@ -228,11 +229,12 @@ def _own_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0) -> ImageSet:
+def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, workers: int = 0,
+                      why: str = "") -> ImageSet:
     """This process's share of ``dataset`` (the files at ``rank``, ``rank + world``, ...), decoded
     into memory, bad files left out (and added to ``dataset.bad_files``); ``indices`` are positions
-    in ``dataset``. One process: all of it, as :func:`load_folder_tensor`. Under torchrun a share
-    may be empty (all its files bad)."""
+    in ``dataset``. One process: all of it, as :func:`load_folder_tensor` (``why``: its notes'). Under
+    torchrun a share may be empty (all its files bad)."""
     positions = torch.arange(rank, len(dataset), world)
     empty = ImageSet(torch.empty(0, 3, dataset.size, dataset.size, dtype=torch.uint8),
                      torch.empty(0, dtype=torch.int64), dataset.classes, torch.empty(0, dtype=torch.int64))
@@ -240,7 +242,7 @@ def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, worke
         return empty
     share_files = dataset.subset(positions)
     try:
-        share = load_folder_tensor(share_files, workers)
+        share = load_folder_tensor(share_files, workers, why=why)
     except DataError:
         if world == 1:
             raise
@@ -251,12 +253,17 @@ def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, worke
     return share
 
 
-def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256) -> ImageSet:
-    """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out.
+def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256, why: str = "") -> ImageSet:
+    """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out; where that
+    takes long, notes say how far it is (``why``: what for, said in them).
 
     ``indices`` in the result maps each row back to ``dataset.path(index)``.
     """
     n_all, s = len(dataset), dataset.size
+    # (a user test at ImageNet scale: the kNN monitor's 20,000 images took some 2 minutes on 2 cores, unsaid)
+    said = SlowNotes("decoding {total:,} images of {where}{why}: {count:,} done, {seconds:.0f} s",
+                     "decoded {count:,} images of {where}{why} in {seconds:.0f} s",
+                     total=n_all, where=dataset.where, why=f" {why}" if why else "")
     images = torch.empty((n_all, 3, s, s), dtype=torch.uint8)
     labels = torch.empty(n_all, dtype=torch.int64)
     indices = torch.empty(n_all, dtype=torch.int64)
@@ -265,6 +272,8 @@ def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int =
                                    collate_fn=skip_collate, generator=_own_generator(0)):
         images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
         n += len(i)
+        said.now(n)
+    said.done(n)
     if n == 0:
         raise dataset.nothing_decoded()
     return ImageSet(images[:n], labels[:n], dataset.classes, indices[:n])

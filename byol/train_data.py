@@ -90,11 +90,11 @@ def load_data(config: Config, device: torch.device, rank: int, world: int) -> Tr
     t = config.train
     if t.batch_size % world:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {world} processes")
-    batches, n, folder = _training_split(config, device, rank, world)
+    batches, n, folder, scanned = _training_split(config, device, rank, world)
     knn_train = knn_test = knn_sizes = decoded = None
     query = "test"
     if t.knn_every >= 0:
-        knn_train, knn_test, knn_sizes, query, decoded = _knn_splits(config, device, rank, world, folder)
+        knn_train, knn_test, knn_sizes, query, decoded = _knn_splits(config, device, rank, world, folder, scanned)
     return TrainData(batches, n, knn_train, knn_test, folder, knn_sizes, query, knn_decoded=decoded)
 
 
@@ -116,7 +116,8 @@ def _check_train_split(config: Config) -> None:
 
 
 def _training_split(config: Config, device: torch.device, rank: int, world: int):
-    """This process's batches of the training split, its size, and the folder it streams from (or None)."""
+    """This process's batches of the training split, its size, the folder it streams from (or None), and
+    that folder as scanned, before ``data.limit`` (which the kNN monitor's bank is spread over)."""
     d, t = config.data, config.train
     per_rank = t.batch_size // world
     _check_train_split(config)
@@ -128,7 +129,7 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     if d.workers != DataConfig.workers and d.dataset in NATIVE_SIZE and rank == 0:
         print(f"note: data.workers={d.workers} is not used: {d.dataset} is held in memory and batched by index, "
               "with no decoding processes", file=sys.stderr)
-    folder = None
+    folder = scanned = None
     if not isinstance(source, ImageSet):
         for said in source.notes() if rank == 0 else []:
             print(f"note: {said}", file=sys.stderr)
@@ -140,11 +141,12 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
             print(f"note: data.load_size={d.load_size} is below data.image_size={d.image_size}: each image is decoded "
                   f"to {d.load_size}x{d.load_size} and its crops are scaled up to {d.image_size}x{d.image_size}",
                   file=sys.stderr)
+        scanned = source
         if d.limit:  # before decoding anything
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source
         if d.on_device is True:  # small folders: decode once, then train from device memory
-            source = load_folder_tensor(source, d.workers)
+            source = load_folder_tensor(source, d.workers, why="to train from memory (data.on_device=true)")
     if isinstance(source, ImageSet):
         if d.limit:
             source = source.first(d.limit)
@@ -157,7 +159,7 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
         labels = source.labels.to(home) if source.labels is not None else None
         batches = TensorBatches(source.images.to(home), labels, per_rank, generator=t.seed,
                                 rank=rank, world_size=world)
-        return batches, len(source), folder
+        return batches, len(source), folder, scanned
     sampler = None
     if world > 1:
         sampler = torch.utils.data.DistributedSampler(source, world, rank, shuffle=True, seed=t.seed,
@@ -168,7 +170,7 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
         raise DataError(f"a batch of {t.batch_size} images does not fit in the {n} image{'s' * (n != 1)} of "
                         f"{d.root}; " + ("use a smaller train.batch_size" if n >= 2 else
                                          "training needs at least two, for a batch of two"))
-    return batches, n, folder
+    return batches, n, folder, scanned
 
 
 def held_out(train: ImageSet, n: int) -> tuple[ImageSet, ImageSet]:
@@ -191,11 +193,13 @@ def _note_scans(splits: tuple, folder: ImageFolder) -> None:
                 print(f"note: {said}", file=sys.stderr)
 
 
-def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object]):
+def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object],
+                scanned: Optional[ImageFolder] = None):
     """The kNN monitor's (train, test) splits, for a folder their full sizes in files (each process holds
     its share), what the queries are (test, held-out train, val), and for a folder how many images of
     each split were decoded (all processes'); Nones where the data set has no labeled splits. A folder's
-    files that cannot be decoded go with the training ``folder``'s, into the run's skipped_files.txt."""
+    files that cannot be decoded go with the training ``folder``'s, into the run's skipped_files.txt.
+    ``scanned``: the training folder, whole, which is not scanned again for the bank where it is ROOT/train."""
     d, t = config.data, config.train
     size = load_size(config)
     if d.dataset in ("cifar10", "cifar100", "stl10"):
@@ -214,7 +218,7 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
     if d.dataset != "folder":
         return None, None, None, "test", None
     try:  # ROOT/train with ROOT/val beside it: monitor on both
-        splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT)
+        splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT, scanned)
     except DataError as e:
         if rank == 0:
             print(f"note: no kNN monitor: {e}", file=sys.stderr)
@@ -226,7 +230,7 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
         return None, None, None, "test", None
     if rank == 0:
         _note_scans(splits, folder)
-    knn_train, knn_test = (load_folder_share(s, rank, world, d.workers) for s in splits)
+    knn_train, knn_test = (load_folder_share(s, rank, world, d.workers, why="for the kNN monitor") for s in splits)
     for s in splits:
         folder.bad_files.update(s.bad_files)
     decoded = torch.tensor([len(knn_train), len(knn_test)], device=device)

@@ -161,3 +161,56 @@ def test_a_kNN_monitor_without_the_labeled_splits_says_how_to_turn_it_off(tmp_pa
                                         r"and test splits: put them there, or turn the monitor off with "
                                         r"--train.knn_every=-1$"):
         train_data._knn_splits(config, torch.device("cpu"), 0, 1, None)
+
+
+def _train_and_val(tmp_path):
+    """ROOT/train (10 classes, 3 images each) and ROOT/val (1 each), and the settings to train on ROOT/train."""
+    from conftest import extract_jpegs
+    extract_jpegs(tmp_path / "set" / "train", per_class=3)
+    extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    return tmp_path / "set", ["--data.dataset=folder", f"--data.root={tmp_path / 'set' / 'train'}",
+                              "--data.image_size=8", "--train.batch_size=2", "--data.workers=0"]
+
+
+@pytest.mark.parametrize("limit", [None, 4])
+def test_the_training_folder_is_scanned_once_and_is_the_kNN_monitor_bank(tmp_path, monkeypatch, limit):
+    """A user test at ImageNet scale: ROOT/train (1.28 million files) was listed twice at every start,
+    for training and for the kNN monitor's bank (4 s more on a local disk, minutes on a network file
+    system). The bank is the training scan's, spread over every class, also where data.limit cuts the
+    training set short."""
+    from byol import folder as folder_module
+    from byol.config import load_config
+    root, overrides = _train_and_val(tmp_path)
+    listed, scan = [], folder_module.scan
+
+    def listing(where, *args, **kwargs):
+        listed.append(where)
+        return scan(where, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "scan", listing)
+    more = [f"--data.limit={limit}"] if limit else []
+    data = train_data.load_data(load_config("cifar10", overrides + ["--train.knn_limit=10"] + more),
+                                torch.device("cpu"), 0, 1)
+    assert sorted(listed) == [str(root / "train"), str(root / "val")]
+    assert data.size == (limit or 30) and data.knn_images == (10, 10)
+    assert torch.bincount(data.knn_train.labels).tolist() == [1] * 10  # spread over all of ROOT/train
+
+
+def test_decoding_the_kNN_monitor_images_says_how_far_it_is_where_it_takes_long(tmp_path, monkeypatch, capsys):
+    """A user test at ImageNet scale: the kNN monitor's 10,000 images of each split took some 2 minutes
+    to decode on 2 cores, before the first step, with nothing said (as if the run hung)."""
+    import re
+    import byol.scan
+    from byol.config import load_config
+    root, overrides = _train_and_val(tmp_path)
+    config = load_config("cifar10", overrides)
+    train_data.load_data(config, torch.device("cpu"), 0, 1)
+    assert "note: decod" not in capsys.readouterr().err  # a short wait: nothing said
+    monkeypatch.setattr(byol.scan, "SCAN_NOTES", (0.0, 3600.0))  # at once, then not again
+    train_data.load_data(config, torch.device("cpu"), 0, 1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: decod")]
+    assert len(lines) == 4, lines
+    for split, n, (so_far, done) in zip(("train", "val"), (30, 10), zip(lines[::2], lines[1::2])):
+        where = re.escape(str(root / split))
+        assert re.fullmatch(rf"note: decoding {n} images of {where} for the kNN monitor: {n} done, \d+ s", so_far)
+        assert re.fullmatch(rf"note: decoded {n} images of {where} for the kNN monitor in \d+ s", done)
