@@ -1,6 +1,7 @@
 """Encoders: torchvision ResNets by name, and any ``nn.Module`` cut at a hidden layer."""
 
 import contextlib
+import copy
 import numbers
 import re
 import warnings
@@ -9,7 +10,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import nn
 import torchvision
-from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
+from torchvision.models.feature_extraction import DualGraphModule, NodePathTracer, create_feature_extractor
 
 try:  # the tracer settings create_feature_extractor traces with (torchvision.ops' modules as leaves)
     from torchvision.models.feature_extraction import _set_default_tracer_kwargs
@@ -135,11 +136,30 @@ class HiddenLayer(nn.Module):
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
             self.body = create_feature_extractor(net, return_nodes={_last_call(net, layer, tracer_kwargs): "out"},
                                                  tracer_kwargs=tracer_kwargs)
+        if "__deepcopy__" not in vars(DualGraphModule):  # torchvision < 0.21
+            type(self.body).__deepcopy__ = _deepcopy_dual_graph  # (torch.fx makes each body a class of its own)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Its forward, not its call: torch.fx's call prints the traceback of an error in the traced code
         # to stderr (24 lines before "the batch does not fit in memory"); the body has no hooks of its own.
         return flat_representation(self.body.forward(x)["out"], f"the output of hidden_layer={self.layer!r}")
+
+
+def _deepcopy_dual_graph(self: DualGraphModule, memo: dict) -> DualGraphModule:
+    """torchvision 0.21's ``DualGraphModule.__deepcopy__``: before it, a copy (the target network) kept
+    the graph of the mode it was in, not its train and eval graphs, and ``.eval()`` or ``.train()`` of
+    it failed (AttributeError: 'GraphModule' object has no attribute 'eval_graph')."""
+    copied = type(self).__new__(type(self))  # (torch.fx gives each copy a class of its own, too)
+    memo[id(self)] = copied
+    fake = torch.fx.graph_module._CodeOnlyModule(copy.deepcopy(self.__dict__, memo))
+    DualGraphModule.__init__(copied, fake, fake.__dict__["train_graph"], fake.__dict__["eval_graph"],
+                             class_name=type(self).__name__)
+    for attr in ("_state_dict_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"):
+        if attr in self.__dict__:  # lost in __init__, as in torch.fx's own __deepcopy__
+            setattr(copied, attr, copy.deepcopy(self.__dict__[attr], memo))
+    copied.meta = copy.deepcopy(getattr(self, "meta", {}), memo)
+    type(copied).__deepcopy__ = _deepcopy_dual_graph  # a copy of the copy, too
+    return copied
 
 
 class _OneModule(type):

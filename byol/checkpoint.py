@@ -2,6 +2,7 @@
 
 import pickle
 import random
+import re
 import shutil
 import zipfile
 from contextlib import contextmanager
@@ -140,10 +141,12 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines()  # ('unsupported GLOBAL posix.system whose
-                       if "unsupported global" in line.lower()), "")  # module posix is blocked', too)
+        # ('unsupported GLOBAL posix.system whose module posix is blocked', too; torch < 2.4: 'Unsupported class')
+        reason = next((line.strip() for line in str(e).splitlines()
+                       if re.search("unsupported (global|class)", line, re.IGNORECASE)), "")
         if not reason:  # (another UnpicklingError, as 'Unsupported operand 0': damaged bytes)
             raise _corrupt(path, type(e).__name__) from None
+        reason = reason[max(reason.find("WeightsUnpickler error"), 0):]  # (torch < 2.4: its advice on that line)
         raise CheckpointError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain data, which "
             f"could run code when unpickled ({reason.split(' was not')[0]})") from None
@@ -226,7 +229,7 @@ def saved_config(path: Path) -> dict:
 def _peek(path: Path) -> Any:
     """What ``torch.save`` wrote in ``path``, its tensors mapped, not read (raises where it is not such a file)."""
     _check_format(path)  # (torch.load of a TorchScript export warns, then loads the module)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)  # (torch < 2.3: mmap takes str only)
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:

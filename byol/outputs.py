@@ -96,7 +96,7 @@ def _model_in(path: Path) -> Optional[str]:
     if not any(n.endswith("/data.pkl") for n in names):
         return None  # a zip of something else
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)  # (str: torch < 2.3)
     except Exception:  # a whole pickled model (not loadable as weights alone), or torn
         return "what torch.save wrote"
     if isinstance(saved, dict) and "embeddings" in saved:

@@ -152,3 +152,25 @@ def test_an_error_inside_a_traced_hidden_layer_is_raised_without_torch_fx_printi
     with pytest.raises(RuntimeError, match="shape"):
         hidden(torch.zeros(2, 3, 4, 4))
     assert capsys.readouterr().err == ""
+
+
+def test_a_copy_of_a_traced_layer_switches_between_train_and_eval_with_torchvision_before_0_21_too(monkeypatch):
+    """torchvision 0.17 to 0.20 copied a traced network (its DualGraphModule) with one graph, not its train
+    and eval ones: BYOL(net, hidden_layer=...).eval() failed in the target, a deep copy ('GraphModule' object
+    has no attribute 'eval_graph'), and so did a copy of the learner."""
+    import copy
+    from torchvision.models.feature_extraction import DualGraphModule
+    from byol import BYOL
+    for own in ("__deepcopy__", "_deepcopy_init"):  # torch.fx's alone, as in torchvision 0.17 to 0.20
+        if own in vars(DualGraphModule):
+            monkeypatch.delattr(DualGraphModule, own)
+    torch.manual_seed(0)
+    learner = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="layer4",
+                   projection_size=16, projection_hidden_size=32)
+    x = torch.rand(4, 3, 32, 32)
+    for model in (learner, copy.deepcopy(copy.deepcopy(learner))):
+        model.eval()
+        assert not model.target.training and not model.target.encoder.body.training
+        torch.testing.assert_close(model.target(x), model.online(x), rtol=0, atol=0)  # the same weights, eval mode
+        model.train()
+        assert model.target.encoder.body.training and model.target.encoder.body.graph is not None
