@@ -120,7 +120,7 @@ def native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    # Private in torch 2.x; a torch without them is taken to have neither.
+    # Private in torch 2.x, and from torch 2.5 on; a torch without them (2.2 to 2.4) is taken to have neither.
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
                                                                           "_is_amx_tile_supported"))
 

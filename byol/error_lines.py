@@ -1,6 +1,7 @@
 """What the command line says of an error: one sentence on stderr and exit code 2 for bad input, a
-full disk, a batch too big for memory or a decoding process the system killed; None (its traceback)
-for a bug of byol's. Torch-free until an error is said: ``byol --help`` and usage errors never load it."""
+full disk, a batch too big for memory, a decoding process the system killed or a NumPy that torch
+cannot use; None (its traceback) for a bug of byol's. Torch-free until an error is said: ``byol --help``
+and usage errors never load it."""
 
 import errno
 import os
@@ -118,6 +119,17 @@ def _is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
 
 
+def _numpy_unusable(e: BaseException) -> Optional[str]:
+    """The sentence for torch's error where the NumPy installed is not one it can use: torch before 2.3 was
+    built for NumPy 1, and a fresh ``pip install byol torch==2.2.2`` takes the newest NumPy; None for another."""
+    if not (isinstance(e, RuntimeError) and str(e) == "Numpy is not available"):
+        return None
+    torch, numpy = sys.modules.get("torch"), sys.modules.get("numpy")
+    which = f"torch {torch.__version__} cannot use NumPy {numpy.__version__}" if torch and numpy else \
+        "torch cannot use the NumPy installed"
+    return f"{which} (torch before 2.3 was built for NumPy 1); pip install 'numpy<2', or torch 2.3 or later"
+
+
 def say(e: Exception) -> Optional[int]:
     """Say ``e`` in one sentence on stderr and return the command's exit code (2), or None for an error
     that is a bug of byol's, whose traceback is then shown."""
@@ -133,7 +145,7 @@ def say(e: Exception) -> Optional[int]:
         return 2
     if _is_out_of_memory(e):
         return _out_of_memory()
-    said = _decoding_process_died(e)
+    said = _decoding_process_died(e) or _numpy_unusable(e)
     if said is None:
         return None
     say_error(said, everywhere=True)

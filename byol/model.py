@@ -22,15 +22,26 @@ from .schedules import tau_schedule
 _eager_pixel_range = torch.compiler.disable(check_pixel_range)
 
 
+def _is_compiling_function() -> Callable[[], bool]:
+    """torch.compiler.is_compiling from torch 2.3, torch._dynamo's before."""
+    return getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+
+
+# Found once, not at each call: torch 2.2's torch.compile cannot trace the getattr (a graph break).
+_is_compiling = _is_compiling_function()
+
+
 def _compiling() -> bool:
-    """Whether torch.compile is tracing the call: torch.compiler.is_compiling from torch 2.3, torch._dynamo's
-    before."""
-    return (getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling)()
+    """Whether torch.compile is tracing the call."""
+    return _is_compiling()
 
 
 def _float_dtype(tensors, default: torch.dtype) -> torch.dtype:
     """The dtype of the first floating-point tensor of ``tensors``, or ``default`` where there is none."""
-    return next((t.dtype for t in tensors if t.is_floating_point()), default)
+    for t in tensors:  # (not next(..., default): torch 2.2's torch.compile breaks its graph on that)
+        if t.is_floating_point():
+            return t.dtype
+    return default
 
 
 class MLP(nn.Sequential):

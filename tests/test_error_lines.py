@@ -2,7 +2,7 @@
 
 import pytest
 
-from byol.error_lines import _decoding_process_died
+from byol.error_lines import _decoding_process_died, say
 
 
 @pytest.mark.parametrize("torch_says, said", [
@@ -25,3 +25,15 @@ def test_each_way_torch_says_a_decoding_process_died_is_one_sentence(torch_says,
         "the image decoding processes (data.workers) 7, 8 ended unexpectedly, often the system's out-of-memory "
         "killer's doing; lower data.workers (0: decode in this process) or data.load_size" + resume)
     assert _decoding_process_died(RuntimeError("DataLoader worker died")) is None
+
+
+def test_a_numpy_that_torch_cannot_use_is_one_sentence(capsys):
+    """torch 2.2 was built for NumPy 1, and pyproject allows both it and NumPy 2, which a fresh
+    `pip install byol torch==2.2.2` takes: pretraining ended in torch's traceback, 'Numpy is not available'."""
+    import numpy
+    import torch
+    assert say(RuntimeError("Numpy is not available")) == 2
+    assert capsys.readouterr().err == (f"byol: error: torch {torch.__version__} cannot use NumPy {numpy.__version__} "
+                                       "(torch before 2.3 was built for NumPy 1); pip install 'numpy<2', or torch "
+                                       "2.3 or later\n")
+    assert say(RuntimeError("Numpy is not available for this")) is None  # another error: a bug's traceback

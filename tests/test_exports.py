@@ -109,7 +109,10 @@ def _as_export_json_says(path, load: int, crop) -> np.ndarray:
         im.draft(im.mode, (load, load))
         im.load()
         fmt = im.format
-        im = ImageOps.exif_transpose(im)
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # "a malformed EXIF: as stored" (Pillow 9.1 fails so on any TIFF once loaded)
+            pass
     if im.mode.startswith("I;16") or (im.mode == "I" and fmt in ("PNG", "PPM")):
         im = Image.fromarray(np.round(np.asarray(im, np.float64) / 257).astype(np.uint8))
     elif im.mode in ("I", "F"):

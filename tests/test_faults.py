@@ -542,7 +542,8 @@ def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifa
     from byol import cli
 
     def oom(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        # (torch.cuda's name: torch.OutOfMemoryError, the same class, came in torch 2.5)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
 
     monkeypatch.setattr(byol.step, "train_step", oom)
     code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run", **{"train.knn_every": -1})])

@@ -1358,6 +1358,21 @@ def test_a_new_run_with_projections_one_wide_is_refused_before_anything_is_writt
     assert not (tmp_path / "run").exists()
 
 
+# torch.is_autocast_enabled("cpu") and torch.set_autocast_enabled("cpu", on) came in torch 2.4; the CPU's own before
+PER_DEVICE_AUTOCAST_CALLS = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+
+
+def _cpu_autocast_on() -> bool:
+    return torch.is_autocast_enabled("cpu") if PER_DEVICE_AUTOCAST_CALLS else torch.is_autocast_cpu_enabled()
+
+
+def _turn_cpu_autocast(on: bool) -> None:
+    if PER_DEVICE_AUTOCAST_CALLS:
+        torch.set_autocast_enabled("cpu", on)
+    else:
+        torch.set_autocast_cpu_enabled(on)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root, precision):
     """A user test (a notebook): under the caller's torch.autocast, kNN failed ("scatter(): Expected self.dtype
@@ -1379,19 +1394,19 @@ def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root, 
             runs.append((result["loss"], byol.knn(ckpt, ks=(5,), limit=20)["knn_top1"],
                          byol.linear(ckpt, epochs=1, limit=20)["top1"],
                          byol.load_encoder(ckpt)[0].state_dict()))
-            assert torch.is_autocast_enabled("cpu") is bool(autocast)  # the caller's, put back
+            assert _cpu_autocast_on() is bool(autocast)  # the caller's, put back
     (loss, knn, top1, weights) = runs[0]
     for loss_a, knn_a, top1_a, weights_a in runs[1:]:
         assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
         assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
     from byol.build import usual_torch_defaults
-    torch.set_autocast_enabled("cpu", True)  # on without a context (a review: 'nothing entered' was taken for off)
+    _turn_cpu_autocast(True)  # on without a context (a review: 'nothing entered' was taken for off)
     try:
         with usual_torch_defaults():
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-        assert torch.is_autocast_enabled("cpu")
+        assert _cpu_autocast_on()
     finally:
-        torch.set_autocast_enabled("cpu", False)
+        _turn_cpu_autocast(False)
     bank, labels, queries = torch.randn(1000, 64), torch.arange(1000) % 10, torch.randn(1000, 64)
     expected = knn_classify(bank, labels, queries, k=20), knn_accuracy(bank, labels, queries, labels, ks=(20,))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a building block alone: the same neighbours (not bf16's)
