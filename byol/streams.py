@@ -50,10 +50,12 @@ class LosableStream:
 
     def _lose(self) -> None:
         self.lost = True
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):  # a closed stream, or one with no descriptor
             null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self._stream.fileno())  # also what the stream still buffers goes there at exit
-            os.close(null)
+            try:
+                os.dup2(null, self._stream.fileno())  # also what the stream still buffers goes there at exit
+            finally:
+                os.close(null)
         self._stream = open(os.devnull, "w")
 
     def __getattr__(self, name: str):

@@ -29,11 +29,19 @@ def torchrun_command(nproc, *args):
             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "-m", "byol", *map(str, args)]
 
 
-TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+@pytest.fixture(autouse=True)
+def temporary_files_in_tmp_path(tmp_path, monkeypatch):
+    """torchrun makes a torchelastic_* folder in the temporary directory at each start and leaves it there
+    (hundreds piled up in /tmp): the processes a test starts make theirs in its tmp_path."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
+def torchrun_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def torchrun(nproc, *args, check=True, timeout=600):
-    proc = subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, env=TORCHRUN_ENV,
+    proc = subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, env=torchrun_env(),
                           timeout=timeout)
     assert proc.returncode == 0 or not check, proc.stdout + proc.stderr
     return proc
@@ -113,7 +121,7 @@ def test_ddp_checkpoint_lists_the_bad_files_of_every_rank_before_the_run_ends(tm
                            "--data.workers=0", "--data.on_device=false",
                            *tiny_overrides(run, **{"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null",
                                                    "train.seed": 1, "train.epochs": 200}))
-    proc = subprocess.Popen(cmd, env=TORCHRUN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=torchrun_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     listed = run / "skipped_files.txt"
     try:
         deadline = time.monotonic() + 300

@@ -864,7 +864,8 @@ def _folder_run(tmp_path, **popen) -> tuple:
     from conftest import extract_jpegs
     root = extract_jpegs(tmp_path / "jpegs", per_class=20)
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # TMPDIR: a decoding process killed (SIGKILL) leaves its multiprocessing pymp-* folder behind
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "byol", "pretrain", "--data.dataset=folder", f"--data.root={root}",
                              "--data.image_size=32", *tiny_overrides(run, **{**SLOW_RUN, "train.epochs": 50,
                                                                             "data.workers": 2})],

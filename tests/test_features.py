@@ -38,7 +38,9 @@ def test_extract_features_under_autocast_returns_float32():
     net, x = encoder(), images()
     feats = extract_features(net, x, amp_dtype=torch.bfloat16)
     assert feats.dtype == torch.float32 and not feats.is_inference()
-    torch.testing.assert_close(feats, extract_features(net, x), atol=0.03, rtol=0.03)
+    full = extract_features(net, x)
+    torch.testing.assert_close(feats, full, atol=0.03, rtol=0.03)
+    assert not torch.equal(feats, full)  # in bf16: without the autocast, the lines above pass too
 
 
 def test_extract_features_resizes_first():

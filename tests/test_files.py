@@ -35,6 +35,7 @@ def test_torn_temporaries_are_removed_and_those_being_written_kept(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+        writer.stdout.close()  # (else a ResourceWarning, once collected)
     assert remove_torn_temporaries(tmp_path, "*.pt") == [writing]  # its writer is gone
     assert remove_torn_temporaries(tmp_path / "missing", "*.pt") == []
 

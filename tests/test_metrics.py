@@ -1,6 +1,7 @@
 import json
 import math
 import sys
+import time
 import types
 
 import matplotlib.figure
@@ -235,6 +236,10 @@ def test_a_resume_keeps_the_checkpoint_step_s_record_in_tensorboard_as_in_metric
     for step in (2, 4, 6):  # a run that logged step 6 after its checkpoint at step 4, then died
         first.log(step, loss=float(step))
     first.close()
+    # A resume starts a second or more after its run did. TensorBoard reads the event files in the order of
+    # their names: the second each writer opened in, then a count of the writers this process opened, whose
+    # "10" sorts before "9" (the test failed in another order of the suite, its 10th writer the resumed one's).
+    time.sleep(1)
     resumed = MetricsLog(tmp_path, resume_step=4)
     resumed.log(6, loss=60.0)
     resumed.close()

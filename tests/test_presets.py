@@ -32,6 +32,11 @@ def data_root(preset, tmp_path):
     return extract_jpegs(tmp_path / "images", per_class=1)
 
 
+# What a start says does not depend on its network: the tests of it train a narrow one, whose checkpoints take
+# a few MB, not a preset's (ResNet-18 at full width, the paper's projector: 1.1 GB for the tests below, twice as slow)
+NARROW = ("--model.width=8", "--model.projection_hidden_size=64", "--model.projection_size=32")
+
+
 def two_steps(preset, tmp_path, *overrides):
     return load_config(preset, [
         f"--data.root={data_root(preset, tmp_path)}", f"--train.out_dir={tmp_path / 'run'}",
@@ -49,33 +54,33 @@ def test_preset_runs_two_steps(preset, tmp_path, capsys):
 
 def test_stl10_pretrained_on_its_labeled_images_alone_gets_a_note(tmp_path, capsys):
     """A user test found --data.dataset=stl10 without the preset training on 5,000 of its 105,000 images, unsaid."""
-    pretrain(two_steps("stl10", tmp_path, "--data.train_split=train"))
+    pretrain(two_steps("stl10", tmp_path, "--data.train_split=train", *NARROW))
     assert "note: this run pretrains on STL-10's labeled train split alone" in capsys.readouterr().err
 
 
 def test_pretraining_with_no_augmentation_gets_a_note(tmp_path, capsys):
     """A user test: --augment.preset=none trained BYOL on two identical views without a word."""
-    pretrain(two_steps("cifar10-cpu", tmp_path, "--augment.preset=none", "--train.knn_every=-1"))
+    pretrain(two_steps("cifar10-cpu", tmp_path, "--augment.preset=none", "--train.knn_every=-1", *NARROW))
     assert "note: augment.preset=none with augment.crop_min_scale=0.2 gives views that differ only by their square " \
         "crops, of 0.2 to all of the image (no flip, colour change or blur): an ablation; BYOL's recipes are " \
         "--augment.preset=paper or cifar" in capsys.readouterr().err
-    pretrain(two_steps("cifar10", tmp_path / "whole", "--augment.preset=none", "--train.knn_every=-1"))
+    pretrain(two_steps("cifar10", tmp_path / "whole", "--augment.preset=none", "--train.knn_every=-1", *NARROW))
     assert "note: augment.preset=none gives both views the same whole image, from which BYOL has nothing to learn: " \
         "an ablation" in capsys.readouterr().err
-    pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1"))
+    pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", *NARROW))
     assert "augment.preset=none" not in capsys.readouterr().err
     pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", "--train.max_steps=3",
-                       "--augment.preset=none", "--augment.crop_min_scale=1"), resume=True)  # (a review)
+                       "--augment.preset=none", "--augment.crop_min_scale=1", *NARROW), resume=True)  # (a review)
     assert "note: augment.preset=none gives both views the same whole image" in capsys.readouterr().err
 
 
 def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
     """--data.train_split=test trains on the images the kNN monitor and byol eval score on: said, not silent."""
-    pretrain(two_steps("stl10", tmp_path, "--data.train_split=test"))
+    pretrain(two_steps("stl10", tmp_path, "--data.train_split=test", *NARROW))
     assert "note: this run pretrains on stl10's test split" in capsys.readouterr().err
-    pretrain(two_steps("stl10", tmp_path / "held", "--data.train_split=test", "--train.knn_holdout=4"))
+    pretrain(two_steps("stl10", tmp_path / "held", "--data.train_split=test", "--train.knn_holdout=4", *NARROW))
     assert "the images that byol eval scores on" in capsys.readouterr().err  # the monitor's are train images
-    pretrain(two_steps("stl10", tmp_path / "again", "--data.train_split=train+unlabeled"))
+    pretrain(two_steps("stl10", tmp_path / "again", "--data.train_split=train+unlabeled", *NARROW))
     assert "test split" not in capsys.readouterr().err
 
 

@@ -44,6 +44,7 @@ def test_a_started_run_keeps_what_it_wrote(tmp_path):
     (folder.path / "config.yaml").write_text("train: {}\n")
     folder.started = True
     folder.undo()
+    folder.release()  # as pretrain does after undo
     assert (folder.path / "config.yaml").read_text() == "train: {}\n"
 
 
@@ -255,7 +256,7 @@ def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, 
     assert sorted(p.name for p in run.iterdir()) == [name]
     if name != "config.yaml":  # beside an earlier start's config, it is that start's
         (run / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
-        RunFolder(run, resume=False)
+        RunFolder(run, resume=False).release()
     fault_table(f"a new run in a folder with no checkpoint and a {name} byol did not write"
                 + (" (the --config file itself, say)" if name == "config.yaml" else ""),
                 "one sentence, nothing written, the file kept" + ("" if name == "config.yaml" else
@@ -271,7 +272,7 @@ def test_a_run_folder_of_an_older_byol_is_taken_as_its_and_an_export_folder_is_r
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(older))  # before config.yaml had its first line
     (run / "metrics.jsonl").write_text('{"step": 20, "train/loss": 3.1}\n')
-    RunFolder(run, resume=False)
+    RunFolder(run, resume=False).release()
     exported = tmp_path / "export"
     exported.mkdir()
     (exported / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
@@ -293,7 +294,7 @@ def test_the_first_byols_config_is_taken_as_its_and_one_lacking_its_settings_is_
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(first, sort_keys=False))  # no first line then
     (run / "metrics.jsonl").write_text('{"step": 20, "train/loss": 3.1}\n')  # a start that left no checkpoint
-    RunFolder(run, resume=False)
+    RunFolder(run, resume=False).release()
     del first["data"]["root"]  # a setting byol has always written: a copy edited by hand
     (run / "config.yaml").write_text(yaml.safe_dump(first, sort_keys=False))
     with pytest.raises(ConfigError, match="config.yaml was not written by byol"):
@@ -320,6 +321,8 @@ def test_warnings_of_the_steps_trained_again_are_dropped_on_resume(tmp_path):
     assert (run / "warnings.txt").read_text().splitlines()[-1] == "step 12: collapse"
     assert read_warnings(run) == ["step 5: collapse", "step 10: collapse again", "an older run's line",
                                   "step 12: collapse"]
+    folder.undo()  # a started run's: its TensorBoard writer's thread ends, nothing is put back
+    folder.release()
 
 
 def test_the_summary_of_warnings_names_each_kind_once_with_its_steps(tmp_path):
@@ -336,8 +339,10 @@ def test_a_new_run_starts_without_the_warnings_of_one_that_left_no_checkpoint(tm
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "warnings.txt").write_text("step 3: collapse\n")
     (tmp_path / "run" / "config.yaml").write_text(CONFIG_HEADER + "train: {epochs: 3}\n")
-    RunFolder(tmp_path / "run", resume=False).metrics_log(resume_step=None)
+    folder = RunFolder(tmp_path / "run", resume=False)
+    folder.metrics_log(resume_step=None)
     assert not (tmp_path / "run" / "warnings.txt").exists()
+    folder.undo()  # closes the metrics log (its TensorBoard writer's thread ran on) and releases the folder
 
 
 def test_a_new_run_starts_without_the_skipped_files_of_one_that_left_no_checkpoint(tmp_path):
@@ -354,8 +359,10 @@ def test_a_new_run_starts_without_the_skipped_files_of_one_that_left_no_checkpoi
     assert (run / "skipped_files.txt").read_text() == "/x/bad.jpg\tempty file\n"
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.pt").write_bytes(b"")
-    RunFolder(run, resume=True).metrics_log(resume_step=4)
+    folder = RunFolder(run, resume=True)
+    folder.metrics_log(resume_step=4)
     assert (run / "skipped_files.txt").read_text() == "/x/bad.jpg\tempty file\n"
+    folder.undo()
 
 
 def test_a_saved_config_is_compared_as_a_run_reads_it_not_as_text():
