@@ -27,6 +27,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:  # else torch's "invalid
+        gpus = "cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")  # device ordinal", a traceback
+        raise ConfigError(f"train.device={name} but this machine has {count} CUDA GPU{'s' * (count != 1)} ({gpus}); "
+                          "choose one of them, or train.device=cuda")
     return device
 
 

@@ -174,3 +174,25 @@ def test_a_copy_of_a_traced_layer_switches_between_train_and_eval_with_torchvisi
         torch.testing.assert_close(model.target(x), model.online(x), rtol=0, atol=0)  # the same weights, eval mode
         model.train()
         assert model.target.encoder.body.training and model.target.encoder.body.graph is not None
+
+
+def test_a_layer_called_twice_is_cut_at_its_last_call():
+    """As byol-pytorch's hook keeps a layer's last output: the traced cut takes the last call of a layer that
+    runs twice in train and in eval mode (a mutation audit: its first call survived every test)."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.fc = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.act(self.conv(x) - 0.1)
+            x = self.act(x * 2 - 0.5)  # its last call
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net, x = Twice(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        last = net.act(net.act(net.conv(x) - 0.1) * 2 - 0.5).flatten(1)
+        for mode in (True, False):
+            net.train(mode)
+            torch.testing.assert_close(cut_at(net, "act")(x), last)

@@ -1,9 +1,12 @@
 """What a config builds on a machine: the autocast dtype that train.precision resolves to."""
 
+import re
+
 import pytest
 import torch
 
-from byol.build import autocast_dtype
+from byol.build import autocast_dtype, end_step_of, resolve_device, schedule_of
+from byol.config import load_config
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, auto", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
@@ -17,3 +20,37 @@ def test_auto_precision_is_bf16_on_a_cpu_with_bf16_arithmetic_only(monkeypatch, 
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is auto
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+@pytest.mark.parametrize("settings, steps_per_epoch, expected", [
+    ({}, 10, (2.0, 100, 2000)),  # the cifar10 preset: lr 1.0 per 256 images at batch 512, 10 of 200 epochs
+    ({"train.batch_size": 128, "optim.lr": 0.4, "optim.warmup_epochs": 0.6, "train.epochs": 2}, 3, (0.2, 2, 6)),
+    ({"train.batch_size": 256, "optim.lr": 1.0, "optim.warmup_epochs": 0.1, "train.epochs": 1}, 4, (1.0, 0, 4)),
+])
+def test_the_schedules_scale_the_learning_rate_to_the_batch_and_round_the_warm_up(settings, steps_per_epoch,
+                                                                                 expected):
+    """optim.lr is per 256 images; a warm-up of a fraction of an epoch is rounded to the nearest step (1.8 -> 2,
+    not 1; a mutation audit: truncating survived)."""
+    config = load_config("cifar10", [f"--{k}={v}" for k, v in settings.items()])
+    lr, warmup, total = schedule_of(config, steps_per_epoch)
+    assert (lr, warmup, total) == pytest.approx(expected)
+    assert end_step_of(config, total) == total
+    config.train.max_steps = total - 1
+    assert end_step_of(config, total) == total - 1
+    config.train.max_steps = total + 1  # a limit beyond the schedule's end: the schedule's end
+    assert end_step_of(config, total) == total
+
+
+def test_a_cuda_device_this_machine_does_not_have_is_one_sentence(monkeypatch):
+    """--train.device=cuda:1 on a one-GPU machine went on to torch's "CUDA error: invalid device ordinal", a
+    traceback (found reading build.py in a mutation audit); the GPUs there are named instead."""
+    from byol.config import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for count, said in ((1, "this machine has 1 CUDA GPU (cuda:0)"), (2, "this machine has 2 CUDA GPUs (cuda:0 to "
+                                                                           "cuda:1)")):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
+        with pytest.raises(ConfigError, match=rf"^train.device=cuda:2 but {re.escape(said)}; choose one of them, or "
+                                              "train.device=cuda$"):
+            resolve_device("cuda:2")
+        assert resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
+        assert resolve_device("cuda") == torch.device("cuda")

@@ -585,6 +585,9 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
      "--k takes every value after it, so give the checkpoint before --k (byol eval knn CHECKPOINT --k 20 200)"),
     (["eval", "knn", "x.pt", "--k", "2.5"], "argument --k: must be a whole number >= 1, got '2.5'"),
     (["eval", "knn", "x.pt", "--temperature", "0"], "argument --temperature: must be a finite number > 0"),
+    (["eval", "knn", "x.pt", "--temperature", "inf"], "argument --temperature: must be a finite number > 0, got inf"),
+    (["eval", "knn", "--k", "20", "x.pt"], "got 'x.pt': --k takes every value after it, so give the checkpoint "
+     "before --k"),  # a checkpoint by its suffix alone: no folder, and not there
     (["eval", "knn", "x.pt", "--limit", "0"], "argument --limit: must be >= 1, got 0"),
     (["eval", "linear", "x.pt", "--limit", "-5"], "argument --limit: must be >= 1, got -5"),
     (["eval", "linear", "x.pt", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
@@ -1409,3 +1412,118 @@ def test_eval_and_embed_keep_freed_memory_on_a_cpu_as_pretrain_does_unless_told_
     assert len(calls) == 3  # embed's split; eval's bank and queries
     embed(ckpt, tmp_path / "e.npy", limit=8, overrides=["--train.keep_freed_memory=false"])
     assert len(calls) == 3 and "does not use" not in capsys.readouterr().err
+
+
+def _fake_evaluations(monkeypatch) -> list:
+    """``byol.pipeline.knn`` and ``linear`` replaced by fakes that record the keyword arguments they are given
+    and return a result of 10 classes, so that the command line runs alone."""
+    import byol.pipeline
+    given = []
+    fake = {"dataset": "cifar10", "n_train": 40, "n_test": 20, "test_split": "test", "classes": 10, "feature_dim": 64,
+            "image_size": 32, "precision": "float32", "device": "cpu", "random_init": False, "step": None,
+            "epoch": None}
+
+    def knn(checkpoint, overrides, **kwargs):
+        given.append(kwargs)
+        return {**fake, "knn_top1": {k: 50.0 for k in kwargs["ks"]}}
+
+    def linear(checkpoint, overrides, **kwargs):
+        given.append(kwargs)
+        return {**fake, "top1": 50.0, "top5": 90.0, "train_loss": 1.0}
+
+    monkeypatch.setattr(byol.pipeline, "knn", knn)
+    monkeypatch.setattr(byol.pipeline, "linear", linear)
+    return given
+
+
+def test_eval_takes_the_documented_defaults_and_the_least_values_and_names_its_results_by_them(
+        monkeypatch, capsys, tmp_path):
+    """README and docs/cli.md: k 20 and 200 at T=0.1, 100 epochs of the probe, no holdout; the JSON beside
+    the checkpoint, as NAME_knn.json, NAME_knn_random_init.json, NAME_knn_holdout.json. A mutation audit:
+    the temperature, the epochs and the holdout's file name could change and no test failed; so could
+    the least values each option takes (--k 1, --limit 1, --epochs 1, --holdout 0)."""
+    from byol.cli import main
+    given = _fake_evaluations(monkeypatch)
+    ckpt = tmp_path / "last.pt"
+    assert main(["eval", "knn", str(ckpt)]) == 0 and main(["eval", "linear", str(ckpt)]) == 0
+    knn, linear = given
+    assert (knn["ks"], knn["temperature"], knn["limit"], knn["holdout"], knn["random_init"]) == ((20, 200), 0.1, None,
+                                                                                                0, False)
+    assert (linear["epochs"], linear["limit"], linear["holdout"], linear["random_init"]) == (100, None, 0, False)
+    least = ["--out", os.devnull]
+    assert main(["eval", "knn", str(ckpt), "--k", "1", "--limit", "1", "--holdout", "0", "--temperature", "0.05",
+                 *least]) == 0
+    assert (given[-1]["ks"], given[-1]["limit"], given[-1]["temperature"]) == ((1,), 1, 0.05)
+    assert main(["eval", "linear", str(ckpt), "--epochs", "1", "--limit", "1", *least]) == 0
+    assert (given[-1]["epochs"], given[-1]["limit"]) == (1, 1)
+    for flags in (["--holdout", "5"], ["--random-init"], ["--random-init", "--holdout", "5"]):
+        assert main(["eval", "knn", str(ckpt), *flags]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "last_knn.json", "last_knn_holdout.json", "last_knn_random_init.json", "last_knn_random_init_holdout.json",
+        "last_linear.json"]
+    assert "last_knn.1.json" not in capsys.readouterr().err  # each its own file: none kept as an earlier result
+
+
+def test_the_last_train_progress_given_to_eval_and_embed_is_taken(monkeypatch):
+    """A setting given twice: the last wins (as for pretrain, and as a script adding to common settings expects)."""
+    from byol.cli import main
+    given = _fake_evaluations(monkeypatch)
+    for first, last in (("true", "false"), ("false", "true")):
+        assert main(["eval", "knn", "x.pt", "--out", os.devnull, f"--train.progress={first}",
+                     f"--train.progress={last}"]) == 0
+        assert given[-1]["progress"] is (last == "true")
+
+
+@pytest.mark.parametrize("classes, always", [(5, True), (6, False)])
+def test_linear_top5_is_said_to_be_always_100_up_to_five_classes(monkeypatch, capsys, tmp_path, classes, always):
+    """The boundary of the note (a mutation audit: "< 5" survived): with 5 classes top-5 is every class."""
+    import byol.pipeline
+    from byol.cli import main
+    fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
+            "n_test": 20, "test_split": "val", "classes": classes, "feature_dim": 64, "image_size": 37,
+            "precision": "float32", "device": "cpu", "random_init": False, "step": None, "epoch": None}
+    monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
+    assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
+    assert (f"100.00% (of {classes} classes: always 100)" in capsys.readouterr().out) == always
+
+
+def test_pretrain_without_config_takes_the_cifar10_preset(monkeypatch, tmp_path):
+    """`byol pretrain` with no --config is the cifar10 preset (byol pretrain --help, README): a mutation audit
+    found no test that ran it without one."""
+    import byol.train
+    from byol.cli import main
+    taken = []
+
+    class Taken(Exception):
+        pass
+
+    def pretrain(config, resume):
+        taken.append(config)
+        raise Taken
+
+    monkeypatch.setattr(byol.train, "pretrain", pretrain)
+    out = f"--train.out_dir={tmp_path / 'run'}"
+    with pytest.raises(Taken):
+        main(["pretrain", out])
+    assert taken[0].to_dict() == load_config("cifar10", [out]).to_dict()
+
+
+def test_a_process_forked_by_a_command_ends_by_the_signal_it_gets_not_as_the_command(tmp_path):
+    """A decoding process forked while eval or embed runs has the command's SIGTERM handler: it must die of
+    the signal, as it would have, not raise the command's own stop in the copy of the command it runs
+    (which then said "byol: terminated" and went on as the command). A mutation audit: no test forked one."""
+    script = (
+        "import os, signal, sys\n"
+        "from byol import cli\n"
+        "def run(argv):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        os._exit(0)\n"
+        "    _, status = os.waitpid(pid, 0)\n"
+        "    print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)\n"
+        "    return 0\n"
+        "cli.run = run\n"
+        "sys.exit(cli.main([]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True\n", ""), proc

@@ -61,6 +61,7 @@ def test_overrides_are_typed():
     ("--optim.lr", "must look like --section.key=value"),
     ("--train.log_every=0", "train.log_every must be >= 1"),
     ("--train.batch_size=1", "train.batch_size must be >= 2"),
+    ("--train.max_steps=0", "train.max_steps must be >= 1 or null"),  # 0 ran the whole schedule (a mutation audit)
     ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
     ("--train.progress=sometimes", "train.progress must be auto, true or false"),
     ("--model.backbone=resnet101", "model.backbone must be one of resnet18, resnet34, resnet50"),
@@ -76,6 +77,7 @@ def test_overrides_are_typed():
     ("--train.compile=maybe", "train.compile must be true, false or auto"),
     ("--train.device=meta", "train.device must be auto, cpu, cuda or cuda:N"),  # torch's, but not ours
     ("--data.image_size=0", "data.image_size must be >= 8"),
+    ("--data.image_size=7", "data.image_size must be >= 8"),
     ("--data.load_size=4", "data.load_size must be >= 8 or null"),
     ("--augment.crop_min_scale=0", "augment.crop_min_scale must be above 0 and at most 1"),
     ("--augment.crop_min_scale=1.5", "augment.crop_min_scale must be above 0 and at most 1"),
@@ -85,11 +87,13 @@ def test_overrides_are_typed():
     ("--train.knn_k=0", "train.knn_k must be >= 1"),
     ("--train.knn_holdout=-1", "train.knn_holdout must be >= 0"),
     ("--train.seed=99999999999999999999999", "train.seed must be between -2\\*\\*63 and 2\\*\\*63 - 1"),
+    ("--train.seed=9223372036854775808", "train.seed must be between -2\\*\\*63 and 2\\*\\*63 - 1"),
     ("--optim.weight_decay=-1", "optim.weight_decay must be a finite number >= 0"),
     ("--optim.warmup_epochs=-1", "optim.warmup_epochs must be a finite number >= 0"),
     ("--optim.momentum=1", "optim.momentum must be >= 0 and < 1"),
     ("--optim.trust_coefficient=0", "optim.trust_coefficient must be a finite number > 0"),
     ("--train.out_dir=", "train.out_dir must be a directory"),
+    ("--train.out_dir=  ", "train.out_dir must be a directory"),
     ("--data.root= ", "data.root must be a directory"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
@@ -369,3 +373,20 @@ def test_a_preset_named_as_a_file_says_the_presets_name(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="^config file mine.yaml does not exist$"):
         load_config("mine.yaml")
 
+
+def test_the_ends_of_each_range_are_taken():
+    """The boundaries a rule allows (a mutation audit: refusing tau_base=1, "between 0 and 1", a target that never
+    moves, survived every test)."""
+    config = load_config("cifar10", ["--train.tau_base=1", "--train.max_steps=1", "--data.image_size=8",
+                                     "--train.seed=9223372036854775807", "--optim.momentum=0", "--train.knn_every=-1",
+                                     "--augment.crop_min_scale=1", "--train.batch_size=2"])
+    t = config.train
+    assert (t.tau_base, t.max_steps, config.data.image_size, t.seed) == (1.0, 1, 8, 2**63 - 1)
+    assert load_config("cifar10", ["--train.tau_base=0", "--train.seed=-9223372036854775808"]).train.tau_base == 0.0
+
+
+def test_a_missing_yaml_file_in_another_folder_is_not_said_to_be_the_preset(tmp_path, monkeypatch):
+    """Only a bare preset name with .yaml is told the preset's name: mine/cifar10.yaml is the user's own file."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="^config file mine/cifar10.yaml does not exist$"):
+        load_config("mine/cifar10.yaml")

@@ -1332,3 +1332,11 @@ def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, 
     fault_table("a class folder that cannot be listed (its permissions); a data root that cannot be listed",
                 "the folder is left out with its images and a note names it (an unreadable lost+found gets none); "
                 "the root: one sentence")
+
+
+def test_a_rank_outside_the_processes_is_refused():
+    images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
+    for rank in (-1, 2):
+        with pytest.raises(ValueError, match=rf"^rank {rank} is not in 0\.\.1$"):
+            TensorBatches(images, None, 2, rank=rank, world_size=2)
+    assert len(TensorBatches(images, None, 2, rank=1, world_size=2)) == 2

@@ -222,3 +222,36 @@ def test_a_torchrun_environment_that_is_not_whole_is_one_sentence(tmp_path, caps
                          *tiny_overrides(tmp_path / "run"))
     assert re.fullmatch(f"byol: error: {said}", line), line  # (torch's own words, in the brackets, may change)
     assert not (tmp_path / "run").exists()
+
+
+GATHER = '''
+import sys
+
+import torch
+import torch.distributed as td
+import torch.multiprocessing as mp
+
+from byol.distributed import gather_rows
+
+
+def run(rank, store):
+    td.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    indices = torch.arange(rank, 5, 2)  # rank 0 holds 3 of the 5 rows, rank 1 two (eval --limit 5, say)
+    out = gather_rows(indices.float().view(-1, 1) * 10, indices, 5, torch.device("cpu"))
+    assert out.flatten().tolist() == [0.0, 10.0, 20.0, 30.0, 40.0], out
+    td.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+'''
+
+
+def test_rows_the_ranks_hold_unevenly_are_gathered_in_order(tmp_path):
+    """5 rows over 2 processes: every rank gets all 5, each at its index (a mutation audit: the ranks' common
+    size rounded down, which fails as soon as a rank holds more, survived; the tests' splits were even)."""
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
+                          env=torchrun_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -1,8 +1,12 @@
 """What the command line says of an error (its end-to-end cases are in test_cli.py and test_faults.py)."""
 
+import errno
+import os
+from types import SimpleNamespace
+
 import pytest
 
-from byol.error_lines import _decoding_process_died, say
+from byol.error_lines import _decoding_process_died, quiet_storage_errors_of_threads, say
 
 
 @pytest.mark.parametrize("torch_says, said", [
@@ -37,3 +41,37 @@ def test_a_numpy_that_torch_cannot_use_is_one_sentence(capsys):
                                        "(torch before 2.3 was built for NumPy 1); pip install 'numpy<2', or torch "
                                        "2.3 or later\n")
     assert say(RuntimeError("Numpy is not available for this")) is None  # another error: a bug's traceback
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG])
+def test_whatever_the_storage_refused_is_said_as_a_full_disk_is(capsys, code):
+    """A quota (EDQUOT), a read-only file system, a file-size limit: the same sentence as a full disk, with
+    what to do (a mutation audit: the quota's was said as a path to check, and its thread's traceback shown)."""
+    assert say(OSError(code, os.strerror(code), "/runs/x/metrics.jsonl")) == 2
+    assert capsys.readouterr().err == (
+        f"byol: error: could not write /runs/x/metrics.jsonl ({os.strerror(code)}); make room, or choose a writable "
+        "place, and run the command again (a pretraining run that wrote a checkpoint goes on from it with --resume)\n")
+    said = []
+    quiet_storage_errors_of_threads(said.append)(SimpleNamespace(exc_value=OSError(code, os.strerror(code))))
+    assert said == []  # the writer raises it again in the main thread, where it is said
+
+
+def test_a_thread_s_other_errors_keep_their_traceback():
+    said = []
+    hook = quiet_storage_errors_of_threads(said.append)
+    errors = [OSError(errno.EACCES, "Permission denied"), OSError(errno.ENOENT, "No such file"), ValueError("a bug")]
+    for e in errors:
+        hook(SimpleNamespace(exc_value=e))
+    assert [args.exc_value for args in said] == errors
+
+
+@pytest.mark.parametrize("torch_says", [
+    "CUDA error: out of memory",
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "68719476736 bytes. Error code 12 (Cannot allocate memory)"])
+def test_an_allocation_torch_reports_as_a_plain_runtime_error_is_a_batch_too_big(capsys, torch_says):
+    """torch reports some allocation failures as a plain RuntimeError, not its OutOfMemoryError (a mutation
+    audit: the "out of memory" one fell through to a traceback, untested)."""
+    assert say(RuntimeError(torch_says)) == 2
+    assert capsys.readouterr().err.startswith("byol: error: the batch does not fit in memory; lower train.batch_size")
+    assert say(RuntimeError("a bug of byol's")) is None

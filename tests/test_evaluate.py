@@ -317,3 +317,14 @@ def test_linear_probe_trains_as_documented_nesterov_sgd_with_weight_decay_and_a_
     with torch.no_grad():
         top1 = 100 * ((head((xt - mean) / std).argmax(1) == yt).sum().item()) / 30
     assert result["train_loss"] == pytest.approx(total / 40, rel=1e-5) and result["top1"] == top1
+
+
+def test_the_fewest_train_rows_each_evaluation_needs_are_enough():
+    """kNN scores with a bank of one row, the linear probe with two (it standardizes by their std): a mutation
+    audit found the boundaries untested."""
+    bank, labels = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    assert knn_accuracy(bank, labels, torch.tensor([[1.0, 0.1]]), torch.tensor([0]), ks=(1,)) == {1: 100.0}
+    two, labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    assert linear_probe(two, labels, two, labels, epochs=5)["top1"] == 100.0
+    with pytest.raises(ValueError, match="the train split needs at least 2 rows, got 1"):
+        linear_probe(two[:1], labels[:1], two, labels)

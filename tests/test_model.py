@@ -773,3 +773,18 @@ def test_the_predictor_has_the_projectors_architecture():
 
     assert predictor[0].in_features == 16 and predictor[0].out_features == 32
     assert shapes(predictor) == shapes(projector)
+
+
+def test_floats_a_resize_took_a_little_above_1_are_taken_and_one_channel_is_refused():
+    """Bicubic or antialiased resizing overshoots [0, 1] a little: such a batch is not taken for 0..255
+    pixels; a one-channel batch is refused in one sentence (a mutation audit: both survived every test)."""
+    _, model = small_byol(augment_fn=None, augment_fn2=None)  # the paper's views
+    images = torch.rand(4, 3, 32, 32) * 1.1 - 0.05  # -0.05 to 1.05
+    assert torch.isfinite(model(images))
+    _, model = small_byol(augment_fn=None, augment_fn2=None)
+    with pytest.raises(ValueError, match="divide it by 255"):
+        model(images * 2.5)  # 2.6 at most: 0..255 pixels of a dark image, say
+    gray = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"^BYOL's default augmentations take a batch of images shaped \(B, 3, H, W\), "
+                                         r"but got shape \(4, 1, 32, 32\)$"):
+        model(gray)

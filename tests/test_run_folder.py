@@ -10,7 +10,7 @@ import pytest
 
 from byol.checkpoint import CheckpointError
 from byol.metrics import PLOTS
-from byol.config import CONFIG_HEADER, Config, ConfigError
+from byol.config import CONFIG_HEADER, Config, ConfigError, save_config
 from byol.run_folder import _KEPT, RunFolder, read_warnings, warnings_summary
 from conftest import finished_pid
 
@@ -419,3 +419,34 @@ def test_a_new_run_beside_an_earlier_starts_events_says_what_tensorboard_shows(t
     folder.metrics_log(resume_step=3).close()
     folder.release()
     assert capsys.readouterr().err == ""
+
+
+def test_a_failed_start_keeps_the_lock_file_an_earlier_start_left(tmp_path):
+    """The folder as the start found it: the lock file an earlier start left (released) stays; a mutation audit
+    found its removal by a failed start untested."""
+    run = tmp_path / "run"
+    RunFolder(run, resume=False).undo()
+    assert not run.exists()  # made by this start: gone with the rest
+    run.mkdir()
+    (run / ".byol.lock").write_text("pid 1 on elsewhere\n")  # an earlier start's, released
+    RunFolder(run, resume=False).undo()
+    assert sorted(p.name for p in run.iterdir()) == [".byol.lock"]
+
+
+def test_a_resume_of_a_moved_run_keeps_no_settings_it_did_not_change(tmp_path):
+    """A run's folder moved (its config.yaml names the old train.out_dir): resumed with nothing else changed,
+    no config_until_stepS.yaml is kept; with a setting changed, one is (a mutation audit)."""
+    run = tmp_path / "moved"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # the start checks only that there is one
+    config = Config()
+    config.train.out_dir = str(tmp_path / "before")
+    save_config(config, run / "config.yaml")
+    config.train.out_dir = str(run)
+    folder = RunFolder(run, resume=True)
+    folder.save_config(config, resume_step=4)
+    assert not (run / "config_until_step4.yaml").exists()
+    config.optim.lr = 0.5
+    folder.save_config(config, resume_step=4)
+    assert (run / "config_until_step4.yaml").is_file()
+    folder.release()

@@ -516,3 +516,28 @@ def test_the_logged_loss_and_std_are_the_means_of_the_steps_since_the_last_read(
     assert record["monitor/z_std"] == pytest.approx(sum(normalized_std(z1).item() for _, z1 in steps) / 2)
     loss, z1 = loop_step(2, images(seed=2))  # the sums start again after a read
     assert loop_step.read(z1)["train/loss"] == pytest.approx(loss.item())
+
+
+def test_a_compiled_function_stays_compiled_through_its_own_errors_and_out_of_memory():
+    """Compiled before its first call is not yet compiled; once it has run compiled, an error of the
+    function itself is raised as it is (no fallback, no warning), and an out-of-memory backward is raised,
+    not taken for a backward that cannot compile (a mutation audit: each survived). A backward that fails
+    to compile falls back."""
+    def step(x):
+        if x.sum() < 0:
+            raise ValueError("a bug in the step")
+        return x * 2
+
+    fn = Compiled(step, backend="eager")
+    assert not fn.is_compiled  # nothing has run yet
+    torch.testing.assert_close(fn(torch.ones(2)), torch.full((2,), 2.0))
+    assert fn.is_compiled
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="a bug in the step"):
+            fn(-torch.ones(2))
+        assert not fn.backward_failed(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB"))
+    assert said == [] and fn.is_compiled and fn.error is None
+    with pytest.warns(RuntimeWarning, match="running the step eagerly"):
+        assert fn.backward_failed(RuntimeError("no backward compiler here"))
+    assert not fn.is_compiled

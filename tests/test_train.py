@@ -914,6 +914,8 @@ def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, sett
     ("imagenet", {"train.epochs": 5}, "note: optim.warmup_epochs=10 is not shorter than train.epochs=5, so the "
      "learning rate only warms up, to 0.5 of its peak, and never decays; set --optim.warmup_epochs below train.epochs"),
     ("stl10", {"train.epochs": 10}, "reaching its peak only at the last step, and never decays"),
+    ("stl10", {"train.epochs": 10}, "note: optim.warmup_epochs=10 is not shorter than train.epochs=10, so the "
+     "learning rate only warms up"),  # as long as the schedule: said of the epochs (a mutation audit)
     ("stl10", {"train.epochs": 11}, None),
     ("cifar10", {"train.max_steps": 970}, "optim.warmup_epochs=10 (970 steps) is not shorter than train.max_steps=970"),
     ("cifar10", {"train.max_steps": 50}, "to 0.052 of its peak, and never decays; set --optim.warmup_epochs below "
@@ -1532,3 +1534,73 @@ def test_without_the_bar_a_long_epoch_says_where_the_run_stands_within_it(tmp_pa
     assert steps == [2, 4, 6], lines  # the epoch's end (4) starts the count again; 8 is the closing table's
     assert lines[0] == f"epoch 1/2 (step 2/8), loss {losses[2]:.4f}, 16.0 img/s, about 0:00:06 left"
     assert lines[2] == f"epoch 2/2 (step 6/8), loss {losses[6]:.4f}, 16.0 img/s, about 0:00:02 left"
+
+
+def test_the_interval_between_checkpoints_runs_from_the_last_write(tmp_path, cifar10_root, monkeypatch):
+    """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: step 16 writes (16 s since the
+    start), step 24 does not (8 s since that write), the end does (a mutation audit: an interval measured from
+    the start, which wrote at every epoch's end after the first write, survived every test)."""
+    steps = [0]
+    call = byol.train.LoopStep.__call__
+
+    def counted(self, step, images):
+        steps[0] += 1
+        return call(self, step, images)
+
+    monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
+    monkeypatch.setattr(byol.saving, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
+    writes = record_writes(monkeypatch)
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,
+        "train.save_interval_s": 12}) + [f"--data.root={cifar10_root}"]))
+    assert writes == [("last.pt", 16), ("plots", 16), ("last.pt", 32), ("plots", 32)]
+
+
+def test_a_slow_first_batch_is_the_start_up_not_a_slow_feed(tmp_path, cifar10_root, monkeypatch, capsys):
+    """The first batch waits for the loaders to start (decoding processes, a folder's first files): 30 s of it,
+    then batches at once, is no note that training waited for its images (a mutation audit: counting the
+    first report's wait survived)."""
+    on_a_fake_clock(monkeypatch)
+    clock, step_images = byol.reporting.time.perf_counter, byol.train.step_images
+
+    def slow_start(*args):
+        for i, images in enumerate(step_images(*args)):
+            clock.now += 30 if i == 0 else 0
+            yield images
+
+    monkeypatch.setattr(byol.train, "step_images", slow_start)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root))
+    waits = [r["train/data_wait"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert waits == [30 / 31] + [0.0] * 7  # logged as it was
+    assert "waited for its images" not in capsys.readouterr().err
+
+
+def test_a_duration_is_hours_minutes_and_seconds():
+    """The closing table's time and the epoch line's time left (a mutation audit: no test reached an hour)."""
+    from byol.reporting import duration
+    assert [duration(s) for s in (0, 59.6, 61, 3599, 3600, 3725, 90061)] == [
+        "0:00:00", "0:01:00", "0:01:01", "0:59:59", "1:00:00", "1:02:05", "25:01:01"]
+
+
+def test_a_folder_run_that_dies_after_a_checkpoint_keeps_the_list_of_its_skipped_files(tmp_path, monkeypatch):
+    """skipped_files.txt is written with each checkpoint, not only at the run's end: a run killed after one keeps
+    the list, which its resume reads back (a mutation audit: only the end's write was tested)."""
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files
+    (root / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    config = load_config("cifar10", tiny_overrides(run, **{
+        "data.limit": "null", "train.batch_size": 4, "train.epochs": 2, "train.knn_every": -1, "data.workers": 0}) + [
+        "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32"])
+    call = byol.train.LoopStep.__call__
+
+    def dies_in_the_second_epoch(self, step, images):
+        if step > 6:  # 5 steps an epoch
+            raise RuntimeError("killed")
+        return call(self, step, images)
+
+    monkeypatch.setattr(byol.train.LoopStep, "__call__", dies_in_the_second_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain(config)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
+    assert (run / "skipped_files.txt").read_text().startswith(f"{root / 'cat' / 'bad.jpg'}\t")

@@ -48,13 +48,14 @@ def test_a_folder_decoded_below_the_training_size_is_said(tmp_path, capsys):
     from byol.config import load_config
     from conftest import extract_jpegs
     root = extract_jpegs(tmp_path / "set", per_class=1)
-    for load, said in ((16, True), (40, False)):
+    for load, said in ((16, True), (32, False), (40, False)):  # (32: not below; a mutation audit)
         config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
                                          f"--data.load_size={load}", "--train.batch_size=2", "--data.workers=0"])
         train_data._training_split(config, torch.device("cpu"), 0, 1)
         err = capsys.readouterr().err
         assert ("note: data.load_size=16 is below data.image_size=32: each image is decoded to 16x16 and its crops "
                 "are scaled up to 32x32" in err) == said, err
+        assert ("is below data.image_size" in err) == said, err  # (32: the same size, not below)
 
 
 @pytest.mark.parametrize("given, said", [
@@ -214,3 +215,27 @@ def test_decoding_the_kNN_monitor_images_says_how_far_it_is_where_it_takes_long(
         where = re.escape(str(root / split))
         assert re.fullmatch(rf"note: decoding {n} images of {where} for the kNN monitor: {n} done, \d+ s", so_far)
         assert re.fullmatch(rf"note: decoded {n} images of {where} for the kNN monitor in \d+ s", done)
+
+
+def test_a_batch_the_processes_cannot_share_equally_is_refused():
+    """Under torchrun each process takes train.batch_size / processes images: a batch that does not divide
+    is refused, not cut to a smaller global batch than the learning rate was scaled for (a mutation audit)."""
+    from byol.config import ConfigError, load_config
+    config = load_config("cifar10", ["--train.batch_size=10"])
+    with pytest.raises(ConfigError, match=r"^train.batch_size=10 must be divisible by the 3 processes$"):
+        train_data.load_data(config, torch.device("cpu"), 0, 3)
+
+
+def test_the_notes_of_a_training_folder_the_knn_monitor_reads_too_are_said_once(tmp_path, capsys):
+    """ROOT/train is both the training folder and the kNN monitor's bank: what its scan left out is said once
+    (a mutation audit: saying it again for the bank survived)."""
+    from byol.config import load_config
+    from conftest import extract_jpegs
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=1)
+    extract_jpegs(tmp_path / "set" / "val", per_class=1)
+    (train / "cat" / "phone.heic").write_bytes(b"")
+    config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={train}", "--data.image_size=32",
+                                     "--train.batch_size=2", "--data.workers=0", "--train.knn_every=0"])
+    train_data.load_data(config, torch.device("cpu"), 0, 1)
+    err = capsys.readouterr().err
+    assert err.count(f"note: 1 file (.heic 1) in {train} is left out") == 1, err
