@@ -211,7 +211,7 @@ def saved_step(path: Path) -> Optional[int]:
     """The step a checkpoint was written at, read without loading its tensors (mmap); None where the
     file is not a readable checkpoint."""
     try:
-        return int(_peek(path)["step"])
+        return int(peek(path)["step"])
     except Exception:  # not a checkpoint of ours, or torn
         return None
 
@@ -220,13 +220,13 @@ def saved_config(path: Path) -> dict:
     """The settings a checkpoint holds, read as :func:`saved_step` reads its step; {} where the file is
     not a readable checkpoint."""
     try:
-        config = _peek(path)["config"]
+        config = peek(path)["config"]
     except Exception:  # not a checkpoint of ours, or torn
         return {}
     return config if isinstance(config, dict) else {}
 
 
-def _peek(path: Path) -> Any:
+def peek(path: Path) -> Any:
     """What ``torch.save`` wrote in ``path``, its tensors mapped, not read (raises where it is not such a file)."""
     _check_format(path)  # (torch.load of a TorchScript export warns, then loads the module)
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)  # (torch < 2.3: mmap takes str only)

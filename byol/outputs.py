@@ -6,10 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
-
 from . import distributed as dist
-from .checkpoint import is_torchscript, saved_step
+from .checkpoint import is_torchscript, peek, saved_step
 from .errors import ByolError
 from .files import write_failed, write_failure, written_for
 from .run_folder import RUN_FILES
@@ -96,7 +94,7 @@ def _model_in(path: Path) -> Optional[str]:
     if not any(n.endswith("/data.pkl") for n in names):
         return None  # a zip of something else
     try:
-        saved = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)  # (str: torch < 2.3)
+        saved = peek(path)
     except Exception:  # a whole pickled model (not loadable as weights alone), or torn
         return "what torch.save wrote"
     if isinstance(saved, dict) and "embeddings" in saved:
