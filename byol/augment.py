@@ -117,6 +117,11 @@ def identity_views(size: int = 32) -> tuple[ViewConfig, ViewConfig]:
 _PRESETS = {"paper": paper_views, "cifar": cifar_views, "none": identity_views}
 
 
+def view_preset_names() -> list[str]:
+    """The names :func:`view_presets` takes (``augment.preset``'s values)."""
+    return sorted(_PRESETS)
+
+
 def view_presets(name: str, size: int) -> tuple[ViewConfig, ViewConfig]:
     """The two view configs of a named recipe: "paper" (ImageNet, the paper's) or "cifar"."""
     if name not in _PRESETS:

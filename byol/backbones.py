@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import difflib
 import numbers
 import re
 import warnings
@@ -255,12 +256,16 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
         children = [name for name, _ in net.named_children()]
         try:
             hidden_layer = children[hidden_layer]
-        except IndexError:
-            raise ValueError(f"hidden_layer={hidden_layer} is out of range: the network has "
-                             f"{len(children)} children") from None
-    names = {name for name, _ in net.named_modules()}
+        except IndexError:  # (a user test: a one-child network with the default -2 was told nothing more)
+            raise ValueError(f"hidden_layer={hidden_layer} is out of range: the network has {len(children)} "
+                             f"{'child' if len(children) == 1 else 'children'} ({', '.join(children) or 'none'}); "
+                             "hidden_layer=-1 takes the network's own output") from None
+    names = [name for name, _ in net.named_modules() if name]
     if hidden_layer not in names:
-        raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network")
+        close = difflib.get_close_matches(str(hidden_layer), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network{hint}; its children are "
+                         f"{', '.join(name for name, _ in net.named_children()) or 'none'}")
     if not trace:
         return HookedLayer(net, hidden_layer)
     try:

@@ -10,7 +10,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
-from .augment import Augment, view_presets
+from .augment import Augment, ViewConfig, view_presets
 from .backbones import cut_at, resnet
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
@@ -21,7 +21,14 @@ from . import distributed as dist
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks this process's CUDA device when there is one, else the CPU."""
     if name == "auto":
-        return torch.device(f"cuda:{dist.local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local, count = dist.local_rank(), torch.cuda.device_count()
+        if local >= count:  # more torchrun processes on this machine than GPUs: else torch's "invalid device ordinal"
+            raise ConfigError(f"this is torchrun's process LOCAL_RANK={local}, but this machine has {count} CUDA "
+                              f"GPU{'s' * (count != 1)}: start at most {count} a machine (--nproc_per_node={count}), "
+                              "or train.device=cpu")
+        return torch.device(f"cuda:{local}")
     device = torch.device(name)
     if device.type == "cpu":  # one CPU device: cpu:0 is cpu (a note compared them and said a copy was made)
         return torch.device("cpu")
@@ -156,7 +163,7 @@ def end_step_of(config: Config, total_steps: int) -> int:
     return min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
 
 
-def views_of(config: Config):
+def views_of(config: Config) -> tuple[ViewConfig, ViewConfig]:
     """The two view recipes of a config."""
     try:
         view1, view2 = view_presets(config.augment.preset, config.data.image_size)

@@ -37,7 +37,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50
+    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50 (a network of your own: the BYOL learner
+                                      # in your own loop, docs/python_api.md)
     cifar_stem: bool = True           # 3x3 stride-1 first conv and no max-pool, for 32x32 images
     width: int = 64                   # channels of the first stage (64 = torchvision)
     projection_size: int = 256        # width of the projections z and predictions p (paper: 256)
@@ -103,6 +104,9 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """Every setting of a run, by section: ``config.train.epochs`` is ``--train.epochs``. Build one with
+    :func:`load_config`; one changed in Python is checked again when a function is given it."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -14,6 +14,9 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     """Reject values of the right type but outside their range, with the key and the rule; only
     those of ``keys`` (``section.key``) when given."""
     from .backbones import RESNETS  # (torch and torchvision: an unknown key or a wrong type is said without them)
+    from .augment import view_preset_names
+    from .datasets import DATASETS
+    views = view_preset_names()
     t = config.train
     rules = [("train.epochs", t.epochs >= 1, ">= 1"),
              ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
@@ -29,10 +32,12 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
              ("optim.lr", _finite(config.optim.lr) >= 0, "a finite number >= 0"),
              ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
+             ("data.dataset", config.data.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
+             ("augment.preset", config.augment.preset in views, f"one of {', '.join(views)}"),
              ("optim.name", config.optim.name in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
              ("train.precision", t.precision in ("auto", "bf16", "fp32"), "auto, bf16 or fp32"),
              ("train.compile", t.compile is True or t.compile is False or t.compile == "auto", "true, false or auto"),
-             ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N"),
+             ("train.device", _is_device(t.device), "auto, cpu, cuda or cuda:N" + _not_mps(t.device)),
              ("train.cuda_graph", not (t.cuda_graph and t.compile is True),
               "false with train.compile=true (the CUDA graph captures the eager step)"),
              ("data.limit", config.data.limit is None or config.data.limit >= 1, ">= 1 or null"),
@@ -64,6 +69,11 @@ def _finite(value: float) -> float:
     """``value``, or NaN (which no range check passes) for an infinite one: lr=inf passed >= 0 and
     trained to NaN. (Refused here, not as the file is read: a saved run's inf elsewhere stays readable.)"""
     return value if math.isfinite(value) else math.nan
+
+
+def _not_mps(name: str) -> str:
+    """Why Apple's GPU is not among the devices, for a Mac user who asks for it."""
+    return " (Apple's GPU, mps, is not supported: on a Mac, auto runs on the CPU)" if name.startswith("mps") else ""
 
 
 def _is_device(name: str) -> bool:

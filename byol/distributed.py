@@ -18,10 +18,11 @@ def init() -> tuple[int, int]:
         return 0, 1
     import torch.distributed as td
     if not td.is_initialized():
-        # gloo for CPU tensors (train.device=cpu, CPU-side collectives), NCCL for CUDA ones.
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank())
+        # gloo for CPU tensors (train.device=cpu, CPU-side collectives), NCCL for CUDA ones where torch has
+        # it (Windows' builds have not: gloo for both there)
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and td.is_nccl_available() else "gloo"
+        if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():  # (else build says why, or
+            torch.cuda.set_device(local_rank())  # this process is one of train.device=cpu's)
         try:
             td.init_process_group(backend)
         except ValueError as e:  # torchrun's other variables missing or wrong (RANK, MASTER_ADDR, ...)

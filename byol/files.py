@@ -6,6 +6,7 @@ import fnmatch
 import glob
 import os
 import re
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
@@ -14,6 +15,7 @@ try:
     import fcntl  # file locks, to tell a temporary being written from one a killed writer left
 except ImportError:  # Windows
     fcntl = None
+_WINDOWS = os.name == "nt"  # where a file held open cannot be renamed or removed, and os.kill(pid, 0) is a Ctrl-C
 
 
 def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
@@ -55,9 +57,25 @@ def temporary_beside(path: Path) -> Iterator[Path]:
             yield tmp  # written through its path (torch.save's own writer), the same file as `held`
             held.flush()
             os.fsync(held.fileno())
-            os.replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
+            if fcntl is None:  # no lock to keep (Windows): closed first, as Windows renames no file held open
+                held.close()
+            _replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, path: Path, tries: int = 25) -> None:
+    """``os.replace(tmp, path)``; on Windows tried again for some 5 s while another process has ``path``
+    open (``byol eval`` reading last.pt as the run writes it, an antivirus scan): Windows replaces no file
+    held open, and the run would end for it."""
+    for left in range(tries - 1, -1, -1):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if not _WINDOWS or not left:
+                raise
+            time.sleep(0.2)
 
 
 @contextmanager
@@ -108,7 +126,8 @@ def remove_torn_temporaries(folder: Path, *names: str) -> list[Path]:
 
     A temporary whose writer still holds its lock (on this machine or, where the file system shares
     locks, another) is kept. Where locks are not available, one is torn when the process named in it
-    is not running on this machine or is this process (which is not writing one now).
+    is not running on this machine or is this process (which is not writing one now); on Windows, one
+    that no process holds open (Windows removes no file held open).
     """
     removed = []
     for tmp in sorted(Path(folder).glob(".*.tmp*")):
@@ -140,10 +159,10 @@ def _remove_if_torn(tmp: Path, pid: int) -> bool:
             return False  # its writer is at work
         except OSError:
             pass  # no locks on this file system (or the file went): ask whether its writer runs
-    if pid == os.getpid():
+    if pid == os.getpid() or _WINDOWS:  # Windows removes no file its writer holds open (until it renames it)
         return _removed(tmp)
     try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists (not on Windows: CTRL_C_EVENT is 0)
     except ProcessLookupError:
         return _removed(tmp)
     except (OSError, OverflowError):

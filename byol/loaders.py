@@ -43,6 +43,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def refuse_to_start_again(what: str) -> None:
+    """Raise where this process is one that multiprocessing's spawn or forkserver is starting (the default
+    on macOS and Windows, and on Linux from Python 3.14): it runs the caller's script again, and a script
+    that calls ``what`` outside ``if __name__ == "__main__":`` would start it again in each decoding
+    process (a user test: each said that another run, its own, was writing the run folder)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(f"{what} was called again while multiprocessing started an image decoding process "
+                           "(data.workers; its 'spawn' or 'forkserver' start runs the script's top level again): "
+                           "put the script's calls under `if __name__ == \"__main__\":`, or set data.workers=0")
+
+
 def _start_decoding_process(worker_id: int) -> None:
     """A decoding process ignores SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2: a scheduler's cancel (SIGTERM)
     or warning of its time limit (SIGUSR1, SIGUSR2), a terminal's Ctrl-C (SIGINT) and its closing (SIGHUP) go

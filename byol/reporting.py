@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import torch
 
 from .build import end_step_of, schedule_of
-from .config import Config, TrainConfig
+from .config import Config, OptimConfig, TrainConfig, yaml_word
 from .errors import ByolError
 from .features import tqdm_bar
 from .folder import held_out_folder
@@ -262,6 +262,20 @@ def note_no_augmentation(config: Config) -> None:
                  f"{scale:g} to all of the image (no flip, colour change or blur)")
     print(f"note: augment.preset=none {views}: an ablation; BYOL's recipes are --augment.preset=paper or cifar",
           file=sys.stderr)
+
+
+def note_unused_optim(config: Config) -> None:
+    """The ``optim`` settings that ``optim.name``'s optimizer does not read, where they are not the
+    defaults (a user test: ``--optim.name=adamw`` over the cifar10 preset kept its LARS settings, and
+    a ``--optim.momentum`` given with it, without a word; AdamW's betas are torch's)."""
+    o, defaults = config.optim, OptimConfig()
+    unused = [key for key, used_by in (("momentum", ("lars", "sgd")), ("trust_coefficient", ("lars",)),
+                                       ("lars_clip", ("lars",)))
+              if o.name not in used_by and getattr(o, key) != getattr(defaults, key)]
+    if unused:
+        settings = ", ".join(f"optim.{key}={yaml_word(getattr(o, key))}" for key in unused)
+        print(f"note: optim.name={o.name} does not use {settings}; {'it is' if len(unused) == 1 else 'they are'} "
+              "ignored", file=sys.stderr)
 
 
 def note_warmup(config: Config, steps_per_epoch: int) -> None:

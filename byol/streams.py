@@ -29,7 +29,12 @@ class LosableStream:
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError as e:  # a path outside the code page of a redirected stdout (Windows):
+                encoding = getattr(self._stream, "encoding", None) or e.encoding  # escaped, as stderr does
+                self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                return len(text)
         except (OSError, ValueError) as e:
             self._lose_on(e)
             return len(text)
@@ -42,7 +47,7 @@ class LosableStream:
 
     def _lose_on(self, e: Exception) -> None:
         """Lose the stream where ``e`` says its reader is gone; else (a character the stream cannot
-        encode, a full non-blocking pipe) ``e`` is raised, as by the stream itself."""
+        encode even escaped, a full non-blocking pipe) ``e`` is raised, as by the stream itself."""
         gone = e.errno in _GONE if isinstance(e, OSError) else getattr(self._stream, "closed", False)
         if not gone or isinstance(e, BlockingIOError):
             raise e

@@ -24,12 +24,13 @@ from .config_files import read_preset
 from .data import DataError
 from .faults import NonFiniteGuard, StopRequest
 from .knn_monitor import knn_monitor, score_unless_stopped
+from .loaders import refuse_to_start_again
 from .memory import check_step_fits
 from .metrics import KNN_PREFIX, MetricsLog, read_metrics
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_no_augmentation, note_train_split, note_warmup, progress_bar)
+                        note_no_augmentation, note_train_split, note_unused_optim, note_warmup, progress_bar)
 from .resume import restore
 from .run_folder import RunFolder, read_warnings
 from .saving import Checkpoints
@@ -121,6 +122,7 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     run's own saved settings, as ``byol pretrain --resume`` does, pass
     ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
     """
+    refuse_to_start_again("byol.pretrain")  # before anything is read or written
     config = _checked(config, resume)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
@@ -279,6 +281,7 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         folder.save_config(config, resume_step)
         note_cpu(config, device)
         note_warmup(config, len(data.batches))
+        note_unused_optim(config)
         note_no_augmentation(config)  # (a resume may have changed the preset to none)
         if resume_step is None:
             note_train_split(config)

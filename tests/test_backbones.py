@@ -1,3 +1,5 @@
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,13 @@ def test_bad_hidden_layer_and_backbone_names():
         cut_at(net, "pool5")
     with pytest.raises(ValueError, match="out of range"):
         cut_at(net, 40)
+    # What to give instead: a misspelt name's likely meaning, the children; -1 for a network of one child
+    with pytest.raises(ValueError, match=r"'avgpol' is not a module of the network \(did you mean 'avgpool'\?\); "
+                                         r"its children are conv1, bn1, relu, maxpool, layer1, .*, avgpool, fc$"):
+        cut_at(net, "avgpol")
+    with pytest.raises(ValueError, match=r"hidden_layer=-2 is out of range: the network has 1 child \(body\); "
+                                         r"hidden_layer=-1 takes the network's own output"):
+        cut_at(nn.Sequential(OrderedDict(body=nn.Conv2d(3, 4, 3))), -2)
     with pytest.raises(ValueError, match="unknown backbone"):
         resnet("vgg16")
     # (a user test: the module itself was "not a module of the network", a list a bare TypeError, True child 1)

@@ -54,3 +54,18 @@ def test_a_cuda_device_this_machine_does_not_have_is_one_sentence(monkeypatch):
             resolve_device("cuda:2")
         assert resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
         assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monkeypatch):
+    """torchrun --nproc_per_node=8 on a 4-GPU machine: processes 4 to 7 took cuda:4 to cuda:7, and torch's
+    "invalid device ordinal" traceback (left by the mutation audit, found reading build.py)."""
+    from byol.config import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda:3")
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(ConfigError, match=r"^this is torchrun's process LOCAL_RANK=4, but this machine has 4 CUDA "
+                                          r"GPUs: start at most 4 a machine \(--nproc_per_node=4\), or "
+                                          r"train.device=cpu$"):
+        resolve_device("auto")

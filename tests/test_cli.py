@@ -1371,6 +1371,19 @@ def test_a_stream_lost_without_a_file_descriptor_leaves_no_descriptor_open():
         assert descriptors() <= before
 
 
+def test_a_character_that_a_redirected_stdout_cannot_encode_is_written_escaped():
+    """Imitating Windows, where stdout redirected to a file or a pipe takes the ANSI code page (cp1252):
+    `byol eval knn 数据/last.pt > out.txt` ended in a UnicodeEncodeError traceback at its results' table,
+    after the work was done."""
+    from byol.streams import LosableStream
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="cp1252")
+    stream = LosableStream(out)
+    assert stream.write("run directory  runs/数据/é\n") == len("run directory  runs/数据/é\n")
+    stream.flush()
+    assert raw.getvalue() == "run directory  runs/\\u6570\\u636e/é\n".encode("cp1252") and not stream.lost
+
+
 def test_a_stopped_run_says_where_it_stopped_its_checkpoint_and_the_files_it_skipped():
     """A user test at ImageNet scale: the closing table counts the skipped files, and the line of a
     run stopped by a signal (a scheduler's cancel), which has no table, did not."""

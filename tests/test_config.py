@@ -34,6 +34,33 @@ def test_every_config_key_has_its_meaning_beside_its_default():
             assert "#" in line, f"{section.name}.{key.name}"
 
 
+def test_every_config_key_is_read_by_the_package():
+    """A key added to byol/config.py alone (typed, commented, accepted on the command line) and read
+    nowhere would change nothing, and no other test noticed (tried with a train.grad_clip). A key is read
+    where the package, outside config.py, says its name as an attribute (``t.epochs``) or as a string."""
+    import dataclasses
+    package = Path(__file__).resolve().parent.parent / "byol"
+    code = "\n".join(p.read_text() for p in sorted(package.glob("*.py")) if p.name != "config.py")
+    unread = [f"{section.name}.{key.name}" for section in dataclasses.fields(Config)
+              for key in dataclasses.fields(section.default_factory)
+              if not re.search(rf"\.{key.name}\b|[\"']{section.name}\.{key.name}\b", code)]
+    assert unread == [], f"config keys that nothing in byol/ reads: {unread}"
+
+
+def test_every_config_key_but_a_switch_has_a_range_rule():
+    """A number or a name added without its rule in byol/config_rules.py takes any value (tried with a
+    train.grad_clip: --train.grad_clip=-5 was taken); a true/false switch needs none, nor a folder's name."""
+    import dataclasses
+    import typing
+    rules = (Path(__file__).resolve().parent.parent / "byol" / "config_rules.py").read_text()
+    free = {"data.train_split"}  # any folder's name
+    unruled = [f"{section.name}.{key.name}" for section in dataclasses.fields(Config)
+               for key in dataclasses.fields(section.default_factory)
+               if typing.get_type_hints(section.default_factory)[key.name] is not bool
+               and f'"{section.name}.{key.name}"' not in rules and f"{section.name}.{key.name}" not in free]
+    assert unruled == [], f"config keys without a rule in byol/config_rules.py: {unruled}"
+
+
 def test_imagenet_preset_is_the_paper_recipe():
     c = load_config("imagenet")
     assert (c.model.backbone, c.model.projection_hidden_size, c.model.projection_size) == ("resnet50", 4096, 256)
@@ -76,6 +103,8 @@ def test_overrides_are_typed():
     ("--train.precision=fp16", "train.precision must be auto, bf16 or fp32"),
     ("--train.compile=maybe", "train.compile must be true, false or auto"),
     ("--train.device=meta", "train.device must be auto, cpu, cuda or cuda:N"),  # torch's, but not ours
+    ("--train.device=mps", "train.device must be auto, cpu, cuda or cuda:N \\(Apple's GPU, mps, is not supported: "
+                           "on a Mac, auto runs on the CPU\\)"),  # a Mac user's first try
     ("--data.image_size=0", "data.image_size must be >= 8"),
     ("--data.image_size=7", "data.image_size must be >= 8"),
     ("--data.load_size=4", "data.load_size must be >= 8 or null"),
@@ -95,6 +124,9 @@ def test_overrides_are_typed():
     ("--train.out_dir=", "train.out_dir must be a directory"),
     ("--train.out_dir=  ", "train.out_dir must be a directory"),
     ("--data.root= ", "data.root must be a directory"),
+    # Refused as the config is read, naming the key (it was said as the run was built, without it)
+    ("--augment.preset=simclr", "augment.preset must be one of cifar, none, paper"),
+    ("--data.dataset=imagenet", "data.dataset must be one of cifar10, cifar100, stl10, folder"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):

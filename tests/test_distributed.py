@@ -255,3 +255,34 @@ def test_rows_the_ranks_hold_unevenly_are_gathered_in_order(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
                           env=torchrun_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_torch_without_nccl_joins_with_gloo_on_a_gpu_and_a_process_past_the_gpus_takes_none(monkeypatch):
+    """From reading the code for Windows, whose torch has CUDA but no NCCL: torchrun on its GPUs asked for
+    NCCL, and init_process_group failed ("Distributed package doesn't have NCCL built in")."""
+    import torch.distributed as td
+    from byol import distributed
+    joined = []
+
+    def init_process_group(backend):
+        joined.append(backend)
+        raise ValueError("stop here")
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: joined.append(f"cuda:{device}"))
+    monkeypatch.setattr(td, "is_initialized", lambda: False)
+    monkeypatch.setattr(td, "init_process_group", init_process_group)
+    for nccl, backend in ((True, "cpu:gloo,cuda:nccl"), (False, "gloo")):
+        monkeypatch.setattr(td, "is_nccl_available", lambda: nccl)
+        with pytest.raises(ValueError, match="could not be joined"):
+            distributed.init()
+        assert joined == ["cuda:0", backend]
+        joined.clear()
+    # A process past the machine's GPUs takes none (build.resolve_device says why, where it is to use one)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="could not be joined"):
+        distributed.init()
+    assert joined == ["gloo"]

@@ -4,6 +4,7 @@ import errno
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,83 @@ def test_a_failed_checkpoint_write_names_a_file_size_limit_where_the_process_has
     monkeypatch.setattr(resource, "getrlimit", lambda which: (500_000, resource.RLIM_INFINITY))
     assert write_failure(torn).endswith("; is the disk full, or this process's file-size limit (500,000 bytes) "
                                         "reached?")
+
+
+def _refusing_open_files(real):
+    """os.replace as Windows does it: a file that a handle holds open (Python's open() does not share
+    it for deletion) is neither renamed nor replaced."""
+    def replace(src, dst):
+        held = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        if any(os.path.realpath(p) in held for p in (src, dst)):
+            raise PermissionError(errno.EACCES, "[WinError 32] The process cannot access the file because it is "
+                                                "being used by another process", str(src))
+        return real(src, dst)
+    return replace
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see which files are open")
+def test_without_file_locks_a_temporary_is_closed_before_it_is_renamed(tmp_path, monkeypatch):
+    """From a test imitating Windows: the temporary was renamed while still open, which Windows refuses
+    ("[WinError 32]"): every write failed, config.yaml the first, so no pretrain could start there."""
+    monkeypatch.setattr(files, "fcntl", None)
+    monkeypatch.setattr(os, "replace", _refusing_open_files(os.replace))
+    write_text_atomically(tmp_path / "config.yaml", "a: 1\n")
+    write_files_atomically({tmp_path / "last.pt": lambda tmp: Path(tmp).write_bytes(b"saved")})  # torch.save's way
+    write_text_atomically(tmp_path / "config.yaml", "a: 2\n")  # over an existing file
+    assert (tmp_path / "config.yaml").read_text() == "a: 2\n" and (tmp_path / "last.pt").read_bytes() == b"saved"
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml", "last.pt"]
+
+
+def test_on_windows_a_torn_temporary_is_removed_unless_held_open_and_no_process_is_signalled(tmp_path, monkeypatch):
+    """From reading the code for Windows: the writer's pid was probed with os.kill(pid, 0), which there sends
+    a Ctrl-C (CTRL_C_EVENT is 0) to a console's processes, not a question; Windows itself keeps a temporary
+    that its writer holds open from being removed."""
+    monkeypatch.setattr(files, "fcntl", None)
+    monkeypatch.setattr(files, "_WINDOWS", True, raising=False)
+
+    def no_signals(pid, signum):
+        raise AssertionError(f"os.kill({pid}, {signum}) on Windows")
+
+    monkeypatch.setattr(os, "kill", no_signals)
+    torn = tmp_path / f".last.pt.tmp{os.getppid()}"  # a live pid, not this run's writer: its file is closed
+    written = tmp_path / f".epoch_0001.pt.tmp{os.getppid()}"  # held open by its writer
+    for path in (torn, written):
+        path.write_text("half")
+    unlink = Path.unlink
+
+    def as_windows(path, missing_ok=False):
+        if path == written:
+            raise PermissionError(errno.EACCES, "[WinError 32] being used by another process", str(path))
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", as_windows)
+    assert remove_torn_temporaries(tmp_path, "*.pt") == [torn]
+    assert os.listdir(tmp_path) == [written.name]
+
+
+def test_on_windows_a_file_that_another_process_reads_is_replaced_once_it_lets_go(tmp_path, monkeypatch):
+    """From reading the code for Windows, which replaces no file held open: `byol eval` reading last.pt at
+    the moment the run replaced it ended the run ("could not write the checkpoint ... Permission denied")."""
+    monkeypatch.setattr(files, "_WINDOWS", True, raising=False)
+    monkeypatch.setattr(files, "time", types.SimpleNamespace(sleep=lambda s: None), raising=False)
+    real, refused = os.replace, []
+
+    def read_elsewhere(src, dst):
+        if len(refused) < 3:
+            refused.append(dst)
+            raise PermissionError(errno.EACCES, "[WinError 5] Access is denied", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_elsewhere)
+    write_text_atomically(tmp_path / "last.pt", "new")
+    assert (tmp_path / "last.pt").read_text() == "new" and os.listdir(tmp_path) == ["last.pt"] and len(refused) == 3
+    monkeypatch.setattr(files, "_WINDOWS", False)  # elsewhere a refusal is one at once (a read-only folder)
+    refused.clear()
+    with pytest.raises(PermissionError):
+        write_text_atomically(tmp_path / "last.pt", "newer")
+    assert len(refused) == 1 and (tmp_path / "last.pt").read_text() == "new"

@@ -64,11 +64,17 @@ def test_pretraining_with_no_augmentation_gets_a_note(tmp_path, capsys):
     assert "note: augment.preset=none with augment.crop_min_scale=0.2 gives views that differ only by their square " \
         "crops, of 0.2 to all of the image (no flip, colour change or blur): an ablation; BYOL's recipes are " \
         "--augment.preset=paper or cifar" in capsys.readouterr().err
-    pretrain(two_steps("cifar10", tmp_path / "whole", "--augment.preset=none", "--train.knn_every=-1", *NARROW))
+    pretrain(two_steps("cifar10", tmp_path / "whole", "--augment.preset=none", "--train.knn_every=-1",
+                       "--optim.name=adamw", *NARROW))
+    err = capsys.readouterr().err
     assert "note: augment.preset=none gives both views the same whole image, from which BYOL has nothing to learn: " \
-        "an ablation" in capsys.readouterr().err
+        "an ablation" in err
+    # (a user test: AdamW over the cifar10 preset kept its LARS settings without a word)
+    assert "note: optim.name=adamw does not use optim.trust_coefficient=0.02, optim.lars_clip=true; they are " \
+        "ignored" in err
     pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", *NARROW))
-    assert "augment.preset=none" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "augment.preset=none" not in err and "does not use" not in err
     pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", "--train.max_steps=3",
                        "--augment.preset=none", "--augment.crop_min_scale=1", *NARROW), resume=True)  # (a review)
     assert "note: augment.preset=none gives both views the same whole image" in capsys.readouterr().err

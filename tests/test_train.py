@@ -1604,3 +1604,17 @@ def test_a_folder_run_that_dies_after_a_checkpoint_keeps_the_list_of_its_skipped
         pretrain(config)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
     assert (run / "skipped_files.txt").read_text().startswith(f"{root / 'cat' / 'bad.jpg'}\t")
+
+
+def test_a_script_run_again_by_a_spawned_decoding_process_is_told_to_guard_its_calls(tmp_path, monkeypatch):
+    """A user test under 'spawn' (macOS's and Windows's default), a script calling byol.pretrain outside
+    `if __name__ == "__main__":`: each decoding process ran the script, and pretrain, again, and said that
+    another byol run (its parent) was writing the folder; under 'forkserver', that the folder could not be
+    written. Refused at once instead, nothing read or written."""
+    import multiprocessing
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)  # as spawn sets it
+    out = tmp_path / "run"
+    config = load_config("cifar10-cpu", tiny_overrides(out, **{"data.root": tmp_path / "no-data"}))
+    with pytest.raises(RuntimeError, match='byol.pretrain was called again .* `if __name__ == "__main__":`'):
+        pretrain(config)
+    assert not out.exists()
