@@ -20,15 +20,17 @@ from . import distributed as dist
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks this process's CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda") and torch.cuda.is_available():
         local, count = dist.local_rank(), torch.cuda.device_count()
-        if local >= count:  # more torchrun processes on this machine than GPUs: else torch's "invalid device ordinal"
+        if local >= count:  # more torchrun processes on this machine than GPUs: else torch's "invalid device
+            # ordinal" (auto), or, for cuda, the current device, cuda:0, which distributed.init left it
             raise ConfigError(f"this is torchrun's process LOCAL_RANK={local}, but this machine has {count} CUDA "
                               f"GPU{'s' * (count != 1)}: start at most {count} a machine (--nproc_per_node={count}), "
                               "or train.device=cpu")
-        return torch.device(f"cuda:{local}")
+        if name == "auto":
+            return torch.device(f"cuda:{local}")
     device = torch.device(name)
     if device.type == "cpu":  # one CPU device: cpu:0 is cpu (a note compared them and said a copy was made)
         return torch.device("cpu")

@@ -7,7 +7,7 @@ import glob
 import os
 import re
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
@@ -61,7 +61,8 @@ def temporary_beside(path: Path) -> Iterator[Path]:
                 held.close()
             _replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
     finally:
-        tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # (Windows: a virus scanner holding it) not said in place of the error that ended
+            tmp.unlink(missing_ok=True)  # the write; the next start's remove_torn_temporaries removes it
 
 
 def _replace(tmp: Path, path: Path, tries: int = 25) -> None:

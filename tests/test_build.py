@@ -69,3 +69,9 @@ def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monk
                                           r"GPUs: start at most 4 a machine \(--nproc_per_node=4\), or "
                                           r"train.device=cpu$"):
         resolve_device("auto")
+    # train.device=cuda is this process's current device, which distributed.init sets to cuda:LOCAL_RANK only
+    # where there is one: past the GPUs it stayed cuda:0, shared with process 0 (NCCL: "Duplicate GPU detected")
+    with pytest.raises(ConfigError, match=r"^this is torchrun's process LOCAL_RANK=4, but this machine has 4 CUDA "):
+        resolve_device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda")

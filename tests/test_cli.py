@@ -1352,6 +1352,7 @@ def test_only_a_reader_that_is_gone_silences_a_stream():
     stream._stream.close()  # the /dev/null it writes to now (else a ResourceWarning, once collected)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count the open descriptors")
 def test_a_stream_lost_without_a_file_descriptor_leaves_no_descriptor_open():
     """A closed stdout, or one with no descriptor (pytest's capsys, a notebook's), that is lost: the /dev/null
     descriptor opened to redirect it stayed open, one more for each such command (found by a state check)."""

@@ -209,3 +209,23 @@ def test_on_windows_a_file_that_another_process_reads_is_replaced_once_it_lets_g
     with pytest.raises(PermissionError):
         write_text_atomically(tmp_path / "last.pt", "newer")
     assert len(refused) == 1 and (tmp_path / "last.pt").read_text() == "new"
+
+
+def test_a_temporary_that_cannot_be_removed_after_a_failed_write_leaves_the_write_s_error(tmp_path, monkeypatch):
+    """Windows removes no file another process holds open (a virus scanner reading the new temporary): the
+    PermissionError of removing it replaced the full disk that ended the write, which the user was then not told."""
+    unlink = Path.unlink
+
+    def held_elsewhere(path, missing_ok=False):
+        if path.name.startswith(".last.pt.tmp"):
+            raise PermissionError(errno.EACCES, "[WinError 32] being used by another process", str(path))
+        return unlink(path, missing_ok=missing_ok)
+
+    def full_disk(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "unlink", held_elsewhere)
+    with pytest.raises(OSError) as raised:
+        write_files_atomically({tmp_path / "last.pt": full_disk})
+    assert raised.value.errno == errno.ENOSPC and not (tmp_path / "last.pt").exists()
