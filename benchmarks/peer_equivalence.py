@@ -1,5 +1,6 @@
 """Are byol's numbers the peers' numbers? The kNN classifier, the loss, the EMA step, the tau
-schedule and the heads, each set beside lightly's and byol-pytorch's on the same inputs.
+schedule and the heads, each set beside lightly's and byol-pytorch's on the same inputs, and the
+drop-in learner beside byol-pytorch's.
 
     benchmarks/.venv/bin/python -m benchmarks.peer_equivalence [--data ../shared/data/cifar10]
 
@@ -101,6 +102,49 @@ def heads() -> None:
           "(its first Linear has no bias, which the BatchNorm after it cancels in training)")
 
 
+def learner() -> None:
+    """The drop-in learner beside byol-pytorch's, in its way (one BatchNorm batch for both views, tau 0.99,
+    no simplicial embedding), on the same weights and views: the loss, the network's gradients, and the
+    target after three SGD steps and EMA updates."""
+    import copy
+    import torchvision
+    from byol import BYOL
+    torch.manual_seed(0)
+    views = dict(augment_fn=lambda x: x, augment_fn2=lambda x: x.flip(-1))  # fixed views: no random draws
+    kw = dict(image_size=32, hidden_layer="avgpool", projection_size=16, projection_hidden_size=32,
+              moving_average_decay=0.99, **views)
+    net_theirs = torchvision.models.resnet18()
+    net_ours = copy.deepcopy(net_theirs)
+    theirs = byol_pytorch_module.BYOL(net_theirs, use_simplicial_embeddings=False, **kw)
+    ours = BYOL(net_ours, concat_views=True, **kw)
+    net_ours.load_state_dict(net_theirs.state_dict())  # its construction's forward moved the BatchNorm statistics
+    ours.online.projector.load_state_dict(theirs.online_encoder.projector.state_dict())
+    ours.predictor.load_state_dict(theirs.online_predictor.state_dict())
+    ours.reset_moving_average()
+    most = lambda pairs: max(float((a.detach() - b.detach()).abs().max()) for a, b in pairs)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (theirs, ours)]
+    for step in range(3):
+        x = torch.rand(4, 3, 32, 32)
+        losses = [theirs(x), ours(x)]
+        for opt, loss in zip(optimizers, losses):
+            opt.zero_grad()
+            loss.backward()
+        if step == 0:
+            grads = most((a.grad, b.grad) for a, b in zip(net_theirs.parameters(), net_ours.parameters())
+                         if a.grad is not None)
+            print(f"drop-in learner (ResNet-18, batch 4 of 32x32): loss byol {losses[1].item():.7f}, byol-pytorch "
+                  f"{losses[0].item():.7f}; max |difference| of the network's gradients {grads:.1e}")
+        for opt in optimizers:
+            opt.step()
+        theirs.update_moving_average()
+        ours.update_moving_average()
+    target = dict(ours.target_encoder.net.named_parameters())
+    apart = most((p, target[name]) for name, p in theirs.target_encoder.net.named_parameters()
+                 if not name.startswith("fc."))
+    print(f"  after 3 SGD steps and EMA updates: max |difference| of the target networks {apart:.1e}, of the "
+          f"last losses {abs(losses[0].item() - losses[1].item()):.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10"), help="CIFAR-10's root")
@@ -110,6 +154,7 @@ def main() -> None:
     ema()
     schedule()
     heads()
+    learner()
 
 
 if __name__ == "__main__":

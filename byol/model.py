@@ -143,8 +143,9 @@ class BYOL(nn.Module):
         total_steps: if set, :meth:`update_moving_average` follows the paper's cosine schedule
             from ``moving_average_decay`` to 1 over this many calls; otherwise tau is constant.
         use_predictor: ``False`` drops the predictor (an ablation that collapses; see paper, table 5).
-        concat_views: run both views through the online branch as one batch (shared BatchNorm
-            statistics) instead of one view at a time as the reference code does.
+        concat_views: run both views through each branch (encoder, projector, predictor, target) as one
+            batch of 2B (shared BatchNorm statistics, as byol-pytorch does) instead of one view at a
+            time as the reference code does.
         feature_dim: the encoder's output width; found automatically when ``None``.
         trace: ``False`` takes ``hidden_layer`` with a forward hook while all of ``net`` runs, as
             byol-pytorch does, so that what ``net`` does at each call counts: forward hooks on
@@ -258,7 +259,7 @@ class BYOL(nn.Module):
         # The projector's BatchNorm batch statistics need two rows; the encoder alone, or eval
         # mode (running statistics), takes one image.
         needs_batch_stats = self.training and (return_projection or not return_embedding) and not (
-            self.concat_views and isinstance(self.predictor, nn.Identity) and not return_embedding)  # 2B rows
+            self.concat_views and not return_embedding)  # the projector and predictor see 2B rows
         min_batch = self.min_train_batch if needs_batch_stats else 1
         check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
         if return_embedding:
@@ -285,11 +286,13 @@ class BYOL(nn.Module):
 
     def forward_views(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the loss and the online projections of ``view1`` (B, projection_size), detached."""
-        if self.concat_views:
-            z1, z2 = self.online(torch.cat([view1, view2])).chunk(2)
+        if self.concat_views:  # one BatchNorm batch of 2B rows in every branch, the predictor's too (byol-pytorch's)
+            z = self.online(torch.cat([view1, view2]))  # (2B, projection_size)
+            p1, p2 = self.predictor(z).chunk(2)
+            z1 = z.chunk(2)[0]
         else:
             z1, z2 = self.online(view1), self.online(view2)  # per-view BatchNorm statistics
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+            p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             target = self.target if self.target is not None else self.online
             if self.concat_views:
