@@ -14,6 +14,19 @@ from byol.files import remove_torn_temporaries, write_files_atomically, write_te
 from conftest import finished_pid
 
 
+def refuse_to_remove(monkeypatch, refused, code=errno.EACCES, said="[WinError 32] being used by another process"):
+    """Path.unlink refusing the files ``refused(path)`` picks, as another user's file or, on Windows, one
+    another process holds open is refused."""
+    unlink = Path.unlink
+
+    def refusing(path, missing_ok=False):
+        if refused(path):
+            raise PermissionError(code, said, str(path))
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refusing)
+
+
 @pytest.mark.skipif(files.fcntl is None, reason="no file locks here")
 def test_torn_temporaries_are_removed_and_those_being_written_kept(tmp_path):
     write_text_atomically(tmp_path / "config.yaml", "a: 1\n")
@@ -86,14 +99,7 @@ def test_a_torn_temporary_that_cannot_be_removed_keeps_no_write_from_going_on(tm
     file fail, once each write removed its own file's torn temporaries first."""
     stuck = tmp_path / f".r.json.tmp{finished_pid()}"
     stuck.write_text("half")
-    unlink = Path.unlink
-
-    def not_ours(path, missing_ok=False):
-        if path == stuck:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
-        return unlink(path, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", not_ours)
+    refuse_to_remove(monkeypatch, lambda path: path == stuck, errno.EPERM, "Operation not permitted")
     assert remove_torn_temporaries(tmp_path, "r.json") == []
     write_text_atomically(tmp_path / "r.json", "{}\n")
     assert sorted(os.listdir(tmp_path)) == sorted(["r.json", stuck.name])
@@ -176,14 +182,7 @@ def test_on_windows_a_torn_temporary_is_removed_unless_held_open_and_no_process_
     written = tmp_path / f".epoch_0001.pt.tmp{os.getppid()}"  # held open by its writer
     for path in (torn, written):
         path.write_text("half")
-    unlink = Path.unlink
-
-    def as_windows(path, missing_ok=False):
-        if path == written:
-            raise PermissionError(errno.EACCES, "[WinError 32] being used by another process", str(path))
-        return unlink(path, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", as_windows)
+    refuse_to_remove(monkeypatch, lambda path: path == written)
     assert remove_torn_temporaries(tmp_path, "*.pt") == [torn]
     assert os.listdir(tmp_path) == [written.name]
 
@@ -214,18 +213,12 @@ def test_on_windows_a_file_that_another_process_reads_is_replaced_once_it_lets_g
 def test_a_temporary_that_cannot_be_removed_after_a_failed_write_leaves_the_write_s_error(tmp_path, monkeypatch):
     """Windows removes no file another process holds open (a virus scanner reading the new temporary): the
     PermissionError of removing it replaced the full disk that ended the write, which the user was then not told."""
-    unlink = Path.unlink
-
-    def held_elsewhere(path, missing_ok=False):
-        if path.name.startswith(".last.pt.tmp"):
-            raise PermissionError(errno.EACCES, "[WinError 32] being used by another process", str(path))
-        return unlink(path, missing_ok=missing_ok)
+    refuse_to_remove(monkeypatch, lambda path: path.name.startswith(".last.pt.tmp"))
 
     def full_disk(tmp):
         Path(tmp).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "unlink", held_elsewhere)
     with pytest.raises(OSError) as raised:
         write_files_atomically({tmp_path / "last.pt": full_disk})
     assert raised.value.errno == errno.ENOSPC and not (tmp_path / "last.pt").exists()
