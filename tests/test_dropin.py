@@ -231,3 +231,17 @@ def test_concat_views_runs_the_predictor_on_both_views_as_one_batch_as_byol_pyto
         torch.testing.assert_close(g, p.grad)
     one = torch.rand(1, 3, 32, 32)  # every BatchNorm of the learner sees two rows, the predictor's too
     assert torch.isfinite(learner(one, one.flip(-1)))
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_building_the_learner_leaves_the_network_as_it_was(trace):
+    """byol-pytorch's constructor runs a forward in train mode on random images, which moves the network's
+    BatchNorm running statistics and counts (a user test beside it); docs/python_api.md says ours does not."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    learner_on(net, trace=trace)
+    after = net.state_dict()
+    assert after.keys() == before.keys() and net.training
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
