@@ -96,25 +96,39 @@ def test_a_checkpoint_skipped_for_a_nan_loss_does_not_restart_the_interval(tmp_p
     """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: at step 16 a write is due
     but the step's loss is NaN, so nothing is written; the interval still runs from the start, so
     step 24 writes (restarting it at step 16 would have skipped that write too)."""
-    steps = [0]
-    call, train_step = byol.train.LoopStep.__call__, byol.step.train_step
-
-    def counted(self, step, images):
-        steps[0] += 1
-        return call(self, step, images)
+    steps = a_second_a_step(monkeypatch)
+    train_step = byol.step.train_step
 
     def nan_at_16(*args, **kwargs):
         loss, z1 = train_step(*args, **kwargs)
         return (loss * float("nan"), z1) if steps[0] == 16 else (loss, z1)
 
-    monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
     monkeypatch.setattr(byol.step, "train_step", nan_at_16)
+    assert writes_every_12_s(tmp_path, cifar10_root, monkeypatch) == [("last.pt", 24), ("plots", 24),
+                                                                      ("last.pt", 32), ("plots", 32)]
+
+
+def a_second_a_step(monkeypatch) -> list:
+    """The checkpoint interval's clock as one second a step; [steps taken so far]."""
+    steps = [0]
+    call = byol.train.LoopStep.__call__
+
+    def counted(self, step, images):
+        steps[0] += 1
+        return call(self, step, images)
+
+    monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
     monkeypatch.setattr(byol.saving, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
+    return steps
+
+
+def writes_every_12_s(tmp_path, cifar10_root, monkeypatch) -> list:
+    """What 4 epochs of 8 steps with train.save_interval_s=12 (and no other checkpoints) wrote, at which steps."""
     writes = record_writes(monkeypatch)
     pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,
         "train.save_interval_s": 12}) + [f"--data.root={cifar10_root}"]))
-    assert writes == [("last.pt", 24), ("plots", 24), ("last.pt", 32), ("plots", 32)]
+    return writes
 
 
 class FakeClock:
@@ -1540,20 +1554,9 @@ def test_the_interval_between_checkpoints_runs_from_the_last_write(tmp_path, cif
     """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: step 16 writes (16 s since the
     start), step 24 does not (8 s since that write), the end does (a mutation audit: an interval measured from
     the start, which wrote at every epoch's end after the first write, survived every test)."""
-    steps = [0]
-    call = byol.train.LoopStep.__call__
-
-    def counted(self, step, images):
-        steps[0] += 1
-        return call(self, step, images)
-
-    monkeypatch.setattr(byol.train.LoopStep, "__call__", counted)
-    monkeypatch.setattr(byol.saving, "time", types.SimpleNamespace(perf_counter=lambda: float(steps[0])))
-    writes = record_writes(monkeypatch)
-    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **{
-        "data.limit": 128, "train.epochs": 4, "train.checkpoint_every": 0, "train.knn_every": -1,
-        "train.save_interval_s": 12}) + [f"--data.root={cifar10_root}"]))
-    assert writes == [("last.pt", 16), ("plots", 16), ("last.pt", 32), ("plots", 32)]
+    a_second_a_step(monkeypatch)
+    assert writes_every_12_s(tmp_path, cifar10_root, monkeypatch) == [("last.pt", 16), ("plots", 16),
+                                                                      ("last.pt", 32), ("plots", 32)]
 
 
 def test_a_slow_first_batch_is_the_start_up_not_a_slow_feed(tmp_path, cifar10_root, monkeypatch, capsys):
