@@ -168,10 +168,13 @@ def end_step_of(config: Config, total_steps: int) -> int:
 def views_of(config: Config) -> tuple[ViewConfig, ViewConfig]:
     """The two view recipes of a config."""
     try:
-        view1, view2 = view_presets(config.augment.preset, config.data.image_size)
-        if config.augment.crop_min_scale is not None:
-            scale = (config.augment.crop_min_scale, 1.0)
-            view1, view2 = replace(view1, crop_scale=scale), replace(view2, crop_scale=scale)
+        a = config.augment
+        views = view_presets(a.preset, config.data.image_size)
+        if a.crop_min_scale is not None:
+            views = tuple(replace(view, crop_scale=(a.crop_min_scale, 1.0)) for view in views)
+        given = [{name: p for name, p in (("blur_p", blur), ("solarize_p", solarize)) if p is not None}
+                 for blur, solarize in ((a.view1_blur_p, a.view1_solarize_p), (a.view2_blur_p, a.view2_solarize_p))]
+        view1, view2 = (replace(view, **probabilities) for view, probabilities in zip(views, given))
         return view1, view2
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -51,6 +51,14 @@ class ModelConfig:
 class AugmentConfig:
     preset: str = "cifar"             # paper | cifar (the paper's, blur off, CIFAR-10's mean/std) | none (an ablation)
     crop_min_scale: Optional[float] = None  # smallest crop area fraction; None keeps the preset's (0.08)
+    view1_blur_p: Optional[float] = None  # view 1's Gaussian blur probability; None keeps the preset's (paper: 1.0,
+                                      # cifar: 0)
+    view2_blur_p: Optional[float] = None  # view 2's (paper: 0.1, cifar: 0)
+    view1_solarize_p: Optional[float] = None  # view 1's solarization probability (paper and cifar: 0)
+    view2_solarize_p: Optional[float] = None  # view 2's (paper and cifar: 0.2)
+
+
+VIEW_PROBABILITIES = ("view1_blur_p", "view2_blur_p", "view1_solarize_p", "view2_solarize_p")  # augment's, per view
 
 
 @dataclass

@@ -17,7 +17,7 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     from .augment import view_preset_names
     from .datasets import DATASETS
     views = view_preset_names()
-    t = config.train
+    t, a = config.train, config.augment
     rules = [("train.epochs", t.epochs >= 1, ">= 1"),
              ("train.batch_size", t.batch_size >= 2, ">= 2 (BatchNorm needs two images)"),
              ("train.log_every", t.log_every >= 1, ">= 1"), ("train.max_nonfinite", t.max_nonfinite >= 1, ">= 1"),
@@ -53,6 +53,10 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("data.load_size", config.data.load_size is None or config.data.load_size >= 8, ">= 8 or null"),
              ("augment.crop_min_scale", config.augment.crop_min_scale is None or 0 < config.augment.crop_min_scale
               <= 1, "above 0 and at most 1 (a fraction of the image's area), or null"),
+             ("augment.view1_blur_p", _is_probability(a.view1_blur_p), "between 0 and 1, or null"),
+             ("augment.view2_blur_p", _is_probability(a.view2_blur_p), "between 0 and 1, or null"),
+             ("augment.view1_solarize_p", _is_probability(a.view1_solarize_p), "between 0 and 1, or null"),
+             ("augment.view2_solarize_p", _is_probability(a.view2_solarize_p), "between 0 and 1, or null"),
              ("model.projection_size", config.model.projection_size >= 1, ">= 1"),  # (a new run: >= 2, in pretrain)
              ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
              ("optim.weight_decay", _finite(config.optim.weight_decay) >= 0, "a finite number >= 0"),
@@ -69,6 +73,10 @@ def _finite(value: float) -> float:
     """``value``, or NaN (which no range check passes) for an infinite one: lr=inf passed >= 0 and
     trained to NaN. (Refused here, not as the file is read: a saved run's inf elsewhere stays readable.)"""
     return value if math.isfinite(value) else math.nan
+
+
+def _is_probability(value: Optional[float]) -> bool:
+    return value is None or 0 <= value <= 1
 
 
 def _not_mps(name: str) -> str:

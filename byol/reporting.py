@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import torch
 
 from .build import end_step_of, schedule_of
-from .config import Config, OptimConfig, TrainConfig, yaml_word
+from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig, yaml_word
 from .errors import ByolError
 from .features import tqdm_bar
 from .folder import held_out_folder
@@ -252,14 +252,21 @@ def note_train_split(config: Config) -> None:
 def note_no_augmentation(config: Config) -> None:
     """``augment.preset=none``: both views the same image, from which BYOL has nothing to learn (a user
     test trained on it without a word); an ablation, so said (at every start), not refused."""
-    if config.augment.preset != "none":
+    a = config.augment
+    if a.preset != "none":
         return
-    scale = config.augment.crop_min_scale
-    if scale is None or scale >= 1:  # (crops of all of the image: the same whole image)
+    scale = a.crop_min_scale
+    cropped = scale is not None and scale < 1  # (crops of all of the image: the same whole image)
+    given = [f"augment.{name}={getattr(a, name):g}" for name in VIEW_PROBABILITIES if getattr(a, name)]
+    if not cropped and not given:
         views = "gives both views the same whole image, from which BYOL has nothing to learn"
     else:
-        views = (f"with augment.crop_min_scale={scale:g} gives views that differ only by their square crops, of "
-                 f"{scale:g} to all of the image (no flip, colour change or blur)")
+        settings, ways = (given, ["the blur and solarization given"]) if given else ([], [])
+        if cropped:
+            settings.insert(0, f"augment.crop_min_scale={scale:g}")
+            ways.insert(0, f"their square crops, of {scale:g} to all of the image")
+        missing = "no flip or colour change" if given else "no flip, colour change or blur"
+        views = f"with {', '.join(settings)} gives views that differ only by {' and '.join(ways)} ({missing})"
     print(f"note: augment.preset=none {views}: an ablation; BYOL's recipes are --augment.preset=paper or cifar",
           file=sys.stderr)
 

@@ -5,8 +5,9 @@ import re
 import pytest
 import torch
 
-from byol.build import autocast_dtype, end_step_of, resolve_device, schedule_of
+from byol.build import autocast_dtype, end_step_of, resolve_device, schedule_of, views_of
 from byol.config import load_config
+from byol.reporting import note_no_augmentation
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, auto", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
@@ -75,3 +76,30 @@ def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monk
         resolve_device("cuda")
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_each_views_blur_and_solarize_probability_goes_over_the_presets_and_the_rest_stays():
+    """A researcher's ablation of the paper's asymmetric views without writing a loop (these were not settings)."""
+    paper = views_of(load_config("imagenet", ["--data.image_size=64"]))
+    assert [(v.blur_p, v.solarize_p) for v in paper] == [(1.0, 0.0), (0.1, 0.2)]
+    given = views_of(load_config("imagenet", ["--data.image_size=64", "--augment.view1_blur_p=0.5",
+                                              "--augment.view2_blur_p=0", "--augment.view1_solarize_p=0.3",
+                                              "--augment.view2_solarize_p=1", "--augment.crop_min_scale=0.2"]))
+    assert [(v.blur_p, v.solarize_p) for v in given] == [(0.5, 0.3), (0.0, 1.0)]
+    for before, after in zip(paper, given):  # nothing else moved, but the crops asked for
+        assert after == type(before)(**{**vars(before), "blur_p": after.blur_p, "solarize_p": after.solarize_p,
+                                        "crop_scale": (0.2, 1.0)})
+    one = views_of(load_config("cifar10", ["--augment.view2_solarize_p=0.5"]))  # one given: the others the preset's
+    assert [(v.blur_p, v.solarize_p) for v in one] == [(0.0, 0.0), (0.0, 0.5)]
+
+
+def test_no_augmentation_with_blur_or_solarization_given_says_what_makes_the_views_differ(capsys):
+    note_no_augmentation(load_config("cifar10", ["--augment.preset=none", "--augment.view2_blur_p=1"]))
+    assert capsys.readouterr().err == ("note: augment.preset=none with augment.view2_blur_p=1 gives views that differ "
+                                       "only by the blur and solarization given (no flip or colour change): an "
+                                       "ablation; BYOL's recipes are --augment.preset=paper or cifar\n")
+    note_no_augmentation(load_config("cifar10", ["--augment.preset=none", "--augment.crop_min_scale=0.5",
+                                                 "--augment.view1_solarize_p=0.2", "--augment.view2_blur_p=0"]))
+    assert "with augment.crop_min_scale=0.5, augment.view1_solarize_p=0.2 gives views that differ only by their " \
+        "square crops, of 0.5 to all of the image and the blur and solarization given (no flip or colour change)" \
+        in capsys.readouterr().err
