@@ -68,6 +68,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _auto(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"takes no value, or auto (continue if there is a checkpoint), got {text!r}")
+    return text
+
+
 def _path(text: str) -> str:
     """A path, ``~`` expanded: the shell leaves it in ``--out=~/x`` (after ``=``), as in a preset name."""
     return os.path.expanduser(text)
@@ -93,8 +99,10 @@ def parser() -> argparse.ArgumentParser:
         "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
     pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, "
                      "imagenet) or a YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
-    pre.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its last checkpoint, "
-                     "with its saved config.yaml changed by the --section.key=value settings given here")
+    pre.add_argument("--resume", nargs="?", const=True, default=False, type=_auto, metavar="auto",
+                     help="continue the run in train.out_dir from its last checkpoint, with its saved config.yaml "
+                     "changed by the --section.key=value settings given here; --resume=auto: continue where there "
+                     "is a checkpoint, start a new run where there is none (one command for a job and its requeues)")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)

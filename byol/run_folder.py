@@ -5,7 +5,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import yaml
 
@@ -180,6 +180,16 @@ class RunFolder:
         say(f"warning: {line}", progress)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
+
+
+def resumes(resume: Union[bool, str], out_dir: str) -> bool:
+    """Whether a start continues the run in ``out_dir``: ``resume``, or for ``"auto"`` (a job script's one command
+    for its first start and its requeues) whether the folder holds a checkpoint to continue from."""
+    if resume == "auto":
+        return (Path(out_dir).expanduser() / "checkpoints" / "last.pt").is_file()
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True, False or \"auto\", got {resume!r}")
+    return resume
 
 
 def _configs_kept(folder: Path) -> dict[int, Path]:

@@ -7,7 +7,7 @@ import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
                         note_no_augmentation, note_train_split, note_unused_optim, note_warmup, progress_bar)
 from .resume import restore
-from .run_folder import RunFolder, read_warnings
+from .run_folder import RunFolder, read_warnings, resumes
 from .saving import Checkpoints
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crash
 from .train_data import TrainData, load_data, step_images
@@ -95,7 +95,7 @@ def _checked(config: Config, resume: bool) -> Config:
     return config
 
 
-def pretrain(config: Config, resume: bool = False) -> dict:
+def pretrain(config: Config, resume: Union[bool, str] = False) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics (``step``; ``loss`` once a
     train record was logged; ``knn``, ``knn_init``, ... where measured; ``time_s``, the run's seconds
     since its first step, and ``images_per_s``, this start's training throughput) and what the run ran on
@@ -121,8 +121,10 @@ def pretrain(config: Config, resume: bool = False) -> dict:
     with ``config`` as given (a note names what differs from the checkpoint's). To continue with the
     run's own saved settings, as ``byol pretrain --resume`` does, pass
     ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
+    ``resume="auto"`` continues where the folder holds ``checkpoints/last.pt`` and starts a new run where not.
     """
     refuse_to_start_again("byol.pretrain")  # before anything is read or written
+    resume = resumes(resume, config.train.out_dir)
     config = _checked(config, resume)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None

@@ -1202,6 +1202,28 @@ def test_an_out_dir_that_starts_with_a_tilde_is_in_the_home_folder(tmp_path, mon
     assert not (tmp_path / "~").exists()
 
 
+def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_where_there_is(
+        tmp_path, cifar10_root, capsys):
+    """One command for a job's first start and its requeues (the job script had to look for last.pt itself)."""
+    import byol
+    from byol.checkpoint import load_checkpoint
+    from byol.cli import main
+    run = tmp_path / "run"
+    settings = [f"--data.root={cifar10_root}", *tiny_overrides(run, **{"train.knn_every": -1})]
+    args = ["pretrain", "--config", "cifar10", "--resume=auto", *settings]
+    assert main([*args, "--train.max_steps=2"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert "resum" not in capsys.readouterr().err
+    assert main([*args, "--train.max_steps=3"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
+    assert f"note: resuming {run} from step 2 " in capsys.readouterr().err
+    config = byol.load_config("cifar10", [*settings, "--train.max_steps=4"])
+    byol.pretrain(config, resume="auto")  # Python's, the same
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    with pytest.raises(ValueError, match="resume must be True, False or \"auto\", got 'yes'"):
+        byol.pretrain(config, resume="yes")
+
+
 def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_at_a_k_measured_both_times(
         capsys, tmp_path, cifar10_root):
     """The random-init record has k=20 and the run's k; a resume with a new train.knn_k has no random-init
