@@ -1,6 +1,7 @@
 """The kNN monitor of a pretraining run: the online encoder's kNN accuracy on a labeled split,
 at random initialization and every ``train.knn_every`` epochs."""
 
+import sys
 from functools import partial
 from typing import Callable, Optional
 
@@ -52,7 +53,10 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
     if data.knn_train is None:
         return None
     t = config.train
-    knn = partial(knn_eval, byol, data, config, device, amp, shows_bars(t.progress) and rank == 0)
+    bars = shows_bars(t.progress) and rank == 0
+    knn = partial(knn_eval, byol, data, config, device, amp, bars)
+    if rank == 0 and not bars:  # a log: a line before the minutes its features can take, where bars would show them
+        knn = _announced(knn, f"kNN monitor: features of the training (bank) and {data.knn_query} (query) images")
     results["knn_images"] = (*data.knn_images, data.knn_query)  # for the closing table
     if step == 0:
         results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
@@ -60,6 +64,13 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
         when = {"epoch": step / steps_per_epoch, "time_s": float(saved.get("time_s", 0.0))}
         results["knn"] = log_knn(log, step, knn(), t.knn_k, when)
     return knn
+
+
+def _announced(knn: Callable[[], dict], line: str) -> Callable[[], dict]:
+    def announced() -> dict:
+        print(line, file=sys.stderr, flush=True)
+        return knn()
+    return announced
 
 
 def score_unless_stopped(knn: Callable[[], dict], stop: StopRequest, world: int) -> Optional[dict]:

@@ -259,11 +259,16 @@ def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_pa
 def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cifar10_root, monkeypatch, capsys):
     """train.progress=false (a log file): each epoch's end prints its epoch, step, last loss, the kNN
     top-1 scored there (a user test: only the closing table said one), this start's training
-    throughput (kNN, checkpoints and plots left out) and the time left."""
+    throughput (kNN, checkpoints and plots left out) and the time left. A line before each kNN evaluation says
+    what the minutes its features can take are spent on (a user test: the log said nothing through them)."""
     on_a_fake_clock(monkeypatch)
     monkeypatch.setattr(byol.train, "progress_bar", lambda *args: None)
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false"))
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    err = capsys.readouterr().err.splitlines()
+    knn_line = "kNN monitor: features of the training (bank) and test (query) images"
+    assert [line[:6] for line in err if line == knn_line or line.startswith("epoch ")] == ["kNN mo", "kNN mo",
+                                                                                          "epoch ", "kNN mo"], err
+    lines = [line for line in err if line.startswith("epoch ")]
     losses = [r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] in (4, 8)
               and "train/loss" in r]
     knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] == 4
