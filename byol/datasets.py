@@ -44,6 +44,7 @@ class FilesNotFound(DataError):
         else:
             super().__init__(f"{what}; put the files there, or pass --download when online")
         self.what = what
+        self.explained = said is not None
 
 
 def _what_is_there(root: Path, name: Optional[str]) -> Optional[str]:

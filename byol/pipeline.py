@@ -107,6 +107,8 @@ def load_split(config: Config, split: str) -> ImageSet:
         if d.download:
             raise
         relative = "" if Path(d.root).is_absolute() else ", relative to the current directory"
+        if e.explained:  # (a user test: "does not exist: check the path", then the same advice again)
+            raise DataError(e.what + (f" (data.root is {d.root}{relative})" if relative else "")) from None
         raise DataError(f"{e.what}; point --data.root=... at the folder that holds them (data.root is "
                         f"{d.root}{relative})") from None
 

@@ -370,3 +370,23 @@ def test_knn_k_given_to_eval_knn_points_to_k(capsys):
                                        "ignored; the number of neighbours here is --k\n")
     pipeline.note_unused(["--train.knn_k=5"], "embed", Config())
     assert capsys.readouterr().err.endswith("it is ignored\n")
+
+
+def test_eval_s_missing_data_root_says_what_to_do_once(tmp_path, monkeypatch):
+    """A user test: a data.root that does not exist was said so with its advice, then told again to point
+    --data.root at the files; a root that holds something else still gets the advice, and a relative
+    one says where it is taken from."""
+    from byol.config import load_config
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError) as e:
+        pipeline.load_split(load_config("cifar10", [f"--data.root={missing}"]), "test")
+    assert str(e.value).endswith(f"; {missing} does not exist: check the path, or pass --download when online to "
+                                 "fetch the files there") and "point --data.root" not in str(e.value), e.value
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"fetch the files there \(data.root is nope, relative to the current "
+                                        r"directory\)$"):
+        pipeline.load_split(load_config("cifar10", ["--data.root=nope"]), "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"; point --data.root=\.\.\. at the folder that holds them \(data.root is "
+                                        r"empty, relative to the current directory\)$"):
+        pipeline.load_split(load_config("cifar10", ["--data.root=empty"]), "test")
