@@ -320,7 +320,8 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
                     scanned: Optional[ImageFolder] = None) -> Optional[tuple[ImageFolder, ImageFolder]]:
     """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``): the labeled splits of a folder, not decoded.
 
-    Each needs one sub-folder per class, the same classes in both; ``root`` may be ROOT or
+    Each needs one sub-folder per class, every class of the held-out split in the training split too (one
+    it lacks is a note: its labels are numbered by the training split's classes); ``root`` may be ROOT or
     ``ROOT/train`` itself (what a run trained on). ``limit`` takes that many images of each split,
     spread evenly over it. None when there is no ``ROOT/train`` with ``ROOT/val`` (or test) beside it.
     ``scanned``: a folder listed already (a run's training split, whole), taken for ``ROOT/train`` where
@@ -328,7 +329,7 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
 
     Raises:
         DataError: the two folders are there, but an image is not in a class sub-folder, one has
-            no images, or their classes differ; the message says which.
+            no images, or the held-out split has a class the training split lacks; the message says which.
     """
     root = Path(root).expanduser()
     if root.name == "train" and split_folder(root, "train") is None:
@@ -338,11 +339,19 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
         return None
     train = scanned if _is_the_folder(scanned, root / "train", size) else ImageFolder(root / "train", size, True)
     test = ImageFolder(test_dir, size, labeled=True)
-    if train.classes != test.classes:
+    if set(test.classes) - set(train.classes):  # no training image to tell such a class by
         only = [f"only in {a.root}: {', '.join(sorted(set(a.classes) - set(b.classes))[:5])}"
                 for a, b in ((train, test), (test, train)) if set(a.classes) - set(b.classes)]
         raise DataError(f"the class sub-folders of {train.root} and {test.root} differ ({'; '.join(only)}); "
-                        "both need the same classes (a class is a sub-folder that holds images)")
+                        f"every class of {test.root} needs its sub-folder of images in {train.root} too (a class "
+                        "is a sub-folder that holds images)")
+    if test.classes != train.classes:  # (a user test: a val/ short of a class turned the monitor off, eval refused)
+        from .distributed import note
+        lacking = [c for c in train.classes if c not in test.classes]
+        note(f"{test.root} has no images of {len(lacking)} of the {len(train.classes)} classes of {train.root} "
+             f"({', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}): its accuracies are over the classes "
+             "it has")
+        test, _ = test.numbered_as(train.classes)
     if limit:
         train, test = train.spread(limit), test.spread(limit)
     return train, test

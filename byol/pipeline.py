@@ -84,7 +84,7 @@ def labeled_splits(config: Config, limit: Optional[int] = None, holdout: int = 0
         splits = labeled_folders(image_root(d.root), size, limit)  # or one sentence on what is wrong with them
         if splits is None:
             raise DataError(f"evaluating on a folder needs ROOT/train and ROOT/val (or test), each with one "
-                            f"sub-folder per class, the same classes in both; {d.root} is neither ROOT nor "
+                            f"sub-folder per class, each of val's in train too; {d.root} is neither ROOT nor "
                             "ROOT/train of such a layout: point --data.root at the ROOT, the folder that holds "
                             "train/ and val/")
         for split in splits:

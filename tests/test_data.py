@@ -638,7 +638,8 @@ def test_labeled_folders_say_what_is_wrong_with_their_layout(tmp_path):
     val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
     (val / "cat").rename(val / "kitten")
     with pytest.raises(DataError, match=r"class sub-folders of .*train and .*val differ \(only in .*train: cat; "
-                                        r"only in .*val: kitten\); both need the same classes"):
+                                        r"only in .*val: kitten\); every class of .*val needs its sub-folder of "
+                                        r"images in .*train too"):
         labeled_folders(train, size=8)
     (val / "kitten").rename(val / "cat")
     (val / "cat" / next(iter(os.listdir(val / "cat")))).rename(val / "stray.jpg")
@@ -647,17 +648,29 @@ def test_labeled_folders_say_what_is_wrong_with_their_layout(tmp_path):
 
 
 def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_class_folder_is_no_class(
-        tmp_path, monkeypatch):
-    for path in ("set/train/a/0.png", "set/train/b/0.png", "set/val/a/0.png"):
+        tmp_path, monkeypatch, capsys):
+    """A held-out split short of a training class (an empty class folder is no class) is a note, its labels
+    numbered by the training split's classes (a user test: such a val/ turned the kNN monitor off and eval
+    refused it); one with a class the training split lacks is refused, both folders said in full."""
+    for path in ("set/train/a/0.png", "set/train/b/0.png", "set/train/c/0.png", "set/val/c/0.png", "set/val/c/1.png"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / path)
     (tmp_path / "set" / "val" / "b").mkdir()  # there, but empty: val has no class b
     monkeypatch.chdir(tmp_path)
+    train, val = labeled_folders("set", size=8)
+    assert train.classes == val.classes == ["a", "b", "c"] and val.labels.tolist() == [2, 2]
+    assert capsys.readouterr().err == (f"note: {tmp_path / 'set' / 'val'} has no images of 2 of the 3 classes of "
+                                       f"{tmp_path / 'set' / 'train'} (a, b): its accuracies are over the classes it "
+                                       "has\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "set" / "val" / "b" / "0.png")
+    (tmp_path / "set" / "val" / "d").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "set" / "val" / "d" / "0.png")
     with pytest.raises(DataError) as e:
         labeled_folders("set", size=8)
     assert str(e.value) == (f"the class sub-folders of {tmp_path / 'set' / 'train'} and {tmp_path / 'set' / 'val'} "
-                            f"differ (only in {tmp_path / 'set' / 'train'}: b); both need the same classes (a class "
-                            "is a sub-folder that holds images)")
+                            f"differ (only in {tmp_path / 'set' / 'train'}: a; only in {tmp_path / 'set' / 'val'}: "
+                            f"d); every class of {tmp_path / 'set' / 'val'} needs its sub-folder of images in "
+                            f"{tmp_path / 'set' / 'train'} too (a class is a sub-folder that holds images)")
 
 
 def test_train_beside_test_alone_is_the_split_also_beside_other_folders_and_val_is_preferred_to_test(tmp_path):
