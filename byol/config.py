@@ -107,7 +107,7 @@ class TrainConfig:
     progress: Union[bool, str] = "auto"  # the progress bar on stderr: auto (where stderr is a terminal), true, or
                                       # false: a line an epoch instead (what auto does for a log file)
     max_nonfinite: int = 10           # stop when a metric read (every log_every steps) finds at least this many
-    #                                   NaN/inf losses in a row (each such step is undone)
+    #                                   NaN/inf losses (or weights) in a row (each such step is undone)
 
 
 @dataclass

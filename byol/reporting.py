@@ -35,7 +35,8 @@ def nonfinite_error(streak: int, step: int, what: str, ckpt_path: Path, amp: boo
         then = f"the last good checkpoint is {ckpt_path}; {remedy}, then continue with --resume"
     else:
         then = f"no checkpoint was written; {remedy} and start again"
-    return NonFiniteLossError(f"the loss was NaN or infinite for {streak} steps in a row (by step {step}), {what}; "
+    return NonFiniteLossError(f"the loss (or the weights a step left) was NaN or infinite for {streak} steps in a row "
+                              f"(by step {step}), {what}; "
                               f"{then}")
 
 

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -103,3 +105,18 @@ def test_a_tau_outside_0_and_1_is_refused(tau):
     with pytest.raises(ValueError, match=r"tau must be in \[0, 1\]"):
         update_target(target, online, tau)
     assert torch.equal(target.weight, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_target_is_warned_of_as_its_ema_steps_are_rounded_away(dtype):
+    """A learner.to(torch.bfloat16): an EMA step at tau 0.996 changed 1.3% of its target's weights (38% in
+    float32), silently; a float32 target is not warned of."""
+    online = make_net()
+    target = build_target(online)
+    perturb(online)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        update_target(target, online, tau=0.996)  # float32: no warning
+    online, target = online.to(dtype), target.to(dtype)
+    with pytest.warns(UserWarning, match=f"target network is in {str(dtype)[6:]}.*torch.autocast"):
+        update_target(target, online, tau=0.996)

@@ -64,6 +64,25 @@ def test_nonfinite_step_is_undone_exactly():
     assert guard.streak.item() == 1 and guard.skipped.item() == 1 and guard.reset_max() == 1
 
 
+def test_a_finite_loss_whose_step_leaves_nan_weights_is_undone():
+    """A NaN gradient under a finite loss: the step was kept, and with it NaN weights that every later
+    step's undo went back to (and that an epoch's end saved as the last good checkpoint)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    guard.snapshot()
+    loss = model(torch.randn(16, 4)).pow(2).mean()
+    opt.zero_grad(), loss.backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert torch.isfinite(loss) and not guard.settle(loss)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert guard.streak.item() == 1 and guard.skipped.item() == 1
+
+
 def test_nonfinite_losses_stop_the_run_and_keep_the_good_checkpoint(tmp_path, cifar, fault_table):
     run = tmp_path / "run"
     byol("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 8, "train.knn_every": -1,
