@@ -199,6 +199,8 @@ def _check_format(path: Path) -> None:
             raise CheckpointError(f"{path} is a TorchScript module (as `byol export` writes "
                                   "encoder_torchscript.pt); load it with torch.jit.load, and give byol a run's "
                                   "checkpoint or the exported encoder.pt")
+        if names and not any(n.endswith("data.pkl") for n in names):  # (a user test: said to be corrupt)
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (a zip archive that torch.save did not write)")
         return
     with open(path, "rb") as f:
         head = f.read(2)
@@ -237,7 +239,23 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     state = read_state(path, map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a byol checkpoint (no 'model' entry)")
+    wrong = _malformed_entry(state)
+    if wrong:  # (a user test: a checkpoint edited or made elsewhere ended a resume in a traceback)
+        raise CheckpointError(f"{path} is not a complete byol checkpoint ({wrong}); resume from one a byol run wrote")
     return state
+
+
+def _malformed_entry(state: dict) -> Optional[str]:
+    """What is missing or of the wrong kind among the entries a resume reads; None where nothing is."""
+    kinds = {"model": dict, "optimizer": dict, "step": int, "rng": dict, "config": dict}
+    for key, kind in kinds.items():
+        if key not in state:
+            return f"no {key!r} entry"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"its {key!r} entry is of type {type(state[key]).__name__}, not {kind.__name__}"
+    if not all(isinstance(v, dict) for v in state["config"].values()):
+        return "its 'config' entry is not a mapping of sections"
+    return None
 
 
 def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:

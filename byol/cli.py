@@ -48,8 +48,10 @@ def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
                 earlier = _keep_earlier(path)
                 print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
             text = json.dumps(result, indent=2) + "\n"
-            if path.is_symlink() or (path.exists() and not path.is_file()):  # --out /dev/stdout, a link, a pipe
-                path.write_text(text)  # written through, not replaced
+            # --out /dev/stdout, a link, a pipe: written through, not replaced. Not the default file beside the
+            # checkpoint: a link there (a run folder from elsewhere) would have it written outside (a user test).
+            if out and (path.is_symlink() or (path.exists() and not path.is_file())):
+                path.write_text(text)
             else:
                 write_text_atomically(path, text)  # a full disk leaves the old file or the new, never an empty one
     return path

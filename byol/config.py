@@ -162,8 +162,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return os.fspath(value)
         return getattr(value, "written", str(value))  # as YAML's text has it: out_dir: 010 is the folder 010
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {annotation.__name__}, got {value!r}")
+        raise ConfigError(f"{key} must be {annotation.__name__}, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: a YAML file's aliases nest a few lines into billions of items (a user test:
+    the whole repr of such a value, for its error, ran until killed)."""
+    import reprlib
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 100
+    short.maxlevel, short.maxlist, short.maxdict = 2, 4, 4
+    return short.repr(value)
 
 
 def _set(config: Config, key: str, value: Any) -> None:
@@ -343,6 +353,8 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 def config_from_dict(data: dict) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. from a checkpoint)."""
     config = Config()
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError("the settings are not a mapping of sections, each a mapping of keys")
     for section, values in data.items():
         for name, value in values.items():
             _set(config, f"{section}.{name}", value)

@@ -78,7 +78,7 @@ def parse_value(text: str) -> Any:
     written; the text itself where it is no YAML."""
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # (a number of over 4300 digits; nesting over ~1000 deep)
         return text
 
 
@@ -134,6 +134,9 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}") from None
+    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; lists nested over ~1000 deep
+        why = "it nests too deep" if isinstance(e, RecursionError) else str(e).split(":")[0].lower()
+        raise ConfigError(f"config {name_or_path} cannot be read ({why})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -84,7 +84,7 @@ def _locked_new(tmp: Path) -> Iterator:
     """``tmp`` created empty and open for writing, under its lock where the file system has locks. A
     cleaner that took the lock between the file's creation and ours removed it as torn: made again."""
     for _ in range(5):
-        with open(tmp, "wb") as held:
+        with _created(tmp) as held:
             if fcntl is not None:
                 try:
                     fcntl.flock(held, fcntl.LOCK_EX)
@@ -98,6 +98,20 @@ def _locked_new(tmp: Path) -> Iterator:
                 yield held
                 return
     raise OSError(errno.EBUSY, "removed as a torn temporary again and again while it was written", str(tmp))
+
+
+def _created(tmp: Path):
+    """``tmp`` made anew and opened for writing, never through what is already at its path: a symbolic link
+    there (another user's, in a shared folder such as /tmp, named after this process) would have the
+    write go into the file it points to. The name is this process's (its pid): what is there is a
+    leftover of an ended process of the same pid, or planted; it is removed first."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileExistsError:
+        os.unlink(tmp)  # (one that cannot be removed, another user's in a sticky folder: said as this write's error)
+        fd = os.open(tmp, flags, 0o666)
+    return os.fdopen(fd, "wb")
 
 
 def topmost_missing(path: Path) -> Optional[Path]:

@@ -4,6 +4,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -46,8 +47,8 @@ class RunFolder:
             raise  # told to pass --resume, which was then refused as the run was live)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / ".write_test").touch()
-            (self.path / ".write_test").unlink()
+            with tempfile.TemporaryFile(dir=self.path):  # a new file of its own (a fixed name went through a link)
+                pass
         except OSError as e:
             raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); "
                               "choose another train.out_dir") from None
@@ -71,6 +72,10 @@ class RunFolder:
     def _check(self, resume: bool) -> None:
         """A resumed run needs a checkpoint; a new one a folder without one, and without files it
         would replace that no byol run wrote."""
+        linked = [self.path / name for name in (*_KEPT, LOCK) if (self.path / name).is_symlink()]
+        if linked:  # (a user test: a run folder from elsewhere, its links leading out, emptied or made files there)
+            raise ConfigError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}), which the run would "
+                              "write through, outside its folder; remove it, or choose another train.out_dir")
         for name in ("checkpoints", "tensorboard"):  # (a user test: a traceback once the first epoch had run)
             if (self.path / name).exists() and not (self.path / name).is_dir():
                 raise ConfigError(f"{self.path / name} is a file where the run keeps its {name}/ folder; move it "

@@ -1,6 +1,7 @@
 """A run folder's lock: one start of a run at a time writes a folder, on this machine or another that
 shares file locks. ``.byol.lock`` names the process that holds it, for a start refused meanwhile."""
 
+import errno
 import os
 import re
 import socket
@@ -21,12 +22,15 @@ def hold_lock(folder: Path) -> Optional[IO[str]]:
     if fcntl is None:
         return None
     try:
-        lock = open(folder / LOCK, "a+")
+        lock = _open_lock(folder / LOCK)
     except IsADirectoryError:  # (a user test: the run went on without a lock, and two could share the folder)
         raise ConfigError(f"{folder / LOCK} is a folder where the run keeps its lock file; remove it, or choose "
                           "another train.out_dir") from None
-    except OSError:  # another user's lock file in a shared folder: the run goes on without a lock
-        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # (a user test: a run folder from elsewhere emptied the file it linked to)
+            raise ConfigError(f"{folder / LOCK} is a symbolic link where the run keeps its lock file, which "
+                              "would be written through it; remove it, or choose another train.out_dir") from None
+        return None  # another user's lock file in a shared folder: the run goes on without a lock
     try:
         _lock_soon(lock)
     except BlockingIOError:
@@ -44,6 +48,19 @@ def hold_lock(folder: Path) -> Optional[IO[str]]:
     except OSError:  # a full disk: the lock holds all the same, and the start's first write says why
         pass
     return lock
+
+
+def _open_lock(path: Path) -> IO[str]:
+    """``path`` opened to read and append, created where missing, never through a symbolic link (a run
+    folder copied from elsewhere, or another user's link in a shared one: truncating it emptied the
+    file it pointed to, outside the run folder)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o666)
+    try:
+        return os.fdopen(fd, "a+")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _lock_soon(lock: IO[str], tries: int = 10) -> None:

@@ -151,6 +151,28 @@ def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):
     fault_table("file that is not a byol checkpoint", "CheckpointError: one sentence, nothing loaded")
 
 
+def test_a_checkpoint_with_entries_of_the_wrong_kind_is_one_sentence(tmp_path):
+    """A user test: a checkpoint edited or made elsewhere (its config a string, its step text, no RNG states)
+    ended a resume in a traceback, and eval or export of it too where its config was not a mapping."""
+    from byol.encoders import load_encoder
+    whole = {"model": {}, "optimizer": {}, "step": 3, "rng": {}, "config": {"train": {}}}
+    path = tmp_path / "last.pt"
+    for change, said in (({"config": "oops"}, "its 'config' entry is of type str, not dict"),
+                         ({"config": {"train": "oops"}}, "its 'config' entry is not a mapping of sections"),
+                         ({"step": "3"}, "its 'step' entry is of type str, not int"), ({"rng": None}, "'rng'")):
+        torch.save({**whole, **change}, path)
+        with pytest.raises(CheckpointError, match=f"is not a complete byol checkpoint \\(.*{re.escape(said)}"):
+            load_checkpoint(path)
+    torch.save({**whole, "config": "oops"}, path)
+    with pytest.raises(CheckpointError, match="the settings are not a mapping of sections"):
+        load_encoder(path)
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:  # another zip: not said to be a corrupt checkpoint
+        z.writestr("notes.txt", "hi")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint \\(a zip archive that torch.save did not"):
+        load_checkpoint(path)
+
+
 def _damaged(path: Path, out: Path, find: bytes) -> Path:
     """A copy of ``path`` with the first byte of ``find`` in it flipped to one that is no UTF-8's first byte."""
     data = bytearray(path.read_bytes())

@@ -1348,6 +1348,17 @@ def test_results_written_to_a_link_or_a_device_go_through_it(trained, tmp_path):
     assert link.is_symlink() and json.loads(target.read_text()) == {"top1": 50.0}
 
 
+def test_the_default_results_file_is_not_written_through_a_link_there(tmp_path):
+    """A user test: a run folder from elsewhere whose checkpoints/last_knn.json was a link to a file outside it
+    (not there yet): eval without --out wrote its results there. The link is replaced by the results."""
+    from byol.cli import _write_json
+    default = tmp_path / "last_knn.json"
+    default.symlink_to(tmp_path / "elsewhere.json")
+    _write_json({"top1": 50.0}, None, default)
+    assert not (tmp_path / "elsewhere.json").exists()
+    assert not default.is_symlink() and json.loads(default.read_text()) == {"top1": 50.0}
+
+
 def test_only_a_reader_that_is_gone_silences_a_stream():
     """A character the stream cannot encode, or a full non-blocking pipe, is an error as before; a closed
     pipe or terminal is not (a review found the first silencing all later output)."""

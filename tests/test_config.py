@@ -275,6 +275,21 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
         load_config(str(path))
 
 
+def test_a_yaml_file_made_to_exhaust_the_reader_is_one_sentence(tmp_path):
+    """A user test: aliases nesting a few lines into billions of items ran until killed (the whole value was
+    written into its error); a number of 5,000 digits and lists nested 100,000 deep ended in tracebacks."""
+    laughs = ", ".join(['[&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] +
+                       [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)])
+    path = tmp_path / "c.yaml"
+    for text, said in ((f"train:\n  knn_k: {laughs}]\n", "train.knn_k must be int, got [["),
+                       ("train:\n  epochs: " + "9" * 5000 + "\n", "cannot be read (exceeds the limit"),
+                       ("train: " + "[" * 100_000 + "]" * 100_000 + "\n", "cannot be read (it nests too deep)")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(said)) as e:
+            load_config(str(path))
+        assert len(str(e.value)) < 400 and "\n" not in str(e.value)
+
+
 def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     # A run folder copied to where a preset's train.out_dir points: its config.yaml still names the
     # folder it was made in, and the resume must go on here, not there.

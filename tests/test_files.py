@@ -222,3 +222,16 @@ def test_a_temporary_that_cannot_be_removed_after_a_failed_write_leaves_the_writ
     with pytest.raises(OSError) as raised:
         write_files_atomically({tmp_path / "last.pt": full_disk})
     assert raised.value.errno == errno.ENOSPC and not (tmp_path / "last.pt").exists()
+
+
+def test_a_link_planted_where_a_temporary_goes_is_not_written_through(tmp_path):
+    """A user test: a symbolic link at a temporary's name (another user's, in a shared folder such as /tmp;
+    the name is the writer's pid) had the write go into the file it pointed to, outside the folder."""
+    precious, shared = tmp_path / "precious.txt", tmp_path / "shared"
+    precious.write_text("mine\n")
+    shared.mkdir()
+    (shared / f".r.json.tmp{os.getpid()}").symlink_to(precious)
+    with files.temporary_beside(shared / "r.json") as tmp:
+        tmp.write_text("{}\n")
+    assert precious.read_text() == "mine\n"
+    assert not (shared / "r.json").is_symlink() and (shared / "r.json").read_text() == "{}\n"

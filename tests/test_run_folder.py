@@ -12,6 +12,7 @@ from byol.checkpoint import CheckpointError
 from byol.metrics import PLOTS
 from byol.config import CONFIG_HEADER, Config, ConfigError, save_config
 from byol.run_folder import _KEPT, RunFolder, read_warnings, warnings_summary
+from byol.run_lock import LOCK, hold_lock
 from conftest import finished_pid
 
 
@@ -92,6 +93,36 @@ def test_a_start_is_not_refused_for_the_moment_a_refused_start_probes_the_lock(t
     fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as refuse_if_held holds it
     monkeypatch.setattr(byol.run_lock, "time", types.SimpleNamespace(sleep=lambda s: probe.close()))
     RunFolder(run, resume=False).release()  # the probe ends before its next try
+
+
+@pytest.mark.parametrize("name", [".byol.lock", "metrics.jsonl"])
+def test_a_run_s_file_that_is_a_symbolic_link_is_refused_not_written_through(tmp_path, name):
+    """A user test: a run folder copied from elsewhere with .byol.lock a link to a file outside it; the
+    start emptied that file and wrote its pid into it (and a dangling metrics.jsonl made the file it names)."""
+    precious, run = tmp_path / "precious.txt", tmp_path / "run"
+    precious.write_text("mine\n")
+    run.mkdir()
+    (run / name).symlink_to(precious if name == LOCK else tmp_path / "made")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(run / name))} is a symbolic link .* write through"):
+        RunFolder(run, resume=False).metrics_log(None).log(1, loss=0.5)
+    assert precious.read_text() == "mine\n" and not (tmp_path / "made").exists()
+
+
+def test_the_probe_that_the_folder_takes_files_goes_through_no_link(tmp_path):
+    """A user test: the probe was a fixed name, .write_test, touched: a link by that name made the file it named."""
+    (tmp_path / ".write_test").symlink_to(tmp_path / "made")
+    RunFolder(tmp_path / ".", resume=False).release()
+    assert not (tmp_path / "made").exists()
+
+
+def test_a_lock_file_linked_after_the_folder_was_checked_is_not_written_through(tmp_path):
+    """The lock is opened without following a link: one made after the start's checks is refused too."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine\n")
+    (tmp_path / LOCK).symlink_to(precious)
+    with pytest.raises(ConfigError, match="lock file, which would be written through it"):
+        hold_lock(tmp_path)
+    assert precious.read_text() == "mine\n"
 
 
 def test_a_lock_held_on_another_host_is_a_live_run_whatever_processes_this_host_has(tmp_path):
