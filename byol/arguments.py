@@ -96,7 +96,9 @@ def parser() -> argparse.ArgumentParser:
         "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
         "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
-        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer")
+        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer\n"
+        "  byol pretrain --config cifar10 --data.root=DATA --train.out_dir=runs/c10 --resume=auto  # a job's: start "
+        "or continue")
     pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, "
                      "imagenet) or a YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", nargs="?", const=True, default=False, type=_auto, metavar="auto",
