@@ -5,6 +5,7 @@ error stay quick."""
 import argparse
 import os
 from pathlib import Path
+from typing import Optional
 
 
 class UsageError(Exception):
@@ -193,7 +194,7 @@ def _where_it_belongs(option: str, command: str) -> str:
     return (key or elsewhere) if command == "pretrain" else (elsewhere or key)
 
 
-def _commands_taking(option: str, root: argparse.ArgumentParser = None, prefix: str = "") -> list[str]:
+def _commands_taking(option: str, root: Optional[argparse.ArgumentParser] = None, prefix: str = "") -> list[str]:
     """The commands (``"eval linear"``) whose parser takes ``option``: to say where a misplaced one belongs."""
     found = []
     for action in (root or parser())._actions:

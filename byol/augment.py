@@ -263,13 +263,13 @@ def gaussian_blur(images: Tensor, sigmas: Tensor, kernel_size: int) -> Tensor:
 class Augment(nn.Module):
     """One view's augmentation: (B, 3, H, W) uint8 or float images -> (B, 3, size, size) views.
 
-    Random parameters are drawn per image (`sample_params`), then applied (`apply`: pure tensor ops
+    Random parameters are drawn per image (`sample_params`), then applied (`apply_params`: pure tensor ops
     with no host sync, which compiles with fullgraph=True). All draws come from one (B, 36) uniform
     tensor, drawn with the given generator on the generator's own device (a CPU generator also works
     for CUDA images: the draw goes over in one pinned, non-blocking copy; a CUDA generator draws on
     the GPU), or with the global RNG of the images' device when no generator is given. The same
     generator state gives the same views; CPU and CUDA generators give different streams. Under
-    torch.compile, a generator argument breaks the graph at the draw: compile `apply`, or call
+    torch.compile, a generator argument breaks the graph at the draw: compile `apply_params`, or call
     forward without a generator.
 
     Computation is float32 with autocast off (on CUDA, TF32 matmul/conv settings apply to the
@@ -304,7 +304,8 @@ class Augment(nn.Module):
             "solarize": u[:, c + 13] < cfg.solarize_p,
         }
 
-    def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
+    # Not `apply`: that is nn.Module's apply(fn), which learner.apply(init_fn) calls on every submodule.
+    def apply_params(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
         """Apply drawn parameters: crop+resize, flip, jitter, grayscale, blur, solarize, normalize."""
         cfg = self.config
         # Ops that are off in the config are skipped outright (static, so torch.compile is fine).
@@ -331,4 +332,4 @@ class Augment(nn.Module):
             raise ValueError(f"Augment takes a batch of at least one image, got shape {tuple(images.shape)}")
         check_pixel_type(images)  # int64 pixels were taken as floats in [0, 1] (a user test); the dtype only: no sync
         b, _, height, width = images.shape
-        return self.apply(images, self.sample_params(b, height, width, generator, images.device))
+        return self.apply_params(images, self.sample_params(b, height, width, generator, images.device))

@@ -81,12 +81,12 @@ class Compiled:
 
 
 def compiled_augment(augment: Augment) -> AugmentFn:
-    """A view's augmentation with its pixel work (``Augment.apply``) compiled into a few kernels.
+    """A view's augmentation with its pixel work (``Augment.apply_params``) compiled into a few kernels.
 
     The random draw stays eager: a generator argument would break the graph there, and drawing
     is one kernel anyway.
     """
-    apply = Compiled(augment.apply, dynamic=False)
+    apply = Compiled(augment.apply_params, dynamic=False)
 
     def run(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         b, _, height, width = images.shape

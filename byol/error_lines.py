@@ -7,7 +7,7 @@ import errno
 import os
 import re
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 
 def launch_rank() -> int:
@@ -20,7 +20,7 @@ def launch_rank() -> int:
         return 0
 
 
-def say_error(e: BaseException, everywhere: bool) -> None:
+def say_error(e: Union[BaseException, str], everywhere: bool) -> None:
     """The error's one sentence, once under torchrun: rank 0's. A usage or config error is every
     process's alike; another (data, a checkpoint) may be one process's own, so the others say theirs
     too, named by rank."""

@@ -18,7 +18,7 @@ except ImportError:  # Windows
 _WINDOWS = os.name == "nt"  # where a file held open cannot be renamed or removed, and os.kill(pid, 0) is a Ctrl-C
 
 
-def write_text_atomically(path: Path, text: str, errors: str = "strict") -> None:
+def write_text_atomically(path: Union[str, Path], text: str, errors: str = "strict") -> None:
     """Write ``text`` (UTF-8) beside ``path``, then rename it over ``path``: a crash leaves the old
     file or the new one, never half of one."""
     write_files_atomically({Path(path): text.encode("utf-8", errors=errors)})

@@ -236,7 +236,7 @@ class BYOL(nn.Module):
             object.__setattr__(self, name, view)
         return view
 
-    def forward(self, x: torch.Tensor, view2: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, view2: Union[torch.Tensor, bool, None] = None,
                 return_embedding: Optional[bool] = None, return_projection: bool = True):
         """The loss for two views, or for one batch of images augmented here.
 

@@ -8,7 +8,7 @@ import inspect
 import numbers
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -204,7 +204,7 @@ def check_counts(**counts) -> tuple:
 
 
 @usual_torch_defaults()
-def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: tuple[int, ...] = (20, 200),
+def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: Sequence[int] = (20, 200),
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
         progress: bool = False, holdout: int = 0) -> dict:
     """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``

@@ -3,10 +3,11 @@ checkpoint restored into the model, optimizer and generators, and what the setti
 about it said up front."""
 
 import math
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -21,7 +22,7 @@ from .schedules import cosine_lr, tau_schedule
 from .train_data import FOLDER_KNN_LIMIT
 
 
-def resume_config(preset: Optional[str], overrides: Optional[list[str]] = None,
+def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[list[str]] = None,
                   explicit: bool = False) -> Config:
     """The config to continue a run with: the run's saved ``config.yaml``, then ``overrides``.
 

@@ -33,7 +33,7 @@ class TrainData:
     size: int
     knn_train: Optional[ImageSet] = None
     knn_test: Optional[ImageSet] = None
-    folder: Optional[object] = None  # the ImageFolder, for its skipped files
+    folder: Optional[ImageFolder] = None  # the ImageFolder, for its skipped files
     knn_sizes: Optional[tuple[int, int]] = None  # a folder's splits: each process holds its share of them
     knn_query: str = "test"  # what the kNN monitor's queries are: test, held-out train, or a folder's val
     # a resumed folder run's: how many of its files the checkpoint's skipped_files.txt named (None: unknown)
@@ -193,7 +193,7 @@ def _note_scans(splits: tuple, folder: ImageFolder) -> None:
                 print(f"note: {said}", file=sys.stderr)
 
 
-def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[object],
+def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[ImageFolder],
                 scanned: Optional[ImageFolder] = None):
     """The kNN monitor's (train, test) splits, for a folder their full sizes in files (each process holds
     its share), what the queries are (test, held-out train, val), and for a folder how many images of

@@ -788,3 +788,15 @@ def test_floats_a_resize_took_a_little_above_1_are_taken_and_one_channel_is_refu
     with pytest.raises(ValueError, match=r"^BYOL's default augmentations take a batch of images shaped \(B, 3, H, W\), "
                                          r"but got shape \(4, 1, 32, 32\)$"):
         model(gray)
+
+
+def test_learner_apply_of_an_init_function_reaches_every_module_with_the_default_views():
+    """``learner.apply(init_fn)``, torch's way to (re)initialize weights, calls ``apply(fn)`` on every
+    submodule: the default views' Augment among them, whose own ``apply(images, params)`` shadowed it
+    (TypeError: missing 'params')."""
+    torch.manual_seed(0)
+    learner = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                   projection_size=16, projection_hidden_size=32)
+    seen = []
+    assert learner.apply(seen.append) is learner
+    assert learner.augment_fn in seen and learner.augment_fn2 in seen and learner.predictor in seen
