@@ -80,19 +80,21 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
     return byol, optimizer, generator
 
 
-def _checked(config: Config, resume: bool) -> Config:
+def _checked(config: Config, resume: Union[bool, str]) -> tuple[Config, bool]:
     """``config`` checked (:func:`~byol.config.checked`: a notebook may have set fields since), as a copy
     whose ``data.root`` is absolute (the saved config finds the data from any directory) and whose
     ``train.out_dir`` starts at the home folder where it says ``~`` (a shell leaves ``--x=~/runs`` so).
     A new run's projections are at least 2 wide (the loss compares directions, and one number has only
-    its sign; the collapse monitor's std misread it as healthy); a run of 1 from before is read, and resumed."""
+    its sign; the collapse monitor's std misread it as healthy); a run of 1 from before is read, and resumed.
+    Also whether the start resumes (``resume="auto"``: where the folder holds a checkpoint)."""
     config = checked(config)
+    resume = resumes(resume, config.train.out_dir)
     if config.model.projection_size < 2 and not resume:
         raise ConfigError(f"model.projection_size must be >= 2 for a new run (the loss compares the projections' "
                           f"directions, and one number has only its sign), got {config.model.projection_size}")
     config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
     config.train.out_dir = os.path.expanduser(config.train.out_dir)
-    return config
+    return config, resume
 
 
 def pretrain(config: Config, resume: Union[bool, str] = False) -> dict:
@@ -124,8 +126,7 @@ def pretrain(config: Config, resume: Union[bool, str] = False) -> dict:
     ``resume="auto"`` continues where the folder holds ``checkpoints/last.pt`` and starts a new run where not.
     """
     refuse_to_start_again("byol.pretrain")  # before anything is read or written
-    resume = resumes(resume, config.train.out_dir)
-    config = _checked(config, resume)
+    config, resume = _checked(config, resume)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
