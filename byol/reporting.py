@@ -262,11 +262,15 @@ def note_no_augmentation(config: Config) -> None:
     if not cropped and not given:
         views = "gives both views the same whole image, from which BYOL has nothing to learn"
     else:
-        settings, ways = (given, ["the blur and solarization given"]) if given else ([], [])
+        blurred, solarized = (any(getattr(a, f"view{i}_{op}_p") for i in (1, 2)) for op in ("blur", "solarize"))
+        ops = " and ".join(op for op, on in (("blur", blurred), ("solarization", solarized)) if on)
+        # (A user test: it said "the blur and solarization given" for either alone, and "no flip or colour
+        # change" where there was no blur either.)
+        settings, ways = (given, [f"the {ops} given"]) if given else ([], [])
         if cropped:
             settings.insert(0, f"augment.crop_min_scale={scale:g}")
             ways.insert(0, f"their square crops, of {scale:g} to all of the image")
-        missing = "no flip or colour change" if given else "no flip, colour change or blur"
+        missing = "no flip or colour change" if blurred else "no flip, colour change or blur"
         views = f"with {', '.join(settings)} gives views that differ only by {' and '.join(ways)} ({missing})"
     print(f"note: augment.preset=none {views}: an ablation; BYOL's recipes are --augment.preset=paper or cifar",
           file=sys.stderr)

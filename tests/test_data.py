@@ -637,8 +637,8 @@ def test_labeled_folders_say_what_is_wrong_with_their_layout(tmp_path):
     train = extract_jpegs(tmp_path / "set" / "train", per_class=1)
     val = extract_jpegs(tmp_path / "set" / "val", per_class=1)
     (val / "cat").rename(val / "kitten")
-    with pytest.raises(DataError, match=r"class sub-folders of .*train and .*val differ \(only in .*train: cat; "
-                                        r"only in .*val: kitten\); every class of .*val needs its sub-folder of "
+    with pytest.raises(DataError, match=r"class sub-folders of .*train and .*val differ \(only in .*val: kitten\); "
+                                        r"every class of .*val needs its sub-folder of "
                                         r"images in .*train too"):
         labeled_folders(train, size=8)
     (val / "kitten").rename(val / "cat")
@@ -651,7 +651,9 @@ def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_cla
         tmp_path, monkeypatch, capsys):
     """A held-out split short of a training class (an empty class folder is no class) is a note, its labels
     numbered by the training split's classes (a user test: such a val/ turned the kNN monitor off and eval
-    refused it); one with a class the training split lacks is refused, both folders said in full."""
+    refused it); one with a class the training split lacks is refused, both folders said in full, and only
+    the held-out split's classes named (a user test: those only train/ has, fine now, were named as the
+    difference, cut to 5 with no sign of the rest)."""
     for path in ("set/train/a/0.png", "set/train/b/0.png", "set/train/c/0.png", "set/val/c/0.png", "set/val/c/1.png"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / path)
@@ -668,9 +670,15 @@ def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_cla
     with pytest.raises(DataError) as e:
         labeled_folders("set", size=8)
     assert str(e.value) == (f"the class sub-folders of {tmp_path / 'set' / 'train'} and {tmp_path / 'set' / 'val'} "
-                            f"differ (only in {tmp_path / 'set' / 'train'}: a; only in {tmp_path / 'set' / 'val'}: "
-                            f"d); every class of {tmp_path / 'set' / 'val'} needs its sub-folder of images in "
+                            f"differ (only in {tmp_path / 'set' / 'val'}: d); every class of "
+                            f"{tmp_path / 'set' / 'val'} needs its sub-folder of images in "
                             f"{tmp_path / 'set' / 'train'} too (a class is a sub-folder that holds images)")
+    for name in "efghi":
+        (tmp_path / "set" / "val" / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "set" / "val" / name / "0.png")
+    with pytest.raises(DataError, match=rf"differ \(6 classes only in {re.escape(str(tmp_path / 'set' / 'val'))}: "
+                                        r"d, e, f, g, h, \.\.\.\); every class"):
+        labeled_folders("set", size=8)
 
 
 def test_train_beside_test_alone_is_the_split_also_beside_other_folders_and_val_is_preferred_to_test(tmp_path):

@@ -1,9 +1,11 @@
+import sys
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from byol import BYOL
 from byol.ema import build_target, update_target
 
 
@@ -118,5 +120,16 @@ def test_a_low_precision_target_is_warned_of_as_its_ema_steps_are_rounded_away(d
         warnings.simplefilter("error")
         update_target(target, online, tau=0.996)  # float32: no warning
     online, target = online.to(dtype), target.to(dtype)
-    with pytest.warns(UserWarning, match=f"target network is in {str(dtype)[6:]}.*torch.autocast"):
+    with pytest.warns(UserWarning, match=f"target network is in {str(dtype)[6:]}.*torch.autocast") as caught:
         update_target(target, online, tau=0.996)
+    assert [w.filename for w in caught] == [__file__]  # the caller's line, not torch.no_grad's wrapper's
+
+
+def test_the_low_precision_warning_names_the_line_that_calls_the_learner():
+    """It named torch/utils/_contextlib.py (update_target's torch.no_grad wrapper), where a user looks for
+    the line of theirs that updates the target: learner.update_moving_average() here."""
+    learner = BYOL(make_net(), image_size=8, feature_dim=8, projection_size=4, projection_hidden_size=8,
+                   augment_fn=lambda x: x).to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="target network is in bfloat16") as caught:
+        learner.update_moving_average()
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, sys._getframe().f_lineno - 1)]
