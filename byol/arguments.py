@@ -71,7 +71,9 @@ def _positive_float(text: str) -> float:
 
 def _auto(text: str) -> str:
     if text != "auto":
-        raise argparse.ArgumentTypeError(f"takes no value, or auto (continue if there is a checkpoint), got {text!r}")
+        folder = "; the run's folder is --train.out_dir=..." if os.sep in text or os.path.isdir(text) else ""
+        raise argparse.ArgumentTypeError(f"takes no value, or auto (continue if there is a checkpoint), got "
+                                         f"{text!r}{folder}")
     return text
 
 

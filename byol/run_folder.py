@@ -191,7 +191,12 @@ def resumes(resume: Union[bool, str], out_dir: str) -> bool:
     """Whether a start continues the run in ``out_dir``: ``resume``, or for ``"auto"`` (a job script's one command
     for its first start and its requeues) whether the folder holds a checkpoint to continue from."""
     if resume == "auto":
-        return (Path(out_dir).expanduser() / "checkpoints" / "last.pt").is_file()
+        checkpoint = Path(out_dir).expanduser() / "checkpoints" / "last.pt"
+        if checkpoint.is_file():
+            return True  # (the resume says where it goes on from)
+        from .distributed import note
+        note(f"--resume=auto: no {checkpoint}, so a new run starts there")  # (a user test: a job log said neither)
+        return False
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True, False or \"auto\", got {resume!r}")
     return resume

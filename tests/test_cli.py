@@ -1213,7 +1213,9 @@ def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_
     args = ["pretrain", "--config", "cifar10", "--resume=auto", *settings]
     assert main([*args, "--train.max_steps=2"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
-    assert "resum" not in capsys.readouterr().err
+    err = capsys.readouterr().err  # which way it went, for a job's log (a user test: it said neither)
+    assert f"note: --resume=auto: no {run / 'checkpoints' / 'last.pt'}, so a new run starts there\n" in err
+    assert "resuming" not in err
     assert main([*args, "--train.max_steps=3"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
     assert f"note: resuming {run} from step 2 " in capsys.readouterr().err
@@ -1222,6 +1224,10 @@ def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
     with pytest.raises(ValueError, match="resume must be True, False or \"auto\", got 'yes'"):
         byol.pretrain(config, resume="yes")
+    capsys.readouterr()
+    _, line = main_error(capsys, "pretrain", "--resume", str(run))  # (a user test: the run's folder given to it)
+    assert line.endswith(f"takes no value, or auto (continue if there is a checkpoint), got {str(run)!r}; the run's "
+                         "folder is --train.out_dir=..."), line
 
 
 def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_at_a_k_measured_both_times(
