@@ -46,6 +46,26 @@ def full_fp32():
     b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic = saved
 
 
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args)`` runs ``byol ARGS`` by ``byol.cli.main`` in this process and returns what test_cli's ``byol``
+    returns of the command's process (its exit code, stdout and stderr), without the seconds a fresh interpreter
+    takes to import torch at each call. Output captured before a call is dropped."""
+    from byol.cli import main
+
+    def run(*args, check=True) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # --help: the process would exit
+            code = e.code
+        out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"byol {' '.join(map(str, args))} failed:\n{out}\n{err}")
+        return subprocess.CompletedProcess(["byol", *map(str, args)], code, out, err)
+    return run
+
+
 def tiny_overrides(out_dir, **extra) -> list[str]:
     """Overrides for a seconds-long CPU run: a narrow network, small batches, few images."""
     values = {

@@ -1,4 +1,5 @@
-"""The real command line, end to end, on real data (../shared/data), in subprocesses."""
+"""The real command line, end to end, on real data (../shared/data): in subprocesses (``byol``) where a test is
+of the process (its exit code, signals, pipes, environment, a crash), else in this process (``cli``)."""
 
 import io
 import json
@@ -78,15 +79,15 @@ def test_pretrain_prints_knn_against_random_init(trained):
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.yaml").is_file()
 
 
-def test_eval_knn_and_linear_print_a_table_and_write_json(trained, tmp_path):
+def test_eval_knn_and_linear_print_a_table_and_write_json(cli, trained, tmp_path):
     run, _ = trained
     ckpt = run / "checkpoints" / "last.pt"
-    proc = byol("eval", "knn", ckpt, "--limit", 300, "--out", tmp_path / "knn.json")
+    proc = cli("eval", "knn", ckpt, "--limit", 300, "--out", tmp_path / "knn.json")
     assert "kNN top-1 (k=20)" in proc.stdout and "kNN top-1 (k=200)" in proc.stdout
     result = json.loads((tmp_path / "knn.json").read_text())
     assert set(result["knn_top1"]) == {"20", "200"} and result["n_test"] == 300
     assert 0 <= result["knn_top1"]["200"] <= 100
-    proc = byol("eval", "linear", ckpt, "--limit", 300, "--epochs", 3)
+    proc = cli("eval", "linear", ckpt, "--limit", 300, "--epochs", 3)
     assert "linear top-1" in proc.stdout and "linear top-5" in proc.stdout
     result = json.loads((run / "checkpoints" / "last_linear.json").read_text())
     assert 0 <= result["top1"] <= result["top5"] <= 100 and result["epochs"] == 3 and result["classes"] == 10
@@ -245,7 +246,7 @@ def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch,
     assert "100.00% (of 4 classes: always 100)" in out and "40 train / 20 val images" in out
 
 
-def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
+def test_random_init_is_the_encoder_the_run_started_from(cli, tmp_path):
     from byol.encoders import load_encoder
     from conftest import CIFAR10
     if not CIFAR10.is_dir():
@@ -260,22 +261,22 @@ def test_random_init_is_the_encoder_the_run_started_from(tmp_path):
     for lr, same, data in ((0.0, True, [f"--data.root={CIFAR10}"]), (0.0, True, folder),
                            (0.5, False, [f"--data.root={CIFAR10}"])):
         run = tmp_path / f"lr{lr}-{len(data)}"
-        byol("pretrain", "--config", "cifar10", *data, "--optim.name=sgd", f"--optim.lr={lr}", "--train.seed=3",
-             *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1, "train.batch_size": 8}))
+        cli("pretrain", "--config", "cifar10", *data, "--optim.name=sgd", f"--optim.lr={lr}", "--train.seed=3",
+            *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1, "train.batch_size": 8}))
         ckpt = run / "checkpoints" / "last.pt"
         trained_net, _ = load_encoder(ckpt)
         init_net, _ = load_encoder(ckpt, random_init=True)
         pairs = list(zip(trained_net.parameters(), init_net.parameters()))
         assert len(pairs) > 40
         assert all(torch.equal(a, b) for a, b in pairs) == same, (lr, data)
-    byol("eval", "knn", ckpt, "--limit", 100, "--random-init")
+    cli("eval", "knn", ckpt, "--limit", 100, "--random-init")
     assert json.loads((run / "checkpoints" / "last_knn_random_init.json").read_text())["random_init"] is True
 
 
-def test_embed_writes_embeddings_with_labels(trained, tmp_path):
+def test_embed_writes_embeddings_with_labels(cli, trained, tmp_path):
     run, _ = trained
     (tmp_path / "emb_paths.txt").write_text("an earlier emb.npy's, not this one's\n")
-    proc = byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
+    proc = cli("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
     # CIFAR: no file paths, none said, and an earlier emb's removed
     assert f"(labels in {tmp_path / 'emb_labels.npy'}; class names in {tmp_path / 'emb_classes.txt'})" \
         in proc.stdout, proc.stdout
@@ -291,8 +292,8 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     bf16 = native_bf16(torch.device("cpu"))
     assert ("note: the embeddings are computed in bf16 autocast (train.precision=auto" in proc.stderr) == bf16
     for precision, said in (("auto", "bf16 autocast" if bf16 else "float32"), ("fp32", "float32")):
-        proc = byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.pt", "--limit", 20, "--split",
-                    "train", f"--train.precision={precision}")
+        proc = cli("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.pt", "--limit", 20, "--split",
+                   "train", f"--train.precision={precision}")
         saved = torch.load(tmp_path / "emb.pt", weights_only=True)
         noted = "note: the embeddings are computed" in proc.stderr
         assert saved["precision"] == said and noted == (said != "float32")
@@ -301,7 +302,7 @@ def test_embed_writes_embeddings_with_labels(trained, tmp_path):
     assert all(saved[k].untyped_storage().nbytes() == saved[k].nbytes for k in ("embeddings", "labels"))
 
 
-def test_a_cifar_encoder_embeds_a_folder_of_cifar_s_images_as_it_embeds_them_and_as_documented(trained, tmp_path):
+def test_a_cifar_encoder_embeds_a_folder_of_cifar_s_images_as_it_embeds_them_and_as_documented(cli, trained, tmp_path):
     """A user test: a CIFAR-trained encoder embedded a folder at the folder default for its views (the
     center 32 of 37 here; of 27 for cifar10-cpu's 24), export.json said CIFAR's 32 whole, and the Python
     recipe (decode_image at build.load_size(config)) a third size: the same image's features were 0.907
@@ -323,9 +324,9 @@ def test_a_cifar_encoder_embeds_a_folder_of_cifar_s_images_as_it_embeds_them_and
         paths.append(tmp_path / "pngs" / "val" / f"c{test.labels[i]}" / f"{i}.png")
         paths[-1].parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(paths[-1])
-    byol("embed", ckpt, "--out", tmp_path / "bin.pt", "--limit", 6, "--train.precision=fp32")
-    proc = byol("embed", ckpt, "--out", tmp_path / "folder.pt", "--data.dataset=folder",
-                f"--data.root={tmp_path / 'pngs'}", "--train.precision=fp32")
+    cli("embed", ckpt, "--out", tmp_path / "bin.pt", "--limit", 6, "--train.precision=fp32")
+    proc = cli("embed", ckpt, "--out", tmp_path / "folder.pt", "--data.dataset=folder",
+               f"--data.root={tmp_path / 'pngs'}", "--train.precision=fp32")
     assert "note: the encoder was trained on cifar10, which eval and embed feed whole at 32x32: this folder's " \
         "images are fed alike, each one's center square resized to 32x32" in proc.stderr, proc.stderr
     binary, folder = (torch.load(tmp_path / f, weights_only=True) for f in ("bin.pt", "folder.pt"))
@@ -341,15 +342,15 @@ def test_a_cifar_encoder_embeds_a_folder_of_cifar_s_images_as_it_embeds_them_and
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load. is deprecated:FutureWarning")  # python_api.md says so
 @pytest.mark.parametrize("cifar_stem", [False, True])
-def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
+def test_export_loads_into_plain_torchvision_resnet(cli, tmp_path, cifar_stem):
     from conftest import CIFAR10
     if not CIFAR10.is_dir():
         pytest.skip("real CIFAR-10 not found")
     run = tmp_path / "run"
-    byol("pretrain", "--config", "cifar10", f"--data.root={CIFAR10}", f"--model.cifar_stem={cifar_stem}",
-         *tiny_overrides(run, **{"model.width": 64, "train.max_steps": 1, "train.batch_size": 8,
-                                 "train.knn_every": -1}))
-    byol("export", run / "checkpoints" / "last.pt", "--out", tmp_path / "export")
+    cli("pretrain", "--config", "cifar10", f"--data.root={CIFAR10}", f"--model.cifar_stem={cifar_stem}",
+        *tiny_overrides(run, **{"model.width": 64, "train.max_steps": 1, "train.batch_size": 8,
+                                "train.knn_every": -1}))
+    cli("export", run / "checkpoints" / "last.pt", "--out", tmp_path / "export")
     info = json.loads((tmp_path / "export" / "export.json").read_text())
     assert (info["backbone"], info["cifar_stem"], info["width"]) == ("resnet18", cifar_stem, 64)
     # The files by their names in the folder, which can then be moved: not by paths from the cwd of the export.
@@ -376,17 +377,17 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
     moved.mkdir()
     for name in ("encoder.pt", "export.json"):
         shutil.copy(tmp_path / "export" / name, moved / name)
-    proc = byol("eval", "knn", moved / "encoder.pt", "--limit", 20, "--k", 5, "--out", tmp_path / "m.json",
-                f"--data.root={CIFAR10}")
+    proc = cli("eval", "knn", moved / "encoder.pt", "--limit", 20, "--k", 5, "--out", tmp_path / "m.json",
+               f"--data.root={CIFAR10}")
     assert f"{moved / 'encoder.pt'} has no config.yaml beside it, which byol export wrote beside export.json" \
         in proc.stderr, proc.stderr
     # An exported encoder can itself be evaluated.
-    proc = byol("eval", "knn", tmp_path / "export" / "encoder.pt", "--limit", 100)
+    proc = cli("eval", "knn", tmp_path / "export" / "encoder.pt", "--limit", 100)
     assert "kNN top-1 (k=200)" in proc.stdout
     # export.json says how to feed it: the run's own embeddings of CIFAR-10's first test images are the
     # TorchScript encoder's on those images in [0, 1], normalized with its mean and std (in float32 both:
     # embed follows train.precision, bf16 where the machine has it).
-    byol("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "e.npy", "--limit", 4, "--train.precision=fp32")
+    cli("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "e.npy", "--limit", 4, "--train.precision=fp32")
     raw = np.fromfile(CIFAR10 / "cifar-10-batches-bin" / "test_batch.bin", np.uint8, count=4 * 3073)
     images = torch.from_numpy(raw.reshape(4, 3073)[:, 1:].reshape(4, 3, 32, 32).copy()).float() / 255
     mean, std = (torch.tensor(info["input"][k]).view(1, 3, 1, 1) for k in ("mean", "std"))
@@ -395,16 +396,16 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path, cifar_stem):
                                rtol=1e-4, atol=1e-4)
 
 
-def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
+def test_folder_of_jpegs_with_corrupt_and_empty_files(cli, tmp_path, capsys):
     root = extract_jpegs(tmp_path / "images", per_class=4)
     (root / "cat" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (root / "dog" / "empty.jpg").write_bytes(b"")
     for name in ("IMG_1.heic", "IMG_2.HEIC", "notes.txt", "README"):  # not images Pillow opens: said, not silent
         (root / "dog" / name).write_bytes(b"...")
     run = tmp_path / "run"
-    proc = byol("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={root}",
-                "--data.image_size=32", "--data.workers=2",
-                *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1, "data.limit": "null"}))
+    proc = cli("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={root}",
+               "--data.image_size=32", "--data.workers=2",
+               *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1, "data.limit": "null"}))
     assert "pretraining done" in proc.stdout
     assert (f"note: 4 files (.heic 2, .txt 1, no extension 1) in {root} are left out: their names do not end "
             "in the extension of an image format Pillow opens (.jpg, .png, .webp, ...)") in proc.stderr
@@ -417,9 +418,9 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     # A resumed run keeps the list of the run before it (here, a file since deleted).
     with open(run / "skipped_files.txt", "a") as f:
         f.write(f"{root / 'cat' / 'gone.jpg'}\tdeleted since\n")
-    byol("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
-         "--data.workers=2", "--resume", *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1,
-                                                                 "data.limit": "null", "train.epochs": 2}))
+    cli("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={root}", "--data.image_size=32",
+        "--data.workers=2", "--resume", *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": -1,
+                                                                "data.limit": "null", "train.epochs": 2}))
     skipped = (run / "skipped_files.txt").read_text().splitlines()
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg",
                                                                                   "gone.jpg"]
@@ -445,33 +446,33 @@ def test_folder_of_jpegs_with_corrupt_and_empty_files(tmp_path, capsys):
     assert f"there is no val split: {root} is a plain folder of images" in line
 
 
-def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_path, capsys):
+def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(cli, tmp_path, capsys):
     """The ImageNet layout: pretrain on ROOT/train (as configs/imagenet.yaml); the kNN monitor and
     ``byol eval`` use ROOT/train and ROOT/val, evenly spread over the classes when limited."""
     train = extract_jpegs(tmp_path / "imagenet" / "train", per_class=3)
     extract_jpegs(tmp_path / "imagenet" / "val", per_class=2)
     run = tmp_path / "run"
-    proc = byol("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={train}",
-                "--data.image_size=32", "--data.workers=0",
-                *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
-                                        "data.limit": 12}))  # 12 of the 30 files: one epoch of 2 steps
+    proc = cli("pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={train}",
+               "--data.image_size=32", "--data.workers=0",
+               *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
+                                       "data.limit": 12}))  # 12 of the 30 files: one epoch of 2 steps
     assert "kNN top-1 at random init (30 train / 20 val images)" in proc.stdout, proc.stdout
     assert "kNN top-1 (k=200 > 30: all vote, 30 train / 20 val images)" in proc.stdout, proc.stdout
     assert "unreadable files skipped" not in proc.stdout and not (run / "skipped_files.txt").exists()  # none were
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval/knn_top1" in r]
     assert [r["step"] for r in evals] == [0, 2]
-    proc = byol("eval", "knn", run / "checkpoints" / "last.pt")
+    proc = cli("eval", "knn", run / "checkpoints" / "last.pt")
     assert "30 train / 20 val images" in proc.stdout and "of 32x32 images" in proc.stdout, proc.stdout
     # eval gives the monitor's last number: the same images, the same center crop of them
     assert json.loads((run / "checkpoints" / "last_knn.json").read_text())["knn_top1"]["200"] == \
         evals[-1]["eval/knn_top1_k200"]
-    proc = byol("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10, "--data.image_size=48")
+    proc = cli("eval", "knn", run / "checkpoints" / "last.pt", "--k", 5, "--limit", 10, "--data.image_size=48")
     assert "10 train / 10 val images" in proc.stdout, proc.stdout
     assert "of 48x48 images" in proc.stdout, proc.stdout  # the center 48 of a folder decoded at 8/7 of it, said
     assert json.loads((run / "checkpoints" / "last_knn.json").read_text())["image_size"] == 48
     moved = tmp_path / "imagenet-moved"
     (tmp_path / "imagenet").rename(moved)  # the data moved since: said so, not blamed on the layout
-    assert_user_error(byol("eval", "knn", run / "checkpoints" / "last.pt", check=False),
+    assert_user_error(cli("eval", "knn", run / "checkpoints" / "last.pt", check=False),
                       f"the image folder {train} (data.root) does not exist")
     moved.rename(tmp_path / "imagenet")
     # byol embed finds ROOT/val as eval does; --split train is the folder the run trained on.
@@ -512,7 +513,7 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(tmp_pat
     main_error(capsys, "embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "x.npy", "--split", "nonsense")
 
 
-def test_a_run_folder_inside_the_data_root_is_not_read_as_images(tmp_path, capsys):
+def test_a_run_folder_inside_the_data_root_is_not_read_as_images(cli, tmp_path, capsys):
     """A run whose train.out_dir lies inside its data.root (the default runs/byol, started from the
     data folder) writes its plots there: --resume, eval and embed leave its folder out, with a note,
     and see the 30 images and 10 classes its first start saw (not the plots, nor a class "runs")."""
@@ -522,10 +523,10 @@ def test_a_run_folder_inside_the_data_root_is_not_read_as_images(tmp_path, capsy
     pretrain = ["pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={train}",
                 "--data.image_size=32", "--data.workers=0"]
     settings = {"train.batch_size": 8, "train.knn_every": -1, "data.limit": "null"}  # 3 steps an epoch
-    byol(*pretrain, *tiny_overrides(run, **settings))
+    cli(*pretrain, *tiny_overrides(run, **settings))
     assert (run / "loss.png").is_file()  # what a scan of train/ would find
     left_out = f"note: left out {run}: a byol run's folder (its plots are not data)"
-    proc = byol(*pretrain, "--resume", *tiny_overrides(run, **settings, **{"train.epochs": 2}))
+    proc = cli(*pretrain, "--resume", *tiny_overrides(run, **settings, **{"train.epochs": 2}))
     assert proc.stderr.count(left_out) == 1 and "the data now makes" not in proc.stderr, proc.stderr
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
     from byol.cli import main
@@ -540,30 +541,30 @@ def test_a_run_folder_inside_the_data_root_is_not_read_as_images(tmp_path, capsy
     assert (tmp_path / "emb_classes.txt").read_text().splitlines() == sorted(os.listdir(tmp_path / "data" / "val"))
 
 
-def test_bad_input_gives_one_sentence_and_exit_2(tmp_path, trained):
-    assert_user_error(byol("pretrain", "--data.root", tmp_path / "nowhere", check=False))  # not key=value
-    assert_user_error(byol("pretrain", f"--data.root={tmp_path / 'nowhere'}", *tiny_overrides(tmp_path / "r1"),
-                           check=False), "nowhere")
-    assert_user_error(byol("pretrain", "--train.epohcs=3", check=False), "unknown config key 'train.epohcs'")
-    assert_user_error(byol("pretrain", "--config", "cifar11", check=False), "unknown preset")
-    assert_user_error(byol("pretrain", "--model.backbone=resnet101", check=False), "model.backbone must be one of")
+def test_bad_input_gives_one_sentence_and_exit_2(cli, tmp_path, trained):
+    assert_user_error(cli("pretrain", "--data.root", tmp_path / "nowhere", check=False))  # not key=value
+    assert_user_error(cli("pretrain", f"--data.root={tmp_path / 'nowhere'}", *tiny_overrides(tmp_path / "r1"),
+                          check=False), "nowhere")
+    assert_user_error(cli("pretrain", "--train.epohcs=3", check=False), "unknown config key 'train.epohcs'")
+    assert_user_error(cli("pretrain", "--config", "cifar11", check=False), "unknown preset")
+    assert_user_error(cli("pretrain", "--model.backbone=resnet101", check=False), "model.backbone must be one of")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    assert_user_error(byol("eval", "knn", bad, check=False), str(bad))
-    assert_user_error(byol("eval", "knn", tmp_path / "missing.pt", check=False), "does not exist")
+    assert_user_error(cli("eval", "knn", bad, check=False), str(bad))
+    assert_user_error(cli("eval", "knn", tmp_path / "missing.pt", check=False), "does not exist")
     run, _ = trained
     cut = tmp_path / "cut.pt"
     data = (run / "checkpoints" / "last.pt").read_bytes()
     cut.write_bytes(data[: len(data) // 3])
-    assert_user_error(byol("eval", "linear", cut, check=False), "corrupt or truncated")
+    assert_user_error(cli("eval", "linear", cut, check=False), "corrupt or truncated")
 
 
-def test_resume_without_checkpoint_and_occupied_run_dir(tmp_path, trained):
+def test_resume_without_checkpoint_and_occupied_run_dir(cli, tmp_path, trained):
     run, _ = trained
-    assert_user_error(byol("pretrain", "--resume", f"--train.out_dir={tmp_path / 'fresh'}", check=False),
+    assert_user_error(cli("pretrain", "--resume", f"--train.out_dir={tmp_path / 'fresh'}", check=False),
                       "cannot resume")
     before = (run / "checkpoints" / "last.pt").read_bytes()
-    assert_user_error(byol("pretrain", f"--train.out_dir={run}", check=False), "--resume")
+    assert_user_error(cli("pretrain", f"--train.out_dir={run}", check=False), "--resume")
     assert (run / "checkpoints" / "last.pt").read_bytes() == before  # nothing already written is lost
 
 

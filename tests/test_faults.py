@@ -83,12 +83,12 @@ def test_a_finite_loss_whose_step_leaves_nan_weights_is_undone():
     assert guard.streak.item() == 1 and guard.skipped.item() == 1
 
 
-def test_nonfinite_losses_stop_the_run_and_keep_the_good_checkpoint(tmp_path, cifar, fault_table):
+def test_nonfinite_losses_stop_the_run_and_keep_the_good_checkpoint(cli, tmp_path, cifar, fault_table):
     run = tmp_path / "run"
-    byol("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 8, "train.knn_every": -1,
-                                                    "optim.name": "sgd"}))
+    cli("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 8, "train.knn_every": -1,
+                                                   "optim.name": "sgd"}))
     good = (run / "checkpoints" / "last.pt").read_bytes()
-    proc = byol("pretrain", "--resume", cifar, *tiny_overrides(run, **{
+    proc = cli("pretrain", "--resume", cifar, *tiny_overrides(run, **{
         "train.epochs": 4, "train.knn_every": -1, "optim.name": "sgd", "optim.lr": 1e30,
         "train.max_nonfinite": 3, "train.log_every": 1, "train.max_steps": "null"}), check=False)
     assert_user_error(proc, "NaN or infinite for 3 steps in a row", "last good checkpoint")
@@ -386,21 +386,21 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, cifar, uninterr
                 "weights of an uninterrupted run and removes the half-written temporaries")
 
 
-def test_bad_requests(tmp_path, cifar, fault_table):
-    proc = byol("pretrain", cifar, *tiny_overrides(tmp_path / "r1", **{"data.limit": 8}), check=False)
+def test_bad_requests(cli, tmp_path, cifar, fault_table):
+    proc = cli("pretrain", cifar, *tiny_overrides(tmp_path / "r1", **{"data.limit": 8}), check=False)
     assert_user_error(proc, "does not fit in the data set")
     fault_table("data set smaller than one batch", "one sentence naming both sizes, exit 2")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    proc = byol("pretrain", cifar, *tiny_overrides(blocker / "run"), check=False)
+    proc = cli("pretrain", cifar, *tiny_overrides(blocker / "run"), check=False)
     assert_user_error(proc, "cannot write to the output directory")
     assert "a file is in the way where a folder is needed" in proc.stderr, proc.stderr
     fault_table("output directory that cannot be created or written", "one sentence, exit 2")
-    proc = byol("pretrain", cifar, "--train.batch_sise=8", check=False)
+    proc = cli("pretrain", cifar, "--train.batch_sise=8", check=False)
     assert_user_error(proc, "unknown config key 'train.batch_sise'")
     fault_table("config key that does not exist", "one sentence listing the valid keys, exit 2")
-    proc = byol("pretrain", f"--data.root={tmp_path / 'missing'}", *tiny_overrides(tmp_path / "new" / "r2"),
-                check=False)
+    proc = cli("pretrain", f"--data.root={tmp_path / 'missing'}", *tiny_overrides(tmp_path / "new" / "r2"),
+               check=False)
     assert_user_error(proc, "missing")
     assert not (tmp_path / "new").exists()  # the run folder it made (and its parent) is gone again
     fault_table("data path that does not exist", "one sentence saying which files were expected where, exit 2; "
@@ -428,35 +428,35 @@ def test_bad_config_files_are_one_sentence_and_write_nothing(tmp_path, capsys, t
     fault_table(fault, "one sentence saying what to write, exit 2; nothing written")
 
 
-def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(tmp_path, cifar, fault_table):
+def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(cli, tmp_path, cifar, fault_table):
     run = tmp_path / "run"
-    byol("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1, "optim.name": "sgd"}))
+    cli("pretrain", cifar, *tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1, "optim.name": "sgd"}))
     saved = (run / "config.yaml").read_bytes()
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", f"--data.root={tmp_path / 'moved'}", check=False)
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", f"--data.root={tmp_path / 'moved'}", check=False)
     assert_user_error(proc, "cifar10 train files not found")
     assert (run / "config.yaml").read_bytes() == saved  # not rewritten by a resume that failed
     # Nor another seed (a user test: eval --random-init of the resumed run's checkpoint then built another
     # network than the one the run started from, and its kNN at random init was not the run's).
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7", "--train.max_steps=4", check=False)
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", "--train.seed=7", "--train.max_steps=4", check=False)
     assert_user_error(proc, f"{run / 'checkpoints' / 'last.pt'}'s run started from train.seed=0: its initial weights, "
                             "which eval --random-init rebuilds as the baseline, and its data's order come from it; "
                             "resume with --train.seed=0, or start a new run for another seed")
     assert (run / "config.yaml").read_bytes() == saved and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--model.use_predictor=false", check=False)
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", "--model.use_predictor=false", check=False)
     assert_user_error(proc, f"{run / 'checkpoints' / 'last.pt'} holds the network of model.use_predictor=true, and a "
                             "resume trains that network on: resume with --model.use_predictor=true, or start a new run "
                             "for another")  # (a user test: a traceback's terms, blaming the backbone or width)
     assert (run / "config.yaml").read_bytes() == saved
     # The run's own settings (width 8, batch 16, 128 images, SGD), not the cifar10 preset's: the
     # preset's width 64 would not even load.
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=4")
     assert (f"note: resuming {run} from step 2 (0.25 of 1 epoch done; train.max_steps ends it at step 4, in epoch 1), "
             "with settings that differ from the checkpoint's: train.max_steps 2 -> 4") in proc.stderr, proc.stderr
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and state["config"]["model"]["width"] == 8 and state["config"]["optim"]["name"] == "sgd"
     # A finished run: nothing to do, said in a note, exit 0, and the settings given are not kept.
     saved = (run / "config.yaml").read_bytes()
-    proc = byol("pretrain", "--resume", f"--train.out_dir={run}", "--optim.lr=0.5", "--data.limit=256")
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", "--optim.lr=0.5", "--data.limit=256")
     assert f"note: the run in {run} is finished: step 4, and train.max_steps=4 ends it" in proc.stderr
     # and that alone: no notes of what the settings given would change (a user test)
     assert [line for line in proc.stderr.splitlines() if line.startswith("note: ")] == [
@@ -466,18 +466,18 @@ def test_resume_continues_with_the_runs_own_config_and_a_failed_resume_keeps_it(
     # A run folder moved elsewhere resumes there, not into the folder its config.yaml names.
     moved = tmp_path / "elsewhere"
     shutil.copytree(run, moved)
-    byol("pretrain", "--resume", f"--train.out_dir={moved}", "--train.max_steps=5")
+    cli("pretrain", "--resume", f"--train.out_dir={moved}", "--train.max_steps=5")
     assert load_checkpoint(moved / "checkpoints" / "last.pt")["step"] == 5
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
     # --config with --resume only locates the run; what it would change is named, not used.
-    proc = byol("pretrain", "--resume", "--config", "cifar10-cpu", f"--train.out_dir={moved}",
-                "--train.max_steps=6")
+    proc = cli("pretrain", "--resume", "--config", "cifar10-cpu", f"--train.out_dir={moved}",
+               "--train.max_steps=6")
     assert "these settings of cifar10-cpu differ from it and are not used" in proc.stderr, proc.stderr
     assert load_checkpoint(moved / "checkpoints" / "last.pt")["config"]["model"]["width"] == 8
     # An emptied config.yaml is taken as a missing one: the checkpoint's settings (a user test: the error
     # there was said to advise --config, which only locates the run).
     (moved / "config.yaml").write_text("")
-    proc = byol("pretrain", "--resume", f"--train.out_dir={moved}", "--train.max_steps=7")
+    proc = cli("pretrain", "--resume", f"--train.out_dir={moved}", "--train.max_steps=7")
     assert (f"note: {moved / 'config.yaml'} is empty; the run goes on with the settings saved in "
             f"{moved / 'checkpoints' / 'last.pt'}") in proc.stderr, proc.stderr
     state = load_checkpoint(moved / "checkpoints" / "last.pt")
