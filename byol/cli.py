@@ -102,12 +102,15 @@ def _pretrain(args, overrides: list[str]) -> int:
     from .config import load_config  # (torch-free: a bad setting is said in a moment, torch loaded after it)
     extra = ["--data.download=true"] if args.download else []
     preset = "cifar10" if args.config is None else args.config  # --config= is refused, not the default
-    config = load_config(preset, overrides + extra)
-    from .run_folder import resumes
-    resume = resumes(args.resume, config.train.out_dir)
+    resume = args.resume
+    if resume == "auto":
+        from .run_folder import resumes
+        resume = resumes(resume, load_config(preset, overrides + extra).train.out_dir)
     if resume:
         from .resume import resume_config
         config = resume_config(preset, overrides + extra, explicit=args.config is not None)
+    else:
+        config = load_config(preset, overrides + extra)
     from .train import pretrain
     results = pretrain(config, resume=resume)
     if "stopped_by" in results:

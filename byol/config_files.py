@@ -77,9 +77,24 @@ def parse_value(text: str) -> Any:
     """A ``--section.key=value`` value as YAML reads it (``true``, ``3``, ``null``), numbers kept as
     written; the text itself where it is no YAML."""
     try:
-        return yaml.load(text, Loader=_Loader)
-    except (yaml.YAMLError, ValueError, RecursionError):  # (a number of over 4300 digits; nesting over ~1000 deep)
+        return safe_yaml(text, _Loader)
+    except yaml.YAMLError:
         return text
+
+
+class UnreadableYAML(yaml.YAMLError):
+    """YAML that the reader cannot finish: a number of over 4300 digits, lists nested over ~1000 deep."""
+
+
+def safe_yaml(text: str, loader: type = yaml.SafeLoader) -> Any:
+    """``text`` read by a safe YAML ``loader``, where every text it cannot read raises a ``yaml.YAMLError``:
+    Python's ValueError and RecursionError too (a user test: a config.yaml in a run folder from elsewhere,
+    made to, ended in their tracebacks), as :class:`UnreadableYAML`."""
+    try:
+        return yaml.load(text, Loader=loader)
+    except (ValueError, RecursionError) as e:
+        raise UnreadableYAML("it nests too deep" if isinstance(e, RecursionError)
+                             else str(e).split(":")[0].lower()) from None
 
 
 def presets_folder():
@@ -126,17 +141,16 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
                               "or give a path to a YAML file")
         text = preset.read_text()
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = safe_yaml(text, _Loader)
     except _DuplicateKey as e:
         raise ConfigError(f"config {name_or_path} {e}") from None
+    except UnreadableYAML as e:
+        raise ConfigError(f"config {name_or_path} cannot be read ({e})") from None
     except yaml.YAMLError as e:  # one line: where, and the parser's problem
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}") from None
-    except (ValueError, RecursionError) as e:  # a number of over 4300 digits; lists nested over ~1000 deep
-        why = "it nests too deep" if isinstance(e, RecursionError) else str(e).split(":")[0].lower()
-        raise ConfigError(f"config {name_or_path} cannot be read ({why})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

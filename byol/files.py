@@ -109,7 +109,10 @@ def _created(tmp: Path):
     try:
         fd = os.open(tmp, flags, 0o666)
     except FileExistsError:
-        os.unlink(tmp)  # (one that cannot be removed, another user's in a sticky folder: said as this write's error)
+        # Gone since (another process's cleaner), fine; one that cannot be removed (another user's, in a
+        # sticky folder) is said as this write's error.
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
         fd = os.open(tmp, flags, 0o666)
     return os.fdopen(fd, "wb")
 

@@ -141,7 +141,11 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> di
 def _restore_generators(state: dict, generator: torch.Generator, rank: int, world: int, ckpt_path: Path) -> None:
     """The random number generators as the checkpoint saved them: this process's augmentation
     ``generator`` its own rank's where the run had as many processes (a note where it had not)."""
-    set_rng_state(state["rng"], generator)
+    try:
+        set_rng_state(state["rng"], generator)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a review: rng={} ended in a KeyError traceback)
+        raise CheckpointError(f"{ckpt_path}'s random number generator states do not load ({type(e).__name__}: {e}); "
+                              "resume from a checkpoint a byol run wrote") from None
     per_rank = state.get("extra", {}).get("generator_per_rank")
     if world > 1 and per_rank is not None and len(per_rank) == world:
         generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream

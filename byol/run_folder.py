@@ -13,6 +13,8 @@ import yaml
 from .checkpoint import CheckpointError, saved_config
 from .config import (CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, config_text,
                      save_config)
+from .config_files import safe_yaml
+from .error_lines import launch_rank
 from .files import (fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure,
                     write_text_atomically)
 from .metrics import PLOTS, MetricsLog, warning_step
@@ -194,8 +196,10 @@ def resumes(resume: Union[bool, str], out_dir: str) -> bool:
         checkpoint = Path(out_dir).expanduser() / "checkpoints" / "last.pt"
         if checkpoint.is_file():
             return True  # (the resume says where it goes on from)
-        from .distributed import note
-        note(f"--resume=auto: no {checkpoint}, so a new run starts there")  # (a user test: a job log said neither)
+        # Which way it went, for a job's log (a user test: it said neither); once under torchrun, whose
+        # process group is not up yet: the rank is its RANK variable's.
+        if launch_rank() == 0:
+            print(f"note: --resume=auto: no {checkpoint}, so a new run starts there", file=sys.stderr)
         return False
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True, False or \"auto\", got {resume!r}")
@@ -216,7 +220,7 @@ def _no_settings(text: Optional[str]) -> bool:
     """Whether a config.yaml's ``text`` holds no settings (none, empty, comments alone), as a resume reads
     it (:func:`~byol.resume.resume_config` then takes the checkpoint's)."""
     try:
-        return not yaml.safe_load(text or "")
+        return not safe_yaml(text or "")
     except yaml.YAMLError:
         return False
 
@@ -234,7 +238,7 @@ def _differ(saved: str, config: Config) -> bool:
     """Whether a saved config.yaml's settings, read as a run reads them, differ from ``config``'s, but
     for ``train.out_dir`` (a moved run's folder)."""
     try:
-        before = config_from_dict(yaml.safe_load(saved)).to_dict()
+        before = config_from_dict(safe_yaml(saved)).to_dict()
     except (yaml.YAMLError, ConfigError, AttributeError, TypeError):
         return True
     return any(not c.startswith("train.out_dir ") for c in changed_settings(before, config.to_dict()))
@@ -276,7 +280,7 @@ def _written_by_byol(text: str) -> bool:
     if text.startswith(CONFIG_HEADER.split(":")[0]):
         return True
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError:
         return False
     full = Config().to_dict()

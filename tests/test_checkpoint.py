@@ -294,3 +294,13 @@ def test_a_checkpoint_is_read_without_its_tensors_where_torch_maps_a_file_named_
     monkeypatch.setattr(torch, "load", torch_2_2_load)
     assert saved_step(tmp_path / "a.pt") == 7 and saved_config(tmp_path / "a.pt") == {"train": {"epochs": 3}}
     assert _model_in(tmp_path / "weights.pt") == "a model's weights (written by torch.save)"
+
+
+@pytest.mark.parametrize("rng", [{}, {"torch": "oops"}])
+def test_random_number_generator_states_that_do_not_load_are_one_sentence(tmp_path, rng):
+    """A review: a checkpoint whose rng entry was a mapping, but not of byol's states, ended a resume in a
+    KeyError traceback (only the entries' kinds were checked)."""
+    from byol.resume import _restore_generators
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path))}'s random number generator states do not "
+                                              "load \\(.*\\); resume from a checkpoint a byol run wrote$"):
+        _restore_generators({"rng": rng}, torch.Generator(), 0, 1, tmp_path)

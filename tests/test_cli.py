@@ -1204,22 +1204,25 @@ def test_an_out_dir_that_starts_with_a_tilde_is_in_the_home_folder(tmp_path, mon
 
 
 def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_where_there_is(
-        tmp_path, cifar10_root, capsys):
+        tmp_path, cifar10_root, capsys, monkeypatch):
     """One command for a job's first start and its requeues (the job script had to look for last.pt itself)."""
     import byol
     from byol.checkpoint import load_checkpoint
     from byol.cli import main
+    from byol.run_folder import resumes
     run = tmp_path / "run"
     settings = [f"--data.root={cifar10_root}", *tiny_overrides(run, **{"train.knn_every": -1})]
     args = ["pretrain", "--config", "cifar10", "--resume=auto", *settings]
-    assert main([*args, "--train.max_steps=2"]) == 0
+    assert main([*args, "--train.max_steps=2", "--optim.momentum=0.8"]) == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
     err = capsys.readouterr().err  # which way it went, for a job's log (a user test: it said neither)
     assert f"note: --resume=auto: no {run / 'checkpoints' / 'last.pt'}, so a new run starts there\n" in err
     assert "resuming" not in err
     assert main([*args, "--train.max_steps=3"]) == 0
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
-    assert f"note: resuming {run} from step 2 " in capsys.readouterr().err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")  # with the run's own config.yaml, not the preset's
+    assert state["step"] == 3 and state["config"]["optim"]["momentum"] == 0.8
+    err = capsys.readouterr().err
+    assert f"note: resuming {run} from step 2 " in err and "differ from it and are not used" in err, err
     config = byol.load_config("cifar10", [*settings, "--train.max_steps=4"])
     byol.pretrain(config, resume="auto")  # Python's, the same
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
@@ -1229,6 +1232,10 @@ def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_
     _, line = main_error(capsys, "pretrain", "--resume", str(run))  # (a user test: the run's folder given to it)
     assert line.endswith(f"takes no value, or auto (continue if there is a checkpoint), got {str(run)!r}; the run's "
                          "folder is --train.out_dir=..."), line
+    monkeypatch.setenv("RANK", "1")  # under torchrun, before the process group is up: rank 0 alone says it (a review)
+    assert not resumes("auto", tmp_path / "new") and capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert not resumes("auto", tmp_path / "new") and "--resume=auto: no " in capsys.readouterr().err
 
 
 def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_at_a_k_measured_both_times(

@@ -64,6 +64,19 @@ def test_nonfinite_step_is_undone_exactly():
     assert guard.streak.item() == 1 and guard.skipped.item() == 1 and guard.reset_max() == 1
 
 
+def test_finite_weights_too_large_to_square_are_kept():
+    """The weight check reads each tensor's 1-norm, not its 2-norm, whose squares overflow at weights of 1e19
+    (a step with lr 1e30 leaves such, finite): such a step is not undone for its weights (a review: nothing
+    pinned it)."""
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    guard.snapshot()
+    with torch.no_grad():
+        model.weight.fill_(1e20)
+    assert guard.settle(torch.tensor(1.0)) and torch.all(model.weight == 1e20)
+
+
 def test_a_finite_loss_whose_step_leaves_nan_weights_is_undone():
     """A NaN gradient under a finite loss: the step was kept, and with it NaN weights that every later
     step's undo went back to (and that an epoch's end saved as the last good checkpoint)."""

@@ -276,6 +276,17 @@ def test_a_file_where_a_runs_folder_goes_is_refused_before_the_run(tmp_path, nam
                 "one sentence before anything is trained or written; the file kept")
 
 
+@pytest.mark.parametrize("text", ["train:\n  epochs: " + "9" * 5000 + "\n", "train: " + "[" * 100_000 + "]" * 100_000])
+def test_a_config_yaml_the_yaml_reader_cannot_finish_is_not_byol_s(tmp_path, text):
+    """A review: a run folder's own config.yaml, from elsewhere, with a 5,000-digit number or lists nested
+    100,000 deep, ended a start in a ValueError or RecursionError traceback (a --config file was one sentence)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="config.yaml was not written by byol"):
+        RunFolder(run, resume=False)
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "warnings.txt"])
 def test_a_new_run_replaces_only_what_an_earlier_start_of_a_run_wrote(tmp_path, name, fault_table):
     run = tmp_path / "run"
