@@ -172,12 +172,15 @@ def views_of(config: Config) -> tuple[ViewConfig, ViewConfig]:
         views = view_presets(a.preset, config.data.image_size)
         if a.crop_min_scale is not None:
             views = tuple(replace(view, crop_scale=(a.crop_min_scale, 1.0)) for view in views)
-        given = [{name: p for name, p in (("blur_p", blur), ("solarize_p", solarize)) if p is not None}
-                 for blur, solarize in ((a.view1_blur_p, a.view1_solarize_p), (a.view2_blur_p, a.view2_solarize_p))]
-        view1, view2 = (replace(view, **probabilities) for view, probabilities in zip(views, given))
-        return view1, view2
+        return (_over(views[0], blur_p=a.view1_blur_p, solarize_p=a.view1_solarize_p),
+                _over(views[1], blur_p=a.view2_blur_p, solarize_p=a.view2_solarize_p))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _over(view: ViewConfig, **given: Optional[float]) -> ViewConfig:
+    """``view`` with the settings ``given`` that are not None (null: the preset's)."""
+    return replace(view, **{name: value for name, value in given.items() if value is not None})
 
 
 def load_size(config: Config) -> int:

@@ -16,7 +16,7 @@ from .files import remove_empty_folders, topmost_missing, write_files_atomically
 from .config import Config, config_text
 from .data import DataError
 from .datasets import NATIVE_SIZE
-from .folder import ImageFolder, class_names, escape_name, split_folder
+from .folder import ImageFolder, class_names, escape_name, first_names, split_folder
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
@@ -102,8 +102,8 @@ def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
         return folder
     folder, unknown = folder.numbered_as(classes)
     if unknown:
-        note(f"{folder.root} has class folders that {train} has not ({', '.join(unknown[:5])}"
-             f"{', ...' if len(unknown) > 5 else ''}); their images are labeled -1")
+        note(f"{folder.root} has class folders that {train} has not ({first_names(unknown)}); their images are "
+             "labeled -1")
     return folder
 
 

@@ -316,6 +316,11 @@ def held_out_folder(root: Path) -> Optional[Path]:
     return held if (root / "train").is_dir() and held.is_dir() else None
 
 
+def first_names(names: list[str], n: int = 5) -> str:
+    """The first ``n`` of ``names``, joined, and ``...`` where there are more: a message's list of classes."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = None,
                     scanned: Optional[ImageFolder] = None) -> Optional[tuple[ImageFolder, ImageFolder]]:
     """``ROOT/train`` and ``ROOT/val`` (or ``ROOT/test``): the labeled splits of a folder, not decoded.
@@ -341,17 +346,16 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
     test = ImageFolder(test_dir, size, labeled=True)
     extra = sorted(set(test.classes) - set(train.classes))  # no training image to tell such a class by
     if extra:  # (those only train/ has are fine, and not named: a user test read them as the problem)
-        only = f"{len(extra)} classes only in {test.root}: {', '.join(extra[:5])}, ..." if len(extra) > 5 \
-            else f"only in {test.root}: {', '.join(extra)}"
-        raise DataError(f"the class sub-folders of {train.root} and {test.root} differ ({only}); "
+        count = f"{len(extra)} classes " if len(extra) > 5 else ""
+        raise DataError(f"the class sub-folders of {train.root} and {test.root} differ ({count}only in {test.root}: "
+                        f"{first_names(extra)}); "
                         f"every class of {test.root} needs its sub-folder of images in {train.root} too (a class "
                         "is a sub-folder that holds images)")
     if test.classes != train.classes:  # (a user test: a val/ short of a class turned the monitor off, eval refused)
         from .distributed import note
         lacking = [c for c in train.classes if c not in test.classes]
         note(f"{test.root} has no images of {len(lacking)} of the {len(train.classes)} classes of {train.root} "
-             f"({', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}): its accuracies are over the classes "
-             "it has")
+             f"({first_names(lacking)}): its accuracies are over the classes it has")
         test, _ = test.numbered_as(train.classes)
     if limit:
         train, test = train.spread(limit), test.spread(limit)

@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
-from .folder import ImageFolder, escape_name, labeled_folders
+from .folder import ImageFolder, escape_name, first_names, labeled_folders
 from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note
@@ -307,6 +307,6 @@ def _classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor,
     one = len(missing) == 1
     why = "its files could not be decoded, or --limit left them out" if isinstance(train, ImageFolder) else \
         "--limit or --holdout left them out"
-    return (f"{'class' if one else 'classes'} {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} "
+    return (f"{'class' if one else 'classes'} {first_names(names)} "
             f"{'has' if one else 'have'} no image among the train features ({why}), so none of the {n:,} {held} "
             f"image{'s' * (n != 1)} of {'it' if one else 'them'} can be classified right")

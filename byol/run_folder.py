@@ -77,7 +77,7 @@ class RunFolder:
         linked = [self.path / name for name in (*_KEPT, LOCK) if (self.path / name).is_symlink()]
         if linked:  # (a user test: a run folder from elsewhere, its links leading out, emptied or made files there)
             raise ConfigError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}), which the run would "
-                              "write through, outside its folder; remove it, or choose another train.out_dir")
+                              "write through, into the file it points to; remove it, or choose another train.out_dir")
         for name in ("checkpoints", "tensorboard"):  # (a user test: a traceback once the first epoch had run)
             if (self.path / name).exists() and not (self.path / name).is_dir():
                 raise ConfigError(f"{self.path / name} is a file where the run keeps its {name}/ folder; move it "

@@ -108,6 +108,17 @@ def test_a_run_s_file_that_is_a_symbolic_link_is_refused_not_written_through(tmp
     assert precious.read_text() == "mine\n" and not (tmp_path / "made").exists()
 
 
+def test_a_run_folder_that_is_a_link_or_keeps_its_folders_on_another_disk_by_links_starts(tmp_path):
+    """What the refusal of linked files leaves alone (a review: nothing pinned it): train.out_dir a link, and
+    checkpoints/ and tensorboard/ links to a scratch disk."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "real")
+    for name in ("checkpoints", "tensorboard"):
+        (tmp_path / "scratch" / name).mkdir(parents=True)
+        (tmp_path / "real" / name).symlink_to(tmp_path / "scratch" / name)
+    RunFolder(tmp_path / "run", resume=False).release()
+
+
 def test_the_probe_that_the_folder_takes_files_goes_through_no_link(tmp_path):
     """A user test: the probe was a fixed name, .write_test, touched: a link by that name made the file it named."""
     (tmp_path / ".write_test").symlink_to(tmp_path / "made")
