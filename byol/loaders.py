@@ -31,9 +31,19 @@ def skip_collate(items: list) -> tuple:
     """
     good = [it for it in items if not isinstance(it, Skipped)]
     skipped = [it for it in items if isinstance(it, Skipped)]
-    images = torch.stack([g[0] for g in good]) if good else None
     labels = torch.tensor([g[1] for g in good], dtype=torch.int64)
     indices = torch.tensor([g[2] for g in good], dtype=torch.int64)
+    if not good:
+        return None, labels, indices, skipped
+    images = torch.empty((len(good), *good[0][0].shape), dtype=good[0][0].dtype)
+    if torch.utils.data.get_worker_info() is not None:
+        # In a decoding process the batch is put in shared memory here, as torch's default_collate does, not
+        # when its queue's feeder thread pickles it: a full /dev/shm there printed a traceback, dropped the
+        # batch and left the run waiting for it for ever (a user test, Docker's 64 MB); here torch sends the
+        # error over to be raised where the batch is awaited (:func:`_shared_memory_full`).
+        for t in (images, labels, indices):
+            t.share_memory_()
+    torch.stack([g[0] for g in good], out=images)
     return images, labels, indices, skipped
 
 
@@ -95,9 +105,11 @@ class _SkippingLoader(DataLoader):
                     self.dataset.bad_files[s.path] = s.reason
                 if images is not None:
                     yield images, labels, indices
-        except BaseException:  # a Ctrl-C while a batch was awaited: the traceback (a notebook keeps it) holds them
-            if not self.persistent_workers:  # a kept pass's are its owner's to end (TrainData.close)
+        except BaseException as e:  # a Ctrl-C while a batch was awaited: the traceback (a notebook keeps it) holds
+            if not self.persistent_workers:  # them; a kept pass's are its owner's to end (TrainData.close)
                 getattr(batches, "_shutdown_workers", lambda: None)()
+            if _shared_memory_full(e):
+                raise DataError(_no_room_for_batches(self)) from None
             raise
 
 
@@ -111,10 +123,33 @@ def _not_started(workers: int, e: OSError) -> str:
         except OSError:
             free = ""
         hint = f"; shared memory, /dev/shm{free}, is full: give it more (docker run --shm-size=8g) or"
+    elif e.errno in (errno.EROFS, errno.EACCES):
+        hint = "; shared memory, /dev/shm, where they pass their batches, cannot be written: make it writable or"
     elif e.errno == errno.EMFILE:
         hint = "; raise the limit on open files (ulimit -n 4096) or"
     return (f"the {workers} image decoding processes (data.workers) could not be started ({e.strerror})"
             f"{hint or ':'} lower data.workers (0: decode in this process)")
+
+
+def _shared_memory_full(e: BaseException) -> bool:
+    """Whether ``e`` is torch's error, raised again from a decoding process, where /dev/shm had no room
+    for a batch ("unable to allocate shared memory(shm) for file </torch_...>: No space left on device")."""
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and \
+        ("unable to allocate shared memory" in str(e) or "No space left on device" in str(e))
+
+
+def _no_room_for_batches(loader: DataLoader) -> str:
+    """What to do where the decoding processes of ``loader`` found shared memory full mid-pass."""
+    try:
+        size = f" ({shutil.disk_usage('/dev/shm').total / 2**20:,.0f} MiB)"
+    except OSError:
+        size = ""
+    batch = loader.batch_size * 3 * loader.dataset.size ** 2 / 2**20
+    held = loader.num_workers * (loader.prefetch_factor or 2)
+    return (f"shared memory, /dev/shm{size}, is too small for the batches the {loader.num_workers} image decoding "
+            f"processes (data.workers) hand over (up to {held} of {batch:,.1f} MiB at once): give it more (docker "
+            "run --shm-size=8g), or lower data.workers (0: decode in this process), data.image_size or, in "
+            "pretraining, train.batch_size; a pretraining run that wrote a checkpoint goes on from it with --resume")
 
 
 def _disarm(e: BaseException) -> None:
@@ -264,7 +299,18 @@ def load_folder_share(dataset: ImageFolder, rank: int = 0, world: int = 1, worke
     return share
 
 
-def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int = 256, why: str = "") -> ImageSet:
+def _decoding_batch(size: int, workers: int) -> int:
+    """Images in a batch of :func:`load_folder_tensor`'s decoding processes: 256, or fewer where the batches they
+    hold in shared memory at once (two each) would take over 32 MiB (a user test: the kNN monitor's 256 images
+    of 256 x 256, 48 MiB a batch, filled Docker's 64 MB /dev/shm). Decoding goes as fast in small batches."""
+    workers = min(workers, usable_cores())
+    if workers == 0:  # decoded in this process: no shared memory
+        return 256
+    return max(1, min(256, 32 * 2**20 // (2 * workers * 3 * size * size)))
+
+
+def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: Optional[int] = None,
+                       why: str = "") -> ImageSet:
     """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out; where that
     takes long, notes say how far it is (``why``: what for, said in them).
 
@@ -279,6 +325,7 @@ def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: int =
     labels = torch.empty(n_all, dtype=torch.int64)
     indices = torch.empty(n_all, dtype=torch.int64)
     n = 0
+    batch_size = batch_size or _decoding_batch(s, workers)
     for x, y, i in _SkippingLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                    collate_fn=skip_collate, generator=_own_generator(0)):
         images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i

@@ -1263,6 +1263,60 @@ def test_decoding_processes_that_cannot_start_are_one_sentence_and_leave_no_proc
                 "no hang at exit")
 
 
+def test_shared_memory_full_mid_pass_is_one_sentence_not_a_hang(tmp_path, monkeypatch, fault_table):
+    """A user test in Docker's 64 MB /dev/shm: a decoding process's batch found no room there when its queue's
+    feeder thread pickled it; that thread printed torch's traceback and dropped it, and the run waited for it for
+    ever (SIGTERM too, the step never ending)."""
+    import multiprocessing
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
+    main = os.getpid()
+    share = torch.UntypedStorage._share_fd_cpu_
+
+    def shm_full_in_decoding_processes(self, *args, **kwargs):
+        if os.getpid() != main:
+            raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_0>: No space left on "
+                               "device (28)")
+        return share(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.UntypedStorage, "_share_fd_cpu_", shm_full_in_decoding_processes)
+    others = multiprocessing.active_children()
+    loader = folder_loader(folder, batch_size=4, workers=2, persistent=False)
+    loader.timeout = 20  # without the fix: "DataLoader timed out", not a wait for ever
+    with pytest.raises(DataError) as e:
+        next(iter(loader))
+    assert str(e.value).startswith("shared memory, /dev/shm"), str(e.value)
+    assert "docker run --shm-size=8g" in str(e.value) and "data.workers (0: decode in this process)" in str(e.value)
+    assert multiprocessing.active_children() == others
+    fault_table("shared memory (/dev/shm) full while the decoding processes hand over a batch (Docker's 64 MB)",
+                "one sentence naming /dev/shm, the batches' size and what to lower; no traceback, no hang")
+
+
+def test_a_read_only_dev_shm_is_named_when_decoding_processes_cannot_start():
+    """A user test with /dev/shm mounted read-only: the sentence said "Read-only file system", not where."""
+    import errno
+    from byol.loaders import _not_started
+    said = _not_started(2, OSError(errno.EROFS, "Read-only file system"))
+    assert "/dev/shm" in said and "data.workers (0: decode in this process)" in said, said
+
+
+def test_a_folder_decoded_into_memory_keeps_its_batches_in_shared_memory_small(tmp_path, monkeypatch):
+    """A user test in Docker's 64 MB /dev/shm: the kNN monitor's folders were decoded in batches of 256 images of
+    256 x 256 (48 MiB each, two for each decoding process at once), which could never fit there."""
+    from byol import loaders
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=1), size=256)
+    sizes = []
+    real = loaders._SkippingLoader
+
+    def recording(*args, **kwargs):
+        sizes.append(kwargs["batch_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loaders, "_SkippingLoader", recording)
+    monkeypatch.setattr(loaders, "usable_cores", lambda: 2)
+    assert len(loaders.load_folder_tensor(folder, workers=2).images) == 10
+    assert sizes and sizes[0] * 3 * 256 * 256 * 2 * 2 <= 32 * 2**20, sizes
+
+
 def _interrupt_at(where: str, monkeypatch) -> None:
     """A Ctrl-C (KeyboardInterrupt) as a folder's decoding processes start, or while a batch is awaited."""
     import multiprocessing.process
