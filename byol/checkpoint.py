@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .config import is_sections
 from .errors import ByolError
 from .files import temporary_beside, write_failed, write_failure
 
@@ -253,7 +254,7 @@ def _malformed_entry(state: dict) -> Optional[str]:
             return f"no {key!r} entry"
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             return f"its {key!r} entry is of type {type(state[key]).__name__}, not {kind.__name__}"
-    if not all(isinstance(v, dict) for v in state["config"].values()):
+    if not is_sections(state["config"]):
         return "its 'config' entry is not a mapping of sections"
     return None
 

@@ -350,10 +350,15 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
+def is_sections(data: Any) -> bool:
+    """Whether ``data`` has :meth:`Config.to_dict`'s shape: a mapping of sections, each a mapping of keys."""
+    return isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())
+
+
 def config_from_dict(data: dict) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. from a checkpoint)."""
     config = Config()
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+    if not is_sections(data):
         raise ConfigError("the settings are not a mapping of sections, each a mapping of keys")
     for section, values in data.items():
         for name, value in values.items():
