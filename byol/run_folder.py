@@ -40,7 +40,7 @@ class RunFolder:
 
     def __init__(self, path: Path, resume: bool):
         self.path = Path(path)
-        self.checkpoint = self.path / "checkpoints" / "last.pt"
+        self.checkpoint = last_checkpoint(self.path)
         self.created = topmost_missing(self.path)  # the topmost folder made here
         try:
             self._check(resume)  # before anything is made: a start refused here writes nothing
@@ -151,7 +151,7 @@ class RunFolder:
         later = {step: path for step, path in kept.items() if resume_step is None or step > resume_step}
         ran = _read(later[min(later)]) if later and resume_step is not None else self._before["config.yaml"]
         if resume_step is not None and _no_settings(ran):  # config.yaml gone or emptied: the checkpoint's
-            ran = _checkpoint_config_text(self.path / "checkpoints" / "last.pt")
+            ran = _checkpoint_config_text(self.checkpoint)
         for path in later.values():
             path.unlink()
         if resume_step is not None and ran is not None and resume_step not in kept and _differ(ran, config):
@@ -189,11 +189,16 @@ class RunFolder:
             f.write(f"{line}\n")
 
 
+def last_checkpoint(folder) -> Path:
+    """Where a run folder keeps the checkpoint that ``--resume`` goes on from."""
+    return Path(folder) / "checkpoints" / "last.pt"
+
+
 def resumes(resume: Union[bool, str], out_dir: str) -> bool:
     """Whether a start continues the run in ``out_dir``: ``resume``, or for ``"auto"`` (a job script's one command
     for its first start and its requeues) whether the folder holds a checkpoint to continue from."""
     if resume == "auto":
-        checkpoint = Path(out_dir).expanduser() / "checkpoints" / "last.pt"
+        checkpoint = last_checkpoint(Path(out_dir).expanduser())
         if checkpoint.is_file():
             return True  # (the resume says where it goes on from)
         # Which way it went, for a job's log (a user test: it said neither); once under torchrun, whose

@@ -32,7 +32,7 @@ from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
                         note_no_augmentation, note_train_split, note_unused_optim, note_warmup, progress_bar)
 from .resume import restore
-from .run_folder import RunFolder, read_warnings, resumes
+from .run_folder import RunFolder, last_checkpoint, read_warnings, resumes
 from .saving import Checkpoints
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crash
 from .train_data import TrainData, load_data, step_images
@@ -161,7 +161,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     device, amp = _prepare_device(t)
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = last_checkpoint(run_dir)
     data = _load_data(config, device, rank, world, resume)
     byol, optimizer, generator = _build(config, device, rank, world)
     steps_per_epoch = len(data.batches)
@@ -378,7 +378,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
             init = {int(k.removeprefix(KNN_PREFIX)): v for r in start for k, v in r.items() if k.startswith(KNN_PREFIX)}
             if init:
                 results["knn_init"] = init
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = last_checkpoint(run_dir)
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
         end = f"its stop by {results['stopped_by']}" if "stopped_by" in results else "the run's end"
         raise nonfinite_error(streak, step, f"up to {end}, which was not saved", ckpt_path,
