@@ -62,6 +62,8 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("optim.weight_decay", _finite(config.optim.weight_decay) >= 0, "a finite number >= 0"),
              ("optim.momentum", 0 <= config.optim.momentum < 1, ">= 0 and < 1"),
              ("optim.trust_coefficient", _finite(config.optim.trust_coefficient) > 0, "a finite number > 0"),
+             ("optim.beta1", 0 <= config.optim.beta1 < 1, ">= 0 and < 1"),
+             ("optim.beta2", 0 <= config.optim.beta2 < 1, ">= 0 and < 1"),
              ("optim.warmup_epochs", _finite(config.optim.warmup_epochs) >= 0, "a finite number >= 0")]
     for key, ok, rule in rules:
         if not ok and (keys is None or key in keys):

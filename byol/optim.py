@@ -90,8 +90,8 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
                     momentum: float = 0.9, trust_coefficient: float = 0.001,
-                    lars_clip: bool = False) -> torch.optim.Optimizer:
-    """Build ``lars``, ``sgd`` or ``adamw`` over :func:`param_groups` of ``model``."""
+                    lars_clip: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """Build ``lars``, ``sgd`` or ``adamw`` over :func:`param_groups` of ``model`` (``betas``: AdamW's)."""
     groups = param_groups(model, weight_decay)
     name = name.lower()
     if name == "lars":
@@ -100,5 +100,5 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")

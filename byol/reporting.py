@@ -279,10 +279,10 @@ def note_no_augmentation(config: Config) -> None:
 def note_unused_optim(config: Config) -> None:
     """The ``optim`` settings that ``optim.name``'s optimizer does not read, where they are not the
     defaults (a user test: ``--optim.name=adamw`` over the cifar10 preset kept its LARS settings, and
-    a ``--optim.momentum`` given with it, without a word; AdamW's betas are torch's)."""
+    a ``--optim.momentum`` given with it, without a word)."""
     o, defaults = config.optim, OptimConfig()
     unused = [key for key, used_by in (("momentum", ("lars", "sgd")), ("trust_coefficient", ("lars",)),
-                                       ("lars_clip", ("lars",)))
+                                       ("lars_clip", ("lars",)), ("beta1", ("adamw",)), ("beta2", ("adamw",)))
               if o.name not in used_by and getattr(o, key) != getattr(defaults, key)]
     if unused:
         settings = ", ".join(f"optim.{key}={yaml_word(getattr(o, key))}" for key in unused)

@@ -75,7 +75,7 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
         byol = dist.convert_sync_batchnorm(byol, device)
     optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
                                 weight_decay=o.weight_decay, momentum=o.momentum,
-                                trust_coefficient=o.trust_coefficient, lars_clip=o.lars_clip)
+                                trust_coefficient=o.trust_coefficient, lars_clip=o.lars_clip, betas=(o.beta1, o.beta2))
     generator = torch.Generator(device=device).manual_seed(t.seed + rank)
     return byol, optimizer, generator
 

@@ -107,6 +107,8 @@ def test_overrides_are_typed():
     ("--optim.lr=nan", "optim.lr must be a finite number >= 0"),
     ("--optim.warmup_epochs=.inf", "optim.warmup_epochs must be a finite number >= 0"),
     ("--optim.trust_coefficient=inf", "optim.trust_coefficient must be a finite number > 0"),
+    ("--optim.beta1=1", "optim.beta1 must be >= 0 and < 1"),
+    ("--optim.beta2=nan", "optim.beta2 must be >= 0 and < 1"),
     ("--train.epochs=010", "train.epochs: 010 reads as 8 in YAML \\(a leading 0 makes it octal"),
     ("--train.epochs=1:30", "train.epochs: 1:30 reads as 90 in YAML"),
     ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),

@@ -108,6 +108,13 @@ def test_build_optimizer(name, cls):
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 0.0]
 
 
+def test_adamw_takes_its_betas():
+    """optim.beta1 and beta2 (an earlier note: AdamW's betas could not be set from the command line)."""
+    opt = build_optimizer("adamw", make_model(), lr=0.1, weight_decay=1e-4, betas=(0.8, 0.95))
+    assert [g["betas"] for g in opt.param_groups] == [(0.8, 0.95)] * 2
+    assert build_optimizer("adamw", make_model(), lr=0.1, weight_decay=0.0).param_groups[0]["betas"] == (0.9, 0.999)
+
+
 def test_build_optimizer_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("adam-ish", make_model(), lr=0.1, weight_decay=0.0)

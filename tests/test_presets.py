@@ -75,6 +75,8 @@ def test_pretraining_with_no_augmentation_gets_a_note(tmp_path, capsys):
     pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", *NARROW))
     err = capsys.readouterr().err
     assert "augment.preset=none" not in err and "does not use" not in err
+    pretrain(two_steps("cifar10", tmp_path / "betas", "--train.knn_every=-1", "--optim.beta2=0.95", *NARROW))
+    assert "note: optim.name=lars does not use optim.beta2=0.95; it is ignored" in capsys.readouterr().err
     pretrain(two_steps("cifar10", tmp_path / "usual", "--train.knn_every=-1", "--train.max_steps=3",
                        "--augment.preset=none", "--augment.crop_min_scale=1", *NARROW), resume=True)  # (a review)
     assert "note: augment.preset=none gives both views the same whole image" in capsys.readouterr().err
