@@ -202,8 +202,9 @@ def resumes(resume: Union[bool, str], out_dir: str) -> bool:
         if checkpoint.is_file():
             return True  # (the resume says where it goes on from)
         # Which way it went, for a job's log (a user test: it said neither); once under torchrun, whose
-        # process group is not up yet: the rank is its RANK variable's.
-        if launch_rank() == 0:
+        # process group is not up yet: the rank is its RANK variable's. Not where the folder keeps epochs
+        # without last.pt: the start is refused, with the copy that resumes (it said a new run started first).
+        if launch_rank() == 0 and not any(checkpoint.parent.glob("*.pt")):
             print(f"note: --resume=auto: no {checkpoint}, so a new run starts there", file=sys.stderr)
         return False
     if not isinstance(resume, bool):

@@ -1232,6 +1232,11 @@ def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_
     _, line = main_error(capsys, "pretrain", "--resume", str(run))  # (a user test: the run's folder given to it)
     assert line.endswith(f"takes no value, or auto (continue if there is a checkpoint), got {str(run)!r}; the run's "
                          "folder is --train.out_dir=..."), line
+    (run / "checkpoints" / "last.pt").rename(run / "checkpoints" / "epoch_0001.pt")  # kept epochs, no last.pt: refused
+    _, line = main_error(capsys, *args)  # with the copy that resumes, not after a note that a new run starts
+    assert line.startswith(f"byol: error: {run} already holds a run (checkpoints/epoch_0001.pt)") and \
+        line.endswith("; to resume from checkpoints/epoch_0001.pt, copy it to checkpoints/last.pt first"), line
+    (run / "checkpoints" / "epoch_0001.pt").rename(run / "checkpoints" / "last.pt")
     monkeypatch.setenv("RANK", "1")  # under torchrun, before the process group is up: rank 0 alone says it (a review)
     assert not resumes("auto", tmp_path / "new") and capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "0")
