@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Iterator, Optional, Union
 
 import torch
+from torch import nn
 
 from .augment import Augment, ViewConfig, view_presets
 from .backbones import cut_at, resnet
@@ -139,14 +140,17 @@ def native_bf16(device: torch.device) -> bool:
                                                                           "_is_amx_tile_supported"))
 
 
-def build_model(config: Config) -> BYOL:
-    """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes."""
+def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2) -> BYOL:
+    """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes; or
+    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.model.BYOL` cuts it."""
     m = config.model
-    # Cut here, not by BYOL: these ResNets trace, and a failure must not fall back to a hook (other
-    # checkpoint keys, no TorchScript export, DDP's unused parameters).
-    encoder = cut_at(resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width), "avgpool", hook_fallback=False)
+    if net is None:
+        # Cut here, not by BYOL: these ResNets trace, and a failure must not fall back to a hook (other
+        # checkpoint keys, no TorchScript export, DDP's unused parameters).
+        net = cut_at(resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width), "avgpool", hook_fallback=False)
+        hidden_layer = None
     view1, view2 = views_of(config)
-    return BYOL(encoder, image_size=config.data.image_size, hidden_layer=None,
+    return BYOL(net, image_size=config.data.image_size, hidden_layer=hidden_layer,
                 projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
                 augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
                 use_predictor=m.use_predictor, concat_views=m.concat_views,

@@ -15,7 +15,7 @@ import yaml
 
 from .files import write_text_atomically
 from .config_files import ConfigError, parse_value, read_preset, surprising_number
-from .config_rules import validate
+from .config_rules import GIVEN_BACKBONE, validate
 
 
 @dataclass
@@ -37,8 +37,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50 (a network of your own: the BYOL learner
-                                      # in your own loop, docs/python_api.md)
+    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50 (custom: a network of your own, given as
+                                      # byol.pretrain(config, net=...), which sets it; docs/python_api.md)
     cifar_stem: bool = True           # 3x3 stride-1 first conv and no max-pool, for 32x32 images
     width: int = 64                   # channels of the first stage (64 = torchvision)
     projection_size: int = 256        # width of the projections z and predictions p (paper: 256)
@@ -348,6 +348,9 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         key, eq, value = item.removeprefix("--").partition("=")
         if not eq:
             raise ConfigError(f"override {item!r} must look like --section.key=value")
+        if key == "model.backbone" and value.strip("'\" ") == GIVEN_BACKBONE:  # (a run's saved config may say it)
+            raise ConfigError(f"--model.backbone={GIVEN_BACKBONE} stands for a network given from Python, "
+                              "byol.pretrain(config, net=...), which a setting cannot build; choose a ResNet by name")
         _set(config, key, value)
     return config
 

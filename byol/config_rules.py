@@ -9,6 +9,10 @@ from .config_files import ConfigError
 if TYPE_CHECKING:
     from .config import Config
 
+# The model.backbone of a run whose network was given from Python (byol.pretrain(config, net=...)): a run's
+# saved config says it, and byol cannot build it (given as an override, it is refused).
+GIVEN_BACKBONE = "custom"
+
 
 def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     """Reject values of the right type but outside their range, with the key and the rule; only
@@ -31,7 +35,7 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("train.progress", t.progress in (True, False, "auto"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
              ("optim.lr", _finite(config.optim.lr) >= 0, "a finite number >= 0"),
-             ("model.backbone", config.model.backbone in RESNETS, f"one of {', '.join(RESNETS)}"),
+             ("model.backbone", config.model.backbone in (*RESNETS, GIVEN_BACKBONE), f"one of {', '.join(RESNETS)}"),
              ("data.dataset", config.data.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
              ("augment.preset", config.augment.preset in views, f"one of {', '.join(views)}"),
              ("optim.name", config.optim.name in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),

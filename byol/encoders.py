@@ -14,13 +14,15 @@ from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model, usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
+from .config_rules import GIVEN_BACKBONE
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
+from .given_net import check_eval, given_encoder
 
 
 def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
-                 random_init: bool = False) -> tuple[nn.Module, Config]:
+                 random_init: bool = False, *, net: Optional[nn.Module] = None) -> tuple[nn.Module, Config]:
     """The online encoder (a torchvision ResNet trunk, classifier removed) from a checkpoint or an export.
 
     A checkpoint carries its config; an exported ``encoder.pt`` takes it from the
@@ -36,25 +38,32 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     the directory the run was started in, when the checkpoint's place in its run directory tells which.
     An encoder whose weights or BatchNorm statistics are not all finite (a diverged run's) is a
     :class:`~byol.checkpoint.CheckpointError`.
+
+    ``net``: for the checkpoint of a run pretrained on a network given from Python (``byol.pretrain(config,
+    net=...)``, which byol cannot build), a network of the same architecture, which receives the checkpoint's
+    online encoder weights; the encoder returned is ``net`` cut at the run's ``hidden_layer`` as training cut
+    it (its parameters are ``net``'s). With ``random_init``, ``net``'s own weights as given (the run's
+    initial ones are not rebuilt).
     """
-    net, config, _ = load_encoder_with_origin(path, overrides, random_init)
-    return net, config
+    encoder, config, _ = load_encoder_with_origin(path, overrides, random_init, net=net)
+    return encoder, config
 
 
 @usual_torch_defaults()
-def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
-                             random_init: bool, for_export: bool = False) -> tuple[nn.Module, Config, dict]:
+def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
+                             for_export: bool = False,
+                             net: Optional[nn.Module] = None) -> tuple[nn.Module, Config, dict]:
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
     (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
     config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
     with torch.random.fork_rng(devices=[]):  # the modules the weights are loaded into draw their initialization
-        return _load_encoder_with_origin(path, overrides, random_init, for_export)
+        return _load_encoder_with_origin(path, overrides, random_init, for_export, net)
 
 
-def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]],
-                              random_init: bool, for_export: bool) -> tuple[nn.Module, Config, dict]:
+def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
+                              for_export: bool, own_net: Optional[nn.Module]) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
     given = [o.removeprefix("--").split("=")[0] for o in overrides]
     if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
@@ -70,10 +79,13 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         raise refuse
     validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
     origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
+    record = check_eval(state if not bare else {}, own_net, path, for_export)  # a network given from Python?
     if not bare:  # a byol checkpoint
         config = _saved_config(state, path)
         origin.update(_trained(state))
-        if random_init:
+        if record is not None:
+            net = given_encoder(state, config, own_net, record["hidden_layer"], path, random_init)
+        elif random_init:
             net = _initial_net(config)
         else:
             byol = build_model(config)
@@ -94,7 +106,8 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         _note_assumed_input(path, config, given)
     elif trained_on in NATIVE_SIZE and config.data.dataset == "folder":
         _folder_at_native_size(config, trained_on, given)
-    net.fc = nn.Identity()  # the representation is the pooled trunk output
+    if record is None:
+        net.fc = nn.Identity()  # the representation is the pooled trunk output
     _refuse_nonfinite(net, path)
     if random_init:
         origin.update(step=0, epoch=0.0)
@@ -168,11 +181,16 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     model's) and its config: the ``config.yaml`` beside it, else the architecture that its keys and
     shapes say, with ``model.*`` overrides over it."""
     state = _unwrapped(state)
+    beside = path.parent / "config.yaml"
+    config = load_config(str(beside)) if beside.is_file() else None
+    if config is not None and config.model.backbone == GIVEN_BACKBONE:  # (torch.save(net.state_dict()) into its run)
+        raise CheckpointError(f"{path} is a state_dict beside the config.yaml of a run on a network given from "
+                              f"Python (model.backbone={GIVEN_BACKBONE}), which byol cannot build: evaluate the "
+                              "run's checkpoint with net=, e.g. byol.knn('RUN/checkpoints/last.pt', net=net)")
     if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
         raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})")
-    beside = path.parent / "config.yaml"
-    if beside.is_file():
-        config, what = load_config(str(beside)), str(path)
+    if config is not None:
+        what = str(path)
     else:
         config, found = Config(), resnet_settings(state)
         for key, value in (found or {}).items():

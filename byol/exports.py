@@ -109,7 +109,8 @@ def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
 
 @usual_torch_defaults()
 def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
-          overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False) -> Path:
+          overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False, *,
+          net: Optional[torch.nn.Module] = None) -> Path:
     """Write the embeddings of a split, with their labels, class names and file paths, to ``.npy`` or ``.pt``.
 
     With ``NAME.npy``: ``NAME_labels.npy``, and where known ``NAME_classes.txt`` (line i: the name
@@ -119,7 +120,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     A folder split's labels are numbered by the classes of its training split (ROOT/train, as eval's).
 
     ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
-    (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr.
+    (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr. ``net``: the network of a run
+    pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``).
     """
     limit, = check_counts(limit=limit)
     if split is not None and not isinstance(split, str):  # (a user test gave the overrides second, as to knn)
@@ -133,7 +135,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
                           "replace; choose another --out")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
         check_writable(target, source=path)
-    net, config = load_encoder(path, overrides)
+    net, config = load_encoder(path, overrides, net=net)
     note_unused(overrides, "embed", config)
     device = resolve_device(config.train.device)
     d = config.data

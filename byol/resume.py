@@ -16,6 +16,8 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_
 from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_settings, config_from_dict,
                      load_config, override_list, validate, yaml_word)
 from .config_files import read_preset
+from .config_rules import GIVEN_BACKBONE
+from .given_net import check_resume
 from .metrics import read_metrics
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
@@ -110,7 +112,9 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> di
                               "eval --random-init rebuilds as the baseline, and its data's order come from it; resume "
                               f"with --train.seed={saved_seed}, or start a new run for another seed")
     saved_model = state["config"].get("model", {})
-    for key in NETWORK_KEYS:  # (a user test: --model.use_predictor=false was blamed on the backbone or width)
+    given = saved_model.get("backbone") == GIVEN_BACKBONE  # (its ResNet settings unused: not compared)
+    for key in [k for k in NETWORK_KEYS if not (given and k in ("cifar_stem", "width"))]:
+        # (a user test: --model.use_predictor=false was blamed on the backbone or width)
         saved = saved_model.get(key, getattr(config.model, key))
         if saved != getattr(config.model, key):
             raise CheckpointError(f"{ckpt_path} holds the network of model.{key}={yaml_word(saved)}, and a resume "
@@ -159,14 +163,16 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
 def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
              amp: Optional[torch.dtype] = None, images: Optional[int] = None,
-             files: Optional[str] = None) -> tuple[int, dict]:
+             files: Optional[str] = None, given: Optional[dict] = None) -> tuple[int, dict]:
     """Load the run's last checkpoint into the model, optimizer and generators; return its step and
     what the run saved beside them (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``,
     the metrics' sums since the last record; ``knn_due``, a kNN evaluation a stop skipped; ...).
     ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
     the training images now, and ``files`` a digest of a folder's names, said when they differ from the
-    checkpoint's run's."""
+    checkpoint's run's; ``given``: what the run records of a network given from Python (None: a ResNet by
+    name), checked against the checkpoint's."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
+    check_resume(state, given, ckpt_path)
     scored = _refuse_changed_settings(state, config, ckpt_path)
     load_model_state(byol, state["model"], str(ckpt_path))
     saved_optim = state["config"].get("optim", {}).get("name")

@@ -23,6 +23,7 @@ from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
 from .faults import NonFiniteGuard, StopRequest
+from .given_net import given_to
 from .knn_monitor import knn_monitor, score_unless_stopped
 from .loaders import refuse_to_start_again
 from .memory import check_step_fits
@@ -60,8 +61,10 @@ def _saved_root(config: Config) -> Optional[Path]:
     return Path(str(root)).expanduser() if root is not None else None
 
 
-def _build(config: Config, device: torch.device, rank: int, world: int):
-    """The model, its optimizer and this process's augmentation generator, seeded by ``train.seed``."""
+def _build(config: Config, device: torch.device, rank: int, world: int, net: Optional[nn.Module],
+           given: Optional[dict]):
+    """The model (of ``net``, cut at ``given["hidden_layer"]``, where given), its optimizer and this process's
+    augmentation generator, seeded by ``train.seed``."""
     t, o = config.train, config.optim
     # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
     # `byol eval --random-init` rebuilds them. NumPy's and Python's too, which byol does not draw from but
@@ -70,7 +73,8 @@ def _build(config: Config, device: torch.device, rank: int, world: int):
     torch.manual_seed(t.seed + rank)
     np.random.seed((t.seed + rank) % 2**32)  # NumPy's takes 0 to 2**32 - 1
     random.seed(t.seed + rank)
-    byol = build_model(config).to(device)
+    # net's layers after hidden_layer too, which the model holds no reference to where it traced the cut
+    byol = (build_model(config, net.to(device), given["hidden_layer"]) if given else build_model(config)).to(device)
     if world > 1:
         byol = dist.convert_sync_batchnorm(byol, device)
     optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
@@ -97,7 +101,8 @@ def _checked(config: Config, resume: Union[bool, str]) -> tuple[Config, bool]:
     return config, resume
 
 
-def pretrain(config: Config, resume: Union[bool, str] = False) -> dict:
+def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[nn.Module] = None,
+             hidden_layer: Union[str, int, None] = -2) -> dict:
     """Pretrain with BYOL as ``config`` says; return the final metrics (``step``; ``loss`` once a
     train record was logged; ``knn``, ``knn_init``, ... where measured; ``time_s``, the run's seconds
     since its first step, and ``images_per_s``, this start's training throughput) and what the run ran on
@@ -124,15 +129,25 @@ def pretrain(config: Config, resume: Union[bool, str] = False) -> dict:
     run's own saved settings, as ``byol pretrain --resume`` does, pass
     ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
     ``resume="auto"`` continues where the folder holds ``checkpoints/last.pt`` and starts a new run where not.
+
+    ``net``: a network of your own to pretrain instead of ``model.backbone``'s ResNet (``model.cifar_stem`` and
+    ``width`` unused), its representation taken at ``hidden_layer`` as :class:`~byol.BYOL` takes it. Training
+    updates ``net``'s own parameters, moved to the run's device (``train.device``), where they stay (under
+    torchrun, BatchNorm layers are trained as synchronized copies: read the result back with
+    ``byol.load_encoder(path, net=net)``). The run
+    records it as ``model.backbone: custom`` and, in its checkpoints, ``net``'s class and ``hidden_layer``: a
+    resume, ``byol.knn``, ``linear``, ``embed`` and ``load_encoder`` of it take ``net=`` (a network of the same
+    architecture); the command line cannot build it.
     """
     refuse_to_start_again("byol.pretrain")  # before anything is read or written
     config, resume = _checked(config, resume)
+    given = given_to(config, resume, net, hidden_layer)  # (None: a ResNet by name)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
     try:
         with rng_state_kept(), usual_torch_defaults():  # the caller's generators (torch's, CUDA's, NumPy's,
-            return _pretrain(config, resume, rank, world, folder)  # Python's) and defaults, as they were
+            return _pretrain(config, resume, rank, world, folder, net, given)  # Python's) and defaults, as they were
     except BaseException:
         if folder is not None:
             folder.undo()  # only while no step has finished
@@ -156,17 +171,18 @@ def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type
     return GraphedLoopStep
 
 
-def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder]) -> dict:
+def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder],
+              net: Optional[nn.Module], given: Optional[dict]) -> dict:
     t = config.train
     device, amp = _prepare_device(t)
     step_class = _loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = last_checkpoint(run_dir)
     data = _load_data(config, device, rank, world, resume)
-    byol, optimizer, generator = _build(config, device, rank, world)
+    byol, optimizer, generator = _build(config, device, rank, world, net, given)
     steps_per_epoch = len(data.batches)
     step, saved = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp,
-                          data.size, data.names_digest) if resume else (0, {})
+                          data.size, data.names_digest, given) if resume else (0, {})
     resumed_s = float(saved.get("time_s", 0.0))
     data.skipped_at_checkpoint = saved.get("skipped_inside")  # (older checkpoints: None, decoded to skip)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
@@ -194,6 +210,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         note_cuda_graph(loop_step.eager_steps)
     checkpoints = Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,
                                results["precision"], loop_step.sums)
+    if given is not None:
+        checkpoints.extra["net"] = given
     if resume:  # setup, before the clock and the bar (copying a checkpoint is no training)
         checkpoints.write_missing_epoch(step)
     progress = progress_bar(t, rank, step, end_step, t.batch_size)

@@ -1,0 +1,166 @@
+"""byol.pretrain(config, net=...): a network of your own, pretrained with the run folder's checkpoints, resumes and
+monitors, then evaluated and embedded from Python with net= (the command line cannot build it)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import byol
+from byol.build import autocast_dtype, views_of
+from byol.checkpoint import CheckpointError, load_checkpoint
+from byol.config import ConfigError, load_config
+from byol.datasets import build_dataset
+from byol.features import extract_features
+from conftest import tiny_overrides
+
+HIDDEN = 3  # SmallNet's pool: a layer of its own, not the default -2
+
+
+class SmallNet(nn.Sequential):
+    """A network byol does not build: conv, BatchNorm, pool, and a classifier after the representation."""
+
+    def __init__(self, width: int = 8, seed: int = 0):
+        torch.manual_seed(seed)
+        super().__init__(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(width, 10))
+
+
+def settings(out_dir, root, **extra) -> list[str]:
+    return tiny_overrides(out_dir, **extra) + [f"--data.root={root}"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 4-step run on SmallNet (the kNN monitor on: at its start and its end), its results and its net."""
+    from conftest import CIFAR10
+    if not (CIFAR10 / "cifar-10-batches-bin" / "data_batch_1.bin").is_file():
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR10}")
+    out = tmp_path_factory.mktemp("custom") / "run"
+    net = SmallNet()
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    results = byol.pretrain(load_config("cifar10", settings(out, CIFAR10, **{"train.max_steps": 4})), net=net,
+                            hidden_layer=HIDDEN)
+    return out, results, net, initial
+
+
+def test_a_run_on_a_network_of_your_own_trains_it_and_records_it(run):
+    out, results, net, initial = run
+    assert results["step"] == 4 and "knn" in results and "knn_init" in results
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["extra"]["net"] == {"class": "SmallNet", "hidden_layer": HIDDEN}
+    assert state["config"]["model"]["backbone"] == "custom"
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["backbone"] == "custom"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 4
+    # Training went into net's own weights: the checkpoint's online encoder is net, the classifier after it untouched.
+    assert not torch.equal(net[0].weight, initial["0.weight"])
+    assert torch.equal(net[0].weight, state["model"]["online.encoder.body.0.weight"])
+    assert torch.equal(net[1].running_mean, state["model"]["online.encoder.body.1.running_mean"])
+    assert torch.equal(net[5].weight, initial["5.weight"])
+
+
+def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_monitored(run, tmp_path):
+    out, results, net, _ = run
+    path = out / "checkpoints" / "last.pt"
+    limit = 200  # train.knn_limit: the monitor's bank and queries
+    scored = byol.knn(path, net=SmallNet(seed=1), limit=limit, ks=(20, 200))
+    assert scored["knn_top1"] == pytest.approx(results["knn"], abs=1e-6)
+    # random_init: the net's own weights as given, here the run's start (SmallNet's seed), which the monitor scored
+    initial = byol.knn(path, net=SmallNet(), limit=limit, ks=(20, 200), random_init=True)
+    assert initial["knn_top1"] == pytest.approx(results["knn_init"], abs=1e-6)
+    embedded = byol.embed(path, tmp_path / "e.npy", net=SmallNet(seed=2), limit=50)
+    config = byol.config.config_from_dict(load_checkpoint(path)["config"])
+    images = build_dataset("cifar10", config.data.root, "test", None, False).images[:50]
+    view1, _ = views_of(config)
+    trained = byol.cut_at(net, HIDDEN).eval()  # the very net pretrain trained
+    expected = extract_features(trained, images, mean=view1.mean, std=view1.std,
+                                amp_dtype=autocast_dtype(config.train.precision, torch.device("cpu")))
+    np.testing.assert_allclose(np.load(embedded), expected.float().numpy(), rtol=1e-5, atol=1e-6)
+    encoder, _ = byol.load_encoder(path, net=(loaded := SmallNet(seed=3)))
+    assert torch.equal(loaded[0].weight, net[0].weight) and next(encoder.parameters()) is loaded[0].weight
+
+
+def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_path, cifar10_root):
+    common = {"train.knn_every": -1, "optim.name": "sgd"}
+    straight = SmallNet()
+    byol.pretrain(load_config("cifar10", settings(tmp_path / "a", cifar10_root, **common, **{"train.max_steps": 6})),
+                  net=straight, hidden_layer=HIDDEN)
+    byol.pretrain(load_config("cifar10", settings(tmp_path / "b", cifar10_root, **common, **{"train.max_steps": 3})),
+                  net=SmallNet(), hidden_layer=HIDDEN)
+    resumed = SmallNet(seed=5)  # another instance: its weights are the checkpoint's
+    unused = "--model.width=16"  # a ResNet's setting, which a network given does not use: not refused
+    results = byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path / 'b'}", "--train.max_steps=6",
+                                                      unused]), resume=True, net=resumed, hidden_layer=HIDDEN)
+    assert results["step"] == 6
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"] for run in "ab")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key] if isinstance(a[key], dict) else torch.equal(a[key], b[key]), key
+    assert torch.equal(resumed[0].weight, straight[0].weight)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, tmp_path):
+    out = run[0]
+    more = [f"--train.out_dir={out}", "--train.max_steps=6"]
+    with pytest.raises(CheckpointError, match=r"network given from Python \(SmallNet\).*byol.pretrain\(config, "
+                                              r"resume=True, net=SmallNet\(...\), hidden_layer=3\)"):
+        byol.pretrain(byol.resume_config(None, more), resume=True)
+    with pytest.raises(CheckpointError, match=r"\(SmallNet\).*net=SmallNet"):  # a config that says a ResNet
+        byol.pretrain(load_config("cifar10", settings(out, cifar10_root, **{"train.max_steps": 6})), resume=True)
+    proc = cli("pretrain", "--resume", *more, check=False)
+    assert proc.returncode == 2 and "net=SmallNet" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(CheckpointError, match=r"hidden_layer=3.*resume with hidden_layer=3"):
+        byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet())  # the default -2
+    with pytest.raises(CheckpointError, match="does not match this model"):  # another architecture
+        byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet(width=4), hidden_layer=HIDDEN)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4  # nothing trained by any of them
+
+
+def test_a_resnet_run_is_neither_resumed_nor_evaluated_with_a_net(tmp_path, cifar10_root):
+    config = load_config("cifar10", settings(tmp_path, cifar10_root, **{"train.max_steps": 1, "train.knn_every": -1}))
+    byol.pretrain(config)
+    with pytest.raises(CheckpointError, match="model.backbone=resnet18.*resume it without net="):
+        byol.pretrain(config, resume=True, net=SmallNet(), hidden_layer=HIDDEN)
+    with pytest.raises(CheckpointError, match="net= takes the checkpoint of a run pretrained on a network given"):
+        byol.knn(tmp_path / "checkpoints" / "last.pt", net=SmallNet(), limit=20)
+
+
+def test_without_net_eval_embed_and_export_name_the_python_call(run, cli, tmp_path):
+    path = run[0] / "checkpoints" / "last.pt"
+    for call in (lambda: byol.knn(path, limit=20), lambda: byol.linear(path, limit=20),
+                 lambda: byol.embed(path, tmp_path / "e.npy", limit=20), lambda: byol.load_encoder(path)):
+        with pytest.raises(CheckpointError, match=r"given from Python \(SmallNet\).*byol.knn\(path, net=net\)"):
+            call()
+    with pytest.raises(CheckpointError, match=r"byol export cannot write.*byol.load_encoder\(path, net=SmallNet"
+                                              r"\(...\)\).*torch.save\(net.state_dict\(\)"):
+        byol.export(path, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+    torch.save(run[2].state_dict(), tmp_path / "encoder.pt")  # the net saved beside the run's config.yaml: no ResNet
+    (tmp_path / "config.yaml").write_bytes((run[0] / "config.yaml").read_bytes())  # (a review: a traceback)
+    for call in (lambda: byol.knn(tmp_path / "encoder.pt", limit=20),
+                 lambda: byol.knn(tmp_path / "encoder.pt", limit=20, random_init=True)):
+        with pytest.raises(CheckpointError, match=r"a state_dict beside the config.yaml of a run on a network given "
+                                                  r"from Python \(model.backbone=custom\)"):
+            call()
+    for args in (("eval", "knn", path, "--limit", 20), ("embed", path, "--out", tmp_path / "e.npy"),
+                 ("export", path, "--out", tmp_path / "export")):
+        proc = cli(*args, check=False)
+        assert proc.returncode == 2 and "given from Python (SmallNet)" in proc.stderr, (args, proc.stderr)
+
+
+def test_custom_is_a_backbone_only_python_gives(run, cli):
+    with pytest.raises(ConfigError, match="--model.backbone=custom stands for a network given from Python"):
+        load_config("cifar10", ["--model.backbone=custom"])
+    proc = cli("pretrain", "--model.backbone=custom", check=False)
+    assert proc.returncode == 2 and "network given from Python" in proc.stderr
+    saved = load_config(str(run[0] / "config.yaml"), [f"--train.out_dir={run[0].parent / 'new'}"])
+    with pytest.raises(ConfigError, match=r"model.backbone=custom is a network given from Python.*"
+                                          r"byol.pretrain\(config, net=...\)"):
+        byol.pretrain(saved)  # a new run from a custom run's config.yaml, without its network
+    assert not (run[0].parent / "new").exists()
