@@ -215,8 +215,6 @@ def _knn_splits(config: Config, device: torch.device, rank: int, world: int, fol
         if t.knn_limit:
             knn_train, knn_test = knn_train.first(t.knn_limit), knn_test.first(t.knn_limit)
         return knn_train, knn_test, None, "held-out train" if t.knn_holdout else "test", None
-    if d.dataset != "folder":
-        return None, None, None, "test", None
     try:  # ROOT/train with ROOT/val beside it: monitor on both
         splits = labeled_folders(d.root, size, t.knn_limit or FOLDER_KNN_LIMIT, scanned)
     except DataError as e:
