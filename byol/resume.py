@@ -61,14 +61,16 @@ def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[st
                        state: str = "is missing") -> Config:
     """For a run folder whose ``config.yaml`` is gone (or empty): the settings its last checkpoint holds, then
     ``overrides``, said in a note (else the preset's would each be refused by the checkpoint, one
-    resume at a time); ``located`` where there is no readable checkpoint either."""
+    resume at a time); ``located`` where there is no checkpoint either (a CheckpointError where it does not load)."""
     ckpt = saved.parent / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         return located
+    # A checkpoint that does not load (torn, say) is said now: with the preset's settings the run would look for
+    # their data first, and say that missing in its place (a code read: "cifar10 train files not found").
     try:
         config = validate(apply_overrides(config_from_dict(load_checkpoint(ckpt, map_location="cpu")["config"]),
                                           override_list(overrides)))
-    except (CheckpointError, KeyError, AttributeError):
+    except (KeyError, AttributeError):
         return located  # the resume says what is wrong with the checkpoint
     except ConfigError as e:  # (an older byol's key, say): the preset's, said
         print(f"note: {saved} {state}, and the settings saved in {ckpt} do not load ({e}); the run goes on "

@@ -163,6 +163,10 @@ def test_a_checkpoint_with_entries_of_the_wrong_kind_is_one_sentence(tmp_path):
         torch.save({**whole, **change}, path)
         with pytest.raises(CheckpointError, match=f"is not a complete byol checkpoint \\(.*{re.escape(said)}"):
             load_checkpoint(path)
+    for key in ("optimizer", "step", "rng", "config"):  # (coverage: an entry missing, but for 'model', was never tried)
+        torch.save({k: v for k, v in whole.items() if k != key}, path)
+        with pytest.raises(CheckpointError, match=f"is not a complete byol checkpoint \\(no '{key}' entry\\)"):
+            load_checkpoint(path)
     torch.save({**whole, "config": "oops"}, path)
     with pytest.raises(CheckpointError, match="the settings are not a mapping of sections"):
         load_encoder(path)

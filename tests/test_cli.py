@@ -1593,3 +1593,40 @@ def test_a_process_forked_by_a_command_ends_by_the_signal_it_gets_not_as_the_com
         "sys.exit(cli.main([]))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True\n", ""), proc
+
+
+def test_a_command_run_in_a_thread_not_the_main_one_leaves_the_signals_alone_and_runs(tmp_path, cifar10_root, cli):
+    """A notebook's background thread, say: no signal handler can be set there (coverage: such a run was never
+    tried)."""
+    import signal
+    import threading
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    done = {}
+
+    def commands():
+        settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_every": -1})
+        done["pretrain"] = cli("pretrain", *settings, f"--data.root={cifar10_root}", check=False)
+        done["eval"] = cli("eval", "knn", tmp_path / "missing.pt", check=False)
+
+    thread = threading.Thread(target=commands)
+    thread.start()
+    thread.join()
+    assert done["pretrain"].returncode == 0 and "pretraining done" in done["pretrain"].stdout
+    assert (done["eval"].returncode, done["eval"].stderr) == (
+        2, f"byol: error: checkpoint {tmp_path / 'missing.pt'} does not exist\n")
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
+def test_an_earlier_result_is_kept_by_a_rename_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    """FAT or exFAT, some network and FUSE file systems (coverage: that way was never run)."""
+    from byol import cli as cli_module
+
+    def no_hard_links(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    result = tmp_path / "last_knn.json"
+    for n in (1, 2):
+        result.write_text(f"result {n}")
+        assert cli_module._keep_earlier(result) == tmp_path / f"last_knn.{n}.json" and not result.exists()
+    assert [(tmp_path / f"last_knn.{n}.json").read_text() for n in (1, 2)] == ["result 1", "result 2"]

@@ -262,6 +262,17 @@ def test_yaml_file_and_its_errors(tmp_path, monkeypatch):
             load_config(str(folder))
 
 
+def test_a_yaml_file_of_no_sections_or_a_section_of_no_keys_is_one_sentence(tmp_path):
+    """A file that is a list, or whose section is a number (coverage: neither was tried)."""
+    bad = tmp_path / "bad.yaml"
+    for text, said in (("- train\n- model\n", f"config {bad} must be a mapping of sections"),
+                       ("train: 3\n", f"config {bad}: config section 'train' must be a mapping of keys")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(str(bad))
+        assert str(e.value) == said
+
+
 def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
     """PyYAML keeps the last of two equal keys, silently: a section or a setting given twice is an error."""
     path = tmp_path / "twice.yaml"

@@ -178,6 +178,15 @@ def test_python_layout_labels_that_do_not_match_the_images_are_refused(tmp_path)
         load_cifar(tmp_path, "cifar10", "test")
 
 
+def test_a_python_layout_file_without_its_data_or_labels_is_refused(tmp_path):
+    """A file of the right name but another content (coverage: the refusal was never run)."""
+    for entry, missing in (({b"labels": [0, 1]}, "data"), ({b"data": np.zeros((2, 3072), np.uint8)}, "labels")):
+        _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", entry)
+        with pytest.raises(DataError, match=f"the cifar10 files in .* lack data or labels \\('{missing}'\\); "
+                                            "download them again"):
+            load_cifar(tmp_path, "cifar10", "test")
+
+
 def test_truncated_binary_file(tmp_path):
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()

@@ -57,3 +57,22 @@ def test_a_relative_data_root_is_found_from_where_the_run_started_unless_one_is_
         "started in" in capsys.readouterr().err
     _, given = load_encoder(folder / "encoder.pt", ["--data.root=elsewhere"])
     assert given.data.root == "elsewhere" and "relative" not in capsys.readouterr().err
+
+
+def test_an_exported_encoder_at_random_init_is_the_encoder_its_run_started_from(tmp_path, cifar10_root):
+    """``byol eval knn encoder.pt --random-init``: the baseline of an export is its run's, as of the checkpoint
+    (coverage: random_init of an exported encoder was never run)."""
+    from byol.config import load_config
+    from byol.exports import export
+    from byol.train import pretrain
+    from conftest import tiny_overrides
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1,
+                                                           "train.seed": 3}) + [f"--data.root={cifar10_root}"]))
+    export(run / "checkpoints" / "last.pt", tmp_path / "export")
+    initial = load_encoder(run / "checkpoints" / "last.pt", random_init=True)[0].state_dict()
+    exported = load_encoder(tmp_path / "export" / "encoder.pt", random_init=True)[0].state_dict()
+    trained = load_encoder(tmp_path / "export" / "encoder.pt")[0].state_dict()
+    trunk = [k for k in initial if not k.startswith("fc.")]
+    assert all(torch.equal(initial[k], exported[k]) for k in trunk)
+    assert not all(torch.equal(initial[k], trained[k]) for k in trunk)

@@ -1290,6 +1290,55 @@ def test_a_run_whose_config_yaml_is_gone_resumes_with_its_checkpoint_s_settings(
     assert yaml.safe_load((run / "config_until_step3.yaml").read_text())["train"]["max_steps"] == 3
 
 
+def test_a_run_whose_config_yaml_is_gone_and_last_pt_torn_is_said_to_have_a_torn_checkpoint(tmp_path, cifar10_root,
+                                                                                               cli):
+    """A code read: with config.yaml gone, a last.pt that does not load left the preset's settings to the resume,
+    which said the preset's data missing (cifar10 train files not found ... in ./data), not the checkpoint."""
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1}) +
+                         [f"--data.root={cifar10_root}"]))
+    (run / "config.yaml").unlink()
+    last = run / "checkpoints" / "last.pt"
+    torn = last.read_bytes()[:last.stat().st_size // 2]
+    last.write_bytes(torn)
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", "--train.max_steps=3", check=False)
+    assert proc.returncode == 2 and "not found" not in proc.stderr
+    assert proc.stderr.startswith(f"byol: error: checkpoint {last} is corrupt or truncated and cannot be read")
+    assert last.read_bytes() == torn and not (run / "config.yaml").exists()
+
+
+def test_a_resume_of_a_checkpoint_whose_settings_hold_a_key_this_byol_has_not_goes_on(tmp_path, cifar10_root,
+                                                                                        capsys):
+    """An older byol's checkpoint holds a setting since removed (taken out of config.yaml by hand): the resume
+    goes on and names the settings changed (coverage: that path was never run)."""
+    from byol.resume import resume_config
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1}) +
+                         [f"--data.root={cifar10_root}"]))
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state["config"]["train"]["removed_setting"] = 1
+    torch.save(state, run / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=3", "--optim.lr=0.5"]),
+                    resume=True)["step"] == 3
+    assert "with settings that differ from the checkpoint's: optim.lr 1.0 -> 0.5, train.max_steps 2 -> 3" in \
+        capsys.readouterr().err
+    assert yaml.safe_load((run / "config_until_step2.yaml").read_text())["optim"]["lr"] == 1.0
+
+
+def test_a_resume_with_another_optimizer_is_refused_in_one_sentence(tmp_path, cifar10_root, cli):
+    """Coverage: the refusal was never run."""
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1}) +
+                         [f"--data.root={cifar10_root}"]))
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    proc = cli("pretrain", "--resume", f"--train.out_dir={run}", "--optim.name=adamw", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"byol: error: {run / 'checkpoints' / 'last.pt'} was trained with optim.name=lars; resume "
+                           "with the same optimizer\n")
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
 def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the_run_would(
         tmp_path, cifar10_root, capsys):
     """A checkpoint of a 2-process run (it saved both ranks' augmentation streams) resumed in one

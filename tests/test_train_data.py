@@ -197,6 +197,20 @@ def test_the_training_folder_is_scanned_once_and_is_the_kNN_monitor_bank(tmp_pat
     assert torch.bincount(data.knn_train.labels).tolist() == [1] * 10  # spread over all of ROOT/train
 
 
+def test_a_val_folder_with_a_class_the_training_folder_lacks_turns_the_monitor_off_in_a_note(tmp_path, capsys):
+    """The run trains on without a kNN monitor, saying why (coverage: the note was never said)."""
+    import shutil
+    from byol.config import load_config
+    root, overrides = _train_and_val(tmp_path)
+    (root / "val" / "zebra").mkdir()
+    shutil.copy(next((root / "val" / "cat").iterdir()), root / "val" / "zebra" / "z.jpg")
+    data = train_data.load_data(load_config("cifar10", overrides), torch.device("cpu"), 0, 1)
+    assert data.size == 30 and data.knn_train is None
+    err = capsys.readouterr().err
+    assert f"note: no kNN monitor: the class sub-folders of {root / 'train'} and {root / 'val'} differ (only in " \
+        f"{root / 'val'}: zebra)" in err
+
+
 def test_decoding_the_kNN_monitor_images_says_how_far_it_is_where_it_takes_long(tmp_path, monkeypatch, capsys):
     """A user test at ImageNet scale: the kNN monitor's 10,000 images of each split took some 2 minutes
     to decode on 2 cores, before the first step, with nothing said (as if the run hung)."""
