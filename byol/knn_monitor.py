@@ -1,8 +1,10 @@
 """The kNN monitor of a pretraining run: the online encoder's kNN accuracy on a labeled split,
-at random initialization and every ``train.knn_every`` epochs."""
+at random initialization and every ``train.knn_every`` epochs (and at a finished run's resume, the run's end's
+where its last start never logged it)."""
 
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -12,9 +14,11 @@ from .build import eval_crop, views_of
 from .config import Config
 from .evaluate import knn_accuracy
 from .faults import StopRequest, Stopped
-from .metrics import MetricsLog
+from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, read_metrics
 from .model import BYOL
 from .reporting import log_knn, shows_bars
+from .run_folder import RunFolder
+from .step import channels_last_crash
 from .train_data import TrainData
 
 
@@ -87,3 +91,40 @@ def score_unless_stopped(knn: Callable[[], dict], stop: StopRequest, world: int)
             return knn()
     except Stopped:
         return None
+
+
+def score_the_end(config: Config, byol: BYOL, data: TrainData, device: torch.device, amp: Optional[torch.dtype],
+                   folder: Optional[RunFolder], rank: int, world: int, step: int, saved: dict, steps_per_epoch: int,
+                   results: dict) -> None:
+    """The kNN evaluation of a finished run's end, which its last start never logged (killed during it: kill -9,
+    the out-of-memory killer, a lost node; or a signal cut it short), scored and logged as the run's end logs it,
+    with its plots and TensorBoard's success (a user test: a requeued job said only that the run was finished,
+    and its final kNN was never scored). On the encoder in the layout the run's steps left it in (channels_last
+    where they ran in it), so that the accuracies are an uninterrupted run's."""
+    t = config.train
+    if channels_last_crash(byol, t.batch_size // world, device, config.data.image_size) is None:
+        byol.to(memory_format=torch.channels_last)  # as ViewsForward does for the steps
+    log = folder.metrics_log(resume_step=step) if folder is not None else None
+    if rank == 0:
+        print(f"note: the kNN evaluation of the run's end (step {step}) was not logged; it is scored now",
+              file=sys.stderr)
+    try:
+        knn_monitor(config, byol, data, device, amp, rank, log, step, saved, steps_per_epoch, results)
+    finally:
+        data.close()
+    if log is not None:
+        folder.started = True  # the record logged stays
+        log.close(finished=True)
+        try:
+            plot_metrics(Path(t.out_dir) / "metrics.jsonl")
+        except (OSError, PlotsUnavailable) as e:  # the record is in metrics.jsonl all the same
+            print(f"note: the plots in {t.out_dir} could not be drawn again ({e})", file=sys.stderr)
+        results.update(logged_init(Path(t.out_dir)))
+
+
+def logged_init(run_dir: Path) -> dict:
+    """``{"knn_init": ...}``, the kNN accuracies at random initialization a resumed run's first start
+    logged (for the closing table); empty where it logged none."""
+    start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
+    init = {int(k.removeprefix(KNN_PREFIX)): v for r in start for k, v in r.items() if k.startswith(KNN_PREFIX)}
+    return {"knn_init": init} if init else {}

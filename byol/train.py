@@ -24,10 +24,10 @@ from .config_files import read_preset
 from .data import DataError
 from .faults import NonFiniteGuard, StopRequest
 from .given_net import given_to
-from .knn_monitor import knn_monitor, score_unless_stopped
+from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .loaders import refuse_to_start_again
 from .memory import check_step_fits
-from .metrics import KNN_PREFIX, MetricsLog, read_metrics
+from .metrics import MetricsLog
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
@@ -188,11 +188,13 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)
     end_step = end_step_of(config, total_steps)
     ran_on = {"device": str(device), "precision": precision_name(amp)}
-    if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten
+    if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten but a kNN left unscored
         results = {"step": step, "checkpoint": str(ckpt_path), **ran_on}
         if rank == 0:
             note_finished(t, run_dir, step, end_step < total_steps)
             results["warnings"] = read_warnings(run_dir)
+        if saved.get("knn_due") and data.knn_train is not None:
+            score_the_end(config, byol, data, device, amp, folder, rank, world, step, saved, steps_per_epoch, results)
         return results
     _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
     forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
@@ -392,10 +394,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
             results["skipped_monitor_files"] = results["skipped_files"] - data.folder.skipped_inside()  # val's
         results["warnings"] = read_warnings(run_dir)  # the whole run's: a resumed run keeps its earlier ones
         if "knn_init" not in results and data.knn_train is not None:  # a resumed run: its start's, as logged
-            start = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] == 0]
-            init = {int(k.removeprefix(KNN_PREFIX)): v for r in start for k, v in r.items() if k.startswith(KNN_PREFIX)}
-            if init:
-                results["knn_init"] = init
+            results.update(logged_init(run_dir))
     ckpt_path = last_checkpoint(run_dir)
     if streak:  # the run ended (or was stopped) on undone steps, so that end was not saved
         end = f"its stop by {results['stopped_by']}" if "stopped_by" in results else "the run's end"

@@ -281,6 +281,41 @@ def test_an_error_in_the_final_knn_keeps_the_last_checkpoint(tmp_path, cifar, mo
                 "the error raised; the last step's checkpoint was written before the evaluation")
 
 
+def test_a_run_killed_in_its_final_knn_scores_it_when_resumed(tmp_path, cifar, monkeypatch, fault_table):
+    """A user test: a job killed (kill -9, a lost node) in the kNN evaluation after its last step, then
+    requeued with --resume=auto, said only that the run was finished; its final kNN was never scored."""
+    import byol.knn_monitor
+    from byol.config import load_config
+    from byol.train import pretrain
+    knn = byol.knn_monitor.knn_eval
+    calls = []
+
+    def killed_at_the_end(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the state a kill leaves: the last checkpoint written, no kNN record at its step
+            raise RuntimeError("killed")
+        return knn(*args, **kwargs)
+    settings = {"train.max_steps": 4, "train.knn_every": 0}
+    whole = pretrain(load_config("cifar10", [cifar, *tiny_overrides(tmp_path / "whole", **settings)]))
+    monkeypatch.setattr(byol.knn_monitor, "knn_eval", killed_at_the_end)
+    run = tmp_path / "run"
+    config = load_config("cifar10", [cifar, *tiny_overrides(run, **settings)])
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrain(config)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r] == [0]
+    resumed = pretrain(config, resume="auto")
+    assert resumed["knn"] == whole["knn"] and resumed["knn_init"] == whole["knn_init"]
+    knn_records = [{k: v for k, v in r.items() if k != "time_s"}
+                   for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
+    assert knn_records == [{k: v for k, v in r.items() if k != "time_s"}
+                           for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if "eval/knn_top1" in r]
+    pretrain(config, resume="auto")  # scored once: a resume after it has nothing to do
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r] == [0, 4]
+    fault_table("killed in the kNN evaluation after the run's last step (simulated: its checkpoint written, no kNN "
+                "record), then --resume=auto", "the finished run's resume scores it, as the uninterrupted run's "
+                "records; a resume after that has nothing to do")
+
+
 def test_a_run_whose_log_reader_is_gone_trains_on_and_a_hangup_stops_it_as_sigterm_does(tmp_path, cifar,
                                                                                          fault_table):
     """A user test: `nohup byol pretrain ... 2>&1 | tee log` died at its next epoch line once tee ended
