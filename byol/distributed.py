@@ -177,9 +177,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(dtype)
 
 
-def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+def wrap_ddp(module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
+    """``module`` under DDP; ``find_unused`` where some of its parameters get no gradient (a network cut by a
+    forward hook, whose layers after the cut run unused: else DDP fails the second step, waiting for them)."""
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -14,6 +14,7 @@ from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model, usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
+from .config_files import read_preset
 from .config_rules import GIVEN_BACKBONE
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
@@ -182,15 +183,14 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     shapes say, with ``model.*`` overrides over it."""
     state = _unwrapped(state)
     beside = path.parent / "config.yaml"
-    config = load_config(str(beside)) if beside.is_file() else None
-    if config is not None and config.model.backbone == GIVEN_BACKBONE:  # (torch.save(net.state_dict()) into its run)
+    if _of_a_given_net(beside):  # (torch.save(net.state_dict()) into its run's folder)
         raise CheckpointError(f"{path} is a state_dict beside the config.yaml of a run on a network given from "
                               f"Python (model.backbone={GIVEN_BACKBONE}), which byol cannot build: evaluate the "
                               "run's checkpoint with net=, e.g. byol.knn('RUN/checkpoints/last.pt', net=net)")
     if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
         raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})")
-    if config is not None:
-        what = str(path)
+    if beside.is_file():
+        config, what = load_config(str(beside)), str(path)
     else:
         config, found = Config(), resnet_settings(state)
         for key, value in (found or {}).items():
@@ -210,6 +210,15 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
     load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what)
     return net, config
+
+
+def _of_a_given_net(config_yaml: Path) -> bool:
+    """Whether ``config_yaml`` is the config of a run on a network given from Python (``model.backbone: custom``);
+    false where it is not there or does not read (a config.yaml from elsewhere: said where it is loaded)."""
+    try:
+        return config_yaml.is_file() and read_preset(config_yaml).get("model", {}).get("backbone") == GIVEN_BACKBONE
+    except (ConfigError, OSError, AttributeError):
+        return False
 
 
 def _unwrapped(state: object) -> object:

@@ -9,18 +9,20 @@ from typing import Optional, Union
 
 from torch import nn
 
+from .backbones import HiddenLayer, HookedLayer
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import Config, ConfigError
 from .config_rules import GIVEN_BACKBONE as GIVEN
 from .run_folder import last_checkpoint
 
-HiddenLayer = Union[str, int, None]
+Cut = Union[str, int, None]  # a hidden_layer, as byol.BYOL takes it
 
 
-def net_record(net: Optional[nn.Module], hidden_layer: HiddenLayer) -> Optional[dict]:
+def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
     """What a run's checkpoints record of a network given to it (None: a ResNet by name): its class's
-    name, for messages, and the ``hidden_layer`` its representation is taken at, to cut it again."""
+    name, for messages, and the ``hidden_layer`` its representation is taken at, to cut it again: a child's index
+    as that child's name, -1 as None (the same cuts, which a resume given the other spelling refused: a review)."""
     if net is None:
         return None
     if not isinstance(net, nn.Module):
@@ -31,10 +33,15 @@ def net_record(net: Optional[nn.Module], hidden_layer: HiddenLayer) -> Optional[
                         f"{type(hidden_layer).__name__} {hidden_layer!r:.60}")  # (saved in checkpoints: plain only)
     if isinstance(hidden_layer, numbers.Integral):
         hidden_layer = int(hidden_layer)  # (NumPy's, as a plain int: checkpoints load with weights_only)
+        children = [name for name, _ in net.named_children()]
+        if hidden_layer == -1:
+            hidden_layer = None
+        elif -len(children) <= hidden_layer < len(children):  # (out of range: cut_at says so)
+            hidden_layer = children[hidden_layer]
     return {"class": type(net).__name__, "hidden_layer": hidden_layer}
 
 
-def given_to(config: Config, resume: bool, net: Optional[nn.Module], hidden_layer: HiddenLayer) -> Optional[dict]:
+def given_to(config: Config, resume: bool, net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
     """For :func:`~byol.train.pretrain`: the :func:`net_record` of ``net`` (None: none given), with ``config``
     (its checked copy) set to ``model.backbone: custom`` where given, and refused where it says so but none is."""
     given = net_record(net, hidden_layer)
@@ -118,7 +125,7 @@ def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bo
     return record
 
 
-def given_encoder(state: dict, config: Config, net: nn.Module, hidden_layer: HiddenLayer, path: Path,
+def given_encoder(state: dict, config: Config, net: nn.Module, hidden_layer: Cut, path: Path,
                   random_init: bool) -> nn.Module:
     """The online encoder of a checkpoint of a run on a network given from Python: ``net`` cut at the run's
     ``hidden_layer`` as training cut it, the checkpoint's weights loaded into ``net`` (``random_init``: its own
@@ -128,3 +135,14 @@ def given_encoder(state: dict, config: Config, net: nn.Module, hidden_layer: Hid
         load_model_state(byol, state["model"], str(path))
     net.eval()
     return byol.encoder
+
+
+def load_back(net: nn.Module, byol) -> None:
+    """The online encoder's weights and statistics put into ``net`` (given to pretraining under torchrun): its
+    BatchNorm layers trained as synchronized copies (:func:`~byol.distributed.convert_sync_batchnorm`), and
+    those a traced cut holds in places of its own (``net``'s direct children) are not ``net``'s (a review: a
+    BatchNorm's running mean was still 0 after the run)."""
+    encoder = byol.online.encoder
+    inner = encoder.body if isinstance(encoder, HiddenLayer) else encoder.net if isinstance(encoder, HookedLayer) \
+        else encoder
+    net.load_state_dict(inner.state_dict(), strict=False)  # (the layers after the cut: not the encoder's)

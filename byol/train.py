@@ -15,6 +15,7 @@ from torch import nn
 
 from . import distributed as dist
 from .allocator import keep_freed_memory
+from .backbones import HookedLayer
 from .build import (autocast_dtype, build_model, end_step_of, precision_name, resolve_device, schedule_of,
                     usual_torch_defaults)
 from .checkpoint import rng_state_kept
@@ -23,7 +24,7 @@ from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
 from .faults import NonFiniteGuard, StopRequest
-from .given_net import given_to
+from .given_net import given_to, load_back
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .loaders import refuse_to_start_again
 from .memory import check_step_fits
@@ -133,8 +134,8 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     ``net``: a network of your own to pretrain instead of ``model.backbone``'s ResNet (``model.cifar_stem`` and
     ``width`` unused), its representation taken at ``hidden_layer`` as :class:`~byol.BYOL` takes it. Training
     updates ``net``'s own parameters, moved to the run's device (``train.device``), where they stay (under
-    torchrun, BatchNorm layers are trained as synchronized copies: read the result back with
-    ``byol.load_encoder(path, net=net)``). The run
+    torchrun its BatchNorm layers train as synchronized copies, whose weights and statistics ``net`` gets at the
+    end). The run
     records it as ``model.backbone: custom`` and, in its checkpoints, ``net``'s class and ``hidden_layer``: a
     resume, ``byol.knn``, ``linear``, ``embed`` and ``load_encoder`` of it take ``net=`` (a network of the same
     architecture); the command line cannot build it.
@@ -227,6 +228,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     trained_s = clock.training_s()
     if step > first_step and trained_s > 0:
         results["images_per_s"] = (step - first_step) * t.batch_size / trained_s
+    if given is not None and world > 1:
+        load_back(net, byol)  # its BatchNorm layers trained as synchronized copies
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 
@@ -332,7 +335,7 @@ def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int,
         print(f"note: this narrow encoder trains in NCHW, not channels_last, on the CPU ({crash}): "
               "channels_last crashes torch's convolution there", file=sys.stderr)
     views = ViewsForward(byol, channels_last=crash is None)
-    forward = dist.wrap_ddp(views, device) if world > 1 else views
+    forward = dist.wrap_ddp(views, device, isinstance(byol.online.encoder, HookedLayer)) if world > 1 else views
     # auto is eager for now: the compiled step is not yet verified on a GPU (BENCHMARKS.md, "GPU": on the
     # first one lent, its first steps did not end within 4 minutes and its CUDA loss test failed).
     # Once it is, auto should compile on a single GPU (on a CPU it does not pay), and not with train.cuda_graph.

@@ -2,6 +2,8 @@
 monitors, then evaluated and embedded from Python with net= (the command line cannot build it)."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,7 +53,7 @@ def test_a_run_on_a_network_of_your_own_trains_it_and_records_it(run):
     out, results, net, initial = run
     assert results["step"] == 4 and "knn" in results and "knn_init" in results
     state = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert state["extra"]["net"] == {"class": "SmallNet", "hidden_layer": HIDDEN}
+    assert state["extra"]["net"] == {"class": "SmallNet", "hidden_layer": "3"}  # the child's name
     assert state["config"]["model"]["backbone"] == "custom"
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["backbone"] == "custom"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -94,7 +96,8 @@ def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_pat
     resumed = SmallNet(seed=5)  # another instance: its weights are the checkpoint's
     unused = "--model.width=16"  # a ResNet's setting, which a network given does not use: not refused
     results = byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path / 'b'}", "--train.max_steps=6",
-                                                      unused]), resume=True, net=resumed, hidden_layer=HIDDEN)
+                                                      unused]), resume=True, net=resumed, hidden_layer=-3)
+    # (-3 is the same child as 3, which the run was given: a review found the other spelling refused)
     assert results["step"] == 6
     a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["model"] for run in "ab")
     assert a.keys() == b.keys()
@@ -109,14 +112,14 @@ def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, t
     out = run[0]
     more = [f"--train.out_dir={out}", "--train.max_steps=6"]
     with pytest.raises(CheckpointError, match=r"network given from Python \(SmallNet\).*byol.pretrain\(config, "
-                                              r"resume=True, net=SmallNet\(...\), hidden_layer=3\)"):
+                                              r"resume=True, net=SmallNet\(...\), hidden_layer='3'\)"):
         byol.pretrain(byol.resume_config(None, more), resume=True)
     with pytest.raises(CheckpointError, match=r"\(SmallNet\).*net=SmallNet"):  # a config that says a ResNet
         byol.pretrain(load_config("cifar10", settings(out, cifar10_root, **{"train.max_steps": 6})), resume=True)
     proc = cli("pretrain", "--resume", *more, check=False)
     assert proc.returncode == 2 and "net=SmallNet" in proc.stderr and "Traceback" not in proc.stderr
-    with pytest.raises(CheckpointError, match=r"hidden_layer=3.*resume with hidden_layer=3"):
-        byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet())  # the default -2
+    with pytest.raises(CheckpointError, match=r"hidden_layer='3'.*resume with hidden_layer='3'"):
+        byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet())  # the default -2: Flatten, '4'
     with pytest.raises(CheckpointError, match="does not match this model"):  # another architecture
         byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet(width=4), hidden_layer=HIDDEN)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4  # nothing trained by any of them
@@ -148,6 +151,12 @@ def test_without_net_eval_embed_and_export_name_the_python_call(run, cli, tmp_pa
         with pytest.raises(CheckpointError, match=r"a state_dict beside the config.yaml of a run on a network given "
                                                   r"from Python \(model.backbone=custom\)"):
             call()
+    other = tmp_path / "other"  # a config.yaml from elsewhere beside a file that is no state_dict: said as before
+    other.mkdir()
+    (other / "config.yaml").write_text("model:\n  depth: 3\n")
+    torch.save({"0.weight": torch.zeros(2)}, other / "net.pt")
+    with pytest.raises(CheckpointError, match="holds neither a byol checkpoint nor an encoder state_dict"):
+        byol.knn(other / "net.pt", limit=20)
     for args in (("eval", "knn", path, "--limit", 20), ("embed", path, "--out", tmp_path / "e.npy"),
                  ("export", path, "--out", tmp_path / "export")):
         proc = cli(*args, check=False)
@@ -164,3 +173,67 @@ def test_custom_is_a_backbone_only_python_gives(run, cli):
                                           r"byol.pretrain\(config, net=...\)"):
         byol.pretrain(saved)  # a new run from a custom run's config.yaml, without its network
     assert not (run[0].parent / "new").exists()
+
+
+TORCHRUN_SCRIPT = '''
+import json, sys
+import torch
+from torch import nn
+import byol
+from byol.checkpoint import load_checkpoint
+
+class Traced(nn.Sequential):
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+class Branchy(nn.Module):  # a forward that symbolic tracing cannot cut: taken by a hook, its head unused
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)).relu()
+        if x.sum() > -1e9:
+            x = x * 1.0
+        return self.head(self.pool(x).flatten(1))
+
+out, root, *settings = sys.argv[1:]
+if __name__ == "__main__":
+    seen = {}
+    for name, net, layer in (("traced", Traced(), 3), ("hooked", Branchy(), "pool")):
+        config = byol.load_config("cifar10", settings + [f"--train.out_dir={out}/{name}", f"--data.root={root}"])
+        byol.pretrain(config, net=net, hidden_layer=layer)
+        if torch.distributed.get_rank() != 0:  # (rank 0 writes the checkpoint)
+            continue
+        model = load_checkpoint(f"{out}/{name}/checkpoints/last.pt")["model"]
+        mean = next(v for k, v in net.state_dict().items() if k.endswith("running_mean"))
+        saved = next(v for k, v in model.items() if k.startswith("online.") and k.endswith("running_mean"))
+        seen[name] = [float(mean.abs().sum()), bool(torch.equal(mean, saved))]
+    if torch.distributed.get_rank() == 0:
+        print("SEEN " + json.dumps(seen))
+'''
+
+
+def test_under_torchrun_a_network_of_your_own_holds_the_trained_weights_and_may_be_cut_by_a_hook(
+        tmp_path, cifar10_root, monkeypatch):
+    """A review: under torchrun net's BatchNorm layers trained as synchronized copies, net's own running mean
+    stayed 0; and a network cut by a hook (its head unused) failed DDP's second step."""
+    from test_distributed import free_port, torchrun_env
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # (torchrun's torchelastic_* folders)
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    settings = tiny_overrides(tmp_path, **{"train.max_steps": 2, "train.knn_every": -1, "data.limit": 64})
+    settings = [s for s in settings if not s.startswith("--train.out_dir=")]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", str(script),
+                           str(tmp_path), str(cifar10_root), *settings],
+                          capture_output=True, text=True, env=torchrun_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("SEEN "))[5:])
+    for name in ("traced", "hooked"):
+        total, equal = seen[name]
+        assert total > 0 and equal, (name, seen)
