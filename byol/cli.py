@@ -153,8 +153,9 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     if results.get("knn_cut") == "end":  # a signal from the last step on: an earlier epoch's kNN is not the run's
         holdout = f" --holdout {config.train.knn_holdout}" if config.train.knn_holdout else ""
         knn = {}
-        rows.append((f"kNN top-1 ({at_k}, {on})", f"not scored: a signal came at the run's end; "
-                                                 f"byol eval knn {results['checkpoint']}{holdout} scores it"))
+        rows.append((f"kNN top-1 ({at_k}, {on})", f"not scored: a signal came at the run's end; --resume scores "
+                                                 f"and logs it, byol eval knn {results['checkpoint']}{holdout} "
+                                                 "scores it"))
     if knn:
         rows.append((f"kNN top-1 ({at_k}, {on})", f"{knn[k]:.2f}%"))
     if k in init:

@@ -18,7 +18,7 @@ from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, rea
 from .model import BYOL
 from .reporting import log_knn, shows_bars
 from .run_folder import RunFolder
-from .step import channels_last_crash
+from .step import ViewsForward, channels_last_crash
 from .train_data import TrainData
 
 
@@ -102,8 +102,8 @@ def score_the_end(config: Config, byol: BYOL, data: TrainData, device: torch.dev
     and its final kNN was never scored). On the encoder in the layout the run's steps left it in (channels_last
     where they ran in it), so that the accuracies are an uninterrupted run's."""
     t = config.train
-    if channels_last_crash(byol, t.batch_size // world, device, config.data.image_size) is None:
-        byol.to(memory_format=torch.channels_last)  # as ViewsForward does for the steps
+    ViewsForward(byol, channels_last=channels_last_crash(byol, t.batch_size // world, device,  # (as _step_forward
+                                                         config.data.image_size) is None)  # puts it, for the steps)
     log = folder.metrics_log(resume_step=step) if folder is not None else None
     if rank == 0:
         print(f"note: the kNN evaluation of the run's end (step {step}) was not logged; it is scored now",
@@ -113,12 +113,14 @@ def score_the_end(config: Config, byol: BYOL, data: TrainData, device: torch.dev
     finally:
         data.close()
     if log is not None:
-        folder.started = True  # the record logged stays
         log.close(finished=True)
         try:
             plot_metrics(Path(t.out_dir) / "metrics.jsonl")
         except (OSError, PlotsUnavailable) as e:  # the record is in metrics.jsonl all the same
             print(f"note: the plots in {t.out_dir} could not be drawn again ({e})", file=sys.stderr)
+        # Only now does the record logged stay: a signal before (during the plots, say) undoes the start, and the
+        # next resume scores it again, where TensorBoard's success would else be lost for good (a review).
+        folder.started = True
         results.update(logged_init(Path(t.out_dir)))
 
 

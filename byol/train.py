@@ -352,7 +352,8 @@ def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Op
     """At an epoch's end, the run's end or a stop (``stopping``): the kNN evaluation ``knn`` (None:
     no kNN monitor) when due (every ``train.knn_every`` epochs and at the run's end; not after a
     signal, in one process: one at an epoch's end leaves it to the resume, one from the last step on
-    to ``byol eval knn``, and one while it runs cuts it short), its accuracies in ``results["knn"]``,
+    to the resume too (:func:`~byol.knn_monitor.score_the_end`) or ``byol eval knn``, and one while it runs cuts
+    it short), its accuracies in ``results["knn"]``,
     and the checkpoint (:meth:`Checkpoints.save`; ``epoch_N.pt`` kept every ``train.checkpoint_every``
     epochs; at a stop or the run's end, before the kNN); training's clock (``report.clock``) paused
     while either may run. Returns whether a signal left a due kNN evaluation unscored."""
