@@ -102,11 +102,13 @@ def _pretrain(args, overrides: list[str]) -> int:
     from .config import load_config  # (torch-free: a bad setting is said in a moment, torch loaded after it)
     extra = ["--data.download=true"] if args.download else []
     preset = "cifar10" if args.config is None else args.config  # --config= is refused, not the default
-    resume = args.resume
+    resume = args.resume  # (auto: pretrain says which way it went)
     if resume == "auto":
         from .run_folder import resumes
-        resume = resumes(resume, load_config(preset, overrides + extra).train.out_dir)
-    if resume:
+        continues = resumes(resume, load_config(preset, overrides + extra).train.out_dir)
+    else:
+        continues = resume
+    if continues:
         from .resume import resume_config
         config = resume_config(preset, overrides + extra, explicit=args.config is not None)
     else:

@@ -14,7 +14,6 @@ from .checkpoint import CheckpointError, saved_config
 from .config import (CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, config_text,
                      save_config)
 from .config_files import safe_yaml
-from .error_lines import launch_rank
 from .files import (fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure,
                     write_text_atomically)
 from .metrics import PLOTS, MetricsLog, warning_step
@@ -197,19 +196,18 @@ def last_checkpoint(folder) -> Path:
 def resumes(resume: Union[bool, str], out_dir: str) -> bool:
     """Whether a start continues the run in ``out_dir``: ``resume``, or for ``"auto"`` (a job script's one command
     for its first start and its requeues) whether the folder holds a checkpoint to continue from."""
-    if resume == "auto":
-        checkpoint = last_checkpoint(Path(out_dir).expanduser())
-        if checkpoint.is_file():
-            return True  # (the resume says where it goes on from)
-        # Which way it went, for a job's log (a user test: it said neither); once under torchrun, whose
-        # process group is not up yet: the rank is its RANK variable's. Not where the folder keeps epochs
-        # without last.pt: the start is refused, with the copy that resumes (it said a new run started first).
-        if launch_rank() == 0 and not any(checkpoint.parent.glob("*.pt")):
-            print(f"note: --resume=auto: no {checkpoint}, so a new run starts there", file=sys.stderr)
-        return False
+    if resume == "auto":  # (the resume says where it goes on from; a new start, :func:`note_new_start`)
+        return last_checkpoint(Path(out_dir).expanduser()).is_file()
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be True, False or \"auto\", got {resume!r}")
     return resume
+
+
+def note_new_start(folder: "RunFolder") -> None:
+    """For ``--resume=auto`` that starts a new run, which way it went, for a job's log (a user test: it said
+    neither): once the folder has taken the start (a review: said before a refusal, of a folder that keeps
+    epochs without last.pt, say, it contradicted it), on rank 0, which alone has the folder."""
+    print(f"note: --resume=auto: no {folder.checkpoint}, so a new run starts there", file=sys.stderr)
 
 
 def _configs_kept(folder: Path) -> dict[int, Path]:

@@ -34,7 +34,7 @@ from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
                         note_no_augmentation, note_train_split, note_unused_optim, note_warmup, progress_bar)
 from .resume import restore
-from .run_folder import RunFolder, last_checkpoint, read_warnings, resumes
+from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
 from .saving import Checkpoints
 from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crash
 from .train_data import TrainData, load_data, step_images
@@ -141,10 +141,13 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     architecture); the command line cannot build it.
     """
     refuse_to_start_again("byol.pretrain")  # before anything is read or written
+    auto = resume == "auto"
     config, resume = _checked(config, resume)
     given = given_to(config, resume, net, hidden_layer)  # (None: a ResNet by name)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
+    if auto and not resume and folder is not None:
+        note_new_start(folder)
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
     try:
         with rng_state_kept(), usual_torch_defaults():  # the caller's generators (torch's, CUDA's, NumPy's,

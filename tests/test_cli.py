@@ -1204,7 +1204,7 @@ def test_an_out_dir_that_starts_with_a_tilde_is_in_the_home_folder(tmp_path, mon
 
 
 def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_where_there_is(
-        tmp_path, cifar10_root, capsys, monkeypatch):
+        tmp_path, cifar10_root, capsys):
     """One command for a job's first start and its requeues (the job script had to look for last.pt itself)."""
     import byol
     from byol.checkpoint import load_checkpoint
@@ -1237,10 +1237,13 @@ def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_
     assert line.startswith(f"byol: error: {run} already holds a run (checkpoints/epoch_0001.pt)") and \
         line.endswith("; to resume from checkpoints/epoch_0001.pt, copy it to checkpoints/last.pt first"), line
     (run / "checkpoints" / "epoch_0001.pt").rename(run / "checkpoints" / "last.pt")
-    monkeypatch.setenv("RANK", "1")  # under torchrun, before the process group is up: rank 0 alone says it (a review)
-    assert not resumes("auto", tmp_path / "new") and capsys.readouterr().err == ""
-    monkeypatch.setenv("RANK", "0")
-    assert not resumes("auto", tmp_path / "new") and "--resume=auto: no " in capsys.readouterr().err
+    assert not resumes("auto", tmp_path / "new") and capsys.readouterr().err == ""  # pretrain says it, on rank 0
+    other = tmp_path / "other"  # any refusal of the folder comes alone (a review: the note came before them all)
+    other.mkdir()
+    (other / "checkpoints").write_text("")
+    _, line = main_error(capsys, "pretrain", "--config", "cifar10", "--resume=auto", f"--data.root={cifar10_root}",
+                         *tiny_overrides(other))
+    assert "is a file where the run keeps its checkpoints/ folder" in line, line
 
 
 def test_a_resume_with_another_knn_k_sets_the_last_accuracy_against_random_init_at_a_k_measured_both_times(
