@@ -102,7 +102,7 @@ def score_the_end(config: Config, byol: BYOL, data: TrainData, device: torch.dev
     and its final kNN was never scored). On the encoder in the layout the run's steps left it in (channels_last
     where they ran in it), so that the accuracies are an uninterrupted run's."""
     t = config.train
-    ViewsForward(byol, channels_last=channels_last_crash(byol, t.batch_size // world, device,  # (as _step_forward
+    ViewsForward(byol, channels_last=channels_last_crash(byol, t.batch_size // world, device,  # (as step_forward
                                                          config.data.image_size) is None)  # puts it, for the steps)
     log = folder.metrics_log(resume_step=step) if folder is not None else None
     if rank == 0:

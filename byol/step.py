@@ -16,12 +16,16 @@ the step fast lives here:
 """
 
 import math
+import sys
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .compiling import AugmentFn, Compiled
+from . import distributed as dist
+from .backbones import HookedLayer
+from .compiling import AugmentFn, Compiled, compile_step
+from .config import ConfigError
 from .faults import NonFiniteGuard
 from .model import BYOL
 from .monitor import effective_rank, normalized_std
@@ -281,3 +285,36 @@ class ViewsForward(nn.Module):
         return self.byol.forward_views(view1, view2)
 
 
+def loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:
+    """LoopStep, or with ``train.cuda_graph`` the experimental GraphedLoopStep where it can run."""
+    if not cuda_graph:
+        return LoopStep
+    if device.type != "cuda":
+        raise ConfigError(f"train.cuda_graph=true needs a CUDA GPU (it replays the step from a CUDA graph), and this "
+                          f"run is on {device}; use train.cuda_graph=false")
+    if world > 1:
+        raise ConfigError(f"train.cuda_graph=true runs in one process, not {world} (the graph holds no "
+                          "collectives); use train.cuda_graph=false")
+    return GraphedLoopStep
+
+
+def step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int,
+                  image_size: int):
+    """The step's (loss computation, augmentations): channels_last where that does not crash,
+    DDP-wrapped under torchrun, compiled with ``train.compile=true``; augmentations None for byol's
+    own view recipes."""
+    crash = channels_last_crash(byol, batch, device, image_size)
+    if crash and rank == 0:
+        print(f"note: this narrow encoder trains in NCHW, not channels_last, on the CPU ({crash}): "
+              "channels_last crashes torch's convolution there", file=sys.stderr)
+    views = ViewsForward(byol, channels_last=crash is None)
+    forward = dist.wrap_ddp(views, device, isinstance(byol.online.encoder, HookedLayer)) if world > 1 else views
+    # auto is eager for now: the compiled step is not yet verified on a GPU (BENCHMARKS.md, "GPU": on the
+    # first one lent, its first steps did not end within 4 minutes and its CUDA loss test failed).
+    # Once it is, auto should compile on a single GPU (on a CPU it does not pay), and not with train.cuda_graph.
+    if compile is not True:
+        return forward, None
+    if rank == 0:
+        print("compiling the training step (torch.compile): the first steps can take several minutes",
+              file=sys.stderr)
+    return compile_step(forward, byol)  # loss and both augmentations; eager where that fails

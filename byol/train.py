@@ -15,11 +15,9 @@ from torch import nn
 
 from . import distributed as dist
 from .allocator import keep_freed_memory
-from .backbones import HookedLayer
 from .build import (autocast_dtype, build_model, end_step_of, precision_name, resolve_device, schedule_of,
                     usual_torch_defaults)
 from .checkpoint import rng_state_kept
-from .compiling import compile_step
 from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
@@ -36,7 +34,7 @@ from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, not
 from .resume import restore
 from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
 from .saving import Checkpoints
-from .step import GraphedLoopStep, LoopStep, ViewsForward, channels_last_crash
+from .step import LoopStep, loop_step_class, step_forward
 from .train_data import TrainData, load_data, step_images
 
 
@@ -162,24 +160,11 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
             folder.release()  # the next start may write the folder
 
 
-def _loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:
-    """LoopStep, or with ``train.cuda_graph`` the experimental GraphedLoopStep where it can run."""
-    if not cuda_graph:
-        return LoopStep
-    if device.type != "cuda":
-        raise ConfigError(f"train.cuda_graph=true needs a CUDA GPU (it replays the step from a CUDA graph), and this "
-                          f"run is on {device}; use train.cuda_graph=false")
-    if world > 1:
-        raise ConfigError(f"train.cuda_graph=true runs in one process, not {world} (the graph holds no "
-                          "collectives); use train.cuda_graph=false")
-    return GraphedLoopStep
-
-
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder],
               net: Optional[nn.Module], given: Optional[dict]) -> dict:
     t = config.train
     device, amp = _prepare_device(t)
-    step_class = _loop_step_class(t.cuda_graph, device, world)
+    step_class = loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = last_checkpoint(run_dir)
     data = _load_data(config, device, rank, world, resume)
@@ -201,7 +186,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
             score_the_end(config, byol, data, device, amp, folder, rank, world, step, saved, steps_per_epoch, results)
         return results
     _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
-    forward, augment = _step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
+    forward, augment = step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
                                      config.data.image_size)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     if log is not None and not resume:  # (TensorBoard shows a run's first settings: a resume's would not show)
@@ -326,28 +311,6 @@ def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]
     elif t.keep_freed_memory:
         keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
     return device, autocast_dtype(t.precision, device)
-
-
-def _step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int,
-                  image_size: int):
-    """The step's (loss computation, augmentations): channels_last where that does not crash,
-    DDP-wrapped under torchrun, compiled with ``train.compile=true``; augmentations None for byol's
-    own view recipes."""
-    crash = channels_last_crash(byol, batch, device, image_size)
-    if crash and rank == 0:
-        print(f"note: this narrow encoder trains in NCHW, not channels_last, on the CPU ({crash}): "
-              "channels_last crashes torch's convolution there", file=sys.stderr)
-    views = ViewsForward(byol, channels_last=crash is None)
-    forward = dist.wrap_ddp(views, device, isinstance(byol.online.encoder, HookedLayer)) if world > 1 else views
-    # auto is eager for now: the compiled step is not yet verified on a GPU (BENCHMARKS.md, "GPU": on the
-    # first one lent, its first steps did not end within 4 minutes and its CUDA loss test failed).
-    # Once it is, auto should compile on a single GPU (on a CPU it does not pay), and not with train.cuda_graph.
-    if compile is not True:
-        return forward, None
-    if rank == 0:
-        print("compiling the training step (torch.compile): the first steps can take several minutes",
-              file=sys.stderr)
-    return compile_step(forward, byol)  # loss and both augmentations; eager where that fails
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

@@ -852,9 +852,9 @@ def test_cuda_graph_on_a_cpu_is_one_sentence_and_leaves_nothing(tmp_path):
 
 def test_cuda_graph_runs_in_one_process_only():
     with pytest.raises(ConfigError, match="train.cuda_graph=true runs in one process, not 2"):
-        byol.train._loop_step_class(True, torch.device("cuda"), 2)
-    assert byol.train._loop_step_class(True, torch.device("cuda"), 1) is byol.step.GraphedLoopStep
-    assert byol.train._loop_step_class(False, torch.device("cpu"), 4) is byol.step.LoopStep
+        byol.step.loop_step_class(True, torch.device("cuda"), 2)
+    assert byol.step.loop_step_class(True, torch.device("cuda"), 1) is byol.step.GraphedLoopStep
+    assert byol.step.loop_step_class(False, torch.device("cpu"), 4) is byol.step.LoopStep
 
 
 @pytest.mark.gpu
@@ -1509,7 +1509,7 @@ def test_a_resume_with_other_settings_keeps_those_its_earlier_steps_ran_with(tmp
     second = (run / "config.yaml").read_text()
     shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "step4.pt")
     with monkeypatch.context() as patched:  # a start that fails before its first step: undone
-        patched.setattr(byol.train, "_step_forward", lambda *a, **k: 1 / 0)
+        patched.setattr(byol.train, "step_forward", lambda *a, **k: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             resume("--train.max_steps=6")
     assert not (run / "config_until_step4.yaml").exists() and (run / "config.yaml").read_text() == second
@@ -1534,7 +1534,7 @@ def test_a_resume_with_other_settings_keeps_those_its_earlier_steps_ran_with(tmp
     # A new run in the folder (its checkpoints removed): none of them, once its first step is done
     shutil.rmtree(run / "checkpoints")
     with monkeypatch.context() as patched:
-        patched.setattr(byol.train, "_step_forward", lambda *a, **k: 1 / 0)
+        patched.setattr(byol.train, "step_forward", lambda *a, **k: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]))
     assert (run / "config_until_step2.yaml").read_text() == first  # put back with the failed start
