@@ -259,8 +259,10 @@ def _malformed_entry(state: dict) -> Optional[str]:
     return None
 
 
-def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` that turns a mismatch into a :class:`CheckpointError`."""
+def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint",
+                     guess: str = "different backbone, width, projector sizes or predictor?") -> None:
+    """``load_state_dict(strict=True)`` that turns a mismatch into a :class:`CheckpointError`, with ``guess``
+    (what may differ) and the keys that do."""
     try:
         unwrap(model).load_state_dict(state_dict, strict=True)
     except RuntimeError:
@@ -272,5 +274,5 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
         parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
             (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
             (shapes, "of another shape")) if found]
-        raise CheckpointError(f"{source} does not match this model (different backbone, width, projector sizes "
-                              f"or predictor?): {'; '.join(parts) or 'the state does not load'}") from None
+        raise CheckpointError(f"{source} does not match this model ({guess}): "
+                              f"{'; '.join(parts) or 'the state does not load'}") from None

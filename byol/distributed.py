@@ -140,6 +140,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         new.load_state_dict(bn.state_dict())
         if bn.affine:  # keep the parameter objects, so optimizers and the feature extractor see them
             new.weight, new.bias = bn.weight, bn.bias
+        # and the statistics, as torch's SyncBatchNorm.convert_sync_batchnorm does: bn holds what training computed
+        # (a network given to byol.pretrain, whose own layers are put back after a torchrun)
+        new.running_mean, new.running_var = bn.running_mean, bn.running_var
+        new.num_batches_tracked = bn.num_batches_tracked
         return new.train(bn.training)
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -182,6 +186,13 @@ def wrap_ddp(module: nn.Module, device: torch.device, find_unused: bool = False)
     forward hook, whose layers after the cut run unused: else DDP fails the second step, waiting for them)."""
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def barrier() -> None:
+    """Each rank waits for all the others to get here (nothing where no process group is up)."""
+    import torch.distributed as td
+    if td.is_available() and td.is_initialized():
+        td.barrier()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -4,19 +4,24 @@ by name: how its run records it (``model.backbone: custom`` in the config; the n
 embedding of the run is given a network, and the one the run trained (the command line cannot build it)."""
 
 import numbers
+import weakref
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
-from .backbones import HiddenLayer, HookedLayer
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
 from .config import Config, ConfigError
 from .config_rules import GIVEN_BACKBONE as GIVEN
+from .distributed import note
 from .run_folder import last_checkpoint
 
 Cut = Union[str, int, None]  # a hidden_layer, as byol.BYOL takes it
+
+# The networks that byol.pretrain trained in this process, and the run folder each trained in last.
+_TRAINED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
@@ -31,6 +36,11 @@ def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
                                      or not isinstance(hidden_layer, (str, numbers.Integral))):
         raise TypeError(f"hidden_layer must be a module's name or a child's index (as byol.BYOL takes), not "
                         f"{type(hidden_layer).__name__} {hidden_layer!r:.60}")  # (saved in checkpoints: plain only)
+    other = sorted({str(p.dtype) for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if other:  # (the run's views are float32: a traceback from the first convolution)
+        raise TypeError(f"net's parameters are {', '.join(other)}, and byol.pretrain trains a float32 network (bf16 "
+                        "with train.precision=bf16, under autocast, where its target's EMA steps are not rounded "
+                        "away): give net.float()")
     if isinstance(hidden_layer, numbers.Integral):
         hidden_layer = int(hidden_layer)  # (NumPy's, as a plain int: checkpoints load with weights_only)
         children = [name for name, _ in net.named_children()]
@@ -50,6 +60,43 @@ def given_to(config: Config, resume: bool, net: Optional[nn.Module], hidden_laye
     else:
         refuse_without_net(config, resume, last_checkpoint(config.train.out_dir))
     return given
+
+
+def as_given(net: Optional[nn.Module]) -> list[tuple[Optional[nn.Module], str, nn.Module, bool]]:
+    """``net``'s modules as given: ``(parent, name, module, training)``. Under torchrun the run trains
+    synchronized BatchNorm layers (:func:`byol.distributed.convert_sync_batchnorm`), which share their weights
+    and statistics but take the places of those inside ``net``'s children, and the run sets the modes of the
+    layers it trains: :func:`put_back` undoes both."""
+    if net is None:
+        return []
+    return [(None, "", net, net.training)] + [(parent, name, child, child.training) for parent in net.modules()
+                                              for name, child in parent.named_children()]
+
+
+def put_back(modules: list[tuple[Optional[nn.Module], str, nn.Module, bool]]) -> None:
+    """The modules of :func:`as_given` back in their places and modes, after the run: a network given holds its
+    own BatchNorm layers, which need no process group (a synchronized one in training mode would wait on every
+    rank, or fail where none is), and a network given in eval mode is not left with its layers in training mode."""
+    for parent, name, module, training in modules:
+        if parent is not None:
+            setattr(parent, name, module)
+        module.training = training
+
+
+def trained(net: Optional[nn.Module], out_dir: str) -> None:
+    """Remember that a run in ``out_dir`` trained ``net``, for :func:`note_trained_before`."""
+    if net is not None:
+        _TRAINED[net] = str(out_dir)
+
+
+def note_trained_before(net: Optional[nn.Module]) -> None:
+    """A new run given a network that an earlier run of this process trained (a sweep that built it once)
+    starts from those weights: said, as it is seldom meant, and nothing in the run folder shows it."""
+    earlier = _TRAINED.get(net) if net is not None else None
+    if earlier is not None:
+        note(f"net was trained by an earlier byol.pretrain in this process (in {earlier}), and this run starts from "
+             "those weights, not from the network's initial ones; for runs that each start afresh (a sweep), give "
+             "each a network of its own (built anew, or a copy.deepcopy of one taken before training)")
 
 
 def recorded(state: dict) -> Optional[dict]:
@@ -83,6 +130,16 @@ def refuse_without_net(config: Config, resume: bool, ckpt_path: Path) -> None:
     raise CheckpointError(f"{config.train.out_dir}'s run trained a network given from Python "
                           f"({record.get('class', 'not a ResNet byol builds')}), which byol cannot build (nor "
                           f"byol pretrain --resume): {resume_call(record)}")
+
+
+def other_net(record: Optional[dict], given: Optional[str]) -> dict:
+    """:func:`~byol.checkpoint.load_model_state`'s guess where a network of class ``given`` does not take the
+    weights of a checkpoint's run on one (``record``, its :func:`net_record`): none where either is None."""
+    if record is None or given is None:
+        return {}
+    trained = record.get("class")
+    return {"guess": f"net is a {given} of another size or layout than the run's?" if trained == given
+            else f"the run trained a {trained}, and net is a {given}"}
 
 
 def check_resume(state: dict, given: Optional[dict], ckpt_path: Path) -> None:
@@ -132,17 +189,6 @@ def given_encoder(state: dict, config: Config, net: nn.Module, hidden_layer: Cut
     kept; the run's initial weights cannot be rebuilt from a network byol did not make), in eval mode."""
     byol = build_model(config, net, hidden_layer)
     if not random_init:
-        load_model_state(byol, state["model"], str(path))
+        load_model_state(byol, state["model"], str(path), **other_net(recorded(state), type(net).__name__))
     net.eval()
     return byol.encoder
-
-
-def load_back(net: nn.Module, byol) -> None:
-    """The online encoder's weights and statistics put into ``net`` (given to pretraining under torchrun): its
-    BatchNorm layers trained as synchronized copies (:func:`~byol.distributed.convert_sync_batchnorm`), and
-    those a traced cut holds in places of its own (``net``'s direct children) are not ``net``'s (a review: a
-    BatchNorm's running mean was still 0 after the run)."""
-    encoder = byol.online.encoder
-    inner = encoder.body if isinstance(encoder, HiddenLayer) else encoder.net if isinstance(encoder, HookedLayer) \
-        else encoder
-    net.load_state_dict(inner.state_dict(), strict=False)  # (the layers after the cut: not the encoder's)

@@ -25,8 +25,8 @@ _PEAK_OVER_SAVED = 1.2
 
 def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype]) -> float:
     """The bytes one image's two views keep for the backward pass of a step (online branch and predictor),
-    measured at batches 2 and 4 of a copy of ``byol`` (the model itself, and its BatchNorm statistics, are
-    not touched) and scaled from an image side of at most ``_PROBE_SIZE`` to ``image_size``."""
+    measured at batches 2 and 4 of a copy of ``byol`` (the model itself, its BatchNorm statistics and torch's
+    generator are not touched) and scaled from an image side of at most ``_PROBE_SIZE`` to ``image_size``."""
     probe = copy.deepcopy(byol).cpu()
     size = min(image_size, _PROBE_SIZE)
 
@@ -41,8 +41,8 @@ def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype
             return len(held) - 1
 
         views = torch.zeros(batch, 3, size, size)
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(keep, held.__getitem__), \
+        try:  # (torch's generator forked: a network's dropout draws from it, which a resume finds as it was saved)
+            with torch.autograd.graph.saved_tensors_hooks(keep, held.__getitem__), torch.random.fork_rng(devices=[]), \
                     torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
                 probe.forward_views(views, views.clone())
             storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}

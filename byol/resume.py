@@ -17,7 +17,7 @@ from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_
                      load_config, override_list, validate, yaml_word)
 from .config_files import read_preset
 from .config_rules import GIVEN_BACKBONE
-from .given_net import check_resume
+from .given_net import check_resume, other_net, recorded
 from .metrics import read_metrics
 from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
@@ -176,7 +176,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     check_resume(state, given, ckpt_path)
     scored = _refuse_changed_settings(state, config, ckpt_path)
-    load_model_state(byol, state["model"], str(ckpt_path))
+    load_model_state(byol, state["model"], str(ckpt_path), **other_net(recorded(state), given and given["class"]))
     saved_optim = state["config"].get("optim", {}).get("name")
     if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
         raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "

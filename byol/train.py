@@ -22,7 +22,7 @@ from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
 from .faults import NonFiniteGuard, StopRequest
-from .given_net import given_to, load_back
+from .given_net import as_given, given_to, note_trained_before, put_back, trained
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .loaders import refuse_to_start_again
 from .memory import check_step_fits
@@ -129,12 +129,12 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     ``byol.resume_config(None, ["--train.out_dir=DIR", ...])``: its ``config.yaml``, the overrides over it.
     ``resume="auto"`` continues where the folder holds ``checkpoints/last.pt`` and starts a new run where not.
 
-    ``net``: a network of your own to pretrain instead of ``model.backbone``'s ResNet (``model.cifar_stem`` and
-    ``width`` unused), its representation taken at ``hidden_layer`` as :class:`~byol.BYOL` takes it. Training
-    updates ``net``'s own parameters, moved to the run's device (``train.device``), where they stay (under
-    torchrun its BatchNorm layers train as synchronized copies, whose weights and statistics ``net`` gets at the
-    end). The run
-    records it as ``model.backbone: custom`` and, in its checkpoints, ``net``'s class and ``hidden_layer``: a
+    ``net``: a network of your own, in float32, to pretrain instead of ``model.backbone``'s ResNet
+    (``model.cifar_stem`` and ``width`` unused), its representation taken at ``hidden_layer`` as
+    :class:`~byol.BYOL` takes it. Training updates ``net``'s own parameters, moved to the run's device
+    (``train.device``), where they stay; its modules' modes are put back as given after the run (and under
+    torchrun its BatchNorm layers, which train as synchronized ones sharing their weights and statistics). The
+    run records it as ``model.backbone: custom`` and, in its checkpoints, ``net``'s class and ``hidden_layer``: a
     resume, ``byol.knn``, ``linear``, ``embed`` and ``load_encoder`` of it take ``net=`` (a network of the same
     architecture); the command line cannot build it.
     """
@@ -142,20 +142,28 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     auto = resume == "auto"
     config, resume = _checked(config, resume)
     given = given_to(config, resume, net, hidden_layer)  # (None: a ResNet by name)
+    modules = as_given(net)  # (under torchrun, synchronized BatchNorm layers take their places while it trains)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
     if auto and not resume and folder is not None:
         note_new_start(folder)
+    if not resume:  # (a resume loads the checkpoint's weights into net)
+        note_trained_before(net)
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
     try:
-        with rng_state_kept(), usual_torch_defaults():  # the caller's generators (torch's, CUDA's, NumPy's,
-            return _pretrain(config, resume, rank, world, folder, net, given)  # Python's) and defaults, as they were
+        # the caller's generators (torch's, CUDA's, NumPy's, Python's) and defaults, as they were
+        with rng_state_kept(), usual_torch_defaults():
+            results = _pretrain(config, resume, rank, world, folder, net, given)
+        dist.barrier()  # (under torchrun: rank 0 has written the run's last checkpoint, which a rank may read next)
+        trained(net, config.train.out_dir)  # (a later new run given net says that it starts from these weights)
+        return results
     except BaseException:
         if folder is not None:
             folder.undo()  # only while no step has finished
         raise
     finally:
         torch.backends.cudnn.benchmark = benchmark
+        put_back(modules)
         if folder is not None:
             folder.release()  # the next start may write the folder
 
@@ -216,8 +224,6 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     trained_s = clock.training_s()
     if step > first_step and trained_s > 0:
         results["images_per_s"] = (step - first_step) * t.batch_size / trained_s
-    if given is not None and world > 1:
-        load_back(net, byol)  # its BatchNorm layers trained as synchronized copies
     return _finish(results, step, data, guard, log, run_dir, rank)
 
 

@@ -18,16 +18,19 @@ from byol.config import ConfigError, load_config
 from byol.datasets import build_dataset
 from byol.features import extract_features
 from conftest import tiny_overrides
+from test_distributed import free_port, torchrun_env
 
 HIDDEN = 3  # SmallNet's pool: a layer of its own, not the default -2
 
 
 class SmallNet(nn.Sequential):
-    """A network byol does not build: conv, BatchNorm, pool, and a classifier after the representation."""
+    """A network byol does not build: conv, BatchNorm, pool, and a classifier after the representation;
+    ``dropout``: after the ReLU (torch's generator draws it, as a ViT's or EfficientNet's stochastic depth)."""
 
-    def __init__(self, width: int = 8, seed: int = 0):
+    def __init__(self, width: int = 8, seed: int = 0, dropout: float = 0.0):
         torch.manual_seed(seed)
-        super().__init__(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        relu = nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout else nn.ReLU()
+        super().__init__(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), relu, nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(width, 10))
 
 
@@ -88,12 +91,14 @@ def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_moni
 
 def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_path, cifar10_root):
     common = {"train.knn_every": -1, "optim.name": "sgd"}
-    straight = SmallNet()
+    # Dropout: torch's generator goes on as the checkpoint saved it (a review: the CPU memory check before a
+    # resume's first step drew from it)
+    straight = SmallNet(dropout=0.5)
     byol.pretrain(load_config("cifar10", settings(tmp_path / "a", cifar10_root, **common, **{"train.max_steps": 6})),
                   net=straight, hidden_layer=HIDDEN)
     byol.pretrain(load_config("cifar10", settings(tmp_path / "b", cifar10_root, **common, **{"train.max_steps": 3})),
-                  net=SmallNet(), hidden_layer=HIDDEN)
-    resumed = SmallNet(seed=5)  # another instance: its weights are the checkpoint's
+                  net=SmallNet(dropout=0.5), hidden_layer=HIDDEN)
+    resumed = SmallNet(seed=5, dropout=0.5)  # another instance: its weights are the checkpoint's
     unused = "--model.width=16"  # a ResNet's setting, which a network given does not use: not refused
     results = byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path / 'b'}", "--train.max_steps=6",
                                                       unused]), resume=True, net=resumed, hidden_layer=-3)
@@ -120,8 +125,11 @@ def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, t
     assert proc.returncode == 2 and "net=SmallNet" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(CheckpointError, match=r"hidden_layer='3'.*resume with hidden_layer='3'"):
         byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet())  # the default -2: Flatten, '4'
-    with pytest.raises(CheckpointError, match="does not match this model"):  # another architecture
+    with pytest.raises(CheckpointError, match=r"does not match this model \(net is a SmallNet of another size or "
+                                              r"layout than the run's\?\)"):  # (not a ResNet's backbone or width)
         byol.pretrain(byol.resume_config(None, more), resume=True, net=SmallNet(width=4), hidden_layer=HIDDEN)
+    with pytest.raises(CheckpointError, match=r"\(the run trained a SmallNet, and net is a Sequential\)"):
+        byol.knn(out / "checkpoints" / "last.pt", net=nn.Sequential(*SmallNet(width=4)), limit=20)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4  # nothing trained by any of them
 
 
@@ -237,3 +245,75 @@ def test_under_torchrun_a_network_of_your_own_holds_the_trained_weights_and_may_
     for name in ("traced", "hooked"):
         total, equal = seen[name]
         assert total > 0 and equal, (name, seen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_network_not_in_float32_is_one_sentence(tmp_path, cifar10_root, dtype):
+    """A user test: net.double() ended in a traceback from its first convolution (the views are float32), and
+    net.bfloat16() trained a target whose EMA steps were rounded away."""
+    config = load_config("cifar10", settings(tmp_path / "run", cifar10_root, **{"train.max_steps": 1}))
+    with pytest.raises(TypeError, match=rf"net's parameters are {dtype}, .*float32.*give net.float\(\)"):
+        byol.pretrain(config, net=SmallNet().to(dtype), hidden_layer=HIDDEN)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_from_its_weights(tmp_path,
+                                                                                               cifar10_root, capsys):
+    """A user test: a sweep that built its network once trained each run on from the one before, silently."""
+    net, quick = SmallNet().eval(), {"train.max_steps": 1, "train.knn_limit": 50}  # (the monitor sets modes)
+    byol.pretrain(load_config("cifar10", settings(tmp_path / "a", cifar10_root, **quick)), net=net, hidden_layer=HIDDEN)
+    assert "trained by an earlier byol.pretrain" not in capsys.readouterr().err
+    assert not any(m.training for m in net.modules())  # as given (a user test: its layers were left training)
+    byol.pretrain(load_config("cifar10", settings(tmp_path / "b", cifar10_root, **quick)), net=net, hidden_layer=HIDDEN)
+    said = capsys.readouterr().err
+    assert f"net was trained by an earlier byol.pretrain in this process (in {tmp_path / 'a'})" in said, said
+    byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path / 'b'}", "--train.max_steps=2"]),
+                  resume=True, net=net, hidden_layer=HIDDEN)  # a resume: the checkpoint's weights, nothing to say
+    assert "trained by an earlier" not in capsys.readouterr().err
+
+TORCHRUN = """
+import sys
+
+import torch
+from torch import nn
+from torchvision.ops import Conv2dNormActivation
+
+import byol
+from byol.checkpoint import load_checkpoint
+from byol.config import load_config
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), Conv2dNormActivation(8, 8, 1),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    norms = [net[1], net[2][1]]  # net's own, and one inside a child (which the conversion replaced in place)
+    layer = int(sys.argv[2]) if sys.argv[2].isdigit() else sys.argv[2]
+    byol.pretrain(load_config("cifar10", sys.argv[3:]), net=net, hidden_layer=layer)
+    assert net[1] is norms[0] and net[2][1] is norms[1], net
+    state = load_checkpoint(sys.argv[1])  # (a user test: a rank but rank 0 found none, or the epoch's before)
+    assert state["step"] == 3, state["step"]
+    saved = state["model"]
+    for key, value in net.state_dict().items():  # the weights and statistics the run trained, on every rank
+        entry = saved.get(f"online.encoder.body.{key}", saved.get(f"online.encoder.net.{key}"))
+        assert (entry is None and key.startswith("5.")) or torch.equal(value, entry), key
+"""
+
+
+@pytest.mark.parametrize("layer", [3, "2.1"])  # traced; inside a torchvision.ops block, taken by a forward hook
+def test_under_torchrun_the_network_given_holds_its_own_batchnorm_layers_with_what_they_trained(tmp_path, layer,
+                                                                                                cifar10_root):
+    """A user test: after a torchrun, net's BatchNorm layers inside its children were byol's synchronized ones
+    (in training mode, a call outside the run waited on the other ranks, or failed without a process group),
+    and those of its own kept their initial statistics (the run's were in the synchronized copies); a layer
+    taken by a forward hook failed at the second step (DDP: parameters that got no gradient, the layers after);
+    and byol.pretrain returned on rank 1 before rank 0 wrote the last checkpoint, which rank 1 evaluated next."""
+    script = tmp_path / "given.py"
+    script.write_text(TORCHRUN)
+    out = tmp_path / "run"
+    overrides = settings(out, cifar10_root, **{"train.epochs": 2, "train.max_steps": 3, "train.knn_every": -1,
+                                                "data.limit": 32})  # (a checkpoint at step 2, the epoch's end)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", str(script),
+                           str(out / "checkpoints" / "last.pt"), str(layer), *overrides], capture_output=True,
+                          text=True, env={**torchrun_env(), "TMPDIR": str(tmp_path)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,3 +1,4 @@
+import copy
 from itertools import chain
 
 import pytest
@@ -648,7 +649,7 @@ def test_synchronized_batchnorm_under_bf16_autocast_as_batchnorm(monkeypatch):
     monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t)  # one process
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(4)
-    synced = GlobalBatchNorm.like(ref)  # its own running statistics, ref's weight and bias
+    synced = GlobalBatchNorm.like(copy.deepcopy(ref))  # (like shares its running statistics)
     x = (torch.randn(6, 4, 5, 5) * 3 + 50).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, expected = synced(x), ref(x)
@@ -665,7 +666,7 @@ def test_synchronized_batchnorm_of_a_converted_projector_keeps_its_dtype(monkeyp
     monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t)  # one process
     torch.manual_seed(0)
     ref = nn.BatchNorm1d(4).to(dtype)
-    synced = GlobalBatchNorm.like(ref)
+    synced = GlobalBatchNorm.like(copy.deepcopy(ref))
     x = (torch.randn(6, 4, dtype=torch.float64) * 3 + 50).to(dtype)
     y = synced(x)
     ref(x)  # (its running statistics; its bfloat16 output is 10x further from the exact one than this)
