@@ -214,7 +214,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     Deviation from the paper (BYOL, Appendix C): its linear evaluation trains the classifier on
     random crops and flips, passing each through the frozen encoder; here features are computed
     once, without augmentation, as is common for fast evaluation of self-supervised encoders.
-    Expect numbers a little below those of the paper's protocol.
+    How far, and which way, numbers then land from the paper's protocol's is not measured.
 
     Args:
         train_features, train_labels: (N, D) features and (N,) integer labels to fit on.

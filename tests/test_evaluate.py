@@ -106,6 +106,27 @@ def test_knn_accuracy_matches_knn_classify_for_every_k():
     assert knn_accuracy(x, y, q, qy, ks=(5, 1, 5, 5)) == {5: acc[5], 1: acc[1]}
 
 
+def lightly_knn_predict(feature, feature_bank, feature_labels, num_classes, knn_k=200, knn_t=0.1):
+    """lightly 1.6.0's ``lightly.utils.benchmarking.knn_predict`` (MoCo's CIFAR-10 demo), transcribed: lightly is
+    not a test dependency. Its benchmark passes both sides L2-normalized and the bank as (D, N)."""
+    sim_weight, sim_indices = torch.mm(feature, feature_bank).topk(k=knn_k, dim=-1)
+    sim_labels = torch.gather(feature_labels.expand(feature.size(0), -1), dim=-1, index=sim_indices)
+    one_hot = torch.zeros(feature.size(0) * knn_k, num_classes).scatter(-1, sim_labels.view(-1, 1), 1.0)
+    scores = (one_hot.view(feature.size(0), -1, num_classes) * (sim_weight / knn_t).exp().unsqueeze(-1)).sum(1)
+    return scores.argsort(dim=-1, descending=True)
+
+
+def test_knn_predictions_are_lightlys_knn_predict():
+    """What README's results call lightly's classifier: the same top-1 prediction for every query (the
+    scores differ by a factor per row, exp(max sim / T), which keeps a small T from overflowing)."""
+    x, y, q, _ = random_split(n_train=500, n_test=200, d=16, c=10)
+    bank, queries = torch.nn.functional.normalize(x), torch.nn.functional.normalize(q)
+    for k, t in ((20, 0.1), (200, 0.1), (20, 0.07)):
+        theirs = lightly_knn_predict(queries, bank.t().contiguous(), y, 10, knn_k=k, knn_t=t)[:, 0]
+        ours = knn_classify(x, y, q, k=k, temperature=t, num_classes=10, chunk_size=64).argmax(1)
+        assert torch.equal(ours, theirs), (k, t)
+
+
 def separable(n, d=16, c=4, seed=0):
     """Gaussian blobs whose centres are 8 standard deviations apart or more: linearly separable."""
     centres = 8 * torch.eye(c, d) + 3  # (C, D), pairwise distance 8 * sqrt(2)
