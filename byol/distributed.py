@@ -134,10 +134,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     @classmethod
     def like(cls, bn: nn.modules.batchnorm._BatchNorm) -> "GlobalBatchNorm":
+        """One in ``bn``'s place that shares its parameters and statistics (not a copy of them)."""
         source = next((t for t in (bn.running_mean, bn.weight) if t is not None), None)  # its device and dtype
         factory = {} if source is None else {"device": source.device, "dtype": source.dtype}
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **factory)
-        new.load_state_dict(bn.state_dict())
         if bn.affine:  # keep the parameter objects, so optimizers and the feature extractor see them
             new.weight, new.bias = bn.weight, bn.bias
         # and the statistics, as torch's SyncBatchNorm.convert_sync_batchnorm does: bn holds what training computed

@@ -77,10 +77,11 @@ def put_back(modules: list[tuple[Optional[nn.Module], str, nn.Module, bool]]) ->
     """The modules of :func:`as_given` back in their places and modes, after the run: a network given holds its
     own BatchNorm layers, which need no process group (a synchronized one in training mode would wait on every
     rank, or fail where none is), and a network given in eval mode is not left with its layers in training mode."""
-    for parent, name, module, training in modules:
+    for parent, name, module, _ in modules:
         if parent is not None:
             setattr(parent, name, module)
-        module.training = training
+    for _, _, module, training in modules:  # parents first: each module's own mode set last
+        module.train(training)  # (not the flag alone: a module may act on it, as torchvision's DualGraphModule)
 
 
 def trained(net: Optional[nn.Module], out_dir: str) -> None:

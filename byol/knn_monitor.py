@@ -18,7 +18,7 @@ from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, rea
 from .model import BYOL
 from .reporting import log_knn, shows_bars
 from .run_folder import RunFolder
-from .step import ViewsForward, channels_last_crash
+from .step import channels_last_crash, to_step_layout
 from .train_data import TrainData
 
 
@@ -102,8 +102,7 @@ def score_the_end(config: Config, byol: BYOL, data: TrainData, device: torch.dev
     and its final kNN was never scored). On the encoder in the layout the run's steps left it in (channels_last
     where they ran in it), so that the accuracies are an uninterrupted run's."""
     t = config.train
-    ViewsForward(byol, channels_last=channels_last_crash(byol, t.batch_size // world, device,  # (as step_forward
-                                                         config.data.image_size) is None)  # puts it, for the steps)
+    to_step_layout(byol, channels_last_crash(byol, t.batch_size // world, device, config.data.image_size) is None)
     log = folder.metrics_log(resume_step=step) if folder is not None else None
     if rank == 0:
         print(f"note: the kNN evaluation of the run's end (step {step}) was not logged; it is scored now",

@@ -275,14 +275,19 @@ class ViewsForward(nn.Module):
     def __init__(self, byol: BYOL, channels_last: bool = True):
         super().__init__()
         self.byol = byol
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            byol.to(memory_format=torch.channels_last)
+        self.memory_format = to_step_layout(byol, channels_last)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         view1 = view1.contiguous(memory_format=self.memory_format)
         view2 = view2.contiguous(memory_format=self.memory_format)
         return self.byol.forward_views(view1, view2)
+
+
+def to_step_layout(byol: BYOL, channels_last: bool) -> torch.memory_format:
+    """``byol``'s parameters put in the layout the steps run in (channels_last, in place), which is returned."""
+    if channels_last:
+        byol.to(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:
@@ -299,7 +304,7 @@ def loop_step_class(cuda_graph: bool, device: torch.device, world: int) -> type:
 
 
 def step_forward(byol: BYOL, compile: object, device: torch.device, world: int, rank: int, batch: int,
-                  image_size: int):
+                 image_size: int):
     """The step's (loss computation, augmentations): channels_last where that does not crash,
     DDP-wrapped under torchrun, compiled with ``train.compile=true``; augmentations None for byol's
     own view recipes."""

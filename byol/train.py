@@ -145,17 +145,17 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     modules = as_given(net)  # (under torchrun, synchronized BatchNorm layers take their places while it trains)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
-    if auto and not resume and folder is not None:
-        note_new_start(folder)
-    if not resume:  # (a resume loads the checkpoint's weights into net)
-        note_trained_before(net)
     benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
     try:
+        if auto and not resume and folder is not None:
+            note_new_start(folder)
+        if not resume:  # (a resume loads the checkpoint's weights into net)
+            note_trained_before(net)
         # the caller's generators (torch's, CUDA's, NumPy's, Python's) and defaults, as they were
         with rng_state_kept(), usual_torch_defaults():
             results = _pretrain(config, resume, rank, world, folder, net, given)
-        dist.barrier()  # (under torchrun: rank 0 has written the run's last checkpoint, which a rank may read next)
-        trained(net, config.train.out_dir)  # (a later new run given net says that it starts from these weights)
+        if world > 1:  # (not a process group of the caller's, for a run of one process: its ranks would wait)
+            dist.barrier()  # rank 0 has written the run's last checkpoint, which a rank may read next
         return results
     except BaseException:
         if folder is not None:
@@ -165,6 +165,8 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
         torch.backends.cudnn.benchmark = benchmark
         put_back(modules)
         if folder is not None:
+            if folder.started:  # net's weights trained (also by a start that failed or was stopped since)
+                trained(net, config.train.out_dir)  # a later new run given net says it starts from them
             folder.release()  # the next start may write the folder
 
 
@@ -195,7 +197,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         return results
     _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
     forward, augment = step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
-                                     config.data.image_size)
+                                    config.data.image_size)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
     if log is not None and not resume:  # (TensorBoard shows a run's first settings: a resume's would not show)
         log.settings(config.to_dict())

@@ -193,8 +193,8 @@ def test_a_network_not_in_float32_is_one_sentence(tmp_path, cifar10_root, dtype)
     assert not (tmp_path / "run").exists()
 
 
-def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_from_its_weights(tmp_path,
-                                                                                               cifar10_root, capsys):
+def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_from_its_weights(
+        tmp_path, cifar10_root, capsys, monkeypatch):
     """A user test: a sweep that built its network once trained each run on from the one before, silently."""
     net, quick = SmallNet().eval(), {"train.max_steps": 1, "train.knn_limit": 50}  # (the monitor sets modes)
     byol.pretrain(load_config("cifar10", settings(tmp_path / "a", cifar10_root, **quick)), net=net, hidden_layer=HIDDEN)
@@ -206,6 +206,19 @@ def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_f
     byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path / 'b'}", "--train.max_steps=2"]),
                   resume=True, net=net, hidden_layer=HIDDEN)  # a resume: the checkpoint's weights, nothing to say
     assert "trained by an earlier" not in capsys.readouterr().err
+    failing = SmallNet()  # a run that trained a step, then failed (a review: its net was not remembered)
+    knn = byol.knn_monitor.knn_eval
+    calls = []
+    monkeypatch.setattr(byol.knn_monitor, "knn_eval", lambda *a, **k: calls.append(1) or (
+        knn(*a, **k) if len(calls) == 1 else 1 / 0))  # the final kNN fails, after the last step
+    with pytest.raises(ZeroDivisionError):
+        byol.pretrain(load_config("cifar10", settings(tmp_path / "c", cifar10_root, **quick)), net=failing,
+                      hidden_layer=HIDDEN)
+    monkeypatch.undo()
+    capsys.readouterr()
+    byol.pretrain(load_config("cifar10", settings(tmp_path / "d", cifar10_root, **quick)), net=failing,
+                  hidden_layer=HIDDEN)
+    assert f"earlier byol.pretrain in this process (in {tmp_path / 'c'})" in capsys.readouterr().err
 
 TORCHRUN = """
 import sys
