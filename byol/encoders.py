@@ -85,7 +85,7 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         config = _saved_config(state, path)
         origin.update(_trained(state))
         if record is not None:
-            net = given_encoder(state, config, own_net, record["hidden_layer"], path, random_init)
+            net = given_encoder(state, config, own_net, record, path, random_init)
         elif random_init:
             net = _initial_net(config)
         else:

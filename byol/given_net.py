@@ -183,13 +183,13 @@ def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bo
     return record
 
 
-def given_encoder(state: dict, config: Config, net: nn.Module, hidden_layer: Cut, path: Path,
+def given_encoder(state: dict, config: Config, net: nn.Module, record: dict, path: Path,
                   random_init: bool) -> nn.Module:
-    """The online encoder of a checkpoint of a run on a network given from Python: ``net`` cut at the run's
-    ``hidden_layer`` as training cut it, the checkpoint's weights loaded into ``net`` (``random_init``: its own
+    """The online encoder of a checkpoint of a run on a network given from Python (``record``, its
+    :func:`check_eval`): ``net`` cut at the run's ``hidden_layer`` as training cut it, the checkpoint's weights loaded into ``net`` (``random_init``: its own
     kept; the run's initial weights cannot be rebuilt from a network byol did not make), in eval mode."""
-    byol = build_model(config, net, hidden_layer)
+    byol = build_model(config, net, record["hidden_layer"])
     if not random_init:
-        load_model_state(byol, state["model"], str(path), **other_net(recorded(state), type(net).__name__))
+        load_model_state(byol, state["model"], str(path), **other_net(record, type(net).__name__))
     net.eval()
     return byol.encoder
