@@ -262,15 +262,22 @@ def _malformed_entry(state: dict) -> Optional[str]:
 def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint",
                      guess: str = "different backbone, width, projector sizes or predictor?") -> None:
     """``load_state_dict(strict=True)`` that turns a mismatch into a :class:`CheckpointError`, with ``guess``
-    (what may differ) and the keys that do."""
+    (what may differ) and the keys that do. A state that does not load leaves the model as it was (a network
+    given from Python is the user's; load_state_dict copies what fits before it refuses the rest)."""
+    own = unwrap(model).state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != v.shape]
+    # torch may yet take a state these find differences in (an old BatchNorm's missing num_batches_tracked): a
+    # copy to put back is taken only then, and not on the way of every state that loads
+    kept = ({k: v.clone() if torch.is_tensor(v) else v for k, v in own.items()}
+            if missing or unexpected or shapes else None)
     try:
         unwrap(model).load_state_dict(state_dict, strict=True)
     except RuntimeError:
-        own = unwrap(model).state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                  if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != v.shape]
+        if kept is not None:
+            unwrap(model).load_state_dict(kept)
         parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
             (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
             (shapes, "of another shape")) if found]

@@ -133,6 +133,19 @@ def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, t
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4  # nothing trained by any of them
 
 
+def test_a_network_that_does_not_take_the_run_s_weights_is_left_as_it_was(run, cifar10_root):
+    out = run[0]
+    net = SmallNet(seed=5)
+    net[0] = nn.Conv2d(3, 8, 5, padding=2)  # another kernel: the BatchNorm after it fits the run's
+    given = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"2 of another shape \(e.g. online.encoder.body.0.weight"):
+        byol.knn(out / "checkpoints" / "last.pt", net=net, limit=20)
+    more = [f"--train.out_dir={out}", "--train.max_steps=6"]
+    with pytest.raises(CheckpointError, match="of another shape"):
+        byol.pretrain(byol.resume_config(None, more), resume=True, net=net, hidden_layer=HIDDEN)
+    assert all(torch.equal(v, given[k]) for k, v in net.state_dict().items())  # none of the BatchNorm's loaded
+
+
 def test_a_resnet_run_is_neither_resumed_nor_evaluated_with_a_net(tmp_path, cifar10_root):
     config = load_config("cifar10", settings(tmp_path, cifar10_root, **{"train.max_steps": 1, "train.knn_every": -1}))
     byol.pretrain(config)
