@@ -41,6 +41,9 @@ def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
         raise TypeError(f"net's parameters are {', '.join(other)}, and byol.pretrain trains a float32 network (bf16 "
                         "with train.precision=bf16, under autocast, where its target's EMA steps are not rounded "
                         "away): give net.float()")
+    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # (torch's traceback from moving it)
+        raise TypeError("net's weights are on the meta device, which holds no values: make them with "
+                        "net.to_empty(device=...) and initialize them (or load weights) before pretraining")
     if isinstance(hidden_layer, numbers.Integral):
         hidden_layer = int(hidden_layer)  # (NumPy's, as a plain int: checkpoints load with weights_only)
         children = [name for name, _ in net.named_children()]

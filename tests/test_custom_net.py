@@ -206,6 +206,14 @@ def test_a_network_not_in_float32_is_one_sentence(tmp_path, cifar10_root, dtype)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_network_on_the_meta_device_is_one_sentence(tmp_path, cifar10_root):
+    """Noticed in a review: torch's traceback from moving it to the run's device."""
+    config = load_config("cifar10", settings(tmp_path / "run", cifar10_root, **{"train.max_steps": 1}))
+    with pytest.raises(TypeError, match=r"net's weights are on the meta device.*net.to_empty\(device=...\)"):
+        byol.pretrain(config, net=SmallNet().to("meta"), hidden_layer=HIDDEN)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_from_its_weights(
         tmp_path, cifar10_root, capsys, monkeypatch):
     """A user test: a sweep that built its network once trained each run on from the one before, silently."""
