@@ -168,6 +168,10 @@ def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bo
     given from Python (None: a ResNet run's), once ``net`` (the network given here, or None) fits what it is."""
     record = recorded(state)
     if record is None:
+        if net is not None and "model" not in state:  # (a state_dict: said to be a ResNet's, whose run asked for net=)
+            raise CheckpointError(f"net= takes the checkpoint of a run pretrained on a network given from Python "
+                                  f"(RUN/checkpoints/last.pt), and {path} is a state_dict, not a run's checkpoint: "
+                                  "load a state_dict of net with net.load_state_dict(torch.load(path))")
         if net is not None:
             raise CheckpointError(f"net= takes the checkpoint of a run pretrained on a network given from Python "
                                   f"(byol.pretrain(config, net=...)), and {path} is of a ResNet that byol builds by "

@@ -172,6 +172,8 @@ def test_without_net_eval_embed_and_export_name_the_python_call(run, cli, tmp_pa
         with pytest.raises(CheckpointError, match=r"a state_dict beside the config.yaml of a run on a network given "
                                                   r"from Python \(model.backbone=custom\)"):
             call()
+    with pytest.raises(CheckpointError, match=r"encoder.pt is a state_dict, not a run's checkpoint"):
+        byol.knn(tmp_path / "encoder.pt", limit=20, net=SmallNet())  # (a review: said to be a ResNet's)
     other = tmp_path / "other"  # a config.yaml from elsewhere beside a file that is no state_dict: said as before
     other.mkdir()
     (other / "config.yaml").write_text("model:\n  depth: 3\n")
