@@ -188,20 +188,24 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
                               f"Python (model.backbone={GIVEN_BACKBONE}), which byol cannot build: evaluate the "
                               "run's checkpoint with net=, e.g. byol.knn('RUN/checkpoints/last.pt', net=net)")
     if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
-        raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})")
+        raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})"
+                              f"{_peer_resnet(state, path)}")
     if beside.is_file():
         config, what = load_config(str(beside)), str(path)
     else:
         config, found = Config(), resnet_settings(state)
-        for key, value in (found or {}).items():
+        if found is None:  # no model.* setting makes one of those load it
+            raise CheckpointError(f"{path} is a state_dict whose keys and shapes are not those of a ResNet byol builds "
+                                  f"({', '.join(RESNETS)}, of any width, with a 3x3 or 7x7 first convolution), which "
+                                  "are all byol eval and embed read; for another network, load it yourself and give "
+                                  "its features from byol.features.extract_features(net, images, mean=..., std=...) "
+                                  "to byol.evaluate.knn_accuracy or linear_probe")
+        for key, value in found.items():
             setattr(config.model, key, value)
         said = _settings(config)
         apply_overrides(config, [o for o in overrides if o.removeprefix("--").startswith("model.")])
         used = _settings(config)
-        if found is None:
-            how = f"its keys and shapes are not those of a ResNet byol builds ({', '.join(RESNETS)}): read as {used}"
-        else:
-            how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
+        how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
         what = f"{path} (no config.yaml beside it; {how})"
     if random_init:
         return _initial_net(config), config
@@ -210,6 +214,34 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
     load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what)
     return net, config
+
+
+def _peer_resnet(state: object, path: Path) -> str:
+    """Where a peer's checkpoint holds its online encoder, said as how to save it as the state_dict byol
+    reads ('' where it holds no ResNet): byol-pytorch's learner (``net.``), solo-learn's module
+    (``backbone.``), lightly's (``backbone.``, an ``nn.Sequential`` of the ResNet's children), each also in
+    a Lightning checkpoint's ``state_dict``. (A user test: they were refused with their first keys alone.)"""
+    lightning = isinstance(state, dict) and isinstance(state.get("state_dict"), dict)
+    keys = set(state["state_dict"] if lightning else state) if isinstance(state, dict) else set()
+    found = {k[:-len(leaf)]: numbered for k in keys if isinstance(k, str)
+             for leaf, inner, numbered in (("conv1.weight", "layer1.0.conv1.weight", False),
+                                          ("0.weight", "4.0.conv1.weight", True))
+             if k.endswith(leaf) and k[:-len(leaf)] + inner in keys}
+    target = [p for p in found if any(w in p.lower() for w in ("target", "momentum", "teacher", "ema"))]
+    online = sorted((p for p in found if p not in target), key=len)  # byol-pytorch's net. is online_encoder.net.
+    if not online:
+        return ""
+    prefix, sd = online[0], f"torch.load({str(path)!r})" + "['state_dict']" * lightning
+    where = (f"; its online encoder looks to be the ResNet under the keys '{prefix}'" if prefix else
+             "; its 'state_dict' looks to be a ResNet's" if lightning else "; it looks to be a ResNet's") + (
+        f" (not {', '.join(repr(p) for p in sorted(target))}: the target's)" if target else "")
+    if found[prefix]:
+        return (f"{where}, numbered as nn.Sequential(*list(resnet.children())[:-1]) numbers it (lightly's "
+                "backbone): load it into that model and give the ResNet's own, torch.save(resnet.state_dict(), "
+                "'encoder.pt'), which holds the same weights")
+    save = (f"sd = {sd}; torch.save({{k[{len(prefix)}:]: v for k, v in sd.items() if k.startswith('{prefix}')}}, "
+            "'encoder.pt')" if prefix else f"torch.save({sd}, 'encoder.pt')")
+    return f"{where}: save that alone, {save}, and give encoder.pt"
 
 
 def _of_a_given_net(config_yaml: Path) -> bool:
@@ -261,8 +293,11 @@ def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:
         exported = (path.parent / "export.json").is_file()  # an export folder copied without its config.yaml
         why = (", which byol export wrote beside export.json (it says what the encoder was trained on: copy it "
                "there too)" if exported else ", so nothing says what its encoder was trained on")
+        imagenet = (" (--augment.preset=paper: ImageNet's mean and std, as byol-pytorch's and lightly's views "
+                    "normalize)" if "augment.preset" in assumed else "")
         note(f"{path} has no config.yaml beside it{why}: its input is taken to be the default, {values}; give "
-             f"{' and '.join('--' + k for k in assumed)} if it was not")
+             f"{' and '.join('--' + k for k in assumed)} if it was not{imagenet}; its network is read off its "
+             f"keys as {_settings(config)}")
 
 
 def _settings(config: Config) -> str:

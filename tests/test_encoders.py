@@ -76,3 +76,79 @@ def test_an_exported_encoder_at_random_init_is_the_encoder_its_run_started_from(
     trunk = [k for k in initial if not k.startswith("fc.")]
     assert all(torch.equal(initial[k], exported[k]) for k in trunk)
     assert not all(torch.equal(initial[k], trained[k]) for k in trunk)
+
+
+def _peers_checkpoints(online: torch.nn.Module, target: torch.nn.Module) -> dict:
+    """The ways the peers save a BYOL model, the online and target ResNets under their own keys."""
+    def under(prefix, net):
+        return {prefix + k: v for k, v in net.state_dict().items()}
+
+    def numbered(net):  # lightly's backbone: nn.Sequential(*list(resnet.children())[:-1])
+        return torch.nn.Sequential(*list(net.children())[:-1])
+
+    head = {"projector.0.weight": torch.zeros(4, 2)}
+    return {
+        "byol-pytorch": {**under("net.", online), **under("online_encoder.net.", online), **head,
+                         **under("target_encoder.net.", target)},
+        "solo-learn": {"state_dict": {**under("backbone.", online), **under("momentum_backbone.", target), **head},
+                       "epoch": 1},
+        "lightning": {"state_dict": online.state_dict(), "epoch": 1},
+        "lightly": {**under("backbone.", numbered(online)), **under("backbone_momentum.", numbered(target)), **head},
+        "lightly-lightning": {"state_dict": {**under("backbone.", numbered(online)),
+                                             **under("backbone_momentum.", numbered(target))}},
+    }
+
+
+@pytest.mark.parametrize("peer", ["byol-pytorch", "solo-learn", "lightning", "lightly", "lightly-lightning"])
+def test_a_peer_s_checkpoint_is_refused_in_a_sentence_that_says_where_its_online_encoder_is(tmp_path, peer,
+                                                                                          monkeypatch):
+    """byol-pytorch's learner, lightly's and solo-learn's BYOL modules and Lightning checkpoints were refused
+    with their first keys alone (a user test): the sentence now names the online ResNet's keys (not the
+    target's) and how to save it as the state_dict byol reads, and doing as it says loads the online weights."""
+    import re
+    from byol.checkpoint import CheckpointError
+    torch.manual_seed(0)
+    online, target = resnet("resnet18", cifar_stem=True, width=8), resnet("resnet18", cifar_stem=True, width=8)
+    path = tmp_path / "peer.pt"
+    torch.save(_peers_checkpoints(online, target)[peer], path)
+    with pytest.raises(CheckpointError, match="holds neither a byol checkpoint nor an encoder state_dict") as e:
+        load_encoder(path)
+    line = str(e.value)
+    assert "\n" not in line and ("the target's" in line) == (peer != "lightning"), line
+    if peer.startswith("lightly"):  # numbered as an nn.Sequential: its resnet holds the same weights
+        assert "nn.Sequential(*list(resnet.children())[:-1])" in line and "resnet.state_dict()" in line, line
+        return
+    code = re.search(r"save that alone, (.*), and give encoder\.pt$", line).group(1)
+    monkeypatch.chdir(tmp_path)  # the sentence's code writes encoder.pt where it runs
+    exec(code, {"torch": torch}, {})
+    loaded, config = load_encoder(tmp_path / "encoder.pt")
+    assert config.model.width == 8
+    trunk = {k: v for k, v in online.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trunk.items())
+
+
+def test_a_state_dict_of_a_resnet_byol_does_not_build_is_one_sentence_that_says_so(tmp_path):
+    """A torchvision resnet101's state_dict was read as the default resnet18 with a CIFAR stem (its 7x7
+    conv1 notwithstanding) and refused with 500 keys' mismatch and a guess about projectors (a user test)."""
+    import torchvision
+    from byol.checkpoint import CheckpointError
+    torch.save(torchvision.models.resnet101().state_dict(), tmp_path / "r101.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(tmp_path / "r101.pt")
+    line = str(e.value)
+    assert "is a state_dict whose keys and shapes are not those of a ResNet byol builds (resnet18, resnet34, " \
+        "resnet50" in line and "byol.features.extract_features(" in line, line
+    assert "read as" not in line and "projector" not in line, line
+
+
+def test_the_note_on_a_bare_state_dict_says_what_it_was_read_as_and_which_preset_is_imagenet_s(tmp_path, capsys):
+    """byol-pytorch's and lightly's default views normalize with ImageNet's mean and std, not the assumed
+    CIFAR-10's, and the note did not say which preset has those; nor what architecture the keys were read as
+    (a 3x3 first convolution is read as the CIFAR stem, without max-pool, which the keys cannot show)."""
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    load_encoder(tmp_path / "r18.pt")
+    err = capsys.readouterr().err
+    assert "give --augment.preset if it was not (--augment.preset=paper: ImageNet's mean and std, as " \
+        "byol-pytorch's and lightly's views normalize); its network is read off its keys as " \
+        "model.backbone=resnet18, model.cifar_stem=false, model.width=64" in err, err
