@@ -290,10 +290,21 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     info = {"n_train": len(train_f), "n_test": len(test_f), "test_split": held,
             "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
             "random_init": random_init, "feature_dim": train_f.shape[1],
-            "image_size": _input_size(test, eval_crop(config)),
+            "image_size": _input_size(test, eval_crop(config)), **_input_of(config, own_net),
             "device": str(device),
             "precision": precision_name(autocast_dtype(config.train.precision, device))}
     return config, device, (train_f, train_y, test_f, test_y), info, _classes_missing(train, train_y, test_y, held)
+
+
+def _input_of(config: Config, own_net: Optional[nn.Module]) -> dict:
+    """What an evaluation's result records of the encoder and what it was fed (a bare state_dict's are
+    assumed, and two results given other ones told apart by their numbers alone: a user test): the network
+    (a ResNet's settings, or the class of the network given) and the normalization's mean and std."""
+    m = config.model
+    net = {"backbone": m.backbone, **({"class": type(own_net).__name__} if own_net is not None else
+                                      {"cifar_stem": m.cifar_stem, "width": m.width})}
+    view1, _ = views_of(config)
+    return {"model": net, "mean": list(view1.mean), "std": list(view1.std)}
 
 
 def _classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor, held: str) -> Optional[str]:

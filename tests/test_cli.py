@@ -106,7 +106,9 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
     ckpt = trained[0] / "checkpoints" / "last.pt"  # step 4 of 8 an epoch (128 images, batch 16)
     precision = "bf16 autocast" if native_bf16(torch.device("cpu")) else "float32"  # train.precision=auto
     origin = {"checkpoint": str(ckpt), "step": 4, "epoch": 0.5, "random_init": False, "feature_dim": 64,
-              "image_size": 32, "device": "cpu", "precision": precision}
+              "image_size": 32, "device": "cpu", "precision": precision,
+              "model": {"backbone": "resnet18", "cifar_stem": True, "width": 8},  # (the fixture's run)
+              "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}  # augment.preset=cifar's
     assert main(["eval", "knn", str(ckpt), "--limit", "40", "--out", str(tmp_path / "k.json")]) == 0
     knn = json.loads((tmp_path / "k.json").read_text())
     assert {k: knn[k] for k in origin} == origin and "no augmentation" in knn["features"]
