@@ -212,7 +212,8 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     net = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
     # The classifier is not the encoder (eval drops it): one of another width, or none (fc = Identity), loads too.
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what)
+    load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what,
+                     guess="a ResNet whose modules are not named as torchvision's: conv1, bn1, layerN.M.downsample?")
     return net, config
 
 

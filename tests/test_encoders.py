@@ -152,3 +152,15 @@ def test_the_note_on_a_bare_state_dict_says_what_it_was_read_as_and_which_preset
     assert "give --augment.preset if it was not (--augment.preset=paper: ImageNet's mean and std, as " \
         "byol-pytorch's and lightly's views normalize); its network is read off its keys as " \
         "model.backbone=resnet18, model.cifar_stem=false, model.width=64" in err, err
+
+
+def test_a_resnet_state_dict_named_otherwise_than_torchvision_s_is_said_to_be_that(tmp_path):
+    """A CIFAR ResNet's state_dict with other names for its shortcut and classifier (shortcut, linear: a
+    popular CIFAR repository's) was refused with a guess about projectors and predictors (a user test)."""
+    from byol.checkpoint import CheckpointError
+    state = {k.replace("downsample", "shortcut").replace("fc.", "linear."): v
+             for k, v in resnet("resnet18", cifar_stem=True, width=8).state_dict().items()}
+    torch.save(state, tmp_path / "cifar_resnet.pt")
+    with pytest.raises(CheckpointError, match=r"not named as torchvision's: conv1, bn1, layerN.M.downsample\?\): "
+                                              r".*layer2.0.downsample"):
+        load_encoder(tmp_path / "cifar_resnet.pt")
