@@ -197,6 +197,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         if state["step"] < end_step_of(config, total):
             _note_changes(state, config, steps_per_epoch, images, files)
             _note_precision(_precision_of(state), precision_name(amp), config)
+            _note_threads(state.get("extra", {}).get("threads"), generator.device)
         else:
             _note_ended_by_data(state, config, steps_per_epoch)
     extra = dict(state.get("extra", {}))
@@ -229,6 +230,16 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
         keep = "bf16" if saved.startswith("bf16") else "fp32"
         print(f"note: the checkpoint's steps ran in {saved}, and this run goes on in {now} (train.precision="
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
+
+
+def _note_threads(saved: Optional[int], device: torch.device) -> None:
+    """On a CPU the number of threads orders each step's sums: say when a resumed run goes on with another
+    number than its checkpoint's steps ran with (the same run to rounding, no longer bit for bit)."""
+    now = torch.get_num_threads()
+    if device.type == "cpu" and saved is not None and saved != now:
+        print(f"note: the checkpoint's steps ran on {saved} thread{'s' * (saved != 1)} and this run goes on with "
+              f"{now}: the same run to rounding, not bit for bit; OMP_NUM_THREADS={saved} keeps {saved}",
+              file=sys.stderr)
 
 
 def _note_changes(state: dict, config: Config, steps_per_epoch: int, images: Optional[int] = None,

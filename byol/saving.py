@@ -32,6 +32,7 @@ class Checkpoints:
         self.rank, self.world, self.device = rank, world, device
         self.extra: dict = {"steps_per_epoch": len(data.batches), "images": data.size, "device": str(device),
                             "precision": precision,  # what auto resolved to (config.yaml keeps auto)
+                            "threads": torch.get_num_threads(),  # a CPU's sums are bitwise only with as many
                             "files_digest": data.names_digest}
         self.sums = sums  # the metrics' sums since the last record (LoopStep.sums), saved for a resume's
         self.last_save = time.perf_counter()

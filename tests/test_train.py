@@ -582,6 +582,52 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, cifar10
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+def test_what_a_run_reports_and_when_it_checkpoints_leave_its_training_as_it_was(tmp_path, cifar10_root):
+    """A user test (reproducibility, docs/runs.md): the kNN monitor, the records, the bar and the checkpoints'
+    schedule draw nothing from the training's generators, so two runs that differ in them alone end with
+    bitwise the same weights, optimizer state and generators, and log the same losses."""
+    common = [f"--data.root={cifar10_root}", "--optim.name=sgd", "--train.epochs=2"]
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "a", **{"train.knn_every": -1}) + common))
+    pretrain(load_config("cifar10", tiny_overrides(tmp_path / "b", **{
+        "train.knn_every": 1, "train.knn_limit": 64, "train.knn_k": 5, "train.log_every": 1, "train.progress": True,
+        "train.checkpoint_every": 1, "train.keep_freed_memory": False}) + common))
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in "ab")
+    assert a["extra"]["threads"] == b["extra"]["threads"] == torch.get_num_threads()  # what bitwise asks for
+
+    def same(x, y):
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        return torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+    for entry in ("model", "optimizer", "rng", "step"):
+        assert same(a[entry], b[entry]), entry
+    losses = [{r["step"]: r["train/loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "train/loss" in r}
+              for run in "ab"]
+    assert len(losses[1]) == 2 * len(losses[0])  # each of a's records averages b's two steps (log_every 2 and 1)
+    assert losses[0] == {step: pytest.approx((losses[1][step - 1] + losses[1][step]) / 2, rel=1e-6)
+                         for step in losses[0]}
+
+
+def test_a_resume_on_another_number_of_threads_says_it_is_not_bit_for_bit(tmp_path, cifar10_root, capsys):
+    """A user test (reproducibility): on a CPU the threads order each step's sums, and a resume on another
+    number of them went on without a word, where one in another precision says so."""
+    settings = tiny_overrides(tmp_path / "run", **{"train.knn_every": -1}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=2"]))
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]), resume=True)
+    assert "thread" not in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        pretrain(load_config("cifar10", settings + ["--train.max_steps=6"]), resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert (f"note: the checkpoint's steps ran on {threads} thread{'s' * (threads != 1)} and this run goes on with "
+            f"{threads + 1}: the same run to rounding, not bit for bit; OMP_NUM_THREADS={threads} keeps {threads}"
+            ) in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["extra"]["threads"] == threads + 1
+
+
 def stop_after_step(n: int) -> type:
     """A StopRequest as if SIGTERM came during step ``n`` of a start (the loop asks once a step)."""
     class StopAfterStep(byol.faults.StopRequest):
