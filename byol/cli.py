@@ -195,7 +195,8 @@ def _evaluate(args, overrides: list[str]) -> int:
                                  random_init=args.random_init, progress=bars, holdout=args.holdout)
         classes = f"{result['classes']} class{'es' * (result['classes'] != 1)}"
         top5 = f"{result['top5']:.2f}%" + (f" (of {classes}: always 100)" if result["classes"] <= 5 else "")
-        rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5)]
+        rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5),
+                ("probe", f"{result['epochs']} epoch{'s' * (result['epochs'] != 1)}, seed {result['seed']}")]
     rows += _encoder_rows(result)
     title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
     try:

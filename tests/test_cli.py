@@ -119,6 +119,7 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
         == 0
     linear = json.loads((tmp_path / "l.json").read_text())
     assert {k: linear[k] for k in origin} == origin
+    assert re.search(r"probe +2 epochs, seed 0\n", capsys.readouterr().out)  # (a user test: the seed was unsaid)
     assert {k: linear[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed")} == {
         "epochs": 2, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4, "seed": 0}
     assert "no augmentation, standardized" in linear["features"] and "Nesterov" in linear["optimizer"]
