@@ -269,10 +269,13 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
               if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].shape != v.shape]
+    # (torch refuses these after it has copied every other tensor: a review found a model half loaded)
+    others = [f"{k} {type(state_dict[k]).__name__}" for k, v in own.items()
+              if k in state_dict and torch.is_tensor(v) and not torch.is_tensor(state_dict[k])]
     # torch may yet take a state these find differences in (an old BatchNorm's missing num_batches_tracked): a
     # copy to put back is taken only then, and not on the way of every state that loads
     kept = ({k: v.clone() if torch.is_tensor(v) else v for k, v in own.items()}
-            if missing or unexpected or shapes else None)
+            if missing or unexpected or shapes or others else None)
     try:
         unwrap(model).load_state_dict(state_dict, strict=True)
     except RuntimeError:
@@ -280,6 +283,6 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
             unwrap(model).load_state_dict(kept)
         parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
             (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
-            (shapes, "of another shape")) if found]
+            (shapes, "of another shape"), (others, "not tensors")) if found]
         raise CheckpointError(f"{source} does not match this model ({guess}): "
                               f"{'; '.join(parts) or 'the state does not load'}") from None

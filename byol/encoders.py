@@ -4,6 +4,7 @@ with the config it goes with and where its weights come from."""
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -190,8 +191,10 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
         raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})"
                               f"{_peer_resnet(state, path)}")
+    guess = "a ResNet whose modules are not named as torchvision's: conv1, bn1, layerN.M.downsample?"
     if beside.is_file():
         config, what = load_config(str(beside)), str(path)
+        guess = "a network other than the config.yaml beside it says?"
     else:
         config, found = Config(), resnet_settings(state)
         if found is None:  # no model.* setting makes one of those load it
@@ -206,6 +209,8 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
         apply_overrides(config, [o for o in overrides if o.removeprefix("--").startswith("model.")])
         used = _settings(config)
         how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
+        if used != said:  # (the keys' own settings: a review found the naming blamed for a --model.width given)
+            guess = "model.* settings given other than its keys say?"
         what = f"{path} (no config.yaml beside it; {how})"
     if random_init:
         return _initial_net(config), config
@@ -213,7 +218,7 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     # The classifier is not the encoder (eval drops it): one of another width, or none (fc = Identity), loads too.
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}
     load_model_state(net, {**trunk, **{k: v for k, v in net.state_dict().items() if k.startswith("fc.")}}, what,
-                     guess="a ResNet whose modules are not named as torchvision's: conv1, bn1, layerN.M.downsample?")
+                     guess=guess)
     return net, config
 
 
@@ -228,11 +233,15 @@ def _peer_resnet(state: object, path: Path) -> str:
              for leaf, inner, numbered in (("conv1.weight", "layer1.0.conv1.weight", False),
                                           ("0.weight", "4.0.conv1.weight", True))
              if k.endswith(leaf) and k[:-len(leaf)] + inner in keys}
-    target = [p for p in found if any(w in p.lower() for w in ("target", "momentum", "teacher", "ema"))]
-    online = sorted((p for p in found if p not in target), key=len)  # byol-pytorch's net. is online_encoder.net.
+    # words of the prefix, not parts of them (semantic_encoder. is no EMA's); MoCo's key encoder is encoder_k.
+    words = {p: {w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+", p)} for p in found}  # (emaModel too)
+    target = [p for p in found if words[p] & {"target", "momentum", "teacher", "ema", "k"}]
+    # byol-pytorch's net. is online_encoder.net.; by name where as long (the same sentence at every call)
+    online = sorted((p for p in found if p not in target), key=lambda p: (len(p), p))
     if not online:
         return ""
-    prefix, sd = online[0], f"torch.load({str(path)!r})" + "['state_dict']" * lightning
+    # (map_location: a checkpoint of a GPU's tensors, read on a machine without one)
+    prefix, sd = online[0], f"torch.load({str(path)!r}, map_location='cpu')" + "['state_dict']" * lightning
     where = (f"; its online encoder looks to be the ResNet under the keys '{prefix}'" if prefix else
              "; its 'state_dict' looks to be a ResNet's" if lightning else "; it looks to be a ResNet's") + (
         f" (not {', '.join(repr(p) for p in sorted(target))}: the target's)" if target else "")

@@ -197,7 +197,7 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         if state["step"] < end_step_of(config, total):
             _note_changes(state, config, steps_per_epoch, images, files)
             _note_precision(_precision_of(state), precision_name(amp), config)
-            _note_threads(state.get("extra", {}).get("threads"), generator.device)
+            _note_threads(state.get("extra", {}), generator.device)
         else:
             _note_ended_by_data(state, config, steps_per_epoch)
     extra = dict(state.get("extra", {}))
@@ -232,11 +232,12 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
               f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
 
 
-def _note_threads(saved: Optional[int], device: torch.device) -> None:
+def _note_threads(extra: dict, device: torch.device) -> None:
     """On a CPU the number of threads orders each step's sums: say when a resumed run goes on with another
-    number than its checkpoint's steps ran with (the same run to rounding, no longer bit for bit)."""
-    now = torch.get_num_threads()
-    if device.type == "cpu" and saved is not None and saved != now:
+    number than its checkpoint's steps ran with on a CPU (the same run to rounding, no longer bit for bit);
+    a checkpoint of a GPU's steps is not kept bit for bit by any number of threads."""
+    saved, now = extra.get("threads"), torch.get_num_threads()
+    if device.type == "cpu" and extra.get("device") == "cpu" and saved is not None and saved != now:
         print(f"note: the checkpoint's steps ran on {saved} thread{'s' * (saved != 1)} and this run goes on with "
               f"{now}: the same run to rounding, not bit for bit; OMP_NUM_THREADS={saved} keeps {saved}",
               file=sys.stderr)

@@ -66,6 +66,19 @@ def test_a_state_missing_keys_or_with_extra_ones_but_no_other_shape_is_refused(t
         load_model_state(make()[0], {**state, "2.weight": torch.ones(1)})
 
 
+def test_a_state_with_another_type_where_a_tensor_goes_is_refused_and_leaves_the_model_as_it_was():
+    """A review: torch copies every tensor that fits before it refuses an entry that is not a tensor (weights_only
+    reads lists and numbers too), and no copy was taken to put back: the model was left all but loaded, refused
+    with 'the state does not load'."""
+    model, _ = make()
+    given = {k: v.clone() for k, v in model.state_dict().items()}
+    other = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).state_dict()  # (the generator drawn on: other weights)
+    other["1.running_mean"] = [0.0] * 4
+    with pytest.raises(CheckpointError, match=r"1 not tensors \(e.g. 1.running_mean list\)$"):
+        load_model_state(model, other)
+    assert all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
+
+
 def test_a_folder_given_as_the_checkpoint_names_the_checkpoint_in_it(tmp_path):
     """Given a run's checkpoints/ folder, the message suggested checkpoints/checkpoints/last.pt."""
     run = tmp_path / "run"

@@ -96,10 +96,15 @@ def _peers_checkpoints(online: torch.nn.Module, target: torch.nn.Module) -> dict
         "lightly": {**under("backbone.", numbered(online)), **under("backbone_momentum.", numbered(target)), **head},
         "lightly-lightning": {"state_dict": {**under("backbone.", numbered(online)),
                                              **under("backbone_momentum.", numbered(target))}},
+        # MoCo v2's: its key encoder (the target) as long as the query one, which the set's order picked by turns
+        "moco": {"state_dict": {**under("module.encoder_k.", target), **under("module.encoder_q.", online)},
+                 "arch": "resnet18"},
+        "semantic": {**under("semantic_encoder.", online), **head},  # (no EMA's: 'ema' is inside the word)
     }
 
 
-@pytest.mark.parametrize("peer", ["byol-pytorch", "solo-learn", "lightning", "lightly", "lightly-lightning"])
+@pytest.mark.parametrize("peer", ["byol-pytorch", "solo-learn", "lightning", "lightly", "lightly-lightning", "moco",
+                                  "semantic"])
 def test_a_peer_s_checkpoint_is_refused_in_a_sentence_that_says_where_its_online_encoder_is(tmp_path, peer,
                                                                                           monkeypatch):
     """byol-pytorch's learner, lightly's and solo-learn's BYOL modules and Lightning checkpoints were refused
@@ -114,7 +119,7 @@ def test_a_peer_s_checkpoint_is_refused_in_a_sentence_that_says_where_its_online
     with pytest.raises(CheckpointError, match="holds neither a byol checkpoint nor an encoder state_dict") as e:
         load_encoder(path)
     line = str(e.value)
-    assert "\n" not in line and ("the target's" in line) == (peer != "lightning"), line
+    assert "\n" not in line and ("the target's" in line) == (peer not in ("lightning", "semantic")), line
     if peer.startswith("lightly"):  # numbered as an nn.Sequential: its resnet holds the same weights
         assert "nn.Sequential(*list(resnet.children())[:-1])" in line and "resnet.state_dict()" in line, line
         return
@@ -164,3 +169,13 @@ def test_a_resnet_state_dict_named_otherwise_than_torchvision_s_is_said_to_be_th
     with pytest.raises(CheckpointError, match=r"not named as torchvision's: conv1, bn1, layerN.M.downsample\?\): "
                                               r".*layer2.0.downsample"):
         load_encoder(tmp_path / "cifar_resnet.pt")
+
+
+def test_a_resnet_state_dict_read_as_other_settings_given_says_those_not_its_names(tmp_path):
+    """A review: a --model.width given over what the keys say was refused with the guess that the modules are
+    named otherwise than torchvision's."""
+    from byol.checkpoint import CheckpointError
+    torch.save(resnet("resnet18", cifar_stem=True, width=8).state_dict(), tmp_path / "r18.pt")
+    with pytest.raises(CheckpointError, match=r"\(model.\* settings given other than its keys say\?\): 100 of another "
+                                              r"shape"):
+        load_encoder(tmp_path / "r18.pt", ["--model.width=16"])

@@ -626,6 +626,13 @@ def test_a_resume_on_another_number_of_threads_says_it_is_not_bit_for_bit(tmp_pa
             f"{threads + 1}: the same run to rounding, not bit for bit; OMP_NUM_THREADS={threads} keeps {threads}"
             ) in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["extra"]["threads"] == threads + 1
+    # A checkpoint of a GPU's steps (a review: said that OMP_NUM_THREADS=16 kept it bit for bit on this CPU)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["extra"].update(device="cuda:0", threads=threads + 15)
+    torch.save(state, path)
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=7"]), resume=True)
+    assert "thread" not in capsys.readouterr().err
 
 
 def stop_after_step(n: int) -> type:
