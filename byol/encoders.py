@@ -64,6 +64,11 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
         return _load_encoder_with_origin(path, overrides, random_init, for_export, net)
 
 
+# How to evaluate a network byol cannot build or read the weights of, said where it cannot.
+EVALUATE_YOURSELF = ("give its features from byol.features.extract_features(net, images, mean=..., std=...) to "
+                     "byol.evaluate.knn_accuracy or linear_probe")
+
+
 def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                               for_export: bool, own_net: Optional[nn.Module]) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
@@ -81,6 +86,12 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         raise refuse
     validate(apply_overrides(Config(), overrides or []), given)  # the settings given, not the checkpoint's own
     origin = {"checkpoint": str(path.absolute()), "step": None, "epoch": None}
+    if bare and own_net is not None:
+        raise CheckpointError(f"net= takes the checkpoint of a run pretrained on a network given from Python "
+                              f"(RUN/checkpoints/last.pt), and {path} is not a byol run's checkpoint: " + (
+                                  "it is a ResNet's state_dict, which byol reads without net=: leave net out"
+                                  if isinstance(state, dict) and resnet_settings(state) is not None else
+                                  f"load its weights into net yourself, then {EVALUATE_YOURSELF}"))
     record = check_eval(state if not bare else {}, own_net, path, for_export)  # a network given from Python?
     if not bare:  # a byol checkpoint
         config = _saved_config(state, path)
@@ -200,9 +211,8 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
         if found is None:  # no model.* setting makes one of those load it
             raise CheckpointError(f"{path} is a state_dict whose keys and shapes are not those of a ResNet byol builds "
                                   f"({', '.join(RESNETS)}, of any width, with a 3x3 or 7x7 first convolution), which "
-                                  "are all byol eval and embed read; for another network, load it yourself and give "
-                                  "its features from byol.features.extract_features(net, images, mean=..., std=...) "
-                                  "to byol.evaluate.knn_accuracy or linear_probe")
+                                  "are all byol eval and embed read; for another network, load it yourself and "
+                                  f"{EVALUATE_YOURSELF}")
         for key, value in found.items():
             setattr(config.model, key, value)
         said = _settings(config)
@@ -305,9 +315,10 @@ def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:
                "there too)" if exported else ", so nothing says what its encoder was trained on")
         imagenet = (" (--augment.preset=paper: ImageNet's mean and std, as byol-pytorch's and lightly's views "
                     "normalize)" if "augment.preset" in assumed else "")
+        built = ("built as given, " if any(k.startswith("model.") for k in given) else "read off its keys as ") + \
+            _settings(config)  # (a review: a --model.width given was said to be what the keys say)
         note(f"{path} has no config.yaml beside it{why}: its input is taken to be the default, {values}; give "
-             f"{' and '.join('--' + k for k in assumed)} if it was not{imagenet}; its network is read off its "
-             f"keys as {_settings(config)}")
+             f"{' and '.join('--' + k for k in assumed)} if it was not{imagenet}; its network is {built}")
 
 
 def _settings(config: Config) -> str:

@@ -30,20 +30,11 @@ def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
     as that child's name, -1 as None (the same cuts, which a resume given the other spelling refused: a review)."""
     if net is None:
         return None
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"net must be an nn.Module (the network to pretrain), not {type(net).__name__}")
+    check_net(net, "pretrain")
     if hidden_layer is not None and (isinstance(hidden_layer, bool)
                                      or not isinstance(hidden_layer, (str, numbers.Integral))):
         raise TypeError(f"hidden_layer must be a module's name or a child's index (as byol.BYOL takes), not "
                         f"{type(hidden_layer).__name__} {hidden_layer!r:.60}")  # (saved in checkpoints: plain only)
-    other = sorted({str(p.dtype) for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32})
-    if other:  # (the run's views are float32: a traceback from the first convolution)
-        raise TypeError(f"net's parameters are {', '.join(other)}, and byol.pretrain trains a float32 network (bf16 "
-                        "with train.precision=bf16, under autocast, where its target's EMA steps are not rounded "
-                        "away): give net.float()")
-    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # (torch's traceback from moving it)
-        raise TypeError("net's weights are on the meta device, which holds no values: make them with "
-                        "net.to_empty(device=...) and initialize them (or load weights) before pretraining")
     if isinstance(hidden_layer, numbers.Integral):
         hidden_layer = int(hidden_layer)  # (NumPy's, as a plain int: checkpoints load with weights_only)
         children = [name for name, _ in net.named_children()]
@@ -52,6 +43,21 @@ def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
         elif -len(children) <= hidden_layer < len(children):  # (out of range: cut_at says so)
             hidden_layer = children[hidden_layer]
     return {"class": type(net).__name__, "hidden_layer": hidden_layer}
+
+
+def check_net(net: object, use: str) -> None:
+    """``net``, given from Python to ``use`` (pretrain; evaluate or embed), is one byol runs: an ``nn.Module`` in
+    float32, its weights holding values."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be an nn.Module (the network to {use}), not {type(net).__name__}")
+    other = sorted({str(p.dtype) for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if other:  # (the views are float32: a traceback from the first convolution)
+        raise TypeError(f"net's parameters are {', '.join(other)}, and byol takes a float32 network to {use} (bf16 "
+                        "with train.precision=bf16, under autocast, where a target's EMA steps are not rounded "
+                        "away): give net.float()")
+    if any(t.is_meta for t in (*net.parameters(), *net.buffers())):  # (torch's traceback from moving it)
+        raise TypeError(f"net's weights are on the meta device, which holds no values: make them with "
+                        f"net.to_empty(device=...) and initialize them (or load weights) before you {use}")
 
 
 def given_to(config: Config, resume: bool, net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
@@ -166,12 +172,10 @@ def check_resume(state: dict, given: Optional[dict], ckpt_path: Path) -> None:
 def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bool) -> Optional[dict]:
     """The :func:`net_record` of a checkpoint to evaluate, embed or export, where its run trained a network
     given from Python (None: a ResNet run's), once ``net`` (the network given here, or None) fits what it is."""
+    if net is not None:
+        check_net(net, "evaluate or embed")
     record = recorded(state)
     if record is None:
-        if net is not None and "model" not in state:  # (a state_dict: said to be a ResNet's, whose run asked for net=)
-            raise CheckpointError(f"net= takes the checkpoint of a run pretrained on a network given from Python "
-                                  f"(RUN/checkpoints/last.pt), and {path} is a state_dict, not a run's checkpoint: "
-                                  "load a state_dict of net with net.load_state_dict(torch.load(path))")
         if net is not None:
             raise CheckpointError(f"net= takes the checkpoint of a run pretrained on a network given from Python "
                                   f"(byol.pretrain(config, net=...)), and {path} is of a ResNet that byol builds by "

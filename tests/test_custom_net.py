@@ -173,8 +173,14 @@ def test_without_net_eval_embed_and_export_name_the_python_call(run, cli, tmp_pa
         with pytest.raises(CheckpointError, match=r"a state_dict beside the config.yaml of a run on a network given "
                                                   r"from Python \(model.backbone=custom\)"):
             call()
-    with pytest.raises(CheckpointError, match=r"encoder.pt is a state_dict, not a run's checkpoint"):
+    with pytest.raises(CheckpointError, match=r"encoder.pt is not a byol run's checkpoint: load its weights into "
+                                              r"net yourself, then give its features from byol.features"):
         byol.knn(tmp_path / "encoder.pt", limit=20, net=SmallNet())  # (a review: said to be a ResNet's)
+    (tmp_path / "r18").mkdir()  # a torchvision ResNet's, alone
+    torch.save(byol.resnet("resnet18", cifar_stem=True, width=8).state_dict(), tmp_path / "r18" / "r18.pt")
+    with pytest.raises(CheckpointError, match=r"r18.pt is not a byol run's checkpoint: it is a ResNet's state_dict, "
+                                              r"which byol reads without net=: leave net out"):
+        byol.knn(tmp_path / "r18" / "r18.pt", limit=20, net=SmallNet())
     other = tmp_path / "other"  # a config.yaml from elsewhere beside a file that is no state_dict: said as before
     other.mkdir()
     (other / "config.yaml").write_text("model:\n  depth: 3\n")
@@ -209,12 +215,20 @@ def test_a_network_not_in_float32_is_one_sentence(tmp_path, cifar10_root, dtype)
     assert not (tmp_path / "run").exists()
 
 
-def test_a_network_on_the_meta_device_is_one_sentence(tmp_path, cifar10_root):
-    """Noticed in a review: torch's traceback from moving it to the run's device."""
+def test_a_network_on_the_meta_device_is_one_sentence(tmp_path, cifar10_root, run):
+    """Noticed in a review: torch's traceback from moving it to the run's device; byol.knn's, a review of that,
+    after the checkpoint's weights had loaded into it without a word (a copy into a meta tensor does nothing)."""
     config = load_config("cifar10", settings(tmp_path / "run", cifar10_root, **{"train.max_steps": 1}))
-    with pytest.raises(TypeError, match=r"net's weights are on the meta device.*net.to_empty\(device=...\)"):
+    with pytest.raises(TypeError, match=r"net's weights are on the meta device.*net.to_empty\(device=...\).*before "
+                                        r"you pretrain$"):
         byol.pretrain(config, net=SmallNet().to("meta"), hidden_layer=HIDDEN)
     assert not (tmp_path / "run").exists()
+    path = run[0] / "checkpoints" / "last.pt"
+    with pytest.raises(TypeError, match=r"net's weights are on the meta device.*before you evaluate or embed$"):
+        byol.knn(path, net=SmallNet().to("meta"), limit=20)
+    with pytest.raises(TypeError, match=r"net's parameters are torch.float64, and byol takes a float32 network to "
+                                        r"evaluate or embed"):
+        byol.embed(path, tmp_path / "e.npy", net=SmallNet().double(), limit=20)
 
 
 def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_from_its_weights(

@@ -157,6 +157,9 @@ def test_the_note_on_a_bare_state_dict_says_what_it_was_read_as_and_which_preset
     assert "give --augment.preset if it was not (--augment.preset=paper: ImageNet's mean and std, as " \
         "byol-pytorch's and lightly's views normalize); its network is read off its keys as " \
         "model.backbone=resnet18, model.cifar_stem=false, model.width=64" in err, err
+    load_encoder(tmp_path / "r18.pt", ["--model.width=16"], random_init=True)  # (a review: said to be the keys')
+    assert "its network is built as given, model.backbone=resnet18, model.cifar_stem=false, model.width=16" in \
+        capsys.readouterr().err
 
 
 def test_a_resnet_state_dict_named_otherwise_than_torchvision_s_is_said_to_be_that(tmp_path):
