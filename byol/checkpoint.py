@@ -274,15 +274,16 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
               if k in state_dict and torch.is_tensor(v) and not torch.is_tensor(state_dict[k])]
     # torch may yet take a state these find differences in (an old BatchNorm's missing num_batches_tracked): a
     # copy to put back is taken only then, and not on the way of every state that loads
-    kept = ({k: v.clone() if torch.is_tensor(v) else v for k, v in own.items()}
+    kept = ({k: v.to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in own.items()}  # (not the GPU's)
             if missing or unexpected or shapes or others else None)
     try:
         unwrap(model).load_state_dict(state_dict, strict=True)
-    except RuntimeError:
+    except RuntimeError as e:
         if kept is not None:
             unwrap(model).load_state_dict(kept)
         parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
             (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
             (shapes, "of another shape"), (others, "not tensors")) if found]
+        said = " ".join(str(e).split())[:300]  # (a module's own refusal: a learner's _extra_state)
         raise CheckpointError(f"{source} does not match this model ({guess}): "
-                              f"{'; '.join(parts) or 'the state does not load'}") from None
+                              f"{'; '.join(parts) or f'the state does not load ({said})'}") from None

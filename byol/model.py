@@ -387,4 +387,7 @@ class BYOL(nn.Module):
         return {"ema_step": self.ema_step}
 
     def set_extra_state(self, state: dict) -> None:
-        self.ema_step = int(state["ema_step"])
+        try:
+            self.ema_step = int(state["ema_step"])
+        except (KeyError, TypeError, ValueError) as e:  # (as torch's own refusals: a review found a traceback)
+            raise RuntimeError(f"_extra_state is not a BYOL learner's ({type(e).__name__}: {e})") from None

@@ -79,6 +79,20 @@ def test_a_state_with_another_type_where_a_tensor_goes_is_refused_and_leaves_the
     assert all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("extra", [{}, {"ema_step": "many"}, None])
+def test_a_learner_s_extra_state_that_is_not_one_is_refused_with_the_model_as_it_was(extra):
+    """A review: a checkpoint's _extra_state without its ema_step (edited by hand) ended in a KeyError's traceback."""
+    from byol.model import BYOL
+    learner = BYOL(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), image_size=8,
+                   hidden_layer=-1, projection_size=4, projection_hidden_size=8)
+    given = {k: v.clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}
+    state = {k: v + 1 if torch.is_tensor(v) and v.is_floating_point() else v for k, v in learner.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"does not match this model .*: the state does not load \(_extra_state "
+                                              r"is not a BYOL learner's \((KeyError|TypeError|ValueError)"):
+        load_model_state(learner, {**state, "_extra_state": extra})
+    assert all(torch.equal(v, given[k]) for k, v in learner.state_dict().items() if torch.is_tensor(v))
+
+
 def test_a_folder_given_as_the_checkpoint_names_the_checkpoint_in_it(tmp_path):
     """Given a run's checkpoints/ folder, the message suggested checkpoints/checkpoints/last.pt."""
     run = tmp_path / "run"
