@@ -1226,6 +1226,7 @@ def test_resume_auto_starts_a_run_where_there_is_no_checkpoint_and_continues_it_
     assert state["step"] == 3 and state["config"]["optim"]["momentum"] == 0.8
     err = capsys.readouterr().err
     assert f"note: resuming {run} from step 2 " in err and "differ from it and are not used" in err, err
+    assert "a new run starts" not in err  # (a mutation audit: said of a resume too, it went unnoticed)
     config = byol.load_config("cifar10", [*settings, "--train.max_steps=4"])
     byol.pretrain(config, resume="auto")  # Python's, the same
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4

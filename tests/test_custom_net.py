@@ -40,12 +40,14 @@ def settings(out_dir, root, **extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A 4-step run on SmallNet (the kNN monitor on: at its start and its end), its results and its net."""
+    """A 4-step run on SmallNet (the kNN monitor on: at its start and its end), its results and its net (given in
+    training mode, its BatchNorm layer in eval mode: frozen, as fine-tuning may leave one)."""
     from conftest import CIFAR10
     if not (CIFAR10 / "cifar-10-batches-bin" / "data_batch_1.bin").is_file():
         pytest.skip(f"real CIFAR-10 not found at {CIFAR10}")
     out = tmp_path_factory.mktemp("custom") / "run"
     net = SmallNet()
+    net[1].eval()
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     results = byol.pretrain(load_config("cifar10", settings(out, CIFAR10, **{"train.max_steps": 4})), net=net,
                             hidden_layer=HIDDEN)
@@ -66,6 +68,18 @@ def test_a_run_on_a_network_of_your_own_trains_it_and_records_it(run):
     assert torch.equal(net[0].weight, state["model"]["online.encoder.body.0.weight"])
     assert torch.equal(net[1].running_mean, state["model"]["online.encoder.body.1.running_mean"])
     assert torch.equal(net[5].weight, initial["5.weight"])
+    # Each module's mode as given (a mutation audit: the network's own mode set last put its layers' back to it)
+    assert [m.training for m in net] == [True, False, True, True, True, True] and net.training
+
+
+def test_a_cut_is_recorded_the_same_whichever_way_it_is_spelled():
+    """-1 and None both take the network's own output, and a child's index from either end is that child's name
+    (a resume given the other spelling was refused: a review; -1 was left as -1 and None, a mutation audit)."""
+    from byol.given_net import net_record
+    net = SmallNet()
+    assert net_record(net, -1) == net_record(net, None) == {"class": "SmallNet", "hidden_layer": None}
+    assert net_record(net, -3) == net_record(net, 3) == net_record(net, "3") == {"class": "SmallNet",
+                                                                                 "hidden_layer": "3"}
 
 
 def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_monitored(run, tmp_path):
@@ -88,6 +102,7 @@ def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_moni
     np.testing.assert_allclose(np.load(embedded), expected.float().numpy(), rtol=1e-5, atol=1e-6)
     encoder, _ = byol.load_encoder(path, net=(loaded := SmallNet(seed=3)))
     assert torch.equal(loaded[0].weight, net[0].weight) and next(encoder.parameters()) is loaded[0].weight
+    assert not any(m.training for m in loaded.modules())  # in eval mode, as said (a mutation audit)
 
 
 def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_path, cifar10_root):
@@ -112,6 +127,28 @@ def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_pat
     assert torch.equal(resumed[0].weight, straight[0].weight)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 6
+
+
+class Headed(nn.Module):
+    """A network whose output comes from a layer named ``fc``, as a torchvision ResNet's does."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def test_a_network_trained_whole_is_evaluated_whole(tmp_path, cifar10_root):
+    """hidden_layer=None: the representation is the network's own output, which its fc gives; the fc that byol
+    drops from its own ResNets stays in the network given (a mutation audit: replaced, unnoticed)."""
+    quick = {"train.max_steps": 1, "train.knn_every": -1}
+    byol.pretrain(load_config("cifar10", settings(tmp_path, cifar10_root, **quick)), net=Headed(), hidden_layer=None)
+    encoder, _ = byol.load_encoder(tmp_path / "checkpoints" / "last.pt", net=(given := Headed(seed=1)))
+    assert isinstance(given.fc, nn.Linear) and encoder(torch.rand(2, 3, 32, 32)).shape == (2, 4)
 
 
 def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, tmp_path):
@@ -202,6 +239,10 @@ def test_custom_is_a_backbone_only_python_gives(run, cli):
     with pytest.raises(ConfigError, match=r"model.backbone=custom is a network given from Python.*"
                                           r"byol.pretrain\(config, net=...\)"):
         byol.pretrain(saved)  # a new run from a custom run's config.yaml, without its network
+    # its resume where nothing was trained: said as any resume without a checkpoint (a mutation audit: it was
+    # blamed on the network, as if a run's checkpoint were there)
+    with pytest.raises(CheckpointError, match=r"cannot resume: no checkpoint at .*new.*; start without --resume$"):
+        byol.pretrain(saved, resume=True)
     assert not (run[0].parent / "new").exists()
 
 
@@ -222,6 +263,10 @@ def test_a_network_on_the_meta_device_is_one_sentence(tmp_path, cifar10_root, ru
     with pytest.raises(TypeError, match=r"net's weights are on the meta device.*net.to_empty\(device=...\).*before "
                                         r"you pretrain$"):
         byol.pretrain(config, net=SmallNet().to("meta"), hidden_layer=HIDDEN)
+    partly = SmallNet()
+    partly[5] = nn.Linear(8, 10, device="meta")  # a layer after the representation, still to be made
+    with pytest.raises(TypeError, match=r"net's weights are on the meta device"):
+        byol.pretrain(config, net=partly, hidden_layer=HIDDEN)
     assert not (tmp_path / "run").exists()
     path = run[0] / "checkpoints" / "last.pt"
     with pytest.raises(TypeError, match=r"net's weights are on the meta device.*before you evaluate or embed$"):
@@ -235,6 +280,9 @@ def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_f
         tmp_path, cifar10_root, capsys, monkeypatch):
     """A user test: a sweep that built its network once trained each run on from the one before, silently."""
     net, quick = SmallNet().eval(), {"train.max_steps": 1, "train.knn_limit": 50}  # (the monitor sets modes)
+    with pytest.raises(byol.DataError):  # a start that trained no step (a mutation audit: it was remembered)
+        byol.pretrain(load_config("cifar10", settings(tmp_path / "x", tmp_path / "no_data", **quick)), net=net,
+                      hidden_layer=HIDDEN)
     byol.pretrain(load_config("cifar10", settings(tmp_path / "a", cifar10_root, **quick)), net=net, hidden_layer=HIDDEN)
     assert "trained by an earlier byol.pretrain" not in capsys.readouterr().err
     assert not any(m.training for m in net.modules())  # as given (a user test: its layers were left training)

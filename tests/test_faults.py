@@ -292,13 +292,15 @@ def test_a_run_killed_in_its_final_knn_scores_it_when_resumed(tmp_path, cifar, m
     from byol.config import load_config
     from byol.train import pretrain
     knn = byol.knn_monitor.knn_eval
-    calls = []
+    calls, layouts = [], []
 
-    def killed_at_the_end(*args, **kwargs):
+    def killed_at_the_end(model, *args, **kwargs):
         calls.append(1)
+        conv = next(p for p in model.online.parameters() if p.dim() == 4)
+        layouts.append(conv.is_contiguous(memory_format=torch.channels_last))
         if len(calls) == 2:  # the state a kill leaves: the last checkpoint written, no kNN record at its step
             raise RuntimeError("killed")
-        return knn(*args, **kwargs)
+        return knn(model, *args, **kwargs)
     settings = {"train.max_steps": 4, "train.knn_every": 0}
     whole = pretrain(load_config("cifar10", [cifar, *tiny_overrides(tmp_path / "whole", **settings)]))
     monkeypatch.setattr(byol.knn_monitor, "knn_eval", killed_at_the_end)
@@ -307,8 +309,15 @@ def test_a_run_killed_in_its_final_knn_scores_it_when_resumed(tmp_path, cifar, m
     with pytest.raises(RuntimeError, match="killed"):
         pretrain(config)
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r] == [0]
+    plots = {p.name: p.read_bytes() for p in run.glob("*.png")}
     resumed = pretrain(config, resume="auto")
     assert resumed["knn"] == whole["knn"] and resumed["knn_init"] == whole["knn_init"]
+    # scored on the encoder in the layout the steps left it in (width 8, batch 16, 32 px: channels_last on a CPU
+    # too), as the run's end scores it; the plots drawn with it, and the run a success in TensorBoard's HParams
+    # tab, as the uninterrupted run (a mutation audit: none of the three was checked)
+    assert layouts[1:] == [True, True]
+    assert (run / "knn.png").read_bytes() != plots.get("knn.png")
+    assert session_status(run) == session_status(tmp_path / "whole") == "STATUS_SUCCESS"
     knn_records = [{k: v for k, v in r.items() if k != "time_s"}
                    for r in read_metrics(run / "metrics.jsonl") if "eval/knn_top1" in r]
     assert knn_records == [{k: v for k, v in r.items() if k != "time_s"}
