@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +38,10 @@ def temporary_files_in_tmp_path(tmp_path, monkeypatch):
 
 
 def torchrun_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    """The environment of a process that runs a script from elsewhere (a tmp_path), which imports byol from this
+    checkout as the tests do, not an installed one (a mutation audit: another checkout's, unnoticed)."""
+    path = [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(path)}
 
 
 def torchrun(nproc, *args, check=True, timeout=600):

@@ -677,6 +677,19 @@ def test_synchronized_batchnorm_of_a_converted_projector_keeps_its_dtype(monkeyp
     torch.testing.assert_close(synced.eval()(x), ref.eval()(x))
 
 
+def test_a_synchronized_batchnorm_like_another_shares_its_parameters_and_statistics(monkeypatch):
+    """GlobalBatchNorm.like(bn) holds bn's own tensors, not copies: a network given to byol.pretrain under torchrun
+    gets its layers back holding what they trained (a mutation audit: only the torchrun tests, in processes of
+    their own, saw copies)."""
+    monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t)  # one process
+    bn = nn.BatchNorm2d(4)
+    synced = GlobalBatchNorm.like(bn)
+    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        assert getattr(synced, name) is getattr(bn, name), name
+    synced(torch.randn(6, 4, 5, 5) * 3 + 50)
+    assert int(bn.num_batches_tracked) == 1 and bn.running_mean.mean() > 1  # what it trained, in bn
+
+
 def test_torch_compile_of_the_learner_checks_the_first_batch_without_a_warning_of_a_graph_break(capfd):
     """A user test: torch.compile(learner) trained, but its first call printed torch's 14-line warning of a
     graph break (Tensor.item() in the first batch's range check)."""
