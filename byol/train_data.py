@@ -117,7 +117,8 @@ def _check_train_split(config: Config) -> None:
 
 def _training_split(config: Config, device: torch.device, rank: int, world: int):
     """This process's batches of the training split, its size, the folder it streams from (or None), and
-    that folder as scanned, before ``data.limit`` (which the kNN monitor's bank is spread over)."""
+    the split as read, before ``data.limit``: a folder as scanned (which the kNN monitor's bank is spread
+    over), CIFAR's or STL-10's images (which its bank is, where they are the train split)."""
     d, t = config.data, config.train
     per_rank = t.batch_size // world
     _check_train_split(config)
@@ -148,6 +149,7 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
         if d.on_device is True:  # small folders: decode once, then train from device memory
             source = load_folder_tensor(source, d.workers, why="to train from memory (data.on_device=true)")
     if isinstance(source, ImageSet):
+        scanned = source if scanned is None else scanned
         if d.limit:
             source = source.first(d.limit)
         home = data_home(d.on_device, source.images.nbytes, device)
@@ -194,17 +196,19 @@ def _note_scans(splits: tuple, folder: ImageFolder) -> None:
 
 
 def _knn_splits(config: Config, device: torch.device, rank: int, world: int, folder: Optional[ImageFolder],
-                scanned: Optional[ImageFolder] = None):
+                scanned: Union[ImageFolder, ImageSet, None] = None):
     """The kNN monitor's (train, test) splits, for a folder their full sizes in files (each process holds
     its share), what the queries are (test, held-out train, val), and for a folder how many images of
     each split were decoded (all processes'); Nones where the data set has no labeled splits. A folder's
     files that cannot be decoded go with the training ``folder``'s, into the run's skipped_files.txt.
-    ``scanned``: the training folder, whole, which is not scanned again for the bank where it is ROOT/train."""
+    ``scanned``: the training folder, whole, which is not scanned again for the bank where it is ROOT/train; or
+    CIFAR's or STL-10's training images, whole, which are not read again for the bank where they are its train split."""
     d, t = config.data, config.train
     size = load_size(config)
     if d.dataset in ("cifar10", "cifar100", "stl10"):
-        try:
-            knn_train = build_dataset(d.dataset, d.root, "train", size, False)
+        try:  # the training images where they are the train split: read once, held once (150 MB for CIFAR)
+            trained_on = isinstance(scanned, ImageSet) and d.train_split == "train"
+            knn_train = scanned if trained_on else build_dataset(d.dataset, d.root, "train", size, False)
             if t.knn_holdout:
                 knn_train, knn_test = held_out(knn_train, t.knn_holdout)
             else:

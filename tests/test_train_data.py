@@ -164,6 +164,36 @@ def test_a_kNN_monitor_without_the_labeled_splits_says_how_to_turn_it_off(tmp_pa
         train_data._knn_splits(config, torch.device("cpu"), 0, 1, None)
 
 
+@pytest.mark.parametrize("overrides, reads", [
+    ([], ["train", "test"]),
+    (["--data.limit=100"], ["train", "test"]),  # the bank is the whole split, the training set its first 100
+    (["--data.train_split=test"], ["test", "train", "test"]),  # trained on another split: the bank read on its own
+])
+def test_cifar_training_images_are_read_once_and_are_the_kNN_monitor_bank(tmp_path, monkeypatch, overrides, reads):
+    """The cifar10-cpu run read CIFAR-10's train split twice at every start, for training and for the kNN
+    monitor's bank, and held it twice (150 MB). It is read once, and the bank is the training images' tensor."""
+    from test_train import fake_cifar10
+    from byol.config import load_config
+    from byol.datasets import build_dataset
+    read = []
+
+    def recording(dataset, root, split, *args):
+        read.append(split)
+        return build_dataset(dataset, root, split, *args)
+
+    monkeypatch.setattr(train_data, "build_dataset", recording)
+    root = fake_cifar10(tmp_path / "data")
+    config = load_config("cifar10-cpu", [f"--data.root={root}", "--train.batch_size=16"] + overrides)
+    data = train_data.load_data(config, torch.device("cpu"), 0, 1)
+    assert read == reads
+    train = build_dataset("cifar10", root, "train", None, False)
+    assert torch.equal(data.knn_train.images, train.images) and torch.equal(data.knn_train.labels, train.labels)
+    assert data.knn_images == (320, 64) and data.size == (100 if overrides == ["--data.limit=100"] else
+                                                          64 if overrides else 320)
+    shared = data.knn_train.images.data_ptr() == data.batches.images.data_ptr()
+    assert shared == ("--data.train_split=test" not in overrides)
+
+
 def _train_and_val(tmp_path):
     """ROOT/train (10 classes, 3 images each) and ROOT/val (1 each), and the settings to train on ROOT/train."""
     from conftest import extract_jpegs
