@@ -16,7 +16,7 @@ from torch import nn
 from . import __version__
 from .config import is_sections
 from .errors import ByolError
-from .files import temporary_beside, write_failed, write_failure
+from .files import not_a_file_to_read, temporary_beside, write_failed, write_failure
 
 
 class CheckpointError(ByolError, RuntimeError):
@@ -129,14 +129,9 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
         CheckpointError: with one sentence saying what is wrong with the file.
     """
     path = Path(path)
-    if path.is_dir():  # a run's folder, its checkpoints/ or an export's folder: the file it holds
-        held = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt", path / "encoder.pt") if p.is_file()]
-        if held:
-            raise CheckpointError(f"{path} is a directory; give a checkpoint file in it, such as {held[0]}")
-        raise CheckpointError(f"{path} is a directory; give a checkpoint file in it (e.g. "
-                              f"{path / 'checkpoints' / 'last.pt'}, or an exported encoder.pt)")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    said = not_a_file_to_read(path)
+    if said is not None:
+        raise CheckpointError(said)
     _check_format(path)
     _check_crc(path)
     try:

@@ -94,6 +94,12 @@ def run(argv: Optional[list[str]] = None) -> int:
         why = ("the model comes from the checkpoint and is exported as it was trained" if key.startswith("--model.")
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
+    if args.command != "pretrain":
+        from .errors import ByolError
+        from .files import not_a_file_to_read
+        said = not_a_file_to_read(args.checkpoint)  # (said before torch loads, by each process as a checkpoint's)
+        if said is not None:
+            raise ByolError(said)
     command = {"pretrain": _pretrain, "eval": _evaluate, "embed": _embed, "export": _export}[args.command]
     return command(args, overrides)
 

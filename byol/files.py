@@ -117,6 +117,19 @@ def _created(tmp: Path):
     return os.fdopen(fd, "wb")
 
 
+def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
+    """Why ``path``, given as a checkpoint, is no file to read (a folder, or nothing there), in one sentence;
+    None where it is a file. Without torch: the command line says a mistyped path before torch loads (3 s)."""
+    path = Path(path)
+    if path.is_dir():  # a run's folder, its checkpoints/ or an export's folder: the file it holds
+        held = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt", path / "encoder.pt") if p.is_file()]
+        if held:
+            return f"{path} is a directory; give a checkpoint file in it, such as {held[0]}"
+        return (f"{path} is a directory; give a checkpoint file in it (e.g. {path / 'checkpoints' / 'last.pt'}, or "
+                "an exported encoder.pt)")
+    return None if path.is_file() else f"checkpoint {path} does not exist"
+
+
 def topmost_missing(path: Path) -> Optional[Path]:
     """The topmost of ``path`` and its parents that does not exist (None when ``path`` does): the
     first folder that creating ``path`` makes, for :func:`remove_empty_folders` to undo it."""

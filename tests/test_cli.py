@@ -240,10 +240,11 @@ def test_eval_knn_says_when_k_is_above_the_training_images(trained, tmp_path, ca
 def test_linear_top5_of_five_classes_or_fewer_says_it_is_always_100(monkeypatch, capsys, tmp_path):
     import byol.pipeline
     from byol.cli import main
-    fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
-            "n_test": 20, "test_split": "val", "classes": 4, "feature_dim": 64, "image_size": 37, "precision": "float32",
-            "device": "cpu", "random_init": False, "step": None, "epoch": None}
+    fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "seed": 0,
+            "n_train": 40, "n_test": 20, "test_split": "val", "classes": 4, "feature_dim": 64, "image_size": 37,
+            "precision": "float32", "device": "cpu", "random_init": False, "step": None, "epoch": None}
     monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
+    (tmp_path / "x.pt").touch()  # (the command line finds the file before it loads torch)
     assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
     out = capsys.readouterr().out
     assert "100.00% (of 4 classes: always 100)" in out and "40 train / 20 val images" in out
@@ -711,9 +712,10 @@ def test_a_broken_tqdm_or_matplotlib_is_a_note_and_the_run_completes(monkeypatch
 def test_data_limit_is_refused_by_eval_and_embed_which_take_limit(capsys, tmp_path):
     """--data.limit (how many images pretraining trains on) was taken by eval and embed and did
     nothing: now one sentence pointing at --limit, before the checkpoint is read."""
-    missing = tmp_path / "nothing_here.pt"
-    for args in (["eval", "knn", missing], ["eval", "linear", missing],
-                 ["embed", missing, "--out", tmp_path / "e.npy"]):
+    unread = tmp_path / "unread.pt"
+    unread.touch()  # (no checkpoint: one that reading refuses)
+    for args in (["eval", "knn", unread], ["eval", "linear", unread],
+                 ["embed", unread, "--out", tmp_path / "e.npy"]):
         _, line = main_error(capsys, *args, "--data.limit=100")
         assert line == "byol: error: --data.limit does not apply to byol eval or embed (it is how many images " \
                        "pretraining trains on); use --limit N (limit=N from Python) for the first N images of each " \
@@ -1046,10 +1048,15 @@ def test_help_and_usage_errors_answer_without_loading_torch():
               "for argv in (['--train.bogus=1'], ['--config', 'nosuch'], ['--train.epochs=abc'],\n"
               "             ['--train.epoch=3']):\n"
               "    assert main(['pretrain', *argv]) == 2\n"
+              "for argv in (['eval', 'knn', 'nosuch.pt'], ['embed', '.', '--out', 'e.npy'],\n"
+              "             ['export', 'x', '--out', 'y']):\n"
+              "    assert main(argv) == 2\n"  # a mistyped checkpoint (3 s, a wall-clock audit), a folder
               "print('torch' in sys.modules, 'torchvision' in sys.modules)")
     proc = _fresh_python(script)
     assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stdout
-    assert proc.stderr.count("byol: error: ") == 6 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("byol: error: ") == 9 and "Traceback" not in proc.stderr, proc.stderr
+    assert "byol: error: checkpoint nosuch.pt does not exist\n" in proc.stderr
+    assert "byol: error: . is a directory; give a checkpoint file in it" in proc.stderr
     import byol  # the public names are still there, loaded on first use
     assert {"BYOL", "pretrain", "knn", "keep_freed_memory"} <= set(dir(byol)) and callable(byol.BYOL)
     assert set(byol.__all__) == set(byol._EXPORTS) and all(getattr(byol, name) is not None for name in byol.__all__)
@@ -1502,7 +1509,7 @@ def _fake_evaluations(monkeypatch) -> list:
 
     def linear(checkpoint, overrides, **kwargs):
         given.append(kwargs)
-        return {**fake, "top1": 50.0, "top5": 90.0, "train_loss": 1.0}
+        return {**fake, "top1": 50.0, "top5": 90.0, "train_loss": 1.0, "epochs": kwargs["epochs"], "seed": 0}
 
     monkeypatch.setattr(byol.pipeline, "knn", knn)
     monkeypatch.setattr(byol.pipeline, "linear", linear)
@@ -1518,6 +1525,7 @@ def test_eval_takes_the_documented_defaults_and_the_least_values_and_names_its_r
     from byol.cli import main
     given = _fake_evaluations(monkeypatch)
     ckpt = tmp_path / "last.pt"
+    ckpt.touch()  # (the command line finds the file before it loads torch)
     assert main(["eval", "knn", str(ckpt)]) == 0 and main(["eval", "linear", str(ckpt)]) == 0
     knn, linear = given
     assert (knn["ks"], knn["temperature"], knn["limit"], knn["holdout"], knn["random_init"]) == ((20, 200), 0.1, None,
@@ -1537,12 +1545,13 @@ def test_eval_takes_the_documented_defaults_and_the_least_values_and_names_its_r
     assert "last_knn.1.json" not in capsys.readouterr().err  # each its own file: none kept as an earlier result
 
 
-def test_the_last_train_progress_given_to_eval_and_embed_is_taken(monkeypatch):
+def test_the_last_train_progress_given_to_eval_and_embed_is_taken(monkeypatch, tmp_path):
     """A setting given twice: the last wins (as for pretrain, and as a script adding to common settings expects)."""
     from byol.cli import main
     given = _fake_evaluations(monkeypatch)
+    (tmp_path / "x.pt").touch()  # (the command line finds the file before it loads torch)
     for first, last in (("true", "false"), ("false", "true")):
-        assert main(["eval", "knn", "x.pt", "--out", os.devnull, f"--train.progress={first}",
+        assert main(["eval", "knn", str(tmp_path / "x.pt"), "--out", os.devnull, f"--train.progress={first}",
                      f"--train.progress={last}"]) == 0
         assert given[-1]["progress"] is (last == "true")
 
@@ -1552,10 +1561,11 @@ def test_linear_top5_is_said_to_be_always_100_up_to_five_classes(monkeypatch, ca
     """The boundary of the note (a mutation audit: "< 5" survived): with 5 classes top-5 is every class."""
     import byol.pipeline
     from byol.cli import main
-    fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "n_train": 40,
-            "n_test": 20, "test_split": "val", "classes": classes, "feature_dim": 64, "image_size": 37,
+    fake = {"dataset": "folder", "top1": 61.0, "top5": 100.0, "train_loss": 0.5, "epochs": 1, "seed": 0,
+            "n_train": 40, "n_test": 20, "test_split": "val", "classes": classes, "feature_dim": 64, "image_size": 37,
             "precision": "float32", "device": "cpu", "random_init": False, "step": None, "epoch": None}
     monkeypatch.setattr(byol.pipeline, "linear", lambda *a, **k: dict(fake))
+    (tmp_path / "x.pt").touch()
     assert main(["eval", "linear", str(tmp_path / "x.pt"), "--out", str(tmp_path / "l.json")]) == 0
     assert (f"100.00% (of {classes} classes: always 100)" in capsys.readouterr().out) == always
 
