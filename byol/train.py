@@ -154,6 +154,8 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
         # the caller's generators (torch's, CUDA's, NumPy's, Python's) and defaults, as they were
         with rng_state_kept(), usual_torch_defaults():
             results = _pretrain(config, resume, rank, world, folder, net, given)
+        if resume:  # net holds the checkpoint's weights, also where the run had finished and trained no step
+            trained(net, config.train.out_dir)
         if world > 1:  # (not a process group of the caller's, for a run of one process: its ranks would wait)
             dist.barrier()  # rank 0 has written the run's last checkpoint, which a rank may read next
         return results

@@ -305,6 +305,13 @@ def test_a_new_run_given_a_network_an_earlier_run_trained_says_that_it_goes_on_f
     byol.pretrain(load_config("cifar10", settings(tmp_path / "d", cifar10_root, **quick)), net=failing,
                   hidden_layer=HIDDEN)
     assert f"earlier byol.pretrain in this process (in {tmp_path / 'c'})" in capsys.readouterr().err
+    finished = SmallNet()  # a finished run resumed: nothing trained, its weights loaded (a mutation audit)
+    byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path / 'd'}"]), resume=True, net=finished,
+                  hidden_layer=HIDDEN)
+    capsys.readouterr()
+    byol.pretrain(load_config("cifar10", settings(tmp_path / "e", cifar10_root, **quick)), net=finished,
+                  hidden_layer=HIDDEN)
+    assert f"earlier byol.pretrain in this process (in {tmp_path / 'd'})" in capsys.readouterr().err
 
 TORCHRUN = """
 import sys
