@@ -14,6 +14,15 @@ if TYPE_CHECKING:
 GIVEN_BACKBONE = "custom"
 
 
+def refuse_data_limit(given: list[str]) -> None:
+    """``data.limit`` (``section.key``) among the settings ``given`` to byol eval or embed refused: read by
+    pretraining only, it was taken there and did nothing. Torch-free: the command line says it first, before
+    what it finds of the checkpoint's path."""
+    if "data.limit" in given:
+        raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
+                          "trains on); use --limit N (limit=N from Python) for the first N images of each split")
+
+
 def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     """Reject values of the right type but outside their range, with the key and the rule; only
     those of ``keys`` (``section.key``) when given."""

@@ -16,7 +16,7 @@ from .build import build_model, usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
 from .config_files import read_preset
-from .config_rules import GIVEN_BACKBONE
+from .config_rules import GIVEN_BACKBONE, refuse_data_limit
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
@@ -73,9 +73,7 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
                               for_export: bool, own_net: Optional[nn.Module]) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
     given = [o.removeprefix("--").split("=")[0] for o in overrides]
-    if "data.limit" in given:  # read by pretraining only: here it was taken, and did nothing
-        raise ConfigError("--data.limit does not apply to byol eval or embed (it is how many images pretraining "
-                          "trains on); use --limit N (limit=N from Python) for the first N images of each split")
+    refuse_data_limit(given)
     refuse = _run_setting_given(given, path)
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
     path = Path(path)

@@ -118,8 +118,9 @@ def _created(tmp: Path):
 
 
 def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
-    """Why ``path``, given as a checkpoint, is no file to read (a folder, or nothing there), in one sentence;
-    None where it is a file. Without torch: the command line says a mistyped path before torch loads (3 s)."""
+    """Why ``path``, given as a checkpoint, is no file to read (a folder, a pipe or device, a link to nothing, or
+    nothing there), in one sentence; None where it is a file. Without torch: the command line says a mistyped path
+    before torch loads (3 s)."""
     path = Path(path)
     if path.is_dir():  # a run's folder, its checkpoints/ or an export's folder: the file it holds
         held = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt", path / "encoder.pt") if p.is_file()]
@@ -127,7 +128,13 @@ def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
             return f"{path} is a directory; give a checkpoint file in it, such as {held[0]}"
         return (f"{path} is a directory; give a checkpoint file in it (e.g. {path / 'checkpoints' / 'last.pt'}, or "
                 "an exported encoder.pt)")
-    return None if path.is_file() else f"checkpoint {path} does not exist"
+    if path.is_file():
+        return None
+    if path.exists():  # (<(cat last.pt), /dev/stdin from a pipe: a checkpoint is read by seeking in it)
+        return f"checkpoint {path} is not a regular file (a pipe, a socket or a device); give the checkpoint's file"
+    if path.is_symlink():
+        return f"checkpoint {path} is a link to {os.readlink(path)}, which does not exist"
+    return f"checkpoint {path} does not exist"
 
 
 def topmost_missing(path: Path) -> Optional[Path]:

@@ -712,10 +712,9 @@ def test_a_broken_tqdm_or_matplotlib_is_a_note_and_the_run_completes(monkeypatch
 def test_data_limit_is_refused_by_eval_and_embed_which_take_limit(capsys, tmp_path):
     """--data.limit (how many images pretraining trains on) was taken by eval and embed and did
     nothing: now one sentence pointing at --limit, before the checkpoint is read."""
-    unread = tmp_path / "unread.pt"
-    unread.touch()  # (no checkpoint: one that reading refuses)
-    for args in (["eval", "knn", unread], ["eval", "linear", unread],
-                 ["embed", unread, "--out", tmp_path / "e.npy"]):
+    missing = tmp_path / "nothing_here.pt"  # (said before the checkpoint's path is: a review found it after)
+    for args in (["eval", "knn", missing], ["eval", "linear", missing],
+                 ["embed", missing, "--out", tmp_path / "e.npy"]):
         _, line = main_error(capsys, *args, "--data.limit=100")
         assert line == "byol: error: --data.limit does not apply to byol eval or embed (it is how many images " \
                        "pretraining trains on); use --limit N (limit=N from Python) for the first N images of each " \

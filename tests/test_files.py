@@ -235,3 +235,18 @@ def test_a_link_planted_where_a_temporary_goes_is_not_written_through(tmp_path):
         tmp.write_text("{}\n")
     assert precious.read_text() == "mine\n"
     assert not (shared / "r.json").is_symlink() and (shared / "r.json").read_text() == "{}\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_checkpoint_that_is_a_pipe_or_a_link_to_nothing_is_said_as_such(tmp_path):
+    """A review: a named pipe (bash's <(cat last.pt)) and a link to a moved checkpoint were each said not to
+    exist, which a user can see they do."""
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "moved.pt")
+    assert files.not_a_file_to_read(tmp_path / "pipe") == (f"checkpoint {tmp_path / 'pipe'} is not a regular file "
+                                                           "(a pipe, a socket or a device); give the checkpoint's file")
+    assert files.not_a_file_to_read(tmp_path / "link.pt") == (f"checkpoint {tmp_path / 'link.pt'} is a link to "
+                                                              f"{tmp_path / 'moved.pt'}, which does not exist")
+    assert files.not_a_file_to_read(tmp_path / "none.pt") == f"checkpoint {tmp_path / 'none.pt'} does not exist"
+    (tmp_path / "moved.pt").touch()
+    assert files.not_a_file_to_read(tmp_path / "link.pt") is None
