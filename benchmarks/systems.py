@@ -201,6 +201,23 @@ class _PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[index])), 0
 
 
+def worker_start(workers: int) -> Optional[str]:
+    """How a peer's DataLoader starts its workers: by fork where the platform has it, as a user's script
+    started on Linux does (Python's default there up to 3.13), else the default.
+
+    Each system runs in a process started by spawn (``benchmarks.speed``), and multiprocessing hands its
+    start method down: left to the default, a DataLoader's workers were spawned too, one after the other,
+    each starting a Python, importing torch and the peer and unpickling the 50,000 images. In a spawned
+    process on the 2-core CPU of the CPU table, starting 8 workers over such images took 25 s by spawn
+    and 0.1 s by fork (plain torch, no peer imported); on the H100 machine (2026-12-05) lightly's
+    construction took up most of a speed part's time limit, and in another part had not ended after
+    75 s. Construction is not timed, but it spent the parts' budgets (BENCHMARKS.md, "GPU").
+    """
+    import multiprocessing
+
+    return "fork" if workers > 0 and "fork" in multiprocessing.get_all_start_methods() else None
+
+
 class Lightly:
     """lightly's BYOL example: BYOLTransform on PIL images in DataLoader workers, its heads, its EMA.
 
@@ -228,7 +245,7 @@ class Lightly:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
             persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed))
+            generator=torch.Generator().manual_seed(seed), multiprocessing_context=worker_start(workers))
         self.it = iter(self.loader)
         self.device, self.amp, self.steps = device, amp, 0
         self.notes = (f"v{_version('lightly')}; per-image PIL transforms in {workers} DataLoader workers "

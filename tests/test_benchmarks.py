@@ -51,3 +51,37 @@ def test_peers_not_named_and_not_installed_are_left_out_without_failing(tmp_path
     proc, result = _speed(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(_rows(result["table"])) == ["byol (this project)"] and result["no_rounds"] == []
+
+
+class _Marks:
+    """Two items, each what the worker that loads it sees of a mark its parent set at run time."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> str:
+        return getattr(sys.modules.get("benchmarks.systems"), "MARK_FOR_A_TEST", "not inherited")
+
+
+def _what_workers_see(workers: int) -> list[str]:
+    import torch
+    import benchmarks.systems as systems
+
+    systems.MARK_FOR_A_TEST = "inherited"  # set here, after the import: a spawned worker imports anew
+    loader = torch.utils.data.DataLoader(_Marks(), batch_size=None, num_workers=workers,
+                                         multiprocessing_context=systems.worker_start(workers))
+    return list(loader)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's (macOS: spawn, as a script there does)")
+def test_a_peers_dataloader_forks_its_workers_in_a_spawned_process():
+    """benchmarks.speed runs each system in a spawned process; lightly's DataLoader workers were spawned
+    from there too, 25 s to start 8 on a 2-core CPU and over a minute on the H100 machine: forked, as a
+    user's script on Linux starts them, they are the parent's copies (what it set at run time included)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # not daemonic
+        assert pool.submit(_what_workers_see, 2).result(timeout=120) == ["inherited", "inherited"]
+        assert pool.submit(_what_workers_see, 0).result(timeout=120) == ["inherited", "inherited"]  # no workers
+
