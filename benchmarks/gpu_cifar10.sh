@@ -7,8 +7,8 @@
 # first call (~2.5 minutes; .data/ is git-ignored):
 #   bash benchmarks/gpu_cifar10.sh stage       # .data/c10-1: data_batch_1, 2, 3; .data/c10-2:
 #                                              # data_batch_4, 5, test_batch, batches.meta.txt; MD5SUMS in both
-# A call carries the working tree too (tracked files and untracked ones not ignored: 1.3 MiB at
-# this writing), so a piece leaves only ~0.7 MiB spare: stage (and stage-state) print each folder with
+# A call carries the working tree too (tracked files and untracked ones not ignored: 1.8 MiB on
+# 2026-12-05), so a piece leaves only ~0.3 MiB spare: stage (and stage-state) print each folder with
 # the tree and refuse one over 64 MiB.
 # There, the same command every call, back to back (the machine keeps its files only while warm):
 #   bash benchmarks/gpu_cifar10.sh run         # call 1: carry [".data/c10-1"]; call 2: carry
@@ -30,6 +30,7 @@
 # Training stops in time for the rest of the call: at
 # min(TRAIN_SECONDS, what is left of BUDGET but 90 s); a call killed anyway is counted by the next
 # call, from its start to the run's last write.
+# On CUDA it trains with --train.cuda_graph=true (CUDA_GRAPH=false for the eager step).
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
 #
@@ -287,7 +288,11 @@ echo "CIFAR-10 complete in $data, MD5SUMS match"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this project from the checkout, not installed
 device="${DEVICE:-cuda}"
 # shellcheck disable=SC2086  # EXTRA is a list of overrides
-common="--config cifar10 --data.root=$home/data --train.out_dir=$run_dir --train.device=$device ${EXTRA:-}"
+# On CUDA the step replays from a CUDA graph (CUDA_GRAPH=false: eager): 1.51x the eager step on an H100,
+# its GPU tests passed there (BENCHMARKS.md, "GPU"); 200 epochs at its 16,948 images/s train in ~10 minutes.
+graph=""
+case "$device" in cuda*) graph="--train.cuda_graph=${CUDA_GRAPH:-true}" ;; esac
+common="--config cifar10 --data.root=$home/data --train.out_dir=$run_dir --train.device=$device $graph ${EXTRA:-}"
 ckpt="$run_dir/checkpoints/last.pt"
 
 status=0

@@ -35,7 +35,8 @@
 #      of issuing its ops, the floor under an eager step of the reference workload on this machine
 #      (on the CPU machine of the CPU table: ours 30 ms, byol-pytorch 22; BENCHMARKS.md, "The host
 #      floor");
-#   6. profile-eager: where an eager step's time goes, phase by phase;
+#   6. profile-eager: where an eager step's time goes, phase by phase; profile-graphed: the CUDA-graph
+#      step whole against one replay of its graph alone (what its eager rest adds; CUDA only);
 #   7. gpu-tests-compiled: no CUDA sync in the compiled loop step; pretrain on CUDA compiled in bf16
 #      with kNN, checkpoint and resume (140 s each: a cold compile of the step took 71-77 s on an H100
 #      machine); then profile-compiled and the ablations (our step without
@@ -166,6 +167,10 @@ else
         --head-width 64 --systems "byol-eager$peers$graphed" --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
     part profile-eager 45 "$python" -m benchmarks.profile_step --device "$device" --variants eager-cl ${PROFILE_ARGS:-}
+    case "$device" in cuda*)
+        part profile-graphed 45 "$python" -m benchmarks.profile_step --device "$device" --variants graphed-cl \
+            ${PROFILE_ARGS:-} ;;
+    esac
     test_part gpu-tests-compiled 300 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -p no:logging \
         -m gpu "${compile_timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[True]" \
         tests/test_train.py::test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes

@@ -10,6 +10,11 @@ metrics summed on the device, run one by one with a device synchronization betwe
 unlike the real step, nothing overlaps; on the GPU the sum is a little above the step's time).
 ``--variants`` times several settings interleaved, step by step, so that a change of machine load
 hits them alike; the table gives the median per phase.
+
+``--variants graphed-cl`` (CUDA only) times the CUDA-graph step (``byol.step.GraphedLoopStep``, as
+``byol pretrain --train.cuda_graph=true`` runs it) whole, and one replay of its graph alone (both
+views' augmentation, forward and backward), in a table of its own: the difference is what the
+eager rest of the step (schedules, guard, optimizer, EMA, metrics) adds to the replay.
 """
 
 import argparse
@@ -31,6 +36,7 @@ from byol.allocator import keep_freed_memory
 from byol.step import ViewsForward, step_metrics
 
 PHASES = ("augment", "forward", "backward", "optimizer", "ema", "guard", "metrics")
+VARIANTS = ("compiled-cl", "compiled-nchw", "eager-cl", "eager-nchw", "graphed-cl")
 
 
 class Phased:
@@ -85,6 +91,43 @@ class Phased:
         return times
 
 
+class GraphedWhole:
+    """Our CUDA-graph step (``systems.Ours`` with ``byol.step.GraphedLoopStep``), timed whole, then one
+    more replay of its graph alone. The extra replay recomputes the gradients (the graph zeroes them
+    first) and moves BatchNorm's running statistics and the augmentations' generator once more: the
+    next step replays anew, so only the run's numbers change, not what a step costs."""
+
+    def __init__(self, images, batch, device, amp, width: int, head_width: int):
+        self.ours = systems.Ours(images, batch, device, amp, compile=False, graphed=True, width=width,
+                                 head_width=head_width)
+        self.device = device
+        self.name = "CUDA graph, channels_last"
+
+    def step(self) -> dict[str, float]:
+        sync(self.device)
+        start = time.perf_counter()
+        self.ours.step()
+        sync(self.device)
+        whole = time.perf_counter() - start
+        graph = self.ours.loop_step.graph
+        if graph is None:  # its eager steps, before the capture (warm-up)
+            return {"whole": whole, "replay": float("nan")}
+        start = time.perf_counter()
+        graph.replay()
+        sync(self.device)
+        return {"whole": whole, "replay": time.perf_counter() - start}
+
+
+def print_graphed(runs: list, samples: dict, batch: int) -> None:
+    print("\n| variant | replay alone | whole step | the rest (whole - replay) | images/s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in runs:
+        replay = statistics.median(row["replay"] for row in samples[r.name])
+        whole = statistics.median(row["whole"] for row in samples[r.name])
+        print(f"| {r.name} | {replay * 1e3:,.1f} ms | {whole * 1e3:,.1f} ms | {(whole - replay) * 1e3:,.1f} ms "
+              f"| {batch / whole:,.1f} |")
+
+
 def main(argv=None) -> None:
     # Stacks when killed by a time limit outside (gpu_speed.sh's `timeout`): where a compile that never ends waits.
     faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
@@ -94,8 +137,8 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=None, help="steps before timing (cuda 15, cpu 1)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (cuda 50, cpu 5)")
     p.add_argument("--variants", default="auto",
-                   help="comma-separated: compiled-cl, compiled-nchw, eager-cl, eager-nchw; "
-                        "auto = what benchmarks.speed runs")
+                   help="comma-separated: compiled-cl, compiled-nchw, eager-cl, eager-nchw, graphed-cl "
+                        "(CUDA: the CUDA-graph step, whole and its replay alone); auto = what benchmarks.speed runs")
     p.add_argument("--data", default=str(systems_default_data()))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--width", type=int, default=systems.WIDTH, help="ResNet-18's first-stage channels (64)")
@@ -114,10 +157,16 @@ def main(argv=None) -> None:
     amp = autocast_dtype(args.precision, device)
     kept = not cuda and not args.no_keep_memory and keep_freed_memory()
     variants = ("compiled-cl" if cuda else "eager-cl") if args.variants == "auto" else args.variants
+    names = variants.split(",")
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or ("graphed-cl" in names and not cuda):
+        p.error(f"--variants: {', '.join(unknown)} unknown (known: {', '.join(VARIANTS)})" if unknown
+                else "--variants: graphed-cl needs a CUDA device (CUDA graphs)")
     images, source = load_images(args.data, device)
-    runs = [Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"),
+    runs = [GraphedWhole(images, args.batch, device, amp, args.width, args.head_width) if v == "graphed-cl" else
+            Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"),
                    width=args.width, head_width=args.head_width)
-            for v in variants.split(",")]
+            for v in names]
     for r in runs:
         for _ in range(warmup):
             r.step()
@@ -130,6 +179,15 @@ def main(argv=None) -> None:
           f"{'bf16 autocast' if amp else 'float32'}{', freed memory kept' if kept else ''}{widths(args)}; "
           f"load average before {load_before}, after {load_average()}\n"
           f"python -m benchmarks.profile_step " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")
+    phased = [r for r in runs if isinstance(r, Phased)]
+    if phased:
+        print_phased(phased, samples, args.batch)
+    graphed = [r for r in runs if isinstance(r, GraphedWhole)]
+    if graphed:
+        print_graphed(graphed, samples, args.batch)
+
+
+def print_phased(runs: list, samples: dict, batch: int) -> None:
     print("| variant | " + " | ".join(PHASES) + " | sum | images/s |")
     print("| --- |" + " ---: |" * (len(PHASES) + 2))
     for r in runs:
@@ -139,7 +197,7 @@ def main(argv=None) -> None:
         cells = " | ".join(f"{med[ph] * 1e3:,.1f} ms ({med[ph] / total:.0%})" for ph in PHASES)
         failed = eager_fallbacks(r.forward, r.augment)
         name = r.name + (f" (COMPILE FAILED for {len(failed)} parts: eager there)" if failed else "")
-        print(f"| {name} | {cells} | {total * 1e3:,.1f} ms | {args.batch / total:,.1f} |")
+        print(f"| {name} | {cells} | {total * 1e3:,.1f} ms | {batch / total:,.1f} |")
 
 
 def systems_default_data():

@@ -84,10 +84,11 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto (bf16 where native: GPUs, CPUs with AVX-512-BF16 or AMX) | bf16 | fp32
     compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):
-                                      # auto = off for now, until the compiled step is verified on a GPU
-                                      # (BENCHMARKS.md, "GPU"); true to ask for it
-    cuda_graph: bool = False          # EXPERIMENTAL, not yet verified on a GPU: replay each step's augmentation,
-                                      # forward and backward from one CUDA graph (byol.step.GraphedLoopStep);
+                                      # auto = off: on an H100 it compiled in 77 s and ran 1.29x eager, slower
+                                      # than train.cuda_graph (BENCHMARKS.md, "GPU"); true to ask for it
+    cuda_graph: bool = False          # EXPERIMENTAL (its GPU tests passed on one H100; 1.51x eager there):
+                                      # replay each step's augmentation, forward and backward from one
+                                      # CUDA graph (byol.step.GraphedLoopStep);
                                       # one CUDA GPU, eager (not with train.compile=true)
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak);

@@ -85,3 +85,11 @@ def test_a_peers_dataloader_forks_its_workers_in_a_spawned_process():
         assert pool.submit(_what_workers_see, 2).result(timeout=120) == ["inherited", "inherited"]
         assert pool.submit(_what_workers_see, 0).result(timeout=120) == ["inherited", "inherited"]  # no workers
 
+
+
+def test_profile_step_refuses_a_variant_it_cannot_run_in_a_sentence():
+    """gpu_speed.sh's profile parts: a variant misspelled, or the CUDA-graph one on a CPU, is one line, exit 2."""
+    for variant, says in (("eager-x", "eager-x unknown"), ("graphed-cl", "graphed-cl needs a CUDA device")):
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.profile_step", "--device", "cpu", "--variants",
+                               variant, "--data", "random"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
