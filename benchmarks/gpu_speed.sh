@@ -2,14 +2,17 @@
 # Issue #4's GPU measurements in one command, for the lent GPU machine (or any CUDA machine).
 #
 #   bash benchmarks/peer_wheels.sh      # here, once: the peers as wheels in .whl/ (git-ignored)
-#   bash benchmarks/gpu_speed.sh        # there (device tool: carry [".whl"], timeout_s 600)
+#   bash benchmarks/gpu_speed.sh        # there (device tool: carry [".whl"], timeout_s 590)
 #
 # Two calls, back to back (the second finds the first's compile caches in /tmp while the machine
-# is warm, ~30 s after a call): `bash benchmarks/gpu_speed.sh` (device tool timeout_s 600), then at
-# once `bash benchmarks/gpu_speed.sh more` (timeout_s 200). Each call's parts run most important
-# first, each under its own time limit and all within BUDGET seconds (560 for the first call, 180
-# for the second: with the machine's start, about the whole of a task's 15 minutes of device
-# time), so that one that hangs or compiles for long leaves the next its time.
+# is warm, ~30 s after a call): `bash benchmarks/gpu_speed.sh` (device tool timeout_s 590), then at
+# once `bash benchmarks/gpu_speed.sh more` (timeout_s 330). Each call's parts run most important
+# first, each under its own time limit and all within BUDGET seconds (530 for the first call, 300
+# for the second), so that one that hangs or compiles for long leaves the next its time. On the H100
+# (2026-12-05) calls of 530 and 340 held the machine 783 s with its start and the transfers: the two
+# take about all of a task's 15 minutes of device time. With the second call's 300 s, the compiled
+# tests (part 7, 140 s each) get what the parts before leave, about 130 s: a larger BUDGET (and
+# timeout_s) where more device time is at hand.
 # First call:
 #   0. graphed-test: the experimental CUDA-graph step (byol.step.GraphedLoopStep) alone: its
 #      refusals, the same losses as the eager step with no host sync in a replay, and
@@ -22,9 +25,9 @@
 #      with the traceback if not (failed on an H200, its reason lost when its part was killed; passed
 #      on an H100 since, at a lower learning rate);
 #   3. speed-compiled: our compiled step against our eager one. Its first step (the compile) is timed
-#      apart and may take all that is left of the budget but 60 s for the rounds (about 275 s if the
-#      parts before take some 40, 90 and 80 s; the first session's compile did not end within the
-#      240 s of its part); past that it is stopped with its stacks printed. It prints torch.compile's
+#      apart and may take all that is left of the budget but 60 s for the rounds (167 s on the H100,
+#      after parts of 35, 150 and 81 s, where the compile took 77 s; the H200 session's compile did not
+#      end within the 240 s of its part); past that it is stopped with its stacks printed. It prints torch.compile's
 #      timers, and its stacks every 100 s while it compiles.
 # Second call (`more`):
 #   4. gpu-tests-eager: the GPU tests that compile nothing (no CUDA sync in the eager loop step;
@@ -62,7 +65,7 @@ exec > >(tee "$out/gpu_speed$suffix.log") 2>&1
 export PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 device="${DEVICE:-cuda}"
-budget="${BUDGET:-$([ "$call" = more ] && echo 180 || echo 560)}"
+budget="${BUDGET:-$([ "$call" = more ] && echo 300 || echo 530)}"
 deadline=$(( $(date +%s) + budget ))
 
 # This project from the checkout (on PYTHONPATH, not installed), the peers from wheels into a folder
@@ -149,7 +152,7 @@ if [ "$call" = first ]; then
         -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
     part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
         --systems "byol-eager$peers$graphed" --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
-    test_part compile-test 100 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
+    test_part compile-test 160 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
         "${compile_timeout_opt[@]}" \
         "tests/test_step.py::test_compiled_and_eager_steps_give_the_same_loss_on_cuda"
     # The compiled step gets what is left: its first step (the compile) may take up to all of it but the

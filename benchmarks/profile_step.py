@@ -95,7 +95,10 @@ class GraphedWhole:
     """Our CUDA-graph step (``systems.Ours`` with ``byol.step.GraphedLoopStep``), timed whole, then one
     more replay of its graph alone. The extra replay recomputes the gradients (the graph zeroes them
     first) and moves BatchNorm's running statistics and the augmentations' generator once more: the
-    next step replays anew, so only the run's numbers change, not what a step costs."""
+    next step replays anew, so only the run's numbers change, not what a step costs. Each step is
+    timed between syncs, so the next step's host work (the schedules, the guard's snapshot) does not
+    overlap this one's replay as it does in a run: set its "whole" beside ``benchmarks.speed``'s rate
+    for ``byol-graphed`` before reading the difference as the eager rest's cost."""
 
     def __init__(self, images, batch, device, amp, width: int, head_width: int):
         self.ours = systems.Ours(images, batch, device, amp, compile=False, graphed=True, width=width,
@@ -122,8 +125,9 @@ def print_graphed(runs: list, samples: dict, batch: int) -> None:
     print("\n| variant | replay alone | whole step | the rest (whole - replay) | images/s |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in runs:
-        replay = statistics.median(row["replay"] for row in samples[r.name])
-        whole = statistics.median(row["whole"] for row in samples[r.name])
+        rows = [row for row in samples[r.name] if row["replay"] == row["replay"]]  # not NaN: after the capture
+        replay = statistics.median(row["replay"] for row in rows)
+        whole = statistics.median(row["whole"] for row in rows)
         print(f"| {r.name} | {replay * 1e3:,.1f} ms | {whole * 1e3:,.1f} ms | {(whole - replay) * 1e3:,.1f} ms "
               f"| {batch / whole:,.1f} |")
 
@@ -167,8 +171,8 @@ def main(argv=None) -> None:
             Phased(images, args.batch, device, amp, compile=v.startswith("compiled"), channels_last=v.endswith("-cl"),
                    width=args.width, head_width=args.head_width)
             for v in names]
-    for r in runs:
-        for _ in range(warmup):
+    for r in runs:  # a graphed run's eager steps and its capture are warm-up whatever --warmup says
+        for _ in range(max(warmup, r.ours.loop_step.eager_steps + 2) if isinstance(r, GraphedWhole) else warmup):
             r.step()
     load_before = load_average()
     samples = {r.name: [] for r in runs}

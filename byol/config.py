@@ -86,7 +86,7 @@ class TrainConfig:
     compile: Union[bool, str] = "auto"  # torch.compile the training step (eager where compiling fails):
                                       # auto = off: on an H100 it compiled in 77 s and ran 1.29x eager, slower
                                       # than train.cuda_graph (BENCHMARKS.md, "GPU"); true to ask for it
-    cuda_graph: bool = False          # EXPERIMENTAL (its GPU tests passed on one H100; 1.51x eager there):
+    cuda_graph: bool = False          # EXPERIMENTAL (its GPU tests passed on one H100; 1.51x eager, 2 rounds):
                                       # replay each step's augmentation, forward and backward from one
                                       # CUDA graph (byol.step.GraphedLoopStep);
                                       # one CUDA GPU, eager (not with train.compile=true)

@@ -159,7 +159,7 @@ class GraphedLoopStep(LoopStep):
     and the learning rate and tau, Python numbers, change every step.
 
     **Experimental**: written on a CPU; its GPU tests passed at its first run on a GPU (an H100,
-    2026-12-05: 16,948 images/s against the eager step's 11,190; BENCHMARKS.md, "GPU").
+    2026-12-05: 16,948 images/s against the eager step's 11,190 in 2 rounds; BENCHMARKS.md, "GPU").
     ``byol pretrain`` runs it with ``train.cuda_graph=true`` (off by default). For one CUDA
     process, eager modules (not ``compile_step``'s), batches of one shape. The first
     ``eager_steps`` calls run the eager step on a side stream, as CUDA graphs need (cuDNN's
@@ -316,7 +316,7 @@ def step_forward(byol: BYOL, compile: object, device: torch.device, world: int, 
     views = ViewsForward(byol, channels_last=crash is None)
     forward = dist.wrap_ddp(views, device, isinstance(byol.online.encoder, HookedLayer)) if world > 1 else views
     # auto is eager: on an H100 (BENCHMARKS.md, "GPU") the compiled step's losses equal the eager one's, but
-    # its compile took 77 s and it ran 1.29x the eager step, where train.cuda_graph ran 1.51x with no compile
+    # its compile took 77 s and it ran 1.29x the eager step, where train.cuda_graph ran 1.51x (2 rounds), no compile
     # (on an H200 before, its first steps did not end within 4 minutes). On a CPU it does not pay.
     if compile is not True:
         return forward, None

@@ -86,7 +86,6 @@ def test_a_peers_dataloader_forks_its_workers_in_a_spawned_process():
         assert pool.submit(_what_workers_see, 0).result(timeout=120) == ["inherited", "inherited"]  # no workers
 
 
-
 def test_profile_step_refuses_a_variant_it_cannot_run_in_a_sentence():
     """gpu_speed.sh's profile parts: a variant misspelled, or the CUDA-graph one on a CPU, is one line, exit 2."""
     for variant, says in (("eager-x", "eager-x unknown"), ("graphed-cl", "graphed-cl needs a CUDA device")):
