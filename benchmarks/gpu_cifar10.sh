@@ -2,17 +2,18 @@
 # Issue #5's GPU reproduction: `byol pretrain --config cifar10` (ResNet-18 with the CIFAR stem,
 # batch 512, 200 epochs) on the lent GPU machine, over several calls, then kNN and the linear probe.
 #
-# A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in two pieces,
-# each 62 MiB compressed (xz with a delta filter: 70% of the raw size). Here, once, before the
+# A call carries at most 64 MiB and CIFAR-10 is 184 MB, so the data goes over in three pieces,
+# each ~41 MiB compressed (xz with a delta filter: 70% of the raw size). Here, once, before the
 # first call (~2.5 minutes; .data/ is git-ignored):
-#   bash benchmarks/gpu_cifar10.sh stage       # .data/c10-1: data_batch_1, 2, 3; .data/c10-2:
-#                                              # data_batch_4, 5, test_batch, batches.meta.txt; MD5SUMS in both
+#   bash benchmarks/gpu_cifar10.sh stage       # .data/c10-1: data_batch_1, 2; .data/c10-2: data_batch_3, 4;
+#                                              # .data/c10-3: data_batch_5, test_batch, batches.meta.txt;
+#                                              # MD5SUMS in each
 # A call carries the working tree too (tracked files and untracked ones not ignored: 1.8 MiB on
-# 2026-12-05), so a piece leaves only ~0.3 MiB spare: stage (and stage-state) print each folder with
-# the tree and refuse one over 64 MiB.
+# 2026-12-05); stage (and stage-state) print each folder with the tree and refuse one over 64 MiB.
+# (Two pieces of 62 MiB, until 2026-12-05, left 0.3 MiB for the tree to grow: one call more buys ~20.)
 # There, the same command every call, back to back (the machine keeps its files only while warm):
 #   bash benchmarks/gpu_cifar10.sh run         # call 1: carry [".data/c10-1"]; call 2: carry
-#                                              # [".data/c10-2"]; then no carry
+#                                              # [".data/c10-2"]; call 3: [".data/c10-3"]; then no carry
 # A machine that went cold in between lost the first piece: the run says what is missing; carry it again.
 # Each run unpacks what was carried into ~/byol-cifar10 (it stays while the machine is warm, ~30 s
 # after a call). Once all six files are there and match MD5SUMS it trains, resuming, for at
@@ -29,7 +30,10 @@
 # EXTRA=--train.compile=true, which trains without the CUDA graph; train.compile's auto is eager).
 # Training stops in time for the rest of the call: at
 # min(TRAIN_SECONDS, what is left of BUDGET but 90 s); a call killed anyway is counted by the next
-# call, from its start to the run's last write.
+# call, from its start to the run's last write. BUDGET is this call's, whatever the task has left: in
+# a task's last training call, set it to the device time left (status's budget_left_s) less ~60 s
+# for the `save` calls after it and ~15 s to spare, or the tool stops the call at the task's end and
+# the run's state, which only `save` brings back, is lost with the machine.
 # On CUDA it trains with --train.cuda_graph=true (CUDA_GRAPH=false for the eager step).
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
@@ -69,35 +73,37 @@ stage)
     for f in MD5SUMS cifar-10-batches-bin/{data_batch_{1,2,3,4,5},test_batch}.bin cifar-10-batches-bin/batches.meta.txt
     do
         [ -f "$shared/$f" ] || { echo "no $shared/$f: set SHARED to the folder that holds" \
-            "cifar-10-batches-bin and MD5SUMS (.data/c10-1 and -2 are left as they were)" >&2; exit 1; }
+            "cifar-10-batches-bin and MD5SUMS (.data/c10-* are left as they were)" >&2; exit 1; }
     done
     # Written beside the pieces under names that `run` does not take, renamed into place at the end:
     # a stage that fails leaves the pieces of an earlier one whole.
-    rm -rf .data/.stage-c10-1 .data/.stage-c10-2 && mkdir -p .data/.stage-c10-1 .data/.stage-c10-2 || exit 1
+    staged=(.data/.stage-c10-1 .data/.stage-c10-2 .data/.stage-c10-3)
+    rm -rf "${staged[@]}" && mkdir -p "${staged[@]}" || exit 1
     "$python" - "$shared/cifar-10-batches-bin" <<'PY' || exit 1
 import lzma, sys
 from pathlib import Path
 src = Path(sys.argv[1])
 filters = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 6}]
-pieces = {".data/.stage-c10-1": ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin"],
-          ".data/.stage-c10-2": ["data_batch_4.bin", "data_batch_5.bin", "test_batch.bin", "batches.meta.txt"]}
+pieces = {".data/.stage-c10-1": ["data_batch_1.bin", "data_batch_2.bin"],
+          ".data/.stage-c10-2": ["data_batch_3.bin", "data_batch_4.bin"],
+          ".data/.stage-c10-3": ["data_batch_5.bin", "test_batch.bin", "batches.meta.txt"]}
 try:
     for dest, names in pieces.items():
         for name in names:
             packed = lzma.compress((src / name).read_bytes(), lzma.FORMAT_XZ, filters=filters)
             (Path(dest) / (name + ".xz")).write_bytes(packed)
 except OSError as e:
-    sys.exit(f"could not stage CIFAR-10: {e} (.data/c10-1 and -2 are left as they were)")
+    sys.exit(f"could not stage CIFAR-10: {e} (.data/c10-* are left as they were)")
 PY
-    cp "$shared/MD5SUMS" .data/.stage-c10-1/ && cp "$shared/MD5SUMS" .data/.stage-c10-2/ || exit 1
-    if ! fits_a_call .data/.stage-c10-1 .data/.stage-c10-2; then
+    for piece in "${staged[@]}"; do cp "$shared/MD5SUMS" "$piece/" || exit 1; done
+    if ! fits_a_call "${staged[@]}"; then
         echo "a piece with the working tree is over a call's 64 MiB: remove the untracked files that git" \
-            "status lists, or shrink the tree (.data/c10-1 and -2 are left as they were)" >&2
-        rm -rf .data/.stage-c10-1 .data/.stage-c10-2
+            "status lists, or shrink the tree (.data/c10-* are left as they were)" >&2
+        rm -rf "${staged[@]}"
         exit 1
     fi
-    rm -rf .data/c10 .data/c10-1 .data/c10-2 && mv .data/.stage-c10-1 .data/c10-1 && mv .data/.stage-c10-2 .data/c10-2 \
-        || exit 1
+    rm -rf .data/c10 .data/c10-[0-9] || exit 1
+    for piece in "${staged[@]}"; do mv "$piece" "${piece/.stage-/}" || exit 1; done
     exit 0 ;;
 stage-state)  # here: the parts that `save` calls brought back (their folders), laid out for carrying
     shift
@@ -278,7 +284,7 @@ missing=""
 for f in $needed; do [ -f "$data/$f" ] || missing="$missing $f"; done
 if [ -n "$missing" ]; then
     echo "CIFAR-10 here so far: $(cd "$data" && ls | tr '\n' ' '); still to carry:$missing" \
-        "(data_batch_1-3: .data/c10-1; the rest: .data/c10-2)"
+        "(data_batch_1, 2: .data/c10-1; 3, 4: .data/c10-2; 5 and test_batch: .data/c10-3)"
     exit 0
 fi
 (cd "$home/data" && grep ' cifar-10-batches-bin/' MD5SUMS | md5sum --check --quiet) \
@@ -348,8 +354,13 @@ evaluate() {  # evaluate PROTOCOL [--random-init]: once, and only if this call h
     # shellcheck disable=SC2086
     timeout -k 10 $(( call_end - $(date +%s) )) "$python" -m byol eval "$1" "$ckpt" ${2:-} \
         $([ "$1" = knn ] && echo --k 20 200) --data.root="$home/data" --train.device="$device" \
-        --train.precision=fp32 ${EVAL_ARGS:-} \
-        || { echo "=== eval $1${2:+ $2} FAILED"; [ "$status" -ne 0 ] || status=1; }
+        --train.precision=fp32 ${EVAL_ARGS:-}
+    case $? in
+        0) ;;
+        124) echo "=== eval $1${2:+ $2}: stopped at this call's time budget (BUDGET):" \
+                "run this again to evaluate anew" ;;
+        *) echo "=== eval $1${2:+ $2} FAILED"; [ "$status" -ne 0 ] || status=1 ;;
+    esac
 }
 if [ -f "$home/train_done" ]; then
     for init in "" --random-init; do

@@ -43,7 +43,10 @@
 #   7. gpu-tests-compiled: no CUDA sync in the compiled loop step; pretrain on CUDA compiled in bf16
 #      with kNN, checkpoint and resume (140 s each: a cold compile of the step took 71-77 s on an H100
 #      machine); then profile-compiled and the ablations (our step without
-#      channels_last, without bf16): as far as the time goes.
+#      channels_last, without bf16): as far as the time goes. On CUDA a compiling part with less left
+#      than it needs to finish anything (gpu-tests-compiled 70 s, profile-compiled 60, ablations 180) is
+#      skipped, not started and killed mid-compile (the default 300 s of this call leave the compiled
+#      tests about 130 s after the parts before them; BUDGET=340 ran one of them on 2026-12-05).
 # A part cut short keeps what it wrote (the speed JSONs are written after every round), and a
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
 # gpu_speed.log or gpu_speed_more.log, speed.json, speed_compiled.json, host_floor.json,
@@ -112,14 +115,22 @@ PY
 
 status=0
 part() {  # part NAME SECONDS COMMAND...: COMMAND under min(SECONDS, what is left of BUDGET), stopped by
-    # PART_SIGNAL (TERM; test_part's ABRT, on which pytest's faulthandler prints every thread's stack)
-    local name="$1" limit="$2" left start rc
+    # PART_SIGNAL (TERM; test_part's ABRT, on which pytest's faulthandler prints every thread's stack);
+    # skipped where less than 30 s are left, or on CUDA less than PART_MIN: what it needs there to bring back
+    # anything at all (a part cut mid-compile brings back nothing and spends the call's device time)
+    local name="$1" limit="$2" least="${PART_MIN:-30}" left start rc
     shift 2
+    case "$device" in cuda*) [ "$least" -ge 30 ] || least=30 ;; *) least=30 ;; esac
     left=$(( deadline - $(date +%s) - 15 ))
     [ "$left" -lt "$limit" ] && limit=$left
-    if [ "$limit" -lt 30 ]; then
-        echo "=== $name: skipped, the budget is spent" \
-            "(a second call within the machine's ~30 s warm time finds the compile caches)"
+    if [ "$limit" -lt "$least" ]; then
+        if [ "$least" -gt 30 ] && [ "$limit" -ge 30 ]; then
+            echo "=== $name: skipped, ${limit}s left of the budget, under the ${least}s it needs to finish" \
+                "anything (BUDGET, or a call of its own)"
+        else
+            echo "=== $name: skipped, the budget is spent" \
+                "(a second call within the machine's ~30 s warm time finds the compile caches)"
+        fi
         [ "$status" -ne 0 ] || status=3
         return
     fi
@@ -174,14 +185,19 @@ else
         part profile-graphed 45 "$python" -m benchmarks.profile_step --device "$device" --variants graphed-cl \
             ${PROFILE_ARGS:-} ;;
     esac
-    test_part gpu-tests-compiled 300 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -p no:logging \
-        -m gpu "${compile_timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[True]" \
+    # Its first test took 58 s on the H100 machine (2026-12-05), a cold compile of the step: with less
+    # than that left it is killed mid-compile and brings back nothing, so it does not start.
+    PART_MIN=70 test_part gpu-tests-compiled 300 "$python" -m pytest -v -rA --tb=short --durations=0 \
+        -p no:cacheprovider -p no:logging -m gpu "${compile_timeout_opt[@]}" \
+        "tests/test_step.py::test_loop_step_makes_no_cuda_sync[True]" \
         tests/test_train.py::test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes
     # (the other GPU tests ran in the first call; -v: a cut run shows what passed)
-    part profile-compiled 70 "$python" -m benchmarks.profile_step --device "$device" --variants compiled-cl \
-        ${PROFILE_ARGS:-}
-    part ablations 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-nchw,byol-fp32 \
-        --first-step-limit 100 --json "$out/ablations.json" ${SPEED_ARGS:-}
+    # (a compile of the step: 77 s cold on the H100; cut at 42 s while compiling there on 2026-12-05)
+    PART_MIN=60 part profile-compiled 70 "$python" -m benchmarks.profile_step --device "$device" \
+        --variants compiled-cl ${PROFILE_ARGS:-}
+    # (two steps the first call did not compile, NCHW and float32, ~77 s each cold, before a round)
+    PART_MIN=180 part ablations 600 "$python" -m benchmarks.speed --device "$device" \
+        --systems byol,byol-nchw,byol-fp32 --first-step-limit 100 --json "$out/ablations.json" ${SPEED_ARGS:-}
 fi
 echo "=== done (exit $status); results in $out"
 exit "$status"
