@@ -14,7 +14,7 @@
 # There, the same command every call, back to back (the machine keeps its files only while warm):
 #   bash benchmarks/gpu_cifar10.sh run         # call 1: carry [".data/c10-1"]; call 2: carry
 #                                              # [".data/c10-2"]; call 3: [".data/c10-3"]; then no carry
-# A machine that went cold in between lost the first piece: the run says what is missing; carry it again.
+# A machine that went cold in between lost the pieces carried before: the run says what is missing; carry it again.
 # Each run unpacks what was carried into ~/byol-cifar10 (it stays while the machine is warm, ~30 s
 # after a call). Once all six files are there and match MD5SUMS it trains, resuming, for at
 # most TRAIN_SECONDS (default 480; a call may run 10 minutes) and stops cleanly with a checkpoint
@@ -31,9 +31,9 @@
 # Training stops in time for the rest of the call: at
 # min(TRAIN_SECONDS, what is left of BUDGET but 90 s); a call killed anyway is counted by the next
 # call, from its start to the run's last write. BUDGET is this call's, whatever the task has left: in
-# a task's last training call, set it to the device time left (status's budget_left_s) less ~60 s
-# for the `save` calls after it and ~15 s to spare, or the tool stops the call at the task's end and
-# the run's state, which only `save` brings back, is lost with the machine.
+# a task's last training call, set it to the device time left (status's budget_left_s) less about 2
+# minutes for the three `save` calls after it (an estimate: not yet timed there), or the tool stops the
+# call at the task's end and the run's state, which only `save` brings back, is lost with the machine.
 # On CUDA it trains with --train.cuda_graph=true (CUDA_GRAPH=false for the eager step).
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
 # the script itself on a small budget.
@@ -300,7 +300,15 @@ device="${DEVICE:-cuda}"
 # rate 200 epochs would train in ~10 minutes (a prediction from the harness, not a run).
 graph=""
 case "$device" in cuda*) graph="--train.cuda_graph=${CUDA_GRAPH:-true}" ;; esac
-case " ${EXTRA:-} " in *"train.compile=true"*|*"train.compile true"*) graph="" ;; esac
+prev=""
+# shellcheck disable=SC2086  # EXTRA's words, as pretrain gets them
+for word in ${EXTRA:-}; do  # --train.compile=true, or --train.compile true (true, yes, on, 1; any case)
+    case "${prev,,}=${word,,}" in
+        *=--train.compile=true|*=--train.compile=yes|*=--train.compile=on|*=--train.compile=1) graph="" ;;
+        --train.compile=true|--train.compile=yes|--train.compile=on|--train.compile=1) graph="" ;;
+    esac
+    prev="$word"
+done
 common="--config cifar10 --data.root=$home/data --train.out_dir=$run_dir --train.device=$device $graph ${EXTRA:-}"
 ckpt="$run_dir/checkpoints/last.pt"
 
@@ -359,6 +367,12 @@ evaluate() {  # evaluate PROTOCOL [--random-init]: once, and only if this call h
         0) ;;
         124) echo "=== eval $1${2:+ $2}: stopped at this call's time budget (BUDGET):" \
                 "run this again to evaluate anew" ;;
+        137) if [ "$(date +%s)" -ge "$call_end" ]; then  # killed by timeout's -k after the budget's TERM
+                 echo "=== eval $1${2:+ $2}: killed at this call's time budget (BUDGET):" \
+                     "run this again to evaluate anew"
+             else
+                 echo "=== eval $1${2:+ $2} FAILED (killed)"; [ "$status" -ne 0 ] || status=1
+             fi ;;
         *) echo "=== eval $1${2:+ $2} FAILED"; [ "$status" -ne 0 ] || status=1 ;;
     esac
 }
