@@ -175,8 +175,8 @@ if [ "$call" = first ]; then
     part speed-compiled 600 "$python" -m benchmarks.speed --device "$device" --systems byol,byol-eager \
         --first-step-limit "$first_limit" --stacks-after 100 --json "$out/speed_compiled.json" ${SPEED_ARGS:-}
 else
-    test_part gpu-tests-eager 60 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider -p no:logging -m gpu \
-        "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[False]" \
+    test_part gpu-tests-eager 60 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider \
+        -p no:logging -m gpu "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[False]" \
         tests/test_train.py::test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory \
         tests/test_augment.py::test_cuda_with_cpu_generator_matches_cpu
     part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \

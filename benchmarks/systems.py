@@ -211,8 +211,9 @@ def worker_start(workers: int) -> Optional[str]:
     process on the 2-core CPU of the CPU table, starting 8 workers over such images took 25 s by spawn
     and 0.1 s by fork (plain torch, no peer imported); on the H100 machine (2026-12-05) lightly's
     construction had not ended after 75 s in one part (its stacks: still starting its workers), and most
-    likely took up most of another's time limit. Construction is not timed, but it spent the parts' budgets (BENCHMARKS.md, "GPU"). Forked
-    after CUDA started in that process (the workers touch no CUDA), not yet run on the GPU.
+    likely took up most of another's time limit. Construction is not timed, but it spent the parts'
+    budgets (BENCHMARKS.md, "GPU"). Forked after CUDA started in that process (the workers touch no
+    CUDA): not yet run on the GPU.
     """
     import multiprocessing
 
