@@ -195,8 +195,8 @@ else
         "tests/test_step.py::test_loop_step_makes_no_cuda_sync[True]" \
         tests/test_train.py::test_pretrain_on_cuda_compiled_in_bf16_checkpoints_and_resumes
     # (the other GPU tests ran in the first call; -v: a cut run shows what passed)
-    # (a compile of the step: 71-77 s on the H100, with or without the first call's caches; cut at 42 s
-    # while compiling there on 2026-12-05)
+    # (a compile of the step: 58-77 s on the H100; this part was cut at 42 s while compiling there on
+    # 2026-12-05)
     PART_MIN=100 part profile-compiled 110 "$python" -m benchmarks.profile_step --device "$device" \
         --variants compiled-cl ${PROFILE_ARGS:-}
     # (two steps the first call did not compile, NCHW and float32, ~77 s each cold, before a round)
