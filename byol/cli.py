@@ -95,10 +95,11 @@ def run(argv: Optional[list[str]] = None) -> int:
                else "it takes no config settings (the checkpoint's encoder and config are written as they are)")
         raise UsageError(f"byol export does not accept {key}: {why}")
     if args.command != "pretrain":
+        from .config_files import override_key
         from .config_rules import refuse_data_limit
         from .errors import ByolError
         from .files import not_a_file_to_read
-        refuse_data_limit([o.removeprefix("--").split("=")[0] for o in overrides])  # a setting's error first
+        refuse_data_limit([override_key(o) for o in overrides])  # a setting's error first
         said = not_a_file_to_read(args.checkpoint)  # (said before torch loads, by each process as a checkpoint's)
         if said is not None:
             raise ByolError(said)

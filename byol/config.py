@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .files import write_text_atomically
-from .config_files import ConfigError, parse_value, read_preset, surprising_number
+from .config_files import ConfigError, override_key, parse_value, read_preset, surprising_number
 from .config_rules import GIVEN_BACKBONE, validate
 
 
@@ -278,8 +278,7 @@ def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optiona
         return validate(config)
     except ConfigError as e:  # the file's, unless the command line gave a setting the rule names (two, some)
         named = set(re.findall(r"\b[a-z_]+\.[a-z_]+\b", str(e)))
-        if str(e).partition(" ")[0] in from_file and not named & {item.removeprefix("--").partition("=")[0]
-                                                                 for item in given}:
+        if str(e).partition(" ")[0] in from_file and not named & {override_key(item) for item in given}:
             raise ConfigError(f"config {os.fspath(preset)}: {e}") from None
         raise
 

@@ -82,6 +82,11 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def override_key(item: str) -> str:
+    """The ``section.key`` of a ``--section.key=value`` override (its leading ``--`` optional)."""
+    return item.removeprefix("--").partition("=")[0]
+
+
 class UnreadableYAML(yaml.YAMLError):
     """YAML that the reader cannot finish: a number of over 4300 digits, lists nested over ~1000 deep."""
 

@@ -15,7 +15,7 @@ from .backbones import RESNETS, resnet, resnet_settings
 from .build import build_model, usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
-from .config_files import read_preset
+from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE, refuse_data_limit
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
@@ -72,7 +72,7 @@ EVALUATE_YOURSELF = ("give its features from byol.features.extract_features(net,
 def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                               for_export: bool, own_net: Optional[nn.Module]) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
-    given = [o.removeprefix("--").split("=")[0] for o in overrides]
+    given = [override_key(o) for o in overrides]
     refuse_data_limit(given)
     refuse = _run_setting_given(given, path)
     dist.init()  # under torchrun: features are extracted on every rank's share and gathered
@@ -214,7 +214,7 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
         for key, value in found.items():
             setattr(config.model, key, value)
         said = _settings(config)
-        apply_overrides(config, [o for o in overrides if o.removeprefix("--").startswith("model.")])
+        apply_overrides(config, [o for o in overrides if override_key(o).startswith("model.")])
         used = _settings(config)
         how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
         if used != said:  # (the keys' own settings: a review found the naming blamed for a --model.width given)

@@ -16,6 +16,7 @@ from torch import nn
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
+from .config_files import override_key
 from .data import DataError, ImageSet
 from .datasets import FilesNotFound, build_dataset
 from .folder import ImageFolder, escape_name, first_names, labeled_folders
@@ -51,7 +52,7 @@ def unused_settings(overrides: list[str], command: str, dataset: str = "folder")
     :data:`SETTINGS_READ`) does not read on ``dataset``: pretraining's. Not ``model.*`` (refused, or
     for a bare state_dict read), ``data.limit`` (refused) nor keys that are no config key (refused too)."""
     known = Config().to_dict()
-    keys = dict.fromkeys(o.removeprefix("--").split("=")[0] for o in overrides)
+    keys = dict.fromkeys(override_key(o) for o in overrides)
     return [key for key in keys if key.partition(".")[2] in known.get(key.partition(".")[0], {})
             and not key.startswith("model.") and key != "data.limit" and (
                 key not in SETTINGS_READ[command] or (dataset != "folder" and key in _FOLDER_ONLY))]
