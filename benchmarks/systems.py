@@ -208,12 +208,12 @@ def worker_start(workers: int) -> Optional[str]:
     Each system runs in a process started by spawn (``benchmarks.speed``), and multiprocessing hands its
     start method down: left to the default, a DataLoader's workers were spawned too, one after the other,
     each starting a Python, importing torch and the peer and unpickling the 50,000 images. In a spawned
-    process on the 2-core CPU of the CPU table, starting 8 workers over such images took 25 s by spawn
-    and 0.1 s by fork (plain torch, no peer imported); on the H100 machine (2026-12-05) lightly's
-    construction had not ended after 75 s in one part (its stacks: still starting its workers), and most
-    likely took up most of another's time limit. Construction is not timed, but it spent the parts'
-    budgets (BENCHMARKS.md, "GPU"). Forked after CUDA started in that process (the workers touch no
-    CUDA): not yet run on the GPU.
+    process on a 2-core AMD EPYC, starting 8 workers over such images took 19-25 s by spawn and 0.1-0.2
+    s by fork (plain torch, no peer imported; benchmarks/results/cpu-amd-2026-12-05/worker_start.py); on
+    the H100 machine (2026-12-05) lightly's construction had not ended after 75 s in one part (its
+    stacks: still starting its workers), and most likely took up most of another's time limit.
+    Construction is not timed, but it spent the parts' budgets (BENCHMARKS.md, "GPU"). Forked after CUDA
+    started in that process (the workers touch no CUDA): not yet run on the GPU.
     """
     import multiprocessing
 

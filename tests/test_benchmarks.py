@@ -76,7 +76,7 @@ def _what_workers_see(workers: int) -> list[str]:
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's (macOS: spawn, as a script there does)")
 def test_a_peers_dataloader_forks_its_workers_in_a_spawned_process():
     """benchmarks.speed runs each system in a spawned process; lightly's DataLoader workers were spawned
-    from there too, 25 s to start 8 on a 2-core CPU and over a minute on the H100 machine: forked, as a
+    from there too, 19-25 s to start 8 on a 2-core CPU and over a minute on the H100 machine: forked, as a
     user's script on Linux starts them, they are the parent's copies (what it set at run time included)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
