@@ -200,10 +200,16 @@ class GraphedLoopStep(LoopStep):
             graph.register_generator_state(self.generator)
         # On the images' device (torch.cuda.graph would capture on the current one, cuda:0 unless set) and
         # its side stream; thread_local: a DataLoader's pinning thread may call CUDA meanwhile.
-        with torch.cuda.device(images.device), \
-                torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
-            self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
-            self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+        try:
+            with torch.cuda.device(images.device), \
+                    torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
+                self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
+                self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+        except Exception as e:  # a network's own .item() or CPU work, say: a sentence, not CUDA's traceback
+            first = first_error(e)  # (the capture's end fails too, after an op that did)
+            if isinstance(first, torch.cuda.OutOfMemoryError):
+                raise first  # the command line's sentence for it
+            raise ConfigError(uncapturable(first)) from e
         self.graph = graph  # only once captured: a failed capture is not replayed
 
     def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,6 +237,24 @@ class GraphedLoopStep(LoopStep):
             self.optimizer.step()
         self.calls += 1
         return self._finish(loss, z1)
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The error that ``error`` was raised while handling, and so on: the first of the chain."""
+    seen = {id(error)}
+    while error.__context__ is not None and id(error.__context__) not in seen:
+        error = error.__context__
+        seen.add(id(error))
+    return error
+
+
+def uncapturable(error: BaseException) -> str:
+    """What a failed capture of :class:`GraphedLoopStep` says, ``error`` the capture's first."""
+    said = (str(error).strip().splitlines() or [""])[0]
+    return (f"train.cuda_graph=true: the training step could not be captured in a CUDA graph "
+            f"({type(error).__name__}{': ' + said if said else ''}); a graph replays GPU work only, so the "
+            "step's forward and backward must not wait for the GPU (no .item(), .cpu() or print of a tensor) "
+            "nor run on the CPU; train with train.cuda_graph=false")
 
 
 def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:

@@ -342,6 +342,77 @@ def test_graphed_loop_step_refuses_what_it_cannot_capture():
         make_loop_step(byol, eager_steps=0, **graphed)
 
 
+class _WaitsForTheHost(ViewsForward):
+    """The step of a network of one's own that reads a value back in its forward (a host sync)."""
+
+    def forward(self, view1, view2):
+        if view1.sum().item() < 0:  # never, but asked of the GPU
+            raise AssertionError
+        return super().forward(view1, view2)
+
+
+def _capture_here(monkeypatch):
+    """torch.cuda.graph and its helpers as stand-ins on a CPU: the capture's body runs eagerly, and an
+    error in it fails the capture's end too, as on a GPU."""
+    from contextlib import contextmanager, nullcontext
+
+    @contextmanager
+    def graph(*args, **kwargs):
+        try:
+            yield
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "device", lambda device: nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA error: operation not permitted when stream is capturing\n"
+                                                "CUDA kernel errors might be reported asynchronously"),
+                                   torch.cuda.OutOfMemoryError("CUDA out of memory.")])
+def test_a_graphed_step_that_cannot_be_captured_is_one_sentence(monkeypatch, error):
+    """A step that cannot be captured (a network's .item(), say) is a setting's error in one sentence
+    with CUDA's first line, not CUDA's traceback; running out of memory stays itself (the command line
+    says that one); nothing is replayed after either."""
+    from byol.config import ConfigError
+
+    _capture_here(monkeypatch)
+    byol = tiny_byol()
+    step = object.__new__(GraphedLoopStep)  # (its constructor refuses a CPU)
+    step.forward, step.byol, step.optimizer, step.generator = ViewsForward(byol), byol, optimizer_of(byol), None
+    step.amp, step.augment, step._side, step.graph = None, None, None, None
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(step, "_forward_backward", fails)
+    expected = (ConfigError, "^train.cuda_graph=true: the training step could not be captured in a CUDA graph "
+                r"\(RuntimeError: CUDA error: operation not permitted when stream is capturing\); .*"
+                "train with train.cuda_graph=false$") if type(error) is RuntimeError else (type(error), "out of memory")
+    with pytest.raises(expected[0], match=expected[1]) as raised:
+        step._capture(images())
+    assert raised.value is error or raised.value.__cause__.__context__ is error  # (the capture's end's, then it)
+    assert step.graph is None
+
+
+@pytest.mark.gpu
+def test_graphed_loop_step_of_a_step_that_waits_for_the_host_is_one_sentence():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from byol.config import ConfigError
+
+    device = torch.device("cuda")
+    byol = tiny_byol().to(device)
+    loop_step = make_loop_step(byol, forward=_WaitsForTheHost(byol), device=device, step_class=GraphedLoopStep)
+    batches = iter(TensorBatches(images(64, device=device), None, 16, generator=0))
+    for step in range(3):  # eager: a sync there only waits
+        loop_step(step, next(batches)[0])
+    with pytest.raises(ConfigError, match="^train.cuda_graph=true: the training step could not be captured"):
+        loop_step(3, next(batches)[0])
+    assert loop_step.graph is None
+
+
 @pytest.mark.gpu
 def test_graphed_loop_step_matches_the_eager_one_on_cuda(full_fp32):
     """The CUDA graph replays what the eager step runs: the same losses step by step (the graph's
