@@ -294,12 +294,21 @@ def feature_dim(encoder: nn.Module, image_size: int, dtype: torch.dtype = torch.
     return _meta_output(encoder, image_size, dtype).flatten(1).shape[1]
 
 
+class NetDoesNotRun(ValueError):
+    """A network that does not run on blank (2, 3, image_size, image_size) images (:func:`feature_width`);
+    ``why``: torch's first line of the reason."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
 def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
                   dtype: torch.dtype = torch.float32) -> tuple[int, torch.dtype]:
     """The width and dtype of ``encoder``'s flattened output for (2, 3, image_size, image_size) images of
     ``dtype``: found on the meta device (no real compute), or, for a forward that reads values
     (data-dependent control flow), by running two blank images. A network that raises a RuntimeError
-    or an AssertionError on them (torch's shape errors, torch._assert) is a ValueError."""
+    or an AssertionError on them (torch's shape errors, torch._assert) is a :class:`NetDoesNotRun`."""
     try:
         out = _meta_output(encoder, image_size, dtype).flatten(1)
         return out.shape[1], out.dtype
@@ -317,10 +326,10 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
                 why = (str(e).splitlines() or [""])[0] or type(e).__name__
                 # A traced torch._assert's message was formatted at tracing: "but got Proxy(getitem_2)!"
                 why = re.sub(r"Proxy\(\w*\)", "another", why)
-                raise ValueError(f"net does not run on two blank {image_size}x{image_size} images (image_size="
-                                 f"{image_size}): {why}; the representation's width is found "
-                                 "on (2, 3, image_size, image_size) images: for a network taking other inputs "
-                                 "(another number of channels), give BYOL(..., feature_dim=D)") from e
+                raise NetDoesNotRun(f"net does not run on two blank {image_size}x{image_size} images (image_size="
+                                    f"{image_size}): {why}; the representation's width is found "
+                                    "on (2, 3, image_size, image_size) images: for a network taking other inputs "
+                                    "(another number of channels), give BYOL(..., feature_dim=D)", why) from e
     # A cut layer's output is checked where it is taken; this is the network's own.
     out = flat_representation(out, "the network's own output (hidden_layer=-1)")
     return out.shape[1], out.dtype

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .augment import Augment, ViewConfig, view_presets
-from .backbones import cut_at, resnet
+from .backbones import NetDoesNotRun, cut_at, resnet
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
 from .model import BYOL
@@ -150,11 +150,17 @@ def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: U
         net = cut_at(resnet(m.backbone, cifar_stem=m.cifar_stem, width=m.width), "avgpool", hook_fallback=False)
         hidden_layer = None
     view1, view2 = views_of(config)
-    return BYOL(net, image_size=config.data.image_size, hidden_layer=hidden_layer,
-                projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
-                augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
-                use_predictor=m.use_predictor, concat_views=m.concat_views,
-                sync_batchnorm=False)  # under torchrun the loop converts the whole model (dist.convert_sync_batchnorm)
+    size = config.data.image_size
+    try:
+        return BYOL(net, image_size=size, hidden_layer=hidden_layer,
+                    projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
+                    augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
+                    use_predictor=m.use_predictor, concat_views=m.concat_views,
+                    sync_batchnorm=False)  # under torchrun the loop converts the whole model (convert_sync_batchnorm)
+    except NetDoesNotRun as e:  # (a user test: the advice was BYOL's feature_dim=, which no run can be given)
+        raise ValueError(f"net does not run on {size}x{size} images, the size of the run's views (data.image_size="
+                         f"{size}): {e.why}; give a network that takes (B, 3, {size}, {size}) images, or set "
+                         "data.image_size to a size it takes") from None
 
 
 def schedule_of(config: Config, steps_per_epoch: int) -> tuple[float, int, int]:

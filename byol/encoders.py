@@ -20,11 +20,12 @@ from .config_rules import GIVEN_BACKBONE, refuse_data_limit
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
-from .given_net import check_eval, given_encoder
+from .given_net import RUN_S_CUT, Cut, check_eval, given_encoder
 
 
 def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
-                 random_init: bool = False, *, net: Optional[nn.Module] = None) -> tuple[nn.Module, Config]:
+                 random_init: bool = False, *, net: Optional[nn.Module] = None,
+                 hidden_layer: Cut = RUN_S_CUT) -> tuple[nn.Module, Config]:
     """The online encoder (a torchvision ResNet trunk, classifier removed) from a checkpoint or an export.
 
     A checkpoint carries its config; an exported ``encoder.pt`` takes it from the
@@ -45,23 +46,25 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     net=...)``, which byol cannot build), a network of the same architecture, which receives the checkpoint's
     online encoder weights; the encoder returned is ``net`` cut at the run's ``hidden_layer`` as training cut
     it (its parameters are ``net``'s). With ``random_init``, ``net``'s own weights as given (the run's
-    initial ones are not rebuilt).
+    initial ones are not rebuilt). ``hidden_layer`` need not be given: the run's is taken; one given (as to
+    ``byol.pretrain``) that is not the run's is a :class:`~byol.checkpoint.CheckpointError`.
     """
-    encoder, config, _ = load_encoder_with_origin(path, overrides, random_init, net=net)
+    encoder, config, _ = load_encoder_with_origin(path, overrides, random_init, net=net, hidden_layer=hidden_layer)
     return encoder, config
 
 
 @usual_torch_defaults()
 def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                              for_export: bool = False,
-                             net: Optional[nn.Module] = None) -> tuple[nn.Module, Config, dict]:
+                             net: Optional[nn.Module] = None,
+                             hidden_layer: Cut = RUN_S_CUT) -> tuple[nn.Module, Config, dict]:
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
     (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
     config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
     with torch.random.fork_rng(devices=[]):  # the modules the weights are loaded into draw their initialization
-        return _load_encoder_with_origin(path, overrides, random_init, for_export, net)
+        return _load_encoder_with_origin(path, overrides, random_init, for_export, net, hidden_layer)
 
 
 # How to evaluate a network byol cannot build or read the weights of, said where it cannot.
@@ -70,7 +73,8 @@ EVALUATE_YOURSELF = ("give its features from byol.features.extract_features(net,
 
 
 def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
-                              for_export: bool, own_net: Optional[nn.Module]) -> tuple[nn.Module, Config, dict]:
+                              for_export: bool, own_net: Optional[nn.Module],
+                              hidden_layer: Cut) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
     given = [override_key(o) for o in overrides]
     refuse_data_limit(given)
@@ -90,7 +94,8 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
                                   "it is a ResNet's state_dict, which byol reads without net=: leave net out"
                                   if isinstance(state, dict) and resnet_settings(state) is not None else
                                   f"load its weights into net yourself, then {EVALUATE_YOURSELF}"))
-    record = check_eval(state if not bare else {}, own_net, path, for_export)  # a network given from Python?
+    # a network given from Python?
+    record = check_eval(state if not bare else {}, own_net, path, for_export, hidden_layer)
     if not bare:  # a byol checkpoint
         config = _saved_config(state, path)
         origin.update(_trained(state))

@@ -20,6 +20,7 @@ from .folder import ImageFolder, class_names, escape_name, first_names, split_fo
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
+from .given_net import RUN_S_CUT, Cut
 from .outputs import OutputError, check_writable, writing
 from .pipeline import check_counts, features, image_root, load_split, note_unused
 
@@ -110,7 +111,7 @@ def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:
 @usual_torch_defaults()
 def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = None,
           overrides: Optional[list[str]] = None, limit: Optional[int] = None, progress: bool = False, *,
-          net: Optional[torch.nn.Module] = None) -> Path:
+          net: Optional[torch.nn.Module] = None, hidden_layer: Cut = RUN_S_CUT) -> Path:
     """Write the embeddings of a split, with their labels, class names and file paths, to ``.npy`` or ``.pt``.
 
     With ``NAME.npy``: ``NAME_labels.npy``, and where known ``NAME_classes.txt`` (line i: the name
@@ -121,7 +122,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
 
     ``split`` None is the held-out split: ``test``, or for a folder ``ROOT/val`` or ``ROOT/test``
     (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr. ``net``: the network of a run
-    pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``).
+    pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``, and its ``hidden_layer``).
     """
     limit, = check_counts(limit=limit)
     if split is not None and not isinstance(split, str):  # (a user test gave the overrides second, as to knn)
@@ -135,7 +136,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
                           "replace; choose another --out")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
         check_writable(target, source=path)
-    net, config = load_encoder(path, overrides, net=net)
+    net, config = load_encoder(path, overrides, net=net, hidden_layer=hidden_layer)
     note_unused(overrides, "embed", config)
     device = resolve_device(config.train.device)
     d = config.data

@@ -20,6 +20,17 @@ from .run_folder import last_checkpoint
 
 Cut = Union[str, int, None]  # a hidden_layer, as byol.BYOL takes it
 
+
+class _RunSCut:
+    """The default ``hidden_layer`` of byol.knn, linear, embed and load_encoder: the one the run recorded."""
+
+    def __repr__(self) -> str:
+        return "<the run's hidden_layer>"
+
+
+RUN_S_CUT = _RunSCut()
+
+
 # The networks that byol.pretrain trained in this process, and the run folder each trained in last.
 _TRAINED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
@@ -31,6 +42,11 @@ def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
     if net is None:
         return None
     check_net(net, "pretrain")
+    return {"class": type(net).__name__, "hidden_layer": _spelled(net, hidden_layer)}
+
+
+def _spelled(net: nn.Module, hidden_layer: Cut) -> Cut:
+    """``hidden_layer`` as :func:`net_record` records it: a child's index as that child's name, -1 as None."""
     if hidden_layer is not None and (isinstance(hidden_layer, bool)
                                      or not isinstance(hidden_layer, (str, numbers.Integral))):
         raise TypeError(f"hidden_layer must be a module's name or a child's index (as byol.BYOL takes), not "
@@ -42,7 +58,7 @@ def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
             hidden_layer = None
         elif -len(children) <= hidden_layer < len(children):  # (out of range: cut_at says so)
             hidden_layer = children[hidden_layer]
-    return {"class": type(net).__name__, "hidden_layer": hidden_layer}
+    return hidden_layer
 
 
 def check_net(net: object, use: str) -> None:
@@ -169,9 +185,11 @@ def check_resume(state: dict, given: Optional[dict], ckpt_path: Path) -> None:
                               f"hidden_layer={record.get('hidden_layer')!r}")
 
 
-def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bool) -> Optional[dict]:
+def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bool,
+               hidden_layer: object = RUN_S_CUT) -> Optional[dict]:
     """The :func:`net_record` of a checkpoint to evaluate, embed or export, where its run trained a network
-    given from Python (None: a ResNet run's), once ``net`` (the network given here, or None) fits what it is."""
+    given from Python (None: a ResNet run's), once ``net`` (the network given here, or None) and ``hidden_layer``
+    (:data:`RUN_S_CUT`: none given) fit what it is."""
     if net is not None:
         check_net(net, "evaluate or embed")
     record = recorded(state)
@@ -180,6 +198,9 @@ def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bo
             raise CheckpointError(f"net= takes the checkpoint of a run pretrained on a network given from Python "
                                   f"(byol.pretrain(config, net=...)), and {path} is of a ResNet that byol builds by "
                                   "name: leave net out")
+        if hidden_layer is not RUN_S_CUT:  # (a ResNet's representation is its pooled trunk)
+            raise CheckpointError(f"hidden_layer= goes with net=, for the checkpoint of a run pretrained on a network "
+                                  f"given from Python, and {path} is not one: leave hidden_layer out")
         return None
     cls = record.get("class")
     if for_export:
@@ -191,6 +212,11 @@ def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bo
                               f"cannot build: evaluate or embed it from Python, giving a {cls} of the same "
                               f"architecture as net=, e.g. byol.knn(path, net=net) (byol.linear, byol.embed and "
                               "byol.load_encoder take net= too)")
+    if hidden_layer is not RUN_S_CUT and _spelled(net, hidden_layer) != record.get("hidden_layer"):
+        cut = record.get("hidden_layer")
+        raise CheckpointError(f"{path}'s run took its representation at hidden_layer={cut!r}, where training and "
+                              f"the kNN monitor took it and where byol evaluates and embeds it: leave hidden_layer "
+                              f"out (the run's is taken), or give hidden_layer={cut!r}")
     return record
 
 

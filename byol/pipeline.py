@@ -24,6 +24,7 @@ from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
+from .given_net import RUN_S_CUT, Cut
 from .evaluate import knn_accuracy, linear_probe, nonfinite_rows
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
@@ -207,7 +208,8 @@ def check_counts(**counts) -> tuple:
 @usual_torch_defaults()
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: Sequence[int] = (20, 200),
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
-        progress: bool = False, holdout: int = 0, *, net: Optional[nn.Module] = None) -> dict:
+        progress: bool = False, holdout: int = 0, *, net: Optional[nn.Module] = None,
+        hidden_layer: Cut = RUN_S_CUT) -> dict:
     """kNN top-1 (cosine, weighted votes) of a checkpoint's online encoder: ``{"knn_top1": {k: acc}}``
     (``k`` an int; the JSON that ``byol eval knn`` writes has it as a string).
 
@@ -216,11 +218,11 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: Seque
     ``progress`` shows progress bars on stderr; ``holdout`` N scores N training images held out of
     the bank instead of the test split (CIFAR, STL-10: for tuning). The result also says what it is of (the checkpoint,
     its step, the features' width and precision: docs/metrics.md lists its fields). ``net``: the network of a run
-    pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``).
+    pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``, and its ``hidden_layer``).
     """
     ks, temperature, limit, holdout = check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
     config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
-                                                              "eval knn", holdout, net)
+                                                              "eval knn", holdout, net, hidden_layer)
     if missing:
         note(missing)
     over = [str(k) for k in dict.fromkeys(ks) if k > info["n_train"]]
@@ -245,14 +247,15 @@ LINEAR_PROBE = {**{name: inspect.signature(linear_probe).parameters[name].defaul
 @usual_torch_defaults()
 def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs: int = 100,
            limit: Optional[int] = None, random_init: bool = False, progress: bool = False,
-           holdout: int = 0, *, net: Optional[nn.Module] = None) -> dict:
+           holdout: int = 0, *, net: Optional[nn.Module] = None, hidden_layer: Cut = RUN_S_CUT) -> dict:
     """Linear probe (top-1, top-5) on frozen online-encoder features of a checkpoint (or, with
     ``random_init``, of the encoder its run started from), with its settings (:data:`LINEAR_PROBE`,
     ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr; ``holdout``
-    as for :func:`knn`: trained on the rest of the train split, scored on those held out; ``net`` as for :func:`knn`."""
+    as for :func:`knn`: trained on the rest of the train split, scored on those held out; ``net`` and
+    ``hidden_layer`` as for :func:`knn`."""
     epochs, limit, holdout = check_counts(epochs=epochs, limit=limit, holdout=holdout)
     config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
-                                                              "eval linear", holdout, net)
+                                                              "eval linear", holdout, net, hidden_layer)
     if info["n_train"] < 2:  # linear_probe's own ValueError is for Python callers of it, not a data error
         raise DataError(f"the linear probe needs at least 2 train images (it standardizes the features by their "
                         f"spread), got {info['n_train']}; raise --limit, or lower --holdout")
@@ -273,14 +276,15 @@ def _input_size(source: Source, crop: Optional[int]) -> int:
 
 def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                       limit: Optional[int], progress: bool, command: str, holdout: int = 0,
-                      own_net: Optional[nn.Module] = None):
+                      own_net: Optional[nn.Module] = None, hidden_layer: Cut = RUN_S_CUT):
     """``(config, device, (train features, labels, held-out features, labels), info, missing)`` for a
     checkpoint's online encoder; ``missing``: the note of :func:`_classes_missing`, or None; ``info``:
     the splits' sizes and the held-out one's name (test, or a folder's val), the data root they were
     read from, where the weights come from (:func:`load_encoder_with_origin`) and how the features
     were computed (their width, the input's size, the device and precision: what ``train.precision``
     resolves to there); the settings given that ``command`` does not read are noted."""
-    net, config, origin = load_encoder_with_origin(path, overrides, random_init, net=own_net)
+    net, config, origin = load_encoder_with_origin(path, overrides, random_init, net=own_net,
+                                                   hidden_layer=hidden_layer)
     note_unused(overrides, command, config)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit, holdout)

@@ -162,17 +162,12 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
               "shares and augmentation draws are not those the run would have had", file=sys.stderr)
 
 
-def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, rank: int, world: int, steps_per_epoch: int,
-             amp: Optional[torch.dtype] = None, images: Optional[int] = None,
-             files: Optional[str] = None, given: Optional[dict] = None) -> tuple[int, dict]:
-    """Load the run's last checkpoint into the model, optimizer and generators; return its step and
-    what the run saved beside them (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``,
-    the metrics' sums since the last record; ``knn_due``, a kNN evaluation a stop skipped; ...).
-    ``amp``: this run's autocast dtype, said when it differs from the checkpoint's steps'; ``images``:
-    the training images now, and ``files`` a digest of a folder's names, said when they differ from the
-    checkpoint's run's; ``given``: what the run records of a network given from Python (None: a ResNet by
-    name), checked against the checkpoint's."""
+def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.Optimizer,
+                 given: Optional[dict] = None) -> tuple[dict, dict[int, float]]:
+    """The run's last checkpoint, checked against the settings and network of its resume (``given``: what the
+    run records of a network given from Python, None for a ResNet by name) and loaded into the model and
+    optimizer, before the data is read: a resume refused (another network, ``hidden_layer`` or batch size) is
+    refused at once. Returns it, with the steps of its run's kNN records (for :func:`restore`)."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     check_resume(state, given, ckpt_path)
     scored = _refuse_changed_settings(state, config, ckpt_path)
@@ -190,6 +185,19 @@ def restore(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.optim.
         raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
     for group, setting in zip(optimizer.param_groups, settings):
         group.update(setting)
+    return state, scored
+
+
+def restore(loaded: tuple[dict, dict[int, float]], ckpt_path: Path, config: Config, generator: torch.Generator,
+            rank: int, world: int, steps_per_epoch: int, amp: Optional[torch.dtype] = None,
+            images: Optional[int] = None, files: Optional[str] = None) -> tuple[int, dict]:
+    """The rest of a resume once the data is read, from the checkpoint that :func:`load_resumed` loaded (``loaded``,
+    what it returned): the generators restored; returns its step and what the run saved beside them
+    (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``, the metrics' sums since the last
+    record; ``knn_due``, a kNN evaluation a stop skipped; ...). ``amp``: this run's autocast dtype, said when it
+    differs from the checkpoint's steps'; ``images``: the training images now, and ``files`` a digest of a
+    folder's names, said when they differ from the checkpoint's run's."""
+    state, scored = loaded
     _restore_generators(state, generator, rank, world, ckpt_path)
     _, _, total = schedule_of(config, steps_per_epoch)
     if rank == 0:

@@ -31,7 +31,7 @@ from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
                         note_no_augmentation, note_train_split, note_unused_optim, note_warmup, progress_bar)
-from .resume import restore
+from .resume import load_resumed, restore
 from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
 from .saving import Checkpoints
 from .step import LoopStep, loop_step_class, step_forward
@@ -179,11 +179,14 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step_class = loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = last_checkpoint(run_dir)
-    data = _load_data(config, device, rank, world, resume)
+    # The model before the data (which draws from no generator _build seeds), so that a resume the checkpoint
+    # refuses (another network, hidden_layer, batch size) is refused before the data set is read.
     byol, optimizer, generator = _build(config, device, rank, world, net, given)
+    loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
+    data = _load_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
-    step, saved = restore(ckpt_path, config, byol, optimizer, generator, rank, world, steps_per_epoch, amp,
-                          data.size, data.names_digest, given) if resume else (0, {})
+    step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,
+                          data.size, data.names_digest) if resume else (0, {})
     resumed_s = float(saved.get("time_s", 0.0))
     data.skipped_at_checkpoint = saved.get("skipped_inside")  # (older checkpoints: None, decoded to skip)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)

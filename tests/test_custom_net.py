@@ -105,6 +105,42 @@ def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_moni
     assert not any(m.training for m in loaded.modules())  # in eval mode, as said (a mutation audit)
 
 
+def test_eval_and_embed_take_the_run_s_hidden_layer_given_again_and_refuse_another(run, tmp_path):
+    """A user test: hidden_layer=, given to byol.pretrain, given again to byol.knn (linear, embed, load_encoder)
+    was Python's TypeError (an unexpected keyword); the run's own is taken, in any spelling, another refused."""
+    out, results, net, _ = run
+    path = out / "checkpoints" / "last.pt"
+    scored = byol.knn(path, net=SmallNet(seed=1), hidden_layer=HIDDEN, limit=200, ks=(20, 200))
+    assert scored["knn_top1"] == pytest.approx(results["knn"], abs=1e-6)
+    assert byol.linear(path, net=SmallNet(), hidden_layer=-3, limit=20, epochs=1)["n_train"] == 20
+    assert np.load(byol.embed(path, tmp_path / "e.npy", net=SmallNet(), hidden_layer="3", limit=20)).shape == (20, 8)
+    encoder, _ = byol.load_encoder(path, net=SmallNet(), hidden_layer=HIDDEN)
+    assert encoder(torch.rand(2, 3, 32, 32)).shape == (2, 8)
+    for call in (lambda: byol.knn(path, net=SmallNet(), hidden_layer=-2, limit=20),  # Flatten, "4"
+                 lambda: byol.linear(path, net=SmallNet(), hidden_layer=None, limit=20),
+                 lambda: byol.embed(path, tmp_path / "f.npy", net=SmallNet(), hidden_layer="2", limit=20),
+                 lambda: byol.load_encoder(path, net=SmallNet(), hidden_layer=-1)):
+        with pytest.raises(CheckpointError, match=r"run took its representation at hidden_layer='3', .*leave hidden_"
+                                                  r"layer out \(the run's is taken\), or give hidden_layer='3'$"):
+            call()
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_a_resume_that_is_refused_is_refused_before_the_data_is_read(run, cifar10_root, monkeypatch):
+    """A user test: a resume given another hidden_layer or network read the whole data set first."""
+    out = run[0]
+    monkeypatch.setattr(byol.train, "load_data", lambda *a, **k: pytest.fail("the data was read"))
+    more = byol.resume_config(None, [f"--train.out_dir={out}", "--train.max_steps=6"])
+    with pytest.raises(CheckpointError, match=r"resume with hidden_layer='3'"):
+        byol.pretrain(more, resume=True, net=SmallNet())
+    with pytest.raises(CheckpointError, match=r"does not match this model \(net is a SmallNet of another size"):
+        byol.pretrain(more, resume=True, net=SmallNet(width=4), hidden_layer=HIDDEN)
+    with pytest.raises(CheckpointError, match=r"train.batch_size=16"):
+        byol.pretrain(byol.resume_config(None, [f"--train.out_dir={out}", "--train.batch_size=32"]), resume=True,
+                      net=SmallNet(), hidden_layer=HIDDEN)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
+
+
 def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_path, cifar10_root):
     common = {"train.knn_every": -1, "optim.name": "sgd"}
     # Dropout: torch's generator goes on as the checkpoint saved it (a review: the CPU memory check before a
@@ -184,13 +220,16 @@ def test_a_network_that_does_not_take_the_run_s_weights_is_left_as_it_was(run, c
     assert all(torch.equal(v, given[k]) for k, v in net.state_dict().items())  # none of the BatchNorm's loaded
 
 
-def test_a_resnet_run_is_neither_resumed_nor_evaluated_with_a_net(tmp_path, cifar10_root):
+def test_a_resnet_run_is_neither_resumed_nor_evaluated_with_a_net(tmp_path, cifar10_root, monkeypatch):
     config = load_config("cifar10", settings(tmp_path, cifar10_root, **{"train.max_steps": 1, "train.knn_every": -1}))
     byol.pretrain(config)
+    monkeypatch.setattr(byol.train, "load_data", lambda *a, **k: pytest.fail("the data was read"))  # (refused first)
     with pytest.raises(CheckpointError, match="model.backbone=resnet18.*resume it without net="):
         byol.pretrain(config, resume=True, net=SmallNet(), hidden_layer=HIDDEN)
     with pytest.raises(CheckpointError, match="net= takes the checkpoint of a run pretrained on a network given"):
         byol.knn(tmp_path / "checkpoints" / "last.pt", net=SmallNet(), limit=20)
+    with pytest.raises(CheckpointError, match=r"hidden_layer= goes with net=.*leave hidden_layer out$"):
+        byol.knn(tmp_path / "checkpoints" / "last.pt", hidden_layer="avgpool", limit=20)
 
 
 def test_without_net_eval_embed_and_export_name_the_python_call(run, cli, tmp_path):
@@ -244,6 +283,18 @@ def test_custom_is_a_backbone_only_python_gives(run, cli):
     with pytest.raises(CheckpointError, match=r"cannot resume: no checkpoint at .*new.*; start without --resume$"):
         byol.pretrain(saved, resume=True)
     assert not (run[0].parent / "new").exists()
+
+
+def test_a_network_that_does_not_run_on_the_run_s_views_names_data_image_size(tmp_path, cifar10_root):
+    """A user test: a network for 224-pixel images (a torchvision ViT) was told to give BYOL(..., feature_dim=D),
+    which byol.pretrain takes no such argument for (and its views would not run either)."""
+    config = load_config("cifar10", settings(tmp_path / "run", cifar10_root, **{"train.max_steps": 1}))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 222 * 222, 10))  # 224x224 images only
+    with pytest.raises(ValueError, match=r"^net does not run on 32x32 images, the size of the run's views "
+                                         r"\(data.image_size=32\): mat1 and mat2 .*set data.image_size to a size") as e:
+        byol.pretrain(config, net=net, hidden_layer=-1)
+    assert "feature_dim" not in str(e.value)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
