@@ -42,7 +42,8 @@ class NonFiniteGuard:
         self.streak = torch.zeros((), dtype=torch.int64, device=device)
         self.max_streak = torch.zeros((), dtype=torch.int64, device=device)
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
-        self._tensors_now: list[torch.Tensor] = []
+        self._tree: list[nn.Module] = []  # the modules' submodules, read at the first snapshot
+        self._known: set[int] = set()  # ids of the tensors the buffers were made for
         self._saved: list[torch.Tensor] = []
         self._bits: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._key: tuple = ()
@@ -54,26 +55,32 @@ class NonFiniteGuard:
                 if isinstance(v, torch.Tensor) and v.device == self.streak.device]
 
     def _tensors(self) -> list[torch.Tensor]:
-        # Each tensor once (a module passed twice, a shared parameter): the restore adds, so a
-        # tensor listed twice would come back doubled.
-        tensors = [t for m in self.modules for t in (*m.parameters(), *m.buffers())] + self._optimizer_tensors()
+        # The submodules' own dictionaries, not parameters() and buffers(), which walk the module tree
+        # again at every call (a ResNet-18 learner's: 0.33 ms of the host's time, against 0.04). Each
+        # tensor once (a module passed twice, a shared parameter): the restore adds, so a tensor listed
+        # twice would come back doubled.
+        if not self._tree:
+            self._tree = list({id(s): s for m in self.modules for s in m.modules()}.values())
+        tensors = [t for m in self._tree for named in (m._parameters, m._buffers) for t in named.values()
+                   if t is not None] + self._optimizer_tensors()
         return list({id(t): t for t in tensors}.values())
 
     @torch.no_grad()
     def snapshot(self) -> None:
         tensors = self._tensors()
-        # The memory too: the integer views kept below must still be views of these tensors' storage.
-        key = tuple((id(t), t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+        # The memory too: the integer views kept below must still be views of these tensors' storage (a
+        # tensor moved, converted or given new memory has another data_ptr).
+        key = (tuple(map(id, tensors)), tuple([t.data_ptr() for t in tensors]))
         if key != self._key:  # first step, or the optimizer created state: new buffers
             self._saved, self._bits = [], {}  # free the old ones first
             self._key, self._saved = key, [torch.empty_like(t) for t in tensors]
+            self._known = set(key[0])
             for t, saved in zip(tensors, self._saved):  # integer views of the same memory, by width
                 bits = _INT_OF_SIZE.get(t.element_size(), t.dtype)  # complex128: as it is, by where
                 now, kept = self._bits.setdefault(bits, ([], []))
                 now.append(t.view(bits))
                 kept.append(saved.view(bits))
         torch._foreach_copy_(self._saved, tensors)
-        self._tensors_now = tensors
 
     @torch.no_grad()
     def settle(self, loss: torch.Tensor) -> torch.Tensor:
@@ -91,11 +98,9 @@ class NonFiniteGuard:
             torch._foreach_mul_(now, keep_new)  # new or 0
             torch._foreach_mul_(kept, 1 - keep_new)  # 0 or saved (the copy is not needed after this)
             torch._foreach_add_(now, kept)
-        known = {id(t) for t in self._tensors_now}
         for tensor in self._optimizer_tensors():  # state the step created (momentum at step 0)
-            if id(tensor) not in known:
+            if id(tensor) not in self._known:
                 tensor.copy_(torch.where(ok, tensor, torch.zeros_like(tensor)))
-        self._tensors_now = []
         self.streak.copy_(torch.where(ok, torch.zeros_like(self.streak), self.streak + 1))
         torch.maximum(self.max_streak, self.streak, out=self.max_streak)
         self.skipped.add_((~ok).long())

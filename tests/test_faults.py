@@ -680,6 +680,32 @@ def test_nonfinite_step_is_undone_for_every_dtype():
             assert torch.equal(v.reshape(-1).view(torch.uint8), expected[k].reshape(-1).view(torch.uint8)), (k, bad)
 
 
+def test_a_parameter_replaced_or_given_new_memory_between_steps_is_guarded():
+    """The guard reads its modules' tree once and recognizes a step's tensors by identity and address:
+    a parameter replaced by another, or given new memory, after earlier snapshots is still put back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    for _ in range(2):
+        guard.snapshot()
+        loss = model(torch.randn(8, 4)).sum()
+        opt.zero_grad(), loss.backward(), opt.step()
+        assert guard.settle(loss)
+    changes = (lambda: setattr(model[0].weight, "data", model[0].weight.data.clone()),  # new memory
+               lambda: setattr(model[1], "bias", nn.Parameter(torch.tensor([5.0]))))  # another Parameter
+    for change in changes:
+        change()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        guard.snapshot()
+        with torch.no_grad():
+            for v in model.state_dict().values():
+                v.fill_(7.0)
+        assert not guard.settle(torch.tensor(float("nan")))
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
 class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
