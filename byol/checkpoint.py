@@ -78,6 +78,11 @@ def rng_state_kept() -> Iterator[None]:
         set_rng_state(saved)
 
 
+def versions() -> dict:
+    """The versions of byol and torch, as a checkpoint and an evaluation's result record them."""
+    return {"byol": __version__, "torch": str(torch.__version__)}
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
                     config: dict, generator: Optional[torch.Generator] = None,
                     scaler: Optional[Any] = None, extra: Optional[dict] = None) -> None:
@@ -94,7 +99,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         "step": step,
         "rng": rng_state(generator),
         "config": config,
-        "versions": {"byol": __version__, "torch": str(torch.__version__)},
+        "versions": versions(),
         "extra": extra or {},
     }
     try:

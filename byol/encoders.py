@@ -101,6 +101,7 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         origin.update(_trained(state))
         if record is not None:
             net = given_encoder(state, config, own_net, record, path, random_init)
+            origin["hidden_layer"] = record.get("hidden_layer")  # where the run cut it (an evaluation records it)
         elif random_init:
             net = _initial_net(config)
         else:

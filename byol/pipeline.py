@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, versions
 from .config import Config, ConfigError
 from .config_files import override_key
 from .data import DataError, ImageSet
@@ -285,6 +285,7 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     resolves to there); the settings given that ``command`` does not read are noted."""
     net, config, origin = load_encoder_with_origin(path, overrides, random_init, net=own_net,
                                                    hidden_layer=hidden_layer)
+    cut = origin.pop("hidden_layer", None)  # a network given from Python's: where its run took the representation
     note_unused(overrides, command, config)
     device = resolve_device(config.train.device)
     train, test = labeled_splits(config, limit, holdout)
@@ -295,19 +296,21 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     info = {"n_train": len(train_f), "n_test": len(test_f), "test_split": held,
             "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
             "random_init": random_init, "feature_dim": train_f.shape[1],
-            "image_size": _input_size(test, eval_crop(config)), **_input_of(config, own_net),
+            "image_size": _input_size(test, eval_crop(config)),
+            **_input_of(config, own_net, cut),
             "device": str(device),
-            "precision": precision_name(autocast_dtype(config.train.precision, device))}
+            "precision": precision_name(autocast_dtype(config.train.precision, device)), "versions": versions()}
     return config, device, (train_f, train_y, test_f, test_y), info, _classes_missing(train, train_y, test_y, held)
 
 
-def _input_of(config: Config, own_net: Optional[nn.Module]) -> dict:
+def _input_of(config: Config, own_net: Optional[nn.Module], cut: Cut = None) -> dict:
     """What an evaluation's result records of the encoder and what it was fed (a bare state_dict's are
     assumed, and two results given other ones told apart by their numbers alone: a user test): the network
-    (a ResNet's settings, or the class of the network given) and the normalization's mean and std."""
+    (a ResNet's settings, or the class of the network given and ``cut``, its run's ``hidden_layer``) and the
+    normalization's mean and std."""
     m = config.model
-    net = {"backbone": m.backbone, **({"class": type(own_net).__name__} if own_net is not None else
-                                      {"cifar_stem": m.cifar_stem, "width": m.width})}
+    net = {"backbone": m.backbone, **({"class": type(own_net).__name__, "hidden_layer": cut} if own_net is not None
+                                      else {"cifar_stem": m.cifar_stem, "width": m.width})}
     view1, _ = views_of(config)
     return {"model": net, "mean": list(view1.mean), "std": list(view1.std)}
 

@@ -99,6 +99,7 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
     """The JSON (and the table) of an evaluation name the checkpoint, its step and epoch, the features'
     width and precision, and the linear probe's settings: they said none, so two results could not
     be told apart or traced."""
+    from byol import __version__
     from byol.backbones import resnet
     from byol.build import native_bf16
     from byol.cli import main
@@ -108,7 +109,8 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
     origin = {"checkpoint": str(ckpt), "step": 4, "epoch": 0.5, "random_init": False, "feature_dim": 64,
               "image_size": 32, "device": "cpu", "precision": precision,
               "model": {"backbone": "resnet18", "cifar_stem": True, "width": 8},  # (the fixture's run)
-              "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}  # augment.preset=cifar's
+              "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],  # augment.preset=cifar's
+              "versions": {"byol": __version__, "torch": str(torch.__version__)}}  # (as checkpoints record)
     assert main(["eval", "knn", str(ckpt), "--limit", "40", "--out", str(tmp_path / "k.json")]) == 0
     knn = json.loads((tmp_path / "k.json").read_text())
     assert {k: knn[k] for k in origin} == origin and "no augmentation" in knn["features"]

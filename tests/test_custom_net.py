@@ -88,7 +88,7 @@ def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_moni
     limit = 200  # train.knn_limit: the monitor's bank and queries
     scored = byol.knn(path, net=SmallNet(seed=1), limit=limit, ks=(20, 200))
     assert scored["knn_top1"] == pytest.approx(results["knn"], abs=1e-6)
-    assert scored["model"] == {"backbone": "custom", "class": "SmallNet"}  # what the result is of
+    assert scored["model"] == {"backbone": "custom", "class": "SmallNet", "hidden_layer": "3"}  # what it is of
     # random_init: the net's own weights as given, here the run's start (SmallNet's seed), which the monitor scored
     initial = byol.knn(path, net=SmallNet(), limit=limit, ks=(20, 200), random_init=True)
     assert initial["knn_top1"] == pytest.approx(results["knn_init"], abs=1e-6)
