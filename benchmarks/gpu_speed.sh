@@ -178,7 +178,8 @@ else
     test_part gpu-tests-eager 60 "$python" -m pytest -v -rA --tb=short --durations=0 -p no:cacheprovider \
         -p no:logging -m gpu "${timeout_opt[@]}" "tests/test_step.py::test_loop_step_makes_no_cuda_sync[False]" \
         tests/test_train.py::test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory \
-        tests/test_augment.py::test_cuda_with_cpu_generator_matches_cpu
+        tests/test_augment.py::test_cuda_with_cpu_generator_matches_cpu \
+        tests/test_step.py::test_a_step_that_waits_for_the_host_is_not_captured_on_cuda  # last: a failed capture
     part host-floor 75 "$python" -m benchmarks.speed --device "$device" --data random --batch 2 --width 8 \
         --head-width 64 --systems "byol-eager$peers$graphed" --warmup 5 --repeats 3 --steps 20 \
         --settle 2 --json "$out/host_floor.json"
