@@ -27,7 +27,8 @@ class NonFiniteGuard:
     nothing waits for the GPU. The streak of consecutive bad steps is counted on the device too
     and read with the other metrics. The snapshot is one foreach copy
     into buffers kept from step to step (so they hold memory the size of the model and optimizer
-    state for the whole run).
+    state for the whole run). The modules' tree is read at the first snapshot: a submodule added or
+    replaced after it (:meth:`~byol.BYOL.reset_moving_average`'s new target) is not guarded; build a new guard.
 
     The restore is a select, ``ok ? new : saved``, for some 200 tensors. ``torch.where`` per tensor
     would be one kernel each (more than the rest of the step outside forward and backward); no
@@ -44,6 +45,7 @@ class NonFiniteGuard:
         self.skipped = torch.zeros((), dtype=torch.int64, device=device)
         self._tree: list[nn.Module] = []  # the modules' submodules, read at the first snapshot
         self._known: set[int] = set()  # ids of the tensors the buffers were made for
+        self._now: list[torch.Tensor] = []  # the snapshot's tensors, alive to the settle: no new one takes an id
         self._saved: list[torch.Tensor] = []
         self._bits: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._key: tuple = ()
@@ -69,8 +71,10 @@ class NonFiniteGuard:
     def snapshot(self) -> None:
         tensors = self._tensors()
         # The memory too: the integer views kept below must still be views of these tensors' storage (a
-        # tensor moved, converted or given new memory has another data_ptr).
-        key = (tuple(map(id, tensors)), tuple([t.data_ptr() for t in tensors]))
+        # tensor moved, converted or given new memory has another data_ptr), and of its layout (one resized,
+        # transposed or re-viewed in place keeps its data_ptr; a tensor of no elements has data_ptr 0).
+        key = (tuple(map(id, tensors)), tuple([t.data_ptr() for t in tensors]), tuple([t.shape for t in tensors]),
+               tuple([t.stride() for t in tensors]))
         if key != self._key:  # first step, or the optimizer created state: new buffers
             self._saved, self._bits = [], {}  # free the old ones first
             self._key, self._saved = key, [torch.empty_like(t) for t in tensors]
@@ -81,6 +85,7 @@ class NonFiniteGuard:
                 now.append(t.view(bits))
                 kept.append(saved.view(bits))
         torch._foreach_copy_(self._saved, tensors)
+        self._now = tensors
 
     @torch.no_grad()
     def settle(self, loss: torch.Tensor) -> torch.Tensor:
@@ -101,6 +106,7 @@ class NonFiniteGuard:
         for tensor in self._optimizer_tensors():  # state the step created (momentum at step 0)
             if id(tensor) not in self._known:
                 tensor.copy_(torch.where(ok, tensor, torch.zeros_like(tensor)))
+        self._now = []
         self.streak.copy_(torch.where(ok, torch.zeros_like(self.streak), self.streak + 1))
         torch.maximum(self.max_streak, self.streak, out=self.max_streak)
         self.skipped.add_((~ok).long())

@@ -167,7 +167,8 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
     """The run's last checkpoint, checked against the settings and network of its resume (``given``: what the
     run records of a network given from Python, None for a ResNet by name) and loaded into the model and
     optimizer, before the data is read: a resume refused (another network, ``hidden_layer`` or batch size) is
-    refused at once. Returns it, with the steps of its run's kNN records (for :func:`restore`)."""
+    refused at once. Returns it less the weights and optimizer state it loaded (kept, they would be a copy in
+    host memory for the whole run), with the steps of its run's kNN records (for :func:`restore`)."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     check_resume(state, given, ckpt_path)
     scored = _refuse_changed_settings(state, config, ckpt_path)
@@ -185,7 +186,7 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
         raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run ({e})") from None
     for group, setting in zip(optimizer.param_groups, settings):
         group.update(setting)
-    return state, scored
+    return {k: v for k, v in state.items() if k not in ("model", "optimizer")}, scored
 
 
 def restore(loaded: tuple[dict, dict[int, float]], ckpt_path: Path, config: Config, generator: torch.Generator,

@@ -200,15 +200,22 @@ class GraphedLoopStep(LoopStep):
             graph.register_generator_state(self.generator)
         # On the images' device (torch.cuda.graph would capture on the current one, cuda:0 unless set) and
         # its side stream; thread_local: a DataLoader's pinning thread may call CUDA meanwhile.
+        failed: list[Exception] = []  # the step's own error: the capture's end fails too after it, with CUDA's
+        current = torch.cuda.current_stream(images.device)
         try:
             with torch.cuda.device(images.device), \
                     torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
-                self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
-                self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+                try:
+                    self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
+                    self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+                except Exception as e:  # (not the chain's root: the step may raise while handling its own error)
+                    failed.append(e)
+                    raise
         except Exception as e:  # a network's own .item() or CPU work, say: a sentence, not CUDA's traceback
-            first = first_error(e)  # (the capture's end fails too, after an op that did)
+            torch.cuda.set_stream(current)  # (torch.cuda.graph's exit leaves its stream current if capture_end fails)
+            first = failed[0] if failed else e
             if isinstance(first, torch.cuda.OutOfMemoryError):
-                raise first  # the command line's sentence for it
+                raise first from None  # the command line's sentence for it
             raise ConfigError(uncapturable(first)) from e
         self.graph = graph  # only once captured: a failed capture is not replayed
 
@@ -239,17 +246,8 @@ class GraphedLoopStep(LoopStep):
         return self._finish(loss, z1)
 
 
-def first_error(error: BaseException) -> BaseException:
-    """The error that ``error`` was raised while handling, and so on: the first of the chain."""
-    seen = {id(error)}
-    while error.__context__ is not None and id(error.__context__) not in seen:
-        error = error.__context__
-        seen.add(id(error))
-    return error
-
-
 def uncapturable(error: BaseException) -> str:
-    """What a failed capture of :class:`GraphedLoopStep` says, ``error`` the capture's first."""
+    """What a failed capture of :class:`GraphedLoopStep` says, ``error`` the step's own (else the capture's)."""
     said = (str(error).strip().splitlines() or [""])[0]
     return (f"train.cuda_graph=true: the training step could not be captured in a CUDA graph "
             f"({type(error).__name__}{': ' + said if said else ''}); a graph replays GPU work only, so the "

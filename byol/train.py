@@ -183,6 +183,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     # refuses (another network, hidden_layer, batch size) is refused before the data set is read.
     byol, optimizer, generator = _build(config, device, rank, world, net, given)
     loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
+    if resume:  # net holds the checkpoint's weights from here, also where reading the data then fails
+        trained(net, t.out_dir)
     data = _load_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
     step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,

@@ -141,6 +141,26 @@ def test_a_resume_that_is_refused_is_refused_before_the_data_is_read(run, cifar1
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
 
 
+def test_a_resume_whose_data_is_gone_leaves_net_known_as_trained(run, monkeypatch):
+    """The checkpoint is loaded into net before the data is read: where the data then fails, net holds the
+    run's weights, and a new run given it says that it starts from them (byol.given_net.note_trained_before)."""
+    from byol.data import DataError
+    from byol.given_net import _TRAINED
+
+    out = run[0]
+
+    def gone(*args, **kwargs):
+        raise DataError("cifar10 train files not found")
+
+    monkeypatch.setattr(byol.train, "load_data", gone)
+    net = SmallNet(seed=5)
+    with pytest.raises(DataError):
+        byol.pretrain(byol.resume_config(None, [f"--train.out_dir={out}", "--train.max_steps=6"]), resume=True,
+                      net=net, hidden_layer=HIDDEN)
+    assert not all(torch.equal(v, w) for v, w in zip(net.state_dict().values(), SmallNet(seed=5).state_dict().values()))
+    assert _TRAINED.get(net) == str(out)
+
+
 def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_path, cifar10_root):
     common = {"train.knn_every": -1, "optim.name": "sgd"}
     # Dropout: torch's generator goes on as the checkpoint saved it (a review: the CPU memory check before a

@@ -706,6 +706,71 @@ def test_a_parameter_replaced_or_given_new_memory_between_steps_is_guarded():
             assert torch.equal(v, before[k]), k
 
 
+class _Buffered(nn.Module):
+    def __init__(self, buffer: torch.Tensor):
+        super().__init__()
+        self.register_buffer("b", buffer)
+
+
+@pytest.mark.parametrize("change", ["t_", "resize_", "empty"])
+def test_a_buffer_given_another_layout_in_the_same_memory_is_put_back(change):
+    """A tensor transposed or resized in place keeps its id and address (and every tensor of no elements has
+    address 0): the guard's buffers are made again for its layout, not put back transposed or refused."""
+    model = _Buffered(torch.empty(0) if change == "empty" else torch.arange(6.0).reshape(2, 3))
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    guard.snapshot()
+    assert guard.settle(torch.tensor(1.0))
+    if change == "empty":
+        model.b.data = torch.empty(0, 5, dtype=torch.float64)
+    else:
+        getattr(model.b, change)(*(() if change == "t_" else (3, 2)))
+    before = model.b.clone()
+    guard.snapshot()
+    model.b.fill_(9.0)
+    assert not guard.settle(torch.tensor(float("nan")))
+    assert model.b.shape == before.shape and torch.equal(model.b, before)
+
+
+class _NewStateEachStep(torch.optim.Optimizer):
+    """SGD with momentum whose state is made again at each step (the old tensor freed first), as some
+    optimizers written functionally do."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.1})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                old = self.state[p].pop("buf", None)
+                kept = None if old is None else old.clone()
+                del old
+                buf = torch.zeros_like(p)
+                buf.add_(p.grad if kept is None else kept * 0.9 + p.grad)
+                self.state[p]["buf"] = buf
+                p.add_(buf, alpha=-group["lr"])
+
+
+def test_optimizer_state_made_again_by_an_undone_step_is_zeroed():
+    """State a step made is zeroed where the step is undone, also where the new tensor has the id of one the
+    snapshot saw (CPython gives a freed object's id to the next): the snapshot's tensors stay alive to the
+    settle, so no new one has an id the guard knows."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = _NewStateEachStep(model.parameters())
+    guard = NonFiniteGuard([model], opt, torch.device("cpu"))
+    for step in range(4):
+        guard.snapshot()
+        loss = model(torch.randn(4, 3)).sum() * (float("nan") if step == 2 else 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert bool(guard.settle(loss)) == (step != 2)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(state["buf"]).all() for state in opt.state.values())
+
+
 class _CountOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()

@@ -351,9 +351,10 @@ class _WaitsForTheHost(ViewsForward):
         return super().forward(view1, view2)
 
 
-def _capture_here(monkeypatch):
-    """torch.cuda.graph and its helpers as stand-ins on a CPU: the capture's body runs eagerly, and an
-    error in it fails the capture's end too, as on a GPU."""
+def _step_captured_here(monkeypatch, forward_backward) -> tuple[GraphedLoopStep, list]:
+    """A GraphedLoopStep whose capture runs on a CPU, with torch.cuda.graph and its helpers stood in for
+    (the capture's body runs eagerly, and an error in it fails the capture's end too, as on a GPU), and
+    ``forward_backward`` as its forward and backward; with the streams it set as current, in a list."""
     from contextlib import contextmanager, nullcontext
 
     @contextmanager
@@ -363,9 +364,18 @@ def _capture_here(monkeypatch):
         except RuntimeError:
             raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
+    streams = []
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
     monkeypatch.setattr(torch.cuda, "device", lambda device: nullcontext())
     monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "the stream before the capture")
+    monkeypatch.setattr(torch.cuda, "set_stream", streams.append)
+    byol = tiny_byol()
+    step = object.__new__(GraphedLoopStep)  # (its constructor refuses a CPU)
+    step.forward, step.byol, step.optimizer, step.generator = ViewsForward(byol), byol, optimizer_of(byol), None
+    step.amp, step.augment, step._side, step.graph = None, None, None, None
+    monkeypatch.setattr(step, "_forward_backward", forward_backward)
+    return step, streams
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA error: operation not permitted when stream is capturing\n"
@@ -377,22 +387,43 @@ def test_a_graphed_step_that_cannot_be_captured_is_one_sentence(monkeypatch, err
     says that one); nothing is replayed after either."""
     from byol.config import ConfigError
 
-    _capture_here(monkeypatch)
-    byol = tiny_byol()
-    step = object.__new__(GraphedLoopStep)  # (its constructor refuses a CPU)
-    step.forward, step.byol, step.optimizer, step.generator = ViewsForward(byol), byol, optimizer_of(byol), None
-    step.amp, step.augment, step._side, step.graph = None, None, None, None
-
     def fails(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(step, "_forward_backward", fails)
+    step, streams = _step_captured_here(monkeypatch, fails)
     expected = (ConfigError, "^train.cuda_graph=true: the training step could not be captured in a CUDA graph "
                 r"\(RuntimeError: CUDA error: operation not permitted when stream is capturing\); .*"
                 "train with train.cuda_graph=false$") if type(error) is RuntimeError else (type(error), "out of memory")
     with pytest.raises(expected[0], match=expected[1]) as raised:
         step._capture(images())
     assert raised.value is error or raised.value.__cause__.__context__ is error  # (the capture's end's, then it)
+    assert step.graph is None
+    # torch.cuda.graph leaves its side stream current where its capture's end fails: put back
+    assert streams == ["the stream before the capture"]
+
+
+def _raised_while_handling(handled):
+    """A network's forward that fails the capture while handling an error of its own (a cache miss, an
+    out-of-memory fallback): the capture's error has ``handled`` as its context."""
+    def forward_backward(*args, **kwargs):
+        try:
+            raise handled
+        except type(handled):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+    return forward_backward
+
+
+@pytest.mark.parametrize("handled", [KeyError("conv1"), torch.cuda.OutOfMemoryError("CUDA out of memory.")])
+def test_a_failed_capture_names_the_step_s_error_not_one_it_handled(monkeypatch, handled):
+    """The sentence names the error that failed the capture, not the first of its chain: an error the
+    network raised and handled itself before it (a KeyError; an out of memory it fell back from, which
+    was re-raised as the run's out of memory) is not why the step cannot be captured."""
+    from byol.config import ConfigError
+
+    step, _ = _step_captured_here(monkeypatch, _raised_while_handling(handled))
+    with pytest.raises(ConfigError, match=r"\(RuntimeError: CUDA error: operation not permitted when stream is "
+                                          r"capturing\); "):
+        step._capture(images())
     assert step.graph is None
 
 
@@ -413,6 +444,7 @@ def test_a_step_that_waits_for_the_host_is_not_captured_on_cuda():
     with pytest.raises(ConfigError, match="^train.cuda_graph=true: the training step could not be captured"):
         loop_step(3, next(batches)[0])
     assert loop_step.graph is None
+    assert torch.cuda.current_stream(device) == torch.cuda.default_stream(device)  # put back
 
 
 @pytest.mark.gpu

@@ -1730,3 +1730,34 @@ def test_a_script_run_again_by_a_spawned_decoding_process_is_told_to_guard_its_c
     with pytest.raises(RuntimeError, match='byol.pretrain was called again .* `if __name__ == "__main__":`'):
         pretrain(config)
     assert not out.exists()
+
+
+def test_a_resumed_run_keeps_no_copy_of_the_checkpoint_s_weights(tmp_path, cifar10_root, monkeypatch):
+    """The checkpoint is loaded into model and optimizer before the data is read (a refused resume is refused
+    first), and the rest of the resume after it: what waits for the data holds no tensor of the model's or the
+    optimizer's, which would stay in host memory, a copy of the weights, for the whole run."""
+    import gc
+    import weakref
+
+    config = lambda steps: load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "train.max_steps": steps, "train.knn_every": -1}) + [f"--data.root={cifar10_root}"])
+    pretrain(config(2))
+    loaded, alive = [], []
+    read = byol.resume.load_checkpoint
+
+    def load_checkpoint_seen(*args, **kwargs):
+        state = read(*args, **kwargs)
+        loaded.extend(weakref.ref(t) for t in state["model"].values() if torch.is_tensor(t))
+        return state
+
+    train_steps = byol.train._train_steps
+
+    def train_steps_seen(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in loaded))
+        return train_steps(*args, **kwargs)
+
+    monkeypatch.setattr(byol.resume, "load_checkpoint", load_checkpoint_seen)
+    monkeypatch.setattr(byol.train, "_train_steps", train_steps_seen)
+    assert pretrain(config(4), resume=True)["step"] == 4
+    assert loaded and alive == [0]
