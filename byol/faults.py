@@ -71,10 +71,11 @@ class NonFiniteGuard:
     def snapshot(self) -> None:
         tensors = self._tensors()
         # The memory too: the integer views kept below must still be views of these tensors' storage (a
-        # tensor moved, converted or given new memory has another data_ptr), and of its layout (one resized,
-        # transposed or re-viewed in place keeps its data_ptr; a tensor of no elements has data_ptr 0).
+        # tensor moved, converted or given new memory has another data_ptr), and of its layout and dtype (one
+        # resized, transposed or viewed as another dtype in place keeps its data_ptr; a tensor of no elements
+        # has data_ptr 0).
         key = (tuple(map(id, tensors)), tuple([t.data_ptr() for t in tensors]), tuple([t.shape for t in tensors]),
-               tuple([t.stride() for t in tensors]))
+               tuple([t.stride() for t in tensors]), tuple([t.dtype for t in tensors]))
         if key != self._key:  # first step, or the optimizer created state: new buffers
             self._saved, self._bits = [], {}  # free the old ones first
             self._key, self._saved = key, [torch.empty_like(t) for t in tensors]

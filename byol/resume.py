@@ -172,11 +172,19 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
     check_resume(state, given, ckpt_path)
     scored = _refuse_changed_settings(state, config, ckpt_path)
-    load_model_state(byol, state["model"], str(ckpt_path), **other_net(recorded(state), given and given["class"]))
+    # The optimizer's refusals before the weights are loaded: a network given from Python is left as it was.
     saved_optim = state["config"].get("optim", {}).get("name")
     if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
         raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
                               "same optimizer")
+    # The parameter groups' sizes, as torch's load_state_dict checks them (a layer of net frozen, say)
+    saved_groups = state["optimizer"].get("param_groups", [])
+    if len(saved_groups) != len(optimizer.param_groups) or any(
+            len(s.get("params", ())) != len(g["params"]) for s, g in zip(saved_groups, optimizer.param_groups)):
+        raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run (its parameter groups hold "
+                              f"{[len(s.get('params', ())) for s in saved_groups]} parameters, this run's "
+                              f"{[len(g['params']) for g in optimizer.param_groups]}: a parameter frozen or unfrozen?)")
+    load_model_state(byol, state["model"], str(ckpt_path), **other_net(recorded(state), given and given["class"]))
     # load_state_dict takes each group's settings from the checkpoint too: this run's (momentum, weight
     # decay, LARS's trust coefficient and clip, ...) are put back, as the resume note says they change.
     settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]

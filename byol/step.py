@@ -201,22 +201,24 @@ class GraphedLoopStep(LoopStep):
         # On the images' device (torch.cuda.graph would capture on the current one, cuda:0 unless set) and
         # its side stream; thread_local: a DataLoader's pinning thread may call CUDA meanwhile.
         failed: list[Exception] = []  # the step's own error: the capture's end fails too after it, with CUDA's
-        current = torch.cuda.current_stream(images.device)
-        try:
-            with torch.cuda.device(images.device), \
-                    torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
-                try:
-                    self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
-                    self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
-                except Exception as e:  # (not the chain's root: the step may raise while handling its own error)
-                    failed.append(e)
-                    raise
-        except Exception as e:  # a network's own .item() or CPU work, say: a sentence, not CUDA's traceback
-            torch.cuda.set_stream(current)  # (torch.cuda.graph's exit leaves its stream current if capture_end fails)
-            first = failed[0] if failed else e
-            if isinstance(first, torch.cuda.OutOfMemoryError):
-                raise first from None  # the command line's sentence for it
-            raise ConfigError(uncapturable(first)) from e
+        with torch.cuda.device(images.device):  # (also around the stream's restore: set_stream sets its device)
+            current = torch.cuda.current_stream(images.device)
+            try:
+                with torch.cuda.graph(graph, stream=self._side, capture_error_mode="thread_local"):
+                    try:
+                        self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
+                        self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
+                    except Exception as e:  # (not the chain's root: the step may raise while handling its own error)
+                        failed.append(e)
+                        raise
+            except Exception as e:  # a network's own .item() or CPU work, say: a sentence, not CUDA's traceback
+                # torch.cuda.graph's exit leaves its stream current if capture_end fails; set_stream makes the
+                # stream's device current too, which the device context then puts back
+                torch.cuda.set_stream(current)
+                first = failed[0] if failed else e
+                if isinstance(first, torch.cuda.OutOfMemoryError):
+                    raise first from None  # the command line's sentence for it
+                raise ConfigError(uncapturable(first)) from e
         self.graph = graph  # only once captured: a failed capture is not replayed
 
     def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

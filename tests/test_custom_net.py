@@ -161,6 +161,26 @@ def test_a_resume_whose_data_is_gone_leaves_net_known_as_trained(run, monkeypatc
     assert _TRAINED.get(net) == str(out)
 
 
+@pytest.mark.parametrize("refused", ["optimizer", "frozen"])
+def test_a_resume_refused_by_its_optimizer_leaves_net_as_given(run, refused):
+    """Another optim.name, or a layer of net frozen (the optimizer's groups of other sizes), is refused before
+    the checkpoint's weights are loaded into net: they were loaded first, and net, left with the run's
+    weights, was not known as trained (a later run given it would not say that it starts from them)."""
+    from byol.given_net import _TRAINED
+
+    out = run[0]
+    net = SmallNet(seed=5)
+    if refused == "frozen":
+        next(net.parameters()).requires_grad_(False)
+    more = [f"--train.out_dir={out}", "--train.max_steps=6", *(["--optim.name=adamw"] if refused == "optimizer"
+                                                               else [])]
+    with pytest.raises(CheckpointError, match="resume with the same optimizer" if refused == "optimizer" else
+                       r"the optimizer state .* does not fit this run \(its parameter groups hold"):
+        byol.pretrain(byol.resume_config(None, more), resume=True, net=net, hidden_layer=HIDDEN)
+    assert all(torch.equal(v, w) for v, w in zip(net.state_dict().values(), SmallNet(seed=5).state_dict().values()))
+    assert _TRAINED.get(net) is None
+
+
 def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_path, cifar10_root):
     common = {"train.knn_every": -1, "optim.name": "sgd"}
     # Dropout: torch's generator goes on as the checkpoint saved it (a review: the CPU memory check before a

@@ -712,10 +712,11 @@ class _Buffered(nn.Module):
         self.register_buffer("b", buffer)
 
 
-@pytest.mark.parametrize("change", ["t_", "resize_", "empty"])
+@pytest.mark.parametrize("change", ["t_", "resize_", "empty", "dtype"])
 def test_a_buffer_given_another_layout_in_the_same_memory_is_put_back(change):
-    """A tensor transposed or resized in place keeps its id and address (and every tensor of no elements has
-    address 0): the guard's buffers are made again for its layout, not put back transposed or refused."""
+    """A tensor transposed or resized in place, or its memory viewed as another dtype of its width, keeps its
+    id and address (and every tensor of no elements has address 0): the guard's buffers are made again for
+    it, not put back transposed, converted or refused."""
     model = _Buffered(torch.empty(0) if change == "empty" else torch.arange(6.0).reshape(2, 3))
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     guard = NonFiniteGuard([model], opt, torch.device("cpu"))
@@ -723,6 +724,8 @@ def test_a_buffer_given_another_layout_in_the_same_memory_is_put_back(change):
     assert guard.settle(torch.tensor(1.0))
     if change == "empty":
         model.b.data = torch.empty(0, 5, dtype=torch.float64)
+    elif change == "dtype":
+        model.b.data = model.b.data.view(torch.int32)
     else:
         getattr(model.b, change)(*(() if change == "t_" else (3, 2)))
     before = model.b.clone()

@@ -402,6 +402,32 @@ def test_a_graphed_step_that_cannot_be_captured_is_one_sentence(monkeypatch, err
     assert streams == ["the stream before the capture"]
 
 
+def test_a_failed_capture_puts_the_stream_back_on_the_images_device_and_leaves_the_current_device(monkeypatch):
+    """torch.cuda.set_stream makes the stream's device the current one too: the stream is put back inside the
+    capture's torch.cuda.device(images' device), which then makes the caller's device current again (a run on
+    cuda:1 whose capture failed left cuda:1 current in the caller's process)."""
+    from contextlib import contextmanager
+    from byol.config import ConfigError
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    step, streams = _step_captured_here(monkeypatch, fails)
+
+    @contextmanager
+    def device(device):
+        streams.append("device entered")
+        try:
+            yield
+        finally:
+            streams.append("device left")
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    with pytest.raises(ConfigError):
+        step._capture(images())
+    assert streams == ["device entered", "the stream before the capture", "device left"]
+
+
 def _raised_while_handling(handled):
     """A network's forward that fails the capture while handling an error of its own (a cache miss, an
     out-of-memory fallback): the capture's error has ``handled`` as its context."""
