@@ -115,12 +115,13 @@ def test_gpu_speed_skips_a_compiling_part_that_has_not_the_time_to_finish_anythi
     assert proc.returncode == 3, out
 
 
-def test_guard_host_times_this_tree_against_a_revision():
-    """benchmarks.guard_host (BENCHMARKS.md, change 14): a row for this tree and one for the revision's guard,
-    imported from git as it was there."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.guard_host", "--against", "HEAD", "--rounds", "1",
-                           "--calls", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("part", ["guard", "ema"])
+def test_tail_host_times_this_tree_against_a_revision(part):
+    """benchmarks.tail_host (BENCHMARKS.md, changes 14 and 15): a row for this tree and one for the revision's
+    module, imported from git as it was there."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.tail_host", "--part", part, "--against", "HEAD",
+                           "--rounds", "1", "--calls", "2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("339 tensors guarded") and len(lines) == 3, proc.stdout
+    assert lines[0].startswith(f"{part}: 339 tensors guarded") and len(lines) == 3, proc.stdout
     assert lines[1].startswith("this tree: ") and lines[2].startswith("HEAD: ") and " ms a step" in lines[2]

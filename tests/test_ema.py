@@ -57,6 +57,28 @@ def test_intermediate_tau_is_exact_and_buffers_follow():
     assert online[1].num_batches_tracked.item() == target[1].num_batches_tracked.item() == 1
 
 
+def test_shared_and_missing_tensors_are_averaged_as_parameters_and_buffers_list_them():
+    """update_target reads each module's own parameters and buffers (two walks of the trees, not four): a
+    parameter and a submodule shared by two places once, a missing bias and a non-persistent buffer as
+    parameters() and buffers() have them, each target tensor paired with its online one."""
+    torch.manual_seed(0)
+    shared = nn.Linear(3, 3)
+    online = nn.Sequential(shared, nn.Linear(3, 3, bias=False), shared, nn.BatchNorm1d(3), nn.Linear(3, 2))
+    online[1].weight = shared.weight  # tied: one parameter in two modules
+    online[1].register_buffer("scratch", torch.ones(2), persistent=False)
+    target = build_target(online)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+        for b in online.buffers():
+            b.add_(3)
+    expected = [t + 0.5 * (o - t) for t, o in zip(target.parameters(), online.parameters())]
+    update_target(target, online, 0.5)
+    assert len(expected) == 6 and all(torch.allclose(t, e) for t, e in zip(target.parameters(), expected))
+    assert all(torch.equal(t, o) for t, o in zip(target.buffers(), online.buffers()))
+    assert target[1].bias is None and torch.equal(target[1].scratch, torch.full((2,), 4.0))
+
+
 def test_target_keeps_each_modules_mode():
     """A deep copy of an fx GraphModule (an encoder cut at hidden_layer) comes back in training mode;
     the target must not: in eval mode its BatchNorm uses running statistics like the online one."""
