@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import systems
-from byol import ema, faults
+from byol import faults
 
 MODULES = {"guard": "faults", "ema": "ema"}  # --part -> the byol module it times
 
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     byol, optimizer = systems.our_model(8, torch.device("cpu"), args.width, args.head_width)
     byol(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)).backward()
     optimizer.step()  # the optimizer's state exists, as from a run's second step on
-    now = {"guard": faults, "ema": ema}[args.part]
+    now = importlib.import_module(f"byol.{MODULES[args.part]}")
     calls = {"this tree": _calls(args.part, now, byol, optimizer),
              args.against: _calls(args.part, module_at(args.against, MODULES[args.part]), byol, optimizer)}
     times = {name: [] for name in calls}

@@ -7,6 +7,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 from torch import nn
 
+from .ema import own_tensors
 from .streams import STOP_SIGNALS, left_ignored
 
 
@@ -63,8 +64,8 @@ class NonFiniteGuard:
         # twice would come back doubled.
         if not self._tree:
             self._tree = list({id(s): s for m in self.modules for s in m.modules()}.values())
-        tensors = [t for m in self._tree for named in (m._parameters, m._buffers) for t in named.values()
-                   if t is not None] + self._optimizer_tensors()
+        tensors = [*own_tensors(self._tree, "_parameters"), *own_tensors(self._tree, "_buffers"),
+                   *self._optimizer_tensors()]
         return list({id(t): t for t in tensors}.values())
 
     @torch.no_grad()

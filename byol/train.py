@@ -154,8 +154,6 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
         # the caller's generators (torch's, CUDA's, NumPy's, Python's) and defaults, as they were
         with rng_state_kept(), usual_torch_defaults():
             results = _pretrain(config, resume, rank, world, folder, net, given)
-        if resume:  # net holds the checkpoint's weights, also where the run had finished and trained no step
-            trained(net, config.train.out_dir)
         if world > 1:  # (not a process group of the caller's, for a run of one process: its ranks would wait)
             dist.barrier()  # rank 0 has written the run's last checkpoint, which a rank may read next
         return results
@@ -183,8 +181,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     # refuses (another network, hidden_layer, batch size) is refused before the data set is read.
     byol, optimizer, generator = _build(config, device, rank, world, net, given)
     loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
-    if resume:  # net holds the checkpoint's weights from here, also where reading the data then fails
-        trained(net, t.out_dir)
+    if resume:  # net holds the checkpoint's weights from here: where the data then fails, where the run had
+        trained(net, t.out_dir)  # finished and trains no step
     data = _load_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
     step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,
