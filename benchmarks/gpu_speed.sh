@@ -14,11 +14,12 @@
 # tests (part 7, 140 s each) get what the parts before leave, about 130 s: a larger BUDGET (and
 # timeout_s) where more device time is at hand.
 # First call:
-#   0. graphed-test: the experimental CUDA-graph step (byol.step.GraphedLoopStep) alone: its
+#   0. graphed-test: the experimental CUDA-graph step (byol.cuda_graph.GraphedLoopStep) alone: its
 #      refusals, the same losses as the eager step with no host sync in a replay, and
 #      `byol pretrain --train.cuda_graph=true` against the eager loop, through a kNN evaluation, a
 #      checkpoint and a resume;
-#   1. speed-eager: the table of the three systems, ours eager, with the experiment byol-graphed:
+#   1. speed-eager: the table of the three systems, ours eager, with the experiments byol-graphed and
+#      byol-graphed-tail (the optimizer step, EMA, guard and metrics in the graph too; not yet run on a GPU):
 #      nothing to compile, so it comes back whatever the compile does (the first session's table,
 #      with the compiled system in it, did not: its compile outlasted the part);
 #   2. compile-test: the compiled and eager steps give the same loss on CUDA (a tiny ResNet-18),
@@ -33,7 +34,7 @@
 #   4. gpu-tests-eager: the GPU tests that compile nothing (no CUDA sync in the eager loop step;
 #      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
 #      each under pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
-#   5. host-floor: the same three systems, ours eager, and byol-graphed at ResNet-18 width 8, heads
+#   5. host-floor: the same three systems, ours eager, and the byol-graphed two at ResNet-18 width 8, heads
 #      64, batch 2: the same ops with negligible arithmetic, so the time of a step is the host's cost
 #      of issuing its ops, the floor under an eager step of the reference workload on this machine
 #      (on the CPU machine of the CPU table: ours 30 ms, byol-pytorch 22; BENCHMARKS.md, "The host
@@ -55,7 +56,7 @@
 # when a system it asked for got no timed round). On CUDA the script first checks that the peers
 # import (from .whl/) and stops at once, exit 1, if they do not: PEERS=0 times our rows alone, on
 # purpose. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it (there the
-# peers are timed if they import, and byol-graphed, CUDA only, is left out).
+# peers are timed if they import, and the byol-graphed two, CUDA only, are left out).
 set -uo pipefail
 unset PART_MIN  # a part's own minimum (below), never the caller's environment's
 ulimit -c 0  # test_part's SIGABRT reaches pytest's children too (compile workers): no core files
@@ -83,7 +84,7 @@ fi
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 # The systems of the tables: the peers are what this script is for (issue #4: the three systems in
 # one run), so on CUDA it stops here, before spending the budget, if they do not import.
-peers=",byol-pytorch,lightly" graphed=",byol-graphed"
+peers=",byol-pytorch,lightly" graphed=",byol-graphed,byol-graphed-tail"
 case "$device" in cuda*) ;; *) graphed="" ;; esac  # the CUDA-graph experiment needs CUDA
 if [ "${PEERS:-1}" = 0 ]; then
     peers=""

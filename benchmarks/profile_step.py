@@ -11,7 +11,7 @@ unlike the real step, nothing overlaps; on the GPU the sum is a little above the
 ``--variants`` times several settings interleaved, step by step, so that a change of machine load
 hits them alike; the table gives the median per phase.
 
-``--variants graphed-cl`` (CUDA only) times the CUDA-graph step (``byol.step.GraphedLoopStep``, as
+``--variants graphed-cl`` (CUDA only) times the CUDA-graph step (``byol.cuda_graph.GraphedLoopStep``, as
 ``byol pretrain --train.cuda_graph=true`` runs it) whole, and one replay of its graph alone (both
 views' augmentation, forward and backward), in a table of its own: the difference is what the
 eager rest of the step (schedules, guard, optimizer, EMA, metrics) adds to the replay.
@@ -92,7 +92,7 @@ class Phased:
 
 
 class GraphedWhole:
-    """Our CUDA-graph step (``systems.Ours`` with ``byol.step.GraphedLoopStep``), timed whole, then one
+    """Our CUDA-graph step (``systems.Ours`` with ``byol.cuda_graph.GraphedLoopStep``), timed whole, then one
     more replay of its graph alone. The extra replay recomputes the gradients (the graph zeroes them
     first) and moves BatchNorm's running statistics and the augmentations' generator once more: the
     next step replays anew, so only the run's numbers change, not what a step costs. Each step is

@@ -102,6 +102,9 @@ def make(name: str, images: torch.Tensor, args, device: torch.device, amp):
     if name == "byol-graphed":  # experiment: the eager step's augment, forward and backward in a CUDA graph
         return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
                             graphed=True, name="byol, CUDA graph", **shape)
+    if name == "byol-graphed-tail":  # experiment: the optimizer step, EMA, guard and metrics in the graph too
+        return systems.Ours(images, args.batch, device, amp, compile=False, channels_last=not args.nchw,
+                            graphed=True, capture_tail=True, name="byol, CUDA graph with the tail", **shape)
     if name == "byol-nchw":  # ablation: the same step in the default NCHW layout
         return systems.Ours(images, args.batch, device, amp, compile=args.compile, channels_last=False,
                             name="byol, NCHW", **shape)
@@ -354,7 +357,7 @@ def main(argv=None) -> dict:
                    help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
     p.add_argument("--systems", default=None,
                    help="comma-separated: byol, byol-pytorch, lightly, the ablations byol-eager, byol-nchw, "
-                        "byol-fp32, byol-bf16, byol-nokeep, and the experiment byol-graphed (CUDA only); "
+                        "byol-fp32, byol-bf16, byol-nokeep, and the experiments byol-graphed and byol-graphed-tail (CUDA only); "
                         f"default {DEFAULT_SYSTEMS}, skipping a peer that is not installed (named here: a FAILED row)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")

@@ -22,7 +22,8 @@ from byol.data import TensorBatches
 from byol.optim import LARS, param_groups
 from byol.compiling import Compiled, compile_step, eager_fallbacks
 from byol.allocator import keep_freed_memory
-from byol.step import GraphedLoopStep, LoopStep, ViewsForward
+from byol.cuda_graph import GraphedLoopStep
+from byol.step import LoopStep, ViewsForward
 from byol.build import build_model
 
 # The same optimizer for every system: LARS with the paper's settings, and its parameter groups
@@ -85,7 +86,7 @@ class Ours:
     def __init__(self, images: torch.Tensor, batch: int, device: torch.device, amp: Optional[torch.dtype],
                  compile: bool, channels_last: bool = True, keep_memory: bool = True, seed: int = 0,
                  name: Optional[str] = None, graphed: bool = False, width: int = WIDTH,
-                 head_width: int = HEAD_WIDTH):
+                 head_width: int = HEAD_WIDTH, capture_tail: bool = False):
         if keep_memory and device.type == "cpu":  # as byol.train.pretrain does (train.keep_freed_memory)
             keep_memory = keep_freed_memory()
         self.name = name or self.name
@@ -96,13 +97,14 @@ class Ours:
         self.forward, self.augment = forward, augment
         self.batches = Cycle(TensorBatches(images, None, batch, generator=seed))
         generator = torch.Generator(device=device).manual_seed(seed)
-        step_class = GraphedLoopStep if graphed else LoopStep  # graphed: experimental (byol.step)
+        step_class = GraphedLoopStep if graphed else LoopStep  # graphed: experimental (byol.cuda_graph)
         self.loop_step = step_class(forward, self.byol, self.optimizer, generator, amp, augment,
-                                  lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
-                                  tau_base=0.996)
+                                    lr=OPTIMIZER["lr"] * batch / 256, warmup_steps=10 * 97, total_steps=TOTAL_STEPS,
+                                    tau_base=0.996, **({"capture_tail": True} if capture_tail else {}))
         self.steps = 0
         self.notes = (f"per-image crops/jitter/grayscale/solarize, paper's T and T' (CIFAR: no blur); "
-                      f"{'compiled' if compile else 'eager'}{', CUDA graph (experimental)' if graphed else ''}, "
+                      f"{'compiled' if compile else 'eager'}{', CUDA graph (experimental)' if graphed else ''}"
+                      f"{' holding the optimizer, EMA and guard too' if capture_tail else ''}, "
                       f"{'channels_last' if channels_last else 'NCHW'}"
                       f"{', bf16' if amp else ''}"
                       f"{', freed memory kept' if keep_memory and device.type == 'cpu' else ''}")

@@ -88,7 +88,7 @@ class TrainConfig:
                                       # than train.cuda_graph (BENCHMARKS.md, "GPU"); true to ask for it
     cuda_graph: bool = False          # EXPERIMENTAL (its GPU tests passed on one H100; 1.51x eager, 2 rounds):
                                       # replay each step's augmentation, forward and backward from one
-                                      # CUDA graph (byol.step.GraphedLoopStep);
+                                      # CUDA graph (byol.cuda_graph.GraphedLoopStep);
                                       # one CUDA GPU, eager (not with train.compile=true)
     keep_freed_memory: bool = True    # CPU: reuse freed memory step to step instead of handing it back to
                                       # the system (~1.2x faster at batch 512; the process keeps its peak);

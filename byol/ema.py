@@ -65,18 +65,39 @@ def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     rate = float(tau)
     if not 0 <= rate <= 1:  # above 1 the target moves away from the online network, below 0 past it
         raise ValueError(f"tau must be in [0, 1] (the paper's 0.996 rising to 1), got {tau}")
+    target_params, online_params, target_buffers, online_buffers = _pairs(target, online, warn=rate < 1)
+    if target_params:
+        torch._foreach_lerp_(target_params, online_params, 1.0 - rate)
+    if target_buffers:  # one foreach copy, not a kernel per BatchNorm statistic
+        torch._foreach_copy_(target_buffers, online_buffers)
+
+
+@torch.no_grad()
+def update_target_by(target: nn.Module, online: nn.Module, step: torch.Tensor) -> None:
+    """:func:`update_target` with ``1 - τ`` read from ``step``, a 0-d tensor on the networks' device, when the
+    kernels run (a CUDA graph that captured this replays it with the value written there since; its range is
+    the writer's to check): ``ξ ← ξ + step (θ - ξ)``, three foreach ops where a number's lerp is one."""
+    target_params, online_params, target_buffers, online_buffers = _pairs(target, online, warn=True)
+    if target_params:
+        moves = torch._foreach_sub(online_params, target_params)
+        torch._foreach_mul_(moves, step)
+        torch._foreach_add_(target_params, moves)
+    if target_buffers:
+        torch._foreach_copy_(target_buffers, online_buffers)
+
+
+def _pairs(target: nn.Module, online: nn.Module, warn: bool) -> tuple[list, list, list, list]:
+    """The target's and the online network's parameters, then their buffers, each list in the same order;
+    ``warn``: of a target in low precision, where the EMA's steps round away."""
     target_tree, online_tree = list(target.modules()), list(online.modules())
     target_params, online_params = own_tensors(target_tree, "_parameters"), own_tensors(online_tree, "_parameters")
     if len(target_params) != len(online_params):
         raise ValueError("target and online networks have different parameter lists")
-    if target_params:
-        low = next((p.dtype for p in target_params if p.dtype in _LOW_PRECISION), None)
-        if low is not None and rate < 1:  # (the default filter shows it once)
-            warnings.warn(_LOW_PRECISION_EMA.format(dtype=str(low).removeprefix("torch.")),
-                          stacklevel=_caller_stacklevel())
-        torch._foreach_lerp_(target_params, online_params, 1.0 - rate)
+    low = next((p.dtype for p in target_params if p.dtype in _LOW_PRECISION), None)
+    if low is not None and warn:  # (the default filter shows it once)
+        warnings.warn(_LOW_PRECISION_EMA.format(dtype=str(low).removeprefix("torch.")),
+                      stacklevel=_caller_stacklevel())
     target_buffers, online_buffers = own_tensors(target_tree, "_buffers"), own_tensors(online_tree, "_buffers")
     if len(target_buffers) != len(online_buffers):
         raise ValueError("target and online networks have different buffer lists")
-    if target_buffers:  # one foreach copy, not a kernel per BatchNorm statistic
-        torch._foreach_copy_(target_buffers, online_buffers)
+    return target_params, online_params, target_buffers, online_buffers

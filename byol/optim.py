@@ -1,6 +1,6 @@
 """Optimizers: LARS as in the paper, SGD and AdamW, with the paper's parameter groups."""
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -49,7 +49,10 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, lr: Optional[torch.Tensor] = None):
+        """One update; ``lr``, a 0-d tensor on the parameters' device, is then every group's learning rate in
+        place of ``group["lr"]``, read by the kernels when they run: a CUDA graph that captured this step
+        replays it with the value written there since (``byol.cuda_graph``)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -58,6 +61,7 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            rate = group["lr"] if lr is None else lr
             grads = [p.grad for p in params]
             if group["weight_decay"] != 0:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
@@ -68,7 +72,7 @@ class LARS(torch.optim.Optimizer):
                 g_norms = torch.stack(torch._foreach_norm(grads))
                 trust = group["trust_coefficient"] * w_norms / (g_norms + group["eps"])
                 if group["clip"]:  # lr 0 (a schedule's end) gives inf, clamped to 1
-                    trust = (trust / group["lr"]).clamp_(max=1.0)
+                    trust = (trust / rate).clamp_(max=1.0)
                 # No adaptation where either norm is zero (fresh zero-init weights, no signal).
                 scales = torch.where((w_norms > 0) & (g_norms > 0), trust, 1.0)
                 grads = torch._foreach_mul(grads, scales.unbind())
@@ -84,7 +88,10 @@ class LARS(torch.optim.Optimizer):
             if old_bufs:
                 torch._foreach_mul_(old_bufs, group["momentum"])
                 torch._foreach_add_(old_bufs, old_grads)
-            torch._foreach_add_(params, bufs, alpha=-group["lr"])
+            if lr is None:
+                torch._foreach_add_(params, bufs, alpha=-rate)
+            else:  # (alpha takes a number only)
+                torch._foreach_add_(params, torch._foreach_mul(bufs, -rate))
         return loss
 
 

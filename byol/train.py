@@ -34,7 +34,8 @@ from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, not
 from .resume import load_resumed, restore
 from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
 from .saving import Checkpoints
-from .step import LoopStep, loop_step_class, step_forward
+from .cuda_graph import loop_step_class
+from .step import LoopStep, step_forward
 from .train_data import TrainData, load_data, step_images
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from byol import BYOL
-from byol.ema import build_target, update_target
+from byol.ema import build_target, update_target, update_target_by
 
 
 def make_net():
@@ -111,6 +111,23 @@ def test_target_of_a_traced_encoder_runs_the_graph_of_its_mode():
     target = build_target(online)
     x = torch.rand(16, 4)
     torch.testing.assert_close(target(x), online(x))
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.996, 0.9, 1.0])
+def test_the_ema_step_read_from_a_tensor_is_the_numbers_but_for_rounding(tau):
+    """update_target_by (1 - tau from a device tensor, for a CUDA graph's replay): the same move and buffers as
+    update_target's lerp, within a rounding of the weights; tau 1 keeps the target to the bit."""
+    online = make_net()
+    targets = [build_target(online) for _ in range(2)]
+    perturb(online)
+    update_target(targets[0], online, tau)
+    update_target_by(targets[1], online, torch.tensor(1.0 - tau))
+    for a, b in zip(*(t.parameters() for t in targets)):
+        torch.testing.assert_close(a, b, rtol=0 if tau == 1 else 1e-6, atol=0 if tau == 1 else 1e-7)
+    for a, b in zip(*(t.buffers() for t in targets)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="different parameter lists"):
+        update_target_by(build_target(nn.Linear(4, 4)), online, torch.tensor(0.1))
 
 
 def test_networks_that_do_not_match_are_a_clear_error():

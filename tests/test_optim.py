@@ -27,6 +27,27 @@ def test_param_groups_skip_frozen_parameters():
     assert id(model[0].weight) not in ids and id(model[0].bias) not in ids
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_a_lars_step_with_its_learning_rate_in_a_tensor_is_the_numbers_but_for_rounding(clip):
+    """LARS.step(lr=tensor) (what a CUDA graph's replay reads): the steps of the group's number, a multiply and
+    an add where the number's is one op apart; the tensor, not the groups' lr, is what counts."""
+    models = [make_model() for _ in range(2)]
+    optimizers = [build_optimizer("lars", m, lr=0.5, weight_decay=1e-3, lars_clip=clip) for m in models]
+    lr = torch.zeros(())
+    for step in range(4):
+        x = torch.randn(8, 6)
+        for model, optimizer in zip(models, optimizers):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+        for group in optimizers[0].param_groups:
+            group["lr"] = 0.1 * (step + 1)
+        lr.fill_(0.1 * (step + 1))  # the other's groups keep 0.5
+        optimizers[0].step()
+        optimizers[1].step(lr=lr)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_lars_step_matches_the_formula():
     model = make_model()
     lr, wd, eta, mom = 0.5, 0.01, 0.001, 0.9

@@ -22,7 +22,8 @@ from byol.model import BYOL
 from byol.optim import build_optimizer
 from byol.schedules import cosine_lr, tau_schedule
 from byol.compiling import Compiled, compile_step, compiled_augment, eager_fallbacks
-from byol.step import GraphedLoopStep, LoopStep, ViewsForward, train_step, views_loss
+from byol.cuda_graph import GraphedLoopStep
+from byol.step import LoopStep, ViewsForward, train_step, views_loss
 
 SIZE = 16
 
@@ -373,7 +374,7 @@ def _step_captured_here(monkeypatch, forward_backward) -> tuple[GraphedLoopStep,
     byol = tiny_byol()
     step = object.__new__(GraphedLoopStep)  # (its constructor refuses a CPU)
     step.forward, step.byol, step.optimizer, step.generator = ViewsForward(byol), byol, optimizer_of(byol), None
-    step.amp, step.augment, step._side, step.graph = None, None, None, None
+    step.amp, step.augment, step._side, step.graph, step.capture_tail = None, None, None, None, False
     monkeypatch.setattr(step, "_forward_backward", forward_backward)
     return step, streams
 
@@ -453,6 +454,118 @@ def test_a_failed_capture_names_the_step_s_error_not_one_it_handled(monkeypatch,
     assert step.graph is None
 
 
+def _graphed_here(monkeypatch, byol, forward, capture_tail) -> GraphedLoopStep:
+    """A GraphedLoopStep on a CPU (:func:`make_loop_step`'s settings), with torch.cuda's graph, streams and
+    device stood in for: a capture runs its body, then puts back every tensor and the draws it changed (a
+    capture runs nothing), and a replay runs the body again."""
+    from contextlib import contextmanager, nullcontext
+
+    step = object.__new__(GraphedLoopStep)  # (its constructor refuses a CPU)
+    LoopStep.__init__(step, forward, byol, optimizer_of(byol), torch.Generator().manual_seed(0), None, None,
+                      lr=0.1, warmup_steps=2, total_steps=100, tau_base=0.99)
+    step._prepare(3, capture_tail)
+
+    @contextmanager
+    def graph(*args, **kwargs):
+        state = [*byol.parameters(), *byol.buffers(), step.sums, step.guard.streak, step.guard.max_streak,
+                 step.guard.skipped, *(v for s in step.optimizer.state.values() for v in s.values())]
+        kept, drawn = [t.clone() for t in state], step.generator.get_state()
+        yield
+        with torch.no_grad():
+            torch._foreach_copy_(state, kept)
+        step.generator.set_state(drawn)
+
+    class Graph:
+        replays = 0
+
+        def register_generator_state(self, generator):
+            pass
+
+        def replay(self):
+            Graph.replays += 1
+            step._captured()
+
+    class Stream:
+        def __init__(self, *args):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    for name, stand_in in (("CUDAGraph", Graph), ("graph", graph), ("device", lambda d: nullcontext()),
+                           ("current_stream", Stream), ("Stream", Stream), ("stream", lambda s: nullcontext())):
+        monkeypatch.setattr(torch.cuda, name, stand_in)
+    return step
+
+
+def test_a_graph_that_holds_the_tail_trains_as_the_eager_step(monkeypatch, host_reads):
+    """capture_tail: the optimizer step, the EMA, the guard and the metrics replayed from the graph, their
+    learning rate and 1 - tau read from the device, give the eager step's losses, weights, target, momentum,
+    sums and skipped steps, a NaN step undone in the graph too, and read nothing back to the host in the
+    replays. On a CPU, the graph stood in for (its GPU run: test_graphed_loop_step_matches_the_eager_one_on_cuda).
+    Equal to the bit: the eager step here takes its learning rate and tau from tensors too, as the graph must
+    (test_optim and test_ema compare those with the numbers' ops: a rounding apart, which lr 0.1 amplifies
+    to 1e-3 in the loss within two steps here, as a change of 1e-7 in the weights does)."""
+    from byol import ema, optim
+
+    replaying = {"on": False}  # the eager run's steps from the graph's capture on: the tail's ops as the graph's
+
+    def tensor_lr_step(self, closure=None):
+        return lars_step(self, closure, lr=torch.tensor(self.param_groups[0]["lr"]) if replaying["on"] else None)
+
+    def tensor_tau(self, tau):
+        if not replaying["on"]:
+            return update_target(self, tau)
+        ema.update_target_by(self.target, self.online, torch.tensor(1.0 - tau))
+
+    lars_step, update_target = optim.LARS.step, BYOL.update_target
+    runs = {}
+    for name in ("eager", "graphed"):
+        byol = tiny_byol()
+        forward = ViewsForward(byol)
+        poison = {"on": False}
+
+        def maybe_nan(view1, view2, forward=forward, poison=poison):
+            loss, z1 = forward(view1, view2)
+            return (loss * float("nan") if poison["on"] else loss), z1
+
+        with monkeypatch.context() as patched:
+            if name == "eager":
+                patched.setattr(optim.LARS, "step", tensor_lr_step)
+                patched.setattr(BYOL, "update_target", tensor_tau)
+                loop_step = make_loop_step(byol, forward=maybe_nan)
+            else:
+                loop_step = _graphed_here(patched, byol, maybe_nan, capture_tail=True)
+            batches = iter(TensorBatches(images(160), None, 16, generator=0))
+            losses = []
+            for step in range(9):  # graphed: 3 eager steps, the capture and its replay, 5 replays
+                poison["on"], replaying["on"] = step == 6, step >= 3
+                if step == 4:
+                    host_reads.clear()
+                losses.append(loop_step(step, next(batches)[0])[0])
+            if name == "graphed":
+                assert host_reads == {} and torch.cuda.CUDAGraph.replays == 6
+        runs[name] = (torch.stack(losses), [*byol.parameters(), *byol.buffers()], loop_step)
+    (eager_losses, eager_tensors, eager), (graphed_losses, graphed_tensors, graphed) = runs["eager"], runs["graphed"]
+    assert math.isnan(graphed_losses[6]) and graphed.guard.skipped.item() == eager.guard.skipped.item() == 1
+    assert torch.equal(graphed_losses.nan_to_num(), eager_losses.nan_to_num())
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(graphed_tensors, eager_tensors))
+    momenta = [[s["momentum_buffer"] for s in step.optimizer.state.values()] for step in (graphed, eager)]
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*momenta))
+    assert torch.equal(graphed.sums, eager.sums)
+    assert graphed.read(graphed_tensors[0][:8]) == eager.read(eager_tensors[0][:8])
+
+
+def test_a_graph_holds_the_tail_with_lars_only():
+    byol = tiny_byol()
+    step = object.__new__(GraphedLoopStep)
+    LoopStep.__init__(step, ViewsForward(byol), byol, torch.optim.SGD(byol.parameters(), lr=0.1), None, None, None,
+                      lr=0.1, warmup_steps=2, total_steps=100, tau_base=0.99)
+    with pytest.raises(ValueError, match="with LARS only .*, not SGD; capture_tail=False"):
+        step._prepare(3, capture_tail=True)
+    step._prepare(3, capture_tail=False)
+
+
 @pytest.mark.gpu
 def test_a_step_that_waits_for_the_host_is_not_captured_on_cuda():
     """A failed capture, on a GPU. Not named for gpu_speed.sh's "graphed" part: it runs last in a part of its
@@ -474,20 +587,23 @@ def test_a_step_that_waits_for_the_host_is_not_captured_on_cuda():
 
 
 @pytest.mark.gpu
-def test_graphed_loop_step_matches_the_eager_one_on_cuda(full_fp32):
+@pytest.mark.parametrize("capture_tail", [False, True])
+def test_graphed_loop_step_matches_the_eager_one_on_cuda(full_fp32, capture_tail):
     """The CUDA graph replays what the eager step runs: the same losses step by step (the graph's
-    draws continue the same generator), each replay without a host sync."""
+    draws continue the same generator), each replay without a host sync; with ``capture_tail``, the
+    optimizer step, the EMA, the guard and the metrics in the graph too, and the same sums."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     device = torch.device("cuda")
     eager_byol = tiny_byol().to(device)
     graphed_byol = copy.deepcopy(eager_byol)
     data = images(256, device=device)
-    losses = {}
+    losses, sums = {}, {}
     for name, step_class, byol in (("eager", LoopStep, eager_byol), ("graphed", GraphedLoopStep, graphed_byol)):
         # lr 1e-3: a replay runs the eager step's kernels, but one summed in another order would move
         # this tiny network's losses by 1e-2 at lr 0.1 (the compiled test's comment)
-        loop_step = make_loop_step(byol, device=device, step_class=step_class, lr=1e-3)
+        loop_step = make_loop_step(byol, device=device, step_class=step_class, lr=1e-3,
+                                   **({"capture_tail": capture_tail} if name == "graphed" else {}))
         batches = iter(TensorBatches(data, None, 16, generator=0))
         losses[name] = []
         try:
@@ -501,7 +617,9 @@ def test_graphed_loop_step_matches_the_eager_one_on_cuda(full_fp32):
             torch.cuda.set_sync_debug_mode("default")
         if name == "graphed":
             assert loop_step.graph is not None and loop_step.calls == 7
+        sums[name] = loop_step.sums
     torch.testing.assert_close(torch.stack(losses["graphed"]), torch.stack(losses["eager"]), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(sums["graphed"], sums["eager"], rtol=1e-3, atol=1e-3)
 
 
 # "Steps" that each allocate and free tensors above glibc's largest mmap threshold (32 MiB), as a

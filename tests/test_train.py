@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import byol.cuda_graph
 import byol.faults
 import byol.knn_monitor
 import byol.reporting
@@ -905,9 +906,9 @@ def test_cuda_graph_on_a_cpu_is_one_sentence_and_leaves_nothing(tmp_path):
 
 def test_cuda_graph_runs_in_one_process_only():
     with pytest.raises(ConfigError, match="train.cuda_graph=true runs in one process, not 2"):
-        byol.step.loop_step_class(True, torch.device("cuda"), 2)
-    assert byol.step.loop_step_class(True, torch.device("cuda"), 1) is byol.step.GraphedLoopStep
-    assert byol.step.loop_step_class(False, torch.device("cpu"), 4) is byol.step.LoopStep
+        byol.cuda_graph.loop_step_class(True, torch.device("cuda"), 2)
+    assert byol.cuda_graph.loop_step_class(True, torch.device("cuda"), 1) is byol.cuda_graph.GraphedLoopStep
+    assert byol.cuda_graph.loop_step_class(False, torch.device("cpu"), 4) is byol.step.LoopStep
 
 
 @pytest.mark.gpu
@@ -918,7 +919,7 @@ def test_pretrain_with_cuda_graph_trains_as_the_eager_loop_and_resumes(tmp_path,
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     counts = {"capture": 0, "replay": 0}
-    capture, replay = byol.step.GraphedLoopStep._capture, torch.cuda.CUDAGraph.replay
+    capture, replay = byol.cuda_graph.GraphedLoopStep._capture, torch.cuda.CUDAGraph.replay
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -926,7 +927,7 @@ def test_pretrain_with_cuda_graph_trains_as_the_eager_loop_and_resumes(tmp_path,
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(byol.step.GraphedLoopStep, "_capture", counted("capture", capture))
+    monkeypatch.setattr(byol.cuda_graph.GraphedLoopStep, "_capture", counted("capture", capture))
     monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted("replay", replay))
     root = fake_cifar10(tmp_path / "data")  # 128 images: 8 steps an epoch
     losses = {}
