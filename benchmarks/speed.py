@@ -357,7 +357,8 @@ def main(argv=None) -> dict:
                    help="untimed steps per system at the start of each round (cuda 0, cpu 1)")
     p.add_argument("--systems", default=None,
                    help="comma-separated: byol, byol-pytorch, lightly, the ablations byol-eager, byol-nchw, "
-                        "byol-fp32, byol-bf16, byol-nokeep, and the experiments byol-graphed and byol-graphed-tail (CUDA only); "
+                        "byol-fp32, byol-bf16, byol-nokeep, and the experiments byol-graphed and "
+                        "byol-graphed-tail (CUDA only); "
                         f"default {DEFAULT_SYSTEMS}, skipping a peer that is not installed (named here: a FAILED row)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile our step: auto = on for cuda, off for cpu (where it does not help)")
