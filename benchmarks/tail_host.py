@@ -76,7 +76,8 @@ def main(argv=None) -> None:
                 call()
             times[name].append((time.perf_counter() - start) / args.calls * 1e3)
     tensors = len(faults.NonFiniteGuard([byol], optimizer, torch.device("cpu"))._tensors())
-    print(f"{args.part}: {tensors} tensors guarded; {args.rounds} interleaved rounds of {args.calls} calls; "
+    counted = "guarded" if args.part == "guard" else "in the learner and its optimizer"  # (the EMA's are fewer)
+    print(f"{args.part}: {tensors} tensors {counted}; {args.rounds} interleaved rounds of {args.calls} calls; "
           f"{sys.version.split()[0]}, torch {torch.__version__}, 1 thread")
     for name, values in times.items():
         print(f"{name}: {statistics.median(values):.3f} ms a step (median; {min(values):.3f}-{max(values):.3f})")

@@ -259,12 +259,9 @@ def _malformed_entry(state: dict) -> Optional[str]:
     return None
 
 
-def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint",
-                     guess: str = "different backbone, width, projector sizes or predictor?") -> None:
-    """``load_state_dict(strict=True)`` that turns a mismatch into a :class:`CheckpointError`, with ``guess``
-    (what may differ) and the keys that do. A state that does not load leaves the model as it was (a network
-    given from Python is the user's; load_state_dict copies what fits before it refuses the rest)."""
-    own = unwrap(model).state_dict()
+def _differences(own: dict, state_dict: dict) -> list[str]:
+    """What keeps ``state_dict`` from loading into a model whose own is ``own`` (its keys missing there, keys it
+    does not have, tensors of another shape, values that are not tensors), each said with examples: [] where none."""
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
@@ -272,18 +269,36 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
     # (torch refuses these after it has copied every other tensor: a review found a model half loaded)
     others = [f"{k} {type(state_dict[k]).__name__}" for k, v in own.items()
               if k in state_dict and torch.is_tensor(v) and not torch.is_tensor(state_dict[k])]
+    return [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
+        (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
+        (shapes, "of another shape"), (others, "not tensors")) if found]
+
+
+_GUESS = "different backbone, width, projector sizes or predictor?"
+
+
+def check_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint", guess: str = _GUESS) -> None:
+    """:func:`load_model_state`'s refusal of a state whose keys or shapes are not ``model``'s, loading nothing."""
+    parts = _differences(unwrap(model).state_dict(), state_dict)
+    if parts:
+        raise CheckpointError(f"{source} does not match this model ({guess}): {'; '.join(parts)}")
+
+
+def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint", guess: str = _GUESS) -> None:
+    """``load_state_dict(strict=True)`` that turns a mismatch into a :class:`CheckpointError`, with ``guess``
+    (what may differ) and the keys that do. A state that does not load leaves the model as it was (a network
+    given from Python is the user's; load_state_dict copies what fits before it refuses the rest)."""
+    own = unwrap(model).state_dict()
+    parts = _differences(own, state_dict)
     # torch may yet take a state these find differences in (an old BatchNorm's missing num_batches_tracked): a
     # copy to put back is taken only then, and not on the way of every state that loads
     kept = ({k: v.to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in own.items()}  # (not the GPU's)
-            if missing or unexpected or shapes or others else None)
+            if parts else None)
     try:
         unwrap(model).load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         if kept is not None:
             unwrap(model).load_state_dict(kept)
-        parts = [f"{len(found)} {what} (e.g. {', '.join(found[:2])})" for found, what in (
-            (missing, "of the model's keys missing there"), (unexpected, "keys the model does not have"),
-            (shapes, "of another shape"), (others, "not tensors")) if found]
         said = " ".join(str(e).split())[:300]  # (a module's own refusal: a learner's _extra_state)
         raise CheckpointError(f"{source} does not match this model ({guess}): "
                               f"{'; '.join(parts) or f'the state does not load ({said})'}") from None

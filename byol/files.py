@@ -134,6 +134,8 @@ def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
         return f"checkpoint {path} is not a regular file (a pipe, a socket or a device); give the checkpoint's file"
     if path.is_symlink():
         return f"checkpoint {path} is a link to {os.readlink(path)}, which does not exist"
+    if str(path) == "-":  # (a shell's standard input, which a checkpoint read by seeking in it cannot be)
+        return "reading a checkpoint from standard input (-) is not supported; give the path of its .pt file"
     return f"checkpoint {path} does not exist"
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 
 from .build import autocast_dtype, precision_name, end_step_of, schedule_of
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
+from .checkpoint import CheckpointError, check_model_state, load_checkpoint, load_model_state, set_rng_state
 from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_settings, config_from_dict,
                      load_config, override_list, validate, yaml_word)
 from .config_files import read_preset
@@ -179,12 +179,15 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
                               "same optimizer")
     # The parameter groups' sizes, as torch's load_state_dict checks them (a layer of net frozen, say)
     saved_groups = state["optimizer"].get("param_groups", [])
+    guess = other_net(recorded(state), given and given["class"])
     if len(saved_groups) != len(optimizer.param_groups) or any(
             len(s.get("params", ())) != len(g["params"]) for s, g in zip(saved_groups, optimizer.param_groups)):
+        # (a network of another depth has other groups too: its weights' keys say so, not a layer frozen)
+        check_model_state(byol, state["model"], str(ckpt_path), **guess)
         raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run (its parameter groups hold "
                               f"{[len(s.get('params', ())) for s in saved_groups]} parameters, this run's "
                               f"{[len(g['params']) for g in optimizer.param_groups]}: a parameter frozen or unfrozen?)")
-    load_model_state(byol, state["model"], str(ckpt_path), **other_net(recorded(state), given and given["class"]))
+    load_model_state(byol, state["model"], str(ckpt_path), **guess)
     # load_state_dict takes each group's settings from the checkpoint too: this run's (momentum, weight
     # decay, LARS's trust coefficient and clip, ...) are put back, as the resume note says they change.
     settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]

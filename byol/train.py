@@ -178,13 +178,15 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step_class = loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = last_checkpoint(run_dir)
-    # The model before the data (which draws from no generator _build seeds), so that a resume the checkpoint
-    # refuses (another network, hidden_layer, batch size) is refused before the data set is read.
+    # A resume's model before the data (which draws from no generator _build seeds), so that a resume the checkpoint
+    # refuses (another network, hidden_layer, batch size) is refused before the data set is read; a new run's after
+    # it, so that a run whose data fails leaves a network given where it was (not moved to the run's device).
+    data = None if resume else _load_data(config, device, rank, world, resume)
     byol, optimizer, generator = _build(config, device, rank, world, net, given)
     loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
     if resume:  # net holds the checkpoint's weights from here: where the data then fails, where the run had
         trained(net, t.out_dir)  # finished and trains no step
-    data = _load_data(config, device, rank, world, resume)
+        data = _load_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
     step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,
                           data.size, data.names_digest) if resume else (0, {})

@@ -135,6 +135,11 @@ def test_a_resume_that_is_refused_is_refused_before_the_data_is_read(run, cifar1
         byol.pretrain(more, resume=True, net=SmallNet())
     with pytest.raises(CheckpointError, match=r"does not match this model \(net is a SmallNet of another size"):
         byol.pretrain(more, resume=True, net=SmallNet(width=4), hidden_layer=HIDDEN)
+    deeper = SmallNet()
+    deeper[2] = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 1))  # a layer more: its optimizer's groups differ too
+    with pytest.raises(CheckpointError, match=r"does not match this model \(net is a SmallNet of another size.*: 4 of "
+                                              r"the model's keys missing there"):  # (not "a parameter frozen?")
+        byol.pretrain(more, resume=True, net=deeper, hidden_layer=HIDDEN)
     with pytest.raises(CheckpointError, match=r"train.batch_size=16"):
         byol.pretrain(byol.resume_config(None, [f"--train.out_dir={out}", "--train.batch_size=32"]), resume=True,
                       net=SmallNet(), hidden_layer=HIDDEN)
@@ -159,6 +164,16 @@ def test_a_resume_whose_data_is_gone_leaves_net_known_as_trained(run, monkeypatc
                       net=net, hidden_layer=HIDDEN)
     assert not all(torch.equal(v, w) for v, w in zip(net.state_dict().values(), SmallNet(seed=5).state_dict().values()))
     assert _TRAINED.get(net) == str(out)
+
+
+def test_a_new_run_whose_data_fails_leaves_net_where_it_was(tmp_path):
+    """The data is read before the model is built: net was moved to the run's device first (a GPU's, left there)."""
+    from byol.data import DataError
+    net = SmallNet()
+    net._apply = lambda *args, **kwargs: pytest.fail("net was moved")  # (what net.to and the model's .to call)
+    with pytest.raises(DataError, match="does not exist"):
+        byol.pretrain(load_config("cifar10", settings(tmp_path / "run", tmp_path / "gone")), net=net,
+                      hidden_layer=HIDDEN)
 
 
 @pytest.mark.parametrize("refused", ["optimizer", "frozen"])

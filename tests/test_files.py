@@ -250,3 +250,12 @@ def test_a_checkpoint_that_is_a_pipe_or_a_link_to_nothing_is_said_as_such(tmp_pa
     assert files.not_a_file_to_read(tmp_path / "none.pt") == f"checkpoint {tmp_path / 'none.pt'} does not exist"
     (tmp_path / "moved.pt").touch()
     assert files.not_a_file_to_read(tmp_path / "link.pt") is None
+
+
+def test_a_checkpoint_given_as_standard_input_is_said_to_be_unsupported(tmp_path, monkeypatch):
+    """``byol eval knn -`` was said not to exist, where a user means standard input; a file named - is read."""
+    monkeypatch.chdir(tmp_path)
+    assert files.not_a_file_to_read("-") == ("reading a checkpoint from standard input (-) is not supported; give "
+                                             "the path of its .pt file")
+    (tmp_path / "-").touch()
+    assert files.not_a_file_to_read("-") is None
