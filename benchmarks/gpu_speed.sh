@@ -30,6 +30,9 @@
 #      after parts of 35, 150 and 81 s, where the compile took 77 s; the H200 session's compile did not
 #      end within the 240 s of its part); past that it is stopped with its stacks printed. It prints torch.compile's
 #      timers, and its stacks every 100 s while it compiles.
+# A third form, `quick` (BUDGET 150, no peers, nothing compiled), for a task that spends its device time on
+# issue #5: in its first carrying call, after `gpu_cifar10.sh run` (which only unpacks there), part 0 and
+# the CUDA graph with and without its tail against the eager step (speed-graphed, 3 rounds: speed_graphed.json).
 # Second call (`more`):
 #   4. gpu-tests-eager: the GPU tests that compile nothing (no CUDA sync in the eager loop step;
 #      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
@@ -64,14 +67,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
 call="${1:-first}"
-case "$call" in first|more) ;; *) echo "usage: $0 [first|more]" >&2; exit 2 ;; esac
+case "$call" in first|more|quick) ;; *) echo "usage: $0 [first|more|quick]" >&2; exit 2 ;; esac
 suffix=""
-[ "$call" = more ] && suffix=_more
+[ "$call" = first ] || suffix="_$call"
 exec > >(tee "$out/gpu_speed$suffix.log") 2>&1
 export PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 device="${DEVICE:-cuda}"
-budget="${BUDGET:-$([ "$call" = more ] && echo 300 || echo 530)}"
+budget="${BUDGET:-$(case "$call" in more) echo 300 ;; quick) echo 150 ;; *) echo 530 ;; esac)}"
 deadline=$(( $(date +%s) + budget ))
 
 # This project from the checkout (on PYTHONPATH, not installed), the peers from wheels into a folder
@@ -86,7 +89,9 @@ export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 # one run), so on CUDA it stops here, before spending the budget, if they do not import.
 peers=",byol-pytorch,lightly" graphed=",byol-graphed,byol-graphed-tail"
 case "$device" in cuda*) ;; *) graphed="" ;; esac  # the CUDA-graph experiment needs CUDA
-if [ "${PEERS:-1}" = 0 ]; then
+if [ "$call" = quick ]; then
+    peers=""  # (the CUDA graph's two forms only)
+elif [ "${PEERS:-1}" = 0 ]; then
     peers=""
     echo "note: PEERS=0: the peers are not timed"
 elif ! why=$(timeout 120 "$python" -c "import byol_pytorch, lightly" 2>&1); then
@@ -160,7 +165,13 @@ if "$python" -c "import pytest_timeout" 2>/dev/null; then
     timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") compile_timeout_opt=(--timeout 140) graphed_timeout_opt=(--timeout 90)
 fi
 # shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
-if [ "$call" = first ]; then
+if [ "$call" = quick ]; then
+    test_part graphed-test 90 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
+        "${graphed_timeout_opt[@]}" \
+        -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
+    part speed-graphed 100 "$python" -m benchmarks.speed --device "$device" --systems "byol-eager$graphed" \
+        --repeats 3 --json "$out/speed_graphed.json" ${SPEED_ARGS:-}
+elif [ "$call" = first ]; then
     test_part graphed-test 120 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
         "${graphed_timeout_opt[@]}" \
         -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
