@@ -25,9 +25,11 @@ class GraphedLoopStep(LoopStep):
     and the Python around them, which otherwise run eagerly after each replay. Their learning rate and
     ``1 - tau``, numbers that change every step, are then read from two device tensors written before
     each replay (:meth:`byol.optim.LARS.step`'s ``lr``, :func:`byol.ema.update_target_by`): two fills a
-    step. Its arithmetic is the eager tail's but for rounding (a multiply and an add where the eager
-    step has one fused op): the tests compare them on a CPU. **Written on a CPU and not yet run on a
-    GPU**: off by default, measured by ``benchmarks.speed``'s ``byol-graphed-tail``.
+    step. The eager steps before the capture run the same tensor forms (so their kernels have run once
+    before the capture, and every step's arithmetic is the replays'), which differ from the eager loop's
+    by a rounding (LARS's last update a multiply and an add, the EMA a subtract, a multiply and an add,
+    where :class:`~byol.step.LoopStep` has one op each): the tests compare them on a CPU. **Written on a
+    CPU and not yet run on a GPU**: off by default, measured by ``benchmarks.speed``'s ``byol-graphed-tail``.
 
     **Experimental**: written on a CPU; its GPU tests (without ``capture_tail``) passed at its first run
     on a GPU (an H100, 2026-12-05: 16,948 images/s against the eager step's 11,190 in 2 rounds;
@@ -62,8 +64,8 @@ class GraphedLoopStep(LoopStep):
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.calls = 0
         self._side: Optional[torch.cuda.Stream] = None
-        device = self.sums.device  # the learning rate and 1 - tau that a replay of the tail reads
-        self._lr, self._rate = torch.zeros((), device=device), torch.zeros((), device=device)
+        if capture_tail:  # the learning rate and 1 - tau that the tail reads, in the eager steps and the replays
+            self._lr, self._rate = torch.zeros((), device=self.sums.device), torch.zeros((), device=self.sums.device)
 
     def _forward_backward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # No autocast cache: its bf16 weight copies would be made, and freed, inside the capture.
@@ -78,12 +80,28 @@ class GraphedLoopStep(LoopStep):
             self.guard.snapshot()
         self.optimizer.zero_grad(set_to_none=False)  # the gradients stay where the eager steps put them
         self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
-        if self.capture_tail:  # LoopStep._finish's, with the learning rate and 1 - tau read from the device
+        if self.capture_tail:
+            self._optimizer_step()
+            self._tail(self.static_loss, self.static_z1)
+
+    def _optimizer_step(self) -> None:
+        if self.capture_tail:
             self.optimizer.step(lr=self._lr)
-            if self.byol.target is not None:
-                update_target_by(self.byol.target, self.byol.online, self._rate)
-            ok = self.guard.settle(self.static_loss)
-            self.sums += step_metrics(self.static_loss, self.static_z1, ok)
+        else:
+            self.optimizer.step()
+
+    def _tail(self, loss: torch.Tensor, z1: torch.Tensor) -> None:
+        """LoopStep._finish's EMA update, settle and sums, with 1 - tau read from the device."""
+        if self.byol.target is not None:
+            update_target_by(self.byol.target, self.byol.online, self._rate)
+        ok = self.guard.settle(loss)
+        self.sums += step_metrics(loss, z1, ok)
+
+    def _finish(self, loss: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.capture_tail:
+            return super()._finish(loss, z1)
+        self._tail(loss, z1)
+        return loss, z1
 
     def _capture(self, images: torch.Tensor) -> None:
         self.static_images = images.clone()
@@ -114,6 +132,9 @@ class GraphedLoopStep(LoopStep):
 
     def __call__(self, step: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._schedules(step)
+        if self.capture_tail:  # (fills: kernels, no host sync; every group has the schedule's one lr)
+            self._lr.fill_(self.optimizer.param_groups[0]["lr"])
+            self._rate.fill_(1.0 - self.tau)
         if self.graph is None and self.calls < self.eager_steps:
             self.guard.snapshot()
             main = torch.cuda.current_stream(images.device)
@@ -122,18 +143,15 @@ class GraphedLoopStep(LoopStep):
             with torch.cuda.stream(side):
                 self.optimizer.zero_grad(set_to_none=False)
                 loss, z1 = self._forward_backward(images)
-                self.optimizer.step()
+                self._optimizer_step()
             main.wait_stream(side)
             self.calls += 1
             return self._finish(loss, z1)
-        if self.capture_tail:  # (fills: kernels, no host sync)
-            self._lr.fill_(self.optimizer.param_groups[0]["lr"])
-            self._rate.fill_(1.0 - self.tau)
-        else:
+        if not self.capture_tail:
             self.guard.snapshot()
         if self.graph is None:
-            if self.capture_tail:  # the guard's buffers for this step's tensors made here, not in the graph's pool
-                self.guard.snapshot()
+            if self.capture_tail:  # where the eager steps left the guard's key to change (eager_steps=1: the
+                self.guard.snapshot()  # optimizer's state made in the first), its new buffers made outside the graph
             self._capture(images)
         elif images.shape != self.static_images.shape or images.dtype != self.static_images.dtype:
             raise ValueError(f"GraphedLoopStep was captured for batches of {tuple(self.static_images.shape)} "

@@ -457,7 +457,8 @@ def test_a_failed_capture_names_the_step_s_error_not_one_it_handled(monkeypatch,
 def _graphed_here(monkeypatch, byol, forward, capture_tail) -> GraphedLoopStep:
     """A GraphedLoopStep on a CPU (:func:`make_loop_step`'s settings), with torch.cuda's graph, streams and
     device stood in for: a capture runs its body, then puts back every tensor and the draws it changed (a
-    capture runs nothing), and a replay runs the body again."""
+    capture runs nothing), and a replay runs the body again, with the learning rates and tau NaN meanwhile: a
+    number read from them in the body (a tensor made of one) is the capture's on a GPU, not the step's."""
     from contextlib import contextmanager, nullcontext
 
     step = object.__new__(GraphedLoopStep)  # (its constructor refuses a CPU)
@@ -481,9 +482,18 @@ def _graphed_here(monkeypatch, byol, forward, capture_tail) -> GraphedLoopStep:
         def register_generator_state(self, generator):
             pass
 
-        def replay(self):
+        def replay(self):  # a real replay runs no Python: the numbers the capture read are then its, baked in
             Graph.replays += 1
-            step._captured()
+            numbers = [g["lr"] for g in step.optimizer.param_groups], step.tau
+            for group in step.optimizer.param_groups:
+                group["lr"] = float("nan")
+            step.tau = float("nan")
+            try:
+                step._captured()
+            finally:
+                for group, lr in zip(step.optimizer.param_groups, numbers[0]):
+                    group["lr"] = lr
+                step.tau = numbers[1]
 
     class Stream:
         def __init__(self, *args):
@@ -508,17 +518,13 @@ def test_a_graph_that_holds_the_tail_trains_as_the_eager_step(monkeypatch, host_
     to 1e-3 in the loss within two steps here, as a change of 1e-7 in the weights does)."""
     from byol import ema, optim
 
-    replaying = {"on": False}  # the eager run's steps from the graph's capture on: the tail's ops as the graph's
-
-    def tensor_lr_step(self, closure=None):
-        return lars_step(self, closure, lr=torch.tensor(self.param_groups[0]["lr"]) if replaying["on"] else None)
+    def tensor_lr_step(self, closure=None):  # the eager loop with the tail's ops, as the graphed step's eager
+        return lars_step(self, closure, lr=torch.tensor(self.param_groups[0]["lr"]))  # steps run them too
 
     def tensor_tau(self, tau):
-        if not replaying["on"]:
-            return update_target(self, tau)
         ema.update_target_by(self.target, self.online, torch.tensor(1.0 - tau))
 
-    lars_step, update_target = optim.LARS.step, BYOL.update_target
+    lars_step = optim.LARS.step
     runs = {}
     for name in ("eager", "graphed"):
         byol = tiny_byol()
@@ -539,7 +545,7 @@ def test_a_graph_that_holds_the_tail_trains_as_the_eager_step(monkeypatch, host_
             batches = iter(TensorBatches(images(160), None, 16, generator=0))
             losses = []
             for step in range(9):  # graphed: 3 eager steps, the capture and its replay, 5 replays
-                poison["on"], replaying["on"] = step == 6, step >= 3
+                poison["on"] = step == 6
                 if step == 4:
                     host_reads.clear()
                 losses.append(loop_step(step, next(batches)[0])[0])
@@ -554,6 +560,32 @@ def test_a_graph_that_holds_the_tail_trains_as_the_eager_step(monkeypatch, host_
     assert all(torch.equal(ours, theirs) for ours, theirs in zip(*momenta))
     assert torch.equal(graphed.sums, eager.sums)
     assert graphed.read(graphed_tensors[0][:8]) == eager.read(eager_tensors[0][:8])
+
+
+def _replays_follow_their_numbers(loop_step: GraphedLoopStep, batches) -> None:
+    """After the capture, a replay with a learning rate of 0 and a tau of 1 written for it leaves the online
+    network, the predictor and the target as they are, and the next, with the schedules' numbers back, moves
+    them: the graph's tail reads both from the device at each replay, not the capture's numbers."""
+    byol = loop_step.byol
+    for step in range(4):  # 3 eager steps, the capture and its replay
+        loop_step(step, next(batches)[0])
+    trained, target = [*byol.online.parameters(), *byol.predictor.parameters()], list(byol.target.parameters())
+    before = [t.detach().clone() for t in (*trained, *target)]
+    lr, tau_base = loop_step.lr, loop_step.tau_base
+    loop_step.lr, loop_step.tau_base = 0.0, 1.0
+    loop_step(4, next(batches)[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, (*trained, *target)))
+    loop_step.lr, loop_step.tau_base = lr, tau_base
+    loop_step(5, next(batches)[0])
+    assert not all(torch.equal(a, b) for a, b in zip(before, trained))
+    assert not all(torch.equal(a, b) for a, b in zip(before[len(trained):], target))
+    assert loop_step.guard.skipped.item() == 0
+
+
+def test_a_graph_s_tail_reads_its_learning_rate_and_tau_at_each_replay(monkeypatch):
+    byol = tiny_byol()
+    loop_step = _graphed_here(monkeypatch, byol, ViewsForward(byol), capture_tail=True)
+    _replays_follow_their_numbers(loop_step, iter(TensorBatches(images(160), None, 16, generator=0)))
 
 
 def test_a_graph_holds_the_tail_with_lars_only():
@@ -620,6 +652,20 @@ def test_graphed_loop_step_matches_the_eager_one_on_cuda(full_fp32, capture_tail
         sums[name] = loop_step.sums
     torch.testing.assert_close(torch.stack(losses["graphed"]), torch.stack(losses["eager"]), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(sums["graphed"], sums["eager"], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_graphed_tail_reads_its_learning_rate_and_tau_at_each_replay_on_cuda(full_fp32):
+    """The graph with the tail on CUDA: its replays follow the learning rate and tau written before them
+    (a number read in the capture, a CPU tensor's say, is baked into the graph there; the test above, with
+    lr 1e-3 and the schedules barely moving in its steps, does not tell it from the numbers of each step)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    byol = tiny_byol().to(device)
+    loop_step = make_loop_step(byol, device=device, step_class=GraphedLoopStep, capture_tail=True)
+    _replays_follow_their_numbers(loop_step, iter(TensorBatches(images(256, device=device), None, 16, generator=0)))
+    assert loop_step.graph is not None
 
 
 # "Steps" that each allocate and free tensors above glibc's largest mmap threshold (32 MiB), as a
