@@ -191,7 +191,7 @@ def _evaluate(args, overrides: list[str]) -> int:
     default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
         if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
     if args.out or default:  # before the evaluation, which can take long
-        outputs.check_writable(args.out or default, source=args.checkpoint)
+        outputs.check_writable(args.out or default, source=args.checkpoint, results=True)
         if not args.out:
             _kept_name_writable(default)
     bars = shows_bars_given(overrides)

@@ -63,6 +63,9 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         trained_on, base = root, None
     train = base / "train" if base is not None and (base / "train").is_dir() else trained_on
     if split == "train":
+        if base is None and (root / "train").is_dir():  # a user test took it for the class train/ alone
+            note(f"{root} is a plain folder of images, so --split train embeds all of it, as the run trained on it; "
+                 "--split ./train embeds its class train/ alone")
         return ImageFolder(train, size, "partial")
     if split in (None, "val", "test"):
         names = ("test", "val") if split == "test" else ("val", "test")
@@ -74,7 +77,9 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         where = f"{base} has no val/ or test/ folder" if base is not None else \
             f"{root} is a plain folder of images (no {train_split}/ in it: its sub-folders are classes, not splits)"
         if split is not None:
-            raise DataError(f"there is no {split} split: {where}; use --split train, or lay the images out "
+            its_class = f" (--split ./{split} embeds its class {split}/)" if base is None and (root / split).is_dir() \
+                else ""
+            raise DataError(f"there is no {split} split: {where}; use --split train{its_class}, or lay the images out "
                             f"as ROOT/{train_split} and ROOT/val")
         note(f"{where}, so " + ("all of its images are embedded, as a run on it trains on them" if base is None
                                 else f"the images of {trained_on} are embedded"))

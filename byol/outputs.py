@@ -2,6 +2,7 @@
 would replace what a run or an export wrote, and one sentence (:class:`OutputError`) where a write fails.
 """
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
@@ -30,13 +31,14 @@ def writing(path: Union[str, Path]):
 
 
 def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None,
-                   replace_models: bool = False) -> None:
+                   replace_models: bool = False, results: bool = False) -> None:
     """Fail before the work, not after it, where the file ``path`` cannot be written: a folder in
     its place, a file where a folder of its path goes, a file that cannot be opened for writing, or
     a place that takes no new files (probed with a temporary file in the nearest folder that
     exists; nothing is created for good), or the file ``source`` that the work reads; or where it would
     replace a run's file or a checkpoint, or, unless ``replace_models`` (export, which checks its folder itself),
-    a model's weights. Only in the process that writes: rank 0 under torchrun (told by ``RANK``, as the
+    a model's weights or an export's files; or, for ``results`` (eval's JSON), an embed's embeddings.
+    Only in the process that writes: rank 0 under torchrun (told by ``RANK``, as the
     process group may not exist yet)."""
     import errno
     import tempfile
@@ -47,6 +49,9 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
         raise OutputError(f"{path} is the checkpoint being read; choose another --out")
     if path.is_file():
         _refuse_a_runs_file(path, replace_models)
+        if results and _holds_embeddings(path):  # a user test lost its embeddings to `eval --out emb.npy`
+            raise OutputError(f"{path} holds embeddings, which this evaluation's JSON would replace; "
+                              "choose another --out")
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
@@ -73,6 +78,8 @@ def _refuse_a_runs_file(path: Path, replace_models: bool = False) -> None:
         raise OutputError(f"{path} is a run's {path.name}, which this would replace; choose another --out")
     if saved_step(path) is not None:  # (None at once for a file torch.save did not write: no zip to map)
         raise OutputError(f"{path} is a training checkpoint, which this would replace; choose another --out")
+    if not replace_models and _written_by_export(path):  # a user test: `eval --out EXPORT/export.json`
+        raise OutputError(f"{path} is an export's {path.name}, which this would replace; choose another --out")
     held = None if replace_models else _model_in(path)
     if held is not None:
         raise OutputError(f"{path} holds {held}, which this would replace; choose another --out")
@@ -100,3 +107,30 @@ def _model_in(path: Path) -> Optional[str]:
     if isinstance(saved, dict) and "embeddings" in saved:
         return None
     return "a model's weights (written by torch.save)" if isinstance(saved, dict) else "what torch.save wrote"
+
+
+def _written_by_export(path: Path) -> bool:
+    """Whether ``path`` is the export.json or config.yaml of a ``byol export`` (an export.json beside it
+    that names the encoder), which says what the encoder beside it was trained on and how to feed it."""
+    if path.name not in ("export.json", "config.yaml"):
+        return False
+    try:
+        written = json.loads((path.parent / "export.json").read_text())
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(written, dict) and "state_dict" in written and "backbone" in written
+
+
+def _holds_embeddings(path: Path) -> bool:
+    """Whether ``path`` is a NumPy file (an embed's ``.npy``, its labels) or an earlier embed's ``.pt``."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                return True
+    except OSError:
+        return False
+    try:
+        saved = peek(path)
+    except Exception:  # not what torch.save wrote
+        return False
+    return isinstance(saved, dict) and "embeddings" in saved

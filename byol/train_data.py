@@ -110,9 +110,10 @@ def _check_train_split(config: Config) -> None:
             subs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
         there = f"its sub-folders are {', '.join(subs[:8])}{', ...' if len(subs) > 8 else ''}" if subs else \
             "it has no sub-folders"
+        default = root / DataConfig.train_split  # (a user test: ROOT/train as the root, named ROOT/train/train)
+        on = f"on {default}" if default.is_dir() else f"on all of {root}, which has no {DataConfig.train_split} folder"
         raise DataError(f"data.train_split={d.train_split}, but {root} has no folder {d.train_split} ({there}); "
-                        f"leave data.train_split at {DataConfig.train_split} to train on {root / 'train'} or, "
-                        f"where there is none, all of {root}")
+                        f"leave data.train_split at {DataConfig.train_split} to train {on}")
 
 
 def _training_split(config: Config, device: torch.device, rank: int, world: int):

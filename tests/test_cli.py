@@ -842,6 +842,27 @@ def test_eval_and_embed_replace_no_model_file_but_an_earlier_embeds(capsys, trai
     assert len(torch.load(emb, weights_only=True)["embeddings"]) == 4
 
 
+def test_eval_replaces_no_export_json_and_no_embeddings(capsys, trained, tmp_path):
+    """A user test: `byol eval knn CKPT --out EXPORT/export.json` replaced what says how to feed the exported
+    encoder, and `--out emb.npy` an embed's rows, with the evaluation's JSON: refused now, before the work."""
+    from byol.cli import main
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    exported = tmp_path / "exported"
+    assert main(["export", str(ckpt), "--out", str(exported)]) == 0
+    assert main(["embed", str(ckpt), "--limit", "8", "--out", str(tmp_path / "emb.npy")]) == 0
+    capsys.readouterr()
+    refused = {exported / "export.json": "is an export's export.json, which this would replace",
+               exported / "config.yaml": "is an export's config.yaml, which this would replace",
+               tmp_path / "emb.npy": "holds embeddings, which this evaluation's JSON would replace",
+               tmp_path / "emb_labels.npy": "holds embeddings, which this evaluation's JSON would replace"}
+    before = {path: path.read_bytes() for path in refused}
+    for path, what in refused.items():
+        _, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", path)
+        assert line == f"byol: error: {path} {what}; choose another --out"
+    assert {path: path.read_bytes() for path in refused} == before
+    assert main(["export", str(ckpt), "--out", str(exported)]) == 0  # a new export still replaces the earlier one
+
+
 def test_a_path_the_system_refuses_is_one_sentence(capsys, trained, tmp_path):
     """A user test: a name over 255 bytes (a sweep's out_dir, say) was a traceback in every command; a rename
     refused named the temporary (.metrics.jsonl.tmp123), not the file."""

@@ -16,8 +16,16 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
     assert folder.root == str(root) and len(folder) == 10
     assert f"{root} is a plain folder of images" in capsys.readouterr().err
     for split in ("val", "test"):  # a split, not the class test/
-        with pytest.raises(DataError, match=f"there is no {split} split: {root} is a plain folder"):
+        with pytest.raises(DataError, match=f"there is no {split} split: {root} is a plain folder") as e:
             exports._folder_split(root, split, 8, "train")
+        assert ("--split ./test embeds its class test/" in str(e.value)) == (split == "test")
+    plain = extract_jpegs(tmp_path / "vehicles", per_class=1)  # bus/ car/ train/ (docs/data.md)
+    (plain / "truck").rename(plain / "train")  # a user test: --split train embedded all, taken for the class alone
+    capsys.readouterr()
+    assert len(exports._folder_split(plain, "train", 8, "train")) == 10
+    assert ("so --split train embeds all of it, as the run trained on it; --split ./train embeds its class train/ "
+            "alone") in capsys.readouterr().err
+    assert len(exports._folder_split(plain, "./train", 8, "train")) == 1
     next((root / "test").iterdir()).rename(root / "cover.jpg")  # a loose file elsewhere: not dog's to say
     run_classes = sorted(f.name for f in root.iterdir() if f.is_dir() and any(f.iterdir()))  # (test/ is empty)
     capsys.readouterr()

@@ -31,3 +31,27 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
     with pytest.raises(outputs.OutputError, match="other.json: Permission denied"):
         outputs.check_writable(tmp_path / "other.json")  # named so, not as the probe's temporary file
     outputs.check_writable(existing)  # but a file there that can be written is fine
+
+
+def test_eval_results_replace_no_export_file_and_no_embeddings(tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "export.json").write_text(json.dumps({"state_dict": "encoder.pt", "backbone": "resnet18"}))
+    (export / "config.yaml").write_text("data: {}\n")
+    for name in ("export.json", "config.yaml"):  # what says how to feed the encoder beside them
+        with pytest.raises(outputs.OutputError, match=f"is an export's {name}"):
+            outputs.check_writable(export / name, results=True)
+        outputs.check_writable(export / name, replace_models=True)  # a new export replaces an earlier one's
+    np.save(tmp_path / "emb.npy", np.zeros((2, 3), np.float32))
+    torch.save({"embeddings": torch.zeros(2, 3), "labels": None}, tmp_path / "emb.pt")
+    for name in ("emb.npy", "emb.pt"):
+        with pytest.raises(outputs.OutputError, match="holds embeddings, which this evaluation's JSON"):
+            outputs.check_writable(tmp_path / name, results=True)
+        outputs.check_writable(tmp_path / name)  # embed may replace an earlier embed's
+    (tmp_path / "r.json").write_text("{}")
+    outputs.check_writable(tmp_path / "r.json", results=True)  # an earlier result is replaced
+    assert json.loads((export / "export.json").read_text())["backbone"] == "resnet18"

@@ -113,8 +113,13 @@ def test_a_train_split_that_is_not_there_is_refused_not_read_as_the_whole_folder
         return train_data._training_split(config, torch.device("cpu"), 0, 1)
 
     with pytest.raises(DataError, match=f"data.train_split=trian, but {tmp_path} has no folder trian \\(its "
-                                        "sub-folders are plain, train, val\\); leave data.train_split at train"):
+                                        "sub-folders are plain, train, val\\); leave data.train_split at train "
+                                        f"to train on {tmp_path / 'train'}$"):
         split(tmp_path, "--data.train_split=trian")
+    # ROOT/train given as the root: not "to train on ROOT/train/train" (a user test)
+    with pytest.raises(DataError, match=f"leave data.train_split at train to train on all of {tmp_path / 'train'}, "
+                                        "which has no train folder$"):
+        split(tmp_path / "train", "--data.train_split=val")
     assert split(tmp_path)[1] == 2 and split(tmp_path / "plain")[1] == 2  # ROOT/train; all of a plain folder
 
 
