@@ -2,7 +2,7 @@
 
 import signal
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -136,6 +136,9 @@ class NonFiniteGuard:
 # What a second Ctrl-C's KeyboardInterrupt says (a notebook shows it; byol's command line prints it).
 SECOND_INTERRUPT = ("a Ctrl-C while the run was stopping ends it at once, without the checkpoint it was to write: "
                     "the steps since the run's last checkpoint, if it wrote one, are lost")
+# ... and where the last checkpoint holds every finished step (the stop's, its plots being drawn): nothing is lost.
+SECOND_INTERRUPT_SAVED = ("a Ctrl-C while the run was stopping ends it at once, after the checkpoint of step {step} "
+                          "was written: --resume goes on from it")
 
 
 class Stopped(BaseException):
@@ -150,14 +153,16 @@ class StopRequest:
     loop checks after each step.
 
     The loop then finishes the step, writes a checkpoint and exits; a second SIGINT
-    interrupts at once (KeyboardInterrupt). Within :meth:`interrupting`, a signal raises
-    :class:`Stopped` at once instead. Handlers are restored on exit.
+    interrupts at once (KeyboardInterrupt), saying whether that loses steps: ``saved`` returns the step
+    of a checkpoint that holds every finished step, or None. Within :meth:`interrupting`,
+    a signal raises :class:`Stopped` at once instead. Handlers are restored on exit.
     """
 
     SIGNALS = STOP_SIGNALS
 
-    def __init__(self):
+    def __init__(self, saved: Callable[[], Optional[int]] = lambda: None):
         self.signum: Optional[int] = None
+        self.saved = saved
         self._previous: dict = {}
         self._raising = False
 
@@ -167,7 +172,10 @@ class StopRequest:
             self.signum = self.signum or signum
             raise Stopped
         if self.signum is not None and signum == signal.SIGINT:  # said, not printed here: a handler's print
-            raise KeyboardInterrupt(SECOND_INTERRUPT)  # could come inside another (the bar's): a reentrant write
+            step = self.saved()  # could come inside another (the bar's): a reentrant write
+            if step is not None:  # (the stop's checkpoint is written, its plots being drawn, say)
+                raise KeyboardInterrupt(SECOND_INTERRUPT_SAVED.format(step=step))
+            raise KeyboardInterrupt(SECOND_INTERRUPT)
         self.signum = signum
 
     @contextmanager

@@ -37,6 +37,7 @@ class Checkpoints:
         self.sums = sums  # the metrics' sums since the last record (LoopStep.sums), saved for a resume's
         self.last_save = time.perf_counter()
         self.written_step: Optional[int] = None  # the step of the last checkpoint written
+        self.last_pt_step: Optional[int] = None  # of last.pt, set once written (before the plots)
         self.plots_failed = False  # said once
 
     def _write(self, name: str, step: int, progress) -> None:
@@ -82,6 +83,7 @@ class Checkpoints:
                 folder.write_skipped(self.run_dir / "skipped_files.txt")  # counts on it (TrainData.start_at)
                 self.extra["skipped_inside"] = folder.skipped_inside()
             self._write("last.pt", step, progress)
+            self.last_pt_step = step
             if keep_epoch is not None:  # (a run that dies before it: see write_missing_epoch)
                 self._write(f"epoch_{keep_epoch:04d}.pt", step, progress)
                 self._drop_older_epochs(keep_epoch)

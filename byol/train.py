@@ -249,7 +249,8 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
     stream = step_images(data, step, steps_per_epoch, t.batch_size // world)
     host_kept = data.folder is None and data.batches.images.device != device  # data.on_device's resolution
     try:
-        with StopRequest() as stop:
+        # a second Ctrl-C loses nothing where last.pt holds every finished step (the lambda reads `step` as it is)
+        with StopRequest(saved=lambda: step if checkpoints.last_pt_step == step else None) as stop:
             while step < end_step:
                 # Streamed folders (pinned) or a host-kept set: copied outside the wait for the batch,
                 # which a copy from pageable memory would stretch by the device's work queued before it.

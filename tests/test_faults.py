@@ -959,6 +959,30 @@ def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):
     assert capsys.readouterr().err == f"byol: interrupted: {SECOND_INTERRUPT}\n"
 
 
+def test_a_second_ctrl_c_after_the_stop_s_checkpoint_says_nothing_is_lost(monkeypatch, capsys, tmp_path, cifar):
+    """A user test (docs/runs.md): a second Ctrl-C while the stop's plots were drawn, its last.pt already written,
+    said 'without the checkpoint it was to write: the steps since the run's last checkpoint ... are lost'."""
+    import byol.saving
+    from byol import cli
+    monkeypatch.setattr(byol.saving.Checkpoints, "_plot", lambda self, progress: os.kill(os.getpid(), signal.SIGINT))
+    steps = []
+
+    def save(self, step, *args, **kwargs):  # the first epoch's end (8 steps): the first Ctrl-C, then the write
+        steps.append(step)
+        if len(steps) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(self, step, *args, **kwargs)
+
+    real_save = byol.saving.Checkpoints.save
+    monkeypatch.setattr(byol.saving.Checkpoints, "save", save)
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.epochs": 2, "train.knn_every": -1})]) == 130
+    assert steps == [8]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "byol: interrupted: a Ctrl-C while the run was stopping ends it at once, after the checkpoint of step 8 "
+        "was written: --resume goes on from it")
+
+
 @pytest.mark.parametrize("first", [signal.SIGUSR1, signal.SIGTERM])
 def test_a_sigterm_while_the_run_stops_is_not_a_second_ctrl_c(first):
     """A mutation audit: a second signal of any kind raising the second Ctrl-C's KeyboardInterrupt survived every
