@@ -133,8 +133,9 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     ``net``: a network of your own, in float32, to pretrain instead of ``model.backbone``'s ResNet
     (``model.cifar_stem`` and ``width`` unused), its representation taken at ``hidden_layer`` as
     :class:`~byol.BYOL` takes it. Training updates ``net``'s own parameters, moved to the run's device
-    (``train.device``), where they stay; its modules' modes are put back as given after the run (and under
-    torchrun its BatchNorm layers, which train as synchronized ones sharing their weights and statistics). The
+    (``train.device``), where they stay (also where the run then fails, on its data say); its modules' modes are
+    put back as given after the run (and under torchrun its BatchNorm layers, which train as synchronized ones
+    sharing their weights and statistics). The
     run records it as ``model.backbone: custom`` and, in its checkpoints, ``net``'s class and ``hidden_layer``: a
     resume, ``byol.knn``, ``linear``, ``embed`` and ``load_encoder`` of it take ``net=`` (a network of the same
     architecture); the command line cannot build it.
@@ -178,15 +179,15 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     step_class = loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = last_checkpoint(run_dir)
-    # A resume's model before the data (which draws from no generator _build seeds), so that a resume the checkpoint
-    # refuses (another network, hidden_layer, batch size) is refused before the data set is read; a new run's after
-    # it, so that a run whose data fails leaves a network given where it was (not moved to the run's device).
-    data = None if resume else _load_data(config, device, rank, world, resume)
+    # The model before the data (which draws from no generator _build seeds), so that a network that cannot be
+    # trained (net= cut at a layer it lacks, or that does not run on the views), or a resume the checkpoint refuses
+    # (another network, hidden_layer, batch size), is refused before the data set is read (a scan of a large folder
+    # first, a review found, when this read the data first so as to leave net where it was if the data failed).
     byol, optimizer, generator = _build(config, device, rank, world, net, given)
     loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
     if resume:  # net holds the checkpoint's weights from here: where the data then fails, where the run had
         trained(net, t.out_dir)  # finished and trains no step
-        data = _load_data(config, device, rank, world, resume)
+    data = _load_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
     step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,
                           data.size, data.names_digest) if resume else (0, {})

@@ -166,14 +166,14 @@ def test_a_resume_whose_data_is_gone_leaves_net_known_as_trained(run, monkeypatc
     assert _TRAINED.get(net) == str(out)
 
 
-def test_a_new_run_whose_data_fails_leaves_net_where_it_was(tmp_path):
-    """The data is read before the model is built: net was moved to the run's device first (a GPU's, left there)."""
-    from byol.data import DataError
-    net = SmallNet()
-    net._apply = lambda *args, **kwargs: pytest.fail("net was moved")  # (what net.to and the model's .to call)
-    with pytest.raises(DataError, match="does not exist"):
-        byol.pretrain(load_config("cifar10", settings(tmp_path / "run", tmp_path / "gone")), net=net,
-                      hidden_layer=HIDDEN)
+def test_a_net_that_cannot_be_trained_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    """net= cut at a layer it lacks is one sentence before the data set is read (a scan of a large folder; a
+    review found it after the data when a change read the data first, to leave net where it was if that failed)."""
+    import byol.train
+    monkeypatch.setattr(byol.train, "load_data", lambda *args, **kwargs: pytest.fail("the data was read"))
+    with pytest.raises(ValueError, match="hidden_layer='nope' is not a module"):
+        byol.pretrain(load_config("cifar10", settings(tmp_path / "run", tmp_path / "gone")), net=SmallNet(),
+                      hidden_layer="nope")
 
 
 @pytest.mark.parametrize("refused", ["optimizer", "frozen"])

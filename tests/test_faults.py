@@ -983,6 +983,34 @@ def test_a_second_ctrl_c_after_the_stop_s_checkpoint_says_nothing_is_lost(monkey
         "was written: --resume goes on from it")
 
 
+def test_a_second_ctrl_c_while_the_stop_s_checkpoint_is_written_says_steps_are_lost(monkeypatch, capsys, tmp_path,
+                                                                                  cifar):
+    """A review: last.pt of an earlier step (the first epoch's, 8) holds not the steps since (9 and 10), so a
+    second Ctrl-C while the stop's own last.pt (step 10) is written says they are lost, not 'step 8 ... goes on'."""
+    import byol.saving
+    import byol.step
+    from byol import cli
+    from byol.faults import SECOND_INTERRUPT
+    real_call, real_write = byol.step.LoopStep.__call__, byol.saving.Checkpoints._write
+
+    def call(self, step, images):  # the first Ctrl-C in step 10's step
+        if step == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_call(self, step, images)
+
+    def write(self, name, step, progress):  # the second, as the stop's checkpoint is written
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_write(self, name, step, progress)
+
+    monkeypatch.setattr(byol.step.LoopStep, "__call__", call)
+    monkeypatch.setattr(byol.saving.Checkpoints, "_write", write)
+    run = tmp_path / "run"
+    assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.epochs": 2, "train.knn_every": -1})]) == 130
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"byol: interrupted: {SECOND_INTERRUPT}"
+
+
 @pytest.mark.parametrize("first", [signal.SIGUSR1, signal.SIGTERM])
 def test_a_sigterm_while_the_run_stops_is_not_a_second_ctrl_c(first):
     """A mutation audit: a second signal of any kind raising the second Ctrl-C's KeyboardInterrupt survived every
