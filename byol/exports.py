@@ -21,7 +21,7 @@ from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
-from .outputs import OutputError, check_writable, writing
+from .outputs import EXPORT_NAMES, OutputError, check_writable, is_an_export, writing
 from .pipeline import check_counts, features, image_root, load_split, note_unused
 
 
@@ -279,8 +279,7 @@ def _architecture(config: Config) -> str:
             + (f",{stem}" if stem else ""))
 
 
-_NAMED = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "config": "config.yaml"}
-_EXPORT_FILES = (*_NAMED.values(), "export.json")  # export.json names the other three
+_EXPORT_FILES = (*EXPORT_NAMES.values(), "export.json")  # export.json names the other three
 
 
 def _check_export_folder(out_dir: Path, source: Union[str, Path]) -> None:
@@ -292,22 +291,9 @@ def _check_export_folder(out_dir: Path, source: Union[str, Path]) -> None:
     for name in _EXPORT_FILES:
         check_writable(out_dir / name, source=source, replace_models=True)  # an earlier export's: checked below
     held = [name for name in _EXPORT_FILES if (out_dir / name).exists()]
-    if held and not _is_an_export(out_dir / "export.json"):
+    if held and not is_an_export(out_dir / "export.json"):
         raise OutputError(f"{out_dir} holds {held[0]}, which this would replace, and no byol export wrote it "
                           f"(no export.json of one is beside it); {own}")
-
-
-def _is_an_export(info: Path) -> bool:
-    """Whether ``info`` is an export.json that byol wrote: one naming the files beside it as they are named
-    now, or as exports before 1 December 2026 named them (by their paths, and config.yaml not at all)."""
-    try:
-        written = json.loads(info.read_text())
-    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
-        return False
-    if not isinstance(written, dict) or written.get("config", _NAMED["config"]) != _NAMED["config"]:
-        return False
-    return "backbone" in written and all(isinstance(written.get(key), str) and Path(written[key]).name == name
-                                         for key, name in _NAMED.items() if key != "config")
 
 
 def _script(net: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -348,7 +334,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     view1, _ = views_of(config)
     # export.json names the files beside it, so that the folder can be moved or copied whole.
     inputs = _eval_input(config, view1.mean, view1.std)
-    info = {**_NAMED, "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem,
+    info = {**EXPORT_NAMES, "backbone": config.model.backbone, "cifar_stem": config.model.cifar_stem,
             "width": config.model.width, "architecture": _architecture(config), "step": origin["step"],
             "epoch": origin["epoch"], "input": inputs,
             "output": {"features": feature_dim(net, inputs["image_size"]),
@@ -369,4 +355,4 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         if made is not None:
             remove_empty_folders(out_dir.absolute(), made)
         raise
-    return {**info, **{key: str(out_dir / info[key]) for key in _NAMED}}  # config too (it was "config.yaml")
+    return {**info, **{key: str(out_dir / info[key]) for key in EXPORT_NAMES}}  # config too (it was "config.yaml")

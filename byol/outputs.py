@@ -14,6 +14,10 @@ from .files import write_failed, write_failure, written_for
 from .run_folder import RUN_FILES
 
 
+# What `byol export` writes beside its export.json, which names them (byol.exports).
+EXPORT_NAMES = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "config": "config.yaml"}
+
+
 class OutputError(ByolError):
     """An output that cannot be written (a read-only place, a folder where a file goes, ...)."""
 
@@ -110,15 +114,21 @@ def _model_in(path: Path) -> Optional[str]:
 
 
 def _written_by_export(path: Path) -> bool:
-    """Whether ``path`` is the export.json or config.yaml of a ``byol export`` (an export.json beside it
-    that names the encoder), which says what the encoder beside it was trained on and how to feed it."""
-    if path.name not in ("export.json", "config.yaml"):
-        return False
+    """Whether ``path`` is the export.json or config.yaml of a ``byol export`` (its export.json says so)."""
+    return path.name in ("export.json", EXPORT_NAMES["config"]) and is_an_export(path.parent / "export.json")
+
+
+def is_an_export(info: Path) -> bool:
+    """Whether ``info`` is an export.json that byol wrote: one naming the files beside it as they are named
+    now, or as exports before 1 December 2026 named them (by their paths, and config.yaml not at all)."""
     try:
-        written = json.loads((path.parent / "export.json").read_text())
+        written = json.loads(info.read_text())
     except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
         return False
-    return isinstance(written, dict) and "state_dict" in written and "backbone" in written
+    if not isinstance(written, dict) or written.get("config", EXPORT_NAMES["config"]) != EXPORT_NAMES["config"]:
+        return False
+    return "backbone" in written and all(isinstance(written.get(key), str) and Path(written[key]).name == name
+                                         for key, name in EXPORT_NAMES.items() if key != "config")
 
 
 def _holds_embeddings(path: Path) -> bool:

@@ -40,7 +40,8 @@ def test_eval_results_replace_no_export_file_and_no_embeddings(tmp_path):
     import torch
     export = tmp_path / "export"
     export.mkdir()
-    (export / "export.json").write_text(json.dumps({"state_dict": "encoder.pt", "backbone": "resnet18"}))
+    (export / "export.json").write_text(json.dumps({"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt",
+                                                    "backbone": "resnet18"}))
     (export / "config.yaml").write_text("data: {}\n")
     for name in ("export.json", "config.yaml"):  # what says how to feed the encoder beside them
         with pytest.raises(outputs.OutputError, match=f"is an export's {name}"):
