@@ -102,6 +102,8 @@ class CollapseMonitor:
         Returns:
             The warning, on entering collapse (and every ``repeat_every`` steps in it); else None.
         """
+        if math.isnan(std) and math.isnan(rank):  # no statistics (every step of the interval undone): the state
+            return None  # stays, so a collapsed run is not warned of again as newly collapsing after it (a user test)
         was_collapsed, self.collapsed = self.collapsed, self.is_collapsed(std, rank, dim)
         if not self.collapsed:
             return None

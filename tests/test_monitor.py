@@ -112,3 +112,15 @@ def test_effective_rank_weighs_each_direction_by_its_singular_value():
     expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
     assert expected == pytest.approx(1.7548, abs=1e-4)
     assert effective_rank(z).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_interval_without_statistics_leaves_the_monitor_as_it_was():
+    """A user test: a record whose std and rank are NaN (every step of its interval undone by the guard) counted as
+    healthy, so a collapsed run was warned of again, as newly collapsing, at its next record."""
+    m = CollapseMonitor()
+    assert m.check(1e-4, 1.0, 256, step=10) is not None
+    assert m.check(math.nan, math.nan, 256, step=20) is None and m.collapsed
+    assert m.check(1e-4, 1.0, 256, step=30) is None  # still the same collapse
+    healthy = CollapseMonitor()
+    assert healthy.check(math.nan, math.nan, 256, step=10) is None and not healthy.collapsed
+    assert healthy.check(1e-4, 1.0, 256, step=20) is not None
