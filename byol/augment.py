@@ -279,6 +279,9 @@ class Augment(nn.Module):
 
     def __init__(self, config: ViewConfig, out_dtype: torch.dtype = torch.float32):
         super().__init__()
+        if not isinstance(config, ViewConfig):  # e.g. Augment(cifar_views()), both views' configs
+            raise TypeError(f"Augment takes one ViewConfig, such as cifar_views()[0] (cifar_views and paper_views "
+                            f"return two, one per view), but got {type(config).__name__} {config!r:.60}")
         self.config = config
         self.out_dtype = out_dtype
 

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 
-def check_arguments(net: object, image_size: object, default_views: bool) -> None:
-    """Refuse a ``net`` or ``image_size`` that would fail deep inside torch, in one sentence."""
+def check_arguments(net: object, image_size: object, default_views: bool, augment_fns: tuple = ()) -> None:
+    """Refuse a ``net``, ``image_size`` or ``augment_fn`` that would fail deep inside torch or at the first
+    call, in one sentence."""
     if not isinstance(net, nn.Module):
         hint = "; for a ResNet by name, use byol.resnet('resnet50')" if isinstance(net, str) else ""
         raise TypeError(f"net must be a torch.nn.Module, such as torchvision.models.resnet50(), but got "
@@ -23,6 +24,10 @@ def check_arguments(net: object, image_size: object, default_views: bool) -> Non
     if image_size < low:
         raise ValueError(f"image_size must be >= {low}, the side of the augmented views (e.g. 224), but got "
                          f"{image_size}")
+    for name, fn in zip(("augment_fn", "augment_fn2"), augment_fns):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be a callable from a batch to a batch of views, such as "
+                            f"byol.augment.Augment(cifar_views()[0]), but got {type(fn).__name__} {fn!r:.60}")
 
 
 def check_settings(**settings) -> None:
@@ -91,6 +96,14 @@ def check_network_input(images: torch.Tensor, views: bool = False) -> None:
                      f"{images.dtype} cannot go in: scale them to [0, 1] and normalize them with "
                      f"learner.augment1.config.mean and .std, as the views are, or embed them with byol.features."
                      f"extract_features(learner.encoder, images, mean=..., std=...), which takes uint8")
+
+
+def check_is_tensor(images: object) -> None:
+    """Refuse a batch that is not a tensor (a NumPy array, a list of images), which the learner with the
+    paper's views would fail on in an attribute lookup deep inside."""
+    if not torch.is_tensor(images):
+        raise TypeError(f"BYOL takes a batch of images as a torch.Tensor (B, 3, H, W), uint8 or floats in [0, 1], "
+                        f"but got {type(images).__name__}; convert it, e.g. torch.from_numpy(images)")
 
 
 def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:

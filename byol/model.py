@@ -13,8 +13,8 @@ from torch import nn
 from .backbones import cut_at, feature_width, flat_representation
 from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target, update_target
-from .inputs import (check_arguments, check_batch_shape, check_network_input, check_pixel_range, check_pixel_type,
-                     check_settings)
+from .inputs import (check_arguments, check_batch_shape, check_is_tensor, check_network_input, check_pixel_range,
+                     check_pixel_type, check_settings)
 from .loss import byol_loss
 from .schedules import tau_schedule
 
@@ -167,7 +167,8 @@ class BYOL(nn.Module):
                  total_steps: Optional[int] = None, use_predictor: bool = True, concat_views: bool = False,
                  feature_dim: Optional[int] = None, trace: bool = True):
         super().__init__()
-        check_arguments(net, image_size, default_views=augment_fn is None)
+        check_arguments(net, image_size, default_views=augment_fn is None,
+                        augment_fns=(augment_fn, augment_fn2))
         check_settings(projection_size=projection_size, projection_hidden_size=projection_hidden_size,
                        moving_average_decay=moving_average_decay, total_steps=total_steps, feature_dim=feature_dim)
         sem = (sem_num_simplices, sem_simplex_dim, sem_temperature)
@@ -261,6 +262,8 @@ class BYOL(nn.Module):
         needs_batch_stats = self.training and (return_projection or not return_embedding) and not (
             self.concat_views and not return_embedding)  # the projector and predictor see 2B rows
         min_batch = self.min_train_batch if needs_batch_stats else 1
+        if self.rgb_input:  # with augment_fn given, the batch is whatever it takes
+            check_is_tensor(x)
         check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
         if return_embedding:
             if self.rgb_input:

@@ -245,3 +245,20 @@ def test_building_the_learner_leaves_the_network_as_it_was(trace):
     assert after.keys() == before.keys() and net.training
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+def test_a_batch_that_is_not_a_tensor_or_an_augment_fn_that_is_not_callable_is_one_sentence():
+    from byol.augment import Augment, cifar_views
+    learner = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=8, projection_size=8,
+                   projection_hidden_size=8)
+    images = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    for call in (lambda: learner(images), lambda: learner(images, return_embedding=True),
+                 lambda: learner(list(torch.zeros(2, 3, 8, 8)))):
+        with pytest.raises(TypeError, match="torch.Tensor"):
+            call()
+    with pytest.raises(TypeError, match="augment_fn must be a callable"):
+        BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=8, augment_fn="cifar")
+    with pytest.raises(TypeError, match="augment_fn2 must be a callable"):
+        BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=8, augment_fn=identity, augment_fn2=0.5)
+    with pytest.raises(TypeError, match=r"one ViewConfig, such as cifar_views\(\)\[0\]"):
+        Augment(cifar_views(8))
