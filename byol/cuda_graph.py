@@ -13,7 +13,7 @@ from .compiling import Compiled
 from .config import ConfigError
 from .ema import update_target_by
 from .optim import LARS
-from .step import LoopStep, step_metrics, views_loss
+from .step import LoopStep, views_loss
 
 
 class GraphedLoopStep(LoopStep):
@@ -82,7 +82,7 @@ class GraphedLoopStep(LoopStep):
         self.static_loss, self.static_z1 = self._forward_backward(self.static_images)
         if self.capture_tail:
             self._optimizer_step()
-            self._tail(self.static_loss, self.static_z1)
+            self._finish(self.static_loss, self.static_z1)
 
     def _optimizer_step(self) -> None:
         if self.capture_tail:
@@ -90,18 +90,11 @@ class GraphedLoopStep(LoopStep):
         else:
             self.optimizer.step()
 
-    def _tail(self, loss: torch.Tensor, z1: torch.Tensor) -> None:
-        """LoopStep._finish's EMA update, settle and sums, with 1 - tau read from the device."""
-        if self.byol.target is not None:
-            update_target_by(self.byol.target, self.byol.online, self._rate)
-        ok = self.guard.settle(loss)
-        self.sums += step_metrics(loss, z1, ok)
-
-    def _finish(self, loss: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _update_target(self) -> None:
         if not self.capture_tail:
-            return super()._finish(loss, z1)
-        self._tail(loss, z1)
-        return loss, z1
+            super()._update_target()
+        elif self.byol.target is not None:  # 1 - tau read from the device (as the learner's update_target skips)
+            update_target_by(self.byol.target, self.byol.online, self._rate)
 
     def _capture(self, images: torch.Tensor) -> None:
         self.static_images = images.clone()
@@ -163,7 +156,7 @@ class GraphedLoopStep(LoopStep):
         self.calls += 1
         if self.capture_tail:
             return loss, z1
-        self.optimizer.step()
+        self._optimizer_step()
         return self._finish(loss, z1)
 
 

@@ -127,10 +127,13 @@ class LoopStep:
     def _finish(self, loss: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """After the optimizer step: the EMA update, the guard's settle (a step it undoes moved the
         target too), the metrics' sums."""
-        self.byol.update_target(self.tau)
+        self._update_target()
         ok = self.guard.settle(loss)
         self.sums += step_metrics(loss, z1, ok)
         return loss, z1
+
+    def _update_target(self) -> None:
+        self.byol.update_target(self.tau)
 
     def read(self, z1: torch.Tensor) -> dict:
         """The host sync: the means since the last read, the effective rank of ``z1`` (the last
