@@ -164,17 +164,18 @@ timeout_opt=() compile_timeout_opt=() graphed_timeout_opt=()
 if "$python" -c "import pytest_timeout" 2>/dev/null; then
     timeout_opt=(--timeout "${TEST_TIMEOUT:-60}") compile_timeout_opt=(--timeout 140) graphed_timeout_opt=(--timeout 90)
 fi
-# shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
-if [ "$call" = quick ]; then
-    test_part graphed-test 90 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
+graphed_test() {  # graphed_test SECONDS: part 0, the CUDA-graph step's GPU tests
+    test_part graphed-test "$1" "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
         "${graphed_timeout_opt[@]}" \
         -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
+}
+# shellcheck disable=SC2086  # SPEED_ARGS and PROFILE_ARGS are lists of arguments
+if [ "$call" = quick ]; then
+    graphed_test 90
     part speed-graphed 100 "$python" -m benchmarks.speed --device "$device" --systems "byol-eager$graphed" \
         --repeats 3 --json "$out/speed_graphed.json" ${SPEED_ARGS:-}
 elif [ "$call" = first ]; then
-    test_part graphed-test 120 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
-        "${graphed_timeout_opt[@]}" \
-        -k "graphed or cuda_graph" tests/test_step.py tests/test_train.py
+    graphed_test 120
     part speed-eager 150 "$python" -m benchmarks.speed --device "$device" \
         --systems "byol-eager$peers$graphed" --first-step-limit 60 --json "$out/speed.json" ${SPEED_ARGS:-}
     test_part compile-test 160 "$python" -m pytest -v -rA --tb=long -p no:cacheprovider -p no:logging -m gpu \
