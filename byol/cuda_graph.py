@@ -140,11 +140,12 @@ class GraphedLoopStep(LoopStep):
             main.wait_stream(side)
             self.calls += 1
             return self._finish(loss, z1)
-        if not self.capture_tail:
+        # Eager before each replay without the tail; with it, once before the capture: where the eager steps left
+        # the guard's key to change (eager_steps=1: the optimizer's state made in the first), its new buffers are
+        # made outside the graph.
+        if not self.capture_tail or self.graph is None:
             self.guard.snapshot()
         if self.graph is None:
-            if self.capture_tail:  # where the eager steps left the guard's key to change (eager_steps=1: the
-                self.guard.snapshot()  # optimizer's state made in the first), its new buffers made outside the graph
             self._capture(images)
         elif images.shape != self.static_images.shape or images.dtype != self.static_images.dtype:
             raise ValueError(f"GraphedLoopStep was captured for batches of {tuple(self.static_images.shape)} "
