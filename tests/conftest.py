@@ -46,6 +46,24 @@ def full_fp32():
     b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.deterministic = saved
 
 
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Count the Tensor methods that copy a value to the host (a GPU sync when on CUDA)."""
+    counts: dict[str, int] = {}
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli(*args)`` runs ``byol ARGS`` by ``byol.cli.main`` in this process and returns what test_cli's ``byol``
