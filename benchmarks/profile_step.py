@@ -27,7 +27,8 @@ import time
 import torch
 
 from benchmarks import systems
-from benchmarks.speed import load_average, load_images, machine, setup, sync, widths
+from benchmarks.speed import load_average, machine, widths
+from benchmarks.timed import load_images, setup, sync
 from byol.build import autocast_dtype
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
