@@ -21,7 +21,7 @@ from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder, load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
-from .outputs import EXPORT_NAMES, OutputError, check_writable, is_an_export, writing
+from .outputs import EMBED_SIDE_NAMES, EXPORT_NAMES, OutputError, check_writable, is_an_export, writing
 from .pipeline import check_counts, features, image_root, load_split, note_unused
 
 
@@ -216,8 +216,9 @@ def side_files(out: Path) -> list[tuple[str, Path]]:
 
 def _side_names(out: Path) -> dict[str, Path]:
     """The files :func:`embed` may write beside ``NAME.npy`` (none beside ``.pt``), by what they hold."""
-    named = {"labels": "_labels.npy", "class names": "_classes.txt", "file paths": "_paths.txt"}
-    return {what: out.with_name(out.stem + name) for what, name in named.items()} if out.suffix == ".npy" else {}
+    if out.suffix != ".npy":
+        return {}
+    return {what: out.with_name(out.stem + name) for what, name in EMBED_SIDE_NAMES.items()}
 
 
 def _path_lines(paths: list[str]) -> bytes:

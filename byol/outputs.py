@@ -16,6 +16,8 @@ from .run_folder import RUN_FILES
 
 # What `byol export` writes beside its export.json, which names them (byol.exports).
 EXPORT_NAMES = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "config": "config.yaml"}
+# What ``byol embed --out NAME.npy`` writes beside it, by what each holds: NAME_labels.npy, ...
+EMBED_SIDE_NAMES = {"labels": "_labels.npy", "class names": "_classes.txt", "file paths": "_paths.txt"}
 
 
 class OutputError(ByolError):
@@ -132,7 +134,13 @@ def is_an_export(info: Path) -> bool:
 
 
 def _holds_embeddings(path: Path) -> bool:
-    """Whether ``path`` is a NumPy file (an embed's ``.npy``, its labels) or an earlier embed's ``.pt``."""
+    """Whether ``path`` is a NumPy file (an embed's ``.npy``, its labels), a side file of an embed's ``NAME.npy``
+    beside it (its class names, its file paths) or an earlier embed's ``.pt``."""
+    for suffix in EMBED_SIDE_NAMES.values():
+        if path.name.endswith(suffix) and path.name != suffix:
+            embeddings = path.with_name(path.name[:-len(suffix)] + ".npy")
+            if embeddings.is_file() and _holds_embeddings(embeddings):
+                return True
     try:
         with open(path, "rb") as f:
             if f.read(6) == b"\x93NUMPY":
