@@ -1,4 +1,4 @@
-"""The speed harness's contract with its callers (gpu_speed.sh, BENCHMARKS.md), on a tiny CPU workload.
+"""The benchmark harnesses' contract with their callers (gpu_speed.sh, BENCHMARKS.md), on a tiny CPU workload.
 
 Timing itself is not checked here (it is noise on a shared 2-core machine): what is checked is what a
 caller reads, the table, the JSON and the exit code, when a system asked for cannot be timed.
@@ -7,13 +7,14 @@ caller reads, the table, the JSON and the exit code, when a system asked for can
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # about 45 s of subprocesses on a 2-core machine: in CI's second run, with -m slow
+pytestmark = pytest.mark.slow  # about 2 minutes of subprocesses on a 2-core machine: in CI's second run (-m slow)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device", "cpu", "--batch", "8", "--warmup", "1", "--repeats", "1", "--steps", "1", "--settle", "0",
@@ -126,3 +127,13 @@ def test_tail_host_times_this_tree_against_a_revision(part):
     counted = "guarded" if part == "guard" else "in the learner and its optimizer"  # (the guard's count, not the EMA's)
     assert lines[0].startswith(f"{part}: 339 tensors {counted}") and len(lines) == 3, proc.stdout
     assert lines[1].startswith("this tree: ") and lines[2].startswith("HEAD: ") and " ms a step" in lines[2]
+
+
+def test_step_memory_measures_a_case():
+    """benchmarks.step_memory (BENCHMARKS.md, docs/runs.md: the factor behind byol.memory's note): one small case
+    runs and prints its line (it failed in every case after train._build took a network of one's own: a docs audit)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_memory", "8", "32", "fp32"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.fullmatch(r"batch +8, +32 px, fp32: saved \d+\.\d\d GiB, peak rise -?\d+\.\d\d GiB, ratio -?\d+\.\d\d\n",
+                        proc.stdout), proc.stdout
