@@ -75,3 +75,12 @@ def test_python_examples_compile_and_import_what_they_name(page):
             for name in filter(None, (n.strip() for n in names.split(","))):
                 assert hasattr(importlib.import_module(module), name), \
                     f"{_where(page, text, block.start())}: from {module} import {name}"
+
+
+def test_the_readme_design_section_names_every_module():
+    """The README's map of the package is where a reader looks for a file: one left out reads as not there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    design = text[text.index("\n## Design\n"):]
+    modules = sorted(p.name for p in (ROOT / "byol").glob("*.py") if not p.name.startswith("__"))
+    assert len(modules) > 40, modules  # (the glob still finds the package)
+    assert [m for m in modules if f"`{m}`" not in design] == []
