@@ -82,6 +82,18 @@ def _path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def _given(text: str) -> str:
+    """Not empty (a shell variable not set): a checkpoint or an --out of "" was ".", the folder the command
+    ran in (export wrote its files there, eval took its default), and embed's --split "" its default."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give a value (a shell variable that is not set?)")
+    return text
+
+
+def _given_path(text: str) -> str:
+    return _path(_given(text))
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="byol", description="BYOL self-supervised pretraining and evaluation. "
                 "pretrain takes any config key as --section.key=value (e.g. --train.epochs=10); eval and embed "
@@ -113,9 +125,10 @@ def parser() -> argparse.ArgumentParser:
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
         e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
-        e.add_argument("checkpoint", type=_path,
+        e.add_argument("checkpoint", type=_given_path,
                        help="a checkpoint (.pt from a run), an exported encoder.pt, or a ResNet state_dict")
-        e.add_argument("--out", type=_path, help="write the results as JSON here (default: beside the checkpoint)")
+        e.add_argument("--out", type=_given_path,
+                       help="write the results as JSON here (default: beside the checkpoint)")
         e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
                        "for a folder, spread over its classes)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
@@ -133,15 +146,16 @@ def parser() -> argparse.ArgumentParser:
                            help="of the linear probe's training (default: 100)")
     em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
                         epilog=SETTINGS_READ_HELP)
-    em.add_argument("checkpoint", type=_path,
+    em.add_argument("checkpoint", type=_given_path,
                     help="a checkpoint (.pt from a run), an exported encoder.pt, or a ResNet state_dict")
-    em.add_argument("--out", type=_path, required=True, help="output file, .npy or .pt")
-    em.add_argument("--split", help="default: the held-out split (test; for a folder ROOT/val or ROOT/test) | "
-                    "train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
+    em.add_argument("--out", type=_given_path, required=True, help="output file, .npy or .pt")
+    em.add_argument("--split", type=_given, help="default: the held-out split (test; for a folder ROOT/val or "
+                    "ROOT/test) | train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
     em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
     ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
-    ex.add_argument("checkpoint", type=_path, help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
-    ex.add_argument("--out", type=_path, required=True, help="output folder")
+    ex.add_argument("checkpoint", type=_given_path,
+                    help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
+    ex.add_argument("--out", type=_given_path, required=True, help="output folder")
     return p
 
 

@@ -195,6 +195,8 @@ def check_counts(**counts) -> tuple:
             # ks=20 failed: "'int' object is not iterable"
             raise ConfigError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {value!r}")
         values = list(value) if name == "ks" else [value]  # once: an iterator is read once
+        if name == "ks" and not values:  # ks=(): a ValueError from knn_accuracy, once the features were extracted
+            raise ConfigError(f"ks must hold at least one whole number >= 1, such as (20, 200), got {value!r}")
         for v in values:
             if v is None and name == "limit":
                 continue

@@ -603,6 +603,12 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["embed", "x.pt", "--out", "e.npy", "--limit", "-3"], "argument --limit: must be >= 1, got -3"),
     (["eval", "knn", "x.pt", "--holdout", "-1"], "argument --holdout: must be >= 0, got -1"),
     (["eval", "knn"], "the following arguments are required: checkpoint"),  # argparse's own, on one line
+    # an empty path (a shell variable not set) was ".": export wrote into the working folder, eval took its default
+    (["export", "x.pt", "--out", ""], "argument --out: is empty; give a value (a shell variable that is not set?)"),
+    (["eval", "knn", "x.pt", "--out="], "argument --out: is empty; give a value"),
+    (["embed", "x.pt", "--out", ""], "argument --out: is empty; give a value"),
+    (["embed", "x.pt", "--out", "e.npy", "--split", ""], "argument --split: is empty; give a value"),  # the default
+    (["eval", "linear", ""], "argument checkpoint: is empty; give a value"),  # was ". is a directory"
     ([], "give one of pretrain, eval, embed, export (see byol --help)"),  # "required: command" (a user test)
     (["eval"], "give one of knn, linear (see byol eval --help)"),  # "required: protocol", named nowhere
     # two configs (not merged: the last was taken alone), --download contradicted (a user test)

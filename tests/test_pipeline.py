@@ -342,6 +342,8 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
                         (lambda: knn(missing, ks=(20, 0)), r"ks must be a whole number >= 1, got \(20, 0\)"),
                         (lambda: knn(missing, ks=20), r"ks must be a list or tuple of whole numbers >= 1, such as "
                                                       r"\(20, 200\), got 20"),
+                        (lambda: knn(missing, ks=()), r"ks must hold at least one whole number >= 1, such as "
+                                                      r"\(20, 200\), got \(\)"),  # a ValueError after the features
                         (lambda: knn(missing, temperature=0), "temperature must be a number > 0, got 0"),
                         (lambda: linear(missing, epochs=0), "epochs must be a whole number >= 1, got 0")):
         with pytest.raises(ConfigError, match=match):
