@@ -206,6 +206,11 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
     if not (isinstance(state, dict) and torch.is_tensor(state.get("conv1.weight"))):
         raise CheckpointError(f"{path} holds neither a byol checkpoint nor an encoder state_dict ({_contents(state)})"
                               f"{_peer_resnet(state, path)}")
+    first = state["conv1.weight"]
+    if first.dim() == 4 and first.shape[1] != 3:  # (a grayscale ResNet's was said to be named otherwise)
+        raise CheckpointError(f"{path} is a state_dict whose first convolution (conv1) takes {first.shape[1]} "
+                              "channel(s), not the 3 of the RGB images byol eval and embed feed it; load it yourself "
+                              f"and {EVALUATE_YOURSELF}")
     guess = "a ResNet whose modules are not named as torchvision's: conv1, bn1, layerN.M.downsample?"
     if beside.is_file():
         config, what = load_config(str(beside)), str(path)

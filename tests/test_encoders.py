@@ -174,6 +174,20 @@ def test_a_resnet_state_dict_named_otherwise_than_torchvision_s_is_said_to_be_th
         load_encoder(tmp_path / "cifar_resnet.pt")
 
 
+def test_a_state_dict_of_a_network_of_another_input_than_rgb_says_so(tmp_path):
+    """A bad-input fuzz: a grayscale ResNet's state_dict (conv1 of 1 input channel) was refused with the guess that
+    its modules are named otherwise than torchvision's."""
+    from byol.checkpoint import CheckpointError
+    state = resnet("resnet18", cifar_stem=True, width=8).state_dict()
+    state["conv1.weight"] = state["conv1.weight"][:, :1].clone()
+    torch.save(state, tmp_path / "gray.pt")
+    for given in ([], ["--model.width=8"]):
+        with pytest.raises(CheckpointError, match=r"gray.pt is a state_dict whose first convolution \(conv1\) takes 1 "
+                                                  r"channel\(s\), not the 3 of the RGB images byol eval and embed feed "
+                                                  r"it; load it yourself and give its features from byol.features"):
+            load_encoder(tmp_path / "gray.pt", given)
+
+
 def test_a_resnet_state_dict_read_as_other_settings_given_says_those_not_its_names(tmp_path):
     """A review: a --model.width given over what the keys say was refused with the guess that the modules are
     named otherwise than torchvision's."""
