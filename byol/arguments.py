@@ -83,8 +83,9 @@ def _path(text: str) -> str:
 
 
 def _given(text: str) -> str:
-    """Not empty (a shell variable not set): a checkpoint or an --out of "" was ".", the folder the command
-    ran in (export wrote its files there, eval took its default), and embed's --split "" its default."""
+    """``text``, refused where empty (a shell variable not set): a checkpoint or --out of "" was read as ".", the
+    folder the command ran in (export wrote its files there, eval ignored its --out), and --split "" as embed's
+    default split."""
     if not text:
         raise argparse.ArgumentTypeError("is empty; give a value (a shell variable that is not set?)")
     return text
