@@ -289,6 +289,29 @@ def _meta_output(encoder: nn.Module, image_size: int, dtype: torch.dtype):
         return torch.func.functional_call(encoder, meta, (x,))
 
 
+def strided_over_one_pixel(encoder: nn.Module, image_size: int) -> list[str]:
+    """The names of ``encoder``'s 2-D convolutions that run strided, with a kernel wider than 1, over a map one pixel
+    high or wide at ``image_size``: found on the meta device (none told after a forward that reads values)."""
+    found: list[str] = []
+
+    def check(name: str):
+        def hook(module: nn.Conv2d, args) -> None:
+            if any(side == 1 and stride > 1 and kernel > 1
+                   for side, stride, kernel in zip(args[0].shape[-2:], module.stride, module.kernel_size)):
+                found.append(name)
+        return hook
+
+    hooks = [m.register_forward_pre_hook(check(n)) for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        _meta_output(encoder, image_size, torch.float32)
+    except Exception:  # noqa: BLE001 - e.g. .item() on a meta tensor: the convolutions before it are told
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
 def feature_dim(encoder: nn.Module, image_size: int, dtype: torch.dtype = torch.float32) -> int:
     """The width of ``encoder``'s flattened output, found on the meta device (no real compute)."""
     return _meta_output(encoder, image_size, dtype).flatten(1).shape[1]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .augment import Augment, ViewConfig, view_presets
-from .backbones import NetDoesNotRun, cut_at, resnet
+from .backbones import NetDoesNotRun, cut_at, resnet, strided_over_one_pixel
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
 from .model import BYOL
@@ -120,6 +120,28 @@ def autocast_dtype(precision: str, device: Union[torch.device, str]) -> Optional
             raise ConfigError("train.precision=bf16 but this GPU has no bfloat16; use fp32")
         return torch.bfloat16
     raise ConfigError(f"train.precision={precision!r}; choose auto, bf16 or fp32")
+
+
+def checked_precision(byol: BYOL, config: Config, device: torch.device,
+                      amp: Optional[torch.dtype]) -> Optional[torch.dtype]:
+    """``amp``, but float32 where ``train.precision=auto`` would train in bf16 on a CPU a network that torch's bf16
+    convolutions get wrong (:func:`~byol.backbones.strided_over_one_pixel`: their weight gradients there are off by
+    orders of magnitude, at times NaN; torch 2.14.1, benchmarks/results/cpu-amd-2026-12-06/); refused where
+    ``train.precision=bf16`` asks for it."""
+    if amp is None or device.type != "cpu":
+        return amp
+    size = config.data.image_size
+    faulty = strided_over_one_pixel(byol.online.encoder, size)
+    if not faulty:
+        return amp
+    why = (f"torch's bf16 convolutions on the CPU give wrong weight gradients (off by orders of magnitude, at times "
+           f"NaN) for a strided convolution over a map one pixel high or wide, which {faulty[0]} is at "
+           f"data.image_size={size}")
+    if config.train.precision == "bf16":
+        raise ConfigError(f"train.precision=bf16: {why}; use train.precision=fp32, a larger data.image_size or, for "
+                          "a ResNet, model.cifar_stem=true")
+    dist.note(f"train.precision=auto trains in float32 here, not bf16: {why}")
+    return None
 
 
 def precision_name(amp: Optional[torch.dtype]) -> str:

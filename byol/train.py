@@ -15,8 +15,8 @@ from torch import nn
 
 from . import distributed as dist
 from .allocator import keep_freed_memory
-from .build import (autocast_dtype, build_model, end_step_of, precision_name, resolve_device, schedule_of,
-                    usual_torch_defaults)
+from .build import (autocast_dtype, build_model, checked_precision, end_step_of, precision_name, resolve_device,
+                    schedule_of, usual_torch_defaults)
 from .checkpoint import rng_state_kept
 from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
@@ -184,6 +184,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     # (another network, hidden_layer, batch size), is refused before the data set is read (a scan of a large folder
     # first, a review found, when this read the data first so as to leave net where it was if the data failed).
     byol, optimizer, generator = _build(config, device, rank, world, net, given)
+    amp = checked_precision(byol, config, device, amp)
     loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
     if resume:  # net holds the checkpoint's weights from here: where the data then fails, where the run had
         trained(net, t.out_dir)  # finished and trains no step

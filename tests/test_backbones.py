@@ -6,13 +6,22 @@ import torch
 import torchvision
 from torch import nn
 
-from byol.backbones import RESNETS, cut_at, feature_dim, resnet, resnet_settings
+from byol.backbones import RESNETS, cut_at, feature_dim, resnet, resnet_settings, strided_over_one_pixel
 
 
 @pytest.mark.parametrize("name, width, dim", [("resnet18", 64, 512), ("resnet34", 16, 128), ("resnet50", 16, 512)])
 def test_feature_dim_is_found(name, width, dim):
     net = resnet(name, cifar_stem=True, width=width)
     assert feature_dim(cut_at(net, "avgpool"), 32) == dim
+
+
+@pytest.mark.parametrize("name, cifar_stem, size, found", [
+    ("resnet18", False, 16, ["layer4.0.conv1"]), ("resnet50", False, 16, ["layer4.0.conv2"]),  # (not the 1x1 shortcut)
+    ("resnet18", False, 8, ["layer3.0.conv1", "layer4.0.conv1"]), ("resnet18", False, 17, []),
+    ("resnet18", False, 224, []), ("resnet18", True, 16, []), ("resnet18", True, 4, ["layer4.0.conv1"])])
+def test_strided_convolutions_over_one_pixel_are_found(name, cifar_stem, size, found):
+    """Where torch's bf16 CPU convolutions give wrong weight gradients (byol.build.checked_precision)."""
+    assert strided_over_one_pixel(resnet(name, cifar_stem=cifar_stem, width=8), size) == found
 
 
 def test_cifar_stem():

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+import byol.build
 import byol.cuda_graph
 import byol.faults
 import byol.knn_monitor
@@ -1410,6 +1411,30 @@ def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the
         "and optimizer state, but its batches' shares and augmentation draws are not those the run would have " \
         "had" in capsys.readouterr().err
 
+
+
+def test_bf16_is_not_used_on_a_cpu_where_torch_gets_the_network_s_gradients_wrong(tmp_path, capsys, monkeypatch,
+                                                                                   cifar10_root):
+    """torch 2.14.1's bf16 CPU convolution gives weight gradients off by orders of magnitude, at times NaN, for a
+    strided convolution over a 1x1 map (benchmarks/results/cpu-amd-2026-12-06/): a ResNet with the ImageNet stem at
+    16 px has one. A bad-input fuzz found half its runs stopped on NaN, and a review that the others trained on
+    wrong gradients: auto trains in float32 there, and bf16 asked for is refused."""
+    settings = tiny_overrides(tmp_path / "run", **{"model.cifar_stem": "false", "train.max_steps": 2,
+                                                   "train.knn_every": -1, "data.limit": 32})
+    settings += [f"--data.root={cifar10_root}"]
+    with pytest.raises(ConfigError, match=r"^train.precision=bf16: torch's bf16 convolutions on the CPU give wrong "
+                                          r"weight gradients .* which body.layer4.0.conv1 is at data.image_size=16; use "
+                                          r"train.precision=fp32, a larger data.image_size or, for a ResNet, "
+                                          r"model.cifar_stem=true$"):
+        pretrain(load_config("cifar10", settings + ["--data.image_size=16", "--train.precision=bf16"]))
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(byol.build, "native_bf16", lambda device: True)  # auto: bf16 on this CPU, whatever it has
+    assert pretrain(load_config("cifar10", settings + ["--data.image_size=16"]))["precision"] == "float32"
+    assert "note: train.precision=auto trains in float32 here, not bf16: torch's bf16 convolutions on the CPU give " \
+        "wrong weight gradients" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "run")
+    assert pretrain(load_config("cifar10", settings + ["--data.image_size=32"]))["precision"] == "bf16 autocast"
+    assert "trains in float32 here" not in capsys.readouterr().err
 
 
 def test_resuming_a_checkpoint_that_does_not_say_its_precision_says_which_the_run_goes_on_in(
