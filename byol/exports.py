@@ -133,6 +133,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     if split is not None and not isinstance(split, str):  # (a user test gave the overrides second, as to knn)
         raise TypeError(f"split must be the name of a split, such as 'test', got {type(split).__name__} {split!r:.60}; "
                         "give the overrides by name: embed(path, out, overrides=[...])")
+    if split == "":  # as the command line's --split "" (arguments._given): not the held-out split without a word
+        raise DataError("split is empty; give a split's name, such as 'test', or None for the held-out split")
     if Path(out).suffix not in (".npy", ".pt"):
         raise DataError(f"the output {out} must end in .npy or .pt")
     rows = Path(out).with_name(Path(out).name.removesuffix("_labels.npy") + ".npy")
@@ -323,6 +325,8 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     training ``step`` and ``epoch``, which ``byol eval`` of ``encoder.pt`` reports) and the run's config.
     Returns export.json's contents, the three files it names as paths under ``out_dir``. An earlier export's
     files there are replaced; a run directory, or a folder holding such a file that no export wrote, is refused."""
+    if isinstance(out_dir, str) and not out_dir:  # Path("") is ".", the folder the process runs in (as --out "")
+        raise OutputError("out_dir is empty; give the folder to export into")
     out_dir = Path(out_dir)
     _check_export_folder(out_dir, path)
     net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)

@@ -137,3 +137,18 @@ def test_step_memory_measures_a_case():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.fullmatch(r"batch +8, +32 px, fp32: saved \d+\.\d\d GiB, peak rise -?\d+\.\d\d GiB, ratio -?\d+\.\d\d\n",
                         proc.stdout), proc.stdout
+
+
+def test_gpu_speed_names_tests_that_exist():
+    """gpu_speed.sh names GPU tests by node id and by -k: a test moved or renamed fails only on the GPU machine
+    (a review: tests/test_step.py's CUDA-graph tests moved to tests/test_cuda_graph.py)."""
+    script = (ROOT / "benchmarks" / "gpu_speed.sh").read_text()
+    ids = sorted(set(re.findall(r"tests/\w+\.py::[\w\[\]-]+", script)))
+    selection = re.search(r'-k "([^"]+)" ((?:tests/\w+\.py ?)+)', script)
+    assert len(ids) >= 5 and selection, script
+    for args in (ids, ["-k", selection[1], *selection[2].split()]):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                               *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        collected = [line for line in proc.stdout.splitlines() if "::" in line]
+        assert len(collected) >= (len(ids) if args is ids else 1), proc.stdout

@@ -39,6 +39,17 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
             exports._folder_split(root, name, 8, "train")
 
 
+def test_an_empty_split_or_export_folder_is_refused_as_the_command_line_refuses_it(tmp_path, monkeypatch):
+    """The Python API's "" as the CLI's (a review): embed took the held-out split and export wrote into the
+    folder the process ran in (Path("") is ".")."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="split is empty; give a split's name"):
+        exports.embed(tmp_path / "none.pt", tmp_path / "e.npy", split="")
+    with pytest.raises(exports.OutputError, match="out_dir is empty; give the folder to export into"):
+        exports.export(tmp_path / "none.pt", "")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):
     """One stray file at the top of a split dropped the labels of all the others (a user test)."""
     root = extract_jpegs(tmp_path / "photos", per_class=2)

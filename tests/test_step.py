@@ -23,6 +23,7 @@ from byol.compiling import Compiled, compile_step, compiled_augment, eager_fallb
 from byol.step import LoopStep, ViewsForward, train_step, views_loss
 from steps import SIZE, images, loop_steps, make_loop_step, optimizer_of, tiny_byol
 
+
 def run_steps(byol, forward, batch, steps=2, augment=None, device="cpu", lr=0.1) -> list[torch.Tensor]:
     """Losses of ``steps`` full steps (augment, forward, backward, LARS, EMA) on the same batch."""
     optimizer = optimizer_of(byol, lr)
