@@ -55,9 +55,8 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
         raise OutputError(f"{path} is the checkpoint being read; choose another --out")
     if path.is_file():
         _refuse_a_runs_file(path, replace_models)
-        if results and _holds_embeddings(path):  # a user test lost its embeddings to `eval --out emb.npy`
-            raise OutputError(f"{path} holds embeddings, which this evaluation's JSON would replace; "
-                              "choose another --out")
+        if results and (held := _embeddings_in(path)):  # a user test lost its embeddings to `eval --out emb.npy`
+            raise OutputError(f"{path} {held}, which this evaluation's JSON would replace; choose another --out")
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
@@ -133,22 +132,23 @@ def is_an_export(info: Path) -> bool:
                                          for key, name in EXPORT_NAMES.items() if key != "config")
 
 
-def _holds_embeddings(path: Path) -> bool:
-    """Whether ``path`` is a NumPy file (an embed's ``.npy``, its labels), a side file of an embed's ``NAME.npy``
-    beside it (its class names, its file paths) or an earlier embed's ``.pt``."""
-    for suffix in EMBED_SIDE_NAMES.values():
+def _embeddings_in(path: Path) -> Optional[str]:
+    """What ``path`` holds, said, where it is a NumPy file (an embed's ``.npy``, its labels) or an earlier embed's
+    ``.pt`` ("holds embeddings"), or a side file of an embed's ``NAME.npy`` beside it (its class names, its file
+    paths); else None."""
+    for what, suffix in EMBED_SIDE_NAMES.items():
         if path.name.endswith(suffix) and path.name != suffix:
             embeddings = path.with_name(path.name[:-len(suffix)] + ".npy")
-            if embeddings.is_file() and _holds_embeddings(embeddings):
-                return True
+            if embeddings.is_file() and _embeddings_in(embeddings):
+                return f"holds the {what} of the embeddings in {embeddings.name}"
     try:
         with open(path, "rb") as f:
             if f.read(6) == b"\x93NUMPY":
-                return True
+                return "holds embeddings"
     except OSError:
-        return False
+        return None
     try:
         saved = peek(path)
     except Exception:  # not what torch.save wrote
-        return False
-    return isinstance(saved, dict) and "embeddings" in saved
+        return None
+    return "holds embeddings" if isinstance(saved, dict) and "embeddings" in saved else None

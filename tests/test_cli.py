@@ -860,7 +860,8 @@ def test_eval_replaces_no_export_json_and_no_embeddings(capsys, trained, tmp_pat
     refused = {exported / "export.json": "is an export's export.json, which this would replace",
                exported / "config.yaml": "is an export's config.yaml, which this would replace",
                tmp_path / "emb.npy": "holds embeddings, which this evaluation's JSON would replace",
-               tmp_path / "emb_labels.npy": "holds embeddings, which this evaluation's JSON would replace"}
+               tmp_path / "emb_labels.npy": "holds the labels of the embeddings in emb.npy, which this evaluation's "
+                                             "JSON would replace"}
     before = {path: path.read_bytes() for path in refused}
     for path, what in refused.items():
         _, line = main_error(capsys, "eval", "knn", ckpt, "--limit", 40, "--out", path)

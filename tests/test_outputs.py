@@ -53,9 +53,10 @@ def test_eval_results_replace_no_export_file_and_no_embeddings(tmp_path):
         with pytest.raises(outputs.OutputError, match="holds embeddings, which this evaluation's JSON"):
             outputs.check_writable(tmp_path / name, results=True)
         outputs.check_writable(tmp_path / name)  # embed may replace an earlier embed's
-    for name in ("emb_classes.txt", "emb_paths.txt"):  # what it wrote beside emb.npy (seen replaced by a user test)
+    for name, what in (("emb_classes.txt", "class names"), ("emb_paths.txt", "file paths")):  # beside emb.npy
         (tmp_path / name).write_text("cat\n")
-        with pytest.raises(outputs.OutputError, match="holds embeddings, which this evaluation's JSON"):
+        with pytest.raises(outputs.OutputError, match=f"{name} holds the {what} of the embeddings in emb.npy, which "
+                                                      "this evaluation's JSON would replace; choose another --out"):
             outputs.check_writable(tmp_path / name, results=True)
     (tmp_path / "notes_paths.txt").write_text("a\n")  # no notes.npy beside it: a file of the user's, replaced
     outputs.check_writable(tmp_path / "notes_paths.txt", results=True)
