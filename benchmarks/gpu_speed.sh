@@ -35,8 +35,9 @@
 # the CUDA graph with and without its tail against the eager step (speed-graphed, 3 rounds: speed_graphed.json).
 # Second call (`more`):
 #   4. gpu-tests-eager: the GPU tests that compile nothing (no CUDA sync in the eager loop step;
-#      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's),
-#      each under pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
+#      pretrain on CUDA from a training set in host memory; CUDA augmentations equal to the CPU's; last,
+#      a step that waits for the host refused by the CUDA graph, a failed capture), each under
+#      pytest-timeout's limit (TEST_TIMEOUT, 60 s) where that plugin is installed;
 #   5. host-floor: the same three systems, ours eager, and the byol-graphed two at ResNet-18 width 8, heads
 #      64, batch 2: the same ops with negligible arithmetic, so the time of a step is the host's cost
 #      of issuing its ops, the floor under an eager step of the reference workload on this machine
@@ -55,7 +56,7 @@
 # A part cut short keeps what it wrote (the speed JSONs are written after every round), and a
 # Python process killed at a time limit prints its stacks first. Output: $OUT (or gpu-results/):
 # gpu_speed.log or gpu_speed_more.log, speed.json, speed_compiled.json, host_floor.json,
-# ablations.json. The exit code is that of the first part that failed (a speed part fails, exit 4,
+# ablations.json (quick: gpu_speed_quick.log, speed_graphed.json). The exit code is that of the first part that failed (a speed part fails, exit 4,
 # when a system it asked for got no timed round). On CUDA the script first checks that the peers
 # import (from .whl/) and stops at once, exit 1, if they do not: PEERS=0 times our rows alone, on
 # purpose. DEVICE=cpu SPEED_ARGS=... PROFILE_ARGS=... run the script on a CPU, to try it (there the
