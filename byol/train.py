@@ -198,7 +198,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     end_step = end_step_of(config, total_steps)
     ran_on = {"device": str(device), "precision": precision_name(amp)}
     if step >= end_step:  # a finished run resumed: nothing to train, nothing rewritten but a kNN left unscored
-        results = {"step": step, "checkpoint": str(ckpt_path), **ran_on}
+        results = {"step": step, "checkpoint": os.path.abspath(ckpt_path), **ran_on}
         if rank == 0:
             note_finished(t, run_dir, step, end_step < total_steps)
             results["warnings"] = read_warnings(run_dir)
@@ -390,5 +390,5 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
         raise nonfinite_error(streak, step, f"up to {end}, which was not saved", ckpt_path,
                          results["precision"] != precision_name(None))
     results["step"] = step
-    results["checkpoint"] = str(ckpt_path)
+    results["checkpoint"] = os.path.abspath(ckpt_path)  # (a notebook may change its working directory next)
     return results

@@ -778,6 +778,22 @@ def test_a_run_that_fails_after_its_first_step_closes_its_tensorboard_writer(tmp
     assert (tmp_path / "run" / "metrics.jsonl").is_file()  # the steps it took stay logged
 
 
+def test_pretrain_returns_its_checkpoint_s_path_from_any_directory(tmp_path, cifar10_root, monkeypatch):
+    """A relative train.out_dir returned results["checkpoint"] relative to the working directory of the call:
+    a notebook that changed directory since could not evaluate it (byol.knn: 'does not exist')."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    config = load_config("cifar10", tiny_overrides("run", **{"train.max_steps": 1, "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root}"])
+    trained = pretrain(config)
+    finished = pretrain(byol.resume.resume_config(None, ["--train.out_dir=run"]), resume=True)  # trains nothing
+    monkeypatch.chdir(tmp_path)
+    for results in (trained, finished):
+        assert Path(results["checkpoint"]).is_absolute() and Path(results["checkpoint"]).is_file()
+        assert Path(results["checkpoint"]).samefile(tmp_path / "here" / "run" / "checkpoints" / "last.pt")
+    assert config.train.out_dir == "run"  # the caller's config untouched
+
+
 def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_root, monkeypatch):
     monkeypatch.chdir(cifar10_root.parent)  # data.root given relative to here
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"train.max_steps": 1, "train.knn_every": -1})
