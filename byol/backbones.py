@@ -312,9 +312,9 @@ def strided_over_one_pixel(encoder: nn.Module, image_size: int) -> list[str]:
     return found
 
 
-def feature_dim(encoder: nn.Module, image_size: int, dtype: torch.dtype = torch.float32) -> int:
+def feature_dim(encoder: nn.Module, image_size: int) -> int:
     """The width of ``encoder``'s flattened output, found on the meta device (no real compute)."""
-    return _meta_output(encoder, image_size, dtype).flatten(1).shape[1]
+    return _meta_output(encoder, image_size, torch.float32).flatten(1).shape[1]
 
 
 class NetDoesNotRun(ValueError):

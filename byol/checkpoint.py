@@ -84,8 +84,7 @@ def versions() -> dict:
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: dict, generator: Optional[torch.Generator] = None,
-                    scaler: Optional[Any] = None, extra: Optional[dict] = None) -> None:
+                    config: dict, generator: Optional[torch.Generator] = None, extra: Optional[dict] = None) -> None:
     """Write a checkpoint atomically: to a temporary file in the same folder, then ``os.replace``.
 
     A crash at any moment leaves either the previous file or the new one, never half of one.
@@ -95,7 +94,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     state = {
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scaler": None,  # (no GradScaler: bf16 autocast needs none; the key stays for the file's format)
         "step": step,
         "rng": rng_state(generator),
         "config": config,

@@ -79,15 +79,6 @@ def _env_count(name: str, default: int, least: int) -> int:
     return number
 
 
-def launch_rank() -> int:
-    """This process's rank under torchrun, from its RANK variable, set before any process group is up
-    (as when the config is read, or a folder scanned); 0 without torchrun."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm statistics over the global batch, as the paper computes them.
 

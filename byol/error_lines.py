@@ -12,8 +12,8 @@ from typing import Optional, Union
 
 def launch_rank() -> int:
     """This process's rank under torchrun, from its RANK variable (set before any process group is
-    up, as when the config is read); 0 without torchrun. :func:`byol.distributed.launch_rank`'s, here
-    without importing torch: a usage error is said at once."""
+    up, as when the config is read, or a folder scanned); 0 without torchrun. Here, not in distributed.py:
+    without importing torch, a usage error is said at once."""
     try:
         return int(os.environ.get("RANK", "0"))
     except ValueError:

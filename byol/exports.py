@@ -333,7 +333,7 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     with torch.random.fork_rng(devices=[]):  # the same encoder.pt, byte for byte, of the same checkpoint
         torch.manual_seed(0)  # (its classifier is a fresh one, untrained: only its shape matters)
         full = resnet(config.model.backbone, cifar_stem=config.model.cifar_stem, width=config.model.width)
-    state = {k: v for k, v in net.state_dict().items()}
+    state = dict(net.state_dict())
     state.update({k: v for k, v in full.state_dict().items() if k.startswith("fc.")})
     scripted = _script(net.eval())
     view1, _ = views_of(config)

@@ -309,8 +309,7 @@ def _decoding_batch(size: int, workers: int) -> int:
     return max(1, min(256, 32 * 2**20 // (2 * workers * 3 * size * size)))
 
 
-def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: Optional[int] = None,
-                       why: str = "") -> ImageSet:
+def load_folder_tensor(dataset: ImageFolder, workers: int = 0, why: str = "") -> ImageSet:
     """Decode a whole (small) :class:`ImageFolder` into one uint8 tensor, bad files left out; where that
     takes long, notes say how far it is (``why``: what for, said in them).
 
@@ -325,8 +324,7 @@ def load_folder_tensor(dataset: ImageFolder, workers: int = 0, batch_size: Optio
     labels = torch.empty(n_all, dtype=torch.int64)
     indices = torch.empty(n_all, dtype=torch.int64)
     n = 0
-    batch_size = batch_size or _decoding_batch(s, workers)
-    for x, y, i in _SkippingLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    for x, y, i in _SkippingLoader(dataset, batch_size=_decoding_batch(s, workers), shuffle=False, num_workers=workers,
                                    collate_fn=skip_collate, generator=_own_generator(0)):
         images[n:n + len(i)], labels[n:n + len(i)], indices[n:n + len(i)] = x, y, i
         n += len(i)

@@ -176,7 +176,7 @@ class PlotsUnavailable(Exception):
     """matplotlib cannot be imported (a dependency, but an install can break): no plots are drawn."""
 
 
-def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Path]:
+def plot_metrics(metrics_path: Path) -> list[Path]:
     """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths. Drawn on
     figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is.
     One that cannot be written (a folder in its place, a full disk) keeps none of the others from
@@ -189,7 +189,6 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
         raise PlotsUnavailable(f"matplotlib cannot be imported ({type(e).__name__}: {str(e):.200})") from None
     records = read_metrics(metrics_path)
     run = Path(metrics_path).parent
-    out_dir = Path(out_dir or run)
     collapsed = _collapse_steps(run / "warnings.txt")
     diverged = _nonfinite_spans(records)
     written, failed = [], []
@@ -204,12 +203,12 @@ def plot_metrics(metrics_path: Path, out_dir: Optional[Path] = None) -> list[Pat
         if drawn:  # named by the run's folder: plots of several runs side by side are told apart
             figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed, diverged)
             try:
-                with temporary_beside(out_dir / name) as tmp:  # a full disk leaves the last plot, not an empty file
+                with temporary_beside(run / name) as tmp:  # a full disk leaves the last plot, not an empty file
                     figure.savefig(tmp, format="png")
             except OSError as e:
                 failed.append(e)
                 continue
-            written.append(out_dir / name)
+            written.append(run / name)
     if failed:
         raise failed[0]
     return written

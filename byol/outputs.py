@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
-from . import distributed as dist
 from .checkpoint import is_torchscript, peek, saved_step
+from .error_lines import launch_rank
 from .errors import ByolError
 from .files import write_failed, write_failure, written_for
 from .run_folder import RUN_FILES
@@ -48,7 +48,7 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
     process group may not exist yet)."""
     import errno
     import tempfile
-    if dist.launch_rank() != 0:
+    if launch_rank() != 0:
         return
     path = Path(path).absolute()
     if source is not None and path.is_file() and Path(source).is_file() and path.samefile(source):

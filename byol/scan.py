@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import CONFIG_HEADER
 from .data import DataError
-from .distributed import launch_rank
+from .error_lines import launch_rank
 from .images import image_extensions
 
 
