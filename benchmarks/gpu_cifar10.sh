@@ -36,7 +36,8 @@
 # call at the task's end and the run's state, which only `save` brings back, is lost with the machine.
 # On CUDA it trains with --train.cuda_graph=true (CUDA_GRAPH=false for the eager step).
 # EXTRA (overrides for pretrain), EVAL_ARGS (e.g. --limit 1000), TRAIN_SECONDS and DEVICE=cpu try
-# the script itself on a small budget.
+# the script itself on a small budget (tests/test_gpu_cifar10.py does so in CI's slow run: the whole flow, a
+# stand-in CIFAR-10, two tasks).
 #
 # A run longer than one task's device time goes on in a later task. Right after the last training
 # call of a task (the machine still warm), `bash benchmarks/gpu_cifar10.sh save`, as many calls as it
