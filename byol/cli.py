@@ -161,6 +161,10 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     on = f"{bank:,} train / {queries:,} {split} images"
     at_k = f"k={k}" + (f" > {bank:,}: all vote" if 0 < bank < k else "")  # as eval's note says
     knn, init = results.get("knn", {}), results.get("knn_init", {})
+    init_on = on  # where the folder's images changed since the run's start, the init's own (a user test)
+    if results.get("knn_init_images") and tuple(results["knn_init_images"]) != (bank, queries):
+        init_bank, init_queries = results["knn_init_images"]
+        init_on = f"{init_bank:,} train / {init_queries:,} {split} images"
     if results.get("knn_cut") == "end":  # a signal from the last step on: an earlier epoch's kNN is not the run's
         holdout = f" --holdout {config.train.knn_holdout}" if config.train.knn_holdout else ""
         knn = {}
@@ -170,11 +174,11 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     if knn:
         rows.append((f"kNN top-1 ({at_k}, {on})", f"{knn[k]:.2f}%"))
     if k in init:
-        rows.append((f"kNN top-1 at random init ({on})", f"{init[k]:.2f}%"))
+        rows.append((f"kNN top-1 at random init ({init_on})", f"{init[k]:.2f}%"))
     elif set(init) & set(knn):  # a resume asked for another k: the pair at a k measured both times (20)
         both = min(set(init) & set(knn))
         rows += [(f"kNN top-1 (k={both}, {on})", f"{knn[both]:.2f}%"),
-                 (f"kNN top-1 at random init (k={both}, {on})", f"{init[both]:.2f}%")]
+                 (f"kNN top-1 at random init (k={both}, {init_on})", f"{init[both]:.2f}%")]
     if results.get("skipped_files"):
         m = results.get("skipped_monitor_files", 0)
         which = "all" if m == results["skipped_files"] else f"{m:,}"

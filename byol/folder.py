@@ -228,15 +228,31 @@ class ImageFolder(Dataset):
         write_text_atomically(path, lines, errors="surrogateescape")  # a crash never leaves half a list
         return len(self.bad_files)
 
-    def read_skipped(self, path: Union[str, Path]) -> None:
+    def read_skipped(self, path: Union[str, Path], moved: Optional[tuple[str, str]] = None) -> None:
         """Add the files listed in ``path`` (as :meth:`write_skipped` writes it), if it exists, to
-        ``bad_files``: a resumed run keeps the list of the run before."""
+        ``bad_files``: a resumed run keeps the list of the run before. ``moved``: (the run's data.root
+        then, now): a file listed under the first is the one under the second (a user test: a run resumed
+        with --data.root=NEW listed each bad file twice, at both places, and counted it twice)."""
         path = Path(path)
+        old, new = _moved_prefixes(*moved) if moved else ("", "")
         if path.is_file():
             for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
                 file, tab, reason = line.partition("\t")
                 if tab:
-                    self.bad_files.setdefault(unescape_name(file), reason)
+                    file = unescape_name(file)
+                    if old != new and file.startswith(old):
+                        file = new + file[len(old):]
+                    self.bad_files.setdefault(file, reason)
+
+
+def _moved_prefixes(then: str, now: str) -> tuple[str, str]:
+    """What a data root moved from ``then`` to ``now`` changed in its files' paths: the two less the folders they
+    end in alike, so that ``ROOT/val``'s files (the kNN monitor's) move with a ``data.root`` of ``ROOT/train``."""
+    old, new = Path(os.path.abspath(then)).parts, Path(os.path.abspath(now)).parts
+    same = 0
+    while same < min(len(old), len(new)) - 1 and old[-1 - same] == new[-1 - same]:
+        same += 1
+    return (os.path.join(*old[:len(old) - same], ""), os.path.join(*new[:len(new) - same], ""))
 
 
 def class_names(root: Union[str, Path]) -> Optional[list[str]]:

@@ -62,6 +62,10 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
     if rank == 0 and not bars:  # a log: a line before the minutes its features can take, where bars would show them
         knn = _announced(knn, f"kNN monitor: features of the training (bank) and {data.knn_query} (query) images")
     results["knn_images"] = (*data.knn_images, data.knn_query)  # for the closing table
+    # and the images the kNN at random init was scored on: a folder's may have grown or shrunk since, before a resume
+    # (a user test: images and a class added); none in a checkpoint of an older byol's
+    if init_images := data.knn_images if step == 0 else saved.get("knn_init_images"):
+        results["knn_init_images"] = tuple(init_images)
     if step == 0:
         results["knn_init"] = log_knn(log, 0, knn(), t.knn_k, {"epoch": 0.0, "time_s": 0.0})
     elif saved.get("knn_due"):

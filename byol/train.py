@@ -205,7 +205,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         if saved.get("knn_due") and data.knn_train is not None:
             score_the_end(config, byol, data, device, amp, folder, rank, world, step, saved, steps_per_epoch, results)
         return results
-    _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world)
+    moved_from = loaded[0]["config"].get("data", {}).get("root") if resume else None  # where it read its files
+    _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world, moved_from)
     forward, augment = step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
                                     config.data.image_size)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
@@ -223,6 +224,8 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                                results["precision"], loop_step.sums)
     if given is not None:
         checkpoints.extra["net"] = given
+    if "knn_init_images" in results:  # kept for the closing tables of the resumes to come
+        checkpoints.extra["knn_init_images"] = list(results["knn_init_images"])
     if resume:  # setup, before the clock and the bar (copying a checkpoint is no training)
         checkpoints.write_missing_epoch(step)
     progress = progress_bar(t, rank, step, end_step, t.batch_size)
@@ -303,10 +306,11 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
 
 def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch.device,
                        amp: Optional[torch.dtype], folder: Optional[RunFolder], resume_step: Optional[int],
-                       world: int) -> None:
+                       world: int, moved_from: Optional[str] = None) -> None:
     """A CPU step checked against the free memory, the config saved (in ``folder``: rank 0's; the
     settings a resumed run's earlier steps ran with kept where they differ), the notes, and for a
-    resumed run the files it skipped before it stopped (on every rank)."""
+    resumed run the files it skipped before it stopped (on every rank; ``moved_from``: the checkpoint's
+    ``data.root``, whose files are listed under the folder's new place where it moved)."""
     t, run_dir = config.train, Path(config.train.out_dir)
     if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
         check_step_fits(byol, t.batch_size, config.data.image_size, amp)
@@ -319,7 +323,8 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         if resume_step is None:
             note_train_split(config)
     if resume_step is not None and data.folder is not None:  # every rank's: its resumed epoch starts after
-        data.folder.read_skipped(run_dir / "skipped_files.txt")  # the batches it skips (TrainData.start_at)
+        data.folder.read_skipped(run_dir / "skipped_files.txt",  # the batches it skips (TrainData.start_at)
+                                 moved=(moved_from, config.data.root) if moved_from else None)
 
 
 def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:

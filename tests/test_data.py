@@ -732,6 +732,25 @@ def test_the_list_of_skipped_files_a_resume_reads_back_names_the_files_written_t
     assert resumed.bad_files == folder.bad_files and set(resumed.bad_files) <= set(resumed.paths)
 
 
+def test_a_resume_of_a_moved_folder_reads_its_skipped_files_back_at_their_new_place(tmp_path):
+    """A user test: resumed with --data.root=NEW, a run listed each skipped file twice, at its old place and its
+    new one. The kNN monitor's ROOT/val files move with a data.root of ROOT/train."""
+    for split in ("train", "val"):
+        (tmp_path / "new" / "imagenet" / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "new" / "imagenet" / split / "cat" / "ok.png")
+    old = tmp_path / "old" / "data" / "imagenet"
+    (tmp_path / "skipped_files.txt").write_text(f"{old / 'train' / 'cat' / 'a.png'}\tempty file\n"
+                                                f"{old / 'val' / 'cat' / 'b.png'}\tempty file\n")
+    folder = ImageFolder(tmp_path / "new" / "imagenet" / "train", size=8)
+    folder.read_skipped(tmp_path / "skipped_files.txt",
+                        moved=(str(old / "train"), str(tmp_path / "new" / "imagenet" / "train")))
+    new = tmp_path / "new" / "imagenet"
+    assert sorted(folder.bad_files) == [str(new / "train" / "cat" / "a.png"), str(new / "val" / "cat" / "b.png")]
+    same = ImageFolder(tmp_path / "new" / "imagenet" / "train", size=8)
+    same.read_skipped(tmp_path / "skipped_files.txt", moved=(str(old / "train"), str(old / "train")))
+    assert sorted(same.bad_files) == [str(old / "train" / "cat" / "a.png"), str(old / "val" / "cat" / "b.png")]
+
+
 def test_a_class_folder_named_train_is_a_class_not_the_train_split(tmp_path):
     """veh/{train,val}/{bus,car,train}/ trained on veh/train, as the README has an ImageNet-style layout
     trained: every class is read (veh/train/train alone was, unlabeled), eval's splits are veh/train and

@@ -1760,6 +1760,25 @@ def test_a_folder_run_that_dies_after_a_checkpoint_keeps_the_list_of_its_skipped
     assert (run / "skipped_files.txt").read_text().startswith(f"{root / 'cat' / 'bad.jpg'}\t")
 
 
+def test_a_run_resumed_where_its_folder_moved_lists_each_skipped_file_once_at_its_new_place(tmp_path):
+    """A user test: a run resumed with --data.root=NEW, its folder moved there, kept the list of its skipped files
+    under the old paths and added the same files under the new ones, and its closing table counted each twice."""
+    from conftest import extract_jpegs
+    root = extract_jpegs(tmp_path / "images", per_class=2)  # 20 files, 5 whole batches of 4: every one read
+    next((root / "cat").iterdir()).unlink()
+    (root / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    config = lambda data, epochs: load_config("cifar10", tiny_overrides(run, **{
+        "data.limit": "null", "train.batch_size": 4, "train.epochs": epochs, "train.knn_every": -1,
+        "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={data}", "--data.image_size=32"])
+    assert pretrain(config(root, 1))["skipped_files"] == 1
+    moved = root.rename(tmp_path / "moved")
+    results = pretrain(config(moved, 2), resume=True)
+    listed = [line.split("\t")[0] for line in (run / "skipped_files.txt").read_text().splitlines()]
+    assert listed == [str(moved / "cat" / "bad.jpg")], listed
+    assert results["skipped_files"] == 1
+
+
 def test_a_script_run_again_by_a_spawned_decoding_process_is_told_to_guard_its_calls(tmp_path, monkeypatch):
     """A user test under 'spawn' (macOS's and Windows's default), a script calling byol.pretrain outside
     `if __name__ == "__main__":`: each decoding process ran the script, and pretrain, again, and said that
