@@ -248,7 +248,7 @@ class ImageFolder(Dataset):
 def _moved_prefixes(then: str, now: str) -> tuple[str, str]:
     """What a data root moved from ``then`` to ``now`` changed in its files' paths: the two less the folders they
     end in alike, so that ``ROOT/val``'s files (the kNN monitor's) move with a ``data.root`` of ``ROOT/train``."""
-    old, new = Path(os.path.abspath(then)).parts, Path(os.path.abspath(now)).parts
+    old, new = (Path(os.path.abspath(os.path.expanduser(root))).parts for root in (then, now))  # as _image_root
     same = 0
     while same < min(len(old), len(new)) - 1 and old[-1 - same] == new[-1 - same]:
         same += 1
