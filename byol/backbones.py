@@ -13,6 +13,8 @@ from torch import nn
 import torchvision
 from torchvision.models.feature_extraction import DualGraphModule, NodePathTracer, create_feature_extractor
 
+from .errors import outside_stacklevel
+
 try:  # the tracer settings create_feature_extractor traces with (torchvision.ops' modules as leaves)
     from torchvision.models.feature_extraction import _set_default_tracer_kwargs
     _TRACER_KWARGS = _set_default_tracer_kwargs(None)
@@ -275,7 +277,7 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
         if not hook_fallback:
             raise ValueError(why) from e
     warnings.warn(f"{why}; its output is taken with a forward hook while the whole network runs, as byol-pytorch "
-                  "does (under DDP, the layers after it need find_unused_parameters=True)", stacklevel=3)
+                  "does (under DDP, the layers after it need find_unused_parameters=True)", stacklevel=outside_stacklevel())
     return HookedLayer(net, hidden_layer)
 
 

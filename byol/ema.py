@@ -1,12 +1,12 @@
 """The target network: built once as a frozen deep copy, updated as an exponential moving average."""
 
 import copy
-import os
-import sys
 import warnings
 
 import torch
 from torch import nn
+
+from .errors import outside_stacklevel
 
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -15,17 +15,6 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _LOW_PRECISION_EMA = ("the target network is in {dtype}: each EMA step moves a weight by (1 - tau) of its distance "
                       "to the online one, mostly below {dtype}'s resolution, so it is rounded away and the target "
                       "barely moves; keep the learner in float32 and train under torch.autocast for bf16 speed")
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` at which a warning of :func:`update_target` names the first line outside byol and
-    torch: its ``torch.no_grad`` wrapper, and the learner's ``update_moving_average``, lie between (a
-    fixed 2 named torch's ``_contextlib.py``, a user test)."""
-    inside = tuple(os.path.join(os.path.dirname(path), "") for path in (__file__, torch.__file__))
-    frame, level = sys._getframe(2), 2  # update_target's caller (level 1: update_target itself)
-    while frame is not None and frame.f_code.co_filename.startswith(inside):
-        frame, level = frame.f_back, level + 1
-    return level if frame is not None else 2
 
 
 def build_target(online: nn.Module) -> nn.Module:
@@ -96,7 +85,7 @@ def _pairs(target: nn.Module, online: nn.Module, warn: bool) -> tuple[list, list
     low = next((p.dtype for p in target_params if p.dtype in _LOW_PRECISION), None)
     if low is not None and warn:  # (the default filter shows it once)
         warnings.warn(_LOW_PRECISION_EMA.format(dtype=str(low).removeprefix("torch.")),
-                      stacklevel=_caller_stacklevel())
+                      stacklevel=outside_stacklevel())  # (torch.no_grad's wrapper, update_moving_average: between)
     target_buffers, online_buffers = own_tensors(target_tree, "_buffers"), own_tensors(online_tree, "_buffers")
     if len(target_buffers) != len(online_buffers):
         raise ValueError("target and online networks have different buffer lists")

@@ -176,6 +176,23 @@ def test_a_net_that_cannot_be_trained_is_refused_before_the_data_is_read(tmp_pat
                       hidden_layer="nope")
 
 
+class Branching(SmallNet):
+    """SmallNet with a branch on its data, which symbolic tracing cannot follow: cut with a forward hook instead."""
+
+    def forward(self, x):
+        return super().forward(x if x.sum() >= 0 else -x)
+
+
+def test_the_warning_that_a_net_is_cut_with_a_hook_names_the_line_of_the_user_s_that_led_to_it(tmp_path):
+    """Given to byol.pretrain, it named byol/build.py (BYOL(net) named the user's line: two calls fewer of byol's)."""
+    config = load_config("cifar10", settings(tmp_path / "run", tmp_path / "gone"))
+    with pytest.warns(UserWarning, match="symbolic tracing could not cut") as caught, pytest.raises(byol.DataError):
+        byol.pretrain(config, net=Branching(), hidden_layer=HIDDEN)  # (the data, not there, is read after the net)
+    with pytest.warns(UserWarning, match="symbolic tracing could not cut") as direct:
+        byol.BYOL(Branching(), image_size=8, hidden_layer=HIDDEN)
+    assert [w.filename for w in [*caught, *direct]] == [__file__, __file__]
+
+
 @pytest.mark.parametrize("refused", ["optimizer", "frozen"])
 def test_a_resume_refused_by_its_optimizer_leaves_net_as_given(run, refused):
     """Another optim.name, or a layer of net frozen (the optimizer's groups of other sizes), is refused before
