@@ -277,7 +277,8 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
         if not hook_fallback:
             raise ValueError(why) from e
     warnings.warn(f"{why}; its output is taken with a forward hook while the whole network runs, as byol-pytorch "
-                  "does (under DDP, the layers after it need find_unused_parameters=True)", stacklevel=outside_stacklevel())
+                  "does (under DDP, the layers after it need find_unused_parameters=True)",
+                  stacklevel=outside_stacklevel())
     return HookedLayer(net, hidden_layer)
 
 
