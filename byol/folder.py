@@ -240,7 +240,9 @@ class ImageFolder(Dataset):
                 file, tab, reason = line.partition("\t")
                 if tab:
                     file = unescape_name(file)
-                    if old != new and file.startswith(old):
+                    # only to a file that is there: a root named ROOT then and ROOT/train now (the same folder,
+                    # not moved) would make ROOT/train/x ROOT/train/train/x, a file that never was (a review)
+                    if old != new and file.startswith(old) and os.path.lexists(new + file[len(old):]):
                         file = new + file[len(old):]
                     self.bad_files.setdefault(file, reason)
 

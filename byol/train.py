@@ -224,8 +224,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
                                results["precision"], loop_step.sums)
     if given is not None:
         checkpoints.extra["net"] = given
-    if "knn_init_images" in results:  # kept for the closing tables of the resumes to come
-        checkpoints.extra["knn_init_images"] = list(results["knn_init_images"])
+    # kept for the closing tables of the resumes to come, also by a start without the monitor (a review)
+    if init_images := results.get("knn_init_images") or saved.get("knn_init_images"):
+        checkpoints.extra["knn_init_images"] = list(init_images)
     if resume:  # setup, before the clock and the bar (copying a checkpoint is no training)
         checkpoints.write_missing_epoch(step)
     progress = progress_bar(t, rank, step, end_step, t.batch_size)

@@ -62,7 +62,8 @@ class TrainData:
         decoding of the batches before (a streamed folder's); return how many batches that skips
         (``index``, or 0: the caller skips them on the pass, decoding them). Only where the list of
         undecodable files read back names as many under the root as the checkpoint's did: a list
-        deleted, or of a folder since moved (its paths under the old root), would start elsewhere."""
+        deleted would start elsewhere (a folder since moved and resumed with its new ``data.root``: its list read back
+        under the new place, :meth:`~byol.folder.ImageFolder.read_skipped`)."""
         if not index or self.folder is None or not isinstance(self.batches, torch.utils.data.DataLoader):
             return 0
         if self.skipped_at_checkpoint is None or self.folder.skipped_inside() < self.skipped_at_checkpoint:

@@ -544,6 +544,33 @@ def test_a_resume_after_images_were_added_names_the_images_the_random_init_knn_w
     assert "kNN top-1 at random init (30 train / 20 val images)" in out, out  # what it was scored on
 
 
+def test_a_resume_without_the_knn_monitor_keeps_the_images_the_random_init_knn_was_scored_on(tmp_path, capsys):
+    """A review: a resume with the monitor off (train.knn_every=-1) wrote checkpoints without the init's image counts,
+    and the next resume, the monitor on again, set the accuracy at random init beside the end's with the end's."""
+    from byol.cli import main
+    train = extract_jpegs(tmp_path / "imagenet" / "train", per_class=3)
+    val = extract_jpegs(tmp_path / "imagenet" / "val", per_class=2)
+    run = tmp_path / "run"
+    args = ["pretrain", "--config", "cifar10", "--data.dataset=folder", f"--data.root={train}",
+            "--data.image_size=16", "--data.workers=0",
+            *tiny_overrides(run, **{"train.batch_size": 6, "train.knn_every": 0, "train.knn_limit": "null",
+                                    "train.max_steps": 1, "data.limit": "null"})]
+    assert main(args) == 0
+    assert "kNN top-1 at random init (30 train / 20 val images)" in capsys.readouterr().out
+    for split, n in ((train, 2), (val, 1)):  # more images of a class, and a new class in both splits
+        for name in ("airplane", "zebra"):
+            (split / name).mkdir(exist_ok=True)
+            for i in range(n):
+                shutil.copy(next((split / "cat").iterdir()), split / name / f"new{i}.jpg")
+    resume = ["pretrain", "--resume", f"--train.out_dir={run}"]
+    assert main([*resume, "--train.max_steps=2", "--train.knn_every=-1"]) == 0
+    capsys.readouterr()
+    assert main([*resume, "--train.max_steps=3", "--train.knn_every=0"]) == 0
+    out = capsys.readouterr().out
+    assert "kNN top-1 (k=200 > 34: all vote, 34 train / 22 val images)" in out, out
+    assert "kNN top-1 at random init (30 train / 20 val images)" in out, out
+
+
 def test_a_run_folder_inside_the_data_root_is_not_read_as_images(cli, tmp_path, capsys):
     """A run whose train.out_dir lies inside its data.root (the default runs/byol, started from the
     data folder) writes its plots there: --resume, eval and embed leave its folder out, with a note,

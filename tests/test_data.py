@@ -738,6 +738,8 @@ def test_a_resume_of_a_moved_folder_reads_its_skipped_files_back_at_their_new_pl
     for split in ("train", "val"):
         (tmp_path / "new" / "imagenet" / split / "cat").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "new" / "imagenet" / split / "cat" / "ok.png")
+    for bad in ("train/cat/a.png", "val/cat/b.png"):  # the listed files, empty, moved with their folder
+        (tmp_path / "new" / "imagenet" / bad).touch()
     old = tmp_path / "old" / "data" / "imagenet"
     (tmp_path / "skipped_files.txt").write_text(f"{old / 'train' / 'cat' / 'a.png'}\tempty file\n"
                                                 f"{old / 'val' / 'cat' / 'b.png'}\tempty file\n")

@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # about 2 minutes of subprocesses on a 2-core machine: in CI's second run (-m slow)
+pytestmark = pytest.mark.slow  # 75-115 s of subprocesses on a 2-core machine: in CI's second run (-m slow)
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -55,8 +56,8 @@ class Machine:
             shutil.rmtree(self.repo / ".data" / folder, ignore_errors=True)
             shutil.move(self.tmp / "here" / folder, self.repo / ".data" / folder)
         self.calls += 1
-        env = {**os.environ, "DEVICE": "cpu", "BYOL_CIFAR10_HOME": str(self.tmp / home), "OMP_NUM_THREADS": "1",
-               "OUT": str(self.tmp / f"out{self.calls}"), **env}
+        env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "BYOL_CIFAR10_HOME": str(self.tmp / home),
+               "OMP_NUM_THREADS": "1", "OUT": str(self.tmp / f"out{self.calls}"), **env}
         return subprocess.run(["bash", "benchmarks/gpu_cifar10.sh", *args], cwd=self.repo, env=env,
                               capture_output=True, text=True, timeout=300)
 
@@ -82,6 +83,8 @@ def test_the_cifar10_reproduction_runs_across_calls_and_tasks(tmp_path):
     train = machine.run("run", carry=("c10-3",), EXTRA=f"{SMALL} --train.epochs=2000", TRAIN_SECONDS="40")
     assert "CIFAR-10 complete" in train.stdout and "MD5SUMS match" in train.stdout, train.stdout + train.stderr
     assert "=== stopped at this call's time budget" in train.stdout and train.returncode == 0, train.stdout
+    assert "checkpoint saved to" in train.stdout, train.stdout  # (not stopped before its first step: a slow start)
+    trained = (tmp_path / f"out{machine.calls}" / "metrics.jsonl").read_text().splitlines()
     # its state brought back in parts of 300 kB (~3 MB: ~11 parts), 4 a call; one part lost on the way, sent again
     outs, left = [], True
     while left:
@@ -113,6 +116,10 @@ def test_the_cifar10_reproduction_runs_across_calls_and_tasks(tmp_path):
     last = machine.run("run", carry=("c10-3",), home="home2", EXTRA=f"{SMALL} --train.epochs={epochs}")
     assert last.returncode == 0 and "=== training complete" in last.stdout, last.stdout + last.stderr
     assert "FAILED" not in last.stdout and "no time left" not in last.stdout, last.stdout
+    assert "this call, resuming" in last.stdout, last.stdout  # (a review: a start from step 0 passed the rest)
+    rows = [json.loads(line) for line in (tmp_path / f"out{machine.calls}" / "metrics.jsonl").read_text().splitlines()]
+    before = [r for r in map(json.loads, trained) if r["step"] <= manifest["step"]]  # the first task's, kept
+    assert before and rows[:len(before)] == before, (before, rows)
     results = json.loads((tmp_path / f"out{machine.calls}" / "results.json").read_text())
     assert len(results["train_calls_seconds"]) == 2 and results["train_wall_clock_s"] >= 40, results
     assert results["last_step"] == epochs * 5, results

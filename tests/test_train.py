@@ -1779,6 +1779,30 @@ def test_a_run_resumed_where_its_folder_moved_lists_each_skipped_file_once_at_it
     assert results["skipped_files"] == 1
 
 
+@pytest.mark.parametrize("first, then", [("train", "root"), ("root", "train")])
+def test_a_run_resumed_with_its_folder_named_by_root_or_root_train_keeps_its_skipped_files_where_they_are(
+        tmp_path, first, then):
+    """A review: the same folder, not moved, given as ROOT/train by the run and ROOT by its resume (or the reverse):
+    the list of skipped files took ROOT/train/cat/bad.jpg for ROOT/cat/bad.jpg (or ROOT/train/train/...), a file
+    that never was, and listed the real one beside it: two files counted for one."""
+    from conftest import extract_jpegs
+    root = tmp_path / "imagenet"
+    train = extract_jpegs(root / "train", per_class=2)
+    extract_jpegs(root / "val", per_class=1)
+    next((train / "cat").iterdir()).unlink()
+    (train / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
+    run = tmp_path / "run"
+    config = lambda data, epochs: load_config("cifar10", tiny_overrides(run, **{
+        "data.limit": "null", "train.batch_size": 4, "train.epochs": epochs, "train.knn_every": -1,
+        "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={data}", "--data.image_size=32"])
+    given = {"train": train, "root": root}
+    assert pretrain(config(given[first], 1))["skipped_files"] == 1
+    results = pretrain(config(given[then], 2), resume=True)
+    listed = [line.split("\t")[0] for line in (run / "skipped_files.txt").read_text().splitlines()]
+    assert listed == [str(train / "cat" / "bad.jpg")], listed
+    assert results["skipped_files"] == 1
+
+
 def test_a_script_run_again_by_a_spawned_decoding_process_is_told_to_guard_its_calls(tmp_path, monkeypatch):
     """A user test under 'spawn' (macOS's and Windows's default), a script calling byol.pretrain outside
     `if __name__ == "__main__":`: each decoding process ran the script, and pretrain, again, and said that
