@@ -95,8 +95,8 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
 
 def _check_knn(ks: tuple, temperature: float) -> None:
     if not ks or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in ks) \
-            or not temperature > 0:
-        raise ValueError(f"every k must be a whole number >= 1 and the temperature > 0, got ks={ks}, "
+            or not 0 < temperature < math.inf:
+        raise ValueError(f"every k must be a whole number >= 1 and the temperature > 0 and finite, got ks={ks}, "
                          f"temperature={temperature}")
 
 

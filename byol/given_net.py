@@ -228,5 +228,21 @@ def given_encoder(state: dict, config: Config, net: nn.Module, record: dict, pat
     byol = build_model(config, net, record["hidden_layer"])
     if not random_init:
         load_model_state(byol, state["model"], str(path), **other_net(record, type(net).__name__))
+    elif state.get("step") and _holds_trained(byol, state["model"]):
+        # (a user test: byol.knn(path, net=net) loads the checkpoint into net, and a second call with
+        # random_init=True scored the trained encoder, recorded as the one at random init, step 0)
+        raise CheckpointError(f"net holds the trained weights of {path} (loaded into it by an earlier byol.knn, "
+                              "linear, embed or load_encoder call given it, or trained in it by byol.pretrain), so "
+                              "random_init=True would score the trained encoder as the baseline: give a network "
+                              "built anew, with the weights the run started from")
     net.eval()
     return byol.encoder
+
+
+def _holds_trained(byol, saved: dict) -> bool:
+    """Whether the online encoder of ``byol`` (the network given, cut) holds the checkpoint's trained weights
+    ``saved`` (its model state), every floating-point tensor of them equal."""
+    own = {k: v for k, v in byol.state_dict().items()
+           if k.startswith("online.encoder.") and torch.is_tensor(v) and v.is_floating_point()}
+    return bool(own) and all(torch.is_tensor(saved.get(k)) and saved[k].shape == v.shape
+                             and torch.equal(saved[k].to(v.device, v.dtype), v) for k, v in own.items())

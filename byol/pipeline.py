@@ -5,6 +5,7 @@ Each is a plain function of paths and a config, shared by the command line and P
 """
 
 import inspect
+import math
 import numbers
 import os
 from pathlib import Path
@@ -180,15 +181,17 @@ def _finite(feats: torch.Tensor, weights: str) -> torch.Tensor:
 
 def check_counts(**counts) -> tuple:
     """The Python callers' counts, checked as the command line checks its options: ``limit`` a whole
-    number >= 1 or None, ``holdout`` >= 0, ``epochs`` and each of ``ks`` >= 1, ``temperature`` > 0.
+    number >= 1 or None, ``holdout`` >= 0, ``epochs`` and each of ``ks`` >= 1, ``temperature`` a finite
+    number > 0.
     Returns them in the order given, as Python's ints and floats (NumPy's are taken: ``(y == 3).sum()``
     is one), ``ks`` as a tuple."""
     least = {"limit": 1, "holdout": 0, "epochs": 1, "ks": 1}
     checked = []
     for name, value in counts.items():
         if name == "temperature":
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0):
-                raise ConfigError(f"temperature must be a number > 0, got {value!r}")
+            # finite, as the command line's --temperature (inf was taken here, and written to JSON as Infinity)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < math.inf):
+                raise ConfigError(f"temperature must be a finite number > 0, got {value!r}")
             checked.append(float(value))
             continue
         if name == "ks" and (isinstance(value, (str, bytes)) or not isinstance(value, Iterable)):

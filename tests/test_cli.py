@@ -228,7 +228,13 @@ def test_eval_knn_says_when_k_is_above_the_training_images(trained, tmp_path, ca
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", *out]) == 0
     assert "note: k=" not in capsys.readouterr().err
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", "200", *out]) == 0
-    assert "note: k=200 is more than the 20 training images, so it votes with all of them" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "note: k=200 is more than the 20 training images, so it votes with all of them" in said.err
+    # the table too, as pretrain's labels it, and the vote's temperature (a user test: a note on stderr alone)
+    assert re.search(r"kNN top-1 \(k=5\) +\d", said.out) and "kNN top-1 (k=200 > 20: all vote)" in said.out, said.out
+    assert re.search(r"kNN vote +cosine similarity, each neighbour.s vote exp\(sim / T\), T=0\.1\n", said.out), said.out
+    assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "5", "--temperature", "0.07", *out]) == 0
+    assert "T=0.07\n" in capsys.readouterr().out
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "50", "200", *out]) == 0
     assert "note: k=50, 200 are more than the 20 training images, so each votes" in capsys.readouterr().err
     assert main(["eval", "knn", str(ckpt), "--limit", "20", "--k", "200", "200", *out]) == 0  # scored once

@@ -1,6 +1,7 @@
 """byol.pretrain(config, net=...): a network of your own, pretrained with the run folder's checkpoints, resumes and
 monitors, then evaluated and embedded from Python with net= (the command line cannot build it)."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -103,6 +104,18 @@ def test_knn_and_embed_with_net_take_the_representation_the_run_trained_and_moni
     encoder, _ = byol.load_encoder(path, net=(loaded := SmallNet(seed=3)))
     assert torch.equal(loaded[0].weight, net[0].weight) and next(encoder.parameters()) is loaded[0].weight
     assert not any(m.training for m in loaded.modules())  # in eval mode, as said (a mutation audit)
+
+
+def test_random_init_refuses_a_net_holding_the_run_s_trained_weights(run):
+    """byol.knn(path, net=net) loads the checkpoint into net, as pretrain trained net itself: a second call with that
+    net and random_init=True scored the trained encoder, recorded as the baseline at step 0 (a user test)."""
+    out, _, net, _ = run
+    path = out / "checkpoints" / "last.pt"
+    byol.load_encoder(path, net=(loaded := SmallNet(seed=5)))
+    for trained in (loaded, copy.deepcopy(net)):
+        with pytest.raises(CheckpointError, match="trained weights"):
+            byol.knn(path, net=trained, limit=20, ks=(5,), random_init=True)
+    assert byol.knn(path, net=SmallNet(), limit=20, ks=(5,), random_init=True)["step"] == 0  # one built anew
 
 
 def test_eval_and_embed_take_the_run_s_hidden_layer_given_again_and_refuse_another(run, tmp_path):

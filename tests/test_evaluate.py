@@ -216,7 +216,7 @@ def test_features_and_labels_that_do_not_fit_are_one_sentence():
         linear_probe(x[:1], y[:1], x, y)
     with pytest.raises(ValueError, match="epochs must be a whole number, got 1.5"):
         linear_probe(x, y, x, y, epochs=1.5)
-    for bad in (dict(k=0), dict(temperature=0.0)):
+    for bad in (dict(k=0), dict(temperature=0.0), dict(temperature=float("inf"))):  # inf: the CLI refuses it too
         with pytest.raises(ValueError, match="every k must be a whole number >= 1 and the temperature > 0"):
             knn_classify(x, y, x, **bad)
     with pytest.raises(ValueError, match="num_classes=1, but the train labels go up to 1"):

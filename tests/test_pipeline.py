@@ -344,7 +344,10 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
                                                       r"\(20, 200\), got 20"),
                         (lambda: knn(missing, ks=()), r"ks must hold at least one whole number >= 1, such as "
                                                       r"\(20, 200\), got \(\)"),  # a ValueError after the features
-                        (lambda: knn(missing, temperature=0), "temperature must be a number > 0, got 0"),
+                        (lambda: knn(missing, temperature=0), "temperature must be a finite number > 0, got 0"),
+                        # as --temperature inf is refused (it was taken from Python, written to JSON as Infinity)
+                        (lambda: knn(missing, temperature=float("inf")), "temperature must be a finite number > 0, "
+                                                                         "got inf"),
                         (lambda: linear(missing, epochs=0), "epochs must be a whole number >= 1, got 0")):
         with pytest.raises(ConfigError, match=match):
             call()
