@@ -108,9 +108,11 @@ def run(argv: Optional[list[str]] = None) -> int:
 
 
 def _pretrain(args, overrides: list[str]) -> int:
+    from .config_files import presets_folder
     from .config import load_config  # (torch-free: a bad setting is said in a moment, torch loaded after it)
     extra = ["--data.download=true"] if args.download else []
-    preset = "cifar10" if args.config is None else args.config  # --config= is refused, not the default
+    # --config= is refused, not the default; the default by its file, not a file named cifar10 in the working directory
+    preset = args.config if args.config is not None else os.path.join(str(presets_folder()), "cifar10.yaml")
     resume = args.resume  # (auto: pretrain says which way it went)
     if resume == "auto":
         from .run_folder import resumes

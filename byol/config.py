@@ -2,6 +2,7 @@
 
 import dataclasses
 import difflib
+import math
 import numbers
 import os
 import re
@@ -164,9 +165,28 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, os.PathLike):  # a pathlib.Path from Python
             return os.fspath(value)
         return getattr(value, "written", str(value))  # as YAML's text has it: out_dir: 010 is the folder 010
+    if annotation is int and isinstance(value, (str, float)) and not isinstance(value, bool) and _whole(value):
+        # (a user test: max_steps: 1e5 was "must be int, got '1e5'": YAML 1.1 reads 1e5 as text)
+        raise ConfigError(f"{key} must be a whole number, got {getattr(value, 'written', value)}: write it as "
+                          f"{int(float(value))}")
+    if annotation is str and isinstance(value, bool):  # a YAML file's unquoted yes, no, on, off: a folder's name?
+        raise ConfigError(f"{key} must be text, got {yaml_word(value)} (in a YAML file an unquoted yes, no, on or off "
+                          "reads as true or false: quote it, 'yes')")
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ConfigError(f"{key} must be {annotation.__name__}, got {_shown(value)}")
     return value
+
+
+def _whole(value: Any) -> bool:
+    """Whether ``value`` (``"1e5"``, ``1.0``) is a whole number written otherwise than as one (not ``"12"``, text
+    given from Python: "must be int" says that)."""
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return False
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return False
+    return math.isfinite(number) and number == int(number) and abs(number) < 2**63
 
 
 def _shown(value: Any) -> str:
@@ -262,7 +282,7 @@ def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optiona
     from_file: set[str] = set()
     if preset is not None:
         sections = read_preset(preset)
-        if not sections:
+        if all(values in (None, {}) for values in sections.values()):  # (also train: {}, or keys all commented out)
             raise ConfigError(f"config {os.fspath(preset)} holds no settings; give a preset or a file that sets some")
         try:  # (a user test: "train.epochs must be >= 1" for a hand-edited config.yaml named no file)
             for section, values in sections.items():
@@ -292,6 +312,9 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
         hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else "" if guess else
                 "; a file's settings go over the defaults, not over a preset (start from a copy of configs/NAME.yaml)")
         raise ConfigError(f"unknown config section {section!r}{guess}; the sections are {', '.join(names)}{hint}")
+    if values is None:  # (a user test: a copied preset's section with its keys commented out)
+        raise ConfigError(f"config section {section!r} is empty (its keys commented out?); give its keys under it, "
+                          "or remove it")
     if not isinstance(values, dict):
         raise ConfigError(f"config section {section!r} must be a mapping of keys")
 
@@ -323,6 +346,10 @@ def checked(config: Config) -> Config:
                           f"{', '.join(sections)}")
     for name in sections:
         section = getattr(config, name)
+        kind = type(getattr(Config(), name))
+        if not isinstance(section, kind):  # (a user test: config.train = {...} was "vars() argument must have ...")
+            raise TypeError(f"config.{name} must be a byol.config.{kind.__name__}, not {type(section).__name__}: set "
+                            f"its keys one by one (config.{name}.KEY = ...)")
         unknown = sorted(set(vars(section)) - {f.name for f in dataclasses.fields(section)})
         if unknown:
             raise _unknown_key(f"{name}.{unknown[0]}", section)

@@ -64,6 +64,9 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _as_written(WrittenInt, yaml.SafeLoader.construct_yaml_int))
 _Loader.add_constructor("tag:yaml.org,2002:float", _as_written(WrittenFloat, yaml.SafeLoader.construct_yaml_float))
+# No setting is a date: an unquoted 2024-01-01 (YAML 1.1's timestamp, a datetime.date) is the text written, as
+# on the command line (a user test: out_dir: 2024-01-01 was refused as "must be str, got datetime.date(...)").
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
 
 
 def surprising_number(value: Any) -> bool:
@@ -129,6 +132,11 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
         raise ConfigError(f"config {name_or_path} is a folder, not a YAML file")
     # A path (not a preset's name) when it looks like one: "./cifar10-cpu" is a missing file, not the preset.
     looks_like_a_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
+    if not looks_like_a_path and path.is_file() and name_or_path in preset_names():
+        # (a user test: a file named cifar10-cpu in the working directory silently replaced the preset)
+        raise ConfigError(f"--config {name_or_path} names both the preset and the file {name_or_path} in "
+                          f"{os.getcwd()}; give ./{name_or_path} for the file, or "
+                          f"{Path(str(presets_folder())) / (name_or_path + '.yaml')} for the preset")
     if looks_like_a_path or path.is_file():  # (a folder named like a preset is not a config)
         if not _readable_file(path):
             preset = path.stem if path.stem in preset_names() and path.parent == Path(".") else None

@@ -15,7 +15,7 @@ from .build import autocast_dtype, precision_name, end_step_of, schedule_of
 from .checkpoint import CheckpointError, check_model_state, load_checkpoint, load_model_state, set_rng_state
 from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_settings, config_from_dict,
                      load_config, override_list, validate, yaml_word)
-from .config_files import read_preset
+from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE
 from .given_net import check_resume, other_net, recorded
 from .metrics import read_metrics
@@ -35,6 +35,8 @@ def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[lis
     are named in a note: they do not change it (``--section.key=value`` does).
     """
     located = load_config(preset, overrides)
+    if explicit:
+        _refuse_another_runs_config(preset, overrides, located)
     saved = Path(located.train.out_dir).expanduser() / "config.yaml"
     if not saved.is_file():
         return _checkpoint_config(saved, located, overrides)
@@ -55,6 +57,23 @@ def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[lis
               f"and are not used (the run's -> {preset}'s): {', '.join(ignored)}; give them as --section.key=value "
               "to change the run", file=sys.stderr)
     return config
+
+
+def _refuse_another_runs_config(preset: Union[str, os.PathLike], overrides: Optional[list[str]],
+                                located: Config) -> None:
+    """``--resume --config RUN/config.yaml`` (no ``--train.out_dir``) where RUN holds a run but its config names
+    another folder (RUN is a copy, or was moved): refused, as it would resume the folder named (a user test: the
+    original run, not the copy given, was trained on)."""
+    if any(override_key(item) == "train.out_dir" for item in override_list(overrides)):
+        return  # the folder is said outright
+    given = Path(os.fspath(preset)).expanduser()
+    if given.name != "config.yaml" or not (given.parent / "checkpoints" / "last.pt").is_file():
+        return
+    if not _same_folder(str(given.parent), located.train.out_dir):
+        raise ConfigError(f"{given} is the config of the run in {given.parent}, but it names train.out_dir="
+                          f"{located.train.out_dir}, another folder from here (a copied or moved run, or a relative "
+                          f"path?), which --resume would continue; give --train.out_dir={given.parent} to resume this "
+                          f"one, or --train.out_dir={located.train.out_dir} for that one")
 
 
 def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[str]],

@@ -464,3 +464,101 @@ def test_a_missing_yaml_file_in_another_folder_is_not_said_to_be_the_preset(tmp_
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="^config file mine/cifar10.yaml does not exist$"):
         load_config("mine/cifar10.yaml")
+
+
+def test_a_date_or_a_yes_for_a_text_setting_in_a_yaml_file(tmp_path):
+    """A user test: ``out_dir: 2024-01-01`` (a run folder named by its date) was refused as "must be str, got
+    datetime.date(2024, 1, 1)", where ``--train.out_dir=2024-01-01`` is that folder; ``out_dir: yes`` was
+    "must be str, got True", naming neither YAML's reading nor the quotes that keep the word."""
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {out_dir: 2024-01-01}\ndata: {train_split: 2024-01-01 12:00:00}\n")
+    c = load_config(path)
+    assert (c.train.out_dir, c.data.train_split) == ("2024-01-01", "2024-01-01 12:00:00")
+    path.write_text("train: {epochs: 2024-01-01}\n")  # a number setting: the text said, not a Python repr
+    with pytest.raises(ConfigError, match=re.escape("train.epochs must be int, got '2024-01-01'")):
+        load_config(path)
+    path.write_text("train: {out_dir: yes}\n")
+    with pytest.raises(ConfigError, match=re.escape("train.out_dir must be text, got true (in a YAML file an "
+                                                    "unquoted yes, no, on or off reads as true or false: quote it")):
+        load_config(path)
+    path.write_text("train: {out_dir: 'yes'}\n")
+    assert load_config(path).train.out_dir == "yes"
+
+
+def test_a_file_named_as_a_preset_in_the_working_directory_does_not_replace_it(tmp_path, monkeypatch):
+    """A user test: a file named cifar10-cpu in the working directory was read for --config cifar10-cpu, and one
+    named cifar10 for byol pretrain without --config (the default preset), silently."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar10-cpu").write_text("train:\n  epochs: 7\n")
+    with pytest.raises(ConfigError, match="^--config cifar10-cpu names both the preset and the file cifar10-cpu in "
+                                          f"{re.escape(str(tmp_path))}; give ./cifar10-cpu for the file, or .*"
+                                          "cifar10-cpu.yaml for the preset$"):
+        load_config("cifar10-cpu")
+    assert load_config("./cifar10-cpu").train.epochs == 7
+    (tmp_path / "mine").write_text("train:\n  epochs: 6\n")  # a file not named as a preset: the file
+    assert load_config("mine").train.epochs == 6
+    (tmp_path / "cifar10").write_text("train:\n  epochs: 7\n")
+    import byol.train
+    from byol.cli import main
+    taken = []
+    monkeypatch.setattr(byol.train, "pretrain", lambda config, resume=False: taken.append(config) or {"step": 0})
+    monkeypatch.setattr("byol.cli._pretrain_rows", lambda config, results: [("steps", "0")])
+    assert main(["pretrain", "--train.max_steps=1"]) == 0
+    assert taken[0].train.epochs == load_config(str(Path(__file__).parent.parent / "configs" / "cifar10.yaml")
+                                                ).train.epochs != 7
+
+
+def test_a_yaml_file_whose_sections_hold_no_keys_is_one_sentence(tmp_path):
+    """A user test: ``train: {}`` ran the code's defaults (a file with no settings is refused), and a section
+    whose keys were all commented out was said to be "a mapping of keys" it had to be."""
+    path = tmp_path / "run.yaml"
+    for text, said in (("train: {}\n", f"config {path} holds no settings"),
+                       ("train:\n  # epochs: 3\naugment:\n", f"config {path} holds no settings"),
+                       ("train:\n  epochs: 3\naugment:\n  # preset: paper\n",
+                        f"config {path}: config section 'augment' is empty (its keys commented out?); give its "
+                        "keys under it, or remove it")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="^" + re.escape(said)):
+            load_config(path)
+
+
+def test_resume_from_the_config_of_a_copied_run_does_not_resume_the_original(tmp_path):
+    """A user test: --resume --config COPY/config.yaml, a copied run's, resumed and trained the original, which its
+    config.yaml names as train.out_dir: refused, with the folder to give for each."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    for run in (original, copy):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.pt").write_bytes(b"")
+        save_config(load_config("cifar10", [f"--train.out_dir={original}"]), run / "config.yaml")
+    said = f"{copy / 'config.yaml'} is the config of the run in {copy}, but it names train.out_dir={original}, "
+    with pytest.raises(ConfigError, match="^" + re.escape(said)):
+        resume_config(str(copy / "config.yaml"), [], explicit=True)
+    assert resume_config(str(copy / "config.yaml"), [f"--train.out_dir={copy}"], explicit=True).train.out_dir == \
+        str(copy)  # said outright: the copy
+    assert resume_config(str(original / "config.yaml"), [], explicit=True).train.out_dir == str(original)
+
+
+def test_a_section_replaced_in_python_is_one_sentence():
+    """A user test: ``config.train = {"epochs": 3}`` in a notebook raised "vars() argument must have __dict__
+    attribute" from byol.pretrain's check."""
+    from byol.config import checked
+    config = load_config("cifar10-cpu")
+    config.train = {"epochs": 3}
+    with pytest.raises(TypeError, match="^config.train must be a byol.config.TrainConfig, not dict: set its keys one "
+                                        "by one"):
+        checked(config)
+
+
+def test_a_whole_number_written_as_a_float_says_how_to_write_it(tmp_path):
+    """A user test: ``max_steps: 1e5`` (YAML 1.1 reads it as text) was "must be int, got '1e5'", as if it were a
+    word; a whole number written 1e5 or 5.0 now says the number to write."""
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  max_steps: 1e5\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config {path}: train.max_steps must be a whole number, got 1e5: "
+                                                    "write it as 100000")):
+        load_config(path)
+    with pytest.raises(ConfigError, match=re.escape("train.epochs must be a whole number, got 5.0: write it as 5")):
+        load_config("cifar10", ["--train.epochs=5.0"])
+    for value in ("2.5", "inf", "1e30"):  # not a whole number, or none that fits: as before
+        with pytest.raises(ConfigError, match=re.escape("train.epochs must be int, got")):
+            load_config("cifar10", [f"--train.epochs={value}"])
