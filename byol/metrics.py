@@ -1,5 +1,6 @@
 """A run's metrics: JSON lines, TensorBoard events and PNG plots, written by one process."""
 
+import bisect
 import importlib
 import json
 import math
@@ -13,6 +14,8 @@ from .config import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 
 KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
+UNDONE_LABEL = "steps undone here (NaN or infinite loss or weights)"  # the purple marks' legend
+NAN_LABEL = "NaN or infinite here"  # a value lost at a record outside those marks: a cross at the bottom
 DATA_WAIT = 0.3  # the share of training time spent waiting for batches that a run's note points out
 
 
@@ -197,9 +200,14 @@ def plot_metrics(metrics_path: Path) -> list[Path]:
         drawn = []
         for panel in panels:
             keys = [k for key in panel.keys for k in logged if k == key or key.endswith("*") and k.startswith(key[:-1])]
-            series = {k: [(r["step"], r[k]) for r in records if k in r and math.isfinite(r[k])] for k in keys}
+            # NaN where a value is not finite: the line breaks there rather than joining its neighbours
+            series = {k: [(r["step"], r[k] if math.isfinite(r[k]) else math.nan) for r in records if k in r]
+                      for k in keys}
+            series = {k: points if any(math.isfinite(y) for _, y in points) else [] for k, points in series.items()}
+            lost = sorted({r["step"] for r in records for k in keys if k in r and not math.isfinite(r[k])
+                           and not _inside(r["step"], diverged)})
             if any(series.values()) or keys and diverged and name != "knn.png":  # also a panel of NaN alone
-                drawn.append((panel, series))
+                drawn.append((panel, series, lost))
         if drawn:  # named by the run's folder: plots of several runs side by side are told apart
             figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed, diverged)
             try:
@@ -215,20 +223,28 @@ def plot_metrics(metrics_path: Path) -> list[Path]:
 
 
 def _nonfinite_spans(records: list[dict]) -> list[tuple[int, int]]:
-    """The (first, last) steps of each run of consecutive records whose loss was NaN or infinite (a user test:
-    a diverged run's loss.png showed one healthy point); a run of them is one span, not a mark a record."""
+    """The (first, last) steps of each run of consecutive records with steps undone: whose loss was NaN or
+    infinite (a user test: a diverged run's loss.png showed one healthy point), or whose
+    ``train/nonfinite_streak`` says some of its steps were (a user test: a record with one of its two steps
+    undone, its loss the kept step's, drew as a healthy point); a run of them is one span, not a mark a record."""
     spans: list[list[int]] = []
     previous_bad = False
     for r in records:
         if "train/loss" not in r:
             continue
-        bad = not math.isfinite(r["train/loss"])
+        bad = not math.isfinite(r["train/loss"]) or r.get("train/nonfinite_streak", 0) > 0
         if bad and previous_bad:
             spans[-1][1] = r["step"]
         elif bad:
             spans.append([r["step"], r["step"]])
         previous_bad = bad
     return [(first, last) for first, last in spans]
+
+
+def _inside(step: int, spans: list[tuple[int, int]]) -> bool:
+    """Whether ``step`` lies in one of ``spans`` (sorted, apart): a bisection, not a scan (a long run has many)."""
+    i = bisect.bisect_right(spans, (step, math.inf)) - 1
+    return i >= 0 and spans[i][0] <= step <= spans[i][1]
 
 
 def warning_step(line: str) -> float:
@@ -248,12 +264,13 @@ def _collapse_steps(warnings_path: Path) -> list[int]:
     return sorted(int(step) for step in steps if math.isfinite(step))
 
 
-def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], collapsed: list[int],
+def _figure(title: str, drawn: list[tuple[Panel, dict, list[int]]], records: list[dict], collapsed: list[int],
             diverged: list[tuple[int, int]]):
     """The panels one above the other on one step axis; each panel's series, its warning line, a line
     at each step where the collapse monitor warned (where the loss and kNN mean little: a user test
-    found a collapsed run's loss.png and knn.png looking healthy), and a mark where the loss was NaN or
-    infinite (a line at one record, a band over several in a row)."""
+    found a collapsed run's loss.png and knn.png looking healthy), and a mark where steps were undone, their
+    loss or weights NaN or infinite (a line at one record, a band over several in a row), and a cross on a
+    panel's bottom edge where one of its values alone was (a diverging run's kNN before its loss)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -261,14 +278,20 @@ def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], co
     FigureCanvasAgg(fig)  # drawn by Agg whatever pyplot's backend
     axes = fig.subplots(len(drawn), 1, sharex=True, squeeze=False)
     steps = set()
-    for ax, (panel, series) in zip(axes[:, 0], drawn):
+    for ax, (panel, series, lost) in zip(axes[:, 0], drawn):
         values = []
         for key, points in series.items():
             if points:
                 x, y = zip(*points)
                 steps.update(x)
-                values += y
+                values += [v for v in y if math.isfinite(v)]
                 ax.plot(x, y, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+        lost = lost if values else []  # a panel of NaN alone is empty (and would have no log scale)
+        if lost:  # a value NaN or infinite outside the purple marks (a diverging run's kNN, the rank): a cross
+            # on the panel's bottom edge, not a gap that reads as a record never written (a user test)
+            ax.plot(lost, [0] * len(lost), linestyle="", marker="x", color="tab:gray", clip_on=False,
+                    transform=ax.get_xaxis_transform(), label=NAN_LABEL)
+            steps.update(lost)
         warn = panel.warn(records) if panel.warn else None
         if warn is not None:
             ax.axhline(warn[0], color="tab:red", linestyle="--", linewidth=1, label=warn[1])
@@ -277,7 +300,7 @@ def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], co
             ax.axvline(step, color="tab:red", linestyle=":", linewidth=1.5,
                        label="collapse warned here" if i == 0 else None)
         for i, (first, last) in enumerate(diverged):
-            label = "loss NaN or infinite here" if i == 0 else None
+            label = UNDONE_LABEL if i == 0 else None
             if first == last:
                 ax.axvline(first, color="tab:purple", linestyle="--", linewidth=1.5, label=label)
             else:
@@ -288,7 +311,7 @@ def _figure(title: str, drawn: list[tuple[Panel, dict]], records: list[dict], co
             _log_axis(ax, values, warn)
         ax.set(ylabel=panel.ylabel)
         ax.grid(alpha=0.3)
-        if len(series) > 1 or warn is not None or collapsed or diverged:
+        if len(series) > 1 or warn is not None or collapsed or diverged or lost:
             ax.legend(fontsize="small")
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel("step")

@@ -7,7 +7,7 @@ import types
 import matplotlib.figure
 import pytest
 
-from byol.metrics import MetricsLog, plot_metrics
+from byol.metrics import NAN_LABEL, UNDONE_LABEL, MetricsLog, plot_metrics
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_a_diverged_run_marks_where_its_loss_was_not_finite_on_every_plot(tmp_pa
     assert len(drawn["collapse.png"].axes) == 2
     for name in ("loss.png", "schedules.png", "collapse.png", "knn.png"):
         for ax in drawn[name].axes:
-            bands = [patch for patch in ax.patches if patch.get_label() == "loss NaN or infinite here"]
+            bands = [patch for patch in ax.patches if patch.get_label() == UNDONE_LABEL]
             lines = [line for line in ax.get_lines() if line.get_color() == "tab:purple"]
             assert [_x_span(patch) for patch in bands] == [(4, 202)], name
             assert [line.get_xdata()[0] for line in lines] == [206], name
@@ -84,6 +84,52 @@ def test_a_diverged_run_marks_where_its_loss_was_not_finite_on_every_plot(tmp_pa
     plot_metrics(tmp_path / "metrics.jsonl")  # a healthy run's NaN rank alone draws no panel, no mark
     assert not [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_color() == "tab:purple"]
     assert "collapse.png" not in drawn
+
+
+def test_a_record_with_some_steps_undone_is_marked_though_its_loss_is_finite(tmp_path, drawn):
+    """A user test (lr 1e6): the record at step 6 had one of its two steps undone (train/nonfinite_streak 1,
+    non-finite weights under a finite loss), its loss (4.0, the kept step's) drawn as a healthy point with no
+    mark; the purple marks are where steps were undone, whatever the loss of the others."""
+    nan = float("nan")
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": 2, "train/loss": 3.9, "train/nonfinite_streak": 0, "train/lr": 0.1},
+        {"step": 4, "train/loss": 4.0, "train/nonfinite_streak": 1, "train/lr": 0.1},
+        {"step": 6, "train/loss": 3.8, "train/nonfinite_streak": 0, "train/lr": 0.1},
+        {"step": 8, "train/loss": 3.9, "train/nonfinite_streak": 2, "train/lr": 0.1},
+        {"step": 10, "train/loss": nan, "train/nonfinite_streak": 2, "train/lr": 0.1},
+        {"step": 12, "train/loss": 3.7, "train/lr": 0.1}])  # an older record, without the field: healthy
+    plot_metrics(tmp_path / "metrics.jsonl")
+    for name in ("loss.png", "schedules.png"):
+        (ax,) = drawn[name].axes
+        lines = [line for line in ax.get_lines() if line.get_color() == "tab:purple"]
+        assert [line.get_xdata()[0] for line in lines] == [4], name
+        assert [_x_span(patch) for patch in ax.patches] == [(8, 10)], name  # no other patches on these
+        assert UNDONE_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_a_knn_value_lost_before_the_loss_is_a_cross_not_a_gap(tmp_path, drawn):
+    """A user test (lr 1e6): the kNN at step 4 was NaN (features not finite) while the loss was still finite;
+    knn.png drew nothing there, its line joining step 0 to step 8, as if no kNN had been run. A value lost
+    outside the purple marks is a cross on the panel's bottom edge, and breaks its line; one inside them is
+    not drawn twice."""
+    nan = float("nan")
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": 0, "eval/knn_top1_k20": 11.7},
+        {"step": 2, "train/loss": 3.9, "train/nonfinite_streak": 0},
+        {"step": 4, "train/loss": 3.7, "train/nonfinite_streak": 0},
+        {"step": 4, "eval/knn_top1_k20": nan},
+        {"step": 6, "train/loss": nan, "train/nonfinite_streak": 2},
+        {"step": 6, "eval/knn_top1_k20": nan}])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (ax,) = drawn["knn.png"].axes
+    (cross,) = [line for line in ax.get_lines() if line.get_label() == NAN_LABEL]
+    assert list(cross.get_xdata()) == [4] and cross.get_marker() == "x"
+    assert NAN_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_xlim()[0] <= 0 and ax.get_xlim()[1] >= 6
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "knn_top1_k20"]
+    assert list(line.get_xdata()) == [0, 4, 6] and math.isnan(line.get_ydata()[1])  # broken, not joined across
+    (ax,) = drawn["loss.png"].axes
+    assert not [line for line in ax.get_lines() if line.get_label() == NAN_LABEL]  # the band says it
 
 
 def _x_span(patch) -> tuple:
