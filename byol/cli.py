@@ -116,7 +116,11 @@ def _pretrain(args, overrides: list[str]) -> int:
     resume = args.resume  # (auto: pretrain says which way it went)
     if resume == "auto":
         from .run_folder import resumes
-        continues = resumes(resume, load_config(preset, overrides + extra).train.out_dir)
+        located = load_config(preset, overrides + extra)
+        if args.config is not None:  # a moved run's config.yaml: refused as --resume refuses it, not a new run
+            from .resume import refuse_another_runs_config  # started in the folder it names
+            refuse_another_runs_config(preset, overrides + extra, located)
+        continues = resumes(resume, located.train.out_dir)
     else:
         continues = resume
     if continues:

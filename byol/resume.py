@@ -36,7 +36,7 @@ def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[lis
     """
     located = load_config(preset, overrides)
     if explicit:
-        _refuse_another_runs_config(preset, overrides, located)
+        refuse_another_runs_config(preset, overrides, located)
     saved = Path(located.train.out_dir).expanduser() / "config.yaml"
     if not saved.is_file():
         return _checkpoint_config(saved, located, overrides)
@@ -59,8 +59,8 @@ def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[lis
     return config
 
 
-def _refuse_another_runs_config(preset: Union[str, os.PathLike], overrides: Optional[list[str]],
-                                located: Config) -> None:
+def refuse_another_runs_config(preset: Union[str, os.PathLike], overrides: Optional[list[str]],
+                               located: Config) -> None:
     """``--resume --config RUN/config.yaml`` (no ``--train.out_dir``) where RUN holds a run but its config names
     another folder (RUN is a copy, or was moved): refused, as it would resume the folder named (a user test: the
     original run, not the copy given, was trained on)."""
@@ -70,10 +70,13 @@ def _refuse_another_runs_config(preset: Union[str, os.PathLike], overrides: Opti
     if given.name != "config.yaml" or not (given.parent / "checkpoints" / "last.pt").is_file():
         return
     if not _same_folder(str(given.parent), located.train.out_dir):
-        raise ConfigError(f"{given} is the config of the run in {given.parent}, but it names train.out_dir="
-                          f"{located.train.out_dir}, another folder from here (a copied or moved run, or a relative "
-                          f"path?), which --resume would continue; give --train.out_dir={given.parent} to resume this "
-                          f"one, or --train.out_dir={located.train.out_dir} for that one")
+        named = located.train.out_dir
+        that = (f", or --train.out_dir={named} for that one" if (Path(named).expanduser() / "checkpoints" /
+                "last.pt").is_file() else "")  # (a moved run's: no run there to offer, a review)
+        raise ConfigError(f"{given} is the config of the run in {given.parent}, but it names train.out_dir={named}, "
+                          "another folder from here (a copied or moved run, or a relative path?), which --resume "
+                          f"would continue (--resume=auto: start a new run in); give --train.out_dir={given.parent} "
+                          f"to resume this one{that}")
 
 
 def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[str]],

@@ -562,3 +562,22 @@ def test_a_whole_number_written_as_a_float_says_how_to_write_it(tmp_path):
     for value in ("2.5", "inf", "1e30"):  # not a whole number, or none that fits: as before
         with pytest.raises(ConfigError, match=re.escape("train.epochs must be int, got")):
             load_config("cifar10", [f"--train.epochs={value}"])
+
+
+def test_resume_auto_from_the_config_of_a_moved_run_does_not_start_a_new_one_where_it_was(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """--resume=auto --config MOVED/config.yaml, the run moved from the folder its config names: that folder holds
+    no checkpoint, so a new run started there, the moved run left as it was; refused as --resume refuses it."""
+    import byol.train
+    from byol.cli import main
+    original, moved = tmp_path / "original", tmp_path / "moved"
+    (moved / "checkpoints").mkdir(parents=True)
+    (moved / "checkpoints" / "last.pt").write_bytes(b"")
+    save_config(load_config("cifar10", [f"--train.out_dir={original}"]), moved / "config.yaml")
+    taken = []
+    monkeypatch.setattr(byol.train, "pretrain", lambda config, resume=False: taken.append(config) or {"step": 0})
+    monkeypatch.setattr("byol.cli._pretrain_rows", lambda config, results: [("steps", "0")])
+    assert main(["pretrain", "--resume=auto", "--config", str(moved / "config.yaml")]) == 2
+    assert not taken
+    said = capsys.readouterr().err  # no run where it was: the folder with the run alone is offered
+    assert said.endswith(f"give --train.out_dir={moved} to resume this one\n"), said
