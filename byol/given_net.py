@@ -33,6 +33,9 @@ RUN_S_CUT = _RunSCut()
 
 # The networks that byol.pretrain trained in this process, and the run folder each trained in last.
 _TRAINED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+# The networks byol loaded a checkpoint's weights into (eval, embed, load_encoder), and from which file: none is a
+# network at random initialization any more, whatever is done to it since (a review).
+_LOADED: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def net_record(net: Optional[nn.Module], hidden_layer: Cut) -> Optional[dict]:
@@ -228,12 +231,14 @@ def given_encoder(state: dict, config: Config, net: nn.Module, record: dict, pat
     byol = build_model(config, net, record["hidden_layer"])
     if not random_init:
         load_model_state(byol, state["model"], str(path), **other_net(record, type(net).__name__))
-    elif state.get("step") and _holds_trained(byol, state["model"]):
-        # (a user test: byol.knn(path, net=net) loads the checkpoint into net, and a second call with
-        # random_init=True scored the trained encoder, recorded as the one at random init, step 0)
-        raise CheckpointError(f"net holds the trained weights of {path} (loaded into it by an earlier byol.knn, "
-                              "linear, embed or load_encoder call given it, or trained in it by byol.pretrain), so "
-                              "random_init=True would score the trained encoder as the baseline: give a network "
+        _LOADED[net] = str(path)
+    # (a user test: byol.knn(path, net=net) loads the checkpoint into net, and a second call with random_init=True
+    # scored the trained encoder, recorded as the one at random init, step 0; a review: another checkpoint's, too)
+    elif earlier := _TRAINED.get(net) or _LOADED.get(net) or (
+            str(path) if state.get("step") and _holds_trained(byol, state["model"]) else None):
+        raise CheckpointError(f"net holds trained weights (of {earlier}: trained in it by byol.pretrain, or loaded "
+                              "into it by an earlier byol.knn, linear, embed or load_encoder call given it), so "
+                              "random_init=True would score a trained encoder as the baseline: give a network "
                               "built anew, with the weights the run started from")
     net.eval()
     return byol.encoder

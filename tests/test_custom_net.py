@@ -115,6 +115,14 @@ def test_random_init_refuses_a_net_holding_the_run_s_trained_weights(run):
     for trained in (loaded, copy.deepcopy(net)):
         with pytest.raises(CheckpointError, match="trained weights"):
             byol.knn(path, net=trained, limit=20, ks=(5,), random_init=True)
+    # a review: weights changed since they were loaded or trained, or given for another checkpoint of the run (an
+    # earlier epoch's, here the same file by another name): still no network at random initialization
+    with torch.no_grad():
+        loaded[0].weight.add_(1.0)
+    (other := out.parent / "other.pt").write_bytes(path.read_bytes())
+    for trained in (loaded, net):
+        with pytest.raises(CheckpointError, match=r"^net holds trained weights \(of "):
+            byol.knn(other, net=trained, limit=20, ks=(5,), random_init=True)
     assert byol.knn(path, net=SmallNet(), limit=20, ks=(5,), random_init=True)["step"] == 0  # one built anew
 
 
