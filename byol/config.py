@@ -312,7 +312,7 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
         hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else "" if guess else
                 "; a file's settings go over the defaults, not over a preset (start from a copy of configs/NAME.yaml)")
         raise ConfigError(f"unknown config section {section!r}{guess}; the sections are {', '.join(names)}{hint}")
-    if values is None:  # (a user test: a copied preset's section with its keys commented out)
+    if values is None or values == {}:  # (a user test: a copied preset's section with its keys commented out)
         raise ConfigError(f"config section {section!r} is empty (its keys commented out?); give its keys under it, "
                           "or remove it")
     if not isinstance(values, dict):

@@ -134,7 +134,7 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
     looks_like_a_path = path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
     if not looks_like_a_path and path.is_file() and name_or_path in preset_names():
         # (a user test: a file named cifar10-cpu in the working directory silently replaced the preset)
-        raise ConfigError(f"--config {name_or_path} names both the preset and the file {name_or_path} in "
+        raise ConfigError(f"config {name_or_path} names both the preset and the file {name_or_path} in "
                           f"{os.getcwd()}; give ./{name_or_path} for the file, or "
                           f"{Path(str(presets_folder())) / (name_or_path + '.yaml')} for the preset")
     if looks_like_a_path or path.is_file():  # (a folder named like a preset is not a config)

@@ -490,7 +490,7 @@ def test_a_file_named_as_a_preset_in_the_working_directory_does_not_replace_it(t
     named cifar10 for byol pretrain without --config (the default preset), silently."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cifar10-cpu").write_text("train:\n  epochs: 7\n")
-    with pytest.raises(ConfigError, match="^--config cifar10-cpu names both the preset and the file cifar10-cpu in "
+    with pytest.raises(ConfigError, match="^config cifar10-cpu names both the preset and the file cifar10-cpu in "
                                           f"{re.escape(str(tmp_path))}; give ./cifar10-cpu for the file, or .*"
                                           "cifar10-cpu.yaml for the preset$"):
         load_config("cifar10-cpu")
@@ -516,7 +516,9 @@ def test_a_yaml_file_whose_sections_hold_no_keys_is_one_sentence(tmp_path):
                        ("train:\n  # epochs: 3\naugment:\n", f"config {path} holds no settings"),
                        ("train:\n  epochs: 3\naugment:\n  # preset: paper\n",
                         f"config {path}: config section 'augment' is empty (its keys commented out?); give its "
-                        "keys under it, or remove it")):
+                        "keys under it, or remove it"),
+                       ("train:\n  epochs: 3\naugment: {}\n",  # (a review: taken quietly beside another)
+                        f"config {path}: config section 'augment' is empty (its keys commented out?)")):
         path.write_text(text)
         with pytest.raises(ConfigError, match="^" + re.escape(said)):
             load_config(path)
