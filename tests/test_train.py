@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import types
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -1760,6 +1761,13 @@ def test_a_folder_run_that_dies_after_a_checkpoint_keeps_the_list_of_its_skipped
     assert (run / "skipped_files.txt").read_text().startswith(f"{root / 'cat' / 'bad.jpg'}\t")
 
 
+def _folder_config(run, data, epochs: int):
+    """A folder run of batches of 4 at 32 px without the kNN monitor, for a resume in another spelling of its root."""
+    return load_config("cifar10", tiny_overrides(run, **{
+        "data.limit": "null", "train.batch_size": 4, "train.epochs": epochs, "train.knn_every": -1,
+        "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={data}", "--data.image_size=32"])
+
+
 def test_a_run_resumed_where_its_folder_moved_lists_each_skipped_file_once_at_its_new_place(tmp_path):
     """A user test: a run resumed with --data.root=NEW, its folder moved there, kept the list of its skipped files
     under the old paths and added the same files under the new ones, and its closing table counted each twice."""
@@ -1768,9 +1776,7 @@ def test_a_run_resumed_where_its_folder_moved_lists_each_skipped_file_once_at_it
     next((root / "cat").iterdir()).unlink()
     (root / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
     run = tmp_path / "run"
-    config = lambda data, epochs: load_config("cifar10", tiny_overrides(run, **{
-        "data.limit": "null", "train.batch_size": 4, "train.epochs": epochs, "train.knn_every": -1,
-        "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={data}", "--data.image_size=32"])
+    config = partial(_folder_config, run)
     assert pretrain(config(root, 1))["skipped_files"] == 1
     moved = root.rename(tmp_path / "moved")
     results = pretrain(config(moved, 2), resume=True)
@@ -1792,9 +1798,7 @@ def test_a_run_resumed_with_its_folder_named_by_root_or_root_train_keeps_its_ski
     next((train / "cat").iterdir()).unlink()
     (train / "cat" / "bad.jpg").write_bytes(b"not a jpeg")
     run = tmp_path / "run"
-    config = lambda data, epochs: load_config("cifar10", tiny_overrides(run, **{
-        "data.limit": "null", "train.batch_size": 4, "train.epochs": epochs, "train.knn_every": -1,
-        "data.workers": 0}) + ["--data.dataset=folder", f"--data.root={data}", "--data.image_size=32"])
+    config = partial(_folder_config, run)
     given = {"train": train, "root": root}
     assert pretrain(config(given[first], 1))["skipped_files"] == 1
     results = pretrain(config(given[then], 2), resume=True)
