@@ -344,9 +344,10 @@ def checked(config: Config) -> Config:
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r}{_closest(unknown[0], sections)}; the sections are "
                           f"{', '.join(sections)}")
+    defaults = Config()
     for name in sections:
         section = getattr(config, name)
-        kind = type(getattr(Config(), name))
+        kind = type(getattr(defaults, name))
         if not isinstance(section, kind):  # (a user test: config.train = {...} was "vars() argument must have ...")
             raise TypeError(f"config.{name} must be a byol.config.{kind.__name__}, not {type(section).__name__}: set "
                             f"its keys one by one (config.{name}.KEY = ...)")
