@@ -34,26 +34,33 @@ OFFICIAL_SIZE = {("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000, ("ci
 
 class FilesNotFound(DataError):
     """A data set's files are not where ``data.root`` says: ``what`` names them and the folder, and
-    the message adds how to fix it (a caller with other advice uses ``what``)."""
+    the message adds how to fix it (a caller with other advice uses ``what``). ``download``: the option
+    that downloads them, as the command that read them spells it."""
 
-    def __init__(self, what: str, root: Optional[Path] = None, name: Optional[str] = None):
-        said = None if root is None else _what_is_there(root, name)
+    def __init__(self, what: str, root: Optional[Path] = None, name: Optional[str] = None,
+                 download: str = "--download"):
+        self.args_given = (what, root, name)
+        said = None if root is None else _what_is_there(root, name, download)
         if said is not None:  # why they are not there, and what to do instead
             what += f"; {said}"
             super().__init__(what)
         else:
-            super().__init__(f"{what}; put the files there, or pass --download when online")
+            super().__init__(f"{what}; put the files there, or pass {download} when online")
         self.what = what
         self.explained = said is not None
 
+    def with_download(self, download: str) -> "FilesNotFound":
+        """The same error, its advice naming ``download`` (``byol eval``'s ``--data.download=true``)."""
+        return FilesNotFound(*self.args_given, download=download)
 
-def _what_is_there(root: Path, name: Optional[str]) -> Optional[str]:
+
+def _what_is_there(root: Path, name: Optional[str], download: str) -> Optional[str]:
     """What in ``root`` explains why data set ``name``'s files are not found there (a user test: each was
     said only as the files expected): no such folder; another data set's files (not its own: their files
     are said), the advice to ``--download`` kept where ``root`` holds them, not is them; its archive, not
     unpacked; a folder of one's own images. None for none."""
     if not root.exists():
-        return f"{root} does not exist: check the path, or pass --download when online to fetch the files there"
+        return f"{root} does not exist: check the path, or pass {download} when online to fetch the files there"
     layouts = {folder: other for table in (_CIFAR_BINARY, _CIFAR_PICKLE) for other, (folder, *_) in table.items()}
     layouts[_STL_DIR] = "stl10"
     present = [(folder, other) for folder, other in layouts.items() if root.name == folder or (root / folder).is_dir()]
@@ -62,7 +69,7 @@ def _what_is_there(root: Path, name: Optional[str]) -> Optional[str]:
         if root.name == folder:
             return f"it holds {folder}, {other}'s files: for them, set --data.dataset={other}"
         return (f"it holds {folder}, {other}'s files (for them, set --data.dataset={other}); for {name}'s, put "
-                "them there, or pass --download when online")  # a folder of data sets, this one not yet among them
+                f"them there, or pass {download} when online")  # a folder of data sets, this one not yet among them
     try:  # (the name first: no stat of each entry of a large folder)
         archives = sorted(p.name for p in root.iterdir() if (m := ARCHIVE.fullmatch(p.name.lower()))
                           and m[1].replace("-", "") == name and p.is_file())

@@ -20,6 +20,7 @@ from .config_rules import GIVEN_BACKBONE, refuse_data_limit
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
+from .errors import path_argument
 from .given_net import RUN_S_CUT, Cut, check_eval, given_encoder
 
 
@@ -63,8 +64,13 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
     config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
+    path = path_argument(path, "path", CHECKPOINT_PATH)
     with torch.random.fork_rng(devices=[]):  # the modules the weights are loaded into draw their initialization
         return _load_encoder_with_origin(path, overrides, random_init, for_export, net, hidden_layer)
+
+
+# What the functions that read a run's encoder take as their path.
+CHECKPOINT_PATH = "a checkpoint file (such as RUN/checkpoints/last.pt) or an exported encoder.pt"
 
 
 # How to evaluate a network byol cannot build or read the weights of, said where it cannot.

@@ -10,10 +10,19 @@ Its warnings name the user's line that led to them (:func:`outside_stacklevel`).
 
 import os
 import sys
+from pathlib import Path
 
 
 class ByolError(Exception):
     """Bad input to byol's commands and their functions; its message says what is wrong and how to fix it."""
+
+
+def path_argument(value, name: str, what: str) -> Path:
+    """``value`` as a Path, where it is a ``str`` or ``os.PathLike``; else a ``TypeError`` saying what the
+    argument ``name`` is (pathlib's own said only "expected str, bytes or os.PathLike object, not NoneType")."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise TypeError(f"{name} must be {what}, as a str or pathlib.Path, got {type(value).__name__} {value!r:.60}")
 
 
 def outside_stacklevel() -> int:

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -12,6 +13,7 @@ import torch
 from .backbones import feature_dim, resnet
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
+from .errors import path_argument
 from .files import remove_empty_folders, topmost_missing, write_files_atomically
 from .config import Config, config_text
 from .data import DataError
@@ -19,7 +21,7 @@ from .datasets import NATIVE_SIZE
 from .folder import ImageFolder, class_names, escape_name, first_names, split_folder
 from . import distributed as dist
 from .distributed import note
-from .encoders import load_encoder, load_encoder_with_origin
+from .encoders import CHECKPOINT_PATH, load_encoder, load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
 from .outputs import EMBED_SIDE_NAMES, EXPORT_NAMES, OutputError, check_writable, is_an_export, writing
 from .pipeline import check_counts, features, image_root, load_split, note_unused
@@ -86,6 +88,9 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         return ImageFolder(trained_on, size, "partial")
     if base is None and (root / split).is_dir():  # one of a plain folder's classes, labeled as the run's
         return ImageFolder(root, size, "partial").inside(split)
+    if base is not None and (Path(split).is_absolute() or os.pardir in Path(split).parts):  # (it read outside)
+        raise DataError(f"{split!r} is not a folder inside {base}: name one of its splits or folders, or give "
+                        "another folder of images as --data.root=FOLDER")
     if base is not None and (base / split).is_dir():
         return _numbered_as(ImageFolder(base / split, size, "partial"), train)
     raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
@@ -130,6 +135,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``, and its ``hidden_layer``).
     """
     limit, = check_counts(limit=limit)
+    path_argument(path, "path", CHECKPOINT_PATH)
+    out = path_argument(out, "out", "the file to write, NAME.npy or NAME.pt")
     if split is not None and not isinstance(split, str):  # (a user test gave the overrides second, as to knn)
         raise TypeError(f"split must be the name of a split, such as 'test', got {type(split).__name__} {split!r:.60}; "
                         "give the overrides by name: embed(path, out, overrides=[...])")
@@ -327,7 +334,8 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     files there are replaced; a run directory, or a folder holding such a file that no export wrote, is refused."""
     if isinstance(out_dir, str) and not out_dir:  # Path("") is ".", the folder the process runs in (as --out "")
         raise OutputError("out_dir is empty; give the folder to export into")
-    out_dir = Path(out_dir)
+    path_argument(path, "path", CHECKPOINT_PATH)
+    out_dir = path_argument(out_dir, "out_dir", "the folder to export into")
     _check_export_folder(out_dir, path)
     net, config, origin = load_encoder_with_origin(path, None, random_init=False, for_export=True)
     with torch.random.fork_rng(devices=[]):  # the same encoder.pt, byte for byte, of the same checkpoint

@@ -102,16 +102,19 @@ def labeled_splits(config: Config, limit: Optional[int] = None, holdout: int = 0
 
 
 def load_split(config: Config, split: str) -> ImageSet:
-    """A split of a CIFAR / STL-10 data set; files not found point to ``--data.root``."""
+    """A split of a CIFAR / STL-10 data set; files not found point to ``--data.root`` (and to
+    ``--data.download=true``: eval's and embed's option, not pretrain's ``--download``)."""
     d = config.data
     try:
         return build_dataset(d.dataset, d.root, split, None, d.download)
     except FilesNotFound as e:
         if d.download:
             raise
+        e = e.with_download("--data.download=true")
         relative = "" if Path(d.root).is_absolute() else ", relative to the current directory"
         if e.explained:  # (a user test: "does not exist: check the path", then the same advice again)
-            raise DataError(e.what + (f" (data.root is {d.root}{relative})" if relative else "")) from None
+            moved = "; where the data moved since the run, give --data.root=NEW" if not Path(d.root).exists() else ""
+            raise DataError(e.what + (f" (data.root is {d.root}{relative})" if relative else "") + moved) from None
         raise DataError(f"{e.what}; point --data.root=... at the folder that holds them (data.root is "
                         f"{d.root}{relative})") from None
 

@@ -50,6 +50,35 @@ def test_an_empty_split_or_export_folder_is_refused_as_the_command_line_refuses_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_path_that_is_no_path_is_a_sentence_naming_the_argument(tmp_path):
+    """byol.knn(None) and friends raised pathlib's "expected str, bytes or os.PathLike object, not NoneType"."""
+    import byol
+    checkpoint = "path must be a checkpoint file \\(such as RUN/checkpoints/last.pt\\) or an exported encoder.pt, as "
+    for call in (lambda: byol.knn(None), lambda: byol.linear(3), lambda: byol.load_encoder(None),
+                 lambda: byol.export(None, tmp_path / "e"), lambda: byol.embed(None, tmp_path / "e.npy")):
+        with pytest.raises(TypeError, match=f"^{checkpoint}a str or pathlib.Path, got (NoneType None|int 3)$"):
+            call()
+    with pytest.raises(TypeError, match="^out_dir must be the folder to export into, as a str or pathlib.Path, got "):
+        byol.export(tmp_path / "none.pt", None)
+    with pytest.raises(TypeError, match="^out must be the file to write, NAME.npy or NAME.pt, as a str or "):
+        byol.embed(tmp_path / "none.pt", None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_split_outside_the_root_is_refused(tmp_path):
+    """embed --split .. or an absolute --split read outside the run's data root (an ImageNet-style layout's
+    splits; a plain folder's classes were refused already)."""
+    from PIL import Image
+    for path in ("set/train/cat/0.png", "set/val/cat/0.png", "elsewhere/cat/0.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    for split in ("..", "../elsewhere", "val/../..", str(tmp_path / "elsewhere")):
+        with pytest.raises(DataError, match=f"^'{split}' is not a folder inside {tmp_path / 'set'}: name one of its "
+                                            "splits or folders, or give another folder of images as --data.root="):
+            exports._folder_split(tmp_path / "set", split, 8, "train")
+    assert exports._folder_split(tmp_path / "set", "val/cat", 8, "train").root == str(tmp_path / "set/val/cat")
+
+
 def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):
     """One stray file at the top of a split dropped the labels of all the others (a user test)."""
     root = extract_jpegs(tmp_path / "photos", per_class=2)

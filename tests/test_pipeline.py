@@ -380,16 +380,18 @@ def test_knn_k_given_to_eval_knn_points_to_k(capsys):
 def test_eval_s_missing_data_root_says_what_to_do_once(tmp_path, monkeypatch):
     """A user test: a data.root that does not exist was said so with its advice, then told again to point
     --data.root at the files; a root that holds something else still gets the advice, and a relative
-    one says where it is taken from."""
+    one says where it is taken from. A checkpoint's root that is gone says --data.root=NEW (it moved since the
+    run?) and eval's download option, --data.download=true (it named pretrain's --download, which eval refuses)."""
     from byol.config import load_config
     missing = tmp_path / "nope"
     with pytest.raises(DataError) as e:
         pipeline.load_split(load_config("cifar10", [f"--data.root={missing}"]), "test")
-    assert str(e.value).endswith(f"; {missing} does not exist: check the path, or pass --download when online to "
-                                 "fetch the files there") and "point --data.root" not in str(e.value), e.value
+    assert str(e.value).endswith(f"; {missing} does not exist: check the path, or pass --data.download=true when "
+                                 "online to fetch the files there; where the data moved since the run, give "
+                                 "--data.root=NEW") and "point --data.root" not in str(e.value), e.value
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"fetch the files there \(data.root is nope, relative to the current "
-                                        r"directory\)$"):
+                                        r"directory\); where the data moved since the run, give --data.root=NEW$"):
         pipeline.load_split(load_config("cifar10", ["--data.root=nope"]), "test")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"; point --data.root=\.\.\. at the folder that holds them \(data.root is "
