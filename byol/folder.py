@@ -250,7 +250,7 @@ class ImageFolder(Dataset):
 def _moved_prefixes(then: str, now: str) -> tuple[str, str]:
     """What a data root moved from ``then`` to ``now`` changed in its files' paths: the two less the folders they
     end in alike, so that ``ROOT/val``'s files (the kNN monitor's) move with a ``data.root`` of ``ROOT/train``."""
-    old, new = (Path(os.path.abspath(os.path.expanduser(root))).parts for root in (then, now))  # as _image_root
+    old, new = (Path(_absolute(root)).parts for root in (then, now))  # (then: gone, so not _image_root)
     same = 0
     while same < min(len(old), len(new)) - 1 and old[-1 - same] == new[-1 - same]:
         same += 1
@@ -273,10 +273,15 @@ def class_names(root: Union[str, Path]) -> Optional[list[str]]:
 
 def _image_root(root: Union[str, Path]) -> str:
     """``root`` as an absolute path, checked to be a folder."""
-    root = os.path.abspath(os.path.expanduser(root))
+    root = _absolute(root)
     if not os.path.isdir(root):
         raise DataError(f"image folder {root} does not exist or is not a folder; check the path")
     return root
+
+
+def _absolute(root: Union[str, Path]) -> str:
+    """``root`` with ``~`` expanded, as an absolute path."""
+    return os.path.abspath(os.path.expanduser(root))
 
 
 def _no_image_files(root: str) -> DataError:
