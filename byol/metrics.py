@@ -255,12 +255,13 @@ def warning_step(line: str) -> float:
 
 
 def _collapse_steps(warnings_path: Path) -> list[int]:
-    """The steps at which the run's ``warnings.txt`` says the collapse monitor warned."""
+    """The steps at which the run's ``warnings.txt`` says the collapse monitor warned (of collapse or no signal)."""
     try:
         lines = Path(warnings_path).read_text(errors="replace").splitlines()
     except OSError:  # none: it never warned
         return []
-    steps = {warning_step(line) for line in lines if line.partition(": ")[2].startswith("representation collapse")}
+    names = ("representation collapse", "no learning signal")
+    steps = {warning_step(line) for line in lines if line.partition(": ")[2].startswith(names)}
     return sorted(int(step) for step in steps if math.isfinite(step))
 
 

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 # std below this fraction of 1/sqrt(dim), or the effective rank below this.
 STD_FRACTION = 0.1
 MIN_RANK = 1.5
+# The loss when both directions' cosines are 0: exactly this, to float precision, over a whole logging interval
+# only when the predictions or the target projections normalize to zero vectors (CollapseMonitor.check).
+NO_SIGNAL_LOSS = 4.0
 
 
 def normalized_std(z: torch.Tensor) -> torch.Tensor:
@@ -74,8 +77,16 @@ class CollapseMonitor:
       common direction, and a collapsing run bottom out at 1.8, caught by the std alone. The std
       is the main signal; the rank catches the collapse into a subspace that the std misses.
 
-    It warns when the statistics cross into collapse, and again every ``repeat_every`` steps
-    while they stay there (0: only on the transition).
+    It also warns when the interval's mean loss is exactly :data:`NO_SIGNAL_LOSS` (4.0): no learning
+    signal, which both statistics miss. ``F.normalize`` of a prediction whose norm is 0 (dead ReLUs) or
+    overflows float32 (a coordinate past ~1e19, as a learning rate far too high leaves them: measured,
+    ``sgd`` at ``optim.lr=1e7``) is the zero vector, so each direction's ``2 - 2 cos`` is exactly 2 and
+    the gradient 0 or NaN, while the online projections the statistics read may still be spread out.
+    A healthy run's loss starts near 4 (random vectors' cosines are near 0) but a float32 mean landing on
+    4.0 exactly is not a chance event, so a healthy start does not trip it.
+
+    It warns when the statistics cross into collapse (or the loss into 4.0), and again every
+    ``repeat_every`` steps while they stay there (0: only on the transition).
     """
 
     def __init__(self, std_fraction: float = STD_FRACTION, min_rank: float = MIN_RANK, repeat_every: int = 0):
@@ -83,13 +94,14 @@ class CollapseMonitor:
         self.min_rank = min_rank
         self.repeat_every = repeat_every
         self.collapsed = False
+        self.no_signal = False
         self._last_warned: Optional[int] = None
 
     def is_collapsed(self, std: float, rank: float, dim: int) -> bool:
         """Whether the statistics of a ``dim``-wide projection say it has collapsed."""
         return std < self.std_fraction / math.sqrt(dim) or rank < self.min_rank
 
-    def check(self, std: float, rank: float, dim: int, step: int) -> Optional[str]:
+    def check(self, std: float, rank: float, dim: int, step: int, loss: float = math.nan) -> Optional[str]:
         """Record the latest statistics; return a warning sentence if they show collapse.
 
         Args:
@@ -98,26 +110,48 @@ class CollapseMonitor:
             dim: projection width (256 in the paper).
             step: global training step, for ``repeat_every`` (the message leaves it out: the
                 warning's line in ``warnings.txt`` starts with it).
+            loss: the interval's mean loss (``train/loss``); exactly 4.0 is no learning signal.
+                NaN (the default): not checked.
 
         Returns:
-            The warning, on entering collapse (and every ``repeat_every`` steps in it); else None.
+            The warning, on entering collapse or no signal (and every ``repeat_every`` steps in it); else None.
         """
         if math.isnan(std) and math.isnan(rank):  # no statistics (every step of the interval undone): the state
             return None  # stays, so a collapsed run is not warned of again as newly collapsing after it (a user test)
+        was_no_signal, self.no_signal = self.no_signal, loss == NO_SIGNAL_LOSS
+        if self.no_signal:  # says more than the statistics: they are of outputs the loss no longer trains
+            return self._message(was_no_signal, step, no_signal_message(std, rank, dim))
         was_collapsed, self.collapsed = self.collapsed, self.is_collapsed(std, rank, dim)
         if not self.collapsed:
             return None
-        due = self.repeat_every > 0 and self._last_warned is not None \
-            and step - self._last_warned >= self.repeat_every
-        if was_collapsed and not due:
-            return None
-        self._last_warned = step
         healthy = 1 / math.sqrt(dim)
-        return ("representation collapse: the std of the L2-normalized online projections "
+        return self._message(was_collapsed, step, (
+                "representation collapse: the std of the L2-normalized online projections "
                 f"is {std:.4g} (healthy is about {healthy:.4g} = 1/sqrt({dim})) and their effective rank is "
                 f"{rank:.3g} (1 when every row is the same vector; healthy runs keep more, from a few up); the "
                 "network maps every image to nearly the same vector, and the falling loss means nothing. "
                 "Check that the predictor is used and trained (BYOL collapses without it), that the target EMA "
                 "rate tau is well above 0 (the paper's 0.996 rising to 1; short runs learn faster from 0.9, as the "
                 "cifar10-cpu preset's), and that the learning rate is not too high (warmup, lr scaled by batch "
-                "size/256).")
+                "size/256)."))
+
+    def _message(self, was: bool, step: int, message: str) -> Optional[str]:
+        """``message`` on entering a state (``was``: in it at the last check), and every ``repeat_every`` steps."""
+        due = self.repeat_every > 0 and self._last_warned is not None \
+            and step - self._last_warned >= self.repeat_every
+        if was and not due:
+            return None
+        self._last_warned = step
+        return message
+
+
+def no_signal_message(std: float, rank: float, dim: int) -> str:
+    """The warning for a loss of exactly 4.0 (:class:`CollapseMonitor`)."""
+    return ("no learning signal: the loss is exactly 4.0 (2 - 2 cos with the cosine exactly 0 in both directions) "
+            "at every step since the last record: the predictor's outputs or the target's projections normalize "
+            "to zero vectors, their norm 0 (dead ReLUs) or past float32's range (weights blown up by a learning "
+            "rate far too high), so the gradient is 0 or NaN and the network no longer learns, though the online "
+            f"projections' std ({std:.4g}, healthy about {1 / math.sqrt(dim):.4g}) and effective rank ({rank:.3g}) "
+            "may look fine. Lower optim.lr (and warm up longer, optim.warmup_epochs) and start again, or resume "
+            "with a lower optim.lr from a checkpoint written before the loss sat at 4.0 (checkpoints/epoch_NNNN.pt, "
+            "copied over checkpoints/last.pt).")

@@ -125,7 +125,8 @@ class Report:
         self.last_step, self.laps = step, self.laps + 1
         if self.log is not None:
             self.log.log(step, **self.when(step), **record)
-        warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step)
+        warning = self.monitor.check(record["monitor/z_std"], record["monitor/effective_rank"], z1.shape[1], step,
+                                     record["train/loss"])
         if warning and self.folder is not None:
             self.folder.warn(warning, step, self.progress)
         if warning and self.log is not None:  # beside the curves it is about (a user test)

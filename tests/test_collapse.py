@@ -82,3 +82,22 @@ def test_healthy_run_does_not_warn(cifar10_root, tmp_path, capsys):
     assert summary_rows(out, "final loss") and not summary_rows(out, "warnings"), out
     assert min(r["monitor/z_std"] for r in records) > 0.5 / math.sqrt(DIM), records
     assert min(r["monitor/effective_rank"] for r in records) > 5, records
+
+
+def test_a_network_blown_up_by_a_huge_learning_rate_warns_of_no_learning_signal(cifar10_root, tmp_path, capsys):
+    """A user's report: a run at a learning rate far too high logged a loss of exactly 4.0 that neither collapse
+    statistic flagged. Measured here: at step 5 the predictions' coordinates reach ~1e19, their float32 norm is
+    inf, F.normalize makes them 0 (loss exactly 4.0, finite: the non-finite guard keeps the step), while the
+    online projections' std is a quarter of healthy, above the collapse threshold."""
+    run = tmp_path / "blown"
+    main(["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}",
+          *tiny_overrides(run, **{"optim.name": "sgd", "optim.lr": 1e7, "train.epochs": 2, "train.max_steps": 5,
+                                  "train.log_every": 1, "train.knn_every": -1,
+                                  "train.precision": "fp32"})])  # (bf16 reaches it at step 5 too, where native)
+    capsys.readouterr()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "train/loss" in r][-1]
+    assert last["step"] == 5 and last["train/loss"] == 4.0, last
+    assert last["monitor/z_std_ratio"] > 0.1 and last["monitor/effective_rank"] > 1.5, last  # the statistics: fine
+    said = [line for line in (run / "warnings.txt").read_text().splitlines() if "no learning signal" in line]
+    assert said == [said[0]] and said[0].startswith("step 5: no learning signal: the loss is exactly 4.0"), said

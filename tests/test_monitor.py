@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from byol.loss import byol_loss
 from byol.monitor import CollapseMonitor, effective_rank, normalized_std
 
 
@@ -124,3 +125,32 @@ def test_an_interval_without_statistics_leaves_the_monitor_as_it_was():
     healthy = CollapseMonitor()
     assert healthy.check(math.nan, math.nan, 256, step=10) is None and not healthy.collapsed
     assert healthy.check(1e-4, 1.0, 256, step=20) is not None
+
+
+def test_a_loss_of_exactly_four_warns_of_no_learning_signal_though_the_projections_look_healthy():
+    """A user's report: a network blown up by a huge learning rate logged a loss of exactly 4.0 that neither
+    collapse measure flagged. Predictions past ~1e19 have a float32 norm of inf, F.normalize makes them 0, and
+    both directions' 2 - 2 cos are exactly 2, while the online projections (what the std and rank read) are fine."""
+    p = torch.full((16, 32), 1.5e19)  # finite, but its squared norm overflows
+    z = gaussian(b=16, d=32)
+    assert byol_loss(p, p, z, z).item() == 4.0
+    monitor = CollapseMonitor()
+    std, rank, dim = stats(z)
+    assert not monitor.is_collapsed(std, rank, dim)  # the statistics alone: silent
+    assert monitor.check(std, rank, dim, step=2, loss=3.7) is None
+    message = monitor.check(std, rank, dim, step=4, loss=4.0)
+    assert message is not None and message.startswith("no learning signal: the loss is exactly 4.0")
+    assert "predictor" in message and "target" in message and "optim.lr" in message and "epoch_NNNN.pt" in message
+    assert monitor.check(std, rank, dim, step=6, loss=4.0) is None  # one warning while it sits there
+    assert monitor.check(math.nan, math.nan, dim, step=8, loss=math.nan) is None  # steps undone: the state stays
+    assert monitor.check(std, rank, dim, step=10, loss=4.0) is None
+    assert monitor.check(std, rank, dim, step=12, loss=3.9) is None  # learning again
+    assert monitor.check(std, rank, dim, step=14, loss=4.0) is not None
+
+
+def test_a_healthy_start_near_four_does_not_warn_of_no_signal():
+    """Random projections' cosines are near 0, so a healthy run's first losses are near 4, but not exactly 4."""
+    monitor = CollapseMonitor()
+    std, rank, dim = stats(gaussian(b=16, d=32))
+    for step, loss in enumerate([4.072782516479492, 3.9999998, 4.0000005, 5.934326171875]):
+        assert monitor.check(std, rank, dim, step=step, loss=loss) is None
