@@ -1347,6 +1347,26 @@ def test_a_folder_decoded_into_memory_keeps_its_batches_in_shared_memory_small(t
     assert sizes and sizes[0] * 3 * 256 * 256 * 2 * 2 <= 32 * 2**20, sizes
 
 
+def test_a_folder_decoded_into_memory_says_how_far_it_is_every_few_dozen_images(tmp_path, monkeypatch, capsys):
+    """A user test on a folder of big photos (12 MP JPEGs and PNGs, 0.06-0.7 s each): the kNN monitor's decoding
+    said how far it was first after 26 s, not 5, as it counted at each batch of 256 images."""
+    from byol import loaders
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=7), size=8)
+    monkeypatch.setattr(loaders, "SlowNotes", _every_batch(loaders.SlowNotes))
+    assert len(loaders.load_folder_tensor(folder, workers=0).images) == 70
+    counts = [int(m) for m in re.findall(r": (\d+) done, ", capsys.readouterr().err)]
+    assert counts and max(b - a for a, b in zip([0] + counts, counts + [70])) <= 64, counts
+
+
+def _every_batch(slow_notes):
+    """SlowNotes that say how far a wait is each time they are told (at once, then again at each count)."""
+    class EveryBatch(slow_notes):
+        def now(self, count: int) -> None:
+            self.next = 0.0
+            super().now(count)
+    return EveryBatch
+
+
 def _interrupt_at(where: str, monkeypatch) -> None:
     """A Ctrl-C (KeyboardInterrupt) as a folder's decoding processes start, or while a batch is awaited."""
     import multiprocessing.process
@@ -1399,6 +1419,41 @@ def test_a_ctrl_c_while_a_folder_is_decoded_leaves_no_decoding_process(tmp_path,
     fault_table(f"Ctrl-C in Python (KeyboardInterrupt) while a folder is decoded: {where}",
                 "KeyboardInterrupt; every decoding process started is ended at once, also while the traceback is "
                 "kept (a notebook keeps it); no hang at exit")
+
+
+def test_a_ctrl_c_while_the_decoding_processes_are_busy_ends_them_at_once(tmp_path, monkeypatch, fault_table):
+    """A user test: a Ctrl-C while a folder of big photos was decoded (pretrain's kNN images, 256 to a
+    batch) was acted on 15 s later with 2 decoding processes: torch's shutdown waits 5 s for each busy
+    one to finish its batch, then sends it SIGTERM, which decoding processes ignore, and waits 5 s more."""
+    import multiprocessing
+    import time
+    from byol import folder as folder_module
+    from byol.loaders import end_processes
+    from torch.utils.data import dataloader
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
+
+    def slow_decode(path, size):  # a big photo's decoding, in the (forked) decoding processes
+        time.sleep(60)
+    monkeypatch.setattr(folder_module, "decode_image", slow_decode)
+    real = dataloader._MultiProcessingDataLoaderIter._try_get_data
+
+    def interrupted_while_awaited(self, *args, **kwargs):
+        time.sleep(0.5)  # the processes are well into their batches
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_try_get_data", interrupted_while_awaited)
+    before = set(multiprocessing.active_children())
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            load_folder_tensor(folder, workers=2)
+        assert time.monotonic() - start < 3.5
+        assert set(multiprocessing.active_children()) <= before
+    finally:
+        monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_try_get_data", real)
+        end_processes(set(multiprocessing.active_children()) - before)
+    fault_table("Ctrl-C in Python (KeyboardInterrupt) while the decoding processes are busy with a batch",
+                "KeyboardInterrupt in a second or two, not 10 s and more: the busy decoding processes are killed, "
+                "not awaited")
 
 
 def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, monkeypatch, fault_table):
