@@ -5,6 +5,7 @@ import copy
 import difflib
 import numbers
 import re
+import threading
 import warnings
 from typing import Iterator, Optional, Union
 
@@ -22,6 +23,12 @@ except ImportError:  # a torchvision without it: plain tracing
     _TRACER_KWARGS = {}
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
+
+# One trace at a time in the process, and none while a network is measured: torch.fx patches nn.Module's methods
+# process-wide while it traces, so that a network called in another thread meanwhile failed ("module is not
+# installed as a submodule"), and two traces at once (learners built in a thread pool) restored each other's
+# patches, which then failed every nn.Module call in the process. (warnings.catch_warnings is global too.)
+_TRACING = threading.RLock()
 
 
 def resnet(name: str = "resnet18", cifar_stem: bool = False, width: int = 64) -> nn.Module:
@@ -133,7 +140,7 @@ class HiddenLayer(nn.Module):
         super().__init__()
         self.layer = layer
         tracer_kwargs = _tracer_kwargs(net, layer)
-        with keep_modes(net), warnings.catch_warnings():  # tracing sets net's own mode, module by module
+        with _TRACING, keep_modes(net), warnings.catch_warnings():  # tracing sets net's modes, module by module
             # torchvision's note when the train and eval graphs differ (googlenet's auxiliary heads):
             # the node taken is in both.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
@@ -287,7 +294,7 @@ def _meta_output(encoder: nn.Module, image_size: int, dtype: torch.dtype):
     meta = {k: torch.empty_like(v, device="meta") for k, v in
             [*encoder.named_parameters(), *encoder.named_buffers()]}
     x = torch.empty(2, 3, image_size, image_size, device="meta", dtype=dtype)
-    with keep_modes(encoder):
+    with _TRACING, keep_modes(encoder):
         encoder.eval()  # eval so BatchNorm does not try to update its (real) running statistics
         return torch.func.functional_call(encoder, meta, (x,))
 
@@ -344,7 +351,7 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
             no_autocast = torch.autocast(device.type, enabled=False)
         except (RuntimeError, ValueError):  # a device type this torch has no autocast for: none to turn off
             no_autocast = contextlib.nullcontext()
-        with keep_modes(encoder), torch.no_grad(), no_autocast:
+        with _TRACING, keep_modes(encoder), torch.no_grad(), no_autocast:
             encoder.eval()  # eval so BatchNorm does not update its running statistics
             try:
                 out = encoder(torch.zeros(2, 3, image_size, image_size, device=device, dtype=dtype))

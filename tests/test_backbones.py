@@ -214,3 +214,30 @@ def test_a_layer_called_twice_is_cut_at_its_last_call():
         for mode in (True, False):
             net.train(mode)
             torch.testing.assert_close(cut_at(net, "act")(x), last)
+
+
+def test_networks_cut_in_threads_at_once_are_traced_and_leave_torch_as_it_was():
+    """A user test: BYOL learners built at once in a thread pool (a sweep) failed with "NameError: module is not
+    installed as a submodule", and from then on every nn.Module call in the process did (torch.fx's tracing
+    patches nn.Module's methods process-wide, and two traces at once restored each other's patches)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from byol.backbones import HiddenLayer
+    original = (nn.Module.__call__, nn.Module.__getattr__)
+    start = threading.Barrier(4)
+
+    def cut(_: int) -> nn.Module:
+        net = resnet("resnet18", cifar_stem=True, width=8)
+        start.wait()
+        encoder = cut_at(net, "avgpool", hook_fallback=False)
+        assert feature_dim(encoder, 32) == 64  # (a network measured while another was traced failed too)
+        return encoder
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            encoders = list(pool.map(cut, range(4)))
+        assert all(isinstance(e, HiddenLayer) for e in encoders)
+        assert (nn.Module.__call__, nn.Module.__getattr__) == original
+    finally:  # (without the fix: the process's nn.Module put back, for the tests after this one)
+        nn.Module.__call__, nn.Module.__getattr__ = original
+    assert encoders[0](torch.rand(2, 3, 32, 32)).shape == (2, 64)
