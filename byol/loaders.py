@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import time
 from typing import Iterable, Iterator, Optional
 
 import torch
@@ -106,11 +107,35 @@ class _SkippingLoader(DataLoader):
                 if images is not None:
                     yield images, labels, indices
         except BaseException as e:  # a Ctrl-C while a batch was awaited: the traceback (a notebook keeps it) holds
+            died = _died_handing_over(batches, e)  # (before they are ended below)
             if not self.persistent_workers:  # them; a kept pass's are its owner's to end (TrainData.close)
                 _end_now(batches)
+            if died is not None:
+                raise died from e
             if _shared_memory_full(e):
                 raise DataError(_no_room_for_batches(self)) from None
             raise
+
+
+def _died_handing_over(batches: Iterator, e: BaseException, wait_s: float = 2.0) -> Optional[RuntimeError]:
+    """torch's own error for a decoding process that died (``DataLoader worker (pid(s) N) exited
+    unexpectedly``, which the command line says in a sentence) where the batch it was handing over failed
+    first: its connection reset (ConnectionError, EOFError) before torch found it gone, and torch raised that
+    instead (a test's SIGKILL, as the out-of-memory killer's: a traceback, once in some runs). None for
+    another error, or where no process has died within ``wait_s``."""
+    if not isinstance(e, (ConnectionError, EOFError)):
+        return None
+    workers = list(getattr(batches, "_workers", []))
+    deadline = time.monotonic() + wait_s
+    while workers:
+        dead = [w for w in workers if not w.is_alive()]
+        if dead:
+            return RuntimeError(f"DataLoader worker (pid(s) {', '.join(str(w.pid) for w in dead)}) exited "
+                                "unexpectedly")
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return None
 
 
 def _end_now(batches: Iterator) -> None:

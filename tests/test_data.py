@@ -6,6 +6,7 @@ import itertools
 import os
 import pickle
 import re
+import signal
 import struct
 import sys
 import tarfile
@@ -1454,6 +1455,30 @@ def test_a_ctrl_c_while_the_decoding_processes_are_busy_ends_them_at_once(tmp_pa
     fault_table("Ctrl-C in Python (KeyboardInterrupt) while the decoding processes are busy with a batch",
                 "KeyboardInterrupt in a second or two, not 10 s and more: the busy decoding processes are killed, "
                 "not awaited")
+
+
+def test_a_decoding_process_killed_while_handing_over_a_batch_is_torch_s_error_for_a_dead_one(tmp_path, monkeypatch):
+    """A user test: the out-of-memory killer's SIGKILL to a decoding process as it handed a batch over reset the
+    connection before torch found the process gone, and torch raised ConnectionResetError: a traceback where
+    the command line says one sentence for a dead decoding process (tests/test_faults.py, once in some runs)."""
+    import multiprocessing
+    from torch.utils.data import dataloader
+    from byol.error_lines import _decoding_process_died
+    from byol.loaders import _SkippingLoader, end_processes, skip_collate
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=8)
+
+    def reset_as_it_dies(self, *args, **kwargs):
+        os.kill(self._workers[0].pid, signal.SIGKILL)
+        raise ConnectionResetError(104, "Connection reset by peer")  # before the process is seen gone
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_try_get_data", reset_as_it_dies)
+    before = set(multiprocessing.active_children())
+    try:
+        with pytest.raises(RuntimeError) as e:
+            list(_SkippingLoader(folder, batch_size=4, num_workers=2, collate_fn=skip_collate))
+    finally:
+        monkeypatch.undo()
+        end_processes(set(multiprocessing.active_children()) - before)
+    assert _decoding_process_died(e.value) is not None, e.value  # (torch's SIGCHLD handler may say it first)
 
 
 def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, monkeypatch, fault_table):
