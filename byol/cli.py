@@ -197,6 +197,7 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
 
 def _evaluate(args, overrides: list[str]) -> int:
     from . import outputs, pipeline
+    from .features import LogLines
     suffix = ("_random_init" if args.random_init else "") + ("_holdout" if args.holdout else "")
     default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
         if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
@@ -204,7 +205,7 @@ def _evaluate(args, overrides: list[str]) -> int:
         outputs.check_writable(args.out or default, source=args.checkpoint, results=True)
         if not args.out:
             _kept_name_writable(default)
-    bars = shows_bars_given(overrides)
+    bars = shows_bars_given(overrides) or LogLines()  # (a log: lines, not a bar's redrawings)
     if args.protocol == "knn":
         result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
                               limit=args.limit, random_init=args.random_init, progress=bars, holdout=args.holdout)
@@ -234,8 +235,9 @@ def _evaluate(args, overrides: list[str]) -> int:
 
 def _embed(args, overrides: list[str]) -> int:
     from . import exports
+    from .features import LogLines
     path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
-                         limit=args.limit, progress=shows_bars_given(overrides))
+                         limit=args.limit, progress=shows_bars_given(overrides) or LogLines())
     if _is_main_process():  # under torchrun, once
         side = [f"{what} in {file}" for what, file in exports.side_files(path)]
         print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))

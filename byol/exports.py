@@ -14,6 +14,7 @@ from .backbones import feature_dim, resnet
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
 from .errors import path_argument
+from .features import named
 from .files import remove_empty_folders, topmost_missing, write_files_atomically
 from .config import Config, config_text
 from .data import DataError
@@ -165,7 +166,8 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     if config.train.precision == "auto" and precision != "float32":  # (a user test could not tell)
         note(f"the embeddings are computed in {precision} (train.precision=auto, and {device} computes bf16 "
              "natively), which differ slightly from float32's; --train.precision=fp32 for those")
-    emb, labels, indices = features(net, config, source, device, progress and "embeddings", f"the encoder of {path}")
+    emb, labels, indices = features(net, config, source, device, named(progress, "embeddings"),
+                                    f"the encoder of {path}")
     paths = [source.path(int(i)) for i in indices] if isinstance(source, ImageFolder) else None
     classes = source.classes if (labels >= 0).any() else None  # classes[label] names label's class
     out = Path(out)

@@ -6,8 +6,10 @@ memory, nor its embeddings more than once.
 """
 
 import functools
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Optional, Sequence, Union
@@ -18,6 +20,7 @@ from torch import nn
 
 from .augment import CIFAR_MEAN as CIFAR10_MEAN, CIFAR_STD as CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD  # the views'
 from .inputs import check_pixel_range
+from .scan import SCAN_NOTES
 
 __all__ = ["extract_features", "center_crop", "bar_shape", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
            "CIFAR10_STD"]
@@ -30,11 +33,67 @@ def _device_of(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+class LogLines(str):
+    """``progress=LogLines()``: no bar, but what one would show as a note line every so often (after 5 s, then
+    every 30 s, and at the end: :class:`~byol.scan.SlowNotes`' times), for a log, which a bar's redrawings
+    would fill (the command line's eval and embed where stderr is no terminal: a user test's eval of 50,000
+    images said nothing for 72 s). True, whatever it names."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def named(progress: Union[bool, str], name: str) -> Union[bool, str]:
+    """``progress`` with its bar named ``name``: False (no bar) stays so, and :class:`LogLines` stays lines."""
+    if isinstance(progress, LogLines):
+        return LogLines(name)
+    return progress and name
+
+
+class _NoteLines:
+    """The bar of :class:`LogLines`: tqdm's ``update`` and ``close``, said in note lines."""
+
+    def __init__(self, name: str, total: Optional[int], unit: str):
+        self.name, self.total, self.unit, self.every = name, total, unit, SCAN_NOTES
+        self.count, self.start, self.said = 0, time.monotonic(), False
+        self.next = self.start + self.every[0]
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now >= self.next:
+            rate = self.count / (now - self.start)
+            left = f", about {_clock((self.total - self.count) / rate)} left" if self.total and rate > 0 else ""
+            of = f" of {self.total:,}" if self.total else ""
+            self._say(f"{self.count:,}{of} {self._units()}, {now - self.start:.0f} s, "
+                      f"{rate:,.{1 if rate < 100 else 0}f} {self.unit}/s{left}")
+            self.next, self.said = now + self.every[1], True
+
+    def close(self) -> None:
+        if self.said:
+            self._say(f"{self.count:,} {self._units()} in {time.monotonic() - self.start:.0f} s")
+
+    def _units(self) -> str:
+        return {"img": "images"}.get(self.unit, self.unit + "s")
+
+    def _say(self, what: str) -> None:
+        print(f"note: {self.name}: {what}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(math.ceil(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
 def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
-    """A tqdm bar on stderr when ``progress`` is true (a string names it), else None."""
+    """A tqdm bar on stderr when ``progress`` is true (a string names it), note lines for :class:`LogLines`,
+    else None."""
     if not progress:
         return None
-    return tqdm_bar(total=total, unit=unit, desc=progress if isinstance(progress, str) else default, leave=False)
+    name = (str(progress) or default) if isinstance(progress, str) else default  # (LogLines() is true, named "")
+    if isinstance(progress, LogLines):
+        return _NoteLines(name, total, unit)
+    return tqdm_bar(total=total, unit=unit, desc=name, leave=False)
 
 
 def tqdm_bar(**kwargs):

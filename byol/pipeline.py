@@ -27,6 +27,7 @@ from .distributed import note
 from .encoders import load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
 from .evaluate import knn_accuracy, linear_probe, nonfinite_rows
+from .features import named
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
 from .train_data import held_out
@@ -299,8 +300,8 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
     train, test = labeled_splits(config, limit, holdout)
     held = Path(test.root).name if isinstance(test, ImageFolder) else "held-out train" if holdout else "test"
     weights = f"the {'random-init ' if random_init else ''}encoder of {path}"
-    train_f, train_y, _ = features(net, config, train, device, progress and "train features", weights)
-    test_f, test_y, _ = features(net, config, test, device, progress and f"{held} features", weights)
+    train_f, train_y, _ = features(net, config, train, device, named(progress, "train features"), weights)
+    test_f, test_y, _ = features(net, config, test, device, named(progress, f"{held} features"), weights)
     info = {"n_train": len(train_f), "n_test": len(test_f), "test_split": held,
             "data_root": os.path.abspath(os.path.expanduser(config.data.root)), **origin,
             "random_init": random_init, "feature_dim": train_f.shape[1],

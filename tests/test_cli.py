@@ -1063,6 +1063,30 @@ def test_eval_and_embed_show_progress_on_a_terminal_only(capsys, trained, tmp_pa
     assert capsys.readouterr().err == ""
 
 
+def test_eval_and_embed_say_how_far_they_are_in_lines_where_no_bar_is_drawn(capsys, trained, tmp_path, monkeypatch):
+    """A user test on a large folder: eval knn of 50,000 images said nothing for 72 s in a log (no bar there).
+    Where no bar is drawn, a note line says how far each pass is (after 5 s, then every 30 s: here at once)."""
+    import sys
+    import byol.features
+    from byol.cli import main
+    monkeypatch.setattr(byol.features, "SCAN_NOTES", (0.0, 0.0))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    assert main(["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--train.device=cpu",
+                 "--out", str(tmp_path / "l.json")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "/40 [" not in err, err  # no bar
+    for pass_ in (r"train features: \d+ of 40 images, \d+ s, [\d,.]+ img/s, about \d:\d\d:\d\d left",
+                  r"train features: 40 images in \d+ s", r"test features: 40 images in \d+ s",
+                  r"linear probe: 1 of 2 epochs, \d+ s, [\d,.]+ epoch/s, about \d:\d\d:\d\d left"):
+        assert re.search(f"^note: {pass_}$", err, re.M), (pass_, err)
+    assert main(["embed", str(ckpt), "--out", str(tmp_path / "e.npy"), "--limit", "8"]) == 0
+    assert re.search(r"^note: embeddings: 8 images in \d+ s$", capsys.readouterr().err, re.M)
+    assert main(["eval", "knn", str(ckpt), "--limit", "40", "--train.progress=true",
+                 "--out", str(tmp_path / "k.json")]) == 0
+    assert "note: train features" not in capsys.readouterr().err  # a bar, where one is asked for
+
+
 def test_pretrain_help_shows_examples_with_real_presets(capsys):
     from byol.cli import main
     with pytest.raises(SystemExit) as exit_:
@@ -1620,7 +1644,7 @@ def test_the_last_train_progress_given_to_eval_and_embed_is_taken(monkeypatch, t
     for first, last in (("true", "false"), ("false", "true")):
         assert main(["eval", "knn", str(tmp_path / "x.pt"), "--out", os.devnull, f"--train.progress={first}",
                      f"--train.progress={last}"]) == 0
-        assert given[-1]["progress"] is (last == "true")
+        assert given[-1]["progress"] is True if last == "true" else type(given[-1]["progress"]).__name__ == "LogLines"
 
 
 @pytest.mark.parametrize("classes, always", [(5, True), (6, False)])
