@@ -71,7 +71,7 @@ class ImageFolder(Dataset):
         # others: files left out, by extension (".heic": 3); runs: run folders left out, relative to root
         rel_paths, self.others, self.runs, self.links_out, self.unreadable = scan(self.root)
         if not rel_paths:
-            raise _no_image_files(self.root)
+            raise _no_image_files(self.root, self.others)
         top = [p.split(os.sep, 1)[0] if os.sep in p else None for p in rel_paths]
         in_classes = all(t is not None for t in top)
         if labeled is True and not in_classes:
@@ -198,9 +198,7 @@ class ImageFolder(Dataset):
         .txt 1) in ROOT are left out: ..."), the most common first (None: there were none)."""
         if not self.others:
             return None
-        ranked = sorted(self.others.items(), key=lambda kv: (-kv[1], kv[0]))
-        listed = ", ".join(f"{ext} {n}" for ext, n in ranked[:6]) + (", ..." if len(ranked) > 6 else "")
-        total = sum(self.others.values())
+        listed, total = _by_extension(self.others), sum(self.others.values())
         if total == 1:
             return (f"1 file ({listed}) in {self.root} is left out: its name does not end in the extension of an "
                     "image format Pillow opens (.jpg, .png, .webp, ...)")
@@ -265,9 +263,9 @@ def class_names(root: Union[str, Path]) -> Optional[list[str]]:
     Raises:
         DataError: as ImageFolder's, where ``root`` is no folder or has no image files."""
     root = _image_root(root)
-    found = scan(root, one_per_class=True)[0]
+    found, others, *_ = scan(root, one_per_class=True)
     if not found:
-        raise _no_image_files(root)
+        raise _no_image_files(root, others)
     return sorted({p.split(os.sep, 1)[0] for p in found if os.sep in p}) or None
 
 
@@ -284,9 +282,18 @@ def _absolute(root: Union[str, Path]) -> str:
     return os.path.abspath(os.path.expanduser(root))
 
 
-def _no_image_files(root: str) -> DataError:
+def _no_image_files(root: str, others: dict[str, int]) -> DataError:
+    """The error for a folder with no image files; ``others``: its other files, by extension (a user test: a
+    folder of .txt files was said to hold nothing)."""
+    held = f"; it holds {sum(others.values()):,} other files ({_by_extension(others)})" if others else ""
     return DataError(f"no image files found in {root} or its subfolders (looked for .jpg, .jpeg, .png, .webp, "
-                     ".bmp, .tif and the other formats Pillow opens)")
+                     f".bmp, .tif and the other formats Pillow opens){held}")
+
+
+def _by_extension(others: dict[str, int]) -> str:
+    """Files counted by extension, the most common first: ".txt 800, .json 2" (six at most, then "...")."""
+    ranked = sorted(others.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{ext} {n:,}" for ext, n in ranked[:6]) + (", ..." if len(ranked) > 6 else "")
 
 
 def escape_name(name: str) -> str:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.datasets import build_dataset, load_cifar, load_stl10
-from byol.folder import ImageFolder, Skipped, labeled_folders
+from byol.folder import ImageFolder, Skipped, class_names, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image
 from byol.scan import PackedNames
@@ -931,8 +931,16 @@ def test_image_folder_labels_and_errors(tmp_path):
 
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "notes.txt").write_text("hi")
-    with pytest.raises(DataError, match="no image files found"):
-        ImageFolder(tmp_path / "empty", size=8)
+    for name in ("a.json", "b.json", "README"):
+        (tmp_path / "empty" / name).write_text("{}")
+    # what it holds said (a user test on a folder of .txt files: "no image files found" alone)
+    for find in (lambda: ImageFolder(tmp_path / "empty", size=8), lambda: class_names(tmp_path / "empty")):
+        with pytest.raises(DataError, match=r"^no image files found in .*empty or its subfolders \(looked for .*\); "
+                                            r"it holds 4 other files \(.json 2, .txt 1, no extension 1\)$"):
+            find()
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match=r"Pillow opens\)$"):
+        ImageFolder(tmp_path / "none", size=8)
     with pytest.raises(DataError, match="does not exist"):
         ImageFolder(tmp_path / "missing", size=8)
     (tmp_path / "nested" / "a" / "bad.png").write_bytes(b"")
