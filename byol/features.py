@@ -6,7 +6,6 @@ memory, nor its embeddings more than once.
 """
 
 import functools
-import math
 import os
 import sys
 import time
@@ -62,8 +61,8 @@ class _NoteLines:
         self.count += n
         now = time.monotonic()
         if now >= self.next:
-            rate = self.count / (now - self.start)
-            left = f", about {_clock((self.total - self.count) / rate)} left" if self.total and rate > 0 else ""
+            rate = self.count / max(now - self.start, 1e-6)
+            left = f", about {duration((self.total - self.count) / rate)} left" if self.total and rate > 0 else ""
             of = f" of {self.total:,}" if self.total else ""
             self._say(f"{self.count:,}{of} {self._units()}, {now - self.start:.0f} s, "
                       f"{rate:,.{1 if rate < 100 else 0}f} {self.unit}/s{left}")
@@ -80,9 +79,11 @@ class _NoteLines:
         print(f"note: {self.name}: {what}", file=sys.stderr, flush=True)
 
 
-def _clock(seconds: float) -> str:
-    minutes, s = divmod(math.ceil(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+def duration(seconds: float) -> str:
+    """``seconds`` as h:mm:ss."""
+    minutes, s = divmod(round(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: str):

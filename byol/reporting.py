@@ -14,7 +14,7 @@ import torch
 from .build import end_step_of, schedule_of
 from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig, yaml_word
 from .errors import ByolError
-from .features import tqdm_bar
+from .features import duration, tqdm_bar  # (duration: the cli imports it from here)
 from .folder import held_out_folder
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
@@ -187,13 +187,6 @@ def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batc
     at = f" (step {report.last_step})" if report.last_step != step else ""
     shown = (f", loss {loss:.4f}{at}" if loss is not None else "") + (f", kNN {knn:.2f}%" if knn is not None else "")
     return (f"epoch {epoch}/{epochs} (step {step}/{end_step}){shown}, {rate * batch_size:,.1f} img/s{left}")
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as h:mm:ss."""
-    minutes, s = divmod(round(seconds), 60)
-    h, m = divmod(minutes, 60)
-    return f"{h}:{m:02d}:{s:02d}"
 
 
 def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:
