@@ -107,9 +107,11 @@ class _SkippingLoader(DataLoader):
                 if images is not None:
                     yield images, labels, indices
         except BaseException as e:  # a Ctrl-C while a batch was awaited: the traceback (a notebook keeps it) holds
-            died = _died_handing_over(batches, e)  # (before they are ended below)
-            if not self.persistent_workers:  # them; a kept pass's are its owner's to end (TrainData.close)
-                _end_now(batches)
+            try:  # them; a kept pass's are its owner's to end (TrainData.close)
+                died = _died_handing_over(batches, e)  # (before they are ended below)
+            finally:  # also where torch's SIGCHLD handler raises during that wait (a process died): the others
+                if not self.persistent_workers:  # were left running, and a script's exit waited on them for ever
+                    _end_now(batches)
             if died is not None:
                 raise died from e
             if _shared_memory_full(e):

@@ -1455,7 +1455,7 @@ def test_a_ctrl_c_while_the_decoding_processes_are_busy_ends_them_at_once(tmp_pa
         start = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             load_folder_tensor(folder, workers=2)
-        assert time.monotonic() - start < 3.5
+        assert time.monotonic() - start < 8  # (1 s; torch's own shutdown: 10 s and more; a loaded machine: room)
         assert set(multiprocessing.active_children()) <= before
     finally:
         monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_try_get_data", real)
@@ -1483,6 +1483,9 @@ def test_a_decoding_process_killed_while_handing_over_a_batch_is_torch_s_error_f
     try:
         with pytest.raises(RuntimeError) as e:
             list(_SkippingLoader(folder, batch_size=4, num_workers=2, collate_fn=skip_collate))
+        # the other process ended too, while the traceback is held (torch's SIGCHLD handler raised during the
+        # wait for the dead one and skipped the ending: a script's exit then waited on it for ever)
+        assert set(multiprocessing.active_children()) <= before
     finally:
         monkeypatch.undo()
         end_processes(set(multiprocessing.active_children()) - before)
