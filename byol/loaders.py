@@ -111,7 +111,7 @@ class _SkippingLoader(DataLoader):
                 died = _died_handing_over(batches, e)  # (before they are ended below)
             finally:  # also where torch's SIGCHLD handler raises during that wait (a process died): the others
                 if not self.persistent_workers:  # were left running, and a script's exit waited on them for ever
-                    _end_now(batches)
+                    end_now(batches)
             if died is not None:
                 raise died from e
             if _shared_memory_full(e):
@@ -140,11 +140,12 @@ def _died_handing_over(batches: Iterator, e: BaseException, wait_s: float = 2.0)
     return None
 
 
-def _end_now(batches: Iterator) -> None:
-    """End a pass's decoding processes now, busy ones too: torch's own shutdown waits 5 s for each to finish
-    its batch, then sends SIGTERM, which they ignore, and waits 5 s more (a user test: a Ctrl-C while 256 big
-    photos a batch were decoded was acted on 15 s later, with 2 processes). Their pids are taken back first:
-    killed, they would fail this process ("DataLoader worker ... is killed by signal")."""
+def end_now(batches: Iterator) -> None:
+    """End a pass's decoding processes now (``batches``: a DataLoader's iterator, a kept one's too), busy ones
+    too: torch's own shutdown waits 5 s for each to finish its batch, then sends SIGTERM, which they ignore,
+    and waits 5 s more (a user test: a Ctrl-C while 256 big photos a batch were decoded was acted on 15 s
+    later, with 2 processes). Their pids are taken back first: killed, they would fail this process
+    ("DataLoader worker ... is killed by signal")."""
     if getattr(batches, "_worker_pids_set", False):
         torch.utils.data._utils.signal_handling._remove_worker_pids(id(batches))
         batches._worker_pids_set = False

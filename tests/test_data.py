@@ -1465,6 +1465,34 @@ def test_a_ctrl_c_while_the_decoding_processes_are_busy_ends_them_at_once(tmp_pa
                 "not awaited")
 
 
+def test_a_training_run_s_kept_decoding_processes_are_ended_at_once_busy_or_not(tmp_path, monkeypatch):
+    """A review: a run stopped by a signal (or ended) closed its kept decoding processes with torch's shutdown,
+    which waits 5 s for each busy one and 5 s more after a SIGTERM they ignore (TrainData.close)."""
+    import multiprocessing
+    import time
+    import types
+    from byol import folder as folder_module
+    from byol.loaders import _SkippingLoader, end_processes, skip_collate
+    from byol.train_data import TrainData
+    from torch.utils.data import DataLoader
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
+
+    def slow_decode(path, size):  # a big photo's decoding, in the (forked) decoding processes
+        time.sleep(60)
+    monkeypatch.setattr(folder_module, "decode_image", slow_decode)
+    before = set(multiprocessing.active_children())
+    loader = _SkippingLoader(folder, batch_size=4, num_workers=2, collate_fn=skip_collate, persistent_workers=True)
+    try:
+        DataLoader.__iter__(loader)  # the processes started and given their first batches (kept: _iterator)
+        time.sleep(0.5)
+        start = time.monotonic()
+        TrainData.close(types.SimpleNamespace(batches=loader))
+        assert time.monotonic() - start < 5  # (0.02 s; torch's own shutdown: 10 s and more)
+        assert set(multiprocessing.active_children()) <= before and loader._iterator is None
+    finally:
+        end_processes(set(multiprocessing.active_children()) - before)
+
+
 def test_a_decoding_process_killed_while_handing_over_a_batch_is_torch_s_error_for_a_dead_one(tmp_path, monkeypatch):
     """A user test: the out-of-memory killer's SIGKILL to a decoding process as it handed a batch over reset the
     connection before torch found the process gone, and torch raised ConnectionResetError: a traceback where
