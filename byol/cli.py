@@ -317,11 +317,15 @@ def _main(argv: Optional[list[str]]) -> int:
     except UsageError as e:
         error_lines.say_error(e, everywhere=False)
         return 2
+    # Under torchrun the signal reaches every process (torchrun passes it on; a terminal's Ctrl-C, a scheduler's
+    # cancel), and a process that torchrun stops after another failed was not stopped by the user: rank 0 says it.
     except KeyboardInterrupt as e:  # (a second Ctrl-C's says what it cost)
-        print(f"byol: interrupted{': ' if str(e) else ''}{e}", file=sys.stderr)
+        if error_lines.launch_rank() == 0:
+            print(f"byol: interrupted{': ' if str(e) else ''}{e}", file=sys.stderr)
         return 130
     except _Terminated as e:
-        print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+        if error_lines.launch_rank() == 0:
+            print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
         code = error_lines.say(e)

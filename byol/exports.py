@@ -364,8 +364,9 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     made = topmost_missing(out_dir.absolute())
     try:
         with writing(out_dir):
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_files_atomically(files)  # in memory first: torch's own writer aborts the process on a full disk
+            if dist.rank() == 0:  # under torchrun, once (every process wrote every file)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_files_atomically(files)  # in memory first: torch's own writer aborts the process on a full disk
     except BaseException:  # the folders made for it go too (a user test: an empty one was left on a full disk)
         if made is not None:
             remove_empty_folders(out_dir.absolute(), made)

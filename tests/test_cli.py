@@ -1119,6 +1119,29 @@ def test_under_torchrun_an_error_is_said_once_or_by_rank(capsys, monkeypatch, tm
     assert capsys.readouterr().err.startswith("byol: error (rank 1): ")
 
 
+def test_under_torchrun_a_stop_is_said_once(capsys, monkeypatch):
+    """torchrun passes a SIGTERM (or Ctrl-C) on to every process, and stops the others with a SIGTERM when one
+    fails: each said 'byol: terminated (SIGTERM)' (a user test: twice for one scancel; and after rank 0's
+    error, rank 1's line read as if the job had been cancelled). Rank 0 alone says it; the codes are kept."""
+    import signal
+    import time
+    from byol import cli
+
+    def terminated(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises first
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    for run, code, said in ((terminated, 143, "byol: terminated (SIGTERM)\n"),
+                            (interrupted, 130, "byol: interrupted\n")):
+        monkeypatch.setattr(cli, "run", run)
+        for rank, err in (("0", said), ("1", "")):
+            monkeypatch.setenv("RANK", rank)
+            assert cli.main(["pretrain"]) == code
+            assert capsys.readouterr().err == err
+
+
 def test_eval_and_embed_help_name_every_setting_they_read(capsys):
     from byol.cli import main
     from byol.pipeline import SETTINGS_READ

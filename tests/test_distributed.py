@@ -144,6 +144,43 @@ def test_ddp_checkpoint_lists_the_bad_files_of_every_rank_before_the_run_ends(tm
     assert sorted(line.split("\t")[0].rsplit("/", 1)[-1] for line in skipped) == ["corrupt.jpg", "empty.jpg"]
 
 
+WRITES_LOGGED = '''
+import os
+import sys
+
+from byol import cli, files
+
+replace = files._replace
+
+
+def logged(tmp, path, *args):
+    with open(sys.argv[1], "a") as log:
+        log.write(f"{os.environ['RANK']} {path.name}\\n")
+    replace(tmp, path, *args)
+
+
+files._replace = logged
+sys.exit(cli.main(sys.argv[2:]))
+'''
+
+
+@pytest.mark.slow
+def test_ddp_export_writes_its_files_once(tmp_path, cifar10_root):
+    """Under torchrun every process exported, each writing every file over the other's (a user test)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    byol("pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}", "--augment.preset=none",
+         "--train.knn_every=-1", *tiny_overrides(tmp_path / "run", **{"train.max_steps": 1}))
+    script, log = tmp_path / "logged.py", tmp_path / "writes.txt"
+    script.write_text(WRITES_LOGGED)
+    command = torchrun_command(2, "export", ckpt, "--out", tmp_path / "export")
+    command[command.index("-m", 2):command.index("export")] = [str(script), str(log)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=torchrun_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(log.read_text().split("\n")[:-1]) == [
+        "0 config.yaml", "0 encoder.pt", "0 encoder_torchscript.pt", "0 export.json"]
+    assert proc.stdout.count("exported") == 1
+
+
 @pytest.mark.slow
 def test_ddp_resume_in_a_folder_epoch_with_undecodable_batches_trains_as_the_uninterrupted_run(tmp_path):
     """Each rank starts its resumed epoch at its batch without decoding those before; where whole
