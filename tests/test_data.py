@@ -322,6 +322,29 @@ def test_stl10_images_and_labels_of_different_counts_name_both_files(tmp_path):
 
 # ----------------------------------------------------------------------------------- missing / download
 
+def test_missing_files_name_the_ones_lacking_beside_those_there(tmp_path):
+    """A user test: stl10_binary without unlabeled_X.bin, pretraining on train+unlabeled, was said only as
+    the three files expected (the two that were there among them); so was a CIFAR folder without one batch."""
+    stl = tmp_path / "stl10_binary"
+    stl.mkdir()
+    np.zeros((2, 3, 96, 96), np.uint8).tofile(stl / "train_X.bin")
+    np.array([1, 2], np.uint8).tofile(stl / "train_y.bin")
+    with pytest.raises(DataError, match=re.escape(f"in {tmp_path} ({stl} lacks unlabeled_X.bin); put the files")):
+        load_stl10(tmp_path, "train+unlabeled")
+    np.zeros((2, 3, 96, 96), np.uint8).tofile(stl / "test_X.bin")
+    with pytest.raises(DataError, match=re.escape(f"in {stl} ({stl} lacks test_y.bin); put the files")):
+        load_stl10(stl, "test")  # the layout folder itself as the root
+    cifar = tmp_path / "cifar-10-batches-bin"
+    cifar.mkdir()
+    for i in (1, 2, 4, 5):
+        np.zeros((1, 3073), np.uint8).tofile(cifar / f"data_batch_{i}.bin")
+    with pytest.raises(DataError, match=re.escape(f"({cifar} lacks data_batch_3.bin)")):
+        load_cifar(tmp_path, "cifar10", "train")
+    with pytest.raises(DataError) as e:  # none of a split's files there: the files expected say it
+        load_cifar(tmp_path, "cifar10", "test")
+    assert "lacks" not in str(e.value)
+
+
 def test_missing_files_say_what_and_where(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar(tmp_path, "cifar10", "train")
