@@ -244,6 +244,17 @@ def note_train_split(config: Config) -> None:
               f"train)", file=sys.stderr)
 
 
+def note_stl10_views(config: Config) -> None:
+    """STL-10 trained on views of another size than its 96x96 images, which the kNN monitor, ``byol eval`` and
+    ``embed`` take whole (a user test: ``--data.dataset=stl10`` with the default cifar10 preset trained on
+    32x32 views with the CIFAR stem, and said nothing of it)."""
+    d = config.data
+    if d.dataset == "stl10" and d.image_size != 96:
+        print(f"note: the views are {d.image_size}x{d.image_size} (data.image_size) while the kNN monitor, byol "
+              "eval and embed take STL-10's images whole, at 96x96; --config stl10 has STL-10's settings (96x96 "
+              "views, the ImageNet stem, ImageNet's mean and std)", file=sys.stderr)
+
+
 def note_no_augmentation(config: Config) -> None:
     """``augment.preset=none``: both views the same image, from which BYOL has nothing to learn (a user
     test trained on it without a word); an ablation, so said (at every start), not refused."""

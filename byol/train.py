@@ -30,7 +30,8 @@ from .metrics import MetricsLog
 from .model import BYOL
 from .optim import build_optimizer
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_no_augmentation, note_train_split, note_unused_optim, note_warmup, progress_bar)
+                        note_no_augmentation, note_stl10_views, note_train_split, note_unused_optim, note_warmup,
+                        progress_bar)
 from .resume import load_resumed, restore
 from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
 from .saving import Checkpoints
@@ -321,6 +322,7 @@ def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torc
         note_warmup(config, len(data.batches))
         note_unused_optim(config)
         note_no_augmentation(config)  # (a resume may have changed the preset to none)
+        note_stl10_views(config)
         if resume_step is None:
             note_train_split(config)
     if resume_step is not None and data.folder is not None:  # every rank's: its resumed epoch starts after

@@ -58,6 +58,16 @@ def test_stl10_pretrained_on_its_labeled_images_alone_gets_a_note(tmp_path, caps
     assert "note: this run pretrains on STL-10's labeled train split alone" in capsys.readouterr().err
 
 
+def test_stl10_trained_on_views_of_another_size_than_its_images_gets_a_note(tmp_path, capsys):
+    """A user test: --data.dataset=stl10 with the default (cifar10) preset trained on 32x32 views with the CIFAR
+    stem, while the kNN monitor, eval and embed take the 96x96 images whole, and nothing said so."""
+    said = "note: the views are 32x32 (data.image_size) while the kNN monitor, byol eval and embed take STL-10's"
+    for size, noted in ((32, True), (96, False)):  # (96: the preset's)
+        (tmp_path / str(size)).mkdir()
+        pretrain(two_steps("stl10", tmp_path / str(size), f"--data.image_size={size}", *NARROW))
+        assert (said in capsys.readouterr().err) is noted
+
+
 def test_pretraining_with_no_augmentation_gets_a_note(tmp_path, capsys):
     """A user test: --augment.preset=none trained BYOL on two identical views without a word."""
     pretrain(two_steps("cifar10-cpu", tmp_path, "--augment.preset=none", "--train.knn_every=-1", *NARROW))
