@@ -8,6 +8,7 @@ batches before (:func:`start_pass_at`), and a folder, or a process's share of it
 import errno
 import itertools
 import multiprocessing
+import multiprocessing.util
 import os
 import shutil
 import signal
@@ -92,6 +93,8 @@ class _SkippingLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         before = set(multiprocessing.active_children())
+        if self.num_workers > 0:  # the folder of the socket a decoding process hands its batches over by: this
+            multiprocessing.util.get_temp_dir()  # process's (one of its own stays in /tmp where end_now kills it)
         try:
             batches = super().__iter__()  # starts the decoding processes (or takes the kept ones)
         except BaseException as e:  # also a Ctrl-C while they start: torch's half-built iterator ends none of them

@@ -1516,6 +1516,32 @@ def test_a_training_run_s_kept_decoding_processes_are_ended_at_once_busy_or_not(
         end_processes(set(multiprocessing.active_children()) - before)
 
 
+def test_decoding_processes_ended_at_once_leave_no_folder_in_tmp(tmp_path, monkeypatch):
+    """A review: a decoding process hands its batches over by multiprocessing's resource sharer, whose socket
+    is in a folder that the process makes (/tmp/pymp-*) and removes at its exit; killed (TrainData.close at
+    every run's end, a Ctrl-C's pass), it left the folder behind, one a process and run (measured: 2 a run
+    with 2). They take this process's, removed at its exit (checked as the folder they are started with: a
+    look at /tmp would count other programs' folders)."""
+    import multiprocessing
+    import multiprocessing.process
+    import types
+    from byol.loaders import _SkippingLoader, end_processes, skip_collate
+    from byol.train_data import TrainData
+    folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=8)
+    # as in a fresh process (an earlier test may have made this one's folder)
+    monkeypatch.delitem(multiprocessing.process.current_process()._config, "tempdir", raising=False)
+    before = set(multiprocessing.active_children())
+    loader = _SkippingLoader(folder, batch_size=2, num_workers=2, collate_fn=skip_collate, persistent_workers=True)
+    try:
+        next(iter(loader))
+        started_with = [w._config.get("tempdir") for w in loader._iterator._workers]
+    finally:
+        TrainData.close(types.SimpleNamespace(batches=loader))
+        end_processes(set(multiprocessing.active_children()) - before)
+    own = multiprocessing.process.current_process()._config.get("tempdir")
+    assert own is not None and started_with == [own, own]
+
+
 def test_a_decoding_process_killed_while_handing_over_a_batch_is_torch_s_error_for_a_dead_one(tmp_path, monkeypatch):
     """A user test: the out-of-memory killer's SIGKILL to a decoding process as it handed a batch over reset the
     connection before torch found the process gone, and torch raised ConnectionResetError: a traceback where
