@@ -117,10 +117,10 @@ def _pretrain(args, overrides: list[str]) -> int:
     if resume == "auto":
         from .run_folder import resumes
         located = load_config(preset, overrides + extra)
-        if args.config is not None:  # a moved run's config.yaml: refused as --resume refuses it, not a new run
-            from .resume import refuse_another_runs_config  # started in the folder it names
-            refuse_another_runs_config(preset, overrides + extra, located)
         continues = resumes(resume, located.train.out_dir)
+        if not continues and args.config is not None:  # a moved run's config.yaml: refused as --resume refuses
+            from .resume import refuse_another_runs_config  # it (resume_config, where the run goes on), not a new
+            refuse_another_runs_config(preset, overrides + extra, located)  # run started in the folder it names
     else:
         continues = resume
     if continues:
@@ -149,7 +149,7 @@ def stop_line(results: dict) -> str:
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     """The closing table of a run: its steps, loss, warnings, kNN against random init, folder."""
-    from .reporting import duration
+    from .features import duration
     from .run_folder import warnings_summary
     rows = [("steps", str(results["step"]))]
     if "loss" in results:  # not for a finished run resumed

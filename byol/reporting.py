@@ -14,7 +14,8 @@ import torch
 from .build import end_step_of, schedule_of
 from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig, yaml_word
 from .errors import ByolError
-from .features import duration, tqdm_bar  # (duration: the cli imports it from here)
+from .features import duration, tqdm_bar
+from .datasets import NATIVE_SIZE
 from .folder import held_out_folder
 from .loaders import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
@@ -249,7 +250,7 @@ def note_stl10_views(config: Config) -> None:
     ``embed`` take whole (a user test: ``--data.dataset=stl10`` with the default cifar10 preset trained on
     32x32 views with the CIFAR stem, and said nothing of it)."""
     d = config.data
-    if d.dataset == "stl10" and d.image_size != 96:
+    if d.dataset == "stl10" and d.image_size != NATIVE_SIZE["stl10"]:
         print(f"note: the views are {d.image_size}x{d.image_size} (data.image_size) while the kNN monitor, byol "
               "eval and embed take STL-10's images whole, at 96x96; --config stl10 has STL-10's settings (96x96 "
               "views, the ImageNet stem, ImageNet's mean and std)", file=sys.stderr)

@@ -583,3 +583,8 @@ def test_resume_auto_from_the_config_of_a_moved_run_does_not_start_a_new_one_whe
     assert not taken
     said = capsys.readouterr().err  # no run where it was: the folder with the run alone is offered
     assert said.endswith(f"give --train.out_dir={moved} to resume this one\n"), said
+    (original / "checkpoints").mkdir(parents=True)  # a copy, the original run still there: refused where it
+    (original / "checkpoints" / "last.pt").write_bytes(b"")  # continues too (by resume_config)
+    assert main(["pretrain", "--resume=auto", "--config", str(moved / "config.yaml")]) == 2
+    assert not taken
+    assert capsys.readouterr().err.endswith(f"or --train.out_dir={original} for that one\n")

@@ -1732,7 +1732,7 @@ def test_a_slow_first_batch_is_the_start_up_not_a_slow_feed(tmp_path, cifar10_ro
 
 def test_a_duration_is_hours_minutes_and_seconds():
     """The closing table's time and the epoch line's time left (a mutation audit: no test reached an hour)."""
-    from byol.reporting import duration
+    from byol.features import duration
     assert [duration(s) for s in (0, 59.6, 61, 3599, 3600, 3725, 90061)] == [
         "0:00:00", "0:01:00", "0:01:01", "0:59:59", "1:00:00", "1:02:05", "25:01:01"]
 
