@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, _bar, bar_shape, center_crop,
-                       extract_features)
+from .features import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, bar_shape, center_crop,
+                       extract_features, shown)
 
 __all__ = ["knn_classify", "knn_accuracy", "linear_probe",  # and byol.features' names, which were defined here:
            "extract_features", "center_crop", "bar_shape", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
@@ -182,22 +182,20 @@ def _fit_linear(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, y: torch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(x) / batch_size))
     gen = torch.Generator().manual_seed(seed)  # CPU generator: the same order on every device
     total = torch.zeros((), device=x.device)
-    bar = _bar(progress, epochs, "epoch", "linear probe")
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen).to(x.device)
-        total.zero_()
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(head((x[idx] - mean) / std), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)  # no host sync per step
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+    with shown(progress, epochs, "epoch", "linear probe") as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=gen).to(x.device)
+            total.zero_()
+            for i in range(0, len(x), batch_size):
+                idx = perm[i:i + batch_size]
+                loss = F.cross_entropy(head((x[idx] - mean) / std), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.detach() * len(idx)  # no host sync per step
+            if bar is not None:
+                bar.update()
     return head, float(total) / len(x)
 
 

@@ -5,6 +5,7 @@ they come, their rows written into one tensor, so a loader over a large folder n
 memory, nor its embeddings more than once.
 """
 
+import contextlib
 import functools
 import os
 import sys
@@ -54,7 +55,7 @@ class _NoteLines:
 
     def __init__(self, name: str, total: Optional[int], unit: str):
         self.name, self.total, self.unit, self.every = name, total, unit, SCAN_NOTES
-        self.count, self.start, self.said = 0, time.monotonic(), False
+        self.count, self.start, self.said, self.cut_short = 0, time.monotonic(), False, False
         self.next = self.start + self.every[0]
 
     def update(self, n: int = 1) -> None:
@@ -69,8 +70,14 @@ class _NoteLines:
             self.next, self.said = now + self.every[1], True
 
     def close(self) -> None:
-        if self.said:
-            self._say(f"{self.count:,} {self._units()} in {time.monotonic() - self.start:.0f} s")
+        if not self.said:
+            return
+        spent = f"{time.monotonic() - self.start:.0f} s"
+        if self.cut_short:  # by an error or a signal: not "N images in X s", as if they were all
+            of = f" of {self.total:,}" if self.total else ""
+            self._say(f"stopped after {self.count:,}{of} {self._units()}, {spent}")
+        else:
+            self._say(f"{self.count:,} {self._units()} in {spent}")
 
     def _units(self) -> str:
         return {"img": "images"}.get(self.unit, self.unit + "s")
@@ -86,15 +93,24 @@ def duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def _bar(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
-    """A tqdm bar on stderr when ``progress`` is true (a string names it), note lines for :class:`LogLines`,
-    else None."""
+@contextlib.contextmanager
+def shown(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
+    """A tqdm bar on stderr while the block runs when ``progress`` is true (a string names it), note lines for
+    :class:`LogLines`, else None; closed at the block's end, the lines saying where a block that raised stopped."""
     if not progress:
-        return None
+        yield None
+        return
     name = (str(progress) or default) if isinstance(progress, str) else default  # (LogLines() is true, named "")
-    if isinstance(progress, LogLines):
-        return _NoteLines(name, total, unit)
-    return tqdm_bar(total=total, unit=unit, desc=name, leave=False)
+    bar = _NoteLines(name, total, unit) if isinstance(progress, LogLines) else tqdm_bar(
+        total=total, unit=unit, desc=name, leave=False)
+    try:
+        yield bar
+    except BaseException:
+        if isinstance(bar, _NoteLines):
+            bar.cut_short = True
+        raise
+    finally:
+        bar.close()
 
 
 def tqdm_bar(**kwargs):
@@ -204,16 +220,14 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     encoder.eval()
     is_tensor = isinstance(images, torch.Tensor)
     total = len(images) if is_tensor else _items_of(images)
-    bar = _bar(progress, total, "img", "features")
     embed = partial(_embed, encoder, device=device, mean=mean_t, std=std_t, size=size, amp_dtype=amp_dtype, crop=crop)
-    try:
-        if is_tensor:
-            return _tensor_features(embed, images, batch_size, bar)
-        out = _batch_features(embed, images, total, bar)
-    finally:
-        encoder.train(was_training)
-        if bar is not None:
-            bar.close()
+    with shown(progress, total, "img", "features") as bar:
+        try:
+            if is_tensor:
+                return _tensor_features(embed, images, batch_size, bar)
+            out = _batch_features(embed, images, total, bar)
+        finally:
+            encoder.train(was_training)
     return out if with_indices else out[:2]
 
 

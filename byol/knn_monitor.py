@@ -5,7 +5,7 @@ where its last start never logged it)."""
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -14,6 +14,7 @@ from .build import eval_crop, views_of
 from .config import Config
 from .evaluate import knn_accuracy
 from .faults import StopRequest, Stopped
+from .features import LogLines, named
 from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, read_metrics
 from .model import BYOL
 from .reporting import log_knn, shows_bars
@@ -23,16 +24,17 @@ from .train_data import TrainData
 
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
-             amp: Optional[torch.dtype], progress: bool = False) -> dict[int, float]:
+             amp: Optional[torch.dtype], progress: Union[bool, LogLines] = False) -> dict[int, float]:
     """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
     features are extracted on every rank's share and gathered with their indices); ``progress``
-    shows a bar for each split's features on stderr. A folder's images are cut to their center
-    ``data.image_size`` (:func:`~byol.build.eval_crop`), as ``byol eval`` cuts them."""
+    shows a bar for each split's features on stderr (:class:`~byol.features.LogLines`: note lines).
+    A folder's images are cut to their center ``data.image_size`` (:func:`~byol.build.eval_crop`),
+    as ``byol eval`` cuts them."""
     view1, _ = views_of(config)
     kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp, crop=eval_crop(config))
     splits = (data.knn_train, data.knn_test)
     names = ("bank", "held-out") if config.train.knn_holdout else ("train", "test")
-    bars = tuple(f"kNN: {name} features" for name in names) if progress else (False, False)
+    bars = tuple(named(progress, f"kNN: {name} features") for name in names)
     if data.knn_sizes is not None:  # each process holds its share
         (train_f, train_y, _), (test_f, test_y, _) = (
             dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, progress=bar, **kwargs)
@@ -58,8 +60,9 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
         return None
     t = config.train
     bars = shows_bars(t.progress) and rank == 0
-    knn = partial(knn_eval, byol, data, config, device, amp, bars)
-    if rank == 0 and not bars:  # a log: a line before the minutes its features can take, where bars would show them
+    # a log: a line before the minutes its features can take, then how far each pass is, where bars would show it
+    knn = partial(knn_eval, byol, data, config, device, amp, bars or (rank == 0 and LogLines()))
+    if rank == 0 and not bars:
         knn = _announced(knn, f"kNN monitor: features of the training (bank) and {data.knn_query} (query) images")
     results["knn_images"] = (*data.knn_images, data.knn_query)  # for the closing table
     # and the images the kNN at random init was scored on: a folder's may have grown or shrunk since, before a resume

@@ -164,3 +164,31 @@ def test_bars_are_drawn_on_a_terminal_that_says_it_has_no_rows(monkeypatch):
     with tqdm(total=3, file=shown, ncols=100, nrows=24, mininterval=0) as bar:
         bar.update(3)
     assert "3/3" in shown.getvalue()
+
+
+def test_note_lines_say_where_a_pass_that_failed_stopped_not_that_it_ended(monkeypatch, capsys):
+    """``progress=LogLines()`` (a log): a pass cut short by an error says how far it got, not "N images in X s"
+    as a whole pass does (it did: a log read as if the features were all extracted before the error)."""
+    import byol.features
+    from byol.features import LogLines
+    monkeypatch.setattr(byol.features, "SCAN_NOTES", (0.0, 0.0))
+
+    class Failing(nn.Module):  # its third batch fails
+        def __init__(self, fail_at: int):
+            super().__init__()
+            self.calls, self.fail_at = 0, fail_at
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("out of memory")
+            return x.float().flatten(1)
+
+    images = torch.zeros(10, 3, 2, 2, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        extract_features(Failing(3), images, batch_size=4, device="cpu", progress=LogLines("test features"))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("note: test features: stopped after 8 of 10 images, "), lines
+    assert not any(" images in " in line for line in lines), lines
+    extract_features(Failing(0), images, batch_size=4, device="cpu", progress=LogLines("test features"))
+    assert capsys.readouterr().err.splitlines()[-1].startswith("note: test features: 10 images in ")

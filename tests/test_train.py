@@ -2,6 +2,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import types
@@ -282,6 +283,20 @@ def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cif
     loss = [r["train/loss"] for r in read_metrics(tmp_path / "run3" / "metrics.jsonl") if "train/loss" in r][0]
     assert lines[0].startswith(f"epoch 1/2 (step 4/8), loss {loss:.4f} (step 3), kNN ")  # (a user test: unsaid)
     # the last epoch's is the closing table's (and an error's, when the run ends on one: one sentence)
+
+
+def test_without_the_bar_the_knn_monitor_says_how_far_its_features_are_in_lines(tmp_path, cifar10_root, monkeypatch,
+                                                                                capsys):
+    """train.progress=false (a log): each kNN evaluation's passes say how far they are in note lines, as eval's do
+    (after 5 s, then every 30 s; here at once), where a bar would show it (a large folder's bank: minutes unsaid)."""
+    import byol.features
+    monkeypatch.setattr(byol.features, "SCAN_NOTES", (0.0, 0.0))
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false", "--train.epochs=1"))
+    err = capsys.readouterr().err
+    for pass_ in (r"train features: \d+ of 64 images, \d+ s, [\d,.]+ img/s, about \d:\d\d:\d\d left",
+                  r"train features: 64 images in \d+ s", r"test features: 64 images in \d+ s"):
+        assert len(re.findall(f"^note: kNN: {pass_}$", err, re.M)) == 2, (pass_, err)  # at step 0 and the end
+    assert "\r" not in err
 
 
 def test_records_say_their_epoch_and_the_run_s_time_which_a_resumed_run_goes_on_from(tmp_path, cifar10_root,
