@@ -187,6 +187,16 @@ def test_identical_images_get_different_augmentations(overrides, all_distinct):
     assert distinct == (16 if all_distinct else 2)  # continuous parameters: all differ; coin flips: both sides
 
 
+def test_solarize_inverts_the_pixels_at_its_threshold_too():
+    """A mutation audit: inverting only the pixels above the threshold survived every test (random pixels never
+    sit on it; at 0.5, 1 - x is x). torchvision and the paper invert x >= threshold."""
+    x = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    mask = torch.tensor([True, False])
+    expected = _per_image_reference(lambda im, m: TF.solarize(im, 0.25) if m else im, x, mask)
+    assert torch.equal(solarize(x, mask, threshold=0.25), expected)
+    assert torch.equal(expected[0, :, 0, 0], torch.tensor([0.2, 0.75, 0.7]))
+
+
 def test_two_views_and_two_calls_differ():
     x = (_images(8, 40, 40) * 255).to(torch.uint8)
     view1, view2 = paper_views(32)
@@ -285,6 +295,8 @@ def test_presets():
     assert (v1.brightness, v1.contrast, v1.saturation, v1.hue, v1.jitter_p) == (0.4, 0.4, 0.2, 0.1, 0.8)
     assert (v1.grayscale_p, v1.flip_p, v1.crop_scale, v1.size, v1.kernel_size) == (0.2, 0.5, (0.08, 1.0), 224, 23)
     assert (v1.mean, v1.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    # (a mutation audit: a crop ratio of 1 and a blur sigma up to 1 each survived every test; table 6)
+    assert all((v.crop_ratio, v.blur_sigma) == ((3 / 4, 4 / 3), (0.1, 2.0)) for v in (v1, v2, *cifar_views()))
     c1, c2 = cifar_views()
     assert (c1.blur_p, c2.blur_p, c1.solarize_p, c2.solarize_p) == (0.0, 0.0, 0.0, 0.2)
     assert (c1.mean, c1.std, c1.size, c1.kernel_size) == (CIFAR_MEAN, CIFAR_STD, 32, 3)

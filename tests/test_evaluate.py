@@ -69,6 +69,25 @@ def random_split(n_train=60, n_test=23, d=8, c=4, seed=0):
             torch.randn(n_test, d, generator=g), torch.randint(0, c, (n_test,), generator=g))
 
 
+def test_knn_classify_defaults_to_k_200_and_temperature_0_1():
+    """A mutation audit: knn_classify's default k of 20 in place of 200 survived every test. Its defaults are
+    lightly's knn_predict's, k 200 and temperature 0.1, as its docstring says (knn_accuracy reports k 20 beside)."""
+    x, y, q, _ = random_split(n_train=250)
+    scores = knn_classify(x, y, q)
+    assert torch.equal(scores, knn_classify(x, y, q, k=200, temperature=0.1))
+    assert not torch.allclose(scores, knn_classify(x, y, q, k=20, temperature=0.1))
+
+
+def test_knn_accuracy_breaks_a_tie_as_knn_classify_s_argmax_does():
+    """A mutation audit: knn_accuracy breaking a tie of two classes' scores toward the later class survived every
+    test. Its prediction is knn_classify's argmax(1), which takes the first: two neighbours at one cosine, of
+    classes 1 and 0, score the same, and class 0 is the prediction (a collapsed encoder's features tie so)."""
+    train, labels = torch.tensor([unit(60), unit(-60)]), torch.tensor([1, 0])
+    scores = knn_classify(train, labels, QUERY, k=2)
+    assert scores[0, 0] == scores[0, 1] and scores.argmax(1).item() == 0
+    assert knn_accuracy(train, labels, QUERY, torch.tensor([0]), ks=(2,)) == {2: 100.0}
+
+
 def test_knn_chunked_equals_unchunked():
     x, y, q, _ = random_split()
     one = knn_classify(x, y, q, k=10, chunk_size=1)

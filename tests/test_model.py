@@ -752,6 +752,44 @@ def test_forward_views_also_returns_the_online_projection_of_view_1_detached():
         torch.testing.assert_close(z1, model.online(v1))
 
 
+def test_the_two_views_of_one_batch_are_drawn_with_augment_fn_then_augment_fn2():
+    """A mutation audit: forward(images) drawing both views with augment_fn survived every test (the default
+    recipes are checked as built, not as called). View 1 is augment_fn's, view 2 augment_fn2's, each once."""
+    calls = []
+
+    def first(x):
+        calls.append("first")
+        return x
+
+    def second(x):
+        calls.append("second")
+        return x.flip(-1)
+
+    _, model = small_byol(augment_fn=first, augment_fn2=second)
+    images = views()[0]
+    loss = model(images)
+    assert calls == ["first", "second"]
+    torch.testing.assert_close(loss, model(images, images.flip(-1)))
+
+
+def test_concat_views_returns_the_online_projection_of_view_1():
+    """A mutation audit: with concat_views, the second half of the 2B projections (view 2's) in place of the first
+    survived every test; the collapse monitor reads view 1's, as without concat_views."""
+    _, model = small_byol(concat_views=True)
+    v1, v2 = views()
+    _, z1 = model.forward_views(v1, v2)
+    with torch.no_grad():
+        torch.testing.assert_close(z1, model.online(torch.cat([v1, v2]))[:len(v1)])
+
+
+def test_the_projector_and_predictor_are_linear_batchnorm_relu_linear():
+    """A mutation audit: an MLP without its ReLU (a linear map, Linear and BatchNorm folded into one) survived
+    every test. Paper, section 3.3: a linear layer, batch normalization, ReLU, a linear layer."""
+    _, model = small_byol()
+    for mlp in (model.online.projector, model.predictor, model.target.projector):
+        assert [type(m) for m in mlp] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+
+
 def test_the_default_views_are_the_papers_two_recipes_in_order():
     """A mutation audit: drawing both views with the first recipe survived every test. The paper's T and
     T' differ (blur 1.0 and 0.1, solarize 0 and 0.2: appendix B, table 6)."""

@@ -186,3 +186,28 @@ def test_lars_steps_a_zero_weight_as_sgd_does():
     lin.weight.grad = torch.zeros_like(w)
     opt.step()
     assert torch.equal(lin.weight.detach(), w)
+
+
+def test_lars_decays_the_weight_by_weight_decay_before_the_trust_ratio():
+    """A mutation audit: half the weight decay in LARS survived every test (where the raw gradient is zero, the
+    trust ratio cancels wd's size). With w = (3, 0), g = (0, 4) and wd 1 the update is g + wd w = (3, 4), of norm 5:
+    trust eta 3 / 5, and the step lr eta 3 / 5 (3, 4), in the direction that wd sets."""
+    lin = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[3.0, 0.0]]))
+    opt = LARS(param_groups(lin, 1.0), lr=1.0, weight_decay=1.0, trust_coefficient=0.1)
+    lin.weight.grad = torch.tensor([[0.0, 4.0]])
+    opt.step()
+    expected = torch.tensor([[3.0, 0.0]]) - 0.1 * 3 / 5 * torch.tensor([[3.0, 4.0]])
+    torch.testing.assert_close(lin.weight.detach(), expected)
+
+
+def test_build_optimizer_passes_on_momentum_trust_coefficient_and_clip():
+    """A mutation audit: SGD built without the momentum given (torch's default, 0), and LARS built with its own
+    trust coefficient and momentum in place of the ones given (optim.trust_coefficient, optim.momentum), each
+    survived every test."""
+    sgd = build_optimizer("sgd", make_model(), lr=0.1, weight_decay=0.0, momentum=0.8)
+    assert [g["momentum"] for g in sgd.param_groups] == [0.8, 0.8]
+    lars = build_optimizer("lars", make_model(), lr=0.1, weight_decay=0.0, momentum=0.7, trust_coefficient=0.02,
+                           lars_clip=True)
+    assert [(g["momentum"], g["trust_coefficient"], g["clip"]) for g in lars.param_groups] == [(0.7, 0.02, True)] * 2
