@@ -128,6 +128,9 @@ def _pretrain(args, overrides: list[str]) -> int:
         config = resume_config(preset, overrides + extra, explicit=args.config is not None)
     else:
         config = load_config(preset, overrides + extra)
+        if args.config is not None:  # an archived run's config.yaml, fed back: the folder it names is said
+            from .resume import note_another_runs_config
+            note_another_runs_config(preset, overrides + extra, config)
     from .train import pretrain
     results = pretrain(config, resume=resume)
     if "stopped_by" in results:

@@ -59,17 +59,24 @@ def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[lis
     return config
 
 
+def _another_runs_config(preset: Union[str, os.PathLike], overrides: Optional[list[str]],
+                         located: Config) -> Optional[Path]:
+    """``preset`` where it is RUN/config.yaml, RUN holds a run, and its train.out_dir, not given outright in
+    ``overrides``, names another folder (RUN is a copy, or was moved); else None."""
+    if any(override_key(item) == "train.out_dir" for item in override_list(overrides)):
+        return None  # the folder is said outright
+    given = Path(os.fspath(preset)).expanduser()
+    if given.name != "config.yaml" or not (given.parent / "checkpoints" / "last.pt").is_file():
+        return None
+    return None if _same_folder(str(given.parent), located.train.out_dir) else given
+
+
 def refuse_another_runs_config(preset: Union[str, os.PathLike], overrides: Optional[list[str]],
                                located: Config) -> None:
     """``--resume --config RUN/config.yaml`` (no ``--train.out_dir``) where RUN holds a run but its config names
     another folder (RUN is a copy, or was moved): refused, as it would resume the folder named (a user test: the
     original run, not the copy given, was trained on)."""
-    if any(override_key(item) == "train.out_dir" for item in override_list(overrides)):
-        return  # the folder is said outright
-    given = Path(os.fspath(preset)).expanduser()
-    if given.name != "config.yaml" or not (given.parent / "checkpoints" / "last.pt").is_file():
-        return
-    if not _same_folder(str(given.parent), located.train.out_dir):
+    if given := _another_runs_config(preset, overrides, located):
         named = located.train.out_dir
         that = (f", or --train.out_dir={named} for that one" if (Path(named).expanduser() / "checkpoints" /
                 "last.pt").is_file() else "")  # (a moved run's: no run there to offer, a review)
@@ -77,6 +84,19 @@ def refuse_another_runs_config(preset: Union[str, os.PathLike], overrides: Optio
                           "another folder from here (a copied or moved run, or a relative path?), which --resume "
                           f"would continue (--resume=auto: start a new run in); give --train.out_dir={given.parent} "
                           f"to resume this one{that}")
+
+
+def note_another_runs_config(preset: Union[str, os.PathLike], overrides: Optional[list[str]],
+                            located: Config) -> None:
+    """A new run from ``--config RUN/config.yaml`` (no ``--train.out_dir``) where RUN holds a run but its config
+    names another folder: said, as the run starts in the folder named (a user test: an archived run's config.yaml,
+    fed back to repeat it, started a new run in the folder the run had been moved from, without a word); not where
+    that folder holds a run, which refuses a new one."""
+    named = Path(located.train.out_dir).expanduser()
+    if (given := _another_runs_config(preset, overrides, located)) and not (named / "checkpoints" / "last.pt").exists():
+        print(f"note: {given} is the config of the run in {given.parent}, but it names train.out_dir="
+              f"{located.train.out_dir} (a copied or moved run?), where this new run starts; --train.out_dir "
+              "starts it elsewhere", file=sys.stderr)
 
 
 def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[str]],
@@ -265,7 +285,7 @@ def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
     checkpoint cannot be compared with (an older byol's, run with ``auto``)."""
     if saved is None:
         print(f"note: the checkpoint does not say which precision its steps ran in (an older byol, with "
-              f"train.precision=auto); "
+              f"train.precision=auto: before 2026-12-01 that was float32 on a CPU, bf16 on a GPU with bf16); "
               f"this run goes on in {now} (train.precision={config.train.precision} here); choose with "
               "--train.precision=bf16 or --train.precision=fp32", file=sys.stderr)
     elif saved != now:

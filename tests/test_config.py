@@ -588,3 +588,35 @@ def test_resume_auto_from_the_config_of_a_moved_run_does_not_start_a_new_one_whe
     assert main(["pretrain", "--resume=auto", "--config", str(moved / "config.yaml")]) == 2
     assert not taken
     assert capsys.readouterr().err.endswith(f"or --train.out_dir={original} for that one\n")
+
+
+def test_a_new_run_from_the_config_of_a_moved_run_says_the_folder_it_starts_in(tmp_path, monkeypatch, capsys):
+    """A user test (an upgrading user): --config ARCHIVE/RUN/config.yaml, fed back to repeat a run moved there,
+    started a new run in the folder the config names, which the run had been moved from, without a word. It is
+    said; not where --train.out_dir is given, nor where the config is the folder's own, nor where the folder
+    named holds a run (refused then, as before)."""
+    import byol.train
+    from byol.cli import main
+    original, moved = tmp_path / "original", tmp_path / "archive" / "run"
+    (moved / "checkpoints").mkdir(parents=True)
+    (moved / "checkpoints" / "last.pt").write_bytes(b"")
+    save_config(load_config("cifar10", [f"--train.out_dir={original}"]), moved / "config.yaml")
+    taken = []
+    monkeypatch.setattr(byol.train, "pretrain", lambda config, resume=False: taken.append(config) or {"step": 0})
+    monkeypatch.setattr("byol.cli._pretrain_rows", lambda config, results: [("steps", "0")])
+    assert main(["pretrain", "--config", str(moved / "config.yaml")]) == 0
+    assert taken[-1].train.out_dir == str(original)  # as before: the folder the config names
+    said = capsys.readouterr().err
+    assert (f"note: {moved / 'config.yaml'} is the config of the run in {moved}, but it names train.out_dir="
+            f"{original} (a copied or moved run?), where this new run starts; --train.out_dir starts it "
+            "elsewhere\n") in said, said
+    assert main(["pretrain", "--config", str(moved / "config.yaml"), f"--train.out_dir={tmp_path / 'new'}"]) == 0
+    assert "is the config of the run" not in capsys.readouterr().err
+    save_config(load_config("cifar10", [f"--train.out_dir={moved}"]), moved / "config.yaml")  # the folder's own
+    main(["pretrain", "--config", str(moved / "config.yaml")])
+    assert "is the config of the run" not in capsys.readouterr().err
+    save_config(load_config("cifar10", [f"--train.out_dir={original}"]), moved / "config.yaml")
+    (original / "checkpoints").mkdir(parents=True)  # a copy: the original still there
+    (original / "checkpoints" / "last.pt").write_bytes(b"")
+    main(["pretrain", "--config", str(moved / "config.yaml")])
+    assert "is the config of the run" not in capsys.readouterr().err

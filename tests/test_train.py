@@ -1477,7 +1477,9 @@ def test_resuming_a_checkpoint_that_does_not_say_its_precision_says_which_the_ru
     settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_every": -1}) + [
         f"--data.root={cifar10_root}"]
     last = tmp_path / "run" / "checkpoints" / "last.pt"
-    for given, said in (("auto", "the checkpoint does not say which precision its steps ran in"),
+    for given, said in (("auto", "the checkpoint does not say which precision its steps ran in (an older byol, with "
+                                 "train.precision=auto: before 2026-12-01 that was float32 on a CPU, bf16 on a GPU "
+                                 "with bf16)"),  # (an upgrading user's test: which choice keeps its arithmetic)
                         ("bf16", "the checkpoint's steps ran in bf16 autocast")):
         shutil.rmtree(tmp_path / "run", ignore_errors=True)
         pretrain(load_config("cifar10", settings + [f"--train.precision={given}"]))
