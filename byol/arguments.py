@@ -27,7 +27,7 @@ def shows_bars_given(overrides: list[str]) -> bool:
     """Whether eval and embed draw progress bars: as ``--train.progress`` says, by default (auto) where
     stderr is a terminal (a log file would fill with their redrawings). A bad value is the config's error."""
     from .config_files import override_key, parse_value
-    from .reporting import shows_bars
+    from .progress import shows_bars
     given = [o.partition("=")[2] for o in overrides if override_key(o) == "train.progress"]
     value = parse_value(given[-1]) if given else "auto"
     return shows_bars(value.lower() if isinstance(value, str) else value)

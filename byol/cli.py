@@ -152,7 +152,7 @@ def stop_line(results: dict) -> str:
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     """The closing table of a run: its steps, loss, warnings, kNN against random init, folder."""
-    from .features import duration
+    from .progress import duration
     from .run_folder import warnings_summary
     rows = [("steps", str(results["step"]))]
     if "loss" in results:  # not for a finished run resumed
@@ -200,7 +200,7 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
 
 def _evaluate(args, overrides: list[str]) -> int:
     from . import outputs, pipeline
-    from .features import LogLines
+    from .progress import LogLines
     suffix = ("_random_init" if args.random_init else "") + ("_holdout" if args.holdout else "")
     default = Path(args.checkpoint).with_name(f"{Path(args.checkpoint).stem}_{args.protocol}{suffix}.json") \
         if Path(args.checkpoint).name else None  # "." or "/": refused by the evaluation, in one sentence
@@ -238,7 +238,7 @@ def _evaluate(args, overrides: list[str]) -> int:
 
 def _embed(args, overrides: list[str]) -> int:
     from . import exports
-    from .features import LogLines
+    from .progress import LogLines
     path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
                          limit=args.limit, progress=shows_bars_given(overrides) or LogLines())
     if _is_main_process():  # under torchrun, once

@@ -2,7 +2,6 @@
 
 import os
 import sys
-from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -212,56 +211,6 @@ def gather_rows(rows: torch.Tensor, indices: torch.Tensor, n: int, device: torch
         keep = i >= 0
         out[i[keep].to(rows.device)] = r[keep].to(rows.device)
     return out
-
-
-def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: torch.device,
-                             **kwargs) -> torch.Tensor:
-    """:func:`byol.features.extract_features` with the images split across ranks and the
-    features gathered back in order (every rank gets all of them); one process: no split."""
-    from .features import extract_features
-    import torch.distributed as td
-    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
-        return extract_features(encoder, images, device=device, **kwargs)
-    indices = torch.arange(td.get_rank(), len(images), td.get_world_size())
-    features = extract_features(encoder, images[indices.to(images.device)], device=device, **kwargs)
-    return gather_rows(features, indices, len(images), device)
-
-
-def extract_batches_sharded(encoder: nn.Module, loader_for: Callable[[range], Iterable], n: int,
-                            device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`byol.features.extract_features` over a data set of ``n`` items that is read in
-    batches of ``(images, labels, indices)``: each rank reads its share (``loader_for(range)``),
-    streamed, and every rank gets ``(features, labels, indices)`` of all the items the loaders
-    yielded (a loader may leave some out, such as undecodable files), in data set order."""
-    from .features import extract_features
-    share = range(rank(), n, world_size())
-    features, labels, indices = extract_features(encoder, loader_for(share), device=device, with_indices=True,
-                                                 **kwargs)
-    return _gather_present(features, labels, indices, n, device)
-
-
-def extract_share(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
-                  device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`byol.features.extract_features` of the images this rank holds, the rows ``indices``
-    of a data set of ``n`` (e.g. its share of a folder, decoded by this rank alone); every rank
-    gets ``(features, labels, indices)`` of all ranks' rows, in data set order."""
-    from .features import extract_features
-    features = extract_features(encoder, images, device=device, **kwargs)
-    return _gather_present(features, labels, indices, n, device)
-
-
-def _gather_present(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every rank's rows, put in data set order, leaving out the indices no rank had."""
-    if world_size() == 1:
-        return features, labels, indices
-    import torch.distributed as td
-    dim = torch.tensor([features.shape[1]], device=device)  # a rank that had nothing has (0, 0)
-    td.all_reduce(dim, op=td.ReduceOp.MAX)
-    features = features.reshape(len(features), int(dim))
-    present = gather_rows(torch.ones(len(indices), dtype=torch.uint8), indices, n, device)
-    keep = present.nonzero().flatten()
-    return (gather_rows(features, indices, n, device)[keep], gather_rows(labels, indices, n, device)[keep], keep)
 
 
 def gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, bar_shape, center_crop,
-                       extract_features, shown)
+from .features import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, center_crop, extract_features
+from .progress import bar_shape, shown
 
-__all__ = ["knn_classify", "knn_accuracy", "linear_probe",  # and byol.features' names, which were defined here:
+__all__ = ["knn_classify", "knn_accuracy", "linear_probe",  # and byol.features' and byol.progress' names:
            "extract_features", "center_crop", "bar_shape", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
            "CIFAR10_STD"]
 

@@ -14,7 +14,7 @@ from .backbones import feature_dim, resnet
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
 from .errors import path_argument
-from .features import named
+from .progress import named
 from .files import remove_empty_folders, topmost_missing, write_files_atomically
 from .config import Config, config_text
 from .data import DataError

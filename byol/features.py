@@ -2,14 +2,10 @@
 
 What :mod:`byol.evaluate` scores (kNN, linear probe) and ``byol embed`` writes. Batches are embedded as
 they come, their rows written into one tensor, so a loader over a large folder never holds it all in
-memory, nor its embeddings more than once.
+memory, nor its embeddings more than once. Under torchrun, ``extract_features_sharded``, ``extract_share``
+and ``extract_batches_sharded`` split the images across ranks and gather the features back in order.
 """
 
-import contextlib
-import functools
-import os
-import sys
-import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Optional, Sequence, Union
@@ -19,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import CIFAR_MEAN as CIFAR10_MEAN, CIFAR_STD as CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD  # the views'
+from .distributed import gather_rows, rank, world_size
 from .inputs import check_pixel_range
-from .scan import SCAN_NOTES
+from .progress import shown
 
-__all__ = ["extract_features", "center_crop", "bar_shape", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN",
-           "CIFAR10_STD"]
+__all__ = ["extract_features", "center_crop", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -31,115 +27,6 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 def _device_of(module: nn.Module) -> torch.device:
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-class LogLines(str):
-    """``progress=LogLines()``: no bar, but what one would show as a note line every so often (after 5 s, then
-    every 30 s, and at the end: :class:`~byol.scan.SlowNotes`' times), for a log, which a bar's redrawings
-    would fill (the command line's eval and embed where stderr is no terminal: a user test's eval of 50,000
-    images said nothing for 72 s). True, whatever it names."""
-
-    def __bool__(self) -> bool:
-        return True
-
-
-def named(progress: Union[bool, str], name: str) -> Union[bool, str]:
-    """``progress`` with its bar named ``name``: False (no bar) stays so, and :class:`LogLines` stays lines."""
-    if isinstance(progress, LogLines):
-        return LogLines(name)
-    return progress and name
-
-
-class _NoteLines:
-    """The bar of :class:`LogLines`: tqdm's ``update`` and ``close``, said in note lines."""
-
-    def __init__(self, name: str, total: Optional[int], unit: str):
-        self.name, self.total, self.unit, self.every = name, total, unit, SCAN_NOTES
-        self.count, self.start, self.said, self.cut_short = 0, time.monotonic(), False, False
-        self.next = self.start + self.every[0]
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now >= self.next:
-            rate = self.count / max(now - self.start, 1e-6)
-            left = f", about {duration((self.total - self.count) / rate)} left" if self.total and rate > 0 else ""
-            of = f" of {self.total:,}" if self.total else ""
-            self._say(f"{self.count:,}{of} {self._units()}, {now - self.start:.0f} s, "
-                      f"{rate:,.{1 if rate < 100 else 0}f} {self.unit}/s{left}")
-            self.next, self.said = now + self.every[1], True
-
-    def close(self) -> None:
-        if not self.said:
-            return
-        spent = f"{time.monotonic() - self.start:.0f} s"
-        if self.cut_short:  # by an error or a signal: not "N images in X s", as if they were all
-            of = f" of {self.total:,}" if self.total else ""
-            self._say(f"stopped after {self.count:,}{of} {self._units()}, {spent}")
-        else:
-            self._say(f"{self.count:,} {self._units()} in {spent}")
-
-    def _units(self) -> str:
-        return {"img": "images"}.get(self.unit, self.unit + "s")
-
-    def _say(self, what: str) -> None:
-        print(f"note: {self.name}: {what}", file=sys.stderr, flush=True)
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as h:mm:ss."""
-    minutes, s = divmod(round(seconds), 60)
-    h, m = divmod(minutes, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
-@contextlib.contextmanager
-def shown(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
-    """A tqdm bar on stderr while the block runs when ``progress`` is true (a string names it), note lines for
-    :class:`LogLines`, else None; closed at the block's end, the lines saying where a block that raised stopped."""
-    if not progress:
-        yield None
-        return
-    name = (str(progress) or default) if isinstance(progress, str) else default  # (LogLines() is true, named "")
-    bar = _NoteLines(name, total, unit) if isinstance(progress, LogLines) else tqdm_bar(
-        total=total, unit=unit, desc=name, leave=False)
-    try:
-        yield bar
-    except BaseException:
-        if isinstance(bar, _NoteLines):
-            bar.cut_short = True
-        raise
-    finally:
-        bar.close()
-
-
-def tqdm_bar(**kwargs):
-    """A tqdm bar on stderr (``kwargs``: tqdm's), sized by :func:`bar_shape`; None, with a note the first
-    time, where tqdm cannot be imported (a broken install: a bar is not worth a traceback)."""
-    try:
-        from tqdm import tqdm
-    except Exception as e:  # noqa: BLE001 - a broken package fails to import in its own ways
-        _no_bars(f"{type(e).__name__}: {e}")
-        return None
-    return tqdm(file=sys.stderr, **bar_shape(), **kwargs)
-
-
-@functools.cache
-def _no_bars(reason: str) -> None:
-    print(f"note: tqdm cannot be imported ({reason:.200}); no progress bars are drawn", file=sys.stderr)
-
-
-def bar_shape() -> dict:
-    """tqdm's size arguments for a bar on stderr: the terminal's width, followed as it changes; but a
-    terminal that says it has no rows or columns (a pseudo-terminal whose size was never set:
-    ``script``, ``ssh -tt``, some CI runners) would have tqdm hide every bar, so there a fixed size."""
-    try:
-        size = os.get_terminal_size(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError):  # not a terminal (no bar is drawn there by default)
-        return {"dynamic_ncols": True}
-    if size.lines > 0 and size.columns > 0:
-        return {"dynamic_ncols": True}
-    return {"ncols": size.columns or 80, "nrows": 24}
 
 
 @torch.inference_mode()
@@ -315,3 +202,50 @@ class _Rows:
 
     def all(self) -> torch.Tensor:
         return self.out[:self.count] if self.out is not None else torch.cat(self.listed)
+
+
+def extract_features_sharded(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+                             **kwargs) -> torch.Tensor:
+    """:func:`extract_features` with the images split across ranks and the
+    features gathered back in order (every rank gets all of them); one process: no split."""
+    import torch.distributed as td
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return extract_features(encoder, images, device=device, **kwargs)
+    indices = torch.arange(td.get_rank(), len(images), td.get_world_size())
+    features = extract_features(encoder, images[indices.to(images.device)], device=device, **kwargs)
+    return gather_rows(features, indices, len(images), device)
+
+
+def extract_batches_sharded(encoder: nn.Module, loader_for: Callable[[range], Iterable], n: int,
+                            device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` over a data set of ``n`` items that is read in
+    batches of ``(images, labels, indices)``: each rank reads its share (``loader_for(range)``),
+    streamed, and every rank gets ``(features, labels, indices)`` of all the items the loaders
+    yielded (a loader may leave some out, such as undecodable files), in data set order."""
+    share = range(rank(), n, world_size())
+    features, labels, indices = extract_features(encoder, loader_for(share), device=device, with_indices=True,
+                                                 **kwargs)
+    return _gather_present(features, labels, indices, n, device)
+
+
+def extract_share(encoder: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
+                  device: torch.device, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`extract_features` of the images this rank holds, the rows ``indices``
+    of a data set of ``n`` (e.g. its share of a folder, decoded by this rank alone); every rank
+    gets ``(features, labels, indices)`` of all ranks' rows, in data set order."""
+    features = extract_features(encoder, images, device=device, **kwargs)
+    return _gather_present(features, labels, indices, n, device)
+
+
+def _gather_present(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, n: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rank's rows, put in data set order, leaving out the indices no rank had."""
+    if world_size() == 1:
+        return features, labels, indices
+    import torch.distributed as td
+    dim = torch.tensor([features.shape[1]], device=device)  # a rank that had nothing has (0, 0)
+    td.all_reduce(dim, op=td.ReduceOp.MAX)
+    features = features.reshape(len(features), int(dim))
+    present = gather_rows(torch.ones(len(indices), dtype=torch.uint8), indices, n, device)
+    keep = present.nonzero().flatten()
+    return (gather_rows(features, indices, n, device)[keep], gather_rows(labels, indices, n, device)[keep], keep)

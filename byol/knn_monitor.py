@@ -9,15 +9,15 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from . import distributed as dist
+from . import features
 from .build import eval_crop, views_of
 from .config import Config
 from .evaluate import knn_accuracy
 from .faults import StopRequest, Stopped
-from .features import LogLines, named
 from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, read_metrics
 from .model import BYOL
-from .reporting import log_knn, shows_bars
+from .progress import LogLines, named, shows_bars
+from .reporting import log_knn
 from .run_folder import RunFolder
 from .step import channels_last_crash, to_step_layout
 from .train_data import TrainData
@@ -27,7 +27,7 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
              amp: Optional[torch.dtype], progress: Union[bool, LogLines] = False) -> dict[int, float]:
     """kNN top-1 of the online encoder on the held-out split (a collective under torchrun:
     features are extracted on every rank's share and gathered with their indices); ``progress``
-    shows a bar for each split's features on stderr (:class:`~byol.features.LogLines`: note lines).
+    shows a bar for each split's features on stderr (:class:`~byol.progress.LogLines`: note lines).
     A folder's images are cut to their center ``data.image_size`` (:func:`~byol.build.eval_crop`),
     as ``byol eval`` cuts them."""
     view1, _ = views_of(config)
@@ -37,11 +37,11 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     bars = tuple(named(progress, f"kNN: {name} features") for name in names)
     if data.knn_sizes is not None:  # each process holds its share
         (train_f, train_y, _), (test_f, test_y, _) = (
-            dist.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, progress=bar, **kwargs)
+            features.extract_share(model.encoder, s.images, s.labels, s.indices, n, device, progress=bar, **kwargs)
             for s, n, bar in zip(splits, data.knn_sizes, bars))
     else:
         (train_f, train_y), (test_f, test_y) = (
-            (dist.extract_features_sharded(model.encoder, s.images, device, progress=bar, **kwargs), s.labels)
+            (features.extract_features_sharded(model.encoder, s.images, device, progress=bar, **kwargs), s.labels)
             for s, bar in zip(splits, bars))
     ks = sorted({20, config.train.knn_k})
     if not (torch.isfinite(train_f).all() and torch.isfinite(test_f).all()):  # a diverging encoder's: NaN, not

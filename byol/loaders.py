@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .data import DataError, ImageSet
 from .faults import StopRequest
 from .folder import ImageFolder, Skipped
-from .scan import SlowNotes
+from .progress import SlowNotes
 from .allocator import give_back_freed_memory
 
 

@@ -25,9 +25,10 @@ from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note
 from .encoders import load_encoder_with_origin
+from .features import extract_batches_sharded, extract_features_sharded
 from .given_net import RUN_S_CUT, Cut
 from .evaluate import knn_accuracy, linear_probe, nonfinite_rows
-from .features import named
+from .progress import named
 from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
                     views_of)
 from .train_data import held_out
@@ -152,7 +153,7 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
                   progress=progress if dist.rank() == 0 else False)
     if isinstance(source, ImageSet):
         labels = source.labels if source.labels is not None else torch.full((len(source),), -1)
-        feats = dist.extract_features_sharded(net, source.images, device, **kwargs)
+        feats = extract_features_sharded(net, source.images, device, **kwargs)
         return _finite(feats, weights), labels, torch.arange(len(source))
     kwargs.pop("batch_size")
 
@@ -160,7 +161,7 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
         return folder_loader(source, EVAL_BATCH, config.data.workers, shuffle=False, drop_last=False, sampler=share,
                              persistent=False)  # one pass
 
-    feats, labels, indices = dist.extract_batches_sharded(net, loader_for, len(source), device, **kwargs)
+    feats, labels, indices = extract_batches_sharded(net, loader_for, len(source), device, **kwargs)
     if len(indices) == 0:
         raise source.nothing_decoded()
     if len(indices) < len(source):  # under torchrun, rank 0 knows the reasons of its own share only

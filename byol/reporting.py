@@ -14,7 +14,7 @@ import torch
 from .build import end_step_of, schedule_of
 from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig, yaml_word
 from .errors import ByolError
-from .features import duration, tqdm_bar
+from .progress import duration
 from .datasets import NATIVE_SIZE
 from .folder import held_out_folder
 from .loaders import usable_cores
@@ -195,23 +195,6 @@ def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int,
     if log is not None:
         log.log(step, **when, **{f"{KNN_PREFIX}{kk}": v for kk, v in acc.items()}, **{"eval/knn_top1": acc[k]})
     return acc
-
-
-def shows_bars(progress) -> bool:
-    """Whether ``train.progress`` draws bars: true, or auto where stderr is a terminal (a log file gets
-    a line an epoch instead: a bar would fill it with its redrawings)."""
-    return progress is True or (progress == "auto" and sys.stderr.isatty())
-
-
-def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
-    """The pretraining bar (``t``: the train config), on rank 0; None without one (also where the
-    environment disables tqdm, TQDM_DISABLE=1: such a bar has no clock for :meth:`Clock.paused` to move;
-    and where tqdm cannot be imported). Without one, a line an epoch."""
-    if not shows_bars(t.progress) or rank != 0:
-        return None
-    total = end_step * batch_size  # counts as 1.28M where they are long; 32/192, not 32.0/192, where not
-    bar = tqdm_bar(total=total, initial=step * batch_size, unit="img", unit_scale=total >= 100_000, desc="pretrain")
-    return None if bar is None or bar.disable else bar
 
 
 def note_cpu(config: Config, device: torch.device) -> None:

@@ -4,7 +4,6 @@
 import hashlib
 import os
 import sys
-import time
 from collections import Counter
 from typing import Optional
 
@@ -12,8 +11,8 @@ import numpy as np
 
 from .config import CONFIG_HEADER
 from .data import DataError
-from .error_lines import launch_rank
 from .images import image_extensions
+from .progress import SlowNotes
 
 
 class PackedNames:
@@ -149,37 +148,6 @@ def scan(root: str, one_per_class: bool = False) -> tuple[list[str], dict[str, i
 def unreadable_root(root: str, why: str) -> DataError:
     """The error for a data root that cannot be listed (its permissions), with ``why``."""
     return DataError(f"cannot read the folder {root} ({why}); make it readable, or point data.root elsewhere")
-
-
-class SlowNotes:
-    """Where a wait takes long (a scan of a million files, or of a network file system, which lists
-    slowly; decoding a kNN monitor's 20,000 images), what it has done so far, on stderr: after
-    :data:`SCAN_NOTES` seconds, then every so often, and at its end. Rank 0's alone under torchrun
-    (``RANK``: the process group may not be up yet).
-
-    ``so_far`` and ``done`` are :meth:`str.format` templates of ``count``, ``seconds`` and ``fields``."""
-
-    def __init__(self, so_far: str, done: str, **fields):
-        self.so_far, self.done_line, self.fields = so_far, done, fields
-        self.start, self.next, self.said = time.monotonic(), SCAN_NOTES[0], False
-        self.quiet = launch_rank() != 0
-
-    def now(self, count: int) -> None:
-        seconds = time.monotonic() - self.start
-        if seconds >= self.next and not self.quiet:
-            self._say(self.so_far, count, seconds)
-            self.next, self.said = seconds + SCAN_NOTES[1], True
-
-    def done(self, count: int) -> None:
-        if self.said:
-            self._say(self.done_line, count, time.monotonic() - self.start)
-
-    def _say(self, template: str, count: int, seconds: float) -> None:
-        print("note: " + template.format(count=count, seconds=seconds, **self.fields), file=sys.stderr, flush=True)
-
-
-# A long wait says what it has done after this many seconds, then every so many seconds (SlowNotes).
-SCAN_NOTES = (5.0, 30.0)
 
 
 def holds_a_run(folder: str, files: list[str], subfolders: list[str]) -> bool:

@@ -29,9 +29,9 @@ from .memory import check_step_fits
 from .metrics import MetricsLog
 from .model import BYOL
 from .optim import build_optimizer
+from .progress import progress_bar
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_no_augmentation, note_stl10_views, note_train_split, note_unused_optim, note_warmup,
-                        progress_bar)
+                        note_no_augmentation, note_stl10_views, note_train_split, note_unused_optim, note_warmup)
 from .resume import load_resumed, restore
 from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
 from .saving import Checkpoints

@@ -1067,9 +1067,9 @@ def test_eval_and_embed_say_how_far_they_are_in_lines_where_no_bar_is_drawn(caps
     """A user test on a large folder: eval knn of 50,000 images said nothing for 72 s in a log (no bar there).
     Where no bar is drawn, a note line says how far each pass is (after 5 s, then every 30 s: here at once)."""
     import sys
-    import byol.features
+    import byol.progress
     from byol.cli import main
-    monkeypatch.setattr(byol.features, "SCAN_NOTES", (0.0, 0.0))
+    monkeypatch.setattr(byol.progress, "SCAN_NOTES", (0.0, 0.0))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     ckpt = trained[0] / "checkpoints" / "last.pt"
     assert main(["eval", "linear", str(ckpt), "--limit", "40", "--epochs", "2", "--train.device=cpu",

@@ -545,11 +545,11 @@ def test_a_subset_of_file_names_pickled_for_a_spawned_worker_takes_its_own_names
 def test_a_long_scan_says_what_it_has_found_and_a_short_one_says_nothing(tmp_path, monkeypatch, capsys):
     """A user test at ImageNet scale: 1.3 million files took 13 s to list, 89 s on a slow file
     system, and nothing was said meanwhile: as if the run hung."""
-    import byol.scan
+    import byol.progress
     root = extract_jpegs(tmp_path / "images", per_class=2)
     ImageFolder(root, size=8)
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(byol.scan, "SCAN_NOTES", (0.0, 3600.0))  # at once, then not again
+    monkeypatch.setattr(byol.progress, "SCAN_NOTES", (0.0, 3600.0))  # at once, then not again
     ImageFolder(root, size=8)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"note: scanning {root} for image files: 0 found so far, ")

@@ -152,7 +152,7 @@ def test_bars_are_drawn_on_a_terminal_that_says_it_has_no_rows(monkeypatch):
     import io
     import os
     from tqdm import tqdm
-    from byol.features import bar_shape
+    from byol.progress import bar_shape
     monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 0)))
     monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(fileno=lambda: 2))
     assert bar_shape() == {"ncols": 100, "nrows": 24}
@@ -169,9 +169,9 @@ def test_bars_are_drawn_on_a_terminal_that_says_it_has_no_rows(monkeypatch):
 def test_note_lines_say_where_a_pass_that_failed_stopped_not_that_it_ended(monkeypatch, capsys):
     """``progress=LogLines()`` (a log): a pass cut short by an error says how far it got, not "N images in X s"
     as a whole pass does (it did: a log read as if the features were all extracted before the error)."""
-    import byol.features
-    from byol.features import LogLines
-    monkeypatch.setattr(byol.features, "SCAN_NOTES", (0.0, 0.0))
+    import byol.progress
+    from byol.progress import LogLines
+    monkeypatch.setattr(byol.progress, "SCAN_NOTES", (0.0, 0.0))
 
     class Failing(nn.Module):  # its third batch fails
         def __init__(self, fail_at: int):

@@ -17,6 +17,7 @@ import yaml
 import byol.build
 import byol.cuda_graph
 import byol.faults
+import byol.features
 import byol.knn_monitor
 import byol.reporting
 import byol.resume
@@ -201,8 +202,8 @@ def test_a_knn_monitor_on_features_that_are_not_finite_logs_nan_and_the_run_goes
                                                                                      monkeypatch):
     """knn_accuracy refuses NaN features (one sentence, for a user's own call); the monitor of a run
     whose encoder gives them logs NaN accuracies instead of ending the run."""
-    extract = byol.train.dist.extract_features_sharded
-    monkeypatch.setattr(byol.train.dist, "extract_features_sharded", lambda *a, **k: extract(*a, **k) * math.nan)
+    extract = byol.features.extract_features_sharded
+    monkeypatch.setattr(byol.features, "extract_features_sharded", lambda *a, **k: extract(*a, **k) * math.nan)
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false"))
     knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/knn_top1" in r]
     assert len(knn) == 3 and all(math.isnan(v) for v in knn)
@@ -213,7 +214,7 @@ def test_progress_auto_draws_the_bar_on_a_terminal_and_a_line_an_epoch_into_a_lo
     """A cluster job's log got the bar's redrawings and no line an epoch (a user test); train.progress
     is now auto by default: the bar where stderr is a terminal only."""
     import sys
-    from byol.reporting import shows_bars
+    from byol.progress import shows_bars
     assert Config().train.progress == "auto"
     with monkeypatch.context() as patched:
         for terminal in (True, False):
@@ -289,8 +290,8 @@ def test_without_the_bar_the_knn_monitor_says_how_far_its_features_are_in_lines(
                                                                                 capsys):
     """train.progress=false (a log): each kNN evaluation's passes say how far they are in note lines, as eval's do
     (after 5 s, then every 30 s; here at once), where a bar would show it (a large folder's bank: minutes unsaid)."""
-    import byol.features
-    monkeypatch.setattr(byol.features, "SCAN_NOTES", (0.0, 0.0))
+    import byol.progress
+    monkeypatch.setattr(byol.progress, "SCAN_NOTES", (0.0, 0.0))
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false", "--train.epochs=1"))
     err = capsys.readouterr().err
     for pass_ in (r"train features: \d+ of 64 images, \d+ s, [\d,.]+ img/s, about \d:\d\d:\d\d left",
@@ -409,14 +410,14 @@ def test_the_knn_monitor_scores_nan_where_either_split_s_features_are_not_finite
     torch.manual_seed(0)
     model = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
                  projection_size=16, projection_hidden_size=32, augment_fn=lambda x: x)
-    extract, calls = byol.knn_monitor.dist.extract_features_sharded, []
+    extract, calls = byol.knn_monitor.features.extract_features_sharded, []
 
     def one_split_nan(*args, **kwargs):
         calls.append(None)
         features = extract(*args, **kwargs)
         return features * math.nan if len(calls) - 1 == split else features
 
-    monkeypatch.setattr(byol.knn_monitor.dist, "extract_features_sharded", one_split_nan)
+    monkeypatch.setattr(byol.knn_monitor.features, "extract_features_sharded", one_split_nan)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labeled = ImageSet(images, torch.arange(8) % 2)
     data = TrainData(None, 0, knn_train=labeled, knn_test=labeled)
@@ -1749,7 +1750,7 @@ def test_a_slow_first_batch_is_the_start_up_not_a_slow_feed(tmp_path, cifar10_ro
 
 def test_a_duration_is_hours_minutes_and_seconds():
     """The closing table's time and the epoch line's time left (a mutation audit: no test reached an hour)."""
-    from byol.features import duration
+    from byol.progress import duration
     assert [duration(s) for s in (0, 59.6, 61, 3599, 3600, 3725, 90061)] == [
         "0:00:00", "0:01:00", "0:01:01", "0:59:59", "1:00:00", "1:02:05", "25:01:01"]
 

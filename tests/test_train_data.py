@@ -250,13 +250,13 @@ def test_decoding_the_kNN_monitor_images_says_how_far_it_is_where_it_takes_long(
     """A user test at ImageNet scale: the kNN monitor's 10,000 images of each split took some 2 minutes
     to decode on 2 cores, before the first step, with nothing said (as if the run hung)."""
     import re
-    import byol.scan
+    import byol.progress
     from byol.config import load_config
     root, overrides = _train_and_val(tmp_path)
     config = load_config("cifar10", overrides)
     train_data.load_data(config, torch.device("cpu"), 0, 1)
     assert "note: decod" not in capsys.readouterr().err  # a short wait: nothing said
-    monkeypatch.setattr(byol.scan, "SCAN_NOTES", (0.0, 3600.0))  # at once, then not again
+    monkeypatch.setattr(byol.progress, "SCAN_NOTES", (0.0, 3600.0))  # at once, then not again
     train_data.load_data(config, torch.device("cpu"), 0, 1)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: decod")]
     assert len(lines) == 4, lines
