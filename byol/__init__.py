@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"  # checkpoint.py reads it
 
 _EXPORTS = {  # public name -> the module that defines it
-    "BYOL": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim", "param_groups": "optim",
+    "BYOL": "dropin", "MLP": "model", "LARS": "optim", "build_optimizer": "optim", "param_groups": "optim",
     "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
@@ -56,7 +56,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .ema import build_target, update_target
     from .exports import embed, export
     from .loss import byol_loss, regression_loss
-    from .model import BYOL, MLP
+    from .dropin import BYOL
+    from .model import MLP
     from .optim import LARS, build_optimizer, param_groups
     from .encoders import load_encoder
     from .pipeline import knn, linear

@@ -15,7 +15,7 @@ from .augment import Augment, ViewConfig, view_presets
 from .backbones import NetDoesNotRun, cut_at, resnet, strided_over_one_pixel
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
-from .model import BYOL
+from .dropin import BYOL
 from . import distributed as dist
 
 
@@ -164,7 +164,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2) -> BYOL:
     """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes; or
-    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.model.BYOL` cuts it."""
+    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.BYOL` cuts it."""
     m = config.model
     if net is None:
         # Cut here, not by BYOL: these ResNets trace, and a failure must not fall back to a hook (other

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .augment import Augment
-from .model import BYOL
+from .dropin import BYOL
 
 AugmentFn = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 """A view's augmentation as the step calls it: ``fn(images, generator)``, uint8 in, float views out."""

@@ -12,10 +12,10 @@ import torch
 from . import features
 from .build import eval_crop, views_of
 from .config import Config
+from .dropin import BYOL
 from .evaluate import knn_accuracy
 from .faults import StopRequest, Stopped
 from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, read_metrics
-from .model import BYOL
 from .progress import LogLines, named, shows_bars
 from .reporting import log_knn
 from .run_folder import RunFolder

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import torch
 
 from .config import ConfigError
-from .model import BYOL
+from .dropin import BYOL
 
 GiB = 2 ** 30
 _PROBE_SIZE = 64  # the largest probe image side: the activations of larger ones grow with their area

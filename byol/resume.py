@@ -17,9 +17,9 @@ from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_
                      load_config, override_list, validate, yaml_word)
 from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE
+from .dropin import BYOL
 from .given_net import check_resume, other_net, recorded
 from .metrics import read_metrics
-from .model import BYOL
 from .schedules import cosine_lr, tau_schedule
 from .train_data import FOLDER_KNN_LIMIT
 

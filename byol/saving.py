@@ -11,10 +11,10 @@ import torch
 from . import distributed as dist
 from .checkpoint import copy_atomically, save_checkpoint, saved_step
 from .config import Config
+from .dropin import BYOL
 from .faults import NonFiniteGuard
 from .files import write_failure
 from .metrics import PlotsUnavailable, plot_metrics
-from .model import BYOL
 from .run_folder import say
 from .train_data import TrainData
 

@@ -25,8 +25,8 @@ from torch import nn
 from . import distributed as dist
 from .backbones import HookedLayer
 from .compiling import AugmentFn, Compiled, compile_step
+from .dropin import BYOL
 from .faults import NonFiniteGuard
-from .model import BYOL
 from .monitor import effective_rank, normalized_std
 from .schedules import cosine_lr, tau_schedule
 

@@ -21,13 +21,13 @@ from .checkpoint import rng_state_kept
 from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
+from .dropin import BYOL
 from .faults import NonFiniteGuard, StopRequest
 from .given_net import as_given, given_to, note_trained_before, put_back, trained
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .loaders import refuse_to_start_again
 from .memory import check_step_fits
 from .metrics import MetricsLog
-from .model import BYOL
 from .optim import build_optimizer
 from .progress import progress_bar
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,

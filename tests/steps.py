@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
+from byol import BYOL
 from byol.augment import Augment, cifar_views
 from byol.backbones import resnet
-from byol.model import BYOL
 from byol.optim import build_optimizer
 from byol.step import LoopStep, ViewsForward
 

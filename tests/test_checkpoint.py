@@ -82,7 +82,7 @@ def test_a_state_with_another_type_where_a_tensor_goes_is_refused_and_leaves_the
 @pytest.mark.parametrize("extra", [{}, {"ema_step": "many"}, None])
 def test_a_learner_s_extra_state_that_is_not_one_is_refused_with_the_model_as_it_was(extra):
     """A review: a checkpoint's _extra_state without its ema_step (edited by hand) ended in a KeyError's traceback."""
-    from byol.model import BYOL
+    from byol import BYOL
     learner = BYOL(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), image_size=8,
                    hidden_layer=-1, projection_size=4, projection_hidden_size=8)
     given = {k: v.clone() for k, v in learner.state_dict().items() if torch.is_tensor(v)}

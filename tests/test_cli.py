@@ -1270,7 +1270,7 @@ def test_an_encoder_narrower_than_8_trains_on_the_cpu(tmp_path, cifar10_root):
 
 def test_channels_last_is_given_up_only_where_it_crashes():
     from byol.backbones import resnet
-    from byol.model import BYOL
+    from byol import BYOL
     from byol.step import channels_last_crash
     cpu = torch.device("cpu")
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from byol import BYOL
 from byol.compiling import compile_step
 from byol.cuda_graph import GraphedLoopStep
 from byol.data import TensorBatches
-from byol.model import BYOL
 from byol.step import LoopStep, ViewsForward
 from steps import images, make_loop_step, optimizer_of, tiny_byol
 

@@ -1,6 +1,8 @@
 """byol-pytorch's scripts, run unchanged: what a user test of the drop-in found different."""
 
+import copy
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -262,3 +264,68 @@ def test_a_batch_that_is_not_a_tensor_or_an_augment_fn_that_is_not_callable_is_o
         BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=8, augment_fn=identity, augment_fn2=0.5)
     with pytest.raises(TypeError, match=r"one ViewConfig, such as cifar_views\(\)\[0\]"):
         Augment(cifar_views(8))
+
+
+@pytest.mark.parametrize("path", ["config", "net"])
+def test_the_learner_is_the_method_s_model_with_the_same_state_dict_as_before_the_split(path, tmp_path):
+    """A review moved byol-pytorch's surface out of model.py into dropin.py, as a subclass of the method's
+    class: the learner of either path (a config's build_model, BYOL(net) from Python) holds the tensors of
+    a BYOLModel on the same encoder, under the keys of checkpoints written before (online.*, predictor.*,
+    target.*, and _extra_state), and a state saved loads strictly into a new learner, giving the same tensors."""
+    from byol.build import build_model
+    from byol.checkpoint import load_model_state, read_state
+    from byol.config import load_config
+    from byol.model import BYOLModel
+
+    def learner():
+        torch.manual_seed(0)
+        if path == "config":
+            return build_model(load_config("cifar10-cpu", ["--model.projection_hidden_size=32"]))
+        return BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                    projection_size=16, projection_hidden_size=32)
+
+    model = learner()
+    assert type(model) is BYOL and isinstance(model, BYOLModel)
+    state = model.state_dict()
+    keys = list(state)
+    assert keys[0] == "_extra_state" and state["_extra_state"] == {"ema_step": 0}
+    prefixes = ("online.encoder.", "online.projector.", "predictor.", "target.encoder.", "target.projector.")
+    assert [p for p in prefixes if not any(k.startswith(p) for k in keys)] == []
+    assert all(k.startswith(prefixes) for k in keys[1:])
+
+    # The method alone on the same encoder: the same keys and shapes (a strict load), _extra_state the learner's
+    projector = model.online.projector
+    core = BYOLModel(copy.deepcopy(model.encoder), projector[0].in_features, projector[-1].out_features,
+                     projector[0].out_features)
+    assert list(core.state_dict()) == keys[1:]
+    core.load_state_dict({k: v for k, v in state.items() if k != "_extra_state"})
+
+    model.update_moving_average()
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    other = learner()
+    load_model_state(other, read_state(tmp_path / "model.pt"))
+    assert other.ema_step == 1
+    for key, value in model.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(other.state_dict()[key], value), key
+
+
+def test_a_learner_pickled_whole_before_the_drop_in_had_its_own_module_loads(tmp_path):
+    """A review: byol-pytorch's learner moved from byol.model to byol.dropin, and a learner saved whole before
+    (torch.save(learner), which names byol.model.BYOL) no longer loaded: "Can't get attribute 'BYOL'"."""
+    from byol.dropin import OnlineEncoder
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    learner.online_encoder  # (its view, kept in the pickle)
+    try:  # pickled as a byol before the move pickled it
+        BYOL.__module__ = OnlineEncoder.__module__ = "byol.model"
+        torch.save(learner, tmp_path / "learner.pt")
+    finally:
+        BYOL.__module__ = OnlineEncoder.__module__ = "byol.dropin"
+    with zipfile.ZipFile(tmp_path / "learner.pt") as archive:  # (torch.save's: the pickle is its data.pkl)
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"byol.model" in pickled and b"byol.dropin" not in pickled
+    loaded = torch.load(tmp_path / "learner.pt", weights_only=False)
+    assert type(loaded) is BYOL and type(loaded.online_encoder) is OnlineEncoder
+    for key, value in learner.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(loaded.state_dict()[key], value), key

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from byol import memory
+from byol import BYOL, memory
 from byol.build import build_model
 from byol.config import load_config
-from byol.model import BYOL
 from byol.step import ViewsForward
 from conftest import tiny_overrides
 

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 import byol.distributed
-import byol.model
+import byol.dropin
 from byol import BYOL, resnet
 from byol.augment import paper_views
 from byol.backbones import HookedLayer, cut_at
@@ -247,7 +247,7 @@ def test_sync_batchnorm_applies_to_projector_and_predictor():
 
 
 def test_sync_batchnorm_default_follows_the_process_group(monkeypatch):
-    monkeypatch.setattr(byol.model, "world_size", lambda: 2)
+    monkeypatch.setattr(byol.dropin, "world_size", lambda: 2)
     _, model = small_byol()  # None, in a process group of 2 (on the CPU: PyTorch's SyncBatchNorm refuses)
     assert type(model.online.projector[1]) is GlobalBatchNorm and type(model.predictor[1]) is GlobalBatchNorm
     assert type(small_byol(sync_batchnorm=False)[1].predictor[1]) is nn.BatchNorm1d
@@ -289,7 +289,7 @@ def test_float_images_in_0_255_are_refused_at_the_first_batch(monkeypatch):
     with pytest.raises(ValueError, match="images of dtype torch.int64 are neither uint8"):
         model((images * 255).long())  # before: taken as floats in [0, 1], views all but white
     checks = []
-    monkeypatch.setattr(byol.model, "check_pixel_range", checks.append)
+    monkeypatch.setattr(byol.dropin, "check_pixel_range", checks.append)
     model(images), model(images)
     assert len(checks) == 1  # once: each check is a host sync
     _, custom = small_byol()  # the user's own augmentations take whatever range they take
@@ -636,7 +636,7 @@ def test_one_image_in_training_where_batchnorm_does_not_need_two():
 
 
 def test_one_image_per_process_when_batchnorm_is_synchronized(monkeypatch):
-    monkeypatch.setattr(byol.model, "world_size", lambda: 2)
+    monkeypatch.setattr(byol.dropin, "world_size", lambda: 2)
     monkeypatch.setattr(byol.distributed, "sum_over_ranks", lambda t: t * 2)  # two equal processes
     _, model = small_byol()
     x = torch.rand(1, 3, 32, 32)
@@ -714,11 +714,11 @@ def test_torch_compile_of_the_learner_checks_the_first_batch_without_a_warning_o
 def test_the_compile_check_takes_torch_2_2_s_is_compiling(monkeypatch):
     """From a review: torch.compiler.is_compiling came in torch 2.3, and pyproject allows torch 2.2,
     where torch._dynamo.is_compiling is the one (in later torch it calls the other, so it is stood in for)."""
-    assert byol.model._compiling() is False
-    assert byol.model._is_compiling is getattr(torch.compiler, "is_compiling", torch._dynamo.is_compiling)
+    assert byol.dropin._compiling() is False
+    assert byol.dropin._is_compiling is getattr(torch.compiler, "is_compiling", torch._dynamo.is_compiling)
     monkeypatch.delattr(torch.compiler, "is_compiling", raising=False)  # (absent in torch 2.2)
     monkeypatch.setattr(torch._dynamo, "is_compiling", lambda: "torch._dynamo's")
-    assert byol.model._is_compiling_function()() == "torch._dynamo's"
+    assert byol.dropin._is_compiling_function()() == "torch._dynamo's"
 
 
 def test_the_loss_is_each_views_prediction_regressing_the_other_views_target_projection():

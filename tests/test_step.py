@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from byol import BYOL
 from byol.augment import Augment, cifar_views
 from byol.data import TensorBatches
-from byol.model import BYOL
 from byol.schedules import cosine_lr, tau_schedule
 from byol.compiling import Compiled, compile_step, compiled_augment, eager_fallbacks
 from byol.step import LoopStep, ViewsForward, train_step, views_loss
