@@ -337,3 +337,43 @@ def test_random_number_generator_states_that_do_not_load_are_one_sentence(tmp_pa
     with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path))}'s random number generator states do not "
                                               "load \\(.*\\); resume from a checkpoint a byol run wrote$"):
         _restore_generators({"rng": rng}, torch.Generator(), 0, 1, tmp_path)
+
+
+def test_a_checkpoint_puts_back_every_generator_it_saved_so_the_draws_after_it_are_the_same(tmp_path):
+    """torch's, NumPy's (its cached Gaussian too), Python's (gauss's too) and the augmentation generator's:
+    after a checkpoint is written and read back, each draws what it drew after the write."""
+    import random
+
+    import numpy as np
+    from byol.checkpoint import rng_state_kept, set_rng_state
+    model, opt = make()
+    with rng_state_kept():
+        generator = torch.Generator().manual_seed(5)
+        torch.manual_seed(1), np.random.seed(2), random.seed(3)
+        np.random.standard_normal(), random.gauss(0, 1)  # leave a Gaussian cached in each
+
+        def draws():
+            return (torch.rand(4), np.random.rand(4), np.random.standard_normal(), random.random(),
+                    random.gauss(0, 1), torch.rand(4, generator=generator))
+
+        save_checkpoint(tmp_path / "last.pt", model, opt, 1, {}, generator)
+        expected = draws()
+        draws()  # the generators move on
+        set_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"], generator)
+        got = draws()
+    for a, b in zip(expected, got):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b)
+
+
+def test_a_resume_under_torchrun_gives_each_process_its_own_rank_s_augmentation_generator():
+    """A mutation audit: every rank given rank 0's saved generator survived every test (the torchrun resume
+    test is not in the default run): each rank's augmentations would then draw rank 0's."""
+    from byol.checkpoint import rng_state, rng_state_kept
+    from byol.resume import _restore_generators
+    streams = [torch.Generator().manual_seed(10 + rank).get_state() for rank in range(2)]
+    with rng_state_kept():
+        state = {"rng": rng_state(), "extra": {"generator_per_rank": streams}}
+        for rank in range(2):
+            generator = torch.Generator().manual_seed(99)
+            _restore_generators(state, generator, rank, 2, Path("last.pt"))
+            assert torch.equal(generator.get_state(), streams[rank]), rank

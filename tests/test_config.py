@@ -79,6 +79,29 @@ def test_imagenet_preset_is_the_paper_recipe():
     assert c.augment.preset == "paper" and c.data.image_size == 224
 
 
+def test_the_defaults_and_the_small_data_presets_are_the_values_their_comments_give():
+    """A mutation audit: tau_base and weight_decay's defaults, and the cifar10 preset's trust coefficient, each
+    changed survived every test (the imagenet preset alone was checked). Each value as its comment says it."""
+    from byol.build import schedule_of
+    c = Config()  # byol/config.py: the paper's (ImageNet) values where it says "paper"
+    assert (c.model.projection_size, c.model.projection_hidden_size) == (256, 4096)
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.momentum) == ("lars", 0.2, 1.5e-6, 0.9)
+    assert (c.optim.trust_coefficient, c.optim.lars_clip, c.optim.warmup_epochs) == (0.001, False, 10)
+    assert (c.train.tau_base, c.train.knn_k, c.train.seed) == (0.996, 200, 0)
+    for name in ("cifar10", "stl10"):  # solo-learn's CIFAR values; stl10's "as in cifar10"
+        c = load_config(name)
+        o = c.optim
+        assert (o.name, o.lr, o.weight_decay, o.trust_coefficient, o.lars_clip, o.warmup_epochs, o.momentum) == (
+            "lars", 1.0, 1e-5, 0.02, True, 10, 0.9), name
+        assert (c.train.epochs, c.train.tau_base) == (200, 0.99), name
+    assert load_config("cifar10").train.batch_size == 512 and load_config("stl10").train.batch_size == 256
+    assert schedule_of(load_config("cifar10"), 1)[0] == 2.0  # "2.0 at batch 512"
+    c = load_config("cifar10-cpu")
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.warmup_epochs) == ("sgd", 0.2, 5e-4, 0.1)
+    assert (c.train.epochs, c.train.batch_size, c.train.tau_base, c.augment.crop_min_scale) == (5, 256, 0.9, 0.2)
+    assert 50000 // c.train.batch_size == 195  # "195 steps an epoch"
+
+
 def test_overrides_are_typed():
     c = load_config("cifar10", ["--train.epochs=3", "optim.lr=1", "--data.download=true",
                                 "--data.limit=100", "--data.limit=null", "--train.max_steps=7"])

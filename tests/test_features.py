@@ -52,6 +52,16 @@ def test_extract_features_resizes_first():
         torch.testing.assert_close(feats, net.eval()((big - mean) / std).flatten(1))
 
 
+def test_extract_features_resizes_down_antialiased():
+    """A mutation audit: the resize without its antialiasing survived every test, whose resize went up (where
+    antialiasing changes nothing); down, as a 96 px STL-10 image fed at 32, it averages the pixels it drops."""
+    net, x = encoder(), images(size=32)
+    feats = extract_features(net, x, size=8, mean=(0.0,) * 3, std=(1.0,) * 3)
+    small = F.interpolate(x.float() / 255, size=8, mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, net.eval()(small).flatten(1))
+
+
 @pytest.mark.parametrize("side, crop", [(37, 32), (256, 224), (9, 4), (8, 8), (6, 8)])
 def test_center_crop_cuts_what_torchvisions_center_crop_cuts(side, crop):
     from torchvision.transforms.v2.functional import center_crop as torchvision_center_crop
@@ -192,3 +202,12 @@ def test_note_lines_say_where_a_pass_that_failed_stopped_not_that_it_ended(monke
     assert not any(" images in " in line for line in lines), lines
     extract_features(Failing(0), images, batch_size=4, device="cpu", progress=LogLines("test features"))
     assert capsys.readouterr().err.splitlines()[-1].startswith("note: test features: 10 images in ")
+
+
+def test_center_crop_of_an_image_taller_than_wide_cuts_its_rows_at_the_top_offset_and_its_columns_at_the_left():
+    """A mutation audit: the top and left offsets swapped survived every test, whose images were square. At 11 x 7
+    the offsets differ, and each is one torchvision rounds up ((11 - 4) / 2 = 3.5 to 4, (7 - 4) / 2 = 1.5 to 2)."""
+    from torchvision.transforms.v2.functional import center_crop as torchvision_center_crop
+    x = torch.arange(2 * 3 * 11 * 7).reshape(2, 3, 11, 7)
+    for tall in (x, x.transpose(-1, -2)):
+        assert torch.equal(center_crop(tall, 4), torchvision_center_crop(tall, [4, 4]))

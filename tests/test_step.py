@@ -352,6 +352,24 @@ def test_loop_step_sets_the_scheduled_lr_and_moves_the_target_by_the_scheduled_t
         torch.testing.assert_close(pt, tau * b + (1 - tau) * po)
 
 
+def test_the_optimizer_step_of_step_s_takes_the_learning_rate_the_schedule_gives_at_s():
+    """A mutation audit: the schedules set after the optimizer step (so that step s ran with step s - 1's
+    learning rate, and step 0 with the optimizer's own) survived every test, which read the lr after the call.
+    Step 1 of LoopStep equals a plain train_step with cosine_lr(1)'s learning rate, not the optimizer's 0."""
+    byol = tiny_byol()
+    twin = copy.deepcopy(byol)
+    loop_step = LoopStep(ViewsForward(byol, channels_last=False), byol, optimizer_of(byol, lr=0.0),
+                         torch.Generator().manual_seed(0), None, None, lr=0.4, warmup_steps=4, total_steps=8,
+                         tau_base=0.9)
+    loop_step(1, images())
+    train_step(ViewsForward(twin, channels_last=False), twin, optimizer_of(twin, lr=cosine_lr(1, 8, 0.4, 4)),
+               images(), torch.Generator().manual_seed(0), None)
+    moved = [not torch.equal(p, q) for p, q in zip(byol.online.parameters(), tiny_byol().online.parameters())]
+    assert any(moved)
+    for p, q in zip(byol.online.parameters(), twin.online.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 def test_the_second_view_is_drawn_with_the_second_recipe():
     """A mutation audit: drawing view 2 with view 1's augmentation survived every test. The paper's two
     recipes differ (view 2 solarizes, view 1 always blurs), and the loss is asymmetric in them."""

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 import byol.build
+import byol.checkpoint
 import byol.cuda_graph
 import byol.faults
 import byol.features
@@ -398,6 +399,31 @@ def test_the_knn_monitor_scores_the_online_encoder(folder):
     config = Config()
     config.train.knn_k = 5
     assert knn_eval(model, data, config, torch.device("cpu"), None) == {5: 100.0, 20: 100.0}
+
+
+@pytest.mark.parametrize("preset", ["cifar", "paper"])
+def test_the_knn_monitor_normalizes_the_images_with_the_run_s_own_mean_and_std(monkeypatch, preset):
+    """A mutation audit: the monitor's features of images normalized with mean and std swapped survived every
+    test. Its features are extract_features' of the images normalized as the run's views were."""
+    from byol.data import ImageSet
+    from byol.features import extract_features
+    from byol.knn_monitor import knn_eval
+    from byol.train_data import TrainData
+    seen = []
+
+    def recording(net, images, device, **kwargs):
+        seen.append((kwargs["mean"], kwargs["std"], kwargs["crop"]))
+        return extract_features(net, images, **kwargs)
+
+    monkeypatch.setattr(byol.knn_monitor.features, "extract_features_sharded", recording)
+    labels = torch.arange(8) % 2
+    split = ImageSet(torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator()), labels)
+    config = load_config("cifar10", [f"--augment.preset={preset}", "--train.knn_k=3"])
+    view1, view2 = byol.build.views_of(config)
+    assert view1.mean != view1.std and (view1.mean, view1.std) == (view2.mean, view2.std)
+    knn_eval(types.SimpleNamespace(encoder=torch.nn.Flatten()), TrainData(None, 0, knn_train=split, knn_test=split),
+             config, torch.device("cpu"), None)
+    assert seen == [(view1.mean, view1.std, None)] * 2
 
 
 @pytest.mark.parametrize("split", [0, 1])
@@ -1445,7 +1471,6 @@ def test_a_resume_with_another_number_of_processes_says_it_does_not_go_on_as_the
         "had" in capsys.readouterr().err
 
 
-
 def test_bf16_is_not_used_on_a_cpu_where_torch_gets_the_network_s_gradients_wrong(tmp_path, capsys, monkeypatch,
                                                                                    cifar10_root):
     """torch 2.14.1's bf16 CPU convolution gives weight gradients off by orders of magnitude, at times NaN, for a
@@ -1868,3 +1893,16 @@ def test_a_resumed_run_keeps_no_copy_of_the_checkpoint_s_weights(tmp_path, cifar
     monkeypatch.setattr(byol.train, "_train_steps", train_steps_seen)
     assert pretrain(config(4), resume=True)["step"] == 4
     assert loaded and alive == [0]
+
+
+def test_a_run_s_initial_weights_and_each_process_s_augmentation_generator_are_seeded_by_train_seed_and_rank():
+    """A mutation audit: the initial weights seeded by the rank alone, and every process's augmentation
+    generator by train.seed alone (the same draws on every rank under torchrun), each survived every test. The
+    initial weights are those ``byol eval --random-init`` rebuilds from train.seed."""
+    from byol.encoders import _initial_net
+    config = load_config("cifar10", tiny_overrides("unused", **{"train.seed": 3}))
+    with byol.checkpoint.rng_state_kept():
+        built = [byol.train._build(config, torch.device("cpu"), rank, 1, None, None) for rank in (0, 1)]
+    assert [generator.initial_seed() for _, _, generator in built] == [3, 4]
+    rebuilt = _initial_net(config).state_dict()
+    assert all(torch.equal(v, rebuilt[k]) for k, v in built[0][0].encoder.body.state_dict().items())

@@ -1,5 +1,7 @@
 """The data a run trains on and its kNN monitor's splits, from a config."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -288,3 +290,67 @@ def test_the_notes_of_a_training_folder_the_knn_monitor_reads_too_are_said_once(
     train_data.load_data(config, torch.device("cpu"), 0, 1)
     err = capsys.readouterr().err
     assert err.count(f"note: 1 file (.heic 1) in {train} is left out") == 1, err
+
+
+def _eight_images(root):
+    """A folder of 8 tiny images; the settings that train on it in batches of 2, with ``overrides``."""
+    from byol.config import load_config
+    from PIL import Image
+    for i in range(8):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(root / f"{i}.png")
+    return lambda *overrides: load_config("cifar10", ["--data.dataset=folder", f"--data.root={root}",
+                                                      "--data.image_size=8", "--train.batch_size=2",
+                                                      "--data.workers=0", *overrides])
+
+
+def test_the_order_of_the_training_images_is_drawn_from_train_seed_in_memory_streamed_and_under_torchrun(tmp_path):
+    """A mutation audit: the DistributedSampler's seed (a folder under torchrun) and TensorBatches' (a set held
+    in memory) each left out survived every test: runs of any train.seed then took their images in one order.
+    The same seed takes the same order; the others, each its own."""
+    config = _eight_images(tmp_path)
+
+    def order(seed, world, on_device):
+        settings = config(f"--train.seed={seed}", f"--data.on_device={on_device}")
+        batches = train_data._training_split(settings, torch.device("cpu"), 0, world)[0]
+        getattr(batches, "sampler", batches).set_epoch(1)
+        return tuple(int(i) for _, _, indices in batches for i in indices)
+
+    for world, on_device in ((1, "false"), (2, "false"), (1, "true")):
+        orders = [order(seed, world, on_device) for seed in range(4)]
+        assert order(2, world, on_device) == orders[2]
+        assert len(set(orders)) == 4, (world, on_device)
+
+
+def test_each_epoch_of_the_training_data_takes_the_order_its_number_draws(tmp_path):
+    """A mutation audit: TrainData.epoch setting every epoch as epoch 0 survived every test: each epoch then took
+    the first one's batches, in memory and streamed alike. Epochs 0, 1 and 2 differ, and epoch 1 again is epoch 1."""
+    config = _eight_images(tmp_path)
+    for on_device in ("false", "true"):
+        batches, n = train_data._training_split(config(f"--data.on_device={on_device}"), torch.device("cpu"), 0, 1)[:2]
+        data = train_data.TrainData(batches, n)
+        orders = [tuple(int(i) for _, _, indices in data.epoch(epoch) for i in indices) for epoch in (0, 1, 2, 1)]
+        assert orders[1] == orders[3] and len(set(orders[:3])) == 3, on_device
+
+
+def test_data_limit_trains_on_the_first_n_images_of_a_folder_streamed_or_in_memory(tmp_path):
+    """A mutation audit: data.limit taking a folder's last N files survived every test."""
+    config = _eight_images(tmp_path)
+    for on_device in ("false", "true"):
+        batches, n, folder, _ = train_data._training_split(config("--data.limit=3", f"--data.on_device={on_device}"),
+                                                           torch.device("cpu"), 0, 1)
+        assert n == len(folder) == 3 and [Path(folder.path(i)).name for i in range(3)] == ["0.png", "1.png", "2.png"]
+    assert sorted(batches.images[:, 0, 0, 0].tolist()) == [0, 1, 2]  # held in memory: the first three's pixels
+
+
+def test_the_steps_from_a_resumed_step_take_the_batches_the_uninterrupted_run_took_into_the_next_epochs():
+    """A mutation audit: a resume in the middle of an epoch that started the next epoch at the same batch
+    (skipping its first ones too) survived every test: the resume test's run ended within its first epoch."""
+    from itertools import islice
+
+    from byol.data import TensorBatches
+    images = torch.arange(24, dtype=torch.uint8).view(24, 1, 1, 1).expand(24, 3, 2, 2)
+    data = train_data.TrainData(TensorBatches(images, None, 4, generator=7), 24)
+    whole = [b[:, 0, 0, 0].tolist() for b in islice(train_data.step_images(data, 0, 6, 4), 18)]
+    for step in (1, 5, 6, 8):
+        resumed = [b[:, 0, 0, 0].tolist() for b in islice(train_data.step_images(data, step, 6, 4), 18 - step)]
+        assert resumed == whole[step:], step
