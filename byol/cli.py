@@ -128,7 +128,8 @@ def _pretrain(args, overrides: list[str]) -> int:
         config = resume_config(preset, overrides + extra, explicit=args.config is not None)
     else:
         config = load_config(preset, overrides + extra)
-        if args.config is not None:  # an archived run's config.yaml, fed back: the folder it names is said
+        if args.config is not None and error_lines.launch_rank() == 0:  # an archived run's config.yaml, fed
+            # back: the folder it names is said (once under torchrun)
             from .resume import note_another_runs_config
             note_another_runs_config(preset, overrides + extra, config)
     from .train import pretrain

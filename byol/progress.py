@@ -116,6 +116,9 @@ def shown(progress: Union[bool, str], total: Optional[int], unit: str, default: 
     name = (str(progress) or default) if isinstance(progress, str) else default  # (LogLines() is true, named "")
     bar = _NoteLines(name, total, unit) if isinstance(progress, LogLines) else tqdm_bar(
         total=total, unit=unit, desc=name, leave=False)
+    if bar is None:  # tqdm cannot be imported (said once by tqdm_bar): the block runs without a bar
+        yield None
+        return
     try:
         yield bar
     except BaseException:

@@ -633,6 +633,10 @@ def test_a_new_run_from_the_config_of_a_moved_run_says_the_folder_it_starts_in(t
     assert (f"note: {moved / 'config.yaml'} is the config of the run in {moved}, but it names train.out_dir="
             f"{original} (a copied or moved run?), where this new run starts; --train.out_dir starts it "
             "elsewhere\n") in said, said
+    monkeypatch.setenv("RANK", "1")  # under torchrun: rank 0's alone
+    assert main(["pretrain", "--config", str(moved / "config.yaml")]) == 0
+    assert "is the config of the run" not in capsys.readouterr().err
+    monkeypatch.delenv("RANK")
     assert main(["pretrain", "--config", str(moved / "config.yaml"), f"--train.out_dir={tmp_path / 'new'}"]) == 0
     assert "is the config of the run" not in capsys.readouterr().err
     save_config(load_config("cifar10", [f"--train.out_dir={moved}"]), moved / "config.yaml")  # the folder's own

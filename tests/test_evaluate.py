@@ -267,6 +267,25 @@ def test_progress_bars_on_stderr_only_when_asked(capsys):
     assert "linear probe" in err and "/3 [" in err and "epoch/s" in err, err
 
 
+def test_a_broken_tqdm_is_no_bar_for_features_and_the_linear_probe(monkeypatch, capsys):
+    """With tqdm that cannot be imported, progress=True is a note and no bar (as pretraining's bar is): the
+    features and the linear probe failed on 'NoneType' object has no attribute 'close' (a review: features.shown
+    closed the bar that tqdm_bar did not make), so eval, embed and the kNN monitor's passes with a bar."""
+    import sys
+    from byol.progress import _no_bars
+    net = nn.Conv2d(3, 2, 3)
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    quiet = extract_features(net, images, batch_size=4)
+    x, y = torch.randn(16, 4), torch.arange(16) % 2
+    probe = linear_probe(x, y, x, y, epochs=3)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    _no_bars.cache_clear()  # (said once a process)
+    torch.testing.assert_close(extract_features(net, images, batch_size=4, progress="train features"), quiet)
+    assert linear_probe(x, y, x, y, epochs=3, progress=True) == probe
+    assert capsys.readouterr().err.count("note: tqdm cannot be imported") == 1
+    _no_bars.cache_clear()
+
+
 def test_extract_features_refuses_pixels_it_would_misread():
     """A user test: int64 pixels, or floats in 0..255, gave features of nonsense without a word (the learner
     refused both); (images, labels) batches failed on 'not enough values to unpack'."""
