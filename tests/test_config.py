@@ -589,19 +589,26 @@ def test_a_whole_number_written_as_a_float_says_how_to_write_it(tmp_path):
             load_config("cifar10", [f"--train.epochs={value}"])
 
 
-def test_resume_auto_from_the_config_of_a_moved_run_does_not_start_a_new_one_where_it_was(tmp_path, monkeypatch,
-                                                                                          capsys):
-    """--resume=auto --config MOVED/config.yaml, the run moved from the folder its config names: that folder holds
-    no checkpoint, so a new run started there, the moved run left as it was; refused as --resume refuses it."""
+def _moved_run(original: Path, moved: Path, monkeypatch) -> list:
+    """A run's folder moved from ``original`` to ``moved`` (its config.yaml names ``original``), and the list
+    that the configs a mocked ``pretrain`` is given go into."""
     import byol.train
-    from byol.cli import main
-    original, moved = tmp_path / "original", tmp_path / "moved"
     (moved / "checkpoints").mkdir(parents=True)
     (moved / "checkpoints" / "last.pt").write_bytes(b"")
     save_config(load_config("cifar10", [f"--train.out_dir={original}"]), moved / "config.yaml")
     taken = []
     monkeypatch.setattr(byol.train, "pretrain", lambda config, resume=False: taken.append(config) or {"step": 0})
     monkeypatch.setattr("byol.cli._pretrain_rows", lambda config, results: [("steps", "0")])
+    return taken
+
+
+def test_resume_auto_from_the_config_of_a_moved_run_does_not_start_a_new_one_where_it_was(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """--resume=auto --config MOVED/config.yaml, the run moved from the folder its config names: that folder holds
+    no checkpoint, so a new run started there, the moved run left as it was; refused as --resume refuses it."""
+    from byol.cli import main
+    original, moved = tmp_path / "original", tmp_path / "moved"
+    taken = _moved_run(original, moved, monkeypatch)
     assert main(["pretrain", "--resume=auto", "--config", str(moved / "config.yaml")]) == 2
     assert not taken
     said = capsys.readouterr().err  # no run where it was: the folder with the run alone is offered
@@ -618,15 +625,9 @@ def test_a_new_run_from_the_config_of_a_moved_run_says_the_folder_it_starts_in(t
     started a new run in the folder the config names, which the run had been moved from, without a word. It is
     said; not where --train.out_dir is given, nor where the config is the folder's own, nor where the folder
     named holds a run (refused then, as before)."""
-    import byol.train
     from byol.cli import main
     original, moved = tmp_path / "original", tmp_path / "archive" / "run"
-    (moved / "checkpoints").mkdir(parents=True)
-    (moved / "checkpoints" / "last.pt").write_bytes(b"")
-    save_config(load_config("cifar10", [f"--train.out_dir={original}"]), moved / "config.yaml")
-    taken = []
-    monkeypatch.setattr(byol.train, "pretrain", lambda config, resume=False: taken.append(config) or {"step": 0})
-    monkeypatch.setattr("byol.cli._pretrain_rows", lambda config, results: [("steps", "0")])
+    taken = _moved_run(original, moved, monkeypatch)
     assert main(["pretrain", "--config", str(moved / "config.yaml")]) == 0
     assert taken[-1].train.out_dir == str(original)  # as before: the folder the config names
     said = capsys.readouterr().err
