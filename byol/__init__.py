@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"  # checkpoint.py reads it
 
 _EXPORTS = {  # public name -> the module that defines it
-    "BYOL": "dropin", "MLP": "model", "LARS": "optim", "build_optimizer": "optim", "param_groups": "optim",
-    "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema", "update_target": "ema",
+    "BYOL": "dropin", "BYOLModel": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim",
+    "param_groups": "optim", "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema",
+    "update_target": "ema",
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
     "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
@@ -22,7 +23,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "OutputError": "outputs",
 }
 __all__ = [
-    "BYOL", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
+    "BYOL", "BYOLModel", "MLP", "LARS", "byol_loss", "regression_loss", "build_target", "update_target",
     "cosine_lr", "tau_schedule", "build_optimizer", "param_groups", "resnet", "cut_at",
     "Config", "load_config", "resume_config", "pretrain", "knn", "linear", "embed", "export", "load_encoder", "keep_freed_memory",
     "ByolError", "ConfigError", "DataError", "CheckpointError", "OutputError",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .exports import embed, export
     from .loss import byol_loss, regression_loss
     from .dropin import BYOL
-    from .model import MLP
+    from .model import BYOLModel, MLP
     from .optim import LARS, build_optimizer, param_groups
     from .encoders import load_encoder
     from .pipeline import knn, linear

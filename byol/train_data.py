@@ -118,6 +118,13 @@ def _check_train_split(config: Config) -> None:
                         f"leave data.train_split at {DataConfig.train_split} to train {on}")
 
 
+def _note_limit_above(d: DataConfig, n: int, rank: int) -> None:
+    """``data.limit`` above the training split's size takes all of it: said (a run's image count alone said so)."""
+    if d.limit > n and rank == 0:
+        print(f"note: data.limit={d.limit:,} is above the {n:,} images of the training split: all of them are used",
+              file=sys.stderr)
+
+
 def _training_split(config: Config, device: torch.device, rank: int, world: int):
     """This process's batches of the training split, its size, the folder it streams from (or None), and
     the split as read, before ``data.limit``: a folder as scanned (which the kNN monitor's bank is spread
@@ -147,6 +154,7 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
                   file=sys.stderr)
         scanned = source
         if d.limit:  # before decoding anything
+            _note_limit_above(d, len(source), rank)
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source
         if d.on_device is True:  # small folders: decode once, then train from device memory
@@ -154,6 +162,8 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     if isinstance(source, ImageSet):
         scanned = source if scanned is None else scanned
         if d.limit:
+            if folder is None:  # (a folder's was said before it was decoded)
+                _note_limit_above(d, len(source), rank)
             source = source.first(d.limit)
         home = data_home(d.on_device, source.images.nbytes, device)
         if home != device and rank == 0:

@@ -852,3 +852,26 @@ def test_learner_apply_of_an_init_function_reaches_every_module_with_the_default
     seen = []
     assert learner.apply(seen.append) is learner
     assert learner.augment_fn in seen and learner.augment_fn2 in seen and learner.predictor in seen
+
+
+def test_the_method_alone_trains_an_encoder_as_python_api_md_shows():
+    """byol.BYOLModel, the method without byol-pytorch's surface (docs/python_api.md): the loss of two views, an
+    optimizer step that moves the online branch and not the target, then update_target, which moves the target."""
+    import byol
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    core = byol.BYOLModel(encoder, 8, 4, 16)
+    assert core.encoder is encoder and core.target is not None
+    optimizer = torch.optim.SGD([p for p in core.parameters() if p.requires_grad], lr=0.5)
+    view1, view2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    target = [p.clone() for p in core.target.parameters()]
+    online = [p.clone() for p in core.online.parameters()]
+    loss, z1 = core.forward_views(view1, view2)
+    assert loss.shape == () and 0 < loss.item() < 8 and z1.shape == (4, 4) and not z1.requires_grad
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(target, core.target.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(online, core.online.parameters()))
+    core.update_target(0.5)
+    for before, now, source in zip(target, core.target.parameters(), core.online.parameters()):
+        torch.testing.assert_close(now, 0.5 * before + 0.5 * source.detach())

@@ -354,3 +354,24 @@ def test_the_steps_from_a_resumed_step_take_the_batches_the_uninterrupted_run_to
     for step in (1, 5, 6, 8):
         resumed = [b[:, 0, 0, 0].tolist() for b in islice(train_data.step_images(data, step, 6, 4), 18 - step)]
         assert resumed == whole[step:], step
+
+
+def test_a_data_limit_above_the_training_split_s_size_is_said(tmp_path, capsys):
+    """data.limit=100000 on 320 images trained on all 320 without a word (a run's image count alone said it);
+    a note says so, for CIFAR's and a folder's images alike, and nothing at or under the size."""
+    from test_train import fake_cifar10
+    from byol.config import load_config
+    root = fake_cifar10(tmp_path / "data")
+    settings = [f"--data.root={root}", "--train.batch_size=16", "--train.knn_every=-1"]
+    for limit, said in ((100_000, True), (320, False), (100, False)):
+        data = train_data.load_data(load_config("cifar10-cpu", settings + [f"--data.limit={limit}"]),
+                                    torch.device("cpu"), 0, 1)
+        assert data.size == min(limit, 320)
+        note = f"note: data.limit={limit:,} is above the 320 images of the training split: all of them are used"
+        assert (note in capsys.readouterr().err) is said, limit
+    (tmp_path / "folder").mkdir()
+    config = _eight_images(tmp_path / "folder")
+    for on_device in ("false", "true"):
+        train_data._training_split(config("--data.limit=9", f"--data.on_device={on_device}"), torch.device("cpu"), 0, 1)
+        err = capsys.readouterr().err
+        assert err.count("note: data.limit=9 is above the 8 images of the training split") == 1, err
