@@ -110,13 +110,12 @@ def duration(seconds: float) -> str:
 def shown(progress: Union[bool, str], total: Optional[int], unit: str, default: str):
     """A tqdm bar on stderr while the block runs when ``progress`` is true (a string names it), note lines for
     :class:`LogLines`, else None; closed at the block's end, the lines saying where a block that raised stopped."""
-    if not progress:
-        yield None
-        return
-    name = (str(progress) or default) if isinstance(progress, str) else default  # (LogLines() is true, named "")
-    bar = _NoteLines(name, total, unit) if isinstance(progress, LogLines) else tqdm_bar(
-        total=total, unit=unit, desc=name, leave=False)
-    if bar is None:  # tqdm cannot be imported (said once by tqdm_bar): the block runs without a bar
+    bar = None
+    if progress:
+        name = (str(progress) or default) if isinstance(progress, str) else default  # (LogLines() is true, named "")
+        bar = _NoteLines(name, total, unit) if isinstance(progress, LogLines) else tqdm_bar(
+            total=total, unit=unit, desc=name, leave=False)
+    if bar is None:  # none asked for, or tqdm cannot be imported (said once by tqdm_bar): no bar
         yield None
         return
     try:

@@ -133,6 +133,8 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     per_rank = t.batch_size // world
     _check_train_split(config)
     source = build_dataset(d.dataset, d.root, d.train_split, load_size(config), d.download)
+    if d.limit:
+        _note_limit_above(d, len(source), rank)
     if d.load_size and d.dataset in NATIVE_SIZE and rank == 0:
         side = NATIVE_SIZE[d.dataset]
         print(f"note: data.load_size={d.load_size} is not used: {d.dataset} is read at its own {side}x{side} "
@@ -154,7 +156,6 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
                   file=sys.stderr)
         scanned = source
         if d.limit:  # before decoding anything
-            _note_limit_above(d, len(source), rank)
             source = source.subset(torch.arange(min(d.limit, len(source))))
         folder = source
         if d.on_device is True:  # small folders: decode once, then train from device memory
@@ -162,8 +163,6 @@ def _training_split(config: Config, device: torch.device, rank: int, world: int)
     if isinstance(source, ImageSet):
         scanned = source if scanned is None else scanned
         if d.limit:
-            if folder is None:  # (a folder's was said before it was decoded)
-                _note_limit_above(d, len(source), rank)
             source = source.first(d.limit)
         home = data_home(d.on_device, source.images.nbytes, device)
         if home != device and rank == 0:
