@@ -19,6 +19,24 @@ from .error_lines import launch_rank
 SCAN_NOTES = (5.0, 30.0)
 
 
+class _NoteClock:
+    """When a note line is due: :data:`SCAN_NOTES` seconds after the start, then every so many seconds."""
+
+    def __init__(self):
+        self.start, self.next, self.said = time.monotonic(), SCAN_NOTES[0], False
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.start
+
+    def due(self) -> Optional[float]:
+        """The seconds since the start where a line is due now (the next then counted from here), else None."""
+        seconds = self.seconds()
+        if seconds < self.next:
+            return None
+        self.next, self.said = seconds + SCAN_NOTES[1], True
+        return seconds
+
+
 class SlowNotes:
     """Where a wait takes long (a scan of a million files, or of a network file system, which lists
     slowly; decoding a kNN monitor's 20,000 images), what it has done so far, on stderr: after
@@ -29,18 +47,16 @@ class SlowNotes:
 
     def __init__(self, so_far: str, done: str, **fields):
         self.so_far, self.done_line, self.fields = so_far, done, fields
-        self.start, self.next, self.said = time.monotonic(), SCAN_NOTES[0], False
-        self.quiet = launch_rank() != 0
+        self.clock, self.quiet = _NoteClock(), launch_rank() != 0
 
     def now(self, count: int) -> None:
-        seconds = time.monotonic() - self.start
-        if seconds >= self.next and not self.quiet:
+        seconds = None if self.quiet else self.clock.due()
+        if seconds is not None:
             self._say(self.so_far, count, seconds)
-            self.next, self.said = seconds + SCAN_NOTES[1], True
 
     def done(self, count: int) -> None:
-        if self.said:
-            self._say(self.done_line, count, time.monotonic() - self.start)
+        if self.clock.said:
+            self._say(self.done_line, count, self.clock.seconds())
 
     def _say(self, template: str, count: int, seconds: float) -> None:
         print("note: " + template.format(count=count, seconds=seconds, **self.fields), file=sys.stderr, flush=True)
@@ -67,25 +83,23 @@ class _NoteLines:
     """The bar of :class:`LogLines`: tqdm's ``update`` and ``close``, said in note lines."""
 
     def __init__(self, name: str, total: Optional[int], unit: str):
-        self.name, self.total, self.unit, self.every = name, total, unit, SCAN_NOTES
-        self.count, self.start, self.said, self.cut_short = 0, time.monotonic(), False, False
-        self.next = self.start + self.every[0]
+        self.name, self.total, self.unit = name, total, unit
+        self.count, self.clock, self.cut_short = 0, _NoteClock(), False
 
     def update(self, n: int = 1) -> None:
         self.count += n
-        now = time.monotonic()
-        if now >= self.next:
-            rate = self.count / max(now - self.start, 1e-6)
+        seconds = self.clock.due()
+        if seconds is not None:
+            rate = self.count / max(seconds, 1e-6)
             left = f", about {duration((self.total - self.count) / rate)} left" if self.total and rate > 0 else ""
             of = f" of {self.total:,}" if self.total else ""
-            self._say(f"{self.count:,}{of} {self._units()}, {now - self.start:.0f} s, "
+            self._say(f"{self.count:,}{of} {self._units()}, {seconds:.0f} s, "
                       f"{rate:,.{1 if rate < 100 else 0}f} {self.unit}/s{left}")
-            self.next, self.said = now + self.every[1], True
 
     def close(self) -> None:
-        if not self.said:
+        if not self.clock.said:
             return
-        spent = f"{time.monotonic() - self.start:.0f} s"
+        spent = f"{self.clock.seconds():.0f} s"
         if self.cut_short:  # by an error or a signal: not "N images in X s", as if they were all
             of = f" of {self.total:,}" if self.total else ""
             self._say(f"stopped after {self.count:,}{of} {self._units()}, {spent}")
