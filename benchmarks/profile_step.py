@@ -29,7 +29,7 @@ import torch
 from benchmarks import systems
 from benchmarks.speed import load_average, machine, widths
 from benchmarks.timed import load_images, setup, sync
-from byol.build import autocast_dtype
+from byol.precision import autocast_dtype
 from byol.data import TensorBatches
 from byol.faults import NonFiniteGuard
 from byol.compiling import compile_step, eager_fallbacks

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import systems
 from byol.allocator import glibc
-from byol.build import autocast_dtype
+from byol.precision import autocast_dtype
 from byol.compiling import eager_fallbacks
 
 

@@ -1,165 +1,24 @@
-"""From a config to what a run is made of: the device and precision, the model with its view
-recipes, and the size its images are decoded at (the data itself: ``train_data.py``).
+"""From a config to what a run is made of: the model with its view recipes, its schedules' lengths, and the
+size its images are decoded at (the device and precision: ``precision.py``; the data itself: ``train_data.py``).
 
 Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 """
 
-from contextlib import contextmanager
 from dataclasses import replace
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
-import torch
 from torch import nn
 
 from .augment import Augment, ViewConfig, view_presets
-from .backbones import NetDoesNotRun, cut_at, resnet, strided_over_one_pixel
+from .backbones import NetDoesNotRun, cut_at, resnet
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
 from .dropin import BYOL
-from . import distributed as dist
+# byol.build.autocast_dtype and native_bf16 as well, as docs/python_api.md and BENCHMARKS.md name them
+from .precision import autocast_dtype, native_bf16
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks this process's CUDA device when there is one, else the CPU."""
-    if name == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        local, count = dist.local_rank(), torch.cuda.device_count()
-        if local >= count:  # more torchrun processes on this machine than GPUs: else torch's "invalid device
-            # ordinal" (auto), or, for cuda, the current device, cuda:0, which distributed.init left it
-            raise ConfigError(f"this is torchrun's process LOCAL_RANK={local}, but this machine has {count} CUDA "
-                              f"GPU{'s' * (count != 1)}: start at most {count} a machine (--nproc_per_node={count}), "
-                              "or train.device=cpu")
-        if name == "auto":
-            return torch.device(f"cuda:{local}")
-    device = torch.device(name)
-    if device.type == "cpu":  # one CPU device: cpu:0 is cpu (a note compared them and said a copy was made)
-        return torch.device("cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and device.index is not None and device.index >= count:  # else torch's "invalid
-        gpus = "cuda:0" + (f" to cuda:{count - 1}" if count > 1 else "")  # device ordinal", a traceback
-        raise ConfigError(f"train.device={name} but this machine has {count} CUDA GPU{'s' * (count != 1)} ({gpus}); "
-                          "choose one of them, or train.device=cuda")
-    return device
-
-
-@contextmanager
-def usual_torch_defaults() -> Iterator[None]:
-    """float32 as torch's default dtype, gradients on and autocast off, whatever the caller set (a
-    notebook's ``torch.set_default_dtype(torch.float64)``, a call inside ``torch.no_grad()`` or
-    ``torch.autocast``: user tests saw pretraining fail deep in autograd, eval on mixed dtypes, kNN on
-    its votes' dtype, and results change while they said float32; ``train.precision`` is what sets
-    autocast); the caller's put back on exit. Also a decorator. The default dtype is the process's:
-    where the caller set another, its other threads see float32 meanwhile (grad mode and autocast are
-    each thread's own)."""
-    dtype = torch.get_default_dtype()
-    if dtype != torch.float32:
-        torch.set_default_dtype(torch.float32)
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), _outside_autocast():
-            yield
-    finally:
-        if dtype != torch.float32:
-            torch.set_default_dtype(dtype)
-
-
-@contextmanager
-def _outside_autocast() -> Iterator[None]:
-    """Within, as outside any ``torch.autocast`` the caller entered or turned on: autocast off, and no
-    enclosing context. Not off alone: an autocast inside another (the step's) keeps its bf16 copies of the
-    weights until the outermost one ends, so that a run inside the caller's context, even one with
-    ``enabled=False``, trained on the first step's copies. The caller's are emptied; all else is put back."""
-    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
-    enabled = {d: _autocast_enabled(d) for d in devices}
-    depth = torch.autocast_increment_nesting() - 1  # the caller's contexts (this thread's)
-    torch.autocast_decrement_nesting()
-    if depth == 0 and not any(enabled.values()):  # the usual case: nothing to undo
-        yield
-        return
-    undone = 0
-    try:
-        while undone < depth:
-            torch.autocast_decrement_nesting()
-            undone += 1
-        torch.clear_autocast_cache()
-        for d in devices:
-            _autocast_enabled(d, False)
-        yield
-    finally:
-        for d in devices:
-            _autocast_enabled(d, enabled[d])
-        for _ in range(undone):
-            torch.autocast_increment_nesting()
-
-
-def _autocast_enabled(device_type: str, set_to: Optional[bool] = None) -> bool:
-    """Whether autocast is on for ``device_type`` (``set_to``: turned on or off first); the per-device
-    calls came in torch 2.4, the CPU's and CUDA's own before."""
-    try:
-        if set_to is not None:
-            torch.set_autocast_enabled(device_type, set_to)
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        cpu = device_type == "cpu"
-        if set_to is not None:
-            (torch.set_autocast_cpu_enabled if cpu else torch.set_autocast_enabled)(set_to)
-        return torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
-
-
-def autocast_dtype(precision: str, device: Union[torch.device, str]) -> Optional[torch.dtype]:
-    """bf16 where the device computes it natively (``auto``), or as asked; ``None`` means float32."""
-    device = torch.device(device)  # "cpu" too, as extract_features takes it
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
-    if precision == "bf16":
-        if device.type == "cuda" and not native_bf16(device):
-            raise ConfigError("train.precision=bf16 but this GPU has no bfloat16; use fp32")
-        return torch.bfloat16
-    raise ConfigError(f"train.precision={precision!r}; choose auto, bf16 or fp32")
-
-
-def checked_precision(byol: BYOL, config: Config, device: torch.device,
-                      amp: Optional[torch.dtype]) -> Optional[torch.dtype]:
-    """``amp``, but float32 where ``train.precision=auto`` would train in bf16 on a CPU a network that torch's bf16
-    convolutions get wrong (:func:`~byol.backbones.strided_over_one_pixel`: their weight gradients there are off by
-    orders of magnitude, at times NaN; torch 2.14.1, benchmarks/results/cpu-amd-2026-12-06/); refused where
-    ``train.precision=bf16`` asks for it."""
-    if amp is None or device.type != "cpu":
-        return amp
-    size = config.data.image_size
-    faulty = strided_over_one_pixel(byol.online.encoder, size)
-    if not faulty:
-        return amp
-    why = (f"torch's bf16 convolutions on the CPU give wrong weight gradients (off by orders of magnitude, at times "
-           f"NaN) for a strided convolution over a map one pixel high or wide, which {faulty[0]} is at "
-           f"data.image_size={size}")
-    if config.train.precision == "bf16":
-        raise ConfigError(f"train.precision=bf16: {why}; use train.precision=fp32, a larger data.image_size or, for "
-                          "a ResNet, model.cifar_stem=true")
-    dist.note(f"train.precision=auto trains in float32 here, not bf16: {why}")
-    return None
-
-
-def precision_name(amp: Optional[torch.dtype]) -> str:
-    """How a run's autocast dtype is said: in the closing table, in checkpoints, on resume."""
-    return "bf16 autocast" if amp is not None else "float32"
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` has bf16 arithmetic: a GPU that supports it, or a CPU with AVX-512-BF16 or
-    AMX, where oneDNN's bf16 convolutions run (a ResNet-18 step at batch 512 1.9x faster than in
-    float32 on a 2-core AMD EPYC, BENCHMARKS.md). Elsewhere bf16 on a CPU is emulated, and slower."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    # Private in torch 2.x, and from torch 2.5 on; a torch without them (2.2 to 2.4) is taken to have neither.
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
-                                                                          "_is_amx_tile_supported"))
+__all__ = ["autocast_dtype", "native_bf16", "build_model", "schedule_of", "end_step_of", "views_of", "load_size",
+           "eval_crop"]
 
 
 def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2) -> BYOL:

@@ -6,22 +6,18 @@ own resolution; "folder" is an :class:`~byol.folder.ImageFolder` (``folder.py``)
 """
 
 import functools
-import itertools
-import os
 import pickle
-import re
-import shlex
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
-from .files import remove_empty_folders, topmost_missing
 from .data import DataError, ImageSet
+from .dataset_files import (CIFAR_BINARY, CIFAR_PICKLE, STL_DIR, FilesNotFound, describe, download_archive,
+                            find_layout, lacking_files)
 from .distributed import note
 from .folder import ImageFolder, split_folder
-from .images import image_extensions
 
 DATASETS = ("cifar10", "cifar100", "stl10", "folder")
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}  # the side of each data set's own images
@@ -32,117 +28,7 @@ OFFICIAL_SIZE = {("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000, ("ci
                  ("stl10", "unlabeled"): 100_000}
 
 
-class FilesNotFound(DataError):
-    """A data set's files are not where ``data.root`` says: ``what`` names them and the folder, and
-    the message adds how to fix it (a caller with other advice uses ``what``). ``download``: the option
-    that downloads them, as the command that read them spells it."""
-
-    def __init__(self, what: str, root: Optional[Path] = None, name: Optional[str] = None,
-                 download: str = "--download"):
-        self.args_given = (what, root, name)
-        said = None if root is None else _what_is_there(root, name, download)
-        if said is not None:  # why they are not there, and what to do instead
-            what += f"; {said}"
-            super().__init__(what)
-        else:
-            super().__init__(f"{what}; put the files there, or pass {download} when online")
-        self.what = what
-        self.explained = said is not None
-
-    def with_download(self, download: str) -> "FilesNotFound":
-        """The same error, its advice naming ``download`` (``byol eval``'s ``--data.download=true``)."""
-        return FilesNotFound(*self.args_given, download=download)
-
-
-def _what_is_there(root: Path, name: Optional[str], download: str) -> Optional[str]:
-    """What in ``root`` explains why data set ``name``'s files are not found there (a user test: each was
-    said only as the files expected): no such folder; another data set's files (not its own: their files
-    are said), the advice to ``--download`` kept where ``root`` holds them, not is them; its archive, not
-    unpacked; a folder of one's own images. None for none."""
-    if not root.exists():
-        return f"{root} does not exist: check the path, or pass {download} when online to fetch the files there"
-    layouts = {folder: other for table in (_CIFAR_BINARY, _CIFAR_PICKLE) for other, (folder, *_) in table.items()}
-    layouts[_STL_DIR] = "stl10"
-    present = [(folder, other) for folder, other in layouts.items() if root.name == folder or (root / folder).is_dir()]
-    if present and all(other != name for _, other in present):  # (its own there, a file missing: nothing to add)
-        folder, other = present[0]
-        if root.name == folder:
-            return f"it holds {folder}, {other}'s files: for them, set --data.dataset={other}"
-        return (f"it holds {folder}, {other}'s files (for them, set --data.dataset={other}); for {name}'s, put "
-                f"them there, or pass {download} when online")  # a folder of data sets, this one not yet among them
-    try:  # (the name first: no stat of each entry of a large folder)
-        archives = sorted(p.name for p in root.iterdir() if (m := ARCHIVE.fullmatch(p.name.lower()))
-                          and m[1].replace("-", "") == name and p.is_file())
-    except OSError:
-        archives = []
-    if archives:  # (tar -xf: a .tar saved unzipped too, where -xzf fails)
-        return (f"it holds {', '.join(archives)}, not unpacked: unpack it there (tar -xf {shlex.quote(archives[0])}, "
-                f"in {root}), and run the command again")
-    if holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
-        return "it holds image files: for a folder of your own images, set --data.dataset=folder"
-    return None
-
-
-def holds_images(root: Path, limit: int = 100, max_folders: int = 50) -> bool:
-    """Whether ``root`` or a folder up to two levels below it (``ROOT/train/<class>``) has image files
-    among its first ``limit`` entries (a quick look: entries are read one at a time, never a whole
-    large folder, and at most ``max_folders`` folders)."""
-    extensions = image_extensions()
-    folders = [(root, 0)]
-    for folder, depth in itertools.islice(folders, max_folders):  # root, then the sub-folders found, by level
-        try:
-            with os.scandir(folder) as entries:
-                for entry in itertools.islice(entries, limit):
-                    if Path(entry.name).suffix.lower() in extensions:
-                        return True
-                    if depth < 2 and entry.is_dir():
-                        folders.append((entry.path, depth + 1))
-        except OSError:  # not a folder, or not readable: the next one
-            continue
-    return False
-
-
-# ----------------------------------------------------------------------------------- files
-
-# the official archives' names (and a copy's: cifar-10-python (1).tar.gz), as found beside where they unpack
-ARCHIVE = re.compile(r"(cifar-10|cifar-100|stl10)[-_](python|binary)\b.*\.(tar\.gz|tgz|tar)")
-
-def _find_layout(root: Path, folder: str, files: list[str]) -> Optional[Path]:
-    """``root/folder`` or ``root`` itself, whichever holds all ``files``."""
-    for candidate in (root / folder, root):
-        if all((candidate / f).is_file() for f in files):
-            return candidate
-    return None
-
-
-def _lacking(root: Path, folder: str, files: list[str]) -> str:
-    """The ``files`` missing where some of them are there (in ``root/folder``, or ``root`` itself), as
-    " (FOLDER lacks X, Y)"; "" where none is (the files expected say it). A user test: a missing
-    unlabeled_X.bin was said only as the three files expected, the two that were there among them."""
-    for candidate in (root / folder, root):
-        missing = [f for f in files if not (candidate / f).is_file()]
-        if len(missing) < len(files):
-            return f" ({candidate} lacks {', '.join(missing)})"
-    return ""
-
-
-def _describe(folder: str, files: list[str]) -> str:
-    return f"{folder}/{files[0]}" if len(files) == 1 else f"{folder}/{{{', '.join(files)}}}"
-
-
-def _download(url: str, root: Path, md5: str) -> None:
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    made = topmost_missing(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(url, download_root=str(root), md5=md5)
-    except Exception as e:  # offline, HTTP error, checksum, full disk: all fixable by the user
-        if made is not None:  # the folders made for it, when the download left nothing in them
-            remove_empty_folders(root, made)
-        raise DataError(f"could not download {url} into {root} ({e}); download and unpack it there "
-                        f"on a machine that is online, or put the files there yourself") from e
-
+# ----------------------------------------------------------------------------------- what the files hold
 
 def _read_names(path: Path) -> Optional[list[str]]:
     if not path.is_file():
@@ -191,17 +77,6 @@ def _note_once(message: str) -> None:
 
 # ----------------------------------------------------------------------------------- CIFAR
 
-_CIFAR_BINARY = {  # layout folder, files per split, class-name file
-    "cifar10": ("cifar-10-batches-bin", {"train": [f"data_batch_{i}.bin" for i in range(1, 6)],
-                                         "test": ["test_batch.bin"]}, "batches.meta.txt"),
-    "cifar100": ("cifar-100-binary", {"train": ["train.bin"], "test": ["test.bin"]}, "fine_label_names.txt"),
-}
-_CIFAR_PICKLE = {  # layout folder, files per split, meta file, label key, class-names key
-    "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)],
-                                        "test": ["test_batch"]}, "batches.meta", "labels", "label_names"),
-    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "meta",
-                 "fine_labels", "fine_label_names"),
-}
 _CIFAR_URL = {  # the official python archives, with their md5
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                 "c58f30108f718f92721af3b95e74349a"),
@@ -227,13 +102,13 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
     found = _find_cifar(root, name, split)
     if found is None and download:
         url, md5 = _CIFAR_URL[name]
-        _download(url, root, md5)
+        download_archive(url, root, md5)
         found = _find_cifar(root, name, split)
     if found is None:
-        (bin_dir, bin_files, _), (py_dir, py_files, *_) = _CIFAR_BINARY[name], _CIFAR_PICKLE[name]
-        lacking = _lacking(root, bin_dir, bin_files[split]) or _lacking(root, py_dir, py_files[split])
-        raise FilesNotFound(f"{name} {split} files not found: expected {_describe(bin_dir, bin_files[split])} "
-                            f"(binary) or {_describe(py_dir, py_files[split])} (python) in {root}{lacking}", root, name)
+        (bin_dir, bin_files, _), (py_dir, py_files, *_) = CIFAR_BINARY[name], CIFAR_PICKLE[name]
+        lacking = lacking_files(root, bin_dir, bin_files[split]) or lacking_files(root, py_dir, py_files[split])
+        raise FilesNotFound(f"{name} {split} files not found: expected {describe(bin_dir, bin_files[split])} "
+                            f"(binary) or {describe(py_dir, py_files[split])} (python) in {root}{lacking}", root, name)
     kind, folder = found
     read = _read_cifar_binary if kind == "binary" else _read_cifar_pickle
     data = read(folder, name, split)
@@ -245,15 +120,15 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
 
 
 def _find_cifar(root: Path, name: str, split: str) -> Optional[tuple[str, Path]]:
-    for kind, (folder, files, *_) in (("binary", _CIFAR_BINARY[name]), ("pickle", _CIFAR_PICKLE[name])):
-        found = _find_layout(root, folder, files[split])
+    for kind, (folder, files, *_) in (("binary", CIFAR_BINARY[name]), ("pickle", CIFAR_PICKLE[name])):
+        found = find_layout(root, folder, files[split])
         if found is not None:
             return kind, found
     return None
 
 
 def _read_cifar_binary(folder: Path, name: str, split: str) -> ImageSet:
-    _, files, names_file = _CIFAR_BINARY[name]
+    _, files, names_file = CIFAR_BINARY[name]
     n_label = 1 if name == "cifar10" else 2  # CIFAR-100 records start with coarse, fine
     record = n_label + 3 * 32 * 32
     counts = [_record_count(folder / f, record, f"a {name} binary") for f in files[split]]
@@ -309,7 +184,7 @@ def _pickle_images(data: object, path: Path) -> np.ndarray:
 
 
 def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
-    _, files, meta_file, label_key, names_key = _CIFAR_PICKLE[name]
+    _, files, meta_file, label_key, names_key = CIFAR_PICKLE[name]
     parts = [_load_pickle(folder / f) for f in files[split]]
     try:
         arrays = [_pickle_images(p["data"], folder / f) for p, f in zip(parts, files[split])]
@@ -334,7 +209,6 @@ def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
 
 # ----------------------------------------------------------------------------------- STL-10
 
-_STL_DIR = "stl10_binary"
 _STL_SPLITS = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"],
                "train+unlabeled": ["train", "unlabeled"]}
 _STL_URL = ("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "91f7769df0f17e558f3565bffb0c7dfb")
@@ -352,13 +226,13 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
     parts = _STL_SPLITS[split]
     files = [f"{p}_X.bin" for p in parts] + [f"{p}_y.bin" for p in parts if p != "unlabeled"]
     root = Path(root).expanduser()
-    folder = _find_layout(root, _STL_DIR, files)
+    folder = find_layout(root, STL_DIR, files)
     if folder is None and download:
-        _download(_STL_URL[0], root, _STL_URL[1])
-        folder = _find_layout(root, _STL_DIR, files)
+        download_archive(_STL_URL[0], root, _STL_URL[1])
+        folder = find_layout(root, STL_DIR, files)
     if folder is None:
-        raise FilesNotFound(f"stl10 {split} files not found: expected {_describe(_STL_DIR, files)} in {root}"
-                            f"{_lacking(root, _STL_DIR, files)}", root, "stl10")
+        raise FilesNotFound(f"stl10 {split} files not found: expected {describe(STL_DIR, files)} in {root}"
+                            f"{lacking_files(root, STL_DIR, files)}", root, "stl10")
     counts = [_record_count(folder / f"{p}_X.bin", 3 * 96 * 96, "an STL-10 image") for p in parts]
     for p, n in zip(parts, counts):
         _note_other_counts("stl10", p, folder, [f"{p}_X.bin"], [n])

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .backbones import RESNETS, resnet, resnet_settings
-from .build import build_model, usual_torch_defaults
+from .build import build_model
+from .precision import usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
 from .config_files import override_key, read_preset

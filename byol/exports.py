@@ -11,8 +11,8 @@ from typing import Optional, Union
 import torch
 
 from .backbones import feature_dim, resnet
-from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
-                    views_of)
+from .build import eval_crop, load_size, views_of
+from .precision import autocast_dtype, precision_name, resolve_device, usual_torch_defaults
 from .errors import path_argument
 from .progress import named
 from .files import remove_empty_folders, topmost_missing, write_files_atomically

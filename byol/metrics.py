@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from .files import temporary_beside, write_text_atomically
-from .config import yaml_word
+from .config_values import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 
 KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k

@@ -19,7 +19,8 @@ from .checkpoint import CheckpointError, versions
 from .config import Config, ConfigError
 from .config_files import override_key
 from .data import DataError, ImageSet
-from .datasets import FilesNotFound, build_dataset
+from .dataset_files import FilesNotFound
+from .datasets import build_dataset
 from .folder import ImageFolder, escape_name, first_names, labeled_folders
 from .loaders import folder_loader
 from . import distributed as dist
@@ -29,8 +30,8 @@ from .features import extract_batches_sharded, extract_features_sharded
 from .given_net import RUN_S_CUT, Cut
 from .evaluate import knn_accuracy, linear_probe, nonfinite_rows
 from .progress import named
-from .build import (autocast_dtype, eval_crop, load_size, precision_name, resolve_device, usual_torch_defaults,
-                    views_of)
+from .build import eval_crop, load_size, views_of
+from .precision import autocast_dtype, precision_name, resolve_device, usual_torch_defaults
 from .train_data import held_out
 
 

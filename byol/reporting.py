@@ -12,7 +12,8 @@ from typing import Iterator, Optional
 import torch
 
 from .build import end_step_of, schedule_of
-from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig, yaml_word
+from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig
+from .config_values import yaml_word
 from .errors import ByolError
 from .progress import duration
 from .datasets import NATIVE_SIZE

@@ -11,10 +11,12 @@ from typing import Optional, Union
 
 import torch
 
-from .build import autocast_dtype, precision_name, end_step_of, schedule_of
+from .build import end_step_of, schedule_of
+from .precision import autocast_dtype, precision_name
 from .checkpoint import CheckpointError, check_model_state, load_checkpoint, load_model_state, set_rng_state
 from .config import (Config, ConfigError, ModelConfig, apply_overrides, changed_settings, config_from_dict,
-                     load_config, override_list, validate, yaml_word)
+                     load_config, override_list, validate)
+from .config_values import yaml_word
 from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE
 from .dropin import BYOL

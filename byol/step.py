@@ -5,7 +5,7 @@ the step fast lives here:
 
 * the views and the convolution weights in channels_last (NHWC), the layout cuDNN's tensor-core
   kernels and oneDNN's CPU kernels take without a reorder (``ViewsForward``);
-* bf16 autocast where the device has bf16 arithmetic (the caller's ``amp``; ``build.native_bf16``);
+* bf16 autocast where the device has bf16 arithmetic (the caller's ``amp``; ``precision.native_bf16``);
 * ``torch.compile`` of the loss computation (forward and backward) and of each view's
   augmentation, with a fallback to eager where compiling is unavailable or fails
   (:mod:`byol.compiling`, which gives :func:`train_step` what it runs);
@@ -42,7 +42,7 @@ def train_step(model: nn.Module, byol: BYOL, optimizer: torch.optim.Optimizer, i
         byol: the model, for its view recipes when ``augment`` is not given.
         images: (B, 3, H, W) uint8 batch on the device.
         generator: the augmentation RNG, on the images' device (a CUDA generator draws without a sync).
-        amp: autocast dtype (bf16 where the device has it, ``build.native_bf16``) or None for float32.
+        amp: autocast dtype (bf16 where the device has it, ``precision.native_bf16``) or None for float32.
         augment: the two views' augmentations, ``fn(images, generator)``; default byol's own
             (``byol.compiling.compile_step`` gives compiled ones).
 

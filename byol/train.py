@@ -1,105 +1,36 @@
-"""Pretraining: the loop, as straight-line code, over the library's building blocks."""
+"""Pretraining: the loop, as straight-line code, over the library's building blocks (its setup before the first
+step: ``run_setup.py``)."""
 
 import math
 import os
-import random
 import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import distributed as dist
-from .allocator import keep_freed_memory
-from .build import (autocast_dtype, build_model, checked_precision, end_step_of, precision_name, resolve_device,
-                    schedule_of, usual_torch_defaults)
+from .build import end_step_of, schedule_of
 from .checkpoint import rng_state_kept
-from .config import Config, ConfigError, TrainConfig, checked
-from .config_files import read_preset
-from .data import DataError
-from .dropin import BYOL
+from .config import Config, TrainConfig
+from .cuda_graph import loop_step_class
 from .faults import NonFiniteGuard, StopRequest
 from .given_net import as_given, given_to, note_trained_before, put_back, trained
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .loaders import refuse_to_start_again
-from .memory import check_step_fits
 from .metrics import MetricsLog
-from .optim import build_optimizer
+from .precision import checked_precision, precision_name, usual_torch_defaults
 from .progress import progress_bar
-from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cpu, note_cuda_graph, note_finished,
-                        note_no_augmentation, note_stl10_views, note_train_split, note_unused_optim, note_warmup)
+from .reporting import Clock, Report, epoch_line, log_knn, nonfinite_error, note_cuda_graph, note_finished
 from .resume import load_resumed, restore
-from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings, resumes
+from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings
+from .run_setup import before_first_step, build_run, checked_run_config, load_run_data, prepare_device
 from .saving import Checkpoints
-from .cuda_graph import loop_step_class
 from .step import LoopStep, step_forward
-from .train_data import TrainData, load_data, step_images
-
-
-def _load_data(config: Config, device: torch.device, rank: int, world: int, resume: bool) -> TrainData:
-    """:func:`~byol.train_data.load_data`; where a resumed run's own data is gone, the error says how to
-    resume it from where the data moved (not where a new ``--data.root`` was given)."""
-    try:
-        return load_data(config, device, rank, world)
-    except DataError as e:
-        root, saved = Path(config.data.root).expanduser(), _saved_root(config)
-        if not resume or "--data.root" in str(e) or root.is_dir() or (saved is not None and root != saved):
-            raise
-        said = str(e).removesuffix("; check the path")
-        raise DataError(f"{said}; where the data moved since the run, resume with --data.root=NEW") from None
-
-
-def _saved_root(config: Config) -> Optional[Path]:
-    """The data.root of the run's saved config.yaml (None where it has none)."""
-    try:
-        root = read_preset(Path(config.train.out_dir).expanduser() / "config.yaml").get("data", {}).get("root")
-    except (ConfigError, OSError, AttributeError):
-        return None
-    return Path(str(root)).expanduser() if root is not None else None
-
-
-def _build(config: Config, device: torch.device, rank: int, world: int, net: Optional[nn.Module],
-           given: Optional[dict]):
-    """The model (of ``net``, cut at ``given["hidden_layer"]``, where given), its optimizer and this process's
-    augmentation generator, seeded by ``train.seed``."""
-    t, o = config.train, config.optim
-    # Seeded here, so the initial weights depend on the seed alone, not on what loading drew:
-    # `byol eval --random-init` rebuilds them. NumPy's and Python's too, which byol does not draw from but
-    # code given to it may: a run resumed goes on with them as the uninterrupted run would (restored by
-    # the checkpoint), where a new process's own seeds made them differ. The caller's are put back after.
-    torch.manual_seed(t.seed + rank)
-    np.random.seed((t.seed + rank) % 2**32)  # NumPy's takes 0 to 2**32 - 1
-    random.seed(t.seed + rank)
-    # net's layers after hidden_layer too, which the model holds no reference to where it traced the cut
-    byol = (build_model(config, net.to(device), given["hidden_layer"]) if given else build_model(config)).to(device)
-    if world > 1:
-        byol = dist.convert_sync_batchnorm(byol, device)
-    optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
-                                weight_decay=o.weight_decay, momentum=o.momentum,
-                                trust_coefficient=o.trust_coefficient, lars_clip=o.lars_clip, betas=(o.beta1, o.beta2))
-    generator = torch.Generator(device=device).manual_seed(t.seed + rank)
-    return byol, optimizer, generator
-
-
-def _checked(config: Config, resume: Union[bool, str]) -> tuple[Config, bool]:
-    """``config`` checked (:func:`~byol.config.checked`: a notebook may have set fields since), as a copy
-    whose ``data.root`` is absolute (the saved config finds the data from any directory) and whose
-    ``train.out_dir`` starts at the home folder where it says ``~`` (a shell leaves ``--x=~/runs`` so).
-    A new run's projections are at least 2 wide (the loss compares directions, and one number has only
-    its sign; the collapse monitor's std misread it as healthy); a run of 1 from before is read, and resumed.
-    Also whether the start resumes (``resume="auto"``: where the folder holds a checkpoint)."""
-    config = checked(config)
-    resume = resumes(resume, config.train.out_dir)
-    if config.model.projection_size < 2 and not resume:
-        raise ConfigError(f"model.projection_size must be >= 2 for a new run (the loss compares the projections' "
-                          f"directions, and one number has only its sign), got {config.model.projection_size}")
-    config.data.root = os.path.abspath(os.path.expanduser(config.data.root))
-    config.train.out_dir = os.path.expanduser(config.train.out_dir)
-    return config, resume
+from .train_data import TrainData, step_images
 
 
 def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[nn.Module] = None,
@@ -143,12 +74,12 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     """
     refuse_to_start_again("byol.pretrain")  # before anything is read or written
     auto = resume == "auto"
-    config, resume = _checked(config, resume)
+    config, resume = checked_run_config(config, resume)
     given = given_to(config, resume, net, hidden_layer)  # (None: a ResNet by name)
     modules = as_given(net)  # (under torchrun, synchronized BatchNorm layers take their places while it trains)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
-    benchmark = torch.backends.cudnn.benchmark  # _prepare_device's choice is for this run's steps only
+    benchmark = torch.backends.cudnn.benchmark  # prepare_device's choice is for this run's steps only
     try:
         if auto and not resume and folder is not None:
             note_new_start(folder)
@@ -176,20 +107,20 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
 def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optional[RunFolder],
               net: Optional[nn.Module], given: Optional[dict]) -> dict:
     t = config.train
-    device, amp = _prepare_device(t)
+    device, amp = prepare_device(t)
     step_class = loop_step_class(t.cuda_graph, device, world)
     run_dir = Path(t.out_dir)
     ckpt_path = last_checkpoint(run_dir)
-    # The model before the data (which draws from no generator _build seeds), so that a network that cannot be
+    # The model before the data (which draws from no generator build_run seeds), so that a network that cannot be
     # trained (net= cut at a layer it lacks, or that does not run on the views), or a resume the checkpoint refuses
     # (another network, hidden_layer, batch size), is refused before the data set is read (a scan of a large folder
     # first, a review found, when this read the data first so as to leave net where it was if the data failed).
-    byol, optimizer, generator = _build(config, device, rank, world, net, given)
+    byol, optimizer, generator = build_run(config, device, rank, world, net, given)
     amp = checked_precision(byol, config, device, amp)
     loaded = load_resumed(ckpt_path, config, byol, optimizer, given) if resume else None
     if resume:  # net holds the checkpoint's weights from here: where the data then fails, where the run had
         trained(net, t.out_dir)  # finished and trains no step
-    data = _load_data(config, device, rank, world, resume)
+    data = load_run_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
     step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,
                           data.size, data.names_digest) if resume else (0, {})
@@ -207,7 +138,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
             score_the_end(config, byol, data, device, amp, folder, rank, world, step, saved, steps_per_epoch, results)
         return results
     moved_from = loaded[0]["config"].get("data", {}).get("root") if resume else None  # where it read its files
-    _before_first_step(config, byol, data, device, amp, folder, step if resume else None, world, moved_from)
+    before_first_step(config, byol, data, device, amp, folder, step if resume else None, world, moved_from)
     forward, augment = step_forward(byol, t.compile, device, world, rank, t.batch_size // world,
                                     config.data.image_size)
     log = folder.metrics_log(resume_step=step if resume else None) if folder is not None else None
@@ -304,40 +235,6 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
             progress.close()
         data.close()
     return step
-
-
-def _before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch.device,
-                       amp: Optional[torch.dtype], folder: Optional[RunFolder], resume_step: Optional[int],
-                       world: int, moved_from: Optional[str] = None) -> None:
-    """A CPU step checked against the free memory, the config saved (in ``folder``: rank 0's; the
-    settings a resumed run's earlier steps ran with kept where they differ), the notes, and for a
-    resumed run the files it skipped before it stopped (on every rank; ``moved_from``: the checkpoint's
-    ``data.root``, whose files are listed under the folder's new place where it moved)."""
-    t, run_dir = config.train, Path(config.train.out_dir)
-    if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
-        check_step_fits(byol, t.batch_size, config.data.image_size, amp)
-    if folder is not None:
-        folder.save_config(config, resume_step)
-        note_cpu(config, device)
-        note_warmup(config, len(data.batches))
-        note_unused_optim(config)
-        note_no_augmentation(config)  # (a resume may have changed the preset to none)
-        note_stl10_views(config)
-        if resume_step is None:
-            note_train_split(config)
-    if resume_step is not None and data.folder is not None:  # every rank's: its resumed epoch starts after
-        data.folder.read_skipped(run_dir / "skipped_files.txt",  # the batches it skips (TrainData.start_at)
-                                 moved=(moved_from, config.data.root) if moved_from else None)
-
-
-def _prepare_device(t: TrainConfig) -> tuple[torch.device, Optional[torch.dtype]]:
-    """The training device and autocast dtype, with the process set up for fast steps on it."""
-    device = resolve_device(t.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
-    elif t.keep_freed_memory:
-        keep_freed_memory()  # no page faults for each step's activations (glibc; elsewhere a no-op)
-    return device, autocast_dtype(t.precision, device)
 
 
 def _epoch_end(step: int, end_step: int, stopping: bool, t: TrainConfig, knn: Optional[Callable[[], dict]],

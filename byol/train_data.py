@@ -15,7 +15,8 @@ import torch
 from .build import load_size
 from .config import Config, ConfigError, DataConfig
 from .data import DataError, ImageSet, TensorBatches, data_home
-from .datasets import NATIVE_SIZE, FilesNotFound, build_dataset
+from .dataset_files import FilesNotFound
+from .datasets import NATIVE_SIZE, build_dataset
 from .folder import ImageFolder, labeled_folders, split_folder
 from .loaders import end_now, folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 

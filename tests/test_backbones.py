@@ -20,7 +20,7 @@ def test_feature_dim_is_found(name, width, dim):
     ("resnet18", False, 8, ["layer3.0.conv1", "layer4.0.conv1"]), ("resnet18", False, 17, []),
     ("resnet18", False, 224, []), ("resnet18", True, 16, []), ("resnet18", True, 4, ["layer4.0.conv1"])])
 def test_strided_convolutions_over_one_pixel_are_found(name, cifar_stem, size, found):
-    """Where torch's bf16 CPU convolutions give wrong weight gradients (byol.build.checked_precision)."""
+    """Where torch's bf16 CPU convolutions give wrong weight gradients (byol.precision.checked_precision)."""
     assert strided_over_one_pixel(resnet(name, cifar_stem=cifar_stem, width=8), size) == found
 
 

@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from byol.build import autocast_dtype, end_step_of, resolve_device, schedule_of, views_of
+from byol.build import end_step_of, schedule_of, views_of
+from byol.precision import autocast_dtype, resolve_device
 from byol.config import load_config
 from byol.reporting import note_no_augmentation
 

@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
 def test_pretrain_prints_knn_against_random_init(trained):
     run, proc = trained
     # and what it ran in: bf16 where this CPU has bf16 arithmetic (train.precision=auto), else float32
-    from byol.build import native_bf16
+    from byol.precision import native_bf16
     assert re.search(rf"device +cpu, {'bf16 autocast' if native_bf16(torch.device('cpu')) else 'float32'}\n",
                      proc.stdout), proc.stdout
     # of the images the monitor scored (train.knn_limit=200 here), which eval's (all of them) differ from
@@ -101,7 +101,7 @@ def test_eval_results_say_what_they_are_of(trained, tmp_path, capsys):
     be told apart or traced."""
     from byol import __version__
     from byol.backbones import resnet
-    from byol.build import native_bf16
+    from byol.precision import native_bf16
     from byol.cli import main
     from conftest import CIFAR10
     ckpt = trained[0] / "checkpoints" / "last.pt"  # step 4 of 8 an epoch (128 images, batch 16)
@@ -300,7 +300,7 @@ def test_embed_writes_embeddings_with_labels(cli, trained, tmp_path):
     assert emb.shape == (50, 64) and np.isfinite(emb).all()
     assert labels.shape == (50,) and set(labels) <= set(range(10))
     # bf16 autocast that train.precision=auto chose is said (a user test could not tell), and .pt records it
-    from byol.build import native_bf16
+    from byol.precision import native_bf16
     bf16 = native_bf16(torch.device("cpu"))
     assert ("note: the embeddings are computed in bf16 autocast (train.precision=auto" in proc.stderr) == bf16
     for precision, said in (("auto", "bf16 autocast" if bf16 else "float32"), ("fp32", "float32")):
@@ -497,7 +497,8 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(cli, tm
         assert noted == (split == "test")  # the one stand-in is said
     # Its rows are the encoder's features of the center 32 of each image decoded at 37 (not of all 37)
     from byol import load_encoder
-    from byol.build import autocast_dtype, views_of
+    from byol.build import views_of
+    from byol.precision import autocast_dtype
     from byol.evaluate import extract_features
     from byol.images import decode_image
     net, config = load_encoder(run / "checkpoints" / "last.pt")

@@ -13,7 +13,9 @@ import yaml
 from torch import nn
 
 import byol
-from byol.build import autocast_dtype, views_of
+import byol.run_setup
+from byol.build import views_of
+from byol.precision import autocast_dtype
 from byol.checkpoint import CheckpointError, load_checkpoint
 from byol.config import ConfigError, load_config
 from byol.datasets import build_dataset
@@ -150,7 +152,7 @@ def test_eval_and_embed_take_the_run_s_hidden_layer_given_again_and_refuse_anoth
 def test_a_resume_that_is_refused_is_refused_before_the_data_is_read(run, cifar10_root, monkeypatch):
     """A user test: a resume given another hidden_layer or network read the whole data set first."""
     out = run[0]
-    monkeypatch.setattr(byol.train, "load_data", lambda *a, **k: pytest.fail("the data was read"))
+    monkeypatch.setattr(byol.run_setup, "load_data", lambda *a, **k: pytest.fail("the data was read"))
     more = byol.resume_config(None, [f"--train.out_dir={out}", "--train.max_steps=6"])
     with pytest.raises(CheckpointError, match=r"resume with hidden_layer='3'"):
         byol.pretrain(more, resume=True, net=SmallNet())
@@ -178,7 +180,7 @@ def test_a_resume_whose_data_is_gone_leaves_net_known_as_trained(run, monkeypatc
     def gone(*args, **kwargs):
         raise DataError("cifar10 train files not found")
 
-    monkeypatch.setattr(byol.train, "load_data", gone)
+    monkeypatch.setattr(byol.run_setup, "load_data", gone)
     net = SmallNet(seed=5)
     with pytest.raises(DataError):
         byol.pretrain(byol.resume_config(None, [f"--train.out_dir={out}", "--train.max_steps=6"]), resume=True,
@@ -190,8 +192,8 @@ def test_a_resume_whose_data_is_gone_leaves_net_known_as_trained(run, monkeypatc
 def test_a_net_that_cannot_be_trained_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
     """net= cut at a layer it lacks is one sentence before the data set is read (a scan of a large folder; a
     review found it after the data when a change read the data first, to leave net where it was if that failed)."""
-    import byol.train
-    monkeypatch.setattr(byol.train, "load_data", lambda *args, **kwargs: pytest.fail("the data was read"))
+    import byol.run_setup
+    monkeypatch.setattr(byol.run_setup, "load_data", lambda *args, **kwargs: pytest.fail("the data was read"))
     with pytest.raises(ValueError, match="hidden_layer='nope' is not a module"):
         byol.pretrain(load_config("cifar10", settings(tmp_path / "run", tmp_path / "gone")), net=SmallNet(),
                       hidden_layer="nope")
@@ -316,7 +318,8 @@ def test_a_network_that_does_not_take_the_run_s_weights_is_left_as_it_was(run, c
 def test_a_resnet_run_is_neither_resumed_nor_evaluated_with_a_net(tmp_path, cifar10_root, monkeypatch):
     config = load_config("cifar10", settings(tmp_path, cifar10_root, **{"train.max_steps": 1, "train.knn_every": -1}))
     byol.pretrain(config)
-    monkeypatch.setattr(byol.train, "load_data", lambda *a, **k: pytest.fail("the data was read"))  # (refused first)
+    monkeypatch.setattr(byol.run_setup, "load_data",
+                        lambda *a, **k: pytest.fail("the data was read"))  # (refused first)
     with pytest.raises(CheckpointError, match="model.backbone=resnet18.*resume it without net="):
         byol.pretrain(config, resume=True, net=SmallNet(), hidden_layer=HIDDEN)
     with pytest.raises(CheckpointError, match="net= takes the checkpoint of a run pretrained on a network given"):

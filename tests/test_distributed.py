@@ -322,7 +322,7 @@ def test_a_torch_without_nccl_joins_with_gloo_on_a_gpu_and_a_process_past_the_gp
             distributed.init()
         assert joined == ["cuda:0", backend]
         joined.clear()
-    # A process past the machine's GPUs takes none (build.resolve_device says why, where it is to use one)
+    # A process past the machine's GPUs takes none (precision.resolve_device says why, where it is to use one)
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ValueError, match="could not be joined"):
         distributed.init()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from byol.build import native_bf16
+from byol.precision import native_bf16
 from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard
 from byol.metrics import read_metrics
@@ -561,7 +561,7 @@ def test_a_nan_stop_says_whether_the_run_stopped_early_or_ended_unsaved(tmp_path
     """Reached at the run's last step (or at a stop by a signal), the NaN limit does not stop the run:
     its end is not saved (it said "so the run stopped" at the last step too)."""
     from types import SimpleNamespace
-    from byol.build import precision_name
+    from byol.precision import precision_name
     from byol.reporting import Clock, NonFiniteLossError, Report
     from byol.train import _finish
     record = {"train/loss": float("nan"), "monitor/z_std": 0.0, "monitor/effective_rank": 1.0,
@@ -854,15 +854,15 @@ def test_sigterm_before_the_first_step_is_a_line_and_undoes_the_start(monkeypatc
     """A scheduler's SIGTERM while a start loads its data (a user test: exit -15, nothing said, a
     folder left behind): one line, exit 143, the folder made by the start removed, as Ctrl-C does.
     SIGHUP (the terminal closed) likewise, exit 129 (a user test: it killed the process at once)."""
-    import byol.train
+    import byol.run_setup
     from byol import cli
-    load, before = byol.train.load_data, signal.getsignal(signum)
+    load, before = byol.run_setup.load_data, signal.getsignal(signum)
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signum)
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(byol.train, "load_data", signalled)
+    monkeypatch.setattr(byol.run_setup, "load_data", signalled)
     code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run")])
     name = signal.Signals(signum).name
     assert code == 128 + signum and capsys.readouterr().err.strip().splitlines()[-1] == f"byol: terminated ({name})"
@@ -889,7 +889,7 @@ def test_a_schedulers_warning_of_its_time_limit_stops_a_run_as_sigterm_does(monk
     first epoch's all of them. It now finishes the step, saves and exits 138 (SIGUSR2: 140), as SIGTERM
     does with 143; before the first step it is a line and the start is undone."""
     import byol.step
-    import byol.train
+    import byol.run_setup
     from byol import cli
     signum, caught = survived
     name = signal.Signals(signum).name
@@ -909,8 +909,8 @@ def test_a_schedulers_warning_of_its_time_limit_stops_a_run_as_sigterm_does(monk
     assert capsys.readouterr().err.strip().splitlines()[-1] == (f"stopped by {name} at step 3; checkpoint saved to "
                                                                  f"{ckpt}; continue with --resume")
     assert load_checkpoint(ckpt)["step"] == 3
-    load = byol.train.load_data
-    monkeypatch.setattr(byol.train, "load_data", lambda *a, **k: os.kill(os.getpid(), signum) or load(*a, **k))
+    load = byol.run_setup.load_data
+    monkeypatch.setattr(byol.run_setup, "load_data", lambda *a, **k: os.kill(os.getpid(), signum) or load(*a, **k))
     assert cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "new")]) == 128 + signum
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"byol: terminated ({name})" and caught == []
     assert not (tmp_path / "runs").exists()
@@ -1041,10 +1041,10 @@ def test_a_stop_request_gives_back_the_signal_handlers_it_replaced():
 def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar, signum):
     """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal. So
     do SIGUSR1 and SIGUSR2, but not where a job script ignores them (trap '' USR1; a review)."""
-    import byol.train
+    import byol.run_setup
     from byol import cli
     from byol.faults import StopRequest
-    load = byol.train.load_data
+    load = byol.run_setup.load_data
 
     def hung_up(*args, **kwargs):
         os.kill(os.getpid(), signum)
@@ -1055,7 +1055,7 @@ def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch
         with StopRequest() as stop:
             os.kill(os.getpid(), signum)
             assert not stop.requested and signal.getsignal(signum) is signal.SIG_IGN
-        monkeypatch.setattr(byol.train, "load_data", hung_up)
+        monkeypatch.setattr(byol.run_setup, "load_data", hung_up)
         assert cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "run", **{"train.max_steps": 2})]) == 0
         assert signal.getsignal(signum) is signal.SIG_IGN
     finally:
@@ -1066,9 +1066,9 @@ def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short
     """A scheduler that repeats its SIGTERM (or sends it to the process and then its group) while
     the first one's undoing runs: that one is ignored, and the start is undone all the same."""
     import byol.run_folder
-    import byol.train
+    import byol.run_setup
     from byol import cli
-    load, undo = byol.train.load_data, byol.run_folder.RunFolder.undo
+    load, undo = byol.run_setup.load_data, byol.run_folder.RunFolder.undo
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -1078,7 +1078,7 @@ def test_a_second_sigterm_while_a_start_is_undone_does_not_cut_the_undoing_short
         os.kill(os.getpid(), signal.SIGTERM)
         undo(self)
 
-    monkeypatch.setattr(byol.train, "load_data", signalled)
+    monkeypatch.setattr(byol.run_setup, "load_data", signalled)
     monkeypatch.setattr(byol.run_folder.RunFolder, "undo", signalled_again)
     code = cli.main(["pretrain", cifar, *tiny_overrides(tmp_path / "runs" / "run")])
     assert code == 143 and capsys.readouterr().err.strip().splitlines()[-1] == "byol: terminated (SIGTERM)"

@@ -20,8 +20,10 @@ import byol.cuda_graph
 import byol.faults
 import byol.features
 import byol.knn_monitor
+import byol.precision
 import byol.reporting
 import byol.resume
+import byol.run_setup
 import byol.saving
 import byol.step
 import byol.train
@@ -1098,14 +1100,14 @@ def test_a_finished_run_resumed_on_the_cpu_gets_no_cpu_note(tmp_path, cifar10_ro
 
 def test_pretrain_leaves_cudnn_s_benchmark_flag_as_it_was(tmp_path, cifar10_root, monkeypatch):
     """On a GPU a run turns cuDNN's benchmark on for its fixed shapes; the caller's flag is put back after
-    it (the CUDA branch of _prepare_device stood in for here)."""
+    it (the CUDA branch of prepare_device stood in for here)."""
     import byol.train as train
-    prepare = train._prepare_device
+    prepare = train.prepare_device
 
     def on_a_gpu(t):
         torch.backends.cudnn.benchmark = True
         return prepare(t)
-    monkeypatch.setattr(train, "_prepare_device", on_a_gpu)
+    monkeypatch.setattr(train, "prepare_device", on_a_gpu)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     pretrain(load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 1, "train.knn_every": -1})
                          + [f"--data.root={cifar10_root}"]))
@@ -1486,7 +1488,7 @@ def test_bf16_is_not_used_on_a_cpu_where_torch_gets_the_network_s_gradients_wron
                                           r"model.cifar_stem=true$"):
         pretrain(load_config("cifar10", settings + ["--data.image_size=16", "--train.precision=bf16"]))
     assert not (tmp_path / "run").exists()
-    monkeypatch.setattr(byol.build, "native_bf16", lambda device: True)  # auto: bf16 on this CPU, whatever it has
+    monkeypatch.setattr(byol.precision, "native_bf16", lambda device: True)  # auto: bf16 on this CPU, whatever it has
     assert pretrain(load_config("cifar10", settings + ["--data.image_size=16"]))["precision"] == "float32"
     assert "note: train.precision=auto trains in float32 here, not bf16: torch's bf16 convolutions on the CPU give " \
         "wrong weight gradients" in capsys.readouterr().err
@@ -1610,7 +1612,7 @@ def test_pretrain_and_eval_ignore_the_caller_s_autocast(tmp_path, cifar10_root, 
     for loss_a, knn_a, top1_a, weights_a in runs[1:]:
         assert (loss, knn, top1) == (loss_a, knn_a, top1_a)
         assert all(torch.equal(weights[k], weights_a[k]) for k in weights)
-    from byol.build import usual_torch_defaults
+    from byol.precision import usual_torch_defaults
     _turn_cpu_autocast(True)  # on without a context (a review: 'nothing entered' was taken for off)
     try:
         with usual_torch_defaults():
@@ -1902,7 +1904,7 @@ def test_a_run_s_initial_weights_and_each_process_s_augmentation_generator_are_s
     from byol.encoders import _initial_net
     config = load_config("cifar10", tiny_overrides("unused", **{"train.seed": 3}))
     with byol.checkpoint.rng_state_kept():
-        built = [byol.train._build(config, torch.device("cpu"), rank, 1, None, None) for rank in (0, 1)]
+        built = [byol.run_setup.build_run(config, torch.device("cpu"), rank, 1, None, None) for rank in (0, 1)]
     assert [generator.initial_seed() for _, _, generator in built] == [3, 4]
     rebuilt = _initial_net(config).state_dict()
     assert all(torch.equal(v, rebuilt[k]) for k, v in built[0][0].encoder.body.state_dict().items())

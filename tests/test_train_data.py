@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from byol import train_data
-from byol.build import resolve_device
+from byol.precision import resolve_device
 
 
 def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_reads_the_test_split(
