@@ -1,0 +1,57 @@
+"""Where a run computes and in what precision: the device train.device names, the autocast dtype that
+train.precision resolves to."""
+
+import re
+
+import pytest
+import torch
+
+from byol.config import ConfigError
+from byol.precision import autocast_dtype, resolve_device
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, auto", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                                    (False, False, None), ("absent", "absent", None)])
+def test_auto_precision_is_bf16_on_a_cpu_with_bf16_arithmetic_only(monkeypatch, avx512_bf16, amx, auto):
+    for probe, has in (("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)):
+        if has == "absent":  # a torch without the probe
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda has=has: has, raising=False)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is auto
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+def test_a_cuda_device_this_machine_does_not_have_is_one_sentence(monkeypatch):
+    """--train.device=cuda:1 on a one-GPU machine went on to torch's "CUDA error: invalid device ordinal", a
+    traceback (found reading build.py in a mutation audit); the GPUs there are named instead."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for count, said in ((1, "this machine has 1 CUDA GPU (cuda:0)"), (2, "this machine has 2 CUDA GPUs (cuda:0 to "
+                                                                           "cuda:1)")):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
+        with pytest.raises(ConfigError, match=rf"^train.device=cuda:2 but {re.escape(said)}; choose one of them, or "
+                                              "train.device=cuda$"):
+            resolve_device("cuda:2")
+        assert resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
+        assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monkeypatch):
+    """torchrun --nproc_per_node=8 on a 4-GPU machine: processes 4 to 7 took cuda:4 to cuda:7, and torch's
+    "invalid device ordinal" traceback (left by the mutation audit, found reading build.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda:3")
+    monkeypatch.setenv("LOCAL_RANK", "4")
+    with pytest.raises(ConfigError, match=r"^this is torchrun's process LOCAL_RANK=4, but this machine has 4 CUDA "
+                                          r"GPUs: start at most 4 a machine \(--nproc_per_node=4\), or "
+                                          r"train.device=cpu$"):
+        resolve_device("auto")
+    # train.device=cuda is this process's current device, which distributed.init sets to cuda:LOCAL_RANK only
+    # where there is one: past the GPUs it stayed cuda:0, shared with process 0 (NCCL: "Duplicate GPU detected")
+    with pytest.raises(ConfigError, match=r"^this is torchrun's process LOCAL_RANK=4, but this machine has 4 CUDA "):
+        resolve_device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda")
