@@ -327,15 +327,30 @@ def _main(argv: Optional[list[str]]) -> int:
         if error_lines.launch_rank() == 0:
             print(f"byol: interrupted{': ' if str(e) else ''}{e}", file=sys.stderr)
         return 130
-    except _Terminated as e:
+    except _Terminated as e:  # (torchrun's, where another process failed: said so)
         if error_lines.launch_rank() == 0:
-            print(f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+            print(_peer_failed() or f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
         code = error_lines.say(e)
-        if code is None:  # a bug of byol's: its traceback
+        if code is not None:
+            return code
+        # a collective this process waited in, failed as another process ended (gloo: "Connection closed by peer")
+        said = _peer_failed() if isinstance(e, RuntimeError) else None
+        if said is None:  # a bug of byol's: its traceback (the other processes told first)
+            from .peers import failed
+            failed(f"{type(e).__name__}: {e}", error_lines.launch_rank())
             raise
-        return code
+        if error_lines.launch_rank() == 0:
+            print(said, file=sys.stderr)
+        return 1
+
+
+def _peer_failed() -> Optional[str]:
+    """Under torchrun, where another process of the run failed first: the line that says so, else None."""
+    from .peers import failed_before, stopped_line
+    first = failed_before(error_lines.launch_rank())
+    return None if first is None else stopped_line(first)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,25 @@ def launch_rank() -> int:
 
 
 def say_error(e: Union[BaseException, str], everywhere: bool) -> None:
-    """The error's one sentence, once under torchrun: rank 0's. A usage or config error is every
-    process's alike; another (data, a checkpoint) may be one process's own, so the others say theirs
-    too, named by rank."""
+    """The error's one sentence, once under torchrun: by the first process to say it (the processes tell
+    each other through torchrun's store, :mod:`byol.peers`), so that an error every process meets alike
+    (a wrong data.root) is said once, and one that a process meets alone (data, a checkpoint) by that
+    process, named by rank where ``everywhere`` says it may be one process's own. Without the store, rank
+    0 says it, and where ``everywhere`` the others say theirs too; a usage or config error is every
+    process's alike."""
+    from .peers import failed
     rank = launch_rank()
-    if rank == 0:
-        print(f"byol: error: {e}", file=sys.stderr)
-    elif everywhere:
-        print(f"byol: error (rank {rank}): {e}", file=sys.stderr)
+    first = failed(str(e), rank)
+    if first is None:
+        first = rank == 0 or everywhere
+    if first:
+        where = f" (rank {rank})" if rank != 0 and everywhere else ""
+        print(f"byol: error{where}: {e}", file=sys.stderr)
 
 
 def _out_of_memory() -> int:
-    print("byol: error: the batch does not fit in memory; lower train.batch_size (to half, say), or "
-          "data.image_size or the model's size (model.width, model.projection_hidden_size)", file=sys.stderr)
+    say_error("the batch does not fit in memory; lower train.batch_size (to half, say), or data.image_size or the "
+              "model's size (model.width, model.projection_hidden_size)", everywhere=True)
     return 2
 
 
@@ -80,8 +86,8 @@ def quiet_storage_errors_of_threads(hook):
 
 def _storage_error(e: OSError) -> int:
     where = f"write {e.filename}" if e.filename else "write to the disk"
-    print(f"byol: error: could not {where} ({e.strerror}); make room, or choose a writable place, and run the "
-          "command again (a pretraining run that wrote a checkpoint goes on from it with --resume)", file=sys.stderr)
+    say_error(f"could not {where} ({e.strerror}); make room, or choose a writable place, and run the command again "
+              "(a pretraining run that wrote a checkpoint goes on from it with --resume)", everywhere=True)
     return 2
 
 

@@ -173,6 +173,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     out = Path(out)
     if dist.rank() == 0:
         _save_embeddings(out, emb, labels, paths, classes, precision)
+    dist.barrier()  # under torchrun, no rank returns before the file is there (its caller may read it next)
     return out
 
 
@@ -371,4 +372,5 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         if made is not None:
             remove_empty_folders(out_dir.absolute(), made)
         raise
+    dist.barrier()  # under torchrun, no rank returns before rank 0 has written the files (its caller may read them)
     return {**info, **{key: str(out_dir / info[key]) for key in EXPORT_NAMES}}  # config too (it was "config.yaml")

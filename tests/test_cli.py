@@ -1143,6 +1143,56 @@ def test_under_torchrun_a_stop_is_said_once(capsys, monkeypatch):
             assert capsys.readouterr().err == err
 
 
+def test_under_torchrun_an_error_is_said_once_and_a_peer_s_failure_as_such(capsys, monkeypatch, tmp_path):
+    """The processes tell each other through the store of torchrun's agent (here one of the test's own): an
+    error both meet alike is said once, by the first (a user test: the same sentence from each rank); and rank
+    0, stopped by torchrun's SIGTERM after rank 1 failed, or by the collective it waited in failing, says that
+    rank 1 failed, not 'byol: terminated (SIGTERM)' nor a traceback of the collective."""
+    import signal
+    import time
+    from datetime import timedelta
+    from torch.distributed import TCPStore
+    from byol import cli, peers
+    store = TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=10))
+    for name, value in (("TORCHELASTIC_USE_AGENT_STORE", "True"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(store.port)), ("TORCHELASTIC_RUN_ID", "test"),
+                        ("TORCHELASTIC_RESTART_COUNT", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(peers, "_store", None)
+    nope = tmp_path / "nope.pt"
+    for rank, said in (("1", f"byol: error (rank 1): checkpoint {nope} does not exist\n"), ("0", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert cli.main(["eval", "knn", str(nope)]) == 2
+        assert capsys.readouterr().err == said
+
+    def terminated(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises first
+
+    def collective_failed(argv):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1435")
+    stopped = "byol: stopped: rank 1 of this torchrun run failed (its error is said above)\n"
+    monkeypatch.setattr(cli, "run", terminated)
+    for rank, err in (("0", stopped), ("1", "")):  # (said once, by rank 0)
+        monkeypatch.setenv("RANK", rank)
+        assert cli.main(["pretrain"]) == 143
+        assert capsys.readouterr().err == err
+    monkeypatch.setattr(cli, "run", collective_failed)
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["pretrain"]) == 1
+    assert capsys.readouterr().err == stopped
+    # In the agent's next start of the processes no process has failed yet: a SIGTERM is the user's, and an error
+    # of byol's own is its traceback (said to the others first)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setattr(cli, "run", terminated)
+    assert cli.main(["pretrain"]) == 143
+    assert capsys.readouterr().err == "byol: terminated (SIGTERM)\n"
+    monkeypatch.setattr(cli, "run", collective_failed)
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        cli.main(["pretrain"])
+    assert store.get("byol/test/1/failed") == b"0"
+
+
 def test_eval_and_embed_help_name_every_setting_they_read(capsys):
     from byol.cli import main
     from byol.pipeline import SETTINGS_READ
