@@ -1394,7 +1394,7 @@ def _every_batch(slow_notes):
     """SlowNotes that say how far a wait is each time they are told (at once, then again at each count)."""
     class EveryBatch(slow_notes):
         def now(self, count: int) -> None:
-            self.next = 0.0
+            self.clock.next = 0.0
             super().now(count)
     return EveryBatch
 
