@@ -993,6 +993,63 @@ def test_32_bit_gray_is_scaled_from_the_smallest_usual_range_that_holds_it(tmp_p
                 "scaled from [0, 1] (NaN as 0), from 0..280, from 0..255, 0..65535, 0..2^31-1 (pixel values checked)")
 
 
+def test_infinite_float_pixels_are_the_image_s_white_or_black_and_an_rgb_png_s_transparent_colour_is_black(
+        tmp_path):
+    """A mutation audit: +inf taken as black, and an RGB PNG's transparent colour (its tRNS) left as it is,
+    survived. +inf is the image's top (white), -inf black; the transparent colour is composited onto black,
+    as the palette and RGBA images' transparency is."""
+    values = np.tile(np.linspace(0, 1, 16), (16, 1)).astype(np.float32)
+    values[0, 0], values[0, 1] = np.inf, -np.inf
+    Image.fromarray(values).save(tmp_path / "inf.tif")
+    got = decode_image(str(tmp_path / "inf.tif"), 16)[0]
+    assert (got[0, 0], got[0, 1]) == (255, 0) and got[1, -1] == 255
+    keyed = Image.new("RGB", (16, 16), (255, 0, 0))
+    keyed.paste((0, 0, 255), (8, 0, 16, 16))  # left red (transparent), right blue
+    keyed.save(tmp_path / "keyed.png", transparency=(255, 0, 0))
+    image = decode_image(str(tmp_path / "keyed.png"), 16)
+    assert image[:, :, :8].eq(0).all() and image[:, :, 8:].tolist() == [[[0] * 8] * 16, [[0] * 8] * 16,
+                                                                           [[255] * 8] * 16]
+
+
+def test_a_downscaled_image_is_filtered_not_sampled(tmp_path):
+    """A mutation audit: nearest-neighbour resizing for bilinear survived (the tests' images were already the
+    size asked for). Stripes a pixel wide, shrunk fourfold, average to gray rather than alias to one stripe."""
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 255
+    Image.fromarray(stripes).save(tmp_path / "stripes.png")
+    image = decode_image(str(tmp_path / "stripes.png"), 16)
+    assert image.shape == (3, 16, 16) and 96 <= image.min() <= image.max() <= 160
+
+
+def test_a_partly_labeled_folder_gives_its_loose_images_no_class(tmp_path):
+    """A mutation audit: labeling the images outside every class folder as class 0 survived: they are -1
+    (no label), as ``byol embed`` writes them, and counted in ``loose_count``."""
+    for where in ("ant/a.png", "bee/b.png", "loose.png", "zzz.png"):
+        (tmp_path / where).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / where)
+    folder = ImageFolder(tmp_path, 8, "partial")
+    labels = {os.path.basename(p): int(y) for p, y in zip(folder.paths, folder.labels)}
+    assert labels == {"a.png": 0, "b.png": 1, "loose.png": -1, "zzz.png": -1}
+    assert folder.classes == ["ant", "bee"] and folder.loose_count == 2
+
+
+def test_a_held_out_split_is_one_beside_train_and_skipped_inside_counts_the_folder_s_own_files(tmp_path):
+    """A mutation audit: a ``test/`` (or ``val/``) folder taken as the held-out split without a ``train/`` beside
+    it (a plain folder with a class named test), and the skipped files of a kNN split counted as the folder's
+    own (a resume's check of its skipped files), survived."""
+    from byol.folder import held_out_folder
+    for where in ("test/a.png", "other/b.png"):
+        (tmp_path / where).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / where)
+    assert held_out_folder(tmp_path) is None
+    (tmp_path / "train").mkdir()
+    assert held_out_folder(tmp_path) == tmp_path / "test"
+    folder = ImageFolder(tmp_path / "other", 8)
+    folder.bad_files = {str(tmp_path / "other" / "x.png"): "empty file", str(tmp_path / "test" / "y.png"): "empty file",
+                        str(tmp_path / "other2" / "z.png"): "empty file"}
+    assert folder.skipped_inside() == 1
+
+
 def test_dark_16_bit_gray_is_scaled_from_0_to_65535_in_every_format_that_stores_it(tmp_path):
     """A 16-bit file's values are 0..65535 even where its own are all under 256: PGM (and PNG before
     Pillow 10.3) open as 32-bit "I", which the 0..255 guess for I TIFFs would make 257 times brighter."""

@@ -378,6 +378,28 @@ def test_linear_probe_trains_as_documented_nesterov_sgd_with_weight_decay_and_a_
     assert result["train_loss"] == pytest.approx(total / 40, rel=1e-5) and result["top1"] == top1
 
 
+def test_linear_probe_top5_counts_the_fifth_class_and_its_defaults_are_the_documented_ones(monkeypatch):
+    """A mutation audit: top-5 over the 4 best classes, and a default of 10 epochs for 100, survived. A head
+    fixed to the identity ranks each test row's classes by its standardized features: a label in 5th place
+    is a top-5 hit, not a top-1, one in 6th neither."""
+    import byol.evaluate
+    calls = []
+
+    def identity_head(x, mean, std, y, num_classes, epochs, batch_size, lr, weight_decay, seed, progress):
+        calls.append((epochs, batch_size, lr, weight_decay, seed))
+        head = nn.Linear(num_classes, num_classes)
+        nn.init.eye_(head.weight), nn.init.zeros_(head.bias)
+        return head, 0.0
+
+    monkeypatch.setattr(byol.evaluate, "_fit_linear", identity_head)
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(50) % 6
+    ranked = x.mean(0) + x.std(0) * torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])  # classes 0 > 1 > ... > 5
+    result = linear_probe(x, y, ranked.repeat(3, 1), torch.tensor([0, 4, 5]))
+    assert (result["top1"], result["top5"]) == pytest.approx((100 / 3, 200 / 3))
+    assert calls == [(100, 256, 0.1, 5e-4, 0)]
+
+
 def test_the_fewest_train_rows_each_evaluation_needs_are_enough():
     """kNN scores with a bank of one row, the linear probe with two (it standardizes by their std): a mutation
     audit found the boundaries untested."""

@@ -204,6 +204,47 @@ def test_note_lines_say_where_a_pass_that_failed_stopped_not_that_it_ended(monke
     assert capsys.readouterr().err.splitlines()[-1].startswith("note: test features: 10 images in ")
 
 
+def test_note_lines_say_the_rate_and_the_time_left_for_what_is_left(monkeypatch, capsys):
+    """A mutation audit: the time left reckoned for the whole pass rather than what is left of it, and the lines
+    after the first 5 s apart rather than 30, survived. 30 of 100 images in 10 s, then 40 in 40 s: 1 img/s, and
+    60 images left, a minute, on a clock the test moves; and a pass too short for a line
+    says nothing at its end either (a survivor too)."""
+    import byol.progress
+    from byol.progress import LogLines, shown
+    now = [1000.0]
+    monkeypatch.setattr(byol.progress.time, "monotonic", lambda: now[0])
+    with shown(LogLines("test features"), 100, "img", "features") as bar:
+        now[0] += 10.0
+        bar.update(30)
+        now[0] += 29.0  # the next line 30 s after the first (SCAN_NOTES), not 5
+        bar.update(10)
+        assert len(capsys.readouterr().err.splitlines()) == 1
+        now[0] += 1.0
+        bar.update(0)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "note: test features: 40 of 100 images, 40 s, 1.0 img/s, about 0:01:00 left", lines
+    with shown(LogLines("quick"), 100, "img", "features") as bar:  # under 5 s: no line, at its end neither
+        now[0] += 4.0
+        bar.update(100)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_pretraining_bar_counts_images_from_where_the_run_stands():
+    """A mutation audit: the pretraining bar counting steps rather than images (its total and its start) survived:
+    a run resumed at step 2 of 10, 16 images a step, stands at 32 of 160 images, in thousands past 100,000."""
+    from byol.progress import progress_bar
+    train = types.SimpleNamespace(progress=True)
+    bar = progress_bar(train, rank=0, step=2, end_step=10, batch_size=16)
+    try:
+        assert (bar.total, bar.n, bar.unit, bar.unit_scale) == (160, 32, "img", False)
+    finally:
+        bar.close()
+    big = progress_bar(train, rank=0, step=0, end_step=1000, batch_size=256)
+    big.close()
+    assert big.total == 256_000 and big.unit_scale
+    assert progress_bar(train, rank=1, step=2, end_step=10, batch_size=16) is None  # rank 0's alone
+
+
 def test_center_crop_of_an_image_taller_than_wide_cuts_its_rows_at_the_top_offset_and_its_columns_at_the_left():
     """A mutation audit: the top and left offsets swapped survived every test, whose images were square. At 11 x 7
     the offsets differ, and each is one torchvision rounds up ((11 - 4) / 2 = 3.5 to 4, (7 - 4) / 2 = 1.5 to 2)."""

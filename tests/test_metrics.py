@@ -147,6 +147,16 @@ def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
     plot_metrics(tmp_path / "metrics.jsonl")
     (ax,) = drawn["knn.png"].axes
     assert [line.get_label() for line in ax.get_lines()] == ["knn_top1_k20", "knn_top1_k200"]
+    # (a mutation audit: ordering as strings survived; k1000 after k200, k5 before k20)
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 0, **{f"eval/knn_top1_k{k}": 1.0 for k in (1000, 20, 5, 200)}}])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (ax,) = drawn["knn.png"].axes
+    assert [line.get_label() for line in ax.get_lines()] == [f"knn_top1_k{k}" for k in (5, 20, 200, 1000)]
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "eval/knn_top1": a200, "eval/knn_top1_k200": a200, "eval/knn_top1_k20": a20}
+        for s, a20, a200 in [(0, 30.0, 31.0), (10, 40.0, 42.0)]])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (ax,) = drawn["knn.png"].axes
     assert [list(line.get_ydata()) for line in ax.get_lines()] == [[30.0, 40.0], [31.0, 42.0]]
     assert ax.get_legend() is not None  # which line is which k
 
@@ -173,6 +183,33 @@ def test_collapse_plot_labels_each_ratio_and_draws_where_the_warning_fires(tmp_p
         assert "warning" in warn.get_label() and warn.get_label() in [t.get_text() for t in ax.get_legend().texts]
     # the std's warning, by the monitor's own rule, is where the line is
     assert monitor.is_collapsed(0.099 / math.sqrt(256), 20.0, 256) and not monitor.is_collapsed(0.101 / 16, 20.0, 256)
+
+
+def test_the_rank_s_dashed_line_is_at_the_latest_batch_s_bound(tmp_path, drawn):
+    """A mutation audit: reading min(B, d) off the first record rather than the last survived. A run resumed
+    with another batch size (here 32, then 64) has its rank's threshold over the latest min(B, d), as the
+    ratio it is drawn beside; a last record without a finite rank is passed over."""
+    from byol.monitor import MIN_RANK
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": 1, "monitor/effective_rank": 8.0, "monitor/effective_rank_ratio": 8.0 / 32},
+        {"step": 2, "monitor/effective_rank": 8.0, "monitor/effective_rank_ratio": 8.0 / 64},
+        {"step": 3, "monitor/effective_rank": math.nan, "monitor/effective_rank_ratio": math.nan}])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (rank_ax,) = drawn["collapse.png"].axes
+    (warn,) = [line for line in rank_ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(warn.get_ydata()) == [MIN_RANK / 64] * 2 and "= 64)" in warn.get_label()
+
+
+def test_counts_stay_whole_numbers_in_metrics_jsonl(tmp_path):
+    """A mutation audit: writing every value as a float survived. ``train/nonfinite_streak`` and other counts
+    are ints in metrics.jsonl (3, not 3.0), the rest floats (a tensor's value too)."""
+    import torch
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.log(5, epoch=0.5, time_s=1.25, **{"train/nonfinite_streak": 3, "train/loss": torch.tensor(2.0)})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    record = json.loads(line)
+    assert '"train/nonfinite_streak": 3,' in line and type(record["train/loss"]) is float
+    assert record == {"step": 5, "epoch": 0.5, "time_s": 1.25, "train/nonfinite_streak": 3, "train/loss": 2.0}
 
 
 def test_every_plot_names_its_run_and_marks_where_the_collapse_monitor_warned(tmp_path, drawn):
@@ -311,3 +348,13 @@ def test_the_step_labels_of_a_long_run_do_not_run_into_one_another(tmp_path, dra
         assert len(spans) >= 3 and all(a[1] < b[0] for a, b in zip(spans, spans[1:])), (name, labels)
     shown = [t.get_text() for t in drawn["loss.png"].axes[-1].get_xticklabels() if t.get_text()]
     assert "0" in shown and all(label == "0" or label.endswith("0k") for label in shown), shown
+
+
+def test_step_labels_change_unit_at_ten_thousand_and_a_million_and_a_warning_line_needs_its_step():
+    """A mutation audit: ``>`` for ``>=`` at either unit's edge survived (10,000 read 10000, 1,000,000 1000k);
+    and a ``warnings.txt`` line without ``": "`` after its number read as that step's."""
+    from byol.metrics import _step_label, warning_step
+    assert [_step_label(s) for s in (9999, 10_000, 120_000, 999_000, 1_000_000, 1_200_000)] == [
+        "9999", "10k", "120k", "999k", "1M", "1.2M"]
+    assert warning_step("step 12: representation collapse") == 12
+    assert warning_step("step 12") == -math.inf and warning_step("note: step 12: x") == -math.inf

@@ -127,6 +127,23 @@ def test_an_interval_without_statistics_leaves_the_monitor_as_it_was():
     assert healthy.check(1e-4, 1.0, 256, step=20) is not None
 
 
+def test_a_rank_lost_to_a_non_finite_last_batch_leaves_the_std_to_warn():
+    """A mutation audit: skipping the check where either statistic is NaN survived. The rank is of the
+    interval's last batch alone (NaN where its projections are not finite) while the std is the mean of the
+    interval's good steps: a collapsed std must still warn without a rank."""
+    assert CollapseMonitor().check(1e-4, math.nan, 256, step=10) is not None
+    assert CollapseMonitor().check(0.06, math.nan, 256, step=10) is None  # healthy std: no warning
+
+
+def test_a_statistic_exactly_at_its_threshold_is_not_collapse():
+    """A mutation audit: ``<=`` for ``<`` survived. Collapsed means below the thresholds (the docstring's
+    ``std < std_fraction / sqrt(dim) or rank < min_rank``), as collapse.png's dashed lines show them."""
+    monitor = CollapseMonitor(std_fraction=0.125, min_rank=1.5)
+    assert not monitor.is_collapsed(0.125 / 8, 50.0, 64)  # 0.125 / sqrt(64), exactly in binary
+    assert not monitor.is_collapsed(0.5, 1.5, 64)
+    assert monitor.is_collapsed(0.125 / 8 - 1e-9, 50.0, 64) and monitor.is_collapsed(0.5, 1.5 - 1e-9, 64)
+
+
 def test_a_loss_of_exactly_four_warns_of_no_learning_signal_though_the_projections_look_healthy():
     """A user's report: a network blown up by a huge learning rate logged a loss of exactly 4.0 that neither
     collapse measure flagged. Predictions past ~1e19 have a float32 norm of inf, F.normalize makes them 0, and

@@ -1908,3 +1908,47 @@ def test_a_run_s_initial_weights_and_each_process_s_augmentation_generator_are_s
     assert [generator.initial_seed() for _, _, generator in built] == [3, 4]
     rebuilt = _initial_net(config).state_dict()
     assert all(torch.equal(v, rebuilt[k]) for k, v in built[0][0].encoder.body.state_dict().items())
+
+
+def test_a_resumed_run_s_line_reckons_its_throughput_from_the_step_it_resumed_at():
+    """A mutation audit: the rate counted from step 0 rather than from this start's first step survived (the line
+    tests start at 0). Resumed at step 4, at step 6 after 2 s of training: 1 step/s, 16 img/s, 2 steps left."""
+    from byol.reporting import epoch_line
+    report = types.SimpleNamespace(steps_per_epoch=4, epochs=2, last_step=6,
+                                   clock=types.SimpleNamespace(training_s=lambda: 2.0))
+    line = epoch_line(6, 8, report, first_step=4, batch_size=16, loss=1.5)
+    assert line == "epoch 2/2 (step 6/8), loss 1.5000, 16.0 img/s, about 0:00:02 left"
+
+
+def test_the_data_wait_note_leaves_out_the_first_interval_s_start_up(tmp_path, capsys):
+    """A mutation audit: counting the first report's interval (the loaders' start-up, 9 s of 10 waited here) in the
+    share of time waited survived. Two intervals after it without a wait: no note."""
+    from byol.config import Config
+    from byol.reporting import Report
+    record = {"train/loss": 1.0, "monitor/z_std": 0.3, "monitor/effective_rank": 8.0, "train/nonfinite_streak": 0}
+    laps = iter([(10.0, 9.0), (10.0, 0.0), (10.0, 0.0)])
+    clock = types.SimpleNamespace(lap=lambda: next(laps), device=torch.device("cpu"))
+    loop_step = types.SimpleNamespace(read=lambda z1: dict(record), amp=None)
+    report = Report(loop_step, None, None, None, clock, 16, 3, tmp_path / "last.pt", 0, steps_per_epoch=4, epochs=1)
+    for step in (1, 2, 3):
+        report(step, torch.zeros(16, 8))
+    report.note_data_wait(Config(), host_kept=False)
+    assert (report.trained_s, report.waited_s) == (20.0, 0.0) and capsys.readouterr().err == ""
+
+
+def test_the_knn_monitor_s_bank_is_the_training_split_and_its_queries_the_held_out_one(monkeypatch):
+    """A mutation audit: the two splits' features swapped survived (the tests' splits were alike). A bank of three
+    (two of class 0, one of class 1) and one query of class 1 near it score 100%; swapped, the three as queries
+    of a bank of one would score 33.3%."""
+    from byol.config import Config
+    from byol.data import ImageSet
+    from byol.knn_monitor import knn_eval
+    from byol.train_data import TrainData
+    monkeypatch.setattr(byol.knn_monitor.features, "extract_features_sharded",
+                        lambda net, images, device, **kwargs: images.flatten(1).float())
+    pixels = lambda rows: torch.tensor(rows, dtype=torch.uint8).view(-1, 2, 1, 1)  # noqa: E731
+    bank = ImageSet(pixels([[9, 0], [9, 1], [0, 9]]), torch.tensor([0, 0, 1]))
+    held_out = ImageSet(pixels([[1, 9]]), torch.tensor([1]))
+    accuracy = knn_eval(types.SimpleNamespace(encoder=torch.nn.Flatten()),
+                        TrainData(None, 0, knn_train=bank, knn_test=held_out), Config(), torch.device("cpu"), None)
+    assert accuracy == {20: 100.0, 200: 100.0}
