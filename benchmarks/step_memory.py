@@ -21,10 +21,10 @@ def measure(batch: int, size: int, precision: str) -> None:
     from byol.config import load_config
     from byol.memory import saved_bytes_per_image
     from byol.step import ViewsForward, train_step
-    from byol.train import _build
+    from byol.run_setup import build_run
     torch.set_num_threads(2)
     config = load_config("cifar10", [f"--data.image_size={size}", "--train.device=cpu"])
-    byol, optimizer, generator = _build(config, torch.device("cpu"), 0, 1, net=None, given=None)
+    byol, optimizer, generator = build_run(config, torch.device("cpu"), 0, 1, net=None, given=None)
     amp = torch.bfloat16 if precision == "bf16" else None
     saved = saved_bytes_per_image(byol, size, amp) * batch
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

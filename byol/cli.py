@@ -250,7 +250,9 @@ def _embed(args, overrides: list[str]) -> int:
 
 def _export(args, overrides: list[str]) -> int:
     from . import exports
+    from .distributed import barrier
     info = exports.export(args.checkpoint, args.out)
+    barrier()  # every process runs the command: under torchrun none returns before rank 0 has written the files
     out = Path(info["state_dict"]).parent
     _print_table("exported", [("state_dict", info["state_dict"]), ("TorchScript", info["torchscript"]),
                               ("how to feed it", str(out / "export.json")), ("run's config", str(out / "config.yaml"))])

@@ -334,7 +334,9 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
     ``export.json`` (what to feed it; the files by their names in ``out_dir``; the checkpoint's
     training ``step`` and ``epoch``, which ``byol eval`` of ``encoder.pt`` reports) and the run's config.
     Returns export.json's contents, the three files it names as paths under ``out_dir``. An earlier export's
-    files there are replaced; a run directory, or a folder holding such a file that no export wrote, is refused."""
+    files there are replaced; a run directory, or a folder holding such a file that no export wrote, is refused.
+    Under torchrun rank 0 writes them, and no process waits for another: call it on rank 0 alone or on every
+    rank (where another rank reads the files next, it waits for rank 0 first: ``torch.distributed.barrier()``)."""
     if isinstance(out_dir, str) and not out_dir:  # Path("") is ".", the folder the process runs in (as --out "")
         raise OutputError("out_dir is empty; give the folder to export into")
     path_argument(path, "path", CHECKPOINT_PATH)
@@ -372,5 +374,4 @@ def export(path: Union[str, Path], out_dir: Union[str, Path]) -> dict:
         if made is not None:
             remove_empty_folders(out_dir.absolute(), made)
         raise
-    dist.barrier()  # under torchrun, no rank returns before rank 0 has written the files (its caller may read them)
     return {**info, **{key: str(out_dir / info[key]) for key in EXPORT_NAMES}}  # config too (it was "config.yaml")

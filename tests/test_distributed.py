@@ -186,6 +186,36 @@ def test_ddp_export_writes_its_files_once(tmp_path, cifar10_root):
     assert sorted(lines[:4]) == ["0 config.yaml", "0 encoder.pt", "0 encoder_torchscript.pt", "0 export.json"], lines
     assert sorted(lines[4:]) == ["0 returned", "1 returned"], lines
     assert proc.stdout.count("exported") == 1
+    # From Python, rank 0 alone may export (no collective in it): it waited for rank 1 in a barrier, which came
+    # only as rank 1 ended ('Connection closed by peer'), or paired with rank 1's next collective
+    script = tmp_path / "rank_0_exports.py"
+    script.write_text(RANK_0_EXPORTS)
+    command = [*torchrun_command(2)[:-2], str(script), str(ckpt), str(tmp_path / "alone")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=torchrun_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "alone" / "export.json").is_file()
+
+
+RANK_0_EXPORTS = '''
+import os
+import sys
+import time
+
+import byol
+from byol import distributed
+
+distributed.init()  # a script's own process group, up
+done = sys.argv[2] + ".done"
+if distributed.rank() == 0:
+    byol.export(sys.argv[1], sys.argv[2])
+    open(done, "w").close()
+else:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(done):
+        if time.monotonic() > deadline:
+            sys.exit("rank 0 did not return from byol.export in 30 s")
+        time.sleep(0.1)
+'''
 
 
 RANK_1_FAILS = '''
