@@ -1,7 +1,8 @@
 """What the command line says of an error: one sentence on stderr and exit code 2 for bad input, a
 full disk, a batch too big for memory, a decoding process the system killed or a NumPy that torch
 cannot use; None (its traceback) for a bug of byol's. Torch-free until an error is said: ``byol --help``
-and usage errors never load it."""
+and usage errors never load it (but under torchrun, where the processes tell each other their errors through
+torchrun's store: :mod:`byol.peers`)."""
 
 import errno
 import os
@@ -13,7 +14,7 @@ from typing import Optional, Union
 def launch_rank() -> int:
     """This process's rank under torchrun, from its RANK variable (set before any process group is
     up, as when the config is read, or a folder scanned); 0 without torchrun. Here, not in distributed.py:
-    without importing torch, a usage error is said at once."""
+    without importing torch, a usage error is said at once (outside torchrun)."""
     try:
         return int(os.environ.get("RANK", "0"))
     except ValueError:
