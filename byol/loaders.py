@@ -12,6 +12,8 @@ import multiprocessing.util
 import os
 import shutil
 import signal
+import sys
+import threading
 import time
 from typing import Iterable, Iterator, Optional
 
@@ -76,7 +78,20 @@ def _start_decoding_process(worker_id: int) -> None:
     (:func:`~byol.allocator.give_back_freed_memory`)."""
     for s in StopRequest.SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    sys.excepthook = _quiet_handover_errors(sys.excepthook)
     give_back_freed_memory()
+
+
+def _quiet_handover_errors(hook):
+    """``sys.excepthook``, but silent for a connection lost in a thread of a decoding process: the thread that
+    hands a batch's memory over to the main process (multiprocessing's resource sharer, which gives what it
+    catches to ``sys.excepthook``) loses it where the main process ends mid-handover, as it does on an error
+    that it says itself (a user's stderr got a ConnectionResetError traceback beside the error's sentence)."""
+    def excepthook(kind, value, traceback) -> None:
+        if not (issubclass(kind, (ConnectionError, EOFError)) and threading.current_thread() is not
+                threading.main_thread()):
+            hook(kind, value, traceback)
+    return excepthook
 
 
 class _SkippingLoader(DataLoader):

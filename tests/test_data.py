@@ -1418,6 +1418,42 @@ def test_a_read_only_dev_shm_is_named_when_decoding_processes_cannot_start():
     assert "/dev/shm" in said and "data.workers (0: decode in this process)" in said, said
 
 
+def test_a_main_process_gone_mid_handover_leaves_no_traceback_from_a_decoding_process():
+    """A CI run: a decoding process killed by the system ended the run with its one sentence, and beside it the
+    traceback of a ConnectionResetError from another decoding process: the thread that hands a batch's memory to
+    the main process (multiprocessing's resource sharer) lost its connection as the main process ended. Here the
+    real sharer, in a process set up as a decoding process is, loses two connections (reset, and closed early);
+    another thread's error, and a connection error of the main thread, are still told."""
+    import subprocess
+    script = (
+        "import socket, struct, sys, threading, time\n"
+        "from multiprocessing import resource_sharer\n"
+        "from byol.loaders import _start_decoding_process\n"
+        "_start_decoding_process(0)\n"
+        "shared = resource_sharer.DupFd(sys.stderr.fileno())\n"  # starts the sharer's thread, as a batch's handover
+        "address = resource_sharer._resource_sharer._address\n"
+        "for linger in (struct.pack('ii', 1, 0), None):\n"  # a reset, then a close before the handshake's answer
+        "    s = socket.socket(socket.AF_UNIX)\n"
+        "    s.connect(address)\n"
+        "    s.recv(1)\n"  # the sharer's challenge has begun
+        "    if linger: s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)\n"
+        "    s.close()\n"
+        "    time.sleep(0.5)\n"
+        "def fails():\n"
+        "    try:\n"
+        "        raise ValueError('another error')\n"
+        "    except ValueError:\n"
+        "        sys.excepthook(*sys.exc_info())\n"
+        "threading.Thread(target=fails).start()\n"
+        "time.sleep(0.2)\n"
+        "raise ConnectionResetError(104, 'of the main thread')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parent.parent)
+    err = done.stderr
+    assert "ValueError: another error" in err and "ConnectionResetError: [Errno 104] of the main thread" in err, err
+    assert err.count("Traceback") == 2 and "_serve" not in err and "resource_sharer" not in err, err
+
+
 def test_a_folder_decoded_into_memory_keeps_its_batches_in_shared_memory_small(tmp_path, monkeypatch):
     """A user test in Docker's 64 MB /dev/shm: the kNN monitor's folders were decoded in batches of 256 images of
     256 x 256 (48 MiB each, two for each decoding process at once), which could never fit there."""
