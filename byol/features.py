@@ -103,7 +103,9 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     encoder.to(device)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    was_training = encoder.training
+    # Each module's own mode, not the encoder's flag alone: encoder.train(True) after would unfreeze a BatchNorm
+    # layer a network given in training mode holds in eval mode, which the kNN monitor then trained (a review)
+    modes = [(m, m.training) for m in encoder.modules()]  # parents before their children
     encoder.eval()
     is_tensor = isinstance(images, torch.Tensor)
     total = len(images) if is_tensor else _items_of(images)
@@ -114,7 +116,8 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
                 return _tensor_features(embed, images, batch_size, bar)
             out = _batch_features(embed, images, total, bar)
         finally:
-            encoder.train(was_training)
+            for module, training in modes:  # train(), not the flag: torchvision's traced modules swap graphs on it
+                module.train(training)
     return out if with_indices else out[:2]
 
 

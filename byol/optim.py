@@ -6,21 +6,33 @@ import torch
 from torch import nn
 
 
+# Normalization layers, whose parameters are all excluded whatever their shape (a LayerNorm over (C, H, W) has 3-D ones)
+_NORMS = tuple(getattr(nn, name) for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
+                                              "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm",
+                                              "LayerNorm", "LocalResponseNorm", "RMSNorm") if hasattr(nn, name))
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split trainable parameters into two groups.
 
-    Biases and normalization parameters (every 1-D parameter) get no weight decay and no
-    LARS adaptation (paper, appendix C: "we exclude the biases and batch normalization
-    parameters from both LARS adaptation and weight decay").
+    Biases and normalization parameters get no weight decay and no LARS adaptation (paper,
+    appendix C: "we exclude the biases and batch normalization parameters from both LARS
+    adaptation and weight decay"): every 1-D parameter, and whatever its shape every parameter of a
+    normalization layer (BatchNorm, GroupNorm, LayerNorm, ...) and every one named ``bias``. Each
+    parameter once (one shared by two modules), excluded where either names it so.
     """
     if not isinstance(model, nn.Module):  # model.parameters() failed on "no attribute 'parameters'"
         raise TypeError(f"param_groups takes the model (an nn.Module), not {type(model).__name__}: it tells biases and "
-                        "norm layers from weights by the parameters' shapes, param_groups(model, weight_decay)")
+                        "norm layers from weights by the parameters' shapes and layers, "
+                        "param_groups(model, weight_decay)")
+    # (by shape alone, a LayerNorm([C, H, W])'s weight and bias were decayed and LARS-adapted: a review)
+    norm_or_bias = {id(p) for m in model.modules() for name, p in m.named_parameters(recurse=False)
+                    if isinstance(m, _NORMS) or name == "bias"}
     regular, excluded = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (excluded if p.ndim <= 1 else regular).append(p)
+        (excluded if p.ndim <= 1 or id(p) in norm_or_bias else regular).append(p)
     return [
         {"params": regular, "weight_decay": weight_decay, "lars_exclude": False},
         {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},

@@ -150,7 +150,18 @@ def tqdm_bar(**kwargs):
     except Exception as e:  # noqa: BLE001 - a broken package fails to import in its own ways
         _no_bars(f"{type(e).__name__}: {e}")
         return None
+    if not _on_terminal():  # a notebook, a log: a bar opened under another (a kNN evaluation's under pretraining's)
+        kwargs.setdefault("position", 0)  # takes its line, as tqdm's cursor moves to the next would be shown as text
     return tqdm(file=sys.stderr, **bar_shape(), **kwargs)
+
+
+def _on_terminal() -> bool:
+    """Whether stderr is a terminal, where tqdm stacks bars opened together (moving the cursor up and down,
+    which a notebook's output and a log cannot do)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # none, or closed
+        return False
 
 
 @functools.cache

@@ -228,9 +228,16 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
             len(s.get("params", ())) != len(g["params"]) for s, g in zip(saved_groups, optimizer.param_groups)):
         # (a network of another depth has other groups too: its weights' keys say so, not a layer frozen)
         check_model_state(byol, state["model"], str(ckpt_path), **guess)
+        saved_sizes = [len(s.get("params", ())) for s in saved_groups]
+        sizes = [len(g["params"]) for g in optimizer.param_groups]
+        why = "a parameter frozen or unfrozen?"
+        if len(saved_sizes) == len(sizes) == 2 and sum(saved_sizes) == sum(sizes) and saved_sizes[0] > sizes[0]:
+            # the same parameters, split otherwise: byol.optim.param_groups by shape alone, before 2026-12-06
+            why = (f"the same parameters, {saved_sizes[0] - sizes[0]} of which this byol excludes from weight decay "
+                   "and LARS, the parameters of normalization layers and biases of more than one dimension that a "
+                   "byol before 2026-12-06 decayed and adapted; resume it with that byol, or start it anew")
         raise CheckpointError(f"the optimizer state in {ckpt_path} does not fit this run (its parameter groups hold "
-                              f"{[len(s.get('params', ())) for s in saved_groups]} parameters, this run's "
-                              f"{[len(g['params']) for g in optimizer.param_groups]}: a parameter frozen or unfrozen?)")
+                              f"{saved_sizes} parameters, this run's {sizes}: {why})")
     load_model_state(byol, state["model"], str(ckpt_path), **guess)
     # load_state_dict takes each group's settings from the checkpoint too: this run's (momentum, weight
     # decay, LARS's trust coefficient and clip, ...) are put back, as the resume note says they change.

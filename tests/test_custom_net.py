@@ -260,6 +260,54 @@ def test_a_run_on_a_network_of_your_own_resumes_as_the_uninterrupted_run(tmp_pat
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+class LayerNormed(nn.Sequential):
+    """A network with a LayerNorm over (C, H, W) of 32x32 views: 3-D weight and bias."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__(nn.Conv2d(3, 4, 3, padding=1), nn.LayerNorm([4, 32, 32]), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 10))
+
+
+def test_a_run_whose_norm_layers_an_older_byol_decayed_is_refused_on_resume_saying_why(tmp_path, cifar10_root,
+                                                                                      monkeypatch):
+    """param_groups told norms and biases by shape alone, and decayed a LayerNorm([C, H, W])'s (a review): such a
+    run's optimizer state holds the same parameters in other groups, which a resume says, not 'frozen?'."""
+    import byol.optim
+
+    def by_shape(model, weight_decay):  # the older byol's split
+        return [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": weight_decay,
+                 "lars_exclude": False},
+                {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True}]
+    quick = {"train.max_steps": 1, "train.knn_every": -1, "data.image_size": 32}
+    with monkeypatch.context() as m:
+        m.setattr(byol.optim, "param_groups", by_shape)
+        byol.pretrain(load_config("cifar10", settings(tmp_path, cifar10_root, **quick)), net=LayerNormed(),
+                      hidden_layer=3)
+    with pytest.raises(CheckpointError, match=r"the same parameters, 2 of which this byol excludes from weight decay "
+                                              r"and LARS, .* a byol before 2026-12-06 decayed and adapted"):
+        byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path}", "--train.max_steps=2"]), resume=True,
+                      net=LayerNormed(), hidden_layer=3)
+
+
+def test_a_frozen_batchnorm_layer_of_a_network_given_stays_frozen_with_the_knn_monitor_on(tmp_path, cifar10_root):
+    """A review: the kNN monitor's evaluation at random initialization put the network's modes back by its own flag,
+    which set a BatchNorm layer given in eval mode (frozen) to training for every step after: the run trained
+    otherwise than with the monitor off (docs/runs.md: the same weights, bit for bit)."""
+    nets = []
+    for run, every in (("off", -1), ("on", 0)):
+        net = SmallNet()
+        net[1].eval()
+        quick = {"train.max_steps": 3, "train.knn_every": every, "train.knn_limit": 50, "optim.name": "sgd"}
+        byol.pretrain(load_config("cifar10", settings(tmp_path / run, cifar10_root, **quick)), net=net,
+                      hidden_layer=HIDDEN)
+        nets.append(net)
+    off, on = nets
+    assert torch.equal(on[1].running_mean, SmallNet()[1].running_mean)  # frozen: its statistics never moved
+    for (key, a), b in zip(off.state_dict().items(), on.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
 class Headed(nn.Module):
     """A network whose output comes from a layer named ``fc``, as a torchvision ResNet's does."""
 

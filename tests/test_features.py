@@ -34,6 +34,20 @@ def test_extract_features_matches_a_manual_forward_and_restores_train_mode():
     assert not net.training  # eval stays eval
 
 
+def test_extract_features_puts_back_each_module_s_own_mode_a_frozen_batchnorm_s_too():
+    """A review: the encoder's flag alone was put back (encoder.train(True)), which set a BatchNorm layer held in
+    eval mode (frozen, in a network given to pretrain) to training, so the kNN monitor's first evaluation unfroze it
+    for the rest of the run: its statistics moved, and the run trained otherwise than with the monitor off."""
+    net, x = encoder(), images()
+    net[1].eval()
+    extract_features(net, x, batch_size=3)
+    assert [m.training for m in net] == [True, False, True, True]
+    net.eval()
+    net[2].train()  # and the other way round: a module in training mode under a parent in eval mode
+    extract_features(net, x)
+    assert [m.training for m in net] == [False, False, True, False] and not net.training
+
+
 def test_extract_features_under_autocast_returns_float32():
     net, x = encoder(), images()
     feats = extract_features(net, x, amp_dtype=torch.bfloat16)

@@ -20,6 +20,31 @@ def test_param_groups_exclude_biases_and_norms():
     assert excluded["weight_decay"] == 0.0 and excluded["lars_exclude"]
 
 
+def test_param_groups_exclude_every_parameter_of_a_norm_layer_and_every_bias_whatever_its_shape():
+    """A review: a network of one's own (net=) with a LayerNorm over (C, H, W) had its 3-D weight and bias
+    decayed and LARS-adapted, as weights, where the paper excludes biases and normalization parameters."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.ln = nn.LayerNorm([4, 6, 6])
+            self.gn = nn.GroupNorm(2, 4)
+            self.scale = nn.Parameter(torch.ones(4))  # 1-D: excluded, as before
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.b.weight = self.a.weight  # shared: once
+            self.attention = nn.MultiheadAttention(4, 2)  # its in_proj_bias, out_proj.bias
+
+    net = Net()
+    regular, excluded = param_groups(net, weight_decay=0.1)
+    named = {id(p): name for name, p in net.named_parameters()}
+    assert sorted(named[id(p)] for p in regular["params"]) == [
+        "a.weight", "attention.in_proj_weight", "attention.out_proj.weight", "conv.weight"]
+    assert sorted(named[id(p)] for p in excluded["params"]) == [
+        "a.bias", "attention.in_proj_bias", "attention.out_proj.bias", "b.bias", "conv.bias", "gn.bias", "gn.weight",
+        "ln.bias", "ln.weight", "scale"]
+    assert len(regular["params"]) + len(excluded["params"]) == len(list(net.parameters()))
+
+
 def test_param_groups_skip_frozen_parameters():
     model = make_model()
     model[0].requires_grad_(False)

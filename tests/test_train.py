@@ -36,7 +36,7 @@ from byol.metrics import read_metrics
 from byol.optim import build_optimizer
 from byol.schedules import cosine_lr
 from byol.train import pretrain
-from conftest import session_status, tiny_overrides
+from conftest import session_status, shown_lines, tiny_overrides
 
 
 def test_twenty_steps_on_real_cifar_lower_the_loss(cifar10_root):
@@ -1022,6 +1022,22 @@ def test_pretrain_on_cuda_from_a_training_set_kept_in_host_memory(tmp_path, caps
     results = pretrain(load_config("cifar10", tiny_overrides(tmp_path / "run", **overrides) + [f"--data.root={root}"]))
     assert results["step"] == 2 and math.isfinite(results["loss"])
     assert "stays in host memory and each batch is copied to cuda" in capsys.readouterr().err
+
+
+def test_the_end_s_knn_bars_under_the_pretrain_bar_move_no_cursor_where_stderr_is_no_terminal(
+        tmp_path, cifar10_root, capsys):
+    """A notebook (or a log) with train.progress=true: the end's kNN bars open while the pretrain bar is, where tqdm
+    stacks them below it with cursor moves (ESC[A), which a notebook's output drops: a user test saw the kNN bars
+    left as stale lines and the pretrain bar twice. Where stderr is no terminal they take the bar's line."""
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "train.max_steps": 2, "train.progress": True}) + [f"--data.root={cifar10_root}"])
+    pretrain(config)
+    err = capsys.readouterr().err
+    while_training = err.rsplit("pretrain:", 1)[0].split("epoch=", 1)[-1]  # from the bar's first epoch to its last draw
+    assert "kNN: train features" in while_training  # the end's kNN bars open while the pretrain bar is
+    assert "\x1b[" not in err, repr(err[-600:])
+    shown = [line for line in shown_lines(err) if line.strip()]  # what a notebook shows of it (no cursor moves)
+    assert not any("kNN:" in line for line in shown) and sum("pretrain:" in line for line in shown) == 1, shown
 
 
 def test_knn_features_show_progress_bars_when_training_does(tmp_path, cifar10_root, capsys):
