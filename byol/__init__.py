@@ -16,8 +16,9 @@ _EXPORTS = {  # public name -> the module that defines it
     "BYOL": "dropin", "BYOLModel": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim",
     "param_groups": "optim", "byol_loss": "loss", "regression_loss": "loss", "build_target": "ema",
     "update_target": "ema",
-    "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "backbones", "cut_at": "backbones",
-    "Config": "config", "load_config": "config", "resume_config": "resume", "pretrain": "train", "knn": "pipeline", "linear": "pipeline",
+    "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "resnets", "cut_at": "backbones",
+    "Config": "config", "load_config": "config", "resume_config": "resume_settings", "pretrain": "train",
+    "knn": "pipeline", "linear": "pipeline",
     "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
     "ByolError": "errors", "ConfigError": "config_files", "DataError": "data", "CheckpointError": "checkpoint",
     "OutputError": "outputs",
@@ -47,7 +48,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
-    from .backbones import cut_at, resnet
+    from .backbones import cut_at
+    from .resnets import resnet
     from .checkpoint import CheckpointError
     from .config_files import ConfigError
     from .data import DataError
@@ -62,7 +64,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .optim import LARS, build_optimizer, param_groups
     from .encoders import load_encoder
     from .pipeline import knn, linear
-    from .resume import resume_config
+    from .resume_settings import resume_config
     from .schedules import cosine_lr, tau_schedule
     from .allocator import keep_freed_memory
     from .train import pretrain

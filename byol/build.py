@@ -10,7 +10,8 @@ from typing import Optional, Union
 from torch import nn
 
 from .augment import Augment, ViewConfig, view_presets
-from .backbones import NetDoesNotRun, cut_at, resnet
+from .backbones import NetDoesNotRun, cut_at
+from .resnets import resnet
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
 from .dropin import BYOL

@@ -119,18 +119,18 @@ def _pretrain(args, overrides: list[str]) -> int:
         located = load_config(preset, overrides + extra)
         continues = resumes(resume, located.train.out_dir)
         if not continues and args.config is not None:  # a moved run's config.yaml: refused as --resume refuses
-            from .resume import refuse_another_runs_config  # it (resume_config, where the run goes on), not a new
+            from .resume_settings import refuse_another_runs_config  # it (resume_config, where the run goes on), not a new
             refuse_another_runs_config(preset, overrides + extra, located)  # run started in the folder it names
     else:
         continues = resume
     if continues:
-        from .resume import resume_config
+        from .resume_settings import resume_config
         config = resume_config(preset, overrides + extra, explicit=args.config is not None)
     else:
         config = load_config(preset, overrides + extra)
         if args.config is not None and error_lines.launch_rank() == 0:  # an archived run's config.yaml, fed
             # back: the folder it names is said (once under torchrun)
-            from .resume import note_another_runs_config
+            from .resume_settings import note_another_runs_config
             note_another_runs_config(preset, overrides + extra, config)
     from .train import pretrain
     results = pretrain(config, resume=resume)

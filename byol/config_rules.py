@@ -26,7 +26,7 @@ def refuse_data_limit(given: list[str]) -> None:
 def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     """Reject values of the right type but outside their range, with the key and the rule; only
     those of ``keys`` (``section.key``) when given."""
-    from .backbones import RESNETS  # (torch and torchvision: an unknown key or a wrong type is said without them)
+    from .resnets import RESNETS  # (torch and torchvision: an unknown key or a wrong type is said without them)
     from .augment import view_preset_names
     from .datasets import DATASETS
     views = view_preset_names()

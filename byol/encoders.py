@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .backbones import RESNETS, resnet, resnet_settings
+from .resnets import RESNETS, resnet, resnet_settings
 from .build import build_model
 from .precision import usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state

@@ -10,7 +10,8 @@ from typing import Optional, Union
 
 import torch
 
-from .backbones import feature_dim, resnet
+from .backbones import feature_dim
+from .resnets import resnet
 from .build import eval_crop, load_size, views_of
 from .precision import autocast_dtype, precision_name, resolve_device, usual_torch_defaults
 from .errors import path_argument

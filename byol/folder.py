@@ -35,7 +35,7 @@ class ImageFolder(Dataset):
 
     ``dataset[i]`` is ``(image uint8 (3, size, size), label, i)``, or a :class:`Skipped` record
     when the file cannot be decoded (truncated, empty, not an image or not a regular file, a
-    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`~byol.loaders.skip_collate` drops
+    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`~byol.decoding_processes.skip_collate` drops
     those, and the loaders of :mod:`byol.loaders` collect them in ``bad_files``, in the main process, also
     with worker processes.
 

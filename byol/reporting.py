@@ -18,7 +18,7 @@ from .errors import ByolError
 from .progress import duration
 from .datasets import NATIVE_SIZE
 from .folder import held_out_folder
-from .loaders import usable_cores
+from .decoding_processes import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor
 from .run_folder import RunFolder, say

@@ -222,7 +222,7 @@ def _configs_kept(folder: Path) -> dict[int, Path]:
 
 def _no_settings(text: Optional[str]) -> bool:
     """Whether a config.yaml's ``text`` holds no settings (none, empty, comments alone), as a resume reads
-    it (:func:`~byol.resume.resume_config` then takes the checkpoint's)."""
+    it (:func:`~byol.resume_settings.resume_config` then takes the checkpoint's)."""
     try:
         return not safe_yaml(text or "")
     except yaml.YAMLError:

@@ -20,7 +20,7 @@ from .cuda_graph import loop_step_class
 from .faults import NonFiniteGuard, StopRequest
 from .given_net import as_given, given_to, note_trained_before, put_back, trained
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
-from .loaders import refuse_to_start_again
+from .decoding_processes import refuse_to_start_again
 from .metrics import MetricsLog
 from .precision import checked_precision, precision_name, usual_torch_defaults
 from .progress import progress_bar

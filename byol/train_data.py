@@ -17,8 +17,9 @@ from .config import Config, ConfigError, DataConfig
 from .data import DataError, ImageSet, TensorBatches, data_home
 from .dataset_files import FilesNotFound
 from .datasets import NATIVE_SIZE, build_dataset
+from .decoding_processes import end_now
 from .folder import ImageFolder, labeled_folders, split_folder
-from .loaders import end_now, folder_loader, load_folder_share, load_folder_tensor, start_pass_at
+from .loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 
 
 # The kNN monitor on a folder decodes this many images of each labeled split into memory, shared
@@ -81,7 +82,7 @@ class TrainData:
     def close(self) -> None:
         """Stop a streamed folder's decoding processes (kept from epoch to epoch) now, not when the
         loader is collected: a failed run's traceback, which a notebook keeps, holds it; busy ones too, not
-        awaited (:func:`~byol.loaders.end_now`: a run stopped by a signal waited 5 s and more for each)."""
+        awaited (:func:`~byol.decoding_processes.end_now`: a run stopped by a signal waited 5 s and more for each)."""
         workers = getattr(self.batches, "_iterator", None)  # DataLoader's, with persistent_workers
         if workers is not None and hasattr(workers, "_shutdown_workers"):
             end_now(workers)

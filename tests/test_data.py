@@ -1413,7 +1413,7 @@ def test_shared_memory_full_mid_pass_is_one_sentence_not_a_hang(tmp_path, monkey
 def test_a_read_only_dev_shm_is_named_when_decoding_processes_cannot_start():
     """A user test with /dev/shm mounted read-only: the sentence said "Read-only file system", not where."""
     import errno
-    from byol.loaders import _not_started
+    from byol.decoding_processes import _not_started
     said = _not_started(2, OSError(errno.EROFS, "Read-only file system"))
     assert "/dev/shm" in said and "data.workers (0: decode in this process)" in said, said
 
@@ -1428,7 +1428,7 @@ def test_a_main_process_gone_mid_handover_leaves_no_traceback_from_a_decoding_pr
     script = (
         "import socket, struct, sys, threading, time\n"
         "from multiprocessing import resource_sharer\n"
-        "from byol.loaders import _start_decoding_process\n"
+        "from byol.decoding_processes import _start_decoding_process\n"
         "_start_decoding_process(0)\n"
         "shared = resource_sharer.DupFd(sys.stderr.fileno())\n"  # starts the sharer's thread, as a batch's handover
         "address = resource_sharer._resource_sharer._address\n"
@@ -1457,7 +1457,7 @@ def test_a_main_process_gone_mid_handover_leaves_no_traceback_from_a_decoding_pr
 def test_a_folder_decoded_into_memory_keeps_its_batches_in_shared_memory_small(tmp_path, monkeypatch):
     """A user test in Docker's 64 MB /dev/shm: the kNN monitor's folders were decoded in batches of 256 images of
     256 x 256 (48 MiB each, two for each decoding process at once), which could never fit there."""
-    from byol import loaders
+    from byol import decoding_processes, loaders
     folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=1), size=256)
     sizes = []
     real = loaders._SkippingLoader
@@ -1467,7 +1467,8 @@ def test_a_folder_decoded_into_memory_keeps_its_batches_in_shared_memory_small(t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loaders, "_SkippingLoader", recording)
-    monkeypatch.setattr(loaders, "usable_cores", lambda: 2)
+    monkeypatch.setattr(loaders, "usable_cores", lambda: 2)  # the folder's decoding processes, and the loader's
+    monkeypatch.setattr(decoding_processes, "usable_cores", lambda: 2)
     assert len(loaders.load_folder_tensor(folder, workers=2).images) == 10
     assert sizes and sizes[0] * 3 * 256 * 256 * 2 * 2 <= 32 * 2**20, sizes
 
@@ -1524,7 +1525,7 @@ def test_a_ctrl_c_while_a_folder_is_decoded_leaves_no_decoding_process(tmp_path,
     import multiprocessing
     import sys
     import time
-    from byol.loaders import end_processes
+    from byol.decoding_processes import end_processes
     folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
     ignored = []  # what Python would print as "Exception ignored in" (the half-built iterator's __del__)
     monkeypatch.setattr(sys, "unraisablehook", ignored.append)
@@ -1553,7 +1554,7 @@ def test_a_ctrl_c_while_the_decoding_processes_are_busy_ends_them_at_once(tmp_pa
     import multiprocessing
     import time
     from byol import folder as folder_module
-    from byol.loaders import end_processes
+    from byol.decoding_processes import end_processes
     from torch.utils.data import dataloader
     folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
 
@@ -1588,7 +1589,7 @@ def test_a_training_run_s_kept_decoding_processes_are_ended_at_once_busy_or_not(
     import time
     import types
     from byol import folder as folder_module
-    from byol.loaders import _SkippingLoader, end_processes, skip_collate
+    from byol.decoding_processes import _SkippingLoader, end_processes, skip_collate
     from byol.train_data import TrainData
     from torch.utils.data import DataLoader
     folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=16)
@@ -1618,7 +1619,7 @@ def test_decoding_processes_ended_at_once_leave_no_folder_in_tmp(tmp_path, monke
     import multiprocessing
     import multiprocessing.process
     import types
-    from byol.loaders import _SkippingLoader, end_processes, skip_collate
+    from byol.decoding_processes import _SkippingLoader, end_processes, skip_collate
     from byol.train_data import TrainData
     folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=8)
     # as in a fresh process (an earlier test may have made this one's folder)
@@ -1642,7 +1643,7 @@ def test_a_decoding_process_killed_while_handing_over_a_batch_is_torch_s_error_f
     import multiprocessing
     from torch.utils.data import dataloader
     from byol.error_lines import _decoding_process_died
-    from byol.loaders import _SkippingLoader, end_processes, skip_collate
+    from byol.decoding_processes import _SkippingLoader, end_processes, skip_collate
     folder = ImageFolder(extract_jpegs(tmp_path / "images", per_class=2), size=8)
 
     def reset_as_it_dies(self, *args, **kwargs):

@@ -298,7 +298,7 @@ def test_keep_freed_memory_ends_the_page_faults_of_later_steps():
 _HELD_IN_WORKER = """
 import resource, sys, torch
 from torch.utils.data import DataLoader, Dataset
-from byol.loaders import _start_decoding_process
+from byol.decoding_processes import _start_decoding_process
 from byol.allocator import keep_freed_memory
 def resident():
     return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
