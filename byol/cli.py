@@ -134,21 +134,10 @@ def _pretrain(args, overrides: list[str]) -> int:
             note_another_runs_config(preset, overrides + extra, config)
     from .train import pretrain
     results = pretrain(config, resume=resume)
-    if "stopped_by" in results:
-        if _is_main_process():
-            print(stop_line(results), file=sys.stderr)
+    if "stopped_by" in results:  # (pretrain said where, as to a script or a notebook)
         return 128 + int(getattr(signal, results["stopped_by"]))
     _print_table("pretraining done", _pretrain_rows(config, results))
     return 0
-
-
-def stop_line(results: dict) -> str:
-    """What a run stopped by a signal says: where, its checkpoint, the files it skipped so far."""
-    n = results.get("skipped_files", 0)
-    skipped = f"; {n:,} unreadable file{'s' * (n != 1)} skipped so far (listed in skipped_files.txt)" if n else ""
-    during = " (in its kNN evaluation, which the resume scores first)" if results.get("knn_cut") else ""
-    return (f"stopped by {results['stopped_by']} at step {results['step']}{during}; checkpoint saved to "
-            f"{results['checkpoint']}{skipped}; continue with --resume")
 
 
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:

@@ -198,6 +198,15 @@ def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int,
     return acc
 
 
+def stop_line(results: dict) -> str:
+    """What a run stopped by a signal says: where, its checkpoint, the files it skipped so far."""
+    n = results.get("skipped_files", 0)
+    skipped = f"; {n:,} unreadable file{'s' * (n != 1)} skipped so far (listed in skipped_files.txt)" if n else ""
+    during = " (in its kNN evaluation, which the resume scores first)" if results.get("knn_cut") else ""
+    return (f"stopped by {results['stopped_by']} at step {results['step']}{during}; checkpoint saved to "
+            f"{results['checkpoint']}{skipped}; continue with --resume")
+
+
 def note_cpu(config: Config, device: torch.device) -> None:
     """The GPU presets (the default one included) where torch finds no GPU: hours an epoch, said up front."""
     if device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64:

@@ -24,7 +24,8 @@ from .decoding_processes import refuse_to_start_again
 from .metrics import MetricsLog
 from .precision import checked_precision, precision_name, usual_torch_defaults
 from .progress import progress_bar
-from .reporting import Clock, Report, epoch_line, log_knn, nonfinite_error, note_cuda_graph, note_finished
+from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cuda_graph, note_finished,
+                        stop_line)
 from .resume import load_resumed, restore
 from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings
 from .run_setup import before_first_step, build_run, checked_run_config, load_run_data, prepare_device
@@ -51,7 +52,7 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     Writes into ``config.train.out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/last.pt`` (and every ``checkpoint_every`` epochs), and PNG plots. SIGTERM or
     SIGINT finishes the current step (or cuts a kNN evaluation short: ``results["knn_cut"]``, ``"epoch"``
-    or ``"end"``), writes the checkpoint and returns (``results["stopped_by"]``).
+    or ``"end"``), writes the checkpoint, says where it stopped on stderr and returns (``results["stopped_by"]``).
     A start that fails before its first step has finished leaves the folder as it found it. The
     caller's random number generators (torch's, CUDA's, NumPy's, Python's) and cuDNN's benchmark
     flag are left as they were.
@@ -296,4 +297,6 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
                          results["precision"] != precision_name(None))
     results["step"] = step
     results["checkpoint"] = os.path.abspath(ckpt_path)  # (a notebook may change its working directory next)
+    if "stopped_by" in results and rank == 0:  # (a notebook's Ctrl-C ended the cell without a word: a user test)
+        print(stop_line(results), file=sys.stderr)
     return results

@@ -1619,7 +1619,7 @@ def test_a_character_that_a_redirected_stdout_cannot_encode_is_written_escaped()
 def test_a_stopped_run_says_where_it_stopped_its_checkpoint_and_the_files_it_skipped():
     """A user test at ImageNet scale: the closing table counts the skipped files, and the line of a
     run stopped by a signal (a scheduler's cancel), which has no table, did not."""
-    from byol.cli import stop_line
+    from byol.reporting import stop_line
     results = {"stopped_by": "SIGTERM", "step": 1200, "checkpoint": "run/checkpoints/last.pt"}
     start = "stopped by SIGTERM at step 1200; checkpoint saved to run/checkpoints/last.pt"
     assert stop_line(results) == start + "; continue with --resume"

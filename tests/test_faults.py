@@ -940,8 +940,10 @@ def test_a_signal_while_an_epoch_s_checkpoint_is_written_stops_with_that_checkpo
     run = tmp_path / "run"
     assert cli.main(["pretrain", cifar, *tiny_overrides(run, **{"train.epochs": 2, "train.knn_every": -1})]) == 143
     assert written == [("last.pt", 8)]
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
         f"stopped by SIGTERM at step 8; checkpoint saved to {run / 'checkpoints' / 'last.pt'}; continue with --resume")
+    assert err.count("stopped by SIGTERM") == 1  # said by pretrain (to a script, a notebook), not again by the CLI
 
 
 def test_a_second_ctrl_c_says_what_it_costs(capsys, monkeypatch):

@@ -710,6 +710,18 @@ def test_the_record_after_a_stop_and_resume_averages_the_steps_the_uninterrupted
     assert [r["step"] for r in records[1]] == [2, 4, 6] and records[0] == records[1]
 
 
+def test_a_run_stopped_from_python_says_where_it_stopped(tmp_path, cifar10_root, monkeypatch, capsys):
+    """A user test in a notebook: a Ctrl-C (here a SIGTERM) during pretrain saved and returned, as documented, but
+    said nothing, where the command line says where it stopped: the cell ended with the stopped bar alone."""
+    monkeypatch.setattr(byol.train, "StopRequest", stop_after_step(3))
+    config = load_config("cifar10", tiny_overrides(tmp_path, **{"train.max_steps": 6}) + [
+        f"--data.root={cifar10_root}", "--train.knn_every=-1"])
+    assert pretrain(config)["stopped_by"] == "SIGTERM"
+    checkpoint = tmp_path / "checkpoints" / "last.pt"
+    said = f"stopped by SIGTERM at step 3; checkpoint saved to {checkpoint}; continue with --resume"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == said
+
+
 def test_a_knn_evaluation_a_stop_skipped_is_scored_when_the_run_resumes(tmp_path, cifar10_root, monkeypatch):
     """A user test: a stop at an epoch's end skips that epoch's kNN (it could take long), and the
     resume never scored it: the log had no record of that epoch."""
