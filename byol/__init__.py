@@ -19,7 +19,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "cosine_lr": "schedules", "tau_schedule": "schedules", "resnet": "resnets", "cut_at": "backbones",
     "Config": "config", "load_config": "config", "resume_config": "resume_settings", "pretrain": "train",
     "knn": "pipeline", "linear": "pipeline",
-    "embed": "exports", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
+    "embed": "embeddings", "export": "exports", "load_encoder": "encoders", "keep_freed_memory": "allocator",
     "ByolError": "errors", "ConfigError": "config_files", "DataError": "data", "CheckpointError": "checkpoint",
     "OutputError": "outputs",
 }
@@ -57,7 +57,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
     from .outputs import OutputError
     from .config import Config, load_config
     from .ema import build_target, update_target
-    from .exports import embed, export
+    from .embeddings import embed
+    from .exports import export
     from .loss import byol_loss, regression_loss
     from .dropin import BYOL
     from .model import BYOLModel, MLP

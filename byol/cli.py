@@ -227,12 +227,12 @@ def _evaluate(args, overrides: list[str]) -> int:
 
 
 def _embed(args, overrides: list[str]) -> int:
-    from . import exports
+    from . import embeddings
     from .progress import LogLines
-    path = exports.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
-                         limit=args.limit, progress=shows_bars_given(overrides) or LogLines())
+    path = embeddings.embed(args.checkpoint, args.out, split=args.split, overrides=overrides,
+                            limit=args.limit, progress=shows_bars_given(overrides) or LogLines())
     if _is_main_process():  # under torchrun, once
-        side = [f"{what} in {file}" for what, file in exports.side_files(path)]
+        side = [f"{what} in {file}" for what, file in embeddings.side_files(path)]
         print(f"embeddings written to {path}" + (f" ({'; '.join(side)})" if side else ""))
     return 0
 

@@ -4,6 +4,7 @@ killed writers left removed; what a failed write says, in a few words."""
 import errno
 import fnmatch
 import glob
+import io
 import os
 import re
 import time
@@ -41,6 +42,13 @@ def write_files_atomically(files: dict[Path, Union[bytes, Callable[[Path], None]
                 data(tmp)
             else:
                 tmp.write_bytes(data)
+
+
+def bytes_written_by(write) -> bytes:
+    """What ``write(file)`` (a torch.save or np.save into ``file``) writes."""
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
 
 
 @contextmanager

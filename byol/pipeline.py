@@ -1,5 +1,5 @@
 """The user-facing steps after pretraining: an encoder's features, kNN, linear probe (``encoders`` loads
-the encoder; ``exports`` writes embeddings and the exported encoder).
+the encoder; ``embeddings`` writes embeddings, ``exports`` the exported encoder).
 
 Each is a plain function of paths and a config, shared by the command line and Python users.
 """

@@ -783,7 +783,7 @@ def test_a_class_folder_named_train_is_a_class_not_the_train_split(tmp_path):
     veh/val, and embed's train split is veh/train. Where train/ is beside val/, it is still the split."""
     from byol.datasets import build_dataset
     from byol.config import CONFIG_HEADER
-    from byol.exports import _find_split
+    from byol.embeddings import _find_split
     veh = tmp_path / "veh"
     for split in ("train", "val"):
         for c in ("bus", "car", "train"):
