@@ -7,10 +7,11 @@ Shared by pretraining (``train.py``) and the steps after it (``pipeline.py``).
 from dataclasses import replace
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
 from .augment import Augment, ViewConfig, view_presets
-from .backbones import NetDoesNotRun, cut_at
+from .backbones import NetDoesNotRun, cut_at, feature_width
 from .resnets import resnet
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
@@ -26,6 +27,7 @@ def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: U
     """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes; or
     ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.BYOL` cuts it."""
     m = config.model
+    given = net is not None
     if net is None:
         # Cut here, not by BYOL: these ResNets trace, and a failure must not fall back to a hook (other
         # checkpoint keys, no TorchScript export, DDP's unused parameters).
@@ -34,15 +36,32 @@ def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: U
     view1, view2 = views_of(config)
     size = config.data.image_size
     try:
-        return BYOL(net, image_size=size, hidden_layer=hidden_layer,
-                    projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
-                    augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
-                    use_predictor=m.use_predictor, concat_views=m.concat_views,
-                    sync_batchnorm=False)  # under torchrun the loop converts the whole model (convert_sync_batchnorm)
+        model = BYOL(net, image_size=size, hidden_layer=hidden_layer,
+                     projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
+                     augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
+                     use_predictor=m.use_predictor, concat_views=m.concat_views,
+                     sync_batchnorm=False)  # under torchrun the loop converts the whole model (convert_sync_batchnorm)
     except NetDoesNotRun as e:  # (a user test: the advice was BYOL's feature_dim=, which no run can be given)
-        raise ValueError(f"net does not run on {size}x{size} images, the size of the run's views (data.image_size="
-                         f"{size}): {e.why}; give a network that takes (B, 3, {size}, {size}) images, or set "
-                         "data.image_size to a size it takes") from None
+        # (a ConfigError, a ValueError still: a sweep's except byol.ByolError went on past it, as past other settings)
+        raise ConfigError(f"net does not run on {size}x{size} images, the size of the run's views (data.image_size="
+                          f"{size}): {e.why}; give a network that takes (B, 3, {size}, {size}) images, or set "
+                          "data.image_size to a size it takes") from None
+    seen = eval_crop(config) or load_size(config)  # what the kNN monitor, eval and embed feed it
+    if given and seen != size:  # (a user test: a ViT built for 24 pixels, data.image_size=24 on CIFAR-10, ended at
+        # the kNN monitor in torchvision's bare "AssertionError: Wrong image height! Expected 24 but got 32!")
+        try:
+            feature_width(model.online.encoder, seen, next(net.parameters(), torch.empty(0)).device)
+        except NetDoesNotRun as e:
+            raise ConfigError(f"net runs on the run's {size}x{size} views (data.image_size={size}) but not on the "
+                              f"{seen}x{seen} images that the kNN monitor, eval and embed feed it ({_fed(config)}): "
+                              f"{e.why}; give a network that takes both sizes, or set data.image_size={seen}") from None
+    return model
+
+
+def _fed(config: Config) -> str:
+    """Which images evaluation feeds an encoder of ``config``'s run, for :func:`build_model`'s error."""
+    d = config.data
+    return f"{d.dataset}'s own, whole" if d.dataset != "folder" else "each image decoded at data.load_size, whole"
 
 
 def schedule_of(config: Config, steps_per_epoch: int) -> tuple[float, int, int]:

@@ -64,6 +64,12 @@ def _spelled(net: nn.Module, hidden_layer: Cut) -> Cut:
     return hidden_layer
 
 
+def _shown(cut: Cut) -> Cut:
+    """A recorded ``hidden_layer`` as a user gives it: the network's own output (recorded as None) as -1, as
+    byol.BYOL's docs spell it (a user test: a run given hidden_layer=-1 was told to resume with hidden_layer=None)."""
+    return -1 if cut is None else cut
+
+
 def check_net(net: object, use: str) -> None:
     """``net``, given from Python to ``use`` (pretrain; evaluate or embed), is one byol runs: an ``nn.Module`` in
     float32, its weights holding values."""
@@ -136,7 +142,7 @@ def recorded(state: dict) -> Optional[dict]:
 
 def resume_call(record: dict) -> str:
     """How a run trained on a network given from Python (its :func:`net_record`) is resumed, said in its errors."""
-    layer = record.get("hidden_layer", -2)
+    layer = _shown(record.get("hidden_layer", -2))
     cut = f", hidden_layer={layer!r}" if layer != -2 else ""
     return (f"resume it from Python with byol.pretrain(config, resume=True, net={record.get('class') or 'YourNet'}"
             f"(...){cut}), a network of the same architecture, which the checkpoint's weights are loaded into")
@@ -183,9 +189,9 @@ def check_resume(state: dict, given: Optional[dict], ckpt_path: Path) -> None:
         raise CheckpointError(f"{ckpt_path} is of a run that trained a network given from Python "
                               f"({record.get('class')}): {resume_call(record)}")
     if record is not None and record.get("hidden_layer") != given["hidden_layer"]:
-        raise CheckpointError(f"{ckpt_path}'s run took its representation at hidden_layer="
-                              f"{record.get('hidden_layer')!r}, and a resume trains that cut on: resume with "
-                              f"hidden_layer={record.get('hidden_layer')!r}")
+        cut = _shown(record.get("hidden_layer"))
+        raise CheckpointError(f"{ckpt_path}'s run took its representation at hidden_layer={cut!r}, and a resume "
+                              f"trains that cut on: resume with hidden_layer={cut!r}")
 
 
 def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bool,
@@ -216,7 +222,7 @@ def check_eval(state: dict, net: Optional[nn.Module], path: Path, for_export: bo
                               f"architecture as net=, e.g. byol.knn(path, net=net) (byol.linear, byol.embed and "
                               "byol.load_encoder take net= too)")
     if hidden_layer is not RUN_S_CUT and _spelled(net, hidden_layer) != record.get("hidden_layer"):
-        cut = record.get("hidden_layer")
+        cut = _shown(record.get("hidden_layer"))
         raise CheckpointError(f"{path}'s run took its representation at hidden_layer={cut!r}, where training and "
                               f"the kNN monitor took it and where byol evaluates and embeds it: leave hidden_layer "
                               f"out (the run's is taken), or give hidden_layer={cut!r}")

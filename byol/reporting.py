@@ -13,6 +13,7 @@ import torch
 
 from .build import end_step_of, schedule_of
 from .config import VIEW_PROBABILITIES, Config, OptimConfig, TrainConfig
+from .config_rules import GIVEN_BACKBONE
 from .config_values import yaml_word
 from .errors import ByolError
 from .progress import duration
@@ -209,7 +210,10 @@ def stop_line(results: dict) -> str:
 
 def note_cpu(config: Config, device: torch.device) -> None:
     """The GPU presets (the default one included) where torch finds no GPU: hours an epoch, said up front."""
-    if device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64:
+    # (not for a network given from Python, which model.width does not make: the note advised --model.width=8 to a
+    # ViT's run, a user test)
+    if (device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64
+            and config.model.backbone != GIVEN_BACKBONE):
         print("note: torch finds no GPU here, so this full-width encoder trains on the CPU, slowly (the progress "
               "bar's ETA says how slowly); a narrow one (--model.width=8, as in --config cifar10-cpu) suits a CPU",
               file=sys.stderr)

@@ -438,7 +438,36 @@ def test_a_network_that_does_not_run_on_the_run_s_views_names_data_image_size(tm
                                          r"\(data.image_size=32\): mat1 and mat2 .*set data.image_size to a size") as e:
         byol.pretrain(config, net=net, hidden_layer=-1)
     assert "feature_dim" not in str(e.value)
+    assert isinstance(e.value, byol.ByolError)  # (a ValueError alone: a sweep's except byol.ByolError stopped at it)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_network_that_runs_on_the_views_but_not_on_the_evaluated_images_is_one_sentence(tmp_path, cifar10_root):
+    """A user test: a ViT built for 24 pixels, trained on CIFAR-10's 24-pixel views (data.image_size=24, as in
+    cifar10-cpu), ended at the kNN monitor, which feeds CIFAR-10's own 32x32 images, in torchvision's bare
+    "AssertionError: Wrong image height! Expected 24 but got 32!" (a traceback); byol.knn of such a run too."""
+    config = load_config("cifar10", settings(tmp_path / "run", cifar10_root, **{
+        "train.max_steps": 1, "data.image_size": 24}))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 22 * 22, 10))  # 24x24 images only
+    with pytest.raises(ConfigError, match=r"^net runs on the run's 24x24 views \(data.image_size=24\) but not on the "
+                                          r"32x32 images that the kNN monitor, eval and embed feed it \(cifar10's own, "
+                                          r"whole\): mat1 and mat2 .*set data.image_size=32$"):
+        byol.pretrain(config, net=net, hidden_layer=-1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_cut_at_the_network_s_own_output_is_told_to_resume_with_hidden_layer_minus_1(tmp_path):
+    """A user test: a run given hidden_layer=-1 (as docs/python_api.md advises for a ViT) was told to resume
+    with hidden_layer=None, the checkpoint's record of it."""
+    from byol.given_net import check_eval, check_resume, net_record, resume_call
+    state = {"extra": {"net": {"class": "SmallNet", "hidden_layer": None}}}
+    with pytest.raises(CheckpointError, match=r"at hidden_layer=-1, and a resume .*resume with hidden_layer=-1$"):
+        check_resume(state, net_record(SmallNet(), -2), tmp_path / "last.pt")
+    assert resume_call(state["extra"]["net"]).endswith(
+        "net=SmallNet(...), hidden_layer=-1), a network of the same architecture, which the checkpoint's weights "
+        "are loaded into")
+    with pytest.raises(CheckpointError, match=r"at hidden_layer=-1, where .*or give hidden_layer=-1$"):
+        check_eval(state, SmallNet(), tmp_path / "last.pt", False, hidden_layer=-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

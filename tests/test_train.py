@@ -1073,6 +1073,15 @@ def test_a_full_width_encoder_that_auto_puts_on_the_cpu_gets_a_note(capsys, sett
     assert ("--model.width=8" in capsys.readouterr().err) is noted
 
 
+def test_a_network_given_from_python_gets_no_note_to_narrow_model_width(capsys):
+    """A user test: a ViT's run on the CPU was advised --model.width=8, which a network given from Python
+    (model.backbone: custom) does not use."""
+    config = load_config("cifar10")
+    config.model.backbone = "custom"
+    byol.reporting.note_cpu(config, torch.device("cpu"))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("preset, settings, noted", [
     ("imagenet", {"train.epochs": 5}, "note: optim.warmup_epochs=10 is not shorter than train.epochs=5, so the "
      "learning rate only warms up, to 0.5 of its peak, and never decays; set --optim.warmup_epochs below train.epochs"),
