@@ -3,6 +3,7 @@ builds it, with its calls, names and EMA schedule, so that its users' scripts ru
 
 import copy
 import numbers
+import warnings
 from itertools import chain
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -13,6 +14,7 @@ from torch import nn
 from .backbones import cut_at, feature_width
 from .distributed import convert_sync_batchnorm, world_size
 from .ema import build_target
+from .errors import outside_stacklevel
 from .inputs import (check_arguments, check_batch_shape, check_is_tensor, check_network_input, check_pixel_range,
                      check_pixel_type, check_settings)
 from .model import BYOLModel
@@ -20,6 +22,10 @@ from .schedules import tau_schedule
 
 
 _eager_pixel_range = torch.compiler.disable(check_pixel_range)
+
+# A representation wider than this is a layer's output flattened unpooled, it seems: a pooled one is a few thousand
+# values at most (ResNet-50's 2,048, RegNetY-128GF's 7,392), a ViT-B/16's token sequence 151,296
+WIDE_REPRESENTATION = 16_384
 
 
 def _is_compiling_function() -> Callable[[], bool]:
@@ -164,6 +170,12 @@ class BYOL(BYOLModel):
         dim, out_dtype = feature_dim, dtype
         if feature_dim is None:
             dim, out_dtype = feature_width(encoder, image_size, device, dtype)
+            if dim > WIDE_REPRESENTATION:  # (a user test of a ViT: the default -2 took its unpooled token sequence)
+                warnings.warn(f"the representation at hidden_layer={hidden_layer!r} is {dim:,} values an image, a "
+                              f"layer's output flattened, not pooled, it seems: the projector's first layer holds "
+                              f"{dim * projection_hidden_size / 1e6:,.0f} million weights; BYOL's representation is a "
+                              "pooled one (docs/python_api.md, 'Pick a pooled layer outside ResNets')",
+                              stacklevel=outside_stacklevel())
         dtype = out_dtype if out_dtype.is_floating_point else dtype
         if sync_batchnorm is None:  # byol-pytorch's default
             sync_batchnorm = world_size() > 1

@@ -329,3 +329,18 @@ def test_a_learner_pickled_whole_before_the_drop_in_had_its_own_module_loads(tmp
     for key, value in learner.state_dict().items():
         if torch.is_tensor(value):
             assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_an_unpooled_representation_is_warned_of_and_a_pooled_one_is_not():
+    """A user test of a ViT: the default hidden_layer=-2 took its token sequence flattened (151,296 values for
+    vit_b_16: a first projector layer of 620 million weights), silently, as byol-pytorch does."""
+    wide = nn.Sequential(nn.Conv2d(3, 17, 1), nn.Flatten(), nn.Linear(17 * 32 * 32, 10))  # -2: 17,408 values
+    with pytest.warns(UserWarning, match=r"^the representation at hidden_layer=-2 is 17,408 values an image, a "
+                                         r"layer's output flattened, not pooled, it seems: the projector's first "
+                                         r"layer holds 71 million weights;") as seen:
+        BYOL(wide, image_size=32)
+    assert seen[0].filename == __file__  # where the learner is made
+    narrow = nn.Sequential(nn.Conv2d(3, 16, 1), nn.Flatten(), nn.Linear(16 * 32 * 32, 10))  # 16,384
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BYOL(narrow, image_size=32, projection_hidden_size=64)
