@@ -293,8 +293,9 @@ def feature_width(encoder: nn.Module, image_size: int, device: torch.device,
                 why = re.sub(r"Proxy\(\w*\)", "another", why)
                 raise NetDoesNotRun(f"net does not run on two blank {image_size}x{image_size} images (image_size="
                                     f"{image_size}): {why}; the representation's width is found "
-                                    "on (2, 3, image_size, image_size) images: for a network taking other inputs "
-                                    "(another number of channels), give BYOL(..., feature_dim=D)", why) from e
+                                    "on (2, 3, image_size, image_size) images: give image_size the size the network "
+                                    "takes, or for a network taking other inputs (another number of channels) "
+                                    "BYOL(..., feature_dim=D)", why) from e
     # A cut layer's output is checked where it is taken; this is the network's own.
     out = flat_representation(out, "the network's own output (hidden_layer=-1)")
     return out.shape[1], out.dtype

@@ -185,7 +185,7 @@ def test_a_network_of_other_inputs_is_told_about_feature_dim():
             return self.pool(self.conv(x))
 
     with pytest.raises(ValueError, match=r"^net does not run on two blank 16x16 images "
-                                         r".*give BYOL\(\.\.\., feature_dim=D\)$"):
+                                         r".*other number of channels\) BYOL\(\.\.\., feature_dim=D\)$"):
         BYOL(Gray(), image_size=16, hidden_layer="pool", augment_fn=identity)
     learner = BYOL(Gray(), image_size=16, hidden_layer="pool", augment_fn=identity, feature_dim=8,
                    projection_hidden_size=16)

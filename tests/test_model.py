@@ -476,11 +476,13 @@ class FixedSize(nn.Module):
 
 def test_a_network_that_asserts_its_input_size_is_a_clear_error_at_construction():
     """A user test: torchvision's ViT at another image_size raised a bare AssertionError ("Wrong image
-    height! ..."), where the docs promise a ValueError naming image_size; so did a bare ``assert``."""
+    height! ..."), where the docs promise a ValueError naming image_size; so did a bare ``assert``. The advice was
+    feature_dim=D alone (a user test), which a network built for another image size does not need."""
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1,
                                               hidden_dim=8, mlp_dim=8)
     with pytest.raises(ValueError, match=r"^net does not run on two blank 16x16 images \(image_size=16\): "
-                                         r"Wrong image height! Expected 32 but got another!; .*feature_dim=D\)$"):
+                                         r"Wrong image height! Expected 32 but got another!; .*: give image_size the "
+                                         r"size the network takes, or .*feature_dim=D\)$"):
         BYOL(vit, image_size=16, hidden_layer="encoder")  # (not torch.fx's "but got Proxy(getitem_2)!")
     learner = BYOL(vit, image_size=32, hidden_layer="encoder", projection_hidden_size=16)
     assert learner.online.projector[0].in_features == 5 * 8  # (class token and 4 patches) x hidden_dim
