@@ -23,9 +23,12 @@ __all__ = ["autocast_dtype", "native_bf16", "build_model", "schedule_of", "end_s
            "eval_crop"]
 
 
-def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2) -> BYOL:
+def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2,
+                evaluated: bool = True) -> BYOL:
     """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes; or
-    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.BYOL` cuts it."""
+    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.BYOL` cuts it, and, where
+    ``evaluated`` (the kNN monitor will feed it), checked on the images evaluation feeds
+    (:func:`check_evaluated_size`)."""
     m = config.model
     given = net is not None
     if net is None:
@@ -46,16 +49,27 @@ def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: U
         raise ConfigError(f"net does not run on {size}x{size} images, the size of the run's views (data.image_size="
                           f"{size}): {e.why}; give a network that takes (B, 3, {size}, {size}) images, or set "
                           "data.image_size to a size it takes") from None
-    seen = eval_crop(config) or load_size(config)  # what the kNN monitor, eval and embed feed it
-    if given and seen != size:  # (a user test: a ViT built for 24 pixels, data.image_size=24 on CIFAR-10, ended at
-        # the kNN monitor in torchvision's bare "AssertionError: Wrong image height! Expected 24 but got 32!")
-        try:
-            feature_width(model.online.encoder, seen, next(net.parameters(), torch.empty(0)).device)
-        except NetDoesNotRun as e:
-            raise ConfigError(f"net runs on the run's {size}x{size} views (data.image_size={size}) but not on the "
-                              f"{seen}x{seen} images that the kNN monitor, eval and embed feed it ({_fed(config)}): "
-                              f"{e.why}; give a network that takes both sizes, or set data.image_size={seen}") from None
+    if given and evaluated:
+        check_evaluated_size(config, model.online.encoder)
     return model
+
+
+def check_evaluated_size(config: Config, encoder: nn.Module) -> None:
+    """A ConfigError where ``encoder``, a network given from Python (cut), runs on the views (``data.image_size``)
+    but not on the images that the kNN monitor, eval and embed feed it at ``config``'s settings (an evaluation's
+    with its overrides: a folder fed at a size given, a review)."""
+    size = config.data.image_size
+    seen = eval_crop(config) or load_size(config)  # what the kNN monitor, eval and embed feed it
+    if seen == size:  # (the views' size: checked where the model is built)
+        return
+    # (a user test: a ViT built for 24 pixels, data.image_size=24 on CIFAR-10, ended at the kNN monitor in
+    # torchvision's bare "AssertionError: Wrong image height! Expected 24 but got 32!")
+    try:
+        feature_width(encoder, seen, next(encoder.parameters(), torch.empty(0)).device)
+    except NetDoesNotRun as e:
+        raise ConfigError(f"net runs on the run's {size}x{size} views (data.image_size={size}) but not on the "
+                          f"{seen}x{seen} images that the kNN monitor, eval and embed feed it ({_fed(config)}): "
+                          f"{e.why}; give a network that takes both sizes, or set data.image_size={seen}") from None
 
 
 def _fed(config: Config) -> str:

@@ -119,8 +119,8 @@ def _pretrain(args, overrides: list[str]) -> int:
         located = load_config(preset, overrides + extra)
         continues = resumes(resume, located.train.out_dir)
         if not continues and args.config is not None:  # a moved run's config.yaml: refused as --resume refuses
-            from .resume_settings import refuse_another_runs_config  # it (resume_config, where the run goes on), not a new
-            refuse_another_runs_config(preset, overrides + extra, located)  # run started in the folder it names
+            from .resume_settings import refuse_another_runs_config  # it (resume_config, where the run goes on), not a
+            refuse_another_runs_config(preset, overrides + extra, located)  # new run started in the folder it names
     else:
         continues = resume
     if continues:

@@ -16,7 +16,7 @@ from .data import DataError
 from .folder import ImageFolder, class_names, escape_name, first_names, split_folder
 from . import distributed as dist
 from .distributed import note
-from .encoders import CHECKPOINT_PATH, load_encoder
+from .encoders import CHECKPOINT_PATH, load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
 from .outputs import EMBED_SIDE_NAMES, OutputError, check_writable, writing
 from .pipeline import check_counts, features, image_root, load_split, note_unused
@@ -145,7 +145,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
                           "replace; choose another --out")
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
         check_writable(target, source=path)
-    net, config = load_encoder(path, overrides, net=net, hidden_layer=hidden_layer)
+    net, config, _ = load_encoder_with_origin(path, overrides, False, net=net, hidden_layer=hidden_layer)
     note_unused(overrides, "embed", config)
     device = resolve_device(config.train.device)
     d = config.data

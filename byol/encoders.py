@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .resnets import RESNETS, resnet, resnet_settings
-from .build import build_model
+from .build import build_model, check_evaluated_size
 from .precision import usual_torch_defaults
 from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
@@ -51,7 +51,9 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     initial ones are not rebuilt). ``hidden_layer`` need not be given: the run's is taken; one given (as to
     ``byol.pretrain``) that is not the run's is a :class:`~byol.checkpoint.CheckpointError`.
     """
-    encoder, config, _ = load_encoder_with_origin(path, overrides, random_init, net=net, hidden_layer=hidden_layer)
+    # (evaluated=False: the encoder is the caller's to feed, at the size it was trained on too: a review)
+    encoder, config, _ = load_encoder_with_origin(path, overrides, random_init, net=net, hidden_layer=hidden_layer,
+                                                  evaluated=False)
     return encoder, config
 
 
@@ -59,15 +61,16 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
 def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                              for_export: bool = False,
                              net: Optional[nn.Module] = None,
-                             hidden_layer: Cut = RUN_S_CUT) -> tuple[nn.Module, Config, dict]:
+                             hidden_layer: Cut = RUN_S_CUT, evaluated: bool = True) -> tuple[nn.Module, Config, dict]:
     """:func:`load_encoder`, and where its weights come from, for a result to say: the checkpoint
     (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
-    config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused."""
+    config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused. ``evaluated``:
+    a network given from Python is checked on the images byol's evaluation feeds it (knn, linear, embed)."""
     path = path_argument(path, "path", CHECKPOINT_PATH)
     with torch.random.fork_rng(devices=[]):  # the modules the weights are loaded into draw their initialization
-        return _load_encoder_with_origin(path, overrides, random_init, for_export, net, hidden_layer)
+        return _load_encoder_with_origin(path, overrides, random_init, for_export, net, hidden_layer, evaluated)
 
 
 # What the functions that read a run's encoder take as their path.
@@ -81,7 +84,7 @@ EVALUATE_YOURSELF = ("give its features from byol.features.extract_features(net,
 
 def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[str]], random_init: bool,
                               for_export: bool, own_net: Optional[nn.Module],
-                              hidden_layer: Cut) -> tuple[nn.Module, Config, dict]:
+                              hidden_layer: Cut, evaluated: bool) -> tuple[nn.Module, Config, dict]:
     overrides = override_list(overrides)  # before anything is read
     given = [override_key(o) for o in overrides]
     refuse_data_limit(given)
@@ -132,6 +135,8 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         _folder_at_native_size(config, trained_on, given)
     if record is None:
         net.fc = nn.Identity()  # the representation is the pooled trunk output
+    elif evaluated:  # at the size the overrides give (a folder's --data.image_size), before the data is read
+        check_evaluated_size(config, net)
     _refuse_nonfinite(net, path)
     if random_init:
         origin.update(step=0, epoch=0.0)

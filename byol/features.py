@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import CIFAR_MEAN as CIFAR10_MEAN, CIFAR_STD as CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD  # the views'
-from .backbones import keep_modes
 from .distributed import gather_rows, rank, world_size
 from .inputs import check_pixel_range
 from .progress import shown
@@ -108,12 +107,18 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     total = len(images) if is_tensor else _items_of(images)
     embed = partial(_embed, encoder, device=device, mean=mean_t, std=std_t, size=size, amp_dtype=amp_dtype, crop=crop)
     # Each module's own mode put back, not the encoder's flag alone: encoder.train(True) would unfreeze a BatchNorm
-    # layer held in eval mode in a network given in training mode, which the kNN monitor then trained (a review)
-    with keep_modes(encoder), shown(progress, total, "img", "features") as bar:
-        encoder.eval()
-        if is_tensor:
-            return _tensor_features(embed, images, batch_size, bar)
-        out = _batch_features(embed, images, total, bar)
+    # layer held in eval mode in a network given in training mode, which the kNN monitor then trained (a review).
+    # (backbones.keep_modes's loop: that module imports torchvision, which this one does not need)
+    modes = [(m, m.training) for m in encoder.modules()]  # parents before their children
+    encoder.eval()
+    with shown(progress, total, "img", "features") as bar:
+        try:
+            if is_tensor:
+                return _tensor_features(embed, images, batch_size, bar)
+            out = _batch_features(embed, images, total, bar)
+        finally:
+            for module, training in modes:  # train(), not the flag: torchvision's traced modules swap graphs on it
+                module.train(training)
     return out if with_indices else out[:2]
 
 

@@ -127,7 +127,10 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
         saved_sizes = [len(s.get("params", ())) for s in saved_groups]
         sizes = [len(g["params"]) for g in optimizer.param_groups]
         why = "a parameter frozen or unfrozen?"
-        if len(saved_sizes) == len(sizes) == 2 and sum(saved_sizes) == sum(sizes) and saved_sizes[0] > sizes[0]:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        by_shape = [sum(p.ndim > 1 for p in params), sum(p.ndim <= 1 for p in params)]
+        if len(sizes) == 2 and saved_sizes == by_shape:  # (the sizes alone also fit a weight frozen and a bias
+            # unfrozen, which was said to be an older byol's checkpoint: a review)
             # the same parameters, split otherwise: byol.optim.param_groups by shape alone, before 2026-12-06
             why = (f"the same parameters, {saved_sizes[0] - sizes[0]} of which this byol excludes from weight decay "
                    "and LARS, the parameters of normalization layers and biases of more than one dimension that a "

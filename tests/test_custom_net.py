@@ -290,6 +290,20 @@ def test_a_run_whose_norm_layers_an_older_byol_decayed_is_refused_on_resume_sayi
                       net=LayerNormed(), hidden_layer=3)
 
 
+def test_a_weight_frozen_and_a_bias_unfrozen_on_resume_is_not_said_to_be_an_older_byol_s_run(tmp_path, cifar10_root):
+    """A review: the optimizer's group sizes alone (as many parameters, fewer decayed) were read as an older byol's
+    split by shape, which a weight frozen and a bias unfrozen between the starts also makes: 'frozen?' is said."""
+    quick = {"train.max_steps": 1, "train.knn_every": -1}
+    net = SmallNet()
+    net[0].bias.requires_grad_(False)
+    byol.pretrain(load_config("cifar10", settings(tmp_path, cifar10_root, **quick)), net=net, hidden_layer=HIDDEN)
+    net = SmallNet()
+    net[0].weight.requires_grad_(False)
+    with pytest.raises(CheckpointError, match=r"this run's \[\d+, \d+\]: a parameter frozen or unfrozen\?\)$"):
+        byol.pretrain(byol.resume_config(None, [f"--train.out_dir={tmp_path}", "--train.max_steps=2"]), resume=True,
+                      net=net, hidden_layer=HIDDEN)
+
+
 def test_a_frozen_batchnorm_layer_of_a_network_given_stays_frozen_with_the_knn_monitor_on(tmp_path, cifar10_root):
     """A review: the kNN monitor's evaluation at random initialization put the network's modes back by its own flag,
     which set a BatchNorm layer given in eval mode (frozen) to training for every step after: the run trained
@@ -454,6 +468,35 @@ def test_a_network_that_runs_on_the_views_but_not_on_the_evaluated_images_is_one
                                           r"whole\): mat1 and mat2 .*set data.image_size=32$"):
         byol.pretrain(config, net=net, hidden_layer=-1)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_network_for_the_views_alone_trains_with_the_knn_monitor_off_and_loads(tmp_path, cifar10_root):
+    """A review: the check on the images evaluation feeds refused a run with the kNN monitor off (train.knn_every=-1),
+    which feeds none and trained before, byol.load_encoder of its checkpoint (whose encoder the caller feeds its
+    own 24x24 images) and byol.knn of a folder fed at 24x24 (--data.image_size=24: the checkpoint's settings were
+    checked, not the overrides); byol.knn and embed of CIFAR-10, fed 32x32, are still one sentence."""
+    from PIL import Image
+    def net24():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 22 * 22, 10))  # 24x24 images only
+    config = load_config("cifar10", settings(tmp_path / "run", cifar10_root, **{
+        "train.max_steps": 1, "data.image_size": 24, "train.knn_every": -1}))
+    assert byol.pretrain(config, net=net24(), hidden_layer=-1)["step"] == 1
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    encoder, _ = byol.load_encoder(checkpoint, net=net24())
+    assert encoder(torch.rand(2, 3, 24, 24)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"but not on the 32x32 images that the kNN monitor, eval and embed feed it"):
+        byol.knn(checkpoint, net=net24())
+    with pytest.raises(ConfigError, match=r"but not on the 32x32 images that the kNN monitor, eval and embed feed it"):
+        byol.embed(checkpoint, tmp_path / "e.npy", net=net24())
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        path = tmp_path / "folder" / ("train", "val")[i % 2] / ("a", "b")[i // 2 % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    result = byol.knn(checkpoint, ["--data.dataset=folder", f"--data.root={tmp_path / 'folder'}",
+                                   "--data.image_size=24"], net=net24())
+    assert result["image_size"] == 24 and result["n_test"] == 8
 
 
 def test_a_run_cut_at_the_network_s_own_output_is_told_to_resume_with_hidden_layer_minus_1(tmp_path):
