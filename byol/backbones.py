@@ -8,13 +8,15 @@ import numbers
 import re
 import threading
 import warnings
-from typing import Iterator, Union
+from typing import Union
 
 import torch
 from torch import nn
 from torchvision.models.feature_extraction import DualGraphModule, NodePathTracer, create_feature_extractor
 
 from .errors import outside_stacklevel
+# (defined beside extract_features, which puts modes back too and imports no torchvision)
+from .features import keep_modes
 # byol.backbones' ResNets as well, as the package, its modules, tests, benchmarks and CONTRIBUTING.md name them there
 from .resnets import RESNETS, resnet, resnet_settings
 
@@ -33,18 +35,6 @@ except ImportError:  # a torchvision without it: plain tracing
 # installed as a submodule"), and two traces at once (learners built in a thread pool) restored each other's
 # patches, which then failed every nn.Module call in the process. (warnings.catch_warnings is global too.)
 _TRACING = threading.RLock()
-
-
-@contextlib.contextmanager
-def keep_modes(module: nn.Module) -> Iterator[None]:
-    """Restore the train/eval mode of each of ``module``'s modules on exit: they may differ (a
-    network given with some BatchNorm layers frozen), and ``module.train(mode)`` sets them all."""
-    modes = [(m, m.training) for m in module.modules()]  # parents before their children
-    try:
-        yield
-    finally:
-        for m, training in modes:  # train(), not the flag: torchvision's traced modules swap graphs on it
-            m.train(training)
 
 
 def flat_representation(out: object, where: str) -> torch.Tensor:

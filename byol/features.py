@@ -4,9 +4,12 @@ What :mod:`byol.evaluate` scores (kNN, linear probe) and ``byol embed`` writes. 
 they come, their rows written into one tensor, so a loader over a large folder never holds it all in
 memory, nor its embeddings more than once. Under torchrun, ``extract_features_sharded``, ``extract_share``
 and ``extract_batches_sharded`` split the images across ranks and gather the features back in order.
+``keep_modes`` puts back the train/eval mode of each of a network's modules after it ran (here, and in
+:mod:`byol.backbones`, which runs networks to cut and measure them).
 """
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Optional, Sequence, Union
 
@@ -62,6 +65,18 @@ def center_crop(images: torch.Tensor, side: int) -> torch.Tensor:
     return images[..., top:top + side, left:left + side]
 
 
+@contextlib.contextmanager
+def keep_modes(module: nn.Module) -> Iterator[None]:
+    """Restore the train/eval mode of each of ``module``'s modules on exit: they may differ (a
+    network given with some BatchNorm layers frozen), and ``module.train(mode)`` sets them all."""
+    modes = [(m, m.training) for m in module.modules()]  # parents before their children
+    try:
+        yield
+    finally:
+        for m, training in modes:  # train(), not the flag: torchvision's traced modules swap graphs on it
+            m.train(training)
+
+
 def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], batch_size: int = 512,
                      device: Union[str, torch.device, None] = None,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -107,18 +122,12 @@ def extract_features(encoder: nn.Module, images: Union[torch.Tensor, Batches], b
     total = len(images) if is_tensor else _items_of(images)
     embed = partial(_embed, encoder, device=device, mean=mean_t, std=std_t, size=size, amp_dtype=amp_dtype, crop=crop)
     # Each module's own mode put back, not the encoder's flag alone: encoder.train(True) would unfreeze a BatchNorm
-    # layer held in eval mode in a network given in training mode, which the kNN monitor then trained (a review).
-    # (backbones.keep_modes's loop: that module imports torchvision, which this one does not need)
-    modes = [(m, m.training) for m in encoder.modules()]  # parents before their children
-    encoder.eval()
-    with shown(progress, total, "img", "features") as bar:
-        try:
-            if is_tensor:
-                return _tensor_features(embed, images, batch_size, bar)
-            out = _batch_features(embed, images, total, bar)
-        finally:
-            for module, training in modes:  # train(), not the flag: torchvision's traced modules swap graphs on it
-                module.train(training)
+    # layer held in eval mode in a network given in training mode, which the kNN monitor then trained (a review)
+    with keep_modes(encoder), shown(progress, total, "img", "features") as bar:
+        encoder.eval()
+        if is_tensor:
+            return _tensor_features(embed, images, batch_size, bar)
+        out = _batch_features(embed, images, total, bar)
     return out if with_indices else out[:2]
 
 
