@@ -23,14 +23,10 @@ __all__ = ["autocast_dtype", "native_bf16", "build_model", "schedule_of", "end_s
            "eval_crop"]
 
 
-def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2,
-                evaluated: bool = True) -> BYOL:
+def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: Union[str, int, None] = -2) -> BYOL:
     """The BYOL model of a config: backbone by name, cut at its average pool, with its view recipes; or
-    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.BYOL` cuts it, and, where
-    ``evaluated`` (the kNN monitor will feed it), checked on the images evaluation feeds
-    (:func:`check_evaluated_size`)."""
+    ``net``, a network given from Python, cut at ``hidden_layer`` as :class:`~byol.BYOL` cuts it."""
     m = config.model
-    given = net is not None
     if net is None:
         # Cut here, not by BYOL: these ResNets trace, and a failure must not fall back to a hook (other
         # checkpoint keys, no TorchScript export, DDP's unused parameters).
@@ -39,25 +35,23 @@ def build_model(config: Config, net: Optional[nn.Module] = None, hidden_layer: U
     view1, view2 = views_of(config)
     size = config.data.image_size
     try:
-        model = BYOL(net, image_size=size, hidden_layer=hidden_layer,
-                     projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
-                     augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
-                     use_predictor=m.use_predictor, concat_views=m.concat_views,
-                     sync_batchnorm=False)  # under torchrun the loop converts the whole model (convert_sync_batchnorm)
+        return BYOL(net, image_size=size, hidden_layer=hidden_layer,
+                    projection_size=m.projection_size, projection_hidden_size=m.projection_hidden_size,
+                    augment_fn=Augment(view1), augment_fn2=Augment(view2), moving_average_decay=config.train.tau_base,
+                    use_predictor=m.use_predictor, concat_views=m.concat_views,
+                    sync_batchnorm=False)  # under torchrun the loop converts the whole model (convert_sync_batchnorm)
     except NetDoesNotRun as e:  # (a user test: the advice was BYOL's feature_dim=, which no run can be given)
         # (a ConfigError, a ValueError still: a sweep's except byol.ByolError went on past it, as past other settings)
         raise ConfigError(f"net does not run on {size}x{size} images, the size of the run's views (data.image_size="
                           f"{size}): {e.why}; give a network that takes (B, 3, {size}, {size}) images, or set "
                           "data.image_size to a size it takes") from None
-    if given and evaluated:
-        check_evaluated_size(config, model.online.encoder)
-    return model
 
 
 def check_evaluated_size(config: Config, encoder: nn.Module) -> None:
     """A ConfigError where ``encoder``, a network given from Python (cut), runs on the views (``data.image_size``)
     but not on the images that the kNN monitor, eval and embed feed it at ``config``'s settings (an evaluation's
-    with its overrides: a folder fed at a size given, a review)."""
+    with its overrides: a folder fed at a size given, a review); for a run, only where its kNN monitor is on, and
+    not for load_encoder, whose caller feeds the encoder."""
     size = config.data.image_size
     seen = eval_crop(config) or load_size(config)  # what the kNN monitor, eval and embed feed it
     if seen == size:  # (the views' size: checked where the model is built)

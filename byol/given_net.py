@@ -234,8 +234,7 @@ def given_encoder(state: dict, config: Config, net: nn.Module, record: dict, pat
     """The online encoder of a checkpoint of a run on a network given from Python (``record``, its
     :func:`check_eval`): ``net`` cut at the run's ``hidden_layer`` as training cut it, the checkpoint's weights loaded into ``net`` (``random_init``: its own
     kept; the run's initial weights cannot be rebuilt from a network byol did not make), in eval mode."""
-    # (evaluated=False: the sizes fed are those of config with the caller's overrides, checked by the caller)
-    byol = build_model(config, net, record["hidden_layer"], evaluated=False)
+    byol = build_model(config, net, record["hidden_layer"])
     if not random_init:
         load_model_state(byol, state["model"], str(path), **other_net(record, type(net).__name__))
         _LOADED[net] = str(path)

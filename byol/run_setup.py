@@ -14,7 +14,7 @@ from torch import nn
 
 from . import distributed as dist
 from .allocator import keep_freed_memory
-from .build import build_model
+from .build import build_model, check_evaluated_size
 from .config import Config, ConfigError, TrainConfig, checked
 from .config_files import read_preset
 from .data import DataError
@@ -68,10 +68,9 @@ def build_run(config: Config, device: torch.device, rank: int, world: int, net: 
     np.random.seed((t.seed + rank) % 2**32)  # NumPy's takes 0 to 2**32 - 1
     random.seed(t.seed + rank)
     # net's layers after hidden_layer too, which the model holds no reference to where it traced the cut
-    # (with the kNN monitor off nothing of the run feeds net the images evaluation takes: a review found such a run,
-    # which trained before, refused, and load_encoder of its checkpoint too)
-    byol = (build_model(config, net.to(device), given["hidden_layer"], evaluated=config.train.knn_every >= 0)
-            if given else build_model(config)).to(device)
+    byol = (build_model(config, net.to(device), given["hidden_layer"]) if given else build_model(config)).to(device)
+    if given and t.knn_every >= 0:  # the kNN monitor feeds net the images evaluation takes (with it off, nothing
+        check_evaluated_size(config, byol.online.encoder)  # does: a review found such a run, which trained, refused)
     if world > 1:
         byol = dist.convert_sync_batchnorm(byol, device)
     optimizer = build_optimizer(o.name, nn.ModuleList([byol.online, byol.predictor]), lr=o.lr,
