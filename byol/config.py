@@ -35,7 +35,8 @@ class DataConfig:
                                       # unless it takes over a quarter of its memory; folders: no, streamed),
                                       # true (a folder too: decoded once), false (host memory, batches copied over)
     limit: Optional[int] = None       # use only the first N training images (quick runs, tests; a folder's
-                                      # first N files in sorted order; all of them, with a note, above their number)
+                                      # first N files as scanned: each folder's, sorted, before its
+                                      # sub-folders'; all of them, with a note, above their number)
 
 
 @dataclass

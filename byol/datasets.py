@@ -189,12 +189,14 @@ def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
     try:
         arrays = [_pickle_images(p["data"], folder / f) for p, f in zip(parts, files[split])]
         images = np.concatenate(arrays)
-        labels = np.concatenate([np.asarray(p[label_key], np.int64) for p in parts])
+        each = [np.asarray(p[label_key], np.int64) for p in parts]
+        labels = np.concatenate(each)
     except (KeyError, ValueError) as e:
         raise DataError(f"the {name} files in {folder} lack data or {label_key} ({e}); "
                         f"download them again") from e
-    if len(images) != len(labels):
-        raise DataError(f"the {name} files in {folder} hold {len(images)} images but {len(labels)} labels")
+    for f, a, y in zip(files[split], arrays, each):  # file by file: a label too many in one and one too few in
+        if len(a) != len(y):                         # the next had every later label one image out of line
+            raise DataError(f"{folder / f} holds {len(a)} images but {len(y)} labels; download it again")
     _note_other_counts(name, split, folder, files[split], [len(a) for a in arrays])
     classes = None
     if (folder / meta_file).is_file():

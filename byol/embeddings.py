@@ -50,7 +50,7 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
     beside it, the training folder itself (with a note). Another name is a sub-folder of ROOT.
     Every split's labels are numbered by the classes of the ``train`` split, as eval numbers them.
     """
-    root = image_root(root)
+    root = Path(os.path.abspath(image_root(root)))  # (".", inside ROOT/train: its name "train" only so)
     sub = split_folder(root, train_split)  # as pretraining found it
     if sub is not None:
         trained_on, base = sub, root

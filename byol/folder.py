@@ -366,7 +366,7 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
         DataError: the two folders are there, but an image is not in a class sub-folder, one has
             no images, or the held-out split has a class the training split lacks; the message says which.
     """
-    root = Path(root).expanduser()
+    root = Path(_absolute(root))  # (".", run from inside ROOT/train, is named "train" only as an absolute path)
     if root.name == "train" and split_folder(root, "train") is None:
         root = root.parent
     test_dir = held_out_folder(root)

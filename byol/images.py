@@ -59,7 +59,10 @@ def _to_rgb(im: Image.Image, stored_as: Optional[str] = None) -> Image.Image:
     if im.mode.startswith("I;16") or (im.mode == "I" and stored_as in _SIXTEEN_BIT_AS_I):
         # 16-bit gray: scaled from 0..65535 (Pillow's conversion would clip at 255)
         gray = np.asarray(im).astype(np.int64)
-        return Image.fromarray(((gray * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+        scaled = (gray * 255 + 32767) // 65535
+        if isinstance(im.info.get("transparency"), int):  # a PNG's transparent gray value: black, as alpha's is
+            scaled[gray == im.info["transparency"]] = 0
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
     if im.mode in ("I", "F"):  # 32-bit integer or float gray (TIFF): the smallest usual range that holds it
         value = np.asarray(im, dtype=np.float64)
         finite = np.isfinite(value)

@@ -175,8 +175,19 @@ def test_python_layout_labels_that_do_not_match_the_images_are_refused(tmp_path)
     survived every test."""
     _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": np.zeros((2, 3072), np.uint8),
                                                                     b"labels": [0, 1, 2]})
-    with pytest.raises(DataError, match="hold 2 images but 3 labels"):
+    with pytest.raises(DataError, match="test_batch holds 2 images but 3 labels"):
         load_cifar(tmp_path, "cifar10", "test")
+
+
+def test_python_layout_labels_out_of_line_with_one_file_s_images_are_refused(tmp_path):
+    """A label too many in one file and one too few in the next add up: the labels of every image after the
+    first file's were one image out of line, without a word."""
+    for i in range(1, 6):
+        labels = [i] * {1: 3, 2: 1}.get(i, 2)  # 3 labels in the first file, 1 in the second: 10 in all
+        _write_pickle(tmp_path / "cifar-10-batches-py" / f"data_batch_{i}",
+                      {b"data": np.full((2, 3072), i, np.uint8), b"labels": labels})
+    with pytest.raises(DataError, match="data_batch_1 holds 2 images but 3 labels"):
+        load_cifar(tmp_path, "cifar10", "train")
 
 
 def test_a_python_layout_file_without_its_data_or_labels_is_refused(tmp_path):
@@ -636,6 +647,18 @@ def test_a_pass_started_at_a_batch_yields_what_the_epoch_yields_from_it(tmp_path
         assert list(itertools.islice(_passes(resumed, 1), 12)) == expected[index:index + 12]
 
 
+def test_labeled_folders_find_val_beside_a_train_folder_given_as_dot(tmp_path, monkeypatch):
+    """A root of "." from inside ROOT/train (the folder a run trains on) is ROOT/train, as its absolute path is:
+    its name was "", so the kNN monitor and eval found no ROOT/val beside it."""
+    for where in ("train/ant/a.png", "train/bee/b.png", "val/ant/c.png", "val/bee/d.png"):
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / where)
+    monkeypatch.chdir(tmp_path / "train")
+    for root in (".", "./"):
+        train, test = labeled_folders(root, size=8)
+        assert (train.root, test.root) == (str(tmp_path / "train"), str(tmp_path / "val"))
+
+
 def test_labeled_folders_spread_a_limit_over_every_class_and_shares_split_them(tmp_path):
     train = extract_jpegs(tmp_path / "set" / "train", per_class=6)
     assert labeled_folders(tmp_path / "set", size=8) is None  # no val/ or test/ yet
@@ -1009,6 +1032,16 @@ def test_infinite_float_pixels_are_the_image_s_white_or_black_and_an_rgb_png_s_t
     image = decode_image(str(tmp_path / "keyed.png"), 16)
     assert image[:, :, :8].eq(0).all() and image[:, :, 8:].tolist() == [[[0] * 8] * 16, [[0] * 8] * 16,
                                                                            [[255] * 8] * 16]
+
+
+def test_a_16_bit_gray_png_s_transparent_value_is_black(tmp_path):
+    """docs/data.md: a PNG's transparent colour becomes black. A 16-bit gray PNG's (its tRNS, a 16-bit value) was
+    scaled as any other gray: a white key stayed white."""
+    gray = np.full((16, 16), 65535, np.uint16)
+    gray[:, 8:] = 32768  # left white (transparent), right mid-gray
+    Image.fromarray(gray).save(tmp_path / "keyed16.png", transparency=65535)
+    image = decode_image(str(tmp_path / "keyed16.png"), 16)
+    assert image[:, :, :8].eq(0).all() and image[:, :, 8:].eq(128).all()
 
 
 def test_a_downscaled_image_is_filtered_not_sampled(tmp_path):

@@ -9,6 +9,19 @@ from byol.folder import ImageFolder
 from conftest import extract_jpegs
 
 
+def test_the_held_out_split_of_a_train_folder_given_as_dot_is_val(tmp_path, monkeypatch):
+    """A data.root of "." from inside ROOT/train is ROOT/train, as its absolute path is: its name was "", so embed
+    took it for a plain folder and embedded the training images in place of ROOT/val (and had no val split)."""
+    from PIL import Image
+    for where in ("train/ant/a.png", "train/bee/b.png", "val/bee/c.png"):
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / where)
+    monkeypatch.chdir(tmp_path / "train")
+    for split in (None, "val"):
+        folder = embeddings._folder_split(".", split, 8, "train")
+        assert folder.root == str(tmp_path / "val") and folder.labels.tolist() == [1]  # numbered as train's
+
+
 def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, capsys):
     root = extract_jpegs(tmp_path / "photos", per_class=1)
     (root / "cat").rename(root / "test")  # a class named like a split
