@@ -62,6 +62,19 @@ def sync_norms(mlp: nn.Module, device: torch.device) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(mlp)
 
 
+# How a learner's encoder took hidden_layer, by its state_dict keys: online.encoder.body.* (HiddenLayer) or .net.*
+_CUTS = {"body": "cut by tracing", "net": "taken by a forward hook (trace=False, or a network tracing could not cut)"}
+
+
+def _cut_by(keys) -> Optional[str]:
+    """``"body"`` or ``"net"`` (:data:`_CUTS`) for the keys of a learner's state_dict; None for neither."""
+    for key in keys:
+        parts = str(key).split(".")
+        if parts[:2] == ["online", "encoder"] and len(parts) > 3 and parts[2] in _CUTS:
+            return parts[2]
+    return None
+
+
 class OnlineEncoder(nn.Module):
     """byol-pytorch's ``learner.online_encoder``: the network passed in and the projector.
 
@@ -136,7 +149,8 @@ class BYOL(BYOLModel):
             byol-pytorch does, so that what ``net`` does at each call counts: forward hooks on
             ``net`` or its containers, modules replaced and attributes changed after construction.
             Tracing (the default) fixes ``net``'s forward as it was at construction, and runs no
-            layer after ``hidden_layer``.
+            layer after ``hidden_layer``. Under DDP, ``trace=False`` needs ``find_unused_parameters=True``: the
+            layers after ``hidden_layer`` run without a gradient.
         use_simplicial_embeddings, sem_*: byol-pytorch's; ``False`` (the paper's BYOL) is accepted,
             with ``sem_*`` ignored as there; ``True``, or ``sem_*`` alone (byol-pytorch's default
             would use them), is a ``ValueError``.
@@ -326,6 +340,10 @@ class BYOL(BYOLModel):
                              "network into yours, net.load_state_dict({k.removeprefix('online_encoder.net.'): v "
                              "for k, v in state.items() if k.startswith('online_encoder.net.')}), then build the "
                              "learner on net (the projector and predictor start afresh)")
+        saved, built = _cut_by(state_dict), _cut_by(name for name, _ in self.named_parameters())
+        if strict and saved is not None and built is not None and saved != built:
+            raise ValueError(f"this state_dict is of a learner whose hidden_layer was {_CUTS[saved]}, and this one's "
+                             f"is {_CUTS[built]}: build the learner as the saved one was (trace={saved == 'body'})")
         self.__dict__.pop("_target_view", None)  # assign=True puts new tensors in the target
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

@@ -344,3 +344,15 @@ def test_an_unpooled_representation_is_warned_of_and_a_pooled_one_is_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         BYOL(narrow, image_size=32, projection_hidden_size=64)
+
+
+@pytest.mark.parametrize("saved_trace", [True, False])
+def test_a_state_dict_of_a_learner_cut_the_other_way_is_one_sentence(saved_trace):
+    """A user test: resuming with trace= changed (or a network that tracing cut before and not now) listed every
+    encoder key as missing and unexpected (online.encoder.body.* against online.encoder.net.*)."""
+    saved = learner_on(resnet("resnet18", cifar_stem=True, width=8), trace=saved_trace).state_dict()
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8), trace=not saved_trace)
+    with pytest.raises(ValueError, match=f"trace={saved_trace}") as e:
+        learner.load_state_dict(saved)
+    assert "\n" not in str(e.value) and "Missing" not in str(e.value)
+    learner_on(resnet("resnet18", cifar_stem=True, width=8), trace=saved_trace).load_state_dict(saved)
