@@ -210,3 +210,23 @@ def test_networks_cut_in_threads_at_once_are_traced_and_leave_torch_as_it_was():
     finally:  # (without the fix: the process's nn.Module put back, for the tests after this one)
         nn.Module.__call__, nn.Module.__getattr__ = original
     assert encoders[0](torch.rand(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_a_hooked_hidden_layer_that_does_not_run_is_said_by_name():
+    """A network that tracing cannot cut (data-dependent control flow) is cut with a hook; a hidden_layer its
+    forward never calls is said as such, not an IndexError (a coverage audit: not run)."""
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.unused = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.b(x) if x.sum() > -1e9 else x  # data-dependent: no tracing
+
+    with pytest.warns(UserWarning, match="symbolic tracing could not cut"):
+        cut = cut_at(Branchy(), "unused")
+    with pytest.raises(ValueError, match=r"^hidden_layer='unused' did not run in the network's forward$"):
+        cut(torch.randn(2, 4))
+    with pytest.warns(UserWarning, match="symbolic tracing could not cut"):
+        assert cut_at(Branchy(), "a")(torch.randn(2, 4)).shape == (2, 4)

@@ -1,13 +1,16 @@
+import errno
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from byol.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint, unwrap
+from byol.checkpoint import (CheckpointError, copy_atomically, load_checkpoint, load_model_state, save_checkpoint,
+                             unwrap)
 
 
 def make():
@@ -377,3 +380,20 @@ def test_a_resume_under_torchrun_gives_each_process_its_own_rank_s_augmentation_
             generator = torch.Generator().manual_seed(99)
             _restore_generators(state, generator, rank, 2, Path("last.pt"))
             assert torch.equal(generator.get_state(), streams[rank]), rank
+
+
+def test_a_copy_that_fills_the_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
+    """copy_atomically (a run's epoch_N.pt from its last.pt) on a full disk: the checkpoint named, why, and
+    neither a torn copy nor its temporary left (a coverage audit: never run)."""
+    source = tmp_path / "last.pt"
+    source.write_bytes(b"x" * 1000)
+
+    def full(src, dst):
+        Path(dst).write_bytes(b"x" * 10)  # some bytes, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(CheckpointError, match=rf"^could not write the checkpoint {re.escape(str(tmp_path))}/"
+                                              rf"epoch_0001\.pt \({os.strerror(errno.ENOSPC)}\)$"):
+        copy_atomically(source, tmp_path / "epoch_0001.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

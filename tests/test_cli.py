@@ -632,6 +632,7 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["eval", "knn", "x.pt", "--k", "2.5"], "argument --k: must be a whole number >= 1, got '2.5'"),
     (["eval", "knn", "x.pt", "--temperature", "0"], "argument --temperature: must be a finite number > 0"),
     (["eval", "knn", "x.pt", "--temperature", "inf"], "argument --temperature: must be a finite number > 0, got inf"),
+    (["eval", "knn", "x.pt", "--temperature", "warm"], "argument --temperature: must be a number > 0, got 'warm'"),
     (["eval", "knn", "--k", "20", "x.pt"], "got 'x.pt': --k takes every value after it, so give the checkpoint "
      "before --k"),  # a checkpoint by its suffix alone: no folder, and not there
     (["eval", "knn", "x.pt", "--limit", "0"], "argument --limit: must be >= 1, got 0"),

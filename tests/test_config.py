@@ -117,6 +117,7 @@ def test_overrides_are_typed():
     ("--train.bogus=3", r"^unknown config key 'train.bogus'; train has epochs, "),  # nothing close: no guess
     ("--train.epochs=ten", "train.epochs must be int"),
     ("--train.knn_every=2.5", "train.knn_every must be int"),  # a mutation audit: truncated to 2, silently, survived
+    ("--train.epochs=[3", r"^train.epochs must be int, got '\[3'$"),  # no YAML: its text, said (a coverage audit)
     ("--data.download=maybe", "data.download must be bool"),
     ("--optim.lr", "must look like --section.key=value"),
     ("--train.log_every=0", "train.log_every must be >= 1"),

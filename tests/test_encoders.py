@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from byol.backbones import resnet
+from byol.checkpoint import CheckpointError
 from byol.encoders import load_encoder
 
 
@@ -196,3 +197,13 @@ def test_a_resnet_state_dict_read_as_other_settings_given_says_those_not_its_nam
     with pytest.raises(CheckpointError, match=r"\(model.\* settings given other than its keys say\?\): 100 of another "
                                               r"shape"):
         load_encoder(tmp_path / "r18.pt", ["--model.width=16"])
+
+
+def test_a_file_that_holds_no_dict_is_said_as_what_it_holds(tmp_path):
+    """torch.save of a tensor or a list (no checkpoint, no state_dict): the sentence names its type (a coverage
+    audit: never run)."""
+    for name, held, said in (("tensor.pt", torch.zeros(3), "Tensor"), ("list.pt", [1, 2], "list")):
+        torch.save(held, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"^\S*{name} holds neither a byol checkpoint nor an encoder "
+                                                  rf"state_dict \(it holds a {said}\)$"):
+            load_encoder(tmp_path / name)

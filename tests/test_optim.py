@@ -236,3 +236,23 @@ def test_build_optimizer_passes_on_momentum_trust_coefficient_and_clip():
     lars = build_optimizer("lars", make_model(), lr=0.1, weight_decay=0.0, momentum=0.7, trust_coefficient=0.02,
                            lars_clip=True)
     assert [(g["momentum"], g["trust_coefficient"], g["clip"]) for g in lars.param_groups] == [(0.7, 0.02, True)] * 2
+
+
+def test_lars_step_with_a_closure_returns_its_loss_and_steps_on_its_gradients():
+    """As torch's optimizers: ``step(closure)`` evaluates the loss with gradients on (a coverage audit: not run)."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(3, 4))
+    stepped = nn.Parameter(w.detach().clone())
+    x = torch.randn(5, 4)
+
+    def closure():
+        stepped.grad = None
+        loss = (x @ stepped.t()).square().sum()
+        loss.backward()
+        return loss
+
+    (x @ w.t()).square().sum().backward()
+    LARS([w], lr=0.1, weight_decay=1e-3).step()
+    with torch.no_grad():
+        loss = LARS([stepped], lr=0.1, weight_decay=1e-3).step(closure)
+    assert loss is not None and loss.requires_grad and torch.equal(stepped, w)

@@ -2,8 +2,10 @@
 
 import errno
 import tempfile
+import zipfile
 
 import pytest
+import torch
 
 from byol import outputs
 
@@ -63,3 +65,16 @@ def test_eval_results_replace_no_export_file_and_no_embeddings(tmp_path):
     (tmp_path / "r.json").write_text("{}")
     outputs.check_writable(tmp_path / "r.json", results=True)  # an earlier result is replaced
     assert json.loads((export / "export.json").read_text())["backbone"] == "resnet18"
+
+
+def test_a_whole_pickled_model_is_not_replaced_and_another_zip_is(tmp_path):
+    """``torch.save(model)`` (not loadable as weights alone) is a model the output would replace: refused; a zip
+    of something else is no model (a coverage audit: neither was run)."""
+    model = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), model)
+    with pytest.raises(outputs.OutputError, match=r"model\.pt holds what torch.save wrote, which this would replace"):
+        outputs.check_writable(model)
+    archive = tmp_path / "archive.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("notes.txt", "no model")
+    outputs.check_writable(archive)  # no error: an earlier output of another kind may be replaced

@@ -37,6 +37,16 @@ def test_a_cuda_device_this_machine_does_not_have_is_one_sentence(monkeypatch):
         assert resolve_device("cuda") == torch.device("cuda")
 
 
+def test_a_cuda_device_on_a_machine_without_cuda_is_one_sentence(monkeypatch):
+    """train.device=cuda (a GPU preset run on a laptop) where torch sees no GPU: one sentence pointing to the cpu."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match=rf"^train.device={name} but no CUDA GPU is available; use "
+                                              "train.device=cpu$"):
+            resolve_device(name)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
 def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monkeypatch):
     """torchrun --nproc_per_node=8 on a 4-GPU machine: processes 4 to 7 took cuda:4 to cuda:7, and torch's
     "invalid device ordinal" traceback (left by the mutation audit, found reading build.py)."""

@@ -31,7 +31,7 @@ from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
 from byol.config import Config, ConfigError, load_config, yaml_word
-from byol.resume import changed_settings
+from byol.resume import changed_settings, resume_config
 from byol.metrics import read_metrics
 from byol.optim import build_optimizer
 from byol.schedules import cosine_lr
@@ -1415,6 +1415,26 @@ def test_a_run_that_dies_while_it_writes_a_kept_epoch_writes_it_when_resumed(tmp
     assert events[:2] == ["copy", "clock"]  # (a code read) the copy is setup: its seconds were timed as training
     # the run's own: a copy of its last.pt (its settings, device, generators), not the resumed start's
     assert (tmp_path / "run" / "checkpoints" / "epoch_0001.pt").read_bytes() == last
+
+
+def test_a_run_whose_config_yaml_is_gone_and_checkpoint_settings_do_not_load_says_so(tmp_path, cifar10_root,
+                                                                                    capsys):
+    """config.yaml gone and the checkpoint's settings refused (a key this byol does not know): a note says why
+    the run goes on with the settings given, over the preset's, rather than a traceback."""
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{"train.max_steps": 2, "train.knn_every": -1}) +
+                         [f"--data.root={cifar10_root}"]))
+    (run / "config.yaml").unlink()
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["config"]["train"]["bogus"] = 1
+    torch.save(state, ckpt)
+    capsys.readouterr()
+    config = resume_config(None, [f"--train.out_dir={run}", "--model.width=8"])
+    err = capsys.readouterr().err
+    assert f"note: {run / 'config.yaml'} is missing, and the settings saved in {ckpt} do not load (" in err
+    assert "train.bogus" in err and "the run goes on with those given, over the preset's" in err
+    assert (config.model.width, config.train.batch_size) == (8, load_config("cifar10").train.batch_size)
 
 
 def test_a_run_whose_config_yaml_is_gone_resumes_with_its_checkpoint_s_settings(tmp_path, cifar10_root, capsys):
