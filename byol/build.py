@@ -16,7 +16,7 @@ from .resnets import resnet
 from .config import Config, ConfigError
 from .datasets import NATIVE_SIZE
 from .dropin import BYOL
-# byol.build.autocast_dtype and native_bf16 as well, as docs/python_api.md and BENCHMARKS.md name them
+# byol.build.autocast_dtype and native_bf16 as well, as BENCHMARKS.md and earlier docs/python_api.md name them
 from .precision import autocast_dtype, native_bf16
 
 __all__ = ["autocast_dtype", "native_bf16", "build_model", "schedule_of", "end_step_of", "views_of", "load_size",

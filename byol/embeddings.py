@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 
 from .build import load_size
-from .precision import autocast_dtype, precision_name, resolve_device, usual_torch_defaults
+from .precision import evaluation_precision, precision_name, resolve_device, usual_torch_defaults
 from .errors import path_argument
 from .progress import named
 from .files import bytes_written_by, write_files_atomically
@@ -156,7 +156,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     if limit:
         source = source.subset(torch.arange(min(limit, len(source)))) if isinstance(source, ImageFolder) \
             else source.first(limit)
-    precision = precision_name(autocast_dtype(config.train.precision, device))
+    precision = precision_name(evaluation_precision(net, config, device))
     if config.train.precision == "auto" and precision != "float32":  # (a user test could not tell)
         note(f"the embeddings are computed in {precision} (train.precision=auto, and {device} computes bf16 "
              "natively), which differ slightly from float32's; --train.precision=fp32 for those")

@@ -31,7 +31,7 @@ from .given_net import RUN_S_CUT, Cut
 from .evaluate import knn_accuracy, linear_probe, nonfinite_rows
 from .progress import named
 from .build import eval_crop, load_size, views_of
-from .precision import autocast_dtype, precision_name, resolve_device, usual_torch_defaults
+from .precision import evaluation_precision, precision_name, resolve_device, usual_torch_defaults
 from .train_data import held_out
 
 
@@ -150,7 +150,7 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
         keep_freed_memory()  # memory, not faulted in again (1.6x faster; docs/python_api.md)
     view1, _ = views_of(config)
     kwargs = dict(batch_size=EVAL_BATCH, mean=view1.mean, std=view1.std, crop=eval_crop(config),
-                  amp_dtype=autocast_dtype(config.train.precision, device),
+                  amp_dtype=evaluation_precision(net, config, device),
                   progress=progress if dist.rank() == 0 else False)
     if isinstance(source, ImageSet):
         labels = source.labels if source.labels is not None else torch.full((len(source),), -1)
@@ -310,7 +310,7 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
             "image_size": _input_size(test, eval_crop(config)),
             **_input_of(config, own_net, cut),
             "device": str(device),
-            "precision": precision_name(autocast_dtype(config.train.precision, device)), "versions": versions()}
+            "precision": precision_name(evaluation_precision(net, config, device)), "versions": versions()}
     return config, device, (train_f, train_y, test_f, test_y), info, _classes_missing(train, train_y, test_y, held)
 
 

@@ -141,6 +141,17 @@ def checked_precision(byol: BYOL, config: Config, device: torch.device,
     return None
 
 
+def evaluation_precision(encoder: torch.nn.Module, config: Config,
+                         device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype ``byol eval`` and ``embed`` compute ``encoder``'s features in: ``train.precision``'s on
+    ``device``, but float32 where ``auto`` trained it in float32 (:func:`checked_precision`: a CPU, a strided
+    convolution over one pixel at ``data.image_size``), as its kNN monitor scored it; eval reproduces the monitor."""
+    amp = autocast_dtype(config.train.precision, device)
+    if amp is None or device.type != "cpu" or config.train.precision != "auto":
+        return amp
+    return None if strided_over_one_pixel(encoder, config.data.image_size) else amp
+
+
 def precision_name(amp: Optional[torch.dtype]) -> str:
     """How a run's autocast dtype is said: in the closing table, in checkpoints, on resume."""
     return "bf16 autocast" if amp is not None else "float32"

@@ -65,3 +65,24 @@ def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monk
         resolve_device("cuda")
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+@pytest.mark.parametrize("stem, size, device, precision, expected", [
+    (False, 16, "cpu", "auto", None),  # layer4.0.conv1 strided over a 1x1 map: auto trained in float32
+    (False, 32, "cpu", "auto", torch.bfloat16),
+    (True, 16, "cpu", "auto", torch.bfloat16),
+    (False, 16, "cpu", "bf16", torch.bfloat16),  # asked for: eval computes what it is asked
+    (False, 16, "cpu", "fp32", None)])
+def test_eval_precision_is_auto_s_as_pretraining_resolved_it(monkeypatch, stem, size, device, precision, expected):
+    """The precision byol eval and embed compute features in: auto's float32 where pretraining's auto trained in
+    float32 (byol.precision.checked_precision), so that eval reproduces the kNN monitor."""
+    import byol.precision
+    from byol.config import Config
+    from byol.precision import evaluation_precision
+    from byol.resnets import resnet
+    monkeypatch.setattr(byol.precision, "native_bf16", lambda device: True)
+    config = Config()
+    config.data.image_size, config.train.precision = size, precision
+    net = resnet("resnet18", cifar_stem=stem, width=8)
+    net.fc = torch.nn.Identity()
+    assert evaluation_precision(net, config, torch.device(device)) is expected
