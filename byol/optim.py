@@ -43,8 +43,8 @@ class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling (You et al. 2017), SGD with momentum underneath.
 
     Per parameter ``w`` with gradient ``g``: ``g ← g + wd·w``; unless the group sets
-    ``lars_exclude``, ``g ← η ||w|| / ||g|| · g`` (η the trust coefficient, skipped when a norm
-    is zero); then ``v ← m v + g`` and ``w ← w - lr v``. With ``clip`` the trust ratio is capped
+    ``lars_exclude``, ``g ← η ||w|| / (||g|| + ε) · g`` (η the trust coefficient, ε ``eps``, which the
+    reference code does without; skipped when a norm is zero); then ``v ← m v + g`` and ``w ← w - lr v``. With ``clip`` the trust ratio is capped
     so that a layer's step is at most plain SGD's: ``g ← min(η ||w|| / ||g|| / lr, 1) · g`` (LARC's
     clipping, as solo-learn's CIFAR recipes use it with η = 0.02; the paper does not clip).
     """
