@@ -10,7 +10,7 @@ import re
 import time
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import IO, Callable, Iterator, Optional, Union
 
 try:
     import fcntl  # file locks, to tell a temporary being written from one a killed writer left
@@ -36,12 +36,18 @@ def write_files_atomically(files: dict[Path, Union[bytes, Callable[[Path], None]
     for folder, names in by_folder.items():
         remove_torn_temporaries(folder, *names)
     with ExitStack() as stack:
+        written = []
         for path, data in files.items():
-            tmp = stack.enter_context(temporary_beside(Path(path)))
+            tmp, held = stack.enter_context(_temporary(Path(path)))
             if callable(data):
                 data(tmp)
             else:
                 tmp.write_bytes(data)
+            written.append((tmp, held, Path(path)))
+        for _, held, _ in written:  # every one synced before any is renamed: a sync can fail too (ENOSPC or a
+            _sync(held)  # quota on NFS, which says so at the sync), and an export was left half old, half new
+        for tmp, _, path in written:
+            _replace(tmp, path)  # under the locks: no cleaner can remove one before it is renamed
 
 
 def bytes_written_by(write) -> bytes:
@@ -59,18 +65,32 @@ def temporary_beside(path: Path) -> Iterator[Path]:
     It is hidden and named after its writer (``.last.pt.tmp<pid>``), and locked while it is
     written, so that :func:`remove_torn_temporaries` can tell one that a killed process left.
     """
+    with _temporary(path) as (tmp, held):
+        yield tmp  # written through its path (torch.save's own writer), the same file as `held`
+        _sync(held)
+        _replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
+
+
+@contextmanager
+def _temporary(path: Path) -> Iterator[tuple[Path, IO[bytes]]]:
+    """:func:`temporary_beside`'s temporary and its open, locked file, neither synced nor renamed; removed
+    at the end of the ``with`` where it was not renamed."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with _locked_new(tmp) as held:
-            yield tmp  # written through its path (torch.save's own writer), the same file as `held`
-            held.flush()
-            os.fsync(held.fileno())
-            if fcntl is None:  # no lock to keep (Windows): closed first, as Windows renames no file held open
-                held.close()
-            _replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
+            yield tmp, held
     finally:
         with suppress(OSError):  # (Windows: a virus scanner holding it) not said in place of the error that ended
             tmp.unlink(missing_ok=True)  # the write; the next start's remove_torn_temporaries removes it
+
+
+def _sync(held: IO[bytes]) -> None:
+    """A temporary's bytes on the disk, its file closed where there is no lock to keep (Windows renames no
+    file held open)."""
+    held.flush()
+    os.fsync(held.fileno())
+    if fcntl is None:
+        held.close()
 
 
 def _replace(tmp: Path, path: Path, tries: int = 25) -> None:

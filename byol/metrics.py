@@ -180,7 +180,8 @@ class PlotsUnavailable(Exception):
 
 
 def plot_metrics(metrics_path: Path) -> list[Path]:
-    """Draw the PNG plots of :data:`PLOTS` for which the run has data; return their paths. Drawn on
+    """Draw the PNG plots of :data:`PLOTS` for which the run has data (those it has none for, left by an earlier
+    start of a new run in the folder, are removed where it has records); return their paths. Drawn on
     figures of their own, not through pyplot: the process's backend (a notebook's) is left as it is.
     One that cannot be written (a folder in its place, a full disk) keeps none of the others from
     being written; the first such error is raised after them. :class:`PlotsUnavailable` where
@@ -208,7 +209,13 @@ def plot_metrics(metrics_path: Path) -> list[Path]:
                            and not _inside(r["step"], diverged)})
             if any(series.values()) or keys and diverged and name != "knn.png":  # also a panel of NaN alone
                 drawn.append((panel, series, lost))
-        if drawn:  # named by the run's folder: plots of several runs side by side are told apart
+        if not drawn and records:  # an earlier start's (a new run's folder): not of these records (a review)
+            try:
+                if (run / name).is_file() or (run / name).is_symlink():  # (a folder there is not a plot)
+                    (run / name).unlink()
+            except OSError as e:
+                failed.append(e)
+        elif drawn:  # named by the run's folder: plots of several runs side by side are told apart
             figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed, diverged)
             try:
                 with temporary_beside(run / name) as tmp:  # a full disk leaves the last plot, not an empty file

@@ -97,6 +97,16 @@ class CollapseMonitor:
         self.no_signal = False
         self._last_warned: Optional[int] = None
 
+    def state(self) -> dict:
+        """What it goes on from in a resumed run (a checkpoint's ``extra``): plain values."""
+        return {"collapsed": self.collapsed, "no_signal": self.no_signal, "last_warned": self._last_warned}
+
+    def load_state(self, state: dict) -> None:
+        """Go on from :meth:`state`: a collapsed run resumed is not warned of again as newly collapsing (a review:
+        each resume added a warning to warnings.txt that the uninterrupted run had not)."""
+        self.collapsed, self.no_signal = bool(state["collapsed"]), bool(state["no_signal"])
+        self._last_warned = state["last_warned"]
+
     def is_collapsed(self, std: float, rank: float, dim: int) -> bool:
         """Whether the statistics of a ``dim``-wide projection say it has collapsed."""
         return std < self.std_fraction / math.sqrt(dim) or rank < self.min_rank

@@ -35,6 +35,7 @@ class Checkpoints:
                             "threads": torch.get_num_threads(),  # a CPU's sums are bitwise only with as many
                             "files_digest": data.names_digest}
         self.sums = sums  # the metrics' sums since the last record (LoopStep.sums), saved for a resume's
+        self.monitor = None  # the collapse monitor (reporting.Report's), whose state a resume goes on from
         self.last_save = time.perf_counter()
         self.written_step: Optional[int] = None  # the step of the last checkpoint written
         self.last_pt_step: Optional[int] = None  # of last.pt, set once written (before the plots)
@@ -79,6 +80,8 @@ class Checkpoints:
         if self.rank == 0:
             if self.sums is not None:  # so that the record after a stop averages all of its steps
                 self.extra["metric_sums"] = self.sums.tolist()
+            if self.monitor is not None:
+                self.extra["collapse_monitor"] = self.monitor.state()
             if folder is not None:  # so far (every rank's), kept if the run dies; before last.pt, whose resume
                 folder.write_skipped(self.run_dir / "skipped_files.txt")  # counts on it (TrainData.start_at)
                 self.extra["skipped_inside"] = folder.skipped_inside()

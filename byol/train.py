@@ -166,6 +166,9 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     clock = Clock(device, progress, resumed_s)
     report = Report(loop_step, log, folder, progress, clock, t.batch_size, t.max_nonfinite, ckpt_path, step,
                      steps_per_epoch, epochs=math.ceil(end_step / steps_per_epoch))
+    checkpoints.monitor = report.monitor
+    if saved.get("collapse_monitor"):  # (a checkpoint of a byol before this has none: the monitor starts afresh)
+        report.monitor.load_state(saved["collapse_monitor"])
     first_step = step
     step = _train_steps(config, data, loop_step, report, checkpoints, knn, folder, results, step, end_step, device,
                         rank, world)

@@ -259,3 +259,24 @@ def test_a_checkpoint_given_as_standard_input_is_said_to_be_unsupported(tmp_path
                                              "the path of its .pt file")
     (tmp_path / "-").touch()
     assert files.not_a_file_to_read("-") is None
+
+
+def test_a_sync_that_fails_leaves_every_old_file_of_a_write_of_several(tmp_path, monkeypatch):
+    """A review: each file was synced and renamed in turn, so a sync that failed (ENOSPC or a quota on NFS, which
+    says so at the sync, not at the write) left an export's export.json new and its encoder.pt old."""
+    old = {tmp_path / "encoder.pt": b"old weights", tmp_path / "export.json": b"old info"}
+    for path, data in old.items():
+        path.write_bytes(data)
+    real, synced = os.fsync, []
+
+    def full_at_the_second(fd):
+        synced.append(fd)
+        if len(synced) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full_at_the_second)
+    with pytest.raises(OSError):
+        write_files_atomically({path: b"new" for path in old})
+    assert {path: path.read_bytes() for path in old} == old and sorted(os.listdir(tmp_path)) == ["encoder.pt",
+                                                                                                 "export.json"]

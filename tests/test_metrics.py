@@ -358,3 +358,16 @@ def test_step_labels_change_unit_at_ten_thousand_and_a_million_and_a_warning_lin
         "9999", "10k", "120k", "999k", "1M", "1.2M"]
     assert warning_step("step 12: representation collapse") == 12
     assert warning_step("step 12") == -math.inf and warning_step("note: step 12: x") == -math.inf
+
+
+def test_a_plot_of_what_the_records_no_longer_hold_is_removed(tmp_path):
+    """A review: a start that diverged before its first checkpoint drew knn.png; a new run in the folder without
+    the kNN monitor left it there, beside its own loss.png, as if of this run."""
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 0, "eval/knn_top1_k200": 12.5}, {"step": 2, "train/loss": 1.0}])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    assert (tmp_path / "knn.png").is_file()
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 2, "train/loss": 0.5}])  # the new run's records
+    assert [p.name for p in plot_metrics(tmp_path / "metrics.jsonl")] == ["loss.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "metrics.jsonl"]
+    (tmp_path / "metrics.jsonl").unlink()  # no records (none yet, or the file gone): the plots are left as they are
+    assert plot_metrics(tmp_path / "metrics.jsonl") == [] and (tmp_path / "loss.png").is_file()

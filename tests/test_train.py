@@ -2009,3 +2009,21 @@ def test_the_knn_monitor_s_bank_is_the_training_split_and_its_queries_the_held_o
     accuracy = knn_eval(types.SimpleNamespace(encoder=torch.nn.Flatten()),
                         TrainData(None, 0, knn_train=bank, knn_test=held_out), Config(), torch.device("cpu"), None)
     assert accuracy == {20: 100.0, 200: 100.0}
+
+
+def test_a_collapsed_run_resumed_is_not_warned_of_again(tmp_path, cifar10_root):
+    """A review: the collapse monitor's state was not in the checkpoint, so a collapsed run stopped and resumed
+    (a requeue) warned of collapse again at its first record, a line in warnings.txt that the uninterrupted run,
+    bitwise the same, had not."""
+    def config(name, *extra):
+        return load_config("cifar10-cpu", tiny_overrides(tmp_path / name, **{
+            "data.root": cifar10_root, "train.epochs": 3, "train.knn_every": -1, "model.use_predictor": False,
+            "optim.lr": 5}) + list(extra))
+
+    whole = pretrain(config("whole"))
+    assert len(whole["warnings"]) == 1, whole["warnings"]  # collapsed in its first epoch (of 8 steps)
+    pretrain(config("resumed", "--train.max_steps=12"))
+    resumed = pretrain(config("resumed", "--train.max_steps=null"), resume=True)
+    assert resumed["warnings"] == whole["warnings"]
+    assert [r["train/loss"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if "train/loss" in r] == \
+        [r["train/loss"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if "train/loss" in r]
