@@ -41,8 +41,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50 (custom: a network of your own, given as
-                                      # byol.pretrain(config, net=...), which sets it; docs/python_api.md)
+    backbone: str = "resnet18"        # resnet18 | resnet34 | resnet50 | resnet101 | resnet152 (custom: a network of
+                                      # your own, given as byol.pretrain(config, net=...), which sets it;
+                                      # docs/python_api.md)
     cifar_stem: bool = True           # 3x3 stride-1 first conv and no max-pool, for 32x32 images
     width: int = 64                   # channels of the first stage (64 = torchvision)
     projection_size: int = 256        # width of the projections z and predictions p (paper: 256)

@@ -9,14 +9,19 @@ from torch import nn
 import torchvision
 
 
-RESNETS = ("resnet18", "resnet34", "resnet50")
+# torchvision's ResNets: blocks per stage, and whether a block is a bottleneck (1x1, 3x3, 1x1 convolutions,
+# four times as wide out as in) rather than two 3x3 convolutions. The paper evaluates ResNet-50, 101, 152 and 200
+# (torchvision builds no ResNet-200).
+_BLOCKS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False), "resnet50": ((3, 4, 6, 3), True),
+           "resnet101": ((3, 4, 23, 3), True), "resnet152": ((3, 8, 36, 3), True)}
+RESNETS = tuple(_BLOCKS)
 
 
 def resnet(name: str = "resnet18", cifar_stem: bool = False, width: int = 64) -> nn.Module:
     """A torchvision ResNet, randomly initialized, with its classifier intact.
 
     Args:
-        name: one of ``resnet18``, ``resnet34``, ``resnet50``.
+        name: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``resnet152`` (``RESNETS``).
         cifar_stem: a 3x3 stride-1 first convolution and no max-pool, for 32x32 images.
         width: channels of the first stage (64 in torchvision); smaller is faster, for tests
             and CPU runs.
@@ -44,9 +49,9 @@ def resnet_settings(state: dict) -> Optional[dict]:
         return None
     blocks = tuple(len({k.split(".")[1] for k in state if isinstance(k, str) and k.startswith(f"layer{i}.")})
                    for i in range(1, 5))
-    kinds = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50"}
+    kinds = {kind: name for name, kind in _BLOCKS.items()}
     name = kinds.get((blocks, "layer1.0.conv3.weight" in state))  # conv3: a bottleneck block's
-    inner = state.get("layer1.0.conv1.weight")  # twice as wide in wide_resnet50_2 and resnext50_32x4d
+    inner = state.get("layer1.0.conv1.weight")  # twice as wide in wide_resnet50_2 and resnext50_32x4d (and 101)
     if name is None or not torch.is_tensor(inner) or tuple(inner.shape[:2]) != (conv1.shape[0],) * 2:
         return None
     return {"backbone": name, "cifar_stem": conv1.shape[-1] == 3, "width": conv1.shape[0]}
@@ -56,8 +61,8 @@ def _narrow_resnet(name: str, width: int) -> nn.Module:
     """A ResNet whose stages have ``width, 2w, 4w, 8w`` channels instead of ``64, 128, 256, 512``."""
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-    block, layers = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
-                     "resnet50": (Bottleneck, [3, 4, 6, 3])}[name]
+    layers, bottleneck = _BLOCKS[name]
+    block = Bottleneck if bottleneck else BasicBlock
     net = ResNet.__new__(ResNet)
     nn.Module.__init__(net)
     net._norm_layer = nn.BatchNorm2d

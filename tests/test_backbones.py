@@ -8,7 +8,8 @@ from torch import nn
 from byol.backbones import cut_at, feature_dim, resnet, strided_over_one_pixel
 
 
-@pytest.mark.parametrize("name, width, dim", [("resnet18", 64, 512), ("resnet34", 16, 128), ("resnet50", 16, 512)])
+@pytest.mark.parametrize("name, width, dim", [("resnet18", 64, 512), ("resnet34", 16, 128), ("resnet50", 16, 512),
+                                             ("resnet101", 4, 128), ("resnet152", 4, 128)])
 def test_feature_dim_is_found(name, width, dim):
     net = resnet(name, cifar_stem=True, width=width)
     assert feature_dim(cut_at(net, "avgpool"), 32) == dim

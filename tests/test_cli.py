@@ -592,7 +592,7 @@ def test_bad_input_gives_one_sentence_and_exit_2(cli, tmp_path, trained):
                           check=False), "nowhere")
     assert_user_error(cli("pretrain", "--train.epohcs=3", check=False), "unknown config key 'train.epohcs'")
     assert_user_error(cli("pretrain", "--config", "cifar11", check=False), "unknown preset")
-    assert_user_error(cli("pretrain", "--model.backbone=resnet101", check=False), "model.backbone must be one of")
+    assert_user_error(cli("pretrain", "--model.backbone=resnet200", check=False), "model.backbone must be one of")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
     assert_user_error(cli("eval", "knn", bad, check=False), str(bad))

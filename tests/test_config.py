@@ -125,7 +125,7 @@ def test_overrides_are_typed():
     ("--train.max_steps=0", "train.max_steps must be >= 1 or null"),  # 0 ran the whole schedule (a mutation audit)
     ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
     ("--train.progress=sometimes", "train.progress must be auto, true or false"),
-    ("--model.backbone=resnet101", "model.backbone must be one of resnet18, resnet34, resnet50"),
+    ("--model.backbone=resnet200", "model.backbone must be one of resnet18, resnet34, resnet50, resnet101, resnet152$"),
     ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),
     ("--optim.lr=inf", "optim.lr must be a finite number >= 0"),  # it passed >= 0, and trained to NaN
     ("--optim.lr=nan", "optim.lr must be a finite number >= 0"),
@@ -481,6 +481,8 @@ def test_the_ends_of_each_range_are_taken():
     t = config.train
     assert (t.tau_base, t.max_steps, config.data.image_size, t.seed) == (1.0, 1, 8, 2**63 - 1)
     assert load_config("cifar10", ["--train.tau_base=0", "--train.seed=-9223372036854775808"]).train.tau_base == 0.0
+    for backbone in ("resnet101", "resnet152"):  # the paper's deeper ResNets (torchvision builds no resnet200)
+        assert load_config("cifar10", [f"--model.backbone={backbone}"]).model.backbone == backbone
 
 
 def test_a_missing_yaml_file_in_another_folder_is_not_said_to_be_the_preset(tmp_path, monkeypatch):

@@ -20,6 +20,18 @@ def test_a_state_dict_saved_from_ddp_or_torch_compile_loads_in_either_order(tmp_
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trunk.items())
 
 
+@pytest.mark.parametrize("name", ["resnet101", "resnet152"])
+def test_a_bare_state_dict_of_a_deep_resnet_is_read_as_that_resnet(tmp_path, name):
+    """The paper's deeper ResNets by name: their state_dict, narrow here (torchvision's own at full width:
+    test_resnets.py), is read off its keys as the network it is, and loaded."""
+    torch.manual_seed(0)
+    net = resnet(name, cifar_stem=True, width=4)
+    torch.save(net.state_dict(), tmp_path / "deep.pt")
+    loaded, config = load_encoder(tmp_path / "deep.pt")
+    assert (config.model.backbone, config.model.cifar_stem, config.model.width) == (name, True, 4)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items() if not k.startswith("fc."))
+
+
 @pytest.mark.parametrize("setting", [{"optim": {"ema_warmup": 3}}, {"train": {"epochs": "many"}}])
 def test_a_checkpoint_whose_settings_do_not_load_is_named(tmp_path, setting):
     """A checkpoint of another byol (a setting this one does not have, or another type): the error names the
@@ -134,16 +146,17 @@ def test_a_peer_s_checkpoint_is_refused_in_a_sentence_that_says_where_its_online
 
 
 def test_a_state_dict_of_a_resnet_byol_does_not_build_is_one_sentence_that_says_so(tmp_path):
-    """A torchvision resnet101's state_dict was read as the default resnet18 with a CIFAR stem (its 7x7
-    conv1 notwithstanding) and refused with 500 keys' mismatch and a guess about projectors (a user test)."""
+    """A torchvision resnet101's state_dict (byol builds it now: a resnext50_32x4d's here) was read as the default
+    resnet18 with a CIFAR stem (its 7x7 conv1 notwithstanding) and refused with 500 keys' mismatch and a guess about
+    projectors (a user test)."""
     import torchvision
     from byol.checkpoint import CheckpointError
-    torch.save(torchvision.models.resnet101().state_dict(), tmp_path / "r101.pt")
+    torch.save(torchvision.models.resnext50_32x4d().state_dict(), tmp_path / "rx50.pt")
     with pytest.raises(CheckpointError) as e:
-        load_encoder(tmp_path / "r101.pt")
+        load_encoder(tmp_path / "rx50.pt")
     line = str(e.value)
     assert "is a state_dict whose keys and shapes are not those of a ResNet byol builds (resnet18, resnet34, " \
-        "resnet50" in line and "byol.features.extract_features(" in line, line
+        "resnet50, resnet101, resnet152, of any width" in line and "byol.features.extract_features(" in line, line
     assert "read as" not in line and "projector" not in line, line
 
 

@@ -160,3 +160,25 @@ def test_export_scripts_a_layer_whose_attribute_has_the_id_of_a_function_torch_h
         table.pop(id(padding), None)
     images = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(scripted(images), net(images))
+
+
+def test_a_deep_resnet_by_name_is_pretrained_exported_and_read_back(tmp_path, cifar10_root):
+    """model.backbone=resnet101 (the paper's deeper ResNets; narrow and one step here): export.json names it, its
+    encoder.pt loads strictly into the network export.json says, and eval reads it back as that network."""
+    import torch
+    from byol.backbones import resnet
+    from byol.config import load_config
+    from byol.encoders import load_encoder
+    from byol.train import pretrain
+    from conftest import tiny_overrides
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{
+        "model.backbone": "resnet101", "model.width": 4, "train.max_steps": 1, "train.knn_every": -1,
+        "train.batch_size": 4, "data.limit": 8}) + [f"--data.root={cifar10_root}"]))
+    info = exports.export(run / "checkpoints" / "last.pt", tmp_path / "export")
+    assert (info["backbone"], info["cifar_stem"], info["width"]) == ("resnet101", True, 4)
+    assert "byol.resnet('resnet101', cifar_stem=True, width=4)" in info["architecture"]
+    state = torch.load(info["state_dict"], weights_only=True)
+    resnet("resnet101", cifar_stem=True, width=4).load_state_dict(state, strict=True)
+    _, config = load_encoder(info["state_dict"])
+    assert config.model.backbone == "resnet101" and info["output"]["features"] == 128

@@ -14,22 +14,46 @@ def test_a_width_that_is_not_a_number_of_channels_is_refused(width):
     assert resnet("resnet18", width=np.int64(4)).conv1.out_channels == 4
 
 
-def test_full_width_resnet_has_torchvision_keys():
-    ours = resnet("resnet50").state_dict()
-    theirs = torchvision.models.resnet50().state_dict()
-    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+# Every torchvision ResNet byol builds by name (the paper's 50, 101 and 152 among them), spelled out: a test that
+# iterated RESNETS would not see a name left out of it.
+NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("cifar_stem", [False, True])
+def test_full_width_resnet_has_torchvision_keys(name, cifar_stem):
+    """What export.json's architecture says to build, torchvision's model (with the CIFAR stem swapped in where
+    used), takes the network's state_dict: the same keys and shapes."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        ours = resnet(name, cifar_stem=cifar_stem).state_dict()
+        net = getattr(torchvision.models, name)()
+    if cifar_stem:
+        net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False, device="meta")
+        net.maxpool = torch.nn.Identity()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet101", (3, 4, 23, 3)), ("resnet152", (3, 8, 36, 3))])
+def test_a_narrow_deep_resnet_has_torchvisions_blocks_and_runs(name, blocks):
+    """resnet101 and resnet152 at width 4: torchvision's bottleneck blocks per stage, features 32 x width wide."""
+    torch.manual_seed(0)
+    net = resnet(name, cifar_stem=True, width=4)
+    assert tuple(len(getattr(net, f"layer{i}")) for i in range(1, 5)) == blocks
+    assert isinstance(net.layer1[0], torchvision.models.resnet.Bottleneck)
+    assert net.fc.in_features == 128 and net(torch.randn(2, 3, 8, 8)).shape == (2, 1000)
 
 
 def test_the_resnet_of_a_state_dict_is_read_from_its_keys_and_shapes():
     """What a bare state_dict (no config beside it) is loaded as: each ResNet byol builds, and
     torchvision's own, read back as built; other ResNets are none of them."""
+    assert RESNETS == NAMES
     with torch.device("meta"):  # shapes only: nothing allocated
-        for name in RESNETS:
+        for name in NAMES:
             for cifar_stem, width in ((True, 8), (False, 16), (True, 64)):
                 state = resnet(name, cifar_stem=cifar_stem, width=width).state_dict()
                 assert resnet_settings(state) == {"backbone": name, "cifar_stem": cifar_stem, "width": width}
             state = getattr(torchvision.models, name)().state_dict()
             assert resnet_settings(state) == {"backbone": name, "cifar_stem": False, "width": 64}
-        for other in ("resnet101", "wide_resnet50_2", "resnext50_32x4d"):
+        for other in ("wide_resnet50_2", "resnext50_32x4d", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d"):
             assert resnet_settings(getattr(torchvision.models, other)().state_dict()) is None, other
     assert resnet_settings({"a": 1}) is None
