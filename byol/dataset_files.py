@@ -61,10 +61,11 @@ def _what_is_there(root: Path, name: Optional[str], download: str) -> Optional[s
         return f"{root} does not exist: check the path, or pass {download} when online to fetch the files there"
     layouts = {folder: other for table in (CIFAR_BINARY, CIFAR_PICKLE) for other, (folder, *_) in table.items()}
     layouts[STL_DIR] = "stl10"
-    present = [(folder, other) for folder, other in layouts.items() if root.name == folder or (root / folder).is_dir()]
+    named = Path(os.path.abspath(root)).name  # (".", run from inside the layout's folder, is named so only absolute)
+    present = [(folder, other) for folder, other in layouts.items() if named == folder or (root / folder).is_dir()]
     if present and all(other != name for _, other in present):  # (its own there, a file missing: nothing to add)
         folder, other = present[0]
-        if root.name == folder:
+        if named == folder:
             return f"it holds {folder}, {other}'s files: for them, set --data.dataset={other}"
         return (f"it holds {folder}, {other}'s files (for them, set --data.dataset={other}); for {name}'s, put "
                 f"them there, or pass {download} when online")  # a folder of data sets, this one not yet among them

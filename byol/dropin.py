@@ -67,12 +67,11 @@ _CUTS = {"body": "cut by tracing", "net": "taken by a forward hook (trace=False,
 
 
 def _cut_by(keys) -> Optional[str]:
-    """``"body"`` or ``"net"`` (:data:`_CUTS`) for the keys of a learner's state_dict; None for neither."""
-    for key in keys:
-        parts = str(key).split(".")
-        if parts[:2] == ["online", "encoder"] and len(parts) > 3 and parts[2] in _CUTS:
-            return parts[2]
-    return None
+    """``"body"`` or ``"net"`` (:data:`_CUTS`) for the keys of a learner's state_dict; None for neither, or both (a
+    network's own output, hidden_layer=-1, whose children are called so: a review)."""
+    cuts = {parts[2] for parts in (str(key).split(".") for key in keys)
+            if parts[:2] == ["online", "encoder"] and len(parts) > 3 and parts[2] in _CUTS}
+    return cuts.pop() if len(cuts) == 1 else None
 
 
 class OnlineEncoder(nn.Module):
@@ -340,7 +339,7 @@ class BYOL(BYOLModel):
                              "network into yours, net.load_state_dict({k.removeprefix('online_encoder.net.'): v "
                              "for k, v in state.items() if k.startswith('online_encoder.net.')}), then build the "
                              "learner on net (the projector and predictor start afresh)")
-        saved, built = _cut_by(state_dict), _cut_by(name for name, _ in self.named_parameters())
+        saved, built = _cut_by(state_dict), _cut_by(self.state_dict(keep_vars=True))  # buffers too, as saved
         if strict and saved is not None and built is not None and saved != built:
             raise ValueError(f"this state_dict is of a learner whose hidden_layer was {_CUTS[saved]}, and this one's "
                              f"is {_CUTS[built]}: build the learner as the saved one was (trace={saved == 'body'})")

@@ -127,8 +127,10 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
         origin.update(_exported(path))
     if "data.root" not in given:  # from the run's own out_dir: a --train.out_dir given here changes nothing
         _find_relative_root(config, path)
-    trained_on = config.data.dataset
+    trained_on, trained_size = config.data.dataset, config.data.image_size
     apply_overrides(config, overrides or [])
+    if config.data.dataset != "folder":  # CIFAR's and STL-10's own size is read, not data.image_size (said ignored):
+        config.data.image_size = trained_size  # pretraining's, which evaluation_precision tells auto's precision by
     if unknown_input:
         _note_assumed_input(path, config, given)
     elif trained_on in NATIVE_SIZE and config.data.dataset == "folder":

@@ -370,6 +370,15 @@ def test_missing_files_say_what_and_where(tmp_path):
         load_cifar(tmp_path, "cifar10", "val")
 
 
+def test_files_not_found_from_inside_another_data_set_s_folder_say_so(tmp_path, monkeypatch):
+    """A review: data.root=. from inside cifar-100-binary said only the files expected (Path('.').name is '')."""
+    _cifar100_binary(tmp_path / "cifar-100-binary", 2)
+    monkeypatch.chdir(tmp_path / "cifar-100-binary")
+    with pytest.raises(DataError, match="it holds cifar-100-binary, cifar100's files: for them, set "
+                                        "--data.dataset=cifar100$"):
+        load_cifar(".", "cifar10", "test")
+
+
 def test_files_not_found_say_what_is_there_instead(tmp_path):
     """A user test: each of these was said only as the files expected where, and for another data set's
     files with advice (--download) that would fetch the wrong one."""

@@ -356,3 +356,19 @@ def test_a_state_dict_of_a_learner_cut_the_other_way_is_one_sentence(saved_trace
         learner.load_state_dict(saved)
     assert "\n" not in str(e.value) and "Missing" not in str(e.value)
     learner_on(resnet("resnet18", cifar_stem=True, width=8), trace=saved_trace).load_state_dict(saved)
+
+
+def test_a_learner_s_own_state_dict_loads_where_its_network_has_children_called_body_and_net():
+    """A review: hidden_layer=-1 keeps the network's own children's names (online.encoder.body.*, .net.*), and a
+    buffers-only first child named body was read as a cut by tracing against the parameters' net: refused."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.BatchNorm2d(3, affine=False)  # buffers only: first in a state_dict, not in the parameters
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+        def forward(self, x):
+            return self.net(self.body(x))
+
+    saved = BYOL(Net(), image_size=32, hidden_layer=-1, projection_hidden_size=64).state_dict()
+    BYOL(Net(), image_size=32, hidden_layer=-1, projection_hidden_size=64).load_state_dict(saved)
