@@ -114,6 +114,7 @@ def _pretrain(args, overrides: list[str]) -> int:
     # --config= is refused, not the default; the default by its file, not a file named cifar10 in the working directory
     preset = args.config if args.config is not None else os.path.join(str(presets_folder()), "cifar10.yaml")
     resume = args.resume  # (auto: pretrain says which way it went)
+    located = None  # the settings, read once: a pipe (--config /dev/stdin) reads empty the second time
     if resume == "auto":
         from .run_folder import resumes
         located = load_config(preset, overrides + extra)
@@ -125,9 +126,9 @@ def _pretrain(args, overrides: list[str]) -> int:
         continues = resume
     if continues:
         from .resume_settings import resume_config
-        config = resume_config(preset, overrides + extra, explicit=args.config is not None)
+        config = resume_config(preset, overrides + extra, explicit=args.config is not None, located=located)
     else:
-        config = load_config(preset, overrides + extra)
+        config = located if located is not None else load_config(preset, overrides + extra)
         if args.config is not None and error_lines.launch_rank() == 0:  # an archived run's config.yaml, fed
             # back: the folder it names is said (once under torchrun)
             from .resume_settings import note_another_runs_config

@@ -209,10 +209,15 @@ def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optiona
     try:
         return validate(config)
     except ConfigError as e:  # the file's, unless the command line gave a setting the rule names (two, some)
-        named = set(re.findall(r"\b[a-z_]+\.[a-z_]+\b", str(e)))
-        if str(e).partition(" ")[0] in from_file and not named & {override_key(item) for item in given}:
+        if str(e).partition(" ")[0] in from_file and not names_a_setting_given(e, given):
             raise ConfigError(f"config {os.fspath(preset)}: {e}") from None
         raise
+
+
+def names_a_setting_given(error: ConfigError, overrides: list[str]) -> bool:
+    """Whether a range rule's ``error`` names a setting that ``overrides`` (``--section.key=value``) give."""
+    named = set(re.findall(r"\b[a-z_]+\.[a-z0-9_]+\b", str(error)))  # (optim.beta1, augment.view1_blur_p too)
+    return bool(named & {override_key(item) for item in overrides})
 
 
 def _check_section(config: Config, section: Any, values: Any) -> None:

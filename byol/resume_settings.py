@@ -12,21 +12,22 @@ from typing import Optional, Union
 
 from .checkpoint import load_checkpoint
 from .config import (Config, ConfigError, apply_overrides, changed_settings, config_from_dict, load_config,
-                     override_list, validate)
+                     names_a_setting_given, override_list, validate)
 from .config_files import override_key, read_preset
 
 
 def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[list[str]] = None,
-                  explicit: bool = False) -> Config:
+                  explicit: bool = False, located: Optional[Config] = None) -> Config:
     """The config to continue a run with: the run's saved ``config.yaml``, then ``overrides``.
 
     ``preset`` and ``overrides`` first resolve as :func:`load_config` does, to find the run (its
     ``train.out_dir``, kept even if the run folder was moved); a run whose ``config.yaml`` is gone
     resumes with the settings its last checkpoint holds (said in a note), and one without either
     with that resolution. An ``explicit`` preset's settings that differ from the run's
-    are named in a note: they do not change it (``--section.key=value`` does).
+    are named in a note: they do not change it (``--section.key=value`` does). ``located``: that resolution,
+    where the caller has made it (a pipe, ``--config /dev/stdin``, is read once).
     """
-    located = load_config(preset, overrides)
+    located = load_config(preset, overrides) if located is None else located
     if explicit:
         refuse_another_runs_config(preset, overrides, located)
     saved = Path(located.train.out_dir).expanduser() / "config.yaml"
@@ -102,17 +103,28 @@ def _checkpoint_config(saved: Path, located: Config, overrides: Optional[list[st
     # A checkpoint that does not load (torn, say) is said now: with the preset's settings the run would look for
     # their data first, and say that missing in its place (a code read: "cifar10 train files not found").
     try:
-        config = validate(apply_overrides(config_from_dict(load_checkpoint(ckpt, map_location="cpu")["config"]),
-                                          override_list(overrides)))
+        config = apply_overrides(config_from_dict(load_checkpoint(ckpt, map_location="cpu")["config"]),
+                                 override_list(overrides))
     except (KeyError, AttributeError):
         return located  # the resume says what is wrong with the checkpoint
     except ConfigError as e:  # (an older byol's key, say): the preset's, said
-        print(f"note: {saved} {state}, and the settings saved in {ckpt} do not load ({e}); the run goes on "
-              "with those given, over the preset's", file=sys.stderr)
-        return located
+        return _unloadable(saved, state, ckpt, e, located)
+    try:
+        validate(config)
+    except ConfigError as e:
+        if names_a_setting_given(e, override_list(overrides)):  # a setting given, against the run's: its error
+            raise  # (a review: said as the checkpoint's, and the run went on with the preset's, refused for them)
+        return _unloadable(saved, state, ckpt, e, located)
     config.train.out_dir = located.train.out_dir
     print(f"note: {saved} {state}; the run goes on with the settings saved in {ckpt}", file=sys.stderr)
     return config
+
+
+def _unloadable(saved: Path, state: str, ckpt: Path, error: ConfigError, located: Config) -> Config:
+    """``located`` (the settings given, over the preset's), with a note saying why the checkpoint's are not taken."""
+    print(f"note: {saved} {state}, and the settings saved in {ckpt} do not load ({error}); the run goes on "
+          "with those given, over the preset's", file=sys.stderr)
+    return located
 
 
 def _same_folder(a: str, b: str) -> bool:

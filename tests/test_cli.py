@@ -1821,3 +1821,18 @@ def test_an_earlier_result_is_kept_by_a_rename_where_the_file_system_has_no_hard
         result.write_text(f"result {n}")
         assert cli_module._keep_earlier(result) == tmp_path / f"last_knn.{n}.json" and not result.exists()
     assert [(tmp_path / f"last_knn.{n}.json").read_text() for n in (1, 2)] == ["result 1", "result 2"]
+
+
+def test_a_config_read_from_a_pipe_is_read_once_by_resume_auto(tmp_path):
+    """A review: ``--config /dev/stdin --resume=auto`` read the pipe twice (to find the run, then to start or
+    resume it), and the second read, empty, was "config /dev/stdin holds no settings", either way."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    new, old = tmp_path / "new", tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.pt").write_text("not a checkpoint")
+    for run, said in ((new, "does not exist"), (old, "last.pt")):
+        text = f"train:\n  out_dir: {run}\ndata:\n  root: {tmp_path / 'no_data'}\n"
+        proc = subprocess.run([sys.executable, "-m", "byol", "pretrain", "--config", "/dev/stdin", "--resume=auto"],
+                              input=text, capture_output=True, text=True, env=env, timeout=300)
+        assert_user_error(proc, said)
+        assert "holds no settings" not in proc.stderr

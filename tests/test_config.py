@@ -164,6 +164,7 @@ def test_overrides_are_typed():
     ("--train.out_dir=", "train.out_dir must be a directory"),
     ("--train.out_dir=  ", "train.out_dir must be a directory"),
     ("--data.root= ", "data.root must be a directory"),
+    ("--data.train_split=", "data.train_split must be a split's name"),  # (a folder's: all of ROOT, val/ too)
     # Refused as the config is read, naming the key (it was said as the run was built, without it)
     ("--augment.preset=simclr", "augment.preset must be one of cifar, none, paper"),
     ("--data.dataset=imagenet", "data.dataset must be one of cifar10, cifar100, stl10, folder"),
@@ -232,6 +233,20 @@ def test_a_bad_value_of_a_file_names_the_file_unless_the_command_line_gave_it(tm
         load_config(str(path))
     with pytest.raises(ConfigError, match="^overrides must be strings such as '--train.epochs=5', but one is int 3$"):
         load_config(str(path), ["--train.log_every=2", 3])  # (was an AttributeError)
+
+
+@pytest.mark.parametrize("key", ["optim.beta1", "augment.view2_solarize_p"])
+def test_a_bad_value_of_the_command_line_is_not_the_files_also_for_a_key_with_a_digit(tmp_path, key):
+    """A review: a key with a digit in its name, set in the file and given out of range on the command line,
+    was said as the file's ("config my.yaml: optim.beta1 must be ..."), whose value was good."""
+    section, _, name = key.partition(".")
+    path = tmp_path / "my.yaml"
+    path.write_text(f"{section}:\n  {name}: 0.5\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)} must be"):
+        load_config(str(path), [f"--{key}=2"])
+    path.write_text(f"{section}:\n  {name}: 2\n")
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))}: {re.escape(key)} must be"):
+        load_config(str(path))
 
 
 def test_cuda_graph_and_compile_exclude_each_other():
@@ -338,6 +353,21 @@ def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     preset.write_text(f"train:\n  out_dir: {run}\n")
     config = resume_config(str(preset))
     assert config.train.out_dir == str(run) and config.train.epochs == 7
+
+
+def test_a_setting_given_against_the_checkpoints_of_a_run_without_config_yaml_is_its_own_error(tmp_path, capsys):
+    """A review: with config.yaml gone, --train.knn_holdout=4 against a folder run's checkpoint was said as "the
+    settings saved in last.pt do not load", and the run went on with the preset's (refused for their batch size)."""
+    import torch
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    settings = load_config("cifar10", ["--data.dataset=folder", f"--train.out_dir={run}"]).to_dict()
+    state = {"model": {}, "optimizer": {}, "step": 1, "rng": {}, "config": settings}
+    torch.save(state, run / "checkpoints" / "last.pt")
+    with pytest.raises(ConfigError, match="^train.knn_holdout must be 0 with data.dataset=folder"):
+        resume_config("cifar10", [f"--train.out_dir={run}", "--train.knn_holdout=4"])
+    assert resume_config("cifar10", [f"--train.out_dir={run}"]).data.dataset == "folder"  # the checkpoint's
+    assert "the run goes on with the settings saved in" in capsys.readouterr().err
 
 
 def test_resume_config_keeps_the_runs_own_spelling_of_its_folder(tmp_path, monkeypatch, capsys):
