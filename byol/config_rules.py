@@ -63,7 +63,7 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("train.out_dir", t.out_dir.strip() != "", "a directory (not empty)"),
              ("data.root", config.data.root.strip() != "", "a directory (not empty)"),
              ("data.train_split", config.data.train_split.strip() != "", "a split's name (not empty: a folder's "
-              "would be all of data.root, its val/ too)"),
+              "would be all of ROOT, its val/ too)"),  # (ROOT: a key named is read as a second setting the rule is of)
              ("data.image_size", config.data.image_size >= 8, ">= 8"),
              ("data.load_size", config.data.load_size is None or config.data.load_size >= 8, ">= 8 or null"),
              ("augment.crop_min_scale", config.augment.crop_min_scale is None or 0 < config.augment.crop_min_scale

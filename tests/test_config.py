@@ -249,6 +249,15 @@ def test_a_bad_value_of_the_command_line_is_not_the_files_also_for_a_key_with_a_
         load_config(str(path))
 
 
+def test_an_empty_train_split_of_a_file_names_the_file_with_data_root_given(tmp_path):
+    """A review: the rule's text named data.root, so with --data.root given (a resume from data moved) a
+    config.yaml's empty data.train_split was said without the file, as the command line's."""
+    path = tmp_path / "my.yaml"
+    path.write_text('data:\n  train_split: ""\n')
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))}: data.train_split must be"):
+        load_config(str(path), [f"--data.root={tmp_path}"])
+
+
 def test_cuda_graph_and_compile_exclude_each_other():
     with pytest.raises(ConfigError, match="train.cuda_graph must be false with train.compile=true"):
         load_config("cifar10", ["--train.cuda_graph=true", "--train.compile=true"])
