@@ -60,8 +60,8 @@ def _eval_input(config: Config, mean: tuple[float, ...], std: tuple[float, ...])
         images = f"{d.dataset}'s own images, not resized; other images (a folder's) alike: {_decoding(side)}"
     precision = {"fp32": "float32", "bf16": "bf16 autocast"}.get(
         config.train.precision, "bf16 autocast where the device computes bf16 natively (CUDA GPUs, CPUs with "
-        "AVX-512-BF16 or AMX), else float32 (train.precision=auto); float32 on a CPU where pretraining's auto trained "
-        "the network in float32 (a strided convolution over one pixel at data.image_size)")
+        "AVX-512-BF16 or AMX), else float32 (train.precision=auto); float32 on a CPU where auto trains the network in "
+        "float32 at data.image_size (a strided convolution over one pixel there)")
     return {**sizes, "images": images, "pixels": "RGB float in [0, 1] (uint8 / 255), then (x - mean) / std",
             "mean": list(mean), "std": list(std), "training_views": d.image_size, "precision": precision}
 

@@ -144,8 +144,10 @@ def checked_precision(byol: BYOL, config: Config, device: torch.device,
 def evaluation_precision(encoder: torch.nn.Module, config: Config,
                          device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype ``byol eval`` and ``embed`` compute ``encoder``'s features in: ``train.precision``'s on
-    ``device``, but float32 where ``auto`` trained it in float32 (:func:`checked_precision`: a CPU, a strided
-    convolution over one pixel at ``data.image_size``), as its kNN monitor scored it; eval reproduces the monitor."""
+    ``device``, but float32 where ``auto`` would train it in float32 at ``config.data.image_size``
+    (:func:`checked_precision`: a CPU, a strided convolution over one pixel). Evaluated on CIFAR or STL-10 that is
+    the size it was trained at (load_encoder keeps it), so eval reproduces its kNN monitor, which scored it so; on a
+    folder, the size given there (a review: the size a CIFAR run trained at is not known there)."""
     amp = autocast_dtype(config.train.precision, device)
     if amp is None or device.type != "cpu" or config.train.precision != "auto":
         return amp
