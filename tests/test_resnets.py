@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from byol.resnets import RESNETS, resnet, resnet_settings
+from byol.resnets import RESNETS, _narrow_resnet, resnet, resnet_settings
 
 
 @pytest.mark.parametrize("width", [0, -8, 2.5, True])
@@ -31,6 +31,17 @@ def test_full_width_resnet_has_torchvision_keys(name, cifar_stem):
         net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False, device="meta")
         net.maxpool = torch.nn.Identity()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_narrow_builder_at_width_64_is_torchvision_s_network(name):
+    """The builder of every width but 64 (every test's and CPU run's network), asked for 64, builds torchvision's
+    network: the same modules, keys and shapes (a review: the test above, at width 64, compares torchvision's
+    model with itself)."""
+    with torch.device("meta"):
+        ours, net = _narrow_resnet(name, 64), getattr(torchvision.models, name)()
+    assert str(ours) == str(net)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 
 
 @pytest.mark.parametrize("name, blocks", [("resnet101", (3, 4, 23, 3)), ("resnet152", (3, 8, 36, 3))])
