@@ -161,10 +161,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         var = sum_over_ranks((x - mean.view(shape)).pow(2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
+                self.num_batches_tracked.add_(1)
+                # momentum=None: a cumulative average, as BatchNorm's and SyncBatchNorm's (not 0.1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
                 self.running_var.lerp_((var.detach() * n / (n - 1)).to(self.running_var.dtype), m)
-                self.num_batches_tracked.add_(1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)

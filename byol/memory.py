@@ -26,11 +26,11 @@ _PEAK_OVER_SAVED = 1.2
 def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype]) -> float:
     """The bytes one image's two views keep for the backward pass of a step (online branch and predictor),
     measured at batches 2 and 4 of a copy of ``byol`` (the model itself, its BatchNorm statistics and torch's
-    generator are not touched) and scaled from an image side of at most ``_PROBE_SIZE`` to ``image_size``."""
+    generator are not touched) and scaled from an image side of at most ``_PROBE_SIZE`` to ``image_size``; at
+    ``image_size`` itself for a network that takes no other (a layer sized for it: a given net's Linear, a ViT)."""
     probe = copy.deepcopy(byol).cpu()
-    size = min(image_size, _PROBE_SIZE)
 
-    def saved(batch: int) -> int:
+    def saved(batch: int, size: int) -> int:
         held: list[torch.Tensor] = []
 
         def keep(t: torch.Tensor) -> int:
@@ -50,7 +50,13 @@ def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype
             held.clear()
         return sum(storages.values())  # the weights, saved at either batch, cancel out below
 
-    return (saved(4) - saved(2)) / 2 * (image_size / size) ** 2
+    size = min(image_size, _PROBE_SIZE)
+    try:
+        return (saved(4, size) - saved(2, size)) / 2 * (image_size / size) ** 2
+    except Exception:  # (RuntimeError, a ViT's AssertionError, ...): the size it is trained at is then probed
+        if size == image_size:
+            raise
+    return (saved(4, image_size) - saved(2, image_size)) / 2
 
 
 def free_memory(root: Path = Path("/")) -> Optional[int]:

@@ -417,3 +417,18 @@ def test_a_torch_without_nccl_joins_with_gloo_on_a_gpu_and_a_process_past_the_gp
     with pytest.raises(ValueError, match="could not be joined"):
         distributed.init()
     assert joined == ["gloo"]
+
+
+def test_synchronized_batchnorm_with_momentum_none_keeps_a_cumulative_average(monkeypatch):
+    """A network of the user's with BatchNorm(momentum=None) (a cumulative average of the batches' statistics, as
+    torch's SyncBatchNorm keeps on a GPU): a torchrun on CPUs took it for momentum 0.1 (a review)."""
+    from byol import distributed
+    monkeypatch.setattr(distributed, "sum_over_ranks", lambda t: t)  # one process
+    torch.manual_seed(0)
+    ref = torch.nn.BatchNorm1d(3, momentum=None)
+    synced = distributed.GlobalBatchNorm.like(torch.nn.BatchNorm1d(3, momentum=None))
+    for i in range(5):
+        x = torch.randn(16, 3) * (i + 1) + i
+        synced(x), ref(x)
+    torch.testing.assert_close((synced.running_mean, synced.running_var), (ref.running_mean, ref.running_var))
+    assert int(synced.num_batches_tracked) == 5

@@ -42,6 +42,18 @@ def test_the_probe_measures_what_a_step_keeps_and_leaves_the_model_as_it_was():
         assert 0.9 * actual < estimate < 1.1 * actual, (image_size, estimate, actual)
 
 
+def test_the_probe_of_a_network_that_takes_one_image_size_measures_at_that_size():
+    # a given net with a layer sized for its images (a Linear after flatten, a ViT): no 64-pixel probe of it; the
+    # check refused to start, a traceback, a run that would go
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 24 * 24, 16))
+    byol = BYOL(net, image_size=96, hidden_layer=-1, projection_size=16, projection_hidden_size=32)
+    estimate = memory.saved_bytes_per_image(byol, 96, None) * 8
+    actual = _saved_by_a_step(byol, 8, 96)
+    assert 0.9 * actual < estimate < 1.1 * actual, (estimate, actual)
+
+
 def test_the_probe_leaves_nothing_behind(monkeypatch):
     """A user test (a notebook's repeated pretrains): the probe's copy of the model and its activations
     were never freed, held by a loop through the autograd graph that Python's collector cannot see."""
