@@ -88,13 +88,27 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
     """The random number generators as the checkpoint saved them: this process's augmentation
     ``generator`` its own rank's where the run had as many processes (a note where it had not)."""
     try:
-        set_rng_state(state["rng"], generator)
+        saved = state["rng"]["generator"] if "generator" in state["rng"] else None
+        # A CPU generator's state (MT19937) does not load into a CUDA one (Philox) nor back: a run that drew its
+        # views on another kind of device goes on from this one's own stream (a review: such a resume was refused
+        # as a checkpoint byol did not write).
+        same_kind = saved is None or torch.as_tensor(saved).numel() == generator.get_state().numel()
+        set_rng_state(state["rng"], generator if same_kind else None)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a review: rng={} ended in a KeyError traceback)
         raise CheckpointError(f"{ckpt_path}'s random number generator states do not load ({type(e).__name__}: {e}); "
                               "resume from a checkpoint a byol run wrote") from None
+    if not same_kind and rank == 0:
+        print(f"note: {ckpt_path}'s augmentations drew on another kind of device than this run's "
+              f"({generator.device.type}), whose generator cannot take their state: its views are drawn from "
+              "this device's own stream, not those the run would have had", file=sys.stderr)
     per_rank = state.get("extra", {}).get("generator_per_rank")
-    if world > 1 and per_rank is not None and len(per_rank) == world:
-        generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
+    if world > 1 and same_kind:
+        if per_rank is not None and rank < len(per_rank):
+            generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
+        elif rank > 0:  # a rank the run had not: rank 0's stream would repeat rank 0's draws (a review: a 1-process
+            # run resumed under torchrun drew the same views for every rank's i-th image), so one of its own
+            seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+            generator.manual_seed(seed + rank)
     saved_world = len(per_rank) if per_rank is not None else 1
     if saved_world != world and rank == 0:
         print(f"note: {ckpt_path} was written by a run of {saved_world} process{'es' if saved_world > 1 else ''}, "

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from byol.checkpoint import (CheckpointError, copy_atomically, load_checkpoint, load_model_state, save_checkpoint,
-                             unwrap)
+from byol.checkpoint import (CheckpointError, copy_atomically, load_checkpoint, load_model_state, rng_state,
+                             rng_state_kept, save_checkpoint, unwrap)
+from byol.resume import _restore_generators
 
 
 def make():
@@ -371,8 +372,6 @@ def test_a_checkpoint_puts_back_every_generator_it_saved_so_the_draws_after_it_a
 def test_a_resume_under_torchrun_gives_each_process_its_own_rank_s_augmentation_generator():
     """A mutation audit: every rank given rank 0's saved generator survived every test (the torchrun resume
     test is not in the default run): each rank's augmentations would then draw rank 0's."""
-    from byol.checkpoint import rng_state, rng_state_kept
-    from byol.resume import _restore_generators
     streams = [torch.Generator().manual_seed(10 + rank).get_state() for rank in range(2)]
     with rng_state_kept():
         state = {"rng": rng_state(), "extra": {"generator_per_rank": streams}}
@@ -380,6 +379,45 @@ def test_a_resume_under_torchrun_gives_each_process_its_own_rank_s_augmentation_
             generator = torch.Generator().manual_seed(99)
             _restore_generators(state, generator, rank, 2, Path("last.pt"))
             assert torch.equal(generator.get_state(), streams[rank]), rank
+
+
+@pytest.mark.parametrize("saved_world, world", [(1, 2), (2, 4)])
+def test_a_resume_with_more_processes_gives_every_process_an_augmentation_stream_of_its_own(saved_world, world):
+    """A review: a run resumed under torchrun with more processes than wrote its checkpoint (a 1-process run's
+    too) gave every rank rank 0's saved generator, so each rank's i-th image got the same crop, flip and
+    colours for the rest of the run. The ranks the run had keep their own; the others draw streams apart."""
+    streams = [torch.Generator().manual_seed(10 + rank).get_state() for rank in range(saved_world)]
+    with rng_state_kept():
+        state = {"rng": rng_state(torch.Generator().manual_seed(10)),
+                 "extra": {"generator_per_rank": streams} if saved_world > 1 else {}}
+        draws = []
+        for rank in range(world):
+            generator = torch.Generator().manual_seed(99 + rank)  # build_run's seed + rank
+            _restore_generators(state, generator, rank, world, Path("last.pt"))
+            if rank < saved_world:
+                assert torch.equal(generator.get_state(), streams[rank]), rank
+            draws.append(tuple(torch.rand(4, generator=generator).tolist()))
+    assert len(set(draws)) == world
+
+
+def test_a_run_resumed_on_another_kind_of_device_goes_on_with_a_note(capsys):
+    """A review: a checkpoint of a GPU run (its augmentation generator's state a CUDA one's, 16 bytes of seed
+    and offset) resumed on a CPU (or a CPU run's on a GPU) was refused as one byol had not written, alone or
+    under torchrun (a traceback there): every other generator is put back, and the views are drawn anew."""
+    cuda_state = torch.zeros(16, dtype=torch.uint8)  # what torch.Generator("cuda").get_state() holds
+    with rng_state_kept():
+        torch.manual_seed(3)
+        saved = rng_state(torch.Generator().manual_seed(3))
+        saved["generator"] = cuda_state
+        expected = torch.rand(4)
+        for world in (1, 2):
+            torch.manual_seed(4)
+            generator = torch.Generator().manual_seed(7)
+            state = {"rng": saved, "extra": {"generator_per_rank": [cuda_state] * 2} if world > 1 else {}}
+            _restore_generators(state, generator, 0, world, Path("last.pt"))
+            assert torch.equal(torch.rand(4), expected), world  # torch's own generator put back
+            assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state()), world
+            assert "note: last.pt's augmentations drew on another kind of device" in capsys.readouterr().err
 
 
 def test_a_copy_that_fills_the_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
