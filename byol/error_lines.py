@@ -117,7 +117,7 @@ def _user_errors() -> tuple[type, ...]:
     return ByolError, FileNotFoundError, PermissionError, FloatingPointError
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
+def is_out_of_memory(e: BaseException) -> bool:
     torch = sys.modules.get("torch")  # an error from torch's work: torch is loaded
     # torch.cuda's name for it is torch's oldest (torch.OutOfMemoryError, the same class, came in 2.5)
     if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)):
@@ -150,7 +150,7 @@ def say(e: Exception) -> Optional[int]:
         from .config import ConfigError
         say_error(e, everywhere=not isinstance(e, ConfigError))
         return 2
-    if _is_out_of_memory(e):
+    if is_out_of_memory(e):
         return _out_of_memory()
     said = _decoding_process_died(e) or _numpy_unusable(e)
     if said is None:

@@ -15,6 +15,7 @@ import torch
 
 from .config import ConfigError
 from .dropin import BYOL
+from .error_lines import is_out_of_memory
 
 GiB = 2 ** 30
 _PROBE_SIZE = 64  # the largest probe image side: the activations of larger ones grow with their area
@@ -53,8 +54,9 @@ def saved_bytes_per_image(byol: BYOL, image_size: int, amp: Optional[torch.dtype
     size = min(image_size, _PROBE_SIZE)
     try:
         return (saved(4, size) - saved(2, size)) / 2 * (image_size / size) ** 2
-    except Exception:  # (RuntimeError, a ViT's AssertionError, ...): the size it is trained at is then probed
-        if size == image_size:
+    except Exception as e:  # (RuntimeError, a ViT's AssertionError, ...): the size it is trained at is then probed
+        # but not where the small probe ran out of memory: one at image_size needs more (a kill, no word said)
+        if size == image_size or is_out_of_memory(e):
             raise
     return (saved(4, image_size) - saved(2, image_size)) / 2
 

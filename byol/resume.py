@@ -84,6 +84,10 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> di
     return scored
 
 
+# The bytes of a CPU generator's state (MT19937) and of a CUDA one's (Philox: seed and offset).
+_GENERATOR_STATE_SIZES = (torch.Generator().get_state().numel(), 16)
+
+
 def _restore_generators(state: dict, generator: torch.Generator, rank: int, world: int, ckpt_path: Path) -> None:
     """The random number generators as the checkpoint saved them: this process's augmentation
     ``generator`` its own rank's where the run had as many processes (a note where it had not)."""
@@ -92,7 +96,9 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
         # A CPU generator's state (MT19937) does not load into a CUDA one (Philox) nor back: a run that drew its
         # views on another kind of device goes on from this one's own stream (a review: such a resume was refused
         # as a checkpoint byol did not write).
-        same_kind = saved is None or torch.as_tensor(saved).numel() == generator.get_state().numel()
+        # Another kind's is a state of that kind's size; any other size is refused below, by set_state.
+        size = None if saved is None else torch.as_tensor(saved).numel()
+        same_kind = size in (None, generator.get_state().numel()) or size not in _GENERATOR_STATE_SIZES
         set_rng_state(state["rng"], generator if same_kind else None)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (a review: rng={} ended in a KeyError traceback)
         raise CheckpointError(f"{ckpt_path}'s random number generator states do not load ({type(e).__name__}: {e}); "

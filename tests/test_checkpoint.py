@@ -420,6 +420,16 @@ def test_a_run_resumed_on_another_kind_of_device_goes_on_with_a_note(capsys):
             assert "note: last.pt's augmentations drew on another kind of device" in capsys.readouterr().err
 
 
+def test_a_generator_state_of_neither_kind_s_size_is_refused_not_taken_for_another_device_s():
+    """A review: a torn augmentation generator state (of neither a CPU's size nor a CUDA one's) was taken for
+    another kind of device's, resumed with a note that said so; it is refused, as before that note."""
+    with rng_state_kept():
+        saved = rng_state(torch.Generator().manual_seed(3))
+        saved["generator"] = saved["generator"][:100]
+        with pytest.raises(CheckpointError, match="do not load"):
+            _restore_generators({"rng": saved, "extra": {}}, torch.Generator(), 0, 1, Path("last.pt"))
+
+
 def test_a_copy_that_fills_the_disk_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch):
     """copy_atomically (a run's epoch_N.pt from its last.pt) on a full disk: the checkpoint named, why, and
     neither a torn copy nor its temporary left (a coverage audit: never run)."""

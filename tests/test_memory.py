@@ -54,6 +54,24 @@ def test_the_probe_of_a_network_that_takes_one_image_size_measures_at_that_size(
     assert 0.9 * actual < estimate < 1.1 * actual, (estimate, actual)
 
 
+def test_a_small_probe_out_of_memory_is_not_tried_again_at_image_size():
+    """A review: a probe at 64 px that ran out of memory was tried again at image_size, (image_size / 64)^2 times
+    the memory, where the system kills a process without a word: the error is the pre-check's."""
+    sizes = []
+
+    def forward(x):
+        sizes.append(x.shape[-1])
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+
+    torch.manual_seed(0)
+    byol = BYOL(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()),
+                image_size=224, hidden_layer=-1, projection_size=8, projection_hidden_size=16)
+    byol.forward_views = lambda view1, view2: forward(view1)  # (the probe's deepcopy keeps the attribute)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        memory.saved_bytes_per_image(byol, 224, None)
+    assert sizes == [64]
+
+
 def test_the_probe_leaves_nothing_behind(monkeypatch):
     """A user test (a notebook's repeated pretrains): the probe's copy of the model and its activations
     were never freed, held by a loop through the autograd graph that Python's collector cannot see."""
