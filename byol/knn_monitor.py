@@ -33,7 +33,8 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     view1, _ = views_of(config)
     kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp, crop=eval_crop(config))
     splits = (data.knn_train, data.knn_test)
-    names = ("bank", "held-out") if config.train.knn_holdout else ("train", "test")
+    # the queries' bar named by their split: a folder's val, say, not "test" (the closing table's and the log's word)
+    names = ("bank", "held-out") if config.train.knn_holdout else ("train", data.knn_query)
     bars = tuple(named(progress, f"kNN: {name} features") for name in names)
     if data.knn_sizes is not None:  # each process holds its share
         (train_f, train_y, _), (test_f, test_y, _) = (

@@ -61,6 +61,10 @@ class Clock:
         after a kill are not counted."""
         return round(self.resumed_s + time.perf_counter() - self.start, 3)
 
+    def run_s(self) -> float:
+        """Seconds since this start's first step, what ran :meth:`paused` included (its time so far)."""
+        return time.perf_counter() - self.start
+
     def training_s(self) -> float:
         """Seconds of training since this start's first step: without what ran :meth:`paused`."""
         return time.perf_counter() - self.start - self.paused_s
@@ -182,11 +186,14 @@ def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batc
     """Where a run without a progress bar (``train.progress=false``, a log file) stands at an epoch's
     end, or within a long one (:meth:`Report.line_due`): the epoch, the step, the last loss read (with its
     step, where that is an earlier one: read every ``train.log_every`` steps), the kNN top-1 scored at this
-    step (None: none), this start's training throughput and the time left."""
+    step (None: none), this start's training throughput and the time left: at this start's pace so far, its
+    kNN evaluations, checkpoints and plots included (an audit: left out, a run with the monitor every epoch ended
+    3x later than its line said)."""
     epoch, epochs = math.ceil(step / report.steps_per_epoch), report.epochs
     elapsed = report.clock.training_s()
     rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
-    left = f", about {duration((end_step - step) / rate)} left" if rate and step < end_step else ""
+    pace = report.clock.run_s() / (step - first_step) if step > first_step else 0.0  # seconds a step, all told
+    left = f", about {duration((end_step - step) * pace)} left" if rate and pace and step < end_step else ""
     at = f" (step {report.last_step})" if report.last_step != step else ""
     shown = (f", loss {loss:.4f}{at}" if loss is not None else "") + (f", kNN {knn:.2f}%" if knn is not None else "")
     return (f"epoch {epoch}/{epochs} (step {step}/{end_step}){shown}, {rate * batch_size:,.1f} img/s{left}")

@@ -267,7 +267,9 @@ def test_the_time_waiting_for_batches_is_logged_and_a_long_wait_said_once(tmp_pa
 def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cifar10_root, monkeypatch, capsys):
     """train.progress=false (a log file): each epoch's end prints its epoch, step, last loss, the kNN
     top-1 scored there (a user test: only the closing table said one), this start's training
-    throughput (kNN, checkpoints and plots left out) and the time left. A line before each kNN evaluation says
+    throughput (kNN, checkpoints and plots left out) and the time left, at the pace so far with them (an audit:
+    1114 fake seconds into the start, 4 steps and a kNN, checkpoint and plots done, it said 4 s left). A line before
+    each kNN evaluation says
     what the minutes its features can take are spent on (a user test: the log said nothing through them)."""
     on_a_fake_clock(monkeypatch)
     monkeypatch.setattr(byol.train, "progress_bar", lambda *args: None)
@@ -281,7 +283,7 @@ def test_without_the_bar_a_line_an_epoch_says_where_the_run_stands(tmp_path, cif
               and "train/loss" in r]
     knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["step"] == 4
            and "eval/knn_top1" in r]
-    assert lines == [f"epoch 1/2 (step 4/8), loss {losses[0]:.4f}, kNN {knn[0]:.2f}%, 16.0 img/s, about 0:00:04 left"]
+    assert lines == [f"epoch 1/2 (step 4/8), loss {losses[0]:.4f}, kNN {knn[0]:.2f}%, 16.0 img/s, about 0:18:34 left"]
     pretrain(two_epochs_of_four_steps(tmp_path / "run3", cifar10_root, "--train.progress=false", "--train.log_every=3"))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     loss = [r["train/loss"] for r in read_metrics(tmp_path / "run3" / "metrics.jsonl") if "train/loss" in r][0]
@@ -426,6 +428,28 @@ def test_the_knn_monitor_normalizes_the_images_with_the_run_s_own_mean_and_std(m
     knn_eval(types.SimpleNamespace(encoder=torch.nn.Flatten()), TrainData(None, 0, knn_train=split, knn_test=split),
              config, torch.device("cpu"), None)
     assert seen == [(view1.mean, view1.std, None)] * 2
+
+
+def test_the_knn_monitor_s_bars_name_a_folder_s_query_split(monkeypatch):
+    """An audit: a folder's kNN monitor drew its val queries' bar as "kNN: test features", while its closing table
+    and log line said val. Each bar is named by the split it extracts."""
+    from byol.data import ImageSet
+    from byol.features import extract_features
+    from byol.knn_monitor import knn_eval
+    from byol.train_data import TrainData
+    names = []
+
+    def recording(net, images, device, **kwargs):
+        names.append(kwargs["progress"])
+        return extract_features(net, images, **{**kwargs, "progress": False})
+
+    monkeypatch.setattr(byol.knn_monitor.features, "extract_features_sharded", recording)
+    split = ImageSet(torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator()),
+                     torch.arange(8) % 2)
+    knn_eval(types.SimpleNamespace(encoder=torch.nn.Flatten()),
+             TrainData(None, 0, knn_train=split, knn_test=split, knn_query="val"),
+             load_config("cifar10", ["--train.knn_k=3"]), torch.device("cpu"), None, progress=True)
+    assert names == ["kNN: train features", "kNN: val features"]
 
 
 @pytest.mark.parametrize("split", [0, 1])
@@ -1801,7 +1825,7 @@ def test_without_the_bar_a_long_epoch_says_where_the_run_stands_within_it(tmp_pa
     steps = [int(line.split("(step ")[1].split("/")[0]) for line in lines]
     assert steps == [2, 4, 6], lines  # the epoch's end (4) starts the count again; 8 is the closing table's
     assert lines[0] == f"epoch 1/2 (step 2/8), loss {losses[2]:.4f}, 16.0 img/s, about 0:00:06 left"
-    assert lines[2] == f"epoch 2/2 (step 6/8), loss {losses[6]:.4f}, 16.0 img/s, about 0:00:02 left"
+    assert lines[2] == f"epoch 2/2 (step 6/8), loss {losses[6]:.4f}, 16.0 img/s, about 0:06:12 left"
 
 
 def test_the_interval_between_checkpoints_runs_from_the_last_write(tmp_path, cifar10_root, monkeypatch):
@@ -1969,12 +1993,13 @@ def test_a_run_s_initial_weights_and_each_process_s_augmentation_generator_are_s
 
 def test_a_resumed_run_s_line_reckons_its_throughput_from_the_step_it_resumed_at():
     """A mutation audit: the rate counted from step 0 rather than from this start's first step survived (the line
-    tests start at 0). Resumed at step 4, at step 6 after 2 s of training: 1 step/s, 16 img/s, 2 steps left."""
+    tests start at 0). Resumed at step 4, at step 6 after 2 s of training: 1 step/s, 16 img/s; 3 s in all with a
+    pause (a kNN evaluation, a checkpoint): 2 steps left at 1.5 s each."""
     from byol.reporting import epoch_line
     report = types.SimpleNamespace(steps_per_epoch=4, epochs=2, last_step=6,
-                                   clock=types.SimpleNamespace(training_s=lambda: 2.0))
+                                   clock=types.SimpleNamespace(training_s=lambda: 2.0, run_s=lambda: 3.0))
     line = epoch_line(6, 8, report, first_step=4, batch_size=16, loss=1.5)
-    assert line == "epoch 2/2 (step 6/8), loss 1.5000, 16.0 img/s, about 0:00:02 left"
+    assert line == "epoch 2/2 (step 6/8), loss 1.5000, 16.0 img/s, about 0:00:03 left"
 
 
 def test_the_data_wait_note_leaves_out_the_first_interval_s_start_up(tmp_path, capsys):
