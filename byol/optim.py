@@ -44,9 +44,10 @@ class LARS(torch.optim.Optimizer):
 
     Per parameter ``w`` with gradient ``g``: ``g ← g + wd·w``; unless the group sets
     ``lars_exclude``, ``g ← η ||w|| / (||g|| + ε) · g`` (η the trust coefficient, ε ``eps``, which the
-    reference code does without; skipped when a norm is zero); then ``v ← m v + g`` and ``w ← w - lr v``. With ``clip`` the trust ratio is capped
-    so that a layer's step is at most plain SGD's: ``g ← min(η ||w|| / ||g|| / lr, 1) · g`` (LARC's
-    clipping, as solo-learn's CIFAR recipes use it with η = 0.02; the paper does not clip).
+    reference code does without; skipped when a norm is zero); then ``v ← m v + g`` and
+    ``w ← w - lr v``. With ``clip`` the trust ratio is capped so that a layer's step is at most plain
+    SGD's: ``g ← min(η ||w|| / ||g|| / lr, 1) · g`` (LARC's clipping, as solo-learn's CIFAR recipes use
+    it with η = 0.02; the paper does not clip).
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
