@@ -222,13 +222,16 @@ class BYOL(BYOLModel):
     def online_encoder(self) -> OnlineEncoder:
         """byol-pytorch's ``online_encoder``: ``.net``, ``.projector``, ``(x) -> (projection, representation)``;
         one object, as byol-pytorch's attribute is."""
-        return self._view("_online_view", lambda: OnlineEncoder(self.net, self.online.encoder, self.online.projector))
+        return self._view("_online_view", self.online.encoder,
+                          lambda: OnlineEncoder(self.net, self.online.encoder, self.online.projector))
 
-    def _view(self, name: str, build: Callable[[], "OnlineEncoder"]) -> "OnlineEncoder":
-        """The byol-pytorch view ``name``, built once (and again after :meth:`_apply` or a new target).
+    def _view(self, name: str, encoder: nn.Module, build: Callable[[], "OnlineEncoder"]) -> "OnlineEncoder":
+        """The byol-pytorch view ``name`` of ``encoder``, built once (and again after :meth:`_apply` or a new target).
         Unregistered: its modules are the learner's own, and the state_dict keeps its keys."""
         view = self.__dict__.get(name)  # absent from a learner pickled before the views were kept
-        if view is None:
+        # Another encoder's: a DataParallel replica's __dict__ holds the original's view, whose modules (on the first
+        # device) its forward ran (a review)
+        if view is None or view.encoder is not encoder:
             view = build()
             object.__setattr__(self, name, view)
         return view
@@ -304,6 +307,10 @@ class BYOL(BYOLModel):
 
     def train(self, mode: bool = True) -> "BYOL":
         self.net.train(mode)  # learner.eval() puts all of net in eval mode, as in byol-pytorch
+        for name in ("_online_view", "_target_view"):  # and the views, target_encoder.net's copy of net with them
+            view = self.__dict__.get(name)  # (a review: it stayed in training mode, its BatchNorm moving the target's)
+            if view is not None:
+                view.train(mode)
         return super().train(mode)
 
     # byol-pytorch's names for the same parts, so that its users' scripts run unchanged.
@@ -317,8 +324,8 @@ class BYOL(BYOLModel):
         and ``.net`` the target's copy of ``net`` (:meth:`target_net`); None without momentum."""
         if self.target is None:
             return None
-        return self._view("_target_view", lambda: OnlineEncoder(self.target_net(), self.target.encoder,
-                                                                self.target.projector))
+        return self._view("_target_view", self.target.encoder,
+                          lambda: OnlineEncoder(self.target_net(), self.target.encoder, self.target.projector))
 
     def target_net(self) -> nn.Module:
         """The target's ``net``, with ``net``'s keys (it loads into the network passed in): the target

@@ -112,6 +112,9 @@ def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = Fals
 
     Shape checks only: no host sync, no kernel, so it runs on every call.
     """
+    if not hasattr(images, "shape"):  # (a review: a list or None with augment_fn given was an AttributeError)
+        raise TypeError(f"BYOL takes a batch as a torch.Tensor (B, ...), but got {type(images).__name__}; "
+                        f"stack the inputs into one, e.g. torch.stack(images)")
     shape = tuple(images.shape)
     if rgb and (len(shape) != 4 or shape[1] != 3):
         raise ValueError(f"BYOL's default augmentations take a batch of images shaped (B, 3, H, W), but got "

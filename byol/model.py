@@ -77,6 +77,9 @@ class BYOLModel(nn.Module):
 
     def forward_views(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the loss and the online projections of ``view1`` (B, projection_size), detached."""
+        if view1.shape[:1] != view2.shape[:1]:  # (a review: concatenated, 4 and 6 views paired as 5 and 5, silently)
+            raise ValueError(f"view1 and view2 are two views of the same images, one each, but they hold "
+                             f"{view1.shape[:1].numel()} and {view2.shape[:1].numel()}: give batches of one size")
         if self.concat_views:  # one BatchNorm batch of 2B rows in every branch, the predictor's too (byol-pytorch's)
             z = self.online(torch.cat([view1, view2]))  # (2B, projection_size)
             p1, p2 = self.predictor(z).chunk(2)

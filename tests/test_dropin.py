@@ -1,6 +1,7 @@
 """byol-pytorch's scripts, run unchanged: what a user test of the drop-in found different."""
 
 import copy
+import importlib
 import warnings
 import zipfile
 
@@ -372,3 +373,45 @@ def test_a_learner_s_own_state_dict_loads_where_its_network_has_children_called_
 
     saved = BYOL(Net(), image_size=32, hidden_layer=-1, projection_hidden_size=64).state_dict()
     BYOL(Net(), image_size=32, hidden_layer=-1, projection_hidden_size=64).load_state_dict(saved)
+
+
+def test_learner_eval_puts_the_target_encoder_view_in_eval_mode_too():
+    """A review: target_encoder, read before learner.eval(), kept its copy of net in training mode, so
+    target_encoder.net(x) normalized each batch by itself and moved the target's BatchNorm statistics."""
+    torch.manual_seed(0)
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    target, online = learner.target_encoder, learner.online_encoder  # (as a logging hook reads them)
+    learner.eval()
+    assert not target.net.training and not any(m.training for m in target.net.modules())
+    assert not online.training and not target.training
+    statistics = learner.target.encoder.body.bn1.running_mean.clone()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target.net(x)[:2], target.net(x[:2]))  # each image on its own
+    assert torch.equal(learner.target.encoder.body.bn1.running_mean, statistics)
+    learner.train()
+    assert target.net.training and target.training and online.training
+
+
+def test_a_data_parallel_replica_embeds_with_its_own_modules(monkeypatch):
+    """A review: a DataParallel replica's __dict__ holds the original's online_encoder view, built by a call before
+    the learner was wrapped, so learner(x, return_embedding=True) ran the original's modules (those on the first
+    GPU) in every replica. The replicas made on the CPU: broadcast as copies."""
+    replicate = importlib.import_module("torch.nn.parallel.replicate")  # (the package's name is the function)
+    monkeypatch.setattr(replicate, "_get_device_index", lambda device, *args: 0)
+    monkeypatch.setattr(replicate, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False: [[t.detach().clone() for t in tensors] for _ in devices])
+    torch.manual_seed(0)
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    x = torch.rand(4, 3, 32, 32)
+    learner(x, return_embedding=True)
+    learner.target_encoder
+    replica = replicate.replicate(learner, ["cpu", "cpu"])[1]
+    assert replica.online_encoder.projector is replica.online.projector
+    assert replica.online_encoder.encoder is replica.online.encoder
+    assert replica.target_encoder.encoder is replica.target.encoder
+    assert learner.online_encoder.encoder is learner.online.encoder  # the original keeps its own
+    with torch.no_grad():
+        replica.online.projector[0].weight.zero_()  # (the replica's alone: its projection is its bias)
+        projection, _ = replica(x, return_embedding=True)
+    torch.testing.assert_close(projection, replica.online.projector(replica.online.encoder(x)))

@@ -877,3 +877,24 @@ def test_the_method_alone_trains_an_encoder_as_python_api_md_shows():
     core.update_target(0.5)
     for before, now, source in zip(target, core.target.parameters(), core.online.parameters()):
         torch.testing.assert_close(now, 0.5 * before + 0.5 * source.detach())
+
+
+@pytest.mark.parametrize("concat_views", [False, True])
+def test_views_of_two_batch_sizes_are_one_sentence(concat_views):
+    """A review: concatenated, views of 4 and 6 images gave a loss, pairing them as 5 and 5; one at a time,
+    the loss's words about predictions and projections."""
+    _, model = small_byol(concat_views=concat_views)
+    view1, view2 = views(n=6)
+    with pytest.raises(ValueError, match="^view1 and view2 are two views of the same images, one each, but they "
+                                         "hold 4 and 6: give batches of one size$"):
+        model(view1[:4], view2)
+
+
+@pytest.mark.parametrize("batch", [None, [torch.rand(3, 32, 32)] * 2])
+def test_a_batch_that_is_not_a_tensor_is_one_sentence_with_augment_fn_given(batch):
+    """A review: with the user's own augment_fn, a list of images or None was Python's AttributeError ('list'
+    object has no attribute 'shape'), in both calls."""
+    _, model = small_byol()
+    for call in (lambda: model(batch), lambda: model(batch, return_embedding=True)):
+        with pytest.raises(TypeError, match=r"^BYOL takes a batch as a torch.Tensor \(B, \.\.\.\), but got "):
+            call()
