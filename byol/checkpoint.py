@@ -156,6 +156,9 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
 
 
 def _corrupt(path: Path, why: str) -> CheckpointError:
+    if (path.parent / "export.json").is_file():  # an export's encoder.pt: a run's epoch_NNNN.pt is not the remedy
+        return CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read ({why}); export it "
+                               "again from its run's checkpoint (byol export CHECKPOINT --out DIR)")
     return CheckpointError(
         f"checkpoint {path} is corrupt or truncated and cannot be read ({why}); use an earlier one (a run keeps "
         "checkpoints/epoch_NNNN.pt when train.checkpoint_every > 0; to resume from one, copy it over "

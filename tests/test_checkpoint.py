@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from byol.checkpoint import (CheckpointError, copy_atomically, load_checkpoint, load_model_state, rng_state,
-                             rng_state_kept, save_checkpoint, unwrap)
+from byol.checkpoint import (CheckpointError, copy_atomically, load_checkpoint, load_model_state, read_state,
+                             rng_state, rng_state_kept, save_checkpoint, unwrap)
 from byol.resume import _restore_generators
 
 
@@ -163,6 +163,23 @@ def test_an_error_that_is_not_a_failed_write_is_not_called_one(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="illegal memory access") as e:
         save_checkpoint(tmp_path / "last.pt", model, opt, 1, {})
     assert type(e.value) is RuntimeError  # itself, not a CheckpointError (a RuntimeError too) about writing
+
+
+def test_a_truncated_export_is_told_to_export_again_not_to_copy_an_epoch_over_last_pt(tmp_path):
+    """An export's encoder.pt cut short: its remedy is the export, not a run's checkpoints/ (which the
+    export folder has not); a run's checkpoint keeps the advice about its kept epochs."""
+    for folder in ("export", "run/checkpoints"):
+        (tmp_path / folder).mkdir(parents=True)
+        torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / folder / "encoder.pt")
+        data = (tmp_path / folder / "encoder.pt").read_bytes()
+        (tmp_path / folder / "encoder.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "export" / "export.json").write_text('{"state_dict": "encoder.pt"}')
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated .*; export it again from its run's checkpoint "
+                       r"\(byol export CHECKPOINT --out DIR\)$") as e:
+        read_state(tmp_path / "export" / "encoder.pt")
+    assert "epoch_NNNN" not in str(e.value)
+    with pytest.raises(CheckpointError, match="corrupt or truncated .*epoch_NNNN.pt"):
+        read_state(tmp_path / "run" / "checkpoints" / "encoder.pt")
 
 
 def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):
