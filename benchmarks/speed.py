@@ -75,7 +75,8 @@ class Remote:
         self.key = name  # as --systems names it
         self.skipped = reply[1] if reply[0] == "skip" else None  # not installed: no row
         self.failed: Optional[str] = reply[1] if reply[0] == "failed" else None  # a row that says why
-        self.name, self.notes, self.source = (name, "", "") if reply[0] != "ready" else reply[1:]
+        # ahead: batches its input pipeline prepares ahead of the step (lightly's DataLoader workers)
+        self.name, self.notes, self.source, self.ahead = (name, "", "", 0) if reply[0] != "ready" else reply[1:]
 
     def _recv(self, name: str):
         try:
@@ -153,7 +154,9 @@ def measure(built: list[Remote], args, after_round=None) -> dict[str, list[float
         order = built[r % len(built):] + built[:r % len(built)]
         this_round = {}
         for s in order:
-            seconds = s.seconds(args.steps, args.settle)
+            # at least as many untimed steps as batches prepared ahead: the buffer its input pipeline filled
+            # while the others ran is taken before the clock starts, not by the timed steps
+            seconds = s.seconds(args.steps, max(args.settle, s.ahead))
             if seconds is not None:
                 this_round[s.name] = args.steps * args.batch / seconds
                 rates[s.name].append(this_round[s.name])

@@ -252,8 +252,15 @@ class Lightly:
             generator=torch.Generator().manual_seed(seed), multiprocessing_context=worker_start(workers))
         self.it = iter(self.loader)
         self.device, self.amp, self.steps = device, amp, 0
+        # The batches its workers prepare ahead of the step that takes them. Between lightly's rounds
+        # (while the other systems run) the workers fill that buffer; a round that began on it would time
+        # steps whose augmentation was done outside it. benchmarks.speed starts each round with at least
+        # this many untimed steps, so that the timed ones wait on the workers as a long run's do.
+        self.ahead = self.loader.prefetch_factor * workers if workers > 0 else 0
         self.notes = (f"v{_version('lightly')}; per-image PIL transforms in {workers} DataLoader workers "
-                      "(host CPU), same recipe as ours; per-view forward; per-tensor EMA loop")
+                      "(host CPU), same recipe as ours; per-view forward; per-tensor EMA loop"
+                      + (f"; each round after {self.ahead} untimed steps (its workers' prefetched batches)"
+                         if self.ahead else ""))
 
     def _next(self):
         try:

@@ -120,7 +120,7 @@ def serve(conn, name: str, args) -> None:
             conn.send(("failed", f"could not be built: {e!r}"[:300]))
         return
     notes = system.notes + ("; our allocator setting (--peer-keep-memory)" if args.peer_keep_memory and peer else "")
-    conn.send(("ready", system.name, notes, source))
+    conn.send(("ready", system.name, notes, source, getattr(system, "ahead", 0)))
     compile_reported = False
     while (request := conn.recv()) is not None:
         settle, steps = request
