@@ -379,6 +379,22 @@ def test_a_setting_given_against_the_checkpoints_of_a_run_without_config_yaml_is
     assert "the run goes on with the settings saved in" in capsys.readouterr().err
 
 
+def test_a_moved_run_without_config_yaml_resumes_in_the_folder_it_is_in_now(tmp_path, capsys):
+    """A mutation audit: taking the checkpoint's train.out_dir (the folder the run was made in) survived every test;
+    a resume located by a preset would then go on writing into the old folder, not the one it found the run in."""
+    import torch
+    moved = tmp_path / "moved"
+    (moved / "checkpoints").mkdir(parents=True)
+    settings = load_config("cifar10", [f"--train.out_dir={tmp_path / 'original'}", "--train.epochs=7"]).to_dict()
+    state = {"model": {}, "optimizer": {}, "step": 1, "rng": {}, "config": settings}
+    torch.save(state, moved / "checkpoints" / "last.pt")
+    preset = tmp_path / "preset.yaml"  # (an override --train.out_dir would override the checkpoint's too)
+    preset.write_text(f"train:\n  out_dir: {moved}\n")
+    config = resume_config(str(preset))
+    assert (config.train.out_dir, config.train.epochs) == (str(moved), 7)
+    assert "the run goes on with the settings saved in" in capsys.readouterr().err
+
+
 def test_resume_config_keeps_the_runs_own_spelling_of_its_folder(tmp_path, monkeypatch, capsys):
     """A user test: --train.out_dir=copy/ from the folder above, for a run made as /abs/copy, was a
     setting that differed (/abs/copy -> copy/), and the relative spelling was saved."""
@@ -520,6 +536,9 @@ def test_the_ends_of_each_range_are_taken():
     t = config.train
     assert (t.tau_base, t.max_steps, config.data.image_size, t.seed) == (1.0, 1, 8, 2**63 - 1)
     assert load_config("cifar10", ["--train.tau_base=0", "--train.seed=-9223372036854775808"]).train.tau_base == 0.0
+    a = load_config("cifar10", ["--augment.view1_blur_p=1", "--augment.view2_blur_p=0",  # the paper's ends
+                                "--augment.view1_solarize_p=0", "--augment.view2_solarize_p=1"]).augment
+    assert (a.view1_blur_p, a.view2_blur_p, a.view1_solarize_p, a.view2_solarize_p) == (1, 0, 0, 1)
     for backbone in ("resnet101", "resnet152"):  # the paper's deeper ResNets (torchvision builds no resnet200)
         assert load_config("cifar10", [f"--model.backbone={backbone}"]).model.backbone == backbone
 

@@ -158,6 +158,7 @@ def test_a_loss_of_exactly_four_warns_of_no_learning_signal_though_the_projectio
     message = monitor.check(std, rank, dim, step=4, loss=4.0)
     assert message is not None and message.startswith("no learning signal: the loss is exactly 4.0")
     assert "predictor" in message and "target" in message and "optim.lr" in message and "epoch_NNNN.pt" in message
+    assert f"std ({std:.4g}, healthy about 0.1768) and effective rank ({rank:.3g})" in message  # 1/sqrt(32)
     assert monitor.check(std, rank, dim, step=6, loss=4.0) is None  # one warning while it sits there
     assert monitor.check(math.nan, math.nan, dim, step=8, loss=math.nan) is None  # steps undone: the state stays
     assert monitor.check(std, rank, dim, step=10, loss=4.0) is None
@@ -171,3 +172,14 @@ def test_a_healthy_start_near_four_does_not_warn_of_no_signal():
     std, rank, dim = stats(gaussian(b=16, d=32))
     for step, loss in enumerate([4.072782516479492, 3.9999998, 4.0000005, 5.934326171875]):
         assert monitor.check(std, rank, dim, step=step, loss=loss) is None
+
+
+def test_a_resumed_monitor_goes_on_as_the_uninterrupted_one():
+    """A mutation audit: load_state dropping the collapsed state, or when it last warned, survived every fast test.
+    Resumed, a run still collapsed is not warned of again as newly collapsing, and its repeats keep their steps."""
+    bad = (0.001, 1.1, 256)
+    first = CollapseMonitor(repeat_every=100)
+    assert first.check(*bad, step=10) is not None
+    resumed = CollapseMonitor(repeat_every=100)
+    resumed.load_state(first.state())
+    assert resumed.check(*bad, step=60) is None and resumed.check(*bad, step=110) is not None

@@ -6,8 +6,11 @@ import re
 import pytest
 import torch
 
-from byol.config import ConfigError
-from byol.precision import autocast_dtype, resolve_device
+import byol.precision
+from byol.build import build_model
+from byol.config import Config, ConfigError
+from byol.precision import autocast_dtype, checked_precision, evaluation_precision, resolve_device
+from byol.resnets import resnet
 
 
 @pytest.mark.parametrize("avx512_bf16, amx, auto", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
@@ -76,13 +79,25 @@ def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monk
 def test_eval_precision_is_auto_s_as_pretraining_resolved_it(monkeypatch, stem, size, device, precision, expected):
     """The precision byol eval and embed compute features in: auto's float32 where pretraining's auto trained in
     float32 (byol.precision.checked_precision), so that eval reproduces the kNN monitor."""
-    import byol.precision
-    from byol.config import Config
-    from byol.precision import evaluation_precision
-    from byol.resnets import resnet
     monkeypatch.setattr(byol.precision, "native_bf16", lambda device: True)
     config = Config()
     config.data.image_size, config.train.precision = size, precision
     net = resnet("resnet18", cifar_stem=stem, width=8)
     net.fc = torch.nn.Identity()
     assert evaluation_precision(net, config, torch.device(device)) is expected
+
+
+def test_bf16_on_a_gpu_without_it_is_one_sentence_and_a_gpu_keeps_bf16_for_any_network(monkeypatch):
+    """A mutation audit: dropping the refusal of bf16 on a GPU without bfloat16, and applying the CPU's bf16
+    convolution fault to a GPU (float32 there for an ImageNet-stem ResNet at 16 px), each survived every test."""
+    gpu = torch.device("cuda:0")  # (not touched: native_bf16 answers for it)
+    monkeypatch.setattr(byol.precision, "native_bf16", lambda device: False)
+    with pytest.raises(ConfigError, match="^train.precision=bf16 but this GPU has no bfloat16; use fp32$"):
+        autocast_dtype("bf16", gpu)
+    config = Config()
+    config.model.backbone, config.model.cifar_stem, config.model.width = "resnet18", False, 8
+    config.data.image_size, config.train.precision = 16, "bf16"
+    model = build_model(config)
+    assert checked_precision(model, config, gpu, torch.bfloat16) is torch.bfloat16
+    with pytest.raises(ConfigError, match="^train.precision=bf16: torch's bf16 convolutions on the CPU"):
+        checked_precision(model, config, torch.device("cpu"), torch.bfloat16)
