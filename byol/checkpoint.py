@@ -1,5 +1,6 @@
 """Checkpoints: complete (everything needed to resume exactly), atomic, and loaded strictly and safely."""
 
+import json
 import pickle
 import random
 import re
@@ -155,8 +156,19 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
     return state
 
 
+def _exported(path: Path) -> bool:
+    """Whether ``path`` is the state_dict that the ``export.json`` beside it names: a ``byol export``'s encoder.pt,
+    not any file of a folder holding one (an export into a run's checkpoints/ puts one beside last.pt: a review)."""
+    try:
+        info = json.loads((path.parent / "export.json").read_text())
+    except (OSError, ValueError):  # none, or not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    name = info.get("state_dict") if isinstance(info, dict) else None
+    return isinstance(name, str) and Path(name).name == path.name  # (exports before 1 December 2026 gave paths)
+
+
 def _corrupt(path: Path, why: str) -> CheckpointError:
-    if (path.parent / "export.json").is_file():  # an export's encoder.pt: a run's epoch_NNNN.pt is not the remedy
+    if _exported(path):  # an export's encoder.pt: a run's epoch_NNNN.pt is not the remedy
         return CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read ({why}); export it "
                                "again from its run's checkpoint (byol export CHECKPOINT --out DIR)")
     return CheckpointError(

@@ -232,7 +232,11 @@ class BYOL(BYOLModel):
         # Another encoder's: a DataParallel replica's __dict__ holds the original's view, whose modules (on the first
         # device) its forward ran (a review)
         if view is None or view.encoder is not encoder:
-            view = build()
+            built = build()
+            built.training = self.training  # (a review: built after learner.eval(), it said it was training)
+            if view is not None:  # hooks on the view run in a replica, as DataParallel's replicas of modules keep theirs
+                built.__dict__.update({key: value for key, value in vars(view).items() if "_hooks" in key})
+            view = built
             object.__setattr__(self, name, view)
         return view
 

@@ -182,6 +182,23 @@ def test_a_truncated_export_is_told_to_export_again_not_to_copy_an_epoch_over_la
         read_state(tmp_path / "run" / "checkpoints" / "encoder.pt")
 
 
+def test_a_truncated_checkpoint_beside_an_export_keeps_the_advice_about_kept_epochs(tmp_path):
+    """A review: `byol export RUN/checkpoints/last.pt --out RUN/checkpoints` is allowed and puts export.json beside
+    last.pt; a truncated last.pt there was told to export again, from itself. Only the file export.json names is."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "export.json").write_text('{"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", '
+                                        '"config": "config.yaml", "backbone": "resnet18"}')
+    for name in ("last.pt", "encoder.pt"):
+        torch.save({"conv1.weight": torch.zeros(8, 3, 3, 3)}, folder / name)
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"corrupt or truncated .*copy it over checkpoints/last.pt\)$"):
+        read_state(folder / "last.pt")
+    with pytest.raises(CheckpointError, match=r"; export it again from its run's checkpoint"):
+        read_state(folder / "encoder.pt")
+
+
 def test_truncated_and_garbage_files_are_clear_errors(tmp_path, fault_table):
     model, opt = make()
     save_checkpoint(tmp_path / "a.pt", model, opt, 0, {})

@@ -415,3 +415,30 @@ def test_a_data_parallel_replica_embeds_with_its_own_modules(monkeypatch):
         replica.online.projector[0].weight.zero_()  # (the replica's alone: its projection is its bias)
         projection, _ = replica(x, return_embedding=True)
     torch.testing.assert_close(projection, replica.online.projector(replica.online.encoder(x)))
+
+
+def test_a_view_built_after_learner_eval_is_in_eval_mode():
+    """A review: learner.eval() before the first read of online_encoder / target_encoder left the views built then
+    saying they were training (byol-pytorch's online_encoder, a submodule, follows the learner)."""
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8)).eval()
+    assert not learner.online_encoder.training and not learner.target_encoder.training
+    learner.train()
+    assert learner.online_encoder.training and learner.target_encoder.training
+
+
+def test_a_hook_on_the_online_encoder_view_runs_in_a_data_parallel_replica(monkeypatch):
+    """A review: a replica rebuilds the view of its own encoder, and the user's forward hook on
+    learner.online_encoder was left behind (DataParallel's replicas of byol-pytorch's online_encoder keep it)."""
+    replicate = importlib.import_module("torch.nn.parallel.replicate")
+    monkeypatch.setattr(replicate, "_get_device_index", lambda device, *args: 0)
+    monkeypatch.setattr(replicate, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False: [[t.detach().clone() for t in tensors] for _ in devices])
+    torch.manual_seed(0)
+    learner = learner_on(resnet("resnet18", cifar_stem=True, width=8))
+    calls = []
+    learner.online_encoder.register_forward_hook(lambda module, args, output: calls.append(module))
+    x = torch.rand(4, 3, 32, 32)
+    replica = replicate.replicate(learner, ["cpu", "cpu"])[1]
+    with torch.no_grad():
+        replica(x, return_embedding=True)
+    assert calls == [replica.online_encoder] and replica.online_encoder.encoder is replica.online.encoder
