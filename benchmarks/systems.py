@@ -255,11 +255,17 @@ class Lightly:
         # The batches its workers prepare ahead of the step that takes them. Between lightly's rounds
         # (while the other systems run) the workers fill that buffer; a round that began on it would time
         # steps whose augmentation was done outside it. benchmarks.speed starts each round with at least
-        # this many untimed steps, so that the timed ones wait on the workers as a long run's do.
-        self.ahead = self.loader.prefetch_factor * workers if workers > 0 else 0
+        # this many untimed steps, so that the timed ones wait on the workers as a long run's do. The workers
+        # refill it meanwhile: a step drains 1 - x batches of it, x its time over a batch's augmentation time
+        # divided among the workers. On a CPU x is ~40 (a step of 20-35 s, ~1 s to augment a batch): the buffer
+        # stays full in a long run too, and one buffer's steps settle it. On a GPU x may be near 1: three
+        # buffers' steps drain it for x up to 2/3 (a review's stand-in loader at x = 0.5: 9.1 batches/s after
+        # them, 11.2 after one buffer's, 9 in a long run).
+        buffer = self.loader.prefetch_factor * workers if workers > 0 else 0
+        self.ahead = buffer * (3 if device.type == "cuda" else 1)
         self.notes = (f"v{_version('lightly')}; per-image PIL transforms in {workers} DataLoader workers "
                       "(host CPU), same recipe as ours; per-view forward; per-tensor EMA loop"
-                      + (f"; each round after {self.ahead} untimed steps (its workers' prefetched batches)"
+                      + (f"; each round after {self.ahead} untimed steps (its workers prefetch {buffer} batches)"
                          if self.ahead else ""))
 
     def _next(self):
