@@ -442,3 +442,20 @@ def test_a_hook_on_the_online_encoder_view_runs_in_a_data_parallel_replica(monke
     with torch.no_grad():
         replica(x, return_embedding=True)
     assert calls == [replica.online_encoder] and replica.online_encoder.encoder is replica.online.encoder
+
+
+def test_the_embedding_and_projection_of_return_embedding_carry_gradients_to_the_network_and_projector():
+    """A mutation audit: detaching either output of ``learner(x, return_embedding=True)`` survived every test.
+    byol-pytorch's users fine-tune on it (a head on the embedding, a loss on the projection): the gradient reaches
+    the network passed in through the embedding, and the projector and network through the projection."""
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner = learner_on(net)
+    projection, embedding = learner(torch.rand(2, 3, 32, 32), return_embedding=True)
+    embedding.square().sum().backward()
+    assert net.conv1.weight.grad is not None and net.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in learner.online.projector.parameters())
+    net.zero_grad(set_to_none=True)
+    projection, _ = learner(torch.rand(2, 3, 32, 32), return_embedding=True)
+    projection.square().sum().backward()
+    assert learner.online.projector[0].weight.grad.abs().sum() > 0 and net.conv1.weight.grad.abs().sum() > 0

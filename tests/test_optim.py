@@ -33,6 +33,8 @@ def test_param_groups_exclude_every_parameter_of_a_norm_layer_and_every_bias_wha
             self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
             self.b.weight = self.a.weight  # shared: once
             self.attention = nn.MultiheadAttention(4, 2)  # its in_proj_bias, out_proj.bias
+            self.shift = nn.Module()  # a bias of 4 dimensions, broadcast over (B, C, H, W): by its name
+            self.shift.bias = nn.Parameter(torch.zeros(1, 4, 1, 1))
 
     net = Net()
     regular, excluded = param_groups(net, weight_decay=0.1)
@@ -41,7 +43,7 @@ def test_param_groups_exclude_every_parameter_of_a_norm_layer_and_every_bias_wha
         "a.weight", "attention.in_proj_weight", "attention.out_proj.weight", "conv.weight"]
     assert sorted(named[id(p)] for p in excluded["params"]) == [
         "a.bias", "attention.in_proj_bias", "attention.out_proj.bias", "b.bias", "conv.bias", "gn.bias", "gn.weight",
-        "ln.bias", "ln.weight", "scale"]
+        "ln.bias", "ln.weight", "scale", "shift.bias"]
     assert len(regular["params"]) + len(excluded["params"]) == len(list(net.parameters()))
 
 
@@ -209,6 +211,11 @@ def test_lars_steps_a_zero_weight_as_sgd_does():
     w = lin.weight.detach().clone()
     opt = LARS(param_groups(lin, 0.0), lr=0.1, trust_coefficient=0.001)
     lin.weight.grad = torch.zeros_like(w)
+    opt.step()
+    assert torch.equal(lin.weight.detach(), w)
+    # also with eps=0, as the reference code (a mutation audit: the trust ratio applied where only the gradient's
+    # norm is zero survived, eps keeping eta ||w|| / eps finite: with eps 0 it is inf, and 0 * inf NaN)
+    opt = LARS(param_groups(lin, 0.0), lr=0.1, trust_coefficient=0.001, eps=0.0)
     opt.step()
     assert torch.equal(lin.weight.detach(), w)
 

@@ -344,12 +344,24 @@ def test_loop_step_sets_the_scheduled_lr_and_moves_the_target_by_the_scheduled_t
     loop_step = LoopStep(ViewsForward(byol, channels_last=False), byol, optimizer, torch.Generator().manual_seed(0),
                          None, None, lr=0.4, warmup_steps=4, total_steps=8, tau_base=0.9)
     before = [p.clone() for p in byol.target.parameters()]
-    loop_step(1, images())
+    _, z1 = loop_step(1, images())
     assert cosine_lr(1, 8, 0.4, 4) == pytest.approx(0.2)
     assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(0.2)] * 2
     tau = tau_schedule(1, 8, 0.9)  # 0.9038 (step 2's: 0.9146)
     for b, po, pt in zip(before, byol.online.parameters(), byol.target.parameters()):
         torch.testing.assert_close(pt, tau * b + (1 - tau) * po)
+    # and the record logs the step's own (a mutation audit: the peak lr and tau_base logged survived every test)
+    record = loop_step.read(z1)
+    assert (record["train/lr"], record["train/tau"]) == (pytest.approx(0.2), pytest.approx(tau))
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, None])
+def test_the_step_computes_under_autocast_in_the_dtype_it_is_given(amp):
+    """A mutation audit: autocast switched off in the step survived every test (fp32 is right, only slower).
+    With bf16 the projections come out of bf16 matrix products, and without it in float32."""
+    byol = tiny_byol()
+    _, z1 = views_loss(ViewsForward(byol, channels_last=False), byol, images(), torch.Generator().manual_seed(0), amp)
+    assert z1.dtype == (amp or torch.float32)
 
 
 def test_the_optimizer_step_of_step_s_takes_the_learning_rate_the_schedule_gives_at_s():
