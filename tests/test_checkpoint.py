@@ -226,7 +226,8 @@ def test_a_checkpoint_with_entries_of_the_wrong_kind_is_one_sentence(tmp_path):
     path = tmp_path / "last.pt"
     for change, said in (({"config": "oops"}, "its 'config' entry is of type str, not dict"),
                          ({"config": {"train": "oops"}}, "its 'config' entry is not a mapping of sections"),
-                         ({"step": "3"}, "its 'step' entry is of type str, not int"), ({"rng": None}, "'rng'")):
+                         ({"step": "3"}, "its 'step' entry is of type str, not int"), ({"rng": None}, "'rng'"),
+                         ({"step": True}, "its 'step' entry is of type bool, not int")):  # (bool is an int)
         torch.save({**whole, **change}, path)
         with pytest.raises(CheckpointError, match=f"is not a complete byol checkpoint \\(.*{re.escape(said)}"):
             load_checkpoint(path)

@@ -495,6 +495,8 @@ def test_a_run_on_a_train_folder_monitors_and_evaluates_on_val_beside_it(cli, tm
         assert np.load(out).shape[0] == n and {p.split("/")[-3] for p in paths} == {folder}, (split, paths[:2])
         noted = "has no test/ folder; embedding" in capsys.readouterr().err
         assert noted == (split == "test")  # the one stand-in is said
+    # A limit above a folder's count embeds all of it (a mutation audit: taking `limit` files read past its end)
+    assert np.load(embed(run / "checkpoints" / "last.pt", tmp_path / "all.npy", split="train", limit=100)).shape[0] == 30
     # Its rows are the encoder's features of the center 32 of each image decoded at 37 (not of all 37)
     from byol import load_encoder
     from byol.build import views_of

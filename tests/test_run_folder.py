@@ -1,6 +1,7 @@
 """A start of pretraining that fails before its first step leaves the run folder as it found it,
 and one start at a time writes a folder."""
 
+import fcntl
 import os
 import re
 import shutil
@@ -147,6 +148,24 @@ def test_a_lock_held_on_another_host_is_a_live_run_whatever_processes_this_host_
     (run / ".byol.lock").write_text(f"{holder}\n")
     with open(run / ".byol.lock") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as that node's run holds it
+        with pytest.raises(ConfigError, match=rf"^another byol run \({holder}\) is writing to "):
+            RunFolder(run, resume=False)
+
+
+def test_a_lock_held_by_another_user_s_process_on_this_host_is_a_live_run(tmp_path, monkeypatch):
+    """A mutation audit: a process of another user's (which this one may not signal: PermissionError) taken as
+    ended survived every test; a start in a shared folder waited 20 s, then said to end its processes. It is
+    refused at once, naming the run."""
+    def not_ours(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = f"pid {finished_pid()} on {socket.gethostname()}"
+    (run / ".byol.lock").write_text(f"{holder}\n")
+    monkeypatch.setattr(os, "kill", not_ours)
+    with open(run / ".byol.lock") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other user's run holds it
         with pytest.raises(ConfigError, match=rf"^another byol run \({holder}\) is writing to "):
             RunFolder(run, resume=False)
 
@@ -503,3 +522,39 @@ def test_a_resume_of_a_moved_run_keeps_no_settings_it_did_not_change(tmp_path):
     folder.save_config(config, resume_step=4)
     assert (run / "config_until_step4.yaml").is_file()
     folder.release()
+
+
+def _resumed_at(run, step, **optim):
+    """A start resumed at ``step`` whose settings are the defaults but ``optim``'s, past its first step."""
+    config = Config()
+    config.train.out_dir = str(run)
+    for key, value in optim.items():
+        setattr(config.optim, key, value)
+    folder = RunFolder(run, resume=True)
+    folder.save_config(config, resume_step=step)
+    folder.started = True
+    folder.release()
+
+
+def test_settings_kept_for_a_step_stay_those_that_ran_it_through_later_resumes_from_it(tmp_path):
+    """config_until_stepS.yaml holds the settings that ran the steps up to S: a second resume from S with
+    yet other settings neither removes it nor puts the previous start's settings in it; a resume from an
+    earlier step keeps, for that step, the settings of the first later file (those that ran it), not
+    the last's (a mutation audit)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # the start checks only that there is one
+    config = Config()
+    config.train.out_dir = str(run)
+    save_config(config, run / "config.yaml")
+    first = (run / "config.yaml").read_text()
+    _resumed_at(run, 4, lr=0.5)
+    assert (run / "config_until_step4.yaml").read_text() == first
+    _resumed_at(run, 4, lr=0.25)  # step 4's last.pt again (the start at 4 died before its next checkpoint)
+    assert (run / "config_until_step4.yaml").read_text() == first
+    then = (run / "config.yaml").read_text()
+    _resumed_at(run, 6, lr=0.125)
+    assert (run / "config_until_step6.yaml").read_text() == then
+    _resumed_at(run, 2, lr=0.0625)  # an earlier checkpoint: steps 3 to 6 are trained again
+    assert sorted(p.name for p in run.glob("config_until_step*.yaml")) == ["config_until_step2.yaml"]
+    assert (run / "config_until_step2.yaml").read_text() == first
