@@ -234,7 +234,7 @@ class BYOL(BYOLModel):
         if view is None or view.encoder is not encoder:
             built = build()
             built.training = self.training  # (a review: built after learner.eval(), it said it was training)
-            if view is not None:  # hooks on the view run in a replica, as DataParallel's replicas of modules keep theirs
+            if view is not None:  # its hooks run in a replica, as DataParallel's replicas of modules keep theirs
                 built.__dict__.update({key: value for key, value in vars(view).items() if "_hooks" in key})
             view = built
             object.__setattr__(self, name, view)

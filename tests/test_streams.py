@@ -25,6 +25,21 @@ class Failing(io.StringIO):
         raise self.error
 
 
+def test_only_a_reader_that_is_gone_silences_a_stream():
+    """A character the stream cannot encode, or a full non-blocking pipe, is an error as before; a closed
+    pipe or terminal is not (a review found the first silencing all later output)."""
+    for error in (UnicodeEncodeError("ascii", "é", 0, 1, "ordinal not in range"),
+                  BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")):
+        stream = LosableStream(Failing(error))
+        with pytest.raises(type(error)):
+            stream.write("é")
+        assert not stream.lost
+    stream = LosableStream(Failing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert stream.write("lost") == 4 and stream.lost
+    stream.write("and the rest goes nowhere")
+    stream._stream.close()  # the /dev/null it writes to now (else a ResourceWarning, once collected)
+
+
 @pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"),  # a terminal hung up
                                    BrokenPipeError(errno.EPIPE, "Broken pipe")])
 def test_a_flush_or_a_write_to_a_reader_that_is_gone_is_dropped_not_raised(error):
