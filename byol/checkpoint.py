@@ -156,14 +156,20 @@ def read_state(path: Path, map_location: Any = "cpu") -> Any:
     return state
 
 
+def export_record(info: Path) -> Optional[dict]:
+    """What the ``export.json`` at ``info`` records (``byol export``'s); None where there is none, or it is not
+    JSON or not an object."""
+    try:
+        record = json.loads(info.read_text())
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _exported(path: Path) -> bool:
     """Whether ``path`` is the state_dict that the ``export.json`` beside it names: a ``byol export``'s encoder.pt,
     not any file of a folder holding one (an export into a run's checkpoints/ puts one beside last.pt: a review)."""
-    try:
-        info = json.loads((path.parent / "export.json").read_text())
-    except (OSError, ValueError):  # none, or not JSON (UnicodeDecodeError is a ValueError)
-        return False
-    name = info.get("state_dict") if isinstance(info, dict) else None
+    name = (export_record(path.parent / "export.json") or {}).get("state_dict")
     return isinstance(name, str) and Path(name).name == path.name  # (exports before 1 December 2026 gave paths)
 
 

@@ -3,7 +3,6 @@ run started from), or a bare ResNet state_dict (``byol export``'s ``encoder.pt``
 with the config it goes with and where its weights come from."""
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -14,7 +13,7 @@ from torch import nn
 from .resnets import RESNETS, resnet, resnet_settings
 from .build import build_model, check_evaluated_size
 from .precision import usual_torch_defaults
-from .checkpoint import CheckpointError, load_model_state, read_state
+from .checkpoint import CheckpointError, export_record, load_model_state, read_state
 from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
 from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE, refuse_data_limit
@@ -190,11 +189,8 @@ def _exported(path: Path) -> dict:
     """The ``step`` and ``epoch`` that ``byol export`` recorded in the ``export.json`` beside the
     ``encoder.pt`` at ``path`` (none where it names another file, says neither, or records another
     file's SHA-256: the file was replaced since)."""
-    try:
-        info = json.loads((path.parent / "export.json").read_text())
-    except (OSError, ValueError):  # none beside it, or not JSON: not byol's
-        return {}
-    if not isinstance(info, dict) or info.get("state_dict") != path.name:
+    info = export_record(path.parent / "export.json")
+    if info is None or info.get("state_dict") != path.name:  # none beside it, not JSON, or another file's
         return {}
     digest = info.get("state_dict_sha256")  # an export.json before it said none
     if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:

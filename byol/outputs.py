@@ -2,12 +2,11 @@
 would replace what a run or an export wrote, and one sentence (:class:`OutputError`) where a write fails.
 """
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
-from .checkpoint import is_torchscript, peek, saved_step
+from .checkpoint import export_record, is_torchscript, peek, saved_step
 from .error_lines import launch_rank
 from .errors import ByolError
 from .files import write_failed, write_failure, written_for
@@ -122,11 +121,8 @@ def _written_by_export(path: Path) -> bool:
 def is_an_export(info: Path) -> bool:
     """Whether ``info`` is an export.json that byol wrote: one naming the files beside it as they are named
     now, or as exports before 1 December 2026 named them (by their paths, and config.yaml not at all)."""
-    try:
-        written = json.loads(info.read_text())
-    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
-        return False
-    if not isinstance(written, dict) or written.get("config", EXPORT_NAMES["config"]) != EXPORT_NAMES["config"]:
+    written = export_record(info)
+    if written is None or written.get("config", EXPORT_NAMES["config"]) != EXPORT_NAMES["config"]:
         return False
     return "backbone" in written and all(isinstance(written.get(key), str) and Path(written[key]).name == name
                                          for key, name in EXPORT_NAMES.items() if key != "config")
