@@ -669,6 +669,13 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["embed", "x.pt", "--out", "e.npy", "--holdout", "3"], "'--holdout', an option of byol eval knn and byol eval "
      "linear; see byol embed --help"),
     (["eval", "knn", "x.pt", "--seed", "3"], "(did you mean --train.seed=...?); see byol eval knn --help"),
+    # (a mutation audit: the branches below were untested) a checkpoint with no suffix, but in a folder, after --k;
+    # a folder given to --resume; embed without its --out
+    (["eval", "knn", "x.pt", "--k", "20", "runs/last"], "got 'runs/last': --k takes every value after it, so give "
+     "the checkpoint before --k"),
+    (["pretrain", "--resume=runs/c10"], "argument --resume: takes no value, or auto (continue if there is a "
+     "checkpoint), got 'runs/c10'; the run's folder is --train.out_dir=..."),
+    (["embed", "x.pt"], "the following arguments are required: --out"),
 ])
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
     _, line = main_error(capsys, *args)

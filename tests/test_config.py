@@ -110,6 +110,11 @@ def test_overrides_are_typed():
     assert c.data.download is True and c.data.limit is None and c.train.max_steps == 7
 
 
+def test_an_override_s_value_may_hold_an_equals_sign():
+    """A sweep's folder such as runs/lr=0.4 (a mutation audit: split at the last '=', it was an unknown key)."""
+    assert load_config("cifar10", ["--train.out_dir=runs/lr=0.4"]).train.out_dir == "runs/lr=0.4"
+
+
 @pytest.mark.parametrize("override, message", [
     ("--train.epoch=3", r"^unknown config key 'train.epoch' \(did you mean train.epochs\?\); train has epochs, "),
     ("--trian.epochs=3", r"^unknown config key 'trian.epochs' \(did you mean train.epochs\?\); keys look like "),
@@ -505,6 +510,9 @@ def test_resume_notes_write_settings_as_the_command_line_does():
     assert changed_settings({"train": {"max_steps": 3, "progress": True}},
                             {"train": {"max_steps": None, "progress": False}}) == [
         "train.max_steps 3 -> null", "train.progress true -> false"]
+    # a setting the saved config lacks (an older version's, before the key was added) is none that changed (a
+    # mutation audit: read as null, it was said to have changed from null)
+    assert changed_settings({"train": {"epochs": 3}}, {"train": {"epochs": 3, "progress": "auto"}}) == []
 
 
 def test_an_optimizer_name_is_read_in_any_case_and_kept_in_lower_case_and_save_interval_s_takes_inf(tmp_path):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from byol.config import ConfigError
 from byol.error_lines import _decoding_process_died, quiet_storage_errors_of_threads, say
 
 
@@ -75,3 +76,18 @@ def test_an_allocation_torch_reports_as_a_plain_runtime_error_is_a_batch_too_big
     assert say(RuntimeError(torch_says)) == 2
     assert capsys.readouterr().err.startswith("byol: error: the batch does not fit in memory; lower train.batch_size")
     assert say(RuntimeError("a bug of byol's")) is None
+
+
+@pytest.mark.parametrize("rank", ["", "worker-3"])
+def test_a_rank_variable_that_is_no_number_is_rank_0_not_a_traceback(monkeypatch, capsys, rank):
+    """RANK set by something other than torchrun (a mutation audit: its ValueError's branch was untested): the
+    error is still said, as by rank 0."""
+    monkeypatch.setenv("RANK", rank)
+    assert say(ConfigError("train.epochs must be >= 1")) == 2
+    assert capsys.readouterr().err == "byol: error: train.epochs must be >= 1\n"
+
+
+def test_python_s_memory_error_is_a_batch_too_big(capsys):
+    """Python's MemoryError (NumPy's allocations raise it, not torch's RuntimeError; a mutation audit: untested)."""
+    assert say(MemoryError()) == 2
+    assert capsys.readouterr().err.startswith("byol: error: the batch does not fit in memory; lower train.batch_size")

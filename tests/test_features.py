@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import byol.progress
 from byol.features import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, _Rows, center_crop, extract_features
+from byol.progress import LogLines, shown
 
 
 def encoder():
@@ -223,8 +225,6 @@ def test_note_lines_say_the_rate_and_the_time_left_for_what_is_left(monkeypatch,
     after the first 5 s apart rather than 30, survived. 30 of 100 images in 10 s, then 40 in 40 s: 1 img/s, and
     60 images left, a minute, on a clock the test moves; and a pass too short for a line
     says nothing at its end either (a survivor too)."""
-    import byol.progress
-    from byol.progress import LogLines, shown
     now = [1000.0]
     monkeypatch.setattr(byol.progress.time, "monotonic", lambda: now[0])
     with shown(LogLines("test features"), 100, "img", "features") as bar:
@@ -241,6 +241,19 @@ def test_note_lines_say_the_rate_and_the_time_left_for_what_is_left(monkeypatch,
         now[0] += 4.0
         bar.update(100)
     assert capsys.readouterr().err == ""
+
+
+def test_note_lines_of_a_pass_stopped_by_ctrl_c_say_where_it_stopped(monkeypatch, capsys):
+    """A KeyboardInterrupt (Ctrl-C), no Exception, cuts a pass short too (a mutation audit: caught as Exception,
+    the log said "40 images in 10 s", as if the pass were whole)."""
+    now = [1000.0]
+    monkeypatch.setattr(byol.progress.time, "monotonic", lambda: now[0])
+    with pytest.raises(KeyboardInterrupt):
+        with shown(LogLines("test features"), 100, "img", "features") as bar:
+            now[0] += 10.0
+            bar.update(40)
+            raise KeyboardInterrupt
+    assert capsys.readouterr().err.splitlines()[-1] == "note: test features: stopped after 40 of 100 images, 10 s"
 
 
 def test_the_pretraining_bar_counts_images_from_where_the_run_stands():

@@ -31,6 +31,7 @@ from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
 from byol.config import Config, ConfigError, load_config, yaml_word
+from byol.reporting import Clock, NonFiniteLossError, Report, epoch_line
 from byol.resume import changed_settings, resume_config
 from byol.metrics import read_metrics
 from byol.optim import build_optimizer
@@ -340,7 +341,6 @@ def test_a_run_trains_without_its_bar_where_the_environment_disables_tqdm(tmp_pa
 
 def test_the_progress_bar_shows_the_epoch_counted_from_1_of_the_run_s_epochs(tmp_path, monkeypatch):
     """As the checkpoints count them (epoch_0001.pt): the bar said epoch=0 through the first epoch."""
-    from byol.reporting import Clock, Report
     ticks = iter(range(10**6))
     monkeypatch.setattr(byol.reporting, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     record = {"train/loss": 1.0, "monitor/z_std": 0.3, "monitor/effective_rank": 8.0, "train/nonfinite_streak": 0}
@@ -358,7 +358,6 @@ def test_the_collapse_warning_compares_the_std_with_one_over_sqrt_of_the_project
     """A mutation audit: the batch size passed as the width survived every test (test_collapse's batch of 64
     is as wide as its projections). A normalized std of 0.01 is collapse for projections 16 wide (healthy
     about 1/sqrt(16) = 0.25) and not for 256 wide ones (0.0625), whatever the batch."""
-    from byol.reporting import Clock, Report
 
     def warnings_of(batch, width):
         record = {"train/loss": 1.0, "monitor/z_std": 0.01, "monitor/effective_rank": 8.0,
@@ -576,7 +575,6 @@ def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
     (sys.last_traceback), held the loader, so they lived on after the error."""
     import multiprocessing
     from conftest import extract_jpegs
-    from byol.reporting import NonFiniteLossError
     root = extract_jpegs(tmp_path / "images", per_class=3)  # 30 files
     config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
         "data.limit": "null", "train.batch_size": 8, "train.knn_every": -1, "data.workers": 2, "optim.name": "sgd",
@@ -592,7 +590,6 @@ def test_a_failed_run_on_a_folder_stops_its_decoding_processes(tmp_path):
 def test_a_run_that_fails_before_its_first_checkpoint_still_gets_its_plots(tmp_path, cifar10_root):
     """A user test: a diverged run left metrics.jsonl and TensorBoard but no plots, which are drawn
     with each checkpoint: when one most wants to look."""
-    from byol.reporting import NonFiniteLossError
     run = tmp_path / "run"
     config = load_config("cifar10", tiny_overrides(run, **{
         "train.knn_every": -1, "optim.name": "sgd", "optim.lr": 1e30, "train.max_nonfinite": 1, "train.log_every": 1,
@@ -848,7 +845,6 @@ def test_a_run_that_fails_after_its_first_step_closes_its_tensorboard_writer(tmp
     """Its writer thread ran on after the error, one more for each failed run in a notebook's process
     (and the events of its last steps waited for the writer's next flush)."""
     import threading
-    from byol.reporting import NonFiniteLossError
     overrides = tiny_overrides(tmp_path / "run", **{"train.max_steps": 8, "train.knn_every": -1, "optim.name": "sgd",
                                                     "optim.lr": 1e30, "train.max_nonfinite": 1, "train.log_every": 1,
                                                     "train.precision": "fp32"})
@@ -1995,18 +1991,54 @@ def test_a_resumed_run_s_line_reckons_its_throughput_from_the_step_it_resumed_at
     """A mutation audit: the rate counted from step 0 rather than from this start's first step survived (the line
     tests start at 0). Resumed at step 4, at step 6 after 2 s of training: 1 step/s, 16 img/s; 3 s in all with a
     pause (a kNN evaluation, a checkpoint): 2 steps left at 1.5 s each."""
-    from byol.reporting import epoch_line
     report = types.SimpleNamespace(steps_per_epoch=4, epochs=2, last_step=6,
                                    clock=types.SimpleNamespace(training_s=lambda: 2.0, run_s=lambda: 3.0))
     line = epoch_line(6, 8, report, first_step=4, batch_size=16, loss=1.5)
     assert line == "epoch 2/2 (step 6/8), loss 1.5000, 16.0 img/s, about 0:00:03 left"
+    # at an epoch's last step, that epoch (a mutation audit: the next one, step // steps_per_epoch + 1, survived)
+    assert epoch_line(8, 8, report, first_step=4, batch_size=16, loss=1.5).startswith("epoch 2/2 (step 8/8), loss "
+                                                                                     "1.5000 (step 6), 32.0 img/s")
+
+
+def test_a_resumed_run_s_time_goes_on_from_the_checkpoint_s():
+    """time_s in metrics.jsonl counts on from the seconds the checkpoint had run (a mutation audit: counted from 0
+    again, the curves against time restarted at each resume, and no test failed)."""
+    assert 100.0 <= Clock(torch.device("cpu"), None, resumed_s=100.0).time_s() < 110.0
+
+
+def test_the_training_time_leaves_out_what_ran_paused_and_the_run_s_time_does_not(monkeypatch):
+    """The epoch line's img/s is reckoned on training time (a mutation audit: a pause for a kNN evaluation or a
+    checkpoint counted in it survived). 10 s since the start, 3 of them paused."""
+    now = [0.0]
+    monkeypatch.setattr(byol.reporting, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    clock = Clock(torch.device("cpu"), None)
+    now[0] = 1.0
+    with clock.paused():
+        now[0] = 4.0
+    now[0] = 10.0
+    assert (clock.training_s(), clock.run_s()) == (7.0, 10.0)
+
+
+def test_each_report_logs_one_record_with_its_place_and_throughput(tmp_path):
+    """One record a report (a mutation audit: each written twice into metrics.jsonl survived every test), with
+    its epoch, time and the images a second of its interval: 2 steps of 16 images in 4 s."""
+    record = {"train/loss": 1.0, "monitor/z_std": 0.3, "monitor/effective_rank": 8.0, "train/nonfinite_streak": 0}
+    clock = types.SimpleNamespace(lap=lambda: (4.0, 1.0), time_s=lambda: 9.5, device=torch.device("cpu"))
+    logged = []
+    log = types.SimpleNamespace(log=lambda step, **fields: logged.append((step, fields)), text=None)
+    loop_step = types.SimpleNamespace(read=lambda z1: dict(record), amp=None)
+    report = Report(loop_step, log, None, None, clock, 16, 3, tmp_path / "last.pt", 0, steps_per_epoch=4, epochs=1)
+    report(2, torch.zeros(16, 8))
+    report(4, torch.zeros(16, 8))
+    assert [step for step, _ in logged] == [2, 4]
+    assert {k: logged[0][1][k] for k in ("epoch", "time_s", "train/images_per_s", "train/data_wait")} == {
+        "epoch": 0.5, "time_s": 9.5, "train/images_per_s": 8.0, "train/data_wait": 0.25}
 
 
 def test_the_data_wait_note_leaves_out_the_first_interval_s_start_up(tmp_path, capsys):
     """A mutation audit: counting the first report's interval (the loaders' start-up, 9 s of 10 waited here) in the
     share of time waited survived. Two intervals after it without a wait: no note."""
     from byol.config import Config
-    from byol.reporting import Report
     record = {"train/loss": 1.0, "monitor/z_std": 0.3, "monitor/effective_rank": 8.0, "train/nonfinite_streak": 0}
     laps = iter([(10.0, 9.0), (10.0, 0.0), (10.0, 0.0)])
     clock = types.SimpleNamespace(lap=lambda: next(laps), device=torch.device("cpu"))
