@@ -191,7 +191,7 @@ def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
         images = np.concatenate(arrays)
         each = [np.asarray(p[label_key], np.int64) for p in parts]
         labels = np.concatenate(each)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:  # (TypeError: labels of None or a dict, a mutation audit)
         raise DataError(f"the {name} files in {folder} lack data or {label_key} ({e}); "
                         f"download them again") from e
     for f, a, y in zip(files[split], arrays, each):  # file by file: a label too many in one and one too few in

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from byol.data import DataError, ImageSet, TensorBatches, data_home
+from byol.decoding_processes import _shared_memory_full
 from byol.datasets import build_dataset, load_cifar, load_stl10
 from byol.folder import ImageFolder, Skipped, class_names, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
@@ -160,6 +161,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     (np.zeros((2, 32, 32, 3), np.uint8), r"shape \(2, 32, 32, 3\), not CIFAR's \(N, 3072\) rows"),  # torchvision's .data
     (np.full((2, 3072), 0.5, np.float32), "float32 data, not CIFAR's whole numbers 0..255"),
     (np.full((2, 3072), 256, np.int64), "int64 data, not CIFAR's whole numbers 0..255"),
+    (np.zeros((2, 1024), np.uint8), r"shape \(2, 1024\), not CIFAR's \(N, 3072\) rows"),  # one gray plane an image
+    (np.arange(2 * 3072).reshape(2, 3072) % 256 - 1, "int64 data, not CIFAR's whole numbers"),  # -1: not 255
 ])
 def test_python_layout_data_not_in_cifars_rows_of_bytes_is_refused_not_read_scrambled(tmp_path, data, says):
     _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": data, b"labels": [0, 1]})
@@ -188,6 +191,28 @@ def test_python_layout_labels_out_of_line_with_one_file_s_images_are_refused(tmp
                       {b"data": np.full((2, 3072), i, np.uint8), b"labels": labels})
     with pytest.raises(DataError, match="data_batch_1 holds 2 images but 3 labels"):
         load_cifar(tmp_path, "cifar10", "train")
+
+
+def test_python_layout_labels_below_0_or_not_numbers_are_refused(tmp_path):
+    """A mutation audit: a label of -1 (byol's "unlabeled") loaded as it was, and labels written as class names
+    were a ValueError's traceback, both without a failing test; labels of None or a dict were a TypeError's."""
+    for labels, says in (([-1, 0], "have labels outside 0..9: they are damaged"),
+                         (["cat", "dog"], r"lack data or labels \(invalid literal"),
+                         (None, r"lack data or labels \(int\(\) argument"), ({0: 1}, "lack data or labels")):
+        _write_pickle(tmp_path / "cifar-10-batches-py" / "test_batch", {b"data": np.zeros((2, 3072), np.uint8),
+                                                                        b"labels": labels})
+        with pytest.raises(DataError, match=says):
+            load_cifar(tmp_path, "cifar10", "test")
+
+
+def test_class_names_of_a_python_3_pickle_are_its_bytes_decoded(tmp_path):
+    """The official meta files are Python 2's (names read as str); one written by Python 3 holds bytes, which
+    were named "b'airplane'" in embed's classes file had they gone through str() (a mutation audit)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 9]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [c.encode() for c in CIFAR10_CLASSES]}))
+    assert load_cifar(tmp_path, "cifar10", "test").classes == CIFAR10_CLASSES
 
 
 def test_a_python_layout_file_without_its_data_or_labels_is_refused(tmp_path):
@@ -245,8 +270,8 @@ def test_a_file_cut_short_at_a_whole_image_is_said_not_read_as_a_smaller_set(tmp
         _write_pickle(python / f"data_batch_{b}", {b"data": np.zeros((9 if b == 3 else 10, 3072), np.uint8),
                                                    b"labels": [0] * (9 if b == 3 else 10)})
     assert len(load_cifar(tmp_path, "cifar10", "train")) == 49
-    assert f"note: in {python}, data_batch_3 holds 9 images, where the official cifar10 train files hold 10 each" \
-        in capsys.readouterr().err
+    assert f"note: in {python}, data_batch_3 holds 9 images, where the official cifar10 train files hold 10 each: " \
+        "a file cut short at a whole image" in capsys.readouterr().err
     stl = tmp_path / "stl10_binary"
     stl.mkdir()
     np.zeros((29, 3, 96, 96), np.uint8).tofile(stl / "unlabeled_X.bin")
@@ -326,9 +351,10 @@ def test_stl10_images_and_labels_of_different_counts_name_both_files(tmp_path):
     np.array([1, 2, 3], np.uint8).tofile(folder / "train_y.bin")
     with pytest.raises(DataError, match=r"train_X.bin holds 2 images but train_y.bin 3 labels: one of them is cut"):
         load_stl10(tmp_path, "train")
-    np.array([0, 2], np.uint8).tofile(folder / "train_y.bin")  # 0..9, as some conversions write them
-    with pytest.raises(DataError, match=r"train_y.bin holds labels outside 1..10, not STL-10's"):
-        load_stl10(tmp_path, "train")
+    for y in ([0, 2], [1, 11]):  # 0..9, as some conversions write them; 11, past the last class
+        np.array(y, np.uint8).tofile(folder / "train_y.bin")
+        with pytest.raises(DataError, match=r"train_y.bin holds labels outside 1..10, not STL-10's"):
+            load_stl10(tmp_path, "train")
 
 
 # ----------------------------------------------------------------------------------- missing / download
@@ -351,6 +377,11 @@ def test_missing_files_name_the_ones_lacking_beside_those_there(tmp_path):
         np.zeros((1, 3073), np.uint8).tofile(cifar / f"data_batch_{i}.bin")
     with pytest.raises(DataError, match=re.escape(f"({cifar} lacks data_batch_3.bin)")):
         load_cifar(tmp_path, "cifar10", "train")
+    python = tmp_path / "py" / "cifar-10-batches-py"  # the python layout, where no binary file is there
+    for i in (1, 2, 4, 5):
+        _write_pickle(python / f"data_batch_{i}", {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
+    with pytest.raises(DataError, match=re.escape(f"({python} lacks data_batch_3)")):
+        load_cifar(tmp_path / "py", "cifar10", "train")
     with pytest.raises(DataError) as e:  # none of a split's files there: the files expected say it
         load_cifar(tmp_path, "cifar10", "test")
     assert "lacks" not in str(e.value)
@@ -435,6 +466,13 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="stl10_binary.tar.gz"):
         load_stl10(tmp_path, "train", download=True)
     assert tmp_path.is_dir()  # one that was there stays
+
+    def corrupted(url, download_root, **kwargs):  # torchvision's error for an archive whose md5 differs
+        raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", corrupted)
+    with pytest.raises(DataError, match=r"could not download \S+cifar-10-python.tar.gz into \S+ \(File not found "):
+        load_cifar(tmp_path / "data", "cifar10", "test", download=True)
 
 
 def test_download_then_load(tmp_path, monkeypatch):
@@ -689,6 +727,9 @@ def test_labeled_folders_spread_a_limit_over_every_class_and_shares_split_them(t
     for share in shares:
         assert torch.equal(share.images, whole.images[share.indices])
         assert torch.equal(share.labels, whole.labels[share.indices])
+    # The share's bad file is the folder's, which skipped_files.txt and the notes list (a mutation audit:
+    # leaving it in the share's own copy passed every test).
+    assert list(folder.bad_files) == [folder.path(7)]
     # Fewer files than processes, or a share of bad files only: an empty share, not an error
     # (one process alone gets the error: nothing to monitor with).
     assert [len(load_folder_share(folder.subset(torch.tensor([0])), rank, 2)) for rank in range(2)] == [1, 0]
@@ -807,6 +848,20 @@ def test_a_resume_of_a_moved_folder_reads_its_skipped_files_back_at_their_new_pl
     same = ImageFolder(tmp_path / "new" / "imagenet" / "train", size=8)
     same.read_skipped(tmp_path / "skipped_files.txt", moved=(str(old / "train"), str(old / "train")))
     assert sorted(same.bad_files) == [str(old / "train" / "cat" / "a.png"), str(old / "val" / "cat" / "b.png")]
+
+
+def test_a_resume_on_root_train_after_root_lists_the_bad_images_where_they_are(tmp_path):
+    """A run on ROOT resumed with --data.root=ROOT/train (not moved: the same files) read ROOT/train/x as
+    ROOT/train/train/x, a file that never was, had the place it moved to not been checked (a mutation audit)."""
+    (tmp_path / "root" / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "root" / "train" / "cat" / "ok.png")
+    bad = tmp_path / "root" / "train" / "cat" / "a.png"
+    bad.touch()
+    (tmp_path / "skipped_files.txt").write_text(f"{bad}\tempty file\n")
+    folder = ImageFolder(tmp_path / "root" / "train", size=8)
+    root = tmp_path / "root"
+    folder.read_skipped(tmp_path / "skipped_files.txt", moved=(str(root), str(root / "train")))
+    assert list(folder.bad_files) == [str(bad)]
 
 
 def test_a_class_folder_named_train_is_a_class_not_the_train_split(tmp_path):
@@ -1288,9 +1343,11 @@ def test_a_folder_of_images_read_as_cifar_or_stl10_gets_a_hint(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "cats" / "a.png")
     (tmp_path / "layout" / "train" / "cats").mkdir(parents=True)  # ROOT/train/<class>: two levels down
     Image.new("RGB", (8, 8)).save(tmp_path / "layout" / "train" / "cats" / "a.png")
+    (tmp_path / "camera").mkdir()  # a camera's names: IMG_0001.JPG
+    Image.new("RGB", (8, 8)).save(tmp_path / "camera" / "IMG_0001.JPG", format="JPEG")
     (tmp_path / "empty").mkdir()
     for load in (lambda root: load_cifar(root, "cifar10", "train"), lambda root: load_stl10(root, "train")):
-        for images in ("images", "layout"):
+        for images in ("images", "layout", "camera"):
             with pytest.raises(DataError, match="it holds image files: .* set --data.dataset=folder$"):
                 load(tmp_path / images)  # and nothing after it: no advice to put CIFAR's files there
         with pytest.raises(DataError) as error:
@@ -1456,8 +1513,18 @@ def test_a_read_only_dev_shm_is_named_when_decoding_processes_cannot_start():
     """A user test with /dev/shm mounted read-only: the sentence said "Read-only file system", not where."""
     import errno
     from byol.decoding_processes import _not_started
-    said = _not_started(2, OSError(errno.EROFS, "Read-only file system"))
-    assert "/dev/shm" in said and "data.workers (0: decode in this process)" in said, said
+    for e in (OSError(errno.EROFS, "Read-only file system"), OSError(errno.EACCES, "Permission denied")):
+        said = _not_started(2, e)  # (a mutation audit: a /dev/shm the user may not write was not named)
+        assert "/dev/shm" in said and "data.workers (0: decode in this process)" in said, said
+
+
+def test_only_torch_s_error_for_a_full_dev_shm_is_taken_for_one():
+    """A mutation audit: taking any decoding process's error for a full /dev/shm survived every test, and a
+    process killed mid-pass would have been said to want more shared memory."""
+    full = "DataLoader worker (pid 12) ... unable to allocate shared memory(shm) for file </torch_1>: No space left"
+    assert _shared_memory_full(RuntimeError(full))
+    assert not _shared_memory_full(RuntimeError("DataLoader worker (pid(s) 12) exited unexpectedly"))
+    assert not _shared_memory_full(OSError(full))
 
 
 def test_a_main_process_gone_mid_handover_leaves_no_traceback_from_a_decoding_process():

@@ -1,4 +1,5 @@
 import copy
+import warnings
 from itertools import chain
 
 import pytest
@@ -345,14 +346,22 @@ def test_two_views_are_refused_as_pixels_the_network_would_take_as_they_are():
 
 @pytest.mark.parametrize("setting, value", [("moving_average_decay", 1.5), ("moving_average_decay", -1),
                                             ("moving_average_decay", "0.99"), ("projection_size", 0),
-                                            ("projection_hidden_size", 2.5), ("total_steps", 0), ("feature_dim", 0),
-                                            ("feature_dim", True), ("feature_dim", -5), ("feature_dim", "576")])
+                                            ("projection_size", None), ("projection_hidden_size", 2.5),
+                                            ("total_steps", 0), ("feature_dim", 0), ("feature_dim", True),
+                                            ("feature_dim", -5), ("feature_dim", "576")])
 def test_settings_that_build_a_broken_learner_fail_at_construction(setting, value):
     """A user test: tau 1.5 extrapolated the target away from the online network, and projection_size=0
     built empty layers, both silently; feature_dim=0 was taken as None and True as 1 (another one)."""
     settings = {"feature_dim": 64, setting: value}
     with pytest.raises(ValueError, match=f"{setting}.* but got {value!r}"):
         BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, **settings)
+
+
+@pytest.mark.parametrize("tau", [0, 0.0, 1.0])
+def test_the_ends_of_the_moving_average_decay_are_taken(tau):
+    """tau 0 (the target is the online network: the paper's ablation, table 5a) and 1 (a fixed target) are
+    settings, not mistakes (a mutation audit: refusing tau 0 passed every test)."""
+    BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, feature_dim=64, moving_average_decay=tau)
 
 
 def test_normalized_or_random_float_images_warn_once_and_train(recwarn):
@@ -834,7 +843,9 @@ def test_floats_a_resize_took_a_little_above_1_are_taken_and_one_channel_is_refu
     pixels; a one-channel batch is refused in one sentence (a mutation audit: both survived every test)."""
     _, model = small_byol(augment_fn=None, augment_fn2=None)  # the paper's views
     images = torch.rand(4, 3, 32, 32) * 1.1 - 0.05  # -0.05 to 1.05
-    assert torch.isfinite(model(images))
+    with warnings.catch_warnings():  # nor warned of as normalized (a mutation audit: a warning below 0 survived)
+        warnings.filterwarnings("error", message="float images should be in")
+        assert torch.isfinite(model(images))
     _, model = small_byol(augment_fn=None, augment_fn2=None)
     with pytest.raises(ValueError, match="divide it by 255"):
         model(images * 2.5)  # 2.6 at most: 0..255 pixels of a dark image, say
