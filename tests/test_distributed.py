@@ -363,6 +363,7 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 
 from byol.distributed import gather_rows
+from byol.features import extract_features, extract_features_sharded
 
 
 def run(rank, store):
@@ -370,6 +371,9 @@ def run(rank, store):
     indices = torch.arange(rank, 5, 2)  # rank 0 holds 3 of the 5 rows, rank 1 two (eval --limit 5, say)
     out = gather_rows(indices.float().view(-1, 1) * 10, indices, 5, torch.device("cpu"))
     assert out.flatten().tolist() == [0.0, 10.0, 20.0, 30.0, 40.0], out
+    images = torch.arange(5 * 3 * 2 * 2, dtype=torch.uint8).view(5, 3, 2, 2)  # the kNN monitor's split of 5, say
+    features = extract_features_sharded(torch.nn.Flatten(), images, torch.device("cpu"))
+    assert torch.equal(features, extract_features(torch.nn.Flatten(), images)), features
     td.destroy_process_group()
 
 
@@ -380,7 +384,9 @@ if __name__ == "__main__":
 
 def test_rows_the_ranks_hold_unevenly_are_gathered_in_order(tmp_path):
     """5 rows over 2 processes: every rank gets all 5, each at its index (a mutation audit: the ranks' common
-    size rounded down, which fails as soon as a rank holds more, survived; the tests' splits were even)."""
+    size rounded down, which fails as soon as a rank holds more, survived; the tests' splits were even). The
+    images' features too, as extract_features_sharded gathers them (a mutation audit: a rank's share that left
+    out the last image, its row then zeros, survived every test)."""
     script = tmp_path / "gather.py"
     script.write_text(GATHER)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,

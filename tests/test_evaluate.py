@@ -409,3 +409,38 @@ def test_the_fewest_train_rows_each_evaluation_needs_are_enough():
     assert linear_probe(two, labels, two, labels, epochs=5)["top1"] == 100.0
     with pytest.raises(ValueError, match="the train split needs at least 2 rows, got 1"):
         linear_probe(two[:1], labels[:1], two, labels)
+
+
+def test_knn_accuracy_votes_with_exactly_k_neighbours_for_each_k():
+    """A mutation audit: knn_accuracy voting with k + 1 neighbours for every k but the largest survived. At a
+    temperature of 100 the votes are near-equal: the 2 nearest of the query (classes 0, 1) pick class 0 (the
+    nearer), the 3 nearest (0, 1, 1) class 1."""
+    assert knn_accuracy(TRAIN, LABELS, QUERY, torch.tensor([0]), ks=(2, 3), temperature=100.0) == {2: 100.0, 3: 0.0}
+
+
+def test_knn_under_a_callers_bf16_autocast_is_the_float32_knn():
+    """A mutation audit: the kNN without its autocast guard survived. A caller's bf16 autocast (the training
+    loop's kNN monitor, a notebook) would make the similarities bf16: other neighbours, and a RuntimeError where
+    their weights are added into the float32 scores."""
+    x, y, q, qy = random_split(n_train=200, n_test=50, d=16)
+    scores, acc = knn_classify(x, y, q, k=20), knn_accuracy(x, y, q, qy, ks=(1, 20))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(knn_classify(x, y, q, k=20), scores)
+        assert knn_accuracy(x, y, q, qy, ks=(1, 20)) == acc
+
+
+def test_linear_probe_takes_a_feature_that_never_varies():
+    """A mutation audit: standardizing by the std alone (no epsilon) survived. A ReLU encoder's features often
+    hold a unit that is 0 for every image (a dead unit): 0 / 0 made every logit NaN."""
+    x, y = separable(200)
+    xt, yt = separable(100, seed=1)
+    x[:, 10], xt[:, 10] = 0.0, 0.0
+    result = linear_probe(x, y, xt, yt, epochs=5)
+    assert result["top1"] > 99 and math.isfinite(result["train_loss"])
+
+
+def test_linear_probe_seed_sets_the_shuffling():
+    """A mutation audit: a seed the probe ignored survived (eval linear reports the seed it ran with)."""
+    x, y, xt, yt = random_split(n_train=100, n_test=20, d=8, c=3)
+    losses = {linear_probe(x, y, xt, yt, epochs=2, batch_size=16, seed=seed)["train_loss"] for seed in (0, 1, 0)}
+    assert len(losses) == 2

@@ -219,13 +219,15 @@ def test_every_plot_names_its_run_and_marks_where_the_collapse_monitor_warned(tm
     run.mkdir()
     write_metrics(run / "metrics.jsonl", [{"step": s, "train/loss": loss, "eval/knn_top1_k200": 20.0 + s}
                                           for s, loss in [(5, 1.0), (10, 0.1), (15, 0.01)]])
-    (run / "warnings.txt").write_text("step 10: representation collapse: the std of ...\nstep 12: something else\n")
+    # (a mutation audit: the monitor's other warning, of no learning signal, left unmarked survived)
+    (run / "warnings.txt").write_text("step 10: representation collapse: the std of ...\nstep 12: something else\n"
+                                      "step 15: no learning signal: the loss is exactly 4.0 ...\n")
     plot_metrics(run / "metrics.jsonl")
     for name in ("loss.png", "knn.png"):
         (ax,) = drawn[name].axes
         assert ax.get_title().endswith("\nrun: runA"), ax.get_title()
         marks = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
-        assert [list(line.get_xdata()) for line in marks] == [[10, 10]]
+        assert [list(line.get_xdata()) for line in marks] == [[10, 10], [15, 15]]
         assert "collapse warned here" in [t.get_text() for t in ax.get_legend().texts]
     (run / "warnings.txt").unlink()  # a run that never warned: no mark
     plot_metrics(run / "metrics.jsonl")
