@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from byol.backbones import cut_at, feature_dim, resnet, strided_over_one_pixel
+from byol.backbones import cut_at, feature_dim, feature_width, resnet, strided_over_one_pixel
 
 
 @pytest.mark.parametrize("name, width, dim", [("resnet18", 64, 512), ("resnet34", 16, 128), ("resnet50", 16, 512),
@@ -231,3 +231,26 @@ def test_a_hooked_hidden_layer_that_does_not_run_is_said_by_name():
         cut(torch.randn(2, 4))
     with pytest.warns(UserWarning, match="symbolic tracing could not cut"):
         assert cut_at(Branchy(), "a")(torch.randn(2, 4)).shape == (2, 4)
+
+
+class _Gated(nn.Module):
+    """A network whose forward reads values (cannot run on the meta device), with BatchNorm statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return x.flatten(1) if x.abs().sum() >= 0 else x.mean((2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_width_of_a_network_run_on_blank_images_leaves_its_batchnorm_statistics_and_gives_its_dtype(dtype):
+    """A mutation audit: the blank images that measure a network the meta device cannot run through in training
+    mode (its BatchNorm running statistics then learned blank images, for a learner built on it), or the width
+    said in float32 whatever the network's dtype, each survived every test."""
+    net = _Gated().to(dtype).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert feature_width(net, 8, torch.device("cpu"), dtype) == (4 * 6 * 6, dtype)
+    assert net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

@@ -1,8 +1,10 @@
 """What a config builds: its schedules' lengths and its view recipes."""
 
 import pytest
+import torch
+from torch import nn
 
-from byol.build import end_step_of, schedule_of, views_of
+from byol.build import build_model, end_step_of, schedule_of, views_of
 from byol.config import load_config
 from byol.reporting import note_no_augmentation
 
@@ -54,3 +56,21 @@ def test_no_augmentation_with_blur_or_solarization_given_says_what_makes_the_vie
     note_no_augmentation(load_config("cifar10", ["--augment.preset=none", "--augment.view1_blur_p=0.5",
                                                  "--augment.view2_solarize_p=0.2"]))
     assert "differ only by the blur and solarization given (no flip or colour change)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("heads", [{}, {"model.use_predictor": "false", "model.concat_views": "true"}])
+def test_the_model_of_a_config_is_its_resnet_cut_at_the_average_pool_with_the_config_s_heads_views_and_tau(heads):
+    """A mutation audit: build_model cutting the ResNet at layer4 (a representation 16 times as wide), swapping the
+    projector's output and hidden widths, giving view 2 view 1's recipe, or leaving out train.tau_base,
+    model.use_predictor or model.concat_views each survived every test of this module."""
+    settings = {"model.projection_size": 24, "model.projection_hidden_size": 40, "train.tau_base": 0.95, **heads}
+    config = load_config("cifar10-cpu", [f"--{k}={v}" for k, v in settings.items()])
+    byol = build_model(config)
+    size = config.data.image_size
+    assert byol.encoder(torch.zeros(2, 3, size, size)).shape == (2, 8 * config.model.width)  # resnet18's avgpool
+    widths = [(m.in_features, m.out_features) for m in byol.online.projector.modules() if isinstance(m, nn.Linear)]
+    assert widths == [(8 * config.model.width, 40), (40, 24)]
+    assert (byol.augment_fn.config, byol.augment_fn2.config) == views_of(config)
+    assert byol.augment_fn.config != byol.augment_fn2.config  # (the paper's views differ: blur and solarization)
+    assert byol.moving_average_decay == 0.95
+    assert isinstance(byol.predictor, nn.Identity) == bool(heads) and byol.concat_views == bool(heads)

@@ -1,8 +1,12 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from byol.backbones import resnet
+from byol.build import build_model
 from byol.checkpoint import CheckpointError
+from byol.config import load_config
 from byol.encoders import load_encoder
 
 
@@ -220,3 +224,44 @@ def test_a_file_that_holds_no_dict_is_said_as_what_it_holds(tmp_path):
         with pytest.raises(CheckpointError, match=rf"^\S*{name} holds neither a byol checkpoint nor an encoder "
                                                   rf"state_dict \(it holds a {said}\)$"):
             load_encoder(tmp_path / name)
+
+
+def test_a_bare_state_dict_is_read_as_an_eval_mode_trunk_whatever_its_classifier_leaving_the_caller_s_rng(tmp_path):
+    """A mutation audit: the encoder returned with its classifier (1000 logits, not the pooled features), in
+    training mode, or its network built from the caller's random number generator each survived every test of
+    this module. A classifier of another width (10 classes) is not the encoder's, and does not stop it loading."""
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    net.fc = torch.nn.Linear(64, 10)  # a classifier fine-tuned on CIFAR-10: not the encoder, not loaded
+    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    for random_init in (False, True):
+        before = torch.get_rng_state()
+        loaded = load_encoder(tmp_path / "r18.pt", random_init=random_init)[0]
+        assert torch.equal(torch.get_rng_state(), before), random_init
+        assert not any(m.training for m in loaded.modules()), random_init
+        assert loaded(torch.rand(2, 3, 32, 32)).shape == (2, 64), random_init  # the pooled trunk's 8 x width
+
+
+def test_an_encoder_with_a_batchnorm_statistic_that_is_not_finite_is_refused(tmp_path):
+    """A mutation audit: checking the weights alone, not the BatchNorm statistics, survived every test; a run that
+    diverged may leave NaN in a running variance only, and eval and embed of it gave NaN features."""
+    state = resnet("resnet18", cifar_stem=True, width=8).state_dict()
+    state["layer2.0.bn1.running_var"][3] = float("nan")
+    torch.save(state, tmp_path / "diverged.pt")
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values in 1 of its tensors"):
+        load_encoder(tmp_path / "diverged.pt")
+
+
+def test_a_checkpoint_s_encoder_is_its_trained_online_encoder_not_the_target_or_the_initial_one(tmp_path):
+    """A mutation audit: load_encoder of a byol checkpoint giving the target's encoder, or the network as built
+    (the checkpoint's weights not loaded), each survived every test of this module and of eval's kNN."""
+    config = load_config("cifar10-cpu")
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        for p in model.online.encoder.parameters():  # trained: the online encoder is neither its start nor the target
+            p.normal_()
+    torch.save({"model": model.state_dict(), "config": asdict(config), "step": 3}, tmp_path / "last.pt")
+    loaded = load_encoder(tmp_path / "last.pt")[0].state_dict()
+    online = model.online.encoder.body.state_dict()
+    assert online and all(torch.equal(loaded[k], v) for k, v in online.items())

@@ -1987,6 +1987,18 @@ def test_a_run_s_initial_weights_and_each_process_s_augmentation_generator_are_s
     assert all(torch.equal(v, rebuilt[k]) for k, v in built[0][0].encoder.body.state_dict().items())
 
 
+@pytest.mark.parametrize("optim", ["lars", "adamw"])
+def test_a_run_s_optimizer_trains_the_online_network_and_the_predictor_and_not_the_target(optim):
+    """A mutation audit: build_run's optimizer given the online network alone survived every test: the predictor
+    then kept its initial weights (BYOL's asymmetry, the paper's table 5); the target is moved by EMA only."""
+    config = load_config("cifar10", tiny_overrides("unused", **{"optim.name": optim}))
+    byol_model, optimizer, _ = byol.run_setup.build_run(config, torch.device("cpu"), 0, 1, None, None)
+    optimized = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    trained = [id(p) for p in (*byol_model.online.parameters(), *byol_model.predictor.parameters())]
+    assert len(optimized) == len(set(optimized)) and set(optimized) == set(trained)
+    assert not set(optimized) & {id(p) for p in byol_model.target.parameters()}
+
+
 def test_a_resumed_run_s_line_reckons_its_throughput_from_the_step_it_resumed_at():
     """A mutation audit: the rate counted from step 0 rather than from this start's first step survived (the line
     tests start at 0). Resumed at step 4, at step 6 after 2 s of training: 1 step/s, 16 img/s; 3 s in all with a

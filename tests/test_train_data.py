@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from byol import train_data
+from byol.config import load_config
 from byol.precision import resolve_device
+from test_train import fake_cifar10
 
 
 def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_reads_the_test_split(
         monkeypatch, cifar10_root):
     """train.knn_holdout=N: the monitor's queries are N training images, the same for every seed,
     disjoint from its memory bank, which holds all the others; the test split is not read at all."""
-    from byol.config import load_config
     from byol.data import DataError
     from byol.datasets import build_dataset
 
@@ -47,7 +48,6 @@ def test_knn_holdout_monitors_on_training_images_kept_out_of_the_bank_and_never_
 
 def test_a_folder_decoded_below_the_training_size_is_said(tmp_path, capsys):
     """data.load_size below data.image_size scales every crop up: legal, but said."""
-    from byol.config import load_config
     from conftest import extract_jpegs
     root = extract_jpegs(tmp_path / "set", per_class=1)
     for load, said in ((16, True), (32, False), (40, False)):  # (32: not below; a mutation audit)
@@ -69,7 +69,6 @@ def test_folder_settings_given_for_cifar_or_stl10_are_said_not_to_be_used(tmp_pa
     """CIFAR and STL-10 are read at their own size, into memory: a load_size or a number of decoding
     processes given for them is said to be unused; without one, nothing is said."""
     import numpy as np
-    from byol.config import load_config
     (tmp_path / "cifar-10-batches-bin").mkdir()
     np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
     for overrides, expected in (([given], True), ([], False)):
@@ -83,7 +82,6 @@ def test_folder_settings_given_for_cifar_or_stl10_are_said_not_to_be_used(tmp_pa
 def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(tmp_path, capsys):
     """bus/ car/ train/: train/ is a class there (byol.folder.split_folder), which a note says; the
     train/ of a train/ + val/ layout is the split, without a note."""
-    from byol.config import load_config
     from PIL import Image
     for path in ("plain/bus/0.png", "plain/train/0.png", "layout/train/bus/0.png", "layout/train/bus/1.png",
                  "layout/val/bus/0.png"):
@@ -102,7 +100,6 @@ def test_a_train_split_that_is_not_there_is_refused_not_read_as_the_whole_folder
     """A user test: --data.train_split=trian trained on all of ROOT, its val/ too (which the kNN
     monitor then scored), exit 0. A split given that is not there is an error naming the folders;
     the default, train, still falls back to the whole of a plain folder."""
-    from byol.config import load_config
     from byol.data import DataError
     from PIL import Image
     for path in ("train/bus/0.png", "train/bus/1.png", "val/bus/0.png", "plain/bus/0.png", "plain/car/0.png"):
@@ -129,7 +126,6 @@ def test_under_torchrun_the_shares_of_a_folder_epoch_are_disjoint_and_no_file_is
     """A mutation audit: a DistributedSampler that pads the shares to equal length (drop_last=False) survived
     every test; with 5 files and 2 processes one file was trained twice an epoch, and each process had a
     step more than the whole shares make."""
-    from byol.config import load_config
     from PIL import Image
     for i in range(5):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
@@ -147,7 +143,6 @@ def test_under_torchrun_the_shares_of_a_folder_epoch_are_disjoint_and_no_file_is
 def test_cpu_0_is_the_cpu(tmp_path, capsys):
     """``--train.device=cpu:0`` trains where ``cpu`` does, without a note that the set stays in host
     memory and each batch is copied to cpu:0 (a user test saw that one)."""
-    from byol.config import load_config
     assert resolve_device("cpu:0") == torch.device("cpu") == resolve_device("cpu")
     (tmp_path / "cifar-10-batches-bin").mkdir()
     np.zeros((4, 3073), np.uint8).tofile(tmp_path / "cifar-10-batches-bin" / "test_batch.bin")
@@ -159,7 +154,6 @@ def test_cpu_0_is_the_cpu(tmp_path, capsys):
 def test_a_kNN_monitor_without_the_labeled_splits_says_how_to_turn_it_off(tmp_path):
     """A user test: pretraining on STL-10's unlabeled split alone, where the labeled ones are not, failed
     with "stl10 train files not found" and no word of the kNN monitor, which is what read them."""
-    from byol.config import load_config
     from byol.data import DataError
     folder = tmp_path / "stl10_binary"
     folder.mkdir()
@@ -179,8 +173,6 @@ def test_a_kNN_monitor_without_the_labeled_splits_says_how_to_turn_it_off(tmp_pa
 def test_cifar_training_images_are_read_once_and_are_the_kNN_monitor_bank(tmp_path, monkeypatch, overrides, reads):
     """The cifar10-cpu run read CIFAR-10's train split twice at every start, for training and for the kNN
     monitor's bank, and held it twice (150 MB). It is read once, and the bank is the training images' tensor."""
-    from test_train import fake_cifar10
-    from byol.config import load_config
     from byol.datasets import build_dataset
     read = []
 
@@ -217,7 +209,6 @@ def test_the_training_folder_is_scanned_once_and_is_the_kNN_monitor_bank(tmp_pat
     system). The bank is the training scan's, spread over every class, also where data.limit cuts the
     training set short."""
     from byol import folder as folder_module
-    from byol.config import load_config
     root, overrides = _train_and_val(tmp_path)
     listed, scan = [], folder_module.scan
 
@@ -237,7 +228,6 @@ def test_the_training_folder_is_scanned_once_and_is_the_kNN_monitor_bank(tmp_pat
 def test_a_val_folder_with_a_class_the_training_folder_lacks_turns_the_monitor_off_in_a_note(tmp_path, capsys):
     """The run trains on without a kNN monitor, saying why (coverage: the note was never said)."""
     import shutil
-    from byol.config import load_config
     root, overrides = _train_and_val(tmp_path)
     (root / "val" / "zebra").mkdir()
     shutil.copy(next((root / "val" / "cat").iterdir()), root / "val" / "zebra" / "z.jpg")
@@ -253,7 +243,6 @@ def test_decoding_the_kNN_monitor_images_says_how_far_it_is_where_it_takes_long(
     to decode on 2 cores, before the first step, with nothing said (as if the run hung)."""
     import re
     import byol.progress
-    from byol.config import load_config
     root, overrides = _train_and_val(tmp_path)
     config = load_config("cifar10", overrides)
     train_data.load_data(config, torch.device("cpu"), 0, 1)
@@ -280,7 +269,6 @@ def test_a_batch_the_processes_cannot_share_equally_is_refused():
 def test_the_notes_of_a_training_folder_the_knn_monitor_reads_too_are_said_once(tmp_path, capsys):
     """ROOT/train is both the training folder and the kNN monitor's bank: what its scan left out is said once
     (a mutation audit: saying it again for the bank survived)."""
-    from byol.config import load_config
     from conftest import extract_jpegs
     train = extract_jpegs(tmp_path / "set" / "train", per_class=1)
     extract_jpegs(tmp_path / "set" / "val", per_class=1)
@@ -294,7 +282,6 @@ def test_the_notes_of_a_training_folder_the_knn_monitor_reads_too_are_said_once(
 
 def _eight_images(root):
     """A folder of 8 tiny images; the settings that train on it in batches of 2, with ``overrides``."""
-    from byol.config import load_config
     from PIL import Image
     for i in range(8):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(root / f"{i}.png")
@@ -359,8 +346,6 @@ def test_the_steps_from_a_resumed_step_take_the_batches_the_uninterrupted_run_to
 def test_a_data_limit_above_the_training_split_s_size_is_said(tmp_path, capsys):
     """data.limit=100000 on 320 images trained on all 320 without a word (a run's image count alone said it);
     a note says so, for CIFAR's and a folder's images alike, and nothing at or under the size."""
-    from test_train import fake_cifar10
-    from byol.config import load_config
     root = fake_cifar10(tmp_path / "data")
     settings = [f"--data.root={root}", "--train.batch_size=16", "--train.knn_every=-1"]
     for limit, said in ((100_000, True), (320, False), (100, False)):
@@ -375,3 +360,30 @@ def test_a_data_limit_above_the_training_split_s_size_is_said(tmp_path, capsys):
         train_data._training_split(config("--data.limit=9", f"--data.on_device={on_device}"), torch.device("cpu"), 0, 1)
         err = capsys.readouterr().err
         assert err.count("note: data.limit=9 is above the 8 images of the training split") == 1, err
+
+
+def test_a_folder_decoded_into_memory_is_put_on_the_training_device_with_its_labels(tmp_path):
+    """A mutation audit: the images, or their labels, left in host memory with data.on_device=true survived every
+    test (which train on the CPU, where both are one place): each step then copied its batch over. The meta device
+    stands in for a GPU."""
+    config = _eight_images(tmp_path)
+    batches = train_data._training_split(config("--data.on_device=true"), torch.device("meta"), 0, 1)[0]
+    assert (batches.images.device.type, batches.labels.device.type) == ("meta", "meta")
+
+
+def test_under_torchrun_the_shares_of_a_set_held_in_memory_are_disjoint(tmp_path):
+    """A mutation audit: every process given rank 0's share of a set held in memory survived every test (the
+    test above streams): each image was then trained on by every process, a global batch of world copies."""
+    config = _eight_images(tmp_path)("--train.batch_size=4", "--data.on_device=true")
+    shares = [[int(i) for _, _, indices in train_data._training_split(config, torch.device("cpu"), rank, 2)[0]
+               for i in indices] for rank in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 4 and not set(shares[0]) & set(shares[1])
+
+
+def test_train_knn_limit_takes_that_many_images_of_both_kNN_monitor_splits(tmp_path):
+    """A mutation audit: train.knn_limit applied to the memory bank alone survived every test: the monitor then
+    scored every test image at each evaluation."""
+    root = fake_cifar10(tmp_path / "data")
+    config = load_config("cifar10-cpu", [f"--data.root={root}", "--train.batch_size=16", "--train.knn_limit=50"])
+    data = train_data.load_data(config, torch.device("cpu"), 0, 1)
+    assert data.knn_images == (50, 50) and data.knn_query == "test"
