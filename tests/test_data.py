@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.decoding_processes import _shared_memory_full
@@ -1162,6 +1162,42 @@ def test_dark_16_bit_gray_is_scaled_from_0_to_65535_in_every_format_that_stores_
     as_old_pillow_opens_png = Image.fromarray(dark.astype(np.int32))  # mode "I"
     assert np.asarray(_to_rgb(as_old_pillow_opens_png, "PNG")).max() == 1
     assert np.asarray(_to_rgb(as_old_pillow_opens_png, "TIFF")).max() == 240  # a 32-bit TIFF: 0..255 it is
+
+
+def test_a_big_endian_16_bit_tiff_is_scaled_as_a_little_endian_one(tmp_path):
+    """A mutation audit: taking only "I;16" for 16-bit gray survived. A big-endian TIFF (a Mac's, a scientific
+    camera's) opens as "I;16B", which Pillow's own conversion clips at 255: all but the darkest pixels white."""
+    gray = np.tile(np.linspace(0, 65535, 16).astype(np.uint16), (16, 1))
+    Image.frombytes("I;16B", (16, 16), gray.astype(">u2").tobytes()).save(tmp_path / "big_endian.tif")
+    with Image.open(tmp_path / "big_endian.tif") as im:
+        assert im.mode == "I;16B"
+    image = decode_image(str(tmp_path / "big_endian.tif"), 16)
+    assert np.array_equal(image[0].numpy(), (gray.astype(np.int64) * 255 + 32767) // 65535)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+
+
+def test_a_wide_image_is_cut_to_its_middle_square(tmp_path):
+    """A mutation audit: a crop box at a landscape image's left edge survived (the tests' wide image was turned
+    upright by its EXIF, so only a portrait one was cut). Of red, green and blue thirds, the middle, green, is kept."""
+    wide = Image.new("RGB", (48, 16), (255, 0, 0))
+    wide.paste((0, 255, 0), (16, 0, 32, 16))
+    wide.paste((0, 0, 255), (32, 0, 48, 16))
+    wide.save(tmp_path / "wide.png")
+    image = decode_image(str(tmp_path / "wide.png"), 16)
+    assert image.shape == (3, 16, 16) and image[0].eq(0).all() and image[1].eq(255).all() and image[2].eq(0).all()
+
+
+def test_an_image_whose_exif_cannot_be_read_is_decoded_as_stored(tmp_path, monkeypatch):
+    """A mutation audit: letting a malformed EXIF's error through survived: the image was skipped as undecodable
+    rather than kept in its stored orientation (Pillow's exif_transpose raises on some, as Pillow 9.1 did on any
+    TIFF once loaded)."""
+    def malformed(image, **kwargs):
+        raise SyntaxError("not a TIFF file (header b'\\x00\\x00' not valid)")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", malformed)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "photo.jpg", quality=100)
+    image = decode_image(str(tmp_path / "photo.jpg"), 8)
+    assert image.shape == (3, 8, 8) and (image.float().mean((1, 2)) - torch.tensor([10.0, 20, 30])).abs().max() < 3
 
 
 def test_skipped_files_txt_is_written_only_when_a_file_was_skipped(tmp_path):

@@ -41,7 +41,6 @@ def test_a_checkpoint_whose_settings_do_not_load_is_named(tmp_path, setting):
     """A checkpoint of another byol (a setting this one does not have, or another type): the error names the
     checkpoint; it said "unknown config key 'optim.ema_warmup'", as if the user had given that setting."""
     import re
-    from byol.checkpoint import CheckpointError
     from byol.config import Config
     config = Config().to_dict()
     for section, values in setting.items():
@@ -79,7 +78,6 @@ def test_a_relative_data_root_is_found_from_where_the_run_started_unless_one_is_
 def test_an_exported_encoder_at_random_init_is_the_encoder_its_run_started_from(tmp_path, cifar10_root):
     """``byol eval knn encoder.pt --random-init``: the baseline of an export is its run's, as of the checkpoint
     (coverage: random_init of an exported encoder was never run)."""
-    from byol.config import load_config
     from byol.exports import export
     from byol.train import pretrain
     from conftest import tiny_overrides
@@ -128,7 +126,6 @@ def test_a_peer_s_checkpoint_is_refused_in_a_sentence_that_says_where_its_online
     with their first keys alone (a user test): the sentence now names the online ResNet's keys (not the
     target's) and how to save it as the state_dict byol reads, and doing as it says loads the online weights."""
     import re
-    from byol.checkpoint import CheckpointError
     torch.manual_seed(0)
     online, target = resnet("resnet18", cifar_stem=True, width=8), resnet("resnet18", cifar_stem=True, width=8)
     path = tmp_path / "peer.pt"
@@ -154,7 +151,6 @@ def test_a_state_dict_of_a_resnet_byol_does_not_build_is_one_sentence_that_says_
     resnet18 with a CIFAR stem (its 7x7 conv1 notwithstanding) and refused with 500 keys' mismatch and a guess about
     projectors (a user test)."""
     import torchvision
-    from byol.checkpoint import CheckpointError
     torch.save(torchvision.models.resnext50_32x4d().state_dict(), tmp_path / "rx50.pt")
     with pytest.raises(CheckpointError) as e:
         load_encoder(tmp_path / "rx50.pt")
@@ -183,7 +179,6 @@ def test_the_note_on_a_bare_state_dict_says_what_it_was_read_as_and_which_preset
 def test_a_resnet_state_dict_named_otherwise_than_torchvision_s_is_said_to_be_that(tmp_path):
     """A CIFAR ResNet's state_dict with other names for its shortcut and classifier (shortcut, linear: a
     popular CIFAR repository's) was refused with a guess about projectors and predictors (a user test)."""
-    from byol.checkpoint import CheckpointError
     state = {k.replace("downsample", "shortcut").replace("fc.", "linear."): v
              for k, v in resnet("resnet18", cifar_stem=True, width=8).state_dict().items()}
     torch.save(state, tmp_path / "cifar_resnet.pt")
@@ -195,7 +190,6 @@ def test_a_resnet_state_dict_named_otherwise_than_torchvision_s_is_said_to_be_th
 def test_a_state_dict_of_a_network_of_another_input_than_rgb_says_so(tmp_path):
     """A bad-input fuzz: a grayscale ResNet's state_dict (conv1 of 1 input channel) was refused with the guess that
     its modules are named otherwise than torchvision's."""
-    from byol.checkpoint import CheckpointError
     state = resnet("resnet18", cifar_stem=True, width=8).state_dict()
     state["conv1.weight"] = state["conv1.weight"][:, :1].clone()
     torch.save(state, tmp_path / "gray.pt")
@@ -209,7 +203,6 @@ def test_a_state_dict_of_a_network_of_another_input_than_rgb_says_so(tmp_path):
 def test_a_resnet_state_dict_read_as_other_settings_given_says_those_not_its_names(tmp_path):
     """A review: a --model.width given over what the keys say was refused with the guess that the modules are
     named otherwise than torchvision's."""
-    from byol.checkpoint import CheckpointError
     torch.save(resnet("resnet18", cifar_stem=True, width=8).state_dict(), tmp_path / "r18.pt")
     with pytest.raises(CheckpointError, match=r"\(model.\* settings given other than its keys say\?\): 100 of another "
                                               r"shape"):

@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from byol.precision import native_bf16
 from byol.checkpoint import load_checkpoint
-from byol.faults import NonFiniteGuard
+from byol.faults import NonFiniteGuard, StopRequest, Stopped
 from byol.metrics import read_metrics
 from conftest import CIFAR10, finished_pid, session_status, shown_lines, tiny_overrides
 from test_cli import assert_user_error, byol, main_error
@@ -712,12 +712,15 @@ class _Buffered(nn.Module):
         self.register_buffer("b", buffer)
 
 
-@pytest.mark.parametrize("change", ["t_", "resize_", "empty", "dtype"])
+@pytest.mark.parametrize("change", ["t_", "square t_", "resize_", "empty", "dtype"])
 def test_a_buffer_given_another_layout_in_the_same_memory_is_put_back(change):
     """A tensor transposed or resized in place, or its memory viewed as another dtype of its width, keeps its
     id and address (and every tensor of no elements has address 0): the guard's buffers are made again for
-    it, not put back transposed, converted or refused."""
-    model = _Buffered(torch.empty(0) if change == "empty" else torch.arange(6.0).reshape(2, 3))
+    it, not put back transposed, converted or refused. (A mutation audit: leaving the strides out of what tells
+    a layout survived, the transposed tensor being 2 x 3: a square one keeps its shape, only its strides change.)"""
+    square = torch.arange(9.0).reshape(3, 3)
+    model = _Buffered(torch.empty(0) if change == "empty" else square if change == "square t_" else
+                      torch.arange(6.0).reshape(2, 3))
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     guard = NonFiniteGuard([model], opt, torch.device("cpu"))
     guard.snapshot()
@@ -727,7 +730,7 @@ def test_a_buffer_given_another_layout_in_the_same_memory_is_put_back(change):
     elif change == "dtype":
         model.b.data = model.b.data.view(torch.int32)
     else:
-        getattr(model.b, change)(*(() if change == "t_" else (3, 2)))
+        getattr(model.b, change.split()[-1])(*(() if change.endswith("t_") else (3, 2)))
     before = model.b.clone()
     guard.snapshot()
     model.b.fill_(9.0)
@@ -1037,6 +1040,27 @@ def test_a_stop_request_gives_back_the_signal_handlers_it_replaced():
     with StopRequest():
         assert signal.getsignal(signal.SIGINT) != before[signal.SIGINT]
     assert {s: signal.getsignal(s) for s in StopRequest.SIGNALS} == before
+
+
+def test_only_the_first_signal_within_interrupting_raises_stopped():
+    """A mutation audit: interrupting() left raising once its block ended, and a second signal raising Stopped
+    again while the first was handled, survived the fast tests. Either lets a SIGTERM raise Stopped outside the
+    kNN evaluation (in a training step, past every handler of it): the run dies without its checkpoint. The
+    second signal, and any after the block, only set the flag, as between steps."""
+    with StopRequest() as stop:
+        try:
+            with stop.interrupting():
+                with pytest.raises(Stopped):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)  # (as while the first one unwinds the evaluation)
+            assert stop.requested
+            stop.signum = None
+            with stop.interrupting():
+                pass
+            os.kill(os.getpid(), signal.SIGTERM)  # in a training step: flagged, for the loop to stop after it
+        except Stopped:
+            pytest.fail("a signal raised Stopped outside the first one within interrupting()")
+        assert stop.requested
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import byol
@@ -180,7 +181,6 @@ def test_a_folder_s_features_are_of_the_center_crop_of_its_decoded_squares(tmp_p
     """A mutation audit: features of a folder computed on the whole decoded square (no eval crop) survived
     every test, which checked the crop's size only (eval_crop, export.json), not what the encoder is fed."""
     import numpy as np
-    from PIL import Image
     from byol.config import load_config
     from byol.features import center_crop
     rng = np.random.default_rng(0)
@@ -195,6 +195,25 @@ def test_a_folder_s_features_are_of_the_center_crop_of_its_decoded_squares(tmp_p
     view1, _ = pipeline.views_of(config)
     whole = load_folder_tensor(folder).images
     torch.testing.assert_close(feats, extract_features(net, center_crop(whole, 8), mean=view1.mean, std=view1.std))
+
+
+def test_features_of_a_folder_decoded_whole_note_nothing_and_images_with_no_labels_are_labeled_minus_1(
+        tmp_path, capsys):
+    """A mutation audit: the note on undecodable files given for every folder ("0 of the 3 image files could not
+    be decoded"), and an ImageSet without labels given label 0 (the first class) rather than -1, survived."""
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(tmp_path / f"{i}.png")
+    config = load_config("cifar10", ["--data.dataset=folder", f"--data.root={tmp_path}", "--data.image_size=8",
+                                     "--data.load_size=8", "--data.workers=0", "--train.precision=fp32"])
+    folder = ImageFolder(tmp_path, size=8)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten())
+    capsys.readouterr()
+    feats, _, indices = pipeline.features(net, config, folder, torch.device("cpu"))
+    assert len(feats) == 3 and indices.tolist() == [0, 1, 2]
+    assert "could not be decoded" not in "".join(capsys.readouterr())
+    unlabeled = ImageSet(load_folder_tensor(folder).images, None)
+    _, labels, _ = pipeline.features(net, config, unlabeled, torch.device("cpu"))
+    assert labels.tolist() == [-1, -1, -1]
 
 
 def test_eval_limit_takes_as_many_images_of_the_held_out_split_as_of_the_train_split(cifar10_root):
@@ -341,6 +360,7 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
     for call, match in ((lambda: knn(missing, limit=0), "limit must be a whole number >= 1 or None, got 0"),
                         (lambda: embed(missing, tmp_path / "e.npy", limit=-1), "limit must be .* got -1"),
                         (lambda: linear(missing, limit=2.5), "limit must be .* got 2.5"),
+                        (lambda: knn(missing, limit=True), "limit must be .* got True"),  # (not 1 image)
                         (lambda: knn(missing, holdout=-3), "holdout must be a whole number >= 0, got -3"),
                         (lambda: knn(missing, ks=(20, 0)), r"ks must be a whole number >= 1, got \(20, 0\)"),
                         (lambda: knn(missing, ks=20), r"ks must be a list or tuple of whole numbers >= 1, such as "
@@ -354,6 +374,18 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
                         (lambda: linear(missing, epochs=0), "epochs must be a whole number >= 1, got 0")):
         with pytest.raises(ConfigError, match=match):
             call()
+
+
+def test_the_linear_probe_is_seeded_by_train_seed(monkeypatch):
+    """A mutation audit: the probe seeded 0 whatever --train.seed (which eval linear reads, SETTINGS_READ) survived:
+    a sweep over seeds gave the same result each time, recorded under each seed."""
+    config = load_config(None, ["--train.seed=7"])
+    feats, labels = torch.randn(8, 4), torch.arange(8) % 2
+    monkeypatch.setattr(pipeline, "_labeled_features", lambda *args: (
+        config, torch.device("cpu"), (feats, labels, feats, labels), {"n_train": 8}, None))
+    given = {}
+    monkeypatch.setattr(pipeline, "linear_probe", lambda *args, **kwargs: given.update(kwargs) or {})
+    assert pipeline.linear("run.pt", epochs=1)["seed"] == 7 and given["seed"] == 7
 
 
 def test_numpy_counts_are_taken_as_python_s(tmp_path):

@@ -1792,6 +1792,25 @@ def test_keep_checkpoints_keeps_the_newest_kept_epochs_only(tmp_path, cifar10_ro
         load_config("cifar10-cpu", ["--train.keep_checkpoints=-1"])
 
 
+def test_a_resume_from_a_kept_epoch_copied_to_last_pt_writes_its_later_epochs_over_their_own(tmp_path, cifar10_root,
+                                                                                                capsys):
+    """A mutation audit: setting aside every kept epoch found in place, of the same step too, survived. Resumed
+    as the run folder's note says (a kept epoch copied to last.pt), the run writes its later epochs again at
+    their own steps: those are replaced, not kept beside as epoch_N_stepS.pt with a note about another length."""
+    run = tmp_path / "run"
+    config = load_config("cifar10-cpu", tiny_overrides(run, **{"train.epochs": 3, "train.checkpoint_every": 1,
+                                                                "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root}"])
+    pretrain(config)
+    checkpoints = run / "checkpoints"
+    shutil.copyfile(checkpoints / "epoch_0001.pt", checkpoints / "last.pt")
+    capsys.readouterr()
+    pretrain(byol.resume.resume_config(None, [f"--train.out_dir={run}"]), resume=True)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt",
+                                                              "last.pt"]
+    assert "another length" not in capsys.readouterr().err
+
+
 def test_a_resume_writes_a_missing_kept_epoch_only_from_a_last_pt_of_that_epoch_s_end(tmp_path):
     """A mutation audit: writing the missing epoch_N.pt from a last.pt of any step of the epoch after N
     (a stop mid-epoch) survived every test; it would have kept a checkpoint of a later step as epoch N's."""

@@ -260,7 +260,7 @@ def test_decoding_the_kNN_monitor_images_says_how_far_it_is_where_it_takes_long(
 def test_a_batch_the_processes_cannot_share_equally_is_refused():
     """Under torchrun each process takes train.batch_size / processes images: a batch that does not divide
     is refused, not cut to a smaller global batch than the learning rate was scaled for (a mutation audit)."""
-    from byol.config import ConfigError, load_config
+    from byol.config import ConfigError
     config = load_config("cifar10", ["--train.batch_size=10"])
     with pytest.raises(ConfigError, match=r"^train.batch_size=10 must be divisible by the 3 processes$"):
         train_data.load_data(config, torch.device("cpu"), 0, 3)
