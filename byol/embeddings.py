@@ -59,6 +59,7 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
     else:  # a plain folder of images: its sub-folders (a `test/` too) are classes, not splits
         trained_on, base = root, None
     train = base / "train" if base is not None and (base / "train").is_dir() else trained_on
+    split = _named_from(base if base is not None else root, split)
     if split == "train":
         if base is None and (root / "train").is_dir():  # a user test took it for the class train/ alone
             note(f"{root} is a plain folder of images, so --split train embeds all of it, as the run trained on it; "
@@ -90,6 +91,18 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         return _numbered_as(ImageFolder(base / split, size, "partial"), train)
     raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
                     "test (or a sub-folder of it)")
+
+
+def _named_from(base: Path, split: Optional[str]) -> Optional[str]:
+    """An absolute ``split`` inside ``base`` (tab completion from another directory) as the folder's path from
+    ``base``, ``./val/cat``: it names a folder, never the split keyword. Any other ``split`` as it is."""
+    if split is None or not os.path.isabs(split):
+        return split
+    try:
+        inside = Path(os.path.abspath(split)).relative_to(base)
+    except ValueError:  # outside base: refused as such
+        return split
+    return os.path.join(os.curdir, inside) if inside.parts else split
 
 
 def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:

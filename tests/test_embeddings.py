@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from byol import embeddings
 from byol.data import DataError
@@ -64,6 +65,26 @@ def test_a_split_outside_the_root_is_refused(tmp_path):
                                             "splits or folders, or give another folder of images as --data.root="):
             embeddings._folder_split(tmp_path / "set", split, 8, "train")
     assert embeddings._folder_split(tmp_path / "set", "val/cat", 8, "train").root == str(tmp_path / "set/val/cat")
+
+
+def test_an_absolute_split_inside_the_root_is_that_folder(tmp_path):
+    """embed --split ROOT/val (a path tab-completed from another directory) was refused as 'not a folder inside
+    ROOT', and a plain folder's ROOT/dog as 'not a folder directly inside ROOT'."""
+    for path in ("set/train/cat/0.png", "set/train/dog/1.png", "set/val/dog/2.png", "photos/cat/3.png",
+                 "photos/dog/4.png", "photos/train/5.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    for split, named in (("set/val", "val"), ("set/val/dog", "val/dog"), ("set/train/../val", "val")):
+        folder = embeddings._folder_split(tmp_path / "set", str(tmp_path / split), 8, "train")
+        as_named = embeddings._folder_split(tmp_path / "set", named, 8, "train")
+        assert folder.root == as_named.root == str(tmp_path / "set" / named)
+        assert folder.labels.tolist() == as_named.labels.tolist() == ([1] if named == "val" else [-1])
+    dog = embeddings._folder_split(tmp_path / "photos", str(tmp_path / "photos/dog"), 8, "train")
+    assert dog.paths == [str(tmp_path / "photos/dog/4.png")] and dog.labels.tolist() == [1]
+    train = embeddings._folder_split(tmp_path / "photos", str(tmp_path / "photos/train"), 8, "train")
+    assert len(train) == 1  # the class train/, not the whole folder that --split train is
+    with pytest.raises(DataError, match="is not a folder inside"):
+        embeddings._folder_split(tmp_path / "set", str(tmp_path / "set"), 8, "train")
 
 
 def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):
