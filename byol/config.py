@@ -288,11 +288,16 @@ def override_list(overrides: Optional[list[str]]) -> list[str]:
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Set ``section.key=value`` strings (a leading ``--`` is allowed) on ``config``, in place."""
-    for item in override_list(overrides):
+    """Set ``section.key=value`` strings (a leading ``--`` is allowed) on ``config``, in place. A key given
+    twice takes the last value, the earlier one unread (a script's common settings may hold one it replaces)."""
+    items = override_list(overrides)
+    last = {override_key(item): i for i, item in enumerate(items)}
+    for i, item in enumerate(items):
         key, eq, value = item.removeprefix("--").partition("=")
         if not eq:
             raise ConfigError(f"override {item!r} must look like --section.key=value")
+        if last[key] != i:
+            continue
         if key == "model.backbone" and value.strip("'\" ") == GIVEN_BACKBONE:  # (a run's saved config may say it)
             raise ConfigError(f"--model.backbone={GIVEN_BACKBONE} stands for a network given from Python, "
                               "byol.pretrain(config, net=...), which a setting cannot build; choose a ResNet by name")

@@ -115,6 +115,21 @@ def test_an_override_s_value_may_hold_an_equals_sign():
     assert load_config("cifar10", ["--train.out_dir=runs/lr=0.4"]).train.out_dir == "runs/lr=0.4"
 
 
+@pytest.mark.parametrize("first", ["--data.limit=", "--data.limit=ten", "--model.backbone=custom"])
+def test_a_key_given_twice_takes_the_last_without_reading_the_first(first):
+    """docs/cli.md: given twice, the last is taken, as a script that adds to common settings expects (a docs
+    review: `--data.limit=$LIMIT ... --data.limit=100` with LIMIT unset was an error about the first)."""
+    key = first.partition("=")[0]
+    last = "--data.limit=100" if key == "--data.limit" else "--model.backbone=resnet34"
+    config = load_config("cifar10", [first, "--train.epochs=3", last])
+    assert (config.data.limit, config.model.backbone, config.train.epochs) == (
+        (100, "resnet18", 3) if key == "--data.limit" else (None, "resnet34", 3))
+    with pytest.raises(ConfigError):  # the last is still read and checked
+        load_config("cifar10", [last, first])
+    with pytest.raises(ConfigError, match="must look like --section.key=value"):  # and every item's form
+        load_config("cifar10", ["--data.limit", last])
+
+
 @pytest.mark.parametrize("override, message", [
     ("--train.epoch=3", r"^unknown config key 'train.epoch' \(did you mean train.epochs\?\); train has epochs, "),
     ("--trian.epochs=3", r"^unknown config key 'trian.epochs' \(did you mean train.epochs\?\); keys look like "),
