@@ -162,6 +162,17 @@ class HookedLayer(nn.Module):
         return flat_representation(taken[0], f"the output of hidden_layer={self.layer!r}")
 
 
+def _wrapper_hint(net: nn.Module) -> str:
+    """A hint where ``net`` is torch.compile's or DataParallel's wrapper, whose one child holds the layers a
+    ``hidden_layer`` names (a user test: a compiled ResNet's 'avgpool' was not a module, its children _orig_mod)."""
+    inner = next((getattr(net, name) for name in ("_orig_mod", "module")
+                  if isinstance(getattr(net, name, None), nn.Module)), None)
+    if inner is None or list(net.children()) != [inner]:
+        return ""
+    return (f"; net is {type(net).__name__}'s wrapper of a {type(inner).__name__}: give the {type(inner).__name__} "
+            "itself, and compile or wrap the learner instead")
+
+
 def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: bool = True,
            trace: bool = True) -> nn.Module:
     """Return an encoder giving the representation at ``hidden_layer`` of ``net``.
@@ -190,13 +201,13 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
         except IndexError:  # (a user test: a one-child network with the default -2 was told nothing more)
             raise ValueError(f"hidden_layer={hidden_layer} is out of range: the network has {len(children)} "
                              f"{'child' if len(children) == 1 else 'children'} ({', '.join(children) or 'none'}); "
-                             "hidden_layer=-1 takes the network's own output") from None
+                             f"hidden_layer=-1 takes the network's own output{_wrapper_hint(net)}") from None
     names = [name for name, _ in net.named_modules() if name]
     if hidden_layer not in names:
         close = difflib.get_close_matches(str(hidden_layer), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"hidden_layer={hidden_layer!r} is not a module of the network{hint}; its children are "
-                         f"{', '.join(name for name, _ in net.named_children()) or 'none'}")
+                         f"{', '.join(name for name, _ in net.named_children()) or 'none'}{_wrapper_hint(net)}")
     if not trace:
         return HookedLayer(net, hidden_layer)
     try:

@@ -80,6 +80,18 @@ def test_bad_hidden_layer_and_backbone_names():
     assert cut_at(net, np.int64(-2))(torch.rand(2, 3, 32, 32)).shape == (2, 64)  # NumPy's ints index too
 
 
+@pytest.mark.parametrize("wrap", [torch.compile, nn.DataParallel])
+@pytest.mark.parametrize("layer", ["avgpool", -2])
+def test_a_compiled_or_data_parallel_network_is_told_to_be_given_unwrapped(wrap, layer):
+    """A user test: BYOL(torch.compile(resnet), hidden_layer="avgpool") said only that its children are _orig_mod."""
+    net = wrap(resnet("resnet18", width=8))
+    with pytest.raises(ValueError, match=r"; net is (OptimizedModule|DataParallel)'s wrapper of a ResNet: give the "
+                                         r"ResNet itself, and compile or wrap the learner instead$"):
+        cut_at(net, layer)
+    with pytest.raises(ValueError, match=r"its children are fc$"):  # (no hint for a network that is no wrapper)
+        cut_at(nn.Sequential(OrderedDict(fc=nn.Linear(2, 2))), "module")
+
+
 class _Block(nn.Module):
     """A block that keeps a side output (deep supervision), computed after what it returns."""
 
