@@ -89,8 +89,9 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
                         "another folder of images as --data.root=FOLDER")
     if base is not None and (base / split).is_dir():
         return _numbered_as(ImageFolder(base / split, size, "partial"), train)
-    raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose train, val or "
-                    "test (or a sub-folder of it)")
+    choose = "train, val or test (or a sub-folder of it)" if base is not None else \
+        "train (all of it, as the run trained on it) or one of its class folders"  # (a user test: told val, refused it)
+    raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose {choose}")
 
 
 def _named_from(base: Path, split: Optional[str]) -> Optional[str]:

@@ -285,7 +285,8 @@ def _absolute(root: Union[str, Path]) -> str:
 def _no_image_files(root: str, others: dict[str, int]) -> DataError:
     """The error for a folder with no image files; ``others``: its other files, by extension (a user test: a
     folder of .txt files was said to hold nothing)."""
-    held = f"; it holds {sum(others.values()):,} other files ({_by_extension(others)})" if others else ""
+    n = sum(others.values())
+    held = f"; it holds {n:,} other file{'s' * (n != 1)} ({_by_extension(others)})" if others else ""
     return DataError(f"no image files found in {root} or its subfolders (looked for .jpg, .jpeg, .png, .webp, "
                      f".bmp, .tif and the other formats Pillow opens){held}")
 

@@ -25,6 +25,8 @@ def reason(path: str, error: Exception) -> str:
     """Why ``path`` could not be decoded, on one line."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return "empty file"
+    if os.path.islink(path) and not os.path.exists(path):  # (a user test: "No such file" of a file ls lists)
+        return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
     return " ".join(f"{type(error).__name__}: {error}".split())  # one line, no tabs
 
 

@@ -1056,6 +1056,14 @@ def test_image_folder_labels_and_errors(tmp_path):
     (tmp_path / "nested" / "a" / "bad.png").write_bytes(b"")
     bad = ImageFolder(tmp_path / "nested", size=8)[1]
     assert isinstance(bad, Skipped) and bad.reason == "empty file" and bad.path.endswith("bad.png")
+    (tmp_path / "nested" / "a" / "gone.png").symlink_to(tmp_path / "moved.png")  # a link whose file is gone
+    broken = ImageFolder(tmp_path / "nested", size=8)[2]
+    assert isinstance(broken, Skipped) and broken.path.endswith("gone.png")
+    assert broken.reason == f"broken symbolic link (to {tmp_path / 'moved.png'}, which does not exist)"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match=r"; it holds 1 other file \(.txt 1\)$"):
+        ImageFolder(tmp_path / "one", size=8)
 
 
 def test_32_bit_gray_is_scaled_from_the_smallest_usual_range_that_holds_it(tmp_path, fault_table):

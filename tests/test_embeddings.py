@@ -51,6 +51,9 @@ def test_a_plain_folder_has_no_splits_its_sub_folders_are_classes(tmp_path, caps
     for name in ("dog/..", "dog/puppies"):  # (a user test: the deeper one was said to be no sub-folder at all)
         with pytest.raises(DataError, match=f"^'{name}' is not a folder directly inside {root}: "):
             embeddings._folder_split(root, name, 8, "train")
+    with pytest.raises(DataError, match=f"^unknown split 'dgo': {root} has no sub-folder dgo; choose train "
+                                        r"\(all of it, as the run trained on it\) or one of its class folders$"):
+        embeddings._folder_split(root, "dgo", 8, "train")  # (a user test: told to choose val, which it refuses)
 
 
 def test_a_split_outside_the_root_is_refused(tmp_path):
