@@ -76,7 +76,7 @@ class OptimConfig:
     lars_clip: bool = False           # cap LARS's step at plain SGD's (solo-learn's CIFAR recipe; not the paper)
     beta1: float = 0.9                # AdamW's first beta (torch's default); lars and sgd do not use it
     beta2: float = 0.999              # AdamW's second beta (torch's default)
-    warmup_epochs: float = 10.0       # linear warm-up (paper: 10 of 300 epochs); shorter than train.epochs
+    warmup_epochs: float = 10.0       # linear warm-up (paper: 10 epochs, of 1,000); shorter than train.epochs
 
 
 @dataclass
