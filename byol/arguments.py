@@ -4,6 +4,7 @@ error stay quick."""
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +16,27 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are a :class:`UsageError` (one line from :func:`byol.cli.main`), not usage text."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # to name an option given before the command
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
+        given = getattr(self, "_given", [])
         for action in self._actions:  # argparse names a missing sub-command by its dest, which --help does not show
             if isinstance(action, argparse._SubParsersAction) and \
                     message == f"the following arguments are required: {action.dest}":
                 message = f"give one of {', '.join(action.choices)} (see {self.prog} --help)"
+            # `byol eval --k 5 knn x.pt`: argparse left --k over and took its value for the command
+            elif isinstance(action, argparse._SubParsersAction) and \
+                    message.startswith(f"argument {action.dest}: invalid choice"):
+                if given and not given[0].startswith("-"):  # (argparse names the command by its dest, unshown)
+                    message = f"{given[0]!r} is not a command of {self.prog}: choose {', '.join(action.choices)}"
+                elif given:
+                    option = given[0].split("=")[0]
+                    owners = _commands_taking(option)
+                    where = f" (an option of byol {' and byol '.join(owners)})" if owners else ""
+                    message = (f"option {option!r}{where} is given before the command; give it after the command "
+                               f"(see {self.prog} --help)")
         raise UsageError(message)
 
 

@@ -676,6 +676,13 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["pretrain", "--resume=runs/c10"], "argument --resume: takes no value, or auto (continue if there is a "
      "checkpoint), got 'runs/c10'; the run's folder is --train.out_dir=..."),
     (["embed", "x.pt"], "the following arguments are required: --out"),
+    # an option before the command: argparse took its value for the command ("invalid choice: '5'")
+    (["eval", "--k", "5", "knn", "x.pt"], "option '--k' (an option of byol eval knn) is given before the command; "
+     "give it after the command (see byol eval --help)"),
+    (["--limit", "4", "embed", "x.pt"], "option '--limit' (an option of byol eval knn and byol eval linear and byol "
+     "embed) is given before the command; give it after the command (see byol --help)"),
+    (["eval", "5", "knn", "x.pt"], "'5' is not a command of byol eval: choose knn, linear"),
+    (["pretrian"], "'pretrian' is not a command of byol: choose pretrain, eval, embed, export"),
 ])
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
     _, line = main_error(capsys, *args)
