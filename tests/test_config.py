@@ -139,6 +139,9 @@ def test_a_key_given_twice_takes_the_last_without_reading_the_first(first):
     ("--train.knn_every=2.5", "train.knn_every must be int"),  # a mutation audit: truncated to 2, silently, survived
     ("--train.epochs=[3", r"^train.epochs must be int, got '\[3'$"),  # no YAML: its text, said (a coverage audit)
     ("--data.download=maybe", "data.download must be bool"),
+    # true/yes is no number, though Python's bool is an int (a mutation audit: taken as 1 and 1.0, both survived)
+    ("--optim.lr=true", r"^optim.lr must be float, got True$"),
+    ("--train.epochs=yes", r"^train.epochs must be int, got True$"),
     ("--optim.lr", "must look like --section.key=value"),
     ("--train.log_every=0", "train.log_every must be >= 1"),
     ("--train.batch_size=1", "train.batch_size must be >= 2"),
@@ -482,6 +485,8 @@ def test_yaml_numbers_are_taken_as_written(tmp_path):
             load_config(str(path))
     assert load_config("cifar10", ["--train.out_dir=010", "--data.limit=~"]).train.out_dir == "010"
     assert load_config("cifar10", ["--data.limit=~"]).data.limit is None  # ~ is null, as in YAML
+    # and Python's None, as written there (a mutation audit: only lower-case none was null, survived)
+    assert load_config("cifar10", ["--data.limit=None"]).data.limit is None
 
 
 @pytest.mark.parametrize("text, said", [

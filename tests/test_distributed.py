@@ -2,6 +2,7 @@
 full batch in one process; a streamed folder lists the bad files that every rank met, and is
 embedded on 2 ranks as in one process."""
 
+import json
 import os
 import re
 import shutil
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as td
 
+from byol import distributed
 from byol.checkpoint import load_checkpoint
 from conftest import CIFAR10, extract_jpegs, tiny_overrides
-from test_cli import byol
+from test_cli import byol, main_error
 
 
 def free_port() -> int:
@@ -79,7 +82,6 @@ def test_ddp_step_with_syncbn_equals_one_process_step(tmp_path):
 
 
 def read(run):
-    import json
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -346,7 +348,6 @@ def test_ddp_knn_monitor_with_an_empty_share_and_with_nothing_decodable(tmp_path
           r"with torchrun, which sets that and the rest, or unset WORLD_SIZE to run as one process")])
 def test_a_torchrun_environment_that_is_not_whole_is_one_sentence(tmp_path, capsys, monkeypatch, world, said):
     """WORLD_SIZE set by something else than torchrun (not a number; or without RANK) was a traceback."""
-    from test_cli import main_error
     monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.delenv("RANK", raising=False)
     _, line = main_error(capsys, "pretrain", "--config", "cifar10-cpu", f"--data.root={CIFAR10}",
@@ -397,8 +398,6 @@ def test_rows_the_ranks_hold_unevenly_are_gathered_in_order(tmp_path):
 def test_a_torch_without_nccl_joins_with_gloo_on_a_gpu_and_a_process_past_the_gpus_takes_none(monkeypatch):
     """From reading the code for Windows, whose torch has CUDA but no NCCL: torchrun on its GPUs asked for
     NCCL, and init_process_group failed ("Distributed package doesn't have NCCL built in")."""
-    import torch.distributed as td
-    from byol import distributed
     joined = []
 
     def init_process_group(backend):
@@ -428,7 +427,6 @@ def test_a_torch_without_nccl_joins_with_gloo_on_a_gpu_and_a_process_past_the_gp
 def test_synchronized_batchnorm_with_momentum_none_keeps_a_cumulative_average(monkeypatch):
     """A network of the user's with BatchNorm(momentum=None) (a cumulative average of the batches' statistics, as
     torch's SyncBatchNorm keeps on a GPU): a torchrun on CPUs took it for momentum 0.1 (a review)."""
-    from byol import distributed
     monkeypatch.setattr(distributed, "sum_over_ranks", lambda t: t)  # one process
     torch.manual_seed(0)
     ref = torch.nn.BatchNorm1d(3, momentum=None)
@@ -438,3 +436,15 @@ def test_synchronized_batchnorm_with_momentum_none_keeps_a_cumulative_average(mo
         synced(x), ref(x)
     torch.testing.assert_close((synced.running_mean, synced.running_var), (ref.running_mean, ref.running_var))
     assert int(synced.num_batches_tracked) == 5
+
+
+def test_a_batchnorm_the_user_froze_in_eval_mode_stays_frozen_when_synchronized():
+    """A network of the user's with a BatchNorm put in eval mode (frozen statistics): its synchronized one, under
+    torchrun, normalizes with those statistics and leaves them, as the layer did (a mutation audit: one made in
+    training mode survived every test)."""
+    frozen = torch.nn.BatchNorm1d(3).eval()
+    synced = distributed.GlobalBatchNorm.like(frozen)
+    assert not synced.training
+    x = torch.randn(8, 3) * 4 + 2
+    torch.testing.assert_close(synced(x), frozen(x))  # (no collective: eval mode sums nothing over ranks)
+    assert int(frozen.num_batches_tracked) == 0 and torch.equal(frozen.running_mean, torch.zeros(3))

@@ -7,7 +7,12 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
+
+from torch.distributed import TCPStore
+
+from byol import peers
 
 SAY = "from byol import error_lines, peers; peers._TIMEOUT_S = 1; error_lines.say_error('a sentence', everywhere=True)"
 
@@ -40,9 +45,6 @@ def test_on_several_nodes_with_restarts_a_failure_of_an_earlier_start_is_not_rea
     """Two torchrun agents (--nnodes=2, --max_restarts=1): where rank 1 failed at the first start, the agent whose
     process had not failed started its process again with TORCHELASTIC_RESTART_COUNT still 0, which read rank 1's
     failure as of this start (rank 0 would say it was stopped by it, for a user's SIGTERM or its own bug)."""
-    from datetime import timedelta
-    from torch.distributed import TCPStore
-    from byol import peers
     store = TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=10))
     for name, value in (("TORCHELASTIC_USE_AGENT_STORE", "True"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
                         ("MASTER_PORT", str(store.port)), ("TORCHELASTIC_RUN_ID", "test"),
@@ -54,3 +56,33 @@ def test_on_several_nodes_with_restarts_a_failure_of_an_earlier_start_is_not_rea
         monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", max_restarts)
         monkeypatch.setattr(peers, "_store", None)
         assert peers.failed_before(0) == read, (local_world, max_restarts)
+
+
+def test_a_store_that_cannot_be_reached_is_tried_once_per_process(monkeypatch):
+    """A process that fails in a collective asks the store who failed first, then records its own failure: where
+    the store never answers, a second try waited out its timeout again (a mutation audit: not remembering the
+    failed try survived every test)."""
+    tries = []
+
+    def unreachable():
+        tries.append(1)
+        raise ConnectionRefusedError("no store here")
+    for name, value in (("TORCHELASTIC_USE_AGENT_STORE", "True"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(peers, "_store", None)
+    monkeypatch.setattr(peers, "_connect", unreachable)
+    assert peers.failed_before(0) is None and peers.failed("a sentence", 0) is None
+    assert tries == [1]
+
+
+def test_an_error_only_one_process_meets_is_said_by_it_though_another_said_its_own(monkeypatch):
+    """Each sentence is said once: rank 0's error does not silence rank 1's other one (a mutation audit: one
+    count for every sentence survived every test)."""
+    store = TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=10))
+    for name, value in (("TORCHELASTIC_USE_AGENT_STORE", "True"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(store.port))):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(peers, "_store", None)
+    assert peers.failed("a wrong data.root", 0) is True
+    assert peers.failed("a wrong data.root", 1) is False  # said by rank 0 already
+    assert peers.failed("rank 1's own error", 1) is True

@@ -188,6 +188,60 @@ def test_compiled_reraises_errors_of_the_function_itself():
     assert len(calls) >= 2  # tried compiled, then eagerly, which raised
 
 
+def test_a_platform_torch_compile_refuses_outright_trains_eagerly_with_a_warning(monkeypatch):
+    """torch.compile itself raises on some platforms (a Python it does not support yet): the step runs eagerly
+    (a mutation audit: Compiled raising it survived every test)."""
+    def refuses(fn, **options):
+        raise RuntimeError("Python 3.13+ is not yet supported for torch.compile")
+    monkeypatch.setattr(torch, "compile", refuses)
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with pytest.warns(RuntimeWarning, match="not yet supported for torch.compile.*running the step eagerly"):
+        forward = Compiled(module)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(forward(x), module(x))
+    assert not forward.is_compiled and eager_fallbacks(forward, None) == [forward]
+
+
+def test_a_recompilation_that_fails_after_compiled_steps_falls_back_to_eager():
+    """A later call that torch recompiles (a new shape) and fails to is torch's failure, not the step's: the run
+    goes on eagerly (a mutation audit: raising it, as an error of the step itself, survived every test)."""
+    def recompile_fails(*args, **kwargs):
+        raise torch._dynamo.exc.TorchDynamoException("recompiling failed")
+    module = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    forward = Compiled(module, backend="eager")
+    forward(torch.randn(3, 4))
+    assert forward.is_compiled
+    forward.compiled = recompile_fails
+    x = torch.randn(5, 4)
+    with pytest.warns(RuntimeWarning, match="recompiling failed.*running the step eagerly"):
+        torch.testing.assert_close(forward(x), module(x))
+    assert not forward.is_compiled
+
+
+def test_compile_step_compiles_each_view_s_own_augmentation():
+    """View 1 with the first recipe, view 2 with the second, each compiled (a mutation audit: view 1's recipe
+    for both views, or neither compiled, survived every test but a slow one that compiles)."""
+    byol = tiny_byol()
+    _, augments = compile_step(ViewsForward(byol), byol)
+    assert [a.compiled.fn.__self__ for a in augments] == [byol.augment_fn, byol.augment_fn2]
+
+
+def test_an_out_of_memory_error_at_the_first_call_is_raised_not_taken_for_a_failure_to_compile():
+    """A batch that does not fit fails compiled or eager: it is the user's error to see, not a warning that
+    compiling failed and a second, eager try (a mutation audit: the first call's check survived every test)."""
+    calls = []
+
+    def out_of_memory(x):
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    fn = Compiled(out_of_memory, backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "torch.compile is unavailable here"
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            fn(torch.ones(2))
+    assert calls == [1] and fn.error is None
+
+
 def test_loop_step_reads_nothing_back_to_the_host(host_reads):
     byol = tiny_byol()
     batches = TensorBatches(images(64), None, 8, generator=0)
