@@ -206,8 +206,9 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     """Train a linear classifier on frozen, precomputed features; report test accuracy.
 
     Features are standardized with the train split's per-dimension mean and std (a BatchNorm
-    without affine, as in MAE's linear probe), then a zero-initialized linear layer is trained
-    with cross-entropy and SGD (momentum 0.9, Nesterov) under a cosine learning-rate schedule.
+    without affine, as in MAE's linear probe; a dimension constant there is centred only), then a
+    zero-initialized linear layer is trained with cross-entropy and SGD (momentum 0.9, Nesterov) under a
+    cosine learning-rate schedule.
 
     Deviation from the paper (BYOL, Appendix C): its linear evaluation trains the classifier on
     random crops and flips, passing each through the frozen encoder; here features are computed
@@ -238,6 +239,10 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.to(device, torch.float32)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    # A feature the same in every train row tells no class apart: scaled by 1, as scikit-learn's StandardScaler
+    # does, not by 1/1e-6, which made a test row where it differs score as the head's weight for it (learned on
+    # the mean's rounding) said, whatever its other features: such rows were at chance (a review)
+    std = torch.where(x_train.amin(0) == x_train.amax(0), torch.ones_like(std), std)
     num_classes = int(torch.cat([train_labels, test_labels.to(train_labels.device)]).max()) + 1
     head, train_loss = _fit_linear(x_train, mean, std, train_labels.to(device).long(), num_classes,
                                    epochs, batch_size, lr, weight_decay, seed, progress)

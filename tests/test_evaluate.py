@@ -439,6 +439,22 @@ def test_linear_probe_takes_a_feature_that_never_varies():
     assert result["top1"] > 99 and math.isfinite(result["train_loss"])
 
 
+def test_a_feature_constant_over_the_train_split_does_not_decide_a_test_row_where_it_differs():
+    """A review: a unit the same in every train row but not 0 (a unit that never fired there, after a bias or a
+    BatchNorm) was scaled by 1/1e-6: the head learned a weight for it from the mean's rounding, and each test row
+    where the unit differed by 0.5 was classified by that weight alone, at chance (34% of 3 classes for 84%)."""
+    g = torch.Generator().manual_seed(0)
+    y, yt = torch.randint(0, 3, (600,), generator=g), torch.randint(0, 3, (300,), generator=g)
+    x = torch.randn(600, 8, generator=g) + nn.functional.one_hot(y, 8) * 2.0
+    xt = torch.randn(300, 8, generator=g) + nn.functional.one_hot(yt, 8) * 2.0
+    ref = linear_probe(x, y, xt, yt, epochs=20)["top1"]
+    assert ref > 80
+    for value in (0.1, 1.7):
+        top1 = linear_probe(torch.cat([x, torch.full((600, 1), value)], 1), y,
+                            torch.cat([xt, torch.full((300, 1), value + 0.5)], 1), yt, epochs=20)["top1"]
+        assert abs(top1 - ref) <= 1
+
+
 def test_linear_probe_seed_sets_the_shuffling():
     """A mutation audit: a seed the probe ignored survived (eval linear reports the seed it ran with)."""
     x, y, xt, yt = random_split(n_train=100, n_test=20, d=8, c=3)
