@@ -54,11 +54,17 @@ class FilesNotFound(DataError):
 
 def _what_is_there(root: Path, name: Optional[str], download: str) -> Optional[str]:
     """What in ``root`` explains why data set ``name``'s files are not found there (a user test: each was
-    said only as the files expected): no such folder; another data set's files (not its own: their files
-    are said), the advice to ``--download`` kept where ``root`` holds them, not is them; its archive, not
-    unpacked; a folder of one's own images. None for none."""
+    said only as the files expected): no such folder; a file (the archive itself, say); another data set's
+    files (not its own: their files are said), the advice to ``--download`` kept where ``root`` holds them,
+    not is them; its archive, not unpacked; a folder of one's own images. None for none."""
     if not root.exists():
         return f"{root} does not exist: check the path, or pass {download} when online to fetch the files there"
+    if root.is_file():  # the archive itself, or one of the files (a user test: told to put the files in it)
+        where = shlex.quote(str(root.parent))
+        if ARCHIVE.fullmatch(root.name.lower()):
+            return (f"it is an archive, not a folder: unpack it (tar -xf {shlex.quote(root.name)}, in "
+                    f"{root.parent}) and set --data.root={where}")
+        return "it is a file, not a folder: set --data.root to the folder that holds the data set's files"
     layouts = {folder: other for table in (CIFAR_BINARY, CIFAR_PICKLE) for other, (folder, *_) in table.items()}
     layouts[STL_DIR] = "stl10"
     named = Path(os.path.abspath(root)).name  # (".", run from inside the layout's folder, is named so only absolute)

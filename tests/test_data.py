@@ -446,6 +446,20 @@ def test_files_not_found_say_what_is_there_instead(tmp_path):
         load_cifar(archive, "cifar10", "train")
 
 
+def test_files_not_found_in_a_file_say_it_is_one(tmp_path):
+    """A user review: data.root naming the archive itself, or one of the files, was told to put the files there
+    (with --download: 'could not download ... into' the file, 'File exists')."""
+    _cifar100_binary(tmp_path / "cifar-100-binary", 2)
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b")
+    for download in (False, True):
+        with pytest.raises(DataError, match=r"; it is an archive, not a folder: unpack it \(tar -xf cifar-100-python"
+                                            rf".tar.gz, in {tmp_path}\) and set --data.root={tmp_path}$"):
+            load_cifar(tmp_path / "cifar-100-python.tar.gz", "cifar100", "train", download)
+        with pytest.raises(DataError, match="; it is a file, not a folder: set --data.root to the folder that holds "
+                                            "the data set's files$"):
+            load_stl10(tmp_path / "cifar-100-binary" / "train.bin", "train", download)
+
+
 def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tvu
 
