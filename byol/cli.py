@@ -217,7 +217,7 @@ def _evaluate(args, overrides: list[str]) -> int:
         rows = [("linear top-1", f"{result['top1']:.2f}%"), ("linear top-5", top5),
                 ("probe", f"{result['epochs']} epoch{'s' * (result['epochs'] != 1)}, seed {result['seed']}")]
     rows += _encoder_rows(result)
-    title = f"{result['dataset']}: {result['n_train']} train / {result['n_test']} {result['test_split']} images"
+    title = f"{result['dataset']}: {result['n_train']:,} train / {result['n_test']:,} {result['test_split']} images"
     try:
         path = _write_json(result, args.out, default)
     except outputs.OutputError:

@@ -89,7 +89,7 @@ class _NoteLines:
     def update(self, n: int = 1) -> None:
         self.count += n
         seconds = self.clock.due()
-        if seconds is not None:
+        if seconds is not None and not (self.total and self.count >= self.total):  # the last batch: close() says it
             rate = self.count / max(seconds, 1e-6)
             left = f", about {duration((self.total - self.count) / rate)} left" if self.total and rate > 0 else ""
             of = f" of {self.total:,}" if self.total else ""

@@ -243,6 +243,19 @@ def test_note_lines_say_the_rate_and_the_time_left_for_what_is_left(monkeypatch,
     assert capsys.readouterr().err == ""
 
 
+def test_note_lines_of_a_pass_whose_last_batch_comes_at_a_line_say_only_its_end(monkeypatch, capsys):
+    """A user review: the last batch, 5 s in, said "6,000 of 6,000 images, 5 s, ..., about 0:00:00 left" and then
+    "6,000 images in 5 s" (the same, twice); now only the end's line."""
+    now = [1000.0]
+    monkeypatch.setattr(byol.progress.time, "monotonic", lambda: now[0])
+    with shown(LogLines("test features"), 100, "img", "features") as bar:
+        now[0] += 2.0
+        bar.update(60)
+        now[0] += 4.0
+        bar.update(40)
+    assert capsys.readouterr().err.splitlines() == ["note: test features: 100 images in 6 s"]
+
+
 def test_note_lines_of_a_pass_stopped_by_ctrl_c_say_where_it_stopped(monkeypatch, capsys):
     """A KeyboardInterrupt (Ctrl-C), no Exception, cuts a pass short too (a mutation audit: caught as Exception,
     the log said "40 images in 10 s", as if the pass were whole)."""
