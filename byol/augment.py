@@ -329,6 +329,9 @@ class Augment(nn.Module):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, 3, H, W) uint8 in [0, 255] or float in [0, 1] -> (B, 3, size, size) normalized views."""
+        if not isinstance(images, Tensor):  # (a NumPy batch failed on "no attribute 'dim'")
+            raise TypeError(f"Augment takes a tensor of images, (B, 3, H, W), not {type(images).__name__}: "
+                            "convert it first, e.g. torch.from_numpy(batch)")
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Augment takes a batch of RGB images, (B, 3, H, W), got shape {tuple(images.shape)}")
         if not images.numel():  # (the blur's grouped convolution failed on it: "non-positive groups")

@@ -184,6 +184,9 @@ def cut_at(net: nn.Module, hidden_layer: Union[str, int, None], hook_fallback: b
     output is taken by a forward hook (:class:`HookedLayer`, with a warning), else it is an error.
     ``trace=False`` takes the hook at once, for a network whose forward changes after this call.
     """
+    if not isinstance(net, nn.Module):  # (a function failed on "no attribute 'named_children'"; -1 returned it)
+        raise TypeError(f"cut_at takes the network (an nn.Module), not {type(net).__name__} {net!r:.60}: "
+                        "cut_at(net, hidden_layer)")
     if hidden_layer is not None and (isinstance(hidden_layer, bool)
                                      or not isinstance(hidden_layer, (str, numbers.Integral))):
         named = next((name for name, m in net.named_modules() if m is hidden_layer), None)

@@ -49,7 +49,8 @@ def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
     Buffers (BatchNorm running statistics) are copied from the online network, not averaged.
     The reference implementation instead keeps the target's own statistics from its forward
     passes. Training never uses them (the target runs in training mode, on batch statistics),
-    and eval and export take the online encoder.
+    and eval and export take the online encoder. A target whose parameters require gradients given with an
+    online network whose do not (the two swapped) is a ``ValueError``.
     """
     rate = float(tau)
     if not 0 <= rate <= 1:  # above 1 the target moves away from the online network, below 0 past it
@@ -82,6 +83,11 @@ def _pairs(target: nn.Module, online: nn.Module, warn: bool) -> tuple[list, list
     target_params, online_params = own_tensors(target_tree, "_parameters"), own_tensors(online_tree, "_parameters")
     if len(target_params) != len(online_params):
         raise ValueError("target and online networks have different parameter lists")
+    # (a user test: update_target(online, target, tau) moved the online network, and the target stayed at its init)
+    if any(p.requires_grad for p in target_params) and not any(p.requires_grad for p in online_params):
+        raise ValueError("the target's parameters require gradients and the online network's do not: the "
+                         "arguments are swapped; give the target first, the one moved, "
+                         "update_target(target, online, tau)")
     low = next((p.dtype for p in target_params if p.dtype in _LOW_PRECISION), None)
     if low is not None and warn:  # (the default filter shows it once)
         warnings.warn(_LOW_PRECISION_EMA.format(dtype=str(low).removeprefix("torch.")),

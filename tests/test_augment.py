@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2 as T
@@ -398,6 +399,13 @@ def test_an_empty_batch_is_a_clear_error():
 def test_what_is_not_a_batch_of_rgb_images_is_a_clear_error(shape):
     with pytest.raises(ValueError, match=r"Augment takes a batch of RGB images, \(B, 3, H, W\), got shape"):
         Augment(cifar_views(32)[0])(torch.zeros(shape, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("batch", [np.zeros((2, 3, 8, 8), np.uint8), [[[[0.5]]]]])
+def test_what_is_not_a_tensor_is_a_clear_error(batch):
+    """A user test: a NumPy batch (or a list) failed on "'numpy.ndarray' object has no attribute 'dim'"."""
+    with pytest.raises(TypeError, match=r"Augment takes a tensor of images, \(B, 3, H, W\), not"):
+        Augment(cifar_views(8)[0])(batch)
 
 
 @pytest.mark.gpu

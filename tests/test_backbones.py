@@ -80,6 +80,13 @@ def test_bad_hidden_layer_and_backbone_names():
     assert cut_at(net, np.int64(-2))(torch.rand(2, 3, 32, 32)).shape == (2, 64)  # NumPy's ints index too
 
 
+@pytest.mark.parametrize("hidden_layer", [-2, -1, "avgpool"])
+def test_what_is_not_a_network_is_a_clear_error(hidden_layer):
+    """A user test: a function failed on "no attribute 'named_children'", and with -1 came back as the encoder."""
+    with pytest.raises(TypeError, match="cut_at takes the network \\(an nn.Module\\), not function"):
+        cut_at(lambda x: x, hidden_layer)
+
+
 @pytest.mark.parametrize("wrap", [torch.compile, nn.DataParallel])
 @pytest.mark.parametrize("layer", ["avgpool", -2])
 def test_a_compiled_or_data_parallel_network_is_told_to_be_given_unwrapped(wrap, layer):

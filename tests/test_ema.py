@@ -138,6 +138,23 @@ def test_networks_that_do_not_match_are_a_clear_error():
             update_target(build_target(other), online, 0.99)
 
 
+def test_swapped_arguments_are_a_clear_error_and_move_nothing():
+    """A user test: update_target(online, target, tau) pulled the online network toward the target, which never
+    moved from its initialization, without a word."""
+    online = make_net()
+    target = build_target(online)
+    perturb(online)
+    before = [t.clone() for t in (*online.parameters(), *target.parameters())]
+    for update in (lambda: update_target(online, target, 0.9),
+                   lambda: update_target_by(online, target, torch.tensor(0.1))):
+        with pytest.raises(ValueError, match="the arguments are swapped; give the target first"):
+            update()
+        assert all(torch.equal(a, b) for a, b in zip((*online.parameters(), *target.parameters()), before))
+    online[0].requires_grad_(False)  # a frozen layer: the right order still moves the target
+    update_target(target, online, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), online.parameters()))
+
+
 @pytest.mark.parametrize("tau", [-0.1, 1.5, float("nan")])
 def test_a_tau_outside_0_and_1_is_refused(tau):
     """A user test: update_target(target, online, 2.0) extrapolated the target away from the online network."""
