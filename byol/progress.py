@@ -184,8 +184,9 @@ def bar_shape() -> dict:
 
 def shows_bars(progress) -> bool:
     """Whether ``train.progress`` draws bars: true, or auto where stderr is a terminal (a log file gets
-    a line an epoch instead: a bar would fill it with its redrawings)."""
-    return progress is True or (progress == "auto" and sys.stderr.isatty())
+    a line an epoch instead: a bar would fill it with its redrawings; no bar where stderr is None, as under
+    pythonw, or a writer without ``isatty``)."""
+    return progress is True or (progress == "auto" and _on_terminal())
 
 
 def progress_bar(t, rank: int, step: int, end_step: int, batch_size: int):
