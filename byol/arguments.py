@@ -21,23 +21,31 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        given = getattr(self, "_given", [])
         for action in self._actions:  # argparse names a missing sub-command by its dest, which --help does not show
             if isinstance(action, argparse._SubParsersAction) and \
                     message == f"the following arguments are required: {action.dest}":
                 message = f"give one of {', '.join(action.choices)} (see {self.prog} --help)"
-            # `byol eval --k 5 knn x.pt`: argparse left --k over and took its value for the command
             elif isinstance(action, argparse._SubParsersAction) and \
                     message.startswith(f"argument {action.dest}: invalid choice"):
-                if given and not given[0].startswith("-"):  # (argparse names the command by its dest, unshown)
-                    message = f"{given[0]!r} is not a command of {self.prog}: choose {', '.join(action.choices)}"
-                elif given:
-                    option = given[0].split("=")[0]
-                    owners = _commands_taking(option)
-                    where = f" (an option of byol {' and byol '.join(owners)})" if owners else ""
-                    message = (f"option {option!r}{where} is given before the command; give it after the command "
-                               f"(see {self.prog} --help)")
+                message = _not_a_command(message, action, getattr(self, "_given", []), self.prog)
         raise UsageError(message)
+
+
+def _not_a_command(message: str, action: argparse._SubParsersAction, given: list[str], prog: str) -> str:
+    """argparse's "argument protocol: invalid choice: '5'" (a name --help never shows) as what was wrong: the word
+    it took for the command, or the option before it whose value that is (`byol eval --k 5 knn x.pt`)."""
+    at = next((i for i, word in enumerate(given) if message.startswith(f"argument {action.dest}: invalid choice: "
+                                                                       f"{word!r}")), None)
+    if at is None:
+        return message
+    option = given[at - 1] if at else ""  # (--data.root=D or --random-init before a mistyped command: not it)
+    takes = [sub._option_string_actions[option].nargs != 0 for _, sub in _commands()
+             if option in sub._option_string_actions]  # (none: an option of none, whose value it may be)
+    if option.startswith("-") and "=" not in option and (any(takes) or not takes):
+        owners = _commands_taking(option)
+        where = f" (an option of byol {' and byol '.join(owners)})" if owners else ""
+        return f"option {option!r}{where} is given before the command; give it after the command (see {prog} --help)"
+    return f"{given[at]!r} is not a command of {prog}: choose {', '.join(action.choices)}"
 
 
 def shows_bars_given(overrides: list[str]) -> bool:
@@ -228,13 +236,16 @@ def _where_it_belongs(option: str, command: str) -> str:
     return (key or elsewhere) if command == "pretrain" else (elsewhere or key)
 
 
-def _commands_taking(option: str, root: Optional[argparse.ArgumentParser] = None, prefix: str = "") -> list[str]:
+def _commands_taking(option: str) -> list[str]:
     """The commands (``"eval linear"``) whose parser takes ``option``: to say where a misplaced one belongs."""
-    found = []
+    return [command for command, sub in _commands() if option in sub._option_string_actions]
+
+
+def _commands(root: Optional[argparse.ArgumentParser] = None, prefix: str = ""):
+    """Each command's name (``"eval linear"``) and parser, nested ones too."""
     for action in (root or parser())._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 command = f"{prefix} {name}".strip()
-                found += [command] if option in sub._option_string_actions else []
-                found += _commands_taking(option, sub, command)
-    return found
+                yield command, sub
+                yield from _commands(sub, command)

@@ -96,14 +96,17 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
 
 def _named_from(base: Path, split: Optional[str]) -> Optional[str]:
     """An absolute ``split`` inside ``base`` (tab completion from another directory) as the folder's path from
-    ``base``, ``./val/cat``: it names a folder, never the split keyword. Any other ``split`` as it is."""
+    ``base``, ``./val/cat``: it names a folder, never the split keyword; ``base`` or ``split`` may go through a
+    symbolic link to it. Any other ``split`` as it is."""
     if split is None or not os.path.isabs(split):
         return split
-    try:
-        inside = Path(os.path.abspath(split)).relative_to(base)
-    except ValueError:  # outside base: refused as such
-        return split
-    return os.path.join(os.curdir, inside) if inside.parts else split
+    for resolve in (os.path.abspath, os.path.realpath):  # (then through links: ROOT a link, the split its target's)
+        try:
+            inside = Path(resolve(split)).relative_to(resolve(base))
+        except ValueError:  # outside base: refused as such
+            continue
+        return os.path.join(os.curdir, inside) if inside.parts else split
+    return split
 
 
 def _numbered_as(folder: ImageFolder, train: Optional[Path]) -> ImageFolder:

@@ -697,6 +697,10 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
      "embed) is given before the command; give it after the command (see byol --help)"),
     (["eval", "5", "knn", "x.pt"], "'5' is not a command of byol eval: choose knn, linear"),
     (["pretrian"], "'pretrian' is not a command of byol: choose pretrain, eval, embed, export"),
+    # a mistyped command after a setting or a flag, which may come first: the word is wrong, not the option (a review)
+    (["eval", "--data.root=d", "knnn", "x.pt"], "'knnn' is not a command of byol eval: choose knn, linear"),
+    (["eval", "--random-init", "knnn", "x.pt"], "'knnn' is not a command of byol eval: choose knn, linear"),
+    (["--train.epochs=3", "pretrian"], "'pretrian' is not a command of byol: choose pretrain, eval, embed, export"),
 ])
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
     _, line = main_error(capsys, *args)

@@ -88,6 +88,11 @@ def test_an_absolute_split_inside_the_root_is_that_folder(tmp_path):
     assert len(train) == 1  # the class train/, not the whole folder that --split train is
     with pytest.raises(DataError, match="is not a folder inside"):
         embeddings._folder_split(tmp_path / "set", str(tmp_path / "set"), 8, "train")
+    (tmp_path / "link").symlink_to(tmp_path / "set")  # ROOT a link, the split by its target's path (a review)
+    for root, split in (("link", "set/val"), ("set", "link/val")):
+        assert embeddings._folder_split(tmp_path / root, str(tmp_path / split), 8, "train").labels.tolist() == [1]
+    with pytest.raises(DataError, match="is not a folder inside"):
+        embeddings._folder_split(tmp_path / "link", str(tmp_path / "photos/dog"), 8, "train")
 
 
 def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp_path, capsys):
