@@ -21,7 +21,7 @@ from byol.config import ConfigError, load_config
 from byol.datasets import build_dataset
 from byol.features import extract_features
 from conftest import tiny_overrides
-from test_distributed import free_port, torchrun_env
+from test_distributed import RENDEZVOUS, torchrun_env
 
 HIDDEN = 3  # SmallNet's pool: a layer of its own, not the default -2
 
@@ -621,8 +621,7 @@ def test_under_torchrun_the_network_given_holds_its_own_batchnorm_layers_with_wh
     out = tmp_path / "run"
     overrides = settings(out, cifar10_root, **{"train.epochs": 2, "train.max_steps": 3, "train.knn_every": -1,
                                                 "data.limit": 32})  # (a checkpoint at step 2, the epoch's end)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                           "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", str(script),
-                           str(out / "checkpoints" / "last.pt"), str(layer), *overrides], capture_output=True,
-                          text=True, env={**torchrun_env(), "TMPDIR": str(tmp_path)}, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *RENDEZVOUS,
+                           str(script), str(out / "checkpoints" / "last.pt"), str(layer), *overrides],
+                          capture_output=True, text=True, env={**torchrun_env(), "TMPDIR": str(tmp_path)}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -184,35 +184,65 @@ def test_a_start_refused_for_another_reason_says_it_where_the_lock_s_run_has_end
             RunFolder(run, resume=True)
 
 
-def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_path, capsys):
+def test_a_start_waits_for_the_processes_a_killed_run_left_holding_its_lock(tmp_path, capsys, monkeypatch):
     """A user test: kill -9 of a run decoding a folder with workers left them holding the lock file
     (until they saw their parent gone, 5 s later), and an immediate --resume was refused, naming the
     dead run as writing there. Now a start waits for them, and says so."""
     import subprocess
     import sys
     import time
+    import byol.run_lock
     run = tmp_path / "run"
     run.mkdir()
     script = (  # a run that locks the folder, forks a decoding process and dies at once
-        "import fcntl, os, socket, sys, time\n"
+        "import fcntl, os, socket, sys\n"
         f"lock = open({str(run / '.byol.lock')!r}, 'a+')\n"
         "fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
         "lock.seek(0); lock.truncate(); lock.write(f'pid {os.getpid()} on {socket.gethostname()}\\n'); lock.flush()\n"
-        "if os.fork() == 0:\n    time.sleep(1.5); os._exit(0)\n"
+        "if os.fork() == 0:\n    os.read(int(sys.argv[1]), 1); os._exit(0)\n"
         "os._exit(0)\n")
-    subprocess.run([sys.executable, "-c", script], check=True)
+
+    def killed_run() -> int:
+        """The write end of a pipe whose closing ends the killed run's decoding process (not a time it sleeps: on
+        a loaded machine the start came after it had ended, and found nothing to wait for)."""
+        read, write = os.pipe()
+        try:
+            subprocess.run([sys.executable, "-c", script, str(read)], pass_fds=(read,), check=True)
+        finally:
+            os.close(read)
+        return write
+
+    def still_held() -> bool:
+        with open(run / ".byol.lock") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
+    outwait, waited = byol.run_lock._outwait_orphans, []
+
+    def decoding_ends_while_waited_for(*args, **kwargs):
+        waited.append(still_held())  # the start found the lock held by the decoding process
+        os.close(ends)
+        return outwait(*args, **kwargs)
+    ends = killed_run()
+    monkeypatch.setattr(byol.run_lock, "_outwait_orphans", decoding_ends_while_waited_for)
     start = time.monotonic()
     RunFolder(run, resume=False).release()
-    assert 0.5 < time.monotonic() - start < 10
+    assert waited == [True] and time.monotonic() - start < 10
     assert f"note: the run that held {run} (pid " in capsys.readouterr().err
+    monkeypatch.undo()
     # Processes that do not end: one sentence that says what to do, after the wait.
-    import byol.run_lock
-    subprocess.run([sys.executable, "-c", script.replace("time.sleep(1.5)", "time.sleep(6)")], check=True)
+    ends = killed_run()
     lock = open(run / ".byol.lock", "r")
-    with pytest.raises(ConfigError, match=r"\(pid \d+\) has ended, but processes it started still hold its lock "
-                                          r"file open after 0.5 s; end them \(fuser -k .*\), then start again"):
-        byol.run_lock._outwait_orphans(lock, lock.read().strip(), run, seconds=0.5)
-    assert lock.closed
+    try:
+        with pytest.raises(ConfigError, match=r"\(pid \d+\) has ended, but processes it started still hold its lock "
+                                              r"file open after 0.5 s; end them \(fuser -k .*\), then start again"):
+            byol.run_lock._outwait_orphans(lock, lock.read().strip(), run, seconds=0.5)
+        assert lock.closed
+    finally:
+        os.close(ends)
 
 
 def test_a_released_lock_is_free_while_a_process_forked_before_the_release_runs_on(tmp_path, monkeypatch):
