@@ -8,8 +8,8 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0
     """Linear warm-up from 0 to ``base_lr`` over ``warmup_steps``, then cosine decay to ``final_lr``.
 
     Step 0 gives ``base_lr / warmup_steps`` (the first warm-up step is not wasted at lr 0);
-    step ``warmup_steps`` gives ``base_lr``; step ``total_steps`` gives ``final_lr`` (where the warm-up is
-    shorter than that: as long or longer, the cosine starts where the warm-up ends).
+    step ``warmup_steps`` gives ``base_lr``; step ``total_steps`` gives ``final_lr`` where ``warmup_steps <
+    total_steps`` (otherwise the warm-up runs whole, and ``final_lr`` comes the step after ``warmup_steps``).
     """
     _check_step(step)
     if warmup_steps > 0 and step < warmup_steps:
