@@ -135,8 +135,12 @@ def describe(folder: str, files: list[str]) -> str:
 
 
 def download_archive(url: str, root: Path, md5: str) -> None:
+    """Fetch and unpack ``url`` into the folder ``root``; nothing where ``root`` is a file (the archive itself, say:
+    the caller's error for files not found says what it is, not that a download into it failed)."""
     from torchvision.datasets.utils import download_and_extract_archive
 
+    if root.is_file():
+        return
     made = topmost_missing(root)
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def load_cifar(root: Union[str, Path], name: str = "cifar10", split: str = "trai
         raise DataError(f"unknown {name} split {split!r}; choose train or test")
     root = Path(root).expanduser()
     found = _find_cifar(root, name, split)
-    if found is None and download and not root.is_file():  # (a file: the error below says so, not the download)
+    if found is None and download:
         url, md5 = _CIFAR_URL[name]
         download_archive(url, root, md5)
         found = _find_cifar(root, name, split)
@@ -229,7 +229,7 @@ def load_stl10(root: Union[str, Path], split: str = "unlabeled", download: bool 
     files = [f"{p}_X.bin" for p in parts] + [f"{p}_y.bin" for p in parts if p != "unlabeled"]
     root = Path(root).expanduser()
     folder = find_layout(root, STL_DIR, files)
-    if folder is None and download and not root.is_file():
+    if folder is None and download:
         download_archive(_STL_URL[0], root, _STL_URL[1])
         folder = find_layout(root, STL_DIR, files)
     if folder is None:
