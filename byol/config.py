@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .files import write_text_atomically
-from .config_files import ConfigError, override_key, read_preset
+from .config_files import ConfigError, override_key, presets_folder, read_preset
 from .config_values import coerce, is_empty, kind_in_words, yaml_word
 from .config_rules import GIVEN_BACKBONE, validate
 
@@ -227,7 +227,8 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
         head, dot, _ = str(section).partition(".")
         guess = _closest(section, names)
         hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else "" if guess else
-                "; a file's settings go over the defaults, not over a preset (start from a copy of configs/NAME.yaml)")
+                "; a file's settings go over the defaults, not over a preset (start from a copy of "
+                f"{presets_folder() / 'NAME.yaml'})")
         raise ConfigError(f"unknown config section {section!r}{guess}; the sections are {', '.join(names)}{hint}")
     if values is None or values == {}:  # (a user test: a copied preset's section with its keys commented out)
         raise ConfigError(f"config section {section!r} is empty (its keys commented out?); give its keys under it, "

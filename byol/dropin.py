@@ -187,7 +187,8 @@ class BYOL(BYOLModel):
                 warnings.warn(f"the representation at hidden_layer={hidden_layer!r} is {dim:,} values an image, a "
                               f"layer's output flattened, not pooled, it seems: the projector's first layer holds "
                               f"{dim * projection_hidden_size / 1e6:,.0f} million weights; BYOL's representation is a "
-                              "pooled one (docs/python_api.md, 'Pick a pooled layer outside ResNets')",
+                              "pooled one: give hidden_layer a layer that pools (a ResNet's 'avgpool'), or wrap the "
+                              "network so that its penultimate child does",
                               stacklevel=outside_stacklevel())
         dtype = out_dtype if out_dtype.is_floating_point else dtype
         if sync_batchnorm is None:  # byol-pytorch's default

@@ -507,6 +507,17 @@ def test_a_file_without_settings_or_with_an_unknown_section_is_one_sentence(tmp_
         load_config(str(path))
 
 
+def test_the_preset_to_copy_is_named_where_it_is_outside_the_checkout(tmp_path, monkeypatch):
+    """An installed-wheel test: an unknown section said to start from a copy of configs/NAME.yaml, a folder of the
+    source tree that a pip-installed byol has not (its presets are byol/configs/ in site-packages)."""
+    monkeypatch.chdir(tmp_path)  # where a user runs byol, not the checkout's root
+    (tmp_path / "run.yaml").write_text("base: cifar10-cpu\n")
+    with pytest.raises(ConfigError, match=r"start from a copy of (.+)/NAME\.yaml\)$") as e:
+        load_config("run.yaml")
+    folder = Path(re.search(r"a copy of (.+)/NAME\.yaml\)$", str(e.value)).group(1))
+    assert folder.is_absolute() and (folder / "cifar10-cpu.yaml").is_file(), folder
+
+
 def test_an_empty_config_name_is_refused_and_a_pipe_is_read(tmp_path):
     import os
     import threading

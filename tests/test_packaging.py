@@ -1,6 +1,8 @@
 """What pip gets: the source distribution holds what its tests, benchmarks and docs need; the wheel holds
 the package, its presets and the licence, and nothing else. Built from a copy of the tracked files."""
 
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -46,3 +48,18 @@ def test_the_sdist_holds_every_tracked_file_and_the_wheel_the_package_alone(tmp_
         "byol/configs/" + n[len("configs/"):] for n in tracked if n.startswith("configs/")}
     assert {n for n in in_wheel if not n.startswith(info)} == package
     assert f"{info}licenses/LICENSE" in in_wheel
+
+
+def test_the_messages_of_the_package_cite_no_file_of_the_source_tree():
+    """An installed-wheel test: a warning sent the user to docs/python_api.md and an error to configs/NAME.yaml,
+    neither of which a pip-installed byol has. Every string the package's code holds, docstrings and comments
+    aside, names no path of the checkout alone (docs/, benchmarks/, tests/, configs/, a .md file)."""
+    source_only = re.compile(r"\b(docs|benchmarks|tests|configs)/|\b\w+\.md\b")
+    cited = []
+    for path in sorted((ROOT / "byol").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        cited += [f"{path.name}:{node.lineno}: {node.value}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and id(node) not in docstrings and source_only.search(node.value)]
+    assert not cited, "\n".join(cited)
