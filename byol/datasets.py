@@ -17,7 +17,8 @@ from .data import DataError, ImageSet
 from .dataset_files import (CIFAR_BINARY, CIFAR_PICKLE, STL_DIR, FilesNotFound, describe, download_archive,
                             find_layout, lacking_files)
 from .distributed import note
-from .folder import ImageFolder, split_folder
+from .folder import ImageFolder
+from .folder_splits import split_folder
 
 DATASETS = ("cifar10", "cifar100", "stl10", "folder")
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "stl10": 96}  # the side of each data set's own images
@@ -266,7 +267,7 @@ def build_dataset(name: str, root: Union[str, Path], split: str, size: Optional[
 
     ``size`` is the square side of a folder's images; CIFAR and STL-10 keep their own
     resolution. For "folder", ``root/split`` is used when it is a split of an ImageNet-style
-    ``train/``, ``val/`` tree (:func:`~byol.folder.split_folder`: not a class of a plain folder of
+    ``train/``, ``val/`` tree (:func:`~byol.folder_splits.split_folder`: not a class of a plain folder of
     classes), else ``root`` itself; ``download`` does not apply.
     """
     if name in ("cifar10", "cifar100"):

@@ -13,7 +13,8 @@ from .errors import path_argument
 from .progress import named
 from .files import bytes_written_by, write_files_atomically
 from .data import DataError
-from .folder import ImageFolder, class_names, escape_name, first_names, split_folder
+from .folder import ImageFolder, class_names, escape_name
+from .folder_splits import first_names, split_folder
 from . import distributed as dist
 from .distributed import note
 from .encoders import CHECKPOINT_PATH, load_encoder_with_origin

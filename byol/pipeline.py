@@ -21,7 +21,8 @@ from .config_files import override_key
 from .data import DataError, ImageSet
 from .dataset_files import FilesNotFound
 from .datasets import build_dataset
-from .folder import ImageFolder, escape_name, first_names, labeled_folders
+from .folder import ImageFolder, escape_name
+from .folder_splits import first_names, labeled_folders
 from .loaders import folder_loader
 from . import distributed as dist
 from .distributed import note

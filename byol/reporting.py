@@ -18,7 +18,7 @@ from .config_values import yaml_word
 from .errors import ByolError
 from .progress import duration
 from .datasets import NATIVE_SIZE
-from .folder import held_out_folder
+from .folder_splits import held_out_folder
 from .decoding_processes import usable_cores
 from .metrics import DATA_WAIT, KNN_PREFIX, MetricsLog
 from .monitor import CollapseMonitor

@@ -18,7 +18,8 @@ from .data import DataError, ImageSet, TensorBatches, data_home
 from .dataset_files import FilesNotFound
 from .datasets import NATIVE_SIZE, build_dataset
 from .decoding_processes import end_now
-from .folder import ImageFolder, labeled_folders, split_folder
+from .folder import ImageFolder
+from .folder_splits import labeled_folders, split_folder
 from .loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 
 

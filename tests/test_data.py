@@ -23,7 +23,8 @@ from PIL import Image, ImageOps
 from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.decoding_processes import _shared_memory_full
 from byol.datasets import build_dataset, load_cifar, load_stl10
-from byol.folder import ImageFolder, Skipped, class_names, labeled_folders
+from byol.folder import ImageFolder, Skipped, class_names
+from byol.folder_splits import labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image
 from byol.scan import PackedNames
@@ -1156,7 +1157,7 @@ def test_a_held_out_split_is_one_beside_train_and_skipped_inside_counts_the_fold
     """A mutation audit: a ``test/`` (or ``val/``) folder taken as the held-out split without a ``train/`` beside
     it (a plain folder with a class named test), and the skipped files of a kNN split counted as the folder's
     own (a resume's check of its skipped files), survived."""
-    from byol.folder import held_out_folder
+    from byol.folder_splits import held_out_folder
     for where in ("test/a.png", "other/b.png"):
         (tmp_path / where).parent.mkdir(exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / where)
@@ -1835,7 +1836,7 @@ def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, 
     root) was left out with all its images and without a word, by pretrain, eval and embed: it is named
     in a note now; a root that cannot be listed is one sentence. (Root reads such folders anyway: the
     refusal is made here by os.scandir, which os.walk lists each folder with.)"""
-    from byol.folder import split_folder
+    from byol.folder_splits import split_folder
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         for i in range(2):

@@ -107,7 +107,7 @@ def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
     (("train", "val"), "train", False), (("val",), "val", False)])
 def test_pretraining_a_folder_on_its_held_out_split_gets_a_note(tmp_path, capsys, splits, train_split, said):
     """A user test: a folder pretrained on ROOT/val, which its kNN monitor and eval score on, got no note, as
-    CIFAR's test split did. Held out: ROOT/val, else ROOT/test, beside ROOT/train (byol.folder.labeled_folders)."""
+    CIFAR's test split did. Held out: ROOT/val, else ROOT/test, beside ROOT/train (byol.folder_splits.labeled_folders)."""
     from byol.reporting import note_train_split
     for split in splits:
         (tmp_path / split / "a").mkdir(parents=True)

@@ -80,7 +80,7 @@ def test_folder_settings_given_for_cifar_or_stl10_are_said_not_to_be_used(tmp_pa
 
 
 def test_a_class_folder_named_as_the_train_split_is_said_to_be_read_as_a_class(tmp_path, capsys):
-    """bus/ car/ train/: train/ is a class there (byol.folder.split_folder), which a note says; the
+    """bus/ car/ train/: train/ is a class there (byol.folder_splits.split_folder), which a note says; the
     train/ of a train/ + val/ layout is the split, without a note."""
     from PIL import Image
     for path in ("plain/bus/0.png", "plain/train/0.png", "layout/train/bus/0.png", "layout/train/bus/1.png",
