@@ -81,18 +81,9 @@ class RunFolder:
             if (self.path / name).exists() and not (self.path / name).is_dir():
                 raise ConfigError(f"{self.path / name} is a file where the run keeps its {name}/ folder; move it "
                                   "away, or choose another train.out_dir")
-        folder = self.checkpoint.parent
-        kept = sorted(p for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
-        # kept epochs of a run whose last.pt is gone: resumed from once the newest is copied to last.pt
-        # (not an earlier start's epoch kept apart as epoch_N_stepS.pt, of a step before its epoch_N.pt,
-        # nor another .pt put there)
-        epochs = sorted((p for p in kept if re.fullmatch(r"epoch_[0-9]+\.pt", p.name, re.ASCII)),
-                        key=lambda p: int(p.stem.removeprefix("epoch_")))
-        copy = (f"; to resume from {epochs[-1].relative_to(self.path)}, copy it to checkpoints/last.pt first"
-                if epochs and not self.checkpoint.is_file() else "")
-        if resume and not self.checkpoint.is_file():
-            raise CheckpointError(f"cannot resume: no checkpoint at {self.checkpoint}" +
-                                  (copy or "; start without --resume"))
+        if resume:
+            refuse_resume_without_checkpoint(self.path)
+        kept, epochs, copy = _kept_checkpoints(self.path)
         if not resume and kept:
             shown = self.checkpoint if self.checkpoint in kept else (epochs or kept)[-1]
             raise ConfigError(f"{self.path} already holds a run ({shown.relative_to(self.path)}); pass --resume "
@@ -186,6 +177,31 @@ class RunFolder:
         say(f"warning: {line}", progress)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
+
+
+def _kept_checkpoints(path: Path) -> tuple[list[Path], list[Path], str]:
+    """The ``.pt`` files in ``path``'s ``checkpoints/``, its ``epoch_N.pt`` of them by N, and where it has no
+    ``last.pt``, how to resume from the newest of those ("" where it has none)."""
+    folder = last_checkpoint(path).parent
+    kept = sorted(p for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
+    # kept epochs of a run whose last.pt is gone: resumed from once the newest is copied to last.pt
+    # (not an earlier start's epoch kept apart as epoch_N_stepS.pt, of a step before its epoch_N.pt,
+    # nor another .pt put there)
+    epochs = sorted((p for p in kept if re.fullmatch(r"epoch_[0-9]+\.pt", p.name, re.ASCII)),
+                    key=lambda p: int(p.stem.removeprefix("epoch_")))
+    copy = (f"; to resume from {epochs[-1].relative_to(path)}, copy it to checkpoints/last.pt first"
+            if epochs and not last_checkpoint(path).is_file() else "")
+    return kept, epochs, copy
+
+
+def refuse_resume_without_checkpoint(path: Path) -> None:
+    """A resume of the run in ``path`` needs its ``checkpoints/last.pt``: a CheckpointError saying so where it
+    has none. (Every torchrun process checks it, rank 0 in :class:`RunFolder`: the others said only that
+    the file did not exist, a second sentence after rank 0's, a user test.)"""
+    if not last_checkpoint(path).is_file():
+        copy = _kept_checkpoints(path)[2]
+        raise CheckpointError(f"cannot resume: no checkpoint at {last_checkpoint(path)}" +
+                              (copy or "; start without --resume"))
 
 
 def last_checkpoint(folder) -> Path:

@@ -141,7 +141,7 @@ class LoopStep:
         and the guard's counts."""
         loss_sum, std_sum, good = self.sums.tolist()
         self.sums.zero_()
-        eff_rank = effective_rank(z1).item() if torch.isfinite(z1).all() else float("nan")
+        eff_rank = effective_rank(z1).item() if len(z1) > 1 and torch.isfinite(z1).all() else float("nan")
         mean = (lambda v: v / good) if good else (lambda v: float("nan"))
         record = {"train/loss": mean(loss_sum), "monitor/z_std": mean(std_sum), "monitor/effective_rank": eff_rank,
                   "train/nonfinite_streak": self.guard.reset_max(),
@@ -156,8 +156,12 @@ def step_metrics(loss: torch.Tensor, z1: torch.Tensor, ok: torch.Tensor) -> torc
     """A step's share of the sums :class:`LoopStep` reads: (loss, z std, 1), zeros for a step the
     guard undid (``ok`` False). On the device, no host sync."""
     okf = ok.float()
+    # A share of one image (train.batch_size = processes under torchrun) has no spread to measure: NaN, as its
+    # effective rank in read, not torch's std of one row, which warned on every process, and a rank of 1, which
+    # the collapse monitor took for a collapse (a user test)
+    std = normalized_std(z1) if len(z1) > 1 else torch.full((), math.nan, device=z1.device)
     # where, not a product: an undone step's NaN times 0 is NaN, which blanked its whole record's std
-    return torch.stack([torch.where(ok, loss, 0.0), torch.where(ok, normalized_std(z1), 0.0), okf])
+    return torch.stack([torch.where(ok, loss, 0.0), torch.where(ok, std, 0.0), okf])
 
 
 def channels_last_crash(byol: BYOL, batch: int, device: torch.device, image_size: Optional[int] = None

@@ -27,7 +27,8 @@ from .progress import progress_bar
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cuda_graph, note_finished,
                         stop_line)
 from .resume import load_resumed, restore
-from .run_folder import RunFolder, last_checkpoint, note_new_start, read_warnings
+from .run_folder import (RunFolder, last_checkpoint, note_new_start, read_warnings,
+                         refuse_resume_without_checkpoint)
 from .run_setup import before_first_step, build_run, checked_run_config, load_run_data, prepare_device
 from .saving import Checkpoints
 from .step import LoopStep, step_forward
@@ -80,6 +81,8 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
     modules = as_given(net)  # (under torchrun, synchronized BatchNorm layers take their places while it trains)
     rank, world = dist.init()
     folder = RunFolder(Path(config.train.out_dir), resume) if rank == 0 else None
+    if folder is None and resume:  # refused in the words rank 0's folder says it in: said once
+        refuse_resume_without_checkpoint(Path(config.train.out_dir))
     benchmark = torch.backends.cudnn.benchmark  # prepare_device's choice is for this run's steps only
     try:
         if auto and not resume and folder is not None:

@@ -272,6 +272,20 @@ def test_ddp_errors_are_said_once_and_a_rank_s_failure_is_not_said_as_a_terminat
 
 
 @pytest.mark.slow
+def test_ddp_resume_without_a_checkpoint_is_said_once(tmp_path, cifar10_root):
+    """A --resume into a folder without checkpoints/last.pt: rank 0 said how to go on, and rank 1, which
+    tried to load it, a second sentence ('checkpoint ... does not exist'; a user test)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # a kept epoch: the sentence says to copy it
+    proc = torchrun(2, "pretrain", "--resume", f"--data.root={cifar10_root}", *tiny_overrides(run), check=False)
+    said = (f"cannot resume: no checkpoint at {run / 'checkpoints' / 'last.pt'}; to resume from "
+            "checkpoints/epoch_0001.pt, copy it to checkpoints/last.pt first\n")
+    assert proc.returncode != 0 and proc.stderr.count("byol: ") == 1, proc.stderr
+    assert proc.stderr.count(said) == 1 and "does not exist" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
 def test_ddp_resume_in_a_folder_epoch_with_undecodable_batches_trains_as_the_uninterrupted_run(tmp_path):
     """Each rank starts its resumed epoch at its batch without decoding those before; where whole
     batches of its share cannot be decoded, it knows them from skipped_files.txt (every rank's)."""

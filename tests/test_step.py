@@ -20,7 +20,8 @@ from byol.augment import Augment, cifar_views
 from byol.data import TensorBatches
 from byol.schedules import cosine_lr, tau_schedule
 from byol.compiling import Compiled, compile_step, compiled_augment, eager_fallbacks
-from byol.step import LoopStep, ViewsForward, train_step, views_loss
+from byol.monitor import CollapseMonitor
+from byol.step import LoopStep, ViewsForward, step_metrics, train_step, views_loss
 from steps import SIZE, images, loop_steps, make_loop_step, optimizer_of, tiny_byol
 
 
@@ -260,6 +261,20 @@ def test_a_step_the_guard_undid_adds_nothing_to_the_sums_not_even_its_nan():
     assert step_metrics(nan, torch.full((4, 8), float("nan")), torch.tensor(False)).tolist() == [0.0, 0.0, 0.0]
     kept = step_metrics(torch.tensor(1.5), torch.randn(4, 8), torch.tensor(True))
     assert kept[0] == 1.5 and 0 < kept[1] < 1 and kept[2] == 1.0
+
+
+def test_a_share_of_one_image_has_no_collapse_statistics_and_is_no_collapse():
+    """Under torchrun with train.batch_size = processes each process's share is one image: its std was torch's NaN
+    of one row, with torch's warning on every process, and its effective rank 1, which the collapse monitor warned
+    of as a collapse at the first record (a user test)."""
+    loop_step, z1 = make_loop_step(tiny_byol()), torch.randn(1, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "std(): degrees of freedom is <= 0"
+        loop_step.sums += step_metrics(torch.tensor(1.5), z1, torch.tensor(True))
+        record = loop_step.read(z1)
+    assert record["train/loss"] == 1.5, record
+    assert math.isnan(record["monitor/z_std"]) and math.isnan(record["monitor/effective_rank"]), record
+    assert CollapseMonitor().check(record["monitor/z_std"], record["monitor/effective_rank"], 16, 2, 1.5) is None
 
 
 def test_a_step_the_guard_undid_left_the_target_as_it_was():
