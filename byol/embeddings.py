@@ -83,6 +83,9 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         note(f"{where}, so " + ("all of its images are embedded, as a run on it trains on them" if base is None
                                 else f"the images of {trained_on} are embedded"))
         return ImageFolder(trained_on, size, "partial")
+    if base is None and (Path(split).is_absolute() or os.path.normpath(split).split(os.sep)[0] == os.pardir):
+        raise DataError(f"{split!r} is not a folder inside {root}: name one of its class folders, or give another "
+                        "folder of images as --data.root=FOLDER")  # (an absolute one inside is ./NAME by now)
     if base is None and (root / split).is_dir():  # one of a plain folder's classes, labeled as the run's
         return ImageFolder(root, size, "partial").inside(split)
     if base is not None and (Path(split).is_absolute() or os.pardir in Path(split).parts):  # (it read outside)

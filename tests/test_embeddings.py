@@ -70,6 +70,18 @@ def test_a_split_outside_the_root_is_refused(tmp_path):
     assert embeddings._folder_split(tmp_path / "set", "val/cat", 8, "train").root == str(tmp_path / "set/val/cat")
 
 
+def test_a_folder_outside_a_plain_folder_is_refused_as_outside_it(tmp_path):
+    """embed --split of a folder outside a plain folder's run (docs/cli.md: another folder's images are embedded
+    with --data.root=FOLDER) was told it was not 'directly inside' the root, as if it were a folder deeper down."""
+    for path in ("photos/cat/0.png", "photos/dog/1.png", "elsewhere/cat/2.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    for split in ("../elsewhere", str(tmp_path / "elsewhere"), "cat/../../elsewhere"):
+        with pytest.raises(DataError, match=f"^'{split}' is not a folder inside {tmp_path / 'photos'}: name one of "
+                                            "its class folders, or give another folder of images as --data.root="):
+            embeddings._folder_split(tmp_path / "photos", split, 8, "train")
+
+
 def test_an_absolute_split_inside_the_root_is_that_folder(tmp_path):
     """embed --split ROOT/val (a path tab-completed from another directory) was refused as 'not a folder inside
     ROOT', and a plain folder's ROOT/dog as 'not a folder directly inside ROOT'."""
