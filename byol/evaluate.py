@@ -38,7 +38,8 @@ def _splits(train_features, train_labels, test_features, test_labels=None, score
         raise ValueError("the test labels are needed to score the test split")
     out = []
     for which, features, labels in (("train", train_features, train_labels), ("test", test_features, test_labels)):
-        features = torch.as_tensor(features)
+        # detached: features computed with gradients on (enc(x)) broke the probe's backward in torch's words (a review)
+        features = torch.as_tensor(features).detach()
         if features.dim() != 2:
             raise ValueError(f"the {which} features must be a matrix (N, D), got shape {tuple(features.shape)}")
         if which == "train" and len(features) < least:
@@ -52,8 +53,8 @@ def _splits(train_features, train_labels, test_features, test_labels=None, score
             if labels.shape != features.shape[:1]:
                 raise ValueError(f"the {which} labels must be one per row of its features, shape ({len(features)},), "
                                  f"got {tuple(labels.shape)}")
-            if labels.numel() and (labels.min() < 0 or (labels.is_floating_point()
-                                                        and not torch.equal(labels, labels.round()))):
+            if labels.numel() and (labels.min() < 0 or (labels.is_floating_point() and not (
+                    torch.isfinite(labels).all() and torch.equal(labels, labels.round())))):  # inf: an index error
                 raise ValueError(f"the {which} labels must be class indices 0, 1, ... (byol embed writes -1 for an "
                                  "image without a label)")
             labels = labels.long()
@@ -93,7 +94,10 @@ def _vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
     return scores.scatter_add_(1, neighbour_labels, ((sims - sims[:, :1]) / temperature).exp())
 
 
-def _check_knn(ks: tuple, temperature: float) -> None:
+def _check_knn(ks: tuple, temperature: float, chunk_size: Optional[int]) -> None:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral)
+                                   or chunk_size < 1):  # (-1 scored no chunk at all: 0.0%, as if measured)
+        raise ValueError(f"chunk_size must be None or a whole number >= 1 (test rows per chunk), got {chunk_size!r}")
     if not ks or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in ks) \
             or not 0 < temperature < math.inf:
         raise ValueError(f"every k must be a whole number >= 1 and the temperature > 0 and finite, got ks={ks}, "
@@ -127,7 +131,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         that its nearest neighbour weighs 1 (its weights taken over exp(its largest sim / temperature)),
         so that a small temperature does not overflow; the ratios within a row are the vote's.
     """
-    _check_knn((k,), temperature)
+    _check_knn((k,), temperature, chunk_size)
     train_features, train_labels, test_features, _ = _splits(train_features, train_labels, test_features,
                                                              scored=False)
     device = torch.device(device) if device is not None else None
@@ -152,7 +156,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     if isinstance(ks, (numbers.Number, str, bytes)):  # ks=20 failed: "'int' object is not iterable"
         raise ValueError(f"ks must be a list or tuple of whole numbers >= 1, such as (20, 200), got {ks!r}")
     ks = tuple(int(k) if isinstance(k, numbers.Integral) and not isinstance(k, bool) else k for k in ks)  # True: no k
-    _check_knn(ks, temperature)
+    _check_knn(ks, temperature, chunk_size)
     ks = tuple(dict.fromkeys(ks))  # a k given twice is scored once (its hits were counted twice, past 100%)
     train_features, train_labels, test_features, test_labels = _splits(train_features, train_labels, test_features,
                                                                        test_labels)
@@ -226,7 +230,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
     Returns:
         ``{"top1", "top5", "classes", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C)),
-        the number of classes C, and the mean cross-entropy of the last epoch.
+        the number of classes C, and the mean cross-entropy of the last epoch. A head that diverged (an ``lr``
+        too large, or not finite) is a ``ValueError``, not a score.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
@@ -250,6 +255,9 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         logits = head((test_features.to(device, torch.float32) - mean) / std)
         top = logits.topk(min(5, num_classes), dim=1).indices  # (N_test, 5)
         hit = top == test_labels.to(device).long().view(-1, 1)
+    if not (math.isfinite(train_loss) and torch.isfinite(logits).all()):  # (NaN logits scored as if measured)
+        raise ValueError(f"the linear probe diverged (its last epoch's loss is {train_loss:.4g}) at lr={lr}: "
+                         "give a smaller finite lr (the default 0.1 suits standardized features)")
     n = max(len(test_features), 1)
     return {"top1": 100.0 * float(hit[:, 0].sum()) / n, "top5": 100.0 * float(hit.any(1).sum()) / n,
             "classes": num_classes, "train_loss": train_loss}

@@ -218,6 +218,7 @@ def test_features_and_labels_that_do_not_fit_are_one_sentence():
                        ((x, y, x, y[:, None]), r"the test labels must be one per row"),
                        ((x, y - 1, x, y), r"the train labels must be class indices 0, 1, ... \(byol embed writes -1"),
                        ((x, y + 0.5, x, y), r"the train labels must be class indices"),
+                       ((x, y.double().masked_fill(y == 0, math.inf), x, y), r"the train labels must be class indices"),
                        ((x, y, x[:, :3], y), r"the train and test features differ in width: 4 and 3")):
         for fn in (knn_accuracy, linear_probe):
             with pytest.raises(ValueError, match=said):
@@ -460,3 +461,35 @@ def test_linear_probe_seed_sets_the_shuffling():
     x, y, xt, yt = random_split(n_train=100, n_test=20, d=8, c=3)
     losses = {linear_probe(x, y, xt, yt, epochs=2, batch_size=16, seed=seed)["train_loss"] for seed in (0, 1, 0)}
     assert len(losses) == 2
+
+
+def test_features_computed_with_gradients_on_are_scored_as_their_values():
+    """A review: features from ``encoder(x)`` outside ``torch.no_grad()`` failed the probe with torch's "Trying to
+    backward through the graph a second time", after writing a gradient into the encoder."""
+    encoder = nn.Linear(8, 6)
+    x, y, xt, yt = random_split(n_train=40, n_test=20, d=8, c=3)
+    f, ft = encoder(x), encoder(xt)
+    assert linear_probe(f, y, ft, yt, epochs=2) == linear_probe(f.detach(), y, ft.detach(), yt, epochs=2)
+    assert not knn_classify(f, y, ft).requires_grad
+    assert knn_accuracy(f, y, ft, yt) == knn_accuracy(f.detach(), y, ft.detach(), yt)
+    assert encoder.weight.grad is None
+
+
+def test_a_linear_probe_that_diverges_is_an_error_not_a_score():
+    """A review: at lr nan, inf or 1e38 the head's weights went NaN and the probe reported a top-1 all the same."""
+    x, y, xt, yt = random_split(n_train=40, n_test=20, d=8, c=3)
+    said = r"^the linear probe diverged \(its last epoch's loss is (nan|inf)\) at lr="
+    for lr in (math.nan, math.inf, 1e38):
+        with pytest.raises(ValueError, match=said):
+            linear_probe(x, y, xt, yt, epochs=2, lr=lr)
+
+
+def test_a_chunk_size_below_1_is_an_error_not_a_score_of_no_rows():
+    """A review: chunk_size=-1 ("all at once") scored no test row, knn_accuracy 0.0% as if measured."""
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    for bad in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match=r"^chunk_size must be None or a whole number >= 1"):
+            knn_classify(x, y, x, chunk_size=bad)
+        with pytest.raises(ValueError, match=r"^chunk_size must be None or a whole number >= 1"):
+            knn_accuracy(x, y, x, y, chunk_size=bad)
+    assert knn_accuracy(x, y, x, y, ks=(1,), chunk_size=3) == {1: 100.0}
