@@ -5,7 +5,7 @@ defaults around a run whatever the caller set.
 Shared by pretraining (``train.py``), resuming (``resume.py``) and the steps after it (``pipeline.py``).
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional, Union
 
 import torch
@@ -50,16 +50,27 @@ def usual_torch_defaults() -> Iterator[None]:
     its votes' dtype, and results change while they said float32; ``train.precision`` is what sets
     autocast); the caller's put back on exit. Also a decorator. The default dtype is the process's:
     where the caller set another, its other threads see float32 meanwhile (grad mode and autocast are
-    each thread's own)."""
+    each thread's own). And the CPU as the default device, also where the caller set another
+    (``torch.set_default_device("cuda")``, ``with torch.device(...)``: its tensors made without a device, a
+    generator's state say, would land there: a review saw pretrain under "meta" fail, and its caller's
+    random generators not put back)."""
     dtype = torch.get_default_dtype()
     if dtype != torch.float32:
         torch.set_default_dtype(torch.float32)
     try:
-        with torch.inference_mode(False), torch.enable_grad(), _outside_autocast():
+        with torch.inference_mode(False), torch.enable_grad(), _outside_autocast(), _cpu_by_default():
             yield
     finally:
         if dtype != torch.float32:
             torch.set_default_dtype(dtype)
+
+
+def _cpu_by_default():
+    """Within, tensors made without a device are the CPU's, whatever default device the caller set (a
+    device context of its own, innermost, as ``with torch.device("cpu")`` is; torch's default device is each
+    thread's own)."""
+    default = getattr(torch, "get_default_device", None)  # (torch >= 2.3: none to set before it)
+    return torch.device("cpu") if default is not None and default().type != "cpu" else nullcontext()
 
 
 @contextmanager

@@ -89,8 +89,9 @@ def pretrain(config: Config, resume: Union[bool, str] = False, *, net: Optional[
             note_new_start(folder)
         if not resume:  # (a resume loads the checkpoint's weights into net)
             note_trained_before(net)
-        # the caller's generators (torch's, CUDA's, NumPy's, Python's) and defaults, as they were
-        with rng_state_kept(), usual_torch_defaults():
+        # the caller's generators (torch's, CUDA's, NumPy's, Python's) and defaults, as they were (the generators'
+        # states are kept as tensors: made on the CPU, within the usual defaults)
+        with usual_torch_defaults(), rng_state_kept():
             results = _pretrain(config, resume, rank, world, folder, net, given)
         if world > 1:  # (not a process group of the caller's, for a run of one process: its ranks would wait)
             dist.barrier()  # rank 0 has written the run's last checkpoint, which a rank may read next

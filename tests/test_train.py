@@ -1638,6 +1638,31 @@ def test_pretrain_and_eval_run_whatever_grad_mode_and_default_dtype_the_caller_s
         torch.set_default_dtype(torch.float32)
 
 
+@pytest.mark.skipif(not hasattr(torch, "get_default_device"), reason="torch.set_default_device: torch >= 2.3")
+def test_pretrain_and_eval_run_on_the_cpu_whatever_default_device_the_caller_set(tmp_path, cifar10_root):
+    """A notebook review: after torch.set_default_device (a GPU notebook's "cuda"; "meta" here, on any machine)
+    pretrain failed, and its caller's random generators were not put back: their states, kept as tensors, were
+    made on that device. Tensors made without a device are the CPU's inside; the caller's device is put back."""
+    import byol
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{"data.limit": 32, "train.max_steps": 2,
+                                                                         "train.knn_every": -1})
+                         + [f"--data.root={cifar10_root}"])
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    torch.set_default_device("meta")
+    try:
+        assert pretrain(config)["step"] == 2
+        assert torch.get_default_device().type == "meta"
+        torch.set_default_device(None)
+        assert torch.equal(torch.rand(3), expected)  # the caller's generator, as it was
+        with torch.device("meta"):  # a device context of the caller's
+            assert byol.knn(tmp_path / "run" / "checkpoints" / "last.pt", ks=(5,), limit=20)["knn_top1"][5] >= 0
+            assert torch.empty(1).device.type == "meta"
+    finally:
+        torch.set_default_device(None)
+
+
 def test_a_new_run_with_projections_one_wide_is_refused_before_anything_is_written(tmp_path):
     """A user test: model.projection_size=1 trained (its loss compares signs), and the collapse monitor called a
     std of 1.014 healthy. An earlier run's config.yaml of 1 still loads (its exports, evaluations, resume)."""
