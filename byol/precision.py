@@ -152,6 +152,14 @@ def checked_precision(byol: BYOL, config: Config, device: torch.device,
     return None
 
 
+def bf16_taken(byol: BYOL, config: Config, device: torch.device) -> bool:
+    """Whether ``train.precision=bf16`` trains ``byol`` on ``device``, not refused: on a GPU with bf16, on a CPU but
+    for a strided convolution over one pixel (:func:`checked_precision`). A resume offers it only where it is."""
+    if device.type == "cuda":
+        return native_bf16(device)
+    return device.type != "cpu" or not strided_over_one_pixel(byol.online.encoder, config.data.image_size)
+
+
 def evaluation_precision(encoder: torch.nn.Module, config: Config,
                          device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype ``byol eval`` and ``embed`` compute ``encoder``'s features in: ``train.precision``'s on

@@ -172,13 +172,14 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
 
 def restore(loaded: tuple[dict, dict[int, float]], ckpt_path: Path, config: Config, generator: torch.Generator,
             rank: int, world: int, steps_per_epoch: int, amp: Optional[torch.dtype] = None,
-            images: Optional[int] = None, files: Optional[str] = None) -> tuple[int, dict]:
+            images: Optional[int] = None, files: Optional[str] = None, bf16: bool = True) -> tuple[int, dict]:
     """The rest of a resume once the data is read, from the checkpoint that :func:`load_resumed` loaded (``loaded``,
     what it returned): the generators restored; returns its step and what the run saved beside them
     (``extra``: ``time_s``, the seconds the run had run; ``metric_sums``, the metrics' sums since the last
     record; ``knn_due``, a kNN evaluation a stop skipped; ...). ``amp``: this run's autocast dtype, said when it
     differs from the checkpoint's steps'; ``images``: the training images now, and ``files`` a digest of a
-    folder's names, said when they differ from the checkpoint's run's."""
+    folder's names, said when they differ from the checkpoint's run's; ``bf16``: whether train.precision=bf16 runs
+    here (:func:`~byol.precision.bf16_taken`), which the note on precision offers only then."""
     state, scored = loaded
     _restore_generators(state, generator, rank, world, ckpt_path)
     _, _, total = schedule_of(config, steps_per_epoch)
@@ -186,7 +187,7 @@ def restore(loaded: tuple[dict, dict[int, float]], ckpt_path: Path, config: Conf
         # A finished run says so itself, and trains nothing: the settings given change nothing.
         if state["step"] < end_step_of(config, total):
             _note_changes(state, config, steps_per_epoch, images, files)
-            _note_precision(_precision_of(state), precision_name(amp), config)
+            _note_precision(_precision_of(state), precision_name(amp), config, bf16)
             _note_threads(state.get("extra", {}), generator.device)
         else:
             _note_ended_by_data(state, config, steps_per_epoch)
@@ -207,19 +208,24 @@ def _precision_of(state: dict) -> Optional[str]:
     return precision_name(autocast_dtype(named, torch.device("cpu")))  # fp32 and bf16 name one dtype anywhere
 
 
-def _note_precision(saved: Optional[str], now: str, config: Config) -> None:
+def _note_precision(saved: Optional[str], now: str, config: Config, bf16: bool = True) -> None:
     """``train.precision=auto`` resolves by machine (bf16 where it has bf16 arithmetic): say when a
     resumed run goes on in another precision than its checkpoint's steps ran in, or in one that the
-    checkpoint cannot be compared with (an older byol's, run with ``auto``)."""
+    checkpoint cannot be compared with (an older byol's, run with ``auto``); bf16 offered only where it runs
+    (``bf16``: an older byol trained in bf16 on a CPU what this one refuses it for, an upgrading user's test)."""
     if saved is None:
+        choose = "--train.precision=bf16 or --train.precision=fp32" if bf16 else \
+            "--train.precision=fp32 (bf16 is refused here)"
         print(f"note: the checkpoint does not say which precision its steps ran in (an older byol, with "
               f"train.precision=auto: before 2026-12-01 that was float32 on a CPU, bf16 on a GPU with bf16); "
               f"this run goes on in {now} (train.precision={config.train.precision} here); choose with "
-              "--train.precision=bf16 or --train.precision=fp32", file=sys.stderr)
+              f"{choose}", file=sys.stderr)
     elif saved != now:
         keep = "bf16" if saved.startswith("bf16") else "fp32"
+        how = f"--train.precision={keep} keeps {saved}" if keep == "fp32" or bf16 else \
+            f"{saved} cannot be kept: train.precision=bf16 is refused here"
         print(f"note: the checkpoint's steps ran in {saved}, and this run goes on in {now} (train.precision="
-              f"{config.train.precision} here); --train.precision={keep} keeps {saved}", file=sys.stderr)
+              f"{config.train.precision} here); {how}", file=sys.stderr)
 
 
 def _note_threads(extra: dict, device: torch.device) -> None:

@@ -22,7 +22,7 @@ from .given_net import as_given, given_to, note_trained_before, put_back, traine
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .decoding_processes import refuse_to_start_again
 from .metrics import MetricsLog
-from .precision import checked_precision, precision_name, usual_torch_defaults
+from .precision import bf16_taken, checked_precision, precision_name, usual_torch_defaults
 from .progress import progress_bar
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cuda_graph, note_finished,
                         stop_line)
@@ -128,7 +128,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     data = load_run_data(config, device, rank, world, resume)
     steps_per_epoch = len(data.batches)
     step, saved = restore(loaded, ckpt_path, config, generator, rank, world, steps_per_epoch, amp,
-                          data.size, data.names_digest) if resume else (0, {})
+                          data.size, data.names_digest, bf16_taken(byol, config, device)) if resume else (0, {})
     resumed_s = float(saved.get("time_s", 0.0))
     data.skipped_at_checkpoint = saved.get("skipped_inside")  # (older checkpoints: None, decoded to skip)
     lr, warmup_steps, total_steps = schedule_of(config, steps_per_epoch)

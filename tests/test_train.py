@@ -1600,6 +1600,32 @@ def test_resuming_a_checkpoint_that_does_not_say_its_precision_says_which_the_ru
         assert f"note: {said}" in err and "this run goes on in float32 (train.precision=fp32 here)" in err, err
 
 
+@pytest.mark.parametrize("recorded, said", [
+    ("bf16 autocast", "the checkpoint's steps ran in bf16 autocast, and this run goes on in float32 (train.precision="
+                      "auto here); bf16 autocast cannot be kept: train.precision=bf16 is refused here"),
+    (None, "this run goes on in float32 (train.precision=auto here); choose with --train.precision=fp32 (bf16 is "
+           "refused here)")])
+def test_a_resume_does_not_offer_bf16_where_it_is_refused(tmp_path, cifar10_root, capsys, monkeypatch, recorded, said):
+    """An upgrading user's test: a byol of 2026-12-01 to 12-06 trained in bf16 on a CPU with bf16 (auto) a ResNet with
+    the ImageNet stem at 16 px, whose bf16 gradients torch gets wrong; this one resumes it in float32, and its note
+    said '--train.precision=bf16 keeps bf16 autocast', which it then refuses. An older checkpoint (no record) too."""
+    settings = tiny_overrides(tmp_path / "run", **{"model.cifar_stem": "false", "train.max_steps": 2,
+                                                   "train.knn_every": -1, "data.limit": 32, "data.image_size": 16})
+    settings += [f"--data.root={cifar10_root}"]
+    monkeypatch.setattr(byol.precision, "native_bf16", lambda device: True)  # auto: bf16 on this CPU, whatever it has
+    pretrain(load_config("cifar10", settings))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["extra"]["precision"] = recorded  # as the older byol wrote it
+    if recorded is None:
+        del state["extra"]["precision"]
+    torch.save(state, last)
+    capsys.readouterr()
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=3", "--train.epochs=2"]), resume=True)
+    err = capsys.readouterr().err
+    assert said in err and "--train.precision=bf16" not in err, err
+
+
 def test_a_resumed_run_reports_the_knn_at_initialization_it_logged(tmp_path, cifar10_root):
     settings = tiny_overrides(tmp_path / "run", **{"train.max_steps": 2, "train.knn_limit": 64}) + [
         f"--data.root={cifar10_root}"]
