@@ -139,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
         "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
         "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer\n"
         "  byol pretrain --config cifar10 --data.root=DATA --train.out_dir=runs/c10 --resume=auto  # a job's: start "
-        "or continue")
+        "or continue\n"
+        "  byol pretrain --config cifar10 --train.epochs=200 --print-config > c10.yaml   # every setting, to edit")
     pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, "
                      "imagenet) or a YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", nargs="?", const=True, default=False, type=_auto, metavar="auto",
@@ -147,6 +148,9 @@ def parser() -> argparse.ArgumentParser:
                      "changed by the --section.key=value settings given here; --resume=auto: continue where there "
                      "is a checkpoint, start a new run where there is none (one command for a job and its requeues)")
     pre.add_argument("--download", action="store_true", help="download CIFAR / STL-10 if missing (needs internet)")
+    pre.add_argument("--print-config", action="store_true", help="print the config the run would take, resolved (the "
+                     "preset or, with --resume, the run's config.yaml, under the settings given), as YAML that "
+                     "--config reads, and exit: nothing is trained or written")
     ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
     for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):

@@ -133,11 +133,33 @@ def _pretrain(args, overrides: list[str]) -> int:
             # back: the folder it names is said (once under torchrun)
             from .resume_settings import note_another_runs_config
             note_another_runs_config(preset, overrides + extra, config)
+    if args.print_config:
+        return _print_config(config, resume)
     from .train import pretrain
     results = pretrain(config, resume=resume)
     if "stopped_by" in results:  # (pretrain said where, as to a script or a notebook)
         return 128 + int(getattr(signal, results["stopped_by"]))
     _print_table("pretraining done", _pretrain_rows(config, results))
+    return 0
+
+
+def _print_config(config, resume) -> int:
+    """``byol pretrain --print-config``: the config as the run would save it in its config.yaml (checked, its
+    ``data.root`` absolute), on stdout, once under torchrun; nothing trained or written. A resume is refused where
+    the run would refuse it: nothing to go on from, or a setting its checkpoint's run cannot change."""
+    from .checkpoint import load_checkpoint
+    from .config import config_text
+    from .resume import refuse_changed_settings
+    from .run_folder import last_checkpoint, refuse_resume_without_checkpoint
+    from .run_setup import checked_run_config
+    config, resumes = checked_run_config(config, resume)
+    if resumes:
+        refuse_resume_without_checkpoint(Path(config.train.out_dir))
+        checkpoint = last_checkpoint(config.train.out_dir)
+        refuse_changed_settings(load_checkpoint(checkpoint, map_location="cpu"), config, checkpoint)
+    text = config_text(config)
+    if error_lines.launch_rank() == 0:
+        print(text, end="")
     return 0
 
 

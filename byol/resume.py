@@ -38,10 +38,13 @@ def _knn_images(limit: Optional[int], config: Config) -> Optional[int]:
 NETWORK_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("concat_views",))
 
 
-def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> dict[int, float]:
-    """Refuse settings a resume cannot change (the batch size, the seed, the network, and the kNN monitor's
-    queries and bank where it has scored); return the steps of the run's kNN records up to the checkpoint's, with the
-    run's time (``time_s``) each was logged at."""
+def refuse_changed_settings(state: dict, config: Config, ckpt_path: Path, given: Optional[dict] = None
+                            ) -> dict[int, float]:
+    """Refuse settings a resume cannot change (the network, ``given`` as :func:`load_resumed` takes it; the batch
+    size, the seed, the kNN monitor's queries and bank where it has scored, the optimizer), before any weights are
+    loaded (a network given from Python is left as it was), also for ``byol pretrain --print-config``; return the
+    steps of the run's kNN records up to the checkpoint's, with the run's time (``time_s``) each was logged at."""
+    check_resume(state, given, ckpt_path)
     saved_train = state["config"].get("train", {})
     saved_batch = saved_train.get("batch_size")
     if saved_batch != config.train.batch_size:
@@ -81,6 +84,10 @@ def _refuse_changed_settings(state: dict, config: Config, ckpt_path: Path) -> di
                               "each split; another number would change its bank and queries mid-run, under the "
                               "same names in the logs and against its accuracy at random init: resume with "
                               f"--train.knn_limit={yaml_word(saved_limit)}")
+    saved_optim = state["config"].get("optim", {}).get("name")
+    if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
+        raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
+                              "same optimizer")
     return scored
 
 
@@ -130,13 +137,7 @@ def load_resumed(ckpt_path: Path, config: Config, byol: BYOL, optimizer: torch.o
     refused at once. Returns it less the weights and optimizer state it loaded (kept, they would be a copy in
     host memory for the whole run), with the steps of its run's kNN records (for :func:`restore`)."""
     state = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-    check_resume(state, given, ckpt_path)
-    scored = _refuse_changed_settings(state, config, ckpt_path)
-    # The optimizer's refusals before the weights are loaded: a network given from Python is left as it was.
-    saved_optim = state["config"].get("optim", {}).get("name")
-    if str(saved_optim).lower() != config.optim.name:  # (an older byol saved it as written: SGD)
-        raise CheckpointError(f"{ckpt_path} was trained with optim.name={saved_optim}; resume with the "
-                              "same optimizer")
+    scored = refuse_changed_settings(state, config, ckpt_path, given)
     # The parameter groups' sizes, as torch's load_state_dict checks them (a layer of net frozen, say)
     saved_groups = state["optimizer"].get("param_groups", [])
     guess = other_net(recorded(state), given and given["class"])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 from torch import nn
 
 from byol.config import Config, load_config
@@ -1845,3 +1846,33 @@ def test_a_config_read_from_a_pipe_is_read_once_by_resume_auto(tmp_path):
                               input=text, capture_output=True, text=True, env=env, timeout=300)
         assert_user_error(proc, said)
         assert "holds no settings" not in proc.stderr
+
+
+def test_print_config_prints_the_config_a_run_saves_and_writes_nothing(cli, capsys, tmp_path, cifar10_root,
+                                                                        monkeypatch):
+    """byol pretrain --print-config: the config.yaml the same command's run writes (the preset under the settings
+    given, data.root absolute), which --config reads back, and nothing written; with --resume, the run's own config
+    under the settings given, refused where the resume would be (a batch size its checkpoint cannot change)."""
+    run = tmp_path / "run"
+    monkeypatch.chdir(cifar10_root.parent)  # data.root relative, as a user gives it: the run saves it absolute
+    settings = ["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root.name}",
+                *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1})]
+    printed = cli(*settings, "--print-config").stdout
+    assert not run.exists() and f"root: {cifar10_root}\n" in printed, printed
+    (tmp_path / "printed.yaml").write_text(printed)
+    expected = load_config("cifar10-cpu", settings[3:]).to_dict()
+    expected["data"]["root"] = str(cifar10_root)
+    assert load_config(str(tmp_path / "printed.yaml")).to_dict() == expected
+    cli(*settings)
+    assert (run / "config.yaml").read_text() == printed
+    listing = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    resumed = yaml.safe_load(cli("pretrain", "--resume", f"--train.out_dir={run}", "--train.epochs=3",
+                                 "--print-config").stdout)
+    assert resumed["train"]["epochs"] == 3 and resumed["model"]["width"] == 8, resumed
+    _, line = main_error(capsys, "pretrain", "--resume", f"--train.out_dir={run}", "--train.batch_size=8",
+                         "--print-config")
+    assert "was trained with train.batch_size=16" in line, line
+    _, line = main_error(capsys, "pretrain", "--resume", f"--train.out_dir={tmp_path / 'none'}", "--print-config")
+    assert "cannot resume: no checkpoint at" in line, line
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == listing
+    assert not (tmp_path / "none").exists()

@@ -1217,10 +1217,10 @@ def test_a_resume_may_change_how_the_views_are_batched_but_not_the_network(tmp_p
     settings = tiny_overrides(tmp_path / "run")
     state = {"config": load_config("cifar10", settings).to_dict(), "step": 8}
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
-    assert byol.resume._refuse_changed_settings(state, load_config("cifar10", settings + [
+    assert byol.resume.refuse_changed_settings(state, load_config("cifar10", settings + [
         "--model.concat_views=true"]), ckpt) == {}
     with pytest.raises(CheckpointError, match="holds the network of model.width=8, .* resume with --model.width=8"):
-        byol.resume._refuse_changed_settings(state, load_config("cifar10", settings + ["--model.width=16"]), ckpt)
+        byol.resume.refuse_changed_settings(state, load_config("cifar10", settings + ["--model.width=16"]), ckpt)
 
 
 def test_a_kept_epoch_of_an_earlier_start_with_longer_epochs_is_kept_apart_not_replaced(tmp_path, cifar10_root,
