@@ -131,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
-        f"every key, with its default and meaning, is in {Path(__file__).parent / 'config.py'};\n"
+        f"every key, with its default and meaning, is in {Path(__file__).parent / 'config.py'}\n"
+        "(--print-config prints them all, resolved);\n"
         f"the presets, every key they set commented, are {presets_folder()}/*.yaml.",
         epilog="examples:\n"
         "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"

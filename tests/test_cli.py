@@ -1138,8 +1138,8 @@ def test_pretrain_help_shows_examples_with_real_presets(capsys):
         line = next(line for line in text.splitlines() if f"--config {name} " in line)
         load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
     # where the keys and presets are, as installed (a packaging test: it said byol/config.py and configs/)
-    keys, presets = re.search(r"is in (\S+);\nthe presets, every key they set commented, are (\S+)/\*\.yaml",
-                              text).groups()
+    keys, presets = re.search(r"is in (\S+)\n\(--print-config prints them all, resolved\);\nthe presets, every key "
+                              r"they set commented, are (\S+)/\*\.yaml", text).groups()
     assert Path(keys).is_file() and Path(presets, "cifar10-cpu.yaml").is_file(), (keys, presets)
 
 
