@@ -24,7 +24,7 @@ from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.decoding_processes import _shared_memory_full
 from byol.datasets import build_dataset, load_cifar, load_stl10
 from byol.folder import ImageFolder, Skipped, class_names
-from byol.folder_splits import labeled_folders
+from byol.folder_splits import first_names, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image
 from byol.scan import PackedNames
@@ -877,6 +877,54 @@ def test_a_resume_on_root_train_after_root_lists_the_bad_images_where_they_are(t
     root = tmp_path / "root"
     folder.read_skipped(tmp_path / "skipped_files.txt", moved=(str(root), str(root / "train")))
     assert list(folder.bad_files) == [str(bad)]
+
+
+def test_a_train_split_of_another_name_alone_in_its_folder_is_the_split(tmp_path):
+    """data.train_split=mine with ROOT/mine/ the only sub-folder (no val/ beside it; a hidden one aside) is the
+    split, its sub-folders the classes (a mutation audit: counting the split itself, or a hidden folder, as one of
+    ROOT's classes, which took all of ROOT as one class, mine, survived every test)."""
+    for path in ("set/mine/cat/0.png", "set/mine/dog/1.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    (tmp_path / "set" / ".cache").mkdir()  # a tool's hidden folder: no class
+    data = build_dataset("folder", tmp_path / "set", "mine", 8, False)
+    assert (Path(data.root), data.classes, data.labels.tolist()) == (tmp_path / "set" / "mine", ["cat", "dog"], [0, 1])
+
+
+def test_an_imagenet_style_root_named_train_is_a_root_not_its_parent_s_split(tmp_path):
+    """labeled_folders(ROOT/train) scores ROOT's train/ and val/; a ROOT that is itself named train, with its own
+    train/ and val/ splits, is that ROOT, not a split of its parent (a mutation audit: always going up from a
+    folder named train survived every test; it found no held-out split there: None, no kNN to score)."""
+    for path in ("data/train/train/cat/0.png", "data/train/val/cat/1.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    bank, queries = labeled_folders(tmp_path / "data" / "train", size=8)
+    assert (Path(bank.root), Path(queries.root)) == (tmp_path / "data/train/train", tmp_path / "data/train/val")
+
+
+def test_labeled_folders_take_a_scanned_folder_only_where_it_is_root_train_at_their_size(tmp_path):
+    """A run's scan of its training split stands in for ROOT/train's (a mutation audit: none of its three
+    conditions was tested): not another folder's scan, nor one at another size, nor one without classes, which a
+    scan of ROOT/train refuses, naming the image outside the class folders."""
+    for path in ("set/train/cat/0.png", "set/train/dog/1.png", "set/val/cat/2.png", "other/cat/3.png",
+                 "other/dog/4.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    same = ImageFolder(tmp_path / "set" / "train", 8, True)
+    assert labeled_folders(tmp_path / "set", 8, scanned=same)[0] is same
+    bank = labeled_folders(tmp_path / "set", 8, scanned=ImageFolder(tmp_path / "other", 8, True))[0]
+    assert Path(bank.root) == tmp_path / "set" / "train"
+    assert labeled_folders(tmp_path / "set", 8, scanned=ImageFolder(tmp_path / "set" / "train", 16, True))[0].size == 8
+    Image.new("RGB", (8, 8)).save(tmp_path / "set" / "train" / "stray.png")
+    unlabeled = ImageFolder(tmp_path / "set" / "train", 8)
+    assert unlabeled.classes is None
+    with pytest.raises(DataError, match=r"stray\.png is not inside a class subfolder"):
+        labeled_folders(tmp_path / "set", 8, scanned=unlabeled)
+
+
+def test_a_message_s_list_of_names_says_dots_only_where_it_leaves_some_out():
+    assert first_names(list("abcde")) == "a, b, c, d, e" and first_names(list("abcdef")) == "a, b, c, d, e, ..."
+    assert first_names(["a"], n=1) == "a" and first_names([]) == ""
 
 
 def test_a_class_folder_named_train_is_a_class_not_the_train_split(tmp_path):

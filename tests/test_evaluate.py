@@ -484,6 +484,14 @@ def test_a_linear_probe_that_diverges_is_an_error_not_a_score():
             linear_probe(x, y, xt, yt, epochs=2, lr=lr)
 
 
+def test_a_linear_probe_that_diverged_in_its_last_step_is_an_error_not_a_score():
+    """A mutation audit: the loss of one epoch of one batch is measured before its step, finite at lr=inf; only
+    the head's logits said it diverged (without their check, a NaN head scored a top-1 as if measured)."""
+    x, y, xt, yt = random_split(n_train=40, n_test=20, d=8, c=3)
+    with pytest.raises(ValueError, match=r"^the linear probe diverged \(its last epoch's loss is 1.099\) at lr=inf"):
+        linear_probe(x, y, xt, yt, epochs=1, batch_size=64, lr=math.inf)
+
+
 def test_a_chunk_size_below_1_is_an_error_not_a_score_of_no_rows():
     """A review: chunk_size=-1 ("all at once") scored no test row, knn_accuracy 0.0% as if measured."""
     x, y = torch.randn(8, 4), torch.arange(8) % 2

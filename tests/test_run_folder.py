@@ -313,7 +313,21 @@ def test_a_run_starts_only_where_it_can(tmp_path):
         RunFolder(tmp_path / "run", resume=True)
     (tmp_path / "run" / "checkpoints" / "last.pt").rmdir()
     (tmp_path / "run" / "checkpoints" / "last.pt").write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/last.pt\); pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/last.pt\); pass --resume"
+                                          r".*another train.out_dir$"):  # no copy hint: last.pt is there
+        RunFolder(tmp_path / "run", resume=False)
+
+
+def test_the_newest_kept_epoch_is_told_by_its_number_not_its_spelling(tmp_path):
+    """A mutation audit: kept epochs sorted as names survived every test (epoch_0009.pt < epoch_0010.pt either
+    way); epoch_10000.pt, past four digits, is newer than epoch_9999.pt, and an epoch_10.pt than an epoch_9.pt."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for name in ("epoch_9999.pt", "epoch_10000.pt", "epoch_9.pt"):
+        (tmp_path / "run" / "checkpoints" / name).write_bytes(b"")
+    copy = "; to resume from checkpoints/epoch_10000.pt, copy it to checkpoints/last.pt first"
+    with pytest.raises(CheckpointError, match=rf"cannot resume: no checkpoint at .*last.pt{re.escape(copy)}$"):
+        RunFolder(tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoints/epoch_10000.pt\)"):
         RunFolder(tmp_path / "run", resume=False)
 
 

@@ -277,6 +277,17 @@ def test_a_share_of_one_image_has_no_collapse_statistics_and_is_no_collapse():
     assert CollapseMonitor().check(record["monitor/z_std"], record["monitor/effective_rank"], 16, 2, 1.5) is None
 
 
+def test_a_share_of_two_images_has_its_collapse_statistics():
+    """A mutation audit: only a share of one image has no spread; two (train.batch_size = 2 x processes) are
+    measured, a finite std and effective rank (a bound of 2 in place of 1 survived every test)."""
+    loop_step, z1 = make_loop_step(tiny_byol()), torch.randn(2, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop_step.sums += step_metrics(torch.tensor(1.5), z1, torch.tensor(True))
+        record = loop_step.read(z1)
+    assert 0 < record["monitor/z_std"] < 1 and 1 < record["monitor/effective_rank"] <= 2, record
+
+
 def test_a_step_the_guard_undid_left_the_target_as_it_was():
     """A user test: the guard put the online branch and the optimizer back, but the EMA update after
     it still moved the target (toward the restored online weights): an EMA step for each undone step."""
