@@ -230,8 +230,9 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
     Returns:
         ``{"top1", "top5", "classes", "train_loss"}``: test accuracies in percent (top-5 is top-min(5, C)),
-        the number of classes C, and the mean cross-entropy of the last epoch. A head that diverged (an ``lr``
-        too large, or not finite) is a ``ValueError``, not a score.
+        the number of classes C, and the mean cross-entropy of the last epoch. A head that diverged to
+        non-finite values (an ``lr`` far too large, or not finite) is a ``ValueError``, not a score; one with a huge
+        but finite loss is scored (its ``train_loss`` says so).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
