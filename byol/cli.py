@@ -145,17 +145,21 @@ def _pretrain(args, overrides: list[str]) -> int:
 
 def _print_config(config, resume) -> int:
     """``byol pretrain --print-config``: the config as the run would save it in its config.yaml (checked, its
-    ``data.root`` absolute), on stdout, once under torchrun; nothing trained or written. A resume is refused where
-    the run would refuse it: nothing to go on from, or a setting its checkpoint's run cannot change."""
+    ``data.root`` absolute), on stdout, once under torchrun; nothing trained or written. Refused where the run would
+    refuse it: a network given from Python (``model.backbone: custom``), which the command line cannot build; a
+    folder that does not take the run (:func:`~byol.run_folder.refuse_start`: a new run where one is, a resume
+    with nothing to go on from); a setting a resumed checkpoint's run cannot change."""
     from .checkpoint import load_checkpoint
     from .config import config_text
+    from .given_net import refuse_without_net
     from .resume import refuse_changed_settings
-    from .run_folder import last_checkpoint, refuse_resume_without_checkpoint
+    from .run_folder import last_checkpoint, refuse_start
     from .run_setup import checked_run_config
     config, resumes = checked_run_config(config, resume)
+    checkpoint = last_checkpoint(config.train.out_dir)
+    refuse_without_net(config, resumes, checkpoint)
+    refuse_start(Path(config.train.out_dir), resumes)
     if resumes:
-        refuse_resume_without_checkpoint(Path(config.train.out_dir))
-        checkpoint = last_checkpoint(config.train.out_dir)
         refuse_changed_settings(load_checkpoint(checkpoint, map_location="cpu"), config, checkpoint)
     text = config_text(config)
     if error_lines.launch_rank() == 0:

@@ -6,6 +6,7 @@ Shared by pretraining (``train.py``), resuming (``resume.py``) and the steps aft
 """
 
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Iterator, Optional, Union
 
 import torch
@@ -154,10 +155,14 @@ def checked_precision(byol: BYOL, config: Config, device: torch.device,
 
 def bf16_taken(byol: BYOL, config: Config, device: torch.device) -> bool:
     """Whether ``train.precision=bf16`` trains ``byol`` on ``device``, not refused: on a GPU with bf16, on a CPU but
-    for a strided convolution over one pixel (:func:`checked_precision`). A resume offers it only where it is."""
-    if device.type == "cuda":
-        return native_bf16(device)
-    return device.type != "cpu" or not strided_over_one_pixel(byol.online.encoder, config.data.image_size)
+    for a strided convolution over one pixel (:func:`autocast_dtype`, :func:`checked_precision`, which refuse it).
+    A resume offers it only where it is."""
+    bf16 = replace(config, train=replace(config.train, precision="bf16"))
+    try:
+        checked_precision(byol, bf16, device, autocast_dtype("bf16", device))
+    except ConfigError:
+        return False
+    return True
 
 
 def evaluation_precision(encoder: torch.nn.Module, config: Config,

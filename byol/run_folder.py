@@ -42,7 +42,7 @@ class RunFolder:
         self.checkpoint = last_checkpoint(self.path)
         self.created = topmost_missing(self.path)  # the topmost folder made here
         try:
-            self._check(resume)  # before anything is made: a start refused here writes nothing
+            refuse_start(self.path, resume)  # before anything is made: a start refused here writes nothing
         except (ConfigError, CheckpointError):
             refuse_if_held(self.path)  # a run going on there is what to say first (a user test: a start
             raise  # told to pass --resume, which was then refused as the run was live)
@@ -56,7 +56,7 @@ class RunFolder:
         self._lock_made = not (self.path / LOCK).exists()
         self._lock = hold_lock(self.path)  # another start's folder, if refused: nothing is removed
         try:
-            self._check(resume)  # again under the lock: a start that got in first may have written a run
+            refuse_start(self.path, resume)  # again under the lock: a start that got in first may have written a run
             # A run killed while writing left half a file beside the whole one, as large as a checkpoint.
             remove_torn_temporaries(self.path, *_KEPT, *PLOTS, "config_until_step*.yaml")
             remove_torn_temporaries(self.checkpoint.parent, "*.pt")
@@ -69,27 +69,6 @@ class RunFolder:
             raise
         self._log: Optional[MetricsLog] = None
         self.started = False
-
-    def _check(self, resume: bool) -> None:
-        """A resumed run needs a checkpoint; a new one a folder without one, and without files it
-        would replace that no byol run wrote."""
-        linked = [self.path / name for name in (*_KEPT, LOCK) if (self.path / name).is_symlink()]
-        if linked:  # (a user test: a run folder from elsewhere, its links leading out, emptied or made files there)
-            raise ConfigError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}), which the run would "
-                              "write through, into the file it points to; remove it, or choose another train.out_dir")
-        for name in ("checkpoints", "tensorboard"):  # (a user test: a traceback once the first epoch had run)
-            if (self.path / name).exists() and not (self.path / name).is_dir():
-                raise ConfigError(f"{self.path / name} is a file where the run keeps its {name}/ folder; move it "
-                                  "away, or choose another train.out_dir")
-        if resume:
-            refuse_resume_without_checkpoint(self.path)
-        kept, epochs, copy = _kept_checkpoints(self.path)
-        if not resume and kept:
-            shown = self.checkpoint if self.checkpoint in kept else (epochs or kept)[-1]
-            raise ConfigError(f"{self.path} already holds a run ({shown.relative_to(self.path)}); pass --resume "
-                              "to continue it (from checkpoints/last.pt) or choose another train.out_dir" + copy)
-        if not resume:
-            _check_replaceable(self.path)
 
     def release(self) -> None:
         """Let the next start in: the lock goes (its file stays, once a step has finished), also while a
@@ -177,6 +156,29 @@ class RunFolder:
         say(f"warning: {line}", progress)
         with open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
+
+
+def refuse_start(path: Path, resume: bool) -> None:
+    """A start of the run in ``path`` refused where its folder does not take it (:class:`RunFolder`, and ``byol
+    pretrain --print-config``): a resumed run needs a checkpoint; a new one a folder without one, and without files
+    it would replace that no byol run wrote."""
+    linked = [path / name for name in (*_KEPT, LOCK) if (path / name).is_symlink()]
+    if linked:  # (a user test: a run folder from elsewhere, its links leading out, emptied or made files there)
+        raise ConfigError(f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}), which the run would "
+                          "write through, into the file it points to; remove it, or choose another train.out_dir")
+    for name in ("checkpoints", "tensorboard"):  # (a user test: a traceback once the first epoch had run)
+        if (path / name).exists() and not (path / name).is_dir():
+            raise ConfigError(f"{path / name} is a file where the run keeps its {name}/ folder; move it "
+                              "away, or choose another train.out_dir")
+    if resume:
+        refuse_resume_without_checkpoint(path)
+    kept, epochs, copy = _kept_checkpoints(path)
+    if not resume and kept:
+        shown = last_checkpoint(path) if last_checkpoint(path) in kept else (epochs or kept)[-1]
+        raise ConfigError(f"{path} already holds a run ({shown.relative_to(path)}); pass --resume "
+                          "to continue it (from checkpoints/last.pt) or choose another train.out_dir" + copy)
+    if not resume:
+        _check_replaceable(path)
 
 
 def _kept_checkpoints(path: Path) -> tuple[list[Path], list[Path], str]:

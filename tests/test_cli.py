@@ -1852,16 +1852,18 @@ def test_print_config_prints_the_config_a_run_saves_and_writes_nothing(cli, caps
                                                                         monkeypatch):
     """byol pretrain --print-config: the config.yaml the same command's run writes (the preset under the settings
     given, data.root absolute), which --config reads back, and nothing written; with --resume, the run's own config
-    under the settings given, refused where the resume would be (a batch size its checkpoint cannot change)."""
+    under the settings given, refused where the resume would be (a batch size its checkpoint cannot change); refused
+    where the start would refuse the folder or the network."""
     run = tmp_path / "run"
     monkeypatch.chdir(cifar10_root.parent)  # data.root relative, as a user gives it: the run saves it absolute
+    root = Path(os.getcwd()) / cifar10_root.name  # (the working directory as the OS names it: ../shared may be a link)
     settings = ["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root.name}",
                 *tiny_overrides(run, **{"train.max_steps": 1, "train.knn_every": -1})]
     printed = cli(*settings, "--print-config").stdout
-    assert not run.exists() and f"root: {cifar10_root}\n" in printed, printed
+    assert not run.exists() and f"root: {root}\n" in printed, printed
     (tmp_path / "printed.yaml").write_text(printed)
     expected = load_config("cifar10-cpu", settings[3:]).to_dict()
-    expected["data"]["root"] = str(cifar10_root)
+    expected["data"]["root"] = str(root)
     assert load_config(str(tmp_path / "printed.yaml")).to_dict() == expected
     cli(*settings)
     assert (run / "config.yaml").read_text() == printed
@@ -1874,5 +1876,13 @@ def test_print_config_prints_the_config_a_run_saves_and_writes_nothing(cli, caps
     assert "was trained with train.batch_size=16" in line, line
     _, line = main_error(capsys, "pretrain", "--resume", f"--train.out_dir={tmp_path / 'none'}", "--print-config")
     assert "cannot resume: no checkpoint at" in line, line
+    _, line = main_error(capsys, *settings, "--print-config")  # a new run where one is, as its start refuses it
+    assert f"{run} already holds a run (checkpoints/last.pt); pass --resume" in line, line
+    custom = yaml.safe_load(printed)
+    custom["model"]["backbone"] = "custom"  # a run on a network given from Python: its config.yaml, fed back
+    (tmp_path / "custom.yaml").write_text(yaml.safe_dump(custom))
+    out, line = main_error(capsys, "pretrain", "--config", tmp_path / "custom.yaml",
+                           f"--train.out_dir={tmp_path / 'none'}", "--print-config")
+    assert out == "" and "model.backbone=custom is a network given from Python" in line, line
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == listing
     assert not (tmp_path / "none").exists()
