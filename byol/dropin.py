@@ -268,13 +268,14 @@ class BYOL(BYOLModel):
         min_batch = self.min_train_batch if needs_batch_stats else 1
         if self.rgb_input:  # with augment_fn given, the batch is whatever it takes
             check_is_tensor(x)
-        check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding)
+        check_batch_shape(x, min_batch, rgb=self.rgb_input and view2 is None and not return_embedding,
+                          image=self.rgb_input)
         if return_embedding:
             if self.rgb_input:
                 check_network_input(x)
             return self.online_encoder(x, return_projection=return_projection)
         if view2 is not None:
-            check_batch_shape(view2, min_batch)
+            check_batch_shape(view2, min_batch, image=self.rgb_input)
             if self.rgb_input:  # an image network; with augment_fn given, its views may be anything (tokens)
                 check_network_input(x, views=True)
                 check_network_input(view2, views=True)

@@ -106,9 +106,10 @@ def check_is_tensor(images: object) -> None:
                         f"but got {type(images).__name__}; convert it, e.g. torch.from_numpy(images)")
 
 
-def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False) -> None:
-    """Refuse a batch of fewer than ``min_batch`` inputs, or with ``rgb`` (the paper's views) anything
-    but a (B, 3, H, W) batch; other networks' inputs (``augment_fn`` given) may have any shape (B, ...).
+def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = False, image: bool = False) -> None:
+    """Refuse a batch of fewer than ``min_batch`` inputs, with ``image`` (an image network's, the paper's views
+    drawn for it) anything but a (B, C, H, W) batch, and with ``rgb`` (the paper's views) anything but
+    (B, 3, H, W); other networks' inputs (``augment_fn`` given) may have any shape (B, ...).
 
     Shape checks only: no host sync, no kernel, so it runs on every call.
     """
@@ -119,6 +120,12 @@ def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = Fals
     if rgb and (len(shape) != 4 or shape[1] != 3):
         raise ValueError(f"BYOL's default augmentations take a batch of images shaped (B, 3, H, W), but got "
                          f"shape {shape}")
+    # (a user test: one image (3, H, W) went into the network unbatched, an 'embedding' (C, 1) out, or torch's error)
+    if image and len(shape) != 4:
+        hint = "; for one image, image[None]" if len(shape) == 3 else ""
+        raise ValueError(f"BYOL takes a batch of images shaped (B, C, H, W), but got shape {shape}{hint}")
     if len(shape) < 1 or shape[0] < min_batch:
-        raise ValueError(f"BYOL takes a batch of at least {min_batch} inputs in training mode (the projector's "
-                         f"BatchNorm needs two rows), but got shape {shape}")
+        # (an empty batch in eval mode was told of training mode and BatchNorm)
+        need = " in training mode (the projector's BatchNorm needs two rows)" if min_batch > 1 else ""
+        raise ValueError(f"BYOL takes a batch of at least {min_batch} input{'s' if min_batch > 1 else ''}{need}, "
+                         f"but got shape {shape}")

@@ -459,3 +459,25 @@ def test_the_embedding_and_projection_of_return_embedding_carry_gradients_to_the
     projection, _ = learner(torch.rand(2, 3, 32, 32), return_embedding=True)
     projection.square().sum().backward()
     assert learner.online.projector[0].weight.grad.abs().sum() > 0 and net.conv1.weight.grad.abs().sum() > 0
+
+
+def test_one_image_without_its_batch_dimension_is_refused_on_every_call_with_the_default_views():
+    """A user test: ``learner(image, return_embedding=True)`` with one (3, H, W) image ran the network unbatched:
+    a network without BatchNorm gave an 'embedding' of shape (C, 1), silently, a ResNet torch's "expected 4D
+    input"; as view1 and view2 too. An empty batch in eval mode was told of training mode and BatchNorm."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    learner = BYOL(net, image_size=16, projection_size=4, projection_hidden_size=8)
+    image = torch.rand(3, 16, 16)
+    for mode in (learner.train, learner.eval):
+        mode()
+        with pytest.raises(ValueError, match=r"^BYOL takes a batch of images shaped \(B, C, H, W\), but got shape "
+                                             r"\(3, 16, 16\); for one image, image\[None\]$"):
+            learner(image, return_embedding=True, return_projection=False)
+        with pytest.raises(ValueError, match=r"shaped \(B, C, H, W\), but got shape \(3, 16, 16\)"):
+            learner(image, image)
+    assert learner(image[None], return_embedding=True, return_projection=False).shape == (1, 8)
+    with pytest.raises(ValueError, match=r"^BYOL takes a batch of at least 1 input, but got shape \(0, 3, 16, 16\)$"):
+        learner(torch.rand(0, 3, 16, 16), return_embedding=True)  # in eval mode
+    own_views = learner_on(nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 2)), hidden_layer=-1, feature_dim=2)
+    assert own_views(torch.rand(4, 10), return_embedding=True)[1].shape == (4, 2)  # not images: any (B, ...)
