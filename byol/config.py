@@ -5,7 +5,6 @@ rules across settings: ``config_rules.py``.
 """
 
 import dataclasses
-import difflib
 import os
 import re
 import typing
@@ -16,7 +15,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .files import write_text_atomically
-from .config_files import ConfigError, override_key, presets_folder, read_preset
+from .config_files import ConfigError, nearest, no_space_after_colon, override_key, presets_folder, read_preset
 from .config_values import coerce, is_empty, kind_in_words, yaml_word
 from .config_rules import GIVEN_BACKBONE, validate
 
@@ -170,17 +169,12 @@ def meant_key(key: str) -> Optional[str]:
             for f in dataclasses.fields(getattr(config, s.name))]
     name = str(key).rpartition(".")[2]
     moved = [k for k in keys if k.rpartition(".")[2] == name]
-    return moved[0] if len(moved) == 1 else _nearest(key, keys)
+    return moved[0] if len(moved) == 1 else nearest(key, keys)
 
 
 def _closest(word: Any, choices: list[str]) -> str:
-    close = _nearest(word, choices)
+    close = nearest(word, choices)
     return f" (did you mean {close}?)" if close else ""
-
-
-def _nearest(word: Any, choices: list[str]) -> Optional[str]:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.8)
-    return close[0] if close else None
 
 
 def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optional[list[str]] = None) -> Config:
@@ -225,8 +219,11 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
     names = [f.name for f in dataclasses.fields(config)]
     if section not in names:
         head, dot, _ = str(section).partition(".")
-        guess = _closest(section, names)
-        hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else "" if guess else
+        spelled = _closest(section, names)  # trian: train
+        meant = None if spelled or dot else meant_key(section)  # a key at the top (epochs: 3): train.epochs
+        guess = spelled or (f" (did you mean {meant}?)" if meant else "")
+        hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else
+                f"; write it under {meant.partition('.')[0]}:" if meant else "" if spelled else
                 "; a file's settings go over the defaults, not over a preset (start from a copy of "
                 f"{presets_folder() / 'NAME.yaml'})")
         raise ConfigError(f"unknown config section {section!r}{guess}; the sections are {', '.join(names)}{hint}")
@@ -234,7 +231,9 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
         raise ConfigError(f"config section {section!r} is empty (its keys commented out?); give its keys under it, "
                           "or remove it")
     if not isinstance(values, dict):
-        raise ConfigError(f"config section {section!r} must be a mapping of keys")
+        line = no_space_after_colon(values) if isinstance(values, str) else None  # train:\n  epochs:3, the text
+        raise ConfigError(f"config section {section!r} must be a mapping of keys" +
+                          (f"; {line!r} needs a space after its colon to be a key" if line else ""))
 
 
 def changed_settings(before: dict, after: dict) -> list[str]:

@@ -1,13 +1,14 @@
 """The YAML a config is read from: the shipped presets, a user's file, and the values given as
 ``--section.key=value``, with unquoted numbers kept as they were written."""
 
+import difflib
 import os
 import re
 import stat
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -105,6 +106,18 @@ def safe_yaml(text: str, loader: type = yaml.SafeLoader) -> Any:
                              else str(e).split(":")[0].lower()) from None
 
 
+def nearest(word: Any, choices: list[str]) -> Optional[str]:
+    """The one of ``choices`` that ``word`` most likely misspells; None if none is close."""
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+def no_space_after_colon(text: str) -> Optional[str]:
+    """The first line of ``text`` that writes a key with no space after its colon (``epochs:3``, which YAML
+    reads as the text "epochs:3", not as a key and its value); None where none does."""
+    return next((line.strip() for line in text.splitlines() if re.match(r"\s*[A-Za-z_]\w*:[^\s:/\\]", line)), None)
+
+
 def presets_folder():
     """The folder of the shipped presets: ``byol/configs`` where byol is installed, ``configs/`` beside
     the package in a source checkout (this checkout's, also where another one is installed editable,
@@ -150,6 +163,8 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
         preset = presets_folder() / f"{name_or_path}.yaml"
         if not preset.is_file():
             folder = f" ({name_or_path} here is a folder)" if path.is_dir() else ""
+            meant = nearest(name_or_path.lower(), preset_names())
+            folder += f" (did you mean {meant}?)" if meant else ""
             raise ConfigError(f"unknown preset {name_or_path!r}{folder}; choose one of {', '.join(preset_names())} "
                               "or give a path to a YAML file")
         text = preset.read_text()
@@ -163,7 +178,10 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}") from None
+        line = no_space_after_colon(text)  # (a user test: "line 4: could not find expected ':'" of a 3-line file)
+        hint = (f" ({line!r} needs a space after its colon)" if line else
+                " (YAML indents with spaces, not tabs)" if "'\\t'" in problem else "")
+        raise ConfigError(f"config {name_or_path} is not valid YAML{where}: {problem}{hint}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -344,6 +344,31 @@ def test_a_yaml_file_of_no_sections_or_a_section_of_no_keys_is_one_sentence(tmp_
         assert str(e.value) == said
 
 
+@pytest.mark.parametrize("text, said", [
+    ("train:\n  epochs:3\n", "config section 'train' must be a mapping of keys; 'epochs:3' needs a space after its "
+     "colon to be a key"),
+    ("train:\n  seed: 1\n  epochs:3\n", "is not valid YAML at line 4, column 1: could not find expected ':' "
+     "('epochs:3' needs a space after its colon)"),
+    ("train:\n\tepochs: 3\n", "found character '\\t' that cannot start any token (YAML indents with spaces, "
+     "not tabs)")])
+def test_a_yaml_slip_is_said_with_its_fix(tmp_path, text, said):
+    """A user test: ``epochs:3`` (YAML's text, not a key) was "section 'train' must be a mapping of keys", or an
+    error at a line past the file's end; a tab, "cannot start any token"."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(said) + "$"):
+        load_config(str(path))
+
+
+def test_a_misspelled_preset_is_said_with_the_one_meant():
+    """A user test: --config cifar10cpu listed the presets but named none of them as the one meant."""
+    for name, meant in (("cifar10cpu", "cifar10-cpu"), ("CIFAR10", "cifar10"), ("stl-10", "stl10")):
+        with pytest.raises(ConfigError, match=f"^unknown preset '{name}' \\(did you mean {meant}\\?\\); choose"):
+            load_config(name)
+    with pytest.raises(ConfigError, match="^unknown preset 'base'; choose"):
+        load_config("base")
+
+
 def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
     """PyYAML keeps the last of two equal keys, silently: a section or a setting given twice is an error."""
     path = tmp_path / "twice.yaml"
@@ -497,7 +522,9 @@ def test_yaml_numbers_are_taken_as_written(tmp_path):
      "write optim.lr as optim: with the key under it"),
     ("trian: {epochs: 3}\n", "unknown config section 'trian' (did you mean train?); the sections are data, model, "
      "augment, optim, train"),  # a misspelling, not a preset: no word on presets
-    ("train: {epoch: 3}\n", "unknown config key 'train.epoch' (did you mean train.epochs?); train has epochs")])
+    ("train: {epoch: 3}\n", "unknown config key 'train.epoch' (did you mean train.epochs?); train has epochs"),
+    ("epochs: 3\n", "unknown config section 'epochs' (did you mean train.epochs?); the sections are data, model, "
+     "augment, optim, train; write it under train:")])  # a key at the top: said to start from a preset's copy
 def test_a_file_without_settings_or_with_an_unknown_section_is_one_sentence(tmp_path, text, said):
     """A user test: an empty file silently gave the code's defaults (no preset), and ``base:`` was
     said to be 'a section that must be a mapping of keys'."""
