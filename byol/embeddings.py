@@ -34,7 +34,7 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
         n = folder.loose_count
         others = "; the others have their class" if bool((folder.labels >= 0).any()) else ""
         note(f"{n} image file{'s' * (n != 1)} of {folder.root} {'are' if n != 1 else 'is'} labeled -1, outside its "
-             f"class sub-folders ({folder.loose}{', ...' if n > 1 else ''}){others}")
+             f"class sub-folders ({escape_name(folder.loose)}{', ...' if n > 1 else ''}){others}")
     elif folder.classes is None:
         note(f"the images of {folder.root} are labeled -1: it has no class sub-folders")
     return folder

@@ -168,7 +168,7 @@ class ImageFolder(Dataset):
         if not self.unreadable:
             return None
         ranked = sorted(self.unreadable.items())
-        named = ", ".join(f"{os.path.join(self.root, r)} ({why})" for r, why in ranked[:3]) + \
+        named = ", ".join(f"{escape_name(os.path.join(self.root, r))} ({why})" for r, why in ranked[:3]) + \
             (", ..." if len(ranked) > 3 else "")
         count = "1 folder" if len(ranked) == 1 else f"{len(ranked):,} folders"
         return (f"{count} under {self.root} could not be read and {'is' if len(ranked) == 1 else 'are'} left out, "
@@ -179,7 +179,8 @@ class ImageFolder(Dataset):
         (None: there were none): a link to / would read every image on the machine."""
         if not self.links_out:
             return None
-        named = ", ".join(f"{os.path.join(self.root, link)} -> {os.path.realpath(os.path.join(self.root, link))}"
+        named = ", ".join(f"{escape_name(os.path.join(self.root, link))} -> "
+                          f"{escape_name(os.path.realpath(os.path.join(self.root, link)))}"
                           for link in self.links_out[:3]) + (", ..." if len(self.links_out) > 3 else "")
         count = f"{len(self.links_out):,} symbolic link" + ("s" if len(self.links_out) > 1 else "")
         return f"the images of {count} out of {self.root} are read as its own: {named}"
@@ -188,7 +189,8 @@ class ImageFolder(Dataset):
         """The note that names the byol run folders left out of this folder (None: there were none)."""
         if not self.runs:
             return None
-        named = ", ".join(os.path.join(self.root, r) for r in self.runs[:3]) + (", ..." if len(self.runs) > 3 else "")
+        named = ", ".join(escape_name(os.path.join(self.root, r)) for r in self.runs[:3]) + \
+            (", ..." if len(self.runs) > 3 else "")
         if len(self.runs) == 1:
             return f"left out {named}: a byol run's folder (its plots are not data)"
         return f"left out {named}: byol runs' folders (their plots are not data)"

@@ -1316,6 +1316,21 @@ def test_a_link_to_a_class_folder_inside_the_root_leaves_its_images_their_class(
                 "b's images read once, in b, with b's label; the outside folder's read as a's, and said")
 
 
+def test_the_folders_a_note_names_are_written_on_its_one_line(tmp_path):
+    """A link or run folder whose name holds a line break broke its note in two, where skipped_files.txt and
+    embed's paths write it as \\n."""
+    from byol.config import Config, config_text
+    for name in ("a/0.png", "b/0.png", "b/run\nfolder/loss.png", "out\nside/1.png"):
+        img(tmp_path / name)
+    (tmp_path / "b" / "run\nfolder" / "config.yaml").write_text(config_text(Config()))
+    (tmp_path / "a" / "link\nout").symlink_to(tmp_path / "out\nside")
+    ds = ImageFolder(tmp_path / "a", size=8)
+    assert ds.notes() == [f"the images of 1 symbolic link out of {ds.root} are read as its own: "
+                          f"{ds.root}/link\\nout -> {os.path.realpath(tmp_path)}/out\\nside"]
+    assert ImageFolder(tmp_path / "b", size=8).notes() == [
+        f"left out {tmp_path}/b/run\\nfolder: a byol run's folder (its plots are not data)"]
+
+
 def test_the_folders_of_byol_runs_inside_the_root_are_left_out(tmp_path, fault_table):
     """A run whose train.out_dir lies in its data.root writes plots there (loss.png, ...): a folder that
     a new run would take for a run's (byol's config.yaml, or checkpoints/*.pt) is left out at any depth,

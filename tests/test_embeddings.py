@@ -122,6 +122,13 @@ def test_a_file_outside_the_class_folders_is_labeled_minus_1_alone_and_named(tmp
     assert f"the images of {root / 'dog'} are labeled -1: it has no class sub-folders" in capsys.readouterr().err
 
 
+def test_a_loose_file_whose_name_holds_a_line_break_is_named_on_the_note_s_one_line(tmp_path, capsys):
+    root = extract_jpegs(tmp_path / "photos", per_class=1)
+    next((root / "cat").iterdir()).rename(root / "cover\nphoto.jpg")
+    embeddings._folder_split(root, "train", 8, "train")
+    assert f"outside its class sub-folders ({root}/cover\\nphoto.jpg); the others" in capsys.readouterr().err
+
+
 def test_a_split_with_no_class_of_the_run_s_does_not_say_the_others_have_their_class(tmp_path, capsys):
     """A user test: ``--split unlabeled``, whose sub-folders are none of train's classes, said of its loose
     files 'the others have their class', where every image is labeled -1."""
