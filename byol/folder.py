@@ -275,7 +275,8 @@ def _image_root(root: Union[str, Path]) -> str:
     """``root`` as an absolute path, checked to be a folder."""
     root = _absolute(root)
     if not os.path.isdir(root):
-        raise DataError(f"image folder {root} does not exist or is not a folder; check the path")
+        what = "is not a folder" if os.path.exists(root) else "does not exist"  # (a file: not said not to exist)
+        raise DataError(f"image folder {root} {what}; check the path")
     return root
 
 

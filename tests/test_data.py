@@ -1545,13 +1545,17 @@ def test_a_folder_run_whose_data_moved_or_is_too_small_is_one_sentence_that_says
     folder_run = [f"--data.root={root}", "--data.dataset=folder", "--train.knn_every=-1", "--train.max_steps=1"]
     pretrain(load_config("cifar10-cpu", tiny_overrides(run, **{"data.limit": "null"}) + folder_run))
     root.rename(tmp_path / "moved")
-    with pytest.raises(DataError, match=rf"^image folder {root} does not exist or is not a folder; where the data "
+    with pytest.raises(DataError, match=rf"^image folder {root} does not exist; where the data "
                                         r"moved since the run, resume with --data.root=NEW$"):
         pretrain(resume_config(None, [f"--train.out_dir={run}", "--train.max_steps=2"]), resume=True)
     fault_table("image folder moved before --resume", "one sentence saying to resume with --data.root=NEW")
-    with pytest.raises(DataError, match=rf"^image folder {tmp_path / 'nowhere'} does not exist or is not a folder; "
+    with pytest.raises(DataError, match=rf"^image folder {tmp_path / 'nowhere'} does not exist; "
                                         "check the path$"):  # a new root given, and wrong: not told to give one
         pretrain(resume_config(None, [f"--train.out_dir={run}", f"--data.root={tmp_path / 'nowhere'}"]), resume=True)
+    (tmp_path / "file").write_text("")  # (a user test: pretrain said a file given as data.root might not exist)
+    with pytest.raises(DataError, match=rf"^image folder {tmp_path / 'file'} is not a folder; check the path$"):
+        pretrain(load_config("cifar10-cpu", tiny_overrides(tmp_path / "run2", **{"data.root": tmp_path / "file"})
+                             + folder_run[1:]))
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)
     next((tmp_path / "moved" / "cat").iterdir()).rename(one / "cat" / "only.jpg")
