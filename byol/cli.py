@@ -170,6 +170,7 @@ def _print_config(config, resume) -> int:
 def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     """The closing table of a run: its steps, loss, warnings, kNN against random init, folder."""
     from .progress import duration
+    from .reporting import knn_shown
     from .run_folder import warnings_summary
     rows = [("steps", str(results["step"]))]
     if "loss" in results:  # not for a finished run resumed
@@ -198,13 +199,13 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
                                                  f"and logs it, byol eval knn {results['checkpoint']}{holdout} "
                                                  "scores it"))
     if knn:
-        rows.append((f"kNN top-1 ({at_k}, {on})", f"{knn[k]:.2f}%"))
+        rows.append((f"kNN top-1 ({at_k}, {on})", knn_shown(knn[k])))
     if k in init:
-        rows.append((f"kNN top-1 at random init ({init_on})", f"{init[k]:.2f}%"))
+        rows.append((f"kNN top-1 at random init ({init_on})", knn_shown(init[k])))
     elif set(init) & set(knn):  # a resume asked for another k: the pair at a k measured both times (20)
         both = min(set(init) & set(knn))
-        rows += [(f"kNN top-1 (k={both}, {on})", f"{knn[both]:.2f}%"),
-                 (f"kNN top-1 at random init (k={both}, {init_on})", f"{init[both]:.2f}%")]
+        rows += [(f"kNN top-1 (k={both}, {on})", knn_shown(knn[both])),
+                 (f"kNN top-1 at random init (k={both}, {init_on})", knn_shown(init[both]))]
     if results.get("skipped_files"):
         m = results.get("skipped_monitor_files", 0)
         which = "all" if m == results["skipped_files"] else f"{m:,}"

@@ -175,9 +175,15 @@ def _batch_features(embed: Callable[[torch.Tensor], torch.Tensor], batches: Batc
             raise ValueError("batches must be (images, labels, indices) triples, the indices saying which item of the "
                              f"data set each row is, got {_described(batch)}; for a tensor of images, pass it alone")
         x, y, idx = batch
-        feats.add(embed(x))
-        labels.add(torch.as_tensor(y).cpu())
-        indices.add(torch.as_tensor(idx).cpu())
+        y, idx = torch.as_tensor(y).cpu(), torch.as_tensor(idx).cpu()
+        rows = embed(x)  # (checks that x is a batch of images)
+        if y.shape[:1] != (len(x),) or idx.shape[:1] != (len(x),):  # rows would pair with another image's label
+            raise ValueError(f"a batch has {len(x)} images but labels of shape {tuple(y.shape)} and indices of "
+                             f"shape {tuple(idx.shape)}: each image needs its label and its index (both of shape "
+                             f"({len(x)},))")
+        feats.add(rows)
+        labels.add(y)
+        indices.add(idx)
         if bar is not None:
             bar.update(len(x))
     if not indices.count:  # e.g. a shard whose files were all undecodable

@@ -195,8 +195,17 @@ def epoch_line(step: int, end_step: int, report: "Report", first_step: int, batc
     pace = report.clock.run_s() / (step - first_step) if step > first_step else 0.0  # seconds a step, all told
     left = f", about {duration((end_step - step) * pace)} left" if rate and pace and step < end_step else ""
     at = f" (step {report.last_step})" if report.last_step != step else ""
-    shown = (f", loss {loss:.4f}{at}" if loss is not None else "") + (f", kNN {knn:.2f}%" if knn is not None else "")
+    scored = f", kNN {knn_shown(knn)}" if knn is not None else ""
+    shown = (f", loss {loss:.4f}{at}" if loss is not None else "") + scored
     return (f"epoch {epoch}/{epochs} (step {step}/{end_step}){shown}, {rate * batch_size:,.1f} img/s{left}")
+
+
+def knn_shown(accuracy: float) -> str:
+    """A kNN top-1 as a run's lines and closing table show it: ``71.30%``; NaN (the monitor's word for features that
+    are not finite, which :func:`~byol.evaluate.knn_accuracy` refuses) in words, not as ``nan%``, an accuracy."""
+    if math.isfinite(accuracy):
+        return f"{accuracy:.2f}%"
+    return "not scored: the encoder's features are NaN or infinite (a diverged run?)"
 
 
 def log_knn(log: Optional[MetricsLog], step: int, acc: dict[int, float], k: int, when: dict) -> dict[int, float]:

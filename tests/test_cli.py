@@ -3,6 +3,7 @@ of the process (its exit code, signals, pipes, environment, a crash), else in th
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -1646,6 +1647,18 @@ def test_a_stopped_run_says_where_it_stopped_its_checkpoint_and_the_files_it_ski
         start + "; 1 unreadable file skipped so far (listed in skipped_files.txt); continue with --resume")
     assert stop_line({**results, "skipped_files": 12_345}).endswith(
         "; 12,345 unreadable files skipped so far (listed in skipped_files.txt); continue with --resume")
+
+
+def test_the_closing_table_says_a_knn_of_features_that_are_not_finite_in_words_not_as_nan_percent():
+    """A diverged run's kNN monitor scores NaN (knn_accuracy refuses such features; the run goes on): its table said
+    "nan%", as if an accuracy (a review)."""
+    from byol.cli import _pretrain_rows
+    results = {"step": 10, "knn_images": (300, 20, "val"), "knn": {20: math.nan, 200: math.nan},
+               "knn_init": {20: 12.5, 200: 10.0}}
+    rows = dict(_pretrain_rows(Config(), results))
+    assert rows["kNN top-1 (k=200, 300 train / 20 val images)"] == ("not scored: the encoder's features are NaN or "
+                                                                   "infinite (a diverged run?)")
+    assert rows["kNN top-1 at random init (300 train / 20 val images)"] == "10.00%"
 
 
 def test_the_closing_table_counts_the_knn_monitor_s_skipped_files_apart():

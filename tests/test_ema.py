@@ -138,6 +138,29 @@ def test_networks_that_do_not_match_are_a_clear_error():
             update_target(build_target(other), online, 0.99)
 
 
+class Scaled(nn.Module):
+    def __init__(self, width: int, scales: int):
+        super().__init__()
+        self.linear = nn.Linear(4, width)
+        self.register_buffer("scale", torch.ones(scales))
+
+
+@pytest.mark.parametrize("shapes, said", [
+    ((3, 1), r"parameters differ in shape: the target's linear.weight is \(3, 4\), the online network's "
+                   r"\(1, 4\); the target must be a copy of the online network \(build_target\)"),
+    ((1, 5), r"buffers differ in shape: the target's scale is \(5,\), the online network's \(1,\)")])
+def test_networks_whose_tensors_differ_in_shape_are_a_clear_error_and_move_nothing(shapes, said):
+    """An online (1, 4) weight was broadcast into a (3, 4) target's, which update_target moved without a word (a
+    review); the CUDA graph's update_target_by did so too."""
+    online, target = Scaled(1, 1), Scaled(*shapes).requires_grad_(False)
+    before = [t.clone() for t in (*target.parameters(), *target.buffers())]
+    for update in (lambda: update_target(target, online, 0.9),
+                   lambda: update_target_by(target, online, torch.tensor(0.1))):
+        with pytest.raises(ValueError, match=said):
+            update()
+        assert all(torch.equal(a, b) for a, b in zip((*target.parameters(), *target.buffers()), before))
+
+
 def test_swapped_arguments_are_a_clear_error_and_move_nothing():
     """A user test: update_target(online, target, tau) pulled the online network toward the target, which never
     moved from its initialization, without a word."""

@@ -119,6 +119,19 @@ def test_extract_features_from_shuffled_batches_returns_dataset_order():
     assert torch.equal(got_labels, labels)
 
 
+def test_batches_whose_labels_or_indices_are_not_one_per_image_are_refused():
+    """A loader of one's own yielding 10 images with 9 labels gave 20 features and 19 labels, misaligned, without a
+    word (a review); indices one short gave each label to another image's features."""
+    net, x = encoder(), images()
+    for labels, indices, shapes in ((torch.zeros(9), torch.arange(10), r"\(9,\) and indices of shape \(10,\)"),
+                                    (torch.zeros(10), torch.arange(11), r"\(10,\) and indices of shape \(11,\)"),
+                                    (torch.tensor(0), torch.arange(10), r"\(\) and indices of shape \(10,\)")):
+        batches = [(x, torch.zeros(10), torch.arange(10)), (x, labels, indices + 10)]
+        with pytest.raises(ValueError, match=rf"a batch has 10 images but labels of shape {shapes}: each image needs "
+                                             r"its label and its index \(both of shape \(10,\)\)"):
+            extract_features(net, batches)
+
+
 class Batches:
     """A loader's stand-in: ``(images, labels, indices)`` batches, and a sampler whose length is the total."""
 

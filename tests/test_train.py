@@ -203,14 +203,19 @@ def test_images_per_s_and_the_progress_bar_count_training_time_only(tmp_path, ci
 
 
 def test_a_knn_monitor_on_features_that_are_not_finite_logs_nan_and_the_run_goes_on(tmp_path, cifar10_root,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     """knn_accuracy refuses NaN features (one sentence, for a user's own call); the monitor of a run
-    whose encoder gives them logs NaN accuracies instead of ending the run."""
+    whose encoder gives them logs NaN accuracies instead of ending the run, and its epoch line says so in
+    words (it said "kNN nan%", as if an accuracy: a review)."""
     extract = byol.features.extract_features_sharded
     monkeypatch.setattr(byol.features, "extract_features_sharded", lambda *a, **k: extract(*a, **k) * math.nan)
     pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false"))
     knn = [r["eval/knn_top1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval/knn_top1" in r]
     assert len(knn) == 3 and all(math.isnan(v) for v in knn)
+    err = capsys.readouterr().err
+    assert "nan%" not in err
+    assert re.search(r"epoch 1/2 \(step 4/8\), loss [\d.]+, kNN not scored: the encoder's features are NaN or "
+                     r"infinite \(a diverged run\?\), ", err), err
 
 
 def test_progress_auto_draws_the_bar_on_a_terminal_and_a_line_an_epoch_into_a_log_file(monkeypatch, tmp_path,
