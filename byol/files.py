@@ -154,8 +154,11 @@ def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
         held = [p for p in (path / "checkpoints" / "last.pt", path / "last.pt", path / "encoder.pt") if p.is_file()]
         if held:
             return f"{path} is a directory; give a checkpoint file in it, such as {held[0]}"
-        return (f"{path} is a directory; give a checkpoint file in it (e.g. {path / 'checkpoints' / 'last.pt'}, or "
-                "an exported encoder.pt)")
+        run = _run_without_checkpoint(path)
+        if run is not None:
+            return f"{path} holds no checkpoint yet: {_NO_CHECKPOINT.format(run=run)}"
+        last = path / "last.pt" if path.name == "checkpoints" else path / "checkpoints" / "last.pt"
+        return f"{path} is a directory; give a checkpoint file in it (e.g. {last}, or an exported encoder.pt)"
     if path.is_file():
         return None
     if path.exists():  # (<(cat last.pt), /dev/stdin from a pipe: a checkpoint is read by seeking in it)
@@ -164,7 +167,28 @@ def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
         return f"checkpoint {path} is a link to {os.readlink(path)}, which does not exist"
     if str(path) == "-":  # (a shell's standard input, which a checkpoint read by seeking in it cannot be)
         return "reading a checkpoint from standard input (-) is not supported; give the path of its .pt file"
+    run = _run_without_checkpoint(path.parent.parent) if path.parent.name == "checkpoints" else None
+    if run is not None:
+        return f"checkpoint {path} does not exist: {_NO_CHECKPOINT.format(run=run)}"
     return f"checkpoint {path} does not exist"
+
+
+_NO_CHECKPOINT = ("the run in {run} has written none (it writes checkpoints/last.pt at the end of its first epoch, "
+                  "or when stopped); give it once it is there")
+
+
+def _run_without_checkpoint(path: Path) -> Optional[Path]:
+    """The run folder that ``path`` is, or is the ``checkpoints/`` folder of, where that run has written no
+    checkpoint yet (a run still in its first epoch, or one stopped before it); None otherwise."""
+    from .config import CONFIG_HEADER  # (config imports this module)
+    run = path.parent if path.name == "checkpoints" else path
+    try:
+        with open(run / "config.yaml", "rb") as f:  # a config.yaml byol wrote, as scan.holds_a_run tells a run
+            if f.read(len(CONFIG_HEADER)) != CONFIG_HEADER.encode():
+                return None
+    except OSError:
+        return None
+    return None if any((run / "checkpoints").glob("*.pt")) else run
 
 
 def topmost_missing(path: Path) -> Optional[Path]:

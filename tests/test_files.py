@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from byol.config import Config, config_text
 from byol import files
 from byol.files import remove_torn_temporaries, write_files_atomically, write_text_atomically
 from conftest import finished_pid
@@ -309,3 +310,29 @@ def test_on_windows_a_file_held_open_for_good_is_an_error_not_a_write_said_done(
     with pytest.raises(PermissionError):
         write_text_atomically(tmp_path / "last.pt", "new")
     assert len(refused) == 25 and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_a_run_with_no_checkpoint_yet_is_said_as_such(tmp_path):
+    """A user test: ``byol embed RUN`` on a run still in its first epoch was told to give RUN/checkpoints/last.pt,
+    which was then said not to exist, and RUN/checkpoints/ (emptied) to give RUN/checkpoints/checkpoints/last.pt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_text(Config()))
+    said = f"the run in {run} has written none (it writes checkpoints/last.pt at the end of its first epoch, or when " \
+           "stopped); give it once it is there"
+    assert files.not_a_file_to_read(run) == f"{run} holds no checkpoint yet: {said}"
+    last = run / "checkpoints" / "last.pt"
+    assert files.not_a_file_to_read(last) == f"checkpoint {last} does not exist: {said}"
+    (run / "checkpoints").mkdir()
+    assert files.not_a_file_to_read(run / "checkpoints") == f"{run / 'checkpoints'} holds no checkpoint yet: {said}"
+    (run / "checkpoints" / "epoch_0001.pt").touch()  # (one there: the message names none it lacks)
+    assert files.not_a_file_to_read(last) == f"checkpoint {last} does not exist"
+    (run / "checkpoints" / "epoch_0001.pt").unlink()
+    (run / "checkpoints").rmdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 2\n")  # a config.yaml byol did not write: no run's
+    assert files.not_a_file_to_read(run) == (f"{run} is a directory; give a checkpoint file in it (e.g. {last}, or an "
+                                             "exported encoder.pt)")
+    (tmp_path / "checkpoints").mkdir()
+    assert files.not_a_file_to_read(tmp_path / "checkpoints") == (
+        f"{tmp_path / 'checkpoints'} is a directory; give a checkpoint file in it (e.g. "
+        f"{tmp_path / 'checkpoints' / 'last.pt'}, or an exported encoder.pt)")
