@@ -304,6 +304,7 @@ def test_random_init_is_the_encoder_the_run_started_from(cli, tmp_path):
 def test_embed_writes_embeddings_with_labels(cli, trained, tmp_path):
     run, _ = trained
     (tmp_path / "emb_paths.txt").write_text("an earlier emb.npy's, not this one's\n")
+    np.save(tmp_path / "emb.npy", np.zeros((3, 2), np.float32))  # (that earlier emb.npy)
     proc = cli("embed", run / "checkpoints" / "last.pt", "--out", tmp_path / "emb.npy", "--limit", 50)
     # CIFAR: no file paths, none said, and an earlier emb's removed
     assert f"(labels in {tmp_path / 'emb_labels.npy'}; class names in {tmp_path / 'emb_classes.txt'})" \
@@ -898,6 +899,25 @@ def test_outputs_that_would_replace_what_is_read_are_refused(capsys, trained, tm
     assert line == (f"byol: error: {tmp_path / 'emb_labels.npy'} holds the labels of emb.npy, an earlier byol embed's "
                     "rows, which this would replace; choose another --out")
     assert (tmp_path / "emb_labels.npy").read_bytes() == labels
+
+
+def test_embed_removes_no_file_of_a_user_s_own_named_as_its_side_files(capsys, trained, tmp_path):
+    """A review: `byol embed --out u.npy` removed a u_classes.txt of the user's own (no u.npy there), as if an
+    earlier embed's, and replaced a u_paths.txt; refused now, before the work. An earlier embed's are its own."""
+    from byol.cli import main
+    ckpt = trained[0] / "checkpoints" / "last.pt"
+    for name in ("u_classes.txt", "u_paths.txt", "u_labels.npy"):
+        mine = tmp_path / name
+        mine.write_text("mine\n")
+        _, line = main_error(capsys, "embed", ckpt, "--limit", 8, "--out", tmp_path / "u.npy")
+        assert line == (f"byol: error: {mine} is there without u.npy, as no earlier byol embed leaves it; this would "
+                        "replace or remove it: move it, or choose another --out")
+        assert mine.read_text() == "mine\n" and not (tmp_path / "u.npy").exists()
+        mine.unlink()
+    assert main(["embed", str(ckpt), "--limit", "8", "--out", str(tmp_path / "u.npy")]) == 0
+    (tmp_path / "u_classes.txt").write_text("an earlier embed's\n")  # beside its u.npy: replaced or removed
+    assert main(["embed", str(ckpt), "--limit", "8", "--out", str(tmp_path / "u.npy")]) == 0
+    assert (tmp_path / "u_classes.txt").read_text() != "an earlier embed's\n"
 
 
 def test_eval_and_embed_replace_no_model_file_but_an_earlier_embeds(capsys, trained, tmp_path):
