@@ -167,7 +167,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     for target in (Path(out), *_side_names(Path(out)).values()):  # all before the work
         check_writable(target, source=path)
     # (a review: a NAME_classes.txt of a user's own, with no NAME.npy, was removed as an earlier output's)
-    theirs = None if Path(out).exists() else next(iter(p for _, p in side_files(Path(out))), None)
+    theirs = None if Path(out).exists() else next((p for _, p in side_files(Path(out))), None)
     if theirs is not None:
         raise OutputError(f"{theirs} is there without {Path(out).name}, as no earlier byol embed leaves it; this "
                           "would replace or remove it: move it, or choose another --out")
