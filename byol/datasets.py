@@ -34,7 +34,12 @@ OFFICIAL_SIZE = {("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000, ("ci
 def _read_names(path: Path) -> Optional[list[str]]:
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:  # (a user test: a class name saved in Latin-1, "airpl\xe9ne", was a UnicodeDecodeError's traceback)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} cannot be read as a list of class names ({e}); save it as UTF-8 text, one name "
+                        "a line, or remove it (the classes then go unnamed)") from e
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _checked_names(names: Optional[list[str]], path: Path, name: str) -> Optional[list[str]]:
@@ -205,8 +210,12 @@ def _read_cifar_pickle(folder: Path, name: str, split: str) -> ImageSet:
         if raw is None:
             raise DataError(f"{folder / meta_file} has no {names_key}: it is not {name}'s {meta_file} file; put the "
                             "official one there, or remove it (the classes then go unnamed)")
-        classes = _checked_names([n.decode() if isinstance(n, bytes) else str(n) for n in raw],
-                                 folder / meta_file, name)
+        try:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{folder / meta_file} has {names_key} that are not UTF-8 text ({e}); put the official "
+                            "file there, or remove it (the classes then go unnamed)") from e
+        classes = _checked_names(names, folder / meta_file, name)
     return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), classes)
 
 

@@ -313,6 +313,29 @@ def test_class_names_that_are_not_the_data_sets_are_refused_not_written_beside_i
         load_stl10(tmp_path, "train")
 
 
+def test_class_names_that_are_not_utf8_text_are_one_sentence_not_a_traceback(tmp_path):
+    """A user test: an STL-10 class_names.txt saved in Latin-1 ("airpl\xe9ne") was a UnicodeDecodeError's
+    traceback, as were CIFAR's names files and a python-layout meta of such bytes."""
+    stl = tmp_path / "stl10_binary"
+    stl.mkdir()
+    np.zeros((2, 3, 96, 96), np.uint8).tofile(stl / "train_X.bin")
+    np.array([1, 10], np.uint8).tofile(stl / "train_y.bin")
+    (stl / "class_names.txt").write_bytes(b"airpl\xe9ne\n" + b"".join(b"c%d\n" % i for i in range(9)))
+    with pytest.raises(DataError, match=r"class_names.txt cannot be read as a list of class names .*as UTF-8"):
+        load_stl10(tmp_path, "train")
+    folder = tmp_path / "cifar-100-binary"
+    _cifar100_binary(folder, 3)
+    (folder / "fine_label_names.txt").write_bytes((stl / "class_names.txt").read_bytes() * 10)
+    with pytest.raises(DataError, match=r"fine_label_names.txt cannot be read as a list of class names"):
+        load_cifar(tmp_path, "cifar100", "test")
+    python = tmp_path / "py" / "cifar-100-python"
+    _write_pickle(python / "test", {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 99]})
+    with open(python / "meta", "wb") as f:  # a Python 3 pickle: its names bytes, not Python 2's str
+        pickle.dump({b"fine_label_names": [b"airpl\xe9ne"] * 100}, f)
+    with pytest.raises(DataError, match=r"cifar-100-python/meta has fine_label_names that are not UTF-8 text"):
+        load_cifar(python, "cifar100", "test")
+
+
 # ----------------------------------------------------------------------------------- STL-10
 
 def test_stl10_transpose_labels_and_splits(tmp_path):
