@@ -75,6 +75,10 @@ def _what_is_there(root: Path, name: Optional[str], download: str) -> Optional[s
             return f"it holds {folder}, {other}'s files: for them, set --data.dataset={other}"
         return (f"it holds {folder}, {other}'s files (for them, set --data.dataset={other}); for {name}'s, put "
                 f"them there, or pass {download} when online")  # a folder of data sets, this one not yet among them
+    nested = _one_level_down(root, [folder for folder, other in layouts.items() if other == name])
+    if nested is not None:  # (a review: ROOT/stl10_binary/stl10_binary, unpacked into a folder of its name)
+        return (f"{nested.name} is one level further down, in {nested.parent}: set "
+                f"--data.root={shlex.quote(str(nested.parent))}")
     try:  # (the name first: no stat of each entry of a large folder)
         archives = sorted(p.name for p in root.iterdir() if (m := ARCHIVE.fullmatch(p.name.lower()))
                           and m[1].replace("-", "") == name and p.is_file())
@@ -85,6 +89,21 @@ def _what_is_there(root: Path, name: Optional[str], download: str) -> Optional[s
                 f"in {root}), and run the command again")
     if holds_images(root):  # a folder of one's own images, read as CIFAR or STL-10
         return "it holds image files: for a folder of your own images, set --data.dataset=folder"
+    return None
+
+
+def _one_level_down(root: Path, folders: list[str], limit: int = 100) -> Optional[Path]:
+    """One of ``folders`` (a data set's layouts) inside a sub-folder of ``root``, among its first ``limit`` entries
+    (``data/cifar10/cifar-10-batches-bin`` given ``data``, or an archive unpacked into a folder of its name); None
+    where none is."""
+    try:
+        with os.scandir(root) as entries:
+            for entry in itertools.islice(entries, limit):
+                found = next((Path(entry.path) / f for f in folders if (Path(entry.path) / f).is_dir()), None)
+                if found is not None:
+                    return found
+    except OSError:  # not readable: nothing to say
+        pass
     return None
 
 

@@ -456,6 +456,16 @@ def test_files_not_found_say_what_is_there_instead(tmp_path):
     (tmp_path / "cifar-100-binary" / "test.bin").unlink()  # its own files, one missing: nothing else to say
     with pytest.raises(DataError, match=r"cifar-100-python/test \(python\) in \S+; put the files there, or pass"):
         load_cifar(tmp_path, "cifar100", "test")
+    deeper = tmp_path / "unpacked" / "cifar10"  # (a review: a folder of data sets, or a layout in its own name)
+    _cifar100_binary(deeper / "cifar-100-binary", 2)
+    (deeper / "cifar-100-binary").rename(deeper / "cifar-10-batches-bin")
+    with pytest.raises(DataError, match=rf"in {deeper.parent}; cifar-10-batches-bin is one level further down, in "
+                                        rf"{deeper}: set --data.root={deeper}$"):
+        load_cifar(deeper.parent, "cifar10", "train")
+    (tmp_path / "stl10_binary" / "stl10_binary").mkdir()
+    with pytest.raises(DataError, match=rf"stl10_binary is one level further down, in {tmp_path / 'stl10_binary'}: "
+                                        rf"set --data.root={tmp_path / 'stl10_binary'}$"):
+        load_stl10(tmp_path, "train")
     archive = tmp_path / "packed"
     archive.mkdir()
     (archive / "stl10_binary.tar.gz").write_bytes(b"\x1f\x8b")
