@@ -20,7 +20,11 @@ _LOW_PRECISION_EMA = ("the target network is in {dtype}: each EMA step moves a w
 
 
 def build_target(online: nn.Module) -> nn.Module:
-    """Return a deep copy of ``online`` with gradients switched off."""
+    """Return a deep copy of ``online`` with gradients switched off.
+
+    The target starts equal to the online network. The reference code instead initializes it apart,
+    from another random key (its comment: no significant difference was seen); the paper does not say.
+    """
     target = copy.deepcopy(online)
     target.requires_grad_(False)
     # A deep copy of an fx GraphModule is in training mode. train(), not the flag alone: a module may

@@ -7,7 +7,10 @@ import torch.nn.functional as F
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Per-sample ``2 - 2 cos(p, z)``, the squared L2 distance of the normalized vectors.
 
-    Paper, eq. 2: ``||q̄ - z̄'||² = 2 - 2 <q, z'> / (||q|| ||z'||)``.
+    Paper, eq. 2: ``||q̄ - z̄'||² = 2 - 2 <q, z'> / (||q|| ||z'||)``. The reference code computes
+    ``||q̄ - z̄'||²`` with norms floored at 1e-6 (``x * rsqrt(max(||x||², 1e-12))``); this follows
+    byol-pytorch (``F.normalize``, norms floored at 1e-12, then ``2 - 2 cos``): the same loss up to
+    float rounding (~5e-7) wherever both norms are at least 1e-6; apart only for vectors near zero.
 
     Args:
         p: online predictions, (B, D).
