@@ -127,3 +127,19 @@ def test_the_cifar10_reproduction_runs_across_calls_and_tasks(tmp_path):
         assert results[name]["step"] == (0 if name.endswith("random_init") else epochs * 5), (name, results[name])
     for name in ("metrics.jsonl", "config.yaml", "loss.png", "gpu_cifar10.log"):
         assert (tmp_path / f"out{machine.calls}" / name).is_file(), name
+
+
+def test_a_cifar10_file_spoilt_on_the_way_stops_the_call_before_training(tmp_path):
+    """The day's first check (a review: untested): a .bin that does not match MD5SUMS is named and the call ends,
+    exit 1, nothing trained."""
+    _stand_in_cifar10(tmp_path / "shared")
+    machine = Machine(tmp_path)
+    spoilt = tmp_path / "shared" / "cifar-10-batches-bin" / "test_batch.bin"  # (after its MD5SUMS line was written)
+    spoilt.write_bytes(spoilt.read_bytes()[:-1] + bytes([spoilt.read_bytes()[-1] ^ 1]))
+    machine.stage("stage", SHARED=str(tmp_path / "shared"))
+    for piece in ("c10-1", "c10-2"):
+        assert machine.run("run", carry=(piece,)).returncode == 0
+    last = machine.run("run", carry=("c10-3",), EXTRA=SMALL)
+    assert last.returncode == 1 and "cifar-10-batches-bin/test_batch.bin: FAILED" in last.stdout, last.stdout
+    assert "CIFAR-10 files do not match MD5SUMS: stage and carry them again" in last.stdout, last.stdout
+    assert "=== " not in last.stdout and not (tmp_path / f"out{machine.calls}" / "metrics.jsonl").exists()
