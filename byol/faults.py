@@ -1,6 +1,9 @@
 """Surviving faults: non-finite steps rolled back on the device, and stopping cleanly on a signal."""
 
+import os
 import signal
+import sys
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -165,18 +168,41 @@ class StopRequest:
         self.saved = saved
         self._previous: dict = {}
         self._raising = False
+        self._raising_now: Optional[tuple] = None
+        self._previous_hook = sys.unraisablehook
 
     def _handle(self, signum, frame):
         if self._raising:  # once: a further signal, while Stopped is handled, is one outside interrupting()
+            before = self.signum
             self._raising = False
             self.signum = self.signum or signum
-            raise Stopped
+            raise self._raised(Stopped(), signum, before)
         if self.signum is not None and signum == signal.SIGINT:  # said, not printed here: a handler's print
             step = self.saved()  # could come inside another (the bar's): a reentrant write
             if step is not None:  # (the stop's checkpoint is written, its plots being drawn, say)
-                raise KeyboardInterrupt(SECOND_INTERRUPT_SAVED.format(step=step))
-            raise KeyboardInterrupt(SECOND_INTERRUPT)
+                raise self._raised(KeyboardInterrupt(SECOND_INTERRUPT_SAVED.format(step=step)), signum, self.signum)
+            raise self._raised(KeyboardInterrupt(SECOND_INTERRUPT), signum, self.signum)
         self.signum = signum
+
+    def _raised(self, error: BaseException, signum: int, before: Optional[int]) -> BaseException:
+        """``error``, to raise from the handler, kept so that :meth:`_unraisable` knows it."""
+        self._raising_now = (error, signum, isinstance(error, Stopped), before)
+        return error
+
+    def _unraisable(self, unraisable) -> None:
+        """An exception that Python could not raise: the handler's, where the signal came while a weakref callback
+        or a ``__del__`` ran (torch's, the garbage collector's), whose exceptions Python prints as "Exception
+        ignored" and drops (a user test: a second Ctrl-C printed a traceback and the run went on). The signal is
+        delivered again, from a thread a moment later (not within this hook, where its handler's exception would
+        be dropped in turn), as if it came then; any other is the previous hook's."""
+        error, signum, raising, before = self._raising_now or (None, None, False, None)
+        if error is None or unraisable.exc_value is not error:
+            return self._previous_hook(unraisable)
+        self._raising_now = None
+        self._raising, self.signum = raising, before  # as before the handler ran
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
 
     @contextmanager
     def interrupting(self) -> Iterator[None]:
@@ -197,11 +223,15 @@ class StopRequest:
                 self._previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: leave the signals alone
             self._previous = {}
+        if self._previous:
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if self._previous:
+            sys.unraisablehook = self._previous_hook
 
     @property
     def requested(self) -> bool:

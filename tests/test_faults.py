@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -1061,6 +1063,31 @@ def test_only_the_first_signal_within_interrupting_raises_stopped():
         except Stopped:
             pytest.fail("a signal raised Stopped outside the first one within interrupting()")
         assert stop.requested
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_signal_that_comes_while_a_weakref_callback_runs_is_not_dropped(stopping):
+    """A user test: a second Ctrl-C while the run stopped came in a weakref callback (a WeakKeyDictionary's), whose
+    exception Python prints as "Exception ignored" with a traceback and drops: the run went on as if none had come.
+    So would a signal during the kNN evaluation. Delivered again once the callback has returned, it raises there."""
+    class Referent:
+        pass
+
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGINT)  # its handler runs here, within the callback
+
+    with StopRequest() as stop:
+        if stopping:  # the first signal came: this Ctrl-C is the second
+            stop.signum = signal.SIGTERM
+        referent = Referent()
+        ref = weakref.ref(referent, callback)
+        with pytest.raises(KeyboardInterrupt if stopping else Stopped):
+            with nullcontext() if stopping else stop.interrupting():
+                del referent
+                deadline = time.time() + 5
+                while time.time() < deadline:
+                    time.sleep(0.01)
+        assert ref() is None and stop.signum == (signal.SIGTERM if stopping else signal.SIGINT)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
