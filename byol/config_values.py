@@ -12,13 +12,15 @@ from typing import Any, Union
 from .config_files import ConfigError, parse_value, surprising_number
 
 
+_NULLS = ("null", "none", "~")  # the command line's words for null, as YAML's
+
+
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field's type, converting int -> float and strings from the command line."""
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         args = typing.get_args(annotation)
-        nulls = ("null", "none", "~")
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in nulls)):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NULLS)):
             return None
         errors = []
         for arg in args:
@@ -84,11 +86,13 @@ def _shown(value: Any) -> str:
 
 def is_empty(value: Any, annotation: Any) -> bool:
     """``epochs:`` in a YAML file (None where null is not allowed) or ``--train.epochs=`` (a blank
-    string where the type is not a string): a value left out, not one of the wrong type."""
+    string, or a word for null, where the type is not a string): a value left out, not one of the wrong type."""
     args = typing.get_args(annotation) or (annotation,)
     if value is None:
         return type(None) not in args
-    return isinstance(value, str) and not value.strip() and str not in args
+    # (a review: --optim.lr=null said "must be float, got None", where lr: null in a file said it is empty)
+    null = value.strip().lower() in _NULLS and type(None) not in args if isinstance(value, str) else False
+    return isinstance(value, str) and (not value.strip() or null) and str not in args
 
 
 def kind_in_words(annotation: Any) -> str:

@@ -219,9 +219,12 @@ def test_an_empty_value_says_so_not_got_none(tmp_path):
     for override, message in (("--train.epochs=", "train.epochs is empty; give a whole number (the default is 100)"),
                               ("--optim.lr= ", "optim.lr is empty; give a number (the default is 0.2)"),
                               ("--model.cifar_stem=", "model.cifar_stem is empty; give true or false"),
-                              ("--train.max_steps=", "train.max_steps is empty; give a whole number or null")):
-        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+                              ("--train.max_steps=", "train.max_steps is empty; give a whole number or null"),
+                              ("--optim.lr=null", "optim.lr is empty; give a number (the default is 0.2)"),
+                              ("--train.epochs=None", "train.epochs is empty; give a whole number")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):  # null: as lr: null in a file (a review)
             load_config("cifar10", [override])
+    assert load_config("cifar10", ["--train.max_steps=~", "--train.out_dir=null"]).train.out_dir == "null"
     (tmp_path / "c.yaml").write_text("train:\n  epochs:\n")
     with pytest.raises(ConfigError, match=f"^config {re.escape(str(tmp_path / 'c.yaml'))}: train.epochs is empty; "
                                           "give a whole number"):
