@@ -4,6 +4,7 @@ error stay quick."""
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,9 @@ class _Parser(argparse.ArgumentParser):
             elif isinstance(action, argparse._SubParsersAction) and \
                     message.startswith(f"argument {action.dest}: invalid choice"):
                 message = _not_a_command(message, action, getattr(self, "_given", []), self.prog)
+        flag = re.fullmatch(r"argument (\S+): ignored explicit argument (.*)", message)
+        if flag:  # --random-init=1: argparse's words for a flag given a value
+            message = f"argument {flag[1]}: takes no value, got {flag[2]}; give {flag[1]} alone"
         raise UsageError(message)
 
 
@@ -45,7 +49,8 @@ def _not_a_command(message: str, action: argparse._SubParsersAction, given: list
         owners = _commands_taking(option)
         where = f" (an option of byol {' and byol '.join(owners)})" if owners else ""
         return f"option {option!r}{where} is given before the command; give it after the command (see {prog} --help)"
-    return f"{given[at]!r} is not a command of {prog}: choose {', '.join(action.choices)}"
+    help_ = f" (for help: {prog} --help)" if given[at] in ("help", "-help") else ""
+    return f"{given[at]!r} is not a command of {prog}: choose {', '.join(action.choices)}{help_}"
 
 
 def shows_bars_given(overrides: list[str]) -> bool:
@@ -130,18 +135,24 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     pre = sub.add_parser(
         "pretrain", help="pretrain an encoder with BYOL", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Pretrain an encoder with BYOL. Every config key can be set as --section.key=value;\n"
-        f"every key, with its default and meaning, is in {Path(__file__).parent / 'config.py'}\n"
-        "(--print-config prints them all, resolved);\n"
-        f"the presets, every key they set commented, are {presets_folder()}/*.yaml.",
+        description="Pretrain an encoder with BYOL. Every config key can be set as\n--section.key=value; every key, "
+        f"with its default and meaning, is in\n  {Path(__file__).parent / 'config.py'}\n(--print-config prints them "
+        f"all, resolved); the presets, every key they set\ncommented, are\n  {presets_folder()}/*.yaml",
         epilog="examples:\n"
-        "  byol pretrain --config cifar10-cpu --data.root=DATA         # a narrow ResNet-18, minutes on a CPU\n"
-        "  byol pretrain --config cifar10 --data.root=DATA             # ResNet-18, batch 512: for a GPU\n"
-        "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 --train.out_dir=runs/c10\n"
-        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400   # continue, longer\n"
-        "  byol pretrain --config cifar10 --data.root=DATA --train.out_dir=runs/c10 --resume=auto  # a job's: start "
-        "or continue\n"
-        "  byol pretrain --config cifar10 --train.epochs=200 --print-config > c10.yaml   # every setting, to edit")
+        "  # a narrow ResNet-18, minutes on a CPU\n"
+        "  byol pretrain --config cifar10-cpu --data.root=DATA\n"
+        "  # ResNet-18, batch 512: for a GPU\n"
+        "  byol pretrain --config cifar10 --data.root=DATA\n"
+        "  # 200 epochs, into runs/c10\n"
+        "  byol pretrain --config cifar10 --data.root=DATA --train.epochs=200 \\\n"
+        "      --train.out_dir=runs/c10\n"
+        "  # continue, longer\n"
+        "  byol pretrain --resume --train.out_dir=runs/c10 --train.epochs=400\n"
+        "  # a job's: start or continue\n"
+        "  byol pretrain --config cifar10 --data.root=DATA --train.out_dir=runs/c10 \\\n"
+        "      --resume=auto\n"
+        "  # every setting, to edit\n"
+        "  byol pretrain --config cifar10 --train.epochs=200 --print-config > c10.yaml")
     pre.add_argument("--config", action=_Once, type=_path, help="a preset name (cifar10-cpu, cifar10, stl10, "
                      "imagenet) or a YAML file (default: cifar10, the GPU preset); with --resume it only locates the run")
     pre.add_argument("--resume", nargs="?", const=True, default=False, type=_auto, metavar="auto",
@@ -161,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
         e.add_argument("--out", type=_given_path,
                        help="write the results as JSON here (default: beside the checkpoint)")
         e.add_argument("--limit", type=_positive_int, help="use only N images of each split (the first N; "
-                       "for a folder, spread over its classes)")
+                       "for a folder, spread over its classes; default: all)")
         e.add_argument("--random-init", action="store_true", help="evaluate the encoder the run started "
                        "from (same architecture and seed, untrained): the baseline to beat")
         e.add_argument("--holdout", type=_count, default=0, metavar="N",
@@ -182,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     em.add_argument("--out", type=_given_path, required=True, help="output file, .npy or .pt")
     em.add_argument("--split", type=_given, help="default: the held-out split (test; for a folder ROOT/val or "
                     "ROOT/test) | train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
-    em.add_argument("--limit", type=_positive_int, help="embed only the first N images")
+    em.add_argument("--limit", type=_positive_int, help="embed only the first N images (default: all)")
     ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
     ex.add_argument("checkpoint", type=_given_path,
                     help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
@@ -214,17 +225,44 @@ class _Once(argparse.Action):
 def check_overrides(args: argparse.Namespace, overrides: list[str]) -> None:
     """Each ``--section.key=value`` well formed (one given twice: the last wins, as a script that adds
     to common settings expects); ``--download`` not contradicted."""
-    bad = [o for o in overrides if not (o.startswith("--") and "=" in o and "." in o.split("=")[0])]
-    if bad:
-        option = bad[0].startswith("--") and "." not in bad[0].split("=")[0]
+    bad = next((i for i, o in enumerate(overrides) if not (o.startswith("--") and "=" in o
+                                                           and "." in o.split("=")[0])), None)
+    if bad is not None:
         command = " ".join(filter(None, (args.command, getattr(args, "protocol", None))))
-        hint = _where_it_belongs(bad[0].split("=")[0], command) if option else ""
-        raise UsageError(f"unrecognized {'option' if option else 'argument'} {bad[0]!r}{hint}"
-                         + (f"; see byol {command} --help" if option else "")
-                         + ("" if "--" in hint else "; config keys are set as --section.key=value"))
+        raise UsageError(_unrecognized(overrides[bad], overrides[bad + 1:], command))
     given = [o.split("=", 1)[0] for o in overrides]
     if getattr(args, "download", False) and "--data.download" in given:
         raise UsageError("--download and --data.download are both given; keep one")
+
+
+# Dashes that a web page or a word processor puts where "--" was typed: en, em, minus, hyphens, bar.
+_DASHES = "\u2013\u2014\u2212\u2010\u2011\u2012\u2015"
+
+
+def _unrecognized(word: str, after: list[str], command: str) -> str:
+    """What is wrong with ``word``, which no option of ``byol command`` took (``after``: the words after it),
+    and how to fix it."""
+    name = word.split("=")[0]
+    if word[:1] in _DASHES:  # (an en dash or an em dash looks like "--" in a page's font)
+        return (f"{word!r} starts with {word[0]!r}, not '--' (a dash pasted from a web page?): type "
+                f"--{word.lstrip(_DASHES + '-')}")
+    if not word.strip():
+        return f"a blank argument {word!r} is given (a backslash before a space at a line's end?); remove it"
+    if word.startswith("--") and "." in name:  # (its value, next, is unrecognized too)
+        value = after[0] if after and not after[0].startswith("-") else "VALUE"
+        return f"{word} is given without '=': a config key takes its value after '=', as {word}={value}"
+    if word.startswith("-"):
+        long = "--" + name.lstrip("-")  # -k for --k
+        hint = _where_it_belongs(name, command) if word.startswith("--") else \
+            f" (did you mean {long}?)" if long in dict(_commands())[command]._option_string_actions else ""
+        return (f"unrecognized option {word!r}{hint}; see byol {command} --help"
+                + ("" if "--" in hint else "; config keys are set as --section.key=value"))
+    if command != "pretrain":  # a second checkpoint, or a value whose option is missing
+        return f"unrecognized argument {word!r}: byol {command} takes one checkpoint (see byol {command} --help)"
+    from .config_files import presets_folder
+    if word.endswith((".yaml", ".yml")) or (presets_folder() / f"{word}.yaml").is_file():
+        return f"unrecognized argument {word!r}: a preset or a YAML file is given as --config {word}"
+    return f"unrecognized argument {word!r}; config keys are set as --section.key=value"
 
 
 def _where_it_belongs(option: str, command: str) -> str:

@@ -704,6 +704,24 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["eval", "--data.root=d", "knnn", "x.pt"], "'knnn' is not a command of byol eval: choose knn, linear"),
     (["eval", "--random-init", "knnn", "x.pt"], "'knnn' is not a command of byol eval: choose knn, linear"),
     (["--train.epochs=3", "pretrian"], "'pretrian' is not a command of byol: choose pretrain, eval, embed, export"),
+    # what a new user types wrong, each said with its fix (a user test: "unrecognized argument '--data.root'; config
+    # keys are set as --section.key=value", '—config' the same, argparse's "ignored explicit argument")
+    (["pretrain", "--data.root", "../x"], "--data.root is given without '=': a config key takes its value after "
+     "'=', as --data.root=../x"),
+    (["eval", "knn", "x.pt", "--train.device", "cpu"], "as --train.device=cpu"),
+    (["pretrain", "\u2014config", "cifar10"], "'\u2014config' starts with '\u2014', not '--' (a dash pasted from a web "
+     "page?): type --config"),
+    (["eval", "knn", "x.pt", "\u2013out=a.json"], "not '--' (a dash pasted from a web page?): type --out=a.json"),
+    (["pretrain", "--config", "cifar10", " "], "a blank argument ' ' is given (a backslash before a space at a "
+     "line's end?); remove it"),
+    (["eval", "knn", "x.pt", "-k", "5"], "unrecognized option '-k' (did you mean --k?); see byol eval knn --help"),
+    (["pretrain", "-c", "cifar10"], "unrecognized option '-c'; see byol pretrain --help"),
+    (["eval", "knn", "x.pt", "y.pt"], "unrecognized argument 'y.pt': byol eval knn takes one checkpoint (see byol "
+     "eval knn --help)"),
+    (["pretrain", "cifar10"], "unrecognized argument 'cifar10': a preset or a YAML file is given as --config cifar10"),
+    (["eval", "knn", "x.pt", "--random-init=1"], "argument --random-init: takes no value, got '1'; give "
+     "--random-init alone"),
+    (["help"], "'help' is not a command of byol: choose pretrain, eval, embed, export (for help: byol --help)"),
 ])
 def test_bad_arguments_are_one_sentence_before_anything_runs(capsys, args, fragment):
     _, line = main_error(capsys, *args)
@@ -1159,8 +1177,8 @@ def test_pretrain_help_shows_examples_with_real_presets(capsys):
         line = next(line for line in text.splitlines() if f"--config {name} " in line)
         load_config(name, [w for w in line.split("#")[0].split() if w.startswith("--") and "=" in w])
     # where the keys and presets are, as installed (a packaging test: it said byol/config.py and configs/)
-    keys, presets = re.search(r"is in (\S+)\n\(--print-config prints them all, resolved\);\nthe presets, every key "
-                              r"they set commented, are (\S+)/\*\.yaml", text).groups()
+    keys, presets = re.search(r"is in\n  (\S+)\n\(--print-config prints them all, resolved\); the presets, every "
+                              r"key they set\ncommented, are\n  (\S+)/\*\.yaml", text).groups()
     assert Path(keys).is_file() and Path(presets, "cifar10-cpu.yaml").is_file(), (keys, presets)
 
 
@@ -1249,6 +1267,23 @@ def test_under_torchrun_an_error_is_said_once_and_a_peer_s_failure_as_such(capsy
     with pytest.raises(RuntimeError, match="Connection closed"):
         cli.main(["pretrain"])
     assert store.get("byol/test/1/failed") == b"0"
+
+
+def test_every_help_fits_80_columns_and_gives_each_option_s_default(capsys, monkeypatch):
+    """At COLUMNS=80 no line of a --help is wider (a user test: pretrain's description and examples ran to 118
+    columns), but a path alone on its line, as long as where byol is installed; and every option that takes a
+    value and may be left out says its default (a user test: --limit said none)."""
+    from byol.arguments import _commands
+    from byol.cli import main
+    monkeypatch.setenv("COLUMNS", "80")
+    for command, sub in [("", None), *_commands()]:
+        with pytest.raises(SystemExit):
+            main([*command.split(), "--help"])
+        wide = [line for line in capsys.readouterr().out.splitlines() if len(line) > 80 and " " in line.strip()]
+        assert not wide, (command, wide)
+        for action in sub._actions if sub else ():
+            if action.option_strings and action.nargs != 0 and action.const is None and not action.required:
+                assert "default" in action.help, (command, action.option_strings)
 
 
 def test_eval_and_embed_help_name_every_setting_they_read(capsys):

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from byol.arguments import _commands, parser
 from byol.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = ROOT / "docs"
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 # section.key, as `--train.epochs=3` or `train.epochs`; not a file such as data.md or train.py
@@ -52,6 +54,15 @@ def test_every_config_key_the_docs_and_presets_name_is_a_setting():
             if match.group(0) not in keys:
                 unknown.append(f"{_where(page, text, match.start())}: {match.group(0)}")
     assert named > 300 and unknown == [], unknown  # (named: the pattern still finds the keys the pages hold)
+
+
+def test_every_option_of_the_command_line_is_in_cli_md_and_every_one_it_names_is_there():
+    """docs/cli.md against the parser, both ways (a user test: --version was in --help alone)."""
+    options = {o for action in parser()._actions for o in action.option_strings if o.startswith("--")}
+    options |= {o for _, sub in _commands() for action in sub._actions for o in action.option_strings
+                if o.startswith("--")}
+    named = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)(?![\w.])", (DOCS / "cli.md").read_text()))
+    assert options - named == set() and named - options == set(), (options - named, named - options)
 
 
 def test_every_byol_name_the_docs_call_is_there():
