@@ -4,7 +4,7 @@ a YAML file and a ``Config`` set in Python are checked (their types are :mod:`by
 import math
 from typing import TYPE_CHECKING, Optional
 
-from .config_files import ConfigError
+from .config_files import ConfigError, nearest
 
 if TYPE_CHECKING:
     from .config import Config
@@ -44,7 +44,8 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("train.progress", t.progress in (True, False, "auto"), "auto, true or false"),
              ("data.workers", config.data.workers >= 0, ">= 0"), ("model.width", config.model.width >= 1, ">= 1"),
              ("optim.lr", _finite(config.optim.lr) >= 0, "a finite number >= 0"),
-             ("model.backbone", config.model.backbone in (*RESNETS, GIVEN_BACKBONE), f"one of {', '.join(RESNETS)}"),
+             ("model.backbone", config.model.backbone in (*RESNETS, GIVEN_BACKBONE),
+              f"one of {', '.join(RESNETS)}{_meant_backbone(config.model.backbone, RESNETS)}"),
              ("data.dataset", config.data.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
              ("augment.preset", config.augment.preset in views, f"one of {', '.join(views)}"),
              ("optim.name", config.optim.name in ("lars", "sgd", "adamw"), "lars, sgd or adamw"),
@@ -84,6 +85,17 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
         if not ok and (keys is None or key in keys):
             raise ConfigError(f"{key} must be {rule}")
     return config
+
+
+def _meant_backbone(name: str, resnets: tuple) -> str:
+    """`` (did you mean resnet18?)`` for a mistyped or mis-cased backbone with a ResNet's depth (``resnet81``,
+    ``ResNet-18``); "" otherwise, not another depth for one torchvision lacks (``resnet200``). (A user test:
+    ``ResNet18`` was told the list alone.)"""
+    def depth(word: str) -> list:
+        return sorted(c for c in word if c.isdigit())
+    same_depth = [r for r in resnets if depth(r) == depth(str(name))]
+    meant = nearest(str(name).lower().replace("-", "").replace("_", ""), same_depth)
+    return f" (did you mean {meant}?)" if meant else ""
 
 
 def _finite(value: float) -> float:

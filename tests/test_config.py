@@ -149,6 +149,10 @@ def test_a_key_given_twice_takes_the_last_without_reading_the_first(first):
     ("--data.on_device=maybe", "data.on_device must be auto, true or false"),
     ("--train.progress=sometimes", "train.progress must be auto, true or false"),
     ("--model.backbone=resnet200", "model.backbone must be one of resnet18, resnet34, resnet50, resnet101, resnet152$"),
+    # a typo or another spelling of a ResNet's depth is named (a user test: ResNet18 was told the list alone)
+    ("--model.backbone=ResNet18", r"resnet101, resnet152 \(did you mean resnet18\?\)$"),
+    ("--model.backbone=resnet81", r"resnet101, resnet152 \(did you mean resnet18\?\)$"),
+    ("--model.backbone=resnet-50", r"resnet101, resnet152 \(did you mean resnet50\?\)$"),
     ("--optim.name=adam", "optim.name must be lars, sgd or adamw"),
     ("--optim.lr=inf", "optim.lr must be a finite number >= 0"),  # it passed >= 0, and trained to NaN
     ("--optim.lr=nan", "optim.lr must be a finite number >= 0"),
