@@ -16,6 +16,7 @@ from .monitor import MIN_RANK, STD_FRACTION
 KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
 UNDONE_LABEL = "steps undone here (NaN or infinite loss or weights)"  # the purple marks' legend
 NAN_LABEL = "NaN or infinite here"  # a value lost at a record outside those marks: a cross at the bottom
+ZERO_LABEL = "0 here (below the log axis)"  # a log panel's value of 0 (a std at total collapse): at the bottom
 DATA_WAIT = 0.3  # the share of training time spent waiting for batches that a run's note points out
 
 
@@ -293,7 +294,12 @@ def _figure(title: str, drawn: list[tuple[Panel, dict, list[int]]], records: lis
                 x, y = zip(*points)
                 steps.update(x)
                 values += [v for v in y if math.isfinite(v)]
-                ax.plot(x, y, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+                line, = ax.plot(x, y, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+                zeros = [step for step, v in points if v <= 0] if panel.log else []
+                if zeros:  # a log axis has no 0: a collapse's std of exactly 0 drew nothing (a user test: all black
+                    # images left collapse.png's std panel empty), so a triangle on the bottom edge, as NaN's cross
+                    ax.plot(zeros, [0] * len(zeros), linestyle="", marker="v", color=line.get_color(), clip_on=False,
+                            transform=ax.get_xaxis_transform(), label=ZERO_LABEL)
         lost = lost if values else []  # a panel of NaN alone is empty (and would have no log scale)
         if lost:  # a value NaN or infinite outside the purple marks (a diverging run's kNN, the rank): a cross
             # on the panel's bottom edge, not a gap that reads as a record never written (a user test)
@@ -344,7 +350,7 @@ def _log_axis(ax, values: list[float], warn: Optional[tuple[float, str]]) -> Non
     """A log y axis from half the smallest value (or threshold) to twice the largest, in plain
     numbers (0.2, 0.5, 1), the region below the threshold shaded."""
     from matplotlib.ticker import FuncFormatter, LogLocator
-    ax.set_yscale("log", nonpositive="clip")  # a std of exactly 0 at the bottom edge
+    ax.set_yscale("log", nonpositive="clip")  # values of 0: _figure's triangles on the bottom edge
     positive = [v for v in values if v > 0]
     if positive:
         low, high = min(positive) / 2, max(positive) * 2

@@ -134,16 +134,7 @@ class CollapseMonitor:
         was_collapsed, self.collapsed = self.collapsed, self.is_collapsed(std, rank, dim)
         if not self.collapsed:
             return None
-        healthy = 1 / math.sqrt(dim)
-        return self._message(was_collapsed, step, (
-                "representation collapse: the std of the L2-normalized online projections "
-                f"is {std:.4g} (healthy is about {healthy:.4g} = 1/sqrt({dim})) and their effective rank is "
-                f"{rank:.3g} (1 when every row is the same vector; healthy runs keep more, from a few up); the "
-                "network maps every image to nearly the same vector, and the falling loss means nothing. "
-                "Check that the predictor is used and trained (BYOL collapses without it), that the target EMA "
-                "rate tau is well above 0 (the paper's 0.996 rising to 1; short runs learn faster from 0.9, as the "
-                "cifar10-cpu preset's), and that the learning rate is not too high (warmup, lr scaled by batch "
-                "size/256)."))
+        return self._message(was_collapsed, step, collapse_message(std, rank, dim))
 
     def _message(self, was: bool, step: int, message: str) -> Optional[str]:
         """``message`` on entering a state (``was``: in it at the last check), and every ``repeat_every`` steps."""
@@ -153,6 +144,25 @@ class CollapseMonitor:
             return None
         self._last_warned = step
         return message
+
+
+def collapse_message(std: float, rank: float, dim: int) -> str:
+    """The warning for a representation collapse (:class:`CollapseMonitor`)."""
+    healthy = 1 / math.sqrt(dim)
+    # A std of exactly 0 over a whole interval is not a collapse that training reaches (it leaves float noise):
+    # every image gave the very same projection (a user test: a folder of all-black images warned at its first
+    # record, of the predictor, tau and lr alone, none of them the cause)
+    alike = ("Every image gave exactly the same projection (a std of exactly 0): check that the images differ "
+             "(not all black or blank, nor one image repeated) and that the network's outputs depend on them "
+             "(not dead ReLUs). Else check" if std == 0 else "Check")
+    return ("representation collapse: the std of the L2-normalized online projections "
+            f"is {std:.4g} (healthy is about {healthy:.4g} = 1/sqrt({dim})) and their effective rank is "
+            f"{rank:.3g} (1 when every row is the same vector; healthy runs keep more, from a few up); the "
+            "network maps every image to nearly the same vector, and the falling loss means nothing. "
+            f"{alike} that the predictor is used and trained (BYOL collapses without it), that the target EMA "
+            "rate tau is well above 0 (the paper's 0.996 rising to 1; short runs learn faster from 0.9, as the "
+            "cifar10-cpu preset's), and that the learning rate is not too high (warmup, lr scaled by batch "
+            "size/256), nor optim.weight_decay (50 collapsed a short cifar10-cpu run).")
 
 
 def no_signal_message(std: float, rank: float, dim: int) -> str:

@@ -7,7 +7,7 @@ import types
 import matplotlib.figure
 import pytest
 
-from byol.metrics import NAN_LABEL, UNDONE_LABEL, MetricsLog, plot_metrics
+from byol.metrics import NAN_LABEL, UNDONE_LABEL, ZERO_LABEL, MetricsLog, plot_metrics
 
 
 @pytest.fixture
@@ -183,6 +183,20 @@ def test_collapse_plot_labels_each_ratio_and_draws_where_the_warning_fires(tmp_p
         assert "warning" in warn.get_label() and warn.get_label() in [t.get_text() for t in ax.get_legend().texts]
     # the std's warning, by the monitor's own rule, is where the line is
     assert monitor.is_collapsed(0.099 / math.sqrt(256), 20.0, 256) and not monitor.is_collapsed(0.101 / 16, 20.0, 256)
+
+
+def test_a_std_of_exactly_zero_is_drawn_on_the_bottom_edge_of_its_log_axis(tmp_path, drawn):
+    """A user test: a folder of all-black images gave a z_std_ratio of exactly 0 at every record, which a log axis
+    cannot draw: collapse.png's std panel was empty, the worst collapse looking like no data."""
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "monitor/z_std_ratio": std, "monitor/effective_rank": 1.0, "monitor/effective_rank_ratio": 1 / 32}
+        for s, std in [(5, 0.0), (10, 0.3), (15, 0.0)]])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    std_ax, rank_ax = drawn["collapse.png"].axes
+    (zeros,) = [line for line in std_ax.get_lines() if line.get_label() == ZERO_LABEL]
+    assert list(zeros.get_xdata()) == [5, 15] and zeros.get_marker() == "v"
+    assert ZERO_LABEL in [t.get_text() for t in std_ax.get_legend().get_texts()]
+    assert not [line for line in rank_ax.get_lines() if line.get_label() == ZERO_LABEL]
 
 
 def test_the_rank_s_dashed_line_is_at_the_latest_batch_s_bound(tmp_path, drawn):

@@ -77,6 +77,18 @@ def test_monitor_is_silent_when_healthy_and_warns_when_collapsed():
     assert "predictor" in message and "tau" in message and "learning rate" in message
 
 
+def test_identical_projections_point_at_the_images_first():
+    # What a folder of all-black images gave at its first record (a user test): every row the same vector, a std of
+    # exactly 0, which no training reaches. The warning had only the predictor, tau and lr to suggest.
+    same = stats(gaussian(b=1, d=64).expand(32, 64))
+    assert same[0] == 0.0
+    message = CollapseMonitor().check(*same, step=5)
+    assert "exactly the same projection" in message and "all black" in message and "predictor" in message
+    learned = CollapseMonitor().check(*stats(collapsed(d=64)), step=5)  # a collapse training reached: not the images
+    assert learned.startswith("representation collapse: ") and "all black" not in learned
+    assert "optim.weight_decay" in learned  # a user test: weight decay 50 collapsed a run, and went unnamed
+
+
 def test_monitor_warns_on_dimensional_collapse_with_a_healthy_std():
     z = rank_k(1, d=256) + 1e-4 * gaussian(d=256)
     std, rank, dim = stats(z)
