@@ -325,6 +325,17 @@ def config_from_dict(data: dict) -> Config:
 CONFIG_HEADER = "# written by byol: the resolved config, every setting included\n"
 
 
+def starts_as_byol_config(path: Union[str, os.PathLike]) -> bool:
+    """Whether the file ``path`` starts as a config.yaml byol writes (``# written by byol``); False where it
+    cannot be read."""
+    header = CONFIG_HEADER.split(":")[0].encode()
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(header)) == header
+    except OSError:
+        return False
+
+
 def config_text(config: Config) -> str:
     """The resolved config as YAML, under :data:`CONFIG_HEADER`."""
     # allow_unicode: a path such as runs/ünï as written, not "runs/\xFCn\xEF" (a user test); one with bytes

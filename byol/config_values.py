@@ -90,9 +90,10 @@ def is_empty(value: Any, annotation: Any) -> bool:
     args = typing.get_args(annotation) or (annotation,)
     if value is None:
         return type(None) not in args
+    if not isinstance(value, str) or str in args:
+        return False
     # (a review: --optim.lr=null said "must be float, got None", where lr: null in a file said it is empty)
-    null = value.strip().lower() in _NULLS and type(None) not in args if isinstance(value, str) else False
-    return isinstance(value, str) and (not value.strip() or null) and str not in args
+    return not value.strip() or (value.strip().lower() in _NULLS and type(None) not in args)
 
 
 def kind_in_words(annotation: Any) -> str:

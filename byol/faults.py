@@ -1,6 +1,6 @@
 """Surviving faults: non-finite steps rolled back on the device, and stopping cleanly on a signal."""
 
-import os
+import _thread
 import signal
 import sys
 import threading
@@ -170,6 +170,8 @@ class StopRequest:
         self._raising = False
         self._raising_now: Optional[tuple] = None
         self._previous_hook = sys.unraisablehook
+        self._again: Optional[threading.Timer] = None  # a signal to deliver again (see _unraisable)
+        self._again_lock = threading.Lock()
 
     def _handle(self, signum, frame):
         if self._raising:  # once: a further signal, while Stopped is handled, is one outside interrupting()
@@ -194,15 +196,25 @@ class StopRequest:
         or a ``__del__`` ran (torch's, the garbage collector's), whose exceptions Python prints as "Exception
         ignored" and drops (a user test: a second Ctrl-C printed a traceback and the run went on). The signal is
         delivered again, from a thread a moment later (not within this hook, where its handler's exception would
-        be dropped in turn), as if it came then; any other is the previous hook's."""
+        be dropped in turn), as if it came then (at :meth:`__exit__`, where that comes first); any other is the
+        previous hook's."""
         error, signum, raising, before = self._raising_now or (None, None, False, None)
         if error is None or unraisable.exc_value is not error:
             return self._previous_hook(unraisable)
         self._raising_now = None
         self._raising, self.signum = raising, before  # as before the handler ran
-        again = threading.Timer(0.01, os.kill, (os.getpid(), signum))
-        again.daemon = True
-        again.start()
+        self._again = threading.Timer(0.01, self._deliver_again, (signum,))
+        self._again.daemon = True
+        self._again.start()
+
+    def _deliver_again(self, signum: int) -> None:
+        """The timer's: ``signum`` to this StopRequest's handler, unless :meth:`__exit__` took it (tripped, not sent
+        with os.kill: its handler's in place once tripped, not a moment later, when __exit__ may have put back the
+        previous one: a SIGTERM that came during the kNN evaluation then ended the process after the run)."""
+        with self._again_lock:
+            if self._again is not None:
+                self._again = None
+                _thread.interrupt_main(signum)
 
     @contextmanager
     def interrupting(self) -> Iterator[None]:
@@ -228,10 +240,15 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
+        with self._again_lock:  # a signal still to deliver again: this one's, delivered here
+            again, self._again, self._raising_now = self._again, None, None
+        for s, handler in self._previous.items():  # (signal.signal runs a tripped signal's handler first)
             signal.signal(s, handler)
         if self._previous:
             sys.unraisablehook = self._previous_hook
+        if again is not None:
+            again.cancel()
+            self._handle(again.args[0], None)
 
     @property
     def requested(self) -> bool:

@@ -180,13 +180,9 @@ _NO_CHECKPOINT = ("the run in {run} has written none (it writes checkpoints/last
 def _run_without_checkpoint(path: Path) -> Optional[Path]:
     """The run folder that ``path`` is, or is the ``checkpoints/`` folder of, where that run has written no
     checkpoint yet (a run still in its first epoch, or one stopped before it); None otherwise."""
-    from .config import CONFIG_HEADER  # (config imports this module)
+    from .config import starts_as_byol_config  # (config imports this module)
     run = path.parent if path.name == "checkpoints" else path
-    try:
-        with open(run / "config.yaml", "rb") as f:  # a config.yaml byol wrote, as scan.holds_a_run tells a run
-            if f.read(len(CONFIG_HEADER)) != CONFIG_HEADER.encode():
-                return None
-    except OSError:
+    if not starts_as_byol_config(run / "config.yaml"):  # a run, as scan.holds_a_run tells one
         return None
     return None if any((run / "checkpoints").glob("*.pt")) else run
 

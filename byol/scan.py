@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import CONFIG_HEADER
+from .config import starts_as_byol_config
 from .data import DataError
 from .images import image_extensions
 from .progress import SlowNotes
@@ -154,17 +154,13 @@ def holds_a_run(folder: str, files: list[str], subfolders: list[str]) -> bool:
     """Whether ``folder`` is a byol run's (a ``train.out_dir``), by the signs a new run looks for there
     (run_folder.py): a ``config.yaml`` that byol wrote, or checkpoints (``checkpoints/*.pt``). Its own
     outputs are then never read as images, and a resumed run lists the same files as its first start."""
-    header = CONFIG_HEADER.split(":")[0].encode()  # "# written by byol", as run_folder.py checks it
     try:
         checkpoints = os.path.join(folder, "checkpoints")
         if "checkpoints" in subfolders and any(f.endswith(".pt") for f in os.listdir(checkpoints)):
             return True
-        if "config.yaml" in files:
-            with open(os.path.join(folder, "config.yaml"), "rb") as f:
-                return f.read(len(header)) == header
     except OSError:  # unreadable: not known to be a run's, so its images are read (and their errors said)
-        pass
-    return False
+        return False
+    return "config.yaml" in files and starts_as_byol_config(os.path.join(folder, "config.yaml"))
 
 
 def _link_target(path: str, real_root: str) -> Optional[str]:

@@ -1090,6 +1090,35 @@ def test_a_signal_that_comes_while_a_weakref_callback_runs_is_not_dropped(stoppi
         assert ref() is None and stop.signum == (signal.SIGTERM if stopping else signal.SIGINT)
 
 
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_signal_dropped_in_a_weakref_callback_just_before_the_stop_request_exits_is_its_own(stopping):
+    """A signal delivered again (as above) that the StopRequest exits before: its handler's, at the exit, not the
+    previous handler's a moment later (a SIGTERM that came during the kNN evaluation would end the process after
+    the run had finished; here the previous handler records it)."""
+    class Referent:
+        pass
+
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGINT if stopping else signal.SIGTERM)  # its handler runs within the callback
+
+    got = []
+    previous = {s: signal.signal(s, lambda s, _: got.append(s)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(KeyboardInterrupt) if stopping else nullcontext():
+            with StopRequest() as stop:
+                if stopping:  # the first signal came: this Ctrl-C is the second
+                    stop.signum = signal.SIGTERM
+                referent = Referent()
+                ref = weakref.ref(referent, callback)
+                with nullcontext() if stopping else stop.interrupting():
+                    del referent  # and the StopRequest exits at once
+        time.sleep(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert ref() is None and got == [] and stop.signum == signal.SIGTERM
+
+
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
 def test_under_nohup_a_hangup_neither_stops_a_run_nor_ends_its_start(monkeypatch, tmp_path, cifar, signum):
     """SIGHUP stops a run as SIGTERM does, but not where it is ignored: nohup's users close the terminal. So
