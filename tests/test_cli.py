@@ -719,6 +719,9 @@ def test_a_new_run_keeps_a_config_written_by_hand_in_its_folder(capsys, tmp_path
     (["eval", "knn", "x.pt", "y.pt"], "unrecognized argument 'y.pt': byol eval knn takes one checkpoint (see byol "
      "eval knn --help)"),
     (["pretrain", "cifar10"], "unrecognized argument 'cifar10': a preset or a YAML file is given as --config cifar10"),
+    (["pretrain", "run.yaml"], "unrecognized argument 'run.yaml': a preset or a YAML file is given as --config "
+     "run.yaml"),  # (a file's name, not a preset's)
+    (["pretrain", "--data.root", "--train.epochs=3"], "as --data.root=VALUE"),  # (the next word is no value)
     (["eval", "knn", "x.pt", "--random-init=1"], "argument --random-init: takes no value, got '1'; give "
      "--random-init alone"),
     (["help"], "'help' is not a command of byol: choose pretrain, eval, embed, export (for help: byol --help)"),
@@ -1714,6 +1717,13 @@ def test_the_closing_table_says_a_knn_of_features_that_are_not_finite_in_words_n
     assert rows["kNN top-1 (k=200, 300 train / 20 val images)"] == ("not scored: the encoder's features are NaN or "
                                                                    "infinite (a diverged run?)")
     assert rows["kNN top-1 at random init (300 train / 20 val images)"] == "10.00%"
+    nan = "not scored: the encoder's features are NaN or infinite (a diverged run?)"
+    results["knn_init"] = {200: math.nan}  # (an encoder of one's own whose random init gives such features)
+    assert dict(_pretrain_rows(Config(), results))["kNN top-1 at random init (300 train / 20 val images)"] == nan
+    results["knn_init"] = {20: math.nan}  # a resume asked for another k: the pair at k=20, both in words
+    rows = dict(_pretrain_rows(Config(), results))
+    assert rows["kNN top-1 (k=20, 300 train / 20 val images)"] == nan
+    assert rows["kNN top-1 at random init (k=20, 300 train / 20 val images)"] == nan
 
 
 def test_the_closing_table_counts_the_knn_monitor_s_skipped_files_apart():

@@ -357,7 +357,9 @@ def test_a_yaml_file_of_no_sections_or_a_section_of_no_keys_is_one_sentence(tmp_
     ("train:\n  seed: 1\n  epochs:3\n", "is not valid YAML at line 4, column 1: could not find expected ':' "
      "('epochs:3' needs a space after its colon)"),
     ("train:\n\tepochs: 3\n", "found character '\\t' that cannot start any token (YAML indents with spaces, "
-     "not tabs)")])
+     "not tabs)"),
+    ("data: C:/datasets\n", "config section 'data' must be a mapping of keys"),  # a path's colon: no key's
+    ("data: http://host/x\n", "config section 'data' must be a mapping of keys")])
 def test_a_yaml_slip_is_said_with_its_fix(tmp_path, text, said):
     """A user test: ``epochs:3`` (YAML's text, not a key) was "section 'train' must be a mapping of keys", or an
     error at a line past the file's end; a tab, "cannot start any token"."""

@@ -1969,6 +1969,23 @@ def test_a_folder_that_cannot_be_listed_is_said_not_left_out_silently(tmp_path, 
                 "the root: one sentence")
 
 
+def test_a_folder_that_cannot_be_listed_is_named_on_the_note_s_one_line(tmp_path, monkeypatch):
+    """A mutation audit: the unreadable folders' note, unlike the links' and the runs', could name a folder whose name
+    holds a line break as it is, breaking the note in two, and no test saw it."""
+    for c in ("a", "b\nc"):
+        (tmp_path / c).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / c / "0.png")
+    scandir = os.scandir
+
+    def listing(path="."):
+        if os.path.realpath(path) == str(tmp_path / "b\nc"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+    monkeypatch.setattr(os, "scandir", listing)
+    assert ImageFolder(tmp_path, 8).notes()[0] == (f"1 folder under {tmp_path} could not be read and is left out, "
+                                                   f"with every image in it: {tmp_path}/b\\nc (Permission denied)")
+
+
 def test_a_rank_outside_the_processes_is_refused():
     images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
     for rank in (-1, 2):

@@ -476,6 +476,8 @@ def test_one_image_without_its_batch_dimension_is_refused_on_every_call_with_the
             learner(image, return_embedding=True, return_projection=False)
         with pytest.raises(ValueError, match=r"shaped \(B, C, H, W\), but got shape \(3, 16, 16\)"):
             learner(image, image)
+        with pytest.raises(ValueError, match=r"shaped \(B, C, H, W\), but got shape \(3, 16, 16\)"):
+            learner(torch.rand(2, 3, 16, 16), image)  # the second view alone
     assert learner(image[None], return_embedding=True, return_projection=False).shape == (1, 8)
     with pytest.raises(ValueError, match=r"^BYOL takes a batch of at least 1 input, but got shape \(0, 3, 16, 16\)$"):
         learner(torch.rand(0, 3, 16, 16), return_embedding=True)  # in eval mode
