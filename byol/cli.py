@@ -178,7 +178,8 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
                  ("device", f"{results['device']}, {results['precision']}")]
     if "time_s" in results:  # for comparing runs from their logs (a user test)
         speed = f", {results['images_per_s']:,.1f} img/s training (this start)" if "images_per_s" in results else ""
-        rows.append(("time", f"{duration(results['time_s'])} since the first step{speed}"))
+        # (a user test read it as the clock's time since the run began, where a resumed run's is its starts' sum)
+        rows.append(("time", f"{duration(results['time_s'])} since the first step, its starts summed{speed}"))
     if results.get("warnings"):  # next to the loss, which a collapsed run brings near 0
         where = Path(config.train.out_dir) / "warnings.txt"
         rows.append(("warnings", f"{len(results['warnings'])} ({warnings_summary(results['warnings'])}; "

@@ -76,7 +76,8 @@ def test_pretrain_prints_knn_against_random_init(trained):
     assert "kNN top-1 (k=200, 200 train / 200 test images)" in proc.stdout, proc.stdout
     assert "kNN top-1 at random init (200 train / 200 test images)" in proc.stdout, proc.stdout
     # and how long it took, for comparing runs from their logs (a user test)
-    assert re.search(r"time +\d+:\d\d:\d\d since the first step, [\d,]+\.\d img/s training \(this start\)\n",
+    assert re.search(r"time +\d+:\d\d:\d\d since the first step, its starts summed, [\d,]+\.\d img/s training "
+                     r"\(this start\)\n",
                      proc.stdout), proc.stdout
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "config.yaml").is_file()
 
