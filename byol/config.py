@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .files import write_text_atomically
-from .config_files import ConfigError, nearest, no_space_after_colon, override_key, presets_folder, read_preset
+from .config_files import ConfigError, did_you_mean, nearest, no_space_after_colon, override_key, presets_folder, read_preset
 from .config_values import coerce, is_empty, kind_in_words, yaml_word
 from .config_rules import GIVEN_BACKBONE, validate
 
@@ -156,8 +156,7 @@ def _unknown_key(key: str, section: Any) -> ConfigError:
 
 
 def _did_you_mean(key: str) -> str:
-    meant = meant_key(key)
-    return f" (did you mean {meant}?)" if meant else ""
+    return did_you_mean(meant_key(key))
 
 
 def meant_key(key: str) -> Optional[str]:
@@ -173,8 +172,7 @@ def meant_key(key: str) -> Optional[str]:
 
 
 def _closest(word: Any, choices: list[str]) -> str:
-    close = nearest(word, choices)
-    return f" (did you mean {close}?)" if close else ""
+    return did_you_mean(nearest(word, choices))
 
 
 def load_config(preset: Union[str, os.PathLike, None] = None, overrides: Optional[list[str]] = None) -> Config:
@@ -221,7 +219,7 @@ def _check_section(config: Config, section: Any, values: Any) -> None:
         head, dot, _ = str(section).partition(".")
         spelled = _closest(section, names)  # trian: train
         meant = None if spelled or dot else meant_key(section)  # a key at the top (epochs: 3): train.epochs
-        guess = spelled or (f" (did you mean {meant}?)" if meant else "")
+        guess = spelled or did_you_mean(meant)
         hint = (f"; write {section} as {head}: with the key under it" if dot and head in names else
                 f"; write it under {meant.partition('.')[0]}:" if meant else "" if spelled else
                 "; a file's settings go over the defaults, not over a preset (start from a copy of "

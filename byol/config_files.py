@@ -106,6 +106,11 @@ def safe_yaml(text: str, loader: type = yaml.SafeLoader) -> Any:
                              else str(e).split(":")[0].lower()) from None
 
 
+def did_you_mean(meant: Optional[str]) -> str:
+    """`` (did you mean MEANT?)``, as an error's sentence adds it; "" where nothing is meant."""
+    return f" (did you mean {meant}?)" if meant else ""
+
+
 def nearest(word: Any, choices: list[str]) -> Optional[str]:
     """The one of ``choices`` that ``word`` most likely misspells; None if none is close."""
     close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.8)
@@ -163,8 +168,7 @@ def read_preset(name_or_path: Union[str, os.PathLike]) -> dict:
         preset = presets_folder() / f"{name_or_path}.yaml"
         if not preset.is_file():
             folder = f" ({name_or_path} here is a folder)" if path.is_dir() else ""
-            meant = nearest(name_or_path.lower(), preset_names())
-            folder += f" (did you mean {meant}?)" if meant else ""
+            folder += did_you_mean(nearest(name_or_path.lower(), preset_names()))
             raise ConfigError(f"unknown preset {name_or_path!r}{folder}; choose one of {', '.join(preset_names())} "
                               "or give a path to a YAML file")
         text = preset.read_text()

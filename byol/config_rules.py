@@ -4,7 +4,7 @@ a YAML file and a ``Config`` set in Python are checked (their types are :mod:`by
 import math
 from typing import TYPE_CHECKING, Optional
 
-from .config_files import ConfigError, nearest
+from .config_files import ConfigError, did_you_mean, nearest
 
 if TYPE_CHECKING:
     from .config import Config
@@ -94,8 +94,7 @@ def _meant_backbone(name: str, resnets: tuple) -> str:
     def depth(word: str) -> list:
         return sorted(c for c in word if c.isdigit())
     same_depth = [r for r in resnets if depth(r) == depth(str(name))]
-    meant = nearest(str(name).lower().replace("-", "").replace("_", ""), same_depth)
-    return f" (did you mean {meant}?)" if meant else ""
+    return did_you_mean(nearest(str(name).lower().replace("-", "").replace("_", ""), same_depth))
 
 
 def _finite(value: float) -> float:

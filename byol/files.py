@@ -167,7 +167,7 @@ def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
         return f"checkpoint {path} is a link to {os.readlink(path)}, which does not exist"
     if str(path) == "-":  # (a shell's standard input, which a checkpoint read by seeking in it cannot be)
         return "reading a checkpoint from standard input (-) is not supported; give the path of its .pt file"
-    run = _run_without_checkpoint(path.parent.parent) if path.parent.name == "checkpoints" else None
+    run = _run_without_checkpoint(path.parent) if path.parent.name == "checkpoints" else None
     if run is not None:
         return f"checkpoint {path} does not exist: {_NO_CHECKPOINT.format(run=run)}"
     return f"checkpoint {path} does not exist"
