@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"  # checkpoint.py reads it
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (dynamic), as do checkpoints and --version
 
 _EXPORTS = {  # public name -> the module that defines it
     "BYOL": "dropin", "BYOLModel": "model", "MLP": "model", "LARS": "optim", "build_optimizer": "optim",
