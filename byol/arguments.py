@@ -163,10 +163,33 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--print-config", action="store_true", help="print the config the run would take, resolved (the "
                      "preset or, with --resume, the run's config.yaml, under the settings given), as YAML that "
                      "--config reads, and exit: nothing is trained or written")
-    ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder")
+    _add_eval(sub)
+    _add_embed_and_export(sub)
+    return p
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="evaluate a checkpoint or exported encoder",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Score the online encoder's frozen features on labelled data: a weighted\n"
+                        "kNN or a linear probe over the train split, scoring the test split (--holdout N:\n"
+                        "N held-out train images). The results go to a table and, as JSON, beside the\n"
+                        "checkpoint or to --out.",
+                        epilog="examples:\n"
+                        "  byol eval knn runs/c10/checkpoints/last.pt\n"
+                        "  # the same encoder untrained: the baseline to beat\n"
+                        "  byol eval knn runs/c10/checkpoints/last.pt --random-init\n"
+                        "  byol eval linear runs/c10/checkpoints/last.pt --epochs 100\n"
+                        "  # the data moved since the run\n"
+                        "  byol eval knn runs/c10/checkpoints/last.pt --data.root=DATA")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
-    for name, text in (("knn", "weighted kNN on frozen features"), ("linear", "linear probe on frozen features")):
-        e = ev_sub.add_parser(name, help=text, epilog=SETTINGS_READ_HELP)
+    for name, text, more in (
+            ("knn", "weighted kNN on frozen features", ": the test split's features vote among their k most "
+             "similar (cosine) in the train split's, weighted exp(similarity / temperature); top-1 for each k."),
+            ("linear", "linear probe on frozen features", ": a linear layer trained on the train split's "
+             "features, computed once without augmentation (SGD, cosine schedule); top-1 and top-5 on the test "
+             "split.")):
+        e = ev_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + more, epilog=SETTINGS_READ_HELP)
         e.add_argument("checkpoint", type=_given_path,
                        help="a checkpoint (.pt from a run), an exported encoder.pt, or a ResNet state_dict")
         e.add_argument("--out", type=_given_path,
@@ -186,19 +209,26 @@ def parser() -> argparse.ArgumentParser:
         else:
             e.add_argument("--epochs", type=_positive_int, default=100,
                            help="of the linear probe's training (default: 100)")
+
+
+def _add_embed_and_export(sub: argparse._SubParsersAction) -> None:
     em = sub.add_parser("embed", help="write embeddings of a split with labels or file paths",
-                        epilog=SETTINGS_READ_HELP)
+                        description="Write the online encoder's features of one split's images (default: the "
+                        "held-out split), with their labels, class names and, for a folder, file paths, as .npy "
+                        "or .pt.", epilog=SETTINGS_READ_HELP)
     em.add_argument("checkpoint", type=_given_path,
                     help="a checkpoint (.pt from a run), an exported encoder.pt, or a ResNet state_dict")
     em.add_argument("--out", type=_given_path, required=True, help="output file, .npy or .pt")
     em.add_argument("--split", type=_given, help="default: the held-out split (test; for a folder ROOT/val or "
                     "ROOT/test) | train | test | val (a folder) | unlabeled (STL-10) | a sub-folder of ROOT")
     em.add_argument("--limit", type=_positive_int, help="embed only the first N images (default: all)")
-    ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript")
+    ex = sub.add_parser("export", help="write the online encoder as a torchvision state_dict and TorchScript",
+                        description="Write the online encoder into the folder --out: encoder.pt (a torchvision "
+                        "state_dict), encoder_torchscript.pt, export.json (what to feed it and what comes out) and "
+                        "the run's config.yaml. Takes no settings.")
     ex.add_argument("checkpoint", type=_given_path,
                     help="a checkpoint of a byol run (.pt), such as RUN/checkpoints/last.pt")
     ex.add_argument("--out", type=_given_path, required=True, help="output folder")
-    return p
 
 
 SETTINGS_READ_HELP = (

@@ -1276,7 +1276,8 @@ def test_under_torchrun_an_error_is_said_once_and_a_peer_s_failure_as_such(capsy
 def test_every_help_fits_80_columns_and_gives_each_option_s_default(capsys, monkeypatch):
     """At COLUMNS=80 no line of a --help is wider (a user test: pretrain's description and examples ran to 118
     columns), but a path alone on its line, as long as where byol is installed; and every option that takes a
-    value and may be left out says its default (a user test: --limit said none)."""
+    value and may be left out says its default (a user test: --limit said none); and every command says what it
+    does and writes (eval, its knn and linear, embed and export said nothing above their options)."""
     from byol.arguments import _commands
     from byol.cli import main
     monkeypatch.setenv("COLUMNS", "80")
@@ -1285,6 +1286,7 @@ def test_every_help_fits_80_columns_and_gives_each_option_s_default(capsys, monk
             main([*command.split(), "--help"])
         wide = [line for line in capsys.readouterr().out.splitlines() if len(line) > 80 and " " in line.strip()]
         assert not wide, (command, wide)
+        assert sub is None or sub.description, command
         for action in sub._actions if sub else ():
             if action.option_strings and action.nargs != 0 and action.const is None and not action.required:
                 assert "default" in action.help, (command, action.option_strings)
