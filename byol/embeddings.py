@@ -20,7 +20,7 @@ from .distributed import note
 from .encoders import CHECKPOINT_PATH, load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
 from .outputs import EMBED_SIDE_NAMES, OutputError, check_writable, writing
-from .pipeline import check_counts, features, image_root, load_split, note_unused
+from .pipeline import check_counts, features, image_root, load_split, note_unused, refuse_own_options
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
@@ -150,6 +150,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     (see :func:`_folder_split`). ``progress`` shows a progress bar on stderr. ``net``: the network of a run
     pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``, and its ``hidden_layer``).
     """
+    refuse_own_options(overrides, "embed", ("limit", "split"))
     limit, = check_counts(limit=limit)
     path_argument(path, "path", CHECKPOINT_PATH)
     out = path_argument(out, "out", "the file to write, NAME.npy or NAME.pt")

@@ -63,8 +63,8 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
     it is that folder at ``size``, with classes, in place of a second scan (ImageNet's: 1.28 million files).
 
     Raises:
-        DataError: the two folders are there, but an image is not in a class sub-folder, one has
-            no images, or the held-out split has a class the training split lacks; the message says which.
+        DataError: the two folders are there, but are one folder (a link), an image is not in a class sub-folder,
+            one has no images, or the held-out split has a class the training split lacks; the message says which.
     """
     root = Path(_absolute(root))  # (".", run from inside ROOT/train, is named "train" only as an absolute path)
     if root.name == "train" and split_folder(root, "train") is None:
@@ -72,6 +72,10 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
     test_dir = held_out_folder(root)
     if test_dir is None:
         return None
+    if os.path.samefile(test_dir, root / "train"):  # (a val/ linked to train/ scored 100% at k=1: a review)
+        raise DataError(f"{test_dir} is {root / 'train'} itself (a link to it), so each of its images would be its "
+                        "own nearest neighbour and the kNN would score near 100%; give it images of its own, held "
+                        "out of train/")
     train = scanned if _is_the_folder(scanned, root / "train", size) else ImageFolder(root / "train", size, True)
     test = ImageFolder(test_dir, size, labeled=True)
     extra = sorted(set(test.classes) - set(train.classes))  # no training image to tell such a class by

@@ -16,7 +16,7 @@ from torch import nn
 
 from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError, versions
-from .config import Config, ConfigError
+from .config import Config, ConfigError, override_list
 from .config_files import override_key
 from .data import DataError, ImageSet
 from .dataset_files import FilesNotFound
@@ -217,6 +217,28 @@ def check_counts(**counts) -> tuple:
     return tuple(checked)
 
 
+# The command line's own options of byol eval and embed, as the keyword arguments of byol.knn, linear and embed
+# (OPTION: (argument, how its value is written)).
+_OWN_OPTIONS = {"limit": ("limit", "{}"), "k": ("ks", "({},)"), "temperature": ("temperature", "{}"),
+                "holdout": ("holdout", "{}"), "random-init": ("random_init", "True"), "epochs": ("epochs", "{}"),
+                "split": ("split", "{!r}")}
+
+
+def refuse_own_options(overrides, function: str, arguments: Sequence[str]) -> None:
+    """An option of the command line (``--limit=5``) given to ``byol.FUNCTION`` among its config overrides, one
+    string or in the list, said as the keyword argument to pass instead (``arguments``: those ``function`` takes).
+    It was refused as one string (pass ['--limit=5']), then as the unknown key 'limit' (did you mean data.limit?),
+    then data.limit pointed back to limit=N: a loop (a review)."""
+    items = [overrides] if isinstance(overrides, str) else overrides if isinstance(overrides, (list, tuple)) else []
+    for item in items:
+        option, eq, value = item.removeprefix("--").partition("=") if isinstance(item, str) else ("", "", "")
+        name, write = _OWN_OPTIONS.get(option.replace("_", "-"), (None, ""))
+        if name in arguments:
+            given = write.format(value if eq else "N") if option != "random-init" else write
+            raise ConfigError(f"{item!r} is an option of the command line, not a config setting: pass "
+                              f"{name}={given} to byol.{function} itself, not in its overrides")
+
+
 @usual_torch_defaults()
 def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: Sequence[int] = (20, 200),
         temperature: float = 0.1, limit: Optional[int] = None, random_init: bool = False,
@@ -232,6 +254,7 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: Seque
     its step, the features' width and precision: docs/metrics.md lists its fields). ``net``: the network of a run
     pretrained on one given from Python (:func:`byol.encoders.load_encoder`'s ``net``, and its ``hidden_layer``).
     """
+    refuse_own_options(overrides, "knn", ("ks", "temperature", "limit", "random_init", "holdout"))
     ks, temperature, limit, holdout = check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
     config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
                                                               "eval knn", holdout, net, hidden_layer)
@@ -265,6 +288,7 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     ``epochs``, the ``seed``: ``train.seed``); ``progress`` shows progress bars on stderr; ``holdout``
     as for :func:`knn`: trained on the rest of the train split, scored on those held out; ``net`` and
     ``hidden_layer`` as for :func:`knn`."""
+    refuse_own_options(overrides, "linear", ("epochs", "limit", "random_init", "holdout"))
     epochs, limit, holdout = check_counts(epochs=epochs, limit=limit, holdout=holdout)
     config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
                                                               "eval linear", holdout, net, hidden_layer)
@@ -311,7 +335,10 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
             "image_size": _input_size(test, eval_crop(config)),
             **_input_of(config, own_net, cut),
             "device": str(device),
-            "precision": precision_name(evaluation_precision(net, config, device)), "versions": versions()}
+            "precision": precision_name(evaluation_precision(net, config, device)), "versions": versions(),
+            # what was asked besides the checkpoint, so that the number can be computed again (a review: n_train
+            # alone does not tell --limit from the whole split, nor which config settings were given)
+            "limit": limit, "holdout": holdout, "overrides": override_list(overrides)}
     return config, device, (train_f, train_y, test_f, test_y), info, _classes_missing(train, train_y, test_y, held)
 
 

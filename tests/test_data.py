@@ -1992,3 +1992,19 @@ def test_a_rank_outside_the_processes_is_refused():
         with pytest.raises(ValueError, match=rf"^rank {rank} is not in 0\.\.1$"):
             TensorBatches(images, None, 2, rank=rank, world_size=2)
     assert len(TensorBatches(images, None, 2, rank=1, world_size=2)) == 2
+
+
+def test_a_val_folder_that_is_a_link_to_train_is_refused_not_scored_against_itself(tmp_path):
+    """A review: ROOT/val linked to ROOT/train (a folder without a held-out split, made to pass) had each image
+    find itself at similarity 1: byol eval knn scored 100% at k=1 on an untrained encoder."""
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), cls == "a" and "red" or "blue").save(tmp_path / "train" / cls / "x.png")
+    (tmp_path / "val").symlink_to(tmp_path / "train")
+    with pytest.raises(DataError, match=r"val is .*train itself \(a link to it\), so each of its images would be "
+                                        r"its own nearest neighbour"):
+        labeled_folders(tmp_path, size=8)
+    (tmp_path / "val").unlink()
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "val" / "a" / "y.png")
+    assert labeled_folders(tmp_path, size=8) is not None  # a val/ of its own is taken

@@ -456,3 +456,37 @@ def test_eval_and_embed_compute_in_float32_where_auto_trained_and_monitored_in_f
     assert byol.linear(last, limit=50, epochs=1)["precision"] == "float32"
     embedded = torch.load(byol.embed(last, tmp_path / "emb.pt", limit=8), weights_only=True)
     assert embedded["precision"] == "float32"
+
+
+def test_a_command_line_option_given_as_an_override_is_told_the_argument_to_pass(tmp_path):
+    """A review: byol.knn(path, "--limit=5") was told to pass ['--limit=5'], that was told 'did you mean data.limit?',
+    and --data.limit was told to use limit=N: a loop. Each is one sentence now, with the argument to pass."""
+    from byol.config import ConfigError
+    from byol.exports import embed
+    from byol.pipeline import knn, linear
+    missing = tmp_path / "never_read.pt"
+    for call, match in ((lambda: knn(missing, "--limit=5"), "pass limit=5 to byol.knn itself"),
+                        (lambda: knn(missing, ["--data.root=x", "--limit=5"]), "pass limit=5 to byol.knn itself"),
+                        (lambda: knn(missing, ["--limit", "5"]), "pass limit=N to byol.knn itself"),
+                        (lambda: knn(missing, ["--k=5"]), r"pass ks=\(5,\) to byol.knn"),
+                        (lambda: knn(missing, ["--random-init"]), "pass random_init=True to byol.knn"),
+                        (lambda: linear(missing, ["--epochs=3"]), "pass epochs=3 to byol.linear"),
+                        (lambda: embed(missing, tmp_path / "e.npy", overrides=["--split=train"]),
+                         "pass split='train' to byol.embed")):
+        with pytest.raises(ConfigError, match=r"is an option of the command line, not a config setting: " + match):
+            call()
+    with pytest.raises(ConfigError, match="overrides must be a list of strings"):  # a config setting: as before
+        knn(missing, "--data.root=x")
+
+
+def test_an_evaluation_records_the_limit_holdout_and_settings_it_was_given(cifar10_root, tmp_path):
+    """A review: the result said n_train 100, which does not tell --limit 100 from a split of 100 images, nor
+    which config settings were given: now it records them, so that the number can be computed again."""
+    torch.manual_seed(0)
+    torch.save(byol.resnet("resnet18", width=8).state_dict(), tmp_path / "encoder.pt")
+    given = [f"--data.root={cifar10_root}", "--train.device=cpu"]
+    results = (byol.knn(tmp_path / "encoder.pt", given, ks=(5,), limit=20, holdout=30),
+               byol.linear(tmp_path / "encoder.pt", given, epochs=1, limit=20))
+    for result, holdout in zip(results, (30, 0)):
+        assert (result["limit"], result["holdout"], result["overrides"]) == (20, holdout, given)
+        assert json.loads(json.dumps(result))["overrides"] == given  # as byol eval writes it
