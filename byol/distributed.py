@@ -59,6 +59,10 @@ def world_size() -> int:
 
 
 def local_rank() -> int:
+    """This process's rank on its machine: torchrun's LOCAL_RANK; 0 in one process (no WORLD_SIZE, or 1), where
+    a LOCAL_RANK is a cluster's or another launcher's, not ours (its process took cuda:1 of one GPU and failed)."""
+    if _env_count("WORLD_SIZE", 1, least=1) == 1:
+        return 0
     return _env_count("LOCAL_RANK", 0, least=0)
 
 

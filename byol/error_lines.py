@@ -14,9 +14,11 @@ from typing import Optional, Union
 def launch_rank() -> int:
     """This process's rank under torchrun, from its RANK variable (set before any process group is
     up, as when the config is read, or a folder scanned); 0 without torchrun. Here, not in distributed.py:
-    without importing torch, a usage error is said at once (outside torchrun)."""
+    without importing torch, a usage error is said at once (outside torchrun). A RANK without a WORLD_SIZE
+    of 2 or more is not torchrun's (a cluster's job script exports it for its own launcher): one process, rank 0
+    (a user test: its errors were said by no process, and its outputs went unchecked)."""
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get("RANK", "0")) if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else 0
     except ValueError:
         return 0
 

@@ -1190,6 +1190,7 @@ def test_under_torchrun_an_error_is_said_once_or_by_rank(capsys, monkeypatch, tm
     """Every process of a torchrun job meets a config error alike: rank 0 alone says it (each said
     it). Another error may be one process's own: the others say theirs too, named by rank."""
     from byol.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's (a RANK without it is one process's: test_error_lines.py)
     for rank, said in (("0", "byol: error: unknown config key 'train.bogus'"), ("1", None)):
         monkeypatch.setenv("RANK", rank)
         assert main(["pretrain", "--train.bogus=1"]) == 2
@@ -1207,6 +1208,7 @@ def test_under_torchrun_a_stop_is_said_once(capsys, monkeypatch):
     import signal
     import time
     from byol import cli
+    monkeypatch.setenv("WORLD_SIZE", "2")
 
     def terminated(argv):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from byol import error_lines
 from byol.config import Config, ConfigError, config_from_dict, load_config, save_config
 from byol.config_files import preset_names
 from byol.resume import resume_config
@@ -770,10 +771,10 @@ def test_a_new_run_from_the_config_of_a_moved_run_says_the_folder_it_starts_in(t
     assert (f"note: {moved / 'config.yaml'} is the config of the run in {moved}, but it names train.out_dir="
             f"{original} (a copied or moved run?), where this new run starts; --train.out_dir starts it "
             "elsewhere\n") in said, said
-    monkeypatch.setenv("RANK", "1")  # under torchrun: rank 0's alone
+    monkeypatch.setattr(error_lines, "launch_rank", lambda: 1)  # under torchrun: rank 0's alone
     assert main(["pretrain", "--config", str(moved / "config.yaml")]) == 0
     assert "is the config of the run" not in capsys.readouterr().err
-    monkeypatch.delenv("RANK")
+    monkeypatch.setattr(error_lines, "launch_rank", lambda: 0)
     assert main(["pretrain", "--config", str(moved / "config.yaml"), f"--train.out_dir={tmp_path / 'new'}"]) == 0
     assert "is the config of the run" not in capsys.readouterr().err
     save_config(load_config("cifar10", [f"--train.out_dir={moved}"]), moved / "config.yaml")  # the folder's own

@@ -661,6 +661,7 @@ def test_a_long_scan_says_what_it_has_found_and_a_short_one_says_nothing(tmp_pat
     assert len(lines) == 2 and lines[0].startswith(f"note: scanning {root} for image files: 0 found so far, ")
     assert re.fullmatch(rf"note: found 20 image files in {re.escape(str(root))} in \d+ s", lines[1])
     monkeypatch.setenv("RANK", "1")  # under torchrun, rank 0 says it
+    monkeypatch.setenv("WORLD_SIZE", "2")
     ImageFolder(root, size=8)
     assert capsys.readouterr().err == ""
 

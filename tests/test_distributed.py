@@ -17,6 +17,8 @@ import torch.distributed as td
 
 from byol import distributed
 from byol.checkpoint import load_checkpoint
+from byol.config import ConfigError
+from byol.precision import resolve_device
 from conftest import CIFAR10, extract_jpegs, tiny_overrides
 from test_cli import byol, main_error
 
@@ -435,6 +437,20 @@ def test_a_torch_without_nccl_joins_with_gloo_on_a_gpu_and_a_process_past_the_gp
     with pytest.raises(ValueError, match="could not be joined"):
         distributed.init()
     assert joined == ["gloo"]
+
+
+def test_a_local_rank_outside_torchrun_is_one_process_on_the_first_gpu(monkeypatch):
+    """LOCAL_RANK left in the environment of one process (a cluster's, another launcher's) with the one GPU a
+    scheduler gave it (a user test: "this is torchrun's process LOCAL_RANK=1, but this machine has 1 CUDA GPU")."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert distributed.local_rank() == 0
+    assert resolve_device("auto") == torch.device("cuda:0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's: the process past the GPUs is refused, as before
+    with pytest.raises(ConfigError, match="LOCAL_RANK=1, but this machine has 1 CUDA GPU"):
+        resolve_device("auto")
 
 
 def test_synchronized_batchnorm_with_momentum_none_keeps_a_cumulative_average(monkeypatch):

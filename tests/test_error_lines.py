@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from byol.config import ConfigError
-from byol.error_lines import _decoding_process_died, quiet_storage_errors_of_threads, say
+from byol.error_lines import _decoding_process_died, quiet_storage_errors_of_threads, say, say_error
 
 
 @pytest.mark.parametrize("torch_says, said", [
@@ -85,6 +85,21 @@ def test_a_rank_variable_that_is_no_number_is_rank_0_not_a_traceback(monkeypatch
     monkeypatch.setenv("RANK", rank)
     assert say(ConfigError("train.epochs must be >= 1")) == 2
     assert capsys.readouterr().err == "byol: error: train.epochs must be >= 1\n"
+
+
+@pytest.mark.parametrize("world", [None, "1"])
+def test_a_rank_variable_outside_torchrun_is_one_process_that_says_its_errors(monkeypatch, capsys, world):
+    """A Slurm job script that exports RANK=$SLURM_PROCID for its own launcher, then runs byol as one process (a
+    user test: a bad setting was exit code 2 and not a word, as if another rank would say it)."""
+    monkeypatch.setenv("RANK", "1")
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    say_error(ConfigError("unknown config key 'train.bogus'"), everywhere=False)
+    assert say(ConfigError("train.epochs must be >= 1")) == 2
+    assert capsys.readouterr().err == ("byol: error: unknown config key 'train.bogus'\n"
+                                       "byol: error: train.epochs must be >= 1\n")
 
 
 def test_python_s_memory_error_is_a_batch_too_big(capsys):

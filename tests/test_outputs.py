@@ -23,6 +23,7 @@ def test_check_writable_probes_only_what_the_writer_needs(tmp_path, monkeypatch)
     with pytest.raises(outputs.OutputError, match="a file is in the way"):
         outputs.check_writable(existing / "e.npy")
     monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 writes, so only it probes
+    monkeypatch.setenv("WORLD_SIZE", "2")
     outputs.check_writable(existing / "e.npy")
     monkeypatch.setenv("RANK", "0")
 

@@ -55,6 +55,7 @@ def test_more_torchrun_processes_on_a_machine_than_its_gpus_is_one_sentence(monk
     "invalid device ordinal" traceback (left by the mutation audit, found reading build.py)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "8")  # torchrun's (a LOCAL_RANK without it is not: tests/test_distributed.py)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("auto") == torch.device("cuda:3")
     monkeypatch.setenv("LOCAL_RANK", "4")
