@@ -74,8 +74,9 @@ def _decoding_process_died(e: BaseException) -> Optional[str]:
 
 
 # A write the storage refused wherever it came (a full disk mid-run, under metrics.jsonl or TensorBoard's
-# events; a quota; a file-size limit; a folder made read-only): said in one sentence, not a traceback.
-_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# events; a quota; a file-size limit; a folder made read-only; a disk or network file system failing under
+# a write, EIO, which names no file either): said in one sentence, not a traceback.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 
 
 def quiet_storage_errors_of_threads(hook):
@@ -88,8 +89,15 @@ def quiet_storage_errors_of_threads(hook):
 
 
 def _storage_error(e: OSError) -> int:
-    where = f"write {e.filename}" if e.filename else "write to the disk"
-    say_error(f"could not {where} ({e.strerror}); make room, or choose a writable place, and run the command again "
+    from .files import written_for
+    named = isinstance(e.filename, (str, bytes, os.PathLike))  # (not a file descriptor's number)
+    file = written_for(os.fsdecode(e.filename)) if named else None
+    if e.errno == errno.EIO:  # (a read's as well as a write's: a data file's on a failing network file system)
+        said = f"the disk failed under {file or 'a file'} ({e.strerror}); check that disk (or its network file " \
+            "system)"
+    else:
+        said = f"could not write {file or 'to the disk'} ({e.strerror}); make room, or choose a writable place,"
+    say_error(f"{said} and run the command again "
               "(a pretraining run that wrote a checkpoint goes on from it with --resume)", everywhere=True)
     return 2
 

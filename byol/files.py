@@ -38,14 +38,16 @@ def write_files_atomically(files: dict[Path, Union[bytes, Callable[[Path], None]
     with ExitStack() as stack:
         written = []
         for path, data in files.items():
-            tmp, held = stack.enter_context(_temporary(Path(path)))
-            if callable(data):
-                data(tmp)
-            else:
-                tmp.write_bytes(data)
+            with naming(path):
+                tmp, held = stack.enter_context(_temporary(Path(path)))
+                if callable(data):
+                    data(tmp)
+                else:
+                    tmp.write_bytes(data)
             written.append((tmp, held, Path(path)))
-        for _, held, _ in written:  # every one synced before any is renamed: a sync can fail too (ENOSPC or a
-            _sync(held)  # quota on NFS, which says so at the sync), and an export was left half old, half new
+        for _, held, path in written:  # every one synced before any is renamed: a sync can fail too (ENOSPC or a
+            with naming(path):  # quota on NFS, which says so at the sync), and an export was left half old, half new
+                _sync(held)
         for tmp, _, path in written:
             _replace(tmp, path)  # under the locks: no cleaner can remove one before it is renamed
 
@@ -65,10 +67,22 @@ def temporary_beside(path: Path) -> Iterator[Path]:
     It is hidden and named after its writer (``.last.pt.tmp<pid>``), and locked while it is
     written, so that :func:`remove_torn_temporaries` can tell one that a killed process left.
     """
-    with _temporary(path) as (tmp, held):
+    with naming(path), _temporary(path) as (tmp, held):
         yield tmp  # written through its path (torch.save's own writer), the same file as `held`
         _sync(held)
         _replace(tmp, path)  # under the lock: no cleaner can remove it before it is renamed
+
+
+@contextmanager
+def naming(path: Union[str, Path]) -> Iterator[None]:
+    """An ``OSError`` that names no file, raised again naming ``path``: a write's or a sync's on a full disk
+    (``[Errno 28] No space left on device``, no path) was said as "could not write to the disk", not which file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 @contextmanager

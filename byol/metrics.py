@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from .files import temporary_beside, write_text_atomically
+from .files import naming, temporary_beside, write_text_atomically
 from .config_values import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 
@@ -94,6 +94,7 @@ class MetricsLog:
             kept = [r for r in read_metrics(self.path) if resume_step is not None and r["step"] <= resume_step]
             write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
+        self.events = self.run_dir / "tensorboard"
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -102,7 +103,7 @@ class MetricsLog:
                       "metrics.jsonl only", file=sys.stderr)
             else:
                 purge = 0 if resume_step is None else resume_step + 1
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+                self.writer = SummaryWriter(str(self.events), purge_step=purge)
 
     def log(self, step: int, epoch: Optional[float] = None, time_s: Optional[float] = None, **values: float) -> None:
         """One record: ``epoch`` and ``time_s`` go to ``metrics.jsonl`` only (TensorBoard's events have
@@ -110,16 +111,18 @@ class MetricsLog:
         place = {"epoch": epoch, "time_s": time_s}
         record = {"step": step, **{k: v for k, v in place.items() if v is not None},
                   **{k: v if isinstance(v, int) else float(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
+        with naming(self.path), open(self.path, "a") as f:  # (a full disk's error names no file)
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
+            with naming(self.events):  # (its writer thread's error, raised again here)
+                for key, value in values.items():
+                    self.writer.add_scalar(key, value, step)
 
     def text(self, step: int, tag: str, text: str) -> None:
         """``text`` in TensorBoard's Text tab under ``tag`` at ``step`` (``metrics.jsonl`` has numbers only)."""
         if self.writer is not None:
-            self.writer.add_text(tag, text, step)
+            with naming(self.events):
+                self.writer.add_text(tag, text, step)
 
     def settings(self, config: dict) -> None:
         """The run's settings (``{section: {key: value}}``) in TensorBoard's HParams tab, as
@@ -131,8 +134,9 @@ class MetricsLog:
                 for section, values in config.items() for key, value in values.items()}
         # The experiment and the session's start; its end (torch's third, which says success) at close()
         # (a user test: every run, killed, diverged or running, showed as a success in the HParams tab).
-        for summary in hparams(flat, dict.fromkeys(SETTINGS_METRICS, 0.0))[:2]:  # the metrics' values unused
-            self.writer.file_writer.add_summary(summary)
+        with naming(self.events):
+            for summary in hparams(flat, dict.fromkeys(SETTINGS_METRICS, 0.0))[:2]:  # the metrics' values unused
+                self.writer.file_writer.add_summary(summary)
 
     def close(self, finished: bool = False) -> None:
         """Close the event file; ``finished``: the run trained to its end, a success in TensorBoard's HParams
@@ -140,9 +144,10 @@ class MetricsLog:
         only, so a stopped or failed start's end would stand for the run after a resume that finished it."""
         if self.writer is not None:
             writer, self.writer = self.writer, None  # closed once: a failure after a close closes it again
-            if finished:
-                writer.file_writer.add_summary(_session_end())
-            writer.close()
+            with naming(self.events):
+                if finished:
+                    writer.file_writer.add_summary(_session_end())
+                writer.close()
 
 
 def _session_end():

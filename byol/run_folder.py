@@ -14,7 +14,7 @@ from .checkpoint import CheckpointError, saved_config
 from .config import (CONFIG_HEADER, Config, ConfigError, changed_settings, config_from_dict, config_text,
                      save_config)
 from .config_files import safe_yaml
-from .files import (fcntl, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure,
+from .files import (fcntl, naming, remove_empty_folders, remove_torn_temporaries, topmost_missing, write_failure,
                     write_text_atomically)
 from .metrics import PLOTS, MetricsLog, warning_step
 from .run_lock import LOCK, hold_lock, refuse_if_held
@@ -154,7 +154,7 @@ class RunFolder:
         line of its own: ``progress``, the run's tqdm bar, is cleared for it and drawn again below it."""
         line = f"step {step}: {message}"
         say(f"warning: {line}", progress)
-        with open(self.path / "warnings.txt", "a") as f:
+        with naming(self.path / "warnings.txt"), open(self.path / "warnings.txt", "a") as f:
             f.write(f"{line}\n")
 
 

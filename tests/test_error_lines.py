@@ -106,3 +106,19 @@ def test_python_s_memory_error_is_a_batch_too_big(capsys):
     """Python's MemoryError (NumPy's allocations raise it, not torch's RuntimeError; a mutation audit: untested)."""
     assert say(MemoryError()) == 2
     assert capsys.readouterr().err.startswith("byol: error: the batch does not fit in memory; lower train.batch_size")
+
+
+def test_an_input_output_error_is_one_sentence_naming_the_file_not_a_traceback(capsys):
+    """EIO (a failing disk, a network file system gone under a write) names no file where a write or a sync
+    met it, and was a traceback, exit 1, in the run and in TensorBoard's writer thread (a helper's review). A read
+    may meet it too (a data file's): not said as a write."""
+    assert say(OSError(errno.EIO, os.strerror(errno.EIO), "/runs/x/.last.pt.tmp123")) == 2
+    assert capsys.readouterr().err == (
+        f"byol: error: the disk failed under /runs/x/last.pt ({os.strerror(errno.EIO)}); check that disk (or its "
+        "network file system) and run the command again (a pretraining run that wrote a checkpoint goes on from it "
+        "with --resume)\n")
+    assert say(OSError(errno.EIO, os.strerror(errno.EIO))) == 2
+    assert capsys.readouterr().err.startswith("byol: error: the disk failed under a file (")
+    said = []
+    quiet_storage_errors_of_threads(said.append)(SimpleNamespace(exc_value=OSError(errno.EIO, "Input/output error")))
+    assert said == []

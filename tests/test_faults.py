@@ -7,6 +7,7 @@ Regenerate that table with:
 
 import errno
 import fcntl
+import io
 import os
 import random
 import re
@@ -367,19 +368,25 @@ def test_a_full_disk_under_the_logs_mid_run_is_one_sentence_and_the_run_resumes(
     run, settings = tmp_path / "run", tiny_overrides(tmp_path / "run", **SLOW_RUN)
     log = byol.metrics.MetricsLog.log
 
+    class Full(io.StringIO):  # as the append's flush meets it: naming no file
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
     def full_after_epoch_1(self, step, *args, **kwargs):
         if step > 8:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(byol.metrics, "open", lambda *args: Full(), raising=False)
         return log(self, step, *args, **kwargs)
 
     monkeypatch.setattr(byol.metrics.MetricsLog, "log", full_after_epoch_1)
     assert cli.main(["pretrain", cifar, *settings]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        "byol: error: could not write to the disk (No space left on device); make room, or choose a writable "
-        "place, and run the command again (a pretraining run that wrote a checkpoint goes on from it with --resume)")
+        f"byol: error: could not write {run / 'metrics.jsonl'} (No space left on device); make room, or choose a "
+        "writable place, and run the command again (a pretraining run that wrote a checkpoint goes on from it with "
+        "--resume)")
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 8
     monkeypatch.setattr(byol.metrics.MetricsLog, "log", log)  # room made
+    monkeypatch.delattr(byol.metrics, "open")
     assert cli.main(["pretrain", "--resume", *settings]) == 0
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r] == list(range(2, 25, 2))
     # TensorBoard's writer thread meets it first: it is said once, by the run, not as the thread's traceback

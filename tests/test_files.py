@@ -336,3 +336,22 @@ def test_a_run_with_no_checkpoint_yet_is_said_as_such(tmp_path):
     assert files.not_a_file_to_read(tmp_path / "checkpoints") == (
         f"{tmp_path / 'checkpoints'} is a directory; give a checkpoint file in it (e.g. "
         f"{tmp_path / 'checkpoints' / 'last.pt'}, or an exported encoder.pt)")
+
+
+@pytest.mark.parametrize("where", ["write", "sync"])
+def test_a_full_disk_under_a_write_names_the_file_it_was_writing(tmp_path, monkeypatch, where):
+    """A write's or a sync's ENOSPC names no file: config.yaml's at a run's start was said as "could not write
+    to the disk" (a helper's review). The old file is kept, and no temporary left."""
+    (tmp_path / "config.yaml").write_text("old")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full) if where == "sync" else monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError) as e:
+        write_text_atomically(tmp_path / "config.yaml", "new")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "config.yaml")
+    assert os.listdir(tmp_path) == ["config.yaml"] and (tmp_path / "config.yaml").read_text() == "old"
+    with pytest.raises(OSError) as e, files.temporary_beside(tmp_path / "last.pt"):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    assert e.value.filename == str(tmp_path / "last.pt") and os.listdir(tmp_path) == ["config.yaml"]

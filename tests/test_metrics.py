@@ -1,5 +1,8 @@
+import errno
+import io
 import json
 import math
+import os
 import sys
 import time
 import types
@@ -7,6 +10,7 @@ import types
 import matplotlib.figure
 import pytest
 
+import byol.metrics
 from byol.metrics import NAN_LABEL, UNDONE_LABEL, ZERO_LABEL, MetricsLog, plot_metrics
 
 
@@ -387,3 +391,29 @@ def test_a_plot_of_what_the_records_no_longer_hold_is_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "metrics.jsonl"]
     (tmp_path / "metrics.jsonl").unlink()  # no records (none yet, or the file gone): the plots are left as they are
     assert plot_metrics(tmp_path / "metrics.jsonl") == [] and (tmp_path / "loss.png").is_file()
+
+
+def test_a_full_disk_under_the_logs_names_the_file_it_was_writing(tmp_path, monkeypatch):
+    """metrics.jsonl's append meets a full disk at its flush, TensorBoard's writer in its thread, whose error it
+    raises again: neither names a file, and a run ended with "could not write to the disk" (a helper's review)."""
+    log = MetricsLog(tmp_path)
+    log.log(1, **{"train/loss": 1.0})
+
+    class Full(io.StringIO):
+        def close(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(byol.metrics, "open", lambda *args: Full(), raising=False)
+    with pytest.raises(OSError) as e:
+        log.log(2, **{"train/loss": 1.0})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "metrics.jsonl")
+    monkeypatch.delattr(byol.metrics, "open")
+
+    def failing(*args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(log.writer, "add_scalar", failing)
+    with pytest.raises(OSError) as e:
+        log.log(3, **{"train/loss": 1.0})
+    assert e.value.errno == errno.EIO and e.value.filename == str(tmp_path / "tensorboard")
+    log.close()
