@@ -50,9 +50,10 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.path):  # a new file of its own (a fixed name went through a link)
                 pass
-        except OSError as e:
-            raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); "
-                              "choose another train.out_dir") from None
+        except OSError as e:  # a resume in another folder would be another run: its copy is this one
+            fix = ("copy the run's folder where it can be written and resume the copy with --train.out_dir=COPY"
+                   if resume else "choose another train.out_dir")
+            raise ConfigError(f"cannot write to the output directory {self.path} ({write_failure(e)}); {fix}") from None
         self._lock_made = not (self.path / LOCK).exists()
         self._lock = hold_lock(self.path)  # another start's folder, if refused: nothing is removed
         try:

@@ -99,7 +99,9 @@ def _saved_root(config: Config) -> Optional[Path]:
         root = read_preset(Path(config.train.out_dir).expanduser() / "config.yaml").get("data", {}).get("root")
     except (ConfigError, OSError, AttributeError):
         return None
-    return Path(str(root)).expanduser() if root is not None else None
+    # made absolute as the run's own is (checked_run_config): a relative one, written by hand or by an earlier
+    # byol, is the same root here, not one given anew
+    return Path(os.path.abspath(os.path.expanduser(str(root)))) if root is not None else None
 
 
 def before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch.device,

@@ -1,11 +1,13 @@
 """A start of pretraining that fails before its first step leaves the run folder as it found it,
 and one start at a time writes a folder."""
 
+import errno
 import fcntl
 import os
 import re
 import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -602,3 +604,21 @@ def test_settings_kept_for_a_step_stay_those_that_ran_it_through_later_resumes_f
     _resumed_at(run, 2, lr=0.0625)  # an earlier checkpoint: steps 3 to 6 are trained again
     assert sorted(p.name for p in run.glob("config_until_step*.yaml")) == ["config_until_step2.yaml"]
     assert (run / "config_until_step2.yaml").read_text() == first
+
+
+def test_a_resume_in_a_read_only_run_folder_says_to_resume_a_copy(tmp_path, monkeypatch):
+    """Another train.out_dir is no answer to a resume that cannot write its run's folder (an archive mounted
+    read-only): it would be another run; a copy of the folder, resumed there, is."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ConfigError, match=r"Read-only file system\); copy the run's folder where it can be written "
+                                          r"and resume the copy with --train\.out_dir=COPY$"):
+        RunFolder(run, resume=True)
+    with pytest.raises(ConfigError, match=r"Read-only file system\); choose another train\.out_dir$"):
+        RunFolder(tmp_path / "new", resume=False)
