@@ -160,7 +160,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     if split == "":  # as the command line's --split "" (arguments._given): not the held-out split without a word
         raise DataError("split is empty; give a split's name, such as 'test', or None for the held-out split")
     if Path(out).suffix not in (".npy", ".pt"):
-        raise DataError(f"the output {out} must end in .npy or .pt")
+        raise OutputError(f"the output {out} must end in .npy or .pt")
     rows = Path(out).with_name(Path(out).name.removesuffix("_labels.npy") + ".npy")
     if Path(out).name.endswith("_labels.npy") and rows.is_file():  # (a user test: replaced without a word)
         raise OutputError(f"{out} holds the labels of {rows.name}, an earlier byol embed's rows, which this would "

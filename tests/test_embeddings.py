@@ -7,6 +7,7 @@ from PIL import Image
 from byol import embeddings
 from byol.data import DataError
 from byol.folder import ImageFolder
+from byol.outputs import OutputError
 from conftest import extract_jpegs
 
 
@@ -271,3 +272,10 @@ def test_split_test_of_a_root_with_val_and_test_is_test(tmp_path, capsys):
     for split in ("test", "val", None):
         assert embeddings._find_split(tmp_path, split, 8, "train").root == str(tmp_path / (split or "val"))
     assert "no test/ folder" not in capsys.readouterr().err
+
+
+def test_an_output_of_another_suffix_is_an_output_error_not_a_data_error(tmp_path):
+    """A sweep's `except byol.OutputError` for what embed writes, as errors.py sorts them: it was a DataError."""
+    with pytest.raises(OutputError, match="must end in .npy or .pt") as caught:
+        embeddings.embed(tmp_path / "run.pt", tmp_path / "out")
+    assert not isinstance(caught.value, DataError)
