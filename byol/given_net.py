@@ -140,12 +140,16 @@ def recorded(state: dict) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
-def resume_call(record: dict) -> str:
-    """How a run trained on a network given from Python (its :func:`net_record`) is resumed, said in its errors."""
+def resume_call(record: dict, out_dir: Optional[str] = None) -> str:
+    """How a run trained on a network given from Python (its :func:`net_record`) is resumed, said in its errors;
+    with ``out_dir``, the run's folder, the config spelled as read from it (from the command line there is none)."""
     layer = _shown(record.get("hidden_layer", -2))
     cut = f", hidden_layer={layer!r}" if layer != -2 else ""
-    return (f"resume it from Python with byol.pretrain(config, resume=True, net={record.get('class') or 'YourNet'}"
-            f"(...){cut}), a network of the same architecture, which the checkpoint's weights are loaded into")
+    # (a review: `byol pretrain --resume` was told byol.pretrain(config, ...), and config was nowhere to be had)
+    config = "config" if out_dir is None else f"byol.resume_config(None, [{f'--train.out_dir={out_dir}'!r}])"
+    return (f"resume it from Python with byol.pretrain({config}, resume=True, "
+            f"net={record.get('class') or 'YourNet'}(...){cut}), a network of the same architecture, which the "
+            "checkpoint's weights are loaded into")
 
 
 def refuse_without_net(config: Config, resume: bool, ckpt_path: Path) -> None:
@@ -164,7 +168,7 @@ def refuse_without_net(config: Config, resume: bool, ckpt_path: Path) -> None:
         record = {}
     raise CheckpointError(f"{config.train.out_dir}'s run trained a network given from Python "
                           f"({record.get('class', 'not a ResNet byol builds')}), which byol cannot build (nor "
-                          f"byol pretrain --resume): {resume_call(record)}")
+                          f"byol pretrain --resume): {resume_call(record, str(config.train.out_dir))}")
 
 
 def other_net(record: Optional[dict], given: Optional[str]) -> dict:

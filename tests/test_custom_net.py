@@ -1,8 +1,10 @@
 """byol.pretrain(config, net=...): a network of your own, pretrained with the run folder's checkpoints, resumes and
 monitors, then evaluated and embedded from Python with net= (the command line cannot build it)."""
 
+import ast
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -347,8 +349,9 @@ def test_a_network_trained_whole_is_evaluated_whole(tmp_path, cifar10_root):
 def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, tmp_path):
     out = run[0]
     more = [f"--train.out_dir={out}", "--train.max_steps=6"]
-    with pytest.raises(CheckpointError, match=r"network given from Python \(SmallNet\).*byol.pretrain\(config, "
-                                              r"resume=True, net=SmallNet\(...\), hidden_layer='3'\)"):
+    with pytest.raises(CheckpointError, match=r"network given from Python \(SmallNet\).*byol.pretrain\(byol.resume_"
+                                              r"config\(None, \['--train.out_dir=.*'\]\), resume=True, "
+                                              r"net=SmallNet\(...\), hidden_layer='3'\)"):
         byol.pretrain(byol.resume_config(None, more), resume=True)
     with pytest.raises(CheckpointError, match=r"\(SmallNet\).*net=SmallNet"):  # a config that says a ResNet
         byol.pretrain(load_config("cifar10", settings(out, cifar10_root, **{"train.max_steps": 6})), resume=True)
@@ -362,6 +365,22 @@ def test_a_resume_is_given_the_network_the_run_trained(run, cli, cifar10_root, t
     with pytest.raises(CheckpointError, match=r"\(the run trained a SmallNet, and net is a Sequential\)"):
         byol.knn(out / "checkpoints" / "last.pt", net=nn.Sequential(*SmallNet(width=4)), limit=20)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4  # nothing trained by any of them
+
+
+def test_byol_pretrain_resume_of_a_given_network_s_run_names_a_python_call_that_runs_as_written(run, cli):
+    """A review: `byol pretrain --resume` was told to call byol.pretrain(config, resume=True, net=...), and the
+    command line has no config to give: the call names byol.resume_config with the run's folder."""
+    out = run[0]
+    proc = cli("pretrain", "--resume", f"--train.out_dir={out}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    call = re.search(r"(byol\.pretrain\(.*\)), a network", proc.stderr)
+    assert call, proc.stderr
+    parsed = ast.parse(call.group(1)).body[0].value  # (a Python call, as written)
+    config = parsed.args[0]
+    assert isinstance(config, ast.Call) and ast.unparse(config.func) == "byol.resume_config", ast.unparse(config)
+    assert [ast.literal_eval(a) for a in config.args] == [None, [f"--train.out_dir={out}"]]
+    assert {k.arg: ast.unparse(k.value) for k in parsed.keywords} == {"resume": "True", "net": "SmallNet(...)",
+                                                                      "hidden_layer": "'3'"}
 
 
 def test_a_network_that_does_not_take_the_run_s_weights_is_left_as_it_was(run, cifar10_root):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from byol.optim import LARS, build_optimizer, param_groups
@@ -263,3 +264,18 @@ def test_lars_step_with_a_closure_returns_its_loss_and_steps_on_its_gradients():
     with torch.no_grad():
         loss = LARS([stepped], lr=0.1, weight_decay=1e-3).step(closure)
     assert loss is not None and loss.requires_grad and torch.equal(stepped, w)
+
+
+def test_a_vit_s_class_token_and_position_embedding_are_decayed_and_its_layer_norms_and_biases_are_not():
+    """A review's decision, pinned: as DINO's get_params_groups and MoCo v3's LARS split a ViT (ndim <= 1 and biases
+    excluded), torchvision's class_token and pos_embedding (3-D) are decayed and LARS-adapted (docs/python_api.md)."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8,
+                                               mlp_dim=16)
+    regular, excluded = param_groups(vit, 1.5e-6)
+    names = {id(p): n for n, p in vit.named_parameters()}
+    decayed = {names[id(p)] for p in regular["params"]}
+    assert {"class_token", "encoder.pos_embedding", "conv_proj.weight", "heads.head.weight"} <= decayed
+    assert not any(n.endswith("bias") or ".ln" in n for n in decayed)
+    assert {names[id(p)] for p in excluded["params"]} == set(names.values()) - decayed
+    assert excluded["weight_decay"] == 0.0 and excluded["lars_exclude"]
