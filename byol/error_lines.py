@@ -16,9 +16,10 @@ def launch_rank() -> int:
     up, as when the config is read, or a folder scanned); 0 without torchrun. Here, not in distributed.py:
     without importing torch, a usage error is said at once (outside torchrun). A RANK without a WORLD_SIZE
     of 2 or more is not torchrun's (a cluster's job script exports it for its own launcher): one process, rank 0
-    (a user test: its errors were said by no process, and its outputs went unchecked)."""
+    (a user test: its errors were said by no process, and its outputs went unchecked). Nor is a WORLD_SIZE that is
+    no whole number of 2 or more ('abc', '0'): distributed.init refuses it, and this process says so."""
     try:
-        return int(os.environ.get("RANK", "0")) if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else 0
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) >= 2 else 0
     except ValueError:
         return 0
 

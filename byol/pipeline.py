@@ -234,7 +234,10 @@ def refuse_own_options(overrides, function: str, arguments: Sequence[str]) -> No
         option, eq, value = item.removeprefix("--").partition("=") if isinstance(item, str) else ("", "", "")
         name, write = _OWN_OPTIONS.get(option.replace("_", "-"), (None, ""))
         if name in arguments:
-            given = write.format(value if eq else "N") if option != "random-init" else write
+            if option == "k":  # the command line's --k takes several ('--k=5 10'): ks=(5, 10), not ks=(5 10,)
+                value = ", ".join(value.replace(",", " ").split())
+                write = "({})" if "," in value else write
+            given = write.format(value if eq and value else "N")  # (random_init's is True, whatever was given)
             raise ConfigError(f"{item!r} is an option of the command line, not a config setting: pass "
                               f"{name}={given} to byol.{function} itself, not in its overrides")
 

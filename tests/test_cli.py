@@ -1294,6 +1294,21 @@ def test_every_help_fits_80_columns_and_gives_each_option_s_default(capsys, monk
                 assert "default" in action.help, (command, action.option_strings)
 
 
+def test_eval_s_help_shows_its_examples_each_on_a_line_of_its_own(capsys, monkeypatch):
+    """The examples below eval's options, as written: a help formatter that reflows them ran each command into the
+    next (a mutation audit: only that a description is there was tested)."""
+    from byol.cli import main
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "examples:" in lines
+    for example in ("  byol eval knn runs/c10/checkpoints/last.pt", "  byol eval knn runs/c10/checkpoints/last.pt "
+                    "--random-init", "  # the data moved since the run",
+                    "  byol eval knn runs/c10/checkpoints/last.pt --data.root=DATA"):
+        assert example in lines, (example, lines)
+
+
 def test_eval_and_embed_help_name_every_setting_they_read(capsys):
     from byol.cli import main
     from byol.pipeline import SETTINGS_READ

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from byol.config import ConfigError
-from byol.error_lines import _decoding_process_died, quiet_storage_errors_of_threads, say, say_error
+from byol.error_lines import _decoding_process_died, launch_rank, quiet_storage_errors_of_threads, say, say_error
 
 
 @pytest.mark.parametrize("torch_says, said", [
@@ -57,6 +57,15 @@ def test_whatever_the_storage_refused_is_said_as_a_full_disk_is(capsys, code):
     assert said == []  # the writer raises it again in the main thread, where it is said
 
 
+
+def test_a_full_disk_s_error_that_names_a_file_descriptor_says_the_disk_not_a_traceback(capsys):
+    """An OSError's filename may be a file descriptor's number (os.truncate(fd), os.stat(fd)): not a path to name
+    (a mutation audit: os.fsdecode(5) raised a TypeError in the error's own sentence, untested)."""
+    assert say(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), 5)) == 2
+    assert capsys.readouterr().err.startswith(f"byol: error: could not write to the disk ({os.strerror(errno.ENOSPC)})")
+    assert say(OSError(errno.EIO, os.strerror(errno.EIO), 5)) == 2
+    assert capsys.readouterr().err.startswith(f"byol: error: the disk failed under a file ({os.strerror(errno.EIO)})")
+
 def test_a_thread_s_other_errors_keep_their_traceback():
     said = []
     hook = quiet_storage_errors_of_threads(said.append)
@@ -101,6 +110,21 @@ def test_a_rank_variable_outside_torchrun_is_one_process_that_says_its_errors(mo
     assert capsys.readouterr().err == ("byol: error: unknown config key 'train.bogus'\n"
                                        "byol: error: train.epochs must be >= 1\n")
 
+
+
+@pytest.mark.parametrize("world", ["", "0", "abc"])
+def test_a_rank_variable_beside_a_world_size_that_is_no_count_is_one_process_that_says_it(monkeypatch, capsys, world):
+    """A RANK=1 beside a WORLD_SIZE torchrun never sets (empty, 0, not a number): distributed.init refuses it as
+    one process would, and this process says so (a mutation audit: 'abc' and '0' were taken for torchrun's, rank 1,
+    so its ConfigError was exit code 2 and not a word). Beside WORLD_SIZE=2 it is torchrun's rank 1, which leaves
+    such an error to rank 0."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert launch_rank() == 0
+    assert say(ConfigError(f"the environment variable WORLD_SIZE is {world!r}")) == 2
+    assert capsys.readouterr().err == f"byol: error: the environment variable WORLD_SIZE is {world!r}\n"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch_rank() == 1
 
 def test_python_s_memory_error_is_a_batch_too_big(capsys):
     """Python's MemoryError (NumPy's allocations raise it, not torch's RuntimeError; a mutation audit: untested)."""

@@ -355,3 +355,22 @@ def test_a_full_disk_under_a_write_names_the_file_it_was_writing(tmp_path, monke
     with pytest.raises(OSError) as e, files.temporary_beside(tmp_path / "last.pt"):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
     assert e.value.filename == str(tmp_path / "last.pt") and os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_naming_keeps_an_error_that_names_a_file_or_has_no_errno_as_it_is(tmp_path):
+    """files.naming names the file only in an OSError with an errno and no file (a full disk's); one with no errno
+    (PIL's "cannot identify image file", "cannot write mode RGBA as JPEG") keeps its class and its message, and one
+    that names a file keeps that file (a mutation audit: both were untested)."""
+    class Unidentified(OSError):
+        pass
+
+    with pytest.raises(Unidentified, match="^cannot write mode RGBA as JPEG$") as e, files.naming(tmp_path / "a.jpg"):
+        raise Unidentified("cannot write mode RGBA as JPEG")
+    assert e.value.filename is None
+    with pytest.raises(FileNotFoundError) as e, files.naming(tmp_path / "a.jpg"):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp_path / "b"))
+    assert e.value.filename == str(tmp_path / "b")
+    with pytest.raises(OSError) as e, files.naming(tmp_path / "a.jpg"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert (e.value.errno, e.value.strerror, e.value.filename) == (
+        errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "a.jpg"))

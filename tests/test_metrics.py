@@ -417,3 +417,24 @@ def test_a_full_disk_under_the_logs_names_the_file_it_was_writing(tmp_path, monk
         log.log(3, **{"train/loss": 1.0})
     assert e.value.errno == errno.EIO and e.value.filename == str(tmp_path / "tensorboard")
     log.close()
+
+
+@pytest.mark.parametrize("where", ["text", "settings", "close"])
+def test_a_full_disk_under_tensorboard_s_text_settings_or_close_names_its_folder(tmp_path, monkeypatch, where):
+    """TensorBoard's writer raises its thread's error again at any of its calls, not only add_scalar's (a mutation
+    audit: text, settings and close were untested)."""
+    log = MetricsLog(tmp_path)
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer = log.writer
+    target, name = {"text": (writer, "add_text"), "settings": (writer.file_writer, "add_summary"),
+                    "close": (writer, "close")}[where]
+    monkeypatch.setattr(target, name, failing)
+    with pytest.raises(OSError) as e:
+        log.text(1, "t", "x") if where == "text" else log.settings({"train": {"epochs": 1}}) if where == "settings" \
+            else log.close(finished=True)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "tensorboard")
+    monkeypatch.undo()
+    writer.close()

@@ -479,6 +479,33 @@ def test_a_command_line_option_given_as_an_override_is_told_the_argument_to_pass
         knn(missing, "--data.root=x")
 
 
+
+def test_an_own_option_is_told_as_the_argument_of_the_function_given_it_only(tmp_path):
+    """The edges of the hint above (a mutation audit): an option in a tuple, spelt with '_', given no value, or
+    several values (--k takes several on the command line), each told as valid Python; an option of another
+    command (linear has no ks, embed no holdout) is not told as an argument the function lacks."""
+    from byol.checkpoint import CheckpointError
+    from byol.config import ConfigError
+    from byol.exports import embed
+    from byol.pipeline import knn, linear
+    missing = tmp_path / "never_read.pt"
+    for overrides, said in ((("--temperature=0.5",), "pass temperature=0.5 to byol.knn"),
+                            (["--data.root=x", "--holdout=30"], "pass holdout=30 to byol.knn"),
+                            (["--holdout"], "pass holdout=N to byol.knn"),
+                            (["--random_init"], "pass random_init=True to byol.knn"),
+                            (["--k=5 10"], r"pass ks=\(5, 10\) to byol.knn"),
+                            (["--k=5,10"], r"pass ks=\(5, 10\) to byol.knn"),
+                            (["--k="], r"pass ks=\(N,\) to byol.knn")):
+        with pytest.raises(ConfigError, match=r"is an option of the command line, not a config setting: " + said):
+            knn(missing, overrides)
+    with pytest.raises(ConfigError, match=r"is an option of the command line, not a config setting: pass limit=5 to "
+                                          r"byol\.embed itself"):
+        embed(missing, tmp_path / "e.npy", overrides=["--limit=5"])
+    for call in (lambda: linear(missing, ["--k=5"]), lambda: linear(missing, ["--temperature=0.5"]),
+                 lambda: embed(missing, tmp_path / "e.npy", overrides=["--holdout=5"])):
+        with pytest.raises(CheckpointError, match="does not exist"):  # on to the checkpoint, as any other override
+            call()
+
 def test_an_evaluation_records_the_limit_holdout_and_settings_it_was_given(cifar10_root, tmp_path):
     """A review: the result said n_train 100, which does not tell --limit 100 from a split of 100 images, nor
     which config settings were given: now it records them, so that the number can be computed again."""

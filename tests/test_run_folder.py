@@ -3,6 +3,7 @@ and one start at a time writes a folder."""
 
 import errno
 import fcntl
+import io
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import tempfile
 
 import pytest
 
+import byol.run_folder
 from byol.checkpoint import CheckpointError
 from byol.metrics import PLOTS
 from byol.config import CONFIG_HEADER, Config, ConfigError, save_config
@@ -622,3 +624,23 @@ def test_a_resume_in_a_read_only_run_folder_says_to_resume_a_copy(tmp_path, monk
         RunFolder(run, resume=True)
     with pytest.raises(ConfigError, match=r"Read-only file system\); choose another train\.out_dir$"):
         RunFolder(tmp_path / "new", resume=False)
+
+
+def test_a_full_disk_under_warnings_txt_names_it(tmp_path, monkeypatch, capsys):
+    """The append's flush meets a full disk naming no file: the error names warnings.txt, as the run says it
+    (a mutation audit: untested)."""
+    folder = RunFolder(tmp_path / "run", resume=False)
+    folder.started = True
+
+    class Full(io.StringIO):
+        def close(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(byol.run_folder, "open", lambda *args: Full(), raising=False)
+    with pytest.raises(OSError) as e:
+        folder.warn("collapse", 12)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(folder.path / "warnings.txt")
+    assert "warning: step 12: collapse" in capsys.readouterr().err
+    monkeypatch.delattr(byol.run_folder, "open")
+    folder.undo()
+    folder.release()
