@@ -91,7 +91,8 @@ def _quiet_handover_errors(hook):
 
 
 class _SkippingLoader(DataLoader):
-    """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``.
+    """Yields ``(images, labels, indices)``; records skipped files in ``dataset.bad_files``; raises a
+    :class:`DataError` where the storage failed rather than a file (:func:`~byol.images.storage_failure`).
 
     A batch keeps its good images only, so it can be shorter than ``batch_size``; a batch
     whose files were all bad is not yielded at all. It starts at most one decoding process per
@@ -117,6 +118,8 @@ class _SkippingLoader(DataLoader):
         try:
             for images, labels, indices, skipped in batches:
                 for s in skipped:
+                    if s.storage is not None:  # the storage failed, not the file: every file after it would too
+                        raise DataError(s.storage)
                     self.dataset.bad_files[s.path] = s.reason
                 if images is not None:
                     yield images, labels, indices

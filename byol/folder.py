@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .files import write_text_atomically
 from .data import DataError
-from .images import decode_image, reason
+from .images import decode_image, reason, storage_failure
 from .scan import PackedNames, scan
 
 
@@ -28,6 +28,7 @@ class Skipped:
     index: int
     path: str
     reason: str
+    storage: Optional[str] = None  # the error's sentence where the storage failed, not the file: the loaders raise it
 
 
 class ImageFolder(Dataset):
@@ -35,7 +36,9 @@ class ImageFolder(Dataset):
 
     ``dataset[i]`` is ``(image uint8 (3, size, size), label, i)``, or a :class:`Skipped` record
     when the file cannot be decoded (truncated, empty, not an image or not a regular file, a
-    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``); :func:`~byol.decoding_processes.skip_collate` drops
+    decompression bomb: over twice ``PIL.Image.MAX_IMAGE_PIXELS``), or cannot be read because its storage
+    failed (its ``storage`` says so: :func:`~byol.images.storage_failure`, which the loaders raise);
+    :func:`~byol.decoding_processes.skip_collate` drops
     those, and the loaders of :mod:`byol.loaders` collect them in ``bad_files``, in the main process, also
     with worker processes.
 
@@ -109,7 +112,7 @@ class ImageFolder(Dataset):
         try:
             image = decode_image(path, self.size)
         except Exception as e:  # any file that cannot be decoded is skipped, never fatal
-            return Skipped(index, path, reason(path, e))
+            return Skipped(index, path, reason(path, e), storage_failure(path, e))
         return image, int(self.labels[index]), index
 
     def names_digest(self) -> str:

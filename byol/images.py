@@ -1,5 +1,6 @@
 """Decoding one image file, in any format Pillow opens, to a square RGB uint8 tensor."""
 
+import errno
 import os
 import stat
 import warnings
@@ -28,6 +29,34 @@ def reason(path: str, error: Exception) -> str:
     if os.path.islink(path) and not os.path.exists(path):  # (a user test: "No such file" of a file ls lists)
         return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
     return " ".join(f"{type(error).__name__}: {error}".split())  # one line, no tabs
+
+
+# errnos of a read that say the storage failed, not the file: a disk's read error, a network file system's
+# stale handle or lost server, a device gone, the process out of open files; the names one platform lacks are left out
+_STORAGE_ERRNOS = {getattr(errno, name) for name in (
+    "EIO", "ESTALE", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ETIMEDOUT", "ENETDOWN", "ENETUNREACH", "ECONNRESET",
+    "ECONNABORTED", "ENODEV", "ENXIO", "EREMOTEIO", "ENOMEDIUM", "ENOLINK", "EMFILE", "ENFILE") if hasattr(errno, name)}
+
+
+def storage_failure(path: str, error: Exception) -> Optional[str]:
+    """The sentence for ``error``, raised reading ``path``, where it says that the storage failed rather than the
+    file (None where the file itself is bad, to be skipped): an errno of a failing disk or network file system, the
+    file the scan listed gone with its folder (moved away or unmounted; one file removed from a folder that is still
+    there, or a broken symbolic link, is the file's), or its folder no longer readable (permissions changed; one
+    unreadable file in a readable folder is the file's).
+    Skipped, every file of a dead storage would be listed as undecodable and the run would go on without them."""
+    code = getattr(error, "errno", None) if isinstance(error, OSError) else None
+    if code is None:
+        return None
+    folder = os.path.dirname(path)
+    if not (code in _STORAGE_ERRNOS or (code == errno.ENOENT and not os.path.isdir(folder))
+            or (code in (errno.EACCES, errno.EPERM) and not os.access(folder, os.R_OK | os.X_OK))):
+        return None
+    why = f"{os.strerror(code)}, {errno.errorcode.get(code, code)}"
+    return (f"cannot read {path} ({why}): the storage it is on failed (a disk, a network file system, the folder "
+            "moved, unmounted or its permissions changed), not the file, so this stops rather than skip the images as "
+            "undecodable; once they read again, a pretraining run goes on from its last checkpoint with --resume (a file "
+            "that never reads again: move it out of the folder)")
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:

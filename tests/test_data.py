@@ -1,6 +1,7 @@
 """Tests for byol.data and byol.datasets: CIFAR / STL-10 readers, the image folder with bad files, TensorBatches."""
 
 import contextlib
+import errno
 import io
 import itertools
 import os
@@ -2009,3 +2010,55 @@ def test_a_val_folder_that_is_a_link_to_train_is_refused_not_scored_against_itse
     (tmp_path / "val" / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8), "red").save(tmp_path / "val" / "a" / "y.png")
     assert labeled_folders(tmp_path, size=8) is not None  # a val/ of its own is taken
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_storage_stops_the_pass_in_one_sentence_and_lists_no_file_as_undecodable(tmp_path, monkeypatch,
+                                                                                          workers):
+    """A disk's read errors, a stale NFS handle, a lost server: each file was skipped as undecodable, so a run
+    trained on without the images of a storage that failed for a while, and listed them all in skipped_files.txt."""
+    import byol.folder
+    root = extract_jpegs(tmp_path / "photos", per_class=2)  # 20 images
+    (root / "cat" / "empty.jpg").write_bytes(b"")  # a bad file: skipped as before
+    folder = ImageFolder(root, 8)
+
+    def one_pass() -> int:
+        return sum(len(i) for _, _, i in folder_loader(folder, 4, workers, drop_last=False, persistent=False))
+
+    assert one_pass() == 20 and folder.bad_files == {str(root / "cat" / "empty.jpg"): "empty file"}
+    folder.bad_files.clear()
+    for code in (errno.EIO, errno.ESTALE, errno.ENOTCONN):
+        def failing(path, size, code=code):
+            raise OSError(code, os.strerror(code), path)
+        monkeypatch.setattr(byol.folder, "decode_image", failing)  # before the pass: its processes inherit it
+        with pytest.raises(DataError) as raised:
+            one_pass()
+        said = str(raised.value)
+        assert re.match(rf"cannot read {re.escape(str(root))}/\w+/\w+\.jpg \({os.strerror(code)}, "
+                        rf"{errno.errorcode[code]}\): the storage it is on failed", said) and "--resume" in said, said
+        assert not folder.bad_files  # no good file listed as a bad one
+    monkeypatch.undo()
+    removed = root / "dog" / os.listdir(root / "dog")[0]
+    removed.unlink()  # one file removed, its folder still there: the file's, skipped
+    assert one_pass() == 19 and "No such file" in folder.bad_files[str(removed)] and len(folder.bad_files) == 2
+    folder.bad_files.clear()
+    root.rename(tmp_path / "moved")  # the folder moved away (or unmounted) after its scan
+    with pytest.raises(DataError, match=r"\(No such file or directory, ENOENT\): the storage it is on failed"):
+        one_pass()
+    assert not folder.bad_files
+
+
+def test_a_file_that_cannot_be_read_is_skipped_where_its_folder_can_and_stops_the_pass_where_it_cannot(
+        tmp_path, monkeypatch):
+    """Permissions: one file's (chmod 000) is the file's, skipped; its folder's changed mid-run, the storage's."""
+    import byol.folder
+    import byol.images
+    root = extract_jpegs(tmp_path / "photos", per_class=1)
+    folder = ImageFolder(root, 8)
+    monkeypatch.setattr(byol.folder, "decode_image", lambda path, size: (_ for _ in ()).throw(
+        PermissionError(errno.EACCES, "Permission denied", path)))
+    assert list(folder_loader(folder, 2, 0, drop_last=False)) == [] and len(folder.bad_files) == 10
+    assert all(r.startswith("PermissionError: [Errno 13] Permission denied") for r in folder.bad_files.values())
+    monkeypatch.setattr(byol.images.os, "access", lambda path, mode: False)  # (root reads a chmod 000 folder)
+    with pytest.raises(DataError, match=r"\(Permission denied, EACCES\): the storage it is on failed"):
+        list(folder_loader(folder, 2, 0, drop_last=False))

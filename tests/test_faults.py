@@ -29,7 +29,7 @@ from byol.precision import native_bf16
 from byol.checkpoint import load_checkpoint
 from byol.faults import NonFiniteGuard, StopRequest, Stopped
 from byol.metrics import read_metrics
-from conftest import CIFAR10, finished_pid, session_status, shown_lines, tiny_overrides
+from conftest import CIFAR10, extract_jpegs, finished_pid, session_status, shown_lines, tiny_overrides
 from test_cli import assert_user_error, byol, main_error
 
 SLOW_RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.knn_every": -1, "optim.name": "sgd"}
@@ -1287,3 +1287,39 @@ def test_an_encoder_with_nan_in_it_is_one_sentence_in_eval_embed_and_export_and_
     fault_table("an encoder with a NaN BatchNorm variance; one whose weights are finite but whose activations "
                 "overflow (x 1e38)", "byol eval knn / linear, embed and export: one sentence naming a bad tensor or "
                 "how many images gave non-finite features, exit 2, nothing written")
+
+
+def test_a_storage_that_fails_mid_run_stops_it_in_one_sentence_and_the_run_resumes(tmp_path, monkeypatch, capsys,
+                                                                                   fault_table):
+    """A user's question: the data's disk failing mid-run had every later image skipped as undecodable, then
+    the run stopped saying that none of the folder's files could be decoded (all of which an epoch before had
+    been); a storage back after a while left a run that trained on without its images and listed them as bad."""
+    import byol.folder
+    from byol.cli import main
+    root = extract_jpegs(tmp_path / "photos", per_class=2)  # 20 images: 5 steps of 4 an epoch
+    real, reads, broken = byol.folder.decode_image, [], [True]
+
+    def failing_after_an_epoch(path, size):
+        reads.append(path)
+        if len(reads) > 26 and broken:  # in epoch 2
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        return real(path, size)
+
+    monkeypatch.setattr(byol.folder, "decode_image", failing_after_an_epoch)
+    run = tmp_path / "run"
+    settings = ["--data.dataset=folder", f"--data.root={root}", "--data.workers=0",
+                *tiny_overrides(run, **{"train.batch_size": 4, "train.knn_every": -1, "train.epochs": 3,
+                                        "data.limit": "null"})]
+    _, said = main_error(capsys, "pretrain", *settings, after_progress=True)  # (after epoch 1's line)
+    assert re.fullmatch(rf"byol: error: cannot read {re.escape(str(root))}/\w+/\w+\.jpg \(Input/output error, EIO\): "
+                        r"the storage it is on failed .* with --resume \(a file that never reads again: move it out of the folder\)",
+                        said), said
+    assert (run / "checkpoints" / "last.pt").is_file() and not (run / "skipped_files.txt").exists()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5  # epoch 1's, kept
+    broken.clear()  # the storage back
+    assert main(["pretrain", "--resume", *settings]) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 15 and not (run / "skipped_files.txt").exists()
+    fault_table("image folder: its storage fails mid-run (every read OSError EIO; also ESTALE, ENOTCONN, the folder "
+                "moved away: ENOENT, its permissions changed: EACCES)",
+                "one sentence naming the file and the errno, exit 2; no file listed as undecodable; the last "
+                "checkpoint kept, and --resume goes on from it once the storage is back")
