@@ -93,9 +93,12 @@ def _storage_error(e: OSError) -> int:
     from .files import written_for
     named = isinstance(e.filename, (str, bytes, os.PathLike))  # (not a file descriptor's number)
     file = written_for(os.fsdecode(e.filename)) if named else None
-    if e.errno == errno.EIO:  # (a read's as well as a write's: a data file's on a failing network file system)
-        said = f"the disk failed under {file or 'a file'} ({e.strerror}); check that disk (or its network file " \
-            "system)"
+    if e.errno == errno.EIO and file is None:  # not only a disk's: a hung-up terminal's too (a run's print after
+        # its ssh session closed)
+        said = f"an input/output error ({e.strerror}) named no file: a disk or network file system failing, or " \
+            "the terminal gone (an ssh session closed: run under nohup or tmux); check which"
+    elif e.errno == errno.EIO:  # (a read's as well as a write's: a data file's on a failing network file system)
+        said = f"the disk failed under {file} ({e.strerror}); check that disk (or its network file system)"
     else:
         said = f"could not write {file or 'to the disk'} ({e.strerror}); make room, or choose a writable place,"
     say_error(f"{said} and run the command again "

@@ -80,9 +80,9 @@ def naming(path: Union[str, Path]) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is not None or e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror, str(path)) from None
+        if e.filename is None and e.errno is not None:  # the error itself, named: its class and its traceback
+            e.filename = str(path)  # kept (a bug's EBADF, whose traceback is shown, says where it came from)
+        raise
 
 
 @contextmanager

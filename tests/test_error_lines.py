@@ -57,14 +57,15 @@ def test_whatever_the_storage_refused_is_said_as_a_full_disk_is(capsys, code):
     assert said == []  # the writer raises it again in the main thread, where it is said
 
 
-
 def test_a_full_disk_s_error_that_names_a_file_descriptor_says_the_disk_not_a_traceback(capsys):
     """An OSError's filename may be a file descriptor's number (os.truncate(fd), os.stat(fd)): not a path to name
     (a mutation audit: os.fsdecode(5) raised a TypeError in the error's own sentence, untested)."""
     assert say(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), 5)) == 2
     assert capsys.readouterr().err.startswith(f"byol: error: could not write to the disk ({os.strerror(errno.ENOSPC)})")
     assert say(OSError(errno.EIO, os.strerror(errno.EIO), 5)) == 2
-    assert capsys.readouterr().err.startswith(f"byol: error: the disk failed under a file ({os.strerror(errno.EIO)})")
+    assert capsys.readouterr().err.startswith(f"byol: error: an input/output error ({os.strerror(errno.EIO)}) named "
+                                              "no file: ")
+
 
 def test_a_thread_s_other_errors_keep_their_traceback():
     said = []
@@ -111,7 +112,6 @@ def test_a_rank_variable_outside_torchrun_is_one_process_that_says_its_errors(mo
                                        "byol: error: train.epochs must be >= 1\n")
 
 
-
 @pytest.mark.parametrize("world", ["", "0", "abc"])
 def test_a_rank_variable_beside_a_world_size_that_is_no_count_is_one_process_that_says_it(monkeypatch, capsys, world):
     """A RANK=1 beside a WORLD_SIZE torchrun never sets (empty, 0, not a number): distributed.init refuses it as
@@ -125,6 +125,7 @@ def test_a_rank_variable_beside_a_world_size_that_is_no_count_is_one_process_tha
     assert capsys.readouterr().err == f"byol: error: the environment variable WORLD_SIZE is {world!r}\n"
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launch_rank() == 1
+
 
 def test_python_s_memory_error_is_a_batch_too_big(capsys):
     """Python's MemoryError (NumPy's allocations raise it, not torch's RuntimeError; a mutation audit: untested)."""
@@ -142,7 +143,15 @@ def test_an_input_output_error_is_one_sentence_naming_the_file_not_a_traceback(c
         "network file system) and run the command again (a pretraining run that wrote a checkpoint goes on from it "
         "with --resume)\n")
     assert say(OSError(errno.EIO, os.strerror(errno.EIO))) == 2
-    assert capsys.readouterr().err.startswith("byol: error: the disk failed under a file (")
+    assert capsys.readouterr().err.startswith("byol: error: an input/output error (")
     said = []
     quiet_storage_errors_of_threads(said.append)(SimpleNamespace(exc_value=OSError(errno.EIO, "Input/output error")))
     assert said == []
+
+
+def test_an_input_output_error_that_names_no_file_is_not_said_as_the_disk_s_alone(capsys):
+    """EIO is also a terminal's that hung up (print or tqdm to the pty of an ssh session closed under a run, its
+    stderr sent to a file): "the disk failed under a file; check that disk" was false there (a review)."""
+    assert say(OSError(errno.EIO, os.strerror(errno.EIO))) == 2
+    said = capsys.readouterr().err
+    assert "the disk failed" not in said and "or the terminal gone (an ssh session closed" in said

@@ -4,6 +4,7 @@ import errno
 import os
 import subprocess
 import sys
+import traceback
 import types
 from pathlib import Path
 
@@ -374,3 +375,24 @@ def test_naming_keeps_an_error_that_names_a_file_or_has_no_errno_as_it_is(tmp_pa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert (e.value.errno, e.value.strerror, e.value.filename) == (
         errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "a.jpg"))
+
+
+def test_naming_keeps_the_error_itself_its_class_and_where_it_came_from(tmp_path):
+    """A bug's EBADF (a descriptor used after its close) names no file and keeps its traceback (error_lines'
+    _BUG_ERRORS): naming it must not cut that traceback off at files.naming, nor make an OSError of a subclass
+    the errno does not give back (a review: it raised a new OSError from None)."""
+    class Unreachable(OSError):
+        pass
+
+    def sync_of_a_closed_file():
+        fd = os.open(os.devnull, os.O_RDONLY)
+        os.close(fd)
+        os.fsync(fd)
+
+    with pytest.raises(OSError) as e, files.naming(tmp_path / "last.pt"):
+        sync_of_a_closed_file()
+    assert (e.value.errno, e.value.filename) == (errno.EBADF, str(tmp_path / "last.pt"))
+    assert "in sync_of_a_closed_file" in "".join(traceback.format_exception(e.value))
+    with pytest.raises(Unreachable) as e, files.naming(tmp_path / "last.pt"):
+        raise Unreachable(errno.EIO, os.strerror(errno.EIO))
+    assert e.value.filename == str(tmp_path / "last.pt")

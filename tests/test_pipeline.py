@@ -479,7 +479,6 @@ def test_a_command_line_option_given_as_an_override_is_told_the_argument_to_pass
         knn(missing, "--data.root=x")
 
 
-
 def test_an_own_option_is_told_as_the_argument_of_the_function_given_it_only(tmp_path):
     """The edges of the hint above (a mutation audit): an option in a tuple, spelt with '_', given no value, or
     several values (--k takes several on the command line), each told as valid Python; an option of another
@@ -505,6 +504,7 @@ def test_an_own_option_is_told_as_the_argument_of_the_function_given_it_only(tmp
                  lambda: embed(missing, tmp_path / "e.npy", overrides=["--holdout=5"])):
         with pytest.raises(CheckpointError, match="does not exist"):  # on to the checkpoint, as any other override
             call()
+
 
 def test_an_evaluation_records_the_limit_holdout_and_settings_it_was_given(cifar10_root, tmp_path):
     """A review: the result said n_train 100, which does not tell --limit 100 from a split of 100 images, nor
