@@ -53,6 +53,10 @@ def storage_failure(path: str, error: Exception) -> Optional[str]:
             or (code in (errno.EACCES, errno.EPERM) and not os.access(folder, os.R_OK | os.X_OK))):
         return None
     why = f"{os.strerror(code)}, {errno.errorcode.get(code, code)}"
+    if code in (errno.EMFILE, errno.ENFILE):  # neither the file's nor the storage's: this process's, or the system's
+        return (f"cannot read {path} ({why}): the process may open no more files, not the file, so this stops rather "
+                "than skip the images as undecodable; raise the limit (ulimit -n) or lower data.workers, and a "
+                "pretraining run goes on from its last checkpoint with --resume")
     return (f"cannot read {path} ({why}): the storage it is on failed (a disk, a network file system, the folder "
             "moved, unmounted or its permissions changed), not the file, so this stops rather than skip the images as "
             "undecodable; once they read again, a pretraining run goes on from its last checkpoint with --resume (a file "

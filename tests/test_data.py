@@ -2027,15 +2027,16 @@ def test_a_failing_storage_stops_the_pass_in_one_sentence_and_lists_no_file_as_u
 
     assert one_pass() == 20 and folder.bad_files == {str(root / "cat" / "empty.jpg"): "empty file"}
     folder.bad_files.clear()
-    for code in (errno.EIO, errno.ESTALE, errno.ENOTCONN):
+    for code in (errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.EMFILE):
         def failing(path, size, code=code):
             raise OSError(code, os.strerror(code), path)
         monkeypatch.setattr(byol.folder, "decode_image", failing)  # before the pass: its processes inherit it
         with pytest.raises(DataError) as raised:
             one_pass()
         said = str(raised.value)
+        cause = "the process may open no more files" if code == errno.EMFILE else "the storage it is on failed"
         assert re.match(rf"cannot read {re.escape(str(root))}/\w+/\w+\.jpg \({os.strerror(code)}, "
-                        rf"{errno.errorcode[code]}\): the storage it is on failed", said) and "--resume" in said, said
+                        rf"{errno.errorcode[code]}\): {cause}", said) and "--resume" in said, said
         assert not folder.bad_files  # no good file listed as a bad one
     monkeypatch.undo()
     removed = root / "dog" / os.listdir(root / "dog")[0]
