@@ -114,7 +114,8 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
         print(f"note: {ckpt_path}'s augmentations drew on another kind of device than this run's "
               f"({generator.device.type}), whose generator cannot take their state: its views are drawn from "
               "this device's own stream, not those the run would have had", file=sys.stderr)
-    per_rank = state.get("extra", {}).get("generator_per_rank")
+    extra = state.get("extra", {})
+    per_rank = extra.get("generator_per_rank")
     if world > 1 and same_kind:
         if per_rank is not None and rank < len(per_rank):
             generator.set_state(per_rank[rank])  # rank 0 saved every rank's augmentation stream
@@ -123,7 +124,14 @@ def _restore_generators(state: dict, generator: torch.Generator, rank: int, worl
             seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
             generator.manual_seed(seed + rank)
     saved_world = len(per_rank) if per_rank is not None else 1
-    if saved_world != world and rank == 0:
+    # A byol before 2026-12-02 (no steps_per_epoch saved), and one before 2026-11-22's per-rank streams under
+    # torchrun too, saved no generator_per_rank for a run of several processes: its count is not known.
+    if per_rank is None and "steps_per_epoch" not in extra and world > 1 and rank == 0:
+        print(f"note: {ckpt_path} was written by an older byol, which does not record how many processes ran it; "
+              f"this one has {world}: it goes on from the same weights and optimizer state, but its augmentation "
+              "draws (and, where the run had another number of processes, its batches' shares) are not those the "
+              "run would have had", file=sys.stderr)
+    elif saved_world != world and rank == 0:
         print(f"note: {ckpt_path} was written by a run of {saved_world} process{'es' if saved_world > 1 else ''}, "
               f"this one has {world}: it goes on from the same weights and optimizer state, but its batches' "
               "shares and augmentation draws are not those the run would have had", file=sys.stderr)

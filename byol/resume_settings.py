@@ -12,7 +12,7 @@ from typing import Optional, Union
 
 from .checkpoint import load_checkpoint
 from .config import (Config, ConfigError, apply_overrides, changed_settings, config_from_dict, load_config,
-                     names_a_setting_given, override_list, validate)
+                     names_a_setting_given, override_list, starts_as_byol_config, validate)
 from .config_files import override_key, read_preset
 
 
@@ -36,7 +36,10 @@ def resume_config(preset: Union[str, os.PathLike, None], overrides: Optional[lis
     sections = read_preset(str(saved))
     if not sections:  # (a user test: the error's advice, --config, only locates the run)
         return _checkpoint_config(saved, located, overrides, "is empty")
-    config = load_config(str(saved), overrides)
+    try:
+        config = load_config(str(saved), overrides)
+    except ConfigError as e:
+        raise _another_version(saved, e) from None
     train = sections.get("train")
     own = train.get("out_dir") if isinstance(train, dict) else None
     # Where the run is now (its folder may have moved), in the run's own spelling where that names the
@@ -125,6 +128,20 @@ def _unloadable(saved: Path, state: str, ckpt: Path, error: ConfigError, located
     print(f"note: {saved} {state}, and the settings saved in {ckpt} do not load ({error}); the run goes on "
           "with those given, over the preset's", file=sys.stderr)
     return located
+
+
+def _another_version(saved: Path, error: ConfigError) -> ConfigError:
+    """``error`` of the run's own ``config.yaml``, said as the settings of another byol where byol wrote the file
+    and it names a key or section this one lacks (a newer byol's run, or one it resumed: a bare "unknown config
+    key" read as a typo, with no word of what to do)."""
+    prefix = f"config {saved}: "
+    said = str(error)
+    if not (said.startswith(prefix) and said[len(prefix):].startswith("unknown config")
+            and starts_as_byol_config(saved)):
+        return error
+    return ConfigError(f"the settings saved in {saved} do not load in this version of byol ({said[len(prefix):]}); "
+                       "the run was written or last resumed by another version (or the file edited): use the byol that "
+                       "wrote it to resume it")
 
 
 def _same_folder(a: str, b: str) -> bool:

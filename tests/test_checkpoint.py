@@ -435,6 +435,22 @@ def test_a_resume_with_more_processes_gives_every_process_an_augmentation_stream
     assert len(set(draws)) == world
 
 
+def test_a_torchrun_resume_of_an_older_byol_s_checkpoint_does_not_claim_its_run_had_one_process(capsys):
+    """A journey test (a user upgrading byol): a byol before 2026-12-02 saved no steps_per_epoch, and before
+    2026-11-22's per-rank streams none of a torchrun run's other ranks' generators; its checkpoint under torchrun was
+    said to be "written by a run of 1 process", also where its run had as many as the resume."""
+    with rng_state_kept():
+        old = {"rng": rng_state(torch.Generator().manual_seed(10)), "extra": {}}  # what such a byol saved
+        _restore_generators(old, torch.Generator(), 0, 2, Path("last.pt"))
+        err = capsys.readouterr().err
+        assert "was written by a run of 1 process" not in err
+        assert err.startswith("note: last.pt was written by an older byol, which does not record how many processes "
+                              "ran it; this one has 2: ") and err.count("\n") == 1
+        new = {"rng": old["rng"], "extra": {"steps_per_epoch": 4}}  # a 1-process run of this byol: said as it was
+        _restore_generators(new, torch.Generator(), 0, 2, Path("last.pt"))
+        assert "note: last.pt was written by a run of 1 process, this one has 2" in capsys.readouterr().err
+
+
 def test_a_run_resumed_on_another_kind_of_device_goes_on_with_a_note(capsys):
     """A review: a checkpoint of a GPU run (its augmentation generator's state a CUDA one's, 16 bytes of seed
     and offset) resumed on a CPU (or a CPU run's on a GPU) was refused as one byol had not written, alone or

@@ -422,6 +422,25 @@ def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     assert config.train.out_dir == str(run) and config.train.epochs == 7
 
 
+def test_resume_of_a_run_whose_config_yaml_a_newer_byol_wrote_says_so_and_what_to_do(tmp_path):
+    """A journey test (a user downgrading byol): --resume of a run a newer byol wrote, whose config.yaml holds a
+    setting this one lacks, said only "config RUN/config.yaml: unknown config key ..." (read as a typo), where
+    eval, embed and export of its checkpoint say that another version wrote it and to use that one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config("cifar10", [f"--train.out_dir={run}"]), run / "config.yaml")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("train:\n", "train:\n  added_by_a_newer_byol: 1\n"))
+    with pytest.raises(ConfigError, match=r"^the settings saved in .*config\.yaml do not load in this version of "
+                       r"byol \(unknown config key 'train\.added_by_a_newer_byol'.* use the byol that wrote it "
+                       r"to resume it$") as e:
+        resume_config(None, [f"--train.out_dir={run}"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^unknown config key 'train\.bogus'"):  # a typo given is its own
+        (run / "config.yaml").write_text(text)
+        resume_config(None, [f"--train.out_dir={run}", "--train.bogus=1"])
+
+
 def test_a_setting_given_against_the_checkpoints_of_a_run_without_config_yaml_is_its_own_error(tmp_path, capsys):
     """A review: with config.yaml gone, --train.knn_holdout=4 against a folder run's checkpoint was said as "the
     settings saved in last.pt do not load", and the run went on with the preset's (refused for their batch size)."""
