@@ -23,11 +23,12 @@ from .outputs import EMBED_SIDE_NAMES, OutputError, check_writable, writing
 from .pipeline import check_counts, features, image_root, load_split, note_unused, refuse_own_options
 
 
-def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
+def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str,
+                  limit: Optional[int] = None) -> ImageFolder:
     """The folder to embed for ``split`` of a run trained on the folder ``root`` (:func:`_find_split`),
     with a note where files outside its class sub-folders are labeled -1, one naming the byol run
     folders inside it, left out, and one counting the files left out as no image format's (HEIC, say)."""
-    folder = _find_split(root, split, size, train_split)
+    folder = _find_split(root, split, size, train_split, limit)
     for said in folder.notes():
         note(said)
     if folder.loose is not None:  # (files: some may not decode, and are said to be left out)
@@ -40,7 +41,8 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
     return folder
 
 
-def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str) -> ImageFolder:
+def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str,
+                limit: Optional[int] = None) -> ImageFolder:
     """The folder to embed for ``split`` of a run trained on the folder ``root``.
 
     ``root`` may be ROOT of an ImageNet-style layout or ``ROOT/train`` (as :func:`labeled_folders`).
@@ -50,6 +52,7 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
     first); None, the held-out split, is either, and for a plain folder of images with neither
     beside it, the training folder itself (with a note). Another name is a sub-folder of ROOT.
     Every split's labels are numbered by the classes of the ``train`` split, as eval numbers them.
+    ``limit``: its first ``limit`` files only, the rest not listed (but for a class of a plain folder).
     """
     root = Path(os.path.abspath(image_root(root)))  # (".", inside ROOT/train: its name "train" only so)
     sub = split_folder(root, train_split)  # as pretraining found it
@@ -65,14 +68,15 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         if base is None and (root / "train").is_dir():  # a user test took it for the class train/ alone
             note(f"{root} is a plain folder of images, so --split train embeds all of it, as the run trained on it; "
                  "--split ./train embeds its class train/ alone")
-        return ImageFolder(train, size, "partial")
+        whole = ImageFolder(train, size, "partial", limit)  # (limited: its own classes are those of its first files)
+        return _numbered_as(whole, train) if limit else whole
     if split in (None, "val", "test"):
         names = ("test", "val") if split == "test" else ("val", "test")
         for name in names if base is not None else ():
             if (base / name).is_dir():
                 if split is not None and name != split:
                     note(f"{base} has no {split}/ folder; embedding {base / name}")
-                return _numbered_as(ImageFolder(base / name, size, "partial"), train)
+                return _numbered_as(ImageFolder(base / name, size, "partial", limit), train)
         where = f"{base} has no val/ or test/ folder" if base is not None else \
             f"{root} is a plain folder of images (no {train_split}/ in it: its sub-folders are classes, not splits)"
         if split is not None:
@@ -82,7 +86,8 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
                             f"as ROOT/{train_split} and ROOT/val")
         note(f"{where}, so " + ("all of its images are embedded, as a run on it trains on them" if base is None
                                 else f"the images of {trained_on} are embedded"))
-        return ImageFolder(trained_on, size, "partial")
+        whole = ImageFolder(trained_on, size, "partial", limit)
+        return _numbered_as(whole, trained_on) if limit else whole
     if base is None and (Path(split).is_absolute() or os.path.normpath(split).split(os.sep)[0] == os.pardir):
         raise DataError(f"{split!r} is not a folder inside {root}: name one of its class folders, or give another "
                         "folder of images as --data.root=FOLDER")  # (an absolute one inside is ./NAME by now)
@@ -92,7 +97,7 @@ def _find_split(root: Union[str, Path], split: Optional[str], size: int, train_s
         raise DataError(f"{split!r} is not a folder inside {base}: name one of its splits or folders, or give "
                         "another folder of images as --data.root=FOLDER")
     if base is not None and (base / split).is_dir():
-        return _numbered_as(ImageFolder(base / split, size, "partial"), train)
+        return _numbered_as(ImageFolder(base / split, size, "partial", limit), train)
     choose = "train, val or test (or a sub-folder of it)" if base is not None else \
         "train (all of it, as the run trained on it) or one of its class folders"  # (a user test: told val, refused it)
     raise DataError(f"unknown split {split!r}: {base or root} has no sub-folder {split}; choose {choose}")
@@ -177,7 +182,7 @@ def embed(path: Union[str, Path], out: Union[str, Path], split: Optional[str] = 
     device = resolve_device(config.train.device)
     d = config.data
     if d.dataset == "folder":
-        source = _folder_split(d.root, split, load_size(config), d.train_split)
+        source = _folder_split(d.root, split, load_size(config), d.train_split, limit)  # (not listing all of it)
     else:
         source = load_split(config, split or "test")
     if limit:

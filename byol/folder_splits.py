@@ -87,7 +87,8 @@ def labeled_folders(root: Union[str, Path], size: int, limit: Optional[int] = No
                         "is a sub-folder that holds images)")
     if test.classes != train.classes:  # (a user test: a val/ short of a class turned the monitor off, eval refused)
         from .distributed import note
-        lacking = [c for c in train.classes if c not in test.classes]
+        held = set(test.classes)  # (not the list: quadratic in the classes)
+        lacking = [c for c in train.classes if c not in held]
         note(f"{test.root} has no images of {len(lacking)} of the {len(train.classes)} classes of {train.root} "
              f"({first_names(lacking)}): its accuracies are over the classes it has")
         test, _ = test.numbered_as(train.classes)

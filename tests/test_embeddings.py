@@ -8,6 +8,7 @@ from byol import embeddings
 from byol.data import DataError
 from byol.folder import ImageFolder
 from byol.outputs import OutputError
+from byol.scan import scan
 from conftest import extract_jpegs
 
 
@@ -279,3 +280,27 @@ def test_an_output_of_another_suffix_is_an_output_error_not_a_data_error(tmp_pat
     with pytest.raises(OutputError, match="must end in .npy or .pt") as caught:
         embeddings.embed(tmp_path / "run.pt", tmp_path / "out")
     assert not isinstance(caught.value, DataError)
+
+
+def test_a_limit_lists_only_that_many_files_labeled_as_the_whole_split(tmp_path, monkeypatch):
+    """``embed --limit N`` lists the split's first N files, not all of them (a review at scale: 1,000 images of
+    ImageNet's train split listed its 1.28 million files first, minutes on a network file system), with the labels,
+    classes and paths a whole listing gives its first N."""
+    for path in ("set/train/a/0.png", "set/train/a/1.png", "set/train/b/0.png", "set/train/b/1.png",
+                 "set/train/c/0.png", "set/val/b/0.png", "set/val/c/0.png", "set/val/c/1.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    listed = []
+    def counted_scan(root, one_per_class=False, **limit):
+        found = scan(root, one_per_class, **limit)
+        listed.append(len(found[0]) if not one_per_class else 0)
+        return found
+    monkeypatch.setattr("byol.folder.scan", counted_scan)
+    for split, n in (("train", 3), (None, 2)):
+        whole = embeddings._folder_split(tmp_path / "set", split, 8, "train")
+        listed.clear()
+        first = embeddings._folder_split(tmp_path / "set", split, 8, "train", limit=n)
+        assert max(listed) == n and len(first) == n
+        assert first.classes == whole.classes == ["a", "b", "c"]
+        assert first.labels.tolist() == whole.labels[:n].tolist()
+        assert [first.path(i) for i in range(n)] == [whole.path(i) for i in range(n)]
