@@ -451,6 +451,15 @@ def test_a_torchrun_resume_of_an_older_byol_s_checkpoint_does_not_claim_its_run_
         assert "note: last.pt was written by a run of 1 process, this one has 2" in capsys.readouterr().err
 
 
+def test_an_older_byol_s_checkpoint_is_noted_once_by_rank_0_and_not_for_a_run_of_one_process(capsys):
+    """A mutation audit: the older-checkpoint note said by every rank of a torchrun resume (once per process), or
+    for a resume of one process (its generator is the one such a byol saved, its draws as they were), survived."""
+    with rng_state_kept():
+        old = {"rng": rng_state(torch.Generator().manual_seed(10)), "extra": {}}  # what such a byol saved
+        _restore_generators(old, torch.Generator(), 1, 2, Path("last.pt"))
+        _restore_generators(old, torch.Generator(), 0, 1, Path("last.pt"))
+    assert capsys.readouterr().err == ""
+
 def test_a_run_resumed_on_another_kind_of_device_goes_on_with_a_note(capsys):
     """A review: a checkpoint of a GPU run (its augmentation generator's state a CUDA one's, 16 bytes of seed
     and offset) resumed on a CPU (or a CPU run's on a GPU) was refused as one byol had not written, alone or

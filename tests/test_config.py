@@ -441,6 +441,24 @@ def test_resume_of_a_run_whose_config_yaml_a_newer_byol_wrote_says_so_and_what_t
         resume_config(None, [f"--train.out_dir={run}", "--train.bogus=1"])
 
 
+def test_a_newer_byol_s_section_is_said_as_another_version_and_a_hand_written_config_yaml_s_typo_as_a_typo(tmp_path):
+    """A mutation audit: a section a newer byol added (not only a key), and a config.yaml that byol did not write
+    (no header: the user's own, whose unknown key is a typo), each survived every test."""
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config("cifar10", [f"--train.out_dir={run}"]), run / "config.yaml")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text + "added_by_a_newer_byol:\n  key: 1\n")
+    with pytest.raises(ConfigError, match=r"^the settings saved in .*config\.yaml do not load in this version of "
+                       r"byol \(unknown config section 'added_by_a_newer_byol'"):
+        resume_config(None, [f"--train.out_dir={run}"])
+    (run / "config.yaml").write_text(re.sub(r"(?m)^  epochs: .*$", "  epochs: 0", text))  # hand-edited: its own
+    with pytest.raises(ConfigError, match=r"^config .*config\.yaml: train\.epochs must be >= 1"):
+        resume_config(None, [f"--train.out_dir={run}"])
+    (run / "config.yaml").write_text(f"train:\n  out_dir: {run}\n  epoch: 3\n")  # written by hand: a typo
+    with pytest.raises(ConfigError, match=r"^config .*config\.yaml: unknown config key 'train\.epoch'"):
+        resume_config(None, [f"--train.out_dir={run}"])
+
 def test_a_setting_given_against_the_checkpoints_of_a_run_without_config_yaml_is_its_own_error(tmp_path, capsys):
     """A review: with config.yaml gone, --train.knn_holdout=4 against a folder run's checkpoint was said as "the
     settings saved in last.pt do not load", and the run went on with the preset's (refused for their batch size)."""

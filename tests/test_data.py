@@ -28,7 +28,7 @@ from byol.datasets import build_dataset, load_cifar, load_stl10
 from byol.folder import ImageFolder, Skipped, class_names
 from byol.folder_splits import first_names, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
-from byol.images import decode_image
+from byol.images import decode_image, storage_failure
 from byol.scan import PackedNames
 from conftest import CIFAR10_JPG_TAR as JPG_TAR, SHARED_DATA as SHARED, extract_jpegs
 
@@ -2100,3 +2100,73 @@ def test_a_file_that_cannot_be_read_is_skipped_where_its_folder_can_and_stops_th
     monkeypatch.setattr(byol.images.os, "access", lambda path, mode: False)  # (root reads a chmod 000 folder)
     with pytest.raises(DataError, match=r"\(Permission denied, EACCES\): the storage it is on failed"):
         list(folder_loader(folder, 2, 0, drop_last=False))
+
+
+@pytest.mark.parametrize("code", [errno.ENFILE, errno.ENODEV, errno.EHOSTDOWN, errno.ETIMEDOUT])
+def test_each_failing_storage_s_or_open_file_limit_s_errno_is_said_as_such_not_skipped(tmp_path, code):
+    """A mutation audit: the system's open-file limit (ENFILE) said as a failed storage, or a device gone (ENODEV)
+    skipped as an undecodable file, survived every test (they tried EIO, ESTALE, ENOTCONN and EMFILE only)."""
+    path = str(tmp_path / "x.jpg")
+    said = storage_failure(path, OSError(code, os.strerror(code), path))
+    limit = code == errno.ENFILE
+    assert said is not None and said.startswith(f"cannot read {path} ({os.strerror(code)}, {errno.errorcode[code]}): ")
+    assert ("the process may open no more files" in said) == limit and ("the storage it is on failed" in said) != limit
+
+
+def test_a_folder_listed_but_not_entered_or_refused_by_eperm_is_the_storage_s_and_an_unreadable_file_its_own(
+        tmp_path, monkeypatch):
+    """A mutation audit: the folder check asking os.access for the file, for the folder's read alone (chmod a-x
+    leaves it listed, not entered) or for EACCES alone (EPERM: an NFS root squash) survived every test, which made
+    os.access refuse everything (root reads a chmod 000 folder, so os.access is made to say what the folder lets)."""
+    import byol.images
+    folder = str(tmp_path / "cat")
+    path = os.path.join(folder, "x.jpg")
+    monkeypatch.setattr(byol.images.os, "access", lambda p, mode: not (p == folder and mode & os.X_OK))  # chmod a-x
+    for code in (errno.EACCES, errno.EPERM):
+        said = storage_failure(path, PermissionError(code, os.strerror(code), path))
+        assert said is not None and f"({os.strerror(code)}, {errno.errorcode[code]}): the storage it is on" in said
+    monkeypatch.setattr(byol.images.os, "access", lambda p, mode: p != path)  # the file's own (chmod 000): skipped
+    assert storage_failure(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)) is None
+
+
+def test_a_class_folder_linked_to_a_storage_that_went_away_stops_the_pass(tmp_path):
+    """A mutation audit: a folder of links to class folders on another disk, that disk unmounted mid-run (each link
+    left dangling), is the storage's; asking whether the folder exists (os.path.lexists: the link does) rather than
+    whether it is a folder skipped every image as undecodable, and survived every test."""
+    disk = extract_jpegs(tmp_path / "disk", per_class=1)
+    root = tmp_path / "photos"
+    root.mkdir()
+    for cls in os.listdir(disk):
+        (root / cls).symlink_to(disk / cls, target_is_directory=True)
+    folder = ImageFolder(root, 8)
+    assert len(folder) == 10
+    disk.rename(tmp_path / "unmounted")
+    with pytest.raises(DataError, match=r"\(No such file or directory, ENOENT\): the storage it is on failed"):
+        list(folder_loader(folder, 2, 0, drop_last=False))
+    assert not folder.bad_files
+
+
+def test_a_batch_with_a_bad_file_and_a_failing_storage_s_stops_before_it_is_yielded(tmp_path, monkeypatch):
+    """A mutation audit: raising only where every file of a batch failed with the storage (one batch holding an
+    empty file too listed the storage's file as undecodable, and trained on), or after yielding the batch's good
+    images, survived every test, whose storage failed under every file."""
+    import byol.folder
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / "a" / f"{i}.png")
+    (tmp_path / "a" / "empty.png").write_bytes(b"")  # a bad file, skipped before the storage fails
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a" / "z.png")
+    folder = ImageFolder(tmp_path, 8)
+    failing = str(tmp_path / "a" / "z.png")
+    decode = byol.folder.decode_image
+
+    def failing_at_z(path, size):
+        if path == failing:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        return decode(path, size)
+    monkeypatch.setattr(byol.folder, "decode_image", failing_at_z)
+    yielded = []
+    with pytest.raises(DataError, match=rf"^cannot read {re.escape(failing)} \({os.strerror(errno.EIO)}, EIO\)"):
+        for batch in folder_loader(folder, 8, 0, shuffle=False, drop_last=False):  # (empty.png before z.png)
+            yielded.append(batch)
+    assert yielded == [] and list(folder.bad_files) == [str(tmp_path / "a" / "empty.png")]
