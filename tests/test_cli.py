@@ -879,7 +879,9 @@ def test_outputs_that_cannot_be_written_are_one_sentence_and_keep_the_results(ca
     monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk)
     capsys.readouterr()
     _, line = main_error(capsys, "embed", ckpt, "--out", tmp_path / "e.npy", "--limit", 16, after_progress=True)
-    assert line == f"byol: error: cannot write {tmp_path / 'e.npy'}: No space left on device; choose another --out"
+    # (the file it was writing named, not --out's: a full disk's error names no file, files.naming gives it one)
+    assert line == f"byol: error: cannot write {tmp_path / 'e_labels.npy'}: No space left on device; choose another " \
+        "--out"
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*") if p.name.startswith(("e", ".e"))} == before
 
 
