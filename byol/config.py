@@ -334,6 +334,14 @@ def starts_as_byol_config(path: Union[str, os.PathLike]) -> bool:
         return False
 
 
+def another_version(saved, reason: str, written: str, use: str = "") -> str:
+    """The sentence for settings byol saved (a checkpoint's, a run's ``config.yaml``) that do not load in this
+    version (``reason``: the error's own words), said alike wherever they are read: ``written`` says who wrote
+    them, ``use`` what the byol that did is for."""
+    return (f"the settings saved in {saved} do not load in this version of byol ({reason}); {written} by another "
+            f"version (or edited): use the byol that wrote it{use}")
+
+
 def config_text(config: Config) -> str:
     """The resolved config as YAML, under :data:`CONFIG_HEADER`."""
     # allow_unicode: a path such as runs/ünï as written, not "runs/\xFCn\xEF" (a user test); one with bytes

@@ -14,7 +14,8 @@ from .resnets import RESNETS, resnet, resnet_settings
 from .build import build_model, check_evaluated_size
 from .precision import usual_torch_defaults
 from .checkpoint import CheckpointError, export_record, load_model_state, read_state
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config, override_list, validate
+from .config import (Config, ConfigError, another_version, apply_overrides, config_from_dict, load_config,
+                     override_list, validate)
 from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE, refuse_data_limit
 from .datasets import NATIVE_SIZE
@@ -150,8 +151,7 @@ def _saved_config(state: dict, path: Path) -> Config:
     try:
         return config_from_dict(state["config"])
     except ConfigError as e:
-        raise CheckpointError(f"the settings saved in {path} do not load in this version of byol ({e}); it was "
-                              "written by another version (or edited): use the byol that wrote it") from None
+        raise CheckpointError(another_version(path, str(e), "it was written")) from None
 
 
 def _refuse_nonfinite(net: nn.Module, path: Path) -> None:

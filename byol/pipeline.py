@@ -237,7 +237,9 @@ def refuse_own_options(overrides, function: str, arguments: Sequence[str]) -> No
             if option == "k":  # the command line's --k takes several ('--k=5 10'): ks=(5, 10), not ks=(5 10,)
                 value = ", ".join(value.replace(",", " ").split())
                 write = "({})" if "," in value else write
-            given = write.format(value if eq and value else "N")  # (random_init's is True, whatever was given)
+            given = write.format(value if eq and value else "N")
+            if name == "random_init":  # a flag on the command line; given a value here, the value said as a bool
+                given = str(not (eq and value.strip().lower() in ("false", "0", "no", "off")))
             raise ConfigError(f"{item!r} is an option of the command line, not a config setting: pass "
                               f"{name}={given} to byol.{function} itself, not in its overrides")
 

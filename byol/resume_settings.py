@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .checkpoint import load_checkpoint
-from .config import (Config, ConfigError, apply_overrides, changed_settings, config_from_dict, load_config,
-                     names_a_setting_given, override_list, starts_as_byol_config, validate)
+from .config import (Config, ConfigError, another_version, apply_overrides, changed_settings, config_from_dict,
+                     load_config, names_a_setting_given, override_list, starts_as_byol_config, validate)
 from .config_files import override_key, read_preset
 
 
@@ -139,9 +139,8 @@ def _another_version(saved: Path, error: ConfigError) -> ConfigError:
     if not (said.startswith(prefix) and said[len(prefix):].startswith("unknown config")
             and starts_as_byol_config(saved)):
         return error
-    return ConfigError(f"the settings saved in {saved} do not load in this version of byol ({said[len(prefix):]}); "
-                       "the run was written or last resumed by another version (or the file edited): use the byol that "
-                       "wrote it to resume it")
+    return ConfigError(another_version(saved, said[len(prefix):], "the run was written or last resumed",
+                                       " to resume it"))
 
 
 def _same_folder(a: str, b: str) -> bool:

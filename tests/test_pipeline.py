@@ -492,6 +492,9 @@ def test_an_own_option_is_told_as_the_argument_of_the_function_given_it_only(tmp
                             (["--data.root=x", "--holdout=30"], "pass holdout=30 to byol.knn"),
                             (["--holdout"], "pass holdout=N to byol.knn"),
                             (["--random_init"], "pass random_init=True to byol.knn"),
+                            (["--random-init=false"], "pass random_init=False to byol.knn"),
+                            (["--random-init=No"], "pass random_init=False to byol.knn"),
+                            (["--random-init=1"], "pass random_init=True to byol.knn"),
                             (["--k=5 10"], r"pass ks=\(5, 10\) to byol.knn"),
                             (["--k=5,10"], r"pass ks=\(5, 10\) to byol.knn"),
                             (["--k="], r"pass ks=\(N,\) to byol.knn")):
