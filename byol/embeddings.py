@@ -255,5 +255,6 @@ def _side_names(out: Path) -> dict[str, Path]:
 def _path_lines(paths: list[str]) -> bytes:
     """``paths`` one per line, as the file system spells them (bytes that are not UTF-8 kept as they
     are), so that line i is row i: a backslash in a name is written as two, a line break as
-    backslash-n (-r), a tab as backslash-t (:func:`~byol.folder.escape_name`)."""
+    backslash-n (-r), a tab as backslash-t, the other breaks of ``str.splitlines`` as ``\\x0c``, ``\\u2028``
+    (:func:`~byol.folder.escape_name`)."""
     return b"".join(escape_name(p).encode("utf-8", "surrogateescape") + b"\n" for p in paths)

@@ -310,13 +310,23 @@ def _by_extension(others: dict[str, int]) -> str:
 
 def escape_name(name: str) -> str:
     """A file name on one line of a list: a backslash written as two, a line break as backslash-n
-    (-r), a tab as backslash-t. :func:`unescape_name` reverses it."""
+    (-r), a tab as backslash-t, and the other characters Python's ``str.splitlines`` breaks lines at
+    (form feed, U+2028, ...) as ``\\x0c``, ``\\u2028``, so that line i stays row i however the list is read
+    (a review: ``read_text().splitlines()`` of a name with a form feed put every later file a row off).
+    :func:`unescape_name` reverses it."""
     return name.translate(_ESCAPES)
 
 
 def unescape_name(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(0)), text)
+    return re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)", _unescaped, text)
 
 
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+def _unescaped(m: re.Match) -> str:
+    code = m.group(1)
+    return chr(int(code[1:], 16)) if len(code) > 1 else _UNESCAPES.get(code, m.group(0))
+
+
+_LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines' others, beyond \n and \r
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                          **{c: f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in _LINE_BREAKS}})
 _UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}

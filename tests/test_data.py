@@ -916,6 +916,20 @@ def test_the_list_of_skipped_files_a_resume_reads_back_names_the_files_written_t
     assert resumed.bad_files == folder.bad_files and set(resumed.bad_files) <= set(resumed.paths)
 
 
+def test_a_skipped_file_named_with_a_form_feed_is_read_back_by_a_resume(tmp_path):
+    """A review: skipped_files.txt wrote a form feed (or U+2028) in a name as it is, and reading it back split the
+    line there, so a resumed run forgot that file was bad."""
+    (tmp_path / "images").mkdir()
+    for name in ("ok.png", "form\x0cfeed.png", "line\u2028separator.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+    folder = ImageFolder(tmp_path / "images", size=8)
+    folder.bad_files = {p: "UnidentifiedImageError: cannot identify image file" for p in folder.paths if "ok" not in p}
+    assert folder.write_skipped(tmp_path / "skipped_files.txt") == 2
+    resumed = ImageFolder(tmp_path / "images", size=8)
+    resumed.read_skipped(tmp_path / "skipped_files.txt")
+    assert resumed.bad_files == folder.bad_files
+
+
 def test_a_resume_of_a_moved_folder_reads_its_skipped_files_back_at_their_new_place(tmp_path):
     """A user test: resumed with --data.root=NEW, a run listed each skipped file twice, at its old place and its
     new one. The kNN monitor's ROOT/val files move with a data.root of ROOT/train."""

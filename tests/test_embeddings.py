@@ -6,7 +6,7 @@ from PIL import Image
 
 from byol import embeddings
 from byol.data import DataError
-from byol.folder import ImageFolder
+from byol.folder import ImageFolder, unescape_name
 from byol.outputs import OutputError
 from byol.scan import scan
 from conftest import extract_jpegs
@@ -148,6 +148,16 @@ def test_embedded_paths_are_one_line_each_as_the_file_system_spells_them():
     names = ["a/plain.jpg", "b/new\nline.jpg", "c/bad\udcff.jpg", "d/back\\nslash.jpg", "e/tab\t.jpg"]
     assert embeddings._path_lines(names) == (b"a/plain.jpg\nb/new\\nline.jpg\nc/bad\xff.jpg\nd/back\\\\nslash.jpg\n"
                                              b"e/tab\\t.jpg\n")  # \udcff: the byte 0xff
+
+
+def test_embedded_paths_stay_one_line_each_for_a_reader_that_splits_at_every_line_break(tmp_path):
+    """A review: a name holding a form feed or U+2028 was written as it is, so ``read_text().splitlines()`` (which
+    breaks there too) gave more lines than rows, and every later file was mapped to the wrong row."""
+    names = ["a/form\x0cfeed.jpg", "b/line\u2028separator.jpg", "c/next\x85line.jpg", "d/plain.jpg"]
+    (tmp_path / "e_paths.txt").write_bytes(embeddings._path_lines(names))
+    lines = (tmp_path / "e_paths.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 and lines[3] == "d/plain.jpg"
+    assert [unescape_name(line) for line in lines] == names
 
 
 def test_a_split_is_numbered_by_the_training_folders_classes(tmp_path, capsys):
