@@ -115,9 +115,10 @@ def load_split(config: Config, split: str) -> ImageSet:
         if d.download:
             raise
         e = e.with_download("--data.download=true")
-        relative = "" if Path(d.root).is_absolute() else ", relative to the current directory"
+        root = Path(d.root).expanduser()  # as build_dataset reads it: "~/data" is in the home folder, and it exists
+        relative = "" if root.is_absolute() else ", relative to the current directory"
         if e.explained:  # (a user test: "does not exist: check the path", then the same advice again)
-            moved = "; where the data moved since the run, give --data.root=NEW" if not Path(d.root).exists() else ""
+            moved = "; where the data moved since the run, give --data.root=NEW" if not root.exists() else ""
             raise DataError(e.what + (f" (data.root is {d.root}{relative})" if relative else "") + moved) from None
         raise DataError(f"{e.what}; point --data.root=... at the folder that holds them (data.root is "
                         f"{d.root}{relative})") from None

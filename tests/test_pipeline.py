@@ -434,6 +434,18 @@ def test_eval_s_missing_data_root_says_what_to_do_once(tmp_path, monkeypatch):
         pipeline.load_split(load_config("cifar10", ["--data.root=empty"]), "test")
 
 
+def test_eval_s_data_root_in_the_home_folder_is_not_said_relative_or_moved(tmp_path, monkeypatch):
+    """A user test: --data.root=~/c100 (a CIFAR-100 folder given to an STL-10 run) was said to be "relative to the
+    current directory" and to have moved since the run, though it is in the home folder and there."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "c100" / "cifar-100-binary").mkdir(parents=True)
+    (tmp_path / "c100" / "cifar-100-binary" / "train.bin").write_bytes(bytes(3074))
+    with pytest.raises(DataError) as e:
+        pipeline.load_split(load_config("stl10", ["--data.root=~/c100"]), "train")
+    assert "cifar100's files" in str(e.value), e.value
+    assert "relative to the current directory" not in str(e.value) and "moved since" not in str(e.value), e.value
+
+
 def test_eval_and_embed_compute_in_float32_where_auto_trained_and_monitored_in_float32(tmp_path, monkeypatch,
                                                                                        cifar10_root):
     """train.precision=auto trains a network torch's bf16 CPU convolutions get wrong in float32, and its kNN monitor

@@ -5,6 +5,7 @@ import pytest
 
 from byol.config import load_config
 from byol.config_files import preset_names
+from byol.reporting import note_train_split
 from byol.train import pretrain
 from conftest import CIFAR10, extract_jpegs
 
@@ -100,6 +101,16 @@ def test_pretraining_on_the_test_split_gets_a_note(tmp_path, capsys):
     assert "the images that byol eval scores on" in capsys.readouterr().err  # the monitor's are train images
     pretrain(two_steps("stl10", tmp_path / "again", "--data.train_split=train+unlabeled", *NARROW))
     assert "test split" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, instead", [
+    ("stl10", "(--data.train_split=train+unlabeled or unlabeled, as --config stl10 takes the first)"),
+    ("cifar10", "(the default --data.train_split is train)")])
+def test_the_test_split_s_note_points_stl10_at_its_unlabeled_images(capsys, name, instead):
+    """A user test: STL-10 pretrained on test was told the default train_split is train, whose own note then
+    says to pretrain on train+unlabeled; STL-10's advice is its unlabeled images."""
+    note_train_split(load_config(name, ["--data.train_split=test"]))
+    assert capsys.readouterr().err.endswith(f"has not seen {instead}\n")
 
 
 @pytest.mark.parametrize("splits, train_split, said", [
