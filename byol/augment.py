@@ -88,6 +88,19 @@ def paper_views(size: int = 224) -> tuple[ViewConfig, ViewConfig]:
     Both: random resized crop (scale 0.08-1, ratio 3/4-4/3), flip p=0.5, colour jitter p=0.8
     (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, random order), grayscale p=0.2,
     blur sigma in [0.1, 2]. View 1: blur p=1.0, solarize p=0. View 2: blur p=0.1, solarize p=0.2.
+
+    The parameters are the reference code's (deepmind-research byol/utils/augmentations.py,
+    ``augment_config``); its ops are not all torchvision's, which these follow (as byol-pytorch,
+    solo-learn and lightly do). Deliberate deviations from it: brightness multiplies by a factor in
+    [0.6, 1.4] (the reference adds a delta in [-0.4, 0.4], the paper's "shifted by a uniformly random
+    offset"); contrast blends toward the grey image's mean (the reference: each channel's own mean);
+    saturation blends toward the grey image (the reference scales the HSV saturation, clipped to
+    [0, 1]); the blur pads by reflection (the reference: zeros, 'SAME'); crops are torchvision's
+    RandomResizedCrop boxes resized bilinearly with antialiasing (the reference: TF's
+    sample_distorted_bounding_box with min_object_covered=0.1, resized bicubically). Matching it:
+    random op order per image, each op clipped to [0, 1], grayscale (0.2989, 0.587, 0.114) after the
+    jitter, hue as a shift of the HSV hue, blur kernel 2 * int(size / 20) + 1 (23 at 224, 9 at 96;
+    below 20 pixels the reference's is 1, no blur, and ours 3), solarize x >= 0.5 -> 1 - x.
     """
     return ViewConfig(size=size, blur_p=1.0, solarize_p=0.0), ViewConfig(size=size, blur_p=0.1, solarize_p=0.2)
 

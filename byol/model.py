@@ -15,7 +15,12 @@ from .loss import byol_loss
 
 
 class MLP(nn.Sequential):
-    """Linear -> BatchNorm -> ReLU -> Linear, the paper's projector and predictor (4096 -> 256)."""
+    """Linear -> BatchNorm -> ReLU -> Linear, the paper's projector and predictor (4096 -> 256).
+
+    The last Linear has a bias, as in byol-pytorch (whose drop-in this package is) and solo-learn;
+    the reference code's has none (deepmind-research byol/utils/networks.py, ``MLP``:
+    ``hk.Linear(output_size, with_bias=False)``), a deliberate deviation.
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256):
         super().__init__(

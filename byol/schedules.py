@@ -10,6 +10,9 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0
     Step 0 gives ``base_lr / warmup_steps`` (the first warm-up step is not wasted at lr 0);
     step ``warmup_steps`` gives ``base_lr``; step ``total_steps`` gives ``final_lr`` where ``warmup_steps <
     total_steps`` (otherwise the warm-up runs whole, and ``final_lr`` comes the step after ``warmup_steps``).
+    A deliberate deviation from the reference code (deepmind-research byol/utils/schedules.py,
+    ``learning_schedule``: ``step / warmup_steps * base_lr``, 0 at step 0): the warm-up here is one
+    step ahead of it; from ``warmup_steps`` on the two are the same.
     """
     _check_step(step)
     if warmup_steps > 0 and step < warmup_steps:
