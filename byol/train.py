@@ -210,10 +210,12 @@ def _train_steps(config: Config, data: TrainData, loop_step: LoopStep, report: R
                 if step % t.log_every == 0 or step == end_step:
                     results["loss"] = report(step, z1, last=step == end_step)
                     stopping = dist.any_rank(stop.requested, device) if world > 1 else stopping
-                    if progress is None and rank == 0 and not stopping and step % steps_per_epoch and step < end_step \
-                            and report.line_due():  # within a long epoch, in a log
-                        print(epoch_line(step, end_step, report, first_step, t.batch_size, results["loss"]),
-                              file=sys.stderr)
+                # Checked every step, not only at the metric reads: on a CPU, train.log_every steps of a full-width
+                # encoder can take an hour, which left a log silent that long (the line shows the last loss read).
+                if progress is None and rank == 0 and not stopping and step % steps_per_epoch and step < end_step \
+                        and report.line_due():  # within a long epoch, in a log
+                    print(epoch_line(step, end_step, report, first_step, t.batch_size, results.get("loss")),
+                          file=sys.stderr)
                 cut = False
                 if step % steps_per_epoch == 0 or step == end_step or stopping:
                     cut = _epoch_end(step, end_step, stopping, t, knn, report, checkpoints, results, stop)

@@ -1899,6 +1899,24 @@ def test_without_the_bar_a_long_epoch_says_where_the_run_stands_within_it(tmp_pa
     assert lines[2] == f"epoch 2/2 (step 6/8), loss {losses[6]:.4f}, 16.0 img/s, about 0:06:12 left"
 
 
+def test_without_the_bar_a_line_within_an_epoch_does_not_wait_for_a_metrics_read(tmp_path, cifar10_root,
+                                                                                 monkeypatch, capsys):
+    """A notebook's or a log's run on a CPU: train.log_every steps of a full-width encoder take longer than
+    LINE_EVERY_S (20 steps of 30 s and more at batch 64), and the line within the epoch waited for the next read,
+    10 minutes and more apart. Here reads come at epochs' ends only (log_every=4), a line is due every 2 s of 1 s
+    steps: it comes at steps 2 and 6 all the same, with the last loss read (none yet at step 2)."""
+    on_a_fake_clock(monkeypatch)
+    monkeypatch.setattr(byol.train, "progress_bar", lambda *args: None)
+    monkeypatch.setattr(byol.reporting, "LINE_EVERY_S", 2.0, raising=False)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false",
+                                      "--train.log_every=4"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    losses = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r}
+    assert [int(line.split("(step ")[1].split("/")[0]) for line in lines] == [2, 4, 6], lines
+    assert lines[0].startswith("epoch 1/2 (step 2/8), 16.0 img/s"), lines
+    assert lines[2].startswith(f"epoch 2/2 (step 6/8), loss {losses[4]:.4f} (step 4), 16.0 img/s"), lines
+
+
 def test_the_interval_between_checkpoints_runs_from_the_last_write(tmp_path, cifar10_root, monkeypatch):
     """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: step 16 writes (16 s since the
     start), step 24 does not (8 s since that write), the end does (a mutation audit: an interval measured from
