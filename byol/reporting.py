@@ -231,8 +231,8 @@ def note_cpu(config: Config, device: torch.device) -> None:
     if (device.type == "cpu" and config.train.device == "auto" and config.model.width >= 64
             and config.model.backbone != GIVEN_BACKBONE):
         print("note: torch finds no GPU here, so this full-width encoder trains on the CPU, slowly (the progress "
-              "bar's ETA says how slowly); a narrow one (--model.width=8, as in --config cifar10-cpu) suits a CPU",
-              file=sys.stderr)
+              "bar's ETA, or without one the lines' time left, says how slowly); a narrow one (--model.width=8, as "
+              "in --config cifar10-cpu) suits a CPU", file=sys.stderr)
 
 
 def note_train_split(config: Config) -> None:
