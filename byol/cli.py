@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -357,6 +358,12 @@ def _main(argv: Optional[list[str]]) -> int:
             return code
         # a collective this process waited in, failed as another process ended (gloo: "Connection closed by peer")
         said = _peer_failed() if isinstance(e, RuntimeError) else None
+        if said is None and _peer_lost(e):  # one that ended without a word: its node lost, or killed
+            if os.environ.get("LOCAL_RANK", "0") == "0":  # once on each node: a node's log may be all one reads
+                print(f"byol: stopped: another process of this torchrun run was lost (its node down, or it was "
+                      f"killed) while this one waited for it ({_PEER_LOST.search(str(e))[0]}); the last "
+                      "checkpoint is kept: start the run again with --resume", file=sys.stderr)
+            return 1
         if said is None:  # a bug of byol's: its traceback (the other processes told first)
             from .peers import failed
             failed(f"{type(e).__name__}: {e}", error_lines.launch_rank())
@@ -364,6 +371,17 @@ def _main(argv: Optional[list[str]]) -> int:
         if error_lines.launch_rank() == 0:
             print(said, file=sys.stderr)
         return 1
+
+
+# What gloo says where the process at the other end of a collective is gone (a user test: a node killed mid-run
+# left the others a traceback of the all_reduce they waited in, its process having told no one of its end)
+_PEER_LOST = re.compile(r"Connection (?:reset|closed) by peer")
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective's failure, under torchrun, because another process is gone."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return world.isdigit() and int(world) >= 2 and isinstance(e, RuntimeError) and bool(_PEER_LOST.search(str(e)))
 
 
 def _peer_failed() -> Optional[str]:

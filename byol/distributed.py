@@ -14,6 +14,7 @@ def init() -> tuple[int, int]:
     """
     world = _env_count("WORLD_SIZE", 1, least=1)
     if world == 1:
+        _note_a_slurm_step_of_several_tasks()
         return 0, 1
     import torch.distributed as td
     if not td.is_initialized():
@@ -30,6 +31,27 @@ def init() -> tuple[int, int]:
                               f"joined ({e}); start byol with torchrun, which sets that and the rest, or unset "
                               "WORLD_SIZE to run as one process") from None
     return td.get_rank(), td.get_world_size()
+
+
+def _note_a_slurm_step_of_several_tasks() -> None:
+    """A note, once a process and by Slurm's task 0, where ``srun`` started this command as one of several tasks
+    without torchrun: byol reads torchrun's variables only, so each task runs on its own (a user test: of
+    ``srun --ntasks=2 byol pretrain``, one task trained alone and the other said another run was writing the
+    folder; on nodes that share no file system, each trained its own run unnoticed). Not refused: a sweep's
+    tasks (``srun --ntasks=4 python sweep.py``, a run each) are several on purpose. A job script's own step,
+    which runs one command, has no SLURM_STEP_NUM_TASKS."""
+    global _slurm_noted
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
+    if _slurm_noted or not tasks.isdigit() or int(tasks) < 2 or os.environ.get("SLURM_PROCID", "0") != "0":
+        return
+    _slurm_noted = True
+    note(f"Slurm started this command as {tasks} tasks (SLURM_STEP_NUM_TASKS={tasks}), and byol runs several "
+         "processes as one run only under torchrun: each task runs on its own (for one run across them, start one "
+         "task a node that runs torchrun: srun --ntasks-per-node=1 torchrun --nnodes=$SLURM_NNODES "
+         "--nproc_per_node=GPUS --rdzv_backend=c10d --rdzv_endpoint=HOST:29400 -m byol ...)")
+
+
+_slurm_noted = False
 
 
 def shutdown() -> None:

@@ -1265,14 +1265,22 @@ def test_under_torchrun_an_error_is_said_once_and_a_peer_s_failure_as_such(capsy
     monkeypatch.setenv("RANK", "0")
     assert cli.main(["pretrain"]) == 1
     assert capsys.readouterr().err == stopped
-    # In the agent's next start of the processes no process has failed yet: a SIGTERM is the user's, and an error
-    # of byol's own is its traceback (said to the others first)
+    # In the agent's next start of the processes no process has failed yet: a SIGTERM is the user's, and a
+    # collective's failure is a process lost without a word (its node down), not this one's failure; an error of
+    # byol's own is its traceback (said to the others first)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     monkeypatch.setattr(cli, "run", terminated)
     assert cli.main(["pretrain"]) == 143
     assert capsys.readouterr().err == "byol: terminated (SIGTERM)\n"
     monkeypatch.setattr(cli, "run", collective_failed)
-    with pytest.raises(RuntimeError, match="Connection closed"):
+    assert cli.main(["pretrain"]) == 1
+    assert capsys.readouterr().err.startswith("byol: stopped: another process of this torchrun run was lost")
+    assert not store.check(["byol/test/1/failed"])
+
+    def bug(argv):
+        raise RuntimeError("a bug of byol's")
+    monkeypatch.setattr(cli, "run", bug)
+    with pytest.raises(RuntimeError, match="a bug of byol's"):
         cli.main(["pretrain"])
     assert store.get("byol/test/1/failed") == b"0"
 
@@ -1986,3 +1994,28 @@ def test_print_config_prints_the_config_a_run_saves_and_writes_nothing(cli, caps
     assert out == "" and "model.backbone=custom is a network given from Python" in line, line
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == listing
     assert not (tmp_path / "none").exists()
+
+
+def test_a_process_of_a_torchrun_run_that_was_lost_is_one_sentence_on_each_node(capsys, monkeypatch):
+    """A node killed mid-run (its processes gone without telling torchrun's store) left the others a traceback of
+    the all_reduce they waited in (gloo: "Connection reset by peer"), not a sentence; said once a node."""
+    from byol import cli
+    lost = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:29072: Connection reset by peer. "
+                        "This is typically caused by a remote worker hanging or bugs in the application.")
+
+    def collective_fails(argv):
+        raise lost
+    monkeypatch.setattr(cli, "run", collective_fails)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)  # (no store: nothing told of the loss)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for rank, local_rank in [(2, 0), (3, 1)]:  # node 1 of two, its rank 1 the one that says it
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        assert cli.main(["pretrain"]) == 1
+        said = capsys.readouterr().err
+        assert said.count("byol: stopped: another process of this torchrun run was lost") == (local_rank == 0), said
+        assert "Connection reset by peer); the last checkpoint is kept: start the run again with --resume" in said \
+            or local_rank, said
+    monkeypatch.delenv("WORLD_SIZE")  # outside torchrun the same error is no peer's: a bug, its traceback
+    with pytest.raises(RuntimeError, match="Connection reset by peer"):
+        cli.main(["pretrain"])

@@ -371,6 +371,41 @@ def test_a_torchrun_environment_that_is_not_whole_is_one_sentence(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("tasks", ["2", "8"])
+def test_a_slurm_step_of_several_tasks_without_torchrun_gets_a_note_once(capsys, monkeypatch, tasks):
+    """srun --ntasks=2 byol pretrain ...: each task trained a run of its own in one process (byol reads torchrun's
+    variables, not Slurm's), without a word; one of them said another run was writing the folder, or, without a
+    shared file system, every node trained its own run unnoticed. A note from task 0, once a process (a sweep's
+    tasks are several on purpose: not refused)."""
+    monkeypatch.setattr(distributed, "_slurm_noted", False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", tasks)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", tasks)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert distributed.init() == (0, 1) and capsys.readouterr().err == ""  # said by task 0 alone
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert distributed.init() == (0, 1)
+    said = capsys.readouterr().err
+    assert said.startswith(f"note: Slurm started this command as {tasks} tasks (SLURM_STEP_NUM_TASKS={tasks}), and "
+                           "byol runs several processes as one run only under torchrun"), said
+    assert "srun --ntasks-per-node=1 torchrun --nnodes=$SLURM_NNODES" in said, said
+    assert distributed.init() == (0, 1) and capsys.readouterr().err == ""  # once a process
+
+
+def test_a_job_scripts_own_step_of_a_slurm_job_of_several_tasks_gets_no_note(capsys, monkeypatch):
+    """The batch script's step (SLURM_NTASKS and SLURM_PROCID=0, no SLURM_STEP_NUM_TASKS) runs one command: one
+    process, and nothing to say; nor where srun started one task."""
+    monkeypatch.setattr(distributed, "_slurm_noted", False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed.init() == (0, 1)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert distributed.init() == (0, 1)
+    assert capsys.readouterr().err == ""
+
+
 GATHER = '''
 import sys
 
