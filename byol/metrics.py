@@ -17,6 +17,7 @@ KNN_PREFIX = "eval/knn_top1_k"  # + k: a run's kNN top-1 for each k
 UNDONE_LABEL = "steps undone here (NaN or infinite loss or weights)"  # the purple marks' legend
 NAN_LABEL = "NaN or infinite here"  # a value lost at a record outside those marks: a cross at the bottom
 ZERO_LABEL = "0 here (below the log axis)"  # a log panel's value of 0 (a std at total collapse): at the bottom
+MINOR_LABEL_DECADES = 2.5  # a log panel over more decades labels only its powers of 10 (_log_axis)
 DATA_WAIT = 0.3  # the share of training time spent waiting for batches that a run's note points out
 
 
@@ -299,7 +300,7 @@ def _figure(title: str, drawn: list[tuple[Panel, dict, list[int]]], records: lis
                 x, y = zip(*points)
                 steps.update(x)
                 values += [v for v in y if math.isfinite(v)]
-                line, = ax.plot(x, y, marker="o" if len(points) < 30 else None, label=key.split("/")[-1])
+                line, = ax.plot(x, y, label=key.split("/")[-1], **_markers(points))
                 zeros = [step for step, v in points if v <= 0] if panel.log else []
                 if zeros:  # a log axis has no 0: a collapse's std of exactly 0 drew nothing (a user test: all black
                     # images left collapse.png's std panel empty), so a triangle on the bottom edge, as NaN's cross
@@ -343,6 +344,18 @@ def _figure(title: str, drawn: list[tuple[Panel, dict, list[int]]], records: lis
     return fig
 
 
+def _markers(points: list[tuple[int, float]]) -> dict:
+    """A marker at every point of a short series; of a long one, at each finite value between two that are not
+    (or an end), which a line alone does not draw: a user test's run, every other record's steps undone, showed
+    its loss stopping where the undone records began, its 19 finite records after them not drawn."""
+    if len(points) < 30:
+        return {"marker": "o"}
+    finite = [math.isfinite(y) for _, y in points]
+    alone = [i for i, ok in enumerate(finite)
+             if ok and (i == 0 or not finite[i - 1]) and (i == len(finite) - 1 or not finite[i + 1])]
+    return {"marker": "o", "markersize": 3, "markevery": alone} if alone else {}
+
+
 def _step_label(step: float, _position=None) -> str:
     """A step as a tick label, in thousands (120k) or millions (1.2M) from 10,000 on: a user test's 1,000
     ImageNet epochs (312,000 steps) ran the six-digit labels into one another on collapse.png."""
@@ -353,10 +366,11 @@ def _step_label(step: float, _position=None) -> str:
 
 def _log_axis(ax, values: list[float], warn: Optional[tuple[float, str]]) -> None:
     """A log y axis from half the smallest value (or threshold) to twice the largest, in plain
-    numbers (0.2, 0.5, 1), the region below the threshold shaded."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    numbers (0.2, 0.5, 1; the 2s and 5s only over a few decades), the region below the threshold shaded."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     ax.set_yscale("log", nonpositive="clip")  # values of 0: _figure's triangles on the bottom edge
     positive = [v for v in values if v > 0]
+    low = high = 1.0
     if positive:
         low, high = min(positive) / 2, max(positive) * 2
         ax.set_ylim(low, high)
@@ -365,4 +379,7 @@ def _log_axis(ax, values: list[float], warn: Optional[tuple[float, str]]) -> Non
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
-    ax.yaxis.set_minor_formatter(plain)
+    # Three labels a decade fit a panel over a few decades only: a user test's collapsing run, its std
+    # falling to 1e-6, drew collapse.png's std axis as one unreadable stack of labels.
+    few = high / low <= 10 ** MINOR_LABEL_DECADES
+    ax.yaxis.set_minor_formatter(plain if few else NullFormatter())

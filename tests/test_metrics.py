@@ -144,6 +144,22 @@ def _x_span(patch) -> tuple:
     return min(xs), max(xs)
 
 
+def test_a_long_run_s_finite_values_between_undone_records_are_drawn(tmp_path, drawn):
+    """A user test: 60 records, every other one after step 20 with its steps undone (NaN loss): a series of 30
+    points or more drew no markers, and a line does not join a value to NaN neighbours, so loss.png's line stopped
+    at step 21, the 19 finite losses after it not drawn; a long healthy line stays without markers."""
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "train/loss": math.nan if s > 20 and s % 2 == 0 else 2.0 - s / 100,
+         "train/nonfinite_streak": int(s > 20 and s % 2 == 0), "train/lr": 0.1} for s in range(1, 61)])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (loss,) = [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_label() == "loss"]
+    x, every = list(loss.get_xdata()), loss.get_markevery()
+    marked = [x[i] for i in every] if isinstance(every, list) else x if loss.get_marker() not in (None, "None") else []
+    assert loss.get_marker() not in (None, "None", "") and marked == list(range(23, 61, 2)), marked
+    (lr,) = [line for line in drawn["schedules.png"].axes[0].get_lines() if line.get_label() == "lr"]
+    assert lr.get_marker() in (None, "None", ""), lr.get_marker()
+
+
 def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
     write_metrics(tmp_path / "metrics.jsonl", [
         {"step": s, "eval/knn_top1": a200, "eval/knn_top1_k200": a200, "eval/knn_top1_k20": a20}
@@ -368,6 +384,27 @@ def test_the_step_labels_of_a_long_run_do_not_run_into_one_another(tmp_path, dra
         assert len(spans) >= 3 and all(a[1] < b[0] for a, b in zip(spans, spans[1:])), (name, labels)
     shown = [t.get_text() for t in drawn["loss.png"].axes[-1].get_xticklabels() if t.get_text()]
     assert "0" in shown and all(label == "0" or label.endswith("0k") for label in shown), shown
+
+
+def test_the_y_labels_of_a_collapse_over_many_decades_do_not_run_into_one_another(tmp_path, drawn):
+    """A user test: a collapsing run's std fell from 0.8 to 1e-6, and collapse.png's std axis labelled 1, 0.5,
+    0.2, 0.1, ... 2e-06, 1e-06 one on top of the other; a healthy run's few decades keep their 0.2s and 0.5s."""
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "monitor/z_std_ratio": 0.8 * 10 ** (-6 * s / 100), "monitor/effective_rank": 20.0 - s / 10,
+         "monitor/effective_rank_ratio": (20.0 - s / 10) / 64} for s in range(1, 101)])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    figure = drawn["collapse.png"]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        low, high = ax.get_ylim()
+        ticks = ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+        labels = [t.label1 for t in ticks if t.label1.get_visible() and t.label1.get_text()
+                  and low <= t.get_loc() <= high]
+        spans = sorted((box.y0, box.y1) for box in (t.get_window_extent(renderer) for t in labels))
+        assert len(spans) >= 3 and all(a[1] < b[0] for a, b in zip(spans, spans[1:])), [t.get_text() for t in labels]
+    shown = [t.get_text() for t in figure.axes[1].get_yticklabels(minor=True)]
+    assert "0.5" in shown and "0.2" in shown, shown  # the rank's one decade and a half: labelled between the 10s
 
 
 def test_step_labels_change_unit_at_ten_thousand_and_a_million_and_a_warning_line_needs_its_step():
