@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .color import color_jitter, normalize, per_image, rgb_to_grayscale, solarize, to_float
+from .color import (
+    COLOR_OPS, color_jitter, normalize, per_image, reference_color_jitter, rgb_to_grayscale, solarize, to_float,
+)
 from .inputs import check_pixel_type
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +57,7 @@ class ViewConfig:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     antialias: bool = True  # antialiased downscaling in the crop-resize, as torchvision and PIL
+    color_ops: str = "torchvision"  # the jitter's four ops: torchvision's ColorJitter, or "reference" (see paper_views)
 
     def __post_init__(self):
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
@@ -66,6 +69,8 @@ class ViewConfig:
                 raise ValueError(f"ViewConfig.{name}={getattr(self, name)} must be (low, high) with 0 < low <= high")
         if min(self.brightness, self.contrast, self.saturation) < 0 or not 0 <= self.hue <= 0.5:
             raise ValueError("ViewConfig brightness, contrast and saturation must be >= 0, and hue in [0, 0.5]")
+        if self.color_ops not in COLOR_OPS:
+            raise ValueError(f"ViewConfig.color_ops={self.color_ops!r} must be one of {', '.join(COLOR_OPS)}")
         if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
             raise ValueError(f"ViewConfig.blur_kernel={self.blur_kernel} must be a positive odd integer")
         if isinstance(self.size, bool) or not isinstance(self.size, numbers.Integral) or self.size < 1:
@@ -90,14 +95,17 @@ def paper_views(size: int = 224) -> tuple[ViewConfig, ViewConfig]:
     blur sigma in [0.1, 2]. View 1: blur p=1.0, solarize p=0. View 2: blur p=0.1, solarize p=0.2.
 
     The parameters are the reference code's (deepmind-research byol/utils/augmentations.py,
-    ``augment_config``); its ops are not all torchvision's, which these follow (as byol-pytorch,
-    solo-learn and lightly do). Deliberate deviations from it: brightness multiplies by a factor in
-    [0.6, 1.4] (the reference adds a delta in [-0.4, 0.4], the paper's "shifted by a uniformly random
-    offset"); contrast blends toward the grey image's mean (the reference: each channel's own mean);
-    saturation blends toward the grey image (the reference scales the HSV saturation, clipped to
-    [0, 1]); the blur pads by reflection (the reference: zeros, 'SAME'); crops are torchvision's
-    RandomResizedCrop boxes resized bilinearly with antialiasing (the reference: TF's
-    sample_distorted_bounding_box with min_object_covered=0.1, resized bicubically). Matching it:
+    ``augment_config``); its ops are not all torchvision's, which these follow by default (as
+    byol-pytorch, solo-learn and lightly do). Deliberate deviations from it: brightness multiplies by a
+    factor in [0.6, 1.4] (the reference adds a delta in [-0.4, 0.4], the paper's "shifted by a uniformly
+    random offset"); contrast blends toward the grey image's mean (the reference: each channel's own
+    mean); saturation blends toward the grey image (the reference scales the HSV saturation, clipped to
+    [0, 1]). ``color_ops="reference"`` (``augment.color_ops``) removes these three: the reference's
+    four ops with its ranges, same per-image draws and random order, each clipped to [0, 1] (color.py,
+    ``reference_color_jitter``). Deviations either way: the blur pads by reflection (the reference:
+    zeros, 'SAME'); crops are torchvision's RandomResizedCrop boxes resized bilinearly with
+    antialiasing (the reference: TF's sample_distorted_bounding_box with min_object_covered=0.1,
+    resized bicubically). Matching it:
     random op order per image, each op clipped to [0, 1], grayscale (0.2989, 0.587, 0.114) after the
     jitter, hue as a shift of the HSV hue, blur kernel 2 * int(size / 20) + 1 (23 at 224, 9 at 96;
     below 20 pixels the reference's is 1, no blur, and ours 3), solarize x >= 0.5 -> 1 - x.
@@ -306,13 +314,16 @@ class Augment(nn.Module):
         u = _uniform((batch_size, c + 14), generator, device)
         ranges = [(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness), (max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
                   (max(0.0, 1 - cfg.saturation), 1 + cfg.saturation), (-cfg.hue, cfg.hue)]
+        if cfg.color_ops == "reference":  # its _random_brightness etc.: a delta, factors in 1 +- range (no floor)
+            ranges = [(-cfg.brightness, cfg.brightness), (1 - cfg.contrast, 1 + cfg.contrast),
+                      (1 - cfg.saturation, 1 + cfg.saturation), (-cfg.hue, cfg.hue)]
         factors = torch.stack([lo + (hi - lo) * u[:, c + 2 + k] for k, (lo, hi) in enumerate(ranges)], dim=1)
         sigma_lo, sigma_hi = cfg.blur_sigma
         return {
             "boxes": _crop_boxes(u[:, :c], height, width, cfg.crop_scale, cfg.crop_ratio),  # (B, 4)
             "flip": u[:, c] < cfg.flip_p,
             "jitter": u[:, c + 1] < cfg.jitter_p,
-            "factors": factors,  # (B, 4) brightness, contrast, saturation, hue
+            "factors": factors,  # (B, 4) brightness (reference: a delta), contrast, saturation, hue
             "order": u[:, c + 6:c + 10].argsort(dim=1),  # (B, 4) a random permutation per image
             "grayscale": u[:, c + 10] < cfg.grayscale_p,
             "blur": u[:, c + 11] < cfg.blur_p,
@@ -329,7 +340,11 @@ class Augment(nn.Module):
             x = resized_crop(images, params["boxes"], cfg.size, cfg.antialias)  # (B, 3, size, size)
             if cfg.flip_p > 0:
                 x = hflip(x, params["flip"])
-            if cfg.jitter_p > 0:
+            if cfg.jitter_p > 0 and cfg.color_ops == "reference":
+                enabled = (cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0)
+                jittered = reference_color_jitter(x, params["factors"], params["order"], enabled)
+                x = torch.where(per_image(params["jitter"]), jittered, x)
+            elif cfg.jitter_p > 0:
                 jittered = color_jitter(x, params["factors"], params["order"], hue=cfg.hue > 0)
                 x = torch.where(per_image(params["jitter"]), jittered, x)
             if cfg.grayscale_p > 0:

@@ -91,6 +91,7 @@ def views_of(config: Config) -> tuple[ViewConfig, ViewConfig]:
         views = view_presets(a.preset, config.data.image_size)
         if a.crop_min_scale is not None:
             views = tuple(replace(view, crop_scale=(a.crop_min_scale, 1.0)) for view in views)
+        views = tuple(replace(view, color_ops=a.color_ops) for view in views)
         return (_over(views[0], blur_p=a.view1_blur_p, solarize_p=a.view1_solarize_p),
                 _over(views[1], blur_p=a.view2_blur_p, solarize_p=a.view2_solarize_p))
     except ValueError as e:

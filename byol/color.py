@@ -3,8 +3,9 @@
 Images are (B, 3, H, W), uint8 in [0, 255] or float in [0, 1]; per-image parameters are (B,) or
 (B, k) tensors. Each op returns float32 in [0, 1] (normalize: standardized) and equals
 torchvision.transforms.v2.functional applied image by image to float images (on uint8 ones
-torchvision rounds to uint8 after each op, and differs by up to about 1/255 an op). The view
-recipes that use them are in augment.py.
+torchvision rounds to uint8 after each op, and differs by up to about 1/255 an op); the reference_* ops
+are the reference code's instead (deepmind-research byol/utils/augmentations.py). The view recipes that
+use them are in augment.py.
 """
 
 import torch
@@ -119,6 +120,79 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor, hue: bool = Tru
     if hue:
         x = adjust_hue(x, factors[:, 3])
     return _blend_slots(x, blends, factors, ~before_hue)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference code's colour ops (deepmind-research byol/utils/augmentations.py), for
+# ViewConfig.color_ops="reference". Where torchvision's differ: brightness adds a delta, contrast pulls
+# each channel toward its own mean, saturation scales the HSV saturation (clipped to [0, 1]). Each op is
+# clipped to [0, 1] after it, as the reference's cond_fn does. Its HSV conversions (TF's) are the same
+# functions as torchvision's on [0, 1] (same hue sector ties, saturation 0 for black), so ours serve.
+
+COLOR_OPS = ("torchvision", "reference")  # ViewConfig.color_ops, augment.color_ops
+
+
+def reference_brightness(images: Tensor, deltas: Tensor) -> Tensor:
+    """Add deltas[b] to image b, clipped to [0, 1] (the reference's adjust_brightness)."""
+    return (to_float(images) + per_image(deltas)).clamp(0, 1)
+
+
+def reference_contrast(images: Tensor, factors: Tensor) -> Tensor:
+    """factor * (x - mean) + mean with each channel's own spatial mean, clipped (reference adjust_contrast)."""
+    x = to_float(images)
+    mean = x.mean(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
+    return (per_image(factors) * (x - mean) + mean).clamp(0, 1)
+
+
+def _reference_hsv(x: Tensor, saturation: Tensor | None, hue: Tensor | None) -> Tensor:
+    # One HSV round trip serves both HSV ops: saturation scaled and clipped, hue shifted mod 1.
+    h, s, v = _rgb_to_hsv(x).unbind(dim=1)
+    if saturation is not None:
+        s = (s * saturation.view(-1, 1, 1)).clamp(0, 1)
+    if hue is not None:
+        h = (h + hue.view(-1, 1, 1)).remainder(1.0)
+    return _hsv_to_rgb(torch.stack((h, s, v), dim=1)).clamp(0, 1)
+
+
+def reference_saturation(images: Tensor, factors: Tensor) -> Tensor:
+    """Scale the HSV saturation of image b by factors[b], clipped to [0, 1] (reference adjust_saturation)."""
+    return _reference_hsv(to_float(images), factors, None)
+
+
+def reference_hue(images: Tensor, deltas: Tensor) -> Tensor:
+    """Shift the HSV hue of image b by deltas[b] mod 1, clipped to [0, 1] (reference adjust_hue)."""
+    return _reference_hsv(to_float(images), None, deltas)
+
+
+def reference_color_jitter(images: Tensor, factors: Tensor, order: Tensor,
+                           enabled: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> Tensor:
+    """The reference's colour jitter with per-image parameters and a per-image order of the four ops.
+
+    Args:
+        images: (B, 3, H, W).
+        factors: (B, 4) brightness delta, contrast factor, saturation factor, hue delta (identity: 0, 1, 1, 0).
+        order: (B, 4) a permutation of 0..3 per image (0 brightness, 1 contrast, 2 saturation, 3 hue),
+            the reference's jax.random.permutation: order[b, t] is the op image b applies t-th.
+        enabled: which ops run at all (the reference skips an op whose range is 0).
+    """
+    x = to_float(images)
+    for t in range(order.shape[1]):
+        # Every op runs on every image, and each image keeps the one its order puts in this slot: 4 slots
+        # of masked passes (one HSV round trip serves saturation and hue), no per-image loop or host sync.
+        op = order[:, t]  # (B,)
+        out = x
+        if enabled[0]:
+            out = torch.where(per_image(op == 0), reference_brightness(x, factors[:, 0]), out)
+        if enabled[1]:
+            out = torch.where(per_image(op == 1), reference_contrast(x, factors[:, 1]), out)
+        if enabled[2] or enabled[3]:
+            # The other HSV op's identity (factor 1, delta 0) leaves s and h exactly as they were.
+            saturation = torch.where(op == 2, factors[:, 2], 1.0) if enabled[2] else None
+            hue = torch.where(op == 3, factors[:, 3], 0.0) if enabled[3] else None
+            in_hsv = ((op == 2) & enabled[2]) | ((op == 3) & enabled[3])
+            out = torch.where(per_image(in_hsv), _reference_hsv(x, saturation, hue), out)
+        x = out
+    return x
 
 
 def solarize(images: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:

@@ -60,6 +60,10 @@ class AugmentConfig:
     view2_blur_p: Optional[float] = None  # view 2's (paper: 0.1, cifar: 0)
     view1_solarize_p: Optional[float] = None  # view 1's solarization probability (paper and cifar: 0)
     view2_solarize_p: Optional[float] = None  # view 2's (paper and cifar: 0.2)
+    color_ops: str = "torchvision"    # the colour jitter's ops: torchvision (ColorJitter's, as byol-pytorch,
+                                      # solo-learn, lightly) | reference (deepmind-research's: brightness adds a
+                                      # delta, contrast per channel, saturation scales the HSV saturation); a
+                                      # config saved without it: torchvision
 
 
 VIEW_PROBABILITIES = ("view1_blur_p", "view2_blur_p", "view1_solarize_p", "view2_solarize_p")  # augment's, per view

@@ -28,6 +28,7 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
     those of ``keys`` (``section.key``) when given."""
     from .resnets import RESNETS  # (torch and torchvision: an unknown key or a wrong type is said without them)
     from .augment import view_preset_names
+    from .color import COLOR_OPS
     from .datasets import DATASETS
     views = view_preset_names()
     t, a = config.train, config.augment
@@ -73,6 +74,8 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("augment.view2_blur_p", _is_probability(a.view2_blur_p), "between 0 and 1, or null"),
              ("augment.view1_solarize_p", _is_probability(a.view1_solarize_p), "between 0 and 1, or null"),
              ("augment.view2_solarize_p", _is_probability(a.view2_solarize_p), "between 0 and 1, or null"),
+             ("augment.color_ops", a.color_ops in COLOR_OPS, f"one of {', '.join(COLOR_OPS)} (the colour jitter's "
+              "ops: torchvision's ColorJitter, or the reference code's)"),
              ("model.projection_size", config.model.projection_size >= 1, ">= 1"),  # (a new run: >= 2, in pretrain)
              ("model.projection_hidden_size", config.model.projection_hidden_size >= 1, ">= 1"),
              ("optim.weight_decay", _finite(config.optim.weight_decay) >= 0, "a finite number >= 0"),

@@ -2019,3 +2019,15 @@ def test_a_process_of_a_torchrun_run_that_was_lost_is_one_sentence_on_each_node(
     monkeypatch.delenv("WORLD_SIZE")  # outside torchrun the same error is no peer's: a bug, its traceback
     with pytest.raises(RuntimeError, match="Connection reset by peer"):
         cli.main(["pretrain"])
+
+
+def test_pretrain_with_the_reference_colour_ops_runs_and_its_config_yaml_says_so(tmp_path, cifar10_root):
+    """augment.color_ops=reference (opt-in) trains through the real command line and is saved with the run."""
+    from byol.cli import main
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", "cifar10-cpu", f"--data.root={cifar10_root}",
+                 "--augment.color_ops=reference",
+                 *tiny_overrides(run, **{"train.knn_every": -1, "train.max_steps": 2})]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["augment"]["color_ops"] == "reference"
+    assert load_config(str(run / "config.yaml")).augment.color_ops == "reference"

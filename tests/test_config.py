@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from byol import error_lines
+from byol.build import views_of
 from byol.config import Config, ConfigError, config_from_dict, load_config, save_config
 from byol.config_files import preset_names
 from byol.resume import resume_config
@@ -822,3 +823,22 @@ def test_a_new_run_from_the_config_of_a_moved_run_says_the_folder_it_starts_in(t
     (original / "checkpoints" / "last.pt").write_bytes(b"")
     main(["pretrain", "--config", str(moved / "config.yaml")])
     assert "is the config of the run" not in capsys.readouterr().err
+
+
+def test_an_unknown_augment_color_ops_is_one_sentence_with_the_choices():
+    with pytest.raises(ConfigError) as e:
+        load_config("cifar10", ["--augment.color_ops=tf"])
+    assert str(e.value) == "augment.color_ops must be one of torchvision, reference (the colour jitter's ops: " \
+                           "torchvision's ColorJitter, or the reference code's)"
+
+
+def test_a_saved_config_without_color_ops_loads_as_torchvision(tmp_path):
+    """A checkpoint's or config.yaml's settings from before the key."""
+    saved = load_config("cifar10").to_dict()
+    del saved["augment"]["color_ops"]
+    config = config_from_dict(saved)
+    assert config.augment.color_ops == "torchvision"
+    assert views_of(config)[0].color_ops == "torchvision"
+    path = tmp_path / "config.yaml"  # a run's config.yaml from before the key, read as --config reads it
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert load_config(str(path)).augment.color_ops == "torchvision"
