@@ -80,6 +80,9 @@ class Checkpoints:
         if self.rank == 0:
             if self.sums is not None:  # so that the record after a stop averages all of its steps
                 self.extra["metric_sums"] = self.sums.tolist()
+            # the longest non-finite streak since the last record, which that record reports and stops the run on
+            # (its streak is 0 here: a resume without it went on where the uninterrupted run stopped)
+            self.extra["nonfinite_max_streak"] = int(self.guard.max_streak.item())
             if self.monitor is not None:
                 self.extra["collapse_monitor"] = self.monitor.state()
             if folder is not None:  # so far (every rank's), kept if the run dies; before last.pt, whose resume

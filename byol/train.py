@@ -155,6 +155,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
     guard = loop_step.guard
     if saved.get("metric_sums"):  # a resumed run's steps since its last record, which its next one averages too
         loop_step.sums.copy_(torch.tensor(saved["metric_sums"]))
+    guard.max_streak.fill_(int(saved.get("nonfinite_max_streak", 0)))  # as the record after the checkpoint reads it
     if t.cuda_graph and rank == 0:
         note_cuda_graph(loop_step.eager_steps)
     checkpoints = Checkpoints(byol, optimizer, generator, config, guard, data, run_dir, rank, world, device,

@@ -736,6 +736,28 @@ def test_the_record_after_a_stop_and_resume_averages_the_steps_the_uninterrupted
     assert [r["step"] for r in records[1]] == [2, 4, 6] and records[0] == records[1]
 
 
+def test_a_stop_after_non_finite_steps_resumes_to_the_record_that_stops_the_run(tmp_path, cifar10_root, monkeypatch):
+    """An audit of exact resumes: steps 5 and 6 undone (NaN losses), a stop after the good step 7 lost the
+    streak that the record at step 8 reports, so the resumed run said train/nonfinite_streak 0 there and trained
+    on to its end, where the uninterrupted run stopped at step 8 with train.max_nonfinite=2."""
+    schedules, finish = byol.step.LoopStep._schedules, byol.step.LoopStep._finish
+
+    def nan_at_steps_4_and_5(self, step):  # (counted from 0: the run's steps 5 and 6)
+        self.nan = step in (4, 5)
+        schedules(self, step)
+    monkeypatch.setattr(byol.step.LoopStep, "_schedules", nan_at_steps_4_and_5)
+    monkeypatch.setattr(byol.step.LoopStep, "_finish", lambda self, loss, z1: finish(
+        self, loss * math.nan if self.nan else loss, z1))
+    config = load_config("cifar10", tiny_overrides(tmp_path / "run", **{
+        "train.knn_every": -1, "train.log_every": 4, "train.max_nonfinite": 2}) + [f"--data.root={cifar10_root}"])
+    monkeypatch.setattr(byol.train, "StopRequest", stop_after_step(7))
+    assert pretrain(config)["step"] == 7
+    monkeypatch.setattr(byol.train, "StopRequest", byol.faults.StopRequest)
+    with pytest.raises(NonFiniteLossError, match=r"for 2 steps in a row \(by step 8\)"):
+        pretrain(config, resume=True)
+    assert [r["train/nonfinite_streak"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 2]
+
+
 def test_a_run_stopped_from_python_says_where_it_stopped(tmp_path, cifar10_root, monkeypatch, capsys):
     """A user test in a notebook: a Ctrl-C (here a SIGTERM) during pretrain saved and returned, as documented, but
     said nothing, where the command line says where it stopped: the cell ended with the stopped bar alone."""
