@@ -709,7 +709,8 @@ def test_a_resume_on_another_number_of_threads_says_it_is_not_bit_for_bit(tmp_pa
 
 
 def stop_after_step(n: int) -> type:
-    """A StopRequest as if SIGTERM came during step ``n`` of a start (the loop asks once a step)."""
+    """A StopRequest as if SIGTERM came at the loop's ``n``-th ask: step ``n`` of a start where no epoch ends
+    before it (the loop asks once a step, and once more at an epoch's end; a test checks the step it stopped at)."""
     class StopAfterStep(byol.faults.StopRequest):
         checks = 0
 
