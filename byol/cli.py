@@ -358,11 +358,11 @@ def _main(argv: Optional[list[str]]) -> int:
             return code
         # a collective this process waited in, failed as another process ended (gloo: "Connection closed by peer")
         said = _peer_failed() if isinstance(e, RuntimeError) else None
-        if said is None and _peer_lost(e):  # one that ended without a word: its node lost, or killed
+        if said is None and _peer_lost(e):  # one that ended without a word: killed, its node lost (or it exited early)
             if os.environ.get("LOCAL_RANK", "0") == "0":  # once on each node: a node's log may be all one reads
-                print(f"byol: stopped: another process of this torchrun run was lost (its node down, or it was "
-                      f"killed) while this one waited for it ({_PEER_LOST.search(str(e))[0]}); the last "
-                      "checkpoint is kept: start the run again with --resume", file=sys.stderr)
+                print(f"byol: stopped: another process of this torchrun run ended while this one waited for it "
+                      f"({_PEER_LOST.search(str(e))[0]}: killed, its node lost, or it exited early, which its own "
+                      "log says); the last checkpoint is kept: start the run again with --resume", file=sys.stderr)
             return 1
         if said is None:  # a bug of byol's: its traceback (the other processes told first)
             from .peers import failed

@@ -42,7 +42,8 @@ def _note_a_slurm_step_of_several_tasks() -> None:
     which runs one command, has no SLURM_STEP_NUM_TASKS."""
     global _slurm_noted
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "1")
-    if _slurm_noted or not tasks.isdigit() or int(tasks) < 2 or os.environ.get("SLURM_PROCID", "0") != "0":
+    if _slurm_noted or not tasks.isdigit() or int(tasks) < 2 or os.environ.get("SLURM_PROCID", "0") != "0" \
+            or "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun of one process a task: "only under torchrun" misreads
         return
     _slurm_noted = True
     note(f"Slurm started this command as {tasks} tasks (SLURM_STEP_NUM_TASKS={tasks}), and byol runs several "

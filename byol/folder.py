@@ -244,7 +244,9 @@ class ImageFolder(Dataset):
         path = Path(path)
         old, new = _moved_prefixes(*moved) if moved else ("", "")
         if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+            # At "\n" alone (read_text's universal newlines make "\r\n" one): a list an older byol wrote holds a
+            # name's form feed or U+2028 as it is, which splitlines() would cut the line at
+            for line in path.read_text(encoding="utf-8", errors="surrogateescape").split("\n"):
                 file, tab, reason = line.partition("\t")
                 if tab:
                     file = unescape_name(file)

@@ -930,6 +930,20 @@ def test_a_skipped_file_named_with_a_form_feed_is_read_back_by_a_resume(tmp_path
     assert resumed.bad_files == folder.bad_files
 
 
+def test_a_skipped_files_list_written_before_the_escapes_still_reads_back_its_form_feed_name(tmp_path):
+    """A run started before byol escaped a form feed (or U+2028) in skipped_files.txt wrote it as it is; its resume
+    read the line split there: the bad file forgotten, a file named 'feed.png' (none) listed instead."""
+    (tmp_path / "images").mkdir()
+    for name in ("ok.png", "form\x0cfeed.png", "line\u2028separator.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / name)
+    folder = ImageFolder(tmp_path / "images", size=8)
+    bad = {p: "UnidentifiedImageError: cannot identify image file" for p in folder.paths if "ok" not in p}
+    (tmp_path / "skipped_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in sorted(bad.items())),
+                                                encoding="utf-8")  # as the version before the escapes wrote it
+    folder.read_skipped(tmp_path / "skipped_files.txt")
+    assert folder.bad_files == bad
+
+
 def test_a_resume_of_a_moved_folder_reads_its_skipped_files_back_at_their_new_place(tmp_path):
     """A user test: resumed with --data.root=NEW, a run listed each skipped file twice, at its old place and its
     new one. The kNN monitor's ROOT/val files move with a data.root of ROOT/train."""

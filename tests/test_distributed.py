@@ -403,6 +403,9 @@ def test_a_job_scripts_own_step_of_a_slurm_job_of_several_tasks_gets_no_note(cap
     assert distributed.init() == (0, 1)
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     assert distributed.init() == (0, 1)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")  # srun --ntasks=2 torchrun --nproc_per_node=1: under torchrun
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert distributed.init() == (0, 1)
     assert capsys.readouterr().err == ""
 
 
