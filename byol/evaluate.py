@@ -244,11 +244,13 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                                                                        test_labels, least=2)
     device = torch.device(device) if device is not None else train_features.device
     x_train = train_features.to(device, torch.float32)
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    mean, std = x_train.mean(0), x_train.std(0)
     # A feature the same in every train row tells no class apart: scaled by 1, as scikit-learn's StandardScaler
     # does, not by 1/1e-6, which made a test row where it differs score as the head's weight for it (learned on
-    # the mean's rounding) said, whatever its other features: such rows were at chance (a review)
-    std = torch.where(x_train.amin(0) == x_train.amax(0), torch.ones_like(std), std)
+    # the mean's rounding) said, whatever its other features: such rows were at chance (a review). Any other is
+    # divided by its std alone: an absolute epsilon added to it (1e-6) flattened features whose spread is that
+    # small (an encoder's output scaled by 1e-8 was probed at chance, 10.9% on CIFAR-10 for 35.4%: an audit).
+    std = torch.where((x_train.amin(0) == x_train.amax(0)) | (std == 0), torch.ones_like(std), std)
     num_classes = int(torch.cat([train_labels, test_labels.to(train_labels.device)]).max()) + 1
     head, train_loss = _fit_linear(x_train, mean, std, train_labels.to(device).long(), num_classes,
                                    epochs, batch_size, lr, weight_decay, seed, progress)
