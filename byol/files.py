@@ -159,6 +159,23 @@ def _created(tmp: Path):
     return os.fdopen(fd, "wb")
 
 
+def named_alike(path: Union[str, Path]) -> bool:
+    """Whether ``path``'s name as UTF-8 is its name on disk. TensorBoard encodes a path as UTF-8 to open its events
+    file but makes the folder with the file system's encoding: under a C locale with ``PYTHONUTF8=0`` (ASCII) a
+    run folder named ``rün`` reaches Python as surrogates, which UTF-8 refuses (a user test: a traceback at the
+    start); under a Latin-1 locale, its events would go to a folder of another name."""
+    try:
+        return str(path).encode("utf-8") == os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+
+
+def shown_name(name: Union[str, Path]) -> str:
+    """``name`` (a path) as its bytes read as UTF-8: what a terminal shows, not the surrogates of bytes outside the
+    locale's encoding, which matplotlib's text and a strict stderr refuse."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
 def not_a_file_to_read(path: Union[str, Path]) -> Optional[str]:
     """Why ``path``, given as a checkpoint, is no file to read (a folder, a pipe or device, a link to nothing, or
     nothing there), in one sentence; None where it is a file. Without torch: the command line says a mistyped path

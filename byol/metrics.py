@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from .files import naming, temporary_beside, write_text_atomically
+from .files import named_alike, naming, shown_name, temporary_beside, write_text_atomically
 from .config_values import yaml_word
 from .monitor import MIN_RANK, STD_FRACTION
 
@@ -104,7 +104,12 @@ class MetricsLog:
                       "metrics.jsonl only", file=sys.stderr)
             else:
                 purge = 0 if resume_step is None else resume_step + 1
-                self.writer = SummaryWriter(str(self.events), purge_step=purge)
+                if named_alike(self.events):
+                    self.writer = SummaryWriter(str(self.events), purge_step=purge)
+                else:
+                    print(f"note: TensorBoard cannot write under {shown_name(self.run_dir)}, whose name it cannot "
+                          "encode (under a C locale, PYTHONUTF8=1 lets it); writing metrics.jsonl only",
+                          file=sys.stderr)
 
     def log(self, step: int, epoch: Optional[float] = None, time_s: Optional[float] = None, **values: float) -> None:
         """One record: ``epoch`` and ``time_s`` go to ``metrics.jsonl`` only (TensorBoard's events have
@@ -223,7 +228,7 @@ def plot_metrics(metrics_path: Path) -> list[Path]:
             except OSError as e:
                 failed.append(e)
         elif drawn:  # named by the run's folder: plots of several runs side by side are told apart
-            figure = _figure(f"{title}\nrun: {run.resolve().name}", drawn, records, collapsed, diverged)
+            figure = _figure(f"{title}\nrun: {shown_name(run.resolve().name)}", drawn, records, collapsed, diverged)
             try:
                 with temporary_beside(run / name) as tmp:  # a full disk leaves the last plot, not an empty file
                     figure.savefig(tmp, format="png")

@@ -150,9 +150,28 @@ def tqdm_bar(**kwargs):
     except Exception as e:  # noqa: BLE001 - a broken package fails to import in its own ways
         _no_bars(f"{type(e).__name__}: {e}")
         return None
-    if not _on_terminal():  # a notebook, a log: a bar opened under another (a kNN evaluation's under pretraining's)
-        kwargs.setdefault("position", 0)  # takes its line, as tqdm's cursor moves to the next would be shown as text
+    if not _on_terminal() or os.environ.get("TERM") == "dumb":  # a notebook, a log, Emacs' shell: a bar opened
+        kwargs.setdefault("position", 0)  # under another (a kNN evaluation's under pretraining's) takes its line,
+        # as tqdm's cursor moves to the next would be shown as text
+    columns = _columns()
+    if columns is not None and columns < NARROW_COLUMNS:  # tqdm's bar cut at the edge: no rate, no time left
+        kwargs.setdefault("bar_format", NARROW_BAR if kwargs.get("total") else NARROW_COUNT)
     return tqdm(file=sys.stderr, **bar_shape(), **kwargs)
+
+
+# Below this many columns a bar is its numbers first, its name after them (a user test at 30 columns: tqdm cut
+# "kNN: train features: 100%|#| 64/64 [" at the edge, and "pretrain: 33%|#| 32/96 [00:04": no rate, no time left).
+NARROW_COLUMNS = 60
+NARROW_BAR = "{percentage:3.0f}% {rate_fmt} {remaining} left {desc}{postfix}"
+NARROW_COUNT = "{n_fmt} {rate_fmt} {desc}{postfix}"
+
+
+def _columns() -> Optional[int]:
+    """The width of the terminal stderr is, where it says one."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _on_terminal() -> bool:

@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import sys
-from typing import Iterator, TextIO
+from typing import Iterator, Optional, TextIO
 
 
 # What says the reader has gone: a pipe's reader ended, a hung-up terminal, a closed descriptor.
@@ -23,9 +23,11 @@ class LosableStream:
     descriptor to ``os.devnull`` from then on: what was said already stays said, the rest is dropped,
     and Python's own flush at exit finds nothing to complain of. Everything else is ``stream``'s."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: Optional[TextIO]):
         self._stream = stream
         self.lost = False
+        if stream is None:  # a descriptor closed before Python started (``>&-``, ``2>&-``): Python's is None
+            self.lost, self._stream = True, open(os.devnull, "w")  # (a user test: a traceback at the first print)
 
     def write(self, text: str) -> int:
         try:

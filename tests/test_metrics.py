@@ -310,6 +310,23 @@ def test_without_tensorboard_the_log_says_so_on_stderr_as_every_note(tmp_path, m
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 3.0
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="names are UTF-16 there, never surrogates")
+def test_a_run_folder_whose_name_is_not_utf8_logs_and_plots_without_tensorboard(tmp_path, capsys, drawn):
+    """A user test under a C locale with PYTHONUTF8=0 (ASCII names): a run folder named ``rün`` reached
+    Python as surrogates, and TensorBoard's UTF-8 paths were a traceback at the start, then matplotlib's
+    plot title one at the end. The bytes here are Latin-1's ``ü``, surrogates in any locale."""
+    run = tmp_path / "r\udcfcn"
+    run.mkdir()
+    log = MetricsLog(run)
+    log.log(1, epoch=0.5, time_s=0.1, **{"train/loss": 3.0})
+    log.close()
+    assert "note: TensorBoard cannot write under" in capsys.readouterr().err
+    assert json.loads((run / "metrics.jsonl").read_text())["train/loss"] == 3.0
+    assert not (run / "tensorboard").exists()
+    assert plot_metrics(run / "metrics.jsonl") == [run / "loss.png"]
+    assert drawn["loss.png"].axes[0].get_title().endswith("\nrun: r\ufffdn")
+
+
 def test_plots_leave_the_processs_matplotlib_backend_as_it_was(tmp_path):
     """A user test: drawing the plots switched a notebook's inline backend to Agg for good, and its
     own plt.show() then showed nothing. In a process of its own, as the backend is process-wide."""

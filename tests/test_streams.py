@@ -84,6 +84,16 @@ def test_a_lost_stream_s_descriptor_goes_to_devnull():
         out.close()
 
 
+def test_a_stream_closed_before_python_started_is_lost_not_an_error():
+    """A user test: ``byol eval knn ... >&-`` (Python's sys.stdout then None) printed its table into an
+    AttributeError traceback, exit 1, after the evaluation's work."""
+    stream = LosableStream(None)
+    assert stream.write("table\n") == 6
+    stream.flush()
+    assert stream.lost
+    stream._stream.close()
+
+
 def test_the_streams_are_guarded_while_a_command_runs_and_put_back_after():
     """A mutation audit: leaving sys.stdout and sys.stderr guarded after the block survived every test."""
     saved = sys.stdout, sys.stderr
