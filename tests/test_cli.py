@@ -2024,6 +2024,33 @@ def test_a_process_of_a_torchrun_run_that_was_lost_is_one_sentence_on_each_node(
         cli.main(["pretrain"])
 
 
+@pytest.mark.parametrize("world, said", [("2", True), ("1", False), ("two", False)])
+def test_a_peer_s_connection_closed_is_a_lost_process_in_any_run_of_two_or_more(capsys, monkeypatch, world, said):
+    """A mutation audit: the test above gives "reset by peer" on 4 processes with LOCAL_RANK set; gloo's other
+    words ("Connection closed by peer"), a run of 2, and a process without LOCAL_RANK (its default: node 0's first)
+    were each untested, and WORLD_SIZE that is not a number is not torchrun's: a traceback, as outside it."""
+    from byol import cli
+    lost = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting ... "
+                        "Connection closed by peer [10.0.0.2]:29500")
+
+    def collective_fails(argv):
+        raise lost
+    monkeypatch.setattr(cli, "run", collective_fails)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", world)
+    if not said:
+        with pytest.raises(RuntimeError, match="Connection closed by peer"):
+            cli.main(["pretrain"])
+        return
+    assert cli.main(["pretrain"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("byol: stopped: another process of this torchrun run ended while this one waited for it "
+                          "(Connection closed by peer: ") and err.count("\n") == 1, err
+    assert "the last checkpoint is kept" in err, err
+
+
 def test_pretrain_with_the_reference_colour_ops_runs_and_its_config_yaml_says_so(tmp_path, cifar10_root):
     """augment.color_ops=reference (opt-in) trains through the real command line and is saved with the run."""
     from byol.cli import main

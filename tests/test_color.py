@@ -154,6 +154,33 @@ def test_an_op_off_is_skipped_as_the_reference_skips_it():
         torch.testing.assert_close(got[i], _ref_jitter(x[i], values[i], [0, 1, 2]), atol=ATOL, rtol=0)
 
 
+
+@pytest.mark.parametrize("off", range(4))
+def test_any_one_op_off_is_skipped_whatever_its_value(off):
+    """A mutation audit: turning off saturation alone (hue on: the HSV pass must still run for hue), or
+    brightness or contrast given a value that is not their identity, survived the test above, which turns off
+    hue alone. Each op is turned off here in turn, its value far from the identity."""
+    b = 24
+    x = _images(b=b, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    order = torch.stack([torch.randperm(4, generator=gen) for _ in range(b)])
+    values = torch.tensor([[0.3, 1.4, 1.3, 0.08]] * b)
+    got = reference_color_jitter(x, values, order, enabled=tuple(op != off for op in range(4)))
+    for i in range(b):
+        kept = [int(op) for op in order[i] if op != off]
+        torch.testing.assert_close(got[i], _ref_jitter(x[i], values[i], kept), atol=ATOL, rtol=0)
+
+
+def test_a_reference_range_above_one_draws_factors_below_zero_as_the_reference_does():
+    """The reference draws contrast and saturation factors in 1 +- range with no floor at 0 (torchvision's
+    ranges have one); a mutation audit: that floor put back in the reference branch survived every test.
+    A negative saturation factor is grey (clipped), a negative contrast factor inverts about the mean."""
+    view = ViewConfig(size=8, color_ops="reference", contrast=1.5, saturation=1.5)
+    f = Augment(view).sample_params(512, 8, 8, torch.Generator().manual_seed(0))["factors"]
+    for k in (1, 2):
+        assert f[:, k].min() < -0.3 and f[:, k].max() > 2.3 and f[:, k].min() >= -0.5 and f[:, k].max() <= 2.5, k
+
+
 # --- in the views -------------------------------------------------------------------------------------------
 
 def test_a_reference_view_draws_the_reference_ranges_and_applies_its_ops():
@@ -168,6 +195,21 @@ def test_a_reference_view_draws_the_reference_ranges_and_applies_its_ops():
     out = augment.apply_params(x, params)
     for i in range(0, 256, 37):
         torch.testing.assert_close(out[i], _ref_jitter(x[i], f[i], params["order"][i]), atol=ATOL, rtol=0)
+
+
+def test_a_reference_view_jitters_only_the_images_its_jitter_p_draws():
+    """jitter_p=0.8 leaves a fifth of the images as they were; a mutation audit: the reference branch jittering
+    every image, its per-image draw ignored, survived every test (which all used jitter_p=1)."""
+    view = replace(paper_views(8)[0], color_ops="reference", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                   flip_p=0.0, jitter_p=0.5, grayscale_p=0.0, blur_p=0.0, mean=(0.0,) * 3, std=(1.0,) * 3)
+    augment = Augment(view)
+    params = augment.sample_params(64, 8, 8, torch.Generator().manual_seed(0))
+    x = _images(b=64, h=8, w=8)
+    out = augment.apply_params(x, params)
+    kept = ~params["jitter"]
+    assert 10 < int(kept.sum()) < 54
+    torch.testing.assert_close(out[kept], x[kept], atol=ATOL, rtol=0)
+    assert ((out - x).abs().amax(dim=(1, 2, 3))[~kept] > 1e-3).all()
 
 
 def test_the_default_views_are_torchvision_s_and_the_reference_s_differ():

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from byol.data import DataError, ImageSet, TensorBatches, data_home
 from byol.decoding_processes import _shared_memory_full
 from byol.datasets import build_dataset, load_cifar, load_stl10
-from byol.folder import ImageFolder, Skipped, class_names
+from byol.folder import ImageFolder, Skipped, class_names, escape_name, unescape_name
 from byol.folder_splits import first_names, labeled_folders
 from byol.loaders import folder_loader, load_folder_share, load_folder_tensor, start_pass_at
 from byol.images import decode_image, storage_failure
@@ -942,6 +942,22 @@ def test_a_skipped_files_list_written_before_the_escapes_still_reads_back_its_fo
                                                 encoding="utf-8")  # as the version before the escapes wrote it
     folder.read_skipped(tmp_path / "skipped_files.txt")
     assert folder.bad_files == bad
+
+
+def test_every_character_str_splitlines_breaks_at_is_escaped_and_read_back():
+    """A mutation audit: dropping a character from the escaped line breaks (vertical tab, the file and group
+    separators, U+2029) survived the tests above, which name a few of them only; and an escape written with
+    fewer digits or the wrong width read back as another name. Every character that splitlines breaks at is
+    found here from Python itself, and text that only looks like an escape stays as it was."""
+    breaks = [chr(c) for c in range(0x3000) if len(f"a{chr(c)}b".splitlines()) == 2]
+    assert len(breaks) >= 10
+    for c in breaks:
+        name = f"dir{c}name{c}.png"
+        assert escape_name(name).splitlines() == [escape_name(name)], repr(c)
+        assert unescape_name(escape_name(name)) == name, repr(c)
+    assert escape_name("a\x0b\x85\u2029") == "a\\x0b\\x85\\u2029"  # as a Python string literal writes them
+    for text in ("\\x0c.png", "\\u2028.png", "x0c\\", "caf\u00e9 \x85", "\\\x0c"):
+        assert unescape_name(escape_name(text)) == text, text
 
 
 def test_a_resume_of_a_moved_folder_reads_its_skipped_files_back_at_their_new_place(tmp_path):

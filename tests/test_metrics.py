@@ -160,6 +160,19 @@ def test_a_long_run_s_finite_values_between_undone_records_are_drawn(tmp_path, d
     assert lr.get_marker() in (None, "None", ""), lr.get_marker()
 
 
+def test_a_long_run_s_finite_first_and_last_records_next_to_undone_ones_are_drawn(tmp_path, drawn):
+    """The ends of the rule above (a mutation audit: without the first record's or the last one's own case, the
+    first was checked against the last record, and the last, finite after an undone one, failed the plot)."""
+    nan = {2, 39}
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "train/loss": math.nan if s in nan else 2.0 - s / 100, "train/nonfinite_streak": int(s in nan),
+         "train/lr": 0.1} for s in range(1, 41)])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (loss,) = [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_label() == "loss"]
+    x, every = list(loss.get_xdata()), loss.get_markevery()
+    assert isinstance(every, list) and [x[i] for i in every] == [1, 40], every
+
+
 def test_knn_draws_a_line_per_k_in_order_of_k(tmp_path, drawn):
     write_metrics(tmp_path / "metrics.jsonl", [
         {"step": s, "eval/knn_top1": a200, "eval/knn_top1_k200": a200, "eval/knn_top1_k20": a20}
@@ -422,6 +435,17 @@ def test_the_y_labels_of_a_collapse_over_many_decades_do_not_run_into_one_anothe
         assert len(spans) >= 3 and all(a[1] < b[0] for a, b in zip(spans, spans[1:])), [t.get_text() for t in labels]
     shown = [t.get_text() for t in figure.axes[1].get_yticklabels(minor=True)]
     assert "0.5" in shown and "0.2" in shown, shown  # the rank's one decade and a half: labelled between the 10s
+
+
+def test_a_log_axis_labels_its_2s_and_5s_up_to_two_and_a_half_decades_and_one_of_no_positive_value_too():
+    """The rule of the test above at its edge (a mutation audit: MINOR_LABEL_DECADES at 5 or 1.1 survived): an
+    axis spans half the smallest value to twice the largest, so 0.1..1 spans 1.6 decades (labelled between its
+    10s) and 0.001..1 3.6 (its 10s alone); a panel of 0s only (total collapse) has the plain axis, not an error."""
+    from matplotlib.ticker import NullFormatter
+    for values, labelled in (([0.1, 1.0], True), ([0.001, 1.0], False), ([0.0], True), ([], True)):
+        ax = matplotlib.figure.Figure().add_subplot()
+        byol.metrics._log_axis(ax, values, None)
+        assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter) != labelled, values
 
 
 def test_step_labels_change_unit_at_ten_thousand_and_a_million_and_a_warning_line_needs_its_step():

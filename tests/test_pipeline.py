@@ -12,7 +12,7 @@ import byol
 import byol.folder
 import byol.precision
 from byol import encoders, pipeline
-from byol.config import Config, load_config
+from byol.config import Config, ConfigError, load_config
 from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
 from byol.folder import ImageFolder
@@ -519,6 +519,16 @@ def test_an_own_option_is_told_as_the_argument_of_the_function_given_it_only(tmp
                  lambda: embed(missing, tmp_path / "e.npy", overrides=["--holdout=5"])):
         with pytest.raises(CheckpointError, match="does not exist"):  # on to the checkpoint, as any other override
             call()
+
+
+@pytest.mark.parametrize("given, said", [("0", False), ("off", False), (" Off ", False), ("FALSE", False),
+                                         ("true", True), ("yes", True), ("", True)])
+def test_random_init_given_a_value_among_the_overrides_is_told_as_that_value(tmp_path, given, said):
+    """A mutation audit: dropping "0" or "off" from the values read as false, or the strip of the spaces around
+    one, survived the test above: '--random-init=0' would be told random_init=True, the opposite of what was
+    meant."""
+    with pytest.raises(ConfigError, match=rf"not a config setting: pass random_init={said} to byol\.knn itself"):
+        pipeline.knn(tmp_path / "never_read.pt", [f"--random-init={given}"])
 
 
 def test_an_evaluation_records_the_limit_holdout_and_settings_it_was_given(cifar10_root, tmp_path):

@@ -1940,6 +1940,20 @@ def test_without_the_bar_a_line_within_an_epoch_does_not_wait_for_a_metrics_read
     assert lines[2].startswith(f"epoch 2/2 (step 6/8), loss {losses[4]:.4f} (step 4), 16.0 img/s"), lines
 
 
+def test_without_the_bar_a_run_cut_within_an_epoch_ends_on_its_closing_table_alone(tmp_path, cifar10_root,
+                                                                                    monkeypatch, capsys):
+    """train.max_steps=6 stops 2 steps into the second epoch of 4: a line is due then, but the run's last step is
+    the closing table's, as at an epoch's end (a mutation audit: the check that a step is not the last survived,
+    every test's run ending at an epoch's end)."""
+    on_a_fake_clock(monkeypatch)
+    monkeypatch.setattr(byol.train, "progress_bar", lambda *args: None)
+    monkeypatch.setattr(byol.reporting, "LINE_EVERY_S", 2.0, raising=False)
+    pretrain(two_epochs_of_four_steps(tmp_path / "run", cifar10_root, "--train.progress=false",
+                                      "--train.max_steps=6", "--train.knn_every=-1"))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [int(line.split("(step ")[1].split("/")[0]) for line in lines] == [2, 4], lines
+
+
 def test_the_interval_between_checkpoints_runs_from_the_last_write(tmp_path, cifar10_root, monkeypatch):
     """4 epochs of 8 steps on a clock of 1 s a step, an interval of 12 s: step 16 writes (16 s since the
     start), step 24 does not (8 s since that write), the end does (a mutation audit: an interval measured from
