@@ -83,11 +83,21 @@ def validate(config: "Config", keys: Optional[list[str]] = None) -> "Config":
              ("optim.trust_coefficient", _finite(config.optim.trust_coefficient) > 0, "a finite number > 0"),
              ("optim.beta1", 0 <= config.optim.beta1 < 1, ">= 0 and < 1"),
              ("optim.beta2", 0 <= config.optim.beta2 < 1, ">= 0 and < 1"),
-             ("optim.warmup_epochs", _finite(config.optim.warmup_epochs) >= 0, "a finite number >= 0")]
+             ("optim.warmup_epochs", _finite(config.optim.warmup_epochs) >= 0, "a finite number >= 0"),
+             *_whole_number_rules(config)]
     for key, ok, rule in rules:
         if not ok and (keys is None or key in keys):
             raise ConfigError(f"{key} must be {rule}")
     return config
+
+
+def _whole_number_rules(config: "Config") -> list:
+    """Every whole-number setting below 2**63: torch takes sizes as 64-bit numbers, and a larger one (a user
+    test: ``--model.width=99999999999999999999``, or ``image_size`` so) ended in torch's "Overflow when unpacking
+    long" traceback as the network was built."""
+    return [(f"{section}.{key}", -2**63 <= value < 2**63, "below 2**63 (a 64-bit whole number)")
+            for section, values in config.to_dict().items() for key, value in values.items()
+            if isinstance(value, int) and not isinstance(value, bool)]
 
 
 def _meant_backbone(name: str, resnets: tuple) -> str:

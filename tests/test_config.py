@@ -203,6 +203,22 @@ def test_bad_overrides_are_clear_errors(override, message):
         load_config("cifar10", [override])
 
 
+@pytest.mark.parametrize("key", ["model.width", "model.projection_size", "model.projection_hidden_size",
+                                 "data.image_size", "data.load_size", "train.epochs"])
+def test_a_whole_number_past_64_bits_is_one_sentence_in_a_file_and_on_the_command_line(tmp_path, key):
+    """Torch takes sizes as 64-bit numbers: a larger one ended in its "Overflow when unpacking long" traceback
+    as the network was built, after the config was taken."""
+    message = re.escape(f"{key} must be below 2**63 (a 64-bit whole number)")
+    with pytest.raises(ConfigError, match=message):
+        load_config("cifar10", [f"--{key}=99999999999999999999"])
+    section, _, name = key.partition(".")
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"{section}:\n  {name}: 9223372036854775808\n")
+    with pytest.raises(ConfigError, match=f"^config {re.escape(str(path))}: {message}$"):
+        load_config(path)
+    assert getattr(getattr(load_config("cifar10", [f"--{key}=9223372036854775807"]), section), name) == 2**63 - 1
+
+
 def test_overrides_given_as_one_string_are_a_clear_error(tmp_path):
     """A string was taken character by character: "override '-' must look like --section.key=value"."""
     from byol.pipeline import knn
