@@ -340,12 +340,12 @@ class Augment(nn.Module):
             x = resized_crop(images, params["boxes"], cfg.size, cfg.antialias)  # (B, 3, size, size)
             if cfg.flip_p > 0:
                 x = hflip(x, params["flip"])
-            if cfg.jitter_p > 0 and cfg.color_ops == "reference":
-                enabled = (cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0)
-                jittered = reference_color_jitter(x, params["factors"], params["order"], enabled)
-                x = torch.where(per_image(params["jitter"]), jittered, x)
-            elif cfg.jitter_p > 0:
-                jittered = color_jitter(x, params["factors"], params["order"], hue=cfg.hue > 0)
+            if cfg.jitter_p > 0:
+                if cfg.color_ops == "reference":
+                    enabled = (cfg.brightness > 0, cfg.contrast > 0, cfg.saturation > 0, cfg.hue > 0)
+                    jittered = reference_color_jitter(x, params["factors"], params["order"], enabled)
+                else:
+                    jittered = color_jitter(x, params["factors"], params["order"], hue=cfg.hue > 0)
                 x = torch.where(per_image(params["jitter"]), jittered, x)
             if cfg.grayscale_p > 0:
                 x = rgb_to_grayscale(x, params["grayscale"])
