@@ -17,6 +17,11 @@ def check_arguments(net: object, image_size: object, default_views: bool, augmen
         hint = "; for a ResNet by name, use byol.resnet('resnet50')" if isinstance(net, str) else ""
         raise TypeError(f"net must be a torch.nn.Module, such as torchvision.models.resnet50(), but got "
                         f"{type(net).__name__} {net!r:.60}{hint}")
+    scripted = next((name for name, m in net.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:  # (a user test: tracing called a scripted layer without its weights, never trained)
+        what = f"net's module {scripted!r} is" if scripted else "net is"
+        raise TypeError(f"{what} TorchScript (torch.jit.script or trace), whose weights the learner would neither "
+                        "train nor copy into its target: give the plain nn.Module (script it after pretraining)")
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
         raise TypeError(f"image_size must be a whole number, the side of the augmented views (e.g. 224), but "
                         f"got {type(image_size).__name__} {image_size!r:.60}")
@@ -119,7 +124,7 @@ def check_batch_shape(images: torch.Tensor, min_batch: int = 1, rgb: bool = Fals
     shape = tuple(images.shape)
     if rgb and (len(shape) != 4 or shape[1] != 3):
         raise ValueError(f"BYOL's default augmentations take a batch of images shaped (B, 3, H, W), but got "
-                         f"shape {shape}")
+                         f"shape {shape}; for other inputs, pass augment_fn (and augment_fn2) of your own")
     # (a user test: one image (3, H, W) went into the network unbatched, an 'embedding' (C, 1) out, or torch's error)
     if image and len(shape) != 4:
         hint = "; for one image, image[None]" if len(shape) == 3 else ""

@@ -483,3 +483,20 @@ def test_one_image_without_its_batch_dimension_is_refused_on_every_call_with_the
         learner(torch.rand(0, 3, 16, 16), return_embedding=True)  # in eval mode
     own_views = learner_on(nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 2)), hidden_layer=-1, feature_dim=2)
     assert own_views(torch.rand(4, 10), return_embedding=True)[1].shape == (4, 2)  # not images: any (B, ...)
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_network_holding_a_torchscript_module_is_one_sentence(whole):
+    """A scripted layer: tracing called it without registering its weights, which the optimizer then never
+    trained, without a word (a user test); trace=False, or a whole scripted net, failed deep in the target's copy."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation
+        if whole:
+            net = torch.jit.script(net)
+        else:
+            net[0] = torch.jit.script(net[0])
+    where = "net is" if whole else "net's module '0' is"
+    for trace in (True, False):
+        with pytest.raises(TypeError, match=rf"^{where} TorchScript .* give the plain nn.Module"):
+            learner_on(net, hidden_layer=-1 if whole else 2, trace=trace)

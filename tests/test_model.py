@@ -851,7 +851,8 @@ def test_floats_a_resize_took_a_little_above_1_are_taken_and_one_channel_is_refu
         model(images * 2.5)  # 2.6 at most: 0..255 pixels of a dark image, say
     gray = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"^BYOL's default augmentations take a batch of images shaped \(B, 3, H, W\), "
-                                         r"but got shape \(4, 1, 32, 32\)$"):
+                                         r"but got shape \(4, 1, 32, 32\); for other inputs, pass augment_fn "
+                                         r"\(and augment_fn2\) of your own$"):
         model(gray)
 
 
