@@ -106,6 +106,10 @@ class ImageFolder(Dataset):
     def path(self, index: int) -> str:
         return os.path.join(self.root, os.fsdecode(self._paths[index]))
 
+    def name(self, index: int) -> bytes:
+        """The file at ``index`` relative to ``root`` (``CLASS/FILE``), as ``os.fsencode``'s bytes."""
+        return self._paths[index]
+
     @property
     def paths(self) -> list[str]:
         return [self.path(i) for i in range(len(self))]

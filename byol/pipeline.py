@@ -345,7 +345,11 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
             # what was asked besides the checkpoint, so that the number can be computed again (a review: n_train
             # alone does not tell --limit from the whole split, nor which config settings were given)
             "limit": limit, "holdout": holdout, "overrides": override_list(overrides)}
-    return config, device, (train_f, train_y, test_f, test_y), info, _classes_missing(train, train_y, test_y, held)
+    missing = _classes_missing(train, train_y, test_y, held, limit, holdout)
+    if len(train_y) and bool((train_y == train_y[0]).all()):  # (a one-class folder scored 100%, without a word)
+        note(f"the train images are all of one class, so every {held} image is classified as it: the accuracies "
+             f"are the share of the {held} images of that class, whatever the encoder")
+    return config, device, (train_f, train_y, test_f, test_y), info, missing
 
 
 def _input_of(config: Config, own_net: Optional[nn.Module], cut: Cut = None) -> dict:
@@ -360,10 +364,11 @@ def _input_of(config: Config, own_net: Optional[nn.Module], cut: Cut = None) -> 
     return {"model": net, "mean": list(view1.mean), "std": list(view1.std)}
 
 
-def _classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor, held: str) -> Optional[str]:
+def _classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor, held: str,
+                     limit: Optional[int] = None, holdout: int = 0) -> Optional[str]:
     """The note naming the classes of the held-out split's images that no train image has (None: there are
     none): none of theirs can be classified right (a class folder whose files all failed to decode, say,
-    caps the accuracy silently)."""
+    caps the accuracy silently); the cause it names is one that ``limit`` and ``holdout`` (given or not) allow."""
     missing = sorted(set(test_y.tolist()) - set(train_y.tolist()) - {-1})
     if not missing:
         return None
@@ -371,8 +376,11 @@ def _classes_missing(train: Source, train_y: torch.Tensor, test_y: torch.Tensor,
     names = [classes[i] if classes else str(i) for i in missing]
     n = int(torch.isin(test_y, torch.tensor(missing)).sum())
     one = len(missing) == 1
-    why = "its files could not be decoded, or --limit left them out" if isinstance(train, ImageFolder) else \
-        "--limit or --holdout left them out"
+    # the causes the user's own options allow (a user test: --limit named where none was given)
+    causes = ["its files could not be decoded"] if isinstance(train, ImageFolder) else []
+    given = " or ".join(option for option, value in (("--limit", limit), ("--holdout", holdout)) if value)
+    causes += [f"{given} left them out"] if given else []
+    why = f" ({', or '.join(causes)})" if causes else ""
     return (f"{'class' if one else 'classes'} {first_names(names)} "
-            f"{'has' if one else 'have'} no image among the train features ({why}), so none of the {n:,} {held} "
+            f"{'has' if one else 'have'} no image among the train features{why}, so none of the {n:,} {held} "
             f"image{'s' * (n != 1)} of {'it' if one else 'them'} can be classified right")

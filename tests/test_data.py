@@ -7,6 +7,7 @@ import itertools
 import os
 import pickle
 import re
+import shutil
 import signal
 import struct
 import sys
@@ -813,7 +814,7 @@ def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_cla
     difference, cut to 5 with no sign of the rest)."""
     for path in ("set/train/a/0.png", "set/train/b/0.png", "set/train/c/0.png", "set/val/c/0.png", "set/val/c/1.png"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 8)).save(tmp_path / path)
+        Image.new("RGB", (8, 8), "white" if "val" in path else "black").save(tmp_path / path)  # (same bytes: noted)
     (tmp_path / "set" / "val" / "b").mkdir()  # there, but empty: val has no class b
     monkeypatch.chdir(tmp_path)
     train, val = labeled_folders("set", size=8)
@@ -836,6 +837,40 @@ def test_classes_that_differ_are_said_with_both_folders_in_full_and_an_empty_cla
     with pytest.raises(DataError, match=rf"differ \(6 classes only in {re.escape(str(tmp_path / 'set' / 'val'))}: "
                                         r"d, e, f, g, h, \.\.\.\); every class"):
         labeled_folders("set", size=8)
+
+
+def test_labeled_folders_note_how_many_held_out_images_are_training_images(tmp_path, capsys):
+    """A review: a val/CLASS linked to train/CLASS, or files copied or hard-linked from train/, made each such
+    image its own nearest neighbour (100% at k=1), without a word; they are counted, once each, in one note.
+    A file of the same name with other bytes (of the same size) is not one of them, nor is one of another class."""
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=3)
+    val = extract_jpegs(tmp_path / "set" / "val", per_class=3)  # the same files: copies
+    shutil.rmtree(val / "cat")
+    (val / "cat").symlink_to(train / "cat", target_is_directory=True)
+    hard = sorted((val / "ship").iterdir())[0]
+    hard.unlink()
+    os.link(train / "ship" / hard.name, hard)
+    for path in (val / "dog").iterdir():  # same name and size, another byte
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 1
+        path.write_bytes(bytes(data))
+    (val / "frog" / "moved.jpg").write_bytes((train / "frog" / sorted(os.listdir(val / "frog"))[0]).read_bytes())
+    (val / "frog" / sorted(os.listdir(val / "frog"))[0]).unlink()  # renamed: not looked for
+    os.rename(val / "horse" / sorted(os.listdir(val / "horse"))[0], val / "deer" / "from_horse.jpg")
+    capsys.readouterr()
+    assert [len(s) for s in labeled_folders(tmp_path / "set", size=8)] == [30, 30]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "also in" in line]
+    assert notes == [f"note: 25 of the 30 images of {val} are also in {train} (the same file, or the same bytes, "
+                     "under the same class and file name): each is its own nearest neighbour, so the accuracies "
+                     "over them are inflated; hold them out of one of the splits"]
+    labeled_folders(tmp_path / "set", size=8, limit=1)  # the images scored: 1 of each split, the same file
+    assert "note: 1 of the 1 images of" in capsys.readouterr().err
+    shutil.rmtree(val)
+    extract_jpegs(tmp_path / "set" / "val", per_class=5)
+    for path in val.rglob("*.jpg"):  # names of their own (a copy renamed, too, is not looked for: its bytes are
+        path.rename(path.with_name("val_" + path.name))  # read only where the names agree)
+    labeled_folders(tmp_path / "set", size=8)
+    assert "also in" not in capsys.readouterr().err
 
 
 def _many_classes(tmp_path: Path, names: list[str]) -> ImageFolder:

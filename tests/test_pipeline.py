@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -296,17 +297,42 @@ def test_eval_of_a_folder_says_which_classes_no_train_image_has(tmp_path, capsys
     given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=0",
              "--train.device=cpu"]
     assert knn(tmp_path / "r18.pt", given, ks=(3,))["n_train"] == 18
-    assert ("note: class cat has no image among the train features (its files could not be decoded, or --limit "
-            "left them out), so none of the 1 val image of it can be classified right") in capsys.readouterr().err
+    # the causes named are those the options given allow (a review: --limit named where none was given)
+    assert ("note: class cat has no image among the train features (its files could not be decoded), so none of the "
+            "1 val image of it can be classified right") in capsys.readouterr().err
     knn(tmp_path / "r18.pt", given, ks=(3,), limit=5)  # 5 files of 10 classes' in each split
-    assert "no image among the train features" in capsys.readouterr().err
+    assert "no image among the train features (its files could not be decoded, or --limit left them out)" \
+        in capsys.readouterr().err
     extract_jpegs(tmp_path / "set" / "train", per_class=3)  # (cat's files written again, whole)
     knn(tmp_path / "r18.pt", given, ks=(3,))
     assert "no image among the train features" not in capsys.readouterr().err
     train_set = ImageSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["plane", "car", "bird"])
-    said = pipeline._classes_missing(train_set, train_set.labels, torch.tensor([2, 1, 2]), "test")
-    assert said == ("class bird has no image among the train features (--limit or --holdout left them out), so "
-                    "none of the 2 test images of it can be classified right")
+    for limit, holdout, why in ((None, 0, ""), (5, 0, " (--limit left them out)"),
+                                (None, 9, " (--holdout left them out)"), (5, 9, " (--limit or --holdout left them out)")):
+        said = pipeline._classes_missing(train_set, train_set.labels, torch.tensor([2, 1, 2]), "test", limit, holdout)
+        assert said == (f"class bird has no image among the train features{why}, so none of the 2 test images of it "
+                        "can be classified right")
+
+
+def test_eval_of_one_class_says_its_accuracies_are_no_measure_of_the_encoder(tmp_path, capsys):
+    """A review: a folder of one class scored 100.00% for kNN and the linear probe's top-1, without a word."""
+    import torchvision
+    from byol import knn, linear
+    for split in ("train", "val"):
+        folder = extract_jpegs(tmp_path / "set" / split, per_class=2)
+        for other in folder.iterdir():
+            if other.name != "cat":
+                shutil.rmtree(other)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=0",
+             "--train.device=cpu"]
+    said = ("note: the train images are all of one class, so every val image is classified as it: the accuracies "
+            "are the share of the val images of that class, whatever the encoder")
+    assert knn(tmp_path / "r18.pt", given, ks=(1,))["knn_top1"] == {1: 100.0} and said in capsys.readouterr().err
+    assert linear(tmp_path / "r18.pt", given, epochs=1)["top1"] == 100.0 and said in capsys.readouterr().err
+    extract_jpegs(tmp_path / "set" / "train", per_class=2)  # two classes: no such note
+    knn(tmp_path / "r18.pt", given, ks=(1,))
+    assert "all of one class" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, given, unused", [
