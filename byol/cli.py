@@ -137,7 +137,13 @@ def _pretrain(args, overrides: list[str]) -> int:
     if args.print_config:
         return _print_config(config, resume)
     from .train import pretrain
-    results = pretrain(config, resume=resume)
+    try:
+        results = pretrain(config, resume=resume)
+    except Exception as e:
+        if not (continues and error_lines.is_out_of_memory(e)):
+            raise
+        from .errors import ByolError
+        raise ByolError(f"the batch does not fit in memory; {error_lines.RESUMED_LOWER}") from None
     if "stopped_by" in results:  # (pretrain said where, as to a script or a notebook)
         return 128 + int(getattr(signal, results["stopped_by"]))
     _print_table("pretraining done", _pretrain_rows(config, results))

@@ -41,6 +41,12 @@ def say_error(e: Union[BaseException, str], everywhere: bool) -> None:
         print(f"byol: error{where}: {e}", file=sys.stderr)
 
 
+# What to lower where a resumed run runs out of memory: its checkpoint fixes train.batch_size and the model (a
+# resume with another batch size is refused), so "lower train.batch_size" led to a second refusal (a user test).
+RESUMED_LOWER = ("lower data.image_size (a resumed run keeps its checkpoint's train.batch_size and model), or start "
+                 "a new run with a smaller train.batch_size")
+
+
 def _out_of_memory() -> int:
     say_error("the batch does not fit in memory; lower train.batch_size (to half, say), or data.image_size or the "
               "model's size (model.width, model.projection_hidden_size)", everywhere=True)

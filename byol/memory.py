@@ -15,7 +15,7 @@ import torch
 
 from .config import ConfigError
 from .dropin import BYOL
-from .error_lines import is_out_of_memory
+from .error_lines import RESUMED_LOWER, is_out_of_memory
 
 GiB = 2 ** 30
 _PROBE_SIZE = 64  # the largest probe image side: the activations of larger ones grow with their area
@@ -121,8 +121,9 @@ def _cgroup_room(folder: Path, limit_name: str, usage_name: str, inactive_key: s
         return None
 
 
-def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch.dtype]) -> None:
-    """Refuse, in one sentence, a CPU step whose saved activations alone exceed the free memory."""
+def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch.dtype], resumed: bool = False) -> None:
+    """Refuse, in one sentence, a CPU step whose saved activations alone exceed the free memory; ``resumed``: a
+    resumed run's, whose train.batch_size and model its checkpoint fixes (a resume refuses others)."""
     free = free_memory()
     if free is None:
         return
@@ -130,8 +131,8 @@ def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch
     what = (f"a training step at train.batch_size={batch} and data.image_size={image_size} keeps at least "
             f"{_size(need)} for its backward pass")
     if need > free:
-        raise ConfigError(f"{what}, and this machine has {_size(free)} free; lower train.batch_size or "
-                          "data.image_size (or model.width)")
+        lower = RESUMED_LOWER if resumed else "lower train.batch_size or data.image_size (or model.width)"
+        raise ConfigError(f"{what}, and this machine has {_size(free)} free; {lower}")
     if need * _PEAK_OVER_SAVED > free:
         print(f"note: {what}, of the {_size(free)} free, and its peak is higher (1.2 to 1.7 times as "
               "much, measured): the system may kill the run for memory; a smaller train.batch_size is safer",

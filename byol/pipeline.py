@@ -20,6 +20,8 @@ from .config import Config, ConfigError, override_list
 from .config_files import override_key
 from .data import DataError, ImageSet
 from .dataset_files import FilesNotFound
+from .error_lines import is_out_of_memory
+from .errors import ByolError
 from .datasets import build_dataset
 from .folder import ImageFolder, escape_name
 from .folder_splits import first_names, labeled_folders
@@ -146,8 +148,22 @@ def features(net: nn.Module, config: Config, source: Source, device: torch.devic
     A folder is streamed through ``data.workers`` decoding processes, so it is never all in
     memory; its undecodable files are left out (``indices`` says which files the rows are of).
     Its images are cut to their center ``data.image_size`` (:func:`~byol.build.eval_crop`).
-    ``progress`` shows a bar on stderr (rank 0 only; a string names it).
+    ``progress`` shows a bar on stderr (rank 0 only; a string names it). Memory that runs out is a
+    :class:`~byol.errors.ByolError` saying what to lower (not train.batch_size, which evaluation does not use).
     """
+    try:
+        return _features(net, config, source, device, progress, weights)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        cpu = " or run on the CPU (--train.device=cpu)," if device.type != "cpu" else ""
+        raise ByolError(f"the features of {len(source):,} images, in batches of {EVAL_BATCH}, do not fit in the "
+                        f"memory of {device.type}; lower data.image_size (a folder's),{cpu} or give fewer images "
+                        "(--limit N): train.batch_size is pretraining's, not used here") from None
+
+
+def _features(net: nn.Module, config: Config, source: Source, device: torch.device, progress: Union[bool, str],
+              weights: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if device.type == "cpu" and config.train.keep_freed_memory:  # as pretrain: each batch reuses the last's
         keep_freed_memory()  # memory, not faulted in again (1.6x faster; docs/python_api.md)
     view1, _ = views_of(config)

@@ -113,7 +113,7 @@ def before_first_step(config: Config, byol: BYOL, data: TrainData, device: torch
     ``data.root``, whose files are listed under the folder's new place where it moved)."""
     t, run_dir = config.train, Path(config.train.out_dir)
     if device.type == "cpu" and world == 1 and t.compile is not True:  # a GPU says out of memory by itself
-        check_step_fits(byol, t.batch_size, config.data.image_size, amp)
+        check_step_fits(byol, t.batch_size, config.data.image_size, amp, resumed=resume_step is not None)
     if folder is not None:
         folder.save_config(config, resume_step)
         note_cpu(config, device)

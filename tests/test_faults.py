@@ -657,7 +657,10 @@ def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifa
     monkeypatch.setattr(byol.step, "train_step", oom)
     capsys.readouterr()
     assert cli.main(["pretrain", "--resume", cifar, *tiny_overrides(run, **{"train.max_steps": 8})]) == 2
-    assert "does not fit in memory" in capsys.readouterr().err
+    # not "lower train.batch_size", which a resume refuses (its checkpoint's steps are in that many images)
+    assert capsys.readouterr().err.endswith(
+        "byol: error: the batch does not fit in memory; lower data.image_size (a resumed run keeps its checkpoint's "
+        "train.batch_size and model), or start a new run with a smaller train.batch_size\n")
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2; a new "
                 "run's folder is removed, a resumed run's files are left as they were")

@@ -123,6 +123,21 @@ def test_a_step_that_cannot_fit_is_one_sentence_and_leaves_no_run_folder(tmp_pat
                 "than a step's peak, a note and the run goes on")
 
 
+def test_a_resumed_run_s_step_that_cannot_fit_says_what_a_resume_can_lower(monkeypatch):
+    """A user test: a resumed run whose step could not fit was told to lower train.batch_size, which the resume
+    then refused (its checkpoint's steps are in that many images): a resume can lower data.image_size alone."""
+    byol = _model(8)
+    monkeypatch.setattr(memory, "free_memory", lambda: 1)
+    with pytest.raises(memory.ConfigError) as new:
+        memory.check_step_fits(byol, 16, 8, None)
+    assert str(new.value).endswith("lower train.batch_size or data.image_size (or model.width)")
+    with pytest.raises(memory.ConfigError) as resumed:
+        memory.check_step_fits(byol, 16, 8, None, resumed=True)
+    assert str(resumed.value).endswith("; lower data.image_size (a resumed run keeps its checkpoint's "
+                                       "train.batch_size and model), or start a new run with a smaller "
+                                       "train.batch_size")
+
+
 def _fake_system(root, cgroup: str, files: dict) -> None:
     (root / "proc" / "self").mkdir(parents=True)
     (root / "proc" / "meminfo").write_text("MemTotal: 100000000 kB\nMemAvailable: 50000000 kB\n")

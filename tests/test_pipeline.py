@@ -568,3 +568,32 @@ def test_an_evaluation_records_the_limit_holdout_and_settings_it_was_given(cifar
     for result, holdout in zip(results, (30, 0)):
         assert (result["limit"], result["holdout"], result["overrides"]) == (20, holdout, given)
         assert json.loads(json.dumps(result))["overrides"] == given  # as byol eval writes it
+
+
+class OutOfMemory(nn.Module):
+    """An encoder whose forward fails as an allocation does, with ``error``."""
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.error = error
+
+    def forward(self, x):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"), MemoryError()])
+def test_features_that_do_not_fit_in_memory_say_what_eval_and_embed_can_lower(error):
+    """A user test (embed of a folder at --data.image_size=1024 under a memory limit): the sentence said to lower
+    train.batch_size, which eval and embed ignore (a note says so), and the same error came again."""
+    images = ImageSet(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(byol.ByolError) as raised:
+        pipeline.features(OutOfMemory(error), Config(), images, torch.device("cpu"))
+    said = str(raised.value)
+    assert "do not fit in the memory of cpu" in said and "data.image_size" in said and "--limit" in said
+    assert "lower train.batch_size" not in said
+    with pytest.raises(ValueError, match="a bug"):  # another error is not taken for memory
+        pipeline.features(OutOfMemory(ValueError("a bug")), Config(), images, torch.device("cpu"))
