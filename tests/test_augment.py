@@ -362,11 +362,27 @@ def test_sampled_parameters_follow_the_config():
     assert (p["factors"] >= lo).all() and (p["factors"] <= hi).all()
     assert ((p["factors"] - lo) / (hi - lo)).mean(0).sub(0.5).abs().max() < 0.03
     assert (p["sigma"] >= 0.1).all() and (p["sigma"] <= 2.0).all()
+    assert abs(p["sigma"].mean().item() - 1.05) < 0.03  # uniform on [0.1, 2] (a mutation audit: u^2 survived)
     # A random order per image: every op lands in every position about a quarter of the time.
     assert torch.equal(p["order"].sort(1).values, torch.arange(4).expand(4000, 4))
     position_freq = torch.stack([(p["order"] == op).float().mean(0) for op in range(4)])
     assert (position_freq - 0.25).abs().max() < 0.03
     assert torch.unique(p["order"], dim=0).shape[0] == math.factorial(4)
+
+
+@pytest.mark.parametrize("color_ops, lo, hi", [("torchvision", [0.9, 0.5, 0.7, -0.05], [1.1, 1.5, 1.3, 0.05]),
+                                                ("reference", [-0.1, 0.5, 0.7, -0.05], [0.1, 1.5, 1.3, 0.05])])
+def test_each_jitter_factor_spans_its_own_strength(color_ops, lo, hi):
+    """A mutation audit: with the paper's strengths (brightness and contrast both 0.4) brightness drawn over
+    contrast's range, and the reference ops' hue over (0, h), survived: distinct strengths, each factor uniform
+    over its own range (torchvision's factors 1 +- s; the reference's brightness a delta +- s, hue +- h)."""
+    view = ViewConfig(size=32, brightness=0.1, contrast=0.5, saturation=0.3, hue=0.05, color_ops=color_ops)
+    factors = Augment(view).sample_params(4000, 32, 32, _gen())["factors"]
+    lo, hi = torch.tensor(lo), torch.tensor(hi)
+    assert (factors >= lo).all() and (factors <= hi).all()
+    spread = (factors - lo) / (hi - lo)  # uniform on [0, 1] each: mean 1/2, and near both ends
+    assert spread.mean(0).sub(0.5).abs().max() < 0.03
+    assert (spread.min(0).values < 0.01).all() and (spread.max(0).values > 0.99).all()
 
 
 def test_the_per_image_decisions_of_different_ops_are_independent():
@@ -415,6 +431,15 @@ def test_presets():
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(Augment(identity)(x), normalize(x.float() / 255, CIFAR_MEAN, CIFAR_STD))
 
+
+
+def test_cifar_views_are_the_papers_but_for_blur_and_normalization():
+    """A mutation audit: the CIFAR preset with crops of 20-100% of the area, or with jitter p=0.5 and grayscale
+    p=0.1, each survived every test (only its blur, solarization, size and statistics were pinned). Its docstring:
+    the paper's recipe (appendix B, table 6: crops 8-100%, flip 0.5, jitter 0.4/0.4/0.2/0.1 at p=0.8, grayscale 0.2,
+    solarize 0 and 0.2) without blur, with CIFAR-10's mean and std."""
+    for paper, cifar in zip(paper_views(32), cifar_views(32)):
+        assert cifar == replace(paper, blur_p=0.0, mean=CIFAR_MEAN, std=CIFAR_STD)
 
 @pytest.mark.parametrize("bad", [dict(flip_p=1.5), dict(crop_scale=(0.5, 0.1)), dict(blur_kernel=4), dict(hue=0.7),
                                  dict(size=0), dict(size=-5), dict(size=8.5), dict(size=8, blur_kernel=23),

@@ -279,3 +279,13 @@ def test_a_vit_s_class_token_and_position_embedding_are_decayed_and_its_layer_no
     assert not any(n.endswith("bias") or ".ln" in n for n in decayed)
     assert {names[id(p)] for p in excluded["params"]} == set(names.values()) - decayed
     assert excluded["weight_decay"] == 0.0 and excluded["lars_exclude"]
+
+
+def test_lars_defaults_are_the_papers_momentum_and_trust_coefficient():
+    """A mutation audit: build_optimizer's default momentum 0 and trust coefficient 0.02 each survived every test
+    (the training loop passes the config's own). Paper, appendix C: LARS with momentum 0.9 and trust coefficient
+    eta 0.001, unclipped; biases and normalization parameters without weight decay."""
+    for opt in (build_optimizer("lars", make_model(), lr=0.1, weight_decay=1.5e-6),
+                LARS(param_groups(make_model(), 1.5e-6), lr=0.1)):
+        assert [(g["momentum"], g["trust_coefficient"], g["clip"], g["weight_decay"]) for g in opt.param_groups] == [
+            (0.9, 0.001, False, 1.5e-6), (0.9, 0.001, False, 0.0)]

@@ -68,3 +68,8 @@ def test_tau_rises_from_base_tau_to_final_tau():
     """A mutation audit: tau_schedule rising to 1 whatever final_tau it was given survived every test."""
     assert [tau_schedule(s, 100, base_tau=0.99, final_tau=0.999) for s in (0, 50, 100)] == pytest.approx(
         [0.99, 0.9945, 0.999], abs=1e-12)
+
+
+def test_tau_starts_at_the_papers_0_996_by_default():
+    """A mutation audit: a default base_tau of 0.99 survived every test. Paper, section 3.2: tau_base = 0.996."""
+    assert [tau_schedule(s, 100) for s in (0, 50, 100)] == pytest.approx([0.996, 0.998, 1.0], abs=1e-12)
