@@ -142,8 +142,21 @@ def is_out_of_memory(e: BaseException) -> bool:
     # torch.cuda's name for it is torch's oldest (torch.OutOfMemoryError, the same class, came in 2.5)
     if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)):
         return True
+    if isinstance(e, OSError) and e.errno == errno.ENOMEM:  # the system's own (mmap, fork: "Cannot allocate memory")
+        return True
     # the CPU allocator reports exhaustion as a plain RuntimeError
     return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
+def _no_new_thread(e: BaseException) -> Optional[str]:
+    """The sentence for Python's error where the system starts no more threads (a user test: a resume under
+    ``ulimit -v``, whose threads' stacks no longer fit in the address space, was TensorBoard's traceback); None
+    for another."""
+    if not (isinstance(e, RuntimeError) and str(e).startswith("can't start new thread")):
+        return None
+    return ("the system would start no more threads for byol: a limit on this process's address space (ulimit -v, "
+            "a scheduler's h_vmem) or on its threads (ulimit -u) is reached; raise it, or lower data.workers; a "
+            "pretraining run that wrote a checkpoint goes on from it with --resume")
 
 
 def _numpy_unusable(e: BaseException) -> Optional[str]:
@@ -172,7 +185,7 @@ def say(e: Exception) -> Optional[int]:
         return 2
     if is_out_of_memory(e):
         return _out_of_memory()
-    said = _decoding_process_died(e) or _numpy_unusable(e)
+    said = _decoding_process_died(e) or _numpy_unusable(e) or _no_new_thread(e)
     if said is None:
         return None
     say_error(said, everywhere=True)

@@ -155,3 +155,18 @@ def test_an_input_output_error_that_names_no_file_is_not_said_as_the_disk_s_alon
     assert say(OSError(errno.EIO, os.strerror(errno.EIO))) == 2
     said = capsys.readouterr().err
     assert "the disk failed" not in said and "or the terminal gone (an ssh session closed" in said
+
+
+def test_a_thread_or_memory_the_system_refuses_is_one_sentence(capsys):
+    """A user test: a resume under ``ulimit -v 4000000`` ended in TensorBoard's traceback, "can't start new
+    thread" (the stacks of new threads no longer fit in the address space); a fork refused for memory (ENOMEM, no
+    file) was a traceback too. Each is one sentence, exit 2; another RuntimeError stays a bug's traceback."""
+    assert say(RuntimeError("can't start new thread")) == 2
+    assert capsys.readouterr().err == (
+        "byol: error: the system would start no more threads for byol: a limit on this process's address space "
+        "(ulimit -v, a scheduler's h_vmem) or on its threads (ulimit -u) is reached; raise it, or lower "
+        "data.workers; a pretraining run that wrote a checkpoint goes on from it with --resume\n")
+    assert say(OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))) == 2
+    assert capsys.readouterr().err.startswith("byol: error: the batch does not fit in memory; ")
+    assert say(RuntimeError("can't start new process")) is None
+    assert say(OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))) is None
