@@ -514,3 +514,22 @@ def test_a_chunk_size_below_1_is_an_error_not_a_score_of_no_rows():
         with pytest.raises(ValueError, match=r"^chunk_size must be None or a whole number >= 1"):
             knn_accuracy(x, y, x, y, chunk_size=bad)
     assert knn_accuracy(x, y, x, y, ks=(1,), chunk_size=3) == {1: 100.0}
+
+
+def test_knn_accuracy_defaults_to_k_20_and_200_at_temperature_0_1():
+    """A mutation audit: knn_accuracy's default ks of (20,) in place of (20, 200) survived every test. Its defaults
+    are k 20 and 200 at temperature 0.1 (docs/metrics.md). One class-0 point on the query and 199 class-1 points at
+    cosine 0.5: at k 20 class 1 weighs 19 exp(-5) = 0.13 < 1, at k 200 199 exp(-5) = 1.34 > 1 (at T 0.07, 0.16)."""
+    bank, labels = torch.tensor([unit(0)] + [unit(60)] * 199), torch.tensor([0] + [1] * 199)
+    acc = knn_accuracy(bank, labels, QUERY, torch.tensor([0]))
+    assert list(acc) == [20, 200] and acc == {20: 100.0, 200: 0.0}
+
+
+def test_linear_probe_counts_a_class_that_only_the_test_split_has():
+    """A mutation audit: the probe's classes taken from the train labels alone survived every test. C is the
+    classes of both splits (3 here, though the train split has 0 and 1 only), and top-5 is top-min(5, C): the
+    3 best of 3 classes always hold the label, while the test rows of class 2 are never a top-1 hit."""
+    x, y = separable(40, c=2)
+    xt, yt = separable(30, c=3, seed=1)
+    result = linear_probe(x, y, xt, yt, epochs=5)
+    assert result["classes"] == 3 and result["top5"] == 100.0 and result["top1"] == pytest.approx(200 / 3)

@@ -305,3 +305,15 @@ def test_center_crop_of_an_image_taller_than_wide_cuts_its_rows_at_the_top_offse
     x = torch.arange(2 * 3 * 11 * 7).reshape(2, 3, 11, 7)
     for tall in (x, x.transpose(-1, -2)):
         assert torch.equal(center_crop(tall, 4), torchvision_center_crop(tall, [4, 4]))
+
+
+def test_extract_features_records_no_graph_through_the_encoder():
+    """A mutation audit: extract_features without its inference mode was caught only by a warning's stack level
+    (test_evaluate). Its features come without gradients: with them, each batch's features would hold the graph
+    of its forward pass (its activations), a data set's worth of them for a bank."""
+    net, x = encoder(), images()
+    assert all(p.requires_grad for p in net.parameters())
+    assert not extract_features(net, x, batch_size=3).requires_grad
+    batches = [(x[:4], torch.zeros(4), torch.arange(4)), (x[4:], torch.ones(6), torch.arange(4, 10))]
+    feats, _ = extract_features(net, batches)
+    assert not feats.requires_grad and all(p.grad is None for p in net.parameters())

@@ -195,3 +195,11 @@ def test_a_resumed_monitor_goes_on_as_the_uninterrupted_one():
     resumed = CollapseMonitor(repeat_every=100)
     resumed.load_state(first.state())
     assert resumed.check(*bad, step=60) is None and resumed.check(*bad, step=110) is not None
+
+
+def test_the_default_thresholds_are_a_tenth_of_the_healthy_std_and_a_rank_of_1_5():
+    """A mutation audit: a default std fraction of 0.01 for 0.1 survived every test here (the tests above give
+    theirs). The defaults are docs/metrics.md's: a std below 0.1 / sqrt(dim) (1/16 at dim 256), or a rank below 1.5."""
+    monitor = CollapseMonitor()
+    assert monitor.is_collapsed(0.09 / 16, 50.0, 256) and not monitor.is_collapsed(0.11 / 16, 50.0, 256)
+    assert monitor.is_collapsed(1 / 16, 1.49, 256) and not monitor.is_collapsed(1 / 16, 1.51, 256)
