@@ -10,9 +10,11 @@ from PIL import Image
 from torch import nn
 
 import byol
+import byol.build
 import byol.folder
 import byol.precision
 from byol import encoders, pipeline
+from byol.checkpoint import CheckpointError
 from byol.config import Config, ConfigError, load_config
 from byol.data import DataError, ImageSet
 from byol.evaluate import extract_features
@@ -404,14 +406,54 @@ def test_the_python_callers_counts_are_checked_as_the_command_line_checks_them(t
 
 def test_the_linear_probe_is_seeded_by_train_seed(monkeypatch):
     """A mutation audit: the probe seeded 0 whatever --train.seed (which eval linear reads, SETTINGS_READ) survived:
-    a sweep over seeds gave the same result each time, recorded under each seed."""
+    a sweep over seeds gave the same result each time, recorded under each seed. So did half the epochs asked
+    for, trained and recorded."""
     config = load_config(None, ["--train.seed=7"])
     feats, labels = torch.randn(8, 4), torch.arange(8) % 2
     monkeypatch.setattr(pipeline, "_labeled_features", lambda *args: (
         config, torch.device("cpu"), (feats, labels, feats, labels), {"n_train": 8}, None))
     given = {}
     monkeypatch.setattr(pipeline, "linear_probe", lambda *args, **kwargs: given.update(kwargs) or {})
-    assert pipeline.linear("run.pt", epochs=1)["seed"] == 7 and given["seed"] == 7
+    result = pipeline.linear("run.pt", epochs=3)
+    assert (result["seed"], result["epochs"]) == (given["seed"], given["epochs"]) == (7, 3)
+
+
+def test_eval_knn_votes_at_the_temperature_it_is_given(monkeypatch):
+    """A mutation audit: votes at knn_accuracy's default 0.1 whatever temperature was given (and recorded) survived.
+    The query's class has two neighbours at cosine 0.8, the other class one at 0.9: at 0.1 the nearer one outweighs
+    the two (e^9 > 2e^8), at 1 the two outweigh it (2e^0.8 > e^0.9)."""
+    bank = torch.tensor([[0.8, 0.6], [0.8, -0.6], [0.9, 0.19 ** 0.5]])
+    bank_labels, query, query_labels = torch.tensor([0, 0, 1]), torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    monkeypatch.setattr(pipeline, "_labeled_features", lambda *args: (
+        Config(), torch.device("cpu"), (bank, bank_labels, query, query_labels), {"n_train": 3}, None))
+    assert pipeline.knn("run.pt", ks=(3,))["knn_top1"] == {3: 0.0}
+    scored = pipeline.knn("run.pt", ks=(3,), temperature=1.0)
+    assert (scored["knn_top1"], scored["temperature"]) == ({3: 100.0}, 1.0)
+
+
+def test_features_of_images_in_memory_are_computed_in_the_precision_eval_takes(monkeypatch):
+    """A mutation audit: features computed in float32 whatever train.precision survived this module's tests (a
+    folder run's eval in test_cli only caught it). With bf16, CIFAR's are extract_features' in bf16 autocast."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten())
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = load_config(None, ["--train.precision=bf16"])
+    feats, _, _ = pipeline.features(net, config, ImageSet(images, torch.arange(4)), torch.device("cpu"))
+    view1, _ = byol.build.views_of(config)
+    computed = {amp: extract_features(net, images, mean=view1.mean, std=view1.std, amp_dtype=amp)
+                for amp in (torch.bfloat16, None)}
+    assert torch.equal(feats, computed[torch.bfloat16]) and not torch.equal(feats, computed[None])
+
+
+def test_features_of_images_in_memory_that_are_not_finite_are_an_error_naming_the_weights():
+    """A mutation audit: the check of a folder's features only, not of CIFAR's and STL-10's (held in memory),
+    survived the tests of this module."""
+    overflowing = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    with torch.no_grad():
+        overflowing[1].weight.fill_(1e38)  # finite weights whose activations overflow
+    images = ImageSet(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), torch.arange(2))
+    with pytest.raises(CheckpointError, match="^the encoder of x.pt gives NaN or infinite features for 2 of the 2 "):
+        pipeline.features(overflowing, Config(), images, torch.device("cpu"), weights="the encoder of x.pt")
 
 
 def test_numpy_counts_are_taken_as_python_s(tmp_path):
@@ -568,6 +610,7 @@ def test_an_evaluation_records_the_limit_holdout_and_settings_it_was_given(cifar
     for result, holdout in zip(results, (30, 0)):
         assert (result["limit"], result["holdout"], result["overrides"]) == (20, holdout, given)
         assert json.loads(json.dumps(result))["overrides"] == given  # as byol eval writes it
+        assert result["feature_dim"] == 64  # resnet18 of width 8's (a mutation audit: the images' number survived)
 
 
 class OutOfMemory(nn.Module):

@@ -31,12 +31,17 @@ from byol import BYOL, resnet
 from byol.augment import Augment, cifar_views
 from byol.checkpoint import load_checkpoint
 from byol.config import Config, ConfigError, load_config, yaml_word
+from byol.data import ImageSet
+from byol.evaluate import knn_accuracy
+from byol.features import extract_features
+from byol.knn_monitor import knn_eval
 from byol.reporting import Clock, NonFiniteLossError, Report, epoch_line
 from byol.resume import changed_settings, resume_config
 from byol.metrics import read_metrics
 from byol.optim import build_optimizer
 from byol.schedules import cosine_lr
 from byol.train import pretrain
+from byol.train_data import TrainData
 from conftest import session_status, shown_lines, tiny_overrides
 
 
@@ -412,7 +417,8 @@ def test_the_knn_monitor_scores_the_online_encoder(folder):
 @pytest.mark.parametrize("preset", ["cifar", "paper"])
 def test_the_knn_monitor_normalizes_the_images_with_the_run_s_own_mean_and_std(monkeypatch, preset):
     """A mutation audit: the monitor's features of images normalized with mean and std swapped survived every
-    test. Its features are extract_features' of the images normalized as the run's views were."""
+    test, and so did features computed in float32 where the run's precision is bfloat16. Its features are
+    extract_features' of the images normalized as the run's views were, in the run's precision."""
     from byol.data import ImageSet
     from byol.features import extract_features
     from byol.knn_monitor import knn_eval
@@ -420,7 +426,7 @@ def test_the_knn_monitor_normalizes_the_images_with_the_run_s_own_mean_and_std(m
     seen = []
 
     def recording(net, images, device, **kwargs):
-        seen.append((kwargs["mean"], kwargs["std"], kwargs["crop"]))
+        seen.append((kwargs["mean"], kwargs["std"], kwargs["crop"], kwargs["amp_dtype"]))
         return extract_features(net, images, **kwargs)
 
     monkeypatch.setattr(byol.knn_monitor.features, "extract_features_sharded", recording)
@@ -430,8 +436,36 @@ def test_the_knn_monitor_normalizes_the_images_with_the_run_s_own_mean_and_std(m
     view1, view2 = byol.build.views_of(config)
     assert view1.mean != view1.std and (view1.mean, view1.std) == (view2.mean, view2.std)
     knn_eval(types.SimpleNamespace(encoder=torch.nn.Flatten()), TrainData(None, 0, knn_train=split, knn_test=split),
-             config, torch.device("cpu"), None)
-    assert seen == [(view1.mean, view1.std, None)] * 2
+             config, torch.device("cpu"), torch.bfloat16)
+    assert seen == [(view1.mean, view1.std, None, torch.bfloat16)] * 2
+
+
+@pytest.mark.parametrize("shares", [False, True])
+def test_the_knn_monitor_cuts_a_folder_s_images_as_byol_eval_does(shares):
+    """A mutation audit: the monitor's features of a folder's whole decoded squares, not their centers
+    (data.image_size) that byol eval scores, survived every test. Here the queries' centers are their class's
+    colour and their borders (larger) the other class's: cut as byol eval cuts them, each query is its class's
+    (100%); whole, each would be the other class's (0%). ``shares``: each process holding its share of the folder."""
+    config = Config()
+    config.data.dataset, config.data.image_size, config.data.load_size = "folder", 8, 12  # a center of 8 of 12
+    red, green = torch.tensor([255, 0, 0]), torch.tensor([0, 255, 0])
+
+    def images(centers, borders):
+        x = torch.stack(borders).view(-1, 3, 1, 1).repeat(1, 1, 12, 12)
+        x[:, :, 2:10, 2:10] = torch.stack(centers).view(-1, 3, 1, 1)
+        return x.to(torch.uint8)
+
+    labels = torch.tensor([0, 1])
+    bank = ImageSet(images([red, green], [red, green]), labels)
+    queries = ImageSet(images([red, green], [green, red]), labels)
+    encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # each image's mean colour
+    model = types.SimpleNamespace(encoder=encoder)
+    data = TrainData(None, 0, knn_train=bank, knn_test=queries, knn_sizes=(2, 2) if shares else None)
+    view1, _ = byol.build.views_of(config)
+    crop = byol.build.eval_crop(config)
+    eval_features = partial(extract_features, encoder, mean=view1.mean, std=view1.std, crop=crop)
+    by_eval = knn_accuracy(eval_features(bank.images), labels, eval_features(queries.images), labels, ks=(20, 200))
+    assert knn_eval(model, data, config, torch.device("cpu"), None) == by_eval == {20: 100.0, 200: 100.0}
 
 
 def test_the_knn_monitor_s_bars_name_a_folder_s_query_split(monkeypatch):
