@@ -1,6 +1,7 @@
 """A folder's layout: the splits of an ImageNet-style ROOT (``train/``, ``val/``) told from the classes of a
 plain folder of images (``bus/ car/ train/``), and the labeled pair the kNN monitor and ``byol eval`` score."""
 
+import filecmp
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -113,17 +114,8 @@ def shared_files(train: ImageFolder, test: ImageFolder) -> int:
 
 
 def _same_bytes(a: str, b: str) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-        if os.path.samestat(sa, sb) or sa.st_size != sb.st_size:
-            return os.path.samestat(sa, sb)
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            while True:
-                chunk = fa.read(1 << 20)
-                if chunk != fb.read(1 << 20):
-                    return False
-                if not chunk:
-                    return True
+    try:  # filecmp reads the two only where their sizes agree
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
     except OSError:  # unreadable: not said to be the same (its decoding says what is wrong)
         return False
 
