@@ -437,6 +437,8 @@ def test_resume_config_keeps_the_folder_it_found_the_run_in(tmp_path):
     preset.write_text(f"train:\n  out_dir: {run}\n")
     config = resume_config(str(preset))
     assert config.train.out_dir == str(run) and config.train.epochs == 7
+    # (a mutation audit: the settings given on the command line dropped over the saved config.yaml survived)
+    assert resume_config(str(preset), ["--train.epochs=9"]).train.epochs == 9
 
 
 def test_resume_of_a_run_whose_config_yaml_a_newer_byol_wrote_says_so_and_what_to_do(tmp_path):

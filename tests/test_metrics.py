@@ -382,7 +382,7 @@ def test_a_resume_keeps_the_checkpoint_step_s_record_in_tensorboard_as_in_metric
     metrics.jsonl and dropped from TensorBoard's plots."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     first = MetricsLog(tmp_path)
-    for step in (2, 4, 6):  # a run that logged step 6 after its checkpoint at step 4, then died
+    for step in (2, 4, 5, 6):  # a run that logged steps 5 and 6 after its checkpoint at step 4, then died
         first.log(step, loss=float(step))
     first.close()
     # A resume starts a second or more after its run did. TensorBoard reads the event files in the order of

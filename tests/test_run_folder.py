@@ -36,12 +36,14 @@ def test_a_failed_start_removes_what_it_made_and_keeps_what_was_there(tmp_path):
     earlier = CONFIG_HEADER + "train: {epochs: 3}\n"
     (run / "config.yaml").write_text(earlier)
     (run / "notes.txt").write_text("keep me\n")
+    (run / "config_until_step4.yaml").write_text(earlier)  # (a mutation audit: one an earlier start kept, removed)
     folder = RunFolder(run, resume=False)
     assert folder.created is None
     (run / "config.yaml").write_text("train: {}\n")
     folder.metrics_log(resume_step=None).log(1, loss=0.5)
     folder.undo()
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "notes.txt", "tensorboard"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "config_until_step4.yaml",
+                                                     "notes.txt", "tensorboard"]
     assert (run / "config.yaml").read_text() == earlier and not any((run / "tensorboard").iterdir())
 
 
