@@ -143,7 +143,7 @@ def _pretrain(args, overrides: list[str]) -> int:
         if not (continues and error_lines.is_out_of_memory(e)):
             raise
         from .errors import ByolError
-        raise ByolError(f"the batch does not fit in memory; {error_lines.RESUMED_LOWER}") from None
+        raise ByolError(error_lines.out_of_memory_line(resumed=True)) from None
     if "stopped_by" in results:  # (pretrain said where, as to a script or a notebook)
         return 128 + int(getattr(signal, results["stopped_by"]))
     _print_table("pretraining done", _pretrain_rows(config, results))

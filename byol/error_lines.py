@@ -47,9 +47,15 @@ RESUMED_LOWER = ("lower data.image_size (a resumed run keeps its checkpoint's tr
                  "a new run with a smaller train.batch_size")
 
 
+def out_of_memory_line(resumed: bool = False) -> str:
+    """The sentence for memory run out in pretraining; ``resumed``: a resumed run's (what a resume can lower)."""
+    lower = RESUMED_LOWER if resumed else ("lower train.batch_size (to half, say), or data.image_size or the model's "
+                                           "size (model.width, model.projection_hidden_size)")
+    return f"the batch does not fit in memory; {lower}"
+
+
 def _out_of_memory() -> int:
-    say_error("the batch does not fit in memory; lower train.batch_size (to half, say), or data.image_size or the "
-              "model's size (model.width, model.projection_hidden_size)", everywhere=True)
+    say_error(out_of_memory_line(), everywhere=True)
     return 2
 
 
@@ -142,21 +148,24 @@ def is_out_of_memory(e: BaseException) -> bool:
     # torch.cuda's name for it is torch's oldest (torch.OutOfMemoryError, the same class, came in 2.5)
     if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)):
         return True
-    if isinstance(e, OSError) and e.errno == errno.ENOMEM:  # the system's own (mmap, fork: "Cannot allocate memory")
-        return True
     # the CPU allocator reports exhaustion as a plain RuntimeError
     return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
 
 
 def _no_new_thread(e: BaseException) -> Optional[str]:
     """The sentence for Python's error where the system starts no more threads (a user test: a resume under
-    ``ulimit -v``, whose threads' stacks no longer fit in the address space, was TensorBoard's traceback); None
-    for another."""
-    if not (isinstance(e, RuntimeError) and str(e).startswith("can't start new thread")):
-        return None
-    return ("the system would start no more threads for byol: a limit on this process's address space (ulimit -v, "
-            "a scheduler's h_vmem) or on its threads (ulimit -u) is reached; raise it, or lower data.workers; a "
-            "pretraining run that wrote a checkpoint goes on from it with --resume")
+    ``ulimit -v``, whose threads' stacks no longer fit in the address space, was TensorBoard's traceback), or
+    refuses memory naming no file (ENOMEM: a decoding process's fork, say); None for another."""
+    resume = "; a pretraining run that wrote a checkpoint goes on from it with --resume"
+    if isinstance(e, RuntimeError) and str(e).startswith("can't start new thread"):
+        return ("the system would start no more threads for byol: a limit on this process's address space (ulimit "
+                "-v, a scheduler's h_vmem) or on its threads (ulimit -u) is reached; raise it, or lower data.workers"
+                + resume)
+    if isinstance(e, OSError) and e.errno == errno.ENOMEM and e.filename is None:
+        return ("the system refused byol memory (Cannot allocate memory), as where a limit on this process's address "
+                "space (ulimit -v, a scheduler's h_vmem) is reached or the machine's memory is full; raise the limit, "
+                "or lower data.workers (0: decode in this process), train.batch_size or data.image_size" + resume)
+    return None
 
 
 def _numpy_unusable(e: BaseException) -> Optional[str]:

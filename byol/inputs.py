@@ -20,8 +20,9 @@ def check_arguments(net: object, image_size: object, default_views: bool, augmen
     scripted = next((name for name, m in net.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
     if scripted is not None:  # (a user test: tracing called a scripted layer without its weights, never trained)
         what = f"net's module {scripted!r} is" if scripted else "net is"
-        raise TypeError(f"{what} TorchScript (torch.jit.script or trace), whose weights the learner would neither "
-                        "train nor copy into its target: give the plain nn.Module (script it after pretraining)")
+        raise TypeError(f"{what} TorchScript (torch.jit.script or trace), which the learner can neither trace into "
+                        "(its weights would go untrained) nor copy for its target: give the plain nn.Module (script "
+                        "it after pretraining)")
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral):
         raise TypeError(f"image_size must be a whole number, the side of the augmented views (e.g. 224), but "
                         f"got {type(image_size).__name__} {image_size!r:.60}")

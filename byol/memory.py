@@ -134,9 +134,11 @@ def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch
         lower = RESUMED_LOWER if resumed else "lower train.batch_size or data.image_size (or model.width)"
         raise ConfigError(f"{what}, and this machine has {_size(free)} free; {lower}")
     if need * _PEAK_OVER_SAVED > free:
+        # (a resume refuses another train.batch_size: the note, as the error, names what it can lower)
+        safer = "a smaller data.image_size is safer (a resumed run keeps its checkpoint's train.batch_size)" \
+            if resumed else "a smaller train.batch_size is safer"
         print(f"note: {what}, of the {_size(free)} free, and its peak is higher (1.2 to 1.7 times as "
-              "much, measured): the system may kill the run for memory; a smaller train.batch_size is safer",
-              file=sys.stderr)
+              f"much, measured): the system may kill the run for memory; {safer}", file=sys.stderr)
 
 
 def _size(n: float) -> str:

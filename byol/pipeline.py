@@ -363,8 +363,8 @@ def _labeled_features(path: Union[str, Path], overrides: Optional[list[str]], ra
             "limit": limit, "holdout": holdout, "overrides": override_list(overrides)}
     missing = _classes_missing(train, train_y, test_y, held, limit, holdout)
     if len(train_y) > 1 and bool((train_y == train_y[0]).all()):  # (a one-class folder scored 100%, without a word)
-        note(f"the train images are all of one class, so every {held} image is classified as it: the accuracies "
-             f"are the share of the {held} images of that class, whatever the encoder")
+        note(f"the train images are all of one class, so every {held} image is classified as it: top-1 is "
+             f"the share of the {held} images of that class, whatever the encoder")
     return config, device, (train_f, train_y, test_f, test_y), info, missing
 
 

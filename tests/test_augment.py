@@ -432,7 +432,6 @@ def test_presets():
     torch.testing.assert_close(Augment(identity)(x), normalize(x.float() / 255, CIFAR_MEAN, CIFAR_STD))
 
 
-
 def test_cifar_views_are_the_papers_but_for_blur_and_normalization():
     """A mutation audit: the CIFAR preset with crops of 20-100% of the area, or with jitter p=0.5 and grayscale
     p=0.1, each survived every test (only its blur, solarization, size and statistics were pinned). Its docstring:

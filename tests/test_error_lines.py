@@ -167,6 +167,12 @@ def test_a_thread_or_memory_the_system_refuses_is_one_sentence(capsys):
         "(ulimit -v, a scheduler's h_vmem) or on its threads (ulimit -u) is reached; raise it, or lower "
         "data.workers; a pretraining run that wrote a checkpoint goes on from it with --resume\n")
     assert say(OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))) == 2
-    assert capsys.readouterr().err.startswith("byol: error: the batch does not fit in memory; ")
+    assert capsys.readouterr().err == (
+        "byol: error: the system refused byol memory (Cannot allocate memory), as where a limit on this process's "
+        "address space (ulimit -v, a scheduler's h_vmem) is reached or the machine's memory is full; raise the limit, "
+        "or lower data.workers (0: decode in this process), train.batch_size or data.image_size; a pretraining run "
+        "that wrote a checkpoint goes on from it with --resume\n")
+    assert say(OSError(errno.ENOMEM, os.strerror(errno.ENOMEM), "/data/x.jpg")) == 2  # a file's: said with it
+    assert "/data/x.jpg" in capsys.readouterr().err
     assert say(RuntimeError("can't start new process")) is None
     assert say(OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))) is None

@@ -138,6 +138,20 @@ def test_a_resumed_run_s_step_that_cannot_fit_says_what_a_resume_can_lower(monke
                                        "train.batch_size")
 
 
+def test_a_resumed_run_s_note_of_little_room_says_what_a_resume_can_lower(monkeypatch, capsys):
+    """A review: the note of a step with less room than its peak told a resumed run to take a smaller
+    train.batch_size, which the resume refuses (as the error beside it had, before it was fixed)."""
+    byol = _model(8)
+    need = memory.saved_bytes_per_image(byol, 8, None) * 16
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need * 1.1))  # fits, with less room than a peak needs
+    memory.check_step_fits(byol, 16, 8, None)
+    assert capsys.readouterr().err.endswith("; a smaller train.batch_size is safer\n")
+    memory.check_step_fits(byol, 16, 8, None, resumed=True)
+    said = capsys.readouterr().err
+    assert said.startswith("note: a training step at train.batch_size=16") and said.endswith(
+        "; a smaller data.image_size is safer (a resumed run keeps its checkpoint's train.batch_size)\n")
+
+
 def _fake_system(root, cgroup: str, files: dict) -> None:
     (root / "proc" / "self").mkdir(parents=True)
     (root / "proc" / "meminfo").write_text("MemTotal: 100000000 kB\nMemAvailable: 50000000 kB\n")

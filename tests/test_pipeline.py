@@ -328,8 +328,8 @@ def test_eval_of_one_class_says_its_accuracies_are_no_measure_of_the_encoder(tmp
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
     given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=0",
              "--train.device=cpu"]
-    said = ("note: the train images are all of one class, so every val image is classified as it: the accuracies "
-            "are the share of the val images of that class, whatever the encoder")
+    said = ("note: the train images are all of one class, so every val image is classified as it: top-1 is the "
+            "share of the val images of that class, whatever the encoder")
     assert knn(tmp_path / "r18.pt", given, ks=(1,))["knn_top1"] == {1: 100.0} and said in capsys.readouterr().err
     assert linear(tmp_path / "r18.pt", given, epochs=1)["top1"] == 100.0 and said in capsys.readouterr().err
     extract_jpegs(tmp_path / "set" / "train", per_class=2)  # two classes: no such note
