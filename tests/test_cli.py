@@ -991,6 +991,21 @@ def test_eval_replaces_no_export_json_and_no_embeddings(capsys, trained, tmp_pat
     assert main(["export", str(ckpt), "--out", str(exported)]) == 0  # a new export still replaces the earlier one
 
 
+def test_export_of_an_exported_encoder_into_its_own_folder_is_refused(capsys, trained, tmp_path):
+    """Export reads an exported encoder.pt (its config.yaml beside it says what it was trained on) and may replace
+    an earlier export's files: its own input is the one it must not replace (a mutation audit: no test read one)."""
+    from byol.cli import main
+    exported = tmp_path / "exported"
+    assert main(["export", str(trained[0] / "checkpoints" / "last.pt"), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in exported.iterdir()}
+    encoder = exported / "encoder.pt"
+    _, line = main_error(capsys, "export", encoder, "--out", exported)
+    assert line == f"byol: error: {encoder} is the checkpoint being read; choose another --out"
+    assert {p: p.read_bytes() for p in exported.iterdir()} == before
+    assert main(["export", str(encoder), "--out", str(tmp_path / "again")]) == 0  # into another folder: exported
+
+
 def test_a_path_the_system_refuses_is_one_sentence(capsys, trained, tmp_path):
     """A user test: a name over 255 bytes (a sweep's out_dir, say) was a traceback in every command; a rename
     refused named the temporary (.metrics.jsonl.tmp123), not the file."""
