@@ -369,6 +369,16 @@ def test_stl10_transpose_labels_and_splits(tmp_path):
         load_stl10(tmp_path, "test")
 
 
+def test_a_cifar10_class_names_file_of_cifar100_s_100_names_is_refused(tmp_path):
+    """A mutation audit: a check that refused too few names only (not too many) survived every test."""
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    np.zeros((2, 3073), np.uint8).tofile(folder / "test_batch.bin")
+    (folder / "batches.meta.txt").write_text("\n".join(f"fine{i}" for i in range(100)) + "\n")
+    with pytest.raises(DataError, match="batches.meta.txt names 100 classes, not cifar10's 10"):
+        load_cifar(tmp_path, "cifar10", "test")
+
+
 def test_stl10_images_and_labels_of_different_counts_name_both_files(tmp_path):
     """A user test: train_X.bin cut after 19 of 20 images was said as "train_y.bin does not hold 19
     labels in 1..10": the file named was the whole one, the labels were in 1..10."""
@@ -1398,6 +1408,17 @@ def test_a_wide_image_is_cut_to_its_middle_square(tmp_path):
     assert image.shape == (3, 16, 16) and image[0].eq(0).all() and image[1].eq(255).all() and image[2].eq(0).all()
 
 
+def test_a_tall_image_is_cut_to_its_middle_square(tmp_path):
+    """A mutation audit: a crop box at a portrait image's top edge survived. Of red, green and blue thirds from the
+    top, the middle, green, is kept."""
+    tall = Image.new("RGB", (16, 48), (255, 0, 0))
+    tall.paste((0, 255, 0), (0, 16, 16, 32))
+    tall.paste((0, 0, 255), (0, 32, 16, 48))
+    tall.save(tmp_path / "tall.png")
+    image = decode_image(str(tmp_path / "tall.png"), 16)
+    assert image.shape == (3, 16, 16) and image[0].eq(0).all() and image[1].eq(255).all() and image[2].eq(0).all()
+
+
 def test_an_image_whose_exif_cannot_be_read_is_decoded_as_stored(tmp_path, monkeypatch):
     """A mutation audit: letting a malformed EXIF's error through survived: the image was skipped as undecodable
     rather than kept in its stored orientation (Pillow's exif_transpose raises on some, as Pillow 9.1 did on any
@@ -1548,6 +1569,20 @@ def test_tensor_batches_epochs_are_seeded_permutations():
     assert all(y is None for _, y, _ in plain)
     with pytest.raises(DataError, match="smaller batch size"):
         TensorBatches(images, labels, 60, world_size=2)
+
+
+def test_the_first_images_and_those_taken_by_index_keep_where_each_comes_from():
+    """A mutation audit: ``first`` that kept all the indices, and ``take`` of a set whose indices are not 0..N-1
+    (a folder decoded without its bad files) that gave the positions taken, not the sources, survived."""
+    images, labels = _set(6)
+    s = ImageSet(images, labels, indices=torch.tensor([2, 3, 5, 7, 11, 13]))
+    head = s.first(4)
+    assert head.indices.tolist() == [2, 3, 5, 7] and head.labels.tolist() == [0, 10, 20, 30]
+    taken = s.take(torch.tensor([5, 1, 2]))
+    assert taken.indices.tolist() == [13, 3, 5] and taken.labels.tolist() == [50, 10, 20]
+    assert taken.images[:, 0, 0, 0].tolist() == [5, 1, 2]
+    assert s.first(2).take(torch.tensor([1])).indices.tolist() == [3]
+    assert ImageSet(images, labels).take(torch.tensor([4, 0])).indices.tolist() == [4, 0]
 
 
 def test_tensor_batches_ranks_are_disjoint():

@@ -1,5 +1,6 @@
 """The data a run trains on and its kNN monitor's splits, from a config."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +388,12 @@ def test_train_knn_limit_takes_that_many_images_of_both_kNN_monitor_splits(tmp_p
     config = load_config("cifar10-cpu", [f"--data.root={root}", "--train.batch_size=16", "--train.knn_limit=50"])
     data = train_data.load_data(config, torch.device("cpu"), 0, 1)
     assert data.knn_images == (50, 50) and data.knn_query == "test"
+
+
+def test_a_streamed_batch_short_of_undecodable_files_is_filled_with_its_own_images_in_turn():
+    """A mutation audit: a short batch yielded as it is (each new shape a recompile), or filled with repeats of
+    its first image only, survived every test."""
+    images = torch.arange(3, dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 3, 2, 2)
+    data = train_data.TrainData([(images, None, torch.arange(3))], 3)
+    steps = list(itertools.islice(train_data.step_images(data, 0, 1, 5), 2))
+    assert [b[:, 0, 0, 0].tolist() for b in steps] == [[0, 1, 2, 0, 1]] * 2
