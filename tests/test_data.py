@@ -1397,25 +1397,18 @@ def test_a_big_endian_16_bit_tiff_is_scaled_as_a_little_endian_one(tmp_path):
     assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
 
 
-def test_a_wide_image_is_cut_to_its_middle_square(tmp_path):
+@pytest.mark.parametrize("shape", ["wide", "tall"])
+def test_an_image_is_cut_to_its_middle_square(tmp_path, shape):
     """A mutation audit: a crop box at a landscape image's left edge survived (the tests' wide image was turned
-    upright by its EXIF, so only a portrait one was cut). Of red, green and blue thirds, the middle, green, is kept."""
-    wide = Image.new("RGB", (48, 16), (255, 0, 0))
-    wide.paste((0, 255, 0), (16, 0, 32, 16))
-    wide.paste((0, 0, 255), (32, 0, 48, 16))
-    wide.save(tmp_path / "wide.png")
-    image = decode_image(str(tmp_path / "wide.png"), 16)
-    assert image.shape == (3, 16, 16) and image[0].eq(0).all() and image[1].eq(255).all() and image[2].eq(0).all()
-
-
-def test_a_tall_image_is_cut_to_its_middle_square(tmp_path):
-    """A mutation audit: a crop box at a portrait image's top edge survived. Of red, green and blue thirds from the
-    top, the middle, green, is kept."""
-    tall = Image.new("RGB", (16, 48), (255, 0, 0))
-    tall.paste((0, 255, 0), (0, 16, 16, 32))
-    tall.paste((0, 0, 255), (0, 32, 16, 48))
-    tall.save(tmp_path / "tall.png")
-    image = decode_image(str(tmp_path / "tall.png"), 16)
+    upright by its EXIF, so only a portrait one was cut), and then one at a portrait image's top edge. Of red, green
+    and blue thirds (left to right, or top to bottom), the middle, green, is kept."""
+    def box(third):  # (left, top, right, bottom) of the third-th of three squares of 16
+        return (16 * third, 0, 16 * third + 16, 16) if shape == "wide" else (0, 16 * third, 16, 16 * third + 16)
+    image = Image.new("RGB", (48, 16) if shape == "wide" else (16, 48), (255, 0, 0))
+    image.paste((0, 255, 0), box(1))
+    image.paste((0, 0, 255), box(2))
+    image.save(tmp_path / f"{shape}.png")
+    image = decode_image(str(tmp_path / f"{shape}.png"), 16)
     assert image.shape == (3, 16, 16) and image[0].eq(0).all() and image[1].eq(255).all() and image[2].eq(0).all()
 
 
