@@ -1,7 +1,9 @@
 """torchrun-based distributed training: init from the environment, rank helpers, DDP wrapping."""
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -70,9 +72,27 @@ def rank() -> int:
 
 
 def note(message: str) -> None:
-    """``note: message`` on stderr, once: from rank 0 (every process of a torchrun job runs the same code)."""
+    """``note: message`` on stderr, once: from rank 0 (every process of a torchrun job runs the same code);
+    kept too in the lists of the :func:`noted` blocks open."""
+    for heard in _heard:
+        heard.append(message)
     if rank() == 0:
         print(f"note: {message}", file=sys.stderr)
+
+
+_heard: list[list[str]] = []  # the lists of the noted() blocks open now
+
+
+@contextlib.contextmanager
+def noted() -> Iterator[list[str]]:
+    """The notes said inside the block, in order (an evaluation's result keeps those said while it
+    was computed: a note that its accuracy is inflated was lost with the terminal's scroll-back)."""
+    heard: list[str] = []
+    _heard.append(heard)
+    try:
+        yield heard
+    finally:
+        _heard.remove(heard)
 
 
 def world_size() -> int:

@@ -278,18 +278,20 @@ def knn(path: Union[str, Path], overrides: Optional[list[str]] = None, ks: Seque
     """
     refuse_own_options(overrides, "knn", ("ks", "temperature", "limit", "random_init", "holdout"))
     ks, temperature, limit, holdout = check_counts(ks=ks, temperature=temperature, limit=limit, holdout=holdout)
-    config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
-                                                              "eval knn", holdout, net, hidden_layer)
-    if missing:
-        note(missing)
-    over = [str(k) for k in dict.fromkeys(ks) if k > info["n_train"]]
-    if over:  # (from Python too: a sweep's k=200 of 50 images votes with 50)
-        one = len(over) == 1
-        note(f"k={', '.join(over)} {'is' if one else 'are'} more than the {info['n_train']} training images, so "
-             f"{'it votes' if one else 'each votes'} with all of them")
+    with dist.noted() as notes:
+        config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
+                                                                  "eval knn", holdout, net, hidden_layer)
+        if missing:
+            note(missing)
+        over = [str(k) for k in dict.fromkeys(ks) if k > info["n_train"]]
+        if over:  # (from Python too: a sweep's k=200 of 50 images votes with 50)
+            one = len(over) == 1
+            note(f"k={', '.join(over)} {'is' if one else 'are'} more than the {info['n_train']} training images, "
+                 f"so {'it votes' if one else 'each votes'} with all of them")
     acc = knn_accuracy(*splits, ks=ks, temperature=temperature, device=device)
     return {"dataset": config.data.dataset, "knn_top1": dict(acc),
-            "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info}
+            "temperature": temperature, "features": "computed once, no augmentation, L2-normalized", **info,
+            "notes": notes}
 
 
 # The linear probe's settings, so that its results record them: ``evaluate.linear_probe``'s defaults,
@@ -312,18 +314,19 @@ def linear(path: Union[str, Path], overrides: Optional[list[str]] = None, epochs
     ``hidden_layer`` as for :func:`knn`."""
     refuse_own_options(overrides, "linear", ("epochs", "limit", "random_init", "holdout"))
     epochs, limit, holdout = check_counts(epochs=epochs, limit=limit, holdout=holdout)
-    config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
-                                                              "eval linear", holdout, net, hidden_layer)
-    if info["n_train"] < 2:  # linear_probe's own ValueError is for Python callers of it, not a data error
-        raise DataError(f"the linear probe needs at least 2 train images (it standardizes the features by their "
-                        f"spread), got {info['n_train']}; raise --limit, or lower --holdout")
-    if missing:  # (after the error: an error is one sentence)
-        note(missing)
+    with dist.noted() as notes:
+        config, device, splits, info, missing = _labeled_features(path, overrides, random_init, limit, progress,
+                                                                  "eval linear", holdout, net, hidden_layer)
+        if info["n_train"] < 2:  # linear_probe's own ValueError is for Python callers of it, not a data error
+            raise DataError(f"the linear probe needs at least 2 train images (it standardizes the features by "
+                            f"their spread), got {info['n_train']}; raise --limit, or lower --holdout")
+        if missing:  # (after the error: an error is one sentence)
+            note(missing)
     settings = {"epochs": epochs, "batch_size": LINEAR_PROBE["batch_size"], "lr": LINEAR_PROBE["lr"],
                 "weight_decay": LINEAR_PROBE["weight_decay"], "seed": config.train.seed}
     result = linear_probe(*splits, **settings, device=device, progress=progress if dist.rank() == 0 else False)
     return {"dataset": config.data.dataset, **result, **settings, "optimizer": LINEAR_PROBE["optimizer"],
-            "features": LINEAR_PROBE["features"], **info}
+            "features": LINEAR_PROBE["features"], **info, "notes": notes}
 
 
 def _input_size(source: Source, crop: Optional[int]) -> int:

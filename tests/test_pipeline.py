@@ -337,6 +337,32 @@ def test_eval_of_one_class_says_its_accuracies_are_no_measure_of_the_encoder(tmp
     assert "all of one class" not in capsys.readouterr().err
 
 
+def test_an_evals_result_keeps_the_notes_said_while_it_was_computed(tmp_path, capsys):
+    """A review: the note that a val/ holding train files inflates the accuracy was said on stderr only, and
+    lost with it; the JSON of the result, read later, gave the number alone."""
+    import torchvision
+    from byol import knn, linear
+    train = extract_jpegs(tmp_path / "set" / "train", per_class=2)
+    val = extract_jpegs(tmp_path / "set" / "val", per_class=2)
+    for path in val.rglob("*.jpg"):  # names of their own: no image of val/ is a train image
+        path.rename(path.with_name("val_" + path.name))
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    given = ["--data.dataset=folder", f"--data.root={tmp_path / 'set'}", "--data.image_size=32", "--data.workers=0",
+             "--train.device=cpu"]
+    bare = knn(tmp_path / "r18.pt", given, ks=(1,))["notes"]  # the only note: what a bare state_dict is taken as
+    assert len(bare) == 1 and "has no config.yaml beside it" in bare[0]
+    shutil.rmtree(val / "cat")
+    shutil.copytree(train / "cat", val / "cat")
+    capsys.readouterr()
+    result = knn(tmp_path / "r18.pt", given + ["--optim.lr=1"], ks=(1, 50))
+    said = [line.removeprefix("note: ") for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(said) == 4 and said[0] == bare[0] and "optim.lr" in said[1] and "2 of the 20 images" in said[2] \
+        and "k=50" in said[3]
+    assert result["notes"] == said
+    assert linear(tmp_path / "r18.pt", given, epochs=1)["notes"] == [bare[0], said[2]]
+    assert knn(tmp_path / "r18.pt", given, ks=(1,))["notes"] == [bare[0], said[2]]  # its own, none kept since
+
+
 @pytest.mark.parametrize("command, given, unused", [
     ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
      ["optim.lr", "augment.crop_min_scale", "train.epochs"]),
