@@ -20,7 +20,8 @@ from .distributed import note
 from .encoders import CHECKPOINT_PATH, load_encoder_with_origin
 from .given_net import RUN_S_CUT, Cut
 from .outputs import EMBED_SIDE_NAMES, OutputError, check_writable, writing
-from .pipeline import check_counts, features, image_root, load_split, note_unused, refuse_own_options
+from .eval_arguments import check_counts, note_unused, refuse_own_options
+from .pipeline import features, image_root, load_split
 
 
 def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train_split: str,

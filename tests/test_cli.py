@@ -1337,7 +1337,7 @@ def test_eval_s_help_shows_its_examples_each_on_a_line_of_its_own(capsys, monkey
 
 def test_eval_and_embed_help_name_every_setting_they_read(capsys):
     from byol.cli import main
-    from byol.pipeline import SETTINGS_READ
+    from byol.eval_arguments import SETTINGS_READ
     for command in SETTINGS_READ:
         with pytest.raises(SystemExit):
             main([*command.split(), "--help"])

@@ -242,7 +242,7 @@ def test_features_and_labels_that_do_not_fit_are_one_sentence():
     with pytest.raises(ValueError, match="num_classes=1, but the train labels go up to 1"):
         knn_classify(x, y, x, num_classes=1)
     with pytest.raises(ValueError, match=r"ks must be a list or tuple of whole numbers >= 1, such as \(20, 200\)"):
-        knn_accuracy(x, y, x, y, ks=5)  # as byol.knn says (pipeline.check_counts)
+        knn_accuracy(x, y, x, y, ks=5)  # as byol.knn says (eval_arguments.check_counts)
     with pytest.raises(ValueError, match="every k must be a whole number >= 1"):
         knn_accuracy(x, y, x, y, ks=[2.5])
     assert knn_accuracy(x, y, x, y, ks=np.array([5])) == knn_accuracy(x, y, x, y, ks=(5,))  # NumPy's whole numbers

@@ -363,28 +363,6 @@ def test_an_evals_result_keeps_the_notes_said_while_it_was_computed(tmp_path, ca
     assert knn(tmp_path / "r18.pt", given, ks=(1,))["notes"] == [bare[0], said[2]]  # its own, none kept since
 
 
-@pytest.mark.parametrize("command, given, unused", [
-    ("eval knn", ["--optim.lr=1", "--augment.crop_min_scale=0.2", "--train.epochs=3"],
-     ["optim.lr", "augment.crop_min_scale", "train.epochs"]),
-    ("eval knn", ["--data.root=x", "--data.workers=0", "--augment.preset=none", "--train.device=cpu",
-                  "--train.precision=fp32", "--model.width=8"], []),
-    ("eval knn", ["--train.seed=1", "--train.seed=2", "--data.train_split=x"], ["train.seed", "data.train_split"]),
-    ("eval linear", ["--train.seed=1", "--train.progress=false", "--train.log_every=3"], ["train.log_every"]),
-    ("embed", ["--train.seed=1", "--data.train_split=x", "--data.on_device=true"], ["train.seed", "data.on_device"]),
-    ("embed", ["--data.limit=4", "--no.such=1", "--train.nope=1"], []),  # refused, not noted
-])
-def test_the_settings_eval_and_embed_do_not_read_are_named(command, given, unused):
-    assert pipeline.unused_settings(given, command) == unused  # on a folder
-
-
-def test_cifar_and_stl10_are_read_without_a_folders_settings():
-    given = ["--data.image_size=64", "--data.load_size=72", "--data.workers=2", "--data.train_split=x",
-             "--data.root=r", "--train.device=cpu"]
-    for dataset in ("cifar10", "stl10"):
-        assert pipeline.unused_settings(given, "embed", dataset) == [k[2:].split("=")[0] for k in given[:4]]
-    assert pipeline.unused_settings(given, "embed", "folder") == []
-
-
 def test_eval_holdout_scores_the_training_images_the_knn_monitor_holds_out(cifar10_root):
     """``byol eval --holdout N``: the train split without N images as the bank (or the probe's
     training set), those N as the queries, drawn as train.knn_holdout draws them; the test split is
@@ -487,23 +465,14 @@ def test_numpy_counts_are_taken_as_python_s(tmp_path):
     None, got 100"; now it is checked as 100 is, and passed on as Python's int."""
     import numpy as np
     from byol.checkpoint import CheckpointError
-    from byol.pipeline import check_counts, knn
+    from byol.eval_arguments import check_counts
+    from byol.pipeline import knn
     taken = check_counts(ks=np.array([20, 200]), temperature=np.float32(0.5), limit=np.int64(100), holdout=np.int32(0))
     assert taken == ((20, 200), 0.5, 100, 0)
     assert [type(v) for v in taken] == [tuple, float, int, int] and [type(k) for k in taken[0]] == [int, int]
     assert check_counts(ks=range(20, 201, 180)) == check_counts(ks=iter([20, 200])) == ((20, 200),)  # as before
     with pytest.raises(CheckpointError, match="does not exist"):  # past the checks, to the checkpoint
         knn(tmp_path / "missing.pt", limit=np.int64(100), ks=(np.int64(20),))
-
-
-def test_knn_k_given_to_eval_knn_points_to_k(capsys):
-    """A user test: --train.knn_k=5 given to eval knn was said to be ignored, and nothing more."""
-    from byol.config import Config
-    pipeline.note_unused(["--train.knn_k=5"], "eval knn", Config())
-    assert capsys.readouterr().err == ("note: byol eval knn does not use train.knn_k (pretraining settings); it is "
-                                       "ignored; the number of neighbours here is --k\n")
-    pipeline.note_unused(["--train.knn_k=5"], "embed", Config())
-    assert capsys.readouterr().err.endswith("it is ignored\n")
 
 
 def test_eval_s_missing_data_root_says_what_to_do_once(tmp_path, monkeypatch):
