@@ -8,6 +8,7 @@ import numbers
 import re
 import threading
 import warnings
+from itertools import chain
 from typing import Union
 
 import torch
@@ -62,7 +63,8 @@ class HiddenLayer(nn.Module):
         super().__init__()
         self.layer = layer
         tracer_kwargs = _tracer_kwargs(net, layer)
-        with _TRACING, keep_modes(net), warnings.catch_warnings():  # tracing sets net's modes, module by module
+        # (tracing sets net's modes, module by module; and runs, on net's own tensors, what its forward does to them)
+        with _TRACING, keep_modes(net), warnings.catch_warnings(), _tensors_kept(net, layer):
             # torchvision's note when the train and eval graphs differ (googlenet's auxiliary heads):
             # the node taken is in both.
             warnings.filterwarnings("ignore", message="NOTE: The nodes obtained by tracing")
@@ -75,6 +77,35 @@ class HiddenLayer(nn.Module):
         # Its forward, not its call: torch.fx's call prints the traceback of an error in the traced code
         # to stderr (24 lines before "the batch does not fit in memory"); the body has no hooks of its own.
         return flat_representation(self.body.forward(x)["out"], f"the output of hidden_layer={self.layer!r}")
+
+
+@contextlib.contextmanager
+def _tensors_kept(net: nn.Module, layer: str):
+    """Put back ``net``'s parameters and buffers as they were before the tracing inside, and refuse (a ValueError) a
+    trace that changed one: a forward that updates its own tensor (a custom layer's running statistic, ``mul_``
+    then ``add_``) runs that update on the tensor itself at each trace, and the traced forward leaves it out (a user
+    test: building the learner halved a statistic twice, and training never moved it again)."""
+    named = list(chain(net.named_parameters(remove_duplicate=False), net.named_buffers(remove_duplicate=False)))
+    # (parameters are not copied: a forward that changes one in place cannot be traced with a gradient)
+    saved = {name: t.detach().clone() for name, t in net.named_buffers(remove_duplicate=False)}
+    before = [(name, t, t._version) for name, t in named]
+    try:
+        yield
+    finally:
+        changed = []
+        for name, t, version in before:
+            parent, _, attr = name.rpartition(".")
+            module = net.get_submodule(parent)
+            kind = module._parameters if attr in module._parameters else module._buffers
+            if kind.get(attr) is not t or t._version != version:
+                changed.append(name)
+                kind[attr] = t  # (the forward set another tensor in its place)
+                if name in saved:
+                    with torch.no_grad():
+                        t.copy_(saved[name])
+    if changed:
+        raise ValueError(f"net's forward changes {', '.join(changed[:3])}{' and more' if changed[3:] else ''} when "
+                         f"it runs, which the traced forward up to {layer!r} would leave out")
 
 
 def _deepcopy_dual_graph(self: DualGraphModule, memo: dict) -> DualGraphModule:

@@ -1,3 +1,4 @@
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -273,3 +274,36 @@ def test_the_width_of_a_network_run_on_blank_images_leaves_its_batchnorm_statist
     before = {k: v.clone() for k, v in net.state_dict().items()}
     assert feature_width(net, 8, torch.device("cpu"), dtype) == (4 * 6 * 6, dtype)
     assert net.training and all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+class _RunningCenter(nn.Module):
+    """A custom layer (traced through, not a leaf) that updates its own statistic in place in training mode."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.ones(channels))
+        self.register_buffer("calls", torch.zeros(()), persistent=False)
+
+    def forward(self, x):
+        if self.training:
+            self.mean.mul_(0.5).add_(0.5 * x.detach().mean((0, 2, 3)))
+            self.calls = self.calls + 1  # another tensor in its place
+        return x - self.mean[:, None, None]
+
+
+def test_a_forward_that_updates_its_own_tensors_is_hooked_and_tracing_leaves_them_as_they_were():
+    """A user test: tracing ran a custom layer's in-place update of its statistic on the network's own tensor, once
+    per trace (building a learner moved it twice), and the traced forward left the update out (training never moved
+    it); such a network is cut with a hook, as byol-pytorch takes it, its tensors as they were."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), _RunningCenter(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    mean, calls = net[1].mean, net[1].calls
+    with pytest.warns(UserWarning, match=r"net's forward changes 1\.mean, 1\.calls when it runs"):
+        cut = cut_at(net, 3)
+    assert net[1].mean is mean and net[1].calls is calls
+    assert torch.equal(mean, torch.ones(4)) and calls.item() == 0
+    x, copied = torch.rand(2, 3, 8, 8), copy.deepcopy(net)
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x), copied[:4](x))
+    torch.testing.assert_close(net[1].mean, copied[1].mean)
+    assert net[1].calls.item() == 1
