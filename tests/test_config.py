@@ -112,6 +112,14 @@ def test_overrides_are_typed():
     assert c.data.download is True and c.data.limit is None and c.train.max_steps == 7
 
 
+def test_a_switch_takes_true_false_yes_and_no_in_any_case():
+    """A mutation audit: a switch reading an odd-cased yes as false, or refusing it, survived every test. YAML reads
+    only true, True, TRUE (yes, Yes, YES) as true; byol reads the word in any case, as the command line writes it."""
+    for word, expected in (("yEs", True), ("tRUe", True), ("nO", False), ("fAlse", False)):
+        assert load_config(None, [f"--data.download={word}"]).data.download is expected, word
+        assert load_config(None, [f"--data.on_device={word}"]).data.on_device is expected, word
+
+
 def test_an_override_s_value_may_hold_an_equals_sign():
     """A sweep's folder such as runs/lr=0.4 (a mutation audit: split at the last '=', it was an unknown key)."""
     assert load_config("cifar10", ["--train.out_dir=runs/lr=0.4"]).train.out_dir == "runs/lr=0.4"

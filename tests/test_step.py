@@ -288,6 +288,19 @@ def test_a_share_of_two_images_has_its_collapse_statistics():
     assert 0 < record["monitor/z_std"] < 1 and 1 < record["monitor/effective_rank"] <= 2, record
 
 
+def test_a_non_finite_last_batch_reads_as_no_rank_not_an_svd_error():
+    """A mutation audit: the effective rank taken of a last batch holding NaN or inf survived every test; its SVD
+    raised "linalg.svd: The algorithm failed to converge", ending the run at a read that the guard had undone the
+    step of. The rank is NaN, the std the mean of the interval's good steps, and the monitor still judges by it."""
+    loop_step = make_loop_step(tiny_byol())
+    loop_step.sums += step_metrics(torch.tensor(1.5), torch.randn(8, 16), torch.tensor(True))
+    z1 = torch.randn(8, 16)
+    z1[0, 0] = float("nan")
+    record = loop_step.read(z1)
+    assert math.isnan(record["monitor/effective_rank"]) and 0 < record["monitor/z_std"] < 1, record
+    assert CollapseMonitor().check(record["monitor/z_std"], math.nan, 16, 2, 1.5) is None
+
+
 def test_a_step_the_guard_undid_left_the_target_as_it_was():
     """A user test: the guard put the online branch and the optimizer back, but the EMA update after
     it still moved the target (toward the restored online weights): an EMA step for each undone step."""
