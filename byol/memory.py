@@ -80,6 +80,27 @@ def free_memory(root: Path = Path("/")) -> Optional[int]:
     return min(free) if free else None
 
 
+def address_space_room(root: Path = Path("/"), limit: Optional[int] = None) -> Optional[int]:
+    """The bytes this process may still map under its address-space limit (``ulimit -v``, ``prlimit --as``; Grid
+    Engine's ``h_vmem`` sets it): the limit less what it maps now (``VmSize``); None without one. ``root`` as for
+    :func:`free_memory`; ``limit``: a test's, else the soft limit ``getrlimit`` reads."""
+    if limit is None:
+        try:
+            import resource
+        except ImportError:  # (not Unix)
+            return None
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+    try:
+        for line in (root / "proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(0, limit - int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 _V2 = ("memory.max", "memory.current", "inactive_file")
 _V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
 
@@ -124,21 +145,28 @@ def _cgroup_room(folder: Path, limit_name: str, usage_name: str, inactive_key: s
 def check_step_fits(byol: BYOL, batch: int, image_size: int, amp: Optional[torch.dtype], resumed: bool = False) -> None:
     """Refuse, in one sentence, a CPU step whose saved activations alone exceed the free memory; ``resumed``: a
     resumed run's, whose train.batch_size and model its checkpoint fixes (a resume refuses others)."""
-    free = free_memory()
+    free, space = free_memory(), address_space_room()
+    # (a user test: under ulimit -v the step was refused late, by torch's allocator, and the check's figure, where
+    # it spoke, was the machine's free memory, not what the limit left this process)
+    limited = space is not None and (free is None or space < free)
+    free = space if limited else free
     if free is None:
         return
     need = saved_bytes_per_image(byol, image_size, amp) * batch
     what = (f"a training step at train.batch_size={batch} and data.image_size={image_size} keeps at least "
             f"{_size(need)} for its backward pass")
+    room = (f"this process may map {_size(free)} more (its address-space limit: ulimit -v)" if limited else
+            f"this machine has {_size(free)} free")
     if need > free:
         lower = RESUMED_LOWER if resumed else "lower train.batch_size or data.image_size (or model.width)"
-        raise ConfigError(f"{what}, and this machine has {_size(free)} free; {lower}")
+        raise ConfigError(f"{what}, and {room}; {lower}")
     if need * _PEAK_OVER_SAVED > free:
         # (a resume refuses another train.batch_size: the note, as the error, names what it can lower)
         safer = "a smaller data.image_size is safer (a resumed run keeps its checkpoint's train.batch_size)" \
             if resumed else "a smaller train.batch_size is safer"
-        print(f"note: {what}, of the {_size(free)} free, and its peak is higher (1.2 to 1.7 times as "
-              f"much, measured): the system may kill the run for memory; {safer}", file=sys.stderr)
+        fate = "an allocation may fail" if limited else "the system may kill the run for memory"
+        print(f"note: {what}, and {room}: its peak is higher (1.2 to 1.7 times as much, measured), so {fate}; "
+              f"{safer}", file=sys.stderr)
 
 
 def _size(n: float) -> str:

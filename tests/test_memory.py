@@ -1,5 +1,8 @@
 """A CPU step too big for memory is refused in one sentence before it starts (the kernel would kill it)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -150,6 +153,34 @@ def test_a_resumed_run_s_note_of_little_room_says_what_a_resume_can_lower(monkey
     said = capsys.readouterr().err
     assert said.startswith("note: a training step at train.batch_size=16") and said.endswith(
         "; a smaller data.image_size is safer (a resumed run keeps its checkpoint's train.batch_size)\n")
+
+
+def test_under_an_address_space_limit_a_step_is_checked_against_what_the_limit_leaves(tmp_path, monkeypatch, capsys):
+    """A user test: under ulimit -v (prlimit --as; Grid Engine's h_vmem) a step too big was refused late, by torch's
+    allocator, and the check's figure was the machine's free memory, not what the limit left the process."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "status").write_text("Name:\tpython\nVmPeak:\t 4000000 kB\nVmSize:\t 3000000 kB\n")
+    assert memory.address_space_room(tmp_path, limit=5 * 10 ** 9) == 5 * 10 ** 9 - 3000000 * 1024
+    assert memory.address_space_room(tmp_path, limit=10 ** 9) == 0
+    assert memory.address_space_room(tmp_path / "nothing", limit=10 ** 9) is None
+    limited = ("import resource; from byol import memory; resource.setrlimit(resource.RLIMIT_AS, (8 * 2 ** 30, "
+               "resource.getrlimit(resource.RLIMIT_AS)[1])); print(memory.address_space_room())")
+    room = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, check=True).stdout
+    assert 0 < int(room) < 8 * 2 ** 30
+    byol = _model(8)
+    need = memory.saved_bytes_per_image(byol, 8, None) * 16
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need * 100))
+    monkeypatch.setattr(memory, "address_space_room", lambda: int(need / 2))
+    with pytest.raises(memory.ConfigError, match=r"for its backward pass, and this process may map \S+ \S+ more \(its "
+                                                 r"address-space limit: ulimit -v\); lower train.batch_size"):
+        memory.check_step_fits(byol, 16, 8, None)
+    monkeypatch.setattr(memory, "address_space_room", lambda: int(need * 1.1))  # fits, with less room than a peak
+    memory.check_step_fits(byol, 16, 8, None)
+    assert "and this process may map" in capsys.readouterr().err
+    monkeypatch.setattr(memory, "address_space_room", lambda: int(need * 200))  # the machine's free memory is less
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need / 2))
+    with pytest.raises(memory.ConfigError, match="for its backward pass, and this machine has "):
+        memory.check_step_fits(byol, 16, 8, None)
 
 
 def _fake_system(root, cgroup: str, files: dict) -> None:
