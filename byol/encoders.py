@@ -332,8 +332,8 @@ def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:
         exported = (path.parent / "export.json").is_file()  # an export folder copied without its config.yaml
         why = (", which byol export wrote beside export.json (it says what the encoder was trained on: copy it "
                "there too)" if exported else ", so nothing says what its encoder was trained on")
-        imagenet = (" (--augment.preset=paper: ImageNet's mean and std, as byol-pytorch's and lightly's views "
-                    "normalize)" if "augment.preset" in assumed else "")
+        imagenet = (" (--augment.preset=paper: ImageNet's mean and std, as byol.BYOL's default views, byol-pytorch's "
+                    "and lightly's normalize)" if "augment.preset" in assumed else "")
         built = ("built as given, " if any(k.startswith("model.") for k in given) else "read off its keys as ") + \
             _settings(config)  # (a review: a --model.width given was said to be what the keys say)
         note(f"{path} has no config.yaml beside it{why}: its input is taken to be the default, {values}; give "

@@ -162,15 +162,17 @@ def test_a_state_dict_of_a_resnet_byol_does_not_build_is_one_sentence_that_says_
 
 
 def test_the_note_on_a_bare_state_dict_says_what_it_was_read_as_and_which_preset_is_imagenet_s(tmp_path, capsys):
-    """byol-pytorch's and lightly's default views normalize with ImageNet's mean and std, not the assumed
-    CIFAR-10's, and the note did not say which preset has those; nor what architecture the keys were read as
-    (a 3x3 first convolution is read as the CIFAR stem, without max-pool, which the keys cannot show)."""
+    """byol.BYOL's, byol-pytorch's and lightly's default views normalize with ImageNet's mean and std, not the
+    assumed CIFAR-10's, and the note did not say which preset has those (nor that byol's own learner's do: a
+    user test saved resnet.state_dict() after BYOL(resnet, image_size=32), as the docs show, and eval read it
+    with CIFAR-10's); nor what architecture the keys were read as (a 3x3 first convolution is read as the CIFAR
+    stem, without max-pool, which the keys cannot show)."""
     import torchvision
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
     load_encoder(tmp_path / "r18.pt")
     err = capsys.readouterr().err
     assert "give --augment.preset if it was not (--augment.preset=paper: ImageNet's mean and std, as " \
-        "byol-pytorch's and lightly's views normalize); its network is read off its keys as " \
+        "byol.BYOL's default views, byol-pytorch's and lightly's normalize); its network is read off its keys as " \
         "model.backbone=resnet18, model.cifar_stem=false, model.width=64" in err, err
     load_encoder(tmp_path / "r18.pt", ["--model.width=16"], random_init=True)  # (a review: said to be the keys')
     assert "its network is built as given, model.backbone=resnet18, model.cifar_stem=false, model.width=16" in \
