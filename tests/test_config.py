@@ -10,7 +10,8 @@ import yaml
 
 from byol import error_lines
 from byol.build import views_of
-from byol.config import Config, ConfigError, config_from_dict, load_config, save_config
+from byol.config import (Config, ConfigError, changed_settings, checked, config_from_dict, load_config,
+                         save_config)
 from byol.config_files import preset_names
 from byol.resume import resume_config
 
@@ -170,8 +171,10 @@ def test_a_key_given_twice_takes_the_last_without_reading_the_first(first):
     ("--optim.trust_coefficient=inf", "optim.trust_coefficient must be a finite number > 0"),
     ("--optim.beta1=1", "optim.beta1 must be >= 0 and < 1"),
     ("--optim.beta2=nan", "optim.beta2 must be >= 0 and < 1"),
+    ("--optim.beta2=1", "optim.beta2 must be >= 0 and < 1"),  # its edge (a mutation audit: survived)
     ("--train.epochs=010", "train.epochs: 010 reads as 8 in YAML \\(a leading 0 makes it octal"),
     ("--train.epochs=1:30", "train.epochs: 1:30 reads as 90 in YAML"),
+    ("--train.seed=-010", "train.seed: -010 reads as -8 in YAML"),  # signed too (a mutation audit: survived)
     ("--train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
     ("--train.precision=fp16", "train.precision must be auto, bf16 or fp32"),
     ("--train.compile=maybe", "train.compile must be true, false or auto"),
@@ -647,6 +650,38 @@ def test_resume_notes_write_settings_as_the_command_line_does():
     assert changed_settings({"train": {"epochs": 3}}, {"train": {"epochs": 3, "progress": "auto"}}) == []
 
 
+def test_a_data_root_is_no_changed_setting_where_it_names_the_same_folder(tmp_path, monkeypatch):
+    """A resume given --data.root=./data for a run saved with data (or its absolute path) is not told the data
+    changed (a mutation audit: compared as written, survived)."""
+    monkeypatch.chdir(tmp_path)
+    for saved in ("data", str(tmp_path / "data")):
+        assert changed_settings({"data": {"root": saved}}, {"data": {"root": "./data"}}) == []
+    assert changed_settings({"data": {"root": "data"}}, {"data": {"root": "other"}}) == [
+        f"data.root {tmp_path / 'data'} -> {tmp_path / 'other'}"]
+
+
+def test_a_config_whose_values_were_set_in_python_is_checked_as_a_file_s_would_be():
+    """checked() (byol.pretrain's check of a notebook's Config) refuses a value of the wrong type, as a file's
+    would be, not only one out of its range (a mutation audit: batch_size=2.5 and epochs=True passed, survived)."""
+    config = load_config("cifar10-cpu")
+    config.train.batch_size = 2.5
+    with pytest.raises(ConfigError, match=r"^train.batch_size must be int, got 2.5$"):
+        checked(config)
+    config.train.batch_size, config.train.epochs = 256, True
+    with pytest.raises(ConfigError, match=r"^train.epochs must be int, got True$"):
+        checked(config)
+    config.train.epochs = 3
+    assert checked(config) == config and checked(config) is not config  # a copy
+
+
+@pytest.mark.parametrize("data", [None, [1], "train", {"train": 5}, {"train": [1]}])
+def test_saved_settings_of_another_shape_are_one_sentence(data):
+    """A checkpoint's or a run's saved settings that are not sections of keys (edited, or another program's) are a
+    ConfigError, which resume and eval say as such, not an AttributeError (a mutation audit: survived)."""
+    with pytest.raises(ConfigError, match="^the settings are not a mapping of sections, each a mapping of keys$"):
+        config_from_dict(data)
+
+
 def test_an_optimizer_name_is_read_in_any_case_and_kept_in_lower_case_and_save_interval_s_takes_inf(tmp_path):
     """build_optimizer always read SGD as sgd, and an older byol saved it so: such a run's config still
     loads (a review: refusing it made older runs unusable), as sgd, which resume compares. inf is the one
@@ -767,7 +802,6 @@ def test_resume_from_the_config_of_a_copied_run_does_not_resume_the_original(tmp
 def test_a_section_replaced_in_python_is_one_sentence():
     """A user test: ``config.train = {"epochs": 3}`` in a notebook raised "vars() argument must have __dict__
     attribute" from byol.pretrain's check."""
-    from byol.config import checked
     config = load_config("cifar10-cpu")
     config.train = {"epochs": 3}
     with pytest.raises(TypeError, match="^config.train must be a byol.config.TrainConfig, not dict: set its keys one "
