@@ -54,16 +54,23 @@ def usual_torch_defaults() -> Iterator[None]:
     each thread's own). And the CPU as the default device, also where the caller set another
     (``torch.set_default_device("cuda")``, ``with torch.device(...)``: its tensors made without a device, a
     generator's state say, would land there: a review saw pretrain under "meta" fail, and its caller's
-    random generators not put back)."""
-    dtype = torch.get_default_dtype()
+    random generators not put back). And float32 matrix products in full float32 (``"highest"``), whatever
+    ``torch.set_float32_matmul_precision`` the caller chose (a notebook's ``"medium"`` made the CPU's oneDNN
+    compute them in bf16: a sweep's run of the same seed gave other losses than in a fresh process, while it
+    said float32)."""
+    dtype, matmul = torch.get_default_dtype(), torch.get_float32_matmul_precision()
     if dtype != torch.float32:
         torch.set_default_dtype(torch.float32)
+    if matmul != "highest":
+        torch.set_float32_matmul_precision("highest")
     try:
         with torch.inference_mode(False), torch.enable_grad(), _outside_autocast(), _cpu_by_default():
             yield
     finally:
         if dtype != torch.float32:
             torch.set_default_dtype(dtype)
+        if matmul != "highest":
+            torch.set_float32_matmul_precision(matmul)
 
 
 def _cpu_by_default():

@@ -9,7 +9,8 @@ import torch
 import byol.precision
 from byol.build import build_model
 from byol.config import Config, ConfigError
-from byol.precision import autocast_dtype, checked_precision, evaluation_precision, resolve_device
+from byol.precision import (autocast_dtype, checked_precision, evaluation_precision, resolve_device,
+                             usual_torch_defaults)
 from byol.resnets import resnet
 
 
@@ -102,3 +103,20 @@ def test_bf16_on_a_gpu_without_it_is_one_sentence_and_a_gpu_keeps_bf16_for_any_n
     assert checked_precision(model, config, gpu, torch.bfloat16) is torch.bfloat16
     with pytest.raises(ConfigError, match="^train.precision=bf16: torch's bf16 convolutions on the CPU"):
         checked_precision(model, config, torch.device("cpu"), torch.bfloat16)
+
+
+@pytest.mark.parametrize("caller", ["medium", "high"])
+def test_a_caller_s_float32_matmul_precision_is_highest_within_and_put_back_after(caller):
+    """A sweep in a notebook that had set torch.set_float32_matmul_precision("medium") (Lightning's advice) got other
+    losses from pretrain than the same seed in a fresh process: oneDNN computed the float32 products in bf16 on the
+    CPU while the run said float32 (a user test of a sweep in one process)."""
+    a, b = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)), torch.randn(256, 64)
+    full = a @ b
+    torch.set_float32_matmul_precision(caller)
+    try:
+        with usual_torch_defaults():
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.equal(a @ b, full)
+        assert torch.get_float32_matmul_precision() == caller
+    finally:
+        torch.set_float32_matmul_precision("highest")
