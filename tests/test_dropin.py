@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from byol import BYOL, resnet
+from byol.augment import paper_views
 from byol.backbones import HiddenLayer
 
 
@@ -500,3 +501,45 @@ def test_a_network_holding_a_torchscript_module_is_one_sentence(whole):
     for trace in (True, False):
         with pytest.raises(TypeError, match=rf"^{where} TorchScript .* give the plain nn.Module"):
             learner_on(net, hidden_layer=-1 if whole else 2, trace=trace)
+
+
+def test_the_learner_s_defaults_are_byol_pytorch_s_widths_and_layer_and_the_paper_s_tau():
+    """A mutation audit: a default projection_size of 128 survived every test. byol-pytorch's users leave them out:
+    projection_size 256, projection_hidden_size 4096 (as there), hidden_layer -2, and tau the paper's 0.996
+    (byol-pytorch's 0.99 is a documented difference: README)."""
+    torch.manual_seed(0)
+    net = resnet("resnet18", cifar_stem=True, width=8)
+    learner = BYOL(net, image_size=32, augment_fn=identity)
+    for mlp in (learner.online.projector, learner.predictor):
+        assert (mlp[0].out_features, mlp[-1].out_features) == (4096, 256)
+    assert learner.moving_average_decay == 0.996 and learner.current_tau() == 0.996
+    projection, embedding = learner.eval()(torch.rand(2, 3, 32, 32), return_embedding=True)
+    assert projection.shape == (2, 256) and embedding.shape == (2, 64)  # hidden_layer -2: the avgpool's 64
+
+
+def test_augment_fn2_given_alone_draws_view_2_and_the_paper_s_first_recipe_view_1():
+    """A mutation audit: augment_fn2 given without augment_fn, replaced by the paper's second recipe, survived every
+    test. As in byol-pytorch, augment_fn2 alone is view 2's augmentation (augment_fn its default, here the
+    paper's first recipe), called once per batch on the images."""
+    calls = []
+
+    def second(x):
+        calls.append(x)
+        return x.float() / 255
+
+    torch.manual_seed(0)
+    learner = BYOL(resnet("resnet18", cifar_stem=True, width=8), image_size=32, hidden_layer="avgpool",
+                   projection_size=16, projection_hidden_size=32, augment_fn2=second)
+    assert learner.augment2 is second and learner.augment1.config == paper_views(32)[0]
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert torch.isfinite(learner(images))
+    assert len(calls) == 1 and calls[0] is images
+
+
+def test_use_momentum_false_reads_back_false_with_no_target_encoder():
+    """A mutation audit: ``learner.use_momentum`` always True survived every test. byol-pytorch's scripts read it
+    (``if learner.use_momentum: learner.update_moving_average()``): False without a target, True with one."""
+    torch.manual_seed(0)
+    simsiam = learner_on(resnet("resnet18", cifar_stem=True, width=8), use_momentum=False)
+    assert simsiam.use_momentum is False and simsiam.target is None and simsiam.target_encoder is None
+    assert learner_on(resnet("resnet18", cifar_stem=True, width=8)).use_momentum is True
