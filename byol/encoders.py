@@ -18,6 +18,7 @@ from .config import (Config, ConfigError, another_version, apply_overrides, conf
                      override_list, validate)
 from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE, refuse_data_limit
+from .assumed_input import assumed_preset, folder_at_native_size, note_assumed_input, settings_said
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
@@ -38,7 +39,9 @@ def load_encoder(path: Union[str, Path], overrides: Optional[list[str]] = None,
     and an exported encoder without a ``config.yaml`` beside it uses the default seed). The
     caller's random number generator is left as it was. ``model.*`` overrides are refused: the
     model is the checkpoint's (but for a bare state_dict with no ``config.yaml`` beside it, whose
-    architecture they describe: e.g. a torchvision model's, ``model.cifar_stem=false``). A relative
+    architecture they describe: e.g. a torchvision model's, ``model.cifar_stem=false``; its input is taken to be
+    normalized with ImageNet's mean and std, ``augment.preset=paper``, unless an ``export.json`` beside it records
+    another preset's or ``augment.preset`` is given, e.g. ``cifar`` for byol's cifar presets). A relative
     ``data.root`` (older runs stored it as typed) that is not found from here is looked up from
     the directory the run was started in, when the checkpoint's place in its run directory tells which.
     An encoder whose weights or BatchNorm statistics are not all finite (a diverged run's) is a
@@ -66,8 +69,9 @@ def load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[st
     (an absolute path), its training ``step`` and ``epoch`` (an exported encoder's from the
     ``export.json`` beside it; None where nothing says: a state_dict from elsewhere, an export
     written before export.json recorded them; 0 with ``random_init``). A bare state_dict with no
-    config.yaml beside it is read with the default input (said in a note), or, ``for_export``, refused. ``evaluated``:
-    a network given from Python is checked on the images byol's evaluation feeds it (knn, linear, embed)."""
+    config.yaml beside it is read with an assumed input (:func:`byol.assumed_input.assumed_preset`, said in a note), or,
+    ``for_export``, refused. ``evaluated``: a network given from Python is checked on the images byol's
+    evaluation feeds it (knn, linear, embed)."""
     path = path_argument(path, "path", CHECKPOINT_PATH)
     with torch.random.fork_rng(devices=[]):  # the modules the weights are loaded into draw their initialization
         return _load_encoder_with_origin(path, overrides, random_init, for_export, net, hidden_layer, evaluated)
@@ -132,9 +136,9 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
     if config.data.dataset != "folder":  # CIFAR's and STL-10's own size is read, not data.image_size (said ignored):
         config.data.image_size = trained_size  # pretraining's, which evaluation_precision tells auto's precision by
     if unknown_input:
-        _note_assumed_input(path, config, given)
+        note_assumed_input(path, config, given)
     elif trained_on in NATIVE_SIZE and config.data.dataset == "folder":
-        _folder_at_native_size(config, trained_on, given)
+        folder_at_native_size(config, trained_on, given)
     if record is None:
         net.fc = nn.Identity()  # the representation is the pooled trunk output
     elif evaluated:  # at the size the overrides give (a folder's --data.image_size), before the data is read
@@ -206,7 +210,7 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
                         random_init: bool) -> tuple[nn.Module, Config]:
     """The encoder of a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision
     model's) and its config: the ``config.yaml`` beside it, else the architecture that its keys and
-    shapes say, with ``model.*`` overrides over it."""
+    shapes say, with ``model.*`` overrides over it, and the preset assumed (:func:`byol.assumed_input.assumed_preset`)."""
     state = _unwrapped(state)
     beside = path.parent / "config.yaml"
     if _of_a_given_net(beside):  # (torch.save(net.state_dict()) into its run's folder)
@@ -227,6 +231,7 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
         guess = "a network other than the config.yaml beside it says?"
     else:
         config, found = Config(), resnet_settings(state)
+        config.augment.preset = assumed_preset(path)[0]  # (an --augment.preset given goes over it)
         if found is None:  # no model.* setting makes one of those load it
             raise CheckpointError(f"{path} is a state_dict whose keys and shapes are not those of a ResNet byol builds "
                                   f"({', '.join(RESNETS)}, of any width, with a 3x3 or 7x7 first convolution), which "
@@ -234,9 +239,9 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
                                   f"{EVALUATE_YOURSELF}")
         for key, value in found.items():
             setattr(config.model, key, value)
-        said = _settings(config)
+        said = settings_said(config)
         apply_overrides(config, [o for o in overrides if override_key(o).startswith("model.")])
-        used = _settings(config)
+        used = settings_said(config)
         how = f"its keys say {said}" + (f", read as {used} as given" if used != said else "")
         if used != said:  # (the keys' own settings: a review found the naming blamed for a --model.width given)
             guess = "model.* settings given other than its keys say?"
@@ -303,46 +308,6 @@ def _unwrapped(state: object) -> object:
     while (prefix := prefix_of(state)) is not None:
         state = {k[len(prefix):]: v for k, v in state.items()}
     return state
-
-
-def _folder_at_native_size(config: Config, trained_on: str, given: list[str]) -> None:
-    """An encoder trained on CIFAR or STL-10, evaluated or embedded on a folder: each image's center
-    square resized to the data set's own size (32, 96), whole, as that data set is fed; a size given is
-    taken, the square whole at ``data.image_size`` where no ``data.load_size`` is. (A user test: a
-    folder's default for the run's 24-pixel views, the center 24 of 27, gave an image features 0.907
-    cosine (median) from its CIFAR twin's, 0.984 at 32; export.json said 32.)"""
-    d, side = config.data, NATIVE_SIZE[trained_on]
-    if "data.image_size" not in given:
-        d.image_size = side
-    if "data.load_size" not in given:
-        d.load_size = d.image_size
-    if "data.image_size" not in given and "data.load_size" not in given:
-        note(f"the encoder was trained on {trained_on}, which eval and embed feed whole at {side}x{side}: this "
-             f"folder's images are fed alike, each one's center square resized to {side}x{side} "
-             "(--data.image_size and --data.load_size give another size)")
-
-
-def _note_assumed_input(path: Path, config: Config, given: list[str]) -> None:
-    """A bare state_dict that nothing says the training input of (a torchvision model's): the input
-    size (a folder's; CIFAR and STL-10 are read at their own) and normalization assumed, unless given."""
-    keys = ("data.image_size",) * (config.data.dataset == "folder") + ("augment.preset",)
-    assumed = [k for k in keys if k not in given]
-    if assumed:
-        values = ", ".join(f"{k}={getattr(getattr(config, k.split('.')[0]), k.split('.')[1])}" for k in assumed)
-        exported = (path.parent / "export.json").is_file()  # an export folder copied without its config.yaml
-        why = (", which byol export wrote beside export.json (it says what the encoder was trained on: copy it "
-               "there too)" if exported else ", so nothing says what its encoder was trained on")
-        imagenet = (" (--augment.preset=paper: ImageNet's mean and std, as byol.BYOL's default views, byol-pytorch's "
-                    "and lightly's normalize)" if "augment.preset" in assumed else "")
-        built = ("built as given, " if any(k.startswith("model.") for k in given) else "read off its keys as ") + \
-            _settings(config)  # (a review: a --model.width given was said to be what the keys say)
-        note(f"{path} has no config.yaml beside it{why}: its input is taken to be the default, {values}; give "
-             f"{' and '.join('--' + k for k in assumed)} if it was not{imagenet}; its network is {built}")
-
-
-def _settings(config: Config) -> str:
-    m = config.model
-    return f"model.backbone={m.backbone}, model.cifar_stem={str(m.cifar_stem).lower()}, model.width={m.width}"
 
 
 def _contents(state: object) -> str:

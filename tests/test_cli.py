@@ -411,6 +411,9 @@ def test_export_loads_into_plain_torchvision_resnet(cli, tmp_path, cifar_stem):
                f"--data.root={CIFAR10}")
     assert f"{moved / 'encoder.pt'} has no config.yaml beside it, which byol export wrote beside export.json" \
         in proc.stderr, proc.stderr
+    # the mean and std export.json records (the cifar10 preset's), not the ImageNet ones a bare state_dict is given
+    assert "its input is taken to be augment.preset=cifar (the mean and std export.json records)" in proc.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["mean"] == info["input"]["mean"] == [0.4914, 0.4822, 0.4465]
     # An exported encoder can itself be evaluated.
     proc = cli("eval", "knn", tmp_path / "export" / "encoder.pt", "--limit", 100)
     assert "kNN top-1 (k=200 > 100: all vote)" in proc.stdout, proc.stdout  # (the bank is the 100 images)
@@ -1411,11 +1414,14 @@ def test_a_bare_torchvision_state_dict_is_evaluated_as_the_architecture_its_keys
     out, err = capsys.readouterr()
     assert "kNN top-1 (k=5)" in out
     assert json.loads((tmp_path / "r.json").read_text())["knn_top1"]
-    # The input it is fed is the defaults', said (CIFAR: its normalization; a folder's size too), unless given
+    # The input it is fed is assumed, said (CIFAR: its normalization, ImageNet's; a folder's size too), unless given
     assert f"note: {path} has no config.yaml beside it, so nothing says what its encoder was trained on: its " \
-        "input is taken to be the default, augment.preset=cifar; give --augment.preset if it was not" in err, err
-    assert main(["eval", "knn", str(path), *map(str, common), "--augment.preset=paper"]) == 0
+        "input is taken to be augment.preset=paper (ImageNet's mean and std, as torchvision's pretrained weights" \
+        in err and "give --augment.preset if it was not (--augment.preset=cifar for an encoder pretrained" in err, err
+    assert json.loads((tmp_path / "r.json").read_text())["mean"] == [0.485, 0.456, 0.406]
+    assert main(["eval", "knn", str(path), *map(str, common), "--augment.preset=cifar"]) == 0
     assert "no config.yaml" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["mean"] == [0.4914, 0.4822, 0.4465]
     # export would write that guess into export.json as what to feed the encoder: refused
     _, line = main_error(capsys, "export", path, "--out", tmp_path / "exported")
     assert "is a bare state_dict with no config.yaml beside it, so nothing says what its encoder was trained on" \

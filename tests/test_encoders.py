@@ -1,12 +1,18 @@
+import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 
+from byol import knn
+from byol.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from byol.backbones import resnet
 from byol.build import build_model
 from byol.checkpoint import CheckpointError
 from byol.config import load_config
+from byol.embeddings import embed
 from byol.encoders import load_encoder
 
 
@@ -151,7 +157,6 @@ def test_a_state_dict_of_a_resnet_byol_does_not_build_is_one_sentence_that_says_
     """A torchvision resnet101's state_dict (byol builds it now: a resnext50_32x4d's here) was read as the default
     resnet18 with a CIFAR stem (its 7x7 conv1 notwithstanding) and refused with 500 keys' mismatch and a guess about
     projectors (a user test)."""
-    import torchvision
     torch.save(torchvision.models.resnext50_32x4d().state_dict(), tmp_path / "rx50.pt")
     with pytest.raises(CheckpointError) as e:
         load_encoder(tmp_path / "rx50.pt")
@@ -163,17 +168,18 @@ def test_a_state_dict_of_a_resnet_byol_does_not_build_is_one_sentence_that_says_
 
 def test_the_note_on_a_bare_state_dict_says_what_it_was_read_as_and_which_preset_is_imagenet_s(tmp_path, capsys):
     """byol.BYOL's, byol-pytorch's and lightly's default views normalize with ImageNet's mean and std, not the
-    assumed CIFAR-10's, and the note did not say which preset has those (nor that byol's own learner's do: a
+    CIFAR-10's once assumed, and the note did not say which preset has those (nor that byol's own learner's do: a
     user test saved resnet.state_dict() after BYOL(resnet, image_size=32), as the docs show, and eval read it
     with CIFAR-10's); nor what architecture the keys were read as (a 3x3 first convolution is read as the CIFAR
     stem, without max-pool, which the keys cannot show)."""
-    import torchvision
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
     load_encoder(tmp_path / "r18.pt")
     err = capsys.readouterr().err
-    assert "give --augment.preset if it was not (--augment.preset=paper: ImageNet's mean and std, as " \
-        "byol.BYOL's default views, byol-pytorch's and lightly's normalize); its network is read off its keys as " \
-        "model.backbone=resnet18, model.cifar_stem=false, model.width=64" in err, err
+    assert "its input is taken to be augment.preset=paper (ImageNet's mean and std, as torchvision's pretrained " \
+        "weights, byol.BYOL's default views, byol-pytorch and lightly normalize); give --augment.preset if it was " \
+        "not (--augment.preset=cifar for an encoder pretrained with byol's cifar presets, CIFAR-10's mean and std); " \
+        "its network is read off its keys as model.backbone=resnet18, model.cifar_stem=false, model.width=64" \
+        in err, err
     load_encoder(tmp_path / "r18.pt", ["--model.width=16"], random_init=True)  # (a review: said to be the keys')
     assert "its network is built as given, model.backbone=resnet18, model.cifar_stem=false, model.width=16" in \
         capsys.readouterr().err
@@ -261,3 +267,55 @@ def test_a_checkpoint_s_encoder_is_its_trained_online_encoder_not_the_target_or_
     loaded = load_encoder(tmp_path / "last.pt")[0].state_dict()
     online = model.online.encoder.body.state_dict()
     assert online and all(torch.equal(loaded[k], v) for k, v in online.items())
+
+
+def test_a_bare_torchvision_state_dict_is_fed_imagenet_s_mean_and_std_unless_a_preset_is_given(tmp_path, capsys,
+                                                                                                cifar10_root):
+    """torchvision's pretrained weights, byol.BYOL's default views, byol-pytorch and lightly all normalize with
+    ImageNet's mean and std; a bare state_dict was read with CIFAR-10's (the config default, augment.preset=cifar),
+    which only byol pretrain's cifar presets use, and their checkpoints and exports carry config.yaml."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    net.fc = torch.nn.Identity()
+    raw = np.fromfile(cifar10_root / "cifar-10-batches-bin" / "test_batch.bin", np.uint8, count=4 * 3073)
+    images = torch.from_numpy(raw.reshape(4, 3073)[:, 1:].reshape(4, 3, 32, 32).copy()).float() / 255
+    common = [f"--data.root={cifar10_root}", "--train.device=cpu", "--train.precision=fp32"]
+    for given, mean, std in (([], IMAGENET_MEAN, IMAGENET_STD), (["--augment.preset=cifar"], CIFAR_MEAN, CIFAR_STD)):
+        result = knn(tmp_path / "r18.pt", common + given, ks=(5,), limit=20)
+        assert (result["mean"], result["std"]) == (list(mean), list(std)), given
+        out = embed(tmp_path / "r18.pt", tmp_path / "e.pt", overrides=common + given, limit=4)
+        with torch.no_grad():
+            expected = net.eval()((images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+        torch.testing.assert_close(torch.load(out, weights_only=True)["embeddings"], expected, rtol=1e-4, atol=1e-4)
+    err = capsys.readouterr().err
+    assert "its input is taken to be augment.preset=paper (ImageNet's mean and std" in err and \
+        "give --augment.preset if it was not (--augment.preset=cifar for an encoder pretrained with byol's cifar " \
+        "presets" in err, err
+
+
+RECORDS = "the mean and std export.json records"
+NO_PRESET_S = "byol pretrain's default: export.json records no preset's mean and std"
+
+
+@pytest.mark.parametrize("recorded, name, preset, why", [
+    ((IMAGENET_MEAN, IMAGENET_STD), "r18.pt", "paper", RECORDS),
+    ((CIFAR_MEAN, CIFAR_STD), "r18.pt", "cifar", RECORDS),
+    ((CIFAR_MEAN, CIFAR_STD), "other.pt", "paper", "ImageNet's mean and std"),  # another file's record
+    (((0.5,) * 3, (0.5,) * 3), "r18.pt", "cifar", NO_PRESET_S),
+    (None, "r18.pt", "cifar", NO_PRESET_S)])  # (an export before 2026-12-01 recorded no input)
+def test_a_bare_state_dict_beside_its_export_json_takes_the_preset_of_the_mean_and_std_it_records(
+        tmp_path, capsys, recorded, name, preset, why):
+    """An export folder copied without its config.yaml: the mean and std that export.json records for the file
+    (a byol run's, CIFAR-10's with the cifar presets) are its input's. One that records none, or a mean and std
+    of no preset, leaves byol pretrain's default (augment.preset=cifar), said; one of another file, ImageNet's."""
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    info = {"state_dict": name, "torchscript": "encoder_torchscript.pt", "backbone": "resnet18", "cifar_stem": False}
+    if recorded is not None:
+        info["input"] = {"image_size": 32, "mean": list(recorded[0]), "std": list(recorded[1])}
+    (tmp_path / "export.json").write_text(json.dumps(info))
+    _, config = load_encoder(tmp_path / "r18.pt")
+    err = capsys.readouterr().err
+    assert config.augment.preset == preset and err.count("note: ") == 1, err
+    assert f"its input is taken to be augment.preset={preset} ({why}" in err, err
+    assert load_encoder(tmp_path / "r18.pt", ["--augment.preset=none"])[1].augment.preset == "none"  # given: taken

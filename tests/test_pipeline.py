@@ -174,9 +174,9 @@ def test_a_cifar_encoder_on_a_folder_takes_each_image_whole_at_32_but_for_sizes_
     image_size the note names, 32, gave the center 32 of 37, and a load_size alone the center 24 of it."""
     from byol.build import eval_crop, load_size
     from byol.config import apply_overrides, load_config
-    from byol.encoders import _folder_at_native_size
+    from byol.assumed_input import folder_at_native_size
     config = apply_overrides(load_config("cifar10-cpu"), ["--data.dataset=folder", *given])
-    _folder_at_native_size(config, "cifar10", [g.removeprefix("--").split("=")[0] for g in given])
+    folder_at_native_size(config, "cifar10", [g.removeprefix("--").split("=")[0] for g in given])
     assert (load_size(config), eval_crop(config)) == sizes
 
 
