@@ -3,6 +3,7 @@
 import contextlib
 import os
 import sys
+import threading
 from typing import Iterator
 
 import torch
@@ -74,13 +75,15 @@ def rank() -> int:
 def note(message: str) -> None:
     """``note: message`` on stderr, once: from rank 0 (every process of a torchrun job runs the same code);
     kept too in the lists of the :func:`noted` blocks open."""
-    for heard in _heard:
+    for heard in getattr(_heard, "open", ()):
         heard.append(message)
     if rank() == 0:
         print(f"note: {message}", file=sys.stderr)
 
 
-_heard: list[list[str]] = []  # the lists of the noted() blocks open now
+# The lists of the noted() blocks open now, each thread's own: a result keeps its own computation's notes, not
+# those of another thread's (a sweep's byol.knn calls in threads)
+_heard = threading.local()
 
 
 @contextlib.contextmanager
@@ -88,11 +91,13 @@ def noted() -> Iterator[list[str]]:
     """The notes said inside the block, in order (an evaluation's result keeps those said while it
     was computed: a note that its accuracy is inflated was lost with the terminal's scroll-back)."""
     heard: list[str] = []
-    _heard.append(heard)
+    if not hasattr(_heard, "open"):
+        _heard.open = []
+    _heard.open.append(heard)
     try:
         yield heard
-    finally:
-        _heard.remove(heard)
+    finally:  # this block's list itself (list.remove took the first equal one: an enclosing block's)
+        _heard.open = [h for h in _heard.open if h is not heard]
 
 
 def world_size() -> int:

@@ -58,19 +58,39 @@ def usual_torch_defaults() -> Iterator[None]:
     ``torch.set_float32_matmul_precision`` the caller chose (a notebook's ``"medium"`` made the CPU's oneDNN
     compute them in bf16: a sweep's run of the same seed gave other losses than in a fresh process, while it
     said float32)."""
-    dtype, matmul = torch.get_default_dtype(), torch.get_float32_matmul_precision()
+    dtype = torch.get_default_dtype()
     if dtype != torch.float32:
         torch.set_default_dtype(torch.float32)
-    if matmul != "highest":
-        torch.set_float32_matmul_precision("highest")
     try:
-        with torch.inference_mode(False), torch.enable_grad(), _outside_autocast(), _cpu_by_default():
+        with torch.inference_mode(False), torch.enable_grad(), _outside_autocast(), _cpu_by_default(), \
+                _full_float32_matmul():
             yield
     finally:
         if dtype != torch.float32:
             torch.set_default_dtype(dtype)
-        if matmul != "highest":
+
+
+@contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    """Within, float32 matrix products in full float32; after, the caller's precision as it was: torch's
+    (``torch.set_float32_matmul_precision``) and each backend's, which torch >= 2.9 sets apart
+    (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``, bf16 products on the CPU as "medium"'s; a
+    review: set so, ``torch.get_float32_matmul_precision()`` raised, and every byol function with it)."""
+    backends = [b for b in (getattr(torch.backends.mkldnn, "matmul", None), torch.backends.cuda.matmul)
+                if hasattr(b, "fp32_precision")]
+    each = [b.fp32_precision for b in backends]
+    try:
+        matmul = torch.get_float32_matmul_precision()
+    except RuntimeError:  # (backends set apart: "a mix of the legacy and new APIs")
+        matmul = None
+    torch.set_float32_matmul_precision("highest")  # (each backend's too)
+    try:
+        yield
+    finally:
+        if matmul is not None:
             torch.set_float32_matmul_precision(matmul)
+        for backend, precision in zip(backends, each):
+            backend.fp32_precision = precision
 
 
 def _cpu_by_default():

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -407,6 +408,20 @@ def test_a_job_scripts_own_step_of_a_slurm_job_of_several_tasks_gets_no_note(cap
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     assert distributed.init() == (0, 1)
     assert capsys.readouterr().err == ""
+
+
+def test_noted_blocks_keep_their_own_notes_nested_and_in_threads(capsys):
+    """A review: a nested block's exit took the enclosing block's list out (list.remove took the first equal one),
+    whose later notes were lost, and then failed with "x not in list"; a block kept another thread's notes too."""
+    with distributed.noted() as outer:
+        with distributed.noted() as inner:
+            pass
+        distributed.note("after")
+        other = threading.Thread(target=distributed.note, args=("another thread's",))
+        other.start()
+        other.join()
+    assert outer == ["after"] and inner == []
+    assert capsys.readouterr().err == "note: after\nnote: another thread's\n"
 
 
 GATHER = '''

@@ -120,3 +120,24 @@ def test_a_caller_s_float32_matmul_precision_is_highest_within_and_put_back_afte
         assert torch.get_float32_matmul_precision() == caller
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+@pytest.mark.skipif(not hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision"),
+                    reason="torch < 2.9 has no backend's own float32 matmul precision")
+def test_a_backend_s_own_float32_matmul_precision_is_ieee_within_and_put_back_after():
+    """torch >= 2.9's own way to ask for bf16 products on the CPU (torch.backends.mkldnn.matmul.fp32_precision, which
+    the legacy getter then refuses to read: "a mix of the legacy and new APIs"): a review saw every byol function
+    raise with it, before computing anything."""
+    backends = torch.backends.mkldnn.matmul, torch.backends.cuda.matmul
+    saved = [b.fp32_precision for b in backends]
+    a, b = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)), torch.randn(256, 64)
+    full = a @ b
+    try:
+        backends[0].fp32_precision = "bf16"
+        with usual_torch_defaults():
+            assert [m.fp32_precision for m in backends] == ["ieee", "ieee"]
+            assert torch.equal(a @ b, full)
+        assert backends[0].fp32_precision == "bf16" and backends[1].fp32_precision == saved[1]
+    finally:
+        for m, precision in zip(backends, saved):
+            m.fp32_precision = precision
