@@ -2,7 +2,6 @@
 run started from), or a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision model's),
 with the config it goes with and where its weights come from."""
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -13,12 +12,13 @@ from torch import nn
 from .resnets import RESNETS, resnet, resnet_settings
 from .build import build_model, check_evaluated_size
 from .precision import usual_torch_defaults
-from .checkpoint import CheckpointError, export_record, load_model_state, read_state
+from .checkpoint import CheckpointError, load_model_state, read_state
 from .config import (Config, ConfigError, another_version, apply_overrides, config_from_dict, load_config,
                      override_list, validate)
 from .config_files import override_key, read_preset
 from .config_rules import GIVEN_BACKBONE, refuse_data_limit
-from .assumed_input import assumed_preset, folder_at_native_size, note_assumed_input, settings_said
+from .assumed_input import (ExportSays, assumed_preset, export_says, folder_at_exported_size, folder_at_native_size,
+                            note_assumed_input, settings_said)
 from .datasets import NATIVE_SIZE
 from . import distributed as dist
 from .distributed import note
@@ -127,8 +127,9 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
             raise CheckpointError(f"{path} is a bare state_dict with no config.yaml beside it, so nothing says what "
                                   "its encoder was trained on (the input size and normalization export.json records); "
                                   "byol export takes a byol run's checkpoint, such as RUN/checkpoints/last.pt")
-        net, config = _state_dict_encoder(path, state, overrides or [], random_init)
-        origin.update(_exported(path))
+        said = export_says(path)  # (export.json read, and the file hashed, once)
+        net, config = _state_dict_encoder(path, state, overrides or [], random_init, said)
+        origin.update(_exported(path, said))
     if "data.root" not in given:  # from the run's own out_dir: a --train.out_dir given here changes nothing
         _find_relative_root(config, path)
     trained_on, trained_size = config.data.dataset, config.data.image_size
@@ -136,7 +137,8 @@ def _load_encoder_with_origin(path: Union[str, Path], overrides: Optional[list[s
     if config.data.dataset != "folder":  # CIFAR's and STL-10's own size is read, not data.image_size (said ignored):
         config.data.image_size = trained_size  # pretraining's, which evaluation_precision tells auto's precision by
     if unknown_input:
-        note_assumed_input(path, config, given)
+        folder_at_exported_size(config, said, given)
+        note_assumed_input(path, config, given, said)
     elif trained_on in NATIVE_SIZE and config.data.dataset == "folder":
         folder_at_native_size(config, trained_on, given)
     if record is None:
@@ -189,28 +191,27 @@ def _trained(state: dict) -> dict:
     return {"step": step, "epoch": step / per_epoch if isinstance(step, int) and per_epoch else None}
 
 
-def _exported(path: Path) -> dict:
+def _exported(path: Path, said: ExportSays) -> dict:
     """The ``step`` and ``epoch`` that ``byol export`` recorded in the ``export.json`` beside the
-    ``encoder.pt`` at ``path`` (none where it names another file, says neither, or records another
+    ``encoder.pt`` at ``path``, as ``said`` (none where it names another file, says neither, or records another
     file's SHA-256: the file was replaced since)."""
-    info = export_record(path.parent / "export.json")
-    if info is None or info.get("state_dict") != path.name:  # none beside it, not JSON, or another file's
-        return {}
-    digest = info.get("state_dict_sha256")  # an export.json before it said none
-    if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+    if said.changed:
         note(f"{path} is not the file that byol export wrote beside {path.parent / 'export.json'} (it has changed "
              "since): its training step is not known")
         return {}
-    step, epoch = info.get("step"), info.get("epoch")
+    if not said.record:  # none beside it, not JSON, or another file's
+        return {}
+    step, epoch = said.record.get("step"), said.record.get("epoch")
     return {"step": step if type(step) is int else None,
             "epoch": epoch if type(epoch) in (int, float) else None}
 
 
 def _state_dict_encoder(path: Path, state: object, overrides: list[str],
-                        random_init: bool) -> tuple[nn.Module, Config]:
+                        random_init: bool, said: ExportSays) -> tuple[nn.Module, Config]:
     """The encoder of a bare ResNet state_dict (``byol export``'s ``encoder.pt``, a torchvision
     model's) and its config: the ``config.yaml`` beside it, else the architecture that its keys and
-    shapes say, with ``model.*`` overrides over it, and the preset assumed (:func:`byol.assumed_input.assumed_preset`)."""
+    shapes say, with ``model.*`` overrides over it, and the preset assumed (:func:`byol.assumed_input.assumed_preset`
+    of what the export.json beside it ``said``)."""
     state = _unwrapped(state)
     beside = path.parent / "config.yaml"
     if _of_a_given_net(beside):  # (torch.save(net.state_dict()) into its run's folder)
@@ -231,7 +232,7 @@ def _state_dict_encoder(path: Path, state: object, overrides: list[str],
         guess = "a network other than the config.yaml beside it says?"
     else:
         config, found = Config(), resnet_settings(state)
-        config.augment.preset = assumed_preset(path)[0]  # (an --augment.preset given goes over it)
+        config.augment.preset = assumed_preset(said)[0]  # (an --augment.preset given goes over it)
         if found is None:  # no model.* setting makes one of those load it
             raise CheckpointError(f"{path} is a state_dict whose keys and shapes are not those of a ResNet byol builds "
                                   f"({', '.join(RESNETS)}, of any width, with a 3x3 or 7x7 first convolution), which "

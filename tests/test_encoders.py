@@ -1,15 +1,18 @@
+import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from byol import knn
 from byol.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from byol.backbones import resnet
-from byol.build import build_model
+from byol.build import build_model, eval_crop, load_size
 from byol.checkpoint import CheckpointError
 from byol.config import load_config
 from byol.embeddings import embed
@@ -319,3 +322,79 @@ def test_a_bare_state_dict_beside_its_export_json_takes_the_preset_of_the_mean_a
     assert config.augment.preset == preset and err.count("note: ") == 1, err
     assert f"its input is taken to be augment.preset={preset} ({why}" in err, err
     assert load_encoder(tmp_path / "r18.pt", ["--augment.preset=none"])[1].augment.preset == "none"  # given: taken
+
+
+def _export_folder(folder: Path, recorded: dict, sha256: str = "") -> Path:
+    """A narrow ResNet's encoder.pt, and the export.json of it that records ``recorded`` as its input (and the
+    file's SHA-256, or ``sha256`` where given), without the config.yaml beside them: an export folder copied so."""
+    folder.mkdir()
+    torch.manual_seed(0)
+    torch.save(resnet("resnet18", cifar_stem=True, width=4).state_dict(), folder / "encoder.pt")
+    info = {"state_dict": "encoder.pt", "torchscript": "encoder_torchscript.pt", "input": recorded,
+            "state_dict_sha256": sha256 or hashlib.sha256((folder / "encoder.pt").read_bytes()).hexdigest()}
+    (folder / "export.json").write_text(json.dumps(info))
+    return folder / "encoder.pt"
+
+
+PAPER_S = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def test_a_bare_state_dict_on_a_folder_is_fed_at_the_size_its_export_json_records(tmp_path, capsys):
+    """An export folder copied without its config.yaml, evaluated on a folder: its images were fed at the
+    config's default size (32, decoded at 37), not as export.json records eval and embed fed the encoder (the
+    center 40 of each image's square at 48 here), and the note said 'data.image_size=32 (the default)'. Its
+    image_size is what the encoder is fed (the crop where one is cut), its load_size the square decoded."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (60, 50, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    folder = ["--data.dataset=folder", f"--data.root={tmp_path / 'images'}", "--data.workers=0",
+              "--train.device=cpu", "--train.precision=fp32"]
+    path = _export_folder(tmp_path / "copied", {"image_size": 40, "load_size": 48, "crop": 40, **PAPER_S})
+    _, config = load_encoder(path, folder)
+    assert (config.data.image_size, load_size(config), eval_crop(config)) == (40, 48, 40)
+    err = capsys.readouterr().err
+    assert "its input is taken to be data.image_size=40 and data.load_size=48 (export.json's record: each image's " \
+        "center square resized to 48x48, its center 40x40 cut out), augment.preset=paper" in err, err
+    # the features are those of the sizes it records, given
+    said = embed(path, tmp_path / "said.pt", overrides=folder)
+    given = embed(path, tmp_path / "given.pt", overrides=folder + ["--data.image_size=40", "--data.load_size=48"])
+    assert torch.equal(torch.load(said, weights_only=True)["embeddings"],
+                       torch.load(given, weights_only=True)["embeddings"])
+    # whole at its size where no crop was cut; a size given is taken, export.json's record not
+    path = _export_folder(tmp_path / "whole", {"image_size": 48, "load_size": 48, "crop": None, **PAPER_S})
+    _, config = load_encoder(path, folder)
+    assert (config.data.image_size, load_size(config), eval_crop(config)) == (48, 48, None)
+    assert "data.image_size=48 (export.json's record: each image's center square resized to 48x48)" in \
+        capsys.readouterr().err
+    _, config = load_encoder(path, folder + ["--data.image_size=64"])
+    assert (config.data.image_size, load_size(config)) == (64, 73) and "data.image_size" not in \
+        capsys.readouterr().err
+
+
+def test_an_export_json_that_records_another_file_s_sha256_says_nothing_of_this_one(tmp_path, capsys):
+    """export.json names encoder.pt, but the file there is not the one exported (fine-tuned and saved over it, say):
+    its mean and std were taken all the same (CIFAR-10's here), now ImageNet's, as of a file nothing says, with why;
+    nor is its size taken for a folder."""
+    cifar_s = {"image_size": 48, "load_size": 48, "crop": None, "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    path = _export_folder(tmp_path / "copied", cifar_s)
+    assert load_encoder(path)[1].augment.preset == "cifar"  # the file exported: its record's
+    capsys.readouterr()
+    path = _export_folder(tmp_path / "changed", cifar_s, sha256="0" * 64)
+    _, config = load_encoder(path, ["--data.dataset=folder"])
+    err = capsys.readouterr().err
+    assert (config.augment.preset, config.data.image_size) == ("paper", 32), err
+    assert "data.image_size=32 (the default), augment.preset=paper (ImageNet's mean and std, as torchvision's " \
+        "pretrained weights, byol.BYOL's default views, byol-pytorch and lightly normalize; not export.json's: " \
+        "this file does not match the SHA-256 it records)" in err, err
+
+
+def test_a_bare_state_dict_s_export_json_is_read_once(tmp_path, monkeypatch):
+    """Its preset, the note's reason for it and the export's step each read export.json (three times, and the
+    file hashed for the step alone, while the preset trusted a file of another SHA-256): one reading serves all."""
+    path = _export_folder(tmp_path / "copied", {"image_size": 32, "load_size": 32, "crop": None, **PAPER_S})
+    reads = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k))
+    _, config = load_encoder(path, ["--data.dataset=folder"])
+    assert reads.count("export.json") == 1 and config.data.image_size == 32, reads
