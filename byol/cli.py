@@ -1,14 +1,12 @@
 """The command line: ``byol pretrain | eval knn | eval linear | embed | export``."""
 
-import itertools
-import json
 import os
 import re
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from . import error_lines
 from .arguments import UsageError, check_overrides, parser, shows_bars_given
@@ -34,57 +32,6 @@ def _encoder_rows(result: dict) -> list[tuple[str, str]]:
         epoch = f" (epoch {result['epoch']:.2f})" if result["epoch"] is not None else ""
         rows.append(("weights", f"step {result['step']}{epoch}"))
     return rows
-
-
-def _write_json(result: dict, out: Optional[str], default: Path) -> Path:
-    """Write the result to ``out``, else to ``default``, where an earlier result (another run of
-    the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ..."""
-    from .files import write_text_atomically
-    from .outputs import writing
-    path = Path(out) if out else default
-    if _is_main_process():
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not out and path.is_file():
-                earlier = _keep_earlier(path)
-                print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
-            text = json.dumps(result, indent=2) + "\n"
-            # --out /dev/stdout, a link, a pipe: written through, not replaced. Not the default file beside the
-            # checkpoint: a link there (a run folder from elsewhere) would have it written outside (a user test).
-            if out and (path.is_symlink() or (path.exists() and not path.is_file())):
-                path.write_text(text)
-            else:
-                write_text_atomically(path, text)  # a full disk leaves the old file or the new, never an empty one
-    return path
-
-
-def _kept_names(path: Path) -> Iterator[Path]:
-    """NAME.1.json, NAME.2.json, ...: where an earlier result of ``path`` is kept."""
-    return (path.with_suffix(f".{n}.json") for n in itertools.count(1))
-
-
-def _keep_earlier(path: Path) -> Path:
-    """Move ``path`` to the first free NAME.N.json. A hard link claims the name atomically: two
-    evaluations that end together cannot both take NAME.1.json (a rename would replace it)."""
-    for earlier in _kept_names(path):
-        try:
-            os.link(path, earlier)
-        except FileExistsError:
-            continue
-        except OSError:  # a file system without hard links: a rename, not race-free
-            if earlier.exists():
-                continue
-            path.rename(earlier)
-            return earlier
-        path.unlink()
-        return earlier
-
-
-def _kept_name_writable(path: Path) -> None:
-    """Before an evaluation: where ``path`` exists, keeping it takes a new file beside it."""
-    from .outputs import check_writable
-    if path.is_file():  # the first free name is a new file: the probe checks that its folder takes one
-        check_writable(next(p for p in _kept_names(path) if not p.exists()))
 
 
 def run(argv: Optional[list[str]] = None) -> int:
@@ -233,7 +180,7 @@ def _evaluate(args, overrides: list[str]) -> int:
     if args.out or default:  # before the evaluation, which can take long
         outputs.check_writable(args.out or default, source=args.checkpoint, results=True)
         if not args.out:
-            _kept_name_writable(default)
+            outputs.check_kept_name_writable(default)
     bars = shows_bars_given(overrides) or LogLines()  # (a log: lines, not a bar's redrawings)
     if args.protocol == "knn":
         result = pipeline.knn(args.checkpoint, overrides, ks=tuple(args.k), temperature=args.temperature,
@@ -254,12 +201,21 @@ def _evaluate(args, overrides: list[str]) -> int:
     rows += _encoder_rows(result)
     title = f"{result['dataset']}: {result['n_train']:,} train / {result['n_test']:,} {result['test_split']} images"
     try:
-        path = _write_json(result, args.out, default)
+        path = outputs.write_results(result, args.out, default)
     except outputs.OutputError:
-        _print_table(title, rows)  # the finished evaluation's numbers are not lost
+        _print_table(title, rows + _notes_rows(result, written=False))  # the finished evaluation's numbers are not lost
         raise
-    _print_table(title, rows + [("results", str(path))])
+    _print_table(title, rows + _notes_rows(result, written=True) + [("results", str(path))])
     return 0
+
+
+def _notes_rows(result: dict, written: bool) -> list[tuple[str, str]]:
+    """A row saying that the result carries notes, which qualify its numbers (docs/metrics.md): said on stderr
+    before the table, where a long log scrolls them out of sight, and the table said nothing of them (a review)."""
+    notes = result.get("notes")
+    if not notes:
+        return []
+    return [("notes", f"{len(notes)}, said above" + (' and kept in the results\' "notes"' if written else ""))]
 
 
 def _embed(args, overrides: list[str]) -> int:

@@ -13,6 +13,8 @@ from . import features
 from .build import eval_crop, views_of
 from .config import Config
 from .dropin import BYOL
+from .error_lines import is_out_of_memory
+from .errors import ByolError
 from .evaluate import knn_accuracy
 from .faults import StopRequest, Stopped
 from .metrics import KNN_PREFIX, MetricsLog, PlotsUnavailable, plot_metrics, read_metrics
@@ -21,6 +23,8 @@ from .reporting import log_knn
 from .run_folder import RunFolder
 from .step import channels_last_crash, to_step_layout
 from .train_data import TrainData
+
+MONITOR_BATCH = 512  # images per forward pass of the monitor's features, whatever train.batch_size
 
 
 def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
@@ -31,7 +35,7 @@ def knn_eval(model: BYOL, data: TrainData, config: Config, device: torch.device,
     A folder's images are cut to their center ``data.image_size`` (:func:`~byol.build.eval_crop`),
     as ``byol eval`` cuts them."""
     view1, _ = views_of(config)
-    kwargs = dict(batch_size=512, mean=view1.mean, std=view1.std, amp_dtype=amp, crop=eval_crop(config))
+    kwargs = dict(batch_size=MONITOR_BATCH, mean=view1.mean, std=view1.std, amp_dtype=amp, crop=eval_crop(config))
     splits = (data.knn_train, data.knn_test)
     # the queries' bar named by their split: a folder's val, say, not "test" (the closing table's and the log's word)
     names = ("bank", "held-out") if config.train.knn_holdout else ("train", data.knn_query)
@@ -65,6 +69,7 @@ def knn_monitor(config: Config, byol: BYOL, data: TrainData, device: torch.devic
     knn = partial(knn_eval, byol, data, config, device, amp, bars or (rank == 0 and LogLines()))
     if rank == 0 and not bars:
         knn = _announced(knn, f"kNN monitor: features of the training (bank) and {data.knn_query} (query) images")
+    knn = _out_of_memory_said(knn, resumed=step > 0)
     results["knn_images"] = (*data.knn_images, data.knn_query)  # for the closing table
     # and the images the kNN at random init was scored on: a folder's may have grown or shrunk since, before a resume
     # (a user test: images and a class added); none in a checkpoint of an older byol's
@@ -83,6 +88,32 @@ def _announced(knn: Callable[[], dict], line: str) -> Callable[[], dict]:
         print(line, file=sys.stderr, flush=True)
         return knn()
     return announced
+
+
+def out_of_memory_line(resumed: bool) -> str:
+    """The sentence for memory run out in the kNN monitor (a review: the training step's, "lower
+    train.batch_size", was said, which the monitor's batches of ``MONITOR_BATCH`` do not follow). ``resumed``: a
+    resumed run's, whose train.knn_limit its checkpoint fixes where it logged kNN accuracies (a resume refuses
+    another); the monitor turned off, it goes on (``byol eval knn`` scores any checkpoint afterwards)."""
+    what = (f"the kNN monitor ran out of memory (it embeds its images {MONITOR_BATCH} at a time, whatever "
+            "train.batch_size); ")
+    off = "byol eval knn scores the run's checkpoints afterwards"
+    if resumed:
+        return f"{what}resume with --train.knn_every=-1 to turn it off ({off})"
+    return (f"{what}turn it off with --train.knn_every=-1 ({off}) or give it fewer images with --train.knn_limit "
+            f"(under {MONITOR_BATCH}, in smaller batches too); a run that wrote a checkpoint goes on from it with "
+            "--resume --train.knn_every=-1")
+
+
+def _out_of_memory_said(knn: Callable[[], dict], resumed: bool) -> Callable[[], dict]:
+    def said() -> dict:
+        try:
+            return knn()
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            raise ByolError(out_of_memory_line(resumed)) from e
+    return said
 
 
 def score_unless_stopped(knn: Callable[[], dict], stop: StopRequest, world: int) -> Optional[dict]:

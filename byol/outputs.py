@@ -1,15 +1,21 @@
 """Where a command writes its results: refused before the work where the file cannot be written or
-would replace what a run or an export wrote, and one sentence (:class:`OutputError`) where a write fails.
+would replace what a run or an export wrote, and one sentence (:class:`OutputError`) where a write fails;
+an evaluation's earlier result in its default file kept beside the new one.
 """
 
+import itertools
+import json
+import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from .checkpoint import export_record, is_torchscript, peek, saved_step
+from .distributed import rank
 from .error_lines import launch_rank
 from .errors import ByolError
-from .files import write_failed, write_failure, written_for
+from .files import write_failed, write_failure, write_text_atomically, written_for
 from .run_folder import RUN_FILES
 
 
@@ -72,6 +78,55 @@ def check_writable(path: Union[str, Path], source: Union[str, Path, None] = None
                 pass
         except OSError as e:  # named as the file asked for, not as the probe's random name
             raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def write_results(result: dict, out: Optional[str], default: Path) -> Path:
+    """Write the result to ``out``, else to ``default``, where an earlier result (another run of
+    the same evaluation, perhaps with other settings) is kept as NAME.1.json, NAME.2.json, ...
+    (rank 0 writes it under torchrun)."""
+    path = Path(out) if out else default
+    if rank() == 0:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not out and path.is_file():
+                earlier = keep_earlier(path)
+                print(f"note: the earlier result in {path.name} is kept as {earlier.name}", file=sys.stderr)
+            text = json.dumps(result, indent=2) + "\n"
+            # --out /dev/stdout, a link, a pipe: written through, not replaced. Not the default file beside the
+            # checkpoint: a link there (a run folder from elsewhere) would have it written outside (a user test).
+            if out and (path.is_symlink() or (path.exists() and not path.is_file())):
+                path.write_text(text)
+            else:
+                write_text_atomically(path, text)  # a full disk leaves the old file or the new, never an empty one
+    return path
+
+
+def _kept_names(path: Path) -> Iterator[Path]:
+    """NAME.1.json, NAME.2.json, ...: where an earlier result of ``path`` is kept."""
+    return (path.with_suffix(f".{n}.json") for n in itertools.count(1))
+
+
+def keep_earlier(path: Path) -> Path:
+    """Move ``path`` to the first free NAME.N.json. A hard link claims the name atomically: two
+    evaluations that end together cannot both take NAME.1.json (a rename would replace it)."""
+    for earlier in _kept_names(path):
+        try:
+            os.link(path, earlier)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links: a rename, not race-free
+            if earlier.exists():
+                continue
+            path.rename(earlier)
+            return earlier
+        path.unlink()
+        return earlier
+
+
+def check_kept_name_writable(path: Path) -> None:
+    """Before an evaluation: where ``path`` exists, keeping it takes a new file beside it."""
+    if path.is_file():  # the first free name is a new file: the probe checks that its folder takes one
+        check_writable(next(p for p in _kept_names(path) if not p.exists()))
 
 
 def _refuse_a_runs_file(path: Path, replace_models: bool = False) -> None:

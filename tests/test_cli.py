@@ -275,6 +275,26 @@ def test_eval_table_counts_the_images_with_thousands_separators(monkeypatch, cap
     assert "cifar10: 50,000 train / 10,000 test images" in capsys.readouterr().out
 
 
+def test_eval_table_says_that_the_result_carries_notes_and_where(monkeypatch, capsys, tmp_path):
+    """A review: the notes that qualify a result's numbers (docs/metrics.md) were said on stderr before the table,
+    which a long log scrolls out of sight, and kept in the JSON, but the table did not say that there were any."""
+    import byol.pipeline
+    from byol.cli import main
+    notes = ["k=200 is more than the 40 training images, so it votes with all of them", "2 files could not be decoded"]
+    fake = {"dataset": "folder", "knn_top1": {200: 50.0}, "temperature": 0.1, "n_train": 40, "n_test": 20,
+            "test_split": "val", "feature_dim": 64, "image_size": 32, "precision": "float32", "device": "cpu",
+            "random_init": False, "step": None, "epoch": None, "notes": notes}
+    monkeypatch.setattr(byol.pipeline, "knn", lambda *a, **k: dict(fake))
+    (tmp_path / "x.pt").touch()
+    assert main(["eval", "knn", str(tmp_path / "x.pt"), "--out", str(tmp_path / "k.json")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\n  notes +2, said above and kept in the results' \"notes\"\n  results +\S*k\.json\n", out), out
+    assert json.loads((tmp_path / "k.json").read_text())["notes"] == notes
+    fake["notes"] = []
+    assert main(["eval", "knn", str(tmp_path / "x.pt"), "--out", str(tmp_path / "k.json")]) == 0
+    assert "notes" not in capsys.readouterr().out
+
+
 def test_random_init_is_the_encoder_the_run_started_from(cli, tmp_path):
     from byol.encoders import load_encoder
     from conftest import CIFAR10
@@ -1690,29 +1710,6 @@ def test_a_storage_error_in_a_thread_is_said_once_by_the_command_not_as_the_thre
     assert said == [] and threading.excepthook is hook
 
 
-def test_results_written_to_a_link_or_a_device_go_through_it(trained, tmp_path):
-    """`--out /dev/stdout | jq`, or a link to a shared results file: written through, not replaced by a file."""
-    from byol.cli import _write_json
-    target = tmp_path / "shared" / "results.json"
-    target.parent.mkdir()
-    target.write_text("{}")
-    link = tmp_path / "results.json"
-    link.symlink_to(target)
-    _write_json({"top1": 50.0}, str(link), tmp_path / "default.json")
-    assert link.is_symlink() and json.loads(target.read_text()) == {"top1": 50.0}
-
-
-def test_the_default_results_file_is_not_written_through_a_link_there(tmp_path):
-    """A user test: a run folder from elsewhere whose checkpoints/last_knn.json was a link to a file outside it
-    (not there yet): eval without --out wrote its results there. The link is replaced by the results."""
-    from byol.cli import _write_json
-    default = tmp_path / "last_knn.json"
-    default.symlink_to(tmp_path / "elsewhere.json")
-    _write_json({"top1": 50.0}, None, default)
-    assert not (tmp_path / "elsewhere.json").exists()
-    assert not default.is_symlink() and json.loads(default.read_text()) == {"top1": 50.0}
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count the open descriptors")
 def test_a_stream_lost_without_a_file_descriptor_leaves_no_descriptor_open():
     """A closed stdout, or one with no descriptor (pytest's capsys, a notebook's), that is lost: the /dev/null
@@ -1946,21 +1943,6 @@ def test_a_command_run_in_a_thread_not_the_main_one_leaves_the_signals_alone_and
     assert (done["eval"].returncode, done["eval"].stderr) == (
         2, f"byol: error: checkpoint {tmp_path / 'missing.pt'} does not exist\n")
     assert {s: signal.getsignal(s) for s in handlers} == handlers
-
-
-def test_an_earlier_result_is_kept_by_a_rename_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
-    """FAT or exFAT, some network and FUSE file systems (coverage: that way was never run)."""
-    from byol import cli as cli_module
-
-    def no_hard_links(*args):
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(os, "link", no_hard_links)
-    result = tmp_path / "last_knn.json"
-    for n in (1, 2):
-        result.write_text(f"result {n}")
-        assert cli_module._keep_earlier(result) == tmp_path / f"last_knn.{n}.json" and not result.exists()
-    assert [(tmp_path / f"last_knn.{n}.json").read_text() for n in (1, 2)] == ["result 1", "result 2"]
 
 
 def test_a_config_read_from_a_pipe_is_read_once_by_resume_auto(tmp_path):

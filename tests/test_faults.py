@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from byol.precision import native_bf16
 from byol.checkpoint import load_checkpoint
+from byol.errors import ByolError
 from byol.faults import NonFiniteGuard, StopRequest, Stopped
 from byol.metrics import read_metrics
 from conftest import CIFAR10, extract_jpegs, finished_pid, session_status, shown_lines, tiny_overrides
@@ -281,11 +282,13 @@ def test_an_error_in_the_final_knn_keeps_the_last_checkpoint(tmp_path, cifar, mo
     monkeypatch.setattr(byol.knn_monitor, "knn_eval", out_of_memory_at_the_end)
     run = tmp_path / "run"
     config = load_config("cifar10", [cifar, *tiny_overrides(run, **{"train.max_steps": 4, "train.knn_every": 0})])
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(ByolError, match="the kNN monitor ran out of memory") as raised:
         pretrain(config)
+    assert isinstance(raised.value.__cause__, RuntimeError)  # torch's, kept for a traceback
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
     fault_table("an error (out of memory) in the kNN evaluation after the run's last step",
-                "the error raised; the last step's checkpoint was written before the evaluation")
+                "a ByolError saying what the monitor takes; the last step's checkpoint was written before the "
+                "evaluation")
 
 
 def test_a_run_killed_in_its_final_knn_scores_it_when_resumed(tmp_path, cifar, monkeypatch, fault_table):
@@ -664,6 +667,52 @@ def test_out_of_memory_batch_is_one_sentence(monkeypatch, capsys, tmp_path, cifa
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     fault_table("batch too big for device memory (OutOfMemoryError, simulated)", "one sentence, exit 2; a new "
                 "run's folder is removed, a resumed run's files are left as they were")
+
+
+def test_out_of_memory_in_the_knn_monitor_names_what_the_monitor_takes(monkeypatch, capsys, tmp_path, cifar,
+                                                                       fault_table):
+    """A review: memory run out in the kNN monitor's features (batches of 512, whatever train.batch_size) was said
+    as a training step's, "lower train.batch_size", which changes nothing there; a resume's named data.image_size."""
+    import byol.features
+    from byol.knn_monitor import MONITOR_BATCH
+    extract = byol.features.extract_features_sharded
+    calls = []
+
+    def out_of_memory_at(n: int):
+        def extract_or_fail(encoder, *args, **kwargs):  # the monitor's forward, not a training step's
+            calls.append(1)
+            if len(calls) == n:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+            return extract(encoder, *args, **kwargs)
+        return extract_or_fail
+
+    def overrides(**extra):
+        return [cifar, *tiny_overrides(run, **{"train.max_steps": 4, "train.knn_every": 0, **extra})]
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(byol.features, "extract_features_sharded", out_of_memory_at(1))  # at random init
+    _, said = main_error(capsys, "pretrain", *overrides(), after_progress=True)
+    assert said.startswith("byol: error: the kNN monitor ran out of memory") and "--train.knn_every=-1" in said, said
+    assert f"{MONITOR_BATCH} at a time" in said and "lower train.batch_size" not in said
+    assert not run.exists()  # nothing was written yet: the start's folder is gone with it
+    calls.clear()
+    monkeypatch.setattr(byol.features, "extract_features_sharded", out_of_memory_at(3))  # after the last step
+    assert main_error(capsys, "pretrain", *overrides(), after_progress=True)[1] == said
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4  # written before the evaluation
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    calls.clear()
+    monkeypatch.setattr(byol.features, "extract_features_sharded", out_of_memory_at(1))  # the resume scores it
+    _, said = main_error(capsys, "pretrain", "--resume", *overrides(**{"train.max_steps": 6}), after_progress=True)
+    assert said.startswith("byol: error: the kNN monitor ran out of memory") and "data.image_size" not in said, said
+    assert "resume with --train.knn_every=-1" in said and "train.knn_limit" not in said  # (fixed by its checkpoint)
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    from byol.cli import main
+    assert main(["pretrain", "--resume", *overrides(**{"train.max_steps": 6, "train.knn_every": -1})]) == 0  # as said
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+    fault_table("the kNN monitor's features too big for memory (OutOfMemoryError, simulated): at random init, "
+                "after the last step, in a resume", "one sentence, exit 2, naming train.knn_every=-1 (and, but for a "
+                "resume, train.knn_limit), not train.batch_size; the checkpoint written before it is kept, and a "
+                "resume with the monitor off goes on")
 
 
 def test_nonfinite_step_is_undone_for_every_dtype():

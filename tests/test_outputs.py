@@ -1,6 +1,8 @@
 """Where commands write: a place that cannot take the file is refused before the work, in one sentence."""
 
 import errno
+import json
+import os
 import tempfile
 import zipfile
 
@@ -79,3 +81,38 @@ def test_a_whole_pickled_model_is_not_replaced_and_another_zip_is(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("notes.txt", "no model")
     outputs.check_writable(archive)  # no error: an earlier output of another kind may be replaced
+
+
+def test_results_written_to_a_link_or_a_device_go_through_it(tmp_path):
+    """`--out /dev/stdout | jq`, or a link to a shared results file: written through, not replaced by a file."""
+    target = tmp_path / "shared" / "results.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    outputs.write_results({"top1": 50.0}, str(link), tmp_path / "default.json")
+    assert link.is_symlink() and json.loads(target.read_text()) == {"top1": 50.0}
+
+
+def test_the_default_results_file_is_not_written_through_a_link_there(tmp_path):
+    """A user test: a run folder from elsewhere whose checkpoints/last_knn.json was a link to a file outside it
+    (not there yet): eval without --out wrote its results there. The link is replaced by the results."""
+    default = tmp_path / "last_knn.json"
+    default.symlink_to(tmp_path / "elsewhere.json")
+    outputs.write_results({"top1": 50.0}, None, default)
+    assert not (tmp_path / "elsewhere.json").exists()
+    assert not default.is_symlink() and json.loads(default.read_text()) == {"top1": 50.0}
+
+
+def test_an_earlier_result_is_kept_by_a_rename_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    """FAT or exFAT, some network and FUSE file systems (coverage: that way was never run)."""
+
+    def no_hard_links(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    result = tmp_path / "last_knn.json"
+    for n in (1, 2):
+        result.write_text(f"result {n}")
+        assert outputs.keep_earlier(result) == tmp_path / f"last_knn.{n}.json" and not result.exists()
+    assert [(tmp_path / f"last_knn.{n}.json").read_text() for n in (1, 2)] == ["result 1", "result 2"]
