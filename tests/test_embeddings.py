@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 from byol import embeddings
@@ -314,3 +316,42 @@ def test_a_limit_lists_only_that_many_files_labeled_as_the_whole_split(tmp_path,
         assert first.classes == whole.classes == ["a", "b", "c"]
         assert first.labels.tolist() == whole.labels[:n].tolist()
         assert [first.path(i) for i in range(n)] == [whole.path(i) for i in range(n)]
+
+
+def _plain_folder_and_encoder(tmp_path):
+    """A plain folder of classes a/ (2 images), b/ (3), c/ (1) and one loose image, and a torchvision
+    resnet18 state_dict to embed it with: ``(checkpoint, overrides)``."""
+    for i, cls in enumerate(["a", "a", "b", "b", "b", "c"]):
+        (tmp_path / "images" / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 12), (40 * i, 255 - 40 * i, 20 * i)).save(tmp_path / "images" / cls / f"{i}.png")
+    Image.new("RGB", (12, 12), (9, 9, 9)).save(tmp_path / "images" / "loose.png")  # labeled -1
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
+    return tmp_path / "r18.pt", ["--data.dataset=folder", f"--data.root={tmp_path / 'images'}",
+                                 "--data.image_size=8", "--data.workers=0", "--train.precision=fp32"]
+
+
+def test_npy_labels_and_class_names_are_those_of_each_row_s_file(tmp_path):
+    """A mutation audit: the .npy labels written in reverse order, and no class names at all where one image
+    is labeled -1, survived every test (the .npy tests checked labels as a set, on CIFAR, with no -1)."""
+    ckpt, overrides = _plain_folder_and_encoder(tmp_path)
+    out = embeddings.embed(ckpt, tmp_path / "e.npy", overrides=overrides, split="train")
+    labels = np.load(tmp_path / "e_labels.npy")
+    paths = [unescape_name(line) for line in (tmp_path / "e_paths.txt").read_text().splitlines()]
+    classes = (tmp_path / "e_classes.txt").read_text().splitlines()
+    assert classes == ["a", "b", "c"] and len(paths) == len(labels) == len(np.load(out)) == 7
+    named = [classes[y] if y >= 0 else "-" for y in labels.tolist()]
+    assert named == [p.split("/")[-2] if "loose" not in p else "-" for p in paths]
+    assert labels.dtype == np.int64 and np.load(out).dtype == np.float32
+
+
+def test_a_limited_plain_folder_or_class_of_one_keeps_the_run_s_classes(tmp_path):
+    """A mutation audit: a plain folder's --limit (its classes cut to those of its first files), --limit on one
+    of its classes (ignored: that folder is listed whole), and a class numbered 0 embedded alone (its class names
+    dropped) survived every test."""
+    ckpt, overrides = _plain_folder_and_encoder(tmp_path)
+    (tmp_path / "images" / "loose.png").unlink()
+    for split, limit, labels in ((None, 1, [0]), ("a", None, [0, 0]), ("b", 1, [1])):
+        saved = torch.load(embeddings.embed(ckpt, tmp_path / "e.pt", split, overrides, limit), weights_only=True)
+        assert saved["classes"] == ["a", "b", "c"] and saved["labels"].tolist() == labels, (split, limit)
+        assert len(saved["embeddings"]) == len(saved["paths"]) == len(labels)
