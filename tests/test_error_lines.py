@@ -5,9 +5,13 @@ import os
 from types import SimpleNamespace
 
 import pytest
+import torch
 
+from byol import error_lines
 from byol.config import ConfigError
-from byol.error_lines import _decoding_process_died, launch_rank, quiet_storage_errors_of_threads, say, say_error
+from byol.error_lines import (_decoding_process_died, _file_error, launch_rank, quiet_storage_errors_of_threads,
+                               say, say_error)
+from byol.errors import ByolError
 
 
 @pytest.mark.parametrize("torch_says, said", [
@@ -176,3 +180,26 @@ def test_a_thread_or_memory_the_system_refuses_is_one_sentence(capsys):
     assert "/data/x.jpg" in capsys.readouterr().err
     assert say(RuntimeError("can't start new process")) is None
     assert say(OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))) is None
+
+
+def test_errors_said_by_kind_not_by_their_words(capsys):
+    """A mutation audit, each untested: torch's OutOfMemoryError is a batch too big whatever its words, a plain
+    FloatingPointError (NumPy's, under errstate) is a user's error, EFAULT under a path a bug's traceback, and
+    the out-of-memory sentence names every size the user can lower."""
+    assert say(torch.cuda.OutOfMemoryError("Tried to allocate 2.00 GiB")) == 2
+    assert capsys.readouterr().err == (
+        "byol: error: the batch does not fit in memory; lower train.batch_size (to half, say), or data.image_size or "
+        "the model's size (model.width, model.projection_hidden_size)\n")
+    assert say(FloatingPointError("overflow encountered in multiply")) == 2
+    assert capsys.readouterr().err == "byol: error: overflow encountered in multiply\n"
+    assert _file_error(OSError(errno.EFAULT, os.strerror(errno.EFAULT), "/runs/x/last.pt")) is None
+
+
+def test_under_torchrun_without_its_store_a_config_error_is_rank_0_s_and_another_is_each_rank_s(monkeypatch, capsys):
+    """A mutation audit: a config error, every process's alike, is said by rank 0 alone; an error a process may meet
+    alone (data, a checkpoint) is said by it too, with its rank (untested where torchrun's store is not there)."""
+    monkeypatch.setattr(error_lines, "launch_rank", lambda: 1)
+    assert say(ConfigError("unknown config key 'train.bogus'")) == 2
+    assert capsys.readouterr().err == ""
+    assert say(ByolError("/data/x.jpg is not an image")) == 2
+    assert capsys.readouterr().err == "byol: error (rank 1): /data/x.jpg is not an image\n"

@@ -211,3 +211,55 @@ def test_free_memory_is_the_least_room_of_the_machine_and_of_this_process_s_cgro
     _fake_system(namespaced, "0::/\n", {"sys/fs/cgroup/memory.max": "max\n"})
     assert memory.free_memory(namespaced) == 50000000 * 1024  # MemAvailable alone
     assert memory.free_memory(tmp_path / "nothing") is None
+
+
+def test_where_no_free_memory_can_be_read_the_step_is_not_checked_and_a_limit_alone_still_is(monkeypatch, capsys):
+    """A mutation audit: where neither figure can be read (not Linux) the check says nothing and lets the run start,
+    and an address-space limit read without the machine's free memory is the figure checked, not a TypeError."""
+    byol = _model(8)
+    need = memory.saved_bytes_per_image(byol, 8, None) * 16
+    monkeypatch.setattr(memory, "free_memory", lambda: None)
+    monkeypatch.setattr(memory, "address_space_room", lambda: None)
+    memory.check_step_fits(byol, 16, 8, None)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(memory, "address_space_room", lambda: int(need / 2))
+    with pytest.raises(memory.ConfigError, match=r"and this process may map \S+ \S+ more \(its address-space limit"):
+        memory.check_step_fits(byol, 16, 8, None)
+
+
+def test_the_figure_checked_is_the_whole_batch_s_and_the_note_says_what_may_end_the_run(monkeypatch, capsys):
+    """A mutation audit: the need is every image's of the batch (16 images' against room for 15.8 is refused), and
+    the note says what ends a step with too little room: the kernel's kill under the machine's free memory, an
+    allocation's failure under an address-space limit."""
+    byol = _model(8)
+    need = memory.saved_bytes_per_image(byol, 8, None) * 16
+    monkeypatch.setattr(memory, "address_space_room", lambda: None)
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need * 0.99))
+    with pytest.raises(memory.ConfigError, match=f"keeps at least {memory._size(need)} for its backward pass"):
+        memory.check_step_fits(byol, 16, 8, None)
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need * 1.1))
+    memory.check_step_fits(byol, 16, 8, None)
+    said = capsys.readouterr().err
+    assert "so the system may kill the run for memory;" in said and "allocation" not in said
+    monkeypatch.setattr(memory, "free_memory", lambda: int(need * 100))
+    monkeypatch.setattr(memory, "address_space_room", lambda: int(need * 1.1))
+    memory.check_step_fits(byol, 16, 8, None)
+    said = capsys.readouterr().err
+    assert "so an allocation may fail;" in said and "kill" not in said
+
+
+def test_sizes_are_said_in_gib_from_a_tenth_of_one_and_in_mib_below():
+    gib, mib = 2 ** 30, 2 ** 20
+    assert memory._size(5 * mib) == "5 MiB"
+    assert memory._size(100 * mib) == "100 MiB"
+    assert memory._size(gib / 10) == "0.1 GiB"
+    assert memory._size(gib / 2) == "0.5 GiB"
+    assert memory._size(3 * gib) == "3.0 GiB"
+
+
+def test_the_probe_of_a_bf16_step_measures_what_autocast_keeps():
+    """A mutation audit: the probe ran in float32 whatever train.precision said, twice what a bf16 step keeps (a
+    refusal of a batch that fits)."""
+    byol = _model(8)
+    ratio = memory.saved_bytes_per_image(byol, 8, torch.bfloat16) / memory.saved_bytes_per_image(byol, 8, None)
+    assert 0.4 < ratio < 0.7, ratio
