@@ -21,7 +21,7 @@ from .faults import NonFiniteGuard, StopRequest
 from .given_net import as_given, given_to, note_trained_before, put_back, trained
 from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
 from .decoding_processes import refuse_to_start_again
-from .metrics import MetricsLog
+from .metrics import MetricsLog, read_metrics
 from .precision import bf16_taken, checked_precision, precision_name, usual_torch_defaults
 from .progress import progress_bar
 from .reporting import (Clock, Report, epoch_line, log_knn, nonfinite_error, note_cuda_graph, note_finished,
@@ -138,9 +138,12 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
         results = {"step": step, "checkpoint": os.path.abspath(ckpt_path), **ran_on}
         if rank == 0:
             note_finished(t, run_dir, step, end_step < total_steps)
-            results["warnings"] = read_warnings(run_dir)
         if saved.get("knn_due") and data.knn_train is not None:
             score_the_end(config, byol, data, device, amp, folder, rank, world, step, saved, steps_per_epoch, results)
+        elif folder is not None and logged_after(run_dir, step):
+            folder.metrics_log(resume_step=step).close()
+        if rank == 0:
+            results["warnings"] = read_warnings(run_dir)
         return results
     moved_from = loaded[0]["config"].get("data", {}).get("root") if resume else None  # where it read its files
     before_first_step(config, byol, data, device, amp, folder, step if resume else None, world, moved_from)
@@ -310,3 +313,12 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
     if "stopped_by" in results and rank == 0:  # (a notebook's Ctrl-C ended the cell without a word: a user test)
         print(stop_line(results), file=sys.stderr)
     return results
+
+
+def logged_after(run_dir: Path, step: int) -> bool:
+    """Whether ``metrics.jsonl`` holds records after ``step``: a start killed after its checkpoint logged steps
+    that a resume which finds the run finished (a smaller ``train.epochs`` or ``max_steps``, fewer files) never
+    trains again, so they must go, as a resume that trains drops them (a user test: the finished run's log and
+    plots kept steps its checkpoint never reached)."""
+    path = run_dir / "metrics.jsonl"
+    return path.is_file() and any(r["step"] > step for r in read_metrics(path))

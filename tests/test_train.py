@@ -2260,3 +2260,22 @@ def test_a_collapsed_run_resumed_is_not_warned_of_again(tmp_path, cifar10_root):
     assert resumed["warnings"] == whole["warnings"]
     assert [r["train/loss"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if "train/loss" in r] == \
         [r["train/loss"] for r in read_metrics(tmp_path / "whole" / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_a_resume_that_finds_the_run_finished_drops_what_a_killed_start_logged_after_its_checkpoint(tmp_path,
+                                                                                                    cifar10_root):
+    """A user test: a start killed after its checkpoint at step 4 had logged steps 5 and 6; resumed with
+    ``--train.max_steps=4`` (to end the run there) it was finished, and its log kept steps 5 and 6, which its
+    checkpoint never reached (a resume that trains drops them). Now dropped, in TensorBoard too."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    settings = tiny_overrides(run, **{"train.knn_every": 0, "train.log_every": 1}) + [f"--data.root={cifar10_root}"]
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]))
+    shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "step4.pt")
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=6"]), resume=True)
+    shutil.copy(tmp_path / "step4.pt", run / "checkpoints" / "last.pt")  # as a kill after step 6's record leaves it
+    pretrain(load_config("cifar10", settings + ["--train.max_steps=4"]), resume=True)
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 4
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
