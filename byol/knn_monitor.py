@@ -152,14 +152,19 @@ def score_the_end(config: Config, byol: BYOL, data: TrainData, device: torch.dev
         data.close()
     if log is not None:
         log.close(finished=True)
-        try:
-            plot_metrics(Path(t.out_dir) / "metrics.jsonl")
-        except (OSError, PlotsUnavailable) as e:  # the record is in metrics.jsonl all the same
-            print(f"note: the plots in {t.out_dir} could not be drawn again ({e})", file=sys.stderr)
+        redraw_plots(Path(t.out_dir))
         # Only now does the record logged stay: a signal before (during the plots, say) undoes the start, and the
         # next resume scores it again, where TensorBoard's success would else be lost for good (a review).
         folder.started = True
         results.update(logged_init(Path(t.out_dir)))
+
+
+def redraw_plots(run_dir: Path) -> None:
+    """The plots of a finished run drawn again, from the records its resume changed; a note where they cannot be."""
+    try:
+        plot_metrics(run_dir / "metrics.jsonl")
+    except (OSError, PlotsUnavailable) as e:  # the record is in metrics.jsonl all the same
+        print(f"note: the plots in {run_dir} could not be drawn again ({e})", file=sys.stderr)
 
 
 def logged_init(run_dir: Path) -> dict:

@@ -19,7 +19,7 @@ from .config import Config, TrainConfig
 from .cuda_graph import loop_step_class
 from .faults import NonFiniteGuard, StopRequest
 from .given_net import as_given, given_to, note_trained_before, put_back, trained
-from .knn_monitor import knn_monitor, logged_init, score_the_end, score_unless_stopped
+from .knn_monitor import knn_monitor, logged_init, redraw_plots, score_the_end, score_unless_stopped
 from .decoding_processes import refuse_to_start_again
 from .metrics import MetricsLog, read_metrics
 from .precision import bf16_taken, checked_precision, precision_name, usual_torch_defaults
@@ -142,6 +142,7 @@ def _pretrain(config: Config, resume: bool, rank: int, world: int, folder: Optio
             score_the_end(config, byol, data, device, amp, folder, rank, world, step, saved, steps_per_epoch, results)
         elif folder is not None and logged_after(run_dir, step):
             folder.metrics_log(resume_step=step).close()
+            redraw_plots(run_dir)
         if rank == 0:
             results["warnings"] = read_warnings(run_dir)
         return results
@@ -318,7 +319,7 @@ def _finish(results: dict, step: int, data: TrainData, guard: NonFiniteGuard, lo
 def logged_after(run_dir: Path, step: int) -> bool:
     """Whether ``metrics.jsonl`` holds records after ``step``: a start killed after its checkpoint logged steps
     that a resume which finds the run finished (a smaller ``train.epochs`` or ``max_steps``, fewer files) never
-    trains again, so they must go, as a resume that trains drops them (a user test: the finished run's log and
-    plots kept steps its checkpoint never reached)."""
+    trains again, so they must go, as a resume that trains drops them, and the plots drawn again (a user test: the
+    finished run's log and plots kept steps its checkpoint never reached)."""
     path = run_dir / "metrics.jsonl"
     return path.is_file() and any(r["step"] > step for r in read_metrics(path))

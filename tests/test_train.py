@@ -2279,3 +2279,5 @@ def test_a_resume_that_finds_the_run_finished_drops_what_a_killed_start_logged_a
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    # the plots drawn again (after the checkpoint put back), without steps 5 and 6
+    assert (run / "loss.png").stat().st_mtime_ns > (run / "checkpoints" / "last.pt").stat().st_mtime_ns
