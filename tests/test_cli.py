@@ -1775,6 +1775,18 @@ def test_the_closing_table_says_a_knn_of_features_that_are_not_finite_in_words_n
     assert rows["kNN top-1 at random init (k=20, 300 train / 20 val images)"] == nan
 
 
+def test_the_closing_table_says_how_many_images_the_run_trains_on_and_where():
+    """A user test: a folder of 100,000 images said its count nowhere (but in warm-up's steps, if at all)."""
+    from byol.cli import _pretrain_rows
+    from byol.config import load_config
+    rows = _pretrain_rows(Config(), {"step": 10, "train_images": (100_000, "/data/big/train")})
+    assert rows[:2] == [("steps", "10"), ("training images", "100,000 (/data/big/train)")]
+    limited = load_config("cifar10", ["--data.limit=600"])
+    assert dict(_pretrain_rows(limited, {"step": 1, "train_images": (600, "cifar10's train split")}))[
+        "training images"] == "600 (cifar10's train split, data.limit)"
+    assert "training images" not in dict(_pretrain_rows(Config(), {"step": 1}))
+
+
 def test_the_closing_table_counts_the_knn_monitor_s_skipped_files_apart():
     """A user test: a run whose val split had bad files counted them as skipped, as if training images."""
     from byol.cli import _pretrain_rows

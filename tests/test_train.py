@@ -655,6 +655,7 @@ def test_files_the_knn_monitor_could_not_decode_are_listed_with_the_skipped_ones
     assert results["skipped_files"] == 2 and results["skipped_monitor_files"] == 1
     assert f"note: 1 file (.heic 1) in {val} is left out" in capsys.readouterr().err
     assert results["knn_images"] == (20, 10, "val")  # the images decoded: not 21 and 11 files (a user test)
+    assert results["train_images"] == (21, str(train))  # the files the run trains on, the one skipped too
     listed = sorted(line.split("\t") for line in (tmp_path / "run" / "skipped_files.txt").read_text().splitlines())
     assert listed == [[str(train / "cat" / "bad.jpg"), "UnidentifiedImageError: cannot identify image file "
                        f"'{train / 'cat' / 'bad.jpg'}'"], [str(val / "dog" / "bad.jpg"), "empty file"]]
@@ -931,6 +932,7 @@ def test_pretrain_returns_its_checkpoint_s_path_from_any_directory(tmp_path, cif
         assert Path(results["checkpoint"]).is_absolute() and Path(results["checkpoint"]).is_file()
         assert Path(results["checkpoint"]).samefile(tmp_path / "here" / "run" / "checkpoints" / "last.pt")
     assert config.train.out_dir == "run"  # the caller's config untouched
+    assert trained["train_images"] == finished["train_images"] == (128, "cifar10's train split")  # (data.limit's)
 
 
 def test_the_saved_config_finds_the_data_from_any_directory(tmp_path, cifar10_root, monkeypatch):
