@@ -32,11 +32,13 @@ def _folder_split(root: Union[str, Path], split: Optional[str], size: int, train
     folder = _find_split(root, split, size, train_split, limit)
     for said in folder.notes():
         note(said)
-    if folder.loose is not None:  # (files: some may not decode, and are said to be left out)
-        n = folder.loose_count
+    loose, n = folder.loose, folder.loose_count
+    if loose is None and folder.classes is None and limit and class_names(folder.root) is not None:
+        loose, n = folder.path(0), len(folder)  # --limit listed loose files alone: the folder has classes all the same
+    if loose is not None:  # (files: some may not decode, and are said to be left out)
         others = "; the others have their class" if bool((folder.labels >= 0).any()) else ""
         note(f"{n} image file{'s' * (n != 1)} of {folder.root} {'are' if n != 1 else 'is'} labeled -1, outside its "
-             f"class sub-folders ({escape_name(folder.loose)}{', ...' if n > 1 else ''}){others}")
+             f"class sub-folders ({escape_name(loose)}{', ...' if n > 1 else ''}){others}")
     elif folder.classes is None:
         note(f"the images of {folder.root} are labeled -1: it has no class sub-folders")
     return folder

@@ -355,3 +355,41 @@ def test_a_limited_plain_folder_or_class_of_one_keeps_the_run_s_classes(tmp_path
         saved = torch.load(embeddings.embed(ckpt, tmp_path / "e.pt", split, overrides, limit), weights_only=True)
         assert saved["classes"] == ["a", "b", "c"] and saved["labels"].tolist() == labels, (split, limit)
         assert len(saved["embeddings"]) == len(saved["paths"]) == len(labels)
+
+
+def test_a_limit_that_lists_a_loose_file_alone_does_not_say_the_folder_has_no_class_folders(tmp_path, capsys):
+    """--limit 1 of a plain folder whose first file is a loose one said "it has no class sub-folders" of a folder
+    that has them (the note read the limited listing's classes, which its one loose file has not)."""
+    root = tmp_path / "images"
+    for name in ("0.png", "a/1.png", "b/2.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / name)
+    for split in (None, "train"):
+        folder = embeddings._folder_split(root, split, 8, "train", limit=1)
+        err = capsys.readouterr().err
+        assert folder.paths == [str(root / "0.png")] and folder.labels.tolist() == [-1]
+        assert "it has no class sub-folders" not in err
+        assert f"1 image file of {root} is labeled -1, outside its class sub-folders ({root / '0.png'})\n" in err
+
+
+def test_a_loose_file_beside_a_single_class_says_the_others_have_their_class(tmp_path, capsys):
+    """A mutation audit: the note's "the others have their class" asked for a label above 0, which a folder of one
+    class (label 0) and a loose file has not; no test had a split whose labeled files were all of class 0."""
+    root = tmp_path / "images"
+    for name in ("a/0.png", "a/1.png", "loose.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / name)
+    folder = embeddings._folder_split(root, "train", 8, "train")
+    assert sorted(folder.labels.tolist()) == [-1, 0, 0]
+    assert (f"1 image file of {root} is labeled -1, outside its class sub-folders ({root / 'loose.png'}); the "
+            "others have their class\n") in capsys.readouterr().err
+
+
+def test_an_output_named_as_an_earlier_output_s_labels_is_refused(tmp_path):
+    """A mutation audit: --out NAME_labels.npy beside an earlier NAME.npy (its labels' file) survived every test
+    without its refusal; the refusal comes before the checkpoint is read."""
+    np.save(tmp_path / "e.npy", np.zeros((2, 4), np.float32))
+    np.save(tmp_path / "e_labels.npy", np.zeros(2, np.int64))
+    with pytest.raises(OutputError, match=r"e_labels.npy holds the labels of e.npy, an earlier byol embed's rows"):
+        embeddings.embed(tmp_path / "none.pt", tmp_path / "e_labels.npy")
+    assert np.load(tmp_path / "e_labels.npy").tolist() == [0, 0]

@@ -1,6 +1,9 @@
 """export: what export.json says the encoder is fed, its TorchScript file; a bad argument to embed or export
 (the rest of embed's: test_embeddings.py)."""
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -182,3 +185,45 @@ def test_a_deep_resnet_by_name_is_pretrained_exported_and_read_back(tmp_path, ci
     resnet("resnet101", cifar_stem=True, width=4).load_state_dict(state, strict=True)
     _, config = load_encoder(info["state_dict"])
     assert config.model.backbone == "resnet101" and info["output"]["features"] == 128
+
+
+def test_an_export_that_fails_at_its_second_file_leaves_the_earlier_export_whole(tmp_path, cifar10_root,
+                                                                                monkeypatch):
+    """A mutation audit: encoder.pt written straight over the earlier one survived every test but one, which
+    replaces the whole writer; a full disk at the second file left the new encoder.pt beside the old rest."""
+    from byol.config import load_config
+    from byol.train import pretrain
+    from conftest import tiny_overrides
+    run = tmp_path / "run"
+    pretrain(load_config("cifar10", tiny_overrides(run, **{
+        "model.width": 4, "train.max_steps": 1, "train.knn_every": -1, "train.batch_size": 4, "data.limit": 8})
+        + [f"--data.root={cifar10_root}"]))
+    out = tmp_path / "export"
+    exports.export(run / "checkpoints" / "last.pt", out)
+    for name in ("encoder.pt", "encoder_torchscript.pt", "config.yaml"):  # an earlier export's, unlike this one's
+        (out / name).write_bytes(b"earlier " + name.encode())
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    written = []
+    real_write_bytes = Path.write_bytes
+
+    def full_at_the_second(self, data):
+        if Path(self).parent == out:
+            written.append(self)
+            if len(written) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_bytes(self, data)
+    monkeypatch.setattr(Path, "write_bytes", full_at_the_second)
+    with pytest.raises(exports.OutputError, match=f"^cannot write {out / 'encoder_torchscript.pt'}: No space left"):
+        exports.export(run / "checkpoints" / "last.pt", out)
+    assert len(written) == 2
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+
+
+def test_an_export_into_a_run_directory_is_refused_as_one_before_any_work(tmp_path):
+    """A mutation audit: without the run-directory check an export into RUN was refused only for its config.yaml
+    (another sentence), and a run directory without one (removed, or written elsewhere) was written into."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(exports.OutputError, match=r"run is a run directory \(it holds checkpoints/\); export into a "
+                                                  "folder of its own, such as .*run/export$"):
+        exports.export(tmp_path / "none.pt", tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoints"]
