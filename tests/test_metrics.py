@@ -7,6 +7,7 @@ import sys
 import time
 import types
 
+import matplotlib.colors
 import matplotlib.figure
 import pytest
 
@@ -516,3 +517,43 @@ def test_a_full_disk_under_tensorboard_s_text_settings_or_close_names_its_folder
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "tensorboard")
     monkeypatch.undo()
     writer.close()
+
+
+def test_a_torn_line_among_the_records_drops_that_line_only(tmp_path):
+    """A mutation audit: reading stopped at a torn line (the records after it lost from every plot) survived."""
+    from byol.metrics import read_metrics
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "tra\n'
+                                            '{"step": 3, "train/loss": 1.0}\n{"step": 4, "train/lo')
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": 2.0}, {"step": 3, "train/loss": 1.0}]
+
+
+def test_several_collapse_warnings_have_one_legend_entry_and_the_region_below_a_threshold_is_shaded(tmp_path,
+                                                                                                     drawn):
+    """A mutation audit: a legend entry per warning's line (a long collapse: a legend of dozens of the same words),
+    and the shading above the threshold rather than below it, survived."""
+    from byol.metrics import STD_FRACTION
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "train/loss": 1.0, "monitor/z_std_ratio": std, "monitor/effective_rank": 8.0,
+         "monitor/effective_rank_ratio": 0.25} for s, std in [(1, 0.8), (2, 0.05), (3, 0.02)]])
+    (tmp_path / "warnings.txt").write_text("step 2: representation collapse: ...\nstep 3: representation collapse: "
+                                           "...\n")
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (loss_ax,) = drawn["loss.png"].axes
+    assert [t.get_text() for t in loss_ax.get_legend().texts].count("collapse warned here") == 1
+    std_ax = drawn["collapse.png"].axes[0]
+    (shade,) = [p for p in std_ax.patches if p.get_facecolor()[:3] == matplotlib.colors.to_rgb("tab:red")]
+    low, high = std_ax.get_ylim()
+    corners = shade.get_transform().transform(shade.get_path().vertices)
+    _, ys = std_ax.transData.inverted().transform(corners).T
+    assert min(ys) == pytest.approx(low) and max(ys) == pytest.approx(STD_FRACTION) and STD_FRACTION < high
+
+
+def test_a_warnings_line_whose_step_is_not_an_ascii_number_marks_no_step(tmp_path, drawn):
+    """A hand-edited or foreign warnings.txt (``step ²: ...``, which str.isdigit takes and int() refuses) is passed
+    over, not a crash of the plots (a mutation audit: the isascii guard dropped survived)."""
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "train/loss": 1.0 / s} for s in (1, 2)])
+    (tmp_path / "warnings.txt").write_text("step \u00b2: representation collapse: ...\n"
+                                           "step 2: representation collapse: ...\n")
+    plot_metrics(tmp_path / "metrics.jsonl")
+    (ax,) = drawn["loss.png"].axes
+    assert [list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == ":"] == [[2, 2]]

@@ -2211,6 +2211,7 @@ def test_each_report_logs_one_record_with_its_place_and_throughput(tmp_path):
     assert [step for step, _ in logged] == [2, 4]
     assert {k: logged[0][1][k] for k in ("epoch", "time_s", "train/images_per_s", "train/data_wait")} == {
         "epoch": 0.5, "time_s": 9.5, "train/images_per_s": 8.0, "train/data_wait": 0.25}
+    assert logged[1][1]["train/images_per_s"] == 8.0  # steps 3 and 4's, not counted from the start (an audit)
 
 
 def test_the_data_wait_note_leaves_out_the_first_interval_s_start_up(tmp_path, capsys):
