@@ -314,8 +314,13 @@ def _main(argv: Optional[list[str]]) -> int:
             print(f"byol: interrupted{': ' if str(e) else ''}{e}", file=sys.stderr)
         return 130
     except _Terminated as e:  # (torchrun's, where another process failed: said so)
+        said = _peer_failed()
+        # torchrun's SIGTERM to the processes left, come while a collective's failure for one killed was handled
+        lost = _lost_peer_within(e) if said is None else None  # (its plots drawn): not the user's stop
+        if lost is not None:
+            return _say_peer_lost(lost)
         if error_lines.launch_rank() == 0:
-            print(_peer_failed() or f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+            print(said or f"byol: terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
         return 128 + e.signum
     except Exception as e:
         code = error_lines.say(e)
@@ -324,11 +329,7 @@ def _main(argv: Optional[list[str]]) -> int:
         # a collective this process waited in, failed as another process ended (gloo: "Connection closed by peer")
         said = _peer_failed() if isinstance(e, RuntimeError) else None
         if said is None and _peer_lost(e):  # one that ended without a word: killed, its node lost (or it exited early)
-            if os.environ.get("LOCAL_RANK", "0") == "0":  # once on each node: a node's log may be all one reads
-                print(f"byol: stopped: another process of this torchrun run ended while this one waited for it "
-                      f"({_PEER_LOST.search(str(e))[0]}: killed, its node lost, or it exited early, which its own "
-                      "log says); the last checkpoint is kept: start the run again with --resume", file=sys.stderr)
-            return 1
+            return _say_peer_lost(e)
         if said is None:  # a bug of byol's: its traceback (the other processes told first)
             from .peers import failed
             failed(f"{type(e).__name__}: {e}", error_lines.launch_rank())
@@ -343,10 +344,33 @@ def _main(argv: Optional[list[str]]) -> int:
 _PEER_LOST = re.compile(r"Connection (?:reset|closed) by peer")
 
 
+def _say_peer_lost(e: BaseException) -> int:
+    """Say, once on each node (a node's log may be all one reads), that the collective failed as ``e`` because
+    another process ended without a word; the exit code."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"byol: stopped: another process of this torchrun run ended while this one waited for it "
+              f"({_PEER_LOST.search(str(e))[0]}: killed, its node lost, or it exited early, which its own "
+              "log says); the last checkpoint is kept: start the run again with --resume", file=sys.stderr)
+    return 1
+
+
 def _peer_lost(e: BaseException) -> bool:
     """Whether ``e`` is a collective's failure, under torchrun, because another process is gone."""
     world = os.environ.get("WORLD_SIZE", "1")
     return world.isdigit() and int(world) >= 2 and isinstance(e, RuntimeError) and bool(_PEER_LOST.search(str(e)))
+
+
+def _lost_peer_within(e: BaseException) -> Optional[BaseException]:
+    """The failure of a collective for a process gone, that ``e`` came while it was handled (torchrun stops the
+    processes left where one died: its SIGTERM came during the failure's handling), else None."""
+    seen = {id(e)}
+    cause = e.__context__
+    while cause is not None and id(cause) not in seen:
+        if _peer_lost(cause):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 def _peer_failed() -> Optional[str]:

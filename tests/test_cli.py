@@ -783,6 +783,34 @@ def test_a_sigterm_handler_set_from_c_is_followed_by_the_default_not_an_error(ca
         real(signal.SIGTERM, found[0] if found and found[0] is not None else signal.SIG_DFL)
 
 
+def test_torchrun_s_sigterm_after_a_peer_was_killed_is_said_as_the_lost_peer_not_a_termination(capsys, monkeypatch):
+    """A user test: rank 1 of one torchrun killed (-9), rank 0's all_reduce failed ("Connection reset by peer"), and
+    torchrun's SIGTERM came while that failure was handled (the run's plots drawn): rank 0 said
+    "byol: terminated (SIGTERM)", as though the user had stopped it, not that another process ended."""
+    import signal
+    from byol import cli
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):  # no agent's store to ask
+        monkeypatch.delenv(name, raising=False)
+
+    def run(argv):
+        try:
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:47532: Connection reset by "
+                               "peer. This is typically caused by a remote worker hanging")
+        except RuntimeError:
+            signal.raise_signal(signal.SIGTERM)  # torchrun's stop of the processes left, as the plots were drawn
+            raise
+
+    monkeypatch.setattr(cli, "run", run)
+    assert cli.main(["pretrain"]) == 1
+    err = capsys.readouterr().err
+    assert "terminated" not in err, err
+    assert err.startswith("byol: stopped: another process of this torchrun run ended while this one waited for it "
+                          "(Connection reset by peer"), err
+    assert err.count("byol:") == 1, err
+
+
 def test_a_run_into_a_folder_another_run_is_writing_is_one_sentence_and_writes_nothing(tmp_path, capsys):
     import fcntl
     run = tmp_path / "run"
