@@ -63,6 +63,16 @@ def test_a_metric_without_finite_values_draws_no_panel(tmp_path, drawn):
     assert plot_metrics(tmp_path / "missing.jsonl") == []
 
 
+def test_a_diverged_run_whose_knn_was_never_finite_draws_no_knn_plot(tmp_path, drawn):
+    """A diverged run draws a panel of NaN alone, to mark where, on every plot but knn.png: kNN accuracies that
+    were never finite have nothing to show there (a mutation audit: knn.png drawn empty survived)."""
+    nan = float("nan")
+    write_metrics(tmp_path / "metrics.jsonl", [{"step": 2, "train/loss": 4.0, "eval/knn_top1_k200": nan},
+                                               {"step": 4, "train/loss": nan, "eval/knn_top1_k200": nan}])
+    written = sorted(p.name for p in plot_metrics(tmp_path / "metrics.jsonl"))
+    assert "loss.png" in written and "knn.png" not in written and not (tmp_path / "knn.png").exists(), written
+
+
 def test_a_diverged_run_marks_where_its_loss_was_not_finite_on_every_plot(tmp_path, drawn):
     """A user test: a run whose loss went NaN drew loss.png as one healthy point on an axis ending at its
     last finite record, and collapse.png without its effective-rank panel (NaN at every record). A run of
