@@ -127,9 +127,9 @@ def _pretrain_rows(config, results: dict) -> list[tuple[str, str]]:
     from .reporting import knn_shown
     from .run_folder import warnings_summary
     rows = [("steps", str(results["step"]))]
-    if "train_images" in results:  # (data.limit's first N: a limit above the split's size takes all)
+    if "train_images" in results:  # (data.limit said where it cut the split: one above its size takes all)
         n, split = results["train_images"]
-        rows.append(("training images", f"{n:,} ({split}{', data.limit' if config.data.limit else ''})"))
+        rows.append(("training images", f"{n:,} ({split}{', data.limit' if n == config.data.limit else ''})"))
     if "loss" in results:  # not for a finished run resumed
         rows += [("final loss", f"{results['loss']:.4f}"),
                  ("device", f"{results['device']}, {results['precision']}")]

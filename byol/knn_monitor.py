@@ -90,7 +90,7 @@ def _announced(knn: Callable[[], dict], line: str) -> Callable[[], dict]:
     return announced
 
 
-def out_of_memory_line(resumed: bool) -> str:
+def monitor_out_of_memory_line(resumed: bool) -> str:
     """The sentence for memory run out in the kNN monitor (a review: the training step's, "lower
     train.batch_size", was said, which the monitor's batches of ``MONITOR_BATCH`` do not follow). ``resumed``: a
     resumed run's, whose train.knn_limit its checkpoint fixes where it logged kNN accuracies (a resume refuses
@@ -112,7 +112,7 @@ def _out_of_memory_said(knn: Callable[[], dict], resumed: bool) -> Callable[[], 
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            raise ByolError(out_of_memory_line(resumed)) from e
+            raise ByolError(monitor_out_of_memory_line(resumed)) from e
     return said
 
 

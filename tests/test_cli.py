@@ -1812,6 +1812,9 @@ def test_the_closing_table_says_how_many_images_the_run_trains_on_and_where():
     limited = load_config("cifar10", ["--data.limit=600"])
     assert dict(_pretrain_rows(limited, {"step": 1, "train_images": (600, "cifar10's train split")}))[
         "training images"] == "600 (cifar10's train split, data.limit)"
+    limited = load_config("cifar10", ["--data.limit=100000"])  # above the split's size: all of it, no cut said
+    assert dict(_pretrain_rows(limited, {"step": 1, "train_images": (50_000, "cifar10's train split")}))[
+        "training images"] == "50,000 (cifar10's train split)"
     assert "training images" not in dict(_pretrain_rows(Config(), {"step": 1}))
 
 
