@@ -567,3 +567,39 @@ def test_a_warnings_line_whose_step_is_not_an_ascii_number_marks_no_step(tmp_pat
     plot_metrics(tmp_path / "metrics.jsonl")
     (ax,) = drawn["loss.png"].axes
     assert [list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == ":"] == [[2, 2]]
+
+
+def test_a_short_series_has_a_marker_at_every_record_and_a_long_one_a_line(tmp_path, drawn):
+    """Under 30 records each is a marker, as a short run's few records are read one by one; 30 or more a bare line
+    (a mutation audit: the bound at 3 survived, which left runs of 3 to 29 records without a marker)."""
+    for n, marker in ((29, "o"), (30, "None")):
+        write_metrics(tmp_path / "metrics.jsonl", [{"step": s, "train/loss": 1.0 / s} for s in range(1, n + 1)])
+        plot_metrics(tmp_path / "metrics.jsonl")
+        (line,) = [line for line in drawn["loss.png"].axes[0].get_lines() if line.get_label() == "loss"]
+        assert line.get_marker() == marker, n
+
+
+def test_a_log_axis_of_exactly_two_and_a_half_decades_labels_its_2s_and_5s():
+    """"Up to" is inclusive: half the smallest value to twice the largest spanning 10 ** MINOR_LABEL_DECADES exactly is
+    labelled between its 10s (a mutation audit: ``<`` for ``<=`` survived, the edge untested)."""
+    from matplotlib.ticker import NullFormatter
+    from byol.metrics import MINOR_LABEL_DECADES
+    ax = matplotlib.figure.Figure().add_subplot()
+    byol.metrics._log_axis(ax, [1.0, 10 ** MINOR_LABEL_DECADES / 4], None)
+    low, high = ax.get_ylim()
+    assert high / low == 10 ** MINOR_LABEL_DECADES
+    assert not isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
+
+
+def test_an_infinite_value_breaks_its_line_as_nan_does_on_a_log_axis_too(tmp_path, drawn):
+    """Every value not finite is drawn as NaN, a gap: -inf as itself on a log axis, whose clipping takes it to a
+    tiny value, drew a line down to the panel's bottom edge (a mutation audit: the values kept as read survived)."""
+    write_metrics(tmp_path / "metrics.jsonl", [
+        {"step": s, "monitor/z_std_ratio": std, "monitor/effective_rank": 8.0, "monitor/effective_rank_ratio": 0.25}
+        for s, std in [(1, 0.8), (2, -math.inf), (3, 0.5), (4, math.inf)]])
+    plot_metrics(tmp_path / "metrics.jsonl")
+    std_ax = drawn["collapse.png"].axes[0]
+    (line,) = [line for line in std_ax.get_lines() if line.get_label() == "z_std_ratio"]
+    assert list(line.get_xdata()) == [1, 2, 3, 4]
+    ys = list(line.get_ydata())
+    assert ys[0::2] == [0.8, 0.5] and all(math.isnan(y) for y in ys[1::2]), ys

@@ -9,7 +9,8 @@ import torch
 
 import byol.reporting
 from byol.config import Config
-from byol.reporting import Clock, Report, knn_shown, log_knn, note_finished, note_unused_optim
+from byol.reporting import (Clock, Report, epoch_line, knn_shown, log_knn, note_finished, note_unused_optim,
+                            note_warmup, stop_line)
 
 
 def test_a_knn_record_has_its_place_each_k_and_the_top1_at_the_run_s_k():
@@ -111,3 +112,37 @@ def test_a_lap_is_the_time_since_the_last_one_and_its_wait_for_batches(monkeypat
     clock.next_batch(slow_batches())
     now[0] = 7.0
     assert clock.lap() == (5.0, 1.0)
+
+
+def test_a_run_stopped_in_its_knn_evaluation_says_the_resume_scores_it_first():
+    """A mutation audit: the words dropped survived every test but an end-to-end signal test (test_faults.py, a
+    minute long), which the audit's selections leave out; a stop outside the evaluation says nothing of it."""
+    results = {"stopped_by": "SIGINT", "step": 8, "checkpoint": "run/checkpoints/last.pt"}
+    assert stop_line({**results, "knn_cut": True}) == (
+        "stopped by SIGINT at step 8 (in its kNN evaluation, which the resume scores first); checkpoint saved to "
+        "run/checkpoints/last.pt; continue with --resume")
+    assert "kNN" not in stop_line({**results, "knn_cut": False})
+
+
+def test_a_warm_up_one_step_longer_than_the_run_ends_below_its_peak(capsys):
+    """The last step's learning rate is end / warm-up of the peak (cosine_lr warms up by step + 1), so a run one step
+    short of its warm-up's end does not reach the peak (a mutation audit: "reaching its peak" said of it survived;
+    the preset tests end exactly at the warm-up or well before it)."""
+    config = Config()
+    config.optim.warmup_epochs, config.train.epochs, config.train.max_steps = 2, 3, 3  # 4 warm-up steps, of 6
+    note_warmup(config, 2)
+    err = capsys.readouterr().err
+    assert "to 0.75 of its peak" in err and "reaching its peak" not in err, err
+    config.train.max_steps = 4
+    note_warmup(config, 2)
+    assert "reaching its peak only at the last step" in capsys.readouterr().err
+
+
+def test_a_line_at_the_run_s_last_step_gives_no_time_left():
+    """Nothing is left at the end: no "about 0:00:00 left" (a mutation audit: ``step <= end_step`` survived, the line
+    tests at the last step reading only its start)."""
+    report = types.SimpleNamespace(steps_per_epoch=4, epochs=2, last_step=8,
+                                   clock=types.SimpleNamespace(training_s=lambda: 2.0, run_s=lambda: 3.0))
+    assert epoch_line(8, 8, report, first_step=4, batch_size=16, loss=1.5) == (
+        "epoch 2/2 (step 8/8), loss 1.5000, 32.0 img/s")
+    assert epoch_line(7, 8, report, first_step=4, batch_size=16, loss=None).endswith(", about 0:00:01 left")
